@@ -1,0 +1,355 @@
+"""Strict, layered YAML configuration.
+
+``configs/base.yaml`` is the schema: it holds every key with its default, and the type of each default is
+the type the key accepts. Experiment files name ``_base_: base.yaml`` (or another file) and override a
+subset; several files layer in order (``--cfg smoothl1.yaml --cfg data/voc07_subset.yaml``); trailing
+``key.sub=value`` overrides are parsed as YAML and applied last. Unknown keys, wrong types and bad values
+raise :class:`ConfigError` with a close-match hint before anything runs. The result is a frozen
+:class:`Config` that prints and saves as YAML.
+
+Only ``build_*(cfg)`` functions read a Config; classes take explicit keyword arguments.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+SCHEMA_FILE = CONFIG_DIR / "base.yaml"
+
+BOX_LOSS_NAMES = ("l2", "l1", "smooth_l1", "dynamic_smooth_l1", "balanced_l1", "iou", "giou", "diou", "ciou")
+DELTA_LOSS_NAMES = ("l2", "l1", "smooth_l1", "balanced_l1")
+
+# Keys whose default is null (or that accept more than the default's type): the types they take.
+_TYPES: dict[str, tuple[type, ...]] = {
+    "output_dir": (str,),
+    "data.max_images": (int,),
+    "data.classes": (list,),
+    "data.fraction": (float, int),
+    "data.image_ids_file": (str,),
+    "model.num_classes": (int,),
+    "model.backbone.weights": (str,),
+    "model.proposal_file": (str,),
+    "model.roi_head.box_loss.sigma": (float, int),
+    "train.resume": (bool, str),
+    "eval.max_images": (int,),
+}
+
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "data.format": ("synthetic", "coco", "voc"),
+    "model.backbone.name": ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large"),
+    "model.backbone.norm": ("frozen_bn", "bn", "gn"),
+    "model.proposals": ("rpn", "precomputed"),
+    "model.rpn.box_loss.name": DELTA_LOSS_NAMES,
+    "model.roi_head.box_loss.name": BOX_LOSS_NAMES,
+    "model.roi_head.box_loss.normalizer": ("num_samples", "num_pos"),
+    "model.roi_head.box_loss.schedule.type": ("adaptive", "constant", "step", "linear", "cosine", "exp"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.lr_schedule": ("multistep", "cosine"),
+    "train.resume": (False, True, "auto"),
+    "eval.metric": ("coco", "voc", "both"),
+    "eval.backend": ("pycocotools", "faster_coco_eval"),
+}
+
+_positive = (lambda v: v > 0, "must be > 0")
+_non_negative = (lambda v: v >= 0, "must be >= 0")
+_unit = (lambda v: 0 <= v <= 1, "must be in [0, 1]")
+_open_unit = (lambda v: 0 < v <= 1, "must be in (0, 1]")
+_CHECKS: dict[str, tuple[Any, str]] = {
+    "data.max_images": _positive,
+    "data.fraction": _open_unit,
+    "data.label_noise": _unit,
+    "data.label_noise_scale": _non_negative,
+    "data.synthetic.num_train": _positive,
+    "data.synthetic.num_val": _positive,
+    "data.synthetic.num_classes": (lambda v: 1 <= v <= 6, "must be in 1..6"),
+    "data.synthetic.max_objects": _positive,
+    "data.input.min_size_train": (lambda v: len(v) > 0 and all(s > 0 for s in v), "must be a non-empty list of sizes > 0"),
+    "data.input.max_size_train": _positive,
+    "data.input.min_size_test": _positive,
+    "data.input.max_size_test": _positive,
+    "data.input.flip_prob": _unit,
+    "data.input.size_divisibility": _positive,
+    "data.loader.num_workers": _non_negative,
+    "model.num_classes": _positive,
+    "model.backbone.freeze_at": (lambda v: 0 <= v <= 5, "must be in 0..5"),
+    "model.rpn.nms_thresh": _unit,
+    "model.rpn.positive_fraction": _unit,
+    "model.rpn.fg_iou_thresh": _unit,
+    "model.rpn.bg_iou_thresh": _unit,
+    "model.rpn.box_loss.beta": _non_negative,
+    "model.roi_head.batch_size_per_image": _positive,
+    "model.roi_head.positive_fraction": _unit,
+    "model.roi_head.fg_iou_thresh": _unit,
+    "model.roi_head.bg_iou_thresh": _unit,
+    "model.roi_head.box_coder_weights": (lambda v: len(v) == 4 and all(w > 0 for w in v), "must be 4 numbers > 0"),
+    "model.roi_head.box_loss.beta": _non_negative,
+    "model.roi_head.box_loss.sigma": _positive,
+    "model.roi_head.box_loss.schedule.min_beta": _positive,
+    "model.roi_head.box_loss.schedule.interval": _positive,
+    "model.roi_head.dynamic_label_assignment.interval": _positive,
+    "model.roi_head.test.score_thresh": _unit,
+    "model.roi_head.test.nms_thresh": _unit,
+    "train.max_iters": _positive,
+    "train.batch_size": _positive,
+    "train.lr": _positive,
+    "train.weight_decay": _non_negative,
+    "train.warmup_iters": _non_negative,
+    "train.clip_grad_norm": _non_negative,
+    "train.eval_period": _non_negative,
+    "train.checkpoint_period": _positive,
+    "train.log_period": _positive,
+    "train.hist_period": _positive,
+    "train.num_vis_images": _non_negative,
+    "eval.max_images": _positive,
+}
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message names it and the fix."""
+
+
+class Config(Mapping):
+    """A frozen nested mapping with attribute access: ``cfg.model.roi_head.box_loss.name``."""
+
+    def __init__(self, data: Mapping[str, Any], _path: str = ""):
+        items = {}
+        for key, value in data.items():
+            full = f"{_path}.{key}" if _path else key
+            items[key] = Config(value, full) if isinstance(value, Mapping) else _freeze(value)
+        object.__setattr__(self, "_items", items)
+        object.__setattr__(self, "_path", _path)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._items[key]
+        except KeyError:
+            where = f"{self._path}.{key}" if self._path else key
+            raise AttributeError(f"config has no key {where}{_hint(key, self._items)}") from None
+
+    def __setattr__(self, key, value):
+        raise AttributeError("Config is frozen; pass overrides to load_config instead")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Mapping) and self.to_dict() == _thaw(other)
+
+    def __repr__(self) -> str:
+        return self.to_yaml()
+
+    def __reduce__(self):
+        return (Config, (self.to_dict(), self._path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _thaw(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    def select(self, dotted: str) -> Any:
+        """``cfg.select("model.roi_head.box_loss.name")``."""
+        node: Any = self
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _hint(key: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Path:
+    """A path as given, else relative to the including file, else looked up in ``configs/``."""
+    name = str(name)
+    candidates = [Path(name)]
+    if relative_to is not None:
+        candidates.append(relative_to / name)
+    candidates.append(CONFIG_DIR / name)
+    if not name.endswith((".yaml", ".yml")):
+        candidates += [Path(str(c) + ".yaml") for c in list(candidates)]
+    for path in candidates:
+        if path.is_file():
+            return path.resolve()
+    available = sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*.yaml"))
+    raise ConfigError(f"config file {name!r} not found (as a path or under {CONFIG_DIR}){_hint(name, available)}; "
+                      f"available: {', '.join(available)}")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def _load_layer(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """The file's ``_base_`` chain followed by the file itself, as (source, mapping) layers."""
+    if path in seen:
+        raise ConfigError(f"{path}: _base_ cycle: {' -> '.join(str(p) for p in seen + (path,))}")
+    data = _read_yaml(path)
+    base = data.pop("_base_", None)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: _base_ must name one file, got {base!r}")
+        base_path = resolve_config_path(base, path.parent)
+        if base_path != SCHEMA_FILE.resolve():  # the schema's defaults are always the first layer
+            layers += _load_layer(base_path, seen + (path,))
+    layers.append((str(path), data))
+    return layers
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"model.roi_head.box_loss.beta=0.5"`` -> ``("model.roi_head.box_loss.beta", 0.5)``."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected key.sub=value, e.g. train.max_iters=200")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML") from None
+    return key.strip(), value
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _merge(dst: dict[str, Any], src: Mapping[str, Any], schema: Mapping[str, Any], source: str, prefix: str = "") -> None:
+    for key, value in src.items():
+        full = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in schema:
+            hint = _hint(str(key), schema.keys())
+            elsewhere = _find_key(str(key), _schema_root, "")
+            extra = f" (it exists as {elsewhere})" if elsewhere and not hint else ""
+            raise ConfigError(f"{source}: unknown key {full}{hint}{extra}")
+        default = schema[key]
+        if isinstance(default, dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: {full} is a section; set its keys ({', '.join(default)}), "
+                                  f"not a {type(value).__name__}")
+            _merge(dst[key], value, default, source, full + ".")
+        else:
+            _check_value(full, value, default, source)
+            dst[key] = copy.deepcopy(value)
+
+
+_schema_root: dict[str, Any] = {}
+
+
+def _find_key(leaf: str, node: Mapping[str, Any], prefix: str) -> str | None:
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        if key == leaf:
+            return full
+        if isinstance(value, dict):
+            found = _find_key(leaf, value, full + ".")
+            if found:
+                return found
+    return None
+
+
+def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    return isinstance(value, types)
+
+
+def _check_value(full: str, value: Any, default: Any, source: str) -> None:
+    if value is None:
+        if default is None or full in _TYPES:
+            return
+        raise ConfigError(f"{source}: {full} cannot be null; expected {type(default).__name__} like {default!r}")
+    types = _TYPES.get(full) or ((list,) if isinstance(default, list) else (type(default),))
+    if float in types and int not in types and not isinstance(value, bool) and isinstance(value, int):
+        pass  # an int where a float is expected is fine (lr: 1)
+    elif not _type_ok(value, types):
+        want = " or ".join(t.__name__ for t in types)
+        raise ConfigError(f"{source}: {full} must be {want}, got {type(value).__name__} {value!r}")
+    if isinstance(default, list) and default and isinstance(value, list):
+        elem_types = {type(d) for d in default}
+        elem_types = (float, int) if float in elem_types else tuple(elem_types)
+        bad = [v for v in value if not _type_ok(v, elem_types)]
+        if bad:
+            raise ConfigError(f"{source}: {full} must be a list of {elem_types[0].__name__}, got element {bad[0]!r}")
+    if full in _CHOICES and value not in _CHOICES[full]:
+        choices = [c for c in _CHOICES[full] if isinstance(c, str)]
+        hint = _hint(str(value), choices)
+        raise ConfigError(f"{source}: {full}={value!r} is not valid{hint}; choose from {', '.join(map(str, choices))}")
+    if full in _CHECKS:
+        ok, message = _CHECKS[full]
+        if not ok(value):
+            raise ConfigError(f"{source}: {full}={value!r} {message}")
+
+
+def _check_relations(cfg: dict[str, Any]) -> None:
+    rpn, roi = cfg["model"]["rpn"], cfg["model"]["roi_head"]
+    if rpn["bg_iou_thresh"] > rpn["fg_iou_thresh"]:
+        raise ConfigError("model.rpn.bg_iou_thresh must be <= model.rpn.fg_iou_thresh")
+    if roi["bg_iou_thresh"] > roi["fg_iou_thresh"]:
+        raise ConfigError("model.roi_head.bg_iou_thresh must be <= model.roi_head.fg_iou_thresh")
+    if cfg["model"]["proposals"] == "precomputed" and not cfg["model"]["proposal_file"]:
+        raise ConfigError("model.proposals=precomputed needs model.proposal_file (a JSON made by tools/dump_proposals.py)")
+
+
+def default_config() -> dict[str, Any]:
+    """The schema's defaults as a plain dict."""
+    global _schema_root
+    _schema_root = _read_yaml(SCHEMA_FILE)
+    return copy.deepcopy(_schema_root)
+
+
+def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> Config:
+    """Defaults from ``configs/base.yaml``, then each file (after its ``_base_`` chain), then overrides."""
+    cfg = default_config()
+    for name in paths:
+        for source, layer in _load_layer(resolve_config_path(name)):
+            _merge(cfg, layer, _schema_root, source)
+    for text in overrides:
+        key, value = parse_override(text)
+        _merge(cfg, _nest(key, value), _schema_root, f"override {text!r}")
+    _check_relations(cfg)
+    return Config(cfg)
