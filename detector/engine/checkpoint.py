@@ -1,0 +1,108 @@
+"""Checkpoints: written atomically, read with clear errors, resumed with a fallback.
+
+A checkpoint is a dict ``{"model", "optimizer", "scheduler", "scaler", "iteration", "config", "rng"}``. The
+model's state dict carries the RoI head's dynamic state (β schedule, label assigner) through
+``get_extra_state``. Files in ``<run>/checkpoints/``:
+
+- ``last.pth``: the newest; the one it replaced is kept as ``last.prev.pth`` so a corrupt newest file
+  (a machine dying mid-``fsync``) can fall back one step.
+- ``best.pth``: the best evaluation by ``train.best_metric``.
+- ``nonfinite_iter<k>.pth``: a diagnostic snapshot written when a loss becomes NaN/inf, never over the others.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LAST, PREVIOUS, BEST = "last.pth", "last.prev.pth", "best.pth"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated or not ours; the message names it and the fix."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
+
+    With ``keep_previous`` an existing file at ``path`` is first renamed to ``last.prev.pth``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, path.parent / PREVIOUS)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (or a bare model state dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; pass the .pth file of a run "
+                              f"(runs/<name>/checkpoints/last.pth or best.pth)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # truncated zip, pickle garbage, wrong file type: all are the same to the user
+        raise CheckpointError(f"{path}: cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                              f"the file is truncated or not a checkpoint: use another one (e.g. {PREVIOUS}) "
+                              f"or start the run again") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict, got {type(state).__name__}; not a detector checkpoint")
+    if "model" not in state:  # a bare state dict of the model
+        if all(isinstance(v, torch.Tensor) for v in state.values()):
+            return {"model": state}
+        raise CheckpointError(f"{path}: no 'model' entry; not a detector checkpoint")
+    return state
+
+
+def find_resume_checkpoint(checkpoint_dir: str | Path) -> dict[str, Any] | None:
+    """The newest readable checkpoint of a run (``last.pth``, else ``last.prev.pth``), or None if there is none.
+
+    A corrupt ``last.pth`` is reported and skipped; if no file can be read, the error is raised.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    candidates = [checkpoint_dir / name for name in (LAST, PREVIOUS) if (checkpoint_dir / name).exists()]
+    errors = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            warnings.warn(f"{exc}; falling back to the previous checkpoint", stacklevel=2)
+            continue
+        state["path"] = str(path)
+        return state
+    if errors:
+        raise CheckpointError("no readable checkpoint to resume from: " + " | ".join(errors))
+    return None
+
+
+def capture_rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

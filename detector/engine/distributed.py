@@ -1,0 +1,65 @@
+"""Distributed training through torchrun: DDP with NCCL on GPU, gloo on CPU.
+
+``torchrun --nproc_per_node=N tools/train.py ...`` sets RANK/WORLD_SIZE/LOCAL_RANK; a plain
+``python tools/train.py`` runs as a world of one. Nothing here is home-made distribution: it is
+``torch.distributed`` with the environment torchrun provides.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed(device_type: str) -> bool:
+    """Join the process group torchrun describes; return True when running with more than one process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return dist.is_available() and dist.is_initialized()
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return True
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Average a dict of 0-d tensors over ranks (for logging; one all_reduce call)."""
+    if not is_distributed() or not values:
+        return values
+    keys = sorted(values)
+    stacked = torch.stack([values[k].detach().float() for k in keys])
+    dist.all_reduce(stacked)
+    stacked /= get_world_size()
+    return dict(zip(keys, stacked))
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
