@@ -1,0 +1,1 @@
+"""Training engine: loop, checkpoints, logging, optimizer, distributed helpers."""

@@ -1,0 +1,123 @@
+"""Run logging: ``metrics.jsonl`` (one JSON object per log step and per evaluation) and TensorBoard events.
+
+Everything an ablation compares goes to both: every loss term (raw and weighted), lr, β, IoU threshold,
+positives, per-coordinate statistics of |target| and |pred − target| (and their histograms), gradient norm,
+images/s, peak GPU memory, evaluation metrics, a few validation images with boxes drawn, and the
+hyper-parameters with the final metrics in TensorBoard's HParams tab. Only rank 0 writes.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HPARAM_KEYS = {
+    "box_loss": "model.roi_head.box_loss.name", "beta": "model.roi_head.box_loss.beta",
+    "beta_schedule": "model.roi_head.box_loss.schedule.type", "normalizer": "model.roi_head.box_loss.normalizer",
+    "box_loss_weight": "model.roi_head.box_loss.weight", "dynamic_label_assignment":
+    "model.roi_head.dynamic_label_assignment.enabled", "backbone": "model.backbone.name", "lr": "train.lr",
+    "max_iters": "train.max_iters", "batch_size": "train.batch_size", "data": "data.format",
+    "label_noise": "data.label_noise", "seed": "seed",
+}
+HPARAM_METRICS = ("AP", "AP50", "AP75", "AP90", "mAP_voc")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class RunLogger:
+    """Writes scalars, histograms and images of one run. A no-op on ranks other than 0."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True):
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self._writer = None
+        self._jsonl = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._writer = SummaryWriter(log_dir=str(self.run_dir))
+            self._jsonl = open(self.run_dir / "metrics.jsonl", "a")
+
+    def log(self, kind: str, iteration: int, values: dict[str, Any]) -> None:
+        """One JSON line ``{"type": kind, "iter": k, ...}`` and a TensorBoard scalar per numeric value."""
+        if not self.enabled:
+            return
+        record = {"type": kind, "iter": iteration, **_jsonable(values)}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        prefix = "eval/" if kind == "eval" else ""
+        for key, value in record.items():
+            if key not in ("type", "iter") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(prefix + key, value, iteration)
+            elif key == "AP_per_iou" and isinstance(value, list):
+                for thr, ap in zip(range(50, 100, 5), value):
+                    self._writer.add_scalar(f"{prefix}AP_per_iou/AP{thr}", ap, iteration)
+
+    def histograms(self, iteration: int, tensors: dict[str, torch.Tensor], names=("tx", "ty", "tw", "th")) -> None:
+        """``hist/<name>`` tensors of shape [P,4] become one histogram per coordinate."""
+        if not self.enabled:
+            return
+        for key, value in tensors.items():
+            value = value.detach().float().cpu()
+            if value.numel() == 0:
+                continue
+            if value.dim() == 2 and value.shape[1] == len(names):
+                for i, coord in enumerate(names):
+                    self._writer.add_histogram(f"{key}/{coord}", value[:, i], iteration)
+            else:
+                self._writer.add_histogram(key, value.flatten(), iteration)
+
+    def images(self, iteration: int, tag: str, images: list[torch.Tensor]) -> None:
+        """uint8 [3,H,W] images (already drawn on)."""
+        if not self.enabled:
+            return
+        for i, image in enumerate(images):
+            self._writer.add_image(f"{tag}/{i}", image, iteration)
+
+    def hparams(self, cfg, metrics: dict[str, Any]) -> None:
+        """The run's hyper-parameters and final metrics, in this run's own event file (HParams tab)."""
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard.summary import hparams
+        hp = {}
+        for name, key in HPARAM_KEYS.items():
+            value = cfg.select(key)
+            hp[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        final = {f"hparam/{k}": float(metrics[k]) for k in HPARAM_METRICS
+                 if isinstance(metrics.get(k), (int, float))}
+        exp, ssi, sei = hparams(hp, final)
+        file_writer = self._writer._get_file_writer()
+        for summary in (exp, ssi, sei):
+            file_writer.add_summary(summary)
+        for key, value in final.items():
+            self._writer.add_scalar(key, value)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._writer.flush()
+            self._writer.close()
+            self._jsonl.close()
+
+
+def stats_to_scalars(stats: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Split the model's stats into 0-d scalars (one host copy) and ``hist/`` tensors."""
+    scalars = {k: v for k, v in stats.items() if not k.startswith("hist/") and v.numel() == 1}
+    hists = {k: v for k, v in stats.items() if k.startswith("hist/")}
+    if scalars:
+        keys = list(scalars)
+        values = torch.stack([scalars[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
+        scalars = dict(zip(keys, values))
+    return scalars, hists
