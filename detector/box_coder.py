@@ -1,0 +1,131 @@
+"""Box coder: (tx, ty, tw, th) regression deltas between proposals and boxes (R-CNN parametrisation).
+
+Conventions: boxes are absolute xyxy float32 pixels; ``N`` boxes, ``k`` box sets per row (class-specific
+regression gives ``[N, 4K]`` deltas, label 0 = background has no slot of its own when the head predicts K
+foreground classes). With proposal centre/size (px, py, pw, ph) and box centre/size (gx, gy, gw, gh)::
+
+    tx = wx * (gx - px) / pw      ty = wy * (gy - py) / ph
+    tw = ww * log(gw / pw)        th = wh * log(gh / ph)
+
+The argument order is by role and the same in both directions: ``encode(proposals, gt_boxes)`` and
+``decode(deltas, proposals)`` (torchvision's ``encode(reference_boxes, proposals)`` puts the targets first).
+Everything is computed in float32, also under autocast, because exp/log of half-precision deltas lose the
+box. ``decode`` clamps dw, dh from above at ``clamp`` (log(1000/16): no box grows more than 62.5x).
+
+Degenerate input (non-positive width/height, NaN/inf) raises ValueError naming the offending boxes. The
+check costs one host-device sync; the training hot path may pass ``check=False``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+__all__ = ["BoxCoder", "DEFAULT_CLAMP"]
+
+DEFAULT_CLAMP = math.log(1000.0 / 16)
+
+
+def _check_shape(where: str, name: str, tensor: torch.Tensor, last: int | None = 4) -> None:
+    if tensor.dim() != 2 or (last is not None and tensor.shape[1] != last):
+        want = f"[N,{last}]" if last is not None else "[N,4k]"
+        raise ValueError(f"{where}: {name} must be {want}, got shape {list(tensor.shape)}")
+
+
+def _raise_if_degenerate(where: str, name: str, boxes: torch.Tensor, bad: torch.Tensor, what: str) -> None:
+    """``bad`` [N] bool; called only after ``bad.any()`` was found True (the error path)."""
+    index = bad.nonzero()[:, 0]
+    first = boxes[index[0]].tolist()
+    raise ValueError(f"{where}: {index.numel()} {name} {what} (first: index {int(index[0])}, {first}); "
+                     f"expected finite xyxy boxes with x2 > x1 and y2 > y1")
+
+
+def _degenerate(boxes: torch.Tensor) -> torch.Tensor:
+    """[N,4] xyxy -> [N] bool: non-finite coordinate or non-positive width/height."""
+    return ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+
+
+class BoxCoder:
+    """Encode boxes as deltas relative to proposals and decode them back.
+
+    Args:
+        weights: (wx, wy, ww, wh) that scale the deltas (Fast R-CNN's RoI head: (10, 10, 5, 5); RPN: (1, 1, 1, 1)).
+        clamp: upper bound on the decoded dw, dh (after dividing by ww, wh).
+        check: validate inputs (one host-device sync per call); each method can override it.
+    """
+
+    def __init__(self, weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0), clamp: float = DEFAULT_CLAMP,
+                 check: bool = True):
+        if len(weights) != 4 or any(w <= 0 for w in weights):
+            raise ValueError(f"BoxCoder: weights must be 4 numbers > 0, got {tuple(weights)}")
+        self.weights = tuple(float(w) for w in weights)
+        self.clamp = float(clamp)
+        self.check = check
+
+    def __repr__(self) -> str:
+        return f"BoxCoder(weights={self.weights}, clamp={self.clamp:.4f}, check={self.check})"
+
+    def encode(self, proposals: torch.Tensor, gt_boxes: torch.Tensor, check: bool | None = None) -> torch.Tensor:
+        """proposals [N,4], gt_boxes [N,4] (row i is the box matched to proposal i) -> deltas [N,4] float32."""
+        _check_shape("BoxCoder.encode", "proposals", proposals)
+        _check_shape("BoxCoder.encode", "gt_boxes", gt_boxes)
+        if proposals.shape[0] != gt_boxes.shape[0]:
+            raise ValueError(f"BoxCoder.encode: {proposals.shape[0]} proposals but {gt_boxes.shape[0]} gt_boxes; "
+                             f"pass one matched gt box per proposal")
+        proposals, gt_boxes = proposals.float(), gt_boxes.float()
+        if self.check if check is None else check:
+            bad_p, bad_g = _degenerate(proposals), _degenerate(gt_boxes)
+            if bool((bad_p | bad_g).any()):
+                if bool(bad_p.any()):
+                    _raise_if_degenerate("BoxCoder.encode", "proposals", proposals, bad_p,
+                                         "have non-positive width/height or non-finite coordinates")
+                _raise_if_degenerate("BoxCoder.encode", "gt_boxes", gt_boxes, bad_g,
+                                     "have non-positive width/height or non-finite coordinates")
+        wx, wy, ww, wh = self.weights
+        pw = proposals[:, 2] - proposals[:, 0]  # [N]
+        ph = proposals[:, 3] - proposals[:, 1]
+        px = proposals[:, 0] + 0.5 * pw
+        py = proposals[:, 1] + 0.5 * ph
+        gw = gt_boxes[:, 2] - gt_boxes[:, 0]
+        gh = gt_boxes[:, 3] - gt_boxes[:, 1]
+        gx = gt_boxes[:, 0] + 0.5 * gw
+        gy = gt_boxes[:, 1] + 0.5 * gh
+        tx = wx * (gx - px) / pw
+        ty = wy * (gy - py) / ph
+        tw = ww * torch.log(gw / pw)
+        th = wh * torch.log(gh / ph)
+        return torch.stack((tx, ty, tw, th), dim=1)  # [N,4]
+
+    def decode(self, deltas: torch.Tensor, proposals: torch.Tensor, check: bool | None = None) -> torch.Tensor:
+        """deltas [N,4k] (k box sets, e.g. one per class), proposals [N,4] -> boxes [N,4k] float32 xyxy."""
+        _check_shape("BoxCoder.decode", "deltas", deltas, last=None)
+        _check_shape("BoxCoder.decode", "proposals", proposals)
+        if deltas.shape[1] % 4 != 0 or deltas.shape[0] != proposals.shape[0]:
+            raise ValueError(f"BoxCoder.decode: deltas {list(deltas.shape)} must be [N,4k] for proposals "
+                             f"{list(proposals.shape)}")
+        deltas, proposals = deltas.float(), proposals.float()
+        if self.check if check is None else check:
+            bad_p = _degenerate(proposals)
+            bad_d = ~torch.isfinite(deltas).all(dim=1)
+            if bool((bad_p | bad_d).any()):
+                if bool(bad_p.any()):
+                    _raise_if_degenerate("BoxCoder.decode", "proposals", proposals, bad_p,
+                                         "have non-positive width/height or non-finite coordinates")
+                index = bad_d.nonzero()[:, 0]
+                raise ValueError(f"BoxCoder.decode: {index.numel()} rows of deltas are NaN/inf (first: index "
+                                 f"{int(index[0])}, {deltas[index[0]].tolist()}); the regressor diverged")
+        wx, wy, ww, wh = self.weights
+        n = deltas.shape[0]
+        d = deltas.view(n, deltas.shape[1] // 4, 4)  # [N,k,4]
+        pw = (proposals[:, 2] - proposals[:, 0])[:, None]  # [N,1]
+        ph = (proposals[:, 3] - proposals[:, 1])[:, None]
+        px = proposals[:, 0, None] + 0.5 * pw
+        py = proposals[:, 1, None] + 0.5 * ph
+        dx, dy = d[..., 0] / wx, d[..., 1] / wy  # [N,k]
+        dw = (d[..., 2] / ww).clamp(max=self.clamp)
+        dh = (d[..., 3] / wh).clamp(max=self.clamp)
+        cx, cy = dx * pw + px, dy * ph + py
+        half_w, half_h = 0.5 * torch.exp(dw) * pw, 0.5 * torch.exp(dh) * ph
+        boxes = torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=2)  # [N,k,4]
+        return boxes.reshape(n, deltas.shape[1])  # [N,4k]
