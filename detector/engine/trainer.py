@@ -250,6 +250,8 @@ def train(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
             logger.log("train", done, values)
             if main and (done % cfg.train.hist_period == 0 or done == cfg.train.max_iters):
                 logger.histograms(done, hists)
+            if main and done == cfg.train.max_iters:  # the end-of-training error distribution, for ablation plots
+                torch.save({k: v.detach().float().cpu() for k, v in hists.items()}, run_dir / "final_errors.pt")
             bar.set_postfix(loss=f"{values['total_loss']:.3f}", lr=f"{values['lr']:.2g}")
             if main:
                 beta = f" beta {values['beta']:.3f}" if "beta" in values else ""

@@ -1,0 +1,207 @@
+"""Training engine: every config trains a few iterations, the run folder is complete, resume after SIGKILL
+reaches the same weights, NaN losses stop cleanly, corrupt checkpoints fall back, bad configs fail early,
+and a 2-process gloo DDP run works."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector.config import CONFIG_DIR, load_config
+from detector.engine import trainer as trainer_mod
+from detector.engine.checkpoint import (CheckpointError, find_resume_checkpoint, load_checkpoint,
+                                        save_checkpoint)
+from detector.engine.optim import lr_factor
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = REPO / "tools" / "train.py"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def tiny(data_root: Path, run_dir: Path, **extra) -> list[str]:
+    """Overrides for a seconds-long CPU run on a tiny synthetic set."""
+    values = {
+        "output_dir": str(run_dir), "data.root": str(data_root), "data.synthetic.num_train": 8,
+        "data.synthetic.num_val": 4, "data.synthetic.image_size": "[128, 128]",
+        "data.input.min_size_train": "[128]", "data.input.max_size_train": 160, "data.input.min_size_test": 128,
+        "data.input.max_size_test": 160, "data.loader.num_workers": 0, "train.batch_size": 2, "train.max_iters": 2,
+        "train.log_period": 1, "train.warmup_iters": 1, "train.checkpoint_period": 1, "train.device": "cpu",
+        "train.num_vis_images": 1, "model.backbone.name": "resnet18", "model.roi_head.fc_dim": 64,
+        "model.roi_head.batch_size_per_image": 32, "model.rpn.pre_nms_topk_train": 100,
+        "model.rpn.post_nms_topk_train": 50, "model.rpn.pre_nms_topk_test": 100, "model.rpn.post_nms_topk_test": 50,
+        "model.backbone.out_channels": 32,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+LEAF_CONFIGS = sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.glob("*.yaml") if p.name != "gpu.yaml")
+
+
+@pytest.mark.parametrize("name", LEAF_CONFIGS)
+def test_every_config_trains_a_few_iterations(name, tiny_data, tmp_path):
+    extra = {"model.roi_head.box_loss.schedule.interval": 1, "model.roi_head.dynamic_label_assignment.interval": 1}
+    cfg = load_config([name], tiny(tiny_data, tmp_path / "run", **extra))
+    metrics = trainer_mod.train(cfg, tmp_path / "run")
+    assert 0.0 <= metrics["AP"] <= 1.0 or metrics["AP"] == -1.0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["type"] == "train"]
+    assert [r["iter"] for r in train_records] == [1, 2]
+    assert all(r["loss_box_reg"] is not None and r["loss_box_reg"] >= 0 for r in train_records)
+    if "dynamic_smooth_l1" in cfg.model.roi_head.box_loss.name:
+        assert "beta" in train_records[-1]
+
+
+def _train_main(argv):
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import importlib
+        module = importlib.import_module("train")
+        return module.main(argv)
+    finally:
+        sys.path.pop(0)
+
+
+def test_run_folder_holds_everything(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = _train_main(["--cfg", "smoothl1.yaml", *tiny(tiny_data, run, **{"train.max_iters": 3,
+                                                                         "train.eval_period": 2})])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "AP50" in out and "run folder" in out
+    assert (run / "config.yaml").is_file() and load_config([str(run / "config.yaml")]).train.max_iters == 3
+    kinds = [json.loads(line)["type"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert kinds.count("eval") == 2 and kinds.count("train") == 3
+    assert list(run.glob("events.out.tfevents.*"))
+    assert (run / "checkpoints" / "last.pth").is_file() and (run / "checkpoints" / "best.pth").is_file()
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert {"AP", "AP50", "AP75", "AP90", "AP_per_iou", "per_class"} <= set(metrics)
+    state = load_checkpoint(run / "checkpoints" / "last.pth")
+    assert state["iteration"] == 3 and {"model", "optimizer", "scheduler", "scaler", "rng", "config"} <= set(state)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "histograms": 0, "images": 0}).Reload()
+    tags = events.Tags()
+    for tag in ("loss_box_reg", "weighted/loss_box_reg", "lr", "grad_norm", "images_per_s", "eval/AP",
+                "target_abs/tx/mean", "pred_err/tw/p90", "num_pos_per_image"):
+        assert tag in tags["scalars"], tag
+    assert any(t.startswith("hist/target_abs") for t in tags["histograms"])
+    assert tags["images"]
+
+
+def test_bad_config_fails_before_anything_runs(tmp_path, capsys):
+    assert _train_main(["--cfg", "smoothl1.yaml", "model.roi_head.box_los.name=l1",
+                        f"output_dir={tmp_path / 'run'}"]) == 2
+    assert "did you mean box_loss?" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert _train_main(["--cfg", "no_such.yaml"]) == 2
+
+
+def _final_weights(run: Path) -> dict:
+    return load_checkpoint(run / "checkpoints" / "last.pth")["model"]
+
+
+def test_resume_after_sigkill_reaches_the_same_weights(tiny_data, tmp_path):
+    extra = {"train.max_iters": 8, "train.checkpoint_period": 2, "train.num_vis_images": 0,
+             "data.loader.num_workers": 1}
+    straight = tmp_path / "straight"
+    assert _train_main(["--cfg", "dynamic_rcnn.yaml", *tiny(tiny_data, straight, **extra)]) == 0
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(TRAIN), "--cfg", "dynamic_rcnn.yaml", *tiny(tiny_data, killed, **extra)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "checkpoints" / "last.pth").exists() and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = load_checkpoint(killed / "checkpoints" / "last.pth")["iteration"]
+    assert 0 < saved < 8, "the run must be killed part-way for this test to mean anything"
+
+    assert _train_main(["--cfg", "dynamic_rcnn.yaml", "--resume", *tiny(tiny_data, killed, **extra)]) == 0
+    a, b = _final_weights(straight), _final_weights(killed)
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_nonfinite_loss_stops_with_a_diagnostic_checkpoint(tiny_data, tmp_path, monkeypatch):
+    real_build = trainer_mod.build_detector
+
+    def build_poisoned(cfg, num_classes=None):
+        model = real_build(cfg, num_classes=num_classes)
+        forward, calls = model.forward, {"n": 0}
+
+        def poisoned(*args, **kwargs):
+            out = forward(*args, **kwargs)
+            if model.training:
+                calls["n"] += 1
+                if calls["n"] == 3:
+                    out[0]["loss_box_reg"] = out[0]["loss_box_reg"] * float("nan")
+            return out
+        model.forward = poisoned
+        return model
+
+    monkeypatch.setattr(trainer_mod, "build_detector", build_poisoned)
+    run = tmp_path / "run"
+    cfg = load_config(["smoothl1.yaml"], tiny(tiny_data, run, **{"train.max_iters": 5}))
+    with pytest.raises(trainer_mod.NonFiniteLossError, match="loss_box_reg is not finite at iteration 2"):
+        trainer_mod.train(cfg, run)
+    assert (run / "checkpoints" / "nonfinite_iter2.pth").is_file()
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 2  # the last good one, untouched
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    save_checkpoint({"model": {"w": torch.ones(1)}, "iteration": 1}, ckpt / "last.pth", keep_previous=True)
+    save_checkpoint({"model": {"w": torch.ones(1)}, "iteration": 2}, ckpt / "last.pth", keep_previous=True)
+    data = (ckpt / "last.pth").read_bytes()
+    (ckpt / "last.pth").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="last.pth: cannot be read"):
+        load_checkpoint(ckpt / "last.pth")
+    with pytest.warns(UserWarning, match="falling back"):
+        state = find_resume_checkpoint(ckpt)
+    assert state["iteration"] == 1
+    (ckpt / "last.prev.pth").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="no readable checkpoint"), pytest.warns(UserWarning):
+        find_resume_checkpoint(ckpt)
+    assert find_resume_checkpoint(tmp_path / "empty") is None
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pth")
+
+
+def test_lr_schedule_warmup_then_decay():
+    kw = dict(max_iters=100, milestones=(0.5, 0.8), gamma=0.1, warmup_iters=10, warmup_factor=0.001)
+    assert lr_factor(0, schedule="multistep", **kw) == pytest.approx(0.001)
+    assert lr_factor(10, schedule="multistep", **kw) == 1.0
+    assert lr_factor(50, schedule="multistep", **kw) == pytest.approx(0.1)
+    assert lr_factor(80, schedule="multistep", **kw) == pytest.approx(0.01)
+    assert lr_factor(50, schedule="cosine", **kw) == pytest.approx(0.5)
+    assert lr_factor(100, schedule="cosine", **kw) == pytest.approx(0.0)
+
+
+def test_ddp_two_processes_gloo(tiny_data, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(TRAIN),
+           "--cfg", "dynamic_smoothl1.yaml", *tiny(tiny_data, run, **{"train.max_iters": 3, "train.batch_size": 1,
+                                                                    "train.num_vis_images": 0})]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    start = next(r for r in records if r["type"] == "start")
+    assert start["world_size"] == 2
+    assert [r["iter"] for r in records if r["type"] == "train"] == [1, 2, 3]
+    state = load_checkpoint(run / "checkpoints" / "last.pth")
+    assert isinstance(state["rng"], list) and len(state["rng"]) == 2
