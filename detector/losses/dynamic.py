@@ -94,8 +94,7 @@ class AdaptiveBeta(BetaSchedule):
     def update(self, iteration: int, pos_target_deltas: torch.Tensor, num_images: int) -> float:
         self._history.append(self._statistic(pos_target_deltas, num_images).detach())
         if (iteration + 1) % self.interval == 0:
-            device = self._history[-1].device
-            record = [v for v in torch.stack([h.to(device) for h in self._history]).tolist() if not math.isnan(v)]
+            record = [v for v in self._history_values() if not math.isnan(v)]
             self._history = []
             if record:
                 median = statistics.median(record)
@@ -103,8 +102,15 @@ class AdaptiveBeta(BetaSchedule):
                     self.beta = max(min(self.initial_beta, median), self.min_beta)
         return self.beta
 
+    def _history_values(self) -> list[float]:
+        """The recorded statistics as floats (NaN: no positives); the one host-device sync."""
+        if not self._history:
+            return []
+        device = self._history[-1].device  # a resumed record starts on the CPU
+        return torch.stack([h.to(device) for h in self._history]).tolist()
+
     def state_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "beta": self.beta, "history": [float(h) for h in self._history]}
+        return {"type": self.type, "beta": self.beta, "history": self._history_values()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
