@@ -1,0 +1,298 @@
+"""COCO box metrics through the official COCOeval, for any dataset format (COCO, VOC, synthetic).
+
+Conventions: inside the package boxes are absolute xyxy float32 pixels of the ORIGINAL image, label 0 is
+background and foreground labels are 1..K. COCO's world is xywh boxes and the dataset's original category ids.
+The crossing happens in exactly two places:
+
+- :func:`build_coco_gt` turns the dataset's raw targets (``get_target``, no image decoding) into a pycocotools
+  ``COCO`` ground truth: original category ids (``dataset.label_to_cat_id``), xywh, ``area`` from the target
+  (COCO's annotation area, which decides small/medium/large), ``iscrowd`` kept. VOC's ``difficult`` arrives as
+  ``iscrowd``, so under COCO metrics a difficult VOC object is a crowd region: never a miss, and a detection
+  on it is ignored rather than counted as a false positive.
+- :func:`detections_to_coco_results` turns per-image detections
+  ``{"image_id", "boxes" [D,4] xyxy, "labels" [D] 1..K, "scores" [D]}`` into COCO result dicts
+  ``{"image_id", "category_id", "bbox" [x,y,w,h], "score"}``; :func:`coco_results_to_detections` is its inverse
+  (used to score a results file with the VOC metric).
+
+:func:`coco_metrics` returns the 12 numbers of ``COCOeval.stats`` (0..1, -1 where undefined) under
+``AP AP50 AP75 APs APm APl AR1 AR10 AR100 ARs ARm ARl``, ``AP_per_iou`` (AP at IoU 0.50, 0.55, ..., 0.95) and
+``per_class`` (class name -> AP), the last two averaged from ``eval["precision"]`` exactly as ``summarize`` does
+(area "all", 100 detections per image, -1 entries excluded). COCOeval's prints are captured, not shown.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detector.boxes import box_xywh_to_xyxy, box_xyxy_to_xywh
+
+COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+BACKENDS = ("pycocotools", "faster_coco_eval")
+DETECTION_KEYS = ("image_id", "boxes", "labels", "scores")
+RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
+_GT_CACHE_ATTR = "_coco_gt_cache"
+
+
+def build_coco_gt(dataset) -> COCO:
+    """The dataset's ground truth as a pycocotools ``COCO`` (original category ids, xywh); cached on the dataset.
+
+    Reads only ``classes``, ``label_to_cat_id``, ``get_image_info(i)`` and ``get_target(i)``; building is a pass over
+    every target, so the result is kept on the dataset (rebuilt when its length changes). Annotation ids start at 1
+    (COCOeval treats id 0 as "unmatched").
+    """
+    cached = getattr(dataset, _GT_CACHE_ATTR, None)
+    if cached is not None and cached[0] == len(dataset):  # (number of images, COCO): rebuilt if the dataset was cut
+        return cached[1]
+    categories = [{"id": int(cat_id), "name": dataset.classes[label], "supercategory": ""}
+                  for label, cat_id in sorted(dataset.label_to_cat_id.items())]
+    images, annotations = [], []
+    for index in range(len(dataset)):
+        info = dataset.get_image_info(index)
+        target = dataset.get_target(index)
+        image_id = int(info["image_id"])
+        images.append({"id": image_id, "file_name": info["file_name"],
+                       "height": int(info["height"]), "width": int(info["width"])})
+        boxes_xywh = box_xyxy_to_xywh(torch.as_tensor(target["boxes"]).reshape(-1, 4)).tolist()  # [N,4]
+        labels = torch.as_tensor(target["labels"]).tolist()
+        areas = torch.as_tensor(target["area"]).tolist()
+        crowd = torch.as_tensor(target["iscrowd"]).tolist()
+        for box, label, area, iscrowd in zip(boxes_xywh, labels, areas, crowd):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": int(dataset.label_to_cat_id[label]), "bbox": box,
+                                "area": float(area), "iscrowd": int(bool(iscrowd))})
+    coco_gt = COCO()
+    coco_gt.dataset = {"info": {"description": f"ground truth of {type(dataset).__name__}"},
+                       "images": images, "annotations": annotations, "categories": categories}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt.createIndex()
+    setattr(dataset, _GT_CACHE_ATTR, (len(dataset), coco_gt))
+    return coco_gt
+
+
+def detections_to_coco_results(dataset, detections: Sequence[dict]) -> list[dict]:
+    """Per-image detections (xyxy original pixels, labels 1..K) -> COCO result dicts (xywh, original category ids).
+
+    The one place detections become COCO JSON. Scores become Python floats; boxes keep their float32 values.
+    """
+    results = []
+    for det in detections:
+        image_id = int(det["image_id"])
+        boxes_xywh = box_xyxy_to_xywh(torch.as_tensor(det["boxes"], dtype=torch.float32).reshape(-1, 4)).tolist()
+        labels = torch.as_tensor(det["labels"]).tolist()
+        scores = torch.as_tensor(det["scores"], dtype=torch.float32).tolist()
+        for box, label, score in zip(boxes_xywh, labels, scores):
+            results.append({"image_id": image_id, "category_id": int(dataset.label_to_cat_id[label]),
+                            "bbox": box, "score": score})
+    return results
+
+
+def coco_results_to_detections(dataset, results: Sequence[dict]) -> list[dict]:
+    """COCO result dicts -> per-image detections (xyxy, labels 1..K), one entry per image id that has a result."""
+    cat_id_to_label = {int(cat_id): label for label, cat_id in dataset.label_to_cat_id.items()}
+    grouped: dict[int, list[dict]] = {}
+    for result in results:
+        grouped.setdefault(int(result["image_id"]), []).append(result)
+    detections = []
+    for image_id, items in grouped.items():
+        boxes_xywh = torch.tensor([r["bbox"] for r in items], dtype=torch.float32).reshape(-1, 4)
+        detections.append({"image_id": image_id, "boxes": box_xywh_to_xyxy(boxes_xywh),
+                           "labels": torch.tensor([cat_id_to_label[int(r["category_id"])] for r in items]),
+                           "scores": torch.tensor([float(r["score"]) for r in items], dtype=torch.float32)})
+    return detections
+
+
+def validate_detections(dataset, detections: Sequence[dict], source: str = "detections") -> None:
+    """Raise ValueError naming the first bad per-image entry: unknown or repeated image id, label outside 1..K,
+    NaN/inf box or score, a box with x2 <= x1 or y2 <= y1, or shapes other than boxes [D,4], labels [D], scores [D].
+    """
+    known_ids = set(build_coco_gt(dataset).imgs)
+    valid_labels = set(dataset.label_to_cat_id)
+    seen: set[int] = set()
+    if not isinstance(detections, (list, tuple)):
+        raise ValueError(f"{source}: expected a list of per-image dicts, got {type(detections).__name__}")
+    for i, det in enumerate(detections):
+        where = f"{source}[{i}]"
+        if not isinstance(det, dict) or any(k not in det for k in DETECTION_KEYS):
+            raise ValueError(f"{where}: expected a dict with keys {DETECTION_KEYS} (boxes [D,4] xyxy, labels [D] in "
+                             f"1..K, scores [D]), got {_brief(det)}")
+        image_id = det["image_id"]
+        where = f"{where} (image_id {image_id})"
+        _check_image_id(image_id, known_ids, where, "image_id")
+        if int(image_id) in seen:
+            raise ValueError(f"{where}: image_id repeated; give one entry per image with all its detections")
+        seen.add(int(image_id))
+        boxes = torch.as_tensor(det["boxes"]).double()
+        labels = torch.as_tensor(det["labels"])
+        scores = torch.as_tensor(det["scores"]).double()
+        if boxes.numel() == 0:
+            boxes = boxes.reshape(0, 4)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"{where}: field 'boxes' has shape {list(boxes.shape)}; expected [D, 4] xyxy")
+        num = boxes.shape[0]
+        if labels.shape != (num,) or scores.shape != (num,):
+            raise ValueError(f"{where}: fields 'labels' {list(labels.shape)} and 'scores' {list(scores.shape)} must "
+                             f"both have shape [{num}] to match 'boxes' [{num}, 4]")
+        bad = (~torch.isfinite(scores)).nonzero()
+        if len(bad):
+            j = int(bad[0])
+            raise ValueError(f"{where}: detection {j} has field 'score' {scores[j].item()}; expected a finite number "
+                             f"(drop or fix that detection)")
+        bad = (~torch.isfinite(boxes).all(dim=1)).nonzero()
+        if len(bad):
+            j = int(bad[0])
+            raise ValueError(f"{where}: detection {j} has field 'boxes' {boxes[j].tolist()} with a non-finite "
+                             f"coordinate; expected finite xyxy pixels (drop or fix that detection)")
+        bad = [j for j, label in enumerate(labels.tolist()) if label not in valid_labels]
+        if bad:
+            j = bad[0]
+            raise ValueError(f"{where}: detection {j} has field 'labels' {labels[j].item()}; expected a foreground "
+                             f"label in 1..{len(valid_labels)} (0 is background, never a detection)")
+        bad = ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).nonzero()
+        if len(bad):
+            j = int(bad[0])
+            raise ValueError(f"{where}: detection {j} has field 'boxes' {boxes[j].tolist()} with width or height "
+                             f"<= 0; expected xyxy with x2 > x1 and y2 > y1 (drop degenerate boxes, e.g. "
+                             f"torchvision.ops.remove_small_boxes)")
+
+
+def validate_coco_results(dataset, results: Any, source: str = "detections") -> None:
+    """Raise ValueError naming the first bad COCO result: not a dict with ``image_id category_id bbox score``,
+    unknown image id, category id not in the dataset, NaN/inf score or bbox, bbox not [x, y, w, h] with w, h > 0.
+    """
+    coco_gt = build_coco_gt(dataset)
+    known_ids = set(coco_gt.imgs)
+    known_cats = set(coco_gt.cats)
+    if not isinstance(results, list):
+        raise ValueError(f"{source}: expected a JSON list of COCO results {{'image_id', 'category_id', 'bbox', "
+                         f"'score'}}, got {type(results).__name__}")
+    for i, result in enumerate(results):
+        where = f"{source}: entry {i}"
+        if not isinstance(result, dict) or any(k not in result for k in RESULT_KEYS):
+            raise ValueError(f"{where}: expected a dict with keys {RESULT_KEYS}, got {_brief(result)}")
+        image_id = result["image_id"]
+        where = f"{where} (image_id {image_id})"
+        _check_image_id(image_id, known_ids, where, "image_id")
+        category_id = result["category_id"]
+        if not _is_int(category_id) or int(category_id) not in known_cats:
+            raise ValueError(f"{where}: field 'category_id' {category_id!r} is not a category of the dataset; "
+                             f"expected an original category id, one of {sorted(known_cats)}")
+        score = result["score"]
+        if not _is_number(score) or not math.isfinite(score):
+            raise ValueError(f"{where}: field 'score' {score!r}; expected a finite number (drop or fix that entry)")
+        bbox = result["bbox"]
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+            raise ValueError(f"{where}: field 'bbox' {bbox!r}; expected a list [x, y, w, h] of 4 numbers")
+        if not all(_is_number(v) and math.isfinite(v) for v in bbox):
+            raise ValueError(f"{where}: field 'bbox' {bbox!r} has a non-finite or non-numeric value; expected "
+                             f"[x, y, w, h] of finite pixels (drop or fix that entry)")
+        if bbox[2] <= 0 or bbox[3] <= 0:
+            raise ValueError(f"{where}: field 'bbox' {bbox!r} has width {bbox[2]} and height {bbox[3]}; expected "
+                             f"COCO [x, y, w, h] with w > 0 and h > 0 (xyxy boxes must be converted; drop "
+                             f"degenerate boxes)")
+
+
+def load_coco_results(path: str | Path, dataset) -> list[dict]:
+    """Read and validate a COCO-format detections JSON file (ids of ``dataset``)."""
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read a COCO detections JSON list: {exc}") from None
+    validate_coco_results(dataset, results, source=str(path))
+    return results
+
+
+def coco_metrics(coco_gt: COCO, results: Sequence[dict], backend: str = "pycocotools",
+                 image_ids: Iterable[int] | None = None) -> tuple[dict, str]:
+    """COCOeval (iouType "bbox") of validated COCO results -> (metrics dict, COCOeval's summary text).
+
+    ``image_ids``: the images scored (default: every image of ``coco_gt``); detections on other images are ignored
+    and the GT of other images is not counted. An empty ``results`` is scored as "no detections" (AP 0 where a class
+    has GT, -1 where undefined) instead of failing in ``loadRes``. ``backend="faster_coco_eval"`` runs the same
+    algorithm in C++ (lazy import): its numbers agree with pycocotools to within 1e-16 (the last bit of a double;
+    checked on random and tied-score detections and on coco_tiny in tests/test_eval_coco.py), not bit for bit.
+    """
+    coco_cls, cocoeval_cls = _backend_classes(backend)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        gt = coco_gt if backend == "pycocotools" else coco_cls(copy.deepcopy(coco_gt.dataset))
+        dt = _load_results(coco_cls, gt, results)
+        evaluator = cocoeval_cls(gt, dt, "bbox", **({} if backend == "pycocotools" else {"print_function": print}))
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted({int(i) for i in image_ids})
+        evaluator.evaluate()
+        evaluator.accumulate()
+    summary = io.StringIO()
+    with contextlib.redirect_stdout(summary):
+        evaluator.summarize()
+    params = evaluator.params
+    precision = evaluator.eval["precision"]  # [T iou, R recall, K classes, A areas, M maxDets]
+    area, max_dets = params.areaRngLbl.index("all"), list(params.maxDets).index(100)
+    metrics: dict[str, Any] = {name: float(v) for name, v in zip(COCO_METRIC_NAMES, evaluator.stats)}
+    metrics["AP_per_iou"] = [_mean_defined(precision[t, :, :, area, max_dets]) for t in range(precision.shape[0])]
+    metrics["per_class"] = {gt.cats[cat_id]["name"]: _mean_defined(precision[:, :, k, area, max_dets])
+                            for k, cat_id in enumerate(params.catIds)}
+    return metrics, summary.getvalue()
+
+
+def _backend_classes(backend: str):
+    if backend == "pycocotools":
+        return COCO, COCOeval
+    if backend == "faster_coco_eval":
+        try:
+            from faster_coco_eval import COCO as FasterCOCO
+            from faster_coco_eval import COCOeval_faster
+        except ImportError:
+            raise ImportError("eval.backend=faster_coco_eval needs the faster-coco-eval package: "
+                              "`pip install faster-coco-eval` (or `pip install -e .[fast]`), or use "
+                              "eval.backend=pycocotools") from None
+        return FasterCOCO, COCOeval_faster
+    raise ValueError(f"unknown COCO evaluation backend {backend!r}; expected one of {BACKENDS}")
+
+
+def _load_results(coco_cls, coco_gt, results: Sequence[dict]):
+    """``loadRes`` on copies of the dicts (it adds keys to them); an empty list becomes an empty result set."""
+    if len(results) == 0:
+        empty = coco_cls()
+        empty.dataset = {"images": list(coco_gt.dataset["images"]),
+                         "categories": copy.deepcopy(coco_gt.dataset["categories"]), "annotations": []}
+        empty.createIndex()
+        return empty
+    return coco_gt.loadRes([dict(r) for r in results])
+
+
+def _mean_defined(precision: np.ndarray) -> float:
+    """Mean over entries > -1 (COCOeval's -1 marks "no GT"), or -1 when none is defined: summarize's rule."""
+    defined = precision[precision > -1]
+    return float(np.mean(defined)) if defined.size else -1.0
+
+
+def _check_image_id(image_id: Any, known_ids: set, where: str, field: str) -> None:
+    if not _is_int(image_id) or int(image_id) not in known_ids:
+        examples = sorted(known_ids)[:3]
+        raise ValueError(f"{where}: field '{field}' {image_id!r} is not an image of the dataset ({len(known_ids)} "
+                         f"images, ids like {examples}); score detections against the split they were made on")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

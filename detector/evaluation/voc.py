@@ -1,0 +1,142 @@
+"""PASCAL VOC box AP for any dataset format: the VOC2007 11-point metric and the area (VOC2010+) metric.
+
+Follows the devkit's ``voc_eval`` (as in py-faster-rcnn's ``voc_eval.py``) per class:
+
+- detections of the class over all scored images are sorted by descending score (stable sort, so ties keep the
+  order of the input);
+- each detection is matched to the GT box of its image with the largest IoU; it is a true positive when that IoU is
+  strictly greater than ``iou_thresh`` (0.5) and the GT box is not yet taken, a false positive when the GT box is
+  taken (a duplicate) or the IoU is too small;
+- ``difficult`` objects (our ``iscrowd``; the VOC loader maps ``difficult`` to it) are ignored: a detection whose best
+  match is difficult is neither TP nor FP, and difficult objects do not count in the number of positives ``npos``.
+
+One deliberate difference from the devkit: IoU is computed on continuous boxes WITHOUT the devkit's +1 pixel on
+widths and heights. Inside this package boxes are absolute xyxy float pixels (the VOC loader already turned the
+1-based inclusive pixel indices into continuous coordinates), so the +1 would enlarge every box by a pixel.
+
+Conventions: boxes absolute xyxy pixels of the original image, labels 1..K (0 is background). A class without
+any non-difficult GT in the scored images has an undefined AP, reported as -1 and left out of the mean.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+
+def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:
+    """AP from the cumulative recall/precision curve of the sorted detections ([D] each).
+
+    ``use_07_metric``: VOC2007's mean of the interpolated precision at recall 0, 0.1, ..., 1 (11 points); otherwise
+    the area under the monotone (interpolated) precision envelope, the VOC2010+ metric.
+    """
+    if use_07_metric:
+        ap = 0.0
+        for t in np.arange(0.0, 1.1, 0.1):
+            p = np.max(precision[recall >= t]) if np.any(recall >= t) else 0.0
+            ap += p / 11.0
+        return float(ap)
+    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mpre = np.concatenate(([0.0], precision, [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # precision envelope: max precision at any recall >= r
+    changes = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[changes + 1] - mrec[changes]) * mpre[changes + 1]))
+
+
+def voc_metrics(dataset, detections: Sequence[dict], iou_thresh: float = 0.5,
+                image_ids: Iterable[int] | None = None) -> dict:
+    """VOC AP of validated per-image detections ``{"image_id", "boxes" [D,4] xyxy, "labels" [D], "scores" [D]}``.
+
+    ``image_ids``: the images scored (default: every image of the dataset). Returns ``mAP_voc07`` and ``mAP_voc``
+    (means over the classes with a defined AP, -1 when none) and ``per_class_voc``:
+    ``{class name: {"ap07", "ap", "num_gt"}}`` (``num_gt`` counts non-difficult objects).
+    """
+    wanted = None if image_ids is None else {int(i) for i in image_ids}
+    num_classes = len(dataset.classes) - 1
+    gt_boxes: list[dict[int, np.ndarray]] = [{} for _ in range(num_classes + 1)]  # label -> image_id -> [G,4]
+    gt_difficult: list[dict[int, np.ndarray]] = [{} for _ in range(num_classes + 1)]  # label -> image_id -> [G]
+    for index in range(len(dataset)):
+        image_id = int(dataset.get_image_info(index)["image_id"])
+        if wanted is not None and image_id not in wanted:
+            continue
+        target = dataset.get_target(index)
+        boxes = torch.as_tensor(target["boxes"]).reshape(-1, 4).double().numpy()
+        labels = torch.as_tensor(target["labels"]).numpy()
+        difficult = torch.as_tensor(target["iscrowd"]).bool().numpy()
+        for label in np.unique(labels):
+            mask = labels == label
+            gt_boxes[label][image_id] = boxes[mask]
+            gt_difficult[label][image_id] = difficult[mask]
+
+    det_image_ids, det_labels, det_scores, det_boxes = [], [], [], []
+    for det in detections:
+        image_id = int(det["image_id"])
+        if wanted is not None and image_id not in wanted:
+            continue
+        labels = torch.as_tensor(det["labels"]).reshape(-1).numpy()
+        det_image_ids.append(np.full(len(labels), image_id, dtype=np.int64))
+        det_labels.append(labels)
+        det_scores.append(torch.as_tensor(det["scores"]).double().reshape(-1).numpy())
+        det_boxes.append(torch.as_tensor(det["boxes"]).double().reshape(-1, 4).numpy())
+    det_image_ids = np.concatenate(det_image_ids) if det_image_ids else np.zeros(0, dtype=np.int64)
+    det_labels = np.concatenate(det_labels) if det_labels else np.zeros(0, dtype=np.int64)
+    det_scores = np.concatenate(det_scores) if det_scores else np.zeros(0)
+    det_boxes = np.concatenate(det_boxes) if det_boxes else np.zeros((0, 4))
+
+    per_class = {}
+    for label in range(1, num_classes + 1):
+        mask = det_labels == label
+        tp, fp, npos = _match_class(gt_boxes[label], gt_difficult[label], det_image_ids[mask], det_scores[mask],
+                                    det_boxes[mask], iou_thresh)
+        if npos == 0:
+            ap07 = ap = -1.0
+        else:
+            recall = tp / npos
+            precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+            ap07, ap = voc_ap(recall, precision, use_07_metric=True), voc_ap(recall, precision)
+        per_class[dataset.classes[label]] = {"ap07": ap07, "ap": ap, "num_gt": npos}
+    return {"mAP_voc07": _mean_defined([c["ap07"] for c in per_class.values()]),
+            "mAP_voc": _mean_defined([c["ap"] for c in per_class.values()]),
+            "per_class_voc": per_class}
+
+
+def _match_class(gt_boxes: dict[int, np.ndarray], gt_difficult: dict[int, np.ndarray], image_ids: np.ndarray,
+                 scores: np.ndarray, boxes: np.ndarray, iou_thresh: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Greedy devkit matching of one class -> cumulative TP [D], cumulative FP [D], npos."""
+    npos = int(sum(int((~d).sum()) for d in gt_difficult.values()))
+    taken = {image_id: np.zeros(len(b), dtype=bool) for image_id, b in gt_boxes.items()}
+    order = np.argsort(-scores, kind="stable")
+    tp, fp = np.zeros(len(order)), np.zeros(len(order))
+    for rank, d in enumerate(order):
+        gts = gt_boxes.get(int(image_ids[d]))
+        if gts is None:
+            fp[rank] = 1
+            continue
+        ious = _iou_one_to_many(boxes[d], gts)  # [G]
+        best = int(np.argmax(ious))
+        if ious[best] > iou_thresh:
+            if gt_difficult[int(image_ids[d])][best]:
+                continue
+            if taken[int(image_ids[d])][best]:
+                fp[rank] = 1
+            else:
+                tp[rank] = 1
+                taken[int(image_ids[d])][best] = True
+        else:
+            fp[rank] = 1
+    return np.cumsum(tp), np.cumsum(fp), npos
+
+
+def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """[4] xyxy, [G,4] xyxy -> [G] IoU, continuous coordinates (no +1)."""
+    iw = np.maximum(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]), 0.0)
+    ih = np.maximum(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]), 0.0)
+    inter = iw * ih
+    union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
+    return inter / union
+
+
+def _mean_defined(values: list[float]) -> float:
+    defined = [v for v in values if v > -1]
+    return float(np.mean(defined)) if defined else -1.0
