@@ -1,0 +1,163 @@
+"""Backbones from torchvision: ResNet-18/34/50/101 and MobileNetV3-Large, with or without an FPN.
+
+A backbone maps a normalised, padded batch ``[N,3,H,W]`` to an ordered dict of feature maps ``[N,C,H/s,W/s]``
+and has ``out_channels`` (C) and ``strides`` (s per level). With FPN: levels "0".."3" are P2..P5 (strides 4..32)
+from torchvision's ``FeaturePyramidNetwork`` and "pool" is P6 (stride 64, ``LastLevelMaxPool``); without FPN the
+last stage (C5, stride 32) is the single level "0".
+
+Five stages: the stem, then the four resolution stages (res2..res5 for ResNet; the blocks at strides 4, 8, 16,
+32 for MobileNet). ``freeze_at=k`` freezes the first k stages: their parameters stop training and their batch
+norms become frozen (fixed statistics), as in Detectron2. Weights: None (random init), a torchvision weights
+name ("DEFAULT", "IMAGENET1K_V1", ...; downloaded on request only) or the path of a local ``.pth`` state dict.
+"""
+from __future__ import annotations
+
+import math
+import urllib.error
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.hub
+import torchvision
+from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+__all__ = ["Backbone", "build_backbone", "BACKBONES"]
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large")
+_MOBILENET_STAGE_ENDS = (1, 3, 6, 12, 16)  # last block of the stem and of the stride-4/8/16/32 stages
+
+
+def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d
+    if norm == "bn":
+        return nn.BatchNorm2d
+    if norm == "gn":
+        return lambda channels: nn.GroupNorm(math.gcd(32, channels), channels)  # 32 groups where C allows
+    raise ValueError(f"backbone norm {norm!r} is not valid; choose from frozen_bn, bn, gn")
+
+
+def _freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose BatchNorm2d layers are FrozenBatchNorm2d with the same statistics."""
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        frozen.weight.copy_(module.weight.detach())
+        frozen.bias.copy_(module.bias.detach())
+        frozen.running_mean.copy_(module.running_mean)
+        frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in module.named_children():
+        setattr(module, name, _freeze_batchnorm(child))
+    return module
+
+
+def _named_weights(name: str, weights: str):
+    """The torchvision weights entry ``weights`` of model ``name``, or None if it is no such name."""
+    enum = torchvision.models.get_model_weights(name)
+    try:
+        return enum[weights]
+    except KeyError:
+        return None
+
+
+def _download_state_dict(name: str, weights: str) -> dict[str, torch.Tensor]:
+    """torchvision's named weights for model ``name`` (from the hub cache or the internet); a clear error offline."""
+    entry = _named_weights(name, weights)
+    try:
+        return torch.hub.load_state_dict_from_url(entry.url, progress=True, check_hash=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        raise RuntimeError(f"model.backbone.weights={weights!r}: could not download {type(entry).__name__}."
+                           f"{entry.name} from {entry.url} ({exc}). Without internet, fetch that file on another "
+                           f"machine and pass its local path: model.backbone.weights=/path/to/{name}.pth") from exc
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"model.backbone.weights: {path} does not exist; pass a torchvision weights name "
+                                f"(e.g. DEFAULT) or the path of a .pth state dict")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"model.backbone.weights: {path} is not a readable torch state dict ({exc}); "
+                         f"expected a file written by torch.save(model.state_dict())") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"model.backbone.weights: {path} holds no state dict of tensors")
+    return state
+
+
+def _load_trunk_weights(trunk: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load an ImageNet classifier state dict into the trunk; the classifier head itself is skipped."""
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
+    result = trunk.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(("fc.", "classifier."))]
+    if missing:
+        raise ValueError(f"model.backbone.weights: {source} lacks {len(missing)} weights of the backbone "
+                         f"(first: {missing[:3]}); is it a state dict of the same torchvision model?")
+
+
+def _trunk_and_stages(name: str, norm: str):
+    """The torchvision classifier, the module holding the stages, the child names of each of the five stages,
+    the four returned stage names and their channels."""
+    if name.startswith("resnet"):
+        trunk = getattr(torchvision.models, name)(weights=None, norm_layer=_norm_layer(norm))
+        stages = [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
+        expansion = 4 if name in ("resnet50", "resnet101") else 1
+        channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+        return trunk, trunk, stages, ["layer1", "layer2", "layer3", "layer4"], channels
+    if name == "mobilenet_v3_large":
+        trunk = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=_norm_layer(norm))
+        starts = (0,) + tuple(end + 1 for end in _MOBILENET_STAGE_ENDS[:-1])
+        stages = [[str(i) for i in range(s, e + 1)] for s, e in zip(starts, _MOBILENET_STAGE_ENDS)]
+        returned = [str(e) for e in _MOBILENET_STAGE_ENDS[1:]]
+        channels = [trunk.features[e].out_channels for e in _MOBILENET_STAGE_ENDS[1:]]
+        return trunk, trunk.features, stages, returned, channels
+    raise ValueError(f"model.backbone.name={name!r} is not valid; choose from {', '.join(BACKBONES)}")
+
+
+class Backbone(nn.Module):
+    """Trunk (+ FPN) -> OrderedDict of feature maps; ``out_channels`` and ``strides`` describe the levels."""
+
+    def __init__(self, body: nn.Module, out_channels: int, strides: tuple[int, ...]):
+        super().__init__()
+        self.body = body
+        self.out_channels = out_channels
+        self.strides = strides
+
+    def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        return OrderedDict(self.body(images))
+
+
+def build_backbone(name: str = "resnet18", fpn: bool = True, out_channels: int = 256, norm: str = "bn",
+                   freeze_at: int = 0, weights: str | None = None) -> Backbone:
+    """A torchvision backbone with optional FPN; see the module docstring for the arguments' meaning."""
+    trunk, body, stages, returned, channels = _trunk_and_stages(name, norm)
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if path.is_file():
+            _load_trunk_weights(trunk, _read_state_dict(path), str(path))
+        elif _named_weights(name, weights) is not None:
+            _load_trunk_weights(trunk, _download_state_dict(name, weights), f"torchvision {name} {weights}")
+        else:
+            valid = ", ".join(["DEFAULT"] + [w.name for w in torchvision.models.get_model_weights(name)])
+            raise FileNotFoundError(f"model.backbone.weights={weights!r} is neither an existing file nor a "
+                                    f"torchvision weights name of {name} ({valid})")
+    if not 0 <= freeze_at <= len(stages):
+        raise ValueError(f"model.backbone.freeze_at={freeze_at} must be in 0..{len(stages)}")
+    for child in (c for stage in stages[:freeze_at] for c in stage):
+        module = _freeze_batchnorm(getattr(body, child))
+        module.requires_grad_(False)
+        setattr(body, child, module)
+    if fpn:
+        return_layers = {layer: str(i) for i, layer in enumerate(returned)}
+        with_fpn = BackboneWithFPN(body, return_layers, channels, out_channels, extra_blocks=LastLevelMaxPool())
+        return Backbone(with_fpn, out_channels, (4, 8, 16, 32, 64))
+    return Backbone(IntermediateLayerGetter(body, {returned[-1]: "0"}), channels[-1], (32,))

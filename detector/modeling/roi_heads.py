@@ -1,0 +1,222 @@
+"""Fast R-CNN RoI heads: label assignment, sampling, RoIAlign, two-FC box head, losses, inference.
+
+Shapes: ``N`` images, ``P`` proposals per image (padded, with a ``valid`` mask), ``G`` padded GT boxes per
+image, ``S`` sampled RoIs per image, ``R = N*S`` RoIs, ``Q`` positive (foreground) RoIs, ``K`` foreground
+classes. Label 0 is background, foreground labels are 1..K; class logits are ``[R, K+1]``, box deltas ``[R, 4K]``
+(slot k-1 regresses class k) or ``[R, 4]`` when class-agnostic. Boxes are absolute xyxy float32 pixels.
+
+Training: proposals (+ GT boxes) are matched to GT by IoU (fixed thresholds, or the threshold of the dynamic
+label assigner), 512 RoIs per image are sampled at 25% foreground, all in batched masked tensor form; one
+``MultiScaleRoIAlign`` call pools every RoI of the batch. ``loss_cls`` is cross-entropy over the sampled RoIs;
+``loss_box_reg`` is the configured box loss over the positives' GT-class slots (delta losses on (pred deltas,
+target deltas), IoU losses on (decoded pred boxes, GT boxes)), divided by the number of sampled RoIs
+(``num_samples``) or of positives (``num_pos``). The only host sync of the step is the compaction of the
+positives (their count sizes the regression targets, the beta statistic and the histograms).
+
+The head owns the state that changes during training: the Dynamic Smooth L1 beta schedule and the dynamic label
+assigner, plus its iteration counter. They travel in ``state_dict()`` through ``get_extra_state``.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import MultiScaleRoIAlign, batched_nms
+
+from detector.box_coder import BoxCoder
+from detector.losses import BetaSchedule, BoxLoss
+from detector.modeling.matcher import DynamicLabelAssigner, batched_box_iou, match_boxes, sample_balanced
+
+__all__ = ["BoxHead", "RoIHeads"]
+
+_COORDS = ("tx", "ty", "tw", "th")
+
+
+class BoxHead(nn.Module):
+    """Two FC layers on pooled features [R,C,h,w], then class logits [R,K+1] and deltas [R,4K] (or [R,4])."""
+
+    def __init__(self, in_features: int, fc_dim: int, num_classes: int, class_agnostic: bool = False):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, fc_dim)
+        self.fc2 = nn.Linear(fc_dim, fc_dim)
+        self.cls_score = nn.Linear(fc_dim, num_classes + 1)
+        self.bbox_pred = nn.Linear(fc_dim, 4 if class_agnostic else 4 * num_classes)
+        nn.init.normal_(self.cls_score.weight, std=0.01)  # Detectron2's initialisation of the predictors
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.relu(self.fc2(F.relu(self.fc1(pooled.flatten(1)))))
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+def _coordinate_stats(prefix: str, values: torch.Tensor) -> dict[str, torch.Tensor]:
+    """values [Q,4] -> {prefix/tx/mean, .../std, .../p50, .../p90, ...} 0-d tensors (NaN when Q == 0)."""
+    if values.shape[0] == 0:
+        table = values.new_full((4, 4), float("nan"))
+    else:
+        quantiles = torch.quantile(values, values.new_tensor([0.5, 0.9]), dim=0)  # [2,4]
+        table = torch.cat([values.mean(0, keepdim=True), values.std(0, correction=0, keepdim=True), quantiles])
+    return {f"{prefix}/{coord}/{name}": table[row, col]
+            for col, coord in enumerate(_COORDS) for row, name in enumerate(("mean", "std", "p50", "p90"))}
+
+
+class RoIHeads(nn.Module):
+    """Box branch of Fast R-CNN; see the module docstring. ``featmap_names`` are the pooled feature levels."""
+
+    def __init__(self, in_channels: int, featmap_names: Sequence[str], num_classes: int, box_loss: BoxLoss,
+                 box_coder_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0), beta_schedule: BetaSchedule | None = None,
+                 label_assigner: DynamicLabelAssigner | None = None, batch_size_per_image: int = 512,
+                 positive_fraction: float = 0.25, fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5,
+                 add_gt_as_proposals: bool = True, pooler_resolution: int = 7, sampling_ratio: int = 2,
+                 fc_dim: int = 1024, class_agnostic: bool = False, box_loss_normalizer: str = "num_samples",
+                 score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100):
+        super().__init__()
+        if box_loss_normalizer not in ("num_samples", "num_pos"):
+            raise ValueError(f"box_loss_normalizer must be num_samples or num_pos, got {box_loss_normalizer!r}")
+        self.pooler = MultiScaleRoIAlign(list(featmap_names), pooler_resolution, sampling_ratio)
+        self.box_head = BoxHead(in_channels * pooler_resolution ** 2, fc_dim, num_classes, class_agnostic)
+        self.box_coder = BoxCoder(weights=box_coder_weights, check=False)
+        self.box_loss = box_loss
+        self.beta_schedule = beta_schedule
+        self.label_assigner = label_assigner
+        self.num_classes = num_classes
+        self.class_agnostic = class_agnostic
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
+        self.add_gt_as_proposals = add_gt_as_proposals
+        self.box_loss_normalizer = box_loss_normalizer
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+        self.iteration = 0  # training steps taken; drives the beta schedule
+
+    # ------------------------------------------------------------------ state carried in the model's state_dict
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"iteration": self.iteration,
+                "beta_schedule": self.beta_schedule.state_dict() if self.beta_schedule is not None else None,
+                "label_assigner": self.label_assigner.state_dict() if self.label_assigner is not None else None}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.iteration = int(state["iteration"])
+        if self.beta_schedule is not None and state.get("beta_schedule") is not None:
+            self.beta_schedule.load_state_dict(state["beta_schedule"])
+        if self.label_assigner is not None and state.get("label_assigner") is not None:
+            self.label_assigner.load_state_dict(state["label_assigner"])
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, features: dict[str, torch.Tensor], proposals: torch.Tensor, proposal_valid: torch.Tensor,
+                image_sizes: torch.Tensor, padded_size: tuple[int, int], gt_boxes: torch.Tensor | None = None,
+                gt_labels: torch.Tensor | None = None, gt_valid: torch.Tensor | None = None):
+        """proposals [N,P,4], proposal_valid [N,P], image_sizes [N,2] (h, w) before padding, padded_size (H, W) of
+        the batch; in training gt_boxes [N,G,4], gt_labels [N,G] (1..K), gt_valid [N,G].
+
+        Training returns (losses ``{loss_cls, loss_box_reg}``, stats); eval a list of N dicts of detections
+        ``{"boxes" [D,4], "labels" [D], "scores" [D]}`` in the input image's pixels.
+        """
+        if self.training:
+            return self._forward_train(features, proposals, proposal_valid, padded_size, gt_boxes, gt_labels,
+                                       gt_valid)
+        return self._forward_test(features, proposals, proposal_valid, image_sizes, padded_size)
+
+    def _predict(self, features: dict[str, torch.Tensor], rois: torch.Tensor, padded_size: tuple[int, int]):
+        """rois [N,S,4] -> class logits [N*S,K+1], deltas [N*S,4K] (float32); one RoIAlign call for the batch."""
+        pooled = self.pooler(features, list(rois.unbind(0)), [padded_size])  # [N*S,C,7,7]
+        logits, deltas = self.box_head(pooled)
+        return logits.float(), deltas.float()
+
+    def _assign_and_sample(self, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid):
+        """Match proposals (+ GT) to GT and sample; -> rois [N,S,4], labels [N,S], matched GT [N,S,4],
+        is_fg [N,S], sampled [N,S], the IoU threshold used (0-d)."""
+        if self.add_gt_as_proposals:
+            proposals = torch.cat([proposals, gt_boxes.to(proposals)], dim=1)  # [N,P+G,4]
+            proposal_valid = torch.cat([proposal_valid, gt_valid], dim=1)
+        iou = batched_box_iou(proposals, gt_boxes)  # [N,M,G]
+        if self.label_assigner is not None:
+            fg_thresh = bg_thresh = self.label_assigner.thresh.to(iou.device)
+        else:
+            fg_thresh, bg_thresh = self.fg_iou_thresh, self.bg_iou_thresh
+        matched_idx, max_iou, fg, bg = match_boxes(iou, gt_valid, fg_thresh, bg_thresh)
+        if self.label_assigner is not None:
+            self.label_assigner.update(max_iou, proposal_valid, gt_valid)
+        index, is_fg, sampled = sample_balanced(fg & proposal_valid, bg & proposal_valid,
+                                                self.batch_size_per_image, self.positive_fraction)  # [N,S]
+        rois = proposals.gather(1, index[..., None].expand(-1, -1, 4))  # [N,S,4]
+        gt_idx = matched_idx.gather(1, index)  # [N,S]
+        labels = torch.where(is_fg, gt_labels.gather(1, gt_idx), 0)  # [N,S]
+        matched_gt = gt_boxes.gather(1, gt_idx[..., None].expand(-1, -1, 4))  # [N,S,4]
+        thresh = torch.as_tensor(fg_thresh, dtype=torch.float32, device=iou.device)
+        return rois, labels, matched_gt, is_fg, sampled, thresh
+
+    def _forward_train(self, features, proposals, proposal_valid, padded_size, gt_boxes, gt_labels, gt_valid):
+        num_images = proposals.shape[0]
+        with torch.no_grad():
+            rois, labels, matched_gt, is_fg, sampled, thresh = self._assign_and_sample(
+                proposals, proposal_valid, gt_boxes, gt_labels, gt_valid)
+        logits, deltas = self._predict(features, rois, padded_size)  # [R,K+1], [R,4K]
+        num_samples = sampled.sum().clamp(min=1).float()
+        loss_cls = (F.cross_entropy(logits, labels.view(-1), reduction="none") * sampled.view(-1)).sum() / num_samples
+
+        pos = is_fg.view(-1).nonzero().squeeze(1)  # [Q]: the step's one host sync
+        pos_labels = labels.view(-1)[pos]
+        slots = torch.zeros_like(pos_labels) if self.class_agnostic else pos_labels - 1
+        pred_deltas = deltas.view(deltas.shape[0], -1, 4)[pos, slots]  # [Q,4]
+        pos_rois, pos_gt = rois.view(-1, 4)[pos], matched_gt.view(-1, 4)[pos]
+        target_deltas = self.box_coder.encode(pos_rois, pos_gt)  # [Q,4]
+        beta = self.box_loss.beta
+        if self.beta_schedule is not None:
+            beta = self.beta_schedule.update(self.iteration, target_deltas, num_images)
+        normalizer = num_samples if self.box_loss_normalizer == "num_samples" else float(max(pos.numel(), 1))
+        if pos.numel() == 0:
+            loss_box = deltas.sum() * 0.0  # zero that keeps the graph: every parameter still gets a gradient
+        elif self.box_loss.on_boxes:
+            pred_boxes = self.box_coder.decode(pred_deltas, pos_rois)
+            loss_box = self.box_loss(pred_boxes, pos_gt, avg_factor=normalizer)
+        else:
+            loss_box = self.box_loss(pred_deltas, target_deltas, avg_factor=normalizer,
+                                     beta=beta if self.beta_schedule is not None else None)
+        self.iteration += 1
+
+        num_fg = is_fg.sum()
+        stats = {"iou_thresh": thresh, "num_fg": num_fg, "num_bg": (sampled & ~is_fg).sum(),
+                 "num_pos_per_image": num_fg.float() / num_images}
+        if beta is not None:
+            stats["beta"] = torch.tensor(float(beta))
+        target_abs = target_deltas.detach().abs()
+        pred_err = (pred_deltas.detach() - target_deltas).abs()
+        stats.update(_coordinate_stats("target_abs", target_abs))
+        stats.update(_coordinate_stats("pred_err", pred_err))
+        stats["hist/target_abs"], stats["hist/pred_err"] = target_abs, pred_err
+        return {"loss_cls": loss_cls, "loss_box_reg": loss_box}, stats
+
+    @torch.no_grad()
+    def _forward_test(self, features, proposals, proposal_valid, image_sizes, padded_size):
+        num_images, num_props = proposals.shape[:2]
+        logits, deltas = self._predict(features, proposals, padded_size)  # [N*P,K+1], [N*P,4K]
+        scores = F.softmax(logits, dim=-1)[:, 1:]  # [N*P,K]
+        if self.class_agnostic:
+            deltas = deltas.repeat(1, self.num_classes)
+        boxes = self.box_coder.decode(deltas, proposals.reshape(-1, 4)).view(num_images, -1, 4)  # [N,P*K,4]
+        hw = image_sizes.to(boxes)[:, None, :]  # [N,1,2]
+        boxes = torch.stack((boxes[..., 0].clamp(min=0), boxes[..., 1].clamp(min=0),
+                             torch.minimum(boxes[..., 2].clamp(min=0), hw[..., 1]),
+                             torch.minimum(boxes[..., 3].clamp(min=0), hw[..., 0])), dim=-1)
+        scores = scores.reshape(num_images, -1)  # [N,P*K]
+        labels = torch.arange(1, self.num_classes + 1, device=boxes.device).repeat(num_props)  # [P*K]
+        keep = (proposal_valid.repeat_interleave(self.num_classes, dim=1) & (scores > self.score_thresh)
+                & (boxes[..., 2] - boxes[..., 0] >= 1e-2) & (boxes[..., 3] - boxes[..., 1] >= 1e-2))
+        flat = keep.view(-1).nonzero().squeeze(1)
+        groups = (torch.arange(num_images, device=boxes.device)[:, None] * (self.num_classes + 1) + labels).view(-1)
+        kept = batched_nms(boxes.view(-1, 4)[flat], scores.view(-1)[flat], groups[flat], self.nms_thresh)
+        survivors = torch.zeros_like(keep).view(-1).index_fill_(0, flat[kept], True).view_as(keep)
+        top_k = min(self.detections_per_img, scores.shape[1])
+        top_scores, top = scores.masked_fill(~survivors, -1.0).topk(top_k, dim=1)  # [N,D]
+        counts = (top_scores >= 0).sum(dim=1).tolist()
+        top_boxes = boxes.gather(1, top[..., None].expand(-1, -1, 4))
+        return [{"boxes": top_boxes[i, :n], "labels": labels[top[i, :n]], "scores": top_scores[i, :n]}
+                for i, n in enumerate(counts)]

@@ -1,0 +1,173 @@
+"""Region Proposal Network: anchors, objectness + deltas, batched proposal selection, RPN losses.
+
+Shapes: ``N`` images, ``L`` feature levels, ``A`` anchors over all levels (level-major, then (y, x), then the
+anchor shapes, torchvision's order), ``M`` candidates kept before NMS per image, ``P`` proposals per image after
+NMS, ``G`` padded GT boxes per image. Boxes are absolute xyxy float32 pixels of the padded input batch.
+
+Proposal selection is batched over images: top-k per level on the objectness logits of all images at once, one
+``batched_nms`` call for all (image, level) groups, then one top-k per image over the survivors. Proposals come
+back as a padded ``[N,P,4]`` tensor with a ``valid [N,P]`` mask, never as per-image lists, so the RoI heads stay
+vectorised. The RPN losses (objectness BCE and the configured delta loss, both divided by the number of sampled
+anchors, torchvision/Detectron2's normalisation) use masked tensors: no host sync outside NMS.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import batched_nms
+
+from detector.box_coder import BoxCoder
+from detector.losses import BoxLoss
+from detector.modeling.matcher import batched_box_iou, match_boxes, sample_balanced
+
+__all__ = ["RPN", "anchor_shapes"]
+
+
+def anchor_shapes(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> torch.Tensor:
+    """Zero-centred anchors [len(sizes) * len(aspect_ratios), 4] (ratio = h/w, area = size^2), rounded as in
+    torchvision's AnchorGenerator."""
+    sizes_t = torch.as_tensor(sizes, dtype=torch.float32)
+    ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
+    h_ratios = torch.sqrt(ratios)
+    w_ratios = 1 / h_ratios
+    ws = (w_ratios[:, None] * sizes_t[None, :]).view(-1)
+    hs = (h_ratios[:, None] * sizes_t[None, :]).view(-1)
+    return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+
+
+class RPN(nn.Module):
+    """Faster R-CNN's RPN over ``len(strides)`` levels with ``len(aspect_ratios)`` anchors per location.
+
+    ``anchor_sizes`` gives one size per level, or all sizes on the single level of a backbone without FPN.
+    ``box_loss`` is a delta :class:`~detector.losses.BoxLoss` (Smooth L1 with beta=1/9 by default).
+    """
+
+    def __init__(self, in_channels: int, strides: Sequence[int], anchor_sizes: Sequence[float],
+                 aspect_ratios: Sequence[float], box_loss: BoxLoss, pre_nms_topk_train: int = 2000,
+                 post_nms_topk_train: int = 1000, pre_nms_topk_test: int = 1000, post_nms_topk_test: int = 1000,
+                 nms_thresh: float = 0.7, min_size: float = 1e-3, batch_size_per_image: int = 256,
+                 positive_fraction: float = 0.5, fg_iou_thresh: float = 0.7, bg_iou_thresh: float = 0.3):
+        super().__init__()
+        if box_loss.on_boxes:
+            raise ValueError(f"model.rpn.box_loss.name={box_loss.name!r}: the RPN takes a delta loss (l1, l2, "
+                             f"smooth_l1, balanced_l1)")
+        if len(strides) == 1:
+            sizes_per_level = [tuple(anchor_sizes)]
+        elif len(anchor_sizes) == len(strides):
+            sizes_per_level = [(s,) for s in anchor_sizes]
+        else:
+            raise ValueError(f"model.rpn.anchor_sizes has {len(anchor_sizes)} sizes but the backbone has "
+                             f"{len(strides)} levels; give one size per level")
+        self.strides = tuple(int(s) for s in strides)
+        self.cell_anchors = [anchor_shapes(sizes, aspect_ratios) for sizes in sizes_per_level]  # L x [a,4]
+        self.head = RPNHead(in_channels, self.cell_anchors[0].shape[0])
+        self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0), check=False)
+        self.box_loss = box_loss
+        self.pre_nms_topk = {True: pre_nms_topk_train, False: pre_nms_topk_test}
+        self.post_nms_topk = {True: post_nms_topk_train, False: post_nms_topk_test}
+        self.nms_thresh = nms_thresh
+        self.min_size = min_size
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
+        self._anchor_cache: dict[tuple, torch.Tensor] = {}
+
+    def anchors(self, grid_sizes: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
+        """All anchors [A,4] for feature maps of the given (H_l, W_l); cached per shape and device."""
+        key = (tuple(grid_sizes), str(device))
+        if key not in self._anchor_cache:
+            per_level = []
+            for (h, w), stride, cell in zip(grid_sizes, self.strides, self.cell_anchors):
+                ys = torch.arange(h, dtype=torch.float32, device=device) * stride
+                xs = torch.arange(w, dtype=torch.float32, device=device) * stride
+                y, x = torch.meshgrid(ys, xs, indexing="ij")
+                shifts = torch.stack((x, y, x, y), dim=-1).reshape(-1, 1, 4)  # [H*W,1,4]
+                per_level.append((shifts + cell.to(device)[None]).reshape(-1, 4))
+            if len(self._anchor_cache) > 64:
+                self._anchor_cache.clear()
+            self._anchor_cache[key] = torch.cat(per_level)
+        return self._anchor_cache[key]
+
+    def forward(self, features: Sequence[torch.Tensor], image_sizes: torch.Tensor,
+                gt_boxes: torch.Tensor | None = None, gt_valid: torch.Tensor | None = None):
+        """features: L x [N,C,H_l,W_l]; image_sizes [N,2] (h, w) before padding; gt_boxes [N,G,4], gt_valid [N,G]
+        in training.
+
+        Returns proposals [N,P,4] (detached), scores [N,P] (objectness probability), valid [N,P], and in
+        training the losses ``{loss_rpn_cls, loss_rpn_box}`` and stats ``{rpn/num_pos_anchors,
+        rpn/num_proposals}`` (else two empty dicts).
+        """
+        logits, deltas = self.head(list(features))
+        num_images = features[0].shape[0]
+        level_sizes = [lg.shape[1] * lg.shape[2] * lg.shape[3] for lg in logits]
+        objectness = torch.cat([lg.permute(0, 2, 3, 1).reshape(num_images, -1) for lg in logits], 1).float()  # [N,A]
+        pred_deltas = torch.cat([d.view(num_images, -1, 4, d.shape[2], d.shape[3]).permute(0, 3, 4, 1, 2)
+                                 .reshape(num_images, -1, 4) for d in deltas], 1).float()  # [N,A,4]
+        anchors = self.anchors([tuple(lg.shape[2:]) for lg in logits], objectness.device)  # [A,4]
+        proposals, scores, valid = self._select(objectness.detach(), pred_deltas.detach(), anchors, level_sizes,
+                                                image_sizes)
+        if not self.training:
+            return proposals, scores, valid, {}, {}
+        losses, stats = self._losses(objectness, pred_deltas, anchors, gt_boxes, gt_valid)
+        stats["rpn/num_proposals"] = valid.sum(dim=1).float().mean()
+        return proposals, scores, valid, losses, stats
+
+    def _select(self, objectness: torch.Tensor, pred_deltas: torch.Tensor, anchors: torch.Tensor,
+                level_sizes: Sequence[int], image_sizes: torch.Tensor):
+        """Top-k per level, decode, clip, drop tiny boxes, NMS per (image, level), top-k per image."""
+        num_images = objectness.shape[0]
+        pre_nms = self.pre_nms_topk[self.training]
+        cand_idx, cand_level = [], []
+        starts = [0] + list(itertools.accumulate(level_sizes))[:-1]
+        for level, (logit_l, start) in enumerate(zip(objectness.split(level_sizes, 1), starts)):
+            k = min(pre_nms, logit_l.shape[1])
+            cand_idx.append(logit_l.topk(k, dim=1).indices + start)  # [N,k]
+            cand_level.append(torch.full((k,), level, dtype=torch.long, device=objectness.device))
+        idx = torch.cat(cand_idx, 1)  # [N,M]
+        level = torch.cat(cand_level)  # [M]
+        cand_logits = objectness.gather(1, idx)  # [N,M]
+        cand_deltas = pred_deltas.gather(1, idx[..., None].expand(-1, -1, 4))  # [N,M,4]
+        boxes = self.box_coder.decode(cand_deltas.reshape(-1, 4), anchors[idx.reshape(-1)]).view(num_images, -1, 4)
+        hw = image_sizes.to(boxes)[:, None, :]  # [N,1,2] (h, w)
+        boxes = torch.stack((boxes[..., 0].clamp(min=0), boxes[..., 1].clamp(min=0),
+                             torch.minimum(boxes[..., 2].clamp(min=0), hw[..., 1]),
+                             torch.minimum(boxes[..., 3].clamp(min=0), hw[..., 0])), dim=-1)  # [N,M,4]
+        keep = ((boxes[..., 2] - boxes[..., 0] >= self.min_size) & (boxes[..., 3] - boxes[..., 1] >= self.min_size)
+                & torch.isfinite(cand_logits))  # [N,M]
+        flat = keep.view(-1).nonzero().squeeze(1)  # NMS syncs anyway: drop the small boxes before it
+        groups = (torch.arange(num_images, device=idx.device)[:, None] * len(level_sizes) + level).view(-1)
+        kept = batched_nms(boxes.view(-1, 4)[flat], cand_logits.view(-1)[flat], groups[flat], self.nms_thresh)
+        survivors = torch.zeros_like(keep).view(-1).index_fill_(0, flat[kept], True).view_as(keep)
+        post = min(self.post_nms_topk[self.training], survivors.shape[1])
+        top_logits, top = cand_logits.masked_fill(~survivors, float("-inf")).topk(post, dim=1)  # [N,P]
+        proposals = boxes.gather(1, top[..., None].expand(-1, -1, 4))  # [N,P,4]
+        valid = torch.isfinite(top_logits)
+        return proposals, torch.sigmoid(top_logits).masked_fill(~valid, 0.0), valid
+
+    def _losses(self, objectness: torch.Tensor, pred_deltas: torch.Tensor, anchors: torch.Tensor,
+                gt_boxes: torch.Tensor, gt_valid: torch.Tensor):
+        """Match anchors (IoU >= fg positive, < bg negative, best anchor of each GT positive), sample, and
+        compute the losses over the sampled anchors."""
+        iou = batched_box_iou(anchors[None], gt_boxes)  # [N,A,G]
+        matched_idx, _, fg, bg = match_boxes(iou, gt_valid, self.fg_iou_thresh, self.bg_iou_thresh,
+                                             allow_low_quality_matches=True)
+        index, is_fg, sampled = sample_balanced(fg, bg, self.batch_size_per_image, self.positive_fraction)  # [N,S]
+        num_sampled = sampled.sum().clamp(min=1).float()
+        logits = objectness.gather(1, index)  # [N,S]
+        loss_cls = (F.binary_cross_entropy_with_logits(logits, is_fg.float(), reduction="none")
+                    * sampled).sum() / num_sampled
+        sampled_anchors = anchors[index]  # [N,S,4]
+        gt_idx = matched_idx.gather(1, index)  # [N,S]
+        matched_gt = gt_boxes.gather(1, gt_idx[..., None].expand(-1, -1, 4))  # [N,S,4]
+        target_boxes = torch.where(is_fg[..., None], matched_gt, sampled_anchors)  # non-fg: zero deltas
+        target_deltas = self.box_coder.encode(sampled_anchors.reshape(-1, 4), target_boxes.reshape(-1, 4))
+        pred = pred_deltas.gather(1, index[..., None].expand(-1, -1, 4)).reshape(-1, 4)  # [N*S,4]
+        loss_box = self.box_loss(pred, target_deltas, weight=is_fg.reshape(-1).float(), avg_factor=num_sampled)
+        stats = {"rpn/num_pos_anchors": is_fg.sum(dim=1).float().mean().detach()}
+        return {"loss_rpn_cls": loss_cls, "loss_rpn_box": loss_box}, stats
