@@ -1,0 +1,176 @@
+"""The detection dataset shared by every format: parsed image records, image decoding, sanitising, indexing.
+
+Conventions: boxes are absolute xyxy float32 pixels of the stored image; label 0 is background and the
+foreground labels are 1..K; ``classes[0] == "__background__"``. A format reader (``coco.py``, ``voc.py``)
+turns its files into a list of :class:`ImageRecord` once, in the only place its box format is converted;
+everything after that (subsets, cleaning, transforms) works on records.
+
+``dataset[key]`` takes a plain index (validation, debugging) or an ``(index, sample_seed)`` pair from the
+training batch sampler; the transforms of that sample draw from a ``torch.Generator`` seeded with
+``sample_seed``, so the training stream is a pure function of the sampler's seed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+logger = logging.getLogger(__name__)
+
+BACKGROUND = "__background__"
+
+
+class DatasetError(ValueError):
+    """A dataset file, field or value is wrong; the message names the file, the field and the fix."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image and its annotations as parsed from disk (no pixels)."""
+
+    image_id: int
+    path: str  # absolute or root-relative path of the image file
+    file_name: str  # the name as the annotation file gives it
+    height: int
+    width: int
+    boxes: np.ndarray  # [N,4] float32 xyxy
+    labels: np.ndarray  # [N] int64, 1..K
+    iscrowd: np.ndarray  # [N] bool (COCO crowd, VOC difficult)
+    area: np.ndarray  # [N] float32
+
+    def select(self, keep: np.ndarray, labels: np.ndarray | None = None, boxes: np.ndarray | None = None
+               ) -> "ImageRecord":
+        """The record with only the annotations in ``keep`` (bool [N]), optionally new labels/boxes for them."""
+        return replace(self, boxes=(self.boxes if boxes is None else boxes)[keep],
+                       labels=(self.labels if labels is None else labels)[keep],
+                       iscrowd=self.iscrowd[keep], area=self.area[keep])
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Decode an image file to uint8 [3,H,W] RGB (grayscale, CMYK and palette images converted).
+
+    torchvision's decoder first (fast); PIL for what it cannot read; a file neither can decode (missing,
+    truncated, corrupt) raises :class:`DatasetError` naming it, because skipping it mid-epoch would make the
+    training stream depend on which files happen to be readable.
+    """
+    try:
+        with warnings.catch_warnings():  # torchvision>=0.29 deprecates its decoders in favour of torchcodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError) as tv_exc:
+        try:
+            with Image.open(path) as im:
+                array = np.asarray(im.convert("RGB"))
+        except (OSError, ValueError) as pil_exc:
+            raise DatasetError(f"{path}: cannot decode image ({str(tv_exc).splitlines()[-1].strip()}; PIL: "
+                               f"{pil_exc}); replace the file or remove the image from the annotation file / "
+                               f"image list") from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def check_files_exist(records: Sequence[ImageRecord], source: str) -> None:
+    """Raise :class:`DatasetError` listing the first missing image files (a cheap check at construction)."""
+    missing = [r.path for r in records if not os.path.isfile(r.path)]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DatasetError(f"{source}: {len(missing)} of {len(records)} image files are missing: {shown}; "
+                           f"check data.root and the split name, or download the images (data/README.md)")
+
+
+def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageRecord]:
+    """Clip boxes to their image, drop degenerate and fully-outside boxes; report the counts once.
+
+    Non-finite or non-positive width/height boxes are dropped ("degenerate"); boxes partly outside the image are
+    clipped; boxes that leave nothing inside the image are dropped ("outside").
+    """
+    out, degenerate, outside, clipped = [], {}, {}, 0
+    for rec in records:
+        if len(rec.boxes) == 0:
+            out.append(rec)
+            continue
+        boxes = rec.boxes
+        finite = np.isfinite(boxes).all(axis=1)
+        bad = ~finite | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        limits = np.array([rec.width, rec.height, rec.width, rec.height], dtype=np.float32)
+        clip = np.clip(np.nan_to_num(boxes), 0, limits)
+        gone = ~bad & ((clip[:, 2] <= clip[:, 0]) | (clip[:, 3] <= clip[:, 1]))
+        clipped += int((~bad & ~gone & (clip != boxes).any(axis=1)).sum())
+        if bad.any():
+            degenerate[rec.image_id] = int(bad.sum())
+        if gone.any():
+            outside[rec.image_id] = int(gone.sum())
+        out.append(rec.select(~bad & ~gone, boxes=clip.astype(np.float32)))
+    for name, counts in (("degenerate (non-positive width/height)", degenerate), ("fully outside the image", outside)):
+        if counts:
+            ids = ", ".join(map(str, list(counts)[:10])) + (" ..." if len(counts) > 10 else "")
+            logger.warning(f"{source}: dropped {sum(counts.values())} {name} boxes in {len(counts)} images: ids {ids}")
+    if clipped:
+        logger.info(f"{source}: clipped {clipped} boxes that were partly outside their image")
+    return out
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """A list of :class:`ImageRecord` with class names; returns ``(image uint8 [3,H,W], target)``.
+
+    Args:
+        records: parsed, sanitised images.
+        classes: class names, index 0 ``"__background__"``, index k the name of label k.
+        label_to_cat_id: label (1..K) -> the category id of the source file (for writing COCO results).
+        transforms: ``f(image, target, generator) -> (image, target)`` or None (raw targets).
+        name: a short description used in messages (the annotation file or split).
+    """
+
+    def __init__(self, *, records: Sequence[ImageRecord], classes: Sequence[str], label_to_cat_id: dict[int, int],
+                 transforms: Callable | None = None, name: str = "dataset"):
+        self.records = list(records)
+        self.classes = list(classes)
+        self.label_to_cat_id = dict(label_to_cat_id)
+        self.transforms = transforms
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        boxes = sum(len(r.boxes) for r in self.records)
+        return f"{type(self).__name__}({self.name}: {len(self)} images, {boxes} boxes, {len(self.classes) - 1} classes)"
+
+    def get_image_info(self, i: int) -> dict:
+        """``{"image_id", "file_name", "height", "width"}`` of image i, without decoding it."""
+        rec = self.records[i]
+        return {"image_id": rec.image_id, "file_name": rec.file_name, "height": rec.height, "width": rec.width}
+
+    def get_target(self, i: int) -> dict:
+        """The raw target of image i (no transforms, no decode): boxes [N,4], labels [N], image_id, iscrowd [N], area [N]."""
+        rec = self.records[i]
+        return {"boxes": torch.from_numpy(rec.boxes.copy()).reshape(-1, 4),
+                "labels": torch.from_numpy(rec.labels.copy()),
+                "image_id": rec.image_id,
+                "iscrowd": torch.from_numpy(rec.iscrowd.copy()),
+                "area": torch.from_numpy(rec.area.copy())}
+
+    def aspect_ratio_groups(self) -> list[int]:
+        """Per image: 0 when width >= height, 1 when width < height (the batch sampler's groups)."""
+        return [0 if r.width >= r.height else 1 for r in self.records]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict]:
+        index, sample_seed = key if isinstance(key, (tuple, list)) else (key, key)
+        index = int(index)
+        rec = self.records[index]
+        image = read_image(rec.path)  # [3,H,W] uint8
+        if tuple(image.shape[1:]) != (rec.height, rec.width):
+            raise DatasetError(f"{rec.path}: image is {image.shape[2]}x{image.shape[1]} (WxH) but {self.name} says "
+                               f"{rec.width}x{rec.height} (image_id {rec.image_id}); fix the width/height fields")
+        target = self.get_target(index)
+        if self.transforms is not None:
+            generator = torch.Generator().manual_seed(int(sample_seed))
+            image, target = self.transforms(image, target, generator)
+        return image, target

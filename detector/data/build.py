@@ -1,0 +1,106 @@
+"""``build_dataset`` and ``build_dataloader``: the only functions of ``detector.data`` that read the config.
+
+Datasets give ``(image uint8 [3,H,W] RGB, target)`` with absolute xyxy float32 boxes and labels 1..K
+(0 is background). Loaders yield ``(images: list[uint8 [3,H,W]], targets: list[dict])``; the model pads the
+batch to ``data.input.size_divisibility`` on the device. See docs/architecture.md, section "Data".
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .base import DatasetError, DetectionDataset, check_files_exist, sanitize_records
+from .coco import coco_split_paths, load_coco_json, parse_coco
+from .samplers import GroupedInfiniteBatchSampler, inference_indices
+from .subsets import read_image_ids_file, subset_records
+from .synthetic import ensure_synthetic
+from .transforms import build_transforms
+from .voc import parse_voc
+
+SPLITS = ("train", "val")
+
+
+def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
+    """The ``split`` ("train" or "val") dataset of ``cfg.data``, subset and cleaned, with its transforms.
+
+    ``data.format: synthetic`` first generates the synthetic set under ``data.root`` when it is missing or was
+    made with other ``data.synthetic`` parameters, then reads it like COCO. ``keep_empty`` applies to the training
+    split only (evaluation keeps every image). With ``transforms=False`` the dataset returns raw targets.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    data = cfg.data
+    split_name = data.train_split if split == "train" else data.val_split
+    if data.format == "synthetic":
+        syn = data.synthetic
+        ensure_synthetic(data.root, num_train=syn.num_train, num_val=syn.num_val, image_size=syn.image_size,
+                         num_classes=syn.num_classes, max_objects=syn.max_objects, seed=syn.seed)
+    if data.format in ("synthetic", "coco"):
+        ann_file, image_dir = coco_split_paths(data.root, split_name)
+        source = str(ann_file)
+        records, classes, label_to_cat_id = parse_coco(load_coco_json(ann_file), image_dir, source)
+    else:
+        source = f"VOC {split_name} under {data.root}"
+        records, classes, label_to_cat_id = parse_voc(data.root, split_name)
+    records = sanitize_records(records, source)
+    records, classes, label_to_cat_id = subset_records(
+        records, classes, label_to_cat_id, keep_classes=data.classes, keep_empty=data.keep_empty or split != "train",
+        image_ids=read_image_ids_file(data.image_ids_file) if data.image_ids_file else None,
+        fraction=data.fraction, seed=data.subset_seed, max_images=data.max_images, source=source)
+    if not records:
+        raise DatasetError(f"{source}: no images left after the data.* subset settings (classes, keep_empty, "
+                           f"image_ids_file, fraction, max_images); relax them")
+    check_files_exist(records, source)
+    return DetectionDataset(records=records, classes=classes, label_to_cat_id=label_to_cat_id,
+                            transforms=build_transforms(cfg, split) if transforms else None,
+                            name=f"{Path(source).name if data.format != 'voc' else source} ({split})")
+
+
+def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """[(image, target), ...] -> (images, targets); no padding here (the model pads on the device)."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+def _rank_and_world_size(distributed: bool) -> tuple[int, int]:
+    if not distributed:
+        return 0, 1
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("build_dataloader(distributed=True) needs torch.distributed initialised "
+                           "(launch with torchrun and call init_process_group first)")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def make_dataloader(dataset: DetectionDataset, *, train: bool, batch_size: int, num_workers: int, seed: int = 0,
+                    start_iter: int = 0, rank: int = 0, world_size: int = 1, group_by_aspect_ratio: bool = True,
+                    pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A loader over ``dataset``: infinite seeded grouped batches when ``train``, else this rank's ordered slice."""
+    if train:
+        groups = dataset.aspect_ratio_groups() if group_by_aspect_ratio else [0] * len(dataset)
+        batch_sampler = GroupedInfiniteBatchSampler(groups, batch_size=batch_size, seed=seed, start_iter=start_iter,
+                                                    rank=rank, world_size=world_size)
+    else:
+        batch_sampler = torch.utils.data.BatchSampler(inference_indices(len(dataset), rank, world_size),
+                                                      batch_size=batch_size, drop_last=False)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+                                       collate_fn=collate, pin_memory=pin_memory and torch.cuda.is_available(),
+                                       persistent_workers=num_workers > 0)
+
+
+def build_dataloader(cfg, split: str, start_iter: int = 0, distributed: bool = False) -> torch.utils.data.DataLoader:
+    """The training loader (infinite, from batch ``start_iter`` of the ``cfg.seed`` stream) or the val loader.
+
+    The val loader's dataset is cut to the first ``eval.max_images`` images when that is set, so ``loader.dataset``
+    (whose targets the evaluator reads) and the loader agree; under ``distributed`` each rank gets a disjoint
+    contiguous slice. ``train.batch_size`` images per batch and per rank in both.
+    """
+    dataset = build_dataset(cfg, split)
+    if split == "val" and cfg.eval.max_images is not None:
+        dataset.records = dataset.records[:cfg.eval.max_images]
+    rank, world_size = _rank_and_world_size(distributed)
+    return make_dataloader(dataset, train=split == "train", batch_size=cfg.train.batch_size,
+                           num_workers=cfg.data.loader.num_workers, seed=cfg.seed, start_iter=start_iter, rank=rank,
+                           world_size=world_size, group_by_aspect_ratio=cfg.data.loader.aspect_ratio_grouping,
+                           pin_memory=cfg.data.loader.pin_memory)

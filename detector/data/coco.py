@@ -1,0 +1,94 @@
+"""COCO-format datasets (COCO 2017 and the generated synthetic set) read with pycocotools.
+
+Layout: ``root/annotations/instances_<split>.json`` and the images under ``root/<split>/<file_name>``.
+Labels are contiguous 1..K in the order of the sorted category ids (label 0 is background);
+``label_to_cat_id`` maps them back for writing results. COCO's xywh boxes become absolute xyxy float32 in
+:func:`parse_coco` (the one place). Crowd annotations are kept with ``iscrowd=True`` (evaluation ignores them,
+the training transforms drop them); ``area`` is the annotation's own area (mask area in COCO).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+
+from ..boxes import box_xywh_to_xyxy
+from .base import BACKGROUND, DatasetError, ImageRecord
+
+
+def load_coco_json(ann_file: str | Path) -> COCO:
+    """The annotation file as a pycocotools ``COCO`` (its prints silenced); malformed files raise DatasetError."""
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise DatasetError(f"{ann_file}: annotation file not found; check data.root and the split name "
+                           f"(expected <root>/annotations/instances_<split>.json)")
+    try:
+        data = json.loads(ann_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{ann_file}: not valid JSON ({exc}); re-download or regenerate the file") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{ann_file}: expected a JSON object with images/annotations/categories")
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DatasetError(f"{ann_file}: field {key!r} is missing or not a list; not a COCO instances file")
+    data.setdefault("annotations", [])
+    for where, items, fields in (("image", data["images"], ("id", "file_name", "height", "width")),
+                                 ("category", data["categories"], ("id", "name")),
+                                 ("annotation", data["annotations"], ("id", "image_id", "category_id", "bbox"))):
+        for item in items:
+            missing = [f for f in fields if f not in item]
+            if missing:
+                raise DatasetError(f"{ann_file}: {where} {item.get('id', '?')} lacks field {missing[0]!r}; "
+                                   f"fix or remove that entry")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
+    """Records (sorted by image id), class names (index 0 background) and label -> category id.
+
+    Unknown category ids and annotations of unknown images raise :class:`DatasetError` naming the annotation.
+    """
+    cat_ids = sorted(coco.cats)
+    cat_to_label = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
+    classes = [BACKGROUND] + [coco.cats[c]["name"] for c in cat_ids]
+    for ann in coco.dataset["annotations"]:
+        if ann["category_id"] not in cat_to_label:
+            raise DatasetError(f"{source}: annotation {ann['id']} has category_id {ann['category_id']}, which is not "
+                               f"in 'categories' (ids {cat_ids[:10]}{' ...' if len(cat_ids) > 10 else ''}); "
+                               f"fix the annotation or add the category")
+        if ann["image_id"] not in coco.imgs:
+            raise DatasetError(f"{source}: annotation {ann['id']} refers to image_id {ann['image_id']}, which is not "
+                               f"in 'images'; remove the annotation or add the image")
+    image_dir = Path(image_dir)
+    records = []
+    for image_id in sorted(coco.imgs):
+        info = coco.imgs[image_id]
+        anns = coco.imgToAnns.get(image_id, [])
+        bad = [a for a in anns if not (isinstance(a["bbox"], (list, tuple)) and len(a["bbox"]) == 4)]
+        if bad:
+            raise DatasetError(f"{source}: annotation {bad[0]['id']} has bbox {bad[0]['bbox']!r}; expected [x, y, w, h]")
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes = box_xywh_to_xyxy(xywh).numpy()  # [N,4]
+        box_area = (xywh[:, 2] * xywh[:, 3]).numpy()
+        area = np.array([a.get("area", b) for a, b in zip(anns, box_area)], dtype=np.float32)
+        records.append(ImageRecord(
+            image_id=int(image_id), path=str(image_dir / info["file_name"]), file_name=info["file_name"],
+            height=int(info["height"]), width=int(info["width"]), boxes=boxes,
+            labels=np.array([cat_to_label[a["category_id"]] for a in anns], dtype=np.int64),
+            iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool), area=area))
+    return records, classes, dict(enumerate(cat_ids, start=1))
+
+
+def coco_split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
+    """(annotation file, image folder) of a COCO-layout split."""
+    root = Path(root)
+    return root / "annotations" / f"instances_{split}.json", root / split

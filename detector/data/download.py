@@ -1,0 +1,37 @@
+"""Download helpers for PASCAL VOC and COCO 2017 (never called by tests or by default code paths).
+
+torchvision's ``download_and_extract_archive`` fetches each archive, checks its MD5 and extracts it; an archive
+already present with the right checksum is not fetched again. Layout after extraction (what configs/data/*.yaml
+expect): ``<root>/VOCdevkit/VOC2007``, ``<root>/VOCdevkit/VOC2012`` for VOC and ``<root>/coco/{train2017,val2017,
+annotations}`` for COCO.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torchvision.datasets.utils import download_and_extract_archive
+
+VOC_BASE = "https://thor.robots.ox.ac.uk/pascal/VOC"  # the mirror torchvision uses
+COCO_BASE = "http://images.cocodataset.org"
+
+# name -> (sub-folder of root, [(url, md5), ...])
+RESOURCES: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "voc2007": ("", [(f"{VOC_BASE}/voc2007/VOCtrainval_06-Nov-2007.tar", "c52e279531787c972589f7e41ab4ae64"),
+                     (f"{VOC_BASE}/voc2007/VOCtest_06-Nov-2007.tar", "b6e924de25625d8de591ea690078ad9f")]),
+    "voc2012": ("", [(f"{VOC_BASE}/voc2012/VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd")]),
+    "coco2017": ("coco", [(f"{COCO_BASE}/annotations/annotations_trainval2017.zip", "f4bbac642086de4f52a3fdda2de5fa2c"),
+                          (f"{COCO_BASE}/zips/val2017.zip", "442b8da7639aecaf257c1dceb8ba8c80"),
+                          (f"{COCO_BASE}/zips/train2017.zip", "cced6f7f71b7629ddf16f17bbcfab6b2")]),
+}
+
+
+def download_dataset(name: str, root: str | Path = "data", remove_archives: bool = False) -> Path:
+    """Download, verify (MD5) and extract dataset ``name`` (a key of :data:`RESOURCES`) under ``root``."""
+    if name not in RESOURCES:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(RESOURCES)}")
+    sub, archives = RESOURCES[name]
+    target = Path(root) / sub if sub else Path(root)
+    target.mkdir(parents=True, exist_ok=True)
+    for url, md5 in archives:
+        download_and_extract_archive(url, download_root=str(target), md5=md5, remove_finished=remove_archives)
+    return target

@@ -1,0 +1,79 @@
+"""Batch samplers. Training: an infinite, seeded, aspect-ratio grouped stream of ``(index, sample_seed)`` batches.
+
+The training stream is a pure function of ``seed``: epoch ``e`` is a permutation drawn from a generator seeded
+with ``(seed, e)`` together with one sample seed per position, so the dataset's augmentation of each sample is
+fixed too. ``start_iter=k`` regenerates (without loading any data) and skips the first k batches, so a resumed
+run sees exactly the batches of an uninterrupted one, whatever the number of workers. Under DDP every rank draws
+the same permutation and takes every ``world_size``-th element from ``rank`` on (disjoint within an epoch, as
+``DistributedSampler``). Grouping follows detectron2's ``AspectRatioGroupedDataset``: samples go to the buffer of
+their group (0: w >= h, 1: w < h) and a batch is emitted when a buffer holds ``batch_size`` samples.
+
+Evaluation: :func:`inference_indices` gives each rank a contiguous, ordered, disjoint slice.
+"""
+from __future__ import annotations
+
+from itertools import islice
+from typing import Iterator, Sequence
+
+import torch
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1))
+
+
+class GroupedInfiniteBatchSampler(torch.utils.data.Sampler):
+    """Yields ``[(index, sample_seed), ...]`` lists of ``batch_size`` forever.
+
+    Args:
+        group_ids: per dataset index, its aspect-ratio group (all zeros = no grouping).
+        batch_size: samples per batch (per rank).
+        seed: the stream's seed (the same on every rank).
+        start_iter: number of batches to skip (resume).
+        rank, world_size: this process's share of each epoch.
+    """
+
+    def __init__(self, group_ids: Sequence[int], *, batch_size: int, seed: int, start_iter: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        if len(group_ids) == 0:
+            raise ValueError("cannot sample batches from an empty dataset; check the data.* subset settings")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        if world_size > len(group_ids):
+            raise ValueError(f"{len(group_ids)} images cannot be split over {world_size} ranks; use more images")
+        self.group_ids = [int(g) for g in group_ids]
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.start_iter = int(start_iter)
+        self.rank = rank
+        self.world_size = world_size
+
+    def _samples(self) -> Iterator[tuple[int, int]]:
+        """The rank's infinite stream of (index, sample_seed), epoch after epoch."""
+        n = len(self.group_ids)
+        epoch = 0
+        while True:
+            generator = _epoch_generator(self.seed, epoch)
+            order = torch.randperm(n, generator=generator).tolist()
+            seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
+            yield from zip(order[self.rank::self.world_size], seeds[self.rank::self.world_size])
+            epoch += 1
+
+    def _batches(self) -> Iterator[list[tuple[int, int]]]:
+        buffers: dict[int, list[tuple[int, int]]] = {}
+        for sample in self._samples():
+            buffer = buffers.setdefault(self.group_ids[sample[0]], [])
+            buffer.append(sample)
+            if len(buffer) == self.batch_size:
+                yield buffer[:]
+                buffer.clear()
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return islice(self._batches(), self.start_iter, None)
+
+
+def inference_indices(num_images: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """Rank ``rank``'s contiguous slice of ``range(num_images)``; slices are disjoint and cover everything."""
+    per_rank, extra = divmod(num_images, world_size)
+    start = rank * per_rank + min(rank, extra)
+    return list(range(start, start + per_rank + (1 if rank < extra else 0)))

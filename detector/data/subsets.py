@@ -1,0 +1,101 @@
+"""Subsets of a parsed dataset: classes, explicit image ids, a seeded random fraction, a maximum count.
+
+Applied in this order by :func:`subset_records`, to the records of any format (so COCO, VOC and the synthetic set
+share one implementation, and ``tools/make_subset.py`` writes exactly what ``build_dataset`` would select):
+
+1. ``classes``: keep only annotations of these names, relabelled 1..K in the given order (label 0 is background);
+2. ``keep_empty=False``: drop images left without any non-crowd box;
+3. ``image_ids``: keep images whose id (COCO integer id, or VOC name such as ``2008_000123``) is listed;
+4. ``fraction``: keep ``round(fraction * n)`` images drawn with ``seed`` (original order preserved);
+5. ``max_images``: keep the first ``max_images``.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .base import BACKGROUND, DatasetError, ImageRecord
+
+logger = logging.getLogger(__name__)
+
+
+def read_image_ids_file(path: str | Path) -> list[str]:
+    """One id per line (blank lines and ``#`` comments ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: image id file (data.image_ids_file) not found")
+    return [line.split("#")[0].strip() for line in path.read_text().splitlines() if line.split("#")[0].strip()]
+
+
+def select_classes(records: Sequence[ImageRecord], classes: Sequence[str], label_to_cat_id: dict[int, int],
+                   names: Sequence[str], source: str) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
+    """Keep the annotations of ``names`` only, relabelled 1..len(names) in that order."""
+    old = {name: label for label, name in enumerate(classes) if label > 0}
+    for name in names:
+        if name not in old:
+            close = difflib.get_close_matches(name, list(old), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; available: {', '.join(old)}"
+            raise DatasetError(f"{source}: data.classes has {name!r}, which is not a class of the dataset{hint}")
+    if len(set(names)) != len(names):
+        raise DatasetError(f"{source}: data.classes lists a class twice: {list(names)}")
+    lut = np.zeros(len(classes), dtype=np.int64)  # old label -> new label (0 = dropped)
+    for new, name in enumerate(names, start=1):
+        lut[old[name]] = new
+    out = []
+    for rec in records:
+        new_labels = lut[rec.labels]
+        out.append(rec.select(new_labels > 0, labels=new_labels))
+    return out, [BACKGROUND, *names], {new: label_to_cat_id[old[name]] for new, name in enumerate(names, start=1)}
+
+
+def fraction_indices(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of ``round(fraction * n)`` (at least 1) of ``n`` items, a pure function of ``seed``."""
+    count = min(n, max(1, int(round(fraction * n))))
+    return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
+
+
+def subset_records(records: Sequence[ImageRecord], classes: Sequence[str], label_to_cat_id: dict[int, int], *,
+                   keep_classes: Sequence[str] | None = None, keep_empty: bool = True,
+                   image_ids: Sequence[str] | None = None, fraction: float | None = None, seed: int = 0,
+                   max_images: int | None = None, source: str = "dataset"
+                   ) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
+    """Apply the selections in the module docstring; returns (records, classes, label_to_cat_id)."""
+    records, classes, label_to_cat_id = list(records), list(classes), dict(label_to_cat_id)
+    if keep_classes:
+        records, classes, label_to_cat_id = select_classes(records, classes, label_to_cat_id, keep_classes, source)
+    if not keep_empty:
+        records = [r for r in records if (~r.iscrowd).any()]
+    if image_ids is not None:
+        wanted = {str(i) for i in image_ids}
+        kept = [r for r in records if str(r.image_id) in wanted or Path(r.file_name).stem in wanted]
+        found = {str(r.image_id) for r in kept} | {Path(r.file_name).stem for r in kept}
+        if not kept:
+            raise DatasetError(f"{source}: none of the {len(wanted)} ids in data.image_ids_file is an image of this "
+                               f"split; check the file and data.train_split/val_split")
+        if len(wanted - found):
+            logger.warning(f"{source}: {len(wanted - found)} ids of data.image_ids_file are not in this split "
+                           f"(or were filtered out), e.g. {sorted(wanted - found)[:3]}")
+        records = kept
+    if fraction is not None and records:
+        records = [records[i] for i in fraction_indices(len(records), fraction, seed)]
+    if max_images is not None:
+        records = records[:max_images]
+    return records, classes, label_to_cat_id
+
+
+def subset_coco_json(data: dict, image_ids: set[int], cat_ids: Sequence[int] | None) -> dict:
+    """A COCO instances dict restricted to ``image_ids`` and (when given) the categories ``cat_ids``.
+
+    Category ids are kept as they are, so the subset file is a valid COCO file of the same categories.
+    """
+    keep_cats = set(cat_ids) if cat_ids is not None else {c["id"] for c in data["categories"]}
+    out = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
+    out["images"] = [im for im in data["images"] if im["id"] in image_ids]
+    out["annotations"] = [a for a in data.get("annotations", [])
+                          if a["image_id"] in image_ids and a["category_id"] in keep_cats]
+    out["categories"] = [c for c in data["categories"] if c["id"] in keep_cats]
+    return out

@@ -1,0 +1,110 @@
+"""PASCAL VOC datasets: ``root/VOCdevkit/VOC<year>/{Annotations,ImageSets/Main,JPEGImages}``.
+
+A split is ``"<year>/<set>"`` and several are concatenated with ``+``: ``"2007/trainval+2012/trainval"`` (07+12).
+Labels 1..20 follow :data:`VOC_CLASSES` (label 0 is background); an object whose name is not a VOC class is an
+error naming the XML file. ``difficult`` objects become ``iscrowd=True`` (VOC evaluation ignores them; the training
+transforms drop them). VOC's 1-based inclusive pixel coordinates are converted once, in :func:`parse_voc_xml`,
+with detectron2's convention ``(xmin - 1, ymin - 1, xmax, ymax)``: a box covering pixels 1..W has width W.
+(torchvision's ``VOCDetection`` returns the raw numbers and leaves this to the user.)
+Image ids are the file stem read as an integer without underscores (``"2008_000123"`` -> 2008000123).
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+from .base import BACKGROUND, DatasetError, ImageRecord
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+
+
+def voc_image_id(name: str) -> int:
+    """``"000005"`` -> 5, ``"2008_000123"`` -> 2008000123 (unique across VOC2007 and VOC2012)."""
+    try:
+        return int(name.replace("_", ""))
+    except ValueError:
+        raise DatasetError(f"VOC image name {name!r} is not numeric (expected like 000005 or 2008_000123)") from None
+
+
+def voc_devkit(root: str | Path) -> Path:
+    """``root/VOCdevkit`` when it exists, else ``root`` itself (a root that is the devkit)."""
+    root = Path(root)
+    return root / "VOCdevkit" if (root / "VOCdevkit").is_dir() else root
+
+
+def parse_split(split: str) -> list[tuple[str, str]]:
+    """``"2007/trainval+2012/trainval"`` -> [("2007", "trainval"), ("2012", "trainval")]."""
+    pairs = []
+    for part in split.split("+"):
+        year, _, image_set = part.strip().partition("/")
+        if not year or not image_set:
+            raise DatasetError(f"VOC split {split!r}: part {part!r} is not <year>/<set>; "
+                               f"use e.g. data.train_split=2007/trainval+2012/trainval")
+        pairs.append((year, image_set))
+    return pairs
+
+
+def read_id_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: image set list not found; check data.root (VOCdevkit/VOC<year>) and the split")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def parse_voc_xml(xml_path: Path, class_to_label: dict[str, int]) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """(height, width, boxes [N,4] xyxy, labels [N], difficult [N]) of one annotation file."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except FileNotFoundError:
+        raise DatasetError(f"{xml_path}: annotation file not found; the image set lists an image without XML") from None
+    except ET.ParseError as exc:
+        raise DatasetError(f"{xml_path}: malformed XML ({exc}); re-extract the VOC archive") from None
+
+    def number(node, field: str, what: str) -> float:
+        text = node.findtext(field)
+        try:
+            return float(text)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{xml_path}: {what} field <{field}> is {text!r}; expected a number") from None
+
+    size = root.find("size")
+    if size is None:
+        raise DatasetError(f"{xml_path}: missing <size>; expected <size><width>..</width><height>..</height></size>")
+    height, width = int(number(size, "height", "<size>")), int(number(size, "width", "<size>"))
+    boxes, labels, difficult = [], [], []
+    for k, obj in enumerate(root.iter("object")):
+        name = (obj.findtext("name") or "").strip()
+        if name not in class_to_label:
+            raise DatasetError(f"{xml_path}: object {k} has <name> {name!r}, not one of the VOC classes "
+                               f"{', '.join(class_to_label)}")
+        bndbox = obj.find("bndbox")
+        if bndbox is None:
+            raise DatasetError(f"{xml_path}: object {k} ({name}) has no <bndbox>")
+        x1, y1, x2, y2 = (number(bndbox, f, f"object {k} <bndbox>") for f in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append((x1 - 1.0, y1 - 1.0, x2, y2))
+        labels.append(class_to_label[name])
+        difficult.append(obj.findtext("difficult", "0").strip() == "1")
+    return (height, width, np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(labels, dtype=np.int64),
+            np.array(difficult, dtype=bool))
+
+
+def parse_voc(root: str | Path, split: str) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
+    """Records of every (year, set) in ``split``, in list order; class names; label -> label (VOC has no ids)."""
+    devkit = voc_devkit(root)
+    class_to_label = {name: label for label, name in enumerate(VOC_CLASSES, start=1)}
+    records, seen = [], set()
+    for year, image_set in parse_split(split):
+        base = devkit / f"VOC{year}"
+        for name in read_id_list(base / "ImageSets" / "Main" / f"{image_set}.txt"):
+            image_id = voc_image_id(name)
+            if image_id in seen:
+                continue
+            seen.add(image_id)
+            height, width, boxes, labels, difficult = parse_voc_xml(base / "Annotations" / f"{name}.xml", class_to_label)
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            records.append(ImageRecord(image_id=image_id, path=str(base / "JPEGImages" / f"{name}.jpg"),
+                                       file_name=f"{name}.jpg", height=height, width=width, boxes=boxes,
+                                       labels=labels, iscrowd=difficult, area=area.astype(np.float32)))
+    return records, [BACKGROUND, *VOC_CLASSES], {label: label for label in range(1, len(VOC_CLASSES) + 1)}

@@ -1,0 +1,234 @@
+"""COCO-format loading on tiny trees written here (real JPEGs, real JSON): targets, bad input, subsets, the real
+coco_tiny subset, tools/make_subset.py."""
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detector.config import load_config
+from detector.data import DatasetError, build_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+
+CATEGORIES = [{"id": 3, "name": "car"}, {"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
+
+
+def write_jpeg(path: Path, height: int, width: int, mode: str = "RGB", seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path, format="JPEG")
+
+
+def ann(ann_id, image_id, category_id, bbox, **extra):
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox, "iscrowd": 0, **extra}
+
+
+def default_annotations():
+    return [ann(1, 1, 1, [10, 20, 30, 40], area=900.0),    # person
+            ann(2, 1, 3, [50, 5, 20, 10]),                  # car, no area -> box area
+            ann(3, 1, 18, [0, 0, 64, 48], iscrowd=1),       # dog crowd
+            ann(4, 2, 18, [5, 5, 10, 10]),                  # dog
+            ann(5, 3, 3, [1, 1, 8, 8])]                     # car (image 3 is grayscale)
+
+
+def write_coco(root: Path, split: str = "train", annotations=None, images=None, modes=None) -> Path:
+    images = images or [{"id": 1, "file_name": "a.jpg", "height": 48, "width": 64},
+                        {"id": 2, "file_name": "b.jpg", "height": 64, "width": 40},
+                        {"id": 3, "file_name": "c.jpg", "height": 32, "width": 32},
+                        {"id": 4, "file_name": "d.jpg", "height": 40, "width": 40}]  # no annotations
+    for k, im in enumerate(images):
+        write_jpeg(root / split / im["file_name"], im["height"], im["width"], (modes or {}).get(im["id"], "RGB"), k)
+    data = {"images": images, "annotations": default_annotations() if annotations is None else annotations,
+            "categories": CATEGORIES}
+    ann_file = root / "annotations" / f"instances_{split}.json"
+    ann_file.parent.mkdir(parents=True, exist_ok=True)
+    ann_file.write_text(json.dumps(data))
+    return ann_file
+
+
+def coco_cfg(root: Path, *overrides: str):
+    return load_config([], ["data.format=coco", f"data.root={root}", "data.train_split=train", "data.val_split=train",
+                            *overrides])
+
+
+def test_coco_targets_labels_and_conversion(tmp_path):
+    write_coco(tmp_path, modes={3: "L"})
+    ds = build_dataset(coco_cfg(tmp_path), "val", transforms=False)
+    assert len(ds) == 4
+    assert ds.classes == ["__background__", "person", "car", "dog"]  # sorted category ids 1, 3, 18
+    assert ds.label_to_cat_id == {1: 1, 2: 3, 3: 18}
+    image, target = ds[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 48, 64)
+    assert target["image_id"] == 1
+    torch.testing.assert_close(target["boxes"], torch.tensor([[10., 20., 40., 60.], [50., 5., 70., 15.],
+                                                              [0., 0., 64., 48.]]).clamp(max=torch.tensor([64, 48] * 2)))
+    assert target["boxes"].dtype == torch.float32 and target["labels"].dtype == torch.int64
+    assert target["labels"].tolist() == [1, 2, 3]
+    assert target["iscrowd"].tolist() == [False, False, True]
+    assert target["area"].tolist() == [900.0, 200.0, 64.0 * 48.0]
+    assert ds.get_image_info(1) == {"image_id": 2, "file_name": "b.jpg", "height": 64, "width": 40}
+    assert ds[2][0].shape == (3, 32, 32)  # grayscale JPEG decoded to RGB
+    assert len(ds.get_target(3)["boxes"]) == 0 and ds.get_target(3)["boxes"].shape == (0, 4)
+
+
+def test_coco_cmyk_image_decodes_to_rgb(tmp_path):
+    write_coco(tmp_path, modes={2: "CMYK"})
+    ds = build_dataset(coco_cfg(tmp_path), "val", transforms=False)
+    assert ds[1][0].shape == (3, 64, 40)
+
+
+def test_bad_boxes_are_clipped_or_dropped_and_counted_once(tmp_path, caplog):
+    annotations = [ann(1, 1, 1, [10, 10, 0, 5]),       # zero width: degenerate
+                   ann(2, 1, 1, [10, 10, 5, -2]),      # negative height: degenerate
+                   ann(3, 2, 1, [100, 100, 5, 5]),     # fully outside (image 40x64)
+                   ann(4, 2, 3, [30, 50, 20, 30]),     # partly outside: clipped
+                   ann(5, 3, 3, [1, 1, 8, 8])]
+    write_coco(tmp_path, annotations=annotations)
+    with caplog.at_level(logging.INFO, logger="detector.data.base"):
+        ds = build_dataset(coco_cfg(tmp_path), "val", transforms=False)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("dropped 2 degenerate" in m and "in 1 images: ids 1" in m for m in messages), messages
+    assert any("dropped 1 fully outside" in m and "ids 2" in m for m in messages), messages
+    assert any("clipped 1 boxes" in m for m in messages), messages
+    assert len(ds.get_target(0)["boxes"]) == 0
+    torch.testing.assert_close(ds.get_target(1)["boxes"], torch.tensor([[30., 50., 40., 64.]]))
+
+
+def test_unknown_category_names_the_annotation(tmp_path):
+    write_coco(tmp_path, annotations=[ann(77, 1, 99, [1, 1, 5, 5])])
+    with pytest.raises(DatasetError, match=r"instances_train.json: annotation 77 has category_id 99"):
+        build_dataset(coco_cfg(tmp_path), "train")
+
+
+def test_malformed_json_names_the_file(tmp_path):
+    ann_file = write_coco(tmp_path)
+    ann_file.write_text('{"images": [')
+    with pytest.raises(DatasetError, match=r"instances_train.json: not valid JSON"):
+        build_dataset(coco_cfg(tmp_path), "train")
+
+
+def test_missing_field_names_file_and_annotation(tmp_path):
+    write_coco(tmp_path, annotations=[{"id": 5, "image_id": 1, "category_id": 1}])
+    with pytest.raises(DatasetError, match=r"instances_train.json: annotation 5 lacks field 'bbox'"):
+        build_dataset(coco_cfg(tmp_path), "train")
+
+
+def test_missing_annotation_file_says_where(tmp_path):
+    with pytest.raises(DatasetError, match=r"instances_train.json: annotation file not found"):
+        build_dataset(coco_cfg(tmp_path), "train")
+
+
+def test_missing_images_are_listed_at_construction(tmp_path):
+    write_coco(tmp_path)
+    (tmp_path / "train" / "b.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"1 of 4 image files are missing: .*b\.jpg"):
+        build_dataset(coco_cfg(tmp_path), "train")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_image_raises_with_the_path(tmp_path, damage):
+    write_coco(tmp_path)
+    path = tmp_path / "train" / "a.jpg"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not an image" * 20)
+    ds = build_dataset(coco_cfg(tmp_path), "val", transforms=False)
+    with pytest.raises(DatasetError, match=r"a\.jpg: cannot decode image"):
+        ds[0]
+
+
+def test_wrong_size_in_json_raises(tmp_path):
+    images = [{"id": 1, "file_name": "a.jpg", "height": 48, "width": 64}]
+    write_coco(tmp_path, annotations=[], images=images)
+    write_jpeg(tmp_path / "train" / "a.jpg", 30, 64)
+    with pytest.raises(DatasetError, match=r"a\.jpg: image is 64x30 .* says 64x48"):
+        build_dataset(coco_cfg(tmp_path), "val", transforms=False)[0]
+
+
+def test_keep_empty_applies_to_training_only(tmp_path):
+    write_coco(tmp_path)
+    assert len(build_dataset(coco_cfg(tmp_path, "data.keep_empty=false"), "train")) == 3  # image 4 has no box
+    assert len(build_dataset(coco_cfg(tmp_path, "data.keep_empty=false"), "val")) == 4
+    assert len(build_dataset(coco_cfg(tmp_path), "train")) == 4
+
+
+def test_class_subset_relabels_in_the_given_order(tmp_path):
+    write_coco(tmp_path)
+    ds = build_dataset(coco_cfg(tmp_path, "data.classes=[dog, car]", "data.keep_empty=false"), "train",
+                       transforms=False)
+    assert ds.classes == ["__background__", "dog", "car"]
+    assert ds.label_to_cat_id == {1: 18, 2: 3}
+    assert [ds.get_image_info(i)["image_id"] for i in range(len(ds))] == [1, 2, 3]
+    assert ds.get_target(0)["labels"].tolist() == [2, 1]  # car, dog(crowd)
+    assert ds.get_target(1)["labels"].tolist() == [1]
+
+
+def test_unknown_class_name_suggests_a_close_one(tmp_path):
+    write_coco(tmp_path)
+    with pytest.raises(DatasetError, match=r"'dgo'.*did you mean 'dog'"):
+        build_dataset(coco_cfg(tmp_path, "data.classes=[dgo]"), "train")
+
+
+def test_max_images_fraction_and_id_file(tmp_path):
+    write_coco(tmp_path)
+    ids = lambda ds: [ds.get_image_info(i)["image_id"] for i in range(len(ds))]  # noqa: E731
+    assert ids(build_dataset(coco_cfg(tmp_path, "data.max_images=2"), "train")) == [1, 2]
+    half = ids(build_dataset(coco_cfg(tmp_path, "data.fraction=0.5", "data.subset_seed=3"), "train"))
+    assert len(half) == 2 and half == sorted(half)
+    assert half == ids(build_dataset(coco_cfg(tmp_path, "data.fraction=0.5", "data.subset_seed=3"), "train"))
+    draws = {tuple(ids(build_dataset(coco_cfg(tmp_path, "data.fraction=0.5", f"data.subset_seed={s}"), "train")))
+             for s in range(8)}
+    assert len(draws) > 1
+    id_file = tmp_path / "ids.txt"
+    id_file.write_text("3\n# a comment\n1\n999\n")
+    assert ids(build_dataset(coco_cfg(tmp_path, f"data.image_ids_file={id_file}"), "train")) == [1, 3]
+    id_file.write_text("998\n")
+    with pytest.raises(DatasetError, match="none of the 1 ids"):
+        build_dataset(coco_cfg(tmp_path, f"data.image_ids_file={id_file}"), "train")
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_subset_writes_a_coco_file_that_loads(tmp_path):
+    ann_file = write_coco(tmp_path)
+    out = tmp_path / "annotations" / "instances_sub.json"
+    rc = load_tool("make_subset").main(["--format", "coco", "--ann", str(ann_file), "--classes", "dog",
+                                        "--max-images", "5", "--out", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert [im["id"] for im in data["images"]] == [2]  # image 1 has only a crowd dog
+    assert [a["id"] for a in data["annotations"]] == [4]
+    assert data["categories"] == [{"id": 18, "name": "dog"}]
+    (tmp_path / "sub").symlink_to(tmp_path / "train")
+    ds = build_dataset(coco_cfg(tmp_path, "data.train_split=sub"), "train", transforms=False)
+    assert ds.classes == ["__background__", "dog"] and ds.label_to_cat_id == {1: 18} and len(ds) == 1
+
+
+def test_real_coco_tiny_loads_completely(coco_tiny):
+    for split in ("train2017", "val2017"):
+        raw = json.loads((coco_tiny / "annotations" / f"instances_{split}.json").read_text())
+        cfg = coco_cfg(coco_tiny, f"data.val_split={split}")
+        ds = build_dataset(cfg, "val", transforms=False)
+        assert len(ds) == len(raw["images"])
+        assert len(ds.classes) - 1 == len(raw["categories"])
+        num_boxes = 0
+        for i in range(len(ds)):
+            image, target = ds[i]
+            info = ds.get_image_info(i)
+            assert image.dtype == torch.uint8 and image.shape == (3, info["height"], info["width"])
+            boxes = target["boxes"][~target["iscrowd"]]
+            assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= info["width"]).all()
+            assert (boxes[:, 3] <= info["height"]).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+            assert ((target["labels"] >= 1) & (target["labels"] <= len(ds.classes) - 1)).all()
+            num_boxes += len(target["boxes"])
+        valid = [a for a in raw["annotations"] if a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        assert num_boxes == len(valid)
