@@ -146,7 +146,7 @@ def validate_detections(dataset, detections: Sequence[dict], source: str = "dete
         bad = (~torch.isfinite(scores)).nonzero()
         if len(bad):
             j = int(bad[0])
-            raise ValueError(f"{where}: detection {j} has field 'score' {scores[j].item()}; expected a finite number "
+            raise ValueError(f"{where}: detection {j} has field 'scores' {scores[j].item()}; expected a finite number "
                              f"(drop or fix that detection)")
         bad = (~torch.isfinite(boxes).all(dim=1)).nonzero()
         if len(bad):
