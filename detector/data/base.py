@@ -149,7 +149,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         return {"image_id": rec.image_id, "file_name": rec.file_name, "height": rec.height, "width": rec.width}
 
     def get_target(self, i: int) -> dict:
-        """The raw target of image i (no transforms, no decode): boxes [N,4], labels [N], image_id, iscrowd [N], area [N]."""
+        """Raw target of image i, without decoding: boxes [N,4], labels [N], image_id, iscrowd [N], area [N]."""
         rec = self.records[i]
         return {"boxes": torch.from_numpy(rec.boxes.copy()).reshape(-1, 4),
                 "labels": torch.from_numpy(rec.labels.copy()),

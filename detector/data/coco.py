@@ -75,7 +75,8 @@ def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[Ima
         anns = coco.imgToAnns.get(image_id, [])
         bad = [a for a in anns if not (isinstance(a["bbox"], (list, tuple)) and len(a["bbox"]) == 4)]
         if bad:
-            raise DatasetError(f"{source}: annotation {bad[0]['id']} has bbox {bad[0]['bbox']!r}; expected [x, y, w, h]")
+            raise DatasetError(f"{source}: annotation {bad[0]['id']} has bbox {bad[0]['bbox']!r}; "
+                               f"expected [x, y, w, h]")
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes = box_xywh_to_xyxy(xywh).numpy()  # [N,4]
         box_area = (xywh[:, 2] * xywh[:, 3]).numpy()

@@ -130,17 +130,17 @@ def render_image(rng: np.random.Generator, height: int, width: int, num_classes:
         ratio = math.exp(rng.uniform(math.log(0.6), math.log(1.7)))  # w / h
         w = int(min(width, max(MIN_OBJECT_SIZE, round(size * math.sqrt(ratio)))))
         h = int(min(height, max(MIN_OBJECT_SIZE, round(size / math.sqrt(ratio)))))
+        mask = _draw_shape(SHAPES[shape_id], w, h)
+        extent = np.array(mask.getbbox(), dtype=np.float64)  # exclusive end: exactly the xyxy extent in the mask
         for _attempt in range(10):
             x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-            if _overlap_ok(np.array([x, y, x + w, y + h], dtype=np.float64), placed):
+            box = extent + [x, y, x, y]
+            if _overlap_ok(box, placed):
                 break
         else:
             continue
-        mask = _draw_shape(SHAPES[shape_id], w, h)
-        mx0, my0, mx1, my1 = mask.getbbox()  # exclusive end: exactly the xyxy extent
         color = _object_color(rng, background[y:y + h, x:x + w])
         image.paste(color, (x, y), mask)
-        box = np.array([x + mx0, y + my0, x + mx1, y + my1], dtype=np.float64)
         placed.append(box)
         objects.append({"bbox": [int(box[0]), int(box[1]), int(box[2] - box[0]), int(box[3] - box[1])],
                         "category_id": shape_id + 1, "area": int((np.asarray(mask) > 0).sum())})
@@ -174,8 +174,9 @@ def synthetic_params(num_train: int, num_val: int, image_size: Sequence[int], nu
             "max_objects": int(max_objects), "seed": int(seed)}
 
 
-def generate_synthetic(root: str | Path, num_train: int = 256, num_val: int = 64, image_size: Sequence[int] = (320, 320),
-                       num_classes: int = 4, max_objects: int = 6, seed: int = 0) -> Path:
+def generate_synthetic(root: str | Path, num_train: int = 256, num_val: int = 64,
+                       image_size: Sequence[int] = (320, 320), num_classes: int = 4, max_objects: int = 6,
+                       seed: int = 0) -> Path:
     """Write the dataset to ``root`` (created; existing files of the same names are overwritten). Returns root.
 
     ``image_size`` is [height, width]; ``num_classes`` <= 6 picks the first shapes of :data:`SHAPES`.

@@ -101,7 +101,8 @@ class DetectionTransform:
         if self.train:
             target = drop_crowd(target)
             if self.label_noise > 0:
-                boxes = jitter_boxes(target["boxes"], self.label_noise, self.label_noise_scale, (height, width), generator)
+                boxes = jitter_boxes(target["boxes"], self.label_noise, self.label_noise_scale, (height, width),
+                                     generator)
                 target = dict(target, boxes=boxes)
         pick = int(torch.randint(len(self.min_sizes), (1,), generator=generator)) if len(self.min_sizes) > 1 else 0
         image, target = resize(image, target, resized_size(height, width, self.min_sizes[pick], self.max_size))

@@ -53,7 +53,8 @@ def read_id_list(path: Path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
-def parse_voc_xml(xml_path: Path, class_to_label: dict[str, int]) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+def parse_voc_xml(xml_path: Path, class_to_label: dict[str, int]
+                  ) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
     """(height, width, boxes [N,4] xyxy, labels [N], difficult [N]) of one annotation file."""
     try:
         root = ET.parse(xml_path).getroot()
@@ -102,7 +103,8 @@ def parse_voc(root: str | Path, split: str) -> tuple[list[ImageRecord], list[str
             if image_id in seen:
                 continue
             seen.add(image_id)
-            height, width, boxes, labels, difficult = parse_voc_xml(base / "Annotations" / f"{name}.xml", class_to_label)
+            xml_path = base / "Annotations" / f"{name}.xml"
+            height, width, boxes, labels, difficult = parse_voc_xml(xml_path, class_to_label)
             area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
             records.append(ImageRecord(image_id=image_id, path=str(base / "JPEGImages" / f"{name}.jpg"),
                                        file_name=f"{name}.jpg", height=height, width=width, boxes=boxes,

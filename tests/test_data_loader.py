@@ -1,0 +1,118 @@
+"""Samplers and loaders: the training stream is a pure function of the seed, start_iter resumes it exactly (any
+number of workers), batches are aspect-ratio grouped, ranks get disjoint shares; val is finite and ordered."""
+from itertools import islice
+
+import pytest
+import torch
+
+from detector.config import load_config
+from detector.data import build_dataloader, collate
+from detector.data.benchmark import loader_throughput
+from detector.data.samplers import GroupedInfiniteBatchSampler, inference_indices
+
+GROUPS = [0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 1]  # 11 images, two aspect-ratio groups
+
+
+def batches(sampler, n):
+    return list(islice(iter(sampler), n))
+
+
+def test_stream_is_a_pure_function_of_the_seed():
+    a = batches(GroupedInfiniteBatchSampler(GROUPS, batch_size=3, seed=7), 20)
+    b = batches(GroupedInfiniteBatchSampler(GROUPS, batch_size=3, seed=7), 20)
+    c = batches(GroupedInfiniteBatchSampler(GROUPS, batch_size=3, seed=8), 20)
+    assert a == b and a != c
+    assert all(len(batch) == 3 for batch in a)
+    assert all(len({GROUPS[i] for i, _ in batch}) == 1 for batch in a)  # one aspect-ratio group per batch
+    seeds = [s for batch in a for _, s in batch]
+    assert len(set(seeds)) == len(seeds)  # every sample of the stream has its own seed
+
+
+def test_each_epoch_visits_every_image_once():
+    sampler = GroupedInfiniteBatchSampler([0] * 10, batch_size=5, seed=1)
+    first, second = batches(sampler, 2), batches(sampler, 4)[2:]
+    assert sorted(i for b in first for i, _ in b) == list(range(10))
+    assert sorted(i for b in second for i, _ in b) == list(range(10))
+    assert first != second  # reshuffled
+
+
+@pytest.mark.parametrize("k", [1, 5, 13])
+def test_start_iter_resumes_the_same_stream(k):
+    full = batches(GroupedInfiniteBatchSampler(GROUPS, batch_size=2, seed=3), k + 10)
+    resumed = batches(GroupedInfiniteBatchSampler(GROUPS, batch_size=2, seed=3, start_iter=k), 10)
+    assert resumed == full[k:]
+
+
+def test_ranks_get_disjoint_shares_of_each_epoch():
+    n, world = 12, 3
+    samplers = [GroupedInfiniteBatchSampler([0] * n, batch_size=1, seed=5, rank=r, world_size=world)
+                for r in range(world)]
+    shares = [list(islice(sampler._samples(), n // world)) for sampler in samplers]
+    indices = [{i for i, _ in share} for share in shares]
+    assert set().union(*indices) == set(range(n)) and sum(map(len, indices)) == n
+    with pytest.raises(ValueError, match="rank 3"):
+        GroupedInfiniteBatchSampler([0] * n, batch_size=1, seed=5, rank=3, world_size=3)
+
+
+def test_inference_slices_are_contiguous_disjoint_and_complete():
+    slices = [inference_indices(10, r, 3) for r in range(3)]
+    assert slices == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert inference_indices(2, 2, 3) == []
+
+
+def test_collate_keeps_lists():
+    images, targets = collate([(torch.zeros(3, 2, 2), {"a": 1}), (torch.ones(3, 4, 4), {"a": 2})])
+    assert isinstance(images, list) and [t["a"] for t in targets] == [1, 2]
+
+
+def small_cfg(root, *extra):
+    return load_config([], [f"data.root={root}", "data.synthetic.num_train=10", "data.synthetic.num_val=5",
+                            "data.synthetic.image_size=[64, 96]", "data.input.min_size_train=[48, 64]",
+                            "data.input.min_size_test=64", "train.batch_size=2", "data.loader.num_workers=0", *extra])
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    return small_cfg(tmp_path_factory.mktemp("syn") / "synthetic")
+
+
+def first_batches(loader, n):
+    out = []
+    for images, targets in islice(iter(loader), n):
+        out.append(([img.clone() for img in images], [(t["image_id"], t["boxes"].clone()) for t in targets]))
+    return out
+
+
+def same(a, b):
+    return len(a) == len(b) and all(
+        len(x[0]) == len(y[0]) and all(torch.equal(i, j) for i, j in zip(x[0], y[0]))
+        and [t[0] for t in x[1]] == [t[0] for t in y[1]] and all(torch.equal(s[1], t[1]) for s, t in zip(x[1], y[1]))
+        for x, y in zip(a, b))
+
+
+def test_train_loader_resume_and_workers_give_identical_batches(cfg):
+    full = first_batches(build_dataloader(cfg, "train"), 8)
+    images, targets = full[0]
+    assert len(images) == 2 and images[0].dtype == torch.uint8 and min(images[0].shape[1:]) in (48, 64)
+    assert set(targets[0][1].shape[1:]) == {4}
+    assert same(first_batches(build_dataloader(cfg, "train", start_iter=5), 3), full[5:8])
+    workers = small_cfg(cfg.data.root, "data.loader.num_workers=2")
+    assert same(first_batches(build_dataloader(workers, "train", start_iter=2), 6), full[2:8])
+
+
+def test_val_loader_is_finite_ordered_and_limited(cfg):
+    loader = build_dataloader(cfg, "val")
+    ids = [t["image_id"] for _, targets in loader for t in targets]
+    assert ids == [1, 2, 3, 4, 5] and all(t["orig_size"] == (64, 96) for _, ts in loader for t in ts)
+    loader = build_dataloader(small_cfg(cfg.data.root, "eval.max_images=3"), "val")
+    assert len(loader.dataset) == 3 and [len(images) for images, _ in loader] == [2, 1]
+
+
+def test_distributed_needs_an_initialised_process_group(cfg):
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        build_dataloader(cfg, "val", distributed=True)
+
+
+def test_loader_throughput_reports(cfg):
+    report = loader_throughput(cfg, "train", num_workers=0, num_batches=3)
+    assert report["images"] == 6 and report["images_per_s"] > 0 and report["num_workers"] == 0

@@ -1,0 +1,28 @@
+#!/usr/bin/env python
+"""Download PASCAL VOC / COCO 2017 with checksums: ``python tools/download_data.py voc2007 voc2012 [--root data]``.
+
+VOC lands in ``<root>/VOCdevkit/VOC{2007,2012}`` and COCO in ``<root>/coco`` (see data/README.md). Archives already
+downloaded and verified are not fetched again. COCO 2017 is about 19 GB (train2017.zip is 18 GB).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from detector.data.download import RESOURCES, download_dataset  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("datasets", nargs="+", choices=sorted(RESOURCES), help="datasets to download")
+    parser.add_argument("--root", default="data", help="data folder (default: data)")
+    parser.add_argument("--remove-archives", action="store_true", help="delete each archive after extraction")
+    args = parser.parse_args(argv)
+    for name in args.datasets:
+        print(f"{name}: ready in {download_dataset(name, args.root, args.remove_archives)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Write a dataset subset: a COCO JSON or a VOC image-id list, selected as ``build_dataset`` selects.
+
+COCO, 5 classes, 2000 images (images without any of the classes are left out unless --keep-empty)::
+
+    python tools/make_subset.py --format coco --ann data/coco/annotations/instances_train2017.json \\
+        --classes person car dog bicycle chair --max-images 2000 \\
+        --out data/coco/annotations/instances_train2017_5cls.json
+
+The output keeps the original category ids; train on it with ``data.train_split=train2017_5cls`` after linking
+the image folder (``ln -s train2017 data/coco/train2017_5cls``). VOC writes image names, one a line, usable as
+``data.image_ids_file`` or as ``VOCdevkit/VOC2007/ImageSets/Main/<name>.txt``::
+
+    python tools/make_subset.py --format voc --root data/VOCdevkit --split 2007/trainval --classes dog cat \\
+        --fraction 0.5 --out voc07_dogcat.txt
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from detector.data.base import DatasetError, sanitize_records  # noqa: E402
+from detector.data.coco import load_coco_json, parse_coco  # noqa: E402
+from detector.data.subsets import read_image_ids_file, subset_coco_json, subset_records  # noqa: E402
+from detector.data.voc import parse_voc  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--format", required=True, choices=("coco", "voc"))
+    parser.add_argument("--ann", help="coco: instances_<split>.json to subset")
+    parser.add_argument("--root", help="voc: the folder holding VOCdevkit (or VOCdevkit itself)")
+    parser.add_argument("--split", help="voc: e.g. 2007/trainval or 2007/trainval+2012/trainval")
+    parser.add_argument("--classes", nargs="+", help="keep only these class names")
+    parser.add_argument("--keep-empty", action="store_true", help="keep images without any (non-crowd) kept box")
+    parser.add_argument("--image-ids-file", help="keep only the ids listed in this file (one a line)")
+    parser.add_argument("--fraction", type=float, help="keep a random fraction (0, 1] of the images")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --fraction draw")
+    parser.add_argument("--max-images", type=int, help="keep at most this many images")
+    parser.add_argument("--out", required=True, help="output file (.json for coco, .txt for voc)")
+    args = parser.parse_args(argv)
+    if args.format == "coco" and not args.ann:
+        parser.error("--format coco needs --ann")
+    if args.format == "voc" and not (args.root and args.split):
+        parser.error("--format voc needs --root and --split")
+    if args.fraction is not None and not 0 < args.fraction <= 1:
+        parser.error("--fraction must be in (0, 1]")
+
+    try:
+        if args.format == "coco":
+            coco = load_coco_json(args.ann)
+            records, classes, label_to_cat_id = parse_coco(coco, Path(args.ann).parent, args.ann)
+        else:
+            records, classes, label_to_cat_id = parse_voc(args.root, args.split)
+        records, classes, label_to_cat_id = subset_records(
+            sanitize_records(records, args.ann or args.split), classes, label_to_cat_id, keep_classes=args.classes,
+            keep_empty=args.keep_empty,
+            image_ids=read_image_ids_file(args.image_ids_file) if args.image_ids_file else None,
+            fraction=args.fraction, seed=args.seed, max_images=args.max_images, source=args.ann or args.split)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "coco":
+        cat_ids = [label_to_cat_id[label] for label in range(1, len(classes))] if args.classes else None
+        subset = subset_coco_json(coco.dataset, {r.image_id for r in records}, cat_ids)
+        out.write_text(json.dumps(subset))
+        print(f"{out}: {len(subset['images'])} images, {len(subset['annotations'])} annotations, "
+              f"{len(subset['categories'])} categories")
+    else:
+        out.write_text("".join(f"{Path(r.file_name).stem}\n" for r in records))
+        print(f"{out}: {len(records)} image ids")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
