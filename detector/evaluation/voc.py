@@ -74,11 +74,11 @@ def voc_metrics(dataset, detections: Sequence[dict], iou_thresh: float = 0.5,
         image_id = int(det["image_id"])
         if wanted is not None and image_id not in wanted:
             continue
-        labels = torch.as_tensor(det["labels"]).reshape(-1).numpy()
+        labels = torch.as_tensor(det["labels"]).reshape(-1).cpu().numpy()
         det_image_ids.append(np.full(len(labels), image_id, dtype=np.int64))
         det_labels.append(labels)
-        det_scores.append(torch.as_tensor(det["scores"]).double().reshape(-1).numpy())
-        det_boxes.append(torch.as_tensor(det["boxes"]).double().reshape(-1, 4).numpy())
+        det_scores.append(torch.as_tensor(det["scores"]).double().reshape(-1).cpu().numpy())
+        det_boxes.append(torch.as_tensor(det["boxes"]).double().reshape(-1, 4).cpu().numpy())
     det_image_ids = np.concatenate(det_image_ids) if det_image_ids else np.zeros(0, dtype=np.int64)
     det_labels = np.concatenate(det_labels) if det_labels else np.zeros(0, dtype=np.int64)
     det_scores = np.concatenate(det_scores) if det_scores else np.zeros(0)
