@@ -154,19 +154,27 @@ class RoIHeads(nn.Module):
         return rois, labels, matched_gt, is_fg, sampled, thresh
 
     def _forward_train(self, features, proposals, proposal_valid, padded_size, gt_boxes, gt_labels, gt_valid):
-        num_images = proposals.shape[0]
         with torch.no_grad():
             rois, labels, matched_gt, is_fg, sampled, thresh = self._assign_and_sample(
                 proposals, proposal_valid, gt_boxes, gt_labels, gt_valid)
         logits, deltas = self._predict(features, rois, padded_size)  # [R,K+1], [R,4K]
-        num_samples = sampled.sum().clamp(min=1).float()
-        loss_cls = (F.cross_entropy(logits, labels.view(-1), reduction="none") * sampled.view(-1)).sum() / num_samples
+        losses, stats = self.losses(logits, deltas, rois.view(-1, 4), labels.view(-1), matched_gt.view(-1, 4),
+                                    sampled.view(-1), num_images=proposals.shape[0])
+        stats["iou_thresh"] = thresh
+        return losses, stats
 
-        pos = is_fg.view(-1).nonzero().squeeze(1)  # [Q]: the step's one host sync
-        pos_labels = labels.view(-1)[pos]
+    def losses(self, logits: torch.Tensor, deltas: torch.Tensor, rois: torch.Tensor, labels: torch.Tensor,
+               matched_gt: torch.Tensor, sampled: torch.Tensor, num_images: int):
+        """Losses and stats of R sampled RoIs: logits [R,K+1], deltas [R,4K], rois [R,4], labels [R] (0 = bg),
+        matched_gt [R,4] (used where label >= 1), sampled [R] bool (False: padding, no loss). Advances the
+        beta schedule by one iteration."""
+        num_samples = sampled.sum().clamp(min=1).float()
+        loss_cls = (F.cross_entropy(logits, labels, reduction="none") * sampled).sum() / num_samples
+        pos = ((labels > 0) & sampled).nonzero().squeeze(1)  # [Q]: the step's one host sync
+        pos_labels = labels[pos]
         slots = torch.zeros_like(pos_labels) if self.class_agnostic else pos_labels - 1
         pred_deltas = deltas.view(deltas.shape[0], -1, 4)[pos, slots]  # [Q,4]
-        pos_rois, pos_gt = rois.view(-1, 4)[pos], matched_gt.view(-1, 4)[pos]
+        pos_rois, pos_gt = rois[pos], matched_gt[pos]
         target_deltas = self.box_coder.encode(pos_rois, pos_gt)  # [Q,4]
         beta = self.box_loss.beta
         if self.beta_schedule is not None:
@@ -182,8 +190,8 @@ class RoIHeads(nn.Module):
                                      beta=beta if self.beta_schedule is not None else None)
         self.iteration += 1
 
-        num_fg = is_fg.sum()
-        stats = {"iou_thresh": thresh, "num_fg": num_fg, "num_bg": (sampled & ~is_fg).sum(),
+        num_fg = (labels > 0).logical_and(sampled).sum()
+        stats = {"num_fg": num_fg, "num_bg": ((labels == 0) & sampled).sum(),
                  "num_pos_per_image": num_fg.float() / num_images}
         if beta is not None:
             stats["beta"] = torch.tensor(float(beta))
