@@ -130,7 +130,8 @@ def _rectangles():
         img = torch.full((3, 96, 128), 30, dtype=torch.uint8)
         img[label - 1, y1:y2, x1:x2] = 230
         images.append(img)
-        targets.append({"boxes": torch.tensor([[x1, y1, x2, y2]], dtype=torch.float32), "labels": torch.tensor([label])})
+        box = torch.tensor([[x1, y1, x2, y2]], dtype=torch.float32)
+        targets.append({"boxes": box, "labels": torch.tensor([label])})
     return images, targets
 
 
