@@ -1,0 +1,146 @@
+"""Model parts on CPU: backbone variants and weights, anchors, matching/sampling, the RoI box loss vs torchvision."""
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import fastrcnn_loss
+from torchvision.ops import FrozenBatchNorm2d
+
+from detector.losses import build_box_loss
+from detector.modeling import RoIHeads, build_backbone
+from detector.modeling.matcher import DynamicLabelAssigner, batched_box_iou, match_boxes, sample_balanced
+from detector.modeling.rpn import RPN
+
+
+@pytest.mark.parametrize("name,fpn,norm,freeze_at", [
+    ("resnet18", True, "bn", 0), ("resnet18", False, "frozen_bn", 2), ("resnet34", True, "gn", 1),
+    ("resnet34", False, "bn", 5), ("mobilenet_v3_large", True, "gn", 3), ("mobilenet_v3_large", False, "bn", 0),
+])
+def test_backbone_variants(name, fpn, norm, freeze_at):
+    backbone = build_backbone(name=name, fpn=fpn, out_channels=32, norm=norm, freeze_at=freeze_at).eval()
+    features = backbone(torch.rand(1, 3, 64, 96))
+    assert list(features) == (["0", "1", "2", "3", "pool"] if fpn else ["0"])
+    for level, stride in zip(features.values(), backbone.strides):
+        assert level.shape[1] == backbone.out_channels
+        assert level.shape[-2:] == (-(-64 // stride), -(-96 // stride))
+
+
+def test_freeze_at_freezes_leading_stages_and_their_batchnorm():
+    backbone = build_backbone(name="resnet18", fpn=True, norm="bn", freeze_at=2)
+    trunk = backbone.body.body
+    assert not any(p.requires_grad for p in trunk.conv1.parameters())
+    assert not any(p.requires_grad for p in trunk.layer1.parameters())
+    assert all(p.requires_grad for p in trunk.layer2.parameters())
+    assert isinstance(trunk.bn1, FrozenBatchNorm2d) and isinstance(trunk.layer1[0].bn1, FrozenBatchNorm2d)
+    assert isinstance(trunk.layer2[0].bn1, torch.nn.BatchNorm2d)
+
+
+def test_local_weights_file_loads_into_the_trunk(tmp_path):
+    reference = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    backbone = build_backbone(name="resnet18", fpn=False, norm="frozen_bn", weights=str(path))
+    torch.testing.assert_close(backbone.body.conv1.weight, reference.conv1.weight)
+    torch.testing.assert_close(backbone.body.layer3[1].bn2.running_var, reference.layer3[1].bn2.running_var)
+
+
+def test_bad_weights_give_clear_errors(tmp_path):
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt.pth is not a readable torch state dict"):
+        build_backbone(name="resnet18", weights=str(corrupt))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"something": torch.zeros(1)}, wrong)
+    with pytest.raises(ValueError, match="lacks .* weights of the backbone"):
+        build_backbone(name="resnet18", weights=str(wrong))
+    with pytest.raises(FileNotFoundError, match="neither an existing file nor a torchvision weights name"):
+        build_backbone(name="resnet18", weights=str(tmp_path / "missing.pth"))
+
+
+def test_named_weights_offline_say_how_to_pass_a_local_file(monkeypatch):
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(RuntimeError, match=r"pass its local path: model\.backbone\.weights=/path/to/resnet18\.pth"):
+        build_backbone(name="resnet18", weights="DEFAULT")
+
+
+def test_anchors_match_torchvision_anchor_generator():
+    rpn = RPN(8, strides=(4, 8), anchor_sizes=(32, 64), aspect_ratios=(0.5, 1.0, 2.0),
+              box_loss=build_box_loss({"name": "smooth_l1", "beta": 1 / 9}))
+    generator = AnchorGenerator(sizes=((32,), (64,)), aspect_ratios=((0.5, 1.0, 2.0),) * 2)
+    images = ImageList(torch.zeros(1, 3, 64, 96), [(64, 96)])
+    reference = generator(images, [torch.zeros(1, 8, 16, 24), torch.zeros(1, 8, 8, 12)])[0]
+    torch.testing.assert_close(rpn.anchors([(16, 24), (8, 12)], torch.device("cpu")), reference)
+
+
+def test_match_boxes_thresholds_padding_and_low_quality():
+    gt = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 0.0, 0.0]]])  # [1,2,4], second GT is padding
+    gt_valid = torch.tensor([[True, False]])
+    boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 6.0], [0.0, 0.0, 10.0, 4.0],
+                           [20.0, 20.0, 30.0, 30.0]]])  # IoU 1, 0.6, 0.4, 0
+    iou = batched_box_iou(boxes, gt)
+    torch.testing.assert_close(iou[0, :, 0], torch.tensor([1.0, 0.6, 0.4, 0.0]))
+    matched, max_iou, fg, bg = match_boxes(iou, gt_valid, 0.5, 0.5)
+    assert fg[0].tolist() == [True, True, False, False] and bg[0].tolist() == [False, False, True, True]
+    assert matched[0].tolist() == [0, 0, 0, 0]
+    _, _, fg, bg = match_boxes(iou, gt_valid, 0.7, 0.3)
+    assert fg[0].tolist() == [True, False, False, False] and bg[0].tolist() == [False, False, False, True]
+    _, _, fg, _ = match_boxes(iou[:, 1:], gt_valid, 0.7, 0.3, allow_low_quality_matches=True)
+    assert fg[0].tolist() == [True, False, False]  # the GT's best candidate (IoU 0.6) becomes positive
+    _, max_iou, fg, bg = match_boxes(iou, torch.tensor([[False, False]]), 0.5, 0.5)
+    assert not fg.any() and bg.all() and (max_iou == -1).all()
+
+
+def test_sample_balanced_respects_budget_and_fraction():
+    torch.manual_seed(0)
+    fg = torch.zeros(3, 1000, dtype=torch.bool)
+    fg[0, :500] = True  # many fg: capped at 25%
+    fg[1, :10] = True  # few fg: filled with bg
+    bg = ~fg
+    bg[2, 50:] = False  # image 2: only 50 candidates at all
+    index, is_fg, valid = sample_balanced(fg, bg, 128, 0.25)
+    assert index.shape == (3, 128)
+    assert is_fg.sum(1).tolist() == [32, 10, 0] and valid.sum(1).tolist() == [128, 128, 50]
+    for i in range(3):
+        chosen = index[i][valid[i]]
+        assert chosen.unique().numel() == chosen.numel()
+        assert fg[i][chosen].sum() == is_fg[i].sum() and (fg[i] | bg[i])[chosen].all()
+
+
+def test_dynamic_label_assigner_update_and_state():
+    assigner = DynamicLabelAssigner(initial_thresh=0.5, topk=2, interval=2, min_thresh=0.4)
+    max_iou = torch.tensor([[0.9, 0.8, 0.1], [0.95, 0.7, 0.6], [0.9, 0.9, 0.9]])
+    valid = torch.ones(3, 3, dtype=torch.bool)
+    gt_valid = torch.tensor([[True], [True], [False]])  # the image without GT records nothing
+    assert float(assigner.update(max_iou, valid, gt_valid)) == 0.5
+    state = assigner.state_dict()
+    restored = DynamicLabelAssigner(initial_thresh=0.5, topk=2, interval=2, min_thresh=0.4)
+    restored.load_state_dict(state)
+    thresh = restored.update(max_iou * 0.5, valid, gt_valid)  # 2nd-largest: 0.8, 0.7, 0.4, 0.35
+    assert float(thresh) == pytest.approx(max(0.4, (0.8 + 0.7 + 0.4 + 0.35) / 4))
+    low = DynamicLabelAssigner(initial_thresh=0.5, topk=2, interval=1, min_thresh=0.4)
+    assert float(low.update(max_iou * 0.1, valid, gt_valid)) == pytest.approx(0.4)
+
+
+def test_smooth_l1_box_loss_equals_torchvision_fastrcnn_loss():
+    torch.manual_seed(0)
+    num_rois, num_classes = 64, 3
+    heads = RoIHeads(8, ["0"], num_classes, box_loss=build_box_loss({"name": "smooth_l1", "beta": 1 / 9}))
+    xy = torch.rand(num_rois, 2) * 100
+    rois = torch.cat([xy, xy + 10 + torch.rand(num_rois, 2) * 50], dim=1)
+    matched_gt = rois + torch.randn(num_rois, 4) * 3
+    labels = torch.randint(0, num_classes + 1, (num_rois,))
+    logits = torch.randn(num_rois, num_classes + 1)
+    deltas = torch.randn(num_rois, 4 * num_classes)
+    losses, _ = heads.losses(logits, deltas, rois, labels, matched_gt, torch.ones(num_rois, dtype=torch.bool),
+                             num_images=2)
+    targets = torchvision.models.detection._utils.BoxCoder((10.0, 10.0, 5.0, 5.0)).encode([matched_gt], [rois])
+    with_background_slot = torch.cat([torch.zeros(num_rois, 4), deltas], dim=1)  # torchvision: [R, 4(K+1)]
+    loss_cls, loss_box = fastrcnn_loss(logits, with_background_slot, [labels], list(targets))
+    torch.testing.assert_close(losses["loss_cls"], loss_cls)
+    torch.testing.assert_close(losses["loss_box_reg"], loss_box)
