@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Dump the RPN proposals of a trained model, for Fast R-CNN training on precomputed proposals.
+
+    python tools/dump_proposals.py --cfg smoothl1.yaml --ckpt runs/smoothl1/checkpoints/best.pth \\
+        --out data/proposals_train.json --split train [key=value ...]
+
+Every image of the split (no subsetting by ``eval.max_images``) is resized with the test-time transform
+(``data.input.min_size_test`` / ``max_size_test``, no flip), the model's RPN runs with the test settings
+(``model.rpn.pre_nms_topk_test``, ``post_nms_topk_test``, ``nms_thresh``) and the proposals are mapped back to
+the ORIGINAL image's pixels. The output JSON maps each image id (as a string) to its proposals, best first::
+
+    {"<image_id>": [[x1, y1, x2, y2, score], ...], ...}
+
+boxes absolute xyxy float pixels of the original image (rounded to 0.01), score the RPN objectness
+probability in [0, 1]. Train with it through ``model.proposals=precomputed model.proposal_file=FILE.json``;
+the data pipeline scales (and flips) the boxes along with the image.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from detector.config import ConfigError, load_config  # noqa: E402
+
+
+def dump_proposals(cfg, checkpoint: Path, split: str, device: torch.device) -> dict[str, list[list[float]]]:
+    """{image_id: [[x1, y1, x2, y2, score], ...]} in original image pixels for every image of ``split``."""
+    from detector.data import build_dataset, make_dataloader
+    from detector.data.transforms import build_transforms
+    from detector.engine.checkpoint import load_checkpoint
+    from detector.modeling import build_detector
+
+    dataset = build_dataset(cfg, split, transforms=False)
+    dataset.transforms = build_transforms(cfg, "val")  # deterministic test-time resize, also for the train split
+    loader = make_dataloader(dataset, train=False, batch_size=cfg.train.batch_size,
+                             num_workers=cfg.data.loader.num_workers)
+    model = build_detector(cfg, num_classes=len(dataset.classes) - 1)
+    if model.rpn is None:
+        raise ValueError("dump_proposals: the config has model.proposals=precomputed; use the config of the model "
+                         "whose RPN made the checkpoint (model.proposals=rpn)")
+    model.load_state_dict(load_checkpoint(checkpoint)["model"])
+    model.to(device).eval()
+    out: dict[str, list[list[float]]] = {}
+    for images, targets in loader:
+        for image, target, (boxes, scores) in zip(images, targets, model.propose(images)):
+            orig_h, orig_w = target["orig_size"]
+            scale = boxes.new_tensor([orig_w / image.shape[2], orig_h / image.shape[1]] * 2)
+            rows = torch.cat([boxes * scale, scores[:, None]], dim=1).cpu()  # [P,5]
+            out[str(target["image_id"])] = [[round(v, 2) for v in row[:4]] + [round(row[4], 4)]
+                                            for row in rows.tolist()]
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", action="append", required=True, help="config file or name in configs/ (repeatable)")
+    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint .pth of a model trained with an RPN")
+    parser.add_argument("--out", type=Path, required=True, help="output JSON file")
+    parser.add_argument("--split", choices=("train", "val"), default="train", help="dataset split (default: train)")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.cfg, args.overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    wanted = cfg.train.device
+    device = torch.device("cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu")
+    proposals = dump_proposals(cfg, args.ckpt, args.split, device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(proposals))
+    os.replace(tmp, args.out)
+    count = sum(len(v) for v in proposals.values())
+    print(f"wrote {count} proposals of {len(proposals)} images ({args.split}) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
