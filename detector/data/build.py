@@ -84,9 +84,12 @@ def make_dataloader(dataset: DetectionDataset, *, train: bool, batch_size: int, 
     else:
         batch_sampler = torch.utils.data.BatchSampler(inference_indices(len(dataset), rank, world_size),
                                                       batch_size=batch_size, drop_last=False)
+    # The loader's own generator: creating an iterator must not draw from the global RNG, or a resumed run
+    # (which creates its iterator at another point of the RNG stream) would sample RoIs differently.
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + start_iter + rank)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
                                        collate_fn=collate, pin_memory=pin_memory and torch.cuda.is_available(),
-                                       persistent_workers=num_workers > 0)
+                                       persistent_workers=num_workers > 0, generator=generator)
 
 
 def build_dataloader(cfg, split: str, start_iter: int = 0, distributed: bool = False) -> torch.utils.data.DataLoader:

@@ -102,9 +102,13 @@ def draw_predictions(model, dataset, num_images: int, device: torch.device, clas
         image, target = dataset[i]
         det = model([image.to(device)])[0]
         keep = det["scores"] >= 0.5
-        canvas = draw_bounding_boxes(image, target["boxes"], colors="lime", width=2)
-        labels = [f"{class_names[int(c)]} {s:.2f}" for c, s in zip(det["labels"][keep], det["scores"][keep])]
-        drawn.append(draw_bounding_boxes(canvas, det["boxes"][keep].cpu(), labels=labels, colors="red", width=2))
+        canvas = image
+        if len(target["boxes"]):
+            canvas = draw_bounding_boxes(canvas, target["boxes"], colors="lime", width=2)
+        if keep.any():
+            labels = [f"{class_names[int(c)]} {s:.2f}" for c, s in zip(det["labels"][keep], det["scores"][keep])]
+            canvas = draw_bounding_boxes(canvas, det["boxes"][keep].cpu(), labels=labels, colors="red", width=2)
+        drawn.append(canvas)
     model.train(was_training)
     return drawn
 
@@ -240,8 +244,8 @@ def train(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
             elapsed = time.perf_counter() - window_start
             reduced = dist_utils.reduce_mean({**losses, "total_loss": total.detach()})
             scalars, hists = stats_to_scalars(stats)
-            values = {k: float(v) for k, v in reduced.items()}
-            values.update({f"weighted/{k}": float(reduced[k]) * loss_weights[k] for k in losses})
+            values = {k: float(v.detach()) for k, v in reduced.items()}
+            values.update({f"weighted/{k}": values[k] * loss_weights[k] for k in losses})
             values.update(scalars)
             values.update({"lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
                            "images_per_s": window_images / max(elapsed, 1e-9)})
