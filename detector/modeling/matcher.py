@@ -16,20 +16,21 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
+import torch.distributed as dist
 
 __all__ = ["batched_box_iou", "match_boxes", "sample_balanced", "DynamicLabelAssigner"]
 
 
 def batched_box_iou(boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
-    """boxes [N or 1, M, 4], gt_boxes [N, G, 4] (xyxy) -> IoU [N, M, G]."""
+    """boxes [N or 1, M, 4], gt_boxes [N, G, 4] (xyxy) -> IoU [N, M, G]; only [N,M,G] temporaries."""
     area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)  # [N,M]
     gt_area = (gt_boxes[..., 2] - gt_boxes[..., 0]).clamp(min=0) * (gt_boxes[..., 3] - gt_boxes[..., 1]).clamp(min=0)
-    lt = torch.max(boxes[:, :, None, :2], gt_boxes[:, None, :, :2])  # [N,M,G,2]
-    rb = torch.min(boxes[:, :, None, 2:], gt_boxes[:, None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]  # [N,M,G]
-    union = area[:, :, None] + gt_area[:, None, :] - inter
-    return inter / union.clamp(min=torch.finfo(inter.dtype).tiny)
+    b, g = boxes[:, :, None, :], gt_boxes[:, None, :, :]  # [N,M,1,4], [N,1,G,4]
+    inter_w = (torch.min(b[..., 2], g[..., 2]) - torch.max(b[..., 0], g[..., 0])).clamp_(min=0)  # [N,M,G]
+    inter_h = (torch.min(b[..., 3], g[..., 3]) - torch.max(b[..., 1], g[..., 1])).clamp_(min=0)
+    inter = inter_w.mul_(inter_h)
+    union = (area[:, :, None] + gt_area[:, None, :]) - inter
+    return inter / union.clamp_(min=torch.finfo(inter.dtype).tiny)
 
 
 def match_boxes(iou: torch.Tensor, gt_valid: torch.Tensor, fg_iou_thresh: float | torch.Tensor,
@@ -99,7 +100,8 @@ class DynamicLabelAssigner:
     (GT boxes included, as in the paper's code) against their best GT; images without GT carry no IoU
     statistic and are skipped. After every ``interval`` iterations the threshold becomes
     ``max(min_thresh, mean of the record)`` and the record is cleared; the background threshold equals it.
-    The record stays on the device as a (sum, count) pair, so updating costs no host sync.
+    The record stays on the device as a (sum, count) pair, so updating costs no host sync; under
+    torch.distributed the pair is summed over ranks at each threshold update, so every rank uses the same one.
     """
 
     def __init__(self, initial_thresh: float = 0.5, topk: int = 75, interval: int = 100, min_thresh: float = 0.4):
@@ -126,6 +128,10 @@ class DynamicLabelAssigner:
             self.iou_count = self.iou_count + has_gt.sum()
         self.steps += 1
         if self.steps >= self.interval:
+            if dist.is_available() and dist.is_initialized():  # every rank switches to the same threshold
+                packed = torch.stack((self.iou_sum, self.iou_count))
+                dist.all_reduce(packed)
+                self.iou_sum, self.iou_count = packed[0], packed[1]
             mean = self.iou_sum / self.iou_count.clamp(min=1)
             new = torch.clamp(mean, min=self.min_thresh)
             self.thresh = torch.where(self.iou_count > 0, new, self.thresh).float()

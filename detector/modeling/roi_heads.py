@@ -10,8 +10,9 @@ label assigner), 512 RoIs per image are sampled at 25% foreground, all in batche
 ``MultiScaleRoIAlign`` call pools every RoI of the batch. ``loss_cls`` is cross-entropy over the sampled RoIs;
 ``loss_box_reg`` is the configured box loss over the positives' GT-class slots (delta losses on (pred deltas,
 target deltas), IoU losses on (decoded pred boxes, GT boxes)), divided by the number of sampled RoIs
-(``num_samples``) or of positives (``num_pos``). The only host sync of the step is the compaction of the
-positives (their count sizes the regression targets, the beta statistic and the histograms).
+(``num_samples``) or of positives (``num_pos``). Assignment and sampling need no host sync; the head's own
+sync is the compaction of the positives (their count sizes the regression targets, the beta statistic and the
+histograms), besides the per-level split inside torchvision's ``MultiScaleRoIAlign``.
 
 The head owns the state that changes during training: the Dynamic Smooth L1 beta schedule and the dynamic label
 assigner, plus its iteration counter. They travel in ``state_dict()`` through ``get_extra_state``.
