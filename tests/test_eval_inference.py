@@ -16,7 +16,7 @@ class FakeDetector(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.ones(1))
         self.calls = []
 
-    def forward(self, images, orig_sizes=None):
+    def forward(self, images, orig_sizes=None, proposals=None):
         self.calls.append({"training": self.training, "grad": torch.is_grad_enabled(), "orig_sizes": orig_sizes,
                            "num_images": len(images)})
         outputs = []

@@ -205,3 +205,36 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     assert [r["iter"] for r in records if r["type"] == "train"] == [1, 2, 3]
     state = load_checkpoint(run / "checkpoints" / "last.pth")
     assert isinstance(state["rng"], list) and len(state["rng"]) == 2
+
+
+def test_precomputed_proposals_train_and_evaluate(tiny_data, tmp_path):
+    """Classic Fast R-CNN: proposals from a JSON file (original pixels) move with the resized/flipped image."""
+    from detector.data import build_dataset
+    cfg = load_config([], tiny(tiny_data, tmp_path / "probe"))
+    proposals = {}
+    gen = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        ds = build_dataset(cfg, split, transforms=False)
+        for i in range(len(ds)):
+            boxes = ds.get_target(i)["boxes"]
+            noisy = boxes.repeat(8, 1) + torch.randn(len(boxes) * 8, 4, generator=gen) * 4
+            w, h = ds.get_image_info(i)["width"], ds.get_image_info(i)["height"]
+            noisy = torch.minimum(noisy.clamp(min=0), torch.tensor([w, h, w, h]))
+            keep = (noisy[:, 2] > noisy[:, 0] + 1) & (noisy[:, 3] > noisy[:, 1] + 1)
+            proposals[str(ds.get_image_info(i)["image_id"])] = [b + [0.9] for b in noisy[keep].tolist()]
+    path = tmp_path / "proposals.json"
+    path.write_text(json.dumps(proposals))
+    run = tmp_path / "run"
+    cfg = load_config(["smoothl1.yaml"], tiny(tiny_data, run, **{"model.proposals": "precomputed",
+                                                                "model.proposal_file": str(path)}))
+    metrics = trainer_mod.train(cfg, run)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if r["type"] == "train"][-1]
+    assert last["loss_rpn_cls"] == 0 and last["num_fg"] > 0
+    assert "AP" in metrics
+
+    del proposals[next(iter(proposals))]
+    path.write_text(json.dumps(proposals))
+    from detector.data.base import DatasetError
+    with pytest.raises(DatasetError, match="no proposals for 1 images"):
+        trainer_mod.train(cfg, tmp_path / "run2")

@@ -126,11 +126,14 @@ class DetectionDataset(torch.utils.data.Dataset):
         label_to_cat_id: label (1..K) -> the category id of the source file (for writing COCO results).
         transforms: ``f(image, target, generator) -> (image, target)`` or None (raw targets).
         name: a short description used in messages (the annotation file or split).
+        proposals: image id -> precomputed proposals [P,4] (original pixels), added to targets as "proposals".
     """
 
     def __init__(self, *, records: Sequence[ImageRecord], classes: Sequence[str], label_to_cat_id: dict[int, int],
-                 transforms: Callable | None = None, name: str = "dataset"):
+                 transforms: Callable | None = None, name: str = "dataset",
+                 proposals: dict[int, torch.Tensor] | None = None):
         self.records = list(records)
+        self.proposals = proposals  # image_id -> [P,4] xyxy original pixels (model.proposals: precomputed)
         self.classes = list(classes)
         self.label_to_cat_id = dict(label_to_cat_id)
         self.transforms = transforms
@@ -155,7 +158,8 @@ class DetectionDataset(torch.utils.data.Dataset):
                 "labels": torch.from_numpy(rec.labels.copy()),
                 "image_id": rec.image_id,
                 "iscrowd": torch.from_numpy(rec.iscrowd.copy()),
-                "area": torch.from_numpy(rec.area.copy())}
+                "area": torch.from_numpy(rec.area.copy()),
+                **({"proposals": self.proposals[rec.image_id].clone()} if self.proposals is not None else {})}
 
     def aspect_ratio_groups(self) -> list[int]:
         """Per image: 0 when width >= height, 1 when width < height (the batch sampler's groups)."""

@@ -6,11 +6,13 @@ batch to ``data.input.size_divisibility`` on the device. See docs/architecture.m
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from ..boxes import degenerate_box_mask
 from .base import DatasetError, DetectionDataset, check_files_exist, sanitize_records
 from .coco import coco_split_paths, load_coco_json, parse_coco
 from .samplers import GroupedInfiniteBatchSampler, inference_indices
@@ -53,9 +55,45 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
         raise DatasetError(f"{source}: no images left after the data.* subset settings (classes, keep_empty, "
                            f"image_ids_file, fraction, max_images); relax them")
     check_files_exist(records, source)
+    proposals = None
+    if cfg.model.proposals == "precomputed":
+        proposals = load_proposals(cfg.model.proposal_file, [r.image_id for r in records], f"{source} ({split})")
     return DetectionDataset(records=records, classes=classes, label_to_cat_id=label_to_cat_id,
                             transforms=build_transforms(cfg, split) if transforms else None,
-                            name=f"{Path(source).name if data.format != 'voc' else source} ({split})")
+                            name=f"{Path(source).name if data.format != 'voc' else source} ({split})",
+                            proposals=proposals)
+
+
+def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, torch.Tensor]:
+    """Precomputed proposals of ``tools/dump_proposals.py``: ``{"<image_id>": [[x1,y1,x2,y2(,score)], ...]}``
+    in original image pixels -> image id -> float32 [P,4]; every image of the split must have an entry."""
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"model.proposal_file {path}: not found; make it with tools/dump_proposals.py") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"model.proposal_file {path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise DatasetError(f"model.proposal_file {path}: expected {{\"<image_id>\": [[x1,y1,x2,y2,score], ...]}}")
+    missing = [i for i in image_ids if str(i) not in raw]
+    if missing:
+        raise DatasetError(f"model.proposal_file {path}: no proposals for {len(missing)} images of {split} "
+                           f"(first ids: {missing[:5]}); dump them for this split with tools/dump_proposals.py")
+    out = {}
+    for image_id in image_ids:
+        entries = raw[str(image_id)]
+        try:
+            boxes = torch.as_tensor(entries, dtype=torch.float32).reshape(len(entries), -1)  # [P,4] or [P,5]
+        except (TypeError, ValueError, RuntimeError):
+            boxes = torch.zeros(0, 3)
+        if len(entries) and boxes.shape[1] not in (4, 5):
+            raise DatasetError(f"model.proposal_file {path}: image {image_id}: expected [x1,y1,x2,y2(,score)] "
+                               f"entries, got {str(entries[0])[:60]}")
+        boxes = boxes[:, :4].reshape(-1, 4)
+        bad = degenerate_box_mask(boxes)
+        out[image_id] = boxes[~bad]
+    return out
 
 
 def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:

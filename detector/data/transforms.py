@@ -38,12 +38,18 @@ def resize(image: torch.Tensor, target: dict, size: tuple[int, int]) -> tuple[to
     image = TF.resize(image, list(size), antialias=True)
     sx, sy = size[1] / width, size[0] / height
     target = dict(target, boxes=scale_boxes(target["boxes"], sx, sy), area=target["area"] * (sx * sy))
+    if "proposals" in target:  # precomputed proposals move with the image like the GT boxes
+        target["proposals"] = scale_boxes(target["proposals"], sx, sy)
     return image, target
 
 
 def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
-    """Left-right flip of the image and its boxes."""
-    return image.flip(-1), dict(target, boxes=flip_boxes_horizontal(target["boxes"], image.shape[-1]))
+    """Left-right flip of the image, its boxes and its precomputed proposals (if any)."""
+    width = image.shape[-1]
+    target = dict(target, boxes=flip_boxes_horizontal(target["boxes"], width))
+    if "proposals" in target:
+        target["proposals"] = flip_boxes_horizontal(target["proposals"], width)
+    return image.flip(-1), target
 
 
 def drop_crowd(target: dict) -> dict:

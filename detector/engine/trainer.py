@@ -82,6 +82,11 @@ def to_device(images, targets, device: torch.device, channels_last: bool = False
     return images, targets
 
 
+def proposals_of(targets: list[dict]) -> list[torch.Tensor] | None:
+    """The precomputed proposals carried by the targets (``model.proposals: precomputed``), else None."""
+    return [t["proposals"] for t in targets] if targets and "proposals" in targets[0] else None
+
+
 def evaluate_model(model, loader, cfg: Config, device: torch.device, amp_dtype) -> dict[str, Any]:
     """Inference over the val loader and the configured metrics (every rank returns the same dict)."""
     detections = inference_on_dataset(model, loader, device, amp_dtype=amp_dtype, max_images=cfg.eval.max_images)
@@ -100,7 +105,8 @@ def draw_predictions(model, dataset, num_images: int, device: torch.device, clas
     drawn = []
     for i in range(min(num_images, len(dataset))):
         image, target = dataset[i]
-        det = model([image.to(device)])[0]
+        det = model([image.to(device)], proposals=proposals_of([{k: v.to(device) if isinstance(v, torch.Tensor)
+                                                                  else v for k, v in target.items()}]))[0]
         keep = det["scores"] >= 0.5
         canvas = image
         if len(target["boxes"]):
@@ -206,7 +212,7 @@ def train(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
         images, targets = to_device(images, targets, device)
         autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
         with autocast:
-            losses, stats = model(images, targets)
+            losses, stats = model(images, targets, proposals=proposals_of(targets))
         weighted = {k: v * loss_weights[k] for k, v in losses.items()}
         total = sum(weighted.values())
 

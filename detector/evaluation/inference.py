@@ -40,8 +40,11 @@ def inference_on_dataset(model: torch.nn.Module, loader: Iterable, device: torch
                     images, targets = images[:keep], targets[:keep]
                 images = [image.to(device, non_blocking=True) for image in images]
                 orig_sizes = [tuple(int(s) for s in t["orig_size"]) for t in targets]
+                # precomputed proposals (model.proposals: precomputed) travel in the targets, in input pixels
+                proposals = ([t["proposals"].to(device) for t in targets] if targets and "proposals" in targets[0]
+                             else None)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    outputs = model(images, orig_sizes=orig_sizes)
+                    outputs = model(images, orig_sizes=orig_sizes, proposals=proposals)
                 for target, output in zip(targets, outputs):
                     results.append({"image_id": int(target["image_id"]),
                                     "boxes": output["boxes"].float().cpu(),  # [D,4] xyxy, original pixels
