@@ -90,14 +90,19 @@ def execute(run: Run, out: Path, device_env: dict[str, str] | None = None, quiet
 
 
 def run_all(runs: list[Run], out: Path, jobs: int = 1, quiet: bool = True) -> list[str]:
-    """Run everything, ``jobs`` at a time (each job pinned to one GPU when there are several);
+    """Run everything, ``jobs`` at a time (each job pinned to one GPU when there are several, else given
+    an equal share of the CPU cores);
     return the error messages of the runs that failed (the others still finish)."""
     errors: list[str] = []
     gpus = _visible_gpus()
 
     def job(indexed: tuple[int, Run]) -> None:
         i, run = indexed
-        env = {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if jobs > 1 and gpus else None
+        env = None
+        if jobs > 1 and gpus:
+            env = {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}
+        elif jobs > 1:  # CPU: share the cores instead of oversubscribing them
+            env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
         try:
             execute(run, out, env, quiet)
             print(f"[{i + 1}/{len(runs)}] {run.name}: {run_state(out / 'runs' / run.name)}", flush=True)

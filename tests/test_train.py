@@ -238,3 +238,13 @@ def test_precomputed_proposals_train_and_evaluate(tiny_data, tmp_path):
     from detector.data.base import DatasetError
     with pytest.raises(DatasetError, match="no proposals for 1 images"):
         trainer_mod.train(cfg, tmp_path / "run2")
+
+
+def test_bad_input_is_one_line_error_not_a_traceback(tmp_path, capsys):
+    """A missing dataset folder, a best_metric the evaluator does not compute: one clear line, exit code 1/2."""
+    code = _train_main(["--cfg", "smoothl1.yaml", "data.format=coco", f"data.root={tmp_path / 'nowhere'}",
+                        f"output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "nowhere" in err and "Traceback" not in err
+    code = _train_main(["--cfg", "smoothl1.yaml", "train.best_metric=mAP_voc", f"output_dir={tmp_path / 'run'}"])
+    assert code == 2 and "best_metric" in capsys.readouterr().err

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per config (seed=0..N-1)")
     parser.add_argument("--sweep", help="key=v1,v2,... : one group per value (e.g. a beta sweep)")
     parser.add_argument("--out", help="output folder (default runs/ablation-<names>)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one per GPU)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one per GPU; on CPU, sharing the cores)")
     parser.add_argument("--title", default="", help="title of summary.md")
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     args = parser.parse_args(argv)

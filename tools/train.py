@@ -9,6 +9,7 @@ arguments override any key. With no data at hand the default synthetic dataset i
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -43,8 +44,14 @@ def main(argv=None) -> int:
     run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(args.cfg)
     try:
         metrics = train(cfg, run_dir)
-    except (NonFiniteLossError, CheckpointError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except (NonFiniteLossError, CheckpointError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        # bad data, weights, checkpoints or values: one line naming the file/field (traceback on request)
+        if os.environ.get("DETECTOR_TRACEBACK"):
+            raise
+        print(f"error: {exc}\n(set DETECTOR_TRACEBACK=1 for the traceback)", file=sys.stderr)
         return 1
     finally:
         distributed.cleanup()

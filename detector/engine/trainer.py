@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detector.config import Config
+from detector.config import Config, ConfigError
 from detector.data import build_dataloader
 from detector.engine import distributed as dist_utils
 from detector.engine.checkpoint import (BEST, LAST, capture_rng_state, find_resume_checkpoint, load_checkpoint,
@@ -71,7 +71,7 @@ def check_best_metric(cfg: Config) -> None:
     keys = {"coco": COCO_METRIC_KEYS, "voc": VOC_METRIC_KEYS, "both": COCO_METRIC_KEYS + VOC_METRIC_KEYS}
     valid = keys[cfg.eval.metric]
     if cfg.train.best_metric not in valid:
-        raise ValueError(f"train.best_metric={cfg.train.best_metric!r} is not computed with "
+        raise ConfigError(f"train.best_metric={cfg.train.best_metric!r} is not computed with "
                          f"eval.metric={cfg.eval.metric}; choose from {', '.join(valid)}")
 
 
