@@ -84,6 +84,8 @@ def test_run_folder_holds_everything(tiny_data, tmp_path, capsys):
     assert list(run.glob("events.out.tfevents.*"))
     assert (run / "checkpoints" / "last.pth").is_file() and (run / "checkpoints" / "best.pth").is_file()
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    detections = json.loads((run / "eval" / "detections.json").read_text())
+    assert all({"image_id", "category_id", "bbox", "score"} <= set(d) for d in detections)
     assert {"AP", "AP50", "AP75", "AP90", "AP_per_iou", "per_class"} <= set(metrics)
     state = load_checkpoint(run / "checkpoints" / "last.pth")
     assert state["iteration"] == 3 and {"model", "optimizer", "scheduler", "scaler", "rng", "config"} <= set(state)

@@ -5,10 +5,9 @@ Configs are looked up in ``configs/`` when the name is not a path and layer in o
 arguments override any key. With no data at hand the default synthetic dataset is generated under
 ``data/synthetic`` on first use. The run folder (``runs/<cfg names>`` unless ``output_dir`` is set) holds
 ``config.yaml``, ``metrics.jsonl``, TensorBoard events (``tensorboard --logdir runs``), ``checkpoints/`` and
-``eval/``. Several GPUs: ``torchrun --nproc_per_node=N tools/train.py --cfg ...``.
+``eval/`` (metrics.json, detections.json). Several GPUs: ``torchrun --nproc_per_node=N tools/train.py --cfg ...``.
 """
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -56,9 +55,6 @@ def main(argv=None) -> int:
     finally:
         distributed.cleanup()
     if distributed.is_main_process():
-        eval_dir = run_dir / "eval"
-        eval_dir.mkdir(parents=True, exist_ok=True)
-        (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print(format_metrics(metrics))
         print(f"run folder: {run_dir}  (tensorboard --logdir {run_dir.parent})")
     return 0

@@ -8,6 +8,7 @@ diagnostic checkpoint written beside (never over) the last good one.
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import sys
@@ -27,7 +28,7 @@ from detector.engine.checkpoint import (BEST, LAST, capture_rng_state, find_resu
                                         restore_rng_state, save_checkpoint)
 from detector.engine.logger import RunLogger, stats_to_scalars
 from detector.engine.optim import build_loss_weights, build_lr_scheduler, build_optimizer
-from detector.evaluation import evaluate, inference_on_dataset
+from detector.evaluation import detections_to_coco_results, evaluate, inference_on_dataset
 from detector.modeling import build_detector
 
 COCO_METRIC_KEYS = ("AP", "AP50", "AP75", "AP90", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -87,13 +88,20 @@ def proposals_of(targets: list[dict]) -> list[torch.Tensor] | None:
     return [t["proposals"] for t in targets] if targets and "proposals" in targets[0] else None
 
 
-def evaluate_model(model, loader, cfg: Config, device: torch.device, amp_dtype) -> dict[str, Any]:
-    """Inference over the val loader and the configured metrics (every rank returns the same dict)."""
+def evaluate_model(model, loader, cfg: Config, device: torch.device, amp_dtype) -> tuple[dict[str, Any], list]:
+    """Inference over the val loader and the configured metrics; (metrics, detections), the same on every rank."""
     detections = inference_on_dataset(model, loader, device, amp_dtype=amp_dtype, max_images=cfg.eval.max_images)
     metrics = evaluate(loader.dataset, detections, metric=cfg.eval.metric, backend=cfg.eval.backend)
     if "AP_per_iou" in metrics and "AP90" not in metrics:
         metrics["AP90"] = metrics["AP_per_iou"][8]
-    return metrics
+    return metrics, detections
+
+
+def write_eval_results(eval_dir: Path, metrics: dict[str, Any], dataset, detections: list) -> None:
+    """``eval/metrics.json`` and ``eval/detections.json`` (COCO results: original category ids, xywh)."""
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    (eval_dir / "detections.json").write_text(json.dumps(detections_to_coco_results(dataset, detections)))
+    (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))  # last: marks the run finished
 
 
 @torch.no_grad()
@@ -183,9 +191,9 @@ def train(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
                                 "iteration": iteration, "best": best, "config": cfg.to_dict(), "rng": rng},
                                path, keep_previous=keep_previous)
 
-    def run_eval(iteration: int) -> dict[str, Any]:
+    def run_eval(iteration: int, final: bool = False) -> dict[str, Any]:
         nonlocal best
-        metrics = evaluate_model(raw_model, val_loader, cfg, device, amp_dtype)
+        metrics, detections = evaluate_model(raw_model, val_loader, cfg, device, amp_dtype)
         if main:
             logger.log("eval", iteration, metrics)
             if cfg.train.num_vis_images:
@@ -197,6 +205,8 @@ def train(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
             best = value
             save(iteration, ckpt_dir / BEST)
         raw_model.train()
+        if final and main:
+            final_eval[:] = [metrics, detections]
         return metrics
 
     model.train()
@@ -205,6 +215,7 @@ def train(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     data_iter = iter(train_loader)
     window_start, window_images = time.perf_counter(), 0
     metrics: dict[str, Any] = {}
+    final_eval: list = []  # [metrics, detections] of the final evaluation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for iteration in range(start_iter, cfg.train.max_iters):
@@ -274,15 +285,16 @@ def train(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
         if cfg.train.eval_period and done % cfg.train.eval_period == 0 and not is_last:
             run_eval(done)
         if is_last:
-            metrics = run_eval(done)
+            metrics = run_eval(done, final=True)
         if done % cfg.train.checkpoint_period == 0 or is_last:
             save(done, ckpt_dir / LAST, keep_previous=True)
     bar.close()
 
     if start_iter >= cfg.train.max_iters and not metrics:  # resumed a finished run: evaluate again
-        metrics = run_eval(cfg.train.max_iters)
+        metrics = run_eval(cfg.train.max_iters, final=True)
     if main:
         logger.hparams(cfg, metrics)
+        write_eval_results(run_dir / "eval", metrics, val_loader.dataset, final_eval[1])
     logger.close()
     return metrics
 
