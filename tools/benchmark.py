@@ -20,7 +20,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
     parser.add_argument("--amp", choices=["off", "on", "both"], default=None)
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"))
-    parser.add_argument("--backbone", default="resnet50", help="resnet18/34/50/101 (both sides)")
+    parser.add_argument("--backbone", default=None, help="resnet18/34/50/101 for both sides (default: resnet50, "
+                                                         "resnet18 with --device cpu)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--json", help="write every figure to this file")
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
             amp_modes={"off": [False], "on": [True], "both": [False, True]}[args.amp or ("off" if small else "both")],
             height=(args.size or ([128, 160] if small else [800, 1067]))[0],
             width=(args.size or ([128, 160] if small else [800, 1067]))[1],
-            backbone=args.backbone if not small or args.backbone != "resnet50" else "resnet18",
+            backbone=args.backbone or ("resnet18" if small else "resnet50"),
             warmup=args.warmup if args.warmup is not None else (1 if small else 5),
             iters=args.iters if args.iters is not None else (2 if small else 20))
         print(format_table(report))
