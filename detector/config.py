@@ -68,7 +68,8 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "data.synthetic.num_val": _positive,
     "data.synthetic.num_classes": (lambda v: 1 <= v <= 6, "must be in 1..6"),
     "data.synthetic.max_objects": _positive,
-    "data.input.min_size_train": (lambda v: len(v) > 0 and all(s > 0 for s in v), "must be a non-empty list of sizes > 0"),
+    "data.input.min_size_train": (lambda v: len(v) > 0 and all(s > 0 for s in v),
+                                  "must be a non-empty list of sizes > 0"),
     "data.input.max_size_train": _positive,
     "data.input.min_size_test": _positive,
     "data.input.max_size_test": _positive,
@@ -256,7 +257,8 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def _merge(dst: dict[str, Any], src: Mapping[str, Any], schema: Mapping[str, Any], source: str, prefix: str = "") -> None:
+def _merge(dst: dict[str, Any], src: Mapping[str, Any], schema: Mapping[str, Any], source: str,
+           prefix: str = "") -> None:
     for key, value in src.items():
         full = f"{prefix}{key}"
         if not isinstance(key, str) or key not in schema:
@@ -332,7 +334,8 @@ def _check_relations(cfg: dict[str, Any]) -> None:
     if roi["bg_iou_thresh"] > roi["fg_iou_thresh"]:
         raise ConfigError("model.roi_head.bg_iou_thresh must be <= model.roi_head.fg_iou_thresh")
     if cfg["model"]["proposals"] == "precomputed" and not cfg["model"]["proposal_file"]:
-        raise ConfigError("model.proposals=precomputed needs model.proposal_file (a JSON made by tools/dump_proposals.py)")
+        raise ConfigError("model.proposals=precomputed needs model.proposal_file "
+                          "(a JSON made by tools/dump_proposals.py)")
 
 
 def default_config() -> dict[str, Any]:

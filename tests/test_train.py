@@ -73,8 +73,8 @@ def _train_main(argv):
 
 def test_run_folder_holds_everything(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
-    code = _train_main(["--cfg", "smoothl1.yaml", *tiny(tiny_data, run, **{"train.max_iters": 3,
-                                                                         "train.eval_period": 2})])
+    extra = {"train.max_iters": 3, "train.eval_period": 2}
+    code = _train_main(["--cfg", "smoothl1.yaml", *tiny(tiny_data, run, **extra)])
     assert code == 0
     out = capsys.readouterr().out
     assert "AP50" in out and "run folder" in out
@@ -196,8 +196,8 @@ def test_lr_schedule_warmup_then_decay():
 def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(TRAIN),
-           "--cfg", "dynamic_smoothl1.yaml", *tiny(tiny_data, run, **{"train.max_iters": 3, "train.batch_size": 1,
-                                                                    "train.num_vis_images": 0})]
+           "--cfg", "dynamic_smoothl1.yaml",
+           *tiny(tiny_data, run, **{"train.max_iters": 3, "train.batch_size": 1, "train.num_vis_images": 0})]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -227,8 +227,8 @@ def test_precomputed_proposals_train_and_evaluate(tiny_data, tmp_path):
     path = tmp_path / "proposals.json"
     path.write_text(json.dumps(proposals))
     run = tmp_path / "run"
-    cfg = load_config(["smoothl1.yaml"], tiny(tiny_data, run, **{"model.proposals": "precomputed",
-                                                                "model.proposal_file": str(path)}))
+    extra = {"model.proposals": "precomputed", "model.proposal_file": str(path)}
+    cfg = load_config(["smoothl1.yaml"], tiny(tiny_data, run, **extra))
     metrics = trainer_mod.train(cfg, run)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if r["type"] == "train"][-1]

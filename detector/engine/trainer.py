@@ -73,7 +73,7 @@ def check_best_metric(cfg: Config) -> None:
     valid = keys[cfg.eval.metric]
     if cfg.train.best_metric not in valid:
         raise ConfigError(f"train.best_metric={cfg.train.best_metric!r} is not computed with "
-                         f"eval.metric={cfg.eval.metric}; choose from {', '.join(valid)}")
+                          f"eval.metric={cfg.eval.metric}; choose from {', '.join(valid)}")
 
 
 def to_device(images, targets, device: torch.device, channels_last: bool = False):
@@ -113,8 +113,8 @@ def draw_predictions(model, dataset, num_images: int, device: torch.device, clas
     drawn = []
     for i in range(min(num_images, len(dataset))):
         image, target = dataset[i]
-        det = model([image.to(device)], proposals=proposals_of([{k: v.to(device) if isinstance(v, torch.Tensor)
-                                                                  else v for k, v in target.items()}]))[0]
+        proposals = [target["proposals"].to(device)] if "proposals" in target else None
+        det = model([image.to(device)], proposals=proposals)[0]
         keep = det["scores"] >= 0.5
         canvas = image
         if len(target["boxes"]):
