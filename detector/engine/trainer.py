@@ -76,7 +76,7 @@ def check_best_metric(cfg: Config) -> None:
                           f"eval.metric={cfg.eval.metric}; choose from {', '.join(valid)}")
 
 
-def to_device(images, targets, device: torch.device, channels_last: bool = False):
+def to_device(images, targets, device: torch.device):
     images = [img.to(device, non_blocking=True) for img in images]
     targets = [{k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
                for t in targets]
