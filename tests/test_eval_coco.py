@@ -121,6 +121,7 @@ def test_equals_direct_pycocotools_on_the_same_files(tmp_path, seed):
     for t in range(10):
         assert metrics["AP_per_iou"][t] == np.mean(precision[t][precision[t] > -1])
     assert metrics["AP_per_iou"][0] == metrics["AP50"] and metrics["AP_per_iou"][5] == metrics["AP75"]
+    assert metrics["AP90"] == metrics["AP_per_iou"][8]
     assert np.mean(metrics["AP_per_iou"]) == pytest.approx(metrics["AP"], abs=1e-12)
     for k, cat_id in enumerate(evaluator.params.catIds):
         p = precision[:, :, k]

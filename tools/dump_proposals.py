@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    wanted = cfg.train.device
-    device = torch.device("cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu")
+    from detector.engine.trainer import select_device
+    device = select_device(cfg.train.device)
     proposals = dump_proposals(cfg, args.ckpt, args.split, device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")

@@ -75,8 +75,8 @@ def evaluate_checkpoint(cfg, checkpoint: Path) -> tuple[dict, list[dict]]:
     """Run the checkpoint's model over the val loader -> (metrics, COCO results)."""
     from detector.data import build_dataloader
     from detector.engine.checkpoint import load_checkpoint
-    from detector.engine.trainer import amp_settings, select_device
-    from detector.evaluation import detections_to_coco_results, evaluate, inference_on_dataset
+    from detector.engine.trainer import amp_settings, evaluate_model, select_device
+    from detector.evaluation import detections_to_coco_results
     from detector.modeling import build_detector
 
     loader = build_dataloader(cfg, "val")
@@ -86,8 +86,7 @@ def evaluate_checkpoint(cfg, checkpoint: Path) -> tuple[dict, list[dict]]:
     model = build_detector(cfg, num_classes=len(dataset.classes) - 1)
     model.load_state_dict(load_checkpoint(checkpoint)["model"])
     model.to(device)
-    detections = inference_on_dataset(model, loader, device, amp_dtype=amp_dtype)
-    metrics = evaluate(dataset, detections, metric=cfg.eval.metric, backend=cfg.eval.backend)
+    metrics, detections = evaluate_model(model, loader, cfg, device, amp_dtype)
     return metrics, detections_to_coco_results(dataset, detections)
 
 

@@ -96,6 +96,14 @@ def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, tor
     return out
 
 
+def proposals_of(targets: list[dict], device: torch.device | None = None) -> list[torch.Tensor] | None:
+    """The precomputed proposals the targets carry (``model.proposals: precomputed``) as the model's ``proposals``
+    argument, moved to ``device`` when given; None when the targets carry none."""
+    if not targets or "proposals" not in targets[0]:
+        return None
+    return [t["proposals"].to(device) if device is not None else t["proposals"] for t in targets]
+
+
 def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
     """[(image, target), ...] -> (images, targets); no padding here (the model pads on the device)."""
     images, targets = zip(*batch)

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from detector.config import Config, ConfigError
-from detector.data import build_dataloader
+from detector.data import build_dataloader, proposals_of
 from detector.engine import distributed as dist_utils
 from detector.engine.checkpoint import (BEST, LAST, capture_rng_state, find_resume_checkpoint, load_checkpoint,
                                         restore_rng_state, save_checkpoint)
@@ -83,17 +83,10 @@ def to_device(images, targets, device: torch.device):
     return images, targets
 
 
-def proposals_of(targets: list[dict]) -> list[torch.Tensor] | None:
-    """The precomputed proposals carried by the targets (``model.proposals: precomputed``), else None."""
-    return [t["proposals"] for t in targets] if targets and "proposals" in targets[0] else None
-
-
 def evaluate_model(model, loader, cfg: Config, device: torch.device, amp_dtype) -> tuple[dict[str, Any], list]:
     """Inference over the val loader and the configured metrics; (metrics, detections), the same on every rank."""
     detections = inference_on_dataset(model, loader, device, amp_dtype=amp_dtype, max_images=cfg.eval.max_images)
     metrics = evaluate(loader.dataset, detections, metric=cfg.eval.metric, backend=cfg.eval.backend)
-    if "AP_per_iou" in metrics and "AP90" not in metrics:
-        metrics["AP90"] = metrics["AP_per_iou"][8]
     return metrics, detections
 
 
@@ -113,8 +106,7 @@ def draw_predictions(model, dataset, num_images: int, device: torch.device, clas
     drawn = []
     for i in range(min(num_images, len(dataset))):
         image, target = dataset[i]
-        proposals = [target["proposals"].to(device)] if "proposals" in target else None
-        det = model([image.to(device)], proposals=proposals)[0]
+        det = model([image.to(device)], proposals=proposals_of([target], device))[0]
         keep = det["scores"] >= 0.5
         canvas = image
         if len(target["boxes"]):

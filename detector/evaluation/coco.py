@@ -15,7 +15,7 @@ The crossing happens in exactly two places:
   (used to score a results file with the VOC metric).
 
 :func:`coco_metrics` returns the 12 numbers of ``COCOeval.stats`` (0..1, -1 where undefined) under
-``AP AP50 AP75 APs APm APl AR1 AR10 AR100 ARs ARm ARl``, ``AP_per_iou`` (AP at IoU 0.50, 0.55, ..., 0.95) and
+``AP AP50 AP75 APs APm APl AR1 AR10 AR100 ARs ARm ARl``, ``AP_per_iou`` (AP at IoU 0.50, 0.55, ..., 0.95), ``AP90`` and
 ``per_class`` (class name -> AP), the last two averaged from ``eval["precision"]`` exactly as ``summarize`` does
 (area "all", 100 detections per image, -1 entries excluded). COCOeval's prints are captured, not shown.
 """
@@ -241,6 +241,7 @@ def coco_metrics(coco_gt: COCO, results: Sequence[dict], backend: str = "pycocot
     area, max_dets = params.areaRngLbl.index("all"), list(params.maxDets).index(100)
     metrics: dict[str, Any] = {name: float(v) for name, v in zip(COCO_METRIC_NAMES, evaluator.stats)}
     metrics["AP_per_iou"] = [_mean_defined(precision[t, :, :, area, max_dets]) for t in range(precision.shape[0])]
+    metrics["AP90"] = metrics["AP_per_iou"][IOU_THRESHOLDS.index(0.9)]  # localisation quality box losses change
     metrics["per_class"] = {gt.cats[cat_id]["name"]: _mean_defined(precision[:, :, k, area, max_dets])
                             for k, cat_id in enumerate(params.catIds)}
     return metrics, summary.getvalue()

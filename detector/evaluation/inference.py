@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from detector.data import proposals_of
+
 
 def inference_on_dataset(model: torch.nn.Module, loader: Iterable, device: torch.device | str,
                          amp_dtype: torch.dtype | None = None, max_images: int | None = None) -> list[dict]:
@@ -40,11 +42,8 @@ def inference_on_dataset(model: torch.nn.Module, loader: Iterable, device: torch
                     images, targets = images[:keep], targets[:keep]
                 images = [image.to(device, non_blocking=True) for image in images]
                 orig_sizes = [tuple(int(s) for s in t["orig_size"]) for t in targets]
-                # precomputed proposals (model.proposals: precomputed) travel in the targets, in input pixels
-                proposals = ([t["proposals"].to(device) for t in targets] if targets and "proposals" in targets[0]
-                             else None)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    outputs = model(images, orig_sizes=orig_sizes, proposals=proposals)
+                    outputs = model(images, orig_sizes=orig_sizes, proposals=proposals_of(targets, device))
                 for target, output in zip(targets, outputs):
                     results.append({"image_id": int(target["image_id"]),
                                     "boxes": output["boxes"].float().cpu(),  # [D,4] xyxy, original pixels
