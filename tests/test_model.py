@@ -8,29 +8,8 @@ import torch
 from detector.boxes import box_iou
 from detector.config import load_config
 from detector.losses import LOSSES
-from detector.modeling import TwoStageDetector, build_detector
-
-TINY = ["model.roi_head.fc_dim=64", "model.roi_head.batch_size_per_image=64", "model.rpn.pre_nms_topk_train=300",
-        "model.rpn.post_nms_topk_train=100", "model.rpn.pre_nms_topk_test=300", "model.rpn.post_nms_topk_test=100",
-        "model.backbone.out_channels=64"]
-
-
-def tiny_model(*overrides: str, num_classes: int = 3, seed: int = 0) -> TwoStageDetector:
-    torch.manual_seed(seed)
-    return build_detector(load_config([], TINY + list(overrides)), num_classes=num_classes)
-
-
-def two_images():
-    """A uint8 and a float image of different sizes with one and two boxes."""
-    images = [torch.randint(0, 256, (3, 128, 160), dtype=torch.uint8), torch.rand(3, 112, 144)]
-    targets = [{"boxes": torch.tensor([[20.0, 30.0, 80.0, 100.0]]), "labels": torch.tensor([2]), "image_id": 7},
-               {"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0], [70.0, 40.0, 130.0, 100.0]]),
-                "labels": torch.tensor([1, 3])}]
-    return images, targets
-
-
-def empty_target():
-    return {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+from detector.modeling import build_detector
+from helpers import TINY, empty_target, tiny_model, two_images
 
 
 def test_training_output_keys_and_shapes():

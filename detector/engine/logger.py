@@ -113,11 +113,18 @@ class RunLogger:
 
 
 def stats_to_scalars(stats: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """Split the model's stats into 0-d scalars (one host copy) and ``hist/`` tensors."""
+    """Split the model's stats into 0-d scalars (one host copy per device) and ``hist/`` tensors.
+
+    Works whatever device each tensor is on: the scalars are stacked per device, so a stat built on the CPU
+    beside CUDA tensors costs one more copy, never a device-mix error.
+    """
     scalars = {k: v for k, v in stats.items() if not k.startswith("hist/") and v.numel() == 1}
     hists = {k: v for k, v in stats.items() if k.startswith("hist/")}
-    if scalars:
-        keys = list(scalars)
-        values = torch.stack([scalars[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
-        scalars = dict(zip(keys, values))
-    return scalars, hists
+    by_device: dict[torch.device, list[str]] = {}
+    for key, value in scalars.items():
+        by_device.setdefault(value.device, []).append(key)
+    values: dict[str, float] = {}
+    for keys in by_device.values():
+        stacked = torch.stack([scalars[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
+        values.update(zip(keys, stacked))
+    return {k: values[k] for k in scalars}, hists

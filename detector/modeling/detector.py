@@ -31,8 +31,9 @@ def _pad_boxes(boxes: Sequence[torch.Tensor], device: torch.device, extra: Seque
     """Per-image [n_i,4] boxes (and per-image [n_i] extras) -> [N,B,4], extras [N,B], valid [N,B]; B >= 1."""
     counts = [int(b.shape[0]) for b in boxes]
     width = max([1] + counts)
-    img_idx = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long)).to(device)
-    slot = torch.cat([torch.arange(c) for c in counts]).to(device) if counts else torch.zeros(0, dtype=torch.long)
+    counts_t = torch.tensor(counts, dtype=torch.long, device="cpu")  # index math on the host, one copy each
+    img_idx = torch.repeat_interleave(torch.arange(len(counts), device="cpu"), counts_t).to(device)
+    slot = torch.cat([torch.arange(c, device="cpu") for c in counts] or [counts_t]).to(device)
     padded = torch.zeros(len(counts), width, 4, device=device)
     padded[img_idx, slot] = torch.cat([b.reshape(-1, 4) for b in boxes]).to(device, torch.float32)
     padded_extra = []
@@ -76,7 +77,7 @@ class TwoStageDetector(nn.Module):
                 raise ValueError(f"TwoStageDetector: image {i} has shape {list(img.shape)}; expected [3,H,W]")
             img = img.to(device, non_blocking=True)
             batch[i, :, :img.shape[1], :img.shape[2]] = img.float() / 255 if img.dtype == torch.uint8 else img.float()
-        sizes = torch.tensor([img.shape[-2:] for img in images], dtype=torch.float32).to(device)
+        sizes = torch.tensor([img.shape[-2:] for img in images], dtype=torch.float32, device=device)
         return (batch - self.pixel_mean) / self.pixel_std, sizes
 
     def _proposals(self, images: Sequence[torch.Tensor], proposals, batch, features, image_sizes, gt):

@@ -195,7 +195,7 @@ class RoIHeads(nn.Module):
         stats = {"num_fg": num_fg, "num_bg": ((labels == 0) & sampled).sum(),
                  "num_pos_per_image": num_fg.float() / num_images}
         if beta is not None:
-            stats["beta"] = torch.tensor(float(beta))
+            stats["beta"] = torch.as_tensor(float(beta), dtype=torch.float32, device=deltas.device)
         target_abs = target_deltas.detach().abs()
         pred_err = (pred_deltas.detach() - target_deltas).abs()
         stats.update(_coordinate_stats("target_abs", target_abs))
