@@ -356,3 +356,16 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ())
         _merge(cfg, _nest(key, value), _schema_root, f"override {text!r}")
     _check_relations(cfg)
     return Config(cfg)
+
+
+def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two (nested) configs, in order; keys on one side only count too."""
+    keys = list(old) + [k for k in new if k not in old]
+    differ = []
+    for key in keys:
+        a, b, full = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            differ += diff_configs(a, b, full + ".")
+        elif key not in old or key not in new or _thaw(a) != _thaw(b):
+            differ.append(full)
+    return differ

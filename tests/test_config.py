@@ -117,3 +117,13 @@ def test_every_config_file_loads():
 def test_loss_names_match_registry():
     from detector.losses import LOSSES
     assert set(BOX_LOSS_NAMES) == set(LOSSES)
+
+
+def test_diff_configs_lists_the_dotted_keys_that_differ():
+    from detector.config import diff_configs
+    a = load_config(["smoothl1.yaml"])
+    b = load_config(["giou.yaml"], ["train.lr=0.01", "data.input.min_size_train=[224]"])
+    assert diff_configs(a, b) == ["data.input.min_size_train", "model.roi_head.box_loss.name",
+                                  "model.roi_head.box_loss.weight", "train.lr"]
+    assert diff_configs(a, a.to_dict()) == []
+    assert diff_configs({"x": {"y": 1}}, {"x": {"y": 1, "z": 2}}) == ["x.z"]
