@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detector.box_coder import DELTA_NAMES
+
 REPO = Path(__file__).resolve().parent.parent
 SUMMARY_METRICS = ("AP", "AP50", "AP75", "AP90", "APs", "APm", "APl")
-COORDS = ("tx", "ty", "tw", "th")
 
 
 @dataclass
@@ -257,7 +258,7 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
 
     fig, axes = plt.subplots(1, 4, figsize=(14, 4), sharey=True)
     names = [g for g, rs in groups.items() if any(r["pred_err"] is not None and len(r["pred_err"]) for r in rs)]
-    for i, coord in enumerate(COORDS):
+    for i, coord in enumerate(DELTA_NAMES):
         data = []
         for group in names:
             import torch

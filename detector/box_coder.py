@@ -22,7 +22,9 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["BoxCoder", "DEFAULT_CLAMP"]
+__all__ = ["BoxCoder", "DEFAULT_CLAMP", "DELTA_NAMES"]
+
+DELTA_NAMES = ("tx", "ty", "tw", "th")  # the names of the four regression targets, in their order
 
 DEFAULT_CLAMP = math.log(1000.0 / 16)
 

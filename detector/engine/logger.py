@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from detector.box_coder import DELTA_NAMES
+
 HPARAM_KEYS = {
     "box_loss": "model.roi_head.box_loss.name", "beta": "model.roi_head.box_loss.beta",
     "beta_schedule": "model.roi_head.box_loss.schedule.type", "normalizer": "model.roi_head.box_loss.normalizer",
@@ -66,7 +68,7 @@ class RunLogger:
                 for thr, ap in zip(range(50, 100, 5), value):
                     self._writer.add_scalar(f"{prefix}AP_per_iou/AP{thr}", ap, iteration)
 
-    def histograms(self, iteration: int, tensors: dict[str, torch.Tensor], names=("tx", "ty", "tw", "th")) -> None:
+    def histograms(self, iteration: int, tensors: dict[str, torch.Tensor], names=DELTA_NAMES) -> None:
         """``hist/<name>`` tensors of shape [P,4] become one histogram per coordinate."""
         if not self.enabled:
             return

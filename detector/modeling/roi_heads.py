@@ -26,13 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import MultiScaleRoIAlign, batched_nms
 
-from detector.box_coder import BoxCoder
+from detector.box_coder import DELTA_NAMES, BoxCoder
 from detector.losses import BetaSchedule, BoxLoss
 from detector.modeling.matcher import DynamicLabelAssigner, batched_box_iou, match_boxes, sample_balanced
 
 __all__ = ["BoxHead", "RoIHeads"]
-
-_COORDS = ("tx", "ty", "tw", "th")
 
 
 class BoxHead(nn.Module):
@@ -62,7 +60,7 @@ def _coordinate_stats(prefix: str, values: torch.Tensor) -> dict[str, torch.Tens
         quantiles = torch.quantile(values, values.new_tensor([0.5, 0.9]), dim=0)  # [2,4]
         table = torch.cat([values.mean(0, keepdim=True), values.std(0, correction=0, keepdim=True), quantiles])
     return {f"{prefix}/{coord}/{name}": table[row, col]
-            for col, coord in enumerate(_COORDS) for row, name in enumerate(("mean", "std", "p50", "p90"))}
+            for col, coord in enumerate(DELTA_NAMES) for row, name in enumerate(("mean", "std", "p50", "p90"))}
 
 
 class RoIHeads(nn.Module):
