@@ -18,6 +18,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from detector.errors import DetectorError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SCHEMA_FILE = CONFIG_DIR / "base.yaml"
 
@@ -110,7 +112,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(DetectorError, ValueError):
     """A config file, key or value is wrong; the message names it and the fix."""
 
 

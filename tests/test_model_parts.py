@@ -9,6 +9,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import FrozenBatchNorm2d
 
+from detector.errors import WeightsError
 from detector.losses import build_box_loss
 from detector.modeling import RoIHeads, build_backbone
 from detector.modeling.matcher import DynamicLabelAssigner, batched_box_iou, match_boxes, sample_balanced
@@ -54,9 +55,9 @@ def test_bad_weights_give_clear_errors(tmp_path):
         build_backbone(name="resnet18", weights=str(corrupt))
     wrong = tmp_path / "wrong.pth"
     torch.save({"something": torch.zeros(1)}, wrong)
-    with pytest.raises(ValueError, match="lacks .* weights of the backbone"):
+    with pytest.raises(WeightsError, match="lacks .* weights of the backbone"):
         build_backbone(name="resnet18", weights=str(wrong))
-    with pytest.raises(FileNotFoundError, match="neither an existing file nor a torchvision weights name"):
+    with pytest.raises(WeightsError, match="neither an existing file nor a torchvision weights name"):
         build_backbone(name="resnet18", weights=str(tmp_path / "missing.pth"))
 
 
@@ -65,7 +66,7 @@ def test_named_weights_offline_say_how_to_pass_a_local_file(monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(RuntimeError, match=r"pass its local path: model\.backbone\.weights=/path/to/resnet18\.pth"):
+    with pytest.raises(WeightsError, match=r"pass its local path: model\.backbone\.weights=/path/to/resnet18\.pth"):
         build_backbone(name="resnet18", weights="DEFAULT")
 
 

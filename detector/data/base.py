@@ -23,12 +23,14 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from detector.errors import DetectorError
+
 logger = logging.getLogger(__name__)
 
 BACKGROUND = "__background__"
 
 
-class DatasetError(ValueError):
+class DatasetError(DetectorError, ValueError):
     """A dataset file, field or value is wrong; the message names the file, the field and the fix."""
 
 

@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from detector.errors import DetectorError
+
 LAST, PREVIOUS, BEST = "last.pth", "last.prev.pth", "best.pth"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(DetectorError, RuntimeError):
     """A checkpoint file is missing, truncated or not ours; the message names it and the fix."""
 
 

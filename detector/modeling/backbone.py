@@ -27,6 +27,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from detector.errors import WeightsError
+
 __all__ = ["Backbone", "build_backbone", "BACKBONES"]
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large")
@@ -72,25 +74,25 @@ def _download_state_dict(name: str, weights: str) -> dict[str, torch.Tensor]:
     try:
         return torch.hub.load_state_dict_from_url(entry.url, progress=True, check_hash=True)
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
-        raise RuntimeError(f"model.backbone.weights={weights!r}: could not download {type(entry).__name__}."
+        raise WeightsError(f"model.backbone.weights={weights!r}: could not download {type(entry).__name__}."
                            f"{entry.name} from {entry.url} ({exc}). Without internet, fetch that file on another "
                            f"machine and pass its local path: model.backbone.weights=/path/to/{name}.pth") from exc
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise FileNotFoundError(f"model.backbone.weights: {path} does not exist; pass a torchvision weights name "
-                                f"(e.g. DEFAULT) or the path of a .pth state dict")
+        raise WeightsError(f"model.backbone.weights: {path} does not exist; pass a torchvision weights name "
+                           f"(e.g. DEFAULT) or the path of a .pth state dict")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"model.backbone.weights: {path} is not a readable torch state dict ({exc}); "
-                         f"expected a file written by torch.save(model.state_dict())") from exc
+        raise WeightsError(f"model.backbone.weights: {path} is not a readable torch state dict ({exc}); "
+                           f"expected a file written by torch.save(model.state_dict())") from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"model.backbone.weights: {path} holds no state dict of tensors")
+        raise WeightsError(f"model.backbone.weights: {path} holds no state dict of tensors")
     return state
 
 
@@ -100,8 +102,8 @@ def _load_trunk_weights(trunk: nn.Module, state: dict[str, torch.Tensor], source
     result = trunk.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(("fc.", "classifier."))]
     if missing:
-        raise ValueError(f"model.backbone.weights: {source} lacks {len(missing)} weights of the backbone "
-                         f"(first: {missing[:3]}); is it a state dict of the same torchvision model?")
+        raise WeightsError(f"model.backbone.weights: {source} lacks {len(missing)} weights of the backbone "
+                           f"(first: {missing[:3]}); is it a state dict of the same torchvision model?")
 
 
 def _trunk_and_stages(name: str, norm: str):
@@ -148,8 +150,8 @@ def build_backbone(name: str = "resnet18", fpn: bool = True, out_channels: int =
             _load_trunk_weights(trunk, _download_state_dict(name, weights), f"torchvision {name} {weights}")
         else:
             valid = ", ".join(["DEFAULT"] + [w.name for w in torchvision.models.get_model_weights(name)])
-            raise FileNotFoundError(f"model.backbone.weights={weights!r} is neither an existing file nor a "
-                                    f"torchvision weights name of {name} ({valid})")
+            raise WeightsError(f"model.backbone.weights={weights!r} is neither an existing file nor a "
+                               f"torchvision weights name of {name} ({valid})")
     if not 0 <= freeze_at <= len(stages):
         raise ValueError(f"model.backbone.freeze_at={freeze_at} must be in 0..{len(stages)}")
     for child in (c for stage in stages[:freeze_at] for c in stage):
