@@ -51,7 +51,7 @@ def test_local_weights_file_loads_into_the_trunk(tmp_path):
 def test_bad_weights_give_clear_errors(tmp_path):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="corrupt.pth is not a readable torch state dict"):
+    with pytest.raises(WeightsError, match="corrupt.pth is not a readable torch state dict"):
         build_backbone(name="resnet18", weights=str(corrupt))
     wrong = tmp_path / "wrong.pth"
     torch.save({"something": torch.zeros(1)}, wrong)

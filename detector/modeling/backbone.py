@@ -86,7 +86,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"model.backbone.weights: {path} is not a readable torch state dict ({exc}); "
+        raise WeightsError(f"model.backbone.weights: {path} is not a readable torch state dict "
+                           f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]}); "
                            f"expected a file written by torch.save(model.state_dict())") from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
