@@ -175,6 +175,11 @@ def test_corrupt_checkpoint_falls_back_to_the_previous(tmp_path):
     with pytest.warns(UserWarning, match="falling back"):
         state = find_resume_checkpoint(ckpt)
     assert state["iteration"] == 1
+    # the corrupt file is set aside, so the next save keeps the good fallback as last.prev.pth
+    assert (ckpt / "last.corrupt.pth").is_file() and not (ckpt / "last.pth").exists()
+    save_checkpoint({"model": {"w": torch.ones(1)}, "iteration": 2}, ckpt / "last.pth", keep_previous=True)
+    assert load_checkpoint(ckpt / "last.prev.pth")["iteration"] == 1
+    (ckpt / "last.pth").write_bytes(b"garbage")
     (ckpt / "last.prev.pth").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="no readable checkpoint"), pytest.warns(UserWarning):
         find_resume_checkpoint(ckpt)

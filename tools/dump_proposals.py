@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    from detector.engine.trainer import select_device
+    from detector.engine.runtime import select_device
     device = select_device(cfg.train.device)
     proposals = dump_proposals(cfg, args.ckpt, args.split, device)
     args.out.parent.mkdir(parents=True, exist_ok=True)

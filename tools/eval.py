@@ -75,8 +75,9 @@ def evaluate_checkpoint(cfg, checkpoint: Path) -> tuple[dict, list[dict]]:
     """Run the checkpoint's model over the val loader -> (metrics, COCO results)."""
     from detector.data import build_dataloader
     from detector.engine.checkpoint import load_checkpoint
-    from detector.engine.trainer import amp_settings, evaluate_model, select_device
+    from detector.engine.runtime import amp_settings, select_device
     from detector.evaluation import detections_to_coco_results
+    from detector.evaluation.results import evaluate_model
     from detector.modeling import build_detector
 
     loader = build_dataloader(cfg, "val")
@@ -86,7 +87,8 @@ def evaluate_checkpoint(cfg, checkpoint: Path) -> tuple[dict, list[dict]]:
     model = build_detector(cfg, num_classes=len(dataset.classes) - 1)
     model.load_state_dict(load_checkpoint(checkpoint)["model"])
     model.to(device)
-    metrics, detections = evaluate_model(model, loader, cfg, device, amp_dtype)
+    metrics, detections = evaluate_model(model, loader, device, metric=cfg.eval.metric, backend=cfg.eval.backend,
+                                         amp_dtype=amp_dtype, max_images=cfg.eval.max_images)
     return metrics, detections_to_coco_results(dataset, detections)
 
 

@@ -11,6 +11,7 @@ model's state dict carries the RoI head's dynamic state (β schedule, label assi
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -23,7 +24,7 @@ import torch
 
 from detector.errors import DetectorError
 
-LAST, PREVIOUS, BEST = "last.pth", "last.prev.pth", "best.pth"
+LAST, PREVIOUS, BEST, CORRUPT = "last.pth", "last.prev.pth", "best.pth", "last.corrupt.pth"
 
 
 class CheckpointError(DetectorError, RuntimeError):
@@ -33,7 +34,8 @@ class CheckpointError(DetectorError, RuntimeError):
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
 
-    With ``keep_previous`` an existing file at ``path`` is first renamed to ``last.prev.pth``.
+    With ``keep_previous`` an existing file at ``path`` is first renamed to ``last.prev.pth``. A full disk (or
+    any failed write) leaves the existing files as they were and raises one :class:`CheckpointError` line.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +45,16 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as "[enforce fail ...] unexpected pos"
+        os.unlink(tmp)
+        if isinstance(exc, RuntimeError) and "unexpected pos" not in str(exc) and "write" not in str(exc).lower():
+            raise
+        full = isinstance(exc, RuntimeError) or exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        intact = f"{path} is intact" if path.exists() else "no earlier checkpoint was touched"
+        reason = "the disk is full" if full else os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CheckpointError(f"{path}: could not write the checkpoint ({reason}); {intact}. Free some space "
+                              f"and resume with --resume") from None
+    try:
         if keep_previous and path.exists():
             os.replace(path, path.parent / PREVIOUS)
         os.replace(tmp, path)
@@ -50,6 +62,14 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def remove_orphaned_temporaries(checkpoint_dir: str | Path) -> list[Path]:
+    """Delete ``.<name>.pth.*.tmp`` files left by a writer that died mid-save (call while holding the run lock)."""
+    removed = sorted(Path(checkpoint_dir).glob(".*.pth.*.tmp"))
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -76,7 +96,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def find_resume_checkpoint(checkpoint_dir: str | Path) -> dict[str, Any] | None:
     """The newest readable checkpoint of a run (``last.pth``, else ``last.prev.pth``), or None if there is none.
 
-    A corrupt ``last.pth`` is reported and skipped; if no file can be read, the error is raised.
+    A corrupt ``last.pth`` is reported and renamed to ``last.corrupt.pth`` (kept for inspection), so that the
+    next save does not rotate it over the good ``last.prev.pth``; if no file can be read, the error is raised.
     """
     checkpoint_dir = Path(checkpoint_dir)
     candidates = [checkpoint_dir / name for name in (LAST, PREVIOUS) if (checkpoint_dir / name).exists()]
@@ -86,7 +107,9 @@ def find_resume_checkpoint(checkpoint_dir: str | Path) -> dict[str, Any] | None:
             state = load_checkpoint(path)
         except CheckpointError as exc:
             errors.append(str(exc))
-            warnings.warn(f"{exc}; falling back to the previous checkpoint", stacklevel=2)
+            if path.name == LAST and (checkpoint_dir / PREVIOUS).exists():
+                os.replace(path, checkpoint_dir / CORRUPT)
+                warnings.warn(f"{exc}; moved it to {CORRUPT} and falling back to {PREVIOUS}", stacklevel=2)
             continue
         state["path"] = str(path)
         return state
@@ -108,3 +131,54 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """Saves and restores everything a run needs to continue exactly: model (with its schedule state through
+    ``get_extra_state``), optimizer, LR scheduler, grad scaler, the :class:`Progress` and every rank's RNG state.
+
+    Every rank calls :meth:`save` (the RNG states are gathered); rank 0 writes.
+    """
+
+    def __init__(self, checkpoint_dir: str | Path, model, optimizer, scheduler, scaler, config: dict[str, Any]):
+        self.dir = Path(checkpoint_dir)
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.config = config
+
+    def save(self, name: str, progress: "Progress", keep_previous: bool = False) -> Path | None:
+        from detector.engine import distributed as dist_utils
+        rng = dist_utils.gather_objects(capture_rng_state())
+        if not dist_utils.is_main_process():
+            return None
+        return save_checkpoint({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                                "config": self.config, "rng": rng, **progress.state_dict()},
+                               self.dir / name, keep_previous=keep_previous)
+
+    def resume(self, rank: int) -> tuple["Progress", str] | None:
+        """Load the newest readable checkpoint into the objects; (progress, path), or None when there is none."""
+        state = find_resume_checkpoint(self.dir)
+        if state is None:
+            return None
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        restore_rng_state(rng[rank] if isinstance(rng, list) else rng)
+        progress = Progress()
+        progress.load_state_dict(state)
+        return progress, state["path"]
+
+
+class Progress:
+    """The trainer's own changing state: iterations done and the best value of ``train.best_metric``."""
+
+    def __init__(self, iteration: int = 0, best: float = float("-inf")):
+        self.iteration, self.best = iteration, best
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iteration, self.best = int(state["iteration"]), float(state.get("best", float("-inf")))

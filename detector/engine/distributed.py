@@ -60,6 +60,15 @@ def reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(zip(keys, stacked))
 
 
+def gather_objects(obj):
+    """``obj`` of this process, or the list of every rank's ``obj`` under DDP (each rank resumes its own)."""
+    if not is_distributed():
+        return obj
+    objects = [None] * get_world_size()
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,26 @@ HPARAM_KEYS = {
     "max_iters": "train.max_iters", "batch_size": "train.batch_size", "data": "data.format",
     "label_noise": "data.label_noise", "seed": "seed",
 }
+METRICS_FILE = "metrics.jsonl"
 HPARAM_METRICS = ("AP", "AP50", "AP75", "AP90", "mAP_voc")
+
+
+def format_value(value: float, digits: int = 4) -> str:
+    """A float for the console, never ``-0.0000``."""
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def _drop_records_after(path: Path, iteration: int) -> int:
+    """Rewrite ``metrics.jsonl`` (atomically) without the records of iterations after ``iteration``."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line.strip() and json.loads(line).get("iter", 0) <= iteration]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+    return len([line for line in lines if line.strip()]) - len(keep)
 
 
 def _jsonable(value: Any) -> Any:
@@ -40,9 +60,14 @@ def _jsonable(value: Any) -> Any:
 
 
 class RunLogger:
-    """Writes scalars, histograms and images of one run. A no-op on ranks other than 0."""
+    """Writes scalars, histograms and images of one run. A no-op on ranks other than 0.
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True):
+    ``resumed_at=k`` (a resume from the checkpoint of iteration k): the records of iterations after k, which
+    the resumed run replays, are dropped from ``metrics.jsonl`` and purged from TensorBoard (``purge_step``),
+    so that curves never count an iteration twice; a ``{"type": "resume"}`` record says how many were dropped.
+    """
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True, resumed_at: int | None = None):
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self._writer = None
@@ -50,8 +75,12 @@ class RunLogger:
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._writer = SummaryWriter(log_dir=str(self.run_dir))
-            self._jsonl = open(self.run_dir / "metrics.jsonl", "a")
+            dropped = 0 if resumed_at is None else _drop_records_after(self.run_dir / METRICS_FILE, resumed_at)
+            purge = None if resumed_at is None else resumed_at + 1
+            self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
+            self._jsonl = open(self.run_dir / METRICS_FILE, "a")
+            if resumed_at is not None:
+                self.log("resume", resumed_at, {"dropped_records": dropped})
 
     def log(self, kind: str, iteration: int, values: dict[str, Any]) -> None:
         """One JSON line ``{"type": kind, "iter": k, ...}`` and a TensorBoard scalar per numeric value."""

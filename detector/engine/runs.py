@@ -1,0 +1,194 @@
+"""Run folders belong to one experiment: never overwritten, shared or mixed without the user asking.
+
+A folder *holds a run* once the trainer has written its ``config.yaml`` there (other files, such as the
+ablation runner's ``train.log``, do not make a run). Before anything is written, :func:`check_run_folder`
+decides what a new training may do with the folder:
+
+- a new run into a folder that holds a run refuses, naming the folder and the three choices: ``--resume``,
+  another ``output_dir`` (a free name is suggested), or ``--overwrite`` (which removes the old run's files, and
+  only those);
+- ``--resume`` compares the resolved config with the run's ``config.yaml``: keys that define the experiment
+  (model, data, loss, schedule...) refuse, listing the keys; keys in :data:`RESUME_SAFE_KEYS` (periods, workers,
+  ``max_iters`` to extend a run, speed switches) are allowed and reported;
+- ``--resume`` on a folder with no run says so and starts from scratch.
+
+While training, :class:`RunLock` holds ``<run>/.lock`` (pid, host, start time): a second training into the
+folder refuses, naming the holder; a lock left by a dead process on this host is taken over, with a message.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detector.config import diff_configs
+from detector.errors import DetectorError
+
+CONFIG_FILE, LOCK_FILE = "config.yaml", ".lock"
+# What a run writes into its folder; --overwrite removes these and nothing else (a user's own files stay).
+RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "eval", "final_errors.pt")
+RUN_ARTIFACT_GLOBS = ("events.out.tfevents.*",)
+
+# Keys that may differ between a run and its resume: they change how the run is observed, how fast it goes or
+# how long it lasts, not what it learns. Every other key defines the experiment and must match.
+RESUME_SAFE_KEYS = (
+    "output_dir", "train.resume", "train.max_iters", "train.log_period", "train.hist_period", "train.eval_period",
+    "train.checkpoint_period", "train.num_vis_images", "train.device", "data.loader.num_workers", "eval.max_images",
+    "eval.backend", "train.nonfinite_check", "train.compile", "train.cudnn_benchmark",
+)
+
+
+class RunFolderError(DetectorError):
+    """The run folder holds another run, is locked by another training, or cannot be resumed with this config."""
+
+
+@dataclass
+class RunFolderPlan:
+    """What :func:`check_run_folder` decided: resume or start, and the safe keys a resume changes."""
+    resume: bool
+    overwrite: bool = False
+    changed_safe_keys: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # one-line messages for the user
+
+
+def holds_run(run_dir: Path) -> bool:
+    return (Path(run_dir) / CONFIG_FILE).is_file()
+
+
+def free_name(run_dir: Path) -> Path:
+    """``runs/smoothl1`` -> the first of ``runs/smoothl1-2``, ``-3``, ... that holds no run."""
+    n = 2
+    while holds_run(run_dir.with_name(f"{run_dir.name}-{n}")):
+        n += 1
+    return run_dir.with_name(f"{run_dir.name}-{n}")
+
+
+def _stored_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / CONFIG_FILE
+    try:
+        stored = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise RunFolderError(f"{path}: cannot be read ({exc}); this folder's run cannot be resumed: use "
+                             f"another output_dir or --overwrite") from None
+    if not isinstance(stored, dict):
+        raise RunFolderError(f"{path}: not a config; use another output_dir or --overwrite")
+    return stored
+
+
+def check_run_folder(run_dir: str | Path, cfg, resume: bool, overwrite: bool) -> RunFolderPlan:
+    """Decide what a training may do with ``run_dir`` (see the module docstring). Reads only; writes nothing."""
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    if not holds_run(run_dir):
+        notes = [f"--resume: {run_dir} holds no run yet; starting from scratch"] if resume else []
+        return RunFolderPlan(resume=False, notes=notes)
+    if overwrite:
+        return RunFolderPlan(resume=False, overwrite=True, notes=[f"--overwrite: replacing the run in {run_dir}"])
+    if not resume:
+        state = "a finished run" if (run_dir / "eval" / "metrics.json").is_file() else "an unfinished run"
+        raise RunFolderError(f"{run_dir} already holds {state}; continue it with --resume, start a new one with "
+                             f"output_dir={free_name(run_dir)}, or replace it with --overwrite")
+    differ = diff_configs(_stored_config(run_dir), cfg.to_dict())
+    unsafe = [k for k in differ if k not in RESUME_SAFE_KEYS]
+    if unsafe:
+        raise RunFolderError(f"--resume: the config differs from {run_dir / CONFIG_FILE} in keys that define the "
+                             f"experiment: {', '.join(unsafe)}; resume with the run's own config, or start a new "
+                             f"run with output_dir={free_name(run_dir)}")
+    safe = [k for k in differ if k not in ("output_dir", "train.resume")]
+    notes = [f"--resume: changed {', '.join(safe)} (allowed: they do not change what the run learns)"] if safe else []
+    return RunFolderPlan(resume=True, changed_safe_keys=safe, notes=notes)
+
+
+def prepare_run_folder(run_dir: Path, cfg, plan: RunFolderPlan, notes: list[str] = ()) -> None:
+    """After the checks passed and the lock is held (rank 0): say what was decided, remove the old run on
+    ``--overwrite``, write ``config.yaml`` (the resolved config of this session) and clear orphaned temporaries."""
+    from detector.engine.checkpoint import remove_orphaned_temporaries
+    from detector.engine.runtime import notice
+    for line in [*plan.notes, *notes]:
+        notice(line)
+    if plan.overwrite:
+        remove_run(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / CONFIG_FILE)
+    for path in remove_orphaned_temporaries(run_dir / "checkpoints"):
+        notice(f"removed {path}, left by a checkpoint write that did not finish")
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete what a run wrote into ``run_dir`` (``--overwrite``); the user's other files stay."""
+    for name in RUN_ARTIFACTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    for pattern in RUN_ARTIFACT_GLOBS:
+        for path in run_dir.glob(pattern):
+            path.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """``<run>/.lock`` held while a training writes the folder; see the module docstring."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.notes: list[str] = []
+        self._held = False
+
+    def _holder(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                pid, host = holder.get("pid"), holder.get("host")
+                if host == me["host"] and isinstance(pid, int) and not _pid_alive(pid):
+                    self.notes.append(f"{self.path}: taking over a stale lock of process {pid} on {host} "
+                                      f"(started {holder.get('started', '?')}), which is no longer running")
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise RunFolderError(f"{self.path.parent} is in use by another training (pid {pid} on {host}, "
+                                     f"started {holder.get('started', '?')}); wait for it, or use another "
+                                     f"output_dir. If that process is gone, delete {self.path}") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self._held = True
+            return self
+        raise RunFolderError(f"{self.path}: could not take the lock; delete it if no training uses the folder")
+
+    def release(self) -> None:
+        if self._held:
+            self.path.unlink(missing_ok=True)
+            self._held = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
