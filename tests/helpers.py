@@ -1,4 +1,6 @@
 """Helpers shared by several test files (not tests themselves): tiny models and hand-made inputs."""
+from pathlib import Path
+
 import torch
 
 from detector.config import load_config
@@ -25,3 +27,20 @@ def two_images():
 
 def empty_target():
     return {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+
+
+def tiny_run_overrides(data_root: Path, run_dir: Path, **extra) -> list[str]:
+    """Overrides for a seconds-long CPU run on a tiny synthetic set."""
+    values = {
+        "output_dir": str(run_dir), "data.root": str(data_root), "data.synthetic.num_train": 8,
+        "data.synthetic.num_val": 4, "data.synthetic.image_size": "[128, 128]",
+        "data.input.min_size_train": "[128]", "data.input.max_size_train": 160, "data.input.min_size_test": 128,
+        "data.input.max_size_test": 160, "data.loader.num_workers": 0, "train.batch_size": 2, "train.max_iters": 2,
+        "train.log_period": 1, "train.warmup_iters": 1, "train.checkpoint_period": 1, "train.device": "cpu",
+        "train.num_vis_images": 1, "model.backbone.name": "resnet18", "model.roi_head.fc_dim": 64,
+        "model.roi_head.batch_size_per_image": 32, "model.rpn.pre_nms_topk_train": 100,
+        "model.rpn.post_nms_topk_train": 50, "model.rpn.pre_nms_topk_test": 100, "model.rpn.post_nms_topk_test": 50,
+        "model.backbone.out_channels": 32,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]

@@ -17,6 +17,7 @@ from detector.engine import trainer as trainer_mod
 from detector.engine.checkpoint import (CheckpointError, find_resume_checkpoint, load_checkpoint,
                                         save_checkpoint)
 from detector.engine.optim import lr_factor
+from helpers import tiny_run_overrides as tiny
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "tools" / "train.py"
@@ -25,23 +26,6 @@ TRAIN = REPO / "tools" / "train.py"
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("synthetic")
-
-
-def tiny(data_root: Path, run_dir: Path, **extra) -> list[str]:
-    """Overrides for a seconds-long CPU run on a tiny synthetic set."""
-    values = {
-        "output_dir": str(run_dir), "data.root": str(data_root), "data.synthetic.num_train": 8,
-        "data.synthetic.num_val": 4, "data.synthetic.image_size": "[128, 128]",
-        "data.input.min_size_train": "[128]", "data.input.max_size_train": 160, "data.input.min_size_test": 128,
-        "data.input.max_size_test": 160, "data.loader.num_workers": 0, "train.batch_size": 2, "train.max_iters": 2,
-        "train.log_period": 1, "train.warmup_iters": 1, "train.checkpoint_period": 1, "train.device": "cpu",
-        "train.num_vis_images": 1, "model.backbone.name": "resnet18", "model.roi_head.fc_dim": 64,
-        "model.roi_head.batch_size_per_image": 32, "model.rpn.pre_nms_topk_train": 100,
-        "model.rpn.post_nms_topk_train": 50, "model.rpn.pre_nms_topk_test": 100, "model.rpn.post_nms_topk_test": 50,
-        "model.backbone.out_channels": 32,
-    }
-    values.update(extra)
-    return [f"{k}={v}" for k, v in values.items()]
 
 
 LEAF_CONFIGS = sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.glob("*.yaml") if p.name != "gpu.yaml")

@@ -1,0 +1,261 @@
+"""Run folders never lose or mix data: refusal, --overwrite, the lock, resume checks, crash-safe ends, Ctrl-C,
+checkpoint fallback and leftovers, replayed metrics, and the one-line messages for disk and path problems."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector.config import load_config
+from detector.engine import checkpoint as checkpoint_mod
+from detector.engine import trainer as trainer_mod
+from detector.engine.checkpoint import CheckpointError, Progress, load_checkpoint, save_checkpoint
+from detector.engine.logger import format_value
+from detector.engine.runs import RunFolderError, RunLock, check_run_folder
+from detector.engine.runtime import GracefulStop
+from helpers import tiny_run_overrides
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+import train as train_tool  # noqa: E402  (tools/train.py: its main() is what the user runs)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def cfg_for(data_root: Path, run: Path, **extra):
+    return load_config(["smoothl1.yaml"], tiny_run_overrides(data_root, run, **extra))
+
+
+def cli(data_root: Path, run: Path, *flags: str, **extra) -> list[str]:
+    return ["--cfg", "smoothl1.yaml", *tiny_run_overrides(data_root, run, **extra), *flags]
+
+
+def train_records(run: Path) -> list[int]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r["iter"] for r in map(json.loads, lines) if r["type"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_root, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("finished") / "run"
+    trainer_mod.train(cfg_for(data_root, run), run)
+    return run
+
+
+# ------------------------------------------------------------------------------------------- re-runs and --overwrite
+def test_rerun_into_a_finished_run_refuses_and_touches_nothing(data_root, finished_run, capsys):
+    before = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
+    assert train_tool.main(cli(data_root, finished_run)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "already holds a finished run" in err[0] and str(finished_run) in err[0]
+    assert "--resume" in err[0] and "output_dir=" in err[0] and "--overwrite" in err[0]
+    after = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_overwrite_replaces_the_run_but_keeps_the_users_files(data_root, tmp_path):
+    run = tmp_path / "run"
+    trainer_mod.train(cfg_for(data_root, run), run)
+    (run / "notes.txt").write_text("mine")
+    first_events = set(run.glob("events.out.tfevents.*"))
+    trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 3}), run, overwrite=True)
+    assert train_records(run) == [1, 2, 3]  # one run's records, not two appended
+    assert (run / "notes.txt").read_text() == "mine"
+    assert not first_events & set(run.glob("events.out.tfevents.*"))
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 3
+
+
+def test_a_folder_with_only_other_files_is_not_a_run(data_root, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.log").write_text("written by the ablation runner\n")
+    plan = check_run_folder(run, cfg_for(data_root, run), resume=False, overwrite=False)
+    assert not plan.resume and not plan.notes
+
+
+# ------------------------------------------------------------------------------------------- the lock
+def test_a_second_training_into_a_locked_folder_refuses_naming_the_holder(data_root, tmp_path):
+    run = tmp_path / "run"
+    with RunLock(run):  # this process holds it, as a first training would
+        holder = json.loads((run / ".lock").read_text())
+        with pytest.raises(RunFolderError, match=f"in use by another training \\(pid {os.getpid()} on "):
+            trainer_mod.train(cfg_for(data_root, run), run)
+        assert holder["pid"] == os.getpid()
+    assert not (run / ".lock").exists() and not (run / "config.yaml").exists()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(data_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+    (run / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "then"}))
+    trainer_mod.train(cfg_for(data_root, run), run)
+    assert f"taking over a stale lock of process {dead.pid}" in capsys.readouterr().err
+    assert not (run / ".lock").exists() and (run / "eval" / "metrics.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------- resume
+def test_resume_with_another_experiment_refuses_and_writes_nothing(data_root, finished_run, capsys):
+    config_before = (finished_run / "config.yaml").read_bytes()
+    other = cli(data_root, finished_run, "--resume", **{"model.backbone.name": "resnet34"})
+    assert train_tool.main(other + ["model.roi_head.box_loss.name=giou"]) == 2
+    err = capsys.readouterr().err
+    assert "model.backbone.name" in err and "model.roi_head.box_loss.name" in err and "--resume" in err
+    assert (finished_run / "config.yaml").read_bytes() == config_before
+
+
+def test_resume_may_extend_max_iters_and_says_so(data_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    trainer_mod.train(cfg_for(data_root, run), run)
+    cfg = cfg_for(data_root, run, **{"train.max_iters": 3, "train.resume": True, "train.log_period": 3})
+    trainer_mod.train(cfg, run)
+    assert "--resume: changed train.max_iters, train.log_period" in capsys.readouterr().err
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 3
+    assert load_config([run / "config.yaml"]).train.max_iters == 3
+
+
+def test_resume_on_a_fresh_folder_says_it_starts_from_scratch(data_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    trainer_mod.train(cfg_for(data_root, run, **{"train.resume": True}), run)
+    assert "holds no run yet; starting from scratch" in capsys.readouterr().err
+
+
+def test_replayed_iterations_are_not_logged_twice(data_root, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    original = trainer_mod.log_train_step
+
+    def crash_after_logging_3(logger, bar, cfg, done, *args):
+        original(logger, bar, cfg, done, *args)
+        if done == 3:
+            raise RuntimeError("simulated crash")
+    monkeypatch.setattr(trainer_mod, "log_train_step", crash_after_logging_3)
+    cfg = cfg_for(data_root, run, **{"train.max_iters": 4, "train.checkpoint_period": 2})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer_mod.train(cfg, run)
+    assert train_records(run) == [1, 2, 3] and not (run / ".lock").exists()
+    (run / "checkpoints" / ".last.pth.orphan.tmp").write_bytes(b"left by a dead writer")
+    monkeypatch.setattr(trainer_mod, "log_train_step", original)
+    trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 4, "train.checkpoint_period": 2,
+                                                 "train.resume": True}), run)
+    assert train_records(run) == [1, 2, 3, 4]
+    assert not list((run / "checkpoints").glob("*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------- crash-safe ends
+def test_last_checkpoint_is_written_before_the_final_evaluation(data_root, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+
+    def failing_eval(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(run / "eval"))
+    monkeypatch.setattr(trainer_mod, "evaluate_model", failing_eval)
+    with pytest.raises(OSError):
+        trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 4, "train.checkpoint_period": 3}), run)
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 4
+
+
+def test_ctrl_c_finishes_the_step_saves_and_says_how_to_resume(data_root, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    original = trainer_mod.check_finite
+
+    def interrupt_at_3(losses, iteration, *args):
+        if iteration == 2:  # during the third step
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(losses, iteration, *args)
+    monkeypatch.setattr(trainer_mod, "check_finite", interrupt_at_3)
+    argv = cli(data_root, run, **{"train.max_iters": 50, "train.checkpoint_period": 50})
+    assert train_tool.main(argv) == 130
+    err = capsys.readouterr().err
+    assert "stopped by SIGINT at iteration 3 of 50" in err and "--resume" in err and "Traceback" not in err
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 3
+    assert not (run / ".lock").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_a_second_ctrl_c_exits_at_once():
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.pth"
+    save_checkpoint({"model": {"w": torch.ones(1)}, "iteration": 1}, path)
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4416 vs 4304")
+    monkeypatch.setattr(checkpoint_mod.torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"last.pth: could not write the checkpoint \(the disk is full\); "
+                                              r".*last.pth is intact"):
+        save_checkpoint({"model": {"w": torch.ones(1)}, "iteration": 2}, path, keep_previous=True)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["iteration"] == 1 and not (path.parent / "last.prev.pth").exists()
+    assert [p.name for p in path.parent.iterdir()] == ["last.pth"]  # no temporary left behind
+
+
+def test_a_bug_in_a_checkpoint_write_keeps_its_traceback(tmp_path, monkeypatch):
+    def bug(obj, f, *args, **kwargs):
+        raise RuntimeError("some internal assertion")
+    monkeypatch.setattr(checkpoint_mod.torch, "save", bug)
+    with pytest.raises(RuntimeError, match="some internal assertion"):
+        save_checkpoint({"iteration": 2}, tmp_path / "last.pth")
+
+
+# ------------------------------------------------------------------------------------------- messages
+def test_impossible_output_dir_and_data_root_are_one_line(data_root, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert train_tool.main(cli(data_root, blocker / "run")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"error: {blocker / 'run'}") and "Not a directory" in err[0] and len(err) == 2
+    assert train_tool.main(cli(blocker / "synthetic", tmp_path / "run2")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert str(blocker) in err[0] and "Not a directory" in err[0] and len(err) == 2
+
+
+def test_options_and_overrides_mix_in_any_order(capsys):
+    code = train_tool.main(["--cfg", "smoothl1.yaml", "train.max_iters=10", "--resume", "nosuch.key=1"])
+    assert code == 2 and "unknown key nosuch" in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback_and_user_errors_do_not(data_root, tmp_path, monkeypatch, capsys):
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug in our code")
+    monkeypatch.setattr(trainer_mod, "build_detector", bug)
+    with pytest.raises(RuntimeError, match="a bug in our code"):
+        train_tool.main(cli(data_root, tmp_path / "run"))
+    monkeypatch.undo()
+    assert train_tool.main(cli(data_root, tmp_path / "run2", **{"model.backbone.weights": "/no/such.pth"})) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2
+    assert err[0].startswith("error: model.backbone.weights='/no/such.pth' is neither an existing file")
+
+
+def test_a_split_without_boxes_is_warned_once_and_picks_no_best(capsys):
+    class NoBoxes:
+        name, records = "instances_train.json", [type("R", (), {"boxes": []})()] * 3
+
+        def __len__(self):
+            return 3
+    trainer_mod.warn_if_no_boxes(NoBoxes(), "training")
+    assert "training split (instances_train.json, 3 images) has no boxes at all" in capsys.readouterr().err
+    progress, told = Progress(), set()
+    assert not trainer_mod.keep_best(progress, {"AP": -1.0}, "AP", told)
+    assert not trainer_mod.keep_best(progress, {"AP": -1.0}, "AP", told)
+    assert capsys.readouterr().err.count("the val split has no ground-truth boxes") == 1
+    assert trainer_mod.keep_best(progress, {"AP": 0.25}, "AP", told) and progress.best == 0.25
+
+
+def test_console_values_never_show_negative_zero():
+    assert format_value(-0.0) == "0.0000" and format_value(-1e-7) == "0.0000" and format_value(-0.5) == "-0.5000"
