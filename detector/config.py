@@ -52,6 +52,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "model.roi_head.box_loss.schedule.type": ("adaptive", "constant", "step", "linear", "cosine", "exp"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.lr_schedule": ("multistep", "cosine"),
+    "train.amp_dtype": ("auto", "bfloat16", "float16"),
     "train.resume": (False, True, "auto"),
     "eval.metric": ("coco", "voc", "both"),
     "eval.backend": ("pycocotools", "faster_coco_eval"),

@@ -83,7 +83,7 @@ def evaluate_checkpoint(cfg, checkpoint: Path) -> tuple[dict, list[dict]]:
     loader = build_dataloader(cfg, "val")
     dataset = loader.dataset
     device = select_device(cfg.train.device)
-    amp_dtype, _ = amp_settings(cfg.train.amp, device)
+    amp_dtype, _ = amp_settings(cfg.train.amp, device, cfg.train.amp_dtype)
     model = build_detector(cfg, num_classes=len(dataset.classes) - 1)
     model.load_state_dict(load_checkpoint(checkpoint)["model"])
     model.to(device)

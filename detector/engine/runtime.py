@@ -36,11 +36,15 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a grad scaler is needed): bf16 where supported, else fp16 + scaler."""
+def amp_settings(enabled: bool, device: torch.device, dtype: str = "auto") -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a grad scaler is needed) for ``train.amp`` / ``train.amp_dtype``.
+
+    ``auto``: bf16 where supported, else fp16; fp16 always comes with a grad scaler. AMP is a GPU feature:
+    on CPU it is off.
+    """
     if not enabled or device.type != "cuda":
         return None, False
-    if torch.cuda.is_bf16_supported():
+    if dtype == "bfloat16" or (dtype == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16, False
     return torch.float16, True
 

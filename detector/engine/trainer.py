@@ -79,7 +79,7 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False) -> dict[str
 def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, resume: bool) -> dict[str, Any]:
     rank, main = dist_utils.get_rank(), dist_utils.is_main_process()
     seed_everything(cfg.seed + rank, cfg.deterministic)
-    amp_dtype, use_scaler = amp_settings(cfg.train.amp, device)
+    amp_dtype, use_scaler = amp_settings(cfg.train.amp, device, cfg.train.amp_dtype)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.deterministic
 

@@ -1,0 +1,197 @@
+"""The CUDA suite: the product on a GPU, end to end. Run it on a GPU machine with ``python -m pytest -m cuda tests``
+(about 5 minutes on one GPU); without CUDA every test here is skipped, with the reason.
+
+What it covers (issue 11): the device contract of the model's outputs; a few iterations of every registered box
+loss with logging and histograms at every step; AMP in bf16 and in fp16 with the grad scaler; channels_last;
+evaluation during training; SIGKILL then --resume; checkpoints moving between GPU and CPU; tools/eval.py --ckpt,
+tools/dump_proposals.py and training on precomputed proposals; two ablation runs packed on one GPU; torchrun with
+NCCL; the benchmark for one iteration; and the dynamic β / label-assignment state on the GPU.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector.config import load_config
+from detector.engine import trainer as trainer_mod
+from detector.engine.checkpoint import load_checkpoint
+from detector.engine.logger import stats_to_scalars
+from detector.losses import LOSSES
+from helpers import tiny_model, tiny_run_overrides, two_images
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available (the CUDA suite "
+                                 "runs on a GPU machine: python -m pytest -m cuda tests)")]
+
+REPO = Path(__file__).resolve().parent.parent
+TOOLS = REPO / "tools"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def gpu(data_root: Path, run: Path, **extra) -> list[str]:
+    return tiny_run_overrides(data_root, run, **{"train.device": "cuda", **extra})
+
+
+def env() -> dict[str, str]:
+    """The user's environment with the repository prepended to PYTHONPATH (never replaced)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def run_tool(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *args], env=env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def records(run: Path, kind: str = "train") -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == kind]
+
+
+# ------------------------------------------------------------------------------------------- the device contract
+@pytest.mark.parametrize("overrides", [[], ["model.roi_head.box_loss.name=dynamic_smooth_l1",
+                                            "model.roi_head.dynamic_label_assignment.enabled=true"]], ids=str)
+def test_every_returned_tensor_is_on_the_inputs_device(overrides):
+    model = tiny_model(*overrides).cuda().train()
+    images, targets = two_images()
+    images = [img.cuda() for img in images]
+    targets = [{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+    losses, stats = model(images, targets)
+    off = {k: str(v.device) for k, v in {**losses, **stats}.items() if v.device.type != "cuda"}
+    assert not off
+    scalars, hists = stats_to_scalars(stats)
+    assert "beta" in scalars or not overrides
+    sum(losses.values()).backward()
+
+
+# ------------------------------------------------------------------------------------------- training on the GPU
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_every_box_loss_trains_and_logs_on_the_gpu(loss, data_root, tmp_path):
+    run = tmp_path / "run"
+    extra = {"model.roi_head.box_loss.name": loss, "train.max_iters": 3, "train.hist_period": 1,
+             "model.roi_head.box_loss.schedule.interval": 1}
+    metrics = trainer_mod.train(load_config(["smoothl1.yaml"], gpu(data_root, run, **extra)), run)
+    assert [r["iter"] for r in records(run)] == [1, 2, 3]
+    assert all(r["loss_box_reg"] is not None and r["peak_memory_gib"] > 0 for r in records(run))
+    assert 0.0 <= metrics["AP"] <= 1.0 or metrics["AP"] == -1.0
+
+
+@pytest.mark.parametrize("extra", [{"train.amp": True, "train.amp_dtype": "bfloat16"},
+                                   {"train.amp": True, "train.amp_dtype": "float16"},
+                                   {"train.channels_last": True, "train.amp": True},
+                                   {"train.eval_period": 2, "train.max_iters": 4}], ids=str)
+def test_amp_channels_last_and_evaluation_during_training(extra, data_root, tmp_path):
+    run = tmp_path / "run"
+    trainer_mod.train(load_config(["smoothl1.yaml"], gpu(data_root, run, **extra)), run)
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    if extra.get("train.amp_dtype") == "float16":
+        assert first["amp"] == "torch.float16"
+        assert load_checkpoint(run / "checkpoints" / "last.pth")["scaler"]["scale"] > 0  # the scaler ran
+    if "train.eval_period" in extra:
+        assert [r["iter"] for r in records(run, "eval")] == [2, 4]
+
+
+def test_sigkill_then_resume_on_the_gpu(data_root, tmp_path):
+    run = tmp_path / "killed"
+    args = [str(TOOLS / "train.py"), "--cfg", "dynamic_rcnn.yaml",
+            *gpu(data_root, run, **{"train.max_iters": 30, "train.checkpoint_period": 2, "train.num_vis_images": 0})]
+    proc = subprocess.Popen([sys.executable, *args], env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not (run / "checkpoints" / "last.pth").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = load_checkpoint(run / "checkpoints" / "last.pth")["iteration"]
+    assert 0 < saved < 30, "the run must be killed part-way for this test to mean anything"
+    run_tool(*args, "--resume")
+    assert [r["iter"] for r in records(run)] == list(range(1, 31))
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 30
+
+
+@pytest.mark.parametrize("first,second", [("cuda", "cpu"), ("cpu", "cuda")])
+def test_a_checkpoint_resumes_on_the_other_device(first, second, data_root, tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config(["dynamic_rcnn.yaml"], gpu(data_root, run, **{
+        "train.device": first, "train.max_iters": 2, "model.roi_head.box_loss.schedule.interval": 1,
+        "model.roi_head.dynamic_label_assignment.interval": 1}))
+    trainer_mod.train(cfg, run)
+    resumed = load_config(["dynamic_rcnn.yaml"], gpu(data_root, run, **{
+        "train.device": second, "train.max_iters": 4, "train.resume": True,
+        "model.roi_head.box_loss.schedule.interval": 1, "model.roi_head.dynamic_label_assignment.interval": 1}))
+    trainer_mod.train(resumed, run)
+    assert [r["iter"] for r in records(run)] == [1, 2, 3, 4]
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 4
+
+
+def test_dynamic_beta_and_label_assignment_state_on_the_gpu(data_root, tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config(["dynamic_rcnn.yaml"], gpu(data_root, run, **{
+        "train.max_iters": 6, "model.roi_head.box_loss.schedule.interval": 2,
+        "model.roi_head.box_loss.schedule.topk": 1, "model.roi_head.dynamic_label_assignment.interval": 2}))
+    trainer_mod.train(cfg, run)
+    betas = [r["beta"] for r in records(run)]
+    thresholds = [r["iou_thresh"] for r in records(run)]
+    assert all(b is not None and b > 0 for b in betas) and len(set(betas)) > 1, betas
+    assert all(0.0 < t <= 1.0 for t in thresholds) and len(set(thresholds)) > 1, thresholds
+    state = load_checkpoint(run / "checkpoints" / "last.pth")["model"]
+    extra = state["roi_heads._extra_state"]
+    assert extra["beta_schedule"] is not None and extra["label_assigner"] is not None
+
+
+# ------------------------------------------------------------------------------------------- the tools on the GPU
+def test_eval_dump_proposals_and_precomputed_training(data_root, tmp_path):
+    run = tmp_path / "run"
+    run_tool(str(TOOLS / "train.py"), "--cfg", "smoothl1.yaml", *gpu(data_root, run, **{"train.max_iters": 4}))
+    ckpt = run / "checkpoints" / "last.pth"
+    out = tmp_path / "eval"
+    run_tool(str(TOOLS / "eval.py"), "--cfg", "smoothl1.yaml", "--ckpt", str(ckpt), "--out", str(out),
+             *gpu(data_root, run))
+    assert "AP" in json.loads((out / "metrics.json").read_text())
+    for split in ("train", "val"):
+        run_tool(str(TOOLS / "dump_proposals.py"), "--cfg", "smoothl1.yaml", "--ckpt", str(ckpt), "--split", split,
+                 "--out", str(tmp_path / f"p_{split}.json"), *gpu(data_root, run))
+    proposals = {**json.loads((tmp_path / "p_train.json").read_text()),
+                 **json.loads((tmp_path / "p_val.json").read_text())}  # one file serves both splits
+    assert proposals and all(len(box) == 5 for boxes in proposals.values() for box in boxes)
+    (tmp_path / "proposals.json").write_text(json.dumps(proposals))
+    run2 = tmp_path / "precomputed"
+    cfg = load_config(["smoothl1.yaml"], gpu(data_root, run2, **{
+        "model.proposals": "precomputed", "model.proposal_file": str(tmp_path / "proposals.json")}))
+    trainer_mod.train(cfg, run2)
+    assert records(run2)[-1]["loss_rpn_cls"] == 0
+
+
+def test_two_ablation_runs_packed_on_one_gpu(data_root, tmp_path):
+    out = tmp_path / "ablation"
+    overrides = [o for o in gpu(data_root, tmp_path / "unused") if not o.startswith("output_dir=")]
+    run_tool(str(TOOLS / "ablate.py"), "--cfgs", "smoothl1.yaml", "--seeds", "2", "--jobs", "2", "--out", str(out),
+             *overrides, timeout=400)
+    metrics = sorted((out / "runs").glob("*/eval/metrics.json"))
+    assert len(metrics) == 2 and (out / "summary.md").is_file()
+
+
+def test_torchrun_with_nccl(data_root, tmp_path):
+    run = tmp_path / "ddp"
+    run_tool("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", str(TOOLS / "train.py"),
+             "--cfg", "smoothl1.yaml", *gpu(data_root, run, **{"train.max_iters": 3}))
+    start = records(run, "start")[0]
+    assert start["world_size"] == 1 and start["device"] == "cuda:0"
+    assert torch.distributed.is_nccl_available()
+
+
+def test_benchmark_runs_one_iteration(tmp_path):
+    out = tmp_path / "bench.json"
+    run_tool(str(TOOLS / "benchmark.py"), "--device", "cuda", "--batch-sizes", "2", "--amp", "on", "--size",
+             "256", "320", "--backbone", "resnet18", "--warmup", "1", "--iters", "1", "--json", str(out))
+    assert json.loads(out.read_text())
