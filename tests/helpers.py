@@ -1,8 +1,15 @@
-"""Helpers shared by several test files (not tests themselves): tiny models and hand-made inputs."""
+"""Helpers shared by several test files (not tests themselves): tiny models, hand-made inputs, and a tiny
+in-memory dataset and detector with the evaluation API (no images).
+
+FakeDataset conventions: boxes absolute xyxy float32, labels 1..K (0 = background), ``iscrowd`` doubles as VOC's
+difficult. Category ids are deliberately not 1..K (label k -> category id 10 * k + 1) so a missed conversion fails
+loudly.
+"""
 from pathlib import Path
 
 import torch
 
+from detector.boxes import box_area
 from detector.config import load_config
 from detector.modeling import TwoStageDetector, build_detector
 
@@ -44,3 +51,107 @@ def tiny_run_overrides(data_root: Path, run_dir: Path, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+class FakeDataset:
+    """``images``: list of (image_id, [(x1, y1, x2, y2, label, iscrowd), ...]); images are 100 x 120 (H x W)."""
+
+    def __init__(self, images, classes=("__background__", "cat", "dog"), height=100, width=120):
+        self.classes = list(classes)
+        self.label_to_cat_id = {label: 10 * label + 1 for label in range(1, len(self.classes))}
+        self._images = images
+        self._size = (height, width)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def get_image_info(self, i: int) -> dict:
+        image_id, _ = self._images[i]
+        return {"image_id": image_id, "file_name": f"{image_id:06d}.jpg", "height": self._size[0],
+                "width": self._size[1]}
+
+    def get_target(self, i: int) -> dict:
+        image_id, objects = self._images[i]
+        boxes = torch.tensor([o[:4] for o in objects], dtype=torch.float32).reshape(-1, 4)  # [N,4]
+        return {"boxes": boxes, "labels": torch.tensor([o[4] for o in objects], dtype=torch.int64).reshape(-1),
+                "image_id": image_id, "iscrowd": torch.tensor([bool(o[5]) for o in objects], dtype=torch.bool),
+                "area": box_area(boxes)}
+
+
+def perfect_detections(dataset) -> list[dict]:
+    """Every non-crowd GT box returned as a detection with score 1."""
+    detections = []
+    for i in range(len(dataset)):
+        target = dataset.get_target(i)
+        keep = ~target["iscrowd"]
+        detections.append({"image_id": target["image_id"], "boxes": target["boxes"][keep],
+                           "labels": target["labels"][keep], "scores": torch.ones(int(keep.sum()))})
+    return detections
+
+
+def random_dataset(seed: int, num_images: int = 12, num_classes: int = 3, crowd_prob: float = 0.1) -> FakeDataset:
+    """Random boxes (some crowd/difficult) on 100 x 120 images, image ids 1000 + i."""
+    g = torch.Generator().manual_seed(seed)
+    images = []
+    for i in range(num_images):
+        objects = []
+        for _ in range(int(torch.randint(0, 6, (1,), generator=g))):
+            x1, y1 = (torch.rand(2, generator=g) * torch.tensor([90.0, 70.0])).tolist()
+            w, h = (4 + torch.rand(2, generator=g) * 40).tolist()
+            label = int(torch.randint(1, num_classes + 1, (1,), generator=g))
+            objects.append((x1, y1, min(x1 + w, 120.0), min(y1 + h, 100.0), label,
+                            bool(torch.rand(1, generator=g) < crowd_prob)))
+        images.append((1000 + i, objects))
+    classes = ["__background__"] + [f"class{k}" for k in range(1, num_classes + 1)]
+    return FakeDataset(images, classes=classes)
+
+
+def random_detections(dataset, seed: int, per_image: int = 8) -> list[dict]:
+    """Jittered copies of GT boxes plus random boxes, random labels and scores: a mix of TPs, FPs and duplicates."""
+    g = torch.Generator().manual_seed(seed)
+    num_classes = len(dataset.classes) - 1
+    detections = []
+    for i in range(len(dataset)):
+        target = dataset.get_target(i)
+        jittered = target["boxes"] + torch.randn(target["boxes"].shape, generator=g) * 3
+        jittered_labels = target["labels"].clone()
+        swap = torch.rand(len(jittered_labels), generator=g) < 0.2
+        jittered_labels[swap] = torch.randint(1, num_classes + 1, (int(swap.sum()),), generator=g)
+        xy = torch.rand(per_image, 2, generator=g) * torch.tensor([90.0, 70.0])
+        wh = 3 + torch.rand(per_image, 2, generator=g) * 40
+        boxes = torch.cat([jittered, torch.cat([xy, xy + wh], dim=1)])
+        boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 1)  # keep x2 > x1, y2 > y1
+        labels = torch.cat([jittered_labels, torch.randint(1, num_classes + 1, (per_image,), generator=g)])
+        detections.append({"image_id": target["image_id"], "boxes": boxes, "labels": labels,
+                           "scores": torch.rand(len(boxes), generator=g)})
+    return detections
+
+
+class FakeDetector(torch.nn.Module):
+    """Returns one box per image covering the original image; records how it was called."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        self.calls = []
+
+    def forward(self, images, orig_sizes=None, proposals=None):
+        self.calls.append({"training": self.training, "grad": torch.is_grad_enabled(), "orig_sizes": orig_sizes,
+                           "num_images": len(images)})
+        outputs = []
+        for image, (h, w) in zip(images, orig_sizes):
+            box = torch.tensor([[0.0, 0.0, w, h]], device=image.device) * self.weight
+            outputs.append({"boxes": box, "labels": torch.tensor([1], device=image.device),
+                            "scores": (image.float().mean() / 255).reshape(1)})
+        return outputs
+
+
+def make_loader(image_ids, batch_size=2):
+    """Batches of (images uint8 [3,H,W], targets with image_id and orig_size) as the val loader yields them."""
+    batches = []
+    for start in range(0, len(image_ids), batch_size):
+        ids = image_ids[start:start + batch_size]
+        images = [torch.full((3, 8, 10), i % 256, dtype=torch.uint8) for i in ids]
+        targets = [{"image_id": i, "orig_size": torch.tensor([16 + i, 20 + i])} for i in ids]
+        batches.append((images, targets))
+    return batches

@@ -8,7 +8,7 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from test_eval_fakes import FakeDataset, perfect_detections, random_dataset, random_detections
+from helpers import FakeDataset, perfect_detections, random_dataset, random_detections
 
 from detector.evaluation import (COCO_METRIC_NAMES, build_coco_gt, coco_metrics, detections_to_coco_results,
                                  evaluate, format_metrics)

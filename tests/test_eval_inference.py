@@ -4,38 +4,9 @@ import os
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import FakeDetector, make_loader
 
 from detector.evaluation import inference_on_dataset
-
-
-class FakeDetector(torch.nn.Module):
-    """Returns one box per image covering the original image; records how it was called."""
-
-    def __init__(self):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(1))
-        self.calls = []
-
-    def forward(self, images, orig_sizes=None, proposals=None):
-        self.calls.append({"training": self.training, "grad": torch.is_grad_enabled(), "orig_sizes": orig_sizes,
-                           "num_images": len(images)})
-        outputs = []
-        for image, (h, w) in zip(images, orig_sizes):
-            box = torch.tensor([[0.0, 0.0, w, h]], device=image.device) * self.weight
-            outputs.append({"boxes": box, "labels": torch.tensor([1], device=image.device),
-                            "scores": (image.float().mean() / 255).reshape(1)})
-        return outputs
-
-
-def make_loader(image_ids, batch_size=2):
-    """Batches of (images uint8 [3,H,W], targets with image_id and orig_size) as the val loader yields them."""
-    batches = []
-    for start in range(0, len(image_ids), batch_size):
-        ids = image_ids[start:start + batch_size]
-        images = [torch.full((3, 8, 10), i % 256, dtype=torch.uint8) for i in ids]
-        targets = [{"image_id": i, "orig_size": torch.tensor([16 + i, 20 + i])} for i in ids]
-        batches.append((images, targets))
-    return batches
 
 
 def test_runs_in_eval_mode_without_grad_and_restores_training():

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_eval_fakes import perfect_detections, random_dataset
-from test_eval_inference import FakeDetector, make_loader
+from helpers import FakeDetector, make_loader, perfect_detections, random_dataset
 
 import detector.data
 import detector.modeling

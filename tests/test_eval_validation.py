@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from test_eval_fakes import FakeDataset
+from helpers import FakeDataset
 
 from detector.evaluation import evaluate, evaluate_coco_results, load_coco_results
 

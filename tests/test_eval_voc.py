@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from test_eval_fakes import FakeDataset, perfect_detections, random_dataset, random_detections
+from helpers import FakeDataset, perfect_detections, random_dataset, random_detections
 
 from detector.evaluation import evaluate, voc_ap
 
