@@ -22,6 +22,8 @@ from typing import Sequence
 
 import torch
 
+from detector.boxes import degenerate_box_mask
+
 __all__ = ["BoxCoder", "DEFAULT_CLAMP", "DELTA_NAMES"]
 
 DELTA_NAMES = ("tx", "ty", "tw", "th")  # the names of the four regression targets, in their order
@@ -41,11 +43,6 @@ def _raise_if_degenerate(where: str, name: str, boxes: torch.Tensor, bad: torch.
     first = boxes[index[0]].tolist()
     raise ValueError(f"{where}: {index.numel()} {name} {what} (first: index {int(index[0])}, {first}); "
                      f"expected finite xyxy boxes with x2 > x1 and y2 > y1")
-
-
-def _degenerate(boxes: torch.Tensor) -> torch.Tensor:
-    """[N,4] xyxy -> [N] bool: non-finite coordinate or non-positive width/height."""
-    return ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
 
 
 class BoxCoder:
@@ -77,7 +74,7 @@ class BoxCoder:
                              f"pass one matched gt box per proposal")
         proposals, gt_boxes = proposals.float(), gt_boxes.float()
         if self.check if check is None else check:
-            bad_p, bad_g = _degenerate(proposals), _degenerate(gt_boxes)
+            bad_p, bad_g = degenerate_box_mask(proposals), degenerate_box_mask(gt_boxes)
             if bool((bad_p | bad_g).any()):
                 if bool(bad_p.any()):
                     _raise_if_degenerate("BoxCoder.encode", "proposals", proposals, bad_p,
@@ -108,7 +105,7 @@ class BoxCoder:
                              f"{list(proposals.shape)}")
         deltas, proposals = deltas.float(), proposals.float()
         if self.check if check is None else check:
-            bad_p = _degenerate(proposals)
+            bad_p = degenerate_box_mask(proposals)
             bad_d = ~torch.isfinite(deltas).all(dim=1)
             if bool((bad_p | bad_d).any()):
                 if bool(bad_p.any()):

@@ -2,12 +2,15 @@
 
 COCO's xywh enters through :func:`box_xywh_to_xyxy` (data loading) and leaves through
 :func:`box_xyxy_to_xywh` (writing detections for the evaluator); nothing else converts formats.
-IoU and NMS come from ``torchvision.ops``.
+IoU of box lists and NMS come from ``torchvision.ops``; the batched forms the heads need (IoU of padded
+``[N,M,4]`` against ``[N,G,4]``, clipping ``[N,P,4]`` to per-image sizes, NMS followed by a per-image top-k) are
+here, once, so the RPN, the RoI heads and the detector share them.
 """
 from __future__ import annotations
 
 import torch
-from torchvision.ops import box_area, box_iou, clip_boxes_to_image, remove_small_boxes  # noqa: F401  (re-exported)
+from torchvision.ops import batched_nms
+from torchvision.ops import box_area, box_iou  # noqa: F401  (re-exported: the one import site for box ops)
 
 
 def box_xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
@@ -20,18 +23,6 @@ def box_xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
     """[N,4] (x1, y1, x2, y2) -> [N,4] (x, y, w, h)."""
     x1, y1, x2, y2 = boxes.unbind(-1)
     return torch.stack((x1, y1, x2 - x1, y2 - y1), dim=-1)
-
-
-def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
-    """[N,4] (x1, y1, x2, y2) -> [N,4] (cx, cy, w, h)."""
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
-
-
-def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """[N,4] (cx, cy, w, h) -> [N,4] (x1, y1, x2, y2)."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
 
 
 def flip_boxes_horizontal(boxes: torch.Tensor, image_width: float) -> torch.Tensor:
@@ -49,3 +40,45 @@ def degenerate_box_mask(boxes: torch.Tensor) -> torch.Tensor:
     """[N,4] xyxy -> [N] bool: True where width or height is not positive or a coordinate is not finite."""
     finite = torch.isfinite(boxes).all(dim=-1)
     return ~finite | (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])
+
+
+def min_size_mask(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
+    """[...,4] xyxy -> [...] bool: True where both width and height are at least ``min_size``."""
+    return (boxes[..., 2] - boxes[..., 0] >= min_size) & (boxes[..., 3] - boxes[..., 1] >= min_size)
+
+
+def clip_boxes_to_sizes(boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+    """boxes [N,P,4] xyxy, image_sizes [N,2] (h, w) -> [N,P,4] clipped to [0, w] x [0, h] of their image."""
+    hw = image_sizes.to(boxes)[:, None, :]  # [N,1,2]
+    upper = torch.stack((hw[..., 1], hw[..., 0], hw[..., 1], hw[..., 0]), dim=-1)  # [N,1,4]
+    return torch.minimum(boxes.clamp(min=0), upper)
+
+
+def batched_box_iou(boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
+    """boxes [N or 1, M, 4], gt_boxes [N, G, 4] (xyxy) -> IoU [N, M, G]; only [N,M,G] temporaries."""
+    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)  # [N,M]
+    gt_area = (gt_boxes[..., 2] - gt_boxes[..., 0]).clamp(min=0) * (gt_boxes[..., 3] - gt_boxes[..., 1]).clamp(min=0)
+    b, g = boxes[:, :, None, :], gt_boxes[:, None, :, :]  # [N,M,1,4], [N,1,G,4]
+    inter_w = (torch.min(b[..., 2], g[..., 2]) - torch.max(b[..., 0], g[..., 0])).clamp_(min=0)  # [N,M,G]
+    inter_h = (torch.min(b[..., 3], g[..., 3]) - torch.max(b[..., 1], g[..., 1])).clamp_(min=0)
+    inter = inter_w.mul_(inter_h)
+    union = (area[:, :, None] + gt_area[:, None, :]) - inter
+    return inter / union.clamp_(min=torch.finfo(inter.dtype).tiny)
+
+
+def batched_nms_topk(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, keep: torch.Tensor,
+                     iou_threshold: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """NMS within each group, then the ``k`` best survivors of each image, for a padded batch.
+
+    Args:
+        boxes: [N,M,4] xyxy candidates; scores: [N,M]; groups: [N,M] int64 NMS group ids, unique across images
+            (e.g. ``image * num_groups + level``); keep: [N,M] bool, candidates allowed into NMS.
+
+    Returns:
+        (top_scores [N,k'], top_index [N,k'] into M), k' = min(k, M), best first; slots without a survivor have
+        score -inf. One ``batched_nms`` call over the whole batch (its host sync is the only one).
+    """
+    flat = keep.reshape(-1).nonzero().squeeze(1)  # NMS syncs anyway: drop the excluded candidates before it
+    kept = batched_nms(boxes.reshape(-1, 4)[flat], scores.reshape(-1)[flat], groups.reshape(-1)[flat], iou_threshold)
+    survivors = torch.zeros_like(keep).view(-1).index_fill_(0, flat[kept], True).view_as(keep)
+    return scores.masked_fill(~survivors, float("-inf")).topk(min(k, scores.shape[1]), dim=1)

@@ -9,10 +9,11 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import FrozenBatchNorm2d
 
+from detector.boxes import batched_box_iou
 from detector.errors import WeightsError
 from detector.losses import build_box_loss
 from detector.modeling import RoIHeads, build_backbone
-from detector.modeling.matcher import DynamicLabelAssigner, batched_box_iou, match_boxes, sample_balanced
+from detector.modeling.matcher import DynamicLabelAssigner, match_boxes, sample_balanced
 from detector.modeling.rpn import RPN
 
 

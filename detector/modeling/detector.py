@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from detector.boxes import clip_boxes_to_sizes
 from detector.losses import build_beta_schedule, build_box_loss
 from detector.modeling.backbone import Backbone, build_backbone
 from detector.modeling.matcher import DynamicLabelAssigner
@@ -84,8 +85,7 @@ class TwoStageDetector(nn.Module):
         """(proposals [N,P,4], scores [N,P] or None, valid [N,P], rpn losses, rpn stats)."""
         if proposals is not None:
             padded, _, valid = _pad_boxes(proposals, batch.device)
-            hw = image_sizes[:, None, :]
-            padded = torch.min(padded.clamp(min=0), torch.stack((hw[..., 1], hw[..., 0]) * 2, dim=-1))
+            padded = clip_boxes_to_sizes(padded, image_sizes)
             zeros = batch.new_zeros(())
             return padded, None, valid, {"loss_rpn_cls": zeros, "loss_rpn_box": zeros}, {}
         if self.rpn is None:

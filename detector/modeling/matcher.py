@@ -5,8 +5,8 @@ padding to the batch's largest count (``gt_valid [N,G]`` marks the real ones), `
 Label 0 is background, foreground labels are 1..K. Everything is masked tensor arithmetic: no per-image Python
 loop, no ``nonzero``/``.item()`` host sync, so assignment stays queued on the device.
 
-- :func:`batched_box_iou` / :func:`match_boxes`: IoU matching with fg/bg thresholds (ignored in between), optional
-  low-quality matches (the RPN's "best anchor of each GT is positive" rule).
+- :func:`match_boxes`: IoU matching (IoU from :func:`detector.boxes.batched_box_iou`) with fg/bg thresholds
+  (ignored in between), optional low-quality matches (the RPN's "best anchor of each GT is positive" rule).
 - :func:`sample_balanced`: up to ``batch_size_per_image`` samples per image, at most ``positive_fraction`` of them
   foreground, drawn uniformly at random by top-k over random keys.
 - :class:`DynamicLabelAssigner`: Dynamic R-CNN's label assignment (the IoU threshold follows the proposals' quality).
@@ -18,19 +18,7 @@ from typing import Any, Mapping
 import torch
 import torch.distributed as dist
 
-__all__ = ["batched_box_iou", "match_boxes", "sample_balanced", "DynamicLabelAssigner"]
-
-
-def batched_box_iou(boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
-    """boxes [N or 1, M, 4], gt_boxes [N, G, 4] (xyxy) -> IoU [N, M, G]; only [N,M,G] temporaries."""
-    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)  # [N,M]
-    gt_area = (gt_boxes[..., 2] - gt_boxes[..., 0]).clamp(min=0) * (gt_boxes[..., 3] - gt_boxes[..., 1]).clamp(min=0)
-    b, g = boxes[:, :, None, :], gt_boxes[:, None, :, :]  # [N,M,1,4], [N,1,G,4]
-    inter_w = (torch.min(b[..., 2], g[..., 2]) - torch.max(b[..., 0], g[..., 0])).clamp_(min=0)  # [N,M,G]
-    inter_h = (torch.min(b[..., 3], g[..., 3]) - torch.max(b[..., 1], g[..., 1])).clamp_(min=0)
-    inter = inter_w.mul_(inter_h)
-    union = (area[:, :, None] + gt_area[:, None, :]) - inter
-    return inter / union.clamp_(min=torch.finfo(inter.dtype).tiny)
+__all__ = ["match_boxes", "sample_balanced", "DynamicLabelAssigner"]
 
 
 def match_boxes(iou: torch.Tensor, gt_valid: torch.Tensor, fg_iou_thresh: float | torch.Tensor,
@@ -38,7 +26,7 @@ def match_boxes(iou: torch.Tensor, gt_valid: torch.Tensor, fg_iou_thresh: float 
     """Match each candidate to its best GT.
 
     Args:
-        iou: [N,M,G] candidate-vs-GT IoU (:func:`batched_box_iou`).
+        iou: [N,M,G] candidate-vs-GT IoU (:func:`detector.boxes.batched_box_iou`).
         gt_valid: [N,G] bool, False on padding.
         fg_iou_thresh / bg_iou_thresh: floats or 0-d tensors (dynamic assignment); IoU >= fg is foreground,
             IoU < bg background, in between ignored.

@@ -24,11 +24,12 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import MultiScaleRoIAlign, batched_nms
+from torchvision.ops import MultiScaleRoIAlign
 
 from detector.box_coder import DELTA_NAMES, BoxCoder
+from detector.boxes import batched_box_iou, batched_nms_topk, clip_boxes_to_sizes, min_size_mask
 from detector.losses import BetaSchedule, BoxLoss
-from detector.modeling.matcher import DynamicLabelAssigner, batched_box_iou, match_boxes, sample_balanced
+from detector.modeling.matcher import DynamicLabelAssigner, match_boxes, sample_balanced
 
 __all__ = ["BoxHead", "RoIHeads"]
 
@@ -209,21 +210,15 @@ class RoIHeads(nn.Module):
         if self.class_agnostic:
             deltas = deltas.repeat(1, self.num_classes)
         boxes = self.box_coder.decode(deltas, proposals.reshape(-1, 4)).view(num_images, -1, 4)  # [N,P*K,4]
-        hw = image_sizes.to(boxes)[:, None, :]  # [N,1,2]
-        boxes = torch.stack((boxes[..., 0].clamp(min=0), boxes[..., 1].clamp(min=0),
-                             torch.minimum(boxes[..., 2].clamp(min=0), hw[..., 1]),
-                             torch.minimum(boxes[..., 3].clamp(min=0), hw[..., 0])), dim=-1)
+        boxes = clip_boxes_to_sizes(boxes, image_sizes)  # [N,P*K,4]
         scores = scores.reshape(num_images, -1)  # [N,P*K]
         labels = torch.arange(1, self.num_classes + 1, device=boxes.device).repeat(num_props)  # [P*K]
         keep = (proposal_valid.repeat_interleave(self.num_classes, dim=1) & (scores > self.score_thresh)
-                & (boxes[..., 2] - boxes[..., 0] >= 1e-2) & (boxes[..., 3] - boxes[..., 1] >= 1e-2))
-        flat = keep.view(-1).nonzero().squeeze(1)
-        groups = (torch.arange(num_images, device=boxes.device)[:, None] * (self.num_classes + 1) + labels).view(-1)
-        kept = batched_nms(boxes.view(-1, 4)[flat], scores.view(-1)[flat], groups[flat], self.nms_thresh)
-        survivors = torch.zeros_like(keep).view(-1).index_fill_(0, flat[kept], True).view_as(keep)
-        top_k = min(self.detections_per_img, scores.shape[1])
-        top_scores, top = scores.masked_fill(~survivors, -1.0).topk(top_k, dim=1)  # [N,D]
-        counts = (top_scores >= 0).sum(dim=1).tolist()
+                & min_size_mask(boxes, 1e-2))  # [N,P*K]
+        groups = torch.arange(num_images, device=boxes.device)[:, None] * (self.num_classes + 1) + labels  # [N,P*K]
+        top_scores, top = batched_nms_topk(boxes, scores, groups, keep, self.nms_thresh,
+                                           self.detections_per_img)  # [N,D]
+        counts = torch.isfinite(top_scores).sum(dim=1).tolist()
         top_boxes = boxes.gather(1, top[..., None].expand(-1, -1, 4))
         return [{"boxes": top_boxes[i, :n], "labels": labels[top[i, :n]], "scores": top_scores[i, :n]}
                 for i, n in enumerate(counts)]

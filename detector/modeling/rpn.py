@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.ops import batched_nms
 
 from detector.box_coder import BoxCoder
+from detector.boxes import batched_box_iou, batched_nms_topk, clip_boxes_to_sizes, min_size_mask
 from detector.losses import BoxLoss
-from detector.modeling.matcher import batched_box_iou, match_boxes, sample_balanced
+from detector.modeling.matcher import match_boxes, sample_balanced
 
 __all__ = ["RPN", "anchor_shapes"]
 
@@ -134,18 +134,11 @@ class RPN(nn.Module):
         cand_logits = objectness.gather(1, idx)  # [N,M]
         cand_deltas = pred_deltas.gather(1, idx[..., None].expand(-1, -1, 4))  # [N,M,4]
         boxes = self.box_coder.decode(cand_deltas.reshape(-1, 4), anchors[idx.reshape(-1)]).view(num_images, -1, 4)
-        hw = image_sizes.to(boxes)[:, None, :]  # [N,1,2] (h, w)
-        boxes = torch.stack((boxes[..., 0].clamp(min=0), boxes[..., 1].clamp(min=0),
-                             torch.minimum(boxes[..., 2].clamp(min=0), hw[..., 1]),
-                             torch.minimum(boxes[..., 3].clamp(min=0), hw[..., 0])), dim=-1)  # [N,M,4]
-        keep = ((boxes[..., 2] - boxes[..., 0] >= self.min_size) & (boxes[..., 3] - boxes[..., 1] >= self.min_size)
-                & torch.isfinite(cand_logits))  # [N,M]
-        flat = keep.view(-1).nonzero().squeeze(1)  # NMS syncs anyway: drop the small boxes before it
-        groups = (torch.arange(num_images, device=idx.device)[:, None] * len(level_sizes) + level).view(-1)
-        kept = batched_nms(boxes.view(-1, 4)[flat], cand_logits.view(-1)[flat], groups[flat], self.nms_thresh)
-        survivors = torch.zeros_like(keep).view(-1).index_fill_(0, flat[kept], True).view_as(keep)
-        post = min(self.post_nms_topk[self.training], survivors.shape[1])
-        top_logits, top = cand_logits.masked_fill(~survivors, float("-inf")).topk(post, dim=1)  # [N,P]
+        boxes = clip_boxes_to_sizes(boxes, image_sizes)  # [N,M,4]
+        keep = min_size_mask(boxes, self.min_size) & torch.isfinite(cand_logits)  # [N,M]
+        groups = torch.arange(num_images, device=idx.device)[:, None] * len(level_sizes) + level  # [N,M]
+        top_logits, top = batched_nms_topk(boxes, cand_logits, groups, keep, self.nms_thresh,
+                                           self.post_nms_topk[self.training])  # [N,P]
         proposals = boxes.gather(1, top[..., None].expand(-1, -1, 4))  # [N,P,4]
         valid = torch.isfinite(top_logits)
         return proposals, torch.sigmoid(top_logits).masked_fill(~valid, 0.0), valid
