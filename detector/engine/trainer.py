@@ -31,11 +31,9 @@ from detector.engine.optim import build_loss_weights, build_lr_scheduler, build_
 from detector.engine.runs import RunLock, check_run_folder, prepare_run_folder
 from detector.engine.runtime import GracefulStop, amp_settings, notice, seed_everything, select_device, to_device
 from detector.errors import DetectorError
+from detector.evaluation import metric_names
 from detector.evaluation.results import draw_predictions, evaluate_model, write_eval_results
 from detector.modeling import build_detector
-
-COCO_METRIC_KEYS = ("AP", "AP50", "AP75", "AP90", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-VOC_METRIC_KEYS = ("mAP_voc07", "mAP_voc")
 
 
 class NonFiniteLossError(DetectorError, FloatingPointError):
@@ -47,8 +45,7 @@ class TrainingInterrupted(DetectorError):
 
 
 def check_best_metric(cfg: Config) -> None:
-    keys = {"coco": COCO_METRIC_KEYS, "voc": VOC_METRIC_KEYS, "both": COCO_METRIC_KEYS + VOC_METRIC_KEYS}
-    valid = keys[cfg.eval.metric]
+    valid = metric_names(cfg.eval.metric)
     if cfg.train.best_metric not in valid:
         raise ConfigError(f"train.best_metric={cfg.train.best_metric!r} is not computed with "
                           f"eval.metric={cfg.eval.metric}; choose from {', '.join(valid)}")

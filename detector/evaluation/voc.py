@@ -24,6 +24,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+VOC_METRIC_NAMES = ("mAP_voc07", "mAP_voc")  # 11-point (VOC2007 devkit) and area (VOC2010+) mean AP
+
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:
     """AP from the cumulative recall/precision curve of the sorted detections ([D] each).
@@ -96,8 +98,9 @@ def voc_metrics(dataset, detections: Sequence[dict], iou_thresh: float = 0.5,
             precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
             ap07, ap = voc_ap(recall, precision, use_07_metric=True), voc_ap(recall, precision)
         per_class[dataset.classes[label]] = {"ap07": ap07, "ap": ap, "num_gt": npos}
-    return {"mAP_voc07": _mean_defined([c["ap07"] for c in per_class.values()]),
-            "mAP_voc": _mean_defined([c["ap"] for c in per_class.values()]),
+    mean_ap07, mean_ap = VOC_METRIC_NAMES
+    return {mean_ap07: _mean_defined([c["ap07"] for c in per_class.values()]),
+            mean_ap: _mean_defined([c["ap"] for c in per_class.values()]),
             "per_class_voc": per_class}
 
 
