@@ -39,12 +39,13 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "model.roi_head.box_loss.sigma": (float, int),
     "train.resume": (bool, str),
     "eval.max_images": (int,),
+    "train.lr_reference_batch": (int,),
 }
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "data.format": ("synthetic", "coco", "voc"),
     "model.backbone.name": ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large"),
-    "model.backbone.norm": ("frozen_bn", "bn", "gn"),
+    "model.backbone.norm": ("frozen_bn", "bn", "syncbn", "gn"),
     "model.proposals": ("rpn", "precomputed"),
     "model.rpn.box_loss.name": DELTA_LOSS_NAMES,
     "model.roi_head.box_loss.name": BOX_LOSS_NAMES,
@@ -101,6 +102,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "train.max_iters": _positive,
     "train.batch_size": _positive,
     "train.lr": _positive,
+    "train.lr_reference_batch": _positive,
     "train.weight_decay": _non_negative,
     "train.warmup_iters": _non_negative,
     "train.clip_grad_norm": _non_negative,

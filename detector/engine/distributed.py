@@ -44,11 +44,6 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
-
-
 def reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Average a dict of 0-d tensors over ranks (for logging; one all_reduce call)."""
     if not is_distributed() or not values:

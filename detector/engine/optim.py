@@ -1,8 +1,13 @@
 """Optimizer, learning-rate schedule and the loss weights.
 
-SGD with momentum; weight decay on weights only (not on biases or norm parameters, as detectron2 and
-mmdetection default to); linear warmup then multistep or cosine decay, as one ``LambdaLR`` so its state is a
-plain ``state_dict``.
+The learning rate follows the linear scaling rule (Goyal et al. 2017; detectron2's convention): ``train.lr`` is the
+rate for a total batch of ``train.lr_reference_batch`` images (16 by default), and the rate applied is
+``lr * batch_size * world_size / lr_reference_batch``, so one config trains alike on 1 or 8 GPUs. A null
+``lr_reference_batch`` applies ``train.lr`` as given.
+
+SGD with momentum; weight decay on weights only (not on biases or norm parameters, as detectron2 and mmdetection
+default to); linear warmup then multistep or cosine decay, as one ``LambdaLR`` so its state is a plain
+``state_dict``.
 """
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import math
 
 import torch
 from torch import nn
+
+from detector.engine import distributed as dist_utils
 
 LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box_reg")
 
@@ -24,7 +31,17 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
             (no_decay if isinstance(module, norm_types) or name == "bias" else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.train.lr, momentum=cfg.train.momentum)
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=build_lr(cfg), momentum=cfg.train.momentum)
+
+
+def scaled_lr(lr: float, reference_batch: int | None, batch_size: int, world_size: int) -> float:
+    """The linear scaling rule: ``lr`` is the rate for ``reference_batch`` images; None applies it as given."""
+    return lr if reference_batch is None else lr * batch_size * world_size / reference_batch
+
+
+def build_lr(cfg) -> float:
+    """The base learning rate this process trains with: ``train.lr`` scaled to the total batch of all ranks."""
+    return scaled_lr(cfg.train.lr, cfg.train.lr_reference_batch, cfg.train.batch_size, dist_utils.get_world_size())
 
 
 def lr_factor(iteration: int, *, max_iters: int, schedule: str, milestones, gamma: float,

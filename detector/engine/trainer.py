@@ -27,7 +27,7 @@ from detector.data import build_dataloader, proposals_of
 from detector.engine import distributed as dist_utils
 from detector.engine.checkpoint import BEST, LAST, Checkpointer, Progress
 from detector.engine.logger import RunLogger, format_value, stats_to_scalars
-from detector.engine.optim import build_loss_weights, build_lr_scheduler, build_optimizer
+from detector.engine.optim import build_loss_weights, build_lr, build_lr_scheduler, build_optimizer
 from detector.engine.runs import RunLock, check_run_folder, prepare_run_folder
 from detector.engine.runtime import GracefulStop, amp_settings, notice, seed_everything, select_device, to_device
 from detector.errors import DetectorError
@@ -75,6 +75,9 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False) -> dict[str
 
 def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, resume: bool) -> dict[str, Any]:
     rank, main = dist_utils.get_rank(), dist_utils.is_main_process()
+    if distributed and device.type != "cuda" and cfg.model.backbone.norm == "syncbn":
+        raise ConfigError("model.backbone.norm=syncbn synchronises batch statistics over GPUs only; use "
+                          "model.backbone.norm=bn for a multi-process CPU run")
     seed_everything(cfg.seed + rank, cfg.deterministic)
     amp_dtype, use_scaler = amp_settings(cfg.train.amp, device, cfg.train.amp_dtype)
     if device.type == "cuda":
@@ -90,6 +93,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, 
     if cfg.train.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
+    if main and cfg.train.lr_reference_batch is not None:
+        notice(f"lr {build_lr(cfg):.4g} = train.lr {cfg.train.lr:g} per {cfg.train.lr_reference_batch} images x "
+               f"{cfg.train.batch_size} images x {dist_utils.get_world_size()} process(es) (linear scaling rule)")
     scheduler = build_lr_scheduler(cfg, optimizer)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     loss_weights = build_loss_weights(cfg)

@@ -27,27 +27,35 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from detector.backbone_table import BACKBONES
 from detector.errors import WeightsError
 
-__all__ = ["Backbone", "build_backbone", "BACKBONES"]
+__all__ = ["Backbone", "build_backbone", "BACKBONES", "NORMS"]
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large")
 _MOBILENET_STAGE_ENDS = (1, 3, 6, 12, 16)  # last block of the stem and of the stride-4/8/16/32 stages
 
 
+NORMS = ("frozen_bn", "bn", "syncbn", "gn")
+
+
 def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
+    """``frozen_bn`` (fixed statistics, for pretrained weights), ``bn``, ``syncbn`` (BatchNorm whose batch
+    statistics are averaged over the ranks of a torchrun job: from-scratch training on several GPUs; in a single
+    process it computes exactly what ``bn`` does), ``gn`` (32 groups)."""
     if norm == "frozen_bn":
         return FrozenBatchNorm2d
     if norm == "bn":
         return nn.BatchNorm2d
+    if norm == "syncbn":
+        return nn.SyncBatchNorm
     if norm == "gn":
         return lambda channels: nn.GroupNorm(math.gcd(32, channels), channels)  # 32 groups where C allows
-    raise ValueError(f"backbone norm {norm!r} is not valid; choose from frozen_bn, bn, gn")
+    raise ValueError(f"backbone norm {norm!r} is not valid; choose from {', '.join(NORMS)}")
 
 
 def _freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose BatchNorm2d layers are FrozenBatchNorm2d with the same statistics."""
-    if isinstance(module, nn.BatchNorm2d):
+    """A copy of ``module`` whose BatchNorm layers (plain or synced) are FrozenBatchNorm2d with the same statistics."""
+    if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
         frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
         frozen.weight.copy_(module.weight.detach())
         frozen.bias.copy_(module.bias.detach())
@@ -110,13 +118,14 @@ def _load_trunk_weights(trunk: nn.Module, state: dict[str, torch.Tensor], source
 def _trunk_and_stages(name: str, norm: str):
     """The torchvision classifier, the module holding the stages, the child names of each of the five stages,
     the four returned stage names and their channels."""
-    if name.startswith("resnet"):
+    family = BACKBONES.get(name)  # detector/backbone_table.py
+    if family == "resnet":
         trunk = getattr(torchvision.models, name)(weights=None, norm_layer=_norm_layer(norm))
         stages = [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
-        expansion = 4 if name in ("resnet50", "resnet101") else 1
+        expansion = trunk.layer1[0].expansion  # 1 for BasicBlock (resnet18/34), 4 for Bottleneck
         channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
         return trunk, trunk, stages, ["layer1", "layer2", "layer3", "layer4"], channels
-    if name == "mobilenet_v3_large":
+    if family == "mobilenet_v3_large":
         trunk = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=_norm_layer(norm))
         starts = (0,) + tuple(end + 1 for end in _MOBILENET_STAGE_ENDS[:-1])
         stages = [[str(i) for i in range(s, e + 1)] for s, e in zip(starts, _MOBILENET_STAGE_ENDS)]
