@@ -115,7 +115,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, 
     if main and start_iter == 0:
         logger.log("start", 0, {"num_train_images": len(train_loader.dataset), "num_classes": len(classes) - 1,
                                 "num_val_images": len(val_loader.dataset), "device": str(device),
-                                "world_size": dist_utils.get_world_size(), "amp": str(amp_dtype)})
+                                "world_size": dist_utils.get_world_size(), "amp": str(amp_dtype),
+                                "dist_backend": torch.distributed.get_backend() if distributed else None})
     raw_model = model
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(
