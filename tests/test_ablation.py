@@ -1,23 +1,54 @@
-"""Ablation: a tiny 2 configs × 2 seeds ablation writes the summary and every plot; a second call reuses runs."""
+"""Ablation plan, run-folder reuse and report, on run folders made by hand (no training: seconds).
+
+A finished run is what the trainer leaves: ``config.yaml`` (the resolved config), ``eval/metrics.json`` and
+``metrics.jsonl``. Runs that would train go to a fake python that records its arguments and fails fast.
+"""
 import csv
+import json
+import stat
 import sys
 from pathlib import Path
 
 import pytest
 
-from detector.ablation import parse_sweep, plan_runs
+from detector.ablation import AblationError, parse_sweep, plan_runs
+from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
 import ablate  # noqa: E402
 
-TINY = ["data.synthetic.num_train=8", "data.synthetic.num_val=4", "data.synthetic.image_size=[128,128]",
-        "data.input.min_size_train=[128]", "data.input.max_size_train=160", "data.input.min_size_test=128",
-        "data.input.max_size_test=160", "data.loader.num_workers=0", "train.batch_size=2", "train.max_iters=3",
-        "train.log_period=1", "train.warmup_iters=1", "train.device=cpu", "train.num_vis_images=0",
-        "model.roi_head.fc_dim=64", "model.roi_head.batch_size_per_image=32", "model.backbone.out_channels=32",
-        "model.rpn.post_nms_topk_train=50", "model.rpn.post_nms_topk_test=50",
-        "model.roi_head.box_loss.schedule.interval=1"]
+BUDGET = ["train.max_iters=2", "train.log_period=1"]
+
+
+def finish_run(out: Path, run, **values: float) -> Path:
+    """A finished run of ``run`` in ``out`` with the given metric values (the others 0.5; AP at each IoU falls
+    from 0.9 at 0.50 to 0.45 at 0.95)."""
+    run_dir = out / "runs" / run.name
+    (run_dir / "eval").mkdir(parents=True)
+    run.config(out).save(run_dir / "config.yaml")
+    metrics = {name: 0.5 for name in COCO_METRIC_NAMES}
+    metrics["AP_per_iou"] = [0.9 - 0.05 * i for i in range(len(IOU_THRESHOLDS))]
+    metrics.update(values)
+    (run_dir / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    records = [{"type": "train", "iter": i, "loss_box_reg": 0.4 / i, "total_loss": 1.0 / i, "images_per_s": 3.0}
+               for i in (1, 2)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run_dir
+
+
+def fake_python(tmp_path: Path, monkeypatch) -> Path:
+    """Stand in for the python that runs tools/train.py: record the arguments, fail at once."""
+    record = tmp_path / "argv.txt"
+    script = tmp_path / "fake-python"
+    script.write_text(f'#!/bin/sh\necho "$*" >> {record}\necho "error: fake trainer"\nexit 3\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(sys, "executable", str(script))
+    return record
+
+
+def calls(record: Path) -> list[str]:
+    return record.read_text().splitlines() if record.exists() else []
 
 
 def test_plan_and_sweep():
@@ -27,31 +58,174 @@ def test_plan_and_sweep():
                                       "smoothl1_beta1.0-seed0", "smoothl1_beta1.0-seed1"]
     assert runs[0].overrides[-2:] == ["model.roi_head.box_loss.beta=0.11", "seed=0"]
     assert runs[0].cfgs == ["smoothl1.yaml", "data/synthetic.yaml"]
-    with pytest.raises(ValueError, match="expected key=v1,v2"):
+    assert parse_sweep("train.lr=0.01, 0.02") == ("train.lr", ["0.01", "0.02"])
+    with pytest.raises(AblationError, match="expected key=v1,v2"):
         parse_sweep("model.roi_head.box_loss.beta")
 
 
-def test_tiny_ablation_writes_report_and_reuses_runs(tmp_path, capsys):
+def test_default_is_five_seeds():
+    args = ablate.build_parser().parse_intermixed_args(["--cfgs", "smoothl1.yaml"])
+    assert args.seeds == 5
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--seeds", "0"], ["--seeds 0", "at least 1 seed"]),
+    (["--seeds", "-3"], ["--seeds -3"]),
+    (["--sweep", "model.roi_head.box_loss.beta"], ["--sweep", "key=v1,v2"]),
+    (["--sweep", "model.roi_head.box_loss.beta="], ["--sweep", "key=v1,v2"]),
+    (["--cfgs", "smoothl1.yaml", "smoothl1.yaml"], ["listed twice"]),
+    (["--baseline", "nosuch"], ["--baseline", "smoothl1"]),
+    (["--jobs", "0"], ["--jobs 0"]),
+    (["--partition", "gpu"], ["--partition", "--launcher slurm"]),
+    (["--report-only", "--force"], ["--report-only", "--force"]),
+    (["train.max_iter=3"], ["did you mean max_iters?"]),
+    (["seed=7"], ["seed", "--seeds"]),
+    (["output_dir=/tmp/x"], ["output_dir", "--out"]),
+])
+def test_bad_input_is_one_line_and_trains_nothing(tmp_path, capsys, args, words):
+    cfgs = [] if "--cfgs" in args else ["--cfgs", "smoothl1.yaml"]
+    assert ablate.main([*cfgs, "--out", str(tmp_path / "abl"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+    assert not (tmp_path / "abl" / "runs").exists()
+
+
+def test_finished_run_of_another_config_stops_before_training(tmp_path, monkeypatch, capsys):
+    """Rerunning into the same --out with another budget must not report the old results as the new ones."""
     out = tmp_path / "abl"
-    args = ["--cfgs", "smoothl1.yaml", "dynamic_smoothl1.yaml", "--seeds", "2", "--out", str(out),
-            *TINY, f"data.root={tmp_path / 'data'}"]
-    assert ablate.main(args) == 0
-    for name in ("summary.md", "summary.csv", "ap_vs_iou.png", "loss_curves.png", "beta.png", "pred_err.png"):
-        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    rows = list(csv.DictReader(open(out / "summary.csv")))
-    assert [r["config"] for r in rows] == ["smoothl1", "dynamic_smoothl1"]
-    assert all(r["seeds"] == "2" for r in rows)
-    assert "| smoothl1 | 2 |" in (out / "summary.md").read_text()
-    logs = sorted(out.glob("runs/*/train.log"))
-    assert len(logs) == 4
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/eval/metrics.json")}
+    run_dir = finish_run(out, plan_runs(["smoothl1.yaml"], [], 1, BUDGET)[0], AP=0.61)
+    record = fake_python(tmp_path, monkeypatch)
+    before = (run_dir / "eval" / "metrics.json").read_text()
+    assert ablate.main(["--cfgs", "smoothl1.yaml", "--seeds", "1", "--out", str(out), "train.max_iters=3",
+                        "train.log_period=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(run_dir) in err and "train.max_iters" in err and "--force" in err and "--out" in err
+    assert calls(record) == [] and (run_dir / "eval" / "metrics.json").read_text() == before
+    assert not (out / "summary.md").exists()
+
+
+def test_finished_run_differing_in_observational_keys_is_reused(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "abl"
+    finish_run(out, plan_runs(["smoothl1.yaml"], [], 1, BUDGET)[0], AP=0.61)
+    record = fake_python(tmp_path, monkeypatch)
+    assert ablate.main(["--cfgs", "smoothl1.yaml", "--seeds", "1", "--out", str(out), "train.max_iters=2",
+                        "train.log_period=2", "data.loader.num_workers=3", "train.num_vis_images=0"]) == 0
+    assert calls(record) == []
+    assert "| smoothl1 | 1 | 61.0 |" in (out / "summary.md").read_text()
+
+
+def test_force_trains_a_stale_run_again_with_overwrite(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "abl"
+    run_dir = finish_run(out, plan_runs(["smoothl1.yaml"], [], 1, BUDGET)[0])
+    record = fake_python(tmp_path, monkeypatch)
+    ablate.main(["--cfgs", "smoothl1.yaml", "--seeds", "1", "--out", str(out), "--force", "train.max_iters=3",
+                 "train.log_period=1"])
+    (argv,) = calls(record)
+    assert "--overwrite" in argv.split() and "train.max_iters=3" in argv and f"output_dir={run_dir}" in argv
+
+
+def test_interrupted_run_resumes_unless_its_experiment_differs(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "abl"
+    run = plan_runs(["smoothl1.yaml"], [], 1, BUDGET)[0]
+    run_dir = out / "runs" / run.name
+    (run_dir / "checkpoints").mkdir(parents=True)
+    run.config(out).save(run_dir / "config.yaml")
+    (run_dir / "checkpoints" / "last.pth").write_bytes(b"")
+    record = fake_python(tmp_path, monkeypatch)
+    base = ["--cfgs", "smoothl1.yaml", "--seeds", "1", "--out", str(out), "train.log_period=1"]
+    assert ablate.main([*base, "train.max_iters=4"]) == 1  # a longer budget extends an interrupted run
+    assert calls(record)[-1].split()[-1] == "--resume"
     capsys.readouterr()
-    assert ablate.main(args) == 0  # everything reused: no run trains again
-    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/eval/metrics.json")} == stamps
-    assert capsys.readouterr().out.count(": done") == 4
+    assert ablate.main([*base, "train.max_iters=2", "model.roi_head.box_loss.beta=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "unfinished run" in err and "model.roi_head.box_loss.beta" in err and len(calls(record)) == 1
 
 
-def test_bad_config_is_rejected_before_any_run(tmp_path, capsys):
-    assert ablate.main(["--cfgs", "smoothl1.yaml", "--out", str(tmp_path), "train.max_iter=3"]) == 2
-    assert "did you mean max_iters?" in capsys.readouterr().err
-    assert not (tmp_path / "runs").exists()
+def make_paired_ablation(out: Path) -> list:
+    """smoothl1 (baseline) and l1, 4 seeds, with per-seed differences (l1 − smoothl1) known by hand:
+    AP +1, +2, +3, +2 points; AP50 +2, -1, 0, +1; AP75 -3, -4, -2, -3."""
+    runs = plan_runs(["smoothl1.yaml", "l1.yaml"], [], 4, BUDGET)
+    base = {"AP": [0.50, 0.52, 0.47, 0.51], "AP50": [0.80, 0.82, 0.81, 0.81], "AP75": [0.60, 0.62, 0.58, 0.60]}
+    diff = {"AP": [0.01, 0.02, 0.03, 0.02], "AP50": [0.02, -0.01, 0.00, 0.01], "AP75": [-0.03, -0.04, -0.02, -0.03]}
+    for run in runs:
+        shift = {k: (diff[k][run.seed] if run.group == "l1" else 0.0) for k in base}
+        finish_run(out, run, **{k: base[k][run.seed] + shift[k] for k in base}, APl=-1.0)
+    return runs
+
+
+def test_paired_differences_match_a_hand_computation(tmp_path, capsys):
+    """mean ± t(0.975, 3) · sd / √4 with t = 3.182446 (a t-table):
+    AP   d = 1,2,3,2 points: mean 2.0, sd 0.8165 -> [0.7008, 3.2992]: better;
+    AP50 d = 2,-1,0,1:       mean 0.5, sd 1.2910 -> [-1.5543, 2.5543]: no evidence;
+    AP75 d = -3,-4,-2,-3:    mean -3.0, sd 0.8165 -> [-4.2992, -1.7008]: worse."""
+    out = tmp_path / "abl"
+    make_paired_ablation(out)
+    assert ablate.main(["--cfgs", "smoothl1.yaml", "l1.yaml", "--seeds", "4", "--out", str(out), *BUDGET,
+                        "--report-only"]) == 0
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    paired = {r["metric"]: r for r in rows if r["kind"] == "paired"}
+    expected = {"AP": (0.02, 0.007008, 0.032992, "better"), "AP50": (0.005, -0.015543, 0.025543, "no evidence"),
+                "AP75": (-0.03, -0.042992, -0.017008, "worse")}
+    for metric, (mean, low, high, verdict) in expected.items():
+        row = paired[metric]
+        assert (row["config"], row["baseline"], row["n"], row["verdict"]) == ("l1", "smoothl1", "4", verdict)
+        assert float(row["value"]) == pytest.approx(mean, abs=1e-9)
+        assert float(row["ci95_low"]) == pytest.approx(low, abs=2e-6)
+        assert float(row["ci95_high"]) == pytest.approx(high, abs=2e-6)
+    assert paired["APl"]["n"] == "0" and paired["APl"]["value"] == ""  # -1 (undefined) never counts
+    md = (out / "summary.md").read_text()
+    assert "| l1 | AP | 4 | +2.0 | [+0.7, +3.3] | **better** |" in md
+    assert "| l1 | AP50 | 4 | +0.5 | [-1.6, +2.6] | no evidence |" in md
+    assert "| l1 | AP75 | 4 | -3.0 | [-4.3, -1.7] | **worse** |" in md
+    assert "Student-t interval over the paired differences" in md
+    # the summary columns, AP90 and AP95 from AP_per_iou; mean ± sample std over seeds
+    assert "| config | seeds | AP | AP50 | AP75 | AP90 | AP95 | APs | APm | APl | loss_box_reg | images_per_s |" in md
+    assert "| smoothl1 | 4 | 50.0 ± 2.2 | 81.0 ± 0.8 | 60.0 ± 1.6 | 50.0 ± 0.0 | 45.0 ± 0.0 | 50.0 ± 0.0 | " \
+           "50.0 ± 0.0 | n/a |" in md
+    # summary.csv: every run's AP at each IoU 0.50..0.95, and per-group mean/std
+    run_rows = [r for r in rows if r["kind"] == "run" and r["run"] == "l1-seed2"]
+    per_iou = {r["metric"]: float(r["value"]) for r in run_rows if r["metric"] in ("AP55", "AP60", "AP95")}
+    assert per_iou == pytest.approx({"AP55": 0.85, "AP60": 0.80, "AP95": 0.45})
+    assert {f"AP{round(t * 100)}" for t in IOU_THRESHOLDS} <= {r["metric"] for r in run_rows}
+    group = next(r for r in rows if r["kind"] == "group" and r["config"] == "smoothl1" and r["metric"] == "AP")
+    assert group["n"] == "4" and float(group["value"]) == pytest.approx(0.5)
+    assert float(group["std"]) == pytest.approx(0.0216025)  # sample std of 0.50, 0.52, 0.47, 0.51
+    for name in ("ap_vs_iou.png", "loss_curves.png", "beta.png", "pred_err.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_a_config_whose_runs_all_failed_is_listed_as_failed(tmp_path, capsys):
+    out = tmp_path / "abl"
+    runs = plan_runs(["smoothl1.yaml", "giou.yaml", "l1.yaml"], [], 2, BUDGET)
+    for run in runs:
+        if run.group == "smoothl1" or (run.group == "l1" and run.seed == 0):
+            finish_run(out, run)
+        else:  # what a failed run leaves: its log
+            (out / "runs" / run.name).mkdir(parents=True)
+            (out / "runs" / run.name / "train.log").write_text(f"error: {run.name} broke\n")
+    assert ablate.main(["--cfgs", "smoothl1.yaml", "giou.yaml", "l1.yaml", "--seeds", "2", "--out", str(out),
+                        *BUDGET, "--report-only"]) == 1
+    md = (out / "summary.md").read_text()
+    assert "3 of 6 runs finished" in md and "This report is partial" in md
+    assert "| giou | 0 of 2: **failed** |" in md
+    assert "- **giou**: all runs failed: no results" in md
+    for name in ("giou-seed0", "giou-seed1", "l1-seed1"):
+        assert f"{name}: did not finish: error: {name} broke; log: {out / 'runs' / name / 'train.log'}" in md
+    assert "| l1 | AP | 1 | +0.0 | n/a | no evidence |" in md  # one pair: no interval, no evidence
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert {r["run"] for r in rows if r["kind"] == "unfinished"} == {"giou-seed0", "giou-seed1", "l1-seed1"}
+
+
+def test_missing_scipy_is_one_line_and_report_only_rebuilds(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "abl"
+    make_paired_ablation(out)
+    args = ["--cfgs", "smoothl1.yaml", "l1.yaml", "--seeds", "4", "--out", str(out), *BUDGET, "--report-only"]
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)
+    assert ablate.main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install scipy" in err and "--report-only" in err
+    assert not (out / "summary.md").exists()
+    monkeypatch.undo()
+    assert ablate.main(args) == 0 and (out / "summary.md").is_file()

@@ -1,54 +1,159 @@
 #!/usr/bin/env python
 """Run a box-loss ablation and write its report.
 
-    python tools/ablate.py --cfgs l2.yaml smoothl1.yaml dynamic_smoothl1.yaml --seeds 3 [--cfg data/x.yaml] \\
-        [--sweep model.roi_head.box_loss.beta=0.05,0.11,0.5,1.0] [--out DIR] [--jobs N] [key=value ...]
+    python tools/ablate.py --cfgs l2.yaml smoothl1.yaml dynamic_smoothl1.yaml [--seeds 5] [--cfg data/x.yaml] \\
+        [--sweep model.roi_head.box_loss.beta=0.05,0.11,0.5,1.0] [--baseline smoothl1] [--out DIR] [--jobs N] \\
+        [--launcher local|slurm] [--force] [--report-only] [key=value ...]
 
 Every (config, sweep value, seed) trains with identical data, schedule and budget into ``DIR/runs/<name>``
-(default DIR: ``runs/ablation-<config names>``). Finished runs are reused and interrupted ones resume, so the
-same command continues an ablation. ``DIR`` then holds summary.md, summary.csv, ap_vs_iou.png,
-loss_curves.png, beta.png and pred_err.png; ``tensorboard --logdir DIR/runs`` compares the runs (HParams tab).
+(default DIR: ``runs/ablation-<config names>``); the same command continues an ablation. A finished run is
+reused only when its stored config.yaml matches what this command would run (observational keys such as log
+periods and loader workers aside); otherwise the command stops before any training, naming the run and the keys:
+``--force`` trains such runs again (replacing them), or pick another ``--out``. An interrupted run resumes.
+
+``--jobs N`` trains N runs at once, round-robin over the GPUs in CUDA_VISIBLE_DEVICES (else all), several per GPU
+when N exceeds them, each with cores // N CPU threads. ``--launcher slurm`` submits the runs as one SLURM job
+array through submitit (pip install submitit) and waits for it (``--no-wait``: return at once; the same command
+with ``--report-only`` writes the report once the jobs finish).
+
+``DIR`` then holds summary.md (mean ± std per config; paired differences to the baseline with 95% Student-t
+intervals and verdicts), summary.csv (every run's metrics, AP at each IoU), ap_vs_iou.png, loss_curves.png,
+beta.png and pred_err.png; ``tensorboard --logdir DIR/runs`` compares the runs (HParams tab).
+
+Exit codes: 0 every run finished and the report is written; 1 some run failed (the report lists it) or the report
+could not be written; 2 a bad option, config or run folder (nothing trained); 130 stopped by Ctrl-C.
 """
 import argparse
+import importlib.util
 import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from detector.ablation import (AblationError, Interrupted, check_runs, plan_runs, resolve_baseline, run_local,
+                               write_report)
+from detector.errors import DetectorError, user_error_line
 
-from detector.ablation import plan_runs, run_all, summarize  # noqa: E402
-from detector.config import ConfigError, load_config  # noqa: E402
+SLURM_OPTIONS = ("partition", "time", "gpus_per_run", "cpus_per_run", "constraint", "account", "no_wait")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfgs", nargs="+", required=True, help="loss configs to compare (names in configs/)")
     parser.add_argument("--cfg", action="append", default=[], help="config layered on every run (e.g. data/...)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per config (seed=0..N-1)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per config (seed=0..N-1; default 5)")
     parser.add_argument("--sweep", help="key=v1,v2,... : one group per value (e.g. a beta sweep)")
+    parser.add_argument("--baseline", help="config the paired differences are taken against (default: the first)")
     parser.add_argument("--out", help="output folder (default runs/ablation-<names>)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one per GPU; on CPU, sharing the cores)")
+    parser.add_argument("--jobs", type=int, help="runs at once (local: default 1, packed round-robin on the GPUs; "
+                        "slurm: most array tasks running at once, default no limit)")
+    parser.add_argument("--force", action="store_true", help="train again (replacing them) the runs whose folder "
+                        "holds a run of another config")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the run folders; train "
+                        "nothing")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local", help="where the runs train")
     parser.add_argument("--title", default="", help="title of summary.md")
+    slurm = parser.add_argument_group("--launcher slurm")
+    slurm.add_argument("--partition", help="SLURM partition")
+    slurm.add_argument("--time", help="time limit per run: minutes or [days-]hours:minutes:seconds (default 4:00:00)")
+    slurm.add_argument("--gpus-per-run", type=int, help="GPUs per run (default 1; >1 trains it with torchrun)")
+    slurm.add_argument("--cpus-per-run", type=int, help="CPUs per run (default 4)")
+    slurm.add_argument("--constraint", help="SLURM --constraint (node features, e.g. a100)")
+    slurm.add_argument("--account", help="SLURM account to charge")
+    slurm.add_argument("--no-wait", action="store_true", help="submit and return; write the report later with "
+                       "--report-only")
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
-    args = parser.parse_args(argv)
+    return parser
 
-    runs = plan_runs(args.cfgs, args.cfg, args.seeds, args.overrides, args.sweep)
-    try:  # every run's config is checked before the first one starts
-        for run in runs:
-            load_config(run.cfgs, run.overrides)
-    except (ConfigError, ValueError) as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_intermixed_args(argv)
+    # --cfgs takes every word up to the next option: key=value words written right after it are overrides
+    overrides = [c for c in args.cfgs if "=" in c] + args.overrides
+    cfgs = [c for c in args.cfgs if "=" not in c]
+    command = "python tools/ablate.py " + shlex.join(argv)
+    try:
+        check_options(args, cfgs)
+        runs = plan_runs(cfgs, args.cfg, args.seeds, overrides, args.sweep)
+        baseline = resolve_baseline(runs, args.baseline)
+        out = Path(args.out) if args.out else Path("runs") / ("ablation-" + "-".join(Path(c).stem for c in cfgs))
+        steps = check_runs(runs, out, force=args.force)  # every config and run folder, before anything trains
+    except DetectorError as exc:
+        print(user_error_line(exc), file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path("runs") / ("ablation-" + "-".join(Path(c).stem for c in args.cfgs))
-    print(f"{len(runs)} runs into {out / 'runs'}")
-    errors = run_all(runs, out, jobs=args.jobs)
-    command = "python tools/ablate.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    summarize(runs, out, title=args.title, command=command)
+
+    errors: dict = {}
+    if not args.report_only:
+        if importlib.util.find_spec("scipy") is None:
+            print("note: scipy is not installed; the runs train, but the report's intervals need it: pip install "
+                  "scipy, then rerun this command with --report-only", file=sys.stderr)
+        try:
+            errors = launch(args, steps, out, command)
+        except Interrupted:
+            return 130
+        except DetectorError as exc:
+            print(user_error_line(exc), file=sys.stderr)
+            return 2
+        if errors is None:  # submitted without waiting
+            return 0
+    try:
+        groups = write_report(runs, out, baseline, title=args.title, command=command)
+    except AblationError as exc:
+        print(user_error_line(exc), file=sys.stderr)
+        return 1
     print((out / "summary.md").read_text())
-    if errors:
-        print(f"{len(errors)} run(s) failed:\n" + "\n".join(errors), file=sys.stderr)
+    missing = [f"{run.name}: {why}" for g in groups for run, why in g.unfinished]
+    failed = [e for e in errors.values() if e]
+    if missing:
+        print(f"{len(missing)} of {len(runs)} run(s) have no results:\n" + "\n".join(failed or missing),
+              file=sys.stderr)
         return 1
     return 0
+
+
+def check_options(args, cfgs: list[str]) -> None:
+    if not cfgs:
+        raise AblationError("--cfgs: name at least one config (e.g. --cfgs l2.yaml smoothl1.yaml)")
+    if args.jobs is not None and args.jobs < 1:
+        raise AblationError(f"--jobs {args.jobs}: must be at least 1")
+    if args.report_only and args.force:
+        raise AblationError("--report-only trains nothing, so --force has nothing to rerun; drop one of them")
+    given = [f"--{name.replace('_', '-')}" for name in SLURM_OPTIONS if getattr(args, name) not in (None, False)]
+    if given and args.launcher != "slurm":
+        raise AblationError(f"{', '.join(given)}: SLURM options; add --launcher slurm")
+    for name in ("gpus_per_run", "cpus_per_run"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "gpus_per_run" else 1):
+            raise AblationError(f"--{name.replace('_', '-')} {value}: must be at least "
+                                f"{0 if name == 'gpus_per_run' else 1}")
+
+
+def launch(args, steps, out: Path, command: str):
+    """Train what the steps ask for; ``{run name: error or None}``, or None when submitted without waiting."""
+    print(f"{len(steps)} runs into {out / 'runs'}: " + ", ".join(
+        f"{sum(s.action == a for s in steps)} {a}" for a in ("reuse", "train", "resume", "overwrite")
+        if any(s.action == a for s in steps)), flush=True)
+    if args.launcher == "local":
+        return run_local(steps, jobs=args.jobs or 1)
+    from detector.ablation import slurm
+    options = slurm.SlurmOptions(
+        partition=args.partition, constraint=args.constraint, account=args.account, parallelism=args.jobs,
+        **({"time_min": slurm.parse_time(args.time)} if args.time else {}),
+        **({"gpus_per_run": args.gpus_per_run} if args.gpus_per_run is not None else {}),
+        **({"cpus_per_run": args.cpus_per_run} if args.cpus_per_run is not None else {}))
+    submitted = slurm.submit(steps, out, options)
+    report = f"{command} --report-only"
+    if submitted:
+        print(f"submitted SLURM array {submitted[0][1].job_id.split('_')[0]} ({len(submitted)} runs); submitit's "
+              f"logs: {out / 'slurm'}", flush=True)
+    if args.no_wait:
+        print(f"when the jobs finish, write the report with: {report}")
+        return None
+    try:
+        return slurm.wait(submitted)
+    except KeyboardInterrupt:
+        print(f"stopped waiting; the jobs keep running. When they finish: {report}", file=sys.stderr)
+        raise Interrupted from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,170 @@
+"""The plan of an ablation: which runs, and what to do with each run folder before anything trains.
+
+A run is one (config, sweep value, seed). Every run of an ablation shares the data, schedule and budget (the
+same layered configs and overrides); only the loss config, the swept value and the seed differ. Runs live in
+``<out>/runs/<name>``.
+
+:func:`check_runs` decides, for every run and before the first one starts, what its folder allows:
+
+- ``train``: the folder holds no run yet;
+- ``reuse``: it holds a finished run whose stored ``config.yaml`` equals the config this ablation would run, up
+  to the purely observational keys of :data:`REUSE_SAFE_KEYS` (a finished run is never reused by its name alone);
+- ``resume``: it holds an interrupted run whose config passes the trainer's own resume check (the keys of
+  :data:`detector.engine.runs.RESUME_SAFE_KEYS` may differ: e.g. ``train.max_iters`` extends the run);
+- otherwise the ablation stops with one line naming the run, the keys that differ and the fixes; with
+  ``force`` such a run is ``overwrite``: trained again from scratch (``tools/train.py --overwrite``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+from detector.config import diff_configs, load_config
+from detector.engine.runs import RESUME_SAFE_KEYS, RunFolderError, stored_config
+from detector.errors import DetectorError
+
+# Keys in which a finished run may differ from the ablation's config and still be reused: they change how a run
+# was watched or which folder it has, never its results. (train.max_iters is not one: a finished run of another
+# length is another experiment; data.loader.num_workers is set by --jobs packing and does not change the batches.)
+REUSE_SAFE_KEYS = ("output_dir", "train.resume", "train.log_period", "train.hist_period", "train.checkpoint_period",
+                   "train.num_vis_images", "data.loader.num_workers")
+METRICS_FILE = Path("eval") / "metrics.json"  # written by the trainer after the final evaluation: a finished run
+ACTIONS = ("train", "reuse", "resume", "overwrite")
+
+
+class AblationError(DetectorError):
+    """The ablation's command line, or a run folder it would use, does not allow the ablation to run."""
+
+
+@dataclass
+class Run:
+    """One (config, sweep value, seed) training run."""
+    group: str                   # what the report averages over seeds: "smoothl1" or "smoothl1 beta=0.5"
+    seed: int
+    cfgs: list[str]
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The run's folder name: ``smoothl1_beta0.5-seed3`` (characters a path cannot hold become ``_``)."""
+        group = re.sub(r"[^A-Za-z0-9._+-]", "_", self.group.replace(" ", "_").replace("=", ""))
+        return f"{group}-seed{self.seed}"
+
+    def run_dir(self, out: Path) -> Path:
+        return Path(out) / "runs" / self.name
+
+    def config(self, out: Path):
+        """The resolved config this run trains with (what the trainer stores as ``<run>/config.yaml``)."""
+        return load_config(self.cfgs, [*self.overrides, f"output_dir={self.run_dir(out)}"])
+
+
+@dataclass
+class Step:
+    """What the launcher does with one run: an action of :data:`ACTIONS`, and why."""
+    run: Run
+    run_dir: Path
+    action: str
+    device: str = "auto"         # the run's train.device (a CPU-only ablation is never pinned to GPUs)
+    note: str = ""
+
+
+def parse_sweep(text: str) -> tuple[str, list[str]]:
+    """``"model.roi_head.box_loss.beta=0.05,0.11,0.5"`` -> (key, ["0.05", "0.11", "0.5"])."""
+    key, sep, values = text.partition("=")
+    parsed = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key.strip() or not parsed:
+        raise AblationError(f"--sweep {text!r}: expected key=v1,v2,... (e.g. --sweep "
+                            f"model.roi_head.box_loss.beta=0.11,1.0)")
+    if len(set(parsed)) != len(parsed):
+        raise AblationError(f"--sweep {text!r}: a value is listed twice")
+    return key.strip(), parsed
+
+
+def plan_runs(loss_cfgs: list[str], data_cfgs: list[str], seeds: int, overrides: list[str],
+              sweep: str | None = None) -> list[Run]:
+    """Every (loss config, sweep value, seed); seeds are 0..seeds-1 (the ``seed`` key)."""
+    if seeds < 1:
+        raise AblationError(f"--seeds {seeds}: an ablation needs at least 1 seed per config (5 by default; paired "
+                            f"confidence intervals need 2 or more)")
+    for key, why in (("seed", "each run's seed is set by --seeds (0..N-1)"),
+                     ("output_dir", "each run's folder is <out>/runs/<name>: pick the folder with --out")):
+        if any(o.partition("=")[0].strip() == key for o in overrides):
+            raise AblationError(f"{key}=...: not an override of an ablation; {why}")
+    stems = [Path(cfg).stem for cfg in loss_cfgs]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise AblationError(f"--cfgs: {', '.join(twice)} listed twice; each config is one group of the report")
+    sweep_key, sweep_values = parse_sweep(sweep) if sweep is not None else (None, [None])
+    runs = []
+    for cfg, stem in zip(loss_cfgs, stems):
+        for value in sweep_values:
+            group = stem if value is None else f"{stem} {sweep_key.split('.')[-1]}={value}"
+            extra = [] if value is None else [f"{sweep_key}={value}"]
+            for seed in range(seeds):
+                runs.append(Run(group, seed, [cfg, *data_cfgs], [*overrides, *extra, f"seed={seed}"]))
+    return runs
+
+
+def groups_of(runs: list[Run]) -> list[str]:
+    """The groups in plan order."""
+    return list(dict.fromkeys(run.group for run in runs))
+
+
+def resolve_baseline(runs: list[Run], baseline: str | None) -> str:
+    """The group the paired differences are taken against: ``baseline`` (a group or config name), else the first."""
+    groups = groups_of(runs)
+    if baseline is None:
+        return groups[0]
+    for candidate in (baseline, Path(baseline).stem):
+        if candidate in groups:
+            return candidate
+    raise AblationError(f"--baseline {baseline!r} is not a config of this ablation; expected one of: "
+                        f"{', '.join(groups)}")
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / METRICS_FILE).is_file()
+
+
+def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
+    """The :class:`Step` of every run (see the module docstring). Reads only; raises :class:`AblationError`
+    (one line: the first offending run, how many others, the keys and the fixes) unless ``force``; a bad config
+    raises ``ConfigError``."""
+    steps, stale = [], []
+    for run in runs:
+        run_dir = run.run_dir(out)
+        cfg = run.config(out)
+        finished = is_finished(run_dir)
+        try:
+            stored = stored_config(run_dir, fix="rerun that run with --force, or use another --out")
+        except RunFolderError as exc:
+            if not force:
+                raise AblationError(str(exc)) from None
+            steps.append(Step(run, run_dir, "overwrite", device=cfg.train.device, note="unreadable config.yaml"))
+            continue
+        if stored is None and not finished:
+            action, differ = ("train", [])
+        elif stored is None:  # metrics without a config: nothing says which experiment they are
+            action, differ = ("reuse", ["everything (no config.yaml)"])
+        else:
+            safe = REUSE_SAFE_KEYS if finished else RESUME_SAFE_KEYS
+            differ = [k for k in diff_configs(stored, cfg.to_dict()) if k not in safe]
+            action = "reuse" if finished else "resume"
+        note = ""
+        if differ:
+            note = f"{'finished' if finished else 'unfinished'} run of another config (differs in {', '.join(differ)})"
+            if force:
+                action = "overwrite"
+            else:
+                stale.append((run_dir, finished, differ))
+        steps.append(Step(run, run_dir, action, device=cfg.train.device, note=note))
+    if stale:
+        run_dir, finished, differ = stale[0]
+        keys = list(dict.fromkeys(k for _, _, d in stale for k in d))
+        more = f" (and {len(stale) - 1} more run(s))" if len(stale) > 1 else ""
+        raise AblationError(f"{run_dir}{more} holds {'a finished' if finished else 'an unfinished'} run of another "
+                            f"config: it differs in {', '.join(keys)}; rerun with --force to train such runs again "
+                            f"(their old results are replaced), or write this ablation to another --out")
+    return steps

@@ -1,0 +1,88 @@
+"""The plots of an ablation report: ``ap_vs_iou.png``, ``loss_curves.png``, ``beta.png`` and ``pred_err.png``.
+
+``groups`` maps each config to the :func:`detector.ablation.report.read_run` results of its finished runs (only
+configs with at least one finished run).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from detector.box_coder import DELTA_NAMES
+from detector.evaluation.coco import IOU_THRESHOLDS
+
+
+def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
+    """ap_vs_iou.png, loss_curves.png, beta.png, pred_err.png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+
+    thresholds = np.array(IOU_THRESHOLDS)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for group, results in groups.items():
+        curves = np.array([r["metrics"]["AP_per_iou"] for r in results if r["metrics"].get("AP_per_iou")]) * 100
+        if len(curves):
+            ax.errorbar(thresholds, curves.mean(0), yerr=curves.std(0), label=group, marker="o", capsize=3)
+    ax.set(xlabel="IoU threshold", ylabel="AP (%)", title="AP vs IoU threshold (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    if groups:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "ap_vs_iou.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for group, results in groups.items():
+        for col, (ax, label) in enumerate(zip(axes, ("loss_box_reg", "total loss"))):
+            series = [[(it, v[col]) for it, *v in r["curve"] if v[col] is not None] for r in results]
+            iters = [it for it, _ in series[0]]
+            values = np.array([[v for _, v in s][: len(iters)] for s in series if len(s) >= len(iters)])
+            if len(values):
+                ax.plot(iters, values.mean(0), label=group)
+            ax.set(xlabel="iteration", ylabel=label, title=f"{label} (mean over seeds)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if groups:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "loss_curves.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    dynamic = False
+    for group, results in groups.items():
+        for i, r in enumerate(results):
+            points = [(it, b) for it, _, _, b in r["curve"] if b is not None]
+            if points and len({b for _, b in points}) > 1:
+                dynamic = True
+                ax.plot(*zip(*points), label=group if i == 0 else None, color=f"C{list(groups).index(group)}",
+                        alpha=0.8)
+    if not dynamic:
+        ax.text(0.5, 0.5, "no run with a changing beta in this ablation", ha="center", transform=ax.transAxes)
+    ax.set(xlabel="iteration", ylabel="beta", title="Smooth L1 beta during training (dynamic runs, every seed)")
+    ax.grid(alpha=0.3)
+    if dynamic:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "beta.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 4, figsize=(14, 4), sharey=True)
+    names = [g for g, rs in groups.items() if any(r["pred_err"] is not None and len(r["pred_err"]) for r in rs)]
+    for i, coord in enumerate(DELTA_NAMES):
+        data = []
+        for group in names:
+            errs = [r["pred_err"][:, i] for r in groups[group] if r["pred_err"] is not None and len(r["pred_err"])]
+            data.append(torch.cat(errs).clamp(min=1e-4).log10().numpy())
+        if data:
+            axes[i].boxplot(data, showfliers=False)
+            axes[i].set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right", fontsize=8)
+        axes[i].set(title=f"|pred − target| {coord}", ylabel="log10 error" if i == 0 else None)
+        axes[i].grid(alpha=0.3)
+    fig.suptitle("Distribution of the regression error on positive RoIs at the end of training")
+    fig.tight_layout()
+    fig.savefig(out / "pred_err.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,213 @@
+"""The report of an ablation, written from the run folders alone (whichever launcher trained them):
+``summary.md``, ``summary.csv`` and the plots of :mod:`detector.ablation.plots`.
+
+- ``summary.md``: per config, mean ± std over seeds of :data:`SUMMARY_METRICS`, the final ``loss_box_reg`` and
+  images/s; then, per metric, the paired difference to the baseline config with its 95% Student-t interval and a
+  verdict (:mod:`detector.ablation.stats`); then every run that did not finish, with its log. A config whose runs
+  all failed stays in the tables, marked failed.
+- ``summary.csv``, tidy (one value per row): columns :data:`CSV_COLUMNS`; ``kind`` is ``run`` (one finished
+  run's metric), ``unfinished`` (a run without results, ``note`` says why), ``group`` (mean and std over seeds)
+  or ``paired`` (mean difference to ``baseline``, its std, interval and verdict). Values are in the units of
+  ``metrics.json``: AP as a fraction 0..1, undefined values empty.
+
+Metric names come from :mod:`detector.evaluation`; AP at each IoU threshold is read from ``AP_per_iou``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from detector.ablation.launch import last_line
+from detector.ablation.plan import METRICS_FILE, Run, groups_of, is_finished
+from detector.ablation.stats import CONFIDENCE, defined, mean_std, paired_difference
+from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS
+from detector.evaluation.voc import VOC_METRIC_NAMES
+
+
+def iou_metric_name(threshold: float) -> str:
+    """AP at one IoU threshold: 0.9 -> ``AP90``."""
+    return f"AP{round(threshold * 100)}"
+
+
+PER_IOU_NAMES = tuple(iou_metric_name(t) for t in IOU_THRESHOLDS)
+_COCO_AP = tuple(n for n in COCO_METRIC_NAMES if n.startswith("AP"))
+_HIGH_IOU = tuple(iou_metric_name(t) for t in IOU_THRESHOLDS if t >= 0.9)  # where box losses separate
+# every higher-is-better metric of a run: AP, AP at each IoU, the rest of COCOeval's, VOC's
+CSV_METRICS = tuple(dict.fromkeys((COCO_METRIC_NAMES[0], *PER_IOU_NAMES, *COCO_METRIC_NAMES, *VOC_METRIC_NAMES)))
+SUMMARY_METRICS = tuple(n for n in CSV_METRICS if n in _COCO_AP or n in _HIGH_IOU)  # AP AP50 AP75 AP90 AP95 APs..
+DIAGNOSTICS = ("loss_box_reg", "images_per_s")  # per-run numbers that are not scores (no paired verdict)
+CSV_COLUMNS = ("kind", "config", "seed", "run", "metric", "n", "value", "std", "baseline", "ci95_low", "ci95_high",
+               "verdict", "note")
+
+
+def run_values(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metric name -> value of one run's ``metrics.json`` (AP at each IoU from ``AP_per_iou``)."""
+    per_iou = dict(zip(PER_IOU_NAMES, metrics.get("AP_per_iou") or []))
+    return {name: metrics.get(name, per_iou.get(name)) for name in CSV_METRICS if name in metrics or name in per_iou}
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """Final metrics, training curves and end-of-training errors of one finished run."""
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    jsonl = run_dir / "metrics.jsonl"
+    lines = jsonl.read_text().splitlines() if jsonl.is_file() else []
+    train = [r for r in map(json.loads, filter(str.strip, lines)) if r.get("type") == "train"]
+    tail = [r["loss_box_reg"] for r in train[-max(1, len(train) // 10):] if r.get("loss_box_reg") is not None]
+    speeds = [r["images_per_s"] for r in train[1:] or train if r.get("images_per_s")]
+    errors = None
+    if (run_dir / "final_errors.pt").is_file():
+        import torch
+        errors = torch.load(run_dir / "final_errors.pt", weights_only=True).get("hist/pred_err")
+    values = run_values(metrics)
+    values["loss_box_reg"] = statistics.fmean(tail) if tail else None
+    values["images_per_s"] = statistics.fmean(speeds) if speeds else None
+    return {"metrics": metrics, "values": values, "pred_err": errors,
+            "curve": [(r["iter"], r.get("loss_box_reg"), r.get("total_loss"), r.get("beta")) for r in train]}
+
+
+@dataclass
+class Group:
+    """One config (or sweep value) of the ablation: its finished runs by seed, and the runs without results."""
+    name: str
+    planned: int
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    unfinished: list[tuple[Run, str]] = field(default_factory=list)  # (run, why, with its log)
+
+
+def collect(runs: list[Run], out: Path) -> list[Group]:
+    """The groups of the ablation, in plan order, read from ``out/runs``. Call after
+    :func:`detector.ablation.plan.check_runs` (which guarantees the finished runs are this ablation's)."""
+    groups = {name: Group(name, sum(r.group == name for r in runs)) for name in groups_of(runs)}
+    for run in runs:
+        run_dir = run.run_dir(out)
+        if is_finished(run_dir):
+            groups[run.group].results[run.seed] = {**read_run(run_dir), "run": run.name}
+            continue
+        log = run_dir / "train.log"
+        if not run_dir.is_dir():
+            why = "not started"
+        else:
+            line = last_line(log) if log.is_file() else ""
+            why = f"did not finish{': ' + line if line else ''}; log: {log}"
+        groups[run.group].unfinished.append((run, why))
+    return list(groups.values())
+
+
+def write_report(runs: list[Run], out: Path, baseline: str, title: str = "", command: str = "") -> list[Group]:
+    """Write summary.csv, summary.md and the plots into ``out``; return the groups. Raises ``AblationError``
+    (before writing anything) when the paired intervals need scipy and it is missing."""
+    from detector.ablation.plots import plot_all
+    groups = collect(runs, out)
+    base = next(g for g in groups if g.name == baseline)
+    stats = {g.name: {m: mean_std(r["values"].get(m) for r in g.results.values()) for m in CSV_METRICS + DIAGNOSTICS}
+             for g in groups}
+    paired = {}
+    if base.results:
+        for g in groups:
+            if g is not base and g.results:
+                paired[g.name] = {m: paired_difference({s: r["values"].get(m) for s, r in g.results.items()},
+                                                       {s: r["values"].get(m) for s, r in base.results.items()})
+                                  for m in CSV_METRICS}
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "summary.csv", groups, stats, paired, baseline)
+    (out / "summary.md").write_text(_markdown(groups, stats, paired, baseline, title, command))
+    plot_all({g.name: list(g.results.values()) for g in groups if g.results}, out)
+    return groups
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6g}"
+
+
+def _write_csv(path: Path, groups: list[Group], stats, paired, baseline: str) -> None:
+    rows = []
+    for g in groups:
+        for seed, result in sorted(g.results.items()):
+            for metric, value in result["values"].items():
+                rows.append({"kind": "run", "config": g.name, "seed": seed, "run": result["run"], "metric": metric,
+                             "n": 1, "value": _num(float(value) if defined(value) else None)})
+        for run, why in g.unfinished:
+            rows.append({"kind": "unfinished", "config": g.name, "seed": run.seed, "run": run.name, "note": why})
+        for metric, s in stats[g.name].items():
+            rows.append({"kind": "group", "config": g.name, "metric": metric, "n": s.n, "value": _num(s.mean),
+                         "std": _num(s.std)})
+        for metric, d in paired.get(g.name, {}).items():
+            rows.append({"kind": "paired", "config": g.name, "metric": metric, "n": d.n, "value": _num(d.mean),
+                         "std": _num(d.std), "baseline": baseline, "ci95_low": _num(d.ci_low),
+                         "ci95_high": _num(d.ci_high), "verdict": d.verdict})
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _pct(value: float, signed: bool = False) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:{'+' if signed else ''}.1f}"
+
+
+def _cell(s, metric: str) -> str:
+    if s.n == 0:
+        return "n/a"
+    if metric == "loss_box_reg":
+        return f"{s.mean:.3f}" + ("" if math.isnan(s.std) else f" ± {s.std:.3f}")
+    if metric == "images_per_s":
+        return f"{s.mean:.1f}"
+    return _pct(s.mean) + ("" if math.isnan(s.std) else f" ± {_pct(s.std)}")
+
+
+def _markdown(groups: list[Group], stats, paired, baseline: str, title: str, command: str) -> str:
+    done = sum(len(g.results) for g in groups)
+    planned = sum(g.planned for g in groups)
+    lines = [f"# {title or 'Loss ablation'}", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    lines.append(f"{done} of {planned} runs finished ({len(groups)} configs).")
+    if done < planned:
+        lines.append(f"**This report is partial: {planned - done} run(s) have no results** (listed at the end).")
+    columns = [*SUMMARY_METRICS, *DIAGNOSTICS]
+    lines += ["", "## Mean ± std over seeds", "",
+              "COCO AP (pycocotools COCOeval) in percent; AP90 and AP95 are AP at IoU 0.90 and 0.95; std is the "
+              "sample standard deviation over seeds (one seed shows its value alone). loss_box_reg is the mean over "
+              "the last 10% of logged iterations, images_per_s the training throughput of one run. summary.csv "
+              "holds every run's numbers (AP at each IoU 0.50..0.95 too), as fractions.", "",
+              "| config | seeds | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for g in groups:
+        seeds = str(len(g.results)) if len(g.results) == g.planned else f"{len(g.results)} of {g.planned}"
+        if not g.results:
+            lines.append(f"| {g.name} | {seeds}: **failed** | " + " | ".join("–" for _ in columns) + " |")
+            continue
+        lines.append(f"| {g.name} | {seeds} | " + " | ".join(_cell(stats[g.name][c], c) for c in columns) + " |")
+    lines += ["", f"## Paired differences to {baseline}", ""]
+    if not next(g for g in groups if g.name == baseline).results:
+        lines.append(f"The baseline {baseline} has no finished run: there is nothing to pair with.")
+    elif not paired:
+        lines.append("No other config has a finished run: there is nothing to compare.")
+    else:
+        level = round(100 * CONFIDENCE)
+        lines += [f"Per metric, d = config − {baseline} for each seed both finished (AP points); the mean of d over "
+                  f"the n pairs and a {level}% confidence interval: a Student-t interval over the paired "
+                  f"differences, mean ± t({(1 + CONFIDENCE) / 2:g}, n−1) · sd(d) / √n (scipy.stats.t.ppf). Verdict: "
+                  f"better or worse when the interval excludes 0; no evidence when it contains 0 or n < 2. Metrics "
+                  f"undefined on either side (COCO's -1) are left out.", "",
+                  f"| config | metric | pairs | mean diff | {level}% CI | verdict |", "|---|---|---|---|---|---|"]
+        for name, diffs in paired.items():
+            for metric in SUMMARY_METRICS:
+                d = diffs[metric]
+                if d.n == 0:
+                    continue
+                ci = "n/a" if math.isnan(d.ci_low) else f"[{_pct(d.ci_low, True)}, {_pct(d.ci_high, True)}]"
+                verdict = f"**{d.verdict}**" if d.verdict != "no evidence" else d.verdict
+                lines.append(f"| {name} | {metric} | {d.n} | {_pct(d.mean, True)} | {ci} | {verdict} |")
+    unfinished = [g for g in groups if g.unfinished]
+    if unfinished:
+        lines += ["", "## Runs without results", ""]
+        for g in unfinished:
+            head = "all runs failed: no results" if not g.results else f"{len(g.unfinished)} of {g.planned} failed"
+            lines.append(f"- **{g.name}**: {head}")
+            lines += [f"  - {run.name}: {why}" for run, why in g.unfinished]
+    return "\n".join(lines) + "\n"

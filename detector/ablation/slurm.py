@@ -1,0 +1,102 @@
+"""``--launcher slurm``: the runs of an ablation as one SLURM job array, through submitit.
+
+Each array task trains one run exactly as the local launcher does (:func:`detector.ablation.launch.execute`:
+``tools/train.py`` in a subprocess, the same overrides, the same ``<run>/train.log``), so the run folders, and the
+report written from them, are the same whichever launcher ran them. A task uses the CPUs SLURM gave it
+(``--cpus-per-run``) as :func:`detector.ablation.launch.cpu_share` splits them, and the GPUs SLURM gave it
+(``--gpus-per-run``; more than one trains the run with ``torch.distributed.run``). At the time limit SLURM sends
+SIGTERM: the trainer writes ``last.pth`` and stops, and the same ablation command resumes the run.
+
+submitit's files (the pickled tasks, each task's stdout/stderr) go to ``<out>/slurm/``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from detector.ablation.launch import (Slot, available_cores, check_trainer, child_env, cpu_share, execute,
+                                      slot_overrides)
+from detector.ablation.plan import AblationError, Step
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    partition: str | None = None
+    time_min: int = 240           # submitit's own default (5 minutes) would kill most runs
+    gpus_per_run: int = 1
+    cpus_per_run: int = 4
+    constraint: str | None = None
+    account: str | None = None
+    parallelism: int | None = None  # most array tasks running at once (None: SLURM's limit)
+
+
+def parse_time(text: str) -> int:
+    """A SLURM time limit in whole minutes (seconds round up), in SLURM's formats: ``minutes``,
+    ``minutes:seconds``, ``hours:minutes:seconds``, ``days-hours``, ``days-hours:minutes[:seconds]``."""
+    days, dash, rest = text.strip().partition("-")
+    if not dash:
+        days, rest = "0", days
+    parts = rest.split(":")
+    if not all(p.isdigit() for p in [days, *parts]) or len(parts) > 3:
+        raise AblationError(f"--time {text!r}: expected a SLURM time limit, e.g. 240 (minutes), 4:00:00 or 1-00:00:00")
+    numbers = [int(p) for p in parts]
+    if dash:  # days-hours[:minutes[:seconds]]
+        hours, minutes, seconds = numbers + [0] * (3 - len(numbers))
+    else:  # minutes, minutes:seconds or hours:minutes:seconds
+        hours, minutes, seconds = [0] * (len(numbers) < 3) + numbers + [0] * (len(numbers) == 1)
+    total = int(days) * 1440 + hours * 60 + minutes + math.ceil(seconds / 60)
+    if total < 1:
+        raise AblationError(f"--time {text!r}: the time limit must be at least 1 minute")
+    return total
+
+
+def run_task(step: Step, gpus_per_run: int) -> str | None:
+    """One array task: train the step's run with this task's CPUs and GPUs; None when it finished, else why not."""
+    nproc = max(1, gpus_per_run)
+    on_gpu = gpus_per_run > 0 and step.device != "cpu"
+    omp, workers = cpu_share(available_cores() // nproc, on_gpu)
+    slot = Slot(None, omp, workers)  # SLURM already set CUDA_VISIBLE_DEVICES to the task's GPUs
+    return execute(step, child_env(os.environ, slot), slot_overrides(step.run.overrides, slot), nproc=nproc)
+
+
+def submit(steps: list[Step], out: Path, options: SlurmOptions, cluster: str = "slurm"):
+    """Submit every step that is not ``reuse`` as one job array; return [(step, job)]. ``cluster`` is submitit's
+    executor name: ``slurm``, or ``local`` / ``debug`` (this machine; used by the tests)."""
+    try:
+        import submitit
+    except ImportError:
+        raise AblationError("--launcher slurm needs submitit: pip install submitit (or pip install -e '.[slurm]')") \
+            from None
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise AblationError("--launcher slurm: no sbatch on this machine; run the command on a SLURM login node, "
+                            "or use --launcher local")
+    todo = [s for s in steps if s.action != "reuse"]
+    if not todo:
+        return []
+    check_trainer()
+    executor = submitit.AutoExecutor(folder=Path(out) / "slurm", cluster=cluster)
+    executor.update_parameters(name=f"ablate-{Path(out).name}", timeout_min=options.time_min, nodes=1,
+                               tasks_per_node=1, gpus_per_node=options.gpus_per_run,
+                               cpus_per_task=options.cpus_per_run, slurm_partition=options.partition,
+                               slurm_constraint=options.constraint, slurm_account=options.account,
+                               slurm_array_parallelism=options.parallelism)
+    jobs = executor.map_array(run_task, todo, [options.gpus_per_run] * len(todo))
+    return list(zip(todo, jobs))
+
+
+def wait(submitted) -> dict[str, str | None]:
+    """Wait for the array; ``{run name: None (finished) or the one-line reason}``."""
+    from submitit.core.utils import UncompletedJobError
+    results: dict[str, str | None] = {}
+    for k, (step, job) in enumerate(submitted, 1):
+        try:
+            error = job.result()
+        except UncompletedJobError as exc:  # the task itself died (time limit, node failure, cancelled)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            error = f"{step.run.name}: SLURM job {job.job_id} did not complete ({first}); see {job.paths.stderr}"
+        results[step.run.name] = error
+        print(f"[{k}/{len(submitted)}] {error or f'{step.run.name}: finished'}", flush=True)
+    return results
