@@ -1,17 +1,18 @@
-"""Beta schedules of Dynamic Smooth L1: hand-computed adaptive updates, explicit curves, state, DDP averaging."""
+"""Beta schedules of Dynamic Smooth L1: hand-computed adaptive updates in both reference conventions (mmdetection's
+and the official code's), explicit curves (the beta each iteration trains with), state and the interval record.
+Two ranks in step: tests/test_dynamic_state.py."""
 import math
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from detector.config import load_config
+from detector.config import ConfigError, load_config
 from detector.losses import (AdaptiveBeta, ConstantBeta, CosineBeta, ExpBeta, LinearBeta, StepBeta, build_beta_schedule,
                              build_box_loss)
+from detector.losses.dynamic import IntervalRecord
 
-NO_POSITIVES = torch.zeros(0, 4)
+NO_TARGETS = torch.zeros(0, 4)
 
 
 def targets(txty) -> torch.Tensor:
@@ -24,45 +25,87 @@ def roi_box_loss(*overrides):
     return load_config([], ["model.roi_head.box_loss.name=dynamic_smooth_l1", *overrides]).model.roi_head.box_loss
 
 
-def test_adaptive_hand_computed():
-    sched = AdaptiveBeta(initial_beta=1.0, topk=1, interval=3, min_beta=1e-3)
-    # iteration 0: mean(|tx|,|ty|) = [0.3, 1.0, 0.1]; k = min(1 * 2 images, 3) = 2 -> 0.3
-    assert sched.update(0, targets([[0.2, -0.4], [1.0, 1.0], [-0.1, 0.1]]), num_images=2) == 1.0
-    assert sched.update(1, NO_POSITIVES, num_images=2) == 1.0  # nothing recorded
-    # iteration 2: one positive, k = min(2, 1) = 1 -> 0.4; update: median(0.3, 0.4) = 0.35
-    assert sched.update(2, targets([[0.5, 0.3]]), num_images=2) == pytest.approx(0.35)
-    for it in range(3, 6):  # a whole interval without positives keeps beta
-        assert sched.update(it, NO_POSITIVES, num_images=2) == pytest.approx(0.35)
-    for it in range(6, 9):  # a ~0 median keeps beta
-        assert sched.update(it, targets([[0.0, 0.0]] * 4), num_images=1) == pytest.approx(0.35)
-    for it in range(9, 12):  # beta never exceeds the initial beta
-        beta = sched.update(it, targets([[3.0, 5.0]]), num_images=1)
-    assert beta == 1.0
-    for it in range(12, 15):  # nor drops below min_beta
-        beta = sched.update(it, targets([[1e-5, 1e-5]]), num_images=1)
-    assert beta == 1e-3
+def train(schedule, iterations) -> list[float]:
+    """The beta each iteration trains with, advancing the schedule as the trainer does: read ``.beta`` in the
+    forward, observe the iteration's targets, ``step`` after the optimizer step. ``iterations``: (targets, images)."""
+    used = []
+    for it, (deltas, num_images) in enumerate(iterations):
+        used.append(schedule.beta)
+        statistic = schedule.observe(deltas, num_images) if isinstance(schedule, AdaptiveBeta) else None
+        schedule.step(it, statistic)
+    return used
 
 
-def test_adaptive_median_of_even_history_and_topk():
-    sched = AdaptiveBeta(initial_beta=2.0, topk=2, interval=4)
+# 15 iterations, interval 3, topk 1. Iteration 0: mean(|tx|,|ty|) = [0.3, 1.0, 0.1], k = min(1 * 2 images, 3) = 2
+# -> 0.3; iteration 1: no targets; iteration 2: k = min(2, 1) = 1 -> 0.4. Then an interval without targets, one of
+# zeros, one above the initial beta and one below min_beta.
+HAND = ([(targets([[0.2, -0.4], [1.0, 1.0], [-0.1, 0.1]]), 2), (NO_TARGETS, 2), (targets([[0.5, 0.3]]), 2)]
+        + [(NO_TARGETS, 2)] * 3 + [(targets([[0.0, 0.0]] * 4), 1)] * 3 + [(targets([[3.0, 5.0]]), 1)] * 3
+        + [(targets([[1e-5, 1e-5]]), 1)] * 3)
+
+
+def test_adaptive_mmdet_hand_computed():
+    sched = AdaptiveBeta(initial_beta=1.0, topk=1, interval=3, min_beta=1e-3, statistic="mmdet")
+    used = train(sched, HAND)
+    # np.median(0.3, 0.4) = 0.35 from iteration 3 (the interval that measured it trains with the old beta); an
+    # empty interval and a zero median keep it (mmdetection's guard); 3.0 is capped at the initial beta
+    assert used == pytest.approx([1.0] * 3 + [0.35] * 9 + [1.0] * 3)
+    assert sched.beta == 1e-3  # 1e-5 is floored at min_beta
+
+
+def test_adaptive_official_hand_computed():
+    sched = AdaptiveBeta(initial_beta=1.0, topk=1, interval=3, min_beta=1e-3, statistic="official")
+    used = train(sched, HAND)
+    # sorted([0.3, 0.4])[2 // 2] = 0.4 (the upper median); an empty interval keeps it; a zero median is taken
+    # (the official code has no guard), floored at min_beta
+    assert used == pytest.approx([1.0] * 3 + [0.4] * 6 + [1e-3] * 3 + [1.0] * 3)
+    assert sched.beta == 1e-3
+
+
+@pytest.mark.parametrize("statistic,expected", [("mmdet", 0.4), ("official", 0.5)])
+def test_median_of_an_even_record(statistic, expected):
+    sched = AdaptiveBeta(initial_beta=2.0, topk=2, interval=4, statistic=statistic)
     values = (0.5, 0.1, 0.9, 0.3, 0.7)  # rows with |tx| = |ty| = value
-    for it in range(4):  # one image, P = 2..5 positives, k = min(2, P) = 2: the 2nd smallest of the first P
-        beta = sched.update(it, targets([[v, -v] for v in values[: it + 2]]), num_images=1)
-    assert beta == pytest.approx(0.4)  # median of [0.5, 0.5, 0.3, 0.3]: the mean of the middle two
+    # one image, 2..5 targets, k = min(2, P) = 2: the 2nd smallest of the first P -> [0.5, 0.5, 0.3, 0.3]
+    used = train(sched, [(targets([[v, -v] for v in values[: it + 2]]), 1) for it in range(4)])
+    assert used == [2.0] * 4
+    assert sched.beta == pytest.approx(expected)  # mmdet: np.median, the mean of 0.3 and 0.5; official: sorted[2]
 
 
-def test_explicit_schedules():
+def test_observe_takes_the_kth_smallest_of_the_valid_targets():
+    sched = AdaptiveBeta(topk=1)
+    deltas = targets([[0.4, -0.4], [0.1, 0.1], [0.9, -0.9], [0.0, 0.4], [0.05, 0.05]])  # 0.4 0.1 0.9 0.2 0.05
+    valid = torch.tensor([True, True, True, True, False])
+    assert float(sched.observe(deltas, 2)) == pytest.approx(0.1)  # k = 2 of all five
+    assert float(sched.observe(deltas, torch.tensor(2), valid=valid)) == pytest.approx(0.2)  # 0.05 is padding
+    assert float(sched.observe(deltas, 10, valid=valid)) == pytest.approx(0.9)  # k = min(10, 4 valid)
+    assert math.isnan(float(sched.observe(NO_TARGETS, 2)))
+    assert math.isnan(float(sched.observe(deltas, 2, valid=torch.zeros(5, dtype=torch.bool))))
+    before = sched.state_dict()
+    sched.observe(deltas, 2)
+    assert sched.state_dict()["record"]["table"].equal(before["record"]["table"])  # observing changes nothing
+
+
+def test_explicit_schedules_give_each_iteration_its_beta():
+    def beta_during(schedule, iteration):  # what iteration trains with: the initial beta, or after step(i - 1)
+        if iteration:
+            schedule.step(iteration - 1)
+        return schedule.beta
+
     start, end, total = 1.0, 0.1, 100
-    assert ConstantBeta(0.4).update(77) == 0.4
+    assert beta_during(ConstantBeta(0.4), 77) == 0.4
     linear, cosine, exp = LinearBeta(start, end, total), CosineBeta(start, end, total), ExpBeta(start, end, total)
-    assert [linear.update(i) for i in (0, 50, 100, 300)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
-    assert [cosine.update(i) for i in (0, 50, 100)] == pytest.approx([1.0, 0.55, 0.1])
-    assert cosine.update(25) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 4)))
-    assert [exp.update(i) for i in (0, 50, 100)] == pytest.approx([1.0, math.sqrt(0.1), 0.1])
+    assert [beta_during(linear, i) for i in (0, 50, 100, 300)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    assert [beta_during(cosine, i) for i in (0, 50, 100)] == pytest.approx([1.0, 0.55, 0.1])
+    assert beta_during(cosine, 25) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 4)))
+    assert [beta_during(exp, i) for i in (0, 50, 100)] == pytest.approx([1.0, math.sqrt(0.1), 0.1])
     step = StepBeta(start, milestones=[50, 80], gamma=0.1)
-    assert [step.update(i) for i in (0, 49, 50, 79, 80)] == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01])
+    assert [beta_during(step, i) for i in (0, 49, 50, 79, 80)] == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01])
+    assert StepBeta(start, milestones=[0], gamma=0.5).beta == 0.5  # a milestone at 0 applies from the start
     floored = StepBeta(start, milestones=[50, 80], gamma=0.1, min_beta=0.05)
-    assert floored.update(90) == 0.05 and floored.beta == 0.05
+    assert floored.step(89) == 0.05 and floored.beta == 0.05
+    cosine = CosineBeta(start, end, total)
+    assert train(cosine, [(None, 1)] * 3) == pytest.approx([cosine.value_at(i) for i in range(3)])
     with pytest.raises(ValueError, match="start and end must be > 0"):
         ExpBeta(1.0, 0.0, 10)
 
@@ -72,13 +115,17 @@ def test_build_beta_schedule_from_config():
     assert build_beta_schedule(load_config([]).model.rpn.box_loss, 100) is None  # no schedule section
     adaptive = build_beta_schedule(roi_box_loss("model.roi_head.box_loss.sigma=2"), 100)
     assert isinstance(adaptive, AdaptiveBeta) and adaptive.initial_beta == 0.25 and adaptive.beta == 0.25
-    assert (adaptive.topk, adaptive.interval, adaptive.min_beta) == (10, 100, 1e-3)
+    assert (adaptive.topk, adaptive.interval, adaptive.min_beta, adaptive.statistic) == (10, 100, 1e-3, "mmdet")
+    official = build_beta_schedule(roi_box_loss("model.roi_head.box_loss.schedule.statistic=official"), 100)
+    assert official.statistic == "official"
+    with pytest.raises(ConfigError, match="statistic"):
+        roi_box_loss("model.roi_head.box_loss.schedule.statistic=paper")
     step = build_beta_schedule(roi_box_loss("model.roi_head.box_loss.schedule.type=step"), 1000)
     assert isinstance(step, StepBeta) and step.milestones == [670, 890] and step.gamma == 0.1
     for kind, cls in (("constant", ConstantBeta), ("linear", LinearBeta), ("cosine", CosineBeta), ("exp", ExpBeta)):
         sched = build_beta_schedule(roi_box_loss(f"model.roi_head.box_loss.schedule.type={kind}"), 1000)
         assert isinstance(sched, cls) and sched.beta == 1.0
-        assert sched.update(1000, NO_POSITIVES, 1) == pytest.approx(1.0 if kind == "constant" else 0.1)
+        assert sched.step(999) == pytest.approx(1.0 if kind == "constant" else 0.1)  # the beta of iteration 1000
 
 
 def test_dynamic_smooth_l1_with_constant_schedule_is_smooth_l1():
@@ -86,41 +133,37 @@ def test_dynamic_smooth_l1_with_constant_schedule_is_smooth_l1():
     loss, sched = build_box_loss(cfg), build_beta_schedule(cfg, 100)
     pred, target = torch.randn(20, 4), torch.randn(20, 4)
     for it in range(3):
-        beta = sched.update(it, target, num_images=2)
-        value = loss(pred, target, avg_factor=20, beta=beta)
+        value = loss(pred, target, avg_factor=20, beta=sched.beta)
         torch.testing.assert_close(value, F.smooth_l1_loss(pred, target, reduction="sum", beta=0.5) / 20)
+        sched.step(it)
+
+
+def test_adaptive_step_needs_a_statistic():
+    with pytest.raises(ValueError, match="beta_statistic"):
+        AdaptiveBeta().step(0)
 
 
 def test_state_dict_round_trip():
     a, b = AdaptiveBeta(topk=1, interval=3), AdaptiveBeta(topk=1, interval=3)
-    for it in range(5):  # one update at iteration 2, two values pending
-        a.update(it, targets([[0.1 * (it + 1), 0.1 * (it + 1)]]), num_images=1)
-    b.load_state_dict(a.state_dict())
-    assert b.beta == a.beta and b.state_dict() == a.state_dict()
-    last = targets([[0.9, 0.9]])
-    assert a.update(5, last, 1) == b.update(5, last, 1) == pytest.approx(0.5)  # median(0.4, 0.5, 0.9)
+    train(a, [(targets([[0.1 * (it + 1), 0.1 * (it + 1)]]), 1) for it in range(5)])  # updated after 2, 2 pending
+    state = a.state_dict()
+    assert state["record"]["table"].device.type == "cpu"
+    b.load_state_dict(state)
+    assert b.beta == a.beta == pytest.approx(0.2) and b.state_dict()["record"]["table"].equal(state["record"]["table"])
+    last = a.observe(targets([[0.9, 0.9]]), 1)
+    assert a.step(5, last) == b.step(5, last) == pytest.approx(0.5)  # median(0.4, 0.5, 0.9)
     cos, cos2 = CosineBeta(1.0, 0.1, 10), CosineBeta(1.0, 0.1, 10)
-    cos.update(4)
+    cos.step(4)
     cos2.load_state_dict(cos.state_dict())
     assert cos2.beta == cos.beta
     with pytest.raises(ValueError, match="'cosine' schedule, this one is 'adaptive'"):
         AdaptiveBeta().load_state_dict(cos.state_dict())
+    with pytest.raises(ValueError, match="intervals of 3 iterations, this one 4"):
+        AdaptiveBeta(interval=4).load_state_dict(state)
 
 
-def _ddp_worker(rank: int, world_size: int, init_file: str, results):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        sched = AdaptiveBeta(topk=1, interval=2)
-        # iteration 0: rank 0 sees 0.2, rank 1 sees 0.6 -> 0.4; iteration 1: only rank 1 has positives (0.5)
-        per_rank = {0: [targets([[0.2, 0.2]]), NO_POSITIVES], 1: [targets([[0.6, 0.6]]), targets([[0.5, 0.5]])]}
-        for it in range(2):
-            beta = sched.update(it, per_rank[rank][it], num_images=1)
-        results[rank] = beta
-    finally:
-        dist.destroy_process_group()
-
-
-def test_adaptive_beta_is_averaged_over_ranks(tmp_path):
-    results = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
-    assert results[0] == results[1] == pytest.approx(0.45)  # median(0.4, 0.5)
+def test_interval_record_skips_unobserved_iterations():
+    record = IntervalRecord(3)
+    assert [record.record(it, torch.tensor(v)) for it, v in enumerate((0.5, math.nan, 0.25))] == [False, False, True]
+    assert record.collect() == [0.5, 0.25]
+    assert record.collect() == []  # collecting cleared it

@@ -165,29 +165,34 @@ def test_dynamic_beta_and_iou_thresh_move_and_survive_state_dict():
     recorded, kth_iou = [], []
     for step in range(2):
         _, stats = model(images, targets, proposals=proposals)
-        assert float(stats["iou_thresh"]) == 0.5  # the threshold in use moves after the interval
+        # beta and the threshold in use move only after the interval, from the next iteration on
+        assert float(stats["beta"]) == 1.0 and float(stats["iou_thresh"]) == 0.5
         values = stats["hist/target_abs"][:, :2].mean(dim=1)
         recorded.append(float(values.kthvalue(min(10 * 2, values.numel())).values))
+        assert float(stats["beta_statistic"]) == pytest.approx(recorded[-1])
         for props, target in zip(proposals, targets):
             iou = box_iou(torch.cat([props, target["boxes"]]), target["boxes"]).max(dim=1).values
             kth_iou.append(float(iou.topk(5).values[-1]))
-        # adaptive beta: the statistic of the interval's last iteration is included in its update
-        assert float(stats["beta"]) == (1.0 if step == 0 else pytest.approx(min(1.0, sum(recorded) / 2), rel=1e-5))
-    assert float(stats["beta"]) < 1.0
+        model.update_dynamic_state(step, stats)
     heads = model.roi_heads
+    expected_beta = min(1.0, sum(recorded) / 2)  # the median of two statistics is their mean
     expected_thresh = max(0.4, sum(kth_iou) / len(kth_iou))
-    assert float(heads.label_assigner.thresh) == pytest.approx(expected_thresh, rel=1e-5)
+    assert expected_beta < 1.0 and heads.beta_schedule.beta == pytest.approx(expected_beta, rel=1e-5)
+    assert heads.label_assigner.thresh == pytest.approx(expected_thresh, rel=1e-5)
     _, stats = model(images, targets, proposals=proposals)
+    assert float(stats["beta"]) == pytest.approx(expected_beta, rel=1e-5)
     assert float(stats["iou_thresh"]) == pytest.approx(expected_thresh, rel=1e-5)
+    model.update_dynamic_state(2, stats)  # one statistic pending in the next interval
 
     restored = tiny_model(*overrides, seed=1)
     restored.load_state_dict(_roundtrip(model))
     assert restored.roi_heads.iteration == heads.iteration == 3
     assert restored.roi_heads.beta_schedule.beta == heads.beta_schedule.beta
-    assert restored.roi_heads.beta_schedule.state_dict() == heads.beta_schedule.state_dict()
-    assert float(restored.roi_heads.label_assigner.thresh) == float(heads.label_assigner.thresh)
-    assert restored.roi_heads.label_assigner.steps == heads.label_assigner.steps == 1
-    torch.testing.assert_close(restored.roi_heads.label_assigner.iou_sum, heads.label_assigner.iou_sum)
+    assert restored.roi_heads.label_assigner.thresh == heads.label_assigner.thresh
+    for part in ("beta_schedule", "label_assigner"):
+        torch.testing.assert_close(getattr(restored.roi_heads, part).record.table,
+                                   getattr(heads, part).record.table)
+    assert float(heads.label_assigner.record.table[1].sum()) == 1.0
 
 
 def test_num_classes_from_config_or_argument():

@@ -114,19 +114,22 @@ def test_sample_balanced_respects_budget_and_fraction():
         assert fg[i][chosen].sum() == is_fg[i].sum() and (fg[i] | bg[i])[chosen].all()
 
 
-def test_dynamic_label_assigner_update_and_state():
+def test_dynamic_label_assigner_observe_step_and_state():
     assigner = DynamicLabelAssigner(initial_thresh=0.5, topk=2, interval=2, min_thresh=0.4)
-    max_iou = torch.tensor([[0.9, 0.8, 0.1], [0.95, 0.7, 0.6], [0.9, 0.9, 0.9]])
+    iou = torch.tensor([[0.9, 0.8, 0.1], [0.95, 0.7, 0.6], [0.0, 0.0, 0.0]])[..., None]  # [3,3,1]
+    gt_valid = torch.tensor([[True], [True], [False]])  # image 2 has no GT: mmdetection's all-zero overlaps
     valid = torch.ones(3, 3, dtype=torch.bool)
-    gt_valid = torch.tensor([[True], [True], [False]])  # the image without GT records nothing
-    assert float(assigner.update(max_iou, valid, gt_valid)) == 0.5
-    state = assigner.state_dict()
+    _, max_iou, fg, _ = match_boxes(iou, gt_valid, assigner.thresh, assigner.thresh)
+    first = assigner.observe(iou, max_iou, fg, valid, gt_valid)
+    assert float(first) == pytest.approx((0.8 + 0.7 + 0.0) / 3)  # per image the 2nd largest, then the mean
+    assert assigner.step(0, first) == 0.5  # the threshold moves at the interval's end
     restored = DynamicLabelAssigner(initial_thresh=0.5, topk=2, interval=2, min_thresh=0.4)
-    restored.load_state_dict(state)
-    thresh = restored.update(max_iou * 0.5, valid, gt_valid)  # 2nd-largest: 0.8, 0.7, 0.4, 0.35
-    assert float(thresh) == pytest.approx(max(0.4, (0.8 + 0.7 + 0.4 + 0.35) / 4))
+    restored.load_state_dict(assigner.state_dict())
+    _, max_iou, fg, _ = match_boxes(iou * 0.5, gt_valid, 0.5, 0.5)
+    second = restored.observe(iou * 0.5, max_iou, fg, valid, gt_valid)  # 2nd largest: 0.4, 0.35, 0
+    assert restored.step(1, second) == pytest.approx(max(0.4, (0.5 + 0.25) / 2))
     low = DynamicLabelAssigner(initial_thresh=0.5, topk=2, interval=1, min_thresh=0.4)
-    assert float(low.update(max_iou * 0.1, valid, gt_valid)) == pytest.approx(0.4)
+    assert low.step(0, torch.tensor(0.05)) == pytest.approx(0.4)
 
 
 def test_smooth_l1_box_loss_equals_torchvision_fastrcnn_loss():

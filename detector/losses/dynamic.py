@@ -1,20 +1,22 @@
 """Beta schedules of Dynamic Smooth L1: the Smooth L1 beta as explicit training state.
 
-A schedule is owned by the RoI head (never mutated from outside), updated once per iteration, saved in
-checkpoints and logged. Interface: ``.beta`` (float, the beta to use now),
-``update(iteration, pos_target_deltas [P,4], num_images) -> beta``, ``state_dict()``, ``load_state_dict()``.
-``iteration`` counts from 0; ``pos_target_deltas`` are the encoded (tx, ty, tw, th) regression targets of the
-P positive (foreground, label >= 1) RoIs of this iteration's ``num_images`` images on this rank.
+A schedule is owned by the RoI head (never mutated from outside), saved in checkpoints and logged. The forward
+pass only reads it; the trainer advances it, once per optimizer step, through the head:
 
-- :class:`AdaptiveBeta` (Dynamic R-CNN): each iteration records the k-th smallest of mean(|tx|, |ty|) over the
-  positives, k = min(topk * num_images, P); after every ``interval`` iterations beta = min(initial, median of
-  the record) and the record is cleared. The old beta is kept when the median is ~0 or no iteration had
-  positives; beta never drops below ``min_beta``. Under torch.distributed the per-iteration statistic is
-  averaged over the ranks that had positives (all_reduce of (sum, count)), so every rank keeps the same beta.
-  The record stays on the device; the only host sync is at the interval boundary.
-- Explicit schedules, beta as a function of the iteration over ``total_iters``: :class:`ConstantBeta`,
-  :class:`StepBeta` (multiplied by ``gamma`` at each milestone iteration), :class:`LinearBeta`,
-  :class:`CosineBeta`, :class:`ExpBeta` (geometric from start to end).
+- ``.beta`` (float): the beta of the iteration being trained.
+- ``step(iteration, statistic=None) -> beta``: after training iteration ``iteration`` (0-based) record its
+  statistic (adaptive only) and move ``.beta`` to the value for iteration + 1. This is the only method that
+  changes the state, and the only place the state crosses ranks.
+- ``state_dict()`` / ``load_state_dict()``: Python numbers and CPU tensors, so a checkpoint written on a GPU loads
+  on a CPU and back.
+
+:class:`AdaptiveBeta` is Dynamic R-CNN's beta, with the statistic of either reference implementation
+(``statistic: mmdet | official``, see its docstring). The explicit schedules give beta as a function of the
+iteration over ``total_iters``: :class:`ConstantBeta`, :class:`StepBeta` (multiplied by ``gamma`` at each milestone
+iteration), :class:`LinearBeta`, :class:`CosineBeta`, :class:`ExpBeta` (geometric from start to end).
+
+:class:`IntervalRecord` holds one update interval's per-iteration statistics for the adaptive beta and for the
+dynamic label assigner (:mod:`detector.modeling.matcher`): the one home of their cross-rank reduction.
 """
 from __future__ import annotations
 
@@ -28,13 +30,69 @@ import torch.distributed as dist
 from detector.losses.regression import resolve_beta
 
 __all__ = ["BetaSchedule", "AdaptiveBeta", "ExplicitBetaSchedule", "ConstantBeta", "StepBeta", "LinearBeta",
-           "CosineBeta", "ExpBeta", "BETA_SCHEDULES", "build_beta_schedule"]
+           "CosineBeta", "ExpBeta", "BETA_SCHEDULES", "SCHEDULED_LOSSES", "STATISTIC_CONVENTIONS", "IntervalRecord",
+           "build_beta_schedule"]
 
-_MEDIAN_EPS = 1e-8  # a median below this keeps the old beta (Dynamic R-CNN's guard against beta -> 0)
+# Whose Dynamic R-CNN statistics (beta and DLA): open-mmlab/mmdetection's port, or hkzhang95/DynamicRCNN's code.
+STATISTIC_CONVENTIONS = ("mmdet", "official")
+_MEDIAN_EPS = 1e-15  # mmdetection's EPS: a median below it keeps the old beta (no such guard in the official code)
+
+
+def check_convention(owner: str, statistic: str) -> str:
+    if statistic not in STATISTIC_CONVENTIONS:
+        raise ValueError(f"{owner}: statistic must be one of {', '.join(STATISTIC_CONVENTIONS)}, got {statistic!r}")
+    return statistic
+
+
+class IntervalRecord:
+    """The per-iteration statistic of one update interval, kept on the statistic's device.
+
+    ``record(iteration, statistic)`` stores a 0-d statistic (NaN: nothing was observed) in slot
+    ``iteration % interval``, with no host sync and no collective, and says whether the iteration ends an interval.
+    ``collect()`` returns the interval's statistics and clears the record. Under torch.distributed it is the one
+    collective: an all_reduce of the ``[2, interval]`` (sum, count) table, which every rank reaches at the same
+    iteration (the trainer's), so each iteration's statistic is averaged over the ranks that observed one. That
+    gives the numbers of an all_reduce every iteration with one collective and one host sync per interval, and a
+    rank's extra forward passes can neither shift the record nor leave a collective unmatched.
+    """
+
+    def __init__(self, interval: int):
+        if interval < 1:
+            raise ValueError(f"IntervalRecord: interval must be >= 1, got {interval}")
+        self.interval = int(interval)
+        self.table = torch.zeros(2, self.interval)  # [2,C]: statistic (0 where none), 1 where observed
+
+    def record(self, iteration: int, statistic: torch.Tensor) -> bool:
+        stat = torch.as_tensor(statistic).detach().float().reshape(())
+        if self.table.device != stat.device:
+            self.table = self.table.to(stat.device)
+        seen = torch.isfinite(stat)
+        self.table[:, iteration % self.interval] = torch.stack((torch.where(seen, stat, 0.0), seen.float()))
+        return (iteration + 1) % self.interval == 0
+
+    def collect(self) -> list[float]:
+        """The interval's statistics in iteration order, each the mean over the ranks that observed it; the
+        iterations no rank observed are left out. Every rank must call it at the same iteration."""
+        table = self.table.clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(table)
+        self.table.zero_()
+        sums, counts = table.tolist()
+        return [s / c for s, c in zip(sums, counts) if c > 0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"table": self.table.detach().cpu().clone()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        table = torch.as_tensor(state["table"], dtype=torch.float32)
+        if tuple(table.shape) != (2, self.interval):
+            raise ValueError(f"IntervalRecord.load_state_dict: the state records intervals of {table.shape[-1]} "
+                             f"iterations, this one {self.interval}; use the interval the checkpoint was trained with")
+        self.table = table.clone()
 
 
 class BetaSchedule:
-    """Base class: ``.beta`` plus the update/state interface described in the module docstring."""
+    """Base class: ``.beta`` plus the step/state interface described in the module docstring."""
 
     type: str = ""
 
@@ -44,7 +102,7 @@ class BetaSchedule:
         self.min_beta = float(min_beta)
         self.beta = max(float(beta), self.min_beta)
 
-    def update(self, iteration: int, pos_target_deltas: torch.Tensor, num_images: int) -> float:
+    def step(self, iteration: int, statistic: torch.Tensor | None = None) -> float:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -61,68 +119,106 @@ class BetaSchedule:
 
 
 class AdaptiveBeta(BetaSchedule):
-    """Dynamic R-CNN's beta: follows the spread of the positives' (tx, ty) regression targets."""
+    """Dynamic R-CNN's beta: follows the spread of the (tx, ty) regression targets.
+
+    Each iteration observes one statistic, the k-th smallest of mean(|tx|, |ty|) over a set of regression targets
+    (:meth:`observe`); after every ``interval`` iterations beta = max(min_beta, min(initial_beta, median of the
+    interval's statistics)), used from the next iteration on. The two reference implementations differ in the
+    set, the median and the guard (``statistic``):
+
+    ``mmdet`` (default), open-mmlab/mmdetection ``mmdet/models/roi_heads/dynamic_roi_head.py``:
+    ``DynamicRoIHead.bbox_loss`` (``_bbox_forward_train`` in 2.x) takes the sampled positives' targets
+    (``bbox_targets[pos_inds, :2].abs().mean(dim=1)``, the GT boxes added as proposals included when sampled),
+    ``k = min(beta_topk * num_imgs, num_pos)`` and ``torch.kthvalue``, and records nothing without positives;
+    ``DynamicRoIHead.update_hyperparameters`` sets ``min(initial_beta, np.median(beta_history))`` (the mean of the
+    two middle values of an even record) and keeps the old beta when the record is empty or its median is below
+    ``EPS = 1e-15``. Defaults from ``configs/dynamic_rcnn/dynamic_rcnn_r50_fpn_1x_coco.py``: ``beta_topk=10``,
+    ``update_iter_interval=100``, ``initial_beta=1.0``.
+
+    ``official``, hkzhang95/DynamicRCNN ``models/zhanghongkai/dynamic_rcnn/coco/dynamic_rcnn_r50_fpn_1x/``:
+    ``network.py`` ``Network.forward`` ("record the statistics") takes the targets of every proposal before
+    sampling (``raw_proposals`` of ``dynamic_rcnn/det_opr/rcnn/proposal_target_opr.py``, with the GT boxes that
+    ``dynamic_rcnn/det_opr/rpn/proposal_opr.py`` appends in training), foreground and background alike: a proposal
+    below the threshold is encoded against the image's first GT box (``matched_idxs.clamp(min=0)``). Its k is per
+    GPU, ``min(KE * IMS_PER_GPU, number of proposals)``, over all the GPU's images at once. ``train.py`` ``main``
+    sets ``min(sorted(S_E)[ITERATION_COUNT // 2], WARMUP_BETA)`` (the upper median) with no guard against a zero
+    median. Defaults from its ``config.py``: ``KE=10``, ``ITERATION_COUNT=100``, ``WARMUP_BETA=1.0``.
+
+    Ours in both: ``min_beta`` floors beta (neither reference does; a zero beta would give NaN gradients there).
+    Neither reference synchronises ranks (each GPU keeps its own beta); here each iteration's statistic is
+    averaged over the ranks that observed one (:class:`IntervalRecord`), so every rank trains with the same beta;
+    on one process the numbers are the references'. For ``official``, images without GT boxes, which its training
+    loop skips, neither contribute proposals nor count in k; the statistic uses this project's box coder (no
+    legacy +1 pixel in widths, unlike the official ``BoxCoder``).
+    """
 
     type = "adaptive"
 
-    def __init__(self, initial_beta: float = 1.0, topk: int = 10, interval: int = 100, min_beta: float = 1e-3):
+    def __init__(self, initial_beta: float = 1.0, topk: int = 10, interval: int = 100, min_beta: float = 1e-3,
+                 statistic: str = "mmdet"):
         super().__init__(initial_beta, min_beta)
         if topk < 1 or interval < 1:
             raise ValueError(f"AdaptiveBeta: topk and interval must be >= 1, got {topk}, {interval}")
         self.initial_beta = float(initial_beta)
         self.topk = int(topk)
         self.interval = int(interval)
-        self._history: list[torch.Tensor] = []  # 0-d tensors, NaN where an iteration had no positives
+        self.statistic = check_convention("AdaptiveBeta", statistic)
+        self.record = IntervalRecord(interval)
 
-    def _statistic(self, pos_target_deltas: torch.Tensor, num_images: int) -> torch.Tensor:
-        """0-d float32 tensor: this iteration's statistic, averaged over ranks; NaN if no rank had positives."""
-        num_pos = pos_target_deltas.shape[0]
-        if num_pos > 0:
-            values = pos_target_deltas[:, :2].float().abs().mean(dim=1)  # [P]
-            k = min(self.topk * max(int(num_images), 1), num_pos)
-            stat = torch.kthvalue(values, k).values
+    def observe(self, target_deltas: torch.Tensor, num_images: int | torch.Tensor,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+        """This iteration's statistic, a 0-d float32 tensor (NaN: no target to measure); changes no state.
+
+        ``target_deltas`` [Q,4] are the (tx, ty, tw, th) targets the convention measures (mmdet: the sampled
+        positives; official: every proposal, with ``valid`` [Q] bool marking the real ones), from ``num_images``
+        images (an int, or a 0-d tensor so that no host sync is needed). Returns the k-th smallest of
+        mean(|tx|, |ty|) with k = min(topk * num_images, number of valid targets).
+        """
+        values = target_deltas[:, :2].float().abs().mean(dim=1)  # [Q]
+        if values.numel() == 0:
+            return values.new_full((), math.nan)
+        if valid is None:
+            count = values.new_tensor(float(values.numel()))
         else:
-            stat = pos_target_deltas.new_zeros((), dtype=torch.float32)
-        count = stat.new_tensor(1.0 if num_pos > 0 else 0.0)
-        if dist.is_available() and dist.is_initialized():
-            packed = torch.stack((stat * count, count))  # [2]: every rank joins, with or without positives
-            dist.all_reduce(packed)
-            stat, count = packed[0], packed[1]
-            stat = stat / count.clamp(min=1)
-        return torch.where(count > 0, stat, torch.full_like(stat, math.nan))
+            values = values.masked_fill(~valid, math.inf)
+            count = valid.sum().float()
+        k = count.clamp(min=1, max=max(float(num_images * self.topk), 1.0))  # min(k_max, count), >= 1; no H2D copy
+        kth = values.sort().values.gather(0, (k.long() - 1).view(1)).squeeze(0)
+        return torch.where(count > 0, kth, torch.full_like(kth, math.nan))
 
-    def update(self, iteration: int, pos_target_deltas: torch.Tensor, num_images: int) -> float:
-        self._history.append(self._statistic(pos_target_deltas, num_images).detach())
-        if (iteration + 1) % self.interval == 0:
-            record = [v for v in self._history_values() if not math.isnan(v)]
-            self._history = []
-            if record:
-                median = statistics.median(record)
-                if median >= _MEDIAN_EPS:
-                    self.beta = max(min(self.initial_beta, median), self.min_beta)
+    def step(self, iteration: int, statistic: torch.Tensor | None = None) -> float:
+        if statistic is None:
+            raise ValueError("AdaptiveBeta.step needs the iteration's statistic (the 'beta_statistic' of its "
+                             "training forward's stats)")
+        if self.record.record(iteration, statistic):
+            self.beta = self._next_beta(self.record.collect())
         return self.beta
 
-    def _history_values(self) -> list[float]:
-        """The recorded statistics as floats (NaN: no positives); the one host-device sync."""
-        if not self._history:
-            return []
-        device = self._history[-1].device  # a resumed record starts on the CPU
-        return torch.stack([h.to(device) for h in self._history]).tolist()
+    def _next_beta(self, record: Sequence[float]) -> float:
+        if not record:
+            return self.beta
+        if self.statistic == "official":
+            median = sorted(record)[len(record) // 2]
+        else:
+            median = statistics.median(record)
+            if median < _MEDIAN_EPS:
+                return self.beta
+        return max(min(self.initial_beta, median), self.min_beta)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "beta": self.beta, "history": self._history_values()}
+        return {**super().state_dict(), "record": self.record.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
-        self._history = [torch.tensor(float(v)) for v in state.get("history", [])]
+        self.record.load_state_dict(state["record"])
 
     def __repr__(self) -> str:
         return (f"AdaptiveBeta(beta={self.beta:.4g}, initial_beta={self.initial_beta}, topk={self.topk}, "
-                f"interval={self.interval}, min_beta={self.min_beta})")
+                f"interval={self.interval}, min_beta={self.min_beta}, statistic={self.statistic!r})")
 
 
 class ExplicitBetaSchedule(BetaSchedule):
-    """beta = max(min_beta, beta_at(iteration)); the state is only the current beta."""
+    """Iteration i trains with ``value_at(i) = max(min_beta, beta_at(i))``; the state is only the current beta."""
 
     def __init__(self, start: float, min_beta: float = 1e-3):
         super().__init__(start, min_beta)
@@ -131,8 +227,11 @@ class ExplicitBetaSchedule(BetaSchedule):
     def beta_at(self, iteration: int) -> float:
         raise NotImplementedError
 
-    def update(self, iteration: int, pos_target_deltas: torch.Tensor | None = None, num_images: int = 1) -> float:
-        self.beta = max(self.beta_at(iteration), self.min_beta)
+    def value_at(self, iteration: int) -> float:
+        return max(self.beta_at(iteration), self.min_beta)
+
+    def step(self, iteration: int, statistic: torch.Tensor | None = None) -> float:
+        self.beta = self.value_at(iteration + 1)
         return self.beta
 
 
@@ -152,6 +251,7 @@ class StepBeta(ExplicitBetaSchedule):
         super().__init__(start, min_beta)
         self.milestones = sorted(int(m) for m in milestones)
         self.gamma = float(gamma)
+        self.beta = self.value_at(0)  # a milestone at 0 already applies
 
     def beta_at(self, iteration: int) -> float:
         return self.start * self.gamma ** sum(iteration >= m for m in self.milestones)
@@ -202,23 +302,25 @@ class ExpBeta(_AnnealBeta):
 
 
 BETA_SCHEDULES = {cls.type: cls for cls in (AdaptiveBeta, ConstantBeta, StepBeta, LinearBeta, CosineBeta, ExpBeta)}
+SCHEDULED_LOSSES = ("dynamic_smooth_l1",)  # box losses whose beta follows a schedule (owned by the RoI head)
 
 
 def build_beta_schedule(cfg: Mapping, max_iters: int) -> BetaSchedule | None:
     """The schedule of a ``box_loss`` section, or None unless its loss is ``dynamic_smooth_l1``.
 
-    adaptive starts from the section's beta (or 1/sigma^2); the explicit schedules go from ``schedule.start``
-    to ``schedule.end`` over ``max_iters`` (constant stays at ``start``; step multiplies ``start`` by
-    ``step_gamma`` at the ``milestones``, fractions of ``max_iters``).
+    adaptive starts from the section's beta (or 1/sigma^2), with ``schedule.statistic``'s convention; the explicit
+    schedules go from ``schedule.start`` to ``schedule.end`` over ``max_iters`` (constant stays at ``start``; step
+    multiplies ``start`` by ``step_gamma`` at the ``milestones``, fractions of ``max_iters``).
     """
-    if cfg.get("name") != "dynamic_smooth_l1":
+    if cfg.get("name") not in SCHEDULED_LOSSES:
         return None
     sched = cfg["schedule"]
     kind = sched.get("type", "adaptive")
     min_beta = float(sched.get("min_beta", 1e-3))
     if kind == "adaptive":
         return AdaptiveBeta(initial_beta=resolve_beta(cfg), topk=int(sched.get("topk", 10)),
-                            interval=int(sched.get("interval", 100)), min_beta=min_beta)
+                            interval=int(sched.get("interval", 100)), min_beta=min_beta,
+                            statistic=sched.get("statistic", "mmdet"))
     start, end = float(sched.get("start", 1.0)), float(sched.get("end", 0.1))
     if kind == "constant":
         return ConstantBeta(start, min_beta=min_beta)

@@ -9,16 +9,19 @@ loop, no ``nonzero``/``.item()`` host sync, so assignment stays queued on the de
   (ignored in between), optional low-quality matches (the RPN's "best anchor of each GT is positive" rule).
 - :func:`sample_balanced`: up to ``batch_size_per_image`` samples per image, at most ``positive_fraction`` of them
   foreground, drawn uniformly at random by top-k over random keys.
-- :class:`DynamicLabelAssigner`: Dynamic R-CNN's label assignment (the IoU threshold follows the proposals' quality).
+- :class:`DynamicLabelAssigner` / :func:`build_label_assigner`: Dynamic R-CNN's label assignment (the IoU threshold
+  follows the proposals' quality), in mmdetection's or the official code's convention.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import torch
-import torch.distributed as dist
 
-__all__ = ["match_boxes", "sample_balanced", "DynamicLabelAssigner"]
+from detector.losses.dynamic import IntervalRecord, check_convention
+
+__all__ = ["match_boxes", "sample_balanced", "DynamicLabelAssigner", "build_label_assigner"]
 
 
 def match_boxes(iou: torch.Tensor, gt_valid: torch.Tensor, fg_iou_thresh: float | torch.Tensor,
@@ -82,61 +85,111 @@ def sample_balanced(fg: torch.Tensor, bg: torch.Tensor, batch_size_per_image: in
 
 
 class DynamicLabelAssigner:
-    """Dynamic R-CNN's label assignment: the fg IoU threshold follows the proposals' quality.
+    """Dynamic R-CNN's label assignment: the IoU threshold (foreground and background alike) follows the proposals.
 
-    Each training iteration records, for every image with GT, the ``topk``-th largest IoU of its proposals
-    (GT boxes included, as in the paper's code) against their best GT; images without GT carry no IoU
-    statistic and are skipped. After every ``interval`` iterations the threshold becomes
-    ``max(min_thresh, mean of the record)`` and the record is cleared; the background threshold equals it.
-    The record stays on the device as a (sum, count) pair, so updating costs no host sync; under
-    torch.distributed the pair is summed over ranks at each threshold update, so every rank uses the same one.
+    The RoI head matches with ``thresh`` (a float, the threshold in use) and passes each training forward's IoUs to
+    :meth:`observe`, which returns that iteration's statistic and changes nothing. The trainer calls
+    :meth:`step` once per optimizer step: after every ``interval`` iterations the threshold becomes
+    ``max(min_thresh, mean of the interval's statistics)``, used from the next iteration on; under torch.distributed
+    each iteration's statistic is first averaged over the ranks (:class:`~detector.losses.dynamic.IntervalRecord`,
+    one collective per interval), so every rank matches with the same threshold. The two reference
+    implementations measure the statistic differently (``statistic``):
+
+    ``mmdet`` (default), open-mmlab/mmdetection ``mmdet/models/roi_heads/dynamic_roi_head.py``:
+    ``DynamicRoIHead.loss`` (``forward_train`` in 2.x) takes, per image, the ``min(iou_topk, n)``-th largest of
+    ``assign_result.max_overlaps`` over its n proposals (with the GT boxes the sampler adds as proposals, IoU 1;
+    an image without GT has all-zero overlaps), then the mean over the images; ``update_hyperparameters`` sets
+    ``max(initial_iou, np.mean(iou_history))`` for the positive and negative thresholds. Defaults from
+    ``configs/dynamic_rcnn/dynamic_rcnn_r50_fpn_1x_coco.py``: ``iou_topk=75``, ``update_iter_interval=100``,
+    ``initial_iou=0.4``; until the first update the assigner keeps Faster R-CNN's 0.5.
+
+    ``official``, hkzhang95/DynamicRCNN ``models/zhanghongkai/dynamic_rcnn/coco/dynamic_rcnn_r50_fpn_1x/``:
+    ``network.py`` ``Network.forward`` takes ``torch.topk(ious, KI * IMS_PER_GPU)[0][-1]``, one k per GPU over the
+    concatenated proposals of all its images (with the appended GT boxes), where ``ious`` is the ``matched_ious``
+    of ``dynamic_rcnn/det_opr/rcnn/proposal_target_opr.py``: the best-GT IoU of a foreground proposal, but for a
+    proposal below the threshold the IoU with the image's first GT box (``matched_idxs.clamp(min=0)``), reproduced
+    here. ``train.py`` ``main`` sets ``max(sum(S_I) / ITERATION_COUNT, WARMUP_IOU)``, starting from
+    ``WARMUP_IOU``. Defaults from its ``config.py``: ``KI=75``, ``ITERATION_COUNT=100``, ``WARMUP_IOU=0.4``.
+    Images without GT, which its training loop skips, neither contribute proposals nor count in k; k is capped
+    at the number of proposals.
     """
 
-    def __init__(self, initial_thresh: float = 0.5, topk: int = 75, interval: int = 100, min_thresh: float = 0.4):
+    def __init__(self, initial_thresh: float = 0.5, topk: int = 75, interval: int = 100, min_thresh: float = 0.4,
+                 statistic: str = "mmdet"):
         if topk < 1 or interval < 1:
             raise ValueError(f"DynamicLabelAssigner: topk and interval must be >= 1, got {topk}, {interval}")
         self.topk = int(topk)
         self.interval = int(interval)
         self.min_thresh = float(min_thresh)
-        self.thresh = torch.tensor(float(initial_thresh))  # 0-d, on the device of the last update
-        self.iou_sum = torch.zeros(())
-        self.iou_count = torch.zeros(())
-        self.steps = 0  # iterations recorded since the last threshold update
+        self.statistic = check_convention("DynamicLabelAssigner", statistic)
+        self.thresh = float(initial_thresh)
+        self.record = IntervalRecord(interval)
 
-    def update(self, max_iou: torch.Tensor, candidate_valid: torch.Tensor, gt_valid: torch.Tensor) -> torch.Tensor:
-        """max_iou [N,M] best-GT IoU per candidate, candidate_valid [N,M], gt_valid [N,G] -> the threshold (0-d)."""
-        device = max_iou.device
-        self.thresh, self.iou_sum, self.iou_count = (
-            t.to(device) for t in (self.thresh, self.iou_sum, self.iou_count))
-        k = min(self.topk, max_iou.shape[1])
-        if k > 0:
-            kth = max_iou.masked_fill(~candidate_valid, 0.0).topk(k, dim=1).values[:, -1]  # [N]
-            has_gt = gt_valid.any(dim=1)
-            self.iou_sum = self.iou_sum + (kth.clamp(min=0) * has_gt).sum().detach()
-            self.iou_count = self.iou_count + has_gt.sum()
-        self.steps += 1
-        if self.steps >= self.interval:
-            if dist.is_available() and dist.is_initialized():  # every rank switches to the same threshold
-                packed = torch.stack((self.iou_sum, self.iou_count))
-                dist.all_reduce(packed)
-                self.iou_sum, self.iou_count = packed[0], packed[1]
-            mean = self.iou_sum / self.iou_count.clamp(min=1)
-            new = torch.clamp(mean, min=self.min_thresh)
-            self.thresh = torch.where(self.iou_count > 0, new, self.thresh).float()
-            self.iou_sum = torch.zeros_like(self.iou_sum)
-            self.iou_count = torch.zeros_like(self.iou_count)
-            self.steps = 0
+    def observe(self, iou: torch.Tensor, max_iou: torch.Tensor, fg: torch.Tensor, candidate_valid: torch.Tensor,
+                gt_valid: torch.Tensor) -> torch.Tensor:
+        """This iteration's IoU statistic, a 0-d float32 tensor (NaN: nothing to measure); changes no state.
+
+        iou [N,M,G] candidate-vs-GT IoU, max_iou [N,M] / fg [N,M] as returned by :func:`match_boxes` with the
+        current threshold, candidate_valid [N,M], gt_valid [N,G]. No host sync.
+        """
+        if self.statistic == "official":
+            return self._observe_official(iou, max_iou, fg, candidate_valid, gt_valid)
+        return self._observe_mmdet(max_iou, candidate_valid)
+
+    def _observe_mmdet(self, max_iou: torch.Tensor, candidate_valid: torch.Tensor) -> torch.Tensor:
+        k_max = min(self.topk, max_iou.shape[1])
+        if k_max == 0:
+            return max_iou.new_full((), math.nan)
+        overlaps = torch.where(candidate_valid, max_iou.clamp(min=0), -1.0)  # [N,M]; without GT: 0, as mmdet's
+        top = overlaps.topk(k_max, dim=1).values  # [N,k_max], the valid ones first
+        count = candidate_valid.sum(dim=1)  # [N]
+        kth = top.gather(1, (count.clamp(min=1, max=k_max) - 1)[:, None]).squeeze(1)  # [N]: min(topk, n)-th largest
+        has = count > 0
+        mean = (kth * has).sum() / has.sum().clamp(min=1)
+        return torch.where(has.any(), mean, torch.full_like(mean, math.nan)).float()
+
+    def _observe_official(self, iou, max_iou, fg, candidate_valid, gt_valid) -> torch.Tensor:
+        has_gt = gt_valid.any(dim=1)  # [N]
+        valid = candidate_valid & has_gt[:, None]  # [N,M]
+        first_gt = iou[..., 0] if iou.shape[2] > 0 else max_iou  # [N,M]
+        values = torch.where(fg, max_iou, first_gt).masked_fill(~valid, -math.inf).flatten()  # [N*M]
+        if values.numel() == 0:
+            return max_iou.new_full((), math.nan)
+        count = valid.sum()
+        k = torch.minimum(count, has_gt.sum() * self.topk).clamp(min=1)
+        kth = values.sort(descending=True).values.gather(0, (k - 1).view(1)).squeeze(0)
+        return torch.where(count > 0, kth, torch.full_like(kth, math.nan)).float()
+
+    def step(self, iteration: int, statistic: torch.Tensor) -> float:
+        """After training iteration ``iteration`` (0-based): record its statistic; at an interval's end, update."""
+        if self.record.record(iteration, statistic):
+            record = self.record.collect()
+            if record:
+                self.thresh = max(self.min_thresh, sum(record) / len(record))
         return self.thresh
 
     def state_dict(self) -> dict[str, Any]:
-        return {"thresh": self.thresh.detach().cpu().clone(), "iou_sum": self.iou_sum.detach().cpu().clone(),
-                "iou_count": self.iou_count.detach().cpu().clone(), "steps": self.steps}
+        return {"thresh": self.thresh, "record": self.record.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.thresh = torch.as_tensor(state["thresh"], dtype=torch.float32).clone()
-        self.iou_sum = torch.as_tensor(state["iou_sum"], dtype=torch.float32).clone()
-        self.iou_count = torch.as_tensor(state["iou_count"], dtype=torch.float32).clone()
-        self.steps = int(state["steps"])
+        self.thresh = float(state["thresh"])
+        self.record.load_state_dict(state["record"])
 
     def __repr__(self) -> str:
-        return (f"DynamicLabelAssigner(topk={self.topk}, interval={self.interval}, min_thresh={self.min_thresh})")
+        return (f"DynamicLabelAssigner(thresh={self.thresh:.4g}, topk={self.topk}, interval={self.interval}, "
+                f"min_thresh={self.min_thresh}, statistic={self.statistic!r})")
+
+
+def build_label_assigner(roi_cfg: Mapping) -> DynamicLabelAssigner | None:
+    """The dynamic label assigner of a ``model.roi_head`` section, or None unless DLA is enabled.
+
+    It starts where its convention does: ``mmdet`` at ``fg_iou_thresh`` (mmdetection's Dynamic R-CNN config keeps
+    Faster R-CNN's 0.5 assigner until the first update), ``official`` at ``min_thresh`` (its ``WARMUP_IOU``).
+    """
+    dla = roi_cfg["dynamic_label_assignment"]
+    if not dla["enabled"]:
+        return None
+    statistic = dla.get("statistic", "mmdet")
+    initial = dla["min_thresh"] if statistic == "official" else roi_cfg["fg_iou_thresh"]
+    return DynamicLabelAssigner(initial_thresh=initial, topk=dla["topk"], interval=dla["interval"],
+                                min_thresh=dla["min_thresh"], statistic=statistic)

@@ -6,7 +6,8 @@ classes. Label 0 is background, foreground labels are 1..K; class logits are ``[
 (slot k-1 regresses class k) or ``[R, 4]`` when class-agnostic. Boxes are absolute xyxy float32 pixels.
 
 Training: proposals (+ GT boxes) are matched to GT by IoU (fixed thresholds, or the threshold of the dynamic
-label assigner), 512 RoIs per image are sampled at 25% foreground, all in batched masked tensor form; one
+label assigner), ``batch_size_per_image`` RoIs per image (default 128; gpu.yaml 512) are sampled at 25%
+foreground, all in batched masked tensor form; one
 ``MultiScaleRoIAlign`` call pools every RoI of the batch. ``loss_cls`` is cross-entropy over the sampled RoIs;
 ``loss_box_reg`` is the configured box loss over the positives' GT-class slots (delta losses on (pred deltas,
 target deltas), IoU losses on (decoded pred boxes, GT boxes)), divided by the number of sampled RoIs
@@ -15,11 +16,16 @@ sync is the compaction of the positives (their count sizes the regression target
 histograms), besides the per-level split inside torchvision's ``MultiScaleRoIAlign``.
 
 The head owns the state that changes during training: the Dynamic Smooth L1 beta schedule and the dynamic label
-assigner, plus its iteration counter. They travel in ``state_dict()`` through ``get_extra_state``.
+assigner. ``forward`` only reads it (the beta and IoU threshold in use, logged as ``beta`` / ``iou_thresh``) and
+returns the iteration's Dynamic R-CNN statistics in ``stats`` (``beta_statistic`` with an adaptive beta,
+``iou_statistic`` with DLA), so extra forward passes (a hook, debugging, evaluation) change nothing. The trainer
+calls :meth:`RoIHeads.update_dynamic_state` once per optimizer step with that iteration's stats: the one place the
+state changes, and the one place it crosses ranks (once per update interval). The state travels in
+``state_dict()`` through ``get_extra_state``, as Python numbers and CPU tensors.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +34,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from detector.box_coder import DELTA_NAMES, BoxCoder
 from detector.boxes import batched_box_iou, batched_nms_topk, clip_boxes_to_sizes, min_size_mask
-from detector.losses import BetaSchedule, BoxLoss
+from detector.losses import AdaptiveBeta, BetaSchedule, BoxLoss
 from detector.modeling.matcher import DynamicLabelAssigner, match_boxes, sample_balanced
 
 __all__ = ["BoxHead", "RoIHeads"]
@@ -94,7 +100,7 @@ class RoIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
-        self.iteration = 0  # training steps taken; drives the beta schedule
+        self.iteration = 0  # the next training iteration update_dynamic_state expects
 
     # ------------------------------------------------------------------ state carried in the model's state_dict
     def get_extra_state(self) -> dict[str, Any]:
@@ -108,6 +114,32 @@ class RoIHeads(nn.Module):
             self.beta_schedule.load_state_dict(state["beta_schedule"])
         if self.label_assigner is not None and state.get("label_assigner") is not None:
             self.label_assigner.load_state_dict(state["label_assigner"])
+
+    def update_dynamic_state(self, iteration: int, stats: Mapping[str, torch.Tensor]) -> None:
+        """Advance the beta schedule and the label assigner past training iteration ``iteration`` (0-based).
+
+        ``stats`` are the stats of that iteration's training forward (their ``beta_statistic`` / ``iou_statistic``).
+        Call it once per optimizer step, in order, on every rank: at the end of an update interval it runs the
+        state's one collective (:class:`~detector.losses.dynamic.IntervalRecord`).
+        """
+        if iteration < self.iteration:
+            raise ValueError(f"RoIHeads.update_dynamic_state({iteration}): iteration {self.iteration - 1} is already "
+                             f"recorded; call it once per optimizer step, in order")
+        if self.beta_schedule is not None:
+            self.beta_schedule.step(iteration, stats.get("beta_statistic"))
+        if self.label_assigner is not None:
+            if "iou_statistic" not in stats:
+                raise ValueError("RoIHeads.update_dynamic_state: stats has no 'iou_statistic'; pass the stats of "
+                                 "the iteration's training forward")
+            self.label_assigner.step(iteration, stats["iou_statistic"])
+        self.iteration = iteration + 1
+
+    @property
+    def _beta_statistic_source(self) -> str | None:
+        """Which targets the adaptive beta measures: the sampled ``positives`` (mmdet) or every ``candidate``."""
+        if not isinstance(self.beta_schedule, AdaptiveBeta):
+            return None
+        return "candidates" if self.beta_schedule.statistic == "official" else "positives"
 
     # ------------------------------------------------------------------ forward
     def forward(self, features: dict[str, torch.Tensor], proposals: torch.Tensor, proposal_valid: torch.Tensor,
@@ -132,42 +164,60 @@ class RoIHeads(nn.Module):
 
     def _assign_and_sample(self, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid):
         """Match proposals (+ GT) to GT and sample; -> rois [N,S,4], labels [N,S], matched GT [N,S,4],
-        is_fg [N,S], sampled [N,S], the IoU threshold used (0-d)."""
+        is_fg [N,S], sampled [N,S], the IoU threshold used (0-d), and the statistics measured on the candidates
+        before sampling (``iou_statistic``; ``beta_statistic`` in the official convention)."""
         if self.add_gt_as_proposals:
             proposals = torch.cat([proposals, gt_boxes.to(proposals)], dim=1)  # [N,P+G,4]
             proposal_valid = torch.cat([proposal_valid, gt_valid], dim=1)
         iou = batched_box_iou(proposals, gt_boxes)  # [N,M,G]
         if self.label_assigner is not None:
-            fg_thresh = bg_thresh = self.label_assigner.thresh.to(iou.device)
+            fg_thresh = bg_thresh = self.label_assigner.thresh
         else:
             fg_thresh, bg_thresh = self.fg_iou_thresh, self.bg_iou_thresh
         matched_idx, max_iou, fg, bg = match_boxes(iou, gt_valid, fg_thresh, bg_thresh)
+        observed = {}
         if self.label_assigner is not None:
-            self.label_assigner.update(max_iou, proposal_valid, gt_valid)
+            observed["iou_statistic"] = self.label_assigner.observe(iou, max_iou, fg, proposal_valid, gt_valid)
+        if self._beta_statistic_source == "candidates":
+            observed["beta_statistic"] = self._candidate_beta_statistic(proposals, proposal_valid, gt_boxes,
+                                                                        gt_valid, matched_idx, fg)
         index, is_fg, sampled = sample_balanced(fg & proposal_valid, bg & proposal_valid,
                                                 self.batch_size_per_image, self.positive_fraction)  # [N,S]
         rois = proposals.gather(1, index[..., None].expand(-1, -1, 4))  # [N,S,4]
         gt_idx = matched_idx.gather(1, index)  # [N,S]
         labels = torch.where(is_fg, gt_labels.gather(1, gt_idx), 0)  # [N,S]
         matched_gt = gt_boxes.gather(1, gt_idx[..., None].expand(-1, -1, 4))  # [N,S,4]
-        thresh = torch.as_tensor(fg_thresh, dtype=torch.float32, device=iou.device)
-        return rois, labels, matched_gt, is_fg, sampled, thresh
+        thresh = torch.full((), float(fg_thresh), dtype=torch.float32, device=iou.device)  # a fill: no H2D copy
+        return rois, labels, matched_gt, is_fg, sampled, thresh, observed
+
+    def _candidate_beta_statistic(self, candidates, candidate_valid, gt_boxes, gt_valid, matched_idx, fg):
+        """The official beta statistic over every candidate [N,M,4] of the images with GT, each encoded against
+        its matched GT, or against the image's first GT below the threshold (the official code's
+        ``matched_idxs.clamp(min=0)``); see :class:`~detector.losses.dynamic.AdaptiveBeta`."""
+        reference = torch.where(fg, matched_idx, 0)  # [N,M]
+        reference_gt = gt_boxes.gather(1, reference[..., None].expand(-1, -1, 4))  # [N,M,4]
+        target_deltas = self.box_coder.encode(candidates.reshape(-1, 4), reference_gt.reshape(-1, 4))  # [N*M,4]
+        has_gt = gt_valid.any(dim=1)  # [N]
+        valid = (candidate_valid & has_gt[:, None]).reshape(-1)  # [N*M]
+        return self.beta_schedule.observe(target_deltas, num_images=has_gt.sum(), valid=valid)
 
     def _forward_train(self, features, proposals, proposal_valid, padded_size, gt_boxes, gt_labels, gt_valid):
         with torch.no_grad():
-            rois, labels, matched_gt, is_fg, sampled, thresh = self._assign_and_sample(
+            rois, labels, matched_gt, is_fg, sampled, thresh, observed = self._assign_and_sample(
                 proposals, proposal_valid, gt_boxes, gt_labels, gt_valid)
         logits, deltas = self._predict(features, rois, padded_size)  # [R,K+1], [R,4K]
         losses, stats = self.losses(logits, deltas, rois.view(-1, 4), labels.view(-1), matched_gt.view(-1, 4),
                                     sampled.view(-1), num_images=proposals.shape[0])
         stats["iou_thresh"] = thresh
+        stats.update(observed)
         return losses, stats
 
     def losses(self, logits: torch.Tensor, deltas: torch.Tensor, rois: torch.Tensor, labels: torch.Tensor,
                matched_gt: torch.Tensor, sampled: torch.Tensor, num_images: int):
         """Losses and stats of R sampled RoIs: logits [R,K+1], deltas [R,4K], rois [R,4], labels [R] (0 = bg),
-        matched_gt [R,4] (used where label >= 1), sampled [R] bool (False: padding, no loss). Advances the
-        beta schedule by one iteration."""
+        matched_gt [R,4] (used where label >= 1), sampled [R] bool (False: padding, no loss). Uses the beta
+        schedule's current beta and changes no state; with mmdetection's adaptive beta the stats carry the
+        positives' ``beta_statistic``."""
         num_samples = sampled.sum().clamp(min=1).float()
         loss_cls = (F.cross_entropy(logits, labels, reduction="none") * sampled).sum() / num_samples
         pos = ((labels > 0) & sampled).nonzero().squeeze(1)  # [Q]: the step's one host sync
@@ -176,9 +226,7 @@ class RoIHeads(nn.Module):
         pred_deltas = deltas.view(deltas.shape[0], -1, 4)[pos, slots]  # [Q,4]
         pos_rois, pos_gt = rois[pos], matched_gt[pos]
         target_deltas = self.box_coder.encode(pos_rois, pos_gt)  # [Q,4]
-        beta = self.box_loss.beta
-        if self.beta_schedule is not None:
-            beta = self.beta_schedule.update(self.iteration, target_deltas, num_images)
+        beta = self.box_loss.beta if self.beta_schedule is None else self.beta_schedule.beta
         normalizer = num_samples if self.box_loss_normalizer == "num_samples" else float(max(pos.numel(), 1))
         if pos.numel() == 0:
             loss_box = deltas.sum() * 0.0  # zero that keeps the graph: every parameter still gets a gradient
@@ -188,13 +236,14 @@ class RoIHeads(nn.Module):
         else:
             loss_box = self.box_loss(pred_deltas, target_deltas, avg_factor=normalizer,
                                      beta=beta if self.beta_schedule is not None else None)
-        self.iteration += 1
 
         num_fg = (labels > 0).logical_and(sampled).sum()
         stats = {"num_fg": num_fg, "num_bg": ((labels == 0) & sampled).sum(),
                  "num_pos_per_image": num_fg.float() / num_images}
         if beta is not None:
-            stats["beta"] = torch.as_tensor(float(beta), dtype=torch.float32, device=deltas.device)
+            stats["beta"] = torch.full((), float(beta), dtype=torch.float32, device=deltas.device)
+        if self._beta_statistic_source == "positives":
+            stats["beta_statistic"] = self.beta_schedule.observe(target_deltas.detach(), num_images)
         target_abs = target_deltas.detach().abs()
         pred_err = (pred_deltas.detach() - target_deltas).abs()
         stats.update(_coordinate_stats("target_abs", target_abs))
