@@ -1,38 +1,63 @@
 #!/usr/bin/env python
-"""Benchmark our detector against torchvision's fasterrcnn_resnet50_fpn, side by side in one process.
+"""Speed: ours against torchvision's Faster R-CNN, the real training loop, padded shapes, a profile, the loader.
 
-    python tools/benchmark.py                       # GPU: batch 2 and 8, AMP off and on, 800x1067 images
-    python tools/benchmark.py --device cpu          # a small CPU version (what the test runs)
-    python tools/benchmark.py --json out.json       # every figure, the settings, device and versions
-    python tools/benchmark.py --data [--cfg ...]    # data-loader throughput instead (images/s per worker count)
+    python tools/benchmark.py                       # the table (GPU): scratch + finetune, batch 2 and 8, AMP off/on,
+                                                    # 800x1067, each side of each row in its own process
+    python tools/benchmark.py --compile backbone    # the same with torch.compile of our backbone
+    python tools/benchmark.py --device cpu          # a small CPU version
+    python tools/benchmark.py --real --cfg smoothl1.yaml --cfg data/coco_tiny.yaml --cfg gpu.yaml --real-iters 100
+                                                    # the real training loop for N iterations beside the synthetic
+                                                    # figure of the same model on the run's padded shape
+    python tools/benchmark.py --shapes --cfg data/coco_tiny.yaml --cfg gpu.yaml   # distinct padded shapes per
+                                                    # 1000 batches and the padding's FLOPs, per data.input.pad_buckets
+    python tools/benchmark.py --profile --cfg smoothl1.yaml     # torch.profiler of training steps, host syncs counted
+    python tools/benchmark.py --data --cfg data/coco_tiny.yaml --workers 0 4 8   # data-loader images/s
+    python tools/benchmark.py --all --cfg smoothl1.yaml --cfg data/coco_tiny.yaml --cfg gpu.yaml --json bench.json
+                                                    # everything the GPU table of docs/performance.md needs
+Add --json FILE to keep every figure. Configs (--cfg, key=value) are used by --real, --shapes, --profile, --data;
+in the synthetic table key=value overrides change our side only (e.g. train.nonfinite_check=step against log).
 """
 import argparse
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    for flag, text in (("--real", "time the real training loop"), ("--shapes", "count padded batch shapes"),
+                       ("--profile", "profile training steps"), ("--data", "data-loader throughput"),
+                       ("--all", "the synthetic table, --real and --shapes together")):
+        mode.add_argument(flag, action="store_true", help=text)
     parser.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
     parser.add_argument("--amp", choices=["off", "on", "both"], default=None)
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"))
+    parser.add_argument("--settings", nargs="+", choices=["scratch", "finetune"], default=None)
     parser.add_argument("--backbone", default=None, help="resnet18/34/50/101 for both sides (default: resnet50, "
                                                          "resnet18 with --device cpu)")
+    parser.add_argument("--compile", choices=["none", "backbone", "all"], default="none", help="ours: train.compile")
+    parser.add_argument("--cudnn-benchmark", choices=["on", "off"], default="on", help="for both sides")
+    parser.add_argument("--isolation", choices=["process", "none"], default="process",
+                        help="each side of each row in its own process (default), or all in this one")
     parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--iters", type=int, default=None,
+                        help="timed iterations of the synthetic benchmark and of --real's synthetic figure "
+                             "(--profile: profiled steps)")
+    parser.add_argument("--real-iters", type=int, default=100, help="--real: training iterations")
+    parser.add_argument("--batches", type=int, default=1000, help="--shapes: batches simulated per split")
+    parser.add_argument("--buckets", type=int, nargs="+", default=None,
+                        help="--shapes: data.input.pad_buckets values to compare (default: 0 and the config's)")
     parser.add_argument("--json", help="write every figure to this file")
-    parser.add_argument("--data", action="store_true", help="measure data-loader throughput instead")
-    parser.add_argument("--cfg", action="append", default=[], help="config for --data")
+    parser.add_argument("--cfg", action="append", default=[], help="config file (repeatable)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4, 8, 16], help="worker counts for --data")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides for --data")
-    args = parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = parser.parse_intermixed_args(argv)
 
     import torch
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    report = {}
     if args.data:
         from detector.config import load_config
         from detector.data.benchmark import loader_throughput
@@ -41,22 +66,62 @@ def main(argv=None) -> int:
                                                 for w in args.workers]}
         for row in report["results"]:
             print(json.dumps(row))
-    else:
+    if args.shapes or args.all:
+        report["shapes"] = shapes(args)
+    if args.profile:
+        from detector.benchmark import profile_step
+        report = profile_step(args.cfg, args.overrides, device=device, warmup=args.warmup or 3, steps=args.iters or 2)
+        print(report["table"])
+        print(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=1))
+    if not (args.data or args.shapes or args.profile or args.real):
         from detector.benchmark import format_table, run_benchmark
         small = device == "cpu"
-        report = run_benchmark(
-            device,
-            batch_sizes=args.batch_sizes or ([1] if small else [2, 8]),
+        size = args.size or ([128, 160] if small else [800, 1067])
+        report["synthetic"] = run_benchmark(
+            device, batch_sizes=args.batch_sizes or ([1] if small else [2, 8]),
             amp_modes={"off": [False], "on": [True], "both": [False, True]}[args.amp or ("off" if small else "both")],
-            height=(args.size or ([128, 160] if small else [800, 1067]))[0],
-            width=(args.size or ([128, 160] if small else [800, 1067]))[1],
+            height=size[0], width=size[1], settings=tuple(args.settings or ("scratch", "finetune")),
             backbone=args.backbone or ("resnet18" if small else "resnet50"),
             warmup=args.warmup if args.warmup is not None else (1 if small else 5),
-            iters=args.iters if args.iters is not None else (2 if small else 20))
-        print(format_table(report))
+            iters=args.iters if args.iters is not None else (2 if small else 20),
+            compile=args.compile, cudnn_benchmark=args.cudnn_benchmark == "on", isolation=args.isolation,
+            overrides=tuple(args.overrides) if not args.all else ())
+        print(format_table(report["synthetic"]))
+    if args.real or args.all:
+        from detector.benchmark import format_real, real_loop
+        report["real"] = real_loop(args.cfg, args.overrides, iters=args.real_iters, device=device,
+                                   isolation=args.isolation, synthetic_warmup=3 if args.warmup is None else args.warmup,
+                                   synthetic_iters=args.iters or 10)
+        print(format_real(report["real"]))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def shapes(args) -> dict:
+    """--shapes: the padded shapes of ``--batches`` training and val batches for each ``pad_buckets`` value."""
+    from detector.config import load_config
+    from detector.data.benchmark import padded_shapes
+    cfg = load_config(args.cfg, args.overrides)
+    buckets = tuple(args.buckets or sorted({0, cfg.data.input.pad_buckets}))
+    out = {}
+    for split in ("train", "val"):
+        out[split] = padded_shapes(cfg, split, num_batches=args.batches, pad_buckets=buckets)
+        print(f"{split}: {out[split]['batches']} batches of {out[split]['batch_size']} "
+              f"({' '.join(args.cfg)} {' '.join(args.overrides)})")
+        print("| pad_buckets | bucket sides | distinct shapes | padded / real pixels | vs unbucketed | most frequent |")
+        print("|---|---|---|---|---|---|")
+        for row in out[split]["rows"]:
+            common = ", ".join(f"{k} ({v})" for k, v in list(row["shape_counts"].items())[:4])
+            print(f"| {row['pad_buckets']} | {row['bucket_sides'] or '-'} | {row['distinct_shapes']} | "
+                  f"{row['padded_over_real']:.3f} | {row['padded_over_unbucketed']:.3f} | {common} |")
+    both = {}
+    for row_t, row_v in zip(out["train"]["rows"], out["val"]["rows"]):
+        both[row_t["pad_buckets"]] = len(set(row_t["shape_counts"]) | set(row_v["shape_counts"]))
+    out["distinct_shapes_train_and_val"] = both
+    print("distinct shapes over training and evaluation together:",
+          ", ".join(f"pad_buckets={k}: {v}" for k, v in both.items()))
+    return out
 
 
 if __name__ == "__main__":

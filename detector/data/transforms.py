@@ -4,7 +4,8 @@ Images stay uint8 (the model converts to float and normalises on the device). Ev
 ``torch.Generator`` passed in, which the dataset seeds per sample, so a sample's augmentation is a pure function of
 its seed. Training: drop crowd/difficult boxes, label noise, multi-scale resize, horizontal flip. Evaluation: one
 resize. Both add ``"orig_size"`` (H0, W0) so detections can be mapped back to the original pixels. Labels are
-untouched (1..K, 0 is background).
+untouched (1..K, 0 is background). The size arithmetic of padding lives here too (:func:`batch_padded_size`, the
+model's padded batch, with the optional buckets of ``data.input.pad_buckets``), beside the sizes it depends on.
 """
 from __future__ import annotations
 
@@ -28,6 +29,44 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
 def padded_size(height: int, width: int, divisibility: int) -> tuple[int, int]:
     """(H, W) rounded up to multiples of ``divisibility`` (the model pads batches to this on the device)."""
     return int(math.ceil(height / divisibility) * divisibility), int(math.ceil(width / divisibility) * divisibility)
+
+
+def bucket_sides(max_short: int, max_long: int, divisibility: int, num_buckets: int) -> tuple[int, ...]:
+    """The side lengths padded batches snap to (``data.input.pad_buckets``); () when ``num_buckets`` is 0.
+
+    ``num_buckets`` multiples of ``divisibility``, evenly spaced from the largest short side the transforms produce
+    (``max_short``) to the largest long side (``max_long``), both rounded up: every side of every batch fits the
+    last one, so a run sees at most ``num_buckets ** 2`` padded shapes (H and W each take one of the values).
+    One bucket is one square canvas for everything; two are roughly a landscape and a portrait canvas.
+    """
+    if num_buckets <= 0:
+        return ()
+    low, high = padded_size(max_short, max_long, divisibility)
+    low = min(low, high)
+    if num_buckets == 1:
+        return (high,)
+    steps = [low + (high - low) * i / (num_buckets - 1) for i in range(num_buckets)]
+    return tuple(sorted({padded_size(int(math.ceil(s)), 1, divisibility)[0] for s in steps}))
+
+
+def batch_padded_size(sizes: Sequence[tuple[int, int]], divisibility: int,
+                      buckets: Sequence[int] = ()) -> tuple[int, int]:
+    """(H, W) a batch of images of ``sizes`` [(h_i, w_i), ...] is padded to (bottom and right only).
+
+    Each side is the batch's largest, rounded up to ``divisibility``, then up to the smallest of ``buckets`` that
+    holds it; a side longer than every bucket (an image larger than the config's sizes) keeps its rounded size.
+    """
+    height, width = padded_size(max(h for h, _ in sizes), max(w for _, w in sizes), divisibility)
+    return (next((b for b in sorted(buckets) if b >= height), height),
+            next((b for b in sorted(buckets) if b >= width), width))
+
+
+def build_pad_buckets(cfg, num_buckets: int | None = None) -> tuple[int, ...]:
+    """``bucket_sides`` of ``cfg.data.input`` (``num_buckets`` overrides ``pad_buckets``): from the largest training
+    or test short side to the largest long side, so training and evaluation batches share the same few shapes."""
+    inp = cfg.data.input
+    return bucket_sides(max(max(inp.min_size_train), inp.min_size_test), max(inp.max_size_train, inp.max_size_test),
+                        inp.size_divisibility, inp.pad_buckets if num_buckets is None else num_buckets)
 
 
 def resize(image: torch.Tensor, target: dict, size: tuple[int, int]) -> tuple[torch.Tensor, dict]:
@@ -101,8 +140,11 @@ class DetectionTransform:
         return (f"DetectionTransform(min_sizes={self.min_sizes}, max_size={self.max_size}, flip_prob={self.flip_prob}, "
                 f"train={self.train}, label_noise={self.label_noise}, label_noise_scale={self.label_noise_scale})")
 
-    def __call__(self, image: torch.Tensor, target: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        height, width = image.shape[-2:]
+    def plan(self, height: int, width: int, target: dict, generator: torch.Generator
+             ) -> tuple[dict, tuple[int, int], bool]:
+        """The random decisions for an image of (``height``, ``width``), without touching its pixels: (the target
+        after crowd removal and label noise, the resized (H', W'), whether to flip). ``__call__`` applies them;
+        the padded-shape benchmark calls this alone to simulate a run's batch sizes without decoding images."""
         target = dict(target, orig_size=(int(height), int(width)))
         if self.train:
             target = drop_crowd(target)
@@ -111,8 +153,14 @@ class DetectionTransform:
                                      generator)
                 target = dict(target, boxes=boxes)
         pick = int(torch.randint(len(self.min_sizes), (1,), generator=generator)) if len(self.min_sizes) > 1 else 0
-        image, target = resize(image, target, resized_size(height, width, self.min_sizes[pick], self.max_size))
-        if self.flip_prob > 0 and float(torch.rand((), generator=generator)) < self.flip_prob:
+        size = resized_size(height, width, self.min_sizes[pick], self.max_size)
+        flip = self.flip_prob > 0 and float(torch.rand((), generator=generator)) < self.flip_prob
+        return target, size, flip
+
+    def __call__(self, image: torch.Tensor, target: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        target, size, flip = self.plan(image.shape[-2], image.shape[-1], target, generator)
+        image, target = resize(image, target, size)
+        if flip:
             image, target = hflip(image, target)
         return image, target
 

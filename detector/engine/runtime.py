@@ -1,4 +1,5 @@
-"""Where and how a process computes: device, mixed precision, seeds, batches onto the device, and stopping.
+"""Where and how a process computes: device, mixed precision, seeds, speed switches (cudnn autotuning,
+``torch.compile``), batches onto the device, and stopping.
 
 ``GracefulStop`` turns the first SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) into a request that the
 training loop honours after the current step (it writes ``last.pth`` and exits non-zero with a resume hint); a
@@ -47,6 +48,80 @@ def amp_settings(enabled: bool, device: torch.device, dtype: str = "auto") -> tu
     if dtype == "bfloat16" or (dtype == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16, False
     return torch.float16, True
+
+
+def cudnn_benchmark_enabled(setting: bool | str, bucketed: bool, deterministic: bool) -> bool:
+    """``train.cudnn_benchmark`` (``auto``, true or false) resolved: whether cudnn may autotune convolutions.
+
+    cudnn.benchmark times the convolution algorithms for every new input shape and keeps the fastest. That pays
+    when a run meets a few shapes, and ruins it when nearly every batch has a new padded size: a gpu.yaml run on
+    COCO images (6 training scales x aspect ratios, no buckets) fell to about 3 img/s on an H100 (2026-11-24),
+    against 37-43 img/s with autotuning off. So ``auto`` turns it on only where batches are bucketed
+    (``data.input.pad_buckets`` > 0, ``bucketed``). ``deterministic`` turns it off; asking for both is an error.
+    """
+    if deterministic:
+        if setting is True:
+            from detector.config import ConfigError
+            raise ConfigError("train.cudnn_benchmark=true contradicts deterministic=true (autotuning picks "
+                              "algorithms by timing); set train.cudnn_benchmark=auto or deterministic=false")
+        return False
+    return bucketed if setting == "auto" else bool(setting)
+
+
+COMPILE_TARGETS = {"none": (), "backbone": ("backbone",), "all": ("backbone", "rpn.head", "roi_heads.box_head")}
+
+
+def compile_submodules(model: torch.nn.Module, what: str) -> list[str]:
+    """``train.compile``: ``torch.compile`` the submodules ``COMPILE_TARGETS[what]`` of ``model`` in place.
+
+    Only the dense parts compile: the backbone (+FPN) and, with ``all``, the RPN head and the box head; proposal
+    selection, matching and sampling are data-dependent (NMS, compaction) and stay eager. Each module's
+    ``forward`` is replaced, not the module, so parameter names, the state dict and checkpoints are unchanged and
+    a run may resume with another setting. Returns the names compiled. Compiling happens at the first call of
+    each new input shape (bucketed shapes keep that to a few); if torch.compile is unavailable or fails there (no
+    C++ compiler, an unsupported platform or Python version), one line says so and the module runs uncompiled.
+    """
+    names = [name for name in COMPILE_TARGETS[what] if _has_submodule(model, name)]
+    for name in names:
+        module = model.get_submodule(name)
+        module.forward = CompiledForward(module.forward, f"train.compile={what}: the {name}")
+    return names
+
+
+def _has_submodule(model: torch.nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:  # e.g. no RPN with precomputed proposals
+        return False
+    return True
+
+
+class CompiledForward:
+    """A module's forward through ``torch.compile``, falling back to the eager forward for good, with one line on
+    stderr, the first time compiling or running the compiled code raises. An error of the eager forward itself
+    (bad input) then surfaces from the eager call with its own traceback."""
+
+    def __init__(self, forward, label: str):
+        self.eager = forward
+        self.label = label
+        try:
+            self.compiled = torch.compile(forward)
+        except Exception as exc:  # torch.compile refuses this platform outright
+            self.compiled = None
+            self._fall_back(exc)
+
+    def _fall_back(self, exc: Exception) -> None:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        notice(f"{self.label} could not be compiled ({type(exc).__name__}: {first}); continuing uncompiled")
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # compilation happens here, at the first call of each shape
+                self.compiled = None
+                self._fall_back(exc)
+        return self.eager(*args, **kwargs)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

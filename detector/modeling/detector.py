@@ -5,45 +5,60 @@ background, foreground labels are 1..K. Boxes are absolute xyxy float32 pixels o
 
 The model owns preprocessing: ``images`` is a list of ``[3,H,W]`` tensors, uint8 0..255 or float 0..1, on any
 device; each is copied to the model's device once, scaled to 0..1, normalised with ``pixel_mean``/``pixel_std``
-and padded (with zeros after normalisation) to a batch whose sides are multiples of ``size_divisibility``.
-GT and proposals are padded to ``[N,G,4]`` / ``[N,P,4]`` with validity masks, so the heads never loop over images.
+and padded (with zeros after normalisation, bottom and right only, so boxes and image sizes are unchanged) to a
+batch whose sides are multiples of ``size_divisibility`` and, with ``pad_buckets``, each one of those few sizes
+(:func:`~detector.data.transforms.batch_padded_size`): cudnn's autotuner and ``torch.compile`` then meet a handful
+of shapes in a whole run instead of a new one every few batches. GT and proposals are padded to ``[N,G,4]`` /
+``[N,P,4]`` with validity masks, so the heads never loop over images. Preprocessing makes no host-device sync:
+the small tensors built on the host (image sizes, box counts) travel through pinned memory asynchronously.
 
 :func:`build_detector` is the only function here that reads the config.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from detector.boxes import clip_boxes_to_sizes
+from detector.data.transforms import batch_padded_size, build_pad_buckets
 from detector.losses import build_beta_schedule, build_box_loss
 from detector.modeling.backbone import Backbone, build_backbone
-from detector.modeling.matcher import DynamicLabelAssigner
+from detector.modeling.matcher import build_label_assigner
 from detector.modeling.roi_heads import RoIHeads
 from detector.modeling.rpn import RPN
 
 __all__ = ["TwoStageDetector", "build_detector"]
 
 
+def _host_to_device(data, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small tensor made on the host (sizes, counts) on ``device`` without blocking the host: on CUDA it is staged
+    in pinned memory and copied asynchronously (a copy from pageable memory synchronises with the device)."""
+    host = torch.tensor(data, dtype=dtype, device="cpu")
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
 def _pad_boxes(boxes: Sequence[torch.Tensor], device: torch.device, extra: Sequence[torch.Tensor] = ()):
-    """Per-image [n_i,4] boxes (and per-image [n_i] extras) -> [N,B,4], extras [N,B], valid [N,B]; B >= 1."""
+    """Per-image [n_i,4] boxes (and per-image [n_i] extras) -> [N,B,4], extras [N,B], valid [N,B]; B >= 1.
+
+    Padding slots are zeros and invalid. No host sync and no per-image indexing: ``pad_sequence`` pads on the
+    device, and the mask compares slot numbers with the counts (known on the host from the shapes)."""
     counts = [int(b.shape[0]) for b in boxes]
     width = max([1] + counts)
-    counts_t = torch.tensor(counts, dtype=torch.long, device="cpu")  # index math on the host, one copy each
-    img_idx = torch.repeat_interleave(torch.arange(len(counts), device="cpu"), counts_t).to(device)
-    slot = torch.cat([torch.arange(c, device="cpu") for c in counts] or [counts_t]).to(device)
-    padded = torch.zeros(len(counts), width, 4, device=device)
-    padded[img_idx, slot] = torch.cat([b.reshape(-1, 4) for b in boxes]).to(device, torch.float32)
-    padded_extra = []
-    for values in extra:
-        out = torch.zeros(len(counts), width, dtype=values[0].dtype, device=device)
-        out[img_idx, slot] = torch.cat(list(values)).to(device)
-        padded_extra.append(out)
-    valid = torch.zeros(len(counts), width, dtype=torch.bool, device=device)
-    valid[img_idx, slot] = True
+
+    def pad(values: list[torch.Tensor]) -> torch.Tensor:  # [n_i, ...] each -> [N, width, ...]
+        out = nn.utils.rnn.pad_sequence(values, batch_first=True)
+        if out.shape[1] < width:  # every image empty
+            out = out.new_zeros((len(values), width) + tuple(out.shape[2:]))
+        return out
+
+    padded = pad([b.reshape(-1, 4).to(device, torch.float32) for b in boxes])
+    padded_extra = [pad([v.to(device) for v in values]) for values in extra]
+    slots = torch.arange(width, device=device)
+    valid = slots[None, :] < _host_to_device(counts, torch.long, device)[:, None]
     return padded, padded_extra, valid
 
 
@@ -56,7 +71,7 @@ class TwoStageDetector(nn.Module):
     def __init__(self, backbone: Backbone, roi_heads: RoIHeads, rpn: RPN | None = None,
                  pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
                  pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
-                 size_divisibility: int = 32):
+                 size_divisibility: int = 32, pad_buckets: Sequence[int] = ()):
         super().__init__()
         self.backbone = backbone
         self.rpn = rpn
@@ -64,22 +79,40 @@ class TwoStageDetector(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), False)
         self.size_divisibility = size_divisibility
+        self.pad_buckets = tuple(pad_buckets)  # side lengths a padded batch snaps to; () = divisibility only
+        self.input_memory_format = torch.contiguous_format  # of the padded batch; see use_channels_last
+
+    def use_channels_last(self) -> "TwoStageDetector":
+        """Weights and every padded input batch in channels_last (NHWC), cudnn's fast layout for convolutions under
+        AMP; building the batch in NHWC saves the first convolution a transpose of its input."""
+        self.to(memory_format=torch.channels_last)
+        self.input_memory_format = torch.channels_last
+        return self
 
     def preprocess(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """list of [3,H_i,W_i] -> normalised padded batch [N,3,H,W] float32, image_sizes [N,2] (h_i, w_i)."""
+        """list of [3,H_i,W_i] -> normalised padded batch [N,3,H,W] float32, image_sizes [N,2] (h_i, w_i).
+
+        (H, W) is :func:`batch_padded_size` of the images' sizes; pixels beyond an image's (h_i, w_i) (bottom and
+        right) are 0 after normalisation. The batch is in ``input_memory_format``.
+        """
         if len(images) == 0:
             raise ValueError("TwoStageDetector: got an empty list of images")
-        device, div = self.pixel_mean.device, self.size_divisibility
-        height = int(math.ceil(max(img.shape[-2] for img in images) / div) * div)
-        width = int(math.ceil(max(img.shape[-1] for img in images) / div) * div)
-        batch = self.pixel_mean.expand(len(images), 3, height, width).clone()  # padding normalises to 0
         for i, img in enumerate(images):
             if img.dim() != 3 or img.shape[0] != 3:
                 raise ValueError(f"TwoStageDetector: image {i} has shape {list(img.shape)}; expected [3,H,W]")
+        device = self.pixel_mean.device
+        sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
+        height, width = batch_padded_size(sizes, self.size_divisibility, self.pad_buckets)
+        batch = self.pixel_mean.expand(len(images), 3, height, width).clone(  # the padding normalises to 0
+            memory_format=self.input_memory_format)
+        for i, img in enumerate(images):
             img = img.to(device, non_blocking=True)
-            batch[i, :, :img.shape[1], :img.shape[2]] = img.float() / 255 if img.dtype == torch.uint8 else img.float()
-        sizes = torch.tensor([img.shape[-2:] for img in images], dtype=torch.float32, device=device)
-        return (batch - self.pixel_mean) / self.pixel_std, sizes
+            region = batch[i, :, :img.shape[1], :img.shape[2]]
+            if img.dtype == torch.uint8:
+                torch.div(img, 255, out=region)  # one kernel: uint8 -> float32 0..1, written in place
+            else:
+                region.copy_(img)
+        return (batch - self.pixel_mean) / self.pixel_std, _host_to_device(sizes, torch.float32, device)
 
     def _proposals(self, images: Sequence[torch.Tensor], proposals, batch, features, image_sizes, gt):
         """(proposals [N,P,4], scores [N,P] or None, valid [N,P], rpn losses, rpn stats)."""
@@ -119,6 +152,11 @@ class TwoStageDetector(nn.Module):
                 det["boxes"] = det["boxes"] * scale
         return detections
 
+    def update_dynamic_state(self, iteration: int, stats: dict[str, torch.Tensor]) -> None:
+        """Advance the RoI head's Dynamic R-CNN state (beta, IoU threshold) past training iteration ``iteration``
+        with that iteration's stats; the trainer calls it once per optimizer step (see :class:`RoIHeads`)."""
+        self.roi_heads.update_dynamic_state(iteration, stats)
+
     @torch.no_grad()
     def propose(self, images: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """RPN proposals per image: (boxes [P_i,4] in input pixels, objectness scores [P_i]), best first."""
@@ -151,9 +189,7 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
                   min_size=rpn_cfg.min_size, batch_size_per_image=rpn_cfg.batch_size_per_image,
                   positive_fraction=rpn_cfg.positive_fraction, fg_iou_thresh=rpn_cfg.fg_iou_thresh,
                   bg_iou_thresh=rpn_cfg.bg_iou_thresh)
-    dla = roi_cfg.dynamic_label_assignment
-    assigner = (DynamicLabelAssigner(initial_thresh=roi_cfg.fg_iou_thresh, topk=dla.topk, interval=dla.interval,
-                                     min_thresh=dla.min_thresh) if dla.enabled else None)
+    assigner = build_label_assigner(roi_cfg)
     pooled_levels = [str(i) for i in range(len(backbone.strides) - 1)] if bb.fpn else ["0"]  # FPN: P2..P5
     roi_heads = RoIHeads(
         backbone.out_channels, pooled_levels, num_classes, box_loss=build_box_loss(roi_cfg.box_loss),
@@ -166,4 +202,4 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
         box_loss_normalizer=roi_cfg.box_loss.normalizer, score_thresh=roi_cfg.test.score_thresh,
         nms_thresh=roi_cfg.test.nms_thresh, detections_per_img=roi_cfg.test.detections_per_img)
     return TwoStageDetector(backbone, roi_heads, rpn, pixel_mean=model_cfg.pixel_mean, pixel_std=model_cfg.pixel_std,
-                            size_divisibility=cfg.data.input.size_divisibility)
+                            size_divisibility=cfg.data.input.size_divisibility, pad_buckets=build_pad_buckets(cfg))
