@@ -31,7 +31,22 @@ def test_gt_uses_original_category_ids_xywh_area_and_crowd():
     assert first == {"id": 1, "image_id": 7, "category_id": 21, "bbox": [10.0, 20.0, 30.0, 40.0], "area": 1200.0,
                      "iscrowd": 0}
     assert crowd["iscrowd"] == 1 and crowd["category_id"] == 11
-    assert build_coco_gt(ds) is gt  # cached on the dataset
+
+
+def test_ground_truth_is_never_cached_on_the_dataset():
+    """A dataset whose images change (here: another prefix of the same length) is scored against its new images."""
+    ds = random_dataset(seed=5, num_images=6)
+    before = dict(vars(ds))
+    first, others = ds._images[:3], ds._images[3:]
+    ds._images = first
+    assert evaluate(ds, perfect_detections(ds), metric="coco")["AP50"] == ONE
+    assert sorted(build_coco_gt(ds).imgs) == [1000, 1001, 1002]
+    assert set(vars(ds)) == set(before)  # no attribute added: nothing hidden on the dataset
+    ds._images = others  # same length, other images
+    assert sorted(build_coco_gt(ds).imgs) == [1003, 1004, 1005]
+    metrics = evaluate(ds, perfect_detections(ds), metric="both")
+    assert metrics["AP50"] == ONE and metrics["mAP_voc"] == 1.0
+    assert build_coco_gt(ds) is not build_coco_gt(ds)
 
 
 def test_detections_to_coco_results_converts_ids_and_boxes():

@@ -37,3 +37,21 @@ def test_dump_proposals_writes_original_pixel_boxes(tmp_path):
     assert ((boxes[:, 4] >= 0) & (boxes[:, 4] <= 1)).all()
     first = next(iter(proposals.values()))
     assert [row[4] for row in first] == sorted((row[4] for row in first), reverse=True)
+
+
+def test_dump_proposals_with_a_checkpoint_of_another_backbone_is_one_line(tmp_path, capsys):
+    overrides = [f"data.root={tmp_path / 'synthetic'}", "data.synthetic.num_train=1", "data.synthetic.num_val=1",
+                 "data.synthetic.image_size=[64,64]", "data.loader.num_workers=0", "train.device=cpu",
+                 "model.roi_head.fc_dim=32", "model.backbone.out_channels=32"]
+    cfg = load_config([], overrides)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pth"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"model": build_detector(cfg, num_classes=4).state_dict(), "config": cfg.to_dict()}, ckpt)
+    out = tmp_path / "p.json"
+    assert dump_proposals.main(["--cfg", "base.yaml", "--ckpt", str(ckpt), "--out", str(out), *overrides,
+                                "model.backbone.out_channels=64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {ckpt} does not fit the model built from the config: model.backbone.out_channels is 32 in "
+                   f"the checkpoint but 64 in the config; use the config it was trained with (the checkpoint stores "
+                   f"it under 'config')"]
+    assert not out.exists()

@@ -4,7 +4,9 @@
     python tools/dump_proposals.py --cfg smoothl1.yaml --ckpt runs/smoothl1/checkpoints/best.pth \\
         --out data/proposals_train.json --split train [key=value ...]
 
-Every image of the split (no subsetting by ``eval.max_images``) is resized with the test-time transform
+Every image of the split as ``build_dataset`` selects it (for ``--split train`` the training subsets
+``data.max_images`` etc., which training with the proposals selects again; never ``eval.max_images``) is resized
+with the test-time transform
 (``data.input.min_size_test`` / ``max_size_test``, no flip), the model's RPN runs with the test settings
 (``model.rpn.pre_nms_topk_test``, ``post_nms_topk_test``, ``nms_thresh``) and the proposals are mapped back to
 the ORIGINAL image's pixels. The output JSON maps each image id (as a string) to its proposals, best first::
@@ -13,7 +15,8 @@ the ORIGINAL image's pixels. The output JSON maps each image id (as a string) to
 
 boxes absolute xyxy float pixels of the original image (rounded to 0.01), score the RPN objectness
 probability in [0, 1]. Train with it through ``model.proposals=precomputed model.proposal_file=FILE.json``;
-the data pipeline scales (and flips) the boxes along with the image.
+the data pipeline scales (and flips) the boxes along with the image. A checkpoint that does not fit the config
+(another backbone or class count) stops with one line saying what differs and which config to use.
 """
 import argparse
 import json
@@ -21,18 +24,16 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from detector.config import ConfigError, load_config  # noqa: E402
+from detector.config import ConfigError, load_config
 
 
 def dump_proposals(cfg, checkpoint: Path, split: str, device: torch.device) -> dict[str, list[list[float]]]:
     """{image_id: [[x1, y1, x2, y2, score], ...]} in original image pixels for every image of ``split``."""
     from detector.data import build_dataset, make_dataloader
     from detector.data.transforms import build_transforms
-    from detector.engine.checkpoint import load_checkpoint
+    from detector.engine.checkpoint import load_model_weights
     from detector.modeling import build_detector
 
     dataset = build_dataset(cfg, split, transforms=False)
@@ -41,9 +42,9 @@ def dump_proposals(cfg, checkpoint: Path, split: str, device: torch.device) -> d
                              num_workers=cfg.data.loader.num_workers)
     model = build_detector(cfg, num_classes=len(dataset.classes) - 1)
     if model.rpn is None:
-        raise ValueError("dump_proposals: the config has model.proposals=precomputed; use the config of the model "
-                         "whose RPN made the checkpoint (model.proposals=rpn)")
-    model.load_state_dict(load_checkpoint(checkpoint)["model"])
+        raise ConfigError("dump_proposals: the config has model.proposals=precomputed; use the config of the model "
+                          "whose RPN made the checkpoint (model.proposals=rpn)")
+    load_model_weights(model, checkpoint, cfg.to_dict())
     model.to(device).eval()
     out: dict[str, list[list[float]]] = {}
     for images, targets in loader:
@@ -63,19 +64,26 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output JSON file")
     parser.add_argument("--split", choices=("train", "val"), default="train", help="dataset split (default: train)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         cfg = load_config(args.cfg, args.overrides)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     from detector.engine.runtime import select_device
-    device = select_device(cfg.train.device)
-    proposals = dump_proposals(cfg, args.ckpt, args.split, device)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(proposals))
-    os.replace(tmp, args.out)
+    from detector.errors import traceback_requested, user_error_line
+    try:
+        proposals = dump_proposals(cfg, args.ckpt, args.split, select_device(cfg.train.device))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(json.dumps(proposals))
+        os.replace(tmp, args.out)
+    except Exception as exc:  # a bad checkpoint, dataset or config gets one line; a bug keeps its traceback
+        line = user_error_line(exc)
+        if line is None or traceback_requested():
+            raise
+        print(line, file=sys.stderr)
+        return 2
     count = sum(len(v) for v in proposals.values())
     print(f"wrote {count} proposals of {len(proposals)} images ({args.split}) to {args.out}")
     return 0

