@@ -155,3 +155,23 @@ def make_loader(image_ids, batch_size=2):
         targets = [{"image_id": i, "orig_size": torch.tensor([16 + i, 20 + i])} for i in ids]
         batches.append((images, targets))
     return batches
+
+
+def poison_third_training_forward(monkeypatch, trainer_mod) -> None:
+    """Make the trainer's model return a NaN ``loss_box_reg`` on its third training-mode forward (iteration 2)."""
+    real_build = trainer_mod.build_detector
+
+    def build_poisoned(cfg, num_classes=None):
+        model = real_build(cfg, num_classes=num_classes)
+        forward, calls = model.forward, {"n": 0}
+
+        def poisoned(*args, **kwargs):
+            out = forward(*args, **kwargs)
+            if model.training:
+                calls["n"] += 1
+                if calls["n"] == 3:
+                    out[0]["loss_box_reg"] = out[0]["loss_box_reg"] * float("nan")
+            return out
+        model.forward = poisoned
+        return model
+    monkeypatch.setattr(trainer_mod, "build_detector", build_poisoned)

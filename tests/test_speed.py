@@ -19,7 +19,7 @@ from detector.engine import runtime
 from detector.engine import trainer as trainer_mod
 from detector.engine.checkpoint import load_checkpoint
 from detector.modeling.detector import _pad_boxes
-from helpers import tiny_model, tiny_run_overrides, two_images
+from helpers import poison_third_training_forward, tiny_model, tiny_run_overrides, two_images
 
 HOST_READS = ("aten._local_scalar_dense.default", "aten.nonzero.default", "aten._unique2.default",
               "aten.masked_select.default")
@@ -242,30 +242,11 @@ def test_the_nonfinite_check_reads_the_host_every_step_only_in_step_mode(mode, r
     assert counter.counts["aten._local_scalar_dense.default"] == 5 * reads
 
 
-def _poison_third_forward(monkeypatch):
-    real_build = trainer_mod.build_detector
-
-    def build_poisoned(cfg, num_classes=None):
-        model = real_build(cfg, num_classes=num_classes)
-        forward, calls = model.forward, {"n": 0}
-
-        def poisoned(*args, **kwargs):
-            out = forward(*args, **kwargs)
-            if model.training:
-                calls["n"] += 1
-                if calls["n"] == 3:
-                    out[0]["loss_box_reg"] = out[0]["loss_box_reg"] * float("nan")
-            return out
-        model.forward = poisoned
-        return model
-    monkeypatch.setattr(trainer_mod, "build_detector", build_poisoned)
-
-
 def test_nonfinite_check_at_log_steps_names_the_first_bad_iteration_and_keeps_last_good(tmp_path, monkeypatch):
     """NaN at iteration 2 (the third step); checkpoints after 2 and 4 steps, log every 4: the losses are read
     before each checkpoint write, so the run stops at the check after the 4th step and last.pth stays the one
     written after 2 steps."""
-    _poison_third_forward(monkeypatch)
+    poison_third_training_forward(monkeypatch, trainer_mod)
     run = tmp_path / "run"
     cfg = load_config(["smoothl1.yaml"], tiny_run_overrides(tmp_path / "data", run, **{
         "train.nonfinite_check": "log", "train.max_iters": 8, "train.log_period": 4, "train.checkpoint_period": 2,

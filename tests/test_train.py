@@ -17,6 +17,7 @@ from detector.engine import trainer as trainer_mod
 from detector.engine.checkpoint import (CheckpointError, find_resume_checkpoint, load_checkpoint,
                                         save_checkpoint)
 from detector.engine.optim import lr_factor
+from helpers import poison_third_training_forward
 from helpers import tiny_run_overrides as tiny
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,23 +124,7 @@ def test_resume_after_sigkill_reaches_the_same_weights(tiny_data, tmp_path):
 
 
 def test_nonfinite_loss_stops_with_a_diagnostic_checkpoint(tiny_data, tmp_path, monkeypatch):
-    real_build = trainer_mod.build_detector
-
-    def build_poisoned(cfg, num_classes=None):
-        model = real_build(cfg, num_classes=num_classes)
-        forward, calls = model.forward, {"n": 0}
-
-        def poisoned(*args, **kwargs):
-            out = forward(*args, **kwargs)
-            if model.training:
-                calls["n"] += 1
-                if calls["n"] == 3:
-                    out[0]["loss_box_reg"] = out[0]["loss_box_reg"] * float("nan")
-            return out
-        model.forward = poisoned
-        return model
-
-    monkeypatch.setattr(trainer_mod, "build_detector", build_poisoned)
+    poison_third_training_forward(monkeypatch, trainer_mod)
     run = tmp_path / "run"
     cfg = load_config(["smoothl1.yaml"], tiny(tiny_data, run, **{"train.max_iters": 5}))
     with pytest.raises(trainer_mod.NonFiniteLossError, match="loss_box_reg is not finite at iteration 2"):

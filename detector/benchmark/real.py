@@ -8,14 +8,13 @@ import os
 import statistics
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .runner import ratio, environment, run_isolated
-from .sides import synchronize, build_ours
+from .sides import build_ours, step_side, synchronize
 
 _SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::_unique2", "aten::unique_dim",
              "aten::unique_consecutive", "aten::masked_select", "aten::repeat_interleave", "torchvision::nms")
@@ -112,20 +111,10 @@ def profile_step(configs: list[str], overrides: list[str], device: str | None = 
     side.model.train()
     dev = torch.device(device)
 
-    autocast = (lambda: torch.autocast(dev.type, dtype=side.amp_dtype)) if side.amp_dtype else nullcontext
     scaler = torch.amp.GradScaler("cuda", enabled=side.amp_dtype == torch.float16)
 
     def step() -> None:
-        images, targets = to_device(*next(batches), dev)
-        with autocast():
-            total = side.losses(images, targets)
-        side.optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        scaler.unscale_(side.optimizer)
-        side.after_backward()
-        scaler.step(side.optimizer)
-        scaler.update()
-        side.after_step()
+        step_side(side, *to_device(*next(batches), dev), scaler)
 
     for _ in range(warmup):
         step()

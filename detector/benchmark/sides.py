@@ -139,6 +139,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def step_side(side, images, targets, scaler: torch.amp.GradScaler) -> None:
+    """One training step of a side (ours or torchvision's), under the autocast the side chose; the same code times
+    both sides and the profiler's steps."""
+    autocast = torch.autocast(images[0].device.type, dtype=side.amp_dtype) if side.amp_dtype else nullcontext()
+    with autocast:
+        total = side.losses(images, targets)
+    side.optimizer.zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    scaler.unscale_(side.optimizer)
+    side.after_backward()
+    scaler.step(side.optimizer)
+    scaler.update()
+    side.after_step()
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Train and infer one side on one synthetic batch; the figures of one (side, setting, batch, AMP).
 
@@ -158,15 +173,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
 
     def train_step() -> None:
-        with autocast():
-            total = side.losses(images, targets)
-        side.optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        scaler.unscale_(side.optimizer)
-        side.after_backward()
-        scaler.step(side.optimizer)
-        scaler.update()
-        side.after_step()
+        step_side(side, images, targets, scaler)
 
     cuda = device.type == "cuda"
     if cuda:
