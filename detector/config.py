@@ -7,24 +7,41 @@ subset; several files layer in order (``--cfg smoothl1.yaml --cfg data/voc07_sub
 raise :class:`ConfigError` with a close-match hint before anything runs. The result is a frozen
 :class:`Config` that prints and saves as YAML.
 
+A float key takes every literal Python's ``float()`` reads (``1e-3``, which YAML 1.1 leaves a string), never nan
+or inf. The names of losses, beta schedules and backbones are checked against their registries
+(``detector.losses.LOSSES``, ``BETA_SCHEDULES``, ``detector.backbone_table.BACKBONES``) when a config is loaded,
+so a loss registered at run time is a valid name. Loading reads the schema afresh and mutates no module state.
+
 Only ``build_*(cfg)`` functions read a Config; classes take explicit keyword arguments.
 """
 from __future__ import annotations
 
 import copy
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
 
+from detector.backbone_table import BACKBONES, NORMS
 from detector.errors import DetectorError
+from detector.losses import BETA_SCHEDULES, LOSSES, SCHEDULED_LOSSES
+from detector.losses.dynamic import STATISTIC_CONVENTIONS
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _find_config_dir() -> Path:
+    """The shipped configs: ``detector/configs`` in an installed wheel (setup.cfg maps the repository's top-level
+    ``configs/`` there as package data), else ``configs/`` beside the package (a checkout or an editable install)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "configs", package.parent / "configs"):
+        if (candidate / "base.yaml").is_file():
+            return candidate
+    return package.parent / "configs"  # neither exists: the error names the place a checkout keeps them
+
+
+CONFIG_DIR = _find_config_dir()
 SCHEMA_FILE = CONFIG_DIR / "base.yaml"
-
-BOX_LOSS_NAMES = ("l2", "l1", "smooth_l1", "dynamic_smooth_l1", "balanced_l1", "iou", "giou", "diou", "ciou")
-DELTA_LOSS_NAMES = ("l2", "l1", "smooth_l1", "balanced_l1")
 
 # Keys whose default is null (or that accept more than the default's type): the types they take.
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -33,27 +50,40 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "data.classes": (list,),
     "data.fraction": (float, int),
     "data.image_ids_file": (str,),
+    "data.val_fraction": (float, int),
+    "data.val_image_ids_file": (str,),
     "model.num_classes": (int,),
     "model.backbone.weights": (str,),
     "model.proposal_file": (str,),
     "model.roi_head.box_loss.sigma": (float, int),
     "train.resume": (bool, str),
+    "train.cudnn_benchmark": (bool, str),
     "eval.max_images": (int,),
     "train.lr_reference_batch": (int,),
 }
 
-_CHOICES: dict[str, tuple[Any, ...]] = {
+# Keys with a fixed set of values. A registry (a dict: LOSSES, BETA_SCHEDULES, BACKBONES) is looked up when a value
+# is checked, not copied at import, so that a name registered at run time is valid at once.
+_CHOICES: dict[str, tuple[Any, ...] | Mapping[str, Any]] = {
     "data.format": ("synthetic", "coco", "voc"),
-    "model.backbone.name": ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large"),
-    "model.backbone.norm": ("frozen_bn", "bn", "syncbn", "gn"),
+    "data.synthetic.boxes": ("amodal", "visible"),
+    "data.synthetic.background": ("gradient", "texture"),
+    "model.backbone.name": BACKBONES,
+    "model.backbone.norm": NORMS,
     "model.proposals": ("rpn", "precomputed"),
-    "model.rpn.box_loss.name": DELTA_LOSS_NAMES,
-    "model.roi_head.box_loss.name": BOX_LOSS_NAMES,
+    "model.rpn.box_loss.name": LOSSES,  # and a delta loss: see _check_relations
+    "model.roi_head.box_loss.name": LOSSES,
     "model.roi_head.box_loss.normalizer": ("num_samples", "num_pos"),
-    "model.roi_head.box_loss.schedule.type": ("adaptive", "constant", "step", "linear", "cosine", "exp"),
+    "model.roi_head.box_loss.schedule.type": BETA_SCHEDULES,
+    "model.roi_head.box_loss.schedule.statistic": STATISTIC_CONVENTIONS,
+    "model.roi_head.dynamic_label_assignment.statistic": STATISTIC_CONVENTIONS,
     "train.device": ("auto", "cpu", "cuda"),
     "train.lr_schedule": ("multistep", "cosine"),
     "train.amp_dtype": ("auto", "bfloat16", "float16"),
+    "train.cudnn_benchmark": ("auto", True, False),
+    "train.compile": ("none", "backbone", "all"),
+    "train.optimizer_impl": ("auto", "fused", "foreach", "for_loop"),
+    "train.nonfinite_check": ("step", "log"),
     "train.resume": (False, True, "auto"),
     "eval.metric": ("coco", "voc", "both"),
     "eval.backend": ("pycocotools", "faster_coco_eval"),
@@ -66,12 +96,23 @@ _open_unit = (lambda v: 0 < v <= 1, "must be in (0, 1]")
 _CHECKS: dict[str, tuple[Any, str]] = {
     "data.max_images": _positive,
     "data.fraction": _open_unit,
+    "data.val_fraction": _open_unit,
     "data.label_noise": _unit,
     "data.label_noise_scale": _non_negative,
     "data.synthetic.num_train": _positive,
     "data.synthetic.num_val": _positive,
     "data.synthetic.num_classes": (lambda v: 1 <= v <= 6, "must be in 1..6"),
     "data.synthetic.max_objects": _positive,
+    "data.synthetic.min_objects": _non_negative,
+    "data.synthetic.min_size": (lambda v: v >= 4, "must be >= 4 (pixels)"),
+    "data.synthetic.max_size": _open_unit,
+    "data.synthetic.aspect_ratio": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "must be [low, high], 0 < low <= high"),
+    "data.synthetic.max_iou": _unit,
+    "data.synthetic.max_covered": _unit,
+    "data.synthetic.min_visible": _unit,
+    "data.synthetic.max_distractors": _non_negative,
+    "data.synthetic.clutter": (lambda v: len(v) == 2 and 0 <= v[0] <= v[1], "must be [fewest, most], 0 <= fewest"),
+    "data.synthetic.noise": _non_negative,
     "data.input.min_size_train": (lambda v: len(v) > 0 and all(s > 0 for s in v),
                                   "must be a non-empty list of sizes > 0"),
     "data.input.max_size_train": _positive,
@@ -79,6 +120,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "data.input.max_size_test": _positive,
     "data.input.flip_prob": _unit,
     "data.input.size_divisibility": _positive,
+    "data.input.pad_buckets": (lambda v: 0 <= v <= 8, "must be in 0..8 (0 = off)"),
     "data.loader.num_workers": _non_negative,
     "model.num_classes": _positive,
     "model.backbone.freeze_at": (lambda v: 0 <= v <= 5, "must be in 0..5"),
@@ -194,6 +236,19 @@ def _hint(key: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
+def _file_hint(name: str, available: list[str]) -> str:
+    """A config name close to ``name``, compared without the extension (a shared ``.yaml`` is no likeness) and
+    strictly (``smoth_l1.yaml`` -> smoothl1.yaml; ``nosuch.yaml`` -> nothing); a path's folder may differ."""
+    def stem(text: str) -> str:
+        return text[: -len(Path(text).suffix)] if Path(text).suffix in (".yaml", ".yml") else text
+    by_stem = {stem(a): a for a in available}
+    for wanted in (stem(name), Path(stem(name)).name):
+        close = difflib.get_close_matches(wanted, list(by_stem), n=1, cutoff=0.75)
+        if close:
+            return f"; did you mean {by_stem[close[0]]}?"
+    return ""
+
+
 def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Path:
     """A path as given, else relative to the including file, else looked up in ``configs/``."""
     name = str(name)
@@ -207,8 +262,8 @@ def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Pa
         if path.is_file():
             return path.resolve()
     available = sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*.yaml"))
-    raise ConfigError(f"config file {name!r} not found (as a path or under {CONFIG_DIR}){_hint(name, available)}; "
-                      f"available: {', '.join(available)}")
+    raise ConfigError(f"config file {name!r} not found (as a path or under {CONFIG_DIR})"
+                      f"{_file_hint(name, available)}; available: {', '.join(available)}")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -263,12 +318,15 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
 
 
 def _merge(dst: dict[str, Any], src: Mapping[str, Any], schema: Mapping[str, Any], source: str,
-           prefix: str = "") -> None:
+           prefix: str = "", root: Mapping[str, Any] | None = None) -> None:
+    """Check ``src`` (one layer, named ``source`` in errors) against ``schema`` (the section of the schema at
+    ``prefix``; ``root`` is the whole schema, to say where a misplaced key lives) and copy it into ``dst``."""
+    root = schema if root is None else root
     for key, value in src.items():
         full = f"{prefix}{key}"
         if not isinstance(key, str) or key not in schema:
             hint = _hint(str(key), schema.keys())
-            elsewhere = _find_key(str(key), _schema_root, "")
+            elsewhere = _find_key(str(key), root, "")
             extra = f" (it exists as {elsewhere})" if elsewhere and not hint else ""
             raise ConfigError(f"{source}: unknown key {full}{hint}{extra}")
         default = schema[key]
@@ -276,13 +334,9 @@ def _merge(dst: dict[str, Any], src: Mapping[str, Any], schema: Mapping[str, Any
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{source}: {full} is a section; set its keys ({', '.join(default)}), "
                                   f"not a {type(value).__name__}")
-            _merge(dst[key], value, default, source, full + ".")
+            _merge(dst[key], value, default, source, full + ".", root)
         else:
-            _check_value(full, value, default, source)
-            dst[key] = copy.deepcopy(value)
-
-
-_schema_root: dict[str, Any] = {}
+            dst[key] = copy.deepcopy(_check_value(full, value, default, source))
 
 
 def _find_key(leaf: str, node: Mapping[str, Any], prefix: str) -> str | None:
@@ -305,31 +359,60 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
-def _check_value(full: str, value: Any, default: Any, source: str) -> None:
+def _as_float(value: Any) -> Any:
+    """A string Python reads as a float, as that float; anything else unchanged.
+
+    YAML 1.1 (PyYAML) reads ``1e-3``, ``1e10`` and ``1.0e6`` as strings (its float rule wants a dot and a signed
+    exponent); where the schema expects a float, every literal ``float()`` accepts counts as one.
+    """
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _yaml_word(choice: Any) -> str:
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)  # false/true, as written in YAML
+
+
+def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
+    """``value`` checked against the key's type, choices and range; returned as it is stored (a float literal that
+    YAML left a string becomes the float). Floats must be finite: no key means anything by nan or inf."""
     if value is None:
         if default is None or full in _TYPES:
-            return
+            return None
         raise ConfigError(f"{source}: {full} cannot be null; expected {type(default).__name__} like {default!r}")
     types = _TYPES.get(full) or ((list,) if isinstance(default, list) else (type(default),))
+    if float in types and str not in types:
+        value = _as_float(value)
+    elem_types: tuple[type, ...] = ()
+    if isinstance(default, list) and default and isinstance(value, list):
+        elem_types = (float, int) if any(type(d) is float for d in default) else tuple({type(d) for d in default})
+        if float in elem_types:
+            value = [_as_float(v) for v in value]
     if float in types and int not in types and not isinstance(value, bool) and isinstance(value, int):
         pass  # an int where a float is expected is fine (lr: 1)
     elif not _type_ok(value, types):
         want = " or ".join(t.__name__ for t in types)
         raise ConfigError(f"{source}: {full} must be {want}, got {type(value).__name__} {value!r}")
-    if isinstance(default, list) and default and isinstance(value, list):
-        elem_types = {type(d) for d in default}
-        elem_types = (float, int) if float in elem_types else tuple(elem_types)
-        bad = [v for v in value if not _type_ok(v, elem_types)]
-        if bad:
-            raise ConfigError(f"{source}: {full} must be a list of {elem_types[0].__name__}, got element {bad[0]!r}")
+    bad = [v for v in value if not _type_ok(v, elem_types)] if elem_types else []
+    if bad:
+        raise ConfigError(f"{source}: {full} must be a list of {elem_types[0].__name__}, got element {bad[0]!r}")
+    not_finite = [v for v in (value if isinstance(value, list) else [value])
+                  if isinstance(v, float) and not math.isfinite(v)]
+    if not_finite:
+        raise ConfigError(f"{source}: {full}={value!r} is not a finite number")
     if full in _CHOICES and value not in _CHOICES[full]:
-        choices = [c for c in _CHOICES[full] if isinstance(c, str)]
+        choices = [_yaml_word(c) for c in _CHOICES[full]]
         hint = _hint(str(value), choices)
-        raise ConfigError(f"{source}: {full}={value!r} is not valid{hint}; choose from {', '.join(map(str, choices))}")
+        raise ConfigError(f"{source}: {full}={value!r} is not valid{hint}; choose from {', '.join(choices)}")
     if full in _CHECKS:
         ok, message = _CHECKS[full]
         if not ok(value):
             raise ConfigError(f"{source}: {full}={value!r} {message}")
+    return value
 
 
 def _check_relations(cfg: dict[str, Any]) -> None:
@@ -341,26 +424,47 @@ def _check_relations(cfg: dict[str, Any]) -> None:
     if cfg["model"]["proposals"] == "precomputed" and not cfg["model"]["proposal_file"]:
         raise ConfigError("model.proposals=precomputed needs model.proposal_file "
                           "(a JSON made by tools/dump_proposals.py)")
+    rpn_loss = rpn["box_loss"]
+    deltas = [name for name, build in LOSSES.items()  # looked up now: names registered at run time count
+              if name not in SCHEDULED_LOSSES and not build(rpn_loss).on_boxes]
+    if rpn_loss["name"] not in deltas:
+        raise ConfigError(f"model.rpn.box_loss.name={rpn_loss['name']!r}: the RPN regresses anchor deltas with a "
+                          f"fixed beta; choose a delta loss: {', '.join(deltas)}")
 
 
 def default_config() -> dict[str, Any]:
-    """The schema's defaults as a plain dict."""
-    global _schema_root
-    _schema_root = _read_yaml(SCHEMA_FILE)
-    return copy.deepcopy(_schema_root)
+    """The schema (``configs/base.yaml``): every key with its default, as a new plain dict on every call."""
+    return _read_yaml(SCHEMA_FILE)
 
 
 def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> Config:
     """Defaults from ``configs/base.yaml``, then each file (after its ``_base_`` chain), then overrides."""
-    cfg = default_config()
+    schema = default_config()
+    cfg = copy.deepcopy(schema)
     for name in paths:
         for source, layer in _load_layer(resolve_config_path(name)):
-            _merge(cfg, layer, _schema_root, source)
+            _merge(cfg, layer, schema, source)
     for text in overrides:
         key, value = parse_override(text)
-        _merge(cfg, _nest(key, value), _schema_root, f"override {text!r}")
+        _merge(cfg, _nest(key, value), schema, f"override {text!r}")
     _check_relations(cfg)
     return Config(cfg)
+
+
+def with_defaults(stored: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``stored`` (e.g. a run's config.yaml) with every key it lacks taken from ``defaults`` (the schema's).
+
+    A key added to ``base.yaml`` after a run was made keeps, for that run, the default it has now: new keys come
+    with defaults that keep the old behaviour. Keys the schema no longer has are kept, so comparisons see them.
+    """
+    defaults = default_config() if defaults is None else defaults
+    out = {k: _thaw(v) for k, v in stored.items()}
+    for key, default in defaults.items():
+        if key not in out:
+            out[key] = copy.deepcopy(_thaw(default))
+        elif isinstance(default, Mapping) and isinstance(out[key], Mapping):
+            out[key] = with_defaults(out[key], default)
+    return out
 
 
 def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

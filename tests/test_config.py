@@ -1,8 +1,11 @@
 """Config: layering order, _base_, overrides of nested keys and lists, every error path."""
+import copy
+
 import pytest
 import yaml
 
-from detector.config import BOX_LOSS_NAMES, CONFIG_DIR, Config, ConfigError, load_config, parse_override
+from detector import config as config_module
+from detector.config import CONFIG_DIR, Config, ConfigError, default_config, load_config, parse_override
 
 
 def write(path, text):
@@ -114,9 +117,119 @@ def test_every_config_file_loads():
         load_config([str(path)])
 
 
-def test_loss_names_match_registry():
+# ------------------------------------------------------------------------------------------- float literals
+@pytest.mark.parametrize("literal, value", [("1e-3", 1e-3), ("1e10", 1e10), ("1.0e6", 1e6), ("1E-3", 1e-3),
+                                            ("2.5e-2", 0.025), (".5e-1", 0.05), ("1.0e+6", 1e6), ("0.02", 0.02)])
+def test_every_python_float_literal_is_a_float_on_the_cli_and_in_files(literal, value, tmp_path):
+    assert load_config([], [f"train.lr={literal}"]).train.lr == value
+    leaf = write(tmp_path / "leaf.yaml", f"train:\n  lr: {literal}\n")
+    cfg = load_config([leaf])
+    assert cfg.train.lr == value and isinstance(cfg.train.lr, float)
+    cfg.save(tmp_path / "saved.yaml")  # a float that YAML 1.1 writes back as a float
+    assert load_config([tmp_path / "saved.yaml"]).train.lr == value
+
+
+def test_float_literals_in_lists_and_number_keys_but_not_where_a_string_or_int_is_expected(tmp_path):
+    cfg = load_config([], ["model.roi_head.box_coder_weights=[1e1, 1e1, 5e0, 5]", "data.fraction=5e-1",
+                           "model.roi_head.box_loss.sigma=3e0", "output_dir=1e3"])
+    assert list(cfg.model.roi_head.box_coder_weights) == [10.0, 10.0, 5.0, 5]
+    assert cfg.data.fraction == 0.5 and cfg.model.roi_head.box_loss.sigma == 3.0
+    assert cfg.output_dir == "1e3"  # a string key keeps the string
+    leaf = write(tmp_path / "leaf.yaml", "model:\n  rpn:\n    aspect_ratios: [5e-1, 1, 2e0]\n")
+    assert list(load_config([leaf]).model.rpn.aspect_ratios) == [0.5, 1, 2.0]
+    with pytest.raises(ConfigError, match="train.max_iters must be int, got str '1e3'"):
+        load_config([], ["train.max_iters=1e3"])  # an int key takes no float literal
+    with pytest.raises(ConfigError, match="train.lr must be float, got str '1e-3x'"):
+        load_config([], ["train.lr=1e-3x"])
+
+
+@pytest.mark.parametrize("override", ["train.lr=nan", "train.lr=.inf", "train.lr=inf", "train.lr=-Infinity",
+                                      "model.roi_head.box_loss.alpha=NaN", "model.rpn.aspect_ratios=[1, nan]"])
+def test_nan_and_inf_are_refused_where_a_float_is_expected(override):
+    with pytest.raises(ConfigError, match="is not a finite number"):
+        load_config([], [override])
+
+
+# ------------------------------------------------------------------------------------------- no hidden state
+def test_loading_a_config_changes_no_module_state():
+    def snapshot():
+        return {name: (id(value), copy.deepcopy(value)) for name, value in vars(config_module).items()
+                if isinstance(value, (dict, list, set)) and not name.startswith("__")}
+    load_config(["giou.yaml"])
+    before = snapshot()
+    load_config(["smoothl1.yaml"], ["train.lr=0.5"])
+    assert default_config() is not default_config()
+    assert snapshot() == before
+
+
+def test_merge_takes_the_schema_it_checks_against():
+    schema = default_config()
+    cfg = copy.deepcopy(schema)
+    config_module._merge(cfg, {"train": {"lr": "1e-2"}}, schema, "layer")
+    assert cfg["train"]["lr"] == 0.01 and schema["train"]["lr"] != 0.01
+    with pytest.raises(ConfigError, match=r"layer: unknown key beta \(it exists as model.rpn.box_loss.beta\)"):
+        config_module._merge(cfg, {"beta": 1}, schema, "layer")
+
+
+# ----------------------------------------------------------------------------------- choices from the registries
+def test_loss_backbone_and_schedule_names_come_from_their_registries(monkeypatch):
+    from detector.backbone_table import BACKBONES
+    from detector.losses import BETA_SCHEDULES, LOSSES, BoxLoss, l1_loss
+    from detector.losses.regression import iou_loss
+    monkeypatch.setitem(LOSSES, "my_l1", lambda cfg: BoxLoss("my_l1", l1_loss))
+    monkeypatch.setitem(LOSSES, "my_iou", lambda cfg: BoxLoss("my_iou", iou_loss, on_boxes=True))
+    monkeypatch.setitem(BETA_SCHEDULES, "my_schedule", object)
+    monkeypatch.setitem(BACKBONES, "resnet152", "resnet")
+    cfg = load_config([], ["model.roi_head.box_loss.name=my_iou", "model.rpn.box_loss.name=my_l1",
+                           "model.roi_head.box_loss.schedule.type=my_schedule", "model.backbone.name=resnet152"])
+    assert cfg.model.roi_head.box_loss.name == "my_iou" and cfg.model.rpn.box_loss.name == "my_l1"
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["model.roi_head.box_loss.name=nosuch"])
+    assert str(err.value).endswith("choose from " + ", ".join(LOSSES))
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["model.backbone.name=nosuch"])
+    assert str(err.value).endswith("choose from " + ", ".join(BACKBONES))
+
+
+@pytest.mark.parametrize("name", ["giou", "dynamic_smooth_l1", "my_iou"])
+def test_the_rpn_takes_only_registered_delta_losses_without_a_schedule(name, monkeypatch):
+    from detector.losses import LOSSES, BoxLoss, iou_loss, l1_loss
+    monkeypatch.setitem(LOSSES, "my_l1", lambda cfg: BoxLoss("my_l1", l1_loss))
+    monkeypatch.setitem(LOSSES, "my_iou", lambda cfg: BoxLoss("my_iou", iou_loss, on_boxes=True))
+    with pytest.raises(ConfigError) as err:
+        load_config([], [f"model.rpn.box_loss.name={name}"])
+    assert str(err.value) == (f"model.rpn.box_loss.name={name!r}: the RPN regresses anchor deltas with a fixed "
+                              f"beta; choose a delta loss: l2, l1, smooth_l1, balanced_l1, my_l1")
+
+
+def test_every_registered_loss_is_a_valid_roi_head_loss():
     from detector.losses import LOSSES
-    assert set(BOX_LOSS_NAMES) == set(LOSSES)
+    for name in LOSSES:
+        assert load_config([], [f"model.roi_head.box_loss.name={name}"]).model.roi_head.box_loss.name == name
+
+
+# ------------------------------------------------------------------------------------------- messages
+@pytest.mark.parametrize("name, hint", [("smoothl1.yml", "smoothl1.yaml"), ("smoth_l1.yaml", "smoothl1.yaml"),
+                                        ("configs/smoothl1.yml", "smoothl1.yaml"),
+                                        ("data/coco_tny.yaml", "data/coco_tiny.yaml"), ("nosuch.yaml", None),
+                                        ("no_such_config.yaml", None), ("l3.yaml", None)])
+def test_a_missing_config_file_is_hinted_only_when_close(name, hint):
+    with pytest.raises(ConfigError) as err:
+        load_config([name])
+    message = str(err.value)
+    assert f"config file {name!r} not found" in message and "available: balanced_l1.yaml, base.yaml" in message
+    if hint is None:
+        assert "did you mean" not in message
+    else:
+        assert f"did you mean {hint}?" in message
+
+
+def test_resume_lists_every_valid_value():
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["train.resume=/runs/x/checkpoints/last.pth"])
+    assert str(err.value).endswith("train.resume='/runs/x/checkpoints/last.pth' is not valid; "
+                                   "choose from false, true, auto")
+    assert load_config([], ["train.resume=true"]).train.resume is True
 
 
 def test_diff_configs_lists_the_dotted_keys_that_differ():

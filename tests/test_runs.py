@@ -1,5 +1,6 @@
 """Run folders never lose or mix data: refusal, --overwrite, the lock, resume checks, crash-safe ends, Ctrl-C,
 checkpoint fallback and leftovers, replayed metrics, and the one-line messages for disk and path problems."""
+import importlib.util
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from detector.config import load_config
 from detector.engine import checkpoint as checkpoint_mod
@@ -16,6 +18,7 @@ from detector.engine import trainer as trainer_mod
 from detector.engine.checkpoint import CheckpointError, Progress, load_checkpoint, save_checkpoint
 from detector.engine.logger import format_value
 from detector.engine.runs import RunFolderError, RunLock, check_run_folder
+from detector.data.synthetic import ensure_synthetic
 from detector.engine.runtime import GracefulStop
 from helpers import tiny_run_overrides
 
@@ -123,6 +126,21 @@ def test_resume_may_extend_max_iters_and_says_so(data_root, tmp_path, capsys):
     assert load_config([run / "config.yaml"]).train.max_iters == 3
 
 
+def test_resume_of_a_run_made_before_a_key_existed_takes_its_default(data_root, tmp_path, capsys):
+    """A key added to base.yaml after the run was made is not a difference: the run had its (new) default."""
+    run = tmp_path / "run"
+    trainer_mod.train(cfg_for(data_root, run), run)
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    del stored["train"]["lr_reference_batch"], stored["data"]["val_fraction"]  # as written by an older version
+    (run / "config.yaml").write_text(yaml.safe_dump(stored))
+    trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 3, "train.resume": True}), run)
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 3
+    stored["train"]["lr"] = 0.5  # but a key it has, with another value, still refuses
+    (run / "config.yaml").write_text(yaml.safe_dump(stored))
+    with pytest.raises(RunFolderError, match="train.lr"):
+        trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 4, "train.resume": True}), run)
+
+
 def test_resume_on_a_fresh_folder_says_it_starts_from_scratch(data_root, tmp_path, capsys):
     run = tmp_path / "run"
     trainer_mod.train(cfg_for(data_root, run, **{"train.resume": True}), run)
@@ -227,6 +245,32 @@ def test_impossible_output_dir_and_data_root_are_one_line(data_root, tmp_path, c
 def test_options_and_overrides_mix_in_any_order(capsys):
     code = train_tool.main(["--cfg", "smoothl1.yaml", "train.max_iters=10", "--resume", "nosuch.key=1"])
     assert code == 2 and "unknown key nosuch" in capsys.readouterr().err
+
+
+def test_every_tool_with_overrides_mixes_them_with_options(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("eval_tool", REPO / "tools" / "eval.py")
+    eval_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_tool)
+    argv = ["--cfg", "smoothl1.yaml", "train.device=cpu", "--dets", str(tmp_path / "d.json"), "nosuch.key=1"]
+    assert eval_tool.main(argv) == 2  # reached the config, not argparse's "unrecognized arguments"
+    assert "unknown key nosuch" in capsys.readouterr().err
+    for tool in ("train", "eval", "dump_proposals", "ablate", "benchmark"):
+        text = (REPO / "tools" / f"{tool}.py").read_text()
+        assert "parse_intermixed_args(argv)" in text and "parse_args(argv)" not in text, tool
+
+
+def test_an_error_in_the_middle_of_training_starts_on_its_own_line(tmp_path, capfd):
+    root, run = tmp_path / "synthetic", tmp_path / "run"
+    cfg = cfg_for(root, run)
+    ensure_synthetic(root, **cfg.data.synthetic.to_dict())
+    image = sorted((root / "val").iterdir())[0]
+    image.write_bytes(image.read_bytes()[:200])  # truncated: the evaluation at iteration 2 fails on it
+    assert train_tool.main(cli(root, run, **{"train.max_iters": 3, "train.eval_period": 2})) == 1
+    err = capfd.readouterr().err
+    assert "train: " in err and "2/3" in err  # the progress bar was drawn on stderr
+    lines = err.split("\n")
+    error = [line for line in lines if "error: " in line]
+    assert len(error) == 1 and error[0].startswith(f"error: {image}: cannot decode image"), error
 
 
 def test_a_bug_keeps_its_traceback_and_user_errors_do_not(data_root, tmp_path, monkeypatch, capsys):

@@ -6,11 +6,8 @@ downloaded and verified are not fetched again. COCO 2017 is about 19 GB (train20
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from detector.data.download import RESOURCES, download_dataset  # noqa: E402
+from detector.data.download import RESOURCES, download_dataset
 
 
 def main(argv=None) -> int:

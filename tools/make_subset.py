@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write a dataset subset: a COCO JSON or a VOC image-id list, selected as ``build_dataset`` selects.
+"""Write a dataset subset: a COCO JSON or a VOC image-id list, selected as ``build_dataset`` selects training images.
 
 COCO, 5 classes, 2000 images (images without any of the classes are left out unless --keep-empty)::
 
@@ -19,12 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from detector.data.base import DatasetError, sanitize_records  # noqa: E402
-from detector.data.coco import load_coco_json, parse_coco  # noqa: E402
-from detector.data.subsets import read_image_ids_file, subset_coco_json, subset_records  # noqa: E402
-from detector.data.voc import parse_voc  # noqa: E402
+from detector.data.base import DatasetError, sanitize_records
+from detector.data.coco import load_coco_json, parse_coco
+from detector.data.subsets import read_image_ids_file, subset_coco_json, subset_records
+from detector.data.voc import parse_voc
 
 
 def main(argv=None) -> int:

@@ -16,8 +16,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from detector.config import load_config  # noqa: E402
 from detector.losses import balanced_l1_loss, build_beta_schedule, l1_loss, l2_loss, smooth_l1_loss  # noqa: E402
 
@@ -59,7 +57,8 @@ def simulate_adaptive(box_loss_cfg, iters: int, num_images: int = 4, num_pos: in
     for it in range(iters):
         spread = 1.0 - 0.75 * it / iters
         targets = torch.randn(num_pos, 4, generator=g) * spread  # [P,4]
-        betas.append(schedule.update(it, targets, num_images))
+        betas.append(schedule.beta)
+        schedule.step(it, schedule.observe(targets, num_images))
     return betas
 
 
@@ -70,7 +69,7 @@ def plot_beta_schedules(path: Path, iters: int) -> None:
     for kind in SCHEDULES:
         cfg = load_config([], base + [f"model.roi_head.box_loss.schedule.type={kind}"]).model.roi_head.box_loss
         schedule = build_beta_schedule(cfg, iters)
-        ax.plot(list(steps), [schedule.update(it, None, 1) for it in steps], label=kind)
+        ax.plot(list(steps), [schedule.value_at(it) for it in steps], label=kind)
     adaptive_cfg = load_config([], base + ["model.roi_head.box_loss.schedule.type=adaptive"]).model.roi_head.box_loss
     ax.plot(range(iters), simulate_adaptive(adaptive_cfg, iters), label="adaptive (simulated targets)", color="black")
     ax.set(xlabel="iteration", ylabel="Smooth L1 β", title="Dynamic Smooth L1: β schedules", ylim=(0, 1.05))

@@ -20,10 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from detector.config import ConfigError, load_config  # noqa: E402
-from detector.errors import traceback_requested, user_error_line  # noqa: E402
+from detector.config import ConfigError, load_config
+from detector.errors import traceback_requested, user_error_line
 
 
 def default_run_dir(cfg_names: list[str]) -> Path:

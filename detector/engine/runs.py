@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from detector.config import diff_configs
+from detector.config import diff_configs, with_defaults
 from detector.errors import DetectorError
 
 CONFIG_FILE, LOCK_FILE = "config.yaml", ".lock"
@@ -41,7 +41,7 @@ RUN_ARTIFACT_GLOBS = ("events.out.tfevents.*",)
 RESUME_SAFE_KEYS = (
     "output_dir", "train.resume", "train.max_iters", "train.log_period", "train.hist_period", "train.eval_period",
     "train.checkpoint_period", "train.num_vis_images", "train.device", "data.loader.num_workers", "eval.max_images",
-    "eval.backend", "train.nonfinite_check", "train.compile", "train.cudnn_benchmark",
+    "eval.backend", "train.nonfinite_check", "train.compile", "train.cudnn_benchmark", "train.optimizer_impl",
 )
 
 
@@ -70,16 +70,21 @@ def free_name(run_dir: Path) -> Path:
     return run_dir.with_name(f"{run_dir.name}-{n}")
 
 
-def _stored_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / CONFIG_FILE
+def stored_config(run_dir: str | Path, fix: str) -> dict[str, Any] | None:
+    """The run's ``config.yaml`` (None where the folder has none), with every key added to the schema since the
+    run was made at its default (:func:`detector.config.with_defaults`), ready to compare with a resolved config.
+    An unreadable file is a :class:`RunFolderError` ending with ``fix``."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
     try:
         stored = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise RunFolderError(f"{path}: cannot be read ({exc}); this folder's run cannot be resumed: use "
-                             f"another output_dir or --overwrite") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunFolderError(f"{path}: cannot be read ({first}); {fix}") from None
     if not isinstance(stored, dict):
-        raise RunFolderError(f"{path}: not a config; use another output_dir or --overwrite")
-    return stored
+        raise RunFolderError(f"{path}: not a config; {fix}")
+    return with_defaults(stored)
 
 
 def check_run_folder(run_dir: str | Path, cfg, resume: bool, overwrite: bool) -> RunFolderPlan:
@@ -96,7 +101,8 @@ def check_run_folder(run_dir: str | Path, cfg, resume: bool, overwrite: bool) ->
         state = "a finished run" if (run_dir / "eval" / "metrics.json").is_file() else "an unfinished run"
         raise RunFolderError(f"{run_dir} already holds {state}; continue it with --resume, start a new one with "
                              f"output_dir={free_name(run_dir)}, or replace it with --overwrite")
-    differ = diff_configs(_stored_config(run_dir), cfg.to_dict())
+    stored = stored_config(run_dir, fix="this folder's run cannot be resumed: use another output_dir or --overwrite")
+    differ = diff_configs(stored, cfg.to_dict())
     unsafe = [k for k in differ if k not in RESUME_SAFE_KEYS]
     if unsafe:
         raise RunFolderError(f"--resume: the config differs from {run_dir / CONFIG_FILE} in keys that define the "

@@ -29,7 +29,8 @@ from detector.engine.checkpoint import BEST, LAST, Checkpointer, Progress
 from detector.engine.logger import RunLogger, format_value, stats_to_scalars
 from detector.engine.optim import build_loss_weights, build_lr, build_lr_scheduler, build_optimizer
 from detector.engine.runs import RunLock, check_run_folder, prepare_run_folder
-from detector.engine.runtime import GracefulStop, amp_settings, notice, seed_everything, select_device, to_device
+from detector.engine.runtime import (GracefulStop, amp_settings, compile_submodules, cudnn_benchmark_enabled, notice,
+                                     seed_everything, select_device, to_device)
 from detector.errors import DetectorError
 from detector.evaluation import metric_names
 from detector.evaluation.results import draw_predictions, evaluate_model, write_eval_results
@@ -80,8 +81,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, 
                           "model.backbone.norm=bn for a multi-process CPU run")
     seed_everything(cfg.seed + rank, cfg.deterministic)
     amp_dtype, use_scaler = amp_settings(cfg.train.amp, device, cfg.train.amp_dtype)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not cfg.deterministic
+    cudnn_benchmark = device.type == "cuda" and cudnn_benchmark_enabled(
+        cfg.train.cudnn_benchmark, bucketed=cfg.data.input.pad_buckets > 0, deterministic=cfg.deterministic)
+    torch.backends.cudnn.benchmark = cudnn_benchmark
 
     # ---------------------------------------------------------------- data, model, optimizer, state
     train_loader = build_dataloader(cfg, "train", start_iter=0, distributed=distributed)
@@ -91,7 +93,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, 
         warn_if_no_boxes(train_loader.dataset, "training")
     model = build_detector(cfg, num_classes=len(classes) - 1).to(device)
     if cfg.train.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        model.use_channels_last()
+    compiled = compile_submodules(model, cfg.train.compile)
     optimizer = build_optimizer(cfg, model)
     if main and cfg.train.lr_reference_batch is not None:
         notice(f"lr {build_lr(cfg):.4g} = train.lr {cfg.train.lr:g} per {cfg.train.lr_reference_batch} images x "
@@ -116,7 +119,10 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, 
         logger.log("start", 0, {"num_train_images": len(train_loader.dataset), "num_classes": len(classes) - 1,
                                 "num_val_images": len(val_loader.dataset), "device": str(device),
                                 "world_size": dist_utils.get_world_size(), "amp": str(amp_dtype),
-                                "dist_backend": torch.distributed.get_backend() if distributed else None})
+                                "dist_backend": torch.distributed.get_backend() if distributed else None,
+                                "pad_buckets": list(model.pad_buckets), "cudnn_benchmark": cudnn_benchmark,
+                                "compiled": compiled, "optimizer_impl": optimizer.impl,
+                                "nonfinite_check": cfg.train.nonfinite_check})
     raw_model = model
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -143,6 +149,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, 
                mininterval=1.0, file=sys.stderr, desc="train")
     data_iter = iter(train_loader)
     window = StepWindow()
+    watch = NonFiniteWatch(cfg.train.nonfinite_check, device, distributed, window=cfg.train.log_period)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
@@ -155,7 +162,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, 
                 with autocast:
                     losses, stats = model(images, targets, proposals=proposals_of(targets))
                 total = sum(losses[k] * loss_weights[k] for k in losses)
-                check_finite(losses, iteration, distributed, checkpointer, progress)
+                check_finite(losses, iteration, watch, checkpointer, progress)
 
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
@@ -165,20 +172,28 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, 
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                raw_model.update_dynamic_state(iteration, stats)  # Dynamic R-CNN beta / IoU threshold, every rank
                 progress.iteration = done = iteration + 1
-                window.add(len(images) * dist_utils.get_world_size(), data_time=t1 - t0,
-                           step_time=time.perf_counter() - t1)
+                window.add(len(images) * dist_utils.get_world_size(), data_time=t1 - t0)
                 bar.update(1)
 
                 is_last = done == cfg.train.max_iters
-                if done % cfg.train.log_period == 0 or is_last:
+                log_now = done % cfg.train.log_period == 0 or is_last
+                eval_now = bool(cfg.train.eval_period) and done % cfg.train.eval_period == 0 and not is_last
+                saved = done % cfg.train.checkpoint_period == 0 or is_last
+                # no checkpoint is written past a NaN loss; the read is collective under torchrun, where a signal
+                # may reach the ranks at different steps, so the Ctrl-C save of a multi-process run skips it
+                if log_now or eval_now or saved or (stop.requested and not distributed):
+                    watch.settle(checkpointer, progress)
+                if log_now:
                     log_train_step(logger, bar, cfg, done, losses, total, stats, loss_weights, optimizer,
                                    grad_norm, window, device)
-                if cfg.train.eval_period and done % cfg.train.eval_period == 0 and not is_last:
+                t_aside = time.perf_counter()
+                if eval_now:
                     evaluate_and_log(done)
-                saved = done % cfg.train.checkpoint_period == 0 or is_last
                 if saved:
                     checkpointer.save(LAST, progress, keep_previous=True)
+                window.start += time.perf_counter() - t_aside  # evaluation and checkpoints are not training speed
                 if stop.requested and not is_last:
                     if not saved:
                         checkpointer.save(LAST, progress, keep_previous=True)
@@ -198,44 +213,109 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, 
 
 
 class StepWindow:
-    """Images, data-loading time and compute time summed over the steps since the last log step."""
+    """Images, steps and data-loading time summed since the last log step (see :func:`log_train_step`)."""
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
-        self.start, self.images, self.steps, self.data_time, self.step_time = time.perf_counter(), 0, 0, 0.0, 0.0
+        self.start, self.images, self.steps, self.data_time = time.perf_counter(), 0, 0, 0.0
 
-    def add(self, images: int, data_time: float, step_time: float) -> None:
+    def add(self, images: int, data_time: float) -> None:
         self.images += images
         self.steps += 1
         self.data_time += data_time
-        self.step_time += step_time
 
 
-def check_finite(losses: dict[str, torch.Tensor], iteration: int, distributed: bool, checkpointer: Checkpointer,
+class NonFiniteWatch:
+    """The non-finite-loss check, ``train.nonfinite_check``: ``step`` or ``log``.
+
+    Each step's loss values go into a small buffer on the device (``[steps, T]``, T loss terms; no sync).
+    ``step``: the buffer is read on the host every step (one host-device sync per step) and the run stops before
+    the bad step reaches the weights; the diagnostic checkpoint holds the weights that produced the NaN. ``log``:
+    :meth:`settle` reads it at each log step and before every evaluation and checkpoint write (``last.pth``,
+    ``best.pth``, and the Ctrl-C save of a single-process run), so the buffer holds at most ``train.log_period``
+    steps. The run may go on for up to ``log_period - 1`` steps past the bad one (the weights are NaN by then), but
+    the message still names the first bad iteration and its values, and ``last.pth`` is the last one written after
+    a clean read: no periodic checkpoint holds a NaN step.
+    """
+
+    def __init__(self, mode: str, device: torch.device, distributed: bool, window: int = 1):
+        self.mode, self.device, self.distributed = mode, device, distributed
+        self.window = window if mode == "log" else 1
+        self.names: list[str] = []
+        self.rows: torch.Tensor | None = None  # [window, T] loss values of the steps since the last read
+        self.count = 0  # rows filled
+        self.start = 0  # iteration of row 0
+
+    def observe(self, losses: dict[str, torch.Tensor], iteration: int) -> None:
+        """Keep this iteration's loss values on the device (no host sync)."""
+        terms = torch.stack([v.detach().float() for v in losses.values()])  # [T]
+        if self.rows is None or self.count == self.rows.shape[0]:
+            if self.count == 0:
+                self.names, self.start = list(losses), iteration
+                self.rows = terms.new_empty((self.window, terms.shape[0]))
+            else:  # more steps than expected between two reads: grow
+                self.rows = torch.cat([self.rows, torch.empty_like(self.rows)])
+        elif self.count == 0:
+            self.start = iteration
+        self.rows[self.count] = terms
+        self.count += 1
+
+    def settle(self, checkpointer: Checkpointer, progress: Progress) -> None:
+        """``log`` mode: read the buffer (the sync) and stop the run (every rank) if a loss was not finite."""
+        if self.mode == "log":
+            self.raise_if_bad(checkpointer, progress)
+
+    def raise_if_bad(self, checkpointer: Checkpointer | None, progress: Progress | None) -> None:
+        """Read the buffer (one host sync) and, if a loss was not finite, write a diagnostic checkpoint beside
+        ``last.pth`` (none without a ``checkpointer``: a benchmark) and raise :class:`NonFiniteLossError` on every
+        rank, naming the first bad iteration."""
+        if not self.count:
+            return
+        rows, self.count = self.rows[:self.count], 0
+        bad = ~torch.isfinite(rows)  # [k,T]
+        flags = bad.any(dim=1).int()  # [k] this rank
+        if self.distributed:
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        if not int(flags.any()):  # the host sync of this check
+            return
+        flags = flags.tolist()
+        row = flags.index(1)
+        first = self.start + row
+        names = [n for n, b in zip(self.names, bad[row].tolist()) if b] or ["a loss on another rank"]
+        values = ", ".join(f"{n}={v:.4g}" for n, v in zip(self.names, rows[row].tolist()))
+        verb = "is" if len(names) == 1 else "are"
+        message = f"{' and '.join(names)} {verb} not finite at iteration {first} ({values})"
+        if self.mode == "log":
+            message += (f"; found at the check after iteration {self.start + len(flags) - 1} "
+                        f"(train.nonfinite_check=log reads it every train.log_period steps)")
+        if checkpointer is not None:
+            path = checkpointer.save(f"nonfinite_iter{first}.pth", progress)
+            message += f"; diagnostic checkpoint: {path}; last good checkpoint: {checkpointer.dir / LAST}"
+        raise NonFiniteLossError(f"{message}. Try a lower train.lr, train.clip_grad_norm>0 or another box loss.")
+
+
+def check_finite(losses: dict[str, torch.Tensor], iteration: int, watch: NonFiniteWatch, checkpointer: Checkpointer,
                  progress: Progress) -> None:
-    """Stop the run (every rank) when a loss term is NaN/inf, after a diagnostic checkpoint beside last.pth."""
-    terms = torch.stack([v.detach().float() for v in losses.values()])
-    bad = (~torch.isfinite(terms)).any().float()
-    if distributed:
-        torch.distributed.all_reduce(bad)
-    if not bad.item():  # the step's host sync for this check
-        return
-    names = [k for k, v in losses.items() if not torch.isfinite(v).all()] or ["a loss on another rank"]
-    path = checkpointer.save(f"nonfinite_iter{iteration}.pth", progress)
-    verb = "is" if len(names) == 1 else "are"
-    raise NonFiniteLossError(
-        f"{' and '.join(names)} {verb} not finite at iteration {iteration} "
-        f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); diagnostic checkpoint: {path}; "
-        f"last good checkpoint: {checkpointer.dir / LAST}. Try a lower train.lr, train.clip_grad_norm>0 or "
-        f"another box loss.")
+    """The per-step part of the non-finite-loss check: record, and with ``train.nonfinite_check=step`` stop the
+    run at once (before the backward) when a loss term is NaN/inf."""
+    watch.observe(losses, iteration)
+    if watch.mode == "step":
+        watch.raise_if_bad(checkpointer, progress)
 
 
 def log_train_step(logger: RunLogger, bar, cfg: Config, done: int, losses: dict[str, torch.Tensor],
                    total: torch.Tensor, stats: dict[str, torch.Tensor], loss_weights: dict[str, float], optimizer,
                    grad_norm: torch.Tensor, window: StepWindow, device: torch.device) -> None:
-    """One log step: losses (raw and weighted), stats, lr, speed split into data and compute time, memory."""
+    """One log step: losses (raw and weighted), stats, lr, speed split into data and compute time, memory.
+
+    Speed over the window since the last log step, honest under CUDA's asynchrony because this step first waits
+    for the device: ``images_per_s`` is images / wall time; ``data_time`` the mean time per step the host waited
+    for the loader (the loader is the limit when it is a large part of the step; the device may still have been
+    busy with the previous step meanwhile); ``step_time`` the rest of the wall time per step (forward, backward,
+    update, and whatever the host does), so ``data_time + step_time`` is the wall time per step.
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - window.start

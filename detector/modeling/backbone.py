@@ -27,15 +27,12 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from detector.backbone_table import BACKBONES
+from detector.backbone_table import BACKBONES, NORMS
 from detector.errors import WeightsError
 
 __all__ = ["Backbone", "build_backbone", "BACKBONES", "NORMS"]
 
 _MOBILENET_STAGE_ENDS = (1, 3, 6, 12, 16)  # last block of the stem and of the stride-4/8/16/32 stages
-
-
-NORMS = ("frozen_bn", "bn", "syncbn", "gn")
 
 
 def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
