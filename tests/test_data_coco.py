@@ -51,6 +51,10 @@ def write_coco(root: Path, split: str = "train", annotations=None, images=None, 
     return ann_file
 
 
+def image_ids(ds) -> list[int]:
+    return [ds.get_image_info(i)["image_id"] for i in range(len(ds))]
+
+
 def coco_cfg(root: Path, *overrides: str):
     return load_config([], ["data.format=coco", f"data.root={root}", "data.train_split=train", "data.val_split=train",
                             *overrides])
@@ -127,7 +131,7 @@ def test_missing_images_are_listed_at_construction(tmp_path):
     write_coco(tmp_path)
     (tmp_path / "train" / "b.jpg").unlink()
     with pytest.raises(DatasetError, match=r"1 of 4 image files are missing: .*b\.jpg"):
-        build_dataset(coco_cfg(tmp_path), "train")
+        build_dataset(coco_cfg(tmp_path), "val")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
@@ -149,11 +153,55 @@ def test_wrong_size_in_json_raises(tmp_path):
         build_dataset(coco_cfg(tmp_path), "val", transforms=False)[0]
 
 
-def test_keep_empty_applies_to_training_only(tmp_path):
+def test_training_images_without_boxes_are_dropped_by_default_and_val_keeps_them(tmp_path):
+    """keep_empty defaults to false (detectron2's FILTER_EMPTY_ANNOTATIONS); the val split keeps every image."""
     write_coco(tmp_path)
-    assert len(build_dataset(coco_cfg(tmp_path, "data.keep_empty=false"), "train")) == 3  # image 4 has no box
-    assert len(build_dataset(coco_cfg(tmp_path, "data.keep_empty=false"), "val")) == 4
-    assert len(build_dataset(coco_cfg(tmp_path), "train")) == 4
+    assert len(build_dataset(coco_cfg(tmp_path), "train")) == 3  # image 4 has no box
+    assert len(build_dataset(coco_cfg(tmp_path), "val")) == 4
+    assert len(build_dataset(coco_cfg(tmp_path, "data.keep_empty=true"), "train")) == 4
+    assert len(build_dataset(coco_cfg(tmp_path, "data.keep_empty=true"), "val")) == 4
+
+
+def test_size_subsets_cut_the_training_split_only(tmp_path):
+    """data.max_images / fraction / image_ids_file select training images; val is scored whole."""
+    write_coco(tmp_path)
+    id_file = tmp_path / "ids.txt"
+    id_file.write_text("2\n")
+    for subset in ("data.max_images=1", "data.fraction=0.3", f"data.image_ids_file={id_file}"):
+        cfg = coco_cfg(tmp_path, subset, "data.keep_empty=true")
+        assert len(build_dataset(cfg, "train")) == 1, subset
+        assert image_ids(build_dataset(cfg, "val")) == [1, 2, 3, 4], subset
+
+
+def test_val_subset_keys_cut_the_val_split_only(tmp_path):
+    write_coco(tmp_path)
+    id_file = tmp_path / "val_ids.txt"
+    id_file.write_text("4\n1\n")
+    cfg = coco_cfg(tmp_path, f"data.val_image_ids_file={id_file}", "data.keep_empty=true")
+    assert image_ids(build_dataset(cfg, "val")) == [1, 4] and image_ids(build_dataset(cfg, "train")) == [1, 2, 3, 4]
+    cfg = coco_cfg(tmp_path, "data.val_fraction=0.5", "data.subset_seed=3")
+    half = image_ids(build_dataset(cfg, "val"))
+    assert len(half) == 2 and half == sorted(half) and len(build_dataset(cfg, "train")) == 3
+    id_file.write_text("998\n")
+    with pytest.raises(DatasetError, match=r"none of the 1 ids in data.val_image_ids_file"):
+        build_dataset(coco_cfg(tmp_path, f"data.val_image_ids_file={id_file}"), "val")
+
+
+def test_classes_apply_to_both_splits(tmp_path):
+    """The model's classes are the kept ones, so val is scored on exactly those (relabelled alike)."""
+    write_coco(tmp_path)
+    cfg = coco_cfg(tmp_path, "data.classes=[dog]")
+    train, val = build_dataset(cfg, "train", transforms=False), build_dataset(cfg, "val", transforms=False)
+    assert train.classes == val.classes == ["__background__", "dog"] and val.label_to_cat_id == {1: 18}
+    assert len(train) == 1 and len(val) == 4  # training drops images without a (non-crowd) dog; val keeps all
+    assert [val.get_target(i)["labels"].tolist() for i in range(4)] == [[1], [1], [], []]
+
+
+def test_empty_training_subset_names_the_training_keys(tmp_path):
+    write_coco(tmp_path, annotations=[])
+    with pytest.raises(DatasetError, match=r"no train images left after the subset settings \(data.classes, "
+                                           r"data.keep_empty, data.image_ids_file, data.fraction, data.max_images\)"):
+        build_dataset(coco_cfg(tmp_path), "train")
 
 
 def test_class_subset_relabels_in_the_given_order(tmp_path):
@@ -175,17 +223,16 @@ def test_unknown_class_name_suggests_a_close_one(tmp_path):
 
 def test_max_images_fraction_and_id_file(tmp_path):
     write_coco(tmp_path)
-    ids = lambda ds: [ds.get_image_info(i)["image_id"] for i in range(len(ds))]  # noqa: E731
-    assert ids(build_dataset(coco_cfg(tmp_path, "data.max_images=2"), "train")) == [1, 2]
-    half = ids(build_dataset(coco_cfg(tmp_path, "data.fraction=0.5", "data.subset_seed=3"), "train"))
+    assert image_ids(build_dataset(coco_cfg(tmp_path, "data.max_images=2"), "train")) == [1, 2]
+    half = image_ids(build_dataset(coco_cfg(tmp_path, "data.fraction=0.5", "data.subset_seed=3"), "train"))
     assert len(half) == 2 and half == sorted(half)
-    assert half == ids(build_dataset(coco_cfg(tmp_path, "data.fraction=0.5", "data.subset_seed=3"), "train"))
-    draws = {tuple(ids(build_dataset(coco_cfg(tmp_path, "data.fraction=0.5", f"data.subset_seed={s}"), "train")))
+    assert half == image_ids(build_dataset(coco_cfg(tmp_path, "data.fraction=0.5", "data.subset_seed=3"), "train"))
+    draws = {tuple(image_ids(build_dataset(coco_cfg(tmp_path, "data.fraction=0.5", f"data.subset_seed={s}"), "train")))
              for s in range(8)}
     assert len(draws) > 1
     id_file = tmp_path / "ids.txt"
     id_file.write_text("3\n# a comment\n1\n999\n")
-    assert ids(build_dataset(coco_cfg(tmp_path, f"data.image_ids_file={id_file}"), "train")) == [1, 3]
+    assert image_ids(build_dataset(coco_cfg(tmp_path, f"data.image_ids_file={id_file}"), "train")) == [1, 3]
     id_file.write_text("998\n")
     with pytest.raises(DatasetError, match="none of the 1 ids"):
         build_dataset(coco_cfg(tmp_path, f"data.image_ids_file={id_file}"), "train")

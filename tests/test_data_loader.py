@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from detector.config import load_config
-from detector.data import build_dataloader, collate
+from detector.data import build as data_build
+from detector.data import build_dataloader, build_dataset, collate
 from detector.data.benchmark import loader_throughput
 from detector.data.samplers import GroupedInfiniteBatchSampler, inference_indices
 
@@ -106,6 +107,34 @@ def test_val_loader_is_finite_ordered_and_limited(cfg):
     assert ids == [1, 2, 3, 4, 5] and all(t["orig_size"] == (64, 96) for _, ts in loader for t in ts)
     loader = build_dataloader(small_cfg(cfg.data.root, "eval.max_images=3"), "val")
     assert len(loader.dataset) == 3 and [len(images) for images, _ in loader] == [2, 1]
+
+
+def test_val_loader_cut_builds_a_new_dataset_and_leaves_the_original_untouched(cfg, monkeypatch):
+    original = build_dataset(cfg, "val")
+    records = list(original.records)
+    monkeypatch.setattr(data_build, "build_dataset", lambda cfg, split: original)
+    loader = build_dataloader(small_cfg(cfg.data.root, "eval.max_images=2"), "val")
+    assert loader.dataset is not original and len(loader.dataset) == 2
+    assert original.records == records and len(original) == 5
+    assert loader.dataset.records == records[:2] and loader.dataset.classes == original.classes
+    assert build_dataloader(cfg, "val").dataset is original  # no eval.max_images: nothing to cut
+
+
+def test_subset_is_a_new_dataset_with_its_own_records_and_proposals(cfg):
+    original = build_dataset(cfg, "val", transforms=False)
+    original.proposals = {r.image_id: torch.full((1, 4), float(r.image_id)) for r in original.records}
+    part = original.subset([3, 1], name="two")
+    assert [part.get_image_info(i)["image_id"] for i in range(2)] == [4, 2] and part.name == "two"
+    assert set(part.proposals) == {4, 2} and part.get_target(0)["proposals"].tolist() == [[4.0] * 4]
+    assert len(original) == 5 and len(original.proposals) == 5
+    assert part.label_to_cat_id == original.label_to_cat_id and part.transforms is original.transforms
+
+
+def test_every_synthetic_image_has_objects_so_keep_empty_changes_nothing(cfg):
+    """The quickstart data: dropping training images without boxes (the default) keeps all of them."""
+    dataset = build_dataset(cfg, "train", transforms=False)
+    assert not cfg.data.keep_empty and len(dataset) == cfg.data.synthetic.num_train
+    assert all(len(r.boxes) > 0 for r in dataset.records)
 
 
 def test_distributed_needs_an_initialised_process_group(cfg):

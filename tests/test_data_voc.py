@@ -67,12 +67,12 @@ def test_voc_targets_one_based_conversion_and_difficult(tmp_path):
 
 def test_root_may_be_the_devkit_itself(tmp_path):
     devkit = write_voc(tmp_path)
-    assert len(build_dataset(voc_cfg(devkit), "train")) == 3
+    assert len(build_dataset(voc_cfg(devkit), "val")) == 3
 
 
 def test_07_plus_12_concatenates(tmp_path):
     write_voc(tmp_path)
-    ds = build_dataset(voc_cfg(tmp_path, "2007/trainval+2012/trainval"), "train", transforms=False)
+    ds = build_dataset(voc_cfg(tmp_path, "2007/trainval+2012/trainval"), "val", transforms=False)
     assert [ds.get_image_info(i)["image_id"] for i in range(len(ds))] == [5, 7, 9, 2008000002]
     assert ds.get_target(3)["labels"].tolist() == [VOC_CLASSES.index("car") + 1]
 
@@ -115,7 +115,7 @@ def test_missing_jpeg_is_reported_at_construction(tmp_path):
     devkit = write_voc(tmp_path)
     (devkit / "VOC2007" / "JPEGImages" / "000009.jpg").unlink()
     with pytest.raises(DatasetError, match=r"1 of 3 image files are missing: .*000009.jpg"):
-        build_dataset(voc_cfg(tmp_path), "train")
+        build_dataset(voc_cfg(tmp_path), "val")
 
 
 def test_voc_subsets_classes_keep_empty_and_names(tmp_path):
@@ -143,3 +143,15 @@ def test_make_subset_writes_a_voc_id_list(tmp_path):
     assert out.read_text() == "000007\n2008_000002\n"
     ds = build_dataset(voc_cfg(tmp_path, "2007/trainval+2012/trainval", f"data.image_ids_file={out}"), "train")
     assert len(ds) == 2
+
+
+def test_voc07_subset_config_cuts_training_only(tmp_path):
+    """configs/data/voc07_subset.yaml: data.max_images selects training images; the test split is scored whole."""
+    write_voc(tmp_path)
+    cfg = load_config(["data/voc07_subset.yaml"], [f"data.root={tmp_path}", "data.val_split=2007/trainval",
+                                                   "data.max_images=1"])
+    assert cfg.data.max_images == 1 and cfg.eval.max_images is None
+    train = build_dataset(cfg, "train")
+    assert [train.get_image_info(i)["image_id"] for i in range(len(train))] == [5]
+    assert len(build_dataset(cfg, "val")) == 3
+    assert load_config(["data/voc07_subset.yaml"]).data.max_images == 1000

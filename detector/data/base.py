@@ -163,6 +163,15 @@ class DetectionDataset(torch.utils.data.Dataset):
                 "area": torch.from_numpy(rec.area.copy()),
                 **({"proposals": self.proposals[rec.image_id].clone()} if self.proposals is not None else {})}
 
+    def subset(self, indices: Sequence[int], name: str | None = None) -> "DetectionDataset":
+        """A new dataset of the images at ``indices`` (in that order), with the same classes, category ids and
+        transforms; ``self`` is left unchanged (its evaluation ground truth, its loaders stay valid)."""
+        records = [self.records[int(i)] for i in indices]
+        proposals = None if self.proposals is None else {r.image_id: self.proposals[r.image_id] for r in records}
+        return DetectionDataset(records=records, classes=self.classes, label_to_cat_id=self.label_to_cat_id,
+                                transforms=self.transforms, name=self.name if name is None else name,
+                                proposals=proposals)
+
     def aspect_ratio_groups(self) -> list[int]:
         """Per image: 0 when width >= height, 1 when width < height (the batch sampler's groups)."""
         return [0 if r.width >= r.height else 1 for r in self.records]

@@ -22,23 +22,27 @@ from .transforms import build_transforms
 from .voc import parse_voc
 
 SPLITS = ("train", "val")
+# split -> {subset_records argument: the data.* key that sets it}; what is absent keeps every image
+SUBSET_KEYS = {
+    "train": {"keep_classes": "classes", "keep_empty": "keep_empty", "image_ids_file": "image_ids_file",
+              "fraction": "fraction", "max_images": "max_images"},
+    "val": {"keep_classes": "classes", "image_ids_file": "val_image_ids_file", "fraction": "val_fraction"},
+}
 
 
 def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
     """The ``split`` ("train" or "val") dataset of ``cfg.data``, subset and cleaned, with its transforms.
 
     ``data.format: synthetic`` first generates the synthetic set under ``data.root`` when it is missing or was
-    made with other ``data.synthetic`` parameters, then reads it like COCO. ``keep_empty`` applies to the training
-    split only (evaluation keeps every image). With ``transforms=False`` the dataset returns raw targets.
+    made with other ``data.synthetic`` parameters, then reads it like COCO. Which subset keys apply to which split
+    is :func:`split_subset`'s contract. With ``transforms=False`` the dataset returns raw targets.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     data = cfg.data
     split_name = data.train_split if split == "train" else data.val_split
     if data.format == "synthetic":
-        syn = data.synthetic
-        ensure_synthetic(data.root, num_train=syn.num_train, num_val=syn.num_val, image_size=syn.image_size,
-                         num_classes=syn.num_classes, max_objects=syn.max_objects, seed=syn.seed)
+        ensure_synthetic(data.root, **data.synthetic.to_dict())  # the keys are the generator's parameters
     if data.format in ("synthetic", "coco"):
         ann_file, image_dir = coco_split_paths(data.root, split_name)
         source = str(ann_file)
@@ -47,13 +51,14 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
         source = f"VOC {split_name} under {data.root}"
         records, classes, label_to_cat_id = parse_voc(data.root, split_name)
     records = sanitize_records(records, source)
+    subset = split_subset(data, split)
+    ids_file, ids_key = subset.pop("image_ids_file"), f"data.{SUBSET_KEYS[split]['image_ids_file']}"
     records, classes, label_to_cat_id = subset_records(
-        records, classes, label_to_cat_id, keep_classes=data.classes, keep_empty=data.keep_empty or split != "train",
-        image_ids=read_image_ids_file(data.image_ids_file) if data.image_ids_file else None,
-        fraction=data.fraction, seed=data.subset_seed, max_images=data.max_images, source=source)
+        records, classes, label_to_cat_id, image_ids=read_image_ids_file(ids_file, ids_key) if ids_file else None,
+        ids_source=ids_key, seed=data.subset_seed, source=source, **subset)
     if not records:
-        raise DatasetError(f"{source}: no images left after the data.* subset settings (classes, keep_empty, "
-                           f"image_ids_file, fraction, max_images); relax them")
+        keys = ", ".join(f"data.{key}" for key in SUBSET_KEYS[split].values())
+        raise DatasetError(f"{source}: no {split} images left after the subset settings ({keys}); relax them")
     check_files_exist(records, source)
     proposals = None
     if cfg.model.proposals == "precomputed":
@@ -62,6 +67,18 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
                             transforms=build_transforms(cfg, split) if transforms else None,
                             name=f"{Path(source).name if data.format != 'voc' else source} ({split})",
                             proposals=proposals)
+
+
+def split_subset(data, split: str) -> dict:
+    """The ``subset_records`` selections of ``split``, read from ``cfg.data`` through :data:`SUBSET_KEYS`.
+
+    ``data.classes`` applies to both splits (the model's classes are the kept ones, relabelled 1..K). The size
+    subsets (``image_ids_file``, ``fraction``, ``max_images``) and ``keep_empty`` apply to the training split
+    only, so a training subset is still scored on the whole val split; the val split has its own
+    ``val_image_ids_file`` and ``val_fraction`` (a prefix of it, during training and in ``tools/eval.py``, is
+    ``eval.max_images``) and always keeps images without boxes (a detection on them is a false positive).
+    """
+    return {argument: data[key] for argument, key in SUBSET_KEYS[split].items()}
 
 
 def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, torch.Tensor]:
@@ -138,16 +155,25 @@ def make_dataloader(dataset: DetectionDataset, *, train: bool, batch_size: int, 
                                        persistent_workers=num_workers > 0, generator=generator)
 
 
+def eval_subset(dataset: DetectionDataset, max_images: int | None) -> DetectionDataset:
+    """The images evaluation scores: the first ``max_images`` (``eval.max_images``) of the val dataset, as a new
+    dataset (the given one is not changed), or the dataset itself when ``max_images`` is None."""
+    if max_images is None:
+        return dataset
+    return dataset.subset(range(min(max_images, len(dataset))), name=f"{dataset.name} first {max_images}")
+
+
 def build_dataloader(cfg, split: str, start_iter: int = 0, distributed: bool = False) -> torch.utils.data.DataLoader:
     """The training loader (infinite, from batch ``start_iter`` of the ``cfg.seed`` stream) or the val loader.
 
-    The val loader's dataset is cut to the first ``eval.max_images`` images when that is set, so ``loader.dataset``
-    (whose targets the evaluator reads) and the loader agree; under ``distributed`` each rank gets a disjoint
-    contiguous slice. ``train.batch_size`` images per batch and per rank in both.
+    The val loader's dataset is a new dataset of the first ``eval.max_images`` images when that is set
+    (:func:`eval_subset`), so ``loader.dataset`` (whose targets the evaluator reads) and the loader agree; under
+    ``distributed`` each rank gets a disjoint contiguous slice. ``train.batch_size`` images per batch and per rank
+    in both.
     """
     dataset = build_dataset(cfg, split)
-    if split == "val" and cfg.eval.max_images is not None:
-        dataset.records = dataset.records[:cfg.eval.max_images]
+    if split == "val":
+        dataset = eval_subset(dataset, cfg.eval.max_images)
     rank, world_size = _rank_and_world_size(distributed)
     return make_dataloader(dataset, train=split == "train", batch_size=cfg.train.batch_size,
                            num_workers=cfg.data.loader.num_workers, seed=cfg.seed, start_iter=start_iter, rank=rank,

@@ -8,6 +8,10 @@ share one implementation, and ``tools/make_subset.py`` writes exactly what ``bui
 3. ``image_ids``: keep images whose id (COCO integer id, or VOC name such as ``2008_000123``) is listed;
 4. ``fraction``: keep ``round(fraction * n)`` images drawn with ``seed`` (original order preserved);
 5. ``max_images``: keep the first ``max_images``.
+
+Which ``data.*`` keys feed which split is ``detector.data.build.split_subset``'s contract: ``data.classes`` both
+splits; ``keep_empty``, ``image_ids_file``, ``fraction``, ``max_images`` the training split only;
+``val_image_ids_file`` and ``val_fraction`` the val split.
 """
 from __future__ import annotations
 
@@ -23,11 +27,11 @@ from .base import BACKGROUND, DatasetError, ImageRecord
 logger = logging.getLogger(__name__)
 
 
-def read_image_ids_file(path: str | Path) -> list[str]:
-    """One id per line (blank lines and ``#`` comments ignored)."""
+def read_image_ids_file(path: str | Path, key: str = "data.image_ids_file") -> list[str]:
+    """One id per line (blank lines and ``#`` comments ignored); ``key`` names the setting in messages."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: image id file (data.image_ids_file) not found")
+        raise DatasetError(f"{path}: image id file ({key}) not found")
     return [line.split("#")[0].strip() for line in path.read_text().splitlines() if line.split("#")[0].strip()]
 
 
@@ -61,9 +65,13 @@ def fraction_indices(n: int, fraction: float, seed: int) -> np.ndarray:
 def subset_records(records: Sequence[ImageRecord], classes: Sequence[str], label_to_cat_id: dict[int, int], *,
                    keep_classes: Sequence[str] | None = None, keep_empty: bool = True,
                    image_ids: Sequence[str] | None = None, fraction: float | None = None, seed: int = 0,
-                   max_images: int | None = None, source: str = "dataset"
+                   max_images: int | None = None, source: str = "dataset", ids_source: str = "data.image_ids_file"
                    ) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
-    """Apply the selections in the module docstring; returns (records, classes, label_to_cat_id)."""
+    """Apply the selections in the module docstring; returns (records, classes, label_to_cat_id).
+
+    The defaults select nothing away. ``source`` (the file or split) and ``ids_source`` (the setting that gave
+    ``image_ids``) name where a problem comes from in messages.
+    """
     records, classes, label_to_cat_id = list(records), list(classes), dict(label_to_cat_id)
     if keep_classes:
         records, classes, label_to_cat_id = select_classes(records, classes, label_to_cat_id, keep_classes, source)
@@ -74,10 +82,10 @@ def subset_records(records: Sequence[ImageRecord], classes: Sequence[str], label
         kept = [r for r in records if str(r.image_id) in wanted or Path(r.file_name).stem in wanted]
         found = {str(r.image_id) for r in kept} | {Path(r.file_name).stem for r in kept}
         if not kept:
-            raise DatasetError(f"{source}: none of the {len(wanted)} ids in data.image_ids_file is an image of this "
+            raise DatasetError(f"{source}: none of the {len(wanted)} ids in {ids_source} is an image of this "
                                f"split; check the file and data.train_split/val_split")
         if len(wanted - found):
-            logger.warning(f"{source}: {len(wanted - found)} ids of data.image_ids_file are not in this split "
+            logger.warning(f"{source}: {len(wanted - found)} ids of {ids_source} are not in this split "
                            f"(or were filtered out), e.g. {sorted(wanted - found)[:3]}")
         records = kept
     if fraction is not None and records:
