@@ -61,6 +61,17 @@ def reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(zip(keys, stacked))
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank: one tiny all_reduce (and its host read). A collective: every rank must
+    call it at the same point of the loop."""
+    if not is_distributed():
+        return bool(flag)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def gather_objects(obj):
     """``obj`` of this process, or the list of every rank's ``obj`` under DDP (each rank resumes its own)."""
     if not is_distributed():

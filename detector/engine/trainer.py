@@ -7,8 +7,9 @@ writes ``last.pth`` and only then runs the final evaluation, and returns the fin
 
 Loss weights are applied here and only here; raw and weighted values are both logged. A non-finite loss stops
 the run with a message naming the term and the iteration, after a diagnostic checkpoint written beside (never
-over) the last good one. Ctrl-C or SIGTERM finishes the current step, writes ``last.pth`` and stops with a
-resume hint (:class:`TrainingInterrupted`); a second Ctrl-C exits at once.
+over) the last good one. Ctrl-C or SIGTERM finishes the current step (under torchrun: up to the next log or
+checkpoint step, where the ranks agree), writes ``last.pth`` and stops with a resume hint
+(:class:`TrainingInterrupted`); a second Ctrl-C exits at once.
 """
 from __future__ import annotations
 
@@ -181,9 +182,11 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, 
                 log_now = done % cfg.train.log_period == 0 or is_last
                 eval_now = bool(cfg.train.eval_period) and done % cfg.train.eval_period == 0 and not is_last
                 saved = done % cfg.train.checkpoint_period == 0 or is_last
-                # no checkpoint is written past a NaN loss; the read is collective under torchrun, where a signal
-                # may reach the ranks at different steps, so the Ctrl-C save of a multi-process run skips it
-                if log_now or eval_now or saved or (stop.requested and not distributed):
+                # Ctrl-C/SIGTERM: at once in one process; under torchrun the signal may reach the ranks at different
+                # steps, so they agree at the next log or checkpoint step (a collective every rank makes there)
+                stopping = (dist_utils.any_rank(stop.requested is not None) if log_now or saved else False) \
+                    if distributed else stop.requested is not None
+                if log_now or eval_now or saved or stopping:  # no checkpoint is written past a NaN loss
                     watch.settle(checkpointer, progress)
                 if log_now:
                     log_train_step(logger, bar, cfg, done, losses, total, stats, loss_weights, optimizer,
@@ -194,11 +197,12 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, 
                 if saved:
                     checkpointer.save(LAST, progress, keep_previous=True)
                 window.start += time.perf_counter() - t_aside  # evaluation and checkpoints are not training speed
-                if stop.requested and not is_last:
+                if stopping and not is_last:
                     if not saved:
                         checkpointer.save(LAST, progress, keep_previous=True)
                     raise TrainingInterrupted(
-                        f"stopped by {stop.requested} at iteration {done} of {cfg.train.max_iters}; "
+                        f"stopped by {stop.requested or 'a signal to another rank'} at iteration {done} of "
+                        f"{cfg.train.max_iters}; "
                         f"{checkpointer.dir / LAST} holds it. Continue with the same command plus --resume")
     finally:
         bar.close()
@@ -234,7 +238,7 @@ class NonFiniteWatch:
     ``step``: the buffer is read on the host every step (one host-device sync per step) and the run stops before
     the bad step reaches the weights; the diagnostic checkpoint holds the weights that produced the NaN. ``log``:
     :meth:`settle` reads it at each log step and before every evaluation and checkpoint write (``last.pth``,
-    ``best.pth``, and the Ctrl-C save of a single-process run), so the buffer holds at most ``train.log_period``
+    ``best.pth``, the Ctrl-C save), so the buffer holds at most ``train.log_period``
     steps. The run may go on for up to ``log_period - 1`` steps past the bad one (the weights are NaN by then), but
     the message still names the first bad iteration and its values, and ``last.pth`` is the last one written after
     a clean read: no periodic checkpoint holds a NaN step.
