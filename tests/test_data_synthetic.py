@@ -1,14 +1,24 @@
-"""The synthetic generator: deterministic bytes, exact boxes within limits, reuse/regeneration, CLI."""
+"""The synthetic generator: deterministic bytes, the default preset unchanged, the hard preset's statistics, exact
+visible boxes, reuse/regeneration that never deletes a file the generator did not write, CLI."""
+import hashlib
 import importlib.util
 import json
+import multiprocessing
+import os
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import PIL
 import pytest
 import torch
+from PIL import Image
+from torchvision.ops import box_iou
 
-from detector.config import load_config
+from detector.config import ConfigError, load_config
 from detector.data import SHAPES, DatasetError, build_dataset, generate_synthetic
-from detector.data.synthetic import MAX_IOU, _draw_shape, ensure_synthetic
+from detector.data.synthetic import (DISTRACTORS, PARAMS_FILE, Scene, _draw_shape, _scene_of, ensure_synthetic,
+                                     render_image, synthetic_params)
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = dict(num_train=6, num_val=3, image_size=(96, 128), num_classes=6, max_objects=5)
@@ -18,6 +28,19 @@ def folder_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def synthetic_keys(cfgs=(), *overrides) -> dict:
+    """The ``data.synthetic`` keys as build_dataset passes them to the generator."""
+    return load_config(list(cfgs), list(overrides)).data.synthetic.to_dict()
+
+
+def hard_keys(*overrides) -> dict:
+    return synthetic_keys(["data/synthetic_hard.yaml"], *overrides)
+
+
+def scene_of(keys: dict) -> Scene:
+    return _scene_of(synthetic_params(**keys))
+
+
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a = folder_bytes(generate_synthetic(tmp_path / "a", seed=3, **SMALL))
     b = folder_bytes(generate_synthetic(tmp_path / "b", seed=3, **SMALL))
@@ -25,6 +48,38 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert len(a) == 6 + 3 + 2 + 1 and a == b
     assert a["annotations/instances_train.json"] != c["annotations/instances_train.json"]
     assert a["train/000001.jpg"] != c["train/000001.jpg"]
+
+
+# sha256 of the two annotation files and of the raw pixels (before JPEG) of every image, computed once with the
+# generator as it was before the hard preset (/tmp/old_main, 2026-12-01, numpy 2.4.6, Pillow 13.0.0). Drawing and
+# random streams are those libraries', so the pins hold for those versions.
+PINNED_VERSIONS = ("2.4", "13.0")
+PINS = [  # (overrides of the base.yaml defaults, annotations sha256, pixels sha256)
+    (["data.synthetic.num_train=8", "data.synthetic.num_val=4"],  # the quickstart set's first 8 + 4 images
+     "e33c6853f8d142f1b2e29e2f22e701409679fca5fb13826a2cf04d058321fb98",
+     "203b33294f4086d2fbe42ab085a44f03ccaca8da44928aa5012c50e287513e0f"),
+    (["data.synthetic.num_train=6", "data.synthetic.num_val=3", "data.synthetic.image_size=[96,128]",
+      "data.synthetic.num_classes=6", "data.synthetic.max_objects=5", "data.synthetic.seed=3"],
+     "81f9b4049765bb0b6f0f962750ab405c2e123c12e7b18890b6532c55fa234d0f",
+     "f292652c6ddcdfe41ce65d21dc42c46c401b424a59e6fdde4a347382cc3ed5f0"),
+]
+
+
+@pytest.mark.skipif(tuple(".".join(v.split(".")[:2]) for v in (np.__version__, PIL.__version__)) != PINNED_VERSIONS,
+                    reason=f"pins made with numpy/Pillow {PINNED_VERSIONS}")
+@pytest.mark.parametrize("overrides, annotations_sha, pixels_sha", PINS)
+def test_default_keys_reproduce_the_first_generator(tmp_path, overrides, annotations_sha, pixels_sha):
+    keys = synthetic_keys((), *overrides)
+    root = ensure_synthetic(tmp_path / "s", **keys)
+    annotations = b"".join((root / "annotations" / f"instances_{s}.json").read_bytes() for s in ("train", "val"))
+    assert hashlib.sha256(annotations).hexdigest() == annotations_sha
+    pixels = hashlib.sha256()
+    for split_index, count in enumerate((keys["num_train"], keys["num_val"])):
+        for i in range(count):
+            rng = np.random.default_rng([keys["seed"], split_index, i])
+            image, _, _ = render_image(rng, *keys["image_size"], keys["num_classes"], scene_of(keys))
+            pixels.update(np.asarray(image).tobytes())
+    assert pixels.hexdigest() == pixels_sha
 
 
 def test_annotations_are_valid_coco_with_limited_overlap(tmp_path):
@@ -37,21 +92,104 @@ def test_annotations_are_valid_coco_with_limited_overlap(tmp_path):
     for ann in data["annotations"]:
         x, y, w, h = ann["bbox"]
         assert 0 <= x and 0 <= y and x + w <= 160 and y + h <= 160
-        assert min(w, h) >= 20 and 0 < ann["area"] <= w * h
+        assert min(w, h) >= 20 and 0 < ann["area"] <= w * h and ann["iscrowd"] == 0
         by_image.setdefault(ann["image_id"], []).append([x, y, x + w, y + h])
-    from torchvision.ops import box_iou
     for boxes in by_image.values():
         iou = box_iou(torch.tensor(boxes, dtype=torch.float), torch.tensor(boxes, dtype=torch.float))
-        assert (iou.fill_diagonal_(0) <= MAX_IOU + 1e-6).all()
+        assert (iou.fill_diagonal_(0) <= Scene().max_iou + 1e-6).all()
     assert len({a["category_id"] for a in data["annotations"]}) == 6
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + DISTRACTORS)
 def test_every_shape_fills_its_box(shape):
     mask = _draw_shape(shape, 40, 30)
     x0, y0, x1, y1 = mask.getbbox()  # the object's box is this extent, so it is exact for every shape
     assert 0 <= x0 and 0 <= y0 and x1 <= 40 and y1 <= 30
     assert x1 - x0 >= 36 and y1 - y0 >= 27  # a star's tips stop a little short of the drawing area
+
+
+def hard_images(count, **scene_overrides):
+    """(image, objects, drawn) of the hard preset at 256 px, with Scene fields replaced by ``scene_overrides``."""
+    keys = hard_keys()
+    scene = replace(scene_of(keys), **scene_overrides)
+    return [render_image(np.random.default_rng([keys["seed"], 0, i]), *keys["image_size"], keys["num_classes"], scene)
+            for i in range(count)]
+
+
+def test_hard_preset_statistics_against_the_default():
+    def stats(images):
+        counts = [len(objects) for _, objects, _ in images]
+        anns = [a for _, objects, _ in images for a in objects if not a["iscrowd"]]
+        ratios = np.array([a["bbox"][2] / a["bbox"][3] for a in anns])
+        small = np.mean([a["area"] < 32 ** 2 for a in anns])
+        tiny = np.mean([a["area"] < 16 ** 2 for a in anns])
+        return np.array(counts), ratios, small, tiny
+    keys = synthetic_keys()
+    default = [render_image(np.random.default_rng([0, 0, i]), *keys["image_size"], keys["num_classes"], Scene())
+               for i in range(30)]
+    hard = hard_images(30)
+    d_counts, d_ratios, d_small, d_tiny = stats(default)  # 3.1 objects an image, 34% small, none tiny
+    h_counts, h_ratios, h_small, h_tiny = stats(hard)  # 8.9 objects, 67% small, 38% tiny, w/h 0.21-5.5
+    assert d_counts.max() <= 6 and h_counts.mean() >= 2 * d_counts.mean() and h_counts.max() >= 12
+    assert h_small >= 0.5 and h_small >= 1.5 * d_small  # more small objects (COCO small: area < 32^2 px)
+    assert d_tiny == 0 and h_tiny >= 0.25  # and many under 16^2
+    assert 1 / 2 < d_ratios.min() and d_ratios.max() < 2 and h_ratios.max() >= 5 and h_ratios.min() <= 1 / 4.5
+    names = [d[0] for _, _, drawn in hard for d in drawn]
+    assert set(DISTRACTORS) <= set(names) and set(names) - set(DISTRACTORS) == set(SHAPES[:keys["num_classes"]])
+    labelled = sum(len(objects) for _, objects, _ in hard)
+    assert labelled <= sum(n in SHAPES for n in names) < len(names)  # distractors drawn, never annotated
+    assert any(a["iscrowd"] for _, objects, _ in hard for a in objects)
+
+
+def test_hard_boxes_are_the_extents_of_the_visible_pixels():
+    """Without noise, an object's visible pixels are those of its colour: box, area and iscrowd follow from them."""
+    checked = occluded = 0
+    for image, objects, drawn in hard_images(12, noise=0.0):
+        pixels = np.asarray(image)  # [H,W,3]
+        shapes = [d for d in drawn if d[0] in SHAPES]
+        kept = iter(objects)
+        for name, x, y, w, h, color in shapes:
+            visible = np.zeros(pixels.shape[:2], dtype=bool)
+            visible[y:y + h, x:x + w] = (pixels[y:y + h, x:x + w] == color).all(axis=-1)
+            ys, xs = np.nonzero(visible)
+            if len(xs) == 0:
+                continue  # fully hidden: not annotated
+            ann = next(kept)
+            assert ann["category_id"] == SHAPES.index(name) + 1
+            assert ann["bbox"] == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+            assert ann["area"] == len(xs)
+            whole = int((np.asarray(_draw_shape(name, w, h)) > 0).sum())
+            assert ann["iscrowd"] == int(len(xs) < 0.4 * whole)
+            checked += 1
+            occluded += len(xs) < whole
+        assert next(kept, None) is None  # no annotation without a visible class shape: none for distractors
+    assert checked > 60 and occluded > 10
+
+
+def test_hard_preset_is_deterministic_and_loads(tmp_path):
+    overrides = ["data.synthetic.num_train=3", "data.synthetic.num_val=2"]
+    a = folder_bytes(ensure_synthetic(tmp_path / "a", **hard_keys(*overrides)))
+    b = folder_bytes(ensure_synthetic(tmp_path / "b", **hard_keys(*overrides)))
+    assert a == b and len(a) == 3 + 2 + 2 + 1
+    ds = build_dataset(load_config(["data/synthetic_hard.yaml"], [f"data.root={tmp_path / 'a'}", *overrides]), "val")
+    _, target = ds[0]
+    assert len(target["boxes"]) >= 3 and target["iscrowd"].dtype == torch.bool
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.synthetic.boxes=modal", "choose from amodal, visible"),
+    ("data.synthetic.aspect_ratio=[2.0, 1.0]", "0 < low <= high"),
+    ("data.synthetic.min_visible=1.5", "must be in [0, 1]"),
+])
+def test_bad_generator_keys_are_config_errors(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config([], [override])
+
+
+def test_keys_that_do_not_fit_together_name_the_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.synthetic: need 0 <= min_objects \(7\) <= max_objects \(6\)"):
+        ensure_synthetic(tmp_path / "s", **synthetic_keys((), "data.synthetic.min_objects=7"))
+    assert not (tmp_path / "s").exists()
 
 
 def test_build_dataset_generates_reuses_and_regenerates(tmp_path):
@@ -66,22 +204,146 @@ def test_build_dataset_generates_reuses_and_regenerates(tmp_path):
     assert len(build_dataset(load_config([], overrides), "val")) == 2
     assert (root / "train" / "000001.jpg").stat().st_mtime_ns == stamp  # reused
     ds = build_dataset(load_config([], overrides + ["data.synthetic.num_train=5"]), "train")
-    assert len(ds) == 5 and json.loads((root / "synthetic.json").read_text())["num_train"] == 5
+    assert len(ds) == 5 and json.loads((root / PARAMS_FILE).read_text())["params"]["num_train"] == 5
 
 
 def test_foreign_folder_is_never_overwritten(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
-    with pytest.raises(DatasetError, match="holds other files"):
+    with pytest.raises(DatasetError, match="did not write \\(precious.txt\\)"):
         ensure_synthetic(tmp_path, seed=0, **SMALL)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
-def test_make_synthetic_cli(tmp_path):
+def test_regenerating_never_deletes_a_users_file(tmp_path):
+    """Fails on the first generator: it deleted the whole folder when the parameters changed."""
+    root = tmp_path / "syn"
+    ensure_synthetic(root, seed=0, **SMALL)
+    (root / "notes.txt").write_text("mine")
+    (root / "train" / "extra.jpg").write_bytes(b"mine too")
+    (root / "plots").mkdir()
+    before = folder_bytes(root)
+    with pytest.raises(DatasetError) as info:
+        ensure_synthetic(root, seed=1, **SMALL)
+    message = str(info.value)
+    assert "\n" not in message and str(root) in message and "data.root" in message and "move" in message
+    assert "notes.txt" in message and "train/extra.jpg" in message and "plots/" in message
+    assert folder_bytes(root) == before and (root / "plots").is_dir()  # neither the user's files nor the dataset
+    assert sorted(os.listdir(tmp_path)) == ["syn"]  # no temporary folder left behind
+
+
+def test_regenerating_removes_exactly_the_files_it_wrote(tmp_path):
+    root = tmp_path / "syn"
+    ensure_synthetic(root, seed=0, **SMALL)
+    fewer = {**SMALL, "num_train": 4}
+    ensure_synthetic(root, seed=0, **fewer)
+    assert folder_bytes(root) == folder_bytes(generate_synthetic(tmp_path / "fresh", seed=0, **fewer))
+    assert sorted(os.listdir(tmp_path)) == ["fresh", "syn"]
+
+
+def test_an_interrupted_generation_regenerates_cleanly(tmp_path, monkeypatch):
+    """Fails on the first generator: its half-written folder had no manifest and was refused ever after."""
+    root = tmp_path / "syn"
+    save, saved = Image.Image.save, []
+
+    def save_then_stop(self, *args, **kwargs):
+        if len(saved) == 3:
+            raise KeyboardInterrupt
+        saved.append(args[0])
+        return save(self, *args, **kwargs)
+    monkeypatch.setattr(Image.Image, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        generate_synthetic(root, seed=0, **SMALL)
+    monkeypatch.setattr(Image.Image, "save", save)
+    assert len(list((root / "train").iterdir())) == 3
+    ensure_synthetic(root, seed=0, **SMALL)
+    assert folder_bytes(root) == folder_bytes(generate_synthetic(tmp_path / "fresh", seed=0, **SMALL))
+
+
+def test_an_interrupted_regeneration_leaves_the_old_set_and_no_temporary_folder(tmp_path, monkeypatch):
+    """Fails on the first generator: it left its temporary folder behind."""
+    root = tmp_path / "syn"
+    ensure_synthetic(root, seed=0, **SMALL)
+    before = folder_bytes(root)
+    monkeypatch.setattr(Image.Image, "save", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        ensure_synthetic(root, seed=1, **SMALL)
+    assert folder_bytes(root) == before and sorted(os.listdir(tmp_path)) == ["syn"]
+
+
+def test_a_missing_file_makes_the_set_regenerate(tmp_path):
+    """Fails on the first generator: it reused a set whose image had been deleted."""
+    root = ensure_synthetic(tmp_path / "syn", seed=0, **SMALL)
+    (root / "train" / "000002.jpg").unlink()
+    ensure_synthetic(root, seed=0, **SMALL)
+    assert (root / "train" / "000002.jpg").is_file()
+
+
+def test_empty_layout_folders_without_a_manifest_are_no_obstacle(tmp_path):
+    """What a concurrent regeneration leaves for an instant (its files and manifest gone, folders not yet)."""
+    root = tmp_path / "syn"
+    for folder in ("train", "val", "annotations"):
+        (root / folder).mkdir(parents=True)
+    ensure_synthetic(root, seed=0, **SMALL)
+    assert folder_bytes(root) == folder_bytes(generate_synthetic(tmp_path / "fresh", seed=0, **SMALL))
+
+
+def _ensure_in_worker(args):
+    root, seed = args
+    ensure_synthetic(root, seed=seed, **SMALL)
+    return json.loads((Path(root) / PARAMS_FILE).read_text())["params"]["seed"]
+
+
+def test_concurrent_runs_generate_and_regenerate_one_root(tmp_path):
+    """Ablation jobs (and DDP ranks) build the same data.root at once: each ends with the set it asked for."""
+    root = str(tmp_path / "syn")
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        assert pool.map(_ensure_in_worker, [(root, 0)] * 4) == [0] * 4
+        assert pool.map(_ensure_in_worker, [(root, 1)] * 4) == [1] * 4
+    assert sorted(os.listdir(tmp_path)) == ["syn"] and len(os.listdir(Path(root) / "train")) == SMALL["num_train"]
+
+
+def test_a_first_generator_set_is_replaced_and_its_users_files_are_kept(tmp_path):
+    root = generate_synthetic(tmp_path / "syn", seed=0, **SMALL)
+    legacy = {"version": 1, "num_train": 6, "num_val": 3, "image_size": [96, 128], "num_classes": 6,
+              "max_objects": 5, "seed": 0}  # what the first generator stored, after writing its files
+    (root / PARAMS_FILE).write_text(json.dumps(legacy))
+    (root / "mine.txt").write_text("x")
+    with pytest.raises(DatasetError, match="mine.txt"):
+        ensure_synthetic(root, seed=0, **SMALL)
+    (root / "mine.txt").unlink()
+    ensure_synthetic(root, seed=0, **SMALL)
+    assert json.loads((root / PARAMS_FILE).read_text())["complete"] is True
+
+
+def test_a_manifest_pointing_outside_the_folder_is_not_trusted(tmp_path):
+    root = generate_synthetic(tmp_path / "syn", seed=0, **SMALL)
+    (tmp_path / "victim.txt").write_text("keep")
+    manifest = json.loads((root / PARAMS_FILE).read_text())
+    manifest["files"].append("../victim.txt")
+    (root / PARAMS_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match="did not write"):
+        ensure_synthetic(root, seed=1, **SMALL)
+    assert (tmp_path / "victim.txt").read_text() == "keep"
+
+
+def load_tool():
     spec = importlib.util.spec_from_file_location("make_synthetic", REPO / "tools" / "make_synthetic.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_make_synthetic_cli(tmp_path, capsys):
+    tool = load_tool()
     assert tool.main(["--root", str(tmp_path / "s"), "--num-train", "3", "--num-val", "2", "--image-size", "64", "64",
                       "--num-classes", "2"]) == 0
-    params = json.loads((tmp_path / "s" / "synthetic.json").read_text())
+    params = json.loads((tmp_path / "s" / PARAMS_FILE).read_text())["params"]
     assert params["num_train"] == 3 and params["image_size"] == [64, 64] and params["num_classes"] == 2
     assert len(list((tmp_path / "s" / "val").glob("*.jpg"))) == 2
+    assert tool.main(["--cfg", "data/synthetic_hard.yaml", "--root", str(tmp_path / "h"), "--num-train", "2",
+                      "data.synthetic.num_val=1"]) == 0
+    params = json.loads((tmp_path / "h" / PARAMS_FILE).read_text())["params"]
+    assert [params[k] for k in ("boxes", "background", "num_train", "num_val")] == ["visible", "texture", 2, 1]
+    (tmp_path / "h" / "mine.txt").write_text("x")
+    assert tool.main(["--cfg", "data/synthetic_hard.yaml", "--root", str(tmp_path / "h")]) == 1
+    assert "mine.txt" in capsys.readouterr().err and (tmp_path / "h" / "mine.txt").exists()

@@ -1,37 +1,60 @@
 #!/usr/bin/env python
-"""Generate the synthetic shapes dataset: ``python tools/make_synthetic.py --root data/synthetic --num-train 1024``.
+"""Generate a synthetic shapes dataset ahead of training, exactly as training would generate it.
 
-Defaults are those of ``data.synthetic`` in configs/base.yaml. Training on it later needs the same parameters in
-the config (``data.synthetic.num_train=1024 ...``), otherwise ``build_dataset`` regenerates it to match.
+    python tools/make_synthetic.py                                   # the default preset, in data/synthetic
+    python tools/make_synthetic.py --cfg data/synthetic_hard.yaml    # the hard preset, in data/synthetic_hard
+    python tools/make_synthetic.py --root data/synthetic --num-train 1024 data.synthetic.noise=4
+
+The parameters are the ``data.synthetic`` keys of the config (configs/base.yaml, then each ``--cfg``, then
+``key=value`` overrides, then the flags below). Training later needs the same keys (the same ``--cfg`` and
+``data.synthetic.num_train=1024 ...``), otherwise ``build_dataset`` regenerates the folder to match. A folder that
+already holds the dataset for these keys is reused; the generator only ever deletes files it wrote itself, and
+refuses (exit 1, one line) a folder that holds anything else.
 """
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from detector.config import ConfigError, load_config
+from detector.data.synthetic import SHAPES, ensure_synthetic
+from detector.errors import traceback_requested, user_error_line
 
-from detector.config import load_config  # noqa: E402
-from detector.data.synthetic import SHAPES, ensure_synthetic  # noqa: E402
+FLAGS = ("num_train", "num_val", "image_size", "num_classes", "max_objects", "seed")  # shortcuts for data.synthetic.*
 
 
 def main(argv=None) -> int:
-    defaults = load_config().data
-    syn = defaults.synthetic
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=defaults.root, help=f"output folder (default: {defaults.root})")
-    parser.add_argument("--num-train", type=int, default=syn.num_train)
-    parser.add_argument("--num-val", type=int, default=syn.num_val)
-    parser.add_argument("--image-size", type=int, nargs=2, default=list(syn.image_size), metavar=("H", "W"))
-    parser.add_argument("--num-classes", type=int, default=syn.num_classes, choices=range(1, len(SHAPES) + 1),
+    parser.add_argument("--cfg", action="append", default=[], help="config file or name in configs/ (repeatable)")
+    parser.add_argument("--root", help="output folder (default: data.root of the config)")
+    parser.add_argument("--num-train", type=int)
+    parser.add_argument("--num-val", type=int)
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
+    parser.add_argument("--num-classes", type=int, choices=range(1, len(SHAPES) + 1),
                         help=f"shape classes, the first N of {', '.join(SHAPES)}")
-    parser.add_argument("--max-objects", type=int, default=syn.max_objects)
-    parser.add_argument("--seed", type=int, default=syn.seed)
-    args = parser.parse_args(argv)
+    parser.add_argument("--max-objects", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.synthetic.min_size=12")
+    args = parser.parse_intermixed_args(argv)
+    overrides = list(args.overrides)
+    overrides += [f"data.synthetic.{key}={getattr(args, key)}" for key in FLAGS if getattr(args, key) is not None]
+    if args.root is not None:
+        overrides.append(f"data.root={args.root}")
+    try:
+        data = load_config(args.cfg, overrides).data
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
-    root = ensure_synthetic(args.root, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
-                            num_classes=args.num_classes, max_objects=args.max_objects, seed=args.seed)
-    print(f"synthetic dataset ready in {root} ({args.num_train}+{args.num_val} images, "
+    try:
+        root = ensure_synthetic(data.root, **data.synthetic.to_dict())
+    except Exception as exc:
+        line = user_error_line(exc)
+        if line is None or traceback_requested():
+            raise
+        print(line, file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    syn = data.synthetic
+    print(f"synthetic dataset ready in {root} ({syn.num_train}+{syn.num_val} images, "
           f"{time.perf_counter() - start:.1f} s)")
     return 0
 
