@@ -27,12 +27,7 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
         if len(curves):
             ax.errorbar(thresholds, curves.mean(0), yerr=curves.std(0), label=group, marker="o", capsize=3)
     ax.set(xlabel="IoU threshold", ylabel="AP (%)", title="AP vs IoU threshold (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    if groups:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "ap_vs_iou.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, [ax], out / "ap_vs_iou.png", legend=bool(groups))
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for group, results in groups.items():
@@ -43,13 +38,7 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
             if len(values):
                 ax.plot(iters, values.mean(0), label=group)
             ax.set(xlabel="iteration", ylabel=label, title=f"{label} (mean over seeds)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        if groups:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "loss_curves.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, axes, out / "loss_curves.png", legend=bool(groups))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     dynamic = False
@@ -63,12 +52,7 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
     if not dynamic:
         ax.text(0.5, 0.5, "no run with a changing beta in this ablation", ha="center", transform=ax.transAxes)
     ax.set(xlabel="iteration", ylabel="beta", title="Smooth L1 beta during training (dynamic runs, every seed)")
-    ax.grid(alpha=0.3)
-    if dynamic:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "beta.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, [ax], out / "beta.png", legend=dynamic)
 
     fig, axes = plt.subplots(1, 4, figsize=(14, 4), sharey=True)
     names = [g for g, rs in groups.items() if any(r["pred_err"] is not None and len(r["pred_err"]) for r in rs)]
@@ -81,8 +65,16 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
             axes[i].boxplot(data, showfliers=False)
             axes[i].set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right", fontsize=8)
         axes[i].set(title=f"|pred − target| {coord}", ylabel="log10 error" if i == 0 else None)
-        axes[i].grid(alpha=0.3)
     fig.suptitle("Distribution of the regression error on positive RoIs at the end of training")
+    _save(plt, fig, axes, out / "pred_err.png", legend=False)
+
+
+def _save(plt, fig, axes, path: Path, legend: bool) -> None:
+    """Grid on every axis (and its legend when asked), then write ``path`` and free the figure."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if legend:
+            ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "pred_err.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
