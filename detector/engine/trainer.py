@@ -184,8 +184,10 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, 
                 saved = done % cfg.train.checkpoint_period == 0 or is_last
                 # Ctrl-C/SIGTERM: at once in one process; under torchrun the signal may reach the ranks at different
                 # steps, so they agree at the next log or checkpoint step (a collective every rank makes there)
-                stopping = (dist_utils.any_rank(stop.requested is not None) if log_now or saved else False) \
-                    if distributed else stop.requested is not None
+                if distributed:
+                    stopping = (log_now or saved) and dist_utils.any_rank(stop.requested is not None)
+                else:
+                    stopping = stop.requested is not None
                 if log_now or eval_now or saved or stopping:  # no checkpoint is written past a NaN loss
                     watch.settle(checkpointer, progress)
                 if log_now:
@@ -255,13 +257,12 @@ class NonFiniteWatch:
     def observe(self, losses: dict[str, torch.Tensor], iteration: int) -> None:
         """Keep this iteration's loss values on the device (no host sync)."""
         terms = torch.stack([v.detach().float() for v in losses.values()])  # [T]
-        if self.rows is None or self.count == self.rows.shape[0]:
-            if self.count == 0:
-                self.names, self.start = list(losses), iteration
-                self.rows = terms.new_empty((self.window, terms.shape[0]))
-            else:  # more steps than expected between two reads: grow
-                self.rows = torch.cat([self.rows, torch.empty_like(self.rows)])
-        elif self.count == 0:
+        if self.rows is None:
+            self.names = list(losses)
+            self.rows = terms.new_empty((self.window, terms.shape[0]))
+        elif self.count == self.rows.shape[0]:  # more steps than expected between two reads: grow
+            self.rows = torch.cat([self.rows, torch.empty_like(self.rows)])
+        if self.count == 0:
             self.start = iteration
         self.rows[self.count] = terms
         self.count += 1
