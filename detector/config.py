@@ -62,12 +62,16 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "train.lr_reference_batch": (int,),
 }
 
+# The synthetic generator's box modes and backgrounds (detector/data/synthetic.py reads them from here).
+SYNTHETIC_BOX_MODES = ("amodal", "visible")
+SYNTHETIC_BACKGROUNDS = ("gradient", "texture")
+
 # Keys with a fixed set of values. A registry (a dict: LOSSES, BETA_SCHEDULES, BACKBONES) is looked up when a value
 # is checked, not copied at import, so that a name registered at run time is valid at once.
 _CHOICES: dict[str, tuple[Any, ...] | Mapping[str, Any]] = {
     "data.format": ("synthetic", "coco", "voc"),
-    "data.synthetic.boxes": ("amodal", "visible"),
-    "data.synthetic.background": ("gradient", "texture"),
+    "data.synthetic.boxes": SYNTHETIC_BOX_MODES,
+    "data.synthetic.background": SYNTHETIC_BACKGROUNDS,
     "model.backbone.name": BACKBONES,
     "model.backbone.norm": NORMS,
     "model.proposals": ("rpn", "precomputed"),

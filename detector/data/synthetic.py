@@ -41,6 +41,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from detector.config import SYNTHETIC_BACKGROUNDS as BACKGROUNDS  # the choice lists live with the config checks
+from detector.config import SYNTHETIC_BOX_MODES as BOX_MODES
 from detector.config import ConfigError
 
 from .base import DatasetError
@@ -50,8 +52,6 @@ DISTRACTORS = ("ring", "frame", "ell", "hourglass")  # drawn like objects, of no
 PARAMS_FILE = "synthetic.json"
 _MANIFEST_TMP = f".{PARAMS_FILE}.tmp"  # the manifest is written here, then renamed over PARAMS_FILE
 GENERATOR_VERSION = 1  # bump when the drawing of existing parameters changes, so stored datasets are regenerated
-BOX_MODES = ("amodal", "visible")
-BACKGROUNDS = ("gradient", "texture")
 _SPLITS = ("train", "val")
 
 
