@@ -62,7 +62,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "train.lr_reference_batch": (int,),
 }
 
-# The synthetic generator's box modes and backgrounds (detector/data/synthetic.py reads them from here).
+# The synthetic generator's class shapes (label order), box modes and backgrounds (detector/data/synthetic.py reads
+# them from here).
+SYNTHETIC_SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 SYNTHETIC_BOX_MODES = ("amodal", "visible")
 SYNTHETIC_BACKGROUNDS = ("gradient", "texture")
 
@@ -105,7 +107,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "data.label_noise_scale": _non_negative,
     "data.synthetic.num_train": _positive,
     "data.synthetic.num_val": _positive,
-    "data.synthetic.num_classes": (lambda v: 1 <= v <= 6, "must be in 1..6"),
+    "data.synthetic.num_classes": (lambda v: 1 <= v <= len(SYNTHETIC_SHAPES), f"must be in 1..{len(SYNTHETIC_SHAPES)}"),
     "data.synthetic.max_objects": _positive,
     "data.synthetic.min_objects": _non_negative,
     "data.synthetic.min_size": (lambda v: v >= 4, "must be >= 4 (pixels)"),
@@ -425,6 +427,13 @@ def _check_relations(cfg: dict[str, Any]) -> None:
         raise ConfigError("model.rpn.bg_iou_thresh must be <= model.rpn.fg_iou_thresh")
     if roi["bg_iou_thresh"] > roi["fg_iou_thresh"]:
         raise ConfigError("model.roi_head.bg_iou_thresh must be <= model.roi_head.fg_iou_thresh")
+    syn = cfg["data"]["synthetic"]
+    if len(syn["image_size"]) != 2 or min(syn["image_size"]) < 2 * syn["min_size"]:
+        raise ConfigError(f"data.synthetic.image_size={syn['image_size']} must be [height, width], each side at least "
+                          f"2 * data.synthetic.min_size ({syn['min_size']})")
+    if syn["min_objects"] > syn["max_objects"]:
+        raise ConfigError(f"data.synthetic.min_objects ({syn['min_objects']}) must be <= data.synthetic.max_objects "
+                          f"({syn['max_objects']})")
     if cfg["model"]["proposals"] == "precomputed" and not cfg["model"]["proposal_file"]:
         raise ConfigError("model.proposals=precomputed needs model.proposal_file "
                           "(a JSON made by tools/dump_proposals.py)")
