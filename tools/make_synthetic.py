@@ -7,9 +7,9 @@
 
 The parameters are the ``data.synthetic`` keys of the config (configs/base.yaml, then each ``--cfg``, then
 ``key=value`` overrides, then the flags below). Training later needs the same keys (the same ``--cfg`` and
-``data.synthetic.num_train=1024 ...``), otherwise ``build_dataset`` regenerates the folder to match. A folder that
-already holds the dataset for these keys is reused; the generator only ever deletes files it wrote itself, and
-refuses (exit 1, one line) a folder that holds anything else.
+``data.synthetic.num_train=1024 ...``). A folder that already holds the dataset for these keys is reused; one made
+with other keys, or holding anything else, is refused (exit 1, one line) and left as it is: the generator never
+deletes or regenerates a folder, it only writes a new one.
 """
 import argparse
 import sys

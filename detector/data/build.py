@@ -33,9 +33,10 @@ SUBSET_KEYS = {
 def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
     """The ``split`` ("train" or "val") dataset of ``cfg.data``, subset and cleaned, with its transforms.
 
-    ``data.format: synthetic`` first generates the synthetic set under ``data.root`` when it is missing or was
-    made with other ``data.synthetic`` parameters, then reads it like COCO. Which subset keys apply to which split
-    is :func:`split_subset`'s contract. With ``transforms=False`` the dataset returns raw targets.
+    ``data.format: synthetic`` first generates the synthetic set under ``data.root`` when it is missing (one made
+    with other ``data.synthetic`` keys is refused: :func:`ensure_synthetic`), then reads it like COCO. Which subset
+    keys apply to which split is :func:`split_subset`'s contract. With ``transforms=False`` the dataset returns raw
+    targets.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

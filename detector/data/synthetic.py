@@ -1,7 +1,7 @@
 """The synthetic shapes datasets, generated locally and written as real COCO-format datasets.
 
 ``generate_synthetic`` writes ``root/{train,val}/NNNNNN.jpg``, ``root/annotations/instances_{train,val}.json`` and
-``root/synthetic.json`` (the manifest: the generator parameters and every file it wrote). The class of an object is
+``root/synthetic.json`` (the manifest: the generator parameters, written last). The class of an object is
 its shape (category ids 1..K, the first K of :data:`SHAPES`; label 0 stays background once loaded). Everything is a
 pure function of the parameters (the ``data.synthetic`` keys): the same keys give byte-identical files.
 
@@ -17,41 +17,41 @@ Two presets (see data/README.md):
   pixels visible is kept as ``iscrowd`` (ignored by training and evaluation: finding it is neither required nor a
   false positive); one with no visible pixel is not annotated.
 
-``ensure_synthetic`` is what ``build_dataset`` calls: it reuses ``root`` when its manifest matches the parameters
-and lists only files that exist, and (re)generates it otherwise, into a temporary sibling folder renamed into place.
-It removes only files a manifest says the generator wrote: a ``root`` holding anything else is refused with a
-:class:`DatasetError` naming the files. The manifest is written (``complete: false``) before the first image, so an
-interrupted generation still says what it wrote and is cleaned up by the next call.
+``ensure_synthetic`` is what ``build_dataset`` calls. A ``root`` holding the dataset of the same parameters (its
+manifest ``synthetic.json`` equal to them) is reused; one made with other parameters, or holding other files, is
+refused with a :class:`DatasetError` and left as it is (never deleted, never regenerated in place). Otherwise the set
+is generated into a temporary sibling ``.<name>.tmp-<pid>-<random>`` and renamed onto ``root``: rename(2) of a
+folder onto a missing or empty one is atomic, onto a non-empty one it fails. Processes generating one root at once
+(ablation jobs, DDP ranks) each write their own temporary folder; the first rename wins and the others remove theirs
+and use the winner's set after checking its manifest. A reader sees no folder or a complete one, never a half-written
+set, and nothing is ever deleted but our own temporary folder. A killed generation leaves its temporary folder: the
+next generation of that root names it in a warning (it may be another's, still running).
 """
 from __future__ import annotations
 
 import colorsys
 import errno
-import fcntl
 import json
+import logging
 import math
 import os
 import secrets
 import shutil
-from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from detector.config import SYNTHETIC_BACKGROUNDS as BACKGROUNDS  # the choice lists live with the config checks
-from detector.config import SYNTHETIC_BOX_MODES as BOX_MODES
-from detector.config import ConfigError
+from detector.config import SYNTHETIC_SHAPES as SHAPES  # the class shapes, in label order (checked there)
 
 from .base import DatasetError
 
-SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
+logger = logging.getLogger(__name__)
 DISTRACTORS = ("ring", "frame", "ell", "hourglass")  # drawn like objects, of no class: never annotated
 PARAMS_FILE = "synthetic.json"
-_MANIFEST_TMP = f".{PARAMS_FILE}.tmp"  # the manifest is written here, then renamed over PARAMS_FILE
-GENERATOR_VERSION = 1  # bump when the drawing of existing parameters changes, so stored datasets are regenerated
+GENERATOR_VERSION = 1  # bump when the drawing of existing parameters changes: stored datasets then differ from it
 _SPLITS = ("train", "val")
 
 
@@ -59,25 +59,26 @@ _SPLITS = ("train", "val")
 class Scene:
     """How each image is drawn: the ``data.synthetic`` keys besides split sizes, image size, classes and seed.
 
-    The defaults are the default preset; each one that differs switches on a harder feature. Sizes are pixels:
-    an object's size is sqrt(w * h) of its drawing area, drawn log-uniformly from [min_size, max_size * short side]
-    (each side at least ``min_size``); ``aspect_ratio`` bounds w / h (log-uniform). Placement keeps the box IoU with
-    every placed shape <= ``max_iou`` and their intersection <= ``max_covered`` of the smaller box.
+    Their defaults and checks live in the config (configs/base.yaml, detector/config.py): the defaults are the
+    default preset, and each key that differs switches on a harder feature. Sizes are pixels: an object's size is
+    sqrt(w * h) of its drawing area, drawn log-uniformly from [min_size, max_size * short side] (each side at least
+    ``min_size``); ``aspect_ratio`` bounds w / h (log-uniform). Placement keeps the box IoU with every placed shape
+    <= ``max_iou`` and their intersection <= ``max_covered`` of the smaller box.
     """
 
-    min_objects: int = 1
-    max_objects: int = 6
-    min_size: int = 24
-    max_size: float = 0.5
-    aspect_ratio: tuple[float, float] = (0.6, 1.7)
-    max_iou: float = 0.15
-    max_covered: float = 0.3
-    boxes: str = "amodal"
-    min_visible: float = 0.0
-    max_distractors: int = 0
-    background: str = "gradient"
-    clutter: tuple[int, int] = (3, 8)
-    noise: float = 8.0
+    min_objects: int
+    max_objects: int
+    min_size: int
+    max_size: float
+    aspect_ratio: tuple[float, float]
+    max_iou: float
+    max_covered: float
+    boxes: str
+    min_visible: float
+    max_distractors: int
+    background: str
+    clutter: tuple[int, int]
+    noise: float
 
 
 def _draw_shape(shape: str, width: int, height: int) -> Image.Image:
@@ -202,7 +203,7 @@ def _xywh(box: Sequence[float]) -> list[int]:
     return [int(box[0]), int(box[1]), int(box[2] - box[0]), int(box[3] - box[1])]
 
 
-def render_image(rng: np.random.Generator, height: int, width: int, num_classes: int, scene: Scene = Scene()
+def render_image(rng: np.random.Generator, height: int, width: int, num_classes: int, scene: Scene
                  ) -> tuple[Image.Image, list[dict], list[tuple]]:
     """One image, its objects ``{"iscrowd": 0|1, "bbox": [x, y, w, h], "category_id": 1..K, "area": pixels}`` and
     every shape drawn ``(name, x, y, w, h, rgb)`` in depth order (its mask is ``_draw_shape(name, w, h)`` at x, y).
@@ -275,12 +276,6 @@ def _visible_objects(objects: list[dict], slots: list[int], drawn: list[tuple], 
     return out
 
 
-def _planned_files(num_train: int, num_val: int) -> list[str]:
-    """Every file the generator writes for these split sizes, relative to the root, the manifest last."""
-    images = [f"{split}/{i + 1:06d}.jpg" for split, count in zip(_SPLITS, (num_train, num_val)) for i in range(count)]
-    return [*images, *(f"annotations/instances_{split}.json" for split in _SPLITS), PARAMS_FILE]
-
-
 def _write_split(root: Path, split: str, split_index: int, count: int, image_size: Sequence[int], num_classes: int,
                  seed: int, scene: Scene) -> None:
     height, width = int(image_size[0]), int(image_size[1])
@@ -300,221 +295,70 @@ def _write_split(root: Path, split: str, split_index: int, count: int, image_siz
     (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data, separators=(",", ":")))
 
 
-def synthetic_params(num_train: int, num_val: int, image_size: Sequence[int], num_classes: int, seed: int,
-                     **scene) -> dict:
-    """The normalised parameters (what the manifest stores and compares); ``scene`` are :class:`Scene` fields.
+def generate_synthetic(root: str | Path, num_train: int, num_val: int, image_size: Sequence[int], num_classes: int,
+                       seed: int, **scene) -> Path:
+    """Write the dataset into ``root``, which must not exist, the manifest last; returns root.
 
-    Raises :class:`ConfigError` naming the ``data.synthetic`` keys when they do not fit together.
+    The arguments are every ``data.synthetic`` key (``scene``: the :class:`Scene` fields), checked by the config:
+    ``image_size`` is [height, width], ``num_classes`` picks the first shapes of :data:`SHAPES`.
     """
-    known = [f.name for f in fields(Scene)]
-    unknown = sorted(set(scene) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown synthetic parameter(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    given, spec = Scene(**scene), {}  # spec: each field as the type of its default (JSON-ready: pairs as lists)
-    for field in fields(Scene):
-        value, default = getattr(given, field.name), field.default
-        spec[field.name] = ([type(default[0])(v) for v in value] if isinstance(default, tuple)
-                            else type(default)(value))
-    params = {"version": GENERATOR_VERSION, "num_train": int(num_train), "num_val": int(num_val),
-              "image_size": [int(s) for s in image_size], "num_classes": int(num_classes), "seed": int(seed), **spec}
-    problem = _param_problem(params)
-    if problem:
-        raise ConfigError(f"data.synthetic: {problem}")
-    return params
-
-
-def _param_problem(p: dict) -> str | None:
-    if not 1 <= p["num_classes"] <= len(SHAPES):
-        return f"num_classes={p['num_classes']} must be in 1..{len(SHAPES)}"
-    if p["boxes"] not in BOX_MODES or p["background"] not in BACKGROUNDS:
-        return f"boxes must be one of {BOX_MODES} and background one of {BACKGROUNDS}"
-    if len(p["image_size"]) != 2 or len(p["aspect_ratio"]) != 2 or len(p["clutter"]) != 2:
-        return "image_size, aspect_ratio and clutter must each be a pair [low, high]"
-    if p["min_size"] < 4 or min(p["image_size"]) < 2 * p["min_size"]:
-        return (f"image_size={p['image_size']} must be at least 2 * min_size on each side, "
-                f"and min_size={p['min_size']} at least 4")
-    if not 0 <= p["min_objects"] <= p["max_objects"] or p["max_objects"] < 1:
-        return f"need 0 <= min_objects ({p['min_objects']}) <= max_objects ({p['max_objects']}), max_objects >= 1"
-    if not 0 < p["aspect_ratio"][0] <= p["aspect_ratio"][1] or not 0 <= p["clutter"][0] <= p["clutter"][1]:
-        return (f"aspect_ratio={p['aspect_ratio']} needs 0 < low <= high and clutter={p['clutter']} "
-                f"0 <= low <= high")
-    return None
-
-
-def _scene_of(params: dict) -> Scene:
-    return Scene(**{f.name: tuple(params[f.name]) if isinstance(f.default, tuple) else params[f.name]
-                    for f in fields(Scene)})
-
-
-def _write_manifest(root: Path, params: dict, complete: bool) -> None:
-    manifest = {"params": params, "complete": complete,
-                "files": _planned_files(params["num_train"], params["num_val"])}
-    tmp = root / _MANIFEST_TMP
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, root / PARAMS_FILE)
-
-
-def generate_synthetic(root: str | Path, num_train: int = 256, num_val: int = 64,
-                       image_size: Sequence[int] = (320, 320), num_classes: int = 4, seed: int = 0, **scene) -> Path:
-    """Write the dataset into ``root`` (absent or empty: it never overwrites files). Returns root.
-
-    ``image_size`` is [height, width]; ``num_classes`` <= 6 picks the first shapes of :data:`SHAPES`; ``scene``
-    holds the other ``data.synthetic`` keys (:class:`Scene` fields). The manifest is written first as incomplete,
-    then every file, then the manifest again as complete.
-    """
-    params = synthetic_params(num_train, num_val, image_size, num_classes, seed, **scene)
     root = Path(root)
-    if root.exists() and any(root.iterdir()):
-        raise DatasetError(f"{root}: not empty; generate_synthetic writes only into an empty folder "
-                           f"(ensure_synthetic replaces a stored synthetic dataset)")
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
-    _write_manifest(root, params, complete=False)
+    root.mkdir(parents=True)  # FileExistsError rather than write into a folder that is not ours
+    (root / "annotations").mkdir()
     for split_index, (split, count) in enumerate(zip(_SPLITS, (num_train, num_val))):
-        _write_split(root, split, split_index, count, params["image_size"], num_classes, seed, _scene_of(params))
-    _write_manifest(root, params, complete=True)
+        _write_split(root, split, split_index, count, image_size, num_classes, seed, Scene(**scene))
+    params = dict(num_train=num_train, num_val=num_val, image_size=image_size, num_classes=num_classes, seed=seed)
+    (root / PARAMS_FILE).write_text(json.dumps(synthetic_params({**params, **scene}), indent=1) + "\n")
     return root
 
 
-def _read_manifest(root: Path) -> dict | None:
-    """``{"params", "complete", "files"}`` from ``root/synthetic.json``; None when there is no readable one.
+def synthetic_params(keys: dict) -> dict:
+    """What the manifest stores and is compared with: the ``data.synthetic`` keys as JSON, and the version."""
+    return json.loads(json.dumps({"version": GENERATOR_VERSION, **keys}))
 
-    A manifest of the first generator (its parameters at the top level, written after its files) lists no files:
-    they are the planned files of its split sizes.
-    """
+
+def _ready(root: Path, wanted: dict) -> bool:
+    """True when ``root`` holds the dataset of ``wanted``, False when it is absent or an empty folder; anything
+    else raises a one-line :class:`DatasetError` naming the folder and the fix."""
+    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
+        return False
     try:
-        data = json.loads((root / PARAMS_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    if "params" not in data and isinstance(data.get("num_train"), int) and isinstance(data.get("num_val"), int):
-        data = {"params": data, "complete": True, "files": _planned_files(data["num_train"], data["num_val"])}
-    files = data.get("files")
-    if not isinstance(files, list) or not all(isinstance(f, str) and _inside(f) for f in files):
-        return None  # never trust a list that points outside the folder
-    return data
+        stored = json.loads((root / PARAMS_FILE).read_text())
+        stored = stored.get("params", stored)  # the manifests written until 2026-12 keep them under "params"
+    except (OSError, ValueError, AttributeError):
+        raise DatasetError(f"{root}: holds other files and no synthetic dataset ({PARAMS_FILE}), so none is "
+                           f"generated there; set data.root to an absent or empty folder") from None
+    changes = [f"{key} {json.dumps(stored.get(key))} -> {json.dumps(wanted.get(key))}"
+               for key in sorted(stored.keys() | wanted.keys()) if stored.get(key) != wanted.get(key)]
+    if changes:
+        raise DatasetError(f"{root}: holds a synthetic dataset made with other data.synthetic keys "
+                           f"({', '.join(changes)}); it is never regenerated in place: delete the folder or set "
+                           f"data.root to another folder")
+    return True
 
 
-def _inside(relative: str) -> bool:
-    path = Path(relative)
-    return bool(relative) and not path.is_absolute() and ".." not in path.parts
+def ensure_synthetic(root: str | Path, **keys) -> Path:
+    """Make sure ``root`` holds the dataset of these ``data.synthetic`` keys (all of them); returns root.
 
-
-def _is_ready(root: Path, wanted: dict) -> bool:
-    manifest = _read_manifest(root)
-    return (manifest is not None and manifest.get("complete") is True and manifest["params"] == wanted
-            and all((root / f).is_file() for f in manifest["files"]))
-
-
-def _foreign_files(root: Path) -> list[str]:
-    """Paths under ``root`` (relative, sorted) that no manifest there says the generator wrote."""
-    manifest = _read_manifest(root)
-    ours = set(manifest["files"]) | {PARAMS_FILE, _MANIFEST_TMP} if manifest else set()
-    our_dirs = {str(Path(f).parent) for f in ours | set(_planned_files(1, 1))} - {"."}  # empty ones are no loss
-    foreign = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = Path(dirpath).relative_to(root)
-        for name in list(dirnames):
-            path = str(rel / name)
-            if path not in our_dirs or (Path(dirpath) / name).is_symlink():
-                foreign.append(path + "/")
-                dirnames.remove(name)
-        foreign += [str(rel / name) for name in filenames if str(rel / name) not in ours]
-    return sorted(foreign)
-
-
-def _refuse_foreign(root: Path) -> None:
-    foreign = _foreign_files(root)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise DatasetError(f"{root}: holds {len(foreign)} file(s) the synthetic generator did not write ({shown}), "
-                           f"so it cannot be (re)generated there for these data.synthetic keys; move those files out "
-                           f"or set data.root to another folder")
-
-
-def _remove_generated(root: Path) -> None:
-    """Delete what the manifest lists (the manifest last), then the emptied folders; refuse anything else."""
-    _refuse_foreign(root)
-    manifest = _read_manifest(root)
-    files = [f for f in (manifest["files"] if manifest else []) if f != PARAMS_FILE]
-    for name in files + [_MANIFEST_TMP, PARAMS_FILE]:
-        (root / name).unlink(missing_ok=True)
-    folders = {Path(f).parent for f in files + _planned_files(1, 1)} - {Path(".")}
-    try:
-        for folder in sorted(folders, key=lambda p: -len(p.parts)):
-            if (root / folder).is_dir():
-                (root / folder).rmdir()
-        root.rmdir()
-    except OSError:  # a file appeared since the check above: it stays, and the error names it
-        _refuse_foreign(root)
-        raise
-
-
-@contextmanager
-def _turn(path: Path):
-    """Hold an exclusive flock on ``path``, a file made for it and removed after; callers take turns.
-
-    The kernel releases the lock when its process dies, so no lock goes stale. A waiter that wakes on a file its
-    holder already unlinked sees that ``path`` is another inode (or gone) and locks the new one.
+    Reuses a matching set, refuses (:class:`DatasetError`) a folder holding anything else, and otherwise generates
+    into a temporary sibling renamed into place (the module docstring says why that is safe when run concurrently).
     """
-    while True:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    root = Path(root).resolve()  # a link to a folder: rename(2) replaces the folder it names, not the link
+    wanted = synthetic_params(keys)
+    if _ready(root, wanted):
+        return root
+    prefix = f".{root.name}.tmp-"
+    tmp = root.parent / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        generate_synthetic(tmp, **keys)
         try:
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    try:
-        yield
+            os.rename(tmp, root)
+        except OSError as exc:  # ENOTEMPTY/EEXIST: another process renamed first; its set is checked below
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
     finally:
-        path.unlink(missing_ok=True)  # while still held: nobody can lock this inode and think it current
-        os.close(fd)
-
-
-def _make_parent(root: Path) -> None:
-    """Create ``root``'s parent; a file standing where a folder must be is ENOTDIR naming that file.
-
-    ``mkdir(parents=True, exist_ok=True)`` reports that case as "File exists", which reads as if the folder were there.
-    """
-    ancestor = root.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(ancestor))
-    root.parent.mkdir(parents=True, exist_ok=True)
-
-
-def ensure_synthetic(root: str | Path, num_train: int, num_val: int, image_size: Sequence[int], num_classes: int,
-                     seed: int, **scene) -> Path:
-    """Generate the dataset in ``root`` unless the one there was made with the same parameters; returns root.
-
-    Only files listed in a manifest in ``root`` are ever deleted: a ``root`` that holds anything else raises
-    :class:`DatasetError` (naming the folder, the files and the fix) and is left as it is. Processes that build the
-    same root at once (ablation jobs, DDP ranks) take turns (:func:`_turn`): the first generates, the others then
-    find the set ready.
-    """
-    given = Path(root)
-    root = given.resolve() if given.is_symlink() else given  # regenerate a linked dataset where it lives
-    wanted = synthetic_params(num_train, num_val, image_size, num_classes, seed, **scene)
-    if _is_ready(root, wanted):
-        return given
-    if root.exists() and not root.is_dir():
-        raise DatasetError(f"{root}: is a file, not a folder; set data.root to a folder for the synthetic dataset")
-    _make_parent(root)
-    with _turn(root.parent / f".{root.name}.lock"):
-        if _is_ready(root, wanted):  # made by the process we waited for
-            return given
-        if root.exists():
-            _refuse_foreign(root)
-        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"  # not mkdtemp: its mode is 0700
-        tmp.mkdir()
-        try:
-            generate_synthetic(tmp, num_train, num_val, image_size, num_classes, seed, **scene)
-            if root.exists():
-                _remove_generated(root)
-            os.rename(tmp, root)  # the old set stays whole until the new one is
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # our own fresh folder; already gone after the rename
-    return given
+        shutil.rmtree(tmp, ignore_errors=True)  # only our own folder, already gone after our rename
+    for stale in sorted(p for p in root.parent.iterdir() if p.name.startswith(prefix)):
+        logger.warning(f"{stale}: left by a killed generation (or one still running): delete it once none runs")
+    _ready(root, wanted)
+    return root
