@@ -3,13 +3,13 @@
 
     python tools/make_synthetic.py                                   # the default preset, in data/synthetic
     python tools/make_synthetic.py --cfg data/synthetic_hard.yaml    # the hard preset, in data/synthetic_hard
-    python tools/make_synthetic.py --root data/synthetic --num-train 1024 data.synthetic.noise=4
+    python tools/make_synthetic.py --root data/synthetic1024 --num-train 1024 data.synthetic.noise=4
 
 The parameters are the ``data.synthetic`` keys of the config (configs/base.yaml, then each ``--cfg``, then
-``key=value`` overrides, then the flags below). Training later needs the same keys (the same ``--cfg`` and
-``data.synthetic.num_train=1024 ...``). A folder that already holds the dataset for these keys is reused; one made
-with other keys, or holding anything else, is refused (exit 1, one line) and left as it is: the generator never
-deletes or regenerates a folder, it only writes a new one.
+``key=value`` overrides, then the flags below). Training later needs the same keys and folder (the same ``--cfg``,
+``data.root=data/synthetic1024 data.synthetic.num_train=1024 ...``). A folder that already holds the dataset for
+these keys is reused; one made with other keys, or holding anything else, is refused (exit 1, one line) and left as
+it is: the generator never deletes or regenerates a folder, it only writes a new one.
 """
 import argparse
 import sys
