@@ -223,7 +223,8 @@ def test_a_stored_manifest_of_before_2026_12_is_reused(tmp_path):
     params = json.loads((root / PARAMS_FILE).read_text())
     (root / PARAMS_FILE).write_text(json.dumps({"params": params, "complete": True, "files": ["train/000001.jpg"]}))
     stamp = (root / "val" / "000001.jpg").stat().st_mtime_ns
-    assert ensure_synthetic(root, **SMALL) == root and (root / "val" / "000001.jpg").stat().st_mtime_ns == stamp
+    ensure_synthetic(root, **SMALL)
+    assert (root / "val" / "000001.jpg").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize("content", ["precious.txt", PARAMS_FILE])  # a file of that name but not a manifest
@@ -271,6 +272,13 @@ def test_a_lost_race_uses_the_winners_set_after_checking_it(tmp_path, monkeypatc
     with pytest.raises(DatasetError, match="seed 1 -> 0"):
         ensure_synthetic(tmp_path / "b", **SMALL)
     assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
+def test_a_killed_generations_folder_is_named_not_deleted(tmp_path, caplog):
+    leftover = tmp_path / ".syn.tmp-999999999-0123abcd"  # above any pid_max: no such process
+    leftover.mkdir()
+    ensure_synthetic(tmp_path / "syn", **SMALL)
+    assert f"{leftover}: left by a killed generation" in caplog.text and leftover.is_dir()
 
 
 def _ensure_after(barrier, root):

@@ -25,7 +25,7 @@ folder onto a missing or empty one is atomic, onto a non-empty one it fails. Pro
 (ablation jobs, DDP ranks) each write their own temporary folder; the first rename wins and the others remove theirs
 and use the winner's set after checking its manifest. A reader sees no folder or a complete one, never a half-written
 set, and nothing is ever deleted but our own temporary folder. A killed generation leaves its temporary folder: the
-next generation of that root names it in a warning (it may be another's, still running).
+next generation of that root names it in a warning when its pid is gone.
 """
 from __future__ import annotations
 
@@ -318,8 +318,7 @@ def synthetic_params(keys: dict) -> dict:
 
 
 def _ready(root: Path, wanted: dict) -> bool:
-    """True when ``root`` holds the dataset of ``wanted``, False when it is absent or an empty folder; anything
-    else raises a one-line :class:`DatasetError` naming the folder and the fix."""
+    """True when ``root`` holds the dataset of ``wanted``, False when absent or empty; else a one-line DatasetError."""
     if not root.exists() or (root.is_dir() and not any(root.iterdir())):
         return False
     try:
@@ -335,6 +334,17 @@ def _ready(root: Path, wanted: dict) -> bool:
                            f"({', '.join(changes)}); it is never regenerated in place: delete the folder or set "
                            f"data.root to another folder")
     return True
+
+
+def _is_leftover(path: Path, prefix: str) -> bool:
+    """Whether the pid in a temporary folder's name is no live process on this machine."""
+    try:
+        os.kill(int(path.name[len(prefix):].partition("-")[0]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, OSError):  # not a pid, or another user's process
+        pass
+    return False
 
 
 def ensure_synthetic(root: str | Path, **keys) -> Path:
@@ -358,7 +368,8 @@ def ensure_synthetic(root: str | Path, **keys) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # only our own folder, already gone after our rename
-    for stale in sorted(p for p in root.parent.iterdir() if p.name.startswith(prefix)):
-        logger.warning(f"{stale}: left by a killed generation (or one still running): delete it once none runs")
+    for stale in sorted(p for p in root.parent.iterdir() if p.name.startswith(prefix) and _is_leftover(p, prefix)):
+        logger.warning(f"{stale}: left by a killed generation (its pid is gone, unless it ran on another machine); "
+                       f"delete it")
     _ready(root, wanted)
     return root
