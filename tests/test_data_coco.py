@@ -153,6 +153,68 @@ def test_wrong_size_in_json_raises(tmp_path):
         build_dataset(coco_cfg(tmp_path), "val", transforms=False)[0]
 
 
+def write_png16(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit PNG of ``pixels`` (uint16 [H,W] gray or [H,W,3] RGB), written by hand: PIL cannot write 16-bit RGB."""
+    import struct
+    import zlib
+    height, width = pixels.shape[:2]
+    color = 2 if pixels.ndim == 3 else 0
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, color, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("kind", ["gray-png-pil", "rgb-png", "gray-tiff-pil"])
+def test_16_bit_images_are_scaled_to_8_bit(tmp_path, kind):
+    """A 16-bit image decodes to the uint8 RGB of the same picture (v / 257 rounded), whichever decoder reads it."""
+    from detector.data import read_image
+    rng = np.random.default_rng(0)
+    shape = (12, 10) if kind.startswith("gray") else (12, 10, 3)
+    picture8 = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    picture8.flat[:2] = [0, 255]
+    path = tmp_path / ("a.tif" if kind.endswith("tiff-pil") else "a.png")
+    if kind == "rgb-png":
+        write_png16(path, picture8.astype(np.uint16) * 257)
+    else:
+        Image.fromarray(picture8.astype(np.uint16) * 257).save(path)  # PIL mode I;16
+        assert Image.open(path).mode == "I;16"
+    expected = torch.from_numpy(np.asarray(Image.fromarray(picture8).convert("RGB")).copy()).permute(2, 0, 1)
+    image = read_image(path)
+    assert image.dtype == torch.uint8 and image.shape == (3, 12, 10)
+    torch.testing.assert_close(image, expected, rtol=0, atol=0)
+    # values between the multiples of 257 round to the nearest 8-bit level (>> 8 would be within 1 too)
+    values = rng.integers(0, 65536, size=shape, dtype=np.uint16)
+    values.flat[:2] = [65535, 128]
+    if kind == "rgb-png":
+        write_png16(path, values)
+    else:
+        Image.fromarray(values).save(path)
+    image = read_image(path).int()
+    want = torch.from_numpy(np.rint(values / 257.0).astype(np.int32))
+    want = want.expand(3, *shape) if want.ndim == 2 else want.permute(2, 0, 1)
+    assert (image - want).abs().max() <= 1 and image.max() == 255
+
+
+@pytest.mark.parametrize("mode", ["P", "RGBA", "LA", "1"])
+def test_png_modes_decode_to_their_rgb(tmp_path, mode):
+    from detector.data import read_image
+    pixels = np.random.default_rng(1).integers(0, 256, size=(9, 7, 3), dtype=np.uint8)
+    picture = Image.fromarray(pixels).convert(mode)
+    picture.save(tmp_path / "a.png")
+    expected = torch.from_numpy(np.asarray(picture.convert("RGB")).copy()).permute(2, 0, 1)
+    torch.testing.assert_close(read_image(tmp_path / "a.png"), expected, rtol=0, atol=0)
+
+
+def test_32_bit_images_are_refused_by_name(tmp_path):
+    from detector.data import read_image
+    Image.fromarray(np.full((6, 5), 70000, dtype=np.int32)).save(tmp_path / "deep.tif")  # PIL mode I
+    with pytest.raises(DatasetError, match=r"deep\.tif: .*mode I.*8-bit"):
+        read_image(tmp_path / "deep.tif")
+
+
 def test_training_images_without_boxes_are_dropped_by_default_and_val_keeps_them(tmp_path):
     """keep_empty defaults to false (detectron2's FILTER_EMPTY_ANNOTATIONS); the val split keeps every image."""
     write_coco(tmp_path)
