@@ -215,6 +215,28 @@ def test_32_bit_images_are_refused_by_name(tmp_path):
         read_image(tmp_path / "deep.tif")
 
 
+@pytest.mark.parametrize("file_name", ["../outside.jpg", "sub/../../outside.jpg", "/tmp/outside.jpg"])
+def test_file_names_outside_the_image_folder_are_refused(tmp_path, file_name):
+    images = [{"id": 1, "file_name": "a.jpg", "height": 48, "width": 64},
+              {"id": 7, "file_name": file_name, "height": 48, "width": 64}]
+    write_coco(tmp_path, annotations=[], images=images[:1])
+    ann_file = tmp_path / "annotations" / "instances_train.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": [], "categories": CATEGORIES}))
+    write_jpeg(tmp_path / "outside.jpg", 48, 64)
+    with pytest.raises(DatasetError, match=r"instances_train\.json: image 7 has file_name '.*outside\.jpg', which is "
+                                           r"outside the image folder"):
+        build_dataset(coco_cfg(tmp_path), "val", transforms=False)
+
+
+def test_file_names_that_stay_inside_and_symlinked_folders_are_fine(tmp_path):
+    images = [{"id": 1, "file_name": "sub/../a.jpg", "height": 48, "width": 64}]
+    write_coco(tmp_path, annotations=[], images=[{"id": 1, "file_name": "a.jpg", "height": 48, "width": 64}])
+    (tmp_path / "annotations" / "instances_train.json").write_text(
+        json.dumps({"images": images, "annotations": [], "categories": CATEGORIES}))
+    (tmp_path / "train" / "sub").mkdir()
+    assert build_dataset(coco_cfg(tmp_path), "val", transforms=False)[0][0].shape == (3, 48, 64)
+
+
 def test_training_images_without_boxes_are_dropped_by_default_and_val_keeps_them(tmp_path):
     """keep_empty defaults to false (detectron2's FILTER_EMPTY_ANNOTATIONS); the val split keeps every image."""
     write_coco(tmp_path)

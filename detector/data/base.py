@@ -91,6 +91,20 @@ def read_image(path: str | Path) -> torch.Tensor:
     return image
 
 
+def image_path(image_dir: str | Path, file_name: object, where: str) -> str:
+    """``image_dir/file_name``, refused (:class:`DatasetError` naming ``where`` and the name) unless it stays inside
+    ``image_dir``: an absolute name or one whose ``..`` climb out would read a file outside the dataset. Symbolic
+    links are not followed (a linked image folder or file is the user's choice)."""
+    if not isinstance(file_name, str) or not file_name:
+        raise DatasetError(f"{where} has file_name {file_name!r}; expected a path relative to the image folder "
+                           f"{image_dir}")
+    normal = os.path.normpath(file_name)
+    if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
+        raise DatasetError(f"{where} has file_name {file_name!r}, which is outside the image folder {image_dir}; "
+                           f"give a path relative to that folder (no leading / or ..)")
+    return str(Path(image_dir) / file_name)
+
+
 def check_files_exist(records: Sequence[ImageRecord], source: str) -> None:
     """Raise :class:`DatasetError` listing the first missing image files (a cheap check at construction)."""
     missing = [r.path for r in records if not os.path.isfile(r.path)]

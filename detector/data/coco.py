@@ -18,7 +18,7 @@ import torch
 from pycocotools.coco import COCO
 
 from ..boxes import box_xywh_to_xyxy
-from .base import BACKGROUND, DatasetError, ImageRecord
+from .base import BACKGROUND, DatasetError, ImageRecord, image_path
 
 
 def load_coco_json(ann_file: str | Path) -> COCO:
@@ -55,7 +55,8 @@ def load_coco_json(ann_file: str | Path) -> COCO:
 def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
     """Records (sorted by image id), class names (index 0 background) and label -> category id.
 
-    Unknown category ids and annotations of unknown images raise :class:`DatasetError` naming the annotation.
+    Unknown category ids and annotations of unknown images raise :class:`DatasetError` naming the annotation; a
+    file_name that leaves ``image_dir`` raises naming the image.
     """
     cat_ids = sorted(coco.cats)
     cat_to_label = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
@@ -82,7 +83,8 @@ def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[Ima
         box_area = (xywh[:, 2] * xywh[:, 3]).numpy()
         area = np.array([a.get("area", b) for a, b in zip(anns, box_area)], dtype=np.float32)
         records.append(ImageRecord(
-            image_id=int(image_id), path=str(image_dir / info["file_name"]), file_name=info["file_name"],
+            image_id=int(image_id), file_name=info["file_name"],
+            path=image_path(image_dir, info["file_name"], f"{source}: image {image_id}"),
             height=int(info["height"]), width=int(info["width"]), boxes=boxes,
             labels=np.array([cat_to_label[a["category_id"]] for a in anns], dtype=np.int64),
             iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool), area=area))
