@@ -237,6 +237,33 @@ def test_file_names_that_stay_inside_and_symlinked_folders_are_fine(tmp_path):
     assert build_dataset(coco_cfg(tmp_path), "val", transforms=False)[0][0].shape == (3, 48, 64)
 
 
+@pytest.mark.parametrize("where, entry, field, value", [
+    ("annotation", 0, "bbox", [10, "20", 30, 40]),
+    ("annotation", 0, "bbox", [10, True, 30, 40]),
+    ("annotation", 0, "bbox", [10, 20, 30]),
+    ("annotation", 0, "area", "900"),
+    ("annotation", 0, "iscrowd", "0"),
+    ("image", 0, "height", "48"),
+    ("image", 0, "width", None),
+    ("image", 1, "id", "2"),
+    ("category", 0, "id", "3"),
+])
+def test_text_in_a_numeric_field_names_file_entry_and_field(tmp_path, where, entry, field, value):
+    ann_file = write_coco(tmp_path)
+    data = json.loads(ann_file.read_text())
+    item = data[{"annotation": "annotations", "image": "images", "category": "categories"}[where]][entry]
+    item[field] = value
+    ann_file.write_text(json.dumps(data))
+    name = item["id"] if field != "id" else "?"
+    with pytest.raises(DatasetError) as err:
+        build_dataset(coco_cfg(tmp_path), "val", transforms=False)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(ann_file)), message
+    assert f"{where} " in message and f"field {field!r}" in message and "number" in message, message
+    if field != "id":
+        assert f"{where} {name} " in message, message
+
+
 def test_training_images_without_boxes_are_dropped_by_default_and_val_keeps_them(tmp_path):
     """keep_empty defaults to false (detectron2's FILTER_EMPTY_ANNOTATIONS); the val split keeps every image."""
     write_coco(tmp_path)

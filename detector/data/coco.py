@@ -21,8 +21,17 @@ from ..boxes import box_xywh_to_xyxy
 from .base import BACKGROUND, DatasetError, ImageRecord, image_path
 
 
+def _is_number(value: object) -> bool:
+    """An int or float from the JSON (true/false are not numbers here, text is not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def load_coco_json(ann_file: str | Path) -> COCO:
-    """The annotation file as a pycocotools ``COCO`` (its prints silenced); malformed files raise DatasetError."""
+    """The annotation file as a pycocotools ``COCO`` (its prints silenced); malformed files raise DatasetError.
+
+    Checked here, once, for :func:`parse_coco`: the required fields are present and the numeric fields it reads are
+    numbers (bbox a list of 4), each error one line naming the file, the entry and the field.
+    """
     ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise DatasetError(f"{ann_file}: annotation file not found; check data.root and the split name "
@@ -37,14 +46,26 @@ def load_coco_json(ann_file: str | Path) -> COCO:
         if not isinstance(data.get(key), list):
             raise DatasetError(f"{ann_file}: field {key!r} is missing or not a list; not a COCO instances file")
     data.setdefault("annotations", [])
-    for where, items, fields in (("image", data["images"], ("id", "file_name", "height", "width")),
-                                 ("category", data["categories"], ("id", "name")),
-                                 ("annotation", data["annotations"], ("id", "image_id", "category_id", "bbox"))):
+    for where, items, fields, numbers in (
+            ("image", data["images"], ("id", "file_name", "height", "width"), ("id", "height", "width")),
+            ("category", data["categories"], ("id", "name"), ("id",)),
+            ("annotation", data["annotations"], ("id", "image_id", "category_id", "bbox"),
+             ("bbox", "area", "iscrowd"))):
         for item in items:
             missing = [f for f in fields if f not in item]
             if missing:
                 raise DatasetError(f"{ann_file}: {where} {item.get('id', '?')} lacks field {missing[0]!r}; "
                                    f"fix or remove that entry")
+            for field in (f for f in numbers if f in item):
+                value = item[field]
+                if field == "bbox":
+                    ok = isinstance(value, list) and len(value) == 4 and all(map(_is_number, value))
+                    want = "[x, y, w, h], 4 numbers"
+                else:
+                    ok, want = _is_number(value), "a number"
+                if not ok:
+                    raise DatasetError(f"{ann_file}: {where} {item['id']} field {field!r} is {value!r}; expected "
+                                       f"{want} (not text, null or true/false)")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -55,8 +76,9 @@ def load_coco_json(ann_file: str | Path) -> COCO:
 def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
     """Records (sorted by image id), class names (index 0 background) and label -> category id.
 
-    Unknown category ids and annotations of unknown images raise :class:`DatasetError` naming the annotation; a
-    file_name that leaves ``image_dir`` raises naming the image.
+    ``coco`` comes from :func:`load_coco_json` (its checks are not repeated). Unknown category ids and annotations
+    of unknown images raise :class:`DatasetError` naming the annotation; a file_name that leaves ``image_dir``
+    raises naming the image.
     """
     cat_ids = sorted(coco.cats)
     cat_to_label = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
@@ -74,10 +96,6 @@ def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[Ima
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
         anns = coco.imgToAnns.get(image_id, [])
-        bad = [a for a in anns if not (isinstance(a["bbox"], (list, tuple)) and len(a["bbox"]) == 4)]
-        if bad:
-            raise DatasetError(f"{source}: annotation {bad[0]['id']} has bbox {bad[0]['bbox']!r}; "
-                               f"expected [x, y, w, h]")
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes = box_xywh_to_xyxy(xywh).numpy()  # [N,4]
         box_area = (xywh[:, 2] * xywh[:, 3]).numpy()
