@@ -264,6 +264,18 @@ def test_text_in_a_numeric_field_names_file_entry_and_field(tmp_path, where, ent
         assert f"{where} {name} " in message, message
 
 
+def test_a_duplicate_image_id_names_both_entries(tmp_path):
+    images = [{"id": 1, "file_name": "a.jpg", "height": 48, "width": 64},
+              {"id": 2, "file_name": "b.jpg", "height": 64, "width": 40},
+              {"id": 1, "file_name": "c.jpg", "height": 32, "width": 32}]
+    write_coco(tmp_path, annotations=[], images=images[:2])
+    (tmp_path / "annotations" / "instances_train.json").write_text(
+        json.dumps({"images": images, "annotations": [], "categories": CATEGORIES}))
+    with pytest.raises(DatasetError, match=r"instances_train\.json: image id 1 is used twice in 'images': entry 0 "
+                                           r"\(file_name 'a\.jpg'\) and entry 2 \(file_name 'c\.jpg'\)"):
+        build_dataset(coco_cfg(tmp_path), "val", transforms=False)
+
+
 def test_training_images_without_boxes_are_dropped_by_default_and_val_keeps_them(tmp_path):
     """keep_empty defaults to false (detectron2's FILTER_EMPTY_ANNOTATIONS); the val split keeps every image."""
     write_coco(tmp_path)

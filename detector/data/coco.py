@@ -29,8 +29,9 @@ def _is_number(value: object) -> bool:
 def load_coco_json(ann_file: str | Path) -> COCO:
     """The annotation file as a pycocotools ``COCO`` (its prints silenced); malformed files raise DatasetError.
 
-    Checked here, once, for :func:`parse_coco`: the required fields are present and the numeric fields it reads are
-    numbers (bbox a list of 4), each error one line naming the file, the entry and the field.
+    Checked here, once, for :func:`parse_coco`: the required fields are present, the numeric fields it reads are
+    numbers (bbox a list of 4) and no image id is used twice; each error is one line naming the file, the entry and
+    the field.
     """
     ann_file = Path(ann_file)
     if not ann_file.is_file():
@@ -66,6 +67,13 @@ def load_coco_json(ann_file: str | Path) -> COCO:
                 if not ok:
                     raise DatasetError(f"{ann_file}: {where} {item['id']} field {field!r} is {value!r}; expected "
                                        f"{want} (not text, null or true/false)")
+    first: dict[int | float, int] = {}  # image id -> its entry in "images"; pycocotools would keep only the last
+    for k, image in enumerate(data["images"]):
+        j = first.setdefault(image["id"], k)
+        if j != k:
+            raise DatasetError(f"{ann_file}: image id {image['id']} is used twice in 'images': entry {j} (file_name "
+                               f"{data['images'][j]['file_name']!r}) and entry {k} (file_name {image['file_name']!r}); "
+                               f"give each image its own id or remove the copy")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
