@@ -273,8 +273,13 @@ def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Pa
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """The file's top-level mapping; a file that is not UTF-8 YAML text (a checkpoint given as a config) or not
+    valid YAML raises :class:`ConfigError` naming it."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 YAML text file (a checkpoint or other binary file?); pass a .yaml "
+                          f"config file or a config name from configs/") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is None:

@@ -1,7 +1,12 @@
 """Config: layering order, _base_, overrides of nested keys and lists, every error path."""
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from detector import config as config_module
@@ -110,6 +115,29 @@ def test_file_errors(tmp_path):
     write(tmp_path / "b.yaml", "_base_: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config([a])
+
+
+def test_a_file_that_is_not_utf8_text_is_one_config_error(tmp_path):
+    """A checkpoint passed as --cfg by mistake: one ConfigError line naming the file, no UnicodeDecodeError."""
+    pth = tmp_path / "last.pth"
+    torch.save({"model": torch.arange(300.0)}, pth)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("output_dir: caf\xe9\n".encode("latin-1"))
+    for path in (pth, latin1):
+        with pytest.raises(ConfigError, match=rf"{path.name}: not a UTF-8 YAML text file") as err:
+            load_config([str(path)])
+        assert "\n" not in str(err.value)
+
+
+def test_train_tool_with_a_checkpoint_as_cfg_prints_one_line(tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    pth = tmp_path / "model_final.pth"
+    torch.save({"model": torch.arange(300.0)}, pth)
+    result = subprocess.run([sys.executable, str(repo / "tools" / "train.py"), "--cfg", str(pth)],
+                            env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model_final.pth: not a UTF-8 YAML text file" in lines[0], result.stderr
 
 
 def test_every_config_file_loads():

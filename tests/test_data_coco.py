@@ -153,6 +153,129 @@ def test_wrong_size_in_json_raises(tmp_path):
         build_dataset(coco_cfg(tmp_path), "val", transforms=False)[0]
 
 
+def write_png16(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit PNG of ``pixels`` (uint16 [H,W] gray or [H,W,3] RGB), written by hand: PIL cannot write 16-bit RGB."""
+    import struct
+    import zlib
+    height, width = pixels.shape[:2]
+    color = 2 if pixels.ndim == 3 else 0
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, color, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("kind", ["gray-png-pil", "rgb-png", "gray-tiff-pil"])
+def test_16_bit_images_are_scaled_to_8_bit(tmp_path, kind):
+    """A 16-bit image decodes to the uint8 RGB of the same picture (v / 257 rounded), whichever decoder reads it."""
+    from detector.data import read_image
+    rng = np.random.default_rng(0)
+    shape = (12, 10) if kind.startswith("gray") else (12, 10, 3)
+    picture8 = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    picture8.flat[:2] = [0, 255]
+    path = tmp_path / ("a.tif" if kind.endswith("tiff-pil") else "a.png")
+    if kind == "rgb-png":
+        write_png16(path, picture8.astype(np.uint16) * 257)
+    else:
+        Image.fromarray(picture8.astype(np.uint16) * 257).save(path)  # PIL mode I;16
+        assert Image.open(path).mode == "I;16"
+    expected = torch.from_numpy(np.asarray(Image.fromarray(picture8).convert("RGB")).copy()).permute(2, 0, 1)
+    image = read_image(path)
+    assert image.dtype == torch.uint8 and image.shape == (3, 12, 10)
+    torch.testing.assert_close(image, expected, rtol=0, atol=0)
+    # values between the multiples of 257 round to the nearest 8-bit level (>> 8 would be within 1 too)
+    values = rng.integers(0, 65536, size=shape, dtype=np.uint16)
+    values.flat[:2] = [65535, 128]
+    if kind == "rgb-png":
+        write_png16(path, values)
+    else:
+        Image.fromarray(values).save(path)
+    image = read_image(path).int()
+    want = torch.from_numpy(np.rint(values / 257.0).astype(np.int32))
+    want = want.expand(3, *shape) if want.ndim == 2 else want.permute(2, 0, 1)
+    assert (image - want).abs().max() <= 1 and image.max() == 255
+
+
+@pytest.mark.parametrize("mode", ["P", "RGBA", "LA", "1"])
+def test_png_modes_decode_to_their_rgb(tmp_path, mode):
+    from detector.data import read_image
+    pixels = np.random.default_rng(1).integers(0, 256, size=(9, 7, 3), dtype=np.uint8)
+    picture = Image.fromarray(pixels).convert(mode)
+    picture.save(tmp_path / "a.png")
+    expected = torch.from_numpy(np.asarray(picture.convert("RGB")).copy()).permute(2, 0, 1)
+    torch.testing.assert_close(read_image(tmp_path / "a.png"), expected, rtol=0, atol=0)
+
+
+def test_32_bit_images_are_refused_by_name(tmp_path):
+    from detector.data import read_image
+    Image.fromarray(np.full((6, 5), 70000, dtype=np.int32)).save(tmp_path / "deep.tif")  # PIL mode I
+    with pytest.raises(DatasetError, match=r"deep\.tif: .*mode I.*8-bit"):
+        read_image(tmp_path / "deep.tif")
+
+
+@pytest.mark.parametrize("file_name", ["../outside.jpg", "sub/../../outside.jpg", "/tmp/outside.jpg"])
+def test_file_names_outside_the_image_folder_are_refused(tmp_path, file_name):
+    images = [{"id": 1, "file_name": "a.jpg", "height": 48, "width": 64},
+              {"id": 7, "file_name": file_name, "height": 48, "width": 64}]
+    write_coco(tmp_path, annotations=[], images=images[:1])
+    ann_file = tmp_path / "annotations" / "instances_train.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": [], "categories": CATEGORIES}))
+    write_jpeg(tmp_path / "outside.jpg", 48, 64)
+    with pytest.raises(DatasetError, match=r"instances_train\.json: image 7 has file_name '.*outside\.jpg', which is "
+                                           r"outside the image folder"):
+        build_dataset(coco_cfg(tmp_path), "val", transforms=False)
+
+
+def test_file_names_that_stay_inside_and_symlinked_folders_are_fine(tmp_path):
+    images = [{"id": 1, "file_name": "sub/../a.jpg", "height": 48, "width": 64}]
+    write_coco(tmp_path, annotations=[], images=[{"id": 1, "file_name": "a.jpg", "height": 48, "width": 64}])
+    (tmp_path / "annotations" / "instances_train.json").write_text(
+        json.dumps({"images": images, "annotations": [], "categories": CATEGORIES}))
+    (tmp_path / "train" / "sub").mkdir()
+    assert build_dataset(coco_cfg(tmp_path), "val", transforms=False)[0][0].shape == (3, 48, 64)
+
+
+@pytest.mark.parametrize("where, entry, field, value", [
+    ("annotation", 0, "bbox", [10, "20", 30, 40]),
+    ("annotation", 0, "bbox", [10, True, 30, 40]),
+    ("annotation", 0, "bbox", [10, 20, 30]),
+    ("annotation", 0, "area", "900"),
+    ("annotation", 0, "iscrowd", "0"),
+    ("image", 0, "height", "48"),
+    ("image", 0, "width", None),
+    ("image", 1, "id", "2"),
+    ("category", 0, "id", "3"),
+])
+def test_text_in_a_numeric_field_names_file_entry_and_field(tmp_path, where, entry, field, value):
+    ann_file = write_coco(tmp_path)
+    data = json.loads(ann_file.read_text())
+    item = data[{"annotation": "annotations", "image": "images", "category": "categories"}[where]][entry]
+    item[field] = value
+    ann_file.write_text(json.dumps(data))
+    name = item["id"] if field != "id" else "?"
+    with pytest.raises(DatasetError) as err:
+        build_dataset(coco_cfg(tmp_path), "val", transforms=False)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(ann_file)), message
+    assert f"{where} " in message and f"field {field!r}" in message and "number" in message, message
+    if field != "id":
+        assert f"{where} {name} " in message, message
+
+
+def test_a_duplicate_image_id_names_both_entries(tmp_path):
+    images = [{"id": 1, "file_name": "a.jpg", "height": 48, "width": 64},
+              {"id": 2, "file_name": "b.jpg", "height": 64, "width": 40},
+              {"id": 1, "file_name": "c.jpg", "height": 32, "width": 32}]
+    write_coco(tmp_path, annotations=[], images=images[:2])
+    (tmp_path / "annotations" / "instances_train.json").write_text(
+        json.dumps({"images": images, "annotations": [], "categories": CATEGORIES}))
+    with pytest.raises(DatasetError, match=r"instances_train\.json: image id 1 is used twice in 'images': entry 0 "
+                                           r"\(file_name 'a\.jpg'\) and entry 2 \(file_name 'c\.jpg'\)"):
+        build_dataset(coco_cfg(tmp_path), "val", transforms=False)
+
+
 def test_training_images_without_boxes_are_dropped_by_default_and_val_keeps_them(tmp_path):
     """keep_empty defaults to false (detectron2's FILTER_EMPTY_ANNOTATIONS); the val split keeps every image."""
     write_coco(tmp_path)

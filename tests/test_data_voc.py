@@ -111,6 +111,15 @@ def test_unknown_class_names_the_file(tmp_path):
         build_dataset(voc_cfg(tmp_path), "train")
 
 
+@pytest.mark.parametrize("name", ["../../../outside", "/tmp/000005"])
+def test_image_set_names_cannot_leave_the_devkit(tmp_path, name):
+    """Image names from ImageSets must be VOC ids (digits and _), so none can point outside JPEGImages."""
+    devkit = write_voc(tmp_path)
+    (devkit / "VOC2007" / "ImageSets" / "Main" / "trainval.txt").write_text(f"000005\n{name}\n")
+    with pytest.raises(DatasetError, match=f"VOC image name {name!r} is not numeric"):
+        build_dataset(voc_cfg(tmp_path), "val")
+
+
 def test_missing_jpeg_is_reported_at_construction(tmp_path):
     devkit = write_voc(tmp_path)
     (devkit / "VOC2007" / "JPEGImages" / "000009.jpg").unlink()

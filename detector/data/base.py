@@ -57,25 +57,52 @@ class ImageRecord:
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file to uint8 [3,H,W] RGB (grayscale, CMYK and palette images converted).
+    """Decode an image file to uint8 [3,H,W] RGB, whatever its mode or bit depth.
 
-    torchvision's decoder first (fast); PIL for what it cannot read; a file neither can decode (missing,
-    truncated, corrupt) raises :class:`DatasetError` naming it, because skipping it mid-epoch would make the
-    training stream depend on which files happen to be readable.
+    Grayscale, palette, alpha and CMYK images become RGB; 16-bit images (PNG, TIFF) are scaled to 0..255
+    (``round(v / 257)``), never passed on as uint16, which preprocessing would not divide by 255. torchvision's
+    decoder first (fast); PIL for what it cannot read. A file neither can decode (missing, truncated, corrupt) or
+    with 32-bit integer/float pixels (no standard 8-bit scale) raises :class:`DatasetError` naming it, because
+    skipping it mid-epoch would make the training stream depend on which files happen to be readable.
     """
     try:
         with warnings.catch_warnings():  # torchvision>=0.29 deprecates its decoders in favour of torchcodec
             warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)  # uint8, or uint16 for 16-bit PNG
     except (RuntimeError, OSError) as tv_exc:
         try:
             with Image.open(path) as im:
-                array = np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as pil_exc:
+                if im.mode in ("I", "F"):
+                    raise DatasetError(f"{path}: PIL mode {im.mode} image (32-bit integer or float pixels) has no "
+                                       f"standard 8-bit scale; convert it to 8-bit RGB (or a 16-bit PNG/TIFF)")
+                if im.mode.startswith("I;16"):  # PIL's convert("RGB") would clip these at 255
+                    array = np.repeat(np.asarray(im).astype(np.uint16)[:, :, None], 3, axis=2)
+                else:
+                    array = np.asarray(im.convert("RGB"))
+        except DatasetError:
+            raise
+        except (OSError, ValueError) as pil_exc:  # DatasetError is a ValueError: the clause above lets it through
             raise DatasetError(f"{path}: cannot decode image ({str(tv_exc).splitlines()[-1].strip()}; PIL: "
                                f"{pil_exc}); replace the file or remove the image from the annotation file / "
                                f"image list") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+        image = torch.from_numpy(array.copy()).permute(2, 0, 1)
+    if image.dtype == torch.uint16:
+        image = torch.div(image.to(torch.int32) + 128, 257, rounding_mode="floor").to(torch.uint8)  # round(v/257)
+    return image
+
+
+def image_path(image_dir: str | Path, file_name: object, where: str) -> str:
+    """``image_dir/file_name``, refused (:class:`DatasetError` naming ``where`` and the name) unless it stays inside
+    ``image_dir``: an absolute name or one whose ``..`` climb out would read a file outside the dataset. Symbolic
+    links are not followed (a linked image folder or file is the user's choice)."""
+    if not isinstance(file_name, str) or not file_name:
+        raise DatasetError(f"{where} has file_name {file_name!r}; expected a path relative to the image folder "
+                           f"{image_dir}")
+    normal = os.path.normpath(file_name)
+    if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
+        raise DatasetError(f"{where} has file_name {file_name!r}, which is outside the image folder {image_dir}; "
+                           f"give a path relative to that folder (no leading / or ..)")
+    return str(Path(image_dir) / file_name)
 
 
 def check_files_exist(records: Sequence[ImageRecord], source: str) -> None:

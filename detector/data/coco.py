@@ -18,11 +18,21 @@ import torch
 from pycocotools.coco import COCO
 
 from ..boxes import box_xywh_to_xyxy
-from .base import BACKGROUND, DatasetError, ImageRecord
+from .base import BACKGROUND, DatasetError, ImageRecord, image_path
+
+
+def _is_number(value: object) -> bool:
+    """An int or float from the JSON (true/false are not numbers here, text is not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def load_coco_json(ann_file: str | Path) -> COCO:
-    """The annotation file as a pycocotools ``COCO`` (its prints silenced); malformed files raise DatasetError."""
+    """The annotation file as a pycocotools ``COCO`` (its prints silenced); malformed files raise DatasetError.
+
+    Checked here, once, for :func:`parse_coco`: the required fields are present, the numeric fields it reads are
+    numbers (bbox a list of 4) and no image id is used twice; each error is one line naming the file, the entry and
+    the field.
+    """
     ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise DatasetError(f"{ann_file}: annotation file not found; check data.root and the split name "
@@ -37,14 +47,33 @@ def load_coco_json(ann_file: str | Path) -> COCO:
         if not isinstance(data.get(key), list):
             raise DatasetError(f"{ann_file}: field {key!r} is missing or not a list; not a COCO instances file")
     data.setdefault("annotations", [])
-    for where, items, fields in (("image", data["images"], ("id", "file_name", "height", "width")),
-                                 ("category", data["categories"], ("id", "name")),
-                                 ("annotation", data["annotations"], ("id", "image_id", "category_id", "bbox"))):
+    for where, items, fields, numbers in (
+            ("image", data["images"], ("id", "file_name", "height", "width"), ("id", "height", "width")),
+            ("category", data["categories"], ("id", "name"), ("id",)),
+            ("annotation", data["annotations"], ("id", "image_id", "category_id", "bbox"),
+             ("bbox", "area", "iscrowd"))):
         for item in items:
             missing = [f for f in fields if f not in item]
             if missing:
                 raise DatasetError(f"{ann_file}: {where} {item.get('id', '?')} lacks field {missing[0]!r}; "
                                    f"fix or remove that entry")
+            for field in (f for f in numbers if f in item):
+                value = item[field]
+                if field == "bbox":
+                    ok = isinstance(value, list) and len(value) == 4 and all(map(_is_number, value))
+                    want = "[x, y, w, h], 4 numbers"
+                else:
+                    ok, want = _is_number(value), "a number"
+                if not ok:
+                    raise DatasetError(f"{ann_file}: {where} {item['id']} field {field!r} is {value!r}; expected "
+                                       f"{want} (not text, null or true/false)")
+    first: dict[int | float, int] = {}  # image id -> its entry in "images"; pycocotools would keep only the last
+    for k, image in enumerate(data["images"]):
+        j = first.setdefault(image["id"], k)
+        if j != k:
+            raise DatasetError(f"{ann_file}: image id {image['id']} is used twice in 'images': entry {j} (file_name "
+                               f"{data['images'][j]['file_name']!r}) and entry {k} (file_name {image['file_name']!r}); "
+                               f"give each image its own id or remove the copy")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -55,7 +84,9 @@ def load_coco_json(ann_file: str | Path) -> COCO:
 def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
     """Records (sorted by image id), class names (index 0 background) and label -> category id.
 
-    Unknown category ids and annotations of unknown images raise :class:`DatasetError` naming the annotation.
+    ``coco`` comes from :func:`load_coco_json` (its checks are not repeated). Unknown category ids and annotations
+    of unknown images raise :class:`DatasetError` naming the annotation; a file_name that leaves ``image_dir``
+    raises naming the image.
     """
     cat_ids = sorted(coco.cats)
     cat_to_label = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
@@ -73,16 +104,13 @@ def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[Ima
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
         anns = coco.imgToAnns.get(image_id, [])
-        bad = [a for a in anns if not (isinstance(a["bbox"], (list, tuple)) and len(a["bbox"]) == 4)]
-        if bad:
-            raise DatasetError(f"{source}: annotation {bad[0]['id']} has bbox {bad[0]['bbox']!r}; "
-                               f"expected [x, y, w, h]")
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes = box_xywh_to_xyxy(xywh).numpy()  # [N,4]
         box_area = (xywh[:, 2] * xywh[:, 3]).numpy()
         area = np.array([a.get("area", b) for a, b in zip(anns, box_area)], dtype=np.float32)
         records.append(ImageRecord(
-            image_id=int(image_id), path=str(image_dir / info["file_name"]), file_name=info["file_name"],
+            image_id=int(image_id), file_name=info["file_name"],
+            path=image_path(image_dir, info["file_name"], f"{source}: image {image_id}"),
             height=int(info["height"]), width=int(info["width"]), boxes=boxes,
             labels=np.array([cat_to_label[a["category_id"]] for a in anns], dtype=np.int64),
             iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool), area=area))

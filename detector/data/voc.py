@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import BACKGROUND, DatasetError, ImageRecord
+from .base import BACKGROUND, DatasetError, ImageRecord, image_path
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
@@ -98,7 +98,8 @@ def parse_voc(root: str | Path, split: str) -> tuple[list[ImageRecord], list[str
     records, seen = [], set()
     for year, image_set in parse_split(split):
         base = devkit / f"VOC{year}"
-        for name in read_id_list(base / "ImageSets" / "Main" / f"{image_set}.txt"):
+        list_path = base / "ImageSets" / "Main" / f"{image_set}.txt"
+        for name in read_id_list(list_path):
             image_id = voc_image_id(name)
             if image_id in seen:
                 continue
@@ -106,7 +107,8 @@ def parse_voc(root: str | Path, split: str) -> tuple[list[ImageRecord], list[str
             xml_path = base / "Annotations" / f"{name}.xml"
             height, width, boxes, labels, difficult = parse_voc_xml(xml_path, class_to_label)
             area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            records.append(ImageRecord(image_id=image_id, path=str(base / "JPEGImages" / f"{name}.jpg"),
+            path = image_path(base / "JPEGImages", f"{name}.jpg", f"{list_path}: image {name!r}")
+            records.append(ImageRecord(image_id=image_id, path=path,
                                        file_name=f"{name}.jpg", height=height, width=width, boxes=boxes,
                                        labels=labels, iscrowd=difficult, area=area.astype(np.float32)))
     return records, [BACKGROUND, *VOC_CLASSES], {label: label for label in range(1, len(VOC_CLASSES) + 1)}
