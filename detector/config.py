@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from detector.backbone_table import BACKBONES, NORMS
-from detector.errors import DetectorError
+from detector.errors import UsageError
 from detector.losses import BETA_SCHEDULES, LOSSES, SCHEDULED_LOSSES
 from detector.losses.dynamic import STATISTIC_CONVENTIONS
 
@@ -57,7 +57,6 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "model.proposal_file": (str,),
     "model.roi_head.box_loss.sigma": (float, int),
     "train.resume": (bool, str),
-    "train.cudnn_benchmark": (bool, str),
     "eval.max_images": (int,),
     "train.lr_reference_batch": (int,),
 }
@@ -67,6 +66,18 @@ _TYPES: dict[str, tuple[type, ...]] = {
 SYNTHETIC_SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 SYNTHETIC_BOX_MODES = ("amodal", "visible")
 SYNTHETIC_BACKGROUNDS = ("gradient", "texture")
+
+# The scalar keys of metrics.json per eval.metric (detector.evaluation computes them; train.best_metric picks one).
+COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+COCO_EXTRA_NAMES = ("AP90",)  # added to COCOeval's 12: AP at IoU 0.90, the localisation that box losses move
+VOC_METRIC_NAMES = ("mAP_voc07", "mAP_voc")  # 11-point (VOC2007 devkit) and area (VOC2010+) mean AP
+
+
+def metric_names(metric: str) -> tuple[str, ...]:
+    """The scalar keys of ``metrics.json`` for ``eval.metric`` (coco, voc or both)."""
+    coco = COCO_METRIC_NAMES + COCO_EXTRA_NAMES
+    return {"coco": coco, "voc": VOC_METRIC_NAMES, "both": coco + VOC_METRIC_NAMES}[metric]
+
 
 # Keys with a fixed set of values. A registry (a dict: LOSSES, BETA_SCHEDULES, BACKBONES) is looked up when a value
 # is checked, not copied at import, so that a name registered at run time is valid at once.
@@ -85,11 +96,7 @@ _CHOICES: dict[str, tuple[Any, ...] | Mapping[str, Any]] = {
     "model.roi_head.dynamic_label_assignment.statistic": STATISTIC_CONVENTIONS,
     "train.device": ("auto", "cpu", "cuda"),
     "train.lr_schedule": ("multistep", "cosine"),
-    "train.amp_dtype": ("auto", "bfloat16", "float16"),
-    "train.cudnn_benchmark": ("auto", True, False),
     "train.compile": ("none", "backbone", "all"),
-    "train.optimizer_impl": ("auto", "fused", "foreach", "for_loop"),
-    "train.nonfinite_check": ("step", "log"),
     "train.resume": (False, True, "auto"),
     "eval.metric": ("coco", "voc", "both"),
     "eval.backend": ("pycocotools", "faster_coco_eval"),
@@ -163,7 +170,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
 }
 
 
-class ConfigError(DetectorError, ValueError):
+class ConfigError(UsageError, ValueError):
     """A config file, key or value is wrong; the message names it and the fix."""
 
 
@@ -442,6 +449,12 @@ def _check_relations(cfg: dict[str, Any]) -> None:
     if cfg["model"]["proposals"] == "precomputed" and not cfg["model"]["proposal_file"]:
         raise ConfigError("model.proposals=precomputed needs model.proposal_file "
                           "(a JSON made by tools/dump_proposals.py)")
+    if cfg["train"]["best_metric"] not in metric_names(cfg["eval"]["metric"]):
+        raise ConfigError(f"train.best_metric={cfg['train']['best_metric']!r} is not computed with eval.metric="
+                          f"{cfg['eval']['metric']}; choose from {', '.join(metric_names(cfg['eval']['metric']))}")
+    if cfg["model"]["backbone"]["norm"] == "syncbn" and cfg["train"]["device"] == "cpu":
+        raise ConfigError("model.backbone.norm=syncbn synchronises batch statistics over GPUs only; use "
+                          "model.backbone.norm=bn on the CPU")
     rpn_loss = rpn["box_loss"]
     deltas = [name for name, build in LOSSES.items()  # looked up now: names registered at run time count
               if name not in SCHEDULED_LOSSES and not build(rpn_loss).on_boxes]

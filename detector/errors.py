@@ -1,14 +1,19 @@
-"""User-facing errors and the one-line policy of the command-line tools.
+"""User-facing errors and the one error path of the command-line tools (:func:`run_tool`).
 
 A :class:`DetectorError` is a problem with the user's input or environment (a config key, a data file, a
 checkpoint, a run folder, a full or read-only disk): its message names the file or field and the fix, and the
 tools print it as one line. Anything else is a bug and keeps its traceback. Each module raises its own subclass
-(``ConfigError``, ``DatasetError``, ``CheckpointError``, ``RunFolderError``, ...), so the policy lives here once.
+(``ConfigError``, ``DatasetError``, ``CheckpointError``, ``RunFolderError``, ...), whose ``exit_code`` says the
+kind: 2 a config or usage error (the command line, a config, a run folder the command may not use), 1 a data or
+file error (data, weights, checkpoints, a non-finite loss, a full disk), 130 stopped by Ctrl-C or SIGTERM.
 """
 from __future__ import annotations
 
 import errno
 import os
+import sys
+import traceback
+from typing import Callable
 
 # OS errors that are the user's environment, not our bug: a full or read-only disk, a path that cannot be made
 USER_OS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
@@ -17,6 +22,14 @@ USER_OS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.E
 
 class DetectorError(Exception):
     """A problem with the user's input or environment; the message names the file or field and the fix."""
+
+    exit_code = 1  # a data or file error; usage errors say 2
+
+
+class UsageError(DetectorError):
+    """The command line, a config or a run folder does not allow what was asked (exit code 2)."""
+
+    exit_code = 2
 
 
 class WeightsError(DetectorError):
@@ -38,3 +51,18 @@ def user_error_line(exc: BaseException) -> str | None:
 def traceback_requested() -> bool:
     """``DETECTOR_TRACEBACK=1`` prints the traceback of user errors too."""
     return os.environ.get("DETECTOR_TRACEBACK", "") not in ("", "0")
+
+
+def run_tool(body: Callable[[], int]) -> int:
+    """Run a tool's ``body`` and return its exit code; a user error prints one line (after the traceback when
+    ``DETECTOR_TRACEBACK=1``) and returns its kind's code (see the module docstring); a bug raises."""
+    try:
+        return body()
+    except Exception as exc:
+        line = user_error_line(exc)
+        if line is None:
+            raise
+        if traceback_requested():
+            traceback.print_exc()
+        print(line, file=sys.stderr)
+        return getattr(exc, "exit_code", 1)

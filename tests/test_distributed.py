@@ -47,13 +47,13 @@ def _ddp_ctrl_c_worker(rank: int, port: int, data_root: str, run_dir: str, out_d
     from detector.engine import trainer as trainer_mod
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    real_check = trainer_mod.check_finite
+    real_record = trainer_mod.LossWatch.record
 
-    def check(losses, iteration, watch, *args):
+    def record(self, losses, iteration):
         if rank == 0 and iteration == 3:
             os.kill(os.getpid(), signal.SIGINT)
-        return real_check(losses, iteration, watch, *args)
-    trainer_mod.check_finite = check
+        return real_record(self, losses, iteration)
+    trainer_mod.LossWatch.record = record
     cfg = load_config(["smoothl1.yaml"], tiny_run_overrides(Path(data_root), Path(run_dir), **{
         "train.max_iters": 40, "train.log_period": 5, "train.checkpoint_period": 40, "train.batch_size": 1,
         "train.num_vis_images": 0}))

@@ -57,7 +57,7 @@ def test_rerun_into_a_finished_run_refuses_and_touches_nothing(data_root, finish
     before = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
     assert train_tool.main(cli(data_root, finished_run)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "already holds a finished run" in err[0] and str(finished_run) in err[0]
+    assert len(err) == 1 and "already holds a finished run" in err[0] and str(finished_run) in err[0]
     assert "--resume" in err[0] and "output_dir=" in err[0] and "--overwrite" in err[0]
     after = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
     assert after == before
@@ -116,14 +116,40 @@ def test_resume_with_another_experiment_refuses_and_writes_nothing(data_root, fi
     assert (finished_run / "config.yaml").read_bytes() == config_before
 
 
-def test_resume_may_extend_max_iters_and_says_so(data_root, tmp_path, capsys):
+def test_a_longer_run_needs_extend_where_a_schedule_derives_from_max_iters(data_root, tmp_path, capsys):
     run = tmp_path / "run"
     trainer_mod.train(cfg_for(data_root, run), run)
     cfg = cfg_for(data_root, run, **{"train.max_iters": 3, "train.resume": True, "train.log_period": 3})
-    trainer_mod.train(cfg, run)
-    assert "--resume: changed train.max_iters, train.log_period" in capsys.readouterr().err
+    with pytest.raises(RunFolderError, match=r"train.max_iters 2 -> 3 changes what the run learns "
+                                             r"\(train.lr_schedule=cosine derive from it\).*--extend"):
+        trainer_mod.train(cfg, run)
+    assert load_config([run / "config.yaml"]).train.max_iters == 2  # nothing was written
+    trainer_mod.train(cfg, run, extend=True)
+    err = capsys.readouterr().err
+    assert "--extend: train.max_iters 2 -> 3; train.lr_schedule=cosine are recomputed" in err
+    assert "--resume: changed train.log_period" in err
     assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 3
     assert load_config([run / "config.yaml"]).train.max_iters == 3
+
+
+def test_a_longer_run_resumes_plainly_where_nothing_derives_from_max_iters(data_root, tmp_path, capsys):
+    steps = {"train.lr_schedule": "multistep", "train.milestones": [100], "train.warmup_iters": 0}
+    run = tmp_path / "run"
+    trainer_mod.train(cfg_for(data_root, run, **steps), run)
+    trainer_mod.train(cfg_for(data_root, run, **steps, **{"train.max_iters": 3, "train.resume": True}), run)
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 3
+    assert "--extend" not in capsys.readouterr().err
+
+
+def test_a_run_without_its_config_is_refused_even_on_resume(data_root, tmp_path):
+    run = tmp_path / "run"
+    trainer_mod.train(cfg_for(data_root, run), run)
+    (run / "config.yaml").unlink()
+    for resume in (False, True):
+        with pytest.raises(RunFolderError, match=r"holds a run's files \(metrics.jsonl, checkpoints, eval.*"
+                                                 r"but no config.yaml"):
+            trainer_mod.train(cfg_for(data_root, run, **{"train.resume": resume}), run)
+    assert not (run / "config.yaml").exists()
 
 
 def test_resume_of_a_run_made_before_a_key_existed_takes_its_default(data_root, tmp_path, capsys):
@@ -133,12 +159,12 @@ def test_resume_of_a_run_made_before_a_key_existed_takes_its_default(data_root, 
     stored = yaml.safe_load((run / "config.yaml").read_text())
     del stored["train"]["lr_reference_batch"], stored["data"]["val_fraction"]  # as written by an older version
     (run / "config.yaml").write_text(yaml.safe_dump(stored))
-    trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 3, "train.resume": True}), run)
+    trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 3, "train.resume": True}), run, extend=True)
     assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 3
     stored["train"]["lr"] = 0.5  # but a key it has, with another value, still refuses
     (run / "config.yaml").write_text(yaml.safe_dump(stored))
     with pytest.raises(RunFolderError, match="train.lr"):
-        trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 4, "train.resume": True}), run)
+        trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 4, "train.resume": True}), run, extend=True)
 
 
 def test_resume_on_a_fresh_folder_says_it_starts_from_scratch(data_root, tmp_path, capsys):
@@ -182,13 +208,13 @@ def test_last_checkpoint_is_written_before_the_final_evaluation(data_root, tmp_p
 
 def test_ctrl_c_finishes_the_step_saves_and_says_how_to_resume(data_root, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    original = trainer_mod.check_finite
+    original = trainer_mod.LossWatch.record
 
-    def interrupt_at_3(losses, iteration, *args):
+    def interrupt_at_3(self, losses, iteration):
         if iteration == 2:  # during the third step
             os.kill(os.getpid(), signal.SIGINT)
-        return original(losses, iteration, *args)
-    monkeypatch.setattr(trainer_mod, "check_finite", interrupt_at_3)
+        return original(self, losses, iteration)
+    monkeypatch.setattr(trainer_mod.LossWatch, "record", interrupt_at_3)
     argv = cli(data_root, run, **{"train.max_iters": 50, "train.checkpoint_period": 50})
     assert train_tool.main(argv) == 130
     err = capsys.readouterr().err
@@ -236,10 +262,10 @@ def test_impossible_output_dir_and_data_root_are_one_line(data_root, tmp_path, c
     blocker.write_text("")
     assert train_tool.main(cli(data_root, blocker / "run")) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[0].startswith(f"error: {blocker / 'run'}") and "Not a directory" in err[0] and len(err) == 2
+    assert err[0].startswith(f"error: {blocker / 'run'}") and "Not a directory" in err[0] and len(err) == 1
     assert train_tool.main(cli(blocker / "synthetic", tmp_path / "run2")) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert str(blocker) in err[0] and "Not a directory" in err[0] and len(err) == 2
+    assert str(blocker) in err[0] and "Not a directory" in err[0] and len(err) == 1
 
 
 def test_options_and_overrides_mix_in_any_order(capsys):
@@ -282,7 +308,7 @@ def test_a_bug_keeps_its_traceback_and_user_errors_do_not(data_root, tmp_path, m
     monkeypatch.undo()
     assert train_tool.main(cli(data_root, tmp_path / "run2", **{"model.backbone.weights": "/no/such.pth"})) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2
+    assert len(err) == 1
     assert err[0].startswith("error: model.backbone.weights='/no/such.pth' is neither an existing file")
 
 
@@ -294,11 +320,11 @@ def test_a_split_without_boxes_is_warned_once_and_picks_no_best(capsys):
             return 3
     trainer_mod.warn_if_no_boxes(NoBoxes(), "training")
     assert "training split (instances_train.json, 3 images) has no boxes at all" in capsys.readouterr().err
-    progress, told = Progress(), set()
-    assert not trainer_mod.keep_best(progress, {"AP": -1.0}, "AP", told)
-    assert not trainer_mod.keep_best(progress, {"AP": -1.0}, "AP", told)
+    progress = Progress()
+    assert not trainer_mod.keep_best(progress, {"AP": -1.0}, "AP")
+    assert not trainer_mod.keep_best(progress, {"AP": -1.0}, "AP")
     assert capsys.readouterr().err.count("the val split has no ground-truth boxes") == 1
-    assert trainer_mod.keep_best(progress, {"AP": 0.25}, "AP", told) and progress.best == 0.25
+    assert trainer_mod.keep_best(progress, {"AP": 0.25}, "AP") and progress.best == 0.25
 
 
 def test_console_values_never_show_negative_zero():

@@ -145,19 +145,6 @@ def test_the_shape_simulation_is_the_real_loader_and_model(coco_tiny):
 
 
 # ------------------------------------------------------------------------------------------------ switches
-def test_cudnn_benchmark_is_on_only_where_shapes_are_bucketed_or_asked():
-    enabled = runtime.cudnn_benchmark_enabled
-    assert enabled("auto", bucketed=True, deterministic=False)
-    assert not enabled("auto", bucketed=False, deterministic=False)
-    assert enabled(True, bucketed=False, deterministic=False)
-    assert not enabled(False, bucketed=True, deterministic=False)
-    assert not enabled("auto", bucketed=True, deterministic=True)
-    with pytest.raises(ConfigError, match="train.cudnn_benchmark=true contradicts deterministic=true"):
-        enabled(True, bucketed=True, deterministic=True)
-    with pytest.raises(ConfigError, match="train.cudnn_benchmark"):
-        load_config([], ["train.cudnn_benchmark=sometimes"])
-
-
 def _failing_compile(fn, *args, **kwargs):
     def compiled(*a, **k):
         raise RuntimeError("InductorError: CppCompileError: C++ compile error\nlong compiler output")
@@ -207,39 +194,36 @@ def test_a_training_run_with_compile_falls_back_and_finishes(tmp_path, monkeypat
     assert "continuing uncompiled" in capsys.readouterr().err
 
 
-def test_sgd_implementations_give_the_same_update(monkeypatch):
+def test_the_fused_or_foreach_sgd_update_is_the_plain_one():
     torch.manual_seed(0)
-    start = [torch.randn(7, 5), torch.randn(5)]
-    results = {}
-    for impl in ("for_loop", "foreach", "auto"):
-        params = [p.clone().requires_grad_() for p in start]
-        optimizer = optim_mod.make_sgd([{"params": params[:1], "weight_decay": 1e-4},
-                                        {"params": params[1:], "weight_decay": 0.0}], lr=0.1, momentum=0.9, impl=impl)
-        for step in range(3):
-            for p in params:
-                p.grad = torch.full_like(p, 0.5 + step)
-            optimizer.step()
-        results[optimizer.impl] = torch.cat([p.detach().flatten() for p in params])
-    fused_here = optim_mod.fused_sgd_problem(torch.device("cpu")) is None
-    assert set(results) == {"for_loop", "foreach", "fused" if fused_here else "foreach"}
-    for value in results.values():
-        torch.testing.assert_close(value, results["for_loop"], rtol=1e-6, atol=1e-7)
-    monkeypatch.setattr(optim_mod, "fused_sgd_problem", lambda device: "no fused kernel")
-    param = torch.zeros(2, requires_grad=True)
-    assert optim_mod.make_sgd([{"params": [param]}], lr=0.1, momentum=0.9).impl == "foreach"
-    with pytest.raises(ConfigError, match="train.optimizer_impl=fused: .* no fused SGD for cpu"):
-        optim_mod.make_sgd([{"params": [param]}], lr=0.1, momentum=0.9, impl="fused")
+    model = torch.nn.Linear(5, 7)
+    reference = torch.nn.Linear(5, 7)
+    reference.load_state_dict(model.state_dict())
+    cfg = load_config([], ["train.lr=0.1", "train.lr_reference_batch=null"])
+    optimizer = optim_mod.build_optimizer(cfg, model)
+    assert optimizer.impl == ("fused" if optim_mod.has_fused_sgd(torch.device("cpu")) else "foreach")
+    plain = torch.optim.SGD([{"params": [reference.weight], "weight_decay": 1e-4},
+                             {"params": [reference.bias], "weight_decay": 0.0}], lr=0.1, momentum=0.9, foreach=False)
+    for step in range(3):
+        for p, q in zip(model.parameters(), reference.parameters()):
+            p.grad = q.grad = torch.full_like(p, 0.5 + step)
+        optimizer.step()
+        plain.step()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
 # ------------------------------------------------------------------------------------------------ host syncs
-@pytest.mark.parametrize("mode,reads", [("step", 1), ("log", 0)])
-def test_the_nonfinite_check_reads_the_host_every_step_only_in_step_mode(mode, reads):
-    watch = trainer_mod.NonFiniteWatch(mode, torch.device("cpu"), distributed=False)
+def test_the_nonfinite_check_reads_the_host_only_when_asked():
+    watch = trainer_mod.LossWatch(distributed=False)
     losses = {"loss_cls": torch.tensor(0.5), "loss_box_reg": torch.tensor(0.25)}
     with HostReads() as counter:
         for iteration in range(5):
-            trainer_mod.check_finite(losses, iteration, watch, checkpointer=None, progress=None)
-    assert counter.counts["aten._local_scalar_dense.default"] == 5 * reads
+            watch.record(losses, iteration)
+    assert counter.counts["aten._local_scalar_dense.default"] == 0
+    with HostReads() as counter:
+        watch.raise_if_bad(None, None)
+    assert counter.counts["aten._local_scalar_dense.default"] == 1
 
 
 def test_nonfinite_check_at_log_steps_names_the_first_bad_iteration_and_keeps_last_good(tmp_path, monkeypatch):
@@ -249,7 +233,7 @@ def test_nonfinite_check_at_log_steps_names_the_first_bad_iteration_and_keeps_la
     poison_third_training_forward(monkeypatch, trainer_mod)
     run = tmp_path / "run"
     cfg = load_config(["smoothl1.yaml"], tiny_run_overrides(tmp_path / "data", run, **{
-        "train.nonfinite_check": "log", "train.max_iters": 8, "train.log_period": 4, "train.checkpoint_period": 2,
+        "train.max_iters": 8, "train.log_period": 4, "train.checkpoint_period": 2,
         "train.num_vis_images": 0}))
     with pytest.raises(trainer_mod.NonFiniteLossError) as info:
         trainer_mod.train(cfg, run)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from detector.ablation import (AblationError, Interrupted, check_runs, plan_runs, resolve_baseline, run_local,
                                write_report)
-from detector.errors import DetectorError, user_error_line
+from detector.errors import run_tool
 
 SLURM_OPTIONS = ("partition", "time", "gpus_per_run", "cpus_per_run", "constraint", "account", "no_wait")
 
@@ -68,39 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_intermixed_args(argv)
+    return run_tool(lambda: run(args, "python tools/ablate.py " + shlex.join(argv)))
+
+
+def run(args, command: str) -> int:
     # --cfgs takes every word up to the next option: key=value words written right after it are overrides
     overrides = [c for c in args.cfgs if "=" in c] + args.overrides
     cfgs = [c for c in args.cfgs if "=" not in c]
-    command = "python tools/ablate.py " + shlex.join(argv)
-    try:
-        check_options(args, cfgs)
-        runs = plan_runs(cfgs, args.cfg, args.seeds, overrides, args.sweep)
-        baseline = resolve_baseline(runs, args.baseline)
-        out = Path(args.out) if args.out else Path("runs") / ("ablation-" + "-".join(Path(c).stem for c in cfgs))
-        steps = check_runs(runs, out, force=args.force)  # every config and run folder, before anything trains
-    except DetectorError as exc:
-        print(user_error_line(exc), file=sys.stderr)
-        return 2
-
+    check_options(args, cfgs)
+    runs = plan_runs(cfgs, args.cfg, args.seeds, overrides, args.sweep)
+    baseline = resolve_baseline(runs, args.baseline)
+    out = Path(args.out) if args.out else Path("runs") / ("ablation-" + "-".join(Path(c).stem for c in cfgs))
+    steps = check_runs(runs, out, force=args.force)  # every config and run folder, before anything trains
     errors: dict = {}
     if not args.report_only:
         if importlib.util.find_spec("scipy") is None:
             print("note: scipy is not installed; the runs train, but the report's intervals need it: pip install "
                   "scipy, then rerun this command with --report-only", file=sys.stderr)
-        try:
-            errors = launch(args, steps, out, command)
-        except Interrupted:
-            return 130
-        except DetectorError as exc:
-            print(user_error_line(exc), file=sys.stderr)
-            return 2
+        errors = launch(args, steps, out, command)
         if errors is None:  # submitted without waiting
             return 0
-    try:
-        groups = write_report(runs, out, baseline, title=args.title, command=command)
-    except AblationError as exc:
-        print(user_error_line(exc), file=sys.stderr)
-        return 1
+    groups = write_report(runs, out, baseline, title=args.title, command=command)
     print((out / "summary.md").read_text())
     missing = [f"{run.name}: {why}" for g in groups for run, why in g.unfinished]
     failed = [e for e in errors.values() if e]

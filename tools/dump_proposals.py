@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from detector.config import ConfigError, load_config
+from detector.errors import run_tool
 
 
 def dump_proposals(cfg, checkpoint: Path, split: str, device: torch.device) -> dict[str, list[list[float]]]:
@@ -65,25 +66,17 @@ def main(argv=None) -> int:
     parser.add_argument("--split", choices=("train", "val"), default="train", help="dataset split (default: train)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu")
     args = parser.parse_intermixed_args(argv)
-    try:
-        cfg = load_config(args.cfg, args.overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    return run_tool(lambda: run(args))
+
+
+def run(args) -> int:
     from detector.engine.runtime import select_device
-    from detector.errors import traceback_requested, user_error_line
-    try:
-        proposals = dump_proposals(cfg, args.ckpt, args.split, select_device(cfg.train.device))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(json.dumps(proposals))
-        os.replace(tmp, args.out)
-    except Exception as exc:  # a bad checkpoint, dataset or config gets one line; a bug keeps its traceback
-        line = user_error_line(exc)
-        if line is None or traceback_requested():
-            raise
-        print(line, file=sys.stderr)
-        return 2
+    cfg = load_config(args.cfg, args.overrides)
+    proposals = dump_proposals(cfg, args.ckpt, args.split, select_device(cfg.train.device))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(proposals))
+    os.replace(tmp, args.out)
     count = sum(len(v) for v in proposals.values())
     print(f"wrote {count} proposals of {len(proposals)} images ({args.split}) to {args.out}")
     return 0

@@ -17,8 +17,8 @@ run never writes into it unasked: an ``--out`` that already holds those files, o
 ``eval/`` folder (whose ``metrics.json`` marks the run finished for the ablation report), is refused before any
 work unless ``--overwrite`` is given. A path that cannot be written gives one line naming it.
 
-Exit codes: 0 done; 2 a bad config, detections file, checkpoint, dataset or ``--out`` (one line; set
-DETECTOR_TRACEBACK=1 for the traceback). Anything unexpected is a bug and prints its traceback.
+Exit codes: 0 done; 2 a bad config, option or ``--out`` folder; 1 a bad detections file, checkpoint or dataset
+(one line each; DETECTOR_TRACEBACK=1 adds the traceback). Anything unexpected is a bug and prints its traceback.
 """
 import argparse
 import errno
@@ -27,7 +27,8 @@ import os
 import sys
 from pathlib import Path
 
-from detector.config import ConfigError, load_config
+from detector.config import load_config
+from detector.errors import run_tool
 from detector.evaluation import METRICS
 
 OUTPUT_FILES = ("detections.json", "metrics.json")  # what --out receives, in the order written (--dets: metrics)
@@ -46,21 +47,19 @@ def main(argv=None) -> int:
     parser.add_argument("--metric", choices=METRICS, help="metric family (default: the config's eval.metric)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu")
     args = parser.parse_intermixed_args(argv)
-    overrides = list(args.overrides) + ([f"eval.metric={args.metric}"] if args.metric else [])
-    try:
-        cfg = load_config(args.cfg, overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    return run_tool(lambda: run(args))
 
+
+def run(args) -> int:
     from detector.data import build_dataset
-    from detector.errors import traceback_requested, user_error_line
+    from detector.errors import DetectorError
     from detector.evaluation import dataset_image_ids, evaluate_coco_results, format_metrics, load_coco_results
 
+    cfg = load_config(args.cfg, list(args.overrides) + ([f"eval.metric={args.metric}"] if args.metric else []))
     files = OUTPUT_FILES if args.ckpt is not None else ("metrics.json",)
+    if args.out is not None:
+        check_out_dir(args.out, files, args.overwrite)
     try:
-        if args.out is not None:
-            check_out_dir(args.out, files, args.overwrite)
         if args.dets is not None:
             dataset = build_dataset(cfg, "val", transforms=False)
             results = load_coco_results(args.dets, dataset)
@@ -68,20 +67,18 @@ def main(argv=None) -> int:
                                             image_ids=dataset_image_ids(dataset)[:cfg.eval.max_images])
         else:
             metrics, results = evaluate_checkpoint(cfg, args.ckpt)
-        print(format_metrics(metrics))
-        if args.out is None:
-            print(f"\nnothing written; pass --out DIR to save {' and '.join(files)}")
-            return 0
-        args.out.mkdir(parents=True, exist_ok=True)
-        if args.ckpt is not None:
-            (args.out / "detections.json").write_text(json.dumps(results))
-        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    except Exception as exc:  # known user errors get one line; a bad detections file or metric is a ValueError
-        line = user_error_line(exc) or (f"error: {exc}" if isinstance(exc, (ValueError, ImportError)) else None)
-        if line is None or traceback_requested():
+    except (ValueError, ImportError) as exc:  # a malformed detections file, a missing evaluation backend
+        if isinstance(exc, DetectorError):
             raise
-        print(line, file=sys.stderr)
-        return 2
+        raise DetectorError(str(exc)) from exc
+    print(format_metrics(metrics))
+    if args.out is None:
+        print(f"\nnothing written; pass --out DIR to save {' and '.join(files)}")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.ckpt is not None:
+        (args.out / "detections.json").write_text(json.dumps(results))
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"\nwrote {' and '.join(str(args.out / name) for name in files)}")
     return 0
 

@@ -19,10 +19,11 @@ import json
 import sys
 from pathlib import Path
 
-from detector.data.base import DatasetError, sanitize_records
+from detector.data.base import sanitize_records
 from detector.data.coco import load_coco_json, parse_coco
 from detector.data.subsets import read_image_ids_file, subset_coco_json, subset_records
 from detector.data.voc import parse_voc
+from detector.errors import run_tool
 
 
 def main(argv=None) -> int:
@@ -46,20 +47,20 @@ def main(argv=None) -> int:
     if args.fraction is not None and not 0 < args.fraction <= 1:
         parser.error("--fraction must be in (0, 1]")
 
-    try:
-        if args.format == "coco":
-            coco = load_coco_json(args.ann)
-            records, classes, label_to_cat_id = parse_coco(coco, Path(args.ann).parent, args.ann)
-        else:
-            records, classes, label_to_cat_id = parse_voc(args.root, args.split)
-        records, classes, label_to_cat_id = subset_records(
-            sanitize_records(records, args.ann or args.split), classes, label_to_cat_id, keep_classes=args.classes,
-            keep_empty=args.keep_empty,
-            image_ids=read_image_ids_file(args.image_ids_file) if args.image_ids_file else None,
-            fraction=args.fraction, seed=args.seed, max_images=args.max_images, source=args.ann or args.split)
-    except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_tool(lambda: run(args))
+
+
+def run(args) -> int:
+    if args.format == "coco":
+        coco = load_coco_json(args.ann)
+        records, classes, label_to_cat_id = parse_coco(coco, Path(args.ann).parent, args.ann)
+    else:
+        records, classes, label_to_cat_id = parse_voc(args.root, args.split)
+    records, classes, label_to_cat_id = subset_records(
+        sanitize_records(records, args.ann or args.split), classes, label_to_cat_id, keep_classes=args.classes,
+        keep_empty=args.keep_empty,
+        image_ids=read_image_ids_file(args.image_ids_file) if args.image_ids_file else None,
+        fraction=args.fraction, seed=args.seed, max_images=args.max_images, source=args.ann or args.split)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "coco":

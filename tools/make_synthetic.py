@@ -15,9 +15,9 @@ import argparse
 import sys
 import time
 
-from detector.config import ConfigError, load_config
+from detector.config import load_config
 from detector.data.synthetic import SHAPES, ensure_synthetic
-from detector.errors import traceback_requested, user_error_line
+from detector.errors import run_tool
 
 FLAGS = ("num_train", "num_val", "image_size", "num_classes", "max_objects", "seed")  # shortcuts for data.synthetic.*
 
@@ -39,20 +39,13 @@ def main(argv=None) -> int:
     overrides += [f"data.synthetic.{key}={getattr(args, key)}" for key in FLAGS if getattr(args, key) is not None]
     if args.root is not None:
         overrides.append(f"data.root={args.root}")
-    try:
-        data = load_config(args.cfg, overrides).data
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    return run_tool(lambda: run(args.cfg, overrides))
+
+
+def run(cfgs: list[str], overrides: list[str]) -> int:
+    data = load_config(cfgs, overrides).data
     start = time.perf_counter()
-    try:
-        root = ensure_synthetic(data.root, **data.synthetic.to_dict())
-    except Exception as exc:
-        line = user_error_line(exc)
-        if line is None or traceback_requested():
-            raise
-        print(line, file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+    root = ensure_synthetic(data.root, **data.synthetic.to_dict())
     syn = data.synthetic
     print(f"synthetic dataset ready in {root} ({syn.num_train}+{syn.num_val} images, "
           f"{time.perf_counter() - start:.1f} s)")

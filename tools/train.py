@@ -9,19 +9,20 @@ first use. The run folder (``runs/<cfg names>`` unless ``output_dir`` is set) ho
 
 A folder that already holds a run is never reused silently: continue it with ``--resume`` (experiment-defining
 keys must match the run's config.yaml), pick another ``output_dir``, or replace it with ``--overwrite``.
-Ctrl-C finishes the step, writes ``last.pth`` and exits with code 130 (a second Ctrl-C exits at once).
-Several GPUs: ``torchrun --nproc_per_node=N tools/train.py --cfg ...``.
+``--extend train.max_iters=N`` continues a run to a new length where the lr or beta schedule derives from it (they
+are recomputed for the new length from the resume point on). Ctrl-C or SIGTERM writes ``last.pth`` and exits
+with code 130 (a second Ctrl-C exits at once). Several GPUs: ``torchrun --nproc_per_node=N tools/train.py ...``.
 
-Exit codes: 0 done, 1 error in the data, weights, checkpoint, disk or a non-finite loss (one line; set
-DETECTOR_TRACEBACK=1 for the traceback), 2 config or run-folder error, 130 stopped by Ctrl-C/SIGTERM.
+Exit codes: 0 done, 1 a data, weights, checkpoint or disk error or a non-finite loss, 2 a config, usage or
+run-folder error (one line each; DETECTOR_TRACEBACK=1 adds the traceback), 130 stopped by Ctrl-C/SIGTERM.
 Anything unexpected is a bug and prints its traceback.
 """
 import argparse
 import sys
 from pathlib import Path
 
-from detector.config import ConfigError, load_config
-from detector.errors import traceback_requested, user_error_line
+from detector.config import load_config
+from detector.errors import run_tool
 
 
 def default_run_dir(cfg_names: list[str]) -> Path:
@@ -33,32 +34,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", action="append", default=[], help="config file or name in configs/ (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue the run in the run folder")
+    parser.add_argument("--extend", action="store_true", help="--resume to a new train.max_iters where the lr or "
+                        "beta schedule derives from it (recomputed for the new length from the resume point on)")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in the run folder")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_iters=200")
     args = parser.parse_intermixed_args(argv)
-    overrides = list(args.overrides) + (["train.resume=auto"] if args.resume else [])
-    try:
-        cfg = load_config(args.cfg, overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    return run_tool(lambda: run(args))
 
+
+def run(args) -> int:
     from detector.engine import distributed
-    from detector.engine.runs import RunFolderError
-    from detector.engine.trainer import TrainingInterrupted, train
+    from detector.engine.trainer import train
     from detector.evaluation.report import format_metrics
 
+    cfg = load_config(args.cfg, list(args.overrides) + (["train.resume=auto"] if args.resume or args.extend else []))
     run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(args.cfg)
     try:
-        metrics = train(cfg, run_dir, overwrite=args.overwrite)
-    except Exception as exc:
-        line = user_error_line(exc)
-        if line is None or traceback_requested():
-            raise  # a bug (or the user asked for the traceback)
-        print(line + ("" if isinstance(exc, TrainingInterrupted) else
-                      "\n(set DETECTOR_TRACEBACK=1 for the traceback)"), file=sys.stderr)
-        return 130 if isinstance(exc, TrainingInterrupted) else 2 if isinstance(exc, (ConfigError,
-                                                                                      RunFolderError)) else 1
+        metrics = train(cfg, run_dir, overwrite=args.overwrite, extend=args.extend)
     finally:
         distributed.cleanup()
     if distributed.is_main_process():

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from detector.ablation.plan import AblationError, Step, is_finished
+from detector.errors import DetectorError
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO / "tools" / "train.py"
@@ -186,8 +187,10 @@ def last_line(log_path: Path, start: int = 0) -> str:
     return lines[-1] if lines else ""
 
 
-class Interrupted(Exception):
+class Interrupted(DetectorError):
     """Ctrl-C or SIGTERM stopped the ablation; it forwarded SIGINT to its trainings, which save ``last.pth``."""
+
+    exit_code = 130
 
 
 def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | None = None,
@@ -239,7 +242,7 @@ def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | Non
             except KeyboardInterrupt:
                 _forward(running, lock)  # the trainers' second Ctrl-C: they exit at once
                 _join(threads)
-            raise Interrupted from None
+            raise Interrupted("stopped: each training wrote its last.pth; rerun the same command to resume") from None
     return results
 
 

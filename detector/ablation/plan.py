@@ -23,7 +23,7 @@ from pathlib import Path
 
 from detector.config import diff_configs, load_config
 from detector.engine.runs import RESUME_SAFE_KEYS, RunFolderError, stored_config
-from detector.errors import DetectorError
+from detector.errors import UsageError
 
 # Keys in which a finished run may differ from the ablation's config and still be reused: they change how a run
 # was watched or which folder it has, never its results. (train.max_iters is not one: a finished run of another
@@ -34,7 +34,7 @@ METRICS_FILE = Path("eval") / "metrics.json"  # written by the trainer after the
 ACTIONS = ("train", "reuse", "resume", "overwrite")
 
 
-class AblationError(DetectorError):
+class AblationError(UsageError):
     """The ablation's command line, or a run folder it would use, does not allow the ablation to run."""
 
 

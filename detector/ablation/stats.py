@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from detector.ablation.plan import AblationError
+from detector.errors import DetectorError
 
 CONFIDENCE = 0.95
 VERDICTS = ("better", "worse", "no evidence")
@@ -55,7 +55,7 @@ def t_critical(confidence: float, dof: int) -> float:
     try:
         from scipy.stats import t
     except ImportError:
-        raise AblationError("the report's confidence intervals need scipy, which is not installed: pip install "
+        raise DetectorError("the report's confidence intervals need scipy, which is not installed: pip install "
                             "scipy; then the same tools/ablate.py command with --report-only rebuilds the report "
                             "from the run folders (nothing trains again)") from None
     return float(t.ppf((1 + confidence) / 2, dof))

@@ -241,6 +241,7 @@ class Progress:
 
     def __init__(self, iteration: int = 0, best: float = float("-inf")):
         self.iteration, self.best = iteration, best
+        self.told_undefined = False  # the console said once that the best metric is undefined (not saved)
 
     def state_dict(self) -> dict[str, Any]:
         return {"iteration": self.iteration, "best": self.best}

@@ -17,64 +17,40 @@ import math
 import torch
 from torch import nn
 
-from detector.config import ConfigError
 from detector.engine import distributed as dist_utils
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD over ``model``'s trainable parameters (already on their device), implemented as ``train.optimizer_impl``
-    says (see :func:`make_sgd`)."""
+    """SGD over ``model``'s trainable parameters (already on their device): one fused kernel for all of them where
+    this torch has it for their device (CUDA; CPU in recent versions), else the multi-tensor ``foreach`` update.
+    The update and the state dict are the same either way, so a run may resume on another device.
+    ``optimizer.impl`` names the one used."""
     decay, no_decay = [], []
     norm_types = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.SyncBatchNorm)
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            (no_decay if isinstance(module, norm_types) or name == "bias" else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return make_sgd([g for g in groups if g["params"]], lr=build_lr(cfg), momentum=cfg.train.momentum,
-                    impl=cfg.train.optimizer_impl)
-
-
-def make_sgd(groups: list[dict], *, lr: float, momentum: float, impl: str = "auto") -> torch.optim.SGD:
-    """``torch.optim.SGD`` over ``groups`` with the update implementation ``impl``. The update and the state dict
-    are the same whichever is used (up to float rounding), so a run may resume with another.
-
-    ``fused``: one kernel for all parameters (torch >= 2.4 on CUDA, and on CPU in recent versions); ``foreach``:
-    a few multi-tensor kernels per group; ``for_loop``: a few kernels per parameter (what SGD does by default on
-    CPU). ``auto``: fused where this torch supports it for the parameters' device, else foreach. On a GPU the
-    per-parameter launches of ``for_loop`` cost more than the update itself; the fused update also takes the
-    fp16 grad scaler's inf check on the device, where a non-fused step reads it on the host every step.
-    The chosen implementation is ``optimizer.impl``.
-    """
-    device = groups[0]["params"][0].device
-    if impl in ("auto", "fused"):
-        problem = fused_sgd_problem(device)
-        if problem is None:
-            optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=True)
-            optimizer.impl = "fused"
-            return optimizer
-        if impl == "fused":
-            raise ConfigError(f"train.optimizer_impl=fused: torch {torch.__version__} has no fused SGD for "
-                              f"{device.type} ({problem}); use auto or foreach")
-    foreach = impl != "for_loop"
-    optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, foreach=foreach)
-    optimizer.impl = "foreach" if foreach else "for_loop"
+            if param.requires_grad:
+                (no_decay if isinstance(module, norm_types) or name == "bias" else decay).append(param)
+    groups = [g for g in ({"params": decay, "weight_decay": cfg.train.weight_decay},
+                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    fused = has_fused_sgd(groups[0]["params"][0].device)
+    optimizer = torch.optim.SGD(groups, lr=build_lr(cfg), momentum=cfg.train.momentum, fused=fused or None,
+                                foreach=None if fused else True)
+    optimizer.impl = "fused" if fused else "foreach"
     return optimizer
 
 
 @functools.lru_cache(maxsize=None)
-def fused_sgd_problem(device: torch.device) -> str | None:
-    """None when this torch runs a fused SGD step on ``device``, else why not: tried on one parameter (torch checks
-    the device only at the first step, and which devices have the kernel changed between versions)."""
+def has_fused_sgd(device: torch.device) -> bool:
+    """Whether this torch runs a fused SGD step on ``device``: tried on one parameter (torch checks the device only
+    at the first step, and which devices have the kernel changed between versions)."""
     try:
         param = torch.zeros(1, device=device, requires_grad=True)
         param.grad = torch.zeros(1, device=device)
         torch.optim.SGD([param], lr=0.1, momentum=0.9, fused=True).step()
-    except (RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
-        return str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-    return None
+    except (RuntimeError, TypeError, ValueError, NotImplementedError):
+        return False
+    return True
 
 
 def scaled_lr(lr: float, reference_batch: int | None, batch_size: int, world_size: int) -> float:
@@ -107,6 +83,23 @@ def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> torch.optim.lr_
     kwargs = dict(max_iters=t.max_iters, schedule=t.lr_schedule, milestones=tuple(t.milestones), gamma=t.gamma,
                   warmup_iters=min(t.warmup_iters, t.max_iters), warmup_factor=t.warmup_factor)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, **kwargs))
+
+
+def max_iters_dependents(cfg, new_max_iters: int) -> list[str]:
+    """The schedules of ``cfg`` (a config or its plain dict) that a change of ``train.max_iters`` to
+    ``new_max_iters`` would change from the resume point on (empty: the new length only makes the run longer or
+    shorter)."""
+    t, loss = cfg["train"], cfg["model"]["roi_head"]["box_loss"]
+    out = []
+    if t["lr_schedule"] == "cosine":
+        out.append("train.lr_schedule=cosine")
+    elif any(m <= 1 for m in t["milestones"]):
+        out.append("train.milestones (fractions of max_iters)")
+    if t["warmup_iters"] > min(t["max_iters"], new_max_iters):
+        out.append("train.warmup_iters (capped at max_iters)")
+    if loss["name"] == "dynamic_smooth_l1" and loss["schedule"]["type"] not in ("adaptive", "constant"):
+        out.append(f"model.roi_head.box_loss.schedule.type={loss['schedule']['type']}")
+    return out
 
 
 def build_loss_weights(cfg) -> dict[str, float]:

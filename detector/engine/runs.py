@@ -1,15 +1,18 @@
 """Run folders belong to one experiment: never overwritten, shared or mixed without the user asking.
 
-A folder *holds a run* once the trainer has written its ``config.yaml`` there (other files, such as the
-ablation runner's ``train.log``, do not make a run). Before anything is written, :func:`check_run_folder`
-decides what a new training may do with the folder:
+A folder *holds a run* once any file a training writes is there (:data:`RUN_ARTIFACTS`: its ``config.yaml``,
+checkpoints, ``metrics.jsonl``, events, ``eval/``); other files, such as the ablation runner's ``train.log``, do
+not make a run. Before anything is written, :func:`check_run_folder` decides what a new training may do:
 
 - a new run into a folder that holds a run refuses, naming the folder and the three choices: ``--resume``,
   another ``output_dir`` (a free name is suggested), or ``--overwrite`` (which removes the old run's files, and
-  only those);
-- ``--resume`` compares the resolved config with the run's ``config.yaml``: keys that define the experiment
-  (model, data, loss, schedule...) refuse, listing the keys; keys in :data:`RESUME_SAFE_KEYS` (periods, workers,
-  ``max_iters`` to extend a run, speed switches) are allowed and reported;
+  only those); a run whose ``config.yaml`` is missing cannot be checked and is refused even with ``--resume``;
+- ``--resume`` compares the resolved config with the run's ``config.yaml``. Keys that define the experiment refuse,
+  listing them; the keys of :data:`RESUME_SAFE_KEYS` only change how the run is watched or how fast it goes and are
+  reported. ``train.max_iters`` is allowed only where nothing derives from it
+  (:func:`detector.engine.optim.max_iters_dependents`): otherwise it needs ``--extend``, which continues the run to
+  the new length with the lr and beta schedules recomputed for it from the resume point on (another experiment than
+  a run trained for that length from the start; said in the log);
 - ``--resume`` on a folder with no run says so and starts from scratch.
 
 While training, :class:`RunLock` holds ``<run>/.lock`` (pid, host, start time): a second training into the
@@ -29,23 +32,23 @@ from typing import Any
 import yaml
 
 from detector.config import diff_configs, with_defaults
-from detector.errors import DetectorError
+from detector.errors import UsageError
 
 CONFIG_FILE, LOCK_FILE = "config.yaml", ".lock"
 # What a run writes into its folder; --overwrite removes these and nothing else (a user's own files stay).
 RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "eval", "final_errors.pt")
 RUN_ARTIFACT_GLOBS = ("events.out.tfevents.*",)
 
-# Keys that may differ between a run and its resume: they change how the run is observed, how fast it goes or
-# how long it lasts, not what it learns. Every other key defines the experiment and must match.
+# Keys that may differ between a run and its resume: they change how the run is observed or how fast it goes,
+# not what it learns. train.max_iters: see check_run_folder. Every other key defines the experiment.
 RESUME_SAFE_KEYS = (
-    "output_dir", "train.resume", "train.max_iters", "train.log_period", "train.hist_period", "train.eval_period",
+    "output_dir", "train.resume", "train.log_period", "train.hist_period", "train.eval_period",
     "train.checkpoint_period", "train.num_vis_images", "train.device", "data.loader.num_workers", "eval.max_images",
-    "eval.backend", "train.nonfinite_check", "train.compile", "train.cudnn_benchmark", "train.optimizer_impl",
+    "eval.backend", "train.compile",
 )
 
 
-class RunFolderError(DetectorError):
+class RunFolderError(UsageError):
     """The run folder holds another run, is locked by another training, or cannot be resumed with this config."""
 
 
@@ -58,8 +61,15 @@ class RunFolderPlan:
     notes: list[str] = field(default_factory=list)  # one-line messages for the user
 
 
+def run_files(run_dir: Path) -> list[str]:
+    """The names of the files a training writes that ``run_dir`` holds (empty: no run there)."""
+    run_dir = Path(run_dir)
+    names = [name for name in RUN_ARTIFACTS if (run_dir / name).exists()]
+    return names + sorted(p.name for pattern in RUN_ARTIFACT_GLOBS for p in run_dir.glob(pattern))
+
+
 def holds_run(run_dir: Path) -> bool:
-    return (Path(run_dir) / CONFIG_FILE).is_file()
+    return bool(run_files(run_dir))
 
 
 def free_name(run_dir: Path) -> Path:
@@ -87,29 +97,47 @@ def stored_config(run_dir: str | Path, fix: str) -> dict[str, Any] | None:
     return with_defaults(stored)
 
 
-def check_run_folder(run_dir: str | Path, cfg, resume: bool, overwrite: bool) -> RunFolderPlan:
+def check_run_folder(run_dir: str | Path, cfg, resume: bool, overwrite: bool, extend: bool = False) -> RunFolderPlan:
     """Decide what a training may do with ``run_dir`` (see the module docstring). Reads only; writes nothing."""
+    from detector.engine.optim import max_iters_dependents
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite exclude each other: continue the run, or replace it")
-    if not holds_run(run_dir):
+    present = run_files(run_dir)
+    if not present:
         notes = [f"--resume: {run_dir} holds no run yet; starting from scratch"] if resume else []
         return RunFolderPlan(resume=False, notes=notes)
     if overwrite:
         return RunFolderPlan(resume=False, overwrite=True, notes=[f"--overwrite: replacing the run in {run_dir}"])
+    if CONFIG_FILE not in present:
+        raise RunFolderError(f"{run_dir} holds a run's files ({', '.join(present)}) but no {CONFIG_FILE}, so it cannot "
+                             f"be checked against this config; restore {CONFIG_FILE}, start a new run with "
+                             f"output_dir={free_name(run_dir)}, or replace it with --overwrite")
     if not resume:
         state = "a finished run" if (run_dir / "eval" / "metrics.json").is_file() else "an unfinished run"
         raise RunFolderError(f"{run_dir} already holds {state}; continue it with --resume, start a new one with "
                              f"output_dir={free_name(run_dir)}, or replace it with --overwrite")
     stored = stored_config(run_dir, fix="this folder's run cannot be resumed: use another output_dir or --overwrite")
     differ = diff_configs(stored, cfg.to_dict())
-    unsafe = [k for k in differ if k not in RESUME_SAFE_KEYS]
+    unsafe = [k for k in differ if k not in RESUME_SAFE_KEYS and k != "train.max_iters"]
     if unsafe:
         raise RunFolderError(f"--resume: the config differs from {run_dir / CONFIG_FILE} in keys that define the "
                              f"experiment: {', '.join(unsafe)}; resume with the run's own config, or start a new "
                              f"run with output_dir={free_name(run_dir)}")
-    safe = [k for k in differ if k not in ("output_dir", "train.resume")]
-    notes = [f"--resume: changed {', '.join(safe)} (allowed: they do not change what the run learns)"] if safe else []
+    notes = []
+    if "train.max_iters" in differ:
+        length = f"train.max_iters {stored['train']['max_iters']} -> {cfg.train.max_iters}"
+        derived = max_iters_dependents(stored, cfg.train.max_iters)
+        if derived and not extend:
+            raise RunFolderError(f"--resume: {length} changes what the run learns ({', '.join(derived)} derive from "
+                                 f"it); resume with the run's own max_iters, or add --extend to continue the run to "
+                                 f"the new length with those schedules recomputed from here on")
+        if derived:
+            notes.append(f"--extend: {length}; {', '.join(derived)} are recomputed for the new length from the "
+                         f"resume point on, so this run differs from one trained for that length from the start")
+    safe = [k for k in differ if k not in ("output_dir", "train.resume", "train.max_iters")]
+    if safe:
+        notes.append(f"--resume: changed {', '.join(safe)} (allowed: they do not change what the run learns)")
     return RunFolderPlan(resume=True, changed_safe_keys=safe, notes=notes)
 
 

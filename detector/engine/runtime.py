@@ -1,5 +1,5 @@
-"""Where and how a process computes: device, mixed precision, seeds, speed switches (cudnn autotuning,
-``torch.compile``), batches onto the device, and stopping.
+"""Where and how a process computes: device, mixed precision, seeds, ``torch.compile``, batches onto the device,
+and stopping.
 
 ``GracefulStop`` turns the first SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) into a request that the
 training loop honours after the current step (it writes ``last.pth`` and exits non-zero with a resume hint); a
@@ -37,35 +37,14 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def amp_settings(enabled: bool, device: torch.device, dtype: str = "auto") -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a grad scaler is needed) for ``train.amp`` / ``train.amp_dtype``.
-
-    ``auto``: bf16 where supported, else fp16; fp16 always comes with a grad scaler. AMP is a GPU feature:
-    on CPU it is off.
-    """
+def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a grad scaler is needed) for ``train.amp``: bf16 where the GPU supports it,
+    else fp16 with a grad scaler; off on CPU."""
     if not enabled or device.type != "cuda":
         return None, False
-    if dtype == "bfloat16" or (dtype == "auto" and torch.cuda.is_bf16_supported()):
+    if torch.cuda.is_bf16_supported():
         return torch.bfloat16, False
     return torch.float16, True
-
-
-def cudnn_benchmark_enabled(setting: bool | str, bucketed: bool, deterministic: bool) -> bool:
-    """``train.cudnn_benchmark`` (``auto``, true or false) resolved: whether cudnn may autotune convolutions.
-
-    cudnn.benchmark times the convolution algorithms for every new input shape and keeps the fastest. That pays
-    when a run meets a few shapes, and ruins it when nearly every batch has a new padded size: a gpu.yaml run on
-    COCO images (6 training scales x aspect ratios, no buckets) fell to about 3 img/s on an H100 (2026-11-24),
-    against 37-43 img/s with autotuning off. So ``auto`` turns it on only where batches are bucketed
-    (``data.input.pad_buckets`` > 0, ``bucketed``). ``deterministic`` turns it off; asking for both is an error.
-    """
-    if deterministic:
-        if setting is True:
-            from detector.config import ConfigError
-            raise ConfigError("train.cudnn_benchmark=true contradicts deterministic=true (autotuning picks "
-                              "algorithms by timing); set train.cudnn_benchmark=auto or deterministic=false")
-        return False
-    return bucketed if setting == "auto" else bool(setting)
 
 
 COMPILE_TARGETS = {"none": (), "backbone": ("backbone",), "all": ("backbone", "rpn.head", "roi_heads.box_head")}

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from detector.evaluation.coco import (BACKENDS, COCO_EXTRA_NAMES, COCO_METRIC_NAMES, IOU_THRESHOLDS,
+from detector.evaluation.coco import (BACKENDS, COCO_METRIC_NAMES, IOU_THRESHOLDS,
                                       build_coco_gt, coco_metrics, coco_results_to_detections, dataset_image_ids,
                                       detections_to_coco_results, load_coco_results,
                                       validate_coco_results, validate_detections)
+from detector.config import metric_names
 from detector.evaluation.inference import inference_on_dataset
 from detector.evaluation.report import format_metrics
 from detector.evaluation.voc import VOC_METRIC_NAMES, voc_ap, voc_metrics
@@ -32,13 +33,6 @@ __all__ = ["BACKENDS", "COCO_METRIC_NAMES", "IOU_THRESHOLDS", "METRICS", "VOC_ME
            "detections_to_coco_results", "evaluate", "evaluate_coco_results", "format_metrics",
            "inference_on_dataset", "load_coco_results", "validate_coco_results", "validate_detections", "voc_ap",
            "voc_metrics"]
-
-
-def metric_names(metric: str) -> tuple[str, ...]:
-    """The scalar keys of ``metrics.json`` that :func:`evaluate` writes for ``metric`` (coco, voc or both)."""
-    _check_choices(metric, BACKENDS[0])
-    coco = COCO_METRIC_NAMES + COCO_EXTRA_NAMES
-    return {"coco": coco, "voc": VOC_METRIC_NAMES, "both": coco + VOC_METRIC_NAMES}[metric]
 
 
 def evaluate(dataset, detections: Sequence[dict], metric: str = "coco", backend: str = "pycocotools",

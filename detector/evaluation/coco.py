@@ -35,9 +35,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detector.boxes import box_xywh_to_xyxy, box_xyxy_to_xywh
+from detector.config import COCO_EXTRA_NAMES, COCO_METRIC_NAMES  # noqa: F401 (re-exported)
 
-COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-COCO_EXTRA_NAMES = ("AP90",)  # scalars we add to COCOeval's 12: AP at IoU 0.90, the localisation that box losses move
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 BACKENDS = ("pycocotools", "faster_coco_eval")
 DETECTION_KEYS = ("image_id", "boxes", "labels", "scores")

@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-VOC_METRIC_NAMES = ("mAP_voc07", "mAP_voc")  # 11-point (VOC2007 devkit) and area (VOC2010+) mean AP
+from detector.config import VOC_METRIC_NAMES
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:
