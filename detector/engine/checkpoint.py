@@ -22,8 +22,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from detector.config import diff_configs
 from detector.errors import DetectorError
+from detector.modeling.fit import misfit_message
 
 LAST, PREVIOUS, BEST, CORRUPT = "last.pth", "last.prev.pth", "best.pth", "last.corrupt.pth"
 
@@ -128,59 +128,25 @@ def run_dir_of(checkpoint: str | Path) -> Path:
 def load_model_weights(model: torch.nn.Module, path: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
     """Load the weights of checkpoint ``path`` into ``model`` (built from ``config``, a plain dict) to run it.
 
-    The checkpoint's tensors are compared with the model's (names and shapes) first: a checkpoint of another
-    architecture or class count raises one :class:`CheckpointError` line saying what differs (the ``model.*`` keys
-    of the checkpoint's stored config, ``state["config"]``, that differ from ``config``, and the class count read
-    from the classifier) and which config to use (the run's ``config.yaml`` beside ``checkpoints/``), instead of
-    torch's list of every mismatched key. Returns the checkpoint dict (see :func:`load_checkpoint`).
+    A checkpoint of another architecture or class count raises one :class:`CheckpointError` line saying what
+    differs (:func:`detector.modeling.fit.misfit_message`) and which config to use (the run's ``config.yaml``
+    beside ``checkpoints/``), instead of torch's list of every mismatched key. Returns the checkpoint dict.
     """
     state = load_checkpoint(path)
-    weights, expected = state["model"], model.state_dict()
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
-    reshaped = [k for k in expected if k in weights and isinstance(expected[k], torch.Tensor)
-                and isinstance(weights[k], torch.Tensor) and expected[k].shape != weights[k].shape]
-    if missing or unexpected or reshaped:
-        raise CheckpointError(_mismatch_message(Path(path), state, model, config, missing, unexpected, reshaped))
-    model.load_state_dict(weights)
-    return state
-
-
-def _mismatch_message(path: Path, state: dict[str, Any], model: torch.nn.Module, config: Mapping[str, Any],
-                      missing: list[str], unexpected: list[str], reshaped: list[str]) -> str:
-    """One line: what differs between the checkpoint and the model of ``config``, and the config to use."""
-    weights, differences = state["model"], []
-    stored = state.get("config")
-    if isinstance(stored, Mapping) and isinstance(stored.get("model"), Mapping):
-        keys = diff_configs(stored["model"], config.get("model", {}), "model.")
-        differences += [f"{key} is {_lookup(stored, key)} in the checkpoint but {_lookup(config, key)} in the config"
-                        for key in keys[:3]]
-        if len(keys) > 3:
-            differences.append(f"and {len(keys) - 3} more model.* keys")
-    classifier = getattr(getattr(getattr(model, "roi_heads", None), "box_head", None), "cls_score", None)
-    if classifier is not None:  # [K+1] class logits: the class count, which the dataset decides
-        key = next(name for name, p in model.named_parameters() if p is classifier.bias)
-        if key in weights and weights[key].shape != classifier.bias.shape:
-            differences.append(f"the checkpoint has {weights[key].shape[0] - 1} foreground classes but the config's "
-                               f"dataset has {classifier.bias.shape[0] - 1}")
-    if not differences:
-        example = (f"{reshaped[0]} is {list(weights[reshaped[0]].shape)} in the checkpoint but "
-                   f"{list(model.state_dict()[reshaped[0]].shape)} in the model" if reshaped
-                   else f"e.g. {(missing or unexpected)[0]}")
-        differences.append(f"{len(reshaped)} tensors differ in shape, {len(missing)} are missing and "
-                           f"{len(unexpected)} unexpected ({example})")
     run_config = run_dir_of(path) / "config.yaml"
     use = (f"use the config it was trained with: --cfg {run_config}" if run_config.is_file()
            else "use the config it was trained with (the checkpoint stores it under 'config')")
-    return f"{path} does not fit the model built from the config: {'; '.join(differences)}; {use}"
+    _load_fitting_weights(model, state, path, config, use)
+    return state
 
 
-def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
-    """The value at ``a.b.c`` of a nested dict, or None where a part is absent."""
-    node: Any = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, Mapping) else None
-    return node
+def _load_fitting_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path,
+                          config: Mapping[str, Any], fix: str) -> None:
+    """``model.load_state_dict(state["model"])`` once the weights are known to fit; else the one-line error."""
+    message = misfit_message(path, model, state["model"], fix, stored_config=state.get("config"), config=config)
+    if message:
+        raise CheckpointError(message)
+    model.load_state_dict(state["model"])
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -221,11 +187,16 @@ class Checkpointer:
                                self.dir / name, keep_previous=keep_previous)
 
     def resume(self, rank: int) -> tuple["Progress", str] | None:
-        """Load the newest readable checkpoint into the objects; (progress, path), or None when there is none."""
+        """Load the newest readable checkpoint into the objects; (progress, path), or None when there is none.
+
+        Weights of another model are one :class:`CheckpointError` line.
+        """
         state = find_resume_checkpoint(self.dir)
         if state is None:
             return None
-        self.model.load_state_dict(state["model"])
+        _load_fitting_weights(self.model, state, state["path"], self.config,
+                              f"it is not a checkpoint of this run: move it out of {self.dir} (the resume then "
+                              f"takes {PREVIOUS}, or starts from scratch), or replace the run with --overwrite")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
