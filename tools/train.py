@@ -9,6 +9,8 @@ first use. The run folder (``runs/<cfg names>`` unless ``output_dir`` is set) ho
 
 A folder that already holds a run is never reused silently: continue it with ``--resume`` (experiment-defining
 keys must match the run's config.yaml), pick another ``output_dir``, or replace it with ``--overwrite``.
+Checkpoints are read as data only: a ``last.pth`` that would run code when loaded is refused in one line;
+``--trust-checkpoint`` loads it anyway, for a file you made or whose source you trust (off by default).
 Ctrl-C finishes the step, writes ``last.pth`` and exits with code 130 (a second Ctrl-C exits at once).
 Several GPUs: ``torchrun --nproc_per_node=N tools/train.py --cfg ...``.
 
@@ -34,6 +36,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cfg", action="append", default=[], help="config file or name in configs/ (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue the run in the run folder")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in the run folder")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="--resume from a checkpoint that holds more than data (it may run code when loaded); "
+                             "only for a file you made or trust")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_iters=200")
     args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides) + (["train.resume=auto"] if args.resume else [])
@@ -50,7 +55,7 @@ def main(argv=None) -> int:
 
     run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(args.cfg)
     try:
-        metrics = train(cfg, run_dir, overwrite=args.overwrite)
+        metrics = train(cfg, run_dir, overwrite=args.overwrite, trust_checkpoint=args.trust_checkpoint)
     except Exception as exc:
         line = user_error_line(exc)
         if line is None or traceback_requested():

@@ -8,12 +8,19 @@ model's state dict carries the RoI head's dynamic state (β schedule, label assi
   (a machine dying mid-``fsync``) can fall back one step.
 - ``best.pth``: the best evaluation by ``train.best_metric``.
 - ``nonfinite_iter<k>.pth``: a diagnostic snapshot written when a loss becomes NaN/inf, never over the others.
+
+Checkpoints are data, not code: they are read with ``torch.load(weights_only=True)``, which builds tensors,
+numbers, strings and containers and nothing else (plus numpy's RNG key array, see :data:`NUMPY_RNG_GLOBALS`). A
+file that needs more (a pickle that would run code) is refused in one line; only the user's explicit
+``--trust-checkpoint`` (``trust=True``) loads it with full unpickling.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -30,6 +37,17 @@ LAST, PREVIOUS, BEST, CORRUPT = "last.pth", "last.prev.pth", "best.pth", "last.c
 
 class CheckpointError(DetectorError, RuntimeError):
     """A checkpoint file is missing, truncated or not ours; the message names it and the fix."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The checkpoint holds more than data (a pickled global outside the allowlist): loading it would run code."""
+
+
+# What the uint32 key array of np.random.get_state() pickles as, by this numpy's own names (numpy._core or
+# numpy.core; the dtype's class is numpy.dtypes.UInt32DType on numpy >= 1.25): the one non-torch object of the
+# RNG state a checkpoint holds.
+_KEY = np.zeros(0, dtype=np.uint32)
+NUMPY_RNG_GLOBALS = [_KEY.__reduce__()[0], np.ndarray, np.dtype, type(_KEY.dtype)]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> Path:
@@ -73,16 +91,39 @@ def remove_orphaned_temporaries(checkpoint_dir: str | Path) -> list[Path]:
     return removed
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (or a bare model state dict)."""
+def _numpy_rng_allowed() -> contextlib.AbstractContextManager:
+    """Allow :data:`NUMPY_RNG_GLOBALS` while loading (torch 2.4 has only the process-wide ``add_safe_globals``)."""
+    if hasattr(torch.serialization, "safe_globals"):
+        return torch.serialization.safe_globals(NUMPY_RNG_GLOBALS)
+    torch.serialization.add_safe_globals(NUMPY_RNG_GLOBALS)
+    return contextlib.nullcontext()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (or a bare model state dict) as data only.
+
+    A file that needs more than that raises :class:`UnsafeCheckpointError`; ``trust=True`` (the tools'
+    ``--trust-checkpoint``, for a file the user made or vouches for) unpickles it whole.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; pass the .pth file of a run "
                               f"(runs/<name>/checkpoints/last.pth or best.pth)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # truncated zip, pickle garbage, wrong file type: all are the same to the user
-        raise CheckpointError(f"{path}: cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+        if trust:  # the user's explicit opt-in: this may run code in the file
+            state = torch.load(path, map_location=map_location, weights_only=False)
+        else:
+            with _numpy_rng_allowed():
+                state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a global that is code is named; truncated zip, garbage, wrong file: all alike
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(exc)) if not trust else None
+        if unsafe:
+            raise UnsafeCheckpointError(
+                f"{path}: holds {unsafe[1]}, which is code, not checkpoint data, so it was not loaded; if you "
+                f"trust the file (you made it, or know its source), load it with --trust-checkpoint") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
+        raise CheckpointError(f"{path}: cannot be read ({type(exc).__name__}: {reason[:120]}); "
                               f"the file is truncated or not a checkpoint: use another one (e.g. {PREVIOUS}) "
                               f"or start the run again") from None
     if not isinstance(state, dict):
@@ -94,18 +135,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def find_resume_checkpoint(checkpoint_dir: str | Path) -> dict[str, Any] | None:
+def find_resume_checkpoint(checkpoint_dir: str | Path, trust: bool = False) -> dict[str, Any] | None:
     """The newest readable checkpoint of a run (``last.pth``, else ``last.prev.pth``), or None if there is none.
 
     A corrupt ``last.pth`` is reported and renamed to ``last.corrupt.pth`` (kept for inspection), so that the
     next save does not rotate it over the good ``last.prev.pth``; if no file can be read, the error is raised.
+    A file that is not data (:class:`UnsafeCheckpointError`) stops the resume as it is: it is not corrupt, and
+    ``trust`` (see :func:`load_checkpoint`) may be what the user wants.
     """
     checkpoint_dir = Path(checkpoint_dir)
     candidates = [checkpoint_dir / name for name in (LAST, PREVIOUS) if (checkpoint_dir / name).exists()]
     errors = []
     for path in candidates:
         try:
-            state = load_checkpoint(path)
+            state = load_checkpoint(path, trust=trust)
+        except UnsafeCheckpointError:
+            raise
         except CheckpointError as exc:
             errors.append(str(exc))
             if path.name == LAST and (checkpoint_dir / PREVIOUS).exists():
@@ -125,14 +170,16 @@ def run_dir_of(checkpoint: str | Path) -> Path:
     return folder.parent if folder.name == "checkpoints" else folder
 
 
-def load_model_weights(model: torch.nn.Module, path: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
+def load_model_weights(model: torch.nn.Module, path: str | Path, config: Mapping[str, Any],
+                       trust: bool = False) -> dict[str, Any]:
     """Load the weights of checkpoint ``path`` into ``model`` (built from ``config``, a plain dict) to run it.
 
     A checkpoint of another architecture or class count raises one :class:`CheckpointError` line saying what
     differs (:func:`detector.modeling.fit.misfit_message`) and which config to use (the run's ``config.yaml``
-    beside ``checkpoints/``), instead of torch's list of every mismatched key. Returns the checkpoint dict.
+    beside ``checkpoints/``), instead of torch's list of every mismatched key. ``trust``: see
+    :func:`load_checkpoint`. Returns the checkpoint dict.
     """
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, trust=trust)
     run_config = run_dir_of(path) / "config.yaml"
     use = (f"use the config it was trained with: --cfg {run_config}" if run_config.is_file()
            else "use the config it was trained with (the checkpoint stores it under 'config')")
@@ -186,12 +233,12 @@ class Checkpointer:
                                 "config": self.config, "rng": rng, **progress.state_dict()},
                                self.dir / name, keep_previous=keep_previous)
 
-    def resume(self, rank: int) -> tuple["Progress", str] | None:
+    def resume(self, rank: int, trust: bool = False) -> tuple["Progress", str] | None:
         """Load the newest readable checkpoint into the objects; (progress, path), or None when there is none.
 
-        Weights of another model are one :class:`CheckpointError` line.
+        Weights of another model are one :class:`CheckpointError` line; ``trust``: see :func:`load_checkpoint`.
         """
-        state = find_resume_checkpoint(self.dir)
+        state = find_resume_checkpoint(self.dir, trust=trust)
         if state is None:
             return None
         _load_fitting_weights(self.model, state, state["path"], self.config,

@@ -53,10 +53,11 @@ def check_best_metric(cfg: Config) -> None:
                           f"eval.metric={cfg.eval.metric}; choose from {', '.join(valid)}")
 
 
-def train(cfg: Config, run_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
+def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, trust_checkpoint: bool = False) -> dict[str, Any]:
     """Train, evaluate and checkpoint one run into ``run_dir``; return the final metrics.
 
-    ``cfg.train.resume`` continues the run in ``run_dir``; ``overwrite`` replaces the run there (the user asked).
+    ``cfg.train.resume`` continues the run in ``run_dir``; ``overwrite`` replaces the run there (the user asked);
+    ``trust_checkpoint`` lets the resume unpickle a checkpoint that is more than data (``--trust-checkpoint``).
     """
     run_dir = Path(run_dir)
     check_best_metric(cfg)
@@ -70,12 +71,13 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False) -> dict[str
     try:
         if main:
             prepare_run_folder(run_dir, cfg, plan, lock.notes)
-        return _train(cfg, run_dir, device, distributed, resume=plan.resume)
+        return _train(cfg, run_dir, device, distributed, resume=plan.resume, trust_checkpoint=trust_checkpoint)
     finally:
         lock.release()
 
 
-def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, resume: bool) -> dict[str, Any]:
+def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, resume: bool,
+           trust_checkpoint: bool = False) -> dict[str, Any]:
     rank, main = dist_utils.get_rank(), dist_utils.is_main_process()
     if distributed and device.type != "cuda" and cfg.model.backbone.norm == "syncbn":
         raise ConfigError("model.backbone.norm=syncbn synchronises batch statistics over GPUs only; use "
@@ -106,7 +108,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, distributed: bool, 
     checkpointer = Checkpointer(run_dir / "checkpoints", model, optimizer, scheduler, scaler, cfg.to_dict())
     progress = Progress()
     if resume:
-        resumed = checkpointer.resume(rank)
+        resumed = checkpointer.resume(rank, trust=trust_checkpoint)
         if resumed is not None:
             progress, path = resumed
             notice(f"resumed from {path} at iteration {progress.iteration}")
