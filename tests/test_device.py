@@ -36,7 +36,8 @@ def test_training_outputs_stay_on_the_inputs_device(overrides):
     off = {k: str(v.device) for k, v in {**losses, **stats}.items() if v.device != images[0].device}
     assert not off, f"built without device=: {off}"
     scalars, hists = stats_to_scalars(stats)
-    assert all(isinstance(v, float) for v in scalars.values()) and "beta" in scalars or "beta" not in stats
+    assert all(isinstance(v, float) for v in scalars.values()), scalars
+    assert ("beta" in scalars) == ("beta" in stats), (sorted(scalars), sorted(stats))
     assert set(hists) == {"hist/target_abs", "hist/pred_err"}
 
 

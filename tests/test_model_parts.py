@@ -56,8 +56,15 @@ def test_bad_weights_give_clear_errors(tmp_path):
         build_backbone(name="resnet18", weights=str(corrupt))
     wrong = tmp_path / "wrong.pth"
     torch.save({"something": torch.zeros(1)}, wrong)
-    with pytest.raises(WeightsError, match="lacks .* weights of the backbone"):
+    with pytest.raises(WeightsError, match=r"wrong.pth does not fit the model built from the config: 0 tensors "
+                                           r"differ in shape, \d+ are missing .*; model.backbone.weights takes a "
+                                           r"state dict of torchvision's resnet18"):
         build_backbone(name="resnet18", weights=str(wrong))
+    other = tmp_path / "resnet50.pth"  # another model's trunk: shapes differ (was torch's RuntimeError traceback)
+    torch.save(torchvision.models.resnet50().state_dict(), other)
+    with pytest.raises(WeightsError, match=r"resnet50.pth does not fit the model built from the config: \d+ "
+                                           r"tensors differ in shape, 0 are missing and \d+ unexpected \(layer1"):
+        build_backbone(name="resnet18", weights=str(other))
     with pytest.raises(WeightsError, match="neither an existing file nor a torchvision weights name"):
         build_backbone(name="resnet18", weights=str(tmp_path / "missing.pth"))
 

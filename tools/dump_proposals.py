@@ -16,7 +16,9 @@ the ORIGINAL image's pixels. The output JSON maps each image id (as a string) to
 boxes absolute xyxy float pixels of the original image (rounded to 0.01), score the RPN objectness
 probability in [0, 1]. Train with it through ``model.proposals=precomputed model.proposal_file=FILE.json``;
 the data pipeline scales (and flips) the boxes along with the image. A checkpoint that does not fit the config
-(another backbone or class count) stops with one line saying what differs and which config to use.
+(another backbone or class count) stops with one line saying what differs and which config to use. A checkpoint
+is read as data only: one that would run code when loaded is refused in one line, unless ``--trust-checkpoint``
+says you made it or trust its source.
 """
 import argparse
 import json
@@ -30,8 +32,10 @@ from detector.config import ConfigError, load_config
 from detector.errors import run_tool
 
 
-def dump_proposals(cfg, checkpoint: Path, split: str, device: torch.device) -> dict[str, list[list[float]]]:
-    """{image_id: [[x1, y1, x2, y2, score], ...]} in original image pixels for every image of ``split``."""
+def dump_proposals(cfg, checkpoint: Path, split: str, device: torch.device,
+                   trust: bool = False) -> dict[str, list[list[float]]]:
+    """{image_id: [[x1, y1, x2, y2, score], ...]} in original image pixels for every image of ``split``;
+    ``trust``: --trust-checkpoint."""
     from detector.data import build_dataset, make_dataloader
     from detector.data.transforms import build_transforms
     from detector.engine.checkpoint import load_model_weights
@@ -45,7 +49,7 @@ def dump_proposals(cfg, checkpoint: Path, split: str, device: torch.device) -> d
     if model.rpn is None:
         raise ConfigError("dump_proposals: the config has model.proposals=precomputed; use the config of the model "
                           "whose RPN made the checkpoint (model.proposals=rpn)")
-    load_model_weights(model, checkpoint, cfg.to_dict())
+    load_model_weights(model, checkpoint, cfg.to_dict(), trust=trust)
     model.to(device).eval()
     out: dict[str, list[list[float]]] = {}
     for images, targets in loader:
@@ -64,6 +68,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint .pth of a model trained with an RPN")
     parser.add_argument("--out", type=Path, required=True, help="output JSON file")
     parser.add_argument("--split", choices=("train", "val"), default="train", help="dataset split (default: train)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load a --ckpt that holds more than data (it may run code when loaded); only for a "
+                             "file you made or trust")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu")
     args = parser.parse_intermixed_args(argv)
     return run_tool(lambda: run(args))
@@ -72,7 +79,8 @@ def main(argv=None) -> int:
 def run(args) -> int:
     from detector.engine.runtime import select_device
     cfg = load_config(args.cfg, args.overrides)
-    proposals = dump_proposals(cfg, args.ckpt, args.split, select_device(cfg.train.device))
+    proposals = dump_proposals(cfg, args.ckpt, args.split, select_device(cfg.train.device),
+                               args.trust_checkpoint)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(proposals))

@@ -8,8 +8,9 @@ The val split of the dataset named by the config is scored (trailing ``key=value
 e.g. ``train.device=cpu eval.backend=faster_coco_eval``); with ``eval.max_images`` set, its first N images, as
 the trainer scored them. With ``--ckpt`` the model is built from the config, the checkpoint's weights are loaded
 and run over the split; a checkpoint of another backbone or class count stops with one line saying what differs
-and which config to use (the run's ``config.yaml``). With ``--dets`` a COCO-format results file (image and
-category ids of that dataset) is scored without a model.
+and which config to use (the run's ``config.yaml``). A checkpoint is read as data only: one that would run code
+when loaded is refused in one line, unless ``--trust-checkpoint`` says you made it or trust its source. With
+``--dets`` a COCO-format results file (image and category ids of that dataset) is scored without a model.
 
 The metrics table is printed, and nothing is written unless ``--out DIR`` is given: then ``DIR/metrics.json``
 (and, with ``--ckpt``, ``DIR/detections.json``: COCO results, original category ids, xywh). A tool that reads a
@@ -44,6 +45,9 @@ def main(argv=None) -> int:
                                                  "into (default: write nothing, print the table)")
     parser.add_argument("--overwrite", action="store_true",
                         help="let --out replace files already there, a training run's eval/ folder included")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load a --ckpt that holds more than data (it may run code when loaded); only for a "
+                             "file you made or trust")
     parser.add_argument("--metric", choices=METRICS, help="metric family (default: the config's eval.metric)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu")
     args = parser.parse_intermixed_args(argv)
@@ -66,7 +70,7 @@ def run(args) -> int:
             metrics = evaluate_coco_results(dataset, results, metric=cfg.eval.metric, backend=cfg.eval.backend,
                                             image_ids=dataset_image_ids(dataset)[:cfg.eval.max_images])
         else:
-            metrics, results = evaluate_checkpoint(cfg, args.ckpt)
+            metrics, results = evaluate_checkpoint(cfg, args.ckpt, args.trust_checkpoint)
     except (ValueError, ImportError) as exc:  # a malformed detections file, a missing evaluation backend
         if isinstance(exc, DetectorError):
             raise
@@ -110,8 +114,8 @@ def check_out_dir(out: Path, files: tuple[str, ...], overwrite: bool) -> None:
                              f"marks the run finished; pass another --out, or --overwrite to write there")
 
 
-def evaluate_checkpoint(cfg, checkpoint: Path) -> tuple[dict, list[dict]]:
-    """Run the checkpoint's model over the val loader -> (metrics, COCO results)."""
+def evaluate_checkpoint(cfg, checkpoint: Path, trust: bool = False) -> tuple[dict, list[dict]]:
+    """Run the checkpoint's model over the val loader -> (metrics, COCO results); ``trust``: --trust-checkpoint."""
     from detector.data import build_dataloader
     from detector.engine.checkpoint import load_model_weights
     from detector.engine.runtime import amp_settings, select_device
@@ -124,7 +128,7 @@ def evaluate_checkpoint(cfg, checkpoint: Path) -> tuple[dict, list[dict]]:
     device = select_device(cfg.train.device)
     amp_dtype, _ = amp_settings(cfg.train.amp, device, cfg.train.amp_dtype)
     model = build_detector(cfg, num_classes=len(dataset.classes) - 1)
-    load_model_weights(model, checkpoint, cfg.to_dict())
+    load_model_weights(model, checkpoint, cfg.to_dict(), trust=trust)
     model.to(device)
     metrics, detections = evaluate_model(model, loader, device, metric=cfg.eval.metric, backend=cfg.eval.backend,
                                          amp_dtype=amp_dtype, max_images=cfg.eval.max_images)

@@ -10,8 +10,10 @@ first use. The run folder (``runs/<cfg names>`` unless ``output_dir`` is set) ho
 A folder that already holds a run is never reused silently: continue it with ``--resume`` (experiment-defining
 keys must match the run's config.yaml), pick another ``output_dir``, or replace it with ``--overwrite``.
 ``--extend train.max_iters=N`` continues a run to a new length where the lr or beta schedule derives from it (they
-are recomputed for the new length from the resume point on). Ctrl-C or SIGTERM writes ``last.pth`` and exits
-with code 130 (a second Ctrl-C exits at once). Several GPUs: ``torchrun --nproc_per_node=N tools/train.py ...``.
+are recomputed for the new length from the resume point on). Checkpoints are read as data only: a ``last.pth``
+that would run code when loaded is refused in one line; ``--trust-checkpoint`` loads it anyway, for a file you made
+or whose source you trust (off by default). Ctrl-C or SIGTERM writes ``last.pth`` and exits with code 130 (a
+second Ctrl-C exits at once). Several GPUs: ``torchrun --nproc_per_node=N tools/train.py ...``.
 
 Exit codes: 0 done, 1 a data, weights, checkpoint or disk error or a non-finite loss, 2 a config, usage or
 run-folder error (one line each; DETECTOR_TRACEBACK=1 adds the traceback), 130 stopped by Ctrl-C/SIGTERM.
@@ -37,6 +39,9 @@ def main(argv=None) -> int:
     parser.add_argument("--extend", action="store_true", help="--resume to a new train.max_iters where the lr or "
                         "beta schedule derives from it (recomputed for the new length from the resume point on)")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in the run folder")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="--resume from a checkpoint that holds more than data (it may run code when loaded); "
+                             "only for a file you made or trust")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_iters=200")
     args = parser.parse_intermixed_args(argv)
     return run_tool(lambda: run(args))
@@ -50,7 +55,8 @@ def run(args) -> int:
     cfg = load_config(args.cfg, list(args.overrides) + (["train.resume=auto"] if args.resume or args.extend else []))
     run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(args.cfg)
     try:
-        metrics = train(cfg, run_dir, overwrite=args.overwrite, extend=args.extend)
+        metrics = train(cfg, run_dir, overwrite=args.overwrite, extend=args.extend,
+                        trust_checkpoint=args.trust_checkpoint)
     finally:
         distributed.cleanup()
     if distributed.is_main_process():

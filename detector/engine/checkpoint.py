@@ -8,12 +8,19 @@ model's state dict carries the RoI head's dynamic state (β schedule, label assi
   (a machine dying mid-``fsync``) can fall back one step.
 - ``best.pth``: the best evaluation by ``train.best_metric``.
 - ``nonfinite_iter<k>.pth``: a diagnostic snapshot written when a loss becomes NaN/inf, never over the others.
+
+Checkpoints are data, not code: they are read with ``torch.load(weights_only=True)``, which builds tensors,
+numbers, strings and containers and nothing else (plus numpy's RNG key array, see :data:`NUMPY_RNG_GLOBALS`). A
+file that needs more (a pickle that would run code) is refused in one line; only the user's explicit
+``--trust-checkpoint`` (``trust=True``) loads it with full unpickling.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -22,14 +29,25 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from detector.config import diff_configs
 from detector.errors import DetectorError
+from detector.modeling.fit import misfit_message
 
 LAST, PREVIOUS, BEST, CORRUPT = "last.pth", "last.prev.pth", "best.pth", "last.corrupt.pth"
 
 
 class CheckpointError(DetectorError, RuntimeError):
     """A checkpoint file is missing, truncated or not ours; the message names it and the fix."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The checkpoint holds more than data (a pickled global outside the allowlist): loading it would run code."""
+
+
+# What the uint32 key array of np.random.get_state() pickles as, by this numpy's own names (numpy._core or
+# numpy.core; the dtype's class is numpy.dtypes.UInt32DType on numpy >= 1.25): the one non-torch object of the
+# RNG state a checkpoint holds.
+_KEY = np.zeros(0, dtype=np.uint32)
+NUMPY_RNG_GLOBALS = [_KEY.__reduce__()[0], np.ndarray, np.dtype, type(_KEY.dtype)]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> Path:
@@ -73,16 +91,39 @@ def remove_orphaned_temporaries(checkpoint_dir: str | Path) -> list[Path]:
     return removed
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (or a bare model state dict)."""
+def _numpy_rng_allowed() -> contextlib.AbstractContextManager:
+    """Allow :data:`NUMPY_RNG_GLOBALS` while loading (torch 2.4 has only the process-wide ``add_safe_globals``)."""
+    if hasattr(torch.serialization, "safe_globals"):
+        return torch.serialization.safe_globals(NUMPY_RNG_GLOBALS)
+    torch.serialization.add_safe_globals(NUMPY_RNG_GLOBALS)
+    return contextlib.nullcontext()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (or a bare model state dict) as data only.
+
+    A file that needs more than that raises :class:`UnsafeCheckpointError`; ``trust=True`` (the tools'
+    ``--trust-checkpoint``, for a file the user made or vouches for) unpickles it whole.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; pass the .pth file of a run "
                               f"(runs/<name>/checkpoints/last.pth or best.pth)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # truncated zip, pickle garbage, wrong file type: all are the same to the user
-        raise CheckpointError(f"{path}: cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+        if trust:  # the user's explicit opt-in: this may run code in the file
+            state = torch.load(path, map_location=map_location, weights_only=False)
+        else:
+            with _numpy_rng_allowed():
+                state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a global that is code is named; truncated zip, garbage, wrong file: all alike
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(exc)) if not trust else None
+        if unsafe:
+            raise UnsafeCheckpointError(
+                f"{path}: holds {unsafe[1]}, which is code, not checkpoint data, so it was not loaded; if you "
+                f"trust the file (you made it, or know its source), load it with --trust-checkpoint") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
+        raise CheckpointError(f"{path}: cannot be read ({type(exc).__name__}: {reason[:120]}); "
                               f"the file is truncated or not a checkpoint: use another one (e.g. {PREVIOUS}) "
                               f"or start the run again") from None
     if not isinstance(state, dict):
@@ -94,18 +135,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def find_resume_checkpoint(checkpoint_dir: str | Path) -> dict[str, Any] | None:
+def find_resume_checkpoint(checkpoint_dir: str | Path, trust: bool = False) -> dict[str, Any] | None:
     """The newest readable checkpoint of a run (``last.pth``, else ``last.prev.pth``), or None if there is none.
 
     A corrupt ``last.pth`` is reported and renamed to ``last.corrupt.pth`` (kept for inspection), so that the
     next save does not rotate it over the good ``last.prev.pth``; if no file can be read, the error is raised.
+    A file that is not data (:class:`UnsafeCheckpointError`) stops the resume as it is: it is not corrupt, and
+    ``trust`` (see :func:`load_checkpoint`) may be what the user wants.
     """
     checkpoint_dir = Path(checkpoint_dir)
     candidates = [checkpoint_dir / name for name in (LAST, PREVIOUS) if (checkpoint_dir / name).exists()]
     errors = []
     for path in candidates:
         try:
-            state = load_checkpoint(path)
+            state = load_checkpoint(path, trust=trust)
+        except UnsafeCheckpointError:
+            raise
         except CheckpointError as exc:
             errors.append(str(exc))
             if path.name == LAST and (checkpoint_dir / PREVIOUS).exists():
@@ -125,62 +170,30 @@ def run_dir_of(checkpoint: str | Path) -> Path:
     return folder.parent if folder.name == "checkpoints" else folder
 
 
-def load_model_weights(model: torch.nn.Module, path: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
+def load_model_weights(model: torch.nn.Module, path: str | Path, config: Mapping[str, Any],
+                       trust: bool = False) -> dict[str, Any]:
     """Load the weights of checkpoint ``path`` into ``model`` (built from ``config``, a plain dict) to run it.
 
-    The checkpoint's tensors are compared with the model's (names and shapes) first: a checkpoint of another
-    architecture or class count raises one :class:`CheckpointError` line saying what differs (the ``model.*`` keys
-    of the checkpoint's stored config, ``state["config"]``, that differ from ``config``, and the class count read
-    from the classifier) and which config to use (the run's ``config.yaml`` beside ``checkpoints/``), instead of
-    torch's list of every mismatched key. Returns the checkpoint dict (see :func:`load_checkpoint`).
+    A checkpoint of another architecture or class count raises one :class:`CheckpointError` line saying what
+    differs (:func:`detector.modeling.fit.misfit_message`) and which config to use (the run's ``config.yaml``
+    beside ``checkpoints/``), instead of torch's list of every mismatched key. ``trust``: see
+    :func:`load_checkpoint`. Returns the checkpoint dict.
     """
-    state = load_checkpoint(path)
-    weights, expected = state["model"], model.state_dict()
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
-    reshaped = [k for k in expected if k in weights and isinstance(expected[k], torch.Tensor)
-                and isinstance(weights[k], torch.Tensor) and expected[k].shape != weights[k].shape]
-    if missing or unexpected or reshaped:
-        raise CheckpointError(_mismatch_message(Path(path), state, model, config, missing, unexpected, reshaped))
-    model.load_state_dict(weights)
-    return state
-
-
-def _mismatch_message(path: Path, state: dict[str, Any], model: torch.nn.Module, config: Mapping[str, Any],
-                      missing: list[str], unexpected: list[str], reshaped: list[str]) -> str:
-    """One line: what differs between the checkpoint and the model of ``config``, and the config to use."""
-    weights, differences = state["model"], []
-    stored = state.get("config")
-    if isinstance(stored, Mapping) and isinstance(stored.get("model"), Mapping):
-        keys = diff_configs(stored["model"], config.get("model", {}), "model.")
-        differences += [f"{key} is {_lookup(stored, key)} in the checkpoint but {_lookup(config, key)} in the config"
-                        for key in keys[:3]]
-        if len(keys) > 3:
-            differences.append(f"and {len(keys) - 3} more model.* keys")
-    classifier = getattr(getattr(getattr(model, "roi_heads", None), "box_head", None), "cls_score", None)
-    if classifier is not None:  # [K+1] class logits: the class count, which the dataset decides
-        key = next(name for name, p in model.named_parameters() if p is classifier.bias)
-        if key in weights and weights[key].shape != classifier.bias.shape:
-            differences.append(f"the checkpoint has {weights[key].shape[0] - 1} foreground classes but the config's "
-                               f"dataset has {classifier.bias.shape[0] - 1}")
-    if not differences:
-        example = (f"{reshaped[0]} is {list(weights[reshaped[0]].shape)} in the checkpoint but "
-                   f"{list(model.state_dict()[reshaped[0]].shape)} in the model" if reshaped
-                   else f"e.g. {(missing or unexpected)[0]}")
-        differences.append(f"{len(reshaped)} tensors differ in shape, {len(missing)} are missing and "
-                           f"{len(unexpected)} unexpected ({example})")
+    state = load_checkpoint(path, trust=trust)
     run_config = run_dir_of(path) / "config.yaml"
     use = (f"use the config it was trained with: --cfg {run_config}" if run_config.is_file()
            else "use the config it was trained with (the checkpoint stores it under 'config')")
-    return f"{path} does not fit the model built from the config: {'; '.join(differences)}; {use}"
+    _load_fitting_weights(model, state, path, config, use)
+    return state
 
 
-def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
-    """The value at ``a.b.c`` of a nested dict, or None where a part is absent."""
-    node: Any = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, Mapping) else None
-    return node
+def _load_fitting_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path,
+                          config: Mapping[str, Any], fix: str) -> None:
+    """``model.load_state_dict(state["model"])`` once the weights are known to fit; else the one-line error."""
+    message = misfit_message(path, model, state["model"], fix, stored_config=state.get("config"), config=config)
+    if message:
+        raise CheckpointError(message)
+    model.load_state_dict(state["model"])
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -220,12 +233,17 @@ class Checkpointer:
                                 "config": self.config, "rng": rng, **progress.state_dict()},
                                self.dir / name, keep_previous=keep_previous)
 
-    def resume(self, rank: int) -> tuple["Progress", str] | None:
-        """Load the newest readable checkpoint into the objects; (progress, path), or None when there is none."""
-        state = find_resume_checkpoint(self.dir)
+    def resume(self, rank: int, trust: bool = False) -> tuple["Progress", str] | None:
+        """Load the newest readable checkpoint into the objects; (progress, path), or None when there is none.
+
+        Weights of another model are one :class:`CheckpointError` line; ``trust``: see :func:`load_checkpoint`.
+        """
+        state = find_resume_checkpoint(self.dir, trust=trust)
         if state is None:
             return None
-        self.model.load_state_dict(state["model"])
+        _load_fitting_weights(self.model, state, state["path"], self.config,
+                              f"it is not a checkpoint of this run: move it out of {self.dir} (the resume then "
+                              f"takes {PREVIOUS}, or starts from scratch), or replace the run with --overwrite")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

@@ -15,8 +15,10 @@ not make a run. Before anything is written, :func:`check_run_folder` decides wha
   a run trained for that length from the start; said in the log);
 - ``--resume`` on a folder with no run says so and starts from scratch.
 
-While training, :class:`RunLock` holds ``<run>/.lock`` (pid, host, start time): a second training into the
-folder refuses, naming the holder; a lock left by a dead process on this host is taken over, with a message.
+While training, :class:`RunLock` holds ``<run>/.lock`` (pid, host, start time; written to a temporary file and
+hard-linked into place, so it is never seen half-written): a second training into the folder refuses, naming the
+holder; a lock left by a dead process on this host is taken over, with a message; a lock that cannot be read is
+named as such, with the fix.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,31 +192,41 @@ class RunLock:
 
     def _holder(self) -> dict[str, Any]:
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
+            holder = json.loads(self.path.read_text())
+        except (OSError, ValueError) as exc:
+            holder = exc
+        if not isinstance(holder, dict):
+            reason = f"{type(holder).__name__}: {holder}" if isinstance(holder, Exception) else "not a lock"
+            raise RunFolderError(f"{self.path} exists but cannot be read ({reason}); if no training uses "
+                                 f"{self.path.parent}, delete it")
+        return holder
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                pid, host = holder.get("pid"), holder.get("host")
-                if host == me["host"] and isinstance(pid, int) and not _pid_alive(pid):
-                    self.notes.append(f"{self.path}: taking over a stale lock of process {pid} on {host} "
-                                      f"(started {holder.get('started', '?')}), which is no longer running")
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise RunFolderError(f"{self.path.parent} is in use by another training (pid {pid} on {host}, "
-                                     f"started {holder.get('started', '?')}); wait for it, or use another "
-                                     f"output_dir. If that process is gone, delete {self.path}") from None
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f"{LOCK_FILE}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o644)  # readable by the other users of the folder, as a plain file would be
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
-            self._held = True
-            return self
+            for _ in range(2):
+                try:
+                    os.link(tmp, self.path)  # exclusive and atomic: the lock appears complete, or not at all
+                except FileExistsError:
+                    holder = self._holder()
+                    pid, host = holder.get("pid"), holder.get("host")
+                    if host == me["host"] and isinstance(pid, int) and not _pid_alive(pid):
+                        self.notes.append(f"{self.path}: taking over a stale lock of process {pid} on {host} "
+                                          f"(started {holder.get('started', '?')}), which is no longer running")
+                        self.path.unlink(missing_ok=True)
+                        continue
+                    raise RunFolderError(f"{self.path.parent} is in use by another training (pid {pid} on {host}, "
+                                         f"started {holder.get('started', '?')}); wait for it, or use another "
+                                         f"output_dir. If that process is gone, delete {self.path}") from None
+                self._held = True
+                return self
+        finally:
+            os.unlink(tmp)
         raise RunFolderError(f"{self.path}: could not take the lock; delete it if no training uses the folder")
 
     def release(self) -> None:

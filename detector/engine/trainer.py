@@ -51,11 +51,13 @@ class TrainingInterrupted(DetectorError):
     exit_code = 130
 
 
-def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, extend: bool = False) -> dict[str, Any]:
+def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, extend: bool = False,
+          trust_checkpoint: bool = False) -> dict[str, Any]:
     """Train, evaluate and checkpoint one run into ``run_dir``; return the final metrics.
 
     ``cfg.train.resume`` continues the run in ``run_dir`` (``extend``: to a new ``train.max_iters``, see
-    :func:`detector.engine.runs.check_run_folder`); ``overwrite`` replaces the run there (the user asked).
+    :func:`detector.engine.runs.check_run_folder`); ``overwrite`` replaces the run there (the user asked);
+    ``trust_checkpoint`` lets the resume unpickle a checkpoint that is more than data (``--trust-checkpoint``).
     """
     run_dir = Path(run_dir)
     plan = check_run_folder(run_dir, cfg, resume=bool(cfg.train.resume), overwrite=overwrite, extend=extend)
@@ -66,7 +68,7 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, extend: boo
         with signals_interrupt():
             if dist_utils.is_main_process():
                 lock.acquire()
-            return _train(cfg, run_dir, plan, device, distributed, lock.notes)
+            return _train(cfg, run_dir, plan, device, distributed, lock.notes, trust_checkpoint)
     except KeyboardInterrupt as exc:  # a signal outside the training steps: set-up or evaluation
         last = run_dir / "checkpoints" / LAST
         where = (f"{last} holds the run; continue with the same command plus --resume" if last.is_file()
@@ -78,7 +80,7 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, extend: boo
 
 
 def _train(cfg: Config, run_dir: Path, plan, device: torch.device, distributed: bool,
-           lock_notes: list[str]) -> dict[str, Any]:
+           lock_notes: list[str], trust_checkpoint: bool = False) -> dict[str, Any]:
     rank, main = dist_utils.get_rank(), dist_utils.is_main_process()
     seed_everything(cfg.seed + rank, cfg.deterministic)
     amp_dtype, use_scaler = amp_settings(cfg.train.amp, device)
@@ -100,7 +102,7 @@ def _train(cfg: Config, run_dir: Path, plan, device: torch.device, distributed: 
     checkpointer = Checkpointer(run_dir / "checkpoints", model, optimizer, scheduler, scaler, cfg.to_dict())
     progress = Progress()
     if plan.resume:
-        resumed = checkpointer.resume(rank)
+        resumed = checkpointer.resume(rank, trust=trust_checkpoint)
         if resumed is None:
             notice(f"--resume: {checkpointer.dir} holds no checkpoint yet; starting from iteration 0")
         else:

@@ -29,6 +29,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from detector.backbone_table import BACKBONES, NORMS
 from detector.errors import WeightsError
+from detector.modeling.fit import misfit_message
 
 __all__ = ["Backbone", "build_backbone", "BACKBONES", "NORMS"]
 
@@ -102,14 +103,20 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_trunk_weights(trunk: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load an ImageNet classifier state dict into the trunk; the classifier head itself is skipped."""
-    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
-    result = trunk.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(("fc.", "classifier."))]
-    if missing:
-        raise WeightsError(f"model.backbone.weights: {source} lacks {len(missing)} weights of the backbone "
-                           f"(first: {missing[:3]}); is it a state dict of the same torchvision model?")
+def _load_trunk_weights(trunk: nn.Module, state: dict[str, torch.Tensor], source: str, name: str) -> None:
+    """Load an ImageNet classifier state dict into the trunk of torchvision's ``name``; the classifier head is
+    skipped, and so are the entries of a layer the trunk has that its norm does not keep (BatchNorm's counter under
+    frozen_bn, its statistics under gn). Entries of layers the trunk lacks mean another model: one line."""
+    head = ("fc.", "classifier.")
+    expected, layers = trunk.state_dict(), dict(trunk.named_modules())
+    state = {k: v for k, v in state.items() if not k.startswith(head)
+             and (k in expected or k.rpartition(".")[0] not in layers)}
+    message = misfit_message(source, trunk, state, skip=head,
+                             fix=f"model.backbone.weights takes a state dict of torchvision's {name} (or set the "
+                                 f"model.backbone.name it belongs to)")
+    if message:
+        raise WeightsError(message)
+    trunk.load_state_dict(state, strict=False)
 
 
 def _trunk_and_stages(name: str, norm: str):
@@ -152,9 +159,9 @@ def build_backbone(name: str = "resnet18", fpn: bool = True, out_channels: int =
     if weights is not None:
         path = Path(weights).expanduser()
         if path.is_file():
-            _load_trunk_weights(trunk, _read_state_dict(path), str(path))
+            _load_trunk_weights(trunk, _read_state_dict(path), str(path), name)
         elif _named_weights(name, weights) is not None:
-            _load_trunk_weights(trunk, _download_state_dict(name, weights), f"torchvision {name} {weights}")
+            _load_trunk_weights(trunk, _download_state_dict(name, weights), f"torchvision {name} {weights}", name)
         else:
             valid = ", ".join(["DEFAULT"] + [w.name for w in torchvision.models.get_model_weights(name)])
             raise WeightsError(f"model.backbone.weights={weights!r} is neither an existing file nor a "
