@@ -47,6 +47,7 @@ SCHEMA_FILE = CONFIG_DIR / "base.yaml"
 _TYPES: dict[str, tuple[type, ...]] = {
     "output_dir": (str,),
     "data.max_images": (int,),
+    "model.roi_head.box_loss.schedule.reference_rois": (int,),
     "data.classes": (list,),
     "data.fraction": (float, int),
     "data.image_ids_file": (str,),
@@ -151,6 +152,9 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "model.roi_head.box_loss.sigma": _positive,
     "model.roi_head.box_loss.schedule.min_beta": _positive,
     "model.roi_head.box_loss.schedule.interval": _positive,
+    "model.roi_head.box_loss.schedule.topk": _positive,
+    "model.roi_head.box_loss.schedule.reference_rois": _positive,
+    "model.roi_head.dynamic_label_assignment.topk": _positive,
     "model.roi_head.dynamic_label_assignment.interval": _positive,
     "model.roi_head.test.score_thresh": _unit,
     "model.roi_head.test.nms_thresh": _unit,
@@ -455,6 +459,10 @@ def _check_relations(cfg: dict[str, Any]) -> None:
     if cfg["model"]["backbone"]["norm"] == "syncbn" and cfg["train"]["device"] == "cpu":
         raise ConfigError("model.backbone.norm=syncbn synchronises batch statistics over GPUs only; use "
                           "model.backbone.norm=bn on the CPU")
+    sched = roi["box_loss"]["schedule"]
+    if sched["type"] == "exp" and min(sched["start"], sched["end"]) <= 0:
+        raise ConfigError(f"model.roi_head.box_loss.schedule: type=exp is geometric; start ({sched['start']}) and end "
+                          f"({sched['end']}) must be > 0")
     rpn_loss = rpn["box_loss"]
     deltas = [name for name, build in LOSSES.items()  # looked up now: names registered at run time count
               if name not in SCHEDULED_LOSSES and not build(rpn_loss).on_boxes]

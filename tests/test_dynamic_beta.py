@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from detector.config import ConfigError, load_config
-from detector.losses import (AdaptiveBeta, ConstantBeta, CosineBeta, ExpBeta, LinearBeta, StepBeta, build_beta_schedule,
-                             build_box_loss)
+from detector.losses import AdaptiveBeta, ScheduledBeta, build_beta_schedule, build_box_loss
 from detector.losses.dynamic import IntervalRecord
 
 NO_TARGETS = torch.zeros(0, 4)
@@ -21,8 +20,12 @@ def targets(txty) -> torch.Tensor:
     return torch.cat((txty, torch.full_like(txty, 50.0)), dim=1)
 
 
+def roi_head(*overrides):
+    return load_config([], ["model.roi_head.box_loss.name=dynamic_smooth_l1", *overrides]).model.roi_head
+
+
 def roi_box_loss(*overrides):
-    return load_config([], ["model.roi_head.box_loss.name=dynamic_smooth_l1", *overrides]).model.roi_head.box_loss
+    return roi_head(*overrides).box_loss
 
 
 def train(schedule, iterations) -> list[float]:
@@ -93,44 +96,58 @@ def test_explicit_schedules_give_each_iteration_its_beta():
         return schedule.beta
 
     start, end, total = 1.0, 0.1, 100
-    assert beta_during(ConstantBeta(0.4), 77) == 0.4
-    linear, cosine, exp = LinearBeta(start, end, total), CosineBeta(start, end, total), ExpBeta(start, end, total)
+    assert beta_during(ScheduledBeta("constant", 0.4, end, total), 77) == 0.4
+    linear, cosine, exp = (ScheduledBeta(kind, start, end, total) for kind in ("linear", "cosine", "exp"))
     assert [beta_during(linear, i) for i in (0, 50, 100, 300)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
     assert [beta_during(cosine, i) for i in (0, 50, 100)] == pytest.approx([1.0, 0.55, 0.1])
     assert beta_during(cosine, 25) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 4)))
     assert [beta_during(exp, i) for i in (0, 50, 100)] == pytest.approx([1.0, math.sqrt(0.1), 0.1])
-    step = StepBeta(start, milestones=[50, 80], gamma=0.1)
+    step = ScheduledBeta("step", start, end, total, milestones=[50, 80], gamma=0.1)
     assert [beta_during(step, i) for i in (0, 49, 50, 79, 80)] == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01])
-    assert StepBeta(start, milestones=[0], gamma=0.5).beta == 0.5  # a milestone at 0 applies from the start
-    floored = StepBeta(start, milestones=[50, 80], gamma=0.1, min_beta=0.05)
+    assert ScheduledBeta("step", start, end, total, milestones=[0], gamma=0.5).beta == 0.5  # applies from the start
+    floored = ScheduledBeta("step", start, end, total, milestones=[50, 80], gamma=0.1, min_beta=0.05)
     assert floored.step(89) == 0.05 and floored.beta == 0.05
-    cosine = CosineBeta(start, end, total)
+    cosine = ScheduledBeta("cosine", start, end, total)
     assert train(cosine, [(None, 1)] * 3) == pytest.approx([cosine.value_at(i) for i in range(3)])
-    with pytest.raises(ValueError, match="start and end must be > 0"):
-        ExpBeta(1.0, 0.0, 10)
+    with pytest.raises(ConfigError, match="type=exp is geometric; start .* must be > 0"):
+        roi_box_loss("model.roi_head.box_loss.schedule.type=exp", "model.roi_head.box_loss.schedule.end=0")
 
 
 def test_build_beta_schedule_from_config():
-    assert build_beta_schedule(load_config([]).model.roi_head.box_loss, 100) is None  # plain smooth_l1
-    assert build_beta_schedule(load_config([]).model.rpn.box_loss, 100) is None  # no schedule section
-    adaptive = build_beta_schedule(roi_box_loss("model.roi_head.box_loss.sigma=2"), 100)
+    assert build_beta_schedule(load_config([]).model.roi_head, 100) is None  # plain smooth_l1
+    adaptive = build_beta_schedule(roi_head("model.roi_head.box_loss.sigma=2"), 100)
     assert isinstance(adaptive, AdaptiveBeta) and adaptive.initial_beta == 0.25 and adaptive.beta == 0.25
     assert (adaptive.topk, adaptive.interval, adaptive.min_beta, adaptive.statistic) == (10, 100, 1e-3, "mmdet")
-    official = build_beta_schedule(roi_box_loss("model.roi_head.box_loss.schedule.statistic=official"), 100)
+    official = build_beta_schedule(roi_head("model.roi_head.box_loss.schedule.statistic=official"), 100)
     assert official.statistic == "official"
     with pytest.raises(ConfigError, match="statistic"):
         roi_box_loss("model.roi_head.box_loss.schedule.statistic=paper")
-    step = build_beta_schedule(roi_box_loss("model.roi_head.box_loss.schedule.type=step"), 1000)
-    assert isinstance(step, StepBeta) and step.milestones == [670, 890] and step.gamma == 0.1
-    for kind, cls in (("constant", ConstantBeta), ("linear", LinearBeta), ("cosine", CosineBeta), ("exp", ExpBeta)):
-        sched = build_beta_schedule(roi_box_loss(f"model.roi_head.box_loss.schedule.type={kind}"), 1000)
-        assert isinstance(sched, cls) and sched.beta == 1.0
+    step = build_beta_schedule(roi_head("model.roi_head.box_loss.schedule.type=step"), 1000)
+    assert step.type == "step" and step.milestones == [670, 890] and step.gamma == 0.1
+    for kind in ("constant", "linear", "cosine", "exp"):
+        sched = build_beta_schedule(roi_head(f"model.roi_head.box_loss.schedule.type={kind}"), 1000)
+        assert isinstance(sched, ScheduledBeta) and sched.type == kind and sched.beta == 1.0
         assert sched.step(999) == pytest.approx(1.0 if kind == "constant" else 0.1)  # the beta of iteration 1000
 
 
+def test_topk_scaled_to_the_sampled_roi_budget():
+    """Dynamic R-CNN's k = 10 per image is for 512 sampled RoIs; reference_rois=512 keeps that operating point
+    (the same quantile of the positives) at another budget: 10 * 128 / 512 = 2.5 per image, so 10 of 4 images."""
+    sched = build_beta_schedule(roi_head("model.roi_head.batch_size_per_image=128",
+                                         "model.roi_head.box_loss.schedule.reference_rois=512"), 100)
+    assert sched.topk == 2.5
+    deltas = targets([[0.1 * i, 0.1 * i] for i in range(1, 31)])  # statistics 0.1 .. 3.0
+    assert float(sched.observe(deltas, 4)) == pytest.approx(1.0)  # k = round(2.5 * 4) = 10 -> the 10th smallest
+    assert float(sched.observe(deltas, 1)) == pytest.approx(0.2)  # k = round(2.5) = 2 (round half to even)
+    unscaled = build_beta_schedule(roi_head("model.roi_head.batch_size_per_image=128"), 100)
+    assert unscaled.topk == 10 and float(unscaled.observe(deltas, 4)) == pytest.approx(3.0)  # k = 30 of 30
+    with pytest.raises(ConfigError, match="reference_rois"):
+        roi_head("model.roi_head.box_loss.schedule.reference_rois=0")
+
+
 def test_dynamic_smooth_l1_with_constant_schedule_is_smooth_l1():
-    cfg = roi_box_loss("model.roi_head.box_loss.schedule.type=constant", "model.roi_head.box_loss.schedule.start=0.5")
-    loss, sched = build_box_loss(cfg), build_beta_schedule(cfg, 100)
+    cfg = roi_head("model.roi_head.box_loss.schedule.type=constant", "model.roi_head.box_loss.schedule.start=0.5")
+    loss, sched = build_box_loss(cfg.box_loss), build_beta_schedule(cfg, 100)
     pred, target = torch.randn(20, 4), torch.randn(20, 4)
     for it in range(3):
         value = loss(pred, target, avg_factor=20, beta=sched.beta)
@@ -152,7 +169,7 @@ def test_state_dict_round_trip():
     assert b.beta == a.beta == pytest.approx(0.2) and b.state_dict()["record"]["table"].equal(state["record"]["table"])
     last = a.observe(targets([[0.9, 0.9]]), 1)
     assert a.step(5, last) == b.step(5, last) == pytest.approx(0.5)  # median(0.4, 0.5, 0.9)
-    cos, cos2 = CosineBeta(1.0, 0.1, 10), CosineBeta(1.0, 0.1, 10)
+    cos, cos2 = ScheduledBeta("cosine", 1.0, 0.1, 10), ScheduledBeta("cosine", 1.0, 0.1, 10)
     cos.step(4)
     cos2.load_state_dict(cos.state_dict())
     assert cos2.beta == cos.beta

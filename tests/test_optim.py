@@ -4,7 +4,6 @@ import torch
 
 from detector.config import ConfigError, load_config
 from detector.engine import distributed as dist_utils
-from detector.engine import trainer as trainer_mod
 from detector.engine.optim import build_lr, build_optimizer, scaled_lr
 from detector.modeling import build_backbone
 

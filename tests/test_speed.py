@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from detector.config import ConfigError, load_config
+from detector.config import load_config
 from detector.data import build_dataloader
 from detector.data.benchmark import padded_shapes
 from detector.data.transforms import batch_padded_size, bucket_sides, build_pad_buckets

@@ -49,9 +49,9 @@ def plot_losses(path: Path) -> None:
     plt.close(fig)
 
 
-def simulate_adaptive(box_loss_cfg, iters: int, num_images: int = 4, num_pos: int = 128, seed: int = 0) -> list[float]:
+def simulate_adaptive(roi_cfg, iters: int, num_images: int = 4, num_pos: int = 128, seed: int = 0) -> list[float]:
     """Adaptive beta over a run whose positives' (tx, ty) spread shrinks linearly from 1.0 to 0.25."""
-    schedule = build_beta_schedule(box_loss_cfg, iters)
+    schedule = build_beta_schedule(roi_cfg, iters)
     g = torch.Generator().manual_seed(seed)
     betas = []
     for it in range(iters):
@@ -67,10 +67,10 @@ def plot_beta_schedules(path: Path, iters: int) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     steps = range(iters + 1)
     for kind in SCHEDULES:
-        cfg = load_config([], base + [f"model.roi_head.box_loss.schedule.type={kind}"]).model.roi_head.box_loss
+        cfg = load_config([], base + [f"model.roi_head.box_loss.schedule.type={kind}"]).model.roi_head
         schedule = build_beta_schedule(cfg, iters)
         ax.plot(list(steps), [schedule.value_at(it) for it in steps], label=kind)
-    adaptive_cfg = load_config([], base + ["model.roi_head.box_loss.schedule.type=adaptive"]).model.roi_head.box_loss
+    adaptive_cfg = load_config([], base + ["model.roi_head.box_loss.schedule.type=adaptive"]).model.roi_head
     ax.plot(range(iters), simulate_adaptive(adaptive_cfg, iters), label="adaptive (simulated targets)", color="black")
     ax.set(xlabel="iteration", ylabel="Smooth L1 β", title="Dynamic Smooth L1: β schedules", ylim=(0, 1.05))
     ax.grid(alpha=0.3)

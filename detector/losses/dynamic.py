@@ -11,37 +11,28 @@ pass only reads it; the trainer advances it, once per optimizer step, through th
   on a CPU and back.
 
 :class:`AdaptiveBeta` is Dynamic R-CNN's beta, with the statistic of either reference implementation
-(``statistic: mmdet | official``, see its docstring). The explicit schedules give beta as a function of the
-iteration over ``total_iters``: :class:`ConstantBeta`, :class:`StepBeta` (multiplied by ``gamma`` at each milestone
-iteration), :class:`LinearBeta`, :class:`CosineBeta`, :class:`ExpBeta` (geometric from start to end).
-
-:class:`IntervalRecord` holds one update interval's per-iteration statistics for the adaptive beta and for the
-dynamic label assigner (:mod:`detector.modeling.matcher`): the one home of their cross-rank reduction.
+(``statistic: mmdet | official``). :class:`ScheduledBeta` is an explicit schedule, one function of the training
+fraction per kind (:data:`BETA_SCHEDULES`). :class:`IntervalRecord` holds one update interval's per-iteration
+statistics for the adaptive beta and for the dynamic label assigner (:mod:`detector.modeling.matcher`): the one home
+of their cross-rank reduction. The config checks every parameter; the classes assert their invariants.
 """
 from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
 
 from detector.losses.regression import resolve_beta
 
-__all__ = ["BetaSchedule", "AdaptiveBeta", "ExplicitBetaSchedule", "ConstantBeta", "StepBeta", "LinearBeta",
-           "CosineBeta", "ExpBeta", "BETA_SCHEDULES", "SCHEDULED_LOSSES", "STATISTIC_CONVENTIONS", "IntervalRecord",
-           "build_beta_schedule"]
+__all__ = ["BetaSchedule", "AdaptiveBeta", "ScheduledBeta", "BETA_SCHEDULES", "SCHEDULED_LOSSES",
+           "STATISTIC_CONVENTIONS", "IntervalRecord", "build_beta_schedule"]
 
 # Whose Dynamic R-CNN statistics (beta and DLA): open-mmlab/mmdetection's port, or hkzhang95/DynamicRCNN's code.
 STATISTIC_CONVENTIONS = ("mmdet", "official")
 _MEDIAN_EPS = 1e-15  # mmdetection's EPS: a median below it keeps the old beta (no such guard in the official code)
-
-
-def check_convention(owner: str, statistic: str) -> str:
-    if statistic not in STATISTIC_CONVENTIONS:
-        raise ValueError(f"{owner}: statistic must be one of {', '.join(STATISTIC_CONVENTIONS)}, got {statistic!r}")
-    return statistic
 
 
 class IntervalRecord:
@@ -57,8 +48,7 @@ class IntervalRecord:
     """
 
     def __init__(self, interval: int):
-        if interval < 1:
-            raise ValueError(f"IntervalRecord: interval must be >= 1, got {interval}")
+        assert interval >= 1, f"IntervalRecord: interval must be >= 1, got {interval}"
         self.interval = int(interval)
         self.table = torch.zeros(2, self.interval)  # [2,C]: statistic (0 where none), 1 where observed
 
@@ -97,8 +87,7 @@ class BetaSchedule:
     type: str = ""
 
     def __init__(self, beta: float, min_beta: float):
-        if min_beta <= 0:
-            raise ValueError(f"{type(self).__name__}: min_beta must be > 0, got {min_beta}")
+        assert min_beta > 0, f"{type(self).__name__}: min_beta must be > 0, got {min_beta}"
         self.min_beta = float(min_beta)
         self.beta = max(float(beta), self.min_beta)
 
@@ -154,15 +143,14 @@ class AdaptiveBeta(BetaSchedule):
 
     type = "adaptive"
 
-    def __init__(self, initial_beta: float = 1.0, topk: int = 10, interval: int = 100, min_beta: float = 1e-3,
+    def __init__(self, initial_beta: float = 1.0, topk: float = 10, interval: int = 100, min_beta: float = 1e-3,
                  statistic: str = "mmdet"):
         super().__init__(initial_beta, min_beta)
-        if topk < 1 or interval < 1:
-            raise ValueError(f"AdaptiveBeta: topk and interval must be >= 1, got {topk}, {interval}")
+        assert topk > 0 and statistic in STATISTIC_CONVENTIONS, f"AdaptiveBeta: topk={topk}, statistic={statistic!r}"
         self.initial_beta = float(initial_beta)
-        self.topk = int(topk)
+        self.topk = float(topk)
         self.interval = int(interval)
-        self.statistic = check_convention("AdaptiveBeta", statistic)
+        self.statistic = statistic
         self.record = IntervalRecord(interval)
 
     def observe(self, target_deltas: torch.Tensor, num_images: int | torch.Tensor,
@@ -172,7 +160,7 @@ class AdaptiveBeta(BetaSchedule):
         ``target_deltas`` [Q,4] are the (tx, ty, tw, th) targets the convention measures (mmdet: the sampled
         positives; official: every proposal, with ``valid`` [Q] bool marking the real ones), from ``num_images``
         images (an int, or a 0-d tensor so that no host sync is needed). Returns the k-th smallest of
-        mean(|tx|, |ty|) with k = min(topk * num_images, number of valid targets).
+        mean(|tx|, |ty|) with k = min(round(topk * num_images), number of valid targets), at least 1.
         """
         values = target_deltas[:, :2].float().abs().mean(dim=1)  # [Q]
         if values.numel() == 0:
@@ -182,7 +170,11 @@ class AdaptiveBeta(BetaSchedule):
         else:
             values = values.masked_fill(~valid, math.inf)
             count = valid.sum().float()
-        k = count.clamp(min=1, max=max(float(num_images * self.topk), 1.0))  # min(k_max, count), >= 1; no H2D copy
+        k_max = num_images * self.topk  # a float, or a 0-d tensor: no host sync either way
+        if torch.is_tensor(k_max):
+            k = torch.minimum(count, k_max.round().float()).clamp(min=1)
+        else:
+            k = count.clamp(min=1, max=max(round(k_max), 1))
         kth = values.sort().values.gather(0, (k.long() - 1).view(1)).squeeze(0)
         return torch.where(count > 0, kth, torch.full_like(kth, math.nan))
 
@@ -217,116 +209,57 @@ class AdaptiveBeta(BetaSchedule):
                 f"interval={self.interval}, min_beta={self.min_beta}, statistic={self.statistic!r})")
 
 
-class ExplicitBetaSchedule(BetaSchedule):
-    """Iteration i trains with ``value_at(i) = max(min_beta, beta_at(i))``; the state is only the current beta."""
+# beta of each explicit schedule from its start/end at the training fraction t in [0, 1], k milestones passed
+BETA_SCHEDULES: dict[str, Callable[..., float] | None] = {
+    "adaptive": None,  # AdaptiveBeta: measured, not a function of t
+    "constant": lambda start, end, t, k, gamma: start,
+    "step": lambda start, end, t, k, gamma: start * gamma ** k,
+    "linear": lambda start, end, t, k, gamma: start + (end - start) * t,
+    "cosine": lambda start, end, t, k, gamma: end + 0.5 * (start - end) * (1 + math.cos(math.pi * t)),
+    "exp": lambda start, end, t, k, gamma: start * (end / start) ** t,  # geometric; start, end > 0
+}
+SCHEDULED_LOSSES = ("dynamic_smooth_l1",)  # box losses whose beta follows a schedule (owned by the RoI head)
 
-    def __init__(self, start: float, min_beta: float = 1e-3):
+
+class ScheduledBeta(BetaSchedule):
+    """An explicit schedule: iteration i trains with max(min_beta, BETA_SCHEDULES[kind](start, end, t, k, gamma)),
+    t = i / total_iters (held at 1 after), k the number of ``milestones`` (iterations) <= i; the state is the beta."""
+
+    def __init__(self, kind: str, start: float, end: float, total_iters: int, milestones: Sequence[int] = (),
+                 gamma: float = 0.1, min_beta: float = 1e-3):
+        assert BETA_SCHEDULES.get(kind) is not None and total_iters >= 1, f"ScheduledBeta({kind!r}, {total_iters})"
+        self.type, self.start, self.end, self.total_iters = kind, float(start), float(end), int(total_iters)
+        self.milestones, self.gamma = sorted(int(m) for m in milestones), float(gamma)
         super().__init__(start, min_beta)
-        self.start = float(start)
-
-    def beta_at(self, iteration: int) -> float:
-        raise NotImplementedError
+        self.beta = self.value_at(0)  # a milestone at 0 already applies
 
     def value_at(self, iteration: int) -> float:
-        return max(self.beta_at(iteration), self.min_beta)
+        t = min(max(iteration, 0), self.total_iters) / self.total_iters
+        passed = sum(iteration >= m for m in self.milestones)
+        return max(BETA_SCHEDULES[self.type](self.start, self.end, t, passed, self.gamma), self.min_beta)
 
     def step(self, iteration: int, statistic: torch.Tensor | None = None) -> float:
         self.beta = self.value_at(iteration + 1)
         return self.beta
 
 
-class ConstantBeta(ExplicitBetaSchedule):
-    type = "constant"
+def build_beta_schedule(roi_cfg: Mapping, max_iters: int) -> BetaSchedule | None:
+    """The beta schedule of a ``model.roi_head`` section, or None unless its box loss is ``dynamic_smooth_l1``.
 
-    def beta_at(self, iteration: int) -> float:
-        return self.start
-
-
-class StepBeta(ExplicitBetaSchedule):
-    """start * gamma^(number of milestones <= iteration); milestones are iterations."""
-
-    type = "step"
-
-    def __init__(self, start: float, milestones: Sequence[int], gamma: float = 0.1, min_beta: float = 1e-3):
-        super().__init__(start, min_beta)
-        self.milestones = sorted(int(m) for m in milestones)
-        self.gamma = float(gamma)
-        self.beta = self.value_at(0)  # a milestone at 0 already applies
-
-    def beta_at(self, iteration: int) -> float:
-        return self.start * self.gamma ** sum(iteration >= m for m in self.milestones)
-
-
-class _AnnealBeta(ExplicitBetaSchedule):
-    """From ``start`` at iteration 0 to ``end`` at ``total_iters`` (held after), shape given by ``_shape``."""
-
-    def __init__(self, start: float, end: float, total_iters: int, min_beta: float = 1e-3):
-        super().__init__(start, min_beta)
-        if total_iters < 1:
-            raise ValueError(f"{type(self).__name__}: total_iters must be >= 1, got {total_iters}")
-        self.end = float(end)
-        self.total_iters = int(total_iters)
-
-    def beta_at(self, iteration: int) -> float:
-        t = min(max(iteration, 0), self.total_iters) / self.total_iters
-        return self._shape(t)
-
-    def _shape(self, t: float) -> float:
-        raise NotImplementedError
-
-
-class LinearBeta(_AnnealBeta):
-    type = "linear"
-
-    def _shape(self, t: float) -> float:
-        return self.start + (self.end - self.start) * t
-
-
-class CosineBeta(_AnnealBeta):
-    type = "cosine"
-
-    def _shape(self, t: float) -> float:
-        return self.end + 0.5 * (self.start - self.end) * (1 + math.cos(math.pi * t))
-
-
-class ExpBeta(_AnnealBeta):
-    type = "exp"
-
-    def __init__(self, start: float, end: float, total_iters: int, min_beta: float = 1e-3):
-        super().__init__(start, end, total_iters, min_beta)
-        if self.start <= 0 or self.end <= 0:
-            raise ValueError(f"ExpBeta: start and end must be > 0 for a geometric schedule, got {start}, {end}")
-
-    def _shape(self, t: float) -> float:
-        return self.start * (self.end / self.start) ** t
-
-
-BETA_SCHEDULES = {cls.type: cls for cls in (AdaptiveBeta, ConstantBeta, StepBeta, LinearBeta, CosineBeta, ExpBeta)}
-SCHEDULED_LOSSES = ("dynamic_smooth_l1",)  # box losses whose beta follows a schedule (owned by the RoI head)
-
-
-def build_beta_schedule(cfg: Mapping, max_iters: int) -> BetaSchedule | None:
-    """The schedule of a ``box_loss`` section, or None unless its loss is ``dynamic_smooth_l1``.
-
-    adaptive starts from the section's beta (or 1/sigma^2), with ``schedule.statistic``'s convention; the explicit
-    schedules go from ``schedule.start`` to ``schedule.end`` over ``max_iters`` (constant stays at ``start``; step
-    multiplies ``start`` by ``step_gamma`` at the ``milestones``, fractions of ``max_iters``).
+    adaptive starts from the section's beta (or 1/sigma^2), with ``schedule.statistic``'s convention; its k per image
+    is ``schedule.topk``, scaled by ``batch_size_per_image / schedule.reference_rois`` when that is set (Dynamic
+    R-CNN's k = 10 is for 512 sampled RoIs per image). The explicit schedules go from ``schedule.start`` to
+    ``schedule.end`` over ``max_iters``; step's milestones are fractions of ``max_iters``.
     """
-    if cfg.get("name") not in SCHEDULED_LOSSES:
+    cfg = roi_cfg["box_loss"]
+    if cfg["name"] not in SCHEDULED_LOSSES:
         return None
     sched = cfg["schedule"]
-    kind = sched.get("type", "adaptive")
-    min_beta = float(sched.get("min_beta", 1e-3))
-    if kind == "adaptive":
-        return AdaptiveBeta(initial_beta=resolve_beta(cfg), topk=int(sched.get("topk", 10)),
-                            interval=int(sched.get("interval", 100)), min_beta=min_beta,
-                            statistic=sched.get("statistic", "mmdet"))
-    start, end = float(sched.get("start", 1.0)), float(sched.get("end", 0.1))
-    if kind == "constant":
-        return ConstantBeta(start, min_beta=min_beta)
-    if kind == "step":
-        milestones = [round(f * max_iters) for f in sched.get("milestones", (0.67, 0.89))]
-        return StepBeta(start, milestones, gamma=float(sched.get("step_gamma", 0.1)), min_beta=min_beta)
-    if kind in ("linear", "cosine", "exp"):
-        return BETA_SCHEDULES[kind](start, end, max_iters, min_beta=min_beta)
-    raise ValueError(f"unknown beta schedule type {kind!r}; valid types: {', '.join(BETA_SCHEDULES)}")
+    if sched["type"] == "adaptive":
+        reference = sched["reference_rois"]
+        topk = sched["topk"] * (roi_cfg["batch_size_per_image"] / reference if reference else 1)
+        return AdaptiveBeta(initial_beta=resolve_beta(cfg), topk=topk, interval=sched["interval"],
+                            min_beta=sched["min_beta"], statistic=sched["statistic"])
+    return ScheduledBeta(sched["type"], sched["start"], sched["end"], max_iters,
+                         milestones=[round(f * max_iters) for f in sched["milestones"]], gamma=sched["step_gamma"],
+                         min_beta=sched["min_beta"])

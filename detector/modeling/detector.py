@@ -194,7 +194,7 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
     roi_heads = RoIHeads(
         backbone.out_channels, pooled_levels, num_classes, box_loss=build_box_loss(roi_cfg.box_loss),
         box_coder_weights=roi_cfg.box_coder_weights,
-        beta_schedule=build_beta_schedule(roi_cfg.box_loss, cfg.train.max_iters), label_assigner=assigner,
+        beta_schedule=build_beta_schedule(roi_cfg, cfg.train.max_iters), label_assigner=assigner,
         batch_size_per_image=roi_cfg.batch_size_per_image, positive_fraction=roi_cfg.positive_fraction,
         fg_iou_thresh=roi_cfg.fg_iou_thresh, bg_iou_thresh=roi_cfg.bg_iou_thresh,
         add_gt_as_proposals=roi_cfg.add_gt_as_proposals, pooler_resolution=roi_cfg.pooler_resolution,

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from detector.losses.dynamic import IntervalRecord, check_convention
+from detector.losses.dynamic import STATISTIC_CONVENTIONS, IntervalRecord
 
 __all__ = ["match_boxes", "sample_balanced", "DynamicLabelAssigner", "build_label_assigner"]
 
@@ -116,12 +116,11 @@ class DynamicLabelAssigner:
 
     def __init__(self, initial_thresh: float = 0.5, topk: int = 75, interval: int = 100, min_thresh: float = 0.4,
                  statistic: str = "mmdet"):
-        if topk < 1 or interval < 1:
-            raise ValueError(f"DynamicLabelAssigner: topk and interval must be >= 1, got {topk}, {interval}")
+        assert topk >= 1 and statistic in STATISTIC_CONVENTIONS, f"DynamicLabelAssigner: {topk}, {statistic!r}"
         self.topk = int(topk)
         self.interval = int(interval)
         self.min_thresh = float(min_thresh)
-        self.statistic = check_convention("DynamicLabelAssigner", statistic)
+        self.statistic = statistic
         self.thresh = float(initial_thresh)
         self.record = IntervalRecord(interval)
 
@@ -189,7 +188,7 @@ def build_label_assigner(roi_cfg: Mapping) -> DynamicLabelAssigner | None:
     dla = roi_cfg["dynamic_label_assignment"]
     if not dla["enabled"]:
         return None
-    statistic = dla.get("statistic", "mmdet")
+    statistic = dla["statistic"]
     initial = dla["min_thresh"] if statistic == "official" else roi_cfg["fg_iou_thresh"]
     return DynamicLabelAssigner(initial_thresh=initial, topk=dla["topk"], interval=dla["interval"],
                                 min_thresh=dla["min_thresh"], statistic=statistic)

@@ -81,8 +81,7 @@ class RoIHeads(nn.Module):
                  fc_dim: int = 1024, class_agnostic: bool = False, box_loss_normalizer: str = "num_samples",
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100):
         super().__init__()
-        if box_loss_normalizer not in ("num_samples", "num_pos"):
-            raise ValueError(f"box_loss_normalizer must be num_samples or num_pos, got {box_loss_normalizer!r}")
+        assert box_loss_normalizer in ("num_samples", "num_pos"), box_loss_normalizer
         self.pooler = MultiScaleRoIAlign(list(featmap_names), pooler_resolution, sampling_ratio)
         self.box_head = BoxHead(in_channels * pooler_resolution ** 2, fc_dim, num_classes, class_agnostic)
         self.box_coder = BoxCoder(weights=box_coder_weights, check=False)
