@@ -67,6 +67,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
 SYNTHETIC_SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 SYNTHETIC_BOX_MODES = ("amodal", "visible")
 SYNTHETIC_BACKGROUNDS = ("gradient", "texture")
+# How training boxes are corrupted (data.label_noise_kind; detector/data/base.py corrupt_records reads it from here).
+LABEL_NOISE_KINDS = ("jitter", "outlier")
 
 # The scalar keys of metrics.json per eval.metric (detector.evaluation computes them; train.best_metric picks one).
 COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -84,6 +86,7 @@ def metric_names(metric: str) -> tuple[str, ...]:
 # is checked, not copied at import, so that a name registered at run time is valid at once.
 _CHOICES: dict[str, tuple[Any, ...] | Mapping[str, Any]] = {
     "data.format": ("synthetic", "coco", "voc"),
+    "data.label_noise_kind": LABEL_NOISE_KINDS,
     "data.synthetic.boxes": SYNTHETIC_BOX_MODES,
     "data.synthetic.background": SYNTHETIC_BACKGROUNDS,
     "model.backbone.name": BACKBONES,
@@ -113,6 +116,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "data.val_fraction": _open_unit,
     "data.label_noise": _unit,
     "data.label_noise_scale": _non_negative,
+    "data.label_noise_seed": _non_negative,
     "data.synthetic.num_train": _positive,
     "data.synthetic.num_val": _positive,
     "data.synthetic.num_classes": (lambda v: 1 <= v <= len(SYNTHETIC_SHAPES), f"must be in 1..{len(SYNTHETIC_SHAPES)}"),

@@ -1,10 +1,9 @@
-"""Transforms keep boxes consistent with the image: flip twice = identity, resize scales boxes, label noise stays
-valid, training drops crowd boxes, a sample's augmentation is a pure function of its seed."""
+"""Transforms keep boxes consistent with the image: flip twice = identity, resize scales boxes, training drops crowd
+boxes, a sample's augmentation is a pure function of its seed. Label noise is not a transform: test_label_noise.py."""
 import torch
 
 from detector.config import load_config
-from detector.data.transforms import (DetectionTransform, build_transforms, hflip, jitter_boxes, padded_size, resize,
-                                      resized_size)
+from detector.data.transforms import DetectionTransform, build_transforms, hflip, padded_size, resize, resized_size
 
 
 def make_sample(height=40, width=60):
@@ -74,23 +73,9 @@ def test_eval_transform_keeps_crowd_and_never_flips():
     torch.testing.assert_close(t["boxes"], target["boxes"] * 2)
 
 
-def test_label_noise_moves_the_chosen_fraction_and_stays_valid():
-    boxes = torch.tensor([[10., 10., 50., 40.]]).repeat(200, 1)
-    noisy = jitter_boxes(boxes, 0.5, 0.2, (60, 80), torch.Generator().manual_seed(0))
-    moved = (noisy != boxes).any(dim=1)
-    assert 60 < moved.sum() < 140
-    shift = (noisy - boxes).abs()
-    assert (shift[:, [0, 2]] <= 0.2 * 40 + 1e-4).all() and (shift[:, [1, 3]] <= 0.2 * 30 + 1e-4).all()
-    assert (noisy[:, 2:] - noisy[:, :2] >= 1).all() and (noisy >= 0).all()
-    assert (noisy[:, 2] <= 80).all() and (noisy[:, 3] <= 60).all()
-    assert torch.equal(jitter_boxes(boxes, 0.0, 0.2, (60, 80), torch.Generator()), boxes)
-    assert jitter_boxes(torch.zeros(0, 4), 1.0, 0.2, (60, 80), torch.Generator()).shape == (0, 4)
-
-
-def test_label_noise_in_the_train_pipeline():
+def test_train_transform_does_not_redraw_label_noise():
     image, target = make_sample()
-    cfg = load_config([], ["data.label_noise=1.0", "data.label_noise_scale=0.3", "data.input.min_size_train=[40]",
-                           "data.input.flip_prob=0.0"])
-    _, t = build_transforms(cfg, "train")(image, target, torch.Generator().manual_seed(1))
-    assert not torch.equal(t["boxes"], target["boxes"][:2])
-    assert (t["boxes"][:, 2:] > t["boxes"][:, :2]).all()
+    cfg = load_config([], ["data.label_noise=1.0", "data.input.min_size_train=[40]", "data.input.flip_prob=0.0"])
+    for seed in range(3):  # label noise is fixed when the dataset is built, never drawn per sample
+        _, t = build_transforms(cfg, "train")(image, target, torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(t["boxes"], target["boxes"][:2])

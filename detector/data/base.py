@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from detector.config import LABEL_NOISE_KINDS
 from detector.errors import DetectorError
 
 logger = logging.getLogger(__name__)
@@ -143,6 +144,57 @@ def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageR
             logger.warning(f"{source}: dropped {sum(counts.values())} {name} boxes in {len(counts)} images: ids {ids}")
     if clipped:
         logger.info(f"{source}: clipped {clipped} boxes that were partly outside their image")
+    return out
+
+
+def corrupt_records(records: Sequence[ImageRecord], fraction: float, kind: str = "jitter", scale: float = 0.2,
+                    seed: int = 0) -> list[ImageRecord]:
+    """The records with a fixed random ``fraction`` of their non-crowd boxes corrupted (label-noise ablations).
+
+    A pure function of each record, ``kind``, ``scale`` and ``seed``: each image draws from
+    ``np.random.default_rng([seed, image_id])``, so its corruption does not depend on the other records (a subset
+    corrupts each image as the full set does), and ``fraction`` only sets the threshold a box's first draw
+    ``u ~ U[0, 1)`` must stay under (the boxes chosen at 0.1 are among those chosen at 0.3). Per chosen box of
+    width w and height h:
+
+    - ``jitter``: each coordinate moves by ``U[-scale, scale]`` × w (x1, x2) or h (y1, y2).
+    - ``outlier``: with probability 1/3 each, a shift, a resize, or both. Shift: the centre moves by
+      (m·w·cos t, m·h·sin t), m ~ U[1, 3], t ~ U[0, 2π). Resize: w and h are each multiplied by 2^(±U[1, 2])
+      (a factor in [1/4, 1/2] ∪ [2, 4], sign by a fair coin), about the centre. ``scale`` is not used.
+
+    The result is clipped to the image; one under 1 px wide or high keeps the clean box. Labels, ``iscrowd`` and
+    ``area`` are unchanged; ``fraction`` 0 returns the records as they are.
+    """
+    if kind not in LABEL_NOISE_KINDS:
+        raise ValueError(f"kind must be one of {LABEL_NOISE_KINDS}, got {kind!r}")
+    if fraction <= 0:
+        return list(records)
+    out, corrupted = [], 0
+    for rec in records:
+        n = len(rec.boxes)
+        rng = np.random.default_rng([seed, int(rec.image_id) % 2**64])
+        chosen = (rng.random(n) < fraction) & ~rec.iscrowd  # [N]
+        if not chosen.any():
+            out.append(rec)
+            continue
+        boxes = rec.boxes.astype(np.float64)
+        wh = boxes[:, 2:] - boxes[:, :2]  # [N,2]
+        if kind == "jitter":
+            noisy = boxes + rng.uniform(-scale, scale, (n, 4)) * np.tile(wh, 2)
+        else:
+            mode = rng.integers(3, size=n)  # 0 shift, 1 resize, 2 both
+            angle, step = rng.uniform(0, 2 * np.pi, n), rng.uniform(1, 3, n)
+            factor = 2.0 ** (rng.uniform(1, 2, (n, 2)) * rng.choice([-1, 1], (n, 2)))
+            shift = np.where((mode != 1)[:, None], step[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1) * wh, 0)
+            size = np.where((mode != 0)[:, None], factor, 1.0) * wh
+            centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + shift
+            noisy = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+        noisy = np.clip(noisy, 0, [rec.width, rec.height, rec.width, rec.height])
+        chosen &= (noisy[:, 2] - noisy[:, 0] >= 1) & (noisy[:, 3] - noisy[:, 1] >= 1)
+        corrupted += int(chosen.sum())
+        out.append(replace(rec, boxes=np.where(chosen[:, None], noisy, boxes).astype(np.float32)))
+    total = sum(len(r.boxes) for r in records)
+    logger.info(f"label noise ({kind}, seed {seed}): corrupted {corrupted} of {total} training boxes")
     return out
 
 

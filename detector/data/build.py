@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from ..boxes import degenerate_box_mask
-from .base import DatasetError, DetectionDataset, check_files_exist, sanitize_records
+from .base import DatasetError, DetectionDataset, check_files_exist, corrupt_records, sanitize_records
 from .coco import coco_split_paths, load_coco_json, parse_coco
 from .samplers import GroupedInfiniteBatchSampler, inference_indices
 from .subsets import read_image_ids_file, subset_records
@@ -35,8 +35,9 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
 
     ``data.format: synthetic`` first generates the synthetic set under ``data.root`` when it is missing (one made
     with other ``data.synthetic`` keys is refused: :func:`ensure_synthetic`), then reads it like COCO. Which subset
-    keys apply to which split is :func:`split_subset`'s contract. With ``transforms=False`` the dataset returns raw
-    targets.
+    keys apply to which split is :func:`split_subset`'s contract. The training split's boxes then get the label noise
+    of ``data.label_noise*`` (:func:`corrupt_records`), drawn once per box from ``data.label_noise_seed``, not the
+    run's seed. With ``transforms=False`` the dataset returns raw targets.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -61,6 +62,9 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
         keys = ", ".join(f"data.{key}" for key in SUBSET_KEYS[split].values())
         raise DatasetError(f"{source}: no {split} images left after the subset settings ({keys}); relax them")
     check_files_exist(records, source)
+    if split == "train" and data.label_noise > 0:  # a fixed corrupted set: the same for every seed and epoch
+        records = corrupt_records(records, data.label_noise, data.label_noise_kind, data.label_noise_scale,
+                                  data.label_noise_seed)
     proposals = None
     if cfg.model.proposals == "precomputed":
         proposals = load_proposals(cfg.model.proposal_file, [r.image_id for r in records], f"{source} ({split})")

@@ -2,7 +2,8 @@
 
 Images stay uint8 (the model converts to float and normalises on the device). Every random choice draws from the
 ``torch.Generator`` passed in, which the dataset seeds per sample, so a sample's augmentation is a pure function of
-its seed. Training: drop crowd/difficult boxes, label noise, multi-scale resize, horizontal flip. Evaluation: one
+its seed. Training: drop crowd/difficult boxes, multi-scale resize, horizontal flip (label noise is
+fixed per box when the dataset is built: :func:`detector.data.base.corrupt_records`). Evaluation: one
 resize. Both add ``"orig_size"`` (H0, W0) so detections can be mapped back to the original pixels. Labels are
 untouched (1..K, 0 is background). The size arithmetic of padding lives here too (:func:`batch_padded_size`, the
 model's padded batch, with the optional buckets of ``data.input.pad_buckets``), beside the sizes it depends on.
@@ -97,24 +98,6 @@ def drop_crowd(target: dict) -> dict:
     return dict(target, **{k: target[k][keep] for k in ("boxes", "labels", "iscrowd", "area")})
 
 
-def jitter_boxes(boxes: torch.Tensor, fraction: float, scale: float, image_size: tuple[int, int],
-                 generator: torch.Generator) -> torch.Tensor:
-    """[N,4] xyxy -> [N,4]: a random ``fraction`` of the boxes get each coordinate moved by up to ``scale`` × w or h.
-
-    Jittered boxes are clipped to the image; a jitter that would leave a box under 1 px wide or high is not applied.
-    """
-    if len(boxes) == 0 or fraction <= 0 or scale <= 0:
-        return boxes
-    chosen = torch.rand(len(boxes), generator=generator) < fraction  # [N]
-    wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)  # [N,4] (w, h, w, h)
-    offsets = (torch.rand(boxes.shape, generator=generator) * 2 - 1) * scale * wh
-    height, width = image_size
-    noisy = (boxes + offsets).clamp(min=0)
-    noisy = torch.minimum(noisy, boxes.new_tensor([width, height, width, height]))
-    valid = (noisy[:, 2] - noisy[:, 0] >= 1) & (noisy[:, 3] - noisy[:, 1] >= 1)
-    return torch.where((chosen & valid)[:, None], noisy, boxes)
-
-
 class DetectionTransform:
     """The training or evaluation pipeline.
 
@@ -122,36 +105,27 @@ class DetectionTransform:
         min_sizes: short-side sizes; training picks one per image (multi-scale), evaluation passes one.
         max_size: cap on the long side.
         flip_prob: probability of a horizontal flip.
-        train: drop crowd boxes (and apply label noise) when True.
-        label_noise: fraction of GT boxes jittered (training only).
-        label_noise_scale: jitter size as a fraction of the box width/height.
+        train: drop crowd boxes when True.
     """
 
-    def __init__(self, *, min_sizes: Sequence[int], max_size: int, flip_prob: float = 0.0, train: bool = False,
-                 label_noise: float = 0.0, label_noise_scale: float = 0.0):
+    def __init__(self, *, min_sizes: Sequence[int], max_size: int, flip_prob: float = 0.0, train: bool = False):
         self.min_sizes = tuple(int(s) for s in min_sizes)
         self.max_size = int(max_size)
         self.flip_prob = float(flip_prob)
         self.train = train
-        self.label_noise = float(label_noise)
-        self.label_noise_scale = float(label_noise_scale)
 
     def __repr__(self) -> str:
         return (f"DetectionTransform(min_sizes={self.min_sizes}, max_size={self.max_size}, flip_prob={self.flip_prob}, "
-                f"train={self.train}, label_noise={self.label_noise}, label_noise_scale={self.label_noise_scale})")
+                f"train={self.train})")
 
     def plan(self, height: int, width: int, target: dict, generator: torch.Generator
              ) -> tuple[dict, tuple[int, int], bool]:
         """The random decisions for an image of (``height``, ``width``), without touching its pixels: (the target
-        after crowd removal and label noise, the resized (H', W'), whether to flip). ``__call__`` applies them;
+        after crowd removal, the resized (H', W'), whether to flip). ``__call__`` applies them;
         the padded-shape benchmark calls this alone to simulate a run's batch sizes without decoding images."""
         target = dict(target, orig_size=(int(height), int(width)))
         if self.train:
             target = drop_crowd(target)
-            if self.label_noise > 0:
-                boxes = jitter_boxes(target["boxes"], self.label_noise, self.label_noise_scale, (height, width),
-                                     generator)
-                target = dict(target, boxes=boxes)
         pick = int(torch.randint(len(self.min_sizes), (1,), generator=generator)) if len(self.min_sizes) > 1 else 0
         size = resized_size(height, width, self.min_sizes[pick], self.max_size)
         flip = self.flip_prob > 0 and float(torch.rand((), generator=generator)) < self.flip_prob
@@ -166,10 +140,9 @@ class DetectionTransform:
 
 
 def build_transforms(cfg, split: str) -> DetectionTransform:
-    """The pipeline for ``split`` ("train" or "val") from ``cfg.data.input`` and the label-noise keys."""
+    """The pipeline for ``split`` ("train" or "val") from ``cfg.data.input``."""
     inp = cfg.data.input
     if split == "train":
         return DetectionTransform(min_sizes=inp.min_size_train, max_size=inp.max_size_train, flip_prob=inp.flip_prob,
-                                  train=True, label_noise=cfg.data.label_noise,
-                                  label_noise_scale=cfg.data.label_noise_scale)
+                                  train=True)
     return DetectionTransform(min_sizes=(inp.min_size_test,), max_size=inp.max_size_test)
