@@ -20,7 +20,7 @@ from detector.engine.logger import format_value
 from detector.engine.runs import RunFolderError, RunLock, check_run_folder
 from detector.data.synthetic import ensure_synthetic
 from detector.engine.runtime import GracefulStop
-from helpers import tiny_run_overrides
+from helpers import poison_third_training_forward, tiny_run_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
@@ -329,3 +329,55 @@ def test_a_split_without_boxes_is_warned_once_and_picks_no_best(capsys):
 
 def test_console_values_never_show_negative_zero():
     assert format_value(-0.0) == "0.0000" and format_value(-1e-7) == "0.0000" and format_value(-0.5) == "-0.5000"
+
+
+# ------------------------------------------------------------------------------------------- issue 22's cases
+def test_the_nonfinite_message_names_only_files_that_exist(data_root, tmp_path, monkeypatch):
+    poison_third_training_forward(monkeypatch, trainer_mod)
+    for period, last_named in ((50, False), (1, True)):
+        run = tmp_path / f"run{period}"
+        cfg = cfg_for(data_root, run, **{"train.max_iters": 4, "train.checkpoint_period": period,
+                                         "train.log_period": 4, "train.num_vis_images": 0})
+        with pytest.raises(trainer_mod.NonFiniteLossError) as info:
+            trainer_mod.train(cfg, run)
+        message = str(info.value)
+        assert f"diagnostic checkpoint: {run / 'checkpoints' / 'nonfinite_iter2.pth'}" in message
+        assert (f"last good checkpoint: {run / 'checkpoints' / 'last.pth'}" in message) is last_named
+        assert ("no checkpoint was written before it" in message) is not last_named
+        assert (run / "checkpoints" / "nonfinite_iter2.pth").is_file()
+        assert (run / "checkpoints" / "last.pth").is_file() is last_named
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_final_evaluation_is_one_line_exit_130_and_no_lock(
+        sig, data_root, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    real_evaluate = trainer_mod.evaluate_model
+
+    def evaluate_then_signal(*args, **kwargs):
+        os.kill(os.getpid(), sig)
+        return real_evaluate(*args, **kwargs)
+    monkeypatch.setattr(trainer_mod, "evaluate_model", evaluate_then_signal)
+    assert train_tool.main(cli(data_root, run, **{"train.num_vis_images": 0})) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"error: stopped by {sig.name} before the run finished; {run / 'checkpoints' / 'last.pth'} "
+                       f"holds the run; continue with the same command plus --resume")
+    assert "Traceback" not in "\n".join(err) and not (run / ".lock").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    monkeypatch.undo()
+    assert train_tool.main(cli(data_root, run, "--resume")) == 0  # only the evaluation is left
+    assert (run / "eval" / "metrics.json").is_file()
+
+
+def test_a_start_that_fails_on_bad_data_leaves_nothing_that_blocks_the_fixed_command(data_root, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    (bad / "annotations").mkdir(parents=True)
+    (bad / "annotations" / "instances_train.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "missing.jpg", "height": 10, "width": 10}],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}]}))
+    run = tmp_path / "run"
+    assert train_tool.main(cli(bad, run, **{"data.format": "coco"})) == 1
+    assert "missing.jpg" in capsys.readouterr().err
+    assert not run.exists() or not list(run.iterdir())  # no config.yaml, no lock, nothing
+    assert train_tool.main(cli(data_root, run)) == 0  # the fixed command needs no --overwrite

@@ -88,9 +88,15 @@ def plan_slots(jobs: int, gpus: list[str], cores: int) -> list[Slot]:
     return [Slot(gpus[i % len(gpus)] if gpus else None, omp, workers) for i in range(jobs)]
 
 
-def describe_slots(slots: list[Slot], runs: int) -> str:
+def omp_threads(slot: Slot, environ: Mapping[str, str]) -> int:
+    """A run's ``OMP_NUM_THREADS``: the slot's share, or the user's own ``OMP_NUM_THREADS`` when smaller."""
+    user = environ.get("OMP_NUM_THREADS", "")
+    return min(slot.omp_threads, int(user)) if user.isdigit() and int(user) > 0 else slot.omp_threads
+
+
+def describe_slots(slots: list[Slot], runs: int, environ: Mapping[str, str]) -> str:
     """One line: how many runs at a time, where, with which CPU share."""
-    share = f"{slots[0].omp_threads} compute thread(s) + {slots[0].num_workers} loader worker(s) per run"
+    share = f"{omp_threads(slots[0], environ)} compute thread(s) + {slots[0].num_workers} loader worker(s) per run"
     if slots[0].gpu is None:
         return f"{runs} run(s), {len(slots)} at a time on the CPU; {share}"
     per_gpu = {gpu: sum(s.gpu == gpu for s in slots) for gpu in dict.fromkeys(s.gpu for s in slots)}
@@ -106,11 +112,7 @@ def child_env(environ: Mapping[str, str], slot: Slot) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *paths])
     if slot.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu
-    threads = slot.omp_threads
-    user = environ.get("OMP_NUM_THREADS", "")
-    if user.isdigit() and int(user) > 0:
-        threads = min(threads, int(user))
-    env["OMP_NUM_THREADS"] = str(threads)
+    env["OMP_NUM_THREADS"] = str(omp_threads(slot, environ))
     return env
 
 
@@ -204,8 +206,9 @@ def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | Non
     environ = dict(os.environ if environ is None else environ)
     on_cpu = all(s.device == "cpu" for s in todo)
     gpus = [] if on_cpu else visible_gpus(environ, device_count)
-    slots = plan_slots(min(jobs, len(todo)), gpus, available_cores() if cores is None else cores)
-    print(describe_slots(slots, len(todo)), flush=True)
+    # each run's share of the cores follows --jobs, not how many runs are left: a resumed run gets what it had
+    slots = plan_slots(jobs, gpus, available_cores() if cores is None else cores)[:len(todo)]
+    print(describe_slots(slots, len(todo), environ), flush=True)
     pending, lock, stop = deque(enumerate(todo, 1)), threading.Lock(), threading.Event()
     results: dict[str, str | None] = {}
     running: list[subprocess.Popen] = []
