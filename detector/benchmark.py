@@ -57,6 +57,8 @@ class Side:
     """A model, its optimizer and AMP choice, and one training step (:meth:`step`); the same code times both
     sides and the profiler's steps."""
 
+    clip: float | None = None  # max gradient norm; None: no clipping
+
     def __init__(self, model, optimizer, amp: bool, device: torch.device, info: dict[str, Any]):
         self.model, self.optimizer, self.info = model, optimizer, info
         self.amp_dtype, use_scaler = amp_settings(amp, device)  # bf16 where supported, else fp16 with a scaler
@@ -71,16 +73,14 @@ class Side:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
-        self.after_backward()
+        if self.clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.after_step()
 
     def losses(self, images, targets) -> torch.Tensor:
         return sum(self.model(images, targets).values())
-
-    def after_backward(self) -> None:
-        pass
 
     def after_step(self) -> None:
         pass
@@ -109,9 +109,6 @@ class OursSide(Side):
         losses, self.stats = self.model(images, targets, proposals=proposals_of(targets))
         self.watch.record(losses, self.iteration)
         return sum(losses[k] * self.weights[k] for k in losses)
-
-    def after_backward(self) -> None:
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
 
     def after_step(self) -> None:
         self.model.update_dynamic_state(self.iteration, self.stats)
