@@ -452,11 +452,11 @@ def padded_shapes(cfg, split: str = "train", num_batches: int = 1000, pad_bucket
     unbucketed = sum(len(b) * math.prod(batch_padded_size(b, div)) for b in sizes)
     rows = []
     for n in pad_buckets:
-        shapes = [batch_padded_size(b, div, build_pad_buckets(cfg, n)) for b in sizes]
+        buckets = build_pad_buckets(cfg, n)
+        shapes = [batch_padded_size(b, div, buckets) for b in sizes]
         counts = collections.Counter(shapes)
         padded = sum(len(b) * h * w for b, (h, w) in zip(sizes, shapes))
-        rows.append({"pad_buckets": n, "bucket_sides": list(build_pad_buckets(cfg, n)),
-                     "distinct_shapes": len(counts),
+        rows.append({"pad_buckets": n, "bucket_sides": list(buckets), "distinct_shapes": len(counts),
                      "shape_counts": {f"{h}x{w}": c for (h, w), c in counts.most_common()},
                      "padded_over_real": padded / real, "padded_over_unbucketed": padded / unbucketed})
     return {"split": split, "batches": len(sizes), "batch_size": cfg.train.batch_size,
