@@ -6,8 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from helpers import tiny_run_overrides
+from detector import benchmark as bench
+from detector.config import load_config
+from detector.engine.trainer import NonFiniteLossError
+from helpers import poison_third_training_forward, tiny_run_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
@@ -34,8 +38,7 @@ def test_synthetic_table_has_both_sides_their_ratios_and_what_ours_ran_with(tmp_
         assert row["ratio"]["train_images_per_s"] == (row["ours"]["train_images_per_s"]
                                                       / row["torchvision"]["train_images_per_s"])
         info = row["ours"]["side_info"]
-        assert info["optimizer_impl"] in ("fused", "foreach") and info["pad_buckets"] == [64, 96]
-        assert info["nonfinite_check"] == "log"  # as gpu.yaml configures it
+        assert info["optimizer"] in ("fused", "foreach") and info["pad_buckets"] == [64, 96]  # as gpu.yaml has it
     assert {"settings", "device", "torch", "torchvision", "date"} <= set(report)
 
 
@@ -56,6 +59,7 @@ def test_real_loop_beside_the_synthetic_figure(tmp_path, tiny, capsys):
     assert report["real"]["images_per_s"] > 0 and report["real"]["windows"] == 2
     assert report["synthetic"]["train_images_per_s"] > 0 and report["shape"] == [128, 128]
     assert report["ratio"] == report["real"]["images_per_s"] / report["synthetic"]["train_images_per_s"]
+    assert report["real"]["optimizer"] in ("fused", "foreach") and report["real"]["cudnn_benchmark"] is False
 
 
 def test_shapes_mode_counts_shapes_and_padding(tmp_path, tiny, capsys):
@@ -77,3 +81,19 @@ def test_profile_mode_counts_the_host_syncs_of_a_step(tiny, capsys):
     report = json.loads(text[text.index("{"):])
     assert report["step_s"] > 0 and report["ops_per_step"] > 100
     assert report["sync_ops_per_step"]["aten::nonzero"] >= 1  # the positives' compaction at least
+
+
+def test_ours_steps_as_the_trainer_and_reads_the_losses_at_log_steps(tmp_path, monkeypatch):
+    """A NaN at iteration 2 with train.log_period=2 stops our side at the read after iteration 3, named as the
+    trainer names it (weighted losses, clipping and the dynamic-state update run in between)."""
+    poison_third_training_forward(monkeypatch, bench)
+    cfg = load_config(["smoothl1.yaml"], tiny_run_overrides(tmp_path / "data", tmp_path / "run",
+                                                            **{"train.log_period": 2}))
+    side = bench.OursSide(cfg, torch.device("cpu"), num_classes=3, amp=False)
+    images, targets = bench.synthetic_batch(2, 128, 128, 3, 3, torch.device("cpu"))
+    side.model.train()
+    for _ in range(3):
+        side.step(images, targets)
+    with pytest.raises(NonFiniteLossError, match="at iteration 2 .*found at the check after iteration 3"):
+        side.step(images, targets)
+    assert side.info["optimizer"] in ("fused", "foreach")

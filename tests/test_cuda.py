@@ -328,4 +328,4 @@ def test_benchmark_real_mode_one_iteration(data_root, tmp_path):
              "--real-iters", "2", "--iters", "1", "--warmup", "1", "--json", str(out))
     report = json.loads(out.read_text())["real"]
     assert report["real"]["images_per_s"] > 0 and report["synthetic"]["train_images_per_s"] > 0
-    assert report["real"]["peak_memory_gib"] > 0 and report["real"]["optimizer_impl"] == "fused"
+    assert report["real"]["peak_memory_gib"] > 0 and report["real"]["optimizer"] == "fused"

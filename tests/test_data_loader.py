@@ -5,10 +5,10 @@ from itertools import islice
 import pytest
 import torch
 
+from detector.benchmark import loader_throughput
 from detector.config import load_config
 from detector.data import build as data_build
 from detector.data import build_dataloader, build_dataset, collate
-from detector.data.benchmark import loader_throughput
 from detector.data.samplers import GroupedInfiniteBatchSampler, inference_indices
 
 GROUPS = [0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 1]  # 11 images, two aspect-ratio groups

@@ -15,7 +15,7 @@
     python tools/benchmark.py --all --cfg smoothl1.yaml --cfg data/coco_tiny.yaml --cfg gpu.yaml --json bench.json
                                                     # everything the GPU table of docs/performance.md needs
 Add --json FILE to keep every figure. Configs (--cfg, key=value) are used by --real, --shapes, --profile, --data;
-in the synthetic table key=value overrides change our side only (e.g. train.nonfinite_check=step against log).
+in the synthetic table key=value overrides change our side only (e.g. train.clip_grad_norm=0).
 """
 import argparse
 import json
@@ -38,7 +38,6 @@ def main(argv=None) -> int:
     parser.add_argument("--backbone", default=None, help="resnet18/34/50/101 for both sides (default: resnet50, "
                                                          "resnet18 with --device cpu)")
     parser.add_argument("--compile", choices=["none", "backbone", "all"], default="none", help="ours: train.compile")
-    parser.add_argument("--cudnn-benchmark", choices=["on", "off"], default="on", help="for both sides")
     parser.add_argument("--isolation", choices=["process", "none"], default="process",
                         help="each side of each row in its own process (default), or all in this one")
     parser.add_argument("--warmup", type=int, default=None)
@@ -56,57 +55,52 @@ def main(argv=None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     import torch
+
+    from detector import benchmark
+    from detector.config import load_config
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    report = {}
+    small = device == "cpu"
+    report = {"device": device}
     if args.data:
-        from detector.config import load_config
-        from detector.data.benchmark import loader_throughput
         cfg = load_config(args.cfg, args.overrides)
-        report = {"device": device, "results": [loader_throughput(cfg, "train", num_workers=w, num_batches=20)
-                                                for w in args.workers]}
-        for row in report["results"]:
-            print(json.dumps(row))
+        report["results"] = [benchmark.loader_throughput(cfg, "train", num_workers=w, num_batches=20)
+                             for w in args.workers]
+        print("\n".join(json.dumps(row) for row in report["results"]))
     if args.shapes or args.all:
-        report["shapes"] = shapes(args)
+        report["shapes"] = shapes(load_config(args.cfg, args.overrides), args)
     if args.profile:
-        from detector.benchmark import profile_step
-        report = profile_step(args.cfg, args.overrides, device=device, warmup=args.warmup or 3, steps=args.iters or 2)
+        report = benchmark.profile_step(args.cfg, args.overrides, device, warmup=3 if args.warmup is None
+                                        else args.warmup, steps=args.iters or 2)
         print(report["table"])
         print(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=1))
     if not (args.data or args.shapes or args.profile or args.real):
-        from detector.benchmark import format_table, run_benchmark
-        small = device == "cpu"
-        size = args.size or ([128, 160] if small else [800, 1067])
-        report["synthetic"] = run_benchmark(
+        report["synthetic"] = benchmark.run_benchmark(
             device, batch_sizes=args.batch_sizes or ([1] if small else [2, 8]),
             amp_modes={"off": [False], "on": [True], "both": [False, True]}[args.amp or ("off" if small else "both")],
-            height=size[0], width=size[1], settings=tuple(args.settings or ("scratch", "finetune")),
+            size=args.size or ([128, 160] if small else [800, 1067]),
+            settings=tuple(args.settings or benchmark.SETTINGS),
             backbone=args.backbone or ("resnet18" if small else "resnet50"),
             warmup=args.warmup if args.warmup is not None else (1 if small else 5),
             iters=args.iters if args.iters is not None else (2 if small else 20),
-            compile=args.compile, cudnn_benchmark=args.cudnn_benchmark == "on", isolation=args.isolation,
-            overrides=tuple(args.overrides) if not args.all else ())
-        print(format_table(report["synthetic"]))
+            compile=args.compile, isolation=args.isolation, overrides=() if args.all else tuple(args.overrides))
+        print(benchmark.format_table(report["synthetic"]))
     if args.real or args.all:
-        from detector.benchmark import format_real, real_loop
-        report["real"] = real_loop(args.cfg, args.overrides, iters=args.real_iters, device=device,
-                                   isolation=args.isolation, synthetic_warmup=3 if args.warmup is None else args.warmup,
-                                   synthetic_iters=args.iters or 10)
-        print(format_real(report["real"]))
+        report["real"] = benchmark.real_loop(args.cfg, args.overrides, iters=args.real_iters, device=device,
+                                             isolation=args.isolation,
+                                             synthetic_warmup=3 if args.warmup is None else args.warmup,
+                                             synthetic_iters=args.iters or 10)
+        print(benchmark.format_real(report["real"]))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
 
 
-def shapes(args) -> dict:
+def shapes(cfg, args) -> dict:
     """--shapes: the padded shapes of ``--batches`` training and val batches for each ``pad_buckets`` value."""
-    from detector.config import load_config
-    from detector.data.benchmark import padded_shapes
-    cfg = load_config(args.cfg, args.overrides)
+    from detector.benchmark import padded_shapes
     buckets = tuple(args.buckets or sorted({0, cfg.data.input.pad_buckets}))
-    out = {}
+    out = {split: padded_shapes(cfg, split, args.batches, buckets) for split in ("train", "val")}
     for split in ("train", "val"):
-        out[split] = padded_shapes(cfg, split, num_batches=args.batches, pad_buckets=buckets)
         print(f"{split}: {out[split]['batches']} batches of {out[split]['batch_size']} "
               f"({' '.join(args.cfg)} {' '.join(args.overrides)})")
         print("| pad_buckets | bucket sides | distinct shapes | padded / real pixels | vs unbucketed | most frequent |")
@@ -115,12 +109,11 @@ def shapes(args) -> dict:
             common = ", ".join(f"{k} ({v})" for k, v in list(row["shape_counts"].items())[:4])
             print(f"| {row['pad_buckets']} | {row['bucket_sides'] or '-'} | {row['distinct_shapes']} | "
                   f"{row['padded_over_real']:.3f} | {row['padded_over_unbucketed']:.3f} | {common} |")
-    both = {}
-    for row_t, row_v in zip(out["train"]["rows"], out["val"]["rows"]):
-        both[row_t["pad_buckets"]] = len(set(row_t["shape_counts"]) | set(row_v["shape_counts"]))
-    out["distinct_shapes_train_and_val"] = both
+    out["distinct_shapes_train_and_val"] = {
+        t["pad_buckets"]: len(set(t["shape_counts"]) | set(v["shape_counts"]))
+        for t, v in zip(out["train"]["rows"], out["val"]["rows"])}
     print("distinct shapes over training and evaluation together:",
-          ", ".join(f"pad_buckets={k}: {v}" for k, v in both.items()))
+          ", ".join(f"pad_buckets={k}: {v}" for k, v in out["distinct_shapes_train_and_val"].items()))
     return out
 
 

@@ -1,0 +1,467 @@
+"""Speed measurements; ``tools/benchmark.py`` is the command line, docs/performance.md holds the results.
+
+- :func:`run_benchmark`: ours against torchvision's Faster R-CNN (ResNet-FPN, random weights), training and
+  inference on one seeded synthetic batch, with the same RPN/RoI settings (2000 pre-NMS / 1000 post-NMS training
+  proposals, 512 RoIs per image at 25% foreground), SGD hyper-parameters and AMP choice (:func:`amp_settings`), in
+  two settings: ``scratch`` (BatchNorm, all stages trainable) and ``finetune`` (frozen BatchNorm, stem and res2
+  frozen). Each (side, setting, batch, AMP) runs in its own process (``isolation="process"``; ``"none"``: in this
+  one, for tests), so no cudnn autotuning, allocator cache or peak-memory counter carries over; both sides get the
+  same cudnn.benchmark setting and warm-up. Peak memory is the steady state over the timed iterations (the
+  warm-up's peak, cudnn's trial workspaces, is reported apart). Ours steps as the trainer does
+  (:class:`OursSide`) as ``gpu.yaml`` configures it; torchvision as its reference script trains it.
+- :func:`real_loop`: ``detector.engine.trainer.train`` for N iterations beside the synthetic figure of the same
+  config on the run's most frequent padded shape.
+- :func:`profile_step`, :func:`padded_shapes`, :func:`loader_throughput`.
+
+``python -m detector.benchmark SPEC_JSON`` is the worker process of one isolated measurement (:func:`run_spec`).
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detector.config import load_config
+from detector.data import build_dataloader, build_dataset, make_dataloader, proposals_of
+from detector.data.transforms import batch_padded_size, build_pad_buckets
+from detector.engine.optim import build_loss_weights, build_optimizer
+from detector.engine.runtime import amp_settings, compile_submodules, to_device
+from detector.engine.trainer import LossWatch, train
+from detector.modeling import build_detector
+
+SETTINGS = ("scratch", "finetune")
+NUM_BOXES, NUM_CLASSES = 8, 80  # per synthetic image; foreground classes of the synthetic table
+FIGURES = ("train_images_per_s", "infer_images_per_s", "peak_memory_gib")  # compared side by side
+RESULT_MARK = "BENCHMARK_RESULT "  # a worker's last stdout line: this mark, then its JSON result
+SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::_unique2", "aten::unique_dim",
+            "aten::unique_consecutive", "aten::masked_select", "aten::repeat_interleave", "torchvision::nms")
+CUDA_RUNTIME_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+                      "cudaMemcpyAsync")
+
+
+# ---------------------------------------------------------------------------------------------- the two sides
+class Side:
+    """A model, its optimizer and AMP choice, and one training step (:meth:`step`); the same code times both
+    sides and the profiler's steps."""
+
+    clip: float | None = None  # max gradient norm; None: no clipping
+
+    def __init__(self, model, optimizer, amp: bool, device: torch.device, info: dict[str, Any]):
+        self.model, self.optimizer, self.info = model, optimizer, info
+        self.amp_dtype, use_scaler = amp_settings(amp, device)  # bf16 where supported, else fp16 with a scaler
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
+    def step(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> None:
+        with self.autocast(images[0].device):
+            total = self.losses(images, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        if self.clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.after_step()
+
+    def losses(self, images, targets) -> torch.Tensor:
+        return sum(self.model(images, targets).values())
+
+    def after_step(self) -> None:
+        pass
+
+
+class OursSide(Side):
+    """Our detector stepped as :func:`detector.engine.trainer.train` steps it: weighted losses, each step's losses
+    recorded by :class:`LossWatch` and read every ``train.log_period`` steps, gradient clipping, fused/foreach SGD,
+    the dynamic-state update."""
+
+    def __init__(self, cfg, device: torch.device, num_classes: int, amp: bool):
+        model = build_detector(cfg, num_classes=num_classes).to(device)
+        if cfg.train.channels_last and device.type == "cuda":
+            model.use_channels_last()
+        compiled = compile_submodules(model, cfg.train.compile)
+        optimizer = build_optimizer(cfg, model)
+        super().__init__(model, optimizer, amp, device, {
+            "optimizer": optimizer.impl, "compiled": compiled, "pad_buckets": list(model.pad_buckets),
+            "channels_last": model.input_memory_format == torch.channels_last})
+        self.weights, self.watch, self.log_period = build_loss_weights(cfg), LossWatch(False), cfg.train.log_period
+        self.clip = cfg.train.clip_grad_norm or math.inf
+        self.iteration = 0
+        self.stats: dict[str, torch.Tensor] = {}
+
+    def losses(self, images, targets) -> torch.Tensor:
+        losses, self.stats = self.model(images, targets, proposals=proposals_of(targets))
+        self.watch.record(losses, self.iteration)
+        return sum(losses[k] * self.weights[k] for k in losses)
+
+    def after_step(self) -> None:
+        self.model.update_dynamic_state(self.iteration, self.stats)
+        self.iteration += 1
+        if self.iteration % self.log_period == 0:
+            self.watch.raise_if_bad(None, None)  # the trainer's read at log steps (a NaN stops the benchmark)
+
+
+def ours_config(spec: dict[str, Any]):
+    """Our side's config in the table: ``gpu.yaml`` with the benchmark's model settings, then ``spec["overrides"]``."""
+    norm, freeze_at = ("bn", 0) if spec["setting"] == "scratch" else ("frozen_bn", 2)
+    short, long = sorted(spec["size"])  # the configured sizes place the pad buckets: pad as torchvision does
+    return load_config(["gpu.yaml"], [
+        f"data.input.min_size_train=[{short}]", f"data.input.max_size_train={long}",
+        f"data.input.min_size_test={short}", f"data.input.max_size_test={long}",
+        f"model.backbone.name={spec['backbone']}", f"model.backbone.norm={norm}",
+        f"model.backbone.freeze_at={freeze_at}",
+        "model.rpn.pre_nms_topk_train=2000", "model.rpn.post_nms_topk_train=1000",
+        "model.rpn.pre_nms_topk_test=1000", "model.rpn.post_nms_topk_test=1000",
+        "model.roi_head.batch_size_per_image=512", "model.roi_head.positive_fraction=0.25",
+        "model.roi_head.box_loss.name=smooth_l1", "model.roi_head.box_loss.beta=0.1111111111111111",
+        "train.lr=0.001", "train.lr_reference_batch=null",  # timing only: a small lr keeps random weights finite
+        f"train.compile={spec.get('compile', 'none')}", *spec.get("overrides", [])])
+
+
+def torchvision_side(spec: dict[str, Any], device: torch.device, num_classes: int) -> Side:
+    """torchvision's ``FasterRCNN`` with a ResNet-FPN (``resnet_fpn_backbone``), as its reference script trains it
+    (its own resize/normalise transform, plain SGD with momentum)."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops import FrozenBatchNorm2d
+    scratch = spec["setting"] == "scratch"
+    body = resnet_fpn_backbone(backbone_name=spec["backbone"], weights=None, trainable_layers=5 if scratch else 3,
+                               norm_layer=torch.nn.BatchNorm2d if scratch else FrozenBatchNorm2d)
+    model = FasterRCNN(body, num_classes=num_classes + 1, min_size=min(spec["size"]), max_size=max(spec["size"]),
+                       rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=1000, rpn_pre_nms_top_n_test=1000,
+                       rpn_post_nms_top_n_test=1000, box_batch_size_per_image=512,
+                       box_positive_fraction=0.25).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.001, momentum=0.9, weight_decay=1e-4)
+    return Side(model, optimizer, spec["amp"], device, {"optimizer": "default"})
+
+
+def synthetic_batch(batch_size: int, height: int, width: int, num_boxes: int, num_classes: int,
+                    device: torch.device, seed: int = 0) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """float images in 0..1 [3,H,W] and targets with ``num_boxes`` random valid xyxy boxes each (labels 1..K)."""
+    g = torch.Generator().manual_seed(seed)
+    images, targets = [], []
+    for _ in range(batch_size):
+        images.append(torch.rand(3, height, width, generator=g).to(device))
+        wh = torch.rand(num_boxes, 2, generator=g) * torch.tensor([width * 0.4, height * 0.4]) + 16  # [B,2]
+        xy = torch.rand(num_boxes, 2, generator=g) * (torch.tensor([width, height]) - wh)
+        labels = torch.randint(1, num_classes + 1, (num_boxes,), generator=g)
+        targets.append({"boxes": torch.cat([xy, xy + wh], dim=1).to(device), "labels": labels.to(device)})
+    return images, targets
+
+
+# ---------------------------------------------------------------------------------------------- one measurement
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
+
+
+def timed(fn, device: torch.device, iters: int) -> float:
+    """Seconds per call of ``fn`` over ``iters`` calls, the device synchronised at both ends."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / max(iters, 1)
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train and infer one side (``spec["side"]``: ours or torchvision) on one synthetic batch.
+
+    Returns ``{"train_images_per_s", "infer_images_per_s", "peak_memory_gib" (timed training iterations, after the
+    warm-up), "warmup_peak_memory_gib", "train_step_s", "amp", "side_info", "pid"}``; memory is NaN off CUDA.
+    """
+    device = torch.device(spec["device"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(spec.get("cudnn_benchmark", True))
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(0)
+    num_classes = spec.get("num_classes", NUM_CLASSES)
+    images, targets = synthetic_batch(spec["batch_size"], *spec["size"], NUM_BOXES, num_classes, device)
+    if spec["side"] == "ours":  # "as_configured": the real loop's comparator, the run's config untouched
+        cfg = load_config(spec["configs"], spec["overrides"]) if spec.get("as_configured") else ours_config(spec)
+        side = OursSide(cfg, device, num_classes, spec["amp"])
+    else:
+        side = torchvision_side(spec, device, num_classes)
+    side.model.train()
+    timed(lambda: side.step(images, targets), device, spec["warmup"])
+    warmup_peak = peak_gib(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train_s = timed(lambda: side.step(images, targets), device, spec["iters"])
+    peak = peak_gib(device)
+
+    def infer() -> None:
+        with side.autocast(device):
+            side.model(images)
+
+    side.model.eval()
+    with torch.inference_mode():
+        timed(infer, device, spec["warmup"])
+        infer_s = timed(infer, device, spec["iters"])
+    n = spec["batch_size"]
+    return {"train_images_per_s": n / train_s, "infer_images_per_s": n / infer_s, "peak_memory_gib": peak,
+            "warmup_peak_memory_gib": warmup_peak, "train_step_s": train_s,
+            "amp": str(side.amp_dtype) if side.amp_dtype else "off", "side_info": side.info, "pid": os.getpid()}
+
+
+def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement in this process: the real loop (``spec["kind"] == "real"``) or :func:`measure`."""
+    return real_loop_worker(spec) if spec.get("kind") == "real" else measure(spec)
+
+
+def run_isolated(spec: dict[str, Any], isolation: str = "process", timeout: float = 1800) -> dict[str, Any]:
+    """:func:`run_spec` in a fresh Python process (``isolation="process"``) or in this one (``"none"``)."""
+    if isolation == "none":
+        return run_spec(spec)
+    repo = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run([sys.executable, "-m", "detector.benchmark", json.dumps(spec)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": path})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark worker failed (exit code {proc.returncode}) for {json.dumps(spec)}:\n"
+                           f"{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len(RESULT_MARK):])
+
+
+def environment(device: str) -> dict[str, Any]:
+    dev = torch.device(device)
+    return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "torchvision": __import__("torchvision").__version__,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) and not math.isnan(a) else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------- the modes
+def run_benchmark(device: str, batch_sizes: list[int], amp_modes: list[bool], size: list[int],
+                  settings: tuple[str, ...] = SETTINGS, backbone: str = "resnet50", warmup: int = 5,
+                  iters: int = 20, compile: str = "none", isolation: str = "process",
+                  overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Both sides over settings x batch sizes x AMP modes on ``size`` = [H, W] images; ``overrides`` change our
+    side only. ``{"settings", "device", "torch", "torchvision", "date", "results": [{"setting", "batch_size",
+    "amp", "ours", "torchvision", "ratio"}, ...]}``."""
+    results = []
+    for setting, batch_size, amp in itertools.product(settings, batch_sizes, amp_modes):
+        row: dict[str, Any] = {"setting": setting, "batch_size": batch_size}
+        for side in ("ours", "torchvision"):
+            row[side] = run_isolated({
+                "side": side, "setting": setting, "batch_size": batch_size, "amp": amp, "size": list(size),
+                "backbone": backbone, "warmup": warmup, "iters": iters, "device": device, "compile": compile,
+                "overrides": list(overrides)}, isolation)
+        row["amp"] = row["ours"]["amp"]
+        row["ratio"] = {k: ratio(row["ours"][k], row["torchvision"][k]) for k in FIGURES}
+        results.append(row)
+    settings_report = {
+        "image_size": list(size), "boxes_per_image": NUM_BOXES, "num_classes": NUM_CLASSES,
+        "backbone": f"{backbone}-fpn, random init; scratch: BN, all stages trainable; finetune: frozen BN, stem + "
+                    f"res2 frozen", "rpn_proposals_train": "2000 pre-NMS / 1000 post-NMS", "roi_per_image": 512,
+        "positive_fraction": 0.25, "ours": f"gpu.yaml, compile={compile}", "ours_overrides": list(overrides),
+        "torchvision": "FasterRCNN + resnet_fpn_backbone, SGD lr 0.001 momentum 0.9 wd 1e-4",
+        "cudnn_benchmark": True, "isolation": isolation, "warmup_iters": warmup, "timed_iters": iters}
+    return {"settings": settings_report, **environment(device), "results": results}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [f"device: {report['device']}  torch {report['torch']}  torchvision {report['torchvision']}  "
+             f"{report['date']}", f"images {s['image_size'][0]}x{s['image_size'][1]}, {s['backbone']}; "
+             f"cudnn.benchmark {s['cudnn_benchmark']}, isolation {s['isolation']}",
+             "| setting | batch | AMP | train img/s ours | tv | ratio | infer img/s ours | tv | ratio "
+             "| peak GiB ours | tv | ratio |", "|---" * 12 + "|"]
+    for r in report["results"]:
+        cells = [f"{r[side][k]:.2f}" + ("x" if side == "ratio" else "") for k in FIGURES
+                 for side in ("ours", "torchvision", "ratio")]
+        lines.append(f"| {r['setting']} | {r['batch_size']} | {r['amp']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def real_loop(configs: list[str], overrides: list[str], iters: int = 100, device: str | None = None,
+              isolation: str = "process", synthetic_warmup: int = 3, synthetic_iters: int = 10) -> dict[str, Any]:
+    """Time ``detector.engine.trainer.train`` on ``configs`` + ``overrides`` for ``iters`` iterations (log windows
+    of ``iters // 5``; a temporary run folder, a short final evaluation) beside the synthetic figure of the same
+    model, batch and AMP on the run's most frequent padded shape; ``{"real", "synthetic", "ratio", "shape", ...}``."""
+    cfg = load_config(configs, overrides)
+    log_period = max(1, iters // 5)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    shapes = padded_shapes(cfg, "train", num_batches=200, pad_buckets=(cfg.data.input.pad_buckets,))
+    row = shapes["rows"][0]
+    height, width = (int(v) for v in next(iter(row["shape_counts"])).split("x"))
+    real = run_isolated({"kind": "real", "configs": configs, "overrides": overrides, "iters": iters,
+                         "log_period": log_period, "device": device}, isolation)
+    synthetic = run_isolated({"side": "ours", "as_configured": True, "configs": configs, "overrides": overrides,
+                              "batch_size": cfg.train.batch_size, "amp": cfg.train.amp, "size": [height, width],
+                              "num_classes": shapes["num_classes"], "warmup": synthetic_warmup,
+                              "iters": synthetic_iters, "device": device,
+                              "cudnn_benchmark": bool(real["cudnn_benchmark"])}, isolation)
+    return {"configs": configs, "overrides": overrides, "iters": iters, "log_period": log_period,
+            "shape": [height, width], "distinct_shapes": row["distinct_shapes"], "real": real,
+            "synthetic": synthetic, "ratio": ratio(real["images_per_s"], synthetic["train_images_per_s"]),
+            **environment(device)}
+
+
+def real_loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """The real loop of :func:`real_loop`, in the calling process; medians over the log windows but the first."""
+    batch_size = load_config(spec["configs"], spec["overrides"]).train.batch_size
+    with tempfile.TemporaryDirectory(prefix="detector-bench-") as run_dir:
+        cfg = load_config(spec["configs"], [
+            *spec["overrides"], f"output_dir={run_dir}", f"train.max_iters={spec['iters']}",
+            f"train.log_period={spec['log_period']}", f"train.checkpoint_period={spec['iters']}",
+            f"train.hist_period={spec['iters']}", "train.eval_period=0", "train.num_vis_images=0",
+            f"eval.max_images={2 * batch_size}", f"train.device={spec['device']}"])
+        start = time.perf_counter()
+        train(cfg, run_dir)
+        wall = time.perf_counter() - start
+        records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in records if r["type"] == "start")
+    windows = [r for r in records if r["type"] == "train"]
+    steady = windows[1:] or windows  # the first window holds cudnn autotuning and compilation
+    return {"images_per_s": statistics.median([r["images_per_s"] for r in steady]),
+            "data_time_s": statistics.median([r["data_time"] for r in steady]),
+            "step_time_s": statistics.median([r["step_time"] for r in steady]),
+            "first_window_images_per_s": windows[0]["images_per_s"], "windows": len(windows),
+            "peak_memory_gib": windows[-1].get("peak_memory_gib", float("nan")), "wall_s": wall,
+            **{k: first.get(k) for k in ("cudnn_benchmark", "compiled", "optimizer", "pad_buckets")},
+            "pid": os.getpid()}
+
+
+def format_real(report: dict[str, Any]) -> str:
+    r, s = report["real"], report["synthetic"]
+    return (f"real loop ({' '.join(report['configs'])}, {report['iters']} iterations, windows of "
+            f"{report['log_period']}, first left out): {r['images_per_s']:.2f} img/s (data "
+            f"{r['data_time_s'] * 1e3:.0f} ms, step {r['step_time_s'] * 1e3:.0f} ms per iteration; first window "
+            f"{r['first_window_images_per_s']:.2f} img/s); synthetic, same model and settings at "
+            f"{report['shape'][0]}x{report['shape'][1]}: {s['train_images_per_s']:.2f} img/s; real / synthetic "
+            f"{report['ratio']:.2f}; {report['distinct_shapes']} padded shapes in 200 batches; cudnn.benchmark "
+            f"{r['cudnn_benchmark']}, optimizer {r['optimizer']}, compiled {r['compiled']}")
+
+
+def profile_step(configs: list[str], overrides: list[str], device: str | None = None, warmup: int = 3,
+                 steps: int = 2) -> dict[str, Any]:
+    """``torch.profiler`` over ``steps`` training steps (after ``warmup``) of the config's model on real loader
+    batches, stepped as the trainer steps it.
+
+    Returns ``{"step_s", "device", "ops_per_step", "sync_ops_per_step": {op: count}, "cuda_runtime_per_step":
+    {call: count}, "table"}``: ``sync_ops_per_step`` are the ops that make the host wait for the device
+    (``_local_scalar_dense`` is ``.item()``/``float()``/``int()`` of a tensor); on CUDA the runtime's
+    synchronisations and memcpys per step too (a copy from pageable host memory also waits).
+    """
+    from torch.profiler import ProfilerActivity, profile
+    cfg = load_config(configs, [*overrides, "data.loader.num_workers=0"])
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    loader = build_dataloader(cfg, "train")
+    batches = iter(loader)
+    side = OursSide(cfg, dev, len(loader.dataset.classes) - 1, cfg.train.amp)
+    side.model.train()
+    timed(lambda: side.step(*to_device(*next(batches), dev)), dev, warmup)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step_s = timed(lambda: side.step(*to_device(*next(batches), dev)), dev, steps)
+    counts = collections.Counter(e.name for e in prof.events())
+    ops = sum(v for k, v in counts.items() if k.startswith(("aten::", "torchvision::")))
+    sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    return {"step_s": step_s, "device": str(dev), "ops_per_step": ops / steps,
+            "sync_ops_per_step": {k: counts[k] / steps for k in SYNC_OPS if counts[k]},
+            "cuda_runtime_per_step": {k: counts[k] / steps for k in CUDA_RUNTIME_SYNCS if counts[k]},
+            "table": prof.key_averages().table(sort_by=sort, row_limit=25)}
+
+
+def loader_throughput(cfg, split: str = "train", num_workers: int = 0, num_batches: int = 50) -> dict:
+    """Images per second through decode + transforms + collate over ``num_batches`` batches of
+    ``cfg.train.batch_size`` images of ``split`` with ``num_workers`` workers; the first batch (worker start-up) is
+    timed apart. ``{"split", "num_workers", "batch_size", "num_batches", "images", "seconds", "images_per_s",
+    "batches_per_s", "first_batch_s", "dataset_images"}``; a finite (val) loader may end before ``num_batches``."""
+    dataset = build_dataset(cfg, split)
+    loader = make_dataloader(dataset, train=split == "train", batch_size=cfg.train.batch_size,
+                             num_workers=num_workers, seed=cfg.seed,
+                             group_by_aspect_ratio=cfg.data.loader.aspect_ratio_grouping,
+                             pin_memory=cfg.data.loader.pin_memory)
+    iterator = iter(loader)
+    start = time.perf_counter()
+    next(iterator)
+    first_batch_s = time.perf_counter() - start
+    batches = images = 0
+    start = time.perf_counter()
+    for images_batch, _targets in iterator:
+        batches += 1
+        images += len(images_batch)
+        if batches == num_batches:
+            break
+    seconds = max(time.perf_counter() - start, 1e-9)
+    del iterator, loader  # stop persistent workers
+    return {"split": split, "num_workers": num_workers, "batch_size": cfg.train.batch_size, "num_batches": batches,
+            "images": images, "seconds": seconds, "images_per_s": images / seconds, "batches_per_s": batches / seconds,
+            "first_batch_s": first_batch_s, "dataset_images": len(dataset)}
+
+
+def padded_shapes(cfg, split: str = "train", num_batches: int = 1000, pad_buckets: tuple[int, ...] = (0,)) -> dict:
+    """The padded batch shapes a run of ``cfg`` would see, simulated from the annotation sizes alone.
+
+    Replays the loader's batch stream (the seeded, aspect-ratio grouped training sampler, or the ordered val
+    batches) and each sample's transform decisions (:meth:`DetectionTransform.plan`, drawn from the sample's seed
+    as the dataset does), without decoding an image, then pads every batch as the model would
+    (:func:`batch_padded_size`) for each ``data.input.pad_buckets`` value in ``pad_buckets`` (0 = off).
+
+    Returns ``{"split", "batches", "batch_size", "num_classes", "rows": [{"pad_buckets", "bucket_sides",
+    "distinct_shapes", "shape_counts", "padded_over_real", "padded_over_unbucketed"}, ...]}``: ``padded_over_real`` is
+    sum(N·H·W) / sum(h_i·w_i), the backbone's FLOPs per real pixel (convolutions scale with the padded area);
+    ``padded_over_unbucketed`` is that area against the same batches padded to ``size_divisibility`` only;
+    ``shape_counts`` ("HxW" -> batches) is most frequent first.
+    """
+    dataset = build_dataset(cfg, split)
+    loader = make_dataloader(dataset, train=split == "train", batch_size=cfg.train.batch_size, num_workers=0,
+                             seed=cfg.seed, group_by_aspect_ratio=cfg.data.loader.aspect_ratio_grouping)
+    sizes = []  # per batch: [(h_i, w_i), ...] after the transforms
+    for batch in loader.batch_sampler:  # the sampler only: nothing is loaded
+        batch_sizes = []
+        for key in batch:
+            index, sample_seed = key if isinstance(key, (tuple, list)) else (key, key)  # as DetectionDataset does
+            record = dataset.records[index]
+            generator = torch.Generator().manual_seed(int(sample_seed))
+            _, size, _ = dataset.transforms.plan(record.height, record.width, dataset.get_target(index), generator)
+            batch_sizes.append(size)
+        sizes.append(batch_sizes)
+        if len(sizes) == num_batches:
+            break
+    div = cfg.data.input.size_divisibility
+    real = sum(h * w for batch in sizes for h, w in batch)
+    unbucketed = sum(len(b) * math.prod(batch_padded_size(b, div)) for b in sizes)
+    rows = []
+    for n in pad_buckets:
+        buckets = build_pad_buckets(cfg, n)
+        shapes = [batch_padded_size(b, div, buckets) for b in sizes]
+        counts = collections.Counter(shapes)
+        padded = sum(len(b) * h * w for b, (h, w) in zip(sizes, shapes))
+        rows.append({"pad_buckets": n, "bucket_sides": list(buckets), "distinct_shapes": len(counts),
+                     "shape_counts": {f"{h}x{w}": c for (h, w), c in counts.most_common()},
+                     "padded_over_real": padded / real, "padded_over_unbucketed": padded / unbucketed})
+    return {"split": split, "batches": len(sizes), "batch_size": cfg.train.batch_size,
+            "num_classes": len(dataset.classes) - 1, "rows": rows}
+
+
+if __name__ == "__main__":  # the worker of one isolated measurement: its result on the last stdout line
+    print(RESULT_MARK + json.dumps(run_spec(json.loads(sys.argv[1]))), flush=True)
