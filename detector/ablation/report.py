@@ -32,8 +32,8 @@ from typing import Any
 from detector.ablation.launch import last_line
 from detector.ablation.plan import METRICS_FILE, Run, groups_of, is_finished
 from detector.ablation.localisation import LOCALISATION, TIDE_METRIC, run_localisation, tide_available
-from detector.ablation.stats import (ALPHA, CONFIDENCE, NAN, POWER, PairedDifference, defined, detectable_effect,
-                                     holm, mean_std, paired_difference, verdict)
+from detector.ablation.stats import (ALPHA, CONFIDENCE, MIN_PAIRS, NAN, POWER, PairedDifference, defined,
+                                     detectable_effect, holm, mean_std, paired_difference, verdict)
 from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS
 from detector.evaluation.voc import VOC_METRIC_NAMES
 
@@ -259,13 +259,13 @@ def _markdown(groups: list[Group], stats, paired, tests: int, baseline: str, tit
                   f"corrected for multiple testing. p: the two-sided paired t test (scipy.stats.ttest_rel). "
                   f"**Multiple testing: {tests} tests** (every row below with a p value) are corrected together by "
                   f"Holm's step-down method; the verdict is better or worse only when the Holm-adjusted p < {alpha}, "
-                  f"else no evidence; too few seeds when n < 3 pairs or all differences are equal (sd 0: no test, "
-                  f"not counted). A config with a failed seed gets no better verdict (a failed baseline seed: no "
-                  f"worse): the seeds that survive are not a fair sample. detectable: the smallest true difference "
-                  f"the test finds with {POWER:.0%} power at Holm's strictest level {alpha} / {max(tests, 1)}, from "
-                  f"the paired sd and n (exact, noncentral t: scipy.stats.nct); with no evidence, differences above "
-                  f"it would most likely have shown, smaller ones may exist unseen. Metrics undefined on either side "
-                  f"(COCO's -1) are left out.", "",
+                  f"else no evidence; too few seeds when n < {MIN_PAIRS} pairs or all differences are equal (sd 0: "
+                  f"no test, not counted). A config with a failed seed gets no better verdict (a failed baseline "
+                  f"seed: no worse): the seeds that survive are not a fair sample. detectable: the smallest true "
+                  f"difference the test finds with {POWER:.0%} power at Holm's strictest level ({alpha} / the "
+                  f"number of tests), from the paired sd and n (exact, noncentral t: scipy.stats.nct); with no "
+                  f"evidence, differences above it would most likely have shown, smaller ones may exist unseen. "
+                  f"Metrics undefined on either side (COCO's -1) are left out.", "",
                   f"| config | metric | pairs | mean diff | {level}% CI | p | p (Holm) | detectable | verdict |",
                   "|---" * 9 + "|"]
         for name, by_metric in paired.items():
@@ -314,7 +314,6 @@ def _localisation_markdown(groups: list[Group], stats) -> list[str]:
               f"COCO way (per image and class, by descending score, to the unmatched non-crowd ground truth it "
               f"overlaps most, at IoU >= {MATCH_IOU}); the IoUs of these true positives, per run, summarised by "
               f"their median and the share >= 0.75 and >= 0.9, then mean ± std over seeds (tp_iou.png: their "
-              f"histogram per config). "
               f"histogram per config). {tide_note}"]
     if errors:
         lines.append(f"Runs without these numbers: {'; '.join(errors)}.")
