@@ -34,6 +34,7 @@ from detector.ablation.plan import METRICS_FILE, Run, groups_of, is_finished
 from detector.ablation.localisation import LOCALISATION, TIDE_METRIC, run_localisation, tide_available
 from detector.ablation.stats import (ALPHA, CONFIDENCE, MIN_PAIRS, NAN, POWER, PairedDifference, defined,
                                      detectable_effect, holm, mean_std, paired_difference, verdict)
+from detector.errors import DetectorError
 from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS
 from detector.evaluation.voc import VOC_METRIC_NAMES
 
@@ -131,7 +132,6 @@ def collect(runs: list[Run], out: Path) -> list[Group]:
 
 def _add_localisation(result: dict, run_dir: Path, ground_truth: dict) -> None:
     """The run's :data:`LOCALISATION` values and TP IoUs into ``result``; why not in ``localisation_error``."""
-    from detector.errors import DetectorError
     try:
         values, result["tp_ious"] = run_localisation(run_dir, ground_truth)
     except (DetectorError, OSError, ValueError) as exc:  # the val data is gone or unreadable: report the rest
