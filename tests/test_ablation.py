@@ -155,30 +155,38 @@ def make_paired_ablation(out: Path) -> list:
 
 
 def test_paired_differences_match_a_hand_computation(tmp_path, capsys):
-    """mean ± t(0.975, 3) · sd / √4 with t = 3.182446 (a t-table):
-    AP   d = 1,2,3,2 points: mean 2.0, sd 0.8165 -> [0.7008, 3.2992]: better;
-    AP50 d = 2,-1,0,1:       mean 0.5, sd 1.2910 -> [-1.5543, 2.5543]: no evidence;
-    AP75 d = -3,-4,-2,-3:    mean -3.0, sd 0.8165 -> [-4.2992, -1.7008]: worse."""
+    """mean ± t(0.975, 3) · sd / √4 with t = 3.182446 (a t-table); t statistic mean / (sd / √4), df 3:
+    AP   d = 1,2,3,2 points: mean 2.0, sd 0.8165 -> [0.7008, 3.2992], t 4.899, p 0.01628;
+    AP50 d = 2,-1,0,1:       mean 0.5, sd 1.2910 -> [-1.5543, 2.5543], t 0.775, p 0.4950;
+    AP75 d = -3,-4,-2,-3:    mean -3.0, sd 0.8165 -> [-4.2992, -1.7008], t -7.348, p 0.005209.
+    The other summary metrics differ by exactly 0 (sd 0: too few seeds, no test), so Holm's family is 3 tests:
+    sorted p 0.005209 · 3 = 0.01563, 0.01628 · 2 = 0.03255, 0.4950 · 1 -> AP75 worse, AP better, AP50 none."""
     out = tmp_path / "abl"
     make_paired_ablation(out)
     assert ablate.main(["--cfgs", "smoothl1.yaml", "l1.yaml", "--seeds", "4", "--out", str(out), *BUDGET,
                         "--report-only"]) == 0
     rows = list(csv.DictReader(open(out / "summary.csv")))
     paired = {r["metric"]: r for r in rows if r["kind"] == "paired"}
-    expected = {"AP": (0.02, 0.007008, 0.032992, "better"), "AP50": (0.005, -0.015543, 0.025543, "no evidence"),
-                "AP75": (-0.03, -0.042992, -0.017008, "worse")}
-    for metric, (mean, low, high, verdict) in expected.items():
+    expected = {"AP": (0.02, 0.007008, 0.032992, "better", 0.01628, 0.03255),
+                "AP50": (0.005, -0.015543, 0.025543, "no evidence", 0.4950, 0.4950),
+                "AP75": (-0.03, -0.042992, -0.017008, "worse", 0.005209, 0.01563)}
+    for metric, (mean, low, high, verdict, p, p_holm) in expected.items():
         row = paired[metric]
         assert (row["config"], row["baseline"], row["n"], row["verdict"]) == ("l1", "smoothl1", "4", verdict)
         assert float(row["value"]) == pytest.approx(mean, abs=1e-9)
         assert float(row["ci95_low"]) == pytest.approx(low, abs=2e-6)
         assert float(row["ci95_high"]) == pytest.approx(high, abs=2e-6)
+        assert float(row["p"]) == pytest.approx(p, rel=1e-3) and float(row["p_holm"]) == pytest.approx(p_holm, rel=1e-3)
+        assert float(row["detectable"]) > 0
+    assert paired["AP90"]["verdict"] == "too few seeds" and paired["AP90"]["p"] == ""
     assert paired["APl"]["n"] == "0" and paired["APl"]["value"] == ""  # -1 (undefined) never counts
     md = (out / "summary.md").read_text()
-    assert "| l1 | AP | 4 | +2.0 | [+0.7, +3.3] | **better** |" in md
-    assert "| l1 | AP50 | 4 | +0.5 | [-1.6, +2.6] | no evidence |" in md
-    assert "| l1 | AP75 | 4 | -3.0 | [-4.3, -1.7] | **worse** |" in md
-    assert "Student-t interval over the paired differences" in md
+    detectable = {m: f"±{100 * float(paired[m]['detectable']):.1f}" for m in expected}
+    assert f"| l1 | AP | 4 | +2.0 | [+0.7, +3.3] | 0.016 | 0.033 | {detectable['AP']} | **better** |" in md
+    assert f"| l1 | AP50 | 4 | +0.5 | [-1.6, +2.6] | 0.5 | 0.5 | {detectable['AP50']} | no evidence |" in md
+    assert f"| l1 | AP75 | 4 | -3.0 | [-4.3, -1.7] | 0.0052 | 0.016 | {detectable['AP75']} | **worse** |" in md
+    assert "| l1 | AP90 | 4 | +0.0 | [+0.0, +0.0] | – | – | – | too few seeds |" in md
+    assert "Student-t interval over the paired differences" in md and "Multiple testing: 3 tests" in md
     # the summary columns, AP90 and AP95 from AP_per_iou; mean ± sample std over seeds
     assert "| config | seeds | AP | AP50 | AP75 | AP90 | AP95 | APs | APm | APl | loss_box_reg | images_per_s |" in md
     assert "| smoothl1 | 4 | 50.0 ± 2.2 | 81.0 ± 0.8 | 60.0 ± 1.6 | 50.0 ± 0.0 | 45.0 ± 0.0 | 50.0 ± 0.0 | " \
@@ -191,7 +199,7 @@ def test_paired_differences_match_a_hand_computation(tmp_path, capsys):
     group = next(r for r in rows if r["kind"] == "group" and r["config"] == "smoothl1" and r["metric"] == "AP")
     assert group["n"] == "4" and float(group["value"]) == pytest.approx(0.5)
     assert float(group["std"]) == pytest.approx(0.0216025)  # sample std of 0.50, 0.52, 0.47, 0.51
-    for name in ("ap_vs_iou.png", "loss_curves.png", "beta.png", "pred_err.png"):
+    for name in ("ap_vs_iou.png", "loss_curves.png", "beta.png", "pred_err.png", "tp_iou.png"):
         assert (out / name).stat().st_size > 0
 
 
@@ -212,7 +220,8 @@ def test_a_config_whose_runs_all_failed_is_listed_as_failed(tmp_path, capsys):
     assert "- **giou**: all runs failed: no results" in md
     for name in ("giou-seed0", "giou-seed1", "l1-seed1"):
         assert f"{name}: did not finish: error: {name} broke; log: {out / 'runs' / name / 'train.log'}" in md
-    assert "| l1 | AP | 1 | +0.0 | n/a | no evidence |" in md  # one pair: no interval, no evidence
+    assert "| l1 | 1 of 2; failed 1 of 2 seeds |" in md
+    assert "| l1 | AP | 1 | +0.0 | n/a | – | – | – | too few seeds |" in md  # one pair: no interval, no test
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert {r["run"] for r in rows if r["kind"] == "unfinished"} == {"giou-seed0", "giou-seed1", "l1-seed1"}
 

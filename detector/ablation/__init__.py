@@ -8,7 +8,9 @@ SLURM job array), and report paired comparisons.
 - :mod:`~detector.ablation.slurm`: ``--launcher slurm`` through submitit (one job array);
 - :mod:`~detector.ablation.stats`, :mod:`~detector.ablation.report`, :mod:`~detector.ablation.plots`: the report,
   written from the run folders alone: mean ± std per config, paired differences to a baseline with Student-t
-  intervals and verdicts, ``summary.csv``, plots.
+  intervals, Holm-corrected verdicts and detectable effects, ``summary.csv``, plots;
+- :mod:`~detector.ablation.localisation`: the IoU of each run's true-positive detections (and TIDE's
+  localisation error when ``tidecv`` is installed).
 
 ``tools/ablate.py`` is the command line.
 """

@@ -1,4 +1,5 @@
-"""The plots of an ablation report: ``ap_vs_iou.png``, ``loss_curves.png``, ``beta.png`` and ``pred_err.png``.
+"""The plots of an ablation report: ``ap_vs_iou.png``, ``loss_curves.png``, ``beta.png``, ``pred_err.png`` and
+``tp_iou.png``.
 
 ``groups`` maps each config to the :func:`detector.ablation.report.read_run` results of its finished runs (only
 configs with at least one finished run).
@@ -13,7 +14,7 @@ from detector.evaluation.coco import IOU_THRESHOLDS
 
 
 def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
-    """ap_vs_iou.png, loss_curves.png, beta.png, pred_err.png."""
+    """ap_vs_iou.png, loss_curves.png, beta.png, pred_err.png, tp_iou.png."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -67,6 +68,18 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
         axes[i].set(title=f"|pred − target| {coord}", ylabel="log10 error" if i == 0 else None)
     fig.suptitle("Distribution of the regression error on positive RoIs at the end of training")
     _save(plt, fig, axes, out / "pred_err.png", legend=False)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bins = np.linspace(0.5, 1.0, 21)
+    pooled = {g: torch.cat([r["tp_ious"] for r in rs if r.get("tp_ious") is not None and len(r["tp_ious"])])
+              for g, rs in groups.items() if any(r.get("tp_ious") is not None and len(r["tp_ious"]) for r in rs)}
+    for group, ious in pooled.items():
+        ax.hist(ious.numpy(), bins=bins, density=True, histtype="step", linewidth=1.5, label=group)
+    if not pooled:
+        ax.text(0.5, 0.5, "no run with eval/detections.json and its val data", ha="center", transform=ax.transAxes)
+    ax.set(xlabel="IoU with the matched ground truth", ylabel="density",
+           title="IoU of true-positive detections (score >= 0.05, all seeds)")
+    _save(plt, fig, [ax], out / "tp_iou.png", legend=bool(pooled))
 
 
 def _save(plt, fig, axes, path: Path, legend: bool) -> None:

@@ -2,13 +2,20 @@
 ``summary.md``, ``summary.csv`` and the plots of :mod:`detector.ablation.plots`.
 
 - ``summary.md``: per config, mean ± std over seeds of :data:`SUMMARY_METRICS`, the final ``loss_box_reg`` and
-  images/s; then, per metric, the paired difference to the baseline config with its 95% Student-t interval and a
-  verdict (:mod:`detector.ablation.stats`); then every run that did not finish, with its log. A config whose runs
-  all failed stays in the tables, marked failed.
+  images/s, and "failed k of n seeds"; then, per config and metric of :data:`SUMMARY_METRICS`, the paired
+  difference to the baseline config with its 95% Student-t interval, raw and Holm-adjusted p, the detectable
+  effect and the corrected verdict (:mod:`detector.ablation.stats`; these tests are the Holm family, their number
+  stated); then the localisation of true positives (:mod:`detector.ablation.localisation`); then every run
+  without results, with its log. A config whose runs all failed stays in the tables, marked failed.
 - ``summary.csv``, tidy (one value per row): columns :data:`CSV_COLUMNS`; ``kind`` is ``run`` (one finished
   run's metric), ``unfinished`` (a run without results, ``note`` says why), ``group`` (mean and std over seeds)
-  or ``paired`` (mean difference to ``baseline``, its std, interval and verdict). Values are in the units of
-  ``metrics.json``: AP as a fraction 0..1, undefined values empty.
+  or ``paired`` (the tests of summary.md: mean difference to ``baseline``, its std, interval, p, p_holm,
+  detectable effect and verdict; ``note`` names failed seeds). Values are in the units of ``metrics.json``: AP as
+  a fraction 0..1, undefined values empty.
+
+A run failed when it has a folder but no ``eval/metrics.json``, or a non-finite value (it diverged): it is listed,
+counts in "failed k of n seeds", and blocks a "better" verdict for its config (a "worse" one for the baseline),
+since the seeds that survive are not a fair sample. A run not started yet is listed but is no failure.
 
 Metric names come from :mod:`detector.evaluation`; AP at each IoU threshold is read from ``AP_per_iou``.
 """
@@ -24,7 +31,10 @@ from typing import Any
 
 from detector.ablation.launch import last_line
 from detector.ablation.plan import METRICS_FILE, Run, groups_of, is_finished
-from detector.ablation.stats import CONFIDENCE, defined, mean_std, paired_difference
+from detector.ablation.localisation import LOCALISATION, TIDE_METRIC, run_localisation, tide_available
+from detector.ablation.stats import (ALPHA, CONFIDENCE, MIN_PAIRS, NAN, POWER, PairedDifference, defined,
+                                     detectable_effect, holm, mean_std, paired_difference, verdict)
+from detector.errors import DetectorError
 from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS
 from detector.evaluation.voc import VOC_METRIC_NAMES
 
@@ -42,7 +52,8 @@ CSV_METRICS = tuple(dict.fromkeys((COCO_METRIC_NAMES[0], *PER_IOU_NAMES, *COCO_M
 SUMMARY_METRICS = tuple(n for n in CSV_METRICS if n in _COCO_AP or n in _HIGH_IOU)  # AP AP50 AP75 AP90 AP95 APs..
 DIAGNOSTICS = ("loss_box_reg", "images_per_s")  # per-run numbers that are not scores (no paired verdict)
 CSV_COLUMNS = ("kind", "config", "seed", "run", "metric", "n", "value", "std", "baseline", "ci95_low", "ci95_high",
-               "verdict", "note")
+               "p", "p_holm", "detectable", "verdict", "note")
+NOT_STARTED = "not started"
 
 
 def run_values(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -78,19 +89,40 @@ class Group:
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
     unfinished: list[tuple[Run, str]] = field(default_factory=list)  # (run, why, with its log)
 
+    @property
+    def failed(self) -> str:
+        """"failed k of n seeds", or "" when no run failed (see the module docstring)."""
+        k = sum(why != NOT_STARTED for _, why in self.unfinished)
+        return f"failed {k} of {self.planned} seeds" if k else ""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One test of the report: the paired difference, its Holm-adjusted p, detectable effect and verdict."""
+    diff: PairedDifference
+    p_holm: float
+    detectable: float
+    verdict: str
+
 
 def collect(runs: list[Run], out: Path) -> list[Group]:
     """The groups of the ablation, in plan order, read from ``out/runs``. Call after
     :func:`detector.ablation.plan.check_runs` (which guarantees the finished runs are this ablation's)."""
     groups = {name: Group(name, sum(r.group == name for r in runs)) for name in groups_of(runs)}
+    ground_truth: dict = {}  # the val ground truth per data config, read once
     for run in runs:
         run_dir = run.run_dir(out)
-        if is_finished(run_dir):
-            groups[run.group].results[run.seed] = {**read_run(run_dir), "run": run.name}
-            continue
         log = run_dir / "train.log"
-        if not run_dir.is_dir():
-            why = "not started"
+        if is_finished(run_dir):
+            result = {**read_run(run_dir), "run": run.name}
+            bad = [m for m, v in result["values"].items() if isinstance(v, float) and not math.isfinite(v)]
+            if not bad:
+                _add_localisation(result, run_dir, ground_truth)
+                groups[run.group].results[run.seed] = result
+                continue
+            why = f"diverged: non-finite {', '.join(bad)}; log: {log}"
+        elif not run_dir.is_dir():
+            why = NOT_STARTED
         else:
             line = last_line(log) if log.is_file() else ""
             why = f"did not finish{': ' + line if line else ''}; log: {log}"
@@ -98,24 +130,48 @@ def collect(runs: list[Run], out: Path) -> list[Group]:
     return list(groups.values())
 
 
+def _add_localisation(result: dict, run_dir: Path, ground_truth: dict) -> None:
+    """The run's :data:`LOCALISATION` values and TP IoUs into ``result``; why not in ``localisation_error``."""
+    try:
+        values, result["tp_ious"] = run_localisation(run_dir, ground_truth)
+    except (DetectorError, OSError, ValueError) as exc:  # the val data is gone or unreadable: report the rest
+        values, result["tp_ious"], result["localisation_error"] = {}, None, f"{run_dir.name}: {exc}"
+    result["values"].update(values)
+
+
+def compare(groups: list[Group], baseline: str) -> tuple[dict[str, dict[str, Comparison]], int]:
+    """Per config (not the baseline) and metric of :data:`SUMMARY_METRICS`, its :class:`Comparison` to
+    ``baseline``; and m, the number of tests (testable differences), Holm's family. The detectable effect is at
+    Holm's strictest level α / m: with 80% power whatever the other tests, so "no evidence" never claims more
+    than the corrected test delivers."""
+    base = next(g for g in groups if g.name == baseline)
+    diffs = {g.name: {m: paired_difference({s: r["values"].get(m) for s, r in g.results.items()},
+                                           {s: r["values"].get(m) for s, r in base.results.items()})
+                      for m in SUMMARY_METRICS}
+             for g in groups if g is not base and g.results and base.results}
+    family = [(name, m) for name, by_metric in diffs.items() for m, d in by_metric.items() if d.testable]
+    adjusted = dict(zip(family, holm([diffs[name][m].p for name, m in family])))
+    alpha = ALPHA / max(1, len(family))
+    failed = {g.name: g.failed for g in groups}
+    return {name: {m: Comparison(d, adjusted.get((name, m), NAN),
+                                 detectable_effect(d.std, d.n, alpha) if d.testable else NAN,
+                                 verdict(d, adjusted.get((name, m), NAN), failed[name], failed[baseline]))
+                   for m, d in by_metric.items()}
+            for name, by_metric in diffs.items()}, len(family)
+
+
 def write_report(runs: list[Run], out: Path, baseline: str, title: str = "", command: str = "") -> list[Group]:
     """Write summary.csv, summary.md and the plots into ``out``; return the groups. Raises ``AblationError``
     (before writing anything) when the paired intervals need scipy and it is missing."""
     from detector.ablation.plots import plot_all
     groups = collect(runs, out)
-    base = next(g for g in groups if g.name == baseline)
-    stats = {g.name: {m: mean_std(r["values"].get(m) for r in g.results.values()) for m in CSV_METRICS + DIAGNOSTICS}
+    stats = {g.name: {m: mean_std(r["values"].get(m) for r in g.results.values())
+                      for m in CSV_METRICS + DIAGNOSTICS + LOCALISATION}
              for g in groups}
-    paired = {}
-    if base.results:
-        for g in groups:
-            if g is not base and g.results:
-                paired[g.name] = {m: paired_difference({s: r["values"].get(m) for s, r in g.results.items()},
-                                                       {s: r["values"].get(m) for s, r in base.results.items()})
-                                  for m in CSV_METRICS}
+    paired, tests = compare(groups, baseline)
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "summary.csv", groups, stats, paired, baseline)
-    (out / "summary.md").write_text(_markdown(groups, stats, paired, baseline, title, command))
+    (out / "summary.md").write_text(_markdown(groups, stats, paired, tests, baseline, title, command))
     plot_all({g.name: list(g.results.values()) for g in groups if g.results}, out)
     return groups
 
@@ -136,10 +192,12 @@ def _write_csv(path: Path, groups: list[Group], stats, paired, baseline: str) ->
         for metric, s in stats[g.name].items():
             rows.append({"kind": "group", "config": g.name, "metric": metric, "n": s.n, "value": _num(s.mean),
                          "std": _num(s.std)})
-        for metric, d in paired.get(g.name, {}).items():
+        for metric, c in paired.get(g.name, {}).items():
+            d = c.diff
             rows.append({"kind": "paired", "config": g.name, "metric": metric, "n": d.n, "value": _num(d.mean),
                          "std": _num(d.std), "baseline": baseline, "ci95_low": _num(d.ci_low),
-                         "ci95_high": _num(d.ci_high), "verdict": d.verdict})
+                         "ci95_high": _num(d.ci_high), "p": _num(d.p), "p_holm": _num(c.p_holm),
+                         "detectable": _num(c.detectable), "verdict": c.verdict, "note": g.failed})
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
@@ -160,7 +218,11 @@ def _cell(s, metric: str) -> str:
     return _pct(s.mean) + ("" if math.isnan(s.std) else f" ± {_pct(s.std)}")
 
 
-def _markdown(groups: list[Group], stats, paired, baseline: str, title: str, command: str) -> str:
+def _p(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.2g}" if value >= 0.001 else "<0.001"
+
+
+def _markdown(groups: list[Group], stats, paired, tests: int, baseline: str, title: str, command: str) -> str:
     done = sum(len(g.results) for g in groups)
     planned = sum(g.planned for g in groups)
     lines = [f"# {title or 'Loss ablation'}", ""]
@@ -174,13 +236,15 @@ def _markdown(groups: list[Group], stats, paired, baseline: str, title: str, com
               "COCO AP (pycocotools COCOeval) in percent; AP90 and AP95 are AP at IoU 0.90 and 0.95; std is the "
               "sample standard deviation over seeds (one seed shows its value alone). loss_box_reg is the mean over "
               "the last 10% of logged iterations, images_per_s the training throughput of one run. summary.csv "
-              "holds every run's numbers (AP at each IoU 0.50..0.95 too), as fractions.", "",
+              "holds every run's numbers (AP at each IoU 0.50..0.95 too), as fractions. A failed run (no "
+              "eval/metrics.json, or a non-finite value) is in no mean; \"failed k of n seeds\" counts it.", "",
               "| config | seeds | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for g in groups:
         seeds = str(len(g.results)) if len(g.results) == g.planned else f"{len(g.results)} of {g.planned}"
         if not g.results:
             lines.append(f"| {g.name} | {seeds}: **failed** | " + " | ".join("–" for _ in columns) + " |")
             continue
+        seeds += f"; {g.failed}" if g.failed else ""
         lines.append(f"| {g.name} | {seeds} | " + " | ".join(_cell(stats[g.name][c], c) for c in columns) + " |")
     lines += ["", f"## Paired differences to {baseline}", ""]
     if not next(g for g in groups if g.name == baseline).results:
@@ -188,26 +252,83 @@ def _markdown(groups: list[Group], stats, paired, baseline: str, title: str, com
     elif not paired:
         lines.append("No other config has a finished run: there is nothing to compare.")
     else:
-        level = round(100 * CONFIDENCE)
+        level, alpha = round(100 * CONFIDENCE), f"{ALPHA:.2g}"
         lines += [f"Per metric, d = config − {baseline} for each seed both finished (AP points); the mean of d over "
                   f"the n pairs and a {level}% confidence interval: a Student-t interval over the paired "
-                  f"differences, mean ± t({(1 + CONFIDENCE) / 2:g}, n−1) · sd(d) / √n (scipy.stats.t.ppf). Verdict: "
-                  f"better or worse when the interval excludes 0; no evidence when it contains 0 or n < 2. Metrics "
-                  f"undefined on either side (COCO's -1) are left out.", "",
-                  f"| config | metric | pairs | mean diff | {level}% CI | verdict |", "|---|---|---|---|---|---|"]
-        for name, diffs in paired.items():
+                  f"differences, mean ± t({(1 + CONFIDENCE) / 2:g}, n−1) · sd(d) / √n (scipy.stats.t.ppf), not "
+                  f"corrected for multiple testing. p: the two-sided paired t test (scipy.stats.ttest_rel). "
+                  f"**Multiple testing: {tests} tests** (every row below with a p value) are corrected together by "
+                  f"Holm's step-down method; the verdict is better or worse only when the Holm-adjusted p < {alpha}, "
+                  f"else no evidence; too few seeds when n < {MIN_PAIRS} pairs or all differences are equal (sd 0: "
+                  f"no test, not counted). A config with a failed seed gets no better verdict (a failed baseline "
+                  f"seed: no worse): the seeds that survive are not a fair sample. detectable: the smallest true "
+                  f"difference the test finds with {POWER:.0%} power at Holm's strictest level ({alpha} / the "
+                  f"number of tests), from the paired sd and n (exact, noncentral t: scipy.stats.nct); with no "
+                  f"evidence, differences above it would most likely have shown, smaller ones may exist unseen. "
+                  f"Metrics undefined on either side (COCO's -1) are left out.", "",
+                  f"| config | metric | pairs | mean diff | {level}% CI | p | p (Holm) | detectable | verdict |",
+                  "|---" * 9 + "|"]
+        for name, by_metric in paired.items():
             for metric in SUMMARY_METRICS:
-                d = diffs[metric]
+                c = by_metric[metric]
+                d = c.diff
                 if d.n == 0:
                     continue
                 ci = "n/a" if math.isnan(d.ci_low) else f"[{_pct(d.ci_low, True)}, {_pct(d.ci_high, True)}]"
-                verdict = f"**{d.verdict}**" if d.verdict != "no evidence" else d.verdict
-                lines.append(f"| {name} | {metric} | {d.n} | {_pct(d.mean, True)} | {ci} | {verdict} |")
+                detectable = "–" if math.isnan(c.detectable) else f"±{_pct(c.detectable)}"
+                verdict = f"**{c.verdict}**" if c.verdict in ("better", "worse") else c.verdict
+                lines.append(f"| {name} | {metric} | {d.n} | {_pct(d.mean, True)} | {ci} | {_p(d.p)} | "
+                             f"{_p(c.p_holm)} | {detectable} | {verdict} |")
+    lines += _localisation_markdown(groups, stats)
     unfinished = [g for g in groups if g.unfinished]
     if unfinished:
         lines += ["", "## Runs without results", ""]
         for g in unfinished:
-            head = "all runs failed: no results" if not g.results else f"{len(g.unfinished)} of {g.planned} failed"
+            head = "all runs failed: no results" if not g.results else (g.failed or "not all runs started")
             lines.append(f"- **{g.name}**: {head}")
             lines += [f"  - {run.name}: {why}" for run, why in g.unfinished]
     return "\n".join(lines) + "\n"
+
+
+def _localisation_markdown(groups: list[Group], stats) -> list[str]:
+    """The section on where a loss helps: the IoU of true-positive detections, per config."""
+    from detector.ablation.localisation import MATCH_IOU, SCORE_THRESHOLD
+    lines = ["", "## Localisation of true positives", ""]
+    results = [r for g in groups for r in g.results.values()]
+    errors = [r["localisation_error"] for r in results if "localisation_error" in r]
+    with_tps = [g for g in groups if stats[g.name]["tp_iou_median"].n]
+    if not with_tps:
+        lines.append("No finished run has eval/detections.json and its val data here: nothing to show."
+                     + (f" ({errors[0]})" if errors else ""))
+        return lines
+    tide = any(stats[g.name][TIDE_METRIC].n for g in with_tps)
+    if tide:
+        tide_note = ("TIDE Loc: TIDE's localisation-error dAP (tidecv; AP points at IoU 0.5 gained by fixing "
+                     "mislocalised detections; lower is better).")
+    elif not tide_available():
+        tide_note = ("TIDE's localisation error is not shown: tidecv is not importable (optional: pip install -e "
+                     "\".[tide]\").")
+    else:
+        tide_note = "TIDE's localisation error is not shown: no run gave it."
+    lines += [f"Where a loss helps beside AP per IoU: each detection with score >= {SCORE_THRESHOLD} is matched the "
+              f"COCO way (per image and class, by descending score, to the unmatched non-crowd ground truth it "
+              f"overlaps most, at IoU >= {MATCH_IOU}); the IoUs of these true positives, per run, summarised by "
+              f"their median and the share >= 0.75 and >= 0.9, then mean ± std over seeds (tp_iou.png: their "
+              f"histogram per config). {tide_note}"]
+    if errors:
+        lines.append(f"Runs without these numbers: {'; '.join(errors)}.")
+    head = ["TPs per run", "median IoU", "IoU ≥ 0.75 (%)", "IoU ≥ 0.9 (%)"] + (["TIDE Loc dAP"] if tide else [])
+    lines += ["", "| config | runs | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]
+    for g in with_tps:
+        s = stats[g.name]
+        cells = [_loc_cell(s["tp_count"], 1, ".0f"), _loc_cell(s["tp_iou_median"], 1, ".3f"),
+                 _loc_cell(s["tp_iou_ge75"], 100, ".1f"), _loc_cell(s["tp_iou_ge90"], 100, ".1f")]
+        cells += [_loc_cell(s[TIDE_METRIC], 1, ".2f")] if tide else []
+        lines.append(f"| {g.name} | {s['tp_iou_median'].n} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _loc_cell(s, scale: float, fmt: str) -> str:
+    if s.n == 0:
+        return "n/a"
+    return f"{scale * s.mean:{fmt}}" + ("" if math.isnan(s.std) else f" ± {scale * s.std:{fmt}}")

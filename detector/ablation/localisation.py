@@ -1,0 +1,127 @@
+"""Where a loss helps: how well a run's true-positive detections are localised.
+
+From ``eval/detections.json`` (COCO results: image_id, category_id, bbox xywh, score) and the val ground truth
+of the run's stored ``config.yaml``: every detection with score >= :data:`SCORE_THRESHOLD` is matched the COCO
+way, per image and category in descending score order, to the unmatched non-crowd ground-truth box it overlaps
+most, if that IoU is >= :data:`MATCH_IOU` (no per-image cap: the model's own ``detections_per_img`` applies).
+The IoUs of the matched detections (the true positives) are summarised per run as :data:`LOCALISATION`: their
+number, median and the fractions with IoU >= 0.75 and >= 0.9. When the optional ``tidecv`` package (TIDE, Bolya et al.
+2020; ``pip install -e ".[tide]"``) is importable, ``tide_loc_dap`` adds TIDE's localisation-error dAP (AP points
+at IoU 0.5 recovered by fixing mislocalised detections).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+SCORE_THRESHOLD = 0.05
+MATCH_IOU = 0.5
+TIDE_METRIC = "tide_loc_dap"
+LOCALISATION = ("tp_count", "tp_iou_median", "tp_iou_ge75", "tp_iou_ge90", TIDE_METRIC)
+DETECTIONS_FILE = Path("eval") / "detections.json"
+
+# image id -> (boxes [N,4] xyxy in original pixels, category ids [N], crowd [N] bool)
+GroundTruth = Mapping[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def load_ground_truth(cfg) -> GroundTruth:
+    """The val ground truth of a run's config, through the project's dataset (its subsets and classes)."""
+    from detector.data import build_dataset
+    dataset = build_dataset(cfg, "val", transforms=False)
+    gt = {}
+    for i in range(len(dataset)):
+        target = dataset.get_target(i)
+        cats = torch.tensor([dataset.label_to_cat_id[int(label)] for label in target["labels"]], dtype=torch.long)
+        gt[int(target["image_id"])] = (target["boxes"].float(), cats, target["iscrowd"].bool())
+    return gt
+
+
+def _xyxy(bbox) -> list[float]:
+    x, y, w, h = bbox
+    return [x, y, x + w, y + h]
+
+
+def tp_ious(gt: GroundTruth, detections: list[dict]) -> torch.Tensor:
+    """The IoU of every true positive of ``detections`` (COCO results) with its matched ground truth; see the
+    module docstring for the matching."""
+    from torchvision.ops import box_iou
+    by_key: dict[tuple[int, int], list[dict]] = {}
+    for det in detections:
+        if det["score"] >= SCORE_THRESHOLD:
+            by_key.setdefault((int(det["image_id"]), int(det["category_id"])), []).append(det)
+    ious = []
+    for (image_id, cat), dets in by_key.items():
+        if image_id not in gt:
+            continue
+        boxes, cats, crowd = gt[image_id]
+        keep = (cats == cat) & ~crowd
+        if not keep.any():
+            continue
+        dets.sort(key=lambda d: -d["score"])  # stable: ties keep the file's order, as COCOeval's mergesort
+        overlaps = box_iou(torch.tensor([_xyxy(d["bbox"]) for d in dets], dtype=torch.float32), boxes[keep])
+        matched = torch.zeros(overlaps.shape[1], dtype=torch.bool)
+        for row in overlaps:
+            row = row.masked_fill(matched, -1.0)
+            best = int(row.argmax())
+            if row[best] >= MATCH_IOU:
+                matched[best] = True
+                ious.append(float(row[best]))
+    return torch.tensor(ious, dtype=torch.float32)
+
+
+def summarise(ious: torch.Tensor) -> dict[str, float | None]:
+    """Count, median and fractions >= 0.75, >= 0.9 of the TP IoUs (None but the count without true positives)."""
+    if not len(ious):
+        return {"tp_count": 0, **{name: None for name in LOCALISATION[1:4]}}
+    return {"tp_count": len(ious), "tp_iou_median": float(ious.quantile(0.5)),
+            "tp_iou_ge75": float((ious >= 0.75).float().mean()), "tp_iou_ge90": float((ious >= 0.9).float().mean())}
+
+
+def tide_available() -> bool:
+    try:
+        import tidecv  # noqa: F401
+    except Exception:  # not installed, or broken by its dependencies (opencv, numpy)
+        return False
+    return True
+
+
+def tide_loc_dap(gt: GroundTruth, detections: list[dict]) -> float | None:
+    """TIDE's localisation-error dAP (AP points at IoU 0.5); None when ``tidecv`` is not importable. Built from
+    ``gt`` directly: tidecv's own COCO reader needs a ``segmentation`` on every annotation."""
+    if not tide_available():
+        return None
+    from tidecv import TIDE, Data
+    truth, preds = Data("gt"), Data("dets")
+    for image_id, (boxes, cats, crowd) in gt.items():
+        truth.add_image(image_id, str(image_id))
+        for (x1, y1, x2, y2), cat, is_crowd in zip(boxes.tolist(), cats.tolist(), crowd.tolist()):
+            (truth.add_ignore_region if is_crowd else truth.add_ground_truth)(image_id, cat, [x1, y1, x2 - x1, y2 - y1])
+    for det in detections:
+        preds.add_detection(int(det["image_id"]), int(det["category_id"]), float(det["score"]), list(det["bbox"]))
+    tide = TIDE()
+    with contextlib.redirect_stdout(io.StringIO()):
+        tide.evaluate(truth, preds, mode=TIDE.BOX)
+        return float(tide.get_main_errors()["dets"]["Loc"])
+
+
+def run_localisation(run_dir: Path, ground_truth: dict) -> tuple[dict[str, float | None], torch.Tensor | None]:
+    """(the :data:`LOCALISATION` values, the TP IoUs) of one finished run; ({}, None) without
+    ``eval/detections.json``. ``ground_truth`` caches the val ground truth per data config (an ablation's runs
+    share it): a dict kept by the caller."""
+    path = Path(run_dir) / DETECTIONS_FILE
+    if not path.is_file():
+        return {}, None
+    from detector.config import load_config
+    cfg = load_config([Path(run_dir) / "config.yaml"])
+    key = json.dumps(cfg.data.to_dict(), sort_keys=True)
+    if key not in ground_truth:
+        ground_truth[key] = load_ground_truth(cfg)
+    gt = ground_truth[key]
+    detections = json.loads(path.read_text())
+    ious = tp_ious(gt, detections)
+    return {**summarise(ious), TIDE_METRIC: tide_loc_dap(gt, detections)}, ious
