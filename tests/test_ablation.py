@@ -134,12 +134,13 @@ def test_interrupted_run_resumes_unless_its_experiment_differs(tmp_path, monkeyp
     (run_dir / "checkpoints" / "last.pth").write_bytes(b"")
     record = fake_python(tmp_path, monkeypatch)
     base = ["--cfgs", "smoothl1.yaml", "--seeds", "1", "--out", str(out), "train.log_period=1"]
-    assert ablate.main([*base, "train.max_iters=4"]) == 1  # a longer budget extends an interrupted run
+    assert ablate.main([*base, "train.max_iters=2"]) == 1  # the same experiment resumes (the fake trainer fails)
     assert calls(record)[-1].split()[-1] == "--resume"
     capsys.readouterr()
-    assert ablate.main([*base, "train.max_iters=2", "model.roi_head.box_loss.beta=0.5"]) == 2
-    err = capsys.readouterr().err
-    assert "unfinished run" in err and "model.roi_head.box_loss.beta" in err and len(calls(record)) == 1
+    for change in ("train.max_iters=4", "model.roi_head.box_loss.beta=0.5"):  # a longer run is never extended
+        assert ablate.main([*base, "train.max_iters=2", change]) == 2
+        err = capsys.readouterr().err
+        assert "unfinished run" in err and change.split("=")[0] in err and len(calls(record)) == 1
 
 
 def make_paired_ablation(out: Path) -> list:

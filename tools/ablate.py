@@ -16,9 +16,10 @@ when N exceeds them, each with cores // N CPU threads. ``--launcher slurm`` subm
 array through submitit (pip install submitit) and waits for it (``--no-wait``: return at once; the same command
 with ``--report-only`` writes the report once the jobs finish).
 
-``DIR`` then holds summary.md (mean ± std per config; paired differences to the baseline with 95% Student-t
-intervals and verdicts), summary.csv (every run's metrics, AP at each IoU), ap_vs_iou.png, loss_curves.png,
-beta.png and pred_err.png; ``tensorboard --logdir DIR/runs`` compares the runs (HParams tab).
+``DIR`` then holds summary.md (mean ± std per config; per metric the paired difference to the baseline with its 95%
+Student-t interval, p value and Holm-corrected verdict over every test of the report, the smallest detectable
+difference at 80% power, failed seeds counted; the IoU distribution of each config's true positives), summary.csv
+(every run's metrics, AP at each IoU) and plots; ``tensorboard --logdir DIR/runs`` compares the runs.
 
 Exit codes: 0 every run finished and the report is written; 1 some run failed (the report lists it) or the report
 could not be written; 2 a bad option, config or run folder (nothing trained); 130 stopped by Ctrl-C.
