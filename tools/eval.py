@@ -126,7 +126,7 @@ def evaluate_checkpoint(cfg, checkpoint: Path, trust: bool = False) -> tuple[dic
     loader = build_dataloader(cfg, "val")
     dataset = loader.dataset
     device = select_device(cfg.train.device)
-    amp_dtype, _ = amp_settings(cfg.train.amp, device, cfg.train.amp_dtype)
+    amp_dtype, _ = amp_settings(cfg.train.amp, device)
     model = build_detector(cfg, num_classes=len(dataset.classes) - 1)
     load_model_weights(model, checkpoint, cfg.to_dict(), trust=trust)
     model.to(device)
