@@ -123,27 +123,22 @@ def validate_detections(dataset, detections: Sequence[dict], source: str = "dete
         if labels.shape != (num,) or scores.shape != (num,):
             raise ValueError(f"{where}: fields 'labels' {list(labels.shape)} and 'scores' {list(scores.shape)} must "
                              f"both have shape [{num}] to match 'boxes' [{num}, 4]")
-        bad = (~torch.isfinite(scores)).nonzero()
-        if len(bad):
-            j = int(bad[0])
-            raise ValueError(f"{where}: detection {j} has field 'scores' {scores[j].item()}; expected a finite number "
-                             f"(drop or fix that detection)")
-        bad = (~torch.isfinite(boxes).all(dim=1)).nonzero()
-        if len(bad):
-            j = int(bad[0])
-            raise ValueError(f"{where}: detection {j} has field 'boxes' {boxes[j].tolist()} with a non-finite "
-                             f"coordinate; expected finite xyxy pixels (drop or fix that detection)")
-        bad = [j for j, label in enumerate(labels.tolist()) if label not in valid_labels]
-        if bad:
-            j = bad[0]
-            raise ValueError(f"{where}: detection {j} has field 'labels' {labels[j].item()}; expected a foreground "
-                             f"label in 1..{len(valid_labels)} (0 is background, never a detection)")
-        bad = ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).nonzero()
-        if len(bad):
-            j = int(bad[0])
-            raise ValueError(f"{where}: detection {j} has field 'boxes' {boxes[j].tolist()} with width or height "
-                             f"<= 0; expected xyxy with x2 > x1 and y2 > y1 (drop degenerate boxes, e.g. "
-                             f"torchvision.ops.remove_small_boxes)")
+        checks = (  # (bad [D] bool, what detection j has), the first bad one is reported
+            (~torch.isfinite(scores), lambda j: f"field 'scores' {scores[j].item()}; expected a finite number (drop or "
+                                                f"fix that detection)"),
+            (~torch.isfinite(boxes).all(dim=1), lambda j: f"field 'boxes' {boxes[j].tolist()} with a non-finite "
+                                                          f"coordinate; expected finite xyxy pixels (drop or fix that "
+                                                          f"detection)"),
+            (torch.tensor([label not in valid_labels for label in labels.tolist()], dtype=torch.bool),
+             lambda j: f"field 'labels' {labels[j].item()}; expected a foreground label in 1..{len(valid_labels)} "
+                       f"(0 is background, never a detection)"),
+            ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]),
+             lambda j: f"field 'boxes' {boxes[j].tolist()} with width or height <= 0; expected xyxy with x2 > x1 and "
+                       f"y2 > y1 (drop degenerate boxes, e.g. torchvision.ops.remove_small_boxes)"))
+        for bad, what in checks:
+            if bad.any():
+                j = int(bad.nonzero()[0])
+                raise ValueError(f"{where}: detection {j} has {what(j)}")
 
 
 def validate_coco_results(dataset, results: Any, source: str = "detections") -> None:
