@@ -1,11 +1,6 @@
-"""The backbones ``model.backbone.name`` can take (each torchvision classifier name and the family that tells
-:mod:`detector.modeling.backbone` how to cut it into stages) and the normalisations ``model.backbone.norm`` can
-take.
-
-This table sits at the bottom layer, beside the config, so that the config can check a name without importing
-the model code (and torchvision's models). One home: the config's choice list and the builder both read it.
-Adding a torchvision model of a known family (e.g. ``resnet152``) is one line here.
-"""
+"""The backbones ``model.backbone.name`` can take (torchvision classifier name -> the family that tells
+:mod:`detector.modeling.backbone` how to cut it into stages) and the norms of ``model.backbone.norm``; at the bottom
+layer so that the config checks names without importing torchvision's models."""
 from __future__ import annotations
 
 __all__ = ["BACKBONES", "NORMS"]

@@ -1,19 +1,13 @@
 """Box coder: (tx, ty, tw, th) regression deltas between proposals and boxes (R-CNN parametrisation).
 
-Conventions: boxes are absolute xyxy float32 pixels; ``N`` boxes, ``k`` box sets per row (class-specific
-regression gives ``[N, 4K]`` deltas, label 0 = background has no slot of its own when the head predicts K
-foreground classes). With proposal centre/size (px, py, pw, ph) and box centre/size (gx, gy, gw, gh)::
+Boxes are absolute xyxy float32 pixels. With proposal centre/size (px, py, pw, ph) and box (gx, gy, gw, gh)::
 
     tx = wx * (gx - px) / pw      ty = wy * (gy - py) / ph
     tw = ww * log(gw / pw)        th = wh * log(gh / ph)
 
-The argument order is by role and the same in both directions: ``encode(proposals, gt_boxes)`` and
-``decode(deltas, proposals)`` (torchvision's ``encode(reference_boxes, proposals)`` puts the targets first).
-Everything is computed in float32, also under autocast, because exp/log of half-precision deltas lose the
-box. ``decode`` clamps dw, dh from above at ``clamp`` (log(1000/16): no box grows more than 62.5x).
-
-Degenerate input (non-positive width/height, NaN/inf) raises ValueError naming the offending boxes. The
-check costs one host-device sync; the training hot path may pass ``check=False``.
+The argument order is by role: ``encode(proposals, gt_boxes)``, ``decode(deltas, proposals)`` (unlike torchvision).
+Computed in float32 even under autocast; ``decode`` clamps dw, dh at ``clamp`` (log(1000/16)). With ``check``,
+degenerate input raises ValueError naming the boxes (one host sync; the training path passes ``check=False``).
 """
 from __future__ import annotations
 
@@ -37,22 +31,17 @@ def _check_shape(where: str, name: str, tensor: torch.Tensor, last: int | None =
         raise ValueError(f"{where}: {name} must be {want}, got shape {list(tensor.shape)}")
 
 
-def _raise_if_degenerate(where: str, name: str, boxes: torch.Tensor, bad: torch.Tensor, what: str) -> None:
-    """``bad`` [N] bool; called only after ``bad.any()`` was found True (the error path)."""
+def _raise_if_degenerate(where: str, name: str, boxes: torch.Tensor, bad: torch.Tensor) -> None:
+    """``bad`` [N] bool, some True (the error path)."""
     index = bad.nonzero()[:, 0]
-    first = boxes[index[0]].tolist()
-    raise ValueError(f"{where}: {index.numel()} {name} {what} (first: index {int(index[0])}, {first}); "
-                     f"expected finite xyxy boxes with x2 > x1 and y2 > y1")
+    raise ValueError(f"{where}: {index.numel()} {name} have non-positive width/height or non-finite coordinates "
+                     f"(first: index {int(index[0])}, {boxes[index[0]].tolist()}); expected finite xyxy boxes with "
+                     f"x2 > x1 and y2 > y1")
 
 
 class BoxCoder:
-    """Encode boxes as deltas relative to proposals and decode them back.
-
-    Args:
-        weights: (wx, wy, ww, wh) that scale the deltas (Fast R-CNN's RoI head: (10, 10, 5, 5); RPN: (1, 1, 1, 1)).
-        clamp: upper bound on the decoded dw, dh (after dividing by ww, wh).
-        check: validate inputs (one host-device sync per call); each method can override it.
-    """
+    """Encode boxes as deltas relative to proposals and decode them back; ``weights`` (wx, wy, ww, wh): RoI head
+    (10, 10, 5, 5), RPN (1, 1, 1, 1); ``clamp``: bound on decoded dw, dh; ``check``: validate inputs by default."""
 
     def __init__(self, weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0), clamp: float = DEFAULT_CLAMP,
                  check: bool = True):
@@ -76,11 +65,8 @@ class BoxCoder:
         if self.check if check is None else check:
             bad_p, bad_g = degenerate_box_mask(proposals), degenerate_box_mask(gt_boxes)
             if bool((bad_p | bad_g).any()):
-                if bool(bad_p.any()):
-                    _raise_if_degenerate("BoxCoder.encode", "proposals", proposals, bad_p,
-                                         "have non-positive width/height or non-finite coordinates")
-                _raise_if_degenerate("BoxCoder.encode", "gt_boxes", gt_boxes, bad_g,
-                                     "have non-positive width/height or non-finite coordinates")
+                first = ("proposals", proposals, bad_p) if bool(bad_p.any()) else ("gt_boxes", gt_boxes, bad_g)
+                _raise_if_degenerate("BoxCoder.encode", *first)
         wx, wy, ww, wh = self.weights
         pw = proposals[:, 2] - proposals[:, 0]  # [N]
         ph = proposals[:, 3] - proposals[:, 1]
@@ -109,8 +95,7 @@ class BoxCoder:
             bad_d = ~torch.isfinite(deltas).all(dim=1)
             if bool((bad_p | bad_d).any()):
                 if bool(bad_p.any()):
-                    _raise_if_degenerate("BoxCoder.decode", "proposals", proposals, bad_p,
-                                         "have non-positive width/height or non-finite coordinates")
+                    _raise_if_degenerate("BoxCoder.decode", "proposals", proposals, bad_p)
                 index = bad_d.nonzero()[:, 0]
                 raise ValueError(f"BoxCoder.decode: {index.numel()} rows of deltas are NaN/inf (first: index "
                                  f"{int(index[0])}, {deltas[index[0]].tolist()}); the regressor diverged")

@@ -1,10 +1,7 @@
 """Pure box functions. The format is in the name; inside the package every box is absolute xyxy float32.
 
-COCO's xywh enters through :func:`box_xywh_to_xyxy` (data loading) and leaves through
-:func:`box_xyxy_to_xywh` (writing detections for the evaluator); nothing else converts formats.
-IoU of box lists and NMS come from ``torchvision.ops``; the batched forms the heads need (IoU of padded
-``[N,M,4]`` against ``[N,G,4]``, clipping ``[N,P,4]`` to per-image sizes, NMS followed by a per-image top-k) are
-here, once, so the RPN, the RoI heads and the detector share them.
+COCO's xywh enters and leaves only through :func:`box_xywh_to_xyxy` and :func:`box_xyxy_to_xywh`. The batched forms
+the heads share (IoU of padded [N,M,4] against [N,G,4], per-image clipping, NMS then per-image top-k) live here.
 """
 from __future__ import annotations
 
@@ -70,13 +67,8 @@ def batched_nms_topk(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Te
                      iou_threshold: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """NMS within each group, then the ``k`` best survivors of each image, for a padded batch.
 
-    Args:
-        boxes: [N,M,4] xyxy candidates; scores: [N,M]; groups: [N,M] int64 NMS group ids, unique across images
-            (e.g. ``image * num_groups + level``); keep: [N,M] bool, candidates allowed into NMS.
-
-    Returns:
-        (top_scores [N,k'], top_index [N,k'] into M), k' = min(k, M), best first; slots without a survivor have
-        score -inf. One ``batched_nms`` call over the whole batch (its host sync is the only one).
+    boxes [N,M,4], scores [N,M], groups [N,M] int64 group ids unique across images, keep [N,M] bool (allowed into
+    NMS) -> (top_scores [N,k'], top_index [N,k'] into M), k' = min(k, M), best first; -inf where no survivor.
     """
     flat = keep.reshape(-1).nonzero().squeeze(1)  # NMS syncs anyway: drop the excluded candidates before it
     kept = batched_nms(boxes.reshape(-1, 4)[flat], scores.reshape(-1)[flat], groups.reshape(-1)[flat], iou_threshold)

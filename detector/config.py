@@ -1,18 +1,11 @@
 """Strict, layered YAML configuration.
 
-``configs/base.yaml`` is the schema: it holds every key with its default, and the type of each default is
-the type the key accepts. Experiment files name ``_base_: base.yaml`` (or another file) and override a
-subset; several files layer in order (``--cfg smoothl1.yaml --cfg data/voc07_subset.yaml``); trailing
-``key.sub=value`` overrides are parsed as YAML and applied last. Unknown keys, wrong types and bad values
-raise :class:`ConfigError` with a close-match hint before anything runs. The result is a frozen
-:class:`Config` that prints and saves as YAML.
-
-A float key takes every literal Python's ``float()`` reads (``1e-3``, which YAML 1.1 leaves a string), never nan
-or inf. The names of losses, beta schedules and backbones are checked against their registries
-(``detector.losses.LOSSES``, ``BETA_SCHEDULES``, ``detector.backbone_table.BACKBONES``) when a config is loaded,
-so a loss registered at run time is a valid name. Loading reads the schema afresh and mutates no module state.
-
-Only ``build_*(cfg)`` functions read a Config; classes take explicit keyword arguments.
+``configs/base.yaml`` is the schema: every key with its default, whose type is the type the key accepts.
+Experiment files name ``_base_: base.yaml`` (or another file) and override a subset; several files layer in order,
+then trailing ``key.sub=value`` overrides (parsed as YAML). Unknown keys, wrong types and bad values raise
+:class:`ConfigError` with a close-match hint before anything runs; names are checked against the registries when a
+config is loaded (a loss registered at run time is valid). A float key takes every literal ``float()`` reads, never
+nan or inf. The result is a frozen :class:`Config`. Only ``build_*(cfg)`` functions read a Config.
 """
 from __future__ import annotations
 
@@ -31,8 +24,7 @@ from detector.losses.dynamic import STATISTIC_CONVENTIONS
 
 
 def _find_config_dir() -> Path:
-    """The shipped configs: ``detector/configs`` in an installed wheel (setup.cfg maps the repository's top-level
-    ``configs/`` there as package data), else ``configs/`` beside the package (a checkout or an editable install)."""
+    """The shipped configs: ``detector/configs`` in an installed wheel, else ``configs/`` beside the package."""
     package = Path(__file__).resolve().parent
     for candidate in (package / "configs", package.parent / "configs"):
         if (candidate / "base.yaml").is_file():
@@ -62,8 +54,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "train.lr_reference_batch": (int,),
 }
 
-# The synthetic generator's class shapes (label order), box modes and backgrounds (detector/data/synthetic.py reads
-# them from here).
+# The synthetic generator's class shapes (label order), box modes and backgrounds (read by detector/data/synthetic.py).
 SYNTHETIC_SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 SYNTHETIC_BOX_MODES = ("amodal", "visible")
 SYNTHETIC_BACKGROUNDS = ("gradient", "texture")
@@ -82,8 +73,7 @@ def metric_names(metric: str) -> tuple[str, ...]:
     return {"coco": coco, "voc": VOC_METRIC_NAMES, "both": coco + VOC_METRIC_NAMES}[metric]
 
 
-# Keys with a fixed set of values. A registry (a dict: LOSSES, BETA_SCHEDULES, BACKBONES) is looked up when a value
-# is checked, not copied at import, so that a name registered at run time is valid at once.
+# Keys with a fixed set of values; a registry (dict) is looked up at check time, so run-time registrations count.
 _CHOICES: dict[str, tuple[Any, ...] | Mapping[str, Any]] = {
     "data.format": ("synthetic", "coco", "voc"),
     "data.label_noise_kind": LABEL_NOISE_KINDS,
@@ -386,11 +376,7 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
 
 
 def _as_float(value: Any) -> Any:
-    """A string Python reads as a float, as that float; anything else unchanged.
-
-    YAML 1.1 (PyYAML) reads ``1e-3``, ``1e10`` and ``1.0e6`` as strings (its float rule wants a dot and a signed
-    exponent); where the schema expects a float, every literal ``float()`` accepts counts as one.
-    """
+    """A string Python reads as a float, as that float (YAML 1.1 leaves ``1e-3`` a string); anything else unchanged."""
     if isinstance(value, str):
         try:
             return float(value)
@@ -418,9 +404,7 @@ def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
         elem_types = (float, int) if any(type(d) is float for d in default) else tuple({type(d) for d in default})
         if float in elem_types:
             value = [_as_float(v) for v in value]
-    if float in types and int not in types and not isinstance(value, bool) and isinstance(value, int):
-        pass  # an int where a float is expected is fine (lr: 1)
-    elif not _type_ok(value, types):
+    if not _type_ok(value, types):  # an int where a float is expected is fine (lr: 1)
         want = " or ".join(t.__name__ for t in types)
         raise ConfigError(f"{source}: {full} must be {want}, got {type(value).__name__} {value!r}")
     bad = [v for v in value if not _type_ok(v, elem_types)] if elem_types else []
@@ -495,11 +479,8 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ())
 
 
 def with_defaults(stored: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``stored`` (e.g. a run's config.yaml) with every key it lacks taken from ``defaults`` (the schema's).
-
-    A key added to ``base.yaml`` after a run was made keeps, for that run, the default it has now: new keys come
-    with defaults that keep the old behaviour. Keys the schema no longer has are kept, so comparisons see them.
-    """
+    """``stored`` (e.g. a run's config.yaml) with every key it lacks taken from ``defaults`` (the schema's), so a key
+    added since keeps its behaviour-preserving default; keys the schema no longer has are kept."""
     defaults = default_config() if defaults is None else defaults
     out = {k: _thaw(v) for k, v in stored.items()}
     for key, default in defaults.items():

@@ -1,11 +1,9 @@
 """User-facing errors and the one error path of the command-line tools (:func:`run_tool`).
 
-A :class:`DetectorError` is a problem with the user's input or environment (a config key, a data file, a
-checkpoint, a run folder, a full or read-only disk): its message names the file or field and the fix, and the
-tools print it as one line. Anything else is a bug and keeps its traceback. Each module raises its own subclass
-(``ConfigError``, ``DatasetError``, ``CheckpointError``, ``RunFolderError``, ...), whose ``exit_code`` says the
-kind: 2 a config or usage error (the command line, a config, a run folder the command may not use), 1 a data or
-file error (data, weights, checkpoints, a non-finite loss, a full disk), 130 stopped by Ctrl-C or SIGTERM.
+A :class:`DetectorError` is a problem with the user's input or environment: the tools print its message as one
+line; anything else is a bug and keeps its traceback. ``exit_code`` says the kind: 2 a config or usage error (command
+line, config, run folder), 1 a data or file error (data, weights, checkpoints, a non-finite loss, a full disk), 130
+stopped by Ctrl-C or SIGTERM.
 """
 from __future__ import annotations
 

@@ -4,21 +4,14 @@
     python tools/dump_proposals.py --cfg smoothl1.yaml --ckpt runs/smoothl1/checkpoints/best.pth \\
         --out data/proposals_train.json --split train [key=value ...]
 
-Every image of the split as ``build_dataset`` selects it (for ``--split train`` the training subsets
-``data.max_images`` etc., which training with the proposals selects again; never ``eval.max_images``) is resized
-with the test-time transform
-(``data.input.min_size_test`` / ``max_size_test``, no flip), the model's RPN runs with the test settings
-(``model.rpn.pre_nms_topk_test``, ``post_nms_topk_test``, ``nms_thresh``) and the proposals are mapped back to
-the ORIGINAL image's pixels. The output JSON maps each image id (as a string) to its proposals, best first::
+Every image of the split as ``build_dataset`` selects it (never ``eval.max_images``) runs through the test-time
+resize and the RPN's test settings; the output maps each image id (a string) to its proposals, best first, in the
+ORIGINAL image's pixels (rounded to 0.01) with the objectness probability::
 
     {"<image_id>": [[x1, y1, x2, y2, score], ...], ...}
 
-boxes absolute xyxy float pixels of the original image (rounded to 0.01), score the RPN objectness
-probability in [0, 1]. Train with it through ``model.proposals=precomputed model.proposal_file=FILE.json``;
-the data pipeline scales (and flips) the boxes along with the image. A checkpoint that does not fit the config
-(another backbone or class count) stops with one line saying what differs and which config to use. A checkpoint
-is read as data only: one that would run code when loaded is refused in one line, unless ``--trust-checkpoint``
-says you made it or trust its source.
+Train with ``model.proposals=precomputed model.proposal_file=FILE.json``. A checkpoint that does not fit the config
+stops with one line; one that would run code when loaded is refused unless ``--trust-checkpoint``.
 """
 import argparse
 import json

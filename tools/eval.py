@@ -4,22 +4,14 @@
     python tools/eval.py --cfg runs/smoothl1/config.yaml --ckpt runs/smoothl1/checkpoints/best.pth [--metric both]
     python tools/eval.py --cfg smoothl1.yaml --dets runs/smoothl1/eval/detections.json --metric voc [--out DIR]
 
-The val split of the dataset named by the config is scored (trailing ``key=value`` arguments override the config,
-e.g. ``train.device=cpu eval.backend=faster_coco_eval``); with ``eval.max_images`` set, its first N images, as
-the trainer scored them. With ``--ckpt`` the model is built from the config, the checkpoint's weights are loaded
-and run over the split; a checkpoint of another backbone or class count stops with one line saying what differs
-and which config to use (the run's ``config.yaml``). A checkpoint is read as data only: one that would run code
-when loaded is refused in one line, unless ``--trust-checkpoint`` says you made it or trust its source. With
-``--dets`` a COCO-format results file (image and category ids of that dataset) is scored without a model.
-
-The metrics table is printed, and nothing is written unless ``--out DIR`` is given: then ``DIR/metrics.json``
-(and, with ``--ckpt``, ``DIR/detections.json``: COCO results, original category ids, xywh). A tool that reads a
-run never writes into it unasked: an ``--out`` that already holds those files, or that is a training run's
-``eval/`` folder (whose ``metrics.json`` marks the run finished for the ablation report), is refused before any
-work unless ``--overwrite`` is given. A path that cannot be written gives one line naming it.
+The val split of the config's dataset is scored (``key=value`` overrides; ``eval.max_images``: its first N images).
+``--ckpt`` runs the config's model with the checkpoint's weights (a misfit stops with one line naming the config to
+use; a checkpoint that would run code is refused unless ``--trust-checkpoint``); ``--dets`` scores a COCO-format
+results file without a model. Only ``--out DIR`` writes (``metrics.json``, and ``detections.json`` with ``--ckpt``);
+an ``--out`` holding those files or a training run's ``eval/`` is refused unless ``--overwrite``.
 
 Exit codes: 0 done; 2 a bad config, option or ``--out`` folder; 1 a bad detections file, checkpoint or dataset
-(one line each; DETECTOR_TRACEBACK=1 adds the traceback). Anything unexpected is a bug and prints its traceback.
+(one line each; DETECTOR_TRACEBACK=1 adds the traceback).
 """
 import argparse
 import errno
@@ -88,12 +80,8 @@ def run(args) -> int:
 
 
 def check_out_dir(out: Path, files: tuple[str, ...], overwrite: bool) -> None:
-    """Before any work: refuse an ``--out`` that would replace results unasked, or that cannot be written.
-
-    Raises ``RunFolderError`` when ``out`` holds one of ``files`` or is a training run's ``eval/`` folder (and
-    ``overwrite`` is false), and an ``OSError`` naming the path when ``out`` or its nearest existing parent is not
-    a writable folder.
-    """
+    """Before any work: a ``RunFolderError`` when ``out`` holds one of ``files`` or is a run's ``eval/`` (unless
+    ``overwrite``), an ``OSError`` naming the path when it cannot be written."""
     from detector.engine.runs import RunFolderError, holds_run
     existing = out
     while not existing.exists() and existing != existing.parent:
@@ -126,7 +114,7 @@ def evaluate_checkpoint(cfg, checkpoint: Path, trust: bool = False) -> tuple[dic
     loader = build_dataloader(cfg, "val")
     dataset = loader.dataset
     device = select_device(cfg.train.device)
-    amp_dtype, _ = amp_settings(cfg.train.amp, device, cfg.train.amp_dtype)
+    amp_dtype, _ = amp_settings(cfg.train.amp, device)
     model = build_detector(cfg, num_classes=len(dataset.classes) - 1)
     load_model_weights(model, checkpoint, cfg.to_dict(), trust=trust)
     model.to(device)

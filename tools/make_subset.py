@@ -1,18 +1,15 @@
 #!/usr/bin/env python
 """Write a dataset subset: a COCO JSON or a VOC image-id list, selected as ``build_dataset`` selects training images.
 
-COCO, 5 classes, 2000 images (images without any of the classes are left out unless --keep-empty)::
-
     python tools/make_subset.py --format coco --ann data/coco/annotations/instances_train2017.json \\
         --classes person car dog bicycle chair --max-images 2000 \\
         --out data/coco/annotations/instances_train2017_5cls.json
-
-The output keeps the original category ids; train on it with ``data.train_split=train2017_5cls`` after linking
-the image folder (``ln -s train2017 data/coco/train2017_5cls``). VOC writes image names, one a line, usable as
-``data.image_ids_file`` or as ``VOCdevkit/VOC2007/ImageSets/Main/<name>.txt``::
-
     python tools/make_subset.py --format voc --root data/VOCdevkit --split 2007/trainval --classes dog cat \\
         --fraction 0.5 --out voc07_dogcat.txt
+
+COCO keeps the original category ids (train with ``data.train_split=train2017_5cls`` after
+``ln -s train2017 data/coco/train2017_5cls``); images without the classes are left out unless --keep-empty. VOC
+writes image names, one a line (``data.image_ids_file`` or ``VOCdevkit/VOC2007/ImageSets/Main/<name>.txt``).
 """
 import argparse
 import json

@@ -5,11 +5,9 @@
     python tools/make_synthetic.py --cfg data/synthetic_hard.yaml    # the hard preset, in data/synthetic_hard
     python tools/make_synthetic.py --root data/synthetic1024 --num-train 1024 data.synthetic.noise=4
 
-The parameters are the ``data.synthetic`` keys of the config (configs/base.yaml, then each ``--cfg``, then
-``key=value`` overrides, then the flags below). Training later needs the same keys and folder (the same ``--cfg``,
-``data.root=data/synthetic1024 data.synthetic.num_train=1024 ...``). A folder that already holds the dataset for
-these keys is reused; one made with other keys, or holding anything else, is refused (exit 1, one line) and left as
-it is: the generator never deletes or regenerates a folder, it only writes a new one.
+The parameters are the ``data.synthetic`` keys of the config (``--cfg``, ``key=value``, then the flags below);
+training later needs the same keys and folder. A folder holding the dataset of these keys is reused; any other
+content is refused (exit 1, one line) and left as it is.
 """
 import argparse
 import sys

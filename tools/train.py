@@ -1,23 +1,17 @@
 #!/usr/bin/env python
 """Train a detector: ``python tools/train.py --cfg smoothl1.yaml [--cfg data/coco_tiny.yaml] [key=value ...]``.
 
-Configs are looked up in ``configs/`` when the name is not a path and layer in order; ``key=value`` arguments
-override any key. With no data at hand the default synthetic dataset is generated under ``data/synthetic`` on
-first use. The run folder (``runs/<cfg names>`` unless ``output_dir`` is set) holds ``config.yaml``,
-``metrics.jsonl``, TensorBoard events (``tensorboard --logdir runs``), ``checkpoints/`` and ``eval/``
-(metrics.json, detections.json).
+Configs (a path, or a name in ``configs/``) layer in order; ``key=value`` overrides any key. The default synthetic
+dataset is generated under ``data/synthetic`` on first use. The run folder (``runs/<cfg names>`` unless
+``output_dir``) holds ``config.yaml``, ``metrics.jsonl``, TensorBoard events, ``checkpoints/`` and ``eval/``.
 
-A folder that already holds a run is never reused silently: continue it with ``--resume`` (experiment-defining
-keys must match the run's config.yaml), pick another ``output_dir``, or replace it with ``--overwrite``.
-``--extend train.max_iters=N`` continues a run to a new length where the lr or beta schedule derives from it (they
-are recomputed for the new length from the resume point on). Checkpoints are read as data only: a ``last.pth``
-that would run code when loaded is refused in one line; ``--trust-checkpoint`` loads it anyway, for a file you made
-or whose source you trust (off by default). Ctrl-C or SIGTERM writes ``last.pth`` and exits with code 130 (a
-second Ctrl-C exits at once). Several GPUs: ``torchrun --nproc_per_node=N tools/train.py ...``.
+A folder that holds a run is never reused silently: ``--resume`` (experiment-defining keys must match), another
+``output_dir``, or ``--overwrite``. ``--extend train.max_iters=N`` continues a run to a new length where a schedule
+derives from it. A checkpoint that would run code when loaded is refused unless ``--trust-checkpoint`` (a file you
+made or trust). Ctrl-C or SIGTERM writes ``last.pth`` and exits 130. Several GPUs: ``torchrun --nproc_per_node=N``.
 
 Exit codes: 0 done, 1 a data, weights, checkpoint or disk error or a non-finite loss, 2 a config, usage or
 run-folder error (one line each; DETECTOR_TRACEBACK=1 adds the traceback), 130 stopped by Ctrl-C/SIGTERM.
-Anything unexpected is a bug and prints its traceback.
 """
 import argparse
 import sys

@@ -1,13 +1,8 @@
 """The detection dataset shared by every format: parsed image records, image decoding, sanitising, indexing.
 
-Conventions: boxes are absolute xyxy float32 pixels of the stored image; label 0 is background and the
-foreground labels are 1..K; ``classes[0] == "__background__"``. A format reader (``coco.py``, ``voc.py``)
-turns its files into a list of :class:`ImageRecord` once, in the only place its box format is converted;
-everything after that (subsets, cleaning, transforms) works on records.
-
-``dataset[key]`` takes a plain index (validation, debugging) or an ``(index, sample_seed)`` pair from the
-training batch sampler; the transforms of that sample draw from a ``torch.Generator`` seeded with
-``sample_seed``, so the training stream is a pure function of the sampler's seed.
+Conventions: boxes are absolute xyxy float32 pixels of the stored image; label 0 is background, 1..K foreground;
+``classes[0] == "__background__"``. A format reader turns its files into :class:`ImageRecord` s, the only place its
+box format is converted. ``dataset[(index, sample_seed)]`` seeds the sample's transforms with ``sample_seed``.
 """
 from __future__ import annotations
 
@@ -58,13 +53,10 @@ class ImageRecord:
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file to uint8 [3,H,W] RGB, whatever its mode or bit depth.
+    """Decode an image file to uint8 [3,H,W] RGB, whatever its mode; 16-bit images are scaled by round(v / 257).
 
-    Grayscale, palette, alpha and CMYK images become RGB; 16-bit images (PNG, TIFF) are scaled to 0..255
-    (``round(v / 257)``), never passed on as uint16, which preprocessing would not divide by 255. torchvision's
-    decoder first (fast); PIL for what it cannot read. A file neither can decode (missing, truncated, corrupt) or
-    with 32-bit integer/float pixels (no standard 8-bit scale) raises :class:`DatasetError` naming it, because
-    skipping it mid-epoch would make the training stream depend on which files happen to be readable.
+    torchvision's decoder first, PIL for the rest. An undecodable file or 32-bit pixels raise :class:`DatasetError`
+    naming it (skipping it mid-epoch would make the training stream depend on which files are readable).
     """
     try:
         with warnings.catch_warnings():  # torchvision>=0.29 deprecates its decoders in favour of torchcodec
@@ -93,9 +85,8 @@ def read_image(path: str | Path) -> torch.Tensor:
 
 
 def image_path(image_dir: str | Path, file_name: object, where: str) -> str:
-    """``image_dir/file_name``, refused (:class:`DatasetError` naming ``where`` and the name) unless it stays inside
-    ``image_dir``: an absolute name or one whose ``..`` climb out would read a file outside the dataset. Symbolic
-    links are not followed (a linked image folder or file is the user's choice)."""
+    """``image_dir/file_name``; a :class:`DatasetError` for an absolute name or one whose ``..`` leaves
+    ``image_dir`` (symbolic links are not followed)."""
     if not isinstance(file_name, str) or not file_name:
         raise DatasetError(f"{where} has file_name {file_name!r}; expected a path relative to the image folder "
                            f"{image_dir}")
@@ -116,11 +107,7 @@ def check_files_exist(records: Sequence[ImageRecord], source: str) -> None:
 
 
 def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageRecord]:
-    """Clip boxes to their image, drop degenerate and fully-outside boxes; report the counts once.
-
-    Non-finite or non-positive width/height boxes are dropped ("degenerate"); boxes partly outside the image are
-    clipped; boxes that leave nothing inside the image are dropped ("outside").
-    """
+    """Clip boxes to their image, drop degenerate (non-finite, width/height <= 0) and fully-outside ones; log counts."""
     out, degenerate, outside, clipped = [], {}, {}, 0
     for rec in records:
         if len(rec.boxes) == 0:
@@ -151,19 +138,11 @@ def corrupt_records(records: Sequence[ImageRecord], fraction: float, kind: str =
                     seed: int = 0) -> list[ImageRecord]:
     """The records with a fixed random ``fraction`` of their non-crowd boxes corrupted (label-noise ablations).
 
-    A pure function of each record, ``kind``, ``scale`` and ``seed``: each image draws from
-    ``np.random.default_rng([seed, image_id])``, so its corruption does not depend on the other records (a subset
-    corrupts each image as the full set does), and ``fraction`` only sets the threshold a box's first draw
-    ``u ~ U[0, 1)`` must stay under (the boxes chosen at 0.1 are among those chosen at 0.3). Per chosen box of
-    width w and height h:
-
-    - ``jitter``: each coordinate moves by ``U[-scale, scale]`` × w (x1, x2) or h (y1, y2).
-    - ``outlier``: with probability 1/3 each, a shift, a resize, or both. Shift: the centre moves by
-      (m·w·cos t, m·h·sin t), m ~ U[1, 3], t ~ U[0, 2π). Resize: w and h are each multiplied by 2^(±U[1, 2])
-      (a factor in [1/4, 1/2] ∪ [2, 4], sign by a fair coin), about the centre. ``scale`` is not used.
-
-    The result is clipped to the image; one under 1 px wide or high keeps the clean box. Labels, ``iscrowd`` and
-    ``area`` are unchanged; ``fraction`` 0 returns the records as they are.
+    Each image draws from ``np.random.default_rng([seed, image_id])`` (independent of the other records), a box is
+    chosen when its first draw u ~ U[0, 1) < fraction (nested across fractions). For a box w x h: ``jitter`` moves
+    each coordinate by U[-scale, scale] x w or h; ``outlier`` (``scale`` unused) shifts the centre by (m w cos t,
+    m h sin t), m ~ U[1, 3], resizes w and h each by 2^(+-U[1, 2]), or both (1/3 each). The result is clipped to the
+    image; one under 1 px keeps the clean box. Labels, iscrowd and area are unchanged.
     """
     if kind not in LABEL_NOISE_KINDS:
         raise ValueError(f"kind must be one of {LABEL_NOISE_KINDS}, got {kind!r}")
@@ -199,15 +178,9 @@ def corrupt_records(records: Sequence[ImageRecord], fraction: float, kind: str =
 
 
 class DetectionDataset(torch.utils.data.Dataset):
-    """A list of :class:`ImageRecord` with class names; returns ``(image uint8 [3,H,W], target)``.
-
-    Args:
-        records: parsed, sanitised images.
-        classes: class names, index 0 ``"__background__"``, index k the name of label k.
-        label_to_cat_id: label (1..K) -> the category id of the source file (for writing COCO results).
-        transforms: ``f(image, target, generator) -> (image, target)`` or None (raw targets).
-        name: a short description used in messages (the annotation file or split).
-        proposals: image id -> precomputed proposals [P,4] (original pixels), added to targets as "proposals".
+    """A list of :class:`ImageRecord` with ``classes`` (index 0 background) and ``label_to_cat_id`` (label -> the
+    source's category id); returns ``(image uint8 [3,H,W], target)``. ``transforms``: ``f(image, target, generator)``
+    or None; ``proposals``: image id -> precomputed [P,4] original pixels, added to targets; ``name``: for messages.
     """
 
     def __init__(self, *, records: Sequence[ImageRecord], classes: Sequence[str], label_to_cat_id: dict[int, int],

@@ -1,8 +1,6 @@
 """``build_dataset`` and ``build_dataloader``: the only functions of ``detector.data`` that read the config.
 
-Datasets give ``(image uint8 [3,H,W] RGB, target)`` with absolute xyxy float32 boxes and labels 1..K
-(0 is background). Loaders yield ``(images: list[uint8 [3,H,W]], targets: list[dict])``; the model pads the
-batch to ``data.input.size_divisibility`` on the device. See docs/architecture.md, section "Data".
+Loaders yield ``(images: list[uint8 [3,H,W]], targets: list[dict])``; see docs/architecture.md, section "Data".
 """
 from __future__ import annotations
 
@@ -31,16 +29,10 @@ SUBSET_KEYS = {
 
 
 def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
-    """The ``split`` ("train" or "val") dataset of ``cfg.data``, subset and cleaned, with its transforms.
-
-    ``data.format: synthetic`` first generates the synthetic set under ``data.root`` when it is missing (one made
-    with other ``data.synthetic`` keys is refused: :func:`ensure_synthetic`), then reads it like COCO. Which subset
-    keys apply to which split is :func:`split_subset`'s contract. The training split's boxes then get the label noise
-    of ``data.label_noise*`` (:func:`corrupt_records`), drawn once per box from ``data.label_noise_seed``, not the
-    run's seed. With ``transforms=False`` the dataset returns raw targets.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    """The ``split`` ("train" or "val") dataset of ``cfg.data``, subset and cleaned, with its transforms (or raw
+    targets when ``transforms=False``). A synthetic set is first generated under ``data.root`` when missing
+    (:func:`ensure_synthetic`); the training split then gets the fixed label noise of ``data.label_noise*``."""
+    assert split in SPLITS, split
     data = cfg.data
     split_name = data.train_split if split == "train" else data.val_split
     if data.format == "synthetic":
@@ -75,14 +67,9 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
 
 
 def split_subset(data, split: str) -> dict:
-    """The ``subset_records`` selections of ``split``, read from ``cfg.data`` through :data:`SUBSET_KEYS`.
-
-    ``data.classes`` applies to both splits (the model's classes are the kept ones, relabelled 1..K). The size
-    subsets (``image_ids_file``, ``fraction``, ``max_images``) and ``keep_empty`` apply to the training split
-    only, so a training subset is still scored on the whole val split; the val split has its own
-    ``val_image_ids_file`` and ``val_fraction`` (a prefix of it, during training and in ``tools/eval.py``, is
-    ``eval.max_images``) and always keeps images without boxes (a detection on them is a false positive).
-    """
+    """The ``subset_records`` selections of ``split`` (:data:`SUBSET_KEYS`). ``data.classes`` applies to both splits;
+    the size subsets and ``keep_empty`` to training only, so a training subset is still scored on the whole val split
+    (which has its own ``val_*`` keys and keeps images without boxes: a detection on them is a false positive)."""
     return {argument: data[key] for argument, key in SUBSET_KEYS[split].items()}
 
 
@@ -152,8 +139,7 @@ def make_dataloader(dataset: DetectionDataset, *, train: bool, batch_size: int, 
     else:
         batch_sampler = torch.utils.data.BatchSampler(inference_indices(len(dataset), rank, world_size),
                                                       batch_size=batch_size, drop_last=False)
-    # The loader's own generator: creating an iterator must not draw from the global RNG, or a resumed run
-    # (which creates its iterator at another point of the RNG stream) would sample RoIs differently.
+    # The loader's own generator: a resumed run must not sample differently because the global RNG moved.
     generator = torch.Generator().manual_seed(seed * 1_000_003 + start_iter + rank)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
                                        collate_fn=collate, pin_memory=pin_memory and torch.cuda.is_available(),
@@ -169,13 +155,8 @@ def eval_subset(dataset: DetectionDataset, max_images: int | None) -> DetectionD
 
 
 def build_dataloader(cfg, split: str, start_iter: int = 0, distributed: bool = False) -> torch.utils.data.DataLoader:
-    """The training loader (infinite, from batch ``start_iter`` of the ``cfg.seed`` stream) or the val loader.
-
-    The val loader's dataset is a new dataset of the first ``eval.max_images`` images when that is set
-    (:func:`eval_subset`), so ``loader.dataset`` (whose targets the evaluator reads) and the loader agree; under
-    ``distributed`` each rank gets a disjoint contiguous slice. ``train.batch_size`` images per batch and per rank
-    in both.
-    """
+    """The training loader (infinite, from batch ``start_iter`` of the ``cfg.seed`` stream) or the val loader (the
+    first ``eval.max_images`` images: :func:`eval_subset`; under ``distributed`` a disjoint slice per rank)."""
     dataset = build_dataset(cfg, split)
     if split == "val":
         dataset = eval_subset(dataset, cfg.eval.max_images)

@@ -1,11 +1,6 @@
-"""COCO-format datasets (COCO 2017 and the generated synthetic set) read with pycocotools.
-
-Layout: ``root/annotations/instances_<split>.json`` and the images under ``root/<split>/<file_name>``.
-Labels are contiguous 1..K in the order of the sorted category ids (label 0 is background);
-``label_to_cat_id`` maps them back for writing results. COCO's xywh boxes become absolute xyxy float32 in
-:func:`parse_coco` (the one place). Crowd annotations are kept with ``iscrowd=True`` (evaluation ignores them,
-the training transforms drop them); ``area`` is the annotation's own area (mask area in COCO).
-"""
+"""COCO-format datasets (COCO 2017 and the generated synthetic set): ``root/annotations/instances_<split>.json``,
+images under ``root/<split>/``. Labels 1..K follow the sorted category ids (``label_to_cat_id`` maps back); xywh
+becomes xyxy in :func:`parse_coco` only. Crowd annotations are kept as ``iscrowd``; ``area`` is the annotation's."""
 from __future__ import annotations
 
 import contextlib
@@ -27,12 +22,8 @@ def _is_number(value: object) -> bool:
 
 
 def load_coco_json(ann_file: str | Path) -> COCO:
-    """The annotation file as a pycocotools ``COCO`` (its prints silenced); malformed files raise DatasetError.
-
-    Checked here, once, for :func:`parse_coco`: the required fields are present, the numeric fields it reads are
-    numbers (bbox a list of 4) and no image id is used twice; each error is one line naming the file, the entry and
-    the field.
-    """
+    """The annotation file as a pycocotools ``COCO`` (its prints silenced), checked once for :func:`parse_coco`
+    (required fields, numeric fields, unique image ids): each error is one DatasetError line naming the entry."""
     ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise DatasetError(f"{ann_file}: annotation file not found; check data.root and the split name "

@@ -1,10 +1,5 @@
-"""Download helpers for PASCAL VOC and COCO 2017 (never called by tests or by default code paths).
-
-torchvision's ``download_and_extract_archive`` fetches each archive, checks its MD5 and extracts it; an archive
-already present with the right checksum is not fetched again. Layout after extraction (what configs/data/*.yaml
-expect): ``<root>/VOCdevkit/VOC2007``, ``<root>/VOCdevkit/VOC2012`` for VOC and ``<root>/coco/{train2017,val2017,
-annotations}`` for COCO.
-"""
+"""Download helpers for PASCAL VOC and COCO 2017 (torchvision's ``download_and_extract_archive``, MD5-checked; a
+verified archive is not fetched again), into the layout configs/data/*.yaml expect."""
 from __future__ import annotations
 
 from pathlib import Path

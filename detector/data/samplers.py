@@ -1,13 +1,8 @@
 """Batch samplers. Training: an infinite, seeded, aspect-ratio grouped stream of ``(index, sample_seed)`` batches.
 
-The training stream is a pure function of ``seed``: epoch ``e`` is a permutation drawn from a generator seeded
-with ``(seed, e)`` together with one sample seed per position, so the dataset's augmentation of each sample is
-fixed too. ``start_iter=k`` regenerates (without loading any data) and skips the first k batches, so a resumed
-run sees exactly the batches of an uninterrupted one, whatever the number of workers. Under DDP every rank draws
-the same permutation and takes every ``world_size``-th element from ``rank`` on (disjoint within an epoch, as
-``DistributedSampler``). Grouping follows detectron2's ``AspectRatioGroupedDataset``: samples go to the buffer of
-their group (0: w >= h, 1: w < h) and a batch is emitted when a buffer holds ``batch_size`` samples.
-
+Epoch ``e`` is a permutation and one sample seed per position drawn from ``(seed, e)``; ``start_iter=k`` skips k
+batches without loading data, so a resumed run sees the batches of an uninterrupted one. Under DDP each rank takes
+every ``world_size``-th element from ``rank`` on. Grouping as detectron2's ``AspectRatioGroupedDataset``.
 Evaluation: :func:`inference_indices` gives each rank a contiguous, ordered, disjoint slice.
 """
 from __future__ import annotations
@@ -23,15 +18,8 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class GroupedInfiniteBatchSampler(torch.utils.data.Sampler):
-    """Yields ``[(index, sample_seed), ...]`` lists of ``batch_size`` forever.
-
-    Args:
-        group_ids: per dataset index, its aspect-ratio group (all zeros = no grouping).
-        batch_size: samples per batch (per rank).
-        seed: the stream's seed (the same on every rank).
-        start_iter: number of batches to skip (resume).
-        rank, world_size: this process's share of each epoch.
-    """
+    """Yields ``[(index, sample_seed), ...]`` lists of ``batch_size`` (per rank) forever; ``group_ids``: per index
+    its aspect-ratio group; ``start_iter``: batches to skip (resume)."""
 
     def __init__(self, group_ids: Sequence[int], *, batch_size: int, seed: int, start_iter: int = 0, rank: int = 0,
                  world_size: int = 1):

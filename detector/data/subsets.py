@@ -1,17 +1,8 @@
-"""Subsets of a parsed dataset: classes, explicit image ids, a seeded random fraction, a maximum count.
+"""Subsets of a parsed dataset, for every format (``tools/make_subset.py`` writes what ``build_dataset`` selects).
 
-Applied in this order by :func:`subset_records`, to the records of any format (so COCO, VOC and the synthetic set
-share one implementation, and ``tools/make_subset.py`` writes exactly what ``build_dataset`` would select):
-
-1. ``classes``: keep only annotations of these names, relabelled 1..K in the given order (label 0 is background);
-2. ``keep_empty=False``: drop images left without any non-crowd box;
-3. ``image_ids``: keep images whose id (COCO integer id, or VOC name such as ``2008_000123``) is listed;
-4. ``fraction``: keep ``round(fraction * n)`` images drawn with ``seed`` (original order preserved);
-5. ``max_images``: keep the first ``max_images``.
-
-Which ``data.*`` keys feed which split is ``detector.data.build.split_subset``'s contract: ``data.classes`` both
-splits; ``keep_empty``, ``image_ids_file``, ``fraction``, ``max_images`` the training split only;
-``val_image_ids_file`` and ``val_fraction`` the val split.
+:func:`subset_records` applies, in order: ``classes`` (keep these names, relabelled 1..K in that order),
+``keep_empty=False`` (drop images without a non-crowd box), ``image_ids`` (COCO id or VOC name), ``fraction``
+(``round(fraction * n)`` images drawn with ``seed``, order kept), ``max_images`` (the first ones).
 """
 from __future__ import annotations
 
@@ -67,11 +58,8 @@ def subset_records(records: Sequence[ImageRecord], classes: Sequence[str], label
                    image_ids: Sequence[str] | None = None, fraction: float | None = None, seed: int = 0,
                    max_images: int | None = None, source: str = "dataset", ids_source: str = "data.image_ids_file"
                    ) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
-    """Apply the selections in the module docstring; returns (records, classes, label_to_cat_id).
-
-    The defaults select nothing away. ``source`` (the file or split) and ``ids_source`` (the setting that gave
-    ``image_ids``) name where a problem comes from in messages.
-    """
+    """Apply the selections in the module docstring (the defaults keep everything); returns (records, classes,
+    label_to_cat_id). ``source`` and ``ids_source`` name the file and the setting in messages."""
     records, classes, label_to_cat_id = list(records), list(classes), dict(label_to_cat_id)
     if keep_classes:
         records, classes, label_to_cat_id = select_classes(records, classes, label_to_cat_id, keep_classes, source)
@@ -96,10 +84,7 @@ def subset_records(records: Sequence[ImageRecord], classes: Sequence[str], label
 
 
 def subset_coco_json(data: dict, image_ids: set[int], cat_ids: Sequence[int] | None) -> dict:
-    """A COCO instances dict restricted to ``image_ids`` and (when given) the categories ``cat_ids``.
-
-    Category ids are kept as they are, so the subset file is a valid COCO file of the same categories.
-    """
+    """A COCO instances dict restricted to ``image_ids`` and (when given) ``cat_ids``, category ids unchanged."""
     keep_cats = set(cat_ids) if cat_ids is not None else {c["id"] for c in data["categories"]}
     out = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
     out["images"] = [im for im in data["images"] if im["id"] in image_ids]

@@ -1,31 +1,17 @@
 """The synthetic shapes datasets, generated locally and written as real COCO-format datasets.
 
 ``generate_synthetic`` writes ``root/{train,val}/NNNNNN.jpg``, ``root/annotations/instances_{train,val}.json`` and
-``root/synthetic.json`` (the manifest: the generator parameters, written last). The class of an object is
-its shape (category ids 1..K, the first K of :data:`SHAPES`; label 0 stays background once loaded). Everything is a
-pure function of the parameters (the ``data.synthetic`` keys): the same keys give byte-identical files.
+the manifest ``root/synthetic.json`` (last). An object's class is its shape (the first K of :data:`SHAPES`). The
+files are a pure function of the ``data.synthetic`` keys. Presets (data/README.md): the default, ``amodal`` boxes
+(the whole drawn shape); ``configs/data/synthetic_hard.yaml``, ``visible`` boxes (the pixels left visible after
+everything drawn later, distractors of :data:`DISTRACTORS` included), ``iscrowd`` below ``min_visible``, fully hidden
+objects not annotated.
 
-Two presets (see data/README.md):
-
-- the default (quickstart): 1-6 solid shapes, 24 px to half the short side, aspect ratio 0.6-1.7, on gradient
-  backgrounds with line/blob clutter; overlap limited (box IoU <= 0.15, at most 30% of the smaller box covered).
-  Boxes are ``amodal``: the extent of the whole shape as drawn through its own mask, ``area`` its pixel count.
-- ``configs/data/synthetic_hard.yaml``: more and smaller objects with extreme aspect ratios, occluding each other,
-  on textured backgrounds with more clutter and *distractors* (shapes of :data:`DISTRACTORS`, of no class, never
-  labelled). Boxes are ``visible``: the exact extent of the object's pixels left visible after everything drawn
-  later (objects and distractors), ``area`` the visible pixel count. An object with less than ``min_visible`` of its
-  pixels visible is kept as ``iscrowd`` (ignored by training and evaluation: finding it is neither required nor a
-  false positive); one with no visible pixel is not annotated.
-
-``ensure_synthetic`` is what ``build_dataset`` calls. A ``root`` holding the dataset of the same parameters (its
-manifest ``synthetic.json`` equal to them) is reused; one made with other parameters, or holding other files, is
-refused with a :class:`DatasetError` and left as it is (never deleted, never regenerated in place). Otherwise the set
-is generated into a temporary sibling ``.<name>.tmp-<pid>-<random>`` and renamed onto ``root``: rename(2) of a
-folder onto a missing or empty one is atomic, onto a non-empty one it fails. Processes generating one root at once
-(ablation jobs, DDP ranks) each write their own temporary folder; the first rename wins and the others remove theirs
-and use the winner's set after checking its manifest. A reader sees no folder or a complete one, never a half-written
-set, and nothing is ever deleted but our own temporary folder. A killed generation leaves its temporary folder: the
-next generation of that root names it in a warning when its pid is gone.
+``ensure_synthetic`` (what ``build_dataset`` calls) reuses a ``root`` whose manifest equals the keys, refuses any
+other content with a :class:`DatasetError` (never deleting or regenerating it), else generates into a temporary
+sibling ``.<name>.tmp-<pid>-<random>`` renamed onto ``root`` (atomic onto a missing or empty folder): concurrent
+generators (ablation jobs, DDP ranks) each write their own, the first rename wins, and a reader never sees a
+half-written set. A killed generation's leftover is named in a warning once its pid is gone.
 """
 from __future__ import annotations
 
@@ -57,14 +43,10 @@ _SPLITS = ("train", "val")
 
 @dataclass(frozen=True)
 class Scene:
-    """How each image is drawn: the ``data.synthetic`` keys besides split sizes, image size, classes and seed.
-
-    Their defaults and checks live in the config (configs/base.yaml, detector/config.py): the defaults are the
-    default preset, and each key that differs switches on a harder feature. Sizes are pixels: an object's size is
-    sqrt(w * h) of its drawing area, drawn log-uniformly from [min_size, max_size * short side] (each side at least
-    ``min_size``); ``aspect_ratio`` bounds w / h (log-uniform). Placement keeps the box IoU with every placed shape
-    <= ``max_iou`` and their intersection <= ``max_covered`` of the smaller box.
-    """
+    """How each image is drawn: the ``data.synthetic`` keys besides split sizes, image size, classes and seed (their
+    defaults and checks live in the config). An object's size sqrt(w * h) is log-uniform in [min_size, max_size *
+    short side], w / h log-uniform in ``aspect_ratio``; placement keeps box IoU <= ``max_iou`` and the intersection
+    <= ``max_covered`` of the smaller box."""
 
     min_objects: int
     max_objects: int
@@ -135,10 +117,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 
 def _texture(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
-    """[H,W,3] float32: ``base`` plus colour value noise at three scales and patches of stripes.
-
-    The stripes' straight, high-contrast edges bound no object: a detector has to tell texture from shape.
-    """
+    """[H,W,3] float32: ``base`` plus colour value noise at three scales and patches of stripes (edges of no object)."""
     height, width = base.shape[:2]
     out = base.copy()
     for cells, amplitude in ((4, 28.0), (16, 18.0), (64, 10.0)):
@@ -205,12 +184,9 @@ def _xywh(box: Sequence[float]) -> list[int]:
 
 def render_image(rng: np.random.Generator, height: int, width: int, num_classes: int, scene: Scene
                  ) -> tuple[Image.Image, list[dict], list[tuple]]:
-    """One image, its objects ``{"iscrowd": 0|1, "bbox": [x, y, w, h], "category_id": 1..K, "area": pixels}`` and
-    every shape drawn ``(name, x, y, w, h, rgb)`` in depth order (its mask is ``_draw_shape(name, w, h)`` at x, y).
-
-    Shapes are pasted in a random depth order, each over the ones before it. A feature that is off in ``scene``
-    draws no random numbers, so the default scene draws exactly what the first generator did (same bytes).
-    """
+    """One image, its objects ``{"iscrowd", "bbox": [x, y, w, h], "category_id": 1..K, "area"}`` and every shape
+    drawn ``(name, x, y, w, h, rgb)`` in depth order. A feature off in ``scene`` draws no random numbers (so the
+    default scene's bytes never change)."""
     background = _background(rng, height, width)
     if scene.background == "texture":
         background = _texture(rng, background)
@@ -297,11 +273,7 @@ def _write_split(root: Path, split: str, split_index: int, count: int, image_siz
 
 def generate_synthetic(root: str | Path, num_train: int, num_val: int, image_size: Sequence[int], num_classes: int,
                        seed: int, **scene) -> Path:
-    """Write the dataset into ``root``, which must not exist, the manifest last; returns root.
-
-    The arguments are every ``data.synthetic`` key (``scene``: the :class:`Scene` fields), checked by the config:
-    ``image_size`` is [height, width], ``num_classes`` picks the first shapes of :data:`SHAPES`.
-    """
+    """Write the dataset of every ``data.synthetic`` key into ``root`` (which must not exist), the manifest last."""
     root = Path(root)
     root.mkdir(parents=True)  # FileExistsError rather than write into a folder that is not ours
     (root / "annotations").mkdir()
@@ -348,11 +320,8 @@ def _is_leftover(path: Path, prefix: str) -> bool:
 
 
 def ensure_synthetic(root: str | Path, **keys) -> Path:
-    """Make sure ``root`` holds the dataset of these ``data.synthetic`` keys (all of them); returns root.
-
-    Reuses a matching set, refuses (:class:`DatasetError`) a folder holding anything else, and otherwise generates
-    into a temporary sibling renamed into place (the module docstring says why that is safe when run concurrently).
-    """
+    """Make sure ``root`` holds the dataset of these ``data.synthetic`` keys (all of them); returns root (see the
+    module docstring)."""
     root = Path(root).resolve()  # a link to a folder: rename(2) replaces the folder it names, not the link
     wanted = synthetic_params(keys)
     if _ready(root, wanted):

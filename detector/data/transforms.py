@@ -1,12 +1,8 @@
 """Detection transforms on ``(image uint8 [3,H,W], target)`` pairs; boxes (absolute xyxy) move with the image.
 
-Images stay uint8 (the model converts to float and normalises on the device). Every random choice draws from the
-``torch.Generator`` passed in, which the dataset seeds per sample, so a sample's augmentation is a pure function of
-its seed. Training: drop crowd/difficult boxes, multi-scale resize, horizontal flip (label noise is
-fixed per box when the dataset is built: :func:`detector.data.base.corrupt_records`). Evaluation: one
-resize. Both add ``"orig_size"`` (H0, W0) so detections can be mapped back to the original pixels. Labels are
-untouched (1..K, 0 is background). The size arithmetic of padding lives here too (:func:`batch_padded_size`, the
-model's padded batch, with the optional buckets of ``data.input.pad_buckets``), beside the sizes it depends on.
+Every random choice draws from the ``torch.Generator`` passed in (seeded per sample by the dataset). Training: drop
+crowd/difficult boxes, multi-scale resize, horizontal flip; evaluation: one resize. Both add ``"orig_size"`` (H0, W0).
+The padding size arithmetic lives here too (:func:`batch_padded_size`, ``data.input.pad_buckets``).
 """
 from __future__ import annotations
 
@@ -33,13 +29,9 @@ def padded_size(height: int, width: int, divisibility: int) -> tuple[int, int]:
 
 
 def bucket_sides(max_short: int, max_long: int, divisibility: int, num_buckets: int) -> tuple[int, ...]:
-    """The side lengths padded batches snap to (``data.input.pad_buckets``); () when ``num_buckets`` is 0.
-
-    ``num_buckets`` multiples of ``divisibility``, evenly spaced from the largest short side the transforms produce
-    (``max_short``) to the largest long side (``max_long``), both rounded up: every side of every batch fits the
-    last one, so a run sees at most ``num_buckets ** 2`` padded shapes (H and W each take one of the values).
-    One bucket is one square canvas for everything; two are roughly a landscape and a portrait canvas.
-    """
+    """``num_buckets`` multiples of ``divisibility`` evenly spaced from ``max_short`` to ``max_long`` (both rounded
+    up), the sides padded batches snap to (``data.input.pad_buckets``; () when 0): at most ``num_buckets ** 2``
+    padded shapes per run."""
     if num_buckets <= 0:
         return ()
     low, high = padded_size(max_short, max_long, divisibility)
@@ -52,19 +44,15 @@ def bucket_sides(max_short: int, max_long: int, divisibility: int, num_buckets: 
 
 def batch_padded_size(sizes: Sequence[tuple[int, int]], divisibility: int,
                       buckets: Sequence[int] = ()) -> tuple[int, int]:
-    """(H, W) a batch of images of ``sizes`` [(h_i, w_i), ...] is padded to (bottom and right only).
-
-    Each side is the batch's largest, rounded up to ``divisibility``, then up to the smallest of ``buckets`` that
-    holds it; a side longer than every bucket (an image larger than the config's sizes) keeps its rounded size.
-    """
+    """(H, W) a batch of images of ``sizes`` [(h_i, w_i), ...] is padded to (bottom and right): each side the largest,
+    rounded up to ``divisibility``, then to the smallest bucket that holds it (if any)."""
     height, width = padded_size(max(h for h, _ in sizes), max(w for _, w in sizes), divisibility)
     return (next((b for b in sorted(buckets) if b >= height), height),
             next((b for b in sorted(buckets) if b >= width), width))
 
 
 def build_pad_buckets(cfg, num_buckets: int | None = None) -> tuple[int, ...]:
-    """``bucket_sides`` of ``cfg.data.input`` (``num_buckets`` overrides ``pad_buckets``): from the largest training
-    or test short side to the largest long side, so training and evaluation batches share the same few shapes."""
+    """``bucket_sides`` of ``cfg.data.input`` (``num_buckets`` overrides ``pad_buckets``), shared by train and test."""
     inp = cfg.data.input
     return bucket_sides(max(max(inp.min_size_train), inp.min_size_test), max(inp.max_size_train, inp.max_size_test),
                         inp.size_divisibility, inp.pad_buckets if num_buckets is None else num_buckets)
@@ -99,14 +87,7 @@ def drop_crowd(target: dict) -> dict:
 
 
 class DetectionTransform:
-    """The training or evaluation pipeline.
-
-    Args:
-        min_sizes: short-side sizes; training picks one per image (multi-scale), evaluation passes one.
-        max_size: cap on the long side.
-        flip_prob: probability of a horizontal flip.
-        train: drop crowd boxes when True.
-    """
+    """The training (``train``: drop crowd boxes, random size of ``min_sizes``, flip) or evaluation pipeline."""
 
     def __init__(self, *, min_sizes: Sequence[int], max_size: int, flip_prob: float = 0.0, train: bool = False):
         self.min_sizes = tuple(int(s) for s in min_sizes)
@@ -120,9 +101,8 @@ class DetectionTransform:
 
     def plan(self, height: int, width: int, target: dict, generator: torch.Generator
              ) -> tuple[dict, tuple[int, int], bool]:
-        """The random decisions for an image of (``height``, ``width``), without touching its pixels: (the target
-        after crowd removal, the resized (H', W'), whether to flip). ``__call__`` applies them;
-        the padded-shape benchmark calls this alone to simulate a run's batch sizes without decoding images."""
+        """The random decisions for an image, without its pixels: (target after crowd removal, resized (H', W'),
+        flip); the padded-shape benchmark calls it alone."""
         target = dict(target, orig_size=(int(height), int(width)))
         if self.train:
             target = drop_crowd(target)

@@ -1,12 +1,9 @@
 """PASCAL VOC datasets: ``root/VOCdevkit/VOC<year>/{Annotations,ImageSets/Main,JPEGImages}``.
 
-A split is ``"<year>/<set>"`` and several are concatenated with ``+``: ``"2007/trainval+2012/trainval"`` (07+12).
-Labels 1..20 follow :data:`VOC_CLASSES` (label 0 is background); an object whose name is not a VOC class is an
-error naming the XML file. ``difficult`` objects become ``iscrowd=True`` (VOC evaluation ignores them; the training
-transforms drop them). VOC's 1-based inclusive pixel coordinates are converted once, in :func:`parse_voc_xml`,
-with detectron2's convention ``(xmin - 1, ymin - 1, xmax, ymax)``: a box covering pixels 1..W has width W.
-(torchvision's ``VOCDetection`` returns the raw numbers and leaves this to the user.)
-Image ids are the file stem read as an integer without underscores (``"2008_000123"`` -> 2008000123).
+A split is ``"<year>/<set>"``, several joined with ``+`` (``"2007/trainval+2012/trainval"``). Labels 1..20 follow
+:data:`VOC_CLASSES`; ``difficult`` becomes ``iscrowd``. VOC's 1-based inclusive pixels become
+``(xmin - 1, ymin - 1, xmax, ymax)`` in :func:`parse_voc_xml` only (detectron2). Image ids are the file stem without
+underscores as an integer (``"2008_000123"`` -> 2008000123).
 """
 from __future__ import annotations
 

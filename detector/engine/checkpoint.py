@@ -1,18 +1,10 @@
 """Checkpoints: written atomically, read with clear errors, resumed with a fallback.
 
-A checkpoint is a dict ``{"model", "optimizer", "scheduler", "scaler", "iteration", "config", "rng"}``. The
-model's state dict carries the RoI head's dynamic state (β schedule, label assigner) through
-``get_extra_state``. Files in ``<run>/checkpoints/``:
-
-- ``last.pth``: the newest; the one it replaced is kept as ``last.prev.pth`` so a corrupt newest file
-  (a machine dying mid-``fsync``) can fall back one step.
-- ``best.pth``: the best evaluation by ``train.best_metric``.
-- ``nonfinite_iter<k>.pth``: a diagnostic snapshot written when a loss becomes NaN/inf, never over the others.
-
-Checkpoints are data, not code: they are read with ``torch.load(weights_only=True)``, which builds tensors,
-numbers, strings and containers and nothing else (plus numpy's RNG key array, see :data:`NUMPY_RNG_GLOBALS`). A
-file that needs more (a pickle that would run code) is refused in one line; only the user's explicit
-``--trust-checkpoint`` (``trust=True``) loads it with full unpickling.
+A checkpoint is ``{"model", "optimizer", "scheduler", "scaler", "iteration", "config", "rng"}``; the model's state
+dict carries the RoI head's dynamic state through ``get_extra_state``. In ``<run>/checkpoints/``: ``last.pth`` (the
+one it replaced kept as ``last.prev.pth``), ``best.pth`` (by ``train.best_metric``), ``nonfinite_iter<k>.pth``.
+Checkpoints are data: read with ``torch.load(weights_only=True)`` (plus :data:`NUMPY_RNG_GLOBALS`); a pickle that
+would run code is refused unless the user passes ``--trust-checkpoint`` (``trust=True``).
 """
 from __future__ import annotations
 
@@ -43,19 +35,14 @@ class UnsafeCheckpointError(CheckpointError):
     """The checkpoint holds more than data (a pickled global outside the allowlist): loading it would run code."""
 
 
-# What the uint32 key array of np.random.get_state() pickles as, by this numpy's own names (numpy._core or
-# numpy.core; the dtype's class is numpy.dtypes.UInt32DType on numpy >= 1.25): the one non-torch object of the
-# RNG state a checkpoint holds.
+# The pickled globals of np.random.get_state()'s uint32 key array, by this numpy's own names.
 _KEY = np.zeros(0, dtype=np.uint32)
 NUMPY_RNG_GLOBALS = [_KEY.__reduce__()[0], np.ndarray, np.dtype, type(_KEY.dtype)]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
-
-    With ``keep_previous`` an existing file at ``path`` is first renamed to ``last.prev.pth``. A full disk (or
-    any failed write) leaves the existing files as they were and raises one :class:`CheckpointError` line.
-    """
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); ``keep_previous`` first renames
+    ``path`` to ``last.prev.pth``. A failed write leaves the files as they were: one :class:`CheckpointError` line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -100,11 +87,7 @@ def _numpy_rng_allowed() -> contextlib.AbstractContextManager:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (or a bare model state dict) as data only.
-
-    A file that needs more than that raises :class:`UnsafeCheckpointError`; ``trust=True`` (the tools'
-    ``--trust-checkpoint``, for a file the user made or vouches for) unpickles it whole.
-    """
+    """Read a checkpoint (or a bare model state dict) as data only; ``trust=True`` unpickles it whole."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; pass the .pth file of a run "
@@ -138,10 +121,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 def find_resume_checkpoint(checkpoint_dir: str | Path, trust: bool = False) -> dict[str, Any] | None:
     """The newest readable checkpoint of a run (``last.pth``, else ``last.prev.pth``), or None if there is none.
 
-    A corrupt ``last.pth`` is reported and renamed to ``last.corrupt.pth`` (kept for inspection), so that the
-    next save does not rotate it over the good ``last.prev.pth``; if no file can be read, the error is raised.
-    A file that is not data (:class:`UnsafeCheckpointError`) stops the resume as it is: it is not corrupt, and
-    ``trust`` (see :func:`load_checkpoint`) may be what the user wants.
+    A corrupt ``last.pth`` is renamed to ``last.corrupt.pth`` so that the next save does not rotate it over the good
+    ``last.prev.pth``; an :class:`UnsafeCheckpointError` stops the resume as it is.
     """
     checkpoint_dir = Path(checkpoint_dir)
     candidates = [checkpoint_dir / name for name in (LAST, PREVIOUS) if (checkpoint_dir / name).exists()]
@@ -172,13 +153,8 @@ def run_dir_of(checkpoint: str | Path) -> Path:
 
 def load_model_weights(model: torch.nn.Module, path: str | Path, config: Mapping[str, Any],
                        trust: bool = False) -> dict[str, Any]:
-    """Load the weights of checkpoint ``path`` into ``model`` (built from ``config``, a plain dict) to run it.
-
-    A checkpoint of another architecture or class count raises one :class:`CheckpointError` line saying what
-    differs (:func:`detector.modeling.fit.misfit_message`) and which config to use (the run's ``config.yaml``
-    beside ``checkpoints/``), instead of torch's list of every mismatched key. ``trust``: see
-    :func:`load_checkpoint`. Returns the checkpoint dict.
-    """
+    """Load checkpoint ``path`` into ``model`` (built from ``config``, a plain dict); returns the checkpoint dict. A
+    misfit is one :class:`CheckpointError` line naming the config to use (the run's ``config.yaml``)."""
     state = load_checkpoint(path, trust=trust)
     run_config = run_dir_of(path) / "config.yaml"
     use = (f"use the config it was trained with: --cfg {run_config}" if run_config.is_file()
@@ -212,11 +188,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 class Checkpointer:
-    """Saves and restores everything a run needs to continue exactly: model (with its schedule state through
-    ``get_extra_state``), optimizer, LR scheduler, grad scaler, the :class:`Progress` and every rank's RNG state.
-
-    Every rank calls :meth:`save` (the RNG states are gathered); rank 0 writes.
-    """
+    """Saves and restores all a run needs to continue exactly, every rank's RNG state included (gathered on save,
+    which every rank calls; rank 0 writes)."""
 
     def __init__(self, checkpoint_dir: str | Path, model, optimizer, scheduler, scaler, config: dict[str, Any]):
         self.dir = Path(checkpoint_dir)
@@ -234,10 +207,7 @@ class Checkpointer:
                                self.dir / name, keep_previous=keep_previous)
 
     def resume(self, rank: int, trust: bool = False) -> tuple["Progress", str] | None:
-        """Load the newest readable checkpoint into the objects; (progress, path), or None when there is none.
-
-        Weights of another model are one :class:`CheckpointError` line; ``trust``: see :func:`load_checkpoint`.
-        """
+        """Load the newest readable checkpoint; (progress, path), or None when there is none."""
         state = find_resume_checkpoint(self.dir, trust=trust)
         if state is None:
             return None

@@ -1,9 +1,5 @@
-"""Distributed training through torchrun: DDP with NCCL on GPU, gloo on CPU.
-
-``torchrun --nproc_per_node=N tools/train.py ...`` sets RANK/WORLD_SIZE/LOCAL_RANK; a plain
-``python tools/train.py`` runs as a world of one. Nothing here is home-made distribution: it is
-``torch.distributed`` with the environment torchrun provides.
-"""
+"""Distributed training through torchrun (RANK/WORLD_SIZE/LOCAL_RANK): DDP with NCCL on GPU, gloo on CPU; a plain
+``python tools/train.py`` runs as a world of one."""
 from __future__ import annotations
 
 import os

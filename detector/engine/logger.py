@@ -1,10 +1,6 @@
-"""Run logging: ``metrics.jsonl`` (one JSON object per log step and per evaluation) and TensorBoard events.
-
-Everything an ablation compares goes to both: every loss term (raw and weighted), lr, β, IoU threshold,
-positives, per-coordinate statistics of |target| and |pred − target| (and their histograms), gradient norm,
-images/s, peak GPU memory, evaluation metrics, a few validation images with boxes drawn, and the
-hyper-parameters with the final metrics in TensorBoard's HParams tab. Only rank 0 writes.
-"""
+"""Run logging: ``metrics.jsonl`` (one JSON object per log step and per evaluation) and TensorBoard events, rank 0
+only: every loss term (raw and weighted), lr, beta, IoU threshold, positives, per-coordinate |target| and
+|pred - target| statistics and histograms, gradient norm, images/s, peak memory, metrics, drawn val images, HParams."""
 from __future__ import annotations
 
 import json
@@ -60,12 +56,8 @@ def _jsonable(value: Any) -> Any:
 
 
 class RunLogger:
-    """Writes scalars, histograms and images of one run. A no-op on ranks other than 0.
-
-    ``resumed_at=k`` (a resume from the checkpoint of iteration k): the records of iterations after k, which
-    the resumed run replays, are dropped from ``metrics.jsonl`` and purged from TensorBoard (``purge_step``),
-    so that curves never count an iteration twice; a ``{"type": "resume"}`` record says how many were dropped.
-    """
+    """Writes scalars, histograms and images of one run; a no-op unless ``enabled``. ``resumed_at=k``: the records
+    after iteration k are dropped from ``metrics.jsonl`` and purged from TensorBoard, so no iteration counts twice."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, resumed_at: int | None = None):
         self.enabled = enabled
@@ -144,11 +136,7 @@ class RunLogger:
 
 
 def stats_to_scalars(stats: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """Split the model's stats into 0-d scalars (one host copy per device) and ``hist/`` tensors.
-
-    Works whatever device each tensor is on: the scalars are stacked per device, so a stat built on the CPU
-    beside CUDA tensors costs one more copy, never a device-mix error.
-    """
+    """Split the model's stats into 0-d scalars (one host copy per device) and ``hist/`` tensors."""
     scalars = {k: v for k, v in stats.items() if not k.startswith("hist/") and v.numel() == 1}
     hists = {k: v for k, v in stats.items() if k.startswith("hist/")}
     by_device: dict[torch.device, list[str]] = {}

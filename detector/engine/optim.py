@@ -1,13 +1,8 @@
 """Optimizer, learning-rate schedule and the loss weights.
 
-The learning rate follows the linear scaling rule (Goyal et al. 2017; detectron2's convention): ``train.lr`` is the
-rate for a total batch of ``train.lr_reference_batch`` images (16 by default), and the rate applied is
-``lr * batch_size * world_size / lr_reference_batch``, so one config trains alike on 1 or 8 GPUs. A null
-``lr_reference_batch`` applies ``train.lr`` as given.
-
-SGD with momentum; weight decay on weights only (not on biases or norm parameters, as detectron2 and mmdetection
-default to); linear warmup then multistep or cosine decay, as one ``LambdaLR`` so its state is a plain
-``state_dict``.
+``train.lr`` is the rate for a total batch of ``train.lr_reference_batch`` images (linear scaling rule, Goyal et al.
+2017; null: applied as given). SGD with momentum, weight decay on weights only (not biases or norms); linear warmup
+then multistep or cosine decay, as one ``LambdaLR``.
 """
 from __future__ import annotations
 
@@ -21,10 +16,8 @@ from detector.engine import distributed as dist_utils
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD over ``model``'s trainable parameters (already on their device): one fused kernel for all of them where
-    this torch has it for their device (CUDA; CPU in recent versions), else the multi-tensor ``foreach`` update.
-    The update and the state dict are the same either way, so a run may resume on another device.
-    ``optimizer.impl`` names the one used."""
+    """SGD over ``model``'s trainable parameters, fused where this torch has it for their device, else ``foreach``
+    (the same update and state dict; ``optimizer.impl`` names the one used)."""
     decay, no_decay = [], []
     norm_types = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.SyncBatchNorm)
     for module in model.modules():
@@ -86,9 +79,8 @@ def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> torch.optim.lr_
 
 
 def max_iters_dependents(cfg, new_max_iters: int) -> list[str]:
-    """The schedules of ``cfg`` (a config or its plain dict) that a change of ``train.max_iters`` to
-    ``new_max_iters`` would change from the resume point on (empty: the new length only makes the run longer or
-    shorter)."""
+    """The schedules of ``cfg`` (a config or its plain dict) that changing ``train.max_iters`` to ``new_max_iters``
+    would change from the resume point on."""
     t, loss = cfg["train"], cfg["model"]["roi_head"]["box_loss"]
     out = []
     if t["lr_schedule"] == "cosine":

@@ -1,24 +1,11 @@
 """Run folders belong to one experiment: never overwritten, shared or mixed without the user asking.
 
-A folder *holds a run* once any file a training writes is there (:data:`RUN_ARTIFACTS`: its ``config.yaml``,
-checkpoints, ``metrics.jsonl``, events, ``eval/``); other files, such as the ablation runner's ``train.log``, do
-not make a run. Before anything is written, :func:`check_run_folder` decides what a new training may do:
-
-- a new run into a folder that holds a run refuses, naming the folder and the three choices: ``--resume``,
-  another ``output_dir`` (a free name is suggested), or ``--overwrite`` (which removes the old run's files, and
-  only those); a run whose ``config.yaml`` is missing cannot be checked and is refused even with ``--resume``;
-- ``--resume`` compares the resolved config with the run's ``config.yaml``. Keys that define the experiment refuse,
-  listing them; the keys of :data:`RESUME_SAFE_KEYS` only change how the run is watched or how fast it goes and are
-  reported. ``train.max_iters`` is allowed only where nothing derives from it
-  (:func:`detector.engine.optim.max_iters_dependents`): otherwise it needs ``--extend``, which continues the run to
-  the new length with the lr and beta schedules recomputed for it from the resume point on (another experiment than
-  a run trained for that length from the start; said in the log);
-- ``--resume`` on a folder with no run says so and starts from scratch.
-
-While training, :class:`RunLock` holds ``<run>/.lock`` (pid, host, start time; written to a temporary file and
-hard-linked into place, so it is never seen half-written): a second training into the folder refuses, naming the
-holder; a lock left by a dead process on this host is taken over, with a message; a lock that cannot be read is
-named as such, with the fix.
+A folder *holds a run* once any file a training writes is there (:data:`RUN_ARTIFACTS`). :func:`check_run_folder`
+decides before anything is written: a new run into a run refuses, naming ``--resume``, a free ``output_dir`` and
+``--overwrite`` (which removes the run's files only); ``--resume`` refuses config keys that define the experiment
+(:data:`RESUME_SAFE_KEYS` are only reported), and a new ``train.max_iters`` that schedules derive from unless
+``--extend``. :class:`RunLock` holds ``<run>/.lock`` (hard-linked into place, never half-written) while training;
+a lock of a dead process on this host is taken over.
 """
 from __future__ import annotations
 
@@ -84,9 +71,8 @@ def free_name(run_dir: Path) -> Path:
 
 
 def stored_config(run_dir: str | Path, fix: str) -> dict[str, Any] | None:
-    """The run's ``config.yaml`` (None where the folder has none), with every key added to the schema since the
-    run was made at its default (:func:`detector.config.with_defaults`), ready to compare with a resolved config.
-    An unreadable file is a :class:`RunFolderError` ending with ``fix``."""
+    """The run's ``config.yaml`` (None if absent) completed with the schema's defaults
+    (:func:`detector.config.with_defaults`); unreadable: a :class:`RunFolderError` ending with ``fix``."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         return None
@@ -178,7 +164,7 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, owned by someone else
-        return True
+        pass
     return True
 
 

@@ -1,10 +1,5 @@
 """Where and how a process computes: device, mixed precision, seeds, ``torch.compile``, batches onto the device,
-and stopping.
-
-``GracefulStop`` turns the first SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) into a request that the
-training loop honours after the current step (it writes ``last.pth`` and exits non-zero with a resume hint); a
-second Ctrl-C exits at once.
-"""
+and stopping (:class:`GracefulStop`)."""
 from __future__ import annotations
 
 import random
@@ -51,15 +46,9 @@ COMPILE_TARGETS = {"none": (), "backbone": ("backbone",), "all": ("backbone", "r
 
 
 def compile_submodules(model: torch.nn.Module, what: str) -> list[str]:
-    """``train.compile``: ``torch.compile`` the submodules ``COMPILE_TARGETS[what]`` of ``model`` in place.
-
-    Only the dense parts compile: the backbone (+FPN) and, with ``all``, the RPN head and the box head; proposal
-    selection, matching and sampling are data-dependent (NMS, compaction) and stay eager. Each module's
-    ``forward`` is replaced, not the module, so parameter names, the state dict and checkpoints are unchanged and
-    a run may resume with another setting. Returns the names compiled. Compiling happens at the first call of
-    each new input shape (bucketed shapes keep that to a few); if torch.compile is unavailable or fails there (no
-    C++ compiler, an unsupported platform or Python version), one line says so and the module runs uncompiled.
-    """
+    """``train.compile``: ``torch.compile`` the dense submodules ``COMPILE_TARGETS[what]`` in place; returns their
+    names. Each module's ``forward`` is replaced, not the module, so state dicts and checkpoints are unchanged; if
+    compiling fails, one line says so and the module runs eagerly (:class:`CompiledForward`)."""
     names = [name for name in COMPILE_TARGETS[what] if _has_submodule(model, name)]
     for name in names:
         module = model.get_submodule(name)
@@ -77,8 +66,7 @@ def _has_submodule(model: torch.nn.Module, name: str) -> bool:
 
 class CompiledForward:
     """A module's forward through ``torch.compile``, falling back to the eager forward for good, with one line on
-    stderr, the first time compiling or running the compiled code raises. An error of the eager forward itself
-    (bad input) then surfaces from the eager call with its own traceback."""
+    stderr, the first time compiling or running the compiled code raises."""
 
     def __init__(self, forward, label: str):
         self.eager = forward
@@ -122,11 +110,8 @@ def to_device(images, targets, device: torch.device):
 
 
 class GracefulStop:
-    """A context manager: inside it, SIGINT/SIGTERM set ``requested`` instead of killing the process.
-
-    The loop checks ``requested`` after each step. A second SIGINT restores the default handler's behaviour
-    (``KeyboardInterrupt`` at once). Outside the main thread (where signals cannot be handled) it does nothing.
-    """
+    """Inside it, the first SIGINT/SIGTERM sets ``requested`` (the loop stops after the step); a second SIGINT raises
+    ``KeyboardInterrupt``. Does nothing outside the main thread."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -1,17 +1,10 @@
 """The training loop: read ``train`` and ``_train`` top to bottom.
 
-``train(cfg, run_dir)`` checks the run folder (:mod:`detector.engine.runs`: a run is never overwritten or mixed
-without the user asking), takes its lock, builds data, model and optimizer, writes ``config.yaml`` only once they
-are built (a start that fails on bad data leaves nothing behind), resumes when asked, trains ``train.max_iters``
-iterations, writes ``last.pth`` and only then runs the final evaluation.
-
-Loss weights are applied here and only here; raw and weighted values are both logged. The losses of each step
-are kept on the device and read at log steps and before every evaluation and checkpoint write (no host sync per
-step): a non-finite value stops the run naming the first bad iteration, after a diagnostic checkpoint written
-beside (never over) the last good one. Ctrl-C or SIGTERM finishes the current step (under torchrun: up to the
-next log or checkpoint step, where the ranks agree), writes ``last.pth`` and stops with a resume hint; a signal
-at any other moment (set-up, evaluation) stops at once with the same hint. Either way the lock is released and
-the tools exit 130.
+``config.yaml`` is written only once data, model and optimizer are built (a start that fails on bad data leaves
+nothing behind); ``last.pth`` is written before the final evaluation. Loss weights are applied here only. Losses
+stay on the device and are checked at log, eval and checkpoint steps (:class:`LossWatch`). Ctrl-C or SIGTERM
+finishes the current step (under torchrun: up to the next log or checkpoint step, where the ranks agree), writes
+``last.pth`` and stops with a resume hint; elsewhere it stops at once. The tools then exit 130.
 """
 from __future__ import annotations
 
@@ -53,12 +46,8 @@ class TrainingInterrupted(DetectorError):
 
 def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, extend: bool = False,
           trust_checkpoint: bool = False) -> dict[str, Any]:
-    """Train, evaluate and checkpoint one run into ``run_dir``; return the final metrics.
-
-    ``cfg.train.resume`` continues the run in ``run_dir`` (``extend``: to a new ``train.max_iters``, see
-    :func:`detector.engine.runs.check_run_folder`); ``overwrite`` replaces the run there (the user asked);
-    ``trust_checkpoint`` lets the resume unpickle a checkpoint that is more than data (``--trust-checkpoint``).
-    """
+    """Train, evaluate and checkpoint one run into ``run_dir``; return the final metrics. ``extend``/``overwrite``:
+    see :func:`detector.engine.runs.check_run_folder`; ``trust_checkpoint``: ``--trust-checkpoint`` on resume."""
     run_dir = Path(run_dir)
     plan = check_run_folder(run_dir, cfg, resume=bool(cfg.train.resume), overwrite=overwrite, extend=extend)
     device = select_device(cfg.train.device)
@@ -201,8 +190,7 @@ def _train(cfg: Config, run_dir: Path, plan, device: torch.device, distributed: 
 
 @contextmanager
 def signals_interrupt():
-    """SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` as SIGINT does (its default would kill the process without
-    releasing the run lock); the training steps catch both more gently (:class:`GracefulStop`)."""
+    """SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` like SIGINT, so that the run lock is released."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt(signal.Signals(signum).name)
     if threading.current_thread() is not threading.main_thread():
@@ -216,10 +204,8 @@ def signals_interrupt():
 
 
 class LossWatch:
-    """The non-finite-loss check without a host sync per step: each step's loss values go into a buffer on the
-    device; :meth:`raise_if_bad` reads it (the one sync) at log steps and before every evaluation and checkpoint
-    write, so no checkpoint holds a step after a NaN. The run may go on up to ``log_period - 1`` steps past a bad
-    one, but the message names the first bad iteration and its values."""
+    """The non-finite-loss check without a host sync per step: :meth:`raise_if_bad` reads the buffered losses at log
+    steps and before every evaluation and checkpoint write, naming the first bad iteration."""
 
     def __init__(self, distributed: bool):
         self.distributed = distributed
@@ -272,12 +258,8 @@ def evaluate_and_log(model, logger: RunLogger, checkpointer: Checkpointer, progr
 def log_train_step(logger: RunLogger, bar, cfg: Config, done: int, losses: dict[str, torch.Tensor],
                    total: torch.Tensor, stats: dict[str, torch.Tensor], loss_weights: dict[str, float], optimizer,
                    grad_norm: torch.Tensor, window: dict, device: torch.device) -> None:
-    """One log step: losses (raw and weighted), stats, lr, speed, memory; then a new ``window``.
-
-    The device is synchronised first, so over the window since the last log step ``images_per_s`` is images per
-    wall second, ``data_time`` the mean time per step the host waited for the loader and ``step_time`` the rest:
-    ``data_time + step_time`` is the wall time per step.
-    """
+    """One log step: losses (raw and weighted), stats, lr, speed, memory; then a new ``window``. After a device sync,
+    ``data_time`` is the host's mean wait per step for the loader and ``step_time`` the rest of the wall time."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed, steps = time.perf_counter() - window["start"], max(window["steps"], 1)

@@ -1,17 +1,10 @@
 """Evaluation: COCO metrics (official pycocotools COCOeval) and PASCAL VOC AP, for any dataset format.
 
-Conventions: detections are per-image dicts ``{"image_id", "boxes" [D,4] xyxy float ORIGINAL image pixels,
-"labels" [D] int64 in 1..K (0 = background), "scores" [D]}`` as :func:`inference_on_dataset` returns them; the
-dataset gives ``classes``, ``label_to_cat_id``, ``get_image_info(i)`` and ``get_target(i)`` (no image decoding).
-:func:`evaluate` returns the keys of ``metrics.json``:
-
-- ``metric="coco"``: ``AP AP50 AP75 APs APm APl AR1 AR10 AR100 ARs ARm ARl`` (0..1, -1 where undefined, exactly
-  ``COCOeval.stats``), ``AP_per_iou`` (10 floats, IoU 0.50..0.95) and ``per_class`` (class name -> AP);
-- ``metric="voc"``: ``mAP_voc07`` (11-point), ``mAP_voc`` (area) and ``per_class_voc``
-  (class name -> ``{"ap07", "ap", "num_gt"}``);
-- ``metric="both"``: all of them.
-
-Nothing is cached on the dataset: each call builds the ground truth of the dataset's images as they are then.
+Detections are per-image dicts ``{"image_id", "boxes" [D,4] xyxy float ORIGINAL pixels, "labels" [D] 1..K,
+"scores" [D]}`` (:func:`inference_on_dataset`); the dataset gives ``classes``, ``label_to_cat_id``,
+``get_image_info(i)`` and ``get_target(i)``. :func:`evaluate` returns the keys of ``metrics.json`` for ``metric``
+coco (COCOeval's 12, ``AP_per_iou``, ``AP90``, ``per_class``), voc (``mAP_voc07``, ``mAP_voc``, ``per_class_voc``)
+or both. Nothing is cached on the dataset.
 """
 from __future__ import annotations
 
@@ -37,12 +30,8 @@ __all__ = ["BACKENDS", "COCO_METRIC_NAMES", "IOU_THRESHOLDS", "METRICS", "VOC_ME
 
 def evaluate(dataset, detections: Sequence[dict], metric: str = "coco", backend: str = "pycocotools",
              image_ids: Iterable[int] | None = None) -> dict:
-    """Score per-image detections against the dataset's ground truth.
-
-    The images scored are ``image_ids`` when given, else the images that have an entry in ``detections`` (one per
-    image run, empty ones included, as :func:`inference_on_dataset` returns; so ``max_images`` evaluation scores
-    only the images that were run). Raises ValueError naming the first malformed entry.
-    """
+    """Score per-image detections against the dataset's ground truth: the images ``image_ids``, else those with an
+    entry in ``detections`` (one per image run). Raises ValueError naming the first malformed entry."""
     _check_choices(metric, backend)
     validate_detections(dataset, detections)
     image_ids = [int(d["image_id"]) for d in detections] if image_ids is None else _known_ids(dataset, image_ids)
@@ -57,11 +46,7 @@ def evaluate(dataset, detections: Sequence[dict], metric: str = "coco", backend:
 
 def evaluate_coco_results(dataset, results: list[dict], metric: str = "coco", backend: str = "pycocotools",
                           image_ids: Iterable[int] | None = None) -> dict:
-    """Score COCO-format results (``{"image_id", "category_id", "bbox" xywh, "score"}``, ids of ``dataset``).
-
-    The images scored are ``image_ids`` when given, else every image of the dataset (a results file has no entry for
-    an image without detections). Same keys as :func:`evaluate`.
-    """
+    """Score COCO-format results (ids of ``dataset``) on ``image_ids``, else every image; keys as :func:`evaluate`."""
     _check_choices(metric, backend)
     validate_coco_results(dataset, results)
     image_ids = None if image_ids is None else _known_ids(dataset, image_ids)

@@ -1,23 +1,9 @@
 """COCO box metrics through the official COCOeval, for any dataset format (COCO, VOC, synthetic).
 
-Conventions: inside the package boxes are absolute xyxy float32 pixels of the ORIGINAL image, label 0 is
-background and foreground labels are 1..K. COCO's world is xywh boxes and the dataset's original category ids.
-The crossing happens in exactly two places:
-
-- :func:`build_coco_gt` turns the dataset's raw targets (``get_target``, no image decoding) into a pycocotools
-  ``COCO`` ground truth: original category ids (``dataset.label_to_cat_id``), xywh, ``area`` from the target
-  (COCO's annotation area, which decides small/medium/large), ``iscrowd`` kept. VOC's ``difficult`` arrives as
-  ``iscrowd``, so under COCO metrics a difficult VOC object is a crowd region: never a miss, and a detection
-  on it is ignored rather than counted as a false positive.
-- :func:`detections_to_coco_results` turns per-image detections
-  ``{"image_id", "boxes" [D,4] xyxy, "labels" [D] 1..K, "scores" [D]}`` into COCO result dicts
-  ``{"image_id", "category_id", "bbox" [x,y,w,h], "score"}``; :func:`coco_results_to_detections` is its inverse
-  (used to score a results file with the VOC metric).
-
-:func:`coco_metrics` returns the 12 numbers of ``COCOeval.stats`` (0..1, -1 where undefined) under
-``AP AP50 AP75 APs APm APl AR1 AR10 AR100 ARs ARm ARl``, ``AP_per_iou`` (AP at IoU 0.50, 0.55, ..., 0.95), ``AP90`` and
-``per_class`` (class name -> AP), the last two averaged from ``eval["precision"]`` exactly as ``summarize`` does
-(area "all", 100 detections per image, -1 entries excluded). COCOeval's prints are captured, not shown.
+Inside the package boxes are xyxy float32 pixels of the ORIGINAL image with labels 1..K; COCO's world is xywh with
+the dataset's original category ids. The crossing happens only in :func:`build_coco_gt` (a VOC ``difficult`` object
+arrives as ``iscrowd``: never a miss, a detection on it ignored) and :func:`detections_to_coco_results` (inverse:
+:func:`coco_results_to_detections`). COCOeval's prints are captured, not shown.
 """
 from __future__ import annotations
 
@@ -49,14 +35,9 @@ def dataset_image_ids(dataset) -> list[int]:
 
 
 def build_coco_gt(dataset) -> COCO:
-    """The dataset's ground truth as a pycocotools ``COCO`` (original category ids, xywh), built afresh.
-
-    Reads only ``classes``, ``label_to_cat_id``, ``get_image_info(i)`` and ``get_target(i)``. Nothing is cached
-    (on the dataset or here): the GT always matches the dataset's images as they are now, and the caller that
-    scores several times holds the returned object. One build is a pass over every target: 0.6 s for 5000 images
-    with 35 000 boxes on a 2-core CPU, small beside COCOeval itself. Annotation ids start at 1 (COCOeval treats
-    id 0 as "unmatched").
-    """
+    """The dataset's ground truth as a pycocotools ``COCO``, built afresh from ``get_image_info``/``get_target`` (no
+    decoding, nothing cached: it matches the dataset as it is now). Annotation ids start at 1 (COCOeval's 0 is
+    "unmatched")."""
     categories = [{"id": int(cat_id), "name": dataset.classes[label], "supercategory": ""}
                   for label, cat_id in sorted(dataset.label_to_cat_id.items())]
     images, annotations = [], []
@@ -83,10 +64,8 @@ def build_coco_gt(dataset) -> COCO:
 
 
 def detections_to_coco_results(dataset, detections: Sequence[dict]) -> list[dict]:
-    """Per-image detections (xyxy original pixels, labels 1..K) -> COCO result dicts (xywh, original category ids).
-
-    The one place detections become COCO JSON. Scores become Python floats; boxes keep their float32 values.
-    """
+    """Per-image detections ``{"image_id", "boxes" [D,4] xyxy, "labels" [D] 1..K, "scores" [D]}`` -> COCO result
+    dicts ``{"image_id", "category_id", "bbox" [x,y,w,h], "score"}`` (boxes keep their float32 values)."""
     results = []
     for det in detections:
         image_id = int(det["image_id"])
@@ -116,8 +95,7 @@ def coco_results_to_detections(dataset, results: Sequence[dict]) -> list[dict]:
 
 def validate_detections(dataset, detections: Sequence[dict], source: str = "detections") -> None:
     """Raise ValueError naming the first bad per-image entry: unknown or repeated image id, label outside 1..K,
-    NaN/inf box or score, a box with x2 <= x1 or y2 <= y1, or shapes other than boxes [D,4], labels [D], scores [D].
-    """
+    NaN/inf box or score, x2 <= x1 or y2 <= y1, or shapes other than boxes [D,4], labels [D], scores [D]."""
     known_ids = set(dataset_image_ids(dataset))
     valid_labels = set(dataset.label_to_cat_id)
     seen: set[int] = set()
@@ -145,33 +123,27 @@ def validate_detections(dataset, detections: Sequence[dict], source: str = "dete
         if labels.shape != (num,) or scores.shape != (num,):
             raise ValueError(f"{where}: fields 'labels' {list(labels.shape)} and 'scores' {list(scores.shape)} must "
                              f"both have shape [{num}] to match 'boxes' [{num}, 4]")
-        bad = (~torch.isfinite(scores)).nonzero()
-        if len(bad):
-            j = int(bad[0])
-            raise ValueError(f"{where}: detection {j} has field 'scores' {scores[j].item()}; expected a finite number "
-                             f"(drop or fix that detection)")
-        bad = (~torch.isfinite(boxes).all(dim=1)).nonzero()
-        if len(bad):
-            j = int(bad[0])
-            raise ValueError(f"{where}: detection {j} has field 'boxes' {boxes[j].tolist()} with a non-finite "
-                             f"coordinate; expected finite xyxy pixels (drop or fix that detection)")
-        bad = [j for j, label in enumerate(labels.tolist()) if label not in valid_labels]
-        if bad:
-            j = bad[0]
-            raise ValueError(f"{where}: detection {j} has field 'labels' {labels[j].item()}; expected a foreground "
-                             f"label in 1..{len(valid_labels)} (0 is background, never a detection)")
-        bad = ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).nonzero()
-        if len(bad):
-            j = int(bad[0])
-            raise ValueError(f"{where}: detection {j} has field 'boxes' {boxes[j].tolist()} with width or height "
-                             f"<= 0; expected xyxy with x2 > x1 and y2 > y1 (drop degenerate boxes, e.g. "
-                             f"torchvision.ops.remove_small_boxes)")
+        checks = (  # (bad [D] bool, what detection j has), the first bad one is reported
+            (~torch.isfinite(scores), lambda j: f"field 'scores' {scores[j].item()}; expected a finite number (drop or "
+                                                f"fix that detection)"),
+            (~torch.isfinite(boxes).all(dim=1), lambda j: f"field 'boxes' {boxes[j].tolist()} with a non-finite "
+                                                          f"coordinate; expected finite xyxy pixels (drop or fix that "
+                                                          f"detection)"),
+            (torch.tensor([label not in valid_labels for label in labels.tolist()], dtype=torch.bool),
+             lambda j: f"field 'labels' {labels[j].item()}; expected a foreground label in 1..{len(valid_labels)} "
+                       f"(0 is background, never a detection)"),
+            ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]),
+             lambda j: f"field 'boxes' {boxes[j].tolist()} with width or height <= 0; expected xyxy with x2 > x1 and "
+                       f"y2 > y1 (drop degenerate boxes, e.g. torchvision.ops.remove_small_boxes)"))
+        for bad, what in checks:
+            if bad.any():
+                j = int(bad.nonzero()[0])
+                raise ValueError(f"{where}: detection {j} has {what(j)}")
 
 
 def validate_coco_results(dataset, results: Any, source: str = "detections") -> None:
-    """Raise ValueError naming the first bad COCO result: not a dict with ``image_id category_id bbox score``,
-    unknown image id, category id not in the dataset, NaN/inf score or bbox, bbox not [x, y, w, h] with w, h > 0.
-    """
+    """Raise ValueError naming the first bad COCO result (keys, image id, category id, finite score and bbox,
+    w, h > 0)."""
     known_ids = set(dataset_image_ids(dataset))
     known_cats = {int(cat_id) for cat_id in dataset.label_to_cat_id.values()}
     if not isinstance(results, list):
@@ -218,11 +190,9 @@ def coco_metrics(coco_gt: COCO, results: Sequence[dict], backend: str = "pycocot
                  image_ids: Iterable[int] | None = None) -> tuple[dict, str]:
     """COCOeval (iouType "bbox") of validated COCO results -> (metrics dict, COCOeval's summary text).
 
-    ``image_ids``: the images scored (default: every image of ``coco_gt``); detections on other images are ignored
-    and the GT of other images is not counted. An empty ``results`` is scored as "no detections" (AP 0 where a class
-    has GT, -1 where undefined) instead of failing in ``loadRes``. ``backend="faster_coco_eval"`` runs the same
-    algorithm in C++ (lazy import): its numbers agree with pycocotools to within 1e-16 (the last bit of a double;
-    checked on random and tied-score detections and on coco_tiny in tests/test_eval_coco.py), not bit for bit.
+    Metrics: the 12 ``COCOeval.stats`` (0..1, -1 undefined), ``AP_per_iou``, ``AP90`` and ``per_class`` (averaged from
+    ``eval["precision"]`` as ``summarize`` does: area all, 100 detections). ``image_ids``: the images scored (default
+    all). An empty ``results`` scores as no detections. ``faster_coco_eval`` agrees with pycocotools to 1e-16.
     """
     coco_cls, cocoeval_cls = _backend_classes(backend)
     log = io.StringIO()

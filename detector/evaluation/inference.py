@@ -1,11 +1,5 @@
-"""Run a detector over an evaluation loader and collect per-image detections.
-
-Conventions: the loader yields ``(images: list[uint8 [3,H,W]], targets: list[dict])`` with ``targets[i]["orig_size"]``
-= (H0, W0) and ``targets[i]["image_id"]``; the model called as ``model(images, orig_sizes=...)`` returns one dict per
-image ``{"boxes" [D,4] xyxy in ORIGINAL image pixels, "labels" [D] in 1..K (0 = background, never output),
-"scores" [D]}``. The result is a list of ``{"image_id", "boxes", "labels", "scores"}`` with CPU tensors, one entry per
-image run (empty ones included), which is what :func:`detector.evaluation.evaluate` scores.
-"""
+"""Run a detector over an evaluation loader and collect per-image detections (``{"image_id", "boxes" [D,4] xyxy
+ORIGINAL pixels, "labels" [D] 1..K, "scores" [D]}``, CPU tensors, one per image run)."""
 from __future__ import annotations
 
 import sys
@@ -20,14 +14,9 @@ from detector.data import proposals_of
 
 def inference_on_dataset(model: torch.nn.Module, loader: Iterable, device: torch.device | str,
                          amp_dtype: torch.dtype | None = None, max_images: int | None = None) -> list[dict]:
-    """Detections of ``model`` on every image of ``loader`` (at most ``max_images`` on this process).
-
-    The model is put in eval mode (its previous mode is restored afterwards) and run under
-    ``torch.inference_mode`` and, when ``amp_dtype`` is given, ``torch.autocast`` of that dtype. Under
-    ``torch.distributed`` each rank runs its shard and the lists of all ranks are gathered with
-    ``all_gather_object``; every rank returns the merged list, deduplicated by image id (a distributed sampler pads
-    shards by repeating images) and sorted by image id. Without distribution the loader's order is kept.
-    """
+    """Detections of ``model`` (eval mode, restored after; ``torch.autocast`` with ``amp_dtype``) on ``loader``, at
+    most ``max_images`` on this process. Under torch.distributed every rank returns all ranks' lists, deduplicated
+    and sorted by image id; otherwise the loader's order is kept."""
     device = torch.device(device)
     was_training = model.training
     model.eval()

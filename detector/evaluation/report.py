@@ -1,8 +1,5 @@
-"""Readable text tables of a metrics dict (the keys of ``metrics.json``, see :mod:`detector.evaluation`).
-
-Values are printed as percentages with one decimal (COCO's and the VOC devkit's habit); -1 (undefined: no ground
-truth for that slice) prints as ``-``. Sections appear only for the keys present.
-"""
+"""Text tables of a metrics dict: percentages with one decimal, -1 (undefined) as ``-``, sections for the keys
+present."""
 from __future__ import annotations
 
 from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS

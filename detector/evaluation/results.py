@@ -1,9 +1,4 @@
-"""Evaluating a model and writing the results: shared by the trainer and ``tools/eval.py``.
-
-``evaluate_model`` runs inference over a loader and scores it; ``write_eval_results`` writes
-``eval/detections.json`` (COCO results: original category ids, xywh) then ``eval/metrics.json`` (last: its
-presence marks a finished run); ``draw_predictions`` renders a few val images for TensorBoard.
-"""
+"""Evaluating a model and writing the results: shared by the trainer and ``tools/eval.py``."""
 from __future__ import annotations
 
 import json

@@ -1,21 +1,9 @@
 """PASCAL VOC box AP for any dataset format: the VOC2007 11-point metric and the area (VOC2010+) metric.
 
-Follows the devkit's ``voc_eval`` (as in py-faster-rcnn's ``voc_eval.py``) per class:
-
-- detections of the class over all scored images are sorted by descending score (stable sort, so ties keep the
-  order of the input);
-- each detection is matched to the GT box of its image with the largest IoU; it is a true positive when that IoU is
-  strictly greater than ``iou_thresh`` (0.5) and the GT box is not yet taken, a false positive when the GT box is
-  taken (a duplicate) or the IoU is too small;
-- ``difficult`` objects (our ``iscrowd``; the VOC loader maps ``difficult`` to it) are ignored: a detection whose best
-  match is difficult is neither TP nor FP, and difficult objects do not count in the number of positives ``npos``.
-
-One deliberate difference from the devkit: IoU is computed on continuous boxes WITHOUT the devkit's +1 pixel on
-widths and heights. Inside this package boxes are absolute xyxy float pixels (the VOC loader already turned the
-1-based inclusive pixel indices into continuous coordinates), so the +1 would enlarge every box by a pixel.
-
-Conventions: boxes absolute xyxy pixels of the original image, labels 1..K (0 is background). A class without
-any non-difficult GT in the scored images has an undefined AP, reported as -1 and left out of the mean.
+Per class as the devkit's ``voc_eval`` (py-faster-rcnn): detections sorted by descending score (stable), each
+matched to its image's GT of largest IoU: TP when IoU > ``iou_thresh`` and the GT is free, else FP; ``difficult``
+(our ``iscrowd``) matches are neither and do not count in ``npos``. Unlike the devkit, IoU has no +1 pixel (boxes are
+continuous xyxy here). A class without non-difficult GT has AP -1, left out of the mean.
 """
 from __future__ import annotations
 
@@ -28,11 +16,8 @@ from detector.config import VOC_METRIC_NAMES
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:
-    """AP from the cumulative recall/precision curve of the sorted detections ([D] each).
-
-    ``use_07_metric``: VOC2007's mean of the interpolated precision at recall 0, 0.1, ..., 1 (11 points); otherwise
-    the area under the monotone (interpolated) precision envelope, the VOC2010+ metric.
-    """
+    """AP from the cumulative recall/precision curve [D]: VOC2007's 11-point mean (``use_07_metric``), else the area
+    under the precision envelope (VOC2010+)."""
     if use_07_metric:
         ap = 0.0
         for t in np.arange(0.0, 1.1, 0.1):
@@ -48,12 +33,8 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = Fals
 
 def voc_metrics(dataset, detections: Sequence[dict], iou_thresh: float = 0.5,
                 image_ids: Iterable[int] | None = None) -> dict:
-    """VOC AP of validated per-image detections ``{"image_id", "boxes" [D,4] xyxy, "labels" [D], "scores" [D]}``.
-
-    ``image_ids``: the images scored (default: every image of the dataset). Returns ``mAP_voc07`` and ``mAP_voc``
-    (means over the classes with a defined AP, -1 when none) and ``per_class_voc``:
-    ``{class name: {"ap07", "ap", "num_gt"}}`` (``num_gt`` counts non-difficult objects).
-    """
+    """VOC AP of validated per-image detections on ``image_ids`` (default all): ``mAP_voc07``, ``mAP_voc`` (means
+    over the defined classes, -1 when none) and ``per_class_voc`` ``{name: {"ap07", "ap", "num_gt"}}``."""
     wanted = None if image_ids is None else {int(i) for i in image_ids}
     num_classes = len(dataset.classes) - 1
     gt_boxes: list[dict[int, np.ndarray]] = [{} for _ in range(num_classes + 1)]  # label -> image_id -> [G,4]

@@ -1,20 +1,9 @@
-"""Beta schedules of Dynamic Smooth L1: the Smooth L1 beta as explicit training state.
+"""Beta schedules of Dynamic Smooth L1: the Smooth L1 beta as explicit training state, owned by the RoI head.
 
-A schedule is owned by the RoI head (never mutated from outside), saved in checkpoints and logged. The forward
-pass only reads it; the trainer advances it, once per optimizer step, through the head:
-
-- ``.beta`` (float): the beta of the iteration being trained.
-- ``step(iteration, statistic=None) -> beta``: after training iteration ``iteration`` (0-based) record its
-  statistic (adaptive only) and move ``.beta`` to the value for iteration + 1. This is the only method that
-  changes the state, and the only place the state crosses ranks.
-- ``state_dict()`` / ``load_state_dict()``: Python numbers and CPU tensors, so a checkpoint written on a GPU loads
-  on a CPU and back.
-
-:class:`AdaptiveBeta` is Dynamic R-CNN's beta, with the statistic of either reference implementation
-(``statistic: mmdet | official``). :class:`ScheduledBeta` is an explicit schedule, one function of the training
-fraction per kind (:data:`BETA_SCHEDULES`). :class:`IntervalRecord` holds one update interval's per-iteration
-statistics for the adaptive beta and for the dynamic label assigner (:mod:`detector.modeling.matcher`): the one home
-of their cross-rank reduction. The config checks every parameter; the classes assert their invariants.
+The forward pass only reads ``.beta``; ``step(iteration, statistic=None)`` (the trainer, once per optimizer step,
+through the head) records iteration ``iteration``'s statistic and moves ``.beta`` to iteration + 1's value: the only
+state change and the only cross-rank exchange. ``state_dict()`` holds Python numbers and CPU tensors.
+The config checks every parameter; the classes assert their invariants.
 """
 from __future__ import annotations
 
@@ -36,15 +25,11 @@ _MEDIAN_EPS = 1e-15  # mmdetection's EPS: a median below it keeps the old beta (
 
 
 class IntervalRecord:
-    """The per-iteration statistic of one update interval, kept on the statistic's device.
+    """The per-iteration statistic (0-d, NaN: nothing observed) of one update interval, on its device.
 
-    ``record(iteration, statistic)`` stores a 0-d statistic (NaN: nothing was observed) in slot
-    ``iteration % interval``, with no host sync and no collective, and says whether the iteration ends an interval.
-    ``collect()`` returns the interval's statistics and clears the record. Under torch.distributed it is the one
-    collective: an all_reduce of the ``[2, interval]`` (sum, count) table, which every rank reaches at the same
-    iteration (the trainer's), so each iteration's statistic is averaged over the ranks that observed one. That
-    gives the numbers of an all_reduce every iteration with one collective and one host sync per interval, and a
-    rank's extra forward passes can neither shift the record nor leave a collective unmatched.
+    ``record`` stores it with no host sync and says whether the iteration ends an interval; ``collect`` returns the
+    interval's statistics and clears the record. Under torch.distributed ``collect`` is the one collective: an
+    all_reduce of the [2, interval] (sum, count) table, so each statistic is the mean over the ranks that observed it.
     """
 
     def __init__(self, interval: int):
@@ -61,8 +46,7 @@ class IntervalRecord:
         return (iteration + 1) % self.interval == 0
 
     def collect(self) -> list[float]:
-        """The interval's statistics in iteration order, each the mean over the ranks that observed it; the
-        iterations no rank observed are left out. Every rank must call it at the same iteration."""
+        """The statistics in iteration order (unobserved ones left out); every rank calls it at the same iteration."""
         table = self.table.clone()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(table)
@@ -108,37 +92,14 @@ class BetaSchedule:
 
 
 class AdaptiveBeta(BetaSchedule):
-    """Dynamic R-CNN's beta: follows the spread of the (tx, ty) regression targets.
+    """Dynamic R-CNN's beta: after every ``interval`` iterations beta = max(min_beta, min(initial_beta, median of
+    the interval's statistics)), each the k-th smallest mean(|tx|, |ty|) of a set of targets (:meth:`observe`).
 
-    Each iteration observes one statistic, the k-th smallest of mean(|tx|, |ty|) over a set of regression targets
-    (:meth:`observe`); after every ``interval`` iterations beta = max(min_beta, min(initial_beta, median of the
-    interval's statistics)), used from the next iteration on. The two reference implementations differ in the
-    set, the median and the guard (``statistic``):
-
-    ``mmdet`` (default), open-mmlab/mmdetection ``mmdet/models/roi_heads/dynamic_roi_head.py``:
-    ``DynamicRoIHead.bbox_loss`` (``_bbox_forward_train`` in 2.x) takes the sampled positives' targets
-    (``bbox_targets[pos_inds, :2].abs().mean(dim=1)``, the GT boxes added as proposals included when sampled),
-    ``k = min(beta_topk * num_imgs, num_pos)`` and ``torch.kthvalue``, and records nothing without positives;
-    ``DynamicRoIHead.update_hyperparameters`` sets ``min(initial_beta, np.median(beta_history))`` (the mean of the
-    two middle values of an even record) and keeps the old beta when the record is empty or its median is below
-    ``EPS = 1e-15``. Defaults from ``configs/dynamic_rcnn/dynamic_rcnn_r50_fpn_1x_coco.py``: ``beta_topk=10``,
-    ``update_iter_interval=100``, ``initial_beta=1.0``.
-
-    ``official``, hkzhang95/DynamicRCNN ``models/zhanghongkai/dynamic_rcnn/coco/dynamic_rcnn_r50_fpn_1x/``:
-    ``network.py`` ``Network.forward`` ("record the statistics") takes the targets of every proposal before
-    sampling (``raw_proposals`` of ``dynamic_rcnn/det_opr/rcnn/proposal_target_opr.py``, with the GT boxes that
-    ``dynamic_rcnn/det_opr/rpn/proposal_opr.py`` appends in training), foreground and background alike: a proposal
-    below the threshold is encoded against the image's first GT box (``matched_idxs.clamp(min=0)``). Its k is per
-    GPU, ``min(KE * IMS_PER_GPU, number of proposals)``, over all the GPU's images at once. ``train.py`` ``main``
-    sets ``min(sorted(S_E)[ITERATION_COUNT // 2], WARMUP_BETA)`` (the upper median) with no guard against a zero
-    median. Defaults from its ``config.py``: ``KE=10``, ``ITERATION_COUNT=100``, ``WARMUP_BETA=1.0``.
-
-    Ours in both: ``min_beta`` floors beta (neither reference does; a zero beta would give NaN gradients there).
-    Neither reference synchronises ranks (each GPU keeps its own beta); here each iteration's statistic is
-    averaged over the ranks that observed one (:class:`IntervalRecord`), so every rank trains with the same beta;
-    on one process the numbers are the references'. For ``official``, images without GT boxes, which its training
-    loop skips, neither contribute proposals nor count in k; the statistic uses this project's box coder (no
-    legacy +1 pixel in widths, unlike the official ``BoxCoder``).
+    ``mmdet``: mmdetection dynamic_roi_head.py bbox_loss / update_hyperparameters: sampled positives,
+    k = min(topk * num_imgs, num_pos), np.median; an empty record or a median < EPS 1e-15 keeps the old beta.
+    ``official``: hkzhang95/DynamicRCNN network.py / train.py: every proposal before sampling (below-threshold ones
+    encoded against the image's first GT), k per GPU over all its images, upper median sorted(S)[n // 2], no guard;
+    images without GT are skipped. Ours in both: ``min_beta`` floors beta, and statistics are averaged over ranks.
     """
 
     type = "adaptive"
@@ -155,12 +116,10 @@ class AdaptiveBeta(BetaSchedule):
 
     def observe(self, target_deltas: torch.Tensor, num_images: int | torch.Tensor,
                 valid: torch.Tensor | None = None) -> torch.Tensor:
-        """This iteration's statistic, a 0-d float32 tensor (NaN: no target to measure); changes no state.
+        """This iteration's statistic, 0-d float32 (NaN: no target); changes no state, no host sync.
 
-        ``target_deltas`` [Q,4] are the (tx, ty, tw, th) targets the convention measures (mmdet: the sampled
-        positives; official: every proposal, with ``valid`` [Q] bool marking the real ones), from ``num_images``
-        images (an int, or a 0-d tensor so that no host sync is needed). Returns the k-th smallest of
-        mean(|tx|, |ty|) with k = min(round(topk * num_images), number of valid targets), at least 1.
+        ``target_deltas`` [Q,4] (``valid`` [Q] bool marks the real ones); k = min(round(topk * num_images), valid
+        count), at least 1; ``num_images`` an int or a 0-d tensor.
         """
         values = target_deltas[:, :2].float().abs().mean(dim=1)  # [Q]
         if values.numel() == 0:
@@ -244,12 +203,10 @@ class ScheduledBeta(BetaSchedule):
 
 
 def build_beta_schedule(roi_cfg: Mapping, max_iters: int) -> BetaSchedule | None:
-    """The beta schedule of a ``model.roi_head`` section, or None unless its box loss is ``dynamic_smooth_l1``.
+    """The beta schedule of a ``model.roi_head`` section, or None unless its box loss is scheduled.
 
-    adaptive starts from the section's beta (or 1/sigma^2), with ``schedule.statistic``'s convention; its k per image
-    is ``schedule.topk``, scaled by ``batch_size_per_image / schedule.reference_rois`` when that is set (Dynamic
-    R-CNN's k = 10 is for 512 sampled RoIs per image). The explicit schedules go from ``schedule.start`` to
-    ``schedule.end`` over ``max_iters``; step's milestones are fractions of ``max_iters``.
+    adaptive's k per image is ``schedule.topk`` x ``batch_size_per_image / schedule.reference_rois`` when set (Dynamic
+    R-CNN's k = 10 is for 512 RoIs); step's milestones are fractions of ``max_iters``.
     """
     cfg = roi_cfg["box_loss"]
     if cfg["name"] not in SCHEDULED_LOSSES:

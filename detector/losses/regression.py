@@ -1,24 +1,9 @@
 """Box-regression losses: elementwise functions, one reduction helper, one registry.
 
-Conventions: ``P`` positive RoIs (label 0 = background RoIs carry no box loss). Delta losses take
-``(tx, ty, tw, th)`` deltas from :class:`detector.box_coder.BoxCoder` and return the elementwise loss
-``[P,4]``; IoU-family losses take decoded absolute xyxy boxes ``[P,4]`` and return ``[P]``. No function
-reduces: :func:`weight_reduce_loss` does it once (mmdetection's semantics), so every loss is normalised the
-same way and ablations compare like with like.
-
-Definitions (x = pred - target):
-  l1:          |x|
-  l2:          x^2 (derivative 2x; not 0.5 x^2)
-  smooth_l1:   0.5 x^2 / beta if |x| < beta else |x| - 0.5 beta; beta < 1e-5 is exact L1 (finite gradients)
-  balanced_l1: Libra R-CNN, b = e^(gamma/alpha) - 1:
-               alpha/b (b|x| + 1) log(b|x|/beta + 1) - alpha|x|   if |x| < beta
-               gamma|x| + gamma/b - alpha beta                    otherwise
-  iou/giou/diou/ciou: 1 - IoU, 1 - GIoU, 1 - IoU + d^2/c^2, DIoU + alpha v (alpha without gradient),
-               eps-guarded so degenerate, zero-area and non-overlapping boxes give finite values and gradients.
-
-:class:`BoxLoss` wraps one of them with its parameters: ``loss(pred, target, weight, avg_factor, beta)`` is the
-sum of the (weighted) elementwise loss divided by ``avg_factor``. The configured loss weight is applied by the
-engine, never here. ``LOSSES`` maps each config name to a builder of a BoxLoss from the ``box_loss`` section.
+``P`` positive RoIs. Delta losses take (tx, ty, tw, th) deltas (:class:`detector.box_coder.BoxCoder`) and return
+[P,4]; IoU-family losses take decoded xyxy boxes [P,4] and return [P], eps-guarded so degenerate and disjoint boxes
+give finite gradients. l2 is x^2 (not 0.5 x^2); smooth_l1 with beta < 1e-5 is exact L1. Only
+:func:`weight_reduce_loss` reduces (mmdetection's semantics); the loss weight is applied by the engine.
 """
 from __future__ import annotations
 
@@ -126,9 +111,8 @@ def ciou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> to
 
 def weight_reduce_loss(loss: torch.Tensor, weight: torch.Tensor | None = None, reduction: str = "mean",
                        avg_factor: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Multiply by ``weight`` (broadcast), then reduce: "none", "sum", or "mean" (mean over elements, or the sum
-    divided by ``avg_factor`` when given). mmdetection's semantics, except that the mean of an empty loss is 0,
-    not NaN, so an iteration without positives still trains."""
+    """Multiply by ``weight`` (broadcast), then reduce: "none", "sum", or "mean" (or the sum / ``avg_factor``).
+    mmdetection's semantics, except that the mean of an empty loss is 0, so an iteration without positives trains."""
     if weight is not None:
         loss = loss * weight
     if reduction not in ("none", "sum", "mean"):
@@ -149,11 +133,9 @@ def weight_reduce_loss(loss: torch.Tensor, weight: torch.Tensor | None = None, r
 class BoxLoss:
     """A configured box loss: ``loss(pred [P,4], target [P,4], weight=None, avg_factor=None, beta=None)``.
 
-    ``on_boxes`` says what pred/target are: decoded xyxy boxes (IoU family) or deltas. The result is the sum
-    of the elementwise loss (times ``weight``: [P,4], or [P] broadcast over the 4 deltas; an IoU loss takes
-    [P] or the mean of a [P,4] weight) divided by ``avg_factor`` (None: the plain sum). ``beta`` overrides
-    the configured beta, for losses that have one (dynamic_smooth_l1 gets it from its schedule each step).
-    Computed in float32 even when pred is half precision.
+    ``on_boxes``: pred/target are xyxy boxes (IoU family), else deltas. Returns the sum of the elementwise loss
+    times ``weight`` ([P,4] or [P]) divided by ``avg_factor`` (None: the plain sum), in float32; ``beta`` overrides
+    the configured beta (dynamic_smooth_l1's schedule).
     """
 
     def __init__(self, name: str, fn: Callable[..., torch.Tensor], on_boxes: bool = False,
@@ -192,11 +174,7 @@ class BoxLoss:
 def resolve_beta(cfg: Mapping) -> float:
     """The section's beta; a Caffe-style ``sigma`` (if set) wins: beta = 1 / sigma^2."""
     sigma = cfg.get("sigma")
-    if sigma is not None:
-        if sigma <= 0:
-            raise ValueError(f"box_loss.sigma must be > 0, got {sigma}")
-        return 1.0 / float(sigma) ** 2
-    return float(cfg.get("beta", 1.0))
+    return 1.0 / float(sigma) ** 2 if sigma is not None else float(cfg.get("beta", 1.0))
 
 
 def _build_balanced_l1(cfg: Mapping) -> BoxLoss:
@@ -218,11 +196,8 @@ LOSSES: dict[str, Callable[[Mapping], BoxLoss]] = {
 
 
 def build_box_loss(cfg: Mapping) -> BoxLoss:
-    """The BoxLoss of a ``box_loss`` config section (``model.roi_head.box_loss`` or ``model.rpn.box_loss``).
-
-    Reads name, beta, sigma, alpha, gamma; ``weight`` and ``normalizer`` belong to the caller/engine, and the
-    beta schedule of dynamic_smooth_l1 is built by :func:`detector.losses.dynamic.build_beta_schedule`.
-    """
+    """The BoxLoss of a ``box_loss`` config section (name, beta, sigma, alpha, gamma; the weight, normalizer and
+    beta schedule belong to the caller)."""
     name = cfg.get("name")
     if name not in LOSSES:
         raise ValueError(f"unknown box loss {name!r}; valid names: {', '.join(LOSSES)}")

@@ -1,14 +1,10 @@
-"""Backbones from torchvision: ResNet-18/34/50/101 and MobileNetV3-Large, with or without an FPN.
+"""Backbones from torchvision (:data:`BACKBONES`), with or without an FPN.
 
-A backbone maps a normalised, padded batch ``[N,3,H,W]`` to an ordered dict of feature maps ``[N,C,H/s,W/s]``
-and has ``out_channels`` (C) and ``strides`` (s per level). With FPN: levels "0".."3" are P2..P5 (strides 4..32)
-from torchvision's ``FeaturePyramidNetwork`` and "pool" is P6 (stride 64, ``LastLevelMaxPool``); without FPN the
-last stage (C5, stride 32) is the single level "0".
-
-Five stages: the stem, then the four resolution stages (res2..res5 for ResNet; the blocks at strides 4, 8, 16,
-32 for MobileNet). ``freeze_at=k`` freezes the first k stages: their parameters stop training and their batch
-norms become frozen (fixed statistics), as in Detectron2. Weights: None (random init), a torchvision weights
-name ("DEFAULT", "IMAGENET1K_V1", ...; downloaded on request only) or the path of a local ``.pth`` state dict.
+A backbone maps a normalised, padded batch [N,3,H,W] to an ordered dict of feature maps [N,C,H/s,W/s], with
+``out_channels`` (C) and ``strides``. With FPN: levels "0".."3" are P2..P5 (strides 4..32) and "pool" is P6 (64);
+without, C5 (stride 32) is the single level "0". ``freeze_at=k`` freezes the first k of five stages (stem, then the
+four resolution stages) with frozen batch norms, as Detectron2. ``weights``: None, a torchvision weights name
+(downloaded on request only) or the path of a local ``.pth`` state dict.
 """
 from __future__ import annotations
 
@@ -36,19 +32,10 @@ __all__ = ["Backbone", "build_backbone", "BACKBONES", "NORMS"]
 _MOBILENET_STAGE_ENDS = (1, 3, 6, 12, 16)  # last block of the stem and of the stride-4/8/16/32 stages
 
 
-def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
-    """``frozen_bn`` (fixed statistics, for pretrained weights), ``bn``, ``syncbn`` (BatchNorm whose batch
-    statistics are averaged over the ranks of a torchrun job: from-scratch training on several GPUs; in a single
-    process it computes exactly what ``bn`` does), ``gn`` (32 groups)."""
-    if norm == "frozen_bn":
-        return FrozenBatchNorm2d
-    if norm == "bn":
-        return nn.BatchNorm2d
-    if norm == "syncbn":
-        return nn.SyncBatchNorm
-    if norm == "gn":
-        return lambda channels: nn.GroupNorm(math.gcd(32, channels), channels)  # 32 groups where C allows
-    raise ValueError(f"backbone norm {norm!r} is not valid; choose from {', '.join(NORMS)}")
+_NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {  # the NORMS of detector/backbone_table.py
+    "frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d, "syncbn": nn.SyncBatchNorm,
+    "gn": lambda channels: nn.GroupNorm(math.gcd(32, channels), channels),  # 32 groups where C allows
+}
 
 
 def _freeze_batchnorm(module: nn.Module) -> nn.Module:
@@ -122,21 +109,18 @@ def _load_trunk_weights(trunk: nn.Module, state: dict[str, torch.Tensor], source
 def _trunk_and_stages(name: str, norm: str):
     """The torchvision classifier, the module holding the stages, the child names of each of the five stages,
     the four returned stage names and their channels."""
-    family = BACKBONES.get(name)  # detector/backbone_table.py
-    if family == "resnet":
-        trunk = getattr(torchvision.models, name)(weights=None, norm_layer=_norm_layer(norm))
+    if BACKBONES[name] == "resnet":  # detector/backbone_table.py
+        trunk = getattr(torchvision.models, name)(weights=None, norm_layer=_NORM_LAYERS[norm])
         stages = [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
         expansion = trunk.layer1[0].expansion  # 1 for BasicBlock (resnet18/34), 4 for Bottleneck
         channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
         return trunk, trunk, stages, ["layer1", "layer2", "layer3", "layer4"], channels
-    if family == "mobilenet_v3_large":
-        trunk = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=_norm_layer(norm))
-        starts = (0,) + tuple(end + 1 for end in _MOBILENET_STAGE_ENDS[:-1])
-        stages = [[str(i) for i in range(s, e + 1)] for s, e in zip(starts, _MOBILENET_STAGE_ENDS)]
-        returned = [str(e) for e in _MOBILENET_STAGE_ENDS[1:]]
-        channels = [trunk.features[e].out_channels for e in _MOBILENET_STAGE_ENDS[1:]]
-        return trunk, trunk.features, stages, returned, channels
-    raise ValueError(f"model.backbone.name={name!r} is not valid; choose from {', '.join(BACKBONES)}")
+    trunk = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=_NORM_LAYERS[norm])
+    starts = (0,) + tuple(end + 1 for end in _MOBILENET_STAGE_ENDS[:-1])
+    stages = [[str(i) for i in range(s, e + 1)] for s, e in zip(starts, _MOBILENET_STAGE_ENDS)]
+    returned = [str(e) for e in _MOBILENET_STAGE_ENDS[1:]]
+    channels = [trunk.features[e].out_channels for e in _MOBILENET_STAGE_ENDS[1:]]
+    return trunk, trunk.features, stages, returned, channels
 
 
 class Backbone(nn.Module):
@@ -166,8 +150,6 @@ def build_backbone(name: str = "resnet18", fpn: bool = True, out_channels: int =
             valid = ", ".join(["DEFAULT"] + [w.name for w in torchvision.models.get_model_weights(name)])
             raise WeightsError(f"model.backbone.weights={weights!r} is neither an existing file nor a "
                                f"torchvision weights name of {name} ({valid})")
-    if not 0 <= freeze_at <= len(stages):
-        raise ValueError(f"model.backbone.freeze_at={freeze_at} must be in 0..{len(stages)}")
     for child in (c for stage in stages[:freeze_at] for c in stage):
         module = _freeze_batchnorm(getattr(body, child))
         module.requires_grad_(False)

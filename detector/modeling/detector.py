@@ -1,18 +1,10 @@
 """TwoStageDetector: Faster R-CNN (backbone + RPN + RoI heads) or Fast R-CNN on precomputed proposals.
 
-Shapes: ``N`` images, ``G`` GT boxes per image, ``P`` proposals per image, ``K`` foreground classes; label 0 is
-background, foreground labels are 1..K. Boxes are absolute xyxy float32 pixels of the input images.
-
-The model owns preprocessing: ``images`` is a list of ``[3,H,W]`` tensors, uint8 0..255 or float 0..1, on any
-device; each is copied to the model's device once, scaled to 0..1, normalised with ``pixel_mean``/``pixel_std``
-and padded (with zeros after normalisation, bottom and right only, so boxes and image sizes are unchanged) to a
-batch whose sides are multiples of ``size_divisibility`` and, with ``pad_buckets``, each one of those few sizes
-(:func:`~detector.data.transforms.batch_padded_size`): cudnn's autotuner and ``torch.compile`` then meet a handful
-of shapes in a whole run instead of a new one every few batches. GT and proposals are padded to ``[N,G,4]`` /
-``[N,P,4]`` with validity masks, so the heads never loop over images. Preprocessing makes no host-device sync:
-the small tensors built on the host (image sizes, box counts) travel through pinned memory asynchronously.
-
-:func:`build_detector` is the only function here that reads the config.
+``N`` images, ``G`` GT and ``P`` proposals per image, ``K`` classes; label 0 is background; boxes are xyxy float32
+pixels of the input images. The model owns preprocessing: images ([3,H,W], uint8 0..255 or float 0..1, any device)
+are scaled, normalised and zero-padded bottom/right to a batch of a few sizes (``pad_buckets``, so that cudnn and
+``torch.compile`` meet few shapes); GT and proposals are padded to [N,G,4] / [N,P,4] with validity masks. No
+host-device sync: host-made tensors travel through pinned memory. Only :func:`build_detector` reads the config.
 """
 from __future__ import annotations
 
@@ -33,8 +25,7 @@ __all__ = ["TwoStageDetector", "build_detector"]
 
 
 def _host_to_device(data, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small tensor made on the host (sizes, counts) on ``device`` without blocking the host: on CUDA it is staged
-    in pinned memory and copied asynchronously (a copy from pageable memory synchronises with the device)."""
+    """A host-made tensor on ``device`` without blocking the host (CUDA: pinned memory, asynchronous copy)."""
     host = torch.tensor(data, dtype=dtype, device="cpu")
     if device.type == "cuda":
         host = host.pin_memory()
@@ -42,10 +33,8 @@ def _host_to_device(data, dtype: torch.dtype, device: torch.device) -> torch.Ten
 
 
 def _pad_boxes(boxes: Sequence[torch.Tensor], device: torch.device, extra: Sequence[torch.Tensor] = ()):
-    """Per-image [n_i,4] boxes (and per-image [n_i] extras) -> [N,B,4], extras [N,B], valid [N,B]; B >= 1.
-
-    Padding slots are zeros and invalid. No host sync and no per-image indexing: ``pad_sequence`` pads on the
-    device, and the mask compares slot numbers with the counts (known on the host from the shapes)."""
+    """Per-image [n_i,4] boxes (and [n_i] extras) -> [N,B,4], extras [N,B], valid [N,B]; B >= 1, padding zeros.
+    No host sync: the mask compares slot numbers with the counts known from the shapes."""
     counts = [int(b.shape[0]) for b in boxes]
     width = max([1] + counts)
 
@@ -83,18 +72,14 @@ class TwoStageDetector(nn.Module):
         self.input_memory_format = torch.contiguous_format  # of the padded batch; see use_channels_last
 
     def use_channels_last(self) -> "TwoStageDetector":
-        """Weights and every padded input batch in channels_last (NHWC), cudnn's fast layout for convolutions under
-        AMP; building the batch in NHWC saves the first convolution a transpose of its input."""
+        """Weights and every padded input batch in channels_last (cudnn's fast layout under AMP)."""
         self.to(memory_format=torch.channels_last)
         self.input_memory_format = torch.channels_last
         return self
 
     def preprocess(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """list of [3,H_i,W_i] -> normalised padded batch [N,3,H,W] float32, image_sizes [N,2] (h_i, w_i).
-
-        (H, W) is :func:`batch_padded_size` of the images' sizes; pixels beyond an image's (h_i, w_i) (bottom and
-        right) are 0 after normalisation. The batch is in ``input_memory_format``.
-        """
+        """list of [3,H_i,W_i] -> normalised padded batch [N,3,H,W] float32 (in ``input_memory_format``, padding 0
+        after normalisation), image_sizes [N,2] (h_i, w_i)."""
         if len(images) == 0:
             raise ValueError("TwoStageDetector: got an empty list of images")
         for i, img in enumerate(images):

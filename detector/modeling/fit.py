@@ -1,9 +1,5 @@
-"""Whether a state dict fits a model, and the one line that says what differs when it does not.
-
-Every place that loads weights into a model (a resume, ``tools/eval.py`` and ``tools/dump_proposals.py``, the
-backbone's ``model.backbone.weights``) asks :func:`misfit_message`, so a file of another model is always the same
-line: ``<file> does not fit the model built from the config: <what differs>; <what to do>``.
-"""
+"""Whether a state dict fits a model, and the one line (:func:`misfit_message`) every weight loader uses when not:
+``<file> does not fit the model built from the config: <what differs>; <what to do>``."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -17,13 +13,9 @@ from detector.config import diff_configs
 def misfit_message(source: Any, model: nn.Module, weights: Mapping[str, Any], fix: str,
                    stored_config: Any = None, config: Mapping[str, Any] | None = None,
                    skip: tuple[str, ...] = ()) -> str | None:
-    """None when ``weights`` holds exactly the entries of ``model.state_dict()`` with the same tensor shapes (keys
-    starting with a prefix in ``skip`` are left out on both sides); otherwise the one line, ending with ``fix``.
-
-    What differs is said as plainly as the inputs allow: the ``model.*`` keys in which ``stored_config`` (the
-    config a checkpoint stores) differs from ``config`` (the model's), the class count read from the detector's
-    classifier, else how many tensors differ, are missing or unexpected, with an example.
-    """
+    """None when ``weights`` holds exactly ``model.state_dict()``'s entries and shapes (prefixes in ``skip`` left
+    out); else the one line ending with ``fix``, naming the differing ``model.*`` keys of ``stored_config`` vs
+    ``config``, the class count, or else the counts of differing, missing and unexpected tensors."""
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
     given = {k: v for k, v in weights.items() if not k.startswith(skip)}
     missing = [k for k in expected if k not in given]

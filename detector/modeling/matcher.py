@@ -1,16 +1,7 @@
 """Label assignment for the RPN and the RoI heads, batched over images with padded GT.
 
-Shapes: ``N`` images, ``M`` candidate boxes per image (anchors or proposals), ``G`` GT boxes per image after
-padding to the batch's largest count (``gt_valid [N,G]`` marks the real ones), ``S`` sampled boxes per image.
-Label 0 is background, foreground labels are 1..K. Everything is masked tensor arithmetic: no per-image Python
-loop, no ``nonzero``/``.item()`` host sync, so assignment stays queued on the device.
-
-- :func:`match_boxes`: IoU matching (IoU from :func:`detector.boxes.batched_box_iou`) with fg/bg thresholds
-  (ignored in between), optional low-quality matches (the RPN's "best anchor of each GT is positive" rule).
-- :func:`sample_balanced`: up to ``batch_size_per_image`` samples per image, at most ``positive_fraction`` of them
-  foreground, drawn uniformly at random by top-k over random keys.
-- :class:`DynamicLabelAssigner` / :func:`build_label_assigner`: Dynamic R-CNN's label assignment (the IoU threshold
-  follows the proposals' quality), in mmdetection's or the official code's convention.
+Shapes: ``N`` images, ``M`` candidates per image, ``G`` GT per image padded (``gt_valid [N,G]``), ``S`` samples per
+image. Label 0 is background, 1..K foreground. Masked tensor arithmetic only: no per-image loop, no host sync.
 """
 from __future__ import annotations
 
@@ -26,18 +17,11 @@ __all__ = ["match_boxes", "sample_balanced", "DynamicLabelAssigner", "build_labe
 
 def match_boxes(iou: torch.Tensor, gt_valid: torch.Tensor, fg_iou_thresh: float | torch.Tensor,
                 bg_iou_thresh: float | torch.Tensor, allow_low_quality_matches: bool = False):
-    """Match each candidate to its best GT.
+    """Match each candidate ([N,M,G] ``iou``; ``gt_valid`` [N,G]) to its best GT: IoU >= fg is foreground, < bg
+    background, ignored between; thresholds are floats or 0-d tensors. ``allow_low_quality_matches`` also makes each
+    GT's best candidates foreground.
 
-    Args:
-        iou: [N,M,G] candidate-vs-GT IoU (:func:`detector.boxes.batched_box_iou`).
-        gt_valid: [N,G] bool, False on padding.
-        fg_iou_thresh / bg_iou_thresh: floats or 0-d tensors (dynamic assignment); IoU >= fg is foreground,
-            IoU < bg background, in between ignored.
-        allow_low_quality_matches: also mark as foreground, for each GT, the candidates with its highest IoU.
-
-    Returns:
-        matched_idx [N,M] int64 (index into G; 0 where the image has no GT), max_iou [N,M] (-1 without GT),
-        fg [N,M] bool, bg [N,M] bool.
+    Returns matched_idx [N,M] int64 (0 without GT), max_iou [N,M] (-1 without GT), fg [N,M] bool, bg [N,M] bool.
     """
     iou = iou.masked_fill(~gt_valid[:, None, :], -1.0)
     if iou.shape[2] == 0:
@@ -57,16 +41,10 @@ def match_boxes(iou: torch.Tensor, gt_valid: torch.Tensor, fg_iou_thresh: float 
 
 def sample_balanced(fg: torch.Tensor, bg: torch.Tensor, batch_size_per_image: int, positive_fraction: float,
                     generator: torch.Generator | None = None):
-    """Balanced random sampling per image, vectorised over the batch.
+    """Balanced random sampling per image over [N,M] disjoint bool masks ``fg``, ``bg``.
 
-    Args:
-        fg, bg: [N,M] bool candidate masks (disjoint).
-
-    Returns:
-        index [N,S] int64 into M, is_fg [N,S] bool, valid [N,S] bool, with S = min(batch_size_per_image, M).
-        Per image: min(#fg, batch_size_per_image * positive_fraction) foreground samples, then background up to
-        batch_size_per_image; ``valid`` is False only where the image has too few candidates. Foreground samples
-        come first within each row.
+    Returns index [N,S] int64 into M, is_fg [N,S], valid [N,S] (False where too few candidates), S = min(batch size,
+    M): min(#fg, batch * positive_fraction) foreground first, then background.
     """
     num_images, num_candidates = fg.shape
     size = min(batch_size_per_image, num_candidates)
@@ -85,33 +63,14 @@ def sample_balanced(fg: torch.Tensor, bg: torch.Tensor, batch_size_per_image: in
 
 
 class DynamicLabelAssigner:
-    """Dynamic R-CNN's label assignment: the IoU threshold (foreground and background alike) follows the proposals.
+    """Dynamic R-CNN's label assignment: the fg/bg IoU threshold follows the proposals.
 
-    The RoI head matches with ``thresh`` (a float, the threshold in use) and passes each training forward's IoUs to
-    :meth:`observe`, which returns that iteration's statistic and changes nothing. The trainer calls
-    :meth:`step` once per optimizer step: after every ``interval`` iterations the threshold becomes
-    ``max(min_thresh, mean of the interval's statistics)``, used from the next iteration on; under torch.distributed
-    each iteration's statistic is first averaged over the ranks (:class:`~detector.losses.dynamic.IntervalRecord`,
-    one collective per interval), so every rank matches with the same threshold. The two reference
-    implementations measure the statistic differently (``statistic``):
-
-    ``mmdet`` (default), open-mmlab/mmdetection ``mmdet/models/roi_heads/dynamic_roi_head.py``:
-    ``DynamicRoIHead.loss`` (``forward_train`` in 2.x) takes, per image, the ``min(iou_topk, n)``-th largest of
-    ``assign_result.max_overlaps`` over its n proposals (with the GT boxes the sampler adds as proposals, IoU 1;
-    an image without GT has all-zero overlaps), then the mean over the images; ``update_hyperparameters`` sets
-    ``max(initial_iou, np.mean(iou_history))`` for the positive and negative thresholds. Defaults from
-    ``configs/dynamic_rcnn/dynamic_rcnn_r50_fpn_1x_coco.py``: ``iou_topk=75``, ``update_iter_interval=100``,
-    ``initial_iou=0.4``; until the first update the assigner keeps Faster R-CNN's 0.5.
-
-    ``official``, hkzhang95/DynamicRCNN ``models/zhanghongkai/dynamic_rcnn/coco/dynamic_rcnn_r50_fpn_1x/``:
-    ``network.py`` ``Network.forward`` takes ``torch.topk(ious, KI * IMS_PER_GPU)[0][-1]``, one k per GPU over the
-    concatenated proposals of all its images (with the appended GT boxes), where ``ious`` is the ``matched_ious``
-    of ``dynamic_rcnn/det_opr/rcnn/proposal_target_opr.py``: the best-GT IoU of a foreground proposal, but for a
-    proposal below the threshold the IoU with the image's first GT box (``matched_idxs.clamp(min=0)``), reproduced
-    here. ``train.py`` ``main`` sets ``max(sum(S_I) / ITERATION_COUNT, WARMUP_IOU)``, starting from
-    ``WARMUP_IOU``. Defaults from its ``config.py``: ``KI=75``, ``ITERATION_COUNT=100``, ``WARMUP_IOU=0.4``.
-    Images without GT, which its training loop skips, neither contribute proposals nor count in k; k is capped
-    at the number of proposals.
+    :meth:`observe` returns an iteration's statistic; :meth:`step` (once per optimizer step) sets the threshold to
+    max(min_thresh, mean of the interval's statistics) after every ``interval`` iterations (averaged over ranks).
+    ``mmdet``: mmdetection dynamic_roi_head.py loss / update_hyperparameters: per image the min(iou_topk, n)-th
+    largest max overlap, then the mean over images. ``official``: hkzhang95/DynamicRCNN network.py:
+    topk(ious, KI * IMS_PER_GPU)[-1] over all the GPU's proposals, below-threshold ones measured against the
+    image's first GT; images without GT skipped, k capped at the proposal count.
     """
 
     def __init__(self, initial_thresh: float = 0.5, topk: int = 75, interval: int = 100, min_thresh: float = 0.4,
@@ -126,11 +85,7 @@ class DynamicLabelAssigner:
 
     def observe(self, iou: torch.Tensor, max_iou: torch.Tensor, fg: torch.Tensor, candidate_valid: torch.Tensor,
                 gt_valid: torch.Tensor) -> torch.Tensor:
-        """This iteration's IoU statistic, a 0-d float32 tensor (NaN: nothing to measure); changes no state.
-
-        iou [N,M,G] candidate-vs-GT IoU, max_iou [N,M] / fg [N,M] as returned by :func:`match_boxes` with the
-        current threshold, candidate_valid [N,M], gt_valid [N,G]. No host sync.
-        """
+        """This iteration's IoU statistic, 0-d float32 (NaN: nothing to measure); changes no state, no host sync."""
         if self.statistic == "official":
             return self._observe_official(iou, max_iou, fg, candidate_valid, gt_valid)
         return self._observe_mmdet(max_iou, candidate_valid)
@@ -160,7 +115,7 @@ class DynamicLabelAssigner:
         return torch.where(count > 0, kth, torch.full_like(kth, math.nan)).float()
 
     def step(self, iteration: int, statistic: torch.Tensor) -> float:
-        """After training iteration ``iteration`` (0-based): record its statistic; at an interval's end, update."""
+        """After iteration ``iteration``: record its statistic; at an interval's end, update the threshold."""
         if self.record.record(iteration, statistic):
             record = self.record.collect()
             if record:
@@ -180,11 +135,8 @@ class DynamicLabelAssigner:
 
 
 def build_label_assigner(roi_cfg: Mapping) -> DynamicLabelAssigner | None:
-    """The dynamic label assigner of a ``model.roi_head`` section, or None unless DLA is enabled.
-
-    It starts where its convention does: ``mmdet`` at ``fg_iou_thresh`` (mmdetection's Dynamic R-CNN config keeps
-    Faster R-CNN's 0.5 assigner until the first update), ``official`` at ``min_thresh`` (its ``WARMUP_IOU``).
-    """
+    """The dynamic label assigner of a ``model.roi_head`` section, or None unless enabled; ``mmdet`` starts at
+    ``fg_iou_thresh`` (Faster R-CNN's 0.5), ``official`` at ``min_thresh`` (its WARMUP_IOU)."""
     dla = roi_cfg["dynamic_label_assignment"]
     if not dla["enabled"]:
         return None

@@ -1,27 +1,11 @@
 """Fast R-CNN RoI heads: label assignment, sampling, RoIAlign, two-FC box head, losses, inference.
 
-Shapes: ``N`` images, ``P`` proposals per image (padded, with a ``valid`` mask), ``G`` padded GT boxes per
-image, ``S`` sampled RoIs per image, ``R = N*S`` RoIs, ``Q`` positive (foreground) RoIs, ``K`` foreground
-classes. Label 0 is background, foreground labels are 1..K; class logits are ``[R, K+1]``, box deltas ``[R, 4K]``
-(slot k-1 regresses class k) or ``[R, 4]`` when class-agnostic. Boxes are absolute xyxy float32 pixels.
-
-Training: proposals (+ GT boxes) are matched to GT by IoU (fixed thresholds, or the threshold of the dynamic
-label assigner), ``batch_size_per_image`` RoIs per image (default 128; gpu.yaml 512) are sampled at 25%
-foreground, all in batched masked tensor form; one
-``MultiScaleRoIAlign`` call pools every RoI of the batch. ``loss_cls`` is cross-entropy over the sampled RoIs;
-``loss_box_reg`` is the configured box loss over the positives' GT-class slots (delta losses on (pred deltas,
-target deltas), IoU losses on (decoded pred boxes, GT boxes)), divided by the number of sampled RoIs
-(``num_samples``) or of positives (``num_pos``). Assignment and sampling need no host sync; the head's own
-sync is the compaction of the positives (their count sizes the regression targets, the beta statistic and the
-histograms), besides the per-level split inside torchvision's ``MultiScaleRoIAlign``.
-
-The head owns the state that changes during training: the Dynamic Smooth L1 beta schedule and the dynamic label
-assigner. ``forward`` only reads it (the beta and IoU threshold in use, logged as ``beta`` / ``iou_thresh``) and
-returns the iteration's Dynamic R-CNN statistics in ``stats`` (``beta_statistic`` with an adaptive beta,
-``iou_statistic`` with DLA), so extra forward passes (a hook, debugging, evaluation) change nothing. The trainer
-calls :meth:`RoIHeads.update_dynamic_state` once per optimizer step with that iteration's stats: the one place the
-state changes, and the one place it crosses ranks (once per update interval). The state travels in
-``state_dict()`` through ``get_extra_state``, as Python numbers and CPU tensors.
+Shapes: ``N`` images, ``P`` proposals per image (padded, ``valid`` mask), ``G`` padded GT, ``S`` sampled RoIs per
+image, ``R = N*S``, ``Q`` positives, ``K`` classes. Label 0 is background; logits [R, K+1], deltas [R, 4K] (slot
+k-1 regresses class k) or [R, 4] class-agnostic; boxes xyxy float32 pixels. The head's one host sync is the
+compaction of the positives. The head owns the Dynamic R-CNN state (beta schedule, label assigner): ``forward``
+only reads it and returns the iteration's statistics in ``stats``; :meth:`RoIHeads.update_dynamic_state` is the one
+place it changes and crosses ranks; it travels in ``state_dict()`` through ``get_extra_state``.
 """
 from __future__ import annotations
 
@@ -115,12 +99,8 @@ class RoIHeads(nn.Module):
             self.label_assigner.load_state_dict(state["label_assigner"])
 
     def update_dynamic_state(self, iteration: int, stats: Mapping[str, torch.Tensor]) -> None:
-        """Advance the beta schedule and the label assigner past training iteration ``iteration`` (0-based).
-
-        ``stats`` are the stats of that iteration's training forward (their ``beta_statistic`` / ``iou_statistic``).
-        Call it once per optimizer step, in order, on every rank: at the end of an update interval it runs the
-        state's one collective (:class:`~detector.losses.dynamic.IntervalRecord`).
-        """
+        """Advance the beta schedule and the label assigner past iteration ``iteration`` with that iteration's
+        training ``stats``; once per optimizer step, in order, on every rank (it may run a collective)."""
         if iteration < self.iteration:
             raise ValueError(f"RoIHeads.update_dynamic_state({iteration}): iteration {self.iteration - 1} is already "
                              f"recorded; call it once per optimizer step, in order")

@@ -1,14 +1,9 @@
 """Region Proposal Network: anchors, objectness + deltas, batched proposal selection, RPN losses.
 
-Shapes: ``N`` images, ``L`` feature levels, ``A`` anchors over all levels (level-major, then (y, x), then the
-anchor shapes, torchvision's order), ``M`` candidates kept before NMS per image, ``P`` proposals per image after
-NMS, ``G`` padded GT boxes per image. Boxes are absolute xyxy float32 pixels of the padded input batch.
-
-Proposal selection is batched over images: top-k per level on the objectness logits of all images at once, one
-``batched_nms`` call for all (image, level) groups, then one top-k per image over the survivors. Proposals come
-back as a padded ``[N,P,4]`` tensor with a ``valid [N,P]`` mask, never as per-image lists, so the RoI heads stay
-vectorised. The RPN losses (objectness BCE and the configured delta loss, both divided by the number of sampled
-anchors, torchvision/Detectron2's normalisation) use masked tensors: no host sync outside NMS.
+``N`` images, ``A`` anchors over all levels (torchvision's order), ``M`` candidates per image before NMS, ``P``
+proposals after, ``G`` padded GT; boxes are xyxy float32 pixels of the padded batch. Selection and losses are batched
+over images (one ``batched_nms`` call; proposals as padded [N,P,4] with ``valid`` [N,P]); the losses are divided by
+the number of sampled anchors (torchvision/Detectron2).
 """
 from __future__ import annotations
 
@@ -41,11 +36,8 @@ def anchor_shapes(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> tor
 
 
 class RPN(nn.Module):
-    """Faster R-CNN's RPN over ``len(strides)`` levels with ``len(aspect_ratios)`` anchors per location.
-
-    ``anchor_sizes`` gives one size per level, or all sizes on the single level of a backbone without FPN.
-    ``box_loss`` is a delta :class:`~detector.losses.BoxLoss` (Smooth L1 with beta=1/9 by default).
-    """
+    """Faster R-CNN's RPN; ``anchor_sizes``: one per level, or all on the one level of a backbone without FPN;
+    ``box_loss``: a delta :class:`~detector.losses.BoxLoss`."""
 
     def __init__(self, in_channels: int, strides: Sequence[int], anchor_sizes: Sequence[float],
                  aspect_ratios: Sequence[float], box_loss: BoxLoss, pre_nms_topk_train: int = 2000,
@@ -53,9 +45,7 @@ class RPN(nn.Module):
                  nms_thresh: float = 0.7, min_size: float = 1e-3, batch_size_per_image: int = 256,
                  positive_fraction: float = 0.5, fg_iou_thresh: float = 0.7, bg_iou_thresh: float = 0.3):
         super().__init__()
-        if box_loss.on_boxes:
-            raise ValueError(f"model.rpn.box_loss.name={box_loss.name!r}: the RPN takes a delta loss (l1, l2, "
-                             f"smooth_l1, balanced_l1)")
+        assert not box_loss.on_boxes, f"the RPN takes a delta loss, not {box_loss.name}"
         if len(strides) == 1:
             sizes_per_level = [tuple(anchor_sizes)]
         elif len(anchor_sizes) == len(strides):
@@ -96,13 +86,9 @@ class RPN(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor], image_sizes: torch.Tensor,
                 gt_boxes: torch.Tensor | None = None, gt_valid: torch.Tensor | None = None):
-        """features: L x [N,C,H_l,W_l]; image_sizes [N,2] (h, w) before padding; gt_boxes [N,G,4], gt_valid [N,G]
-        in training.
-
-        Returns proposals [N,P,4] (detached), scores [N,P] (objectness probability), valid [N,P], and in
-        training the losses ``{loss_rpn_cls, loss_rpn_box}`` and stats ``{rpn/num_pos_anchors,
-        rpn/num_proposals}`` (else two empty dicts).
-        """
+        """features: L x [N,C,H_l,W_l]; image_sizes [N,2] (h, w) before padding; gt [N,G,4], gt_valid [N,G] in
+        training. Returns proposals [N,P,4] (detached), scores [N,P], valid [N,P], and losses and stats in training
+        (else two empty dicts)."""
         logits, deltas = self.head(list(features))
         num_images = features[0].shape[0]
         level_sizes = [lg.shape[1] * lg.shape[2] * lg.shape[3] for lg in logits]
