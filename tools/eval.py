@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from detector.config import load_config
+from detector.config import load_config, metric_names
 from detector.errors import run_tool
 from detector.evaluation import METRICS
 
@@ -51,7 +51,9 @@ def run(args) -> int:
     from detector.errors import DetectorError
     from detector.evaluation import dataset_image_ids, evaluate_coco_results, format_metrics, load_coco_results
 
-    cfg = load_config(args.cfg, list(args.overrides) + ([f"eval.metric={args.metric}"] if args.metric else []))
+    # --metric decides what is scored; train.best_metric (a training key) follows it so the config stays consistent
+    metric = [f"eval.metric={args.metric}", f"train.best_metric={metric_names(args.metric)[0]}"] if args.metric else []
+    cfg = load_config(args.cfg, list(args.overrides) + metric)
     files = OUTPUT_FILES if args.ckpt is not None else ("metrics.json",)
     if args.out is not None:
         check_out_dir(args.out, files, args.overwrite)
