@@ -134,7 +134,7 @@ def test_a_checkpoint_resumes_on_the_other_device(first, second, data_root, tmp_
     resumed = load_config(["dynamic_rcnn.yaml"], gpu(data_root, run, **{
         "train.device": second, "train.max_iters": 4, "train.resume": True,
         "model.roi_head.box_loss.schedule.interval": 1, "model.roi_head.dynamic_label_assignment.interval": 1}))
-    trainer_mod.train(resumed, run)
+    trainer_mod.train(resumed, run, extend=True)  # a longer cosine schedule: --extend
     assert [r["iter"] for r in records(run)] == [1, 2, 3, 4]
     assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 4
 
@@ -259,6 +259,7 @@ def test_preprocessing_and_target_padding_do_not_sync():
         batch, sizes = model.preprocess(images)
         _pad_boxes([t["boxes"] for t in targets], batch.device, extra=[[t["labels"] for t in targets]])
         assert batch.shape[-2:] == (160, 160) and batch.is_contiguous(memory_format=torch.channels_last)
+    prepare()  # the first call allocates pinned host memory once (seen on an H200 as one sync); steps after it don't
     assert sync_sites(prepare) == []
 
 
