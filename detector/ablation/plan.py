@@ -122,14 +122,12 @@ def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
                 raise AblationError(str(exc)) from None
             steps.append(Step(run, run_dir, "overwrite", device=cfg.train.device, note="unreadable config.yaml"))
             continue
-        if stored is None and not finished:
-            action, differ = ("train", [])
-        elif stored is None:  # metrics without a config: nothing says which experiment they are
-            action, differ = ("reuse", ["everything (no config.yaml)"])
+        action = "reuse" if finished else "train" if stored is None else "resume"
+        if stored is None:  # finished without a config: nothing says which experiment it is
+            differ = ["everything (no config.yaml)"] if finished else []
         else:
             safe = REUSE_SAFE_KEYS if finished else RESUME_SAFE_KEYS
             differ = [k for k in diff_configs(stored, cfg.to_dict()) if k not in safe]
-            action = "reuse" if finished else "resume"
         note = ""
         if differ:
             note = f"{'finished' if finished else 'unfinished'} run of another config (differs in {', '.join(differ)})"
