@@ -219,11 +219,9 @@ def _markdown(groups: list[Group], stats, paired, tests: int, baseline: str, tit
         lines.append(f"**This report is partial: {planned - done} run(s) have no results** (listed at the end).")
     columns = [*SUMMARY_METRICS, *DIAGNOSTICS]
     lines += ["", "## Mean ± std over seeds", "",
-              "COCO AP (pycocotools COCOeval) in percent; AP90 and AP95 are AP at IoU 0.90 and 0.95; std is the "
-              "sample standard deviation over seeds (one seed shows its value alone). loss_box_reg is the mean over "
-              "the last 10% of logged iterations, images_per_s the training throughput of one run. summary.csv "
-              "holds every run's numbers (AP at each IoU 0.50..0.95 too), as fractions. A failed run (no "
-              "eval/metrics.json, or a non-finite value) is in no mean; \"failed k of n seeds\" counts it.", "",
+              "COCO AP in percent (AP90, AP95: at IoU 0.90, 0.95); std over seeds. loss_box_reg: the mean over the "
+              "last 10% of logged iterations; images_per_s: training throughput. summary.csv holds every run's "
+              "numbers, as fractions. A failed run is in no mean; \"failed k of n seeds\" counts it.", "",
               *_table_head(["config", "seeds", *columns])]
     for g in groups:
         seeds = str(len(g.results)) if len(g.results) == g.planned else f"{len(g.results)} of {g.planned}"
@@ -238,19 +236,15 @@ def _markdown(groups: list[Group], stats, paired, tests: int, baseline: str, tit
     elif not paired:
         lines.append("No other config has a finished run: there is nothing to compare.")
     else:
-        level, alpha = round(100 * CONFIDENCE), f"{ALPHA:.2g}"
-        lines += [f"Per metric, d = config − {baseline} for each seed both finished (AP points); the mean of d over "
-                  f"the n pairs and a {level}% confidence interval: a Student-t interval over the paired "
-                  f"differences, mean ± t({(1 + CONFIDENCE) / 2:g}, n−1) · sd(d) / √n (scipy.stats.t.ppf), not "
-                  f"corrected for multiple testing. p: the two-sided paired t test (scipy.stats.ttest_rel). "
-                  f"**Multiple testing: {tests} tests** (every row below with a p value) are corrected together by "
-                  f"Holm's step-down method; the verdict is better or worse only when the Holm-adjusted p < {alpha}, "
-                  f"else no evidence; too few seeds when n < {MIN_PAIRS} pairs or all differences are equal (sd 0: "
-                  f"no test, not counted). A config with a failed seed gets no better verdict (a failed baseline "
-                  f"seed: no worse): the seeds that survive are not a fair sample. detectable: the smallest true "
-                  f"difference the test finds with {POWER:.0%} power at Holm's strictest level ({alpha} / the "
-                  f"number of tests), from the paired sd and n (exact, noncentral t: scipy.stats.nct); with no "
-                  f"evidence, differences above it would most likely have shown, smaller ones may exist unseen. "
+        level, alpha, quantile = round(100 * CONFIDENCE), f"{ALPHA:.2g}", (1 + CONFIDENCE) / 2
+        lines += [f"Per metric, d = config − {baseline} for each seed both finished (AP points): its mean over the n "
+                  f"pairs and a {level}% Student-t interval over the paired differences, mean ± t({quantile:g}, "
+                  f"n−1) · sd(d) / √n, uncorrected; p: the two-sided paired t test. **Multiple testing: "
+                  f"{tests} tests** (the rows with a p value) are Holm-corrected together; the verdict is better or "
+                  f"worse only when the Holm-adjusted p < {alpha}; too few seeds when n < {MIN_PAIRS} or sd(d) = 0. "
+                  f"A failed seed of the config blocks better (of the baseline: worse): the survivors are not a fair "
+                  f"sample. detectable: the smallest true difference found with {POWER:.0%} power at Holm's "
+                  f"strictest level ({alpha} / the number of tests); with no evidence, smaller ones may exist unseen. "
                   f"Metrics undefined on either side (COCO's -1) are left out.", "",
                   *_table_head(["config", "metric", "pairs", "mean diff", f"{level}% CI", "p", "p (Holm)",
                                 "detectable", "verdict"])]
@@ -294,11 +288,9 @@ def _localisation_markdown(groups: list[Group], stats) -> list[str]:
                      "\".[tide]\").")
     else:
         tide_note = "TIDE's localisation error is not shown: no run gave it."
-    lines += [f"Where a loss helps beside AP per IoU: each detection with score >= {SCORE_THRESHOLD} is matched the "
-              f"COCO way (per image and class, by descending score, to the unmatched non-crowd ground truth it "
-              f"overlaps most, at IoU >= {MATCH_IOU}); the IoUs of these true positives, per run, summarised by "
-              f"their median and the share >= 0.75 and >= 0.9, then mean ± std over seeds (tp_iou.png: their "
-              f"histogram per config). {tide_note}"]
+    lines += [f"Each detection with score >= {SCORE_THRESHOLD} is matched the COCO way (at IoU >= {MATCH_IOU}); the "
+              f"IoUs of these true positives per run, by their median and the share >= 0.75 and >= 0.9, then mean ± "
+              f"std over seeds (tp_iou.png: their histogram per config). {tide_note}"]
     if errors:
         lines.append(f"Runs without these numbers: {'; '.join(errors)}.")
     head = ["TPs per run", "median IoU", "IoU ≥ 0.75 (%)", "IoU ≥ 0.9 (%)"] + (["TIDE Loc dAP"] if tide else [])
