@@ -135,12 +135,8 @@ def execute(step: Step, env: Mapping[str, str], overrides: list[str], nproc: int
         code = process.wait()
     if code == 0 and is_finished(step.run_dir):
         return None
-    if code < 0:
-        how = f"killed by {signal.Signals(-code).name}"
-    elif code == 0:
-        how = "exit 0 without eval/metrics.json"
-    else:
-        how = f"exit {code}"
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+    how += " without eval/metrics.json" if code == 0 else ""
     line = last_line(log_path, start)
     return f"{step.run.name} failed ({how}){': ' + line if line else ''}; log: {log_path}"
 
