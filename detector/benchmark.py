@@ -1,19 +1,10 @@
 """Speed measurements; ``tools/benchmark.py`` is the command line, docs/performance.md holds the results.
 
-- :func:`run_benchmark`: ours against torchvision's Faster R-CNN (ResNet-FPN, random weights), training and
-  inference on one seeded synthetic batch, with the same RPN/RoI settings (2000 pre-NMS / 1000 post-NMS training
-  proposals, 512 RoIs per image at 25% foreground), SGD hyper-parameters and AMP choice (:func:`amp_settings`), in
-  two settings: ``scratch`` (BatchNorm, all stages trainable) and ``finetune`` (frozen BatchNorm, stem and res2
-  frozen). Each (side, setting, batch, AMP) runs in its own process (``isolation="process"``; ``"none"``: in this
-  one, for tests), so no cudnn autotuning, allocator cache or peak-memory counter carries over; both sides get the
-  same cudnn.benchmark setting and warm-up. Peak memory is the steady state over the timed iterations (the
-  warm-up's peak, cudnn's trial workspaces, is reported apart). Ours steps as the trainer does
-  (:class:`OursSide`) as ``gpu.yaml`` configures it; torchvision as its reference script trains it.
-- :func:`real_loop`: ``detector.engine.trainer.train`` for N iterations beside the synthetic figure of the same
-  config on the run's most frequent padded shape.
-- :func:`profile_step`, :func:`padded_shapes`, :func:`loader_throughput`.
-
-``python -m detector.benchmark SPEC_JSON`` is the worker process of one isolated measurement (:func:`run_spec`).
+:func:`run_benchmark` times ours against torchvision's Faster R-CNN (ResNet-FPN, random weights) on one seeded
+synthetic batch with the same RPN/RoI, SGD and AMP settings, ``scratch`` (BatchNorm, all trainable) and ``finetune``
+(frozen BatchNorm, stem and res2 frozen); each measurement runs in its own process (``python -m detector.benchmark
+SPEC_JSON``, :func:`run_spec`) so no autotuning, allocator cache or peak-memory counter carries over.
+:func:`real_loop` times the trainer itself; :func:`profile_step`, :func:`padded_shapes`, :func:`loader_throughput`.
 """
 from __future__ import annotations
 
@@ -52,10 +43,8 @@ CUDA_RUNTIME_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEve
                       "cudaMemcpyAsync")
 
 
-# ---------------------------------------------------------------------------------------------- the two sides
 class Side:
-    """A model, its optimizer and AMP choice, and one training step (:meth:`step`); the same code times both
-    sides and the profiler's steps."""
+    """A model, its optimizer and AMP choice, and one training step: the same code times both sides."""
 
     clip: float | None = None  # max gradient norm; None: no clipping
 
@@ -87,9 +76,8 @@ class Side:
 
 
 class OursSide(Side):
-    """Our detector stepped as :func:`detector.engine.trainer.train` steps it: weighted losses, each step's losses
-    recorded by :class:`LossWatch` and read every ``train.log_period`` steps, gradient clipping, fused/foreach SGD,
-    the dynamic-state update."""
+    """Our detector stepped as :func:`detector.engine.trainer.train` steps it (weighted losses, :class:`LossWatch`
+    read every ``train.log_period`` steps, clipping, the dynamic-state update)."""
 
     def __init__(self, cfg, device: torch.device, num_classes: int, amp: bool):
         model = build_detector(cfg, num_classes=num_classes).to(device)
@@ -118,7 +106,6 @@ class OursSide(Side):
 
 
 def ours_config(spec: dict[str, Any]):
-    """Our side's config in the table: ``gpu.yaml`` with the benchmark's model settings, then ``spec["overrides"]``."""
     norm, freeze_at = ("bn", 0) if spec["setting"] == "scratch" else ("frozen_bn", 2)
     short, long = sorted(spec["size"])  # the configured sizes place the pad buckets: pad as torchvision does
     return load_config(["gpu.yaml"], [
@@ -135,8 +122,7 @@ def ours_config(spec: dict[str, Any]):
 
 
 def torchvision_side(spec: dict[str, Any], device: torch.device, num_classes: int) -> Side:
-    """torchvision's ``FasterRCNN`` with a ResNet-FPN (``resnet_fpn_backbone``), as its reference script trains it
-    (its own resize/normalise transform, plain SGD with momentum)."""
+    """torchvision's ``FasterRCNN`` with ``resnet_fpn_backbone``, as its reference script trains it."""
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops import FrozenBatchNorm2d
@@ -166,7 +152,6 @@ def synthetic_batch(batch_size: int, height: int, width: int, num_boxes: int, nu
     return images, targets
 
 
-# ---------------------------------------------------------------------------------------------- one measurement
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -177,7 +162,6 @@ def peak_gib(device: torch.device) -> float:
 
 
 def timed(fn, device: torch.device, iters: int) -> float:
-    """Seconds per call of ``fn`` over ``iters`` calls, the device synchronised at both ends."""
     synchronize(device)
     start = time.perf_counter()
     for _ in range(iters):
@@ -187,11 +171,8 @@ def timed(fn, device: torch.device, iters: int) -> float:
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train and infer one side (``spec["side"]``: ours or torchvision) on one synthetic batch.
-
-    Returns ``{"train_images_per_s", "infer_images_per_s", "peak_memory_gib" (timed training iterations, after the
-    warm-up), "warmup_peak_memory_gib", "train_step_s", "amp", "side_info", "pid"}``; memory is NaN off CUDA.
-    """
+    """Train and infer one side (``spec["side"]``) on one synthetic batch; peak memory (NaN off CUDA) is over the
+    timed training iterations, the warm-up's apart."""
     device = torch.device(spec["device"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(spec.get("cudnn_benchmark", True))
@@ -227,7 +208,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """One measurement in this process: the real loop (``spec["kind"] == "real"``) or :func:`measure`."""
     return real_loop_worker(spec) if spec.get("kind") == "real" else measure(spec)
 
 
@@ -257,14 +237,11 @@ def ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(b) and not math.isnan(a) else float("nan")
 
 
-# ---------------------------------------------------------------------------------------------- the modes
 def run_benchmark(device: str, batch_sizes: list[int], amp_modes: list[bool], size: list[int],
                   settings: tuple[str, ...] = SETTINGS, backbone: str = "resnet50", warmup: int = 5,
                   iters: int = 20, compile: str = "none", isolation: str = "process",
                   overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Both sides over settings x batch sizes x AMP modes on ``size`` = [H, W] images; ``overrides`` change our
-    side only. ``{"settings", "device", "torch", "torchvision", "date", "results": [{"setting", "batch_size",
-    "amp", "ours", "torchvision", "ratio"}, ...]}``."""
+    """Both sides over settings x batch sizes x AMP modes on ``size`` = [H, W] images; ``overrides``: ours only."""
     results = []
     for setting, batch_size, amp in itertools.product(settings, batch_sizes, amp_modes):
         row: dict[str, Any] = {"setting": setting, "batch_size": batch_size}
@@ -302,9 +279,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 def real_loop(configs: list[str], overrides: list[str], iters: int = 100, device: str | None = None,
               isolation: str = "process", synthetic_warmup: int = 3, synthetic_iters: int = 10) -> dict[str, Any]:
-    """Time ``detector.engine.trainer.train`` on ``configs`` + ``overrides`` for ``iters`` iterations (log windows
-    of ``iters // 5``; a temporary run folder, a short final evaluation) beside the synthetic figure of the same
-    model, batch and AMP on the run's most frequent padded shape; ``{"real", "synthetic", "ratio", "shape", ...}``."""
+    """The trainer for ``iters`` iterations (log windows of ``iters // 5``) beside the synthetic figure of the same
+    model, batch and AMP on the run's most frequent padded shape."""
     cfg = load_config(configs, overrides)
     log_period = max(1, iters // 5)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -325,7 +301,7 @@ def real_loop(configs: list[str], overrides: list[str], iters: int = 100, device
 
 
 def real_loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """The real loop of :func:`real_loop`, in the calling process; medians over the log windows but the first."""
+    """The real loop of :func:`real_loop` in this process; medians over the log windows but the first."""
     batch_size = load_config(spec["configs"], spec["overrides"]).train.batch_size
     with tempfile.TemporaryDirectory(prefix="detector-bench-") as run_dir:
         cfg = load_config(spec["configs"], [
@@ -362,14 +338,8 @@ def format_real(report: dict[str, Any]) -> str:
 
 def profile_step(configs: list[str], overrides: list[str], device: str | None = None, warmup: int = 3,
                  steps: int = 2) -> dict[str, Any]:
-    """``torch.profiler`` over ``steps`` training steps (after ``warmup``) of the config's model on real loader
-    batches, stepped as the trainer steps it.
-
-    Returns ``{"step_s", "device", "ops_per_step", "sync_ops_per_step": {op: count}, "cuda_runtime_per_step":
-    {call: count}, "table"}``: ``sync_ops_per_step`` are the ops that make the host wait for the device
-    (``_local_scalar_dense`` is ``.item()``/``float()``/``int()`` of a tensor); on CUDA the runtime's
-    synchronisations and memcpys per step too (a copy from pageable host memory also waits).
-    """
+    """``torch.profiler`` over ``steps`` training steps on real loader batches: ops per step, the ops that make the
+    host wait (``_local_scalar_dense`` is ``.item()``), on CUDA the runtime's synchronisations and memcpys."""
     from torch.profiler import ProfilerActivity, profile
     cfg = load_config(configs, [*overrides, "data.loader.num_workers=0"])
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -391,10 +361,8 @@ def profile_step(configs: list[str], overrides: list[str], device: str | None = 
 
 
 def loader_throughput(cfg, split: str = "train", num_workers: int = 0, num_batches: int = 50) -> dict:
-    """Images per second through decode + transforms + collate over ``num_batches`` batches of
-    ``cfg.train.batch_size`` images of ``split`` with ``num_workers`` workers; the first batch (worker start-up) is
-    timed apart. ``{"split", "num_workers", "batch_size", "num_batches", "images", "seconds", "images_per_s",
-    "batches_per_s", "first_batch_s", "dataset_images"}``; a finite (val) loader may end before ``num_batches``."""
+    """Images per second through decode + transforms + collate over ``num_batches`` batches; the first batch
+    (worker start-up) is timed apart."""
     dataset = build_dataset(cfg, split)
     loader = make_dataloader(dataset, train=split == "train", batch_size=cfg.train.batch_size,
                              num_workers=num_workers, seed=cfg.seed,
@@ -419,19 +387,10 @@ def loader_throughput(cfg, split: str = "train", num_workers: int = 0, num_batch
 
 
 def padded_shapes(cfg, split: str = "train", num_batches: int = 1000, pad_buckets: tuple[int, ...] = (0,)) -> dict:
-    """The padded batch shapes a run of ``cfg`` would see, simulated from the annotation sizes alone.
-
-    Replays the loader's batch stream (the seeded, aspect-ratio grouped training sampler, or the ordered val
-    batches) and each sample's transform decisions (:meth:`DetectionTransform.plan`, drawn from the sample's seed
-    as the dataset does), without decoding an image, then pads every batch as the model would
-    (:func:`batch_padded_size`) for each ``data.input.pad_buckets`` value in ``pad_buckets`` (0 = off).
-
-    Returns ``{"split", "batches", "batch_size", "num_classes", "rows": [{"pad_buckets", "bucket_sides",
-    "distinct_shapes", "shape_counts", "padded_over_real", "padded_over_unbucketed"}, ...]}``: ``padded_over_real`` is
-    sum(N·H·W) / sum(h_i·w_i), the backbone's FLOPs per real pixel (convolutions scale with the padded area);
-    ``padded_over_unbucketed`` is that area against the same batches padded to ``size_divisibility`` only;
-    ``shape_counts`` ("HxW" -> batches) is most frequent first.
-    """
+    """The padded batch shapes a run of ``cfg`` would see, simulated without decoding an image: the loader's
+    batch sampler and each sample's transform plan, padded as the model would for each ``pad_buckets`` value (0:
+    off). ``padded_over_real``: padded over real pixels (the backbone's FLOPs per real pixel);
+    ``padded_over_unbucketed``: against padding to ``size_divisibility`` only; ``shape_counts``: most frequent first."""
     dataset = build_dataset(cfg, split)
     loader = make_dataloader(dataset, train=split == "train", batch_size=cfg.train.batch_size, num_workers=0,
                              seed=cfg.seed, group_by_aspect_ratio=cfg.data.loader.aspect_ratio_grouping)

@@ -6,23 +6,20 @@
         [--launcher local|slurm] [--force] [--report-only] [key=value ...]
 
 Every (config, sweep value, seed) trains with identical data, schedule and budget into ``DIR/runs/<name>``
-(default DIR: ``runs/ablation-<config names>``); the same command continues an ablation. A finished run is
-reused only when its stored config.yaml matches what this command would run (observational keys such as log
-periods and loader workers aside); otherwise the command stops before any training, naming the run and the keys:
-``--force`` trains such runs again (replacing them), or pick another ``--out``. An interrupted run resumes.
-
-``--jobs N`` trains N runs at once, round-robin over the GPUs in CUDA_VISIBLE_DEVICES (else all), several per GPU
-when N exceeds them, each with cores // N CPU threads. ``--launcher slurm`` submits the runs as one SLURM job
-array through submitit (pip install submitit) and waits for it (``--no-wait``: return at once; the same command
-with ``--report-only`` writes the report once the jobs finish).
+(default DIR: ``runs/ablation-<config names>``); the same command continues an ablation: an interrupted run
+resumes, a finished one is reused only when its stored config.yaml matches (log periods and loader workers aside);
+otherwise nothing trains and the run and keys are named (``--force`` trains such runs again, or pick another --out).
+``--jobs N``: N runs at once, round-robin over the GPUs of CUDA_VISIBLE_DEVICES (else all), cores // N CPU threads
+each. ``--launcher slurm``: one SLURM job array through submitit; ``--no-wait`` returns at once (then the same
+command with ``--report-only`` writes the report).
 
 ``DIR`` then holds summary.md (mean ± std per config; per metric the paired difference to the baseline with its 95%
 Student-t interval, p value and Holm-corrected verdict over every test of the report, the smallest detectable
 difference at 80% power, failed seeds counted; the IoU distribution of each config's true positives), summary.csv
-(every run's metrics, AP at each IoU) and plots; ``tensorboard --logdir DIR/runs`` compares the runs.
+(every run's metrics) and plots; ``tensorboard --logdir DIR/runs`` compares the runs.
 
-Exit codes: 0 every run finished and the report is written; 1 some run failed (the report lists it) or the report
-could not be written; 2 a bad option, config or run folder (nothing trained); 130 stopped by Ctrl-C.
+Exit codes: 0 every run finished; 1 some run failed (the report lists it) or no report; 2 a bad option, config or
+run folder (nothing trained); 130 stopped by Ctrl-C.
 """
 import argparse
 import importlib.util
@@ -103,18 +100,15 @@ def run(args, command: str) -> int:
 def check_options(args, cfgs: list[str]) -> None:
     if not cfgs:
         raise AblationError("--cfgs: name at least one config (e.g. --cfgs l2.yaml smoothl1.yaml)")
-    if args.jobs is not None and args.jobs < 1:
-        raise AblationError(f"--jobs {args.jobs}: must be at least 1")
     if args.report_only and args.force:
         raise AblationError("--report-only trains nothing, so --force has nothing to rerun; drop one of them")
     given = [f"--{name.replace('_', '-')}" for name in SLURM_OPTIONS if getattr(args, name) not in (None, False)]
     if given and args.launcher != "slurm":
         raise AblationError(f"{', '.join(given)}: SLURM options; add --launcher slurm")
-    for name in ("gpus_per_run", "cpus_per_run"):
-        value = getattr(args, name)
-        if value is not None and value < (0 if name == "gpus_per_run" else 1):
-            raise AblationError(f"--{name.replace('_', '-')} {value}: must be at least "
-                                f"{0 if name == 'gpus_per_run' else 1}")
+    for flag, value, least in (("--jobs", args.jobs, 1), ("--gpus-per-run", args.gpus_per_run, 0),
+                               ("--cpus-per-run", args.cpus_per_run, 1)):
+        if value is not None and value < least:
+            raise AblationError(f"{flag} {value}: must be at least {least}")
 
 
 def launch(args, steps, out: Path, command: str):
@@ -125,11 +119,10 @@ def launch(args, steps, out: Path, command: str):
     if args.launcher == "local":
         return run_local(steps, jobs=args.jobs or 1)
     from detector.ablation import slurm
-    options = slurm.SlurmOptions(
-        partition=args.partition, constraint=args.constraint, account=args.account, parallelism=args.jobs,
-        **({"time_min": slurm.parse_time(args.time)} if args.time else {}),
-        **({"gpus_per_run": args.gpus_per_run} if args.gpus_per_run is not None else {}),
-        **({"cpus_per_run": args.cpus_per_run} if args.cpus_per_run is not None else {}))
+    given = {"time_min": slurm.parse_time(args.time) if args.time else None, "gpus_per_run": args.gpus_per_run,
+             "cpus_per_run": args.cpus_per_run}  # None: SlurmOptions' default
+    options = slurm.SlurmOptions(partition=args.partition, constraint=args.constraint, account=args.account,
+                                 parallelism=args.jobs, **{k: v for k, v in given.items() if v is not None})
     submitted = slurm.submit(steps, out, options)
     report = f"{command} --report-only"
     if submitted:

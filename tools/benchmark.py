@@ -1,21 +1,19 @@
 #!/usr/bin/env python
 """Speed: ours against torchvision's Faster R-CNN, the real training loop, padded shapes, a profile, the loader.
 
-    python tools/benchmark.py                       # the table (GPU): scratch + finetune, batch 2 and 8, AMP off/on,
-                                                    # 800x1067, each side of each row in its own process
-    python tools/benchmark.py --compile backbone    # the same with torch.compile of our backbone
-    python tools/benchmark.py --device cpu          # a small CPU version
+    python tools/benchmark.py                     # the table (GPU): scratch + finetune, batch 2 and 8, AMP off/on,
+                                                  # 800x1067, each side of each row in its own process
+    python tools/benchmark.py --compile backbone  # the same with torch.compile of our backbone
+    python tools/benchmark.py --device cpu        # a small CPU version
     python tools/benchmark.py --real --cfg smoothl1.yaml --cfg data/coco_tiny.yaml --cfg gpu.yaml --real-iters 100
-                                                    # the real training loop for N iterations beside the synthetic
-                                                    # figure of the same model on the run's padded shape
-    python tools/benchmark.py --shapes --cfg data/coco_tiny.yaml --cfg gpu.yaml   # distinct padded shapes per
-                                                    # 1000 batches and the padding's FLOPs, per data.input.pad_buckets
+    python tools/benchmark.py --shapes --cfg data/coco_tiny.yaml --cfg gpu.yaml   # padded shapes and their FLOPs
     python tools/benchmark.py --profile --cfg smoothl1.yaml     # torch.profiler of training steps, host syncs counted
     python tools/benchmark.py --data --cfg data/coco_tiny.yaml --workers 0 4 8   # data-loader images/s
     python tools/benchmark.py --all --cfg smoothl1.yaml --cfg data/coco_tiny.yaml --cfg gpu.yaml --json bench.json
-                                                    # everything the GPU table of docs/performance.md needs
-Add --json FILE to keep every figure. Configs (--cfg, key=value) are used by --real, --shapes, --profile, --data;
-in the synthetic table key=value overrides change our side only (e.g. train.clip_grad_norm=0).
+
+--real: the trainer for N iterations beside the synthetic figure on the run's padded shape; --all: the table,
+--real and --shapes. --json FILE keeps every figure. Configs (--cfg, key=value) are used by --real, --shapes,
+--profile, --data; in the synthetic table key=value overrides change our side only (e.g. train.clip_grad_norm=0).
 """
 import argparse
 import json

@@ -1,18 +1,7 @@
-"""Running the runs of an ablation on this machine: each run is ``tools/train.py`` in its own process (a crash
-stays inside it), several at once packed onto the visible GPUs, each with its own share of the CPU.
-
-Placement (:func:`plan_slots`): ``jobs`` slots run at once; slot ``i`` is pinned to ``gpus[i % len(gpus)]``
-(``CUDA_VISIBLE_DEVICES`` of the child), so with more jobs than GPUs several runs share a GPU, at most
-``ceil(jobs / gpus)`` each. The GPU list is the user's ``CUDA_VISIBLE_DEVICES`` when set (``2,3`` -> runs on 2 and
-3), else every GPU torch counts (:func:`visible_gpus`). Each slot owns ``cores // jobs`` CPU threads, never more
-(:func:`cpu_share`): a GPU run spends them on data-loader workers (one thread computes), a CPU run on compute
-threads (``OMP_NUM_THREADS``, loading in the main process). A ``data.loader.num_workers=`` the user passed stays.
-
-The child keeps the user's environment; the repository is prepended to ``PYTHONPATH``, never replacing it
-(clusters and ``pip install --target`` deliver packages through it). Each run appends to ``<run>/train.log``.
-Each training runs in a session of its own: Ctrl-C (or SIGTERM) reaches the ablation, which starts no new run and
-forwards one SIGINT to each training (it finishes its step, writes ``last.pth``, exits); a second Ctrl-C forwards
-the trainer's "stop at once".
+"""Running an ablation's runs on this machine: each run is ``tools/train.py`` in its own process and session,
+``jobs`` at once, slot ``i`` pinned to ``gpus[i % len(gpus)]`` with ``cores // jobs`` CPU threads (:func:`plan_slots`).
+Ctrl-C (or SIGTERM) starts no new run and forwards one SIGINT to each training (it writes ``last.pth`` and exits);
+a second Ctrl-C forwards the trainer's "stop at once".
 """
 from __future__ import annotations
 
@@ -40,10 +29,9 @@ _TRACEBACK_HINT = "(set DETECTOR_TRACEBACK=1 for the traceback)"
 
 @dataclass(frozen=True)
 class Slot:
-    """Where the runs of one slot go: a GPU (None: not pinned) and the CPU share of each run."""
-    gpu: str | None
-    omp_threads: int             # OMP_NUM_THREADS of the run
-    num_workers: int             # its data.loader.num_workers (unless the user passed one)
+    gpu: str | None              # None: not pinned
+    omp_threads: int
+    num_workers: int             # data.loader.num_workers (unless the user passed one)
 
 
 def torch_device_count() -> int:
@@ -53,17 +41,12 @@ def torch_device_count() -> int:
 
 def available_cores() -> int:
     """CPU cores this process may use (its affinity mask, which SLURM and taskset set), else the machine's."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def visible_gpus(environ: Mapping[str, str], device_count: Callable[[], int] = torch_device_count) -> list[str]:
-    """The GPUs runs may be placed on, as ``CUDA_VISIBLE_DEVICES`` entries.
-
-    The user's ``CUDA_VISIBLE_DEVICES`` when set: its entries (indices, ``GPU-<uuid>`` or ``MIG-<uuid>``) up to the
-    first invalid one, as CUDA reads it (so ``""`` or ``-1`` means no GPU); otherwise ``0..device_count()-1``.
-    """
+    """The user's ``CUDA_VISIBLE_DEVICES`` entries up to the first invalid one, as CUDA reads it (``""`` or ``-1``:
+    no GPU); when unset ``0..device_count()-1``."""
     value = environ.get("CUDA_VISIBLE_DEVICES")
     if value is None:
         return [str(i) for i in range(device_count())]
@@ -76,26 +59,23 @@ def visible_gpus(environ: Mapping[str, str], device_count: Callable[[], int] = t
 
 
 def cpu_share(threads: int, on_gpu: bool) -> tuple[int, int]:
-    """(OMP threads, loader workers) of a run allowed ``threads`` CPU threads in all (at least 1): a GPU run
-    computes on the GPU, so one thread drives it and the rest load data; a CPU run spends them all on compute."""
+    """(OMP threads, loader workers) of ``threads`` (at least 1): a GPU run loads data with all but one."""
     threads = max(1, threads)
     return (1, threads - 1) if on_gpu else (threads, 0)
 
 
 def plan_slots(jobs: int, gpus: list[str], cores: int) -> list[Slot]:
-    """``jobs`` slots round-robin over ``gpus`` (CPU only when empty), each with ``max(1, cores // jobs)`` threads."""
     omp, workers = cpu_share(max(1, cores // jobs), on_gpu=bool(gpus))
     return [Slot(gpus[i % len(gpus)] if gpus else None, omp, workers) for i in range(jobs)]
 
 
 def omp_threads(slot: Slot, environ: Mapping[str, str]) -> int:
-    """A run's ``OMP_NUM_THREADS``: the slot's share, or the user's own ``OMP_NUM_THREADS`` when smaller."""
+    """The slot's share, or the user's own ``OMP_NUM_THREADS`` when smaller."""
     user = environ.get("OMP_NUM_THREADS", "")
     return min(slot.omp_threads, int(user)) if user.isdigit() and int(user) > 0 else slot.omp_threads
 
 
 def describe_slots(slots: list[Slot], runs: int, environ: Mapping[str, str]) -> str:
-    """One line: how many runs at a time, where, with which CPU share."""
     share = f"{omp_threads(slots[0], environ)} compute thread(s) + {slots[0].num_workers} loader worker(s) per run"
     if slots[0].gpu is None:
         return f"{runs} run(s), {len(slots)} at a time on the CPU; {share}"
@@ -105,8 +85,7 @@ def describe_slots(slots: list[Slot], runs: int, environ: Mapping[str, str]) -> 
 
 
 def child_env(environ: Mapping[str, str], slot: Slot) -> dict[str, str]:
-    """The environment of one training process: the user's, the repository prepended to ``PYTHONPATH``, the
-    slot's GPU, and ``OMP_NUM_THREADS`` = the slot's share (or the user's own, when smaller)."""
+    """The user's environment, the repository prepended to ``PYTHONPATH`` (never replacing it), the slot's GPU."""
     env = dict(environ)
     paths = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO)]
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *paths])
@@ -117,25 +96,20 @@ def child_env(environ: Mapping[str, str], slot: Slot) -> dict[str, str]:
 
 
 def slot_overrides(overrides: list[str], slot: Slot) -> list[str]:
-    """The run's overrides plus the slot's ``data.loader.num_workers``, unless the user passed that key."""
     if any(o.partition("=")[0].strip() == NUM_WORKERS_KEY for o in overrides):
         return list(overrides)
     return [*overrides, f"{NUM_WORKERS_KEY}={slot.num_workers}"]
 
 
 def check_trainer() -> None:
-    """The runs need the checkout's ``tools/train.py``; say so before anything starts when it is not there."""
     if not TRAIN_SCRIPT.is_file():
         raise AblationError(f"{TRAIN_SCRIPT}: the trainer script is missing; run the ablation from a checkout of "
                             f"detector (pip install -e .)")
 
 
 def train_command(step: Step, overrides: list[str], nproc: int = 1) -> list[str]:
-    """``tools/train.py`` for the step (through ``torch.distributed.run`` when ``nproc`` > 1)."""
-    cmd = [sys.executable, str(TRAIN_SCRIPT)]
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(TRAIN_SCRIPT)]
+    distributed = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+    cmd = [sys.executable, *distributed, str(TRAIN_SCRIPT)]
     for cfg in step.run.cfgs:
         cmd += ["--cfg", cfg]
     cmd += [*overrides, f"output_dir={step.run_dir}"]
@@ -145,11 +119,8 @@ def train_command(step: Step, overrides: list[str], nproc: int = 1) -> list[str]
 
 def execute(step: Step, env: Mapping[str, str], overrides: list[str], nproc: int = 1,
             started: Callable[[subprocess.Popen], None] | None = None) -> str | None:
-    """Train one run in a subprocess, its output appended to ``<run>/train.log``; None when it finished, else the
-    one-line reason (the trainer's own last line, e.g. its refusal to resume another experiment).
-
-    With ``started`` the trainer runs in a session of its own (a terminal's Ctrl-C reaches the ablation only, which
-    forwards it once) and ``started(process)`` is called with it."""
+    """Train one run, appending to ``<run>/train.log``; None when it finished, else the one-line reason. With
+    ``started`` the trainer gets a session of its own (Ctrl-C reaches only the ablation) and is passed to it."""
     step.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = step.run_dir / "train.log"
     cmd = train_command(step, overrides, nproc)
@@ -164,19 +135,14 @@ def execute(step: Step, env: Mapping[str, str], overrides: list[str], nproc: int
         code = process.wait()
     if code == 0 and is_finished(step.run_dir):
         return None
-    if code < 0:
-        how = f"killed by {signal.Signals(-code).name}"
-    elif code == 0:
-        how = "exit 0 without eval/metrics.json"
-    else:
-        how = f"exit {code}"
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+    how += " without eval/metrics.json" if code == 0 else ""
     line = last_line(log_path, start)
     return f"{step.run.name} failed ({how}){': ' + line if line else ''}; log: {log_path}"
 
 
 def last_line(log_path: Path, start: int = 0) -> str:
-    """The last meaningful line written to ``log_path`` after byte ``start`` (the trainer's one-line error, or
-    the last line of a traceback)."""
+    """The last meaningful line of ``log_path`` after byte ``start`` (the trainer's error, a traceback's end)."""
     try:
         with open(log_path, "rb") as f:
             f.seek(start)
@@ -190,15 +156,12 @@ def last_line(log_path: Path, start: int = 0) -> str:
 
 
 class Interrupted(DetectorError):
-    """Ctrl-C or SIGTERM stopped the ablation; it forwarded SIGINT to its trainings, which save ``last.pth``."""
-
     exit_code = 130
 
 
 def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | None = None,
               device_count: Callable[[], int] = torch_device_count, cores: int | None = None) -> dict[str, str | None]:
-    """Train every step that is not ``reuse``, ``jobs`` at a time (see the module docstring); return
-    ``{run name: None (finished) or the one-line reason it did not}``. A failed run does not stop the others."""
+    """Train every step that is not ``reuse``; ``{run name: None (finished) or why not}``."""
     todo = [s for s in steps if s.action != "reuse"]
     if not todo:
         return {}
@@ -213,6 +176,18 @@ def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | Non
     results: dict[str, str | None] = {}
     running: list[subprocess.Popen] = []
 
+    def started(process: subprocess.Popen) -> None:
+        with lock:
+            running.append(process)
+        if stop.is_set():  # started just as the ablation was stopped
+            process.send_signal(signal.SIGINT)
+
+    def forward() -> None:
+        with lock:
+            alive = [p for p in running if p.poll() is None]
+        for process in alive:
+            process.send_signal(signal.SIGINT)
+
     def worker(slot: Slot) -> None:
         while not stop.is_set():
             with lock:
@@ -224,7 +199,7 @@ def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | Non
                   f"{' (' + step.note + ')' if step.note else ''}", flush=True)
             t0 = time.monotonic()
             error = execute(step, child_env(environ, slot), slot_overrides(step.run.overrides, slot),
-                            started=lambda process: _add(running, lock, process, stop))
+                            started=started)
             results[step.run.name] = error
             print(f"[{k}/{len(todo)}] {error or f'{step.run.name}: finished in {time.monotonic() - t0:.0f} s'}",
                   flush=True)
@@ -237,32 +212,16 @@ def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | Non
             _join(threads)
         except KeyboardInterrupt:
             stop.set()  # no new run starts
-            _forward(running, lock)
+            forward()
             print("stopping: each running training finishes its step, writes last.pth and exits (Ctrl-C again: at "
                   "once); rerun the same command to resume", flush=True)
             try:
                 _join(threads)
             except KeyboardInterrupt:
-                _forward(running, lock)  # the trainers' second Ctrl-C: they exit at once
+                forward()  # the trainers' second Ctrl-C: they exit at once
                 _join(threads)
             raise Interrupted("stopped: each training wrote its last.pth; rerun the same command to resume") from None
     return results
-
-
-def _add(running: list[subprocess.Popen], lock: threading.Lock, process: subprocess.Popen,
-         stop: threading.Event) -> None:
-    with lock:
-        running.append(process)
-    if stop.is_set():  # started just as the ablation was stopped
-        process.send_signal(signal.SIGINT)
-
-
-def _forward(running: list[subprocess.Popen], lock: threading.Lock) -> None:
-    """SIGINT to every training still running (each got its own session, so nothing else reached them)."""
-    with lock:
-        alive = [p for p in running if p.poll() is None]
-    for process in alive:
-        process.send_signal(signal.SIGINT)
 
 
 def _join(threads: list[threading.Thread]) -> None:
@@ -273,7 +232,7 @@ def _join(threads: list[threading.Thread]) -> None:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
-    """SIGTERM to the ablation (a batch system, ``kill``) stops it like Ctrl-C: its trainings save and stop too."""
+    """SIGTERM (a batch system, ``kill``) stops the ablation like Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

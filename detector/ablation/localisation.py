@@ -1,13 +1,7 @@
-"""Where a loss helps: how well a run's true-positive detections are localised.
-
-From ``eval/detections.json`` (COCO results: image_id, category_id, bbox xywh, score) and the val ground truth
-of the run's stored ``config.yaml``: every detection with score >= :data:`SCORE_THRESHOLD` is matched the COCO
-way, per image and category in descending score order, to the unmatched non-crowd ground-truth box it overlaps
-most, if that IoU is >= :data:`MATCH_IOU` (no per-image cap: the model's own ``detections_per_img`` applies).
-The IoUs of the matched detections (the true positives) are summarised per run as :data:`LOCALISATION`: their
-number, median and the fractions with IoU >= 0.75 and >= 0.9. When the optional ``tidecv`` package (TIDE, Bolya et al.
-2020; ``pip install -e ".[tide]"``) is importable, ``tide_loc_dap`` adds TIDE's localisation-error dAP (AP points
-at IoU 0.5 recovered by fixing mislocalised detections).
+"""How well a run's true-positive detections are localised, from ``eval/detections.json`` and the val ground truth
+of its stored ``config.yaml``: each detection with score >= :data:`SCORE_THRESHOLD` is matched the COCO way (per
+image and category by descending score, to the unmatched non-crowd box it overlaps most, at IoU >= :data:`MATCH_IOU`);
+the matched IoUs are summarised as :data:`LOCALISATION`, with TIDE's localisation-error dAP when ``tidecv`` imports.
 """
 from __future__ import annotations
 
@@ -30,7 +24,6 @@ GroundTruth = Mapping[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def load_ground_truth(cfg) -> GroundTruth:
-    """The val ground truth of a run's config, through the project's dataset (its subsets and classes)."""
     from detector.data import build_dataset
     dataset = build_dataset(cfg, "val", transforms=False)
     gt = {}
@@ -41,14 +34,8 @@ def load_ground_truth(cfg) -> GroundTruth:
     return gt
 
 
-def _xyxy(bbox) -> list[float]:
-    x, y, w, h = bbox
-    return [x, y, x + w, y + h]
-
-
 def tp_ious(gt: GroundTruth, detections: list[dict]) -> torch.Tensor:
-    """The IoU of every true positive of ``detections`` (COCO results) with its matched ground truth; see the
-    module docstring for the matching."""
+    """The IoU of every true positive of ``detections`` (COCO results) with its matched ground truth."""
     from torchvision.ops import box_iou
     by_key: dict[tuple[int, int], list[dict]] = {}
     for det in detections:
@@ -63,7 +50,8 @@ def tp_ious(gt: GroundTruth, detections: list[dict]) -> torch.Tensor:
         if not keep.any():
             continue
         dets.sort(key=lambda d: -d["score"])  # stable: ties keep the file's order, as COCOeval's mergesort
-        overlaps = box_iou(torch.tensor([_xyxy(d["bbox"]) for d in dets], dtype=torch.float32), boxes[keep])
+        xyxy = [[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)]
+        overlaps = box_iou(torch.tensor(xyxy, dtype=torch.float32), boxes[keep])
         matched = torch.zeros(overlaps.shape[1], dtype=torch.bool)
         for row in overlaps:
             row = row.masked_fill(matched, -1.0)
@@ -75,7 +63,6 @@ def tp_ious(gt: GroundTruth, detections: list[dict]) -> torch.Tensor:
 
 
 def summarise(ious: torch.Tensor) -> dict[str, float | None]:
-    """Count, median and fractions >= 0.75, >= 0.9 of the TP IoUs (None but the count without true positives)."""
     if not len(ious):
         return {"tp_count": 0, **{name: None for name in LOCALISATION[1:4]}}
     return {"tp_count": len(ious), "tp_iou_median": float(ious.quantile(0.5)),
@@ -91,8 +78,7 @@ def tide_available() -> bool:
 
 
 def tide_loc_dap(gt: GroundTruth, detections: list[dict]) -> float | None:
-    """TIDE's localisation-error dAP (AP points at IoU 0.5); None when ``tidecv`` is not importable. Built from
-    ``gt`` directly: tidecv's own COCO reader needs a ``segmentation`` on every annotation."""
+    """None when ``tidecv`` is not importable. Built from ``gt``: tidecv's COCO reader needs segmentations."""
     if not tide_available():
         return None
     from tidecv import TIDE, Data
@@ -110,9 +96,8 @@ def tide_loc_dap(gt: GroundTruth, detections: list[dict]) -> float | None:
 
 
 def run_localisation(run_dir: Path, ground_truth: dict) -> tuple[dict[str, float | None], torch.Tensor | None]:
-    """(the :data:`LOCALISATION` values, the TP IoUs) of one finished run; ({}, None) without
-    ``eval/detections.json``. ``ground_truth`` caches the val ground truth per data config (an ablation's runs
-    share it): a dict kept by the caller."""
+    """(the :data:`LOCALISATION` values, the TP IoUs) of one run; ({}, None) without ``eval/detections.json``.
+    ``ground_truth``: the caller's cache of the val ground truth per data config."""
     path = Path(run_dir) / DETECTIONS_FILE
     if not path.is_file():
         return {}, None

@@ -1,18 +1,7 @@
-"""The plan of an ablation: which runs, and what to do with each run folder before anything trains.
-
-A run is one (config, sweep value, seed). Every run of an ablation shares the data, schedule and budget (the
-same layered configs and overrides); only the loss config, the swept value and the seed differ. Runs live in
-``<out>/runs/<name>``.
-
-:func:`check_runs` decides, for every run and before the first one starts, what its folder allows:
-
-- ``train``: the folder holds no run yet;
-- ``reuse``: it holds a finished run whose stored ``config.yaml`` equals the config this ablation would run, up
-  to the purely observational keys of :data:`REUSE_SAFE_KEYS` (a finished run is never reused by its name alone);
-- ``resume``: it holds an interrupted run whose config passes the trainer's own resume check (the keys of
-  :data:`detector.engine.runs.RESUME_SAFE_KEYS` may differ: e.g. ``train.max_iters`` extends the run);
-- otherwise the ablation stops with one line naming the run, the keys that differ and the fixes; with
-  ``force`` such a run is ``overwrite``: trained again from scratch (``tools/train.py --overwrite``).
+"""The plan of an ablation: its runs (config × sweep value × seed, in ``<out>/runs/<name>``), and what each run
+folder allows before anything trains (:func:`check_runs`): ``train`` (empty); ``reuse`` (a finished run whose stored
+config equals this one up to :data:`REUSE_SAFE_KEYS`); ``resume`` (an interrupted run that passes the trainer's
+resume check); else stop naming the keys that differ, or with ``force`` ``overwrite`` (train again from scratch).
 """
 from __future__ import annotations
 
@@ -20,18 +9,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from detector.config import diff_configs, load_config
 from detector.engine.runs import RESUME_SAFE_KEYS, RunFolderError, stored_config
 from detector.errors import UsageError
 
-# Keys in which a finished run may differ from the ablation's config and still be reused: they change how a run
-# was watched or which folder it has, never its results. (train.max_iters is not one: a finished run of another
-# length is another experiment; data.loader.num_workers is set by --jobs packing and does not change the batches.)
+# keys that change how a finished run was watched or where it lives, never its results
 REUSE_SAFE_KEYS = ("output_dir", "train.resume", "train.log_period", "train.hist_period", "train.checkpoint_period",
                    "train.num_vis_images", "data.loader.num_workers")
 METRICS_FILE = Path("eval") / "metrics.json"  # written by the trainer after the final evaluation: a finished run
-ACTIONS = ("train", "reuse", "resume", "overwrite")
 
 
 class AblationError(UsageError):
@@ -40,7 +25,6 @@ class AblationError(UsageError):
 
 @dataclass
 class Run:
-    """One (config, sweep value, seed) training run."""
     group: str                   # what the report averages over seeds: "smoothl1" or "smoothl1 beta=0.5"
     seed: int
     cfgs: list[str]
@@ -48,7 +32,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        """The run's folder name: ``smoothl1_beta0.5-seed3`` (characters a path cannot hold become ``_``)."""
+        """``smoothl1_beta0.5-seed3``."""
         group = re.sub(r"[^A-Za-z0-9._+-]", "_", self.group.replace(" ", "_").replace("=", ""))
         return f"{group}-seed{self.seed}"
 
@@ -56,16 +40,14 @@ class Run:
         return Path(out) / "runs" / self.name
 
     def config(self, out: Path):
-        """The resolved config this run trains with (what the trainer stores as ``<run>/config.yaml``)."""
         return load_config(self.cfgs, [*self.overrides, f"output_dir={self.run_dir(out)}"])
 
 
 @dataclass
 class Step:
-    """What the launcher does with one run: an action of :data:`ACTIONS`, and why."""
     run: Run
     run_dir: Path
-    action: str
+    action: str                  # train, reuse, resume or overwrite
     device: str = "auto"         # the run's train.device (a CPU-only ablation is never pinned to GPUs)
     note: str = ""
 
@@ -84,7 +66,6 @@ def parse_sweep(text: str) -> tuple[str, list[str]]:
 
 def plan_runs(loss_cfgs: list[str], data_cfgs: list[str], seeds: int, overrides: list[str],
               sweep: str | None = None) -> list[Run]:
-    """Every (loss config, sweep value, seed); seeds are 0..seeds-1 (the ``seed`` key)."""
     if seeds < 1:
         raise AblationError(f"--seeds {seeds}: an ablation needs at least 1 seed per config (5 by default; paired "
                             f"confidence intervals need 2 or more)")
@@ -108,7 +89,6 @@ def plan_runs(loss_cfgs: list[str], data_cfgs: list[str], seeds: int, overrides:
 
 
 def groups_of(runs: list[Run]) -> list[str]:
-    """The groups in plan order."""
     return list(dict.fromkeys(run.group for run in runs))
 
 
@@ -129,9 +109,7 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
-    """The :class:`Step` of every run (see the module docstring). Reads only; raises :class:`AblationError`
-    (one line: the first offending run, how many others, the keys and the fixes) unless ``force``; a bad config
-    raises ``ConfigError``."""
+    """The :class:`Step` of every run; reads only. Without ``force`` a stale run raises one :class:`AblationError`."""
     steps, stale = [], []
     for run in runs:
         run_dir = run.run_dir(out)
@@ -144,14 +122,12 @@ def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
                 raise AblationError(str(exc)) from None
             steps.append(Step(run, run_dir, "overwrite", device=cfg.train.device, note="unreadable config.yaml"))
             continue
-        if stored is None and not finished:
-            action, differ = ("train", [])
-        elif stored is None:  # metrics without a config: nothing says which experiment they are
-            action, differ = ("reuse", ["everything (no config.yaml)"])
+        action = "reuse" if finished else "train" if stored is None else "resume"
+        if stored is None:  # finished without a config: nothing says which experiment it is
+            differ = ["everything (no config.yaml)"] if finished else []
         else:
             safe = REUSE_SAFE_KEYS if finished else RESUME_SAFE_KEYS
             differ = [k for k in diff_configs(stored, cfg.to_dict()) if k not in safe]
-            action = "reuse" if finished else "resume"
         note = ""
         if differ:
             note = f"{'finished' if finished else 'unfinished'} run of another config (differs in {', '.join(differ)})"

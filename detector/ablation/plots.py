@@ -1,8 +1,5 @@
-"""The plots of an ablation report: ``ap_vs_iou.png``, ``loss_curves.png``, ``beta.png``, ``pred_err.png`` and
-``tp_iou.png``.
-
-``groups`` maps each config to the :func:`detector.ablation.report.read_run` results of its finished runs (only
-configs with at least one finished run).
+"""The plots of an ablation report. ``groups`` maps each config with a finished run to the
+:func:`detector.ablation.report.read_run` results of its finished runs.
 """
 from __future__ import annotations
 
@@ -14,12 +11,10 @@ from detector.evaluation.coco import IOU_THRESHOLDS
 
 
 def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
-    """ap_vs_iou.png, loss_curves.png, beta.png, pred_err.png, tp_iou.png."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    import torch
 
     thresholds = np.array(IOU_THRESHOLDS)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -56,12 +51,10 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
     _save(plt, fig, [ax], out / "beta.png", legend=dynamic)
 
     fig, axes = plt.subplots(1, 4, figsize=(14, 4), sharey=True)
-    names = [g for g, rs in groups.items() if any(r["pred_err"] is not None and len(r["pred_err"]) for r in rs)]
+    errors = _pooled(groups, "pred_err")
+    names = list(errors)
     for i, coord in enumerate(DELTA_NAMES):
-        data = []
-        for group in names:
-            errs = [r["pred_err"][:, i] for r in groups[group] if r["pred_err"] is not None and len(r["pred_err"])]
-            data.append(torch.cat(errs).clamp(min=1e-4).log10().numpy())
+        data = [errs[:, i].clamp(min=1e-4).log10().numpy() for errs in errors.values()]
         if data:
             axes[i].boxplot(data, showfliers=False)
             axes[i].set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right", fontsize=8)
@@ -71,8 +64,7 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     bins = np.linspace(0.5, 1.0, 21)
-    pooled = {g: torch.cat([r["tp_ious"] for r in rs if r.get("tp_ious") is not None and len(r["tp_ious"])])
-              for g, rs in groups.items() if any(r.get("tp_ious") is not None and len(r["tp_ious"]) for r in rs)}
+    pooled = _pooled(groups, "tp_ious")
     for group, ious in pooled.items():
         ax.hist(ious.numpy(), bins=bins, density=True, histtype="step", linewidth=1.5, label=group)
     if not pooled:
@@ -82,8 +74,14 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
     _save(plt, fig, [ax], out / "tp_iou.png", legend=bool(pooled))
 
 
+def _pooled(groups: dict[str, list[dict[str, Any]]], key: str) -> dict:
+    """Per config, its runs' non-empty ``key`` tensors concatenated (configs without one left out)."""
+    import torch
+    pooled = {g: [r[key] for r in rs if r.get(key) is not None and len(r[key])] for g, rs in groups.items()}
+    return {g: torch.cat(tensors) for g, tensors in pooled.items() if tensors}
+
+
 def _save(plt, fig, axes, path: Path, legend: bool) -> None:
-    """Grid on every axis (and its legend when asked), then write ``path`` and free the figure."""
     for ax in axes:
         ax.grid(alpha=0.3)
         if legend:

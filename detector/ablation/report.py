@@ -1,23 +1,11 @@
 """The report of an ablation, written from the run folders alone (whichever launcher trained them):
-``summary.md``, ``summary.csv`` and the plots of :mod:`detector.ablation.plots`.
+``summary.md`` (mean ± std per config; the paired differences to the baseline with Holm-corrected verdicts; the
+localisation of true positives; the runs without results), ``summary.csv`` (tidy, columns :data:`CSV_COLUMNS`;
+``kind`` is run, unfinished, group or paired; AP as fractions, undefined values empty) and the plots.
 
-- ``summary.md``: per config, mean ± std over seeds of :data:`SUMMARY_METRICS`, the final ``loss_box_reg`` and
-  images/s, and "failed k of n seeds"; then, per config and metric of :data:`SUMMARY_METRICS`, the paired
-  difference to the baseline config with its 95% Student-t interval, raw and Holm-adjusted p, the detectable
-  effect and the corrected verdict (:mod:`detector.ablation.stats`; these tests are the Holm family, their number
-  stated); then the localisation of true positives (:mod:`detector.ablation.localisation`); then every run
-  without results, with its log. A config whose runs all failed stays in the tables, marked failed.
-- ``summary.csv``, tidy (one value per row): columns :data:`CSV_COLUMNS`; ``kind`` is ``run`` (one finished
-  run's metric), ``unfinished`` (a run without results, ``note`` says why), ``group`` (mean and std over seeds)
-  or ``paired`` (the tests of summary.md: mean difference to ``baseline``, its std, interval, p, p_holm,
-  detectable effect and verdict; ``note`` names failed seeds). Values are in the units of ``metrics.json``: AP as
-  a fraction 0..1, undefined values empty.
-
-A run failed when it has a folder but no ``eval/metrics.json``, or a non-finite value (it diverged): it is listed,
-counts in "failed k of n seeds", and blocks a "better" verdict for its config (a "worse" one for the baseline),
-since the seeds that survive are not a fair sample. A run not started yet is listed but is no failure.
-
-Metric names come from :mod:`detector.evaluation`; AP at each IoU threshold is read from ``AP_per_iou``.
+A run failed when it has a folder but no ``eval/metrics.json``, or a non-finite value: it counts in "failed k of n
+seeds" and blocks a "better" verdict for its config (a "worse" one for the baseline). A run not started yet is no
+failure.
 """
 from __future__ import annotations
 
@@ -31,7 +19,8 @@ from typing import Any
 
 from detector.ablation.launch import last_line
 from detector.ablation.plan import METRICS_FILE, Run, groups_of, is_finished
-from detector.ablation.localisation import LOCALISATION, TIDE_METRIC, run_localisation, tide_available
+from detector.ablation.localisation import (LOCALISATION, MATCH_IOU, SCORE_THRESHOLD, TIDE_METRIC, run_localisation,
+                                            tide_available)
 from detector.ablation.stats import (ALPHA, CONFIDENCE, MIN_PAIRS, NAN, POWER, PairedDifference, defined,
                                      detectable_effect, holm, mean_std, paired_difference, verdict)
 from detector.errors import DetectorError
@@ -40,7 +29,6 @@ from detector.evaluation.voc import VOC_METRIC_NAMES
 
 
 def iou_metric_name(threshold: float) -> str:
-    """AP at one IoU threshold: 0.9 -> ``AP90``."""
     return f"AP{round(threshold * 100)}"
 
 
@@ -57,13 +45,11 @@ NOT_STARTED = "not started"
 
 
 def run_values(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The metric name -> value of one run's ``metrics.json`` (AP at each IoU from ``AP_per_iou``)."""
     per_iou = dict(zip(PER_IOU_NAMES, metrics.get("AP_per_iou") or []))
     return {name: metrics.get(name, per_iou.get(name)) for name in CSV_METRICS if name in metrics or name in per_iou}
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
-    """Final metrics, training curves and end-of-training errors of one finished run."""
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     jsonl = run_dir / "metrics.jsonl"
     lines = jsonl.read_text().splitlines() if jsonl.is_file() else []
@@ -83,7 +69,6 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 @dataclass
 class Group:
-    """One config (or sweep value) of the ablation: its finished runs by seed, and the runs without results."""
     name: str
     planned: int
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -91,14 +76,12 @@ class Group:
 
     @property
     def failed(self) -> str:
-        """"failed k of n seeds", or "" when no run failed (see the module docstring)."""
         k = sum(why != NOT_STARTED for _, why in self.unfinished)
         return f"failed {k} of {self.planned} seeds" if k else ""
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One test of the report: the paired difference, its Holm-adjusted p, detectable effect and verdict."""
     diff: PairedDifference
     p_holm: float
     detectable: float
@@ -106,8 +89,7 @@ class Comparison:
 
 
 def collect(runs: list[Run], out: Path) -> list[Group]:
-    """The groups of the ablation, in plan order, read from ``out/runs``. Call after
-    :func:`detector.ablation.plan.check_runs` (which guarantees the finished runs are this ablation's)."""
+    """The groups in plan order, read from ``out/runs`` (after ``check_runs``: its finished runs are this one's)."""
     groups = {name: Group(name, sum(r.group == name for r in runs)) for name in groups_of(runs)}
     ground_truth: dict = {}  # the val ground truth per data config, read once
     for run in runs:
@@ -131,7 +113,6 @@ def collect(runs: list[Run], out: Path) -> list[Group]:
 
 
 def _add_localisation(result: dict, run_dir: Path, ground_truth: dict) -> None:
-    """The run's :data:`LOCALISATION` values and TP IoUs into ``result``; why not in ``localisation_error``."""
     try:
         values, result["tp_ious"] = run_localisation(run_dir, ground_truth)
     except (DetectorError, OSError, ValueError) as exc:  # the val data is gone or unreadable: report the rest
@@ -140,10 +121,8 @@ def _add_localisation(result: dict, run_dir: Path, ground_truth: dict) -> None:
 
 
 def compare(groups: list[Group], baseline: str) -> tuple[dict[str, dict[str, Comparison]], int]:
-    """Per config (not the baseline) and metric of :data:`SUMMARY_METRICS`, its :class:`Comparison` to
-    ``baseline``; and m, the number of tests (testable differences), Holm's family. The detectable effect is at
-    Holm's strictest level α / m: with 80% power whatever the other tests, so "no evidence" never claims more
-    than the corrected test delivers."""
+    """Per config and metric of :data:`SUMMARY_METRICS`, its :class:`Comparison` to ``baseline``; and m, the number
+    of tests (Holm's family). The detectable effect is at Holm's strictest level α / m."""
     base = next(g for g in groups if g.name == baseline)
     diffs = {g.name: {m: paired_difference({s: r["values"].get(m) for s, r in g.results.items()},
                                            {s: r["values"].get(m) for s, r in base.results.items()})
@@ -161,8 +140,7 @@ def compare(groups: list[Group], baseline: str) -> tuple[dict[str, dict[str, Com
 
 
 def write_report(runs: list[Run], out: Path, baseline: str, title: str = "", command: str = "") -> list[Group]:
-    """Write summary.csv, summary.md and the plots into ``out``; return the groups. Raises ``AblationError``
-    (before writing anything) when the paired intervals need scipy and it is missing."""
+    """Write summary.csv, summary.md and the plots into ``out``; return the groups."""
     from detector.ablation.plots import plot_all
     groups = collect(runs, out)
     stats = {g.name: {m: mean_std(r["values"].get(m) for r in g.results.values())
@@ -208,14 +186,22 @@ def _pct(value: float, signed: bool = False) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:{'+' if signed else ''}.1f}"
 
 
-def _cell(s, metric: str) -> str:
+def _cell(s, scale: float = 100, fmt: str = ".1f", with_std: bool = True) -> str:
+    """Mean ± std (AP in percent by default); "n/a" without values."""
     if s.n == 0:
         return "n/a"
-    if metric == "loss_box_reg":
-        return f"{s.mean:.3f}" + ("" if math.isnan(s.std) else f" ± {s.std:.3f}")
-    if metric == "images_per_s":
-        return f"{s.mean:.1f}"
-    return _pct(s.mean) + ("" if math.isnan(s.std) else f" ± {_pct(s.std)}")
+    return f"{scale * s.mean:{fmt}}" + ("" if math.isnan(s.std) or not with_std else f" ± {scale * s.std:{fmt}}")
+
+
+_CELL_FORMATS = {"loss_box_reg": (1, ".3f"), "images_per_s": (1, ".1f", False)}
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def _table_head(columns: list[str]) -> list[str]:
+    return [_row(columns), "|---" * len(columns) + "|"]
 
 
 def _p(value: float) -> str:
@@ -233,41 +219,35 @@ def _markdown(groups: list[Group], stats, paired, tests: int, baseline: str, tit
         lines.append(f"**This report is partial: {planned - done} run(s) have no results** (listed at the end).")
     columns = [*SUMMARY_METRICS, *DIAGNOSTICS]
     lines += ["", "## Mean ± std over seeds", "",
-              "COCO AP (pycocotools COCOeval) in percent; AP90 and AP95 are AP at IoU 0.90 and 0.95; std is the "
-              "sample standard deviation over seeds (one seed shows its value alone). loss_box_reg is the mean over "
-              "the last 10% of logged iterations, images_per_s the training throughput of one run. summary.csv "
-              "holds every run's numbers (AP at each IoU 0.50..0.95 too), as fractions. A failed run (no "
-              "eval/metrics.json, or a non-finite value) is in no mean; \"failed k of n seeds\" counts it.", "",
-              "| config | seeds | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+              "COCO AP in percent (AP90, AP95: at IoU 0.90, 0.95); std over seeds. loss_box_reg: the mean over the "
+              "last 10% of logged iterations; images_per_s: training throughput. summary.csv holds every run's "
+              "numbers, as fractions. A failed run is in no mean; \"failed k of n seeds\" counts it.", "",
+              *_table_head(["config", "seeds", *columns])]
     for g in groups:
         seeds = str(len(g.results)) if len(g.results) == g.planned else f"{len(g.results)} of {g.planned}"
         if not g.results:
-            lines.append(f"| {g.name} | {seeds}: **failed** | " + " | ".join("–" for _ in columns) + " |")
-            continue
-        seeds += f"; {g.failed}" if g.failed else ""
-        lines.append(f"| {g.name} | {seeds} | " + " | ".join(_cell(stats[g.name][c], c) for c in columns) + " |")
+            lines.append(_row([g.name, f"{seeds}: **failed**", *["–"] * len(columns)]))
+        else:
+            lines.append(_row([g.name, seeds + (f"; {g.failed}" if g.failed else ""),
+                               *(_cell(stats[g.name][c], *_CELL_FORMATS.get(c, ())) for c in columns)]))
     lines += ["", f"## Paired differences to {baseline}", ""]
     if not next(g for g in groups if g.name == baseline).results:
         lines.append(f"The baseline {baseline} has no finished run: there is nothing to pair with.")
     elif not paired:
         lines.append("No other config has a finished run: there is nothing to compare.")
     else:
-        level, alpha = round(100 * CONFIDENCE), f"{ALPHA:.2g}"
-        lines += [f"Per metric, d = config − {baseline} for each seed both finished (AP points); the mean of d over "
-                  f"the n pairs and a {level}% confidence interval: a Student-t interval over the paired "
-                  f"differences, mean ± t({(1 + CONFIDENCE) / 2:g}, n−1) · sd(d) / √n (scipy.stats.t.ppf), not "
-                  f"corrected for multiple testing. p: the two-sided paired t test (scipy.stats.ttest_rel). "
-                  f"**Multiple testing: {tests} tests** (every row below with a p value) are corrected together by "
-                  f"Holm's step-down method; the verdict is better or worse only when the Holm-adjusted p < {alpha}, "
-                  f"else no evidence; too few seeds when n < {MIN_PAIRS} pairs or all differences are equal (sd 0: "
-                  f"no test, not counted). A config with a failed seed gets no better verdict (a failed baseline "
-                  f"seed: no worse): the seeds that survive are not a fair sample. detectable: the smallest true "
-                  f"difference the test finds with {POWER:.0%} power at Holm's strictest level ({alpha} / the "
-                  f"number of tests), from the paired sd and n (exact, noncentral t: scipy.stats.nct); with no "
-                  f"evidence, differences above it would most likely have shown, smaller ones may exist unseen. "
+        level, alpha, quantile = round(100 * CONFIDENCE), f"{ALPHA:.2g}", (1 + CONFIDENCE) / 2
+        lines += [f"Per metric, d = config − {baseline} for each seed both finished (AP points): its mean over the n "
+                  f"pairs and a {level}% Student-t interval over the paired differences, mean ± t({quantile:g}, "
+                  f"n−1) · sd(d) / √n, uncorrected; p: the two-sided paired t test. **Multiple testing: "
+                  f"{tests} tests** (the rows with a p value) are Holm-corrected together; the verdict is better or "
+                  f"worse only when the Holm-adjusted p < {alpha}; too few seeds when n < {MIN_PAIRS} or sd(d) = 0. "
+                  f"A failed seed of the config blocks better (of the baseline: worse): the survivors are not a fair "
+                  f"sample. detectable: the smallest true difference found with {POWER:.0%} power at Holm's "
+                  f"strictest level ({alpha} / the number of tests); with no evidence, smaller ones may exist unseen. "
                   f"Metrics undefined on either side (COCO's -1) are left out.", "",
-                  f"| config | metric | pairs | mean diff | {level}% CI | p | p (Holm) | detectable | verdict |",
-                  "|---" * 9 + "|"]
+                  *_table_head(["config", "metric", "pairs", "mean diff", f"{level}% CI", "p", "p (Holm)",
+                                "detectable", "verdict"])]
         for name, by_metric in paired.items():
             for metric in SUMMARY_METRICS:
                 c = by_metric[metric]
@@ -277,8 +257,8 @@ def _markdown(groups: list[Group], stats, paired, tests: int, baseline: str, tit
                 ci = "n/a" if math.isnan(d.ci_low) else f"[{_pct(d.ci_low, True)}, {_pct(d.ci_high, True)}]"
                 detectable = "–" if math.isnan(c.detectable) else f"±{_pct(c.detectable)}"
                 verdict = f"**{c.verdict}**" if c.verdict in ("better", "worse") else c.verdict
-                lines.append(f"| {name} | {metric} | {d.n} | {_pct(d.mean, True)} | {ci} | {_p(d.p)} | "
-                             f"{_p(c.p_holm)} | {detectable} | {verdict} |")
+                lines.append(_row([name, metric, d.n, _pct(d.mean, True), ci, _p(d.p), _p(c.p_holm), detectable,
+                                   verdict]))
     lines += _localisation_markdown(groups, stats)
     unfinished = [g for g in groups if g.unfinished]
     if unfinished:
@@ -291,8 +271,6 @@ def _markdown(groups: list[Group], stats, paired, tests: int, baseline: str, tit
 
 
 def _localisation_markdown(groups: list[Group], stats) -> list[str]:
-    """The section on where a loss helps: the IoU of true-positive detections, per config."""
-    from detector.ablation.localisation import MATCH_IOU, SCORE_THRESHOLD
     lines = ["", "## Localisation of true positives", ""]
     results = [r for g in groups for r in g.results.values()]
     errors = [r["localisation_error"] for r in results if "localisation_error" in r]
@@ -310,25 +288,16 @@ def _localisation_markdown(groups: list[Group], stats) -> list[str]:
                      "\".[tide]\").")
     else:
         tide_note = "TIDE's localisation error is not shown: no run gave it."
-    lines += [f"Where a loss helps beside AP per IoU: each detection with score >= {SCORE_THRESHOLD} is matched the "
-              f"COCO way (per image and class, by descending score, to the unmatched non-crowd ground truth it "
-              f"overlaps most, at IoU >= {MATCH_IOU}); the IoUs of these true positives, per run, summarised by "
-              f"their median and the share >= 0.75 and >= 0.9, then mean ± std over seeds (tp_iou.png: their "
-              f"histogram per config). {tide_note}"]
+    lines += [f"Each detection with score >= {SCORE_THRESHOLD} is matched the COCO way (at IoU >= {MATCH_IOU}); the "
+              f"IoUs of these true positives per run, by their median and the share >= 0.75 and >= 0.9, then mean ± "
+              f"std over seeds (tp_iou.png: their histogram per config). {tide_note}"]
     if errors:
         lines.append(f"Runs without these numbers: {'; '.join(errors)}.")
     head = ["TPs per run", "median IoU", "IoU ≥ 0.75 (%)", "IoU ≥ 0.9 (%)"] + (["TIDE Loc dAP"] if tide else [])
-    lines += ["", "| config | runs | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]
+    lines += ["", *_table_head(["config", "runs", *head])]
     for g in with_tps:
         s = stats[g.name]
-        cells = [_loc_cell(s["tp_count"], 1, ".0f"), _loc_cell(s["tp_iou_median"], 1, ".3f"),
-                 _loc_cell(s["tp_iou_ge75"], 100, ".1f"), _loc_cell(s["tp_iou_ge90"], 100, ".1f")]
-        cells += [_loc_cell(s[TIDE_METRIC], 1, ".2f")] if tide else []
-        lines.append(f"| {g.name} | {s['tp_iou_median'].n} | " + " | ".join(cells) + " |")
+        cells = [_cell(s["tp_count"], 1, ".0f"), _cell(s["tp_iou_median"], 1, ".3f"), _cell(s["tp_iou_ge75"]),
+                 _cell(s["tp_iou_ge90"])] + ([_cell(s[TIDE_METRIC], 1, ".2f")] if tide else [])
+        lines.append(_row([g.name, s["tp_iou_median"].n, *cells]))
     return lines
-
-
-def _loc_cell(s, scale: float, fmt: str) -> str:
-    if s.n == 0:
-        return "n/a"
-    return f"{scale * s.mean:{fmt}}" + ("" if math.isnan(s.std) else f" ± {scale * s.std:{fmt}}")

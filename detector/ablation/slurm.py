@@ -1,13 +1,6 @@
-"""``--launcher slurm``: the runs of an ablation as one SLURM job array, through submitit.
-
-Each array task trains one run exactly as the local launcher does (:func:`detector.ablation.launch.execute`:
-``tools/train.py`` in a subprocess, the same overrides, the same ``<run>/train.log``), so the run folders, and the
-report written from them, are the same whichever launcher ran them. A task uses the CPUs SLURM gave it
-(``--cpus-per-run``) as :func:`detector.ablation.launch.cpu_share` splits them, and the GPUs SLURM gave it
-(``--gpus-per-run``; more than one trains the run with ``torch.distributed.run``). At the time limit SLURM sends
-SIGTERM: the trainer writes ``last.pth`` and stops, and the same ablation command resumes the run.
-
-submitit's files (the pickled tasks, each task's stdout/stderr) go to ``<out>/slurm/``.
+"""``--launcher slurm``: the runs of an ablation as one SLURM job array through submitit. Each task trains its
+run as the local launcher does (:func:`detector.ablation.launch.execute`), with the CPUs and GPUs SLURM gave it;
+at the time limit the trainer writes ``last.pth`` and the same command resumes. submitit's files: ``<out>/slurm/``.
 """
 from __future__ import annotations
 
@@ -34,8 +27,8 @@ class SlurmOptions:
 
 
 def parse_time(text: str) -> int:
-    """A SLURM time limit in whole minutes (seconds round up), in SLURM's formats: ``minutes``,
-    ``minutes:seconds``, ``hours:minutes:seconds``, ``days-hours``, ``days-hours:minutes[:seconds]``."""
+    """A SLURM time limit (``minutes``, ``minutes:seconds``, ``hours:minutes:seconds``,
+    ``days-hours[:minutes[:seconds]]``) in whole minutes, seconds rounded up."""
     days, dash, rest = text.strip().partition("-")
     if not dash:
         days, rest = "0", days
@@ -54,7 +47,6 @@ def parse_time(text: str) -> int:
 
 
 def run_task(step: Step, gpus_per_run: int) -> str | None:
-    """One array task: train the step's run with this task's CPUs and GPUs; None when it finished, else why not."""
     nproc = max(1, gpus_per_run)
     on_gpu = gpus_per_run > 0 and step.device != "cpu"
     omp, workers = cpu_share(available_cores() // nproc, on_gpu)
@@ -63,8 +55,7 @@ def run_task(step: Step, gpus_per_run: int) -> str | None:
 
 
 def submit(steps: list[Step], out: Path, options: SlurmOptions, cluster: str = "slurm"):
-    """Submit every step that is not ``reuse`` as one job array; return [(step, job)]. ``cluster`` is submitit's
-    executor name: ``slurm``, or ``local`` / ``debug`` (this machine; used by the tests)."""
+    """Submit every step that is not ``reuse`` as one job array; [(step, job)]. ``cluster``: submitit's executor."""
     try:
         import submitit
     except ImportError:
@@ -88,7 +79,6 @@ def submit(steps: list[Step], out: Path, options: SlurmOptions, cluster: str = "
 
 
 def wait(submitted) -> dict[str, str | None]:
-    """Wait for the array; ``{run name: None (finished) or the one-line reason}``."""
     from submitit.core.utils import UncompletedJobError
     results: dict[str, str | None] = {}
     for k, (step, job) in enumerate(submitted, 1):

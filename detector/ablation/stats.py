@@ -1,23 +1,14 @@
-"""Statistics of an ablation: mean ± std over seeds, and paired differences to a baseline with a confidence
-interval, a p value, the effect the seeds could detect, and a verdict corrected for multiple testing.
-
-Runs of different configs with the same seed share the model initialisation and the sampling order, so the
-comparison is paired by seed: d_s = x_config(s) − x_baseline(s) over the seeds s both finished. The interval is
-Student's t over those differences, mean(d) ± t(1 − α/2, n − 1) · sd(d) / √n with sd the sample standard
-deviation (n − 1), which assumes the per-seed differences are roughly normal; with n < 2 there is no interval.
-The p value is the two-sided paired t test of the same differences (``scipy.stats.ttest_rel``).
-
-A difference is *testable* with at least :data:`MIN_PAIRS` pairs and a non-zero sd (all differences equal give a
-zero-width interval and no test); otherwise its verdict is "too few seeds". The testable differences of a report
-are one family: :func:`holm` adjusts their p values, and a verdict is better / worse only when the Holm-adjusted
-p < α (:func:`verdict`). :func:`detectable_effect` is the smallest true difference such a test finds with 80%
-power. Undefined values (COCO's -1, a missing key) are left out.
+"""Statistics of an ablation, paired by seed (runs with the same seed share the initialisation and sampling
+order): d_s = x_config(s) − x_baseline(s) over the seeds both finished; a Student-t interval over them and the
+paired t test (``scipy.stats.ttest_rel``). A difference is *testable* with at least :data:`MIN_PAIRS` pairs and a
+non-zero sd; the testable differences of a report are one Holm family (:func:`holm`, :func:`verdict`). Undefined
+values (COCO's -1, a missing key) are left out.
 """
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping, Sequence
 
 from detector.errors import DetectorError
@@ -26,8 +17,7 @@ CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE           # the level of the tests, two-sided
 POWER = 0.8                      # of detectable_effect
 MIN_PAIRS = 3                    # fewer pairs: "too few seeds"
-ZERO_SD = 1e-9                   # an sd below this (metrics are fractions 0..1) is zero: float noise, not spread
-VERDICTS = ("better", "worse", "no evidence", "too few seeds")  # and "no verdict: ..." (see verdict())
+ZERO_SD = 1e-9                   # an sd below this (metrics are fractions 0..1) is float noise, not spread
 NAN = float("nan")
 
 
@@ -74,31 +64,26 @@ def _scipy_stats():
     return scipy.stats
 
 
-def t_critical(confidence: float, dof: int) -> float:
-    """The two-sided Student-t critical value, ``scipy.stats.t.ppf((1 + confidence) / 2, dof)``."""
-    return float(_scipy_stats().t.ppf((1 + confidence) / 2, dof))
-
-
 def paired_difference(config: Mapping[int, float], baseline: Mapping[int, float],
                       confidence: float = CONFIDENCE) -> PairedDifference:
-    """``config`` and ``baseline`` map seed -> metric value; see the module docstring."""
+    """``config`` and ``baseline`` map seed -> metric value."""
     seeds = sorted(s for s in config if s in baseline and defined(config[s]) and defined(baseline[s]))
     diffs = [float(config[s]) - float(baseline[s]) for s in seeds]
     n = len(diffs)
     if n < 2:
         return PairedDifference(n, diffs[0] if diffs else NAN, NAN, NAN, NAN, NAN)
     mean, std = statistics.fmean(diffs), statistics.stdev(diffs)
-    half = t_critical(confidence, n - 1) * std / math.sqrt(n)
+    half = float(_scipy_stats().t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
     d = PairedDifference(n, mean, std, mean - half, mean + half, NAN)
     if not d.testable:
         return d
     p = _scipy_stats().ttest_rel([float(config[s]) for s in seeds], [float(baseline[s]) for s in seeds]).pvalue
-    return PairedDifference(n, mean, std, d.ci_low, d.ci_high, float(p))
+    return replace(d, p=float(p))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjustment, in input order: with the m defined p values sorted p(1) <= ... <= p(m),
-    p_holm(i) = min(1, max over j <= i of (m − j + 1) · p(j)). A nan (no test) stays nan and is not counted."""
+    """Holm's step-down adjustment, in input order: p_holm(i) = min(1, max over j <= i of (m − j + 1) · p(j)) over
+    the m sorted p values; a nan (no test) stays nan and is not counted."""
     order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
     adjusted, running = [NAN] * len(p_values), 0.0
     for rank, (p, i) in enumerate(order):
@@ -108,10 +93,8 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 
 def detectable_effect(std: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
-    """The smallest true mean difference that a two-sided paired t test at level ``alpha`` over ``n`` pairs with
-    sample sd ``std`` rejects with probability ``power``: exact, from the noncentral t (``scipy.stats.nct``),
-    δ = λ · sd / √n with λ solving P(|T'| > t(1 − α/2, n − 1)) = power for T' ~ nct(n − 1, λ) (brentq). nan
-    with n < 2."""
+    """The smallest true mean difference a two-sided paired t test at ``alpha`` over ``n`` pairs of sd ``std``
+    rejects with probability ``power``: λ · sd / √n, λ from the noncentral t (``scipy.stats.nct``); nan with n < 2."""
     if n < 2 or math.isnan(std):
         return NAN
     from scipy.optimize import brentq
@@ -130,10 +113,8 @@ def detectable_effect(std: float, n: int, alpha: float = ALPHA, power: float = P
 
 def verdict(d: PairedDifference, p_holm: float, failed: str = "", baseline_failed: str = "",
             alpha: float = ALPHA) -> str:
-    """better / worse when ``d`` is testable and ``p_holm`` < ``alpha`` (higher is better); "too few seeds" when
-    not testable; else "no evidence". Failed runs bias what survives: ``failed`` (e.g. "failed 1 of 5 seeds", the
-    config's) turns better into "no verdict: failed 1 of 5 seeds", ``baseline_failed`` (the baseline's) turns
-    worse into "no verdict: baseline failed ..."."""
+    """better / worse when ``d`` is testable and ``p_holm`` < ``alpha``, else "too few seeds" or "no evidence".
+    Failed seeds bias the survivors: the config's (``failed``) block better, the baseline's block worse."""
     if not d.testable:
         return "too few seeds"
     if not p_holm < alpha:
