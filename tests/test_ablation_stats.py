@@ -142,3 +142,13 @@ def test_tide_localisation_error_when_tidecv_is_importable():
     assert localisation.tide_loc_dap(gt, dets) == pytest.approx(0.0)
     mislocalised = {"image_id": 1, "category_id": 2, "bbox": [20, 20, 20, 6], "score": 0.95}
     assert localisation.tide_loc_dap(gt, [*dets, mislocalised]) > 0
+
+
+def test_convergence_compares_the_mean_ap_at_three_quarters_and_at_the_end():
+    from detector.ablation.report import convergence
+    runs = [{"evals": {250: 0.60, 500: 0.70, 750: 0.742, 1000: 0.75}},
+            {"evals": {250: 0.50, 500: 0.72, 750: 0.744, 1000: 0.748}}]
+    iteration, at_three_quarters, at_end = convergence(runs)
+    assert iteration == 750 and at_three_quarters == pytest.approx(0.743) and at_end == pytest.approx(0.749)
+    assert convergence([{"evals": {1000: 0.7}}]) is None  # evaluated only at the end
+    assert convergence([{"evals": {}}]) is None

@@ -37,6 +37,15 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
     _save(plt, fig, axes, out / "loss_curves.png", legend=bool(groups))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    for group, results in groups.items():
+        iters = sorted(set.intersection(*(set(r["evals"]) for r in results)))
+        if len(iters) > 1:
+            values = np.array([[r["evals"][it] for it in iters] for r in results]) * 100
+            ax.errorbar(iters, values.mean(0), yerr=values.std(0), label=group, marker="o", capsize=3)
+    ax.set(xlabel="iteration", ylabel="AP (%)", title="AP during training (mean ± std over seeds)")
+    _save(plt, fig, [ax], out / "ap_curve.png", legend=bool(groups))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     dynamic = False
     for group, results in groups.items():
         for i, r in enumerate(results):

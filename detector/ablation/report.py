@@ -53,7 +53,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     jsonl = run_dir / "metrics.jsonl"
     lines = jsonl.read_text().splitlines() if jsonl.is_file() else []
-    train = [r for r in map(json.loads, filter(str.strip, lines)) if r.get("type") == "train"]
+    records = [json.loads(line) for line in lines if line.strip()]
+    train = [r for r in records if r.get("type") == "train"]
     tail = [r["loss_box_reg"] for r in train[-max(1, len(train) // 10):] if r.get("loss_box_reg") is not None]
     speeds = [r["images_per_s"] for r in train[1:] or train if r.get("images_per_s")]
     errors = None
@@ -64,7 +65,18 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     values["loss_box_reg"] = statistics.fmean(tail) if tail else None
     values["images_per_s"] = statistics.fmean(speeds) if speeds else None
     return {"metrics": metrics, "values": values, "pred_err": errors,
-            "curve": [(r["iter"], r.get("loss_box_reg"), r.get("total_loss"), r.get("beta")) for r in train]}
+            "curve": [(r["iter"], r.get("loss_box_reg"), r.get("total_loss"), r.get("beta")) for r in train],
+            "evals": {r["iter"]: r["AP"] for r in records if r.get("type") == "eval" and defined(r.get("AP"))}}
+
+
+def convergence(results: list[dict[str, Any]]) -> tuple[int, float, float] | None:
+    """(iteration at 3/4 of training, the seeds' mean AP there, mean AP at the end) for runs evaluated at both points
+    (``train.eval_period`` dividing the run in quarters), else None. Converged: the two differ by < 1 AP point."""
+    last = max((max(r["evals"]) for r in results if r["evals"]), default=None)
+    if last is None or last % 4 or not all({last * 3 // 4, last} <= set(r["evals"]) for r in results):
+        return None
+    return (last * 3 // 4, statistics.fmean(r["evals"][last * 3 // 4] for r in results),
+            statistics.fmean(r["evals"][last] for r in results))
 
 
 @dataclass
@@ -260,6 +272,13 @@ def _markdown(groups: list[Group], stats, paired, tests: int, baseline: str, tit
                 lines.append(_row([name, metric, d.n, _pct(d.mean, True), ci, _p(d.p), _p(c.p_holm), detectable,
                                    verdict]))
     lines += _localisation_markdown(groups, stats)
+    moved = {g.name: convergence(list(g.results.values())) for g in groups if g.results}
+    if any(moved.values()):
+        lines += ["", "## Convergence", "", "Mean AP over the seeds at 3/4 of training and at the end (ap_curve.png "
+                  "shows every evaluation); the budget has converged where they differ by less than 1 AP point.", "",
+                  *_table_head(["config", "AP at 3/4", "AP at the end", "change", "converged"])]
+        lines += [_row([name, f"{_pct(a)} (iteration {it})", _pct(b), _pct(b - a, True),
+                        "yes" if abs(b - a) < 0.01 else "no"]) for name, m in moved.items() if m for it, a, b in [m]]
     unfinished = [g for g in groups if g.unfinished]
     if unfinished:
         lines += ["", "## Runs without results", ""]
