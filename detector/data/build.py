@@ -154,10 +154,12 @@ def eval_subset(dataset: DetectionDataset, max_images: int | None) -> DetectionD
     return dataset.subset(range(min(max_images, len(dataset))), name=f"{dataset.name} first {max_images}")
 
 
-def build_dataloader(cfg, split: str, start_iter: int = 0, distributed: bool = False) -> torch.utils.data.DataLoader:
+def build_dataloader(cfg, split: str, start_iter: int = 0, distributed: bool = False,
+                     dataset: DetectionDataset | None = None) -> torch.utils.data.DataLoader:
     """The training loader (infinite, from batch ``start_iter`` of the ``cfg.seed`` stream) or the val loader (the
-    first ``eval.max_images`` images: :func:`eval_subset`; under ``distributed`` a disjoint slice per rank)."""
-    dataset = build_dataset(cfg, split)
+    first ``eval.max_images`` images: :func:`eval_subset`; under ``distributed`` a disjoint slice per rank).
+    ``dataset``: the split's :func:`build_dataset`, when the caller already built it."""
+    dataset = build_dataset(cfg, split) if dataset is None else dataset
     if split == "val":
         dataset = eval_subset(dataset, cfg.eval.max_images)
     rank, world_size = _rank_and_world_size(distributed)

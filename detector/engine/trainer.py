@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from detector.config import Config
-from detector.data import build_dataloader, proposals_of
+from detector.data import build_dataloader, build_dataset, proposals_of
 from detector.engine import distributed as dist_utils
 from detector.engine.checkpoint import BEST, LAST, Checkpointer, Progress
 from detector.engine.logger import RunLogger, format_value, stats_to_scalars
@@ -77,9 +77,9 @@ def _train(cfg: Config, run_dir: Path, plan, device: torch.device, distributed: 
                                                         and not cfg.deterministic)
 
     # ---------------------------------------------------------------- data, model, optimizer, state
-    train_loader = build_dataloader(cfg, "train", distributed=distributed)
+    train_set = build_dataset(cfg, "train")  # its loader is made once the resume point is known
     val_loader = build_dataloader(cfg, "val", distributed=distributed)
-    classes = train_loader.dataset.classes
+    classes = train_set.classes
     model = build_detector(cfg, num_classes=len(classes) - 1).to(device)
     if cfg.train.channels_last and device.type == "cuda":
         model.use_channels_last()
@@ -98,8 +98,7 @@ def _train(cfg: Config, run_dir: Path, plan, device: torch.device, distributed: 
             progress, path = resumed
             notice(f"resumed from {path} at iteration {progress.iteration}")
     start_iter = progress.iteration
-    if start_iter:
-        train_loader = build_dataloader(cfg, "train", start_iter=start_iter, distributed=distributed)
+    train_loader = build_dataloader(cfg, "train", start_iter=start_iter, distributed=distributed, dataset=train_set)
     if main:  # everything that can fail on the user's data has been built: the folder becomes a run now
         scaling = (f"lr {build_lr(cfg):.4g} = train.lr {cfg.train.lr:g} per {cfg.train.lr_reference_batch} images x "
                    f"{cfg.train.batch_size} images x {dist_utils.get_world_size()} process(es)")
