@@ -1,10 +1,8 @@
-"""Speed measurements; ``tools/benchmark.py`` is the command line, docs/performance.md holds the results.
+"""Speed measurements behind ``tools/benchmark.py``; docs/performance.md holds the results.
 
-:func:`run_benchmark` times ours against torchvision's Faster R-CNN (ResNet-FPN, random weights) on one seeded
-synthetic batch with the same RPN/RoI, SGD and AMP settings, ``scratch`` (BatchNorm, all trainable) and ``finetune``
-(frozen BatchNorm, stem and res2 frozen); each measurement runs in its own process (``python -m detector.benchmark
-SPEC_JSON``, :func:`run_spec`) so no autotuning, allocator cache or peak-memory counter carries over.
-:func:`real_loop` times the trainer itself; :func:`profile_step`, :func:`padded_shapes`, :func:`loader_throughput`.
+:func:`run_benchmark` times ours against torchvision's Faster R-CNN (ResNet-FPN, random weights, the same RPN/RoI,
+SGD and AMP settings) on one seeded synthetic batch; each measurement runs in its own process (``python -m
+detector.benchmark SPEC_JSON``) so no autotuning, allocator cache or peak-memory counter carries over.
 """
 from __future__ import annotations
 
@@ -46,10 +44,9 @@ CUDA_RUNTIME_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEve
 class Side:
     """A model, its optimizer and AMP choice, and one training step: the same code times both sides."""
 
-    clip: float | None = None  # max gradient norm; None: no clipping
-
-    def __init__(self, model, optimizer, amp: bool, device: torch.device, info: dict[str, Any]):
-        self.model, self.optimizer, self.info = model, optimizer, info
+    def __init__(self, model, optimizer, amp: bool, device: torch.device, info: dict[str, Any],
+                 clip: float | None = None):  # clip: max gradient norm; None: no clipping
+        self.model, self.optimizer, self.info, self.clip = model, optimizer, info, clip
         self.amp_dtype, use_scaler = amp_settings(amp, device)  # bf16 where supported, else fp16 with a scaler
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
@@ -66,13 +63,9 @@ class Side:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.after_step()
 
     def losses(self, images, targets) -> torch.Tensor:
         return sum(self.model(images, targets).values())
-
-    def after_step(self) -> None:
-        pass
 
 
 class OursSide(Side):
@@ -85,20 +78,19 @@ class OursSide(Side):
             model.use_channels_last()
         compiled = compile_submodules(model, cfg.train.compile)
         optimizer = build_optimizer(cfg, model)
-        super().__init__(model, optimizer, amp, device, {
-            "optimizer": optimizer.impl, "compiled": compiled, "pad_buckets": list(model.pad_buckets),
-            "channels_last": model.input_memory_format == torch.channels_last})
+        info = {"optimizer": optimizer.impl, "compiled": compiled, "pad_buckets": list(model.pad_buckets),
+                "channels_last": model.input_memory_format == torch.channels_last}
+        super().__init__(model, optimizer, amp, device, info, clip=cfg.train.clip_grad_norm or math.inf)
         self.weights, self.watch, self.log_period = build_loss_weights(cfg), LossWatch(False), cfg.train.log_period
-        self.clip = cfg.train.clip_grad_norm or math.inf
         self.iteration = 0
-        self.stats: dict[str, torch.Tensor] = {}
 
     def losses(self, images, targets) -> torch.Tensor:
         losses, self.stats = self.model(images, targets, proposals=proposals_of(targets))
         self.watch.record(losses, self.iteration)
         return sum(losses[k] * self.weights[k] for k in losses)
 
-    def after_step(self) -> None:
+    def step(self, images, targets) -> None:
+        super().step(images, targets)
         self.model.update_dynamic_state(self.iteration, self.stats)
         self.iteration += 1
         if self.iteration % self.log_period == 0:
@@ -142,32 +134,27 @@ def synthetic_batch(batch_size: int, height: int, width: int, num_boxes: int, nu
                     device: torch.device, seed: int = 0) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     """float images in 0..1 [3,H,W] and targets with ``num_boxes`` random valid xyxy boxes each (labels 1..K)."""
     g = torch.Generator().manual_seed(seed)
-    images, targets = [], []
-    for _ in range(batch_size):
-        images.append(torch.rand(3, height, width, generator=g).to(device))
-        wh = torch.rand(num_boxes, 2, generator=g) * torch.tensor([width * 0.4, height * 0.4]) + 16  # [B,2]
-        xy = torch.rand(num_boxes, 2, generator=g) * (torch.tensor([width, height]) - wh)
-        labels = torch.randint(1, num_classes + 1, (num_boxes,), generator=g)
-        targets.append({"boxes": torch.cat([xy, xy + wh], dim=1).to(device), "labels": labels.to(device)})
-    return images, targets
+    images = torch.rand(batch_size, 3, height, width, generator=g).to(device)
+    wh = torch.rand(batch_size, num_boxes, 2, generator=g) * torch.tensor([width * 0.4, height * 0.4]) + 16  # [N,B,2]
+    xy = torch.rand(batch_size, num_boxes, 2, generator=g) * (torch.tensor([width, height]) - wh)
+    boxes = torch.cat([xy, xy + wh], dim=2).to(device)  # [N,B,4]
+    labels = torch.randint(1, num_classes + 1, (batch_size, num_boxes), generator=g).to(device)
+    return list(images), [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels)]
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
+def timed(fn, device: torch.device, iters: int) -> tuple[float, float]:
+    """(seconds per call of ``fn`` over ``iters`` calls, the peak GiB allocated during them: NaN off CUDA)."""
+    cuda = device.type == "cuda"
+    if cuda:
         torch.cuda.synchronize(device)
-
-
-def peak_gib(device: torch.device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
-
-
-def timed(fn, device: torch.device, iters: int) -> float:
-    synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(iters):
         fn()
-    synchronize(device)
-    return (time.perf_counter() - start) / max(iters, 1)
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = (time.perf_counter() - start) / max(iters, 1)
+    return seconds, torch.cuda.max_memory_allocated(device) / 2 ** 30 if cuda else float("nan")
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +163,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(spec["device"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(spec.get("cudnn_benchmark", True))
-        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     num_classes = spec.get("num_classes", NUM_CLASSES)
     images, targets = synthetic_batch(spec["batch_size"], *spec["size"], NUM_BOXES, num_classes, device)
@@ -186,35 +172,23 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         side = torchvision_side(spec, device, num_classes)
     side.model.train()
-    timed(lambda: side.step(images, targets), device, spec["warmup"])
-    warmup_peak = peak_gib(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    train_s = timed(lambda: side.step(images, targets), device, spec["iters"])
-    peak = peak_gib(device)
-
-    def infer() -> None:
-        with side.autocast(device):
-            side.model(images)
-
+    _, warmup_peak = timed(lambda: side.step(images, targets), device, spec["warmup"])
+    train_s, peak = timed(lambda: side.step(images, targets), device, spec["iters"])
     side.model.eval()
-    with torch.inference_mode():
-        timed(infer, device, spec["warmup"])
-        infer_s = timed(infer, device, spec["iters"])
+    with torch.inference_mode(), side.autocast(device):
+        timed(lambda: side.model(images), device, spec["warmup"])
+        infer_s, _ = timed(lambda: side.model(images), device, spec["iters"])
     n = spec["batch_size"]
     return {"train_images_per_s": n / train_s, "infer_images_per_s": n / infer_s, "peak_memory_gib": peak,
             "warmup_peak_memory_gib": warmup_peak, "train_step_s": train_s,
             "amp": str(side.amp_dtype) if side.amp_dtype else "off", "side_info": side.info, "pid": os.getpid()}
 
 
-def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    return real_loop_worker(spec) if spec.get("kind") == "real" else measure(spec)
-
-
 def run_isolated(spec: dict[str, Any], isolation: str = "process", timeout: float = 1800) -> dict[str, Any]:
-    """:func:`run_spec` in a fresh Python process (``isolation="process"``) or in this one (``"none"``)."""
+    """:func:`measure` or :func:`real_loop_worker` in a fresh Python process (``isolation="process"``) or in this one
+    (``"none"``)."""
     if isolation == "none":
-        return run_spec(spec)
+        return real_loop_worker(spec) if spec.get("kind") == "real" else measure(spec)
     repo = str(Path(__file__).resolve().parent.parent)
     path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
     proc = subprocess.run([sys.executable, "-m", "detector.benchmark", json.dumps(spec)], capture_output=True,
@@ -234,7 +208,7 @@ def environment(device: str) -> dict[str, Any]:
 
 
 def ratio(a: float, b: float) -> float:
-    return a / b if b and not math.isnan(b) and not math.isnan(a) else float("nan")
+    return a / b if b else float("nan")  # NaN (peak memory off CUDA) stays NaN
 
 
 def run_benchmark(device: str, batch_sizes: list[int], amp_modes: list[bool], size: list[int],
@@ -277,18 +251,19 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def real_loop(configs: list[str], overrides: list[str], iters: int = 100, device: str | None = None,
-              isolation: str = "process", synthetic_warmup: int = 3, synthetic_iters: int = 10) -> dict[str, Any]:
+def real_loop(configs: list[str], overrides: list[str], device: str, iters: int = 100, isolation: str = "process",
+              synthetic_warmup: int = 3, synthetic_iters: int = 10) -> dict[str, Any]:
     """The trainer for ``iters`` iterations (log windows of ``iters // 5``) beside the synthetic figure of the same
     model, batch and AMP on the run's most frequent padded shape."""
     cfg = load_config(configs, overrides)
     log_period = max(1, iters // 5)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     shapes = padded_shapes(cfg, "train", num_batches=200, pad_buckets=(cfg.data.input.pad_buckets,))
     row = shapes["rows"][0]
     height, width = (int(v) for v in next(iter(row["shape_counts"])).split("x"))
-    real = run_isolated({"kind": "real", "configs": configs, "overrides": overrides, "iters": iters,
-                         "log_period": log_period, "device": device}, isolation)
+    real = run_isolated({"kind": "real", "configs": configs, "overrides": [
+        *overrides, f"train.max_iters={iters}", f"train.log_period={log_period}", f"train.checkpoint_period={iters}",
+        f"train.hist_period={iters}", "train.eval_period=0", "train.num_vis_images=0",
+        f"eval.max_images={2 * cfg.train.batch_size}", f"train.device={device}"]}, isolation)
     synthetic = run_isolated({"side": "ours", "as_configured": True, "configs": configs, "overrides": overrides,
                               "batch_size": cfg.train.batch_size, "amp": cfg.train.amp, "size": [height, width],
                               "num_classes": shapes["num_classes"], "warmup": synthetic_warmup,
@@ -301,14 +276,10 @@ def real_loop(configs: list[str], overrides: list[str], iters: int = 100, device
 
 
 def real_loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """The real loop of :func:`real_loop` in this process; medians over the log windows but the first."""
-    batch_size = load_config(spec["configs"], spec["overrides"]).train.batch_size
+    """The trainer on ``spec``'s configs and overrides (set by :func:`real_loop`) in this process, into a temporary
+    run folder; medians over the log windows but the first."""
     with tempfile.TemporaryDirectory(prefix="detector-bench-") as run_dir:
-        cfg = load_config(spec["configs"], [
-            *spec["overrides"], f"output_dir={run_dir}", f"train.max_iters={spec['iters']}",
-            f"train.log_period={spec['log_period']}", f"train.checkpoint_period={spec['iters']}",
-            f"train.hist_period={spec['iters']}", "train.eval_period=0", "train.num_vis_images=0",
-            f"eval.max_images={2 * batch_size}", f"train.device={spec['device']}"])
+        cfg = load_config(spec["configs"], [*spec["overrides"], f"output_dir={run_dir}"])
         start = time.perf_counter()
         train(cfg, run_dir)
         wall = time.perf_counter() - start
@@ -336,13 +307,12 @@ def format_real(report: dict[str, Any]) -> str:
             f"{r['cudnn_benchmark']}, optimizer {r['optimizer']}, compiled {r['compiled']}")
 
 
-def profile_step(configs: list[str], overrides: list[str], device: str | None = None, warmup: int = 3,
-                 steps: int = 2) -> dict[str, Any]:
+def profile_step(configs: list[str], overrides: list[str], device: str, warmup: int = 3, steps: int = 2) -> dict:
     """``torch.profiler`` over ``steps`` training steps on real loader batches: ops per step, the ops that make the
     host wait (``_local_scalar_dense`` is ``.item()``), on CUDA the runtime's synchronisations and memcpys."""
     from torch.profiler import ProfilerActivity, profile
     cfg = load_config(configs, [*overrides, "data.loader.num_workers=0"])
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(device)
     loader = build_dataloader(cfg, "train")
     batches = iter(loader)
     side = OursSide(cfg, dev, len(loader.dataset.classes) - 1, cfg.train.amp)
@@ -350,7 +320,7 @@ def profile_step(configs: list[str], overrides: list[str], device: str | None = 
     timed(lambda: side.step(*to_device(*next(batches), dev)), dev, warmup)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        step_s = timed(lambda: side.step(*to_device(*next(batches), dev)), dev, steps)
+        step_s, _ = timed(lambda: side.step(*to_device(*next(batches), dev)), dev, steps)
     counts = collections.Counter(e.name for e in prof.events())
     ops = sum(v for k, v in counts.items() if k.startswith(("aten::", "torchvision::")))
     sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
@@ -372,14 +342,10 @@ def loader_throughput(cfg, split: str = "train", num_workers: int = 0, num_batch
     start = time.perf_counter()
     next(iterator)
     first_batch_s = time.perf_counter() - start
-    batches = images = 0
     start = time.perf_counter()
-    for images_batch, _targets in iterator:
-        batches += 1
-        images += len(images_batch)
-        if batches == num_batches:
-            break
+    batch_lengths = [len(images) for images, _ in itertools.islice(iterator, num_batches)]
     seconds = max(time.perf_counter() - start, 1e-9)
+    batches, images = len(batch_lengths), sum(batch_lengths)
     del iterator, loader  # stop persistent workers
     return {"split": split, "num_workers": num_workers, "batch_size": cfg.train.batch_size, "num_batches": batches,
             "images": images, "seconds": seconds, "images_per_s": images / seconds, "batches_per_s": batches / seconds,
@@ -394,18 +360,15 @@ def padded_shapes(cfg, split: str = "train", num_batches: int = 1000, pad_bucket
     dataset = build_dataset(cfg, split)
     loader = make_dataloader(dataset, train=split == "train", batch_size=cfg.train.batch_size, num_workers=0,
                              seed=cfg.seed, group_by_aspect_ratio=cfg.data.loader.aspect_ratio_grouping)
-    sizes = []  # per batch: [(h_i, w_i), ...] after the transforms
-    for batch in loader.batch_sampler:  # the sampler only: nothing is loaded
-        batch_sizes = []
-        for key in batch:
-            index, sample_seed = key if isinstance(key, (tuple, list)) else (key, key)  # as DetectionDataset does
-            record = dataset.records[index]
-            generator = torch.Generator().manual_seed(int(sample_seed))
-            _, size, _ = dataset.transforms.plan(record.height, record.width, dataset.get_target(index), generator)
-            batch_sizes.append(size)
-        sizes.append(batch_sizes)
-        if len(sizes) == num_batches:
-            break
+
+    def planned_size(key) -> tuple[int, int]:  # one sample's (H', W') after the transforms, drawn as the dataset does
+        index, sample_seed = key if isinstance(key, (tuple, list)) else (key, key)
+        record = dataset.records[index]
+        generator = torch.Generator().manual_seed(int(sample_seed))
+        return dataset.transforms.plan(record.height, record.width, dataset.get_target(index), generator)[1]
+
+    # the batch sampler only: nothing is loaded
+    sizes = [[planned_size(key) for key in batch] for batch in itertools.islice(loader.batch_sampler, num_batches)]
     div = cfg.data.input.size_divisibility
     real = sum(h * w for batch in sizes for h, w in batch)
     unbucketed = sum(len(b) * math.prod(batch_padded_size(b, div)) for b in sizes)
@@ -423,4 +386,4 @@ def padded_shapes(cfg, split: str = "train", num_batches: int = 1000, pad_bucket
 
 
 if __name__ == "__main__":  # the worker of one isolated measurement: its result on the last stdout line
-    print(RESULT_MARK + json.dumps(run_spec(json.loads(sys.argv[1]))), flush=True)
+    print(RESULT_MARK + json.dumps(run_isolated(json.loads(sys.argv[1]), "none")), flush=True)
