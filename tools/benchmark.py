@@ -11,9 +11,9 @@
     python tools/benchmark.py --data --cfg data/coco_tiny.yaml --workers 0 4 8   # data-loader images/s
     python tools/benchmark.py --all --cfg smoothl1.yaml --cfg data/coco_tiny.yaml --cfg gpu.yaml --json bench.json
 
---real: the trainer for N iterations beside the synthetic figure on the run's padded shape; --all: the table,
---real and --shapes. --json FILE keeps every figure. Configs (--cfg, key=value) are used by --real, --shapes,
---profile, --data; in the synthetic table key=value overrides change our side only (e.g. train.clip_grad_norm=0).
+--real: the trainer for N iterations beside the synthetic figure on the run's padded shape. Configs (--cfg,
+key=value) are used by --real, --shapes, --profile, --data; in the synthetic table key=value overrides change our
+side only (e.g. train.clip_grad_norm=0).
 """
 import argparse
 import json
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     from detector.config import load_config
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     small = device == "cpu"
+    warmup = 3 if args.warmup is None else args.warmup  # of --profile and of --real's synthetic figure
     report = {"device": device}
     if args.data:
         cfg = load_config(args.cfg, args.overrides)
@@ -67,8 +68,7 @@ def main(argv=None) -> int:
     if args.shapes or args.all:
         report["shapes"] = shapes(load_config(args.cfg, args.overrides), args)
     if args.profile:
-        report = benchmark.profile_step(args.cfg, args.overrides, device, warmup=3 if args.warmup is None
-                                        else args.warmup, steps=args.iters or 2)
+        report = benchmark.profile_step(args.cfg, args.overrides, device, warmup=warmup, steps=args.iters or 2)
         print(report["table"])
         print(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=1))
     if not (args.data or args.shapes or args.profile or args.real):
@@ -83,9 +83,8 @@ def main(argv=None) -> int:
             compile=args.compile, isolation=args.isolation, overrides=() if args.all else tuple(args.overrides))
         print(benchmark.format_table(report["synthetic"]))
     if args.real or args.all:
-        report["real"] = benchmark.real_loop(args.cfg, args.overrides, iters=args.real_iters, device=device,
-                                             isolation=args.isolation,
-                                             synthetic_warmup=3 if args.warmup is None else args.warmup,
+        report["real"] = benchmark.real_loop(args.cfg, args.overrides, device, iters=args.real_iters,
+                                             isolation=args.isolation, synthetic_warmup=warmup,
                                              synthetic_iters=args.iters or 10)
         print(benchmark.format_real(report["real"]))
     if args.json:
