@@ -27,14 +27,9 @@ from detector.errors import DetectorError
 from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS
 from detector.evaluation.voc import VOC_METRIC_NAMES
 
-
-def iou_metric_name(threshold: float) -> str:
-    return f"AP{round(threshold * 100)}"
-
-
-PER_IOU_NAMES = tuple(iou_metric_name(t) for t in IOU_THRESHOLDS)
+PER_IOU_NAMES = tuple(f"AP{round(t * 100)}" for t in IOU_THRESHOLDS)
 _COCO_AP = tuple(n for n in COCO_METRIC_NAMES if n.startswith("AP"))
-_HIGH_IOU = tuple(iou_metric_name(t) for t in IOU_THRESHOLDS if t >= 0.9)  # where box losses separate
+_HIGH_IOU = tuple(n for n, t in zip(PER_IOU_NAMES, IOU_THRESHOLDS) if t >= 0.9)  # where box losses separate
 # every higher-is-better metric of a run: AP, AP at each IoU, the rest of COCOeval's, VOC's
 CSV_METRICS = tuple(dict.fromkeys((COCO_METRIC_NAMES[0], *PER_IOU_NAMES, *COCO_METRIC_NAMES, *VOC_METRIC_NAMES)))
 SUMMARY_METRICS = tuple(n for n in CSV_METRICS if n in _COCO_AP or n in _HIGH_IOU)  # AP AP50 AP75 AP90 AP95 APs..
@@ -44,16 +39,10 @@ CSV_COLUMNS = ("kind", "config", "seed", "run", "metric", "n", "value", "std", "
 NOT_STARTED = "not started"
 
 
-def run_values(metrics: dict[str, Any]) -> dict[str, Any]:
-    per_iou = dict(zip(PER_IOU_NAMES, metrics.get("AP_per_iou") or []))
-    return {name: metrics.get(name, per_iou.get(name)) for name in CSV_METRICS if name in metrics or name in per_iou}
-
-
 def read_run(run_dir: Path) -> dict[str, Any]:
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     jsonl = run_dir / "metrics.jsonl"
-    lines = jsonl.read_text().splitlines() if jsonl.is_file() else []
-    records = [json.loads(line) for line in lines if line.strip()]
+    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()] if jsonl.is_file() else []
     train = [r for r in records if r.get("type") == "train"]
     tail = [r["loss_box_reg"] for r in train[-max(1, len(train) // 10):] if r.get("loss_box_reg") is not None]
     speeds = [r["images_per_s"] for r in train[1:] or train if r.get("images_per_s")]
@@ -61,7 +50,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     if (run_dir / "final_errors.pt").is_file():
         import torch
         errors = torch.load(run_dir / "final_errors.pt", weights_only=True).get("hist/pred_err")
-    values = run_values(metrics)
+    known = {**dict(zip(PER_IOU_NAMES, metrics.get("AP_per_iou") or [])), **metrics}
+    values = {name: known[name] for name in CSV_METRICS if name in known}
     values["loss_box_reg"] = statistics.fmean(tail) if tail else None
     values["images_per_s"] = statistics.fmean(speeds) if speeds else None
     return {"metrics": metrics, "values": values, "pred_err": errors,
@@ -111,25 +101,21 @@ def collect(runs: list[Run], out: Path) -> list[Group]:
             result = {**read_run(run_dir), "run": run.name}
             bad = [m for m, v in result["values"].items() if isinstance(v, float) and not math.isfinite(v)]
             if not bad:
-                _add_localisation(result, run_dir, ground_truth)
+                try:
+                    values, result["tp_ious"] = run_localisation(run_dir, ground_truth)
+                except (DetectorError, OSError, ValueError) as exc:  # no val data here: report the rest
+                    values, result["tp_ious"], result["localisation_error"] = {}, None, f"{run_dir.name}: {exc}"
+                result["values"].update(values)
                 groups[run.group].results[run.seed] = result
                 continue
             why = f"diverged: non-finite {', '.join(bad)}; log: {log}"
         elif not run_dir.is_dir():
             why = NOT_STARTED
         else:
-            line = last_line(log) if log.is_file() else ""
+            line = last_line(log)
             why = f"did not finish{': ' + line if line else ''}; log: {log}"
         groups[run.group].unfinished.append((run, why))
     return list(groups.values())
-
-
-def _add_localisation(result: dict, run_dir: Path, ground_truth: dict) -> None:
-    try:
-        values, result["tp_ious"] = run_localisation(run_dir, ground_truth)
-    except (DetectorError, OSError, ValueError) as exc:  # the val data is gone or unreadable: report the rest
-        values, result["tp_ious"], result["localisation_error"] = {}, None, f"{run_dir.name}: {exc}"
-    result["values"].update(values)
 
 
 def compare(groups: list[Group], baseline: str) -> tuple[dict[str, dict[str, Comparison]], int]:
@@ -261,8 +247,7 @@ def _markdown(groups: list[Group], stats, paired, tests: int, baseline: str, tit
                   *_table_head(["config", "metric", "pairs", "mean diff", f"{level}% CI", "p", "p (Holm)",
                                 "detectable", "verdict"])]
         for name, by_metric in paired.items():
-            for metric in SUMMARY_METRICS:
-                c = by_metric[metric]
+            for metric, c in by_metric.items():
                 d = c.diff
                 if d.n == 0:
                     continue
@@ -299,14 +284,10 @@ def _localisation_markdown(groups: list[Group], stats) -> list[str]:
                      + (f" ({errors[0]})" if errors else ""))
         return lines
     tide = any(stats[g.name][TIDE_METRIC].n for g in with_tps)
-    if tide:
-        tide_note = ("TIDE Loc: TIDE's localisation-error dAP (tidecv; AP points at IoU 0.5 gained by fixing "
-                     "mislocalised detections; lower is better).")
-    elif not tide_available():
-        tide_note = ("TIDE's localisation error is not shown: tidecv is not importable (optional: pip install -e "
-                     "\".[tide]\").")
-    else:
-        tide_note = "TIDE's localisation error is not shown: no run gave it."
+    tide_note = ("TIDE Loc: TIDE's localisation-error dAP (tidecv; AP points at IoU 0.5 gained by fixing mislocalised "
+                 "detections; lower is better)." if tide else "TIDE's localisation error is not shown: " + (
+                     "no run gave it." if tide_available() else
+                     "tidecv is not importable (optional: pip install -e \".[tide]\")."))
     lines += [f"Each detection with score >= {SCORE_THRESHOLD} is matched the COCO way (at IoU >= {MATCH_IOU}); the "
               f"IoUs of these true positives per run, by their median and the share >= 0.75 and >= 0.9, then mean ± "
               f"std over seeds (tp_iou.png: their histogram per config). {tide_note}"]
