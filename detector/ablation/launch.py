@@ -5,7 +5,7 @@ a second Ctrl-C forwards the trainer's "stop at once".
 """
 from __future__ import annotations
 
-import contextlib
+import itertools
 import os
 import shlex
 import signal
@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -50,12 +50,8 @@ def visible_gpus(environ: Mapping[str, str], device_count: Callable[[], int] = t
     value = environ.get("CUDA_VISIBLE_DEVICES")
     if value is None:
         return [str(i) for i in range(device_count())]
-    gpus = []
-    for entry in (e.strip() for e in value.split(",")):
-        if not entry or (entry.lstrip("-").isdigit() and int(entry) < 0):
-            break
-        gpus.append(entry)
-    return gpus
+    entries = (e.strip() for e in value.split(","))
+    return list(itertools.takewhile(lambda e: e and not (e.lstrip("-").isdigit() and int(e) < 0), entries))
 
 
 def cpu_share(threads: int, on_gpu: bool) -> tuple[int, int]:
@@ -79,8 +75,7 @@ def describe_slots(slots: list[Slot], runs: int, environ: Mapping[str, str]) -> 
     share = f"{omp_threads(slots[0], environ)} compute thread(s) + {slots[0].num_workers} loader worker(s) per run"
     if slots[0].gpu is None:
         return f"{runs} run(s), {len(slots)} at a time on the CPU; {share}"
-    per_gpu = {gpu: sum(s.gpu == gpu for s in slots) for gpu in dict.fromkeys(s.gpu for s in slots)}
-    where = ", ".join(f"GPU {gpu} x{n}" for gpu, n in per_gpu.items())
+    where = ", ".join(f"GPU {gpu} x{n}" for gpu, n in Counter(s.gpu for s in slots).items())
     return f"{runs} run(s), {len(slots)} at a time: {where}; {share}"
 
 
@@ -109,12 +104,9 @@ def check_trainer() -> None:
 
 def train_command(step: Step, overrides: list[str], nproc: int = 1) -> list[str]:
     distributed = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
-    cmd = [sys.executable, *distributed, str(TRAIN_SCRIPT)]
-    for cfg in step.run.cfgs:
-        cmd += ["--cfg", cfg]
-    cmd += [*overrides, f"output_dir={step.run_dir}"]
-    cmd += {"resume": ["--resume"], "overwrite": ["--overwrite"]}.get(step.action, [])
-    return cmd
+    cfgs = [word for cfg in step.run.cfgs for word in ("--cfg", cfg)]
+    return [sys.executable, *distributed, str(TRAIN_SCRIPT), *cfgs, *overrides, f"output_dir={step.run_dir}",
+            *{"resume": ["--resume"], "overwrite": ["--overwrite"]}.get(step.action, [])]
 
 
 def execute(step: Step, env: Mapping[str, str], overrides: list[str], nproc: int = 1,
@@ -167,8 +159,7 @@ def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | Non
         return {}
     check_trainer()
     environ = dict(os.environ if environ is None else environ)
-    on_cpu = all(s.device == "cpu" for s in todo)
-    gpus = [] if on_cpu else visible_gpus(environ, device_count)
+    gpus = [] if all(s.device == "cpu" for s in todo) else visible_gpus(environ, device_count)
     # each run's share of the cores follows --jobs, not how many runs are left: a resumed run gets what it had
     slots = plan_slots(jobs, gpus, available_cores() if cores is None else cores)[:len(todo)]
     print(describe_slots(slots, len(todo), environ), flush=True)
@@ -207,20 +198,24 @@ def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | Non
     threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in slots]
     for thread in threads:
         thread.start()
-    with _sigterm_as_interrupt():
+    main = threading.current_thread() is threading.main_thread()  # only the main thread gets signals
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main else None  # kill: as Ctrl-C
+    try:
+        _join(threads)
+    except KeyboardInterrupt:
+        stop.set()  # no new run starts
+        forward()
+        print("stopping: each running training finishes its step, writes last.pth and exits (Ctrl-C again: at "
+              "once); rerun the same command to resume", flush=True)
         try:
             _join(threads)
         except KeyboardInterrupt:
-            stop.set()  # no new run starts
-            forward()
-            print("stopping: each running training finishes its step, writes last.pth and exits (Ctrl-C again: at "
-                  "once); rerun the same command to resume", flush=True)
-            try:
-                _join(threads)
-            except KeyboardInterrupt:
-                forward()  # the trainers' second Ctrl-C: they exit at once
-                _join(threads)
-            raise Interrupted("stopped: each training wrote its last.pth; rerun the same command to resume") from None
+            forward()  # the trainers' second Ctrl-C: they exit at once
+            _join(threads)
+        raise Interrupted("stopped: each training wrote its last.pth; rerun the same command to resume") from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     return results
 
 
@@ -228,20 +223,3 @@ def _join(threads: list[threading.Thread]) -> None:
     for thread in threads:
         while thread.is_alive():
             thread.join(0.2)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a batch system, ``kill``) stops the ablation like Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
