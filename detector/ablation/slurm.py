@@ -36,10 +36,9 @@ def parse_time(text: str) -> int:
     if not all(p.isdigit() for p in [days, *parts]) or len(parts) > 3:
         raise AblationError(f"--time {text!r}: expected a SLURM time limit, e.g. 240 (minutes), 4:00:00 or 1-00:00:00")
     numbers = [int(p) for p in parts]
-    if dash:  # days-hours[:minutes[:seconds]]
-        hours, minutes, seconds = numbers + [0] * (3 - len(numbers))
-    else:  # minutes, minutes:seconds or hours:minutes:seconds
-        hours, minutes, seconds = [0] * (len(numbers) < 3) + numbers + [0] * (len(numbers) == 1)
+    if not dash and len(numbers) < 3:  # minutes[:seconds]; else hours[:minutes[:seconds]]
+        numbers.insert(0, 0)
+    hours, minutes, seconds = (numbers + [0, 0])[:3]
     total = int(days) * 1440 + hours * 60 + minutes + math.ceil(seconds / 60)
     if total < 1:
         raise AblationError(f"--time {text!r}: the time limit must be at least 1 minute")
