@@ -65,28 +65,24 @@ def plan_slots(jobs: int, gpus: list[str], cores: int) -> list[Slot]:
     return [Slot(gpus[i % len(gpus)] if gpus else None, omp, workers) for i in range(jobs)]
 
 
-def omp_threads(slot: Slot, environ: Mapping[str, str]) -> int:
-    """The slot's share, or the user's own ``OMP_NUM_THREADS`` when smaller."""
-    user = environ.get("OMP_NUM_THREADS", "")
-    return min(slot.omp_threads, int(user)) if user.isdigit() and int(user) > 0 else slot.omp_threads
-
-
 def describe_slots(slots: list[Slot], runs: int, environ: Mapping[str, str]) -> str:
-    share = f"{omp_threads(slots[0], environ)} compute thread(s) + {slots[0].num_workers} loader worker(s) per run"
-    if slots[0].gpu is None:
-        return f"{runs} run(s), {len(slots)} at a time on the CPU; {share}"
-    where = ", ".join(f"GPU {gpu} x{n}" for gpu, n in Counter(s.gpu for s in slots).items())
-    return f"{runs} run(s), {len(slots)} at a time: {where}; {share}"
+    gpus = Counter(s.gpu for s in slots)
+    where = " on the CPU" if None in gpus else ": " + ", ".join(f"GPU {gpu} x{n}" for gpu, n in gpus.items())
+    return (f"{runs} run(s), {len(slots)} at a time{where}; {child_env(environ, slots[0])['OMP_NUM_THREADS']} "
+            f"compute thread(s) + {slots[0].num_workers} loader worker(s) per run")
 
 
 def child_env(environ: Mapping[str, str], slot: Slot) -> dict[str, str]:
-    """The user's environment, the repository prepended to ``PYTHONPATH`` (never replacing it), the slot's GPU."""
+    """The user's environment, the repository prepended to ``PYTHONPATH`` (never replacing it), the slot's GPU and
+    its share of threads (the user's own ``OMP_NUM_THREADS`` when smaller)."""
     env = dict(environ)
     paths = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO)]
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *paths])
     if slot.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu
-    env["OMP_NUM_THREADS"] = str(omp_threads(slot, environ))
+    user = environ.get("OMP_NUM_THREADS", "")
+    threads = min(slot.omp_threads, int(user)) if user.isdigit() and int(user) > 0 else slot.omp_threads
+    env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
@@ -141,9 +137,8 @@ def last_line(log_path: Path, start: int = 0) -> str:
             text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    # tqdm redraws its bar with carriage returns: the text after the last one is what the terminal showed
-    lines = [ln.rsplit("\r", 1)[-1].strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln and ln != _TRACEBACK_HINT and not ln.startswith("# ")]
+    # splitlines() also splits at the carriage returns tqdm redraws its bar with: the last piece is what was shown
+    lines = [ln for ln in map(str.strip, text.splitlines()) if ln and ln != _TRACEBACK_HINT and not ln.startswith("# ")]
     return lines[-1] if lines else ""
 
 
@@ -152,39 +147,36 @@ class Interrupted(DetectorError):
 
 
 def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | None = None,
-              device_count: Callable[[], int] = torch_device_count, cores: int | None = None) -> dict[str, str | None]:
+              cores: int | None = None) -> dict[str, str | None]:
     """Train every step that is not ``reuse``; ``{run name: None (finished) or why not}``."""
     todo = [s for s in steps if s.action != "reuse"]
     if not todo:
         return {}
     check_trainer()
     environ = dict(os.environ if environ is None else environ)
-    gpus = [] if all(s.device == "cpu" for s in todo) else visible_gpus(environ, device_count)
+    gpus = [] if all(s.device == "cpu" for s in todo) else visible_gpus(environ)
     # each run's share of the cores follows --jobs, not how many runs are left: a resumed run gets what it had
     slots = plan_slots(jobs, gpus, available_cores() if cores is None else cores)[:len(todo)]
     print(describe_slots(slots, len(todo), environ), flush=True)
-    pending, lock, stop = deque(enumerate(todo, 1)), threading.Lock(), threading.Event()
+    pending, running, stop = deque(enumerate(todo, 1)), deque(), threading.Event()  # a deque's append/pop: atomic
     results: dict[str, str | None] = {}
-    running: list[subprocess.Popen] = []
 
     def started(process: subprocess.Popen) -> None:
-        with lock:
-            running.append(process)
+        running.append(process)
         if stop.is_set():  # started just as the ablation was stopped
             process.send_signal(signal.SIGINT)
 
     def forward() -> None:
-        with lock:
-            alive = [p for p in running if p.poll() is None]
-        for process in alive:
-            process.send_signal(signal.SIGINT)
+        for process in list(running):
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
 
     def worker(slot: Slot) -> None:
         while not stop.is_set():
-            with lock:
-                if not pending:
-                    return
+            try:
                 k, step = pending.popleft()
+            except IndexError:
+                return
             where = f" on GPU {slot.gpu}" if slot.gpu is not None else ""
             print(f"[{k}/{len(todo)}] {step.run.name}: {step.action}{where}"
                   f"{' (' + step.note + ')' if step.note else ''}", flush=True)
