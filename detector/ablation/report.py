@@ -13,7 +13,7 @@ import csv
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +82,6 @@ class Group:
         return f"failed {k} of {self.planned} seeds" if k else ""
 
 
-@dataclass(frozen=True)
-class Comparison:
-    diff: PairedDifference
-    p_holm: float
-    detectable: float
-    verdict: str
-
-
 def collect(runs: list[Run], out: Path) -> list[Group]:
     """The groups in plan order, read from ``out/runs`` (after ``check_runs``: its finished runs are this one's)."""
     groups = {name: Group(name, sum(r.group == name for r in runs)) for name in groups_of(runs)}
@@ -118,9 +110,10 @@ def collect(runs: list[Run], out: Path) -> list[Group]:
     return list(groups.values())
 
 
-def compare(groups: list[Group], baseline: str) -> tuple[dict[str, dict[str, Comparison]], int]:
-    """Per config and metric of :data:`SUMMARY_METRICS`, its :class:`Comparison` to ``baseline``; and m, the number
-    of tests (Holm's family). The detectable effect is at Holm's strictest level α / m."""
+def compare(groups: list[Group], baseline: str) -> tuple[dict[str, dict[str, PairedDifference]], int]:
+    """Per config and metric of :data:`SUMMARY_METRICS`, its :class:`PairedDifference` to ``baseline`` with its
+    Holm-adjusted p, detectable effect and verdict; and m, the number of tests (Holm's family). The detectable effect
+    is at Holm's strictest level α / m."""
     base = next(g for g in groups if g.name == baseline)
     diffs = {g.name: {m: paired_difference({s: r["values"].get(m) for s, r in g.results.items()},
                                            {s: r["values"].get(m) for s, r in base.results.items()})
@@ -130,9 +123,9 @@ def compare(groups: list[Group], baseline: str) -> tuple[dict[str, dict[str, Com
     adjusted = dict(zip(family, holm([diffs[name][m].p for name, m in family])))
     alpha = ALPHA / max(1, len(family))
     failed = {g.name: g.failed for g in groups}
-    return {name: {m: Comparison(d, adjusted.get((name, m), NAN),
-                                 detectable_effect(d.std, d.n, alpha) if d.testable else NAN,
-                                 verdict(d, adjusted.get((name, m), NAN), failed[name], failed[baseline]))
+    return {name: {m: replace(d, p_holm=adjusted.get((name, m), NAN),
+                              detectable=detectable_effect(d.std, d.n, alpha) if d.testable else NAN,
+                              verdict=verdict(d, adjusted.get((name, m), NAN), failed[name], failed[baseline]))
                    for m, d in by_metric.items()}
             for name, by_metric in diffs.items()}, len(family)
 
@@ -168,12 +161,11 @@ def _write_csv(path: Path, groups: list[Group], stats, paired, baseline: str) ->
         for metric, s in stats[g.name].items():
             rows.append({"kind": "group", "config": g.name, "metric": metric, "n": s.n, "value": _num(s.mean),
                          "std": _num(s.std)})
-        for metric, c in paired.get(g.name, {}).items():
-            d = c.diff
+        for metric, d in paired.get(g.name, {}).items():
             rows.append({"kind": "paired", "config": g.name, "metric": metric, "n": d.n, "value": _num(d.mean),
                          "std": _num(d.std), "baseline": baseline, "ci95_low": _num(d.ci_low),
-                         "ci95_high": _num(d.ci_high), "p": _num(d.p), "p_holm": _num(c.p_holm),
-                         "detectable": _num(c.detectable), "verdict": c.verdict, "note": g.failed})
+                         "ci95_high": _num(d.ci_high), "p": _num(d.p), "p_holm": _num(d.p_holm),
+                         "detectable": _num(d.detectable), "verdict": d.verdict, "note": g.failed})
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
@@ -247,14 +239,13 @@ def _markdown(groups: list[Group], stats, paired, tests: int, baseline: str, tit
                   *_table_head(["config", "metric", "pairs", "mean diff", f"{level}% CI", "p", "p (Holm)",
                                 "detectable", "verdict"])]
         for name, by_metric in paired.items():
-            for metric, c in by_metric.items():
-                d = c.diff
+            for metric, d in by_metric.items():
                 if d.n == 0:
                     continue
                 ci = "n/a" if math.isnan(d.ci_low) else f"[{_pct(d.ci_low, True)}, {_pct(d.ci_high, True)}]"
-                detectable = "–" if math.isnan(c.detectable) else f"±{_pct(c.detectable)}"
-                verdict = f"**{c.verdict}**" if c.verdict in ("better", "worse") else c.verdict
-                lines.append(_row([name, metric, d.n, _pct(d.mean, True), ci, _p(d.p), _p(c.p_holm), detectable,
+                detectable = "–" if math.isnan(d.detectable) else f"±{_pct(d.detectable)}"
+                verdict = f"**{d.verdict}**" if d.verdict in ("better", "worse") else d.verdict
+                lines.append(_row([name, metric, d.n, _pct(d.mean, True), ci, _p(d.p), _p(d.p_holm), detectable,
                                    verdict]))
     lines += _localisation_markdown(groups, stats)
     moved = {g.name: convergence(list(g.results.values())) for g in groups if g.results}

@@ -35,6 +35,9 @@ class PairedDifference:
     ci_low: float                # the Student-t interval (uncorrected); nan with fewer than 2 pairs
     ci_high: float
     p: float                     # two-sided paired t test, uncorrected; nan unless testable
+    p_holm: float = NAN          # the rest: set by the report, over its family of tests (report.compare)
+    detectable: float = NAN
+    verdict: str = ""
 
     @property
     def testable(self) -> bool:
