@@ -24,7 +24,6 @@ from detector.errors import DetectorError
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO / "tools" / "train.py"
 NUM_WORKERS_KEY = "data.loader.num_workers"
-_TRACEBACK_HINT = "(set DETECTOR_TRACEBACK=1 for the traceback)"
 
 
 @dataclass(frozen=True)
@@ -63,13 +62,6 @@ def cpu_share(threads: int, on_gpu: bool) -> tuple[int, int]:
 def plan_slots(jobs: int, gpus: list[str], cores: int) -> list[Slot]:
     omp, workers = cpu_share(max(1, cores // jobs), on_gpu=bool(gpus))
     return [Slot(gpus[i % len(gpus)] if gpus else None, omp, workers) for i in range(jobs)]
-
-
-def describe_slots(slots: list[Slot], runs: int, environ: Mapping[str, str]) -> str:
-    gpus = Counter(s.gpu for s in slots)
-    where = " on the CPU" if None in gpus else ": " + ", ".join(f"GPU {gpu} x{n}" for gpu, n in gpus.items())
-    return (f"{runs} run(s), {len(slots)} at a time{where}; {child_env(environ, slots[0])['OMP_NUM_THREADS']} "
-            f"compute thread(s) + {slots[0].num_workers} loader worker(s) per run")
 
 
 def child_env(environ: Mapping[str, str], slot: Slot) -> dict[str, str]:
@@ -138,7 +130,7 @@ def last_line(log_path: Path, start: int = 0) -> str:
     except OSError:
         return ""
     # splitlines() also splits at the carriage returns tqdm redraws its bar with: the last piece is what was shown
-    lines = [ln for ln in map(str.strip, text.splitlines()) if ln and ln != _TRACEBACK_HINT and not ln.startswith("# ")]
+    lines = [ln for ln in map(str.strip, text.splitlines()) if ln and not ln.startswith("# ")]
     return lines[-1] if lines else ""
 
 
@@ -157,7 +149,10 @@ def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | Non
     gpus = [] if all(s.device == "cpu" for s in todo) else visible_gpus(environ)
     # each run's share of the cores follows --jobs, not how many runs are left: a resumed run gets what it had
     slots = plan_slots(jobs, gpus, available_cores() if cores is None else cores)[:len(todo)]
-    print(describe_slots(slots, len(todo), environ), flush=True)
+    per_gpu = Counter(s.gpu for s in slots)
+    where = " on the CPU" if None in per_gpu else ": " + ", ".join(f"GPU {gpu} x{n}" for gpu, n in per_gpu.items())
+    print(f"{len(todo)} run(s), {len(slots)} at a time{where}; {child_env(environ, slots[0])['OMP_NUM_THREADS']} "
+          f"compute thread(s) + {slots[0].num_workers} loader worker(s) per run", flush=True)
     pending, running, stop = deque(enumerate(todo, 1)), deque(), threading.Event()  # a deque's append/pop: atomic
     results: dict[str, str | None] = {}
 
