@@ -33,22 +33,18 @@ class Slot:
     num_workers: int             # data.loader.num_workers (unless the user passed one)
 
 
-def torch_device_count() -> int:
-    import torch
-    return torch.cuda.device_count()
-
-
 def available_cores() -> int:
     """CPU cores this process may use (its affinity mask, which SLURM and taskset set), else the machine's."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def visible_gpus(environ: Mapping[str, str], device_count: Callable[[], int] = torch_device_count) -> list[str]:
+def visible_gpus(environ: Mapping[str, str], device_count: Callable[[], int] | None = None) -> list[str]:
     """The user's ``CUDA_VISIBLE_DEVICES`` entries up to the first invalid one, as CUDA reads it (``""`` or ``-1``:
-    no GPU); when unset ``0..device_count()-1``."""
+    no GPU); when unset ``0..device_count()-1`` (default: torch's count)."""
     value = environ.get("CUDA_VISIBLE_DEVICES")
     if value is None:
-        return [str(i) for i in range(device_count())]
+        import torch
+        return [str(i) for i in range((device_count or torch.cuda.device_count)())]
     entries = (e.strip() for e in value.split(","))
     return list(itertools.takewhile(lambda e: e and not (e.lstrip("-").isdigit() and int(e) < 0), entries))
 
@@ -60,7 +56,7 @@ def cpu_share(threads: int, on_gpu: bool) -> tuple[int, int]:
 
 
 def plan_slots(jobs: int, gpus: list[str], cores: int) -> list[Slot]:
-    omp, workers = cpu_share(max(1, cores // jobs), on_gpu=bool(gpus))
+    omp, workers = cpu_share(cores // jobs, on_gpu=bool(gpus))
     return [Slot(gpus[i % len(gpus)] if gpus else None, omp, workers) for i in range(jobs)]
 
 
