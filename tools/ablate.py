@@ -69,7 +69,17 @@ def run(args, command: str) -> int:
     # --cfgs takes every word up to the next option: key=value words written right after it are overrides
     overrides = [c for c in args.cfgs if "=" in c] + args.overrides
     cfgs = [c for c in args.cfgs if "=" not in c]
-    check_options(args, cfgs)
+    if not cfgs:
+        raise AblationError("--cfgs: name at least one config (e.g. --cfgs l2.yaml smoothl1.yaml)")
+    if args.report_only and args.force:
+        raise AblationError("--report-only trains nothing, so --force has nothing to rerun; drop one of them")
+    given = [f"--{name.replace('_', '-')}" for name in SLURM_OPTIONS if getattr(args, name) not in (None, False)]
+    if given and args.launcher != "slurm":
+        raise AblationError(f"{', '.join(given)}: SLURM options; add --launcher slurm")
+    for flag, value, least in (("--jobs", args.jobs, 1), ("--gpus-per-run", args.gpus_per_run, 0),
+                               ("--cpus-per-run", args.cpus_per_run, 1)):
+        if value is not None and value < least:
+            raise AblationError(f"{flag} {value}: must be at least {least}")
     runs = plan_runs(cfgs, args.cfg, args.seeds, overrides, args.sweep)
     baseline = resolve_baseline(runs, args.baseline)
     out = Path(args.out) if args.out else Path("runs") / ("ablation-" + "-".join(Path(c).stem for c in cfgs))
@@ -91,20 +101,6 @@ def run(args, command: str) -> int:
               file=sys.stderr)
         return 1
     return 0
-
-
-def check_options(args, cfgs: list[str]) -> None:
-    if not cfgs:
-        raise AblationError("--cfgs: name at least one config (e.g. --cfgs l2.yaml smoothl1.yaml)")
-    if args.report_only and args.force:
-        raise AblationError("--report-only trains nothing, so --force has nothing to rerun; drop one of them")
-    given = [f"--{name.replace('_', '-')}" for name in SLURM_OPTIONS if getattr(args, name) not in (None, False)]
-    if given and args.launcher != "slurm":
-        raise AblationError(f"{', '.join(given)}: SLURM options; add --launcher slurm")
-    for flag, value, least in (("--jobs", args.jobs, 1), ("--gpus-per-run", args.gpus_per_run, 0),
-                               ("--cpus-per-run", args.cpus_per_run, 1)):
-        if value is not None and value < least:
-            raise AblationError(f"{flag} {value}: must be at least {least}")
 
 
 def launch(args, steps, out: Path, command: str):
