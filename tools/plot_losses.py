@@ -1,10 +1,9 @@
 #!/usr/bin/env python
 """Plot the box-regression losses and the beta schedules: ``python tools/plot_losses.py --out DIR``.
 
-Writes ``DIR/losses.png`` (value and autograd derivative of L1, L2, Smooth L1 with beta = 1 and 1/9, and
-Balanced L1, over the regression error x = pred - target in [-3, 3]) and ``DIR/beta_schedules.png`` (beta
-over the iterations of each explicit Dynamic Smooth L1 schedule with the defaults of ``configs/base.yaml``,
-plus an adaptive run on simulated regression targets whose spread shrinks as the proposals improve).
+Writes ``DIR/losses.png`` (value and derivative of L1, L2, Smooth L1 with beta = 1 and 1/9, and Balanced L1 over
+x = pred - target in [-3, 3]) and ``DIR/beta_schedules.png`` (beta over the iterations of each Dynamic Smooth L1
+schedule at the defaults of ``configs/base.yaml``; the adaptive one on simulated targets whose spread shrinks).
 """
 import argparse
 import sys
@@ -48,8 +47,7 @@ def simulate_adaptive(roi_cfg, iters: int, num_images: int = 4, num_pos: int = 1
     g = torch.Generator().manual_seed(seed)
     betas = []
     for it in range(iters):
-        spread = 1.0 - 0.75 * it / iters
-        targets = torch.randn(num_pos, 4, generator=g) * spread  # [P,4]
+        targets = torch.randn(num_pos, 4, generator=g) * (1.0 - 0.75 * it / iters)  # [P,4], spread 1 -> 0.25
         betas.append(schedule.beta)
         schedule.step(it, schedule.observe(targets, num_images))
     return betas
