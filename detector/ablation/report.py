@@ -1,11 +1,8 @@
-"""The report of an ablation, written from the run folders alone (whichever launcher trained them):
-``summary.md`` (mean ± std per config; the paired differences to the baseline with Holm-corrected verdicts; the
-localisation of true positives; the runs without results), ``summary.csv`` (tidy, columns :data:`CSV_COLUMNS`;
-``kind`` is run, unfinished, group or paired; AP as fractions, undefined values empty) and the plots.
-
-A run failed when it has a folder but no ``eval/metrics.json``, or a non-finite value: it counts in "failed k of n
-seeds" and blocks a "better" verdict for its config (a "worse" one for the baseline). A run not started yet is no
-failure.
+"""The report of an ablation, from the run folders alone (whichever launcher trained them): ``summary.md``,
+``summary.csv`` (tidy, columns :data:`CSV_COLUMNS`; ``kind`` is run, unfinished, group or paired; AP as fractions,
+undefined values empty) and the plots. A run failed when it has a folder but no ``eval/metrics.json``, or a
+non-finite value: it counts in "failed k of n seeds" and blocks a "better" verdict for its config (a "worse" one for
+the baseline); a run not started yet is no failure.
 """
 from __future__ import annotations
 
@@ -28,11 +25,10 @@ from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS
 from detector.evaluation.voc import VOC_METRIC_NAMES
 
 PER_IOU_NAMES = tuple(f"AP{round(t * 100)}" for t in IOU_THRESHOLDS)
-_COCO_AP = tuple(n for n in COCO_METRIC_NAMES if n.startswith("AP"))
 _HIGH_IOU = tuple(n for n, t in zip(PER_IOU_NAMES, IOU_THRESHOLDS) if t >= 0.9)  # where box losses separate
 # every higher-is-better metric of a run: AP, AP at each IoU, the rest of COCOeval's, VOC's
 CSV_METRICS = tuple(dict.fromkeys((COCO_METRIC_NAMES[0], *PER_IOU_NAMES, *COCO_METRIC_NAMES, *VOC_METRIC_NAMES)))
-SUMMARY_METRICS = tuple(n for n in CSV_METRICS if n in _COCO_AP or n in _HIGH_IOU)  # AP AP50 AP75 AP90 AP95 APs..
+SUMMARY_METRICS = tuple(n for n in CSV_METRICS if n in COCO_METRIC_NAMES and n.startswith("AP") or n in _HIGH_IOU)
 DIAGNOSTICS = ("loss_box_reg", "images_per_s")  # per-run numbers that are not scores (no paired verdict)
 CSV_COLUMNS = ("kind", "config", "seed", "run", "metric", "n", "value", "std", "baseline", "ci95_low", "ci95_high",
                "p", "p_holm", "detectable", "verdict", "note")
