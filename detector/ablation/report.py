@@ -263,8 +263,7 @@ def _markdown(groups: list[Group], stats, paired, tests: int, baseline: str, tit
 
 def _localisation_markdown(groups: list[Group], stats) -> list[str]:
     lines = ["", "## Localisation of true positives", ""]
-    results = [r for g in groups for r in g.results.values()]
-    errors = [r["localisation_error"] for r in results if "localisation_error" in r]
+    errors = [r["localisation_error"] for g in groups for r in g.results.values() if "localisation_error" in r]
     with_tps = [g for g in groups if stats[g.name]["tp_iou_median"].n]
     if not with_tps:
         lines.append("No finished run has eval/detections.json and its val data here: nothing to show."

@@ -97,8 +97,8 @@ def detectable_effect(std: float, n: int, alpha: float = ALPHA) -> float:
     n < 2."""
     if n < 2 or math.isnan(std):
         return NAN
+    stats, dof = _scipy_stats(), n - 1  # first: without scipy, its one-line error
     from scipy.optimize import brentq
-    stats, dof = _scipy_stats(), n - 1
     crit = stats.t.ppf(1 - alpha / 2, dof)
 
     def shortfall(nc: float) -> float:
