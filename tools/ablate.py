@@ -5,18 +5,12 @@
         [--sweep model.roi_head.box_loss.beta=0.05,0.11,0.5,1.0] [--baseline smoothl1] [--out DIR] [--jobs N] \\
         [--launcher local|slurm] [--force] [--report-only] [key=value ...]
 
-Every (config, sweep value, seed) trains with identical data, schedule and budget into ``DIR/runs/<name>``
-(default DIR: ``runs/ablation-<config names>``); the same command continues an ablation: an interrupted run
-resumes, a finished one is reused only when its stored config.yaml matches (log periods and loader workers aside);
-otherwise nothing trains and the run and keys are named (``--force`` trains such runs again, or pick another --out).
-``--jobs N``: N runs at once, round-robin over the GPUs of CUDA_VISIBLE_DEVICES (else all), cores // N CPU threads
-each. ``--launcher slurm``: one SLURM job array through submitit; ``--no-wait`` returns at once (then the same
-command with ``--report-only`` writes the report).
-
-``DIR`` then holds summary.md (mean ± std per config; per metric the paired difference to the baseline with its 95%
-Student-t interval, p value and Holm-corrected verdict over every test of the report, the smallest detectable
-difference at 80% power, failed seeds counted; the IoU distribution of each config's true positives), summary.csv
-(every run's metrics) and plots; ``tensorboard --logdir DIR/runs`` compares the runs.
+Every (config, sweep value, seed) trains with identical data, schedule and budget into ``DIR/runs/<name>``. The
+same command continues an ablation: an interrupted run resumes, a finished one is reused only when its stored
+config.yaml matches (log periods and loader workers aside); otherwise nothing trains and the run and keys are named.
+DIR then holds summary.md (mean ± std per config; per metric the paired difference to the baseline with its 95%
+Student-t interval, p value, Holm-corrected verdict over every test, smallest detectable difference at 80% power and
+failed seeds; the IoUs of each config's true positives), summary.csv and plots (or: tensorboard --logdir DIR/runs).
 
 Exit codes: 0 every run finished; 1 some run failed (the report lists it) or no report; 2 a bad option, config or
 run folder (nothing trained); 130 stopped by Ctrl-C.
@@ -42,13 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep", help="key=v1,v2,... : one group per value (e.g. a beta sweep)")
     parser.add_argument("--baseline", help="config the paired differences are taken against (default: the first)")
     parser.add_argument("--out", help="output folder (default runs/ablation-<names>)")
-    parser.add_argument("--jobs", type=int, help="runs at once (local: default 1, packed round-robin on the GPUs; "
-                        "slurm: most array tasks running at once, default no limit)")
+    parser.add_argument("--jobs", type=int, help="runs at once (local: default 1, round-robin over the GPUs of "
+                        "CUDA_VISIBLE_DEVICES, else all, cores // JOBS CPU threads each; slurm: most array tasks at "
+                        "once, default no limit)")
     parser.add_argument("--force", action="store_true", help="train again (replacing them) the runs whose folder "
-                        "holds a run of another config")
+                        "holds a run of another config (or pick another --out)")
     parser.add_argument("--report-only", action="store_true", help="write the report from the run folders; train "
                         "nothing")
-    parser.add_argument("--launcher", choices=("local", "slurm"), default="local", help="where the runs train")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local", help="where the runs train "
+                        "(slurm: one job array through submitit)")
     parser.add_argument("--title", default="", help="title of summary.md")
     slurm = parser.add_argument_group("--launcher slurm")
     slurm.add_argument("--partition", help="SLURM partition")
@@ -73,7 +69,17 @@ def run(args, command: str) -> int:
     # --cfgs takes every word up to the next option: key=value words written right after it are overrides
     overrides = [c for c in args.cfgs if "=" in c] + args.overrides
     cfgs = [c for c in args.cfgs if "=" not in c]
-    check_options(args, cfgs)
+    if not cfgs:
+        raise AblationError("--cfgs: name at least one config (e.g. --cfgs l2.yaml smoothl1.yaml)")
+    if args.report_only and args.force:
+        raise AblationError("--report-only trains nothing, so --force has nothing to rerun; drop one of them")
+    given = [f"--{name.replace('_', '-')}" for name in SLURM_OPTIONS if getattr(args, name) not in (None, False)]
+    if given and args.launcher != "slurm":
+        raise AblationError(f"{', '.join(given)}: SLURM options; add --launcher slurm")
+    for flag, value, least in (("--jobs", args.jobs, 1), ("--gpus-per-run", args.gpus_per_run, 0),
+                               ("--cpus-per-run", args.cpus_per_run, 1)):
+        if value is not None and value < least:
+            raise AblationError(f"{flag} {value}: must be at least {least}")
     runs = plan_runs(cfgs, args.cfg, args.seeds, overrides, args.sweep)
     baseline = resolve_baseline(runs, args.baseline)
     out = Path(args.out) if args.out else Path("runs") / ("ablation-" + "-".join(Path(c).stem for c in cfgs))
@@ -95,20 +101,6 @@ def run(args, command: str) -> int:
               file=sys.stderr)
         return 1
     return 0
-
-
-def check_options(args, cfgs: list[str]) -> None:
-    if not cfgs:
-        raise AblationError("--cfgs: name at least one config (e.g. --cfgs l2.yaml smoothl1.yaml)")
-    if args.report_only and args.force:
-        raise AblationError("--report-only trains nothing, so --force has nothing to rerun; drop one of them")
-    given = [f"--{name.replace('_', '-')}" for name in SLURM_OPTIONS if getattr(args, name) not in (None, False)]
-    if given and args.launcher != "slurm":
-        raise AblationError(f"{', '.join(given)}: SLURM options; add --launcher slurm")
-    for flag, value, least in (("--jobs", args.jobs, 1), ("--gpus-per-run", args.gpus_per_run, 0),
-                               ("--cpus-per-run", args.cpus_per_run, 1)):
-        if value is not None and value < least:
-            raise AblationError(f"{flag} {value}: must be at least {least}")
 
 
 def launch(args, steps, out: Path, command: str):

@@ -1,23 +1,20 @@
 #!/usr/bin/env python
 """Plot the box-regression losses and the beta schedules: ``python tools/plot_losses.py --out DIR``.
 
-Writes ``DIR/losses.png`` (value and autograd derivative of L1, L2, Smooth L1 with beta = 1 and 1/9, and
-Balanced L1, over the regression error x = pred - target in [-3, 3]) and ``DIR/beta_schedules.png`` (beta
-over the iterations of each explicit Dynamic Smooth L1 schedule with the defaults of ``configs/base.yaml``,
-plus an adaptive run on simulated regression targets whose spread shrinks as the proposals improve).
+Writes ``DIR/losses.png`` (value and derivative of L1, L2, Smooth L1 with beta = 1 and 1/9, and Balanced L1 over
+x = pred - target in [-3, 3]) and ``DIR/beta_schedules.png`` (beta over the iterations of each Dynamic Smooth L1
+schedule at the defaults of ``configs/base.yaml``; the adaptive one on simulated targets whose spread shrinks).
 """
 import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from detector.config import load_config  # noqa: E402
-from detector.losses import balanced_l1_loss, build_beta_schedule, l1_loss, l2_loss, smooth_l1_loss  # noqa: E402
+from detector.ablation.plots import save_figure
+from detector.config import load_config
+from detector.losses import balanced_l1_loss, build_beta_schedule, l1_loss, l2_loss, smooth_l1_loss
 
 CURVES = {
     "L1": l1_loss,
@@ -32,7 +29,7 @@ SCHEDULES = ("constant", "step", "linear", "cosine", "exp")
 def plot_losses(path: Path) -> None:
     """Two panels: loss value and its derivative with respect to x."""
     x = torch.linspace(-3, 3, 601, requires_grad=True)
-    fig, (ax_value, ax_grad) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax_value, ax_grad = Figure(figsize=(11, 4.2)).subplots(1, 2)
     for label, fn in CURVES.items():
         value = fn(x, torch.zeros_like(x))
         (grad,) = torch.autograd.grad(value.sum(), x)
@@ -41,12 +38,7 @@ def plot_losses(path: Path) -> None:
     ax_value.set(xlabel="regression error x = pred − target", ylabel="loss", title="Loss value", ylim=(0, 4.5))
     ax_grad.set(xlabel="regression error x = pred − target", ylabel="∂loss / ∂x", title="Derivative (L2 grows as 2x)",
                 ylim=(-3.2, 3.2))
-    for ax in (ax_value, ax_grad):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure([ax_value, ax_grad], path)
 
 
 def simulate_adaptive(roi_cfg, iters: int, num_images: int = 4, num_pos: int = 128, seed: int = 0) -> list[float]:
@@ -55,8 +47,7 @@ def simulate_adaptive(roi_cfg, iters: int, num_images: int = 4, num_pos: int = 1
     g = torch.Generator().manual_seed(seed)
     betas = []
     for it in range(iters):
-        spread = 1.0 - 0.75 * it / iters
-        targets = torch.randn(num_pos, 4, generator=g) * spread  # [P,4]
+        targets = torch.randn(num_pos, 4, generator=g) * (1.0 - 0.75 * it / iters)  # [P,4], spread 1 -> 0.25
         betas.append(schedule.beta)
         schedule.step(it, schedule.observe(targets, num_images))
     return betas
@@ -64,7 +55,7 @@ def simulate_adaptive(roi_cfg, iters: int, num_images: int = 4, num_pos: int = 1
 
 def plot_beta_schedules(path: Path, iters: int) -> None:
     base = ["model.roi_head.box_loss.name=dynamic_smooth_l1"]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax = Figure(figsize=(7, 4.2)).subplots()
     steps = range(iters + 1)
     for kind in SCHEDULES:
         cfg = load_config([], base + [f"model.roi_head.box_loss.schedule.type={kind}"]).model.roi_head
@@ -73,11 +64,7 @@ def plot_beta_schedules(path: Path, iters: int) -> None:
     adaptive_cfg = load_config([], base + ["model.roi_head.box_loss.schedule.type=adaptive"]).model.roi_head
     ax.plot(range(iters), simulate_adaptive(adaptive_cfg, iters), label="adaptive (simulated targets)", color="black")
     ax.set(xlabel="iteration", ylabel="Smooth L1 β", title="Dynamic Smooth L1: β schedules", ylim=(0, 1.05))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure([ax], path)
 
 
 def main(argv=None) -> int:

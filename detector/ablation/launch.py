@@ -5,7 +5,7 @@ a second Ctrl-C forwards the trainer's "stop at once".
 """
 from __future__ import annotations
 
-import contextlib
+import itertools
 import os
 import shlex
 import signal
@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -24,7 +24,6 @@ from detector.errors import DetectorError
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO / "tools" / "train.py"
 NUM_WORKERS_KEY = "data.loader.num_workers"
-_TRACEBACK_HINT = "(set DETECTOR_TRACEBACK=1 for the traceback)"
 
 
 @dataclass(frozen=True)
@@ -34,28 +33,20 @@ class Slot:
     num_workers: int             # data.loader.num_workers (unless the user passed one)
 
 
-def torch_device_count() -> int:
-    import torch
-    return torch.cuda.device_count()
-
-
 def available_cores() -> int:
     """CPU cores this process may use (its affinity mask, which SLURM and taskset set), else the machine's."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def visible_gpus(environ: Mapping[str, str], device_count: Callable[[], int] = torch_device_count) -> list[str]:
+def visible_gpus(environ: Mapping[str, str], device_count: Callable[[], int] | None = None) -> list[str]:
     """The user's ``CUDA_VISIBLE_DEVICES`` entries up to the first invalid one, as CUDA reads it (``""`` or ``-1``:
-    no GPU); when unset ``0..device_count()-1``."""
+    no GPU); when unset ``0..device_count()-1`` (default: torch's count)."""
     value = environ.get("CUDA_VISIBLE_DEVICES")
     if value is None:
-        return [str(i) for i in range(device_count())]
-    gpus = []
-    for entry in (e.strip() for e in value.split(",")):
-        if not entry or (entry.lstrip("-").isdigit() and int(entry) < 0):
-            break
-        gpus.append(entry)
-    return gpus
+        import torch
+        return [str(i) for i in range((device_count or torch.cuda.device_count)())]
+    entries = (e.strip() for e in value.split(","))
+    return list(itertools.takewhile(lambda e: e and not (e.lstrip("-").isdigit() and int(e) < 0), entries))
 
 
 def cpu_share(threads: int, on_gpu: bool) -> tuple[int, int]:
@@ -65,33 +56,21 @@ def cpu_share(threads: int, on_gpu: bool) -> tuple[int, int]:
 
 
 def plan_slots(jobs: int, gpus: list[str], cores: int) -> list[Slot]:
-    omp, workers = cpu_share(max(1, cores // jobs), on_gpu=bool(gpus))
+    omp, workers = cpu_share(cores // jobs, on_gpu=bool(gpus))
     return [Slot(gpus[i % len(gpus)] if gpus else None, omp, workers) for i in range(jobs)]
 
 
-def omp_threads(slot: Slot, environ: Mapping[str, str]) -> int:
-    """The slot's share, or the user's own ``OMP_NUM_THREADS`` when smaller."""
-    user = environ.get("OMP_NUM_THREADS", "")
-    return min(slot.omp_threads, int(user)) if user.isdigit() and int(user) > 0 else slot.omp_threads
-
-
-def describe_slots(slots: list[Slot], runs: int, environ: Mapping[str, str]) -> str:
-    share = f"{omp_threads(slots[0], environ)} compute thread(s) + {slots[0].num_workers} loader worker(s) per run"
-    if slots[0].gpu is None:
-        return f"{runs} run(s), {len(slots)} at a time on the CPU; {share}"
-    per_gpu = {gpu: sum(s.gpu == gpu for s in slots) for gpu in dict.fromkeys(s.gpu for s in slots)}
-    where = ", ".join(f"GPU {gpu} x{n}" for gpu, n in per_gpu.items())
-    return f"{runs} run(s), {len(slots)} at a time: {where}; {share}"
-
-
 def child_env(environ: Mapping[str, str], slot: Slot) -> dict[str, str]:
-    """The user's environment, the repository prepended to ``PYTHONPATH`` (never replacing it), the slot's GPU."""
+    """The user's environment, the repository prepended to ``PYTHONPATH`` (never replacing it), the slot's GPU and
+    its share of threads (the user's own ``OMP_NUM_THREADS`` when smaller)."""
     env = dict(environ)
     paths = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO)]
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *paths])
     if slot.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu
-    env["OMP_NUM_THREADS"] = str(omp_threads(slot, environ))
+    user = environ.get("OMP_NUM_THREADS", "")
+    threads = min(slot.omp_threads, int(user)) if user.isdigit() and int(user) > 0 else slot.omp_threads
+    env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
@@ -109,12 +88,9 @@ def check_trainer() -> None:
 
 def train_command(step: Step, overrides: list[str], nproc: int = 1) -> list[str]:
     distributed = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
-    cmd = [sys.executable, *distributed, str(TRAIN_SCRIPT)]
-    for cfg in step.run.cfgs:
-        cmd += ["--cfg", cfg]
-    cmd += [*overrides, f"output_dir={step.run_dir}"]
-    cmd += {"resume": ["--resume"], "overwrite": ["--overwrite"]}.get(step.action, [])
-    return cmd
+    cfgs = [word for cfg in step.run.cfgs for word in ("--cfg", cfg)]
+    return [sys.executable, *distributed, str(TRAIN_SCRIPT), *cfgs, *overrides, f"output_dir={step.run_dir}",
+            *{"resume": ["--resume"], "overwrite": ["--overwrite"]}.get(step.action, [])]
 
 
 def execute(step: Step, env: Mapping[str, str], overrides: list[str], nproc: int = 1,
@@ -149,9 +125,8 @@ def last_line(log_path: Path, start: int = 0) -> str:
             text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    # tqdm redraws its bar with carriage returns: the text after the last one is what the terminal showed
-    lines = [ln.rsplit("\r", 1)[-1].strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln and ln != _TRACEBACK_HINT and not ln.startswith("# ")]
+    # splitlines() also splits at the carriage returns tqdm redraws its bar with: the last piece is what was shown
+    lines = [ln for ln in map(str.strip, text.splitlines()) if ln and not ln.startswith("# ")]
     return lines[-1] if lines else ""
 
 
@@ -160,40 +135,39 @@ class Interrupted(DetectorError):
 
 
 def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | None = None,
-              device_count: Callable[[], int] = torch_device_count, cores: int | None = None) -> dict[str, str | None]:
+              cores: int | None = None) -> dict[str, str | None]:
     """Train every step that is not ``reuse``; ``{run name: None (finished) or why not}``."""
     todo = [s for s in steps if s.action != "reuse"]
     if not todo:
         return {}
     check_trainer()
     environ = dict(os.environ if environ is None else environ)
-    on_cpu = all(s.device == "cpu" for s in todo)
-    gpus = [] if on_cpu else visible_gpus(environ, device_count)
+    gpus = [] if all(s.device == "cpu" for s in todo) else visible_gpus(environ)
     # each run's share of the cores follows --jobs, not how many runs are left: a resumed run gets what it had
     slots = plan_slots(jobs, gpus, available_cores() if cores is None else cores)[:len(todo)]
-    print(describe_slots(slots, len(todo), environ), flush=True)
-    pending, lock, stop = deque(enumerate(todo, 1)), threading.Lock(), threading.Event()
+    per_gpu = Counter(s.gpu for s in slots)
+    where = " on the CPU" if None in per_gpu else ": " + ", ".join(f"GPU {gpu} x{n}" for gpu, n in per_gpu.items())
+    print(f"{len(todo)} run(s), {len(slots)} at a time{where}; {child_env(environ, slots[0])['OMP_NUM_THREADS']} "
+          f"compute thread(s) + {slots[0].num_workers} loader worker(s) per run", flush=True)
+    pending, running, stop = deque(enumerate(todo, 1)), deque(), threading.Event()  # a deque's append/pop: atomic
     results: dict[str, str | None] = {}
-    running: list[subprocess.Popen] = []
 
     def started(process: subprocess.Popen) -> None:
-        with lock:
-            running.append(process)
+        running.append(process)
         if stop.is_set():  # started just as the ablation was stopped
             process.send_signal(signal.SIGINT)
 
     def forward() -> None:
-        with lock:
-            alive = [p for p in running if p.poll() is None]
-        for process in alive:
-            process.send_signal(signal.SIGINT)
+        for process in list(running):
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
 
     def worker(slot: Slot) -> None:
         while not stop.is_set():
-            with lock:
-                if not pending:
-                    return
+            try:
                 k, step = pending.popleft()
+            except IndexError:
+                return
             where = f" on GPU {slot.gpu}" if slot.gpu is not None else ""
             print(f"[{k}/{len(todo)}] {step.run.name}: {step.action}{where}"
                   f"{' (' + step.note + ')' if step.note else ''}", flush=True)
@@ -207,20 +181,24 @@ def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | Non
     threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in slots]
     for thread in threads:
         thread.start()
-    with _sigterm_as_interrupt():
+    main = threading.current_thread() is threading.main_thread()  # only the main thread gets signals
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main else None  # kill: as Ctrl-C
+    try:
+        _join(threads)
+    except KeyboardInterrupt:
+        stop.set()  # no new run starts
+        forward()
+        print("stopping: each running training finishes its step, writes last.pth and exits (Ctrl-C again: at "
+              "once); rerun the same command to resume", flush=True)
         try:
             _join(threads)
         except KeyboardInterrupt:
-            stop.set()  # no new run starts
-            forward()
-            print("stopping: each running training finishes its step, writes last.pth and exits (Ctrl-C again: at "
-                  "once); rerun the same command to resume", flush=True)
-            try:
-                _join(threads)
-            except KeyboardInterrupt:
-                forward()  # the trainers' second Ctrl-C: they exit at once
-                _join(threads)
-            raise Interrupted("stopped: each training wrote its last.pth; rerun the same command to resume") from None
+            forward()  # the trainers' second Ctrl-C: they exit at once
+            _join(threads)
+        raise Interrupted("stopped: each training wrote its last.pth; rerun the same command to resume") from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     return results
 
 
@@ -228,20 +206,3 @@ def _join(threads: list[threading.Thread]) -> None:
     for thread in threads:
         while thread.is_alive():
             thread.join(0.2)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a batch system, ``kill``) stops the ablation like Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

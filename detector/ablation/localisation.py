@@ -17,7 +17,6 @@ SCORE_THRESHOLD = 0.05
 MATCH_IOU = 0.5
 TIDE_METRIC = "tide_loc_dap"
 LOCALISATION = ("tp_count", "tp_iou_median", "tp_iou_ge75", "tp_iou_ge90", TIDE_METRIC)
-DETECTIONS_FILE = Path("eval") / "detections.json"
 
 # image id -> (boxes [N,4] xyxy in original pixels, category ids [N], crowd [N] bool)
 GroundTruth = Mapping[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -98,7 +97,7 @@ def tide_loc_dap(gt: GroundTruth, detections: list[dict]) -> float | None:
 def run_localisation(run_dir: Path, ground_truth: dict) -> tuple[dict[str, float | None], torch.Tensor | None]:
     """(the :data:`LOCALISATION` values, the TP IoUs) of one run; ({}, None) without ``eval/detections.json``.
     ``ground_truth``: the caller's cache of the val ground truth per data config."""
-    path = Path(run_dir) / DETECTIONS_FILE
+    path = Path(run_dir) / "eval" / "detections.json"
     if not path.is_file():
         return {}, None
     from detector.config import load_config

@@ -128,14 +128,11 @@ def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
         else:
             safe = REUSE_SAFE_KEYS if finished else RESUME_SAFE_KEYS
             differ = [k for k in diff_configs(stored, cfg.to_dict()) if k not in safe]
-        note = ""
-        if differ:
-            note = f"{'finished' if finished else 'unfinished'} run of another config (differs in {', '.join(differ)})"
-            if force:
-                action = "overwrite"
-            else:
-                stale.append((run_dir, finished, differ))
-        steps.append(Step(run, run_dir, action, device=cfg.train.device, note=note))
+        if differ and not force:
+            stale.append((run_dir, finished, differ))
+        note = (f"{'finished' if finished else 'unfinished'} run of another config (differs in {', '.join(differ)})"
+                if differ else "")
+        steps.append(Step(run, run_dir, "overwrite" if differ else action, device=cfg.train.device, note=note))
     if stale:
         run_dir, finished, differ = stale[0]
         keys = list(dict.fromkeys(k for _, _, d in stale for k in d))

@@ -11,21 +11,19 @@ from detector.evaluation.coco import IOU_THRESHOLDS
 
 
 def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: no display, no global figure state
 
     thresholds = np.array(IOU_THRESHOLDS)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax = Figure(figsize=(7, 4.5)).subplots()
     for group, results in groups.items():
         curves = np.array([r["metrics"]["AP_per_iou"] for r in results if r["metrics"].get("AP_per_iou")]) * 100
         if len(curves):
             ax.errorbar(thresholds, curves.mean(0), yerr=curves.std(0), label=group, marker="o", capsize=3)
     ax.set(xlabel="IoU threshold", ylabel="AP (%)", title="AP vs IoU threshold (mean ± std over seeds)")
-    _save(plt, fig, [ax], out / "ap_vs_iou.png", legend=bool(groups))
+    save_figure([ax], out / "ap_vs_iou.png", legend=bool(groups))
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    axes = Figure(figsize=(12, 4.5)).subplots(1, 2)
     for group, results in groups.items():
         for col, (ax, label) in enumerate(zip(axes, ("loss_box_reg", "total loss"))):
             series = [[(it, v[col]) for it, *v in r["curve"] if v[col] is not None] for r in results]
@@ -34,53 +32,51 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
             if len(values):
                 ax.plot(iters, values.mean(0), label=group)
             ax.set(xlabel="iteration", ylabel=label, title=f"{label} (mean over seeds)")
-    _save(plt, fig, axes, out / "loss_curves.png", legend=bool(groups))
+    save_figure(axes, out / "loss_curves.png", legend=bool(groups))
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax = Figure(figsize=(7, 4.5)).subplots()
     for group, results in groups.items():
         iters = sorted(set.intersection(*(set(r["evals"]) for r in results)))
         if len(iters) > 1:
             values = np.array([[r["evals"][it] for it in iters] for r in results]) * 100
             ax.errorbar(iters, values.mean(0), yerr=values.std(0), label=group, marker="o", capsize=3)
     ax.set(xlabel="iteration", ylabel="AP (%)", title="AP during training (mean ± std over seeds)")
-    _save(plt, fig, [ax], out / "ap_curve.png", legend=bool(groups))
+    save_figure([ax], out / "ap_curve.png", legend=bool(groups))
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax = Figure(figsize=(7, 4.5)).subplots()
     dynamic = False
-    for group, results in groups.items():
+    for color, (group, results) in enumerate(groups.items()):
         for i, r in enumerate(results):
             points = [(it, b) for it, _, _, b in r["curve"] if b is not None]
             if points and len({b for _, b in points}) > 1:
                 dynamic = True
-                ax.plot(*zip(*points), label=group if i == 0 else None, color=f"C{list(groups).index(group)}",
-                        alpha=0.8)
+                ax.plot(*zip(*points), label=group if i == 0 else None, color=f"C{color}", alpha=0.8)
     if not dynamic:
         ax.text(0.5, 0.5, "no run with a changing beta in this ablation", ha="center", transform=ax.transAxes)
     ax.set(xlabel="iteration", ylabel="beta", title="Smooth L1 beta during training (dynamic runs, every seed)")
-    _save(plt, fig, [ax], out / "beta.png", legend=dynamic)
+    save_figure([ax], out / "beta.png", legend=dynamic)
 
-    fig, axes = plt.subplots(1, 4, figsize=(14, 4), sharey=True)
+    axes = Figure(figsize=(14, 4)).subplots(1, 4, sharey=True)
     errors = _pooled(groups, "pred_err")
-    names = list(errors)
     for i, coord in enumerate(DELTA_NAMES):
         data = [errs[:, i].clamp(min=1e-4).log10().numpy() for errs in errors.values()]
         if data:
             axes[i].boxplot(data, showfliers=False)
-            axes[i].set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right", fontsize=8)
+            axes[i].set_xticks(range(1, len(errors) + 1), list(errors), rotation=45, ha="right", fontsize=8)
         axes[i].set(title=f"|pred − target| {coord}", ylabel="log10 error" if i == 0 else None)
-    fig.suptitle("Distribution of the regression error on positive RoIs at the end of training")
-    _save(plt, fig, axes, out / "pred_err.png", legend=False)
+    axes[0].figure.suptitle("Distribution of the regression error on positive RoIs at the end of training")
+    save_figure(axes, out / "pred_err.png", legend=False)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    bins = np.linspace(0.5, 1.0, 21)
+    ax = Figure(figsize=(7, 4.5)).subplots()
     pooled = _pooled(groups, "tp_ious")
     for group, ious in pooled.items():
-        ax.hist(ious.numpy(), bins=bins, density=True, histtype="step", linewidth=1.5, label=group)
+        ax.hist(ious.numpy(), bins=np.linspace(0.5, 1.0, 21), density=True, histtype="step", linewidth=1.5,
+                label=group)
     if not pooled:
         ax.text(0.5, 0.5, "no run with eval/detections.json and its val data", ha="center", transform=ax.transAxes)
     ax.set(xlabel="IoU with the matched ground truth", ylabel="density",
            title="IoU of true-positive detections (score >= 0.05, all seeds)")
-    _save(plt, fig, [ax], out / "tp_iou.png", legend=bool(pooled))
+    save_figure([ax], out / "tp_iou.png", legend=bool(pooled))
 
 
 def _pooled(groups: dict[str, list[dict[str, Any]]], key: str) -> dict:
@@ -90,11 +86,11 @@ def _pooled(groups: dict[str, list[dict[str, Any]]], key: str) -> dict:
     return {g: torch.cat(tensors) for g, tensors in pooled.items() if tensors}
 
 
-def _save(plt, fig, axes, path: Path, legend: bool) -> None:
+def save_figure(axes, path: Path, legend: bool = True) -> None:
+    """Grid (and legend) on each of ``axes``, then ``fig`` to ``path`` as a PNG."""
     for ax in axes:
         ax.grid(alpha=0.3)
         if legend:
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    axes[0].figure.tight_layout()
+    axes[0].figure.savefig(path, dpi=120)

@@ -1,11 +1,8 @@
-"""The report of an ablation, written from the run folders alone (whichever launcher trained them):
-``summary.md`` (mean ± std per config; the paired differences to the baseline with Holm-corrected verdicts; the
-localisation of true positives; the runs without results), ``summary.csv`` (tidy, columns :data:`CSV_COLUMNS`;
-``kind`` is run, unfinished, group or paired; AP as fractions, undefined values empty) and the plots.
-
-A run failed when it has a folder but no ``eval/metrics.json``, or a non-finite value: it counts in "failed k of n
-seeds" and blocks a "better" verdict for its config (a "worse" one for the baseline). A run not started yet is no
-failure.
+"""The report of an ablation, from the run folders alone (whichever launcher trained them): ``summary.md``,
+``summary.csv`` (tidy, columns :data:`CSV_COLUMNS`; ``kind`` is run, unfinished, group or paired; AP as fractions,
+undefined values empty) and the plots. A run failed when it has a folder but no ``eval/metrics.json``, or a
+non-finite value: it counts in "failed k of n seeds" and blocks a "better" verdict for its config (a "worse" one for
+the baseline); a run not started yet is no failure.
 """
 from __future__ import annotations
 
@@ -13,7 +10,7 @@ import csv
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,33 +24,21 @@ from detector.errors import DetectorError
 from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS
 from detector.evaluation.voc import VOC_METRIC_NAMES
 
-
-def iou_metric_name(threshold: float) -> str:
-    return f"AP{round(threshold * 100)}"
-
-
-PER_IOU_NAMES = tuple(iou_metric_name(t) for t in IOU_THRESHOLDS)
-_COCO_AP = tuple(n for n in COCO_METRIC_NAMES if n.startswith("AP"))
-_HIGH_IOU = tuple(iou_metric_name(t) for t in IOU_THRESHOLDS if t >= 0.9)  # where box losses separate
+PER_IOU_NAMES = tuple(f"AP{round(t * 100)}" for t in IOU_THRESHOLDS)
+_HIGH_IOU = tuple(n for n, t in zip(PER_IOU_NAMES, IOU_THRESHOLDS) if t >= 0.9)  # where box losses separate
 # every higher-is-better metric of a run: AP, AP at each IoU, the rest of COCOeval's, VOC's
 CSV_METRICS = tuple(dict.fromkeys((COCO_METRIC_NAMES[0], *PER_IOU_NAMES, *COCO_METRIC_NAMES, *VOC_METRIC_NAMES)))
-SUMMARY_METRICS = tuple(n for n in CSV_METRICS if n in _COCO_AP or n in _HIGH_IOU)  # AP AP50 AP75 AP90 AP95 APs..
+SUMMARY_METRICS = tuple(n for n in CSV_METRICS if n in COCO_METRIC_NAMES and n.startswith("AP") or n in _HIGH_IOU)
 DIAGNOSTICS = ("loss_box_reg", "images_per_s")  # per-run numbers that are not scores (no paired verdict)
 CSV_COLUMNS = ("kind", "config", "seed", "run", "metric", "n", "value", "std", "baseline", "ci95_low", "ci95_high",
                "p", "p_holm", "detectable", "verdict", "note")
 NOT_STARTED = "not started"
 
 
-def run_values(metrics: dict[str, Any]) -> dict[str, Any]:
-    per_iou = dict(zip(PER_IOU_NAMES, metrics.get("AP_per_iou") or []))
-    return {name: metrics.get(name, per_iou.get(name)) for name in CSV_METRICS if name in metrics or name in per_iou}
-
-
 def read_run(run_dir: Path) -> dict[str, Any]:
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     jsonl = run_dir / "metrics.jsonl"
-    lines = jsonl.read_text().splitlines() if jsonl.is_file() else []
-    records = [json.loads(line) for line in lines if line.strip()]
+    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()] if jsonl.is_file() else []
     train = [r for r in records if r.get("type") == "train"]
     tail = [r["loss_box_reg"] for r in train[-max(1, len(train) // 10):] if r.get("loss_box_reg") is not None]
     speeds = [r["images_per_s"] for r in train[1:] or train if r.get("images_per_s")]
@@ -61,7 +46,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     if (run_dir / "final_errors.pt").is_file():
         import torch
         errors = torch.load(run_dir / "final_errors.pt", weights_only=True).get("hist/pred_err")
-    values = run_values(metrics)
+    known = {**dict(zip(PER_IOU_NAMES, metrics.get("AP_per_iou") or [])), **metrics}
+    values = {name: known[name] for name in CSV_METRICS if name in known}
     values["loss_box_reg"] = statistics.fmean(tail) if tail else None
     values["images_per_s"] = statistics.fmean(speeds) if speeds else None
     return {"metrics": metrics, "values": values, "pred_err": errors,
@@ -92,14 +78,6 @@ class Group:
         return f"failed {k} of {self.planned} seeds" if k else ""
 
 
-@dataclass(frozen=True)
-class Comparison:
-    diff: PairedDifference
-    p_holm: float
-    detectable: float
-    verdict: str
-
-
 def collect(runs: list[Run], out: Path) -> list[Group]:
     """The groups in plan order, read from ``out/runs`` (after ``check_runs``: its finished runs are this one's)."""
     groups = {name: Group(name, sum(r.group == name for r in runs)) for name in groups_of(runs)}
@@ -111,30 +89,27 @@ def collect(runs: list[Run], out: Path) -> list[Group]:
             result = {**read_run(run_dir), "run": run.name}
             bad = [m for m, v in result["values"].items() if isinstance(v, float) and not math.isfinite(v)]
             if not bad:
-                _add_localisation(result, run_dir, ground_truth)
+                try:
+                    values, result["tp_ious"] = run_localisation(run_dir, ground_truth)
+                except (DetectorError, OSError, ValueError) as exc:  # no val data here: report the rest
+                    values, result["tp_ious"], result["localisation_error"] = {}, None, f"{run_dir.name}: {exc}"
+                result["values"].update(values)
                 groups[run.group].results[run.seed] = result
                 continue
             why = f"diverged: non-finite {', '.join(bad)}; log: {log}"
         elif not run_dir.is_dir():
             why = NOT_STARTED
         else:
-            line = last_line(log) if log.is_file() else ""
+            line = last_line(log)
             why = f"did not finish{': ' + line if line else ''}; log: {log}"
         groups[run.group].unfinished.append((run, why))
     return list(groups.values())
 
 
-def _add_localisation(result: dict, run_dir: Path, ground_truth: dict) -> None:
-    try:
-        values, result["tp_ious"] = run_localisation(run_dir, ground_truth)
-    except (DetectorError, OSError, ValueError) as exc:  # the val data is gone or unreadable: report the rest
-        values, result["tp_ious"], result["localisation_error"] = {}, None, f"{run_dir.name}: {exc}"
-    result["values"].update(values)
-
-
-def compare(groups: list[Group], baseline: str) -> tuple[dict[str, dict[str, Comparison]], int]:
-    """Per config and metric of :data:`SUMMARY_METRICS`, its :class:`Comparison` to ``baseline``; and m, the number
-    of tests (Holm's family). The detectable effect is at Holm's strictest level α / m."""
+def compare(groups: list[Group], baseline: str) -> tuple[dict[str, dict[str, PairedDifference]], int]:
+    """Per config and metric of :data:`SUMMARY_METRICS`, its :class:`PairedDifference` to ``baseline`` with its
+    Holm-adjusted p, detectable effect and verdict; and m, the number of tests (Holm's family). The detectable effect
+    is at Holm's strictest level α / m."""
     base = next(g for g in groups if g.name == baseline)
     diffs = {g.name: {m: paired_difference({s: r["values"].get(m) for s, r in g.results.items()},
                                            {s: r["values"].get(m) for s, r in base.results.items()})
@@ -144,9 +119,9 @@ def compare(groups: list[Group], baseline: str) -> tuple[dict[str, dict[str, Com
     adjusted = dict(zip(family, holm([diffs[name][m].p for name, m in family])))
     alpha = ALPHA / max(1, len(family))
     failed = {g.name: g.failed for g in groups}
-    return {name: {m: Comparison(d, adjusted.get((name, m), NAN),
-                                 detectable_effect(d.std, d.n, alpha) if d.testable else NAN,
-                                 verdict(d, adjusted.get((name, m), NAN), failed[name], failed[baseline]))
+    return {name: {m: replace(d, p_holm=adjusted.get((name, m), NAN),
+                              detectable=detectable_effect(d.std, d.n, alpha) if d.testable else NAN,
+                              verdict=verdict(d, adjusted.get((name, m), NAN), failed[name], failed[baseline]))
                    for m, d in by_metric.items()}
             for name, by_metric in diffs.items()}, len(family)
 
@@ -182,12 +157,11 @@ def _write_csv(path: Path, groups: list[Group], stats, paired, baseline: str) ->
         for metric, s in stats[g.name].items():
             rows.append({"kind": "group", "config": g.name, "metric": metric, "n": s.n, "value": _num(s.mean),
                          "std": _num(s.std)})
-        for metric, c in paired.get(g.name, {}).items():
-            d = c.diff
+        for metric, d in paired.get(g.name, {}).items():
             rows.append({"kind": "paired", "config": g.name, "metric": metric, "n": d.n, "value": _num(d.mean),
                          "std": _num(d.std), "baseline": baseline, "ci95_low": _num(d.ci_low),
-                         "ci95_high": _num(d.ci_high), "p": _num(d.p), "p_holm": _num(c.p_holm),
-                         "detectable": _num(c.detectable), "verdict": c.verdict, "note": g.failed})
+                         "ci95_high": _num(d.ci_high), "p": _num(d.p), "p_holm": _num(d.p_holm),
+                         "detectable": _num(d.detectable), "verdict": d.verdict, "note": g.failed})
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
@@ -261,15 +235,13 @@ def _markdown(groups: list[Group], stats, paired, tests: int, baseline: str, tit
                   *_table_head(["config", "metric", "pairs", "mean diff", f"{level}% CI", "p", "p (Holm)",
                                 "detectable", "verdict"])]
         for name, by_metric in paired.items():
-            for metric in SUMMARY_METRICS:
-                c = by_metric[metric]
-                d = c.diff
+            for metric, d in by_metric.items():
                 if d.n == 0:
                     continue
                 ci = "n/a" if math.isnan(d.ci_low) else f"[{_pct(d.ci_low, True)}, {_pct(d.ci_high, True)}]"
-                detectable = "–" if math.isnan(c.detectable) else f"±{_pct(c.detectable)}"
-                verdict = f"**{c.verdict}**" if c.verdict in ("better", "worse") else c.verdict
-                lines.append(_row([name, metric, d.n, _pct(d.mean, True), ci, _p(d.p), _p(c.p_holm), detectable,
+                detectable = "–" if math.isnan(d.detectable) else f"±{_pct(d.detectable)}"
+                verdict = f"**{d.verdict}**" if d.verdict in ("better", "worse") else d.verdict
+                lines.append(_row([name, metric, d.n, _pct(d.mean, True), ci, _p(d.p), _p(d.p_holm), detectable,
                                    verdict]))
     lines += _localisation_markdown(groups, stats)
     moved = {g.name: convergence(list(g.results.values())) for g in groups if g.results}
@@ -291,22 +263,17 @@ def _markdown(groups: list[Group], stats, paired, tests: int, baseline: str, tit
 
 def _localisation_markdown(groups: list[Group], stats) -> list[str]:
     lines = ["", "## Localisation of true positives", ""]
-    results = [r for g in groups for r in g.results.values()]
-    errors = [r["localisation_error"] for r in results if "localisation_error" in r]
+    errors = [r["localisation_error"] for g in groups for r in g.results.values() if "localisation_error" in r]
     with_tps = [g for g in groups if stats[g.name]["tp_iou_median"].n]
     if not with_tps:
         lines.append("No finished run has eval/detections.json and its val data here: nothing to show."
                      + (f" ({errors[0]})" if errors else ""))
         return lines
     tide = any(stats[g.name][TIDE_METRIC].n for g in with_tps)
-    if tide:
-        tide_note = ("TIDE Loc: TIDE's localisation-error dAP (tidecv; AP points at IoU 0.5 gained by fixing "
-                     "mislocalised detections; lower is better).")
-    elif not tide_available():
-        tide_note = ("TIDE's localisation error is not shown: tidecv is not importable (optional: pip install -e "
-                     "\".[tide]\").")
-    else:
-        tide_note = "TIDE's localisation error is not shown: no run gave it."
+    tide_note = ("TIDE Loc: TIDE's localisation-error dAP (tidecv; AP points at IoU 0.5 gained by fixing mislocalised "
+                 "detections; lower is better)." if tide else "TIDE's localisation error is not shown: " + (
+                     "no run gave it." if tide_available() else
+                     "tidecv is not importable (optional: pip install -e \".[tide]\")."))
     lines += [f"Each detection with score >= {SCORE_THRESHOLD} is matched the COCO way (at IoU >= {MATCH_IOU}); the "
               f"IoUs of these true positives per run, by their median and the share >= 0.75 and >= 0.9, then mean ± "
               f"std over seeds (tp_iou.png: their histogram per config). {tide_note}"]

@@ -30,16 +30,14 @@ def parse_time(text: str) -> int:
     """A SLURM time limit (``minutes``, ``minutes:seconds``, ``hours:minutes:seconds``,
     ``days-hours[:minutes[:seconds]]``) in whole minutes, seconds rounded up."""
     days, dash, rest = text.strip().partition("-")
-    if not dash:
-        days, rest = "0", days
+    days, rest = (days, rest) if dash else ("0", days)
     parts = rest.split(":")
     if not all(p.isdigit() for p in [days, *parts]) or len(parts) > 3:
         raise AblationError(f"--time {text!r}: expected a SLURM time limit, e.g. 240 (minutes), 4:00:00 or 1-00:00:00")
     numbers = [int(p) for p in parts]
-    if dash:  # days-hours[:minutes[:seconds]]
-        hours, minutes, seconds = numbers + [0] * (3 - len(numbers))
-    else:  # minutes, minutes:seconds or hours:minutes:seconds
-        hours, minutes, seconds = [0] * (len(numbers) < 3) + numbers + [0] * (len(numbers) == 1)
+    if not dash and len(numbers) < 3:  # minutes[:seconds]; else hours[:minutes[:seconds]]
+        numbers.insert(0, 0)
+    hours, minutes, seconds = (numbers + [0, 0])[:3]
     total = int(days) * 1440 + hours * 60 + minutes + math.ceil(seconds / 60)
     if total < 1:
         raise AblationError(f"--time {text!r}: the time limit must be at least 1 minute")
@@ -48,9 +46,8 @@ def parse_time(text: str) -> int:
 
 def run_task(step: Step, gpus_per_run: int) -> str | None:
     nproc = max(1, gpus_per_run)
-    on_gpu = gpus_per_run > 0 and step.device != "cpu"
-    omp, workers = cpu_share(available_cores() // nproc, on_gpu)
-    slot = Slot(None, omp, workers)  # SLURM already set CUDA_VISIBLE_DEVICES to the task's GPUs
+    # no GPU of its own: SLURM already set CUDA_VISIBLE_DEVICES to the task's GPUs
+    slot = Slot(None, *cpu_share(available_cores() // nproc, on_gpu=gpus_per_run > 0 and step.device != "cpu"))
     return execute(step, child_env(os.environ, slot), slot_overrides(step.run.overrides, slot), nproc=nproc)
 
 

@@ -1,8 +1,7 @@
 """Statistics of an ablation, paired by seed (runs with the same seed share the initialisation and sampling
-order): d_s = x_config(s) − x_baseline(s) over the seeds both finished; a Student-t interval over them and the
-paired t test (``scipy.stats.ttest_rel``). A difference is *testable* with at least :data:`MIN_PAIRS` pairs and a
-non-zero sd; the testable differences of a report are one Holm family (:func:`holm`, :func:`verdict`). Undefined
-values (COCO's -1, a missing key) are left out.
+order): d_s = x_config(s) − x_baseline(s) over the seeds both finished; a Student-t interval and the paired t test.
+The testable differences of a report are one Holm family (:func:`holm`, :func:`verdict`). Undefined values (COCO's
+-1, a missing key) are left out.
 """
 from __future__ import annotations
 
@@ -36,6 +35,9 @@ class PairedDifference:
     ci_low: float                # the Student-t interval (uncorrected); nan with fewer than 2 pairs
     ci_high: float
     p: float                     # two-sided paired t test, uncorrected; nan unless testable
+    p_holm: float = NAN          # the rest: set by the report, over its family of tests (report.compare)
+    detectable: float = NAN
+    verdict: str = ""
 
     @property
     def testable(self) -> bool:
@@ -64,21 +66,18 @@ def _scipy_stats():
     return scipy.stats
 
 
-def paired_difference(config: Mapping[int, float], baseline: Mapping[int, float],
-                      confidence: float = CONFIDENCE) -> PairedDifference:
+def paired_difference(config: Mapping[int, float], baseline: Mapping[int, float]) -> PairedDifference:
     """``config`` and ``baseline`` map seed -> metric value."""
-    seeds = sorted(s for s in config if s in baseline and defined(config[s]) and defined(baseline[s]))
-    diffs = [float(config[s]) - float(baseline[s]) for s in seeds]
+    diffs = [float(config[s]) - float(baseline[s]) for s in sorted(config)
+             if s in baseline and defined(config[s]) and defined(baseline[s])]
     n = len(diffs)
     if n < 2:
         return PairedDifference(n, diffs[0] if diffs else NAN, NAN, NAN, NAN, NAN)
     mean, std = statistics.fmean(diffs), statistics.stdev(diffs)
-    half = float(_scipy_stats().t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
+    t, se = _scipy_stats().t, std / math.sqrt(n)
+    half = float(t.ppf((1 + CONFIDENCE) / 2, n - 1)) * se
     d = PairedDifference(n, mean, std, mean - half, mean + half, NAN)
-    if not d.testable:
-        return d
-    p = _scipy_stats().ttest_rel([float(config[s]) for s in seeds], [float(baseline[s]) for s in seeds]).pvalue
-    return replace(d, p=float(p))
+    return replace(d, p=float(2 * t.sf(abs(mean) / se, n - 1))) if d.testable else d
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -92,18 +91,18 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def detectable_effect(std: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+def detectable_effect(std: float, n: int, alpha: float = ALPHA) -> float:
     """The smallest true mean difference a two-sided paired t test at ``alpha`` over ``n`` pairs of sd ``std``
-    rejects with probability ``power``: λ · sd / √n, λ from the noncentral t (``scipy.stats.nct``); nan with n < 2."""
+    rejects with probability :data:`POWER`: λ · sd / √n, λ from the noncentral t (``scipy.stats.nct``); nan with
+    n < 2."""
     if n < 2 or math.isnan(std):
         return NAN
+    stats, dof = _scipy_stats(), n - 1  # first: without scipy, its one-line error
     from scipy.optimize import brentq
-    stats = _scipy_stats()
-    dof = n - 1
     crit = stats.t.ppf(1 - alpha / 2, dof)
 
     def shortfall(nc: float) -> float:
-        return stats.nct.sf(crit, dof, nc) + stats.nct.sf(crit, dof, -nc) - power  # both tails (cdf(-crit) can be nan)
+        return stats.nct.sf(crit, dof, nc) + stats.nct.sf(crit, dof, -nc) - POWER  # both tails (cdf(-crit) can be nan)
 
     high = crit + 1.0
     while shortfall(high) < 0:
@@ -111,13 +110,12 @@ def detectable_effect(std: float, n: int, alpha: float = ALPHA, power: float = P
     return float(brentq(shortfall, 0.0, high, xtol=1e-10)) * std / math.sqrt(n)
 
 
-def verdict(d: PairedDifference, p_holm: float, failed: str = "", baseline_failed: str = "",
-            alpha: float = ALPHA) -> str:
-    """better / worse when ``d`` is testable and ``p_holm`` < ``alpha``, else "too few seeds" or "no evidence".
+def verdict(d: PairedDifference, p_holm: float, failed: str = "", baseline_failed: str = "") -> str:
+    """better / worse when ``d`` is testable and ``p_holm`` < :data:`ALPHA`, else "too few seeds" or "no evidence".
     Failed seeds bias the survivors: the config's (``failed``) block better, the baseline's block worse."""
     if not d.testable:
         return "too few seeds"
-    if not p_holm < alpha:
+    if not p_holm < ALPHA:
         return "no evidence"
     if d.mean > 0:
         return f"no verdict: {failed}" if failed else "better"
