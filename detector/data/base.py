@@ -224,10 +224,6 @@ class DetectionDataset(torch.utils.data.Dataset):
                                 transforms=self.transforms, name=self.name if name is None else name,
                                 proposals=proposals)
 
-    def aspect_ratio_groups(self) -> list[int]:
-        """Per image: 0 when width >= height, 1 when width < height (the batch sampler's groups)."""
-        return [0 if r.width >= r.height else 1 for r in self.records]
-
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict]:
         index, sample_seed = key if isinstance(key, (tuple, list)) else (key, key)
         index = int(index)

@@ -106,9 +106,3 @@ def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[Ima
             labels=np.array([cat_to_label[a["category_id"]] for a in anns], dtype=np.int64),
             iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool), area=area))
     return records, classes, dict(enumerate(cat_ids, start=1))
-
-
-def coco_split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
-    """(annotation file, image folder) of a COCO-layout split."""
-    root = Path(root)
-    return root / "annotations" / f"instances_{split}.json", root / split
