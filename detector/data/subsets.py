@@ -2,7 +2,7 @@
 
 :func:`subset_records` applies, in order: ``classes`` (keep these names, relabelled 1..K in that order),
 ``keep_empty=False`` (drop images without a non-crowd box), ``image_ids`` (COCO id or VOC name), ``fraction``
-(``round(fraction * n)`` images drawn with ``seed``, order kept), ``max_images`` (the first ones).
+(``round(fraction * n)``, at least 1, images drawn with ``seed``, order kept), ``max_images`` (the first ones).
 """
 from __future__ import annotations
 
@@ -47,12 +47,6 @@ def select_classes(records: Sequence[ImageRecord], classes: Sequence[str], label
     return out, [BACKGROUND, *names], {new: label_to_cat_id[old[name]] for new, name in enumerate(names, start=1)}
 
 
-def fraction_indices(n: int, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of ``round(fraction * n)`` (at least 1) of ``n`` items, a pure function of ``seed``."""
-    count = min(n, max(1, int(round(fraction * n))))
-    return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
-
-
 def subset_records(records: Sequence[ImageRecord], classes: Sequence[str], label_to_cat_id: dict[int, int], *,
                    keep_classes: Sequence[str] | None = None, keep_empty: bool = True,
                    image_ids: Sequence[str] | None = None, fraction: float | None = None, seed: int = 0,
@@ -77,7 +71,8 @@ def subset_records(records: Sequence[ImageRecord], classes: Sequence[str], label
                            f"(or were filtered out), e.g. {sorted(wanted - found)[:3]}")
         records = kept
     if fraction is not None and records:
-        records = [records[i] for i in fraction_indices(len(records), fraction, seed)]
+        count = min(len(records), max(1, int(round(fraction * len(records)))))
+        records = [records[i] for i in np.sort(np.random.default_rng(seed).choice(len(records), count, replace=False))]
     if max_images is not None:
         records = records[:max_images]
     return records, classes, label_to_cat_id

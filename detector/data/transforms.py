@@ -65,25 +65,18 @@ def resize(image: torch.Tensor, target: dict, size: tuple[int, int]) -> tuple[to
         return image, target
     image = TF.resize(image, list(size), antialias=True)
     sx, sy = size[1] / width, size[0] / height
-    target = dict(target, boxes=scale_boxes(target["boxes"], sx, sy), area=target["area"] * (sx * sy))
-    if "proposals" in target:  # precomputed proposals move with the image like the GT boxes
-        target["proposals"] = scale_boxes(target["proposals"], sx, sy)
+    target = dict(target, area=target["area"] * (sx * sy))
+    for key in {"boxes", "proposals"} & target.keys():  # precomputed proposals move with the image like the GT boxes
+        target[key] = scale_boxes(target[key], sx, sy)
     return image, target
 
 
 def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
     """Left-right flip of the image, its boxes and its precomputed proposals (if any)."""
-    width = image.shape[-1]
-    target = dict(target, boxes=flip_boxes_horizontal(target["boxes"], width))
-    if "proposals" in target:
-        target["proposals"] = flip_boxes_horizontal(target["proposals"], width)
+    target = dict(target)
+    for key in {"boxes", "proposals"} & target.keys():
+        target[key] = flip_boxes_horizontal(target[key], image.shape[-1])
     return image.flip(-1), target
-
-
-def drop_crowd(target: dict) -> dict:
-    """Remove crowd (COCO) / difficult (VOC) boxes: they are ignored in training."""
-    keep = ~target["iscrowd"]
-    return dict(target, **{k: target[k][keep] for k in ("boxes", "labels", "iscrowd", "area")})
 
 
 class DetectionTransform:
@@ -104,8 +97,9 @@ class DetectionTransform:
         """The random decisions for an image, without its pixels: (target after crowd removal, resized (H', W'),
         flip); the padded-shape benchmark calls it alone."""
         target = dict(target, orig_size=(int(height), int(width)))
-        if self.train:
-            target = drop_crowd(target)
+        if self.train:  # crowd (COCO) / difficult (VOC) boxes are ignored in training
+            keep = ~target["iscrowd"]
+            target = dict(target, **{k: target[k][keep] for k in ("boxes", "labels", "iscrowd", "area")})
         pick = int(torch.randint(len(self.min_sizes), (1,), generator=generator)) if len(self.min_sizes) > 1 else 0
         size = resized_size(height, width, self.min_sizes[pick], self.max_size)
         flip = self.flip_prob > 0 and float(torch.rand((), generator=generator)) < self.flip_prob

@@ -26,12 +26,6 @@ def voc_image_id(name: str) -> int:
         raise DatasetError(f"VOC image name {name!r} is not numeric (expected like 000005 or 2008_000123)") from None
 
 
-def voc_devkit(root: str | Path) -> Path:
-    """``root/VOCdevkit`` when it exists, else ``root`` itself (a root that is the devkit)."""
-    root = Path(root)
-    return root / "VOCdevkit" if (root / "VOCdevkit").is_dir() else root
-
-
 def parse_split(split: str) -> list[tuple[str, str]]:
     """``"2007/trainval+2012/trainval"`` -> [("2007", "trainval"), ("2012", "trainval")]."""
     pairs = []
@@ -42,12 +36,6 @@ def parse_split(split: str) -> list[tuple[str, str]]:
                                f"use e.g. data.train_split=2007/trainval+2012/trainval")
         pairs.append((year, image_set))
     return pairs
-
-
-def read_id_list(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DatasetError(f"{path}: image set list not found; check data.root (VOCdevkit/VOC<year>) and the split")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
 def parse_voc_xml(xml_path: Path, class_to_label: dict[str, int]
@@ -89,14 +77,18 @@ def parse_voc_xml(xml_path: Path, class_to_label: dict[str, int]
 
 
 def parse_voc(root: str | Path, split: str) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
-    """Records of every (year, set) in ``split``, in list order; class names; label -> label (VOC has no ids)."""
-    devkit = voc_devkit(root)
+    """Records of every (year, set) in ``split``, in list order; class names; label -> label (VOC has no ids).
+    ``root`` holds ``VOCdevkit`` or is the devkit itself."""
+    devkit = Path(root) / "VOCdevkit" if (Path(root) / "VOCdevkit").is_dir() else Path(root)
     class_to_label = {name: label for label, name in enumerate(VOC_CLASSES, start=1)}
     records, seen = [], set()
     for year, image_set in parse_split(split):
         base = devkit / f"VOC{year}"
         list_path = base / "ImageSets" / "Main" / f"{image_set}.txt"
-        for name in read_id_list(list_path):
+        if not list_path.is_file():
+            raise DatasetError(f"{list_path}: image set list not found; check data.root (VOCdevkit/VOC<year>) and "
+                               f"the split")
+        for name in (line.split()[0] for line in list_path.read_text().splitlines() if line.strip()):
             image_id = voc_image_id(name)
             if image_id in seen:
                 continue
