@@ -164,17 +164,14 @@ def _object_color(rng: np.random.Generator, background: np.ndarray) -> tuple[int
 
 
 def _overlap_ok(box: np.ndarray, placed: Sequence[np.ndarray], max_iou: float, max_covered: float) -> bool:
-    for other in placed:
-        iw = min(box[2], other[2]) - max(box[0], other[0])
-        ih = min(box[3], other[3]) - max(box[1], other[1])
-        if iw <= 0 or ih <= 0:
-            continue
-        inter = iw * ih
-        area_a = (box[2] - box[0]) * (box[3] - box[1])
-        area_b = (other[2] - other[0]) * (other[3] - other[1])
-        if inter / (area_a + area_b - inter) > max_iou or inter / min(area_a, area_b) > max_covered:
-            return False
-    return True
+    """Whether ``box`` has IoU <= ``max_iou`` with every placed box and covers <= ``max_covered`` of the smaller."""
+    others = np.array(placed).reshape(-1, 4)  # [P,4]
+    wh = np.clip(np.minimum(box[2:], others[:, 2:]) - np.maximum(box[:2], others[:, :2]), 0, None)  # [P,2]
+    inter = wh[:, 0] * wh[:, 1]
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    others_area = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    iou = inter / (area + others_area - inter)
+    return not ((iou > max_iou) | (inter / np.minimum(area, others_area) > max_covered)).any()
 
 
 def _xywh(box: Sequence[float]) -> list[int]:
@@ -252,33 +249,28 @@ def _visible_objects(objects: list[dict], slots: list[int], drawn: list[tuple], 
     return out
 
 
-def _write_split(root: Path, split: str, split_index: int, count: int, image_size: Sequence[int], num_classes: int,
-                 seed: int, scene: Scene) -> None:
-    height, width = int(image_size[0]), int(image_size[1])
-    (root / split).mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    for i in range(count):
-        rng = np.random.default_rng([seed, split_index, i])
-        image, objects, _ = render_image(rng, height, width, num_classes, scene)
-        image_id, file_name = i + 1, f"{i + 1:06d}.jpg"
-        image.save(root / split / file_name, format="JPEG", quality=90)
-        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
-        for obj in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **obj})
-    categories = [{"id": k + 1, "name": SHAPES[k], "supercategory": "shape"} for k in range(num_classes)]
-    data = {"info": {"description": "detector synthetic shapes"}, "images": images, "annotations": annotations,
-            "categories": categories}
-    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data, separators=(",", ":")))
-
-
 def generate_synthetic(root: str | Path, num_train: int, num_val: int, image_size: Sequence[int], num_classes: int,
                        seed: int, **scene) -> Path:
     """Write the dataset of every ``data.synthetic`` key into ``root`` (which must not exist), the manifest last."""
     root = Path(root)
     root.mkdir(parents=True)  # FileExistsError rather than write into a folder that is not ours
     (root / "annotations").mkdir()
+    height, width = int(image_size[0]), int(image_size[1])
+    categories = [{"id": k + 1, "name": SHAPES[k], "supercategory": "shape"} for k in range(num_classes)]
     for split_index, (split, count) in enumerate(zip(_SPLITS, (num_train, num_val))):
-        _write_split(root, split, split_index, count, image_size, num_classes, seed, Scene(**scene))
+        (root / split).mkdir()
+        images, annotations = [], []
+        for i in range(count):
+            rng = np.random.default_rng([seed, split_index, i])
+            image, objects, _ = render_image(rng, height, width, num_classes, Scene(**scene))
+            image_id, file_name = i + 1, f"{i + 1:06d}.jpg"
+            image.save(root / split / file_name, format="JPEG", quality=90)
+            images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+            for obj in objects:
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, **obj})
+        data = {"info": {"description": "detector synthetic shapes"}, "images": images, "annotations": annotations,
+                "categories": categories}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data, separators=(",", ":")))
     params = dict(num_train=num_train, num_val=num_val, image_size=image_size, num_classes=num_classes, seed=seed)
     (root / PARAMS_FILE).write_text(json.dumps(synthetic_params({**params, **scene}), indent=1) + "\n")
     return root
