@@ -1,17 +1,16 @@
 """The synthetic shapes datasets, generated locally and written as real COCO-format datasets.
 
 ``generate_synthetic`` writes ``root/{train,val}/NNNNNN.jpg``, ``root/annotations/instances_{train,val}.json`` and
-the manifest ``root/synthetic.json`` (last). An object's class is its shape (the first K of :data:`SHAPES`). The
-files are a pure function of the ``data.synthetic`` keys. Presets (data/README.md): the default, ``amodal`` boxes
-(the whole drawn shape); ``configs/data/synthetic_hard.yaml``, ``visible`` boxes (the pixels left visible after
-everything drawn later, distractors of :data:`DISTRACTORS` included), ``iscrowd`` below ``min_visible``, fully hidden
-objects not annotated.
+the manifest ``root/synthetic.json`` (last), a pure function of the ``data.synthetic`` keys. An object's class is its
+shape (the first K of :data:`SHAPES`). Boxes are ``amodal`` (the whole drawn shape: the default) or ``visible`` (the
+pixels left after everything drawn later, distractors included; ``iscrowd`` below ``min_visible``, fully hidden
+objects not annotated: ``configs/data/synthetic_hard.yaml``).
 
 ``ensure_synthetic`` (what ``build_dataset`` calls) reuses a ``root`` whose manifest equals the keys, refuses any
 other content with a :class:`DatasetError` (never deleting or regenerating it), else generates into a temporary
 sibling ``.<name>.tmp-<pid>-<random>`` renamed onto ``root`` (atomic onto a missing or empty folder): concurrent
-generators (ablation jobs, DDP ranks) each write their own, the first rename wins, and a reader never sees a
-half-written set. A killed generation's leftover is named in a warning once its pid is gone.
+generators each write their own, the first rename wins, a reader never sees a half-written set, and a killed
+generation's leftover is named in a warning.
 """
 from __future__ import annotations
 
@@ -68,40 +67,28 @@ def _draw_shape(shape: str, width: int, height: int) -> Image.Image:
     mask = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(mask)
     x1, y1, cx, cy = width - 1, height - 1, (width - 1) / 2, (height - 1) / 2
-    if shape == "circle":
-        draw.ellipse((0, 0, x1, y1), fill=255)
-    elif shape == "square":
-        draw.rectangle((0, 0, x1, y1), fill=255)
-    elif shape == "triangle":
-        draw.polygon([(0, y1), (x1, y1), (cx, 0)], fill=255)
-    elif shape == "diamond":
-        draw.polygon([(cx, 0), (x1, cy), (cx, y1), (0, cy)], fill=255)
-    elif shape == "star":
-        points = []
-        for k in range(10):
-            radius = 1.0 if k % 2 == 0 else 0.45
-            angle = -math.pi / 2 + k * math.pi / 5
-            points.append((cx + radius * cx * math.cos(angle), cy + radius * cy * math.sin(angle)))
-        draw.polygon(points, fill=255)
-    elif shape == "cross":
-        tx, ty = width / 3, height / 3
-        draw.rectangle((tx, 0, x1 - tx, y1), fill=255)
-        draw.rectangle((0, ty, x1, y1 - ty), fill=255)
-    elif shape == "ring":
-        draw.ellipse((0, 0, x1, y1), fill=255)
-        draw.ellipse((0.3 * cx, 0.3 * cy, x1 - 0.3 * cx, y1 - 0.3 * cy), fill=0)
-    elif shape == "frame":
-        tx, ty = max(1.0, 0.22 * width), max(1.0, 0.22 * height)
-        draw.rectangle((0, 0, x1, y1), fill=255)
-        draw.rectangle((tx, ty, x1 - tx, y1 - ty), fill=0)
-    elif shape == "ell":
-        draw.rectangle((0, 0, width / 3, y1), fill=255)
-        draw.rectangle((0, y1 - height / 3, x1, y1), fill=255)
-    elif shape == "hourglass":
-        draw.polygon([(0, 0), (x1, 0), (cx, cy)], fill=255)
-        draw.polygon([(0, y1), (x1, y1), (cx, cy)], fill=255)
-    else:
+    tx, ty = width / 3, height / 3  # the bars of the cross and the ell
+    fx, fy = max(1.0, 0.22 * width), max(1.0, 0.22 * height)  # the sides of the frame
+    angles = [-math.pi / 2 + k * math.pi / 5 for k in range(10)]  # the star's outer and inner points in turn
+    star = [(cx + r * cx * math.cos(a), cy + r * cy * math.sin(a)) for a, r in zip(angles, [1.0, 0.45] * 5)]
+    parts = {  # shape -> what draws it, in order: (draw method, xy, fill)
+        "circle": [(draw.ellipse, (0, 0, x1, y1), 255)],
+        "square": [(draw.rectangle, (0, 0, x1, y1), 255)],
+        "triangle": [(draw.polygon, [(0, y1), (x1, y1), (cx, 0)], 255)],
+        "diamond": [(draw.polygon, [(cx, 0), (x1, cy), (cx, y1), (0, cy)], 255)],
+        "star": [(draw.polygon, star, 255)],
+        "cross": [(draw.rectangle, (tx, 0, x1 - tx, y1), 255), (draw.rectangle, (0, ty, x1, y1 - ty), 255)],
+        "ring": [(draw.ellipse, (0, 0, x1, y1), 255),
+                 (draw.ellipse, (0.3 * cx, 0.3 * cy, x1 - 0.3 * cx, y1 - 0.3 * cy), 0)],
+        "frame": [(draw.rectangle, (0, 0, x1, y1), 255), (draw.rectangle, (fx, fy, x1 - fx, y1 - fy), 0)],
+        "ell": [(draw.rectangle, (0, 0, tx, y1), 255), (draw.rectangle, (0, y1 - ty, x1, y1), 255)],
+        "hourglass": [(draw.polygon, [(0, 0), (x1, 0), (cx, cy)], 255),
+                      (draw.polygon, [(0, y1), (x1, y1), (cx, cy)], 255)],
+    }
+    if shape not in parts:
         raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES + DISTRACTORS)}")
+    for method, xy, fill in parts[shape]:
+        method(xy, fill=fill)
     return mask
 
 
@@ -312,8 +299,7 @@ def _is_leftover(path: Path, prefix: str) -> bool:
 
 
 def ensure_synthetic(root: str | Path, **keys) -> Path:
-    """Make sure ``root`` holds the dataset of these ``data.synthetic`` keys (all of them); returns root (see the
-    module docstring)."""
+    """Make sure ``root`` holds the dataset of these (all) ``data.synthetic`` keys; returns root (module docstring)."""
     root = Path(root).resolve()  # a link to a folder: rename(2) replaces the folder it names, not the link
     wanted = synthetic_params(keys)
     if _ready(root, wanted):
