@@ -53,11 +53,9 @@ class ImageRecord:
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file to uint8 [3,H,W] RGB, whatever its mode; 16-bit images are scaled by round(v / 257).
-
-    torchvision's decoder first, PIL for the rest. An undecodable file or 32-bit pixels raise :class:`DatasetError`
-    naming it (skipping it mid-epoch would make the training stream depend on which files are readable).
-    """
+    """Decode an image file to uint8 [3,H,W] RGB, whatever its mode (torchvision's decoder, else PIL); 16-bit images
+    are scaled by round(v / 257). An undecodable file or 32-bit pixels raise :class:`DatasetError` naming it
+    (skipping it mid-epoch would make the training stream depend on which files are readable)."""
     try:
         with warnings.catch_warnings():  # torchvision>=0.29 deprecates its decoders in favour of torchcodec
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -110,10 +108,7 @@ def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageR
     """Clip boxes to their image, drop degenerate (non-finite, width/height <= 0) and fully-outside ones; log counts."""
     out, degenerate, outside, clipped = [], {}, {}, 0
     for rec in records:
-        if len(rec.boxes) == 0:
-            out.append(rec)
-            continue
-        boxes = rec.boxes
+        boxes = rec.boxes  # [N,4]
         finite = np.isfinite(boxes).all(axis=1)
         bad = ~finite | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
         limits = np.array([rec.width, rec.height, rec.width, rec.height], dtype=np.float32)

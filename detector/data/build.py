@@ -93,8 +93,7 @@ def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, tor
             raise DatasetError(f"model.proposal_file {path}: image {image_id}: expected [x1,y1,x2,y2(,score)] "
                                f"entries, got {str(entries[0])[:60]}")
         boxes = boxes[:, :4].reshape(-1, 4)
-        bad = degenerate_box_mask(boxes)
-        out[image_id] = boxes[~bad]
+        out[image_id] = boxes[~degenerate_box_mask(boxes)]
     return out
 
 

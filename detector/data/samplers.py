@@ -53,6 +53,4 @@ class GroupedInfiniteBatchSampler(torch.utils.data.Sampler):
 
 def inference_indices(num_images: int, rank: int = 0, world_size: int = 1) -> list[int]:
     """Rank ``rank``'s contiguous slice of ``range(num_images)``; slices are disjoint and cover everything."""
-    per_rank, extra = divmod(num_images, world_size)
-    start = rank * per_rank + min(rank, extra)
-    return list(range(start, start + per_rank + (1 if rank < extra else 0)))
+    return torch.tensor_split(torch.arange(num_images), world_size)[rank].tolist()

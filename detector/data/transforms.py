@@ -7,6 +7,7 @@ The padding size arithmetic lives here too (:func:`batch_padded_size`, ``data.in
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -79,18 +80,14 @@ def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
     return image.flip(-1), target
 
 
+@dataclass(frozen=True)
 class DetectionTransform:
     """The training (``train``: drop crowd boxes, random size of ``min_sizes``, flip) or evaluation pipeline."""
 
-    def __init__(self, *, min_sizes: Sequence[int], max_size: int, flip_prob: float = 0.0, train: bool = False):
-        self.min_sizes = tuple(int(s) for s in min_sizes)
-        self.max_size = int(max_size)
-        self.flip_prob = float(flip_prob)
-        self.train = train
-
-    def __repr__(self) -> str:
-        return (f"DetectionTransform(min_sizes={self.min_sizes}, max_size={self.max_size}, flip_prob={self.flip_prob}, "
-                f"train={self.train})")
+    min_sizes: tuple[int, ...]
+    max_size: int
+    flip_prob: float = 0.0
+    train: bool = False
 
     def plan(self, height: int, width: int, target: dict, generator: torch.Generator
              ) -> tuple[dict, tuple[int, int], bool]:
@@ -117,6 +114,6 @@ def build_transforms(cfg, split: str) -> DetectionTransform:
     """The pipeline for ``split`` ("train" or "val") from ``cfg.data.input``."""
     inp = cfg.data.input
     if split == "train":
-        return DetectionTransform(min_sizes=inp.min_size_train, max_size=inp.max_size_train, flip_prob=inp.flip_prob,
-                                  train=True)
+        return DetectionTransform(min_sizes=tuple(inp.min_size_train), max_size=inp.max_size_train,
+                                  flip_prob=inp.flip_prob, train=True)
     return DetectionTransform(min_sizes=(inp.min_size_test,), max_size=inp.max_size_test)

@@ -95,9 +95,8 @@ def parse_voc(root: str | Path, split: str) -> tuple[list[ImageRecord], list[str
             seen.add(image_id)
             xml_path = base / "Annotations" / f"{name}.xml"
             height, width, boxes, labels, difficult = parse_voc_xml(xml_path, class_to_label)
-            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).astype(np.float32)
             path = image_path(base / "JPEGImages", f"{name}.jpg", f"{list_path}: image {name!r}")
-            records.append(ImageRecord(image_id=image_id, path=path,
-                                       file_name=f"{name}.jpg", height=height, width=width, boxes=boxes,
-                                       labels=labels, iscrowd=difficult, area=area.astype(np.float32)))
+            records.append(ImageRecord(image_id=image_id, path=path, file_name=f"{name}.jpg", height=height,
+                                       width=width, boxes=boxes, labels=labels, iscrowd=difficult, area=area))
     return records, [BACKGROUND, *VOC_CLASSES], {label: label for label in range(1, len(VOC_CLASSES) + 1)}
