@@ -5,16 +5,17 @@ Loaders yield ``(images: list[uint8 [3,H,W]], targets: list[dict])``; see docs/a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from ..boxes import degenerate_box_mask
-from .base import DatasetError, DetectionDataset, check_files_exist, corrupt_records, sanitize_records
+from .base import DatasetError, DetectionDataset, corrupt_records, sanitize_records
 from .coco import load_coco_json, parse_coco
 from .samplers import GroupedInfiniteBatchSampler, inference_indices
-from .subsets import read_image_ids_file, subset_records
+from .subsets import subset_records
 from .synthetic import ensure_synthetic
 from .transforms import build_transforms
 from .voc import parse_voc
@@ -46,14 +47,17 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
         records, classes, label_to_cat_id = parse_voc(data.root, split_name)
     records = sanitize_records(records, source)
     subset = {argument: data[key] for argument, key in SUBSET_KEYS[split].items()}
-    ids_file, ids_key = subset.pop("image_ids_file"), f"data.{SUBSET_KEYS[split]['image_ids_file']}"
     records, classes, label_to_cat_id = subset_records(
-        records, classes, label_to_cat_id, image_ids=read_image_ids_file(ids_file, ids_key) if ids_file else None,
-        ids_source=ids_key, seed=data.subset_seed, source=source, **subset)
+        records, classes, label_to_cat_id, ids_source=f"data.{SUBSET_KEYS[split]['image_ids_file']}",
+        seed=data.subset_seed, source=source, **subset)
     if not records:
         keys = ", ".join(f"data.{key}" for key in SUBSET_KEYS[split].values())
         raise DatasetError(f"{source}: no {split} images left after the subset settings ({keys}); relax them")
-    check_files_exist(records, source)
+    missing = [r.path for r in records if not os.path.isfile(r.path)]  # a cheap check before any image is read
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DatasetError(f"{source}: {len(missing)} of {len(records)} image files are missing: {shown}; "
+                           f"check data.root and the split name, or download the images (data/README.md)")
     if split == "train" and data.label_noise > 0:  # a fixed corrupted set: the same for every seed and epoch
         records = corrupt_records(records, data.label_noise, data.label_noise_kind, data.label_noise_scale,
                                   data.label_noise_seed)

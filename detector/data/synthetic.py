@@ -186,11 +186,8 @@ def render_image(rng: np.random.Generator, height: int, width: int, num_classes:
     max_size = max(scene.min_size + 1, int(min(height, width) * scene.max_size))
     log_ratio = (math.log(scene.aspect_ratio[0]), math.log(scene.aspect_ratio[1]))
     for obj in is_object:
-        if obj:
-            shape_id = int(rng.integers(num_classes))
-            shape = SHAPES[shape_id]
-        else:
-            shape = DISTRACTORS[int(rng.integers(len(DISTRACTORS)))]
+        shape_id = int(rng.integers(num_classes if obj else len(DISTRACTORS)))
+        shape = (SHAPES if obj else DISTRACTORS)[shape_id]
         size = math.exp(rng.uniform(math.log(scene.min_size), math.log(max_size)))
         ratio = math.exp(rng.uniform(*log_ratio))  # w / h
         w = int(min(width, max(scene.min_size, round(size * math.sqrt(ratio)))))
