@@ -74,8 +74,7 @@ def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, tor
     """Precomputed proposals of ``tools/dump_proposals.py``: ``{"<image_id>": [[x1,y1,x2,y2(,score)], ...]}``
     in original image pixels -> image id -> float32 [P,4]; every image of the split must have an entry."""
     try:
-        with open(path) as f:
-            raw = json.load(f)
+        raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise DatasetError(f"model.proposal_file {path}: not found; make it with tools/dump_proposals.py") from None
     except json.JSONDecodeError as exc:

@@ -87,7 +87,6 @@ def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[Ima
         if ann["image_id"] not in coco.imgs:
             raise DatasetError(f"{source}: annotation {ann['id']} refers to image_id {ann['image_id']}, which is not "
                                f"in 'images'; remove the annotation or add the image")
-    image_dir = Path(image_dir)
     records = []
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]

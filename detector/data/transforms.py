@@ -31,8 +31,7 @@ def padded_size(height: int, width: int, divisibility: int) -> tuple[int, int]:
 
 def bucket_sides(max_short: int, max_long: int, divisibility: int, num_buckets: int) -> tuple[int, ...]:
     """``num_buckets`` multiples of ``divisibility`` evenly spaced from ``max_short`` to ``max_long`` (both rounded
-    up), the sides padded batches snap to (``data.input.pad_buckets``; () when 0): at most ``num_buckets ** 2``
-    padded shapes per run."""
+    up): the sides padded batches snap to (``data.input.pad_buckets``; () when 0), <= ``num_buckets ** 2`` shapes."""
     if num_buckets <= 0:
         return ()
     low, high = padded_size(max_short, max_long, divisibility)
