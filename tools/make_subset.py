@@ -18,7 +18,7 @@ from pathlib import Path
 
 from detector.data.base import sanitize_records
 from detector.data.coco import load_coco_json, parse_coco
-from detector.data.subsets import read_image_ids_file, subset_coco_json, subset_records
+from detector.data.subsets import subset_coco_json, subset_records
 from detector.data.voc import parse_voc
 from detector.errors import run_tool
 
@@ -55,9 +55,8 @@ def run(args) -> int:
         records, classes, label_to_cat_id = parse_voc(args.root, args.split)
     records, classes, label_to_cat_id = subset_records(
         sanitize_records(records, args.ann or args.split), classes, label_to_cat_id, keep_classes=args.classes,
-        keep_empty=args.keep_empty,
-        image_ids=read_image_ids_file(args.image_ids_file) if args.image_ids_file else None,
-        fraction=args.fraction, seed=args.seed, max_images=args.max_images, source=args.ann or args.split)
+        keep_empty=args.keep_empty, image_ids_file=args.image_ids_file, fraction=args.fraction, seed=args.seed,
+        max_images=args.max_images, source=args.ann or args.split)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "coco":

@@ -44,8 +44,7 @@ def run(cfgs: list[str], overrides: list[str]) -> int:
     data = load_config(cfgs, overrides).data
     start = time.perf_counter()
     root = ensure_synthetic(data.root, **data.synthetic.to_dict())
-    syn = data.synthetic
-    print(f"synthetic dataset ready in {root} ({syn.num_train}+{syn.num_val} images, "
+    print(f"synthetic dataset ready in {root} ({data.synthetic.num_train}+{data.synthetic.num_val} images, "
           f"{time.perf_counter() - start:.1f} s)")
     return 0
 

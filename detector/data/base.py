@@ -53,11 +53,9 @@ class ImageRecord:
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file to uint8 [3,H,W] RGB, whatever its mode; 16-bit images are scaled by round(v / 257).
-
-    torchvision's decoder first, PIL for the rest. An undecodable file or 32-bit pixels raise :class:`DatasetError`
-    naming it (skipping it mid-epoch would make the training stream depend on which files are readable).
-    """
+    """Decode an image file to uint8 [3,H,W] RGB, whatever its mode (torchvision's decoder, else PIL); 16-bit images
+    are scaled by round(v / 257). An undecodable file or 32-bit pixels raise :class:`DatasetError` naming it
+    (skipping it mid-epoch would make the training stream depend on which files are readable)."""
     try:
         with warnings.catch_warnings():  # torchvision>=0.29 deprecates its decoders in favour of torchcodec
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -97,25 +95,12 @@ def image_path(image_dir: str | Path, file_name: object, where: str) -> str:
     return str(Path(image_dir) / file_name)
 
 
-def check_files_exist(records: Sequence[ImageRecord], source: str) -> None:
-    """Raise :class:`DatasetError` listing the first missing image files (a cheap check at construction)."""
-    missing = [r.path for r in records if not os.path.isfile(r.path)]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise DatasetError(f"{source}: {len(missing)} of {len(records)} image files are missing: {shown}; "
-                           f"check data.root and the split name, or download the images (data/README.md)")
-
-
 def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageRecord]:
     """Clip boxes to their image, drop degenerate (non-finite, width/height <= 0) and fully-outside ones; log counts."""
     out, degenerate, outside, clipped = [], {}, {}, 0
     for rec in records:
-        if len(rec.boxes) == 0:
-            out.append(rec)
-            continue
-        boxes = rec.boxes
-        finite = np.isfinite(boxes).all(axis=1)
-        bad = ~finite | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        boxes = rec.boxes  # [N,4]
+        bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
         limits = np.array([rec.width, rec.height, rec.width, rec.height], dtype=np.float32)
         clip = np.clip(np.nan_to_num(boxes), 0, limits)
         gone = ~bad & ((clip[:, 2] <= clip[:, 0]) | (clip[:, 3] <= clip[:, 1]))
@@ -223,10 +208,6 @@ class DetectionDataset(torch.utils.data.Dataset):
         return DetectionDataset(records=records, classes=self.classes, label_to_cat_id=self.label_to_cat_id,
                                 transforms=self.transforms, name=self.name if name is None else name,
                                 proposals=proposals)
-
-    def aspect_ratio_groups(self) -> list[int]:
-        """Per image: 0 when width >= height, 1 when width < height (the batch sampler's groups)."""
-        return [0 if r.width >= r.height else 1 for r in self.records]
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict]:
         index, sample_seed = key if isinstance(key, (tuple, list)) else (key, key)

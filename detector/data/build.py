@@ -5,22 +5,24 @@ Loaders yield ``(images: list[uint8 [3,H,W]], targets: list[dict])``; see docs/a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from ..boxes import degenerate_box_mask
-from .base import DatasetError, DetectionDataset, check_files_exist, corrupt_records, sanitize_records
-from .coco import coco_split_paths, load_coco_json, parse_coco
+from .base import DatasetError, DetectionDataset, corrupt_records, sanitize_records
+from .coco import load_coco_json, parse_coco
 from .samplers import GroupedInfiniteBatchSampler, inference_indices
-from .subsets import read_image_ids_file, subset_records
+from .subsets import subset_records
 from .synthetic import ensure_synthetic
 from .transforms import build_transforms
 from .voc import parse_voc
 
-SPLITS = ("train", "val")
-# split -> {subset_records argument: the data.* key that sets it}; what is absent keeps every image
+# split -> {subset_records argument: the data.* key that sets it}; what is absent keeps every image. data.classes
+# applies to both splits; the size subsets and keep_empty to training only, so a training subset is still scored on
+# the whole val split (it has its own val_* keys and keeps images without boxes: a detection there is a false positive)
 SUBSET_KEYS = {
     "train": {"keep_classes": "classes", "keep_empty": "keep_empty", "image_ids_file": "image_ids_file",
               "fraction": "fraction", "max_images": "max_images"},
@@ -32,28 +34,30 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
     """The ``split`` ("train" or "val") dataset of ``cfg.data``, subset and cleaned, with its transforms (or raw
     targets when ``transforms=False``). A synthetic set is first generated under ``data.root`` when missing
     (:func:`ensure_synthetic`); the training split then gets the fixed label noise of ``data.label_noise*``."""
-    assert split in SPLITS, split
+    assert split in SUBSET_KEYS, split
     data = cfg.data
     split_name = data.train_split if split == "train" else data.val_split
     if data.format == "synthetic":
         ensure_synthetic(data.root, **data.synthetic.to_dict())  # the keys are the generator's parameters
     if data.format in ("synthetic", "coco"):
-        ann_file, image_dir = coco_split_paths(data.root, split_name)
-        source = str(ann_file)
-        records, classes, label_to_cat_id = parse_coco(load_coco_json(ann_file), image_dir, source)
+        source = str(Path(data.root) / "annotations" / f"instances_{split_name}.json")
+        records, classes, label_to_cat_id = parse_coco(load_coco_json(source), Path(data.root) / split_name, source)
     else:
         source = f"VOC {split_name} under {data.root}"
         records, classes, label_to_cat_id = parse_voc(data.root, split_name)
     records = sanitize_records(records, source)
-    subset = split_subset(data, split)
-    ids_file, ids_key = subset.pop("image_ids_file"), f"data.{SUBSET_KEYS[split]['image_ids_file']}"
+    subset = {argument: data[key] for argument, key in SUBSET_KEYS[split].items()}
     records, classes, label_to_cat_id = subset_records(
-        records, classes, label_to_cat_id, image_ids=read_image_ids_file(ids_file, ids_key) if ids_file else None,
-        ids_source=ids_key, seed=data.subset_seed, source=source, **subset)
+        records, classes, label_to_cat_id, ids_source=f"data.{SUBSET_KEYS[split]['image_ids_file']}",
+        seed=data.subset_seed, source=source, **subset)
     if not records:
         keys = ", ".join(f"data.{key}" for key in SUBSET_KEYS[split].values())
         raise DatasetError(f"{source}: no {split} images left after the subset settings ({keys}); relax them")
-    check_files_exist(records, source)
+    missing = [r.path for r in records if not os.path.isfile(r.path)]  # a cheap check before any image is read
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DatasetError(f"{source}: {len(missing)} of {len(records)} image files are missing: {shown}; "
+                           f"check data.root and the split name, or download the images (data/README.md)")
     if split == "train" and data.label_noise > 0:  # a fixed corrupted set: the same for every seed and epoch
         records = corrupt_records(records, data.label_noise, data.label_noise_kind, data.label_noise_scale,
                                   data.label_noise_seed)
@@ -66,19 +70,11 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
                             proposals=proposals)
 
 
-def split_subset(data, split: str) -> dict:
-    """The ``subset_records`` selections of ``split`` (:data:`SUBSET_KEYS`). ``data.classes`` applies to both splits;
-    the size subsets and ``keep_empty`` to training only, so a training subset is still scored on the whole val split
-    (which has its own ``val_*`` keys and keeps images without boxes: a detection on them is a false positive)."""
-    return {argument: data[key] for argument, key in SUBSET_KEYS[split].items()}
-
-
 def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, torch.Tensor]:
     """Precomputed proposals of ``tools/dump_proposals.py``: ``{"<image_id>": [[x1,y1,x2,y2(,score)], ...]}``
     in original image pixels -> image id -> float32 [P,4]; every image of the split must have an entry."""
     try:
-        with open(path) as f:
-            raw = json.load(f)
+        raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise DatasetError(f"model.proposal_file {path}: not found; make it with tools/dump_proposals.py") from None
     except json.JSONDecodeError as exc:
@@ -100,8 +96,7 @@ def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, tor
             raise DatasetError(f"model.proposal_file {path}: image {image_id}: expected [x1,y1,x2,y2(,score)] "
                                f"entries, got {str(entries[0])[:60]}")
         boxes = boxes[:, :4].reshape(-1, 4)
-        bad = degenerate_box_mask(boxes)
-        out[image_id] = boxes[~bad]
+        out[image_id] = boxes[~degenerate_box_mask(boxes)]
     return out
 
 
@@ -119,21 +114,12 @@ def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor],
     return list(images), list(targets)
 
 
-def _rank_and_world_size(distributed: bool) -> tuple[int, int]:
-    if not distributed:
-        return 0, 1
-    if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError("build_dataloader(distributed=True) needs torch.distributed initialised "
-                           "(launch with torchrun and call init_process_group first)")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def make_dataloader(dataset: DetectionDataset, *, train: bool, batch_size: int, num_workers: int, seed: int = 0,
                     start_iter: int = 0, rank: int = 0, world_size: int = 1, group_by_aspect_ratio: bool = True,
                     pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """A loader over ``dataset``: infinite seeded grouped batches when ``train``, else this rank's ordered slice."""
     if train:
-        groups = dataset.aspect_ratio_groups() if group_by_aspect_ratio else [0] * len(dataset)
+        groups = [int(r.width < r.height) for r in dataset.records] if group_by_aspect_ratio else [0] * len(dataset)
         batch_sampler = GroupedInfiniteBatchSampler(groups, batch_size=batch_size, seed=seed, start_iter=start_iter,
                                                     rank=rank, world_size=world_size)
     else:
@@ -146,23 +132,21 @@ def make_dataloader(dataset: DetectionDataset, *, train: bool, batch_size: int, 
                                        persistent_workers=num_workers > 0, generator=generator)
 
 
-def eval_subset(dataset: DetectionDataset, max_images: int | None) -> DetectionDataset:
-    """The images evaluation scores: the first ``max_images`` (``eval.max_images``) of the val dataset, as a new
-    dataset (the given one is not changed), or the dataset itself when ``max_images`` is None."""
-    if max_images is None:
-        return dataset
-    return dataset.subset(range(min(max_images, len(dataset))), name=f"{dataset.name} first {max_images}")
-
-
 def build_dataloader(cfg, split: str, start_iter: int = 0, distributed: bool = False,
                      dataset: DetectionDataset | None = None) -> torch.utils.data.DataLoader:
     """The training loader (infinite, from batch ``start_iter`` of the ``cfg.seed`` stream) or the val loader (the
-    first ``eval.max_images`` images: :func:`eval_subset`; under ``distributed`` a disjoint slice per rank).
-    ``dataset``: the split's :func:`build_dataset`, when the caller already built it."""
+    first ``eval.max_images`` images, as a new dataset; under ``distributed`` a disjoint slice per rank).
+    ``dataset``: the split's :func:`build_dataset`, when the caller already built it (it is not changed)."""
     dataset = build_dataset(cfg, split) if dataset is None else dataset
-    if split == "val":
-        dataset = eval_subset(dataset, cfg.eval.max_images)
-    rank, world_size = _rank_and_world_size(distributed)
+    max_images = cfg.eval.max_images
+    if split == "val" and max_images is not None:
+        dataset = dataset.subset(range(min(max_images, len(dataset))), name=f"{dataset.name} first {max_images}")
+    rank, world_size = 0, 1
+    if distributed:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("build_dataloader(distributed=True) needs torch.distributed initialised "
+                               "(launch with torchrun and call init_process_group first)")
+        rank, world_size = dist.get_rank(), dist.get_world_size()
     return make_dataloader(dataset, train=split == "train", batch_size=cfg.train.batch_size,
                            num_workers=cfg.data.loader.num_workers, seed=cfg.seed, start_iter=start_iter, rank=rank,
                            world_size=world_size, group_by_aspect_ratio=cfg.data.loader.aspect_ratio_grouping,

@@ -73,12 +73,9 @@ def load_coco_json(ann_file: str | Path) -> COCO:
 
 
 def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
-    """Records (sorted by image id), class names (index 0 background) and label -> category id.
-
-    ``coco`` comes from :func:`load_coco_json` (its checks are not repeated). Unknown category ids and annotations
-    of unknown images raise :class:`DatasetError` naming the annotation; a file_name that leaves ``image_dir``
-    raises naming the image.
-    """
+    """Records (sorted by image id), class names (index 0 background) and label -> category id of a
+    :func:`load_coco_json` file. Unknown category or image ids, and a file_name that leaves ``image_dir``, raise
+    :class:`DatasetError` naming the annotation or image."""
     cat_ids = sorted(coco.cats)
     cat_to_label = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
     classes = [BACKGROUND] + [coco.cats[c]["name"] for c in cat_ids]
@@ -90,7 +87,6 @@ def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[Ima
         if ann["image_id"] not in coco.imgs:
             raise DatasetError(f"{source}: annotation {ann['id']} refers to image_id {ann['image_id']}, which is not "
                                f"in 'images'; remove the annotation or add the image")
-    image_dir = Path(image_dir)
     records = []
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
@@ -106,9 +102,3 @@ def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[Ima
             labels=np.array([cat_to_label[a["category_id"]] for a in anns], dtype=np.int64),
             iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool), area=area))
     return records, classes, dict(enumerate(cat_ids, start=1))
-
-
-def coco_split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
-    """(annotation file, image folder) of a COCO-layout split."""
-    root = Path(root)
-    return root / "annotations" / f"instances_{split}.json", root / split

@@ -7,14 +7,10 @@ Evaluation: :func:`inference_indices` gives each rank a contiguous, ordered, dis
 """
 from __future__ import annotations
 
-from itertools import islice
+from itertools import count, islice
 from typing import Iterator, Sequence
 
 import torch
-
-
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1))
 
 
 class GroupedInfiniteBatchSampler(torch.utils.data.Sampler):
@@ -36,25 +32,20 @@ class GroupedInfiniteBatchSampler(torch.utils.data.Sampler):
         self.rank = rank
         self.world_size = world_size
 
-    def _samples(self) -> Iterator[tuple[int, int]]:
-        """The rank's infinite stream of (index, sample_seed), epoch after epoch."""
+    def _batches(self) -> Iterator[list[tuple[int, int]]]:
+        """The rank's infinite stream of grouped batches, epoch after epoch."""
         n = len(self.group_ids)
-        epoch = 0
-        while True:
-            generator = _epoch_generator(self.seed, epoch)
+        buffers: dict[int, list[tuple[int, int]]] = {}
+        for epoch in count():
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % (2**63 - 1))
             order = torch.randperm(n, generator=generator).tolist()
             seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
-            yield from zip(order[self.rank::self.world_size], seeds[self.rank::self.world_size])
-            epoch += 1
-
-    def _batches(self) -> Iterator[list[tuple[int, int]]]:
-        buffers: dict[int, list[tuple[int, int]]] = {}
-        for sample in self._samples():
-            buffer = buffers.setdefault(self.group_ids[sample[0]], [])
-            buffer.append(sample)
-            if len(buffer) == self.batch_size:
-                yield buffer[:]
-                buffer.clear()
+            for sample in zip(order[self.rank::self.world_size], seeds[self.rank::self.world_size]):
+                buffer = buffers.setdefault(self.group_ids[sample[0]], [])
+                buffer.append(sample)
+                if len(buffer) == self.batch_size:
+                    yield buffer[:]
+                    buffer.clear()
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         return islice(self._batches(), self.start_iter, None)
@@ -62,6 +53,4 @@ class GroupedInfiniteBatchSampler(torch.utils.data.Sampler):
 
 def inference_indices(num_images: int, rank: int = 0, world_size: int = 1) -> list[int]:
     """Rank ``rank``'s contiguous slice of ``range(num_images)``; slices are disjoint and cover everything."""
-    per_rank, extra = divmod(num_images, world_size)
-    start = rank * per_rank + min(rank, extra)
-    return list(range(start, start + per_rank + (1 if rank < extra else 0)))
+    return torch.tensor_split(torch.arange(num_images), world_size)[rank].tolist()

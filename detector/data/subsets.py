@@ -1,8 +1,9 @@
 """Subsets of a parsed dataset, for every format (``tools/make_subset.py`` writes what ``build_dataset`` selects).
 
 :func:`subset_records` applies, in order: ``classes`` (keep these names, relabelled 1..K in that order),
-``keep_empty=False`` (drop images without a non-crowd box), ``image_ids`` (COCO id or VOC name), ``fraction``
-(``round(fraction * n)`` images drawn with ``seed``, order kept), ``max_images`` (the first ones).
+``keep_empty=False`` (drop images without a non-crowd box), ``image_ids_file`` (one COCO id or VOC name a line;
+blank lines and ``#`` comments ignored), ``fraction``
+(``round(fraction * n)``, at least 1, images drawn with ``seed``, order kept), ``max_images`` (the first ones).
 """
 from __future__ import annotations
 
@@ -16,14 +17,6 @@ import numpy as np
 from .base import BACKGROUND, DatasetError, ImageRecord
 
 logger = logging.getLogger(__name__)
-
-
-def read_image_ids_file(path: str | Path, key: str = "data.image_ids_file") -> list[str]:
-    """One id per line (blank lines and ``#`` comments ignored); ``key`` names the setting in messages."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: image id file ({key}) not found")
-    return [line.split("#")[0].strip() for line in path.read_text().splitlines() if line.split("#")[0].strip()]
 
 
 def select_classes(records: Sequence[ImageRecord], classes: Sequence[str], label_to_cat_id: dict[int, int],
@@ -40,33 +33,26 @@ def select_classes(records: Sequence[ImageRecord], classes: Sequence[str], label
     lut = np.zeros(len(classes), dtype=np.int64)  # old label -> new label (0 = dropped)
     for new, name in enumerate(names, start=1):
         lut[old[name]] = new
-    out = []
-    for rec in records:
-        new_labels = lut[rec.labels]
-        out.append(rec.select(new_labels > 0, labels=new_labels))
+    out = [rec.select(lut[rec.labels] > 0, labels=lut[rec.labels]) for rec in records]
     return out, [BACKGROUND, *names], {new: label_to_cat_id[old[name]] for new, name in enumerate(names, start=1)}
-
-
-def fraction_indices(n: int, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of ``round(fraction * n)`` (at least 1) of ``n`` items, a pure function of ``seed``."""
-    count = min(n, max(1, int(round(fraction * n))))
-    return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
 
 
 def subset_records(records: Sequence[ImageRecord], classes: Sequence[str], label_to_cat_id: dict[int, int], *,
                    keep_classes: Sequence[str] | None = None, keep_empty: bool = True,
-                   image_ids: Sequence[str] | None = None, fraction: float | None = None, seed: int = 0,
+                   image_ids_file: str | None = None, fraction: float | None = None, seed: int = 0,
                    max_images: int | None = None, source: str = "dataset", ids_source: str = "data.image_ids_file"
                    ) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
     """Apply the selections in the module docstring (the defaults keep everything); returns (records, classes,
     label_to_cat_id). ``source`` and ``ids_source`` name the file and the setting in messages."""
+    if image_ids_file and not Path(image_ids_file).is_file():
+        raise DatasetError(f"{image_ids_file}: image id file ({ids_source}) not found")
     records, classes, label_to_cat_id = list(records), list(classes), dict(label_to_cat_id)
     if keep_classes:
         records, classes, label_to_cat_id = select_classes(records, classes, label_to_cat_id, keep_classes, source)
     if not keep_empty:
         records = [r for r in records if (~r.iscrowd).any()]
-    if image_ids is not None:
-        wanted = {str(i) for i in image_ids}
+    if image_ids_file:
+        wanted = {line.split("#")[0].strip() for line in Path(image_ids_file).read_text().splitlines()} - {""}
         kept = [r for r in records if str(r.image_id) in wanted or Path(r.file_name).stem in wanted]
         found = {str(r.image_id) for r in kept} | {Path(r.file_name).stem for r in kept}
         if not kept:
@@ -77,7 +63,8 @@ def subset_records(records: Sequence[ImageRecord], classes: Sequence[str], label
                            f"(or were filtered out), e.g. {sorted(wanted - found)[:3]}")
         records = kept
     if fraction is not None and records:
-        records = [records[i] for i in fraction_indices(len(records), fraction, seed)]
+        count = min(len(records), max(1, int(round(fraction * len(records)))))
+        records = [records[i] for i in np.sort(np.random.default_rng(seed).choice(len(records), count, replace=False))]
     if max_images is not None:
         records = records[:max_images]
     return records, classes, label_to_cat_id

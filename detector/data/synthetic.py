@@ -1,17 +1,16 @@
 """The synthetic shapes datasets, generated locally and written as real COCO-format datasets.
 
 ``generate_synthetic`` writes ``root/{train,val}/NNNNNN.jpg``, ``root/annotations/instances_{train,val}.json`` and
-the manifest ``root/synthetic.json`` (last). An object's class is its shape (the first K of :data:`SHAPES`). The
-files are a pure function of the ``data.synthetic`` keys. Presets (data/README.md): the default, ``amodal`` boxes
-(the whole drawn shape); ``configs/data/synthetic_hard.yaml``, ``visible`` boxes (the pixels left visible after
-everything drawn later, distractors of :data:`DISTRACTORS` included), ``iscrowd`` below ``min_visible``, fully hidden
-objects not annotated.
+the manifest ``root/synthetic.json`` (last), a pure function of the ``data.synthetic`` keys. An object's class is its
+shape (the first K of :data:`SHAPES`). Boxes are ``amodal`` (the whole drawn shape: the default) or ``visible`` (the
+pixels left after everything drawn later, distractors included; ``iscrowd`` below ``min_visible``, fully hidden
+objects not annotated: ``configs/data/synthetic_hard.yaml``).
 
 ``ensure_synthetic`` (what ``build_dataset`` calls) reuses a ``root`` whose manifest equals the keys, refuses any
 other content with a :class:`DatasetError` (never deleting or regenerating it), else generates into a temporary
 sibling ``.<name>.tmp-<pid>-<random>`` renamed onto ``root`` (atomic onto a missing or empty folder): concurrent
-generators (ablation jobs, DDP ranks) each write their own, the first rename wins, and a reader never sees a
-half-written set. A killed generation's leftover is named in a warning once its pid is gone.
+generators each write their own, the first rename wins, a reader never sees a half-written set, and a killed
+generation's leftover is named in a warning.
 """
 from __future__ import annotations
 
@@ -68,40 +67,28 @@ def _draw_shape(shape: str, width: int, height: int) -> Image.Image:
     mask = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(mask)
     x1, y1, cx, cy = width - 1, height - 1, (width - 1) / 2, (height - 1) / 2
-    if shape == "circle":
-        draw.ellipse((0, 0, x1, y1), fill=255)
-    elif shape == "square":
-        draw.rectangle((0, 0, x1, y1), fill=255)
-    elif shape == "triangle":
-        draw.polygon([(0, y1), (x1, y1), (cx, 0)], fill=255)
-    elif shape == "diamond":
-        draw.polygon([(cx, 0), (x1, cy), (cx, y1), (0, cy)], fill=255)
-    elif shape == "star":
-        points = []
-        for k in range(10):
-            radius = 1.0 if k % 2 == 0 else 0.45
-            angle = -math.pi / 2 + k * math.pi / 5
-            points.append((cx + radius * cx * math.cos(angle), cy + radius * cy * math.sin(angle)))
-        draw.polygon(points, fill=255)
-    elif shape == "cross":
-        tx, ty = width / 3, height / 3
-        draw.rectangle((tx, 0, x1 - tx, y1), fill=255)
-        draw.rectangle((0, ty, x1, y1 - ty), fill=255)
-    elif shape == "ring":
-        draw.ellipse((0, 0, x1, y1), fill=255)
-        draw.ellipse((0.3 * cx, 0.3 * cy, x1 - 0.3 * cx, y1 - 0.3 * cy), fill=0)
-    elif shape == "frame":
-        tx, ty = max(1.0, 0.22 * width), max(1.0, 0.22 * height)
-        draw.rectangle((0, 0, x1, y1), fill=255)
-        draw.rectangle((tx, ty, x1 - tx, y1 - ty), fill=0)
-    elif shape == "ell":
-        draw.rectangle((0, 0, width / 3, y1), fill=255)
-        draw.rectangle((0, y1 - height / 3, x1, y1), fill=255)
-    elif shape == "hourglass":
-        draw.polygon([(0, 0), (x1, 0), (cx, cy)], fill=255)
-        draw.polygon([(0, y1), (x1, y1), (cx, cy)], fill=255)
-    else:
+    tx, ty = width / 3, height / 3  # the bars of the cross and the ell
+    fx, fy = max(1.0, 0.22 * width), max(1.0, 0.22 * height)  # the sides of the frame
+    angles = [-math.pi / 2 + k * math.pi / 5 for k in range(10)]  # the star's outer and inner points in turn
+    star = [(cx + r * cx * math.cos(a), cy + r * cy * math.sin(a)) for a, r in zip(angles, [1.0, 0.45] * 5)]
+    parts = {  # shape -> what draws it, in order: (draw method, xy, fill)
+        "circle": [(draw.ellipse, (0, 0, x1, y1), 255)],
+        "square": [(draw.rectangle, (0, 0, x1, y1), 255)],
+        "triangle": [(draw.polygon, [(0, y1), (x1, y1), (cx, 0)], 255)],
+        "diamond": [(draw.polygon, [(cx, 0), (x1, cy), (cx, y1), (0, cy)], 255)],
+        "star": [(draw.polygon, star, 255)],
+        "cross": [(draw.rectangle, (tx, 0, x1 - tx, y1), 255), (draw.rectangle, (0, ty, x1, y1 - ty), 255)],
+        "ring": [(draw.ellipse, (0, 0, x1, y1), 255),
+                 (draw.ellipse, (0.3 * cx, 0.3 * cy, x1 - 0.3 * cx, y1 - 0.3 * cy), 0)],
+        "frame": [(draw.rectangle, (0, 0, x1, y1), 255), (draw.rectangle, (fx, fy, x1 - fx, y1 - fy), 0)],
+        "ell": [(draw.rectangle, (0, 0, tx, y1), 255), (draw.rectangle, (0, y1 - ty, x1, y1), 255)],
+        "hourglass": [(draw.polygon, [(0, 0), (x1, 0), (cx, cy)], 255),
+                      (draw.polygon, [(0, y1), (x1, y1), (cx, cy)], 255)],
+    }
+    if shape not in parts:
         raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES + DISTRACTORS)}")
+    for method, xy, fill in parts[shape]:
+        method(xy, fill=fill)
     return mask
 
 
@@ -164,17 +151,14 @@ def _object_color(rng: np.random.Generator, background: np.ndarray) -> tuple[int
 
 
 def _overlap_ok(box: np.ndarray, placed: Sequence[np.ndarray], max_iou: float, max_covered: float) -> bool:
-    for other in placed:
-        iw = min(box[2], other[2]) - max(box[0], other[0])
-        ih = min(box[3], other[3]) - max(box[1], other[1])
-        if iw <= 0 or ih <= 0:
-            continue
-        inter = iw * ih
-        area_a = (box[2] - box[0]) * (box[3] - box[1])
-        area_b = (other[2] - other[0]) * (other[3] - other[1])
-        if inter / (area_a + area_b - inter) > max_iou or inter / min(area_a, area_b) > max_covered:
-            return False
-    return True
+    """Whether ``box`` has IoU <= ``max_iou`` with every placed box and covers <= ``max_covered`` of the smaller."""
+    others = np.array(placed).reshape(-1, 4)  # [P,4]
+    wh = np.clip(np.minimum(box[2:], others[:, 2:]) - np.maximum(box[:2], others[:, :2]), 0, None)  # [P,2]
+    inter = wh[:, 0] * wh[:, 1]
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    others_area = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    iou = inter / (area + others_area - inter)
+    return not ((iou > max_iou) | (inter / np.minimum(area, others_area) > max_covered)).any()
 
 
 def _xywh(box: Sequence[float]) -> list[int]:
@@ -202,11 +186,8 @@ def render_image(rng: np.random.Generator, height: int, width: int, num_classes:
     max_size = max(scene.min_size + 1, int(min(height, width) * scene.max_size))
     log_ratio = (math.log(scene.aspect_ratio[0]), math.log(scene.aspect_ratio[1]))
     for obj in is_object:
-        if obj:
-            shape_id = int(rng.integers(num_classes))
-            shape = SHAPES[shape_id]
-        else:
-            shape = DISTRACTORS[int(rng.integers(len(DISTRACTORS)))]
+        shape_id = int(rng.integers(num_classes if obj else len(DISTRACTORS)))
+        shape = (SHAPES if obj else DISTRACTORS)[shape_id]
         size = math.exp(rng.uniform(math.log(scene.min_size), math.log(max_size)))
         ratio = math.exp(rng.uniform(*log_ratio))  # w / h
         w = int(min(width, max(scene.min_size, round(size * math.sqrt(ratio)))))
@@ -252,33 +233,28 @@ def _visible_objects(objects: list[dict], slots: list[int], drawn: list[tuple], 
     return out
 
 
-def _write_split(root: Path, split: str, split_index: int, count: int, image_size: Sequence[int], num_classes: int,
-                 seed: int, scene: Scene) -> None:
-    height, width = int(image_size[0]), int(image_size[1])
-    (root / split).mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    for i in range(count):
-        rng = np.random.default_rng([seed, split_index, i])
-        image, objects, _ = render_image(rng, height, width, num_classes, scene)
-        image_id, file_name = i + 1, f"{i + 1:06d}.jpg"
-        image.save(root / split / file_name, format="JPEG", quality=90)
-        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
-        for obj in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **obj})
-    categories = [{"id": k + 1, "name": SHAPES[k], "supercategory": "shape"} for k in range(num_classes)]
-    data = {"info": {"description": "detector synthetic shapes"}, "images": images, "annotations": annotations,
-            "categories": categories}
-    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data, separators=(",", ":")))
-
-
 def generate_synthetic(root: str | Path, num_train: int, num_val: int, image_size: Sequence[int], num_classes: int,
                        seed: int, **scene) -> Path:
     """Write the dataset of every ``data.synthetic`` key into ``root`` (which must not exist), the manifest last."""
     root = Path(root)
     root.mkdir(parents=True)  # FileExistsError rather than write into a folder that is not ours
     (root / "annotations").mkdir()
+    height, width = int(image_size[0]), int(image_size[1])
+    categories = [{"id": k + 1, "name": SHAPES[k], "supercategory": "shape"} for k in range(num_classes)]
     for split_index, (split, count) in enumerate(zip(_SPLITS, (num_train, num_val))):
-        _write_split(root, split, split_index, count, image_size, num_classes, seed, Scene(**scene))
+        (root / split).mkdir()
+        images, annotations = [], []
+        for i in range(count):
+            rng = np.random.default_rng([seed, split_index, i])
+            image, objects, _ = render_image(rng, height, width, num_classes, Scene(**scene))
+            image_id, file_name = i + 1, f"{i + 1:06d}.jpg"
+            image.save(root / split / file_name, format="JPEG", quality=90)
+            images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+            for obj in objects:
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, **obj})
+        data = {"info": {"description": "detector synthetic shapes"}, "images": images, "annotations": annotations,
+                "categories": categories}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data, separators=(",", ":")))
     params = dict(num_train=num_train, num_val=num_val, image_size=image_size, num_classes=num_classes, seed=seed)
     (root / PARAMS_FILE).write_text(json.dumps(synthetic_params({**params, **scene}), indent=1) + "\n")
     return root
@@ -320,8 +296,7 @@ def _is_leftover(path: Path, prefix: str) -> bool:
 
 
 def ensure_synthetic(root: str | Path, **keys) -> Path:
-    """Make sure ``root`` holds the dataset of these ``data.synthetic`` keys (all of them); returns root (see the
-    module docstring)."""
+    """Make sure ``root`` holds the dataset of these (all) ``data.synthetic`` keys; returns root (module docstring)."""
     root = Path(root).resolve()  # a link to a folder: rename(2) replaces the folder it names, not the link
     wanted = synthetic_params(keys)
     if _ready(root, wanted):

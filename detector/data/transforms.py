@@ -7,6 +7,7 @@ The padding size arithmetic lives here too (:func:`batch_padded_size`, ``data.in
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -30,8 +31,7 @@ def padded_size(height: int, width: int, divisibility: int) -> tuple[int, int]:
 
 def bucket_sides(max_short: int, max_long: int, divisibility: int, num_buckets: int) -> tuple[int, ...]:
     """``num_buckets`` multiples of ``divisibility`` evenly spaced from ``max_short`` to ``max_long`` (both rounded
-    up), the sides padded batches snap to (``data.input.pad_buckets``; () when 0): at most ``num_buckets ** 2``
-    padded shapes per run."""
+    up): the sides padded batches snap to (``data.input.pad_buckets``; () when 0), <= ``num_buckets ** 2`` shapes."""
     if num_buckets <= 0:
         return ()
     low, high = padded_size(max_short, max_long, divisibility)
@@ -65,47 +65,37 @@ def resize(image: torch.Tensor, target: dict, size: tuple[int, int]) -> tuple[to
         return image, target
     image = TF.resize(image, list(size), antialias=True)
     sx, sy = size[1] / width, size[0] / height
-    target = dict(target, boxes=scale_boxes(target["boxes"], sx, sy), area=target["area"] * (sx * sy))
-    if "proposals" in target:  # precomputed proposals move with the image like the GT boxes
-        target["proposals"] = scale_boxes(target["proposals"], sx, sy)
+    target = dict(target, area=target["area"] * (sx * sy))
+    for key in {"boxes", "proposals"} & target.keys():  # precomputed proposals move with the image like the GT boxes
+        target[key] = scale_boxes(target[key], sx, sy)
     return image, target
 
 
 def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
     """Left-right flip of the image, its boxes and its precomputed proposals (if any)."""
-    width = image.shape[-1]
-    target = dict(target, boxes=flip_boxes_horizontal(target["boxes"], width))
-    if "proposals" in target:
-        target["proposals"] = flip_boxes_horizontal(target["proposals"], width)
+    target = dict(target)
+    for key in {"boxes", "proposals"} & target.keys():
+        target[key] = flip_boxes_horizontal(target[key], image.shape[-1])
     return image.flip(-1), target
 
 
-def drop_crowd(target: dict) -> dict:
-    """Remove crowd (COCO) / difficult (VOC) boxes: they are ignored in training."""
-    keep = ~target["iscrowd"]
-    return dict(target, **{k: target[k][keep] for k in ("boxes", "labels", "iscrowd", "area")})
-
-
+@dataclass(frozen=True)
 class DetectionTransform:
     """The training (``train``: drop crowd boxes, random size of ``min_sizes``, flip) or evaluation pipeline."""
 
-    def __init__(self, *, min_sizes: Sequence[int], max_size: int, flip_prob: float = 0.0, train: bool = False):
-        self.min_sizes = tuple(int(s) for s in min_sizes)
-        self.max_size = int(max_size)
-        self.flip_prob = float(flip_prob)
-        self.train = train
-
-    def __repr__(self) -> str:
-        return (f"DetectionTransform(min_sizes={self.min_sizes}, max_size={self.max_size}, flip_prob={self.flip_prob}, "
-                f"train={self.train})")
+    min_sizes: tuple[int, ...]
+    max_size: int
+    flip_prob: float = 0.0
+    train: bool = False
 
     def plan(self, height: int, width: int, target: dict, generator: torch.Generator
              ) -> tuple[dict, tuple[int, int], bool]:
         """The random decisions for an image, without its pixels: (target after crowd removal, resized (H', W'),
         flip); the padded-shape benchmark calls it alone."""
         target = dict(target, orig_size=(int(height), int(width)))
-        if self.train:
-            target = drop_crowd(target)
+        if self.train:  # crowd (COCO) / difficult (VOC) boxes are ignored in training
+            keep = ~target["iscrowd"]
+            target = dict(target, **{k: target[k][keep] for k in ("boxes", "labels", "iscrowd", "area")})
         pick = int(torch.randint(len(self.min_sizes), (1,), generator=generator)) if len(self.min_sizes) > 1 else 0
         size = resized_size(height, width, self.min_sizes[pick], self.max_size)
         flip = self.flip_prob > 0 and float(torch.rand((), generator=generator)) < self.flip_prob
@@ -123,6 +113,6 @@ def build_transforms(cfg, split: str) -> DetectionTransform:
     """The pipeline for ``split`` ("train" or "val") from ``cfg.data.input``."""
     inp = cfg.data.input
     if split == "train":
-        return DetectionTransform(min_sizes=inp.min_size_train, max_size=inp.max_size_train, flip_prob=inp.flip_prob,
-                                  train=True)
+        return DetectionTransform(min_sizes=tuple(inp.min_size_train), max_size=inp.max_size_train,
+                                  flip_prob=inp.flip_prob, train=True)
     return DetectionTransform(min_sizes=(inp.min_size_test,), max_size=inp.max_size_test)

@@ -26,12 +26,6 @@ def voc_image_id(name: str) -> int:
         raise DatasetError(f"VOC image name {name!r} is not numeric (expected like 000005 or 2008_000123)") from None
 
 
-def voc_devkit(root: str | Path) -> Path:
-    """``root/VOCdevkit`` when it exists, else ``root`` itself (a root that is the devkit)."""
-    root = Path(root)
-    return root / "VOCdevkit" if (root / "VOCdevkit").is_dir() else root
-
-
 def parse_split(split: str) -> list[tuple[str, str]]:
     """``"2007/trainval+2012/trainval"`` -> [("2007", "trainval"), ("2012", "trainval")]."""
     pairs = []
@@ -42,12 +36,6 @@ def parse_split(split: str) -> list[tuple[str, str]]:
                                f"use e.g. data.train_split=2007/trainval+2012/trainval")
         pairs.append((year, image_set))
     return pairs
-
-
-def read_id_list(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DatasetError(f"{path}: image set list not found; check data.root (VOCdevkit/VOC<year>) and the split")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
 def parse_voc_xml(xml_path: Path, class_to_label: dict[str, int]
@@ -89,23 +77,26 @@ def parse_voc_xml(xml_path: Path, class_to_label: dict[str, int]
 
 
 def parse_voc(root: str | Path, split: str) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
-    """Records of every (year, set) in ``split``, in list order; class names; label -> label (VOC has no ids)."""
-    devkit = voc_devkit(root)
+    """Records of every (year, set) in ``split``, in list order; class names; label -> label (VOC has no ids).
+    ``root`` holds ``VOCdevkit`` or is the devkit itself."""
+    devkit = Path(root) / "VOCdevkit" if (Path(root) / "VOCdevkit").is_dir() else Path(root)
     class_to_label = {name: label for label, name in enumerate(VOC_CLASSES, start=1)}
     records, seen = [], set()
     for year, image_set in parse_split(split):
         base = devkit / f"VOC{year}"
         list_path = base / "ImageSets" / "Main" / f"{image_set}.txt"
-        for name in read_id_list(list_path):
+        if not list_path.is_file():
+            raise DatasetError(f"{list_path}: image set list not found; check data.root (VOCdevkit/VOC<year>) and "
+                               f"the split")
+        for name in (line.split()[0] for line in list_path.read_text().splitlines() if line.strip()):
             image_id = voc_image_id(name)
             if image_id in seen:
                 continue
             seen.add(image_id)
             xml_path = base / "Annotations" / f"{name}.xml"
             height, width, boxes, labels, difficult = parse_voc_xml(xml_path, class_to_label)
-            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).astype(np.float32)
             path = image_path(base / "JPEGImages", f"{name}.jpg", f"{list_path}: image {name!r}")
-            records.append(ImageRecord(image_id=image_id, path=path,
-                                       file_name=f"{name}.jpg", height=height, width=width, boxes=boxes,
-                                       labels=labels, iscrowd=difficult, area=area.astype(np.float32)))
+            records.append(ImageRecord(image_id=image_id, path=path, file_name=f"{name}.jpg", height=height,
+                                       width=width, boxes=boxes, labels=labels, iscrowd=difficult, area=area))
     return records, [BACKGROUND, *VOC_CLASSES], {label: label for label in range(1, len(VOC_CLASSES) + 1)}
