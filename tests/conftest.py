@@ -1,7 +1,13 @@
 """Shared test fixtures. Tests run on CPU in seconds; real data is used only where present."""
+import signal
 from pathlib import Path
 
 import pytest
+
+# A shell that starts pytest in the background (`pytest &`) hands it SIGINT ignored, and Python then installs no
+# KeyboardInterrupt handler; the Ctrl-C tests need the handler an interactive run has.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 COCO_TINY = REPO.parent / "shared" / "data" / "coco_tiny"
