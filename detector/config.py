@@ -229,9 +229,7 @@ class Config(Mapping):
 
 
 def _freeze(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
-    return value
+    return tuple(_freeze(v) for v in value) if isinstance(value, list) else value
 
 
 def _thaw(value: Any) -> Any:
@@ -324,13 +322,10 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    node = out
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return out
+    """``("a.b", 1)`` -> ``{"a": {"b": 1}}``."""
+    for part in reversed(dotted.split(".")):
+        value = {part: value}
+    return value
 
 
 def _merge(dst: dict[str, Any], src: Mapping[str, Any], schema: Mapping[str, Any], source: str,
@@ -377,16 +372,10 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
 
 def _as_float(value: Any) -> Any:
     """A string Python reads as a float, as that float (YAML 1.1 leaves ``1e-3`` a string); anything else unchanged."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _yaml_word(choice: Any) -> str:
-    return str(choice).lower() if isinstance(choice, bool) else str(choice)  # false/true, as written in YAML
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
 
 
 def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
@@ -415,7 +404,7 @@ def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
     if not_finite:
         raise ConfigError(f"{source}: {full}={value!r} is not a finite number")
     if full in _CHOICES and value not in _CHOICES[full]:
-        choices = [_yaml_word(c) for c in _CHOICES[full]]
+        choices = [str(c).lower() if isinstance(c, bool) else str(c) for c in _CHOICES[full]]  # YAML's false/true
         hint = _hint(str(value), choices)
         raise ConfigError(f"{source}: {full}={value!r} is not valid{hint}; choose from {', '.join(choices)}")
     if full in _CHECKS:
@@ -427,10 +416,9 @@ def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
 
 def _check_relations(cfg: dict[str, Any]) -> None:
     rpn, roi = cfg["model"]["rpn"], cfg["model"]["roi_head"]
-    if rpn["bg_iou_thresh"] > rpn["fg_iou_thresh"]:
-        raise ConfigError("model.rpn.bg_iou_thresh must be <= model.rpn.fg_iou_thresh")
-    if roi["bg_iou_thresh"] > roi["fg_iou_thresh"]:
-        raise ConfigError("model.roi_head.bg_iou_thresh must be <= model.roi_head.fg_iou_thresh")
+    for name, head in (("rpn", rpn), ("roi_head", roi)):
+        if head["bg_iou_thresh"] > head["fg_iou_thresh"]:
+            raise ConfigError(f"model.{name}.bg_iou_thresh must be <= model.{name}.fg_iou_thresh")
     syn = cfg["data"]["synthetic"]
     if len(syn["image_size"]) != 2 or min(syn["image_size"]) < 2 * syn["min_size"]:
         raise ConfigError(f"data.synthetic.image_size={syn['image_size']} must be [height, width], each side at least "
