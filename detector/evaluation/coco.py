@@ -211,9 +211,9 @@ def coco_metrics(coco_gt: COCO, results: Sequence[dict], backend: str = "pycocot
     precision = evaluator.eval["precision"]  # [T iou, R recall, K classes, A areas, M maxDets]
     area, max_dets = params.areaRngLbl.index("all"), list(params.maxDets).index(100)
     metrics: dict[str, Any] = {name: float(v) for name, v in zip(COCO_METRIC_NAMES, evaluator.stats)}
-    metrics["AP_per_iou"] = [_mean_defined(precision[t, :, :, area, max_dets]) for t in range(precision.shape[0])]
+    metrics["AP_per_iou"] = [mean_defined(precision[t, :, :, area, max_dets]) for t in range(precision.shape[0])]
     metrics["AP90"] = metrics["AP_per_iou"][IOU_THRESHOLDS.index(0.9)]  # localisation quality box losses change
-    metrics["per_class"] = {gt.cats[cat_id]["name"]: _mean_defined(precision[:, :, k, area, max_dets])
+    metrics["per_class"] = {gt.cats[cat_id]["name"]: mean_defined(precision[:, :, k, area, max_dets])
                             for k, cat_id in enumerate(params.catIds)}
     return metrics, summary.getvalue()
 
@@ -244,9 +244,10 @@ def _load_results(coco_cls, coco_gt, results: Sequence[dict]):
     return coco_gt.loadRes([dict(r) for r in results])
 
 
-def _mean_defined(precision: np.ndarray) -> float:
-    """Mean over entries > -1 (COCOeval's -1 marks "no GT"), or -1 when none is defined: summarize's rule."""
-    defined = precision[precision > -1]
+def mean_defined(values: Sequence[float] | np.ndarray) -> float:
+    """Mean over entries > -1 (-1 marks "undefined": no GT), or -1 when none is defined: COCOeval summarize's rule."""
+    values = np.asarray(values, dtype=np.float64)
+    defined = values[values > -1]
     return float(np.mean(defined)) if defined.size else -1.0
 
 
