@@ -25,10 +25,9 @@ DELTA_NAMES = ("tx", "ty", "tw", "th")  # the names of the four regression targe
 DEFAULT_CLAMP = math.log(1000.0 / 16)
 
 
-def _check_shape(where: str, name: str, tensor: torch.Tensor, last: int | None = 4) -> None:
-    if tensor.dim() != 2 or (last is not None and tensor.shape[1] != last):
-        want = f"[N,{last}]" if last is not None else "[N,4k]"
-        raise ValueError(f"{where}: {name} must be {want}, got shape {list(tensor.shape)}")
+def _check_shape(where: str, name: str, boxes: torch.Tensor) -> None:
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{where}: {name} must be [N,4], got shape {list(boxes.shape)}")
 
 
 def _check_boxes(where: str, **named: torch.Tensor) -> None:
@@ -84,9 +83,8 @@ class BoxCoder:
 
     def decode(self, deltas: torch.Tensor, proposals: torch.Tensor, check: bool | None = None) -> torch.Tensor:
         """deltas [N,4k] (k box sets, e.g. one per class), proposals [N,4] -> boxes [N,4k] float32 xyxy."""
-        _check_shape("BoxCoder.decode", "deltas", deltas, last=None)
         _check_shape("BoxCoder.decode", "proposals", proposals)
-        if deltas.shape[1] % 4 != 0 or deltas.shape[0] != proposals.shape[0]:
+        if deltas.dim() != 2 or deltas.shape[1] % 4 != 0 or deltas.shape[0] != proposals.shape[0]:
             raise ValueError(f"BoxCoder.decode: deltas {list(deltas.shape)} must be [N,4k] for proposals "
                              f"{list(proposals.shape)}")
         deltas, proposals = deltas.float(), proposals.float()
