@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import torch
 
-from detector.losses.dynamic import STATISTIC_CONVENTIONS, IntervalRecord
+from detector.losses.dynamic import STATISTIC_CONVENTIONS, IntervalRecord, kth_valid
 
 __all__ = ["match_boxes", "sample_balanced", "DynamicLabelAssigner", "build_label_assigner"]
 
@@ -86,9 +86,13 @@ class DynamicLabelAssigner:
     def observe(self, iou: torch.Tensor, max_iou: torch.Tensor, fg: torch.Tensor, candidate_valid: torch.Tensor,
                 gt_valid: torch.Tensor) -> torch.Tensor:
         """This iteration's IoU statistic, 0-d float32 (NaN: nothing to measure); changes no state, no host sync."""
-        if self.statistic == "official":
-            return self._observe_official(iou, max_iou, fg, candidate_valid, gt_valid)
-        return self._observe_mmdet(max_iou, candidate_valid)
+        if self.statistic == "mmdet":
+            return self._observe_mmdet(max_iou, candidate_valid)
+        has_gt = gt_valid.any(dim=1)  # [N]
+        valid = (candidate_valid & has_gt[:, None]).flatten()  # [N*M]
+        first_gt = iou[..., 0] if iou.shape[2] > 0 else max_iou  # [N,M]
+        values = torch.where(fg, max_iou, first_gt).flatten()  # [N*M]
+        return kth_valid(values, valid, has_gt.sum() * self.topk, largest=True)
 
     def _observe_mmdet(self, max_iou: torch.Tensor, candidate_valid: torch.Tensor) -> torch.Tensor:
         k_max = min(self.topk, max_iou.shape[1])
@@ -101,18 +105,6 @@ class DynamicLabelAssigner:
         has = count > 0
         mean = (kth * has).sum() / has.sum().clamp(min=1)
         return torch.where(has.any(), mean, torch.full_like(mean, math.nan)).float()
-
-    def _observe_official(self, iou, max_iou, fg, candidate_valid, gt_valid) -> torch.Tensor:
-        has_gt = gt_valid.any(dim=1)  # [N]
-        valid = candidate_valid & has_gt[:, None]  # [N,M]
-        first_gt = iou[..., 0] if iou.shape[2] > 0 else max_iou  # [N,M]
-        values = torch.where(fg, max_iou, first_gt).masked_fill(~valid, -math.inf).flatten()  # [N*M]
-        if values.numel() == 0:
-            return max_iou.new_full((), math.nan)
-        count = valid.sum()
-        k = torch.minimum(count, has_gt.sum() * self.topk).clamp(min=1)
-        kth = values.sort(descending=True).values.gather(0, (k - 1).view(1)).squeeze(0)
-        return torch.where(count > 0, kth, torch.full_like(kth, math.nan)).float()
 
     def step(self, iteration: int, statistic: torch.Tensor) -> float:
         """After iteration ``iteration``: record its statistic; at an interval's end, update the threshold."""
