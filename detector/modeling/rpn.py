@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.rpn import RPNHead, concat_box_prediction_layers
 
 from detector.box_coder import BoxCoder
 from detector.boxes import batched_box_iou, batched_nms_topk, clip_boxes_to_sizes, min_size_mask
@@ -77,9 +77,9 @@ class RPN(nn.Module):
         logits, deltas = self.head(list(features))
         num_images = features[0].shape[0]
         level_sizes = [lg.shape[1] * lg.shape[2] * lg.shape[3] for lg in logits]
-        objectness = torch.cat([lg.permute(0, 2, 3, 1).reshape(num_images, -1) for lg in logits], 1).float()  # [N,A]
-        pred_deltas = torch.cat([d.view(num_images, -1, 4, d.shape[2], d.shape[3]).permute(0, 3, 4, 1, 2)
-                                 .reshape(num_images, -1, 4) for d in deltas], 1).float()  # [N,A,4]
+        objectness, pred_deltas = concat_box_prediction_layers(logits, deltas)  # [N*A,1], [N*A,4]
+        objectness = objectness.view(num_images, -1).float()  # [N,A]
+        pred_deltas = pred_deltas.view(num_images, -1, 4).float()  # [N,A,4]
         anchors = self.anchors([tuple(lg.shape[2:]) for lg in logits], objectness.device)  # [A,4]
         proposals, scores, valid = self._select(objectness.detach(), pred_deltas.detach(), anchors, level_sizes,
                                                 image_sizes)
