@@ -36,8 +36,7 @@ def dataset_image_ids(dataset) -> list[int]:
 
 def build_coco_gt(dataset) -> COCO:
     """The dataset's ground truth as a pycocotools ``COCO``, built afresh from ``get_image_info``/``get_target`` (no
-    decoding, nothing cached: it matches the dataset as it is now). Annotation ids start at 1 (COCOeval's 0 is
-    "unmatched")."""
+    decoding, nothing cached). Annotation ids start at 1 (COCOeval's 0 is "unmatched")."""
     categories = [{"id": int(cat_id), "name": dataset.classes[label], "supercategory": ""}
                   for label, cat_id in sorted(dataset.label_to_cat_id.items())]
     images, annotations = [], []
@@ -195,8 +194,7 @@ def coco_metrics(coco_gt: COCO, results: Sequence[dict], backend: str = "pycocot
     all). An empty ``results`` scores as no detections. ``faster_coco_eval`` agrees with pycocotools to 1e-16.
     """
     coco_cls, cocoeval_cls = _backend_classes(backend)
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):
+    with contextlib.redirect_stdout(io.StringIO()):
         gt = coco_gt if backend == "pycocotools" else coco_cls(copy.deepcopy(coco_gt.dataset))
         dt = _load_results(coco_cls, gt, results)
         evaluator = cocoeval_cls(gt, dt, "bbox", **({} if backend == "pycocotools" else {"print_function": print}))
