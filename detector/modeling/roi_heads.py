@@ -113,12 +113,10 @@ class RoIHeads(nn.Module):
             self.label_assigner.step(iteration, stats["iou_statistic"])
         self.iteration = iteration + 1
 
-    @property
-    def _beta_statistic_source(self) -> str | None:
-        """Which targets the adaptive beta measures: the sampled ``positives`` (mmdet) or every ``candidate``."""
-        if not isinstance(self.beta_schedule, AdaptiveBeta):
-            return None
-        return "candidates" if self.beta_schedule.statistic == "official" else "positives"
+    def _adaptive_beta(self, statistic: str) -> bool:
+        """Whether the beta is adaptive in that convention: ``mmdet`` measures the sampled positives, ``official``
+        every candidate."""
+        return isinstance(self.beta_schedule, AdaptiveBeta) and self.beta_schedule.statistic == statistic
 
     # ------------------------------------------------------------------ forward
     def forward(self, features: dict[str, torch.Tensor], proposals: torch.Tensor, proposal_valid: torch.Tensor,
@@ -162,7 +160,7 @@ class RoIHeads(nn.Module):
         observed = {"iou_thresh": torch.full((), float(fg_thresh), dtype=torch.float32, device=iou.device)}  # no H2D
         if self.label_assigner is not None:
             observed["iou_statistic"] = self.label_assigner.observe(iou, max_iou, fg, proposal_valid, gt_valid)
-        if self._beta_statistic_source == "candidates":
+        if self._adaptive_beta("official"):
             observed["beta_statistic"] = self._candidate_beta_statistic(proposals, proposal_valid, gt_boxes,
                                                                         gt_valid, matched_idx, fg)
         index, is_fg, sampled = sample_balanced(fg & proposal_valid, bg & proposal_valid,
@@ -206,15 +204,14 @@ class RoIHeads(nn.Module):
             pred_boxes = self.box_coder.decode(pred_deltas, pos_rois)
             loss_box = self.box_loss(pred_boxes, pos_gt, avg_factor=normalizer)
         else:
-            loss_box = self.box_loss(pred_deltas, target_deltas, avg_factor=normalizer,
-                                     beta=beta if self.beta_schedule is not None else None)
+            loss_box = self.box_loss(pred_deltas, target_deltas, avg_factor=normalizer, beta=beta)
 
         num_fg = (labels > 0).logical_and(sampled).sum()
         stats = {"num_fg": num_fg, "num_bg": ((labels == 0) & sampled).sum(),
                  "num_pos_per_image": num_fg.float() / num_images}
         if beta is not None:
             stats["beta"] = torch.full((), float(beta), dtype=torch.float32, device=deltas.device)
-        if self._beta_statistic_source == "positives":
+        if self._adaptive_beta("mmdet"):
             stats["beta_statistic"] = self.beta_schedule.observe(target_deltas.detach(), num_images)
         target_abs = target_deltas.detach().abs()
         pred_err = (pred_deltas.detach() - target_deltas).abs()
