@@ -52,10 +52,8 @@ def _pad_boxes(boxes: Sequence[torch.Tensor], device: torch.device, extra: Seque
 
 
 class TwoStageDetector(nn.Module):
-    """``forward(images, targets=None, orig_sizes=None, proposals=None)``, as in docs/architecture.md.
-
-    ``rpn=None`` is Fast R-CNN mode: ``proposals`` (list of [P_i,4] in input pixels) must then be passed.
-    """
+    """Backbone, RPN and RoI heads (docs/architecture.md); ``rpn=None`` is Fast R-CNN mode: ``forward`` must then
+    be passed ``proposals`` (list of [P_i,4] in input pixels)."""
 
     def __init__(self, backbone: Backbone, roi_heads: RoIHeads, rpn: RPN | None = None,
                  pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
