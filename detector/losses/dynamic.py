@@ -106,11 +106,10 @@ class AdaptiveBeta(BetaSchedule):
     """Dynamic R-CNN's beta: after every ``interval`` iterations beta = max(min_beta, min(initial_beta, median of
     the interval's statistics)), each the k-th smallest mean(|tx|, |ty|) of a set of targets (:meth:`observe`).
 
-    ``mmdet``: mmdetection dynamic_roi_head.py bbox_loss / update_hyperparameters: sampled positives,
-    k = min(topk * num_imgs, num_pos), np.median; an empty record or a median < EPS 1e-15 keeps the old beta.
-    ``official``: hkzhang95/DynamicRCNN network.py / train.py: every proposal before sampling (below-threshold ones
-    encoded against the image's first GT), k per GPU over all its images, upper median sorted(S)[n // 2], no guard;
-    images without GT are skipped. Ours in both: ``min_beta`` floors beta, and statistics are averaged over ranks.
+    ``mmdet`` (mmdetection's DynamicRoIHead): sampled positives, k = min(topk * num_imgs, num_pos), np.median; an
+    empty record or a median < 1e-15 keeps the old beta. ``official`` (hkzhang95/DynamicRCNN): every proposal of the
+    images with GT before sampling (below-threshold ones encoded against the image's first GT), k per GPU, upper
+    median sorted(S)[n // 2], no guard. Ours in both: ``min_beta`` floors beta; statistics are averaged over ranks.
     """
 
     type = "adaptive"

@@ -67,10 +67,9 @@ class DynamicLabelAssigner:
 
     :meth:`observe` returns an iteration's statistic; :meth:`step` (once per optimizer step) sets the threshold to
     max(min_thresh, mean of the interval's statistics) after every ``interval`` iterations (averaged over ranks).
-    ``mmdet``: mmdetection dynamic_roi_head.py loss / update_hyperparameters: per image the min(iou_topk, n)-th
-    largest max overlap, then the mean over images. ``official``: hkzhang95/DynamicRCNN network.py:
-    topk(ious, KI * IMS_PER_GPU)[-1] over all the GPU's proposals, below-threshold ones measured against the
-    image's first GT; images without GT skipped, k capped at the proposal count.
+    ``mmdet`` (mmdetection's DynamicRoIHead): per image the min(iou_topk, n)-th largest max overlap, then the mean
+    over images. ``official`` (hkzhang95/DynamicRCNN): topk(ious, KI * IMS_PER_GPU)[-1] over the proposals of the
+    GPU's images with GT, below-threshold ones measured against the image's first GT; k capped at the count.
     """
 
     def __init__(self, initial_thresh: float = 0.5, topk: int = 75, interval: int = 100, min_thresh: float = 0.4,
