@@ -337,7 +337,7 @@ def _merge(dst: dict[str, Any], src: Mapping[str, Any], schema: Mapping[str, Any
         full = f"{prefix}{key}"
         if not isinstance(key, str) or key not in schema:
             hint = _hint(str(key), schema.keys())
-            elsewhere = _find_key(str(key), root, "")
+            elsewhere = _find_key(str(key), root)
             extra = f" (it exists as {elsewhere})" if elsewhere and not hint else ""
             raise ConfigError(f"{source}: unknown key {full}{hint}{extra}")
         default = schema[key]
@@ -350,15 +350,14 @@ def _merge(dst: dict[str, Any], src: Mapping[str, Any], schema: Mapping[str, Any
             dst[key] = copy.deepcopy(_check_value(full, value, default, source))
 
 
-def _find_key(leaf: str, node: Mapping[str, Any], prefix: str) -> str | None:
+def _find_key(leaf: str, node: Mapping[str, Any], prefix: str = "") -> str | None:
+    """The dotted name of the first key ``leaf`` in the nested ``node``, or None."""
     for key, value in node.items():
-        full = f"{prefix}{key}"
         if key == leaf:
-            return full
-        if isinstance(value, dict):
-            found = _find_key(leaf, value, full + ".")
-            if found:
-                return found
+            return f"{prefix}{key}"
+        found = _find_key(leaf, value, f"{prefix}{key}.") if isinstance(value, dict) else None
+        if found:
+            return found
     return None
 
 
@@ -385,7 +384,7 @@ def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
         if default is None or full in _TYPES:
             return None
         raise ConfigError(f"{source}: {full} cannot be null; expected {type(default).__name__} like {default!r}")
-    types = _TYPES.get(full) or ((list,) if isinstance(default, list) else (type(default),))
+    types = _TYPES.get(full) or (type(default),)
     if float in types and str not in types:
         value = _as_float(value)
     elem_types: tuple[type, ...] = ()
