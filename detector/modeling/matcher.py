@@ -39,8 +39,7 @@ def match_boxes(iou: torch.Tensor, gt_valid: torch.Tensor, fg_iou_thresh: float 
     return matched_idx, max_iou, fg, bg
 
 
-def sample_balanced(fg: torch.Tensor, bg: torch.Tensor, batch_size_per_image: int, positive_fraction: float,
-                    generator: torch.Generator | None = None):
+def sample_balanced(fg: torch.Tensor, bg: torch.Tensor, batch_size_per_image: int, positive_fraction: float):
     """Balanced random sampling per image over [N,M] disjoint bool masks ``fg``, ``bg``.
 
     Returns index [N,S] int64 into M, is_fg [N,S], valid [N,S] (False where too few candidates), S = min(batch size,
@@ -49,7 +48,7 @@ def sample_balanced(fg: torch.Tensor, bg: torch.Tensor, batch_size_per_image: in
     num_images, num_candidates = fg.shape
     size = min(batch_size_per_image, num_candidates)
     max_fg = min(int(batch_size_per_image * positive_fraction), num_candidates)
-    keys = torch.rand(fg.shape, device=fg.device, generator=generator)  # [N,M] in [0,1)
+    keys = torch.rand(fg.shape, device=fg.device)  # [N,M] in [0,1)
     num_fg = fg.sum(dim=1).clamp(max=max_fg)  # [N]
     fg_keys, fg_idx = torch.where(fg, keys, -1.0).topk(max_fg, dim=1)  # [N,max_fg] random fg order
     take_fg = torch.arange(max_fg, device=fg.device)[None, :] < num_fg[:, None]
