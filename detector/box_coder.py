@@ -7,7 +7,7 @@ Boxes are absolute xyxy float32 pixels. With proposal centre/size (px, py, pw, p
 
 The argument order is by role: ``encode(proposals, gt_boxes)``, ``decode(deltas, proposals)`` (unlike torchvision).
 Computed in float32 even under autocast; ``decode`` clamps dw, dh at ``clamp`` (log(1000/16)). With ``check``,
-degenerate input raises ValueError naming the boxes (one host sync; the training path passes ``check=False``).
+degenerate input raises ValueError naming the boxes (a host sync; the training path passes ``check=False``).
 """
 from __future__ import annotations
 
@@ -25,18 +25,26 @@ DELTA_NAMES = ("tx", "ty", "tw", "th")  # the names of the four regression targe
 DEFAULT_CLAMP = math.log(1000.0 / 16)
 
 
-def _check_shape(where: str, name: str, tensor: torch.Tensor, last: int | None = 4) -> None:
-    if tensor.dim() != 2 or (last is not None and tensor.shape[1] != last):
-        want = f"[N,{last}]" if last is not None else "[N,4k]"
-        raise ValueError(f"{where}: {name} must be {want}, got shape {list(tensor.shape)}")
+def _check_shape(where: str, name: str, boxes: torch.Tensor) -> None:
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{where}: {name} must be [N,4], got shape {list(boxes.shape)}")
 
 
-def _raise_if_degenerate(where: str, name: str, boxes: torch.Tensor, bad: torch.Tensor) -> None:
-    """``bad`` [N] bool, some True (the error path)."""
-    index = bad.nonzero()[:, 0]
-    raise ValueError(f"{where}: {index.numel()} {name} have non-positive width/height or non-finite coordinates "
-                     f"(first: index {int(index[0])}, {boxes[index[0]].tolist()}); expected finite xyxy boxes with "
-                     f"x2 > x1 and y2 > y1")
+def _check_boxes(where: str, **named: torch.Tensor) -> None:
+    """Raise ValueError naming the first of the [N,4] xyxy tensors ``named`` with a degenerate row."""
+    for name, boxes in named.items():
+        bad = degenerate_box_mask(boxes)
+        if bool(bad.any()):
+            index = bad.nonzero()[:, 0]
+            raise ValueError(f"{where}: {index.numel()} {name} have non-positive width/height or non-finite "
+                             f"coordinates (first: index {int(index[0])}, {boxes[index[0]].tolist()}); expected "
+                             f"finite xyxy boxes with x2 > x1 and y2 > y1")
+
+
+def _centre_size(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """[N,4] xyxy -> centre x, centre y, width, height, each [N]."""
+    width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return boxes[:, 0] + 0.5 * width, boxes[:, 1] + 0.5 * height, width, height
 
 
 class BoxCoder:
@@ -63,19 +71,10 @@ class BoxCoder:
                              f"pass one matched gt box per proposal")
         proposals, gt_boxes = proposals.float(), gt_boxes.float()
         if self.check if check is None else check:
-            bad_p, bad_g = degenerate_box_mask(proposals), degenerate_box_mask(gt_boxes)
-            if bool((bad_p | bad_g).any()):
-                first = ("proposals", proposals, bad_p) if bool(bad_p.any()) else ("gt_boxes", gt_boxes, bad_g)
-                _raise_if_degenerate("BoxCoder.encode", *first)
+            _check_boxes("BoxCoder.encode", proposals=proposals, gt_boxes=gt_boxes)
         wx, wy, ww, wh = self.weights
-        pw = proposals[:, 2] - proposals[:, 0]  # [N]
-        ph = proposals[:, 3] - proposals[:, 1]
-        px = proposals[:, 0] + 0.5 * pw
-        py = proposals[:, 1] + 0.5 * ph
-        gw = gt_boxes[:, 2] - gt_boxes[:, 0]
-        gh = gt_boxes[:, 3] - gt_boxes[:, 1]
-        gx = gt_boxes[:, 0] + 0.5 * gw
-        gy = gt_boxes[:, 1] + 0.5 * gh
+        px, py, pw, ph = _centre_size(proposals)  # [N] each
+        gx, gy, gw, gh = _centre_size(gt_boxes)
         tx = wx * (gx - px) / pw
         ty = wy * (gy - py) / ph
         tw = ww * torch.log(gw / pw)
@@ -84,28 +83,22 @@ class BoxCoder:
 
     def decode(self, deltas: torch.Tensor, proposals: torch.Tensor, check: bool | None = None) -> torch.Tensor:
         """deltas [N,4k] (k box sets, e.g. one per class), proposals [N,4] -> boxes [N,4k] float32 xyxy."""
-        _check_shape("BoxCoder.decode", "deltas", deltas, last=None)
         _check_shape("BoxCoder.decode", "proposals", proposals)
-        if deltas.shape[1] % 4 != 0 or deltas.shape[0] != proposals.shape[0]:
+        if deltas.dim() != 2 or deltas.shape[1] % 4 != 0 or deltas.shape[0] != proposals.shape[0]:
             raise ValueError(f"BoxCoder.decode: deltas {list(deltas.shape)} must be [N,4k] for proposals "
                              f"{list(proposals.shape)}")
         deltas, proposals = deltas.float(), proposals.float()
         if self.check if check is None else check:
-            bad_p = degenerate_box_mask(proposals)
-            bad_d = ~torch.isfinite(deltas).all(dim=1)
-            if bool((bad_p | bad_d).any()):
-                if bool(bad_p.any()):
-                    _raise_if_degenerate("BoxCoder.decode", "proposals", proposals, bad_p)
-                index = bad_d.nonzero()[:, 0]
+            _check_boxes("BoxCoder.decode", proposals=proposals)
+            bad = ~torch.isfinite(deltas).all(dim=1)
+            if bool(bad.any()):
+                index = bad.nonzero()[:, 0]
                 raise ValueError(f"BoxCoder.decode: {index.numel()} rows of deltas are NaN/inf (first: index "
                                  f"{int(index[0])}, {deltas[index[0]].tolist()}); the regressor diverged")
         wx, wy, ww, wh = self.weights
         n = deltas.shape[0]
         d = deltas.view(n, deltas.shape[1] // 4, 4)  # [N,k,4]
-        pw = (proposals[:, 2] - proposals[:, 0])[:, None]  # [N,1]
-        ph = (proposals[:, 3] - proposals[:, 1])[:, None]
-        px = proposals[:, 0, None] + 0.5 * pw
-        py = proposals[:, 1, None] + 0.5 * ph
+        px, py, pw, ph = (v[:, None] for v in _centre_size(proposals))  # [N,1] each
         dx, dy = d[..., 0] / wx, d[..., 1] / wy  # [N,k]
         dw = (d[..., 2] / ww).clamp(max=self.clamp)
         dh = (d[..., 3] / wh).clamp(max=self.clamp)

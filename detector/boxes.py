@@ -6,20 +6,18 @@ the heads share (IoU of padded [N,M,4] against [N,G,4], per-image clipping, NMS 
 from __future__ import annotations
 
 import torch
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_convert
 from torchvision.ops import box_area, box_iou  # noqa: F401  (re-exported: the one import site for box ops)
 
 
 def box_xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     """[N,4] (x, y, w, h) -> [N,4] (x1, y1, x2, y2)."""
-    x, y, w, h = boxes.unbind(-1)
-    return torch.stack((x, y, x + w, y + h), dim=-1)
+    return box_convert(boxes, "xywh", "xyxy")
 
 
 def box_xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
     """[N,4] (x1, y1, x2, y2) -> [N,4] (x, y, w, h)."""
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    return torch.stack((x1, y1, x2 - x1, y2 - y1), dim=-1)
+    return box_convert(boxes, "xyxy", "xywh")
 
 
 def flip_boxes_horizontal(boxes: torch.Tensor, image_width: float) -> torch.Tensor:

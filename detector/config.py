@@ -229,9 +229,7 @@ class Config(Mapping):
 
 
 def _freeze(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
-    return value
+    return tuple(_freeze(v) for v in value) if isinstance(value, list) else value
 
 
 def _thaw(value: Any) -> Any:
@@ -324,13 +322,10 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    node = out
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return out
+    """``("a.b", 1)`` -> ``{"a": {"b": 1}}``."""
+    for part in reversed(dotted.split(".")):
+        value = {part: value}
+    return value
 
 
 def _merge(dst: dict[str, Any], src: Mapping[str, Any], schema: Mapping[str, Any], source: str,
@@ -342,7 +337,7 @@ def _merge(dst: dict[str, Any], src: Mapping[str, Any], schema: Mapping[str, Any
         full = f"{prefix}{key}"
         if not isinstance(key, str) or key not in schema:
             hint = _hint(str(key), schema.keys())
-            elsewhere = _find_key(str(key), root, "")
+            elsewhere = _find_key(str(key), root)
             extra = f" (it exists as {elsewhere})" if elsewhere and not hint else ""
             raise ConfigError(f"{source}: unknown key {full}{hint}{extra}")
         default = schema[key]
@@ -355,15 +350,14 @@ def _merge(dst: dict[str, Any], src: Mapping[str, Any], schema: Mapping[str, Any
             dst[key] = copy.deepcopy(_check_value(full, value, default, source))
 
 
-def _find_key(leaf: str, node: Mapping[str, Any], prefix: str) -> str | None:
+def _find_key(leaf: str, node: Mapping[str, Any], prefix: str = "") -> str | None:
+    """The dotted name of the first key ``leaf`` in the nested ``node``, or None."""
     for key, value in node.items():
-        full = f"{prefix}{key}"
         if key == leaf:
-            return full
-        if isinstance(value, dict):
-            found = _find_key(leaf, value, full + ".")
-            if found:
-                return found
+            return f"{prefix}{key}"
+        found = _find_key(leaf, value, f"{prefix}{key}.") if isinstance(value, dict) else None
+        if found:
+            return found
     return None
 
 
@@ -377,16 +371,10 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
 
 def _as_float(value: Any) -> Any:
     """A string Python reads as a float, as that float (YAML 1.1 leaves ``1e-3`` a string); anything else unchanged."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _yaml_word(choice: Any) -> str:
-    return str(choice).lower() if isinstance(choice, bool) else str(choice)  # false/true, as written in YAML
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
 
 
 def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
@@ -396,7 +384,7 @@ def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
         if default is None or full in _TYPES:
             return None
         raise ConfigError(f"{source}: {full} cannot be null; expected {type(default).__name__} like {default!r}")
-    types = _TYPES.get(full) or ((list,) if isinstance(default, list) else (type(default),))
+    types = _TYPES.get(full) or (type(default),)
     if float in types and str not in types:
         value = _as_float(value)
     elem_types: tuple[type, ...] = ()
@@ -415,7 +403,7 @@ def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
     if not_finite:
         raise ConfigError(f"{source}: {full}={value!r} is not a finite number")
     if full in _CHOICES and value not in _CHOICES[full]:
-        choices = [_yaml_word(c) for c in _CHOICES[full]]
+        choices = [str(c).lower() if isinstance(c, bool) else str(c) for c in _CHOICES[full]]  # YAML's false/true
         hint = _hint(str(value), choices)
         raise ConfigError(f"{source}: {full}={value!r} is not valid{hint}; choose from {', '.join(choices)}")
     if full in _CHECKS:
@@ -427,10 +415,9 @@ def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
 
 def _check_relations(cfg: dict[str, Any]) -> None:
     rpn, roi = cfg["model"]["rpn"], cfg["model"]["roi_head"]
-    if rpn["bg_iou_thresh"] > rpn["fg_iou_thresh"]:
-        raise ConfigError("model.rpn.bg_iou_thresh must be <= model.rpn.fg_iou_thresh")
-    if roi["bg_iou_thresh"] > roi["fg_iou_thresh"]:
-        raise ConfigError("model.roi_head.bg_iou_thresh must be <= model.roi_head.fg_iou_thresh")
+    for name, head in (("rpn", rpn), ("roi_head", roi)):
+        if head["bg_iou_thresh"] > head["fg_iou_thresh"]:
+            raise ConfigError(f"model.{name}.bg_iou_thresh must be <= model.{name}.fg_iou_thresh")
     syn = cfg["data"]["synthetic"]
     if len(syn["image_size"]) != 2 or min(syn["image_size"]) < 2 * syn["min_size"]:
         raise ConfigError(f"data.synthetic.image_size={syn['image_size']} must be [height, width], each side at least "

@@ -13,7 +13,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -36,8 +36,7 @@ def dataset_image_ids(dataset) -> list[int]:
 
 def build_coco_gt(dataset) -> COCO:
     """The dataset's ground truth as a pycocotools ``COCO``, built afresh from ``get_image_info``/``get_target`` (no
-    decoding, nothing cached: it matches the dataset as it is now). Annotation ids start at 1 (COCOeval's 0 is
-    "unmatched")."""
+    decoding, nothing cached). Annotation ids start at 1 (COCOeval's 0 is "unmatched")."""
     categories = [{"id": int(cat_id), "name": dataset.classes[label], "supercategory": ""}
                   for label, cat_id in sorted(dataset.label_to_cat_id.items())]
     images, annotations = [], []
@@ -96,22 +95,15 @@ def coco_results_to_detections(dataset, results: Sequence[dict]) -> list[dict]:
 def validate_detections(dataset, detections: Sequence[dict], source: str = "detections") -> None:
     """Raise ValueError naming the first bad per-image entry: unknown or repeated image id, label outside 1..K,
     NaN/inf box or score, x2 <= x1 or y2 <= y1, or shapes other than boxes [D,4], labels [D], scores [D]."""
-    known_ids = set(dataset_image_ids(dataset))
     valid_labels = set(dataset.label_to_cat_id)
     seen: set[int] = set()
     if not isinstance(detections, (list, tuple)):
         raise ValueError(f"{source}: expected a list of per-image dicts, got {type(detections).__name__}")
-    for i, det in enumerate(detections):
-        where = f"{source}[{i}]"
-        if not isinstance(det, dict) or any(k not in det for k in DETECTION_KEYS):
-            raise ValueError(f"{where}: expected a dict with keys {DETECTION_KEYS} (boxes [D,4] xyxy, labels [D] in "
-                             f"1..K, scores [D]), got {_brief(det)}")
-        image_id = det["image_id"]
-        where = f"{where} (image_id {image_id})"
-        _check_image_id(image_id, known_ids, where, "image_id")
-        if int(image_id) in seen:
+    for where, det in _entries(dataset, detections, DETECTION_KEYS, lambda i: f"{source}[{i}]",
+                               " (boxes [D,4] xyxy, labels [D] in 1..K, scores [D])"):
+        if int(det["image_id"]) in seen:
             raise ValueError(f"{where}: image_id repeated; give one entry per image with all its detections")
-        seen.add(int(image_id))
+        seen.add(int(det["image_id"]))
         boxes = torch.as_tensor(det["boxes"]).double()
         labels = torch.as_tensor(det["labels"])
         scores = torch.as_tensor(det["scores"]).double()
@@ -144,18 +136,11 @@ def validate_detections(dataset, detections: Sequence[dict], source: str = "dete
 def validate_coco_results(dataset, results: Any, source: str = "detections") -> None:
     """Raise ValueError naming the first bad COCO result (keys, image id, category id, finite score and bbox,
     w, h > 0)."""
-    known_ids = set(dataset_image_ids(dataset))
     known_cats = {int(cat_id) for cat_id in dataset.label_to_cat_id.values()}
     if not isinstance(results, list):
         raise ValueError(f"{source}: expected a JSON list of COCO results {{'image_id', 'category_id', 'bbox', "
                          f"'score'}}, got {type(results).__name__}")
-    for i, result in enumerate(results):
-        where = f"{source}: entry {i}"
-        if not isinstance(result, dict) or any(k not in result for k in RESULT_KEYS):
-            raise ValueError(f"{where}: expected a dict with keys {RESULT_KEYS}, got {_brief(result)}")
-        image_id = result["image_id"]
-        where = f"{where} (image_id {image_id})"
-        _check_image_id(image_id, known_ids, where, "image_id")
+    for where, result in _entries(dataset, results, RESULT_KEYS, lambda i: f"{source}: entry {i}"):
         category_id = result["category_id"]
         if not _is_int(category_id) or int(category_id) not in known_cats:
             raise ValueError(f"{where}: field 'category_id' {category_id!r} is not a category of the dataset; "
@@ -195,8 +180,7 @@ def coco_metrics(coco_gt: COCO, results: Sequence[dict], backend: str = "pycocot
     all). An empty ``results`` scores as no detections. ``faster_coco_eval`` agrees with pycocotools to 1e-16.
     """
     coco_cls, cocoeval_cls = _backend_classes(backend)
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):
+    with contextlib.redirect_stdout(io.StringIO()):
         gt = coco_gt if backend == "pycocotools" else coco_cls(copy.deepcopy(coco_gt.dataset))
         dt = _load_results(coco_cls, gt, results)
         evaluator = cocoeval_cls(gt, dt, "bbox", **({} if backend == "pycocotools" else {"print_function": print}))
@@ -211,9 +195,9 @@ def coco_metrics(coco_gt: COCO, results: Sequence[dict], backend: str = "pycocot
     precision = evaluator.eval["precision"]  # [T iou, R recall, K classes, A areas, M maxDets]
     area, max_dets = params.areaRngLbl.index("all"), list(params.maxDets).index(100)
     metrics: dict[str, Any] = {name: float(v) for name, v in zip(COCO_METRIC_NAMES, evaluator.stats)}
-    metrics["AP_per_iou"] = [_mean_defined(precision[t, :, :, area, max_dets]) for t in range(precision.shape[0])]
+    metrics["AP_per_iou"] = [mean_defined(precision[t, :, :, area, max_dets]) for t in range(precision.shape[0])]
     metrics["AP90"] = metrics["AP_per_iou"][IOU_THRESHOLDS.index(0.9)]  # localisation quality box losses change
-    metrics["per_class"] = {gt.cats[cat_id]["name"]: _mean_defined(precision[:, :, k, area, max_dets])
+    metrics["per_class"] = {gt.cats[cat_id]["name"]: mean_defined(precision[:, :, k, area, max_dets])
                             for k, cat_id in enumerate(params.catIds)}
     return metrics, summary.getvalue()
 
@@ -244,17 +228,27 @@ def _load_results(coco_cls, coco_gt, results: Sequence[dict]):
     return coco_gt.loadRes([dict(r) for r in results])
 
 
-def _mean_defined(precision: np.ndarray) -> float:
-    """Mean over entries > -1 (COCOeval's -1 marks "no GT"), or -1 when none is defined: summarize's rule."""
-    defined = precision[precision > -1]
+def mean_defined(values: Sequence[float] | np.ndarray) -> float:
+    """Mean over entries > -1 (-1 marks "undefined": no GT), or -1 when none is defined: COCOeval summarize's rule."""
+    values = np.asarray(values, dtype=np.float64)
+    defined = values[values > -1]
     return float(np.mean(defined)) if defined.size else -1.0
 
 
-def _check_image_id(image_id: Any, known_ids: set, where: str, field: str) -> None:
-    if not _is_int(image_id) or int(image_id) not in known_ids:
-        examples = sorted(known_ids)[:3]
-        raise ValueError(f"{where}: field '{field}' {image_id!r} is not an image of the dataset ({len(known_ids)} "
-                         f"images, ids like {examples}); score detections against the split they were made on")
+def _entries(dataset, entries: Sequence, keys: tuple[str, ...], place: Callable[[int], str], keys_note: str = ""):
+    """Each entry with its place for errors (``place(i)`` and its image id), once it is a dict with ``keys`` whose
+    ``image_id`` is an image of the dataset."""
+    known_ids = set(dataset_image_ids(dataset))
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or any(k not in entry for k in keys):
+            raise ValueError(f"{place(i)}: expected a dict with keys {keys}{keys_note}, got {_brief(entry)}")
+        image_id = entry["image_id"]
+        where = f"{place(i)} (image_id {image_id})"
+        if not _is_int(image_id) or int(image_id) not in known_ids:
+            raise ValueError(f"{where}: field 'image_id' {image_id!r} is not an image of the dataset ({len(known_ids)} "
+                             f"images, ids like {sorted(known_ids)[:3]}); score detections against the split they "
+                             f"were made on")
+        yield where, entry
 
 
 def _is_int(value: Any) -> bool:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from detector.config import VOC_METRIC_NAMES
+from detector.evaluation.coco import mean_defined
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:
@@ -52,20 +53,14 @@ def voc_metrics(dataset, detections: Sequence[dict], iou_thresh: float = 0.5,
             gt_boxes[label][image_id] = boxes[mask]
             gt_difficult[label][image_id] = difficult[mask]
 
-    det_image_ids, det_labels, det_scores, det_boxes = [], [], [], []
-    for det in detections:
-        image_id = int(det["image_id"])
-        if wanted is not None and image_id not in wanted:
-            continue
-        labels = torch.as_tensor(det["labels"]).reshape(-1).cpu().numpy()
-        det_image_ids.append(np.full(len(labels), image_id, dtype=np.int64))
-        det_labels.append(labels)
-        det_scores.append(torch.as_tensor(det["scores"]).double().reshape(-1).cpu().numpy())
-        det_boxes.append(torch.as_tensor(det["boxes"]).double().reshape(-1, 4).cpu().numpy())
-    det_image_ids = np.concatenate(det_image_ids) if det_image_ids else np.zeros(0, dtype=np.int64)
-    det_labels = np.concatenate(det_labels) if det_labels else np.zeros(0, dtype=np.int64)
-    det_scores = np.concatenate(det_scores) if det_scores else np.zeros(0)
-    det_boxes = np.concatenate(det_boxes) if det_boxes else np.zeros((0, 4))
+    dets = [d for d in detections if wanted is None or int(d["image_id"]) in wanted]
+    det_labels = [torch.as_tensor(d["labels"]).reshape(-1).cpu().numpy() for d in dets]
+    det_image_ids = np.repeat([int(d["image_id"]) for d in dets], [len(labels) for labels in det_labels])
+    det_labels = np.concatenate([np.zeros(0, dtype=np.int64)] + det_labels)
+    det_scores = np.concatenate([np.zeros(0)] + [torch.as_tensor(d["scores"]).double().reshape(-1).cpu().numpy()
+                                                 for d in dets])
+    det_boxes = np.concatenate([np.zeros((0, 4))] + [torch.as_tensor(d["boxes"]).double().reshape(-1, 4).cpu().numpy()
+                                                     for d in dets])
 
     per_class = {}
     for label in range(1, num_classes + 1):
@@ -80,8 +75,8 @@ def voc_metrics(dataset, detections: Sequence[dict], iou_thresh: float = 0.5,
             ap07, ap = voc_ap(recall, precision, use_07_metric=True), voc_ap(recall, precision)
         per_class[dataset.classes[label]] = {"ap07": ap07, "ap": ap, "num_gt": npos}
     mean_ap07, mean_ap = VOC_METRIC_NAMES
-    return {mean_ap07: _mean_defined([c["ap07"] for c in per_class.values()]),
-            mean_ap: _mean_defined([c["ap"] for c in per_class.values()]),
+    return {mean_ap07: mean_defined([c["ap07"] for c in per_class.values()]),
+            mean_ap: mean_defined([c["ap"] for c in per_class.values()]),
             "per_class_voc": per_class}
 
 
@@ -93,20 +88,17 @@ def _match_class(gt_boxes: dict[int, np.ndarray], gt_difficult: dict[int, np.nda
     order = np.argsort(-scores, kind="stable")
     tp, fp = np.zeros(len(order)), np.zeros(len(order))
     for rank, d in enumerate(order):
-        gts = gt_boxes.get(int(image_ids[d]))
-        if gts is None:
+        image_id = int(image_ids[d])
+        if image_id not in gt_boxes:
             fp[rank] = 1
             continue
-        ious = _iou_one_to_many(boxes[d], gts)  # [G]
+        ious = _iou_one_to_many(boxes[d], gt_boxes[image_id])  # [G]
         best = int(np.argmax(ious))
-        if ious[best] > iou_thresh:
-            if gt_difficult[int(image_ids[d])][best]:
-                continue
-            if taken[int(image_ids[d])][best]:
-                fp[rank] = 1
-            else:
-                tp[rank] = 1
-                taken[int(image_ids[d])][best] = True
+        if ious[best] > iou_thresh and gt_difficult[image_id][best]:
+            continue  # a match with a difficult GT is neither TP nor FP
+        if ious[best] > iou_thresh and not taken[image_id][best]:
+            tp[rank] = 1
+            taken[image_id][best] = True
         else:
             fp[rank] = 1
     return np.cumsum(tp), np.cumsum(fp), npos
@@ -119,8 +111,3 @@ def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     inter = iw * ih
     union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
     return inter / union
-
-
-def _mean_defined(values: list[float]) -> float:
-    defined = [v for v in values if v > -1]
-    return float(np.mean(defined)) if defined else -1.0

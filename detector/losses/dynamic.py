@@ -17,11 +17,22 @@ import torch.distributed as dist
 from detector.losses.regression import resolve_beta
 
 __all__ = ["BetaSchedule", "AdaptiveBeta", "ScheduledBeta", "BETA_SCHEDULES", "SCHEDULED_LOSSES",
-           "STATISTIC_CONVENTIONS", "IntervalRecord", "build_beta_schedule"]
+           "STATISTIC_CONVENTIONS", "IntervalRecord", "build_beta_schedule", "kth_valid"]
 
 # Whose Dynamic R-CNN statistics (beta and DLA): open-mmlab/mmdetection's port, or hkzhang95/DynamicRCNN's code.
 STATISTIC_CONVENTIONS = ("mmdet", "official")
 _MEDIAN_EPS = 1e-15  # mmdetection's EPS: a median below it keeps the old beta (no such guard in the official code)
+
+
+def kth_valid(values: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, largest: bool = False) -> torch.Tensor:
+    """The k-th smallest (``largest``: largest) of ``values[valid]`` ([Q] each; k a 0-d tensor, capped to 1..count);
+    0-d float32, NaN when nothing is valid; no host sync."""
+    if values.numel() == 0:
+        return values.new_full((), math.nan, dtype=torch.float32)
+    count = valid.sum()
+    ordered = values.masked_fill(~valid, -math.inf if largest else math.inf).sort(descending=largest).values
+    kth = ordered.gather(0, (torch.minimum(k.long(), count).clamp(min=1) - 1).view(1)).squeeze(0)
+    return torch.where(count > 0, kth, torch.full_like(kth, math.nan)).float()
 
 
 class IntervalRecord:
@@ -95,11 +106,10 @@ class AdaptiveBeta(BetaSchedule):
     """Dynamic R-CNN's beta: after every ``interval`` iterations beta = max(min_beta, min(initial_beta, median of
     the interval's statistics)), each the k-th smallest mean(|tx|, |ty|) of a set of targets (:meth:`observe`).
 
-    ``mmdet``: mmdetection dynamic_roi_head.py bbox_loss / update_hyperparameters: sampled positives,
-    k = min(topk * num_imgs, num_pos), np.median; an empty record or a median < EPS 1e-15 keeps the old beta.
-    ``official``: hkzhang95/DynamicRCNN network.py / train.py: every proposal before sampling (below-threshold ones
-    encoded against the image's first GT), k per GPU over all its images, upper median sorted(S)[n // 2], no guard;
-    images without GT are skipped. Ours in both: ``min_beta`` floors beta, and statistics are averaged over ranks.
+    ``mmdet`` (mmdetection's DynamicRoIHead): sampled positives, k = min(topk * num_imgs, num_pos), np.median; an
+    empty record or a median < 1e-15 keeps the old beta. ``official`` (hkzhang95/DynamicRCNN): every proposal of the
+    images with GT before sampling (below-threshold ones encoded against the image's first GT), k per GPU, upper
+    median sorted(S)[n // 2], no guard. Ours in both: ``min_beta`` floors beta; statistics are averaged over ranks.
     """
 
     type = "adaptive"
@@ -122,20 +132,9 @@ class AdaptiveBeta(BetaSchedule):
         count), at least 1; ``num_images`` an int or a 0-d tensor.
         """
         values = target_deltas[:, :2].float().abs().mean(dim=1)  # [Q]
-        if values.numel() == 0:
-            return values.new_full((), math.nan)
-        if valid is None:
-            count = values.new_tensor(float(values.numel()))
-        else:
-            values = values.masked_fill(~valid, math.inf)
-            count = valid.sum().float()
-        k_max = num_images * self.topk  # a float, or a 0-d tensor: no host sync either way
-        if torch.is_tensor(k_max):
-            k = torch.minimum(count, k_max.round().float()).clamp(min=1)
-        else:
-            k = count.clamp(min=1, max=max(round(k_max), 1))
-        kth = values.sort().values.gather(0, (k.long() - 1).view(1)).squeeze(0)
-        return torch.where(count > 0, kth, torch.full_like(kth, math.nan))
+        k = num_images * self.topk  # a float, or a 0-d tensor: no host sync either way
+        k = k.round() if torch.is_tensor(k) else torch.full((), round(k), device=values.device)  # a fill, no copy
+        return kth_valid(values, torch.ones_like(values, dtype=torch.bool) if valid is None else valid, k)
 
     def step(self, iteration: int, statistic: torch.Tensor | None = None) -> float:
         if statistic is None:

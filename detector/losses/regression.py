@@ -113,19 +113,17 @@ def weight_reduce_loss(loss: torch.Tensor, weight: torch.Tensor | None = None, r
                        avg_factor: float | torch.Tensor | None = None) -> torch.Tensor:
     """Multiply by ``weight`` (broadcast), then reduce: "none", "sum", or "mean" (or the sum / ``avg_factor``).
     mmdetection's semantics, except that the mean of an empty loss is 0, so an iteration without positives trains."""
-    if weight is not None:
-        loss = loss * weight
     if reduction not in ("none", "sum", "mean"):
         raise ValueError(f"weight_reduce_loss: reduction must be none, sum or mean, got {reduction!r}")
-    if avg_factor is None:
-        if reduction == "sum" or (reduction == "mean" and loss.numel() == 0):
-            return loss.sum()
-        return loss.mean() if reduction == "mean" else loss
-    if reduction == "mean":
-        return loss.sum() / (avg_factor + torch.finfo(torch.float32).eps)
+    if reduction == "sum" and avg_factor is not None:
+        raise ValueError('weight_reduce_loss: avg_factor can not be used with reduction="sum"')
+    if weight is not None:
+        loss = loss * weight
     if reduction == "none":
         return loss
-    raise ValueError('weight_reduce_loss: avg_factor can not be used with reduction="sum"')
+    if avg_factor is not None:  # reduction "mean"
+        return loss.sum() / (avg_factor + torch.finfo(torch.float32).eps)
+    return loss.mean() if reduction == "mean" and loss.numel() > 0 else loss.sum()
 
 
 # ---------------------------------------------------------------- BoxLoss and the registry
@@ -177,17 +175,13 @@ def resolve_beta(cfg: Mapping) -> float:
     return 1.0 / float(sigma) ** 2 if sigma is not None else float(cfg.get("beta", 1.0))
 
 
-def _build_balanced_l1(cfg: Mapping) -> BoxLoss:
-    return BoxLoss("balanced_l1", balanced_l1_loss, beta=resolve_beta(cfg),
-                   alpha=float(cfg.get("alpha", 0.5)), gamma=float(cfg.get("gamma", 1.5)))
-
-
 LOSSES: dict[str, Callable[[Mapping], BoxLoss]] = {
     "l2": lambda cfg: BoxLoss("l2", l2_loss),
     "l1": lambda cfg: BoxLoss("l1", l1_loss),
     "smooth_l1": lambda cfg: BoxLoss("smooth_l1", smooth_l1_loss, beta=resolve_beta(cfg)),
     "dynamic_smooth_l1": lambda cfg: BoxLoss("dynamic_smooth_l1", smooth_l1_loss, beta=resolve_beta(cfg)),
-    "balanced_l1": _build_balanced_l1,
+    "balanced_l1": lambda cfg: BoxLoss("balanced_l1", balanced_l1_loss, beta=resolve_beta(cfg),
+                                       alpha=float(cfg.get("alpha", 0.5)), gamma=float(cfg.get("gamma", 1.5))),
     "iou": lambda cfg: BoxLoss("iou", iou_loss, on_boxes=True),
     "giou": lambda cfg: BoxLoss("giou", giou_loss, on_boxes=True),
     "diou": lambda cfg: BoxLoss("diou", diou_loss, on_boxes=True),

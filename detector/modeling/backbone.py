@@ -52,30 +52,7 @@ def _freeze_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def _named_weights(name: str, weights: str):
-    """The torchvision weights entry ``weights`` of model ``name``, or None if it is no such name."""
-    enum = torchvision.models.get_model_weights(name)
-    try:
-        return enum[weights]
-    except KeyError:
-        return None
-
-
-def _download_state_dict(name: str, weights: str) -> dict[str, torch.Tensor]:
-    """torchvision's named weights for model ``name`` (from the hub cache or the internet); a clear error offline."""
-    entry = _named_weights(name, weights)
-    try:
-        return torch.hub.load_state_dict_from_url(entry.url, progress=True, check_hash=True)
-    except (urllib.error.URLError, OSError, RuntimeError) as exc:
-        raise WeightsError(f"model.backbone.weights={weights!r}: could not download {type(entry).__name__}."
-                           f"{entry.name} from {entry.url} ({exc}). Without internet, fetch that file on another "
-                           f"machine and pass its local path: model.backbone.weights=/path/to/{name}.pth") from exc
-
-
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise WeightsError(f"model.backbone.weights: {path} does not exist; pass a torchvision weights name "
-                           f"(e.g. DEFAULT) or the path of a .pth state dict")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -88,6 +65,27 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"model.backbone.weights: {path} holds no state dict of tensors")
     return state
+
+
+def _weights_state_dict(name: str, weights: str) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, its source) of ``weights``: a local ``.pth`` file, else a torchvision weights name of model
+    ``name`` (from the hub cache or the internet; a clear error offline)."""
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return _read_state_dict(path), str(path)
+    enum = torchvision.models.get_model_weights(name)
+    if weights not in enum.__members__:
+        valid = ", ".join(["DEFAULT"] + [w.name for w in enum])
+        raise WeightsError(f"model.backbone.weights={weights!r} is neither an existing file nor a "
+                           f"torchvision weights name of {name} ({valid})")
+    entry = enum[weights]
+    try:
+        state = torch.hub.load_state_dict_from_url(entry.url, progress=True, check_hash=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        raise WeightsError(f"model.backbone.weights={weights!r}: could not download {type(entry).__name__}."
+                           f"{entry.name} from {entry.url} ({exc}). Without internet, fetch that file on another "
+                           f"machine and pass its local path: model.backbone.weights=/path/to/{name}.pth") from exc
+    return state, f"torchvision {name} {weights}"
 
 
 def _load_trunk_weights(trunk: nn.Module, state: dict[str, torch.Tensor], source: str, name: str) -> None:
@@ -141,15 +139,7 @@ def build_backbone(name: str = "resnet18", fpn: bool = True, out_channels: int =
     """A torchvision backbone with optional FPN; see the module docstring for the arguments' meaning."""
     trunk, body, stages, returned, channels = _trunk_and_stages(name, norm)
     if weights is not None:
-        path = Path(weights).expanduser()
-        if path.is_file():
-            _load_trunk_weights(trunk, _read_state_dict(path), str(path), name)
-        elif _named_weights(name, weights) is not None:
-            _load_trunk_weights(trunk, _download_state_dict(name, weights), f"torchvision {name} {weights}", name)
-        else:
-            valid = ", ".join(["DEFAULT"] + [w.name for w in torchvision.models.get_model_weights(name)])
-            raise WeightsError(f"model.backbone.weights={weights!r} is neither an existing file nor a "
-                               f"torchvision weights name of {name} ({valid})")
+        _load_trunk_weights(trunk, *_weights_state_dict(name, weights), name)
     for child in (c for stage in stages[:freeze_at] for c in stage):
         module = _freeze_batchnorm(getattr(body, child))
         module.requires_grad_(False)

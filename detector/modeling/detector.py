@@ -52,10 +52,8 @@ def _pad_boxes(boxes: Sequence[torch.Tensor], device: torch.device, extra: Seque
 
 
 class TwoStageDetector(nn.Module):
-    """``forward(images, targets=None, orig_sizes=None, proposals=None)``, as in docs/architecture.md.
-
-    ``rpn=None`` is Fast R-CNN mode: ``proposals`` (list of [P_i,4] in input pixels) must then be passed.
-    """
+    """Backbone, RPN and RoI heads (docs/architecture.md); ``rpn=None`` is Fast R-CNN mode: ``forward`` must then
+    be passed ``proposals`` (list of [P_i,4] in input pixels)."""
 
     def __init__(self, backbone: Backbone, roi_heads: RoIHeads, rpn: RPN | None = None,
                  pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
@@ -99,17 +97,16 @@ class TwoStageDetector(nn.Module):
                 region.copy_(img)
         return (batch - self.pixel_mean) / self.pixel_std, _host_to_device(sizes, torch.float32, device)
 
-    def _proposals(self, images: Sequence[torch.Tensor], proposals, batch, features, image_sizes, gt):
-        """(proposals [N,P,4], scores [N,P] or None, valid [N,P], rpn losses, rpn stats)."""
+    def _proposals(self, proposals, features, image_sizes, gt=()):
+        """(proposals [N,P,4], valid [N,P], rpn losses, rpn stats): the given ``proposals``, else the RPN's."""
         if proposals is not None:
-            padded, _, valid = _pad_boxes(proposals, batch.device)
-            padded = clip_boxes_to_sizes(padded, image_sizes)
-            zeros = batch.new_zeros(())
-            return padded, None, valid, {"loss_rpn_cls": zeros, "loss_rpn_box": zeros}, {}
+            padded, _, valid = _pad_boxes(proposals, image_sizes.device)
+            zeros = image_sizes.new_zeros(())
+            return clip_boxes_to_sizes(padded, image_sizes), valid, {"loss_rpn_cls": zeros, "loss_rpn_box": zeros}, {}
         if self.rpn is None:
             raise ValueError("TwoStageDetector: built with model.proposals=precomputed; pass proposals=[P_i,4] boxes")
-        levels = list(features.values())
-        return self.rpn(levels, image_sizes, *gt)
+        boxes, _, valid, losses, stats = self.rpn(list(features.values()), image_sizes, *gt)
+        return boxes, valid, losses, stats
 
     def forward(self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None = None,
                 orig_sizes: Sequence[Sequence[int]] | None = None, proposals: Sequence[torch.Tensor] | None = None):
@@ -122,14 +119,11 @@ class TwoStageDetector(nn.Module):
                 raise ValueError("TwoStageDetector: targets are required in training mode")
             gt_boxes, (gt_labels,), gt_valid = _pad_boxes([t["boxes"] for t in targets], batch.device,
                                                           extra=[[t["labels"].long() for t in targets]])
-            props, _, valid, losses, stats = self._proposals(images, proposals, batch, features, image_sizes,
-                                                             (gt_boxes, gt_valid))
+            props, valid, losses, stats = self._proposals(proposals, features, image_sizes, (gt_boxes, gt_valid))
             roi_losses, roi_stats = self.roi_heads(features, props, valid, image_sizes, padded_size,
                                                    gt_boxes, gt_labels, gt_valid)
-            losses.update(roi_losses)
-            stats.update(roi_stats)
-            return losses, stats
-        props, _, valid, _, _ = self._proposals(images, proposals, batch, features, image_sizes, ())
+            return {**losses, **roi_losses}, {**stats, **roi_stats}
+        props, valid, _, _ = self._proposals(proposals, features, image_sizes)
         detections = self.roi_heads(features, props, valid, image_sizes, padded_size)
         if orig_sizes is not None:
             for det, size, (orig_h, orig_w) in zip(detections, image_sizes.tolist(), orig_sizes):

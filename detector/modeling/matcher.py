@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import torch
 
-from detector.losses.dynamic import STATISTIC_CONVENTIONS, IntervalRecord
+from detector.losses.dynamic import STATISTIC_CONVENTIONS, IntervalRecord, kth_valid
 
 __all__ = ["match_boxes", "sample_balanced", "DynamicLabelAssigner", "build_label_assigner"]
 
@@ -39,8 +39,7 @@ def match_boxes(iou: torch.Tensor, gt_valid: torch.Tensor, fg_iou_thresh: float 
     return matched_idx, max_iou, fg, bg
 
 
-def sample_balanced(fg: torch.Tensor, bg: torch.Tensor, batch_size_per_image: int, positive_fraction: float,
-                    generator: torch.Generator | None = None):
+def sample_balanced(fg: torch.Tensor, bg: torch.Tensor, batch_size_per_image: int, positive_fraction: float):
     """Balanced random sampling per image over [N,M] disjoint bool masks ``fg``, ``bg``.
 
     Returns index [N,S] int64 into M, is_fg [N,S], valid [N,S] (False where too few candidates), S = min(batch size,
@@ -49,7 +48,7 @@ def sample_balanced(fg: torch.Tensor, bg: torch.Tensor, batch_size_per_image: in
     num_images, num_candidates = fg.shape
     size = min(batch_size_per_image, num_candidates)
     max_fg = min(int(batch_size_per_image * positive_fraction), num_candidates)
-    keys = torch.rand(fg.shape, device=fg.device, generator=generator)  # [N,M] in [0,1)
+    keys = torch.rand(fg.shape, device=fg.device)  # [N,M] in [0,1)
     num_fg = fg.sum(dim=1).clamp(max=max_fg)  # [N]
     fg_keys, fg_idx = torch.where(fg, keys, -1.0).topk(max_fg, dim=1)  # [N,max_fg] random fg order
     take_fg = torch.arange(max_fg, device=fg.device)[None, :] < num_fg[:, None]
@@ -67,10 +66,9 @@ class DynamicLabelAssigner:
 
     :meth:`observe` returns an iteration's statistic; :meth:`step` (once per optimizer step) sets the threshold to
     max(min_thresh, mean of the interval's statistics) after every ``interval`` iterations (averaged over ranks).
-    ``mmdet``: mmdetection dynamic_roi_head.py loss / update_hyperparameters: per image the min(iou_topk, n)-th
-    largest max overlap, then the mean over images. ``official``: hkzhang95/DynamicRCNN network.py:
-    topk(ious, KI * IMS_PER_GPU)[-1] over all the GPU's proposals, below-threshold ones measured against the
-    image's first GT; images without GT skipped, k capped at the proposal count.
+    ``mmdet`` (mmdetection's DynamicRoIHead): per image the min(iou_topk, n)-th largest max overlap, then the mean
+    over images. ``official`` (hkzhang95/DynamicRCNN): topk(ious, KI * IMS_PER_GPU)[-1] over the proposals of the
+    GPU's images with GT, below-threshold ones measured against the image's first GT; k capped at the count.
     """
 
     def __init__(self, initial_thresh: float = 0.5, topk: int = 75, interval: int = 100, min_thresh: float = 0.4,
@@ -86,9 +84,13 @@ class DynamicLabelAssigner:
     def observe(self, iou: torch.Tensor, max_iou: torch.Tensor, fg: torch.Tensor, candidate_valid: torch.Tensor,
                 gt_valid: torch.Tensor) -> torch.Tensor:
         """This iteration's IoU statistic, 0-d float32 (NaN: nothing to measure); changes no state, no host sync."""
-        if self.statistic == "official":
-            return self._observe_official(iou, max_iou, fg, candidate_valid, gt_valid)
-        return self._observe_mmdet(max_iou, candidate_valid)
+        if self.statistic == "mmdet":
+            return self._observe_mmdet(max_iou, candidate_valid)
+        has_gt = gt_valid.any(dim=1)  # [N]
+        valid = (candidate_valid & has_gt[:, None]).flatten()  # [N*M]
+        first_gt = iou[..., 0] if iou.shape[2] > 0 else max_iou  # [N,M]
+        values = torch.where(fg, max_iou, first_gt).flatten()  # [N*M]
+        return kth_valid(values, valid, has_gt.sum() * self.topk, largest=True)
 
     def _observe_mmdet(self, max_iou: torch.Tensor, candidate_valid: torch.Tensor) -> torch.Tensor:
         k_max = min(self.topk, max_iou.shape[1])
@@ -101,18 +103,6 @@ class DynamicLabelAssigner:
         has = count > 0
         mean = (kth * has).sum() / has.sum().clamp(min=1)
         return torch.where(has.any(), mean, torch.full_like(mean, math.nan)).float()
-
-    def _observe_official(self, iou, max_iou, fg, candidate_valid, gt_valid) -> torch.Tensor:
-        has_gt = gt_valid.any(dim=1)  # [N]
-        valid = candidate_valid & has_gt[:, None]  # [N,M]
-        first_gt = iou[..., 0] if iou.shape[2] > 0 else max_iou  # [N,M]
-        values = torch.where(fg, max_iou, first_gt).masked_fill(~valid, -math.inf).flatten()  # [N*M]
-        if values.numel() == 0:
-            return max_iou.new_full((), math.nan)
-        count = valid.sum()
-        k = torch.minimum(count, has_gt.sum() * self.topk).clamp(min=1)
-        kth = values.sort(descending=True).values.gather(0, (k - 1).view(1)).squeeze(0)
-        return torch.where(count > 0, kth, torch.full_like(kth, math.nan)).float()
 
     def step(self, iteration: int, statistic: torch.Tensor) -> float:
         """After iteration ``iteration``: record its statistic; at an interval's end, update the threshold."""

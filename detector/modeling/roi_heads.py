@@ -113,12 +113,10 @@ class RoIHeads(nn.Module):
             self.label_assigner.step(iteration, stats["iou_statistic"])
         self.iteration = iteration + 1
 
-    @property
-    def _beta_statistic_source(self) -> str | None:
-        """Which targets the adaptive beta measures: the sampled ``positives`` (mmdet) or every ``candidate``."""
-        if not isinstance(self.beta_schedule, AdaptiveBeta):
-            return None
-        return "candidates" if self.beta_schedule.statistic == "official" else "positives"
+    def _adaptive_beta(self, statistic: str) -> bool:
+        """Whether the beta is adaptive in that convention: ``mmdet`` measures the sampled positives, ``official``
+        every candidate."""
+        return isinstance(self.beta_schedule, AdaptiveBeta) and self.beta_schedule.statistic == statistic
 
     # ------------------------------------------------------------------ forward
     def forward(self, features: dict[str, torch.Tensor], proposals: torch.Tensor, proposal_valid: torch.Tensor,
@@ -130,10 +128,15 @@ class RoIHeads(nn.Module):
         Training returns (losses ``{loss_cls, loss_box_reg}``, stats); eval a list of N dicts of detections
         ``{"boxes" [D,4], "labels" [D], "scores" [D]}`` in the input image's pixels.
         """
-        if self.training:
-            return self._forward_train(features, proposals, proposal_valid, padded_size, gt_boxes, gt_labels,
-                                       gt_valid)
-        return self._forward_test(features, proposals, proposal_valid, image_sizes, padded_size)
+        if not self.training:
+            return self._forward_test(features, proposals, proposal_valid, image_sizes, padded_size)
+        with torch.no_grad():
+            rois, labels, matched_gt, sampled, observed = self._assign_and_sample(proposals, proposal_valid, gt_boxes,
+                                                                                  gt_labels, gt_valid)
+        logits, deltas = self._predict(features, rois, padded_size)  # [R,K+1], [R,4K]
+        losses, stats = self.losses(logits, deltas, rois.view(-1, 4), labels.view(-1), matched_gt.view(-1, 4),
+                                    sampled.view(-1), num_images=proposals.shape[0])
+        return losses, {**stats, **observed}
 
     def _predict(self, features: dict[str, torch.Tensor], rois: torch.Tensor, padded_size: tuple[int, int]):
         """rois [N,S,4] -> class logits [N*S,K+1], deltas [N*S,4K] (float32); one RoIAlign call for the batch."""
@@ -142,9 +145,9 @@ class RoIHeads(nn.Module):
         return logits.float(), deltas.float()
 
     def _assign_and_sample(self, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid):
-        """Match proposals (+ GT) to GT and sample; -> rois [N,S,4], labels [N,S], matched GT [N,S,4],
-        is_fg [N,S], sampled [N,S], the IoU threshold used (0-d), and the statistics measured on the candidates
-        before sampling (``iou_statistic``; ``beta_statistic`` in the official convention)."""
+        """Match proposals (+ GT) to GT and sample; -> rois [N,S,4], labels [N,S], matched GT [N,S,4], sampled [N,S],
+        and the stats of the assignment: ``iou_thresh`` used (0-d) and those measured on the candidates before
+        sampling (``iou_statistic``; ``beta_statistic`` in the official convention)."""
         if self.add_gt_as_proposals:
             proposals = torch.cat([proposals, gt_boxes.to(proposals)], dim=1)  # [N,P+G,4]
             proposal_valid = torch.cat([proposal_valid, gt_valid], dim=1)
@@ -154,10 +157,10 @@ class RoIHeads(nn.Module):
         else:
             fg_thresh, bg_thresh = self.fg_iou_thresh, self.bg_iou_thresh
         matched_idx, max_iou, fg, bg = match_boxes(iou, gt_valid, fg_thresh, bg_thresh)
-        observed = {}
+        observed = {"iou_thresh": torch.full((), float(fg_thresh), dtype=torch.float32, device=iou.device)}  # no H2D
         if self.label_assigner is not None:
             observed["iou_statistic"] = self.label_assigner.observe(iou, max_iou, fg, proposal_valid, gt_valid)
-        if self._beta_statistic_source == "candidates":
+        if self._adaptive_beta("official"):
             observed["beta_statistic"] = self._candidate_beta_statistic(proposals, proposal_valid, gt_boxes,
                                                                         gt_valid, matched_idx, fg)
         index, is_fg, sampled = sample_balanced(fg & proposal_valid, bg & proposal_valid,
@@ -166,8 +169,7 @@ class RoIHeads(nn.Module):
         gt_idx = matched_idx.gather(1, index)  # [N,S]
         labels = torch.where(is_fg, gt_labels.gather(1, gt_idx), 0)  # [N,S]
         matched_gt = gt_boxes.gather(1, gt_idx[..., None].expand(-1, -1, 4))  # [N,S,4]
-        thresh = torch.full((), float(fg_thresh), dtype=torch.float32, device=iou.device)  # a fill: no H2D copy
-        return rois, labels, matched_gt, is_fg, sampled, thresh, observed
+        return rois, labels, matched_gt, sampled, observed
 
     def _candidate_beta_statistic(self, candidates, candidate_valid, gt_boxes, gt_valid, matched_idx, fg):
         """The official beta statistic over every candidate [N,M,4] of the images with GT, each encoded against
@@ -179,17 +181,6 @@ class RoIHeads(nn.Module):
         has_gt = gt_valid.any(dim=1)  # [N]
         valid = (candidate_valid & has_gt[:, None]).reshape(-1)  # [N*M]
         return self.beta_schedule.observe(target_deltas, num_images=has_gt.sum(), valid=valid)
-
-    def _forward_train(self, features, proposals, proposal_valid, padded_size, gt_boxes, gt_labels, gt_valid):
-        with torch.no_grad():
-            rois, labels, matched_gt, is_fg, sampled, thresh, observed = self._assign_and_sample(
-                proposals, proposal_valid, gt_boxes, gt_labels, gt_valid)
-        logits, deltas = self._predict(features, rois, padded_size)  # [R,K+1], [R,4K]
-        losses, stats = self.losses(logits, deltas, rois.view(-1, 4), labels.view(-1), matched_gt.view(-1, 4),
-                                    sampled.view(-1), num_images=proposals.shape[0])
-        stats["iou_thresh"] = thresh
-        stats.update(observed)
-        return losses, stats
 
     def losses(self, logits: torch.Tensor, deltas: torch.Tensor, rois: torch.Tensor, labels: torch.Tensor,
                matched_gt: torch.Tensor, sampled: torch.Tensor, num_images: int):
@@ -213,15 +204,14 @@ class RoIHeads(nn.Module):
             pred_boxes = self.box_coder.decode(pred_deltas, pos_rois)
             loss_box = self.box_loss(pred_boxes, pos_gt, avg_factor=normalizer)
         else:
-            loss_box = self.box_loss(pred_deltas, target_deltas, avg_factor=normalizer,
-                                     beta=beta if self.beta_schedule is not None else None)
+            loss_box = self.box_loss(pred_deltas, target_deltas, avg_factor=normalizer, beta=beta)
 
         num_fg = (labels > 0).logical_and(sampled).sum()
         stats = {"num_fg": num_fg, "num_bg": ((labels == 0) & sampled).sum(),
                  "num_pos_per_image": num_fg.float() / num_images}
         if beta is not None:
             stats["beta"] = torch.full((), float(beta), dtype=torch.float32, device=deltas.device)
-        if self._beta_statistic_source == "positives":
+        if self._adaptive_beta("mmdet"):
             stats["beta_statistic"] = self.beta_schedule.observe(target_deltas.detach(), num_images)
         target_abs = target_deltas.detach().abs()
         pred_err = (pred_deltas.detach() - target_deltas).abs()

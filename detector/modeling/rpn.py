@@ -13,26 +13,15 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.rpn import RPNHead, concat_box_prediction_layers
 
 from detector.box_coder import BoxCoder
 from detector.boxes import batched_box_iou, batched_nms_topk, clip_boxes_to_sizes, min_size_mask
 from detector.losses import BoxLoss
 from detector.modeling.matcher import match_boxes, sample_balanced
 
-__all__ = ["RPN", "anchor_shapes"]
-
-
-def anchor_shapes(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> torch.Tensor:
-    """Zero-centred anchors [len(sizes) * len(aspect_ratios), 4] (ratio = h/w, area = size^2), rounded as in
-    torchvision's AnchorGenerator."""
-    sizes_t = torch.as_tensor(sizes, dtype=torch.float32)
-    ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
-    h_ratios = torch.sqrt(ratios)
-    w_ratios = 1 / h_ratios
-    ws = (w_ratios[:, None] * sizes_t[None, :]).view(-1)
-    hs = (h_ratios[:, None] * sizes_t[None, :]).view(-1)
-    return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+__all__ = ["RPN"]
 
 
 class RPN(nn.Module):
@@ -54,8 +43,8 @@ class RPN(nn.Module):
             raise ValueError(f"model.rpn.anchor_sizes has {len(anchor_sizes)} sizes but the backbone has "
                              f"{len(strides)} levels; give one size per level")
         self.strides = tuple(int(s) for s in strides)
-        self.cell_anchors = [anchor_shapes(sizes, aspect_ratios) for sizes in sizes_per_level]  # L x [a,4]
-        self.head = RPNHead(in_channels, self.cell_anchors[0].shape[0])
+        self.anchor_generator = AnchorGenerator(sizes_per_level, (tuple(aspect_ratios),) * len(sizes_per_level))
+        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location()[0])
         self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0), check=False)
         self.box_loss = box_loss
         self.pre_nms_topk = {True: pre_nms_topk_train, False: pre_nms_topk_test}
@@ -69,18 +58,14 @@ class RPN(nn.Module):
         self._anchor_cache: dict[tuple, torch.Tensor] = {}
 
     def anchors(self, grid_sizes: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
-        """All anchors [A,4] for feature maps of the given (H_l, W_l); cached per shape and device."""
+        """All anchors [A,4] for feature maps of the given (H_l, W_l), torchvision's; cached per shape and device."""
         key = (tuple(grid_sizes), str(device))
         if key not in self._anchor_cache:
-            per_level = []
-            for (h, w), stride, cell in zip(grid_sizes, self.strides, self.cell_anchors):
-                ys = torch.arange(h, dtype=torch.float32, device=device) * stride
-                xs = torch.arange(w, dtype=torch.float32, device=device) * stride
-                y, x = torch.meshgrid(ys, xs, indexing="ij")
-                shifts = torch.stack((x, y, x, y), dim=-1).reshape(-1, 1, 4)  # [H*W,1,4]
-                per_level.append((shifts + cell.to(device)[None]).reshape(-1, 4))
             if len(self._anchor_cache) > 64:
                 self._anchor_cache.clear()
+            self.anchor_generator.set_cell_anchors(torch.float32, device)
+            strides = [[torch.tensor(s, device=device)] * 2 for s in self.strides]
+            per_level = self.anchor_generator.grid_anchors([list(size) for size in grid_sizes], strides)
             self._anchor_cache[key] = torch.cat(per_level)
         return self._anchor_cache[key]
 
@@ -92,9 +77,9 @@ class RPN(nn.Module):
         logits, deltas = self.head(list(features))
         num_images = features[0].shape[0]
         level_sizes = [lg.shape[1] * lg.shape[2] * lg.shape[3] for lg in logits]
-        objectness = torch.cat([lg.permute(0, 2, 3, 1).reshape(num_images, -1) for lg in logits], 1).float()  # [N,A]
-        pred_deltas = torch.cat([d.view(num_images, -1, 4, d.shape[2], d.shape[3]).permute(0, 3, 4, 1, 2)
-                                 .reshape(num_images, -1, 4) for d in deltas], 1).float()  # [N,A,4]
+        objectness, pred_deltas = concat_box_prediction_layers(logits, deltas)  # [N*A,1], [N*A,4]
+        objectness = objectness.view(num_images, -1).float()  # [N,A]
+        pred_deltas = pred_deltas.view(num_images, -1, 4).float()  # [N,A,4]
         anchors = self.anchors([tuple(lg.shape[2:]) for lg in logits], objectness.device)  # [A,4]
         proposals, scores, valid = self._select(objectness.detach(), pred_deltas.detach(), anchors, level_sizes,
                                                 image_sizes)
