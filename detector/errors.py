@@ -34,33 +34,22 @@ class WeightsError(DetectorError):
     """``model.backbone.weights`` names no readable file or torchvision weights (or the download failed)."""
 
 
-def user_error_line(exc: BaseException) -> str | None:
-    """The one line to print for a known user error, or None for anything that should keep its traceback."""
-    if isinstance(exc, DetectorError):
-        return f"error: {exc}"
-    if isinstance(exc, OSError) and exc.errno in USER_OS_ERRNOS:
-        where = exc.filename if exc.filename is not None else "(unknown path)"
-        fix = ("free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-               else "choose a path you can write to (output_dir, data.root or --out)")
-        return f"error: {where}: {os.strerror(exc.errno)}; {fix}"
-    return None
-
-
-def traceback_requested() -> bool:
-    """``DETECTOR_TRACEBACK=1`` prints the traceback of user errors too."""
-    return os.environ.get("DETECTOR_TRACEBACK", "") not in ("", "0")
-
-
 def run_tool(body: Callable[[], int]) -> int:
     """Run a tool's ``body`` and return its exit code; a user error prints one line (after the traceback when
     ``DETECTOR_TRACEBACK=1``) and returns its kind's code (see the module docstring); a bug raises."""
     try:
         return body()
     except Exception as exc:
-        line = user_error_line(exc)
-        if line is None:
+        if isinstance(exc, DetectorError):
+            line = f"error: {exc}"
+        elif isinstance(exc, OSError) and exc.errno in USER_OS_ERRNOS:
+            where = exc.filename if exc.filename is not None else "(unknown path)"
+            fix = ("free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                   else "choose a path you can write to (output_dir, data.root or --out)")
+            line = f"error: {where}: {os.strerror(exc.errno)}; {fix}"
+        else:
             raise
-        if traceback_requested():
+        if os.environ.get("DETECTOR_TRACEBACK", "") not in ("", "0"):
             traceback.print_exc()
         print(line, file=sys.stderr)
         return getattr(exc, "exit_code", 1)

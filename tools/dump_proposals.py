@@ -27,8 +27,7 @@ from detector.errors import run_tool
 
 def dump_proposals(cfg, checkpoint: Path, split: str, device: torch.device,
                    trust: bool = False) -> dict[str, list[list[float]]]:
-    """{image_id: [[x1, y1, x2, y2, score], ...]} in original image pixels for every image of ``split``;
-    ``trust``: --trust-checkpoint."""
+    """The proposals of every image of ``split`` in the format above; ``trust``: --trust-checkpoint."""
     from detector.data import build_dataset, make_dataloader
     from detector.data.transforms import build_transforms
     from detector.engine.checkpoint import load_model_weights
@@ -72,8 +71,7 @@ def main(argv=None) -> int:
 def run(args) -> int:
     from detector.engine.runtime import select_device
     cfg = load_config(args.cfg, args.overrides)
-    proposals = dump_proposals(cfg, args.ckpt, args.split, select_device(cfg.train.device),
-                               args.trust_checkpoint)
+    proposals = dump_proposals(cfg, args.ckpt, args.split, select_device(cfg.train.device), args.trust_checkpoint)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(proposals))

@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 
 from detector.config import load_config, metric_names
-from detector.errors import run_tool
-from detector.evaluation import METRICS
+from detector.errors import DetectorError, run_tool
+from detector.evaluation import (METRICS, dataset_image_ids, detections_to_coco_results, evaluate_coco_results,
+                                 format_metrics, load_coco_results)
 
 OUTPUT_FILES = ("detections.json", "metrics.json")  # what --out receives, in the order written (--dets: metrics)
 
@@ -47,9 +48,7 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    from detector.data import build_dataset
-    from detector.errors import DetectorError
-    from detector.evaluation import dataset_image_ids, evaluate_coco_results, format_metrics, load_coco_results
+    from detector.data import build_dataset  # looked up at call time: the tests substitute the dataset
 
     # --metric decides what is scored; train.best_metric (a training key) follows it so the config stays consistent
     metric = [f"eval.metric={args.metric}", f"train.best_metric={metric_names(args.metric)[0]}"] if args.metric else []
@@ -84,7 +83,7 @@ def run(args) -> int:
 def check_out_dir(out: Path, files: tuple[str, ...], overwrite: bool) -> None:
     """Before any work: a ``RunFolderError`` when ``out`` holds one of ``files`` or is a run's ``eval/`` (unless
     ``overwrite``), an ``OSError`` naming the path when it cannot be written."""
-    from detector.engine.runs import RunFolderError, holds_run
+    from detector.engine.runs import RunFolderError, run_files
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -99,7 +98,7 @@ def check_out_dir(out: Path, files: tuple[str, ...], overwrite: bool) -> None:
     if present:
         raise RunFolderError(f"--out {out} already holds {' and '.join(present)} (a run's results or an earlier "
                              f"evaluation); pass another --out, or --overwrite to replace them")
-    if out.name == "eval" and holds_run(out.parent):
+    if out.name == "eval" and run_files(out.parent):
         raise RunFolderError(f"--out {out} is the eval folder of the training run {out.parent}, whose metrics.json "
                              f"marks the run finished; pass another --out, or --overwrite to write there")
 
@@ -109,7 +108,6 @@ def evaluate_checkpoint(cfg, checkpoint: Path, trust: bool = False) -> tuple[dic
     from detector.data import build_dataloader
     from detector.engine.checkpoint import load_model_weights
     from detector.engine.runtime import amp_settings, select_device
-    from detector.evaluation import detections_to_coco_results
     from detector.evaluation.results import evaluate_model
     from detector.modeling import build_detector
 

@@ -21,11 +21,6 @@ from detector.config import load_config
 from detector.errors import run_tool
 
 
-def default_run_dir(cfg_names: list[str]) -> Path:
-    stems = [Path(name).stem for name in cfg_names] or ["base"]
-    return Path("runs") / "-".join(stems)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", action="append", default=[], help="config file or name in configs/ (repeatable)")
@@ -47,7 +42,7 @@ def run(args) -> int:
     from detector.evaluation.report import format_metrics
 
     cfg = load_config(args.cfg, list(args.overrides) + (["train.resume=auto"] if args.resume or args.extend else []))
-    run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(args.cfg)
+    run_dir = Path(cfg.output_dir or Path("runs") / "-".join([Path(name).stem for name in args.cfg] or ["base"]))
     try:
         metrics = train(cfg, run_dir, overwrite=args.overwrite, extend=args.extend,
                         trust_checkpoint=args.trust_checkpoint)

@@ -1,10 +1,7 @@
-"""Checkpoints: written atomically, read with clear errors, resumed with a fallback.
+"""Checkpoints: written atomically, read as data only (``--trust-checkpoint``: ``trust=True``), resumed with a fallback.
 
-A checkpoint is ``{"model", "optimizer", "scheduler", "scaler", "iteration", "config", "rng"}``; the model's state
-dict carries the RoI head's dynamic state through ``get_extra_state``. In ``<run>/checkpoints/``: ``last.pth`` (the
-one it replaced kept as ``last.prev.pth``), ``best.pth`` (by ``train.best_metric``), ``nonfinite_iter<k>.pth``.
-Checkpoints are data: read with ``torch.load(weights_only=True)`` (plus :data:`NUMPY_RNG_GLOBALS`); a pickle that
-would run code is refused unless the user passes ``--trust-checkpoint`` (``trust=True``).
+A checkpoint is ``{"model", "optimizer", "scheduler", "scaler", "iteration", "best", "config", "rng"}``; the model's
+state dict carries the RoI head's dynamic state through ``get_extra_state``.
 """
 from __future__ import annotations
 
@@ -15,12 +12,15 @@ import random
 import re
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from detector.engine import distributed as dist_utils
+from detector.engine.runtime import notice
 from detector.errors import DetectorError
 from detector.modeling.fit import misfit_message
 
@@ -65,17 +65,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
             os.replace(path, path.parent / PREVIOUS)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
     return path
-
-
-def remove_orphaned_temporaries(checkpoint_dir: str | Path) -> list[Path]:
-    """Delete ``.<name>.pth.*.tmp`` files left by a writer that died mid-save (call while holding the run lock)."""
-    removed = sorted(Path(checkpoint_dir).glob(".*.pth.*.tmp"))
-    for path in removed:
-        path.unlink(missing_ok=True)
-    return removed
 
 
 def _numpy_rng_allowed() -> contextlib.AbstractContextManager:
@@ -86,18 +77,15 @@ def _numpy_rng_allowed() -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False) -> dict[str, Any]:
-    """Read a checkpoint (or a bare model state dict) as data only; ``trust=True`` unpickles it whole."""
+def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """Read a checkpoint (or a bare model state dict) onto the CPU as data only; ``trust=True`` unpickles it whole."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; pass the .pth file of a run "
                               f"(runs/<name>/checkpoints/last.pth or best.pth)")
     try:
-        if trust:  # the user's explicit opt-in: this may run code in the file
-            state = torch.load(path, map_location=map_location, weights_only=False)
-        else:
-            with _numpy_rng_allowed():
-                state = torch.load(path, map_location=map_location, weights_only=True)
+        with contextlib.nullcontext() if trust else _numpy_rng_allowed():  # trust: the user's opt-in; may run code
+            state = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as exc:  # a global that is code is named; truncated zip, garbage, wrong file: all alike
         unsafe = re.search(r"GLOBAL ([\w.]+)", str(exc)) if not trust else None
         if unsafe:
@@ -119,11 +107,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 
 
 def find_resume_checkpoint(checkpoint_dir: str | Path, trust: bool = False) -> dict[str, Any] | None:
-    """The newest readable checkpoint of a run (``last.pth``, else ``last.prev.pth``), or None if there is none.
-
-    A corrupt ``last.pth`` is renamed to ``last.corrupt.pth`` so that the next save does not rotate it over the good
-    ``last.prev.pth``; an :class:`UnsafeCheckpointError` stops the resume as it is.
-    """
+    """The newest readable checkpoint of a run (``last.pth``, else ``last.prev.pth``), or None if there is none. A
+    corrupt ``last.pth`` becomes ``last.corrupt.pth``: the next save must not rotate it over ``last.prev.pth``."""
     checkpoint_dir = Path(checkpoint_dir)
     candidates = [checkpoint_dir / name for name in (LAST, PREVIOUS) if (checkpoint_dir / name).exists()]
     errors = []
@@ -145,18 +130,13 @@ def find_resume_checkpoint(checkpoint_dir: str | Path, trust: bool = False) -> d
     return None
 
 
-def run_dir_of(checkpoint: str | Path) -> Path:
-    """``runs/x/checkpoints/best.pth`` -> ``runs/x``; a checkpoint elsewhere -> its folder."""
-    folder = Path(checkpoint).parent
-    return folder.parent if folder.name == "checkpoints" else folder
-
-
 def load_model_weights(model: torch.nn.Module, path: str | Path, config: Mapping[str, Any],
                        trust: bool = False) -> dict[str, Any]:
     """Load checkpoint ``path`` into ``model`` (built from ``config``, a plain dict); returns the checkpoint dict. A
     misfit is one :class:`CheckpointError` line naming the config to use (the run's ``config.yaml``)."""
     state = load_checkpoint(path, trust=trust)
-    run_config = run_dir_of(path) / "config.yaml"
+    folder = Path(path).parent  # runs/x/checkpoints/best.pth -> runs/x
+    run_config = (folder.parent if folder.name == "checkpoints" else folder) / "config.yaml"
     use = (f"use the config it was trained with: --cfg {run_config}" if run_config.is_file()
            else "use the config it was trained with (the checkpoint stores it under 'config')")
     _load_fitting_weights(model, state, path, config, use)
@@ -170,13 +150,6 @@ def _load_fitting_weights(model: torch.nn.Module, state: dict[str, Any], path: s
     if message:
         raise CheckpointError(message)
     model.load_state_dict(state["model"])
-
-
-def capture_rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
@@ -197,20 +170,24 @@ class Checkpointer:
         self.config = config
 
     def save(self, name: str, progress: "Progress", keep_previous: bool = False) -> Path | None:
-        from detector.engine import distributed as dist_utils
-        rng = dist_utils.gather_objects(capture_rng_state())
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        rng = dist_utils.gather_objects(rng)  # every rank's state: each resumes its own
         if not dist_utils.is_main_process():
             return None
         return save_checkpoint({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                                "config": self.config, "rng": rng, **progress.state_dict()},
+                                "config": self.config, "rng": rng, "iteration": progress.iteration,
+                                "best": progress.best},
                                self.dir / name, keep_previous=keep_previous)
 
-    def resume(self, rank: int, trust: bool = False) -> tuple["Progress", str] | None:
-        """Load the newest readable checkpoint; (progress, path), or None when there is none."""
+    def resume(self, rank: int, trust: bool = False) -> "Progress":
+        """Load the newest readable checkpoint and say which; a fresh :class:`Progress` when there is none."""
         state = find_resume_checkpoint(self.dir, trust=trust)
         if state is None:
-            return None
+            notice(f"--resume: {self.dir} holds no checkpoint yet; starting from iteration 0")
+            return Progress()
         _load_fitting_weights(self.model, state, state["path"], self.config,
                               f"it is not a checkpoint of this run: move it out of {self.dir} (the resume then "
                               f"takes {PREVIOUS}, or starts from scratch), or replace the run with --overwrite")
@@ -219,20 +196,15 @@ class Checkpointer:
         self.scaler.load_state_dict(state["scaler"])
         rng = state["rng"]
         restore_rng_state(rng[rank] if isinstance(rng, list) else rng)
-        progress = Progress()
-        progress.load_state_dict(state)
-        return progress, state["path"]
+        progress = Progress(int(state["iteration"]), float(state.get("best", float("-inf"))))
+        notice(f"resumed from {state['path']} at iteration {progress.iteration}")
+        return progress
 
 
+@dataclass
 class Progress:
     """The trainer's own changing state: iterations done and the best value of ``train.best_metric``."""
 
-    def __init__(self, iteration: int = 0, best: float = float("-inf")):
-        self.iteration, self.best = iteration, best
-        self.told_undefined = False  # the console said once that the best metric is undefined (not saved)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"iteration": self.iteration, "best": self.best}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.iteration, self.best = int(state["iteration"]), float(state.get("best", float("-inf")))
+    iteration: int = 0
+    best: float = float("-inf")
+    told_undefined: bool = False  # the console said once that the best metric is undefined (not saved)

@@ -9,20 +9,15 @@ import torch
 import torch.distributed as dist
 
 
-def launched_by_torchrun() -> bool:
-    """torchrun (and other launchers of ``torch.distributed``) describe the job in RANK / WORLD_SIZE."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
 def init_distributed(device_type: str) -> bool:
     """Join the process group torchrun describes (even a world of one: ``--nproc_per_node=1`` runs DDP over NCCL
     like a larger job); return whether a process group is in use. A plain ``python tools/train.py`` joins none."""
-    if not dist.is_available() or dist.is_initialized() or not launched_by_torchrun():
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # torchrun and other launchers set these
+    if not dist.is_available() or dist.is_initialized() or not launched:
         return dist.is_available() and dist.is_initialized()
-    backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=timedelta(minutes=30))
     return True
 
 

@@ -56,28 +56,22 @@ def _jsonable(value: Any) -> Any:
 
 
 class RunLogger:
-    """Writes scalars, histograms and images of one run; a no-op unless ``enabled``. ``resumed_at=k``: the records
-    after iteration k are dropped from ``metrics.jsonl`` and purged from TensorBoard, so no iteration counts twice."""
+    """Writes scalars, histograms and images of one run (rank 0 only). ``resumed_at=k``: the records after iteration
+    k are dropped from ``metrics.jsonl`` and purged from TensorBoard, so no iteration counts twice."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, resumed_at: int | None = None):
-        self.enabled = enabled
+    def __init__(self, run_dir: str | Path, resumed_at: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
         self.run_dir = Path(run_dir)
-        self._writer = None
-        self._jsonl = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            dropped = 0 if resumed_at is None else _drop_records_after(self.run_dir / METRICS_FILE, resumed_at)
-            purge = None if resumed_at is None else resumed_at + 1
-            self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
-            self._jsonl = open(self.run_dir / METRICS_FILE, "a")
-            if resumed_at is not None:
-                self.log("resume", resumed_at, {"dropped_records": dropped})
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        dropped = 0 if resumed_at is None else _drop_records_after(self.run_dir / METRICS_FILE, resumed_at)
+        purge = None if resumed_at is None else resumed_at + 1
+        self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
+        self._jsonl = open(self.run_dir / METRICS_FILE, "a")
+        if resumed_at is not None:
+            self.log("resume", resumed_at, {"dropped_records": dropped})
 
     def log(self, kind: str, iteration: int, values: dict[str, Any]) -> None:
         """One JSON line ``{"type": kind, "iter": k, ...}`` and a TensorBoard scalar per numeric value."""
-        if not self.enabled:
-            return
         record = {"type": kind, "iter": iteration, **_jsonable(values)}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
@@ -89,61 +83,47 @@ class RunLogger:
                 for thr, ap in zip(range(50, 100, 5), value):
                     self._writer.add_scalar(f"{prefix}AP_per_iou/AP{thr}", ap, iteration)
 
-    def histograms(self, iteration: int, tensors: dict[str, torch.Tensor], names=DELTA_NAMES) -> None:
+    def histograms(self, iteration: int, tensors: dict[str, torch.Tensor]) -> None:
         """``hist/<name>`` tensors of shape [P,4] become one histogram per coordinate."""
-        if not self.enabled:
-            return
         for key, value in tensors.items():
             value = value.detach().float().cpu()
             if value.numel() == 0:
                 continue
-            if value.dim() == 2 and value.shape[1] == len(names):
-                for i, coord in enumerate(names):
+            if value.dim() == 2 and value.shape[1] == len(DELTA_NAMES):
+                for i, coord in enumerate(DELTA_NAMES):
                     self._writer.add_histogram(f"{key}/{coord}", value[:, i], iteration)
             else:
                 self._writer.add_histogram(key, value.flatten(), iteration)
 
     def images(self, iteration: int, tag: str, images: list[torch.Tensor]) -> None:
         """uint8 [3,H,W] images (already drawn on)."""
-        if not self.enabled:
-            return
         for i, image in enumerate(images):
             self._writer.add_image(f"{tag}/{i}", image, iteration)
 
     def hparams(self, cfg, metrics: dict[str, Any]) -> None:
         """The run's hyper-parameters and final metrics, in this run's own event file (HParams tab)."""
-        if not self.enabled:
-            return
         from torch.utils.tensorboard.summary import hparams
-        hp = {}
-        for name, key in HPARAM_KEYS.items():
-            value = cfg.select(key)
-            hp[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        hp = {name: cfg.select(key) for name, key in HPARAM_KEYS.items()}
+        hp = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hp.items()}
         final = {f"hparam/{k}": float(metrics[k]) for k in HPARAM_METRICS
                  if isinstance(metrics.get(k), (int, float))}
-        exp, ssi, sei = hparams(hp, final)
-        file_writer = self._writer._get_file_writer()
-        for summary in (exp, ssi, sei):
-            file_writer.add_summary(summary)
+        for summary in hparams(hp, final):  # experiment, session start and session end summaries
+            self._writer._get_file_writer().add_summary(summary)
         for key, value in final.items():
             self._writer.add_scalar(key, value)
 
     def close(self) -> None:
-        if self.enabled:
-            self._writer.flush()
-            self._writer.close()
-            self._jsonl.close()
+        self._writer.flush()
+        self._writer.close()
+        self._jsonl.close()
 
 
 def stats_to_scalars(stats: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Split the model's stats into 0-d scalars (one host copy per device) and ``hist/`` tensors."""
     scalars = {k: v for k, v in stats.items() if not k.startswith("hist/") and v.numel() == 1}
     hists = {k: v for k, v in stats.items() if k.startswith("hist/")}
-    by_device: dict[torch.device, list[str]] = {}
-    for key, value in scalars.items():
-        by_device.setdefault(value.device, []).append(key)
     values: dict[str, float] = {}
-    for keys in by_device.values():
-        stacked = torch.stack([scalars[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
-        values.update(zip(keys, stacked))
+    for device in {v.device for v in scalars.values()}:
+        keys = [k for k, v in scalars.items() if v.device == device]
+        values.update(zip(keys, torch.stack([scalars[k].detach().float().reshape(()) for k in keys]).tolist()))
     return {k: values[k] for k in scalars}, hists

@@ -1,11 +1,7 @@
-"""Run folders belong to one experiment: never overwritten, shared or mixed without the user asking.
+"""Run folders belong to one experiment: never overwritten, shared or mixed without the user asking (docs/runs.md).
 
-A folder *holds a run* once any file a training writes is there (:data:`RUN_ARTIFACTS`). :func:`check_run_folder`
-decides before anything is written: a new run into a run refuses, naming ``--resume``, a free ``output_dir`` and
-``--overwrite`` (which removes the run's files only); ``--resume`` refuses config keys that define the experiment
-(:data:`RESUME_SAFE_KEYS` are only reported), and a new ``train.max_iters`` that schedules derive from unless
-``--extend``. :class:`RunLock` holds ``<run>/.lock`` (hard-linked into place, never half-written) while training;
-a lock of a dead process on this host is taken over.
+:func:`check_run_folder` decides what a training may do before anything is written; :class:`RunLock` holds
+``<run>/.lock`` while it trains.
 """
 from __future__ import annotations
 
@@ -44,10 +40,9 @@ class RunFolderError(UsageError):
 
 @dataclass
 class RunFolderPlan:
-    """What :func:`check_run_folder` decided: resume or start, and the safe keys a resume changes."""
+    """What :func:`check_run_folder` decided: resume, start, or replace the run."""
     resume: bool
     overwrite: bool = False
-    changed_safe_keys: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # one-line messages for the user
 
 
@@ -58,14 +53,10 @@ def run_files(run_dir: Path) -> list[str]:
     return names + sorted(p.name for pattern in RUN_ARTIFACT_GLOBS for p in run_dir.glob(pattern))
 
 
-def holds_run(run_dir: Path) -> bool:
-    return bool(run_files(run_dir))
-
-
 def free_name(run_dir: Path) -> Path:
     """``runs/smoothl1`` -> the first of ``runs/smoothl1-2``, ``-3``, ... that holds no run."""
     n = 2
-    while holds_run(run_dir.with_name(f"{run_dir.name}-{n}")):
+    while run_files(run_dir.with_name(f"{run_dir.name}-{n}")):
         n += 1
     return run_dir.with_name(f"{run_dir.name}-{n}")
 
@@ -87,7 +78,8 @@ def stored_config(run_dir: str | Path, fix: str) -> dict[str, Any] | None:
 
 
 def check_run_folder(run_dir: str | Path, cfg, resume: bool, overwrite: bool, extend: bool = False) -> RunFolderPlan:
-    """Decide what a training may do with ``run_dir`` (see the module docstring). Reads only; writes nothing."""
+    """Reads only. A new run into a run refuses; ``--resume`` refuses changed keys that define the experiment
+    (:data:`RESUME_SAFE_KEYS` are reported) and a new ``train.max_iters`` schedules derive from unless ``extend``."""
     from detector.engine.optim import max_iters_dependents
     run_dir = Path(run_dir)
     if resume and overwrite:
@@ -127,35 +119,26 @@ def check_run_folder(run_dir: str | Path, cfg, resume: bool, overwrite: bool, ex
     safe = [k for k in differ if k not in ("output_dir", "train.resume", "train.max_iters")]
     if safe:
         notes.append(f"--resume: changed {', '.join(safe)} (allowed: they do not change what the run learns)")
-    return RunFolderPlan(resume=True, changed_safe_keys=safe, notes=notes)
+    return RunFolderPlan(resume=True, notes=notes)
 
 
 def prepare_run_folder(run_dir: Path, cfg, plan: RunFolderPlan, notes: list[str] = ()) -> None:
     """After the checks passed and the lock is held (rank 0): say what was decided, remove the old run on
     ``--overwrite``, write ``config.yaml`` (the resolved config of this session) and clear orphaned temporaries."""
-    from detector.engine.checkpoint import remove_orphaned_temporaries
     from detector.engine.runtime import notice
     for line in [*plan.notes, *notes]:
         notice(line)
-    if plan.overwrite:
-        remove_run(run_dir)
+    if plan.overwrite:  # what the run wrote goes; the user's other files stay
+        for path in [run_dir / name for name in run_files(run_dir)]:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / CONFIG_FILE)
-    for path in remove_orphaned_temporaries(run_dir / "checkpoints"):
+    for path in sorted((run_dir / "checkpoints").glob(".*.pth.*.tmp")):  # save_checkpoint's temporary files
+        path.unlink(missing_ok=True)
         notice(f"removed {path}, left by a checkpoint write that did not finish")
-
-
-def remove_run(run_dir: Path) -> None:
-    """Delete what a run wrote into ``run_dir`` (``--overwrite``); the user's other files stay."""
-    for name in RUN_ARTIFACTS:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    for pattern in RUN_ARTIFACT_GLOBS:
-        for path in run_dir.glob(pattern):
-            path.unlink()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -169,12 +152,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """``<run>/.lock`` held while a training writes the folder; see the module docstring."""
+    """``<run>/.lock`` (pid, host, start time), held inside ``with RunLock(run_dir)`` while a training writes the
+    folder: linked into place, never half-written; a lock of a dead process on this host is taken over."""
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK_FILE
         self.notes: list[str] = []
-        self._held = False
 
     def _holder(self) -> dict[str, Any]:
         try:
@@ -209,19 +192,13 @@ class RunLock:
                     raise RunFolderError(f"{self.path.parent} is in use by another training (pid {pid} on {host}, "
                                          f"started {holder.get('started', '?')}); wait for it, or use another "
                                          f"output_dir. If that process is gone, delete {self.path}") from None
-                self._held = True
                 return self
         finally:
             os.unlink(tmp)
         raise RunFolderError(f"{self.path}: could not take the lock; delete it if no training uses the folder")
 
-    def release(self) -> None:
-        if self._held:
-            self.path.unlink(missing_ok=True)
-            self._held = False
-
     def __enter__(self) -> "RunLock":
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
-        self.release()
+        self.path.unlink(missing_ok=True)

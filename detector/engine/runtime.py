@@ -46,22 +46,14 @@ COMPILE_TARGETS = {"none": (), "backbone": ("backbone",), "all": ("backbone", "r
 
 
 def compile_submodules(model: torch.nn.Module, what: str) -> list[str]:
-    """``train.compile``: ``torch.compile`` the dense submodules ``COMPILE_TARGETS[what]`` in place; returns their
-    names. Each module's ``forward`` is replaced, not the module, so state dicts and checkpoints are unchanged; if
-    compiling fails, one line says so and the module runs eagerly (:class:`CompiledForward`)."""
-    names = [name for name in COMPILE_TARGETS[what] if _has_submodule(model, name)]
+    """``train.compile``: compile the forward of the submodules ``COMPILE_TARGETS[what]`` in place (state dicts are
+    unchanged; a failure falls back to eager, :class:`CompiledForward`); returns their names."""
+    present = dict(model.named_modules())  # e.g. no RPN with precomputed proposals
+    names = [name for name in COMPILE_TARGETS[what] if name in present]
     for name in names:
         module = model.get_submodule(name)
         module.forward = CompiledForward(module.forward, f"train.compile={what}: the {name}")
     return names
-
-
-def _has_submodule(model: torch.nn.Module, name: str) -> bool:
-    try:
-        model.get_submodule(name)
-    except AttributeError:  # e.g. no RPN with precomputed proposals
-        return False
-    return True
 
 
 class CompiledForward:
@@ -110,23 +102,23 @@ def to_device(images, targets, device: torch.device):
 
 
 class GracefulStop:
-    """Inside it, the first SIGINT/SIGTERM sets ``requested`` (the loop stops after the step); a second SIGINT raises
-    ``KeyboardInterrupt``. Does nothing outside the main thread."""
+    """Inside it SIGINT and SIGTERM raise ``KeyboardInterrupt(<name>)``; if ``graceful``, the first only sets
+    ``requested`` (the loop stops after the step) and a second SIGINT raises. Main thread only."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
+    def __init__(self, graceful: bool = True):
+        self.graceful = graceful
         self.requested: str | None = None  # the signal's name once one arrived
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if not self.graceful or (self.requested and signum == signal.SIGINT):
+            raise KeyboardInterrupt(name)
+        self.requested = name
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
+            for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

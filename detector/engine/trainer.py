@@ -1,19 +1,14 @@
-"""The training loop: read ``train`` and ``_train`` top to bottom.
+"""The training loop: read ``train`` and ``_train`` top to bottom; the run-folder promises are in docs/runs.md.
 
-``config.yaml`` is written only once data, model and optimizer are built (a start that fails on bad data leaves
-nothing behind); ``last.pth`` is written before the final evaluation. Loss weights are applied here only. Losses
-stay on the device and are checked at log, eval and checkpoint steps (:class:`LossWatch`). Ctrl-C or SIGTERM
-finishes the current step (under torchrun: up to the next log or checkpoint step, where the ranks agree), writes
-``last.pth`` and stops with a resume hint; elsewhere it stops at once. The tools then exit 130.
+``config.yaml`` is written only once data, model and optimizer are built; ``last.pth`` before the final evaluation.
+Loss weights are applied here only. Losses stay on the device until :class:`LossWatch` reads them.
 """
 from __future__ import annotations
 
 import math
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +47,9 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, extend: boo
     plan = check_run_folder(run_dir, cfg, resume=bool(cfg.train.resume), overwrite=overwrite, extend=extend)
     device = select_device(cfg.train.device)
     distributed = dist_utils.init_distributed(device.type)
-    lock = RunLock(run_dir)
+    lock = RunLock(run_dir)  # held by rank 0, released however the run ends
     try:
-        with signals_interrupt():
-            if dist_utils.is_main_process():
-                lock.acquire()
+        with GracefulStop(graceful=False), (lock if dist_utils.is_main_process() else nullcontext()):
             return _train(cfg, run_dir, plan, device, distributed, lock.notes, trust_checkpoint)
     except KeyboardInterrupt as exc:  # a signal outside the training steps: set-up or evaluation
         last = run_dir / "checkpoints" / LAST
@@ -64,8 +57,6 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, extend: boo
                  else "no checkpoint was written yet; run the same command again")
         raise TrainingInterrupted(f"stopped by {exc.args[0] if exc.args else 'SIGINT'} before the run finished; "
                                   f"{where}") from None
-    finally:
-        lock.release()
 
 
 def _train(cfg: Config, run_dir: Path, plan, device: torch.device, distributed: bool,
@@ -89,14 +80,7 @@ def _train(cfg: Config, run_dir: Path, plan, device: torch.device, distributed: 
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     loss_weights = build_loss_weights(cfg)
     checkpointer = Checkpointer(run_dir / "checkpoints", model, optimizer, scheduler, scaler, cfg.to_dict())
-    progress = Progress()
-    if plan.resume:
-        resumed = checkpointer.resume(rank, trust=trust_checkpoint)
-        if resumed is None:
-            notice(f"--resume: {checkpointer.dir} holds no checkpoint yet; starting from iteration 0")
-        else:
-            progress, path = resumed
-            notice(f"resumed from {path} at iteration {progress.iteration}")
+    progress = checkpointer.resume(rank, trust=trust_checkpoint) if plan.resume else Progress()
     start_iter = progress.iteration
     train_loader = build_dataloader(cfg, "train", start_iter=start_iter, distributed=distributed, dataset=train_set)
     if main:  # everything that can fail on the user's data has been built: the folder becomes a run now
@@ -104,8 +88,8 @@ def _train(cfg: Config, run_dir: Path, plan, device: torch.device, distributed: 
                    f"{cfg.train.batch_size} images x {dist_utils.get_world_size()} process(es)")
         prepare_run_folder(run_dir, cfg, plan, lock_notes + ([scaling] if cfg.train.lr_reference_batch else []))
         warn_if_no_boxes(train_loader.dataset, "training")
-    logger = RunLogger(run_dir, enabled=main, resumed_at=start_iter or None)
-    if start_iter == 0:
+    logger = RunLogger(run_dir, resumed_at=start_iter or None) if main else None
+    if main and start_iter == 0:
         logger.log("start", 0, {"num_train_images": len(train_loader.dataset), "num_classes": len(classes) - 1,
                                 "num_val_images": len(val_loader.dataset), "device": str(device),
                                 "world_size": dist_utils.get_world_size(), "amp": str(amp_dtype),
@@ -122,84 +106,62 @@ def _train(cfg: Config, run_dir: Path, plan, device: torch.device, distributed: 
     max_iters, clip = cfg.train.max_iters, cfg.train.clip_grad_norm or math.inf
     watch = LossWatch(distributed)
     window = {"start": time.perf_counter(), "images": 0, "steps": 0, "data_time": 0.0}
-    bar = tqdm(total=max_iters, initial=start_iter, disable=not main, dynamic_ncols=True, mininterval=1.0,
-               file=sys.stderr, desc="train")
     data_iter = iter(train_loader)
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    try:
-        with GracefulStop() as stop:
-            for iteration in range(start_iter, max_iters):
-                t0 = time.perf_counter()
-                images, targets = to_device(*next(data_iter), device)
-                window["data_time"] += time.perf_counter() - t0
-                with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                    losses, stats = model(images, targets, proposals=proposals_of(targets))
-                total = sum(losses[k] * loss_weights[k] for k in losses)
-                watch.record(losses, iteration)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                raw_model.update_dynamic_state(iteration, stats)  # Dynamic R-CNN beta / IoU threshold, every rank
-                progress.iteration = done = iteration + 1
-                window["images"] += len(images) * dist_utils.get_world_size()
-                window["steps"] += 1
-                bar.update(1)
+    with tqdm(total=max_iters, initial=start_iter, disable=not main, dynamic_ncols=True, mininterval=1.0,
+              file=sys.stderr, desc="train") as bar, GracefulStop() as stop:
+        for iteration in range(start_iter, max_iters):
+            t0 = time.perf_counter()
+            images, targets = to_device(*next(data_iter), device)
+            window["data_time"] += time.perf_counter() - t0
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+                losses, stats = model(images, targets, proposals=proposals_of(targets))
+            total = sum(losses[k] * loss_weights[k] for k in losses)
+            watch.record(losses, iteration)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            raw_model.update_dynamic_state(iteration, stats)  # Dynamic R-CNN beta / IoU threshold, every rank
+            progress.iteration = done = iteration + 1
+            window["images"] += len(images) * dist_utils.get_world_size()
+            window["steps"] += 1
+            bar.update(1)
 
-                last_step = done == max_iters
-                log_now = done % cfg.train.log_period == 0 or last_step
-                eval_now = bool(cfg.train.eval_period) and done % cfg.train.eval_period == 0 and not last_step
-                save_now = done % cfg.train.checkpoint_period == 0 or last_step
-                # a signal may reach torchrun's ranks at different steps: they agree at log and checkpoint steps
-                if distributed:
-                    stopping = (log_now or save_now) and dist_utils.any_rank(stop.requested is not None)
-                else:
-                    stopping = stop.requested is not None
-                if log_now or eval_now or save_now or stopping:  # no checkpoint is ever written past a NaN loss
-                    watch.raise_if_bad(checkpointer, progress)
-                if log_now:
-                    log_train_step(logger, bar, cfg, done, losses, total, stats, loss_weights, optimizer, grad_norm,
-                                   window, device)
-                t_aside = time.perf_counter()
-                if eval_now:
-                    evaluate_and_log(raw_model, logger, checkpointer, progress, cfg, done, **eval_args)
-                if save_now or (stopping and not last_step):
-                    checkpointer.save(LAST, progress, keep_previous=True)
-                window["start"] += time.perf_counter() - t_aside  # evaluation and checkpoints are not training speed
-                if stopping and not last_step:
-                    raise TrainingInterrupted(f"stopped by {stop.requested or 'a signal to another rank'} at iteration "
-                                              f"{done} of {max_iters}; {checkpointer.dir / LAST} holds it. Continue "
-                                              f"with the same command plus --resume")
-    finally:
-        bar.close()
+            last_step = done == max_iters
+            log_now = done % cfg.train.log_period == 0 or last_step
+            eval_now = bool(cfg.train.eval_period) and done % cfg.train.eval_period == 0 and not last_step
+            save_now = done % cfg.train.checkpoint_period == 0 or last_step
+            # a signal may reach torchrun's ranks at different steps: they agree at log and checkpoint steps
+            stopping = (not distributed or log_now or save_now) and dist_utils.any_rank(stop.requested is not None)
+            if log_now or eval_now or save_now or stopping:  # no checkpoint is ever written past a NaN loss
+                watch.raise_if_bad(checkpointer, progress)
+            if log_now:
+                log_train_step(logger, bar, cfg, done, losses, total, stats, loss_weights, optimizer, grad_norm,
+                               window, device)
+            t_aside = time.perf_counter()
+            if eval_now:
+                evaluate_and_log(raw_model, logger, checkpointer, progress, cfg, done, **eval_args)
+            if save_now or (stopping and not last_step):
+                checkpointer.save(LAST, progress, keep_previous=True)
+            window["start"] += time.perf_counter() - t_aside  # evaluation and checkpoints are not training speed
+            if stopping and not last_step:
+                raise TrainingInterrupted(f"stopped by {stop.requested or 'a signal to another rank'} at iteration "
+                                          f"{done} of {max_iters}; {checkpointer.dir / LAST} holds it. Continue "
+                                          f"with the same command plus --resume")
 
     # ---------------------------------------------------------------- final evaluation (last.pth is on disk)
     metrics, detections = evaluate_and_log(raw_model, logger, checkpointer, progress, cfg, max_iters, **eval_args)
     if main:
         logger.hparams(cfg, metrics)
         write_eval_results(run_dir / "eval", metrics, val_loader.dataset, detections)
-    logger.close()
+        logger.close()
     return metrics
-
-
-@contextmanager
-def signals_interrupt():
-    """SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` like SIGINT, so that the run lock is released."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class LossWatch:
@@ -239,22 +201,23 @@ class LossWatch:
         raise NonFiniteLossError(f"{message}. Try a lower train.lr, train.clip_grad_norm>0 or another box loss.")
 
 
-def evaluate_and_log(model, logger: RunLogger, checkpointer: Checkpointer, progress: Progress, cfg: Config,
+def evaluate_and_log(model, logger: RunLogger | None, checkpointer: Checkpointer, progress: Progress, cfg: Config,
                      iteration: int, *, val_loader, device, amp_dtype, classes) -> tuple[dict[str, Any], list]:
     """Evaluate on the val split, log the metrics (and a few drawn images), keep ``best.pth``."""
     metrics, detections = evaluate_model(model, val_loader, device, metric=cfg.eval.metric, backend=cfg.eval.backend,
                                          amp_dtype=amp_dtype, max_images=cfg.eval.max_images)
-    logger.log("eval", iteration, metrics)
-    if logger.enabled and cfg.train.num_vis_images:
-        drawn = draw_predictions(model, val_loader.dataset, cfg.train.num_vis_images, device, classes)
-        logger.images(iteration, "val", drawn)
+    if logger is not None:
+        logger.log("eval", iteration, metrics)
+        if cfg.train.num_vis_images:
+            drawn = draw_predictions(model, val_loader.dataset, cfg.train.num_vis_images, device, classes)
+            logger.images(iteration, "val", drawn)
     if keep_best(progress, metrics, cfg.train.best_metric):  # identical on every rank
         checkpointer.save(BEST, progress)
     model.train()
     return metrics, detections
 
 
-def log_train_step(logger: RunLogger, bar, cfg: Config, done: int, losses: dict[str, torch.Tensor],
+def log_train_step(logger: RunLogger | None, bar, cfg: Config, done: int, losses: dict[str, torch.Tensor],
                    total: torch.Tensor, stats: dict[str, torch.Tensor], loss_weights: dict[str, float], optimizer,
                    grad_norm: torch.Tensor, window: dict, device: torch.device) -> None:
     """One log step: losses (raw and weighted), stats, lr, speed, memory; then a new ``window``. After a device sync,
@@ -272,8 +235,8 @@ def log_train_step(logger: RunLogger, bar, cfg: Config, done: int, losses: dict[
                    "step_time": max(elapsed / steps - data_time, 0.0)})
     if device.type == "cuda":
         values["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-    logger.log("train", done, values)
-    if logger.enabled:
+    if logger is not None:
+        logger.log("train", done, values)
         if done % cfg.train.hist_period == 0 or done == cfg.train.max_iters:
             logger.histograms(done, hists)
         if done == cfg.train.max_iters:  # the end-of-training error distribution, for ablation plots
