@@ -181,6 +181,7 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     assert [r["iter"] for r in records if r["type"] == "train"] == [1, 2, 3]
     state = load_checkpoint(run / "checkpoints" / "last.pth")
     assert isinstance(state["rng"], list) and len(state["rng"]) == 2
+    assert result.stdout.count("run folder:") == 1  # the final table is printed by rank 0 only
 
 
 def test_precomputed_proposals_train_and_evaluate(tiny_data, tmp_path):

@@ -46,9 +46,10 @@ def run(args) -> int:
     try:
         metrics = train(cfg, run_dir, overwrite=args.overwrite, extend=args.extend,
                         trust_checkpoint=args.trust_checkpoint)
+        main = distributed.is_main_process()  # asked before cleanup: after it every rank is "the main process"
     finally:
         distributed.cleanup()
-    if distributed.is_main_process():
+    if main:
         print(format_metrics(metrics))
         print(f"run folder: {run_dir}  (tensorboard --logdir {run_dir.parent})")
     return 0
