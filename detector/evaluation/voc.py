@@ -1,9 +1,7 @@
 """PASCAL VOC box AP for any dataset format: the VOC2007 11-point metric and the area (VOC2010+) metric.
 
-Per class as the devkit's ``voc_eval`` (py-faster-rcnn): detections sorted by descending score (stable), each
-matched to its image's GT of largest IoU: TP when IoU > ``iou_thresh`` and the GT is free, else FP; ``difficult``
-(our ``iscrowd``) matches are neither and do not count in ``npos``. Unlike the devkit, IoU has no +1 pixel (boxes are
-continuous xyxy here). A class without non-difficult GT has AP -1, left out of the mean.
+Per class as the devkit's ``voc_eval`` (py-faster-rcnn), except that IoU has no +1 pixel (continuous xyxy boxes);
+``difficult`` (our ``iscrowd``) GT is neither TP nor FP. A class without non-difficult GT has AP -1, out of the mean.
 """
 from __future__ import annotations
 
@@ -82,7 +80,8 @@ def voc_metrics(dataset, detections: Sequence[dict], iou_thresh: float = 0.5,
 
 def _match_class(gt_boxes: dict[int, np.ndarray], gt_difficult: dict[int, np.ndarray], image_ids: np.ndarray,
                  scores: np.ndarray, boxes: np.ndarray, iou_thresh: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """Greedy devkit matching of one class -> cumulative TP [D], cumulative FP [D], npos."""
+    """Greedy devkit matching of one class, by descending score (stable): each detection to its image's GT of largest
+    IoU, TP when IoU > ``iou_thresh`` and the GT is free, else FP -> cumulative TP [D], cumulative FP [D], npos."""
     npos = int(sum(int((~d).sum()) for d in gt_difficult.values()))
     taken = {image_id: np.zeros(len(b), dtype=bool) for image_id, b in gt_boxes.items()}
     order = np.argsort(-scores, kind="stable")
