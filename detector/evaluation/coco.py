@@ -234,7 +234,8 @@ def _entries(dataset, entries: Sequence, keys: tuple[str, ...], place: Callable[
     known_ids = set(dataset_image_ids(dataset))
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or any(k not in entry for k in keys):
-            raise ValueError(f"{place(i)}: expected a dict with keys {keys}{keys_note}, got {_brief(entry)}")
+            brief = repr(entry) if len(repr(entry)) <= 80 else repr(entry)[:77] + "..."
+            raise ValueError(f"{place(i)}: expected a dict with keys {keys}{keys_note}, got {brief}")
         image_id = entry["image_id"]
         where = f"{place(i)} (image_id {image_id})"
         if not _is_int(image_id) or int(image_id) not in known_ids:
@@ -250,8 +251,3 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _brief(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
