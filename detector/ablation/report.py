@@ -106,8 +106,7 @@ def collect(runs: list[Run], out: Path) -> list[Group]:
 
 def compare(groups: list[Group], baseline: str) -> tuple[dict[str, dict[str, PairedDifference]], int]:
     """Per config and metric of :data:`SUMMARY_METRICS`, its :class:`PairedDifference` to ``baseline`` with its
-    Holm-adjusted p, detectable effect and verdict; and m, the number of tests (Holm's family). The detectable effect
-    is at Holm's strictest level α / m."""
+    Holm-adjusted p, detectable effect (at Holm's strictest level α / m) and verdict; and m, the number of tests."""
     base = next(g for g in groups if g.name == baseline)
     diffs = {g.name: {m: paired_difference({s: r["values"].get(m) for s, r in g.results.items()},
                                            {s: r["values"].get(m) for s, r in base.results.items()})
