@@ -1,12 +1,7 @@
-"""Strict, layered YAML configuration.
-
-``configs/base.yaml`` is the schema: every key with its default, whose type is the type the key accepts.
-Experiment files name ``_base_: base.yaml`` (or another file) and override a subset; several files layer in order,
-then trailing ``key.sub=value`` overrides (parsed as YAML). Unknown keys, wrong types and bad values raise
-:class:`ConfigError` with a close-match hint before anything runs; names are checked against the registries when a
-config is loaded (a loss registered at run time is valid). A float key takes every literal ``float()`` reads, never
-nan or inf. The result is a frozen :class:`Config`. Only ``build_*(cfg)`` functions read a Config.
-"""
+"""Strict, layered YAML configuration: ``configs/base.yaml`` is the schema (every key, its default and type); files
+(each after its ``_base_`` chain) then ``key.sub=value`` overrides layer on it. Unknown keys, wrong types and bad
+values raise :class:`ConfigError` with a close-match hint before anything runs; names are checked against the
+registries at load time. The result is a frozen :class:`Config`, read only by ``build_*(cfg)`` functions."""
 from __future__ import annotations
 
 import copy
@@ -321,13 +316,6 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _nest(dotted: str, value: Any) -> dict[str, Any]:
-    """``("a.b", 1)`` -> ``{"a": {"b": 1}}``."""
-    for part in reversed(dotted.split(".")):
-        value = {part: value}
-    return value
-
-
 def _merge(dst: dict[str, Any], src: Mapping[str, Any], schema: Mapping[str, Any], source: str,
            prefix: str = "", root: Mapping[str, Any] | None = None) -> None:
     """Check ``src`` (one layer, named ``source`` in errors) against ``schema`` (the section of the schema at
@@ -364,9 +352,7 @@ def _find_key(leaf: str, node: Mapping[str, Any], prefix: str = "") -> str | Non
 def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
     if isinstance(value, bool):
         return bool in types
-    if isinstance(value, int) and float in types:
-        return True
-    return isinstance(value, types)
+    return isinstance(value, types) or isinstance(value, int) and float in types
 
 
 def _as_float(value: Any) -> Any:
@@ -460,7 +446,9 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ())
             _merge(cfg, layer, schema, source)
     for text in overrides:
         key, value = parse_override(text)
-        _merge(cfg, _nest(key, value), schema, f"override {text!r}")
+        for part in reversed(key.split(".")):  # "a.b", 1 -> {"a": {"b": 1}}
+            value = {part: value}
+        _merge(cfg, value, schema, f"override {text!r}")
     _check_relations(cfg)
     return Config(cfg)
 

@@ -1,16 +1,12 @@
 #!/usr/bin/env python
-"""Run a box-loss ablation and write its report.
-
-    python tools/ablate.py --cfgs l2.yaml smoothl1.yaml dynamic_smoothl1.yaml [--seeds 5] [--cfg data/x.yaml] \\
-        [--sweep model.roi_head.box_loss.beta=0.05,0.11,0.5,1.0] [--baseline smoothl1] [--out DIR] [--jobs N] \\
-        [--launcher local|slurm] [--force] [--report-only] [key=value ...]
+"""Run a box-loss ablation and write its report, e.g. ``python tools/ablate.py --cfgs l2.yaml smoothl1.yaml
+dynamic_smoothl1.yaml --sweep model.roi_head.box_loss.beta=0.11,1.0 --jobs 2``.
 
 Every (config, sweep value, seed) trains with identical data, schedule and budget into ``DIR/runs/<name>``. The
 same command continues an ablation: an interrupted run resumes, a finished one is reused only when its stored
 config.yaml matches (log periods and loader workers aside); otherwise nothing trains and the run and keys are named.
-DIR then holds summary.md (mean ± std per config; per metric the paired difference to the baseline with its 95%
-Student-t interval, p value, Holm-corrected verdict over every test, smallest detectable difference at 80% power and
-failed seeds; the IoUs of each config's true positives), summary.csv and plots (or: tensorboard --logdir DIR/runs).
+DIR then holds summary.md (mean ± std per config, paired differences to the baseline with Holm-corrected verdicts,
+true-positive IoUs), summary.csv and plots (or: tensorboard --logdir DIR/runs).
 
 Exit codes: 0 every run finished; 1 some run failed (the report lists it) or no report; 2 a bad option, config or
 run folder (nothing trained); 130 stopped by Ctrl-C.

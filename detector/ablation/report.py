@@ -1,9 +1,7 @@
-"""The report of an ablation, from the run folders alone (whichever launcher trained them): ``summary.md``,
-``summary.csv`` (tidy, columns :data:`CSV_COLUMNS`; ``kind`` is run, unfinished, group or paired; AP as fractions,
-undefined values empty) and the plots. A run failed when it has a folder but no ``eval/metrics.json``, or a
-non-finite value: it counts in "failed k of n seeds" and blocks a "better" verdict for its config (a "worse" one for
-the baseline); a run not started yet is no failure.
-"""
+"""An ablation's report from its run folders alone: ``summary.md``, the tidy ``summary.csv`` (:data:`CSV_COLUMNS`; AP
+as fractions, undefined values empty) and the plots. A run with a folder but no ``eval/metrics.json``, or with a
+non-finite value, failed: it counts in "failed k of n seeds" and blocks a "better" verdict for its config (a "worse"
+one for the baseline); a run not started yet is no failure."""
 from __future__ import annotations
 
 import csv
@@ -108,8 +106,7 @@ def collect(runs: list[Run], out: Path) -> list[Group]:
 
 def compare(groups: list[Group], baseline: str) -> tuple[dict[str, dict[str, PairedDifference]], int]:
     """Per config and metric of :data:`SUMMARY_METRICS`, its :class:`PairedDifference` to ``baseline`` with its
-    Holm-adjusted p, detectable effect and verdict; and m, the number of tests (Holm's family). The detectable effect
-    is at Holm's strictest level α / m."""
+    Holm-adjusted p, detectable effect (at Holm's strictest level α / m) and verdict; and m, the number of tests."""
     base = next(g for g in groups if g.name == baseline)
     diffs = {g.name: {m: paired_difference({s: r["values"].get(m) for s, r in g.results.items()},
                                            {s: r["values"].get(m) for s, r in base.results.items()})

@@ -1,9 +1,7 @@
 """COCO box metrics through the official COCOeval, for any dataset format (COCO, VOC, synthetic).
 
-Inside the package boxes are xyxy float32 pixels of the ORIGINAL image with labels 1..K; COCO's world is xywh with
-the dataset's original category ids. The crossing happens only in :func:`build_coco_gt` (a VOC ``difficult`` object
-arrives as ``iscrowd``: never a miss, a detection on it ignored) and :func:`detections_to_coco_results` (inverse:
-:func:`coco_results_to_detections`). COCOeval's prints are captured, not shown.
+Boxes cross from the package's xyxy ORIGINAL pixels with labels 1..K to COCO's xywh with the dataset's category ids
+only in :func:`build_coco_gt` (a VOC ``difficult`` object becomes ``iscrowd``) and :func:`detections_to_coco_results`.
 """
 from __future__ import annotations
 
@@ -30,13 +28,13 @@ RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
 
 
 def dataset_image_ids(dataset) -> list[int]:
-    """The image ids of the dataset, in its order (from ``get_image_info``, no image decoding)."""
+    """The image ids of the dataset, in its order (no image decoding)."""
     return [int(dataset.get_image_info(i)["image_id"]) for i in range(len(dataset))]
 
 
 def build_coco_gt(dataset) -> COCO:
-    """The dataset's ground truth as a pycocotools ``COCO``, built afresh from ``get_image_info``/``get_target`` (no
-    decoding, nothing cached). Annotation ids start at 1 (COCOeval's 0 is "unmatched")."""
+    """The dataset's ground truth as a pycocotools ``COCO`` (no decoding, nothing cached). Annotation ids start at 1
+    (COCOeval's 0 is "unmatched")."""
     categories = [{"id": int(cat_id), "name": dataset.classes[label], "supercategory": ""}
                   for label, cat_id in sorted(dataset.label_to_cat_id.items())]
     images, annotations = [], []
@@ -134,8 +132,7 @@ def validate_detections(dataset, detections: Sequence[dict], source: str = "dete
 
 
 def validate_coco_results(dataset, results: Any, source: str = "detections") -> None:
-    """Raise ValueError naming the first bad COCO result (keys, image id, category id, finite score and bbox,
-    w, h > 0)."""
+    """Raise ValueError naming the first bad COCO result (keys, image id, category id, finite score and bbox)."""
     known_cats = {int(cat_id) for cat_id in dataset.label_to_cat_id.values()}
     if not isinstance(results, list):
         raise ValueError(f"{source}: expected a JSON list of COCO results {{'image_id', 'category_id', 'bbox', "
@@ -173,12 +170,9 @@ def load_coco_results(path: str | Path, dataset) -> list[dict]:
 
 def coco_metrics(coco_gt: COCO, results: Sequence[dict], backend: str = "pycocotools",
                  image_ids: Iterable[int] | None = None) -> tuple[dict, str]:
-    """COCOeval (iouType "bbox") of validated COCO results -> (metrics dict, COCOeval's summary text).
-
-    Metrics: the 12 ``COCOeval.stats`` (0..1, -1 undefined), ``AP_per_iou``, ``AP90`` and ``per_class`` (averaged from
-    ``eval["precision"]`` as ``summarize`` does: area all, 100 detections). ``image_ids``: the images scored (default
-    all). An empty ``results`` scores as no detections. ``faster_coco_eval`` agrees with pycocotools to 1e-16.
-    """
+    """COCOeval (iouType "bbox") of validated COCO results on ``image_ids`` (default all) -> (metrics, COCOeval's
+    summary text). Metrics: the 12 ``COCOeval.stats`` (0..1, -1 undefined), ``AP_per_iou``, ``AP90`` and
+    ``per_class`` (from ``eval["precision"]`` as ``summarize`` does: area all, 100 detections)."""
     coco_cls, cocoeval_cls = _backend_classes(backend)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = coco_gt if backend == "pycocotools" else coco_cls(copy.deepcopy(coco_gt.dataset))
@@ -236,12 +230,12 @@ def mean_defined(values: Sequence[float] | np.ndarray) -> float:
 
 
 def _entries(dataset, entries: Sequence, keys: tuple[str, ...], place: Callable[[int], str], keys_note: str = ""):
-    """Each entry with its place for errors (``place(i)`` and its image id), once it is a dict with ``keys`` whose
-    ``image_id`` is an image of the dataset."""
+    """Each entry with its place for errors, once it is a dict with ``keys`` and the ``image_id`` of an image."""
     known_ids = set(dataset_image_ids(dataset))
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or any(k not in entry for k in keys):
-            raise ValueError(f"{place(i)}: expected a dict with keys {keys}{keys_note}, got {_brief(entry)}")
+            brief = repr(entry) if len(repr(entry)) <= 80 else repr(entry)[:77] + "..."
+            raise ValueError(f"{place(i)}: expected a dict with keys {keys}{keys_note}, got {brief}")
         image_id = entry["image_id"]
         where = f"{place(i)} (image_id {image_id})"
         if not _is_int(image_id) or int(image_id) not in known_ids:
@@ -257,8 +251,3 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _brief(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

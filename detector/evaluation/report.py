@@ -4,28 +4,17 @@ from __future__ import annotations
 
 from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS
 
-_COCO_ROWS = (
-    ("Average Precision", "0.50:0.95", "all", 100, "AP"),
-    ("Average Precision", "0.50", "all", 100, "AP50"),
-    ("Average Precision", "0.75", "all", 100, "AP75"),
-    ("Average Precision", "0.50:0.95", "small", 100, "APs"),
-    ("Average Precision", "0.50:0.95", "medium", 100, "APm"),
-    ("Average Precision", "0.50:0.95", "large", 100, "APl"),
-    ("Average Recall", "0.50:0.95", "all", 1, "AR1"),
-    ("Average Recall", "0.50:0.95", "all", 10, "AR10"),
-    ("Average Recall", "0.50:0.95", "all", 100, "AR100"),
-    ("Average Recall", "0.50:0.95", "small", 100, "ARs"),
-    ("Average Recall", "0.50:0.95", "medium", 100, "ARm"),
-    ("Average Recall", "0.50:0.95", "large", 100, "ARl"),
-)
-
 
 def format_metrics(metrics: dict) -> str:
     """The COCO 12-number table, the AP-per-IoU row, the per-class COCO AP table and the VOC table, as text."""
     sections = []
     if all(name in metrics for name in COCO_METRIC_NAMES):
         lines = ["COCO box metrics (pycocotools COCOeval)"]
-        for kind, iou, area, dets, key in _COCO_ROWS:
+        for key in COCO_METRIC_NAMES:  # COCOeval.summarize's rows, read off the names (AP50, APs, AR10, ...)
+            kind = "Average Precision" if key.startswith("AP") else "Average Recall"
+            iou = {"AP50": "0.50", "AP75": "0.75"}.get(key, "0.50:0.95")
+            area = {"s": "small", "m": "medium", "l": "large"}.get(key[-1], "all")
+            dets = {"AR1": 1, "AR10": 10}.get(key, 100)
             lines.append(f"  {key:<6} {kind:<17} @[ IoU={iou:<9} | area={area:>6} | maxDets={dets:>3} ] = "
                          f"{_pct(metrics[key])}")
         sections.append("\n".join(lines))

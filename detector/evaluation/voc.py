@@ -1,9 +1,7 @@
 """PASCAL VOC box AP for any dataset format: the VOC2007 11-point metric and the area (VOC2010+) metric.
 
-Per class as the devkit's ``voc_eval`` (py-faster-rcnn): detections sorted by descending score (stable), each
-matched to its image's GT of largest IoU: TP when IoU > ``iou_thresh`` and the GT is free, else FP; ``difficult``
-(our ``iscrowd``) matches are neither and do not count in ``npos``. Unlike the devkit, IoU has no +1 pixel (boxes are
-continuous xyxy here). A class without non-difficult GT has AP -1, left out of the mean.
+Per class as the devkit's ``voc_eval`` (py-faster-rcnn), except that IoU has no +1 pixel (continuous xyxy boxes);
+``difficult`` (our ``iscrowd``) GT is neither TP nor FP. A class without non-difficult GT has AP -1, out of the mean.
 """
 from __future__ import annotations
 
@@ -11,6 +9,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+from torchvision.ops import box_iou
 
 from detector.config import VOC_METRIC_NAMES
 from detector.evaluation.coco import mean_defined
@@ -82,7 +81,8 @@ def voc_metrics(dataset, detections: Sequence[dict], iou_thresh: float = 0.5,
 
 def _match_class(gt_boxes: dict[int, np.ndarray], gt_difficult: dict[int, np.ndarray], image_ids: np.ndarray,
                  scores: np.ndarray, boxes: np.ndarray, iou_thresh: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """Greedy devkit matching of one class -> cumulative TP [D], cumulative FP [D], npos."""
+    """Greedy devkit matching of one class, by descending score (stable): each detection to its image's GT of largest
+    IoU, TP when IoU > ``iou_thresh`` and the GT is free, else FP -> cumulative TP [D], cumulative FP [D], npos."""
     npos = int(sum(int((~d).sum()) for d in gt_difficult.values()))
     taken = {image_id: np.zeros(len(b), dtype=bool) for image_id, b in gt_boxes.items()}
     order = np.argsort(-scores, kind="stable")
@@ -92,7 +92,7 @@ def _match_class(gt_boxes: dict[int, np.ndarray], gt_difficult: dict[int, np.nda
         if image_id not in gt_boxes:
             fp[rank] = 1
             continue
-        ious = _iou_one_to_many(boxes[d], gt_boxes[image_id])  # [G]
+        ious = box_iou(torch.from_numpy(boxes[d:d + 1]), torch.from_numpy(gt_boxes[image_id]))[0].numpy()  # [G]
         best = int(np.argmax(ious))
         if ious[best] > iou_thresh and gt_difficult[image_id][best]:
             continue  # a match with a difficult GT is neither TP nor FP
@@ -102,12 +102,3 @@ def _match_class(gt_boxes: dict[int, np.ndarray], gt_difficult: dict[int, np.nda
         else:
             fp[rank] = 1
     return np.cumsum(tp), np.cumsum(fp), npos
-
-
-def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """[4] xyxy, [G,4] xyxy -> [G] IoU, continuous coordinates (no +1)."""
-    iw = np.maximum(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]), 0.0)
-    ih = np.maximum(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]), 0.0)
-    inter = iw * ih
-    union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
-    return inter / union
