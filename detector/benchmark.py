@@ -1,9 +1,6 @@
-"""Speed measurements behind ``tools/benchmark.py``; docs/performance.md holds the results.
-
-:func:`run_benchmark` times ours against torchvision's Faster R-CNN (ResNet-FPN, random weights, the same RPN/RoI,
-SGD and AMP settings) on one seeded synthetic batch; each measurement runs in its own process (``python -m
-detector.benchmark SPEC_JSON``) so no autotuning, allocator cache or peak-memory counter carries over.
-"""
+"""Speed measurements behind ``tools/benchmark.py`` (results: docs/performance.md). Each measurement can run in
+its own process (``python -m detector.benchmark SPEC_JSON``) so no autotuning, allocator cache or peak-memory
+counter carries over."""
 from __future__ import annotations
 
 import collections
@@ -215,7 +212,9 @@ def run_benchmark(device: str, batch_sizes: list[int], amp_modes: list[bool], si
                   settings: tuple[str, ...] = SETTINGS, backbone: str = "resnet50", warmup: int = 5,
                   iters: int = 20, compile: str = "none", isolation: str = "process",
                   overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Both sides over settings x batch sizes x AMP modes on ``size`` = [H, W] images; ``overrides``: ours only."""
+    """Ours against torchvision's Faster R-CNN (ResNet-FPN, random weights, the same RPN/RoI, SGD and AMP settings)
+    on one seeded synthetic batch of ``size`` = [H, W] images, over settings x batch sizes x AMP modes;
+    ``overrides``: ours only."""
     results = []
     for setting, batch_size, amp in itertools.product(settings, batch_sizes, amp_modes):
         row: dict[str, Any] = {"setting": setting, "batch_size": batch_size}

@@ -1,9 +1,6 @@
-"""The detection dataset shared by every format: parsed image records, image decoding, sanitising, indexing.
-
-Conventions: boxes are absolute xyxy float32 pixels of the stored image; label 0 is background, 1..K foreground;
-``classes[0] == "__background__"``. A format reader turns its files into :class:`ImageRecord` s, the only place its
-box format is converted. ``dataset[(index, sample_seed)]`` seeds the sample's transforms with ``sample_seed``.
-"""
+"""The detection dataset shared by every format. Boxes are absolute xyxy float32 pixels of the stored image; label
+0 is background (``classes[0] == "__background__"``), 1..K foreground. A format reader converts its box format only
+where it makes :class:`ImageRecord` s; ``dataset[(index, sample_seed)]`` seeds the sample's transforms."""
 from __future__ import annotations
 
 import logging

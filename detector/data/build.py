@@ -1,7 +1,5 @@
-"""``build_dataset`` and ``build_dataloader``: the only functions of ``detector.data`` that read the config.
-
-Loaders yield ``(images: list[uint8 [3,H,W]], targets: list[dict])``; see docs/architecture.md, section "Data".
-"""
+"""``build_dataset`` and ``build_dataloader``, the only readers of the config in ``detector.data``. Loaders yield
+``(images: list[uint8 [3,H,W]], targets: list[dict])``; see docs/architecture.md, section "Data"."""
 from __future__ import annotations
 
 import json

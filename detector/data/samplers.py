@@ -1,10 +1,5 @@
-"""Batch samplers. Training: an infinite, seeded, aspect-ratio grouped stream of ``(index, sample_seed)`` batches.
-
-Epoch ``e`` is a permutation and one sample seed per position drawn from ``(seed, e)``; ``start_iter=k`` skips k
-batches without loading data, so a resumed run sees the batches of an uninterrupted one. Under DDP each rank takes
-every ``world_size``-th element from ``rank`` on. Grouping as detectron2's ``AspectRatioGroupedDataset``.
-Evaluation: :func:`inference_indices` gives each rank a contiguous, ordered, disjoint slice.
-"""
+"""Batch samplers: training's infinite seeded stream of ``(index, sample_seed)`` batches, grouped by aspect ratio
+as detectron2's ``AspectRatioGroupedDataset``; evaluation's contiguous, ordered, disjoint slice per rank."""
 from __future__ import annotations
 
 from itertools import count, islice
@@ -15,7 +10,9 @@ import torch
 
 class GroupedInfiniteBatchSampler(torch.utils.data.Sampler):
     """Yields ``[(index, sample_seed), ...]`` lists of ``batch_size`` (per rank) forever; ``group_ids``: per index
-    its aspect-ratio group; ``start_iter``: batches to skip (resume)."""
+    its aspect-ratio group. Epoch ``e`` is a permutation and a sample seed per position drawn from ``(seed, e)``;
+    each rank takes every ``world_size``-th from ``rank`` on; ``start_iter=k`` skips k batches without loading data,
+    so a resumed run sees the batches of an uninterrupted one."""
 
     def __init__(self, group_ids: Sequence[int], *, batch_size: int, seed: int, start_iter: int = 0, rank: int = 0,
                  world_size: int = 1):
@@ -33,7 +30,6 @@ class GroupedInfiniteBatchSampler(torch.utils.data.Sampler):
         self.world_size = world_size
 
     def _batches(self) -> Iterator[list[tuple[int, int]]]:
-        """The rank's infinite stream of grouped batches, epoch after epoch."""
         n = len(self.group_ids)
         buffers: dict[int, list[tuple[int, int]]] = {}
         for epoch in count():

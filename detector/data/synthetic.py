@@ -1,16 +1,7 @@
-"""The synthetic shapes datasets, generated locally and written as real COCO-format datasets.
-
-``generate_synthetic`` writes ``root/{train,val}/NNNNNN.jpg``, ``root/annotations/instances_{train,val}.json`` and
-the manifest ``root/synthetic.json`` (last), a pure function of the ``data.synthetic`` keys. An object's class is its
-shape (the first K of :data:`SHAPES`). Boxes are ``amodal`` (the whole drawn shape: the default) or ``visible`` (the
-pixels left after everything drawn later, distractors included; ``iscrowd`` below ``min_visible``, fully hidden
-objects not annotated: ``configs/data/synthetic_hard.yaml``).
-
-``ensure_synthetic`` (what ``build_dataset`` calls) reuses a ``root`` whose manifest equals the keys, refuses any
-other content with a :class:`DatasetError` (never deleting or regenerating it), else generates into a temporary
-sibling ``.<name>.tmp-<pid>-<random>`` renamed onto ``root`` (atomic onto a missing or empty folder): concurrent
-generators each write their own, the first rename wins, a reader never sees a half-written set, and a killed
-generation's leftover is named in a warning.
+"""The synthetic shapes datasets, written as COCO-format sets: ``root/{train,val}/NNNNNN.jpg``,
+``root/annotations/instances_{train,val}.json`` and the manifest ``root/synthetic.json`` (last). An object's class
+is its shape (the first K of :data:`SHAPES`); boxes are ``amodal`` (the whole shape) or ``visible`` (its pixels left
+uncovered). How ``ensure_synthetic`` reuses, refuses or atomically generates a root: docs/architecture.md ("Data").
 """
 from __future__ import annotations
 
@@ -296,7 +287,9 @@ def _is_leftover(path: Path, prefix: str) -> bool:
 
 
 def ensure_synthetic(root: str | Path, **keys) -> Path:
-    """Make sure ``root`` holds the dataset of these (all) ``data.synthetic`` keys; returns root (module docstring)."""
+    """Make sure ``root`` holds the dataset of these (all) ``data.synthetic`` keys; returns root. Another folder's
+    content raises :class:`DatasetError` and is never deleted; a new set is renamed onto ``root`` from a temporary
+    sibling ``.<name>.tmp-<pid>-<random>`` (the first rename wins; a killed generation's leftover is warned of)."""
     root = Path(root).resolve()  # a link to a folder: rename(2) replaces the folder it names, not the link
     wanted = synthetic_params(keys)
     if _ready(root, wanted):

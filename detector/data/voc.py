@@ -1,10 +1,7 @@
-"""PASCAL VOC datasets: ``root/VOCdevkit/VOC<year>/{Annotations,ImageSets/Main,JPEGImages}``.
-
-A split is ``"<year>/<set>"``, several joined with ``+`` (``"2007/trainval+2012/trainval"``). Labels 1..20 follow
-:data:`VOC_CLASSES`; ``difficult`` becomes ``iscrowd``. VOC's 1-based inclusive pixels become
-``(xmin - 1, ymin - 1, xmax, ymax)`` in :func:`parse_voc_xml` only (detectron2). Image ids are the file stem without
-underscores as an integer (``"2008_000123"`` -> 2008000123).
-"""
+"""PASCAL VOC datasets: ``root/VOCdevkit/VOC<year>/{Annotations,ImageSets/Main,JPEGImages}``; a split is
+``"<year>/<set>"``, several joined with ``+``. Labels 1..20 follow :data:`VOC_CLASSES`; ``difficult`` becomes
+``iscrowd``; VOC's 1-based inclusive pixels become ``(xmin - 1, ymin - 1, xmax, ymax)`` in :func:`parse_voc_xml` only
+(detectron2)."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
