@@ -16,12 +16,11 @@ class GroupedInfiniteBatchSampler(torch.utils.data.Sampler):
 
     def __init__(self, group_ids: Sequence[int], *, batch_size: int, seed: int, start_iter: int = 0, rank: int = 0,
                  world_size: int = 1):
-        if len(group_ids) == 0:
-            raise ValueError("cannot sample batches from an empty dataset; check the data.* subset settings")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
-        if world_size > len(group_ids):
-            raise ValueError(f"{len(group_ids)} images cannot be split over {world_size} ranks; use more images")
+        if world_size > len(group_ids):  # an empty dataset too: it would never yield a batch
+            raise ValueError(f"{len(group_ids)} images cannot be split over {world_size} ranks; use more images "
+                             f"(check the data.* subset settings)")
         self.group_ids = [int(g) for g in group_ids]
         self.batch_size = int(batch_size)
         self.seed = int(seed)

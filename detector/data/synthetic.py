@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 DISTRACTORS = ("ring", "frame", "ell", "hourglass")  # drawn like objects, of no class: never annotated
 PARAMS_FILE = "synthetic.json"
 GENERATOR_VERSION = 1  # bump when the drawing of existing parameters changes: stored datasets then differ from it
-_SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
@@ -76,8 +75,6 @@ def _draw_shape(shape: str, width: int, height: int) -> Image.Image:
         "hourglass": [(draw.polygon, [(0, 0), (x1, 0), (cx, cy)], 255),
                       (draw.polygon, [(0, y1), (x1, y1), (cx, cy)], 255)],
     }
-    if shape not in parts:
-        raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES + DISTRACTORS)}")
     for method, xy, fill in parts[shape]:
         method(xy, fill=fill)
     return mask
@@ -232,7 +229,7 @@ def generate_synthetic(root: str | Path, num_train: int, num_val: int, image_siz
     (root / "annotations").mkdir()
     height, width = int(image_size[0]), int(image_size[1])
     categories = [{"id": k + 1, "name": SHAPES[k], "supercategory": "shape"} for k in range(num_classes)]
-    for split_index, (split, count) in enumerate(zip(_SPLITS, (num_train, num_val))):
+    for split_index, (split, count) in enumerate(zip(("train", "val"), (num_train, num_val))):
         (root / split).mkdir()
         images, annotations = [], []
         for i in range(count):
