@@ -69,9 +69,7 @@ def subset_records(records: Sequence[ImageRecord], classes: Sequence[str], label
 def subset_coco_json(data: dict, image_ids: set[int], cat_ids: Sequence[int] | None) -> dict:
     """A COCO instances dict restricted to ``image_ids`` and (when given) ``cat_ids``, category ids unchanged."""
     keep_cats = set(cat_ids) if cat_ids is not None else {c["id"] for c in data["categories"]}
-    out = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
-    out["images"] = [im for im in data["images"] if im["id"] in image_ids]
-    out["annotations"] = [a for a in data.get("annotations", [])
-                          if a["image_id"] in image_ids and a["category_id"] in keep_cats]
-    out["categories"] = [c for c in data["categories"] if c["id"] in keep_cats]
-    return out
+    return {**data, "images": [im for im in data["images"] if im["id"] in image_ids],
+            "annotations": [a for a in data.get("annotations", [])
+                            if a["image_id"] in image_ids and a["category_id"] in keep_cats],
+            "categories": [c for c in data["categories"] if c["id"] in keep_cats]}
