@@ -182,8 +182,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_isolated(spec: dict[str, Any], isolation: str = "process", timeout: float = 1800) -> dict[str, Any]:
-    """:func:`measure` or :func:`real_loop_worker` in a fresh Python process (``isolation="process"``) or in this one
-    (``"none"``)."""
+    """:func:`measure` or :func:`real_loop_worker` in a fresh Python process, or in this one (``isolation="none"``)."""
     if isolation == "none":
         return real_loop_worker(spec) if spec.get("kind") == "real" else measure(spec)
     repo = str(Path(__file__).resolve().parent.parent)
