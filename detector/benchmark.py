@@ -329,8 +329,7 @@ def profile_step(configs: list[str], overrides: list[str], device: str, warmup: 
 
 
 def loader_throughput(cfg, split: str = "train", num_workers: int = 0, num_batches: int = 50) -> dict:
-    """Images per second through decode + transforms + collate over ``num_batches`` batches; the first batch
-    (worker start-up) is timed apart."""
+    """Images/s through decode + transforms + collate over ``num_batches`` batches, the first (start-up) timed apart."""
     dataset = build_dataset(cfg, split)
     loader = make_dataloader(dataset, train=split == "train", batch_size=cfg.train.batch_size,
                              num_workers=num_workers, seed=cfg.seed,

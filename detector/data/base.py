@@ -158,8 +158,7 @@ def corrupt_records(records: Sequence[ImageRecord], fraction: float, kind: str =
 class DetectionDataset(torch.utils.data.Dataset):
     """A list of :class:`ImageRecord` with ``classes`` (index 0 background) and ``label_to_cat_id`` (label -> the
     source's category id); returns ``(image uint8 [3,H,W], target)``. ``transforms``: ``f(image, target, generator)``
-    or None; ``proposals``: image id -> precomputed [P,4] original pixels, added to targets; ``name``: for messages.
-    """
+    or None; ``proposals``: image id -> precomputed [P,4] original pixels, added to targets; ``name``: for messages."""
 
     def __init__(self, *, records: Sequence[ImageRecord], classes: Sequence[str], label_to_cat_id: dict[int, int],
                  transforms: Callable | None = None, name: str = "dataset",

@@ -32,10 +32,8 @@ GENERATOR_VERSION = 1  # bump when the drawing of existing parameters changes: s
 
 @dataclass(frozen=True)
 class Scene:
-    """How each image is drawn: the ``data.synthetic`` keys besides split sizes, image size, classes and seed (their
-    defaults and checks live in the config). An object's size sqrt(w * h) is log-uniform in [min_size, max_size *
-    short side], w / h log-uniform in ``aspect_ratio``; placement keeps box IoU <= ``max_iou`` and the intersection
-    <= ``max_covered`` of the smaller box."""
+    """How each image is drawn: the ``data.synthetic`` keys besides split sizes, image size, classes and seed (what
+    each means: configs/base.yaml; their checks live in the config)."""
 
     min_objects: int
     max_objects: int
