@@ -20,24 +20,23 @@ def main(argv=None) -> int:
                        ("--data", "data-loader images/s for each of --workers"),
                        ("--all", "the synthetic table, --real and --shapes together")):
         mode.add_argument(flag, action="store_true", help=text)
-    parser.add_argument("--device", default=None, help="cuda (default when available) or cpu")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
-    parser.add_argument("--amp", choices=["off", "on", "both"], default=None)
-    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"))
-    parser.add_argument("--settings", nargs="+", choices=["scratch", "finetune"], default=None)
-    parser.add_argument("--backbone", default=None, help="resnet18/34/50/101 for both sides (default: resnet50, "
-                                                         "resnet18 with --device cpu)")
+    parser.add_argument("--device", help="cuda (default when available) or cpu")
+    parser.add_argument("--batch-sizes", type=int, nargs="+")
+    parser.add_argument("--amp", choices=["off", "on", "both"])
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
+    parser.add_argument("--settings", nargs="+", choices=["scratch", "finetune"])
+    parser.add_argument("--backbone", help="resnet18/34/50/101 for both sides (default: resnet50, resnet18 with "
+                                           "--device cpu)")
     parser.add_argument("--compile", choices=["none", "backbone", "all"], default="none",
                         help="ours: train.compile (torch.compile of our backbone or all of it)")
     parser.add_argument("--isolation", choices=["process", "none"], default="process",
                         help="each side of each row in its own process (default), or all in this one")
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None,
-                        help="timed iterations of the synthetic benchmark and of --real's synthetic figure "
-                             "(--profile: profiled steps)")
+    parser.add_argument("--warmup", type=int)
+    parser.add_argument("--iters", type=int, help="timed iterations of the synthetic benchmark and of --real's "
+                                                  "synthetic figure (--profile: profiled steps)")
     parser.add_argument("--real-iters", type=int, default=100, help="--real: training iterations")
     parser.add_argument("--batches", type=int, default=1000, help="--shapes: batches simulated per split")
-    parser.add_argument("--buckets", type=int, nargs="+", default=None,
+    parser.add_argument("--buckets", type=int, nargs="+",
                         help="--shapes: data.input.pad_buckets values to compare (default: 0 and the config's)")
     parser.add_argument("--json", help="write every figure to this file")
     parser.add_argument("--cfg", action="append", default=[],
