@@ -1,9 +1,6 @@
-"""Speed measurements behind ``tools/benchmark.py``; docs/performance.md holds the results.
-
-:func:`run_benchmark` times ours against torchvision's Faster R-CNN (ResNet-FPN, random weights, the same RPN/RoI,
-SGD and AMP settings) on one seeded synthetic batch; each measurement runs in its own process (``python -m
-detector.benchmark SPEC_JSON``) so no autotuning, allocator cache or peak-memory counter carries over.
-"""
+"""Speed measurements behind ``tools/benchmark.py`` (results: docs/performance.md). Each measurement can run in
+its own process (``python -m detector.benchmark SPEC_JSON``) so no autotuning, allocator cache or peak-memory
+counter carries over."""
 from __future__ import annotations
 
 import collections
@@ -185,8 +182,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_isolated(spec: dict[str, Any], isolation: str = "process", timeout: float = 1800) -> dict[str, Any]:
-    """:func:`measure` or :func:`real_loop_worker` in a fresh Python process (``isolation="process"``) or in this one
-    (``"none"``)."""
+    """:func:`measure` or :func:`real_loop_worker` in a fresh Python process, or in this one (``isolation="none"``)."""
     if isolation == "none":
         return real_loop_worker(spec) if spec.get("kind") == "real" else measure(spec)
     repo = str(Path(__file__).resolve().parent.parent)
@@ -215,7 +211,9 @@ def run_benchmark(device: str, batch_sizes: list[int], amp_modes: list[bool], si
                   settings: tuple[str, ...] = SETTINGS, backbone: str = "resnet50", warmup: int = 5,
                   iters: int = 20, compile: str = "none", isolation: str = "process",
                   overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Both sides over settings x batch sizes x AMP modes on ``size`` = [H, W] images; ``overrides``: ours only."""
+    """Ours against torchvision's Faster R-CNN (ResNet-FPN, random weights, the same RPN/RoI, SGD and AMP settings)
+    on one seeded synthetic batch of ``size`` = [H, W] images, over settings x batch sizes x AMP modes;
+    ``overrides``: ours only."""
     results = []
     for setting, batch_size, amp in itertools.product(settings, batch_sizes, amp_modes):
         row: dict[str, Any] = {"setting": setting, "batch_size": batch_size}
@@ -331,8 +329,7 @@ def profile_step(configs: list[str], overrides: list[str], device: str, warmup: 
 
 
 def loader_throughput(cfg, split: str = "train", num_workers: int = 0, num_batches: int = 50) -> dict:
-    """Images per second through decode + transforms + collate over ``num_batches`` batches; the first batch
-    (worker start-up) is timed apart."""
+    """Images/s through decode + transforms + collate over ``num_batches`` batches, the first (start-up) timed apart."""
     dataset = build_dataset(cfg, split)
     loader = make_dataloader(dataset, train=split == "train", batch_size=cfg.train.batch_size,
                              num_workers=num_workers, seed=cfg.seed,

@@ -1,19 +1,8 @@
 #!/usr/bin/env python
-"""Speed: ours against torchvision's Faster R-CNN, the real training loop, padded shapes, a profile, the loader.
+"""Speed: ours against torchvision's Faster R-CNN (the default table: GPU scratch + finetune, batch 2 and 8, AMP
+off/on, 800x1067; a small one with --device cpu), or one of the modes below. Prints tables; --json writes every figure.
 
-    python tools/benchmark.py                     # the table (GPU): scratch + finetune, batch 2 and 8, AMP off/on,
-                                                  # 800x1067, each side of each row in its own process
-    python tools/benchmark.py --compile backbone  # the same with torch.compile of our backbone
-    python tools/benchmark.py --device cpu        # a small CPU version
-    python tools/benchmark.py --real --cfg smoothl1.yaml --cfg data/coco_tiny.yaml --cfg gpu.yaml --real-iters 100
-    python tools/benchmark.py --shapes --cfg data/coco_tiny.yaml --cfg gpu.yaml   # padded shapes and their FLOPs
-    python tools/benchmark.py --profile --cfg smoothl1.yaml     # torch.profiler of training steps, host syncs counted
-    python tools/benchmark.py --data --cfg data/coco_tiny.yaml --workers 0 4 8   # data-loader images/s
     python tools/benchmark.py --all --cfg smoothl1.yaml --cfg data/coco_tiny.yaml --cfg gpu.yaml --json bench.json
-
---real: the trainer for N iterations beside the synthetic figure on the run's padded shape. Configs (--cfg,
-key=value) are used by --real, --shapes, --profile, --data; in the synthetic table key=value overrides change our
-side only (e.g. train.clip_grad_norm=0).
 """
 import argparse
 import json
@@ -24,32 +13,37 @@ from pathlib import Path
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
-    for flag, text in (("--real", "time the real training loop"), ("--shapes", "count padded batch shapes"),
-                       ("--profile", "profile training steps"), ("--data", "data-loader throughput"),
+    for flag, text in (("--real", "time the trainer for --real-iters iterations beside the synthetic figure on the "
+                                  "run's most frequent padded shape"),
+                       ("--shapes", "count padded batch shapes and their pixels over the real ones"),
+                       ("--profile", "torch.profiler of training steps, host syncs counted"),
+                       ("--data", "data-loader images/s for each of --workers"),
                        ("--all", "the synthetic table, --real and --shapes together")):
         mode.add_argument(flag, action="store_true", help=text)
-    parser.add_argument("--device", default=None, help="cuda (default when available) or cpu")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
-    parser.add_argument("--amp", choices=["off", "on", "both"], default=None)
-    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"))
-    parser.add_argument("--settings", nargs="+", choices=["scratch", "finetune"], default=None)
-    parser.add_argument("--backbone", default=None, help="resnet18/34/50/101 for both sides (default: resnet50, "
-                                                         "resnet18 with --device cpu)")
-    parser.add_argument("--compile", choices=["none", "backbone", "all"], default="none", help="ours: train.compile")
+    parser.add_argument("--device", help="cuda (default when available) or cpu")
+    parser.add_argument("--batch-sizes", type=int, nargs="+")
+    parser.add_argument("--amp", choices=["off", "on", "both"])
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
+    parser.add_argument("--settings", nargs="+", choices=["scratch", "finetune"])
+    parser.add_argument("--backbone", help="resnet18/34/50/101 for both sides (default: resnet50, resnet18 with "
+                                           "--device cpu)")
+    parser.add_argument("--compile", choices=["none", "backbone", "all"], default="none",
+                        help="ours: train.compile (torch.compile of our backbone or all of it)")
     parser.add_argument("--isolation", choices=["process", "none"], default="process",
                         help="each side of each row in its own process (default), or all in this one")
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None,
-                        help="timed iterations of the synthetic benchmark and of --real's synthetic figure "
-                             "(--profile: profiled steps)")
+    parser.add_argument("--warmup", type=int)
+    parser.add_argument("--iters", type=int, help="timed iterations of the synthetic benchmark and of --real's "
+                                                  "synthetic figure (--profile: profiled steps)")
     parser.add_argument("--real-iters", type=int, default=100, help="--real: training iterations")
     parser.add_argument("--batches", type=int, default=1000, help="--shapes: batches simulated per split")
-    parser.add_argument("--buckets", type=int, nargs="+", default=None,
+    parser.add_argument("--buckets", type=int, nargs="+",
                         help="--shapes: data.input.pad_buckets values to compare (default: 0 and the config's)")
     parser.add_argument("--json", help="write every figure to this file")
-    parser.add_argument("--cfg", action="append", default=[], help="config file (repeatable)")
+    parser.add_argument("--cfg", action="append", default=[],
+                        help="config file (repeatable), used by --real, --shapes, --profile, --data")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4, 8, 16], help="worker counts for --data")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides; in the synthetic table they change "
+                                                     "our side only (e.g. train.clip_grad_norm=0)")
     args = parser.parse_intermixed_args(argv)
 
     import torch

@@ -1,9 +1,6 @@
 #!/usr/bin/env python
-"""Download PASCAL VOC / COCO 2017 with checksums: ``python tools/download_data.py voc2007 voc2012 [--root data]``.
-
-VOC lands in ``<root>/VOCdevkit/VOC{2007,2012}`` and COCO in ``<root>/coco`` (see data/README.md). Archives already
-downloaded and verified are not fetched again. COCO 2017 is about 19 GB (train2017.zip is 18 GB).
-"""
+"""Download PASCAL VOC / COCO 2017 with checksums: ``python tools/download_data.py voc2007 voc2012 [--root data]``
+into ``<root>/VOCdevkit/VOC{2007,2012}`` and ``<root>/coco`` (19 GB); verified archives are not fetched again."""
 import argparse
 import sys
 

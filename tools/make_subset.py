@@ -1,15 +1,8 @@
 #!/usr/bin/env python
-"""Write a dataset subset: a COCO JSON or a VOC image-id list, selected as ``build_dataset`` selects training images.
+"""Write a dataset subset, selected as ``build_dataset`` selects training images: a COCO JSON keeping the category
+ids, or a VOC image-name list (``data.image_ids_file``); how to train on either: data/README.md ("Subsets").
 
-    python tools/make_subset.py --format coco --ann data/coco/annotations/instances_train2017.json \\
-        --classes person car dog bicycle chair --max-images 2000 \\
-        --out data/coco/annotations/instances_train2017_5cls.json
-    python tools/make_subset.py --format voc --root data/VOCdevkit --split 2007/trainval --classes dog cat \\
-        --fraction 0.5 --out voc07_dogcat.txt
-
-COCO keeps the original category ids (train with ``data.train_split=train2017_5cls`` after
-``ln -s train2017 data/coco/train2017_5cls``); images without the classes are left out unless --keep-empty. VOC
-writes image names, one a line (``data.image_ids_file`` or ``VOCdevkit/VOC2007/ImageSets/Main/<name>.txt``).
+    python tools/make_subset.py --format voc --root data/VOCdevkit --split 2007/trainval --classes dog cat --out a.txt
 """
 import argparse
 import json

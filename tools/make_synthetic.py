@@ -1,13 +1,8 @@
 #!/usr/bin/env python
-"""Generate a synthetic shapes dataset ahead of training, exactly as training would generate it.
+"""Generate the synthetic dataset of the config's ``data.synthetic`` keys (``--cfg``, ``key=value``, then the flags)
+ahead of training, exactly as training would; a folder holding it is reused, other content refused (exit 1).
 
-    python tools/make_synthetic.py                                   # the default preset, in data/synthetic
     python tools/make_synthetic.py --cfg data/synthetic_hard.yaml    # the hard preset, in data/synthetic_hard
-    python tools/make_synthetic.py --root data/synthetic1024 --num-train 1024 data.synthetic.noise=4
-
-The parameters are the ``data.synthetic`` keys of the config (``--cfg``, ``key=value``, then the flags below);
-training later needs the same keys and folder. A folder holding the dataset of these keys is reused; any other
-content is refused (exit 1, one line) and left as it is.
 """
 import argparse
 import sys

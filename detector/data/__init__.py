@@ -1,8 +1,5 @@
-"""Datasets and loaders. Boxes are absolute xyxy float32; label 0 is background, foreground labels are 1..K.
-
-``build_dataset(cfg, split)`` and ``build_dataloader(cfg, split, start_iter, distributed)`` read the config;
-``generate_synthetic`` writes the default synthetic COCO-format dataset. See docs/architecture.md ("Data").
-"""
+"""Datasets and loaders (boxes absolute xyxy float32; label 0 background, 1..K foreground); only
+``build_dataset`` and ``build_dataloader`` read the config. See docs/architecture.md ("Data")."""
 from .base import DatasetError, DetectionDataset, read_image
 from .build import build_dataloader, build_dataset, collate, make_dataloader, proposals_of
 from .synthetic import SHAPES, generate_synthetic

@@ -1,9 +1,6 @@
-"""The detection dataset shared by every format: parsed image records, image decoding, sanitising, indexing.
-
-Conventions: boxes are absolute xyxy float32 pixels of the stored image; label 0 is background, 1..K foreground;
-``classes[0] == "__background__"``. A format reader turns its files into :class:`ImageRecord` s, the only place its
-box format is converted. ``dataset[(index, sample_seed)]`` seeds the sample's transforms with ``sample_seed``.
-"""
+"""The detection dataset shared by every format. Boxes are absolute xyxy float32 pixels of the stored image; label
+0 is background (``classes[0] == "__background__"``), 1..K foreground. A format reader converts its box format only
+where it makes :class:`ImageRecord` s; ``dataset[(index, sample_seed)]`` seeds the sample's transforms."""
 from __future__ import annotations
 
 import logging
@@ -121,14 +118,10 @@ def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageR
 
 def corrupt_records(records: Sequence[ImageRecord], fraction: float, kind: str = "jitter", scale: float = 0.2,
                     seed: int = 0) -> list[ImageRecord]:
-    """The records with a fixed random ``fraction`` of their non-crowd boxes corrupted (label-noise ablations).
-
-    Each image draws from ``np.random.default_rng([seed, image_id])`` (independent of the other records), a box is
-    chosen when its first draw u ~ U[0, 1) < fraction (nested across fractions). For a box w x h: ``jitter`` moves
-    each coordinate by U[-scale, scale] x w or h; ``outlier`` (``scale`` unused) shifts the centre by (m w cos t,
-    m h sin t), m ~ U[1, 3], resizes w and h each by 2^(+-U[1, 2]), or both (1/3 each). The result is clipped to the
-    image; one under 1 px keeps the clean box. Labels, iscrowd and area are unchanged.
-    """
+    """The records with a fixed random ``fraction`` of their non-crowd boxes corrupted as configs/base.yaml describes
+    (``data.label_noise*``). Each image draws from ``np.random.default_rng([seed, image_id])``, independent of the
+    other records; a box is chosen when its first draw u ~ U[0, 1) < fraction (nested across fractions). Labels,
+    iscrowd and area are unchanged."""
     if kind not in LABEL_NOISE_KINDS:
         raise ValueError(f"kind must be one of {LABEL_NOISE_KINDS}, got {kind!r}")
     if fraction <= 0:
@@ -165,8 +158,7 @@ def corrupt_records(records: Sequence[ImageRecord], fraction: float, kind: str =
 class DetectionDataset(torch.utils.data.Dataset):
     """A list of :class:`ImageRecord` with ``classes`` (index 0 background) and ``label_to_cat_id`` (label -> the
     source's category id); returns ``(image uint8 [3,H,W], target)``. ``transforms``: ``f(image, target, generator)``
-    or None; ``proposals``: image id -> precomputed [P,4] original pixels, added to targets; ``name``: for messages.
-    """
+    or None; ``proposals``: image id -> precomputed [P,4] original pixels, added to targets; ``name``: for messages."""
 
     def __init__(self, *, records: Sequence[ImageRecord], classes: Sequence[str], label_to_cat_id: dict[int, int],
                  transforms: Callable | None = None, name: str = "dataset",
@@ -193,12 +185,10 @@ class DetectionDataset(torch.utils.data.Dataset):
     def get_target(self, i: int) -> dict:
         """Raw target of image i, without decoding: boxes [N,4], labels [N], image_id, iscrowd [N], area [N]."""
         rec = self.records[i]
-        return {"boxes": torch.from_numpy(rec.boxes.copy()).reshape(-1, 4),
-                "labels": torch.from_numpy(rec.labels.copy()),
-                "image_id": rec.image_id,
-                "iscrowd": torch.from_numpy(rec.iscrowd.copy()),
-                "area": torch.from_numpy(rec.area.copy()),
-                **({"proposals": self.proposals[rec.image_id].clone()} if self.proposals is not None else {})}
+        target = {key: torch.from_numpy(getattr(rec, key).copy()) for key in ("boxes", "labels", "iscrowd", "area")}
+        if self.proposals is not None:
+            target["proposals"] = self.proposals[rec.image_id].clone()
+        return {**target, "image_id": rec.image_id}
 
     def subset(self, indices: Sequence[int], name: str | None = None) -> "DetectionDataset":
         """A new dataset of the images at ``indices`` (in that order), with the same classes, category ids and

@@ -1,7 +1,5 @@
-"""``build_dataset`` and ``build_dataloader``: the only functions of ``detector.data`` that read the config.
-
-Loaders yield ``(images: list[uint8 [3,H,W]], targets: list[dict])``; see docs/architecture.md, section "Data".
-"""
+"""``build_dataset`` and ``build_dataloader``, the only readers of the config in ``detector.data``. Loaders yield
+``(images: list[uint8 [3,H,W]], targets: list[dict])``; see docs/architecture.md, section "Data"."""
 from __future__ import annotations
 
 import json
@@ -101,8 +99,7 @@ def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, tor
 
 
 def proposals_of(targets: list[dict], device: torch.device | None = None) -> list[torch.Tensor] | None:
-    """The precomputed proposals the targets carry (``model.proposals: precomputed``) as the model's ``proposals``
-    argument, moved to ``device`` when given; None when the targets carry none."""
+    """The targets' precomputed proposals as the model's ``proposals`` argument (on ``device`` if given), or None."""
     if not targets or "proposals" not in targets[0]:
         return None
     return [t["proposals"].to(device) if device is not None else t["proposals"] for t in targets]

@@ -74,8 +74,7 @@ def load_coco_json(ann_file: str | Path) -> COCO:
 
 def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
     """Records (sorted by image id), class names (index 0 background) and label -> category id of a
-    :func:`load_coco_json` file. Unknown category or image ids, and a file_name that leaves ``image_dir``, raise
-    :class:`DatasetError` naming the annotation or image."""
+    :func:`load_coco_json` file; an unknown id or a file_name outside ``image_dir`` raises :class:`DatasetError`."""
     cat_ids = sorted(coco.cats)
     cat_to_label = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
     classes = [BACKGROUND] + [coco.cats[c]["name"] for c in cat_ids]

@@ -25,7 +25,7 @@ def download_dataset(name: str, root: str | Path = "data", remove_archives: bool
     if name not in RESOURCES:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(RESOURCES)}")
     sub, archives = RESOURCES[name]
-    target = Path(root) / sub if sub else Path(root)
+    target = Path(root) / sub  # sub "" is root itself
     target.mkdir(parents=True, exist_ok=True)
     for url, md5 in archives:
         download_and_extract_archive(url, download_root=str(target), md5=md5, remove_finished=remove_archives)

@@ -1,10 +1,5 @@
-"""Batch samplers. Training: an infinite, seeded, aspect-ratio grouped stream of ``(index, sample_seed)`` batches.
-
-Epoch ``e`` is a permutation and one sample seed per position drawn from ``(seed, e)``; ``start_iter=k`` skips k
-batches without loading data, so a resumed run sees the batches of an uninterrupted one. Under DDP each rank takes
-every ``world_size``-th element from ``rank`` on. Grouping as detectron2's ``AspectRatioGroupedDataset``.
-Evaluation: :func:`inference_indices` gives each rank a contiguous, ordered, disjoint slice.
-"""
+"""Batch samplers: training's infinite seeded stream of ``(index, sample_seed)`` batches, grouped by aspect ratio
+as detectron2's ``AspectRatioGroupedDataset``; evaluation's contiguous, ordered, disjoint slice per rank."""
 from __future__ import annotations
 
 from itertools import count, islice
@@ -15,16 +10,17 @@ import torch
 
 class GroupedInfiniteBatchSampler(torch.utils.data.Sampler):
     """Yields ``[(index, sample_seed), ...]`` lists of ``batch_size`` (per rank) forever; ``group_ids``: per index
-    its aspect-ratio group; ``start_iter``: batches to skip (resume)."""
+    its aspect-ratio group. Epoch ``e`` is a permutation and a sample seed per position drawn from ``(seed, e)``;
+    each rank takes every ``world_size``-th from ``rank`` on; ``start_iter=k`` skips k batches without loading data,
+    so a resumed run sees the batches of an uninterrupted one."""
 
     def __init__(self, group_ids: Sequence[int], *, batch_size: int, seed: int, start_iter: int = 0, rank: int = 0,
                  world_size: int = 1):
-        if len(group_ids) == 0:
-            raise ValueError("cannot sample batches from an empty dataset; check the data.* subset settings")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
-        if world_size > len(group_ids):
-            raise ValueError(f"{len(group_ids)} images cannot be split over {world_size} ranks; use more images")
+        if world_size > len(group_ids):  # an empty dataset too: it would never yield a batch
+            raise ValueError(f"{len(group_ids)} images cannot be split over {world_size} ranks; use more images "
+                             f"(check the data.* subset settings)")
         self.group_ids = [int(g) for g in group_ids]
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -33,7 +29,6 @@ class GroupedInfiniteBatchSampler(torch.utils.data.Sampler):
         self.world_size = world_size
 
     def _batches(self) -> Iterator[list[tuple[int, int]]]:
-        """The rank's infinite stream of grouped batches, epoch after epoch."""
         n = len(self.group_ids)
         buffers: dict[int, list[tuple[int, int]]] = {}
         for epoch in count():

@@ -1,10 +1,4 @@
-"""Subsets of a parsed dataset, for every format (``tools/make_subset.py`` writes what ``build_dataset`` selects).
-
-:func:`subset_records` applies, in order: ``classes`` (keep these names, relabelled 1..K in that order),
-``keep_empty=False`` (drop images without a non-crowd box), ``image_ids_file`` (one COCO id or VOC name a line;
-blank lines and ``#`` comments ignored), ``fraction``
-(``round(fraction * n)``, at least 1, images drawn with ``seed``, order kept), ``max_images`` (the first ones).
-"""
+"""Subsets of a parsed dataset, for every format (``tools/make_subset.py`` writes what ``build_dataset`` selects)."""
 from __future__ import annotations
 
 import difflib
@@ -42,8 +36,10 @@ def subset_records(records: Sequence[ImageRecord], classes: Sequence[str], label
                    image_ids_file: str | None = None, fraction: float | None = None, seed: int = 0,
                    max_images: int | None = None, source: str = "dataset", ids_source: str = "data.image_ids_file"
                    ) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
-    """Apply the selections in the module docstring (the defaults keep everything); returns (records, classes,
-    label_to_cat_id). ``source`` and ``ids_source`` name the file and the setting in messages."""
+    """(records, classes, label_to_cat_id) after, in order: ``keep_classes`` (relabelled 1..K in that order),
+    ``keep_empty=False`` (drop images without a non-crowd box), ``image_ids_file`` (a COCO id or VOC name a line;
+    blank lines and ``#`` comments ignored), ``fraction`` (``round(fraction * n)``, at least 1, drawn with ``seed``,
+    order kept), ``max_images`` (the first ones). ``source`` and ``ids_source`` name file and setting in messages."""
     if image_ids_file and not Path(image_ids_file).is_file():
         raise DatasetError(f"{image_ids_file}: image id file ({ids_source}) not found")
     records, classes, label_to_cat_id = list(records), list(classes), dict(label_to_cat_id)
@@ -73,9 +69,7 @@ def subset_records(records: Sequence[ImageRecord], classes: Sequence[str], label
 def subset_coco_json(data: dict, image_ids: set[int], cat_ids: Sequence[int] | None) -> dict:
     """A COCO instances dict restricted to ``image_ids`` and (when given) ``cat_ids``, category ids unchanged."""
     keep_cats = set(cat_ids) if cat_ids is not None else {c["id"] for c in data["categories"]}
-    out = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
-    out["images"] = [im for im in data["images"] if im["id"] in image_ids]
-    out["annotations"] = [a for a in data.get("annotations", [])
-                          if a["image_id"] in image_ids and a["category_id"] in keep_cats]
-    out["categories"] = [c for c in data["categories"] if c["id"] in keep_cats]
-    return out
+    return {**data, "images": [im for im in data["images"] if im["id"] in image_ids],
+            "annotations": [a for a in data.get("annotations", [])
+                            if a["image_id"] in image_ids and a["category_id"] in keep_cats],
+            "categories": [c for c in data["categories"] if c["id"] in keep_cats]}

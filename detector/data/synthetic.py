@@ -1,16 +1,7 @@
-"""The synthetic shapes datasets, generated locally and written as real COCO-format datasets.
-
-``generate_synthetic`` writes ``root/{train,val}/NNNNNN.jpg``, ``root/annotations/instances_{train,val}.json`` and
-the manifest ``root/synthetic.json`` (last), a pure function of the ``data.synthetic`` keys. An object's class is its
-shape (the first K of :data:`SHAPES`). Boxes are ``amodal`` (the whole drawn shape: the default) or ``visible`` (the
-pixels left after everything drawn later, distractors included; ``iscrowd`` below ``min_visible``, fully hidden
-objects not annotated: ``configs/data/synthetic_hard.yaml``).
-
-``ensure_synthetic`` (what ``build_dataset`` calls) reuses a ``root`` whose manifest equals the keys, refuses any
-other content with a :class:`DatasetError` (never deleting or regenerating it), else generates into a temporary
-sibling ``.<name>.tmp-<pid>-<random>`` renamed onto ``root`` (atomic onto a missing or empty folder): concurrent
-generators each write their own, the first rename wins, a reader never sees a half-written set, and a killed
-generation's leftover is named in a warning.
+"""The synthetic shapes datasets, written as COCO-format sets: ``root/{train,val}/NNNNNN.jpg``,
+``root/annotations/instances_{train,val}.json`` and the manifest ``root/synthetic.json`` (last). An object's class
+is its shape (the first K of :data:`SHAPES`); boxes are ``amodal`` (the whole shape) or ``visible`` (its pixels left
+uncovered). How ``ensure_synthetic`` reuses, refuses or atomically generates a root: docs/architecture.md ("Data").
 """
 from __future__ import annotations
 
@@ -37,15 +28,12 @@ logger = logging.getLogger(__name__)
 DISTRACTORS = ("ring", "frame", "ell", "hourglass")  # drawn like objects, of no class: never annotated
 PARAMS_FILE = "synthetic.json"
 GENERATOR_VERSION = 1  # bump when the drawing of existing parameters changes: stored datasets then differ from it
-_SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
 class Scene:
-    """How each image is drawn: the ``data.synthetic`` keys besides split sizes, image size, classes and seed (their
-    defaults and checks live in the config). An object's size sqrt(w * h) is log-uniform in [min_size, max_size *
-    short side], w / h log-uniform in ``aspect_ratio``; placement keeps box IoU <= ``max_iou`` and the intersection
-    <= ``max_covered`` of the smaller box."""
+    """How each image is drawn: the ``data.synthetic`` keys besides split sizes, image size, classes and seed (what
+    each means: configs/base.yaml; their checks live in the config)."""
 
     min_objects: int
     max_objects: int
@@ -85,8 +73,6 @@ def _draw_shape(shape: str, width: int, height: int) -> Image.Image:
         "hourglass": [(draw.polygon, [(0, 0), (x1, 0), (cx, cy)], 255),
                       (draw.polygon, [(0, y1), (x1, y1), (cx, cy)], 255)],
     }
-    if shape not in parts:
-        raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES + DISTRACTORS)}")
     for method, xy, fill in parts[shape]:
         method(xy, fill=fill)
     return mask
@@ -241,7 +227,7 @@ def generate_synthetic(root: str | Path, num_train: int, num_val: int, image_siz
     (root / "annotations").mkdir()
     height, width = int(image_size[0]), int(image_size[1])
     categories = [{"id": k + 1, "name": SHAPES[k], "supercategory": "shape"} for k in range(num_classes)]
-    for split_index, (split, count) in enumerate(zip(_SPLITS, (num_train, num_val))):
+    for split_index, (split, count) in enumerate(zip(("train", "val"), (num_train, num_val))):
         (root / split).mkdir()
         images, annotations = [], []
         for i in range(count):
@@ -296,7 +282,9 @@ def _is_leftover(path: Path, prefix: str) -> bool:
 
 
 def ensure_synthetic(root: str | Path, **keys) -> Path:
-    """Make sure ``root`` holds the dataset of these (all) ``data.synthetic`` keys; returns root (module docstring)."""
+    """Make sure ``root`` holds the dataset of these (all) ``data.synthetic`` keys; returns root. Another folder's
+    content raises :class:`DatasetError` and is never deleted; a new set is renamed onto ``root`` from a temporary
+    sibling ``.<name>.tmp-<pid>-<random>`` (the first rename wins; a killed generation's leftover is warned of)."""
     root = Path(root).resolve()  # a link to a folder: rename(2) replaces the folder it names, not the link
     wanted = synthetic_params(keys)
     if _ready(root, wanted):

@@ -1,9 +1,6 @@
-"""Detection transforms on ``(image uint8 [3,H,W], target)`` pairs; boxes (absolute xyxy) move with the image.
-
-Every random choice draws from the ``torch.Generator`` passed in (seeded per sample by the dataset). Training: drop
-crowd/difficult boxes, multi-scale resize, horizontal flip; evaluation: one resize. Both add ``"orig_size"`` (H0, W0).
-The padding size arithmetic lives here too (:func:`batch_padded_size`, ``data.input.pad_buckets``).
-"""
+"""Detection transforms on ``(image uint8 [3,H,W], target)`` pairs; boxes (absolute xyxy) move with the image, every
+random choice draws from the ``torch.Generator`` passed in, and ``"orig_size"`` (H0, W0) is added. The padded batch
+size arithmetic (``data.input.pad_buckets``) lives here too."""
 from __future__ import annotations
 
 import math

@@ -1,10 +1,7 @@
-"""PASCAL VOC datasets: ``root/VOCdevkit/VOC<year>/{Annotations,ImageSets/Main,JPEGImages}``.
-
-A split is ``"<year>/<set>"``, several joined with ``+`` (``"2007/trainval+2012/trainval"``). Labels 1..20 follow
-:data:`VOC_CLASSES`; ``difficult`` becomes ``iscrowd``. VOC's 1-based inclusive pixels become
-``(xmin - 1, ymin - 1, xmax, ymax)`` in :func:`parse_voc_xml` only (detectron2). Image ids are the file stem without
-underscores as an integer (``"2008_000123"`` -> 2008000123).
-"""
+"""PASCAL VOC datasets: ``root/VOCdevkit/VOC<year>/{Annotations,ImageSets/Main,JPEGImages}``; a split is
+``"<year>/<set>"``, several joined with ``+``. Labels 1..20 follow :data:`VOC_CLASSES`; ``difficult`` becomes
+``iscrowd``; VOC's 1-based inclusive pixels become ``(xmin - 1, ymin - 1, xmax, ymax)`` in :func:`parse_voc_xml` only
+(detectron2)."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -16,14 +13,6 @@ from .base import BACKGROUND, DatasetError, ImageRecord, image_path
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
-
-
-def voc_image_id(name: str) -> int:
-    """``"000005"`` -> 5, ``"2008_000123"`` -> 2008000123 (unique across VOC2007 and VOC2012)."""
-    try:
-        return int(name.replace("_", ""))
-    except ValueError:
-        raise DatasetError(f"VOC image name {name!r} is not numeric (expected like 000005 or 2008_000123)") from None
 
 
 def parse_split(split: str) -> list[tuple[str, str]]:
@@ -89,7 +78,11 @@ def parse_voc(root: str | Path, split: str) -> tuple[list[ImageRecord], list[str
             raise DatasetError(f"{list_path}: image set list not found; check data.root (VOCdevkit/VOC<year>) and "
                                f"the split")
         for name in (line.split()[0] for line in list_path.read_text().splitlines() if line.strip()):
-            image_id = voc_image_id(name)
+            try:
+                image_id = int(name.replace("_", ""))  # "2008_000123" -> 2008000123, unique over VOC2007 and 2012
+            except ValueError:
+                raise DatasetError(f"{list_path}: VOC image name {name!r} is not numeric (expected like 000005 or "
+                                   f"2008_000123)") from None
             if image_id in seen:
                 continue
             seen.add(image_id)
