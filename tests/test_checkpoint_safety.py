@@ -160,7 +160,7 @@ def test_only_the_explicit_opt_in_unpickles_a_file_that_is_more_than_data(tmp_pa
 def test_every_tool_that_loads_a_checkpoint_documents_the_opt_in(tool, capsys):
     with pytest.raises(SystemExit):
         tool.main(["--help"])
-    assert capsys.readouterr().out.count("--trust-checkpoint") >= 2  # the docstring and the option
+    assert capsys.readouterr().out.count("--trust-checkpoint") >= 2  # the usage line and the option with its help
 
 
 def today_format_checkpoint(state: dict, path: Path) -> Path:

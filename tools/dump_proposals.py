@@ -4,14 +4,9 @@
     python tools/dump_proposals.py --cfg smoothl1.yaml --ckpt runs/smoothl1/checkpoints/best.pth \\
         --out data/proposals_train.json --split train [key=value ...]
 
-Every image of the split as ``build_dataset`` selects it (never ``eval.max_images``) runs through the test-time
-resize and the RPN's test settings; the output maps each image id (a string) to its proposals, best first, in the
-ORIGINAL image's pixels (rounded to 0.01) with the objectness probability::
-
-    {"<image_id>": [[x1, y1, x2, y2, score], ...], ...}
-
-Train with ``model.proposals=precomputed model.proposal_file=FILE.json``. A checkpoint that does not fit the config
-stops with one line; one that would run code when loaded is refused unless ``--trust-checkpoint``.
+Every image of the split (never ``eval.max_images``) at the RPN's test settings, as
+``{"<image_id>": [[x1, y1, x2, y2, objectness], ...]}`` best first, in the original image's pixels (to 0.01). Train with
+``model.proposals=precomputed model.proposal_file=FILE.json``.
 """
 import argparse
 import json

@@ -4,11 +4,8 @@
     python tools/eval.py --cfg runs/smoothl1/config.yaml --ckpt runs/smoothl1/checkpoints/best.pth [--metric both]
     python tools/eval.py --cfg smoothl1.yaml --dets runs/smoothl1/eval/detections.json --metric voc [--out DIR]
 
-The val split of the config's dataset is scored (``key=value`` overrides; ``eval.max_images``: its first N images).
-``--ckpt`` runs the config's model with the checkpoint's weights (a misfit stops with one line naming the config to
-use; a checkpoint that would run code is refused unless ``--trust-checkpoint``); ``--dets`` scores a COCO-format
-results file without a model. Only ``--out DIR`` writes (``metrics.json``, and ``detections.json`` with ``--ckpt``);
-an ``--out`` holding those files or a training run's ``eval/`` is refused unless ``--overwrite``.
+Scores the val split of the config's dataset (``eval.max_images``: its first N images). Nothing is written
+without ``--out``.
 
 Exit codes: 0 done; 2 a bad config, option or ``--out`` folder; 1 a bad detections file, checkpoint or dataset
 (one line each; DETECTOR_TRACEBACK=1 adds the traceback).

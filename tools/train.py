@@ -1,14 +1,9 @@
 #!/usr/bin/env python
 """Train a detector: ``python tools/train.py --cfg smoothl1.yaml [--cfg data/coco_tiny.yaml] [key=value ...]``.
 
-Configs (a path, or a name in ``configs/``) layer in order; ``key=value`` overrides any key. The default synthetic
-dataset is generated under ``data/synthetic`` on first use. The run folder (``runs/<cfg names>`` unless
-``output_dir``) holds ``config.yaml``, ``metrics.jsonl``, TensorBoard events, ``checkpoints/`` and ``eval/``.
-
-A folder that holds a run is never reused silently: ``--resume`` (experiment-defining keys must match), another
-``output_dir``, or ``--overwrite``. ``--extend train.max_iters=N`` continues a run to a new length where a schedule
-derives from it. A checkpoint that would run code when loaded is refused unless ``--trust-checkpoint`` (a file you
-made or trust). Ctrl-C or SIGTERM writes ``last.pth`` and exits 130. Several GPUs: ``torchrun --nproc_per_node=N``.
+Configs layer in order, then ``key=value`` overrides. The run folder (``runs/<cfg names>`` unless ``output_dir``)
+holds ``config.yaml``, ``metrics.jsonl``, TensorBoard events, ``checkpoints/`` and ``eval/``; a folder that holds a
+run is never reused silently (docs/runs.md). Ctrl-C or SIGTERM writes ``last.pth``. Several GPUs: ``torchrun``.
 
 Exit codes: 0 done, 1 a data, weights, checkpoint or disk error or a non-finite loss, 2 a config, usage or
 run-folder error (one line each; DETECTOR_TRACEBACK=1 adds the traceback), 130 stopped by Ctrl-C/SIGTERM.
