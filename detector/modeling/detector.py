@@ -1,10 +1,7 @@
 """TwoStageDetector: Faster R-CNN (backbone + RPN + RoI heads) or Fast R-CNN on precomputed proposals.
 
-``N`` images, ``G`` GT and ``P`` proposals per image, ``K`` classes; label 0 is background; boxes are xyxy float32
-pixels of the input images. The model owns preprocessing: images ([3,H,W], uint8 0..255 or float 0..1, any device)
-are scaled, normalised and zero-padded bottom/right to a batch of a few sizes (``pad_buckets``, so that cudnn and
-``torch.compile`` meet few shapes); GT and proposals are padded to [N,G,4] / [N,P,4] with validity masks. No
-host-device sync: host-made tensors travel through pinned memory. Only :func:`build_detector` reads the config.
+The model owns preprocessing: images ([3,H,W], uint8 0..255 or float 0..1, any device) are normalised and zero-padded
+to a few batch sizes (``pad_buckets``); GT and proposals become [N,G,4] / [N,P,4] with validity masks; no host sync.
 """
 from __future__ import annotations
 
@@ -132,8 +129,7 @@ class TwoStageDetector(nn.Module):
         return detections
 
     def update_dynamic_state(self, iteration: int, stats: dict[str, torch.Tensor]) -> None:
-        """Advance the RoI head's Dynamic R-CNN state (beta, IoU threshold) past training iteration ``iteration``
-        with that iteration's stats; the trainer calls it once per optimizer step (see :class:`RoIHeads`)."""
+        """:meth:`RoIHeads.update_dynamic_state`: once per optimizer step, with that iteration's training stats."""
         self.roi_heads.update_dynamic_state(iteration, stats)
 
     @torch.no_grad()

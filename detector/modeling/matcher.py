@@ -84,15 +84,12 @@ class DynamicLabelAssigner:
     def observe(self, iou: torch.Tensor, max_iou: torch.Tensor, fg: torch.Tensor, candidate_valid: torch.Tensor,
                 gt_valid: torch.Tensor) -> torch.Tensor:
         """This iteration's IoU statistic, 0-d float32 (NaN: nothing to measure); changes no state, no host sync."""
-        if self.statistic == "mmdet":
-            return self._observe_mmdet(max_iou, candidate_valid)
-        has_gt = gt_valid.any(dim=1)  # [N]
-        valid = (candidate_valid & has_gt[:, None]).flatten()  # [N*M]
-        first_gt = iou[..., 0] if iou.shape[2] > 0 else max_iou  # [N,M]
-        values = torch.where(fg, max_iou, first_gt).flatten()  # [N*M]
-        return kth_valid(values, valid, has_gt.sum() * self.topk, largest=True)
-
-    def _observe_mmdet(self, max_iou: torch.Tensor, candidate_valid: torch.Tensor) -> torch.Tensor:
+        if self.statistic == "official":
+            has_gt = gt_valid.any(dim=1)  # [N]
+            valid = (candidate_valid & has_gt[:, None]).flatten()  # [N*M]
+            first_gt = iou[..., 0] if iou.shape[2] > 0 else max_iou  # [N,M]
+            values = torch.where(fg, max_iou, first_gt).flatten()  # [N*M]
+            return kth_valid(values, valid, has_gt.sum() * self.topk, largest=True)
         k_max = min(self.topk, max_iou.shape[1])
         if k_max == 0:
             return max_iou.new_full((), math.nan)

@@ -1,9 +1,6 @@
-"""Region Proposal Network: anchors, objectness + deltas, batched proposal selection, RPN losses.
-
-``N`` images, ``A`` anchors over all levels (torchvision's order), ``M`` candidates per image before NMS, ``P``
-proposals after, ``G`` padded GT; boxes are xyxy float32 pixels of the padded batch. Selection and losses are batched
-over images (one ``batched_nms`` call; proposals as padded [N,P,4] with ``valid`` [N,P]); the losses are divided by
-the number of sampled anchors (torchvision/Detectron2).
+"""Region Proposal Network, batched over images. ``N`` images, ``A`` anchors over all levels (torchvision's order),
+``M`` candidates per image before NMS, ``P`` proposals after (padded, ``valid`` [N,P]), ``G`` padded GT; boxes are xyxy
+pixels of the padded batch. The losses are divided by the number of sampled anchors (torchvision/Detectron2).
 """
 from __future__ import annotations
 
