@@ -1,8 +1,5 @@
-"""Pure box functions. The format is in the name; inside the package every box is absolute xyxy float32.
-
-COCO's xywh enters and leaves only through :func:`box_xywh_to_xyxy` and :func:`box_xyxy_to_xywh`. The batched forms
-the heads share (IoU of padded [N,M,4] against [N,G,4], per-image clipping, NMS then per-image top-k) live here.
-"""
+"""Pure box functions, the format in the name; inside the package every box is absolute xyxy float32, and COCO's
+xywh enters and leaves only through :func:`box_xywh_to_xyxy` and :func:`box_xyxy_to_xywh`."""
 from __future__ import annotations
 
 import torch

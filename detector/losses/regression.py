@@ -1,9 +1,7 @@
-"""Box-regression losses: elementwise functions, one reduction helper, one registry.
+"""Box-regression losses: elementwise functions, one reduction helper (mmdetection's semantics), one registry.
 
-``P`` positive RoIs. Delta losses take (tx, ty, tw, th) deltas (:class:`detector.box_coder.BoxCoder`) and return
-[P,4]; IoU-family losses take decoded xyxy boxes [P,4] and return [P], eps-guarded so degenerate and disjoint boxes
-give finite gradients. l2 is x^2 (not 0.5 x^2); smooth_l1 with beta < 1e-5 is exact L1. Only
-:func:`weight_reduce_loss` reduces (mmdetection's semantics); the loss weight is applied by the engine.
+Delta losses take (tx, ty, tw, th) deltas [P,4] and return [P,4]; IoU-family losses take xyxy boxes [P,4] and return
+[P], eps-guarded (finite gradients for degenerate and disjoint boxes). The loss weight is applied by the engine.
 """
 from __future__ import annotations
 
@@ -107,8 +105,6 @@ def ciou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> to
     return diou + alpha * v
 
 
-# ---------------------------------------------------------------- reduction
-
 def weight_reduce_loss(loss: torch.Tensor, weight: torch.Tensor | None = None, reduction: str = "mean",
                        avg_factor: float | torch.Tensor | None = None) -> torch.Tensor:
     """Multiply by ``weight`` (broadcast), then reduce: "none", "sum", or "mean" (or the sum / ``avg_factor``).
@@ -126,15 +122,10 @@ def weight_reduce_loss(loss: torch.Tensor, weight: torch.Tensor | None = None, r
     return loss.mean() if reduction == "mean" and loss.numel() > 0 else loss.sum()
 
 
-# ---------------------------------------------------------------- BoxLoss and the registry
-
 class BoxLoss:
-    """A configured box loss: ``loss(pred [P,4], target [P,4], weight=None, avg_factor=None, beta=None)``.
-
-    ``on_boxes``: pred/target are xyxy boxes (IoU family), else deltas. Returns the sum of the elementwise loss
-    times ``weight`` ([P,4] or [P]) divided by ``avg_factor`` (None: the plain sum), in float32; ``beta`` overrides
-    the configured beta (dynamic_smooth_l1's schedule).
-    """
+    """A configured box loss: ``loss(pred [P,4], target [P,4], weight=None, avg_factor=None, beta=None)`` -> float32
+    sum of the elementwise loss times ``weight`` ([P,4] or [P]) / ``avg_factor`` (None: the plain sum). ``on_boxes``:
+    xyxy boxes (IoU family), else deltas; ``beta`` overrides the configured beta (dynamic_smooth_l1's schedule)."""
 
     def __init__(self, name: str, fn: Callable[..., torch.Tensor], on_boxes: bool = False,
                  beta: float | None = None, **params: float):
@@ -190,8 +181,7 @@ LOSSES: dict[str, Callable[[Mapping], BoxLoss]] = {
 
 
 def build_box_loss(cfg: Mapping) -> BoxLoss:
-    """The BoxLoss of a ``box_loss`` config section (name, beta, sigma, alpha, gamma; the weight, normalizer and
-    beta schedule belong to the caller)."""
+    """The BoxLoss of a ``box_loss`` config section (its weight, normalizer and schedule belong to the caller)."""
     name = cfg.get("name")
     if name not in LOSSES:
         raise ValueError(f"unknown box loss {name!r}; valid names: {', '.join(LOSSES)}")
