@@ -102,7 +102,6 @@ class BetaSchedule:
 class AdaptiveBeta(BetaSchedule):
     """Dynamic R-CNN's beta: after every ``interval`` iterations beta = max(min_beta, min(initial_beta, median of
     the interval's statistics)), each the k-th smallest mean(|tx|, |ty|) of a set of targets (:meth:`observe`).
-
     ``mmdet`` (mmdetection's DynamicRoIHead): sampled positives, k = min(topk * num_imgs, num_pos), np.median; an
     empty record or a median < 1e-15 keeps the old beta. ``official`` (hkzhang95/DynamicRCNN): every proposal of the
     images with GT before sampling (below-threshold ones encoded against the image's first GT), k per GPU, upper

@@ -6,6 +6,7 @@ Delta losses take (tx, ty, tw, th) deltas [P,4] and return [P,4]; IoU-family los
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
@@ -122,23 +123,17 @@ def weight_reduce_loss(loss: torch.Tensor, weight: torch.Tensor | None = None, r
     return loss.mean() if reduction == "mean" and loss.numel() > 0 else loss.sum()
 
 
+@dataclass
 class BoxLoss:
     """A configured box loss: ``loss(pred [P,4], target [P,4], weight=None, avg_factor=None, beta=None)`` -> float32
     sum of the elementwise loss times ``weight`` ([P,4] or [P]) / ``avg_factor`` (None: the plain sum). ``on_boxes``:
     xyxy boxes (IoU family), else deltas; ``beta`` overrides the configured beta (dynamic_smooth_l1's schedule)."""
 
-    def __init__(self, name: str, fn: Callable[..., torch.Tensor], on_boxes: bool = False,
-                 beta: float | None = None, **params: float):
-        self.name = name
-        self.fn = fn
-        self.on_boxes = on_boxes
-        self.beta = beta
-        self.params = params
-
-    def __repr__(self) -> str:
-        extra = "".join(f", {k}={v}" for k, v in self.params.items())
-        beta = f", beta={self.beta}" if self.beta is not None else ""
-        return f"BoxLoss({self.name!r}, on_boxes={self.on_boxes}{beta}{extra})"
+    name: str
+    fn: Callable[..., torch.Tensor] = field(repr=False)
+    on_boxes: bool = False
+    beta: float | None = None
+    params: dict[str, float] = field(default_factory=dict)  # further keyword arguments of fn (balanced_l1's)
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                  avg_factor: float | torch.Tensor | None = None, beta: float | None = None) -> torch.Tensor:
@@ -171,8 +166,8 @@ LOSSES: dict[str, Callable[[Mapping], BoxLoss]] = {
     "l1": lambda cfg: BoxLoss("l1", l1_loss),
     "smooth_l1": lambda cfg: BoxLoss("smooth_l1", smooth_l1_loss, beta=resolve_beta(cfg)),
     "dynamic_smooth_l1": lambda cfg: BoxLoss("dynamic_smooth_l1", smooth_l1_loss, beta=resolve_beta(cfg)),
-    "balanced_l1": lambda cfg: BoxLoss("balanced_l1", balanced_l1_loss, beta=resolve_beta(cfg),
-                                       alpha=float(cfg.get("alpha", 0.5)), gamma=float(cfg.get("gamma", 1.5))),
+    "balanced_l1": lambda cfg: BoxLoss("balanced_l1", balanced_l1_loss, beta=resolve_beta(cfg), params={
+        "alpha": float(cfg.get("alpha", 0.5)), "gamma": float(cfg.get("gamma", 1.5))}),
     "iou": lambda cfg: BoxLoss("iou", iou_loss, on_boxes=True),
     "giou": lambda cfg: BoxLoss("giou", giou_loss, on_boxes=True),
     "diou": lambda cfg: BoxLoss("diou", diou_loss, on_boxes=True),

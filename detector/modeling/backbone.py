@@ -39,10 +39,7 @@ def _freeze_batchnorm(module: nn.Module) -> nn.Module:
     """A copy of ``module`` whose BatchNorm layers (plain or synced) are FrozenBatchNorm2d with the same statistics."""
     if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
         frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
-        frozen.weight.copy_(module.weight.detach())
-        frozen.bias.copy_(module.bias.detach())
-        frozen.running_mean.copy_(module.running_mean)
-        frozen.running_var.copy_(module.running_var)
+        frozen.load_state_dict(module.state_dict())  # FrozenBatchNorm2d drops num_batches_tracked
         return frozen
     for name, child in module.named_children():
         setattr(module, name, _freeze_batchnorm(child))

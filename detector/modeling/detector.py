@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from detector.boxes import clip_boxes_to_sizes
+from detector.boxes import clip_boxes_to_sizes, scale_boxes
 from detector.data.transforms import batch_padded_size, build_pad_buckets
 from detector.losses import build_beta_schedule, build_box_loss
 from detector.modeling.backbone import Backbone, build_backbone
@@ -30,8 +30,7 @@ def _host_to_device(data, dtype: torch.dtype, device: torch.device) -> torch.Ten
 
 
 def _pad_boxes(boxes: Sequence[torch.Tensor], device: torch.device, extra: Sequence[torch.Tensor] = ()):
-    """Per-image [n_i,4] boxes (and [n_i] extras) -> [N,B,4], extras [N,B], valid [N,B]; B >= 1, padding zeros.
-    No host sync: the mask compares slot numbers with the counts known from the shapes."""
+    """Per-image [n_i,4] boxes (and [n_i] extras) -> [N,B,4], extras [N,B], valid [N,B]; B >= 1, zero padding."""
     counts = [int(b.shape[0]) for b in boxes]
     width = max([1] + counts)
 
@@ -123,9 +122,8 @@ class TwoStageDetector(nn.Module):
         props, valid, _, _ = self._proposals(proposals, features, image_sizes)
         detections = self.roi_heads(features, props, valid, image_sizes, padded_size)
         if orig_sizes is not None:
-            for det, size, (orig_h, orig_w) in zip(detections, image_sizes.tolist(), orig_sizes):
-                scale = det["boxes"].new_tensor([orig_w / size[1], orig_h / size[0]] * 2)
-                det["boxes"] = det["boxes"] * scale
+            for det, (height, width), (orig_h, orig_w) in zip(detections, image_sizes.tolist(), orig_sizes):
+                det["boxes"] = scale_boxes(det["boxes"], orig_w / width, orig_h / height)
         return detections
 
     def update_dynamic_state(self, iteration: int, stats: dict[str, torch.Tensor]) -> None:

@@ -119,7 +119,6 @@ class RoIHeads(nn.Module):
                 gt_labels: torch.Tensor | None = None, gt_valid: torch.Tensor | None = None):
         """proposals [N,P,4], proposal_valid [N,P], image_sizes [N,2] (h, w) before padding, padded_size (H, W) of
         the batch; in training gt_boxes [N,G,4], gt_labels [N,G] (1..K), gt_valid [N,G].
-
         Training returns (losses ``{loss_cls, loss_box_reg}``, stats); eval a list of N dicts of detections
         ``{"boxes" [D,4], "labels" [D], "scores" [D]}`` in the input image's pixels.
         """
