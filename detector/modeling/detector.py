@@ -162,12 +162,11 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
                   min_size=rpn_cfg.min_size, batch_size_per_image=rpn_cfg.batch_size_per_image,
                   positive_fraction=rpn_cfg.positive_fraction, fg_iou_thresh=rpn_cfg.fg_iou_thresh,
                   bg_iou_thresh=rpn_cfg.bg_iou_thresh)
-    assigner = build_label_assigner(roi_cfg)
     pooled_levels = [str(i) for i in range(len(backbone.strides) - 1)] if bb.fpn else ["0"]  # FPN: P2..P5
     roi_heads = RoIHeads(
         backbone.out_channels, pooled_levels, num_classes, box_loss=build_box_loss(roi_cfg.box_loss),
         box_coder_weights=roi_cfg.box_coder_weights,
-        beta_schedule=build_beta_schedule(roi_cfg, cfg.train.max_iters), label_assigner=assigner,
+        beta_schedule=build_beta_schedule(roi_cfg, cfg.train.max_iters), label_assigner=build_label_assigner(roi_cfg),
         batch_size_per_image=roi_cfg.batch_size_per_image, positive_fraction=roi_cfg.positive_fraction,
         fg_iou_thresh=roi_cfg.fg_iou_thresh, bg_iou_thresh=roi_cfg.bg_iou_thresh,
         add_gt_as_proposals=roi_cfg.add_gt_as_proposals, pooler_resolution=roi_cfg.pooler_resolution,

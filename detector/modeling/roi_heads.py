@@ -89,10 +89,9 @@ class RoIHeads(nn.Module):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
-        if self.beta_schedule is not None and state.get("beta_schedule") is not None:
-            self.beta_schedule.load_state_dict(state["beta_schedule"])
-        if self.label_assigner is not None and state.get("label_assigner") is not None:
-            self.label_assigner.load_state_dict(state["label_assigner"])
+        for name in ("beta_schedule", "label_assigner"):
+            if getattr(self, name) is not None and state.get(name) is not None:
+                getattr(self, name).load_state_dict(state[name])
 
     def update_dynamic_state(self, iteration: int, stats: Mapping[str, torch.Tensor]) -> None:
         """Advance the beta schedule and the label assigner past iteration ``iteration`` with that iteration's

@@ -113,8 +113,7 @@ class RPN(nn.Module):
 
     def _losses(self, objectness: torch.Tensor, pred_deltas: torch.Tensor, anchors: torch.Tensor,
                 gt_boxes: torch.Tensor, gt_valid: torch.Tensor):
-        """Match anchors (IoU >= fg positive, < bg negative, best anchor of each GT positive), sample, and
-        compute the losses over the sampled anchors."""
+        """Match anchors (IoU >= fg or best of a GT: positive, < bg: negative), sample; the sampled anchors' losses."""
         iou = batched_box_iou(anchors[None], gt_boxes)  # [N,A,G]
         matched_idx, _, fg, bg = match_boxes(iou, gt_valid, self.fg_iou_thresh, self.bg_iou_thresh,
                                              allow_low_quality_matches=True)
