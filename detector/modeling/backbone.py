@@ -98,8 +98,7 @@ def _load_trunk_weights(trunk: nn.Module, state: dict[str, torch.Tensor], source
 
 
 def _trunk_and_stages(name: str, norm: str):
-    """The torchvision classifier, the module holding the stages, the child names of each of the five stages,
-    the four returned stage names and their channels."""
+    """(classifier, module holding the stages, child names of each of the 5 stages, 4 returned stages, channels)."""
     if BACKBONES[name] == "resnet":  # detector/backbone_table.py
         trunk = getattr(torchvision.models, name)(weights=None, norm_layer=_NORM_LAYERS[norm])
         stages = [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]

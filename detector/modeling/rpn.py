@@ -69,8 +69,7 @@ class RPN(nn.Module):
     def forward(self, features: Sequence[torch.Tensor], image_sizes: torch.Tensor,
                 gt_boxes: torch.Tensor | None = None, gt_valid: torch.Tensor | None = None):
         """features: L x [N,C,H_l,W_l]; image_sizes [N,2] (h, w) before padding; gt [N,G,4], gt_valid [N,G] in
-        training. Returns proposals [N,P,4] (detached), scores [N,P], valid [N,P], and losses and stats in training
-        (else two empty dicts)."""
+        training -> proposals [N,P,4] (detached), scores [N,P], valid [N,P], losses, stats (eval: two empty dicts)."""
         logits, deltas = self.head(list(features))
         num_images = features[0].shape[0]
         level_sizes = [lg.shape[1] * lg.shape[2] * lg.shape[3] for lg in logits]
