@@ -1,13 +1,7 @@
-"""Box coder: (tx, ty, tw, th) regression deltas between proposals and boxes (R-CNN parametrisation).
-
-Boxes are absolute xyxy float32 pixels. With proposal centre/size (px, py, pw, ph) and box (gx, gy, gw, gh)::
-
-    tx = wx * (gx - px) / pw      ty = wy * (gy - py) / ph
-    tw = ww * log(gw / pw)        th = wh * log(gh / ph)
-
-The argument order is by role: ``encode(proposals, gt_boxes)``, ``decode(deltas, proposals)`` (unlike torchvision).
-Computed in float32 even under autocast; ``decode`` clamps dw, dh at ``clamp`` (log(1000/16)). With ``check``,
-degenerate input raises ValueError naming the boxes (a host sync; the training path passes ``check=False``).
+"""(tx, ty, tw, th) regression deltas between proposals and absolute xyxy float32 boxes (R-CNN parametrisation):
+tx = wx (gx - px) / pw, ty = wy (gy - py) / ph, tw = ww log(gw / pw), th = wh log(gh / ph) on centres and sizes.
+Arguments by role (unlike torchvision): ``encode(proposals, gt_boxes)``, ``decode(deltas, proposals)``; float32 even
+under autocast; ``check`` raises ValueError on degenerate input (a host sync; training passes ``check=False``).
 """
 from __future__ import annotations
 

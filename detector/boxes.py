@@ -1,8 +1,5 @@
-"""Pure box functions. The format is in the name; inside the package every box is absolute xyxy float32.
-
-COCO's xywh enters and leaves only through :func:`box_xywh_to_xyxy` and :func:`box_xyxy_to_xywh`. The batched forms
-the heads share (IoU of padded [N,M,4] against [N,G,4], per-image clipping, NMS then per-image top-k) live here.
-"""
+"""Pure box functions, the format in the name; inside the package every box is absolute xyxy float32, and COCO's
+xywh enters and leaves only through :func:`box_xywh_to_xyxy` and :func:`box_xyxy_to_xywh`."""
 from __future__ import annotations
 
 import torch
@@ -44,8 +41,7 @@ def min_size_mask(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
 
 def clip_boxes_to_sizes(boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
     """boxes [N,P,4] xyxy, image_sizes [N,2] (h, w) -> [N,P,4] clipped to [0, w] x [0, h] of their image."""
-    hw = image_sizes.to(boxes)[:, None, :]  # [N,1,2]
-    upper = torch.stack((hw[..., 1], hw[..., 0], hw[..., 1], hw[..., 0]), dim=-1)  # [N,1,4]
+    upper = image_sizes.to(boxes).flip(-1).repeat(1, 2)[:, None, :]  # [N,1,4]: (w, h, w, h)
     return torch.minimum(boxes.clamp(min=0), upper)
 
 

@@ -1,9 +1,7 @@
-"""Beta schedules of Dynamic Smooth L1: the Smooth L1 beta as explicit training state, owned by the RoI head.
+"""Beta schedules of Dynamic Smooth L1: the beta as explicit training state, owned by the RoI head.
 
-The forward pass only reads ``.beta``; ``step(iteration, statistic=None)`` (the trainer, once per optimizer step,
-through the head) records iteration ``iteration``'s statistic and moves ``.beta`` to iteration + 1's value: the only
-state change and the only cross-rank exchange. ``state_dict()`` holds Python numbers and CPU tensors.
-The config checks every parameter; the classes assert their invariants.
+The forward pass only reads ``.beta``; ``step(iteration, statistic=None)`` (once per optimizer step) records that
+iteration's statistic and moves ``.beta`` to iteration + 1's value: the only state change and cross-rank exchange.
 """
 from __future__ import annotations
 
@@ -36,11 +34,10 @@ def kth_valid(values: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, larges
 
 
 class IntervalRecord:
-    """The per-iteration statistic (0-d, NaN: nothing observed) of one update interval, on its device.
+    """The per-iteration statistics (0-d, NaN: nothing observed) of one update interval, on their device.
 
-    ``record`` stores it with no host sync and says whether the iteration ends an interval; ``collect`` returns the
-    interval's statistics and clears the record. Under torch.distributed ``collect`` is the one collective: an
-    all_reduce of the [2, interval] (sum, count) table, so each statistic is the mean over the ranks that observed it.
+    ``record`` has no host sync and says whether the interval ended; ``collect`` (the one collective) all_reduces the
+    (sum, count) table, so each statistic is the mean over the ranks that observed it, and clears the record.
     """
 
     def __init__(self, interval: int):
@@ -77,7 +74,7 @@ class IntervalRecord:
 
 
 class BetaSchedule:
-    """Base class: ``.beta`` plus the step/state interface described in the module docstring."""
+    """Base class: ``.beta``, ``step`` (module docstring) and a ``state_dict`` of Python numbers and CPU tensors."""
 
     type: str = ""
 
@@ -105,7 +102,6 @@ class BetaSchedule:
 class AdaptiveBeta(BetaSchedule):
     """Dynamic R-CNN's beta: after every ``interval`` iterations beta = max(min_beta, min(initial_beta, median of
     the interval's statistics)), each the k-th smallest mean(|tx|, |ty|) of a set of targets (:meth:`observe`).
-
     ``mmdet`` (mmdetection's DynamicRoIHead): sampled positives, k = min(topk * num_imgs, num_pos), np.median; an
     empty record or a median < 1e-15 keeps the old beta. ``official`` (hkzhang95/DynamicRCNN): every proposal of the
     images with GT before sampling (below-threshold ones encoded against the image's first GT), k per GPU, upper
@@ -126,11 +122,8 @@ class AdaptiveBeta(BetaSchedule):
 
     def observe(self, target_deltas: torch.Tensor, num_images: int | torch.Tensor,
                 valid: torch.Tensor | None = None) -> torch.Tensor:
-        """This iteration's statistic, 0-d float32 (NaN: no target); changes no state, no host sync.
-
-        ``target_deltas`` [Q,4] (``valid`` [Q] bool marks the real ones); k = min(round(topk * num_images), valid
-        count), at least 1; ``num_images`` an int or a 0-d tensor.
-        """
+        """target_deltas [Q,4] (``valid`` [Q] bool) -> 0-d float32 statistic (NaN: no target), k = min(round(topk *
+        num_images), valid count) >= 1; ``num_images`` an int or a 0-d tensor. No state change, no host sync."""
         values = target_deltas[:, :2].float().abs().mean(dim=1)  # [Q]
         k = num_images * self.topk  # a float, or a 0-d tensor: no host sync either way
         k = k.round() if torch.is_tensor(k) else torch.full((), round(k), device=values.device)  # a fill, no copy
@@ -202,11 +195,8 @@ class ScheduledBeta(BetaSchedule):
 
 
 def build_beta_schedule(roi_cfg: Mapping, max_iters: int) -> BetaSchedule | None:
-    """The beta schedule of a ``model.roi_head`` section, or None unless its box loss is scheduled.
-
-    adaptive's k per image is ``schedule.topk`` x ``batch_size_per_image / schedule.reference_rois`` when set (Dynamic
-    R-CNN's k = 10 is for 512 RoIs); step's milestones are fractions of ``max_iters``.
-    """
+    """The beta schedule of a ``model.roi_head`` section, or None unless its box loss is scheduled; adaptive's k
+    is scaled by ``batch_size_per_image / reference_rois`` when set (Dynamic R-CNN's k = 10 is for 512 RoIs)."""
     cfg = roi_cfg["box_loss"]
     if cfg["name"] not in SCHEDULED_LOSSES:
         return None

@@ -1,13 +1,12 @@
-"""Box-regression losses: elementwise functions, one reduction helper, one registry.
+"""Box-regression losses: elementwise functions, one reduction helper (mmdetection's semantics), one registry.
 
-``P`` positive RoIs. Delta losses take (tx, ty, tw, th) deltas (:class:`detector.box_coder.BoxCoder`) and return
-[P,4]; IoU-family losses take decoded xyxy boxes [P,4] and return [P], eps-guarded so degenerate and disjoint boxes
-give finite gradients. l2 is x^2 (not 0.5 x^2); smooth_l1 with beta < 1e-5 is exact L1. Only
-:func:`weight_reduce_loss` reduces (mmdetection's semantics); the loss weight is applied by the engine.
+Delta losses take (tx, ty, tw, th) deltas [P,4] and return [P,4]; IoU-family losses take xyxy boxes [P,4] and return
+[P], eps-guarded (finite gradients for degenerate and disjoint boxes). The loss weight is applied by the engine.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
@@ -107,8 +106,6 @@ def ciou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> to
     return diou + alpha * v
 
 
-# ---------------------------------------------------------------- reduction
-
 def weight_reduce_loss(loss: torch.Tensor, weight: torch.Tensor | None = None, reduction: str = "mean",
                        avg_factor: float | torch.Tensor | None = None) -> torch.Tensor:
     """Multiply by ``weight`` (broadcast), then reduce: "none", "sum", or "mean" (or the sum / ``avg_factor``).
@@ -126,28 +123,17 @@ def weight_reduce_loss(loss: torch.Tensor, weight: torch.Tensor | None = None, r
     return loss.mean() if reduction == "mean" and loss.numel() > 0 else loss.sum()
 
 
-# ---------------------------------------------------------------- BoxLoss and the registry
-
+@dataclass
 class BoxLoss:
-    """A configured box loss: ``loss(pred [P,4], target [P,4], weight=None, avg_factor=None, beta=None)``.
+    """A configured box loss: ``loss(pred [P,4], target [P,4], weight=None, avg_factor=None, beta=None)`` -> float32
+    sum of the elementwise loss times ``weight`` ([P,4] or [P]) / ``avg_factor`` (None: the plain sum). ``on_boxes``:
+    xyxy boxes (IoU family), else deltas; ``beta`` overrides the configured beta (dynamic_smooth_l1's schedule)."""
 
-    ``on_boxes``: pred/target are xyxy boxes (IoU family), else deltas. Returns the sum of the elementwise loss
-    times ``weight`` ([P,4] or [P]) divided by ``avg_factor`` (None: the plain sum), in float32; ``beta`` overrides
-    the configured beta (dynamic_smooth_l1's schedule).
-    """
-
-    def __init__(self, name: str, fn: Callable[..., torch.Tensor], on_boxes: bool = False,
-                 beta: float | None = None, **params: float):
-        self.name = name
-        self.fn = fn
-        self.on_boxes = on_boxes
-        self.beta = beta
-        self.params = params
-
-    def __repr__(self) -> str:
-        extra = "".join(f", {k}={v}" for k, v in self.params.items())
-        beta = f", beta={self.beta}" if self.beta is not None else ""
-        return f"BoxLoss({self.name!r}, on_boxes={self.on_boxes}{beta}{extra})"
+    name: str
+    fn: Callable[..., torch.Tensor] = field(repr=False)
+    on_boxes: bool = False
+    beta: float | None = None
+    params: dict[str, float] = field(default_factory=dict)  # further keyword arguments of fn (balanced_l1's)
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                  avg_factor: float | torch.Tensor | None = None, beta: float | None = None) -> torch.Tensor:
@@ -180,8 +166,8 @@ LOSSES: dict[str, Callable[[Mapping], BoxLoss]] = {
     "l1": lambda cfg: BoxLoss("l1", l1_loss),
     "smooth_l1": lambda cfg: BoxLoss("smooth_l1", smooth_l1_loss, beta=resolve_beta(cfg)),
     "dynamic_smooth_l1": lambda cfg: BoxLoss("dynamic_smooth_l1", smooth_l1_loss, beta=resolve_beta(cfg)),
-    "balanced_l1": lambda cfg: BoxLoss("balanced_l1", balanced_l1_loss, beta=resolve_beta(cfg),
-                                       alpha=float(cfg.get("alpha", 0.5)), gamma=float(cfg.get("gamma", 1.5))),
+    "balanced_l1": lambda cfg: BoxLoss("balanced_l1", balanced_l1_loss, beta=resolve_beta(cfg), params={
+        "alpha": float(cfg.get("alpha", 0.5)), "gamma": float(cfg.get("gamma", 1.5))}),
     "iou": lambda cfg: BoxLoss("iou", iou_loss, on_boxes=True),
     "giou": lambda cfg: BoxLoss("giou", giou_loss, on_boxes=True),
     "diou": lambda cfg: BoxLoss("diou", diou_loss, on_boxes=True),
@@ -190,8 +176,7 @@ LOSSES: dict[str, Callable[[Mapping], BoxLoss]] = {
 
 
 def build_box_loss(cfg: Mapping) -> BoxLoss:
-    """The BoxLoss of a ``box_loss`` config section (name, beta, sigma, alpha, gamma; the weight, normalizer and
-    beta schedule belong to the caller)."""
+    """The BoxLoss of a ``box_loss`` config section (its weight, normalizer and schedule belong to the caller)."""
     name = cfg.get("name")
     if name not in LOSSES:
         raise ValueError(f"unknown box loss {name!r}; valid names: {', '.join(LOSSES)}")

@@ -1,10 +1,7 @@
-"""Backbones from torchvision (:data:`BACKBONES`), with or without an FPN.
+"""Torchvision backbones (:data:`BACKBONES`) with or without FPN: [N,3,H,W] -> ordered dict of [N,C,H/s,W/s] maps.
 
-A backbone maps a normalised, padded batch [N,3,H,W] to an ordered dict of feature maps [N,C,H/s,W/s], with
-``out_channels`` (C) and ``strides``. With FPN: levels "0".."3" are P2..P5 (strides 4..32) and "pool" is P6 (64);
-without, C5 (stride 32) is the single level "0". ``freeze_at=k`` freezes the first k of five stages (stem, then the
-four resolution stages) with frozen batch norms, as Detectron2. ``weights``: None, a torchvision weights name
-(downloaded on request only) or the path of a local ``.pth`` state dict.
+With FPN, levels "0".."3" are P2..P5 (strides 4..32) and "pool" is P6 (64); without, "0" is C5 (stride 32).
+``freeze_at=k`` freezes the first k of five stages (stem, then the four resolution stages) with frozen BN (Detectron2).
 """
 from __future__ import annotations
 
@@ -42,10 +39,7 @@ def _freeze_batchnorm(module: nn.Module) -> nn.Module:
     """A copy of ``module`` whose BatchNorm layers (plain or synced) are FrozenBatchNorm2d with the same statistics."""
     if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
         frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
-        frozen.weight.copy_(module.weight.detach())
-        frozen.bias.copy_(module.bias.detach())
-        frozen.running_mean.copy_(module.running_mean)
-        frozen.running_var.copy_(module.running_var)
+        frozen.load_state_dict(module.state_dict())  # FrozenBatchNorm2d drops num_batches_tracked
         return frozen
     for name, child in module.named_children():
         setattr(module, name, _freeze_batchnorm(child))
@@ -89,9 +83,8 @@ def _weights_state_dict(name: str, weights: str) -> tuple[dict[str, torch.Tensor
 
 
 def _load_trunk_weights(trunk: nn.Module, state: dict[str, torch.Tensor], source: str, name: str) -> None:
-    """Load an ImageNet classifier state dict into the trunk of torchvision's ``name``; the classifier head is
-    skipped, and so are the entries of a layer the trunk has that its norm does not keep (BatchNorm's counter under
-    frozen_bn, its statistics under gn). Entries of layers the trunk lacks mean another model: one line."""
+    """Load an ImageNet classifier state dict into the trunk of torchvision's ``name``, skipping the classifier head
+    and entries the trunk's norm does not keep (BN's counter under frozen_bn, its statistics under gn)."""
     head = ("fc.", "classifier.")
     expected, layers = trunk.state_dict(), dict(trunk.named_modules())
     state = {k: v for k, v in state.items() if not k.startswith(head)
@@ -105,8 +98,7 @@ def _load_trunk_weights(trunk: nn.Module, state: dict[str, torch.Tensor], source
 
 
 def _trunk_and_stages(name: str, norm: str):
-    """The torchvision classifier, the module holding the stages, the child names of each of the five stages,
-    the four returned stage names and their channels."""
+    """(classifier, module holding the stages, child names of each of the 5 stages, 4 returned stages, channels)."""
     if BACKBONES[name] == "resnet":  # detector/backbone_table.py
         trunk = getattr(torchvision.models, name)(weights=None, norm_layer=_NORM_LAYERS[norm])
         stages = [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
@@ -136,7 +128,7 @@ class Backbone(nn.Module):
 
 def build_backbone(name: str = "resnet18", fpn: bool = True, out_channels: int = 256, norm: str = "bn",
                    freeze_at: int = 0, weights: str | None = None) -> Backbone:
-    """A torchvision backbone with optional FPN; see the module docstring for the arguments' meaning."""
+    """``weights``: None, a torchvision weights name (downloaded on request only) or a local ``.pth`` state dict."""
     trunk, body, stages, returned, channels = _trunk_and_stages(name, norm)
     if weights is not None:
         _load_trunk_weights(trunk, *_weights_state_dict(name, weights), name)

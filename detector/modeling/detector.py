@@ -1,10 +1,7 @@
 """TwoStageDetector: Faster R-CNN (backbone + RPN + RoI heads) or Fast R-CNN on precomputed proposals.
 
-``N`` images, ``G`` GT and ``P`` proposals per image, ``K`` classes; label 0 is background; boxes are xyxy float32
-pixels of the input images. The model owns preprocessing: images ([3,H,W], uint8 0..255 or float 0..1, any device)
-are scaled, normalised and zero-padded bottom/right to a batch of a few sizes (``pad_buckets``, so that cudnn and
-``torch.compile`` meet few shapes); GT and proposals are padded to [N,G,4] / [N,P,4] with validity masks. No
-host-device sync: host-made tensors travel through pinned memory. Only :func:`build_detector` reads the config.
+The model owns preprocessing: images ([3,H,W], uint8 0..255 or float 0..1, any device) are normalised and zero-padded
+to a few batch sizes (``pad_buckets``); GT and proposals become [N,G,4] / [N,P,4] with validity masks; no host sync.
 """
 from __future__ import annotations
 
@@ -13,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from detector.boxes import clip_boxes_to_sizes
+from detector.boxes import clip_boxes_to_sizes, scale_boxes
 from detector.data.transforms import batch_padded_size, build_pad_buckets
 from detector.losses import build_beta_schedule, build_box_loss
 from detector.modeling.backbone import Backbone, build_backbone
@@ -33,8 +30,7 @@ def _host_to_device(data, dtype: torch.dtype, device: torch.device) -> torch.Ten
 
 
 def _pad_boxes(boxes: Sequence[torch.Tensor], device: torch.device, extra: Sequence[torch.Tensor] = ()):
-    """Per-image [n_i,4] boxes (and [n_i] extras) -> [N,B,4], extras [N,B], valid [N,B]; B >= 1, padding zeros.
-    No host sync: the mask compares slot numbers with the counts known from the shapes."""
+    """Per-image [n_i,4] boxes (and [n_i] extras) -> [N,B,4], extras [N,B], valid [N,B]; B >= 1, zero padding."""
     counts = [int(b.shape[0]) for b in boxes]
     width = max([1] + counts)
 
@@ -126,14 +122,12 @@ class TwoStageDetector(nn.Module):
         props, valid, _, _ = self._proposals(proposals, features, image_sizes)
         detections = self.roi_heads(features, props, valid, image_sizes, padded_size)
         if orig_sizes is not None:
-            for det, size, (orig_h, orig_w) in zip(detections, image_sizes.tolist(), orig_sizes):
-                scale = det["boxes"].new_tensor([orig_w / size[1], orig_h / size[0]] * 2)
-                det["boxes"] = det["boxes"] * scale
+            for det, (height, width), (orig_h, orig_w) in zip(detections, image_sizes.tolist(), orig_sizes):
+                det["boxes"] = scale_boxes(det["boxes"], orig_w / width, orig_h / height)
         return detections
 
     def update_dynamic_state(self, iteration: int, stats: dict[str, torch.Tensor]) -> None:
-        """Advance the RoI head's Dynamic R-CNN state (beta, IoU threshold) past training iteration ``iteration``
-        with that iteration's stats; the trainer calls it once per optimizer step (see :class:`RoIHeads`)."""
+        """:meth:`RoIHeads.update_dynamic_state`: once per optimizer step, with that iteration's training stats."""
         self.roi_heads.update_dynamic_state(iteration, stats)
 
     @torch.no_grad()
@@ -168,12 +162,11 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
                   min_size=rpn_cfg.min_size, batch_size_per_image=rpn_cfg.batch_size_per_image,
                   positive_fraction=rpn_cfg.positive_fraction, fg_iou_thresh=rpn_cfg.fg_iou_thresh,
                   bg_iou_thresh=rpn_cfg.bg_iou_thresh)
-    assigner = build_label_assigner(roi_cfg)
     pooled_levels = [str(i) for i in range(len(backbone.strides) - 1)] if bb.fpn else ["0"]  # FPN: P2..P5
     roi_heads = RoIHeads(
         backbone.out_channels, pooled_levels, num_classes, box_loss=build_box_loss(roi_cfg.box_loss),
         box_coder_weights=roi_cfg.box_coder_weights,
-        beta_schedule=build_beta_schedule(roi_cfg, cfg.train.max_iters), label_assigner=assigner,
+        beta_schedule=build_beta_schedule(roi_cfg, cfg.train.max_iters), label_assigner=build_label_assigner(roi_cfg),
         batch_size_per_image=roi_cfg.batch_size_per_image, positive_fraction=roi_cfg.positive_fraction,
         fg_iou_thresh=roi_cfg.fg_iou_thresh, bg_iou_thresh=roi_cfg.bg_iou_thresh,
         add_gt_as_proposals=roi_cfg.add_gt_as_proposals, pooler_resolution=roi_cfg.pooler_resolution,

@@ -18,11 +18,9 @@ __all__ = ["match_boxes", "sample_balanced", "DynamicLabelAssigner", "build_labe
 def match_boxes(iou: torch.Tensor, gt_valid: torch.Tensor, fg_iou_thresh: float | torch.Tensor,
                 bg_iou_thresh: float | torch.Tensor, allow_low_quality_matches: bool = False):
     """Match each candidate ([N,M,G] ``iou``; ``gt_valid`` [N,G]) to its best GT: IoU >= fg is foreground, < bg
-    background, ignored between; thresholds are floats or 0-d tensors. ``allow_low_quality_matches`` also makes each
-    GT's best candidates foreground.
-
-    Returns matched_idx [N,M] int64 (0 without GT), max_iou [N,M] (-1 without GT), fg [N,M] bool, bg [N,M] bool.
-    """
+    background, ignored between (thresholds: floats or 0-d tensors); ``allow_low_quality_matches`` also makes each
+    GT's best candidates foreground. -> matched_idx [N,M] int64 (0 without GT), max_iou [N,M] (-1 without GT), fg
+    [N,M] bool, bg [N,M] bool."""
     iou = iou.masked_fill(~gt_valid[:, None, :], -1.0)
     if iou.shape[2] == 0:
         max_iou = iou.new_full(iou.shape[:2], -1.0)
@@ -40,11 +38,9 @@ def match_boxes(iou: torch.Tensor, gt_valid: torch.Tensor, fg_iou_thresh: float 
 
 
 def sample_balanced(fg: torch.Tensor, bg: torch.Tensor, batch_size_per_image: int, positive_fraction: float):
-    """Balanced random sampling per image over [N,M] disjoint bool masks ``fg``, ``bg``.
-
-    Returns index [N,S] int64 into M, is_fg [N,S], valid [N,S] (False where too few candidates), S = min(batch size,
-    M): min(#fg, batch * positive_fraction) foreground first, then background.
-    """
+    """Balanced random sampling per image over [N,M] disjoint bool masks ``fg``, ``bg`` -> index [N,S] int64 into M,
+    is_fg [N,S], valid [N,S] (False where too few candidates), S = min(batch size, M): min(#fg, batch *
+    positive_fraction) foreground first, then background."""
     num_images, num_candidates = fg.shape
     size = min(batch_size_per_image, num_candidates)
     max_fg = min(int(batch_size_per_image * positive_fraction), num_candidates)
@@ -62,10 +58,9 @@ def sample_balanced(fg: torch.Tensor, bg: torch.Tensor, batch_size_per_image: in
 
 
 class DynamicLabelAssigner:
-    """Dynamic R-CNN's label assignment: the fg/bg IoU threshold follows the proposals.
-
-    :meth:`observe` returns an iteration's statistic; :meth:`step` (once per optimizer step) sets the threshold to
-    max(min_thresh, mean of the interval's statistics) after every ``interval`` iterations (averaged over ranks).
+    """Dynamic R-CNN's label assignment: :meth:`observe` returns an iteration's statistic; :meth:`step` (once per
+    optimizer step) sets the fg/bg IoU threshold to max(min_thresh, mean of the interval's statistics, averaged over
+    ranks) after every ``interval`` iterations.
     ``mmdet`` (mmdetection's DynamicRoIHead): per image the min(iou_topk, n)-th largest max overlap, then the mean
     over images. ``official`` (hkzhang95/DynamicRCNN): topk(ious, KI * IMS_PER_GPU)[-1] over the proposals of the
     GPU's images with GT, below-threshold ones measured against the image's first GT; k capped at the count.
@@ -84,15 +79,12 @@ class DynamicLabelAssigner:
     def observe(self, iou: torch.Tensor, max_iou: torch.Tensor, fg: torch.Tensor, candidate_valid: torch.Tensor,
                 gt_valid: torch.Tensor) -> torch.Tensor:
         """This iteration's IoU statistic, 0-d float32 (NaN: nothing to measure); changes no state, no host sync."""
-        if self.statistic == "mmdet":
-            return self._observe_mmdet(max_iou, candidate_valid)
-        has_gt = gt_valid.any(dim=1)  # [N]
-        valid = (candidate_valid & has_gt[:, None]).flatten()  # [N*M]
-        first_gt = iou[..., 0] if iou.shape[2] > 0 else max_iou  # [N,M]
-        values = torch.where(fg, max_iou, first_gt).flatten()  # [N*M]
-        return kth_valid(values, valid, has_gt.sum() * self.topk, largest=True)
-
-    def _observe_mmdet(self, max_iou: torch.Tensor, candidate_valid: torch.Tensor) -> torch.Tensor:
+        if self.statistic == "official":
+            has_gt = gt_valid.any(dim=1)  # [N]
+            valid = (candidate_valid & has_gt[:, None]).flatten()  # [N*M]
+            first_gt = iou[..., 0] if iou.shape[2] > 0 else max_iou  # [N,M]
+            values = torch.where(fg, max_iou, first_gt).flatten()  # [N*M]
+            return kth_valid(values, valid, has_gt.sum() * self.topk, largest=True)
         k_max = min(self.topk, max_iou.shape[1])
         if k_max == 0:
             return max_iou.new_full((), math.nan)

@@ -1,11 +1,7 @@
-"""Fast R-CNN RoI heads: label assignment, sampling, RoIAlign, two-FC box head, losses, inference.
-
-Shapes: ``N`` images, ``P`` proposals per image (padded, ``valid`` mask), ``G`` padded GT, ``S`` sampled RoIs per
-image, ``R = N*S``, ``Q`` positives, ``K`` classes. Label 0 is background; logits [R, K+1], deltas [R, 4K] (slot
-k-1 regresses class k) or [R, 4] class-agnostic; boxes xyxy float32 pixels. The head's one host sync is the
-compaction of the positives. The head owns the Dynamic R-CNN state (beta schedule, label assigner): ``forward``
-only reads it and returns the iteration's statistics in ``stats``; :meth:`RoIHeads.update_dynamic_state` is the one
-place it changes and crosses ranks; it travels in ``state_dict()`` through ``get_extra_state``.
+"""Fast R-CNN RoI heads. ``N`` images, ``P`` proposals per image (padded, ``valid`` mask), ``G`` padded GT, ``S``
+sampled RoIs per image, ``R = N*S``, ``Q`` positives, ``K`` classes; logits [R,K+1], deltas [R,4K] (slot k-1: class k)
+or [R,4] class-agnostic. The Dynamic R-CNN state (beta schedule, label assigner) is read by ``forward`` and changed
+only by :meth:`RoIHeads.update_dynamic_state`; it travels in ``state_dict()`` through ``get_extra_state``.
 """
 from __future__ import annotations
 
@@ -93,10 +89,9 @@ class RoIHeads(nn.Module):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
-        if self.beta_schedule is not None and state.get("beta_schedule") is not None:
-            self.beta_schedule.load_state_dict(state["beta_schedule"])
-        if self.label_assigner is not None and state.get("label_assigner") is not None:
-            self.label_assigner.load_state_dict(state["label_assigner"])
+        for name in ("beta_schedule", "label_assigner"):
+            if getattr(self, name) is not None and state.get(name) is not None:
+                getattr(self, name).load_state_dict(state[name])
 
     def update_dynamic_state(self, iteration: int, stats: Mapping[str, torch.Tensor]) -> None:
         """Advance the beta schedule and the label assigner past iteration ``iteration`` with that iteration's
@@ -114,8 +109,7 @@ class RoIHeads(nn.Module):
         self.iteration = iteration + 1
 
     def _adaptive_beta(self, statistic: str) -> bool:
-        """Whether the beta is adaptive in that convention: ``mmdet`` measures the sampled positives, ``official``
-        every candidate."""
+        """Whether the beta is adaptive in that convention (mmdet: sampled positives, official: every candidate)."""
         return isinstance(self.beta_schedule, AdaptiveBeta) and self.beta_schedule.statistic == statistic
 
     # ------------------------------------------------------------------ forward
@@ -124,7 +118,6 @@ class RoIHeads(nn.Module):
                 gt_labels: torch.Tensor | None = None, gt_valid: torch.Tensor | None = None):
         """proposals [N,P,4], proposal_valid [N,P], image_sizes [N,2] (h, w) before padding, padded_size (H, W) of
         the batch; in training gt_boxes [N,G,4], gt_labels [N,G] (1..K), gt_valid [N,G].
-
         Training returns (losses ``{loss_cls, loss_box_reg}``, stats); eval a list of N dicts of detections
         ``{"boxes" [D,4], "labels" [D], "scores" [D]}`` in the input image's pixels.
         """
@@ -145,9 +138,8 @@ class RoIHeads(nn.Module):
         return logits.float(), deltas.float()
 
     def _assign_and_sample(self, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid):
-        """Match proposals (+ GT) to GT and sample; -> rois [N,S,4], labels [N,S], matched GT [N,S,4], sampled [N,S],
-        and the stats of the assignment: ``iou_thresh`` used (0-d) and those measured on the candidates before
-        sampling (``iou_statistic``; ``beta_statistic`` in the official convention)."""
+        """Match proposals (+ GT) to GT and sample -> rois [N,S,4], labels [N,S], matched GT [N,S,4], sampled [N,S],
+        stats (``iou_thresh``; ``iou_statistic``, official ``beta_statistic``: measured before sampling)."""
         if self.add_gt_as_proposals:
             proposals = torch.cat([proposals, gt_boxes.to(proposals)], dim=1)  # [N,P+G,4]
             proposal_valid = torch.cat([proposal_valid, gt_valid], dim=1)
@@ -172,9 +164,8 @@ class RoIHeads(nn.Module):
         return rois, labels, matched_gt, sampled, observed
 
     def _candidate_beta_statistic(self, candidates, candidate_valid, gt_boxes, gt_valid, matched_idx, fg):
-        """The official beta statistic over every candidate [N,M,4] of the images with GT, each encoded against
-        its matched GT, or against the image's first GT below the threshold (the official code's
-        ``matched_idxs.clamp(min=0)``); see :class:`~detector.losses.dynamic.AdaptiveBeta`."""
+        """The official beta statistic: every candidate [N,M,4] of the images with GT against its matched GT, or the
+        image's first GT below the threshold (the official ``matched_idxs.clamp(min=0)``)."""
         reference = torch.where(fg, matched_idx, 0)  # [N,M]
         reference_gt = gt_boxes.gather(1, reference[..., None].expand(-1, -1, 4))  # [N,M,4]
         target_deltas = self.box_coder.encode(candidates.reshape(-1, 4), reference_gt.reshape(-1, 4))  # [N*M,4]
@@ -185,12 +176,12 @@ class RoIHeads(nn.Module):
     def losses(self, logits: torch.Tensor, deltas: torch.Tensor, rois: torch.Tensor, labels: torch.Tensor,
                matched_gt: torch.Tensor, sampled: torch.Tensor, num_images: int):
         """Losses and stats of R sampled RoIs: logits [R,K+1], deltas [R,4K], rois [R,4], labels [R] (0 = bg),
-        matched_gt [R,4] (used where label >= 1), sampled [R] bool (False: padding, no loss). Uses the beta
-        schedule's current beta and changes no state; with mmdetection's adaptive beta the stats carry the
-        positives' ``beta_statistic``."""
+        matched_gt [R,4] (used where label >= 1), sampled [R] bool (False: padding, no loss). Changes no state; with
+        mmdetection's adaptive beta the stats carry the positives' ``beta_statistic``."""
         num_samples = sampled.sum().clamp(min=1).float()
         loss_cls = (F.cross_entropy(logits, labels, reduction="none") * sampled).sum() / num_samples
-        pos = ((labels > 0) & sampled).nonzero().squeeze(1)  # [Q]: the step's one host sync
+        fg = (labels > 0) & sampled
+        pos = fg.nonzero().squeeze(1)  # [Q]: the step's one host sync
         pos_labels = labels[pos]
         slots = torch.zeros_like(pos_labels) if self.class_agnostic else pos_labels - 1
         pred_deltas = deltas.view(deltas.shape[0], -1, 4)[pos, slots]  # [Q,4]
@@ -206,18 +197,16 @@ class RoIHeads(nn.Module):
         else:
             loss_box = self.box_loss(pred_deltas, target_deltas, avg_factor=normalizer, beta=beta)
 
-        num_fg = (labels > 0).logical_and(sampled).sum()
-        stats = {"num_fg": num_fg, "num_bg": ((labels == 0) & sampled).sum(),
-                 "num_pos_per_image": num_fg.float() / num_images}
+        stats = {"num_fg": fg.sum(), "num_bg": ((labels == 0) & sampled).sum(),
+                 "num_pos_per_image": fg.sum().float() / num_images}
         if beta is not None:
             stats["beta"] = torch.full((), float(beta), dtype=torch.float32, device=deltas.device)
         if self._adaptive_beta("mmdet"):
             stats["beta_statistic"] = self.beta_schedule.observe(target_deltas.detach(), num_images)
-        target_abs = target_deltas.detach().abs()
-        pred_err = (pred_deltas.detach() - target_deltas).abs()
-        stats.update(_coordinate_stats("target_abs", target_abs))
-        stats.update(_coordinate_stats("pred_err", pred_err))
-        stats["hist/target_abs"], stats["hist/pred_err"] = target_abs, pred_err
+        for name, values in (("target_abs", target_deltas.detach().abs()),
+                             ("pred_err", (pred_deltas.detach() - target_deltas).abs())):
+            stats.update(_coordinate_stats(name, values))
+            stats[f"hist/{name}"] = values
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box}, stats
 
     @torch.no_grad()

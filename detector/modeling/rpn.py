@@ -1,9 +1,6 @@
-"""Region Proposal Network: anchors, objectness + deltas, batched proposal selection, RPN losses.
-
-``N`` images, ``A`` anchors over all levels (torchvision's order), ``M`` candidates per image before NMS, ``P``
-proposals after, ``G`` padded GT; boxes are xyxy float32 pixels of the padded batch. Selection and losses are batched
-over images (one ``batched_nms`` call; proposals as padded [N,P,4] with ``valid`` [N,P]); the losses are divided by
-the number of sampled anchors (torchvision/Detectron2).
+"""Region Proposal Network, batched over images. ``N`` images, ``A`` anchors over all levels (torchvision's order),
+``M`` candidates per image before NMS, ``P`` proposals after (padded, ``valid`` [N,P]), ``G`` padded GT; boxes are xyxy
+pixels of the padded batch. The losses are divided by the number of sampled anchors (torchvision/Detectron2).
 """
 from __future__ import annotations
 
@@ -72,8 +69,7 @@ class RPN(nn.Module):
     def forward(self, features: Sequence[torch.Tensor], image_sizes: torch.Tensor,
                 gt_boxes: torch.Tensor | None = None, gt_valid: torch.Tensor | None = None):
         """features: L x [N,C,H_l,W_l]; image_sizes [N,2] (h, w) before padding; gt [N,G,4], gt_valid [N,G] in
-        training. Returns proposals [N,P,4] (detached), scores [N,P], valid [N,P], and losses and stats in training
-        (else two empty dicts)."""
+        training -> proposals [N,P,4] (detached), scores [N,P], valid [N,P], losses, stats (eval: two empty dicts)."""
         logits, deltas = self.head(list(features))
         num_images = features[0].shape[0]
         level_sizes = [lg.shape[1] * lg.shape[2] * lg.shape[3] for lg in logits]
@@ -116,8 +112,7 @@ class RPN(nn.Module):
 
     def _losses(self, objectness: torch.Tensor, pred_deltas: torch.Tensor, anchors: torch.Tensor,
                 gt_boxes: torch.Tensor, gt_valid: torch.Tensor):
-        """Match anchors (IoU >= fg positive, < bg negative, best anchor of each GT positive), sample, and
-        compute the losses over the sampled anchors."""
+        """Match anchors (IoU >= fg or best of a GT: positive, < bg: negative), sample; the sampled anchors' losses."""
         iou = batched_box_iou(anchors[None], gt_boxes)  # [N,A,G]
         matched_idx, _, fg, bg = match_boxes(iou, gt_valid, self.fg_iou_thresh, self.bg_iou_thresh,
                                              allow_low_quality_matches=True)
