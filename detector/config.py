@@ -60,12 +60,9 @@ LABEL_NOISE_KINDS = ("jitter", "outlier")
 COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 COCO_EXTRA_NAMES = ("AP90",)  # added to COCOeval's 12: AP at IoU 0.90, the localisation that box losses move
 VOC_METRIC_NAMES = ("mAP_voc07", "mAP_voc")  # 11-point (VOC2007 devkit) and area (VOC2010+) mean AP
-
-
-def metric_names(metric: str) -> tuple[str, ...]:
-    """The scalar keys of ``metrics.json`` for ``eval.metric`` (coco, voc or both)."""
-    coco = COCO_METRIC_NAMES + COCO_EXTRA_NAMES
-    return {"coco": coco, "voc": VOC_METRIC_NAMES, "both": coco + VOC_METRIC_NAMES}[metric]
+METRIC_NAMES = {"coco": COCO_METRIC_NAMES + COCO_EXTRA_NAMES, "voc": VOC_METRIC_NAMES,  # eval.metric -> its keys
+                "both": COCO_METRIC_NAMES + COCO_EXTRA_NAMES + VOC_METRIC_NAMES}
+EVAL_BACKENDS = ("pycocotools", "faster_coco_eval")
 
 
 # Keys with a fixed set of values; a registry (dict) is looked up at check time, so run-time registrations count.
@@ -87,8 +84,8 @@ _CHOICES: dict[str, tuple[Any, ...] | Mapping[str, Any]] = {
     "train.lr_schedule": ("multistep", "cosine"),
     "train.compile": ("none", "backbone", "all"),
     "train.resume": (False, True, "auto"),
-    "eval.metric": ("coco", "voc", "both"),
-    "eval.backend": ("pycocotools", "faster_coco_eval"),
+    "eval.metric": METRIC_NAMES,
+    "eval.backend": EVAL_BACKENDS,
 }
 
 _positive = (lambda v: v > 0, "must be > 0")
@@ -414,9 +411,9 @@ def _check_relations(cfg: dict[str, Any]) -> None:
     if cfg["model"]["proposals"] == "precomputed" and not cfg["model"]["proposal_file"]:
         raise ConfigError("model.proposals=precomputed needs model.proposal_file "
                           "(a JSON made by tools/dump_proposals.py)")
-    if cfg["train"]["best_metric"] not in metric_names(cfg["eval"]["metric"]):
+    if cfg["train"]["best_metric"] not in METRIC_NAMES[cfg["eval"]["metric"]]:
         raise ConfigError(f"train.best_metric={cfg['train']['best_metric']!r} is not computed with eval.metric="
-                          f"{cfg['eval']['metric']}; choose from {', '.join(metric_names(cfg['eval']['metric']))}")
+                          f"{cfg['eval']['metric']}; choose from {', '.join(METRIC_NAMES[cfg['eval']['metric']])}")
     if cfg["model"]["backbone"]["norm"] == "syncbn" and cfg["train"]["device"] == "cpu":
         raise ConfigError("model.backbone.norm=syncbn synchronises batch statistics over GPUs only; use "
                           "model.backbone.norm=bn on the CPU")

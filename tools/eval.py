@@ -17,9 +17,9 @@ import os
 import sys
 from pathlib import Path
 
-from detector.config import load_config, metric_names
+from detector.config import METRIC_NAMES, load_config
 from detector.errors import DetectorError, run_tool
-from detector.evaluation import (METRICS, dataset_image_ids, detections_to_coco_results, evaluate_coco_results,
+from detector.evaluation import (dataset_image_ids, detections_to_coco_results, evaluate_coco_results,
                                  format_metrics, load_coco_results)
 
 OUTPUT_FILES = ("detections.json", "metrics.json")  # what --out receives, in the order written (--dets: metrics)
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="load a --ckpt that holds more than data (it may run code when loaded); only for a "
                              "file you made or trust")
-    parser.add_argument("--metric", choices=METRICS, help="metric family (default: the config's eval.metric)")
+    parser.add_argument("--metric", choices=tuple(METRIC_NAMES), help="default: the config's eval.metric")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu")
     args = parser.parse_intermixed_args(argv)
     return run_tool(lambda: run(args))
@@ -48,7 +48,7 @@ def run(args) -> int:
     from detector.data import build_dataset  # looked up at call time: the tests substitute the dataset
 
     # --metric decides what is scored; train.best_metric (a training key) follows it so the config stays consistent
-    metric = [f"eval.metric={args.metric}", f"train.best_metric={metric_names(args.metric)[0]}"] if args.metric else []
+    metric = [f"eval.metric={args.metric}", f"train.best_metric={METRIC_NAMES[args.metric][0]}"] if args.metric else []
     cfg = load_config(args.cfg, list(args.overrides) + metric)
     files = OUTPUT_FILES if args.ckpt is not None else ("metrics.json",)
     if args.out is not None:

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from detector.evaluation.coco import (BACKENDS, COCO_METRIC_NAMES, IOU_THRESHOLDS,
-                                      build_coco_gt, coco_metrics, coco_results_to_detections, dataset_image_ids,
-                                      detections_to_coco_results, load_coco_results,
-                                      validate_coco_results, validate_detections)
-from detector.config import metric_names
+from detector.evaluation.coco import (COCO_METRIC_NAMES, IOU_THRESHOLDS, build_coco_gt, coco_metrics,
+                                      coco_results_to_detections, dataset_image_ids, detections_to_coco_results,
+                                      load_coco_results, validate_coco_results, validate_detections)
+from detector.config import METRIC_NAMES
 from detector.evaluation.inference import inference_on_dataset
 from detector.evaluation.report import format_metrics
 from detector.evaluation.voc import VOC_METRIC_NAMES, voc_ap, voc_metrics
 
-METRICS = ("coco", "voc", "both")
-
-__all__ = ["BACKENDS", "COCO_METRIC_NAMES", "IOU_THRESHOLDS", "METRICS", "VOC_METRIC_NAMES", "metric_names",
+__all__ = ["COCO_METRIC_NAMES", "IOU_THRESHOLDS", "METRIC_NAMES", "VOC_METRIC_NAMES",
            "build_coco_gt", "coco_metrics", "coco_results_to_detections", "dataset_image_ids",
            "detections_to_coco_results", "evaluate", "evaluate_coco_results", "format_metrics",
            "inference_on_dataset", "load_coco_results", "validate_coco_results", "validate_detections", "voc_ap",
@@ -45,10 +42,8 @@ def evaluate_coco_results(dataset, results: list[dict], metric: str = "coco", ba
 
 def _score(dataset, metric: str, backend: str, image_ids, detections=None, results=None) -> dict:
     """The metrics of validated per-image ``detections`` or COCO ``results`` (each converted to the other as needed)."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r} (eval.metric); expected one of {METRICS}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r} (eval.backend); expected one of {BACKENDS}")
+    if metric not in METRIC_NAMES:  # the backend is checked where COCOeval is built
+        raise ValueError(f"unknown metric {metric!r} (eval.metric); expected one of {tuple(METRIC_NAMES)}")
     if image_ids is not None:
         known = set(dataset_image_ids(dataset))
         image_ids = [int(i) for i in image_ids]

@@ -19,10 +19,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detector.boxes import box_xywh_to_xyxy, box_xyxy_to_xywh
-from detector.config import COCO_EXTRA_NAMES, COCO_METRIC_NAMES  # noqa: F401 (re-exported)
+from detector.config import COCO_EXTRA_NAMES, COCO_METRIC_NAMES, EVAL_BACKENDS  # noqa: F401 (re-exported)
 
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
-BACKENDS = ("pycocotools", "faster_coco_eval")
 DETECTION_KEYS = ("image_id", "boxes", "labels", "scores")
 RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
 
@@ -208,7 +207,7 @@ def _backend_classes(backend: str):
                               "`pip install faster-coco-eval` (or `pip install -e .[fast]`), or use "
                               "eval.backend=pycocotools") from None
         return FasterCOCO, COCOeval_faster
-    raise ValueError(f"unknown COCO evaluation backend {backend!r}; expected one of {BACKENDS}")
+    raise ValueError(f"unknown COCO evaluation backend {backend!r}; expected one of {EVAL_BACKENDS}")
 
 
 def _load_results(coco_cls, coco_gt, results: Sequence[dict]):
