@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,9 @@ from ..boxes import box_xywh_to_xyxy
 from .base import BACKGROUND, DatasetError, ImageRecord, image_path
 
 
-def _is_number(value: object) -> bool:
-    """An int or float from the JSON (true/false are not numbers here, text is not)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def is_number(value: object) -> bool:
+    """An int or float, Python's or numpy's (true/false are not numbers here, text is not)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def load_coco_json(ann_file: str | Path) -> COCO:
@@ -38,7 +39,7 @@ def load_coco_json(ann_file: str | Path) -> COCO:
         if not isinstance(data.get(key), list):
             raise DatasetError(f"{ann_file}: field {key!r} is missing or not a list; not a COCO instances file")
     data.setdefault("annotations", [])
-    for where, items, fields, numbers in (
+    for where, items, fields, numeric in (
             ("image", data["images"], ("id", "file_name", "height", "width"), ("id", "height", "width")),
             ("category", data["categories"], ("id", "name"), ("id",)),
             ("annotation", data["annotations"], ("id", "image_id", "category_id", "bbox"),
@@ -48,13 +49,13 @@ def load_coco_json(ann_file: str | Path) -> COCO:
             if missing:
                 raise DatasetError(f"{ann_file}: {where} {item.get('id', '?')} lacks field {missing[0]!r}; "
                                    f"fix or remove that entry")
-            for field in (f for f in numbers if f in item):
+            for field in (f for f in numeric if f in item):
                 value = item[field]
                 if field == "bbox":
-                    ok = isinstance(value, list) and len(value) == 4 and all(map(_is_number, value))
+                    ok = isinstance(value, list) and len(value) == 4 and all(map(is_number, value))
                     want = "[x, y, w, h], 4 numbers"
                 else:
-                    ok, want = _is_number(value), "a number"
+                    ok, want = is_number(value), "a number"
                 if not ok:
                     raise DatasetError(f"{ann_file}: {where} {item['id']} field {field!r} is {value!r}; expected "
                                        f"{want} (not text, null or true/false)")

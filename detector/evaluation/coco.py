@@ -19,6 +19,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detector.boxes import box_xywh_to_xyxy, box_xyxy_to_xywh
+from detector.data.coco import is_number
 from detector.config import COCO_EXTRA_NAMES, COCO_METRIC_NAMES, EVAL_BACKENDS  # noqa: F401 (re-exported)
 
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -142,12 +143,12 @@ def validate_coco_results(dataset, results: Any, source: str = "detections") -> 
             raise ValueError(f"{where}: field 'category_id' {category_id!r} is not a category of the dataset; "
                              f"expected an original category id, one of {sorted(known_cats)}")
         score = result["score"]
-        if not _is_number(score) or not math.isfinite(score):
+        if not is_number(score) or not math.isfinite(score):
             raise ValueError(f"{where}: field 'score' {score!r}; expected a finite number (drop or fix that entry)")
         bbox = result["bbox"]
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
             raise ValueError(f"{where}: field 'bbox' {bbox!r}; expected a list [x, y, w, h] of 4 numbers")
-        if not all(_is_number(v) and math.isfinite(v) for v in bbox):
+        if not all(is_number(v) and math.isfinite(v) for v in bbox):
             raise ValueError(f"{where}: field 'bbox' {bbox!r} has a non-finite or non-numeric value; expected "
                              f"[x, y, w, h] of finite pixels (drop or fix that entry)")
         if bbox[2] <= 0 or bbox[3] <= 0:
@@ -246,7 +247,3 @@ def _entries(dataset, entries: Sequence, keys: tuple[str, ...], place: Callable[
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
