@@ -12,7 +12,6 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from detector.backbone_table import BACKBONES, NORMS
 from detector.errors import UsageError
 from detector.losses import BETA_SCHEDULES, LOSSES, SCHEDULED_LOSSES
 from detector.losses.dynamic import STATISTIC_CONVENTIONS
@@ -48,6 +47,13 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "eval.max_images": (int,),
     "train.lr_reference_batch": (int,),
 }
+
+# model.backbone.name: torchvision classifier -> the family that says how detector/modeling/backbone.py cuts it
+BACKBONES: dict[str, str] = {**dict.fromkeys(("resnet18", "resnet34", "resnet50", "resnet101"), "resnet"),
+                             "mobilenet_v3_large": "mobilenet_v3_large"}
+# model.backbone.norm. frozen_bn: fixed statistics (pretrained weights); bn; syncbn: batch statistics over the ranks
+# of a torchrun job (from scratch on several GPUs; plain BN in one process); gn: GroupNorm with 32 groups
+NORMS = ("frozen_bn", "bn", "syncbn", "gn")
 
 # The synthetic generator's class shapes (label order), box modes and backgrounds (read by detector/data/synthetic.py).
 SYNTHETIC_SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")

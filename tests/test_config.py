@@ -201,7 +201,7 @@ def test_merge_takes_the_schema_it_checks_against():
 
 # ----------------------------------------------------------------------------------- choices from the registries
 def test_loss_backbone_and_schedule_names_come_from_their_registries(monkeypatch):
-    from detector.backbone_table import BACKBONES
+    from detector.config import BACKBONES
     from detector.losses import BETA_SCHEDULES, LOSSES, BoxLoss, l1_loss
     from detector.losses.regression import iou_loss
     monkeypatch.setitem(LOSSES, "my_l1", lambda cfg: BoxLoss("my_l1", l1_loss))

@@ -15,7 +15,7 @@ import detector
 PACKAGE = Path(detector.__file__).parent
 
 LAYERS = {  # module prefix -> layer (higher imports lower)
-    "detector.errors": 0, "detector.config": 0, "detector.backbone_table": 0, "detector.boxes": 0,
+    "detector.errors": 0, "detector.config": 0, "detector.boxes": 0,
     "detector.box_coder": 0, "detector.losses": 0,
     "detector.data": 1, "detector.modeling": 1, "detector.evaluation": 1,
     "detector.engine": 2, "detector.benchmark": 2, "detector.ablation": 2,

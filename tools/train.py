@@ -34,7 +34,7 @@ def main(argv=None) -> int:
 def run(args) -> int:
     from detector.engine import distributed
     from detector.engine.trainer import train
-    from detector.evaluation.report import format_metrics
+    from detector.evaluation import format_metrics
 
     cfg = load_config(args.cfg, list(args.overrides) + (["train.resume=auto"] if args.resume or args.extend else []))
     run_dir = Path(cfg.output_dir or Path("runs") / "-".join([Path(name).stem for name in args.cfg] or ["base"]))

@@ -20,7 +20,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from detector.backbone_table import BACKBONES, NORMS
+from detector.config import BACKBONES, NORMS
 from detector.errors import WeightsError
 from detector.modeling.fit import misfit_message
 
@@ -29,7 +29,7 @@ __all__ = ["Backbone", "build_backbone", "BACKBONES", "NORMS"]
 _MOBILENET_STAGE_ENDS = (1, 3, 6, 12, 16)  # last block of the stem and of the stride-4/8/16/32 stages
 
 
-_NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {  # the NORMS of detector/backbone_table.py
+_NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {  # config.NORMS
     "frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d, "syncbn": nn.SyncBatchNorm,
     "gn": lambda channels: nn.GroupNorm(math.gcd(32, channels), channels),  # 32 groups where C allows
 }
@@ -99,7 +99,7 @@ def _load_trunk_weights(trunk: nn.Module, state: dict[str, torch.Tensor], source
 
 def _trunk_and_stages(name: str, norm: str):
     """(classifier, module holding the stages, child names of each of the 5 stages, 4 returned stages, channels)."""
-    if BACKBONES[name] == "resnet":  # detector/backbone_table.py
+    if BACKBONES[name] == "resnet":  # config.BACKBONES
         trunk = getattr(torchvision.models, name)(weights=None, norm_layer=_NORM_LAYERS[norm])
         stages = [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
         expansion = trunk.layer1[0].expansion  # 1 for BasicBlock (resnet18/34), 4 for Bottleneck
