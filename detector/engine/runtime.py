@@ -25,11 +25,8 @@ def select_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         from detector.config import ConfigError
         raise ConfigError("train.device=cuda but CUDA is not available; use train.device=auto or cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", dist_utils.local_rank())
-    return torch.device(name)
+    cuda = name == "cuda" or name == "auto" and torch.cuda.is_available()
+    return torch.device("cuda", dist_utils.local_rank()) if cuda else torch.device("cpu")
 
 
 def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -61,8 +58,7 @@ class CompiledForward:
     stderr, the first time compiling or running the compiled code raises."""
 
     def __init__(self, forward, label: str):
-        self.eager = forward
-        self.label = label
+        self.eager, self.label = forward, label
         try:
             self.compiled = torch.compile(forward)
         except Exception as exc:  # torch.compile refuses this platform outright
@@ -89,8 +85,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True  # and the trainer leaves cudnn.benchmark off
 
 
 def to_device(images, targets, device: torch.device):
