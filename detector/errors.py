@@ -8,6 +8,7 @@ stopped by Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import sys
 import traceback
@@ -34,22 +35,25 @@ class WeightsError(DetectorError):
     """``model.backbone.weights`` names no readable file or torchvision weights (or the download failed)."""
 
 
-def run_tool(body: Callable[[], int]) -> int:
-    """Run a tool's ``body`` and return its exit code; a user error prints one line (after the traceback when
-    ``DETECTOR_TRACEBACK=1``) and returns its kind's code (see the module docstring); a bug raises."""
-    try:
-        return body()
-    except Exception as exc:
-        if isinstance(exc, DetectorError):
-            line = f"error: {exc}"
-        elif isinstance(exc, OSError) and exc.errno in USER_OS_ERRNOS:
-            where = exc.filename if exc.filename is not None else "(unknown path)"
-            fix = ("free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                   else "choose a path you can write to (output_dir, data.root or --out)")
-            line = f"error: {where}: {os.strerror(exc.errno)}; {fix}"
-        else:
-            raise
-        if os.environ.get("DETECTOR_TRACEBACK", "") not in ("", "0"):
-            traceback.print_exc()
-        print(line, file=sys.stderr)
-        return getattr(exc, "exit_code", 1)
+def run_tool(main: Callable[..., int]) -> Callable[..., int]:
+    """The decorator of every tool's ``main``: a user error prints one line (after the traceback when
+    ``DETECTOR_TRACEBACK=1``) and returns its kind's exit code (see the module docstring); a bug raises."""
+    @functools.wraps(main)
+    def guarded(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except Exception as exc:
+            if isinstance(exc, DetectorError):
+                line = f"error: {exc}"
+            elif isinstance(exc, OSError) and exc.errno in USER_OS_ERRNOS:
+                where = exc.filename if exc.filename is not None else "(unknown path)"
+                fix = ("free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                       else "choose a path you can write to (output_dir, data.root or --out)")
+                line = f"error: {where}: {os.strerror(exc.errno)}; {fix}"
+            else:
+                raise
+            if os.environ.get("DETECTOR_TRACEBACK", "") not in ("", "0"):
+                traceback.print_exc()
+            print(line, file=sys.stderr)
+            return getattr(exc, "exit_code", 1)
+    return guarded

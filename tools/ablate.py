@@ -55,13 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@run_tool
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_intermixed_args(argv)
-    return run_tool(lambda: run(args, "python tools/ablate.py " + shlex.join(argv)))
-
-
-def run(args, command: str) -> int:
+    command = "python tools/ablate.py " + shlex.join(argv)
     # --cfgs takes every word up to the next option: key=value words written right after it are overrides
     overrides = [c for c in args.cfgs if "=" in c] + args.overrides
     cfgs = [c for c in args.cfgs if "=" not in c]

@@ -9,7 +9,10 @@ import json
 import sys
 from pathlib import Path
 
+from detector.errors import run_tool
 
+
+@run_tool
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
@@ -45,7 +48,6 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value config overrides; in the synthetic table they change "
                                                      "our side only (e.g. train.clip_grad_norm=0)")
     args = parser.parse_intermixed_args(argv)
-
     import torch
 
     from detector import benchmark

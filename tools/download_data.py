@@ -4,8 +4,11 @@ into ``<root>/VOCdevkit/VOC{2007,2012}`` and ``<root>/coco`` (19 GB); verified a
 import argparse
 import sys
 from pathlib import Path
+from urllib.error import URLError
 
 from torchvision.datasets.utils import download_and_extract_archive
+
+from detector.errors import DetectorError, run_tool
 
 VOC_BASE = "https://thor.robots.ox.ac.uk/pascal/VOC"  # the mirror torchvision uses
 COCO_BASE = "http://images.cocodataset.org"
@@ -20,6 +23,7 @@ RESOURCES: dict[str, tuple[str, list[tuple[str, str]]]] = {
 }
 
 
+@run_tool
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="+", choices=sorted(RESOURCES), help="datasets to download")
@@ -31,7 +35,12 @@ def main(argv=None) -> int:
         target = Path(args.root) / sub  # sub "" is root itself
         target.mkdir(parents=True, exist_ok=True)
         for url, md5 in archives:
-            download_and_extract_archive(url, download_root=str(target), md5=md5, remove_finished=args.remove_archives)
+            try:
+                download_and_extract_archive(url, download_root=str(target), md5=md5,
+                                             remove_finished=args.remove_archives)
+            except (URLError, RuntimeError) as exc:  # no network; torchvision's "File not found or corrupted."
+                raise DetectorError(f"{url}: download failed ({exc}); check the network, or put the archive in "
+                                    f"{target} by hand and run the command again") from None
         print(f"{name}: ready in {target}")
     return 0
 

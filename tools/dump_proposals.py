@@ -49,6 +49,7 @@ def dump_proposals(cfg, checkpoint: Path, split: str, device: torch.device,
     return out
 
 
+@run_tool
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", action="append", required=True, help="config file or name in configs/ (repeatable)")
@@ -60,10 +61,6 @@ def main(argv=None) -> int:
                              "file you made or trust")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu")
     args = parser.parse_intermixed_args(argv)
-    return run_tool(lambda: run(args))
-
-
-def run(args) -> int:
     from detector.engine.runtime import select_device
     cfg = load_config(args.cfg, args.overrides)
     proposals = dump_proposals(cfg, args.ckpt, args.split, select_device(cfg.train.device), args.trust_checkpoint)

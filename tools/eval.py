@@ -25,6 +25,7 @@ from detector.evaluation import (dataset_image_ids, detections_to_coco_results, 
 OUTPUT_FILES = ("detections.json", "metrics.json")  # what --out receives, in the order written (--dets: metrics)
 
 
+@run_tool
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", action="append", required=True, help="config file or name in configs/ (repeatable)")
@@ -41,10 +42,6 @@ def main(argv=None) -> int:
     parser.add_argument("--metric", choices=tuple(METRIC_NAMES), help="default: the config's eval.metric")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu")
     args = parser.parse_intermixed_args(argv)
-    return run_tool(lambda: run(args))
-
-
-def run(args) -> int:
     from detector.data import build_dataset  # looked up at call time: the tests substitute the dataset
 
     # --metric decides what is scored; train.best_metric (a training key) follows it so the config stays consistent

@@ -16,6 +16,7 @@ from detector.data.voc import parse_voc
 from detector.errors import run_tool
 
 
+@run_tool
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", required=True, choices=("coco", "voc"))
@@ -36,11 +37,6 @@ def main(argv=None) -> int:
         parser.error("--format voc needs --root and --split")
     if args.fraction is not None and not 0 < args.fraction <= 1:
         parser.error("--fraction must be in (0, 1]")
-
-    return run_tool(lambda: run(args))
-
-
-def run(args) -> int:
     if args.format == "coco":
         coco = load_coco_json(args.ann)
         records, classes, label_to_cat_id = parse_coco(coco, Path(args.ann).parent, args.ann)

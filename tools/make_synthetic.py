@@ -15,6 +15,7 @@ from detector.errors import run_tool
 FLAGS = ("num_train", "num_val", "image_size", "num_classes", "max_objects", "seed")  # shortcuts for data.synthetic.*
 
 
+@run_tool
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", action="append", default=[], help="config file or name in configs/ (repeatable)")
@@ -32,11 +33,7 @@ def main(argv=None) -> int:
     overrides += [f"data.synthetic.{key}={getattr(args, key)}" for key in FLAGS if getattr(args, key) is not None]
     if args.root is not None:
         overrides.append(f"data.root={args.root}")
-    return run_tool(lambda: run(args.cfg, overrides))
-
-
-def run(cfgs: list[str], overrides: list[str]) -> int:
-    data = load_config(cfgs, overrides).data
+    data = load_config(args.cfg, overrides).data
     start = time.perf_counter()
     root = ensure_synthetic(data.root, **data.synthetic.to_dict())
     print(f"synthetic dataset ready in {root} ({data.synthetic.num_train}+{data.synthetic.num_val} images, "

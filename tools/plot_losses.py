@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from detector.ablation.plots import save_figure
 from detector.config import load_config
+from detector.errors import run_tool
 from detector.losses import balanced_l1_loss, build_beta_schedule, l1_loss, l2_loss, smooth_l1_loss
 
 CURVES = {
@@ -67,6 +68,7 @@ def plot_beta_schedules(path: Path, iters: int) -> None:
     save_figure([ax], path)
 
 
+@run_tool
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="folder for losses.png and beta_schedules.png")

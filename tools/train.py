@@ -16,6 +16,7 @@ from detector.config import load_config
 from detector.errors import run_tool
 
 
+@run_tool
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", action="append", default=[], help="config file or name in configs/ (repeatable)")
@@ -28,10 +29,6 @@ def main(argv=None) -> int:
                              "only for a file you made or trust")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_iters=200")
     args = parser.parse_intermixed_args(argv)
-    return run_tool(lambda: run(args))
-
-
-def run(args) -> int:
     from detector.engine import distributed
     from detector.engine.trainer import train
     from detector.evaluation import format_metrics
@@ -41,10 +38,10 @@ def run(args) -> int:
     try:
         metrics = train(cfg, run_dir, overwrite=args.overwrite, extend=args.extend,
                         trust_checkpoint=args.trust_checkpoint)
-        main = distributed.is_main_process()  # asked before cleanup: after it every rank is "the main process"
+        rank0 = distributed.is_main_process()  # asked before cleanup: after it every rank is "the main process"
     finally:
         distributed.cleanup()
-    if main:
+    if rank0:
         print(format_metrics(metrics))
         print(f"run folder: {run_dir}  (tensorboard --logdir {run_dir.parent})")
     return 0
