@@ -42,7 +42,6 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "model.num_classes": (int,),
     "model.backbone.weights": (str,),
     "model.proposal_file": (str,),
-    "model.roi_head.box_loss.sigma": (float, int),
     "train.resume": (bool, str),
     "eval.max_images": (int,),
     "train.lr_reference_batch": (int,),
@@ -134,14 +133,11 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "model.rpn.positive_fraction": _unit,
     "model.rpn.fg_iou_thresh": _unit,
     "model.rpn.bg_iou_thresh": _unit,
-    "model.rpn.box_loss.beta": _non_negative,
     "model.roi_head.batch_size_per_image": _positive,
     "model.roi_head.positive_fraction": _unit,
     "model.roi_head.fg_iou_thresh": _unit,
     "model.roi_head.bg_iou_thresh": _unit,
     "model.roi_head.box_coder_weights": (lambda v: len(v) == 4 and all(w > 0 for w in v), "must be 4 numbers > 0"),
-    "model.roi_head.box_loss.beta": _non_negative,
-    "model.roi_head.box_loss.sigma": _positive,
     "model.roi_head.box_loss.schedule.min_beta": _positive,
     "model.roi_head.box_loss.schedule.interval": _positive,
     "model.roi_head.box_loss.schedule.topk": _positive,
@@ -164,6 +160,11 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "train.num_vis_images": _non_negative,
     "eval.max_images": _positive,
 }
+# The RPN's and the RoI head's box_loss sections take the same loss parameters.
+for _section in ("model.rpn.box_loss", "model.roi_head.box_loss"):
+    _TYPES[f"{_section}.sigma"] = (float, int)
+    _CHECKS.update({f"{_section}.{key}": check for key, check in
+                    (("beta", _non_negative), ("sigma", _positive), ("alpha", _positive), ("gamma", _positive))})
 
 
 class ConfigError(UsageError, ValueError):

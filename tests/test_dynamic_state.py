@@ -85,7 +85,7 @@ PROPOSALS = [[12.0, 10.0, 32.0, 30.0],  # IoU 360/440: fg; tx = 10 * (20 - 22) /
 
 
 def _head(statistic: str, topk: int) -> RoIHeads:
-    box_loss = build_box_loss({"name": "dynamic_smooth_l1", "beta": 1.0})
+    box_loss = build_box_loss({"name": "dynamic_smooth_l1", "beta": 1.0, "sigma": None})
     return RoIHeads(4, ["0"], num_classes=2, box_loss=box_loss, fc_dim=8, batch_size_per_image=8,
                     positive_fraction=0.5,
                     beta_schedule=AdaptiveBeta(topk=topk, interval=2, min_beta=1e-3, statistic=statistic),

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou, complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
-from detector.config import load_config
+from detector.config import ConfigError, load_config
 from detector.losses import (LOSSES, BoxLoss, balanced_l1_loss, build_box_loss, ciou_loss, diou_loss, giou_loss,
                              iou_loss, l1_loss, l2_loss, smooth_l1_loss, weight_reduce_loss)
 
@@ -189,8 +189,12 @@ def test_build_from_config_sections():
     loss = build_box_loss(cfg.model.roi_head.box_loss)
     assert (loss.name, loss.on_boxes, loss.beta) == ("balanced_l1", False, 1.0)
     assert loss.params == {"alpha": 0.3, "gamma": 1.5}
-    rpn = build_box_loss(cfg.model.rpn.box_loss)  # the RPN section has only name/beta/weight
+    rpn = build_box_loss(cfg.model.rpn.box_loss)
     assert rpn.name == "smooth_l1" and rpn.beta == pytest.approx(1 / 9)
+    rpn_cfg = load_config([], ["model.rpn.box_loss.name=balanced_l1", "model.rpn.box_loss.gamma=2"]).model.rpn.box_loss
+    assert build_box_loss(rpn_cfg).params == {"alpha": 0.5, "gamma": 2.0}  # the RPN's own section, base.yaml's defaults
+    with pytest.raises(ConfigError, match=r"model\.rpn\.box_loss\.alpha.*must be > 0"):
+        load_config([], ["model.rpn.box_loss.alpha=0"])
     caffe = build_box_loss(load_config([], ["model.roi_head.box_loss.sigma=3"]).model.roi_head.box_loss)
     assert caffe.beta == pytest.approx(1 / 9)
     assert build_box_loss({"name": "giou"}).on_boxes and build_box_loss({"name": "l2"}).beta is None
@@ -198,7 +202,7 @@ def test_build_from_config_sections():
 
 def test_box_loss_sum_weight_avg_factor():
     pred, target = deltas(6, 10), deltas(6, 11)
-    loss = build_box_loss({"name": "smooth_l1", "beta": 0.5})
+    loss = build_box_loss({"name": "smooth_l1", "beta": 0.5, "sigma": None})
     elementwise = F.smooth_l1_loss(pred, target, reduction="none", beta=0.5)
     torch.testing.assert_close(loss(pred, target), elementwise.sum())
     torch.testing.assert_close(loss(pred, target, avg_factor=512), elementwise.sum() / 512, rtol=1e-5, atol=1e-7)

@@ -80,7 +80,7 @@ def test_named_weights_offline_say_how_to_pass_a_local_file(monkeypatch):
 
 def test_anchors_match_torchvision_anchor_generator():
     rpn = RPN(8, strides=(4, 8), anchor_sizes=(32, 64), aspect_ratios=(0.5, 1.0, 2.0),
-              box_loss=build_box_loss({"name": "smooth_l1", "beta": 1 / 9}))
+              box_loss=build_box_loss({"name": "smooth_l1", "beta": 1 / 9, "sigma": None}))
     generator = AnchorGenerator(sizes=((32,), (64,)), aspect_ratios=((0.5, 1.0, 2.0),) * 2)
     images = ImageList(torch.zeros(1, 3, 64, 96), [(64, 96)])
     reference = generator(images, [torch.zeros(1, 8, 16, 24), torch.zeros(1, 8, 8, 12)])[0]
@@ -142,7 +142,8 @@ def test_dynamic_label_assigner_observe_step_and_state():
 def test_smooth_l1_box_loss_equals_torchvision_fastrcnn_loss():
     torch.manual_seed(0)
     num_rois, num_classes = 64, 3
-    heads = RoIHeads(8, ["0"], num_classes, box_loss=build_box_loss({"name": "smooth_l1", "beta": 1 / 9}))
+    box_loss = build_box_loss({"name": "smooth_l1", "beta": 1 / 9, "sigma": None})
+    heads = RoIHeads(8, ["0"], num_classes, box_loss=box_loss)
     xy = torch.rand(num_rois, 2) * 100
     rois = torch.cat([xy, xy + 10 + torch.rand(num_rois, 2) * 50], dim=1)
     matched_gt = rois + torch.randn(num_rois, 4) * 3

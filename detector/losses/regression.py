@@ -157,8 +157,7 @@ class BoxLoss:
 
 def resolve_beta(cfg: Mapping) -> float:
     """The section's beta; a Caffe-style ``sigma`` (if set) wins: beta = 1 / sigma^2."""
-    sigma = cfg.get("sigma")
-    return 1.0 / float(sigma) ** 2 if sigma is not None else float(cfg.get("beta", 1.0))
+    return 1.0 / float(cfg["sigma"]) ** 2 if cfg["sigma"] is not None else float(cfg["beta"])
 
 
 LOSSES: dict[str, Callable[[Mapping], BoxLoss]] = {
@@ -167,7 +166,7 @@ LOSSES: dict[str, Callable[[Mapping], BoxLoss]] = {
     "smooth_l1": lambda cfg: BoxLoss("smooth_l1", smooth_l1_loss, beta=resolve_beta(cfg)),
     "dynamic_smooth_l1": lambda cfg: BoxLoss("dynamic_smooth_l1", smooth_l1_loss, beta=resolve_beta(cfg)),
     "balanced_l1": lambda cfg: BoxLoss("balanced_l1", balanced_l1_loss, beta=resolve_beta(cfg), params={
-        "alpha": float(cfg.get("alpha", 0.5)), "gamma": float(cfg.get("gamma", 1.5))}),
+        "alpha": float(cfg["alpha"]), "gamma": float(cfg["gamma"])}),
     "iou": lambda cfg: BoxLoss("iou", iou_loss, on_boxes=True),
     "giou": lambda cfg: BoxLoss("giou", giou_loss, on_boxes=True),
     "diou": lambda cfg: BoxLoss("diou", diou_loss, on_boxes=True),
