@@ -151,4 +151,10 @@ def test_convergence_compares_the_mean_ap_at_three_quarters_and_at_the_end():
     iteration, at_three_quarters, at_end = convergence(runs)
     assert iteration == 750 and at_three_quarters == pytest.approx(0.743) and at_end == pytest.approx(0.749)
     assert convergence([{"evals": {1000: 0.7}}]) is None  # evaluated only at the end
+    assert convergence([{"evals": {0: 0.0, 1000: 0.7}}]) is None  # iteration 0 is no point of training
+    # 2500 iterations evaluated every 250: 3/4 is 1875, so the change is measured from 1750 (more than a quarter)
+    curve = {i: 0.80 + i / 1e5 for i in range(250, 2750, 250)}
+    assert convergence([{"evals": curve}]) == (1750, pytest.approx(0.8175), pytest.approx(0.825))
+    assert convergence([{"evals": curve}, {"evals": {1000: 0.7, 2500: 0.8}}]) == (1000, pytest.approx(0.755),
+                                                                                  pytest.approx(0.8125))
     assert convergence([{"evals": {}}]) is None

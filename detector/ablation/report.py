@@ -54,13 +54,14 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 
 def convergence(results: list[dict[str, Any]]) -> tuple[int, float, float] | None:
-    """(iteration at 3/4 of training, the seeds' mean AP there, mean AP at the end) for runs evaluated at both points
-    (``train.eval_period`` dividing the run in quarters), else None. Converged: the two differ by < 1 AP point."""
+    """(the last iteration at or before 3/4 of training at which every run was evaluated, the seeds' mean AP there,
+    mean AP at the end), else None. Converged: the two differ by < 1 AP point over (at least) the last quarter."""
     last = max((max(r["evals"]) for r in results if r["evals"]), default=None)
-    if last is None or last % 4 or not all({last * 3 // 4, last} <= set(r["evals"]) for r in results):
+    common = set.intersection(*(set(r["evals"]) for r in results)) if results else set()
+    starts = [i for i in common if last is not None and 0 < i <= last * 3 / 4]
+    if last not in common or not starts:
         return None
-    return (last * 3 // 4, statistics.fmean(r["evals"][last * 3 // 4] for r in results),
-            statistics.fmean(r["evals"][last] for r in results))
+    return max(starts), *(statistics.fmean(r["evals"][i] for r in results) for i in (max(starts), last))
 
 
 @dataclass
@@ -243,9 +244,10 @@ def _markdown(groups: list[Group], stats, paired, tests: int, baseline: str, tit
     lines += _localisation_markdown(groups, stats)
     moved = {g.name: convergence(list(g.results.values())) for g in groups if g.results}
     if any(moved.values()):
-        lines += ["", "## Convergence", "", "Mean AP over the seeds at 3/4 of training and at the end (ap_curve.png "
-                  "shows every evaluation); the budget has converged where they differ by less than 1 AP point.", "",
-                  *_table_head(["config", "AP at 3/4", "AP at the end", "change", "converged"])]
+        lines += ["", "## Convergence", "", "Mean AP over the seeds at the last evaluation by 3/4 of training and at "
+                  "the end (ap_curve.png shows every evaluation); the budget has converged where they differ by less "
+                  "than 1 AP point.", "",
+                  *_table_head(["config", "AP by 3/4", "AP at the end", "change", "converged"])]
         lines += [_row([name, f"{_pct(a)} (iteration {it})", _pct(b), _pct(b - a, True),
                         "yes" if abs(b - a) < 0.01 else "no"]) for name, m in moved.items() if m for it, a, b in [m]]
     unfinished = [g for g in groups if g.unfinished]
