@@ -3,6 +3,7 @@ tx = wx (gx - px) / pw, ty = wy (gy - py) / ph, tw = ww log(gw / pw), th = wh lo
 Arguments by role (unlike torchvision): ``encode(proposals, gt_boxes)``, ``decode(deltas, proposals)``; float32 even
 under autocast; ``check`` raises ValueError on degenerate input (a host sync; training passes ``check=False``).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,9 +31,11 @@ def _check_boxes(where: str, **named: torch.Tensor) -> None:
         bad = degenerate_box_mask(boxes)
         if bool(bad.any()):
             index = bad.nonzero()[:, 0]
-            raise ValueError(f"{where}: {index.numel()} {name} have non-positive width/height or non-finite "
-                             f"coordinates (first: index {int(index[0])}, {boxes[index[0]].tolist()}); expected "
-                             f"finite xyxy boxes with x2 > x1 and y2 > y1")
+            raise ValueError(
+                f"{where}: {index.numel()} {name} have non-positive width/height or non-finite "
+                f"coordinates (first: index {int(index[0])}, {boxes[index[0]].tolist()}); expected "
+                f"finite xyxy boxes with x2 > x1 and y2 > y1"
+            )
 
 
 def _centre_size(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -45,8 +48,12 @@ class BoxCoder:
     """Encode boxes as deltas relative to proposals and decode them back; ``weights`` (wx, wy, ww, wh): RoI head
     (10, 10, 5, 5), RPN (1, 1, 1, 1); ``clamp``: bound on decoded dw, dh; ``check``: validate inputs by default."""
 
-    def __init__(self, weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0), clamp: float = DEFAULT_CLAMP,
-                 check: bool = True):
+    def __init__(
+        self,
+        weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+        clamp: float = DEFAULT_CLAMP,
+        check: bool = True,
+    ):
         if len(weights) != 4 or any(w <= 0 for w in weights):
             raise ValueError(f"BoxCoder: weights must be 4 numbers > 0, got {tuple(weights)}")
         self.weights = tuple(float(w) for w in weights)
@@ -56,13 +63,17 @@ class BoxCoder:
     def __repr__(self) -> str:
         return f"BoxCoder(weights={self.weights}, clamp={self.clamp:.4f}, check={self.check})"
 
-    def encode(self, proposals: torch.Tensor, gt_boxes: torch.Tensor, check: bool | None = None) -> torch.Tensor:
+    def encode(
+        self, proposals: torch.Tensor, gt_boxes: torch.Tensor, check: bool | None = None
+    ) -> torch.Tensor:
         """proposals [N,4], gt_boxes [N,4] (row i is the box matched to proposal i) -> deltas [N,4] float32."""
         _check_shape("BoxCoder.encode", "proposals", proposals)
         _check_shape("BoxCoder.encode", "gt_boxes", gt_boxes)
         if proposals.shape[0] != gt_boxes.shape[0]:
-            raise ValueError(f"BoxCoder.encode: {proposals.shape[0]} proposals but {gt_boxes.shape[0]} gt_boxes; "
-                             f"pass one matched gt box per proposal")
+            raise ValueError(
+                f"BoxCoder.encode: {proposals.shape[0]} proposals but {gt_boxes.shape[0]} gt_boxes; "
+                f"pass one matched gt box per proposal"
+            )
         proposals, gt_boxes = proposals.float(), gt_boxes.float()
         if self.check if check is None else check:
             _check_boxes("BoxCoder.encode", proposals=proposals, gt_boxes=gt_boxes)
@@ -75,20 +86,26 @@ class BoxCoder:
         th = wh * torch.log(gh / ph)
         return torch.stack((tx, ty, tw, th), dim=1)  # [N,4]
 
-    def decode(self, deltas: torch.Tensor, proposals: torch.Tensor, check: bool | None = None) -> torch.Tensor:
+    def decode(
+        self, deltas: torch.Tensor, proposals: torch.Tensor, check: bool | None = None
+    ) -> torch.Tensor:
         """deltas [N,4k] (k box sets, e.g. one per class), proposals [N,4] -> boxes [N,4k] float32 xyxy."""
         _check_shape("BoxCoder.decode", "proposals", proposals)
         if deltas.dim() != 2 or deltas.shape[1] % 4 != 0 or deltas.shape[0] != proposals.shape[0]:
-            raise ValueError(f"BoxCoder.decode: deltas {list(deltas.shape)} must be [N,4k] for proposals "
-                             f"{list(proposals.shape)}")
+            raise ValueError(
+                f"BoxCoder.decode: deltas {list(deltas.shape)} must be [N,4k] for proposals "
+                f"{list(proposals.shape)}"
+            )
         deltas, proposals = deltas.float(), proposals.float()
         if self.check if check is None else check:
             _check_boxes("BoxCoder.decode", proposals=proposals)
             bad = ~torch.isfinite(deltas).all(dim=1)
             if bool(bad.any()):
                 index = bad.nonzero()[:, 0]
-                raise ValueError(f"BoxCoder.decode: {index.numel()} rows of deltas are NaN/inf (first: index "
-                                 f"{int(index[0])}, {deltas[index[0]].tolist()}); the regressor diverged")
+                raise ValueError(
+                    f"BoxCoder.decode: {index.numel()} rows of deltas are NaN/inf (first: index "
+                    f"{int(index[0])}, {deltas[index[0]].tolist()}); the regressor diverged"
+                )
         wx, wy, ww, wh = self.weights
         n = deltas.shape[0]
         d = deltas.view(n, deltas.shape[1] // 4, 4)  # [N,k,4]

@@ -1,10 +1,10 @@
 """Pure box functions, the format in the name; inside the package every box is absolute xyxy float32, and COCO's
 xywh enters and leaves only through :func:`box_xywh_to_xyxy` and :func:`box_xyxy_to_xywh`."""
+
 from __future__ import annotations
 
 import torch
-from torchvision.ops import batched_nms, box_convert
-from torchvision.ops import box_area, box_iou  # noqa: F401  (re-exported: the one import site for box ops)
+from torchvision.ops import batched_nms, box_area, box_convert, box_iou  # noqa: F401  (re-exported: the one import site for box ops)
 
 
 def box_xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
@@ -47,24 +47,43 @@ def clip_boxes_to_sizes(boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch
 
 def batched_box_iou(boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
     """boxes [N or 1, M, 4], gt_boxes [N, G, 4] (xyxy) -> IoU [N, M, G]; only [N,M,G] temporaries."""
-    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)  # [N,M]
-    gt_area = (gt_boxes[..., 2] - gt_boxes[..., 0]).clamp(min=0) * (gt_boxes[..., 3] - gt_boxes[..., 1]).clamp(min=0)
+    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(
+        min=0
+    )  # [N,M]
+    gt_area = (gt_boxes[..., 2] - gt_boxes[..., 0]).clamp(min=0) * (
+        gt_boxes[..., 3] - gt_boxes[..., 1]
+    ).clamp(min=0)
     b, g = boxes[:, :, None, :], gt_boxes[:, None, :, :]  # [N,M,1,4], [N,1,G,4]
-    inter_w = (torch.min(b[..., 2], g[..., 2]) - torch.max(b[..., 0], g[..., 0])).clamp_(min=0)  # [N,M,G]
+    inter_w = (torch.min(b[..., 2], g[..., 2]) - torch.max(b[..., 0], g[..., 0])).clamp_(
+        min=0
+    )  # [N,M,G]
     inter_h = (torch.min(b[..., 3], g[..., 3]) - torch.max(b[..., 1], g[..., 1])).clamp_(min=0)
     inter = inter_w.mul_(inter_h)
     union = (area[:, :, None] + gt_area[:, None, :]) - inter
     return inter / union.clamp_(min=torch.finfo(inter.dtype).tiny)
 
 
-def batched_nms_topk(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, keep: torch.Tensor,
-                     iou_threshold: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def batched_nms_topk(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    groups: torch.Tensor,
+    keep: torch.Tensor,
+    iou_threshold: float,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """NMS within each group, then the ``k`` best survivors of each image, for a padded batch.
 
     boxes [N,M,4], scores [N,M], groups [N,M] int64 group ids unique across images, keep [N,M] bool (allowed into
     NMS) -> (top_scores [N,k'], top_index [N,k'] into M), k' = min(k, M), best first; -inf where no survivor.
     """
-    flat = keep.reshape(-1).nonzero().squeeze(1)  # NMS syncs anyway: drop the excluded candidates before it
-    kept = batched_nms(boxes.reshape(-1, 4)[flat], scores.reshape(-1)[flat], groups.reshape(-1)[flat], iou_threshold)
+    flat = (
+        keep.reshape(-1).nonzero().squeeze(1)
+    )  # NMS syncs anyway: drop the excluded candidates before it
+    kept = batched_nms(
+        boxes.reshape(-1, 4)[flat],
+        scores.reshape(-1)[flat],
+        groups.reshape(-1)[flat],
+        iou_threshold,
+    )
     survivors = torch.zeros_like(keep).view(-1).index_fill_(0, flat[kept], True).view_as(keep)
     return scores.masked_fill(~survivors, float("-inf")).topk(min(k, scores.shape[1]), dim=1)

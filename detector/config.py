@@ -2,6 +2,7 @@
 (each after its ``_base_`` chain) then ``key.sub=value`` overrides layer on it. Unknown keys, wrong types and bad
 values raise :class:`ConfigError` with a close-match hint before anything runs; names are checked against the
 registries at load time. The result is a frozen :class:`Config`, read only by ``build_*(cfg)`` functions."""
+
 from __future__ import annotations
 
 import copy
@@ -23,7 +24,9 @@ def _find_config_dir() -> Path:
     for candidate in (package / "configs", package.parent / "configs"):
         if (candidate / "base.yaml").is_file():
             return candidate
-    return package.parent / "configs"  # neither exists: the error names the place a checkout keeps them
+    return (
+        package.parent / "configs"
+    )  # neither exists: the error names the place a checkout keeps them
 
 
 CONFIG_DIR = _find_config_dir()
@@ -48,8 +51,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 # model.backbone.name: torchvision classifier -> the family that says how detector/modeling/backbone.py cuts it
-BACKBONES: dict[str, str] = {**dict.fromkeys(("resnet18", "resnet34", "resnet50", "resnet101"), "resnet"),
-                             "mobilenet_v3_large": "mobilenet_v3_large"}
+BACKBONES: dict[str, str] = {
+    **dict.fromkeys(("resnet18", "resnet34", "resnet50", "resnet101"), "resnet"),
+    "mobilenet_v3_large": "mobilenet_v3_large",
+}
 # model.backbone.norm. frozen_bn: fixed statistics (pretrained weights); bn; syncbn: batch statistics over the ranks
 # of a torchrun job (from scratch on several GPUs; plain BN in one process); gn: GroupNorm with 32 groups
 NORMS = ("frozen_bn", "bn", "syncbn", "gn")
@@ -62,11 +67,29 @@ SYNTHETIC_BACKGROUNDS = ("gradient", "texture")
 LABEL_NOISE_KINDS = ("jitter", "outlier")
 
 # The scalar keys of metrics.json per eval.metric (detector.evaluation computes them; train.best_metric picks one).
-COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-COCO_EXTRA_NAMES = ("AP90",)  # added to COCOeval's 12: AP at IoU 0.90, the localisation that box losses move
+COCO_METRIC_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
+COCO_EXTRA_NAMES = (
+    "AP90",
+)  # added to COCOeval's 12: AP at IoU 0.90, the localisation that box losses move
 VOC_METRIC_NAMES = ("mAP_voc07", "mAP_voc")  # 11-point (VOC2007 devkit) and area (VOC2010+) mean AP
-METRIC_NAMES = {"coco": COCO_METRIC_NAMES + COCO_EXTRA_NAMES, "voc": VOC_METRIC_NAMES,  # eval.metric -> its keys
-                "both": COCO_METRIC_NAMES + COCO_EXTRA_NAMES + VOC_METRIC_NAMES}
+METRIC_NAMES = {
+    "coco": COCO_METRIC_NAMES + COCO_EXTRA_NAMES,
+    "voc": VOC_METRIC_NAMES,  # eval.metric -> its keys
+    "both": COCO_METRIC_NAMES + COCO_EXTRA_NAMES + VOC_METRIC_NAMES,
+}
 EVAL_BACKENDS = ("pycocotools", "faster_coco_eval")
 
 
@@ -106,20 +129,31 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "data.label_noise_seed": _non_negative,
     "data.synthetic.num_train": _positive,
     "data.synthetic.num_val": _positive,
-    "data.synthetic.num_classes": (lambda v: 1 <= v <= len(SYNTHETIC_SHAPES), f"must be in 1..{len(SYNTHETIC_SHAPES)}"),
+    "data.synthetic.num_classes": (
+        lambda v: 1 <= v <= len(SYNTHETIC_SHAPES),
+        f"must be in 1..{len(SYNTHETIC_SHAPES)}",
+    ),
     "data.synthetic.max_objects": _positive,
     "data.synthetic.min_objects": _non_negative,
     "data.synthetic.min_size": (lambda v: v >= 4, "must be >= 4 (pixels)"),
     "data.synthetic.max_size": _open_unit,
-    "data.synthetic.aspect_ratio": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "must be [low, high], 0 < low <= high"),
+    "data.synthetic.aspect_ratio": (
+        lambda v: len(v) == 2 and 0 < v[0] <= v[1],
+        "must be [low, high], 0 < low <= high",
+    ),
     "data.synthetic.max_iou": _unit,
     "data.synthetic.max_covered": _unit,
     "data.synthetic.min_visible": _unit,
     "data.synthetic.max_distractors": _non_negative,
-    "data.synthetic.clutter": (lambda v: len(v) == 2 and 0 <= v[0] <= v[1], "must be [fewest, most], 0 <= fewest"),
+    "data.synthetic.clutter": (
+        lambda v: len(v) == 2 and 0 <= v[0] <= v[1],
+        "must be [fewest, most], 0 <= fewest",
+    ),
     "data.synthetic.noise": _non_negative,
-    "data.input.min_size_train": (lambda v: len(v) > 0 and all(s > 0 for s in v),
-                                  "must be a non-empty list of sizes > 0"),
+    "data.input.min_size_train": (
+        lambda v: len(v) > 0 and all(s > 0 for s in v),
+        "must be a non-empty list of sizes > 0",
+    ),
     "data.input.max_size_train": _positive,
     "data.input.min_size_test": _positive,
     "data.input.max_size_test": _positive,
@@ -137,7 +171,10 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "model.roi_head.positive_fraction": _unit,
     "model.roi_head.fg_iou_thresh": _unit,
     "model.roi_head.bg_iou_thresh": _unit,
-    "model.roi_head.box_coder_weights": (lambda v: len(v) == 4 and all(w > 0 for w in v), "must be 4 numbers > 0"),
+    "model.roi_head.box_coder_weights": (
+        lambda v: len(v) == 4 and all(w > 0 for w in v),
+        "must be 4 numbers > 0",
+    ),
     "model.roi_head.box_loss.schedule.min_beta": _positive,
     "model.roi_head.box_loss.schedule.interval": _positive,
     "model.roi_head.box_loss.schedule.topk": _positive,
@@ -163,8 +200,17 @@ _CHECKS: dict[str, tuple[Any, str]] = {
 # The RPN's and the RoI head's box_loss sections take the same loss parameters.
 for _section in ("model.rpn.box_loss", "model.roi_head.box_loss"):
     _TYPES[f"{_section}.sigma"] = (float, int)
-    _CHECKS.update({f"{_section}.{key}": check for key, check in
-                    (("beta", _non_negative), ("sigma", _positive), ("alpha", _positive), ("gamma", _positive))})
+    _CHECKS.update(
+        {
+            f"{_section}.{key}": check
+            for key, check in (
+                ("beta", _non_negative),
+                ("sigma", _positive),
+                ("alpha", _positive),
+                ("gamma", _positive),
+            )
+        }
+    )
 
 
 class ConfigError(UsageError, ValueError):
@@ -247,8 +293,10 @@ def _hint(key: str, candidates: Iterable[str]) -> str:
 def _file_hint(name: str, available: list[str]) -> str:
     """A config name close to ``name``, compared without the extension (a shared ``.yaml`` is no likeness) and
     strictly (``smoth_l1.yaml`` -> smoothl1.yaml; ``nosuch.yaml`` -> nothing); a path's folder may differ."""
+
     def stem(text: str) -> str:
         return text[: -len(Path(text).suffix)] if Path(text).suffix in (".yaml", ".yml") else text
+
     by_stem = {stem(a): a for a in available}
     for wanted in (stem(name), Path(stem(name)).name):
         close = difflib.get_close_matches(wanted, list(by_stem), n=1, cutoff=0.75)
@@ -270,8 +318,10 @@ def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Pa
         if path.is_file():
             return path.resolve()
     available = sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*.yaml"))
-    raise ConfigError(f"config file {name!r} not found (as a path or under {CONFIG_DIR})"
-                      f"{_file_hint(name, available)}; available: {', '.join(available)}")
+    raise ConfigError(
+        f"config file {name!r} not found (as a path or under {CONFIG_DIR})"
+        f"{_file_hint(name, available)}; available: {', '.join(available)}"
+    )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -280,14 +330,18 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 YAML text file (a checkpoint or other binary file?); pass a .yaml "
-                          f"config file or a config name from configs/") from None
+        raise ConfigError(
+            f"{path}: not a UTF-8 YAML text file (a checkpoint or other binary file?); pass a .yaml "
+            f"config file or a config name from configs/"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}"
+        )
     return data
 
 
@@ -320,8 +374,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _merge(dst: dict[str, Any], src: Mapping[str, Any], schema: Mapping[str, Any], source: str,
-           prefix: str = "", root: Mapping[str, Any] | None = None) -> None:
+def _merge(
+    dst: dict[str, Any],
+    src: Mapping[str, Any],
+    schema: Mapping[str, Any],
+    source: str,
+    prefix: str = "",
+    root: Mapping[str, Any] | None = None,
+) -> None:
     """Check ``src`` (one layer, named ``source`` in errors) against ``schema`` (the section of the schema at
     ``prefix``; ``root`` is the whole schema, to say where a misplaced key lives) and copy it into ``dst``."""
     root = schema if root is None else root
@@ -335,8 +395,10 @@ def _merge(dst: dict[str, Any], src: Mapping[str, Any], schema: Mapping[str, Any
         default = schema[key]
         if isinstance(default, dict):
             if not isinstance(value, Mapping):
-                raise ConfigError(f"{source}: {full} is a section; set its keys ({', '.join(default)}), "
-                                  f"not a {type(value).__name__}")
+                raise ConfigError(
+                    f"{source}: {full} is a section; set its keys ({', '.join(default)}), "
+                    f"not a {type(value).__name__}"
+                )
             _merge(dst[key], value, default, source, full + ".", root)
         else:
             dst[key] = copy.deepcopy(_check_value(full, value, default, source))
@@ -373,13 +435,19 @@ def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
     if value is None:
         if default is None or full in _TYPES:
             return None
-        raise ConfigError(f"{source}: {full} cannot be null; expected {type(default).__name__} like {default!r}")
+        raise ConfigError(
+            f"{source}: {full} cannot be null; expected {type(default).__name__} like {default!r}"
+        )
     types = _TYPES.get(full) or (type(default),)
     if float in types and str not in types:
         value = _as_float(value)
     elem_types: tuple[type, ...] = ()
     if isinstance(default, list) and default and isinstance(value, list):
-        elem_types = (float, int) if any(type(d) is float for d in default) else tuple({type(d) for d in default})
+        elem_types = (
+            (float, int)
+            if any(type(d) is float for d in default)
+            else tuple({type(d) for d in default})
+        )
         if float in elem_types:
             value = [_as_float(v) for v in value]
     if not _type_ok(value, types):  # an int where a float is expected is fine (lr: 1)
@@ -387,15 +455,24 @@ def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {full} must be {want}, got {type(value).__name__} {value!r}")
     bad = [v for v in value if not _type_ok(v, elem_types)] if elem_types else []
     if bad:
-        raise ConfigError(f"{source}: {full} must be a list of {elem_types[0].__name__}, got element {bad[0]!r}")
-    not_finite = [v for v in (value if isinstance(value, list) else [value])
-                  if isinstance(v, float) and not math.isfinite(v)]
+        raise ConfigError(
+            f"{source}: {full} must be a list of {elem_types[0].__name__}, got element {bad[0]!r}"
+        )
+    not_finite = [
+        v
+        for v in (value if isinstance(value, list) else [value])
+        if isinstance(v, float) and not math.isfinite(v)
+    ]
     if not_finite:
         raise ConfigError(f"{source}: {full}={value!r} is not a finite number")
     if full in _CHOICES and value not in _CHOICES[full]:
-        choices = [str(c).lower() if isinstance(c, bool) else str(c) for c in _CHOICES[full]]  # YAML's false/true
+        choices = [
+            str(c).lower() if isinstance(c, bool) else str(c) for c in _CHOICES[full]
+        ]  # YAML's false/true
         hint = _hint(str(value), choices)
-        raise ConfigError(f"{source}: {full}={value!r} is not valid{hint}; choose from {', '.join(choices)}")
+        raise ConfigError(
+            f"{source}: {full}={value!r} is not valid{hint}; choose from {', '.join(choices)}"
+        )
     if full in _CHECKS:
         ok, message = _CHECKS[full]
         if not ok(value):
@@ -410,30 +487,47 @@ def _check_relations(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"model.{name}.bg_iou_thresh must be <= model.{name}.fg_iou_thresh")
     syn = cfg["data"]["synthetic"]
     if len(syn["image_size"]) != 2 or min(syn["image_size"]) < 2 * syn["min_size"]:
-        raise ConfigError(f"data.synthetic.image_size={syn['image_size']} must be [height, width], each side at least "
-                          f"2 * data.synthetic.min_size ({syn['min_size']})")
+        raise ConfigError(
+            f"data.synthetic.image_size={syn['image_size']} must be [height, width], each side at least "
+            f"2 * data.synthetic.min_size ({syn['min_size']})"
+        )
     if syn["min_objects"] > syn["max_objects"]:
-        raise ConfigError(f"data.synthetic.min_objects ({syn['min_objects']}) must be <= data.synthetic.max_objects "
-                          f"({syn['max_objects']})")
+        raise ConfigError(
+            f"data.synthetic.min_objects ({syn['min_objects']}) must be <= data.synthetic.max_objects "
+            f"({syn['max_objects']})"
+        )
     if cfg["model"]["proposals"] == "precomputed" and not cfg["model"]["proposal_file"]:
-        raise ConfigError("model.proposals=precomputed needs model.proposal_file "
-                          "(a JSON made by tools/dump_proposals.py)")
+        raise ConfigError(
+            "model.proposals=precomputed needs model.proposal_file "
+            "(a JSON made by tools/dump_proposals.py)"
+        )
     if cfg["train"]["best_metric"] not in METRIC_NAMES[cfg["eval"]["metric"]]:
-        raise ConfigError(f"train.best_metric={cfg['train']['best_metric']!r} is not computed with eval.metric="
-                          f"{cfg['eval']['metric']}; choose from {', '.join(METRIC_NAMES[cfg['eval']['metric']])}")
+        raise ConfigError(
+            f"train.best_metric={cfg['train']['best_metric']!r} is not computed with eval.metric="
+            f"{cfg['eval']['metric']}; choose from {', '.join(METRIC_NAMES[cfg['eval']['metric']])}"
+        )
     if cfg["model"]["backbone"]["norm"] == "syncbn" and cfg["train"]["device"] == "cpu":
-        raise ConfigError("model.backbone.norm=syncbn synchronises batch statistics over GPUs only; use "
-                          "model.backbone.norm=bn on the CPU")
+        raise ConfigError(
+            "model.backbone.norm=syncbn synchronises batch statistics over GPUs only; use "
+            "model.backbone.norm=bn on the CPU"
+        )
     sched = roi["box_loss"]["schedule"]
     if sched["type"] == "exp" and min(sched["start"], sched["end"]) <= 0:
-        raise ConfigError(f"model.roi_head.box_loss.schedule: type=exp is geometric; start ({sched['start']}) and end "
-                          f"({sched['end']}) must be > 0")
+        raise ConfigError(
+            f"model.roi_head.box_loss.schedule: type=exp is geometric; start ({sched['start']}) and end "
+            f"({sched['end']}) must be > 0"
+        )
     rpn_loss = rpn["box_loss"]
-    deltas = [name for name, build in LOSSES.items()  # looked up now: names registered at run time count
-              if name not in SCHEDULED_LOSSES and not build(rpn_loss).on_boxes]
+    deltas = [
+        name
+        for name, build in LOSSES.items()  # looked up now: names registered at run time count
+        if name not in SCHEDULED_LOSSES and not build(rpn_loss).on_boxes
+    ]
     if rpn_loss["name"] not in deltas:
-        raise ConfigError(f"model.rpn.box_loss.name={rpn_loss['name']!r}: the RPN regresses anchor deltas with a "
-                          f"fixed beta; choose a delta loss: {', '.join(deltas)}")
+        raise ConfigError(
+            f"model.rpn.box_loss.name={rpn_loss['name']!r}: the RPN regresses anchor deltas with a "
+            f"fixed beta; choose a delta loss: {', '.join(deltas)}"
+        )
 
 
 def default_config() -> dict[str, Any]:
@@ -457,7 +551,9 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ())
     return Config(cfg)
 
 
-def with_defaults(stored: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def with_defaults(
+    stored: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """``stored`` (e.g. a run's config.yaml) with every key it lacks taken from ``defaults`` (the schema's), so a key
     added since keeps its behaviour-preserving default; keys the schema no longer has are kept."""
     defaults = default_config() if defaults is None else defaults

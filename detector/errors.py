@@ -5,6 +5,7 @@ line; anything else is a bug and keeps its traceback. ``exit_code`` says the kin
 line, config, run folder), 1 a data or file error (data, weights, checkpoints, a non-finite loss, a full disk), 130
 stopped by Ctrl-C or SIGTERM.
 """
+
 from __future__ import annotations
 
 import errno
@@ -15,8 +16,17 @@ import traceback
 from typing import Callable
 
 # OS errors that are the user's environment, not our bug: a full or read-only disk, a path that cannot be made
-USER_OS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
-                  errno.ENAMETOOLONG, errno.EISDIR}
+USER_OS_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+    errno.EISDIR,
+}
 
 
 class DetectorError(Exception):
@@ -38,6 +48,7 @@ class WeightsError(DetectorError):
 def run_tool(main: Callable[..., int]) -> Callable[..., int]:
     """The decorator of every tool's ``main``: a user error prints one line (after the traceback when
     ``DETECTOR_TRACEBACK=1``) and returns its kind's exit code (see the module docstring); a bug raises."""
+
     @functools.wraps(main)
     def guarded(*args, **kwargs) -> int:
         try:
@@ -47,8 +58,11 @@ def run_tool(main: Callable[..., int]) -> Callable[..., int]:
                 line = f"error: {exc}"
             elif isinstance(exc, OSError) and exc.errno in USER_OS_ERRNOS:
                 where = exc.filename if exc.filename is not None else "(unknown path)"
-                fix = ("free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                       else "choose a path you can write to (output_dir, data.root or --out)")
+                fix = (
+                    "free some space"
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                    else "choose a path you can write to (output_dir, data.root or --out)"
+                )
                 line = f"error: {where}: {os.strerror(exc.errno)}; {fix}"
             else:
                 raise
@@ -56,4 +70,5 @@ def run_tool(main: Callable[..., int]) -> Callable[..., int]:
                 traceback.print_exc()
             print(line, file=sys.stderr)
             return getattr(exc, "exit_code", 1)
+
     return guarded

@@ -1,4 +1,5 @@
 """Shared test fixtures. Tests run on CPU in seconds; real data is used only where present."""
+
 import signal
 from pathlib import Path
 

@@ -5,6 +5,7 @@ FakeDataset conventions: boxes absolute xyxy float32, labels 1..K (0 = backgroun
 difficult. Category ids are deliberately not 1..K (label k -> category id 10 * k + 1) so a missed conversion fails
 loudly.
 """
+
 from pathlib import Path
 
 import torch
@@ -13,9 +14,15 @@ from detector.boxes import box_area
 from detector.config import load_config
 from detector.modeling import TwoStageDetector, build_detector
 
-TINY = ["model.roi_head.fc_dim=64", "model.roi_head.batch_size_per_image=64", "model.rpn.pre_nms_topk_train=300",
-        "model.rpn.post_nms_topk_train=100", "model.rpn.pre_nms_topk_test=300", "model.rpn.post_nms_topk_test=100",
-        "model.backbone.out_channels=64"]
+TINY = [
+    "model.roi_head.fc_dim=64",
+    "model.roi_head.batch_size_per_image=64",
+    "model.rpn.pre_nms_topk_train=300",
+    "model.rpn.post_nms_topk_train=100",
+    "model.rpn.pre_nms_topk_test=300",
+    "model.rpn.post_nms_topk_test=100",
+    "model.backbone.out_channels=64",
+]
 
 
 def tiny_model(*overrides: str, num_classes: int = 3, seed: int = 0) -> TwoStageDetector:
@@ -26,9 +33,17 @@ def tiny_model(*overrides: str, num_classes: int = 3, seed: int = 0) -> TwoStage
 def two_images():
     """A uint8 and a float image of different sizes with one and two boxes."""
     images = [torch.randint(0, 256, (3, 128, 160), dtype=torch.uint8), torch.rand(3, 112, 144)]
-    targets = [{"boxes": torch.tensor([[20.0, 30.0, 80.0, 100.0]]), "labels": torch.tensor([2]), "image_id": 7},
-               {"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0], [70.0, 40.0, 130.0, 100.0]]),
-                "labels": torch.tensor([1, 3])}]
+    targets = [
+        {
+            "boxes": torch.tensor([[20.0, 30.0, 80.0, 100.0]]),
+            "labels": torch.tensor([2]),
+            "image_id": 7,
+        },
+        {
+            "boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0], [70.0, 40.0, 130.0, 100.0]]),
+            "labels": torch.tensor([1, 3]),
+        },
+    ]
     return images, targets
 
 
@@ -39,14 +54,30 @@ def empty_target():
 def tiny_run_overrides(data_root: Path, run_dir: Path, **extra) -> list[str]:
     """Overrides for a seconds-long CPU run on a tiny synthetic set."""
     values = {
-        "output_dir": str(run_dir), "data.root": str(data_root), "data.synthetic.num_train": 8,
-        "data.synthetic.num_val": 4, "data.synthetic.image_size": "[128, 128]",
-        "data.input.min_size_train": "[128]", "data.input.max_size_train": 160, "data.input.min_size_test": 128,
-        "data.input.max_size_test": 160, "data.loader.num_workers": 0, "train.batch_size": 2, "train.max_iters": 2,
-        "train.log_period": 1, "train.warmup_iters": 1, "train.checkpoint_period": 1, "train.device": "cpu",
-        "train.num_vis_images": 1, "model.backbone.name": "resnet18", "model.roi_head.fc_dim": 64,
-        "model.roi_head.batch_size_per_image": 32, "model.rpn.pre_nms_topk_train": 100,
-        "model.rpn.post_nms_topk_train": 50, "model.rpn.pre_nms_topk_test": 100, "model.rpn.post_nms_topk_test": 50,
+        "output_dir": str(run_dir),
+        "data.root": str(data_root),
+        "data.synthetic.num_train": 8,
+        "data.synthetic.num_val": 4,
+        "data.synthetic.image_size": "[128, 128]",
+        "data.input.min_size_train": "[128]",
+        "data.input.max_size_train": 160,
+        "data.input.min_size_test": 128,
+        "data.input.max_size_test": 160,
+        "data.loader.num_workers": 0,
+        "train.batch_size": 2,
+        "train.max_iters": 2,
+        "train.log_period": 1,
+        "train.warmup_iters": 1,
+        "train.checkpoint_period": 1,
+        "train.device": "cpu",
+        "train.num_vis_images": 1,
+        "model.backbone.name": "resnet18",
+        "model.roi_head.fc_dim": 64,
+        "model.roi_head.batch_size_per_image": 32,
+        "model.rpn.pre_nms_topk_train": 100,
+        "model.rpn.post_nms_topk_train": 50,
+        "model.rpn.pre_nms_topk_test": 100,
+        "model.rpn.post_nms_topk_test": 50,
         "model.backbone.out_channels": 32,
     }
     values.update(extra)
@@ -67,15 +98,23 @@ class FakeDataset:
 
     def get_image_info(self, i: int) -> dict:
         image_id, _ = self._images[i]
-        return {"image_id": image_id, "file_name": f"{image_id:06d}.jpg", "height": self._size[0],
-                "width": self._size[1]}
+        return {
+            "image_id": image_id,
+            "file_name": f"{image_id:06d}.jpg",
+            "height": self._size[0],
+            "width": self._size[1],
+        }
 
     def get_target(self, i: int) -> dict:
         image_id, objects = self._images[i]
         boxes = torch.tensor([o[:4] for o in objects], dtype=torch.float32).reshape(-1, 4)  # [N,4]
-        return {"boxes": boxes, "labels": torch.tensor([o[4] for o in objects], dtype=torch.int64).reshape(-1),
-                "image_id": image_id, "iscrowd": torch.tensor([bool(o[5]) for o in objects], dtype=torch.bool),
-                "area": box_area(boxes)}
+        return {
+            "boxes": boxes,
+            "labels": torch.tensor([o[4] for o in objects], dtype=torch.int64).reshape(-1),
+            "image_id": image_id,
+            "iscrowd": torch.tensor([bool(o[5]) for o in objects], dtype=torch.bool),
+            "area": box_area(boxes),
+        }
 
 
 def perfect_detections(dataset) -> list[dict]:
@@ -84,12 +123,20 @@ def perfect_detections(dataset) -> list[dict]:
     for i in range(len(dataset)):
         target = dataset.get_target(i)
         keep = ~target["iscrowd"]
-        detections.append({"image_id": target["image_id"], "boxes": target["boxes"][keep],
-                           "labels": target["labels"][keep], "scores": torch.ones(int(keep.sum()))})
+        detections.append(
+            {
+                "image_id": target["image_id"],
+                "boxes": target["boxes"][keep],
+                "labels": target["labels"][keep],
+                "scores": torch.ones(int(keep.sum())),
+            }
+        )
     return detections
 
 
-def random_dataset(seed: int, num_images: int = 12, num_classes: int = 3, crowd_prob: float = 0.1) -> FakeDataset:
+def random_dataset(
+    seed: int, num_images: int = 12, num_classes: int = 3, crowd_prob: float = 0.1
+) -> FakeDataset:
     """Random boxes (some crowd/difficult) on 100 x 120 images, image ids 1000 + i."""
     g = torch.Generator().manual_seed(seed)
     images = []
@@ -99,8 +146,16 @@ def random_dataset(seed: int, num_images: int = 12, num_classes: int = 3, crowd_
             x1, y1 = (torch.rand(2, generator=g) * torch.tensor([90.0, 70.0])).tolist()
             w, h = (4 + torch.rand(2, generator=g) * 40).tolist()
             label = int(torch.randint(1, num_classes + 1, (1,), generator=g))
-            objects.append((x1, y1, min(x1 + w, 120.0), min(y1 + h, 100.0), label,
-                            bool(torch.rand(1, generator=g) < crowd_prob)))
+            objects.append(
+                (
+                    x1,
+                    y1,
+                    min(x1 + w, 120.0),
+                    min(y1 + h, 100.0),
+                    label,
+                    bool(torch.rand(1, generator=g) < crowd_prob),
+                )
+            )
         images.append((1000 + i, objects))
     classes = ["__background__"] + [f"class{k}" for k in range(1, num_classes + 1)]
     return FakeDataset(images, classes=classes)
@@ -121,9 +176,17 @@ def random_detections(dataset, seed: int, per_image: int = 8) -> list[dict]:
         wh = 3 + torch.rand(per_image, 2, generator=g) * 40
         boxes = torch.cat([jittered, torch.cat([xy, xy + wh], dim=1)])
         boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 1)  # keep x2 > x1, y2 > y1
-        labels = torch.cat([jittered_labels, torch.randint(1, num_classes + 1, (per_image,), generator=g)])
-        detections.append({"image_id": target["image_id"], "boxes": boxes, "labels": labels,
-                           "scores": torch.rand(len(boxes), generator=g)})
+        labels = torch.cat(
+            [jittered_labels, torch.randint(1, num_classes + 1, (per_image,), generator=g)]
+        )
+        detections.append(
+            {
+                "image_id": target["image_id"],
+                "boxes": boxes,
+                "labels": labels,
+                "scores": torch.rand(len(boxes), generator=g),
+            }
+        )
     return detections
 
 
@@ -136,13 +199,24 @@ class FakeDetector(torch.nn.Module):
         self.calls = []
 
     def forward(self, images, orig_sizes=None, proposals=None):
-        self.calls.append({"training": self.training, "grad": torch.is_grad_enabled(), "orig_sizes": orig_sizes,
-                           "num_images": len(images)})
+        self.calls.append(
+            {
+                "training": self.training,
+                "grad": torch.is_grad_enabled(),
+                "orig_sizes": orig_sizes,
+                "num_images": len(images),
+            }
+        )
         outputs = []
         for image, (h, w) in zip(images, orig_sizes):
             box = torch.tensor([[0.0, 0.0, w, h]], device=image.device) * self.weight
-            outputs.append({"boxes": box, "labels": torch.tensor([1], device=image.device),
-                            "scores": (image.float().mean() / 255).reshape(1)})
+            outputs.append(
+                {
+                    "boxes": box,
+                    "labels": torch.tensor([1], device=image.device),
+                    "scores": (image.float().mean() / 255).reshape(1),
+                }
+            )
         return outputs
 
 
@@ -150,7 +224,7 @@ def make_loader(image_ids, batch_size=2):
     """Batches of (images uint8 [3,H,W], targets with image_id and orig_size) as the val loader yields them."""
     batches = []
     for start in range(0, len(image_ids), batch_size):
-        ids = image_ids[start:start + batch_size]
+        ids = image_ids[start : start + batch_size]
         images = [torch.full((3, 8, 10), i % 256, dtype=torch.uint8) for i in ids]
         targets = [{"image_id": i, "orig_size": torch.tensor([16 + i, 20 + i])} for i in ids]
         batches.append((images, targets))
@@ -172,6 +246,8 @@ def poison_third_training_forward(monkeypatch, trainer_mod) -> None:
                 if calls["n"] == 3:
                     out[0]["loss_box_reg"] = out[0]["loss_box_reg"] * float("nan")
             return out
+
         model.forward = poisoned
         return model
+
     monkeypatch.setattr(trainer_mod, "build_detector", build_poisoned)

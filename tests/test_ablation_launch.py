@@ -1,5 +1,6 @@
 """Ablation launcher: GPU list from the user's CUDA_VISIBLE_DEVICES, placement of packed runs, CPU shares, the
 environment and command of each run (PYTHONPATH prepended, never replaced)."""
+
 import os
 import signal
 import stat
@@ -10,8 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from detector.ablation.launch import (REPO, Interrupted, Slot, child_env, cpu_share, plan_slots, run_local,
-                                      slot_overrides, train_command, visible_gpus)
+from detector.ablation.launch import (
+    REPO,
+    Interrupted,
+    Slot,
+    child_env,
+    cpu_share,
+    plan_slots,
+    run_local,
+    slot_overrides,
+    train_command,
+    visible_gpus,
+)
 from detector.ablation.plan import Run, Step, plan_runs
 
 sys.path.insert(0, str(REPO / "tools"))
@@ -25,11 +36,16 @@ def no_torch() -> int:
 def test_visible_gpus_follow_the_users_list():
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}, no_torch) == ["2", "3"]
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": " 5 , 1 "}, no_torch) == ["5", "1"]
-    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-8f3a,MIG-1c2d"}, no_torch) == ["GPU-8f3a", "MIG-1c2d"]
-    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, no_torch) == []           # CUDA: no GPU
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-8f3a,MIG-1c2d"}, no_torch) == [
+        "GPU-8f3a",
+        "MIG-1c2d",
+    ]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, no_torch) == []  # CUDA: no GPU
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"}, no_torch) == []
-    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "4,-1,5"}, no_torch) == ["4"]  # CUDA stops at an invalid entry
-    assert visible_gpus({}, lambda: 3) == ["0", "1", "2"]                      # unset: every GPU torch counts
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "4,-1,5"}, no_torch) == [
+        "4"
+    ]  # CUDA stops at an invalid entry
+    assert visible_gpus({}, lambda: 3) == ["0", "1", "2"]  # unset: every GPU torch counts
     assert visible_gpus({}, lambda: 0) == []
 
 
@@ -42,11 +58,15 @@ def test_five_jobs_on_two_gpus_pack_three_and_two():
     assert sum(s.omp_threads + s.num_workers for s in slots) <= 16
 
 
-@pytest.mark.parametrize("jobs, cores, threads", [(1, 2, 2), (2, 2, 1), (3, 8, 2), (4, 2, 1), (2, 16, 8)])
+@pytest.mark.parametrize(
+    "jobs, cores, threads", [(1, 2, 2), (2, 2, 1), (3, 8, 2), (4, 2, 1), (2, 16, 8)]
+)
 def test_cpu_only_runs_share_the_cores(jobs, cores, threads):
     slots = plan_slots(jobs, [], cores)
     assert len(slots) == jobs and all(s.gpu is None for s in slots)
-    assert all((s.omp_threads, s.num_workers) == (threads, 0) for s in slots)  # CPU runs compute; load in-process
+    assert all(
+        (s.omp_threads, s.num_workers) == (threads, 0) for s in slots
+    )  # CPU runs compute; load in-process
     if jobs <= cores:
         assert sum(s.omp_threads + s.num_workers for s in slots) <= cores  # never oversubscribed
 
@@ -58,30 +78,51 @@ def test_cpu_share():
 
 
 def test_child_env_prepends_the_repo_and_keeps_the_users_entries():
-    user = {"PYTHONPATH": os.pathsep.join(["/opt/site", "/home/u/lib"]), "HOME": "/home/u", "OMP_NUM_THREADS": "8"}
+    user = {
+        "PYTHONPATH": os.pathsep.join(["/opt/site", "/home/u/lib"]),
+        "HOME": "/home/u",
+        "OMP_NUM_THREADS": "8",
+    }
     env = child_env(user, Slot("3", omp_threads=2, num_workers=5))
     assert env["PYTHONPATH"].split(os.pathsep) == [str(REPO), "/opt/site", "/home/u/lib"]
     assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["HOME"] == "/home/u"
-    assert env["OMP_NUM_THREADS"] == "2"                        # the share, below the user's 8
-    assert child_env({"OMP_NUM_THREADS": "1"}, Slot(None, 4, 0))["OMP_NUM_THREADS"] == "1"  # the user's, smaller
+    assert env["OMP_NUM_THREADS"] == "2"  # the share, below the user's 8
+    assert (
+        child_env({"OMP_NUM_THREADS": "1"}, Slot(None, 4, 0))["OMP_NUM_THREADS"] == "1"
+    )  # the user's, smaller
     bare = child_env({}, Slot(None, 4, 0))
     assert bare["PYTHONPATH"] == str(REPO) and "CUDA_VISIBLE_DEVICES" not in bare
-    assert child_env({"PYTHONPATH": str(REPO)}, Slot(None, 1, 0))["PYTHONPATH"] == str(REPO)  # not twice
+    assert child_env({"PYTHONPATH": str(REPO)}, Slot(None, 1, 0))["PYTHONPATH"] == str(
+        REPO
+    )  # not twice
 
 
 def test_slot_overrides_keep_an_explicit_num_workers():
     slot = Slot(None, 1, 3)
     assert slot_overrides(["seed=0"], slot) == ["seed=0", "data.loader.num_workers=3"]
-    assert slot_overrides(["data.loader.num_workers=0", "seed=0"], slot) == ["data.loader.num_workers=0", "seed=0"]
+    assert slot_overrides(["data.loader.num_workers=0", "seed=0"], slot) == [
+        "data.loader.num_workers=0",
+        "seed=0",
+    ]
 
 
 def test_train_command(tmp_path):
-    run = Run("smoothl1", 1, ["smoothl1.yaml", "data/synthetic.yaml"], ["train.max_iters=5", "seed=1"])
+    run = Run(
+        "smoothl1", 1, ["smoothl1.yaml", "data/synthetic.yaml"], ["train.max_iters=5", "seed=1"]
+    )
     step = Step(run, tmp_path / "runs" / run.name, "resume")
     cmd = train_command(step, run.overrides)
     assert cmd[:2] == [sys.executable, str(REPO / "tools" / "train.py")]
-    assert cmd[2:] == ["--cfg", "smoothl1.yaml", "--cfg", "data/synthetic.yaml", "train.max_iters=5", "seed=1",
-                       f"output_dir={step.run_dir}", "--resume"]
+    assert cmd[2:] == [
+        "--cfg",
+        "smoothl1.yaml",
+        "--cfg",
+        "data/synthetic.yaml",
+        "train.max_iters=5",
+        "seed=1",
+        f"output_dir={step.run_dir}",
+        "--resume",
+    ]
     step.action = "overwrite"
     assert train_command(step, run.overrides)[-1] == "--overwrite"
     step.action = "train"
@@ -94,8 +135,10 @@ def fake_python(tmp_path: Path) -> tuple[Path, Path]:
     """An executable standing in for python: it records each run's environment and arguments, then fails fast."""
     record = tmp_path / "calls.tsv"
     script = tmp_path / "fake-python"
-    script.write_text(f'#!/bin/sh\nprintf "%s\\t%s\\t%s\\n" "$CUDA_VISIBLE_DEVICES" "$PYTHONPATH" "$*" >> {record}\n'
-                      f'echo "error: fake trainer"\nexit 3\n')
+    script.write_text(
+        f'#!/bin/sh\nprintf "%s\\t%s\\t%s\\n" "$CUDA_VISIBLE_DEVICES" "$PYTHONPATH" "$*" >> {record}\n'
+        f'echo "error: fake trainer"\nexit 3\n'
+    )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return script, record
 
@@ -104,7 +147,9 @@ def calls_of_a_fake_ablation(tmp_path: Path, monkeypatch, *args: str) -> list[li
     """Run the real ablation runner with the fake python; [CUDA_VISIBLE_DEVICES, PYTHONPATH, argv] per run."""
     script, record = fake_python(tmp_path)
     monkeypatch.setattr(sys, "executable", str(script))
-    code = ablate.main(["--cfgs", "smoothl1.yaml", "--out", str(tmp_path / "abl"), *args, "train.max_iters=2"])
+    code = ablate.main(
+        ["--cfgs", "smoothl1.yaml", "--out", str(tmp_path / "abl"), *args, "train.max_iters=2"]
+    )
     assert code == 1  # the fake trainer fails every run
     return [line.split("\t") for line in record.read_text().splitlines()]
 
@@ -113,6 +158,7 @@ def test_packed_runs_go_to_the_users_gpus(tmp_path, monkeypatch):
     """CUDA_VISIBLE_DEVICES=2,3: the two runs go to GPUs 2 and 3, not to indices 0 and 1."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     import torch
+
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # what the old runner counted
     calls = calls_of_a_fake_ablation(tmp_path, monkeypatch, "--seeds", "2", "--jobs", "2")
     # which slot takes which run is a race (a fast failure can free a slot first); the GPUs are the user's
@@ -132,11 +178,16 @@ def test_ctrl_c_stops_the_ablation_and_reaches_each_training_once(tmp_path, monk
     """A trainer stand-in that counts the SIGINTs it gets for 2 s: 2 jobs, 3 runs; Ctrl-C once both started."""
     record = tmp_path / "signals.txt"
     script = tmp_path / "fake-python"
-    script.write_text(f"#!/bin/sh\ntrap 'echo INT >> {record}' INT\necho started >> {record}\n"
-                      f"i=0; while [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done\nexit 130\n")
+    script.write_text(
+        f"#!/bin/sh\ntrap 'echo INT >> {record}' INT\necho started >> {record}\n"
+        f"i=0; while [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done\nexit 130\n"
+    )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setattr(sys, "executable", str(script))
-    steps = [Step(run, run.run_dir(tmp_path), "train", device="cpu") for run in plan_runs(["l1.yaml"], [], 3, [])]
+    steps = [
+        Step(run, run.run_dir(tmp_path), "train", device="cpu")
+        for run in plan_runs(["l1.yaml"], [], 3, [])
+    ]
 
     def ctrl_c_once_two_started():
         while not record.exists() or record.read_text().split().count("started") < 2:
@@ -148,16 +199,24 @@ def test_ctrl_c_stops_the_ablation_and_reaches_each_training_once(tmp_path, monk
         run_local(steps, jobs=2, cores=2)
     words = record.read_text().split()
     assert words.count("started") == 2  # the third run never started
-    assert words.count("INT") == 2      # one SIGINT per running training: finish the step, save, stop
+    assert words.count("INT") == 2  # one SIGINT per running training: finish the step, save, stop
 
 
-def test_a_resumed_run_keeps_its_share_of_the_cores_and_the_line_tells_the_truth(tmp_path, monkeypatch, capsys):
+def test_a_resumed_run_keeps_its_share_of_the_cores_and_the_line_tells_the_truth(
+    tmp_path, monkeypatch, capsys
+):
     """--jobs 2 on 2 cores gives each run 1 thread, also when one run is left to resume; the line printed is the
     thread count the run gets, the user's smaller OMP_NUM_THREADS included."""
     from detector.ablation import launch
+
     envs = []
-    monkeypatch.setattr(launch, "execute", lambda step, env, overrides, **kw: envs.append(env) or None)
-    steps = [Step(run, run.run_dir(tmp_path), "resume", device="cpu") for run in plan_runs(["l1.yaml"], [], 1, [])]
+    monkeypatch.setattr(
+        launch, "execute", lambda step, env, overrides, **kw: envs.append(env) or None
+    )
+    steps = [
+        Step(run, run.run_dir(tmp_path), "resume", device="cpu")
+        for run in plan_runs(["l1.yaml"], [], 1, [])
+    ]
     run_local(steps, jobs=2, environ={}, cores=2)
     assert envs[-1]["OMP_NUM_THREADS"] == "1" and "1 compute thread(s)" in capsys.readouterr().out
     run_local(steps, jobs=1, environ={"OMP_NUM_THREADS": "1"}, cores=2)

@@ -1,4 +1,5 @@
 """BoxCoder: round trip, agreement with torchvision's coder, clamp, float32 under autocast, empty input, errors."""
+
 import math
 
 import pytest
@@ -41,9 +42,15 @@ def test_agrees_with_torchvision():
     ours, theirs = BoxCoder(weights), TorchvisionBoxCoder(weights)
     proposals, gt_boxes = random_boxes(300, 3), random_boxes(300, 4)
     # torchvision's argument order is encode(reference_boxes=gt, proposals)
-    torch.testing.assert_close(ours.encode(proposals, gt_boxes), theirs.encode_single(gt_boxes, proposals))
-    deltas = torch.randn(300, 4 * 3, generator=torch.Generator().manual_seed(5))  # class-specific, k=3
-    torch.testing.assert_close(ours.decode(deltas, proposals), theirs.decode_single(deltas, proposals))
+    torch.testing.assert_close(
+        ours.encode(proposals, gt_boxes), theirs.encode_single(gt_boxes, proposals)
+    )
+    deltas = torch.randn(
+        300, 4 * 3, generator=torch.Generator().manual_seed(5)
+    )  # class-specific, k=3
+    torch.testing.assert_close(
+        ours.decode(deltas, proposals), theirs.decode_single(deltas, proposals)
+    )
 
 
 def test_class_specific_decode_matches_per_class_decode():
@@ -52,7 +59,9 @@ def test_class_specific_decode_matches_per_class_decode():
     deltas = torch.randn(7, 12, generator=torch.Generator().manual_seed(7))
     boxes = coder.decode(deltas, proposals)  # [7,12]
     for k in range(3):
-        torch.testing.assert_close(boxes[:, 4 * k:4 * k + 4], coder.decode(deltas[:, 4 * k:4 * k + 4], proposals))
+        torch.testing.assert_close(
+            boxes[:, 4 * k : 4 * k + 4], coder.decode(deltas[:, 4 * k : 4 * k + 4], proposals)
+        )
 
 
 def test_clamp_bounds_width_and_height():
@@ -62,7 +71,9 @@ def test_clamp_bounds_width_and_height():
     assert torch.isfinite(boxes).all()
     torch.testing.assert_close(boxes[0, 2] - boxes[0, 0], torch.tensor(1000.0))
     torch.testing.assert_close(boxes[0, 3] - boxes[0, 1], torch.tensor(1000.0))
-    small = coder.decode(torch.tensor([[0.0, 0.0, -2.0, -2.0]]), proposals)  # not clamped from below
+    small = coder.decode(
+        torch.tensor([[0.0, 0.0, -2.0, -2.0]]), proposals
+    )  # not clamped from below
     torch.testing.assert_close(small[0, 2] - small[0, 0], torch.tensor(16 * math.exp(-2.0)))
 
 
@@ -81,11 +92,14 @@ def test_empty():
     assert coder.decode(torch.zeros(0, 8), torch.zeros(0, 4)).shape == (0, 8)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ([[0.0, 0.0, 0.0, 5.0]], "1 proposals have non-positive width/height"),
-    ([[0.0, 10.0, 5.0, 2.0]], "1 proposals have non-positive width/height"),
-    ([[0.0, 0.0, math.nan, 5.0]], "non-finite"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ([[0.0, 0.0, 0.0, 5.0]], "1 proposals have non-positive width/height"),
+        ([[0.0, 10.0, 5.0, 2.0]], "1 proposals have non-positive width/height"),
+        ([[0.0, 0.0, math.nan, 5.0]], "non-finite"),
+    ],
+)
 def test_degenerate_proposals_raise(bad, message):
     good = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
     with pytest.raises(ValueError, match=message):
@@ -107,7 +121,9 @@ def test_check_off_skips_validation():
     out = coder.encode(torch.tensor([[0.0, 0.0, 0.0, 5.0]]), torch.tensor([[0.0, 0.0, 4.0, 4.0]]))
     assert not torch.isfinite(out).all()
     with pytest.raises(ValueError):
-        coder.encode(torch.tensor([[0.0, 0.0, 0.0, 5.0]]), torch.tensor([[0.0, 0.0, 4.0, 4.0]]), check=True)
+        coder.encode(
+            torch.tensor([[0.0, 0.0, 0.0, 5.0]]), torch.tensor([[0.0, 0.0, 4.0, 4.0]]), check=True
+        )
 
 
 def test_shape_errors():

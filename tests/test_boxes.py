@@ -1,14 +1,24 @@
 """detector.boxes: the batched box functions against torchvision's per-image ops."""
+
 import torch
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
-from detector.boxes import (batched_box_iou, batched_nms_topk, box_xywh_to_xyxy, box_xyxy_to_xywh,
-                            clip_boxes_to_sizes, degenerate_box_mask, min_size_mask)
+from detector.boxes import (
+    batched_box_iou,
+    batched_nms_topk,
+    box_xywh_to_xyxy,
+    box_xyxy_to_xywh,
+    clip_boxes_to_sizes,
+    degenerate_box_mask,
+    min_size_mask,
+)
 
 
 def random_boxes(n: int, m: int, size: float = 100.0, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    xy = torch.rand(n, m, 2, generator=g) * size * 1.2 - size * 0.1  # some boxes stick out of the image
+    xy = (
+        torch.rand(n, m, 2, generator=g) * size * 1.2 - size * 0.1
+    )  # some boxes stick out of the image
     wh = torch.rand(n, m, 2, generator=g) * size * 0.5 + 0.5
     return torch.cat([xy, xy + wh], dim=-1)  # [N,M,4]
 
@@ -39,7 +49,9 @@ def test_nms_topk_matches_per_image_nms_then_topk():
     assert top_scores.shape == (3, 10)
     for i in range(3):
         idx = keep[i].nonzero().squeeze(1)
-        kept = idx[batched_nms(boxes[i, idx], scores[i, idx], classes[idx], 0.5)][:10]  # sorted by score
+        kept = idx[batched_nms(boxes[i, idx], scores[i, idx], classes[idx], 0.5)][
+            :10
+        ]  # sorted by score
         n = len(kept)
         assert torch.equal(top[i, :n], kept)
         assert torch.isfinite(top_scores[i, :n]).all() and torch.isinf(top_scores[i, n:]).all()
@@ -48,13 +60,21 @@ def test_nms_topk_matches_per_image_nms_then_topk():
 def test_nms_topk_with_nothing_kept_gives_no_survivors():
     boxes = random_boxes(2, 8)
     scores = torch.rand(2, 8)
-    top_scores, _ = batched_nms_topk(boxes, scores, torch.zeros(2, 8, dtype=torch.long),
-                                     torch.zeros(2, 8, dtype=torch.bool), 0.5, k=20)
+    top_scores, _ = batched_nms_topk(
+        boxes,
+        scores,
+        torch.zeros(2, 8, dtype=torch.long),
+        torch.zeros(2, 8, dtype=torch.bool),
+        0.5,
+        k=20,
+    )
     assert top_scores.shape == (2, 8) and torch.isinf(top_scores).all()
 
 
 def test_masks_and_format_round_trip():
-    boxes = torch.tensor([[0.0, 0.0, 10.0, 5.0], [3.0, 3.0, 3.0, 9.0], [0.0, 0.0, float("nan"), 1.0]])
+    boxes = torch.tensor(
+        [[0.0, 0.0, 10.0, 5.0], [3.0, 3.0, 3.0, 9.0], [0.0, 0.0, float("nan"), 1.0]]
+    )
     assert degenerate_box_mask(boxes).tolist() == [False, True, True]
     assert min_size_mask(boxes[:2], 5.0).tolist() == [True, False]
     assert min_size_mask(boxes[:2], 5.5).tolist() == [False, False]

@@ -1,4 +1,5 @@
 """Config: layering order, _base_, overrides of nested keys and lists, every error path."""
+
 import copy
 import os
 import subprocess
@@ -10,7 +11,14 @@ import torch
 import yaml
 
 from detector import config as config_module
-from detector.config import CONFIG_DIR, Config, ConfigError, default_config, load_config, parse_override
+from detector.config import (
+    CONFIG_DIR,
+    Config,
+    ConfigError,
+    default_config,
+    load_config,
+    parse_override,
+)
 
 
 def write(path, text):
@@ -33,11 +41,13 @@ def test_layering_order_and_base(tmp_path):
     leaf = write(tmp_path / "leaf.yaml", "_base_: mid.yaml\ntrain:\n  lr: 0.25\n")
     second = write(tmp_path / "second.yaml", "train:\n  batch_size: 3\n  lr: 0.125\n")
     cfg = load_config([leaf])
-    assert cfg.train.lr == 0.25 and cfg.train.max_iters == 7          # leaf over its _base_
+    assert cfg.train.lr == 0.25 and cfg.train.max_iters == 7  # leaf over its _base_
     cfg = load_config([leaf, second])
-    assert cfg.train.lr == 0.125 and cfg.train.batch_size == 3 and cfg.train.max_iters == 7  # later file wins
+    assert (
+        cfg.train.lr == 0.125 and cfg.train.batch_size == 3 and cfg.train.max_iters == 7
+    )  # later file wins
     cfg = load_config([second, base])
-    assert cfg.train.lr == 0.5                                        # order matters
+    assert cfg.train.lr == 0.5  # order matters
 
 
 def test_base_yaml_as_base_does_not_reset_earlier_layers(tmp_path):
@@ -48,9 +58,17 @@ def test_base_yaml_as_base_does_not_reset_earlier_layers(tmp_path):
 
 
 def test_overrides_nested_and_lists():
-    cfg = load_config([], ["model.roi_head.box_loss.beta=0.5", "data.input.min_size_train=[100, 200]",
-                           "data.classes=[cat, dog]", "output_dir=/tmp/x", "train.resume=auto",
-                           "model.roi_head.box_loss.sigma=3"])
+    cfg = load_config(
+        [],
+        [
+            "model.roi_head.box_loss.beta=0.5",
+            "data.input.min_size_train=[100, 200]",
+            "data.classes=[cat, dog]",
+            "output_dir=/tmp/x",
+            "train.resume=auto",
+            "model.roi_head.box_loss.sigma=3",
+        ],
+    )
     assert cfg.model.roi_head.box_loss.beta == 0.5
     assert list(cfg.data.input.min_size_train) == [100, 200]
     assert list(cfg.data.classes) == ["cat", "dog"]
@@ -78,23 +96,29 @@ def test_frozen_printable_saveable(tmp_path):
     assert yaml.safe_load(cfg.to_yaml())["train"]["max_iters"] == 9
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.roi_head.box_los.name=l1", "unknown key model.roi_head.box_los; did you mean box_loss?"),
-    ("beta=1", "it exists as"),
-    ("train.max_iters=abc", "train.max_iters must be int"),
-    ("train.max_iters=1.5", "train.max_iters must be int"),
-    ("train.amp=1", "train.amp must be bool"),
-    ("train.max_iters=0", "must be > 0"),
-    ("model.roi_head.box_loss.name=smoth_l1", "did you mean smooth_l1"),
-    ("data.format=yolo", "choose from synthetic, coco, voc"),
-    ("model.rpn=3", "is a section"),
-    ("train.lr=null", "cannot be null"),
-    ("data.input.min_size_train=[a]", "list of int"),
-    ("model.roi_head.fg_iou_thresh=1.5", "must be in [0, 1]"),
-    ("train.max_iters", "expected key.sub=value"),
-    ("model.roi_head.bg_iou_thresh=0.9", "bg_iou_thresh must be <="),
-    ("model.proposals=precomputed", "needs model.proposal_file"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "model.roi_head.box_los.name=l1",
+            "unknown key model.roi_head.box_los; did you mean box_loss?",
+        ),
+        ("beta=1", "it exists as"),
+        ("train.max_iters=abc", "train.max_iters must be int"),
+        ("train.max_iters=1.5", "train.max_iters must be int"),
+        ("train.amp=1", "train.amp must be bool"),
+        ("train.max_iters=0", "must be > 0"),
+        ("model.roi_head.box_loss.name=smoth_l1", "did you mean smooth_l1"),
+        ("data.format=yolo", "choose from synthetic, coco, voc"),
+        ("model.rpn=3", "is a section"),
+        ("train.lr=null", "cannot be null"),
+        ("data.input.min_size_train=[a]", "list of int"),
+        ("model.roi_head.fg_iou_thresh=1.5", "must be in [0, 1]"),
+        ("train.max_iters", "expected key.sub=value"),
+        ("model.roi_head.bg_iou_thresh=0.9", "bg_iou_thresh must be <="),
+        ("model.proposals=precomputed", "needs model.proposal_file"),
+    ],
+)
 def test_error_paths(override, message):
     with pytest.raises(ConfigError, match=None) as err:
         load_config([], [override])
@@ -133,11 +157,18 @@ def test_train_tool_with_a_checkpoint_as_cfg_prints_one_line(tmp_path):
     repo = Path(__file__).resolve().parent.parent
     pth = tmp_path / "model_final.pth"
     torch.save({"model": torch.arange(300.0)}, pth)
-    result = subprocess.run([sys.executable, str(repo / "tools" / "train.py"), "--cfg", str(pth)],
-                            env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(repo / "tools" / "train.py"), "--cfg", str(pth)],
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "model_final.pth: not a UTF-8 YAML text file" in lines[0], result.stderr
+    assert len(lines) == 1 and "model_final.pth: not a UTF-8 YAML text file" in lines[0], (
+        result.stderr
+    )
 
 
 def test_every_config_file_loads():
@@ -146,8 +177,19 @@ def test_every_config_file_loads():
 
 
 # ------------------------------------------------------------------------------------------- float literals
-@pytest.mark.parametrize("literal, value", [("1e-3", 1e-3), ("1e10", 1e10), ("1.0e6", 1e6), ("1E-3", 1e-3),
-                                            ("2.5e-2", 0.025), (".5e-1", 0.05), ("1.0e+6", 1e6), ("0.02", 0.02)])
+@pytest.mark.parametrize(
+    "literal, value",
+    [
+        ("1e-3", 1e-3),
+        ("1e10", 1e10),
+        ("1.0e6", 1e6),
+        ("1E-3", 1e-3),
+        ("2.5e-2", 0.025),
+        (".5e-1", 0.05),
+        ("1.0e+6", 1e6),
+        ("0.02", 0.02),
+    ],
+)
 def test_every_python_float_literal_is_a_float_on_the_cli_and_in_files(literal, value, tmp_path):
     assert load_config([], [f"train.lr={literal}"]).train.lr == value
     leaf = write(tmp_path / "leaf.yaml", f"train:\n  lr: {literal}\n")
@@ -157,9 +199,18 @@ def test_every_python_float_literal_is_a_float_on_the_cli_and_in_files(literal, 
     assert load_config([tmp_path / "saved.yaml"]).train.lr == value
 
 
-def test_float_literals_in_lists_and_number_keys_but_not_where_a_string_or_int_is_expected(tmp_path):
-    cfg = load_config([], ["model.roi_head.box_coder_weights=[1e1, 1e1, 5e0, 5]", "data.fraction=5e-1",
-                           "model.roi_head.box_loss.sigma=3e0", "output_dir=1e3"])
+def test_float_literals_in_lists_and_number_keys_but_not_where_a_string_or_int_is_expected(
+    tmp_path,
+):
+    cfg = load_config(
+        [],
+        [
+            "model.roi_head.box_coder_weights=[1e1, 1e1, 5e0, 5]",
+            "data.fraction=5e-1",
+            "model.roi_head.box_loss.sigma=3e0",
+            "output_dir=1e3",
+        ],
+    )
     assert list(cfg.model.roi_head.box_coder_weights) == [10.0, 10.0, 5.0, 5]
     assert cfg.data.fraction == 0.5 and cfg.model.roi_head.box_loss.sigma == 3.0
     assert cfg.output_dir == "1e3"  # a string key keeps the string
@@ -171,8 +222,17 @@ def test_float_literals_in_lists_and_number_keys_but_not_where_a_string_or_int_i
         load_config([], ["train.lr=1e-3x"])
 
 
-@pytest.mark.parametrize("override", ["train.lr=nan", "train.lr=.inf", "train.lr=inf", "train.lr=-Infinity",
-                                      "model.roi_head.box_loss.alpha=NaN", "model.rpn.aspect_ratios=[1, nan]"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.lr=nan",
+        "train.lr=.inf",
+        "train.lr=inf",
+        "train.lr=-Infinity",
+        "model.roi_head.box_loss.alpha=NaN",
+        "model.rpn.aspect_ratios=[1, nan]",
+    ],
+)
 def test_nan_and_inf_are_refused_where_a_float_is_expected(override):
     with pytest.raises(ConfigError, match="is not a finite number"):
         load_config([], [override])
@@ -181,8 +241,12 @@ def test_nan_and_inf_are_refused_where_a_float_is_expected(override):
 # ------------------------------------------------------------------------------------------- no hidden state
 def test_loading_a_config_changes_no_module_state():
     def snapshot():
-        return {name: (id(value), copy.deepcopy(value)) for name, value in vars(config_module).items()
-                if isinstance(value, (dict, list, set)) and not name.startswith("__")}
+        return {
+            name: (id(value), copy.deepcopy(value))
+            for name, value in vars(config_module).items()
+            if isinstance(value, (dict, list, set)) and not name.startswith("__")
+        }
+
     load_config(["giou.yaml"])
     before = snapshot()
     load_config(["smoothl1.yaml"], ["train.lr=0.5"])
@@ -195,7 +259,9 @@ def test_merge_takes_the_schema_it_checks_against():
     cfg = copy.deepcopy(schema)
     config_module._merge(cfg, {"train": {"lr": "1e-2"}}, schema, "layer")
     assert cfg["train"]["lr"] == 0.01 and schema["train"]["lr"] != 0.01
-    with pytest.raises(ConfigError, match=r"layer: unknown key beta \(it exists as model.rpn.box_loss.beta\)"):
+    with pytest.raises(
+        ConfigError, match=r"layer: unknown key beta \(it exists as model.rpn.box_loss.beta\)"
+    ):
         config_module._merge(cfg, {"beta": 1}, schema, "layer")
 
 
@@ -204,12 +270,20 @@ def test_loss_backbone_and_schedule_names_come_from_their_registries(monkeypatch
     from detector.config import BACKBONES
     from detector.losses import BETA_SCHEDULES, LOSSES, BoxLoss, l1_loss
     from detector.losses.regression import iou_loss
+
     monkeypatch.setitem(LOSSES, "my_l1", lambda cfg: BoxLoss("my_l1", l1_loss))
     monkeypatch.setitem(LOSSES, "my_iou", lambda cfg: BoxLoss("my_iou", iou_loss, on_boxes=True))
     monkeypatch.setitem(BETA_SCHEDULES, "my_schedule", object)
     monkeypatch.setitem(BACKBONES, "resnet152", "resnet")
-    cfg = load_config([], ["model.roi_head.box_loss.name=my_iou", "model.rpn.box_loss.name=my_l1",
-                           "model.roi_head.box_loss.schedule.type=my_schedule", "model.backbone.name=resnet152"])
+    cfg = load_config(
+        [],
+        [
+            "model.roi_head.box_loss.name=my_iou",
+            "model.rpn.box_loss.name=my_l1",
+            "model.roi_head.box_loss.schedule.type=my_schedule",
+            "model.backbone.name=resnet152",
+        ],
+    )
     assert cfg.model.roi_head.box_loss.name == "my_iou" and cfg.model.rpn.box_loss.name == "my_l1"
     with pytest.raises(ConfigError) as err:
         load_config([], ["model.roi_head.box_loss.name=nosuch"])
@@ -222,30 +296,48 @@ def test_loss_backbone_and_schedule_names_come_from_their_registries(monkeypatch
 @pytest.mark.parametrize("name", ["giou", "dynamic_smooth_l1", "my_iou"])
 def test_the_rpn_takes_only_registered_delta_losses_without_a_schedule(name, monkeypatch):
     from detector.losses import LOSSES, BoxLoss, iou_loss, l1_loss
+
     monkeypatch.setitem(LOSSES, "my_l1", lambda cfg: BoxLoss("my_l1", l1_loss))
     monkeypatch.setitem(LOSSES, "my_iou", lambda cfg: BoxLoss("my_iou", iou_loss, on_boxes=True))
     with pytest.raises(ConfigError) as err:
         load_config([], [f"model.rpn.box_loss.name={name}"])
-    assert str(err.value) == (f"model.rpn.box_loss.name={name!r}: the RPN regresses anchor deltas with a fixed "
-                              f"beta; choose a delta loss: l2, l1, smooth_l1, balanced_l1, my_l1")
+    assert str(err.value) == (
+        f"model.rpn.box_loss.name={name!r}: the RPN regresses anchor deltas with a fixed "
+        f"beta; choose a delta loss: l2, l1, smooth_l1, balanced_l1, my_l1"
+    )
 
 
 def test_every_registered_loss_is_a_valid_roi_head_loss():
     from detector.losses import LOSSES
+
     for name in LOSSES:
-        assert load_config([], [f"model.roi_head.box_loss.name={name}"]).model.roi_head.box_loss.name == name
+        assert (
+            load_config([], [f"model.roi_head.box_loss.name={name}"]).model.roi_head.box_loss.name
+            == name
+        )
 
 
 # ------------------------------------------------------------------------------------------- messages
-@pytest.mark.parametrize("name, hint", [("smoothl1.yml", "smoothl1.yaml"), ("smoth_l1.yaml", "smoothl1.yaml"),
-                                        ("configs/smoothl1.yml", "smoothl1.yaml"),
-                                        ("data/coco_tny.yaml", "data/coco_tiny.yaml"), ("nosuch.yaml", None),
-                                        ("no_such_config.yaml", None), ("l3.yaml", None)])
+@pytest.mark.parametrize(
+    "name, hint",
+    [
+        ("smoothl1.yml", "smoothl1.yaml"),
+        ("smoth_l1.yaml", "smoothl1.yaml"),
+        ("configs/smoothl1.yml", "smoothl1.yaml"),
+        ("data/coco_tny.yaml", "data/coco_tiny.yaml"),
+        ("nosuch.yaml", None),
+        ("no_such_config.yaml", None),
+        ("l3.yaml", None),
+    ],
+)
 def test_a_missing_config_file_is_hinted_only_when_close(name, hint):
     with pytest.raises(ConfigError) as err:
         load_config([name])
     message = str(err.value)
-    assert f"config file {name!r} not found" in message and "available: balanced_l1.yaml, base.yaml" in message
+    assert (
+        f"config file {name!r} not found" in message
+        and "available: balanced_l1.yaml, base.yaml" in message
+    )
     if hint is None:
         assert "did you mean" not in message
     else:
@@ -255,16 +347,22 @@ def test_a_missing_config_file_is_hinted_only_when_close(name, hint):
 def test_resume_lists_every_valid_value():
     with pytest.raises(ConfigError) as err:
         load_config([], ["train.resume=/runs/x/checkpoints/last.pth"])
-    assert str(err.value).endswith("train.resume='/runs/x/checkpoints/last.pth' is not valid; "
-                                   "choose from false, true, auto")
+    assert str(err.value).endswith(
+        "train.resume='/runs/x/checkpoints/last.pth' is not valid; choose from false, true, auto"
+    )
     assert load_config([], ["train.resume=true"]).train.resume is True
 
 
 def test_diff_configs_lists_the_dotted_keys_that_differ():
     from detector.config import diff_configs
+
     a = load_config(["smoothl1.yaml"])
     b = load_config(["giou.yaml"], ["train.lr=0.01", "data.input.min_size_train=[224]"])
-    assert diff_configs(a, b) == ["data.input.min_size_train", "model.roi_head.box_loss.name",
-                                  "model.roi_head.box_loss.weight", "train.lr"]
+    assert diff_configs(a, b) == [
+        "data.input.min_size_train",
+        "model.roi_head.box_loss.name",
+        "model.roi_head.box_loss.weight",
+        "train.lr",
+    ]
     assert diff_configs(a, a.to_dict()) == []
     assert diff_configs({"x": {"y": 1}}, {"x": {"y": 1, "z": 2}}) == ["x.z"]

@@ -1,18 +1,33 @@
 """Transforms keep boxes consistent with the image: flip twice = identity, resize scales boxes, training drops crowd
 boxes, a sample's augmentation is a pure function of its seed. Label noise is not a transform: test_label_noise.py."""
+
 import torch
 
 from detector.config import load_config
-from detector.data.transforms import DetectionTransform, build_transforms, hflip, padded_size, resize, resized_size
+from detector.data.transforms import (
+    DetectionTransform,
+    build_transforms,
+    hflip,
+    padded_size,
+    resize,
+    resized_size,
+)
 
 
 def make_sample(height=40, width=60):
     image = torch.zeros(3, height, width, dtype=torch.uint8)
-    boxes = torch.tensor([[10., 5., 30., 25.], [0., 0., 60., 40.], [40., 10., 50., 20.]])
+    boxes = torch.tensor(
+        [[10.0, 5.0, 30.0, 25.0], [0.0, 0.0, 60.0, 40.0], [40.0, 10.0, 50.0, 20.0]]
+    )
     for x1, y1, x2, y2 in boxes.int().tolist():
         image[:, y1:y2, x1:x2] += 60
-    target = {"boxes": boxes, "labels": torch.tensor([1, 2, 3]), "image_id": 7,
-              "iscrowd": torch.tensor([False, False, True]), "area": torch.tensor([400., 2400., 100.])}
+    target = {
+        "boxes": boxes,
+        "labels": torch.tensor([1, 2, 3]),
+        "image_id": 7,
+        "iscrowd": torch.tensor([False, False, True]),
+        "area": torch.tensor([400.0, 2400.0, 100.0]),
+    }
     return image, target
 
 
@@ -21,7 +36,7 @@ def test_flip_twice_is_identity_and_boxes_follow_pixels():
     flipped, ftarget = hflip(image, target)
     x1, y1, x2, y2 = ftarget["boxes"][0].int().tolist()
     assert torch.equal(flipped[:, y1:y2, x1:x2], image[:, 5:25, 10:30].flip(-1))
-    assert ftarget["boxes"][0].tolist() == [30., 5., 50., 25.]
+    assert ftarget["boxes"][0].tolist() == [30.0, 5.0, 50.0, 25.0]
     back, btarget = hflip(flipped, ftarget)
     assert torch.equal(back, image)
     torch.testing.assert_close(btarget["boxes"], target["boxes"])
@@ -31,7 +46,7 @@ def test_resize_scales_boxes_and_area():
     image, target = make_sample()
     out, otarget = resize(image, target, (80, 90))
     assert out.shape == (3, 80, 90) and out.dtype == torch.uint8
-    torch.testing.assert_close(otarget["boxes"][0], torch.tensor([15., 10., 45., 50.]))
+    torch.testing.assert_close(otarget["boxes"][0], torch.tensor([15.0, 10.0, 45.0, 50.0]))
     torch.testing.assert_close(otarget["area"], target["area"] * 1.5 * 2.0)
 
 
@@ -59,8 +74,15 @@ def test_train_transform_drops_crowd_adds_orig_size_and_is_seeded():
         outcomes.add((min(out.shape[1:]), flipped))
         expected = target["boxes"][:2] * scale
         if flipped:
-            expected = torch.stack([out.shape[2] - expected[:, 2], expected[:, 1], out.shape[2] - expected[:, 0],
-                                    expected[:, 3]], dim=1)
+            expected = torch.stack(
+                [
+                    out.shape[2] - expected[:, 2],
+                    expected[:, 1],
+                    out.shape[2] - expected[:, 0],
+                    expected[:, 3],
+                ],
+                dim=1,
+            )
         torch.testing.assert_close(t["boxes"], expected, atol=0.2, rtol=0)
     assert len(outcomes) == 6  # every size, flipped and not
 
@@ -75,7 +97,9 @@ def test_eval_transform_keeps_crowd_and_never_flips():
 
 def test_train_transform_does_not_redraw_label_noise():
     image, target = make_sample()
-    cfg = load_config([], ["data.label_noise=1.0", "data.input.min_size_train=[40]", "data.input.flip_prob=0.0"])
+    cfg = load_config(
+        [], ["data.label_noise=1.0", "data.input.min_size_train=[40]", "data.input.flip_prob=0.0"]
+    )
     for seed in range(3):  # label noise is fixed when the dataset is built, never drawn per sample
         _, t = build_transforms(cfg, "train")(image, target, torch.Generator().manual_seed(seed))
         torch.testing.assert_close(t["boxes"], target["boxes"][:2])

@@ -7,12 +7,13 @@ is how the GPU crash of a CPU-built ``beta`` stat beside CUDA tensors is caught 
 ``MultiScaleRoIAlign`` builds its scales with the default device itself, so it runs outside the meta context.
 The CUDA suite (``-m cuda``) checks the same contract on a real GPU.
 """
+
 import pytest
 import torch
+from helpers import tiny_model, two_images
 
 from detector.engine.logger import stats_to_scalars
 from detector.losses import LOSSES
-from helpers import tiny_model, two_images
 
 
 def _pooler_on_default_cpu(model):
@@ -21,13 +22,22 @@ def _pooler_on_default_cpu(model):
     def pooled(*args, **kwargs):
         with torch.device("cpu"):
             return pool(*args, **kwargs)
+
     model.roi_heads.pooler.forward = pooled
     return model
 
 
-@pytest.mark.parametrize("overrides", [[f"model.roi_head.box_loss.name={name}"] for name in sorted(LOSSES)]
-                         + [["model.roi_head.box_loss.name=dynamic_smooth_l1",
-                             "model.roi_head.dynamic_label_assignment.enabled=true"]], ids=str)
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"model.roi_head.box_loss.name={name}"] for name in sorted(LOSSES)]
+    + [
+        [
+            "model.roi_head.box_loss.name=dynamic_smooth_l1",
+            "model.roi_head.dynamic_label_assignment.enabled=true",
+        ]
+    ],
+    ids=str,
+)
 def test_training_outputs_stay_on_the_inputs_device(overrides):
     model = _pooler_on_default_cpu(tiny_model(*overrides).train())
     images, targets = two_images()
@@ -42,8 +52,12 @@ def test_training_outputs_stay_on_the_inputs_device(overrides):
 
 
 def test_stats_to_scalars_reads_each_device_once():
-    stats = {"a": torch.tensor(1.5), "b": torch.tensor(2, dtype=torch.long), "hist/x": torch.ones(3, 4),
-             "c": torch.tensor([[0.25]])}
+    stats = {
+        "a": torch.tensor(1.5),
+        "b": torch.tensor(2, dtype=torch.long),
+        "hist/x": torch.ones(3, 4),
+        "c": torch.tensor([[0.25]]),
+    }
     scalars, hists = stats_to_scalars(stats)
     assert scalars == {"a": 1.5, "b": 2.0, "c": 0.25} and list(scalars) == ["a", "b", "c"]
     assert list(hists) == ["hist/x"]

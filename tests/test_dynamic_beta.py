@@ -1,6 +1,7 @@
 """Beta schedules of Dynamic Smooth L1: hand-computed adaptive updates in both reference conventions (mmdetection's
 and the official code's), explicit curves (the beta each iteration trains with), state and the interval record.
 Two ranks in step: tests/test_dynamic_state.py."""
+
 import math
 
 import pytest
@@ -21,7 +22,9 @@ def targets(txty) -> torch.Tensor:
 
 
 def roi_head(*overrides):
-    return load_config([], ["model.roi_head.box_loss.name=dynamic_smooth_l1", *overrides]).model.roi_head
+    return load_config(
+        [], ["model.roi_head.box_loss.name=dynamic_smooth_l1", *overrides]
+    ).model.roi_head
 
 
 def roi_box_loss(*overrides):
@@ -34,7 +37,9 @@ def train(schedule, iterations) -> list[float]:
     used = []
     for it, (deltas, num_images) in enumerate(iterations):
         used.append(schedule.beta)
-        statistic = schedule.observe(deltas, num_images) if isinstance(schedule, AdaptiveBeta) else None
+        statistic = (
+            schedule.observe(deltas, num_images) if isinstance(schedule, AdaptiveBeta) else None
+        )
         schedule.step(it, statistic)
     return used
 
@@ -42,9 +47,17 @@ def train(schedule, iterations) -> list[float]:
 # 15 iterations, interval 3, topk 1. Iteration 0: mean(|tx|,|ty|) = [0.3, 1.0, 0.1], k = min(1 * 2 images, 3) = 2
 # -> 0.3; iteration 1: no targets; iteration 2: k = min(2, 1) = 1 -> 0.4. Then an interval without targets, one of
 # zeros, one above the initial beta and one below min_beta.
-HAND = ([(targets([[0.2, -0.4], [1.0, 1.0], [-0.1, 0.1]]), 2), (NO_TARGETS, 2), (targets([[0.5, 0.3]]), 2)]
-        + [(NO_TARGETS, 2)] * 3 + [(targets([[0.0, 0.0]] * 4), 1)] * 3 + [(targets([[3.0, 5.0]]), 1)] * 3
-        + [(targets([[1e-5, 1e-5]]), 1)] * 3)
+HAND = (
+    [
+        (targets([[0.2, -0.4], [1.0, 1.0], [-0.1, 0.1]]), 2),
+        (NO_TARGETS, 2),
+        (targets([[0.5, 0.3]]), 2),
+    ]
+    + [(NO_TARGETS, 2)] * 3
+    + [(targets([[0.0, 0.0]] * 4), 1)] * 3
+    + [(targets([[3.0, 5.0]]), 1)] * 3
+    + [(targets([[1e-5, 1e-5]]), 1)] * 3
+)
 
 
 def test_adaptive_mmdet_hand_computed():
@@ -72,53 +85,88 @@ def test_median_of_an_even_record(statistic, expected):
     # one image, 2..5 targets, k = min(2, P) = 2: the 2nd smallest of the first P -> [0.5, 0.5, 0.3, 0.3]
     used = train(sched, [(targets([[v, -v] for v in values[: it + 2]]), 1) for it in range(4)])
     assert used == [2.0] * 4
-    assert sched.beta == pytest.approx(expected)  # mmdet: np.median, the mean of 0.3 and 0.5; official: sorted[2]
+    assert sched.beta == pytest.approx(
+        expected
+    )  # mmdet: np.median, the mean of 0.3 and 0.5; official: sorted[2]
 
 
 def test_observe_takes_the_kth_smallest_of_the_valid_targets():
     sched = AdaptiveBeta(topk=1)
-    deltas = targets([[0.4, -0.4], [0.1, 0.1], [0.9, -0.9], [0.0, 0.4], [0.05, 0.05]])  # 0.4 0.1 0.9 0.2 0.05
+    deltas = targets(
+        [[0.4, -0.4], [0.1, 0.1], [0.9, -0.9], [0.0, 0.4], [0.05, 0.05]]
+    )  # 0.4 0.1 0.9 0.2 0.05
     valid = torch.tensor([True, True, True, True, False])
     assert float(sched.observe(deltas, 2)) == pytest.approx(0.1)  # k = 2 of all five
-    assert float(sched.observe(deltas, torch.tensor(2), valid=valid)) == pytest.approx(0.2)  # 0.05 is padding
-    assert float(sched.observe(deltas, 10, valid=valid)) == pytest.approx(0.9)  # k = min(10, 4 valid)
+    assert float(sched.observe(deltas, torch.tensor(2), valid=valid)) == pytest.approx(
+        0.2
+    )  # 0.05 is padding
+    assert float(sched.observe(deltas, 10, valid=valid)) == pytest.approx(
+        0.9
+    )  # k = min(10, 4 valid)
     assert math.isnan(float(sched.observe(NO_TARGETS, 2)))
     assert math.isnan(float(sched.observe(deltas, 2, valid=torch.zeros(5, dtype=torch.bool))))
     before = sched.state_dict()
     sched.observe(deltas, 2)
-    assert sched.state_dict()["record"]["table"].equal(before["record"]["table"])  # observing changes nothing
+    assert sched.state_dict()["record"]["table"].equal(
+        before["record"]["table"]
+    )  # observing changes nothing
 
 
 def test_explicit_schedules_give_each_iteration_its_beta():
-    def beta_during(schedule, iteration):  # what iteration trains with: the initial beta, or after step(i - 1)
+    def beta_during(
+        schedule, iteration
+    ):  # what iteration trains with: the initial beta, or after step(i - 1)
         if iteration:
             schedule.step(iteration - 1)
         return schedule.beta
 
     start, end, total = 1.0, 0.1, 100
     assert beta_during(ScheduledBeta("constant", 0.4, end, total), 77) == 0.4
-    linear, cosine, exp = (ScheduledBeta(kind, start, end, total) for kind in ("linear", "cosine", "exp"))
-    assert [beta_during(linear, i) for i in (0, 50, 100, 300)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    linear, cosine, exp = (
+        ScheduledBeta(kind, start, end, total) for kind in ("linear", "cosine", "exp")
+    )
+    assert [beta_during(linear, i) for i in (0, 50, 100, 300)] == pytest.approx(
+        [1.0, 0.55, 0.1, 0.1]
+    )
     assert [beta_during(cosine, i) for i in (0, 50, 100)] == pytest.approx([1.0, 0.55, 0.1])
     assert beta_during(cosine, 25) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 4)))
     assert [beta_during(exp, i) for i in (0, 50, 100)] == pytest.approx([1.0, math.sqrt(0.1), 0.1])
     step = ScheduledBeta("step", start, end, total, milestones=[50, 80], gamma=0.1)
-    assert [beta_during(step, i) for i in (0, 49, 50, 79, 80)] == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01])
-    assert ScheduledBeta("step", start, end, total, milestones=[0], gamma=0.5).beta == 0.5  # applies from the start
-    floored = ScheduledBeta("step", start, end, total, milestones=[50, 80], gamma=0.1, min_beta=0.05)
+    assert [beta_during(step, i) for i in (0, 49, 50, 79, 80)] == pytest.approx(
+        [1.0, 1.0, 0.1, 0.1, 0.01]
+    )
+    assert (
+        ScheduledBeta("step", start, end, total, milestones=[0], gamma=0.5).beta == 0.5
+    )  # applies from the start
+    floored = ScheduledBeta(
+        "step", start, end, total, milestones=[50, 80], gamma=0.1, min_beta=0.05
+    )
     assert floored.step(89) == 0.05 and floored.beta == 0.05
     cosine = ScheduledBeta("cosine", start, end, total)
     assert train(cosine, [(None, 1)] * 3) == pytest.approx([cosine.value_at(i) for i in range(3)])
     with pytest.raises(ConfigError, match="type=exp is geometric; start .* must be > 0"):
-        roi_box_loss("model.roi_head.box_loss.schedule.type=exp", "model.roi_head.box_loss.schedule.end=0")
+        roi_box_loss(
+            "model.roi_head.box_loss.schedule.type=exp", "model.roi_head.box_loss.schedule.end=0"
+        )
 
 
 def test_build_beta_schedule_from_config():
     assert build_beta_schedule(load_config([]).model.roi_head, 100) is None  # plain smooth_l1
     adaptive = build_beta_schedule(roi_head("model.roi_head.box_loss.sigma=2"), 100)
-    assert isinstance(adaptive, AdaptiveBeta) and adaptive.initial_beta == 0.25 and adaptive.beta == 0.25
-    assert (adaptive.topk, adaptive.interval, adaptive.min_beta, adaptive.statistic) == (10, 100, 1e-3, "mmdet")
-    official = build_beta_schedule(roi_head("model.roi_head.box_loss.schedule.statistic=official"), 100)
+    assert (
+        isinstance(adaptive, AdaptiveBeta)
+        and adaptive.initial_beta == 0.25
+        and adaptive.beta == 0.25
+    )
+    assert (adaptive.topk, adaptive.interval, adaptive.min_beta, adaptive.statistic) == (
+        10,
+        100,
+        1e-3,
+        "mmdet",
+    )
+    official = build_beta_schedule(
+        roi_head("model.roi_head.box_loss.schedule.statistic=official"), 100
+    )
     assert official.statistic == "official"
     with pytest.raises(ConfigError, match="statistic"):
         roi_box_loss("model.roi_head.box_loss.schedule.statistic=paper")
@@ -127,31 +175,49 @@ def test_build_beta_schedule_from_config():
     for kind in ("constant", "linear", "cosine", "exp"):
         sched = build_beta_schedule(roi_head(f"model.roi_head.box_loss.schedule.type={kind}"), 1000)
         assert isinstance(sched, ScheduledBeta) and sched.type == kind and sched.beta == 1.0
-        assert sched.step(999) == pytest.approx(1.0 if kind == "constant" else 0.1)  # the beta of iteration 1000
+        assert sched.step(999) == pytest.approx(
+            1.0 if kind == "constant" else 0.1
+        )  # the beta of iteration 1000
 
 
 def test_topk_scaled_to_the_sampled_roi_budget():
     """Dynamic R-CNN's k = 10 per image is for 512 sampled RoIs; reference_rois=512 keeps that operating point
     (the same quantile of the positives) at another budget: 10 * 128 / 512 = 2.5 per image, so 10 of 4 images."""
-    sched = build_beta_schedule(roi_head("model.roi_head.batch_size_per_image=128",
-                                         "model.roi_head.box_loss.schedule.reference_rois=512"), 100)
+    sched = build_beta_schedule(
+        roi_head(
+            "model.roi_head.batch_size_per_image=128",
+            "model.roi_head.box_loss.schedule.reference_rois=512",
+        ),
+        100,
+    )
     assert sched.topk == 2.5
     deltas = targets([[0.1 * i, 0.1 * i] for i in range(1, 31)])  # statistics 0.1 .. 3.0
-    assert float(sched.observe(deltas, 4)) == pytest.approx(1.0)  # k = round(2.5 * 4) = 10 -> the 10th smallest
-    assert float(sched.observe(deltas, 1)) == pytest.approx(0.2)  # k = round(2.5) = 2 (round half to even)
+    assert float(sched.observe(deltas, 4)) == pytest.approx(
+        1.0
+    )  # k = round(2.5 * 4) = 10 -> the 10th smallest
+    assert float(sched.observe(deltas, 1)) == pytest.approx(
+        0.2
+    )  # k = round(2.5) = 2 (round half to even)
     unscaled = build_beta_schedule(roi_head("model.roi_head.batch_size_per_image=128"), 100)
-    assert unscaled.topk == 10 and float(unscaled.observe(deltas, 4)) == pytest.approx(3.0)  # k = 30 of 30
+    assert unscaled.topk == 10 and float(unscaled.observe(deltas, 4)) == pytest.approx(
+        3.0
+    )  # k = 30 of 30
     with pytest.raises(ConfigError, match="reference_rois"):
         roi_head("model.roi_head.box_loss.schedule.reference_rois=0")
 
 
 def test_dynamic_smooth_l1_with_constant_schedule_is_smooth_l1():
-    cfg = roi_head("model.roi_head.box_loss.schedule.type=constant", "model.roi_head.box_loss.schedule.start=0.5")
+    cfg = roi_head(
+        "model.roi_head.box_loss.schedule.type=constant",
+        "model.roi_head.box_loss.schedule.start=0.5",
+    )
     loss, sched = build_box_loss(cfg.box_loss), build_beta_schedule(cfg, 100)
     pred, target = torch.randn(20, 4), torch.randn(20, 4)
     for it in range(3):
         value = loss(pred, target, avg_factor=20, beta=sched.beta)
-        torch.testing.assert_close(value, F.smooth_l1_loss(pred, target, reduction="sum", beta=0.5) / 20)
+        torch.testing.assert_close(
+            value, F.smooth_l1_loss(pred, target, reduction="sum", beta=0.5) / 20
+        )
         sched.step(it)
 
 
@@ -162,11 +228,15 @@ def test_adaptive_step_needs_a_statistic():
 
 def test_state_dict_round_trip():
     a, b = AdaptiveBeta(topk=1, interval=3), AdaptiveBeta(topk=1, interval=3)
-    train(a, [(targets([[0.1 * (it + 1), 0.1 * (it + 1)]]), 1) for it in range(5)])  # updated after 2, 2 pending
+    train(
+        a, [(targets([[0.1 * (it + 1), 0.1 * (it + 1)]]), 1) for it in range(5)]
+    )  # updated after 2, 2 pending
     state = a.state_dict()
     assert state["record"]["table"].device.type == "cpu"
     b.load_state_dict(state)
-    assert b.beta == a.beta == pytest.approx(0.2) and b.state_dict()["record"]["table"].equal(state["record"]["table"])
+    assert b.beta == a.beta == pytest.approx(0.2) and b.state_dict()["record"]["table"].equal(
+        state["record"]["table"]
+    )
     last = a.observe(targets([[0.9, 0.9]]), 1)
     assert a.step(5, last) == b.step(5, last) == pytest.approx(0.5)  # median(0.4, 0.5, 0.9)
     cos, cos2 = ScheduledBeta("cosine", 1.0, 0.1, 10), ScheduledBeta("cosine", 1.0, 0.1, 10)
@@ -181,6 +251,10 @@ def test_state_dict_round_trip():
 
 def test_interval_record_skips_unobserved_iterations():
     record = IntervalRecord(3)
-    assert [record.record(it, torch.tensor(v)) for it, v in enumerate((0.5, math.nan, 0.25))] == [False, False, True]
+    assert [record.record(it, torch.tensor(v)) for it, v in enumerate((0.5, math.nan, 0.25))] == [
+        False,
+        False,
+        True,
+    ]
     assert record.collect() == [0.5, 0.25]
     assert record.collect() == []  # collecting cleared it

@@ -1,4 +1,5 @@
 """COCO metrics: GT/result conversion, hand-computed AP, agreement with a direct pycocotools run, real coco_tiny."""
+
 import contextlib
 import io
 import json
@@ -6,14 +7,22 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import FakeDataset, perfect_detections, random_dataset, random_detections
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from helpers import FakeDataset, perfect_detections, random_dataset, random_detections
 
-from detector.evaluation import (COCO_METRIC_NAMES, build_coco_gt, coco_metrics, detections_to_coco_results,
-                                 evaluate, format_metrics)
+from detector.evaluation import (
+    COCO_METRIC_NAMES,
+    build_coco_gt,
+    coco_metrics,
+    detections_to_coco_results,
+    evaluate,
+    format_metrics,
+)
 
-ONE = pytest.approx(1.0, abs=1e-12)  # COCOeval's precision is tp / (tp + fp + eps): 1 - 2e-16 for a single TP
+ONE = pytest.approx(
+    1.0, abs=1e-12
+)  # COCOeval's precision is tp / (tp + fp + eps): 1 - 2e-16 for a single TP
 
 
 def det(image_id, rows):
@@ -28,8 +37,14 @@ def test_gt_uses_original_category_ids_xywh_area_and_crowd():
     assert sorted(gt.imgs) == [7, 9] and gt.imgs[7]["height"] == 100 and gt.imgs[7]["width"] == 120
     assert {c["id"]: c["name"] for c in gt.dataset["categories"]} == {11: "cat", 21: "dog"}
     first, crowd = gt.dataset["annotations"]
-    assert first == {"id": 1, "image_id": 7, "category_id": 21, "bbox": [10.0, 20.0, 30.0, 40.0], "area": 1200.0,
-                     "iscrowd": 0}
+    assert first == {
+        "id": 1,
+        "image_id": 7,
+        "category_id": 21,
+        "bbox": [10.0, 20.0, 30.0, 40.0],
+        "area": 1200.0,
+        "iscrowd": 0,
+    }
     assert crowd["iscrowd"] == 1 and crowd["category_id"] == 11
 
 
@@ -51,9 +66,13 @@ def test_ground_truth_is_never_cached_on_the_dataset():
 
 def test_detections_to_coco_results_converts_ids_and_boxes():
     ds = FakeDataset([(7, [])])
-    results = detections_to_coco_results(ds, [det(7, [(10, 20, 40, 60, 2, 0.75), (1.5, 2.5, 3.5, 4.5, 1, 0.5)])])
-    assert results == [{"image_id": 7, "category_id": 21, "bbox": [10.0, 20.0, 30.0, 40.0], "score": 0.75},
-                       {"image_id": 7, "category_id": 11, "bbox": [1.5, 2.5, 2.0, 2.0], "score": 0.5}]
+    results = detections_to_coco_results(
+        ds, [det(7, [(10, 20, 40, 60, 2, 0.75), (1.5, 2.5, 3.5, 4.5, 1, 0.5)])]
+    )
+    assert results == [
+        {"image_id": 7, "category_id": 21, "bbox": [10.0, 20.0, 30.0, 40.0], "score": 0.75},
+        {"image_id": 7, "category_id": 11, "bbox": [1.5, 2.5, 2.0, 2.0], "score": 0.5},
+    ]
     assert all(type(r["score"]) is float and type(r["image_id"]) is int for r in results)
 
 
@@ -73,9 +92,20 @@ def test_false_positive_at_known_rank():
 
     COCO's 101-point interpolated precision is 1 for recall 0..0.33 (34 points) and 3/4 after (67 points).
     """
-    ds = FakeDataset([(1, [(0, 0, 20, 20, 1, False), (30, 30, 50, 50, 1, False), (60, 0, 80, 20, 1, False)])])
-    dets = [det(1, [(0, 0, 20, 20, 1, 0.9), (0, 60, 20, 80, 1, 0.8), (30, 30, 50, 50, 1, 0.7),
-                    (60, 0, 80, 20, 1, 0.6)])]
+    ds = FakeDataset(
+        [(1, [(0, 0, 20, 20, 1, False), (30, 30, 50, 50, 1, False), (60, 0, 80, 20, 1, False)])]
+    )
+    dets = [
+        det(
+            1,
+            [
+                (0, 0, 20, 20, 1, 0.9),
+                (0, 60, 20, 80, 1, 0.8),
+                (30, 30, 50, 50, 1, 0.7),
+                (60, 0, 80, 20, 1, 0.6),
+            ],
+        )
+    ]
     metrics = evaluate(ds, dets)
     expected = (34 + 67 * 0.75) / 101
     assert metrics["AP"] == pytest.approx(expected, abs=1e-12)
@@ -95,7 +125,9 @@ def test_detection_on_crowd_region_is_not_a_false_positive():
     on_crowd = [det(1, [(50, 10, 70, 30, 1, 0.95), (0, 0, 20, 20, 1, 0.9)])]
     elsewhere = [det(1, [(0, 60, 20, 80, 1, 0.95), (0, 0, 20, 20, 1, 0.9)])]
     assert evaluate(ds, on_crowd)["AP"] == ONE
-    assert evaluate(ds, elsewhere)["AP"] == pytest.approx(0.5, abs=1e-12)  # FP first: precision 1/2 at recall 1
+    assert evaluate(ds, elsewhere)["AP"] == pytest.approx(
+        0.5, abs=1e-12
+    )  # FP first: precision 1/2 at recall 1
 
 
 def test_empty_detections_score_zero_not_crash():
@@ -113,7 +145,12 @@ def test_only_images_with_an_entry_are_scored():
     ds = random_dataset(seed=5)
     dets = perfect_detections(ds)[:4]
     assert evaluate(ds, dets)["AP"] == ONE
-    assert evaluate(ds, dets, image_ids=[ds.get_image_info(i)["image_id"] for i in range(len(ds))])["AP"] < 1.0
+    assert (
+        evaluate(ds, dets, image_ids=[ds.get_image_info(i)["image_id"] for i in range(len(ds))])[
+            "AP"
+        ]
+        < 1.0
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -135,7 +172,9 @@ def test_equals_direct_pycocotools_on_the_same_files(tmp_path, seed):
     precision = evaluator.eval["precision"][:, :, :, 0, 2]  # [T, R, K] at area all, maxDets 100
     for t in range(10):
         assert metrics["AP_per_iou"][t] == np.mean(precision[t][precision[t] > -1])
-    assert metrics["AP_per_iou"][0] == metrics["AP50"] and metrics["AP_per_iou"][5] == metrics["AP75"]
+    assert (
+        metrics["AP_per_iou"][0] == metrics["AP50"] and metrics["AP_per_iou"][5] == metrics["AP75"]
+    )
     assert metrics["AP90"] == metrics["AP_per_iou"][8]
     assert np.mean(metrics["AP_per_iou"]) == pytest.approx(metrics["AP"], abs=1e-12)
     for k, cat_id in enumerate(evaluator.params.catIds):
@@ -147,8 +186,11 @@ def test_equals_direct_pycocotools_on_the_same_files(tmp_path, seed):
 def same_up_to_rounding(a: dict, b: dict) -> bool:
     """Equal keys and values, floats within 1e-12 (faster-coco-eval's C++ differs from pycocotools in the last bit)."""
     return a.keys() == b.keys() and all(
-        same_up_to_rounding(a[k], b[k]) if isinstance(a[k], dict)
-        else a[k] == pytest.approx(b[k], rel=0, abs=1e-12) for k in a)
+        same_up_to_rounding(a[k], b[k])
+        if isinstance(a[k], dict)
+        else a[k] == pytest.approx(b[k], rel=0, abs=1e-12)
+        for k in a
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -182,8 +224,16 @@ def test_format_metrics_shows_every_section():
 def _coco_tiny_val(root):
     from detector.config import load_config
     from detector.data import build_dataset
-    cfg = load_config([], ["data.format=coco", f"data.root={root}", "data.train_split=train2017",
-                           "data.val_split=val2017"])
+
+    cfg = load_config(
+        [],
+        [
+            "data.format=coco",
+            f"data.root={root}",
+            "data.train_split=train2017",
+            "data.val_split=val2017",
+        ],
+    )
     return build_dataset(cfg, "val", transforms=False)
 
 
@@ -197,7 +247,9 @@ def test_coco_tiny_val_with_its_own_gt_as_detections_gives_ap_1(coco_tiny):
     assert metrics["AP"] == ONE and metrics["AP50"] == ONE and metrics["AP75"] == ONE
     assert metrics["AP_per_iou"] == [ONE] * 10
     assert all(ap == ONE or ap == -1.0 for ap in metrics["per_class"].values())
-    assert metrics["mAP_voc"] == ONE and metrics["mAP_voc07"] == ONE  # 11 x (1/11) sums to 1 + 2e-16
+    assert (
+        metrics["mAP_voc"] == ONE and metrics["mAP_voc07"] == ONE
+    )  # 11 x (1/11) sums to 1 + 2e-16
 
 
 def test_coco_tiny_faster_coco_eval_matches(coco_tiny):

@@ -1,4 +1,5 @@
 """PASCAL VOC AP: hand-computed 11-point and area values, difficult objects, and a devkit re-implementation."""
+
 import numpy as np
 import pytest
 import torch
@@ -20,8 +21,11 @@ def reference_voc_eval(dataset, detections, label, ovthresh=0.5, use_07_metric=F
         target = dataset.get_target(i)
         mask = (target["labels"] == label).numpy()
         difficult = target["iscrowd"].numpy()[mask].astype(bool)
-        class_recs[target["image_id"]] = {"bbox": target["boxes"].double().numpy()[mask], "difficult": difficult,
-                                          "det": [False] * int(mask.sum())}
+        class_recs[target["image_id"]] = {
+            "bbox": target["boxes"].double().numpy()[mask],
+            "difficult": difficult,
+            "det": [False] * int(mask.sum()),
+        }
         npos = npos + sum(~difficult)
     image_ids, confidence, BB = [], [], []
     for d in detections:
@@ -45,37 +49,41 @@ def reference_voc_eval(dataset, detections, label, ovthresh=0.5, use_07_metric=F
             iymin = np.maximum(BBGT[:, 1], bb[1])
             ixmax = np.minimum(BBGT[:, 2], bb[2])
             iymax = np.minimum(BBGT[:, 3], bb[3])
-            iw = np.maximum(ixmax - ixmin, 0.)
-            ih = np.maximum(iymax - iymin, 0.)
+            iw = np.maximum(ixmax - ixmin, 0.0)
+            ih = np.maximum(iymax - iymin, 0.0)
             inters = iw * ih
-            uni = ((bb[2] - bb[0]) * (bb[3] - bb[1]) + (BBGT[:, 2] - BBGT[:, 0]) * (BBGT[:, 3] - BBGT[:, 1]) - inters)
+            uni = (
+                (bb[2] - bb[0]) * (bb[3] - bb[1])
+                + (BBGT[:, 2] - BBGT[:, 0]) * (BBGT[:, 3] - BBGT[:, 1])
+                - inters
+            )
             overlaps = inters / uni
             ovmax = np.max(overlaps)
             jmax = np.argmax(overlaps)
         if ovmax > ovthresh:
             if not R["difficult"][jmax]:
                 if not R["det"][jmax]:
-                    tp[d] = 1.
+                    tp[d] = 1.0
                     R["det"][jmax] = 1
                 else:
-                    fp[d] = 1.
+                    fp[d] = 1.0
         else:
-            fp[d] = 1.
+            fp[d] = 1.0
     fp = np.cumsum(fp)
     tp = np.cumsum(tp)
     rec = tp / float(npos)
     prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
     if use_07_metric:
-        ap = 0.
-        for t in np.arange(0., 1.1, 0.1):
+        ap = 0.0
+        for t in np.arange(0.0, 1.1, 0.1):
             if np.sum(rec >= t) == 0:
                 p = 0
             else:
                 p = np.max(prec[rec >= t])
-            ap = ap + p / 11.
+            ap = ap + p / 11.0
         return ap
-    mrec = np.concatenate(([0.], rec, [1.]))
-    mpre = np.concatenate(([0.], prec, [0.]))
+    mrec = np.concatenate(([0.0], rec, [1.0]))
+    mpre = np.concatenate(([0.0], prec, [0.0]))
     for i in range(mpre.size - 1, 0, -1):
         mpre[i - 1] = np.maximum(mpre[i - 1], mpre[i])
     i = np.where(mrec[1:] != mrec[:-1])[0]
@@ -99,13 +107,31 @@ def test_false_positive_at_known_rank():
     area: envelope 1 on (0, 1/3], 3/4 on (1/3, 1] -> 1/3 + 2/3 * 3/4 = 5/6.
     11-point: p = 1 at recall 0, .1, .2, .3 and 3/4 at .4 ... 1.0 -> (4 + 7 * 3/4) / 11 = 37/44.
     """
-    ds = FakeDataset([(1, [(0, 0, 20, 20, 1, False), (30, 30, 50, 50, 1, False), (60, 0, 80, 20, 1, False)])])
-    dets = [det(1, [(0, 0, 20, 20, 1, 0.9), (0, 60, 20, 80, 1, 0.8), (30, 30, 50, 50, 1, 0.7),
-                    (60, 0, 80, 20, 1, 0.6)])]
+    ds = FakeDataset(
+        [(1, [(0, 0, 20, 20, 1, False), (30, 30, 50, 50, 1, False), (60, 0, 80, 20, 1, False)])]
+    )
+    dets = [
+        det(
+            1,
+            [
+                (0, 0, 20, 20, 1, 0.9),
+                (0, 60, 20, 80, 1, 0.8),
+                (30, 30, 50, 50, 1, 0.7),
+                (60, 0, 80, 20, 1, 0.6),
+            ],
+        )
+    ]
     metrics = voc(ds, dets)
-    assert metrics["per_class_voc"]["cat"] == {"ap07": pytest.approx(37 / 44, abs=1e-12),
-                                               "ap": pytest.approx(5 / 6, abs=1e-12), "num_gt": 3}
-    assert metrics["per_class_voc"]["dog"] == {"ap07": -1.0, "ap": -1.0, "num_gt": 0}  # no GT: undefined
+    assert metrics["per_class_voc"]["cat"] == {
+        "ap07": pytest.approx(37 / 44, abs=1e-12),
+        "ap": pytest.approx(5 / 6, abs=1e-12),
+        "num_gt": 3,
+    }
+    assert metrics["per_class_voc"]["dog"] == {
+        "ap07": -1.0,
+        "ap": -1.0,
+        "num_gt": 0,
+    }  # no GT: undefined
     assert metrics["mAP_voc"] == pytest.approx(5 / 6, abs=1e-12)  # mean over classes with GT only
 
 
@@ -122,8 +148,11 @@ def test_difficult_object_is_ignored():
     """A detection on a difficult object is neither TP nor FP, and the difficult object is never a miss."""
     ds = FakeDataset([(1, [(0, 0, 20, 20, 1, False), (40, 40, 60, 60, 1, True)])])
     on_difficult = [det(1, [(40, 40, 60, 60, 1, 0.9), (0, 0, 20, 20, 1, 0.8)])]
-    assert voc(ds, on_difficult)["per_class_voc"]["cat"] == {"ap07": pytest.approx(1.0, abs=1e-12), "ap": 1.0,
-                                                             "num_gt": 1}
+    assert voc(ds, on_difficult)["per_class_voc"]["cat"] == {
+        "ap07": pytest.approx(1.0, abs=1e-12),
+        "ap": 1.0,
+        "num_gt": 1,
+    }
     only_easy = [det(1, [(0, 0, 20, 20, 1, 0.8)])]
     assert voc(ds, only_easy)["mAP_voc"] == 1.0
     not_difficult = FakeDataset([(1, [(0, 0, 20, 20, 1, False), (40, 40, 60, 60, 1, False)])])
@@ -135,7 +164,9 @@ def test_iou_threshold_is_strict_and_without_plus_one():
     ds = FakeDataset([(1, [(0, 0, 20, 10, 1, False)])])
     half = [det(1, [(0, 0, 10, 10, 1, 0.9)])]  # IoU = 100 / 200 = 0.5 exactly
     assert voc(ds, half)["mAP_voc"] == 0.0
-    above = [det(1, [(0, 0, 10.5, 10, 1, 0.9)])]  # IoU = 105 / 200; with the devkit's +1 it would be 0.4978
+    above = [
+        det(1, [(0, 0, 10.5, 10, 1, 0.9)])
+    ]  # IoU = 105 / 200; with the devkit's +1 it would be 0.4978
     assert voc(ds, above)["mAP_voc"] == 1.0
 
 
@@ -157,7 +188,9 @@ def test_equals_devkit_reference_on_random_detections(seed):
         ours = metrics["per_class_voc"][ds.classes[label]]
         assert ours["ap"] == reference_voc_eval(ds, dets, label)
         assert ours["ap07"] == reference_voc_eval(ds, dets, label, use_07_metric=True)
-    assert metrics["mAP_voc"] == pytest.approx(np.mean([c["ap"] for c in metrics["per_class_voc"].values()]))
+    assert metrics["mAP_voc"] == pytest.approx(
+        np.mean([c["ap"] for c in metrics["per_class_voc"].values()])
+    )
 
 
 def test_both_metric_families_together():

@@ -1,6 +1,7 @@
 """Label noise is a fixed corrupted annotation set: drawn once per box from data.label_noise_seed (not the run's
 seed), the same on every build of the dataset, per image whatever the subset, only on the training split; jitter stays
 within ±scale × w/h, outliers move or resize beyond the box size; label_noise 0 leaves the records as they are."""
+
 import dataclasses
 
 import numpy as np
@@ -18,10 +19,19 @@ def make_records(num_images=60, per_image=40, size=1000):
     for image_id in range(num_images):
         xy = rng.uniform(200, 750, (per_image, 2))
         boxes = np.concatenate([xy, xy + [20, 10]], axis=1).astype(np.float32)
-        records.append(ImageRecord(image_id=image_id, path=f"{image_id}.png", file_name=f"{image_id}.png",
-                                   height=size, width=size, boxes=boxes, labels=np.ones(per_image, np.int64),
-                                   iscrowd=np.arange(per_image) == per_image - 1,
-                                   area=np.full(per_image, 200, np.float32)))
+        records.append(
+            ImageRecord(
+                image_id=image_id,
+                path=f"{image_id}.png",
+                file_name=f"{image_id}.png",
+                height=size,
+                width=size,
+                boxes=boxes,
+                labels=np.ones(per_image, np.int64),
+                iscrowd=np.arange(per_image) == per_image - 1,
+                area=np.full(per_image, 200, np.float32),
+            )
+        )
     return records
 
 
@@ -41,7 +51,9 @@ def test_jitter_moves_about_the_fraction_within_scale_and_never_crowd():
     assert 0.25 < moved.mean() < 0.35  # 2400 boxes, 0.3 * 39/40 of them non-crowd
     assert not any((a.boxes[-1] != b.boxes[-1]).any() for a, b in zip(clean, noisy))
     shift = np.abs(stacked(noisy) - stacked(clean))
-    assert (shift[:, [0, 2]] <= 0.2 * 20 + 1e-4).all() and (shift[:, [1, 3]] <= 0.2 * 10 + 1e-4).all()
+    assert (shift[:, [0, 2]] <= 0.2 * 20 + 1e-4).all() and (
+        shift[:, [1, 3]] <= 0.2 * 10 + 1e-4
+    ).all()
     assert all(a.labels is b.labels and a.area is b.area for a, b in zip(clean, noisy))
     assert all(r.boxes.dtype == np.float32 for r in noisy)
 
@@ -53,7 +65,9 @@ def test_outliers_move_or_resize_beyond_the_box_size():
     assert 0.45 < moved.mean() < 0.55
     a, b = stacked(clean)[moved], stacked(noisy)[moved]
     wh, new_wh = a[:, 2:] - a[:, :2], b[:, 2:] - b[:, :2]
-    step = np.hypot(*(((b[:, :2] + b[:, 2:]) - (a[:, :2] + a[:, 2:])) / 2 / wh).T)  # centre shift in box sizes
+    step = np.hypot(
+        *(((b[:, :2] + b[:, 2:]) - (a[:, :2] + a[:, 2:])) / 2 / wh).T
+    )  # centre shift in box sizes
     ratio = new_wh / wh
     shifted = step >= 1 - 1e-3
     resized = ((ratio <= 0.5 + 1e-3) | (ratio >= 2 - 1e-3)).all(axis=1)
@@ -63,8 +77,12 @@ def test_outliers_move_or_resize_beyond_the_box_size():
 
 
 def test_outliers_stay_valid_at_the_image_border():
-    small = [dataclasses.replace(r, height=60, width=60, boxes=r.boxes - np.tile(r.boxes[:, :2] // 40 * 40, 2))
-             for r in make_records(20, 10)]  # 20 x 10 boxes with corners in [0, 40) of a 60 x 60 image
+    small = [
+        dataclasses.replace(
+            r, height=60, width=60, boxes=r.boxes - np.tile(r.boxes[:, :2] // 40 * 40, 2)
+        )
+        for r in make_records(20, 10)
+    ]  # 20 x 10 boxes with corners in [0, 40) of a 60 x 60 image
     noisy = stacked(corrupt_records(small, 1.0, "outlier"))
     assert (noisy[:, 2:] - noisy[:, :2] >= 1).all() and (noisy >= 0).all() and (noisy <= 60).all()
 
@@ -75,12 +93,16 @@ def test_same_corruption_every_call_per_image_and_nested_fractions():
         full = corrupt_records(clean, 0.3, kind, 0.2, seed=3)
         again = corrupt_records(clean, 0.3, kind, 0.2, seed=3)
         assert all(np.array_equal(a.boxes, b.boxes) for a, b in zip(full, again))
-        subset = corrupt_records(clean[::3][::-1], 0.3, kind, 0.2, seed=3)  # other images, another order
+        subset = corrupt_records(
+            clean[::3][::-1], 0.3, kind, 0.2, seed=3
+        )  # other images, another order
         assert all(np.array_equal(a.boxes, b.boxes) for a, b in zip(full[::3][::-1], subset))
         other_seed = corrupt_records(clean, 0.3, kind, 0.2, seed=4)
         assert not all(np.array_equal(a.boxes, b.boxes) for a, b in zip(full, other_seed))
         more = changed(clean, corrupt_records(clean, 0.6, kind, 0.2, seed=3))
-        assert (more >= changed(clean, full)).all()  # the boxes chosen at 0.3 are among those chosen at 0.6
+        assert (
+            more >= changed(clean, full)
+        ).all()  # the boxes chosen at 0.3 are among those chosen at 0.6
 
 
 def test_no_noise_returns_the_records_themselves():
@@ -91,13 +113,26 @@ def test_no_noise_returns_the_records_themselves():
 
 
 def small_cfg(root, *extra):
-    return load_config([], [f"data.root={root}", "data.synthetic.num_train=12", "data.synthetic.num_val=4",
-                            "data.synthetic.image_size=[64, 96]", "data.loader.num_workers=0", *extra])
+    return load_config(
+        [],
+        [
+            f"data.root={root}",
+            "data.synthetic.num_train=12",
+            "data.synthetic.num_val=4",
+            "data.synthetic.image_size=[64, 96]",
+            "data.loader.num_workers=0",
+            *extra,
+        ],
+    )
 
 
 def record_bytes(record):
-    return [(f.name, v.dtype.str, v.tobytes()) if isinstance(v := getattr(record, f.name), np.ndarray) else v
-            for f in dataclasses.fields(record)]
+    return [
+        (f.name, v.dtype.str, v.tobytes())
+        if isinstance(v := getattr(record, f.name), np.ndarray)
+        else v
+        for f in dataclasses.fields(record)
+    ]
 
 
 def boxes_of(dataset):
@@ -113,12 +148,18 @@ def test_built_training_set_is_corrupted_once_the_same_for_every_run_seed(root):
     noise = ["data.label_noise=0.5", "data.label_noise_kind=outlier"]
     clean = build_dataset(small_cfg(root), "train", transforms=False)
     first = build_dataset(small_cfg(root, *noise, "seed=1"), "train", transforms=False)
-    second = build_dataset(small_cfg(root, *noise, "seed=2"), "train", transforms=False)  # another seed, or a resume
+    second = build_dataset(
+        small_cfg(root, *noise, "seed=2"), "train", transforms=False
+    )  # another seed, or a resume
     assert boxes_of(first) == boxes_of(second) != boxes_of(clean)
-    reseeded = build_dataset(small_cfg(root, *noise, "data.label_noise_seed=1"), "train", transforms=False)
+    reseeded = build_dataset(
+        small_cfg(root, *noise, "data.label_noise_seed=1"), "train", transforms=False
+    )
     assert boxes_of(reseeded) != boxes_of(first)
     cut = build_dataset(small_cfg(root, *noise, "data.max_images=5"), "train", transforms=False)
-    assert set(boxes_of(cut)) <= set(boxes_of(first))  # a subset: each image corrupted as in the full set
+    assert set(boxes_of(cut)) <= set(
+        boxes_of(first)
+    )  # a subset: each image corrupted as in the full set
     assert first.get_target(0)["boxes"].numpy().tobytes() == first.records[0].boxes.tobytes()
 
 
@@ -127,6 +168,11 @@ def test_val_split_and_zero_noise_stay_clean(root):
     noisy_val = build_dataset(small_cfg(root, "data.label_noise=1.0"), "val", transforms=False)
     assert boxes_of(noisy_val) == boxes_of(clean_val)
     clean = build_dataset(small_cfg(root), "train", transforms=False)
-    zero = build_dataset(small_cfg(root, "data.label_noise=0.0", "data.label_noise_kind=outlier",
-                                   "data.label_noise_seed=7"), "train", transforms=False)
+    zero = build_dataset(
+        small_cfg(
+            root, "data.label_noise=0.0", "data.label_noise_kind=outlier", "data.label_noise_seed=7"
+        ),
+        "train",
+        transforms=False,
+    )
     assert list(map(record_bytes, zero.records)) == list(map(record_bytes, clean.records))

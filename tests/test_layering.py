@@ -5,6 +5,7 @@ A module may import modules of its own layer or of a lower one, never of a highe
 circle. Both checks read every import, at the top of a module and inside its functions alike: an import moved
 into a function still ties the two modules together.
 """
+
 from __future__ import annotations
 
 import ast
@@ -15,10 +16,17 @@ import detector
 PACKAGE = Path(detector.__file__).parent
 
 LAYERS = {  # module prefix -> layer (higher imports lower)
-    "detector.errors": 0, "detector.config": 0, "detector.boxes": 0,
-    "detector.box_coder": 0, "detector.losses": 0,
-    "detector.data": 1, "detector.modeling": 1, "detector.evaluation": 1,
-    "detector.engine": 2, "detector.benchmark": 2, "detector.ablation": 2,
+    "detector.errors": 0,
+    "detector.config": 0,
+    "detector.boxes": 0,
+    "detector.box_coder": 0,
+    "detector.losses": 0,
+    "detector.data": 1,
+    "detector.modeling": 1,
+    "detector.evaluation": 1,
+    "detector.engine": 2,
+    "detector.benchmark": 2,
+    "detector.ablation": 2,
 }
 
 
@@ -37,7 +45,9 @@ def imports_of(path: Path) -> set[str]:
     """The detector modules ``path`` imports anywhere in it (relative imports resolved; ``from package import
     module`` counts the package and the module)."""
     tree = ast.parse(path.read_text())
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    package = (
+        module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    )
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -47,9 +57,13 @@ def imports_of(path: Path) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            found |= {base} | {f"{base}.{alias.name}" for alias in node.names
-                               if (PACKAGE.parent / f"{base}.{alias.name}".replace(".", "/")).with_suffix(".py")
-                               .is_file()}
+            found |= {base} | {
+                f"{base}.{alias.name}"
+                for alias in node.names
+                if (PACKAGE.parent / f"{base}.{alias.name}".replace(".", "/"))
+                .with_suffix(".py")
+                .is_file()
+            }
     return {m for m in found if m == "detector" or m.startswith("detector.")} - {"detector"}
 
 
@@ -61,8 +75,12 @@ def import_graph() -> dict[str, set[str]]:
     """Module -> the modules it imports. An import of a package reaches its ``__init__``; a package's own modules
     importing it are left out (the ``__init__`` runs first and is already importing them)."""
     mods = modules()
-    return {name: {m for m in imports_of(path) if m in mods and m != name and not name.startswith(m + ".")}
-            for name, path in mods.items()}
+    return {
+        name: {
+            m for m in imports_of(path) if m in mods and m != name and not name.startswith(m + ".")
+        }
+        for name, path in mods.items()
+    }
 
 
 def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -75,7 +93,7 @@ def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (circle := visit(nxt)):
                 return circle
         stack.pop()
@@ -95,7 +113,9 @@ def test_no_import_from_a_lower_layer_to_a_higher_one():
             continue
         for other in sorted(imported):
             if layer_of(other) > layer_of(name):
-                violations.append(f"{name} (layer {layer_of(name)}) imports {other} (layer {layer_of(other)})")
+                violations.append(
+                    f"{name} (layer {layer_of(name)}) imports {other} (layer {layer_of(other)})"
+                )
     assert not violations, "\n".join(violations)
 
 
@@ -109,7 +129,9 @@ def test_the_checker_sees_a_violation_and_a_circle(tmp_path):
     fake = tmp_path / "detector" / "boxes.py"
     (tmp_path / "detector" / "engine").mkdir(parents=True)
     (tmp_path / "detector" / "engine" / "trainer.py").write_text("")
-    fake.write_text("def f():\n    from detector.engine import trainer\n    from .modeling import x\n")
+    fake.write_text(
+        "def f():\n    from detector.engine import trainer\n    from .modeling import x\n"
+    )
     global PACKAGE
     saved, PACKAGE = PACKAGE, tmp_path / "detector"
     try:

@@ -1,14 +1,32 @@
 """Regression losses against torch.nn.functional / torchvision.ops, closed forms, gradients, the registry."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou, complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
+from torchvision.ops import (
+    box_iou,
+    complete_box_iou_loss,
+    distance_box_iou_loss,
+    generalized_box_iou_loss,
+)
 
 from detector.config import ConfigError, load_config
-from detector.losses import (LOSSES, BoxLoss, balanced_l1_loss, build_box_loss, ciou_loss, diou_loss, giou_loss,
-                             iou_loss, l1_loss, l2_loss, smooth_l1_loss, weight_reduce_loss)
+from detector.losses import (
+    LOSSES,
+    BoxLoss,
+    balanced_l1_loss,
+    build_box_loss,
+    ciou_loss,
+    diou_loss,
+    giou_loss,
+    iou_loss,
+    l1_loss,
+    l2_loss,
+    smooth_l1_loss,
+    weight_reduce_loss,
+)
 
 IOU_LOSSES = {"iou": iou_loss, "giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
 
@@ -25,6 +43,7 @@ def boxes(n: int, seed: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- delta losses vs torch.nn.functional
+
 
 @pytest.mark.parametrize("beta", [1.0, 1 / 9, 0.5, 2.0])
 def test_smooth_l1_matches_torch(beta):
@@ -78,6 +97,7 @@ def test_negative_beta_is_an_error():
 
 # ---------------------------------------------------------------- Balanced L1
 
+
 def balanced_l1_reference(x: float, alpha=0.5, gamma=1.5, beta=1.0) -> float:
     b = math.e ** (gamma / alpha) - 1
     x = abs(x)
@@ -89,10 +109,19 @@ def balanced_l1_reference(x: float, alpha=0.5, gamma=1.5, beta=1.0) -> float:
 @pytest.mark.parametrize("alpha, gamma, beta", [(0.5, 1.5, 1.0), (0.3, 1.0, 0.5), (1.0, 2.0, 2.0)])
 def test_balanced_l1_closed_form_and_continuity(alpha, gamma, beta):
     xs = [-3.0, -1.2, -0.4, 0.0, 0.01, 0.25, 0.9, 1.7, 3.0]
-    got = balanced_l1_loss(torch.tensor(xs, dtype=torch.float64), torch.zeros(len(xs), dtype=torch.float64),
-                           alpha, gamma, beta)
-    torch.testing.assert_close(got, torch.tensor([balanced_l1_reference(x, alpha, gamma, beta) for x in xs],
-                                                 dtype=torch.float64))
+    got = balanced_l1_loss(
+        torch.tensor(xs, dtype=torch.float64),
+        torch.zeros(len(xs), dtype=torch.float64),
+        alpha,
+        gamma,
+        beta,
+    )
+    torch.testing.assert_close(
+        got,
+        torch.tensor(
+            [balanced_l1_reference(x, alpha, gamma, beta) for x in xs], dtype=torch.float64
+        ),
+    )
     at = torch.tensor([beta - 1e-9, beta + 1e-9], dtype=torch.float64)
     left, right = balanced_l1_loss(at, torch.zeros(2, dtype=torch.float64), alpha, gamma, beta)
     assert abs(left - right) < 1e-6  # the two pieces meet at |x| = beta
@@ -102,26 +131,41 @@ def test_balanced_l1_gradient():
     x = torch.tensor([0.0, 1.0 - 1e-6, 1.0 + 1e-6, 2.5], dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(balanced_l1_loss(x, torch.zeros_like(x)).sum(), x)
     assert grad[0] == 0  # zero at zero error
-    assert abs(grad[1] - grad[2]) < 1e-4 and abs(grad[2] - 1.5) < 1e-9  # continuous at beta=1; gamma outside
+    assert (
+        abs(grad[1] - grad[2]) < 1e-4 and abs(grad[2] - 1.5) < 1e-9
+    )  # continuous at beta=1; gamma outside
     small = torch.tensor([0.1], requires_grad=True)
     (g_small,) = torch.autograd.grad(balanced_l1_loss(small, torch.zeros(1)).sum(), small)
-    assert g_small.item() == pytest.approx(0.5 * math.log((math.e ** 3 - 1) * 0.1 + 1))  # alpha log(b x + 1)
+    assert g_small.item() == pytest.approx(
+        0.5 * math.log((math.e**3 - 1) * 0.1 + 1)
+    )  # alpha log(b x + 1)
     assert g_small.item() > 0.1  # inliers get more gradient than under Smooth L1 (x / beta)
 
 
 # ---------------------------------------------------------------- IoU family vs torchvision.ops
 
+
 def test_iou_losses_match_torchvision():
     pred, target = boxes(128, 6), boxes(128, 7)
     torch.testing.assert_close(iou_loss(pred, target), 1 - box_iou(pred, target).diagonal())
-    torch.testing.assert_close(giou_loss(pred, target), generalized_box_iou_loss(pred, target, reduction="none"))
-    torch.testing.assert_close(diou_loss(pred, target), distance_box_iou_loss(pred, target, reduction="none"))
-    torch.testing.assert_close(ciou_loss(pred, target), complete_box_iou_loss(pred, target, reduction="none"))
+    torch.testing.assert_close(
+        giou_loss(pred, target), generalized_box_iou_loss(pred, target, reduction="none")
+    )
+    torch.testing.assert_close(
+        diou_loss(pred, target), distance_box_iou_loss(pred, target, reduction="none")
+    )
+    torch.testing.assert_close(
+        ciou_loss(pred, target), complete_box_iou_loss(pred, target, reduction="none")
+    )
 
 
 def test_iou_losses_gradients_match_torchvision():
     pred, target = boxes(32, 8), boxes(32, 9)
-    refs = {"giou": generalized_box_iou_loss, "diou": distance_box_iou_loss, "ciou": complete_box_iou_loss}
+    refs = {
+        "giou": generalized_box_iou_loss,
+        "diou": distance_box_iou_loss,
+        "ciou": complete_box_iou_loss,
+    }
     for name, ref in refs.items():
         p1, p2 = pred.clone().requires_grad_(), pred.clone().requires_grad_()
         IOU_LOSSES[name](p1, target).sum().backward()
@@ -131,16 +175,27 @@ def test_iou_losses_gradients_match_torchvision():
 
 @pytest.mark.parametrize("name", sorted(IOU_LOSSES))
 def test_iou_losses_degenerate_inputs_are_finite(name):
-    pred = torch.tensor([
-        [0.0, 0.0, 0.0, 0.0],  # a point
-        [5.0, 5.0, 5.0, 9.0],  # zero width
-        [0.0, 0.0, 1.0, 1.0],  # far from its target
-        [4.0, 4.0, 2.0, 2.0],  # inverted
-        [1.0, 1.0, 3.0, 3.0],  # identical to its target
-        [0.0, 0.0, 0.0, 0.0],  # a point on a point
-    ], requires_grad=True)
-    target = torch.tensor([[0.0, 0.0, 2.0, 2.0], [4.0, 4.0, 8.0, 8.0], [100.0, 100.0, 110.0, 120.0],
-                           [0.0, 0.0, 3.0, 3.0], [1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0]])
+    pred = torch.tensor(
+        [
+            [0.0, 0.0, 0.0, 0.0],  # a point
+            [5.0, 5.0, 5.0, 9.0],  # zero width
+            [0.0, 0.0, 1.0, 1.0],  # far from its target
+            [4.0, 4.0, 2.0, 2.0],  # inverted
+            [1.0, 1.0, 3.0, 3.0],  # identical to its target
+            [0.0, 0.0, 0.0, 0.0],  # a point on a point
+        ],
+        requires_grad=True,
+    )
+    target = torch.tensor(
+        [
+            [0.0, 0.0, 2.0, 2.0],
+            [4.0, 4.0, 8.0, 8.0],
+            [100.0, 100.0, 110.0, 120.0],
+            [0.0, 0.0, 3.0, 3.0],
+            [1.0, 1.0, 3.0, 3.0],
+            [0.0, 0.0, 0.0, 0.0],
+        ]
+    )
     loss = IOU_LOSSES[name](pred, target)
     assert loss.shape == (6,) and torch.isfinite(loss).all()
     assert abs(loss[4]) < 1e-5 and (loss >= -1e-6).all()
@@ -157,6 +212,7 @@ def test_giou_pulls_disjoint_boxes_together():
 
 
 # ---------------------------------------------------------------- reduction
+
 
 def test_weight_reduce_loss_semantics():
     loss = torch.arange(8.0).view(2, 4)
@@ -177,6 +233,7 @@ def test_weight_reduce_loss_semantics():
 
 # ---------------------------------------------------------------- BoxLoss and the registry
 
+
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError) as err:
         build_box_loss({"name": "smoth_l1"})
@@ -185,17 +242,26 @@ def test_unknown_name_lists_valid_names():
 
 
 def test_build_from_config_sections():
-    cfg = load_config([], ["model.roi_head.box_loss.name=balanced_l1", "model.roi_head.box_loss.alpha=0.3"])
+    cfg = load_config(
+        [], ["model.roi_head.box_loss.name=balanced_l1", "model.roi_head.box_loss.alpha=0.3"]
+    )
     loss = build_box_loss(cfg.model.roi_head.box_loss)
     assert (loss.name, loss.on_boxes, loss.beta) == ("balanced_l1", False, 1.0)
     assert loss.params == {"alpha": 0.3, "gamma": 1.5}
     rpn = build_box_loss(cfg.model.rpn.box_loss)
     assert rpn.name == "smooth_l1" and rpn.beta == pytest.approx(1 / 9)
-    rpn_cfg = load_config([], ["model.rpn.box_loss.name=balanced_l1", "model.rpn.box_loss.gamma=2"]).model.rpn.box_loss
-    assert build_box_loss(rpn_cfg).params == {"alpha": 0.5, "gamma": 2.0}  # the RPN's own section, base.yaml's defaults
+    rpn_cfg = load_config(
+        [], ["model.rpn.box_loss.name=balanced_l1", "model.rpn.box_loss.gamma=2"]
+    ).model.rpn.box_loss
+    assert build_box_loss(rpn_cfg).params == {
+        "alpha": 0.5,
+        "gamma": 2.0,
+    }  # the RPN's own section, base.yaml's defaults
     with pytest.raises(ConfigError, match=r"model\.rpn\.box_loss\.alpha.*must be > 0"):
         load_config([], ["model.rpn.box_loss.alpha=0"])
-    caffe = build_box_loss(load_config([], ["model.roi_head.box_loss.sigma=3"]).model.roi_head.box_loss)
+    caffe = build_box_loss(
+        load_config([], ["model.roi_head.box_loss.sigma=3"]).model.roi_head.box_loss
+    )
     assert caffe.beta == pytest.approx(1 / 9)
     assert build_box_loss({"name": "giou"}).on_boxes and build_box_loss({"name": "l2"}).beta is None
 
@@ -205,10 +271,14 @@ def test_box_loss_sum_weight_avg_factor():
     loss = build_box_loss({"name": "smooth_l1", "beta": 0.5, "sigma": None})
     elementwise = F.smooth_l1_loss(pred, target, reduction="none", beta=0.5)
     torch.testing.assert_close(loss(pred, target), elementwise.sum())
-    torch.testing.assert_close(loss(pred, target, avg_factor=512), elementwise.sum() / 512, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        loss(pred, target, avg_factor=512), elementwise.sum() / 512, rtol=1e-5, atol=1e-7
+    )
     weight = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])  # [P] broadcast over the 4 deltas
     torch.testing.assert_close(loss(pred, target, weight=weight), elementwise[::2].sum())
-    torch.testing.assert_close(loss(pred, target, beta=2.0), F.smooth_l1_loss(pred, target, reduction="sum", beta=2.0))
+    torch.testing.assert_close(
+        loss(pred, target, beta=2.0), F.smooth_l1_loss(pred, target, reduction="sum", beta=2.0)
+    )
     with pytest.raises(ValueError, match="has no beta"):
         build_box_loss({"name": "l1"})(pred, target, beta=0.5)
     with pytest.raises(ValueError, match=r"must both be \[P,4\]"):
@@ -244,7 +314,9 @@ def test_every_registered_loss(name, n):
         assert value.item() == 0
     else:
         assert value.item() > 0
-        elementwise = loss.fn(pred.detach(), target, **({"beta": loss.beta} if loss.beta else {}), **loss.params)
+        elementwise = loss.fn(
+            pred.detach(), target, **({"beta": loss.beta} if loss.beta else {}), **loss.params
+        )
         assert elementwise.shape == ((n,) if loss.on_boxes else (n, 4))
     empty_sum = loss(torch.zeros(0, 4, requires_grad=True), torch.zeros(0, 4))
     assert empty_sum.item() == 0

@@ -1,4 +1,5 @@
 """The learning rate's linear scaling rule and the SyncBN option for from-scratch multi-GPU runs."""
+
 import pytest
 import torch
 
@@ -15,8 +16,12 @@ def test_linear_scaling_rule():
 
 
 def test_the_quickstart_trains_at_the_lr_it_was_tuned_with():
-    assert build_lr(load_config(["smoothl1.yaml"])) == 0.02  # 0.08 per 16 images at batch 4, exactly
-    assert build_lr(load_config(["smoothl1.yaml", "gpu.yaml"])) == pytest.approx(0.01)  # 0.02 per 16 at batch 8
+    assert (
+        build_lr(load_config(["smoothl1.yaml"])) == 0.02
+    )  # 0.08 per 16 images at batch 4, exactly
+    assert build_lr(load_config(["smoothl1.yaml", "gpu.yaml"])) == pytest.approx(
+        0.01
+    )  # 0.02 per 16 at batch 8
 
 
 def test_the_optimizer_scales_with_the_world_size(monkeypatch):
@@ -24,7 +29,9 @@ def test_the_optimizer_scales_with_the_world_size(monkeypatch):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     monkeypatch.setattr(dist_utils, "get_world_size", lambda: 4)
     optimizer = build_optimizer(cfg, model)
-    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.04] * len(optimizer.param_groups))
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(
+        [0.04] * len(optimizer.param_groups)
+    )
 
 
 def test_syncbn_in_one_process_computes_what_bn_does():

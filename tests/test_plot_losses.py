@@ -1,4 +1,5 @@
 """tools/plot_losses.py writes its two figures."""
+
 import importlib.util
 from pathlib import Path
 
@@ -17,4 +18,6 @@ def test_plot_losses_writes_pngs(tmp_path):
         assert path.stat().st_size > 20_000, name
         with Image.open(path) as image:
             assert image.width > 500 and image.height > 300
-            assert len(image.convert("L").getcolors(maxcolors=1 << 16)) > 20  # curves, not a blank canvas
+            assert (
+                len(image.convert("L").getcolors(maxcolors=1 << 16)) > 20
+            )  # curves, not a blank canvas

@@ -1,5 +1,6 @@
 """Run folders never lose or mix data: refusal, --overwrite, the lock, resume checks, crash-safe ends, Ctrl-C,
 checkpoint fallback and leftovers, replayed metrics, and the one-line messages for disk and path problems."""
+
 import importlib.util
 import json
 import os
@@ -11,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import poison_third_training_forward, tiny_run_overrides
 
 from detector.config import load_config
+from detector.data.synthetic import ensure_synthetic
 from detector.engine import checkpoint as checkpoint_mod
 from detector.engine import trainer as trainer_mod
 from detector.engine.checkpoint import CheckpointError, Progress, load_checkpoint, save_checkpoint
 from detector.engine.logger import format_value
 from detector.engine.runs import RunFolderError, RunLock, check_run_folder
-from detector.data.synthetic import ensure_synthetic
 from detector.engine.runtime import GracefulStop
-from helpers import poison_third_training_forward, tiny_run_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
@@ -57,7 +58,9 @@ def test_rerun_into_a_finished_run_refuses_and_touches_nothing(data_root, finish
     before = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
     assert train_tool.main(cli(data_root, finished_run)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "already holds a finished run" in err[0] and str(finished_run) in err[0]
+    assert (
+        len(err) == 1 and "already holds a finished run" in err[0] and str(finished_run) in err[0]
+    )
     assert "--resume" in err[0] and "output_dir=" in err[0] and "--overwrite" in err[0]
     after = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
     assert after == before
@@ -88,7 +91,9 @@ def test_a_second_training_into_a_locked_folder_refuses_naming_the_holder(data_r
     run = tmp_path / "run"
     with RunLock(run):  # this process holds it, as a first training would
         holder = json.loads((run / ".lock").read_text())
-        with pytest.raises(RunFolderError, match=f"in use by another training \\(pid {os.getpid()} on "):
+        with pytest.raises(
+            RunFolderError, match=f"in use by another training \\(pid {os.getpid()} on "
+        ):
             trainer_mod.train(cfg_for(data_root, run), run)
         assert holder["pid"] == os.getpid()
     assert not (run / ".lock").exists() and not (run / "config.yaml").exists()
@@ -100,7 +105,10 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(data_root, tmp_path, capsy
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     import socket
-    (run / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "then"}))
+
+    (run / ".lock").write_text(
+        json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "then"})
+    )
     trainer_mod.train(cfg_for(data_root, run), run)
     assert f"taking over a stale lock of process {dead.pid}" in capsys.readouterr().err
     assert not (run / ".lock").exists() and (run / "eval" / "metrics.json").is_file()
@@ -112,16 +120,25 @@ def test_resume_with_another_experiment_refuses_and_writes_nothing(data_root, fi
     other = cli(data_root, finished_run, "--resume", **{"model.backbone.name": "resnet34"})
     assert train_tool.main(other + ["model.roi_head.box_loss.name=giou"]) == 2
     err = capsys.readouterr().err
-    assert "model.backbone.name" in err and "model.roi_head.box_loss.name" in err and "--resume" in err
+    assert (
+        "model.backbone.name" in err and "model.roi_head.box_loss.name" in err and "--resume" in err
+    )
     assert (finished_run / "config.yaml").read_bytes() == config_before
 
 
-def test_a_longer_run_needs_extend_where_a_schedule_derives_from_max_iters(data_root, tmp_path, capsys):
+def test_a_longer_run_needs_extend_where_a_schedule_derives_from_max_iters(
+    data_root, tmp_path, capsys
+):
     run = tmp_path / "run"
     trainer_mod.train(cfg_for(data_root, run), run)
-    cfg = cfg_for(data_root, run, **{"train.max_iters": 3, "train.resume": True, "train.log_period": 3})
-    with pytest.raises(RunFolderError, match=r"train.max_iters 2 -> 3 changes what the run learns "
-                                             r"\(train.lr_schedule=cosine derive from it\).*--extend"):
+    cfg = cfg_for(
+        data_root, run, **{"train.max_iters": 3, "train.resume": True, "train.log_period": 3}
+    )
+    with pytest.raises(
+        RunFolderError,
+        match=r"train.max_iters 2 -> 3 changes what the run learns "
+        r"\(train.lr_schedule=cosine derive from it\).*--extend",
+    ):
         trainer_mod.train(cfg, run)
     assert load_config([run / "config.yaml"]).train.max_iters == 2  # nothing was written
     trainer_mod.train(cfg, run, extend=True)
@@ -132,11 +149,15 @@ def test_a_longer_run_needs_extend_where_a_schedule_derives_from_max_iters(data_
     assert load_config([run / "config.yaml"]).train.max_iters == 3
 
 
-def test_a_longer_run_resumes_plainly_where_nothing_derives_from_max_iters(data_root, tmp_path, capsys):
+def test_a_longer_run_resumes_plainly_where_nothing_derives_from_max_iters(
+    data_root, tmp_path, capsys
+):
     steps = {"train.lr_schedule": "multistep", "train.milestones": [100], "train.warmup_iters": 0}
     run = tmp_path / "run"
     trainer_mod.train(cfg_for(data_root, run, **steps), run)
-    trainer_mod.train(cfg_for(data_root, run, **steps, **{"train.max_iters": 3, "train.resume": True}), run)
+    trainer_mod.train(
+        cfg_for(data_root, run, **steps, **{"train.max_iters": 3, "train.resume": True}), run
+    )
     assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 3
     assert "--extend" not in capsys.readouterr().err
 
@@ -146,8 +167,11 @@ def test_a_run_without_its_config_is_refused_even_on_resume(data_root, tmp_path)
     trainer_mod.train(cfg_for(data_root, run), run)
     (run / "config.yaml").unlink()
     for resume in (False, True):
-        with pytest.raises(RunFolderError, match=r"holds a run's files \(metrics.jsonl, checkpoints, eval.*"
-                                                 r"but no config.yaml"):
+        with pytest.raises(
+            RunFolderError,
+            match=r"holds a run's files \(metrics.jsonl, checkpoints, eval.*"
+            r"but no config.yaml",
+        ):
             trainer_mod.train(cfg_for(data_root, run, **{"train.resume": resume}), run)
     assert not (run / "config.yaml").exists()
 
@@ -157,14 +181,23 @@ def test_resume_of_a_run_made_before_a_key_existed_takes_its_default(data_root, 
     run = tmp_path / "run"
     trainer_mod.train(cfg_for(data_root, run), run)
     stored = yaml.safe_load((run / "config.yaml").read_text())
-    del stored["train"]["lr_reference_batch"], stored["data"]["val_fraction"]  # as written by an older version
+    del (
+        stored["train"]["lr_reference_batch"],
+        stored["data"]["val_fraction"],
+    )  # as written by an older version
     (run / "config.yaml").write_text(yaml.safe_dump(stored))
-    trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 3, "train.resume": True}), run, extend=True)
+    trainer_mod.train(
+        cfg_for(data_root, run, **{"train.max_iters": 3, "train.resume": True}), run, extend=True
+    )
     assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 3
     stored["train"]["lr"] = 0.5  # but a key it has, with another value, still refuses
     (run / "config.yaml").write_text(yaml.safe_dump(stored))
     with pytest.raises(RunFolderError, match="train.lr"):
-        trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 4, "train.resume": True}), run, extend=True)
+        trainer_mod.train(
+            cfg_for(data_root, run, **{"train.max_iters": 4, "train.resume": True}),
+            run,
+            extend=True,
+        )
 
 
 def test_resume_on_a_fresh_folder_says_it_starts_from_scratch(data_root, tmp_path, capsys):
@@ -181,6 +214,7 @@ def test_replayed_iterations_are_not_logged_twice(data_root, tmp_path, monkeypat
         original(logger, bar, cfg, done, *args)
         if done == 3:
             raise RuntimeError("simulated crash")
+
     monkeypatch.setattr(trainer_mod, "log_train_step", crash_after_logging_3)
     cfg = cfg_for(data_root, run, **{"train.max_iters": 4, "train.checkpoint_period": 2})
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -188,8 +222,14 @@ def test_replayed_iterations_are_not_logged_twice(data_root, tmp_path, monkeypat
     assert train_records(run) == [1, 2, 3] and not (run / ".lock").exists()
     (run / "checkpoints" / ".last.pth.orphan.tmp").write_bytes(b"left by a dead writer")
     monkeypatch.setattr(trainer_mod, "log_train_step", original)
-    trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 4, "train.checkpoint_period": 2,
-                                                 "train.resume": True}), run)
+    trainer_mod.train(
+        cfg_for(
+            data_root,
+            run,
+            **{"train.max_iters": 4, "train.checkpoint_period": 2, "train.resume": True},
+        ),
+        run,
+    )
     assert train_records(run) == [1, 2, 3, 4]
     assert not list((run / "checkpoints").glob("*.tmp"))
 
@@ -200,13 +240,18 @@ def test_last_checkpoint_is_written_before_the_final_evaluation(data_root, tmp_p
 
     def failing_eval(*args, **kwargs):
         raise OSError(28, "No space left on device", str(run / "eval"))
+
     monkeypatch.setattr(trainer_mod, "evaluate_model", failing_eval)
     with pytest.raises(OSError):
-        trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 4, "train.checkpoint_period": 3}), run)
+        trainer_mod.train(
+            cfg_for(data_root, run, **{"train.max_iters": 4, "train.checkpoint_period": 3}), run
+        )
     assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 4
 
 
-def test_ctrl_c_finishes_the_step_saves_and_says_how_to_resume(data_root, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_finishes_the_step_saves_and_says_how_to_resume(
+    data_root, tmp_path, monkeypatch, capsys
+):
     run = tmp_path / "run"
     original = trainer_mod.LossWatch.record
 
@@ -214,11 +259,16 @@ def test_ctrl_c_finishes_the_step_saves_and_says_how_to_resume(data_root, tmp_pa
         if iteration == 2:  # during the third step
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, losses, iteration)
+
     monkeypatch.setattr(trainer_mod.LossWatch, "record", interrupt_at_3)
     argv = cli(data_root, run, **{"train.max_iters": 50, "train.checkpoint_period": 50})
     assert train_tool.main(argv) == 130
     err = capsys.readouterr().err
-    assert "stopped by SIGINT at iteration 3 of 50" in err and "--resume" in err and "Traceback" not in err
+    assert (
+        "stopped by SIGINT at iteration 3 of 50" in err
+        and "--resume" in err
+        and "Traceback" not in err
+    )
     assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 3
     assert not (run / ".lock").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
@@ -238,10 +288,16 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
 
     def full_disk(obj, f, *args, **kwargs):
         f.write(b"partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4416 vs 4304")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . unexpected pos 4416 vs 4304"
+        )
+
     monkeypatch.setattr(checkpoint_mod.torch, "save", full_disk)
-    with pytest.raises(CheckpointError, match=r"last.pth: could not write the checkpoint \(the disk is full\); "
-                                              r".*last.pth is intact"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"last.pth: could not write the checkpoint \(the disk is full\); "
+        r".*last.pth is intact",
+    ):
         save_checkpoint({"model": {"w": torch.ones(1)}, "iteration": 2}, path, keep_previous=True)
     monkeypatch.undo()
     assert load_checkpoint(path)["iteration"] == 1 and not (path.parent / "last.prev.pth").exists()
@@ -251,6 +307,7 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
 def test_a_bug_in_a_checkpoint_write_keeps_its_traceback(tmp_path, monkeypatch):
     def bug(obj, f, *args, **kwargs):
         raise RuntimeError("some internal assertion")
+
     monkeypatch.setattr(checkpoint_mod.torch, "save", bug)
     with pytest.raises(RuntimeError, match="some internal assertion"):
         save_checkpoint({"iteration": 2}, tmp_path / "last.pth")
@@ -262,14 +319,20 @@ def test_impossible_output_dir_and_data_root_are_one_line(data_root, tmp_path, c
     blocker.write_text("")
     assert train_tool.main(cli(data_root, blocker / "run")) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[0].startswith(f"error: {blocker / 'run'}") and "Not a directory" in err[0] and len(err) == 1
+    assert (
+        err[0].startswith(f"error: {blocker / 'run'}")
+        and "Not a directory" in err[0]
+        and len(err) == 1
+    )
     assert train_tool.main(cli(blocker / "synthetic", tmp_path / "run2")) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert str(blocker) in err[0] and "Not a directory" in err[0] and len(err) == 1
 
 
 def test_options_and_overrides_mix_in_any_order(capsys):
-    code = train_tool.main(["--cfg", "smoothl1.yaml", "train.max_iters=10", "--resume", "nosuch.key=1"])
+    code = train_tool.main(
+        ["--cfg", "smoothl1.yaml", "train.max_iters=10", "--resume", "nosuch.key=1"]
+    )
     assert code == 2 and "unknown key nosuch" in capsys.readouterr().err
 
 
@@ -277,7 +340,14 @@ def test_every_tool_with_overrides_mixes_them_with_options(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("eval_tool", REPO / "tools" / "eval.py")
     eval_tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(eval_tool)
-    argv = ["--cfg", "smoothl1.yaml", "train.device=cpu", "--dets", str(tmp_path / "d.json"), "nosuch.key=1"]
+    argv = [
+        "--cfg",
+        "smoothl1.yaml",
+        "train.device=cpu",
+        "--dets",
+        str(tmp_path / "d.json"),
+        "nosuch.key=1",
+    ]
     assert eval_tool.main(argv) == 2  # reached the config, not argparse's "unrecognized arguments"
     assert "unknown key nosuch" in capsys.readouterr().err
     for tool in ("train", "eval", "dump_proposals", "ablate", "benchmark"):
@@ -290,7 +360,9 @@ def test_an_error_in_the_middle_of_training_starts_on_its_own_line(tmp_path, cap
     cfg = cfg_for(root, run)
     ensure_synthetic(root, **cfg.data.synthetic.to_dict())
     image = sorted((root / "val").iterdir())[0]
-    image.write_bytes(image.read_bytes()[:200])  # truncated: the evaluation at iteration 2 fails on it
+    image.write_bytes(
+        image.read_bytes()[:200]
+    )  # truncated: the evaluation at iteration 2 fails on it
     assert train_tool.main(cli(root, run, **{"train.max_iters": 3, "train.eval_period": 2})) == 1
     err = capfd.readouterr().err
     assert "train: " in err and "2/3" in err  # the progress bar was drawn on stderr
@@ -302,14 +374,22 @@ def test_an_error_in_the_middle_of_training_starts_on_its_own_line(tmp_path, cap
 def test_a_bug_keeps_its_traceback_and_user_errors_do_not(data_root, tmp_path, monkeypatch, capsys):
     def bug(*args, **kwargs):
         raise RuntimeError("a bug in our code")
+
     monkeypatch.setattr(trainer_mod, "build_detector", bug)
     with pytest.raises(RuntimeError, match="a bug in our code"):
         train_tool.main(cli(data_root, tmp_path / "run"))
     monkeypatch.undo()
-    assert train_tool.main(cli(data_root, tmp_path / "run2", **{"model.backbone.weights": "/no/such.pth"})) == 1
+    assert (
+        train_tool.main(
+            cli(data_root, tmp_path / "run2", **{"model.backbone.weights": "/no/such.pth"})
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert err[0].startswith("error: model.backbone.weights='/no/such.pth' is neither an existing file")
+    assert err[0].startswith(
+        "error: model.backbone.weights='/no/such.pth' is neither an existing file"
+    )
 
 
 def test_a_split_without_boxes_is_warned_once_and_picks_no_best(capsys):
@@ -318,8 +398,12 @@ def test_a_split_without_boxes_is_warned_once_and_picks_no_best(capsys):
 
         def __len__(self):
             return 3
+
     trainer_mod.warn_if_no_boxes(NoBoxes(), "training")
-    assert "training split (instances_train.json, 3 images) has no boxes at all" in capsys.readouterr().err
+    assert (
+        "training split (instances_train.json, 3 images) has no boxes at all"
+        in capsys.readouterr().err
+    )
     progress = Progress()
     assert not trainer_mod.keep_best(progress, {"AP": -1.0}, "AP")
     assert not trainer_mod.keep_best(progress, {"AP": -1.0}, "AP")
@@ -328,7 +412,11 @@ def test_a_split_without_boxes_is_warned_once_and_picks_no_best(capsys):
 
 
 def test_console_values_never_show_negative_zero():
-    assert format_value(-0.0) == "0.0000" and format_value(-1e-7) == "0.0000" and format_value(-0.5) == "-0.5000"
+    assert (
+        format_value(-0.0) == "0.0000"
+        and format_value(-1e-7) == "0.0000"
+        and format_value(-0.5) == "-0.5000"
+    )
 
 
 # ------------------------------------------------------------------------------------------- issue 22's cases
@@ -336,13 +424,23 @@ def test_the_nonfinite_message_names_only_files_that_exist(data_root, tmp_path, 
     poison_third_training_forward(monkeypatch, trainer_mod)
     for period, last_named in ((50, False), (1, True)):
         run = tmp_path / f"run{period}"
-        cfg = cfg_for(data_root, run, **{"train.max_iters": 4, "train.checkpoint_period": period,
-                                         "train.log_period": 4, "train.num_vis_images": 0})
+        cfg = cfg_for(
+            data_root,
+            run,
+            **{
+                "train.max_iters": 4,
+                "train.checkpoint_period": period,
+                "train.log_period": 4,
+                "train.num_vis_images": 0,
+            },
+        )
         with pytest.raises(trainer_mod.NonFiniteLossError) as info:
             trainer_mod.train(cfg, run)
         message = str(info.value)
         assert f"diagnostic checkpoint: {run / 'checkpoints' / 'nonfinite_iter2.pth'}" in message
-        assert (f"last good checkpoint: {run / 'checkpoints' / 'last.pth'}" in message) is last_named
+        assert (
+            f"last good checkpoint: {run / 'checkpoints' / 'last.pth'}" in message
+        ) is last_named
         assert ("no checkpoint was written before it" in message) is not last_named
         assert (run / "checkpoints" / "nonfinite_iter2.pth").is_file()
         assert (run / "checkpoints" / "last.pth").is_file() is last_named
@@ -350,18 +448,22 @@ def test_the_nonfinite_message_names_only_files_that_exist(data_root, tmp_path, 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_the_final_evaluation_is_one_line_exit_130_and_no_lock(
-        sig, data_root, tmp_path, monkeypatch, capsys):
+    sig, data_root, tmp_path, monkeypatch, capsys
+):
     run = tmp_path / "run"
     real_evaluate = trainer_mod.evaluate_model
 
     def evaluate_then_signal(*args, **kwargs):
         os.kill(os.getpid(), sig)
         return real_evaluate(*args, **kwargs)
+
     monkeypatch.setattr(trainer_mod, "evaluate_model", evaluate_then_signal)
     assert train_tool.main(cli(data_root, run, **{"train.num_vis_images": 0})) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == (f"error: stopped by {sig.name} before the run finished; {run / 'checkpoints' / 'last.pth'} "
-                       f"holds the run; continue with the same command plus --resume")
+    assert err[-1] == (
+        f"error: stopped by {sig.name} before the run finished; {run / 'checkpoints' / 'last.pth'} "
+        f"holds the run; continue with the same command plus --resume"
+    )
     assert "Traceback" not in "\n".join(err) and not (run / ".lock").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     monkeypatch.undo()
@@ -369,13 +471,20 @@ def test_a_signal_during_the_final_evaluation_is_one_line_exit_130_and_no_lock(
     assert (run / "eval" / "metrics.json").is_file()
 
 
-def test_a_start_that_fails_on_bad_data_leaves_nothing_that_blocks_the_fixed_command(data_root, tmp_path, capsys):
+def test_a_start_that_fails_on_bad_data_leaves_nothing_that_blocks_the_fixed_command(
+    data_root, tmp_path, capsys
+):
     bad = tmp_path / "bad"
     (bad / "annotations").mkdir(parents=True)
-    (bad / "annotations" / "instances_train.json").write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "missing.jpg", "height": 10, "width": 10}],
-        "categories": [{"id": 1, "name": "a"}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}]}))
+    (bad / "annotations" / "instances_train.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "missing.jpg", "height": 10, "width": 10}],
+                "categories": [{"id": 1, "name": "a"}],
+                "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
+            }
+        )
+    )
     run = tmp_path / "run"
     assert train_tool.main(cli(bad, run, **{"data.format": "coco"})) == 1
     assert "missing.jpg" in capsys.readouterr().err

@@ -2,12 +2,14 @@
 real stream), cudnn.benchmark only where shapes are bucketed, torch.compile's fallback, the SGD implementations,
 the non-finite check without a per-step host read, no host reads in preprocessing, and honest data/step times.
 No speed is asserted here: tools/benchmark.py measures speed."""
+
 import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import poison_third_training_forward, tiny_model, tiny_run_overrides, two_images
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from detector.benchmark import padded_shapes
@@ -19,10 +21,13 @@ from detector.engine import runtime
 from detector.engine import trainer as trainer_mod
 from detector.engine.checkpoint import load_checkpoint
 from detector.modeling.detector import _pad_boxes
-from helpers import poison_third_training_forward, tiny_model, tiny_run_overrides, two_images
 
-HOST_READS = ("aten._local_scalar_dense.default", "aten.nonzero.default", "aten._unique2.default",
-              "aten.masked_select.default")
+HOST_READS = (
+    "aten._local_scalar_dense.default",
+    "aten.nonzero.default",
+    "aten._unique2.default",
+    "aten.masked_select.default",
+)
 
 
 class HostReads(TorchDispatchMode):
@@ -43,15 +48,25 @@ def test_bucket_sides_and_the_padded_size_of_a_batch():
     assert bucket_sides(800, 1333, 32, 0) == ()
     assert bucket_sides(800, 1333, 32, 1) == (1344,)  # one square canvas
     assert bucket_sides(800, 1333, 32, 2) == (800, 1344)
-    assert bucket_sides(800, 1333, 32, 3) == (800, 1088, 1344)  # 800 + (1344 - 800) / 2 = 1072 -> 1088
+    assert bucket_sides(800, 1333, 32, 3) == (
+        800,
+        1088,
+        1344,
+    )  # 800 + (1344 - 800) / 2 = 1072 -> 1088
     assert bucket_sides(288, 480, 32, 2) == (288, 480)
     buckets = (800, 1088, 1344)
     assert batch_padded_size([(800, 1067), (750, 1333)], 32) == (800, 1344)
     assert batch_padded_size([(800, 1067), (640, 853)], 32) == (800, 1088)
     assert batch_padded_size([(800, 1067), (640, 853)], 32, buckets) == (800, 1088)
-    assert batch_padded_size([(672, 896), (640, 853)], 32, buckets) == (800, 1088)  # up to the smallest bucket
+    assert batch_padded_size([(672, 896), (640, 853)], 32, buckets) == (
+        800,
+        1088,
+    )  # up to the smallest bucket
     assert batch_padded_size([(1067, 800), (800, 1100)], 32, buckets) == (1088, 1344)
-    assert batch_padded_size([(1500, 900)], 32, buckets) == (1504, 1088)  # longer than every bucket: rounded only
+    assert batch_padded_size([(1500, 900)], 32, buckets) == (
+        1504,
+        1088,
+    )  # longer than every bucket: rounded only
     cfg = load_config(["gpu.yaml"])
     assert build_pad_buckets(cfg) == buckets and build_pad_buckets(cfg, 0) == ()
 
@@ -66,12 +81,20 @@ def test_bucketed_padding_is_bottom_right_only_and_keeps_sizes_and_boxes():
     big, big_sizes = bucketed.preprocess(images)
     assert batch.shape[-2:] == (128, 160) and big.shape[-2:] == (192, 192)
     assert torch.equal(big[:, :, :128, :160], batch)  # the images sit at the top left, unchanged
-    assert not big[:, :, 128:].any() and not big[:, :, :, 160:].any()  # padding is 0 after normalisation
+    assert (
+        not big[:, :, 128:].any() and not big[:, :, :, 160:].any()
+    )  # padding is 0 after normalisation
     assert torch.equal(sizes, big_sizes) and sizes.tolist() == [[128.0, 160.0], [112.0, 144.0]]
     with torch.no_grad():
         detections = bucketed(images)
-    for det, (h, w) in zip(detections, sizes.tolist()):  # boxes stay inside their image, not the canvas
-        assert (det["boxes"][:, 2] <= w).all() and (det["boxes"][:, 3] <= h).all() and (det["boxes"] >= 0).all()
+    for det, (h, w) in zip(
+        detections, sizes.tolist()
+    ):  # boxes stay inside their image, not the canvas
+        assert (
+            (det["boxes"][:, 2] <= w).all()
+            and (det["boxes"][:, 3] <= h).all()
+            and (det["boxes"] >= 0).all()
+        )
     bucketed.train()
     losses, _ = bucketed(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())
@@ -85,8 +108,12 @@ def test_pad_buckets_off_leaves_preprocessing_unchanged():
     batch, _ = model.preprocess(images)
     expected = model.pixel_mean.expand(2, 3, 128, 160).clone()
     for i, img in enumerate(images):
-        expected[i, :, :img.shape[1], :img.shape[2]] = img.float() / 255 if img.dtype == torch.uint8 else img
-    assert model.pad_buckets == () and torch.equal(batch, (expected - model.pixel_mean) / model.pixel_std)
+        expected[i, :, : img.shape[1], : img.shape[2]] = (
+            img.float() / 255 if img.dtype == torch.uint8 else img
+        )
+    assert model.pad_buckets == () and torch.equal(
+        batch, (expected - model.pixel_mean) / model.pixel_std
+    )
 
 
 def test_channels_last_input_batch_is_the_same_values():
@@ -104,8 +131,11 @@ def test_preprocessing_and_target_padding_read_nothing_on_the_host():
     model = tiny_model()
     with HostReads() as reads:
         model.preprocess(images)
-        boxes, (labels,), valid = _pad_boxes([t["boxes"] for t in targets], torch.device("cpu"),
-                                             extra=[[t["labels"] for t in targets]])
+        boxes, (labels,), valid = _pad_boxes(
+            [t["boxes"] for t in targets],
+            torch.device("cpu"),
+            extra=[[t["labels"] for t in targets]],
+        )
     assert not reads.counts, reads.counts
     assert boxes.shape == (2, 2, 4) and valid.tolist() == [[True, False], [True, True]]
     assert labels.tolist() == [[2, 0], [1, 3]] and boxes[0, 1].tolist() == [0.0] * 4
@@ -114,32 +144,44 @@ def test_preprocessing_and_target_padding_read_nothing_on_the_host():
 
 
 def _coco_gpu_cfg(coco_tiny: Path, *overrides: str):
-    return load_config(["smoothl1.yaml", "data/coco_tiny.yaml", "gpu.yaml"], [f"data.root={coco_tiny}", *overrides])
+    return load_config(
+        ["smoothl1.yaml", "data/coco_tiny.yaml", "gpu.yaml"], [f"data.root={coco_tiny}", *overrides]
+    )
 
 
 def test_a_gpu_yaml_run_on_coco_images_meets_at_most_8_padded_shapes(coco_tiny):
     cfg = _coco_gpu_cfg(coco_tiny)
-    train = padded_shapes(cfg, "train", num_batches=1000, pad_buckets=(0, cfg.data.input.pad_buckets))
+    train = padded_shapes(
+        cfg, "train", num_batches=1000, pad_buckets=(0, cfg.data.input.pad_buckets)
+    )
     val = padded_shapes(cfg, "val", num_batches=1000, pad_buckets=(0, cfg.data.input.pad_buckets))
     (train_off, train_on), (val_off, val_on) = train["rows"], val["rows"]
     assert train["batches"] == 1000 and train_on["pad_buckets"] == 3
     run_shapes = set(train_on["shape_counts"]) | set(val_on["shape_counts"])
     assert len(run_shapes) <= 8, run_shapes
-    assert len(set(train_off["shape_counts"]) | set(val_off["shape_counts"])) > 24  # what buckets fix
-    assert 1.0 <= train_on["padded_over_unbucketed"] < 1.2  # the price: under 20% more backbone FLOPs
+    assert (
+        len(set(train_off["shape_counts"]) | set(val_off["shape_counts"])) > 24
+    )  # what buckets fix
+    assert (
+        1.0 <= train_on["padded_over_unbucketed"] < 1.2
+    )  # the price: under 20% more backbone FLOPs
     assert sum(train_on["shape_counts"].values()) == 1000
 
 
 def test_the_shape_simulation_is_the_real_loader_and_model(coco_tiny):
     """padded_shapes replays the transforms' decisions without decoding; the real loader + model agree."""
     cfg = _coco_gpu_cfg(coco_tiny, "data.loader.num_workers=0", "train.batch_size=2")
-    simulated = padded_shapes(cfg, "train", num_batches=3, pad_buckets=(cfg.data.input.pad_buckets,))
+    simulated = padded_shapes(
+        cfg, "train", num_batches=3, pad_buckets=(cfg.data.input.pad_buckets,)
+    )
     buckets = build_pad_buckets(cfg)
     loader = iter(build_dataloader(cfg, "train"))
     real = Counter()
     for _ in range(3):
         images, _ = next(loader)
-        h, w = batch_padded_size([tuple(img.shape[1:]) for img in images], cfg.data.input.size_divisibility, buckets)
+        h, w = batch_padded_size(
+            [tuple(img.shape[1:]) for img in images], cfg.data.input.size_divisibility, buckets
+        )
         real[f"{h}x{w}"] += 1
     assert dict(real) == simulated["rows"][0]["shape_counts"]
 
@@ -147,7 +189,10 @@ def test_the_shape_simulation_is_the_real_loader_and_model(coco_tiny):
 # ------------------------------------------------------------------------------------------------ switches
 def _failing_compile(fn, *args, **kwargs):
     def compiled(*a, **k):
-        raise RuntimeError("InductorError: CppCompileError: C++ compile error\nlong compiler output")
+        raise RuntimeError(
+            "InductorError: CppCompileError: C++ compile error\nlong compiler output"
+        )
+
     return compiled
 
 
@@ -157,12 +202,18 @@ def test_compile_falls_back_to_eager_with_one_line(monkeypatch, capsys):
     model = tiny_model().eval()
     keys = list(model.state_dict())
     monkeypatch.setattr(torch, "compile", _failing_compile)
-    assert runtime.compile_submodules(model, "all") == ["backbone", "rpn.head", "roi_heads.box_head"]
+    assert runtime.compile_submodules(model, "all") == [
+        "backbone",
+        "rpn.head",
+        "roi_heads.box_head",
+    ]
     with torch.no_grad():
         out, expected = model(images), eager(images)
     err = capsys.readouterr().err
     assert err.count("could not be compiled") == 3 and "continuing uncompiled" in err
-    assert "train.compile=all: the backbone could not be compiled (RuntimeError: InductorError" in err
+    assert (
+        "train.compile=all: the backbone could not be compiled (RuntimeError: InductorError" in err
+    )
     assert "long compiler output" not in err  # one line each
     for a, b in zip(out, expected):
         assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
@@ -175,6 +226,7 @@ def test_compile_falls_back_to_eager_with_one_line(monkeypatch, capsys):
 def test_compile_refused_outright_also_falls_back(monkeypatch, capsys):
     def refuse(fn, *args, **kwargs):
         raise RuntimeError("torch.compile is not supported on Python 3.14+")
+
     monkeypatch.setattr(torch, "compile", refuse)
     model = tiny_model().eval()
     assert runtime.compile_submodules(model, "backbone") == ["backbone"]
@@ -186,8 +238,14 @@ def test_compile_refused_outright_also_falls_back(monkeypatch, capsys):
 def test_a_training_run_with_compile_falls_back_and_finishes(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch, "compile", _failing_compile)
     run = tmp_path / "run"
-    cfg = load_config(["smoothl1.yaml"], tiny_run_overrides(tmp_path / "data", run, **{
-        "train.compile": "backbone", "train.num_vis_images": 0, "train.max_iters": 1}))
+    cfg = load_config(
+        ["smoothl1.yaml"],
+        tiny_run_overrides(
+            tmp_path / "data",
+            run,
+            **{"train.compile": "backbone", "train.num_vis_images": 0, "train.max_iters": 1},
+        ),
+    )
     trainer_mod.train(cfg, run)
     start = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert start["compiled"] == ["backbone"] and start["cudnn_benchmark"] is False
@@ -201,9 +259,18 @@ def test_the_fused_or_foreach_sgd_update_is_the_plain_one():
     reference.load_state_dict(model.state_dict())
     cfg = load_config([], ["train.lr=0.1", "train.lr_reference_batch=null"])
     optimizer = optim_mod.build_optimizer(cfg, model)
-    assert optimizer.impl == ("fused" if optim_mod.has_fused_sgd(torch.device("cpu")) else "foreach")
-    plain = torch.optim.SGD([{"params": [reference.weight], "weight_decay": 1e-4},
-                             {"params": [reference.bias], "weight_decay": 0.0}], lr=0.1, momentum=0.9, foreach=False)
+    assert optimizer.impl == (
+        "fused" if optim_mod.has_fused_sgd(torch.device("cpu")) else "foreach"
+    )
+    plain = torch.optim.SGD(
+        [
+            {"params": [reference.weight], "weight_decay": 1e-4},
+            {"params": [reference.bias], "weight_decay": 0.0},
+        ],
+        lr=0.1,
+        momentum=0.9,
+        foreach=False,
+    )
     for step in range(3):
         for p, q in zip(model.parameters(), reference.parameters()):
             p.grad = q.grad = torch.full_like(p, 0.5 + step)
@@ -226,44 +293,83 @@ def test_the_nonfinite_check_reads_the_host_only_when_asked():
     assert counter.counts["aten._local_scalar_dense.default"] == 1
 
 
-def test_nonfinite_check_at_log_steps_names_the_first_bad_iteration_and_keeps_last_good(tmp_path, monkeypatch):
+def test_nonfinite_check_at_log_steps_names_the_first_bad_iteration_and_keeps_last_good(
+    tmp_path, monkeypatch
+):
     """NaN at iteration 2 (the third step); checkpoints after 2 and 4 steps, log every 4: the losses are read
     before each checkpoint write, so the run stops at the check after the 4th step and last.pth stays the one
     written after 2 steps."""
     poison_third_training_forward(monkeypatch, trainer_mod)
     run = tmp_path / "run"
-    cfg = load_config(["smoothl1.yaml"], tiny_run_overrides(tmp_path / "data", run, **{
-        "train.max_iters": 8, "train.log_period": 4, "train.checkpoint_period": 2,
-        "train.num_vis_images": 0}))
+    cfg = load_config(
+        ["smoothl1.yaml"],
+        tiny_run_overrides(
+            tmp_path / "data",
+            run,
+            **{
+                "train.max_iters": 8,
+                "train.log_period": 4,
+                "train.checkpoint_period": 2,
+                "train.num_vis_images": 0,
+            },
+        ),
+    )
     with pytest.raises(trainer_mod.NonFiniteLossError) as info:
         trainer_mod.train(cfg, run)
     message = str(info.value)
-    assert "loss_box_reg is not finite at iteration 2 (" in message and "loss_box_reg=nan" in message
-    assert "found at the check after iteration 3" in message  # the 4th step (iterations count from 0)
+    assert (
+        "loss_box_reg is not finite at iteration 2 (" in message and "loss_box_reg=nan" in message
+    )
+    assert (
+        "found at the check after iteration 3" in message
+    )  # the 4th step (iterations count from 0)
     assert (run / "checkpoints" / "nonfinite_iter2.pth").is_file()
     last = load_checkpoint(run / "checkpoints" / "last.pth")
     assert last["iteration"] == 2
 
     def finite(state):
-        return all(torch.isfinite(v).all() for v in state.values()
-                   if isinstance(v, torch.Tensor) and v.is_floating_point())
+        return all(
+            torch.isfinite(v).all()
+            for v in state.values()
+            if isinstance(v, torch.Tensor) and v.is_floating_point()
+        )
+
     assert finite(last["model"])  # the last good checkpoint, written after a clean read
     diagnostic = load_checkpoint(run / "checkpoints" / "nonfinite_iter2.pth")
-    assert diagnostic["iteration"] == 4 and not finite(diagnostic["model"])  # the run went on to the check
-    assert not [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"]
+    assert diagnostic["iteration"] == 4 and not finite(
+        diagnostic["model"]
+    )  # the run went on to the check
+    assert not [
+        r
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if r["type"] == "train"
+    ]
 
 
 def test_data_and_step_time_add_up_to_the_wall_time_per_step(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     run = tmp_path / "run"
-    cfg = load_config(["smoothl1.yaml"], tiny_run_overrides(tmp_path / "data", run, **{
-        "train.max_iters": 4, "train.log_period": 2, "train.num_vis_images": 0}))
+    cfg = load_config(
+        ["smoothl1.yaml"],
+        tiny_run_overrides(
+            tmp_path / "data",
+            run,
+            **{"train.max_iters": 4, "train.log_period": 2, "train.num_vis_images": 0},
+        ),
+    )
     trainer_mod.train(cfg, run)
-    records = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"]
+    records = [
+        r
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if r["type"] == "train"
+    ]
     assert [r["iter"] for r in records] == [2, 4]
     for r in records:
         assert r["data_time"] > 0 and r["step_time"] > 0
         # images / (wall time per step) = images per step: the two times split the window's wall time
-        assert (r["data_time"] + r["step_time"]) * r["images_per_s"] == pytest.approx(cfg.train.batch_size, rel=1e-6)
+        assert (r["data_time"] + r["step_time"]) * r["images_per_s"] == pytest.approx(
+            cfg.train.batch_size, rel=1e-6
+        )
     events = EventAccumulator(str(run)).Reload()
     assert {"data_time", "step_time", "images_per_s"} <= set(events.Tags()["scalars"])

@@ -1,6 +1,7 @@
 """Training engine: every config trains a few iterations, the run folder is complete, resume after SIGKILL
 reaches the same weights, NaN losses stop cleanly, corrupt checkpoints fall back, bad configs fail early,
 and a 2-process gloo DDP run works."""
+
 import json
 import os
 import signal
@@ -11,14 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import poison_third_training_forward
+from helpers import tiny_run_overrides as tiny
 
 from detector.config import CONFIG_DIR, load_config
 from detector.engine import trainer as trainer_mod
-from detector.engine.checkpoint import (CheckpointError, find_resume_checkpoint, load_checkpoint,
-                                        save_checkpoint)
+from detector.engine.checkpoint import (
+    CheckpointError,
+    find_resume_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from detector.engine.optim import lr_factor
-from helpers import poison_third_training_forward
-from helpers import tiny_run_overrides as tiny
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "tools" / "train.py"
@@ -29,16 +34,23 @@ def tiny_data(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("synthetic")
 
 
-LEAF_CONFIGS = sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.glob("*.yaml") if p.name != "gpu.yaml")
+LEAF_CONFIGS = sorted(
+    str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.glob("*.yaml") if p.name != "gpu.yaml"
+)
 
 
 @pytest.mark.parametrize("name", LEAF_CONFIGS)
 def test_every_config_trains_a_few_iterations(name, tiny_data, tmp_path):
-    extra = {"model.roi_head.box_loss.schedule.interval": 1, "model.roi_head.dynamic_label_assignment.interval": 1}
+    extra = {
+        "model.roi_head.box_loss.schedule.interval": 1,
+        "model.roi_head.dynamic_label_assignment.interval": 1,
+    }
     cfg = load_config([name], tiny(tiny_data, tmp_path / "run", **extra))
     metrics = trainer_mod.train(cfg, tmp_path / "run")
     assert 0.0 <= metrics["AP"] <= 1.0 or metrics["AP"] == -1.0
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     train_records = [r for r in records if r["type"] == "train"]
     assert [r["iter"] for r in train_records] == [1, 2]
     assert all(r["loss_box_reg"] is not None and r["loss_box_reg"] >= 0 for r in train_records)
@@ -50,6 +62,7 @@ def _train_main(argv):
     sys.path.insert(0, str(REPO / "tools"))
     try:
         import importlib
+
         module = importlib.import_module("train")
         return module.main(argv)
     finally:
@@ -63,31 +76,63 @@ def test_run_folder_holds_everything(tiny_data, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "AP50" in out and "run folder" in out
-    assert (run / "config.yaml").is_file() and load_config([str(run / "config.yaml")]).train.max_iters == 3
+    assert (run / "config.yaml").is_file() and load_config(
+        [str(run / "config.yaml")]
+    ).train.max_iters == 3
     kinds = [json.loads(line)["type"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert kinds.count("eval") == 2 and kinds.count("train") == 3
     assert list(run.glob("events.out.tfevents.*"))
-    assert (run / "checkpoints" / "last.pth").is_file() and (run / "checkpoints" / "best.pth").is_file()
+    assert (run / "checkpoints" / "last.pth").is_file() and (
+        run / "checkpoints" / "best.pth"
+    ).is_file()
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     detections = json.loads((run / "eval" / "detections.json").read_text())
     assert all({"image_id", "category_id", "bbox", "score"} <= set(d) for d in detections)
     assert {"AP", "AP50", "AP75", "AP90", "AP_per_iou", "per_class"} <= set(metrics)
     state = load_checkpoint(run / "checkpoints" / "last.pth")
-    assert state["iteration"] == 3 and {"model", "optimizer", "scheduler", "scaler", "rng", "config"} <= set(state)
+    assert state["iteration"] == 3 and {
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "rng",
+        "config",
+    } <= set(state)
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "histograms": 0, "images": 0}).Reload()
+
+    events = EventAccumulator(
+        str(run), size_guidance={"scalars": 0, "histograms": 0, "images": 0}
+    ).Reload()
     tags = events.Tags()
-    for tag in ("loss_box_reg", "weighted/loss_box_reg", "lr", "grad_norm", "images_per_s", "eval/AP",
-                "target_abs/tx/mean", "pred_err/tw/p90", "num_pos_per_image"):
+    for tag in (
+        "loss_box_reg",
+        "weighted/loss_box_reg",
+        "lr",
+        "grad_norm",
+        "images_per_s",
+        "eval/AP",
+        "target_abs/tx/mean",
+        "pred_err/tw/p90",
+        "num_pos_per_image",
+    ):
         assert tag in tags["scalars"], tag
     assert any(t.startswith("hist/target_abs") for t in tags["histograms"])
     assert tags["images"]
 
 
 def test_bad_config_fails_before_anything_runs(tmp_path, capsys):
-    assert _train_main(["--cfg", "smoothl1.yaml", "model.roi_head.box_los.name=l1",
-                        f"output_dir={tmp_path / 'run'}"]) == 2
+    assert (
+        _train_main(
+            [
+                "--cfg",
+                "smoothl1.yaml",
+                "model.roi_head.box_los.name=l1",
+                f"output_dir={tmp_path / 'run'}",
+            ]
+        )
+        == 2
+    )
     assert "did you mean box_loss?" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
     assert _train_main(["--cfg", "no_such.yaml"]) == 2
@@ -98,24 +143,41 @@ def _final_weights(run: Path) -> dict:
 
 
 def test_resume_after_sigkill_reaches_the_same_weights(tiny_data, tmp_path):
-    extra = {"train.max_iters": 8, "train.checkpoint_period": 2, "train.num_vis_images": 0,
-             "data.loader.num_workers": 1}
+    extra = {
+        "train.max_iters": 8,
+        "train.checkpoint_period": 2,
+        "train.num_vis_images": 0,
+        "data.loader.num_workers": 1,
+    }
     straight = tmp_path / "straight"
     assert _train_main(["--cfg", "dynamic_rcnn.yaml", *tiny(tiny_data, straight, **extra)]) == 0
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, str(TRAIN), "--cfg", "dynamic_rcnn.yaml", *tiny(tiny_data, killed, **extra)]
+    cmd = [
+        sys.executable,
+        str(TRAIN),
+        "--cfg",
+        "dynamic_rcnn.yaml",
+        *tiny(tiny_data, killed, **extra),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not (killed / "checkpoints" / "last.pth").exists() and proc.poll() is None:
+    while (
+        time.time() < deadline
+        and not (killed / "checkpoints" / "last.pth").exists()
+        and proc.poll() is None
+    ):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = load_checkpoint(killed / "checkpoints" / "last.pth")["iteration"]
     assert 0 < saved < 8, "the run must be killed part-way for this test to mean anything"
 
-    assert _train_main(["--cfg", "dynamic_rcnn.yaml", "--resume", *tiny(tiny_data, killed, **extra)]) == 0
+    assert (
+        _train_main(["--cfg", "dynamic_rcnn.yaml", "--resume", *tiny(tiny_data, killed, **extra)])
+        == 0
+    )
     a, b = _final_weights(straight), _final_weights(killed)
     assert a.keys() == b.keys()
     for key in a:
@@ -127,16 +189,24 @@ def test_nonfinite_loss_stops_with_a_diagnostic_checkpoint(tiny_data, tmp_path, 
     poison_third_training_forward(monkeypatch, trainer_mod)
     run = tmp_path / "run"
     cfg = load_config(["smoothl1.yaml"], tiny(tiny_data, run, **{"train.max_iters": 5}))
-    with pytest.raises(trainer_mod.NonFiniteLossError, match="loss_box_reg is not finite at iteration 2"):
+    with pytest.raises(
+        trainer_mod.NonFiniteLossError, match="loss_box_reg is not finite at iteration 2"
+    ):
         trainer_mod.train(cfg, run)
     assert (run / "checkpoints" / "nonfinite_iter2.pth").is_file()
-    assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 2  # the last good one, untouched
+    assert (
+        load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 2
+    )  # the last good one, untouched
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous(tmp_path):
     ckpt = tmp_path / "checkpoints"
-    save_checkpoint({"model": {"w": torch.ones(1)}, "iteration": 1}, ckpt / "last.pth", keep_previous=True)
-    save_checkpoint({"model": {"w": torch.ones(1)}, "iteration": 2}, ckpt / "last.pth", keep_previous=True)
+    save_checkpoint(
+        {"model": {"w": torch.ones(1)}, "iteration": 1}, ckpt / "last.pth", keep_previous=True
+    )
+    save_checkpoint(
+        {"model": {"w": torch.ones(1)}, "iteration": 2}, ckpt / "last.pth", keep_previous=True
+    )
     data = (ckpt / "last.pth").read_bytes()
     (ckpt / "last.pth").write_bytes(data[: len(data) // 2])  # truncated
     with pytest.raises(CheckpointError, match="last.pth: cannot be read"):
@@ -146,7 +216,9 @@ def test_corrupt_checkpoint_falls_back_to_the_previous(tmp_path):
     assert state["iteration"] == 1
     # the corrupt file is set aside, so the next save keeps the good fallback as last.prev.pth
     assert (ckpt / "last.corrupt.pth").is_file() and not (ckpt / "last.pth").exists()
-    save_checkpoint({"model": {"w": torch.ones(1)}, "iteration": 2}, ckpt / "last.pth", keep_previous=True)
+    save_checkpoint(
+        {"model": {"w": torch.ones(1)}, "iteration": 2}, ckpt / "last.pth", keep_previous=True
+    )
     assert load_checkpoint(ckpt / "last.prev.pth")["iteration"] == 1
     (ckpt / "last.pth").write_bytes(b"garbage")
     (ckpt / "last.prev.pth").write_bytes(b"garbage")
@@ -169,9 +241,21 @@ def test_lr_schedule_warmup_then_decay():
 
 def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(TRAIN),
-           "--cfg", "dynamic_smoothl1.yaml",
-           *tiny(tiny_data, run, **{"train.max_iters": 3, "train.batch_size": 1, "train.num_vis_images": 0})]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(TRAIN),
+        "--cfg",
+        "dynamic_smoothl1.yaml",
+        *tiny(
+            tiny_data,
+            run,
+            **{"train.max_iters": 3, "train.batch_size": 1, "train.num_vis_images": 0},
+        ),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -187,6 +271,7 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
 def test_precomputed_proposals_train_and_evaluate(tiny_data, tmp_path):
     """Classic Fast R-CNN: proposals from a JSON file (original pixels) move with the resized/flipped image."""
     from detector.data import build_dataset
+
     cfg = load_config([], tiny(tiny_data, tmp_path / "probe"))
     proposals = {}
     gen = torch.Generator().manual_seed(0)
@@ -198,7 +283,9 @@ def test_precomputed_proposals_train_and_evaluate(tiny_data, tmp_path):
             w, h = ds.get_image_info(i)["width"], ds.get_image_info(i)["height"]
             noisy = torch.minimum(noisy.clamp(min=0), torch.tensor([w, h, w, h]))
             keep = (noisy[:, 2] > noisy[:, 0] + 1) & (noisy[:, 3] > noisy[:, 1] + 1)
-            proposals[str(ds.get_image_info(i)["image_id"])] = [b + [0.9] for b in noisy[keep].tolist()]
+            proposals[str(ds.get_image_info(i)["image_id"])] = [
+                b + [0.9] for b in noisy[keep].tolist()
+            ]
     path = tmp_path / "proposals.json"
     path.write_text(json.dumps(proposals))
     run = tmp_path / "run"
@@ -213,15 +300,25 @@ def test_precomputed_proposals_train_and_evaluate(tiny_data, tmp_path):
     del proposals[next(iter(proposals))]
     path.write_text(json.dumps(proposals))
     from detector.data.base import DatasetError
+
     with pytest.raises(DatasetError, match="no proposals for 1 images"):
         trainer_mod.train(cfg, tmp_path / "run2")
 
 
 def test_bad_input_is_one_line_error_not_a_traceback(tmp_path, capsys):
     """A missing dataset folder, a best_metric the evaluator does not compute: one clear line, exit code 1/2."""
-    code = _train_main(["--cfg", "smoothl1.yaml", "data.format=coco", f"data.root={tmp_path / 'nowhere'}",
-                        f"output_dir={tmp_path / 'run'}"])
+    code = _train_main(
+        [
+            "--cfg",
+            "smoothl1.yaml",
+            "data.format=coco",
+            f"data.root={tmp_path / 'nowhere'}",
+            f"output_dir={tmp_path / 'run'}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "nowhere" in err and "Traceback" not in err
-    code = _train_main(["--cfg", "smoothl1.yaml", "train.best_metric=mAP_voc", f"output_dir={tmp_path / 'run'}"])
+    code = _train_main(
+        ["--cfg", "smoothl1.yaml", "train.best_metric=mAP_voc", f"output_dir={tmp_path / 'run'}"]
+    )
     assert code == 2 and "best_metric" in capsys.readouterr().err

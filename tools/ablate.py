@@ -11,46 +11,95 @@ true-positive IoUs), summary.csv and plots (or: tensorboard --logdir DIR/runs).
 Exit codes: 0 every run finished; 1 some run failed (the report lists it) or no report; 2 a bad option, config or
 run folder (nothing trained); 130 stopped by Ctrl-C.
 """
+
 import argparse
 import importlib.util
 import shlex
 import sys
 from pathlib import Path
 
-from detector.ablation import (AblationError, Interrupted, check_runs, plan_runs, resolve_baseline, run_local,
-                               write_report)
+from detector.ablation import (
+    AblationError,
+    Interrupted,
+    check_runs,
+    plan_runs,
+    resolve_baseline,
+    run_local,
+    write_report,
+)
 from detector.errors import run_tool
 
-SLURM_OPTIONS = ("partition", "time", "gpus_per_run", "cpus_per_run", "constraint", "account", "no_wait")
+SLURM_OPTIONS = (
+    "partition",
+    "time",
+    "gpus_per_run",
+    "cpus_per_run",
+    "constraint",
+    "account",
+    "no_wait",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfgs", nargs="+", required=True, help="loss configs to compare (names in configs/)")
-    parser.add_argument("--cfg", action="append", default=[], help="config layered on every run (e.g. data/...)")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per config (seed=0..N-1; default 5)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cfgs", nargs="+", required=True, help="loss configs to compare (names in configs/)"
+    )
+    parser.add_argument(
+        "--cfg", action="append", default=[], help="config layered on every run (e.g. data/...)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=5, help="seeds per config (seed=0..N-1; default 5)"
+    )
     parser.add_argument("--sweep", help="key=v1,v2,... : one group per value (e.g. a beta sweep)")
-    parser.add_argument("--baseline", help="config the paired differences are taken against (default: the first)")
+    parser.add_argument(
+        "--baseline", help="config the paired differences are taken against (default: the first)"
+    )
     parser.add_argument("--out", help="output folder (default runs/ablation-<names>)")
-    parser.add_argument("--jobs", type=int, help="runs at once (local: default 1, round-robin over the GPUs of "
-                        "CUDA_VISIBLE_DEVICES, else all, cores // JOBS CPU threads each; slurm: most array tasks at "
-                        "once, default no limit)")
-    parser.add_argument("--force", action="store_true", help="train again (replacing them) the runs whose folder "
-                        "holds a run of another config (or pick another --out)")
-    parser.add_argument("--report-only", action="store_true", help="write the report from the run folders; train "
-                        "nothing")
-    parser.add_argument("--launcher", choices=("local", "slurm"), default="local", help="where the runs train "
-                        "(slurm: one job array through submitit)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="runs at once (local: default 1, round-robin over the GPUs of "
+        "CUDA_VISIBLE_DEVICES, else all, cores // JOBS CPU threads each; slurm: most array tasks at "
+        "once, default no limit)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="train again (replacing them) the runs whose folder "
+        "holds a run of another config (or pick another --out)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from the run folders; train nothing",
+    )
+    parser.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="where the runs train (slurm: one job array through submitit)",
+    )
     parser.add_argument("--title", default="", help="title of summary.md")
     slurm = parser.add_argument_group("--launcher slurm")
     slurm.add_argument("--partition", help="SLURM partition")
-    slurm.add_argument("--time", help="time limit per run: minutes or [days-]hours:minutes:seconds (default 4:00:00)")
-    slurm.add_argument("--gpus-per-run", type=int, help="GPUs per run (default 1; >1 trains it with torchrun)")
+    slurm.add_argument(
+        "--time",
+        help="time limit per run: minutes or [days-]hours:minutes:seconds (default 4:00:00)",
+    )
+    slurm.add_argument(
+        "--gpus-per-run", type=int, help="GPUs per run (default 1; >1 trains it with torchrun)"
+    )
     slurm.add_argument("--cpus-per-run", type=int, help="CPUs per run (default 4)")
     slurm.add_argument("--constraint", help="SLURM --constraint (node features, e.g. a100)")
     slurm.add_argument("--account", help="SLURM account to charge")
-    slurm.add_argument("--no-wait", action="store_true", help="submit and return; write the report later with "
-                       "--report-only")
+    slurm.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="submit and return; write the report later with --report-only",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     return parser
 
@@ -66,23 +115,41 @@ def main(argv=None) -> int:
     if not cfgs:
         raise AblationError("--cfgs: name at least one config (e.g. --cfgs l2.yaml smoothl1.yaml)")
     if args.report_only and args.force:
-        raise AblationError("--report-only trains nothing, so --force has nothing to rerun; drop one of them")
-    given = [f"--{name.replace('_', '-')}" for name in SLURM_OPTIONS if getattr(args, name) not in (None, False)]
+        raise AblationError(
+            "--report-only trains nothing, so --force has nothing to rerun; drop one of them"
+        )
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in SLURM_OPTIONS
+        if getattr(args, name) not in (None, False)
+    ]
     if given and args.launcher != "slurm":
         raise AblationError(f"{', '.join(given)}: SLURM options; add --launcher slurm")
-    for flag, value, least in (("--jobs", args.jobs, 1), ("--gpus-per-run", args.gpus_per_run, 0),
-                               ("--cpus-per-run", args.cpus_per_run, 1)):
+    for flag, value, least in (
+        ("--jobs", args.jobs, 1),
+        ("--gpus-per-run", args.gpus_per_run, 0),
+        ("--cpus-per-run", args.cpus_per_run, 1),
+    ):
         if value is not None and value < least:
             raise AblationError(f"{flag} {value}: must be at least {least}")
     runs = plan_runs(cfgs, args.cfg, args.seeds, overrides, args.sweep)
     baseline = resolve_baseline(runs, args.baseline)
-    out = Path(args.out) if args.out else Path("runs") / ("ablation-" + "-".join(Path(c).stem for c in cfgs))
-    steps = check_runs(runs, out, force=args.force)  # every config and run folder, before anything trains
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs") / ("ablation-" + "-".join(Path(c).stem for c in cfgs))
+    )
+    steps = check_runs(
+        runs, out, force=args.force
+    )  # every config and run folder, before anything trains
     errors: dict = {}
     if not args.report_only:
         if importlib.util.find_spec("scipy") is None:
-            print("note: scipy is not installed; the runs train, but the report's intervals need it: pip install "
-                  "scipy, then rerun this command with --report-only", file=sys.stderr)
+            print(
+                "note: scipy is not installed; the runs train, but the report's intervals need it: pip install "
+                "scipy, then rerun this command with --report-only",
+                file=sys.stderr,
+            )
         errors = launch(args, steps, out, command)
         if errors is None:  # submitted without waiting
             return 0
@@ -91,36 +158,59 @@ def main(argv=None) -> int:
     missing = [f"{run.name}: {why}" for g in groups for run, why in g.unfinished]
     failed = [e for e in errors.values() if e]
     if missing:
-        print(f"{len(missing)} of {len(runs)} run(s) have no results:\n" + "\n".join(failed or missing),
-              file=sys.stderr)
+        print(
+            f"{len(missing)} of {len(runs)} run(s) have no results:\n"
+            + "\n".join(failed or missing),
+            file=sys.stderr,
+        )
         return 1
     return 0
 
 
 def launch(args, steps, out: Path, command: str):
     """Train what the steps ask for; ``{run name: error or None}``, or None when submitted without waiting."""
-    print(f"{len(steps)} runs into {out / 'runs'}: " + ", ".join(
-        f"{sum(s.action == a for s in steps)} {a}" for a in ("reuse", "train", "resume", "overwrite")
-        if any(s.action == a for s in steps)), flush=True)
+    print(
+        f"{len(steps)} runs into {out / 'runs'}: "
+        + ", ".join(
+            f"{sum(s.action == a for s in steps)} {a}"
+            for a in ("reuse", "train", "resume", "overwrite")
+            if any(s.action == a for s in steps)
+        ),
+        flush=True,
+    )
     if args.launcher == "local":
         return run_local(steps, jobs=args.jobs or 1)
     from detector.ablation import slurm
-    given = {"time_min": slurm.parse_time(args.time) if args.time else None, "gpus_per_run": args.gpus_per_run,
-             "cpus_per_run": args.cpus_per_run}  # None: SlurmOptions' default
-    options = slurm.SlurmOptions(partition=args.partition, constraint=args.constraint, account=args.account,
-                                 parallelism=args.jobs, **{k: v for k, v in given.items() if v is not None})
+
+    given = {
+        "time_min": slurm.parse_time(args.time) if args.time else None,
+        "gpus_per_run": args.gpus_per_run,
+        "cpus_per_run": args.cpus_per_run,
+    }  # None: SlurmOptions' default
+    options = slurm.SlurmOptions(
+        partition=args.partition,
+        constraint=args.constraint,
+        account=args.account,
+        parallelism=args.jobs,
+        **{k: v for k, v in given.items() if v is not None},
+    )
     submitted = slurm.submit(steps, out, options)
     report = f"{command} --report-only"
     if submitted:
-        print(f"submitted SLURM array {submitted[0][1].job_id.split('_')[0]} ({len(submitted)} runs); submitit's "
-              f"logs: {out / 'slurm'}", flush=True)
+        print(
+            f"submitted SLURM array {submitted[0][1].job_id.split('_')[0]} ({len(submitted)} runs); submitit's "
+            f"logs: {out / 'slurm'}",
+            flush=True,
+        )
     if args.no_wait:
         print(f"when the jobs finish, write the report with: {report}")
         return None
     try:
         return slurm.wait(submitted)
     except KeyboardInterrupt:
-        print(f"stopped waiting; the jobs keep running. When they finish: {report}", file=sys.stderr)
+        print(
+            f"stopped waiting; the jobs keep running. When they finish: {report}", file=sys.stderr
+        )
         raise Interrupted from None
 
 

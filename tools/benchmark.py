@@ -4,6 +4,7 @@ off/on, 800x1067; a small one with --device cpu), or one of the modes below. Pri
 
     python tools/benchmark.py --all --cfg smoothl1.yaml --cfg data/coco_tiny.yaml --cfg gpu.yaml --json bench.json
 """
+
 import argparse
 import json
 import sys
@@ -14,74 +15,130 @@ from detector.errors import run_tool
 
 @run_tool
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     mode = parser.add_mutually_exclusive_group()
-    for flag, text in (("--real", "time the trainer for --real-iters iterations beside the synthetic figure on the "
-                                  "run's most frequent padded shape"),
-                       ("--shapes", "count padded batch shapes and their pixels over the real ones"),
-                       ("--profile", "torch.profiler of training steps, host syncs counted"),
-                       ("--data", "data-loader images/s for each of --workers"),
-                       ("--all", "the synthetic table, --real and --shapes together")):
+    for flag, text in (
+        (
+            "--real",
+            "time the trainer for --real-iters iterations beside the synthetic figure on the "
+            "run's most frequent padded shape",
+        ),
+        ("--shapes", "count padded batch shapes and their pixels over the real ones"),
+        ("--profile", "torch.profiler of training steps, host syncs counted"),
+        ("--data", "data-loader images/s for each of --workers"),
+        ("--all", "the synthetic table, --real and --shapes together"),
+    ):
         mode.add_argument(flag, action="store_true", help=text)
     parser.add_argument("--device", help="cuda (default when available) or cpu")
     parser.add_argument("--batch-sizes", type=int, nargs="+")
     parser.add_argument("--amp", choices=["off", "on", "both"])
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
     parser.add_argument("--settings", nargs="+", choices=["scratch", "finetune"])
-    parser.add_argument("--backbone", help="resnet18/34/50/101 for both sides (default: resnet50, resnet18 with "
-                                           "--device cpu)")
-    parser.add_argument("--compile", choices=["none", "backbone", "all"], default="none",
-                        help="ours: train.compile (torch.compile of our backbone or all of it)")
-    parser.add_argument("--isolation", choices=["process", "none"], default="process",
-                        help="each side of each row in its own process (default), or all in this one")
+    parser.add_argument(
+        "--backbone",
+        help="resnet18/34/50/101 for both sides (default: resnet50, resnet18 with --device cpu)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=["none", "backbone", "all"],
+        default="none",
+        help="ours: train.compile (torch.compile of our backbone or all of it)",
+    )
+    parser.add_argument(
+        "--isolation",
+        choices=["process", "none"],
+        default="process",
+        help="each side of each row in its own process (default), or all in this one",
+    )
     parser.add_argument("--warmup", type=int)
-    parser.add_argument("--iters", type=int, help="timed iterations of the synthetic benchmark and of --real's "
-                                                  "synthetic figure (--profile: profiled steps)")
+    parser.add_argument(
+        "--iters",
+        type=int,
+        help="timed iterations of the synthetic benchmark and of --real's "
+        "synthetic figure (--profile: profiled steps)",
+    )
     parser.add_argument("--real-iters", type=int, default=100, help="--real: training iterations")
-    parser.add_argument("--batches", type=int, default=1000, help="--shapes: batches simulated per split")
-    parser.add_argument("--buckets", type=int, nargs="+",
-                        help="--shapes: data.input.pad_buckets values to compare (default: 0 and the config's)")
+    parser.add_argument(
+        "--batches", type=int, default=1000, help="--shapes: batches simulated per split"
+    )
+    parser.add_argument(
+        "--buckets",
+        type=int,
+        nargs="+",
+        help="--shapes: data.input.pad_buckets values to compare (default: 0 and the config's)",
+    )
     parser.add_argument("--json", help="write every figure to this file")
-    parser.add_argument("--cfg", action="append", default=[],
-                        help="config file (repeatable), used by --real, --shapes, --profile, --data")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4, 8, 16], help="worker counts for --data")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides; in the synthetic table they change "
-                                                     "our side only (e.g. train.clip_grad_norm=0)")
+    parser.add_argument(
+        "--cfg",
+        action="append",
+        default=[],
+        help="config file (repeatable), used by --real, --shapes, --profile, --data",
+    )
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[0, 2, 4, 8, 16], help="worker counts for --data"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value config overrides; in the synthetic table they change "
+        "our side only (e.g. train.clip_grad_norm=0)",
+    )
     args = parser.parse_intermixed_args(argv)
     import torch
 
     from detector import benchmark
     from detector.config import load_config
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     small = device == "cpu"
-    warmup = 3 if args.warmup is None else args.warmup  # of --profile and of --real's synthetic figure
+    warmup = (
+        3 if args.warmup is None else args.warmup
+    )  # of --profile and of --real's synthetic figure
     report = {"device": device}
     if args.data:
         cfg = load_config(args.cfg, args.overrides)
-        report["results"] = [benchmark.loader_throughput(cfg, "train", num_workers=w, num_batches=20)
-                             for w in args.workers]
+        report["results"] = [
+            benchmark.loader_throughput(cfg, "train", num_workers=w, num_batches=20)
+            for w in args.workers
+        ]
         print("\n".join(json.dumps(row) for row in report["results"]))
     if args.shapes or args.all:
         report["shapes"] = shapes(load_config(args.cfg, args.overrides), args)
     if args.profile:
-        report = benchmark.profile_step(args.cfg, args.overrides, device, warmup=warmup, steps=args.iters or 2)
+        report = benchmark.profile_step(
+            args.cfg, args.overrides, device, warmup=warmup, steps=args.iters or 2
+        )
         print(report["table"])
         print(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=1))
     if not (args.data or args.shapes or args.profile or args.real):
         report["synthetic"] = benchmark.run_benchmark(
-            device, batch_sizes=args.batch_sizes or ([1] if small else [2, 8]),
-            amp_modes={"off": [False], "on": [True], "both": [False, True]}[args.amp or ("off" if small else "both")],
+            device,
+            batch_sizes=args.batch_sizes or ([1] if small else [2, 8]),
+            amp_modes={"off": [False], "on": [True], "both": [False, True]}[
+                args.amp or ("off" if small else "both")
+            ],
             size=args.size or ([128, 160] if small else [800, 1067]),
             settings=tuple(args.settings or benchmark.SETTINGS),
             backbone=args.backbone or ("resnet18" if small else "resnet50"),
             warmup=args.warmup if args.warmup is not None else (1 if small else 5),
             iters=args.iters if args.iters is not None else (2 if small else 20),
-            compile=args.compile, isolation=args.isolation, overrides=() if args.all else tuple(args.overrides))
+            compile=args.compile,
+            isolation=args.isolation,
+            overrides=() if args.all else tuple(args.overrides),
+        )
         print(benchmark.format_table(report["synthetic"]))
     if args.real or args.all:
-        report["real"] = benchmark.real_loop(args.cfg, args.overrides, device, iters=args.real_iters,
-                                             isolation=args.isolation, synthetic_warmup=warmup,
-                                             synthetic_iters=args.iters or 10)
+        report["real"] = benchmark.real_loop(
+            args.cfg,
+            args.overrides,
+            device,
+            iters=args.real_iters,
+            isolation=args.isolation,
+            synthetic_warmup=warmup,
+            synthetic_iters=args.iters or 10,
+        )
         print(benchmark.format_real(report["real"]))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -91,22 +148,32 @@ def main(argv=None) -> int:
 def shapes(cfg, args) -> dict:
     """--shapes: the padded shapes of ``--batches`` training and val batches for each ``pad_buckets`` value."""
     from detector.benchmark import padded_shapes
+
     buckets = tuple(args.buckets or sorted({0, cfg.data.input.pad_buckets}))
     out = {split: padded_shapes(cfg, split, args.batches, buckets) for split in ("train", "val")}
     for split in ("train", "val"):
-        print(f"{split}: {out[split]['batches']} batches of {out[split]['batch_size']} "
-              f"({' '.join(args.cfg)} {' '.join(args.overrides)})")
-        print("| pad_buckets | bucket sides | distinct shapes | padded / real pixels | vs unbucketed | most frequent |")
+        print(
+            f"{split}: {out[split]['batches']} batches of {out[split]['batch_size']} "
+            f"({' '.join(args.cfg)} {' '.join(args.overrides)})"
+        )
+        print(
+            "| pad_buckets | bucket sides | distinct shapes | padded / real pixels | vs unbucketed | most frequent |"
+        )
         print("|---|---|---|---|---|---|")
         for row in out[split]["rows"]:
             common = ", ".join(f"{k} ({v})" for k, v in list(row["shape_counts"].items())[:4])
-            print(f"| {row['pad_buckets']} | {row['bucket_sides'] or '-'} | {row['distinct_shapes']} | "
-                  f"{row['padded_over_real']:.3f} | {row['padded_over_unbucketed']:.3f} | {common} |")
+            print(
+                f"| {row['pad_buckets']} | {row['bucket_sides'] or '-'} | {row['distinct_shapes']} | "
+                f"{row['padded_over_real']:.3f} | {row['padded_over_unbucketed']:.3f} | {common} |"
+            )
     out["distinct_shapes_train_and_val"] = {
         t["pad_buckets"]: len(set(t["shape_counts"]) | set(v["shape_counts"]))
-        for t, v in zip(out["train"]["rows"], out["val"]["rows"])}
-    print("distinct shapes over training and evaluation together:",
-          ", ".join(f"pad_buckets={k}: {v}" for k, v in out["distinct_shapes_train_and_val"].items()))
+        for t, v in zip(out["train"]["rows"], out["val"]["rows"])
+    }
+    print(
+        "distinct shapes over training and evaluation together:",
+        ", ".join(f"pad_buckets={k}: {v}" for k, v in out["distinct_shapes_train_and_val"].items()),
+    )
     return out
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Download PASCAL VOC / COCO 2017 with checksums: ``python tools/download_data.py voc2007 voc2012 [--root data]``
 into ``<root>/VOCdevkit/VOC{2007,2012}`` and ``<root>/coco`` (19 GB); verified archives are not fetched again."""
+
 import argparse
 import sys
 from pathlib import Path
@@ -14,21 +15,43 @@ VOC_BASE = "https://thor.robots.ox.ac.uk/pascal/VOC"  # the mirror torchvision u
 COCO_BASE = "http://images.cocodataset.org"
 # torchvision's download_and_extract_archive checks each MD5; name -> (sub-folder of root, [(url, md5), ...])
 RESOURCES: dict[str, tuple[str, list[tuple[str, str]]]] = {
-    "voc2007": ("", [(f"{VOC_BASE}/voc2007/VOCtrainval_06-Nov-2007.tar", "c52e279531787c972589f7e41ab4ae64"),
-                     (f"{VOC_BASE}/voc2007/VOCtest_06-Nov-2007.tar", "b6e924de25625d8de591ea690078ad9f")]),
-    "voc2012": ("", [(f"{VOC_BASE}/voc2012/VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd")]),
-    "coco2017": ("coco", [(f"{COCO_BASE}/annotations/annotations_trainval2017.zip", "f4bbac642086de4f52a3fdda2de5fa2c"),
-                          (f"{COCO_BASE}/zips/val2017.zip", "442b8da7639aecaf257c1dceb8ba8c80"),
-                          (f"{COCO_BASE}/zips/train2017.zip", "cced6f7f71b7629ddf16f17bbcfab6b2")]),
+    "voc2007": (
+        "",
+        [
+            (f"{VOC_BASE}/voc2007/VOCtrainval_06-Nov-2007.tar", "c52e279531787c972589f7e41ab4ae64"),
+            (f"{VOC_BASE}/voc2007/VOCtest_06-Nov-2007.tar", "b6e924de25625d8de591ea690078ad9f"),
+        ],
+    ),
+    "voc2012": (
+        "",
+        [(f"{VOC_BASE}/voc2012/VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd")],
+    ),
+    "coco2017": (
+        "coco",
+        [
+            (
+                f"{COCO_BASE}/annotations/annotations_trainval2017.zip",
+                "f4bbac642086de4f52a3fdda2de5fa2c",
+            ),
+            (f"{COCO_BASE}/zips/val2017.zip", "442b8da7639aecaf257c1dceb8ba8c80"),
+            (f"{COCO_BASE}/zips/train2017.zip", "cced6f7f71b7629ddf16f17bbcfab6b2"),
+        ],
+    ),
 }
 
 
 @run_tool
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("datasets", nargs="+", choices=sorted(RESOURCES), help="datasets to download")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "datasets", nargs="+", choices=sorted(RESOURCES), help="datasets to download"
+    )
     parser.add_argument("--root", default="data", help="data folder (default: data)")
-    parser.add_argument("--remove-archives", action="store_true", help="delete each archive after extraction")
+    parser.add_argument(
+        "--remove-archives", action="store_true", help="delete each archive after extraction"
+    )
     args = parser.parse_args(argv)
     for name in args.datasets:
         sub, archives = RESOURCES[name]
@@ -36,11 +59,17 @@ def main(argv=None) -> int:
         target.mkdir(parents=True, exist_ok=True)
         for url, md5 in archives:
             try:
-                download_and_extract_archive(url, download_root=str(target), md5=md5,
-                                             remove_finished=args.remove_archives)
-            except (URLError, RuntimeError) as exc:  # no network; torchvision's "File not found or corrupted."
-                raise DetectorError(f"{url}: download failed ({exc}); check the network, or put the archive in "
-                                    f"{target} by hand and run the command again") from None
+                download_and_extract_archive(
+                    url, download_root=str(target), md5=md5, remove_finished=args.remove_archives
+                )
+            except (
+                URLError,
+                RuntimeError,
+            ) as exc:  # no network; torchvision's "File not found or corrupted."
+                raise DetectorError(
+                    f"{url}: download failed ({exc}); check the network, or put the archive in "
+                    f"{target} by hand and run the command again"
+                ) from None
         print(f"{name}: ready in {target}")
     return 0
 

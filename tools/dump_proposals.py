@@ -8,6 +8,7 @@ Every image of the split (never ``eval.max_images``) at the RPN's test settings,
 ``{"<image_id>": [[x1, y1, x2, y2, objectness], ...]}`` best first, in the original image's pixels (to 0.01). Train with
 ``model.proposals=precomputed model.proposal_file=FILE.json``.
 """
+
 import argparse
 import json
 import os
@@ -20,8 +21,9 @@ from detector.config import ConfigError, load_config
 from detector.errors import run_tool
 
 
-def dump_proposals(cfg, checkpoint: Path, split: str, device: torch.device,
-                   trust: bool = False) -> dict[str, list[list[float]]]:
+def dump_proposals(
+    cfg, checkpoint: Path, split: str, device: torch.device, trust: bool = False
+) -> dict[str, list[list[float]]]:
     """The proposals of every image of ``split`` in the format above; ``trust``: --trust-checkpoint."""
     from detector.data import build_dataset, make_dataloader
     from detector.data.transforms import build_transforms
@@ -29,13 +31,21 @@ def dump_proposals(cfg, checkpoint: Path, split: str, device: torch.device,
     from detector.modeling import build_detector
 
     dataset = build_dataset(cfg, split, transforms=False)
-    dataset.transforms = build_transforms(cfg, "val")  # deterministic test-time resize, also for the train split
-    loader = make_dataloader(dataset, train=False, batch_size=cfg.train.batch_size,
-                             num_workers=cfg.data.loader.num_workers)
+    dataset.transforms = build_transforms(
+        cfg, "val"
+    )  # deterministic test-time resize, also for the train split
+    loader = make_dataloader(
+        dataset,
+        train=False,
+        batch_size=cfg.train.batch_size,
+        num_workers=cfg.data.loader.num_workers,
+    )
     model = build_detector(cfg, num_classes=len(dataset.classes) - 1)
     if model.rpn is None:
-        raise ConfigError("dump_proposals: the config has model.proposals=precomputed; use the config of the model "
-                          "whose RPN made the checkpoint (model.proposals=rpn)")
+        raise ConfigError(
+            "dump_proposals: the config has model.proposals=precomputed; use the config of the model "
+            "whose RPN made the checkpoint (model.proposals=rpn)"
+        )
     load_model_weights(model, checkpoint, cfg.to_dict(), trust=trust)
     model.to(device).eval()
     out: dict[str, list[list[float]]] = {}
@@ -44,26 +54,43 @@ def dump_proposals(cfg, checkpoint: Path, split: str, device: torch.device,
             orig_h, orig_w = target["orig_size"]
             scale = boxes.new_tensor([orig_w / image.shape[2], orig_h / image.shape[1]] * 2)
             rows = torch.cat([boxes * scale, scores[:, None]], dim=1).cpu()  # [P,5]
-            out[str(target["image_id"])] = [[round(v, 2) for v in row[:4]] + [round(row[4], 4)]
-                                            for row in rows.tolist()]
+            out[str(target["image_id"])] = [
+                [round(v, 2) for v in row[:4]] + [round(row[4], 4)] for row in rows.tolist()
+            ]
     return out
 
 
 @run_tool
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg", action="append", required=True, help="config file or name in configs/ (repeatable)")
-    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint .pth of a model trained with an RPN")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cfg", action="append", required=True, help="config file or name in configs/ (repeatable)"
+    )
+    parser.add_argument(
+        "--ckpt", type=Path, required=True, help="checkpoint .pth of a model trained with an RPN"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output JSON file")
-    parser.add_argument("--split", choices=("train", "val"), default="train", help="dataset split (default: train)")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="load a --ckpt that holds more than data (it may run code when loaded); only for a "
-                             "file you made or trust")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu")
+    parser.add_argument(
+        "--split", choices=("train", "val"), default="train", help="dataset split (default: train)"
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load a --ckpt that holds more than data (it may run code when loaded); only for a "
+        "file you made or trust",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu"
+    )
     args = parser.parse_intermixed_args(argv)
     from detector.engine.runtime import select_device
+
     cfg = load_config(args.cfg, args.overrides)
-    proposals = dump_proposals(cfg, args.ckpt, args.split, select_device(cfg.train.device), args.trust_checkpoint)
+    proposals = dump_proposals(
+        cfg, args.ckpt, args.split, select_device(cfg.train.device), args.trust_checkpoint
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(proposals))

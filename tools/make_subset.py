@@ -4,6 +4,7 @@ ids, or a VOC image-name list (``data.image_ids_file``); how to train on either:
 
     python tools/make_subset.py --format voc --root data/VOCdevkit --split 2007/trainval --classes dog cat --out a.txt
 """
+
 import argparse
 import json
 import sys
@@ -18,15 +19,23 @@ from detector.errors import run_tool
 
 @run_tool
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--format", required=True, choices=("coco", "voc"))
     parser.add_argument("--ann", help="coco: instances_<split>.json to subset")
     parser.add_argument("--root", help="voc: the folder holding VOCdevkit (or VOCdevkit itself)")
     parser.add_argument("--split", help="voc: e.g. 2007/trainval or 2007/trainval+2012/trainval")
     parser.add_argument("--classes", nargs="+", help="keep only these class names")
-    parser.add_argument("--keep-empty", action="store_true", help="keep images without any (non-crowd) kept box")
-    parser.add_argument("--image-ids-file", help="keep only the ids listed in this file (one a line)")
-    parser.add_argument("--fraction", type=float, help="keep a random fraction (0, 1] of the images")
+    parser.add_argument(
+        "--keep-empty", action="store_true", help="keep images without any (non-crowd) kept box"
+    )
+    parser.add_argument(
+        "--image-ids-file", help="keep only the ids listed in this file (one a line)"
+    )
+    parser.add_argument(
+        "--fraction", type=float, help="keep a random fraction (0, 1] of the images"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the --fraction draw")
     parser.add_argument("--max-images", type=int, help="keep at most this many images")
     parser.add_argument("--out", required=True, help="output file (.json for coco, .txt for voc)")
@@ -43,17 +52,29 @@ def main(argv=None) -> int:
     else:
         records, classes, label_to_cat_id = parse_voc(args.root, args.split)
     records, classes, label_to_cat_id = subset_records(
-        sanitize_records(records, args.ann or args.split), classes, label_to_cat_id, keep_classes=args.classes,
-        keep_empty=args.keep_empty, image_ids_file=args.image_ids_file, fraction=args.fraction, seed=args.seed,
-        max_images=args.max_images, source=args.ann or args.split)
+        sanitize_records(records, args.ann or args.split),
+        classes,
+        label_to_cat_id,
+        keep_classes=args.classes,
+        keep_empty=args.keep_empty,
+        image_ids_file=args.image_ids_file,
+        fraction=args.fraction,
+        seed=args.seed,
+        max_images=args.max_images,
+        source=args.ann or args.split,
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "coco":
-        cat_ids = [label_to_cat_id[label] for label in range(1, len(classes))] if args.classes else None
+        cat_ids = (
+            [label_to_cat_id[label] for label in range(1, len(classes))] if args.classes else None
+        )
         subset = subset_coco_json(coco.dataset, {r.image_id for r in records}, cat_ids)
         out.write_text(json.dumps(subset))
-        print(f"{out}: {len(subset['images'])} images, {len(subset['annotations'])} annotations, "
-              f"{len(subset['categories'])} categories")
+        print(
+            f"{out}: {len(subset['images'])} images, {len(subset['annotations'])} annotations, "
+            f"{len(subset['categories'])} categories"
+        )
     else:
         out.write_text("".join(f"{Path(r.file_name).stem}\n" for r in records))
         print(f"{out}: {len(records)} image ids")

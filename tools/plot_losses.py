@@ -5,6 +5,7 @@ Writes ``DIR/losses.png`` (value and derivative of L1, L2, Smooth L1 with beta =
 x = pred - target in [-3, 3]) and ``DIR/beta_schedules.png`` (beta over the iterations of each Dynamic Smooth L1
 schedule at the defaults of ``configs/base.yaml``; the adaptive one on simulated targets whose spread shrinks).
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -36,19 +37,32 @@ def plot_losses(path: Path) -> None:
         (grad,) = torch.autograd.grad(value.sum(), x)
         ax_value.plot(x.detach(), value.detach(), label=label)
         ax_grad.plot(x.detach(), grad, label=label)
-    ax_value.set(xlabel="regression error x = pred − target", ylabel="loss", title="Loss value", ylim=(0, 4.5))
-    ax_grad.set(xlabel="regression error x = pred − target", ylabel="∂loss / ∂x", title="Derivative (L2 grows as 2x)",
-                ylim=(-3.2, 3.2))
+    ax_value.set(
+        xlabel="regression error x = pred − target",
+        ylabel="loss",
+        title="Loss value",
+        ylim=(0, 4.5),
+    )
+    ax_grad.set(
+        xlabel="regression error x = pred − target",
+        ylabel="∂loss / ∂x",
+        title="Derivative (L2 grows as 2x)",
+        ylim=(-3.2, 3.2),
+    )
     save_figure([ax_value, ax_grad], path)
 
 
-def simulate_adaptive(roi_cfg, iters: int, num_images: int = 4, num_pos: int = 128, seed: int = 0) -> list[float]:
+def simulate_adaptive(
+    roi_cfg, iters: int, num_images: int = 4, num_pos: int = 128, seed: int = 0
+) -> list[float]:
     """Adaptive beta over a run whose positives' (tx, ty) spread shrinks linearly from 1.0 to 0.25."""
     schedule = build_beta_schedule(roi_cfg, iters)
     g = torch.Generator().manual_seed(seed)
     betas = []
     for it in range(iters):
-        targets = torch.randn(num_pos, 4, generator=g) * (1.0 - 0.75 * it / iters)  # [P,4], spread 1 -> 0.25
+        targets = torch.randn(num_pos, 4, generator=g) * (
+            1.0 - 0.75 * it / iters
+        )  # [P,4], spread 1 -> 0.25
         betas.append(schedule.beta)
         schedule.step(it, schedule.observe(targets, num_images))
     return betas
@@ -59,21 +73,43 @@ def plot_beta_schedules(path: Path, iters: int) -> None:
     ax = Figure(figsize=(7, 4.2)).subplots()
     steps = range(iters + 1)
     for kind in SCHEDULES:
-        cfg = load_config([], base + [f"model.roi_head.box_loss.schedule.type={kind}"]).model.roi_head
+        cfg = load_config(
+            [], base + [f"model.roi_head.box_loss.schedule.type={kind}"]
+        ).model.roi_head
         schedule = build_beta_schedule(cfg, iters)
         ax.plot(list(steps), [schedule.value_at(it) for it in steps], label=kind)
-    adaptive_cfg = load_config([], base + ["model.roi_head.box_loss.schedule.type=adaptive"]).model.roi_head
-    ax.plot(range(iters), simulate_adaptive(adaptive_cfg, iters), label="adaptive (simulated targets)", color="black")
-    ax.set(xlabel="iteration", ylabel="Smooth L1 β", title="Dynamic Smooth L1: β schedules", ylim=(0, 1.05))
+    adaptive_cfg = load_config(
+        [], base + ["model.roi_head.box_loss.schedule.type=adaptive"]
+    ).model.roi_head
+    ax.plot(
+        range(iters),
+        simulate_adaptive(adaptive_cfg, iters),
+        label="adaptive (simulated targets)",
+        color="black",
+    )
+    ax.set(
+        xlabel="iteration",
+        ylabel="Smooth L1 β",
+        title="Dynamic Smooth L1: β schedules",
+        ylim=(0, 1.05),
+    )
     save_figure([ax], path)
 
 
 @run_tool
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, type=Path, help="folder for losses.png and beta_schedules.png")
-    parser.add_argument("--iters", type=int, default=load_config([]).train.max_iters,
-                        help="iterations on the beta-schedule plot (default: train.max_iters of base.yaml)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="folder for losses.png and beta_schedules.png"
+    )
+    parser.add_argument(
+        "--iters",
+        type=int,
+        default=load_config([]).train.max_iters,
+        help="iterations on the beta-schedule plot (default: train.max_iters of base.yaml)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     plot_losses(args.out / "losses.png")

@@ -8,6 +8,7 @@ run is never reused silently (docs/runs.md). Ctrl-C or SIGTERM writes ``last.pth
 Exit codes: 0 done, 1 a data, weights, checkpoint or disk error or a non-finite loss, 2 a config, usage or
 run-folder error (one line each; DETECTOR_TRACEBACK=1 adds the traceback), 130 stopped by Ctrl-C/SIGTERM.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -18,27 +19,55 @@ from detector.errors import run_tool
 
 @run_tool
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg", action="append", default=[], help="config file or name in configs/ (repeatable)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cfg", action="append", default=[], help="config file or name in configs/ (repeatable)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in the run folder")
-    parser.add_argument("--extend", action="store_true", help="--resume to a new train.max_iters where the lr or "
-                        "beta schedule derives from it (recomputed for the new length from the resume point on)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the run in the run folder")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="--resume from a checkpoint that holds more than data (it may run code when loaded); "
-                             "only for a file you made or trust")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_iters=200")
+    parser.add_argument(
+        "--extend",
+        action="store_true",
+        help="--resume to a new train.max_iters where the lr or "
+        "beta schedule derives from it (recomputed for the new length from the resume point on)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the run in the run folder"
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="--resume from a checkpoint that holds more than data (it may run code when loaded); "
+        "only for a file you made or trust",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. train.max_iters=200"
+    )
     args = parser.parse_intermixed_args(argv)
     from detector.engine import distributed
     from detector.engine.trainer import train
     from detector.evaluation import format_metrics
 
-    cfg = load_config(args.cfg, list(args.overrides) + (["train.resume=auto"] if args.resume or args.extend else []))
-    run_dir = Path(cfg.output_dir or Path("runs") / "-".join([Path(name).stem for name in args.cfg] or ["base"]))
+    cfg = load_config(
+        args.cfg,
+        list(args.overrides) + (["train.resume=auto"] if args.resume or args.extend else []),
+    )
+    run_dir = Path(
+        cfg.output_dir
+        or Path("runs") / "-".join([Path(name).stem for name in args.cfg] or ["base"])
+    )
     try:
-        metrics = train(cfg, run_dir, overwrite=args.overwrite, extend=args.extend,
-                        trust_checkpoint=args.trust_checkpoint)
-        rank0 = distributed.is_main_process()  # asked before cleanup: after it every rank is "the main process"
+        metrics = train(
+            cfg,
+            run_dir,
+            overwrite=args.overwrite,
+            extend=args.extend,
+            trust_checkpoint=args.trust_checkpoint,
+        )
+        rank0 = (
+            distributed.is_main_process()
+        )  # asked before cleanup: after it every rank is "the main process"
     finally:
         distributed.cleanup()
     if rank0:

@@ -3,6 +3,7 @@
 Ctrl-C (or SIGTERM) starts no new run and forwards one SIGINT to each training (it writes ``last.pth`` and exits);
 a second Ctrl-C forwards the trainer's "stop at once".
 """
+
 from __future__ import annotations
 
 import itertools
@@ -28,9 +29,9 @@ NUM_WORKERS_KEY = "data.loader.num_workers"
 
 @dataclass(frozen=True)
 class Slot:
-    gpu: str | None              # None: not pinned
+    gpu: str | None  # None: not pinned
     omp_threads: int
-    num_workers: int             # data.loader.num_workers (unless the user passed one)
+    num_workers: int  # data.loader.num_workers (unless the user passed one)
 
 
 def available_cores() -> int:
@@ -38,15 +39,20 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def visible_gpus(environ: Mapping[str, str], device_count: Callable[[], int] | None = None) -> list[str]:
+def visible_gpus(
+    environ: Mapping[str, str], device_count: Callable[[], int] | None = None
+) -> list[str]:
     """The user's ``CUDA_VISIBLE_DEVICES`` entries up to the first invalid one, as CUDA reads it (``""`` or ``-1``:
     no GPU); when unset ``0..device_count()-1`` (default: torch's count)."""
     value = environ.get("CUDA_VISIBLE_DEVICES")
     if value is None:
         import torch
+
         return [str(i) for i in range((device_count or torch.cuda.device_count)())]
     entries = (e.strip() for e in value.split(","))
-    return list(itertools.takewhile(lambda e: e and not (e.lstrip("-").isdigit() and int(e) < 0), entries))
+    return list(
+        itertools.takewhile(lambda e: e and not (e.lstrip("-").isdigit() and int(e) < 0), entries)
+    )
 
 
 def cpu_share(threads: int, on_gpu: bool) -> tuple[int, int]:
@@ -69,7 +75,9 @@ def child_env(environ: Mapping[str, str], slot: Slot) -> dict[str, str]:
     if slot.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu
     user = environ.get("OMP_NUM_THREADS", "")
-    threads = min(slot.omp_threads, int(user)) if user.isdigit() and int(user) > 0 else slot.omp_threads
+    threads = (
+        min(slot.omp_threads, int(user)) if user.isdigit() and int(user) > 0 else slot.omp_threads
+    )
     env["OMP_NUM_THREADS"] = str(threads)
     return env
 
@@ -82,19 +90,37 @@ def slot_overrides(overrides: list[str], slot: Slot) -> list[str]:
 
 def check_trainer() -> None:
     if not TRAIN_SCRIPT.is_file():
-        raise AblationError(f"{TRAIN_SCRIPT}: the trainer script is missing; run the ablation from a checkout of "
-                            f"detector (pip install -e .)")
+        raise AblationError(
+            f"{TRAIN_SCRIPT}: the trainer script is missing; run the ablation from a checkout of "
+            f"detector (pip install -e .)"
+        )
 
 
 def train_command(step: Step, overrides: list[str], nproc: int = 1) -> list[str]:
-    distributed = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+    distributed = (
+        ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc > 1
+        else []
+    )
     cfgs = [word for cfg in step.run.cfgs for word in ("--cfg", cfg)]
-    return [sys.executable, *distributed, str(TRAIN_SCRIPT), *cfgs, *overrides, f"output_dir={step.run_dir}",
-            *{"resume": ["--resume"], "overwrite": ["--overwrite"]}.get(step.action, [])]
+    return [
+        sys.executable,
+        *distributed,
+        str(TRAIN_SCRIPT),
+        *cfgs,
+        *overrides,
+        f"output_dir={step.run_dir}",
+        *{"resume": ["--resume"], "overwrite": ["--overwrite"]}.get(step.action, []),
+    ]
 
 
-def execute(step: Step, env: Mapping[str, str], overrides: list[str], nproc: int = 1,
-            started: Callable[[subprocess.Popen], None] | None = None) -> str | None:
+def execute(
+    step: Step,
+    env: Mapping[str, str],
+    overrides: list[str],
+    nproc: int = 1,
+    started: Callable[[subprocess.Popen], None] | None = None,
+) -> str | None:
     """Train one run, appending to ``<run>/train.log``; None when it finished, else the one-line reason. With
     ``started`` the trainer gets a session of its own (Ctrl-C reaches only the ablation) and is passed to it."""
     step.run_dir.mkdir(parents=True, exist_ok=True)
@@ -104,8 +130,13 @@ def execute(step: Step, env: Mapping[str, str], overrides: list[str], nproc: int
         start = log.tell()
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {step.action}: {shlex.join(cmd)}\n")
         log.flush()
-        process = subprocess.Popen(cmd, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=started is not None)
+        process = subprocess.Popen(
+            cmd,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=started is not None,
+        )
         if started is not None:
             started(process)
         code = process.wait()
@@ -134,8 +165,12 @@ class Interrupted(DetectorError):
     exit_code = 130
 
 
-def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | None = None,
-              cores: int | None = None) -> dict[str, str | None]:
+def run_local(
+    steps: list[Step],
+    jobs: int = 1,
+    environ: Mapping[str, str] | None = None,
+    cores: int | None = None,
+) -> dict[str, str | None]:
     """Train every step that is not ``reuse``; ``{run name: None (finished) or why not}``."""
     todo = [s for s in steps if s.action != "reuse"]
     if not todo:
@@ -144,12 +179,23 @@ def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | Non
     environ = dict(os.environ if environ is None else environ)
     gpus = [] if all(s.device == "cpu" for s in todo) else visible_gpus(environ)
     # each run's share of the cores follows --jobs, not how many runs are left: a resumed run gets what it had
-    slots = plan_slots(jobs, gpus, available_cores() if cores is None else cores)[:len(todo)]
+    slots = plan_slots(jobs, gpus, available_cores() if cores is None else cores)[: len(todo)]
     per_gpu = Counter(s.gpu for s in slots)
-    where = " on the CPU" if None in per_gpu else ": " + ", ".join(f"GPU {gpu} x{n}" for gpu, n in per_gpu.items())
-    print(f"{len(todo)} run(s), {len(slots)} at a time{where}; {child_env(environ, slots[0])['OMP_NUM_THREADS']} "
-          f"compute thread(s) + {slots[0].num_workers} loader worker(s) per run", flush=True)
-    pending, running, stop = deque(enumerate(todo, 1)), deque(), threading.Event()  # a deque's append/pop: atomic
+    where = (
+        " on the CPU"
+        if None in per_gpu
+        else ": " + ", ".join(f"GPU {gpu} x{n}" for gpu, n in per_gpu.items())
+    )
+    print(
+        f"{len(todo)} run(s), {len(slots)} at a time{where}; {child_env(environ, slots[0])['OMP_NUM_THREADS']} "
+        f"compute thread(s) + {slots[0].num_workers} loader worker(s) per run",
+        flush=True,
+    )
+    pending, running, stop = (
+        deque(enumerate(todo, 1)),
+        deque(),
+        threading.Event(),
+    )  # a deque's append/pop: atomic
     results: dict[str, str | None] = {}
 
     def started(process: subprocess.Popen) -> None:
@@ -169,33 +215,51 @@ def run_local(steps: list[Step], jobs: int = 1, environ: Mapping[str, str] | Non
             except IndexError:
                 return
             where = f" on GPU {slot.gpu}" if slot.gpu is not None else ""
-            print(f"[{k}/{len(todo)}] {step.run.name}: {step.action}{where}"
-                  f"{' (' + step.note + ')' if step.note else ''}", flush=True)
+            print(
+                f"[{k}/{len(todo)}] {step.run.name}: {step.action}{where}"
+                f"{' (' + step.note + ')' if step.note else ''}",
+                flush=True,
+            )
             t0 = time.monotonic()
-            error = execute(step, child_env(environ, slot), slot_overrides(step.run.overrides, slot),
-                            started=started)
+            error = execute(
+                step,
+                child_env(environ, slot),
+                slot_overrides(step.run.overrides, slot),
+                started=started,
+            )
             results[step.run.name] = error
-            print(f"[{k}/{len(todo)}] {error or f'{step.run.name}: finished in {time.monotonic() - t0:.0f} s'}",
-                  flush=True)
+            print(
+                f"[{k}/{len(todo)}] {error or f'{step.run.name}: finished in {time.monotonic() - t0:.0f} s'}",
+                flush=True,
+            )
 
     threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in slots]
     for thread in threads:
         thread.start()
-    main = threading.current_thread() is threading.main_thread()  # only the main thread gets signals
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main else None  # kill: as Ctrl-C
+    main = (
+        threading.current_thread() is threading.main_thread()
+    )  # only the main thread gets signals
+    previous = (
+        signal.signal(signal.SIGTERM, signal.default_int_handler) if main else None
+    )  # kill: as Ctrl-C
     try:
         _join(threads)
     except KeyboardInterrupt:
         stop.set()  # no new run starts
         forward()
-        print("stopping: each running training finishes its step, writes last.pth and exits (Ctrl-C again: at "
-              "once); rerun the same command to resume", flush=True)
+        print(
+            "stopping: each running training finishes its step, writes last.pth and exits (Ctrl-C again: at "
+            "once); rerun the same command to resume",
+            flush=True,
+        )
         try:
             _join(threads)
         except KeyboardInterrupt:
             forward()  # the trainers' second Ctrl-C: they exit at once
             _join(threads)
-        raise Interrupted("stopped: each training wrote its last.pth; rerun the same command to resume") from None
+        raise Interrupted(
+            "stopped: each training wrote its last.pth; rerun the same command to resume"
+        ) from None
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)

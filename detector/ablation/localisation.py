@@ -3,6 +3,7 @@ of its stored ``config.yaml``: each detection with score >= :data:`SCORE_THRESHO
 image and category by descending score, to the unmatched non-crowd box it overlaps most, at IoU >= :data:`MATCH_IOU`);
 the matched IoUs are summarised as :data:`LOCALISATION`, with TIDE's localisation-error dAP when ``tidecv`` imports.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,11 +25,14 @@ GroundTruth = Mapping[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 def load_ground_truth(cfg) -> GroundTruth:
     from detector.data import build_dataset
+
     dataset = build_dataset(cfg, "val", transforms=False)
     gt = {}
     for i in range(len(dataset)):
         target = dataset.get_target(i)
-        cats = torch.tensor([dataset.label_to_cat_id[int(label)] for label in target["labels"]], dtype=torch.long)
+        cats = torch.tensor(
+            [dataset.label_to_cat_id[int(label)] for label in target["labels"]], dtype=torch.long
+        )
         gt[int(target["image_id"])] = (target["boxes"].float(), cats, target["iscrowd"].bool())
     return gt
 
@@ -36,6 +40,7 @@ def load_ground_truth(cfg) -> GroundTruth:
 def tp_ious(gt: GroundTruth, detections: list[dict]) -> torch.Tensor:
     """The IoU of every true positive of ``detections`` (COCO results) with its matched ground truth."""
     from torchvision.ops import box_iou
+
     by_key: dict[tuple[int, int], list[dict]] = {}
     for det in detections:
         if det["score"] >= SCORE_THRESHOLD:
@@ -48,7 +53,9 @@ def tp_ious(gt: GroundTruth, detections: list[dict]) -> torch.Tensor:
         keep = (cats == cat) & ~crowd
         if not keep.any():
             continue
-        dets.sort(key=lambda d: -d["score"])  # stable: ties keep the file's order, as COCOeval's mergesort
+        dets.sort(
+            key=lambda d: -d["score"]
+        )  # stable: ties keep the file's order, as COCOeval's mergesort
         xyxy = [[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)]
         overlaps = box_iou(torch.tensor(xyxy, dtype=torch.float32), boxes[keep])
         matched = torch.zeros(overlaps.shape[1], dtype=torch.bool)
@@ -64,8 +71,12 @@ def tp_ious(gt: GroundTruth, detections: list[dict]) -> torch.Tensor:
 def summarise(ious: torch.Tensor) -> dict[str, float | None]:
     if not len(ious):
         return {"tp_count": 0, **{name: None for name in LOCALISATION[1:4]}}
-    return {"tp_count": len(ious), "tp_iou_median": float(ious.quantile(0.5)),
-            "tp_iou_ge75": float((ious >= 0.75).float().mean()), "tp_iou_ge90": float((ious >= 0.9).float().mean())}
+    return {
+        "tp_count": len(ious),
+        "tp_iou_median": float(ious.quantile(0.5)),
+        "tp_iou_ge75": float((ious >= 0.75).float().mean()),
+        "tp_iou_ge90": float((ious >= 0.9).float().mean()),
+    }
 
 
 def tide_available() -> bool:
@@ -81,26 +92,34 @@ def tide_loc_dap(gt: GroundTruth, detections: list[dict]) -> float | None:
     if not tide_available():
         return None
     from tidecv import TIDE, Data
+
     truth, preds = Data("gt"), Data("dets")
     for image_id, (boxes, cats, crowd) in gt.items():
         truth.add_image(image_id, str(image_id))
         for (x1, y1, x2, y2), cat, is_crowd in zip(boxes.tolist(), cats.tolist(), crowd.tolist()):
-            (truth.add_ignore_region if is_crowd else truth.add_ground_truth)(image_id, cat, [x1, y1, x2 - x1, y2 - y1])
+            (truth.add_ignore_region if is_crowd else truth.add_ground_truth)(
+                image_id, cat, [x1, y1, x2 - x1, y2 - y1]
+            )
     for det in detections:
-        preds.add_detection(int(det["image_id"]), int(det["category_id"]), float(det["score"]), list(det["bbox"]))
+        preds.add_detection(
+            int(det["image_id"]), int(det["category_id"]), float(det["score"]), list(det["bbox"])
+        )
     tide = TIDE()
     with contextlib.redirect_stdout(io.StringIO()):
         tide.evaluate(truth, preds, mode=TIDE.BOX)
         return float(tide.get_main_errors()["dets"]["Loc"])
 
 
-def run_localisation(run_dir: Path, ground_truth: dict) -> tuple[dict[str, float | None], torch.Tensor | None]:
+def run_localisation(
+    run_dir: Path, ground_truth: dict
+) -> tuple[dict[str, float | None], torch.Tensor | None]:
     """(the :data:`LOCALISATION` values, the TP IoUs) of one run; ({}, None) without ``eval/detections.json``.
     ``ground_truth``: the caller's cache of the val ground truth per data config."""
     path = Path(run_dir) / "eval" / "detections.json"
     if not path.is_file():
         return {}, None
     from detector.config import load_config
+
     cfg = load_config([Path(run_dir) / "config.yaml"])
     key = json.dumps(cfg.data.to_dict(), sort_keys=True)
     if key not in ground_truth:

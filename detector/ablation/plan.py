@@ -3,6 +3,7 @@ folder allows before anything trains (:func:`check_runs`): ``train`` (empty); ``
 config equals this one up to :data:`REUSE_SAFE_KEYS`); ``resume`` (an interrupted run that passes the trainer's
 resume check); else stop naming the keys that differ, or with ``force`` ``overwrite`` (train again from scratch).
 """
+
 from __future__ import annotations
 
 import re
@@ -14,9 +15,18 @@ from detector.engine.runs import RESUME_SAFE_KEYS, RunFolderError, stored_config
 from detector.errors import UsageError
 
 # keys that change how a finished run was watched or where it lives, never its results
-REUSE_SAFE_KEYS = ("output_dir", "train.resume", "train.log_period", "train.hist_period", "train.checkpoint_period",
-                   "train.num_vis_images", "data.loader.num_workers")
-METRICS_FILE = Path("eval") / "metrics.json"  # written by the trainer after the final evaluation: a finished run
+REUSE_SAFE_KEYS = (
+    "output_dir",
+    "train.resume",
+    "train.log_period",
+    "train.hist_period",
+    "train.checkpoint_period",
+    "train.num_vis_images",
+    "data.loader.num_workers",
+)
+METRICS_FILE = (
+    Path("eval") / "metrics.json"
+)  # written by the trainer after the final evaluation: a finished run
 
 
 class AblationError(UsageError):
@@ -25,7 +35,7 @@ class AblationError(UsageError):
 
 @dataclass
 class Run:
-    group: str                   # what the report averages over seeds: "smoothl1" or "smoothl1 beta=0.5"
+    group: str  # what the report averages over seeds: "smoothl1" or "smoothl1 beta=0.5"
     seed: int
     cfgs: list[str]
     overrides: list[str] = field(default_factory=list)
@@ -47,8 +57,8 @@ class Run:
 class Step:
     run: Run
     run_dir: Path
-    action: str                  # train, reuse, resume or overwrite
-    device: str = "auto"         # the run's train.device (a CPU-only ablation is never pinned to GPUs)
+    action: str  # train, reuse, resume or overwrite
+    device: str = "auto"  # the run's train.device (a CPU-only ablation is never pinned to GPUs)
     note: str = ""
 
 
@@ -57,26 +67,39 @@ def parse_sweep(text: str) -> tuple[str, list[str]]:
     key, sep, values = text.partition("=")
     parsed = [v.strip() for v in values.split(",") if v.strip()]
     if not sep or not key.strip() or not parsed:
-        raise AblationError(f"--sweep {text!r}: expected key=v1,v2,... (e.g. --sweep "
-                            f"model.roi_head.box_loss.beta=0.11,1.0)")
+        raise AblationError(
+            f"--sweep {text!r}: expected key=v1,v2,... (e.g. --sweep "
+            f"model.roi_head.box_loss.beta=0.11,1.0)"
+        )
     if len(set(parsed)) != len(parsed):
         raise AblationError(f"--sweep {text!r}: a value is listed twice")
     return key.strip(), parsed
 
 
-def plan_runs(loss_cfgs: list[str], data_cfgs: list[str], seeds: int, overrides: list[str],
-              sweep: str | None = None) -> list[Run]:
+def plan_runs(
+    loss_cfgs: list[str],
+    data_cfgs: list[str],
+    seeds: int,
+    overrides: list[str],
+    sweep: str | None = None,
+) -> list[Run]:
     if seeds < 1:
-        raise AblationError(f"--seeds {seeds}: an ablation needs at least 1 seed per config (5 by default; paired "
-                            f"confidence intervals need 2 or more)")
-    for key, why in (("seed", "each run's seed is set by --seeds (0..N-1)"),
-                     ("output_dir", "each run's folder is <out>/runs/<name>: pick the folder with --out")):
+        raise AblationError(
+            f"--seeds {seeds}: an ablation needs at least 1 seed per config (5 by default; paired "
+            f"confidence intervals need 2 or more)"
+        )
+    for key, why in (
+        ("seed", "each run's seed is set by --seeds (0..N-1)"),
+        ("output_dir", "each run's folder is <out>/runs/<name>: pick the folder with --out"),
+    ):
         if any(o.partition("=")[0].strip() == key for o in overrides):
             raise AblationError(f"{key}=...: not an override of an ablation; {why}")
     stems = [Path(cfg).stem for cfg in loss_cfgs]
     twice = sorted({s for s in stems if stems.count(s) > 1})
     if twice:
-        raise AblationError(f"--cfgs: {', '.join(twice)} listed twice; each config is one group of the report")
+        raise AblationError(
+            f"--cfgs: {', '.join(twice)} listed twice; each config is one group of the report"
+        )
     sweep_key, sweep_values = parse_sweep(sweep) if sweep is not None else (None, [None])
     runs = []
     for cfg, stem in zip(loss_cfgs, stems):
@@ -84,7 +107,9 @@ def plan_runs(loss_cfgs: list[str], data_cfgs: list[str], seeds: int, overrides:
             group = stem if value is None else f"{stem} {sweep_key.split('.')[-1]}={value}"
             extra = [] if value is None else [f"{sweep_key}={value}"]
             for seed in range(seeds):
-                runs.append(Run(group, seed, [cfg, *data_cfgs], [*overrides, *extra, f"seed={seed}"]))
+                runs.append(
+                    Run(group, seed, [cfg, *data_cfgs], [*overrides, *extra, f"seed={seed}"])
+                )
     return runs
 
 
@@ -100,8 +125,10 @@ def resolve_baseline(runs: list[Run], baseline: str | None) -> str:
     for candidate in (baseline, Path(baseline).stem):
         if candidate in groups:
             return candidate
-    raise AblationError(f"--baseline {baseline!r} is not a config of this ablation; expected one of: "
-                        f"{', '.join(groups)}")
+    raise AblationError(
+        f"--baseline {baseline!r} is not a config of this ablation; expected one of: "
+        f"{', '.join(groups)}"
+    )
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -120,7 +147,15 @@ def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
         except RunFolderError as exc:
             if not force:
                 raise AblationError(str(exc)) from None
-            steps.append(Step(run, run_dir, "overwrite", device=cfg.train.device, note="unreadable config.yaml"))
+            steps.append(
+                Step(
+                    run,
+                    run_dir,
+                    "overwrite",
+                    device=cfg.train.device,
+                    note="unreadable config.yaml",
+                )
+            )
             continue
         action = "reuse" if finished else "train" if stored is None else "resume"
         if stored is None:  # finished without a config: nothing says which experiment it is
@@ -130,14 +165,23 @@ def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
             differ = [k for k in diff_configs(stored, cfg.to_dict()) if k not in safe]
         if differ and not force:
             stale.append((run_dir, finished, differ))
-        note = (f"{'finished' if finished else 'unfinished'} run of another config (differs in {', '.join(differ)})"
-                if differ else "")
-        steps.append(Step(run, run_dir, "overwrite" if differ else action, device=cfg.train.device, note=note))
+        note = (
+            f"{'finished' if finished else 'unfinished'} run of another config (differs in {', '.join(differ)})"
+            if differ
+            else ""
+        )
+        steps.append(
+            Step(
+                run, run_dir, "overwrite" if differ else action, device=cfg.train.device, note=note
+            )
+        )
     if stale:
         run_dir, finished, differ = stale[0]
         keys = list(dict.fromkeys(k for _, _, d in stale for k in d))
         more = f" (and {len(stale) - 1} more run(s))" if len(stale) > 1 else ""
-        raise AblationError(f"{run_dir}{more} holds {'a finished' if finished else 'an unfinished'} run of another "
-                            f"config: it differs in {', '.join(keys)}; rerun with --force to train such runs again "
-                            f"(their old results are replaced), or write this ablation to another --out")
+        raise AblationError(
+            f"{run_dir}{more} holds {'a finished' if finished else 'an unfinished'} run of another "
+            f"config: it differs in {', '.join(keys)}; rerun with --force to train such runs again "
+            f"(their old results are replaced), or write this ablation to another --out"
+        )
     return steps

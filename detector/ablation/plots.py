@@ -1,6 +1,7 @@
 """The plots of an ablation report. ``groups`` maps each config with a finished run to the
 :func:`detector.ablation.report.read_run` results of its finished runs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,18 +18,31 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
     thresholds = np.array(IOU_THRESHOLDS)
     ax = Figure(figsize=(7, 4.5)).subplots()
     for group, results in groups.items():
-        curves = np.array([r["metrics"]["AP_per_iou"] for r in results if r["metrics"].get("AP_per_iou")]) * 100
+        curves = (
+            np.array(
+                [r["metrics"]["AP_per_iou"] for r in results if r["metrics"].get("AP_per_iou")]
+            )
+            * 100
+        )
         if len(curves):
-            ax.errorbar(thresholds, curves.mean(0), yerr=curves.std(0), label=group, marker="o", capsize=3)
-    ax.set(xlabel="IoU threshold", ylabel="AP (%)", title="AP vs IoU threshold (mean ± std over seeds)")
+            ax.errorbar(
+                thresholds, curves.mean(0), yerr=curves.std(0), label=group, marker="o", capsize=3
+            )
+    ax.set(
+        xlabel="IoU threshold", ylabel="AP (%)", title="AP vs IoU threshold (mean ± std over seeds)"
+    )
     save_figure([ax], out / "ap_vs_iou.png", legend=bool(groups))
 
     axes = Figure(figsize=(12, 4.5)).subplots(1, 2)
     for group, results in groups.items():
         for col, (ax, label) in enumerate(zip(axes, ("loss_box_reg", "total loss"))):
-            series = [[(it, v[col]) for it, *v in r["curve"] if v[col] is not None] for r in results]
+            series = [
+                [(it, v[col]) for it, *v in r["curve"] if v[col] is not None] for r in results
+            ]
             iters = [it for it, _ in series[0]]
-            values = np.array([[v for _, v in s][: len(iters)] for s in series if len(s) >= len(iters)])
+            values = np.array(
+                [[v for _, v in s][: len(iters)] for s in series if len(s) >= len(iters)]
+            )
             if len(values):
                 ax.plot(iters, values.mean(0), label=group)
             ax.set(xlabel="iteration", ylabel=label, title=f"{label} (mean over seeds)")
@@ -39,7 +53,9 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
         iters = sorted(set.intersection(*(set(r["evals"]) for r in results)))
         if len(iters) > 1:
             values = np.array([[r["evals"][it] for it in iters] for r in results]) * 100
-            ax.errorbar(iters, values.mean(0), yerr=values.std(0), label=group, marker="o", capsize=3)
+            ax.errorbar(
+                iters, values.mean(0), yerr=values.std(0), label=group, marker="o", capsize=3
+            )
     ax.set(xlabel="iteration", ylabel="AP (%)", title="AP during training (mean ± std over seeds)")
     save_figure([ax], out / "ap_curve.png", legend=bool(groups))
 
@@ -50,10 +66,22 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
             points = [(it, b) for it, _, _, b in r["curve"] if b is not None]
             if points and len({b for _, b in points}) > 1:
                 dynamic = True
-                ax.plot(*zip(*points), label=group if i == 0 else None, color=f"C{color}", alpha=0.8)
+                ax.plot(
+                    *zip(*points), label=group if i == 0 else None, color=f"C{color}", alpha=0.8
+                )
     if not dynamic:
-        ax.text(0.5, 0.5, "no run with a changing beta in this ablation", ha="center", transform=ax.transAxes)
-    ax.set(xlabel="iteration", ylabel="beta", title="Smooth L1 beta during training (dynamic runs, every seed)")
+        ax.text(
+            0.5,
+            0.5,
+            "no run with a changing beta in this ablation",
+            ha="center",
+            transform=ax.transAxes,
+        )
+    ax.set(
+        xlabel="iteration",
+        ylabel="beta",
+        title="Smooth L1 beta during training (dynamic runs, every seed)",
+    )
     save_figure([ax], out / "beta.png", legend=dynamic)
 
     axes = Figure(figsize=(14, 4)).subplots(1, 4, sharey=True)
@@ -62,27 +90,50 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
         data = [errs[:, i].clamp(min=1e-4).log10().numpy() for errs in errors.values()]
         if data:
             axes[i].boxplot(data, showfliers=False)
-            axes[i].set_xticks(range(1, len(errors) + 1), list(errors), rotation=45, ha="right", fontsize=8)
+            axes[i].set_xticks(
+                range(1, len(errors) + 1), list(errors), rotation=45, ha="right", fontsize=8
+            )
         axes[i].set(title=f"|pred − target| {coord}", ylabel="log10 error" if i == 0 else None)
-    axes[0].figure.suptitle("Distribution of the regression error on positive RoIs at the end of training")
+    axes[0].figure.suptitle(
+        "Distribution of the regression error on positive RoIs at the end of training"
+    )
     save_figure(axes, out / "pred_err.png", legend=False)
 
     ax = Figure(figsize=(7, 4.5)).subplots()
     pooled = _pooled(groups, "tp_ious")
     for group, ious in pooled.items():
-        ax.hist(ious.numpy(), bins=np.linspace(0.5, 1.0, 21), density=True, histtype="step", linewidth=1.5,
-                label=group)
+        ax.hist(
+            ious.numpy(),
+            bins=np.linspace(0.5, 1.0, 21),
+            density=True,
+            histtype="step",
+            linewidth=1.5,
+            label=group,
+        )
     if not pooled:
-        ax.text(0.5, 0.5, "no run with eval/detections.json and its val data", ha="center", transform=ax.transAxes)
-    ax.set(xlabel="IoU with the matched ground truth", ylabel="density",
-           title="IoU of true-positive detections (score >= 0.05, all seeds)")
+        ax.text(
+            0.5,
+            0.5,
+            "no run with eval/detections.json and its val data",
+            ha="center",
+            transform=ax.transAxes,
+        )
+    ax.set(
+        xlabel="IoU with the matched ground truth",
+        ylabel="density",
+        title="IoU of true-positive detections (score >= 0.05, all seeds)",
+    )
     save_figure([ax], out / "tp_iou.png", legend=bool(pooled))
 
 
 def _pooled(groups: dict[str, list[dict[str, Any]]], key: str) -> dict:
     """Per config, its runs' non-empty ``key`` tensors concatenated (configs without one left out)."""
     import torch
-    pooled = {g: [r[key] for r in rs if r.get(key) is not None and len(r[key])] for g, rs in groups.items()}
+
+    pooled = {
+        g: [r[key] for r in rs if r.get(key) is not None and len(r[key])]
+        for g, rs in groups.items()
+    }
     return {g: torch.cat(tensors) for g, tensors in pooled.items() if tensors}
 
 

@@ -2,6 +2,7 @@
 run as the local launcher does (:func:`detector.ablation.launch.execute`), with the CPUs and GPUs SLURM gave it;
 at the time limit the trainer writes ``last.pth`` and the same command resumes. submitit's files: ``<out>/slurm/``.
 """
+
 from __future__ import annotations
 
 import math
@@ -10,15 +11,22 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from detector.ablation.launch import (Slot, available_cores, check_trainer, child_env, cpu_share, execute,
-                                      slot_overrides)
+from detector.ablation.launch import (
+    Slot,
+    available_cores,
+    check_trainer,
+    child_env,
+    cpu_share,
+    execute,
+    slot_overrides,
+)
 from detector.ablation.plan import AblationError, Step
 
 
 @dataclass(frozen=True)
 class SlurmOptions:
     partition: str | None = None
-    time_min: int = 240           # submitit's own default (5 minutes) would kill most runs
+    time_min: int = 240  # submitit's own default (5 minutes) would kill most runs
     gpus_per_run: int = 1
     cpus_per_run: int = 4
     constraint: str | None = None
@@ -33,7 +41,9 @@ def parse_time(text: str) -> int:
     days, rest = (days, rest) if dash else ("0", days)
     parts = rest.split(":")
     if not all(p.isdigit() for p in [days, *parts]) or len(parts) > 3:
-        raise AblationError(f"--time {text!r}: expected a SLURM time limit, e.g. 240 (minutes), 4:00:00 or 1-00:00:00")
+        raise AblationError(
+            f"--time {text!r}: expected a SLURM time limit, e.g. 240 (minutes), 4:00:00 or 1-00:00:00"
+        )
     numbers = [int(p) for p in parts]
     if not dash and len(numbers) < 3:  # minutes[:seconds]; else hours[:minutes[:seconds]]
         numbers.insert(0, 0)
@@ -47,8 +57,13 @@ def parse_time(text: str) -> int:
 def run_task(step: Step, gpus_per_run: int) -> str | None:
     nproc = max(1, gpus_per_run)
     # no GPU of its own: SLURM already set CUDA_VISIBLE_DEVICES to the task's GPUs
-    slot = Slot(None, *cpu_share(available_cores() // nproc, on_gpu=gpus_per_run > 0 and step.device != "cpu"))
-    return execute(step, child_env(os.environ, slot), slot_overrides(step.run.overrides, slot), nproc=nproc)
+    slot = Slot(
+        None,
+        *cpu_share(available_cores() // nproc, on_gpu=gpus_per_run > 0 and step.device != "cpu"),
+    )
+    return execute(
+        step, child_env(os.environ, slot), slot_overrides(step.run.overrides, slot), nproc=nproc
+    )
 
 
 def submit(steps: list[Step], out: Path, options: SlurmOptions, cluster: str = "slurm"):
@@ -56,32 +71,45 @@ def submit(steps: list[Step], out: Path, options: SlurmOptions, cluster: str = "
     try:
         import submitit
     except ImportError:
-        raise AblationError("--launcher slurm needs submitit: pip install submitit (or pip install -e '.[slurm]')") \
-            from None
+        raise AblationError(
+            "--launcher slurm needs submitit: pip install submitit (or pip install -e '.[slurm]')"
+        ) from None
     if cluster == "slurm" and shutil.which("sbatch") is None:
-        raise AblationError("--launcher slurm: no sbatch on this machine; run the command on a SLURM login node, "
-                            "or use --launcher local")
+        raise AblationError(
+            "--launcher slurm: no sbatch on this machine; run the command on a SLURM login node, "
+            "or use --launcher local"
+        )
     todo = [s for s in steps if s.action != "reuse"]
     if not todo:
         return []
     check_trainer()
     executor = submitit.AutoExecutor(folder=Path(out) / "slurm", cluster=cluster)
-    executor.update_parameters(name=f"ablate-{Path(out).name}", timeout_min=options.time_min, nodes=1,
-                               tasks_per_node=1, gpus_per_node=options.gpus_per_run,
-                               cpus_per_task=options.cpus_per_run, slurm_partition=options.partition,
-                               slurm_constraint=options.constraint, slurm_account=options.account,
-                               slurm_array_parallelism=options.parallelism)
+    executor.update_parameters(
+        name=f"ablate-{Path(out).name}",
+        timeout_min=options.time_min,
+        nodes=1,
+        tasks_per_node=1,
+        gpus_per_node=options.gpus_per_run,
+        cpus_per_task=options.cpus_per_run,
+        slurm_partition=options.partition,
+        slurm_constraint=options.constraint,
+        slurm_account=options.account,
+        slurm_array_parallelism=options.parallelism,
+    )
     jobs = executor.map_array(run_task, todo, [options.gpus_per_run] * len(todo))
     return list(zip(todo, jobs))
 
 
 def wait(submitted) -> dict[str, str | None]:
     from submitit.core.utils import UncompletedJobError
+
     results: dict[str, str | None] = {}
     for k, (step, job) in enumerate(submitted, 1):
         try:
             error = job.result()
-        except UncompletedJobError as exc:  # the task itself died (time limit, node failure, cancelled)
+        except (
+            UncompletedJobError
+        ) as exc:  # the task itself died (time limit, node failure, cancelled)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             error = f"{step.run.name}: SLURM job {job.job_id} did not complete ({first}); see {job.paths.stderr}"
         results[step.run.name] = error

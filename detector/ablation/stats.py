@@ -3,6 +3,7 @@ order): d_s = x_config(s) − x_baseline(s) over the seeds both finished; a Stud
 The testable differences of a report are one Holm family (:func:`holm`, :func:`verdict`). Undefined values (COCO's
 -1, a missing key) are left out.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,29 +14,29 @@ from typing import Iterable, Mapping, Sequence
 from detector.errors import DetectorError
 
 CONFIDENCE = 0.95
-ALPHA = 1 - CONFIDENCE           # the level of the tests, two-sided
-POWER = 0.8                      # of detectable_effect
-MIN_PAIRS = 3                    # fewer pairs: "too few seeds"
-ZERO_SD = 1e-9                   # an sd below this (metrics are fractions 0..1) is float noise, not spread
+ALPHA = 1 - CONFIDENCE  # the level of the tests, two-sided
+POWER = 0.8  # of detectable_effect
+MIN_PAIRS = 3  # fewer pairs: "too few seeds"
+ZERO_SD = 1e-9  # an sd below this (metrics are fractions 0..1) is float noise, not spread
 NAN = float("nan")
 
 
 @dataclass(frozen=True)
 class MeanStd:
     n: int
-    mean: float                  # nan without values
-    std: float                   # sample standard deviation; nan with fewer than 2 values
+    mean: float  # nan without values
+    std: float  # sample standard deviation; nan with fewer than 2 values
 
 
 @dataclass(frozen=True)
 class PairedDifference:
-    n: int                       # seeds present (and defined) on both sides
-    mean: float                  # mean of config − baseline; nan without pairs
-    std: float                   # sample standard deviation of the differences; nan with fewer than 2 pairs
-    ci_low: float                # the Student-t interval (uncorrected); nan with fewer than 2 pairs
+    n: int  # seeds present (and defined) on both sides
+    mean: float  # mean of config − baseline; nan without pairs
+    std: float  # sample standard deviation of the differences; nan with fewer than 2 pairs
+    ci_low: float  # the Student-t interval (uncorrected); nan with fewer than 2 pairs
     ci_high: float
-    p: float                     # two-sided paired t test, uncorrected; nan unless testable
-    p_holm: float = NAN          # the rest: set by the report, over its family of tests (report.compare)
+    p: float  # two-sided paired t test, uncorrected; nan unless testable
+    p_holm: float = NAN  # the rest: set by the report, over its family of tests (report.compare)
     detectable: float = NAN
     verdict: str = ""
 
@@ -46,30 +47,44 @@ class PairedDifference:
 
 def defined(value) -> bool:
     """A metric value that counts: a finite number >= 0 (COCO marks an undefined slice with -1)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 def mean_std(values: Iterable) -> MeanStd:
     kept = [float(v) for v in values if defined(v)]
     if not kept:
         return MeanStd(0, NAN, NAN)
-    return MeanStd(len(kept), statistics.fmean(kept), statistics.stdev(kept) if len(kept) > 1 else NAN)
+    return MeanStd(
+        len(kept), statistics.fmean(kept), statistics.stdev(kept) if len(kept) > 1 else NAN
+    )
 
 
 def _scipy_stats():
     try:
         import scipy.stats
     except ImportError:
-        raise DetectorError("the report's confidence intervals need scipy, which is not installed: pip install "
-                            "scipy; then the same tools/ablate.py command with --report-only rebuilds the report "
-                            "from the run folders (nothing trains again)") from None
+        raise DetectorError(
+            "the report's confidence intervals need scipy, which is not installed: pip install "
+            "scipy; then the same tools/ablate.py command with --report-only rebuilds the report "
+            "from the run folders (nothing trains again)"
+        ) from None
     return scipy.stats
 
 
-def paired_difference(config: Mapping[int, float], baseline: Mapping[int, float]) -> PairedDifference:
+def paired_difference(
+    config: Mapping[int, float], baseline: Mapping[int, float]
+) -> PairedDifference:
     """``config`` and ``baseline`` map seed -> metric value."""
-    diffs = [float(config[s]) - float(baseline[s]) for s in sorted(config)
-             if s in baseline and defined(config[s]) and defined(baseline[s])]
+    diffs = [
+        float(config[s]) - float(baseline[s])
+        for s in sorted(config)
+        if s in baseline and defined(config[s]) and defined(baseline[s])
+    ]
     n = len(diffs)
     if n < 2:
         return PairedDifference(n, diffs[0] if diffs else NAN, NAN, NAN, NAN, NAN)
@@ -99,10 +114,13 @@ def detectable_effect(std: float, n: int, alpha: float = ALPHA) -> float:
         return NAN
     stats, dof = _scipy_stats(), n - 1  # first: without scipy, its one-line error
     from scipy.optimize import brentq
+
     crit = stats.t.ppf(1 - alpha / 2, dof)
 
     def shortfall(nc: float) -> float:
-        return stats.nct.sf(crit, dof, nc) + stats.nct.sf(crit, dof, -nc) - POWER  # both tails (cdf(-crit) can be nan)
+        return (
+            stats.nct.sf(crit, dof, nc) + stats.nct.sf(crit, dof, -nc) - POWER
+        )  # both tails (cdf(-crit) can be nan)
 
     high = crit + 1.0
     while shortfall(high) < 0:

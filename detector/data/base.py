@@ -1,6 +1,7 @@
 """The detection dataset shared by every format. Boxes are absolute xyxy float32 pixels of the stored image; label
 0 is background (``classes[0] == "__background__"``), 1..K foreground. A format reader converts its box format only
 where it makes :class:`ImageRecord` s; ``dataset[(index, sample_seed)]`` seeds the sample's transforms."""
+
 from __future__ import annotations
 
 import logging
@@ -41,12 +42,17 @@ class ImageRecord:
     iscrowd: np.ndarray  # [N] bool (COCO crowd, VOC difficult)
     area: np.ndarray  # [N] float32
 
-    def select(self, keep: np.ndarray, labels: np.ndarray | None = None, boxes: np.ndarray | None = None
-               ) -> "ImageRecord":
+    def select(
+        self, keep: np.ndarray, labels: np.ndarray | None = None, boxes: np.ndarray | None = None
+    ) -> "ImageRecord":
         """The record with only the annotations in ``keep`` (bool [N]), optionally new labels/boxes for them."""
-        return replace(self, boxes=(self.boxes if boxes is None else boxes)[keep],
-                       labels=(self.labels if labels is None else labels)[keep],
-                       iscrowd=self.iscrowd[keep], area=self.area[keep])
+        return replace(
+            self,
+            boxes=(self.boxes if boxes is None else boxes)[keep],
+            labels=(self.labels if labels is None else labels)[keep],
+            iscrowd=self.iscrowd[keep],
+            area=self.area[keep],
+        )
 
 
 def read_image(path: str | Path) -> torch.Tensor:
@@ -54,28 +60,41 @@ def read_image(path: str | Path) -> torch.Tensor:
     are scaled by round(v / 257). An undecodable file or 32-bit pixels raise :class:`DatasetError` naming it
     (skipping it mid-epoch would make the training stream depend on which files are readable)."""
     try:
-        with warnings.catch_warnings():  # torchvision>=0.29 deprecates its decoders in favour of torchcodec
+        with (
+            warnings.catch_warnings()
+        ):  # torchvision>=0.29 deprecates its decoders in favour of torchcodec
             warnings.simplefilter("ignore", DeprecationWarning)
-            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)  # uint8, or uint16 for 16-bit PNG
+            image = decode_image(
+                read_file(str(path)), mode=ImageReadMode.RGB
+            )  # uint8, or uint16 for 16-bit PNG
     except (RuntimeError, OSError) as tv_exc:
         try:
             with Image.open(path) as im:
                 if im.mode in ("I", "F"):
-                    raise DatasetError(f"{path}: PIL mode {im.mode} image (32-bit integer or float pixels) has no "
-                                       f"standard 8-bit scale; convert it to 8-bit RGB (or a 16-bit PNG/TIFF)")
+                    raise DatasetError(
+                        f"{path}: PIL mode {im.mode} image (32-bit integer or float pixels) has no "
+                        f"standard 8-bit scale; convert it to 8-bit RGB (or a 16-bit PNG/TIFF)"
+                    )
                 if im.mode.startswith("I;16"):  # PIL's convert("RGB") would clip these at 255
                     array = np.repeat(np.asarray(im).astype(np.uint16)[:, :, None], 3, axis=2)
                 else:
                     array = np.asarray(im.convert("RGB"))
         except DatasetError:
             raise
-        except (OSError, ValueError) as pil_exc:  # DatasetError is a ValueError: the clause above lets it through
-            raise DatasetError(f"{path}: cannot decode image ({str(tv_exc).splitlines()[-1].strip()}; PIL: "
-                               f"{pil_exc}); replace the file or remove the image from the annotation file / "
-                               f"image list") from None
+        except (
+            OSError,
+            ValueError,
+        ) as pil_exc:  # DatasetError is a ValueError: the clause above lets it through
+            raise DatasetError(
+                f"{path}: cannot decode image ({str(tv_exc).splitlines()[-1].strip()}; PIL: "
+                f"{pil_exc}); replace the file or remove the image from the annotation file / "
+                f"image list"
+            ) from None
         image = torch.from_numpy(array.copy()).permute(2, 0, 1)
     if image.dtype == torch.uint16:
-        image = torch.div(image.to(torch.int32) + 128, 257, rounding_mode="floor").to(torch.uint8)  # round(v/257)
+        image = torch.div(image.to(torch.int32) + 128, 257, rounding_mode="floor").to(
+            torch.uint8
+        )  # round(v/257)
     return image
 
 
@@ -83,12 +102,16 @@ def image_path(image_dir: str | Path, file_name: object, where: str) -> str:
     """``image_dir/file_name``; a :class:`DatasetError` for an absolute name or one whose ``..`` leaves
     ``image_dir`` (symbolic links are not followed)."""
     if not isinstance(file_name, str) or not file_name:
-        raise DatasetError(f"{where} has file_name {file_name!r}; expected a path relative to the image folder "
-                           f"{image_dir}")
+        raise DatasetError(
+            f"{where} has file_name {file_name!r}; expected a path relative to the image folder "
+            f"{image_dir}"
+        )
     normal = os.path.normpath(file_name)
     if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
-        raise DatasetError(f"{where} has file_name {file_name!r}, which is outside the image folder {image_dir}; "
-                           f"give a path relative to that folder (no leading / or ..)")
+        raise DatasetError(
+            f"{where} has file_name {file_name!r}, which is outside the image folder {image_dir}; "
+            f"give a path relative to that folder (no leading / or ..)"
+        )
     return str(Path(image_dir) / file_name)
 
 
@@ -97,7 +120,11 @@ def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageR
     out, degenerate, outside, clipped = [], {}, {}, 0
     for rec in records:
         boxes = rec.boxes  # [N,4]
-        bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        bad = (
+            ~np.isfinite(boxes).all(axis=1)
+            | (boxes[:, 2] <= boxes[:, 0])
+            | (boxes[:, 3] <= boxes[:, 1])
+        )
         limits = np.array([rec.width, rec.height, rec.width, rec.height], dtype=np.float32)
         clip = np.clip(np.nan_to_num(boxes), 0, limits)
         gone = ~bad & ((clip[:, 2] <= clip[:, 0]) | (clip[:, 3] <= clip[:, 1]))
@@ -107,17 +134,27 @@ def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageR
         if gone.any():
             outside[rec.image_id] = int(gone.sum())
         out.append(rec.select(~bad & ~gone, boxes=clip.astype(np.float32)))
-    for name, counts in (("degenerate (non-positive width/height)", degenerate), ("fully outside the image", outside)):
+    for name, counts in (
+        ("degenerate (non-positive width/height)", degenerate),
+        ("fully outside the image", outside),
+    ):
         if counts:
             ids = ", ".join(map(str, list(counts)[:10])) + (" ..." if len(counts) > 10 else "")
-            logger.warning(f"{source}: dropped {sum(counts.values())} {name} boxes in {len(counts)} images: ids {ids}")
+            logger.warning(
+                f"{source}: dropped {sum(counts.values())} {name} boxes in {len(counts)} images: ids {ids}"
+            )
     if clipped:
         logger.info(f"{source}: clipped {clipped} boxes that were partly outside their image")
     return out
 
 
-def corrupt_records(records: Sequence[ImageRecord], fraction: float, kind: str = "jitter", scale: float = 0.2,
-                    seed: int = 0) -> list[ImageRecord]:
+def corrupt_records(
+    records: Sequence[ImageRecord],
+    fraction: float,
+    kind: str = "jitter",
+    scale: float = 0.2,
+    seed: int = 0,
+) -> list[ImageRecord]:
     """The records with a fixed random ``fraction`` of their non-crowd boxes corrupted as configs/base.yaml describes
     (``data.label_noise*``). Each image draws from ``np.random.default_rng([seed, image_id])``, independent of the
     other records; a box is chosen when its first draw u ~ U[0, 1) < fraction (nested across fractions). Labels,
@@ -142,7 +179,11 @@ def corrupt_records(records: Sequence[ImageRecord], fraction: float, kind: str =
             mode = rng.integers(3, size=n)  # 0 shift, 1 resize, 2 both
             angle, step = rng.uniform(0, 2 * np.pi, n), rng.uniform(1, 3, n)
             factor = 2.0 ** (rng.uniform(1, 2, (n, 2)) * rng.choice([-1, 1], (n, 2)))
-            shift = np.where((mode != 1)[:, None], step[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1) * wh, 0)
+            shift = np.where(
+                (mode != 1)[:, None],
+                step[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1) * wh,
+                0,
+            )
             size = np.where((mode != 0)[:, None], factor, 1.0) * wh
             centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + shift
             noisy = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
@@ -151,7 +192,9 @@ def corrupt_records(records: Sequence[ImageRecord], fraction: float, kind: str =
         corrupted += int(chosen.sum())
         out.append(replace(rec, boxes=np.where(chosen[:, None], noisy, boxes).astype(np.float32)))
     total = sum(len(r.boxes) for r in records)
-    logger.info(f"label noise ({kind}, seed {seed}): corrupted {corrupted} of {total} training boxes")
+    logger.info(
+        f"label noise ({kind}, seed {seed}): corrupted {corrupted} of {total} training boxes"
+    )
     return out
 
 
@@ -160,11 +203,20 @@ class DetectionDataset(torch.utils.data.Dataset):
     source's category id); returns ``(image uint8 [3,H,W], target)``. ``transforms``: ``f(image, target, generator)``
     or None; ``proposals``: image id -> precomputed [P,4] original pixels, added to targets; ``name``: for messages."""
 
-    def __init__(self, *, records: Sequence[ImageRecord], classes: Sequence[str], label_to_cat_id: dict[int, int],
-                 transforms: Callable | None = None, name: str = "dataset",
-                 proposals: dict[int, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        *,
+        records: Sequence[ImageRecord],
+        classes: Sequence[str],
+        label_to_cat_id: dict[int, int],
+        transforms: Callable | None = None,
+        name: str = "dataset",
+        proposals: dict[int, torch.Tensor] | None = None,
+    ):
         self.records = list(records)
-        self.proposals = proposals  # image_id -> [P,4] xyxy original pixels (model.proposals: precomputed)
+        self.proposals = (
+            proposals  # image_id -> [P,4] xyxy original pixels (model.proposals: precomputed)
+        )
         self.classes = list(classes)
         self.label_to_cat_id = dict(label_to_cat_id)
         self.transforms = transforms
@@ -180,12 +232,20 @@ class DetectionDataset(torch.utils.data.Dataset):
     def get_image_info(self, i: int) -> dict:
         """``{"image_id", "file_name", "height", "width"}`` of image i, without decoding it."""
         rec = self.records[i]
-        return {"image_id": rec.image_id, "file_name": rec.file_name, "height": rec.height, "width": rec.width}
+        return {
+            "image_id": rec.image_id,
+            "file_name": rec.file_name,
+            "height": rec.height,
+            "width": rec.width,
+        }
 
     def get_target(self, i: int) -> dict:
         """Raw target of image i, without decoding: boxes [N,4], labels [N], image_id, iscrowd [N], area [N]."""
         rec = self.records[i]
-        target = {key: torch.from_numpy(getattr(rec, key).copy()) for key in ("boxes", "labels", "iscrowd", "area")}
+        target = {
+            key: torch.from_numpy(getattr(rec, key).copy())
+            for key in ("boxes", "labels", "iscrowd", "area")
+        }
         if self.proposals is not None:
             target["proposals"] = self.proposals[rec.image_id].clone()
         return {**target, "image_id": rec.image_id}
@@ -194,10 +254,19 @@ class DetectionDataset(torch.utils.data.Dataset):
         """A new dataset of the images at ``indices`` (in that order), with the same classes, category ids and
         transforms; ``self`` is left unchanged (its evaluation ground truth, its loaders stay valid)."""
         records = [self.records[int(i)] for i in indices]
-        proposals = None if self.proposals is None else {r.image_id: self.proposals[r.image_id] for r in records}
-        return DetectionDataset(records=records, classes=self.classes, label_to_cat_id=self.label_to_cat_id,
-                                transforms=self.transforms, name=self.name if name is None else name,
-                                proposals=proposals)
+        proposals = (
+            None
+            if self.proposals is None
+            else {r.image_id: self.proposals[r.image_id] for r in records}
+        )
+        return DetectionDataset(
+            records=records,
+            classes=self.classes,
+            label_to_cat_id=self.label_to_cat_id,
+            transforms=self.transforms,
+            name=self.name if name is None else name,
+            proposals=proposals,
+        )
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict]:
         index, sample_seed = key if isinstance(key, (tuple, list)) else (key, key)
@@ -205,8 +274,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         rec = self.records[index]
         image = read_image(rec.path)  # [3,H,W] uint8
         if tuple(image.shape[1:]) != (rec.height, rec.width):
-            raise DatasetError(f"{rec.path}: image is {image.shape[2]}x{image.shape[1]} (WxH) but {self.name} says "
-                               f"{rec.width}x{rec.height} (image_id {rec.image_id}); fix the width/height fields")
+            raise DatasetError(
+                f"{rec.path}: image is {image.shape[2]}x{image.shape[1]} (WxH) but {self.name} says "
+                f"{rec.width}x{rec.height} (image_id {rec.image_id}); fix the width/height fields"
+            )
         target = self.get_target(index)
         if self.transforms is not None:
             generator = torch.Generator().manual_seed(int(sample_seed))

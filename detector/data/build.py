@@ -1,5 +1,6 @@
 """``build_dataset`` and ``build_dataloader``, the only readers of the config in ``detector.data``. Loaders yield
 ``(images: list[uint8 [3,H,W]], targets: list[dict])``; see docs/architecture.md, section "Data"."""
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,18 @@ from .voc import parse_voc
 # applies to both splits; the size subsets and keep_empty to training only, so a training subset is still scored on
 # the whole val split (it has its own val_* keys and keeps images without boxes: a detection there is a false positive)
 SUBSET_KEYS = {
-    "train": {"keep_classes": "classes", "keep_empty": "keep_empty", "image_ids_file": "image_ids_file",
-              "fraction": "fraction", "max_images": "max_images"},
-    "val": {"keep_classes": "classes", "image_ids_file": "val_image_ids_file", "fraction": "val_fraction"},
+    "train": {
+        "keep_classes": "classes",
+        "keep_empty": "keep_empty",
+        "image_ids_file": "image_ids_file",
+        "fraction": "fraction",
+        "max_images": "max_images",
+    },
+    "val": {
+        "keep_classes": "classes",
+        "image_ids_file": "val_image_ids_file",
+        "fraction": "val_fraction",
+    },
 }
 
 
@@ -36,36 +46,67 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
     data = cfg.data
     split_name = data.train_split if split == "train" else data.val_split
     if data.format == "synthetic":
-        ensure_synthetic(data.root, **data.synthetic.to_dict())  # the keys are the generator's parameters
+        ensure_synthetic(
+            data.root, **data.synthetic.to_dict()
+        )  # the keys are the generator's parameters
     if data.format in ("synthetic", "coco"):
         source = str(Path(data.root) / "annotations" / f"instances_{split_name}.json")
-        records, classes, label_to_cat_id = parse_coco(load_coco_json(source), Path(data.root) / split_name, source)
+        records, classes, label_to_cat_id = parse_coco(
+            load_coco_json(source), Path(data.root) / split_name, source
+        )
     else:
         source = f"VOC {split_name} under {data.root}"
         records, classes, label_to_cat_id = parse_voc(data.root, split_name)
     records = sanitize_records(records, source)
     subset = {argument: data[key] for argument, key in SUBSET_KEYS[split].items()}
     records, classes, label_to_cat_id = subset_records(
-        records, classes, label_to_cat_id, ids_source=f"data.{SUBSET_KEYS[split]['image_ids_file']}",
-        seed=data.subset_seed, source=source, **subset)
+        records,
+        classes,
+        label_to_cat_id,
+        ids_source=f"data.{SUBSET_KEYS[split]['image_ids_file']}",
+        seed=data.subset_seed,
+        source=source,
+        **subset,
+    )
     if not records:
         keys = ", ".join(f"data.{key}" for key in SUBSET_KEYS[split].values())
-        raise DatasetError(f"{source}: no {split} images left after the subset settings ({keys}); relax them")
-    missing = [r.path for r in records if not os.path.isfile(r.path)]  # a cheap check before any image is read
+        raise DatasetError(
+            f"{source}: no {split} images left after the subset settings ({keys}); relax them"
+        )
+    missing = [
+        r.path for r in records if not os.path.isfile(r.path)
+    ]  # a cheap check before any image is read
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise DatasetError(f"{source}: {len(missing)} of {len(records)} image files are missing: {shown}; "
-                           f"check data.root and the split name, or download the images (data/README.md)")
-    if split == "train" and data.label_noise > 0:  # a fixed corrupted set: the same for every seed and epoch
-        records = corrupt_records(records, data.label_noise, data.label_noise_kind, data.label_noise_scale,
-                                  data.label_noise_seed)
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise DatasetError(
+            f"{source}: {len(missing)} of {len(records)} image files are missing: {shown}; "
+            f"check data.root and the split name, or download the images (data/README.md)"
+        )
+    if (
+        split == "train" and data.label_noise > 0
+    ):  # a fixed corrupted set: the same for every seed and epoch
+        records = corrupt_records(
+            records,
+            data.label_noise,
+            data.label_noise_kind,
+            data.label_noise_scale,
+            data.label_noise_seed,
+        )
     proposals = None
     if cfg.model.proposals == "precomputed":
-        proposals = load_proposals(cfg.model.proposal_file, [r.image_id for r in records], f"{source} ({split})")
-    return DetectionDataset(records=records, classes=classes, label_to_cat_id=label_to_cat_id,
-                            transforms=build_transforms(cfg, split) if transforms else None,
-                            name=f"{Path(source).name if data.format != 'voc' else source} ({split})",
-                            proposals=proposals)
+        proposals = load_proposals(
+            cfg.model.proposal_file, [r.image_id for r in records], f"{source} ({split})"
+        )
+    return DetectionDataset(
+        records=records,
+        classes=classes,
+        label_to_cat_id=label_to_cat_id,
+        transforms=build_transforms(cfg, split) if transforms else None,
+        name=f"{Path(source).name if data.format != 'voc' else source} ({split})",
+        proposals=proposals,
+    )
 
 
 def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, torch.Tensor]:
@@ -74,31 +115,43 @@ def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, tor
     try:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise DatasetError(f"model.proposal_file {path}: not found; make it with tools/dump_proposals.py") from None
+        raise DatasetError(
+            f"model.proposal_file {path}: not found; make it with tools/dump_proposals.py"
+        ) from None
     except json.JSONDecodeError as exc:
         raise DatasetError(f"model.proposal_file {path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
-        raise DatasetError(f"model.proposal_file {path}: expected {{\"<image_id>\": [[x1,y1,x2,y2,score], ...]}}")
+        raise DatasetError(
+            f'model.proposal_file {path}: expected {{"<image_id>": [[x1,y1,x2,y2,score], ...]}}'
+        )
     missing = [i for i in image_ids if str(i) not in raw]
     if missing:
-        raise DatasetError(f"model.proposal_file {path}: no proposals for {len(missing)} images of {split} "
-                           f"(first ids: {missing[:5]}); dump them for this split with tools/dump_proposals.py")
+        raise DatasetError(
+            f"model.proposal_file {path}: no proposals for {len(missing)} images of {split} "
+            f"(first ids: {missing[:5]}); dump them for this split with tools/dump_proposals.py"
+        )
     out = {}
     for image_id in image_ids:
         entries = raw[str(image_id)]
         try:
-            boxes = torch.as_tensor(entries, dtype=torch.float32).reshape(len(entries), -1)  # [P,4] or [P,5]
+            boxes = torch.as_tensor(entries, dtype=torch.float32).reshape(
+                len(entries), -1
+            )  # [P,4] or [P,5]
         except (TypeError, ValueError, RuntimeError):
             boxes = torch.zeros(0, 3)
         if len(entries) and boxes.shape[1] not in (4, 5):
-            raise DatasetError(f"model.proposal_file {path}: image {image_id}: expected [x1,y1,x2,y2(,score)] "
-                               f"entries, got {str(entries[0])[:60]}")
+            raise DatasetError(
+                f"model.proposal_file {path}: image {image_id}: expected [x1,y1,x2,y2(,score)] "
+                f"entries, got {str(entries[0])[:60]}"
+            )
         boxes = boxes[:, :4].reshape(-1, 4)
         out[image_id] = boxes[~degenerate_box_mask(boxes)]
     return out
 
 
-def proposals_of(targets: list[dict], device: torch.device | None = None) -> list[torch.Tensor] | None:
+def proposals_of(
+    targets: list[dict], device: torch.device | None = None
+) -> list[torch.Tensor] | None:
     """The targets' precomputed proposals as the model's ``proposals`` argument (on ``device`` if given), or None."""
     if not targets or "proposals" not in targets[0]:
         return None
@@ -111,40 +164,86 @@ def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor],
     return list(images), list(targets)
 
 
-def make_dataloader(dataset: DetectionDataset, *, train: bool, batch_size: int, num_workers: int, seed: int = 0,
-                    start_iter: int = 0, rank: int = 0, world_size: int = 1, group_by_aspect_ratio: bool = True,
-                    pin_memory: bool = False) -> torch.utils.data.DataLoader:
+def make_dataloader(
+    dataset: DetectionDataset,
+    *,
+    train: bool,
+    batch_size: int,
+    num_workers: int,
+    seed: int = 0,
+    start_iter: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    group_by_aspect_ratio: bool = True,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
     """A loader over ``dataset``: infinite seeded grouped batches when ``train``, else this rank's ordered slice."""
     if train:
-        groups = [int(r.width < r.height) for r in dataset.records] if group_by_aspect_ratio else [0] * len(dataset)
-        batch_sampler = GroupedInfiniteBatchSampler(groups, batch_size=batch_size, seed=seed, start_iter=start_iter,
-                                                    rank=rank, world_size=world_size)
+        groups = (
+            [int(r.width < r.height) for r in dataset.records]
+            if group_by_aspect_ratio
+            else [0] * len(dataset)
+        )
+        batch_sampler = GroupedInfiniteBatchSampler(
+            groups,
+            batch_size=batch_size,
+            seed=seed,
+            start_iter=start_iter,
+            rank=rank,
+            world_size=world_size,
+        )
     else:
-        batch_sampler = torch.utils.data.BatchSampler(inference_indices(len(dataset), rank, world_size),
-                                                      batch_size=batch_size, drop_last=False)
+        batch_sampler = torch.utils.data.BatchSampler(
+            inference_indices(len(dataset), rank, world_size),
+            batch_size=batch_size,
+            drop_last=False,
+        )
     # The loader's own generator: a resumed run must not sample differently because the global RNG moved.
     generator = torch.Generator().manual_seed(seed * 1_000_003 + start_iter + rank)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
-                                       collate_fn=collate, pin_memory=pin_memory and torch.cuda.is_available(),
-                                       persistent_workers=num_workers > 0, generator=generator)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+        generator=generator,
+    )
 
 
-def build_dataloader(cfg, split: str, start_iter: int = 0, distributed: bool = False,
-                     dataset: DetectionDataset | None = None) -> torch.utils.data.DataLoader:
+def build_dataloader(
+    cfg,
+    split: str,
+    start_iter: int = 0,
+    distributed: bool = False,
+    dataset: DetectionDataset | None = None,
+) -> torch.utils.data.DataLoader:
     """The training loader (infinite, from batch ``start_iter`` of the ``cfg.seed`` stream) or the val loader (the
     first ``eval.max_images`` images, as a new dataset; under ``distributed`` a disjoint slice per rank).
     ``dataset``: the split's :func:`build_dataset`, when the caller already built it (it is not changed)."""
     dataset = build_dataset(cfg, split) if dataset is None else dataset
     max_images = cfg.eval.max_images
     if split == "val" and max_images is not None:
-        dataset = dataset.subset(range(min(max_images, len(dataset))), name=f"{dataset.name} first {max_images}")
+        dataset = dataset.subset(
+            range(min(max_images, len(dataset))), name=f"{dataset.name} first {max_images}"
+        )
     rank, world_size = 0, 1
     if distributed:
         if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("build_dataloader(distributed=True) needs torch.distributed initialised "
-                               "(launch with torchrun and call init_process_group first)")
+            raise RuntimeError(
+                "build_dataloader(distributed=True) needs torch.distributed initialised "
+                "(launch with torchrun and call init_process_group first)"
+            )
         rank, world_size = dist.get_rank(), dist.get_world_size()
-    return make_dataloader(dataset, train=split == "train", batch_size=cfg.train.batch_size,
-                           num_workers=cfg.data.loader.num_workers, seed=cfg.seed, start_iter=start_iter, rank=rank,
-                           world_size=world_size, group_by_aspect_ratio=cfg.data.loader.aspect_ratio_grouping,
-                           pin_memory=cfg.data.loader.pin_memory)
+    return make_dataloader(
+        dataset,
+        train=split == "train",
+        batch_size=cfg.train.batch_size,
+        num_workers=cfg.data.loader.num_workers,
+        seed=cfg.seed,
+        start_iter=start_iter,
+        rank=rank,
+        world_size=world_size,
+        group_by_aspect_ratio=cfg.data.loader.aspect_ratio_grouping,
+        pin_memory=cfg.data.loader.pin_memory,
+    )

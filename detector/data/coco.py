@@ -1,6 +1,7 @@
 """COCO-format datasets (COCO 2017 and the generated synthetic set): ``root/annotations/instances_<split>.json``,
 images under ``root/<split>/``. Labels 1..K follow the sorted category ids (``label_to_cat_id`` maps back); xywh
 becomes xyxy in :func:`parse_coco` only. Crowd annotations are kept as ``iscrowd``; ``area`` is the annotation's."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,28 +28,46 @@ def load_coco_json(ann_file: str | Path) -> COCO:
     (required fields, numeric fields, unique image ids): each error is one DatasetError line naming the entry."""
     ann_file = Path(ann_file)
     if not ann_file.is_file():
-        raise DatasetError(f"{ann_file}: annotation file not found; check data.root and the split name "
-                           f"(expected <root>/annotations/instances_<split>.json)")
+        raise DatasetError(
+            f"{ann_file}: annotation file not found; check data.root and the split name "
+            f"(expected <root>/annotations/instances_<split>.json)"
+        )
     try:
         data = json.loads(ann_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{ann_file}: not valid JSON ({exc}); re-download or regenerate the file") from None
+        raise DatasetError(
+            f"{ann_file}: not valid JSON ({exc}); re-download or regenerate the file"
+        ) from None
     if not isinstance(data, dict):
         raise DatasetError(f"{ann_file}: expected a JSON object with images/annotations/categories")
     for key in ("images", "categories"):
         if not isinstance(data.get(key), list):
-            raise DatasetError(f"{ann_file}: field {key!r} is missing or not a list; not a COCO instances file")
+            raise DatasetError(
+                f"{ann_file}: field {key!r} is missing or not a list; not a COCO instances file"
+            )
     data.setdefault("annotations", [])
     for where, items, fields, numeric in (
-            ("image", data["images"], ("id", "file_name", "height", "width"), ("id", "height", "width")),
-            ("category", data["categories"], ("id", "name"), ("id",)),
-            ("annotation", data["annotations"], ("id", "image_id", "category_id", "bbox"),
-             ("bbox", "area", "iscrowd"))):
+        (
+            "image",
+            data["images"],
+            ("id", "file_name", "height", "width"),
+            ("id", "height", "width"),
+        ),
+        ("category", data["categories"], ("id", "name"), ("id",)),
+        (
+            "annotation",
+            data["annotations"],
+            ("id", "image_id", "category_id", "bbox"),
+            ("bbox", "area", "iscrowd"),
+        ),
+    ):
         for item in items:
             missing = [f for f in fields if f not in item]
             if missing:
-                raise DatasetError(f"{ann_file}: {where} {item.get('id', '?')} lacks field {missing[0]!r}; "
-                                   f"fix or remove that entry")
+                raise DatasetError(
+                    f"{ann_file}: {where} {item.get('id', '?')} lacks field {missing[0]!r}; "
+                    f"fix or remove that entry"
+                )
             for field in (f for f in numeric if f in item):
                 value = item[field]
                 if field == "bbox":
@@ -57,15 +76,21 @@ def load_coco_json(ann_file: str | Path) -> COCO:
                 else:
                     ok, want = is_number(value), "a number"
                 if not ok:
-                    raise DatasetError(f"{ann_file}: {where} {item['id']} field {field!r} is {value!r}; expected "
-                                       f"{want} (not text, null or true/false)")
-    first: dict[int | float, int] = {}  # image id -> its entry in "images"; pycocotools would keep only the last
+                    raise DatasetError(
+                        f"{ann_file}: {where} {item['id']} field {field!r} is {value!r}; expected "
+                        f"{want} (not text, null or true/false)"
+                    )
+    first: dict[
+        int | float, int
+    ] = {}  # image id -> its entry in "images"; pycocotools would keep only the last
     for k, image in enumerate(data["images"]):
         j = first.setdefault(image["id"], k)
         if j != k:
-            raise DatasetError(f"{ann_file}: image id {image['id']} is used twice in 'images': entry {j} (file_name "
-                               f"{data['images'][j]['file_name']!r}) and entry {k} (file_name {image['file_name']!r}); "
-                               f"give each image its own id or remove the copy")
+            raise DatasetError(
+                f"{ann_file}: image id {image['id']} is used twice in 'images': entry {j} (file_name "
+                f"{data['images'][j]['file_name']!r}) and entry {k} (file_name {image['file_name']!r}); "
+                f"give each image its own id or remove the copy"
+            )
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -73,7 +98,9 @@ def load_coco_json(ann_file: str | Path) -> COCO:
     return coco
 
 
-def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
+def parse_coco(
+    coco: COCO, image_dir: str | Path, source: str
+) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
     """Records (sorted by image id), class names (index 0 background) and label -> category id of a
     :func:`load_coco_json` file; an unknown id or a file_name outside ``image_dir`` raises :class:`DatasetError`."""
     cat_ids = sorted(coco.cats)
@@ -81,12 +108,16 @@ def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[Ima
     classes = [BACKGROUND] + [coco.cats[c]["name"] for c in cat_ids]
     for ann in coco.dataset["annotations"]:
         if ann["category_id"] not in cat_to_label:
-            raise DatasetError(f"{source}: annotation {ann['id']} has category_id {ann['category_id']}, which is not "
-                               f"in 'categories' (ids {cat_ids[:10]}{' ...' if len(cat_ids) > 10 else ''}); "
-                               f"fix the annotation or add the category")
+            raise DatasetError(
+                f"{source}: annotation {ann['id']} has category_id {ann['category_id']}, which is not "
+                f"in 'categories' (ids {cat_ids[:10]}{' ...' if len(cat_ids) > 10 else ''}); "
+                f"fix the annotation or add the category"
+            )
         if ann["image_id"] not in coco.imgs:
-            raise DatasetError(f"{source}: annotation {ann['id']} refers to image_id {ann['image_id']}, which is not "
-                               f"in 'images'; remove the annotation or add the image")
+            raise DatasetError(
+                f"{source}: annotation {ann['id']} refers to image_id {ann['image_id']}, which is not "
+                f"in 'images'; remove the annotation or add the image"
+            )
     records = []
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
@@ -95,10 +126,17 @@ def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> tuple[list[Ima
         boxes = box_xywh_to_xyxy(xywh).numpy()  # [N,4]
         box_area = (xywh[:, 2] * xywh[:, 3]).numpy()
         area = np.array([a.get("area", b) for a, b in zip(anns, box_area)], dtype=np.float32)
-        records.append(ImageRecord(
-            image_id=int(image_id), file_name=info["file_name"],
-            path=image_path(image_dir, info["file_name"], f"{source}: image {image_id}"),
-            height=int(info["height"]), width=int(info["width"]), boxes=boxes,
-            labels=np.array([cat_to_label[a["category_id"]] for a in anns], dtype=np.int64),
-            iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool), area=area))
+        records.append(
+            ImageRecord(
+                image_id=int(image_id),
+                file_name=info["file_name"],
+                path=image_path(image_dir, info["file_name"], f"{source}: image {image_id}"),
+                height=int(info["height"]),
+                width=int(info["width"]),
+                boxes=boxes,
+                labels=np.array([cat_to_label[a["category_id"]] for a in anns], dtype=np.int64),
+                iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+                area=area,
+            )
+        )
     return records, classes, dict(enumerate(cat_ids, start=1))

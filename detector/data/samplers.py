@@ -1,5 +1,6 @@
 """Batch samplers: training's infinite seeded stream of ``(index, sample_seed)`` batches, grouped by aspect ratio
 as detectron2's ``AspectRatioGroupedDataset``; evaluation's contiguous, ordered, disjoint slice per rank."""
+
 from __future__ import annotations
 
 from itertools import count, islice
@@ -14,13 +15,23 @@ class GroupedInfiniteBatchSampler(torch.utils.data.Sampler):
     each rank takes every ``world_size``-th from ``rank`` on; ``start_iter=k`` skips k batches without loading data,
     so a resumed run sees the batches of an uninterrupted one."""
 
-    def __init__(self, group_ids: Sequence[int], *, batch_size: int, seed: int, start_iter: int = 0, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self,
+        group_ids: Sequence[int],
+        *,
+        batch_size: int,
+        seed: int,
+        start_iter: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         if world_size > len(group_ids):  # an empty dataset too: it would never yield a batch
-            raise ValueError(f"{len(group_ids)} images cannot be split over {world_size} ranks; use more images "
-                             f"(check the data.* subset settings)")
+            raise ValueError(
+                f"{len(group_ids)} images cannot be split over {world_size} ranks; use more images "
+                f"(check the data.* subset settings)"
+            )
         self.group_ids = [int(g) for g in group_ids]
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -35,7 +46,9 @@ class GroupedInfiniteBatchSampler(torch.utils.data.Sampler):
             generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % (2**63 - 1))
             order = torch.randperm(n, generator=generator).tolist()
             seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
-            for sample in zip(order[self.rank::self.world_size], seeds[self.rank::self.world_size]):
+            for sample in zip(
+                order[self.rank :: self.world_size], seeds[self.rank :: self.world_size]
+            ):
                 buffer = buffers.setdefault(self.group_ids[sample[0]], [])
                 buffer.append(sample)
                 if len(buffer) == self.batch_size:

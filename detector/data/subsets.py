@@ -1,4 +1,5 @@
 """Subsets of a parsed dataset, for every format (``tools/make_subset.py`` writes what ``build_dataset`` selects)."""
+
 from __future__ import annotations
 
 import difflib
@@ -13,29 +14,49 @@ from .base import BACKGROUND, DatasetError, ImageRecord
 logger = logging.getLogger(__name__)
 
 
-def select_classes(records: Sequence[ImageRecord], classes: Sequence[str], label_to_cat_id: dict[int, int],
-                   names: Sequence[str], source: str) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
+def select_classes(
+    records: Sequence[ImageRecord],
+    classes: Sequence[str],
+    label_to_cat_id: dict[int, int],
+    names: Sequence[str],
+    source: str,
+) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
     """Keep the annotations of ``names`` only, relabelled 1..len(names) in that order."""
     old = {name: label for label, name in enumerate(classes) if label > 0}
     for name in names:
         if name not in old:
             close = difflib.get_close_matches(name, list(old), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; available: {', '.join(old)}"
-            raise DatasetError(f"{source}: data.classes has {name!r}, which is not a class of the dataset{hint}")
+            raise DatasetError(
+                f"{source}: data.classes has {name!r}, which is not a class of the dataset{hint}"
+            )
     if len(set(names)) != len(names):
         raise DatasetError(f"{source}: data.classes lists a class twice: {list(names)}")
     lut = np.zeros(len(classes), dtype=np.int64)  # old label -> new label (0 = dropped)
     for new, name in enumerate(names, start=1):
         lut[old[name]] = new
     out = [rec.select(lut[rec.labels] > 0, labels=lut[rec.labels]) for rec in records]
-    return out, [BACKGROUND, *names], {new: label_to_cat_id[old[name]] for new, name in enumerate(names, start=1)}
+    return (
+        out,
+        [BACKGROUND, *names],
+        {new: label_to_cat_id[old[name]] for new, name in enumerate(names, start=1)},
+    )
 
 
-def subset_records(records: Sequence[ImageRecord], classes: Sequence[str], label_to_cat_id: dict[int, int], *,
-                   keep_classes: Sequence[str] | None = None, keep_empty: bool = True,
-                   image_ids_file: str | None = None, fraction: float | None = None, seed: int = 0,
-                   max_images: int | None = None, source: str = "dataset", ids_source: str = "data.image_ids_file"
-                   ) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
+def subset_records(
+    records: Sequence[ImageRecord],
+    classes: Sequence[str],
+    label_to_cat_id: dict[int, int],
+    *,
+    keep_classes: Sequence[str] | None = None,
+    keep_empty: bool = True,
+    image_ids_file: str | None = None,
+    fraction: float | None = None,
+    seed: int = 0,
+    max_images: int | None = None,
+    source: str = "dataset",
+    ids_source: str = "data.image_ids_file",
+) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
     """(records, classes, label_to_cat_id) after, in order: ``keep_classes`` (relabelled 1..K in that order),
     ``keep_empty=False`` (drop images without a non-crowd box), ``image_ids_file`` (a COCO id or VOC name a line;
     blank lines and ``#`` comments ignored), ``fraction`` (``round(fraction * n)``, at least 1, drawn with ``seed``,
@@ -44,23 +65,34 @@ def subset_records(records: Sequence[ImageRecord], classes: Sequence[str], label
         raise DatasetError(f"{image_ids_file}: image id file ({ids_source}) not found")
     records, classes, label_to_cat_id = list(records), list(classes), dict(label_to_cat_id)
     if keep_classes:
-        records, classes, label_to_cat_id = select_classes(records, classes, label_to_cat_id, keep_classes, source)
+        records, classes, label_to_cat_id = select_classes(
+            records, classes, label_to_cat_id, keep_classes, source
+        )
     if not keep_empty:
         records = [r for r in records if (~r.iscrowd).any()]
     if image_ids_file:
-        wanted = {line.split("#")[0].strip() for line in Path(image_ids_file).read_text().splitlines()} - {""}
+        wanted = {
+            line.split("#")[0].strip() for line in Path(image_ids_file).read_text().splitlines()
+        } - {""}
         kept = [r for r in records if str(r.image_id) in wanted or Path(r.file_name).stem in wanted]
         found = {str(r.image_id) for r in kept} | {Path(r.file_name).stem for r in kept}
         if not kept:
-            raise DatasetError(f"{source}: none of the {len(wanted)} ids in {ids_source} is an image of this "
-                               f"split; check the file and data.train_split/val_split")
+            raise DatasetError(
+                f"{source}: none of the {len(wanted)} ids in {ids_source} is an image of this "
+                f"split; check the file and data.train_split/val_split"
+            )
         if len(wanted - found):
-            logger.warning(f"{source}: {len(wanted - found)} ids of {ids_source} are not in this split "
-                           f"(or were filtered out), e.g. {sorted(wanted - found)[:3]}")
+            logger.warning(
+                f"{source}: {len(wanted - found)} ids of {ids_source} are not in this split "
+                f"(or were filtered out), e.g. {sorted(wanted - found)[:3]}"
+            )
         records = kept
     if fraction is not None and records:
         count = min(len(records), max(1, int(round(fraction * len(records)))))
-        records = [records[i] for i in np.sort(np.random.default_rng(seed).choice(len(records), count, replace=False))]
+        records = [
+            records[i]
+            for i in np.sort(np.random.default_rng(seed).choice(len(records), count, replace=False))
+        ]
     if max_images is not None:
         records = records[:max_images]
     return records, classes, label_to_cat_id
@@ -69,7 +101,13 @@ def subset_records(records: Sequence[ImageRecord], classes: Sequence[str], label
 def subset_coco_json(data: dict, image_ids: set[int], cat_ids: Sequence[int] | None) -> dict:
     """A COCO instances dict restricted to ``image_ids`` and (when given) ``cat_ids``, category ids unchanged."""
     keep_cats = set(cat_ids) if cat_ids is not None else {c["id"] for c in data["categories"]}
-    return {**data, "images": [im for im in data["images"] if im["id"] in image_ids],
-            "annotations": [a for a in data.get("annotations", [])
-                            if a["image_id"] in image_ids and a["category_id"] in keep_cats],
-            "categories": [c for c in data["categories"] if c["id"] in keep_cats]}
+    return {
+        **data,
+        "images": [im for im in data["images"] if im["id"] in image_ids],
+        "annotations": [
+            a
+            for a in data.get("annotations", [])
+            if a["image_id"] in image_ids and a["category_id"] in keep_cats
+        ],
+        "categories": [c for c in data["categories"] if c["id"] in keep_cats],
+    }

@@ -3,6 +3,7 @@
 A checkpoint is ``{"model", "optimizer", "scheduler", "scaler", "iteration", "best", "config", "rng"}``; the model's
 state dict carries the RoI head's dynamic state through ``get_extra_state``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,15 +52,24 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as "[enforce fail ...] unexpected pos"
+    except (
+        OSError,
+        RuntimeError,
+    ) as exc:  # torch.save reports a full disk as "[enforce fail ...] unexpected pos"
         os.unlink(tmp)
-        if isinstance(exc, RuntimeError) and "unexpected pos" not in str(exc) and "write" not in str(exc).lower():
+        if (
+            isinstance(exc, RuntimeError)
+            and "unexpected pos" not in str(exc)
+            and "write" not in str(exc).lower()
+        ):
             raise
         full = isinstance(exc, RuntimeError) or exc.errno in (errno.ENOSPC, errno.EDQUOT)
         intact = f"{path} is intact" if path.exists() else "no earlier checkpoint was touched"
         reason = "the disk is full" if full else os.strerror(exc.errno) if exc.errno else str(exc)
-        raise CheckpointError(f"{path}: could not write the checkpoint ({reason}); {intact}. Free some space "
-                              f"and resume with --resume") from None
+        raise CheckpointError(
+            f"{path}: could not write the checkpoint ({reason}); {intact}. Free some space "
+            f"and resume with --resume"
+        ) from None
     try:
         if keep_previous and path.exists():
             os.replace(path, path.parent / PREVIOUS)
@@ -81,24 +91,37 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
     """Read a checkpoint (or a bare model state dict) onto the CPU as data only; ``trust=True`` unpickles it whole."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found; pass the .pth file of a run "
-                              f"(runs/<name>/checkpoints/last.pth or best.pth)")
+        raise CheckpointError(
+            f"{path}: checkpoint not found; pass the .pth file of a run "
+            f"(runs/<name>/checkpoints/last.pth or best.pth)"
+        )
     try:
-        with contextlib.nullcontext() if trust else _numpy_rng_allowed():  # trust: the user's opt-in; may run code
+        with (
+            contextlib.nullcontext() if trust else _numpy_rng_allowed()
+        ):  # trust: the user's opt-in; may run code
             state = torch.load(path, map_location="cpu", weights_only=not trust)
-    except Exception as exc:  # a global that is code is named; truncated zip, garbage, wrong file: all alike
+    except (
+        Exception
+    ) as exc:  # a global that is code is named; truncated zip, garbage, wrong file: all alike
         unsafe = re.search(r"GLOBAL ([\w.]+)", str(exc)) if not trust else None
         if unsafe:
             raise UnsafeCheckpointError(
                 f"{path}: holds {unsafe[1]}, which is code, not checkpoint data, so it was not loaded; if you "
-                f"trust the file (you made it, or know its source), load it with --trust-checkpoint") from None
+                f"trust the file (you made it, or know its source), load it with --trust-checkpoint"
+            ) from None
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
-        raise CheckpointError(f"{path}: cannot be read ({type(exc).__name__}: {reason[:120]}); "
-                              f"the file is truncated or not a checkpoint: use another one (e.g. {PREVIOUS}) "
-                              f"or start the run again") from None
+        reason = next(
+            (line for line in lines if line.startswith("Unsupported")), lines[0] if lines else ""
+        )
+        raise CheckpointError(
+            f"{path}: cannot be read ({type(exc).__name__}: {reason[:120]}); "
+            f"the file is truncated or not a checkpoint: use another one (e.g. {PREVIOUS}) "
+            f"or start the run again"
+        ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a dict, got {type(state).__name__}; not a detector checkpoint")
+        raise CheckpointError(
+            f"{path}: expected a dict, got {type(state).__name__}; not a detector checkpoint"
+        )
     if "model" not in state:  # a bare state dict of the model
         if all(isinstance(v, torch.Tensor) for v in state.values()):
             return {"model": state}
@@ -106,11 +129,15 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
     return state
 
 
-def find_resume_checkpoint(checkpoint_dir: str | Path, trust: bool = False) -> dict[str, Any] | None:
+def find_resume_checkpoint(
+    checkpoint_dir: str | Path, trust: bool = False
+) -> dict[str, Any] | None:
     """The newest readable checkpoint of a run (``last.pth``, else ``last.prev.pth``), or None if there is none. A
     corrupt ``last.pth`` becomes ``last.corrupt.pth``: the next save must not rotate it over ``last.prev.pth``."""
     checkpoint_dir = Path(checkpoint_dir)
-    candidates = [checkpoint_dir / name for name in (LAST, PREVIOUS) if (checkpoint_dir / name).exists()]
+    candidates = [
+        checkpoint_dir / name for name in (LAST, PREVIOUS) if (checkpoint_dir / name).exists()
+    ]
     errors = []
     for path in candidates:
         try:
@@ -121,7 +148,9 @@ def find_resume_checkpoint(checkpoint_dir: str | Path, trust: bool = False) -> d
             errors.append(str(exc))
             if path.name == LAST and (checkpoint_dir / PREVIOUS).exists():
                 os.replace(path, checkpoint_dir / CORRUPT)
-                warnings.warn(f"{exc}; moved it to {CORRUPT} and falling back to {PREVIOUS}", stacklevel=2)
+                warnings.warn(
+                    f"{exc}; moved it to {CORRUPT} and falling back to {PREVIOUS}", stacklevel=2
+                )
             continue
         state["path"] = str(path)
         return state
@@ -130,23 +159,34 @@ def find_resume_checkpoint(checkpoint_dir: str | Path, trust: bool = False) -> d
     return None
 
 
-def load_model_weights(model: torch.nn.Module, path: str | Path, config: Mapping[str, Any],
-                       trust: bool = False) -> dict[str, Any]:
+def load_model_weights(
+    model: torch.nn.Module, path: str | Path, config: Mapping[str, Any], trust: bool = False
+) -> dict[str, Any]:
     """Load checkpoint ``path`` into ``model`` (built from ``config``, a plain dict); returns the checkpoint dict. A
     misfit is one :class:`CheckpointError` line naming the config to use (the run's ``config.yaml``)."""
     state = load_checkpoint(path, trust=trust)
     folder = Path(path).parent  # runs/x/checkpoints/best.pth -> runs/x
     run_config = (folder.parent if folder.name == "checkpoints" else folder) / "config.yaml"
-    use = (f"use the config it was trained with: --cfg {run_config}" if run_config.is_file()
-           else "use the config it was trained with (the checkpoint stores it under 'config')")
+    use = (
+        f"use the config it was trained with: --cfg {run_config}"
+        if run_config.is_file()
+        else "use the config it was trained with (the checkpoint stores it under 'config')"
+    )
     _load_fitting_weights(model, state, path, config, use)
     return state
 
 
-def _load_fitting_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path,
-                          config: Mapping[str, Any], fix: str) -> None:
+def _load_fitting_weights(
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    path: str | Path,
+    config: Mapping[str, Any],
+    fix: str,
+) -> None:
     """``model.load_state_dict(state["model"])`` once the weights are known to fit; else the one-line error."""
-    message = misfit_message(path, model, state["model"], fix, stored_config=state.get("config"), config=config)
+    message = misfit_message(
+        path, model, state["model"], fix, stored_config=state.get("config"), config=config
+    )
     if message:
         raise CheckpointError(message)
     model.load_state_dict(state["model"])
@@ -156,7 +196,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+    if (
+        "cuda" in state
+        and torch.cuda.is_available()
+        and len(state["cuda"]) == torch.cuda.device_count()
+    ):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
@@ -164,23 +208,49 @@ class Checkpointer:
     """Saves and restores all a run needs to continue exactly, every rank's RNG state included (gathered on save,
     which every rank calls; rank 0 writes)."""
 
-    def __init__(self, checkpoint_dir: str | Path, model, optimizer, scheduler, scaler, config: dict[str, Any]):
+    def __init__(
+        self,
+        checkpoint_dir: str | Path,
+        model,
+        optimizer,
+        scheduler,
+        scaler,
+        config: dict[str, Any],
+    ):
         self.dir = Path(checkpoint_dir)
-        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.model, self.optimizer, self.scheduler, self.scaler = (
+            model,
+            optimizer,
+            scheduler,
+            scaler,
+        )
         self.config = config
 
     def save(self, name: str, progress: "Progress", keep_previous: bool = False) -> Path | None:
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        rng = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+        }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         rng = dist_utils.gather_objects(rng)  # every rank's state: each resumes its own
         if not dist_utils.is_main_process():
             return None
-        return save_checkpoint({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                                "config": self.config, "rng": rng, "iteration": progress.iteration,
-                                "best": progress.best},
-                               self.dir / name, keep_previous=keep_previous)
+        return save_checkpoint(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "config": self.config,
+                "rng": rng,
+                "iteration": progress.iteration,
+                "best": progress.best,
+            },
+            self.dir / name,
+            keep_previous=keep_previous,
+        )
 
     def resume(self, rank: int, trust: bool = False) -> "Progress":
         """Load the newest readable checkpoint and say which; a fresh :class:`Progress` when there is none."""
@@ -188,9 +258,14 @@ class Checkpointer:
         if state is None:
             notice(f"--resume: {self.dir} holds no checkpoint yet; starting from iteration 0")
             return Progress()
-        _load_fitting_weights(self.model, state, state["path"], self.config,
-                              f"it is not a checkpoint of this run: move it out of {self.dir} (the resume then "
-                              f"takes {PREVIOUS}, or starts from scratch), or replace the run with --overwrite")
+        _load_fitting_weights(
+            self.model,
+            state,
+            state["path"],
+            self.config,
+            f"it is not a checkpoint of this run: move it out of {self.dir} (the resume then "
+            f"takes {PREVIOUS}, or starts from scratch), or replace the run with --overwrite",
+        )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -207,4 +282,6 @@ class Progress:
 
     iteration: int = 0
     best: float = float("-inf")
-    told_undefined: bool = False  # the console said once that the best metric is undefined (not saved)
+    told_undefined: bool = (
+        False  # the console said once that the best metric is undefined (not saved)
+    )

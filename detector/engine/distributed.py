@@ -1,5 +1,6 @@
 """Distributed training through torchrun (RANK/WORLD_SIZE/LOCAL_RANK): DDP with NCCL on GPU, gloo on CPU; a plain
 ``python tools/train.py`` runs as a world of one."""
+
 from __future__ import annotations
 
 import os
@@ -12,12 +13,16 @@ import torch.distributed as dist
 def init_distributed(device_type: str) -> bool:
     """Join the process group torchrun describes (even a world of one: ``--nproc_per_node=1`` runs DDP over NCCL
     like a larger job); return whether a process group is in use. A plain ``python tools/train.py`` joins none."""
-    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # torchrun and other launchers set these
+    launched = (
+        "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    )  # torchrun and other launchers set these
     if not dist.is_available() or dist.is_initialized() or not launched:
         return dist.is_available() and dist.is_initialized()
     if device_type == "cuda":
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+    dist.init_process_group(
+        backend="nccl" if device_type == "cuda" else "gloo", timeout=timedelta(minutes=30)
+    )
     return True
 
 
@@ -57,7 +62,9 @@ def any_rank(flag: bool) -> bool:
     call it at the same point of the loop."""
     if not is_distributed():
         return bool(flag)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    device = (
+        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    )
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())

@@ -1,6 +1,7 @@
 """Run logging: ``metrics.jsonl`` (one JSON object per log step and per evaluation) and TensorBoard events, rank 0
 only: every loss term (raw and weighted), lr, beta, IoU threshold, positives, per-coordinate |target| and
 |pred - target| statistics and histograms, gradient norm, images/s, peak memory, metrics, drawn val images, HParams."""
+
 from __future__ import annotations
 
 import json
@@ -14,12 +15,19 @@ import torch
 from detector.box_coder import DELTA_NAMES
 
 HPARAM_KEYS = {
-    "box_loss": "model.roi_head.box_loss.name", "beta": "model.roi_head.box_loss.beta",
-    "beta_schedule": "model.roi_head.box_loss.schedule.type", "normalizer": "model.roi_head.box_loss.normalizer",
-    "box_loss_weight": "model.roi_head.box_loss.weight", "dynamic_label_assignment":
-    "model.roi_head.dynamic_label_assignment.enabled", "backbone": "model.backbone.name", "lr": "train.lr",
-    "max_iters": "train.max_iters", "batch_size": "train.batch_size", "data": "data.format",
-    "label_noise": "data.label_noise", "seed": "seed",
+    "box_loss": "model.roi_head.box_loss.name",
+    "beta": "model.roi_head.box_loss.beta",
+    "beta_schedule": "model.roi_head.box_loss.schedule.type",
+    "normalizer": "model.roi_head.box_loss.normalizer",
+    "box_loss_weight": "model.roi_head.box_loss.weight",
+    "dynamic_label_assignment": "model.roi_head.dynamic_label_assignment.enabled",
+    "backbone": "model.backbone.name",
+    "lr": "train.lr",
+    "max_iters": "train.max_iters",
+    "batch_size": "train.batch_size",
+    "data": "data.format",
+    "label_noise": "data.label_noise",
+    "seed": "seed",
 }
 METRICS_FILE = "metrics.jsonl"
 HPARAM_METRICS = ("AP", "AP50", "AP75", "AP90", "mAP_voc")
@@ -61,9 +69,14 @@ class RunLogger:
 
     def __init__(self, run_dir: str | Path, resumed_at: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
+
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        dropped = 0 if resumed_at is None else _drop_records_after(self.run_dir / METRICS_FILE, resumed_at)
+        dropped = (
+            0
+            if resumed_at is None
+            else _drop_records_after(self.run_dir / METRICS_FILE, resumed_at)
+        )
         purge = None if resumed_at is None else resumed_at + 1
         self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
         self._jsonl = open(self.run_dir / METRICS_FILE, "a")
@@ -77,7 +90,11 @@ class RunLogger:
         self._jsonl.flush()
         prefix = "eval/" if kind == "eval" else ""
         for key, value in record.items():
-            if key not in ("type", "iter") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if (
+                key not in ("type", "iter")
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+            ):
                 self._writer.add_scalar(prefix + key, value, iteration)
             elif key == "AP_per_iou" and isinstance(value, list):
                 for thr, ap in zip(range(50, 100, 5), value):
@@ -103,10 +120,14 @@ class RunLogger:
     def hparams(self, cfg, metrics: dict[str, Any]) -> None:
         """The run's hyper-parameters and final metrics, in this run's own event file (HParams tab)."""
         from torch.utils.tensorboard.summary import hparams
+
         hp = {name: cfg.select(key) for name, key in HPARAM_KEYS.items()}
         hp = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hp.items()}
-        final = {f"hparam/{k}": float(metrics[k]) for k in HPARAM_METRICS
-                 if isinstance(metrics.get(k), (int, float))}
+        final = {
+            f"hparam/{k}": float(metrics[k])
+            for k in HPARAM_METRICS
+            if isinstance(metrics.get(k), (int, float))
+        }
         for summary in hparams(hp, final):  # experiment, session start and session end summaries
             self._writer._get_file_writer().add_summary(summary)
         for key, value in final.items():
@@ -118,12 +139,16 @@ class RunLogger:
         self._jsonl.close()
 
 
-def stats_to_scalars(stats: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+def stats_to_scalars(
+    stats: dict[str, torch.Tensor],
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Split the model's stats into 0-d scalars (one host copy per device) and ``hist/`` tensors."""
     scalars = {k: v for k, v in stats.items() if not k.startswith("hist/") and v.numel() == 1}
     hists = {k: v for k, v in stats.items() if k.startswith("hist/")}
     values: dict[str, float] = {}
     for device in {v.device for v in scalars.values()}:
         keys = [k for k, v in scalars.items() if v.device == device]
-        values.update(zip(keys, torch.stack([scalars[k].detach().float().reshape(()) for k in keys]).tolist()))
+        values.update(
+            zip(keys, torch.stack([scalars[k].detach().float().reshape(()) for k in keys]).tolist())
+        )
     return {k: values[k] for k in scalars}, hists

@@ -4,6 +4,7 @@
 2017; null: applied as given). SGD with momentum, weight decay on weights only (not biases or norms); linear warmup
 then multistep or cosine decay, as one ``LambdaLR``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,12 +24,25 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if param.requires_grad:
-                (no_decay if isinstance(module, norm_types) or name == "bias" else decay).append(param)
-    groups = [g for g in ({"params": decay, "weight_decay": cfg.train.weight_decay},
-                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+                (no_decay if isinstance(module, norm_types) or name == "bias" else decay).append(
+                    param
+                )
+    groups = [
+        g
+        for g in (
+            {"params": decay, "weight_decay": cfg.train.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        )
+        if g["params"]
+    ]
     fused = has_fused_sgd(groups[0]["params"][0].device)
-    optimizer = torch.optim.SGD(groups, lr=build_lr(cfg), momentum=cfg.train.momentum, fused=fused or None,
-                                foreach=None if fused else True)
+    optimizer = torch.optim.SGD(
+        groups,
+        lr=build_lr(cfg),
+        momentum=cfg.train.momentum,
+        fused=fused or None,
+        foreach=None if fused else True,
+    )
     optimizer.impl = "fused" if fused else "foreach"
     return optimizer
 
@@ -53,11 +67,24 @@ def scaled_lr(lr: float, reference_batch: int | None, batch_size: int, world_siz
 
 def build_lr(cfg) -> float:
     """The base learning rate this process trains with: ``train.lr`` scaled to the total batch of all ranks."""
-    return scaled_lr(cfg.train.lr, cfg.train.lr_reference_batch, cfg.train.batch_size, dist_utils.get_world_size())
+    return scaled_lr(
+        cfg.train.lr,
+        cfg.train.lr_reference_batch,
+        cfg.train.batch_size,
+        dist_utils.get_world_size(),
+    )
 
 
-def lr_factor(iteration: int, *, max_iters: int, schedule: str, milestones, gamma: float,
-              warmup_iters: int, warmup_factor: float) -> float:
+def lr_factor(
+    iteration: int,
+    *,
+    max_iters: int,
+    schedule: str,
+    milestones,
+    gamma: float,
+    warmup_iters: int,
+    warmup_factor: float,
+) -> float:
     """Multiplier of the base lr at ``iteration`` (0-based): warmup times the decay schedule."""
     if schedule == "cosine":
         decay = 0.5 * (1.0 + math.cos(math.pi * min(iteration, max_iters) / max_iters))
@@ -73,8 +100,14 @@ def lr_factor(iteration: int, *, max_iters: int, schedule: str, milestones, gamm
 def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     """``milestones`` <= 1 are fractions of ``train.max_iters``; larger values are iterations."""
     t = cfg.train
-    kwargs = dict(max_iters=t.max_iters, schedule=t.lr_schedule, milestones=tuple(t.milestones), gamma=t.gamma,
-                  warmup_iters=min(t.warmup_iters, t.max_iters), warmup_factor=t.warmup_factor)
+    kwargs = dict(
+        max_iters=t.max_iters,
+        schedule=t.lr_schedule,
+        milestones=tuple(t.milestones),
+        gamma=t.gamma,
+        warmup_iters=min(t.warmup_iters, t.max_iters),
+        warmup_factor=t.warmup_factor,
+    )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, **kwargs))
 
 
@@ -89,7 +122,10 @@ def max_iters_dependents(cfg, new_max_iters: int) -> list[str]:
         out.append("train.milestones (fractions of max_iters)")
     if t["warmup_iters"] > min(t["max_iters"], new_max_iters):
         out.append("train.warmup_iters (capped at max_iters)")
-    if loss["name"] == "dynamic_smooth_l1" and loss["schedule"]["type"] not in ("adaptive", "constant"):
+    if loss["name"] == "dynamic_smooth_l1" and loss["schedule"]["type"] not in (
+        "adaptive",
+        "constant",
+    ):
         out.append(f"model.roi_head.box_loss.schedule.type={loss['schedule']['type']}")
     return out
 
@@ -97,5 +133,9 @@ def max_iters_dependents(cfg, new_max_iters: int) -> list[str]:
 def build_loss_weights(cfg) -> dict[str, float]:
     """Each loss term's weight; the trainer multiplies by these in one place and logs both values."""
     m = cfg.model
-    return {"loss_rpn_cls": m.rpn.cls_weight, "loss_rpn_box": m.rpn.box_loss.weight,
-            "loss_cls": m.roi_head.cls_weight, "loss_box_reg": m.roi_head.box_loss.weight}
+    return {
+        "loss_rpn_cls": m.rpn.cls_weight,
+        "loss_rpn_box": m.rpn.box_loss.weight,
+        "loss_cls": m.roi_head.cls_weight,
+        "loss_box_reg": m.roi_head.box_loss.weight,
+    }

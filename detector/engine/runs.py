@@ -3,6 +3,7 @@
 :func:`check_run_folder` decides what a training may do before anything is written; :class:`RunLock` holds
 ``<run>/.lock`` while it trains.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,18 @@ RUN_ARTIFACT_GLOBS = ("events.out.tfevents.*",)
 # Keys that may differ between a run and its resume: they change how the run is observed or how fast it goes,
 # not what it learns. train.max_iters: see check_run_folder. Every other key defines the experiment.
 RESUME_SAFE_KEYS = (
-    "output_dir", "train.resume", "train.log_period", "train.hist_period", "train.eval_period",
-    "train.checkpoint_period", "train.num_vis_images", "train.device", "data.loader.num_workers", "eval.max_images",
-    "eval.backend", "train.compile",
+    "output_dir",
+    "train.resume",
+    "train.log_period",
+    "train.hist_period",
+    "train.eval_period",
+    "train.checkpoint_period",
+    "train.num_vis_images",
+    "train.device",
+    "data.loader.num_workers",
+    "eval.max_images",
+    "eval.backend",
+    "train.compile",
 )
 
 
@@ -41,6 +51,7 @@ class RunFolderError(UsageError):
 @dataclass
 class RunFolderPlan:
     """What :func:`check_run_folder` decided: resume, start, or replace the run."""
+
     resume: bool
     overwrite: bool = False
     notes: list[str] = field(default_factory=list)  # one-line messages for the user
@@ -77,48 +88,73 @@ def stored_config(run_dir: str | Path, fix: str) -> dict[str, Any] | None:
     return with_defaults(stored)
 
 
-def check_run_folder(run_dir: str | Path, cfg, resume: bool, overwrite: bool, extend: bool = False) -> RunFolderPlan:
+def check_run_folder(
+    run_dir: str | Path, cfg, resume: bool, overwrite: bool, extend: bool = False
+) -> RunFolderPlan:
     """Reads only. A new run into a run refuses; ``--resume`` refuses changed keys that define the experiment
     (:data:`RESUME_SAFE_KEYS` are reported) and a new ``train.max_iters`` schedules derive from unless ``extend``."""
     from detector.engine.optim import max_iters_dependents
+
     run_dir = Path(run_dir)
     if resume and overwrite:
-        raise RunFolderError("--resume and --overwrite exclude each other: continue the run, or replace it")
+        raise RunFolderError(
+            "--resume and --overwrite exclude each other: continue the run, or replace it"
+        )
     present = run_files(run_dir)
     if not present:
         notes = [f"--resume: {run_dir} holds no run yet; starting from scratch"] if resume else []
         return RunFolderPlan(resume=False, notes=notes)
     if overwrite:
-        return RunFolderPlan(resume=False, overwrite=True, notes=[f"--overwrite: replacing the run in {run_dir}"])
+        return RunFolderPlan(
+            resume=False, overwrite=True, notes=[f"--overwrite: replacing the run in {run_dir}"]
+        )
     if CONFIG_FILE not in present:
-        raise RunFolderError(f"{run_dir} holds a run's files ({', '.join(present)}) but no {CONFIG_FILE}, so it cannot "
-                             f"be checked against this config; restore {CONFIG_FILE}, start a new run with "
-                             f"output_dir={free_name(run_dir)}, or replace it with --overwrite")
+        raise RunFolderError(
+            f"{run_dir} holds a run's files ({', '.join(present)}) but no {CONFIG_FILE}, so it cannot "
+            f"be checked against this config; restore {CONFIG_FILE}, start a new run with "
+            f"output_dir={free_name(run_dir)}, or replace it with --overwrite"
+        )
     if not resume:
-        state = "a finished run" if (run_dir / "eval" / "metrics.json").is_file() else "an unfinished run"
-        raise RunFolderError(f"{run_dir} already holds {state}; continue it with --resume, start a new one with "
-                             f"output_dir={free_name(run_dir)}, or replace it with --overwrite")
-    stored = stored_config(run_dir, fix="this folder's run cannot be resumed: use another output_dir or --overwrite")
+        state = (
+            "a finished run"
+            if (run_dir / "eval" / "metrics.json").is_file()
+            else "an unfinished run"
+        )
+        raise RunFolderError(
+            f"{run_dir} already holds {state}; continue it with --resume, start a new one with "
+            f"output_dir={free_name(run_dir)}, or replace it with --overwrite"
+        )
+    stored = stored_config(
+        run_dir, fix="this folder's run cannot be resumed: use another output_dir or --overwrite"
+    )
     differ = diff_configs(stored, cfg.to_dict())
     unsafe = [k for k in differ if k not in RESUME_SAFE_KEYS and k != "train.max_iters"]
     if unsafe:
-        raise RunFolderError(f"--resume: the config differs from {run_dir / CONFIG_FILE} in keys that define the "
-                             f"experiment: {', '.join(unsafe)}; resume with the run's own config, or start a new "
-                             f"run with output_dir={free_name(run_dir)}")
+        raise RunFolderError(
+            f"--resume: the config differs from {run_dir / CONFIG_FILE} in keys that define the "
+            f"experiment: {', '.join(unsafe)}; resume with the run's own config, or start a new "
+            f"run with output_dir={free_name(run_dir)}"
+        )
     notes = []
     if "train.max_iters" in differ:
         length = f"train.max_iters {stored['train']['max_iters']} -> {cfg.train.max_iters}"
         derived = max_iters_dependents(stored, cfg.train.max_iters)
         if derived and not extend:
-            raise RunFolderError(f"--resume: {length} changes what the run learns ({', '.join(derived)} derive from "
-                                 f"it); resume with the run's own max_iters, or add --extend to continue the run to "
-                                 f"the new length with those schedules recomputed from here on")
+            raise RunFolderError(
+                f"--resume: {length} changes what the run learns ({', '.join(derived)} derive from "
+                f"it); resume with the run's own max_iters, or add --extend to continue the run to "
+                f"the new length with those schedules recomputed from here on"
+            )
         if derived:
-            notes.append(f"--extend: {length}; {', '.join(derived)} are recomputed for the new length from the "
-                         f"resume point on, so this run differs from one trained for that length from the start")
+            notes.append(
+                f"--extend: {length}; {', '.join(derived)} are recomputed for the new length from the "
+                f"resume point on, so this run differs from one trained for that length from the start"
+            )
     safe = [k for k in differ if k not in ("output_dir", "train.resume", "train.max_iters")]
     if safe:
-        notes.append(f"--resume: changed {', '.join(safe)} (allowed: they do not change what the run learns)")
+        notes.append(
+            f"--resume: changed {', '.join(safe)} (allowed: they do not change what the run learns)"
+        )
     return RunFolderPlan(resume=True, notes=notes)
 
 
@@ -126,6 +162,7 @@ def prepare_run_folder(run_dir: Path, cfg, plan: RunFolderPlan, notes: list[str]
     """After the checks passed and the lock is held (rank 0): say what was decided, remove the old run on
     ``--overwrite``, write ``config.yaml`` (the resolved config of this session) and clear orphaned temporaries."""
     from detector.engine.runtime import notice
+
     for line in [*plan.notes, *notes]:
         notice(line)
     if plan.overwrite:  # what the run wrote goes; the user's other files stay
@@ -136,7 +173,9 @@ def prepare_run_folder(run_dir: Path, cfg, plan: RunFolderPlan, notes: list[str]
                 path.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / CONFIG_FILE)
-    for path in sorted((run_dir / "checkpoints").glob(".*.pth.*.tmp")):  # save_checkpoint's temporary files
+    for path in sorted(
+        (run_dir / "checkpoints").glob(".*.pth.*.tmp")
+    ):  # save_checkpoint's temporary files
         path.unlink(missing_ok=True)
         notice(f"removed {path}, left by a checkpoint write that did not finish")
 
@@ -165,37 +204,57 @@ class RunLock:
         except (OSError, ValueError) as exc:
             holder = exc
         if not isinstance(holder, dict):
-            reason = f"{type(holder).__name__}: {holder}" if isinstance(holder, Exception) else "not a lock"
-            raise RunFolderError(f"{self.path} exists but cannot be read ({reason}); if no training uses "
-                                 f"{self.path.parent}, delete it")
+            reason = (
+                f"{type(holder).__name__}: {holder}"
+                if isinstance(holder, Exception)
+                else "not a lock"
+            )
+            raise RunFolderError(
+                f"{self.path} exists but cannot be read ({reason}); if no training uses "
+                f"{self.path.parent}, delete it"
+            )
         return holder
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f"{LOCK_FILE}.", suffix=".tmp")
         try:
-            os.fchmod(fd, 0o644)  # readable by the other users of the folder, as a plain file would be
+            os.fchmod(
+                fd, 0o644
+            )  # readable by the other users of the folder, as a plain file would be
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             for _ in range(2):
                 try:
-                    os.link(tmp, self.path)  # exclusive and atomic: the lock appears complete, or not at all
+                    os.link(
+                        tmp, self.path
+                    )  # exclusive and atomic: the lock appears complete, or not at all
                 except FileExistsError:
                     holder = self._holder()
                     pid, host = holder.get("pid"), holder.get("host")
                     if host == me["host"] and isinstance(pid, int) and not _pid_alive(pid):
-                        self.notes.append(f"{self.path}: taking over a stale lock of process {pid} on {host} "
-                                          f"(started {holder.get('started', '?')}), which is no longer running")
+                        self.notes.append(
+                            f"{self.path}: taking over a stale lock of process {pid} on {host} "
+                            f"(started {holder.get('started', '?')}), which is no longer running"
+                        )
                         self.path.unlink(missing_ok=True)
                         continue
-                    raise RunFolderError(f"{self.path.parent} is in use by another training (pid {pid} on {host}, "
-                                         f"started {holder.get('started', '?')}); wait for it, or use another "
-                                         f"output_dir. If that process is gone, delete {self.path}") from None
+                    raise RunFolderError(
+                        f"{self.path.parent} is in use by another training (pid {pid} on {host}, "
+                        f"started {holder.get('started', '?')}); wait for it, or use another "
+                        f"output_dir. If that process is gone, delete {self.path}"
+                    ) from None
                 return self
         finally:
             os.unlink(tmp)
-        raise RunFolderError(f"{self.path}: could not take the lock; delete it if no training uses the folder")
+        raise RunFolderError(
+            f"{self.path}: could not take the lock; delete it if no training uses the folder"
+        )
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

@@ -1,5 +1,6 @@
 """Where and how a process computes: device, mixed precision, seeds, ``torch.compile``, batches onto the device,
 and stopping (:class:`GracefulStop`)."""
+
 from __future__ import annotations
 
 import random
@@ -17,6 +18,7 @@ def notice(message: str) -> None:
     """A one-line message from rank 0, on stderr (beside a progress bar, not on it)."""
     if dist_utils.is_main_process():
         from tqdm import tqdm
+
         tqdm.write(message, file=sys.stderr)
 
 
@@ -24,7 +26,10 @@ def select_device(name: str) -> torch.device:
     """``train.device``: auto (CUDA if present), cpu or cuda (this process's local rank under torchrun)."""
     if name == "cuda" and not torch.cuda.is_available():
         from detector.config import ConfigError
-        raise ConfigError("train.device=cuda but CUDA is not available; use train.device=auto or cpu")
+
+        raise ConfigError(
+            "train.device=cuda but CUDA is not available; use train.device=auto or cpu"
+        )
     cuda = name == "cuda" or name == "auto" and torch.cuda.is_available()
     return torch.device("cuda", dist_utils.local_rank()) if cuda else torch.device("cpu")
 
@@ -39,7 +44,11 @@ def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | Non
     return torch.float16, True
 
 
-COMPILE_TARGETS = {"none": (), "backbone": ("backbone",), "all": ("backbone", "rpn.head", "roi_heads.box_head")}
+COMPILE_TARGETS = {
+    "none": (),
+    "backbone": ("backbone",),
+    "all": ("backbone", "rpn.head", "roi_heads.box_head"),
+}
 
 
 def compile_submodules(model: torch.nn.Module, what: str) -> list[str]:
@@ -67,7 +76,9 @@ class CompiledForward:
 
     def _fall_back(self, exc: Exception) -> None:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        notice(f"{self.label} could not be compiled ({type(exc).__name__}: {first}); continuing uncompiled")
+        notice(
+            f"{self.label} could not be compiled ({type(exc).__name__}: {first}); continuing uncompiled"
+        )
 
     def __call__(self, *args, **kwargs):
         if self.compiled is not None:
@@ -91,8 +102,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def to_device(images, targets, device: torch.device):
     """A loader batch (list of [3,H,W] images, list of target dicts) onto ``device``, without blocking."""
     images = [img.to(device, non_blocking=True) for img in images]
-    targets = [{k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
-               for t in targets]
+    targets = [
+        {
+            k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+            for k, v in t.items()
+        }
+        for t in targets
+    ]
     return images, targets
 
 

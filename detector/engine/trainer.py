@@ -3,6 +3,7 @@
 ``config.yaml`` is written only once data, model and optimizer are built; ``last.pth`` before the final evaluation.
 Loss weights are applied here only. Losses stay on the device until :class:`LossWatch` reads them.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,15 @@ from detector.engine.checkpoint import BEST, LAST, Checkpointer, Progress
 from detector.engine.logger import RunLogger, format_value, stats_to_scalars
 from detector.engine.optim import build_loss_weights, build_lr, build_lr_scheduler, build_optimizer
 from detector.engine.runs import RunLock, check_run_folder, prepare_run_folder
-from detector.engine.runtime import (GracefulStop, amp_settings, compile_submodules, notice, seed_everything,
-                                     select_device, to_device)
+from detector.engine.runtime import (
+    GracefulStop,
+    amp_settings,
+    compile_submodules,
+    notice,
+    seed_everything,
+    select_device,
+    to_device,
+)
 from detector.errors import DetectorError
 from detector.evaluation.results import draw_predictions, evaluate_model, write_eval_results
 from detector.modeling import build_detector
@@ -39,33 +47,52 @@ class TrainingInterrupted(DetectorError):
     exit_code = 130
 
 
-def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, extend: bool = False,
-          trust_checkpoint: bool = False) -> dict[str, Any]:
+def train(
+    cfg: Config,
+    run_dir: str | Path,
+    overwrite: bool = False,
+    extend: bool = False,
+    trust_checkpoint: bool = False,
+) -> dict[str, Any]:
     """Train, evaluate and checkpoint one run into ``run_dir``; return the final metrics. ``extend``/``overwrite``:
     see :func:`detector.engine.runs.check_run_folder`; ``trust_checkpoint``: ``--trust-checkpoint`` on resume."""
     run_dir = Path(run_dir)
-    plan = check_run_folder(run_dir, cfg, resume=bool(cfg.train.resume), overwrite=overwrite, extend=extend)
+    plan = check_run_folder(
+        run_dir, cfg, resume=bool(cfg.train.resume), overwrite=overwrite, extend=extend
+    )
     device = select_device(cfg.train.device)
     distributed = dist_utils.init_distributed(device.type)
     lock = RunLock(run_dir)  # held by rank 0, released however the run ends
     try:
-        with GracefulStop(graceful=False), (lock if dist_utils.is_main_process() else nullcontext()):
+        with GracefulStop(graceful=False), lock if dist_utils.is_main_process() else nullcontext():
             return _train(cfg, run_dir, plan, device, distributed, lock.notes, trust_checkpoint)
     except KeyboardInterrupt as exc:  # a signal outside the training steps: set-up or evaluation
         last = run_dir / "checkpoints" / LAST
-        where = (f"{last} holds the run; continue with the same command plus --resume" if last.is_file()
-                 else "no checkpoint was written yet; run the same command again")
-        raise TrainingInterrupted(f"stopped by {exc.args[0] if exc.args else 'SIGINT'} before the run finished; "
-                                  f"{where}") from None
+        where = (
+            f"{last} holds the run; continue with the same command plus --resume"
+            if last.is_file()
+            else "no checkpoint was written yet; run the same command again"
+        )
+        raise TrainingInterrupted(
+            f"stopped by {exc.args[0] if exc.args else 'SIGINT'} before the run finished; {where}"
+        ) from None
 
 
-def _train(cfg: Config, run_dir: Path, plan, device: torch.device, distributed: bool,
-           lock_notes: list[str], trust_checkpoint: bool = False) -> dict[str, Any]:
+def _train(
+    cfg: Config,
+    run_dir: Path,
+    plan,
+    device: torch.device,
+    distributed: bool,
+    lock_notes: list[str],
+    trust_checkpoint: bool = False,
+) -> dict[str, Any]:
     rank, main = dist_utils.get_rank(), dist_utils.is_main_process()
     seed_everything(cfg.seed + rank, cfg.deterministic)
     amp_dtype, use_scaler = amp_settings(cfg.train.amp, device)
-    torch.backends.cudnn.benchmark = cudnn_benchmark = (device.type == "cuda" and cfg.data.input.pad_buckets > 0
-                                                        and not cfg.deterministic)
+    torch.backends.cudnn.benchmark = cudnn_benchmark = (
+        device.type == "cuda" and cfg.data.input.pad_buckets > 0 and not cfg.deterministic
+    )
 
     # ---------------------------------------------------------------- data, model, optimizer, state
     train_set = build_dataset(cfg, "train")  # its loader is made once the resume point is known
@@ -79,27 +106,49 @@ def _train(cfg: Config, run_dir: Path, plan, device: torch.device, distributed: 
     scheduler = build_lr_scheduler(cfg, optimizer)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     loss_weights = build_loss_weights(cfg)
-    checkpointer = Checkpointer(run_dir / "checkpoints", model, optimizer, scheduler, scaler, cfg.to_dict())
+    checkpointer = Checkpointer(
+        run_dir / "checkpoints", model, optimizer, scheduler, scaler, cfg.to_dict()
+    )
     progress = checkpointer.resume(rank, trust=trust_checkpoint) if plan.resume else Progress()
     start_iter = progress.iteration
-    train_loader = build_dataloader(cfg, "train", start_iter=start_iter, distributed=distributed, dataset=train_set)
-    if main:  # everything that can fail on the user's data has been built: the folder becomes a run now
-        scaling = (f"lr {build_lr(cfg):.4g} = train.lr {cfg.train.lr:g} per {cfg.train.lr_reference_batch} images x "
-                   f"{cfg.train.batch_size} images x {dist_utils.get_world_size()} process(es)")
-        prepare_run_folder(run_dir, cfg, plan, lock_notes + ([scaling] if cfg.train.lr_reference_batch else []))
+    train_loader = build_dataloader(
+        cfg, "train", start_iter=start_iter, distributed=distributed, dataset=train_set
+    )
+    if (
+        main
+    ):  # everything that can fail on the user's data has been built: the folder becomes a run now
+        scaling = (
+            f"lr {build_lr(cfg):.4g} = train.lr {cfg.train.lr:g} per {cfg.train.lr_reference_batch} images x "
+            f"{cfg.train.batch_size} images x {dist_utils.get_world_size()} process(es)"
+        )
+        prepare_run_folder(
+            run_dir, cfg, plan, lock_notes + ([scaling] if cfg.train.lr_reference_batch else [])
+        )
         warn_if_no_boxes(train_loader.dataset, "training")
     logger = RunLogger(run_dir, resumed_at=start_iter or None) if main else None
     if main and start_iter == 0:
-        logger.log("start", 0, {"num_train_images": len(train_loader.dataset), "num_classes": len(classes) - 1,
-                                "num_val_images": len(val_loader.dataset), "device": str(device),
-                                "world_size": dist_utils.get_world_size(), "amp": str(amp_dtype),
-                                "dist_backend": torch.distributed.get_backend() if distributed else None,
-                                "pad_buckets": list(model.pad_buckets), "cudnn_benchmark": cudnn_benchmark,
-                                "compiled": compiled, "optimizer": optimizer.impl})
+        logger.log(
+            "start",
+            0,
+            {
+                "num_train_images": len(train_loader.dataset),
+                "num_classes": len(classes) - 1,
+                "num_val_images": len(val_loader.dataset),
+                "device": str(device),
+                "world_size": dist_utils.get_world_size(),
+                "amp": str(amp_dtype),
+                "dist_backend": torch.distributed.get_backend() if distributed else None,
+                "pad_buckets": list(model.pad_buckets),
+                "cudnn_benchmark": cudnn_benchmark,
+                "compiled": compiled,
+                "optimizer": optimizer.impl,
+            },
+        )
     raw_model = model
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     eval_args = dict(val_loader=val_loader, device=device, amp_dtype=amp_dtype, classes=classes)
 
     # ---------------------------------------------------------------- the loop
@@ -110,8 +159,18 @@ def _train(cfg: Config, run_dir: Path, plan, device: torch.device, distributed: 
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with tqdm(total=max_iters, initial=start_iter, disable=not main, dynamic_ncols=True, mininterval=1.0,
-              file=sys.stderr, desc="train") as bar, GracefulStop() as stop:
+    with (
+        tqdm(
+            total=max_iters,
+            initial=start_iter,
+            disable=not main,
+            dynamic_ncols=True,
+            mininterval=1.0,
+            file=sys.stderr,
+            desc="train",
+        ) as bar,
+        GracefulStop() as stop,
+    ):
         for iteration in range(start_iter, max_iters):
             t0 = time.perf_counter()
             images, targets = to_device(*next(data_iter), device)
@@ -127,7 +186,9 @@ def _train(cfg: Config, run_dir: Path, plan, device: torch.device, distributed: 
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            raw_model.update_dynamic_state(iteration, stats)  # Dynamic R-CNN beta / IoU threshold, every rank
+            raw_model.update_dynamic_state(
+                iteration, stats
+            )  # Dynamic R-CNN beta / IoU threshold, every rank
             progress.iteration = done = iteration + 1
             window["images"] += len(images) * dist_utils.get_world_size()
             window["steps"] += 1
@@ -135,28 +196,52 @@ def _train(cfg: Config, run_dir: Path, plan, device: torch.device, distributed: 
 
             last_step = done == max_iters
             log_now = done % cfg.train.log_period == 0 or last_step
-            eval_now = bool(cfg.train.eval_period) and done % cfg.train.eval_period == 0 and not last_step
+            eval_now = (
+                bool(cfg.train.eval_period) and done % cfg.train.eval_period == 0 and not last_step
+            )
             save_now = done % cfg.train.checkpoint_period == 0 or last_step
             # a signal may reach torchrun's ranks at different steps: they agree at log and checkpoint steps
-            stopping = (not distributed or log_now or save_now) and dist_utils.any_rank(stop.requested is not None)
-            if log_now or eval_now or save_now or stopping:  # no checkpoint is ever written past a NaN loss
+            stopping = (not distributed or log_now or save_now) and dist_utils.any_rank(
+                stop.requested is not None
+            )
+            if (
+                log_now or eval_now or save_now or stopping
+            ):  # no checkpoint is ever written past a NaN loss
                 watch.raise_if_bad(checkpointer, progress)
             if log_now:
-                log_train_step(logger, bar, cfg, done, losses, total, stats, loss_weights, optimizer, grad_norm,
-                               window, device)
+                log_train_step(
+                    logger,
+                    bar,
+                    cfg,
+                    done,
+                    losses,
+                    total,
+                    stats,
+                    loss_weights,
+                    optimizer,
+                    grad_norm,
+                    window,
+                    device,
+                )
             t_aside = time.perf_counter()
             if eval_now:
                 evaluate_and_log(raw_model, logger, checkpointer, progress, cfg, done, **eval_args)
             if save_now or (stopping and not last_step):
                 checkpointer.save(LAST, progress, keep_previous=True)
-            window["start"] += time.perf_counter() - t_aside  # evaluation and checkpoints are not training speed
+            window["start"] += (
+                time.perf_counter() - t_aside
+            )  # evaluation and checkpoints are not training speed
             if stopping and not last_step:
-                raise TrainingInterrupted(f"stopped by {stop.requested or 'a signal to another rank'} at iteration "
-                                          f"{done} of {max_iters}; {checkpointer.dir / LAST} holds it. Continue "
-                                          f"with the same command plus --resume")
+                raise TrainingInterrupted(
+                    f"stopped by {stop.requested or 'a signal to another rank'} at iteration "
+                    f"{done} of {max_iters}; {checkpointer.dir / LAST} holds it. Continue "
+                    f"with the same command plus --resume"
+                )
 
     # ---------------------------------------------------------------- final evaluation (last.pth is on disk)
-    metrics, detections = evaluate_and_log(raw_model, logger, checkpointer, progress, cfg, max_iters, **eval_args)
+    metrics, detections = evaluate_and_log(
+        raw_model, logger, checkpointer, progress, cfg, max_iters, **eval_args
+    )
     if main:
         logger.hparams(cfg, metrics)
         write_eval_results(run_dir / "eval", metrics, val_loader.dataset, detections)
@@ -189,27 +274,57 @@ class LossWatch:
         if not int(bad.any()):
             return
         row, values = int(bad.argmax()), rows[int(bad.argmax())].tolist()
-        names = [n for n, v in zip(self.names, values) if not math.isfinite(v)] or ["a loss on another rank"]
+        names = [n for n, v in zip(self.names, values) if not math.isfinite(v)] or [
+            "a loss on another rank"
+        ]
         values = ", ".join(f"{n}={v:.4g}" for n, v in zip(self.names, values))
-        message = (f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} not finite at iteration "
-                   f"{self.first + row} ({values}); found at the check after iteration {self.first + len(rows) - 1}")
+        message = (
+            f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} not finite at iteration "
+            f"{self.first + row} ({values}); found at the check after iteration {self.first + len(rows) - 1}"
+        )
         if checkpointer is not None:
             diagnostic = checkpointer.save(f"nonfinite_iter{self.first + row}.pth", progress)
             last = checkpointer.dir / LAST
-            good = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was written before it"
+            good = (
+                f"last good checkpoint: {last}"
+                if last.is_file()
+                else "no checkpoint was written before it"
+            )
             message += f"; diagnostic checkpoint: {diagnostic}; {good}"
-        raise NonFiniteLossError(f"{message}. Try a lower train.lr, train.clip_grad_norm>0 or another box loss.")
+        raise NonFiniteLossError(
+            f"{message}. Try a lower train.lr, train.clip_grad_norm>0 or another box loss."
+        )
 
 
-def evaluate_and_log(model, logger: RunLogger | None, checkpointer: Checkpointer, progress: Progress, cfg: Config,
-                     iteration: int, *, val_loader, device, amp_dtype, classes) -> tuple[dict[str, Any], list]:
+def evaluate_and_log(
+    model,
+    logger: RunLogger | None,
+    checkpointer: Checkpointer,
+    progress: Progress,
+    cfg: Config,
+    iteration: int,
+    *,
+    val_loader,
+    device,
+    amp_dtype,
+    classes,
+) -> tuple[dict[str, Any], list]:
     """Evaluate on the val split, log the metrics (and a few drawn images), keep ``best.pth``."""
-    metrics, detections = evaluate_model(model, val_loader, device, metric=cfg.eval.metric, backend=cfg.eval.backend,
-                                         amp_dtype=amp_dtype, max_images=cfg.eval.max_images)
+    metrics, detections = evaluate_model(
+        model,
+        val_loader,
+        device,
+        metric=cfg.eval.metric,
+        backend=cfg.eval.backend,
+        amp_dtype=amp_dtype,
+        max_images=cfg.eval.max_images,
+    )
     if logger is not None:
         logger.log("eval", iteration, metrics)
         if cfg.train.num_vis_images:
-            drawn = draw_predictions(model, val_loader.dataset, cfg.train.num_vis_images, device, classes)
+            drawn = draw_predictions(
+                model, val_loader.dataset, cfg.train.num_vis_images, device, classes
+            )
             logger.images(iteration, "val", drawn)
     if keep_best(progress, metrics, cfg.train.best_metric):  # identical on every rank
         checkpointer.save(BEST, progress)
@@ -217,9 +332,20 @@ def evaluate_and_log(model, logger: RunLogger | None, checkpointer: Checkpointer
     return metrics, detections
 
 
-def log_train_step(logger: RunLogger | None, bar, cfg: Config, done: int, losses: dict[str, torch.Tensor],
-                   total: torch.Tensor, stats: dict[str, torch.Tensor], loss_weights: dict[str, float], optimizer,
-                   grad_norm: torch.Tensor, window: dict, device: torch.device) -> None:
+def log_train_step(
+    logger: RunLogger | None,
+    bar,
+    cfg: Config,
+    done: int,
+    losses: dict[str, torch.Tensor],
+    total: torch.Tensor,
+    stats: dict[str, torch.Tensor],
+    loss_weights: dict[str, float],
+    optimizer,
+    grad_norm: torch.Tensor,
+    window: dict,
+    device: torch.device,
+) -> None:
     """One log step: losses (raw and weighted), stats, lr, speed, memory; then a new ``window``. After a device sync,
     ``data_time`` is the host's mean wait per step for the loader and ``step_time`` the rest of the wall time."""
     if device.type == "cuda":
@@ -230,23 +356,36 @@ def log_train_step(logger: RunLogger | None, bar, cfg: Config, done: int, losses
     values = {k: float(v.detach()) for k, v in reduced.items()}
     values.update({f"weighted/{k}": values[k] * loss_weights[k] for k in losses}, **scalars)
     data_time = window["data_time"] / steps
-    values.update({"lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
-                   "images_per_s": window["images"] / max(elapsed, 1e-9), "data_time": data_time,
-                   "step_time": max(elapsed / steps - data_time, 0.0)})
+    values.update(
+        {
+            "lr": optimizer.param_groups[0]["lr"],
+            "grad_norm": float(grad_norm),
+            "images_per_s": window["images"] / max(elapsed, 1e-9),
+            "data_time": data_time,
+            "step_time": max(elapsed / steps - data_time, 0.0),
+        }
+    )
     if device.type == "cuda":
-        values["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        values["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if logger is not None:
         logger.log("train", done, values)
         if done % cfg.train.hist_period == 0 or done == cfg.train.max_iters:
             logger.histograms(done, hists)
-        if done == cfg.train.max_iters:  # the end-of-training error distribution, for ablation plots
-            torch.save({k: v.detach().float().cpu() for k, v in hists.items()}, logger.run_dir / "final_errors.pt")
+        if (
+            done == cfg.train.max_iters
+        ):  # the end-of-training error distribution, for ablation plots
+            torch.save(
+                {k: v.detach().float().cpu() for k, v in hists.items()},
+                logger.run_dir / "final_errors.pt",
+            )
         beta = f"  beta {format_value(values['beta'])}" if "beta" in values else ""
         bar.set_postfix(loss=format_value(values["total_loss"], 3), lr=f"{values['lr']:.2g}")
-        bar.write(f"iter {done}/{cfg.train.max_iters}  loss {format_value(values['total_loss'])}  "
-                  + "  ".join(f"{k} {format_value(values[k])}" for k in losses)
-                  + f"{beta}  lr {values['lr']:.4g}  {values['images_per_s']:.1f} img/s  "
-                  f"data {values['data_time'] * 1e3:.0f} ms  step {values['step_time'] * 1e3:.0f} ms")
+        bar.write(
+            f"iter {done}/{cfg.train.max_iters}  loss {format_value(values['total_loss'])}  "
+            + "  ".join(f"{k} {format_value(values[k])}" for k in losses)
+            + f"{beta}  lr {values['lr']:.4g}  {values['images_per_s']:.1f} img/s  "
+            f"data {values['data_time'] * 1e3:.0f} ms  step {values['step_time'] * 1e3:.0f} ms"
+        )
     window.update(start=time.perf_counter(), images=0, steps=0, data_time=0.0)
 
 
@@ -257,8 +396,10 @@ def keep_best(progress: Progress, metrics: dict[str, Any], metric: str) -> bool:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         if not progress.told_undefined:
             progress.told_undefined = True
-            notice(f"{metric} is undefined ({value}): the val split has no ground-truth boxes to score against, so "
-                   f"no best.pth is kept; check the val annotations and data.classes")
+            notice(
+                f"{metric} is undefined ({value}): the val split has no ground-truth boxes to score against, so "
+                f"no best.pth is kept; check the val annotations and data.classes"
+            )
         return False
     if value > progress.best:
         progress.best = value
@@ -269,6 +410,8 @@ def keep_best(progress: Progress, metrics: dict[str, Any], metric: str) -> bool:
 def warn_if_no_boxes(dataset, split: str) -> None:
     """Once, before training: a split with no boxes trains the classifier on background only."""
     if len(dataset) and not any(len(r.boxes) for r in dataset.records):
-        notice(f"warning: the {split} split ({dataset.name}, {len(dataset)} images) has no boxes at all: the box "
-               f"losses stay 0 and the detector can only learn background; check the annotation file and "
-               f"data.classes")
+        notice(
+            f"warning: the {split} split ({dataset.name}, {len(dataset)} images) has no boxes at all: the box "
+            f"losses stay 0 and the detector can only learn background; check the annotation file and "
+            f"data.classes"
+        )

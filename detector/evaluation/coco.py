@@ -3,6 +3,7 @@
 Boxes cross from the package's xyxy ORIGINAL pixels with labels 1..K to COCO's xywh with the dataset's category ids
 only in :func:`build_coco_gt` (a VOC ``difficult`` object becomes ``iscrowd``) and :func:`detections_to_coco_results`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detector.boxes import box_xywh_to_xyxy, box_xyxy_to_xywh
-from detector.data.coco import is_number
 from detector.config import COCO_EXTRA_NAMES, COCO_METRIC_NAMES, EVAL_BACKENDS  # noqa: F401 (re-exported)
+from detector.data.coco import is_number
 
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 DETECTION_KEYS = ("image_id", "boxes", "labels", "scores")
@@ -35,26 +36,47 @@ def dataset_image_ids(dataset) -> list[int]:
 def build_coco_gt(dataset) -> COCO:
     """The dataset's ground truth as a pycocotools ``COCO`` (no decoding, nothing cached). Annotation ids start at 1
     (COCOeval's 0 is "unmatched")."""
-    categories = [{"id": int(cat_id), "name": dataset.classes[label], "supercategory": ""}
-                  for label, cat_id in sorted(dataset.label_to_cat_id.items())]
+    categories = [
+        {"id": int(cat_id), "name": dataset.classes[label], "supercategory": ""}
+        for label, cat_id in sorted(dataset.label_to_cat_id.items())
+    ]
     images, annotations = [], []
     for index in range(len(dataset)):
         info = dataset.get_image_info(index)
         target = dataset.get_target(index)
         image_id = int(info["image_id"])
-        images.append({"id": image_id, "file_name": info["file_name"],
-                       "height": int(info["height"]), "width": int(info["width"])})
-        boxes_xywh = box_xyxy_to_xywh(torch.as_tensor(target["boxes"]).reshape(-1, 4)).tolist()  # [N,4]
+        images.append(
+            {
+                "id": image_id,
+                "file_name": info["file_name"],
+                "height": int(info["height"]),
+                "width": int(info["width"]),
+            }
+        )
+        boxes_xywh = box_xyxy_to_xywh(
+            torch.as_tensor(target["boxes"]).reshape(-1, 4)
+        ).tolist()  # [N,4]
         labels = torch.as_tensor(target["labels"]).tolist()
         areas = torch.as_tensor(target["area"]).tolist()
         crowd = torch.as_tensor(target["iscrowd"]).tolist()
         for box, label, area, iscrowd in zip(boxes_xywh, labels, areas, crowd):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": int(dataset.label_to_cat_id[label]), "bbox": box,
-                                "area": float(area), "iscrowd": int(bool(iscrowd))})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(dataset.label_to_cat_id[label]),
+                    "bbox": box,
+                    "area": float(area),
+                    "iscrowd": int(bool(iscrowd)),
+                }
+            )
     coco_gt = COCO()
-    coco_gt.dataset = {"info": {"description": f"ground truth of {type(dataset).__name__}"},
-                       "images": images, "annotations": annotations, "categories": categories}
+    coco_gt.dataset = {
+        "info": {"description": f"ground truth of {type(dataset).__name__}"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt.createIndex()
     return coco_gt
@@ -66,12 +88,20 @@ def detections_to_coco_results(dataset, detections: Sequence[dict]) -> list[dict
     results = []
     for det in detections:
         image_id = int(det["image_id"])
-        boxes_xywh = box_xyxy_to_xywh(torch.as_tensor(det["boxes"], dtype=torch.float32).reshape(-1, 4)).tolist()
+        boxes_xywh = box_xyxy_to_xywh(
+            torch.as_tensor(det["boxes"], dtype=torch.float32).reshape(-1, 4)
+        ).tolist()
         labels = torch.as_tensor(det["labels"]).tolist()
         scores = torch.as_tensor(det["scores"], dtype=torch.float32).tolist()
         for box, label, score in zip(boxes_xywh, labels, scores):
-            results.append({"image_id": image_id, "category_id": int(dataset.label_to_cat_id[label]),
-                            "bbox": box, "score": score})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(dataset.label_to_cat_id[label]),
+                    "bbox": box,
+                    "score": score,
+                }
+            )
     return results
 
 
@@ -84,9 +114,14 @@ def coco_results_to_detections(dataset, results: Sequence[dict]) -> list[dict]:
     detections = []
     for image_id, items in grouped.items():
         boxes_xywh = torch.tensor([r["bbox"] for r in items], dtype=torch.float32).reshape(-1, 4)
-        detections.append({"image_id": image_id, "boxes": box_xywh_to_xyxy(boxes_xywh),
-                           "labels": torch.tensor([cat_id_to_label[int(r["category_id"])] for r in items]),
-                           "scores": torch.tensor([float(r["score"]) for r in items], dtype=torch.float32)})
+        detections.append(
+            {
+                "image_id": image_id,
+                "boxes": box_xywh_to_xyxy(boxes_xywh),
+                "labels": torch.tensor([cat_id_to_label[int(r["category_id"])] for r in items]),
+                "scores": torch.tensor([float(r["score"]) for r in items], dtype=torch.float32),
+            }
+        )
     return detections
 
 
@@ -96,11 +131,20 @@ def validate_detections(dataset, detections: Sequence[dict], source: str = "dete
     valid_labels = set(dataset.label_to_cat_id)
     seen: set[int] = set()
     if not isinstance(detections, (list, tuple)):
-        raise ValueError(f"{source}: expected a list of per-image dicts, got {type(detections).__name__}")
-    for where, det in _entries(dataset, detections, DETECTION_KEYS, lambda i: f"{source}[{i}]",
-                               " (boxes [D,4] xyxy, labels [D] in 1..K, scores [D])"):
+        raise ValueError(
+            f"{source}: expected a list of per-image dicts, got {type(detections).__name__}"
+        )
+    for where, det in _entries(
+        dataset,
+        detections,
+        DETECTION_KEYS,
+        lambda i: f"{source}[{i}]",
+        " (boxes [D,4] xyxy, labels [D] in 1..K, scores [D])",
+    ):
         if int(det["image_id"]) in seen:
-            raise ValueError(f"{where}: image_id repeated; give one entry per image with all its detections")
+            raise ValueError(
+                f"{where}: image_id repeated; give one entry per image with all its detections"
+            )
         seen.add(int(det["image_id"]))
         boxes = torch.as_tensor(det["boxes"]).double()
         labels = torch.as_tensor(det["labels"])
@@ -108,23 +152,48 @@ def validate_detections(dataset, detections: Sequence[dict], source: str = "dete
         if boxes.numel() == 0:
             boxes = boxes.reshape(0, 4)
         if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"{where}: field 'boxes' has shape {list(boxes.shape)}; expected [D, 4] xyxy")
+            raise ValueError(
+                f"{where}: field 'boxes' has shape {list(boxes.shape)}; expected [D, 4] xyxy"
+            )
         num = boxes.shape[0]
         if labels.shape != (num,) or scores.shape != (num,):
-            raise ValueError(f"{where}: fields 'labels' {list(labels.shape)} and 'scores' {list(scores.shape)} must "
-                             f"both have shape [{num}] to match 'boxes' [{num}, 4]")
+            raise ValueError(
+                f"{where}: fields 'labels' {list(labels.shape)} and 'scores' {list(scores.shape)} must "
+                f"both have shape [{num}] to match 'boxes' [{num}, 4]"
+            )
         checks = (  # (bad [D] bool, what detection j has), the first bad one is reported
-            (~torch.isfinite(scores), lambda j: f"field 'scores' {scores[j].item()}; expected a finite number (drop or "
-                                                f"fix that detection)"),
-            (~torch.isfinite(boxes).all(dim=1), lambda j: f"field 'boxes' {boxes[j].tolist()} with a non-finite "
-                                                          f"coordinate; expected finite xyxy pixels (drop or fix that "
-                                                          f"detection)"),
-            (torch.tensor([label not in valid_labels for label in labels.tolist()], dtype=torch.bool),
-             lambda j: f"field 'labels' {labels[j].item()}; expected a foreground label in 1..{len(valid_labels)} "
-                       f"(0 is background, never a detection)"),
-            ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]),
-             lambda j: f"field 'boxes' {boxes[j].tolist()} with width or height <= 0; expected xyxy with x2 > x1 and "
-                       f"y2 > y1 (drop degenerate boxes, e.g. torchvision.ops.remove_small_boxes)"))
+            (
+                ~torch.isfinite(scores),
+                lambda j: (
+                    f"field 'scores' {scores[j].item()}; expected a finite number (drop or "
+                    f"fix that detection)"
+                ),
+            ),
+            (
+                ~torch.isfinite(boxes).all(dim=1),
+                lambda j: (
+                    f"field 'boxes' {boxes[j].tolist()} with a non-finite "
+                    f"coordinate; expected finite xyxy pixels (drop or fix that "
+                    f"detection)"
+                ),
+            ),
+            (
+                torch.tensor(
+                    [label not in valid_labels for label in labels.tolist()], dtype=torch.bool
+                ),
+                lambda j: (
+                    f"field 'labels' {labels[j].item()}; expected a foreground label in 1..{len(valid_labels)} "
+                    f"(0 is background, never a detection)"
+                ),
+            ),
+            (
+                (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]),
+                lambda j: (
+                    f"field 'boxes' {boxes[j].tolist()} with width or height <= 0; expected xyxy with x2 > x1 and "
+                    f"y2 > y1 (drop degenerate boxes, e.g. torchvision.ops.remove_small_boxes)"
+                ),
+            ),
+        )
         for bad, what in checks:
             if bad.any():
                 j = int(bad.nonzero()[0])
@@ -135,26 +204,38 @@ def validate_coco_results(dataset, results: Any, source: str = "detections") -> 
     """Raise ValueError naming the first bad COCO result (keys, image id, category id, finite score and bbox)."""
     known_cats = {int(cat_id) for cat_id in dataset.label_to_cat_id.values()}
     if not isinstance(results, list):
-        raise ValueError(f"{source}: expected a JSON list of COCO results {{'image_id', 'category_id', 'bbox', "
-                         f"'score'}}, got {type(results).__name__}")
+        raise ValueError(
+            f"{source}: expected a JSON list of COCO results {{'image_id', 'category_id', 'bbox', "
+            f"'score'}}, got {type(results).__name__}"
+        )
     for where, result in _entries(dataset, results, RESULT_KEYS, lambda i: f"{source}: entry {i}"):
         category_id = result["category_id"]
         if not _is_int(category_id) or int(category_id) not in known_cats:
-            raise ValueError(f"{where}: field 'category_id' {category_id!r} is not a category of the dataset; "
-                             f"expected an original category id, one of {sorted(known_cats)}")
+            raise ValueError(
+                f"{where}: field 'category_id' {category_id!r} is not a category of the dataset; "
+                f"expected an original category id, one of {sorted(known_cats)}"
+            )
         score = result["score"]
         if not is_number(score) or not math.isfinite(score):
-            raise ValueError(f"{where}: field 'score' {score!r}; expected a finite number (drop or fix that entry)")
+            raise ValueError(
+                f"{where}: field 'score' {score!r}; expected a finite number (drop or fix that entry)"
+            )
         bbox = result["bbox"]
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            raise ValueError(f"{where}: field 'bbox' {bbox!r}; expected a list [x, y, w, h] of 4 numbers")
+            raise ValueError(
+                f"{where}: field 'bbox' {bbox!r}; expected a list [x, y, w, h] of 4 numbers"
+            )
         if not all(is_number(v) and math.isfinite(v) for v in bbox):
-            raise ValueError(f"{where}: field 'bbox' {bbox!r} has a non-finite or non-numeric value; expected "
-                             f"[x, y, w, h] of finite pixels (drop or fix that entry)")
+            raise ValueError(
+                f"{where}: field 'bbox' {bbox!r} has a non-finite or non-numeric value; expected "
+                f"[x, y, w, h] of finite pixels (drop or fix that entry)"
+            )
         if bbox[2] <= 0 or bbox[3] <= 0:
-            raise ValueError(f"{where}: field 'bbox' {bbox!r} has width {bbox[2]} and height {bbox[3]}; expected "
-                             f"COCO [x, y, w, h] with w > 0 and h > 0 (xyxy boxes must be converted; drop "
-                             f"degenerate boxes)")
+            raise ValueError(
+                f"{where}: field 'bbox' {bbox!r} has width {bbox[2]} and height {bbox[3]}; expected "
+                f"COCO [x, y, w, h] with w > 0 and h > 0 (xyxy boxes must be converted; drop "
+                f"degenerate boxes)"
+            )
 
 
 def load_coco_results(path: str | Path, dataset) -> list[dict]:
@@ -168,8 +249,12 @@ def load_coco_results(path: str | Path, dataset) -> list[dict]:
     return results
 
 
-def coco_metrics(coco_gt: COCO, results: Sequence[dict], backend: str = "pycocotools",
-                 image_ids: Iterable[int] | None = None) -> tuple[dict, str]:
+def coco_metrics(
+    coco_gt: COCO,
+    results: Sequence[dict],
+    backend: str = "pycocotools",
+    image_ids: Iterable[int] | None = None,
+) -> tuple[dict, str]:
     """COCOeval (iouType "bbox") of validated COCO results on ``image_ids`` (default all) -> (metrics, COCOeval's
     summary text). Metrics: the 12 ``COCOeval.stats`` (0..1, -1 undefined), ``AP_per_iou``, ``AP90`` and
     ``per_class`` (from ``eval["precision"]`` as ``summarize`` does: area all, 100 detections)."""
@@ -177,7 +262,9 @@ def coco_metrics(coco_gt: COCO, results: Sequence[dict], backend: str = "pycocot
     with contextlib.redirect_stdout(io.StringIO()):
         gt = coco_gt if backend == "pycocotools" else coco_cls(copy.deepcopy(coco_gt.dataset))
         dt = _load_results(coco_cls, gt, results)
-        evaluator = cocoeval_cls(gt, dt, "bbox", **({} if backend == "pycocotools" else {"print_function": print}))
+        evaluator = cocoeval_cls(
+            gt, dt, "bbox", **({} if backend == "pycocotools" else {"print_function": print})
+        )
         if image_ids is not None:
             evaluator.params.imgIds = sorted({int(i) for i in image_ids})
         evaluator.evaluate()
@@ -188,11 +275,19 @@ def coco_metrics(coco_gt: COCO, results: Sequence[dict], backend: str = "pycocot
     params = evaluator.params
     precision = evaluator.eval["precision"]  # [T iou, R recall, K classes, A areas, M maxDets]
     area, max_dets = params.areaRngLbl.index("all"), list(params.maxDets).index(100)
-    metrics: dict[str, Any] = {name: float(v) for name, v in zip(COCO_METRIC_NAMES, evaluator.stats)}
-    metrics["AP_per_iou"] = [mean_defined(precision[t, :, :, area, max_dets]) for t in range(precision.shape[0])]
-    metrics["AP90"] = metrics["AP_per_iou"][IOU_THRESHOLDS.index(0.9)]  # localisation quality box losses change
-    metrics["per_class"] = {gt.cats[cat_id]["name"]: mean_defined(precision[:, :, k, area, max_dets])
-                            for k, cat_id in enumerate(params.catIds)}
+    metrics: dict[str, Any] = {
+        name: float(v) for name, v in zip(COCO_METRIC_NAMES, evaluator.stats)
+    }
+    metrics["AP_per_iou"] = [
+        mean_defined(precision[t, :, :, area, max_dets]) for t in range(precision.shape[0])
+    ]
+    metrics["AP90"] = metrics["AP_per_iou"][
+        IOU_THRESHOLDS.index(0.9)
+    ]  # localisation quality box losses change
+    metrics["per_class"] = {
+        gt.cats[cat_id]["name"]: mean_defined(precision[:, :, k, area, max_dets])
+        for k, cat_id in enumerate(params.catIds)
+    }
     return metrics, summary.getvalue()
 
 
@@ -204,19 +299,26 @@ def _backend_classes(backend: str):
             from faster_coco_eval import COCO as FasterCOCO
             from faster_coco_eval import COCOeval_faster
         except ImportError:
-            raise ImportError("eval.backend=faster_coco_eval needs the faster-coco-eval package: "
-                              "`pip install faster-coco-eval` (or `pip install -e .[fast]`), or use "
-                              "eval.backend=pycocotools") from None
+            raise ImportError(
+                "eval.backend=faster_coco_eval needs the faster-coco-eval package: "
+                "`pip install faster-coco-eval` (or `pip install -e .[fast]`), or use "
+                "eval.backend=pycocotools"
+            ) from None
         return FasterCOCO, COCOeval_faster
-    raise ValueError(f"unknown COCO evaluation backend {backend!r}; expected one of {EVAL_BACKENDS}")
+    raise ValueError(
+        f"unknown COCO evaluation backend {backend!r}; expected one of {EVAL_BACKENDS}"
+    )
 
 
 def _load_results(coco_cls, coco_gt, results: Sequence[dict]):
     """``loadRes`` on copies of the dicts (it adds keys to them); an empty list becomes an empty result set."""
     if len(results) == 0:
         empty = coco_cls()
-        empty.dataset = {"images": list(coco_gt.dataset["images"]),
-                         "categories": copy.deepcopy(coco_gt.dataset["categories"]), "annotations": []}
+        empty.dataset = {
+            "images": list(coco_gt.dataset["images"]),
+            "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+            "annotations": [],
+        }
         empty.createIndex()
         return empty
     return coco_gt.loadRes([dict(r) for r in results])
@@ -229,19 +331,29 @@ def mean_defined(values: Sequence[float] | np.ndarray) -> float:
     return float(np.mean(defined)) if defined.size else -1.0
 
 
-def _entries(dataset, entries: Sequence, keys: tuple[str, ...], place: Callable[[int], str], keys_note: str = ""):
+def _entries(
+    dataset,
+    entries: Sequence,
+    keys: tuple[str, ...],
+    place: Callable[[int], str],
+    keys_note: str = "",
+):
     """Each entry with its place for errors, once it is a dict with ``keys`` and the ``image_id`` of an image."""
     known_ids = set(dataset_image_ids(dataset))
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or any(k not in entry for k in keys):
             brief = repr(entry) if len(repr(entry)) <= 80 else repr(entry)[:77] + "..."
-            raise ValueError(f"{place(i)}: expected a dict with keys {keys}{keys_note}, got {brief}")
+            raise ValueError(
+                f"{place(i)}: expected a dict with keys {keys}{keys_note}, got {brief}"
+            )
         image_id = entry["image_id"]
         where = f"{place(i)} (image_id {image_id})"
         if not _is_int(image_id) or int(image_id) not in known_ids:
-            raise ValueError(f"{where}: field 'image_id' {image_id!r} is not an image of the dataset ({len(known_ids)} "
-                             f"images, ids like {sorted(known_ids)[:3]}); score detections against the split they "
-                             f"were made on")
+            raise ValueError(
+                f"{where}: field 'image_id' {image_id!r} is not an image of the dataset ({len(known_ids)} "
+                f"images, ids like {sorted(known_ids)[:3]}); score detections against the split they "
+                f"were made on"
+            )
         yield where, entry
 
 

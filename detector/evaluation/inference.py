@@ -1,5 +1,6 @@
 """Run a detector over an evaluation loader and collect per-image detections (``{"image_id", "boxes" [D,4] xyxy
 ORIGINAL pixels, "labels" [D] 1..K, "scores" [D]}``, CPU tensors, one per image run)."""
+
 from __future__ import annotations
 
 import sys
@@ -12,8 +13,13 @@ from tqdm import tqdm
 from detector.data import proposals_of
 
 
-def inference_on_dataset(model: torch.nn.Module, loader: Iterable, device: torch.device | str,
-                         amp_dtype: torch.dtype | None = None, max_images: int | None = None) -> list[dict]:
+def inference_on_dataset(
+    model: torch.nn.Module,
+    loader: Iterable,
+    device: torch.device | str,
+    amp_dtype: torch.dtype | None = None,
+    max_images: int | None = None,
+) -> list[dict]:
     """Detections of ``model`` (eval mode, restored after; ``torch.autocast`` with ``amp_dtype``) on ``loader``, at
     most ``max_images`` on this process. Under torch.distributed every rank returns all ranks' lists, deduplicated
     and sorted by image id; otherwise the loader's order is kept."""
@@ -32,12 +38,18 @@ def inference_on_dataset(model: torch.nn.Module, loader: Iterable, device: torch
                 images = [image.to(device, non_blocking=True) for image in images]
                 orig_sizes = [tuple(int(s) for s in t["orig_size"]) for t in targets]
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    outputs = model(images, orig_sizes=orig_sizes, proposals=proposals_of(targets, device))
+                    outputs = model(
+                        images, orig_sizes=orig_sizes, proposals=proposals_of(targets, device)
+                    )
                 for target, output in zip(targets, outputs):
-                    results.append({"image_id": int(target["image_id"]),
-                                    "boxes": output["boxes"].float().cpu(),  # [D,4] xyxy, original pixels
-                                    "labels": output["labels"].cpu(),  # [D] 1..K
-                                    "scores": output["scores"].float().cpu()})  # [D]
+                    results.append(
+                        {
+                            "image_id": int(target["image_id"]),
+                            "boxes": output["boxes"].float().cpu(),  # [D,4] xyxy, original pixels
+                            "labels": output["labels"].cpu(),  # [D] 1..K
+                            "scores": output["scores"].float().cpu(),
+                        }
+                    )  # [D]
                 progress.update(len(targets))
                 if max_images is not None and len(results) >= max_images:
                     break

@@ -1,4 +1,5 @@
 """Evaluating a model and writing the results: shared by the trainer and ``tools/eval.py``."""
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,20 @@ from detector.data import proposals_of
 from detector.evaluation import detections_to_coco_results, evaluate, inference_on_dataset
 
 
-def evaluate_model(model, loader, device: torch.device, *, metric: str = "coco", backend: str = "pycocotools",
-                   amp_dtype: torch.dtype | None = None, max_images: int | None = None
-                   ) -> tuple[dict[str, Any], list]:
+def evaluate_model(
+    model,
+    loader,
+    device: torch.device,
+    *,
+    metric: str = "coco",
+    backend: str = "pycocotools",
+    amp_dtype: torch.dtype | None = None,
+    max_images: int | None = None,
+) -> tuple[dict[str, Any], list]:
     """Inference over ``loader`` and the metrics of ``metric``; (metrics, detections), the same on every rank."""
-    detections = inference_on_dataset(model, loader, device, amp_dtype=amp_dtype, max_images=max_images)
+    detections = inference_on_dataset(
+        model, loader, device, amp_dtype=amp_dtype, max_images=max_images
+    )
     metrics = evaluate(loader.dataset, detections, metric=metric, backend=backend)
     return metrics, detections
 
@@ -24,14 +34,19 @@ def write_eval_results(eval_dir: Path, metrics: dict[str, Any], dataset, detecti
     """``eval/detections.json`` then ``eval/metrics.json`` (written last: it marks the run finished)."""
     eval_dir = Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
-    (eval_dir / "detections.json").write_text(json.dumps(detections_to_coco_results(dataset, detections)))
+    (eval_dir / "detections.json").write_text(
+        json.dumps(detections_to_coco_results(dataset, detections))
+    )
     (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
 @torch.no_grad()
-def draw_predictions(model, dataset, num_images: int, device: torch.device, class_names) -> list[torch.Tensor]:
+def draw_predictions(
+    model, dataset, num_images: int, device: torch.device, class_names
+) -> list[torch.Tensor]:
     """A few val images with GT (green) and predictions scoring >= 0.5 (red), uint8 [3,H,W]."""
     from torchvision.utils import draw_bounding_boxes
+
     was_training = model.training
     model.eval()
     drawn = []
@@ -43,8 +58,13 @@ def draw_predictions(model, dataset, num_images: int, device: torch.device, clas
         if len(target["boxes"]):
             canvas = draw_bounding_boxes(canvas, target["boxes"], colors="lime", width=2)
         if keep.any():
-            labels = [f"{class_names[int(c)]} {s:.2f}" for c, s in zip(det["labels"][keep], det["scores"][keep])]
-            canvas = draw_bounding_boxes(canvas, det["boxes"][keep].cpu(), labels=labels, colors="red", width=2)
+            labels = [
+                f"{class_names[int(c)]} {s:.2f}"
+                for c, s in zip(det["labels"][keep], det["scores"][keep])
+            ]
+            canvas = draw_bounding_boxes(
+                canvas, det["boxes"][keep].cpu(), labels=labels, colors="red", width=2
+            )
         drawn.append(canvas)
     model.train(was_training)
     return drawn

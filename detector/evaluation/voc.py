@@ -3,6 +3,7 @@
 Per class as the devkit's ``voc_eval`` (py-faster-rcnn), except that IoU has no +1 pixel (continuous xyxy boxes);
 ``difficult`` (our ``iscrowd``) GT is neither TP nor FP. A class without non-difficult GT has AP -1, out of the mean.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Sequence
@@ -25,19 +26,29 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = Fals
         return float(ap)
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.concatenate(([0.0], precision, [0.0]))
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # precision envelope: max precision at any recall >= r
+    mpre = np.maximum.accumulate(mpre[::-1])[
+        ::-1
+    ]  # precision envelope: max precision at any recall >= r
     changes = np.where(mrec[1:] != mrec[:-1])[0]
     return float(np.sum((mrec[changes + 1] - mrec[changes]) * mpre[changes + 1]))
 
 
-def voc_metrics(dataset, detections: Sequence[dict], iou_thresh: float = 0.5,
-                image_ids: Iterable[int] | None = None) -> dict:
+def voc_metrics(
+    dataset,
+    detections: Sequence[dict],
+    iou_thresh: float = 0.5,
+    image_ids: Iterable[int] | None = None,
+) -> dict:
     """VOC AP of validated per-image detections on ``image_ids`` (default all): ``mAP_voc07``, ``mAP_voc`` (means
     over the defined classes, -1 when none) and ``per_class_voc`` ``{name: {"ap07", "ap", "num_gt"}}``."""
     wanted = None if image_ids is None else {int(i) for i in image_ids}
     num_classes = len(dataset.classes) - 1
-    gt_boxes: list[dict[int, np.ndarray]] = [{} for _ in range(num_classes + 1)]  # label -> image_id -> [G,4]
-    gt_difficult: list[dict[int, np.ndarray]] = [{} for _ in range(num_classes + 1)]  # label -> image_id -> [G]
+    gt_boxes: list[dict[int, np.ndarray]] = [
+        {} for _ in range(num_classes + 1)
+    ]  # label -> image_id -> [G,4]
+    gt_difficult: list[dict[int, np.ndarray]] = [
+        {} for _ in range(num_classes + 1)
+    ]  # label -> image_id -> [G]
     for index in range(len(dataset)):
         image_id = int(dataset.get_image_info(index)["image_id"])
         if wanted is not None and image_id not in wanted:
@@ -53,18 +64,30 @@ def voc_metrics(dataset, detections: Sequence[dict], iou_thresh: float = 0.5,
 
     dets = [d for d in detections if wanted is None or int(d["image_id"]) in wanted]
     det_labels = [torch.as_tensor(d["labels"]).reshape(-1).cpu().numpy() for d in dets]
-    det_image_ids = np.repeat([int(d["image_id"]) for d in dets], [len(labels) for labels in det_labels])
+    det_image_ids = np.repeat(
+        [int(d["image_id"]) for d in dets], [len(labels) for labels in det_labels]
+    )
     det_labels = np.concatenate([np.zeros(0, dtype=np.int64)] + det_labels)
-    det_scores = np.concatenate([np.zeros(0)] + [torch.as_tensor(d["scores"]).double().reshape(-1).cpu().numpy()
-                                                 for d in dets])
-    det_boxes = np.concatenate([np.zeros((0, 4))] + [torch.as_tensor(d["boxes"]).double().reshape(-1, 4).cpu().numpy()
-                                                     for d in dets])
+    det_scores = np.concatenate(
+        [np.zeros(0)]
+        + [torch.as_tensor(d["scores"]).double().reshape(-1).cpu().numpy() for d in dets]
+    )
+    det_boxes = np.concatenate(
+        [np.zeros((0, 4))]
+        + [torch.as_tensor(d["boxes"]).double().reshape(-1, 4).cpu().numpy() for d in dets]
+    )
 
     per_class = {}
     for label in range(1, num_classes + 1):
         mask = det_labels == label
-        tp, fp, npos = _match_class(gt_boxes[label], gt_difficult[label], det_image_ids[mask], det_scores[mask],
-                                    det_boxes[mask], iou_thresh)
+        tp, fp, npos = _match_class(
+            gt_boxes[label],
+            gt_difficult[label],
+            det_image_ids[mask],
+            det_scores[mask],
+            det_boxes[mask],
+            iou_thresh,
+        )
         if npos == 0:
             ap07 = ap = -1.0
         else:
@@ -73,13 +96,21 @@ def voc_metrics(dataset, detections: Sequence[dict], iou_thresh: float = 0.5,
             ap07, ap = voc_ap(recall, precision, use_07_metric=True), voc_ap(recall, precision)
         per_class[dataset.classes[label]] = {"ap07": ap07, "ap": ap, "num_gt": npos}
     mean_ap07, mean_ap = VOC_METRIC_NAMES
-    return {mean_ap07: mean_defined([c["ap07"] for c in per_class.values()]),
-            mean_ap: mean_defined([c["ap"] for c in per_class.values()]),
-            "per_class_voc": per_class}
+    return {
+        mean_ap07: mean_defined([c["ap07"] for c in per_class.values()]),
+        mean_ap: mean_defined([c["ap"] for c in per_class.values()]),
+        "per_class_voc": per_class,
+    }
 
 
-def _match_class(gt_boxes: dict[int, np.ndarray], gt_difficult: dict[int, np.ndarray], image_ids: np.ndarray,
-                 scores: np.ndarray, boxes: np.ndarray, iou_thresh: float) -> tuple[np.ndarray, np.ndarray, int]:
+def _match_class(
+    gt_boxes: dict[int, np.ndarray],
+    gt_difficult: dict[int, np.ndarray],
+    image_ids: np.ndarray,
+    scores: np.ndarray,
+    boxes: np.ndarray,
+    iou_thresh: float,
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Greedy devkit matching of one class, by descending score (stable): each detection to its image's GT of largest
     IoU, TP when IoU > ``iou_thresh`` and the GT is free, else FP -> cumulative TP [D], cumulative FP [D], npos."""
     npos = int(sum(int((~d).sum()) for d in gt_difficult.values()))
@@ -109,5 +140,9 @@ def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     iw = np.maximum(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]), 0.0)
     ih = np.maximum(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]), 0.0)
     inter = iw * ih
-    union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
+    union = (
+        (box[2] - box[0]) * (box[3] - box[1])
+        + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        - inter
+    )
     return inter / union

@@ -3,6 +3,7 @@
 The forward pass only reads ``.beta``; ``step(iteration, statistic=None)`` (once per optimizer step) records that
 iteration's statistic and moves ``.beta`` to iteration + 1's value: the only state change and cross-rank exchange.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,21 +15,36 @@ import torch.distributed as dist
 
 from detector.losses.regression import resolve_beta
 
-__all__ = ["BetaSchedule", "AdaptiveBeta", "ScheduledBeta", "BETA_SCHEDULES", "SCHEDULED_LOSSES",
-           "STATISTIC_CONVENTIONS", "IntervalRecord", "build_beta_schedule", "kth_valid"]
+__all__ = [
+    "BetaSchedule",
+    "AdaptiveBeta",
+    "ScheduledBeta",
+    "BETA_SCHEDULES",
+    "SCHEDULED_LOSSES",
+    "STATISTIC_CONVENTIONS",
+    "IntervalRecord",
+    "build_beta_schedule",
+    "kth_valid",
+]
 
 # Whose Dynamic R-CNN statistics (beta and DLA): open-mmlab/mmdetection's port, or hkzhang95/DynamicRCNN's code.
 STATISTIC_CONVENTIONS = ("mmdet", "official")
 _MEDIAN_EPS = 1e-15  # mmdetection's EPS: a median below it keeps the old beta (no such guard in the official code)
 
 
-def kth_valid(values: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, largest: bool = False) -> torch.Tensor:
+def kth_valid(
+    values: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, largest: bool = False
+) -> torch.Tensor:
     """The k-th smallest (``largest``: largest) of ``values[valid]`` ([Q] each; k a 0-d tensor, capped to 1..count);
     0-d float32, NaN when nothing is valid; no host sync."""
     if values.numel() == 0:
         return values.new_full((), math.nan, dtype=torch.float32)
     count = valid.sum()
-    ordered = values.masked_fill(~valid, -math.inf if largest else math.inf).sort(descending=largest).values
+    ordered = (
+        values.masked_fill(~valid, -math.inf if largest else math.inf)
+        .sort(descending=largest)
+        .values
+    )
     kth = ordered.gather(0, (torch.minimum(k.long(), count).clamp(min=1) - 1).view(1)).squeeze(0)
     return torch.where(count > 0, kth, torch.full_like(kth, math.nan)).float()
 
@@ -43,14 +59,18 @@ class IntervalRecord:
     def __init__(self, interval: int):
         assert interval >= 1, f"IntervalRecord: interval must be >= 1, got {interval}"
         self.interval = int(interval)
-        self.table = torch.zeros(2, self.interval)  # [2,C]: statistic (0 where none), 1 where observed
+        self.table = torch.zeros(
+            2, self.interval
+        )  # [2,C]: statistic (0 where none), 1 where observed
 
     def record(self, iteration: int, statistic: torch.Tensor) -> bool:
         stat = torch.as_tensor(statistic).detach().float().reshape(())
         if self.table.device != stat.device:
             self.table = self.table.to(stat.device)
         seen = torch.isfinite(stat)
-        self.table[:, iteration % self.interval] = torch.stack((torch.where(seen, stat, 0.0), seen.float()))
+        self.table[:, iteration % self.interval] = torch.stack(
+            (torch.where(seen, stat, 0.0), seen.float())
+        )
         return (iteration + 1) % self.interval == 0
 
     def collect(self) -> list[float]:
@@ -68,8 +88,10 @@ class IntervalRecord:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         table = torch.as_tensor(state["table"], dtype=torch.float32)
         if tuple(table.shape) != (2, self.interval):
-            raise ValueError(f"IntervalRecord.load_state_dict: the state records intervals of {table.shape[-1]} "
-                             f"iterations, this one {self.interval}; use the interval the checkpoint was trained with")
+            raise ValueError(
+                f"IntervalRecord.load_state_dict: the state records intervals of {table.shape[-1]} "
+                f"iterations, this one {self.interval}; use the interval the checkpoint was trained with"
+            )
         self.table = table.clone()
 
 
@@ -91,8 +113,10 @@ class BetaSchedule:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("type") != self.type:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: the state is of a {state.get('type')!r} "
-                             f"schedule, this one is {self.type!r}; use the config the checkpoint was trained with")
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: the state is of a {state.get('type')!r} "
+                f"schedule, this one is {self.type!r}; use the config the checkpoint was trained with"
+            )
         self.beta = float(state["beta"])
 
     def __repr__(self) -> str:
@@ -110,29 +134,47 @@ class AdaptiveBeta(BetaSchedule):
 
     type = "adaptive"
 
-    def __init__(self, initial_beta: float = 1.0, topk: float = 10, interval: int = 100, min_beta: float = 1e-3,
-                 statistic: str = "mmdet"):
+    def __init__(
+        self,
+        initial_beta: float = 1.0,
+        topk: float = 10,
+        interval: int = 100,
+        min_beta: float = 1e-3,
+        statistic: str = "mmdet",
+    ):
         super().__init__(initial_beta, min_beta)
-        assert topk > 0 and statistic in STATISTIC_CONVENTIONS, f"AdaptiveBeta: topk={topk}, statistic={statistic!r}"
+        assert topk > 0 and statistic in STATISTIC_CONVENTIONS, (
+            f"AdaptiveBeta: topk={topk}, statistic={statistic!r}"
+        )
         self.initial_beta = float(initial_beta)
         self.topk = float(topk)
         self.interval = int(interval)
         self.statistic = statistic
         self.record = IntervalRecord(interval)
 
-    def observe(self, target_deltas: torch.Tensor, num_images: int | torch.Tensor,
-                valid: torch.Tensor | None = None) -> torch.Tensor:
+    def observe(
+        self,
+        target_deltas: torch.Tensor,
+        num_images: int | torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """target_deltas [Q,4] (``valid`` [Q] bool) -> 0-d float32 statistic (NaN: no target), k = min(round(topk *
         num_images), valid count) >= 1; ``num_images`` an int or a 0-d tensor. No state change, no host sync."""
         values = target_deltas[:, :2].float().abs().mean(dim=1)  # [Q]
         k = num_images * self.topk  # a float, or a 0-d tensor: no host sync either way
-        k = k.round() if torch.is_tensor(k) else torch.full((), round(k), device=values.device)  # a fill, no copy
-        return kth_valid(values, torch.ones_like(values, dtype=torch.bool) if valid is None else valid, k)
+        k = (
+            k.round() if torch.is_tensor(k) else torch.full((), round(k), device=values.device)
+        )  # a fill, no copy
+        return kth_valid(
+            values, torch.ones_like(values, dtype=torch.bool) if valid is None else valid, k
+        )
 
     def step(self, iteration: int, statistic: torch.Tensor | None = None) -> float:
         if statistic is None:
-            raise ValueError("AdaptiveBeta.step needs the iteration's statistic (the 'beta_statistic' of its "
-                             "training forward's stats)")
+            raise ValueError(
+                "AdaptiveBeta.step needs the iteration's statistic (the 'beta_statistic' of its "
+                "training forward's stats)"
+            )
         if self.record.record(iteration, statistic):
             self.beta = self._next_beta(self.record.collect())
         return self.beta
@@ -156,30 +198,51 @@ class AdaptiveBeta(BetaSchedule):
         self.record.load_state_dict(state["record"])
 
     def __repr__(self) -> str:
-        return (f"AdaptiveBeta(beta={self.beta:.4g}, initial_beta={self.initial_beta}, topk={self.topk}, "
-                f"interval={self.interval}, min_beta={self.min_beta}, statistic={self.statistic!r})")
+        return (
+            f"AdaptiveBeta(beta={self.beta:.4g}, initial_beta={self.initial_beta}, topk={self.topk}, "
+            f"interval={self.interval}, min_beta={self.min_beta}, statistic={self.statistic!r})"
+        )
 
 
 # beta of each explicit schedule from its start/end at the training fraction t in [0, 1], k milestones passed
 BETA_SCHEDULES: dict[str, Callable[..., float] | None] = {
     "adaptive": None,  # AdaptiveBeta: measured, not a function of t
     "constant": lambda start, end, t, k, gamma: start,
-    "step": lambda start, end, t, k, gamma: start * gamma ** k,
+    "step": lambda start, end, t, k, gamma: start * gamma**k,
     "linear": lambda start, end, t, k, gamma: start + (end - start) * t,
-    "cosine": lambda start, end, t, k, gamma: end + 0.5 * (start - end) * (1 + math.cos(math.pi * t)),
+    "cosine": lambda start, end, t, k, gamma: (
+        end + 0.5 * (start - end) * (1 + math.cos(math.pi * t))
+    ),
     "exp": lambda start, end, t, k, gamma: start * (end / start) ** t,  # geometric; start, end > 0
 }
-SCHEDULED_LOSSES = ("dynamic_smooth_l1",)  # box losses whose beta follows a schedule (owned by the RoI head)
+SCHEDULED_LOSSES = (
+    "dynamic_smooth_l1",
+)  # box losses whose beta follows a schedule (owned by the RoI head)
 
 
 class ScheduledBeta(BetaSchedule):
     """An explicit schedule: iteration i trains with max(min_beta, BETA_SCHEDULES[kind](start, end, t, k, gamma)),
     t = i / total_iters (held at 1 after), k the number of ``milestones`` (iterations) <= i; the state is the beta."""
 
-    def __init__(self, kind: str, start: float, end: float, total_iters: int, milestones: Sequence[int] = (),
-                 gamma: float = 0.1, min_beta: float = 1e-3):
-        assert BETA_SCHEDULES.get(kind) is not None and total_iters >= 1, f"ScheduledBeta({kind!r}, {total_iters})"
-        self.type, self.start, self.end, self.total_iters = kind, float(start), float(end), int(total_iters)
+    def __init__(
+        self,
+        kind: str,
+        start: float,
+        end: float,
+        total_iters: int,
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
+        min_beta: float = 1e-3,
+    ):
+        assert BETA_SCHEDULES.get(kind) is not None and total_iters >= 1, (
+            f"ScheduledBeta({kind!r}, {total_iters})"
+        )
+        self.type, self.start, self.end, self.total_iters = (
+            kind,
+            float(start),
+            float(end),
+            int(total_iters),
+        )
         self.milestones, self.gamma = sorted(int(m) for m in milestones), float(gamma)
         super().__init__(start, min_beta)
         self.beta = self.value_at(0)  # a milestone at 0 already applies
@@ -187,7 +250,9 @@ class ScheduledBeta(BetaSchedule):
     def value_at(self, iteration: int) -> float:
         t = min(max(iteration, 0), self.total_iters) / self.total_iters
         passed = sum(iteration >= m for m in self.milestones)
-        return max(BETA_SCHEDULES[self.type](self.start, self.end, t, passed, self.gamma), self.min_beta)
+        return max(
+            BETA_SCHEDULES[self.type](self.start, self.end, t, passed, self.gamma), self.min_beta
+        )
 
     def step(self, iteration: int, statistic: torch.Tensor | None = None) -> float:
         self.beta = self.value_at(iteration + 1)
@@ -204,8 +269,19 @@ def build_beta_schedule(roi_cfg: Mapping, max_iters: int) -> BetaSchedule | None
     if sched["type"] == "adaptive":
         reference = sched["reference_rois"]
         topk = sched["topk"] * (roi_cfg["batch_size_per_image"] / reference if reference else 1)
-        return AdaptiveBeta(initial_beta=resolve_beta(cfg), topk=topk, interval=sched["interval"],
-                            min_beta=sched["min_beta"], statistic=sched["statistic"])
-    return ScheduledBeta(sched["type"], sched["start"], sched["end"], max_iters,
-                         milestones=[round(f * max_iters) for f in sched["milestones"]], gamma=sched["step_gamma"],
-                         min_beta=sched["min_beta"])
+        return AdaptiveBeta(
+            initial_beta=resolve_beta(cfg),
+            topk=topk,
+            interval=sched["interval"],
+            min_beta=sched["min_beta"],
+            statistic=sched["statistic"],
+        )
+    return ScheduledBeta(
+        sched["type"],
+        sched["start"],
+        sched["end"],
+        max_iters,
+        milestones=[round(f * max_iters) for f in sched["milestones"]],
+        gamma=sched["step_gamma"],
+        min_beta=sched["min_beta"],
+    )

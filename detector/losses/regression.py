@@ -3,6 +3,7 @@
 Delta losses take (tx, ty, tw, th) deltas [P,4] and return [P,4]; IoU-family losses take xyxy boxes [P,4] and return
 [P], eps-guarded (finite gradients for degenerate and disjoint boxes). The loss weight is applied by the engine.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,14 +13,27 @@ from typing import Callable, Mapping
 import torch
 
 __all__ = [
-    "l1_loss", "l2_loss", "smooth_l1_loss", "balanced_l1_loss", "iou_loss", "giou_loss", "diou_loss", "ciou_loss",
-    "weight_reduce_loss", "BoxLoss", "LOSSES", "build_box_loss", "resolve_beta", "EXACT_L1_BETA",
+    "l1_loss",
+    "l2_loss",
+    "smooth_l1_loss",
+    "balanced_l1_loss",
+    "iou_loss",
+    "giou_loss",
+    "diou_loss",
+    "ciou_loss",
+    "weight_reduce_loss",
+    "BoxLoss",
+    "LOSSES",
+    "build_box_loss",
+    "resolve_beta",
+    "EXACT_L1_BETA",
 ]
 
 EXACT_L1_BETA = 1e-5  # smooth_l1 with beta below this is computed as L1
 
 
 # ---------------------------------------------------------------- delta losses: [P,4],[P,4] -> [P,4]
+
 
 def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """|pred - target| elementwise."""
@@ -41,11 +55,18 @@ def smooth_l1_loss(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0) 
     return torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
 
 
-def balanced_l1_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 0.5, gamma: float = 1.5,
-                     beta: float = 1.0) -> torch.Tensor:
+def balanced_l1_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 0.5,
+    gamma: float = 1.5,
+    beta: float = 1.0,
+) -> torch.Tensor:
     """Balanced L1 (Libra R-CNN, mmdetection's closed form): promotes the gradient of inliers (|x| < beta)."""
     if alpha <= 0 or gamma <= 0 or beta <= 0:
-        raise ValueError(f"balanced_l1_loss: alpha, gamma, beta must be > 0, got {alpha}, {gamma}, {beta}")
+        raise ValueError(
+            f"balanced_l1_loss: alpha, gamma, beta must be > 0, got {alpha}, {gamma}, {beta}"
+        )
     diff = (pred - target).abs()
     b = math.exp(gamma / alpha) - 1
     inlier = alpha / b * (b * diff + 1) * torch.log(b * diff / beta + 1) - alpha * diff
@@ -55,14 +76,16 @@ def balanced_l1_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 0.
 
 # ---------------------------------------------------------------- IoU family: xyxy [P,4],[P,4] -> [P]
 
+
 def _iou_terms(pred: torch.Tensor, target: torch.Tensor, eps: float):
     """IoU [P] and the enclosing box (x1, y1, x2, y2), each [P]; widths/heights clamped at 0."""
     px1, py1, px2, py2 = pred.unbind(-1)
     tx1, ty1, tx2, ty2 = target.unbind(-1)
     area_p = (px2 - px1).clamp(min=0) * (py2 - py1).clamp(min=0)
     area_t = (tx2 - tx1).clamp(min=0) * (ty2 - ty1).clamp(min=0)
-    inter = (torch.min(px2, tx2) - torch.max(px1, tx1)).clamp(min=0) * \
-        (torch.min(py2, ty2) - torch.max(py1, ty1)).clamp(min=0)
+    inter = (torch.min(px2, tx2) - torch.max(px1, tx1)).clamp(min=0) * (
+        torch.min(py2, ty2) - torch.max(py1, ty1)
+    ).clamp(min=0)
     union = area_p + area_t - inter
     iou = inter / (union + eps)
     enclosing = (torch.min(px1, tx1), torch.min(py1, ty1), torch.max(px2, tx2), torch.max(py2, ty2))
@@ -87,7 +110,7 @@ def _diou_terms(pred: torch.Tensor, target: torch.Tensor, eps: float):
     diag2 = (cx2 - cx1) ** 2 + (cy2 - cy1) ** 2 + eps  # squared diagonal of the enclosing box
     centre_dx = (pred[:, 0] + pred[:, 2] - target[:, 0] - target[:, 2]) / 2
     centre_dy = (pred[:, 1] + pred[:, 3] - target[:, 1] - target[:, 3]) / 2
-    return iou, 1 - iou + (centre_dx ** 2 + centre_dy ** 2) / diag2
+    return iou, 1 - iou + (centre_dx**2 + centre_dy**2) / diag2
 
 
 def diou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -99,19 +122,28 @@ def ciou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> to
     """DIoU + alpha v, v = 4/pi^2 (atan(w_t/h_t) - atan(w_p/h_p))^2, alpha = v / (1 - IoU + v) held constant."""
     iou, diou = _diou_terms(pred, target, eps)
     w_p, h_p = (pred[:, 2] - pred[:, 0]).clamp(min=0), (pred[:, 3] - pred[:, 1]).clamp(min=0)
-    w_t, h_t = (target[:, 2] - target[:, 0]).clamp(min=0), (target[:, 3] - target[:, 1]).clamp(min=0)
-    v = (4 / math.pi ** 2) * (torch.atan(w_t / (h_t + eps)) - torch.atan(w_p / (h_p + eps))) ** 2
+    w_t, h_t = (
+        (target[:, 2] - target[:, 0]).clamp(min=0),
+        (target[:, 3] - target[:, 1]).clamp(min=0),
+    )
+    v = (4 / math.pi**2) * (torch.atan(w_t / (h_t + eps)) - torch.atan(w_p / (h_p + eps))) ** 2
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
     return diou + alpha * v
 
 
-def weight_reduce_loss(loss: torch.Tensor, weight: torch.Tensor | None = None, reduction: str = "mean",
-                       avg_factor: float | torch.Tensor | None = None) -> torch.Tensor:
+def weight_reduce_loss(
+    loss: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+    avg_factor: float | torch.Tensor | None = None,
+) -> torch.Tensor:
     """Multiply by ``weight`` (broadcast), then reduce: "none", "sum", or "mean" (or the sum / ``avg_factor``).
     mmdetection's semantics, except that the mean of an empty loss is 0, so an iteration without positives trains."""
     if reduction not in ("none", "sum", "mean"):
-        raise ValueError(f"weight_reduce_loss: reduction must be none, sum or mean, got {reduction!r}")
+        raise ValueError(
+            f"weight_reduce_loss: reduction must be none, sum or mean, got {reduction!r}"
+        )
     if reduction == "sum" and avg_factor is not None:
         raise ValueError('weight_reduce_loss: avg_factor can not be used with reduction="sum"')
     if weight is not None:
@@ -133,13 +165,23 @@ class BoxLoss:
     fn: Callable[..., torch.Tensor] = field(repr=False)
     on_boxes: bool = False
     beta: float | None = None
-    params: dict[str, float] = field(default_factory=dict)  # further keyword arguments of fn (balanced_l1's)
+    params: dict[str, float] = field(
+        default_factory=dict
+    )  # further keyword arguments of fn (balanced_l1's)
 
-    def __call__(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                 avg_factor: float | torch.Tensor | None = None, beta: float | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        avg_factor: float | torch.Tensor | None = None,
+        beta: float | None = None,
+    ) -> torch.Tensor:
         if pred.shape != target.shape or pred.dim() != 2 or pred.shape[-1] != 4:
-            raise ValueError(f"BoxLoss {self.name}: pred and target must both be [P,4], got "
-                             f"{list(pred.shape)} and {list(target.shape)}")
+            raise ValueError(
+                f"BoxLoss {self.name}: pred and target must both be [P,4], got "
+                f"{list(pred.shape)} and {list(target.shape)}"
+            )
         kwargs = dict(self.params)
         if beta is not None and self.beta is None:
             raise ValueError(f"BoxLoss {self.name}: this loss has no beta; pass beta=None")
@@ -164,9 +206,15 @@ LOSSES: dict[str, Callable[[Mapping], BoxLoss]] = {
     "l2": lambda cfg: BoxLoss("l2", l2_loss),
     "l1": lambda cfg: BoxLoss("l1", l1_loss),
     "smooth_l1": lambda cfg: BoxLoss("smooth_l1", smooth_l1_loss, beta=resolve_beta(cfg)),
-    "dynamic_smooth_l1": lambda cfg: BoxLoss("dynamic_smooth_l1", smooth_l1_loss, beta=resolve_beta(cfg)),
-    "balanced_l1": lambda cfg: BoxLoss("balanced_l1", balanced_l1_loss, beta=resolve_beta(cfg), params={
-        "alpha": float(cfg["alpha"]), "gamma": float(cfg["gamma"])}),
+    "dynamic_smooth_l1": lambda cfg: BoxLoss(
+        "dynamic_smooth_l1", smooth_l1_loss, beta=resolve_beta(cfg)
+    ),
+    "balanced_l1": lambda cfg: BoxLoss(
+        "balanced_l1",
+        balanced_l1_loss,
+        beta=resolve_beta(cfg),
+        params={"alpha": float(cfg["alpha"]), "gamma": float(cfg["gamma"])},
+    ),
     "iou": lambda cfg: BoxLoss("iou", iou_loss, on_boxes=True),
     "giou": lambda cfg: BoxLoss("giou", giou_loss, on_boxes=True),
     "diou": lambda cfg: BoxLoss("diou", diou_loss, on_boxes=True),

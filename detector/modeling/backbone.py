@@ -3,6 +3,7 @@
 With FPN, levels "0".."3" are P2..P5 (strides 4..32) and "pool" is P6 (64); without, "0" is C5 (stride 32).
 ``freeze_at=k`` freezes the first k of five stages (stem, then the four resolution stages) with frozen BN (Detectron2).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,12 +27,22 @@ from detector.modeling.fit import misfit_message
 
 __all__ = ["Backbone", "build_backbone", "BACKBONES", "NORMS"]
 
-_MOBILENET_STAGE_ENDS = (1, 3, 6, 12, 16)  # last block of the stem and of the stride-4/8/16/32 stages
+_MOBILENET_STAGE_ENDS = (
+    1,
+    3,
+    6,
+    12,
+    16,
+)  # last block of the stem and of the stride-4/8/16/32 stages
 
 
 _NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {  # config.NORMS
-    "frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d, "syncbn": nn.SyncBatchNorm,
-    "gn": lambda channels: nn.GroupNorm(math.gcd(32, channels), channels),  # 32 groups where C allows
+    "frozen_bn": FrozenBatchNorm2d,
+    "bn": nn.BatchNorm2d,
+    "syncbn": nn.SyncBatchNorm,
+    "gn": lambda channels: nn.GroupNorm(
+        math.gcd(32, channels), channels
+    ),  # 32 groups where C allows
 }
 
 
@@ -50,9 +61,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"model.backbone.weights: {path} is not a readable torch state dict "
-                           f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]}); "
-                           f"expected a file written by torch.save(model.state_dict())") from exc
+        raise WeightsError(
+            f"model.backbone.weights: {path} is not a readable torch state dict "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]}); "
+            f"expected a file written by torch.save(model.state_dict())"
+        ) from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -70,28 +83,42 @@ def _weights_state_dict(name: str, weights: str) -> tuple[dict[str, torch.Tensor
     enum = torchvision.models.get_model_weights(name)
     if weights not in enum.__members__:
         valid = ", ".join(["DEFAULT"] + [w.name for w in enum])
-        raise WeightsError(f"model.backbone.weights={weights!r} is neither an existing file nor a "
-                           f"torchvision weights name of {name} ({valid})")
+        raise WeightsError(
+            f"model.backbone.weights={weights!r} is neither an existing file nor a "
+            f"torchvision weights name of {name} ({valid})"
+        )
     entry = enum[weights]
     try:
         state = torch.hub.load_state_dict_from_url(entry.url, progress=True, check_hash=True)
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
-        raise WeightsError(f"model.backbone.weights={weights!r}: could not download {type(entry).__name__}."
-                           f"{entry.name} from {entry.url} ({exc}). Without internet, fetch that file on another "
-                           f"machine and pass its local path: model.backbone.weights=/path/to/{name}.pth") from exc
+        raise WeightsError(
+            f"model.backbone.weights={weights!r}: could not download {type(entry).__name__}."
+            f"{entry.name} from {entry.url} ({exc}). Without internet, fetch that file on another "
+            f"machine and pass its local path: model.backbone.weights=/path/to/{name}.pth"
+        ) from exc
     return state, f"torchvision {name} {weights}"
 
 
-def _load_trunk_weights(trunk: nn.Module, state: dict[str, torch.Tensor], source: str, name: str) -> None:
+def _load_trunk_weights(
+    trunk: nn.Module, state: dict[str, torch.Tensor], source: str, name: str
+) -> None:
     """Load an ImageNet classifier state dict into the trunk of torchvision's ``name``, skipping the classifier head
     and entries the trunk's norm does not keep (BN's counter under frozen_bn, its statistics under gn)."""
     head = ("fc.", "classifier.")
     expected, layers = trunk.state_dict(), dict(trunk.named_modules())
-    state = {k: v for k, v in state.items() if not k.startswith(head)
-             and (k in expected or k.rpartition(".")[0] not in layers)}
-    message = misfit_message(source, trunk, state, skip=head,
-                             fix=f"model.backbone.weights takes a state dict of torchvision's {name} (or set the "
-                                 f"model.backbone.name it belongs to)")
+    state = {
+        k: v
+        for k, v in state.items()
+        if not k.startswith(head) and (k in expected or k.rpartition(".")[0] not in layers)
+    }
+    message = misfit_message(
+        source,
+        trunk,
+        state,
+        skip=head,
+        fix=f"model.backbone.weights takes a state dict of torchvision's {name} (or set the "
+        f"model.backbone.name it belongs to)",
+    )
     if message:
         raise WeightsError(message)
     trunk.load_state_dict(state, strict=False)
@@ -126,8 +153,14 @@ class Backbone(nn.Module):
         return OrderedDict(self.body(images))
 
 
-def build_backbone(name: str = "resnet18", fpn: bool = True, out_channels: int = 256, norm: str = "bn",
-                   freeze_at: int = 0, weights: str | None = None) -> Backbone:
+def build_backbone(
+    name: str = "resnet18",
+    fpn: bool = True,
+    out_channels: int = 256,
+    norm: str = "bn",
+    freeze_at: int = 0,
+    weights: str | None = None,
+) -> Backbone:
     """``weights``: None, a torchvision weights name (downloaded on request only) or a local ``.pth`` state dict."""
     trunk, body, stages, returned, channels = _trunk_and_stages(name, norm)
     if weights is not None:
@@ -138,6 +171,8 @@ def build_backbone(name: str = "resnet18", fpn: bool = True, out_channels: int =
         setattr(body, child, module)
     if fpn:
         return_layers = {layer: str(i) for i, layer in enumerate(returned)}
-        with_fpn = BackboneWithFPN(body, return_layers, channels, out_channels, extra_blocks=LastLevelMaxPool())
+        with_fpn = BackboneWithFPN(
+            body, return_layers, channels, out_channels, extra_blocks=LastLevelMaxPool()
+        )
         return Backbone(with_fpn, out_channels, (4, 8, 16, 32, 64))
     return Backbone(IntermediateLayerGetter(body, {returned[-1]: "0"}), channels[-1], (32,))

@@ -3,6 +3,7 @@
 The model owns preprocessing: images ([3,H,W], uint8 0..255 or float 0..1, any device) are normalised and zero-padded
 to a few batch sizes (``pad_buckets``); GT and proposals become [N,G,4] / [N,P,4] with validity masks; no host sync.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -29,7 +30,9 @@ def _host_to_device(data, dtype: torch.dtype, device: torch.device) -> torch.Ten
     return host.to(device, non_blocking=True)
 
 
-def _pad_boxes(boxes: Sequence[torch.Tensor], device: torch.device, extra: Sequence[torch.Tensor] = ()):
+def _pad_boxes(
+    boxes: Sequence[torch.Tensor], device: torch.device, extra: Sequence[torch.Tensor] = ()
+):
     """Per-image [n_i,4] boxes (and [n_i] extras) -> [N,B,4], extras [N,B], valid [N,B]; B >= 1, zero padding."""
     counts = [int(b.shape[0]) for b in boxes]
     width = max([1] + counts)
@@ -51,19 +54,33 @@ class TwoStageDetector(nn.Module):
     """Backbone, RPN and RoI heads (docs/architecture.md); ``rpn=None`` is Fast R-CNN mode: ``forward`` must then
     be passed ``proposals`` (list of [P_i,4] in input pixels)."""
 
-    def __init__(self, backbone: Backbone, roi_heads: RoIHeads, rpn: RPN | None = None,
-                 pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
-                 size_divisibility: int = 32, pad_buckets: Sequence[int] = ()):
+    def __init__(
+        self,
+        backbone: Backbone,
+        roi_heads: RoIHeads,
+        rpn: RPN | None = None,
+        pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
+        pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
+        size_divisibility: int = 32,
+        pad_buckets: Sequence[int] = (),
+    ):
         super().__init__()
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), False
+        )
         self.size_divisibility = size_divisibility
-        self.pad_buckets = tuple(pad_buckets)  # side lengths a padded batch snaps to; () = divisibility only
-        self.input_memory_format = torch.contiguous_format  # of the padded batch; see use_channels_last
+        self.pad_buckets = tuple(
+            pad_buckets
+        )  # side lengths a padded batch snaps to; () = divisibility only
+        self.input_memory_format = (
+            torch.contiguous_format
+        )  # of the padded batch; see use_channels_last
 
     def use_channels_last(self) -> "TwoStageDetector":
         """Weights and every padded input batch in channels_last (cudnn's fast layout under AMP)."""
@@ -78,34 +95,55 @@ class TwoStageDetector(nn.Module):
             raise ValueError("TwoStageDetector: got an empty list of images")
         for i, img in enumerate(images):
             if img.dim() != 3 or img.shape[0] != 3:
-                raise ValueError(f"TwoStageDetector: image {i} has shape {list(img.shape)}; expected [3,H,W]")
+                raise ValueError(
+                    f"TwoStageDetector: image {i} has shape {list(img.shape)}; expected [3,H,W]"
+                )
         device = self.pixel_mean.device
         sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
         height, width = batch_padded_size(sizes, self.size_divisibility, self.pad_buckets)
-        batch = self.pixel_mean.expand(len(images), 3, height, width).clone(  # the padding normalises to 0
-            memory_format=self.input_memory_format)
+        batch = self.pixel_mean.expand(
+            len(images), 3, height, width
+        ).clone(  # the padding normalises to 0
+            memory_format=self.input_memory_format
+        )
         for i, img in enumerate(images):
             img = img.to(device, non_blocking=True)
-            region = batch[i, :, :img.shape[1], :img.shape[2]]
+            region = batch[i, :, : img.shape[1], : img.shape[2]]
             if img.dtype == torch.uint8:
-                torch.div(img, 255, out=region)  # one kernel: uint8 -> float32 0..1, written in place
+                torch.div(
+                    img, 255, out=region
+                )  # one kernel: uint8 -> float32 0..1, written in place
             else:
                 region.copy_(img)
-        return (batch - self.pixel_mean) / self.pixel_std, _host_to_device(sizes, torch.float32, device)
+        return (batch - self.pixel_mean) / self.pixel_std, _host_to_device(
+            sizes, torch.float32, device
+        )
 
     def _proposals(self, proposals, features, image_sizes, gt=()):
         """(proposals [N,P,4], valid [N,P], rpn losses, rpn stats): the given ``proposals``, else the RPN's."""
         if proposals is not None:
             padded, _, valid = _pad_boxes(proposals, image_sizes.device)
             zeros = image_sizes.new_zeros(())
-            return clip_boxes_to_sizes(padded, image_sizes), valid, {"loss_rpn_cls": zeros, "loss_rpn_box": zeros}, {}
+            return (
+                clip_boxes_to_sizes(padded, image_sizes),
+                valid,
+                {"loss_rpn_cls": zeros, "loss_rpn_box": zeros},
+                {},
+            )
         if self.rpn is None:
-            raise ValueError("TwoStageDetector: built with model.proposals=precomputed; pass proposals=[P_i,4] boxes")
+            raise ValueError(
+                "TwoStageDetector: built with model.proposals=precomputed; pass proposals=[P_i,4] boxes"
+            )
         boxes, _, valid, losses, stats = self.rpn(list(features.values()), image_sizes, *gt)
         return boxes, valid, losses, stats
 
-    def forward(self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None = None,
-                orig_sizes: Sequence[Sequence[int]] | None = None, proposals: Sequence[torch.Tensor] | None = None):
+    def forward(
+        self,
+        images: Sequence[torch.Tensor],
+        targets: Sequence[dict] | None = None,
+        orig_sizes: Sequence[Sequence[int]] | None = None,
+        proposals: Sequence[torch.Tensor] | None = None,
+    ):
         """Training: (losses, stats). Eval: list of {"boxes" [D,4], "labels" [D], "scores" [D]} per image."""
         batch, image_sizes = self.preprocess(images)
         features = self.backbone(batch)
@@ -113,16 +151,24 @@ class TwoStageDetector(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("TwoStageDetector: targets are required in training mode")
-            gt_boxes, (gt_labels,), gt_valid = _pad_boxes([t["boxes"] for t in targets], batch.device,
-                                                          extra=[[t["labels"].long() for t in targets]])
-            props, valid, losses, stats = self._proposals(proposals, features, image_sizes, (gt_boxes, gt_valid))
-            roi_losses, roi_stats = self.roi_heads(features, props, valid, image_sizes, padded_size,
-                                                   gt_boxes, gt_labels, gt_valid)
+            gt_boxes, (gt_labels,), gt_valid = _pad_boxes(
+                [t["boxes"] for t in targets],
+                batch.device,
+                extra=[[t["labels"].long() for t in targets]],
+            )
+            props, valid, losses, stats = self._proposals(
+                proposals, features, image_sizes, (gt_boxes, gt_valid)
+            )
+            roi_losses, roi_stats = self.roi_heads(
+                features, props, valid, image_sizes, padded_size, gt_boxes, gt_labels, gt_valid
+            )
             return {**losses, **roi_losses}, {**stats, **roi_stats}
         props, valid, _, _ = self._proposals(proposals, features, image_sizes)
         detections = self.roi_heads(features, props, valid, image_sizes, padded_size)
         if orig_sizes is not None:
-            for det, (height, width), (orig_h, orig_w) in zip(detections, image_sizes.tolist(), orig_sizes):
+            for det, (height, width), (orig_h, orig_w) in zip(
+                detections, image_sizes.tolist(), orig_sizes
+            ):
                 det["boxes"] = scale_boxes(det["boxes"], orig_w / width, orig_h / height)
         return detections
 
@@ -134,7 +180,9 @@ class TwoStageDetector(nn.Module):
     def propose(self, images: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """RPN proposals per image: (boxes [P_i,4] in input pixels, objectness scores [P_i]), best first."""
         if self.rpn is None:
-            raise ValueError("TwoStageDetector.propose: this model has no RPN (model.proposals=precomputed)")
+            raise ValueError(
+                "TwoStageDetector.propose: this model has no RPN (model.proposals=precomputed)"
+            )
         batch, image_sizes = self.preprocess(images)
         boxes, scores, valid, _, _ = self.rpn(list(self.backbone(batch).values()), image_sizes)
         counts = valid.sum(dim=1).tolist()
@@ -144,34 +192,79 @@ class TwoStageDetector(nn.Module):
 def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
     """The detector of ``cfg.model`` (``num_classes`` from the dataset when ``model.num_classes`` is null)."""
     model_cfg, rpn_cfg, roi_cfg = cfg.model, cfg.model.rpn, cfg.model.roi_head
-    if model_cfg.num_classes is not None and num_classes is not None and model_cfg.num_classes != num_classes:
-        raise ValueError(f"model.num_classes={model_cfg.num_classes} but the dataset has {num_classes} classes; "
-                         f"set model.num_classes to null to take the dataset's")
+    if (
+        model_cfg.num_classes is not None
+        and num_classes is not None
+        and model_cfg.num_classes != num_classes
+    ):
+        raise ValueError(
+            f"model.num_classes={model_cfg.num_classes} but the dataset has {num_classes} classes; "
+            f"set model.num_classes to null to take the dataset's"
+        )
     num_classes = model_cfg.num_classes if model_cfg.num_classes is not None else num_classes
     if num_classes is None:
-        raise ValueError("build_detector: model.num_classes is null; pass num_classes (the dataset's class count)")
+        raise ValueError(
+            "build_detector: model.num_classes is null; pass num_classes (the dataset's class count)"
+        )
     bb = model_cfg.backbone
-    backbone = build_backbone(name=bb.name, fpn=bb.fpn, out_channels=bb.out_channels, norm=bb.norm,
-                              freeze_at=bb.freeze_at, weights=bb.weights)
+    backbone = build_backbone(
+        name=bb.name,
+        fpn=bb.fpn,
+        out_channels=bb.out_channels,
+        norm=bb.norm,
+        freeze_at=bb.freeze_at,
+        weights=bb.weights,
+    )
     rpn = None
     if model_cfg.proposals == "rpn":
-        rpn = RPN(backbone.out_channels, backbone.strides, rpn_cfg.anchor_sizes, rpn_cfg.aspect_ratios,
-                  box_loss=build_box_loss(rpn_cfg.box_loss), pre_nms_topk_train=rpn_cfg.pre_nms_topk_train,
-                  post_nms_topk_train=rpn_cfg.post_nms_topk_train, pre_nms_topk_test=rpn_cfg.pre_nms_topk_test,
-                  post_nms_topk_test=rpn_cfg.post_nms_topk_test, nms_thresh=rpn_cfg.nms_thresh,
-                  min_size=rpn_cfg.min_size, batch_size_per_image=rpn_cfg.batch_size_per_image,
-                  positive_fraction=rpn_cfg.positive_fraction, fg_iou_thresh=rpn_cfg.fg_iou_thresh,
-                  bg_iou_thresh=rpn_cfg.bg_iou_thresh)
-    pooled_levels = [str(i) for i in range(len(backbone.strides) - 1)] if bb.fpn else ["0"]  # FPN: P2..P5
+        rpn = RPN(
+            backbone.out_channels,
+            backbone.strides,
+            rpn_cfg.anchor_sizes,
+            rpn_cfg.aspect_ratios,
+            box_loss=build_box_loss(rpn_cfg.box_loss),
+            pre_nms_topk_train=rpn_cfg.pre_nms_topk_train,
+            post_nms_topk_train=rpn_cfg.post_nms_topk_train,
+            pre_nms_topk_test=rpn_cfg.pre_nms_topk_test,
+            post_nms_topk_test=rpn_cfg.post_nms_topk_test,
+            nms_thresh=rpn_cfg.nms_thresh,
+            min_size=rpn_cfg.min_size,
+            batch_size_per_image=rpn_cfg.batch_size_per_image,
+            positive_fraction=rpn_cfg.positive_fraction,
+            fg_iou_thresh=rpn_cfg.fg_iou_thresh,
+            bg_iou_thresh=rpn_cfg.bg_iou_thresh,
+        )
+    pooled_levels = (
+        [str(i) for i in range(len(backbone.strides) - 1)] if bb.fpn else ["0"]
+    )  # FPN: P2..P5
     roi_heads = RoIHeads(
-        backbone.out_channels, pooled_levels, num_classes, box_loss=build_box_loss(roi_cfg.box_loss),
+        backbone.out_channels,
+        pooled_levels,
+        num_classes,
+        box_loss=build_box_loss(roi_cfg.box_loss),
         box_coder_weights=roi_cfg.box_coder_weights,
-        beta_schedule=build_beta_schedule(roi_cfg, cfg.train.max_iters), label_assigner=build_label_assigner(roi_cfg),
-        batch_size_per_image=roi_cfg.batch_size_per_image, positive_fraction=roi_cfg.positive_fraction,
-        fg_iou_thresh=roi_cfg.fg_iou_thresh, bg_iou_thresh=roi_cfg.bg_iou_thresh,
-        add_gt_as_proposals=roi_cfg.add_gt_as_proposals, pooler_resolution=roi_cfg.pooler_resolution,
-        sampling_ratio=roi_cfg.sampling_ratio, fc_dim=roi_cfg.fc_dim, class_agnostic=roi_cfg.class_agnostic,
-        box_loss_normalizer=roi_cfg.box_loss.normalizer, score_thresh=roi_cfg.test.score_thresh,
-        nms_thresh=roi_cfg.test.nms_thresh, detections_per_img=roi_cfg.test.detections_per_img)
-    return TwoStageDetector(backbone, roi_heads, rpn, pixel_mean=model_cfg.pixel_mean, pixel_std=model_cfg.pixel_std,
-                            size_divisibility=cfg.data.input.size_divisibility, pad_buckets=build_pad_buckets(cfg))
+        beta_schedule=build_beta_schedule(roi_cfg, cfg.train.max_iters),
+        label_assigner=build_label_assigner(roi_cfg),
+        batch_size_per_image=roi_cfg.batch_size_per_image,
+        positive_fraction=roi_cfg.positive_fraction,
+        fg_iou_thresh=roi_cfg.fg_iou_thresh,
+        bg_iou_thresh=roi_cfg.bg_iou_thresh,
+        add_gt_as_proposals=roi_cfg.add_gt_as_proposals,
+        pooler_resolution=roi_cfg.pooler_resolution,
+        sampling_ratio=roi_cfg.sampling_ratio,
+        fc_dim=roi_cfg.fc_dim,
+        class_agnostic=roi_cfg.class_agnostic,
+        box_loss_normalizer=roi_cfg.box_loss.normalizer,
+        score_thresh=roi_cfg.test.score_thresh,
+        nms_thresh=roi_cfg.test.nms_thresh,
+        detections_per_img=roi_cfg.test.detections_per_img,
+    )
+    return TwoStageDetector(
+        backbone,
+        roi_heads,
+        rpn,
+        pixel_mean=model_cfg.pixel_mean,
+        pixel_std=model_cfg.pixel_std,
+        size_divisibility=cfg.data.input.size_divisibility,
+        pad_buckets=build_pad_buckets(cfg),
+    )

@@ -3,6 +3,7 @@
 Shapes: ``N`` images, ``M`` candidates per image, ``G`` GT per image padded (``gt_valid [N,G]``), ``S`` samples per
 image. Label 0 is background, 1..K foreground. Masked tensor arithmetic only: no per-image loop, no host sync.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,13 @@ from detector.losses.dynamic import STATISTIC_CONVENTIONS, IntervalRecord, kth_v
 __all__ = ["match_boxes", "sample_balanced", "DynamicLabelAssigner", "build_label_assigner"]
 
 
-def match_boxes(iou: torch.Tensor, gt_valid: torch.Tensor, fg_iou_thresh: float | torch.Tensor,
-                bg_iou_thresh: float | torch.Tensor, allow_low_quality_matches: bool = False):
+def match_boxes(
+    iou: torch.Tensor,
+    gt_valid: torch.Tensor,
+    fg_iou_thresh: float | torch.Tensor,
+    bg_iou_thresh: float | torch.Tensor,
+    allow_low_quality_matches: bool = False,
+):
     """Match each candidate ([N,M,G] ``iou``; ``gt_valid`` [N,G]) to its best GT: IoU >= fg is foreground, < bg
     background, ignored between (thresholds: floats or 0-d tensors); ``allow_low_quality_matches`` also makes each
     GT's best candidates foreground. -> matched_idx [N,M] int64 (0 without GT), max_iou [N,M] (-1 without GT), fg
@@ -37,7 +43,9 @@ def match_boxes(iou: torch.Tensor, gt_valid: torch.Tensor, fg_iou_thresh: float 
     return matched_idx, max_iou, fg, bg
 
 
-def sample_balanced(fg: torch.Tensor, bg: torch.Tensor, batch_size_per_image: int, positive_fraction: float):
+def sample_balanced(
+    fg: torch.Tensor, bg: torch.Tensor, batch_size_per_image: int, positive_fraction: float
+):
     """Balanced random sampling per image over [N,M] disjoint bool masks ``fg``, ``bg`` -> index [N,S] int64 into M,
     is_fg [N,S], valid [N,S] (False where too few candidates), S = min(batch size, M): min(#fg, batch *
     positive_fraction) foreground first, then background."""
@@ -66,9 +74,17 @@ class DynamicLabelAssigner:
     GPU's images with GT, below-threshold ones measured against the image's first GT; k capped at the count.
     """
 
-    def __init__(self, initial_thresh: float = 0.5, topk: int = 75, interval: int = 100, min_thresh: float = 0.4,
-                 statistic: str = "mmdet"):
-        assert topk >= 1 and statistic in STATISTIC_CONVENTIONS, f"DynamicLabelAssigner: {topk}, {statistic!r}"
+    def __init__(
+        self,
+        initial_thresh: float = 0.5,
+        topk: int = 75,
+        interval: int = 100,
+        min_thresh: float = 0.4,
+        statistic: str = "mmdet",
+    ):
+        assert topk >= 1 and statistic in STATISTIC_CONVENTIONS, (
+            f"DynamicLabelAssigner: {topk}, {statistic!r}"
+        )
         self.topk = int(topk)
         self.interval = int(interval)
         self.min_thresh = float(min_thresh)
@@ -76,8 +92,14 @@ class DynamicLabelAssigner:
         self.thresh = float(initial_thresh)
         self.record = IntervalRecord(interval)
 
-    def observe(self, iou: torch.Tensor, max_iou: torch.Tensor, fg: torch.Tensor, candidate_valid: torch.Tensor,
-                gt_valid: torch.Tensor) -> torch.Tensor:
+    def observe(
+        self,
+        iou: torch.Tensor,
+        max_iou: torch.Tensor,
+        fg: torch.Tensor,
+        candidate_valid: torch.Tensor,
+        gt_valid: torch.Tensor,
+    ) -> torch.Tensor:
         """This iteration's IoU statistic, 0-d float32 (NaN: nothing to measure); changes no state, no host sync."""
         if self.statistic == "official":
             has_gt = gt_valid.any(dim=1)  # [N]
@@ -88,10 +110,14 @@ class DynamicLabelAssigner:
         k_max = min(self.topk, max_iou.shape[1])
         if k_max == 0:
             return max_iou.new_full((), math.nan)
-        overlaps = torch.where(candidate_valid, max_iou.clamp(min=0), -1.0)  # [N,M]; without GT: 0, as mmdet's
+        overlaps = torch.where(
+            candidate_valid, max_iou.clamp(min=0), -1.0
+        )  # [N,M]; without GT: 0, as mmdet's
         top = overlaps.topk(k_max, dim=1).values  # [N,k_max], the valid ones first
         count = candidate_valid.sum(dim=1)  # [N]
-        kth = top.gather(1, (count.clamp(min=1, max=k_max) - 1)[:, None]).squeeze(1)  # [N]: min(topk, n)-th largest
+        kth = top.gather(1, (count.clamp(min=1, max=k_max) - 1)[:, None]).squeeze(
+            1
+        )  # [N]: min(topk, n)-th largest
         has = count > 0
         mean = (kth * has).sum() / has.sum().clamp(min=1)
         return torch.where(has.any(), mean, torch.full_like(mean, math.nan)).float()
@@ -112,8 +138,10 @@ class DynamicLabelAssigner:
         self.record.load_state_dict(state["record"])
 
     def __repr__(self) -> str:
-        return (f"DynamicLabelAssigner(thresh={self.thresh:.4g}, topk={self.topk}, interval={self.interval}, "
-                f"min_thresh={self.min_thresh}, statistic={self.statistic!r})")
+        return (
+            f"DynamicLabelAssigner(thresh={self.thresh:.4g}, topk={self.topk}, interval={self.interval}, "
+            f"min_thresh={self.min_thresh}, statistic={self.statistic!r})"
+        )
 
 
 def build_label_assigner(roi_cfg: Mapping) -> DynamicLabelAssigner | None:
@@ -124,5 +152,10 @@ def build_label_assigner(roi_cfg: Mapping) -> DynamicLabelAssigner | None:
         return None
     statistic = dla["statistic"]
     initial = dla["min_thresh"] if statistic == "official" else roi_cfg["fg_iou_thresh"]
-    return DynamicLabelAssigner(initial_thresh=initial, topk=dla["topk"], interval=dla["interval"],
-                                min_thresh=dla["min_thresh"], statistic=statistic)
+    return DynamicLabelAssigner(
+        initial_thresh=initial,
+        topk=dla["topk"],
+        interval=dla["interval"],
+        min_thresh=dla["min_thresh"],
+        statistic=statistic,
+    )

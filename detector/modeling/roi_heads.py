@@ -3,6 +3,7 @@ sampled RoIs per image, ``R = N*S``, ``Q`` positives, ``K`` classes; logits [R,K
 or [R,4] class-agnostic. The Dynamic R-CNN state (beta schedule, label assigner) is read by ``forward`` and changed
 only by :meth:`RoIHeads.update_dynamic_state`; it travels in ``state_dict()`` through ``get_extra_state``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -23,13 +24,17 @@ __all__ = ["BoxHead", "RoIHeads"]
 class BoxHead(nn.Module):
     """Two FC layers on pooled features [R,C,h,w], then class logits [R,K+1] and deltas [R,4K] (or [R,4])."""
 
-    def __init__(self, in_features: int, fc_dim: int, num_classes: int, class_agnostic: bool = False):
+    def __init__(
+        self, in_features: int, fc_dim: int, num_classes: int, class_agnostic: bool = False
+    ):
         super().__init__()
         self.fc1 = nn.Linear(in_features, fc_dim)
         self.fc2 = nn.Linear(fc_dim, fc_dim)
         self.cls_score = nn.Linear(fc_dim, num_classes + 1)
         self.bbox_pred = nn.Linear(fc_dim, 4 if class_agnostic else 4 * num_classes)
-        nn.init.normal_(self.cls_score.weight, std=0.01)  # Detectron2's initialisation of the predictors
+        nn.init.normal_(
+            self.cls_score.weight, std=0.01
+        )  # Detectron2's initialisation of the predictors
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
@@ -45,25 +50,48 @@ def _coordinate_stats(prefix: str, values: torch.Tensor) -> dict[str, torch.Tens
         table = values.new_full((4, 4), float("nan"))
     else:
         quantiles = torch.quantile(values, values.new_tensor([0.5, 0.9]), dim=0)  # [2,4]
-        table = torch.cat([values.mean(0, keepdim=True), values.std(0, correction=0, keepdim=True), quantiles])
-    return {f"{prefix}/{coord}/{name}": table[row, col]
-            for col, coord in enumerate(DELTA_NAMES) for row, name in enumerate(("mean", "std", "p50", "p90"))}
+        table = torch.cat(
+            [values.mean(0, keepdim=True), values.std(0, correction=0, keepdim=True), quantiles]
+        )
+    return {
+        f"{prefix}/{coord}/{name}": table[row, col]
+        for col, coord in enumerate(DELTA_NAMES)
+        for row, name in enumerate(("mean", "std", "p50", "p90"))
+    }
 
 
 class RoIHeads(nn.Module):
     """Box branch of Fast R-CNN; see the module docstring. ``featmap_names`` are the pooled feature levels."""
 
-    def __init__(self, in_channels: int, featmap_names: Sequence[str], num_classes: int, box_loss: BoxLoss,
-                 box_coder_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0), beta_schedule: BetaSchedule | None = None,
-                 label_assigner: DynamicLabelAssigner | None = None, batch_size_per_image: int = 512,
-                 positive_fraction: float = 0.25, fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5,
-                 add_gt_as_proposals: bool = True, pooler_resolution: int = 7, sampling_ratio: int = 2,
-                 fc_dim: int = 1024, class_agnostic: bool = False, box_loss_normalizer: str = "num_samples",
-                 score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100):
+    def __init__(
+        self,
+        in_channels: int,
+        featmap_names: Sequence[str],
+        num_classes: int,
+        box_loss: BoxLoss,
+        box_coder_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+        beta_schedule: BetaSchedule | None = None,
+        label_assigner: DynamicLabelAssigner | None = None,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        fg_iou_thresh: float = 0.5,
+        bg_iou_thresh: float = 0.5,
+        add_gt_as_proposals: bool = True,
+        pooler_resolution: int = 7,
+        sampling_ratio: int = 2,
+        fc_dim: int = 1024,
+        class_agnostic: bool = False,
+        box_loss_normalizer: str = "num_samples",
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+    ):
         super().__init__()
         assert box_loss_normalizer in ("num_samples", "num_pos"), box_loss_normalizer
         self.pooler = MultiScaleRoIAlign(list(featmap_names), pooler_resolution, sampling_ratio)
-        self.box_head = BoxHead(in_channels * pooler_resolution ** 2, fc_dim, num_classes, class_agnostic)
+        self.box_head = BoxHead(
+            in_channels * pooler_resolution**2, fc_dim, num_classes, class_agnostic
+        )
         self.box_coder = BoxCoder(weights=box_coder_weights, check=False)
         self.box_loss = box_loss
         self.beta_schedule = beta_schedule
@@ -83,9 +111,15 @@ class RoIHeads(nn.Module):
 
     # ------------------------------------------------------------------ state carried in the model's state_dict
     def get_extra_state(self) -> dict[str, Any]:
-        return {"iteration": self.iteration,
-                "beta_schedule": self.beta_schedule.state_dict() if self.beta_schedule is not None else None,
-                "label_assigner": self.label_assigner.state_dict() if self.label_assigner is not None else None}
+        return {
+            "iteration": self.iteration,
+            "beta_schedule": self.beta_schedule.state_dict()
+            if self.beta_schedule is not None
+            else None,
+            "label_assigner": self.label_assigner.state_dict()
+            if self.label_assigner is not None
+            else None,
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
@@ -97,25 +131,40 @@ class RoIHeads(nn.Module):
         """Advance the beta schedule and the label assigner past iteration ``iteration`` with that iteration's
         training ``stats``; once per optimizer step, in order, on every rank (it may run a collective)."""
         if iteration < self.iteration:
-            raise ValueError(f"RoIHeads.update_dynamic_state({iteration}): iteration {self.iteration - 1} is already "
-                             f"recorded; call it once per optimizer step, in order")
+            raise ValueError(
+                f"RoIHeads.update_dynamic_state({iteration}): iteration {self.iteration - 1} is already "
+                f"recorded; call it once per optimizer step, in order"
+            )
         if self.beta_schedule is not None:
             self.beta_schedule.step(iteration, stats.get("beta_statistic"))
         if self.label_assigner is not None:
             if "iou_statistic" not in stats:
-                raise ValueError("RoIHeads.update_dynamic_state: stats has no 'iou_statistic'; pass the stats of "
-                                 "the iteration's training forward")
+                raise ValueError(
+                    "RoIHeads.update_dynamic_state: stats has no 'iou_statistic'; pass the stats of "
+                    "the iteration's training forward"
+                )
             self.label_assigner.step(iteration, stats["iou_statistic"])
         self.iteration = iteration + 1
 
     def _adaptive_beta(self, statistic: str) -> bool:
         """Whether the beta is adaptive in that convention (mmdet: sampled positives, official: every candidate)."""
-        return isinstance(self.beta_schedule, AdaptiveBeta) and self.beta_schedule.statistic == statistic
+        return (
+            isinstance(self.beta_schedule, AdaptiveBeta)
+            and self.beta_schedule.statistic == statistic
+        )
 
     # ------------------------------------------------------------------ forward
-    def forward(self, features: dict[str, torch.Tensor], proposals: torch.Tensor, proposal_valid: torch.Tensor,
-                image_sizes: torch.Tensor, padded_size: tuple[int, int], gt_boxes: torch.Tensor | None = None,
-                gt_labels: torch.Tensor | None = None, gt_valid: torch.Tensor | None = None):
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: torch.Tensor,
+        proposal_valid: torch.Tensor,
+        image_sizes: torch.Tensor,
+        padded_size: tuple[int, int],
+        gt_boxes: torch.Tensor | None = None,
+        gt_labels: torch.Tensor | None = None,
+        gt_valid: torch.Tensor | None = None,
+    ):
         """proposals [N,P,4], proposal_valid [N,P], image_sizes [N,2] (h, w) before padding, padded_size (H, W) of
         the batch; in training gt_boxes [N,G,4], gt_labels [N,G] (1..K), gt_valid [N,G].
         Training returns (losses ``{loss_cls, loss_box_reg}``, stats); eval a list of N dicts of detections
@@ -124,14 +173,24 @@ class RoIHeads(nn.Module):
         if not self.training:
             return self._forward_test(features, proposals, proposal_valid, image_sizes, padded_size)
         with torch.no_grad():
-            rois, labels, matched_gt, sampled, observed = self._assign_and_sample(proposals, proposal_valid, gt_boxes,
-                                                                                  gt_labels, gt_valid)
+            rois, labels, matched_gt, sampled, observed = self._assign_and_sample(
+                proposals, proposal_valid, gt_boxes, gt_labels, gt_valid
+            )
         logits, deltas = self._predict(features, rois, padded_size)  # [R,K+1], [R,4K]
-        losses, stats = self.losses(logits, deltas, rois.view(-1, 4), labels.view(-1), matched_gt.view(-1, 4),
-                                    sampled.view(-1), num_images=proposals.shape[0])
+        losses, stats = self.losses(
+            logits,
+            deltas,
+            rois.view(-1, 4),
+            labels.view(-1),
+            matched_gt.view(-1, 4),
+            sampled.view(-1),
+            num_images=proposals.shape[0],
+        )
         return losses, {**stats, **observed}
 
-    def _predict(self, features: dict[str, torch.Tensor], rois: torch.Tensor, padded_size: tuple[int, int]):
+    def _predict(
+        self, features: dict[str, torch.Tensor], rois: torch.Tensor, padded_size: tuple[int, int]
+    ):
         """rois [N,S,4] -> class logits [N*S,K+1], deltas [N*S,4K] (float32); one RoIAlign call for the batch."""
         pooled = self.pooler(features, list(rois.unbind(0)), [padded_size])  # [N*S,C,7,7]
         logits, deltas = self.box_head(pooled)
@@ -149,32 +208,53 @@ class RoIHeads(nn.Module):
         else:
             fg_thresh, bg_thresh = self.fg_iou_thresh, self.bg_iou_thresh
         matched_idx, max_iou, fg, bg = match_boxes(iou, gt_valid, fg_thresh, bg_thresh)
-        observed = {"iou_thresh": torch.full((), float(fg_thresh), dtype=torch.float32, device=iou.device)}  # no H2D
+        observed = {
+            "iou_thresh": torch.full((), float(fg_thresh), dtype=torch.float32, device=iou.device)
+        }  # no H2D
         if self.label_assigner is not None:
-            observed["iou_statistic"] = self.label_assigner.observe(iou, max_iou, fg, proposal_valid, gt_valid)
+            observed["iou_statistic"] = self.label_assigner.observe(
+                iou, max_iou, fg, proposal_valid, gt_valid
+            )
         if self._adaptive_beta("official"):
-            observed["beta_statistic"] = self._candidate_beta_statistic(proposals, proposal_valid, gt_boxes,
-                                                                        gt_valid, matched_idx, fg)
-        index, is_fg, sampled = sample_balanced(fg & proposal_valid, bg & proposal_valid,
-                                                self.batch_size_per_image, self.positive_fraction)  # [N,S]
+            observed["beta_statistic"] = self._candidate_beta_statistic(
+                proposals, proposal_valid, gt_boxes, gt_valid, matched_idx, fg
+            )
+        index, is_fg, sampled = sample_balanced(
+            fg & proposal_valid,
+            bg & proposal_valid,
+            self.batch_size_per_image,
+            self.positive_fraction,
+        )  # [N,S]
         rois = proposals.gather(1, index[..., None].expand(-1, -1, 4))  # [N,S,4]
         gt_idx = matched_idx.gather(1, index)  # [N,S]
         labels = torch.where(is_fg, gt_labels.gather(1, gt_idx), 0)  # [N,S]
         matched_gt = gt_boxes.gather(1, gt_idx[..., None].expand(-1, -1, 4))  # [N,S,4]
         return rois, labels, matched_gt, sampled, observed
 
-    def _candidate_beta_statistic(self, candidates, candidate_valid, gt_boxes, gt_valid, matched_idx, fg):
+    def _candidate_beta_statistic(
+        self, candidates, candidate_valid, gt_boxes, gt_valid, matched_idx, fg
+    ):
         """The official beta statistic: every candidate [N,M,4] of the images with GT against its matched GT, or the
         image's first GT below the threshold (the official ``matched_idxs.clamp(min=0)``)."""
         reference = torch.where(fg, matched_idx, 0)  # [N,M]
         reference_gt = gt_boxes.gather(1, reference[..., None].expand(-1, -1, 4))  # [N,M,4]
-        target_deltas = self.box_coder.encode(candidates.reshape(-1, 4), reference_gt.reshape(-1, 4))  # [N*M,4]
+        target_deltas = self.box_coder.encode(
+            candidates.reshape(-1, 4), reference_gt.reshape(-1, 4)
+        )  # [N*M,4]
         has_gt = gt_valid.any(dim=1)  # [N]
         valid = (candidate_valid & has_gt[:, None]).reshape(-1)  # [N*M]
         return self.beta_schedule.observe(target_deltas, num_images=has_gt.sum(), valid=valid)
 
-    def losses(self, logits: torch.Tensor, deltas: torch.Tensor, rois: torch.Tensor, labels: torch.Tensor,
-               matched_gt: torch.Tensor, sampled: torch.Tensor, num_images: int):
+    def losses(
+        self,
+        logits: torch.Tensor,
+        deltas: torch.Tensor,
+        rois: torch.Tensor,
+        labels: torch.Tensor,
+        matched_gt: torch.Tensor,
+        sampled: torch.Tensor,
+        num_images: int,
+    ):
         """Losses and stats of R sampled RoIs: logits [R,K+1], deltas [R,4K], rois [R,4], labels [R] (0 = bg),
         matched_gt [R,4] (used where label >= 1), sampled [R] bool (False: padding, no loss). Changes no state; with
         mmdetection's adaptive beta the stats carry the positives' ``beta_statistic``."""
@@ -188,23 +268,32 @@ class RoIHeads(nn.Module):
         pos_rois, pos_gt = rois[pos], matched_gt[pos]
         target_deltas = self.box_coder.encode(pos_rois, pos_gt)  # [Q,4]
         beta = self.box_loss.beta if self.beta_schedule is None else self.beta_schedule.beta
-        normalizer = num_samples if self.box_loss_normalizer == "num_samples" else float(max(pos.numel(), 1))
+        normalizer = (
+            num_samples if self.box_loss_normalizer == "num_samples" else float(max(pos.numel(), 1))
+        )
         if pos.numel() == 0:
-            loss_box = deltas.sum() * 0.0  # zero that keeps the graph: every parameter still gets a gradient
+            loss_box = (
+                deltas.sum() * 0.0
+            )  # zero that keeps the graph: every parameter still gets a gradient
         elif self.box_loss.on_boxes:
             pred_boxes = self.box_coder.decode(pred_deltas, pos_rois)
             loss_box = self.box_loss(pred_boxes, pos_gt, avg_factor=normalizer)
         else:
             loss_box = self.box_loss(pred_deltas, target_deltas, avg_factor=normalizer, beta=beta)
 
-        stats = {"num_fg": fg.sum(), "num_bg": ((labels == 0) & sampled).sum(),
-                 "num_pos_per_image": fg.sum().float() / num_images}
+        stats = {
+            "num_fg": fg.sum(),
+            "num_bg": ((labels == 0) & sampled).sum(),
+            "num_pos_per_image": fg.sum().float() / num_images,
+        }
         if beta is not None:
             stats["beta"] = torch.full((), float(beta), dtype=torch.float32, device=deltas.device)
         if self._adaptive_beta("mmdet"):
             stats["beta_statistic"] = self.beta_schedule.observe(target_deltas.detach(), num_images)
-        for name, values in (("target_abs", target_deltas.detach().abs()),
-                             ("pred_err", (pred_deltas.detach() - target_deltas).abs())):
+        for name, values in (
+            ("target_abs", target_deltas.detach().abs()),
+            ("pred_err", (pred_deltas.detach() - target_deltas).abs()),
+        ):
             stats.update(_coordinate_stats(name, values))
             stats[f"hist/{name}"] = values
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box}, stats
@@ -216,16 +305,28 @@ class RoIHeads(nn.Module):
         scores = F.softmax(logits, dim=-1)[:, 1:]  # [N*P,K]
         if self.class_agnostic:
             deltas = deltas.repeat(1, self.num_classes)
-        boxes = self.box_coder.decode(deltas, proposals.reshape(-1, 4)).view(num_images, -1, 4)  # [N,P*K,4]
+        boxes = self.box_coder.decode(deltas, proposals.reshape(-1, 4)).view(
+            num_images, -1, 4
+        )  # [N,P*K,4]
         boxes = clip_boxes_to_sizes(boxes, image_sizes)  # [N,P*K,4]
         scores = scores.reshape(num_images, -1)  # [N,P*K]
-        labels = torch.arange(1, self.num_classes + 1, device=boxes.device).repeat(num_props)  # [P*K]
-        keep = (proposal_valid.repeat_interleave(self.num_classes, dim=1) & (scores > self.score_thresh)
-                & min_size_mask(boxes, 1e-2))  # [N,P*K]
-        groups = torch.arange(num_images, device=boxes.device)[:, None] * (self.num_classes + 1) + labels  # [N,P*K]
-        top_scores, top = batched_nms_topk(boxes, scores, groups, keep, self.nms_thresh,
-                                           self.detections_per_img)  # [N,D]
+        labels = torch.arange(1, self.num_classes + 1, device=boxes.device).repeat(
+            num_props
+        )  # [P*K]
+        keep = (
+            proposal_valid.repeat_interleave(self.num_classes, dim=1)
+            & (scores > self.score_thresh)
+            & min_size_mask(boxes, 1e-2)
+        )  # [N,P*K]
+        groups = (
+            torch.arange(num_images, device=boxes.device)[:, None] * (self.num_classes + 1) + labels
+        )  # [N,P*K]
+        top_scores, top = batched_nms_topk(
+            boxes, scores, groups, keep, self.nms_thresh, self.detections_per_img
+        )  # [N,D]
         counts = torch.isfinite(top_scores).sum(dim=1).tolist()
         top_boxes = boxes.gather(1, top[..., None].expand(-1, -1, 4))
-        return [{"boxes": top_boxes[i, :n], "labels": labels[top[i, :n]], "scores": top_scores[i, :n]}
-                for i, n in enumerate(counts)]
+        return [
+            {"boxes": top_boxes[i, :n], "labels": labels[top[i, :n]], "scores": top_scores[i, :n]}
+            for i, n in enumerate(counts)
+        ]
