@@ -1,14 +1,21 @@
 """The predictor's initialisation (issue 31) and torchvision's FasterRCNN as the accuracy-parity reference."""
 
+import importlib.util
 import math
+import statistics
+from pathlib import Path
 
 import pytest
+import scipy.stats
 import torch
 from helpers import TINY, two_images
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 
-from detector.config import ConfigError, load_config, with_defaults
+from detector.config import ConfigError, load_config, resolve_config_path, with_defaults
+from detector.errors import UsageError
 from detector.modeling import build_detector
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _model(*overrides, seed=0):
@@ -138,3 +145,39 @@ def test_reference_detections_follow_our_contract():
         if len(det["boxes"]):
             assert det["boxes"][:, 2].max() <= width and det["boxes"][:, 3].max() <= height
             assert det["labels"].min() >= 1
+
+
+def _parity_tool():
+    spec = importlib.util.spec_from_file_location("parity_tool", REPO / "tools" / "parity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parity_report_pairs_by_seed_and_by_welch():
+    tool = _parity_tool()
+    base = {0: {"AP": 60.0}, 1: {"AP": 62.0}, 2: {"AP": 64.0}}
+    arm = {0: {"AP": 61.0}, 1: {"AP": 64.0}, 2: {"AP": 64.0}}
+    paired, welch = tool.compare(arm, base, "AP")
+    # by hand: differences 1, 2, 0 -> mean 1, sd 1, se 1/sqrt(3), t(2) 97.5% = 4.3027 -> [-1.48, +3.48]
+    assert paired.startswith("+1.0 [-1.5, +3.5]")
+    # Welch: means 63 and 62, variances 3 and 4, se = sqrt(3/3 + 4/3); df by Welch-Satterthwaite
+    a, b = [61.0, 64.0, 64.0], [60.0, 62.0, 64.0]
+    se = math.sqrt(statistics.variance(a) / 3 + statistics.variance(b) / 3)
+    df = se**4 / ((statistics.variance(a) / 3) ** 2 / 2 + (statistics.variance(b) / 3) ** 2 / 2)
+    half = scipy.stats.t.ppf(0.975, df) * se
+    assert welch.startswith(f"+1.0 [{1 - half:+.1f}, {1 + half:+.1f}]")
+    assert tool.compare({0: {"AP": 1.0}}, base, "AP") == ("too few runs", "too few runs")
+
+
+def test_parity_arms_are_configs_of_their_own(tmp_path):
+    tool = _parity_tool()
+    arms = tool.parse_arms(["ours_d2:model.roi_head.predictor_init=detectron2"])
+    assert list(arms) == ["torchvision", "ours", "ours_d2"]
+    path = tmp_path / "arms" / "ours_d2.yaml"
+    tool.write_arm_config(path, resolve_config_path("smoothl1.yaml"), arms["ours_d2"])
+    cfg = load_config([path])
+    assert cfg.model.roi_head.predictor_init == "detectron2"
+    assert cfg.model.roi_head.box_loss.name == "smooth_l1"
+    with pytest.raises(UsageError):
+        tool.parse_arms(["ours:model.implementation=ours"])
