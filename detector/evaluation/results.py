@@ -22,7 +22,8 @@ def evaluate_model(
     amp_dtype: torch.dtype | None = None,
     max_images: int | None = None,
 ) -> tuple[dict[str, Any], list]:
-    """Inference over ``loader`` and the metrics of ``metric``; (metrics, detections), the same on every rank."""
+    """Inference over ``loader`` and the metrics of ``metric``; (metrics, detections), the same on
+    every rank."""
     detections = inference_on_dataset(
         model, loader, device, amp_dtype=amp_dtype, max_images=max_images
     )
@@ -31,7 +32,8 @@ def evaluate_model(
 
 
 def write_eval_results(eval_dir: Path, metrics: dict[str, Any], dataset, detections: list) -> None:
-    """``eval/detections.json`` then ``eval/metrics.json`` (written last: it marks the run finished)."""
+    """``eval/detections.json`` then ``eval/metrics.json`` (written last: it marks the run
+    finished)."""
     eval_dir = Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
     (eval_dir / "detections.json").write_text(
