@@ -437,12 +437,14 @@ def test_the_nonfinite_message_names_only_files_that_exist(data_root, tmp_path, 
         with pytest.raises(trainer_mod.NonFiniteLossError) as info:
             trainer_mod.train(cfg, run)
         message = str(info.value)
-        assert f"diagnostic checkpoint: {run / 'checkpoints' / 'nonfinite_iter2.pth'}" in message
+        # the third forward is iteration 3, as the log counts (from 1)
+        assert message.startswith("loss_box_reg is not finite at iteration 3 (")
+        assert f"diagnostic checkpoint: {run / 'checkpoints' / 'nonfinite_iter3.pth'}" in message
         assert (
             f"last good checkpoint: {run / 'checkpoints' / 'last.pth'}" in message
         ) is last_named
         assert ("no checkpoint was written before it" in message) is not last_named
-        assert (run / "checkpoints" / "nonfinite_iter2.pth").is_file()
+        assert (run / "checkpoints" / "nonfinite_iter3.pth").is_file()
         assert (run / "checkpoints" / "last.pth").is_file() is last_named
 
 
