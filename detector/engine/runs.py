@@ -166,6 +166,11 @@ def check_run_folder(
         raise RunFolderError(
             "--resume and --overwrite exclude each other: continue the run, or replace it"
         )
+    if run_dir.resolve() == Path(cfg.data.root).resolve():
+        raise RunFolderError(
+            f"output_dir {run_dir} is data.root: the run's files would mix with the dataset's; "
+            f"use another output_dir"
+        )
     foreign = foreign_files(run_dir)
     if foreign:
         raise RunFolderError(
