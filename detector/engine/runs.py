@@ -97,12 +97,14 @@ def _is_run_config(path: Path, legacy: bool) -> bool:
     """Whether a training wrote ``path``: its header, or (``legacy``: beside a run's other files, as runs made
     before the header have it) a complete config with no ``_base_``."""
     try:
-        text = path.read_text(encoding="utf-8")
-        if text.startswith(RUN_CONFIG_HEADER):
+        data = path.read_bytes()
+        if data.startswith(RUN_CONFIG_HEADER.encode()):
             return True
-        stored = safe_yaml(text) if legacy else None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        stored = safe_yaml(data.decode("utf-8")) if legacy else None
+    except OSError:
         return False
+    except (UnicodeDecodeError, yaml.YAMLError):  # a run's, damaged: resuming it says so (stored_config)
+        return legacy
     sections = ("data", "model", "train", "eval")
     return (
         isinstance(stored, dict) and "_base_" not in stored and all(k in stored for k in sections)
