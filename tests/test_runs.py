@@ -70,10 +70,14 @@ def test_overwrite_replaces_the_run_but_keeps_the_users_files(data_root, tmp_pat
     run = tmp_path / "run"
     trainer_mod.train(cfg_for(data_root, run), run)
     (run / "notes.txt").write_text("mine")
+    (run / "eval" / "plot.png").write_bytes(b"mine too")  # beside the run's own files, in its folders
+    (run / "checkpoints" / "README").write_text("kept")
     first_events = set(run.glob("events.out.tfevents.*"))
     trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 3}), run, overwrite=True)
     assert train_records(run) == [1, 2, 3]  # one run's records, not two appended
     assert (run / "notes.txt").read_text() == "mine"
+    assert (run / "eval" / "plot.png").read_bytes() == b"mine too"
+    assert (run / "checkpoints" / "README").read_text() == "kept"
     assert not first_events & set(run.glob("events.out.tfevents.*"))
     assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 3
 
