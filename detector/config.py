@@ -325,8 +325,8 @@ def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Pa
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """YAML without aliases (``*name``): a few hundred bytes of nested aliases expand to gigabytes (an alias bomb),
-    and no config needs them."""
+    """YAML without aliases (``*name``): a few hundred bytes of nested aliases expand to
+    gigabytes (an alias bomb), and no config needs them."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -340,7 +340,8 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 
 def safe_yaml(text: str) -> Any:
-    """``yaml.safe_load`` without aliases (:class:`_NoAliasLoader`); errors are ``yaml.YAMLError``."""
+    """``yaml.safe_load`` without aliases (:class:`_NoAliasLoader`); errors are
+    ``yaml.YAMLError``."""
     return yaml.load(text, Loader=_NoAliasLoader)
 
 

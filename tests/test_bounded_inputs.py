@@ -1,6 +1,7 @@
-"""Bounded inputs (issue 28, cases 7, 8 and 11): YAML aliases are refused in config files and overrides (an alias
-bomb would expand to gigabytes), deeply nested JSON and the other malformed inputs of the issue are one line
-naming the file and field (each tool run as a subprocess), and a checkpoint pickled under numpy 1.x loads as data."""
+"""Bounded inputs (issue 28, cases 7, 8 and 11): YAML aliases are refused in config files and
+overrides (an alias bomb would expand to gigabytes), deeply nested JSON and the other malformed
+inputs of the issue are one line naming the file and field (each tool run as a subprocess), and a
+checkpoint pickled under numpy 1.x loads as data."""
 
 import json
 import os
@@ -19,8 +20,9 @@ from detector.engine.runs import RUN_CONFIG_HEADER
 
 
 def alias_bomb(levels: int) -> str:
-    """A YAML list whose each level lists the one before nine times through aliases: 9**levels leaves from a few
-    hundred bytes (the issue's 401-byte bomb as a config value ran out of 2 GiB)."""
+    """A YAML list whose each level lists the one before nine times through aliases: 9**levels
+    leaves from a few hundred bytes (the issue's 401-byte bomb as a config value ran out of 2
+    GiB)."""
     text = "&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"
     for k in range(1, levels + 1):
         text = f"&a{k} [{text}, {', '.join([f'*a{k - 1}'] * 8)}]"
@@ -132,8 +134,8 @@ def test_backbone_weights_that_hold_code_are_one_clean_line(data_root, tmp_path)
 
 
 def test_a_checkpoint_written_under_numpy_1_loads_as_data(tmp_path):
-    """numpy 2 renamed numpy.core to numpy._core; a checkpoint of numpy 1.x names the same reconstruct function by
-    its old name."""
+    """numpy 2 renamed numpy.core to numpy._core; a checkpoint of numpy 1.x names the same
+    reconstruct function by its old name."""
     np.random.seed(3)
     state = np.random.get_state()
     path = save_checkpoint(

@@ -64,7 +64,8 @@ def synthetic_overrides(tmp_path_factory):
 
 
 def finished_run(root: Path, ds) -> Path:
-    """A training run's folder: its config.yaml, eval/detections.json (perfect) and eval/metrics.json."""
+    """A training run's folder: its config.yaml, eval/detections.json (perfect) and
+    eval/metrics.json."""
     (root / "eval").mkdir(parents=True)
     (root / "config.yaml").write_text(RUN_CONFIG_HEADER + load_config([]).to_yaml())
     dets = perfect_detections(ds)

@@ -1,7 +1,8 @@
-"""One rule for every file a tool writes (detector/engine/outputs.py, docs/runs.md "Outputs"): a file that is there
-is replaced only with --overwrite, an output that is an input is refused, and a path is resolved (symlinks, ..)
-before it is checked, so a run's own files are never written by another tool unasked. Each tool that writes is
-run as the user runs it, a subprocess (issue 28, cases 1 and 6)."""
+"""One rule for every file a tool writes (detector/engine/outputs.py, docs/runs.md "Outputs"): a
+file that is there is replaced only with --overwrite, an output that is an input is refused, and
+a path is resolved (symlinks, ..) before it is checked, so a run's own files are never written by
+another tool unasked. Each tool that writes is run as the user runs it, a subprocess (issue 28,
+cases 1 and 6)."""
 
 import json
 from pathlib import Path
@@ -42,7 +43,8 @@ def overrides(data_root: Path) -> list[str]:
 
 
 def unfinished_run(run: Path) -> Path:
-    """A training run's folder before its final evaluation: its config.yaml and metrics.jsonl, no eval/."""
+    """A training run's folder before its final evaluation: its config.yaml and metrics.jsonl, no
+    eval/."""
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(RUN_CONFIG_HEADER + load_config([]).to_yaml())
     (run / "metrics.jsonl").write_text('{"type": "train", "iter": 1}\n')
@@ -95,8 +97,8 @@ def test_dump_proposals_never_replaces_a_file_unasked(data_root, tmp_path):
 
 
 def test_eval_out_is_resolved_before_it_is_checked(data_root, tmp_path):
-    """``--out run/eval/x/..`` and a link to ``run/eval`` are the run's eval folder: metrics.json there would mark
-    the unfinished run finished, for training and for the ablation runner."""
+    """``--out run/eval/x/..`` and a link to ``run/eval`` are the run's eval folder: metrics.json
+    there would mark the unfinished run finished, for training and for the ablation runner."""
     run = unfinished_run(tmp_path / "run")
     (run / "eval" / "x").mkdir(parents=True)
     (tmp_path / "link").symlink_to(run / "eval")

@@ -1,7 +1,8 @@
-"""Issue 28's run-folder cases, with tools/train.py as a subprocess: --overwrite never deletes what no training
-wrote, a resume never passes its end, a finished run is left as it is, a torn metrics.jsonl line never blocks a
-resume, two processes never both take over one stale lock, leftover temporary locks go, and a start that fails on
-the first batch leaves nothing that blocks the fixed command."""
+"""Issue 28's run-folder cases, with tools/train.py as a subprocess: --overwrite never deletes
+what no training wrote, a resume never passes its end, a finished run is left as it is, a torn
+metrics.jsonl line never blocks a resume, two processes never both take over one stale lock,
+leftover temporary locks go, and a start that fails on the first batch leaves nothing that blocks
+the fixed command."""
 
 import json
 import os
@@ -20,7 +21,8 @@ from detector.data.synthetic import ensure_synthetic
 from detector.engine import trainer as trainer_mod
 from detector.engine.runs import RunLock
 
-# iteration milestones and no warm-up: nothing derives from train.max_iters, so a plain --resume may change it
+# iteration milestones and no warm-up: nothing derives from train.max_iters, so a plain --resume may
+# change it
 STEPS = {"train.lr_schedule": "multistep", "train.milestones": "[100]", "train.warmup_iters": 0}
 
 
@@ -95,7 +97,8 @@ import sys, time
 from pathlib import Path
 from detector.engine import runs
 alive = runs._pid_alive
-runs._pid_alive = lambda pid: (time.sleep(0.3), alive(pid))[1]  # widen the window between check and take
+# widen the window between the check and the take-over
+runs._pid_alive = lambda pid: (time.sleep(0.3), alive(pid))[1]
 run, me = Path(sys.argv[1]), sys.argv[2]
 (run.parent / f"ready-{me}").touch()
 while len(list(run.parent.glob("ready-*"))) < 2:

@@ -70,7 +70,8 @@ def test_overwrite_replaces_the_run_but_keeps_the_users_files(data_root, tmp_pat
     run = tmp_path / "run"
     trainer_mod.train(cfg_for(data_root, run), run)
     (run / "notes.txt").write_text("mine")
-    (run / "eval" / "plot.png").write_bytes(b"mine too")  # beside the run's own files, in its folders
+    # beside the run's own files, in its folders
+    (run / "eval" / "plot.png").write_bytes(b"mine too")
     (run / "checkpoints" / "README").write_text("kept")
     first_events = set(run.glob("events.out.tfevents.*"))
     trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 3}), run, overwrite=True)

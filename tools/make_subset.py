@@ -50,7 +50,8 @@ def main(argv=None) -> int:
         parser.error("--format voc needs --root and --split")
     if args.fraction is not None and not 0 < args.fraction <= 1:
         parser.error("--fraction must be in (0, 1]")
-    # before any work: the rule of every tool's output (docs/runs.md); --ann a.json --out a.json is refused
+    # before any work: the rule of every tool's output (docs/runs.md); --ann a.json --out a.json is
+    # refused
     out = check_output(args.out, "--out", [args.ann, args.image_ids_file], args.overwrite)
     if args.format == "coco":
         coco = load_coco_json(args.ann)
@@ -76,7 +77,8 @@ def main(argv=None) -> int:
         subset = subset_coco_json(coco.dataset, {r.image_id for r in records}, cat_ids)
         write_output(out, json.dumps(subset), args.overwrite)
         print(
-            f"{args.out}: {len(subset['images'])} images, {len(subset['annotations'])} annotations, "
+            f"{args.out}: {len(subset['images'])} images, "
+            f"{len(subset['annotations'])} annotations, "
             f"{len(subset['categories'])} categories"
         )
     else:

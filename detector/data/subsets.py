@@ -75,7 +75,8 @@ def subset_records(
             lines = Path(image_ids_file).read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError as exc:
             raise DatasetError(
-                f"{image_ids_file}: image id file ({ids_source}) is not UTF-8 text (byte {exc.start}); "
+                f"{image_ids_file}: image id file ({ids_source}) is not UTF-8 text "
+                f"(byte {exc.start}); "
                 f"expected one image id or name a line"
             ) from None
         wanted = {line.split("#")[0].strip() for line in lines} - {""}

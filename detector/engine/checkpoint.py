@@ -35,8 +35,9 @@ class UnsafeCheckpointError(CheckpointError):
     """The checkpoint holds more than data (a pickled global outside the allowlist): loading it would run code."""
 
 
-# The pickled globals of np.random.get_state()'s uint32 key array, by this numpy's own names, and its array
-# constructor also by the name of the other numpy major (numpy.core became numpy._core in 2.0): the same function.
+# The pickled globals of np.random.get_state()'s uint32 key array, by this numpy's own names, and
+# its array constructor also by the name of the other numpy major (numpy.core became numpy._core in
+# 2.0): the same function.
 _KEY = np.zeros(0, dtype=np.uint32)
 _RECONSTRUCT = _KEY.__reduce__()[0]
 NUMPY_RNG_GLOBALS = [
@@ -113,8 +114,9 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
         unsafe = unsafe_global(exc) if not trust else None
         if unsafe:
             raise UnsafeCheckpointError(
-                f"{path}: holds {unsafe}, which is code, not checkpoint data, so it was not loaded; if you "
-                f"trust the file (you made it, or know its source), load it with --trust-checkpoint"
+                f"{path}: holds {unsafe}, which is code, not checkpoint data, so it was not "
+                f"loaded; if you trust the file (you made it, or know its source), load it with "
+                f"--trust-checkpoint"
             ) from None
         lines = [line.strip() for line in str(exc).splitlines()]
         unsupported = next((line for line in lines if line.startswith("Unsupported")), None)

@@ -41,8 +41,9 @@ def format_value(value: float, digits: int = 4) -> str:
 
 
 def _drop_records_after(path: Path, iteration: int) -> int:
-    """Rewrite ``metrics.jsonl`` (atomically) without the records of iterations after ``iteration``. A line that is
-    not a record (the torn last line of a kill or a full disk mid-write) is dropped with a warning."""
+    """Rewrite ``metrics.jsonl`` (atomically) without the records of iterations after
+    ``iteration``. A line that is not a record (the torn last line of a kill or a full disk
+    mid-write) is dropped with a warning."""
     if not path.is_file():
         return 0
     lines = [line for line in path.read_bytes().decode("utf-8", "replace").splitlines() if line]
@@ -50,7 +51,8 @@ def _drop_records_after(path: Path, iteration: int) -> int:
     torn = records.count(None)
     if torn:
         notice(
-            f"warning: {path}: dropped {torn} unreadable line(s), left by a write that did not finish"
+            f"warning: {path}: dropped {torn} unreadable line(s), left by a write that did not "
+            f"finish"
         )
     keep = [
         line for line, r in zip(lines, records) if r is not None and r.get("iter", 0) <= iteration

@@ -1,9 +1,10 @@
-"""The one rule for every file a tool writes (docs/runs.md, "Outputs"): a file that is there is never replaced
-without ``--overwrite``, an output is never one of the tool's inputs, and a run's own files (its ``eval/``,
-``checkpoints/``, ``config.yaml``, ...) are written only by its training, or with ``--overwrite``. Paths are
-resolved (symlinks, ``..``) before they are checked.
+"""The one rule for every file a tool writes (docs/runs.md, "Outputs"): a file that is there is
+never replaced without ``--overwrite``, an output is never one of the tool's inputs, and a run's own
+files (its ``eval/``, ``checkpoints/``, ``config.yaml``, ...) are written only by its training, or
+with ``--overwrite``. Paths are resolved (symlinks, ``..``) before they are checked.
 
-A tool calls :func:`check_output` for each file before any work, then :func:`write_output` for each at the end.
+A tool calls :func:`check_output` for each file before any work, then :func:`write_output` for each
+at the end.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ def check_output(
     inputs: Iterable[str | Path | None] = (),
     overwrite: bool = False,
 ) -> Path:
-    """``path`` (a file) resolved, once it may be written: a :class:`RunFolderError` (exit 2) when it is one of
-    ``inputs``, or (without ``overwrite``) a run's own file or a file that is there; an ``OSError`` naming the
-    folder when that cannot be written. ``option`` names the path in the messages."""
+    """``path`` (a file) resolved, once it may be written: a :class:`RunFolderError` (exit 2)
+    when it is one of ``inputs``, or (without ``overwrite``) a run's own file or a file that is
+    there; an ``OSError`` naming the folder when that cannot be written. ``option`` names the
+    path in the messages."""
     path = Path(path)
     folder = check_output_folder(path.parent, [path.name], option, inputs, overwrite, file=path)
     return folder / path.name
@@ -39,7 +41,8 @@ def check_output_folder(
     overwrite: bool = False,
     file: Path | None = None,
 ) -> Path:
-    """``folder`` resolved, once the files ``names`` may be written into it (the rules of :func:`check_output`)."""
+    """``folder`` resolved, once the files ``names`` may be written into it (the rules of
+    :func:`check_output`)."""
     given, folder = Path(file or folder), Path(folder).resolve()
     shown = f"{option} {given}"
     targets = [folder / name for name in names]
@@ -75,8 +78,9 @@ def check_output_folder(
 
 
 def write_output(path: Path, data: str | bytes, overwrite: bool = False) -> None:
-    """Write ``data`` to ``path`` (checked by :func:`check_output`) through a temporary file: renamed into place
-    with ``overwrite``, else linked, so a file that appeared since the check is not replaced."""
+    """Write ``data`` to ``path`` (checked by :func:`check_output`) through a temporary file:
+    renamed into place with ``overwrite``, else linked, so a file that appeared since the check
+    is not replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -104,7 +108,8 @@ def write_output(path: Path, data: str | bytes, overwrite: bool = False) -> None
 
 
 def _run_of(folder: Path, names: Iterable[str]) -> Path | None:
-    """The run whose own files ``names`` in ``folder`` would be: ``<run>/eval/...``, ``<run>/config.yaml``, ..."""
+    """The run whose own files ``names`` in ``folder`` would be: ``<run>/eval/...``,
+    ``<run>/config.yaml``, ..."""
     if folder.name in ("eval", "checkpoints") and run_files(folder.parent):
         return folder.parent
     run_names = [n for n in names if n in RUN_ARTIFACTS or n.startswith("events.out.tfevents.")]
@@ -112,7 +117,8 @@ def _run_of(folder: Path, names: Iterable[str]) -> Path | None:
 
 
 def _check_writable(folder: Path) -> None:
-    """The nearest existing folder of ``folder`` is a folder this user can write into, or an ``OSError``."""
+    """The nearest existing folder of ``folder`` is a folder this user can write into, or an
+    ``OSError``."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

@@ -24,14 +24,16 @@ from detector.errors import UsageError
 from detector.evaluation.results import EVAL_FILES
 
 CONFIG_FILE, LOCK_FILE = "config.yaml", ".lock"
-# The first line of the config.yaml a training writes: it tells a run's config from a user's file of that name.
+# The first line of the config.yaml a training writes: it tells a run's config from a user's file of
+# that name.
 RUN_CONFIG_HEADER = "# written by tools/train.py: the resolved config of this run (docs/runs.md)\n"
-# What a run writes into its folder (eval/ and checkpoints/: only the files of EVAL_FILES and CHECKPOINT_GLOBS);
-# --overwrite removes these and nothing else (a user's own files stay).
+# What a run writes into its folder (eval/ and checkpoints/: only the files of EVAL_FILES and
+# CHECKPOINT_GLOBS); --overwrite removes these and nothing else (a user's own files stay).
 RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "eval", "final_errors.pt")
 RUN_ARTIFACT_GLOBS = ("events.out.tfevents.*",)
 CHECKPOINT_GLOBS = ("*.pth", ".*.pth.*.tmp")
-# A temporary lock file (RunLock.acquire) lives for milliseconds; one older than this was left by a dead process.
+# A temporary lock file (RunLock.acquire) lives for milliseconds; one older than this was left by a
+# dead process.
 STALE_TEMP_S = 600
 
 # Keys that may differ between a run and its resume: they change how the run is observed or how fast it goes,
@@ -67,9 +69,10 @@ class RunFolderPlan:
 
 
 def _own_files(run_dir: Path) -> dict[str, list[Path]]:
-    """The files a training wrote that ``run_dir`` holds, by :data:`RUN_ARTIFACTS` name (empty: no run there).
-    ``eval/`` counts only beside another of them (alone it is tools/eval.py's); ``config.yaml`` only if a
-    training wrote it (:data:`RUN_CONFIG_HEADER`, or a complete config beside a run's other files)."""
+    """The files a training wrote that ``run_dir`` holds, by :data:`RUN_ARTIFACTS` name (empty:
+    no run there). ``eval/`` counts only beside another of them (alone it is tools/eval.py's);
+    ``config.yaml`` only if a training wrote it (:data:`RUN_CONFIG_HEADER`, or a complete config
+    beside a run's other files)."""
     run_dir = Path(run_dir)
     found = {
         name: [run_dir / name]
@@ -94,8 +97,8 @@ def _own_files(run_dir: Path) -> dict[str, list[Path]]:
 
 
 def _is_run_config(path: Path, legacy: bool) -> bool:
-    """Whether a training wrote ``path``: its header, or (``legacy``: beside a run's other files, as runs made
-    before the header have it) a complete config with no ``_base_``."""
+    """Whether a training wrote ``path``: its header, or (``legacy``: beside a run's other files,
+    as runs made before the header have it) a complete config with no ``_base_``."""
     try:
         data = path.read_bytes()
         if data.startswith(RUN_CONFIG_HEADER.encode()):
@@ -103,7 +106,8 @@ def _is_run_config(path: Path, legacy: bool) -> bool:
         stored = safe_yaml(data.decode("utf-8")) if legacy else None
     except OSError:
         return False
-    except (UnicodeDecodeError, yaml.YAMLError):  # a run's, damaged: resuming it says so (stored_config)
+    # a run's, damaged: resuming it says so (stored_config)
+    except (UnicodeDecodeError, yaml.YAMLError):
         return legacy
     sections = ("data", "model", "train", "eval")
     return (
@@ -117,8 +121,8 @@ def run_files(run_dir: Path) -> list[str]:
 
 
 def foreign_files(run_dir: Path) -> list[str]:
-    """What a training would write over in ``run_dir`` that no training wrote: a ``config.yaml`` that is not a
-    run's, or the evaluation files of an ``eval/`` where no run is."""
+    """What a training would write over in ``run_dir`` that no training wrote: a ``config.yaml``
+    that is not a run's, or the evaluation files of an ``eval/`` where no run is."""
     run_dir, own = Path(run_dir), _own_files(run_dir)
     foreign = [CONFIG_FILE] if (run_dir / CONFIG_FILE).exists() and CONFIG_FILE not in own else []
     if "eval" not in own:
@@ -127,7 +131,8 @@ def foreign_files(run_dir: Path) -> list[str]:
 
 
 def free_name(run_dir: Path) -> Path:
-    """``runs/smoothl1`` -> the first of ``runs/smoothl1-2``, ``-3``, ... that holds no run and no file in the way."""
+    """``runs/smoothl1`` -> the first of ``runs/smoothl1-2``, ``-3``, ... that holds no run and
+    no file in the way."""
     n = 2
     candidate = run_dir.with_name(f"{run_dir.name}-{n}")
     while run_files(candidate) or foreign_files(candidate):
@@ -175,11 +180,11 @@ def check_run_folder(
         )
     foreign = foreign_files(run_dir)
     if foreign:
+        them = "it" if len(foreign) == 1 else "them"
         raise RunFolderError(
             f"{run_dir} holds {', '.join(foreign)}, which no training wrote, and a training would "
-            f"write over {'it' if len(foreign) == 1 else 'them'} (--overwrite replaces only a run's "
-            f"own files): move {'it' if len(foreign) == 1 else 'them'} away, or use another "
-            f"output_dir such as {free_name(run_dir)}"
+            f"write over {them} (--overwrite replaces only a run's own files): move {them} away, "
+            f"or use another output_dir such as {free_name(run_dir)}"
         )
     present = run_files(run_dir)
     if not present:
@@ -203,8 +208,9 @@ def check_run_folder(
             else "continue it with --resume"
         )
         raise RunFolderError(
-            f"{run_dir} already holds {'a finished' if finished else 'an unfinished'} run; {go_on}, "
-            f"start a new one with output_dir={free_name(run_dir)}, or replace it with --overwrite"
+            f"{run_dir} already holds {'a finished' if finished else 'an unfinished'} run; "
+            f"{go_on}, start a new one with output_dir={free_name(run_dir)}, or replace it with "
+            f"--overwrite"
         )
     stored = stored_config(
         run_dir, fix="this folder's run cannot be resumed: use another output_dir or --overwrite"
@@ -243,15 +249,17 @@ def check_run_folder(
 def check_resume_point(
     run_dir: Path, plan: RunFolderPlan, iteration: int, max_iters: int
 ) -> dict[str, Any] | None:
-    """Once the checkpoint is loaded, before anything is written: a resume never passes its end. A new
-    ``train.max_iters`` at or below the checkpoint's iteration refuses; a finished run is left as it is and its
-    ``eval/metrics.json`` returned (None: train on, or only the final evaluation is left)."""
+    """Once the checkpoint is loaded, before anything is written: a resume never passes its end.
+    A new ``train.max_iters`` at or below the checkpoint's iteration refuses; a finished run is
+    left as it is and its ``eval/metrics.json`` returned (None: train on, or only the final
+    evaluation is left)."""
     changed = plan.stored_max_iters is not None and plan.stored_max_iters != max_iters
     if iteration > max_iters or (changed and iteration == max_iters):
         raise RunFolderError(
             f"--resume: {run_dir / 'checkpoints'} holds iteration {iteration}, and "
-            f"train.max_iters={max_iters} is not beyond it (a run cannot be shortened); resume with "
-            f"train.max_iters above {iteration}, or start a new run with output_dir={free_name(run_dir)}"
+            f"train.max_iters={max_iters} is not beyond it (a run cannot be shortened); resume "
+            f"with train.max_iters above {iteration}, or start a new run with "
+            f"output_dir={free_name(run_dir)}"
         )
     metrics_file = run_dir / "eval" / EVAL_FILES[-1]
     if iteration < max_iters or not metrics_file.is_file():
@@ -263,13 +271,15 @@ def check_resume_point(
     except (OSError, ValueError, RecursionError) as exc:
         raise RunFolderError(
             f"{metrics_file}: cannot be read ({type(exc).__name__}); the run is finished "
-            f"(iteration {iteration} of {max_iters}): delete the file to evaluate it again with --resume"
+            f"(iteration {iteration} of {max_iters}): delete the file to evaluate it again with "
+            f"--resume"
         ) from None
     from detector.engine.runtime import notice
 
     notice(
-        f"--resume: {run_dir} is a finished run (iteration {iteration} of {max_iters}, evaluated in "
-        f"{metrics_file}); nothing to do. To train it longer, resume with a larger train.max_iters"
+        f"--resume: {run_dir} is a finished run (iteration {iteration} of {max_iters}, evaluated "
+        f"in {metrics_file}); nothing to do. To train it longer, resume with a larger "
+        f"train.max_iters"
     )
     return metrics
 
@@ -310,10 +320,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """``<run>/.lock`` (pid, host, start time), held inside ``with RunLock(run_dir)`` while a training writes the
-    folder: linked into place, never half-written. A lock of a dead process on this host is taken over under an
-    ``flock`` of the folder, re-checked there, so of two processes taking over one stale lock only one holds it;
-    the flock is the kernel's, released when its process dies."""
+    """``<run>/.lock`` (pid, host, start time), held inside ``with RunLock(run_dir)`` while a
+    training writes the folder: linked into place, never half-written. A lock of a dead process
+    on this host is taken over under an ``flock`` of the folder, re-checked there, so of two
+    processes taking over one stale lock only one holds it; the flock is the kernel's, released
+    when its process dies."""
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK_FILE
@@ -368,10 +379,11 @@ class RunLock:
                 if holder is not None and self._is_stale(holder, me["host"]):
                     self._take_over(holder, me["host"])
                 elif holder is not None:
+                    pid, host = holder.get("pid"), holder.get("host")
                     raise RunFolderError(
-                        f"{self.path.parent} is in use by another training (pid {holder.get('pid')} "
-                        f"on {holder.get('host')}, started {holder.get('started', '?')}); wait for it, "
-                        f"or use another output_dir. If that process is gone, delete {self.path}"
+                        f"{self.path.parent} is in use by another training (pid {pid} on {host}, "
+                        f"started {holder.get('started', '?')}); wait for it, or use another "
+                        f"output_dir. If that process is gone, delete {self.path}"
                     )
         finally:
             os.unlink(tmp)
@@ -380,7 +392,8 @@ class RunLock:
         )
 
     def _take_over(self, holder: dict[str, Any], host: str) -> None:
-        """Remove the stale lock of ``holder`` if, under the folder's flock, it is still there and still stale."""
+        """Remove the stale lock of ``holder`` if, under the folder's flock, it is still there
+        and still stale."""
         folder = os.open(self.path.parent, os.O_RDONLY)
         try:
             fcntl.flock(folder, fcntl.LOCK_EX)
@@ -395,7 +408,8 @@ class RunLock:
             os.close(folder)  # releases the flock
 
     def _remove_stale_temporaries(self, host: str) -> None:
-        """The temporary lock files a dead writer left (docs/runs.md: leftovers are removed at the next start)."""
+        """The temporary lock files a dead writer left (docs/runs.md: leftovers are removed at
+        the next start)."""
         for path in self.path.parent.glob(f"{LOCK_FILE}.*.tmp"):
             owner = path.name[len(LOCK_FILE) + 1 :].rsplit(".", 2)[0]
             pid, _, where = owner.partition("@")

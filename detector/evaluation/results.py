@@ -30,7 +30,8 @@ def evaluate_model(
     return metrics, detections
 
 
-# What an evaluation writes into its folder, in this order: metrics.json last, as it marks a run finished.
+# What an evaluation writes into its folder, in this order: metrics.json last, as it marks a run
+# finished.
 EVAL_FILES = ("detections.json", "metrics.json")
 
 

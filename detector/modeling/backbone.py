@@ -64,8 +64,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         code = unsafe_global(exc)
         if code:
             raise WeightsError(
-                f"model.backbone.weights: {path} holds {code}, which is code, not weights, so it was "
-                f"not loaded; save the weights as tensors only: torch.save(model.state_dict())"
+                f"model.backbone.weights: {path} holds {code}, which is code, not weights, so it "
+                f"was not loaded; save the weights as tensors only: torch.save(model.state_dict())"
             ) from None
         raise WeightsError(
             f"model.backbone.weights: {path} is not a readable torch state dict "
