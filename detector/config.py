@@ -326,11 +326,32 @@ def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Pa
     )
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases (``*name``): a few hundred bytes of nested aliases expand to
+    gigabytes (an alias bomb), and no config needs them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                "aliases (*name) are not allowed in a config",
+                self.peek_event().start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` without aliases (:class:`_NoAliasLoader`); errors are
+    ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=_NoAliasLoader)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     """The file's top-level mapping; a file that is not UTF-8 YAML text (a checkpoint given as a config) or not
-    valid YAML raises :class:`ConfigError` naming it."""
+    valid YAML (aliases included) raises :class:`ConfigError` naming it."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(
             f"{path}: not a UTF-8 YAML text file (a checkpoint or other binary file?); pass a .yaml "
@@ -370,9 +391,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: expected key.sub=value, e.g. train.max_iters=200")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML") from None
+        value = safe_yaml(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(
+            f"override {text!r}: value {raw!r} is not valid YAML ({reason})"
+        ) from None
     return key.strip(), value
 
 

@@ -16,6 +16,7 @@ import detector.data
 import detector.modeling
 from detector.config import load_config
 from detector.engine.checkpoint import CheckpointError, load_model_weights
+from detector.engine.runs import RUN_CONFIG_HEADER
 from detector.evaluation import detections_to_coco_results, evaluate
 
 EVAL_TOOL = Path(__file__).resolve().parent.parent / "tools" / "eval.py"
@@ -63,9 +64,10 @@ def synthetic_overrides(tmp_path_factory):
 
 
 def finished_run(root: Path, ds) -> Path:
-    """A training run's folder: config.yaml, eval/detections.json (perfect) and eval/metrics.json."""
+    """A training run's folder: its config.yaml, eval/detections.json (perfect) and
+    eval/metrics.json."""
     (root / "eval").mkdir(parents=True)
-    (root / "config.yaml").write_text("seed: 42\n")
+    (root / "config.yaml").write_text(RUN_CONFIG_HEADER + load_config([]).to_yaml())
     dets = perfect_detections(ds)
     (root / "eval" / "detections.json").write_text(json.dumps(detections_to_coco_results(ds, dets)))
     (root / "eval" / "metrics.json").write_text(
