@@ -54,8 +54,6 @@ class BoxCoder:
         clamp: float = DEFAULT_CLAMP,
         check: bool = True,
     ):
-        if len(weights) != 4 or any(w <= 0 for w in weights):
-            raise ValueError(f"BoxCoder: weights must be 4 numbers > 0, got {tuple(weights)}")
         self.weights = tuple(float(w) for w in weights)
         self.clamp = float(clamp)
         self.check = check

@@ -55,6 +55,9 @@ BACKBONES: dict[str, str] = {
     **dict.fromkeys(("resnet18", "resnet34", "resnet50", "resnet101"), "resnet"),
     "mobilenet_v3_large": "mobilenet_v3_large",
 }
+# The FPN's output strides, P2..P6 (detector/modeling/backbone.py); model.rpn.anchor_sizes has
+# one size per level.
+FPN_STRIDES = (4, 8, 16, 32, 64)
 # model.backbone.norm. frozen_bn: fixed statistics (pretrained weights); bn; syncbn: batch statistics over the ranks
 # of a torchrun job (from scratch on several GPUs; plain BN in one process); gn: GroupNorm with 32 groups
 NORMS = ("frozen_bn", "bn", "syncbn", "gn")
@@ -93,9 +96,10 @@ METRIC_NAMES = {
 EVAL_BACKENDS = ("pycocotools", "faster_coco_eval")
 
 
-# Keys with a fixed set of values; a registry (dict) is looked up at check time, so run-time registrations count.
+# Keys with a fixed set of values; a registry (dict) is looked up at check time, so run-time
+# registrations count. data.format's registry, detector.data.FORMATS, sits a layer above this
+# module: build_dataset checks it with check_choice.
 _CHOICES: dict[str, tuple[Any, ...] | Mapping[str, Any]] = {
-    "data.format": ("synthetic", "coco", "voc"),
     "data.label_noise_kind": LABEL_NOISE_KINDS,
     "data.synthetic.boxes": SYNTHETIC_BOX_MODES,
     "data.synthetic.background": SYNTHETIC_BACKGROUNDS,
@@ -491,19 +495,24 @@ def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
     ]
     if not_finite:
         raise ConfigError(f"{source}: {full}={value!r} is not a finite number")
-    if full in _CHOICES and value not in _CHOICES[full]:
-        choices = [
-            str(c).lower() if isinstance(c, bool) else str(c) for c in _CHOICES[full]
-        ]  # YAML's false/true
-        hint = _hint(str(value), choices)
-        raise ConfigError(
-            f"{source}: {full}={value!r} is not valid{hint}; choose from {', '.join(choices)}"
-        )
+    if full in _CHOICES:
+        check_choice(full, value, _CHOICES[full], source)
     if full in _CHECKS:
         ok, message = _CHECKS[full]
         if not ok(value):
             raise ConfigError(f"{source}: {full}={value!r} {message}")
     return value
+
+
+def check_choice(key: str, value: Any, choices: Iterable[Any], source: str = "") -> None:
+    """A :class:`ConfigError` unless ``value`` is one of ``choices`` (a tuple or a registry)."""
+    if value in choices:
+        return
+    # YAML's false/true, as a user writes them
+    names = [str(c).lower() if isinstance(c, bool) else str(c) for c in choices]
+    where = f"{source}: " if source else ""
+    hint = _hint(str(value), names)
+    raise ConfigError(f"{where}{key}={value!r} is not valid{hint}; choose from {', '.join(names)}")
 
 
 def _check_relations(cfg: dict[str, Any]) -> None:
@@ -527,10 +536,11 @@ def _check_relations(cfg: dict[str, Any]) -> None:
             "model.proposals=precomputed needs model.proposal_file "
             "(a JSON made by tools/dump_proposals.py)"
         )
-    if cfg["train"]["best_metric"] not in METRIC_NAMES[cfg["eval"]["metric"]]:
+    levels = len(FPN_STRIDES) if cfg["model"]["backbone"]["fpn"] else 1
+    if levels > 1 and len(rpn["anchor_sizes"]) != levels:
         raise ConfigError(
-            f"train.best_metric={cfg['train']['best_metric']!r} is not computed with eval.metric="
-            f"{cfg['eval']['metric']}; choose from {', '.join(METRIC_NAMES[cfg['eval']['metric']])}"
+            f"model.rpn.anchor_sizes has {len(rpn['anchor_sizes'])} sizes but the FPN has {levels} "
+            f"levels (strides {', '.join(map(str, FPN_STRIDES))}); give one size per level"
         )
     if cfg["model"]["backbone"]["norm"] == "syncbn" and cfg["train"]["device"] == "cpu":
         raise ConfigError(
@@ -583,6 +593,17 @@ def _check_torchvision_reference(cfg: dict[str, Any]) -> None:
                 f"{key}={value} cannot be matched by model.implementation=torchvision (torchvision's "
                 f"FasterRCNN takes only {needed}); set {key}={needed} or model.implementation=ours"
             )
+
+
+def check_training(cfg: Config) -> None:
+    """The relations only training reads (evaluation does not check them): ``train.best_metric``
+    must be a metric that ``eval.metric`` computes."""
+    names = METRIC_NAMES[cfg.eval.metric]
+    if cfg.train.best_metric not in names:
+        raise ConfigError(
+            f"train.best_metric={cfg.train.best_metric!r} is not computed with "
+            f"eval.metric={cfg.eval.metric}; choose from {', '.join(names)}"
+        )
 
 
 def default_config() -> dict[str, Any]:

@@ -16,6 +16,7 @@ import torch
 from detector.boxes import box_area
 from detector.config import load_config
 from detector.modeling import TwoStageDetector, build_detector
+from detector.modeling.backbone import build_backbone
 
 TINY = [
     "model.roi_head.fc_dim=64",
@@ -31,6 +32,11 @@ TINY = [
 def tiny_model(*overrides: str, num_classes: int = 3, seed: int = 0) -> TwoStageDetector:
     torch.manual_seed(seed)
     return build_detector(load_config([], TINY + list(overrides)), num_classes=num_classes)
+
+
+def make_backbone(**keys):
+    """``build_backbone`` with base.yaml's ``model.backbone`` keys, ``keys`` replacing some."""
+    return build_backbone(**{**load_config().model.backbone.to_dict(), **keys})
 
 
 def two_images():

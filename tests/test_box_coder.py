@@ -134,5 +134,3 @@ def test_shape_errors():
         coder.encode(random_boxes(3, 0), random_boxes(2, 1))
     with pytest.raises(ValueError, match=r"must be \[N,4k\]"):
         coder.decode(torch.zeros(3, 6), random_boxes(3, 0))
-    with pytest.raises(ValueError, match="weights must be 4 numbers > 0"):
-        BoxCoder((1.0, 1.0, 0.0, 1.0))

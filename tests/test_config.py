@@ -15,6 +15,7 @@ from detector.config import (
     CONFIG_DIR,
     Config,
     ConfigError,
+    check_training,
     default_config,
     load_config,
     parse_override,
@@ -109,7 +110,16 @@ def test_frozen_printable_saveable(tmp_path):
         ("train.amp=1", "train.amp must be bool"),
         ("train.max_iters=0", "must be > 0"),
         ("model.roi_head.box_loss.name=smoth_l1", "did you mean smooth_l1"),
-        ("data.format=yolo", "choose from synthetic, coco, voc"),
+        ("model.rpn.anchor_sizes=[32,64]", "has 2 sizes but the FPN has 5 levels"),
+        # checked here only, not again where they are used (box coder, losses, evaluation)
+        ("model.roi_head.box_coder_weights=[1,1,0,1]", "must be 4 numbers > 0"),
+        ("model.roi_head.box_loss.beta=-1", "box_loss.beta=-1 must be >= 0"),
+        ("model.rpn.box_loss.alpha=0", "box_loss.alpha=0 must be > 0"),
+        ("model.roi_head.box_loss.gamma=0", "box_loss.gamma=0 must be > 0"),
+        ("model.roi_head.box_loss.name=nosuch", "choose from l2, l1, smooth_l1"),
+        ("eval.backend=fast", "choose from pycocotools, faster_coco_eval"),
+        ("eval.metric=map", "choose from coco, voc, both"),
+        ("data.label_noise_kind=gauss", "choose from jitter, outlier"),
         ("model.rpn=3", "is a section"),
         ("train.lr=null", "cannot be null"),
         ("data.input.min_size_train=[a]", "list of int"),
@@ -123,6 +133,20 @@ def test_error_paths(override, message):
     with pytest.raises(ConfigError, match=None) as err:
         load_config([], [override])
     assert message in str(err.value)
+
+
+def test_anchor_sizes_without_fpn_all_go_on_the_one_level():
+    cfg = load_config([], ["model.backbone.fpn=false", "model.rpn.anchor_sizes=[32,64]"])
+    assert cfg.model.rpn.anchor_sizes == (32, 64)
+
+
+def test_best_metric_is_a_training_relation_that_evaluation_does_not_check():
+    cfg = load_config([], ["eval.metric=voc"])  # train.best_metric stays AP
+    with pytest.raises(
+        ConfigError, match="train.best_metric='AP' is not computed with eval.metric"
+    ):
+        check_training(cfg)
+    check_training(load_config([], ["eval.metric=voc", "train.best_metric=mAP_voc"]))
 
 
 def test_file_errors(tmp_path):

@@ -83,6 +83,8 @@ def test_readme_voc_rescoring_leaves_the_runs_metrics_untouched(
     before = {p.name: p.read_bytes() for p in (run / "eval").iterdir()}
     dets = run / "eval" / "detections.json"
     assert eval_tool.main(["--cfg", "base.yaml", "--dets", str(dets), "--metric", "voc"]) == 0
+    # the override form too: train.best_metric (AP, a training key) is not checked by evaluation
+    assert eval_tool.main(["--cfg", "base.yaml", "--dets", str(dets), "eval.metric=voc"]) == 0
     assert {p.name: p.read_bytes() for p in (run / "eval").iterdir()} == before
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "eval"]
     out = capsys.readouterr().out

@@ -90,11 +90,6 @@ def test_smooth_l1_tends_to_l1():
     assert gap <= 0.5 * 2e-5 + 1e-6  # the two differ by at most beta / 2
 
 
-def test_negative_beta_is_an_error():
-    with pytest.raises(ValueError, match="beta must be >= 0"):
-        smooth_l1_loss(torch.zeros(1, 4), torch.zeros(1, 4), -1.0)
-
-
 # ---------------------------------------------------------------- Balanced L1
 
 
@@ -232,13 +227,6 @@ def test_weight_reduce_loss_semantics():
 
 
 # ---------------------------------------------------------------- BoxLoss and the registry
-
-
-def test_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError) as err:
-        build_box_loss({"name": "smoth_l1"})
-    assert "unknown box loss 'smoth_l1'" in str(err.value)
-    assert all(name in str(err.value) for name in LOSSES)
 
 
 def test_build_from_config_sections():

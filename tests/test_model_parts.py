@@ -5,15 +5,17 @@ import urllib.error
 import pytest
 import torch
 import torchvision
+from helpers import make_backbone
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import FrozenBatchNorm2d
 
 from detector.boxes import batched_box_iou
+from detector.config import load_config
 from detector.errors import WeightsError
 from detector.losses import build_box_loss
-from detector.modeling import RoIHeads, build_backbone
+from detector.modeling import RoIHeads
 from detector.modeling.matcher import DynamicLabelAssigner, match_boxes, sample_balanced
 from detector.modeling.rpn import RPN
 
@@ -30,7 +32,7 @@ from detector.modeling.rpn import RPN
     ],
 )
 def test_backbone_variants(name, fpn, norm, freeze_at):
-    backbone = build_backbone(
+    backbone = make_backbone(
         name=name, fpn=fpn, out_channels=32, norm=norm, freeze_at=freeze_at
     ).eval()
     features = backbone(torch.rand(1, 3, 64, 96))
@@ -41,7 +43,7 @@ def test_backbone_variants(name, fpn, norm, freeze_at):
 
 
 def test_freeze_at_freezes_leading_stages_and_their_batchnorm():
-    backbone = build_backbone(name="resnet18", fpn=True, norm="bn", freeze_at=2)
+    backbone = make_backbone(name="resnet18", fpn=True, norm="bn", freeze_at=2)
     trunk = backbone.body.body
     assert not any(p.requires_grad for p in trunk.conv1.parameters())
     assert not any(p.requires_grad for p in trunk.layer1.parameters())
@@ -56,7 +58,7 @@ def test_local_weights_file_loads_into_the_trunk(tmp_path):
     reference = torchvision.models.resnet18()
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
-    backbone = build_backbone(name="resnet18", fpn=False, norm="frozen_bn", weights=str(path))
+    backbone = make_backbone(name="resnet18", fpn=False, norm="frozen_bn", weights=str(path))
     torch.testing.assert_close(backbone.body.conv1.weight, reference.conv1.weight)
     torch.testing.assert_close(
         backbone.body.layer3[1].bn2.running_var, reference.layer3[1].bn2.running_var
@@ -67,7 +69,7 @@ def test_bad_weights_give_clear_errors(tmp_path):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="corrupt.pth is not a readable torch state dict"):
-        build_backbone(name="resnet18", weights=str(corrupt))
+        make_backbone(name="resnet18", weights=str(corrupt))
     wrong = tmp_path / "wrong.pth"
     torch.save({"something": torch.zeros(1)}, wrong)
     with pytest.raises(
@@ -76,7 +78,7 @@ def test_bad_weights_give_clear_errors(tmp_path):
         r"differ in shape, \d+ are missing .*; model.backbone.weights takes a "
         r"state dict of torchvision's resnet18",
     ):
-        build_backbone(name="resnet18", weights=str(wrong))
+        make_backbone(name="resnet18", weights=str(wrong))
     other = (
         tmp_path / "resnet50.pth"
     )  # another model's trunk: shapes differ (was torch's RuntimeError traceback)
@@ -86,11 +88,11 @@ def test_bad_weights_give_clear_errors(tmp_path):
         match=r"resnet50.pth does not fit the model built from the config: \d+ "
         r"tensors differ in shape, 0 are missing and \d+ unexpected \(layer1",
     ):
-        build_backbone(name="resnet18", weights=str(other))
+        make_backbone(name="resnet18", weights=str(other))
     with pytest.raises(
         WeightsError, match="neither an existing file nor a torchvision weights name"
     ):
-        build_backbone(name="resnet18", weights=str(tmp_path / "missing.pth"))
+        make_backbone(name="resnet18", weights=str(tmp_path / "missing.pth"))
 
 
 def test_named_weights_offline_say_how_to_pass_a_local_file(monkeypatch):
@@ -101,16 +103,18 @@ def test_named_weights_offline_say_how_to_pass_a_local_file(monkeypatch):
     with pytest.raises(
         WeightsError, match=r"pass its local path: model\.backbone\.weights=/path/to/resnet18\.pth"
     ):
-        build_backbone(name="resnet18", weights="DEFAULT")
+        make_backbone(name="resnet18", weights="DEFAULT")
 
 
 def test_anchors_match_torchvision_anchor_generator():
+    keys = load_config().model.rpn.to_dict()
+    keys = {k: v for k, v in keys.items() if k not in ("cls_weight", "anchor_sizes", "box_loss")}
     rpn = RPN(
         8,
         strides=(4, 8),
         anchor_sizes=(32, 64),
-        aspect_ratios=(0.5, 1.0, 2.0),
         box_loss=build_box_loss({"name": "smooth_l1", "beta": 1 / 9, "sigma": None}),
+        **keys,
     )
     generator = AnchorGenerator(sizes=((32,), (64,)), aspect_ratios=((0.5, 1.0, 2.0),) * 2)
     images = ImageList(torch.zeros(1, 3, 64, 96), [(64, 96)])

@@ -2,6 +2,10 @@
 or file error exits 1, each with one ``error:`` line on stderr and no traceback. The table must name every tool."""
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +120,49 @@ def test_a_failed_download_is_one_line_naming_the_archive(tmp_path, capsys):
         and err[0].startswith("error: https://")
         and "VOCtrainval_11-May-2012.tar" in err[0]
     ), err
+
+
+def tiny_coco(root: Path, split: str = "s") -> Path:
+    """One 64 x 64 image with one box of one class, as ``root/annotations/instances_<split>.json``."""
+    from PIL import Image
+
+    (root / split).mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(root / split / "1.jpg")
+    (root / "annotations").mkdir()
+    annotations = {
+        "images": [{"id": 1, "file_name": "1.jpg", "height": 64, "width": 64}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [8, 8, 32, 32], "area": 1024.0}
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(annotations))
+    return root
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.num_classes=5"], "model.num_classes=5 but the dataset has 1 classes"),
+        (["model.rpn.anchor_sizes=[32,64]"], "model.rpn.anchor_sizes has 2 sizes"),
+    ],
+)
+def test_a_config_mistake_found_by_the_model_is_one_line_exit_2(overrides, message, tmp_path):
+    """Through the real tool in its own process: the model's config mistakes are config errors too."""
+    data = [
+        "data.format=coco",
+        f"data.root={tiny_coco(tmp_path / 'data')}",
+        "data.train_split=s",
+        "data.val_split=s",
+    ]
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "train.py"), *data, f"output_dir={run}", *overrides],
+        env={**os.environ, "PYTHONPATH": str(REPO), "DETECTOR_TRACEBACK": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert not (run / "config.yaml").exists()

@@ -70,12 +70,8 @@ def main(argv=None) -> int:
         build_dataset,
     )  # looked up at call time: the tests substitute the dataset
 
-    # --metric decides what is scored; train.best_metric (a training key) follows it so the config stays consistent
-    metric = (
-        [f"eval.metric={args.metric}", f"train.best_metric={METRIC_NAMES[args.metric][0]}"]
-        if args.metric
-        else []
-    )
+    # training keys such as train.best_metric are not checked here (config.check_training)
+    metric = [f"eval.metric={args.metric}"] if args.metric else []
     cfg = load_config(args.cfg, list(args.overrides) + metric)
     files = EVAL_FILES if args.ckpt is not None else EVAL_FILES[-1:]
     if args.out is not None:  # before any work: the rule of every tool's output (docs/runs.md)

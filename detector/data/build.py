@@ -6,18 +6,46 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
 from ..boxes import degenerate_box_mask
-from .base import DatasetError, DetectionDataset, corrupt_records, sanitize_records
+from ..config import check_choice
+from .base import DatasetError, DetectionDataset, ImageRecord, corrupt_records, sanitize_records
 from .coco import load_coco_json, parse_coco
 from .samplers import GroupedInfiniteBatchSampler, inference_indices
 from .subsets import subset_records
 from .synthetic import ensure_synthetic
 from .transforms import build_transforms
 from .voc import parse_voc
+
+Parsed = tuple[list[ImageRecord], list[str], dict[int, int], str]
+
+
+def _parse_coco(data: Any, split: str) -> Parsed:
+    source = str(Path(data.root) / "annotations" / f"instances_{split}.json")
+    return *parse_coco(load_coco_json(source), Path(data.root) / split, source), source
+
+
+def _parse_synthetic(data: Any, split: str) -> Parsed:
+    # the keys are the generator's parameters; the set is written in COCO format
+    ensure_synthetic(data.root, **data.synthetic.to_dict())
+    return _parse_coco(data, split)
+
+
+def _parse_voc(data: Any, split: str) -> Parsed:
+    return *parse_voc(data.root, split), f"VOC {split} under {data.root}"
+
+
+# data.format -> parser(cfg.data, split name) -> (records, classes (index 0 background),
+# label -> category id, the source that errors name). A new format is its parser and one line here.
+FORMATS: dict[str, Callable[[Any, str], Parsed]] = {
+    "synthetic": _parse_synthetic,
+    "coco": _parse_coco,
+    "voc": _parse_voc,
+}
 
 # split -> {subset_records argument: the data.* key that sets it}; what is absent keeps every image. data.classes
 # applies to both splits; the size subsets and keep_empty to training only, so a training subset is still scored on
@@ -39,24 +67,14 @@ SUBSET_KEYS = {
 
 
 def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
-    """The ``split`` ("train" or "val") dataset of ``cfg.data``, subset and cleaned, with its transforms (or raw
-    targets when ``transforms=False``). A synthetic set is first generated under ``data.root`` when missing
-    (:func:`ensure_synthetic`); the training split then gets the fixed label noise of ``data.label_noise*``."""
+    """The ``split`` ("train" or "val") dataset of ``cfg.data``, parsed by ``FORMATS[data.format]``,
+    subset and cleaned, with its transforms (or raw targets when ``transforms=False``). The training
+    split then gets the fixed label noise of ``data.label_noise*``."""
     assert split in SUBSET_KEYS, split
     data = cfg.data
     split_name = data.train_split if split == "train" else data.val_split
-    if data.format == "synthetic":
-        ensure_synthetic(
-            data.root, **data.synthetic.to_dict()
-        )  # the keys are the generator's parameters
-    if data.format in ("synthetic", "coco"):
-        source = str(Path(data.root) / "annotations" / f"instances_{split_name}.json")
-        records, classes, label_to_cat_id = parse_coco(
-            load_coco_json(source), Path(data.root) / split_name, source
-        )
-    else:
-        source = f"VOC {split_name} under {data.root}"
-        records, classes, label_to_cat_id = parse_voc(data.root, split_name)
+    check_choice("data.format", data.format, FORMATS)
+    records, classes, label_to_cat_id, source = FORMATS[data.format](data, split_name)
     records = sanitize_records(records, source)
     subset = {argument: data[key] for argument, key in SUBSET_KEYS[split].items()}
     records, classes, label_to_cat_id = subset_records(
@@ -104,7 +122,7 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
         classes=classes,
         label_to_cat_id=label_to_cat_id,
         transforms=build_transforms(cfg, split) if transforms else None,
-        name=f"{Path(source).name if data.format != 'voc' else source} ({split})",
+        name=f"{Path(source).name if source.endswith('.json') else source} ({split})",
         proposals=proposals,
     )
 

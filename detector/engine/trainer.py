@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from detector.config import Config
+from detector.config import Config, check_training
 from detector.data import build_dataloader, build_dataset, proposals_of
 from detector.engine import distributed as dist_utils
 from detector.engine.checkpoint import BEST, LAST, Checkpointer, Progress
@@ -58,6 +58,7 @@ def train(
     """Train, evaluate and checkpoint one run into ``run_dir``; return the final metrics. ``extend``/``overwrite``:
     see :func:`detector.engine.runs.check_run_folder`; ``trust_checkpoint``: ``--trust-checkpoint`` on resume."""
     run_dir = Path(run_dir)
+    check_training(cfg)
     plan = check_run_folder(
         run_dir, cfg, resume=bool(cfg.train.resume), overwrite=overwrite, extend=extend
     )

@@ -20,7 +20,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detector.boxes import box_xywh_to_xyxy, box_xyxy_to_xywh
-from detector.config import COCO_EXTRA_NAMES, COCO_METRIC_NAMES, EVAL_BACKENDS  # noqa: F401 (re-exported)
+from detector.config import COCO_EXTRA_NAMES, COCO_METRIC_NAMES  # noqa: F401 (re-exported)
 from detector.data.coco import is_number
 
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -299,20 +299,17 @@ def coco_metrics(
 def _backend_classes(backend: str):
     if backend == "pycocotools":
         return COCO, COCOeval
-    if backend == "faster_coco_eval":
-        try:
-            from faster_coco_eval import COCO as FasterCOCO
-            from faster_coco_eval import COCOeval_faster
-        except ImportError:
-            raise ImportError(
-                "eval.backend=faster_coco_eval needs the faster-coco-eval package: "
-                "`pip install faster-coco-eval` (or `pip install -e .[fast]`), or use "
-                "eval.backend=pycocotools"
-            ) from None
-        return FasterCOCO, COCOeval_faster
-    raise ValueError(
-        f"unknown COCO evaluation backend {backend!r}; expected one of {EVAL_BACKENDS}"
-    )
+    # eval.backend's other choice (config.EVAL_BACKENDS)
+    try:
+        from faster_coco_eval import COCO as FasterCOCO
+        from faster_coco_eval import COCOeval_faster
+    except ImportError:
+        raise ImportError(
+            "eval.backend=faster_coco_eval needs the faster-coco-eval package: "
+            "`pip install faster-coco-eval` (or `pip install -e .[fast]`), or use "
+            "eval.backend=pycocotools"
+        ) from None
+    return FasterCOCO, COCOeval_faster
 
 
 def _load_results(coco_cls, coco_gt, results: Sequence[dict]):

@@ -47,8 +47,6 @@ def l2_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def smooth_l1_loss(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
     """Smooth L1 (Huber / beta): quadratic below beta, linear above; |gradient| <= 1 everywhere."""
-    if beta < 0:
-        raise ValueError(f"smooth_l1_loss: beta must be >= 0, got {beta}")
     diff = (pred - target).abs()
     if beta < EXACT_L1_BETA:
         return diff
@@ -63,10 +61,6 @@ def balanced_l1_loss(
     beta: float = 1.0,
 ) -> torch.Tensor:
     """Balanced L1 (Libra R-CNN, mmdetection's closed form): promotes the gradient of inliers (|x| < beta)."""
-    if alpha <= 0 or gamma <= 0 or beta <= 0:
-        raise ValueError(
-            f"balanced_l1_loss: alpha, gamma, beta must be > 0, got {alpha}, {gamma}, {beta}"
-        )
     diff = (pred - target).abs()
     b = math.exp(gamma / alpha) - 1
     inlier = alpha / b * (b * diff + 1) * torch.log(b * diff / beta + 1) - alpha * diff
@@ -224,7 +218,4 @@ LOSSES: dict[str, Callable[[Mapping], BoxLoss]] = {
 
 def build_box_loss(cfg: Mapping) -> BoxLoss:
     """The BoxLoss of a ``box_loss`` config section (its weight, normalizer and schedule belong to the caller)."""
-    name = cfg.get("name")
-    if name not in LOSSES:
-        raise ValueError(f"unknown box loss {name!r}; valid names: {', '.join(LOSSES)}")
-    return LOSSES[name](cfg)
+    return LOSSES[cfg["name"]](cfg)

@@ -21,7 +21,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from detector.config import BACKBONES, NORMS
+from detector.config import BACKBONES, FPN_STRIDES, NORMS
 from detector.errors import WeightsError, first_line, unsafe_global
 from detector.modeling.fit import misfit_message
 
@@ -160,12 +160,7 @@ class Backbone(nn.Module):
 
 
 def build_backbone(
-    name: str = "resnet18",
-    fpn: bool = True,
-    out_channels: int = 256,
-    norm: str = "bn",
-    freeze_at: int = 0,
-    weights: str | None = None,
+    *, name: str, fpn: bool, out_channels: int, norm: str, freeze_at: int, weights: str | None
 ) -> Backbone:
     """``weights``: None, a torchvision weights name (downloaded on request only) or a local ``.pth`` state dict."""
     trunk, body, stages, returned, channels = _trunk_and_stages(name, norm)
@@ -180,5 +175,5 @@ def build_backbone(
         with_fpn = BackboneWithFPN(
             body, return_layers, channels, out_channels, extra_blocks=LastLevelMaxPool()
         )
-        return Backbone(with_fpn, out_channels, (4, 8, 16, 32, 64))
+        return Backbone(with_fpn, out_channels, FPN_STRIDES)
     return Backbone(IntermediateLayerGetter(body, {returned[-1]: "0"}), channels[-1], (32,))

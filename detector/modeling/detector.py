@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from detector.boxes import clip_boxes_to_sizes, scale_boxes
+from detector.config import ConfigError
 from detector.data.transforms import batch_padded_size, build_pad_buckets
 from detector.losses import build_beta_schedule, build_box_loss
 from detector.modeling.backbone import Backbone, build_backbone
@@ -197,7 +198,7 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
         and num_classes is not None
         and model_cfg.num_classes != num_classes
     ):
-        raise ValueError(
+        raise ConfigError(
             f"model.num_classes={model_cfg.num_classes} but the dataset has {num_classes} classes; "
             f"set model.num_classes to null to take the dataset's"
         )

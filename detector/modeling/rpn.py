@@ -33,28 +33,25 @@ class RPN(nn.Module):
         anchor_sizes: Sequence[float],
         aspect_ratios: Sequence[float],
         box_loss: BoxLoss,
-        pre_nms_topk_train: int = 2000,
-        post_nms_topk_train: int = 1000,
-        pre_nms_topk_test: int = 1000,
-        post_nms_topk_test: int = 1000,
-        nms_thresh: float = 0.7,
-        min_size: float = 1e-3,
-        batch_size_per_image: int = 256,
-        positive_fraction: float = 0.5,
-        fg_iou_thresh: float = 0.7,
-        bg_iou_thresh: float = 0.3,
+        pre_nms_topk_train: int,
+        post_nms_topk_train: int,
+        pre_nms_topk_test: int,
+        post_nms_topk_test: int,
+        nms_thresh: float,
+        min_size: float,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        fg_iou_thresh: float,
+        bg_iou_thresh: float,
     ):
         super().__init__()
         assert not box_loss.on_boxes, f"the RPN takes a delta loss, not {box_loss.name}"
         if len(strides) == 1:
             sizes_per_level = [tuple(anchor_sizes)]
-        elif len(anchor_sizes) == len(strides):
-            sizes_per_level = [(s,) for s in anchor_sizes]
         else:
-            raise ValueError(
-                f"model.rpn.anchor_sizes has {len(anchor_sizes)} sizes but the backbone has "
-                f"{len(strides)} levels; give one size per level"
-            )
+            # the config's relation check holds model.rpn.anchor_sizes to the FPN's levels
+            assert len(anchor_sizes) == len(strides), (anchor_sizes, strides)
+            sizes_per_level = [(s,) for s in anchor_sizes]
         self.strides = tuple(int(s) for s in strides)
         self.anchor_generator = AnchorGenerator(
             sizes_per_level, (tuple(aspect_ratios),) * len(sizes_per_level)
