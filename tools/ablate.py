@@ -2,11 +2,14 @@
 """Run a box-loss ablation and write its report, e.g. ``python tools/ablate.py --cfgs l2.yaml smoothl1.yaml
 dynamic_smoothl1.yaml --sweep model.roi_head.box_loss.beta=0.11,1.0 --jobs 2``.
 
-Every (config, sweep value, seed) trains with identical data, schedule and budget into ``DIR/runs/<name>``. The
-same command continues an ablation: an interrupted run resumes, a finished one is reused only when its stored
-config.yaml matches (log periods and loader workers aside); otherwise nothing trains and the run and keys are named.
-DIR then holds summary.md (mean ± std per config, paired differences to the baseline with Holm-corrected verdicts,
-true-positive IoUs), summary.csv and plots (or: tensorboard --logdir DIR/runs).
+Every (config, sweep value, seed) trains with identical data, schedule and budget into
+``DIR/runs/<name>``. A finished run keeps its record (config.yaml, metrics.jsonl, eval/metrics.json,
+record.json: small enough to commit) and last.pth. The same command continues an ablation, in a
+fresh clone too: an interrupted run resumes, a finished one is reused only when its stored
+config.yaml matches (log periods and loader workers aside); otherwise nothing trains and the run and
+keys are named. DIR then holds summary.md (mean ± std per config, paired differences to the
+baseline with Holm-corrected verdicts, true-positive IoUs), summary.csv and plots, all rebuilt from
+the records by --report-only (or: tensorboard --logdir DIR/runs).
 
 Exit codes: 0 every run finished; 1 some run failed (the report lists it) or no report; 2 a bad option, config or
 run folder (nothing trained); 130 stopped by Ctrl-C.
@@ -27,6 +30,7 @@ from detector.ablation import (
     run_local,
     write_report,
 )
+from detector.ablation.record import CHECKPOINT_CHOICES
 from detector.errors import run_tool
 
 SLURM_OPTIONS = (
@@ -81,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("local", "slurm"),
         default="local",
         help="where the runs train (slurm: one job array through submitit)",
+    )
+    parser.add_argument(
+        "--keep-checkpoint",
+        choices=CHECKPOINT_CHOICES,
+        default="last",
+        help="checkpoints a finished run keeps (default last: last.pth; none: its record alone)",
     )
     parser.add_argument("--title", default="", help="title of summary.md")
     slurm = parser.add_argument_group("--launcher slurm")
@@ -179,7 +189,7 @@ def launch(args, steps, out: Path, command: str):
         flush=True,
     )
     if args.launcher == "local":
-        return run_local(steps, jobs=args.jobs or 1)
+        return run_local(steps, jobs=args.jobs or 1, keep_checkpoint=args.keep_checkpoint)
     from detector.ablation import slurm
 
     given = {
@@ -192,6 +202,7 @@ def launch(args, steps, out: Path, command: str):
         constraint=args.constraint,
         account=args.account,
         parallelism=args.jobs,
+        keep_checkpoint=args.keep_checkpoint,
         **{k: v for k, v in given.items() if v is not None},
     )
     submitted = slurm.submit(steps, out, options)

@@ -89,7 +89,7 @@ def tide_available() -> bool:
 
 def tide_loc_dap(gt: GroundTruth, detections: list[dict]) -> float | None:
     """None when ``tidecv`` is not importable. Built from ``gt``: tidecv's COCO reader needs segmentations."""
-    if not tide_available():
+    if not tide_available() or not detections:  # tidecv divides by zero without detections
         return None
     from tidecv import TIDE, Data
 

@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import statistics
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from detector.ablation.localisation import (
     MATCH_IOU,
     SCORE_THRESHOLD,
     TIDE_METRIC,
-    run_localisation,
+    summarise,
     tide_available,
 )
 from detector.ablation.plan import METRICS_FILE, Run, groups_of, is_finished
+from detector.ablation.record import RECORD, RecordError, ensure_record
 from detector.ablation.stats import (
     ALPHA,
     CONFIDENCE,
@@ -37,7 +39,6 @@ from detector.ablation.stats import (
     paired_difference,
     verdict,
 )
-from detector.errors import DetectorError
 from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS
 from detector.evaluation.voc import VOC_METRIC_NAMES
 
@@ -77,14 +78,27 @@ CSV_COLUMNS = (
 NOT_STARTED = "not started"
 
 
-def read_run(run_dir: Path) -> dict[str, Any]:
-    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+def _read_json(path: Path, lines: bool = False) -> Any:
+    """The JSON document at ``path`` (``lines``: one per line, as a list); a :class:`RecordError`."""
+    try:
+        text = path.read_text()
+        if lines:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise RecordError(f"{path}: cannot be read ({exc})") from None
+
+
+def read_run(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
+    """A finished run's results from its record alone (:mod:`detector.ablation.record`; written
+    first from the heavy files when it is missing); a :class:`RecordError` names a file that cannot
+    be read."""
+    record = ensure_record(run_dir, ground_truth)
+    metrics = _read_json(run_dir / METRICS_FILE)
+    if not isinstance(metrics, dict):
+        raise RecordError(f"{run_dir / METRICS_FILE}: not a metrics object")
     jsonl = run_dir / "metrics.jsonl"
-    records = (
-        [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-        if jsonl.is_file()
-        else []
-    )
+    records = _read_json(jsonl, lines=True) if jsonl.is_file() else []
     train = [r for r in records if r.get("type") == "train"]
     tail = [
         r["loss_box_reg"]
@@ -92,19 +106,15 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         if r.get("loss_box_reg") is not None
     ]
     speeds = [r["images_per_s"] for r in train[1:] or train if r.get("images_per_s")]
-    errors = None
-    if (run_dir / "final_errors.pt").is_file():
-        import torch
-
-        errors = torch.load(run_dir / "final_errors.pt", weights_only=True).get("hist/pred_err")
     known = {**dict(zip(PER_IOU_NAMES, metrics.get("AP_per_iou") or [])), **metrics}
     values = {name: known[name] for name in CSV_METRICS if name in known}
     values["loss_box_reg"] = statistics.fmean(tail) if tail else None
     values["images_per_s"] = statistics.fmean(speeds) if speeds else None
-    return {
+    result = {
         "metrics": metrics,
         "values": values,
-        "pred_err": errors,
+        "pred_err": None,
+        "tp_ious": None,
         "curve": [
             (r["iter"], r.get("loss_box_reg"), r.get("total_loss"), r.get("beta")) for r in train
         ],
@@ -112,6 +122,20 @@ def read_run(run_dir: Path) -> dict[str, Any]:
             r["iter"]: r["AP"] for r in records if r.get("type") == "eval" and defined(r.get("AP"))
         },
     }
+    if record is None:
+        result["localisation_error"] = f"{run_dir.name}: no {RECORD} and no detections to make it"
+        return result
+    import torch
+
+    if record.get("pred_err"):
+        result["pred_err"] = torch.tensor(record["pred_err"], dtype=torch.float32)
+    if record.get("tp_ious") is not None:
+        result["tp_ious"] = torch.tensor(record["tp_ious"], dtype=torch.float32)
+        values.update(summarise(result["tp_ious"]))
+    else:
+        result["localisation_error"] = record.get("localisation_error", "no true-positive IoUs")
+    values.update(record.get("tide") or {})
+    return result
 
 
 def convergence(results: list[dict[str, Any]]) -> tuple[int, float, float] | None:
@@ -141,33 +165,27 @@ class Group:
 
 
 def collect(runs: list[Run], out: Path) -> list[Group]:
-    """The groups in plan order, read from ``out/runs`` (after ``check_runs``: its finished runs are this one's)."""
+    """The groups in plan order, read from ``out/runs`` (after ``check_runs``: its finished runs are
+    this one's). A finished run whose record cannot be read is skipped with one line on stderr and
+    counts as failed."""
     groups = {name: Group(name, sum(r.group == name for r in runs)) for name in groups_of(runs)}
     ground_truth: dict = {}  # the val ground truth per data config, read once
     for run in runs:
         run_dir = run.run_dir(out)
         log = run_dir / "train.log"
         if is_finished(run_dir):
-            result = {**read_run(run_dir), "run": run.name}
+            try:
+                result = {**read_run(run_dir, ground_truth), "run": run.name}
+            except RecordError as exc:
+                print(f"skipped {run.name}: {exc}", file=sys.stderr)
+                groups[run.group].unfinished.append((run, f"unreadable: {exc}"))
+                continue
             bad = [
                 m
                 for m, v in result["values"].items()
                 if isinstance(v, float) and not math.isfinite(v)
             ]
             if not bad:
-                try:
-                    values, result["tp_ious"] = run_localisation(run_dir, ground_truth)
-                except (
-                    DetectorError,
-                    OSError,
-                    ValueError,
-                ) as exc:  # no val data here: report the rest
-                    values, result["tp_ious"], result["localisation_error"] = (
-                        {},
-                        None,
-                        f"{run_dir.name}: {exc}",
-                    )
-                result["values"].update(values)
                 groups[run.group].results[run.seed] = result
                 continue
             why = f"diverged: non-finite {', '.join(bad)}; log: {log}"
