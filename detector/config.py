@@ -101,7 +101,9 @@ _CHOICES: dict[str, tuple[Any, ...] | Mapping[str, Any]] = {
     "data.synthetic.background": SYNTHETIC_BACKGROUNDS,
     "model.backbone.name": BACKBONES,
     "model.backbone.norm": NORMS,
+    "model.implementation": ("ours", "torchvision"),
     "model.proposals": ("rpn", "precomputed"),
+    "model.roi_head.predictor_init": ("torchvision", "detectron2"),
     "model.rpn.box_loss.name": LOSSES,  # and a delta loss: see _check_relations
     "model.roi_head.box_loss.name": LOSSES,
     "model.roi_head.box_loss.normalizer": ("num_samples", "num_pos"),
@@ -517,6 +519,8 @@ def _check_relations(cfg: dict[str, Any]) -> None:
             f"model.roi_head.box_loss.schedule: type=exp is geometric; start ({sched['start']}) and end "
             f"({sched['end']}) must be > 0"
         )
+    if cfg["model"]["implementation"] == "torchvision":
+        _check_torchvision_reference(cfg)
     rpn_loss = rpn["box_loss"]
     deltas = [
         name
@@ -528,6 +532,33 @@ def _check_relations(cfg: dict[str, Any]) -> None:
             f"model.rpn.box_loss.name={rpn_loss['name']!r}: the RPN regresses anchor deltas with a "
             f"fixed beta; choose a delta loss: {', '.join(deltas)}"
         )
+
+
+def _check_torchvision_reference(cfg: dict[str, Any]) -> None:
+    """What torchvision's FasterRCNN (detector/modeling/reference.py) cannot take: one line naming the key."""
+    model, roi = cfg["model"], cfg["model"]["roi_head"]
+    rpn_loss = model["rpn"]["box_loss"]
+    fixed = {
+        "model.roi_head.box_loss.name": (roi["box_loss"]["name"], "smooth_l1"),
+        "model.roi_head.box_loss.normalizer": (roi["box_loss"]["normalizer"], "num_samples"),
+        "model.roi_head.dynamic_label_assignment.enabled": (
+            roi["dynamic_label_assignment"]["enabled"],
+            False,
+        ),
+        "model.roi_head.add_gt_as_proposals": (roi["add_gt_as_proposals"], True),
+        "model.roi_head.class_agnostic": (roi["class_agnostic"], False),
+        "model.proposals": (model["proposals"], "rpn"),
+        "model.rpn.box_loss.name": (rpn_loss["name"], "smooth_l1"),
+        "data.input.pad_buckets": (cfg["data"]["input"]["pad_buckets"], 0),
+    }
+    rpn_beta = 1 / rpn_loss["sigma"] ** 2 if rpn_loss["sigma"] else rpn_loss["beta"]
+    fixed["model.rpn.box_loss.beta"] = (round(rpn_beta, 9), round(1 / 9, 9))
+    for key, (value, needed) in fixed.items():
+        if value != needed:
+            raise ConfigError(
+                f"{key}={value} cannot be matched by model.implementation=torchvision (torchvision's "
+                f"FasterRCNN takes only {needed}); set {key}={needed} or model.implementation=ours"
+            )
 
 
 def default_config() -> dict[str, Any]:
@@ -551,12 +582,25 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ())
     return Config(cfg)
 
 
+# Keys added after runs were written whose base.yaml default is not what those runs did: a stored config without
+# the key meant this value (the predictor's init was detectron2's until 2026-12-06).
+EARLIER_MEANING = {"model.roi_head.predictor_init": "detectron2"}
+
+
 def with_defaults(
     stored: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """``stored`` (e.g. a run's config.yaml) with every key it lacks taken from ``defaults`` (the schema's), so a key
-    added since keeps its behaviour-preserving default; keys the schema no longer has are kept."""
-    defaults = default_config() if defaults is None else defaults
+    """``stored`` (e.g. a run's config.yaml) with every key it lacks taken from ``defaults`` (the schema's,
+    where the key's default did not change what a run does; else :data:`EARLIER_MEANING`'s); keys the schema
+    no longer has are kept."""
+    if defaults is None:
+        defaults = default_config()
+        for dotted, value in EARLIER_MEANING.items():
+            *path, last = dotted.split(".")
+            section = defaults
+            for part in path:
+                section = section[part]
+            section[last] = value
     out = {k: _thaw(v) for k, v in stored.items()}
     for key, default in defaults.items():
         if key not in out:

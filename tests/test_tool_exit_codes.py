@@ -48,6 +48,10 @@ CASES = {
         ["nosuch.key=1"],
         ["--root", "{tmp}/afile/x", "--num-train", "1", "--num-val", "1"],
     ),
+    "parity": (
+        ["--arm", "no colon here"],
+        ["--seeds", "1", "--out", "{tmp}/afile/x"],
+    ),
     "plot_losses": (["--out", "{tmp}/plots", "--iters", "many"], ["--out", "{tmp}/afile/x"]),
     "train": (
         ["--cfg", "smoothl1.yaml", "nosuch.key=1"],

@@ -206,6 +206,10 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
         raise ValueError(
             "build_detector: model.num_classes is null; pass num_classes (the dataset's class count)"
         )
+    if model_cfg.implementation == "torchvision":
+        from detector.modeling.reference import build_torchvision_detector
+
+        return build_torchvision_detector(cfg, num_classes)
     bb = model_cfg.backbone
     backbone = build_backbone(
         name=bb.name,
@@ -258,6 +262,7 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
         score_thresh=roi_cfg.test.score_thresh,
         nms_thresh=roi_cfg.test.nms_thresh,
         detections_per_img=roi_cfg.test.detections_per_img,
+        predictor_init=roi_cfg.predictor_init,
     )
     return TwoStageDetector(
         backbone,

@@ -18,26 +18,36 @@ from detector.boxes import batched_box_iou, batched_nms_topk, clip_boxes_to_size
 from detector.losses import AdaptiveBeta, BetaSchedule, BoxLoss
 from detector.modeling.matcher import DynamicLabelAssigner, match_boxes, sample_balanced
 
-__all__ = ["BoxHead", "RoIHeads"]
+__all__ = ["BoxHead", "RoIHeads", "init_predictor"]
+
+
+def init_predictor(cls_score: nn.Linear, bbox_pred: nn.Linear, init: str) -> None:
+    """``model.roi_head.predictor_init``: "torchvision" keeps nn.Linear's default (std 1/sqrt(3 fc_dim), as
+    torchvision's FastRCNNPredictor); "detectron2" draws N(0, 0.01) logits and N(0, 0.001) deltas, zero biases."""
+    if init == "detectron2":
+        nn.init.normal_(cls_score.weight, std=0.01)
+        nn.init.normal_(bbox_pred.weight, std=0.001)
+        nn.init.zeros_(cls_score.bias)
+        nn.init.zeros_(bbox_pred.bias)
 
 
 class BoxHead(nn.Module):
     """Two FC layers on pooled features [R,C,h,w], then class logits [R,K+1] and deltas [R,4K] (or [R,4])."""
 
     def __init__(
-        self, in_features: int, fc_dim: int, num_classes: int, class_agnostic: bool = False
+        self,
+        in_features: int,
+        fc_dim: int,
+        num_classes: int,
+        class_agnostic: bool,
+        predictor_init: str,
     ):
         super().__init__()
         self.fc1 = nn.Linear(in_features, fc_dim)
         self.fc2 = nn.Linear(fc_dim, fc_dim)
         self.cls_score = nn.Linear(fc_dim, num_classes + 1)
         self.bbox_pred = nn.Linear(fc_dim, 4 if class_agnostic else 4 * num_classes)
-        nn.init.normal_(
-            self.cls_score.weight, std=0.01
-        )  # Detectron2's initialisation of the predictors
-        nn.init.normal_(self.bbox_pred.weight, std=0.001)
-        nn.init.zeros_(self.cls_score.bias)
-        nn.init.zeros_(self.bbox_pred.bias)
+        init_predictor(self.cls_score, self.bbox_pred, predictor_init)
 
     def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = F.relu(self.fc2(F.relu(self.fc1(pooled.flatten(1)))))
@@ -85,12 +95,13 @@ class RoIHeads(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        predictor_init: str = "torchvision",
     ):
         super().__init__()
         assert box_loss_normalizer in ("num_samples", "num_pos"), box_loss_normalizer
         self.pooler = MultiScaleRoIAlign(list(featmap_names), pooler_resolution, sampling_ratio)
         self.box_head = BoxHead(
-            in_channels * pooler_resolution**2, fc_dim, num_classes, class_agnostic
+            in_channels * pooler_resolution**2, fc_dim, num_classes, class_agnostic, predictor_init
         )
         self.box_coder = BoxCoder(weights=box_coder_weights, check=False)
         self.box_loss = box_loss

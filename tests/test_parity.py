@@ -1,0 +1,189 @@
+"""The predictor's initialisation (issue 31) and torchvision's FasterRCNN as the accuracy-parity
+reference."""
+
+import importlib.util
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import scipy.stats
+import torch
+from helpers import TINY, two_images
+from torchvision.models.detection.roi_heads import fastrcnn_loss
+
+from detector.config import ConfigError, load_config, resolve_config_path, with_defaults
+from detector.errors import UsageError
+from detector.modeling import build_detector
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _model(*overrides, seed=0):
+    torch.manual_seed(seed)
+    return build_detector(load_config([], TINY + list(overrides)), num_classes=3)
+
+
+def _predictor(model):
+    heads = model.roi_heads
+    return heads.box_head if hasattr(heads.box_head, "cls_score") else heads.box_predictor
+
+
+@pytest.mark.parametrize("implementation", ["ours", "torchvision"])
+def test_default_predictor_init_is_nn_linear_default(implementation):
+    """The default that trained best from scratch (docs/performance.md): nn.Linear's init, std
+    1/sqrt(3 fan_in)."""
+    head = _predictor(_model(f"model.implementation={implementation}"))
+    expected = 1 / math.sqrt(3 * 64)  # TINY's fc_dim
+    for layer in (head.cls_score, head.bbox_pred):
+        assert layer.weight.std().item() == pytest.approx(expected, rel=0.15)
+        assert layer.bias.abs().max().item() > 0
+
+
+@pytest.mark.parametrize("implementation", ["ours", "torchvision"])
+def test_detectron2_predictor_init(implementation):
+    head = _predictor(
+        _model(
+            f"model.implementation={implementation}",
+            "model.roi_head.predictor_init=detectron2",
+        )
+    )
+    assert head.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert head.bbox_pred.weight.std().item() == pytest.approx(0.001, rel=0.1)
+    assert head.cls_score.bias.abs().max().item() == 0
+    assert head.bbox_pred.bias.abs().max().item() == 0
+
+
+def test_a_run_written_before_the_key_keeps_detectron2s_init():
+    stored = load_config().to_dict()
+    del stored["model"]["roi_head"]["predictor_init"]
+    assert with_defaults(stored)["model"]["roi_head"]["predictor_init"] == "detectron2"
+    assert load_config().model.roi_head.predictor_init == "torchvision"
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.roi_head.box_loss.name=giou", "model.roi_head.box_loss.name"),
+        ("model.roi_head.class_agnostic=true", "model.roi_head.class_agnostic"),
+        ("model.rpn.box_loss.beta=1.0", "model.rpn.box_loss.beta"),
+        ("model.roi_head.dynamic_label_assignment.enabled=true", "dynamic_label_assignment"),
+    ],
+)
+def test_reference_refuses_what_it_cannot_match(override, key):
+    with pytest.raises(ConfigError, match=key) as err:
+        load_config([], ["model.implementation=torchvision", override])
+    assert "\n" not in str(err.value)
+
+
+def _copy_weights(ours, reference):
+    """Our parameters into torchvision's model: same backbone and RPN names; the box head's fc1/fc2
+    are fc6/fc7, and torchvision's bbox_pred has a (never used) background slot before our [4K]
+    rows."""
+    state = dict(ours.state_dict())
+    names = {"roi_heads.box_head.fc1": "roi_heads.box_head.fc6"}
+    names["roi_heads.box_head.fc2"] = "roi_heads.box_head.fc7"
+    names["roi_heads.box_head.cls_score"] = "roi_heads.box_predictor.cls_score"
+    target = reference.state_dict()
+    for key, value in state.items():
+        for old, new in names.items():
+            key = key.replace(old, new)
+        if key.startswith("roi_heads.box_head.bbox_pred"):
+            key = key.replace("box_head", "box_predictor")
+            value = torch.cat([target[key][:4], value])
+        if key in target:
+            target[key] = value
+    reference.load_state_dict(target)
+
+
+def test_same_weights_same_batch_give_the_same_losses():
+    """With every candidate anchor and RoI sampled (no random sampling left), both detectors compute
+    the same four losses from the same weights: the reference is built faithfully, and a gap
+    between them is about training."""
+    every = [
+        "model.rpn.batch_size_per_image=100000",
+        "model.roi_head.batch_size_per_image=100000",
+        "model.rpn.positive_fraction=1.0",
+        "model.roi_head.positive_fraction=1.0",
+    ]
+    ours = _model(*every)
+    reference = _model("model.implementation=torchvision", *every)
+    _copy_weights(ours, reference)
+    # sides that are multiples of 64: torchvision derives P6's stride from the map size, ours fixes
+    # it at 64
+    images = [torch.randint(0, 256, (3, 128, 192), dtype=torch.uint8), torch.rand(3, 192, 128)]
+    _, targets = two_images()
+    ours.train()
+    reference.train()
+    torch.manual_seed(1)
+    ours_losses, _ = ours(images, targets)
+    torch.manual_seed(1)
+    ref_losses, ref_stats = reference(images, targets)
+    assert set(ref_losses) == set(ours_losses) and ref_stats == {}
+    for name, value in ours_losses.items():
+        assert ref_losses[name].item() == pytest.approx(value.item(), rel=1e-4, abs=1e-6), name
+
+
+def test_reference_loss_takes_the_configured_beta():
+    reference = _model("model.implementation=torchvision")
+    logits, deltas = torch.randn(6, 4), torch.randn(6, 16)
+    labels, targets = [torch.tensor([0, 1, 2, 3, 1, 0])], [torch.randn(6, 4)]
+    reference.box_beta = 1 / 9
+    expected = fastrcnn_loss(logits, deltas, labels, targets)
+    assert torch.allclose(
+        torch.stack(reference._fastrcnn_loss(logits, deltas, labels, targets)),
+        torch.stack(expected),
+    )
+    reference.box_beta = 1.0
+    assert reference._fastrcnn_loss(logits, deltas, labels, targets)[1] != expected[1]
+
+
+def test_reference_detections_follow_our_contract():
+    reference = _model("model.implementation=torchvision").eval()
+    images, _ = two_images()
+    with torch.no_grad():
+        detections = reference(images, orig_sizes=[(256, 320), (112, 144)])
+    assert len(detections) == 2
+    for det, (height, width) in zip(detections, [(256, 320), (112, 144)]):
+        assert set(det) == {"boxes", "labels", "scores"}
+        assert det["boxes"].shape[1] == 4
+        if len(det["boxes"]):
+            assert det["boxes"][:, 2].max() <= width and det["boxes"][:, 3].max() <= height
+            assert det["labels"].min() >= 1
+
+
+def _parity_tool():
+    spec = importlib.util.spec_from_file_location("parity_tool", REPO / "tools" / "parity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parity_report_pairs_by_seed_and_by_welch():
+    tool = _parity_tool()
+    base = {0: {"AP": 60.0}, 1: {"AP": 62.0}, 2: {"AP": 64.0}}
+    arm = {0: {"AP": 61.0}, 1: {"AP": 64.0}, 2: {"AP": 64.0}}
+    paired, welch = tool.compare(arm, base, "AP")
+    # by hand: differences 1, 2, 0 -> mean 1, sd 1, se 1/sqrt(3), t(2) 97.5% = 4.3027
+    # -> [-1.48, +3.48]
+    assert paired.startswith("+1.0 [-1.5, +3.5]")
+    # Welch: means 63 and 62, variances 3 and 4, se = sqrt(3/3 + 4/3); df by Welch-Satterthwaite
+    a, b = [61.0, 64.0, 64.0], [60.0, 62.0, 64.0]
+    se = math.sqrt(statistics.variance(a) / 3 + statistics.variance(b) / 3)
+    df = se**4 / ((statistics.variance(a) / 3) ** 2 / 2 + (statistics.variance(b) / 3) ** 2 / 2)
+    half = scipy.stats.t.ppf(0.975, df) * se
+    assert welch.startswith(f"+1.0 [{1 - half:+.1f}, {1 + half:+.1f}]")
+    assert tool.compare({0: {"AP": 1.0}}, base, "AP") == ("too few runs", "too few runs")
+
+
+def test_parity_arms_are_configs_of_their_own(tmp_path):
+    tool = _parity_tool()
+    arms = tool.parse_arms(["ours_d2:model.roi_head.predictor_init=detectron2"])
+    assert list(arms) == ["torchvision", "ours", "ours_d2"]
+    path = tmp_path / "arms" / "ours_d2.yaml"
+    tool.write_arm_config(path, resolve_config_path("smoothl1.yaml"), arms["ours_d2"])
+    cfg = load_config([path])
+    assert cfg.model.roi_head.predictor_init == "detectron2"
+    assert cfg.model.roi_head.box_loss.name == "smooth_l1"
+    with pytest.raises(UsageError):
+        tool.parse_arms(["ours:model.implementation=ours"])

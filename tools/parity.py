@@ -1,0 +1,201 @@
+#!/usr/bin/env python
+"""Accuracy parity: torchvision's own FasterRCNN against ours, built from one config and trained by
+the same loop, data, schedule and evaluator, N seeds each. Example:
+
+    python tools/parity.py --cfg smoothl1.yaml --seeds 5
+
+The runs are an ablation (tools/ablate.py: its run folders, reuse and summary.md) with torchvision
+as the baseline; parity.md adds each arm's difference to it, paired by seed and by Welch's test,
+and the seconds per iteration. More arms: --arm ours_d2:model.roi_head.predictor_init=detectron2.
+With --layer gpu.yaml the same command measures the GPU settings (docs/performance.md).
+"""
+
+import argparse
+import json
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import scipy.stats
+import torch
+import yaml
+
+from detector.config import parse_override, resolve_config_path
+from detector.errors import UsageError, run_tool
+
+METRICS = ("AP", "AP50", "AP75", "AP90")
+BASELINE = "torchvision"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cfg", default="smoothl1.yaml", help="config both sides are built from")
+    parser.add_argument(
+        "--layer", action="append", default=[], help="config layered on it (e.g. gpu.yaml)"
+    )
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per arm (seed=0..N-1)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at a time (1: timings are comparable)"
+    )
+    parser.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        help="another arm, NAME:key=value[,key=value] (compared with torchvision too)",
+    )
+    parser.add_argument("--out", default="runs/parity", help="output folder")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every arm")
+    return parser
+
+
+def parse_arms(texts: list[str]) -> dict[str, list[str]]:
+    arms = {BASELINE: ["model.implementation=torchvision"], "ours": ["model.implementation=ours"]}
+    for text in texts:
+        name, _, assignments = text.partition(":")
+        if not name.isidentifier() or not assignments or name in arms:
+            raise UsageError(
+                f"--arm {text!r}: expected a new NAME:key=value[,key=value] "
+                f"(e.g. ours_d2:model.roi_head.predictor_init=detectron2)"
+            )
+        arms[name] = assignments.split(",")
+    return arms
+
+
+def write_arm_config(path: Path, base: Path, overrides: list[str]) -> None:
+    """A config file: ``base`` with the arm's dotted overrides as nested keys."""
+    layer: dict = {"_base_": str(base)}
+    for text in overrides:
+        key, value = parse_override(text)
+        *parents, last = key.split(".")
+        section = layer
+        for part in parents:
+            section = section.setdefault(part, {})
+        section[last] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(layer, sort_keys=False))
+
+
+def read_arm(runs: Path, arm: str, seeds: int) -> dict[int, dict[str, float]]:
+    """Finished runs: seed -> {metric: 0..100, "s_per_iter": mean seconds per iteration}."""
+    out = {}
+    for seed in range(seeds):
+        run = runs / f"{arm}-seed{seed}"
+        metrics_file = run / "eval" / "metrics.json"
+        if not metrics_file.is_file():
+            continue
+        metrics = json.loads(metrics_file.read_text())
+        row = {m: 100 * metrics[m] for m in METRICS if m in metrics}
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        speeds = [r["images_per_s"] for r in records if r.get("type") == "train"]
+        if speeds:
+            row["s_per_iter"] = config["train"]["batch_size"] / statistics.fmean(speeds)
+        out[seed] = row
+    return out
+
+
+def _interval(mean: float, low: float, high: float, p: float) -> str:
+    return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}], p {p:.2g}"
+
+
+def compare(arm: dict, base: dict, metric: str) -> tuple[str, str]:
+    """(paired by seed, Welch) difference arm − torchvision with its 95% interval and p value."""
+    seeds = [s for s in sorted(arm) if s in base and metric in arm[s] and metric in base[s]]
+    a = [arm[s][metric] for s in arm if metric in arm[s]]
+    b = [base[s][metric] for s in base if metric in base[s]]
+    paired = welch = "too few runs"
+    if len(seeds) >= 2:
+        diffs = [arm[s][metric] - base[s][metric] for s in seeds]
+        test = scipy.stats.ttest_1samp(diffs, 0.0)
+        ci = test.confidence_interval(0.95)
+        paired = _interval(statistics.fmean(diffs), ci.low, ci.high, test.pvalue)
+    if len(a) >= 2 and len(b) >= 2:
+        test = scipy.stats.ttest_ind(a, b, equal_var=False)
+        ci = test.confidence_interval(0.95)
+        welch = _interval(statistics.fmean(a) - statistics.fmean(b), ci.low, ci.high, test.pvalue)
+    return paired, welch
+
+
+def _mean_std(rows: dict, key: str, fmt: str = ".1f") -> str:
+    values = [r[key] for r in rows.values() if key in r]
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.fmean(values):{fmt}} ± {std:{fmt}}"
+
+
+def parity_markdown(results: dict[str, dict], command: str) -> str:
+    base = results[BASELINE]
+    lines = [
+        "# Accuracy parity: torchvision's FasterRCNN against ours",
+        "",
+        f"`{command}`",
+        "",
+        f"{date.today()}, {platform.machine()} {platform.processor() or ''}, "
+        f"torch {torch.__version__}; "
+        "both sides built from one config (detector/modeling/reference.py says what cannot be "
+        "matched), trained by the same loop on the same data and scored by the same evaluator.",
+        "",
+        "| arm | runs | " + " | ".join(METRICS) + " | s/iter |",
+        "|---" * (len(METRICS) + 3) + "|",
+    ]
+    for arm, rows in results.items():
+        cells = [_mean_std(rows, m) for m in METRICS] + [_mean_std(rows, "s_per_iter", ".3f")]
+        lines.append(f"| {arm} | {len(rows)} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Differences to torchvision, arm − torchvision, with 95% intervals (uncorrected: each line "
+        "is its own question): paired by seed (Student t on the per-seed differences) and "
+        "unpaired (Welch).",
+        "",
+        "| arm | metric | paired by seed | Welch |",
+        "|---|---|---|---|",
+    ]
+    for arm, rows in results.items():
+        if arm == BASELINE:
+            continue
+        for metric in METRICS:
+            paired, welch = compare(rows, base, metric)
+            lines.append(f"| {arm} | {metric} | {paired} | {welch} |")
+        both = [
+            s for s in rows if s in base and "s_per_iter" in rows[s] and "s_per_iter" in base[s]
+        ]
+        if both:
+            ratio = statistics.fmean(rows[s]["s_per_iter"] / base[s]["s_per_iter"] for s in both)
+            lines.append(f"| {arm} | s/iter ratio | {ratio:.2f} | |")
+    return "\n".join(lines) + "\n"
+
+
+@run_tool
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_intermixed_args(argv)
+    arms = parse_arms(args.arm)
+    out = Path(args.out)
+    base = resolve_config_path(args.cfg)
+    cfgs = []
+    for name, overrides in arms.items():
+        path = out / "arms" / f"{name}.yaml"
+        write_arm_config(path, base, overrides)
+        cfgs.append(str(path))
+    ablate = [sys.executable, str(Path(__file__).with_name("ablate.py")), "--cfgs", *cfgs]
+    for layer in args.layer:
+        ablate += ["--cfg", layer]
+    ablate += ["--seeds", str(args.seeds), "--jobs", str(args.jobs), "--baseline", BASELINE]
+    ablate += ["--out", str(out), "--title", "Accuracy parity", *args.overrides]
+    code = subprocess.call(ablate)
+    results = {name: read_arm(out / "runs", name, args.seeds) for name in arms}
+    command = "python tools/parity.py " + shlex.join(argv)
+    (out / "parity.md").write_text(parity_markdown(results, command))
+    print((out / "parity.md").read_text())
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
