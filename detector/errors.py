@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import re
 import sys
 import traceback
 from typing import Callable
@@ -28,6 +29,21 @@ USER_OS_ERRNOS = {
     errno.ENAMETOOLONG,
     errno.EISDIR,
 }
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """``exc``'s first non-empty line for a one-line message: terminal escapes removed, cut at a
+    word (with ...)."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()]
+    text = next((line for line in lines if line), type(exc).__name__)
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def unsafe_global(exc: BaseException) -> str | None:
+    """The pickled global that ``torch.load(weights_only=True)`` refused (code, not data), if
+    that was the error."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return found[1] if found else None
 
 
 class DetectorError(Exception):

@@ -6,6 +6,9 @@ doubles as VOC's difficult. Category ids are deliberately not 1..K (label k -> c
 1) so a missed conversion fails loudly.
 """
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -294,3 +297,30 @@ def poison_third_training_forward(monkeypatch, trainer_mod) -> None:
         return model
 
     monkeypatch.setattr(trainer_mod, "build_detector", build_poisoned)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_tool_process(
+    tool: str, *argv: str, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``python tools/<tool>.py argv...`` as a user runs it: a subprocess with this checkout
+    first on PYTHONPATH; its stdout and stderr as text."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
+    env.pop("DETECTOR_TRACEBACK", None)
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools" / f"{tool}.py"), *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The tool's stderr, asserted to be one ``error:`` line without a traceback."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]

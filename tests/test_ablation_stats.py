@@ -211,9 +211,13 @@ def test_tide_localisation_error_when_tidecv_is_importable():
     """A right-class box at IoU 0.3 (TIDE's localisation error: 0.1 <= IoU < 0.5) outscoring the true positive
     costs AP at IoU 0.5; the tiny case alone has no such box."""
     gt, dets = tiny_case()
-    assert localisation.tide_loc_dap(gt, dets) == pytest.approx(0.0)
+    clean = localisation.tide_loc_dap(gt, dets)
+    assert clean["tide_loc_dap"] == pytest.approx(0.0)
     mislocalised = {"image_id": 1, "category_id": 2, "bbox": [20, 20, 20, 6], "score": 0.95}
-    assert localisation.tide_loc_dap(gt, [*dets, mislocalised]) > 0
+    assert localisation.tide_loc_dap(gt, [*dets, mislocalised])["tide_loc_dap"] > 0
+    # at 0.75 the TP at IoU 0.5 (cat 2) is itself a localisation error: fixing it gains AP
+    assert clean["tide_loc75_dap"] > 0
+    assert localisation.tide_loc_dap(gt, []) is None
 
 
 def test_convergence_compares_the_mean_ap_at_three_quarters_and_at_the_end():

@@ -99,8 +99,13 @@ def test_four_packed_runs_one_killed_then_resumed_and_the_rest_reused(tmp_path):
     for name in ("ap_vs_iou.png", "loss_curves.png", "beta.png", "pred_err.png"):
         assert (out / name).stat().st_size > 0
     for run_dir in (out / "runs").iterdir():
+        # a finished run keeps its record and one checkpoint, last.pth
         checkpoints = sorted((run_dir / "checkpoints").glob("*.pth"))
-        assert checkpoints, run_dir
+        assert [p.name for p in checkpoints] == ["last.pth"], run_dir
+        record = json.loads((run_dir / "record.json").read_text())
+        assert record["tp_ious"] is not None and len(record["pred_err"][0]) == 4
+        actions = [launch["action"] for launch in record["launches"]]
+        assert actions == (["train", "resume"] if run_dir == victim else ["train"])
         for path in checkpoints:
             state = load_checkpoint(path)
             assert state["model"] and state["config"]["seed"] in (0, 1)

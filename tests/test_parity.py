@@ -1,4 +1,5 @@
-"""The predictor's initialisation (issue 31) and torchvision's FasterRCNN as the accuracy-parity reference."""
+"""The predictor's initialisation (issue 31) and torchvision's FasterRCNN as the accuracy-parity
+reference."""
 
 import importlib.util
 import math
@@ -30,7 +31,8 @@ def _predictor(model):
 
 @pytest.mark.parametrize("implementation", ["ours", "torchvision"])
 def test_default_predictor_init_is_nn_linear_default(implementation):
-    """The default that trained best from scratch (docs/performance.md): nn.Linear's, std 1/sqrt(3 fan_in)."""
+    """The default that trained best from scratch (docs/performance.md): nn.Linear's init, std
+    1/sqrt(3 fan_in)."""
     head = _predictor(_model(f"model.implementation={implementation}"))
     expected = 1 / math.sqrt(3 * 64)  # TINY's fc_dim
     for layer in (head.cls_score, head.bbox_pred):
@@ -75,8 +77,9 @@ def test_reference_refuses_what_it_cannot_match(override, key):
 
 
 def _copy_weights(ours, reference):
-    """Our parameters into torchvision's model: same backbone and RPN names; the box head's fc1/fc2 are fc6/fc7,
-    and torchvision's bbox_pred has a (never used) background slot in front of our [4K] rows."""
+    """Our parameters into torchvision's model: same backbone and RPN names; the box head's fc1/fc2
+    are fc6/fc7, and torchvision's bbox_pred has a (never used) background slot before our [4K]
+    rows."""
     state = dict(ours.state_dict())
     names = {"roi_heads.box_head.fc1": "roi_heads.box_head.fc6"}
     names["roi_heads.box_head.fc2"] = "roi_heads.box_head.fc7"
@@ -94,8 +97,9 @@ def _copy_weights(ours, reference):
 
 
 def test_same_weights_same_batch_give_the_same_losses():
-    """With every candidate anchor and RoI sampled (no random sampling left), both detectors compute the same four
-    losses from the same weights: the reference is built faithfully, and a gap between them is about training."""
+    """With every candidate anchor and RoI sampled (no random sampling left), both detectors compute
+    the same four losses from the same weights: the reference is built faithfully, and a gap
+    between them is about training."""
     every = [
         "model.rpn.batch_size_per_image=100000",
         "model.roi_head.batch_size_per_image=100000",
@@ -105,7 +109,8 @@ def test_same_weights_same_batch_give_the_same_losses():
     ours = _model(*every)
     reference = _model("model.implementation=torchvision", *every)
     _copy_weights(ours, reference)
-    # sides that are multiples of 64: torchvision derives P6's stride from the map size, ours fixes it at 64
+    # sides that are multiples of 64: torchvision derives P6's stride from the map size, ours fixes
+    # it at 64
     images = [torch.randint(0, 256, (3, 128, 192), dtype=torch.uint8), torch.rand(3, 192, 128)]
     _, targets = two_images()
     ours.train()
@@ -159,7 +164,8 @@ def test_parity_report_pairs_by_seed_and_by_welch():
     base = {0: {"AP": 60.0}, 1: {"AP": 62.0}, 2: {"AP": 64.0}}
     arm = {0: {"AP": 61.0}, 1: {"AP": 64.0}, 2: {"AP": 64.0}}
     paired, welch = tool.compare(arm, base, "AP")
-    # by hand: differences 1, 2, 0 -> mean 1, sd 1, se 1/sqrt(3), t(2) 97.5% = 4.3027 -> [-1.48, +3.48]
+    # by hand: differences 1, 2, 0 -> mean 1, sd 1, se 1/sqrt(3), t(2) 97.5% = 4.3027
+    # -> [-1.48, +3.48]
     assert paired.startswith("+1.0 [-1.5, +3.5]")
     # Welch: means 63 and 62, variances 3 and 4, se = sqrt(3/3 + 4/3); df by Welch-Satterthwaite
     a, b = [61.0, 64.0, 64.0], [60.0, 62.0, 64.0]

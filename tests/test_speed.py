@@ -313,11 +313,11 @@ def test_nonfinite_check_at_log_steps_names_the_first_bad_iteration_and_keeps_la
         trainer_mod.train(cfg, run)
     message = str(info.value)
     assert (
-        "loss_box_reg is not finite at iteration 2 (" in message and "loss_box_reg=nan" in message
+        "loss_box_reg is not finite at iteration 3 (" in message and "loss_box_reg=nan" in message
     )
-    # the 4th step (iterations count from 0)
-    assert "found at the check after iteration 3" in message
-    assert (run / "checkpoints" / "nonfinite_iter2.pth").is_file()
+    # the 4th step (iterations count from 1, as in the log)
+    assert "found at the check after iteration 4" in message
+    assert (run / "checkpoints" / "nonfinite_iter3.pth").is_file()
     last = load_checkpoint(run / "checkpoints" / "last.pth")
     assert last["iteration"] == 2
 
@@ -329,7 +329,7 @@ def test_nonfinite_check_at_log_steps_names_the_first_bad_iteration_and_keeps_la
         )
 
     assert finite(last["model"])  # the last good checkpoint, written after a clean read
-    diagnostic = load_checkpoint(run / "checkpoints" / "nonfinite_iter2.pth")
+    diagnostic = load_checkpoint(run / "checkpoints" / "nonfinite_iter3.pth")
     # the run went on to the check
     assert diagnostic["iteration"] == 4 and not finite(diagnostic["model"])
     assert not [

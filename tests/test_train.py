@@ -202,10 +202,10 @@ def test_nonfinite_loss_stops_with_a_diagnostic_checkpoint(tiny_data, tmp_path, 
     run = tmp_path / "run"
     cfg = load_config(["smoothl1.yaml"], tiny(tiny_data, run, **{"train.max_iters": 5}))
     with pytest.raises(
-        trainer_mod.NonFiniteLossError, match="loss_box_reg is not finite at iteration 2"
+        trainer_mod.NonFiniteLossError, match="loss_box_reg is not finite at iteration 3"
     ):
         trainer_mod.train(cfg, run)
-    assert (run / "checkpoints" / "nonfinite_iter2.pth").is_file()
+    assert (run / "checkpoints" / "nonfinite_iter3.pth").is_file()
     # the last good one, untouched
     assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 2
 

@@ -1,15 +1,19 @@
 #!/usr/bin/env python
-"""Run a box-loss ablation and write its report, e.g. ``python tools/ablate.py --cfgs l2.yaml smoothl1.yaml
-dynamic_smoothl1.yaml --sweep model.roi_head.box_loss.beta=0.11,1.0 --jobs 2``.
+"""Run a box-loss ablation and write its report, e.g. ``python tools/ablate.py --cfgs l2.yaml
+smoothl1.yaml dynamic_smoothl1.yaml --sweep model.roi_head.box_loss.beta=0.11,1.0 --jobs 2``.
 
-Every (config, sweep value, seed) trains with identical data, schedule and budget into ``DIR/runs/<name>``. The
-same command continues an ablation: an interrupted run resumes, a finished one is reused only when its stored
-config.yaml matches (log periods and loader workers aside); otherwise nothing trains and the run and keys are named.
-DIR then holds summary.md (mean ± std per config, paired differences to the baseline with Holm-corrected verdicts,
-true-positive IoUs), summary.csv and plots (or: tensorboard --logdir DIR/runs).
+Every (config, sweep value, seed) trains with identical data, schedule and budget into
+``DIR/runs/<name>``. A finished run keeps its record (config.yaml, metrics.jsonl, eval/metrics.json,
+record.json: small enough to commit) and last.pth. The same command continues an ablation, in a
+fresh clone too: an interrupted run resumes, a finished one is reused only when its stored
+config.yaml matches (log periods and loader workers aside); otherwise nothing trains and the run and
+keys are named. DIR then holds summary.md (mean ± std per config, paired differences to the
+baseline with Holm-corrected verdicts, over a pre-registered family with --primary, TOST for
+equivalence; true-positive IoUs), summary.csv and plots, all rebuilt from the records by
+--report-only (or: tensorboard --logdir DIR/runs).
 
-Exit codes: 0 every run finished; 1 some run failed (the report lists it) or no report; 2 a bad option, config or
-run folder (nothing trained); 130 stopped by Ctrl-C.
+Exit codes: 0 every run finished; 1 some run failed (the report lists it) or no report; 2 a bad
+option, config or run folder (nothing trained); 130 stopped by Ctrl-C.
 """
 
 import argparse
@@ -27,6 +31,9 @@ from detector.ablation import (
     run_local,
     write_report,
 )
+from detector.ablation.record import CHECKPOINT_CHOICES
+from detector.ablation.report import Family
+from detector.ablation.table import STATS
 from detector.errors import run_tool
 
 SLURM_OPTIONS = (
@@ -62,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=int,
         help="runs at once (local: default 1, round-robin over the GPUs of "
-        "CUDA_VISIBLE_DEVICES, else all, cores // JOBS CPU threads each; slurm: most array tasks at "
+        "CUDA_VISIBLE_DEVICES, else all, cores // JOBS CPU threads each; slurm: most array tasks "
+        "at "
         "once, default no limit)",
     )
     parser.add_argument(
@@ -81,6 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("local", "slurm"),
         default="local",
         help="where the runs train (slurm: one job array through submitit)",
+    )
+    parser.add_argument(
+        "--keep-checkpoint",
+        choices=CHECKPOINT_CHOICES,
+        default="last",
+        help="checkpoints a finished run keeps (default last: last.pth; none: its record alone)",
+    )
+    parser.add_argument(
+        "--primary",
+        nargs="+",
+        metavar="METRIC",
+        help="the pre-registered endpoints (e.g. AP AP90): Holm over exactly each config x these "
+        "against the baseline, equivalence by TOST; every other comparison is exploratory",
+    )
+    parser.add_argument(
+        "--margins",
+        nargs="+",
+        metavar="METRIC=POINTS",
+        help="TOST margins of the primary endpoints in AP points (default AP=1 AP90=2)",
     )
     parser.add_argument("--title", default="", help="title of summary.md")
     slurm = parser.add_argument_group("--launcher slurm")
@@ -109,7 +136,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_intermixed_args(argv)
     command = "python tools/ablate.py " + shlex.join(argv)
-    # --cfgs takes every word up to the next option: key=value words written right after it are overrides
+    # --cfgs takes every word up to the next option: key=value words right after it are overrides
     overrides = [c for c in args.cfgs if "=" in c] + args.overrides
     cfgs = [c for c in args.cfgs if "=" not in c]
     if not cfgs:
@@ -132,6 +159,7 @@ def main(argv=None) -> int:
     ):
         if value is not None and value < least:
             raise AblationError(f"{flag} {value}: must be at least {least}")
+    family = parse_family(args.primary, args.margins)
     runs = plan_runs(cfgs, args.cfg, args.seeds, overrides, args.sweep)
     baseline = resolve_baseline(runs, args.baseline)
     out = (
@@ -146,14 +174,15 @@ def main(argv=None) -> int:
     if not args.report_only:
         if importlib.util.find_spec("scipy") is None:
             print(
-                "note: scipy is not installed; the runs train, but the report's intervals need it: pip install "
+                "note: scipy is not installed; the runs train, but the report's intervals need it: "
+                "pip install "
                 "scipy, then rerun this command with --report-only",
                 file=sys.stderr,
             )
         errors = launch(args, steps, out, command)
         if errors is None:  # submitted without waiting
             return 0
-    groups = write_report(runs, out, baseline, title=args.title, command=command)
+    groups = write_report(runs, out, baseline, args.title, command, family)
     print((out / "summary.md").read_text())
     missing = [f"{run.name}: {why}" for g in groups for run, why in g.unfinished]
     failed = [e for e in errors.values() if e]
@@ -167,8 +196,36 @@ def main(argv=None) -> int:
     return 0
 
 
+def parse_family(primary: list[str] | None, margins: list[str] | None) -> Family:
+    """--primary and --margins (AP points) as the report's pre-registered :class:`Family`."""
+    compared = [s.name for s in STATS if s.compared]
+    for name in primary or []:
+        if name not in compared:
+            raise AblationError(
+                f"--primary {name}: not a compared metric; one of {', '.join(compared)}"
+            )
+    if margins is None:
+        return Family(tuple(primary or ()))
+    if not primary:
+        raise AblationError("--margins: TOST margins belong to --primary endpoints; add --primary")
+    parsed = {}
+    for text in margins:
+        name, _, value = text.partition("=")
+        try:
+            parsed[name] = float(value) / 100
+        except ValueError:
+            parsed[name] = -1.0
+        if name not in primary or not parsed[name] > 0:
+            raise AblationError(
+                f"--margins {text}: expected METRIC=POINTS with a --primary metric and POINTS > 0 "
+                f"(e.g. --margins AP=1 AP90=2)"
+            )
+    return Family(tuple(primary), parsed)
+
+
 def launch(args, steps, out: Path, command: str):
-    """Train what the steps ask for; ``{run name: error or None}``, or None when submitted without waiting."""
+    """Train what the steps ask for; ``{run name: error or None}``, or None when submitted and not
+    waited for."""
     print(
         f"{len(steps)} runs into {out / 'runs'}: "
         + ", ".join(
@@ -179,7 +236,7 @@ def launch(args, steps, out: Path, command: str):
         flush=True,
     )
     if args.launcher == "local":
-        return run_local(steps, jobs=args.jobs or 1)
+        return run_local(steps, jobs=args.jobs or 1, keep_checkpoint=args.keep_checkpoint)
     from detector.ablation import slurm
 
     given = {
@@ -192,13 +249,15 @@ def launch(args, steps, out: Path, command: str):
         constraint=args.constraint,
         account=args.account,
         parallelism=args.jobs,
+        keep_checkpoint=args.keep_checkpoint,
         **{k: v for k, v in given.items() if v is not None},
     )
     submitted = slurm.submit(steps, out, options)
     report = f"{command} --report-only"
     if submitted:
         print(
-            f"submitted SLURM array {submitted[0][1].job_id.split('_')[0]} ({len(submitted)} runs); submitit's "
+            f"submitted SLURM array {submitted[0][1].job_id.split('_')[0]} ({len(submitted)} "
+            "runs); submitit's "
             f"logs: {out / 'slurm'}",
             flush=True,
         )

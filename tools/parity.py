@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Accuracy parity: torchvision's own FasterRCNN against ours, built from one config and trained by the same
-loop, data, schedule and evaluator, N seeds each, e.g. ``python tools/parity.py --cfg smoothl1.yaml --seeds 5``.
+"""Accuracy parity: torchvision's own FasterRCNN against ours, built from one config and trained by
+the same loop, data, schedule and evaluator, N seeds each. Example:
 
-The runs are an ablation (tools/ablate.py: same run folders, reuse and summary.md) with torchvision as the
-baseline; parity.md adds each arm's difference to it paired by seed and by Welch's test, and the seconds per
-iteration. More arms: ``--arm ours_d2:model.roi_head.predictor_init=detectron2``. With ``--cfg gpu.yaml`` layered
-the same command measures the GPU settings (docs/performance.md, "Accuracy parity").
+    python tools/parity.py --cfg smoothl1.yaml --seeds 5
+
+The runs are an ablation (tools/ablate.py: its run folders, reuse and summary.md) with torchvision
+as the baseline; parity.md adds each arm's difference to it, paired by seed and by Welch's test,
+and the seconds per iteration. More arms: --arm ours_d2:model.roi_head.predictor_init=detectron2.
+With --layer gpu.yaml the same command measures the GPU settings (docs/performance.md).
 """
 
 import argparse
@@ -80,7 +82,7 @@ def write_arm_config(path: Path, base: Path, overrides: list[str]) -> None:
 
 
 def read_arm(runs: Path, arm: str, seeds: int) -> dict[int, dict[str, float]]:
-    """seed -> {metric: value (0..100), "s_per_iter": mean seconds per training iteration} of finished runs."""
+    """Finished runs: seed -> {metric: 0..100, "s_per_iter": mean seconds per iteration}."""
     out = {}
     for seed in range(seeds):
         run = runs / f"{arm}-seed{seed}"
@@ -135,9 +137,10 @@ def parity_markdown(results: dict[str, dict], command: str) -> str:
         "",
         f"`{command}`",
         "",
-        f"{date.today()}, {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}; "
-        "both sides built from one config (detector/modeling/reference.py says what cannot be matched), "
-        "trained by the same loop on the same batches' data and scored by the same evaluator (pycocotools).",
+        f"{date.today()}, {platform.machine()} {platform.processor() or ''}, "
+        f"torch {torch.__version__}; "
+        "both sides built from one config (detector/modeling/reference.py says what cannot be "
+        "matched), trained by the same loop on the same data and scored by the same evaluator.",
         "",
         "| arm | runs | " + " | ".join(METRICS) + " | s/iter |",
         "|---" * (len(METRICS) + 3) + "|",
@@ -147,8 +150,9 @@ def parity_markdown(results: dict[str, dict], command: str) -> str:
         lines.append(f"| {arm} | {len(rows)} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Differences to torchvision, arm − torchvision, with 95% intervals (uncorrected: each line is its own "
-        "question): paired by seed (Student t on the per-seed differences) and unpaired (Welch).",
+        "Differences to torchvision, arm − torchvision, with 95% intervals (uncorrected: each line "
+        "is its own question): paired by seed (Student t on the per-seed differences) and "
+        "unpaired (Welch).",
         "",
         "| arm | metric | paired by seed | Welch |",
         "|---|---|---|---|",

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from detector.ablation.plots import save_figure
 from detector.config import load_config
+from detector.engine.outputs import check_output_folder
 from detector.errors import run_tool
 from detector.losses import balanced_l1_loss, build_beta_schedule, l1_loss, l2_loss, smooth_l1_loss
 
@@ -27,6 +28,7 @@ CURVES = {
     "Balanced L1 (α=0.5, γ=1.5, β=1)": balanced_l1_loss,
 }
 SCHEDULES = ("constant", "step", "linear", "cosine", "exp")
+PLOTS = ("losses.png", "beta_schedules.png")  # what --out receives
 
 
 def plot_losses(path: Path) -> None:
@@ -111,11 +113,15 @@ def main(argv=None) -> int:
         default=load_config([]).train.max_iters,
         help="iterations on the beta-schedule plot (default: train.max_iters of base.yaml)",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="let --out replace plots that are there"
+    )
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot_losses(args.out / "losses.png")
-    plot_beta_schedules(args.out / "beta_schedules.png", args.iters)
-    print(f"wrote {args.out / 'losses.png'} and {args.out / 'beta_schedules.png'}")
+    out = check_output_folder(args.out, PLOTS, "--out", overwrite=args.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_losses(out / PLOTS[0])
+    plot_beta_schedules(out / PLOTS[1], args.iters)
+    print(f"wrote {out / PLOTS[0]} and {out / PLOTS[1]}")
     return 0
 
 

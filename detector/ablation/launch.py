@@ -20,6 +20,14 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from detector.ablation.plan import AblationError, Step, is_finished
+from detector.ablation.record import (
+    RECORD_BUDGET,
+    RecordError,
+    note_launch,
+    prune_checkpoints,
+    record_bytes,
+    write_record,
+)
 from detector.errors import DetectorError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,12 +128,16 @@ def execute(
     overrides: list[str],
     nproc: int = 1,
     started: Callable[[subprocess.Popen], None] | None = None,
+    keep_checkpoint: str = "last",
 ) -> str | None:
-    """Train one run, appending to ``<run>/train.log``; None when it finished, else the one-line reason. With
-    ``started`` the trainer gets a session of its own (Ctrl-C reaches only the ablation) and is passed to it."""
+    """Train one run, appending to ``<run>/train.log``, then write its record and keep
+    ``keep_checkpoint`` (:mod:`detector.ablation.record`); None when it finished, else the one-line
+    reason. With ``started`` the trainer gets a session of its own (Ctrl-C reaches only the
+    ablation) and is passed to it."""
     step.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = step.run_dir / "train.log"
     cmd = train_command(step, overrides, nproc)
+    note_launch(step.run_dir, step.action, REPO)
     with open(log_path, "a") as log:
         start = log.tell()
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {step.action}: {shlex.join(cmd)}\n")
@@ -141,6 +153,15 @@ def execute(
             started(process)
         code = process.wait()
     if code == 0 and is_finished(step.run_dir):
+        try:
+            write_record(step.run_dir, {})
+        except Exception as exc:  # in a worker thread: the report writes it again, or shows why
+            why = str(exc) if isinstance(exc, RecordError) else f"{type(exc).__name__}: {exc}"
+            return f"{step.run.name} finished, but its record was not written: {why}"
+        prune_checkpoints(step.run_dir, keep_checkpoint)
+        size = record_bytes(step.run_dir)
+        if size > RECORD_BUDGET:
+            print(f"note: {step.run.name}'s record is {size / 1e3:.0f} KB", flush=True)
         return None
     how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
     how += " without eval/metrics.json" if code == 0 else ""
@@ -170,6 +191,7 @@ def run_local(
     jobs: int = 1,
     environ: Mapping[str, str] | None = None,
     cores: int | None = None,
+    keep_checkpoint: str = "last",
 ) -> dict[str, str | None]:
     """Train every step that is not ``reuse``; ``{run name: None (finished) or why not}``."""
     todo = [s for s in steps if s.action != "reuse"]
@@ -226,6 +248,7 @@ def run_local(
                 child_env(environ, slot),
                 slot_overrides(step.run.overrides, slot),
                 started=started,
+                keep_checkpoint=keep_checkpoint,
             )
             results[step.run.name] = error
             print(

@@ -17,7 +17,16 @@ import torch
 SCORE_THRESHOLD = 0.05
 MATCH_IOU = 0.5
 TIDE_METRIC = "tide_loc_dap"
-LOCALISATION = ("tp_count", "tp_iou_median", "tp_iou_ge75", "tp_iou_ge90", TIDE_METRIC)
+TIDE_HIGH_IOU = 0.75
+TIDE_HIGH_METRIC = "tide_loc75_dap"
+LOCALISATION = (
+    "tp_count",
+    "tp_iou_median",
+    "tp_iou_ge75",
+    "tp_iou_ge90",
+    TIDE_METRIC,
+    TIDE_HIGH_METRIC,
+)
 
 # image id -> (boxes [N,4] xyxy in original pixels, category ids [N], crowd [N] bool)
 GroundTruth = Mapping[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -87,9 +96,12 @@ def tide_available() -> bool:
     return True
 
 
-def tide_loc_dap(gt: GroundTruth, detections: list[dict]) -> float | None:
-    """None when ``tidecv`` is not importable. Built from ``gt``: tidecv's COCO reader needs segmentations."""
-    if not tide_available():
+def tide_loc_dap(gt: GroundTruth, detections: list[dict]) -> dict[str, float] | None:
+    """TIDE's localisation-error dAP at its default (a TP at IoU >= 0.5; an error at 0.1 to 0.5:
+    :data:`TIDE_METRIC`) and at :data:`TIDE_HIGH_IOU` (an error at 0.1 to 0.75, where box losses
+    differ: :data:`TIDE_HIGH_METRIC`); None without ``tidecv`` or detections. Built from ``gt``:
+    tidecv's COCO reader needs segmentations."""
+    if not tide_available() or not detections:  # tidecv divides by zero without detections
         return None
     from tidecv import TIDE, Data
 
@@ -105,9 +117,12 @@ def tide_loc_dap(gt: GroundTruth, detections: list[dict]) -> float | None:
             int(det["image_id"]), int(det["category_id"]), float(det["score"]), list(det["bbox"])
         )
     tide = TIDE()
+    names = {TIDE_METRIC: 0.5, TIDE_HIGH_METRIC: TIDE_HIGH_IOU}
     with contextlib.redirect_stdout(io.StringIO()):
-        tide.evaluate(truth, preds, mode=TIDE.BOX)
-        return float(tide.get_main_errors()["dets"]["Loc"])
+        for name, threshold in names.items():
+            tide.evaluate(truth, preds, pos_threshold=threshold, mode=TIDE.BOX, name=name)
+        errors = tide.get_main_errors()
+    return {name: float(errors[name]["Loc"]) for name in names}
 
 
 def run_localisation(
@@ -127,4 +142,5 @@ def run_localisation(
     gt = ground_truth[key]
     detections = json.loads(path.read_text())
     ious = tp_ious(gt, detections)
-    return {**summarise(ious), TIDE_METRIC: tide_loc_dap(gt, detections)}, ious
+    tide = tide_loc_dap(gt, detections) or dict.fromkeys((TIDE_METRIC, TIDE_HIGH_METRIC))
+    return {**summarise(ious), **tide}, ious

@@ -1,7 +1,10 @@
-"""An ablation's report from its run folders alone: ``summary.md``, the tidy ``summary.csv`` (:data:`CSV_COLUMNS`; AP
-as fractions, undefined values empty) and the plots. A run with a folder but no ``eval/metrics.json``, or with a
-non-finite value, failed: it counts in "failed k of n seeds" and blocks a "better" verdict for its config (a "worse"
-one for the baseline); a run not started yet is no failure."""
+"""An ablation's report from its run records alone: ``summary.md``, the tidy ``summary.csv``
+(:data:`CSV_COLUMNS`; AP as fractions, undefined values empty) and the plots. Every per-run number
+is a row of :data:`detector.ablation.table.STATS`. A run with a folder but no ``eval/metrics.json``,
+an unreadable record or a non-finite value failed: it counts in "failed k of n seeds" and blocks a
+"better" verdict for its config (a "worse" one for the baseline); a run not started yet is no
+failure. With a pre-registered :class:`Family`, Holm runs over exactly its configs × primary
+endpoints, "no difference" is claimed only by TOST, and every other comparison is exploratory."""
 
 from __future__ import annotations
 
@@ -9,53 +12,35 @@ import csv
 import json
 import math
 import statistics
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from detector.ablation.launch import last_line
-from detector.ablation.localisation import (
-    LOCALISATION,
-    MATCH_IOU,
-    SCORE_THRESHOLD,
-    TIDE_METRIC,
-    run_localisation,
-    tide_available,
-)
+from detector.ablation.localisation import MATCH_IOU, SCORE_THRESHOLD, tide_available
 from detector.ablation.plan import METRICS_FILE, Run, groups_of, is_finished
+from detector.ablation.record import RECORD, RecordError, ensure_record
 from detector.ablation.stats import (
     ALPHA,
     CONFIDENCE,
     MIN_PAIRS,
     NAN,
     POWER,
+    ZERO_SD,
+    MeanStd,
     PairedDifference,
     defined,
     detectable_effect,
     holm,
     mean_std,
     paired_difference,
+    pooled_sd,
+    tost,
     verdict,
 )
-from detector.errors import DetectorError
-from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS
-from detector.evaluation.voc import VOC_METRIC_NAMES
+from detector.ablation.table import STATS, Stat
 
-PER_IOU_NAMES = tuple(f"AP{round(t * 100)}" for t in IOU_THRESHOLDS)
-_HIGH_IOU = tuple(
-    n for n, t in zip(PER_IOU_NAMES, IOU_THRESHOLDS) if t >= 0.9
-)  # where box losses separate
-# every higher-is-better metric of a run: AP, AP at each IoU, the rest of COCOeval's, VOC's
-CSV_METRICS = tuple(
-    dict.fromkeys((COCO_METRIC_NAMES[0], *PER_IOU_NAMES, *COCO_METRIC_NAMES, *VOC_METRIC_NAMES))
-)
-SUMMARY_METRICS = tuple(
-    n for n in CSV_METRICS if n in COCO_METRIC_NAMES and n.startswith("AP") or n in _HIGH_IOU
-)
-DIAGNOSTICS = (
-    "loss_box_reg",
-    "images_per_s",
-)  # per-run numbers that are not scores (no paired verdict)
 CSV_COLUMNS = (
     "kind",
     "config",
@@ -73,50 +58,76 @@ CSV_COLUMNS = (
     "detectable",
     "verdict",
     "note",
+    "family",
+    "margin",
+    "p_tost",
+    "p_tost_holm",
 )
 NOT_STARTED = "not started"
+DEFAULT_MARGINS = {"AP": 0.01, "AP90": 0.02}  # TOST margins, as fractions (±1 AP, ±2 AP90)
 
 
-def read_run(run_dir: Path) -> dict[str, Any]:
-    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+@dataclass(frozen=True)
+class Family:
+    """The pre-registered tests: every config against the baseline at each ``primary`` metric, Holm
+    over all of them (a missing test counts, with p = 1); TOST with ``margins`` (fractions)."""
+
+    primary: tuple[str, ...] = ()
+    margins: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MARGINS))
+
+
+def _read_json(path: Path, lines: bool = False) -> Any:
+    """The JSON at ``path`` (``lines``: one document per line, as a list); a RecordError."""
+    try:
+        text = path.read_text()
+        if lines:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise RecordError(f"{path}: cannot be read ({exc})") from None
+
+
+def read_run(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
+    """A finished run's results from its record alone (:mod:`detector.ablation.record`; written
+    first from the heavy files when it is missing), with ``values``: each row of ``STATS`` read
+    from it; a :class:`RecordError` names a file that cannot be read."""
+    import torch
+
+    record = ensure_record(run_dir, ground_truth)
+    metrics = _read_json(run_dir / METRICS_FILE)
+    if not isinstance(metrics, dict):
+        raise RecordError(f"{run_dir / METRICS_FILE}: not a metrics object")
     jsonl = run_dir / "metrics.jsonl"
-    records = (
-        [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-        if jsonl.is_file()
-        else []
-    )
-    train = [r for r in records if r.get("type") == "train"]
-    tail = [
-        r["loss_box_reg"]
-        for r in train[-max(1, len(train) // 10) :]
-        if r.get("loss_box_reg") is not None
-    ]
-    speeds = [r["images_per_s"] for r in train[1:] or train if r.get("images_per_s")]
-    errors = None
-    if (run_dir / "final_errors.pt").is_file():
-        import torch
-
-        errors = torch.load(run_dir / "final_errors.pt", weights_only=True).get("hist/pred_err")
-    known = {**dict(zip(PER_IOU_NAMES, metrics.get("AP_per_iou") or [])), **metrics}
-    values = {name: known[name] for name in CSV_METRICS if name in known}
-    values["loss_box_reg"] = statistics.fmean(tail) if tail else None
-    values["images_per_s"] = statistics.fmean(speeds) if speeds else None
-    return {
+    log = _read_json(jsonl, lines=True) if jsonl.is_file() else []
+    train = [r for r in log if r.get("type") == "train"]
+    run = {
         "metrics": metrics,
-        "values": values,
-        "pred_err": errors,
+        "log": log,
+        "record": record or {},
+        "tp_ious": None,
+        "pred_err": None,
         "curve": [
             (r["iter"], r.get("loss_box_reg"), r.get("total_loss"), r.get("beta")) for r in train
         ],
         "evals": {
-            r["iter"]: r["AP"] for r in records if r.get("type") == "eval" and defined(r.get("AP"))
+            r["iter"]: r["AP"] for r in log if r.get("type") == "eval" and defined(r.get("AP"))
         },
     }
+    if record and record.get("pred_err"):
+        run["pred_err"] = torch.tensor(record["pred_err"], dtype=torch.float32)
+    if record and record.get("tp_ious") is not None:
+        run["tp_ious"] = torch.tensor(record["tp_ious"], dtype=torch.float32)
+    elif record is None:
+        run["localisation_error"] = f"{run_dir.name}: no {RECORD} and no detections to make it"
+    else:
+        run["localisation_error"] = record.get("localisation_error", "no true-positive IoUs")
+    run["values"] = {stat.name: stat.read(run) for stat in STATS}
+    return run
 
 
 def convergence(results: list[dict[str, Any]]) -> tuple[int, float, float] | None:
-    """(the last iteration at or before 3/4 of training at which every run was evaluated, the seeds' mean AP there,
-    mean AP at the end), else None. Converged: the two differ by < 1 AP point over (at least) the last quarter."""
+    """(the last iteration at or before 3/4 of training at which every run was evaluated, the
+    seeds' mean AP there, mean AP at the end), else None: the last-quarter diagnostic."""
     last = max((max(r["evals"]) for r in results if r["evals"]), default=None)
     common = set.intersection(*(set(r["evals"]) for r in results)) if results else set()
     starts = [i for i in common if last is not None and 0 < i <= last * 3 / 4]
@@ -141,33 +152,24 @@ class Group:
 
 
 def collect(runs: list[Run], out: Path) -> list[Group]:
-    """The groups in plan order, read from ``out/runs`` (after ``check_runs``: its finished runs are this one's)."""
+    """The groups in plan order, read from ``out/runs`` (after ``check_runs``: its finished runs
+    are this one's). A finished run whose record cannot be read is skipped with one line on stderr
+    and counts as failed."""
     groups = {name: Group(name, sum(r.group == name for r in runs)) for name in groups_of(runs)}
     ground_truth: dict = {}  # the val ground truth per data config, read once
     for run in runs:
         run_dir = run.run_dir(out)
         log = run_dir / "train.log"
         if is_finished(run_dir):
-            result = {**read_run(run_dir), "run": run.name}
-            bad = [
-                m
-                for m, v in result["values"].items()
-                if isinstance(v, float) and not math.isfinite(v)
-            ]
+            try:
+                result = {**read_run(run_dir, ground_truth), "run": run.name}
+            except RecordError as exc:
+                print(f"skipped {run.name}: {exc}", file=sys.stderr)
+                groups[run.group].unfinished.append((run, f"unreadable: {exc}"))
+                continue
+            values = result["values"].items()
+            bad = [m for m, v in values if isinstance(v, float) and not math.isfinite(v)]
             if not bad:
-                try:
-                    values, result["tp_ious"] = run_localisation(run_dir, ground_truth)
-                except (
-                    DetectorError,
-                    OSError,
-                    ValueError,
-                ) as exc:  # no val data here: report the rest
-                    values, result["tp_ious"], result["localisation_error"] = (
-                        {},
-                        None,
-                        f"{run_dir.name}: {exc}",
-                    )
-                result["values"].update(values)
                 groups[run.group].results[run.seed] = result
                 continue
             why = f"diverged: non-finite {', '.join(bad)}; log: {log}"
@@ -181,44 +183,69 @@ def collect(runs: list[Run], out: Path) -> list[Group]:
 
 
 def compare(
-    groups: list[Group], baseline: str
+    groups: list[Group], baseline: str, family: Family = Family()
 ) -> tuple[dict[str, dict[str, PairedDifference]], int]:
-    """Per config and metric of :data:`SUMMARY_METRICS`, its :class:`PairedDifference` to ``baseline`` with its
-    Holm-adjusted p, detectable effect (at Holm's strictest level α / m) and verdict; and m, the number of tests."""
+    """Per config and compared statistic, its :class:`PairedDifference` to ``baseline`` with its
+    Holm-adjusted p, TOST, detectable effect and verdict; and m, the number of tests Holm corrects
+    for. Without ``family.primary`` every testable difference is one Holm family; with it, exactly
+    configs × primary endpoints are, and the rest is exploratory (uncorrected, no verdict). The
+    detectable effect uses the sd pooled over the configs, at Holm's strictest level α / m."""
     base = next(g for g in groups if g.name == baseline)
+    names = [s.name for s in STATS if s.compared]
     diffs = {
         g.name: {
             m: paired_difference(
                 {s: r["values"].get(m) for s, r in g.results.items()},
                 {s: r["values"].get(m) for s, r in base.results.items()},
             )
-            for m in SUMMARY_METRICS
+            for m in names
         }
         for g in groups
         if g is not base and g.results and base.results
     }
-    family = [
-        (name, m) for name, by_metric in diffs.items() for m, d in by_metric.items() if d.testable
-    ]
-    adjusted = dict(zip(family, holm([diffs[name][m].p for name, m in family])))
-    alpha = ALPHA / max(1, len(family))
+    if family.primary:
+        tests = [(name, m) for name in diffs for m in family.primary]
+        # pre-registered: an untestable member still counts, as p = 1
+        p_of = {t: 1.0 if math.isnan(diffs[t[0]][t[1]].p) else diffs[t[0]][t[1]].p for t in tests}
+    else:
+        tests = [(name, m) for name, by in diffs.items() for m, d in by.items() if d.testable]
+        p_of = {t: diffs[t[0]][t[1]].p for t in tests}
+    adjusted = dict(zip(tests, holm([p_of[t] for t in tests])))
+    margins = {m: family.margins[m] for m in family.primary if m in family.margins}
+    p_tost = {t: tost(diffs[t[0]][t[1]], margins[t[1]]) for t in tests if t[1] in margins}
+    tost_adjusted = dict(zip(p_tost, holm([1.0 if math.isnan(p) else p for p in p_tost.values()])))
+    sd = {m: pooled_sd(by[m] for by in diffs.values()) for m in names}
     failed = {g.name: g.failed for g in groups}
-    return {
-        name: {
-            m: replace(
+    compared = {}
+    for name, by_metric in diffs.items():
+        compared[name] = {}
+        for m, d in by_metric.items():
+            member = (name, m) in adjusted
+            level = ALPHA / max(1, len(tests)) if member else ALPHA
+            d = replace(
                 d,
                 p_holm=adjusted.get((name, m), NAN),
-                detectable=detectable_effect(d.std, d.n, alpha) if d.testable else NAN,
-                verdict=verdict(d, adjusted.get((name, m), NAN), failed[name], failed[baseline]),
+                detectable=detectable_effect(sd[m], d.n, level) if sd[m] >= ZERO_SD else NAN,
+                family=("primary" if member else "exploratory") if family.primary else "",
+                margin=margins.get(m, NAN) if member else NAN,
+                p_tost=p_tost.get((name, m), NAN),
+                p_tost_holm=tost_adjusted.get((name, m), NAN),
             )
-            for m, d in by_metric.items()
-        }
-        for name, by_metric in diffs.items()
-    }, len(family)
+            if family.primary and not member:
+                why = "exploratory" if d.testable else "too few seeds"
+            else:
+                why = verdict(d, d.p_holm, failed[name], failed[baseline], d.p_tost_holm)
+            compared[name][m] = replace(d, verdict=why)
+    return compared, len(tests)
 
 
 def write_report(
-    runs: list[Run], out: Path, baseline: str, title: str = "", command: str = ""
+    runs: list[Run],
+    out: Path,
+    baseline: str,
+    title: str = "",
+    command: str = "",
+    family: Family = Family(),
 ) -> list[Group]:
     """Write summary.csv, summary.md and the plots into ``out``; return the groups."""
     from detector.ablation.plots import plot_all
@@ -226,25 +253,30 @@ def write_report(
     groups = collect(runs, out)
     stats = {
         g.name: {
-            m: mean_std(r["values"].get(m) for r in g.results.values())
-            for m in CSV_METRICS + DIAGNOSTICS + LOCALISATION
+            s.name: mean_std(r["values"].get(s.name) for r in g.results.values()) for s in STATS
         }
         for g in groups
     }
-    paired, tests = compare(groups, baseline)
+    paired, tests = compare(groups, baseline, family)
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "summary.csv", groups, stats, paired, baseline)
-    (out / "summary.md").write_text(
-        _markdown(groups, stats, paired, tests, baseline, title, command)
+    sections = (
+        _header(groups, title, command),
+        _summary_section(groups, stats),
+        _paired_section(groups, paired, tests, baseline, family),
+        _localisation_section(groups, stats),
+        _convergence_section(groups),
+        _unfinished_section(groups),
     )
+    (out / "summary.md").write_text("\n".join(line for s in sections for line in s) + "\n")
     plot_all({g.name: list(g.results.values()) for g in groups if g.results}, out)
     return groups
 
 
 def _num(value: float | None) -> str:
-    return (
-        "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6g}"
-    )
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.6g}"
 
 
 def _write_csv(path: Path, groups: list[Group], stats, paired, baseline: str) -> None:
@@ -252,77 +284,46 @@ def _write_csv(path: Path, groups: list[Group], stats, paired, baseline: str) ->
     for g in groups:
         for seed, result in sorted(g.results.items()):
             for metric, value in result["values"].items():
-                rows.append(
-                    {
-                        "kind": "run",
-                        "config": g.name,
-                        "seed": seed,
-                        "run": result["run"],
-                        "metric": metric,
-                        "n": 1,
-                        "value": _num(float(value) if defined(value) else None),
-                    }
-                )
+                if value is None:
+                    continue
+                number = _num(float(value) if defined(value) else None)
+                rows.append(dict(kind="run", config=g.name, seed=seed, run=result["run"]))
+                rows[-1].update(metric=metric, n=1, value=number)
         for run, why in g.unfinished:
             rows.append(
-                {
-                    "kind": "unfinished",
-                    "config": g.name,
-                    "seed": run.seed,
-                    "run": run.name,
-                    "note": why,
-                }
+                dict(kind="unfinished", config=g.name, seed=run.seed, run=run.name, note=why)
             )
         for metric, s in stats[g.name].items():
-            rows.append(
-                {
-                    "kind": "group",
-                    "config": g.name,
-                    "metric": metric,
-                    "n": s.n,
-                    "value": _num(s.mean),
-                    "std": _num(s.std),
-                }
-            )
+            rows.append(dict(kind="group", config=g.name, metric=metric, n=s.n))
+            rows[-1].update(value=_num(s.mean), std=_num(s.std))
         for metric, d in paired.get(g.name, {}).items():
-            rows.append(
-                {
-                    "kind": "paired",
-                    "config": g.name,
-                    "metric": metric,
-                    "n": d.n,
-                    "value": _num(d.mean),
-                    "std": _num(d.std),
-                    "baseline": baseline,
-                    "ci95_low": _num(d.ci_low),
-                    "ci95_high": _num(d.ci_high),
-                    "p": _num(d.p),
-                    "p_holm": _num(d.p_holm),
-                    "detectable": _num(d.detectable),
-                    "verdict": d.verdict,
-                    "note": g.failed,
-                }
-            )
+            numbers = dict(value=d.mean, std=d.std, ci95_low=d.ci_low, ci95_high=d.ci_high, p=d.p)
+            numbers.update(p_holm=d.p_holm, detectable=d.detectable, margin=d.margin)
+            numbers.update(p_tost=d.p_tost, p_tost_holm=d.p_tost_holm)
+            rows.append(dict(kind="paired", config=g.name, metric=metric, n=d.n))
+            rows[-1].update({k: _num(v) for k, v in numbers.items()})
+            rows[-1].update(baseline=baseline, verdict=d.verdict, note=g.failed, family=d.family)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
 
 
+# ---------------------------------------------------------------- summary.md
+
+
 def _pct(value: float, signed: bool = False) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:{'+' if signed else ''}.1f}"
 
 
-def _cell(s, scale: float = 100, fmt: str = ".1f", with_std: bool = True) -> str:
-    """Mean ± std (AP in percent by default); "n/a" without values."""
+def _cell(s: MeanStd, stat: Stat) -> str:
+    """Mean ± std of ``stat`` as it is shown; "n/a" without values."""
     if s.n == 0:
         return "n/a"
-    return f"{scale * s.mean:{fmt}}" + (
-        "" if math.isnan(s.std) or not with_std else f" ± {scale * s.std:{fmt}}"
-    )
-
-
-_CELL_FORMATS = {"loss_box_reg": (1, ".3f"), "images_per_s": (1, ".1f", False)}
+    text = f"{stat.scale * s.mean:{stat.fmt}}"
+    if stat.with_std and not math.isnan(s.std):
+        text += f" ± {stat.scale * s.std:{stat.fmt}}"
+    return text
 
 
 def _row(cells) -> str:
@@ -334,12 +335,18 @@ def _table_head(columns: list[str]) -> list[str]:
 
 
 def _p(value: float) -> str:
-    return "–" if math.isnan(value) else f"{value:.2g}" if value >= 0.001 else "<0.001"
+    if math.isnan(value):
+        return "–"
+    return f"{value:.2g}" if value >= 0.001 else "<0.001"
 
 
-def _markdown(
-    groups: list[Group], stats, paired, tests: int, baseline: str, title: str, command: str
-) -> str:
+def _columns(groups: list[Group], stats, table: str) -> list[Stat]:
+    """The rows of ``STATS`` shown in ``table``: an optional one only when some run has it."""
+    shown = [s for s in STATS if s.table == table]
+    return [s for s in shown if not s.optional or any(stats[g.name][s.name].n for g in groups)]
+
+
+def _header(groups: list[Group], title: str, command: str) -> list[str]:
     done = sum(len(g.results) for g in groups)
     planned = sum(g.planned for g in groups)
     lines = [f"# {title or 'Loss ablation'}", ""]
@@ -348,18 +355,25 @@ def _markdown(
     lines.append(f"{done} of {planned} runs finished ({len(groups)} configs).")
     if done < planned:
         lines.append(
-            f"**This report is partial: {planned - done} run(s) have no results** (listed at the end)."
+            f"**This report is partial: {planned - done} run(s) have no results** (listed at the "
+            "end)."
         )
-    columns = [*SUMMARY_METRICS, *DIAGNOSTICS]
-    lines += [
+    return lines
+
+
+def _summary_section(groups: list[Group], stats) -> list[str]:
+    columns = _columns(groups, stats, "summary")
+    lines = [
         "",
         "## Mean ± std over seeds",
         "",
-        "COCO AP in percent (AP90, AP95: at IoU 0.90, 0.95); std over seeds. loss_box_reg: the mean over the "
-        "last 10% of logged iterations; images_per_s: training throughput. summary.csv holds every run's "
-        'numbers, as fractions. A failed run is in no mean; "failed k of n seeds" counts it.',
+        "COCO AP in percent (AP90, AP95: at IoU 0.90, 0.95); std over seeds. loss_box_reg: the "
+        "mean over the last 10% of logged iterations; images_per_s: training throughput; "
+        "eval_time_s: seconds of the final evaluation (inference and scoring). summary.csv holds "
+        'every run\'s numbers, as fractions. A failed run is in no mean; "failed k of n seeds" '
+        "counts it.",
         "",
-        *_table_head(["config", "seeds", *columns]),
+        *_table_head(["config", "seeds", *(c.label or c.name for c in columns)]),
     ]
     for g in groups:
         seeds = (
@@ -369,116 +383,100 @@ def _markdown(
         )
         if not g.results:
             lines.append(_row([g.name, f"{seeds}: **failed**", *["–"] * len(columns)]))
-        else:
-            lines.append(
-                _row(
-                    [
-                        g.name,
-                        seeds + (f"; {g.failed}" if g.failed else ""),
-                        *(_cell(stats[g.name][c], *_CELL_FORMATS.get(c, ())) for c in columns),
-                    ]
-                )
-            )
-    lines += ["", f"## Paired differences to {baseline}", ""]
-    if not next(g for g in groups if g.name == baseline).results:
-        lines.append(f"The baseline {baseline} has no finished run: there is nothing to pair with.")
-    elif not paired:
-        lines.append("No other config has a finished run: there is nothing to compare.")
+            continue
+        seeds += f"; {g.failed}" if g.failed else ""
+        lines.append(_row([g.name, seeds, *(_cell(stats[g.name][c.name], c) for c in columns)]))
+    return lines
+
+
+def _paired_prose(baseline: str, tests: int, family: Family) -> str:
+    level, alpha, quantile = round(100 * CONFIDENCE), f"{ALPHA:.2g}", (1 + CONFIDENCE) / 2
+    text = (
+        f"Per metric, d = config − {baseline} for each seed both finished (AP points): its mean "
+        "over "
+        f"the n pairs and a {level}% Student-t interval over the paired differences, mean ± "
+        f"t({quantile:g}, n−1) · sd(d) / √n, **uncorrected** (not simultaneous); p: the two-sided "
+        f"paired t test. "
+    )
+    if family.primary:
+        margins = ", ".join(
+            f"±{100 * family.margins[m]:g} {m}" for m in family.primary if m in family.margins
+        )
+        text += (
+            f"**Pre-registered family: {tests} tests** (each config × "
+            f"{', '.join(family.primary)}); "
+            "Holm's correction runs over exactly these (an untestable one counts, with p = 1); "
+            "the "
+            f'verdict is better or worse only when the Holm-adjusted p < {alpha}. "No difference" '
+            "is "
+            "claimed only by equivalence: TOST (two one-sided paired t tests) with margins "
+            f"{margins}, "
+            f"Holm-adjusted over the same tests, < {alpha}. Every other metric is **exploratory**: "
+            f"its p and interval are uncorrected and it gets no verdict. "
+        )
     else:
-        level, alpha, quantile = round(100 * CONFIDENCE), f"{ALPHA:.2g}", (1 + CONFIDENCE) / 2
-        lines += [
-            f"Per metric, d = config − {baseline} for each seed both finished (AP points): its mean over the n "
-            f"pairs and a {level}% Student-t interval over the paired differences, mean ± t({quantile:g}, "
-            f"n−1) · sd(d) / √n, uncorrected; p: the two-sided paired t test. **Multiple testing: "
-            f"{tests} tests** (the rows with a p value) are Holm-corrected together; the verdict is better or "
-            f"worse only when the Holm-adjusted p < {alpha}; too few seeds when n < {MIN_PAIRS} or sd(d) = 0. "
-            f"A failed seed of the config blocks better (of the baseline: worse): the survivors are not a fair "
-            f"sample. detectable: the smallest true difference found with {POWER:.0%} power at Holm's "
-            f"strictest level ({alpha} / the number of tests); with no evidence, smaller ones may exist unseen. "
-            f"Metrics undefined on either side (COCO's -1) are left out.",
-            "",
-            *_table_head(
-                [
-                    "config",
-                    "metric",
-                    "pairs",
-                    "mean diff",
-                    f"{level}% CI",
-                    "p",
-                    "p (Holm)",
-                    "detectable",
-                    "verdict",
-                ]
-            ),
-        ]
-        for name, by_metric in paired.items():
-            for metric, d in by_metric.items():
-                if d.n == 0:
-                    continue
-                ci = (
-                    "n/a"
-                    if math.isnan(d.ci_low)
-                    else f"[{_pct(d.ci_low, True)}, {_pct(d.ci_high, True)}]"
-                )
-                detectable = "–" if math.isnan(d.detectable) else f"±{_pct(d.detectable)}"
-                verdict = f"**{d.verdict}**" if d.verdict in ("better", "worse") else d.verdict
-                lines.append(
-                    _row(
-                        [
-                            name,
-                            metric,
-                            d.n,
-                            _pct(d.mean, True),
-                            ci,
-                            _p(d.p),
-                            _p(d.p_holm),
-                            detectable,
-                            verdict,
-                        ]
-                    )
-                )
-    lines += _localisation_markdown(groups, stats)
-    moved = {g.name: convergence(list(g.results.values())) for g in groups if g.results}
-    if any(moved.values()):
-        lines += [
-            "",
-            "## Convergence",
-            "",
-            "Mean AP over the seeds at the last evaluation by 3/4 of training and at "
-            "the end (ap_curve.png shows every evaluation); the budget has converged where they differ by less "
-            "than 1 AP point.",
-            "",
-            *_table_head(["config", "AP by 3/4", "AP at the end", "change", "converged"]),
-        ]
-        lines += [
-            _row(
-                [
-                    name,
-                    f"{_pct(a)} (iteration {it})",
-                    _pct(b),
-                    _pct(b - a, True),
-                    "yes" if abs(b - a) < 0.01 else "no",
-                ]
-            )
-            for name, m in moved.items()
-            if m
-            for it, a, b in [m]
-        ]
-    unfinished = [g for g in groups if g.unfinished]
-    if unfinished:
-        lines += ["", "## Runs without results", ""]
-        for g in unfinished:
-            head = (
-                "all runs failed: no results"
-                if not g.results
-                else (g.failed or "not all runs started")
-            )
-            lines.append(f"- **{g.name}**: {head}")
-            lines += [f"  - {run.name}: {why}" for run, why in g.unfinished]
-    return "\n".join(lines) + "\n"
+        text += (
+            f"**Multiple testing: {tests} tests** (the rows with a p value) are Holm-corrected "
+            f"together; the verdict is better or worse only when the Holm-adjusted p < {alpha}. "
+        )
+    return text + (
+        f"Too few seeds when n < {MIN_PAIRS} or sd(d) = 0. A failed seed of the config blocks "
+        "better "
+        f"(of the baseline: worse): the survivors are not a fair sample. detectable: the smallest "
+        f"true difference found with {POWER:.0%} power at Holm's strictest level ({alpha} / the "
+        f"number of tests; exploratory rows: {alpha}), from the sd of d pooled over the report's "
+        f"configs; with no evidence, smaller ones may exist unseen. Metrics undefined on either "
+        f"side (COCO's -1) are left out."
+    )
 
 
-def _localisation_markdown(groups: list[Group], stats) -> list[str]:
+def _paired_section(
+    groups: list[Group], paired, tests: int, baseline: str, family: Family
+) -> list[str]:
+    lines = ["", f"## Paired differences to {baseline}", ""]
+    if not next(g for g in groups if g.name == baseline).results:
+        return lines + [
+            f"The baseline {baseline} has no finished run: there is nothing to pair with."
+        ]
+    if not paired:
+        return lines + ["No other config has a finished run: there is nothing to compare."]
+    level = f"{round(100 * CONFIDENCE)}% CI"
+    head = [
+        "config",
+        "metric",
+        "pairs",
+        "mean diff",
+        level,
+        "p",
+        "p (Holm)",
+        "detectable",
+        "verdict",
+    ]
+    if family.primary:
+        head[2:2] = ["family"]
+        head[5:8] = [f"{level} (uncorrected)", "p (uncorrected)", "p (Holm)", "TOST p (Holm)"]
+    lines += [_paired_prose(baseline, tests, family), "", *_table_head(head)]
+    for name, by_metric in paired.items():
+        # the pre-registered tests first
+        for metric, d in sorted(by_metric.items(), key=lambda item: item[1].family != "primary"):
+            if d.n == 0:
+                continue
+            ci = (
+                "n/a"
+                if math.isnan(d.ci_low)
+                else f"[{_pct(d.ci_low, True)}, {_pct(d.ci_high, True)}]"
+            )
+            detectable = "–" if math.isnan(d.detectable) else f"±{_pct(d.detectable)}"
+            shown = f"**{d.verdict}**" if d.verdict in ("better", "worse") else d.verdict
+            cells = [name, metric, d.n, _pct(d.mean, True), ci, _p(d.p), _p(d.p_holm)]
+            if family.primary:
+                cells[2:2] = [d.family]
+                cells.append(_p(d.p_tost_holm))
+            lines.append(_row([*cells, detectable, shown]))
+    return lines
+
+
+def _localisation_section(groups: list[Group], stats) -> list[str]:
     lines = ["", "## Localisation of true positives", ""]
     errors = [
         r["localisation_error"]
@@ -489,40 +487,78 @@ def _localisation_markdown(groups: list[Group], stats) -> list[str]:
     with_tps = [g for g in groups if stats[g.name]["tp_iou_median"].n]
     if not with_tps:
         lines.append(
-            "No finished run has eval/detections.json and its val data here: nothing to show."
+            "No finished run has true-positive IoUs in its record: nothing to show."
             + (f" ({errors[0]})" if errors else "")
         )
         return lines
-    tide = any(stats[g.name][TIDE_METRIC].n for g in with_tps)
-    tide_note = (
-        "TIDE Loc: TIDE's localisation-error dAP (tidecv; AP points at IoU 0.5 gained by fixing mislocalised "
-        "detections; lower is better)."
-        if tide
-        else "TIDE's localisation error is not shown: "
-        + (
-            "no run gave it."
-            if tide_available()
-            else 'tidecv is not importable (optional: pip install -e ".[tide]").'
+    columns = _columns(with_tps, stats, "localisation")
+    tide = any(c.name.startswith("tide_") for c in columns)
+    if tide:
+        tide_note = (
+            "TIDE Loc: TIDE's localisation-error dAP (tidecv; AP points at IoU 0.5 gained by "
+            "fixing "
+            "detections mislocalised at IoU 0.1 to 0.5; lower is better); Loc@0.75: the same with "
+            "true positives at IoU >= 0.75 (errors at 0.1 to 0.75), closer to where box losses "
+            "differ."
         )
+    elif tide_available():
+        tide_note = "TIDE's localisation error is not shown: no run gave it."
+    else:
+        tide_note = (
+            "TIDE's localisation error is not shown: tidecv is not importable (optional: pip "
+            'install -e ".[tide]").'
+        )
+    lines.append(
+        f"Each detection with score >= {SCORE_THRESHOLD} is matched the COCO way (at IoU >= "
+        f"{MATCH_IOU}); the IoUs of these true positives per run, by their median and the share >= "
+        f"0.75 and >= 0.9, then mean ± std over seeds (tp_iou.png: their histogram per config). "
+        f"{tide_note}"
     )
-    lines += [
-        f"Each detection with score >= {SCORE_THRESHOLD} is matched the COCO way (at IoU >= {MATCH_IOU}); the "
-        f"IoUs of these true positives per run, by their median and the share >= 0.75 and >= 0.9, then mean ± "
-        f"std over seeds (tp_iou.png: their histogram per config). {tide_note}"
-    ]
     if errors:
         lines.append(f"Runs without these numbers: {'; '.join(errors)}.")
-    head = ["TPs per run", "median IoU", "IoU ≥ 0.75 (%)", "IoU ≥ 0.9 (%)"] + (
-        ["TIDE Loc dAP"] if tide else []
-    )
-    lines += ["", *_table_head(["config", "runs", *head])]
+    lines += ["", *_table_head(["config", "runs", *(c.label or c.name for c in columns)])]
     for g in with_tps:
         s = stats[g.name]
-        cells = [
-            _cell(s["tp_count"], 1, ".0f"),
-            _cell(s["tp_iou_median"], 1, ".3f"),
-            _cell(s["tp_iou_ge75"]),
-            _cell(s["tp_iou_ge90"]),
-        ] + ([_cell(s[TIDE_METRIC], 1, ".2f")] if tide else [])
-        lines.append(_row([g.name, s["tp_iou_median"].n, *cells]))
+        lines.append(_row([g.name, s["tp_iou_median"].n, *(_cell(s[c.name], c) for c in columns)]))
+    return lines
+
+
+def _convergence_section(groups: list[Group]) -> list[str]:
+    moved = {g.name: convergence(list(g.results.values())) for g in groups if g.results}
+    if not any(moved.values()):
+        return []
+    lines = [
+        "",
+        "## The last quarter (a diagnostic)",
+        "",
+        "Mean AP over the seeds at the last evaluation by 3/4 of training and at the end "
+        "(ap_curve.png shows every evaluation). A diagnostic, not a convergence test: under a "
+        "cosine "
+        "schedule the last quarter holds 2.5% of the lr integral, so this mostly measures the "
+        "final "
+        "annealing; the budget is tested by doubling it (docs/results/README.md).",
+        "",
+        *_table_head(["config", "AP by 3/4", "AP at the end", "change", "change < 1 AP"]),
+    ]
+    for name, m in moved.items():
+        if m:
+            it, a, b = m
+            change = "yes" if abs(b - a) < 0.01 else "no"
+            lines.append(
+                _row([name, f"{_pct(a)} (iteration {it})", _pct(b), _pct(b - a, True), change])
+            )
+    return lines
+
+
+def _unfinished_section(groups: list[Group]) -> list[str]:
+    unfinished = [g for g in groups if g.unfinished]
+    if not unfinished:
+        return []
+    lines = ["", "## Runs without results", ""]
+    for g in unfinished:
+        head = (
+            "all runs failed: no results" if not g.results else (g.failed or "not all runs started")
+        )
+        lines.append(f"- **{g.name}**: {head}")
+        lines += [f"  - {run.name}: {why}" for run, why in g.unfinished]
     return lines

@@ -32,6 +32,7 @@ class SlurmOptions:
     constraint: str | None = None
     account: str | None = None
     parallelism: int | None = None  # most array tasks running at once (None: SLURM's limit)
+    keep_checkpoint: str = "last"  # what a finished run keeps: last.pth, or none (its record stays)
 
 
 def parse_time(text: str) -> int:
@@ -54,7 +55,7 @@ def parse_time(text: str) -> int:
     return total
 
 
-def run_task(step: Step, gpus_per_run: int) -> str | None:
+def run_task(step: Step, gpus_per_run: int, keep_checkpoint: str = "last") -> str | None:
     nproc = max(1, gpus_per_run)
     # no GPU of its own: SLURM already set CUDA_VISIBLE_DEVICES to the task's GPUs
     slot = Slot(
@@ -62,7 +63,11 @@ def run_task(step: Step, gpus_per_run: int) -> str | None:
         *cpu_share(available_cores() // nproc, on_gpu=gpus_per_run > 0 and step.device != "cpu"),
     )
     return execute(
-        step, child_env(os.environ, slot), slot_overrides(step.run.overrides, slot), nproc=nproc
+        step,
+        child_env(os.environ, slot),
+        slot_overrides(step.run.overrides, slot),
+        nproc=nproc,
+        keep_checkpoint=keep_checkpoint,
     )
 
 
@@ -96,7 +101,12 @@ def submit(steps: list[Step], out: Path, options: SlurmOptions, cluster: str = "
         slurm_account=options.account,
         slurm_array_parallelism=options.parallelism,
     )
-    jobs = executor.map_array(run_task, todo, [options.gpus_per_run] * len(todo))
+    jobs = executor.map_array(
+        run_task,
+        todo,
+        [options.gpus_per_run] * len(todo),
+        [options.keep_checkpoint] * len(todo),
+    )
     return list(zip(todo, jobs))
 
 

@@ -39,6 +39,10 @@ class PairedDifference:
     p_holm: float = NAN  # the rest: set by the report, over its family of tests (report.compare)
     detectable: float = NAN
     verdict: str = ""
+    family: str = ""  # "primary" (pre-registered), "exploratory" or "" (no pre-registered family)
+    margin: float = NAN  # the equivalence margin of its TOST
+    p_tost: float = NAN  # TOST's p (uncorrected) and Holm-adjusted over the primary family
+    p_tost_holm: float = NAN
 
     @property
     def testable(self) -> bool:
@@ -106,6 +110,27 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
+def tost(d: PairedDifference, margin: float) -> float:
+    """Schuirmann's two one-sided paired t tests that the true mean difference lies within
+    ±``margin``: the larger of P(T >= (mean + margin) / se) (against mean <= −margin) and
+    P(T <= (mean − margin) / se) (against mean >= margin), T ~ t(n − 1); below α the difference is
+    equivalent to 0 within the margin. nan unless ``d`` is testable."""
+    if not d.testable:
+        return NAN
+    t, se = _scipy_stats().t, d.std / math.sqrt(d.n)
+    lower = t.sf((d.mean + margin) / se, d.n - 1)
+    upper = t.cdf((d.mean - margin) / se, d.n - 1)
+    return float(max(lower, upper))
+
+
+def pooled_sd(diffs: Iterable[PairedDifference]) -> float:
+    """The sd of the paired differences pooled over configs: sqrt(Σ (n − 1) sd² / Σ (n − 1)) over
+    those with 2 or more pairs; nan without any."""
+    kept = [(d.n - 1, d.std) for d in diffs if d.n >= 2 and not math.isnan(d.std)]
+    dof = sum(k for k, _ in kept)
+    return math.sqrt(sum(k * sd**2 for k, sd in kept) / dof) if dof else NAN
+
+
 def detectable_effect(std: float, n: int, alpha: float = ALPHA) -> float:
     """The smallest true mean difference a two-sided paired t test at ``alpha`` over ``n`` pairs of sd ``std``
     rejects with probability :data:`POWER`: λ · sd / √n, λ from the noncentral t (``scipy.stats.nct``); nan with
@@ -128,13 +153,25 @@ def detectable_effect(std: float, n: int, alpha: float = ALPHA) -> float:
     return float(brentq(shortfall, 0.0, high, xtol=1e-10)) * std / math.sqrt(n)
 
 
-def verdict(d: PairedDifference, p_holm: float, failed: str = "", baseline_failed: str = "") -> str:
-    """better / worse when ``d`` is testable and ``p_holm`` < :data:`ALPHA`, else "too few seeds" or "no evidence".
-    Failed seeds bias the survivors: the config's (``failed``) block better, the baseline's block worse."""
+def verdict(
+    d: PairedDifference,
+    p_holm: float,
+    failed: str = "",
+    baseline_failed: str = "",
+    p_tost_holm: float = NAN,
+) -> str:
+    """better / worse when ``d`` is testable and ``p_holm`` < :data:`ALPHA`; else equivalent when
+    TOST's ``p_tost_holm`` < :data:`ALPHA`; else "too few seeds" or "no evidence". Failed seeds
+    bias the survivors: the config's (``failed``) block better, the baseline's block worse, and
+    either blocks equivalent."""
     if not d.testable:
         return "too few seeds"
     if not p_holm < ALPHA:
-        return "no evidence"
+        if not p_tost_holm < ALPHA:
+            return "no evidence"
+        if failed or baseline_failed:
+            return f"no verdict: {failed or 'baseline ' + baseline_failed}"
+        return f"equivalent within ±{100 * d.margin:.3g}"
     if d.mean > 0:
         return f"no verdict: {failed}" if failed else "better"
     return f"no verdict: baseline {baseline_failed}" if baseline_failed else "worse"

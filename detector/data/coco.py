@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import numbers
 from pathlib import Path
 
@@ -22,6 +23,11 @@ from .base import BACKGROUND, DatasetError, ImageRecord, image_path
 def is_number(value: object) -> bool:
     """An int or float, Python's or numpy's (true/false are not numbers here, text is not)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_finite(value: object) -> bool:
+    """A finite number (:func:`is_number`): JSON's NaN and Infinity are no sizes or coordinates."""
+    return is_number(value) and math.isfinite(value)
 
 
 def load_coco_json(ann_file: str | Path) -> COCO:
@@ -39,6 +45,11 @@ def load_coco_json(ann_file: str | Path) -> COCO:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(
             f"{ann_file}: not valid JSON ({exc}); re-download or regenerate the file"
+        ) from None
+    except RecursionError:
+        raise DatasetError(
+            f"{ann_file}: JSON nested too deeply to read (no COCO file nests beyond a few levels); "
+            f"re-download or regenerate the file"
         ) from None
     if not isinstance(data, dict):
         raise DatasetError(f"{ann_file}: expected a JSON object with images/annotations/categories")
@@ -63,7 +74,12 @@ def load_coco_json(ann_file: str | Path) -> COCO:
             ("bbox", "area", "iscrowd"),
         ),
     ):
-        for item in items:
+        for k, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise DatasetError(
+                    f"{ann_file}: entry {k} of the {where}s is a {type(item).__name__}, not a JSON "
+                    f"object; fix or remove that entry"
+                )
             missing = [f for f in fields if f not in item]
             if missing:
                 raise DatasetError(
@@ -73,14 +89,14 @@ def load_coco_json(ann_file: str | Path) -> COCO:
             for field in (f for f in numeric if f in item):
                 value = item[field]
                 if field == "bbox":
-                    ok = isinstance(value, list) and len(value) == 4 and all(map(is_number, value))
+                    ok = isinstance(value, list) and len(value) == 4 and all(map(is_finite, value))
                     want = "[x, y, w, h], 4 numbers"
                 else:
-                    ok, want = is_number(value), "a number"
+                    ok, want = is_finite(value), "a number"
                 if not ok:
                     raise DatasetError(
                         f"{ann_file}: {where} {item['id']} field {field!r} is {value!r}; expected "
-                        f"{want} (not text, null or true/false)"
+                        f"{want} (not text, null, true/false, NaN or Infinity)"
                     )
     first: dict[
         int | float, int

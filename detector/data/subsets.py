@@ -73,9 +73,15 @@ def subset_records(
     if not keep_empty:
         records = [r for r in records if (~r.iscrowd).any()]
     if image_ids_file:
-        wanted = {
-            line.split("#")[0].strip() for line in Path(image_ids_file).read_text().splitlines()
-        } - {""}
+        try:
+            lines = Path(image_ids_file).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise DatasetError(
+                f"{image_ids_file}: image id file ({ids_source}) is not UTF-8 text "
+                f"(byte {exc.start}); "
+                f"expected one image id or name a line"
+            ) from None
+        wanted = {line.split("#")[0].strip() for line in lines} - {""}
         kept = [r for r in records if str(r.image_id) in wanted or Path(r.file_name).stem in wanted]
         found = {str(r.image_id) for r in kept} | {Path(r.file_name).stem for r in kept}
         if not kept:

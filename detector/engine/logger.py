@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from detector.box_coder import DELTA_NAMES
+from detector.engine.runtime import notice
 from detector.losses import SCHEDULED_LOSSES, build_box_loss
 
 # What every run's HParams record; beta and beta_schedule are added where the loss has them.
@@ -58,15 +59,34 @@ def format_value(value: float, digits: int = 4) -> str:
 
 def _drop_records_after(path: Path, iteration: int) -> int:
     """Rewrite ``metrics.jsonl`` (atomically) without the records of iterations after
-    ``iteration``."""
+    ``iteration``. A line that is not a record (the torn last line of a kill or a full disk
+    mid-write) is dropped with a warning."""
     if not path.is_file():
         return 0
-    lines = path.read_text().splitlines()
-    keep = [line for line in lines if line.strip() and json.loads(line).get("iter", 0) <= iteration]
+    lines = [line for line in path.read_bytes().decode("utf-8", "replace").splitlines() if line]
+    records = [_record(line) for line in lines]
+    torn = records.count(None)
+    if torn:
+        notice(
+            f"warning: {path}: dropped {torn} unreadable line(s), left by a write that did not "
+            f"finish"
+        )
+    keep = [
+        line for line, r in zip(lines, records) if r is not None and r.get("iter", 0) <= iteration
+    ]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)
-    return len([line for line in lines if line.strip()]) - len(keep)
+    return len(lines) - torn - len(keep)
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """One ``metrics.jsonl`` line as its record; None if it is not one."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _jsonable(value: Any) -> Any:

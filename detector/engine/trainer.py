@@ -8,6 +8,7 @@ final evaluation. Loss weights are applied here only. Losses stay on the device 
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -24,7 +25,7 @@ from detector.engine import distributed as dist_utils
 from detector.engine.checkpoint import BEST, LAST, Checkpointer, Progress
 from detector.engine.logger import RunLogger, format_value, stats_to_scalars
 from detector.engine.optim import build_loss_weights, build_lr, build_lr_scheduler, build_optimizer
-from detector.engine.runs import RunLock, check_run_folder, prepare_run_folder
+from detector.engine.runs import RunLock, check_resume_point, check_run_folder, prepare_run_folder
 from detector.engine.runtime import (
     GracefulStop,
     amp_settings,
@@ -118,9 +119,16 @@ def _train(
     )
     progress = checkpointer.resume(rank, trust=trust_checkpoint) if plan.resume else Progress()
     start_iter = progress.iteration
+    if plan.resume:  # a resume never passes its end; a finished run is left as it is
+        finished = check_resume_point(run_dir, plan, start_iter, cfg.train.max_iters)
+        if finished is not None:
+            return finished
     train_loader = build_dataloader(
         cfg, "train", start_iter=start_iter, distributed=distributed, dataset=train_set
     )
+    data_iter = iter(train_loader)
+    if start_iter < cfg.train.max_iters:  # a bad image in the first batch is found before any write
+        data_iter = itertools.chain([next(data_iter)], data_iter)
     if (
         main
     ):  # everything that can fail on the user's data has been built: the folder becomes a run now
@@ -186,7 +194,6 @@ def _train(
     # the speed window since the last log step: its start, images, steps and loader waits
     window_start = time.perf_counter()
     window_images, window_steps, data_time = 0, 0, 0.0
-    data_iter = iter(train_loader)
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -310,18 +317,19 @@ class LossWatch:
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
         if not int(bad.any()):
             return
+        # counted from 1, as the log and the console count iterations
         row, values = int(bad.argmax()), rows[int(bad.argmax())].tolist()
+        first_bad, checked = self.first + row + 1, self.first + len(rows)
         names = [n for n, v in zip(self.names, values) if not math.isfinite(v)] or [
             "a loss on another rank"
         ]
         values = ", ".join(f"{n}={v:.4g}" for n, v in zip(self.names, values))
         message = (
             f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} not finite at iteration "
-            f"{self.first + row} ({values}); found at the check after iteration "
-            f"{self.first + len(rows) - 1}"
+            f"{first_bad} ({values}); found at the check after iteration {checked}"
         )
         if checkpointer is not None:
-            diagnostic = checkpointer.save(f"nonfinite_iter{self.first + row}.pth", progress)
+            diagnostic = checkpointer.save(f"nonfinite_iter{first_bad}.pth", progress)
             last = checkpointer.dir / LAST
             good = (
                 f"last good checkpoint: {last}"

@@ -250,8 +250,13 @@ def load_coco_results(path: str | Path, dataset) -> list[dict]:
     path = Path(path)
     try:
         results = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ValueError(f"{path}: cannot read a COCO detections JSON list: {exc}") from None
+    except RecursionError:
+        raise ValueError(
+            f"{path}: cannot read a COCO detections JSON list: nested too deeply (a list of "
+            f"objects nests two levels)"
+        ) from None
     validate_coco_results(dataset, results, source=str(path))
     return results
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +24,29 @@ def evaluate_model(
     max_images: int | None = None,
 ) -> tuple[dict[str, Any], list]:
     """Inference over ``loader`` and the metrics of ``metric``; (metrics, detections), the same on
-    every rank."""
+    every rank but ``eval_time_s``, the wall time of both (the ablation report states it)."""
+    start = time.perf_counter()
     detections = inference_on_dataset(
         model, loader, device, amp_dtype=amp_dtype, max_images=max_images
     )
     metrics = evaluate(loader.dataset, detections, metric=metric, backend=backend)
+    metrics["eval_time_s"] = time.perf_counter() - start
     return metrics, detections
 
 
+# What an evaluation writes into its folder, in this order: metrics.json last, as it marks a run
+# finished.
+EVAL_FILES = ("detections.json", "metrics.json")
+
+
 def write_eval_results(eval_dir: Path, metrics: dict[str, Any], dataset, detections: list) -> None:
-    """``eval/detections.json`` then ``eval/metrics.json`` (written last: it marks the run
-    finished)."""
+    """``eval/detections.json`` then ``eval/metrics.json`` (:data:`EVAL_FILES`)."""
     eval_dir = Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
-    (eval_dir / "detections.json").write_text(
+    (eval_dir / EVAL_FILES[0]).write_text(
         json.dumps(detections_to_coco_results(dataset, detections))
     )
-    (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (eval_dir / EVAL_FILES[1]).write_text(json.dumps(metrics, indent=2))
 
 
 @torch.no_grad()

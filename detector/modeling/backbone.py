@@ -24,7 +24,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from detector.config import BACKBONES, FPN_STRIDES, NORMS
-from detector.errors import WeightsError
+from detector.errors import WeightsError, first_line, unsafe_global
 from detector.modeling.fit import misfit_message
 
 __all__ = ["Backbone", "build_backbone", "BACKBONES", "NORMS"]
@@ -58,9 +58,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        code = unsafe_global(exc)
+        if code:
+            raise WeightsError(
+                f"model.backbone.weights: {path} holds {code}, which is code, not weights, so it "
+                f"was not loaded; save the weights as tensors only: torch.save(model.state_dict())"
+            ) from None
         raise WeightsError(
             f"model.backbone.weights: {path} is not a readable torch state dict "
-            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]}); "
+            f"({type(exc).__name__}: {first_line(exc)}); "
             f"expected a file written by torch.save(model.state_dict())"
         ) from exc
     for key in ("state_dict", "model"):

@@ -1,14 +1,16 @@
 """torchvision's own Faster R-CNN built from this project's config: the accuracy-parity reference
 (``model.implementation=torchvision``; docs/performance.md, "Accuracy parity").
 
-It trains through the same loop, data, optimizer and evaluator as ours, so a difference in AP is a difference
-between the two detectors. The backbone is the one ``build_backbone`` makes (torchvision's ``BackboneWithFPN``);
-the anchors, RPN, RoI sampling, box coder weights and test settings come from the same keys. What cannot be
-matched is stated here and refused by the config (``detector.config``, the relation checks): only Smooth L1
-box losses (the RoI head's β from the config, the RPN's fixed at torchvision's 1/9), fixed label assignment,
-GT boxes always added as proposals, class-specific deltas, losses divided by the sampled RoIs, no padding
-buckets. torchvision's transform keeps its normalisation and padding but not its resize: the data pipeline
-has already resized, so both detectors see the same pixels.
+It trains through the same loop, data, optimizer and evaluator as ours, so a difference in AP is a
+difference between the two detectors. The backbone is the one ``build_backbone`` makes
+(torchvision's ``BackboneWithFPN``); the anchors, RPN, RoI sampling, box coder weights and test
+settings come from the same keys. What cannot be matched is refused by the config's relation checks:
+only Smooth L1 box losses (the RoI head's beta from the config, the RPN's fixed at torchvision's
+1/9), fixed label assignment, GT boxes always added as proposals, class-specific deltas, losses
+divided by the sampled RoIs, no padding buckets. torchvision's transform keeps its normalisation and
+padding but not its resize: the data pipeline has resized already, so both detectors see the same
+pixels. Left as torchvision has them: P6's anchor stride follows the feature map's size (ours is
+fixed at 64), and its box predictor has a background slot that no loss reads.
 """
 
 from __future__ import annotations
@@ -42,16 +44,16 @@ _LOSS_NAMES = {
 
 
 class _NoResize(GeneralizedRCNNTransform):
-    """torchvision's normalise-and-pad transform without its resize (the data pipeline resized already)."""
+    """torchvision's normalise-and-pad transform without its resize (the data pipeline resized)."""
 
     def resize(self, image, target=None):
         return image, target
 
 
 class TorchvisionFasterRCNN(FasterRCNN):
-    """torchvision's ``FasterRCNN`` behind this project's model contract (``TwoStageDetector.forward``): images
-    [3,H,W] uint8 or 0..1 float; training returns (losses named as ours, no stats), eval a list of detections
-    scaled to ``orig_sizes``."""
+    """torchvision's ``FasterRCNN`` behind our model contract (``TwoStageDetector.forward``): images
+    [3,H,W] uint8 or 0..1 float; training returns (losses named as ours, no stats), eval a list of
+    detections scaled to ``orig_sizes``."""
 
     def __init__(self, backbone, box_beta: float, **kwargs):
         super().__init__(backbone, **kwargs)
@@ -59,12 +61,13 @@ class TorchvisionFasterRCNN(FasterRCNN):
         self.pad_buckets: tuple[int, ...] = ()
 
     def _fastrcnn_loss(self, class_logits, box_regression, labels, regression_targets):
-        """torchvision's ``fastrcnn_loss`` with the configured Smooth L1 β (torchvision fixes 1/9)."""
+        """torchvision's ``fastrcnn_loss`` with the configured Smooth L1 beta (its own is 1/9)."""
         labels = torch.cat(labels, dim=0)  # [R]
         regression_targets = torch.cat(regression_targets, dim=0)  # [R,4]
         loss_cls = F.cross_entropy(class_logits, labels)
         positive = torch.where(labels > 0)[0]
-        deltas = box_regression.reshape(labels.shape[0], -1, 4)[positive, labels[positive]]  # [Q,4]
+        # [R,K+1,4] -> the positives' GT-class slot [Q,4]
+        deltas = box_regression.reshape(labels.shape[0], -1, 4)[positive, labels[positive]]
         loss_box = F.smooth_l1_loss(
             deltas, regression_targets[positive], beta=self.box_beta, reduction="sum"
         )

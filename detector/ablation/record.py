@@ -1,0 +1,158 @@
+"""A finished run's record: the small files an ablation keeps of it, committed beside its report.
+
+``config.yaml``, ``metrics.jsonl`` and ``eval/metrics.json`` are the trainer's own files;
+:data:`RECORD` holds what the report needs from the heavy ones (the true-positive IoUs and TIDE
+numbers from ``eval/detections.json`` and the val data, the regression errors of
+``final_errors.pt``) and the commits that trained the run (:data:`LAUNCHES`, one line per launch).
+The report reads records only, so a clone without checkpoints, events or detections rebuilds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from detector.ablation.localisation import run_localisation
+from detector.errors import DetectorError
+
+RECORD = "record.json"
+RECORD_VERSION = 1  # a record of an older version is written again while its heavy files are there
+RECORD_FILES = ("config.yaml", "metrics.jsonl", "eval/metrics.json", RECORD)
+LAUNCHES = "launches.jsonl"
+RECORD_BUDGET = (
+    300_000  # bytes of RECORD_FILES per run; more is reported when the record is written
+)
+CHECKPOINT_CHOICES = ("last", "none")
+# where the code that trains lives: a change there makes the checkout "dirty" (records do not)
+CODE_PATHS = ("detector", "tools", "configs", "setup.cfg", "pyproject.toml")
+
+
+class RecordError(DetectorError):
+    """A run's record or final files cannot be read (exit 1)."""
+
+
+def code_version(repo: Path) -> dict[str, Any]:
+    """``{"commit": HEAD, "dirty": whether CODE_PATHS differ from it}`` of the checkout ``repo``
+    (None where git cannot tell)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--", *CODE_PATHS) if commit else None
+    return {
+        "commit": commit.strip() if commit else None,
+        "dirty": None if status is None else bool(status.strip()),
+    }
+
+
+def note_launch(run_dir: Path, action: str, repo: Path) -> None:
+    """Append this launch (its action, UTC time and code) to ``LAUNCHES``; a run trained from
+    scratch starts it anew."""
+    path = Path(run_dir) / LAUNCHES
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    line = json.dumps({"action": action, "time": when, **code_version(repo)}) + "\n"
+    with open(path, "w" if action in ("train", "overwrite") else "a") as f:
+        f.write(line)
+
+
+def _launches(run_dir: Path) -> list[dict]:
+    path = run_dir / LAUNCHES
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _rounded(values, digits: int = 5) -> list:
+    return [round(float(v), digits) for v in values]
+
+
+def write_record(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
+    """Write ``RECORD`` of the finished run in ``run_dir`` from its heavy files and return it.
+    ``ground_truth``: the caller's cache of val ground truth per data config. Without val data here
+    the record says why, and has no TP IoUs; an unreadable final file is a :class:`RecordError`."""
+    run_dir = Path(run_dir)
+    record: dict[str, Any] = {"version": RECORD_VERSION, "launches": _launches(run_dir)}
+    try:
+        values, ious = run_localisation(run_dir, ground_truth)
+    except json.JSONDecodeError as exc:
+        raise RecordError(
+            f"{run_dir / 'eval' / 'detections.json'}: cannot be read ({exc})"
+        ) from None
+    except (DetectorError, OSError, ValueError) as exc:  # no val data here
+        values, ious = {}, None
+        record["localisation_error"] = f"{run_dir.name}: {exc}"
+    if ious is None and "localisation_error" not in record:
+        record["localisation_error"] = f"{run_dir.name}: no eval/detections.json"
+    record["tp_ious"] = None if ious is None else _rounded(ious.tolist())
+    record["tide"] = {k: v for k, v in values.items() if k.startswith("tide_")}
+    errors = run_dir / "final_errors.pt"
+    record["pred_err"] = None
+    if errors.is_file():
+        import torch
+
+        try:
+            pred_err = torch.load(errors, weights_only=True).get("hist/pred_err")
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+            raise RecordError(f"{errors}: cannot be read ({exc})") from None
+        if pred_err is not None:
+            record["pred_err"] = [_rounded(row) for row in pred_err.tolist()]
+    tmp = run_dir / f".{RECORD}.tmp"
+    tmp.write_text(json.dumps(record, separators=(",", ":")))
+    os.replace(tmp, run_dir / RECORD)
+    return record
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``RECORD``, or None without one (or of an older version)."""
+    path = Path(run_dir) / RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RecordError(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(record, dict):
+        raise RecordError(f"{path}: not a run record")
+    return record if record.get("version") == RECORD_VERSION else None
+
+
+def has_heavy_files(run_dir: Path) -> bool:
+    return (Path(run_dir) / "eval" / "detections.json").is_file() or (
+        Path(run_dir) / "final_errors.pt"
+    ).is_file()
+
+
+def ensure_record(run_dir: Path, ground_truth: dict) -> dict[str, Any] | None:
+    """The run's record; written first when it is missing or old and the heavy files are here."""
+    record = read_record(run_dir)
+    if record is None and has_heavy_files(run_dir):
+        record = write_record(run_dir, ground_truth)
+    return record
+
+
+def record_bytes(run_dir: Path) -> int:
+    return sum(
+        (Path(run_dir) / name).stat().st_size
+        for name in RECORD_FILES
+        if (Path(run_dir) / name).is_file()
+    )
+
+
+def prune_checkpoints(run_dir: Path, keep: str) -> None:
+    """A finished run keeps ``last.pth`` (``keep="last"``) or no checkpoint (``"none"``)."""
+    folder = Path(run_dir) / "checkpoints"
+    for path in sorted(folder.glob("*.pth")):
+        if keep == "none" or path.name != "last.pth":
+            path.unlink()

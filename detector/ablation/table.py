@@ -1,0 +1,109 @@
+"""What an ablation report says about each run: one row per statistic (:data:`STATS`).
+
+A row names the statistic (its ``metric`` in summary.csv), reads it from a run's record (the dict of
+:func:`detector.ablation.report.read_run`: ``metrics`` is ``eval/metrics.json``, ``log`` the
+records of ``metrics.jsonl``, ``record`` the ``record.json``), says how summary.md shows it and
+whether its paired difference to the baseline is taken. Adding a statistic is adding a row: the
+report's tables, summary.csv and the comparisons follow.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from detector.ablation.localisation import TIDE_HIGH_METRIC, TIDE_METRIC, summarise
+from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS
+from detector.evaluation.voc import VOC_METRIC_NAMES
+
+Reader = Callable[[dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Stat:
+    name: str
+    read: Reader  # run -> a number, or None where the run has none
+    scale: float = 100  # summary.md shows mean ± std of scale · value (AP as percent)
+    fmt: str = ".1f"
+    with_std: bool = True
+    compared: bool = False  # paired differences to the baseline, a higher value being better
+    table: str | None = None  # the summary.md table showing it (TABLES); None: summary.csv only
+    label: str = ""  # its column header in summary.md (default: the name)
+    optional: bool = False  # a column only when some run has it
+
+
+def metric(name: str, default: Reader | None = None) -> Reader:
+    """``eval/metrics.json``'s value of ``name`` (else ``default(run)``)."""
+    return lambda run: run["metrics"].get(name, default(run) if default else None)
+
+
+def ap_at(index: int) -> Reader:
+    """The AP at ``IOU_THRESHOLDS[index]`` (from ``AP_per_iou``)."""
+    return lambda run: (run["metrics"].get("AP_per_iou") or [None] * (index + 1))[index]
+
+
+def train_mean(key: str, tail: float = 1.0, skip_first: bool = False) -> Reader:
+    """The mean of ``key`` over the last ``tail`` of the logged training steps."""
+
+    def read(run):
+        train = [r for r in run["log"] if r.get("type") == "train"]
+        if skip_first and len(train) > 1:  # the first window includes start-up
+            train = train[1:]
+        values = [
+            r[key] for r in train[-max(1, int(len(train) * tail)) :] if r.get(key) is not None
+        ]
+        return statistics.fmean(values) if values else None
+
+    return read
+
+
+def tp_iou(name: str) -> Reader:
+    """A :func:`detector.ablation.localisation.summarise` value of the run's true-positive IoUs."""
+    return lambda run: None if run["tp_ious"] is None else summarise(run["tp_ious"])[name]
+
+
+def tide(name: str) -> Reader:
+    return lambda run: (run["record"].get("tide") or {}).get(name)
+
+
+PER_IOU_NAMES = tuple(f"AP{round(t * 100)}" for t in IOU_THRESHOLDS)
+# compared: AP, COCO's AP slices and AP at IoU >= 0.9, where box losses separate
+COMPARED = ("AP", "AP50", "AP75", "AP90", "AP95", "APs", "APm", "APl")
+_SCORES = dict.fromkeys(
+    (COCO_METRIC_NAMES[0], *PER_IOU_NAMES, *COCO_METRIC_NAMES, *VOC_METRIC_NAMES)
+)
+_AP_AT = {name: ap_at(i) for i, name in enumerate(PER_IOU_NAMES)}
+
+TABLES = ("summary", "localisation")
+STATS: list[Stat] = [
+    *(
+        Stat(
+            name,
+            metric(name, _AP_AT.get(name)),
+            compared=name in COMPARED,
+            table="summary" if name in COMPARED else None,
+        )
+        for name in _SCORES
+    ),
+    Stat("loss_box_reg", train_mean("loss_box_reg", tail=0.1), 1, ".3f", table="summary"),
+    Stat(
+        "images_per_s",
+        train_mean("images_per_s", skip_first=True),
+        1,
+        ".1f",
+        False,
+        table="summary",
+    ),
+    Stat("eval_time_s", metric("eval_time_s"), 1, ".0f", False, table="summary", optional=True),
+    Stat("tp_count", tp_iou("tp_count"), 1, ".0f", table="localisation", label="TPs per run"),
+    Stat(
+        "tp_iou_median", tp_iou("tp_iou_median"), 1, ".3f", table="localisation", label="median IoU"
+    ),
+    Stat("tp_iou_ge75", tp_iou("tp_iou_ge75"), table="localisation", label="IoU ≥ 0.75 (%)"),
+    Stat("tp_iou_ge90", tp_iou("tp_iou_ge90"), table="localisation", label="IoU ≥ 0.9 (%)"),
+    *(
+        Stat(name, tide(name), 1, ".2f", table="localisation", label=label, optional=True)
+        for name, label in ((TIDE_METRIC, "TIDE Loc dAP"), (TIDE_HIGH_METRIC, "TIDE Loc@0.75 dAP"))
+    ),
+]

@@ -1,0 +1,155 @@
+"""The report's pre-registered family (Holm over configs × primary endpoints, TOST for "no
+difference", the rest exploratory) and its table of statistics (a statistic is one row), on
+hand-made run folders (no training: seconds)."""
+
+import csv
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from test_ablation import BUDGET, ablate, finish_run
+
+from detector.ablation import plan_runs
+from detector.ablation.stats import paired_difference, pooled_sd, tost
+from detector.ablation.table import STATS, Stat
+
+
+def by_hand(points: list[float], margin: float) -> float:
+    """TOST's p by scipy's one-sample t tests, one per side: H0 mean <= -margin, mean >= margin."""
+    lower = sps.ttest_1samp(points, -margin, alternative="greater").pvalue
+    upper = sps.ttest_1samp(points, margin, alternative="less").pvalue
+    return max(lower, upper)
+
+
+@pytest.mark.parametrize(
+    "points, margin, expected",
+    [
+        # mean 0, sd 0.57735, se 0.288675: t = 1 / se = 3.4641 on 3 df either side -> 0.020260
+        ([0.5, -0.5, 0.5, -0.5], 1.0, 0.020260),
+        # mean 0.6, se 0.122474: t.sf(1.6 / se) = 0.00048 and t.cdf(-0.4 / se) = 0.023459
+        ([0.6, 0.9, 0.3, 0.6], 1.0, 0.023459),
+        # mean 2, beyond the margin: far from equivalent
+        ([1.0, 2.0, 3.0, 2.0], 1.0, None),
+    ],
+)
+def test_tost_on_hand_computed_cases(points, margin, expected):
+    d = differences(points)
+    p = tost(d, margin)
+    assert p == pytest.approx(by_hand(points, margin), rel=1e-9)
+    if expected is None:
+        assert p > 0.9
+    else:
+        assert p == pytest.approx(expected, abs=1e-6)
+    assert np.isnan(tost(paired_difference({0: 1.0, 1: 1.0, 2: 1.0}, {0: 0, 1: 0, 2: 0}), 1.0))
+
+
+def differences(points: list[float]):
+    """The paired differences ``points`` (metric values must be >= 0: 10 + each against 10)."""
+    seeds = range(len(points))
+    return paired_difference({s: 10 + d for s, d in zip(seeds, points)}, dict.fromkeys(seeds, 10))
+
+
+def test_pooled_sd_weights_each_config_by_its_degrees_of_freedom():
+    a = paired_difference({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 0.0, 2: 0.0})  # sd 1, 2 df
+    b = paired_difference({0: 0.0, 1: 4.0}, {0: 0.0, 1: 0.0})  # sd 2.828, 1 df
+    assert pooled_sd([a, b]) == pytest.approx(((2 * 1.0 + 1 * 8.0) / 3) ** 0.5)
+
+
+def make_family_ablation(out):
+    """smoothl1 (baseline), l1 and giou, 4 seeds, differences (AP points) known by hand:
+    l1: AP +1 +2 +3 +2, AP90 +4 +5 +6 +5; giou: AP +0.1 -0.1 +0.2 -0.2, AP90 0 (untestable)."""
+    base_ap, base_ap90 = [0.50, 0.52, 0.47, 0.51], [0.30, 0.33, 0.29, 0.31]
+    shift = {
+        "l1": ([1, 2, 3, 2], [4, 5, 6, 5]),
+        "giou": ([0.1, -0.1, 0.2, -0.2], [0, 0, 0, 0]),
+        "smoothl1": ([0] * 4, [0] * 4),
+    }
+    for run in plan_runs(["smoothl1.yaml", "l1.yaml", "giou.yaml"], [], 4, BUDGET):
+        ap, ap90 = shift[run.group]
+        values = dict(AP=base_ap[run.seed] + ap[run.seed] / 100)
+        values["AP90"] = base_ap90[run.seed] + ap90[run.seed] / 100
+        finish_run(out, run, **values)
+
+
+def test_the_family_is_configs_times_primary_endpoints(tmp_path, capsys):
+    out = tmp_path / "abl"
+    make_family_ablation(out)
+    args = ["--cfgs", "smoothl1.yaml", "l1.yaml", "giou.yaml", "--seeds", "4", "--out", str(out)]
+    assert ablate.main([*args, *BUDGET, "--report-only", "--primary", "AP", "AP90"]) == 0
+    rows = [r for r in csv.DictReader(open(out / "summary.csv")) if r["kind"] == "paired"]
+    paired = {(r["config"], r["metric"]): r for r in rows}
+    primary = [key for key, r in paired.items() if r["family"] == "primary"]
+    assert sorted(primary) == [("giou", "AP"), ("giou", "AP90"), ("l1", "AP"), ("l1", "AP90")]
+    # Holm over exactly 4 tests; giou's AP90 (sd 0: no t test) counts with p = 1
+    p = {key: float(paired[key]["p"]) for key in primary if paired[key]["p"]}
+    t = sps.ttest_1samp
+    assert p[("l1", "AP")] == pytest.approx(t([1, 2, 3, 2], 0).pvalue, rel=1e-5)
+    assert p[("l1", "AP90")] == pytest.approx(t([4, 5, 6, 5], 0).pvalue, rel=1e-5)
+    holm = {key: float(paired[key]["p_holm"]) for key in primary}
+    assert holm[("l1", "AP90")] == pytest.approx(4 * p[("l1", "AP90")], rel=1e-5)
+    assert holm[("l1", "AP")] == pytest.approx(3 * p[("l1", "AP")], rel=1e-5)
+    assert holm[("giou", "AP90")] == 1.0 and paired[("giou", "AP90")]["verdict"] == "too few seeds"
+    assert (
+        paired[("l1", "AP")]["verdict"] == "better"
+        and paired[("l1", "AP90")]["verdict"] == "better"
+    )
+    # "no difference" only by TOST: giou's AP within ±1 point, Holm over the same 4 tests
+    giou = paired[("giou", "AP")]
+    assert float(giou["p_tost"]) == pytest.approx(by_hand([0.1, -0.1, 0.2, -0.2], 1.0), rel=1e-5)
+    assert float(giou["p_tost_holm"]) == pytest.approx(4 * float(giou["p_tost"]), rel=1e-5)
+    assert giou["verdict"] == "equivalent within ±1" and float(giou["margin"]) == 0.01
+    assert float(paired[("l1", "AP90")]["margin"]) == 0.02
+    # every other metric is exploratory: no Holm, no verdict
+    other = [r for key, r in paired.items() if key not in primary]
+    assert other and all(r["family"] == "exploratory" and r["p_holm"] == "" for r in other)
+    assert {r["verdict"] for r in other} <= {"exploratory", "too few seeds"}
+    md = (out / "summary.md").read_text()
+    assert "**Pre-registered family: 4 tests** (each config × AP, AP90)" in md
+    assert "95% CI (uncorrected)" in md and "margins ±1 AP, ±2 AP90" in md
+    assert "| giou | AP | primary | 4 | +0.0 |" in md and "| equivalent within ±1 |" in md
+    # the detectable effect uses the sd pooled over the configs: l1 and giou at AP
+    sd = pooled_sd(differences(d) for d in ([1, 2, 3, 2], [0.1, -0.1, 0.2, -0.2]))
+    from detector.ablation.stats import detectable_effect
+
+    expected = detectable_effect(sd / 100, 4, 0.05 / 4)
+    assert float(paired[("l1", "AP")]["detectable"]) == pytest.approx(expected, rel=1e-5)
+    assert float(paired[("giou", "AP")]["detectable"]) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--primary", "AR100"], ["--primary AR100", "AP90"]),
+        (["--margins", "AP=1"], ["--margins", "--primary"]),
+        (["--primary", "AP", "--margins", "AP90=2"], ["--margins AP90=2"]),
+        (["--primary", "AP", "--margins", "AP=-1"], ["POINTS > 0"]),
+    ],
+)
+def test_bad_family_options_are_one_line(tmp_path, capsys, args, words):
+    assert ablate.main(["--cfgs", "smoothl1.yaml", "--out", str(tmp_path / "a"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+
+
+def test_a_statistic_is_one_row(tmp_path, capsys):
+    """One row added to STATS: in summary.md's table, summary.csv's run, group and paired rows."""
+
+    def last_total_loss(run):
+        return [r for r in run["log"] if r["type"] == "train"][-1]["total_loss"]
+
+    out = tmp_path / "abl"
+    for run in plan_runs(["smoothl1.yaml", "l1.yaml"], [], 2, BUDGET):
+        finish_run(out, run)
+    row = Stat("last_loss", last_total_loss, scale=1, fmt=".2f", compared=True, table="summary")
+    STATS.append(row)
+    try:
+        args = ["--cfgs", "smoothl1.yaml", "l1.yaml", "--seeds", "2", "--out", str(out)]
+        assert ablate.main([*args, *BUDGET, "--report-only"]) == 0
+    finally:
+        STATS.remove(row)
+    md = (out / "summary.md").read_text()
+    assert "| images_per_s | last_loss |" in md and "| 3.0 | 0.50 ± 0.00 |" in md
+    assert "| l1 | last_loss | 2 |" in md
+    rows = [r for r in csv.DictReader(open(out / "summary.csv")) if r["metric"] == "last_loss"]
+    assert sorted(r["kind"] for r in rows) == ["group", "group", "paired"] + ["run"] * 4
+    assert {float(r["value"]) for r in rows if r["kind"] == "run"} == {0.5}
