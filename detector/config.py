@@ -1,7 +1,8 @@
-"""Strict, layered YAML configuration: ``configs/base.yaml`` is the schema (every key, its default and type); files
-(each after its ``_base_`` chain) then ``key.sub=value`` overrides layer on it. Unknown keys, wrong types and bad
-values raise :class:`ConfigError` with a close-match hint before anything runs; names are checked against the
-registries at load time. The result is a frozen :class:`Config`, read only by ``build_*(cfg)`` functions."""
+"""Strict, layered YAML configuration: ``configs/base.yaml`` is the schema (every key, its default
+and type); files (each after its ``_base_`` chain) then ``key.sub=value`` overrides layer on it.
+Unknown keys, wrong types and bad values raise :class:`ConfigError` with a close-match hint before
+anything runs; names are checked against the registries at load time. The result is a frozen
+:class:`Config`, read only by ``build_*(cfg)`` functions."""
 
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ from detector.losses.dynamic import STATISTIC_CONVENTIONS
 
 
 def _find_config_dir() -> Path:
-    """The shipped configs: ``detector/configs`` in an installed wheel, else ``configs/`` beside the package."""
+    """The shipped configs: ``detector/configs`` in an installed wheel, else ``configs/`` beside the
+    package."""
     package = Path(__file__).resolve().parent
     for candidate in (package / "configs", package.parent / "configs"):
         if (candidate / "base.yaml").is_file():
             return candidate
-    return (
-        package.parent / "configs"
-    )  # neither exists: the error names the place a checkout keeps them
+    # neither exists: the error names the place a checkout keeps them
+    return package.parent / "configs"
 
 
 CONFIG_DIR = _find_config_dir()
@@ -50,7 +51,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "train.lr_reference_batch": (int,),
 }
 
-# model.backbone.name: torchvision classifier -> the family that says how detector/modeling/backbone.py cuts it
+# model.backbone.name: torchvision classifier -> the family that says how
+# detector/modeling/backbone.py cuts it
 BACKBONES: dict[str, str] = {
     **dict.fromkeys(("resnet18", "resnet34", "resnet50", "resnet101"), "resnet"),
     "mobilenet_v3_large": "mobilenet_v3_large",
@@ -58,18 +60,22 @@ BACKBONES: dict[str, str] = {
 # The FPN's output strides, P2..P6 (detector/modeling/backbone.py); model.rpn.anchor_sizes has
 # one size per level.
 FPN_STRIDES = (4, 8, 16, 32, 64)
-# model.backbone.norm. frozen_bn: fixed statistics (pretrained weights); bn; syncbn: batch statistics over the ranks
-# of a torchrun job (from scratch on several GPUs; plain BN in one process); gn: GroupNorm with 32 groups
+# model.backbone.norm. frozen_bn: fixed statistics (pretrained weights); bn; syncbn: batch
+# statistics over the ranks of a torchrun job (from scratch on several GPUs; plain BN in one
+# process); gn: GroupNorm with 32 groups
 NORMS = ("frozen_bn", "bn", "syncbn", "gn")
 
-# The synthetic generator's class shapes (label order), box modes and backgrounds (read by detector/data/synthetic.py).
+# The synthetic generator's class shapes (label order), box modes and backgrounds (read by
+# detector/data/synthetic.py).
 SYNTHETIC_SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 SYNTHETIC_BOX_MODES = ("amodal", "visible")
 SYNTHETIC_BACKGROUNDS = ("gradient", "texture")
-# How training boxes are corrupted (data.label_noise_kind; detector/data/base.py corrupt_records reads it from here).
+# How training boxes are corrupted (data.label_noise_kind; detector/data/base.py corrupt_records
+# reads it from here).
 LABEL_NOISE_KINDS = ("jitter", "outlier")
 
-# The scalar keys of metrics.json per eval.metric (detector.evaluation computes them; train.best_metric picks one).
+# The scalar keys of metrics.json per eval.metric (detector.evaluation computes them;
+# train.best_metric picks one).
 COCO_METRIC_NAMES = (
     "AP",
     "AP50",
@@ -84,9 +90,8 @@ COCO_METRIC_NAMES = (
     "ARm",
     "ARl",
 )
-COCO_EXTRA_NAMES = (
-    "AP90",
-)  # added to COCOeval's 12: AP at IoU 0.90, the localisation that box losses move
+# added to COCOeval's 12: AP at IoU 0.90, the localisation that box losses move
+COCO_EXTRA_NAMES = ("AP90",)
 VOC_METRIC_NAMES = ("mAP_voc07", "mAP_voc")  # 11-point (VOC2007 devkit) and area (VOC2010+) mean AP
 METRIC_NAMES = {
     "coco": COCO_METRIC_NAMES + COCO_EXTRA_NAMES,
@@ -297,8 +302,9 @@ def _hint(key: str, candidates: Iterable[str]) -> str:
 
 
 def _file_hint(name: str, available: list[str]) -> str:
-    """A config name close to ``name``, compared without the extension (a shared ``.yaml`` is no likeness) and
-    strictly (``smoth_l1.yaml`` -> smoothl1.yaml; ``nosuch.yaml`` -> nothing); a path's folder may differ."""
+    """A config name close to ``name``, compared without the extension (a shared ``.yaml`` is no
+    likeness) and strictly (``smoth_l1.yaml`` -> smoothl1.yaml; ``nosuch.yaml`` -> nothing); a
+    path's folder may differ."""
 
     def stem(text: str) -> str:
         return text[: -len(Path(text).suffix)] if Path(text).suffix in (".yaml", ".yml") else text
@@ -352,14 +358,14 @@ def safe_yaml(text: str) -> Any:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    """The file's top-level mapping; a file that is not UTF-8 YAML text (a checkpoint given as a config) or not
-    valid YAML (aliases included) raises :class:`ConfigError` naming it."""
+    """The file's top-level mapping; a file that is not UTF-8 YAML text (a checkpoint given as a
+    config) or not valid YAML (aliases included) raises :class:`ConfigError` naming it."""
     try:
         data = safe_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(
-            f"{path}: not a UTF-8 YAML text file (a checkpoint or other binary file?); pass a .yaml "
-            f"config file or a config name from configs/"
+            f"{path}: not a UTF-8 YAML text file (a checkpoint or other binary file?); pass a "
+            ".yaml config file or a config name from configs/"
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
@@ -412,8 +418,9 @@ def _merge(
     prefix: str = "",
     root: Mapping[str, Any] | None = None,
 ) -> None:
-    """Check ``src`` (one layer, named ``source`` in errors) against ``schema`` (the section of the schema at
-    ``prefix``; ``root`` is the whole schema, to say where a misplaced key lives) and copy it into ``dst``."""
+    """Check ``src`` (one layer, named ``source`` in errors) against ``schema`` (the section of the
+    schema at ``prefix``; ``root`` is the whole schema, to say where a misplaced key lives) and copy
+    it into ``dst``."""
     root = schema if root is None else root
     for key, value in src.items():
         full = f"{prefix}{key}"
@@ -452,7 +459,8 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
 
 
 def _as_float(value: Any) -> Any:
-    """A string Python reads as a float, as that float (YAML 1.1 leaves ``1e-3`` a string); anything else unchanged."""
+    """A string Python reads as a float, as that float (YAML 1.1 leaves ``1e-3`` a string); anything
+    else unchanged."""
     try:
         return float(value) if isinstance(value, str) else value
     except ValueError:
@@ -460,8 +468,9 @@ def _as_float(value: Any) -> Any:
 
 
 def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
-    """``value`` checked against the key's type, choices and range; returned as it is stored (a float literal that
-    YAML left a string becomes the float). Floats must be finite: no key means anything by nan or inf."""
+    """``value`` checked against the key's type, choices and range; returned as it is stored (a
+    float literal that YAML left a string becomes the float). Floats must be finite: no key means
+    anything by nan or inf."""
     if value is None:
         if default is None or full in _TYPES:
             return None
@@ -523,13 +532,13 @@ def _check_relations(cfg: dict[str, Any]) -> None:
     syn = cfg["data"]["synthetic"]
     if len(syn["image_size"]) != 2 or min(syn["image_size"]) < 2 * syn["min_size"]:
         raise ConfigError(
-            f"data.synthetic.image_size={syn['image_size']} must be [height, width], each side at least "
-            f"2 * data.synthetic.min_size ({syn['min_size']})"
+            f"data.synthetic.image_size={syn['image_size']} must be [height, width], each side at "
+            f"least 2 * data.synthetic.min_size ({syn['min_size']})"
         )
     if syn["min_objects"] > syn["max_objects"]:
         raise ConfigError(
-            f"data.synthetic.min_objects ({syn['min_objects']}) must be <= data.synthetic.max_objects "
-            f"({syn['max_objects']})"
+            f"data.synthetic.min_objects ({syn['min_objects']}) must be <= "
+            f"data.synthetic.max_objects ({syn['max_objects']})"
         )
     if cfg["model"]["proposals"] == "precomputed" and not cfg["model"]["proposal_file"]:
         raise ConfigError(
@@ -550,8 +559,8 @@ def _check_relations(cfg: dict[str, Any]) -> None:
     sched = roi["box_loss"]["schedule"]
     if sched["type"] == "exp" and min(sched["start"], sched["end"]) <= 0:
         raise ConfigError(
-            f"model.roi_head.box_loss.schedule: type=exp is geometric; start ({sched['start']}) and end "
-            f"({sched['end']}) must be > 0"
+            f"model.roi_head.box_loss.schedule: type=exp is geometric; start ({sched['start']}) "
+            f"and end ({sched['end']}) must be > 0"
         )
     if cfg["model"]["implementation"] == "torchvision":
         _check_torchvision_reference(cfg)
@@ -569,7 +578,8 @@ def _check_relations(cfg: dict[str, Any]) -> None:
 
 
 def _check_torchvision_reference(cfg: dict[str, Any]) -> None:
-    """What torchvision's FasterRCNN (detector/modeling/reference.py) cannot take: one line naming the key."""
+    """What torchvision's FasterRCNN (detector/modeling/reference.py) cannot take: one line naming
+    the key."""
     model, roi = cfg["model"], cfg["model"]["roi_head"]
     rpn_loss = model["rpn"]["box_loss"]
     fixed = {
@@ -590,8 +600,9 @@ def _check_torchvision_reference(cfg: dict[str, Any]) -> None:
     for key, (value, needed) in fixed.items():
         if value != needed:
             raise ConfigError(
-                f"{key}={value} cannot be matched by model.implementation=torchvision (torchvision's "
-                f"FasterRCNN takes only {needed}); set {key}={needed} or model.implementation=ours"
+                f"{key}={value} cannot be matched by model.implementation=torchvision "
+                f"(torchvision's FasterRCNN takes only {needed}); set {key}={needed} or "
+                "model.implementation=ours"
             )
 
 
@@ -607,12 +618,14 @@ def check_training(cfg: Config) -> None:
 
 
 def default_config() -> dict[str, Any]:
-    """The schema (``configs/base.yaml``): every key with its default, as a new plain dict on every call."""
+    """The schema (``configs/base.yaml``): every key with its default, as a new plain dict on every
+    call."""
     return _read_yaml(SCHEMA_FILE)
 
 
 def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> Config:
-    """Defaults from ``configs/base.yaml``, then each file (after its ``_base_`` chain), then overrides."""
+    """Defaults from ``configs/base.yaml``, then each file (after its ``_base_`` chain), then
+    overrides."""
     schema = default_config()
     cfg = copy.deepcopy(schema)
     for name in paths:
@@ -627,17 +640,17 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ())
     return Config(cfg)
 
 
-# Keys added after runs were written whose base.yaml default is not what those runs did: a stored config without
-# the key meant this value (the predictor's init was detectron2's until 2026-12-06).
+# Keys added after runs were written whose base.yaml default is not what those runs did: a stored
+# config without the key meant this value (the predictor's init was detectron2's until 2026-12-06).
 EARLIER_MEANING = {"model.roi_head.predictor_init": "detectron2"}
 
 
 def with_defaults(
     stored: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """``stored`` (e.g. a run's config.yaml) with every key it lacks taken from ``defaults`` (the schema's,
-    where the key's default did not change what a run does; else :data:`EARLIER_MEANING`'s); keys the schema
-    no longer has are kept."""
+    """``stored`` (e.g. a run's config.yaml) with every key it lacks taken from ``defaults`` (the
+    schema's, where the key's default did not change what a run does; else
+    :data:`EARLIER_MEANING`'s); keys the schema no longer has are kept."""
     if defaults is None:
         defaults = default_config()
         for dotted, value in EARLIER_MEANING.items():
@@ -656,7 +669,8 @@ def with_defaults(
 
 
 def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two (nested) configs, in order; keys on one side only count too."""
+    """Dotted keys whose values differ between two (nested) configs, in order; keys on one side only
+    count too."""
     keys = list(old) + [k for k in new if k not in old]
     differ = []
     for key in keys:

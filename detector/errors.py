@@ -1,9 +1,9 @@
 """User-facing errors and the one error path of the command-line tools (:func:`run_tool`).
 
-A :class:`DetectorError` is a problem with the user's input or environment: the tools print its message as one
-line; anything else is a bug and keeps its traceback. ``exit_code`` says the kind: 2 a config or usage error (command
-line, config, run folder), 1 a data or file error (data, weights, checkpoints, a non-finite loss, a full disk), 130
-stopped by Ctrl-C or SIGTERM.
+A :class:`DetectorError` is a problem with the user's input or environment: the tools print its
+message as one line; anything else is a bug and keeps its traceback. ``exit_code`` says the kind: 2
+a config or usage error (command line, config, run folder), 1 a data or file error (data, weights,
+checkpoints, a non-finite loss, a full disk), 130 stopped by Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import sys
 import traceback
 from typing import Callable
 
-# OS errors that are the user's environment, not our bug: a full or read-only disk, a path that cannot be made
+# OS errors that are the user's environment, not our bug: a full or read-only disk, a path that
+# cannot be made
 USER_OS_ERRNOS = {
     errno.ENOSPC,
     errno.EDQUOT,
@@ -46,7 +47,8 @@ def unsafe_global(exc: BaseException) -> str | None:
 
 
 class DetectorError(Exception):
-    """A problem with the user's input or environment; the message names the file or field and the fix."""
+    """A problem with the user's input or environment; the message names the file or field and the
+    fix."""
 
     exit_code = 1  # a data or file error; usage errors say 2
 
@@ -58,12 +60,14 @@ class UsageError(DetectorError):
 
 
 class WeightsError(DetectorError):
-    """``model.backbone.weights`` names no readable file or torchvision weights (or the download failed)."""
+    """``model.backbone.weights`` names no readable file or torchvision weights (or the download
+    failed)."""
 
 
 def run_tool(main: Callable[..., int]) -> Callable[..., int]:
-    """The decorator of every tool's ``main``: a user error prints one line (after the traceback when
-    ``DETECTOR_TRACEBACK=1``) and returns its kind's exit code (see the module docstring); a bug raises."""
+    """The decorator of every tool's ``main``: a user error prints one line (after the traceback
+    when ``DETECTOR_TRACEBACK=1``) and returns its kind's exit code (see the module docstring); a
+    bug raises."""
 
     @functools.wraps(main)
     def guarded(*args, **kwargs) -> int:

@@ -1,6 +1,6 @@
-"""Adding a box loss is one function and one registry line, plus its leaf config: registered at run time, it is a
-valid config choice at once and trains through the config like the built-in losses. A dataset format is one parser
-and one registry line."""
+"""Adding a box loss is one function and one registry line, plus its leaf config: registered at run
+time, it is a valid config choice at once and trains through the config like the built-in losses. A
+dataset format is one parser and one registry line."""
 
 import json
 from pathlib import Path
@@ -19,19 +19,21 @@ from detector.losses import LOSSES, BoxLoss
 
 
 def log_cosh_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """log(cosh(x)) elementwise: quadratic near zero, linear beyond, like Smooth L1 without a beta."""
+    """log(cosh(x)) elementwise: quadratic near zero, linear beyond, like Smooth L1 without a
+    beta."""
     x = pred - target
     return x.abs() + torch.nn.functional.softplus(-2 * x.abs()) - torch.log(torch.tensor(2.0))
 
 
-def test_a_loss_registered_at_run_time_trains_through_its_leaf_config(monkeypatch, tmp_path):
-    monkeypatch.setitem(
-        LOSSES, "log_cosh", lambda cfg: BoxLoss("log_cosh", log_cosh_loss)
-    )  # the registry line
+def test_a_loss_registered_at_run_time_trains_through_its_leaf_config(
+    monkeypatch, tmp_path, tiny_data
+):
+    # the registry line
+    monkeypatch.setitem(LOSSES, "log_cosh", lambda cfg: BoxLoss("log_cosh", log_cosh_loss))
     leaf = tmp_path / "log_cosh.yaml"  # the leaf config
     leaf.write_text("_base_: base.yaml\nmodel:\n  roi_head:\n    box_loss:\n      name: log_cosh\n")
     run = tmp_path / "run"
-    cfg = load_config([str(leaf)], tiny_run_overrides(tmp_path / "data", run))
+    cfg = load_config([str(leaf)], tiny_run_overrides(tiny_data, run))
     assert cfg.model.roi_head.box_loss.name == "log_cosh"
     calls = []
     monkeypatch.setitem(

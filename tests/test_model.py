@@ -1,4 +1,5 @@
-"""TwoStageDetector end to end on CPU: output contract, zero-GT images, every box loss, overfitting, state."""
+"""TwoStageDetector end to end on CPU: output contract, zero-GT images, every box loss, overfitting,
+state."""
 
 import io
 import math
@@ -153,7 +154,8 @@ def _rectangles():
 
 
 def test_tiny_model_overfits_two_images():
-    """Random frozen trunk (GN), trainable FPN + RPN + RoI heads: the top detection snaps onto each rectangle."""
+    """Random frozen trunk (GN), trainable FPN + RPN + RoI heads: the top detection snaps onto each
+    rectangle."""
     model = tiny_model(
         "model.backbone.norm=gn", "model.backbone.freeze_at=5", num_classes=2
     ).train()

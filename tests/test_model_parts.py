@@ -1,11 +1,12 @@
-"""Model parts on CPU: backbone variants and weights, anchors, matching/sampling, the RoI box loss vs torchvision."""
+"""Model parts on CPU: backbone variants and weights, anchors, matching/sampling, the RoI box loss
+vs torchvision."""
 
 import urllib.error
 
 import pytest
 import torch
 import torchvision
-from helpers import make_backbone
+from helpers import make_backbone, make_roi_heads
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
@@ -15,7 +16,6 @@ from detector.boxes import batched_box_iou
 from detector.config import load_config
 from detector.errors import WeightsError
 from detector.losses import build_box_loss
-from detector.modeling import RoIHeads
 from detector.modeling.matcher import DynamicLabelAssigner, match_boxes, sample_balanced
 from detector.modeling.rpn import RPN
 
@@ -79,9 +79,8 @@ def test_bad_weights_give_clear_errors(tmp_path):
         r"state dict of torchvision's resnet18",
     ):
         make_backbone(name="resnet18", weights=str(wrong))
-    other = (
-        tmp_path / "resnet50.pth"
-    )  # another model's trunk: shapes differ (was torch's RuntimeError traceback)
+    # another model's trunk: shapes differ (was torch's RuntimeError traceback)
+    other = tmp_path / "resnet50.pth"
     torch.save(torchvision.models.resnet50().state_dict(), other)
     with pytest.raises(
         WeightsError,
@@ -123,10 +122,10 @@ def test_anchors_match_torchvision_anchor_generator():
 
 
 def test_match_boxes_thresholds_padding_and_low_quality():
-    gt = torch.tensor(
-        [[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 0.0, 0.0]]]
-    )  # [1,2,4], second GT is padding
+    # [1,2,4], second GT is padding
+    gt = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 0.0, 0.0]]])
     gt_valid = torch.tensor([[True, False]])
+    # IoU 1, 0.6, 0.4, 0
     boxes = torch.tensor(
         [
             [
@@ -136,7 +135,7 @@ def test_match_boxes_thresholds_padding_and_low_quality():
                 [20.0, 20.0, 30.0, 30.0],
             ]
         ]
-    )  # IoU 1, 0.6, 0.4, 0
+    )
     iou = batched_box_iou(boxes, gt)
     torch.testing.assert_close(iou[0, :, 0], torch.tensor([1.0, 0.6, 0.4, 0.0]))
     matched, max_iou, fg, bg = match_boxes(iou, gt_valid, 0.5, 0.5)
@@ -155,11 +154,8 @@ def test_match_boxes_thresholds_padding_and_low_quality():
         True,
     ]
     _, _, fg, _ = match_boxes(iou[:, 1:], gt_valid, 0.7, 0.3, allow_low_quality_matches=True)
-    assert fg[0].tolist() == [
-        True,
-        False,
-        False,
-    ]  # the GT's best candidate (IoU 0.6) becomes positive
+    # the GT's best candidate (IoU 0.6) becomes positive
+    assert fg[0].tolist() == [True, False, False]
     _, max_iou, fg, bg = match_boxes(iou, torch.tensor([[False, False]]), 0.5, 0.5)
     assert not fg.any() and bg.all() and (max_iou == -1).all()
 
@@ -183,15 +179,13 @@ def test_sample_balanced_respects_budget_and_fraction():
 def test_dynamic_label_assigner_observe_step_and_state():
     assigner = DynamicLabelAssigner(initial_thresh=0.5, topk=2, interval=2, min_thresh=0.4)
     iou = torch.tensor([[0.9, 0.8, 0.1], [0.95, 0.7, 0.6], [0.0, 0.0, 0.0]])[..., None]  # [3,3,1]
-    gt_valid = torch.tensor(
-        [[True], [True], [False]]
-    )  # image 2 has no GT: mmdetection's all-zero overlaps
+    # image 2 has no GT: mmdetection's all-zero overlaps
+    gt_valid = torch.tensor([[True], [True], [False]])
     valid = torch.ones(3, 3, dtype=torch.bool)
     _, max_iou, fg, _ = match_boxes(iou, gt_valid, assigner.thresh, assigner.thresh)
     first = assigner.observe(iou, max_iou, fg, valid, gt_valid)
-    assert float(first) == pytest.approx(
-        (0.8 + 0.7 + 0.0) / 3
-    )  # per image the 2nd largest, then the mean
+    # per image the 2nd largest, then the mean
+    assert float(first) == pytest.approx((0.8 + 0.7 + 0.0) / 3)
     assert assigner.step(0, first) == 0.5  # the threshold moves at the interval's end
     restored = DynamicLabelAssigner(initial_thresh=0.5, topk=2, interval=2, min_thresh=0.4)
     restored.load_state_dict(assigner.state_dict())
@@ -206,7 +200,7 @@ def test_smooth_l1_box_loss_equals_torchvision_fastrcnn_loss():
     torch.manual_seed(0)
     num_rois, num_classes = 64, 3
     box_loss = build_box_loss({"name": "smooth_l1", "beta": 1 / 9, "sigma": None})
-    heads = RoIHeads(8, ["0"], num_classes, box_loss=box_loss)
+    heads = make_roi_heads(8, num_classes, box_loss=box_loss)
     xy = torch.rand(num_rois, 2) * 100
     rois = torch.cat([xy, xy + 10 + torch.rand(num_rois, 2) * 50], dim=1)
     matched_gt = rois + torch.randn(num_rois, 4) * 3
@@ -225,9 +219,8 @@ def test_smooth_l1_box_loss_equals_torchvision_fastrcnn_loss():
     targets = torchvision.models.detection._utils.BoxCoder((10.0, 10.0, 5.0, 5.0)).encode(
         [matched_gt], [rois]
     )
-    with_background_slot = torch.cat(
-        [torch.zeros(num_rois, 4), deltas], dim=1
-    )  # torchvision: [R, 4(K+1)]
+    # torchvision: [R, 4(K+1)]
+    with_background_slot = torch.cat([torch.zeros(num_rois, 4), deltas], dim=1)
     loss_cls, loss_box = fastrcnn_loss(logits, with_background_slot, [labels], list(targets))
     torch.testing.assert_close(losses["loss_cls"], loss_cls)
     torch.testing.assert_close(losses["loss_box_reg"], loss_box)

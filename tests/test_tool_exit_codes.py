@@ -1,5 +1,6 @@
-"""Every tool in tools/ takes the one error path (detector.errors.run_tool): a usage or config error exits 2, a data
-or file error exits 1, each with one ``error:`` line on stderr and no traceback. The table must name every tool."""
+"""Every tool in tools/ takes the one error path (detector.errors.run_tool): a usage or config error
+exits 2, a data or file error exits 1, each with one ``error:`` line on stderr and no traceback. The
+table must name every tool."""
 
 import importlib.util
 import json
@@ -13,8 +14,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = sorted(p.stem for p in (REPO / "tools").glob("*.py"))
 
-# tool -> (argv of a config or usage error that run_tool reports, argv of a data or file error); "{tmp}" is a
-# temporary folder holding a plain file "afile" (so "{tmp}/afile/x" cannot be made) and nothing else
+# tool -> (argv of a config or usage error that run_tool reports, argv of a data or file error);
+# "{tmp}" is a temporary folder holding a plain file "afile" (so "{tmp}/afile/x" cannot be made) and
+# nothing else
 CASES = {
     "ablate": (
         ["--cfgs", "smoothl1.yaml", "--report-only", "--force"],
@@ -24,10 +26,11 @@ CASES = {
         ["--data", "nosuch.key=1"],
         ["--data", "data.format=coco", "data.root={tmp}/nowhere"],
     ),
+    # fails making the folder, before any download
     "download_data": (
         ["voc2007", "--root", "{tmp}/d", "--remove-archives", "nosuch"],
         ["voc2007", "--root", "{tmp}/afile/x"],
-    ),  # fails making the folder, before any download
+    ),
     "dump_proposals": (
         [
             "--cfg",
@@ -123,7 +126,8 @@ def test_a_failed_download_is_one_line_naming_the_archive(tmp_path, capsys):
 
 
 def tiny_coco(root: Path, split: str = "s") -> Path:
-    """One 64 x 64 image with one box of one class, as ``root/annotations/instances_<split>.json``."""
+    """One 64 x 64 image with one box of one class, as
+    ``root/annotations/instances_<split>.json``."""
     from PIL import Image
 
     (root / split).mkdir(parents=True)
@@ -148,7 +152,8 @@ def tiny_coco(root: Path, split: str = "s") -> Path:
     ],
 )
 def test_a_config_mistake_found_by_the_model_is_one_line_exit_2(overrides, message, tmp_path):
-    """Through the real tool in its own process: the model's config mistakes are config errors too."""
+    """Through the real tool in its own process: the model's config mistakes are config errors
+    too."""
     data = [
         "data.format=coco",
         f"data.root={tiny_coco(tmp_path / 'data')}",

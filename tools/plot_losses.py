@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Plot the box-regression losses and the beta schedules: ``python tools/plot_losses.py --out DIR``.
 
-Writes ``DIR/losses.png`` (value and derivative of L1, L2, Smooth L1 with beta = 1 and 1/9, and Balanced L1 over
-x = pred - target in [-3, 3]) and ``DIR/beta_schedules.png`` (beta over the iterations of each Dynamic Smooth L1
-schedule at the defaults of ``configs/base.yaml``; the adaptive one on simulated targets whose spread shrinks).
+Writes ``DIR/losses.png`` (value and derivative of L1, L2, Smooth L1 with beta = 1 and 1/9, and
+Balanced L1 over x = pred - target in [-3, 3]) and ``DIR/beta_schedules.png`` (beta over the
+iterations of each Dynamic Smooth L1 schedule at the defaults of ``configs/base.yaml``; the adaptive
+one on simulated targets whose spread shrinks).
 """
 
 import argparse
@@ -57,14 +58,14 @@ def plot_losses(path: Path) -> None:
 def simulate_adaptive(
     roi_cfg, iters: int, num_images: int = 4, num_pos: int = 128, seed: int = 0
 ) -> list[float]:
-    """Adaptive beta over a run whose positives' (tx, ty) spread shrinks linearly from 1.0 to 0.25."""
+    """Adaptive beta over a run whose positives' (tx, ty) spread shrinks linearly from 1.0 to
+    0.25."""
     schedule = build_beta_schedule(roi_cfg, iters)
     g = torch.Generator().manual_seed(seed)
     betas = []
     for it in range(iters):
-        targets = torch.randn(num_pos, 4, generator=g) * (
-            1.0 - 0.75 * it / iters
-        )  # [P,4], spread 1 -> 0.25
+        # [P,4], spread 1 -> 0.25
+        targets = torch.randn(num_pos, 4, generator=g) * (1.0 - 0.75 * it / iters)
         betas.append(schedule.beta)
         schedule.step(it, schedule.observe(targets, num_images))
     return betas

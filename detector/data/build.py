@@ -1,5 +1,6 @@
-"""``build_dataset`` and ``build_dataloader``, the only readers of the config in ``detector.data``. Loaders yield
-``(images: list[uint8 [3,H,W]], targets: list[dict])``; see docs/architecture.md, section "Data"."""
+"""``build_dataset`` and ``build_dataloader``, the only readers of the config in ``detector.data``.
+Loaders yield ``(images: list[uint8 [3,H,W]], targets: list[dict])``; see docs/architecture.md,
+section "Data"."""
 
 from __future__ import annotations
 
@@ -47,9 +48,10 @@ FORMATS: dict[str, Callable[[Any, str], Parsed]] = {
     "voc": _parse_voc,
 }
 
-# split -> {subset_records argument: the data.* key that sets it}; what is absent keeps every image. data.classes
-# applies to both splits; the size subsets and keep_empty to training only, so a training subset is still scored on
-# the whole val split (it has its own val_* keys and keeps images without boxes: a detection there is a false positive)
+# split -> {subset_records argument: the data.* key that sets it}; what is absent keeps every image.
+# data.classes applies to both splits; the size subsets and keep_empty to training only, so a
+# training subset is still scored on the whole val split (it has its own val_* keys and keeps images
+# without boxes: a detection there is a false positive)
 SUBSET_KEYS = {
     "train": {
         "keep_classes": "classes",
@@ -91,9 +93,8 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
         raise DatasetError(
             f"{source}: no {split} images left after the subset settings ({keys}); relax them"
         )
-    missing = [
-        r.path for r in records if not os.path.isfile(r.path)
-    ]  # a cheap check before any image is read
+    # a cheap check before any image is read
+    missing = [r.path for r in records if not os.path.isfile(r.path)]
     if missing:
         shown = ", ".join(missing[:5]) + (
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -102,9 +103,8 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
             f"{source}: {len(missing)} of {len(records)} image files are missing: {shown}; "
             f"check data.root and the split name, or download the images (data/README.md)"
         )
-    if (
-        split == "train" and data.label_noise > 0
-    ):  # a fixed corrupted set: the same for every seed and epoch
+    # a fixed corrupted set: the same for every seed and epoch
+    if split == "train" and data.label_noise > 0:
         records = corrupt_records(
             records,
             data.label_noise,
@@ -128,8 +128,9 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
 
 
 def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, torch.Tensor]:
-    """Precomputed proposals of ``tools/dump_proposals.py``: ``{"<image_id>": [[x1,y1,x2,y2(,score)], ...]}``
-    in original image pixels -> image id -> float32 [P,4]; every image of the split must have an entry."""
+    """Precomputed proposals of ``tools/dump_proposals.py``: ``{"<image_id>":
+    [[x1,y1,x2,y2(,score)], ...]}`` in original image pixels -> image id -> float32 [P,4]; every
+    image of the split must have an entry."""
     try:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -152,9 +153,8 @@ def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, tor
     for image_id in image_ids:
         entries = raw[str(image_id)]
         try:
-            boxes = torch.as_tensor(entries, dtype=torch.float32).reshape(
-                len(entries), -1
-            )  # [P,4] or [P,5]
+            # [P,4] or [P,5]
+            boxes = torch.as_tensor(entries, dtype=torch.float32).reshape(len(entries), -1)
         except (TypeError, ValueError, RuntimeError):
             boxes = torch.zeros(0, 3)
         if len(entries) and boxes.shape[1] not in (4, 5):
@@ -170,14 +170,16 @@ def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, tor
 def proposals_of(
     targets: list[dict], device: torch.device | None = None
 ) -> list[torch.Tensor] | None:
-    """The targets' precomputed proposals as the model's ``proposals`` argument (on ``device`` if given), or None."""
+    """The targets' precomputed proposals as the model's ``proposals`` argument (on ``device`` if
+    given), or None."""
     if not targets or "proposals" not in targets[0]:
         return None
     return [t["proposals"].to(device) if device is not None else t["proposals"] for t in targets]
 
 
 def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
-    """[(image, target), ...] -> (images, targets); no padding here (the model pads on the device)."""
+    """[(image, target), ...] -> (images, targets); no padding here (the model pads on the
+    device)."""
     images, targets = zip(*batch)
     return list(images), list(targets)
 
@@ -195,7 +197,8 @@ def make_dataloader(
     group_by_aspect_ratio: bool = True,
     pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """A loader over ``dataset``: infinite seeded grouped batches when ``train``, else this rank's ordered slice."""
+    """A loader over ``dataset``: infinite seeded grouped batches when ``train``, else this rank's
+    ordered slice."""
     if train:
         groups = (
             [int(r.width < r.height) for r in dataset.records]
@@ -216,7 +219,8 @@ def make_dataloader(
             batch_size=batch_size,
             drop_last=False,
         )
-    # The loader's own generator: a resumed run must not sample differently because the global RNG moved.
+    # The loader's own generator: a resumed run must not sample differently because the global RNG
+    # moved.
     generator = torch.Generator().manual_seed(seed * 1_000_003 + start_iter + rank)
     return torch.utils.data.DataLoader(
         dataset,
@@ -236,9 +240,10 @@ def build_dataloader(
     distributed: bool = False,
     dataset: DetectionDataset | None = None,
 ) -> torch.utils.data.DataLoader:
-    """The training loader (infinite, from batch ``start_iter`` of the ``cfg.seed`` stream) or the val loader (the
-    first ``eval.max_images`` images, as a new dataset; under ``distributed`` a disjoint slice per rank).
-    ``dataset``: the split's :func:`build_dataset`, when the caller already built it (it is not changed)."""
+    """The training loader (infinite, from batch ``start_iter`` of the ``cfg.seed`` stream) or the
+    val loader (the first ``eval.max_images`` images, as a new dataset; under ``distributed`` a
+    disjoint slice per rank). ``dataset``: the split's :func:`build_dataset`, when the caller
+    already built it (it is not changed)."""
     dataset = build_dataset(cfg, split) if dataset is None else dataset
     max_images = cfg.eval.max_images
     if split == "val" and max_images is not None:

@@ -1,6 +1,7 @@
-"""COCO-format datasets (COCO 2017 and the generated synthetic set): ``root/annotations/instances_<split>.json``,
-images under ``root/<split>/``. Labels 1..K follow the sorted category ids (``label_to_cat_id`` maps back); xywh
-becomes xyxy in :func:`parse_coco` only. Crowd annotations are kept as ``iscrowd``; ``area`` is the annotation's."""
+"""COCO-format datasets (COCO 2017 and the generated synthetic set):
+``root/annotations/instances_<split>.json``, images under ``root/<split>/``. Labels 1..K follow the
+sorted category ids (``label_to_cat_id`` maps back); xywh becomes xyxy in :func:`parse_coco` only.
+Crowd annotations are kept as ``iscrowd``; ``area`` is the annotation's."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def is_finite(value: object) -> bool:
 
 
 def load_coco_json(ann_file: str | Path) -> COCO:
-    """The annotation file as a pycocotools ``COCO`` (its prints silenced), checked once for :func:`parse_coco`
-    (required fields, numeric fields, unique image ids): each error is one DatasetError line naming the entry."""
+    """The annotation file as a pycocotools ``COCO`` (its prints silenced), checked once for
+    :func:`parse_coco` (required fields, numeric fields, unique image ids): each error is one
+    DatasetError line naming the entry."""
     ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise DatasetError(
@@ -103,9 +105,9 @@ def load_coco_json(ann_file: str | Path) -> COCO:
         j = first.setdefault(image["id"], k)
         if j != k:
             raise DatasetError(
-                f"{ann_file}: image id {image['id']} is used twice in 'images': entry {j} (file_name "
-                f"{data['images'][j]['file_name']!r}) and entry {k} (file_name {image['file_name']!r}); "
-                f"give each image its own id or remove the copy"
+                f"{ann_file}: image id {image['id']} is used twice in 'images': entry {j} "
+                f"(file_name {data['images'][j]['file_name']!r}) and entry {k} (file_name "
+                f"{image['file_name']!r}); give each image its own id or remove the copy"
             )
     coco = COCO()
     coco.dataset = data
@@ -118,21 +120,22 @@ def parse_coco(
     coco: COCO, image_dir: str | Path, source: str
 ) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
     """Records (sorted by image id), class names (index 0 background) and label -> category id of a
-    :func:`load_coco_json` file; an unknown id or a file_name outside ``image_dir`` raises :class:`DatasetError`."""
+    :func:`load_coco_json` file; an unknown id or a file_name outside ``image_dir`` raises
+    :class:`DatasetError`."""
     cat_ids = sorted(coco.cats)
     cat_to_label = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
     classes = [BACKGROUND] + [coco.cats[c]["name"] for c in cat_ids]
     for ann in coco.dataset["annotations"]:
         if ann["category_id"] not in cat_to_label:
             raise DatasetError(
-                f"{source}: annotation {ann['id']} has category_id {ann['category_id']}, which is not "
-                f"in 'categories' (ids {cat_ids[:10]}{' ...' if len(cat_ids) > 10 else ''}); "
-                f"fix the annotation or add the category"
+                f"{source}: annotation {ann['id']} has category_id {ann['category_id']}, which is "
+                f"not in 'categories' (ids {cat_ids[:10]}{' ...' if len(cat_ids) > 10 else ''}); "
+                "fix the annotation or add the category"
             )
         if ann["image_id"] not in coco.imgs:
             raise DatasetError(
-                f"{source}: annotation {ann['id']} refers to image_id {ann['image_id']}, which is not "
-                f"in 'images'; remove the annotation or add the image"
+                f"{source}: annotation {ann['id']} refers to image_id {ann['image_id']}, which is "
+                "not in 'images'; remove the annotation or add the image"
             )
     records = []
     for image_id in sorted(coco.imgs):

@@ -1,4 +1,5 @@
-"""Subsets of a parsed dataset, for every format (``tools/make_subset.py`` writes what ``build_dataset`` selects)."""
+"""Subsets of a parsed dataset, for every format (``tools/make_subset.py`` writes what
+``build_dataset`` selects)."""
 
 from __future__ import annotations
 
@@ -57,10 +58,11 @@ def subset_records(
     source: str = "dataset",
     ids_source: str = "data.image_ids_file",
 ) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
-    """(records, classes, label_to_cat_id) after, in order: ``keep_classes`` (relabelled 1..K in that order),
-    ``keep_empty=False`` (drop images without a non-crowd box), ``image_ids_file`` (a COCO id or VOC name a line;
-    blank lines and ``#`` comments ignored), ``fraction`` (``round(fraction * n)``, at least 1, drawn with ``seed``,
-    order kept), ``max_images`` (the first ones). ``source`` and ``ids_source`` name file and setting in messages."""
+    """(records, classes, label_to_cat_id) after, in order: ``keep_classes`` (relabelled 1..K in
+    that order), ``keep_empty=False`` (drop images without a non-crowd box), ``image_ids_file`` (a
+    COCO id or VOC name a line; blank lines and ``#`` comments ignored), ``fraction``
+    (``round(fraction * n)``, at least 1, drawn with ``seed``, order kept), ``max_images`` (the
+    first ones). ``source`` and ``ids_source`` name file and setting in messages."""
     if image_ids_file and not Path(image_ids_file).is_file():
         raise DatasetError(f"{image_ids_file}: image id file ({ids_source}) not found")
     records, classes, label_to_cat_id = list(records), list(classes), dict(label_to_cat_id)
@@ -105,7 +107,8 @@ def subset_records(
 
 
 def subset_coco_json(data: dict, image_ids: set[int], cat_ids: Sequence[int] | None) -> dict:
-    """A COCO instances dict restricted to ``image_ids`` and (when given) ``cat_ids``, category ids unchanged."""
+    """A COCO instances dict restricted to ``image_ids`` and (when given) ``cat_ids``, category ids
+    unchanged."""
     keep_cats = set(cat_ids) if cat_ids is not None else {c["id"] for c in data["categories"]}
     return {
         **data,

@@ -1,6 +1,9 @@
-"""Run logging: ``metrics.jsonl`` (one JSON object per log step and per evaluation) and TensorBoard events, rank 0
-only: every loss term (raw and weighted), lr, beta, IoU threshold, positives, per-coordinate |target| and
-|pred - target| statistics and histograms, gradient norm, images/s, peak memory, metrics, drawn val images, HParams."""
+"""Run logging: ``metrics.jsonl`` (one JSON object per log step and per evaluation) and TensorBoard
+events, rank 0
+only: every loss term (raw and weighted), lr, beta, IoU threshold, positives, per-coordinate
+|target| and
+|pred - target| statistics and histograms, gradient norm, images/s, peak memory, metrics, drawn val
+images, HParams."""
 
 from __future__ import annotations
 
@@ -14,11 +17,11 @@ import torch
 
 from detector.box_coder import DELTA_NAMES
 from detector.engine.runtime import notice
+from detector.losses import SCHEDULED_LOSSES, build_box_loss
 
+# What every run's HParams record; beta and beta_schedule are added where the loss has them.
 HPARAM_KEYS = {
     "box_loss": "model.roi_head.box_loss.name",
-    "beta": "model.roi_head.box_loss.beta",
-    "beta_schedule": "model.roi_head.box_loss.schedule.type",
     "normalizer": "model.roi_head.box_loss.normalizer",
     "box_loss_weight": "model.roi_head.box_loss.weight",
     "dynamic_label_assignment": "model.roi_head.dynamic_label_assignment.enabled",
@@ -32,6 +35,20 @@ HPARAM_KEYS = {
 }
 METRICS_FILE = "metrics.jsonl"
 HPARAM_METRICS = ("AP", "AP50", "AP75", "AP90", "mAP_voc")
+
+
+def run_hparams(cfg) -> dict[str, Any]:
+    """The HParams of a run: ``HPARAM_KEYS``, the box loss's beta where it has one and the beta
+    schedule where the loss follows one (a plain Smooth L1 run shows no schedule)."""
+    hp = {name: cfg.select(key) for name, key in HPARAM_KEYS.items()}
+    box_loss = cfg.model.roi_head.box_loss
+    # resolved from sigma where that is set; None for a loss without a beta
+    beta = build_box_loss(box_loss).beta
+    if beta is not None:
+        hp["beta"] = beta
+    if box_loss.name in SCHEDULED_LOSSES:
+        hp["beta_schedule"] = box_loss.schedule.type
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hp.items()}
 
 
 def format_value(value: float, digits: int = 4) -> str:
@@ -85,8 +102,9 @@ def _jsonable(value: Any) -> Any:
 
 
 class RunLogger:
-    """Writes scalars, histograms and images of one run (rank 0 only). ``resumed_at=k``: the records after iteration
-    k are dropped from ``metrics.jsonl`` and purged from TensorBoard, so no iteration counts twice."""
+    """Writes scalars, histograms and images of one run (rank 0 only). ``resumed_at=k``: the records
+    after iteration k are dropped from ``metrics.jsonl`` and purged from TensorBoard, so no
+    iteration counts twice."""
 
     def __init__(self, run_dir: str | Path, resumed_at: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
@@ -102,11 +120,12 @@ class RunLogger:
         self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
         self._jsonl = open(self.run_dir / METRICS_FILE, "a")
         if resumed_at is not None:
-            self.log("resume", resumed_at, {"dropped_records": dropped})
+            self.log_scalars(resumed_at, "resume", dropped_records=dropped)
 
-    def log(self, kind: str, iteration: int, values: dict[str, Any]) -> None:
-        """One JSON line ``{"type": kind, "iter": k, ...}`` and a TensorBoard scalar per numeric value."""
-        record = {"type": kind, "iter": iteration, **_jsonable(values)}
+    def log_scalars(self, step: int, kind: str = "train", /, **scalars: Any) -> None:
+        """One JSON line ``{"type": kind, "iter": step, **scalars}`` and a TensorBoard scalar per
+        number (``eval/<name>`` for an evaluation's)."""
+        record = {"type": kind, "iter": step, **_jsonable(scalars)}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         prefix = "eval/" if kind == "eval" else ""
@@ -116,10 +135,10 @@ class RunLogger:
                 and isinstance(value, (int, float))
                 and not isinstance(value, bool)
             ):
-                self._writer.add_scalar(prefix + key, value, iteration)
+                self._writer.add_scalar(prefix + key, value, step)
             elif key == "AP_per_iou" and isinstance(value, list):
                 for thr, ap in zip(range(50, 100, 5), value):
-                    self._writer.add_scalar(f"{prefix}AP_per_iou/AP{thr}", ap, iteration)
+                    self._writer.add_scalar(f"{prefix}AP_per_iou/AP{thr}", ap, step)
 
     def histograms(self, iteration: int, tensors: dict[str, torch.Tensor]) -> None:
         """``hist/<name>`` tensors of shape [P,4] become one histogram per coordinate."""
@@ -139,11 +158,11 @@ class RunLogger:
             self._writer.add_image(f"{tag}/{i}", image, iteration)
 
     def hparams(self, cfg, metrics: dict[str, Any]) -> None:
-        """The run's hyper-parameters and final metrics, in this run's own event file (HParams tab)."""
+        """The run's hyper-parameters and final metrics, in this run's own event file (HParams
+        tab)."""
         from torch.utils.tensorboard.summary import hparams
 
-        hp = {name: cfg.select(key) for name, key in HPARAM_KEYS.items()}
-        hp = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hp.items()}
+        hp = run_hparams(cfg)
         final = {
             f"hparam/{k}": float(metrics[k])
             for k in HPARAM_METRICS

@@ -1,7 +1,9 @@
-"""Torchvision backbones (:data:`BACKBONES`) with or without FPN: [N,3,H,W] -> ordered dict of [N,C,H/s,W/s] maps.
+"""Torchvision backbones (:data:`BACKBONES`) with or without FPN: [N,3,H,W] -> ordered dict of
+[N,C,H/s,W/s] maps.
 
-With FPN, levels "0".."3" are P2..P5 (strides 4..32) and "pool" is P6 (64); without, "0" is C5 (stride 32).
-``freeze_at=k`` freezes the first k of five stages (stem, then the four resolution stages) with frozen BN (Detectron2).
+With FPN, levels "0".."3" are P2..P5 (strides 4..32) and "pool" is P6 (64); without, "0" is C5
+(stride 32). ``freeze_at=k`` freezes the first k of five stages (stem, then the four resolution
+stages) with frozen BN (Detectron2).
 """
 
 from __future__ import annotations
@@ -27,27 +29,22 @@ from detector.modeling.fit import misfit_message
 
 __all__ = ["Backbone", "build_backbone", "BACKBONES", "NORMS"]
 
-_MOBILENET_STAGE_ENDS = (
-    1,
-    3,
-    6,
-    12,
-    16,
-)  # last block of the stem and of the stride-4/8/16/32 stages
+# last block of the stem and of the stride-4/8/16/32 stages
+_MOBILENET_STAGE_ENDS = (1, 3, 6, 12, 16)
 
 
 _NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {  # config.NORMS
     "frozen_bn": FrozenBatchNorm2d,
     "bn": nn.BatchNorm2d,
     "syncbn": nn.SyncBatchNorm,
-    "gn": lambda channels: nn.GroupNorm(
-        math.gcd(32, channels), channels
-    ),  # 32 groups where C allows
+    # 32 groups where C allows
+    "gn": lambda channels: nn.GroupNorm(math.gcd(32, channels), channels),
 }
 
 
 def _freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose BatchNorm layers (plain or synced) are FrozenBatchNorm2d with the same statistics."""
+    """A copy of ``module`` whose BatchNorm layers (plain or synced) are FrozenBatchNorm2d with the
+    same statistics."""
     if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
         frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
         frozen.load_state_dict(module.state_dict())  # FrozenBatchNorm2d drops num_batches_tracked
@@ -81,8 +78,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _weights_state_dict(name: str, weights: str) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict, its source) of ``weights``: a local ``.pth`` file, else a torchvision weights name of model
-    ``name`` (from the hub cache or the internet; a clear error offline)."""
+    """(state dict, its source) of ``weights``: a local ``.pth`` file, else a torchvision weights
+    name of model ``name`` (from the hub cache or the internet; a clear error offline)."""
     path = Path(weights).expanduser()
     if path.is_file():
         return _read_state_dict(path), str(path)
@@ -108,8 +105,9 @@ def _weights_state_dict(name: str, weights: str) -> tuple[dict[str, torch.Tensor
 def _load_trunk_weights(
     trunk: nn.Module, state: dict[str, torch.Tensor], source: str, name: str
 ) -> None:
-    """Load an ImageNet classifier state dict into the trunk of torchvision's ``name``, skipping the classifier head
-    and entries the trunk's norm does not keep (BN's counter under frozen_bn, its statistics under gn)."""
+    """Load an ImageNet classifier state dict into the trunk of torchvision's ``name``, skipping the
+    classifier head and entries the trunk's norm does not keep (BN's counter under frozen_bn, its
+    statistics under gn)."""
     head = ("fc.", "classifier.")
     expected, layers = trunk.state_dict(), dict(trunk.named_modules())
     state = {
@@ -131,7 +129,8 @@ def _load_trunk_weights(
 
 
 def _trunk_and_stages(name: str, norm: str):
-    """(classifier, module holding the stages, child names of each of the 5 stages, 4 returned stages, channels)."""
+    """(classifier, module holding the stages, child names of each of the 5 stages, 4 returned
+    stages, channels)."""
     if BACKBONES[name] == "resnet":  # config.BACKBONES
         trunk = getattr(torchvision.models, name)(weights=None, norm_layer=_NORM_LAYERS[norm])
         stages = [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
@@ -147,7 +146,8 @@ def _trunk_and_stages(name: str, norm: str):
 
 
 class Backbone(nn.Module):
-    """Trunk (+ FPN) -> OrderedDict of feature maps; ``out_channels`` and ``strides`` describe the levels."""
+    """Trunk (+ FPN) -> OrderedDict of feature maps; ``out_channels`` and ``strides`` describe the
+    levels."""
 
     def __init__(self, body: nn.Module, out_channels: int, strides: tuple[int, ...]):
         super().__init__()
@@ -162,7 +162,8 @@ class Backbone(nn.Module):
 def build_backbone(
     *, name: str, fpn: bool, out_channels: int, norm: str, freeze_at: int, weights: str | None
 ) -> Backbone:
-    """``weights``: None, a torchvision weights name (downloaded on request only) or a local ``.pth`` state dict."""
+    """``weights``: None, a torchvision weights name (downloaded on request only) or a local
+    ``.pth`` state dict."""
     trunk, body, stages, returned, channels = _trunk_and_stages(name, norm)
     if weights is not None:
         _load_trunk_weights(trunk, *_weights_state_dict(name, weights), name)
