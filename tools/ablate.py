@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the runs train (slurm: one job array through submitit)",
     )
     parser.add_argument(
+        "--noise-per-seed",
+        action="store_true",
+        help="draw each run's label noise from its own seed (data.label_noise_seed=SEED), not "
+        "one corrupted set for every seed",
+    )
+    parser.add_argument(
         "--keep-checkpoint",
         choices=CHECKPOINT_CHOICES,
         default="last",
@@ -160,7 +166,7 @@ def main(argv=None) -> int:
         if value is not None and value < least:
             raise AblationError(f"{flag} {value}: must be at least {least}")
     family = parse_family(args.primary, args.margins)
-    runs = plan_runs(cfgs, args.cfg, args.seeds, overrides, args.sweep)
+    runs = plan_runs(cfgs, args.cfg, args.seeds, overrides, args.sweep, args.noise_per_seed)
     baseline = resolve_baseline(runs, args.baseline)
     out = (
         Path(args.out)

@@ -363,6 +363,7 @@ def _header(groups: list[Group], title: str, command: str) -> list[str]:
 
 def _summary_section(groups: list[Group], stats) -> list[str]:
     columns = _columns(groups, stats, "summary")
+    noise = any(c.name == "label_noise" for c in columns)
     lines = [
         "",
         "## Mean ± std over seeds",
@@ -371,7 +372,13 @@ def _summary_section(groups: list[Group], stats) -> list[str]:
         "mean over the last 10% of logged iterations; images_per_s: training throughput; "
         "eval_time_s: seconds of the final evaluation (inference and scoring). summary.csv holds "
         'every run\'s numbers, as fractions. A failed run is in no mean; "failed k of n seeds" '
-        "counts it.",
+        "counts it."
+        + (
+            " noise: the nominal share of training boxes corrupted; noise realised: the share "
+            "that differs from the clean boxes (record.json)."
+            if noise
+            else ""
+        ),
         "",
         *_table_head(["config", "seeds", *(c.label or c.name for c in columns)]),
     ]

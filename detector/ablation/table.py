@@ -67,6 +67,10 @@ def tide(name: str) -> Reader:
     return lambda run: (run["record"].get("tide") or {}).get(name)
 
 
+def noise(name: str) -> Reader:
+    return lambda run: (run["record"].get("label_noise") or {}).get(name)
+
+
 PER_IOU_NAMES = tuple(f"AP{round(t * 100)}" for t in IOU_THRESHOLDS)
 # compared: AP, COCO's AP slices and AP at IoU >= 0.9, where box losses separate
 COMPARED = ("AP", "AP50", "AP75", "AP90", "AP95", "APs", "APm", "APl")
@@ -96,6 +100,14 @@ STATS: list[Stat] = [
         table="summary",
     ),
     Stat("eval_time_s", metric("eval_time_s"), 1, ".0f", False, table="summary", optional=True),
+    Stat("label_noise", noise("nominal"), table="summary", label="noise (%)", optional=True),
+    Stat(
+        "label_noise_realised",
+        noise("realised"),
+        table="summary",
+        label="noise realised (%)",
+        optional=True,
+    ),
     Stat("tp_count", tp_iou("tp_count"), 1, ".0f", table="localisation", label="TPs per run"),
     Stat(
         "tp_iou_median", tp_iou("tp_iou_median"), 1, ".3f", table="localisation", label="median IoU"
