@@ -64,6 +64,17 @@ CSV_COLUMNS = (
     "p_tost_holm",
 )
 NOT_STARTED = "not started"
+BETA_CSV = "beta.csv"
+TP_IOU_CSV = "tp_iou.csv"
+TP_IOU_BINS = [0.5 + 0.025 * i for i in range(21)]  # the true positives' IoU histogram
+# what beta.csv holds per logged step of a run whose beta changes
+BETA_KEYS = (
+    "beta",
+    "beta_statistic",
+    "beta_zero_share",
+    "num_pos_per_image",
+    "num_zero_target_per_image",
+)
 DEFAULT_MARGINS = {"AP": 0.01, "AP90": 0.02}  # TOST margins, as fractions (±1 AP, ±2 AP90)
 
 
@@ -264,12 +275,13 @@ def write_report(
         _header(groups, title, command),
         _summary_section(groups, stats),
         _paired_section(groups, paired, tests, baseline, family),
-        _localisation_section(groups, stats),
+        _localisation_section(groups, stats, _write_tp_iou_csv(out / TP_IOU_CSV, groups)),
+        _sampling_section(groups, stats, _write_beta_csv(out / BETA_CSV, groups)),
         _convergence_section(groups),
         _unfinished_section(groups),
     )
     (out / "summary.md").write_text("\n".join(line for s in sections for line in s) + "\n")
-    plot_all({g.name: list(g.results.values()) for g in groups if g.results}, out)
+    plot_all({g.name: list(g.results.values()) for g in groups if g.results}, out, baseline)
     return groups
 
 
@@ -483,7 +495,7 @@ def _paired_section(
     return lines
 
 
-def _localisation_section(groups: list[Group], stats) -> list[str]:
+def _localisation_section(groups: list[Group], stats, histogram: bool = False) -> list[str]:
     lines = ["", "## Localisation of true positives", ""]
     errors = [
         r["localisation_error"]
@@ -518,8 +530,8 @@ def _localisation_section(groups: list[Group], stats) -> list[str]:
     lines.append(
         f"Each detection with score >= {SCORE_THRESHOLD} is matched the COCO way (at IoU >= "
         f"{MATCH_IOU}); the IoUs of these true positives per run, by their median and the share >= "
-        f"0.75 and >= 0.9, then mean ± std over seeds (tp_iou.png: their histogram per config). "
-        f"{tide_note}"
+        f"0.75 and >= 0.9, then mean ± std over seeds (tp_iou.png: their histogram per config"
+        f"{f'; {TP_IOU_CSV}: its counts, pooled over seeds' if histogram else ''}). {tide_note}"
     )
     if errors:
         lines.append(f"Runs without these numbers: {'; '.join(errors)}.")
@@ -527,6 +539,87 @@ def _localisation_section(groups: list[Group], stats) -> list[str]:
     for g in with_tps:
         s = stats[g.name]
         lines.append(_row([g.name, s["tp_iou_median"].n, *(_cell(s[c.name], c) for c in columns)]))
+    return lines
+
+
+def _write_tp_iou_csv(path: Path, groups: list[Group]) -> bool:
+    """Per config, its true positives' IoUs pooled over seeds as a histogram (:data:`TP_IOU_BINS`:
+    count and share per bin); False (no file) without any."""
+    import torch
+
+    rows = []
+    edges = torch.tensor(TP_IOU_BINS)
+    for g in groups:
+        ious = [r["tp_ious"] for r in g.results.values() if r["tp_ious"] is not None]
+        if not ious:
+            continue
+        pooled = torch.cat(ious)
+        if not len(pooled):
+            continue
+        # bin i holds [edge i, edge i+1); IoU 1.0 goes to the last bin
+        index = (torch.bucketize(pooled, edges, right=True) - 1).clamp(0, len(edges) - 2)
+        counts = torch.bincount(index, minlength=len(edges) - 1).tolist()
+        for low, high, count in zip(TP_IOU_BINS, TP_IOU_BINS[1:], counts):
+            share = _num(count / len(pooled))
+            rows.append(
+                dict(config=g.name, runs=len(ious), iou_low=f"{low:.3f}", iou_high=f"{high:.3f}")
+            )
+            rows[-1].update(count=count, share=share)
+    path.unlink(missing_ok=True)
+    if rows:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return bool(rows)
+
+
+def _write_beta_csv(path: Path, groups: list[Group]) -> int:
+    """Every logged step of each run whose beta changes (Dynamic's), as :data:`BETA_KEYS`; the
+    number of such runs (none: no file)."""
+    rows = []
+    for g in groups:
+        for seed, result in sorted(g.results.items()):
+            train = [r for r in result["log"] if r.get("type") == "train"]
+            if len({r.get("beta") for r in train} - {None}) < 2:
+                continue
+            for r in train:
+                rows.append(dict(config=g.name, seed=seed, run=result["run"], iter=r["iter"]))
+                rows[-1].update({k: _num(r.get(k)) for k in BETA_KEYS})
+    path.unlink(missing_ok=True)
+    if rows:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["config", "seed", "run", "iter", *BETA_KEYS])
+            writer.writeheader()
+            writer.writerows(rows)
+    return len({(r["config"], r["seed"]) for r in rows})
+
+
+def _sampling_section(groups: list[Group], stats, dynamic_runs: int) -> list[str]:
+    columns = _columns(groups, stats, "sampling")
+    shown = [g for g in groups if stats[g.name]["num_pos_per_image"].n]
+    if not shown:
+        return []
+    lines = [
+        "",
+        "## Sampled positives and Dynamic's statistic",
+        "",
+        "Means over the logged training steps, then mean ± std over seeds. Zero targets: sampled "
+        "positives whose regression target is exactly 0, the GT boxes added as proposals; Dynamic "
+        "Smooth L1's statistic (the k-th smallest |target| of the positives) is 0 whenever k of "
+        "them are sampled, and an update whose median statistic is 0 keeps the old β. Zero "
+        "statistics per update: the share of an update interval's statistics that were 0.",
+    ]
+    if dynamic_runs:
+        lines[-1] += (
+            f" {BETA_CSV}: every logged step of the {dynamic_runs} run(s) whose β changes (β, its "
+            f"statistic, the zero share, positives and zero targets per image)."
+        )
+    lines += ["", *_table_head(["config", "runs", *(c.label or c.name for c in columns)])]
+    for g in shown:
+        s = stats[g.name]
+        cells = [_cell(s[c.name], c) for c in columns]
+        lines.append(_row([g.name, s["num_pos_per_image"].n, *cells]))
     return lines
 
 
