@@ -114,6 +114,21 @@ def test_the_family_is_configs_times_primary_endpoints(tmp_path, capsys):
     expected = detectable_effect(sd / 100, 4, 0.05 / 4)
     assert float(paired[("l1", "AP")]["detectable"]) == pytest.approx(expected, rel=1e-5)
     assert float(paired[("giou", "AP")]["detectable"]) == pytest.approx(expected, rel=1e-5)
+    # the simultaneous interval of a primary test: t at 1 - 0.05 / (2 * 4), 3 df
+    half = sps.t.ppf(1 - 0.05 / 8, 3) * np.std([1, 2, 3, 2], ddof=1) / 2
+    low, high = (
+        float(paired[("l1", "AP")][k]) for k in ("ci_simultaneous_low", "ci_simultaneous_high")
+    )
+    assert (low, high) == pytest.approx((0.02 - half / 100, 0.02 + half / 100), rel=1e-5)
+    # the seeds rule at 0.05 / 10 (--plan-tests 10): the fewest pairs that find 1 AP point
+    assert (
+        ablate.main([*args, *BUDGET, "--report-only", "--primary", "AP", "--plan-tests", "10"]) == 0
+    )
+    need = next(n for n in range(2, 100) if detectable_effect(sd / 100, n, 0.005) <= 0.01)
+    assert detectable_effect(sd / 100, need - 1, 0.005) > 0.01
+    md = (out / "summary.md").read_text()
+    assert "## Power: the seeds rule" in md and "0.05 / 10 = 0.005" in md
+    assert f"| AP | {sd:.2f} | 6 | 4 |" in md and f"| ±1 | {need} |" in md
 
 
 @pytest.mark.parametrize(
@@ -123,6 +138,7 @@ def test_the_family_is_configs_times_primary_endpoints(tmp_path, capsys):
         (["--margins", "AP=1"], ["--margins", "--primary"]),
         (["--primary", "AP", "--margins", "AP90=2"], ["--margins AP90=2"]),
         (["--primary", "AP", "--margins", "AP=-1"], ["POINTS > 0"]),
+        (["--plan-tests", "10"], ["--plan-tests 10", "--primary"]),
     ],
 )
 def test_bad_family_options_are_one_line(tmp_path, capsys, args, words):

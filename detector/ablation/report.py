@@ -36,6 +36,8 @@ from detector.ablation.stats import (
     mean_std,
     paired_difference,
     pooled_sd,
+    seeds_needed,
+    simultaneous_interval,
     tost,
     verdict,
 )
@@ -62,6 +64,8 @@ CSV_COLUMNS = (
     "margin",
     "p_tost",
     "p_tost_holm",
+    "ci_simultaneous_low",
+    "ci_simultaneous_high",
 )
 NOT_STARTED = "not started"
 BETA_CSV = "beta.csv"
@@ -85,6 +89,8 @@ class Family:
 
     primary: tuple[str, ...] = ()
     margins: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MARGINS))
+    # the tests the seeds rule divides α by (the planned grid's family); 0: this report's family
+    plan_tests: int = 0
 
 
 def _read_json(path: Path, lines: bool = False) -> Any:
@@ -233,8 +239,11 @@ def compare(
         for m, d in by_metric.items():
             member = (name, m) in adjusted
             level = ALPHA / max(1, len(tests)) if member else ALPHA
+            sim = simultaneous_interval(d, len(tests)) if member and family.primary else (NAN, NAN)
             d = replace(
                 d,
+                sim_low=sim[0],
+                sim_high=sim[1],
                 p_holm=adjusted.get((name, m), NAN),
                 detectable=detectable_effect(sd[m], d.n, level) if sd[m] >= ZERO_SD else NAN,
                 family=("primary" if member else "exploratory") if family.primary else "",
@@ -246,6 +255,8 @@ def compare(
                 why = "exploratory" if d.testable else "too few seeds"
             else:
                 why = verdict(d, d.p_holm, failed[name], failed[baseline], d.p_tost_holm)
+            if family.primary and why == "no evidence":
+                why = "inconclusive"  # neither different nor equivalent
             compared[name][m] = replace(d, verdict=why)
     return compared, len(tests)
 
@@ -275,6 +286,7 @@ def write_report(
         _header(groups, title, command),
         _summary_section(groups, stats),
         _paired_section(groups, paired, tests, baseline, family),
+        _power_section(paired, family, family.plan_tests or tests),
         _localisation_section(groups, stats, _write_tp_iou_csv(out / TP_IOU_CSV, groups)),
         _sampling_section(groups, stats, _write_beta_csv(out / BETA_CSV, groups)),
         _convergence_section(groups),
@@ -312,6 +324,7 @@ def _write_csv(path: Path, groups: list[Group], stats, paired, baseline: str) ->
             numbers = dict(value=d.mean, std=d.std, ci95_low=d.ci_low, ci95_high=d.ci_high, p=d.p)
             numbers.update(p_holm=d.p_holm, detectable=d.detectable, margin=d.margin)
             numbers.update(p_tost=d.p_tost, p_tost_holm=d.p_tost_holm)
+            numbers.update(ci_simultaneous_low=d.sim_low, ci_simultaneous_high=d.sim_high)
             rows.append(dict(kind="paired", config=g.name, metric=metric, n=d.n))
             rows[-1].update({k: _num(v) for k, v in numbers.items()})
             rows[-1].update(baseline=baseline, verdict=d.verdict, note=g.failed, family=d.family)
@@ -350,6 +363,10 @@ def _p(value: float) -> str:
     if math.isnan(value):
         return "–"
     return f"{value:.2g}" if value >= 0.001 else "<0.001"
+
+
+def _interval(low: float, high: float) -> str:
+    return "n/a" if math.isnan(low) else f"[{_pct(low, True)}, {_pct(high, True)}]"
 
 
 def _columns(groups: list[Group], stats, table: str) -> list[Stat]:
@@ -473,26 +490,61 @@ def _paired_section(
     ]
     if family.primary:
         head[2:2] = ["family"]
-        head[5:8] = [f"{level} (uncorrected)", "p (uncorrected)", "p (Holm)", "TOST p (Holm)"]
+        head[5:8] = [f"{level} (uncorrected)", f"simultaneous {100 - 100 * ALPHA / tests:.3g}% CI"]
+        head[7:7] = ["p (uncorrected)", "p (Holm)", "TOST p (Holm)"]
     lines += [_paired_prose(baseline, tests, family), "", *_table_head(head)]
     for name, by_metric in paired.items():
         # the pre-registered tests first
         for metric, d in sorted(by_metric.items(), key=lambda item: item[1].family != "primary"):
             if d.n == 0:
                 continue
-            ci = (
-                "n/a"
-                if math.isnan(d.ci_low)
-                else f"[{_pct(d.ci_low, True)}, {_pct(d.ci_high, True)}]"
-            )
+            ci = _interval(d.ci_low, d.ci_high)
             detectable = "–" if math.isnan(d.detectable) else f"±{_pct(d.detectable)}"
             shown = f"**{d.verdict}**" if d.verdict in ("better", "worse") else d.verdict
             cells = [name, metric, d.n, _pct(d.mean, True), ci, _p(d.p), _p(d.p_holm)]
             if family.primary:
                 cells[2:2] = [d.family]
+                cells[6:6] = [_interval(d.sim_low, d.sim_high) if d.family == "primary" else "–"]
                 cells.append(_p(d.p_tost_holm))
             lines.append(_row([*cells, detectable, shown]))
     return lines
+
+
+def _power_section(paired, family: Family, tests: int) -> list[str]:
+    """The seeds rule of the protocol: per primary endpoint, the sd of d pooled over the configs
+    and the seeds a paired t test at α / ``tests`` needs to find its margin with 80% power."""
+    if not family.primary or not paired:
+        return []
+    alpha = ALPHA / max(1, tests)
+    lines = [
+        "",
+        "## Power: the seeds rule",
+        "",
+        f"Per primary endpoint: the sd of the paired differences pooled over the configs (its "
+        f"degrees of freedom), the smallest true difference the most pairs here find with "
+        f"{POWER:.0%} power, and the seeds a two-sided paired t test at {ALPHA:g} / {tests} = "
+        f"{alpha:.3g} needs to find the endpoint's margin with {POWER:.0%} power (more than 100: "
+        f"'> 100').",
+        "",
+        *_table_head(["metric", "pooled sd of d", "df", "pairs", "detectable", "margin", "seeds"]),
+    ]
+    for metric in family.primary:
+        diffs = [by[metric] for by in paired.values()]
+        sd = pooled_sd(diffs)
+        dof = sum(d.n - 1 for d in diffs if d.n >= 2 and not math.isnan(d.std))
+        pairs = max(d.n for d in diffs)
+        now = detectable_effect(sd, pairs, alpha) if sd >= ZERO_SD else NAN
+        margin = family.margins.get(metric)
+        need = seeds_needed(sd, margin, alpha) if margin and sd >= ZERO_SD else None
+        shown = "–" if margin is None or sd < ZERO_SD else str(need or "> 100")
+        cells = [metric, "n/a" if math.isnan(sd) else f"{100 * sd:.2f}", dof, pairs]
+        cells += ["–" if math.isnan(now) else f"±{_pct(now)}", _margin(margin), shown]
+        lines.append(_row(cells))
+    return lines
+
+
+def _margin(margin: float | None) -> str:
+    return "–" if margin is None else f"±{100 * margin:g}"
 
 
 def _localisation_section(groups: list[Group], stats, histogram: bool = False) -> list[str]:
