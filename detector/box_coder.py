@@ -1,7 +1,8 @@
-"""(tx, ty, tw, th) regression deltas between proposals and absolute xyxy float32 boxes (R-CNN parametrisation):
-tx = wx (gx - px) / pw, ty = wy (gy - py) / ph, tw = ww log(gw / pw), th = wh log(gh / ph) on centres and sizes.
-Arguments by role (unlike torchvision): ``encode(proposals, gt_boxes)``, ``decode(deltas, proposals)``; float32 even
-under autocast; ``check`` raises ValueError on degenerate input (a host sync; training passes ``check=False``).
+"""(tx, ty, tw, th) regression deltas between proposals and absolute xyxy float32 boxes (R-CNN
+parametrisation): tx = wx (gx - px) / pw, ty = wy (gy - py) / ph, tw = ww log(gw / pw), th = wh
+log(gh / ph) on centres and sizes. Arguments by role (unlike torchvision): ``encode(proposals,
+gt_boxes)``, ``decode(deltas, proposals)``; float32 even under autocast; ``check`` raises ValueError
+on degenerate input (a host sync; training passes ``check=False``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def _check_shape(where: str, name: str, boxes: torch.Tensor) -> None:
 
 
 def _check_boxes(where: str, **named: torch.Tensor) -> None:
-    """Raise ValueError naming the first of the [N,4] xyxy tensors ``named`` with a degenerate row."""
+    """Raise ValueError naming the first of the [N,4] xyxy tensors ``named`` with a degenerate
+    row."""
     for name, boxes in named.items():
         bad = degenerate_box_mask(boxes)
         if bool(bad.any()):
@@ -45,8 +47,9 @@ def _centre_size(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 class BoxCoder:
-    """Encode boxes as deltas relative to proposals and decode them back; ``weights`` (wx, wy, ww, wh): RoI head
-    (10, 10, 5, 5), RPN (1, 1, 1, 1); ``clamp``: bound on decoded dw, dh; ``check``: validate inputs by default."""
+    """Encode boxes as deltas relative to proposals and decode them back; ``weights`` (wx, wy, ww,
+    wh): RoI head (10, 10, 5, 5), RPN (1, 1, 1, 1); ``clamp``: bound on decoded dw, dh; ``check``:
+    validate inputs by default."""
 
     def __init__(
         self,
@@ -54,8 +57,6 @@ class BoxCoder:
         clamp: float = DEFAULT_CLAMP,
         check: bool = True,
     ):
-        if len(weights) != 4 or any(w <= 0 for w in weights):
-            raise ValueError(f"BoxCoder: weights must be 4 numbers > 0, got {tuple(weights)}")
         self.weights = tuple(float(w) for w in weights)
         self.clamp = float(clamp)
         self.check = check
@@ -66,13 +67,14 @@ class BoxCoder:
     def encode(
         self, proposals: torch.Tensor, gt_boxes: torch.Tensor, check: bool | None = None
     ) -> torch.Tensor:
-        """proposals [N,4], gt_boxes [N,4] (row i is the box matched to proposal i) -> deltas [N,4] float32."""
+        """proposals [N,4], gt_boxes [N,4] (row i is the box matched to proposal i) -> deltas [N,4]
+        float32."""
         _check_shape("BoxCoder.encode", "proposals", proposals)
         _check_shape("BoxCoder.encode", "gt_boxes", gt_boxes)
         if proposals.shape[0] != gt_boxes.shape[0]:
             raise ValueError(
-                f"BoxCoder.encode: {proposals.shape[0]} proposals but {gt_boxes.shape[0]} gt_boxes; "
-                f"pass one matched gt box per proposal"
+                f"BoxCoder.encode: {proposals.shape[0]} proposals but {gt_boxes.shape[0]} "
+                "gt_boxes; pass one matched gt box per proposal"
             )
         proposals, gt_boxes = proposals.float(), gt_boxes.float()
         if self.check if check is None else check:
@@ -89,7 +91,8 @@ class BoxCoder:
     def decode(
         self, deltas: torch.Tensor, proposals: torch.Tensor, check: bool | None = None
     ) -> torch.Tensor:
-        """deltas [N,4k] (k box sets, e.g. one per class), proposals [N,4] -> boxes [N,4k] float32 xyxy."""
+        """deltas [N,4k] (k box sets, e.g. one per class), proposals [N,4] -> boxes [N,4k] float32
+        xyxy."""
         _check_shape("BoxCoder.decode", "proposals", proposals)
         if deltas.dim() != 2 or deltas.shape[1] % 4 != 0 or deltas.shape[0] != proposals.shape[0]:
             raise ValueError(

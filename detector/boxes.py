@@ -1,5 +1,6 @@
-"""Pure box functions, the format in the name; inside the package every box is absolute xyxy float32, and COCO's
-xywh enters and leaves only through :func:`box_xywh_to_xyxy` and :func:`box_xyxy_to_xywh`."""
+"""Pure box functions, the format in the name; inside the package every box is absolute xyxy
+float32, and COCO's xywh enters and leaves only through :func:`box_xywh_to_xyxy` and
+:func:`box_xyxy_to_xywh`."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def scale_boxes(boxes: torch.Tensor, scale_x: float, scale_y: float) -> torch.Te
 
 
 def degenerate_box_mask(boxes: torch.Tensor) -> torch.Tensor:
-    """[N,4] xyxy -> [N] bool: True where width or height is not positive or a coordinate is not finite."""
+    """[N,4] xyxy -> [N] bool: True where width or height is not positive or a coordinate is not
+    finite."""
     finite = torch.isfinite(boxes).all(dim=-1)
     return ~finite | (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])
 
@@ -40,23 +42,25 @@ def min_size_mask(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
 
 
 def clip_boxes_to_sizes(boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
-    """boxes [N,P,4] xyxy, image_sizes [N,2] (h, w) -> [N,P,4] clipped to [0, w] x [0, h] of their image."""
+    """boxes [N,P,4] xyxy, image_sizes [N,2] (h, w) -> [N,P,4] clipped to [0, w] x [0, h] of their
+    image."""
     upper = image_sizes.to(boxes).flip(-1).repeat(1, 2)[:, None, :]  # [N,1,4]: (w, h, w, h)
     return torch.minimum(boxes.clamp(min=0), upper)
 
 
 def batched_box_iou(boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
-    """boxes [N or 1, M, 4], gt_boxes [N, G, 4] (xyxy) -> IoU [N, M, G]; only [N,M,G] temporaries."""
+    """boxes [N or 1, M, 4], gt_boxes [N, G, 4] (xyxy) -> IoU [N, M, G]; only [N,M,G]
+    temporaries."""
+    # [N,M]
     area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(
         min=0
-    )  # [N,M]
+    )
     gt_area = (gt_boxes[..., 2] - gt_boxes[..., 0]).clamp(min=0) * (
         gt_boxes[..., 3] - gt_boxes[..., 1]
     ).clamp(min=0)
     b, g = boxes[:, :, None, :], gt_boxes[:, None, :, :]  # [N,M,1,4], [N,1,G,4]
-    inter_w = (torch.min(b[..., 2], g[..., 2]) - torch.max(b[..., 0], g[..., 0])).clamp_(
-        min=0
-    )  # [N,M,G]
+    # [N,M,G]
+    inter_w = (torch.min(b[..., 2], g[..., 2]) - torch.max(b[..., 0], g[..., 0])).clamp_(min=0)
     inter_h = (torch.min(b[..., 3], g[..., 3]) - torch.max(b[..., 1], g[..., 1])).clamp_(min=0)
     inter = inter_w.mul_(inter_h)
     union = (area[:, :, None] + gt_area[:, None, :]) - inter
@@ -73,12 +77,12 @@ def batched_nms_topk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """NMS within each group, then the ``k`` best survivors of each image, for a padded batch.
 
-    boxes [N,M,4], scores [N,M], groups [N,M] int64 group ids unique across images, keep [N,M] bool (allowed into
-    NMS) -> (top_scores [N,k'], top_index [N,k'] into M), k' = min(k, M), best first; -inf where no survivor.
+    boxes [N,M,4], scores [N,M], groups [N,M] int64 group ids unique across images, keep [N,M] bool
+    (allowed into NMS) -> (top_scores [N,k'], top_index [N,k'] into M), k' = min(k, M), best first;
+    -inf where no survivor.
     """
-    flat = (
-        keep.reshape(-1).nonzero().squeeze(1)
-    )  # NMS syncs anyway: drop the excluded candidates before it
+    # NMS syncs anyway: drop the excluded candidates before it
+    flat = keep.reshape(-1).nonzero().squeeze(1)
     kept = batched_nms(
         boxes.reshape(-1, 4)[flat],
         scores.reshape(-1)[flat],

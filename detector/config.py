@@ -1,7 +1,8 @@
-"""Strict, layered YAML configuration: ``configs/base.yaml`` is the schema (every key, its default and type); files
-(each after its ``_base_`` chain) then ``key.sub=value`` overrides layer on it. Unknown keys, wrong types and bad
-values raise :class:`ConfigError` with a close-match hint before anything runs; names are checked against the
-registries at load time. The result is a frozen :class:`Config`, read only by ``build_*(cfg)`` functions."""
+"""Strict, layered YAML configuration: ``configs/base.yaml`` is the schema (every key, its default
+and type); files (each after its ``_base_`` chain) then ``key.sub=value`` overrides layer on it.
+Unknown keys, wrong types and bad values raise :class:`ConfigError` with a close-match hint before
+anything runs; names are checked against the registries at load time. The result is a frozen
+:class:`Config`, read only by ``build_*(cfg)`` functions."""
 
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ from detector.losses.dynamic import STATISTIC_CONVENTIONS
 
 
 def _find_config_dir() -> Path:
-    """The shipped configs: ``detector/configs`` in an installed wheel, else ``configs/`` beside the package."""
+    """The shipped configs: ``detector/configs`` in an installed wheel, else ``configs/`` beside the
+    package."""
     package = Path(__file__).resolve().parent
     for candidate in (package / "configs", package.parent / "configs"):
         if (candidate / "base.yaml").is_file():
             return candidate
-    return (
-        package.parent / "configs"
-    )  # neither exists: the error names the place a checkout keeps them
+    # neither exists: the error names the place a checkout keeps them
+    return package.parent / "configs"
 
 
 CONFIG_DIR = _find_config_dir()
@@ -50,23 +51,31 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "train.lr_reference_batch": (int,),
 }
 
-# model.backbone.name: torchvision classifier -> the family that says how detector/modeling/backbone.py cuts it
+# model.backbone.name: torchvision classifier -> the family that says how
+# detector/modeling/backbone.py cuts it
 BACKBONES: dict[str, str] = {
     **dict.fromkeys(("resnet18", "resnet34", "resnet50", "resnet101"), "resnet"),
     "mobilenet_v3_large": "mobilenet_v3_large",
 }
-# model.backbone.norm. frozen_bn: fixed statistics (pretrained weights); bn; syncbn: batch statistics over the ranks
-# of a torchrun job (from scratch on several GPUs; plain BN in one process); gn: GroupNorm with 32 groups
+# The FPN's output strides, P2..P6 (detector/modeling/backbone.py); model.rpn.anchor_sizes has
+# one size per level.
+FPN_STRIDES = (4, 8, 16, 32, 64)
+# model.backbone.norm. frozen_bn: fixed statistics (pretrained weights); bn; syncbn: batch
+# statistics over the ranks of a torchrun job (from scratch on several GPUs; plain BN in one
+# process); gn: GroupNorm with 32 groups
 NORMS = ("frozen_bn", "bn", "syncbn", "gn")
 
-# The synthetic generator's class shapes (label order), box modes and backgrounds (read by detector/data/synthetic.py).
+# The synthetic generator's class shapes (label order), box modes and backgrounds (read by
+# detector/data/synthetic.py).
 SYNTHETIC_SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 SYNTHETIC_BOX_MODES = ("amodal", "visible")
 SYNTHETIC_BACKGROUNDS = ("gradient", "texture")
-# How training boxes are corrupted (data.label_noise_kind; detector/data/base.py corrupt_records reads it from here).
+# How training boxes are corrupted (data.label_noise_kind; detector/data/base.py corrupt_records
+# reads it from here).
 LABEL_NOISE_KINDS = ("jitter", "outlier")
 
-# The scalar keys of metrics.json per eval.metric (detector.evaluation computes them; train.best_metric picks one).
+# The scalar keys of metrics.json per eval.metric (detector.evaluation computes them;
+# train.best_metric picks one).
 COCO_METRIC_NAMES = (
     "AP",
     "AP50",
@@ -81,9 +90,8 @@ COCO_METRIC_NAMES = (
     "ARm",
     "ARl",
 )
-COCO_EXTRA_NAMES = (
-    "AP90",
-)  # added to COCOeval's 12: AP at IoU 0.90, the localisation that box losses move
+# added to COCOeval's 12: AP at IoU 0.90, the localisation that box losses move
+COCO_EXTRA_NAMES = ("AP90",)
 VOC_METRIC_NAMES = ("mAP_voc07", "mAP_voc")  # 11-point (VOC2007 devkit) and area (VOC2010+) mean AP
 METRIC_NAMES = {
     "coco": COCO_METRIC_NAMES + COCO_EXTRA_NAMES,
@@ -93,9 +101,10 @@ METRIC_NAMES = {
 EVAL_BACKENDS = ("pycocotools", "faster_coco_eval")
 
 
-# Keys with a fixed set of values; a registry (dict) is looked up at check time, so run-time registrations count.
+# Keys with a fixed set of values; a registry (dict) is looked up at check time, so run-time
+# registrations count. data.format's registry, detector.data.FORMATS, sits a layer above this
+# module: build_dataset checks it with check_choice.
 _CHOICES: dict[str, tuple[Any, ...] | Mapping[str, Any]] = {
-    "data.format": ("synthetic", "coco", "voc"),
     "data.label_noise_kind": LABEL_NOISE_KINDS,
     "data.synthetic.boxes": SYNTHETIC_BOX_MODES,
     "data.synthetic.background": SYNTHETIC_BACKGROUNDS,
@@ -293,8 +302,9 @@ def _hint(key: str, candidates: Iterable[str]) -> str:
 
 
 def _file_hint(name: str, available: list[str]) -> str:
-    """A config name close to ``name``, compared without the extension (a shared ``.yaml`` is no likeness) and
-    strictly (``smoth_l1.yaml`` -> smoothl1.yaml; ``nosuch.yaml`` -> nothing); a path's folder may differ."""
+    """A config name close to ``name``, compared without the extension (a shared ``.yaml`` is no
+    likeness) and strictly (``smoth_l1.yaml`` -> smoothl1.yaml; ``nosuch.yaml`` -> nothing); a
+    path's folder may differ."""
 
     def stem(text: str) -> str:
         return text[: -len(Path(text).suffix)] if Path(text).suffix in (".yaml", ".yml") else text
@@ -326,15 +336,36 @@ def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Pa
     )
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases (``*name``): a few hundred bytes of nested aliases expand to
+    gigabytes (an alias bomb), and no config needs them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                "aliases (*name) are not allowed in a config",
+                self.peek_event().start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` without aliases (:class:`_NoAliasLoader`); errors are
+    ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=_NoAliasLoader)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
-    """The file's top-level mapping; a file that is not UTF-8 YAML text (a checkpoint given as a config) or not
-    valid YAML raises :class:`ConfigError` naming it."""
+    """The file's top-level mapping; a file that is not UTF-8 YAML text (a checkpoint given as a
+    config) or not valid YAML (aliases included) raises :class:`ConfigError` naming it."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(
-            f"{path}: not a UTF-8 YAML text file (a checkpoint or other binary file?); pass a .yaml "
-            f"config file or a config name from configs/"
+            f"{path}: not a UTF-8 YAML text file (a checkpoint or other binary file?); pass a "
+            ".yaml config file or a config name from configs/"
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
@@ -370,9 +401,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: expected key.sub=value, e.g. train.max_iters=200")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML") from None
+        value = safe_yaml(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(
+            f"override {text!r}: value {raw!r} is not valid YAML ({reason})"
+        ) from None
     return key.strip(), value
 
 
@@ -384,8 +418,9 @@ def _merge(
     prefix: str = "",
     root: Mapping[str, Any] | None = None,
 ) -> None:
-    """Check ``src`` (one layer, named ``source`` in errors) against ``schema`` (the section of the schema at
-    ``prefix``; ``root`` is the whole schema, to say where a misplaced key lives) and copy it into ``dst``."""
+    """Check ``src`` (one layer, named ``source`` in errors) against ``schema`` (the section of the
+    schema at ``prefix``; ``root`` is the whole schema, to say where a misplaced key lives) and copy
+    it into ``dst``."""
     root = schema if root is None else root
     for key, value in src.items():
         full = f"{prefix}{key}"
@@ -424,7 +459,8 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
 
 
 def _as_float(value: Any) -> Any:
-    """A string Python reads as a float, as that float (YAML 1.1 leaves ``1e-3`` a string); anything else unchanged."""
+    """A string Python reads as a float, as that float (YAML 1.1 leaves ``1e-3`` a string); anything
+    else unchanged."""
     try:
         return float(value) if isinstance(value, str) else value
     except ValueError:
@@ -432,8 +468,9 @@ def _as_float(value: Any) -> Any:
 
 
 def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
-    """``value`` checked against the key's type, choices and range; returned as it is stored (a float literal that
-    YAML left a string becomes the float). Floats must be finite: no key means anything by nan or inf."""
+    """``value`` checked against the key's type, choices and range; returned as it is stored (a
+    float literal that YAML left a string becomes the float). Floats must be finite: no key means
+    anything by nan or inf."""
     if value is None:
         if default is None or full in _TYPES:
             return None
@@ -467,19 +504,24 @@ def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
     ]
     if not_finite:
         raise ConfigError(f"{source}: {full}={value!r} is not a finite number")
-    if full in _CHOICES and value not in _CHOICES[full]:
-        choices = [
-            str(c).lower() if isinstance(c, bool) else str(c) for c in _CHOICES[full]
-        ]  # YAML's false/true
-        hint = _hint(str(value), choices)
-        raise ConfigError(
-            f"{source}: {full}={value!r} is not valid{hint}; choose from {', '.join(choices)}"
-        )
+    if full in _CHOICES:
+        check_choice(full, value, _CHOICES[full], source)
     if full in _CHECKS:
         ok, message = _CHECKS[full]
         if not ok(value):
             raise ConfigError(f"{source}: {full}={value!r} {message}")
     return value
+
+
+def check_choice(key: str, value: Any, choices: Iterable[Any], source: str = "") -> None:
+    """A :class:`ConfigError` unless ``value`` is one of ``choices`` (a tuple or a registry)."""
+    if value in choices:
+        return
+    # YAML's false/true, as a user writes them
+    names = [str(c).lower() if isinstance(c, bool) else str(c) for c in choices]
+    where = f"{source}: " if source else ""
+    hint = _hint(str(value), names)
+    raise ConfigError(f"{where}{key}={value!r} is not valid{hint}; choose from {', '.join(names)}")
 
 
 def _check_relations(cfg: dict[str, Any]) -> None:
@@ -490,23 +532,24 @@ def _check_relations(cfg: dict[str, Any]) -> None:
     syn = cfg["data"]["synthetic"]
     if len(syn["image_size"]) != 2 or min(syn["image_size"]) < 2 * syn["min_size"]:
         raise ConfigError(
-            f"data.synthetic.image_size={syn['image_size']} must be [height, width], each side at least "
-            f"2 * data.synthetic.min_size ({syn['min_size']})"
+            f"data.synthetic.image_size={syn['image_size']} must be [height, width], each side at "
+            f"least 2 * data.synthetic.min_size ({syn['min_size']})"
         )
     if syn["min_objects"] > syn["max_objects"]:
         raise ConfigError(
-            f"data.synthetic.min_objects ({syn['min_objects']}) must be <= data.synthetic.max_objects "
-            f"({syn['max_objects']})"
+            f"data.synthetic.min_objects ({syn['min_objects']}) must be <= "
+            f"data.synthetic.max_objects ({syn['max_objects']})"
         )
     if cfg["model"]["proposals"] == "precomputed" and not cfg["model"]["proposal_file"]:
         raise ConfigError(
             "model.proposals=precomputed needs model.proposal_file "
             "(a JSON made by tools/dump_proposals.py)"
         )
-    if cfg["train"]["best_metric"] not in METRIC_NAMES[cfg["eval"]["metric"]]:
+    levels = len(FPN_STRIDES) if cfg["model"]["backbone"]["fpn"] else 1
+    if levels > 1 and len(rpn["anchor_sizes"]) != levels:
         raise ConfigError(
-            f"train.best_metric={cfg['train']['best_metric']!r} is not computed with eval.metric="
-            f"{cfg['eval']['metric']}; choose from {', '.join(METRIC_NAMES[cfg['eval']['metric']])}"
+            f"model.rpn.anchor_sizes has {len(rpn['anchor_sizes'])} sizes but the FPN has {levels} "
+            f"levels (strides {', '.join(map(str, FPN_STRIDES))}); give one size per level"
         )
     if cfg["model"]["backbone"]["norm"] == "syncbn" and cfg["train"]["device"] == "cpu":
         raise ConfigError(
@@ -516,8 +559,8 @@ def _check_relations(cfg: dict[str, Any]) -> None:
     sched = roi["box_loss"]["schedule"]
     if sched["type"] == "exp" and min(sched["start"], sched["end"]) <= 0:
         raise ConfigError(
-            f"model.roi_head.box_loss.schedule: type=exp is geometric; start ({sched['start']}) and end "
-            f"({sched['end']}) must be > 0"
+            f"model.roi_head.box_loss.schedule: type=exp is geometric; start ({sched['start']}) "
+            f"and end ({sched['end']}) must be > 0"
         )
     if cfg["model"]["implementation"] == "torchvision":
         _check_torchvision_reference(cfg)
@@ -535,7 +578,8 @@ def _check_relations(cfg: dict[str, Any]) -> None:
 
 
 def _check_torchvision_reference(cfg: dict[str, Any]) -> None:
-    """What torchvision's FasterRCNN (detector/modeling/reference.py) cannot take: one line naming the key."""
+    """What torchvision's FasterRCNN (detector/modeling/reference.py) cannot take: one line naming
+    the key."""
     model, roi = cfg["model"], cfg["model"]["roi_head"]
     rpn_loss = model["rpn"]["box_loss"]
     fixed = {
@@ -556,18 +600,32 @@ def _check_torchvision_reference(cfg: dict[str, Any]) -> None:
     for key, (value, needed) in fixed.items():
         if value != needed:
             raise ConfigError(
-                f"{key}={value} cannot be matched by model.implementation=torchvision (torchvision's "
-                f"FasterRCNN takes only {needed}); set {key}={needed} or model.implementation=ours"
+                f"{key}={value} cannot be matched by model.implementation=torchvision "
+                f"(torchvision's FasterRCNN takes only {needed}); set {key}={needed} or "
+                "model.implementation=ours"
             )
 
 
+def check_training(cfg: Config) -> None:
+    """The relations only training reads (evaluation does not check them): ``train.best_metric``
+    must be a metric that ``eval.metric`` computes."""
+    names = METRIC_NAMES[cfg.eval.metric]
+    if cfg.train.best_metric not in names:
+        raise ConfigError(
+            f"train.best_metric={cfg.train.best_metric!r} is not computed with "
+            f"eval.metric={cfg.eval.metric}; choose from {', '.join(names)}"
+        )
+
+
 def default_config() -> dict[str, Any]:
-    """The schema (``configs/base.yaml``): every key with its default, as a new plain dict on every call."""
+    """The schema (``configs/base.yaml``): every key with its default, as a new plain dict on every
+    call."""
     return _read_yaml(SCHEMA_FILE)
 
 
 def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> Config:
-    """Defaults from ``configs/base.yaml``, then each file (after its ``_base_`` chain), then overrides."""
+    """Defaults from ``configs/base.yaml``, then each file (after its ``_base_`` chain), then
+    overrides."""
     schema = default_config()
     cfg = copy.deepcopy(schema)
     for name in paths:
@@ -582,17 +640,17 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ())
     return Config(cfg)
 
 
-# Keys added after runs were written whose base.yaml default is not what those runs did: a stored config without
-# the key meant this value (the predictor's init was detectron2's until 2026-12-06).
+# Keys added after runs were written whose base.yaml default is not what those runs did: a stored
+# config without the key meant this value (the predictor's init was detectron2's until 2026-12-06).
 EARLIER_MEANING = {"model.roi_head.predictor_init": "detectron2"}
 
 
 def with_defaults(
     stored: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """``stored`` (e.g. a run's config.yaml) with every key it lacks taken from ``defaults`` (the schema's,
-    where the key's default did not change what a run does; else :data:`EARLIER_MEANING`'s); keys the schema
-    no longer has are kept."""
+    """``stored`` (e.g. a run's config.yaml) with every key it lacks taken from ``defaults`` (the
+    schema's, where the key's default did not change what a run does; else
+    :data:`EARLIER_MEANING`'s); keys the schema no longer has are kept."""
     if defaults is None:
         defaults = default_config()
         for dotted, value in EARLIER_MEANING.items():
@@ -611,7 +669,8 @@ def with_defaults(
 
 
 def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two (nested) configs, in order; keys on one side only count too."""
+    """Dotted keys whose values differ between two (nested) configs, in order; keys on one side only
+    count too."""
     keys = list(old) + [k for k in new if k not in old]
     differ = []
     for key in keys:

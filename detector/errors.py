@@ -1,9 +1,9 @@
 """User-facing errors and the one error path of the command-line tools (:func:`run_tool`).
 
-A :class:`DetectorError` is a problem with the user's input or environment: the tools print its message as one
-line; anything else is a bug and keeps its traceback. ``exit_code`` says the kind: 2 a config or usage error (command
-line, config, run folder), 1 a data or file error (data, weights, checkpoints, a non-finite loss, a full disk), 130
-stopped by Ctrl-C or SIGTERM.
+A :class:`DetectorError` is a problem with the user's input or environment: the tools print its
+message as one line; anything else is a bug and keeps its traceback. ``exit_code`` says the kind: 2
+a config or usage error (command line, config, run folder), 1 a data or file error (data, weights,
+checkpoints, a non-finite loss, a full disk), 130 stopped by Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import re
 import sys
 import traceback
 from typing import Callable
 
-# OS errors that are the user's environment, not our bug: a full or read-only disk, a path that cannot be made
+# OS errors that are the user's environment, not our bug: a full or read-only disk, a path that
+# cannot be made
 USER_OS_ERRNOS = {
     errno.ENOSPC,
     errno.EDQUOT,
@@ -29,8 +31,24 @@ USER_OS_ERRNOS = {
 }
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """``exc``'s first non-empty line for a one-line message: terminal escapes removed, cut at a
+    word (with ...)."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()]
+    text = next((line for line in lines if line), type(exc).__name__)
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def unsafe_global(exc: BaseException) -> str | None:
+    """The pickled global that ``torch.load(weights_only=True)`` refused (code, not data), if
+    that was the error."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return found[1] if found else None
+
+
 class DetectorError(Exception):
-    """A problem with the user's input or environment; the message names the file or field and the fix."""
+    """A problem with the user's input or environment; the message names the file or field and the
+    fix."""
 
     exit_code = 1  # a data or file error; usage errors say 2
 
@@ -42,12 +60,14 @@ class UsageError(DetectorError):
 
 
 class WeightsError(DetectorError):
-    """``model.backbone.weights`` names no readable file or torchvision weights (or the download failed)."""
+    """``model.backbone.weights`` names no readable file or torchvision weights (or the download
+    failed)."""
 
 
 def run_tool(main: Callable[..., int]) -> Callable[..., int]:
-    """The decorator of every tool's ``main``: a user error prints one line (after the traceback when
-    ``DETECTOR_TRACEBACK=1``) and returns its kind's exit code (see the module docstring); a bug raises."""
+    """The decorator of every tool's ``main``: a user error prints one line (after the traceback
+    when ``DETECTOR_TRACEBACK=1``) and returns its kind's exit code (see the module docstring); a
+    bug raises."""
 
     @functools.wraps(main)
     def guarded(*args, **kwargs) -> int:

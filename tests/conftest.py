@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-# A shell that starts pytest in the background (`pytest &`) hands it SIGINT ignored, and Python then installs no
-# KeyboardInterrupt handler; the Ctrl-C tests need the handler an interactive run has.
+# A shell that starts pytest in the background (`pytest &`) hands it SIGINT ignored, and Python then
+# installs no KeyboardInterrupt handler; the Ctrl-C tests need the handler an interactive run has.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -20,3 +20,33 @@ def coco_tiny() -> Path:
     if not (COCO_TINY / "annotations" / "instances_val2017.json").is_file():
         pytest.skip(f"real COCO subset not found at {COCO_TINY}")
     return COCO_TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """One root for the tiny synthetic set of ``helpers.tiny_run_overrides``, generated once per
+    session."""
+    return tmp_path_factory.mktemp("synthetic")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_data, tmp_path_factory) -> tuple[Path, str]:
+    """One finished tiny run through tools/train.py, shared by the tests that only read a finished
+    run: smoothl1.yaml, 4 iterations logged every 2 and evaluated every 2. Returns (run folder,
+    stdout)."""
+    import contextlib
+    import importlib.util
+    import io
+
+    from helpers import tiny_run_overrides
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    extra = {"train.max_iters": 4, "train.log_period": 2, "train.eval_period": 2}
+    spec = importlib.util.spec_from_file_location("train_tool", REPO / "tools" / "train.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = tool.main(["--cfg", "smoothl1.yaml", *tiny_run_overrides(tiny_data, run, **extra)])
+    assert code == 0, out.getvalue()
+    return run, out.getvalue()

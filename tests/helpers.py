@@ -1,18 +1,23 @@
-"""Helpers shared by several test files (not tests themselves): tiny models, hand-made inputs, and a tiny
-in-memory dataset and detector with the evaluation API (no images).
+"""Helpers shared by several test files (not tests themselves): tiny models, hand-made inputs, and a
+tiny in-memory dataset and detector with the evaluation API (no images).
 
-FakeDataset conventions: boxes absolute xyxy float32, labels 1..K (0 = background), ``iscrowd`` doubles as VOC's
-difficult. Category ids are deliberately not 1..K (label k -> category id 10 * k + 1) so a missed conversion fails
-loudly.
+FakeDataset conventions: boxes absolute xyxy float32, labels 1..K (0 = background), ``iscrowd``
+doubles as VOC's difficult. Category ids are deliberately not 1..K (label k -> category id 10 * k +
+1) so a missed conversion fails loudly.
 """
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
 from detector.boxes import box_area
 from detector.config import load_config
-from detector.modeling import TwoStageDetector, build_detector
+from detector.losses import build_box_loss
+from detector.modeling import RoIHeads, TwoStageDetector, build_detector
+from detector.modeling.backbone import build_backbone
 
 TINY = [
     "model.roi_head.fc_dim=64",
@@ -28,6 +33,43 @@ TINY = [
 def tiny_model(*overrides: str, num_classes: int = 3, seed: int = 0) -> TwoStageDetector:
     torch.manual_seed(seed)
     return build_detector(load_config([], TINY + list(overrides)), num_classes=num_classes)
+
+
+def make_backbone(**keys):
+    """``build_backbone`` with base.yaml's ``model.backbone`` keys, ``keys`` replacing some."""
+    return build_backbone(**{**load_config().model.backbone.to_dict(), **keys})
+
+
+def make_roi_heads(in_channels: int, num_classes: int, **keys) -> RoIHeads:
+    """RoIHeads pooling level "0", with base.yaml's ``model.roi_head`` keys (``keys`` replace
+    some)."""
+    roi = load_config().model.roi_head
+    kwargs = {
+        name: roi[name]
+        for name in (
+            "box_coder_weights",
+            "batch_size_per_image",
+            "positive_fraction",
+            "fg_iou_thresh",
+            "bg_iou_thresh",
+            "add_gt_as_proposals",
+            "pooler_resolution",
+            "sampling_ratio",
+            "fc_dim",
+            "class_agnostic",
+            "predictor_init",
+        )
+    }
+    kwargs.update(
+        box_loss=build_box_loss(roi.box_loss),
+        box_loss_normalizer=roi.box_loss.normalizer,
+        score_thresh=roi.test.score_thresh,
+        nms_thresh=roi.test.nms_thresh,
+        detections_per_img=roi.test.detections_per_img,
+        beta_schedule=None,
+        label_assigner=None,
+    )
+    return RoIHeads(in_channels, ["0"], num_classes, **{**kwargs, **keys})
 
 
 def two_images():
@@ -85,7 +127,8 @@ def tiny_run_overrides(data_root: Path, run_dir: Path, **extra) -> list[str]:
 
 
 class FakeDataset:
-    """``images``: list of (image_id, [(x1, y1, x2, y2, label, iscrowd), ...]); images are 100 x 120 (H x W)."""
+    """``images``: list of (image_id, [(x1, y1, x2, y2, label, iscrowd), ...]); images are 100 x 120
+    (H x W)."""
 
     def __init__(self, images, classes=("__background__", "cat", "dog"), height=100, width=120):
         self.classes = list(classes)
@@ -162,7 +205,8 @@ def random_dataset(
 
 
 def random_detections(dataset, seed: int, per_image: int = 8) -> list[dict]:
-    """Jittered copies of GT boxes plus random boxes, random labels and scores: a mix of TPs, FPs and duplicates."""
+    """Jittered copies of GT boxes plus random boxes, random labels and scores: a mix of TPs, FPs
+    and duplicates."""
     g = torch.Generator().manual_seed(seed)
     num_classes = len(dataset.classes) - 1
     detections = []
@@ -221,7 +265,8 @@ class FakeDetector(torch.nn.Module):
 
 
 def make_loader(image_ids, batch_size=2):
-    """Batches of (images uint8 [3,H,W], targets with image_id and orig_size) as the val loader yields them."""
+    """Batches of (images uint8 [3,H,W], targets with image_id and orig_size) as the val loader
+    yields them."""
     batches = []
     for start in range(0, len(image_ids), batch_size):
         ids = image_ids[start : start + batch_size]
@@ -232,7 +277,8 @@ def make_loader(image_ids, batch_size=2):
 
 
 def poison_third_training_forward(monkeypatch, trainer_mod) -> None:
-    """Make the trainer's model return a NaN ``loss_box_reg`` on its third training-mode forward (iteration 2)."""
+    """Make the trainer's model return a NaN ``loss_box_reg`` on its third training-mode forward
+    (iteration 2)."""
     real_build = trainer_mod.build_detector
 
     def build_poisoned(cfg, num_classes=None):
@@ -251,3 +297,30 @@ def poison_third_training_forward(monkeypatch, trainer_mod) -> None:
         return model
 
     monkeypatch.setattr(trainer_mod, "build_detector", build_poisoned)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_tool_process(
+    tool: str, *argv: str, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``python tools/<tool>.py argv...`` as a user runs it: a subprocess with this checkout
+    first on PYTHONPATH; its stdout and stderr as text."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
+    env.pop("DETECTOR_TRACEBACK", None)
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools" / f"{tool}.py"), *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The tool's stderr, asserted to be one ``error:`` line without a traceback."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]

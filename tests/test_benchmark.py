@@ -1,5 +1,5 @@
-"""tools/benchmark.py runs every mode on CPU in small versions and reports what the GPU table needs; no speed is
-asserted (speed targets are measured by the benchmark itself, never by a timed test)."""
+"""tools/benchmark.py runs every mode on CPU in small versions and reports what the GPU table needs;
+no speed is asserted (speed targets are measured by the benchmark itself, never by a timed test)."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import poison_third_training_forward, tiny_run_overrides
 
-from detector import benchmark as bench
+from benchmarks import speed as bench
 from detector.config import load_config
 from detector.engine.trainer import NonFiniteLossError
 
@@ -34,11 +34,12 @@ SMALL = [
 
 
 @pytest.fixture
-def tiny(tmp_path) -> list[str]:
-    """A tiny synthetic config's overrides (no output_dir: the real loop makes its own run folder)."""
+def tiny(tiny_data, tmp_path) -> list[str]:
+    """A tiny synthetic config's overrides (no output_dir: the real loop makes its own run
+    folder)."""
     return [
         o
-        for o in tiny_run_overrides(tmp_path / "data", tmp_path / "unused")
+        for o in tiny_run_overrides(tiny_data, tmp_path / "unused")
         if not o.startswith("output_dir=")
     ]
 
@@ -61,11 +62,18 @@ def test_synthetic_table_has_both_sides_their_ratios_and_what_ours_ran_with(tmp_
             row["ours"]["train_images_per_s"] / row["torchvision"]["train_images_per_s"]
         )
         info = row["ours"]["side_info"]
+        # as gpu.yaml has it
         assert info["optimizer"] in ("fused", "foreach") and info["pad_buckets"] == [
             64,
             96,
-        ]  # as gpu.yaml has it
+        ]
     assert {"settings", "device", "torch", "torchvision", "date"} <= set(report)
+    # both sides' RPN and RoI settings are gpu.yaml's, read from it
+    gpu = load_config(["gpu.yaml"]).model
+    assert report["settings"]["roi_per_image"] == gpu.roi_head.batch_size_per_image
+    assert report["settings"]["rpn_proposals_train"] == (
+        f"{gpu.rpn.pre_nms_topk_train} pre-NMS / {gpu.rpn.post_nms_topk_train} post-NMS"
+    )
 
 
 def test_each_side_runs_in_its_own_process(tmp_path):
@@ -170,13 +178,16 @@ def test_profile_mode_counts_the_host_syncs_of_a_step(tiny, capsys):
     assert report["sync_ops_per_step"]["aten::nonzero"] >= 1  # the positives' compaction at least
 
 
-def test_ours_steps_as_the_trainer_and_reads_the_losses_at_log_steps(tmp_path, monkeypatch):
-    """A NaN at iteration 2 with train.log_period=2 stops our side at the read after iteration 3, named as the
-    trainer names it (weighted losses, clipping and the dynamic-state update run in between)."""
+def test_ours_steps_as_the_trainer_and_reads_the_losses_at_log_steps(
+    tmp_path, monkeypatch, tiny_data
+):
+    """A NaN at iteration 2 with train.log_period=2 stops our side at the read after iteration 3,
+    named as the trainer names it (weighted losses, clipping and the dynamic-state update run in
+    between)."""
     poison_third_training_forward(monkeypatch, bench)
     cfg = load_config(
         ["smoothl1.yaml"],
-        tiny_run_overrides(tmp_path / "data", tmp_path / "run", **{"train.log_period": 2}),
+        tiny_run_overrides(tiny_data, tmp_path / "run", **{"train.log_period": 2}),
     )
     side = bench.OursSide(cfg, torch.device("cpu"), num_classes=3, amp=False)
     images, targets = bench.synthetic_batch(2, 128, 128, 3, 3, torch.device("cpu"))

@@ -15,6 +15,7 @@ from detector.config import (
     CONFIG_DIR,
     Config,
     ConfigError,
+    check_training,
     default_config,
     load_config,
     parse_override,
@@ -43,9 +44,8 @@ def test_layering_order_and_base(tmp_path):
     cfg = load_config([leaf])
     assert cfg.train.lr == 0.25 and cfg.train.max_iters == 7  # leaf over its _base_
     cfg = load_config([leaf, second])
-    assert (
-        cfg.train.lr == 0.125 and cfg.train.batch_size == 3 and cfg.train.max_iters == 7
-    )  # later file wins
+    # later file wins
+    assert cfg.train.lr == 0.125 and cfg.train.batch_size == 3 and cfg.train.max_iters == 7
     cfg = load_config([second, base])
     assert cfg.train.lr == 0.5  # order matters
 
@@ -109,7 +109,16 @@ def test_frozen_printable_saveable(tmp_path):
         ("train.amp=1", "train.amp must be bool"),
         ("train.max_iters=0", "must be > 0"),
         ("model.roi_head.box_loss.name=smoth_l1", "did you mean smooth_l1"),
-        ("data.format=yolo", "choose from synthetic, coco, voc"),
+        ("model.rpn.anchor_sizes=[32,64]", "has 2 sizes but the FPN has 5 levels"),
+        # checked here only, not again where they are used (box coder, losses, evaluation)
+        ("model.roi_head.box_coder_weights=[1,1,0,1]", "must be 4 numbers > 0"),
+        ("model.roi_head.box_loss.beta=-1", "box_loss.beta=-1 must be >= 0"),
+        ("model.rpn.box_loss.alpha=0", "box_loss.alpha=0 must be > 0"),
+        ("model.roi_head.box_loss.gamma=0", "box_loss.gamma=0 must be > 0"),
+        ("model.roi_head.box_loss.name=nosuch", "choose from l2, l1, smooth_l1"),
+        ("eval.backend=fast", "choose from pycocotools, faster_coco_eval"),
+        ("eval.metric=map", "choose from coco, voc, both"),
+        ("data.label_noise_kind=gauss", "choose from jitter, outlier"),
         ("model.rpn=3", "is a section"),
         ("train.lr=null", "cannot be null"),
         ("data.input.min_size_train=[a]", "list of int"),
@@ -123,6 +132,20 @@ def test_error_paths(override, message):
     with pytest.raises(ConfigError, match=None) as err:
         load_config([], [override])
     assert message in str(err.value)
+
+
+def test_anchor_sizes_without_fpn_all_go_on_the_one_level():
+    cfg = load_config([], ["model.backbone.fpn=false", "model.rpn.anchor_sizes=[32,64]"])
+    assert cfg.model.rpn.anchor_sizes == (32, 64)
+
+
+def test_best_metric_is_a_training_relation_that_evaluation_does_not_check():
+    cfg = load_config([], ["eval.metric=voc"])  # train.best_metric stays AP
+    with pytest.raises(
+        ConfigError, match="train.best_metric='AP' is not computed with eval.metric"
+    ):
+        check_training(cfg)
+    check_training(load_config([], ["eval.metric=voc", "train.best_metric=mAP_voc"]))
 
 
 def test_file_errors(tmp_path):
@@ -142,7 +165,8 @@ def test_file_errors(tmp_path):
 
 
 def test_a_file_that_is_not_utf8_text_is_one_config_error(tmp_path):
-    """A checkpoint passed as --cfg by mistake: one ConfigError line naming the file, no UnicodeDecodeError."""
+    """A checkpoint passed as --cfg by mistake: one ConfigError line naming the file, no
+    UnicodeDecodeError."""
     pth = tmp_path / "last.pth"
     torch.save({"model": torch.arange(300.0)}, pth)
     latin1 = tmp_path / "latin1.yaml"
@@ -176,7 +200,7 @@ def test_every_config_file_loads():
         load_config([str(path)])
 
 
-# ------------------------------------------------------------------------------------------- float literals
+# ----------------------------------------------------------------------------------- float literals
 @pytest.mark.parametrize(
     "literal, value",
     [
@@ -238,7 +262,7 @@ def test_nan_and_inf_are_refused_where_a_float_is_expected(override):
         load_config([], [override])
 
 
-# ------------------------------------------------------------------------------------------- no hidden state
+# ---------------------------------------------------------------------------------- no hidden state
 def test_loading_a_config_changes_no_module_state():
     def snapshot():
         return {
@@ -265,7 +289,7 @@ def test_merge_takes_the_schema_it_checks_against():
         config_module._merge(cfg, {"beta": 1}, schema, "layer")
 
 
-# ----------------------------------------------------------------------------------- choices from the registries
+# ---------------------------------------------------------------------- choices from the registries
 def test_loss_backbone_and_schedule_names_come_from_their_registries(monkeypatch):
     from detector.config import BACKBONES
     from detector.losses import BETA_SCHEDULES, LOSSES, BoxLoss, l1_loss
@@ -317,7 +341,7 @@ def test_every_registered_loss_is_a_valid_roi_head_loss():
         )
 
 
-# ------------------------------------------------------------------------------------------- messages
+# ----------------------------------------------------------------------------------------- messages
 @pytest.mark.parametrize(
     "name, hint",
     [
@@ -366,3 +390,46 @@ def test_diff_configs_lists_the_dotted_keys_that_differ():
     ]
     assert diff_configs(a, a.to_dict()) == []
     assert diff_configs({"x": {"y": 1}}, {"x": {"y": 1, "z": 2}}) == ["x.z"]
+
+
+def test_the_defaults_left_in_constructors_agree_with_base_yaml():
+    """Model and loss classes take what their build_* passes; where a default is left (for direct
+    use), it is base.yaml's value, so the two can never tell different stories."""
+    import inspect
+
+    from detector.box_coder import BoxCoder
+    from detector.losses import AdaptiveBeta, ScheduledBeta, balanced_l1_loss, smooth_l1_loss
+    from detector.modeling.matcher import DynamicLabelAssigner
+
+    roi = "model.roi_head"
+    table = {
+        BoxCoder: {"weights": f"{roi}.box_coder_weights"},
+        DynamicLabelAssigner: {
+            "initial_thresh": f"{roi}.fg_iou_thresh",
+            **{k: f"{roi}.dynamic_label_assignment.{k}" for k in ("topk", "interval", "statistic")},
+            "min_thresh": f"{roi}.dynamic_label_assignment.min_thresh",
+        },
+        AdaptiveBeta: {
+            "initial_beta": f"{roi}.box_loss.beta",
+            **{
+                k: f"{roi}.box_loss.schedule.{k}"
+                for k in ("topk", "interval", "min_beta", "statistic")
+            },
+        },
+        ScheduledBeta: {
+            "gamma": f"{roi}.box_loss.schedule.step_gamma",
+            "min_beta": f"{roi}.box_loss.schedule.min_beta",
+        },
+        smooth_l1_loss: {"beta": f"{roi}.box_loss.beta"},
+        balanced_l1_loss: {k: f"{roi}.box_loss.{k}" for k in ("alpha", "gamma", "beta")},
+    }
+    cfg = load_config()
+    for owner, keys in table.items():
+        parameters = inspect.signature(owner).parameters
+        for name, key in keys.items():
+            default = parameters[name].default
+            assert default is not inspect.Parameter.empty, (owner, name)
+            expected = cfg.select(key)
+            assert (tuple(default) if isinstance(default, list) else default) == expected, (
+                f"{owner.__name__}({name}={default!r}) but base.yaml has {key}: {expected!r}"
+            )

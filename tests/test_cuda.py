@@ -1,11 +1,13 @@
-"""The CUDA suite: the product on a GPU, end to end. Run it on a GPU machine with ``python -m pytest -m cuda tests``
-(about 5 minutes on one GPU); without CUDA every test here is skipped, with the reason.
+"""The CUDA suite: the product on a GPU, end to end. Run it on a GPU machine with ``python -m pytest
+-m cuda tests`` (about 5 minutes on one GPU); without CUDA every test here is skipped, with the
+reason.
 
-What it covers (issue 11): the device contract of the model's outputs; a few iterations of every registered box
-loss with logging and histograms at every step; AMP in bf16 and in fp16 with the grad scaler; channels_last;
-evaluation during training; SIGKILL then --resume; checkpoints moving between GPU and CPU; tools/eval.py --ckpt,
-tools/dump_proposals.py and training on precomputed proposals; two ablation runs packed on one GPU; torchrun with
-NCCL; the benchmark for one iteration; and the dynamic β / label-assignment state on the GPU.
+What it covers (issue 11): the device contract of the model's outputs; a few iterations of every
+registered box loss with logging and histograms at every step; AMP in bf16 and in fp16 with the grad
+scaler; channels_last; evaluation during training; SIGKILL then --resume; checkpoints moving between
+GPU and CPU; tools/eval.py --ckpt, tools/dump_proposals.py and training on precomputed proposals;
+two ablation runs packed on one GPU; torchrun with NCCL; the benchmark for one iteration; and the
+dynamic β / label-assignment state on the GPU.
 """
 
 import importlib.util
@@ -72,7 +74,7 @@ def records(run: Path, kind: str = "train") -> list[dict]:
     ]
 
 
-# ------------------------------------------------------------------------------------------- the device contract
+# ------------------------------------------------------------------------------ the device contract
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -99,7 +101,7 @@ def test_every_returned_tensor_is_on_the_inputs_device(overrides):
     sum(losses.values()).backward()
 
 
-# ------------------------------------------------------------------------------------------- training on the GPU
+# ------------------------------------------------------------------------------ training on the GPU
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_every_box_loss_trains_and_logs_on_the_gpu(loss, data_root, tmp_path):
     run = tmp_path / "run"
@@ -135,9 +137,8 @@ def test_amp_channels_last_and_evaluation_during_training(extra, data_root, tmp_
     first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     if extra.get("fp16"):
         assert first["amp"] == "torch.float16"
-        assert (
-            load_checkpoint(run / "checkpoints" / "last.pth")["scaler"]["scale"] > 0
-        )  # the scaler ran
+        # the scaler ran
+        assert load_checkpoint(run / "checkpoints" / "last.pth")["scaler"]["scale"] > 0
     if "train.eval_period" in extra:
         assert [r["iter"] for r in records(run, "eval")] == [2, 4]
 
@@ -211,8 +212,9 @@ def test_a_checkpoint_resumes_on_the_other_device(first, second, data_root, tmp_
 
 def test_dynamic_beta_and_label_assignment_state_on_the_gpu(data_root, tmp_path):
     run = tmp_path / "run"
-    # the official statistics (device-side k-th values); with k = 1 x 2 images the beta statistic is a GT box's 0,
-    # which the official rule takes (floored at min_beta), so beta moves within the 6 iterations of an untrained model
+    # the official statistics (device-side k-th values); with k = 1 x 2 images the beta statistic is
+    # a GT box's 0, which the official rule takes (floored at min_beta), so beta moves within the 6
+    # iterations of an untrained model
     cfg = load_config(
         ["dynamic_rcnn.yaml"],
         gpu(
@@ -234,25 +236,26 @@ def test_dynamic_beta_and_label_assignment_state_on_the_gpu(data_root, tmp_path)
     thresholds = [r["iou_thresh"] for r in records(run)]
     assert all(b is not None and b > 0 for b in betas) and len(set(betas)) > 1, betas
     assert all(0.0 < t <= 1.0 for t in thresholds) and len(set(thresholds)) > 1, thresholds
-    # interval 2: iterations 1-2 train with the initial values, 3-4 and 5-6 with each interval's update
+    # interval 2: iterations 1-2 train with the initial values, 3-4 and 5-6 with each interval's
+    # update
     assert betas[0] == betas[1] == 1.0 and betas[2] == betas[3] and betas[4] == betas[5], betas
     assert (
         thresholds[0] == thresholds[1] == pytest.approx(0.4) and thresholds[2] == thresholds[3]
     ), thresholds
-    assert all(
-        isinstance(r["iou_statistic"], float) for r in records(run)
-    )  # observed on the GPU, logged
+    # observed on the GPU, logged
+    assert all(isinstance(r["iou_statistic"], float) for r in records(run))
     state = load_checkpoint(run / "checkpoints" / "last.pth")["model"]
     extra = state["roi_heads._extra_state"]
     assert extra["beta_schedule"] is not None and extra["label_assigner"] is not None
+    # saved on the CPU, so it loads on either device
     for part in (
         "beta_schedule",
         "label_assigner",
-    ):  # saved on the CPU, so it loads on either device
+    ):
         assert extra[part]["record"]["table"].device.type == "cpu"
 
 
-# ------------------------------------------------------------------------------------------- the tools on the GPU
+# ----------------------------------------------------------------------------- the tools on the GPU
 def test_eval_dump_proposals_and_precomputed_training(data_root, tmp_path):
     run = tmp_path / "run"
     run_tool(
@@ -287,10 +290,11 @@ def test_eval_dump_proposals_and_precomputed_training(data_root, tmp_path):
             str(tmp_path / f"p_{split}.json"),
             *gpu(data_root, run),
         )
+    # one file serves both splits
     proposals = {
         **json.loads((tmp_path / "p_train.json").read_text()),
         **json.loads((tmp_path / "p_val.json").read_text()),
-    }  # one file serves both splits
+    }
     assert proposals and all(len(box) == 5 for boxes in proposals.values() for box in boxes)
     (tmp_path / "proposals.json").write_text(json.dumps(proposals))
     run2 = tmp_path / "precomputed"
@@ -310,8 +314,9 @@ def test_eval_dump_proposals_and_precomputed_training(data_root, tmp_path):
 
 
 def test_two_ablation_runs_packed_on_one_gpu(data_root, tmp_path):
-    """Two runs at once on the first GPU of the user's list; both finish. The report needs scipy, which a GPU
-    machine may lack: then the ablation says so in one line (--report-only writes the report later)."""
+    """Two runs at once on the first GPU of the user's list; both finish. The report needs scipy,
+    which a GPU machine may lack: then the ablation says so in one line (--report-only writes the
+    report later)."""
     from detector.ablation.launch import visible_gpus
 
     out = tmp_path / "ablation"
@@ -347,9 +352,8 @@ def test_two_ablation_runs_packed_on_one_gpu(data_root, tmp_path):
         time.mktime(time.strptime((r / "train.log").read_text()[2:21], "%Y-%m-%d %H:%M:%S"))
         for r in runs
     ]
-    assert max(starts) < min(
-        (r / "eval" / "metrics.json").stat().st_mtime for r in runs
-    )  # they overlapped
+    # they overlapped
+    assert max(starts) < min((r / "eval" / "metrics.json").stat().st_mtime for r in runs)
     if importlib.util.find_spec("scipy") is not None:
         assert result.returncode == 0 and (out / "summary.md").is_file(), result.stderr[-4000:]
     else:
@@ -399,10 +403,11 @@ def test_benchmark_runs_one_iteration(tmp_path):
     assert json.loads(out.read_text())
 
 
-# ------------------------------------------------------------------------------------------- speed (issue 12)
+# --------------------------------------------------------------------------------- speed (issue 12)
 def sync_sites(fn) -> list[str]:
-    """Where ``fn`` makes synchronising CUDA calls (the host waits for the device), as ``file:line`` of the Python
-    caller: CUDA's sync debug mode warns on each one (``.item()``, ``nonzero``, a copy from pageable memory, ...)."""
+    """Where ``fn`` makes synchronising CUDA calls (the host waits for the device), as ``file:line``
+    of the Python caller: CUDA's sync debug mode warns on each one (``.item()``, ``nonzero``, a copy
+    from pageable memory, ...)."""
     import warnings
 
     torch.cuda.synchronize()
@@ -447,7 +452,9 @@ def test_preprocessing_and_target_padding_do_not_sync():
             memory_format=torch.channels_last
         )
 
-    prepare()  # the first call allocates pinned host memory once (seen on an H200 as one sync); steps after it don't
+    # the first call allocates pinned host memory once (seen on an H200 as one sync); steps after it
+    # don't
+    prepare()
     assert sync_sites(prepare) == []
 
 
@@ -462,8 +469,9 @@ def test_the_nonfinite_check_syncs_only_when_read():
 
 
 def test_host_syncs_of_one_training_step(capsys):
-    """The syncs of one training step, with the non-finite check recording only (read at log steps); the total and
-    where each happens are printed (docs/performance.md: NMS and the positives' compaction hold them)."""
+    """The syncs of one training step, with the non-finite check recording only (read at log steps);
+    the total and where each happens are printed (docs/performance.md: NMS and the positives'
+    compaction hold them)."""
     model = tiny_model().cuda().train()
     optimizer = build_optimizer(load_config([], ["train.device=cuda"]), model)
     watch = trainer_mod.LossWatch(distributed=False)

@@ -1,5 +1,5 @@
-"""COCO-format loading on tiny trees written here (real JPEGs, real JSON): targets, bad input, subsets, the real
-coco_tiny subset, tools/make_subset.py."""
+"""COCO-format loading on tiny trees written here (real JPEGs, real JSON): targets, bad input,
+subsets, the real coco_tiny subset, tools/make_subset.py."""
 
 import importlib.util
 import json
@@ -37,22 +37,24 @@ def ann(ann_id, image_id, category_id, bbox, **extra):
 
 
 def default_annotations():
+    # car (image 3 is grayscale)
     return [
         ann(1, 1, 1, [10, 20, 30, 40], area=900.0),  # person
         ann(2, 1, 3, [50, 5, 20, 10]),  # car, no area -> box area
         ann(3, 1, 18, [0, 0, 64, 48], iscrowd=1),  # dog crowd
         ann(4, 2, 18, [5, 5, 10, 10]),  # dog
         ann(5, 3, 3, [1, 1, 8, 8]),
-    ]  # car (image 3 is grayscale)
+    ]
 
 
 def write_coco(root: Path, split: str = "train", annotations=None, images=None, modes=None) -> Path:
+    # no annotations
     images = images or [
         {"id": 1, "file_name": "a.jpg", "height": 48, "width": 64},
         {"id": 2, "file_name": "b.jpg", "height": 64, "width": 40},
         {"id": 3, "file_name": "c.jpg", "height": 32, "width": 32},
         {"id": 4, "file_name": "d.jpg", "height": 40, "width": 40},
-    ]  # no annotations
+    ]
     for k, im in enumerate(images):
         write_jpeg(
             root / split / im["file_name"],
@@ -98,9 +100,10 @@ def test_coco_targets_labels_and_conversion(tmp_path):
     image, target = ds[0]
     assert image.dtype == torch.uint8 and image.shape == (3, 48, 64)
     assert target["image_id"] == 1
+    # clipped to 64x48
     expected = torch.tensor(
         [[10.0, 20.0, 40.0, 48.0], [50.0, 5.0, 64.0, 15.0], [0.0, 0.0, 64.0, 48.0]]
-    )  # clipped to 64x48
+    )
     torch.testing.assert_close(target["boxes"], expected)
     assert target["boxes"].dtype == torch.float32 and target["labels"].dtype == torch.int64
     assert target["labels"].tolist() == [1, 2, 3]
@@ -193,7 +196,8 @@ def test_wrong_size_in_json_raises(tmp_path):
 
 
 def write_png16(path: Path, pixels: np.ndarray) -> None:
-    """A 16-bit PNG of ``pixels`` (uint16 [H,W] gray or [H,W,3] RGB), written by hand: PIL cannot write 16-bit RGB."""
+    """A 16-bit PNG of ``pixels`` (uint16 [H,W] gray or [H,W,3] RGB), written by hand: PIL cannot
+    write 16-bit RGB."""
     import struct
     import zlib
 
@@ -216,7 +220,8 @@ def write_png16(path: Path, pixels: np.ndarray) -> None:
 
 @pytest.mark.parametrize("kind", ["gray-png-pil", "rgb-png", "gray-tiff-pil"])
 def test_16_bit_images_are_scaled_to_8_bit(tmp_path, kind):
-    """A 16-bit image decodes to the uint8 RGB of the same picture (v / 257 rounded), whichever decoder reads it."""
+    """A 16-bit image decodes to the uint8 RGB of the same picture (v / 257 rounded), whichever
+    decoder reads it."""
     from detector.data import read_image
 
     rng = np.random.default_rng(0)
@@ -235,7 +240,8 @@ def test_16_bit_images_are_scaled_to_8_bit(tmp_path, kind):
     image = read_image(path)
     assert image.dtype == torch.uint8 and image.shape == (3, 12, 10)
     torch.testing.assert_close(image, expected, rtol=0, atol=0)
-    # values between the multiples of 257 round to the nearest 8-bit level (>> 8 would be within 1 too)
+    # values between the multiples of 257 round to the nearest 8-bit level (>> 8 would be within 1
+    # too)
     values = rng.integers(0, 65536, size=shape, dtype=np.uint16)
     values.flat[:2] = [65535, 128]
     if kind == "rgb-png":
@@ -262,9 +268,8 @@ def test_png_modes_decode_to_their_rgb(tmp_path, mode):
 def test_32_bit_images_are_refused_by_name(tmp_path):
     from detector.data import read_image
 
-    Image.fromarray(np.full((6, 5), 70000, dtype=np.int32)).save(
-        tmp_path / "deep.tif"
-    )  # PIL mode I
+    # PIL mode I
+    Image.fromarray(np.full((6, 5), 70000, dtype=np.int32)).save(tmp_path / "deep.tif")
     with pytest.raises(DatasetError, match=r"deep\.tif: .*mode I.*8-bit"):
         read_image(tmp_path / "deep.tif")
 
@@ -354,7 +359,8 @@ def test_a_duplicate_image_id_names_both_entries(tmp_path):
 
 
 def test_training_images_without_boxes_are_dropped_by_default_and_val_keeps_them(tmp_path):
-    """keep_empty defaults to false (detectron2's FILTER_EMPTY_ANNOTATIONS); the val split keeps every image."""
+    """keep_empty defaults to false (detectron2's FILTER_EMPTY_ANNOTATIONS); the val split keeps
+    every image."""
     write_coco(tmp_path)
     assert len(build_dataset(coco_cfg(tmp_path), "train")) == 3  # image 4 has no box
     assert len(build_dataset(coco_cfg(tmp_path), "val")) == 4
@@ -390,7 +396,8 @@ def test_val_subset_keys_cut_the_val_split_only(tmp_path):
 
 
 def test_classes_apply_to_both_splits(tmp_path):
-    """The model's classes are the kept ones, so val is scored on exactly those (relabelled alike)."""
+    """The model's classes are the kept ones, so val is scored on exactly those (relabelled
+    alike)."""
     write_coco(tmp_path)
     cfg = coco_cfg(tmp_path, "data.classes=[dog]")
     train, val = (
@@ -400,9 +407,8 @@ def test_classes_apply_to_both_splits(tmp_path):
     assert train.classes == val.classes == ["__background__", "dog"] and val.label_to_cat_id == {
         1: 18
     }
-    assert (
-        len(train) == 1 and len(val) == 4
-    )  # training drops images without a (non-crowd) dog; val keeps all
+    # training drops images without a (non-crowd) dog; val keeps all
+    assert len(train) == 1 and len(val) == 4
     assert [val.get_target(i)["labels"].tolist() for i in range(4)] == [[1], [1], [], []]
 
 

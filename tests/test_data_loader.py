@@ -1,12 +1,13 @@
-"""Samplers and loaders: the training stream is a pure function of the seed, start_iter resumes it exactly (any
-number of workers), batches are aspect-ratio grouped, ranks get disjoint shares; val is finite and ordered."""
+"""Samplers and loaders: the training stream is a pure function of the seed, start_iter resumes it
+exactly (any number of workers), batches are aspect-ratio grouped, ranks get disjoint shares; val is
+finite and ordered."""
 
 from itertools import islice
 
 import pytest
 import torch
 
-from detector.benchmark import loader_throughput
+from benchmarks.speed import loader_throughput
 from detector.config import load_config
 from detector.data import build as data_build
 from detector.data import build_dataloader, build_dataset, collate
@@ -25,9 +26,8 @@ def test_stream_is_a_pure_function_of_the_seed():
     c = batches(GroupedInfiniteBatchSampler(GROUPS, batch_size=3, seed=8), 20)
     assert a == b and a != c
     assert all(len(batch) == 3 for batch in a)
-    assert all(
-        len({GROUPS[i] for i, _ in batch}) == 1 for batch in a
-    )  # one aspect-ratio group per batch
+    # one aspect-ratio group per batch
+    assert all(len({GROUPS[i] for i, _ in batch}) == 1 for batch in a)
     seeds = [s for batch in a for _, s in batch]
     assert len(set(seeds)) == len(seeds)  # every sample of the stream has its own seed
 
@@ -53,9 +53,8 @@ def test_ranks_get_disjoint_shares_of_each_epoch():
         GroupedInfiniteBatchSampler([0] * n, batch_size=1, seed=5, rank=r, world_size=world)
         for r in range(world)
     ]
-    shares = [
-        [batch[0] for batch in islice(sampler, n // world)] for sampler in samplers
-    ]  # batch_size 1
+    # batch_size 1
+    shares = [[batch[0] for batch in islice(sampler, n // world)] for sampler in samplers]
     indices = [{i for i, _ in share} for share in shares]
     assert set().union(*indices) == set(range(n)) and sum(map(len, indices)) == n
     with pytest.raises(ValueError, match="rank 3"):
@@ -165,7 +164,8 @@ def test_subset_is_a_new_dataset_with_its_own_records_and_proposals(cfg):
 
 
 def test_every_synthetic_image_has_objects_so_keep_empty_changes_nothing(cfg):
-    """The quickstart data: dropping training images without boxes (the default) keeps all of them."""
+    """The quickstart data: dropping training images without boxes (the default) keeps all of
+    them."""
     dataset = build_dataset(cfg, "train", transforms=False)
     assert not cfg.data.keep_empty and len(dataset) == cfg.data.synthetic.num_train
     assert all(len(r.boxes) > 0 for r in dataset.records)

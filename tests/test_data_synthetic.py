@@ -1,5 +1,6 @@
-"""The synthetic generator: deterministic bytes, the default preset unchanged, the hard preset's statistics, exact
-visible boxes; the cache: reuse, one-line refusals that touch nothing, atomic and concurrent generation; CLI."""
+"""The synthetic generator: deterministic bytes, the default preset unchanged, the hard preset's
+statistics, exact visible boxes; the cache: reuse, one-line refusals that touch nothing, atomic and
+concurrent generation; CLI."""
 
 import hashlib
 import importlib.util
@@ -28,6 +29,7 @@ from detector.data.synthetic import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
+# every key: the defaults live in configs/base.yaml alone
 SMALL = {
     **load_config().data.synthetic.to_dict(),
     "num_train": 6,
@@ -35,7 +37,7 @@ SMALL = {
     "image_size": [96, 128],
     "num_classes": 6,
     "max_objects": 5,
-}  # every key: the defaults live in configs/base.yaml alone
+}
 
 
 def folder_bytes(root: Path) -> dict[str, bytes]:
@@ -66,16 +68,18 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert a["train/000001.jpg"] != c["train/000001.jpg"]
 
 
-# sha256 of the two annotation files and of the raw pixels (before JPEG) of every image, computed once with the
-# generator as it was before the hard preset (/tmp/old_main, 2026-12-01, numpy 2.4.6, Pillow 13.0.0). Drawing and
-# random streams are those libraries', so the pins hold for those versions.
+# sha256 of the two annotation files and of the raw pixels (before JPEG) of every image, computed
+# once with the generator as it was before the hard preset (/tmp/old_main, 2026-12-01, numpy 2.4.6,
+# Pillow 13.0.0). Drawing and random streams are those libraries', so the pins hold for those
+# versions.
 PINNED_VERSIONS = ("2.4", "13.0")
 PINS = [  # (overrides of the base.yaml defaults, annotations sha256, pixels sha256)
     (
+        # the quickstart set's first 8 + 4 images
         [
             "data.synthetic.num_train=8",
             "data.synthetic.num_val=4",
-        ],  # the quickstart set's first 8 + 4 images
+        ],
         "e33c6853f8d142f1b2e29e2f22e701409679fca5fb13826a2cf04d058321fb98",
         "203b33294f4086d2fbe42ab085a44f03ccaca8da44928aa5012c50e287513e0f",
     ),
@@ -144,15 +148,15 @@ def test_annotations_are_valid_coco_with_limited_overlap(tmp_path):
 @pytest.mark.parametrize("shape", SHAPES + DISTRACTORS)
 def test_every_shape_fills_its_box(shape):
     mask = _draw_shape(shape, 40, 30)
-    x0, y0, x1, y1 = (
-        mask.getbbox()
-    )  # the object's box is this extent, so it is exact for every shape
+    # the object's box is this extent, so it is exact for every shape
+    x0, y0, x1, y1 = mask.getbbox()
     assert 0 <= x0 and 0 <= y0 and x1 <= 40 and y1 <= 30
     assert x1 - x0 >= 36 and y1 - y0 >= 27  # a star's tips stop a little short of the drawing area
 
 
 def hard_images(count, **scene_overrides):
-    """(image, objects, drawn) of the hard preset at 256 px, with Scene fields replaced by ``scene_overrides``."""
+    """(image, objects, drawn) of the hard preset at 256 px, with Scene fields replaced by
+    ``scene_overrides``."""
     keys = hard_keys()
     scene = replace(scene_of(keys), **scene_overrides)
     return [
@@ -186,16 +190,13 @@ def test_hard_preset_statistics_against_the_default():
         for i in range(30)
     ]
     hard = hard_images(30)
-    d_counts, d_ratios, d_small, d_tiny = stats(
-        default
-    )  # 3.1 objects an image, 34% small, none tiny
-    h_counts, h_ratios, h_small, h_tiny = stats(
-        hard
-    )  # 8.9 objects, 67% small, 38% tiny, w/h 0.21-5.5
+    # 3.1 objects an image, 34% small, none tiny
+    d_counts, d_ratios, d_small, d_tiny = stats(default)
+    # 8.9 objects, 67% small, 38% tiny, w/h 0.21-5.5
+    h_counts, h_ratios, h_small, h_tiny = stats(hard)
     assert d_counts.max() <= 6 and h_counts.mean() >= 2 * d_counts.mean() and h_counts.max() >= 12
-    assert (
-        h_small >= 0.5 and h_small >= 1.5 * d_small
-    )  # more small objects (COCO small: area < 32^2 px)
+    # more small objects (COCO small: area < 32^2 px)
+    assert h_small >= 0.5 and h_small >= 1.5 * d_small
     assert d_tiny == 0 and h_tiny >= 0.25  # and many under 16^2
     assert (
         1 / 2 < d_ratios.min()
@@ -208,14 +209,14 @@ def test_hard_preset_statistics_against_the_default():
         SHAPES[: keys["num_classes"]]
     )
     labelled = sum(len(objects) for _, objects, _ in hard)
-    assert (
-        labelled <= sum(n in SHAPES for n in names) < len(names)
-    )  # distractors drawn, never annotated
+    # distractors drawn, never annotated
+    assert labelled <= sum(n in SHAPES for n in names) < len(names)
     assert any(a["iscrowd"] for _, objects, _ in hard for a in objects)
 
 
 def test_hard_boxes_are_the_extents_of_the_visible_pixels():
-    """Without noise, an object's visible pixels are those of its colour: box, area and iscrowd follow from them."""
+    """Without noise, an object's visible pixels are those of its colour: box, area and iscrowd
+    follow from them."""
     checked = occluded = 0
     for image, objects, drawn in hard_images(12, noise=0.0):
         pixels = np.asarray(image)  # [H,W,3]
@@ -240,9 +241,8 @@ def test_hard_boxes_are_the_extents_of_the_visible_pixels():
             assert ann["iscrowd"] == int(len(xs) < 0.4 * whole)
             checked += 1
             occluded += len(xs) < whole
-        assert (
-            next(kept, None) is None
-        )  # no annotation without a visible class shape: none for distractors
+        # no annotation without a visible class shape: none for distractors
+        assert next(kept, None) is None
     assert checked > 60 and occluded > 10
 
 
@@ -318,9 +318,8 @@ def test_build_dataset_generates_reuses_and_refuses_other_keys(tmp_path):
         "\n" not in message and message.startswith(f"{root}: ") and "delete the folder" in message
     )
     assert "noise 8.0 -> 4.0, num_train 4 -> 5)" in message and "data.root" in message
-    assert folder_bytes(root) == before and sorted(os.listdir(tmp_path)) == [
-        "syn"
-    ]  # untouched, no temporary left
+    # untouched, no temporary left
+    assert folder_bytes(root) == before and sorted(os.listdir(tmp_path)) == ["syn"]
 
 
 def test_a_stored_manifest_of_before_2026_12_is_reused(tmp_path):
@@ -334,9 +333,8 @@ def test_a_stored_manifest_of_before_2026_12_is_reused(tmp_path):
     assert (root / "val" / "000001.jpg").stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize(
-    "content", ["precious.txt", PARAMS_FILE]
-)  # a file of that name but not a manifest
+# a file of that name but not a manifest
+@pytest.mark.parametrize("content", ["precious.txt", PARAMS_FILE])
 def test_a_folder_with_other_files_is_refused_and_untouched(tmp_path, content):
     (tmp_path / content).write_text("keep me")
     with pytest.raises(DatasetError, match="holds other files and no synthetic dataset") as info:
@@ -367,7 +365,8 @@ def test_an_interrupted_generation_leaves_no_folder(tmp_path, monkeypatch):
 
 
 def lose_the_race_to(monkeypatch, root, keys):
-    """Make generate_synthetic behave as if another process renamed its set of ``keys`` onto root meanwhile."""
+    """Make generate_synthetic behave as if another process renamed its set of ``keys`` onto root
+    meanwhile."""
 
     def generate_and_lose(tmp, **ours):
         generate_synthetic(root, **keys)
@@ -399,7 +398,8 @@ def _ensure_after(barrier, root):
 
 
 def test_concurrent_generations_of_one_root(tmp_path):
-    """Ablation jobs (and DDP ranks) build the same data.root at once: all succeed, one complete set remains."""
+    """Ablation jobs (and DDP ranks) build the same data.root at once: all succeed, one complete set
+    remains."""
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(3)
     workers = [
@@ -471,8 +471,7 @@ def test_make_synthetic_cli(tmp_path, capsys):
         1,
     ]
     capsys.readouterr()
-    assert (
-        tool.main(["--cfg", "data/synthetic_hard.yaml", "--root", str(tmp_path / "h")]) == 1
-    )  # other keys
+    # other keys
+    assert tool.main(["--cfg", "data/synthetic_hard.yaml", "--root", str(tmp_path / "h")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "num_train 2 -> 256, num_val 1 -> 128" in err

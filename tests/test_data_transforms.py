@@ -1,5 +1,6 @@
-"""Transforms keep boxes consistent with the image: flip twice = identity, resize scales boxes, training drops crowd
-boxes, a sample's augmentation is a pure function of its seed. Label noise is not a transform: test_label_noise.py."""
+"""Transforms keep boxes consistent with the image: flip twice = identity, resize scales boxes,
+training drops crowd boxes, a sample's augmentation is a pure function of its seed. Label noise is
+not a transform: test_label_noise.py."""
 
 import torch
 

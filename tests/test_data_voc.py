@@ -1,5 +1,5 @@
-"""PASCAL VOC loading on tiny VOCdevkit trees written here (real JPEGs, real XML): 1-based conversion, difficult,
-07+12 concatenation, bad XML, subsets, tools/make_subset.py."""
+"""PASCAL VOC loading on tiny VOCdevkit trees written here (real JPEGs, real XML): 1-based
+conversion, difficult, 07+12 concatenation, bad XML, subsets, tools/make_subset.py."""
 
 import importlib.util
 from pathlib import Path
@@ -21,8 +21,7 @@ def xml_text(width, height, objects):
     ]
     for name, (x1, y1, x2, y2), difficult in objects:
         parts.append(
-            f"<object><name>{name}</name><difficult>{int(difficult)}</difficult><bndbox><xmin>{x1}</xmin>"
-            f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+            f"<object><name>{name}</name><difficult>{int(difficult)}</difficult><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
         )
     return "".join(parts) + "</annotation>"
 
@@ -80,7 +79,8 @@ def test_voc_targets_one_based_conversion_and_difficult(tmp_path):
     image, target = ds[0]
     assert image.shape == (3, 40, 50) and image.dtype == torch.uint8
     assert target["image_id"] == 5
-    # detectron2's convention: (xmin - 1, ymin - 1, xmax, ymax); a full-image box covers exactly the image
+    # detectron2's convention: (xmin - 1, ymin - 1, xmax, ymax); a full-image box covers exactly the
+    # image
     torch.testing.assert_close(
         target["boxes"], torch.tensor([[0.0, 0.0, 50.0, 40.0], [10.0, 5.0, 20.0, 30.0]])
     )
@@ -144,7 +144,8 @@ def test_unknown_class_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("name", ["../../../outside", "/tmp/000005"])
 def test_image_set_names_cannot_leave_the_devkit(tmp_path, name):
-    """Image names from ImageSets must be VOC ids (digits and _), so none can point outside JPEGImages."""
+    """Image names from ImageSets must be VOC ids (digits and _), so none can point outside
+    JPEGImages."""
     devkit = write_voc(tmp_path)
     (devkit / "VOC2007" / "ImageSets" / "Main" / "trainval.txt").write_text(f"000005\n{name}\n")
     with pytest.raises(DatasetError, match=f"VOC image name {name!r} is not numeric"):
@@ -172,7 +173,8 @@ def test_voc_subsets_classes_keep_empty_and_names(tmp_path):
     )
     assert ds.classes == ["__background__", "person", "cat", "car"]
     assert ds.label_to_cat_id == {1: 15, 2: 8, 3: 7}
-    # 000005 keeps only the difficult cat (no non-crowd box) and 000009 is empty: both dropped for training
+    # 000005 keeps only the difficult cat (no non-crowd box) and 000009 is empty: both dropped for
+    # training
     assert [ds.get_image_info(i)["image_id"] for i in range(len(ds))] == [7, 2008000002]
     id_file = tmp_path / "ids.txt"
     id_file.write_text("2008_000002\n000005\n")
@@ -217,7 +219,8 @@ def test_make_subset_writes_a_voc_id_list(tmp_path):
 
 
 def test_voc07_subset_config_cuts_training_only(tmp_path):
-    """configs/data/voc07_subset.yaml: data.max_images selects training images; the test split is scored whole."""
+    """configs/data/voc07_subset.yaml: data.max_images selects training images; the test split is
+    scored whole."""
     write_voc(tmp_path)
     cfg = load_config(
         ["data/voc07_subset.yaml"],

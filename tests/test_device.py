@@ -1,11 +1,13 @@
-"""The device contract, checked on CPU: every tensor the model returns in training is on its inputs' device.
+"""The device contract, checked on CPU: every tensor the model returns in training is on its inputs'
+device.
 
-A CPU-only machine has one device, so a tensor built without ``device=`` cannot be told apart from one built on
-the inputs' device. Running the forward under ``torch.device("meta")`` makes the default device differ from the
-inputs' (CPU): any tensor our code creates without naming its device lands on ``meta`` and shows up here (this
-is how the GPU crash of a CPU-built ``beta`` stat beside CUDA tensors is caught without a GPU). torchvision's
-``MultiScaleRoIAlign`` builds its scales with the default device itself, so it runs outside the meta context.
-The CUDA suite (``-m cuda``) checks the same contract on a real GPU.
+A CPU-only machine has one device, so a tensor built without ``device=`` cannot be told apart from
+one built on the inputs' device. Running the forward under ``torch.device("meta")`` makes the
+default device differ from the inputs' (CPU): any tensor our code creates without naming its device
+lands on ``meta`` and shows up here (this is how the GPU crash of a CPU-built ``beta`` stat beside
+CUDA tensors is caught without a GPU). torchvision's ``MultiScaleRoIAlign`` builds its scales with
+the default device itself, so it runs outside the meta context. The CUDA suite (``-m cuda``) checks
+the same contract on a real GPU.
 """
 
 import pytest

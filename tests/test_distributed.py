@@ -1,4 +1,5 @@
-"""Joining torchrun's process group: a world of one under torchrun is still a process group; plain python is not."""
+"""Joining torchrun's process group: a world of one under torchrun is still a process group; plain
+python is not."""
 
 import signal
 import socket
@@ -43,7 +44,8 @@ def test_torchrun_with_one_process_joins_a_process_group(monkeypatch):
 
 
 def _ddp_ctrl_c_worker(rank: int, port: int, data_root: str, run_dir: str, out_dir: str) -> None:
-    """One rank of a 2-process gloo training in which only rank 0 receives Ctrl-C, during its 4th step."""
+    """One rank of a 2-process gloo training in which only rank 0 receives Ctrl-C, during its 4th
+    step."""
     import os
 
     from helpers import tiny_run_overrides
@@ -91,9 +93,10 @@ def _ddp_ctrl_c_worker(rank: int, port: int, data_root: str, run_dir: str, out_d
     Path(out_dir, f"rank{rank}.txt").write_text(outcome)
 
 
-def test_ctrl_c_on_one_rank_stops_every_rank_at_the_next_log_step(tmp_path):
-    """torchrun may deliver a signal to the ranks at different steps: they agree at the next log step, both stop
-    there, and rank 0 writes last.pth (the save gathers every rank's RNG state: a rank left behind would hang)."""
+def test_ctrl_c_on_one_rank_stops_every_rank_at_the_next_log_step(tmp_path, tiny_data):
+    """torchrun may deliver a signal to the ranks at different steps: they agree at the next log
+    step, both stop there, and rank 0 writes last.pth (the save gathers every rank's RNG state: a
+    rank left behind would hang)."""
     import torch.multiprocessing as mp
 
     from detector.engine.checkpoint import load_checkpoint
@@ -102,7 +105,7 @@ def test_ctrl_c_on_one_rank_stops_every_rank_at_the_next_log_step(tmp_path):
     out.mkdir()
     context = mp.spawn(
         _ddp_ctrl_c_worker,
-        args=(free_port(), str(tmp_path / "data"), str(run), str(out)),
+        args=(free_port(), str(tiny_data), str(run), str(out)),
         nprocs=2,
         join=False,
     )

@@ -1,6 +1,6 @@
-"""Beta schedules of Dynamic Smooth L1: hand-computed adaptive updates in both reference conventions (mmdetection's
-and the official code's), explicit curves (the beta each iteration trains with), state and the interval record.
-Two ranks in step: tests/test_dynamic_state.py."""
+"""Beta schedules of Dynamic Smooth L1: hand-computed adaptive updates in both reference conventions
+(mmdetection's and the official code's), explicit curves (the beta each iteration trains with),
+state and the interval record. Two ranks in step: tests/test_dynamic_state.py."""
 
 import math
 
@@ -16,7 +16,8 @@ NO_TARGETS = torch.zeros(0, 4)
 
 
 def targets(txty) -> torch.Tensor:
-    """[P,4] deltas with the given (tx, ty) and large tw, th (which the adaptive statistic must ignore)."""
+    """[P,4] deltas with the given (tx, ty) and large tw, th (which the adaptive statistic must
+    ignore)."""
     txty = torch.tensor(txty, dtype=torch.float32).view(-1, 2)
     return torch.cat((txty, torch.full_like(txty, 50.0)), dim=1)
 
@@ -32,8 +33,9 @@ def roi_box_loss(*overrides):
 
 
 def train(schedule, iterations) -> list[float]:
-    """The beta each iteration trains with, advancing the schedule as the trainer does: read ``.beta`` in the
-    forward, observe the iteration's targets, ``step`` after the optimizer step. ``iterations``: (targets, images)."""
+    """The beta each iteration trains with, advancing the schedule as the trainer does: read
+    ``.beta`` in the forward, observe the iteration's targets, ``step`` after the optimizer step.
+    ``iterations``: (targets, images)."""
     used = []
     for it, (deltas, num_images) in enumerate(iterations):
         used.append(schedule.beta)
@@ -44,9 +46,9 @@ def train(schedule, iterations) -> list[float]:
     return used
 
 
-# 15 iterations, interval 3, topk 1. Iteration 0: mean(|tx|,|ty|) = [0.3, 1.0, 0.1], k = min(1 * 2 images, 3) = 2
-# -> 0.3; iteration 1: no targets; iteration 2: k = min(2, 1) = 1 -> 0.4. Then an interval without targets, one of
-# zeros, one above the initial beta and one below min_beta.
+# 15 iterations, interval 3, topk 1. Iteration 0: mean(|tx|,|ty|) = [0.3, 1.0, 0.1], k = min(1 * 2
+# images, 3) = 2 -> 0.3; iteration 1: no targets; iteration 2: k = min(2, 1) = 1 -> 0.4. Then an
+# interval without targets, one of zeros, one above the initial beta and one below min_beta.
 HAND = (
     [
         (targets([[0.2, -0.4], [1.0, 1.0], [-0.1, 0.1]]), 2),
@@ -63,8 +65,9 @@ HAND = (
 def test_adaptive_mmdet_hand_computed():
     sched = AdaptiveBeta(initial_beta=1.0, topk=1, interval=3, min_beta=1e-3, statistic="mmdet")
     used = train(sched, HAND)
-    # np.median(0.3, 0.4) = 0.35 from iteration 3 (the interval that measured it trains with the old beta); an
-    # empty interval and a zero median keep it (mmdetection's guard); 3.0 is capped at the initial beta
+    # np.median(0.3, 0.4) = 0.35 from iteration 3 (the interval that measured it trains with the old
+    # beta); an empty interval and a zero median keep it (mmdetection's guard); 3.0 is capped at the
+    # initial beta
     assert used == pytest.approx([1.0] * 3 + [0.35] * 9 + [1.0] * 3)
     assert sched.beta == 1e-3  # 1e-5 is floored at min_beta
 
@@ -72,8 +75,8 @@ def test_adaptive_mmdet_hand_computed():
 def test_adaptive_official_hand_computed():
     sched = AdaptiveBeta(initial_beta=1.0, topk=1, interval=3, min_beta=1e-3, statistic="official")
     used = train(sched, HAND)
-    # sorted([0.3, 0.4])[2 // 2] = 0.4 (the upper median); an empty interval keeps it; a zero median is taken
-    # (the official code has no guard), floored at min_beta
+    # sorted([0.3, 0.4])[2 // 2] = 0.4 (the upper median); an empty interval keeps it; a zero median
+    # is taken (the official code has no guard), floored at min_beta
     assert used == pytest.approx([1.0] * 3 + [0.4] * 6 + [1e-3] * 3 + [1.0] * 3)
     assert sched.beta == 1e-3
 
@@ -94,40 +97,35 @@ def test_zero_share_is_the_share_of_zero_statistics_of_the_last_update():
 def test_median_of_an_even_record(statistic, expected):
     sched = AdaptiveBeta(initial_beta=2.0, topk=2, interval=4, statistic=statistic)
     values = (0.5, 0.1, 0.9, 0.3, 0.7)  # rows with |tx| = |ty| = value
-    # one image, 2..5 targets, k = min(2, P) = 2: the 2nd smallest of the first P -> [0.5, 0.5, 0.3, 0.3]
+    # one image, 2..5 targets, k = min(2, P) = 2: the 2nd smallest of the first P -> [0.5, 0.5, 0.3,
+    # 0.3]
     used = train(sched, [(targets([[v, -v] for v in values[: it + 2]]), 1) for it in range(4)])
     assert used == [2.0] * 4
-    assert sched.beta == pytest.approx(
-        expected
-    )  # mmdet: np.median, the mean of 0.3 and 0.5; official: sorted[2]
+    # mmdet: np.median, the mean of 0.3 and 0.5; official: sorted[2]
+    assert sched.beta == pytest.approx(expected)
 
 
 def test_observe_takes_the_kth_smallest_of_the_valid_targets():
     sched = AdaptiveBeta(topk=1)
-    deltas = targets(
-        [[0.4, -0.4], [0.1, 0.1], [0.9, -0.9], [0.0, 0.4], [0.05, 0.05]]
-    )  # 0.4 0.1 0.9 0.2 0.05
+    # 0.4 0.1 0.9 0.2 0.05
+    deltas = targets([[0.4, -0.4], [0.1, 0.1], [0.9, -0.9], [0.0, 0.4], [0.05, 0.05]])
     valid = torch.tensor([True, True, True, True, False])
     assert float(sched.observe(deltas, 2)) == pytest.approx(0.1)  # k = 2 of all five
-    assert float(sched.observe(deltas, torch.tensor(2), valid=valid)) == pytest.approx(
-        0.2
-    )  # 0.05 is padding
-    assert float(sched.observe(deltas, 10, valid=valid)) == pytest.approx(
-        0.9
-    )  # k = min(10, 4 valid)
+    # 0.05 is padding
+    assert float(sched.observe(deltas, torch.tensor(2), valid=valid)) == pytest.approx(0.2)
+    # k = min(10, 4 valid)
+    assert float(sched.observe(deltas, 10, valid=valid)) == pytest.approx(0.9)
     assert math.isnan(float(sched.observe(NO_TARGETS, 2)))
     assert math.isnan(float(sched.observe(deltas, 2, valid=torch.zeros(5, dtype=torch.bool))))
     before = sched.state_dict()
     sched.observe(deltas, 2)
-    assert sched.state_dict()["record"]["table"].equal(
-        before["record"]["table"]
-    )  # observing changes nothing
+    # observing changes nothing
+    assert sched.state_dict()["record"]["table"].equal(before["record"]["table"])
 
 
 def test_explicit_schedules_give_each_iteration_its_beta():
-    def beta_during(
-        schedule, iteration
-    ):  # what iteration trains with: the initial beta, or after step(i - 1)
+    # what iteration trains with: the initial beta, or after step(i - 1)
+    def beta_during(schedule, iteration):
         if iteration:
             schedule.step(iteration - 1)
         return schedule.beta
@@ -147,9 +145,8 @@ def test_explicit_schedules_give_each_iteration_its_beta():
     assert [beta_during(step, i) for i in (0, 49, 50, 79, 80)] == pytest.approx(
         [1.0, 1.0, 0.1, 0.1, 0.01]
     )
-    assert (
-        ScheduledBeta("step", start, end, total, milestones=[0], gamma=0.5).beta == 0.5
-    )  # applies from the start
+    # applies from the start
+    assert ScheduledBeta("step", start, end, total, milestones=[0], gamma=0.5).beta == 0.5
     floored = ScheduledBeta(
         "step", start, end, total, milestones=[50, 80], gamma=0.1, min_beta=0.05
     )
@@ -187,14 +184,14 @@ def test_build_beta_schedule_from_config():
     for kind in ("constant", "linear", "cosine", "exp"):
         sched = build_beta_schedule(roi_head(f"model.roi_head.box_loss.schedule.type={kind}"), 1000)
         assert isinstance(sched, ScheduledBeta) and sched.type == kind and sched.beta == 1.0
-        assert sched.step(999) == pytest.approx(
-            1.0 if kind == "constant" else 0.1
-        )  # the beta of iteration 1000
+        # the beta of iteration 1000
+        assert sched.step(999) == pytest.approx(1.0 if kind == "constant" else 0.1)
 
 
 def test_topk_scaled_to_the_sampled_roi_budget():
-    """Dynamic R-CNN's k = 10 per image is for 512 sampled RoIs; reference_rois=512 keeps that operating point
-    (the same quantile of the positives) at another budget: 10 * 128 / 512 = 2.5 per image, so 10 of 4 images."""
+    """Dynamic R-CNN's k = 10 per image is for 512 sampled RoIs; reference_rois=512 keeps that
+    operating point (the same quantile of the positives) at another budget: 10 * 128 / 512 = 2.5 per
+    image, so 10 of 4 images."""
     sched = build_beta_schedule(
         roi_head(
             "model.roi_head.batch_size_per_image=128",
@@ -204,16 +201,13 @@ def test_topk_scaled_to_the_sampled_roi_budget():
     )
     assert sched.topk == 2.5
     deltas = targets([[0.1 * i, 0.1 * i] for i in range(1, 31)])  # statistics 0.1 .. 3.0
-    assert float(sched.observe(deltas, 4)) == pytest.approx(
-        1.0
-    )  # k = round(2.5 * 4) = 10 -> the 10th smallest
-    assert float(sched.observe(deltas, 1)) == pytest.approx(
-        0.2
-    )  # k = round(2.5) = 2 (round half to even)
+    # k = round(2.5 * 4) = 10 -> the 10th smallest
+    assert float(sched.observe(deltas, 4)) == pytest.approx(1.0)
+    # k = round(2.5) = 2 (round half to even)
+    assert float(sched.observe(deltas, 1)) == pytest.approx(0.2)
     unscaled = build_beta_schedule(roi_head("model.roi_head.batch_size_per_image=128"), 100)
-    assert unscaled.topk == 10 and float(unscaled.observe(deltas, 4)) == pytest.approx(
-        3.0
-    )  # k = 30 of 30
+    # k = 30 of 30
+    assert unscaled.topk == 10 and float(unscaled.observe(deltas, 4)) == pytest.approx(3.0)
     with pytest.raises(ConfigError, match="reference_rois"):
         roi_head("model.roi_head.box_loss.schedule.reference_rois=0")
 
@@ -240,9 +234,8 @@ def test_adaptive_step_needs_a_statistic():
 
 def test_state_dict_round_trip():
     a, b = AdaptiveBeta(topk=1, interval=3), AdaptiveBeta(topk=1, interval=3)
-    train(
-        a, [(targets([[0.1 * (it + 1), 0.1 * (it + 1)]]), 1) for it in range(5)]
-    )  # updated after 2, 2 pending
+    # updated after 2, 2 pending
+    train(a, [(targets([[0.1 * (it + 1), 0.1 * (it + 1)]]), 1) for it in range(5)])
     state = a.state_dict()
     assert state["record"]["table"].device.type == "cpu"
     b.load_state_dict(state)

@@ -1,6 +1,7 @@
-"""Dynamic R-CNN's changing state (issues 13 and 15): the statistics of both reference conventions on hand-computed
-boxes, a forward pass that changes nothing, ``update_dynamic_state`` as the one place the state moves, checkpoints
-on the CPU, and two gloo ranks that stay in step while one of them runs extra forward passes."""
+"""Dynamic R-CNN's changing state (issues 13 and 15): the statistics of both reference conventions
+on hand-computed boxes, a forward pass that changes nothing, ``update_dynamic_state`` as the one
+place the state moves, checkpoints on the CPU, and two gloo ranks that stay in step while one of
+them runs extra forward passes."""
 
 import copy
 import math
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import tiny_model, two_images
+from helpers import make_roi_heads, tiny_model, two_images
 
 from detector.config import load_config
 from detector.losses import AdaptiveBeta, build_box_loss
@@ -26,17 +27,19 @@ DYNAMIC = [
 ]
 
 
-# ------------------------------------------------------------------------------------- the DLA statistic by hand
+# ------------------------------------------------------------------------ the DLA statistic by hand
 def _iou_case():
-    """3 images, 4 candidates, 2 GT slots: image 0 has 2 GT, image 1 one GT (and a padded candidate), image 2 none.
-    IoU with (GT 0, GT 1) per candidate; max and matches from match_boxes at threshold 0.5."""
+    """3 images, 4 candidates, 2 GT slots: image 0 has 2 GT, image 1 one GT (and a padded
+    candidate), image 2 none. IoU with (GT 0, GT 1) per candidate; max and matches from match_boxes
+    at threshold 0.5."""
+    # [3,4,2]
     iou = torch.tensor(
         [
             [[0.90, 0.10], [0.20, 0.70], [0.30, 0.35], [0.05, 0.45]],
             [[0.80, 0.00], [0.60, 0.00], [0.10, 0.00], [0.00, 0.00]],
             [[0.00, 0.00], [0.00, 0.00], [0.00, 0.00], [0.00, 0.00]],
         ]
-    )  # [3,4,2]
+    )
     gt_valid = torch.tensor([[True, True], [True, False], [False, False]])
     candidate_valid = torch.tensor(
         [[True] * 4, [True, True, True, False], [True, True, False, False]]
@@ -48,10 +51,11 @@ def _iou_case():
 @pytest.mark.parametrize(
     "topk,expected",
     [
+        # per image the 2nd largest best-GT IoU; no GT: mmdet's all-zero overlaps
         (
             2,
             (0.70 + 0.60 + 0.0) / 3,
-        ),  # per image the 2nd largest best-GT IoU; no GT: mmdet's all-zero overlaps
+        ),
         (4, (0.35 + 0.10 + 0.0) / 3),  # k = min(4, n): image 1 has 3 candidates, image 2 two
     ],
 )
@@ -63,14 +67,11 @@ def test_dla_mmdet_statistic_by_hand(topk, expected):
 @pytest.mark.parametrize(
     "topk,expected",
     [
-        (
-            2,
-            0.60,
-        ),  # k = 2 x 2 images with GT = 4 over [0.9, 0.7, 0.3, 0.05 | 0.8, 0.6, 0.1]: the 4th largest
-        (
-            3,
-            0.10,
-        ),  # k = 6: 0.1, not the 0.35 of the best GT, since a background candidate counts its IoU with GT 0
+        # k = 2 x 2 images with GT = 4 over [0.9, 0.7, 0.3, 0.05 | 0.8, 0.6, 0.1]: the 4th largest
+        (2, 0.60),
+        # k = 6: 0.1, not the 0.35 of the best GT, since a background candidate counts its IoU with
+        # GT 0
+        (3, 0.10),
         (9, 0.05),  # k capped at the 7 candidates of the images with GT
     ],
 )
@@ -85,9 +86,8 @@ def test_dla_threshold_is_the_mean_of_the_interval_floored():
         assigner.step(it, torch.tensor(v))
         for it, v in enumerate((0.7, math.nan, 0.6, 0.1, 0.2, 0.3))
     ]
-    assert steps == pytest.approx(
-        [0.5, 0.5, 0.65, 0.65, 0.65, 0.4]
-    )  # mean(0.7, 0.6); then mean 0.2 -> 0.4
+    # mean(0.7, 0.6); then mean 0.2 -> 0.4
+    assert steps == pytest.approx([0.5, 0.5, 0.65, 0.65, 0.65, 0.4])
     restored = DynamicLabelAssigner(initial_thresh=0.5, topk=2, interval=3, min_thresh=0.4)
     assigner.step(6, torch.tensor(0.9))
     restored.load_state_dict(assigner.state_dict())
@@ -107,31 +107,31 @@ def test_dla_starts_where_its_convention_does():
         ).model.roi_head
 
     assert build_label_assigner(load_config([]).model.roi_head) is None
-    assert (
-        build_label_assigner(roi()).thresh == 0.5
-    )  # mmdet: Faster R-CNN's assigner until the first update
+    # mmdet: Faster R-CNN's assigner until the first update
+    assert build_label_assigner(roi()).thresh == 0.5
     official = build_label_assigner(
         roi("model.roi_head.dynamic_label_assignment.statistic=official")
     )
     assert official.thresh == 0.4 and official.statistic == "official"  # WARMUP_IOU = min_thresh
 
 
-# ------------------------------------------------------------------------------ the beta statistic through the head
+# -------------------------------------------------------------- the beta statistic through the head
 GT = [10.0, 10.0, 30.0, 30.0]  # 20 x 20, centre (20, 20)
+# IoU 400/900: bg, concentric: tx = ty = 0 -> 0
 PROPOSALS = [
     [12.0, 10.0, 32.0, 30.0],  # IoU 360/440: fg; tx = 10 * (20 - 22) / 20 = -1, ty = 0 -> 0.5
     [10.0, 13.0, 30.0, 33.0],  # IoU 340/460: fg; ty = -1.5 -> 0.75
     [40.0, 40.0, 60.0, 60.0],  # IoU 0: bg; against GT 0 tx = ty = -15 -> 15
     [5.0, 5.0, 35.0, 35.0],
-]  # IoU 400/900: bg, concentric: tx = ty = 0 -> 0
-# with the GT box added as a proposal (0): official over all five, mmdet over the three sampled positives
+]
+# with the GT box added as a proposal (0): official over all five, mmdet over the three sampled
+# positives
 
 
 def _head(statistic: str, topk: int) -> RoIHeads:
     box_loss = build_box_loss({"name": "dynamic_smooth_l1", "beta": 1.0, "sigma": None})
-    return RoIHeads(
+    return make_roi_heads(
         4,
-        ["0"],
         num_classes=2,
         box_loss=box_loss,
         fc_dim=8,
@@ -163,11 +163,8 @@ def _head_forward(head: RoIHeads):
     [
         ("mmdet", 2, 0.5),  # positives [0.5, 0.75, 0 (GT)], k = min(2 x 1, 3) = 2
         ("mmdet", 1, 0.0),  # the GT box itself
-        (
-            "official",
-            2,
-            0.0,
-        ),  # all five [0.5, 0.75, 15, 0, 0]: the GT and the concentric background proposal
+        # all five [0.5, 0.75, 15, 0, 0]: the GT and the concentric background proposal
+        ("official", 2, 0.0),
         ("official", 3, 0.5),
         ("official", 5, 15.0),
     ],
@@ -176,7 +173,8 @@ def test_beta_statistic_by_hand(statistic, topk, expected):
     head = _head(statistic, topk)
     _, stats = _head_forward(head)
     assert float(stats["beta_statistic"]) == pytest.approx(expected, abs=1e-5)
-    # the IoU statistic: 2nd largest of [0.818, 0.739, 0, 0.444, 1 (GT)], one image, one GT: both conventions
+    # the IoU statistic: 2nd largest of [0.818, 0.739, 0, 0.444, 1 (GT)], one image, one GT: both
+    # conventions
     assert float(stats["iou_statistic"]) == pytest.approx(360 / 440)
     for it in range(2):
         assert float(stats["beta"]) == 1.0 and float(stats["iou_thresh"]) == 0.5
@@ -190,7 +188,7 @@ def test_beta_statistic_by_hand(statistic, topk, expected):
     assert head.label_assigner.thresh == pytest.approx(360 / 440)
 
 
-# ------------------------------------------------------------------------------------------- no hidden state
+# ---------------------------------------------------------------------------------- no hidden state
 def _state(model):
     return copy.deepcopy(model.roi_heads.get_extra_state())
 
@@ -219,9 +217,8 @@ def test_extra_forward_passes_change_no_state():
     assert float(extra["beta"]) == float(stats["beta"]) and float(extra["iou_thresh"]) == float(
         stats["iou_thresh"]
     )
-    model.update_dynamic_state(
-        1, stats
-    )  # the interval ends with the trainer's stats, not the extra forward's
+    # the interval ends with the trainer's stats, not the extra forward's
+    model.update_dynamic_state(1, stats)
     first = before["beta_schedule"]["record"]["table"][0, 0]
     assert model.roi_heads.label_assigner.thresh == pytest.approx(
         max(
@@ -274,9 +271,10 @@ def test_state_checkpoints_on_the_cpu_and_resumes_mid_interval():
     assert straight.roi_heads.label_assigner.thresh == pytest.approx(0.7)  # mean(0.6, 0.7, 0.8)
 
 
-# --------------------------------------------------------------------------------------- two ranks stay in step
+# --------------------------------------------------------------------------- two ranks stay in step
 def _rank_data(rank: int):
-    """two_images with other boxes on rank 1, so that its statistics differ, and 40 jittered proposals per box."""
+    """two_images with other boxes on rank 1, so that its statistics differ, and 40 jittered
+    proposals per box."""
     images, targets = two_images()
     if rank:
         targets = [{**t, "boxes": t["boxes"] * 0.8 + 5} for t in targets]
@@ -317,9 +315,8 @@ def _ddp_worker(rank: int, init_file: str, results):
         for it in range(4):
             _, stats = model(images, targets, proposals=proposals)
             observed.append((float(stats["beta_statistic"]), float(stats["iou_statistic"])))
-            if (
-                rank == 0
-            ):  # only this rank runs extra forward passes: no collective may wait for them
+            # only this rank runs extra forward passes: no collective may wait for them
+            if rank == 0:
                 model(images, targets, proposals=proposals)
                 model.eval()
                 with torch.no_grad():
@@ -348,14 +345,11 @@ def test_two_ranks_stay_in_step_while_one_runs_extra_forwards(tmp_path):
             pytest.fail("the two ranks hung")
     (obs0, states0, calls0), (obs1, states1, calls1) = results[0], results[1]
     assert states0 == states1  # the same beta and threshold on both ranks after every iteration
-    assert (
-        calls0 == calls1 == 4
-    )  # one all_reduce per interval for beta and one for the threshold, none per step
+    # one all_reduce per interval for beta and one for the threshold, none per step
+    assert calls0 == calls1 == 4
     beta, thresh = 1.0, 0.5
-    for end in (
-        1,
-        3,
-    ):  # interval 2: each iteration's statistic averaged over the ranks, then median / mean
+    # interval 2: each iteration's statistic averaged over the ranks, then median / mean
+    for end in (1, 3):
         betas = [(obs0[i][0] + obs1[i][0]) / 2 for i in (end - 1, end)]
         ious = [(obs0[i][1] + obs1[i][1]) / 2 for i in (end - 1, end)]
         median = sum(betas) / 2

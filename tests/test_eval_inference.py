@@ -1,4 +1,5 @@
-"""inference_on_dataset: eval mode, original sizes passed, CPU results with image ids, max_images, DDP gathering."""
+"""inference_on_dataset: eval mode, original sizes passed, CPU results with image ids, max_images,
+DDP gathering."""
 
 import os
 
@@ -17,9 +18,8 @@ def test_runs_in_eval_mode_without_grad_and_restores_training():
     assert all(not c["training"] and not c["grad"] for c in model.calls)
     assert model.calls[0]["orig_sizes"] == [(17, 21), (18, 22)]
     assert [r["image_id"] for r in results] == [1, 2, 3]
-    assert torch.equal(
-        results[2]["boxes"], torch.tensor([[0.0, 0.0, 23.0, 19.0]])
-    )  # original pixels, xyxy
+    # original pixels, xyxy
+    assert torch.equal(results[2]["boxes"], torch.tensor([[0.0, 0.0, 23.0, 19.0]]))
     assert all(r["boxes"].device.type == "cpu" and r["labels"].tolist() == [1] for r in results)
     assert not results[0]["boxes"].requires_grad
 
@@ -51,13 +51,14 @@ def _ddp_worker(rank, world_size, init_file, out_dir):
 
 
 def test_distributed_results_are_gathered_and_deduplicated(tmp_path):
+    # CPU only: fork skips re-importing torch in the children
     mp.start_processes(
         _ddp_worker,
         args=(2, str(tmp_path / "init"), str(tmp_path)),
         nprocs=2,
         join=True,
         start_method="fork",
-    )  # CPU only: fork skips re-importing torch in the children
+    )
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert [r["image_id"] for r in rank0] == [1, 2, 3, 5] == [r["image_id"] for r in rank1]
     assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(rank0, rank1))

@@ -1,6 +1,6 @@
-"""tools/eval.py: --dets scores a COCO results file, --ckpt runs a model; the table is printed and nothing is written
-unless --out asks (a run's results are never replaced unasked); a checkpoint that does not fit the config is one
-line saying what differs."""
+"""tools/eval.py: --dets scores a COCO results file, --ckpt runs a model; the table is printed and
+nothing is written unless --out asks (a run's results are never replaced unasked); a checkpoint that
+does not fit the config is one line saying what differs."""
 
 import errno
 import importlib.util
@@ -16,6 +16,7 @@ import detector.data
 import detector.modeling
 from detector.config import load_config
 from detector.engine.checkpoint import CheckpointError, load_model_weights
+from detector.engine.runs import RUN_CONFIG_HEADER
 from detector.evaluation import detections_to_coco_results, evaluate
 
 EVAL_TOOL = Path(__file__).resolve().parent.parent / "tools" / "eval.py"
@@ -63,9 +64,10 @@ def synthetic_overrides(tmp_path_factory):
 
 
 def finished_run(root: Path, ds) -> Path:
-    """A training run's folder: config.yaml, eval/detections.json (perfect) and eval/metrics.json."""
+    """A training run's folder: its config.yaml, eval/detections.json (perfect) and
+    eval/metrics.json."""
     (root / "eval").mkdir(parents=True)
-    (root / "config.yaml").write_text("seed: 42\n")
+    (root / "config.yaml").write_text(RUN_CONFIG_HEADER + load_config([]).to_yaml())
     dets = perfect_detections(ds)
     (root / "eval" / "detections.json").write_text(json.dumps(detections_to_coco_results(ds, dets)))
     (root / "eval" / "metrics.json").write_text(
@@ -81,6 +83,8 @@ def test_readme_voc_rescoring_leaves_the_runs_metrics_untouched(
     before = {p.name: p.read_bytes() for p in (run / "eval").iterdir()}
     dets = run / "eval" / "detections.json"
     assert eval_tool.main(["--cfg", "base.yaml", "--dets", str(dets), "--metric", "voc"]) == 0
+    # the override form too: train.best_metric (AP, a training key) is not checked by evaluation
+    assert eval_tool.main(["--cfg", "base.yaml", "--dets", str(dets), "eval.metric=voc"]) == 0
     assert {p.name: p.read_bytes() for p in (run / "eval").iterdir()} == before
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "eval"]
     out = capsys.readouterr().out
@@ -196,8 +200,8 @@ def test_read_only_out_is_one_line(tmp_path, eval_tool, fake_val, capsys, monkey
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        f"error: {locked}: Permission denied; choose a path you can write to (output_dir, data.root or "
-        f"--out)"
+        f"error: {locked}: Permission denied; choose a path you can write to "
+        "(output_dir, data.root or --out)"
     ]
     assert list(locked.iterdir()) == []
 
@@ -249,7 +253,8 @@ def test_bad_config_override_exits_2(eval_tool, capsys, tmp_path):
 
 
 def test_dets_scores_the_eval_max_images_prefix_as_the_trainer_did(tmp_path, eval_tool, fake_val):
-    """A run evaluated with eval.max_images=3 has detections for 3 images; rescoring counts only those 3."""
+    """A run evaluated with eval.max_images=3 has detections for 3 images; rescoring counts only
+    those 3."""
     dets = perfect_detections(fake_val)[:3]
     dets_file = tmp_path / "detections.json"
     dets_file.write_text(json.dumps(detections_to_coco_results(fake_val, dets)))
@@ -258,9 +263,8 @@ def test_dets_scores_the_eval_max_images_prefix_as_the_trainer_did(tmp_path, eva
     prefix = json.loads((tmp_path / "prefix" / "metrics.json").read_text())
     assert prefix["AP"] == pytest.approx(1.0, abs=1e-12) and prefix["mAP_voc"] == 1.0
     assert eval_tool.main([*args, "--out", str(tmp_path / "all")]) == 0
-    assert (
-        json.loads((tmp_path / "all" / "metrics.json").read_text())["mAP_voc"] < 1.0
-    )  # 3 images' GT missed
+    # 3 images' GT missed
+    assert json.loads((tmp_path / "all" / "metrics.json").read_text())["mAP_voc"] < 1.0
 
 
 def test_ckpt_writes_nothing_into_the_run_and_out_gets_both_files(
@@ -318,15 +322,17 @@ def test_ckpt_writes_nothing_into_the_run_and_out_gets_both_files(
     )
     results = json.loads((out_dir / "detections.json").read_text())
     assert len(results) == len(image_ids) and {r["category_id"] for r in results} == {11}
+    # loaded weight 0.5
     assert results[0]["bbox"][2:] == [
         0.5 * (20 + image_ids[0]),
         0.5 * (16 + image_ids[0]),
-    ]  # loaded weight 0.5
+    ]
     assert set(json.loads((out_dir / "metrics.json").read_text())) >= {
         "AP",
         "AP_per_iou",
         "per_class",
     }
+    # a second evaluation into the same --out is refused
     assert (
         eval_tool.main(
             [
@@ -340,7 +346,7 @@ def test_ckpt_writes_nothing_into_the_run_and_out_gets_both_files(
             ]
         )
         == 2
-    )  # a second evaluation into the same --out is refused
+    )
     assert (
         f"--out {out_dir} already holds detections.json and metrics.json" in capsys.readouterr().err
     )
@@ -388,7 +394,8 @@ def save_run_checkpoint(run: Path, cfg, num_classes: int) -> Path:
 
 
 def test_ckpt_with_a_real_model_on_synthetic_data(tmp_path, eval_tool, synthetic_overrides):
-    """End to end: build_dataloader + build_detector + load_model_weights + inference + both metric families."""
+    """End to end: build_dataloader + build_detector + load_model_weights + inference + both metric
+    families."""
     cfg = load_config([], synthetic_overrides)
     dataset = detector.data.build_dataset(cfg, "val", transforms=False)
     checkpoint = save_run_checkpoint(tmp_path / "run", cfg, len(dataset.classes) - 1)
@@ -440,8 +447,8 @@ def test_ckpt_of_another_backbone_is_one_line_naming_the_key_and_the_config(
     assert code == 1 and len(err) == 1, err  # a checkpoint of another model: a file error
     assert err[0] == (
         f"error: {checkpoint} does not fit the model built from the config: model.backbone.name is "
-        f"resnet18 in the checkpoint but resnet34 in the config; use the config it was trained with: "
-        f"--cfg {tmp_path / 'runs' / 'r18' / 'config.yaml'}"
+        "resnet18 in the checkpoint but resnet34 in the config; use the config it was trained "
+        f"with: --cfg {tmp_path / 'runs' / 'r18' / 'config.yaml'}"
     )
 
 
@@ -455,9 +462,8 @@ def test_ckpt_of_another_class_count_says_both_counts(tmp_path, synthetic_overri
         r"foreground classes but the config's dataset has 3; use the config",
     ):
         load_model_weights(model, checkpoint, cfg.to_dict())
-    torch.save(
-        {"model": torch.load(checkpoint)["model"]}, tmp_path / "bare.pth"
-    )  # no stored config, no run
+    # no stored config, no run
+    torch.save({"model": torch.load(checkpoint)["model"]}, tmp_path / "bare.pth")
     with pytest.raises(
         CheckpointError,
         match=r"bare.pth does not fit .*: the checkpoint has 2 foreground classes "

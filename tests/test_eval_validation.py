@@ -1,4 +1,5 @@
-"""Bad detections (per-image dicts or a COCO results file) are rejected with the first offending entry named."""
+"""Bad detections (per-image dicts or a COCO results file) are rejected with the first offending
+entry named."""
 
 import json
 import math
@@ -87,9 +88,8 @@ def test_good_results_file_loads_and_scores(tmp_path, ds):
     loaded = load_coco_results(path, ds)
     metrics = evaluate_coco_results(ds, loaded, metric="both")
     assert metrics["AP"] == pytest.approx(1.0, abs=1e-12) and metrics["mAP_voc"] == 1.0
-    assert (
-        loaded == results
-    )  # pycocotools' loadRes adds keys to the dicts it gets: ours must stay untouched
+    # pycocotools' loadRes adds keys to the dicts it gets: ours must stay untouched
+    assert loaded == results
 
 
 def per_image(image_id=7, boxes=((10.0, 20.0, 40.0, 60.0),), labels=(2,), scores=(0.9,)):

@@ -1,4 +1,5 @@
-"""PASCAL VOC AP: hand-computed 11-point and area values, difficult objects, and a devkit re-implementation."""
+"""PASCAL VOC AP: hand-computed 11-point and area values, difficult objects, and a devkit
+re-implementation."""
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ def det(image_id, rows):
 
 
 def reference_voc_eval(dataset, detections, label, ovthresh=0.5, use_07_metric=False):
-    """py-faster-rcnn's lib/datasets/voc_eval.py (voc_eval + voc_ap), transcribed; only the +1 in the IoU is gone."""
+    """py-faster-rcnn's lib/datasets/voc_eval.py (voc_eval + voc_ap), transcribed; only the +1 in
+    the IoU is gone."""
     class_recs, npos = {}, 0
     for i in range(len(dataset)):
         target = dataset.get_target(i)
@@ -127,16 +129,14 @@ def test_false_positive_at_known_rank():
         "ap": pytest.approx(5 / 6, abs=1e-12),
         "num_gt": 3,
     }
-    assert metrics["per_class_voc"]["dog"] == {
-        "ap07": -1.0,
-        "ap": -1.0,
-        "num_gt": 0,
-    }  # no GT: undefined
+    # no GT: undefined
+    assert metrics["per_class_voc"]["dog"] == {"ap07": -1.0, "ap": -1.0, "num_gt": 0}
     assert metrics["mAP_voc"] == pytest.approx(5 / 6, abs=1e-12)  # mean over classes with GT only
 
 
 def test_duplicate_detection_counts_as_false_positive():
-    """GT A, B; ranked A, A again, B -> TP, FP, TP: area 1/2 + 1/2 * 2/3 = 5/6; 11-point (6 + 5 * 2/3) / 11."""
+    """GT A, B; ranked A, A again, B -> TP, FP, TP: area 1/2 + 1/2 * 2/3 = 5/6; 11-point (6 + 5 *
+    2/3) / 11."""
     ds = FakeDataset([(1, [(0, 0, 20, 20, 1, False), (40, 40, 60, 60, 1, False)])])
     dets = [det(1, [(0, 0, 20, 20, 1, 0.9), (1, 1, 21, 21, 1, 0.8), (40, 40, 60, 60, 1, 0.7)])]
     ap = voc(ds, dets)["per_class_voc"]["cat"]
@@ -145,7 +145,8 @@ def test_duplicate_detection_counts_as_false_positive():
 
 
 def test_difficult_object_is_ignored():
-    """A detection on a difficult object is neither TP nor FP, and the difficult object is never a miss."""
+    """A detection on a difficult object is neither TP nor FP, and the difficult object is never a
+    miss."""
     ds = FakeDataset([(1, [(0, 0, 20, 20, 1, False), (40, 40, 60, 60, 1, True)])])
     on_difficult = [det(1, [(40, 40, 60, 60, 1, 0.9), (0, 0, 20, 20, 1, 0.8)])]
     assert voc(ds, on_difficult)["per_class_voc"]["cat"] == {
@@ -164,9 +165,8 @@ def test_iou_threshold_is_strict_and_without_plus_one():
     ds = FakeDataset([(1, [(0, 0, 20, 10, 1, False)])])
     half = [det(1, [(0, 0, 10, 10, 1, 0.9)])]  # IoU = 100 / 200 = 0.5 exactly
     assert voc(ds, half)["mAP_voc"] == 0.0
-    above = [
-        det(1, [(0, 0, 10.5, 10, 1, 0.9)])
-    ]  # IoU = 105 / 200; with the devkit's +1 it would be 0.4978
+    # IoU = 105 / 200; with the devkit's +1 it would be 0.4978
+    above = [det(1, [(0, 0, 10.5, 10, 1, 0.9)])]
     assert voc(ds, above)["mAP_voc"] == 1.0
 
 

@@ -1,5 +1,6 @@
-"""Installation: a non-editable install (a wheel) ships the configs and finds them from any working directory;
-setup.cfg lists every package; the tools run on the installed package, without editing sys.path."""
+"""Installation: a non-editable install (a wheel) ships the configs and finds them from any working
+directory; setup.cfg lists every package; the tools run on the installed package, without editing
+sys.path."""
 
 import configparser
 import importlib.util
@@ -69,8 +70,9 @@ def test_a_wheel_install_finds_its_configs_from_another_directory(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     probe = (
-        "import detector, detector.config as c; cfg = c.load_config(['smoothl1.yaml', 'data/coco_tiny.yaml']); "
-        "print(detector.__file__); print(c.CONFIG_DIR); print(cfg.model.roi_head.box_loss.name, cfg.data.format)"
+        "import detector, detector.config as c; cfg = c.load_config(['smoothl1.yaml', "
+        "'data/coco_tiny.yaml']); print(detector.__file__); print(c.CONFIG_DIR); "
+        "print(cfg.model.roi_head.box_loss.name, cfg.data.format)"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(

@@ -15,7 +15,8 @@ from detector.data.base import ImageRecord, corrupt_records
 
 
 def make_records(num_images=60, per_image=40, size=1000):
-    """Images of ``size`` px with 20 x 10 boxes well inside (no clipping), the last box of each image a crowd box."""
+    """Images of ``size`` px with 20 x 10 boxes well inside (no clipping), the last box of each
+    image a crowd box."""
     rng = np.random.default_rng(0)
     records = []
     for image_id in range(num_images):
@@ -67,9 +68,8 @@ def test_outliers_move_or_resize_beyond_the_box_size():
     assert 0.45 < moved.mean() < 0.55
     a, b = stacked(clean)[moved], stacked(noisy)[moved]
     wh, new_wh = a[:, 2:] - a[:, :2], b[:, 2:] - b[:, :2]
-    step = np.hypot(
-        *(((b[:, :2] + b[:, 2:]) - (a[:, :2] + a[:, 2:])) / 2 / wh).T
-    )  # centre shift in box sizes
+    # centre shift in box sizes
+    step = np.hypot(*(((b[:, :2] + b[:, 2:]) - (a[:, :2] + a[:, 2:])) / 2 / wh).T)
     ratio = new_wh / wh
     shifted = step >= 1 - 1e-3
     resized = ((ratio <= 0.5 + 1e-3) | (ratio >= 2 - 1e-3)).all(axis=1)
@@ -79,12 +79,13 @@ def test_outliers_move_or_resize_beyond_the_box_size():
 
 
 def test_outliers_stay_valid_at_the_image_border():
+    # 20 x 10 boxes with corners in [0, 40) of a 60 x 60 image
     small = [
         dataclasses.replace(
             r, height=60, width=60, boxes=r.boxes - np.tile(r.boxes[:, :2] // 40 * 40, 2)
         )
         for r in make_records(20, 10)
-    ]  # 20 x 10 boxes with corners in [0, 40) of a 60 x 60 image
+    ]
     noisy = stacked(corrupt_records(small, 1.0, "outlier"))
     assert (noisy[:, 2:] - noisy[:, :2] >= 1).all() and (noisy >= 0).all() and (noisy <= 60).all()
 
@@ -95,9 +96,8 @@ def test_same_corruption_every_call_per_image_and_nested_fractions():
         full = corrupt_records(clean, 0.3, kind, 0.2, seed=3)
         again = corrupt_records(clean, 0.3, kind, 0.2, seed=3)
         assert all(np.array_equal(a.boxes, b.boxes) for a, b in zip(full, again))
-        subset = corrupt_records(
-            clean[::3][::-1], 0.3, kind, 0.2, seed=3
-        )  # other images, another order
+        # other images, another order
+        subset = corrupt_records(clean[::3][::-1], 0.3, kind, 0.2, seed=3)
         assert all(np.array_equal(a.boxes, b.boxes) for a, b in zip(full[::3][::-1], subset))
         other_seed = corrupt_records(clean, 0.3, kind, 0.2, seed=4)
         assert not all(np.array_equal(a.boxes, b.boxes) for a, b in zip(full, other_seed))
@@ -150,18 +150,16 @@ def test_built_training_set_is_corrupted_once_the_same_for_every_run_seed(root):
     noise = ["data.label_noise=0.5", "data.label_noise_kind=outlier"]
     clean = build_dataset(small_cfg(root), "train", transforms=False)
     first = build_dataset(small_cfg(root, *noise, "seed=1"), "train", transforms=False)
-    second = build_dataset(
-        small_cfg(root, *noise, "seed=2"), "train", transforms=False
-    )  # another seed, or a resume
+    # another seed, or a resume
+    second = build_dataset(small_cfg(root, *noise, "seed=2"), "train", transforms=False)
     assert boxes_of(first) == boxes_of(second) != boxes_of(clean)
     reseeded = build_dataset(
         small_cfg(root, *noise, "data.label_noise_seed=1"), "train", transforms=False
     )
     assert boxes_of(reseeded) != boxes_of(first)
     cut = build_dataset(small_cfg(root, *noise, "data.max_images=5"), "train", transforms=False)
-    assert set(boxes_of(cut)) <= set(
-        boxes_of(first)
-    )  # a subset: each image corrupted as in the full set
+    # a subset: each image corrupted as in the full set
+    assert set(boxes_of(cut)) <= set(boxes_of(first))
     assert first.get_target(0)["boxes"].numpy().tobytes() == first.records[0].boxes.tobytes()
 
 

@@ -1,9 +1,9 @@
-"""The import layering of the package: tools -> engine/benchmark/ablation -> evaluation/modeling/data ->
+"""The import layering of the package: tools -> engine/ablation -> evaluation/modeling/data ->
 losses/boxes/config.
 
-A module may import modules of its own layer or of a lower one, never of a higher one, and the imports form no
-circle. Both checks read every import, at the top of a module and inside its functions alike: an import moved
-into a function still ties the two modules together.
+A module may import modules of its own layer or of a lower one, never of a higher one, and the
+imports form no circle. Both checks read every import, at the top of a module and inside its
+functions alike: an import moved into a function still ties the two modules together.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ LAYERS = {  # module prefix -> layer (higher imports lower)
     "detector.modeling": 1,
     "detector.evaluation": 1,
     "detector.engine": 2,
-    "detector.benchmark": 2,
     "detector.ablation": 2,
 }
 
@@ -42,8 +41,8 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path) -> set[str]:
-    """The detector modules ``path`` imports anywhere in it (relative imports resolved; ``from package import
-    module`` counts the package and the module)."""
+    """The detector modules ``path`` imports anywhere in it (relative imports resolved; ``from
+    package import module`` counts the package and the module)."""
     tree = ast.parse(path.read_text())
     package = (
         module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
@@ -72,8 +71,9 @@ def modules() -> dict[str, Path]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the modules it imports. An import of a package reaches its ``__init__``; a package's own modules
-    importing it are left out (the ``__init__`` runs first and is already importing them)."""
+    """Module -> the modules it imports. An import of a package reaches its ``__init__``; a
+    package's own modules importing it are left out (the ``__init__`` runs first and is already
+    importing them)."""
     mods = modules()
     return {
         name: {
@@ -125,7 +125,8 @@ def test_imports_form_no_circle():
 
 
 def test_the_checker_sees_a_violation_and_a_circle(tmp_path):
-    """Both checks can fail: a function-level import of a higher layer is found, and so is a circle."""
+    """Both checks can fail: a function-level import of a higher layer is found, and so is a
+    circle."""
     fake = tmp_path / "detector" / "boxes.py"
     (tmp_path / "detector" / "engine").mkdir(parents=True)
     (tmp_path / "detector" / "engine" / "trainer.py").write_text("")

@@ -1,4 +1,5 @@
-"""TwoStageDetector end to end on CPU: output contract, zero-GT images, every box loss, overfitting, state."""
+"""TwoStageDetector end to end on CPU: output contract, zero-GT images, every box loss, overfitting,
+state."""
 
 import io
 import math
@@ -8,7 +9,7 @@ import torch
 from helpers import TINY, empty_target, tiny_model, two_images
 
 from detector.boxes import box_iou
-from detector.config import load_config
+from detector.config import ConfigError, load_config
 from detector.losses import LOSSES
 from detector.modeling import build_detector
 
@@ -154,7 +155,8 @@ def _rectangles():
 
 
 def test_tiny_model_overfits_two_images():
-    """Random frozen trunk (GN), trainable FPN + RPN + RoI heads: the top detection snaps onto each rectangle."""
+    """Random frozen trunk (GN), trainable FPN + RPN + RoI heads: the top detection snaps onto each
+    rectangle."""
     model = tiny_model(
         "model.backbone.norm=gn", "model.backbone.freeze_at=5", num_classes=2
     ).train()
@@ -251,5 +253,5 @@ def test_num_classes_from_config_or_argument():
     assert tiny_model(num_classes=5).roi_heads.num_classes == 5
     with pytest.raises(ValueError, match="num_classes"):
         build_detector(load_config([], TINY))
-    with pytest.raises(ValueError, match="dataset has 4"):
+    with pytest.raises(ConfigError, match="dataset has 4"):
         build_detector(load_config([], TINY + ["model.num_classes=3"]), num_classes=4)

@@ -1,4 +1,5 @@
-"""tools/dump_proposals.py on a tiny synthetic dataset: JSON format, original-pixel boxes, model round trip."""
+"""tools/dump_proposals.py on a tiny synthetic dataset: JSON format, original-pixel boxes, model
+round trip."""
 
 import json
 import sys
@@ -54,9 +55,8 @@ def test_dump_proposals_writes_original_pixel_boxes(tmp_path):
         and (boxes[:, 3] <= 96 + 1e-3).all()
         and (boxes[:, :4] >= 0).all()
     )
-    assert (
-        float(boxes[:, 2].max()) > 64
-    )  # mapped back from the 64-pixel-high input to the 96x128 original
+    # mapped back from the 64-pixel-high input to the 96x128 original
+    assert float(boxes[:, 2].max()) > 64
     assert ((boxes[:, 4] >= 0) & (boxes[:, 4] <= 1)).all()
     first = next(iter(proposals.values()))
     assert [row[4] for row in first] == sorted((row[4] for row in first), reverse=True)
@@ -97,8 +97,8 @@ def test_dump_proposals_with_a_checkpoint_of_another_backbone_is_one_line(tmp_pa
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        f"error: {ckpt} does not fit the model built from the config: model.backbone.out_channels is 32 in "
-        f"the checkpoint but 64 in the config; use the config it was trained with (the checkpoint stores "
-        f"it under 'config')"
+        f"error: {ckpt} does not fit the model built from the config: model.backbone.out_channels "
+        "is 32 in the checkpoint but 64 in the config; use the config it was trained with (the "
+        "checkpoint stores it under 'config')"
     ]
     assert not out.exists()

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from helpers import make_backbone
 
 from detector.config import ConfigError, load_config
 from detector.engine import distributed as dist_utils
 from detector.engine.optim import build_lr, build_optimizer, scaled_lr
-from detector.modeling import build_backbone
 
 
 def test_linear_scaling_rule():
@@ -36,9 +36,9 @@ def test_the_optimizer_scales_with_the_world_size(monkeypatch):
 
 def test_syncbn_in_one_process_computes_what_bn_does():
     torch.manual_seed(0)
-    bn = build_backbone(name="resnet18", fpn=True, out_channels=16, norm="bn")
+    bn = make_backbone(name="resnet18", fpn=True, out_channels=16, norm="bn")
     torch.manual_seed(0)
-    sync = build_backbone(name="resnet18", fpn=True, out_channels=16, norm="syncbn")
+    sync = make_backbone(name="resnet18", fpn=True, out_channels=16, norm="syncbn")
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in sync.modules())
     x = torch.randn(2, 3, 64, 64)
     out_bn, out_sync = bn.train()(x), sync.train()(x)
@@ -47,7 +47,7 @@ def test_syncbn_in_one_process_computes_what_bn_does():
 
 
 def test_syncbn_stages_freeze_like_bn():
-    backbone = build_backbone(name="resnet18", fpn=False, norm="syncbn", freeze_at=2)
+    backbone = make_backbone(name="resnet18", fpn=False, norm="syncbn", freeze_at=2)
     body = backbone.body
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in body.layer1.modules())
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in body.layer2.modules())

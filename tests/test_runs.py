@@ -70,10 +70,15 @@ def test_overwrite_replaces_the_run_but_keeps_the_users_files(data_root, tmp_pat
     run = tmp_path / "run"
     trainer_mod.train(cfg_for(data_root, run), run)
     (run / "notes.txt").write_text("mine")
+    # beside the run's own files, in its folders
+    (run / "eval" / "plot.png").write_bytes(b"mine too")
+    (run / "checkpoints" / "README").write_text("kept")
     first_events = set(run.glob("events.out.tfevents.*"))
     trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 3}), run, overwrite=True)
     assert train_records(run) == [1, 2, 3]  # one run's records, not two appended
     assert (run / "notes.txt").read_text() == "mine"
+    assert (run / "eval" / "plot.png").read_bytes() == b"mine too"
+    assert (run / "checkpoints" / "README").read_text() == "kept"
     assert not first_events & set(run.glob("events.out.tfevents.*"))
     assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 3
 
@@ -437,12 +442,14 @@ def test_the_nonfinite_message_names_only_files_that_exist(data_root, tmp_path, 
         with pytest.raises(trainer_mod.NonFiniteLossError) as info:
             trainer_mod.train(cfg, run)
         message = str(info.value)
-        assert f"diagnostic checkpoint: {run / 'checkpoints' / 'nonfinite_iter2.pth'}" in message
+        # the third forward is iteration 3, as the log counts (from 1)
+        assert message.startswith("loss_box_reg is not finite at iteration 3 (")
+        assert f"diagnostic checkpoint: {run / 'checkpoints' / 'nonfinite_iter3.pth'}" in message
         assert (
             f"last good checkpoint: {run / 'checkpoints' / 'last.pth'}" in message
         ) is last_named
         assert ("no checkpoint was written before it" in message) is not last_named
-        assert (run / "checkpoints" / "nonfinite_iter2.pth").is_file()
+        assert (run / "checkpoints" / "nonfinite_iter3.pth").is_file()
         assert (run / "checkpoints" / "last.pth").is_file() is last_named
 
 

@@ -1,7 +1,8 @@
-"""Speed features, checked on CPU (issue 12): bucketed padding (few shapes, bottom/right only, the simulation is the
-real stream), cudnn.benchmark only where shapes are bucketed, torch.compile's fallback, the SGD implementations,
-the non-finite check without a per-step host read, no host reads in preprocessing, and honest data/step times.
-No speed is asserted here: tools/benchmark.py measures speed."""
+"""Speed features, checked on CPU (issue 12): bucketed padding (few shapes, bottom/right only, the
+simulation is the real stream), cudnn.benchmark only where shapes are bucketed, torch.compile's
+fallback, the SGD implementations, the non-finite check without a per-step host read, no host reads
+in preprocessing, and honest data/step times. No speed is asserted here: tools/benchmark.py measures
+speed."""
 
 import json
 from collections import Counter
@@ -12,7 +13,7 @@ import torch
 from helpers import poison_third_training_forward, tiny_model, tiny_run_overrides, two_images
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from detector.benchmark import padded_shapes
+from benchmarks.speed import padded_shapes
 from detector.config import load_config
 from detector.data import build_dataloader
 from detector.data.transforms import batch_padded_size, bucket_sides, build_pad_buckets
@@ -43,30 +44,23 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-# ------------------------------------------------------------------------------------------------ buckets
+# ------------------------------------------------------------------------------------------ buckets
 def test_bucket_sides_and_the_padded_size_of_a_batch():
     assert bucket_sides(800, 1333, 32, 0) == ()
     assert bucket_sides(800, 1333, 32, 1) == (1344,)  # one square canvas
     assert bucket_sides(800, 1333, 32, 2) == (800, 1344)
-    assert bucket_sides(800, 1333, 32, 3) == (
-        800,
-        1088,
-        1344,
-    )  # 800 + (1344 - 800) / 2 = 1072 -> 1088
+    # 800 + (1344 - 800) / 2 = 1072 -> 1088
+    assert bucket_sides(800, 1333, 32, 3) == (800, 1088, 1344)
     assert bucket_sides(288, 480, 32, 2) == (288, 480)
     buckets = (800, 1088, 1344)
     assert batch_padded_size([(800, 1067), (750, 1333)], 32) == (800, 1344)
     assert batch_padded_size([(800, 1067), (640, 853)], 32) == (800, 1088)
     assert batch_padded_size([(800, 1067), (640, 853)], 32, buckets) == (800, 1088)
-    assert batch_padded_size([(672, 896), (640, 853)], 32, buckets) == (
-        800,
-        1088,
-    )  # up to the smallest bucket
+    # up to the smallest bucket
+    assert batch_padded_size([(672, 896), (640, 853)], 32, buckets) == (800, 1088)
     assert batch_padded_size([(1067, 800), (800, 1100)], 32, buckets) == (1088, 1344)
-    assert batch_padded_size([(1500, 900)], 32, buckets) == (
-        1504,
-        1088,
-    )  # longer than every bucket: rounded only
+    # longer than every bucket: rounded only
+    assert batch_padded_size([(1500, 900)], 32, buckets) == (1504, 1088)
     cfg = load_config(["gpu.yaml"])
     assert build_pad_buckets(cfg) == buckets and build_pad_buckets(cfg, 0) == ()
 
@@ -81,9 +75,8 @@ def test_bucketed_padding_is_bottom_right_only_and_keeps_sizes_and_boxes():
     big, big_sizes = bucketed.preprocess(images)
     assert batch.shape[-2:] == (128, 160) and big.shape[-2:] == (192, 192)
     assert torch.equal(big[:, :, :128, :160], batch)  # the images sit at the top left, unchanged
-    assert (
-        not big[:, :, 128:].any() and not big[:, :, :, 160:].any()
-    )  # padding is 0 after normalisation
+    # padding is 0 after normalisation
+    assert not big[:, :, 128:].any() and not big[:, :, :, 160:].any()
     assert torch.equal(sizes, big_sizes) and sizes.tolist() == [[128.0, 160.0], [112.0, 144.0]]
     with torch.no_grad():
         detections = bucketed(images)
@@ -102,7 +95,8 @@ def test_bucketed_padding_is_bottom_right_only_and_keeps_sizes_and_boxes():
 
 
 def test_pad_buckets_off_leaves_preprocessing_unchanged():
-    """With data.input.pad_buckets=0 the batch is what it was before buckets existed (divisibility padding)."""
+    """With data.input.pad_buckets=0 the batch is what it was before buckets existed (divisibility
+    padding)."""
     images, _ = two_images()
     model = tiny_model()
     batch, _ = model.preprocess(images)
@@ -159,17 +153,16 @@ def test_a_gpu_yaml_run_on_coco_images_meets_at_most_8_padded_shapes(coco_tiny):
     assert train["batches"] == 1000 and train_on["pad_buckets"] == 3
     run_shapes = set(train_on["shape_counts"]) | set(val_on["shape_counts"])
     assert len(run_shapes) <= 8, run_shapes
-    assert (
-        len(set(train_off["shape_counts"]) | set(val_off["shape_counts"])) > 24
-    )  # what buckets fix
-    assert (
-        1.0 <= train_on["padded_over_unbucketed"] < 1.2
-    )  # the price: under 20% more backbone FLOPs
+    # what buckets fix
+    assert len(set(train_off["shape_counts"]) | set(val_off["shape_counts"])) > 24
+    # the price: under 20% more backbone FLOPs
+    assert 1.0 <= train_on["padded_over_unbucketed"] < 1.2
     assert sum(train_on["shape_counts"].values()) == 1000
 
 
 def test_the_shape_simulation_is_the_real_loader_and_model(coco_tiny):
-    """padded_shapes replays the transforms' decisions without decoding; the real loader + model agree."""
+    """padded_shapes replays the transforms' decisions without decoding; the real loader + model
+    agree."""
     cfg = _coco_gpu_cfg(coco_tiny, "data.loader.num_workers=0", "train.batch_size=2")
     simulated = padded_shapes(
         cfg, "train", num_batches=3, pad_buckets=(cfg.data.input.pad_buckets,)
@@ -186,7 +179,7 @@ def test_the_shape_simulation_is_the_real_loader_and_model(coco_tiny):
     assert dict(real) == simulated["rows"][0]["shape_counts"]
 
 
-# ------------------------------------------------------------------------------------------------ switches
+# ----------------------------------------------------------------------------------------- switches
 def _failing_compile(fn, *args, **kwargs):
     def compiled(*a, **k):
         raise RuntimeError(
@@ -235,13 +228,15 @@ def test_compile_refused_outright_also_falls_back(monkeypatch, capsys):
     assert "not supported on Python" in capsys.readouterr().err
 
 
-def test_a_training_run_with_compile_falls_back_and_finishes(tmp_path, monkeypatch, capsys):
+def test_a_training_run_with_compile_falls_back_and_finishes(
+    tmp_path, monkeypatch, capsys, tiny_data
+):
     monkeypatch.setattr(torch, "compile", _failing_compile)
     run = tmp_path / "run"
     cfg = load_config(
         ["smoothl1.yaml"],
         tiny_run_overrides(
-            tmp_path / "data",
+            tiny_data,
             run,
             **{"train.compile": "backbone", "train.num_vis_images": 0, "train.max_iters": 1},
         ),
@@ -280,7 +275,7 @@ def test_the_fused_or_foreach_sgd_update_is_the_plain_one():
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
-# ------------------------------------------------------------------------------------------------ host syncs
+# --------------------------------------------------------------------------------------- host syncs
 def test_the_nonfinite_check_reads_the_host_only_when_asked():
     watch = trainer_mod.LossWatch(distributed=False)
     losses = {"loss_cls": torch.tensor(0.5), "loss_box_reg": torch.tensor(0.25)}
@@ -294,17 +289,17 @@ def test_the_nonfinite_check_reads_the_host_only_when_asked():
 
 
 def test_nonfinite_check_at_log_steps_names_the_first_bad_iteration_and_keeps_last_good(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, tiny_data
 ):
-    """NaN at iteration 2 (the third step); checkpoints after 2 and 4 steps, log every 4: the losses are read
-    before each checkpoint write, so the run stops at the check after the 4th step and last.pth stays the one
-    written after 2 steps."""
+    """NaN at iteration 2 (the third step); checkpoints after 2 and 4 steps, log every 4: the losses
+    are read before each checkpoint write, so the run stops at the check after the 4th step and
+    last.pth stays the one written after 2 steps."""
     poison_third_training_forward(monkeypatch, trainer_mod)
     run = tmp_path / "run"
     cfg = load_config(
         ["smoothl1.yaml"],
         tiny_run_overrides(
-            tmp_path / "data",
+            tiny_data,
             run,
             **{
                 "train.max_iters": 8,
@@ -318,12 +313,11 @@ def test_nonfinite_check_at_log_steps_names_the_first_bad_iteration_and_keeps_la
         trainer_mod.train(cfg, run)
     message = str(info.value)
     assert (
-        "loss_box_reg is not finite at iteration 2 (" in message and "loss_box_reg=nan" in message
+        "loss_box_reg is not finite at iteration 3 (" in message and "loss_box_reg=nan" in message
     )
-    assert (
-        "found at the check after iteration 3" in message
-    )  # the 4th step (iterations count from 0)
-    assert (run / "checkpoints" / "nonfinite_iter2.pth").is_file()
+    # the 4th step (iterations count from 1, as in the log)
+    assert "found at the check after iteration 4" in message
+    assert (run / "checkpoints" / "nonfinite_iter3.pth").is_file()
     last = load_checkpoint(run / "checkpoints" / "last.pth")
     assert last["iteration"] == 2
 
@@ -335,10 +329,9 @@ def test_nonfinite_check_at_log_steps_names_the_first_bad_iteration_and_keeps_la
         )
 
     assert finite(last["model"])  # the last good checkpoint, written after a clean read
-    diagnostic = load_checkpoint(run / "checkpoints" / "nonfinite_iter2.pth")
-    assert diagnostic["iteration"] == 4 and not finite(
-        diagnostic["model"]
-    )  # the run went on to the check
+    diagnostic = load_checkpoint(run / "checkpoints" / "nonfinite_iter3.pth")
+    # the run went on to the check
+    assert diagnostic["iteration"] == 4 and not finite(diagnostic["model"])
     assert not [
         r
         for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
@@ -346,19 +339,11 @@ def test_nonfinite_check_at_log_steps_names_the_first_bad_iteration_and_keeps_la
     ]
 
 
-def test_data_and_step_time_add_up_to_the_wall_time_per_step(tmp_path):
+def test_data_and_step_time_add_up_to_the_wall_time_per_step(trained_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = tmp_path / "run"
-    cfg = load_config(
-        ["smoothl1.yaml"],
-        tiny_run_overrides(
-            tmp_path / "data",
-            run,
-            **{"train.max_iters": 4, "train.log_period": 2, "train.num_vis_images": 0},
-        ),
-    )
-    trainer_mod.train(cfg, run)
+    run, _ = trained_run
+    cfg = load_config([str(run / "config.yaml")])
     records = [
         r
         for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
@@ -367,7 +352,8 @@ def test_data_and_step_time_add_up_to_the_wall_time_per_step(tmp_path):
     assert [r["iter"] for r in records] == [2, 4]
     for r in records:
         assert r["data_time"] > 0 and r["step_time"] > 0
-        # images / (wall time per step) = images per step: the two times split the window's wall time
+        # images / (wall time per step) = images per step: the two times split the window's wall
+        # time
         assert (r["data_time"] + r["step_time"]) * r["images_per_s"] == pytest.approx(
             cfg.train.batch_size, rel=1e-6
         )

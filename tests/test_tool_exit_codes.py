@@ -1,7 +1,12 @@
-"""Every tool in tools/ takes the one error path (detector.errors.run_tool): a usage or config error exits 2, a data
-or file error exits 1, each with one ``error:`` line on stderr and no traceback. The table must name every tool."""
+"""Every tool in tools/ takes the one error path (detector.errors.run_tool): a usage or config error
+exits 2, a data or file error exits 1, each with one ``error:`` line on stderr and no traceback. The
+table must name every tool."""
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,8 +14,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = sorted(p.stem for p in (REPO / "tools").glob("*.py"))
 
-# tool -> (argv of a config or usage error that run_tool reports, argv of a data or file error); "{tmp}" is a
-# temporary folder holding a plain file "afile" (so "{tmp}/afile/x" cannot be made) and nothing else
+# tool -> (argv of a config or usage error that run_tool reports, argv of a data or file error);
+# "{tmp}" is a temporary folder holding a plain file "afile" (so "{tmp}/afile/x" cannot be made) and
+# nothing else
 CASES = {
     "ablate": (
         ["--cfgs", "smoothl1.yaml", "--report-only", "--force"],
@@ -20,10 +26,11 @@ CASES = {
         ["--data", "nosuch.key=1"],
         ["--data", "data.format=coco", "data.root={tmp}/nowhere"],
     ),
+    # fails making the folder, before any download
     "download_data": (
         ["voc2007", "--root", "{tmp}/d", "--remove-archives", "nosuch"],
         ["voc2007", "--root", "{tmp}/afile/x"],
-    ),  # fails making the folder, before any download
+    ),
     "dump_proposals": (
         [
             "--cfg",
@@ -116,3 +123,51 @@ def test_a_failed_download_is_one_line_naming_the_archive(tmp_path, capsys):
         and err[0].startswith("error: https://")
         and "VOCtrainval_11-May-2012.tar" in err[0]
     ), err
+
+
+def tiny_coco(root: Path, split: str = "s") -> Path:
+    """One 64 x 64 image with one box of one class, as
+    ``root/annotations/instances_<split>.json``."""
+    from PIL import Image
+
+    (root / split).mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(root / split / "1.jpg")
+    (root / "annotations").mkdir()
+    annotations = {
+        "images": [{"id": 1, "file_name": "1.jpg", "height": 64, "width": 64}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [8, 8, 32, 32], "area": 1024.0}
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(annotations))
+    return root
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.num_classes=5"], "model.num_classes=5 but the dataset has 1 classes"),
+        (["model.rpn.anchor_sizes=[32,64]"], "model.rpn.anchor_sizes has 2 sizes"),
+    ],
+)
+def test_a_config_mistake_found_by_the_model_is_one_line_exit_2(overrides, message, tmp_path):
+    """Through the real tool in its own process: the model's config mistakes are config errors
+    too."""
+    data = [
+        "data.format=coco",
+        f"data.root={tiny_coco(tmp_path / 'data')}",
+        "data.train_split=s",
+        "data.val_split=s",
+    ]
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "train.py"), *data, f"output_dir={run}", *overrides],
+        env={**os.environ, "PYTHONPATH": str(REPO), "DETECTOR_TRACEBACK": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert not (run / "config.yaml").exists()

@@ -1,6 +1,6 @@
-"""Training engine: every config trains a few iterations, the run folder is complete, resume after SIGKILL
-reaches the same weights, NaN losses stop cleanly, corrupt checkpoints fall back, bad configs fail early,
-and a 2-process gloo DDP run works."""
+"""Training engine: every config trains a few iterations, the run folder is complete, resume after
+SIGKILL reaches the same weights, NaN losses stop cleanly, corrupt checkpoints fall back, bad
+configs fail early, and a 2-process gloo DDP run works."""
 
 import json
 import os
@@ -23,15 +23,11 @@ from detector.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from detector.engine.logger import run_hparams
 from detector.engine.optim import lr_factor
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "tools" / "train.py"
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("synthetic")
 
 
 LEAF_CONFIGS = sorted(
@@ -69,18 +65,15 @@ def _train_main(argv):
         sys.path.pop(0)
 
 
-def test_run_folder_holds_everything(tiny_data, tmp_path, capsys):
-    run = tmp_path / "run"
-    extra = {"train.max_iters": 3, "train.eval_period": 2}
-    code = _train_main(["--cfg", "smoothl1.yaml", *tiny(tiny_data, run, **extra)])
-    assert code == 0
-    out = capsys.readouterr().out
+def test_run_folder_holds_everything(trained_run):
+    run, out = trained_run
     assert "AP50" in out and "run folder" in out
     assert (run / "config.yaml").is_file() and load_config(
         [str(run / "config.yaml")]
-    ).train.max_iters == 3
+    ).train.max_iters == 4
     kinds = [json.loads(line)["type"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert kinds.count("eval") == 2 and kinds.count("train") == 3
+    # 4 iterations logged every 2, evaluated at 2 and at the end
+    assert kinds.count("eval") == 2 and kinds.count("train") == 2
     assert list(run.glob("events.out.tfevents.*"))
     assert (run / "checkpoints" / "last.pth").is_file() and (
         run / "checkpoints" / "best.pth"
@@ -90,7 +83,7 @@ def test_run_folder_holds_everything(tiny_data, tmp_path, capsys):
     assert all({"image_id", "category_id", "bbox", "score"} <= set(d) for d in detections)
     assert {"AP", "AP50", "AP75", "AP90", "AP_per_iou", "per_class"} <= set(metrics)
     state = load_checkpoint(run / "checkpoints" / "last.pth")
-    assert state["iteration"] == 3 and {
+    assert state["iteration"] == 4 and {
         "model",
         "optimizer",
         "scheduler",
@@ -119,6 +112,20 @@ def test_run_folder_holds_everything(tiny_data, tmp_path, capsys):
         assert tag in tags["scalars"], tag
     assert any(t.startswith("hist/target_abs") for t in tags["histograms"])
     assert tags["images"]
+    # HParams record what applies: Smooth L1's beta, no beta schedule (the loss follows none)
+    hparams = b"".join(events.PluginTagToContent("hparams").values())
+    assert b"box_loss" in hparams and b"beta" in hparams and b"beta_schedule" not in hparams
+    errors = torch.load(run / "final_errors.pt")
+    assert errors["hist/pred_err"].shape[1] == 4
+
+
+def test_hparams_record_only_what_applies():
+    dynamic = run_hparams(load_config(["dynamic_smoothl1.yaml"]))
+    assert dynamic["beta_schedule"] == "adaptive" and dynamic["beta"] == 1.0
+    caffe = run_hparams(load_config(["smoothl1.yaml"], ["model.roi_head.box_loss.sigma=3"]))
+    assert "beta_schedule" not in caffe and caffe["beta"] == pytest.approx(1 / 9)
+    giou = run_hparams(load_config(["giou.yaml"]))
+    assert "beta" not in giou and "beta_schedule" not in giou and giou["box_loss"] == "giou"
 
 
 def test_bad_config_fails_before_anything_runs(tmp_path, capsys):
@@ -143,9 +150,14 @@ def _final_weights(run: Path) -> dict:
 
 
 def test_resume_after_sigkill_reaches_the_same_weights(tiny_data, tmp_path):
+    # killed after the first checkpoint (iteration 2 of 4): the resume must replay iterations 3-4
+    # with the data order, the RNG state and Dynamic R-CNN's state of an uninterrupted run (the
+    # update after iteration 3 averages statistics from before and after the kill)
     extra = {
-        "train.max_iters": 8,
+        "train.max_iters": 4,
         "train.checkpoint_period": 2,
+        "model.roi_head.box_loss.schedule.interval": 3,
+        "model.roi_head.dynamic_label_assignment.interval": 3,
         "train.num_vis_images": 0,
         "data.loader.num_workers": 1,
     }
@@ -172,7 +184,7 @@ def test_resume_after_sigkill_reaches_the_same_weights(tiny_data, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = load_checkpoint(killed / "checkpoints" / "last.pth")["iteration"]
-    assert 0 < saved < 8, "the run must be killed part-way for this test to mean anything"
+    assert 0 < saved < 4, "the run must be killed part-way for this test to mean anything"
 
     assert (
         _train_main(["--cfg", "dynamic_rcnn.yaml", "--resume", *tiny(tiny_data, killed, **extra)])
@@ -190,13 +202,12 @@ def test_nonfinite_loss_stops_with_a_diagnostic_checkpoint(tiny_data, tmp_path, 
     run = tmp_path / "run"
     cfg = load_config(["smoothl1.yaml"], tiny(tiny_data, run, **{"train.max_iters": 5}))
     with pytest.raises(
-        trainer_mod.NonFiniteLossError, match="loss_box_reg is not finite at iteration 2"
+        trainer_mod.NonFiniteLossError, match="loss_box_reg is not finite at iteration 3"
     ):
         trainer_mod.train(cfg, run)
-    assert (run / "checkpoints" / "nonfinite_iter2.pth").is_file()
-    assert (
-        load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 2
-    )  # the last good one, untouched
+    assert (run / "checkpoints" / "nonfinite_iter3.pth").is_file()
+    # the last good one, untouched
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["iteration"] == 2
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous(tmp_path):
@@ -269,7 +280,8 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
 
 
 def test_precomputed_proposals_train_and_evaluate(tiny_data, tmp_path):
-    """Classic Fast R-CNN: proposals from a JSON file (original pixels) move with the resized/flipped image."""
+    """Classic Fast R-CNN: proposals from a JSON file (original pixels) move with the
+    resized/flipped image."""
     from detector.data import build_dataset
 
     cfg = load_config([], tiny(tiny_data, tmp_path / "probe"))
@@ -306,7 +318,8 @@ def test_precomputed_proposals_train_and_evaluate(tiny_data, tmp_path):
 
 
 def test_bad_input_is_one_line_error_not_a_traceback(tmp_path, capsys):
-    """A missing dataset folder, a best_metric the evaluator does not compute: one clear line, exit code 1/2."""
+    """A missing dataset folder, a best_metric the evaluator does not compute: one clear line, exit
+    code 1/2."""
     code = _train_main(
         [
             "--cfg",

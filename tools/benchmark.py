@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Speed: ours against torchvision's Faster R-CNN (the default table: GPU scratch + finetune, batch 2 and 8, AMP
-off/on, 800x1067; a small one with --device cpu), or one of the modes below. Prints tables; --json writes every figure.
+"""Speed: ours against torchvision's Faster R-CNN (the default table: GPU scratch + finetune, batch
+2 and 8, AMP off/on, 800x1067; a small one with --device cpu), or one of the modes below. Prints
+tables; --json writes every figure.
 
-    python tools/benchmark.py --all --cfg smoothl1.yaml --cfg data/coco_tiny.yaml --cfg gpu.yaml --json bench.json
+    python tools/benchmark.py --all --cfg smoothl1.yaml --cfg data/coco_tiny.yaml --cfg gpu.yaml \
+        --json bench.json
 """
 
 import argparse
@@ -11,6 +13,9 @@ import sys
 from pathlib import Path
 
 from detector.errors import run_tool
+
+# the measurements live beside the package, in benchmarks/ (not installed with it)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 @run_tool
@@ -88,14 +93,13 @@ def main(argv=None) -> int:
     args = parser.parse_intermixed_args(argv)
     import torch
 
-    from detector import benchmark
+    from benchmarks import speed as benchmark
     from detector.config import load_config
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     small = device == "cpu"
-    warmup = (
-        3 if args.warmup is None else args.warmup
-    )  # of --profile and of --real's synthetic figure
+    # of --profile and of --real's synthetic figure
+    warmup = 3 if args.warmup is None else args.warmup
     report = {"device": device}
     if args.data:
         cfg = load_config(args.cfg, args.overrides)
@@ -146,8 +150,9 @@ def main(argv=None) -> int:
 
 
 def shapes(cfg, args) -> dict:
-    """--shapes: the padded shapes of ``--batches`` training and val batches for each ``pad_buckets`` value."""
-    from detector.benchmark import padded_shapes
+    """--shapes: the padded shapes of ``--batches`` training and val batches for each
+    ``pad_buckets`` value."""
+    from benchmarks.speed import padded_shapes
 
     buckets = tuple(args.buckets or sorted({0, cfg.data.input.pad_buckets}))
     out = {split: padded_shapes(cfg, split, args.batches, buckets) for split in ("train", "val")}
@@ -157,14 +162,16 @@ def shapes(cfg, args) -> dict:
             f"({' '.join(args.cfg)} {' '.join(args.overrides)})"
         )
         print(
-            "| pad_buckets | bucket sides | distinct shapes | padded / real pixels | vs unbucketed | most frequent |"
+            "| pad_buckets | bucket sides | distinct shapes | padded / real pixels | vs unbucketed "
+            "| most frequent |"
         )
         print("|---|---|---|---|---|---|")
         for row in out[split]["rows"]:
             common = ", ".join(f"{k} ({v})" for k, v in list(row["shape_counts"].items())[:4])
             print(
-                f"| {row['pad_buckets']} | {row['bucket_sides'] or '-'} | {row['distinct_shapes']} | "
-                f"{row['padded_over_real']:.3f} | {row['padded_over_unbucketed']:.3f} | {common} |"
+                f"| {row['pad_buckets']} | {row['bucket_sides'] or '-'} | {row['distinct_shapes']} "
+                f"| {row['padded_over_real']:.3f} | {row['padded_over_unbucketed']:.3f} "
+                f"| {common} |"
             )
     out["distinct_shapes_train_and_val"] = {
         t["pad_buckets"]: len(set(t["shape_counts"]) | set(v["shape_counts"]))

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Download PASCAL VOC / COCO 2017 with checksums: ``python tools/download_data.py voc2007 voc2012 [--root data]``
-into ``<root>/VOCdevkit/VOC{2007,2012}`` and ``<root>/coco`` (19 GB); verified archives are not fetched again."""
+"""Download PASCAL VOC / COCO 2017 with checksums: ``python tools/download_data.py voc2007 voc2012
+[--root data]`` into ``<root>/VOCdevkit/VOC{2007,2012}`` and ``<root>/coco`` (19 GB); verified
+archives are not fetched again."""
 
 import argparse
 import sys
@@ -13,7 +14,8 @@ from detector.errors import DetectorError, run_tool
 
 VOC_BASE = "https://thor.robots.ox.ac.uk/pascal/VOC"  # the mirror torchvision uses
 COCO_BASE = "http://images.cocodataset.org"
-# torchvision's download_and_extract_archive checks each MD5; name -> (sub-folder of root, [(url, md5), ...])
+# torchvision's download_and_extract_archive checks each MD5; name -> (sub-folder of root, [(url,
+# md5), ...])
 RESOURCES: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "voc2007": (
         "",

@@ -11,13 +11,13 @@ Every image of the split (never ``eval.max_images``) at the RPN's test settings,
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 from detector.config import ConfigError, load_config
+from detector.engine.outputs import check_output, write_output
 from detector.errors import run_tool
 
 
@@ -73,6 +73,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--out", type=Path, required=True, help="output JSON file")
     parser.add_argument(
+        "--overwrite", action="store_true", help="let --out replace a file that is there"
+    )
+    parser.add_argument(
         "--split", choices=("train", "val"), default="train", help="dataset split (default: train)"
     )
     parser.add_argument(
@@ -88,13 +91,15 @@ def main(argv=None) -> int:
     from detector.engine.runtime import select_device
 
     cfg = load_config(args.cfg, args.overrides)
+    inputs = [
+        args.ckpt,
+        *args.cfg,
+    ]  # before any work: the rule of every tool's output (docs/runs.md)
+    out = check_output(args.out, "--out", inputs, args.overwrite)
     proposals = dump_proposals(
         cfg, args.ckpt, args.split, select_device(cfg.train.device), args.trust_checkpoint
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(proposals))
-    os.replace(tmp, args.out)
+    write_output(out, json.dumps(proposals), args.overwrite)
     count = sum(len(v) for v in proposals.values())
     print(f"wrote {count} proposals of {len(proposals)} images ({args.split}) to {args.out}")
     return 0

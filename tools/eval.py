@@ -12,13 +12,12 @@ Exit codes: 0 done; 2 a bad config, option or ``--out`` folder; 1 a bad detectio
 """
 
 import argparse
-import errno
 import json
-import os
 import sys
 from pathlib import Path
 
 from detector.config import METRIC_NAMES, load_config
+from detector.engine.outputs import check_output_folder, write_output
 from detector.errors import DetectorError, run_tool
 from detector.evaluation import (
     dataset_image_ids,
@@ -27,11 +26,7 @@ from detector.evaluation import (
     format_metrics,
     load_coco_results,
 )
-
-OUTPUT_FILES = (
-    "detections.json",
-    "metrics.json",
-)  # what --out receives, in the order written (--dets: metrics)
+from detector.evaluation.results import EVAL_FILES  # what --out receives, in the order written
 
 
 @run_tool
@@ -75,16 +70,13 @@ def main(argv=None) -> int:
         build_dataset,
     )  # looked up at call time: the tests substitute the dataset
 
-    # --metric decides what is scored; train.best_metric (a training key) follows it so the config stays consistent
-    metric = (
-        [f"eval.metric={args.metric}", f"train.best_metric={METRIC_NAMES[args.metric][0]}"]
-        if args.metric
-        else []
-    )
+    # training keys such as train.best_metric are not checked here (config.check_training)
+    metric = [f"eval.metric={args.metric}"] if args.metric else []
     cfg = load_config(args.cfg, list(args.overrides) + metric)
-    files = OUTPUT_FILES if args.ckpt is not None else ("metrics.json",)
-    if args.out is not None:
-        check_out_dir(args.out, files, args.overwrite)
+    files = EVAL_FILES if args.ckpt is not None else EVAL_FILES[-1:]
+    if args.out is not None:  # before any work: the rule of every tool's output (docs/runs.md)
+        inputs = [args.dets, args.ckpt, *args.cfg]
+        out = check_output_folder(args.out, files, "--out", inputs, args.overwrite)
     try:
         if args.dets is not None:
             dataset = build_dataset(cfg, "val", transforms=False)
@@ -109,40 +101,11 @@ def main(argv=None) -> int:
     if args.out is None:
         print(f"\nnothing written; pass --out DIR to save {' and '.join(files)}")
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.ckpt is not None:
-        (args.out / "detections.json").write_text(json.dumps(results))
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_output(out / EVAL_FILES[0], json.dumps(results), args.overwrite)
+    write_output(out / EVAL_FILES[-1], json.dumps(metrics, indent=2) + "\n", args.overwrite)
     print(f"\nwrote {' and '.join(str(args.out / name) for name in files)}")
     return 0
-
-
-def check_out_dir(out: Path, files: tuple[str, ...], overwrite: bool) -> None:
-    """Before any work: a ``RunFolderError`` when ``out`` holds one of ``files`` or is a run's ``eval/`` (unless
-    ``overwrite``), an ``OSError`` naming the path when it cannot be written."""
-    from detector.engine.runs import RunFolderError, run_files
-
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        code = errno.EROFS if os.statvfs(existing).f_flag & os.ST_RDONLY else errno.EACCES
-        raise OSError(code, os.strerror(code), str(existing))
-    if overwrite:
-        return
-    present = [name for name in files if (out / name).exists()]
-    if present:
-        raise RunFolderError(
-            f"--out {out} already holds {' and '.join(present)} (a run's results or an earlier "
-            f"evaluation); pass another --out, or --overwrite to replace them"
-        )
-    if out.name == "eval" and run_files(out.parent):
-        raise RunFolderError(
-            f"--out {out} is the eval folder of the training run {out.parent}, whose metrics.json "
-            f"marks the run finished; pass another --out, or --overwrite to write there"
-        )
 
 
 def evaluate_checkpoint(cfg, checkpoint: Path, trust: bool = False) -> tuple[dict, list[dict]]:

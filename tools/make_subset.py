@@ -14,6 +14,7 @@ from detector.data.base import sanitize_records
 from detector.data.coco import load_coco_json, parse_coco
 from detector.data.subsets import subset_coco_json, subset_records
 from detector.data.voc import parse_voc
+from detector.engine.outputs import check_output, write_output
 from detector.errors import run_tool
 
 
@@ -39,6 +40,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the --fraction draw")
     parser.add_argument("--max-images", type=int, help="keep at most this many images")
     parser.add_argument("--out", required=True, help="output file (.json for coco, .txt for voc)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="let --out replace a file that is there"
+    )
     args = parser.parse_args(argv)
     if args.format == "coco" and not args.ann:
         parser.error("--format coco needs --ann")
@@ -46,6 +50,9 @@ def main(argv=None) -> int:
         parser.error("--format voc needs --root and --split")
     if args.fraction is not None and not 0 < args.fraction <= 1:
         parser.error("--fraction must be in (0, 1]")
+    # before any work: the rule of every tool's output (docs/runs.md); --ann a.json --out a.json is
+    # refused
+    out = check_output(args.out, "--out", [args.ann, args.image_ids_file], args.overwrite)
     if args.format == "coco":
         coco = load_coco_json(args.ann)
         records, classes, label_to_cat_id = parse_coco(coco, Path(args.ann).parent, args.ann)
@@ -63,21 +70,20 @@ def main(argv=None) -> int:
         max_images=args.max_images,
         source=args.ann or args.split,
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "coco":
         cat_ids = (
             [label_to_cat_id[label] for label in range(1, len(classes))] if args.classes else None
         )
         subset = subset_coco_json(coco.dataset, {r.image_id for r in records}, cat_ids)
-        out.write_text(json.dumps(subset))
+        write_output(out, json.dumps(subset), args.overwrite)
         print(
-            f"{out}: {len(subset['images'])} images, {len(subset['annotations'])} annotations, "
+            f"{args.out}: {len(subset['images'])} images, "
+            f"{len(subset['annotations'])} annotations, "
             f"{len(subset['categories'])} categories"
         )
     else:
-        out.write_text("".join(f"{Path(r.file_name).stem}\n" for r in records))
-        print(f"{out}: {len(records)} image ids")
+        write_output(out, "".join(f"{Path(r.file_name).stem}\n" for r in records), args.overwrite)
+        print(f"{args.out}: {len(records)} image ids")
     return 0
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Generate the synthetic dataset of the config's ``data.synthetic`` keys (``--cfg``, ``key=value``, then the flags)
-ahead of training, exactly as training would; a folder holding it is reused, other content refused (exit 1).
+"""Generate the synthetic dataset of the config's ``data.synthetic`` keys (``--cfg``, ``key=value``,
+then the flags) ahead of training, exactly as training would; a folder holding it is reused, other
+content refused (exit 1).
 
-    python tools/make_synthetic.py --cfg data/synthetic_hard.yaml    # the hard preset, in data/synthetic_hard
+    # the hard preset, in data/synthetic_hard
+    python tools/make_synthetic.py --cfg data/synthetic_hard.yaml
 """
 
 import argparse
@@ -13,14 +15,8 @@ from detector.config import load_config
 from detector.data.synthetic import SHAPES, ensure_synthetic
 from detector.errors import run_tool
 
-FLAGS = (
-    "num_train",
-    "num_val",
-    "image_size",
-    "num_classes",
-    "max_objects",
-    "seed",
-)  # shortcuts for data.synthetic.*
+# shortcuts for data.synthetic.*
+FLAGS = ("num_train", "num_val", "image_size", "num_classes", "max_objects", "seed")
 
 
 @run_tool
@@ -59,8 +55,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     root = ensure_synthetic(data.root, **data.synthetic.to_dict())
     print(
-        f"synthetic dataset ready in {root} ({data.synthetic.num_train}+{data.synthetic.num_val} images, "
-        f"{time.perf_counter() - start:.1f} s)"
+        f"synthetic dataset ready in {root} ({data.synthetic.num_train}+{data.synthetic.num_val} "
+        f"images, {time.perf_counter() - start:.1f} s)"
     )
     return 0
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Plot the box-regression losses and the beta schedules: ``python tools/plot_losses.py --out DIR``.
 
-Writes ``DIR/losses.png`` (value and derivative of L1, L2, Smooth L1 with beta = 1 and 1/9, and Balanced L1 over
-x = pred - target in [-3, 3]) and ``DIR/beta_schedules.png`` (beta over the iterations of each Dynamic Smooth L1
-schedule at the defaults of ``configs/base.yaml``; the adaptive one on simulated targets whose spread shrinks).
+Writes ``DIR/losses.png`` (value and derivative of L1, L2, Smooth L1 with beta = 1 and 1/9, and
+Balanced L1 over x = pred - target in [-3, 3]) and ``DIR/beta_schedules.png`` (beta over the
+iterations of each Dynamic Smooth L1 schedule at the defaults of ``configs/base.yaml``; the adaptive
+one on simulated targets whose spread shrinks).
 """
 
 import argparse
@@ -15,6 +16,7 @@ from matplotlib.figure import Figure
 
 from detector.ablation.plots import save_figure
 from detector.config import load_config
+from detector.engine.outputs import check_output_folder
 from detector.errors import run_tool
 from detector.losses import balanced_l1_loss, build_beta_schedule, l1_loss, l2_loss, smooth_l1_loss
 
@@ -26,6 +28,7 @@ CURVES = {
     "Balanced L1 (α=0.5, γ=1.5, β=1)": balanced_l1_loss,
 }
 SCHEDULES = ("constant", "step", "linear", "cosine", "exp")
+PLOTS = ("losses.png", "beta_schedules.png")  # what --out receives
 
 
 def plot_losses(path: Path) -> None:
@@ -55,14 +58,14 @@ def plot_losses(path: Path) -> None:
 def simulate_adaptive(
     roi_cfg, iters: int, num_images: int = 4, num_pos: int = 128, seed: int = 0
 ) -> list[float]:
-    """Adaptive beta over a run whose positives' (tx, ty) spread shrinks linearly from 1.0 to 0.25."""
+    """Adaptive beta over a run whose positives' (tx, ty) spread shrinks linearly from 1.0 to
+    0.25."""
     schedule = build_beta_schedule(roi_cfg, iters)
     g = torch.Generator().manual_seed(seed)
     betas = []
     for it in range(iters):
-        targets = torch.randn(num_pos, 4, generator=g) * (
-            1.0 - 0.75 * it / iters
-        )  # [P,4], spread 1 -> 0.25
+        # [P,4], spread 1 -> 0.25
+        targets = torch.randn(num_pos, 4, generator=g) * (1.0 - 0.75 * it / iters)
         betas.append(schedule.beta)
         schedule.step(it, schedule.observe(targets, num_images))
     return betas
@@ -110,11 +113,15 @@ def main(argv=None) -> int:
         default=load_config([]).train.max_iters,
         help="iterations on the beta-schedule plot (default: train.max_iters of base.yaml)",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="let --out replace plots that are there"
+    )
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot_losses(args.out / "losses.png")
-    plot_beta_schedules(args.out / "beta_schedules.png", args.iters)
-    print(f"wrote {args.out / 'losses.png'} and {args.out / 'beta_schedules.png'}")
+    out = check_output_folder(args.out, PLOTS, "--out", overwrite=args.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_losses(out / PLOTS[0])
+    plot_beta_schedules(out / PLOTS[1], args.iters)
+    print(f"wrote {out / PLOTS[0]} and {out / PLOTS[1]}")
     return 0
 
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""Train a detector: ``python tools/train.py --cfg smoothl1.yaml [--cfg data/coco_tiny.yaml] [key=value ...]``.
+"""Train a detector: ``python tools/train.py --cfg smoothl1.yaml [--cfg data/coco_tiny.yaml]
+[key=value ...]``.
 
-Configs layer in order, then ``key=value`` overrides. The run folder (``runs/<cfg names>`` unless ``output_dir``)
-holds ``config.yaml``, ``metrics.jsonl``, TensorBoard events, ``checkpoints/`` and ``eval/``; a folder that holds a
-run is never reused silently (docs/runs.md). Ctrl-C or SIGTERM writes ``last.pth``. Several GPUs: ``torchrun``.
+Configs layer in order, then ``key=value`` overrides. The run folder (``runs/<cfg names>`` unless
+``output_dir``) holds ``config.yaml``, ``metrics.jsonl``, TensorBoard events, ``checkpoints/`` and
+``eval/``; a folder that holds a run is never reused silently (docs/runs.md). Ctrl-C or SIGTERM
+writes ``last.pth``. Several GPUs: ``torchrun``.
 
-Exit codes: 0 done, 1 a data, weights, checkpoint or disk error or a non-finite loss, 2 a config, usage or
-run-folder error (one line each; DETECTOR_TRACEBACK=1 adds the traceback), 130 stopped by Ctrl-C/SIGTERM.
+Exit codes: 0 done, 1 a data, weights, checkpoint or disk error or a non-finite loss, 2 a config,
+usage or run-folder error (one line each; DETECTOR_TRACEBACK=1 adds the traceback), 130 stopped by
+Ctrl-C/SIGTERM.
 """
 
 import argparse
@@ -65,9 +68,8 @@ def main(argv=None) -> int:
             extend=args.extend,
             trust_checkpoint=args.trust_checkpoint,
         )
-        rank0 = (
-            distributed.is_main_process()
-        )  # asked before cleanup: after it every rank is "the main process"
+        # asked before cleanup: after it every rank is "the main process"
+        rank0 = distributed.is_main_process()
     finally:
         distributed.cleanup()
     if rank0:

@@ -1,17 +1,20 @@
-"""``build_dataset`` and ``build_dataloader``, the only readers of the config in ``detector.data``. Loaders yield
-``(images: list[uint8 [3,H,W]], targets: list[dict])``; see docs/architecture.md, section "Data"."""
+"""``build_dataset`` and ``build_dataloader``, the only readers of the config in ``detector.data``.
+Loaders yield ``(images: list[uint8 [3,H,W]], targets: list[dict])``; see docs/architecture.md,
+section "Data"."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
 from ..boxes import degenerate_box_mask
-from .base import DatasetError, DetectionDataset, corrupt_records, sanitize_records
+from ..config import check_choice
+from .base import DatasetError, DetectionDataset, ImageRecord, corrupt_records, sanitize_records
 from .coco import load_coco_json, parse_coco
 from .samplers import GroupedInfiniteBatchSampler, inference_indices
 from .subsets import subset_records
@@ -19,9 +22,36 @@ from .synthetic import ensure_synthetic
 from .transforms import build_transforms
 from .voc import parse_voc
 
-# split -> {subset_records argument: the data.* key that sets it}; what is absent keeps every image. data.classes
-# applies to both splits; the size subsets and keep_empty to training only, so a training subset is still scored on
-# the whole val split (it has its own val_* keys and keeps images without boxes: a detection there is a false positive)
+Parsed = tuple[list[ImageRecord], list[str], dict[int, int], str]
+
+
+def _parse_coco(data: Any, split: str) -> Parsed:
+    source = str(Path(data.root) / "annotations" / f"instances_{split}.json")
+    return *parse_coco(load_coco_json(source), Path(data.root) / split, source), source
+
+
+def _parse_synthetic(data: Any, split: str) -> Parsed:
+    # the keys are the generator's parameters; the set is written in COCO format
+    ensure_synthetic(data.root, **data.synthetic.to_dict())
+    return _parse_coco(data, split)
+
+
+def _parse_voc(data: Any, split: str) -> Parsed:
+    return *parse_voc(data.root, split), f"VOC {split} under {data.root}"
+
+
+# data.format -> parser(cfg.data, split name) -> (records, classes (index 0 background),
+# label -> category id, the source that errors name). A new format is its parser and one line here.
+FORMATS: dict[str, Callable[[Any, str], Parsed]] = {
+    "synthetic": _parse_synthetic,
+    "coco": _parse_coco,
+    "voc": _parse_voc,
+}
+
+# split -> {subset_records argument: the data.* key that sets it}; what is absent keeps every image.
+# data.classes applies to both splits; the size subsets and keep_empty to training only, so a
+# training subset is still scored on the whole val split (it has its own val_* keys and keeps images
+# without boxes: a detection there is a false positive)
 SUBSET_KEYS = {
     "train": {
         "keep_classes": "classes",
@@ -39,24 +69,14 @@ SUBSET_KEYS = {
 
 
 def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
-    """The ``split`` ("train" or "val") dataset of ``cfg.data``, subset and cleaned, with its transforms (or raw
-    targets when ``transforms=False``). A synthetic set is first generated under ``data.root`` when missing
-    (:func:`ensure_synthetic`); the training split then gets the fixed label noise of ``data.label_noise*``."""
+    """The ``split`` ("train" or "val") dataset of ``cfg.data``, parsed by ``FORMATS[data.format]``,
+    subset and cleaned, with its transforms (or raw targets when ``transforms=False``). The training
+    split then gets the fixed label noise of ``data.label_noise*``."""
     assert split in SUBSET_KEYS, split
     data = cfg.data
     split_name = data.train_split if split == "train" else data.val_split
-    if data.format == "synthetic":
-        ensure_synthetic(
-            data.root, **data.synthetic.to_dict()
-        )  # the keys are the generator's parameters
-    if data.format in ("synthetic", "coco"):
-        source = str(Path(data.root) / "annotations" / f"instances_{split_name}.json")
-        records, classes, label_to_cat_id = parse_coco(
-            load_coco_json(source), Path(data.root) / split_name, source
-        )
-    else:
-        source = f"VOC {split_name} under {data.root}"
-        records, classes, label_to_cat_id = parse_voc(data.root, split_name)
+    check_choice("data.format", data.format, FORMATS)
+    records, classes, label_to_cat_id, source = FORMATS[data.format](data, split_name)
     records = sanitize_records(records, source)
     subset = {argument: data[key] for argument, key in SUBSET_KEYS[split].items()}
     records, classes, label_to_cat_id = subset_records(
@@ -73,9 +93,8 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
         raise DatasetError(
             f"{source}: no {split} images left after the subset settings ({keys}); relax them"
         )
-    missing = [
-        r.path for r in records if not os.path.isfile(r.path)
-    ]  # a cheap check before any image is read
+    # a cheap check before any image is read
+    missing = [r.path for r in records if not os.path.isfile(r.path)]
     if missing:
         shown = ", ".join(missing[:5]) + (
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -84,9 +103,8 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
             f"{source}: {len(missing)} of {len(records)} image files are missing: {shown}; "
             f"check data.root and the split name, or download the images (data/README.md)"
         )
-    if (
-        split == "train" and data.label_noise > 0
-    ):  # a fixed corrupted set: the same for every seed and epoch
+    # a fixed corrupted set: the same for every seed and epoch
+    if split == "train" and data.label_noise > 0:
         records = corrupt_records(
             records,
             data.label_noise,
@@ -104,14 +122,15 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
         classes=classes,
         label_to_cat_id=label_to_cat_id,
         transforms=build_transforms(cfg, split) if transforms else None,
-        name=f"{Path(source).name if data.format != 'voc' else source} ({split})",
+        name=f"{Path(source).name if source.endswith('.json') else source} ({split})",
         proposals=proposals,
     )
 
 
 def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, torch.Tensor]:
-    """Precomputed proposals of ``tools/dump_proposals.py``: ``{"<image_id>": [[x1,y1,x2,y2(,score)], ...]}``
-    in original image pixels -> image id -> float32 [P,4]; every image of the split must have an entry."""
+    """Precomputed proposals of ``tools/dump_proposals.py``: ``{"<image_id>":
+    [[x1,y1,x2,y2(,score)], ...]}`` in original image pixels -> image id -> float32 [P,4]; every
+    image of the split must have an entry."""
     try:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -134,9 +153,8 @@ def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, tor
     for image_id in image_ids:
         entries = raw[str(image_id)]
         try:
-            boxes = torch.as_tensor(entries, dtype=torch.float32).reshape(
-                len(entries), -1
-            )  # [P,4] or [P,5]
+            # [P,4] or [P,5]
+            boxes = torch.as_tensor(entries, dtype=torch.float32).reshape(len(entries), -1)
         except (TypeError, ValueError, RuntimeError):
             boxes = torch.zeros(0, 3)
         if len(entries) and boxes.shape[1] not in (4, 5):
@@ -152,14 +170,16 @@ def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, tor
 def proposals_of(
     targets: list[dict], device: torch.device | None = None
 ) -> list[torch.Tensor] | None:
-    """The targets' precomputed proposals as the model's ``proposals`` argument (on ``device`` if given), or None."""
+    """The targets' precomputed proposals as the model's ``proposals`` argument (on ``device`` if
+    given), or None."""
     if not targets or "proposals" not in targets[0]:
         return None
     return [t["proposals"].to(device) if device is not None else t["proposals"] for t in targets]
 
 
 def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
-    """[(image, target), ...] -> (images, targets); no padding here (the model pads on the device)."""
+    """[(image, target), ...] -> (images, targets); no padding here (the model pads on the
+    device)."""
     images, targets = zip(*batch)
     return list(images), list(targets)
 
@@ -177,7 +197,8 @@ def make_dataloader(
     group_by_aspect_ratio: bool = True,
     pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """A loader over ``dataset``: infinite seeded grouped batches when ``train``, else this rank's ordered slice."""
+    """A loader over ``dataset``: infinite seeded grouped batches when ``train``, else this rank's
+    ordered slice."""
     if train:
         groups = (
             [int(r.width < r.height) for r in dataset.records]
@@ -198,7 +219,8 @@ def make_dataloader(
             batch_size=batch_size,
             drop_last=False,
         )
-    # The loader's own generator: a resumed run must not sample differently because the global RNG moved.
+    # The loader's own generator: a resumed run must not sample differently because the global RNG
+    # moved.
     generator = torch.Generator().manual_seed(seed * 1_000_003 + start_iter + rank)
     return torch.utils.data.DataLoader(
         dataset,
@@ -218,9 +240,10 @@ def build_dataloader(
     distributed: bool = False,
     dataset: DetectionDataset | None = None,
 ) -> torch.utils.data.DataLoader:
-    """The training loader (infinite, from batch ``start_iter`` of the ``cfg.seed`` stream) or the val loader (the
-    first ``eval.max_images`` images, as a new dataset; under ``distributed`` a disjoint slice per rank).
-    ``dataset``: the split's :func:`build_dataset`, when the caller already built it (it is not changed)."""
+    """The training loader (infinite, from batch ``start_iter`` of the ``cfg.seed`` stream) or the
+    val loader (the first ``eval.max_images`` images, as a new dataset; under ``distributed`` a
+    disjoint slice per rank). ``dataset``: the split's :func:`build_dataset`, when the caller
+    already built it (it is not changed)."""
     dataset = build_dataset(cfg, split) if dataset is None else dataset
     max_images = cfg.eval.max_images
     if split == "val" and max_images is not None:

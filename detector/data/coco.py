@@ -1,12 +1,14 @@
-"""COCO-format datasets (COCO 2017 and the generated synthetic set): ``root/annotations/instances_<split>.json``,
-images under ``root/<split>/``. Labels 1..K follow the sorted category ids (``label_to_cat_id`` maps back); xywh
-becomes xyxy in :func:`parse_coco` only. Crowd annotations are kept as ``iscrowd``; ``area`` is the annotation's."""
+"""COCO-format datasets (COCO 2017 and the generated synthetic set):
+``root/annotations/instances_<split>.json``, images under ``root/<split>/``. Labels 1..K follow the
+sorted category ids (``label_to_cat_id`` maps back); xywh becomes xyxy in :func:`parse_coco` only.
+Crowd annotations are kept as ``iscrowd``; ``area`` is the annotation's."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import math
 import numbers
 from pathlib import Path
 
@@ -23,9 +25,15 @@ def is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def is_finite(value: object) -> bool:
+    """A finite number (:func:`is_number`): JSON's NaN and Infinity are no sizes or coordinates."""
+    return is_number(value) and math.isfinite(value)
+
+
 def load_coco_json(ann_file: str | Path) -> COCO:
-    """The annotation file as a pycocotools ``COCO`` (its prints silenced), checked once for :func:`parse_coco`
-    (required fields, numeric fields, unique image ids): each error is one DatasetError line naming the entry."""
+    """The annotation file as a pycocotools ``COCO`` (its prints silenced), checked once for
+    :func:`parse_coco` (required fields, numeric fields, unique image ids): each error is one
+    DatasetError line naming the entry."""
     ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise DatasetError(
@@ -37,6 +45,11 @@ def load_coco_json(ann_file: str | Path) -> COCO:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(
             f"{ann_file}: not valid JSON ({exc}); re-download or regenerate the file"
+        ) from None
+    except RecursionError:
+        raise DatasetError(
+            f"{ann_file}: JSON nested too deeply to read (no COCO file nests beyond a few levels); "
+            f"re-download or regenerate the file"
         ) from None
     if not isinstance(data, dict):
         raise DatasetError(f"{ann_file}: expected a JSON object with images/annotations/categories")
@@ -61,7 +74,12 @@ def load_coco_json(ann_file: str | Path) -> COCO:
             ("bbox", "area", "iscrowd"),
         ),
     ):
-        for item in items:
+        for k, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise DatasetError(
+                    f"{ann_file}: entry {k} of the {where}s is a {type(item).__name__}, not a JSON "
+                    f"object; fix or remove that entry"
+                )
             missing = [f for f in fields if f not in item]
             if missing:
                 raise DatasetError(
@@ -71,14 +89,14 @@ def load_coco_json(ann_file: str | Path) -> COCO:
             for field in (f for f in numeric if f in item):
                 value = item[field]
                 if field == "bbox":
-                    ok = isinstance(value, list) and len(value) == 4 and all(map(is_number, value))
+                    ok = isinstance(value, list) and len(value) == 4 and all(map(is_finite, value))
                     want = "[x, y, w, h], 4 numbers"
                 else:
-                    ok, want = is_number(value), "a number"
+                    ok, want = is_finite(value), "a number"
                 if not ok:
                     raise DatasetError(
                         f"{ann_file}: {where} {item['id']} field {field!r} is {value!r}; expected "
-                        f"{want} (not text, null or true/false)"
+                        f"{want} (not text, null, true/false, NaN or Infinity)"
                     )
     first: dict[
         int | float, int
@@ -87,9 +105,9 @@ def load_coco_json(ann_file: str | Path) -> COCO:
         j = first.setdefault(image["id"], k)
         if j != k:
             raise DatasetError(
-                f"{ann_file}: image id {image['id']} is used twice in 'images': entry {j} (file_name "
-                f"{data['images'][j]['file_name']!r}) and entry {k} (file_name {image['file_name']!r}); "
-                f"give each image its own id or remove the copy"
+                f"{ann_file}: image id {image['id']} is used twice in 'images': entry {j} "
+                f"(file_name {data['images'][j]['file_name']!r}) and entry {k} (file_name "
+                f"{image['file_name']!r}); give each image its own id or remove the copy"
             )
     coco = COCO()
     coco.dataset = data
@@ -102,21 +120,22 @@ def parse_coco(
     coco: COCO, image_dir: str | Path, source: str
 ) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
     """Records (sorted by image id), class names (index 0 background) and label -> category id of a
-    :func:`load_coco_json` file; an unknown id or a file_name outside ``image_dir`` raises :class:`DatasetError`."""
+    :func:`load_coco_json` file; an unknown id or a file_name outside ``image_dir`` raises
+    :class:`DatasetError`."""
     cat_ids = sorted(coco.cats)
     cat_to_label = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
     classes = [BACKGROUND] + [coco.cats[c]["name"] for c in cat_ids]
     for ann in coco.dataset["annotations"]:
         if ann["category_id"] not in cat_to_label:
             raise DatasetError(
-                f"{source}: annotation {ann['id']} has category_id {ann['category_id']}, which is not "
-                f"in 'categories' (ids {cat_ids[:10]}{' ...' if len(cat_ids) > 10 else ''}); "
-                f"fix the annotation or add the category"
+                f"{source}: annotation {ann['id']} has category_id {ann['category_id']}, which is "
+                f"not in 'categories' (ids {cat_ids[:10]}{' ...' if len(cat_ids) > 10 else ''}); "
+                "fix the annotation or add the category"
             )
         if ann["image_id"] not in coco.imgs:
             raise DatasetError(
-                f"{source}: annotation {ann['id']} refers to image_id {ann['image_id']}, which is not "
-                f"in 'images'; remove the annotation or add the image"
+                f"{source}: annotation {ann['id']} refers to image_id {ann['image_id']}, which is "
+                "not in 'images'; remove the annotation or add the image"
             )
     records = []
     for image_id in sorted(coco.imgs):

@@ -1,5 +1,6 @@
-"""Batch samplers: training's infinite seeded stream of ``(index, sample_seed)`` batches, grouped by aspect ratio
-as detectron2's ``AspectRatioGroupedDataset``; evaluation's contiguous, ordered, disjoint slice per rank."""
+"""Batch samplers: training's infinite seeded stream of ``(index, sample_seed)`` batches, grouped by
+aspect ratio as detectron2's ``AspectRatioGroupedDataset``; evaluation's contiguous, ordered,
+disjoint slice per rank."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import torch
 
 
 class GroupedInfiniteBatchSampler(torch.utils.data.Sampler):
-    """Yields ``[(index, sample_seed), ...]`` lists of ``batch_size`` (per rank) forever; ``group_ids``: per index
-    its aspect-ratio group. Epoch ``e`` is a permutation and a sample seed per position drawn from ``(seed, e)``;
-    each rank takes every ``world_size``-th from ``rank`` on; ``start_iter=k`` skips k batches without loading data,
-    so a resumed run sees the batches of an uninterrupted one."""
+    """Yields ``[(index, sample_seed), ...]`` lists of ``batch_size`` (per rank) forever;
+    ``group_ids``: per index its aspect-ratio group. Epoch ``e`` is a permutation and a sample seed
+    per position drawn from ``(seed, e)``; each rank takes every ``world_size``-th from ``rank`` on;
+    ``start_iter=k`` skips k batches without loading data, so a resumed run sees the batches of an
+    uninterrupted one."""
 
     def __init__(
         self,
@@ -60,5 +62,6 @@ class GroupedInfiniteBatchSampler(torch.utils.data.Sampler):
 
 
 def inference_indices(num_images: int, rank: int = 0, world_size: int = 1) -> list[int]:
-    """Rank ``rank``'s contiguous slice of ``range(num_images)``; slices are disjoint and cover everything."""
+    """Rank ``rank``'s contiguous slice of ``range(num_images)``; slices are disjoint and cover
+    everything."""
     return torch.tensor_split(torch.arange(num_images), world_size)[rank].tolist()

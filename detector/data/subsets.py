@@ -1,4 +1,5 @@
-"""Subsets of a parsed dataset, for every format (``tools/make_subset.py`` writes what ``build_dataset`` selects)."""
+"""Subsets of a parsed dataset, for every format (``tools/make_subset.py`` writes what
+``build_dataset`` selects)."""
 
 from __future__ import annotations
 
@@ -57,10 +58,11 @@ def subset_records(
     source: str = "dataset",
     ids_source: str = "data.image_ids_file",
 ) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
-    """(records, classes, label_to_cat_id) after, in order: ``keep_classes`` (relabelled 1..K in that order),
-    ``keep_empty=False`` (drop images without a non-crowd box), ``image_ids_file`` (a COCO id or VOC name a line;
-    blank lines and ``#`` comments ignored), ``fraction`` (``round(fraction * n)``, at least 1, drawn with ``seed``,
-    order kept), ``max_images`` (the first ones). ``source`` and ``ids_source`` name file and setting in messages."""
+    """(records, classes, label_to_cat_id) after, in order: ``keep_classes`` (relabelled 1..K in
+    that order), ``keep_empty=False`` (drop images without a non-crowd box), ``image_ids_file`` (a
+    COCO id or VOC name a line; blank lines and ``#`` comments ignored), ``fraction``
+    (``round(fraction * n)``, at least 1, drawn with ``seed``, order kept), ``max_images`` (the
+    first ones). ``source`` and ``ids_source`` name file and setting in messages."""
     if image_ids_file and not Path(image_ids_file).is_file():
         raise DatasetError(f"{image_ids_file}: image id file ({ids_source}) not found")
     records, classes, label_to_cat_id = list(records), list(classes), dict(label_to_cat_id)
@@ -71,9 +73,15 @@ def subset_records(
     if not keep_empty:
         records = [r for r in records if (~r.iscrowd).any()]
     if image_ids_file:
-        wanted = {
-            line.split("#")[0].strip() for line in Path(image_ids_file).read_text().splitlines()
-        } - {""}
+        try:
+            lines = Path(image_ids_file).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise DatasetError(
+                f"{image_ids_file}: image id file ({ids_source}) is not UTF-8 text "
+                f"(byte {exc.start}); "
+                f"expected one image id or name a line"
+            ) from None
+        wanted = {line.split("#")[0].strip() for line in lines} - {""}
         kept = [r for r in records if str(r.image_id) in wanted or Path(r.file_name).stem in wanted]
         found = {str(r.image_id) for r in kept} | {Path(r.file_name).stem for r in kept}
         if not kept:
@@ -99,7 +107,8 @@ def subset_records(
 
 
 def subset_coco_json(data: dict, image_ids: set[int], cat_ids: Sequence[int] | None) -> dict:
-    """A COCO instances dict restricted to ``image_ids`` and (when given) ``cat_ids``, category ids unchanged."""
+    """A COCO instances dict restricted to ``image_ids`` and (when given) ``cat_ids``, category ids
+    unchanged."""
     keep_cats = set(cat_ids) if cat_ids is not None else {c["id"] for c in data["categories"]}
     return {
         **data,

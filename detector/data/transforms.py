@@ -1,6 +1,6 @@
-"""Detection transforms on ``(image uint8 [3,H,W], target)`` pairs; boxes (absolute xyxy) move with the image, every
-random choice draws from the ``torch.Generator`` passed in, and ``"orig_size"`` (H0, W0) is added. The padded batch
-size arithmetic (``data.input.pad_buckets``) lives here too."""
+"""Detection transforms on ``(image uint8 [3,H,W], target)`` pairs; boxes (absolute xyxy) move with
+the image, every random choice draws from the ``torch.Generator`` passed in, and ``"orig_size"``
+(H0, W0) is added. The padded batch size arithmetic (``data.input.pad_buckets``) lives here too."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from ..boxes import flip_boxes_horizontal, scale_boxes
 
 
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """(H', W') with the short side ``min_size``, unless that makes the long side exceed ``max_size`` (detectron2)."""
+    """(H', W') with the short side ``min_size``, unless that makes the long side exceed
+    ``max_size`` (detectron2)."""
     scale = min_size / min(height, width)
     if max(height, width) * scale > max_size:
         scale = max_size / max(height, width)
@@ -23,7 +24,8 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
 
 
 def padded_size(height: int, width: int, divisibility: int) -> tuple[int, int]:
-    """(H, W) rounded up to multiples of ``divisibility`` (the model pads batches to this on the device)."""
+    """(H, W) rounded up to multiples of ``divisibility`` (the model pads batches to this on the
+    device)."""
     return int(math.ceil(height / divisibility) * divisibility), int(
         math.ceil(width / divisibility) * divisibility
     )
@@ -32,8 +34,9 @@ def padded_size(height: int, width: int, divisibility: int) -> tuple[int, int]:
 def bucket_sides(
     max_short: int, max_long: int, divisibility: int, num_buckets: int
 ) -> tuple[int, ...]:
-    """``num_buckets`` multiples of ``divisibility`` evenly spaced from ``max_short`` to ``max_long`` (both rounded
-    up): the sides padded batches snap to (``data.input.pad_buckets``; () when 0), <= ``num_buckets ** 2`` shapes."""
+    """``num_buckets`` multiples of ``divisibility`` evenly spaced from ``max_short`` to
+    ``max_long`` (both rounded up): the sides padded batches snap to (``data.input.pad_buckets``; ()
+    when 0), <= ``num_buckets ** 2`` shapes."""
     if num_buckets <= 0:
         return ()
     low, high = padded_size(max_short, max_long, divisibility)
@@ -47,8 +50,9 @@ def bucket_sides(
 def batch_padded_size(
     sizes: Sequence[tuple[int, int]], divisibility: int, buckets: Sequence[int] = ()
 ) -> tuple[int, int]:
-    """(H, W) a batch of images of ``sizes`` [(h_i, w_i), ...] is padded to (bottom and right): each side the largest,
-    rounded up to ``divisibility``, then to the smallest bucket that holds it (if any)."""
+    """(H, W) a batch of images of ``sizes`` [(h_i, w_i), ...] is padded to (bottom and right): each
+    side the largest, rounded up to ``divisibility``, then to the smallest bucket that holds it (if
+    any)."""
     height, width = padded_size(max(h for h, _ in sizes), max(w for _, w in sizes), divisibility)
     return (
         next((b for b in sorted(buckets) if b >= height), height),
@@ -57,7 +61,8 @@ def batch_padded_size(
 
 
 def build_pad_buckets(cfg, num_buckets: int | None = None) -> tuple[int, ...]:
-    """``bucket_sides`` of ``cfg.data.input`` (``num_buckets`` overrides ``pad_buckets``), shared by train and test."""
+    """``bucket_sides`` of ``cfg.data.input`` (``num_buckets`` overrides ``pad_buckets``), shared by
+    train and test."""
     inp = cfg.data.input
     return bucket_sides(
         max(max(inp.min_size_train), inp.min_size_test),
@@ -93,7 +98,8 @@ def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
 
 @dataclass(frozen=True)
 class DetectionTransform:
-    """The training (``train``: drop crowd boxes, random size of ``min_sizes``, flip) or evaluation pipeline."""
+    """The training (``train``: drop crowd boxes, random size of ``min_sizes``, flip) or evaluation
+    pipeline."""
 
     min_sizes: tuple[int, ...]
     max_size: int
@@ -103,8 +109,8 @@ class DetectionTransform:
     def plan(
         self, height: int, width: int, target: dict, generator: torch.Generator
     ) -> tuple[dict, tuple[int, int], bool]:
-        """The random decisions for an image, without its pixels: (target after crowd removal, resized (H', W'),
-        flip); the padded-shape benchmark calls it alone."""
+        """The random decisions for an image, without its pixels: (target after crowd removal,
+        resized (H', W'), flip); the padded-shape benchmark calls it alone."""
         target = dict(target, orig_size=(int(height), int(width)))
         if self.train:  # crowd (COCO) / difficult (VOC) boxes are ignored in training
             keep = ~target["iscrowd"]

@@ -1,7 +1,7 @@
-"""PASCAL VOC datasets: ``root/VOCdevkit/VOC<year>/{Annotations,ImageSets/Main,JPEGImages}``; a split is
-``"<year>/<set>"``, several joined with ``+``. Labels 1..20 follow :data:`VOC_CLASSES`; ``difficult`` becomes
-``iscrowd``; VOC's 1-based inclusive pixels become ``(xmin - 1, ymin - 1, xmax, ymax)`` in :func:`parse_voc_xml` only
-(detectron2)."""
+"""PASCAL VOC datasets: ``root/VOCdevkit/VOC<year>/{Annotations,ImageSets/Main,JPEGImages}``; a
+split is ``"<year>/<set>"``, several joined with ``+``. Labels 1..20 follow :data:`VOC_CLASSES`;
+``difficult`` becomes ``iscrowd``; VOC's 1-based inclusive pixels become ``(xmin - 1, ymin - 1,
+xmax, ymax)`` in :func:`parse_voc_xml` only (detectron2)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ def parse_voc_xml(
     size = root.find("size")
     if size is None:
         raise DatasetError(
-            f"{xml_path}: missing <size>; expected <size><width>..</width><height>..</height></size>"
+            f"{xml_path}: missing <size>; expected "
+            "<size><width>..</width><height>..</height></size>"
         )
     height, width = int(number(size, "height", "<size>")), int(number(size, "width", "<size>"))
     boxes, labels, difficult = [], [], []
@@ -107,8 +108,8 @@ def parse_voc_xml(
 
 
 def parse_voc(root: str | Path, split: str) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
-    """Records of every (year, set) in ``split``, in list order; class names; label -> label (VOC has no ids).
-    ``root`` holds ``VOCdevkit`` or is the devkit itself."""
+    """Records of every (year, set) in ``split``, in list order; class names; label -> label (VOC
+    has no ids). ``root`` holds ``VOCdevkit`` or is the devkit itself."""
     devkit = Path(root) / "VOCdevkit" if (Path(root) / "VOCdevkit").is_dir() else Path(root)
     class_to_label = {name: label for label, name in enumerate(VOC_CLASSES, start=1)}
     records, seen = [], set()
@@ -124,9 +125,8 @@ def parse_voc(root: str | Path, split: str) -> tuple[list[ImageRecord], list[str
             line.split()[0] for line in list_path.read_text().splitlines() if line.strip()
         ):
             try:
-                image_id = int(
-                    name.replace("_", "")
-                )  # "2008_000123" -> 2008000123, unique over VOC2007 and 2012
+                # "2008_000123" -> 2008000123, unique over VOC2007 and 2012
+                image_id = int(name.replace("_", ""))
             except ValueError:
                 raise DatasetError(
                     f"{list_path}: VOC image name {name!r} is not numeric (expected like 000005 or "

@@ -10,7 +10,6 @@ import contextlib
 import errno
 import os
 import random
-import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import torch
 
 from detector.engine import distributed as dist_utils
 from detector.engine.runtime import notice
-from detector.errors import DetectorError
+from detector.errors import DetectorError, first_line, unsafe_global
 from detector.modeling.fit import misfit_message
 
 LAST, PREVIOUS, BEST, CORRUPT = "last.pth", "last.prev.pth", "best.pth", "last.corrupt.pth"
@@ -36,9 +35,18 @@ class UnsafeCheckpointError(CheckpointError):
     """The checkpoint holds more than data (a pickled global outside the allowlist): loading it would run code."""
 
 
-# The pickled globals of np.random.get_state()'s uint32 key array, by this numpy's own names.
+# The pickled globals of np.random.get_state()'s uint32 key array, by this numpy's own names, and
+# its array constructor also by the name of the other numpy major (numpy.core became numpy._core in
+# 2.0): the same function.
 _KEY = np.zeros(0, dtype=np.uint32)
-NUMPY_RNG_GLOBALS = [_KEY.__reduce__()[0], np.ndarray, np.dtype, type(_KEY.dtype)]
+_RECONSTRUCT = _KEY.__reduce__()[0]
+NUMPY_RNG_GLOBALS = [
+    _RECONSTRUCT,
+    *[(_RECONSTRUCT, f"{pkg}.multiarray._reconstruct") for pkg in ("numpy.core", "numpy._core")],
+    np.ndarray,
+    np.dtype,
+    type(_KEY.dtype),
+]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> Path:
@@ -103,18 +111,18 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
     except (
         Exception
     ) as exc:  # a global that is code is named; truncated zip, garbage, wrong file: all alike
-        unsafe = re.search(r"GLOBAL ([\w.]+)", str(exc)) if not trust else None
+        unsafe = unsafe_global(exc) if not trust else None
         if unsafe:
             raise UnsafeCheckpointError(
-                f"{path}: holds {unsafe[1]}, which is code, not checkpoint data, so it was not loaded; if you "
-                f"trust the file (you made it, or know its source), load it with --trust-checkpoint"
+                f"{path}: holds {unsafe}, which is code, not checkpoint data, so it was not "
+                f"loaded; if you trust the file (you made it, or know its source), load it with "
+                f"--trust-checkpoint"
             ) from None
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = next(
-            (line for line in lines if line.startswith("Unsupported")), lines[0] if lines else ""
-        )
+        lines = [line.strip() for line in str(exc).splitlines()]
+        unsupported = next((line for line in lines if line.startswith("Unsupported")), None)
+        reason = first_line(Exception(unsupported)) if unsupported else first_line(exc)
         raise CheckpointError(
-            f"{path}: cannot be read ({type(exc).__name__}: {reason[:120]}); "
+            f"{path}: cannot be read ({type(exc).__name__}: {reason}); "
             f"the file is truncated or not a checkpoint: use another one (e.g. {PREVIOUS}) "
             f"or start the run again"
         ) from None

@@ -1,5 +1,5 @@
-"""Distributed training through torchrun (RANK/WORLD_SIZE/LOCAL_RANK): DDP with NCCL on GPU, gloo on CPU; a plain
-``python tools/train.py`` runs as a world of one."""
+"""Distributed training through torchrun (RANK/WORLD_SIZE/LOCAL_RANK): DDP with NCCL on GPU, gloo on
+CPU; a plain ``python tools/train.py`` runs as a world of one."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch.distributed as dist
 
 
 def init_distributed(device_type: str) -> bool:
-    """Join the process group torchrun describes (even a world of one: ``--nproc_per_node=1`` runs DDP over NCCL
-    like a larger job); return whether a process group is in use. A plain ``python tools/train.py`` joins none."""
-    launched = (
-        "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    )  # torchrun and other launchers set these
+    """Join the process group torchrun describes (even a world of one: ``--nproc_per_node=1`` runs
+    DDP over NCCL like a larger job); return whether a process group is in use. A plain ``python
+    tools/train.py`` joins none."""
+    # torchrun and other launchers set these
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if not dist.is_available() or dist.is_initialized() or not launched:
         return dist.is_available() and dist.is_initialized()
     if device_type == "cuda":
@@ -58,8 +58,8 @@ def reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def any_rank(flag: bool) -> bool:
-    """Whether ``flag`` is true on any rank: one tiny all_reduce (and its host read). A collective: every rank must
-    call it at the same point of the loop."""
+    """Whether ``flag`` is true on any rank: one tiny all_reduce (and its host read). A collective:
+    every rank must call it at the same point of the loop."""
     if not is_distributed():
         return bool(flag)
     device = (
@@ -71,7 +71,8 @@ def any_rank(flag: bool) -> bool:
 
 
 def gather_objects(obj):
-    """``obj`` of this process, or the list of every rank's ``obj`` under DDP (each rank resumes its own)."""
+    """``obj`` of this process, or the list of every rank's ``obj`` under DDP (each rank resumes its
+    own)."""
     if not is_distributed():
         return obj
     objects = [None] * get_world_size()

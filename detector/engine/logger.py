@@ -1,6 +1,9 @@
-"""Run logging: ``metrics.jsonl`` (one JSON object per log step and per evaluation) and TensorBoard events, rank 0
-only: every loss term (raw and weighted), lr, beta, IoU threshold, positives, per-coordinate |target| and
-|pred - target| statistics and histograms, gradient norm, images/s, peak memory, metrics, drawn val images, HParams."""
+"""Run logging: ``metrics.jsonl`` (one JSON object per log step and per evaluation) and TensorBoard
+events, rank 0
+only: every loss term (raw and weighted), lr, beta, IoU threshold, positives, per-coordinate
+|target| and
+|pred - target| statistics and histograms, gradient norm, images/s, peak memory, metrics, drawn val
+images, HParams."""
 
 from __future__ import annotations
 
@@ -13,11 +16,12 @@ from typing import Any
 import torch
 
 from detector.box_coder import DELTA_NAMES
+from detector.engine.runtime import notice
+from detector.losses import SCHEDULED_LOSSES, build_box_loss
 
+# What every run's HParams record; beta and beta_schedule are added where the loss has them.
 HPARAM_KEYS = {
     "box_loss": "model.roi_head.box_loss.name",
-    "beta": "model.roi_head.box_loss.beta",
-    "beta_schedule": "model.roi_head.box_loss.schedule.type",
     "normalizer": "model.roi_head.box_loss.normalizer",
     "box_loss_weight": "model.roi_head.box_loss.weight",
     "dynamic_label_assignment": "model.roi_head.dynamic_label_assignment.enabled",
@@ -33,6 +37,20 @@ METRICS_FILE = "metrics.jsonl"
 HPARAM_METRICS = ("AP", "AP50", "AP75", "AP90", "mAP_voc")
 
 
+def run_hparams(cfg) -> dict[str, Any]:
+    """The HParams of a run: ``HPARAM_KEYS``, the box loss's beta where it has one and the beta
+    schedule where the loss follows one (a plain Smooth L1 run shows no schedule)."""
+    hp = {name: cfg.select(key) for name, key in HPARAM_KEYS.items()}
+    box_loss = cfg.model.roi_head.box_loss
+    # resolved from sigma where that is set; None for a loss without a beta
+    beta = build_box_loss(box_loss).beta
+    if beta is not None:
+        hp["beta"] = beta
+    if box_loss.name in SCHEDULED_LOSSES:
+        hp["beta_schedule"] = box_loss.schedule.type
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hp.items()}
+
+
 def format_value(value: float, digits: int = 4) -> str:
     """A float for the console, never ``-0.0000``."""
     text = f"{value:.{digits}f}"
@@ -40,15 +58,35 @@ def format_value(value: float, digits: int = 4) -> str:
 
 
 def _drop_records_after(path: Path, iteration: int) -> int:
-    """Rewrite ``metrics.jsonl`` (atomically) without the records of iterations after ``iteration``."""
+    """Rewrite ``metrics.jsonl`` (atomically) without the records of iterations after
+    ``iteration``. A line that is not a record (the torn last line of a kill or a full disk
+    mid-write) is dropped with a warning."""
     if not path.is_file():
         return 0
-    lines = path.read_text().splitlines()
-    keep = [line for line in lines if line.strip() and json.loads(line).get("iter", 0) <= iteration]
+    lines = [line for line in path.read_bytes().decode("utf-8", "replace").splitlines() if line]
+    records = [_record(line) for line in lines]
+    torn = records.count(None)
+    if torn:
+        notice(
+            f"warning: {path}: dropped {torn} unreadable line(s), left by a write that did not "
+            f"finish"
+        )
+    keep = [
+        line for line, r in zip(lines, records) if r is not None and r.get("iter", 0) <= iteration
+    ]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)
-    return len([line for line in lines if line.strip()]) - len(keep)
+    return len(lines) - torn - len(keep)
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """One ``metrics.jsonl`` line as its record; None if it is not one."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _jsonable(value: Any) -> Any:
@@ -64,8 +102,9 @@ def _jsonable(value: Any) -> Any:
 
 
 class RunLogger:
-    """Writes scalars, histograms and images of one run (rank 0 only). ``resumed_at=k``: the records after iteration
-    k are dropped from ``metrics.jsonl`` and purged from TensorBoard, so no iteration counts twice."""
+    """Writes scalars, histograms and images of one run (rank 0 only). ``resumed_at=k``: the records
+    after iteration k are dropped from ``metrics.jsonl`` and purged from TensorBoard, so no
+    iteration counts twice."""
 
     def __init__(self, run_dir: str | Path, resumed_at: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
@@ -81,11 +120,12 @@ class RunLogger:
         self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
         self._jsonl = open(self.run_dir / METRICS_FILE, "a")
         if resumed_at is not None:
-            self.log("resume", resumed_at, {"dropped_records": dropped})
+            self.log_scalars(resumed_at, "resume", dropped_records=dropped)
 
-    def log(self, kind: str, iteration: int, values: dict[str, Any]) -> None:
-        """One JSON line ``{"type": kind, "iter": k, ...}`` and a TensorBoard scalar per numeric value."""
-        record = {"type": kind, "iter": iteration, **_jsonable(values)}
+    def log_scalars(self, step: int, kind: str = "train", /, **scalars: Any) -> None:
+        """One JSON line ``{"type": kind, "iter": step, **scalars}`` and a TensorBoard scalar per
+        number (``eval/<name>`` for an evaluation's)."""
+        record = {"type": kind, "iter": step, **_jsonable(scalars)}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         prefix = "eval/" if kind == "eval" else ""
@@ -95,10 +135,10 @@ class RunLogger:
                 and isinstance(value, (int, float))
                 and not isinstance(value, bool)
             ):
-                self._writer.add_scalar(prefix + key, value, iteration)
+                self._writer.add_scalar(prefix + key, value, step)
             elif key == "AP_per_iou" and isinstance(value, list):
                 for thr, ap in zip(range(50, 100, 5), value):
-                    self._writer.add_scalar(f"{prefix}AP_per_iou/AP{thr}", ap, iteration)
+                    self._writer.add_scalar(f"{prefix}AP_per_iou/AP{thr}", ap, step)
 
     def histograms(self, iteration: int, tensors: dict[str, torch.Tensor]) -> None:
         """``hist/<name>`` tensors of shape [P,4] become one histogram per coordinate."""
@@ -118,11 +158,11 @@ class RunLogger:
             self._writer.add_image(f"{tag}/{i}", image, iteration)
 
     def hparams(self, cfg, metrics: dict[str, Any]) -> None:
-        """The run's hyper-parameters and final metrics, in this run's own event file (HParams tab)."""
+        """The run's hyper-parameters and final metrics, in this run's own event file (HParams
+        tab)."""
         from torch.utils.tensorboard.summary import hparams
 
-        hp = {name: cfg.select(key) for name, key in HPARAM_KEYS.items()}
-        hp = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hp.items()}
+        hp = run_hparams(cfg)
         final = {
             f"hparam/{k}": float(metrics[k])
             for k in HPARAM_METRICS

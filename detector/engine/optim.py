@@ -1,8 +1,8 @@
 """Optimizer, learning-rate schedule and the loss weights.
 
-``train.lr`` is the rate for a total batch of ``train.lr_reference_batch`` images (linear scaling rule, Goyal et al.
-2017; null: applied as given). SGD with momentum, weight decay on weights only (not biases or norms); linear warmup
-then multistep or cosine decay, as one ``LambdaLR``.
+``train.lr`` is the rate for a total batch of ``train.lr_reference_batch`` images (linear scaling
+rule, Goyal et al. 2017; null: applied as given). SGD with momentum, weight decay on weights only
+(not biases or norms); linear warmup then multistep or cosine decay, as one ``LambdaLR``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from detector.engine import distributed as dist_utils
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD over ``model``'s trainable parameters, fused where this torch has it for their device, else ``foreach``
-    (the same update and state dict; ``optimizer.impl`` names the one used)."""
+    """SGD over ``model``'s trainable parameters, fused where this torch has it for their device,
+    else ``foreach`` (the same update and state dict; ``optimizer.impl`` names the one used)."""
     decay, no_decay = [], []
     norm_types = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.SyncBatchNorm)
     for module in model.modules():
@@ -49,8 +49,9 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
 
 @functools.lru_cache(maxsize=None)
 def has_fused_sgd(device: torch.device) -> bool:
-    """Whether this torch runs a fused SGD step on ``device``: tried on one parameter (torch checks the device only
-    at the first step, and which devices have the kernel changed between versions)."""
+    """Whether this torch runs a fused SGD step on ``device``: tried on one parameter (torch checks
+    the device only at the first step, and which devices have the kernel changed between
+    versions)."""
     try:
         param = torch.zeros(1, device=device, requires_grad=True)
         param.grad = torch.zeros(1, device=device)
@@ -61,12 +62,14 @@ def has_fused_sgd(device: torch.device) -> bool:
 
 
 def scaled_lr(lr: float, reference_batch: int | None, batch_size: int, world_size: int) -> float:
-    """The linear scaling rule: ``lr`` is the rate for ``reference_batch`` images; None applies it as given."""
+    """The linear scaling rule: ``lr`` is the rate for ``reference_batch`` images; None applies it
+    as given."""
     return lr if reference_batch is None else lr * batch_size * world_size / reference_batch
 
 
 def build_lr(cfg) -> float:
-    """The base learning rate this process trains with: ``train.lr`` scaled to the total batch of all ranks."""
+    """The base learning rate this process trains with: ``train.lr`` scaled to the total batch of
+    all ranks."""
     return scaled_lr(
         cfg.train.lr,
         cfg.train.lr_reference_batch,
@@ -112,8 +115,8 @@ def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> torch.optim.lr_
 
 
 def max_iters_dependents(cfg, new_max_iters: int) -> list[str]:
-    """The schedules of ``cfg`` (a config or its plain dict) that changing ``train.max_iters`` to ``new_max_iters``
-    would change from the resume point on."""
+    """The schedules of ``cfg`` (a config or its plain dict) that changing ``train.max_iters`` to
+    ``new_max_iters`` would change from the resume point on."""
     t, loss = cfg["train"], cfg["model"]["roi_head"]["box_loss"]
     out = []
     if t["lr_schedule"] == "cosine":
@@ -131,7 +134,8 @@ def max_iters_dependents(cfg, new_max_iters: int) -> list[str]:
 
 
 def build_loss_weights(cfg) -> dict[str, float]:
-    """Each loss term's weight; the trainer multiplies by these in one place and logs both values."""
+    """Each loss term's weight; the trainer multiplies by these in one place and logs both
+    values."""
     m = cfg.model
     return {
         "loss_rpn_cls": m.rpn.cls_weight,

@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
-import shutil
 import socket
 import tempfile
 import time
@@ -18,13 +19,22 @@ from typing import Any
 
 import yaml
 
-from detector.config import diff_configs, with_defaults
+from detector.config import diff_configs, safe_yaml, with_defaults
 from detector.errors import UsageError
+from detector.evaluation.results import EVAL_FILES
 
 CONFIG_FILE, LOCK_FILE = "config.yaml", ".lock"
-# What a run writes into its folder; --overwrite removes these and nothing else (a user's own files stay).
+# The first line of the config.yaml a training writes: it tells a run's config from a user's file of
+# that name.
+RUN_CONFIG_HEADER = "# written by tools/train.py: the resolved config of this run (docs/runs.md)\n"
+# What a run writes into its folder (eval/ and checkpoints/: only the files of EVAL_FILES and
+# CHECKPOINT_GLOBS); --overwrite removes these and nothing else (a user's own files stay).
 RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "eval", "final_errors.pt")
 RUN_ARTIFACT_GLOBS = ("events.out.tfevents.*",)
+CHECKPOINT_GLOBS = ("*.pth", ".*.pth.*.tmp")
+# A temporary lock file (RunLock.acquire) lives for milliseconds; one older than this was left by a
+# dead process.
+STALE_TEMP_S = 600
 
 # Keys that may differ between a run and its resume: they change how the run is observed or how fast it goes,
 # not what it learns. train.max_iters: see check_run_folder. Every other key defines the experiment.
@@ -54,22 +64,81 @@ class RunFolderPlan:
 
     resume: bool
     overwrite: bool = False
+    stored_max_iters: int | None = None  # the run's train.max_iters, on resume
     notes: list[str] = field(default_factory=list)  # one-line messages for the user
 
 
-def run_files(run_dir: Path) -> list[str]:
-    """The names of the files a training writes that ``run_dir`` holds (empty: no run there)."""
+def _own_files(run_dir: Path) -> dict[str, list[Path]]:
+    """The files a training wrote that ``run_dir`` holds, by :data:`RUN_ARTIFACTS` name (empty:
+    no run there). ``eval/`` counts only beside another of them (alone it is tools/eval.py's);
+    ``config.yaml`` only if a training wrote it (:data:`RUN_CONFIG_HEADER`, or a complete config
+    beside a run's other files)."""
     run_dir = Path(run_dir)
-    names = [name for name in RUN_ARTIFACTS if (run_dir / name).exists()]
-    return names + sorted(p.name for pattern in RUN_ARTIFACT_GLOBS for p in run_dir.glob(pattern))
+    found = {
+        name: [run_dir / name]
+        for name in ("metrics.jsonl", "final_errors.pt")
+        if (run_dir / name).is_file()
+    }
+    checkpoints = sorted(p for g in CHECKPOINT_GLOBS for p in (run_dir / "checkpoints").glob(g))
+    if checkpoints:
+        found["checkpoints"] = checkpoints
+    for pattern in RUN_ARTIFACT_GLOBS:
+        found.update({p.name: [p] for p in sorted(run_dir.glob(pattern)) if p.is_file()})
+    config = run_dir / CONFIG_FILE
+    if config.is_file() and _is_run_config(config, legacy=bool(found)):
+        found[CONFIG_FILE] = [config]
+    evaluated = [
+        run_dir / "eval" / name for name in EVAL_FILES if (run_dir / "eval" / name).is_file()
+    ]
+    if found and evaluated:
+        found["eval"] = evaluated
+    order = [*RUN_ARTIFACTS, *sorted(found)]
+    return {name: found[name] for name in sorted(found, key=order.index)}
+
+
+def _is_run_config(path: Path, legacy: bool) -> bool:
+    """Whether a training wrote ``path``: its header, or (``legacy``: beside a run's other files,
+    as runs made before the header have it) a complete config with no ``_base_``."""
+    try:
+        data = path.read_bytes()
+        if data.startswith(RUN_CONFIG_HEADER.encode()):
+            return True
+        stored = safe_yaml(data.decode("utf-8")) if legacy else None
+    except OSError:
+        return False
+    # a run's, damaged: resuming it says so (stored_config)
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return legacy
+    sections = ("data", "model", "train", "eval")
+    return (
+        isinstance(stored, dict) and "_base_" not in stored and all(k in stored for k in sections)
+    )
+
+
+def run_files(run_dir: Path) -> list[str]:
+    """The names of the files a training wrote that ``run_dir`` holds (empty: no run there)."""
+    return list(_own_files(run_dir))
+
+
+def foreign_files(run_dir: Path) -> list[str]:
+    """What a training would write over in ``run_dir`` that no training wrote: a ``config.yaml``
+    that is not a run's, or the evaluation files of an ``eval/`` where no run is."""
+    run_dir, own = Path(run_dir), _own_files(run_dir)
+    foreign = [CONFIG_FILE] if (run_dir / CONFIG_FILE).exists() and CONFIG_FILE not in own else []
+    if "eval" not in own:
+        foreign += [f"eval/{n}" for n in EVAL_FILES if (run_dir / "eval" / n).exists()]
+    return foreign
 
 
 def free_name(run_dir: Path) -> Path:
-    """``runs/smoothl1`` -> the first of ``runs/smoothl1-2``, ``-3``, ... that holds no run."""
+    """``runs/smoothl1`` -> the first of ``runs/smoothl1-2``, ``-3``, ... that holds no run and
+    no file in the way."""
     n = 2
-    while run_files(run_dir.with_name(f"{run_dir.name}-{n}")):
+    candidate = run_dir.with_name(f"{run_dir.name}-{n}")
+    while run_files(candidate) or foreign_files(candidate):
         n += 1
-    return run_dir.with_name(f"{run_dir.name}-{n}")
+        candidate = run_dir.with_name(f"{run_dir.name}-{n}")
+    return candidate
 
 
 def stored_config(run_dir: str | Path, fix: str) -> dict[str, Any] | None:
@@ -79,7 +148,11 @@ def stored_config(run_dir: str | Path, fix: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        stored = yaml.safe_load(path.read_text())
+        stored = safe_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RunFolderError(
+            f"{path}: cannot be read (byte {exc.start} is not UTF-8 text); {fix}"
+        ) from None
     except (OSError, yaml.YAMLError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RunFolderError(f"{path}: cannot be read ({first}); {fix}") from None
@@ -100,6 +173,19 @@ def check_run_folder(
         raise RunFolderError(
             "--resume and --overwrite exclude each other: continue the run, or replace it"
         )
+    if run_dir.resolve() == Path(cfg.data.root).resolve():
+        raise RunFolderError(
+            f"output_dir {run_dir} is data.root: the run's files would mix with the dataset's; "
+            f"use another output_dir"
+        )
+    foreign = foreign_files(run_dir)
+    if foreign:
+        them = "it" if len(foreign) == 1 else "them"
+        raise RunFolderError(
+            f"{run_dir} holds {', '.join(foreign)}, which no training wrote, and a training would "
+            f"write over {them} (--overwrite replaces only a run's own files): move {them} away, "
+            f"or use another output_dir such as {free_name(run_dir)}"
+        )
     present = run_files(run_dir)
     if not present:
         notes = [f"--resume: {run_dir} holds no run yet; starting from scratch"] if resume else []
@@ -115,14 +201,16 @@ def check_run_folder(
             f"output_dir={free_name(run_dir)}, or replace it with --overwrite"
         )
     if not resume:
-        state = (
-            "a finished run"
-            if (run_dir / "eval" / "metrics.json").is_file()
-            else "an unfinished run"
+        finished = (run_dir / "eval" / "metrics.json").is_file()
+        go_on = (
+            "train it longer with --resume and a larger train.max_iters"
+            if finished
+            else "continue it with --resume"
         )
         raise RunFolderError(
-            f"{run_dir} already holds {state}; continue it with --resume, start a new one with "
-            f"output_dir={free_name(run_dir)}, or replace it with --overwrite"
+            f"{run_dir} already holds {'a finished' if finished else 'an unfinished'} run; "
+            f"{go_on}, start a new one with output_dir={free_name(run_dir)}, or replace it with "
+            f"--overwrite"
         )
     stored = stored_config(
         run_dir, fix="this folder's run cannot be resumed: use another output_dir or --overwrite"
@@ -155,7 +243,45 @@ def check_run_folder(
         notes.append(
             f"--resume: changed {', '.join(safe)} (allowed: they do not change what the run learns)"
         )
-    return RunFolderPlan(resume=True, notes=notes)
+    return RunFolderPlan(resume=True, notes=notes, stored_max_iters=stored["train"]["max_iters"])
+
+
+def check_resume_point(
+    run_dir: Path, plan: RunFolderPlan, iteration: int, max_iters: int
+) -> dict[str, Any] | None:
+    """Once the checkpoint is loaded, before anything is written: a resume never passes its end.
+    A new ``train.max_iters`` at or below the checkpoint's iteration refuses; a finished run is
+    left as it is and its ``eval/metrics.json`` returned (None: train on, or only the final
+    evaluation is left)."""
+    changed = plan.stored_max_iters is not None and plan.stored_max_iters != max_iters
+    if iteration > max_iters or (changed and iteration == max_iters):
+        raise RunFolderError(
+            f"--resume: {run_dir / 'checkpoints'} holds iteration {iteration}, and "
+            f"train.max_iters={max_iters} is not beyond it (a run cannot be shortened); resume "
+            f"with train.max_iters above {iteration}, or start a new run with "
+            f"output_dir={free_name(run_dir)}"
+        )
+    metrics_file = run_dir / "eval" / EVAL_FILES[-1]
+    if iteration < max_iters or not metrics_file.is_file():
+        return None
+    try:
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        if not isinstance(metrics, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError, RecursionError) as exc:
+        raise RunFolderError(
+            f"{metrics_file}: cannot be read ({type(exc).__name__}); the run is finished "
+            f"(iteration {iteration} of {max_iters}): delete the file to evaluate it again with "
+            f"--resume"
+        ) from None
+    from detector.engine.runtime import notice
+
+    notice(
+        f"--resume: {run_dir} is a finished run (iteration {iteration} of {max_iters}, evaluated "
+        f"in {metrics_file}); nothing to do. To train it longer, resume with a larger "
+        f"train.max_iters"
+    )
+    return metrics
 
 
 def prepare_run_folder(run_dir: Path, cfg, plan: RunFolderPlan, notes: list[str] = ()) -> None:
@@ -165,14 +291,17 @@ def prepare_run_folder(run_dir: Path, cfg, plan: RunFolderPlan, notes: list[str]
 
     for line in [*plan.notes, *notes]:
         notice(line)
-    if plan.overwrite:  # what the run wrote goes; the user's other files stay
-        for path in [run_dir / name for name in run_files(run_dir)]:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
+    if (
+        plan.overwrite
+    ):  # what the run wrote goes; the user's other files stay, eval/ and checkpoints/ too
+        for paths in _own_files(run_dir).values():
+            for path in paths:
                 path.unlink()
+        for folder in (run_dir / "eval", run_dir / "checkpoints"):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / CONFIG_FILE)
+    (run_dir / CONFIG_FILE).write_text(RUN_CONFIG_HEADER + cfg.to_yaml())
     for path in sorted(
         (run_dir / "checkpoints").glob(".*.pth.*.tmp")
     ):  # save_checkpoint's temporary files
@@ -191,16 +320,22 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """``<run>/.lock`` (pid, host, start time), held inside ``with RunLock(run_dir)`` while a training writes the
-    folder: linked into place, never half-written; a lock of a dead process on this host is taken over."""
+    """``<run>/.lock`` (pid, host, start time), held inside ``with RunLock(run_dir)`` while a
+    training writes the folder: linked into place, never half-written. A lock of a dead process
+    on this host is taken over under an ``flock`` of the folder, re-checked there, so of two
+    processes taking over one stale lock only one holds it; the flock is the kernel's, released
+    when its process dies."""
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK_FILE
         self.notes: list[str] = []
 
-    def _holder(self) -> dict[str, Any]:
+    def _holder(self) -> dict[str, Any] | None:
+        """The lock's content; None when it is gone (released since the link failed)."""
         try:
             holder = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
         except (OSError, ValueError) as exc:
             holder = exc
         if not isinstance(holder, dict):
@@ -215,6 +350,10 @@ class RunLock:
             )
         return holder
 
+    def _is_stale(self, holder: dict[str, Any], host: str) -> bool:
+        pid = holder.get("pid")
+        return holder.get("host") == host and isinstance(pid, int) and not _pid_alive(pid)
+
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {
@@ -222,39 +361,63 @@ class RunLock:
             "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f"{LOCK_FILE}.", suffix=".tmp")
+        # the name says whose it is, so the next start can remove one its dead writer left
+        prefix = f"{LOCK_FILE}.{me['pid']}@{me['host']}."
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=prefix, suffix=".tmp")
         try:
-            os.fchmod(
-                fd, 0o644
-            )  # readable by the other users of the folder, as a plain file would be
+            # readable by the other users of the folder, as a plain file would be
+            os.fchmod(fd, 0o644)
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
-            for _ in range(2):
-                try:
-                    os.link(
-                        tmp, self.path
-                    )  # exclusive and atomic: the lock appears complete, or not at all
-                except FileExistsError:
-                    holder = self._holder()
+            for _ in range(3):
+                # exclusive and atomic: the lock appears complete, or not at all
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, self.path)
+                    self._remove_stale_temporaries(me["host"])
+                    return self
+                holder = self._holder()
+                if holder is not None and self._is_stale(holder, me["host"]):
+                    self._take_over(holder, me["host"])
+                elif holder is not None:
                     pid, host = holder.get("pid"), holder.get("host")
-                    if host == me["host"] and isinstance(pid, int) and not _pid_alive(pid):
-                        self.notes.append(
-                            f"{self.path}: taking over a stale lock of process {pid} on {host} "
-                            f"(started {holder.get('started', '?')}), which is no longer running"
-                        )
-                        self.path.unlink(missing_ok=True)
-                        continue
                     raise RunFolderError(
                         f"{self.path.parent} is in use by another training (pid {pid} on {host}, "
                         f"started {holder.get('started', '?')}); wait for it, or use another "
                         f"output_dir. If that process is gone, delete {self.path}"
-                    ) from None
-                return self
+                    )
         finally:
             os.unlink(tmp)
         raise RunFolderError(
             f"{self.path}: could not take the lock; delete it if no training uses the folder"
         )
+
+    def _take_over(self, holder: dict[str, Any], host: str) -> None:
+        """Remove the stale lock of ``holder`` if, under the folder's flock, it is still there
+        and still stale."""
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            now = self._holder()
+            if now == holder and self._is_stale(now, host):
+                self.notes.append(
+                    f"{self.path}: taking over a stale lock of process {holder['pid']} on {host} "
+                    f"(started {holder.get('started', '?')}), which is no longer running"
+                )
+                self.path.unlink()
+        finally:
+            os.close(folder)  # releases the flock
+
+    def _remove_stale_temporaries(self, host: str) -> None:
+        """The temporary lock files a dead writer left (docs/runs.md: leftovers are removed at
+        the next start)."""
+        for path in self.path.parent.glob(f"{LOCK_FILE}.*.tmp"):
+            owner = path.name[len(LOCK_FILE) + 1 :].rsplit(".", 2)[0]
+            pid, _, where = owner.partition("@")
+            with contextlib.suppress(OSError):
+                dead = where == host and pid.isdigit() and not _pid_alive(int(pid))
+                if dead or time.time() - path.stat().st_mtime > STALE_TEMP_S:
+                    path.unlink()
+                    self.notes.append(f"removed {path}, left by a training that did not start")
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

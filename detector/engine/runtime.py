@@ -1,5 +1,5 @@
-"""Where and how a process computes: device, mixed precision, seeds, ``torch.compile``, batches onto the device,
-and stopping (:class:`GracefulStop`)."""
+"""Where and how a process computes: device, mixed precision, seeds, ``torch.compile``, batches onto
+the device, and stopping (:class:`GracefulStop`)."""
 
 from __future__ import annotations
 
@@ -23,20 +23,22 @@ def notice(message: str) -> None:
 
 
 def select_device(name: str) -> torch.device:
-    """``train.device``: auto (CUDA if present), cpu or cuda (this process's local rank under torchrun)."""
+    """``train.device``: auto (CUDA if present), cpu or cuda (this process's local rank under
+    torchrun)."""
     if name == "cuda" and not torch.cuda.is_available():
         from detector.config import ConfigError
 
         raise ConfigError(
             "train.device=cuda but CUDA is not available; use train.device=auto or cpu"
         )
-    cuda = name == "cuda" or name == "auto" and torch.cuda.is_available()
-    return torch.device("cuda", dist_utils.local_rank()) if cuda else torch.device("cpu")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", dist_utils.local_rank())
 
 
 def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a grad scaler is needed) for ``train.amp``: bf16 where the GPU supports it,
-    else fp16 with a grad scaler; off on CPU."""
+    """(autocast dtype or None, whether a grad scaler is needed) for ``train.amp``: bf16 where the
+    GPU supports it, else fp16 with a grad scaler; off on CPU."""
     if not enabled or device.type != "cuda":
         return None, False
     if torch.cuda.is_bf16_supported():
@@ -52,8 +54,9 @@ COMPILE_TARGETS = {
 
 
 def compile_submodules(model: torch.nn.Module, what: str) -> list[str]:
-    """``train.compile``: compile the forward of the submodules ``COMPILE_TARGETS[what]`` in place (state dicts are
-    unchanged; a failure falls back to eager, :class:`CompiledForward`); returns their names."""
+    """``train.compile``: compile the forward of the submodules ``COMPILE_TARGETS[what]`` in place
+    (state dicts are unchanged; a failure falls back to eager, :class:`CompiledForward`); returns
+    their names."""
     present = dict(model.named_modules())  # e.g. no RPN with precomputed proposals
     names = [name for name in COMPILE_TARGETS[what] if name in present]
     for name in names:
@@ -63,8 +66,8 @@ def compile_submodules(model: torch.nn.Module, what: str) -> list[str]:
 
 
 class CompiledForward:
-    """A module's forward through ``torch.compile``, falling back to the eager forward for good, with one line on
-    stderr, the first time compiling or running the compiled code raises."""
+    """A module's forward through ``torch.compile``, falling back to the eager forward for good,
+    with one line on stderr, the first time compiling or running the compiled code raises."""
 
     def __init__(self, forward, label: str):
         self.eager, self.label = forward, label
@@ -77,7 +80,8 @@ class CompiledForward:
     def _fall_back(self, exc: Exception) -> None:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         notice(
-            f"{self.label} could not be compiled ({type(exc).__name__}: {first}); continuing uncompiled"
+            f"{self.label} could not be compiled ({type(exc).__name__}: {first}); "
+            "continuing uncompiled"
         )
 
     def __call__(self, *args, **kwargs):
@@ -100,7 +104,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def to_device(images, targets, device: torch.device):
-    """A loader batch (list of [3,H,W] images, list of target dicts) onto ``device``, without blocking."""
+    """A loader batch (list of [3,H,W] images, list of target dicts) onto ``device``, without
+    blocking."""
     images = [img.to(device, non_blocking=True) for img in images]
     targets = [
         {
@@ -113,8 +118,9 @@ def to_device(images, targets, device: torch.device):
 
 
 class GracefulStop:
-    """Inside it SIGINT and SIGTERM raise ``KeyboardInterrupt(<name>)``; if ``graceful``, the first only sets
-    ``requested`` (the loop stops after the step) and a second SIGINT raises. Main thread only."""
+    """Inside it SIGINT and SIGTERM raise ``KeyboardInterrupt(<name>)``; if ``graceful``, the first
+    only sets ``requested`` (the loop stops after the step) and a second SIGINT raises. Main thread
+    only."""
 
     def __init__(self, graceful: bool = True):
         self.graceful = graceful

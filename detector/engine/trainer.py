@@ -1,11 +1,14 @@
-"""The training loop: read ``train`` and ``_train`` top to bottom; the run-folder promises are in docs/runs.md.
+"""The training loop: read ``train`` and ``_train`` top to bottom; the run-folder promises are in
+docs/runs.md.
 
-``config.yaml`` is written only once data, model and optimizer are built; ``last.pth`` before the final evaluation.
-Loss weights are applied here only. Losses stay on the device until :class:`LossWatch` reads them.
+``config.yaml`` is written only once data, model and optimizer are built; ``last.pth`` before the
+final evaluation. Loss weights are applied here only. Losses stay on the device until
+:class:`LossWatch` reads them.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -16,13 +19,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from detector.config import Config
+from detector.config import Config, check_training
 from detector.data import build_dataloader, build_dataset, proposals_of
 from detector.engine import distributed as dist_utils
 from detector.engine.checkpoint import BEST, LAST, Checkpointer, Progress
 from detector.engine.logger import RunLogger, format_value, stats_to_scalars
 from detector.engine.optim import build_loss_weights, build_lr, build_lr_scheduler, build_optimizer
-from detector.engine.runs import RunLock, check_run_folder, prepare_run_folder
+from detector.engine.runs import RunLock, check_resume_point, check_run_folder, prepare_run_folder
 from detector.engine.runtime import (
     GracefulStop,
     amp_settings,
@@ -38,11 +41,13 @@ from detector.modeling import build_detector
 
 
 class NonFiniteLossError(DetectorError, FloatingPointError):
-    """A loss term became NaN/inf; the message names the term, the iteration and the files written."""
+    """A loss term became NaN/inf; the message names the term, the iteration and the files
+    written."""
 
 
 class TrainingInterrupted(DetectorError):
-    """SIGINT/SIGTERM stopped the run; the message says what ``last.pth`` holds and how to resume."""
+    """SIGINT/SIGTERM stopped the run; the message says what ``last.pth`` holds and how to
+    resume."""
 
     exit_code = 130
 
@@ -54,9 +59,11 @@ def train(
     extend: bool = False,
     trust_checkpoint: bool = False,
 ) -> dict[str, Any]:
-    """Train, evaluate and checkpoint one run into ``run_dir``; return the final metrics. ``extend``/``overwrite``:
-    see :func:`detector.engine.runs.check_run_folder`; ``trust_checkpoint``: ``--trust-checkpoint`` on resume."""
+    """Train, evaluate and checkpoint one run into ``run_dir``; return the final metrics.
+    ``extend``/``overwrite``: see :func:`detector.engine.runs.check_run_folder`;
+    ``trust_checkpoint``: ``--trust-checkpoint`` on resume."""
     run_dir = Path(run_dir)
+    check_training(cfg)
     plan = check_run_folder(
         run_dir, cfg, resume=bool(cfg.train.resume), overwrite=overwrite, extend=extend
     )
@@ -90,9 +97,10 @@ def _train(
     rank, main = dist_utils.get_rank(), dist_utils.is_main_process()
     seed_everything(cfg.seed + rank, cfg.deterministic)
     amp_dtype, use_scaler = amp_settings(cfg.train.amp, device)
-    torch.backends.cudnn.benchmark = cudnn_benchmark = (
-        device.type == "cuda" and cfg.data.input.pad_buckets > 0 and not cfg.deterministic
-    )
+    # cudnn's autotuning pays off only over the few shapes of bucketed padding
+    bucketed = cfg.data.input.pad_buckets > 0
+    cudnn_benchmark = device.type == "cuda" and bucketed and not cfg.deterministic
+    torch.backends.cudnn.benchmark = cudnn_benchmark
 
     # ---------------------------------------------------------------- data, model, optimizer, state
     train_set = build_dataset(cfg, "train")  # its loader is made once the resume point is known
@@ -111,15 +119,23 @@ def _train(
     )
     progress = checkpointer.resume(rank, trust=trust_checkpoint) if plan.resume else Progress()
     start_iter = progress.iteration
+    if plan.resume:  # a resume never passes its end; a finished run is left as it is
+        finished = check_resume_point(run_dir, plan, start_iter, cfg.train.max_iters)
+        if finished is not None:
+            return finished
     train_loader = build_dataloader(
         cfg, "train", start_iter=start_iter, distributed=distributed, dataset=train_set
     )
+    data_iter = iter(train_loader)
+    if start_iter < cfg.train.max_iters:  # a bad image in the first batch is found before any write
+        data_iter = itertools.chain([next(data_iter)], data_iter)
     if (
         main
     ):  # everything that can fail on the user's data has been built: the folder becomes a run now
         scaling = (
-            f"lr {build_lr(cfg):.4g} = train.lr {cfg.train.lr:g} per {cfg.train.lr_reference_batch} images x "
-            f"{cfg.train.batch_size} images x {dist_utils.get_world_size()} process(es)"
+            f"lr {build_lr(cfg):.4g} = train.lr {cfg.train.lr:g} per "
+            f"{cfg.train.lr_reference_batch} images x {cfg.train.batch_size} images x "
+            f"{dist_utils.get_world_size()} process(es)"
         )
         prepare_run_folder(
             run_dir, cfg, plan, lock_notes + ([scaling] if cfg.train.lr_reference_batch else [])
@@ -127,35 +143,57 @@ def _train(
         warn_if_no_boxes(train_loader.dataset, "training")
     logger = RunLogger(run_dir, resumed_at=start_iter or None) if main else None
     if main and start_iter == 0:
-        logger.log(
-            "start",
+        logger.log_scalars(
             0,
-            {
-                "num_train_images": len(train_loader.dataset),
-                "num_classes": len(classes) - 1,
-                "num_val_images": len(val_loader.dataset),
-                "device": str(device),
-                "world_size": dist_utils.get_world_size(),
-                "amp": str(amp_dtype),
-                "dist_backend": torch.distributed.get_backend() if distributed else None,
-                "pad_buckets": list(model.pad_buckets),
-                "cudnn_benchmark": cudnn_benchmark,
-                "compiled": compiled,
-                "optimizer": optimizer.impl,
-            },
+            "start",
+            num_train_images=len(train_loader.dataset),
+            num_classes=len(classes) - 1,
+            num_val_images=len(val_loader.dataset),
+            device=str(device),
+            world_size=dist_utils.get_world_size(),
+            amp=str(amp_dtype),
+            dist_backend=torch.distributed.get_backend() if distributed else None,
+            pad_buckets=list(model.pad_buckets),
+            cudnn_benchmark=cudnn_benchmark,
+            compiled=compiled,
+            optimizer=optimizer.impl,
         )
     raw_model = model
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    eval_args = dict(val_loader=val_loader, device=device, amp_dtype=amp_dtype, classes=classes)
+
+    def evaluate(iteration: int) -> tuple[dict[str, Any], list]:
+        """Evaluate on the val split, log the metrics and a few drawn images, keep best.pth."""
+        metrics, detections = evaluate_model(
+            raw_model,
+            val_loader,
+            device,
+            metric=cfg.eval.metric,
+            backend=cfg.eval.backend,
+            amp_dtype=amp_dtype,
+            max_images=cfg.eval.max_images,
+        )
+        if main:
+            logger.log_scalars(iteration, "eval", **metrics)
+            if cfg.train.num_vis_images:
+                drawn = draw_predictions(
+                    raw_model, val_loader.dataset, cfg.train.num_vis_images, device, classes
+                )
+                logger.images(iteration, "val", drawn)
+        # the metrics are identical on every rank
+        if keep_best(progress, metrics, cfg.train.best_metric):
+            checkpointer.save(BEST, progress)
+        raw_model.train()
+        return metrics, detections
 
     # ---------------------------------------------------------------- the loop
     max_iters, clip = cfg.train.max_iters, cfg.train.clip_grad_norm or math.inf
     watch = LossWatch(distributed)
-    window = {"start": time.perf_counter(), "images": 0, "steps": 0, "data_time": 0.0}
-    data_iter = iter(train_loader)
+    # the speed window since the last log step: its start, images, steps and loader waits
+    window_start = time.perf_counter()
+    window_images, window_steps, data_time = 0, 0, 0.0
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -174,7 +212,7 @@ def _train(
         for iteration in range(start_iter, max_iters):
             t0 = time.perf_counter()
             images, targets = to_device(*next(data_iter), device)
-            window["data_time"] += time.perf_counter() - t0
+            data_time += time.perf_counter() - t0
             with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
                 losses, stats = model(images, targets, proposals=proposals_of(targets))
             total = sum(losses[k] * loss_weights[k] for k in losses)
@@ -186,12 +224,11 @@ def _train(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            raw_model.update_dynamic_state(
-                iteration, stats
-            )  # Dynamic R-CNN beta / IoU threshold, every rank
+            # Dynamic R-CNN beta / IoU threshold, on every rank
+            raw_model.update_dynamic_state(iteration, stats)
             progress.iteration = done = iteration + 1
-            window["images"] += len(images) * dist_utils.get_world_size()
-            window["steps"] += 1
+            window_images += len(images) * dist_utils.get_world_size()
+            window_steps += 1
             bar.update(1)
 
             last_step = done == max_iters
@@ -200,37 +237,41 @@ def _train(
                 bool(cfg.train.eval_period) and done % cfg.train.eval_period == 0 and not last_step
             )
             save_now = done % cfg.train.checkpoint_period == 0 or last_step
-            # a signal may reach torchrun's ranks at different steps: they agree at log and checkpoint steps
+            # a signal may reach torchrun's ranks at different steps: they agree at log and
+            # checkpoint steps
             stopping = (not distributed or log_now or save_now) and dist_utils.any_rank(
                 stop.requested is not None
             )
-            if (
-                log_now or eval_now or save_now or stopping
-            ):  # no checkpoint is ever written past a NaN loss
+            # no checkpoint is ever written past a NaN loss
+            if log_now or eval_now or save_now or stopping:
                 watch.raise_if_bad(checkpointer, progress)
             if log_now:
-                log_train_step(
-                    logger,
-                    bar,
-                    cfg,
-                    done,
-                    losses,
-                    total,
-                    stats,
-                    loss_weights,
-                    optimizer,
-                    grad_norm,
-                    window,
-                    device,
+                # after a device sync: data_time is the mean wait per step for the loader,
+                # step_time the rest of the window's wall time per step
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                elapsed = time.perf_counter() - window_start
+                scalars, hists = step_scalars(losses, total, stats, loss_weights)
+                scalars.update(
+                    lr=optimizer.param_groups[0]["lr"],
+                    grad_norm=float(grad_norm),
+                    images_per_s=window_images / max(elapsed, 1e-9),
+                    data_time=data_time / window_steps,
+                    step_time=max(elapsed - data_time, 0.0) / window_steps,
                 )
+                if device.type == "cuda":
+                    scalars["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                if main:
+                    log_train_step(logger, bar, cfg, done, scalars, hists, list(losses))
+                window_start = time.perf_counter()
+                window_images, window_steps, data_time = 0, 0, 0.0
             t_aside = time.perf_counter()
             if eval_now:
-                evaluate_and_log(raw_model, logger, checkpointer, progress, cfg, done, **eval_args)
+                evaluate(done)
             if save_now or (stopping and not last_step):
                 checkpointer.save(LAST, progress, keep_previous=True)
-            window["start"] += (
-                time.perf_counter() - t_aside
-            )  # evaluation and checkpoints are not training speed
+            # evaluation and checkpoints are not training speed
+            window_start += time.perf_counter() - t_aside
             if stopping and not last_step:
                 raise TrainingInterrupted(
                     f"stopped by {stop.requested or 'a signal to another rank'} at iteration "
@@ -238,10 +279,12 @@ def _train(
                     f"with the same command plus --resume"
                 )
 
-    # ---------------------------------------------------------------- final evaluation (last.pth is on disk)
-    metrics, detections = evaluate_and_log(
-        raw_model, logger, checkpointer, progress, cfg, max_iters, **eval_args
-    )
+    # ------------------------------------------------------- final evaluation (last.pth is on disk)
+    if main and start_iter < max_iters:
+        # the end-of-training error distribution, for the ablation plots
+        hists = {k: v.detach().float().cpu() for k, v in stats.items() if k.startswith("hist/")}
+        torch.save(hists, run_dir / "final_errors.pt")
+    metrics, detections = evaluate(max_iters)
     if main:
         logger.hparams(cfg, metrics)
         write_eval_results(run_dir / "eval", metrics, val_loader.dataset, detections)
@@ -250,8 +293,9 @@ def _train(
 
 
 class LossWatch:
-    """The non-finite-loss check without a host sync per step: :meth:`raise_if_bad` reads the buffered losses at log
-    steps and before every evaluation and checkpoint write, naming the first bad iteration."""
+    """The non-finite-loss check without a host sync per step: :meth:`raise_if_bad` reads the
+    buffered losses at log steps and before every evaluation and checkpoint write, naming the first
+    bad iteration."""
 
     def __init__(self, distributed: bool):
         self.distributed = distributed
@@ -273,17 +317,19 @@ class LossWatch:
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
         if not int(bad.any()):
             return
+        # counted from 1, as the log and the console count iterations
         row, values = int(bad.argmax()), rows[int(bad.argmax())].tolist()
+        first_bad, checked = self.first + row + 1, self.first + len(rows)
         names = [n for n, v in zip(self.names, values) if not math.isfinite(v)] or [
             "a loss on another rank"
         ]
         values = ", ".join(f"{n}={v:.4g}" for n, v in zip(self.names, values))
         message = (
             f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} not finite at iteration "
-            f"{self.first + row} ({values}); found at the check after iteration {self.first + len(rows) - 1}"
+            f"{first_bad} ({values}); found at the check after iteration {checked}"
         )
         if checkpointer is not None:
-            diagnostic = checkpointer.save(f"nonfinite_iter{self.first + row}.pth", progress)
+            diagnostic = checkpointer.save(f"nonfinite_iter{first_bad}.pth", progress)
             last = checkpointer.dir / LAST
             good = (
                 f"last good checkpoint: {last}"
@@ -296,109 +342,55 @@ class LossWatch:
         )
 
 
-def evaluate_and_log(
-    model,
-    logger: RunLogger | None,
-    checkpointer: Checkpointer,
-    progress: Progress,
-    cfg: Config,
-    iteration: int,
-    *,
-    val_loader,
-    device,
-    amp_dtype,
-    classes,
-) -> tuple[dict[str, Any], list]:
-    """Evaluate on the val split, log the metrics (and a few drawn images), keep ``best.pth``."""
-    metrics, detections = evaluate_model(
-        model,
-        val_loader,
-        device,
-        metric=cfg.eval.metric,
-        backend=cfg.eval.backend,
-        amp_dtype=amp_dtype,
-        max_images=cfg.eval.max_images,
-    )
-    if logger is not None:
-        logger.log("eval", iteration, metrics)
-        if cfg.train.num_vis_images:
-            drawn = draw_predictions(
-                model, val_loader.dataset, cfg.train.num_vis_images, device, classes
-            )
-            logger.images(iteration, "val", drawn)
-    if keep_best(progress, metrics, cfg.train.best_metric):  # identical on every rank
-        checkpointer.save(BEST, progress)
-    model.train()
-    return metrics, detections
-
-
-def log_train_step(
-    logger: RunLogger | None,
-    bar,
-    cfg: Config,
-    done: int,
+def step_scalars(
     losses: dict[str, torch.Tensor],
     total: torch.Tensor,
     stats: dict[str, torch.Tensor],
     loss_weights: dict[str, float],
-    optimizer,
-    grad_norm: torch.Tensor,
-    window: dict,
-    device: torch.device,
-) -> None:
-    """One log step: losses (raw and weighted), stats, lr, speed, memory; then a new ``window``. After a device sync,
-    ``data_time`` is the host's mean wait per step for the loader and ``step_time`` the rest of the wall time."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed, steps = time.perf_counter() - window["start"], max(window["steps"], 1)
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """The step's losses (averaged over the ranks; raw, weighted and their total) and scalar stats;
+    the ``hist/`` stats apart."""
     reduced = dist_utils.reduce_mean({**losses, "total_loss": total.detach()})
-    scalars, hists = stats_to_scalars(stats)
     values = {k: float(v.detach()) for k, v in reduced.items()}
-    values.update({f"weighted/{k}": values[k] * loss_weights[k] for k in losses}, **scalars)
-    data_time = window["data_time"] / steps
-    values.update(
-        {
-            "lr": optimizer.param_groups[0]["lr"],
-            "grad_norm": float(grad_norm),
-            "images_per_s": window["images"] / max(elapsed, 1e-9),
-            "data_time": data_time,
-            "step_time": max(elapsed / steps - data_time, 0.0),
-        }
+    values.update({f"weighted/{k}": values[k] * loss_weights[k] for k in losses})
+    scalars, hists = stats_to_scalars(stats)
+    return {**values, **scalars}, hists
+
+
+def log_train_step(
+    logger: RunLogger,
+    bar,
+    cfg: Config,
+    done: int,
+    scalars: dict[str, float],
+    hists: dict[str, torch.Tensor],
+    loss_names: list[str],
+) -> None:
+    """One log step on rank 0: the scalars, the histograms every ``train.hist_period``, a console
+    line."""
+    logger.log_scalars(done, **scalars)
+    if done % cfg.train.hist_period == 0 or done == cfg.train.max_iters:
+        logger.histograms(done, hists)
+    beta = f"  beta {format_value(scalars['beta'])}" if "beta" in scalars else ""
+    bar.set_postfix(loss=format_value(scalars["total_loss"], 3), lr=f"{scalars['lr']:.2g}")
+    losses = "  ".join(f"{k} {format_value(scalars[k])}" for k in loss_names)
+    bar.write(
+        f"iter {done}/{cfg.train.max_iters}  loss {format_value(scalars['total_loss'])}  "
+        f"{losses}{beta}  lr {scalars['lr']:.4g}  {scalars['images_per_s']:.1f} img/s  "
+        f"data {scalars['data_time'] * 1e3:.0f} ms  step {scalars['step_time'] * 1e3:.0f} ms"
     )
-    if device.type == "cuda":
-        values["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    if logger is not None:
-        logger.log("train", done, values)
-        if done % cfg.train.hist_period == 0 or done == cfg.train.max_iters:
-            logger.histograms(done, hists)
-        if (
-            done == cfg.train.max_iters
-        ):  # the end-of-training error distribution, for ablation plots
-            torch.save(
-                {k: v.detach().float().cpu() for k, v in hists.items()},
-                logger.run_dir / "final_errors.pt",
-            )
-        beta = f"  beta {format_value(values['beta'])}" if "beta" in values else ""
-        bar.set_postfix(loss=format_value(values["total_loss"], 3), lr=f"{values['lr']:.2g}")
-        bar.write(
-            f"iter {done}/{cfg.train.max_iters}  loss {format_value(values['total_loss'])}  "
-            + "  ".join(f"{k} {format_value(values[k])}" for k in losses)
-            + f"{beta}  lr {values['lr']:.4g}  {values['images_per_s']:.1f} img/s  "
-            f"data {values['data_time'] * 1e3:.0f} ms  step {values['step_time'] * 1e3:.0f} ms"
-        )
-    window.update(start=time.perf_counter(), images=0, steps=0, data_time=0.0)
 
 
 def keep_best(progress: Progress, metrics: dict[str, Any], metric: str) -> bool:
-    """Whether ``metrics`` is a new best of ``metric`` (recorded in ``progress``). Undefined values (COCO's -1 and
-    VOC's NaN when the val split has no ground truth) never are, and say so once."""
+    """Whether ``metrics`` is a new best of ``metric`` (recorded in ``progress``). Undefined values
+    (COCO's -1 and VOC's NaN when the val split has no ground truth) never are, and say so once."""
     value = metrics.get(metric)
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         if not progress.told_undefined:
             progress.told_undefined = True
             notice(
-                f"{metric} is undefined ({value}): the val split has no ground-truth boxes to score against, so "
-                f"no best.pth is kept; check the val annotations and data.classes"
+                f"{metric} is undefined ({value}): the val split has no ground-truth boxes to "
+                "score against, so no best.pth is kept; check the val annotations and data.classes"
             )
         return False
     if value > progress.best:
@@ -411,7 +403,7 @@ def warn_if_no_boxes(dataset, split: str) -> None:
     """Once, before training: a split with no boxes trains the classifier on background only."""
     if len(dataset) and not any(len(r.boxes) for r in dataset.records):
         notice(
-            f"warning: the {split} split ({dataset.name}, {len(dataset)} images) has no boxes at all: the box "
-            f"losses stay 0 and the detector can only learn background; check the annotation file and "
-            f"data.classes"
+            f"warning: the {split} split ({dataset.name}, {len(dataset)} images) has no boxes at "
+            "all: the box losses stay 0 and the detector can only learn background; check the "
+            "annotation file and data.classes"
         )

@@ -1,8 +1,10 @@
-"""Evaluation: COCO metrics (official pycocotools COCOeval) and PASCAL VOC AP, for any dataset format, and their
-text tables (:func:`format_metrics`: percentages with one decimal, -1 "undefined" as ``-``).
+"""Evaluation: COCO metrics (official pycocotools COCOeval) and PASCAL VOC AP, for any dataset
+format, and their text tables (:func:`format_metrics`: percentages with one decimal, -1 "undefined"
+as ``-``).
 
-Detections are per-image dicts ``{"image_id", "boxes" [D,4] xyxy float ORIGINAL pixels, "labels" [D] 1..K,
-"scores" [D]}``; the dataset gives ``classes``, ``label_to_cat_id``, ``get_image_info(i)`` and ``get_target(i)``.
+Detections are per-image dicts ``{"image_id", "boxes" [D,4] xyxy float ORIGINAL pixels, "labels" [D]
+1..K, "scores" [D]}``; the dataset gives ``classes``, ``label_to_cat_id``, ``get_image_info(i)`` and
+``get_target(i)``.
 """
 
 from __future__ import annotations
@@ -54,10 +56,11 @@ def evaluate(
     backend: str = "pycocotools",
     image_ids: Iterable[int] | None = None,
 ) -> dict:
-    """Score per-image detections against the dataset's ground truth: the images ``image_ids``, else those with an
-    entry in ``detections`` (one per image run). Raises ValueError naming the first malformed entry. The keys of
-    ``metrics.json``: coco gives COCOeval's 12, ``AP_per_iou``, ``AP90``, ``per_class``; voc gives ``mAP_voc07``,
-    ``mAP_voc``, ``per_class_voc``; both gives all."""
+    """Score per-image detections against the dataset's ground truth: the images ``image_ids``, else
+    those with an entry in ``detections`` (one per image run). Raises ValueError naming the first
+    malformed entry. The keys of ``metrics.json``: coco gives COCOeval's 12, ``AP_per_iou``,
+    ``AP90``, ``per_class``; voc gives ``mAP_voc07``, ``mAP_voc``, ``per_class_voc``; both gives
+    all."""
     validate_detections(dataset, detections)
     image_ids = [int(d["image_id"]) for d in detections] if image_ids is None else image_ids
     return _score(dataset, metric, backend, image_ids, detections=detections)
@@ -70,25 +73,23 @@ def evaluate_coco_results(
     backend: str = "pycocotools",
     image_ids: Iterable[int] | None = None,
 ) -> dict:
-    """Score COCO-format results (ids of ``dataset``) on ``image_ids``, else every image; keys as :func:`evaluate`."""
+    """Score COCO-format results (ids of ``dataset``) on ``image_ids``, else every image; keys as
+    :func:`evaluate`."""
     validate_coco_results(dataset, results)
     return _score(dataset, metric, backend, image_ids, results=results)
 
 
 def _score(dataset, metric: str, backend: str, image_ids, detections=None, results=None) -> dict:
-    """The metrics of validated per-image ``detections`` or COCO ``results`` (each converted to the other as needed)."""
-    if metric not in METRIC_NAMES:  # the backend is checked where COCOeval is built
-        raise ValueError(
-            f"unknown metric {metric!r} (eval.metric); expected one of {tuple(METRIC_NAMES)}"
-        )
+    """The metrics of validated per-image ``detections`` or COCO ``results`` (each converted to the
+    other as needed)."""
     if image_ids is not None:
         known = set(dataset_image_ids(dataset))
         image_ids = [int(i) for i in image_ids]
         unknown = [i for i in image_ids if i not in known]
         if unknown:
             raise ValueError(
-                f"image_ids: {unknown[0]} is not an image of the dataset ({len(known)} images); pass "
-                f"ids from dataset.get_image_info(i)['image_id']"
+                f"image_ids: {unknown[0]} is not an image of the dataset ({len(known)} images); "
+                "pass ids from dataset.get_image_info(i)['image_id']"
             )
     metrics: dict = {}
     if metric in ("coco", "both"):
@@ -103,13 +104,13 @@ def _score(dataset, metric: str, backend: str, image_ids, detections=None, resul
 
 
 def format_metrics(metrics: dict) -> str:
-    """The COCO 12-number table, the AP-per-IoU row, the per-class COCO AP table and the VOC table, as text."""
+    """The COCO 12-number table, the AP-per-IoU row, the per-class COCO AP table and the VOC table,
+    as text."""
     sections = []
     if all(name in metrics for name in COCO_METRIC_NAMES):
         lines = ["COCO box metrics (pycocotools COCOeval)"]
-        for key in (
-            COCO_METRIC_NAMES
-        ):  # COCOeval.summarize's rows, read off the names (AP50, APs, AR10, ...)
+        # COCOeval.summarize's rows, read off the names (AP50, APs, AR10, ...)
+        for key in COCO_METRIC_NAMES:
             kind = "Average Precision" if key.startswith("AP") else "Average Recall"
             iou = {"AP50": "0.50", "AP75": "0.75"}.get(key, "0.50:0.95")
             area = {"s": "small", "m": "medium", "l": "large"}.get(key[-1], "all")

@@ -1,7 +1,8 @@
 """COCO box metrics through the official COCOeval, for any dataset format (COCO, VOC, synthetic).
 
-Boxes cross from the package's xyxy ORIGINAL pixels with labels 1..K to COCO's xywh with the dataset's category ids
-only in :func:`build_coco_gt` (a VOC ``difficult`` object becomes ``iscrowd``) and :func:`detections_to_coco_results`.
+Boxes cross from the package's xyxy ORIGINAL pixels with labels 1..K to COCO's xywh with the
+dataset's category ids only in :func:`build_coco_gt` (a VOC ``difficult`` object becomes
+``iscrowd``) and :func:`detections_to_coco_results`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detector.boxes import box_xywh_to_xyxy, box_xyxy_to_xywh
-from detector.config import COCO_EXTRA_NAMES, COCO_METRIC_NAMES, EVAL_BACKENDS  # noqa: F401 (re-exported)
+from detector.config import COCO_EXTRA_NAMES, COCO_METRIC_NAMES  # noqa: F401 (re-exported)
 from detector.data.coco import is_number
 
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -34,8 +35,8 @@ def dataset_image_ids(dataset) -> list[int]:
 
 
 def build_coco_gt(dataset) -> COCO:
-    """The dataset's ground truth as a pycocotools ``COCO`` (no decoding, nothing cached). Annotation ids start at 1
-    (COCOeval's 0 is "unmatched")."""
+    """The dataset's ground truth as a pycocotools ``COCO`` (no decoding, nothing cached).
+    Annotation ids start at 1 (COCOeval's 0 is "unmatched")."""
     categories = [
         {"id": int(cat_id), "name": dataset.classes[label], "supercategory": ""}
         for label, cat_id in sorted(dataset.label_to_cat_id.items())
@@ -83,8 +84,9 @@ def build_coco_gt(dataset) -> COCO:
 
 
 def detections_to_coco_results(dataset, detections: Sequence[dict]) -> list[dict]:
-    """Per-image detections ``{"image_id", "boxes" [D,4] xyxy, "labels" [D] 1..K, "scores" [D]}`` -> COCO result
-    dicts ``{"image_id", "category_id", "bbox" [x,y,w,h], "score"}`` (boxes keep their float32 values)."""
+    """Per-image detections ``{"image_id", "boxes" [D,4] xyxy, "labels" [D] 1..K, "scores" [D]}`` ->
+    COCO result dicts ``{"image_id", "category_id", "bbox" [x,y,w,h], "score"}`` (boxes keep their
+    float32 values)."""
     results = []
     for det in detections:
         image_id = int(det["image_id"])
@@ -106,7 +108,8 @@ def detections_to_coco_results(dataset, detections: Sequence[dict]) -> list[dict
 
 
 def coco_results_to_detections(dataset, results: Sequence[dict]) -> list[dict]:
-    """COCO result dicts -> per-image detections (xyxy, labels 1..K), one entry per image id that has a result."""
+    """COCO result dicts -> per-image detections (xyxy, labels 1..K), one entry per image id that
+    has a result."""
     cat_id_to_label = {int(cat_id): label for label, cat_id in dataset.label_to_cat_id.items()}
     grouped: dict[int, list[dict]] = {}
     for result in results:
@@ -126,8 +129,9 @@ def coco_results_to_detections(dataset, results: Sequence[dict]) -> list[dict]:
 
 
 def validate_detections(dataset, detections: Sequence[dict], source: str = "detections") -> None:
-    """Raise ValueError naming the first bad per-image entry: unknown or repeated image id, label outside 1..K,
-    NaN/inf box or score, x2 <= x1 or y2 <= y1, or shapes other than boxes [D,4], labels [D], scores [D]."""
+    """Raise ValueError naming the first bad per-image entry: unknown or repeated image id, label
+    outside 1..K, NaN/inf box or score, x2 <= x1 or y2 <= y1, or shapes other than boxes [D,4],
+    labels [D], scores [D]."""
     valid_labels = set(dataset.label_to_cat_id)
     seen: set[int] = set()
     if not isinstance(detections, (list, tuple)):
@@ -158,8 +162,8 @@ def validate_detections(dataset, detections: Sequence[dict], source: str = "dete
         num = boxes.shape[0]
         if labels.shape != (num,) or scores.shape != (num,):
             raise ValueError(
-                f"{where}: fields 'labels' {list(labels.shape)} and 'scores' {list(scores.shape)} must "
-                f"both have shape [{num}] to match 'boxes' [{num}, 4]"
+                f"{where}: fields 'labels' {list(labels.shape)} and 'scores' {list(scores.shape)} "
+                f"must both have shape [{num}] to match 'boxes' [{num}, 4]"
             )
         checks = (  # (bad [D] bool, what detection j has), the first bad one is reported
             (
@@ -182,15 +186,16 @@ def validate_detections(dataset, detections: Sequence[dict], source: str = "dete
                     [label not in valid_labels for label in labels.tolist()], dtype=torch.bool
                 ),
                 lambda j: (
-                    f"field 'labels' {labels[j].item()}; expected a foreground label in 1..{len(valid_labels)} "
-                    f"(0 is background, never a detection)"
+                    f"field 'labels' {labels[j].item()}; expected a foreground label in "
+                    f"1..{len(valid_labels)} (0 is background, never a detection)"
                 ),
             ),
             (
                 (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]),
                 lambda j: (
-                    f"field 'boxes' {boxes[j].tolist()} with width or height <= 0; expected xyxy with x2 > x1 and "
-                    f"y2 > y1 (drop degenerate boxes, e.g. torchvision.ops.remove_small_boxes)"
+                    f"field 'boxes' {boxes[j].tolist()} with width or height <= 0; expected xyxy "
+                    "with x2 > x1 and y2 > y1 (drop degenerate boxes, e.g. "
+                    "torchvision.ops.remove_small_boxes)"
                 ),
             ),
         )
@@ -201,7 +206,8 @@ def validate_detections(dataset, detections: Sequence[dict], source: str = "dete
 
 
 def validate_coco_results(dataset, results: Any, source: str = "detections") -> None:
-    """Raise ValueError naming the first bad COCO result (keys, image id, category id, finite score and bbox)."""
+    """Raise ValueError naming the first bad COCO result (keys, image id, category id, finite score
+    and bbox)."""
     known_cats = {int(cat_id) for cat_id in dataset.label_to_cat_id.values()}
     if not isinstance(results, list):
         raise ValueError(
@@ -218,7 +224,8 @@ def validate_coco_results(dataset, results: Any, source: str = "detections") -> 
         score = result["score"]
         if not is_number(score) or not math.isfinite(score):
             raise ValueError(
-                f"{where}: field 'score' {score!r}; expected a finite number (drop or fix that entry)"
+                f"{where}: field 'score' {score!r}; expected a finite "
+                "number (drop or fix that entry)"
             )
         bbox = result["bbox"]
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
@@ -232,9 +239,9 @@ def validate_coco_results(dataset, results: Any, source: str = "detections") -> 
             )
         if bbox[2] <= 0 or bbox[3] <= 0:
             raise ValueError(
-                f"{where}: field 'bbox' {bbox!r} has width {bbox[2]} and height {bbox[3]}; expected "
-                f"COCO [x, y, w, h] with w > 0 and h > 0 (xyxy boxes must be converted; drop "
-                f"degenerate boxes)"
+                f"{where}: field 'bbox' {bbox!r} has width {bbox[2]} and height {bbox[3]}; "
+                "expected COCO [x, y, w, h] with w > 0 and h > 0 (xyxy boxes must be "
+                "converted; drop degenerate boxes)"
             )
 
 
@@ -243,8 +250,13 @@ def load_coco_results(path: str | Path, dataset) -> list[dict]:
     path = Path(path)
     try:
         results = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ValueError(f"{path}: cannot read a COCO detections JSON list: {exc}") from None
+    except RecursionError:
+        raise ValueError(
+            f"{path}: cannot read a COCO detections JSON list: nested too deeply (a list of "
+            f"objects nests two levels)"
+        ) from None
     validate_coco_results(dataset, results, source=str(path))
     return results
 
@@ -255,9 +267,10 @@ def coco_metrics(
     backend: str = "pycocotools",
     image_ids: Iterable[int] | None = None,
 ) -> tuple[dict, str]:
-    """COCOeval (iouType "bbox") of validated COCO results on ``image_ids`` (default all) -> (metrics, COCOeval's
-    summary text). Metrics: the 12 ``COCOeval.stats`` (0..1, -1 undefined), ``AP_per_iou``, ``AP90`` and
-    ``per_class`` (from ``eval["precision"]`` as ``summarize`` does: area all, 100 detections)."""
+    """COCOeval (iouType "bbox") of validated COCO results on ``image_ids`` (default all) ->
+    (metrics, COCOeval's summary text). Metrics: the 12 ``COCOeval.stats`` (0..1, -1 undefined),
+    ``AP_per_iou``, ``AP90`` and ``per_class`` (from ``eval["precision"]`` as ``summarize`` does:
+    area all, 100 detections)."""
     coco_cls, cocoeval_cls = _backend_classes(backend)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = coco_gt if backend == "pycocotools" else coco_cls(copy.deepcopy(coco_gt.dataset))
@@ -281,9 +294,8 @@ def coco_metrics(
     metrics["AP_per_iou"] = [
         mean_defined(precision[t, :, :, area, max_dets]) for t in range(precision.shape[0])
     ]
-    metrics["AP90"] = metrics["AP_per_iou"][
-        IOU_THRESHOLDS.index(0.9)
-    ]  # localisation quality box losses change
+    # localisation quality box losses change
+    metrics["AP90"] = metrics["AP_per_iou"][IOU_THRESHOLDS.index(0.9)]
     metrics["per_class"] = {
         gt.cats[cat_id]["name"]: mean_defined(precision[:, :, k, area, max_dets])
         for k, cat_id in enumerate(params.catIds)
@@ -294,24 +306,22 @@ def coco_metrics(
 def _backend_classes(backend: str):
     if backend == "pycocotools":
         return COCO, COCOeval
-    if backend == "faster_coco_eval":
-        try:
-            from faster_coco_eval import COCO as FasterCOCO
-            from faster_coco_eval import COCOeval_faster
-        except ImportError:
-            raise ImportError(
-                "eval.backend=faster_coco_eval needs the faster-coco-eval package: "
-                "`pip install faster-coco-eval` (or `pip install -e .[fast]`), or use "
-                "eval.backend=pycocotools"
-            ) from None
-        return FasterCOCO, COCOeval_faster
-    raise ValueError(
-        f"unknown COCO evaluation backend {backend!r}; expected one of {EVAL_BACKENDS}"
-    )
+    # eval.backend's other choice (config.EVAL_BACKENDS)
+    try:
+        from faster_coco_eval import COCO as FasterCOCO
+        from faster_coco_eval import COCOeval_faster
+    except ImportError:
+        raise ImportError(
+            "eval.backend=faster_coco_eval needs the faster-coco-eval package: "
+            "`pip install faster-coco-eval` (or `pip install -e .[fast]`), or use "
+            "eval.backend=pycocotools"
+        ) from None
+    return FasterCOCO, COCOeval_faster
 
 
 def _load_results(coco_cls, coco_gt, results: Sequence[dict]):
-    """``loadRes`` on copies of the dicts (it adds keys to them); an empty list becomes an empty result set."""
+    """``loadRes`` on copies of the dicts (it adds keys to them); an empty list becomes an empty
+    result set."""
     if len(results) == 0:
         empty = coco_cls()
         empty.dataset = {
@@ -325,7 +335,8 @@ def _load_results(coco_cls, coco_gt, results: Sequence[dict]):
 
 
 def mean_defined(values: Sequence[float] | np.ndarray) -> float:
-    """Mean over entries > -1 (-1 marks "undefined": no GT), or -1 when none is defined: COCOeval summarize's rule."""
+    """Mean over entries > -1 (-1 marks "undefined": no GT), or -1 when none is defined: COCOeval
+    summarize's rule."""
     values = np.asarray(values, dtype=np.float64)
     defined = values[values > -1]
     return float(np.mean(defined)) if defined.size else -1.0
@@ -338,7 +349,8 @@ def _entries(
     place: Callable[[int], str],
     keys_note: str = "",
 ):
-    """Each entry with its place for errors, once it is a dict with ``keys`` and the ``image_id`` of an image."""
+    """Each entry with its place for errors, once it is a dict with ``keys`` and the ``image_id`` of
+    an image."""
     known_ids = set(dataset_image_ids(dataset))
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or any(k not in entry for k in keys):
@@ -350,9 +362,9 @@ def _entries(
         where = f"{place(i)} (image_id {image_id})"
         if not _is_int(image_id) or int(image_id) not in known_ids:
             raise ValueError(
-                f"{where}: field 'image_id' {image_id!r} is not an image of the dataset ({len(known_ids)} "
-                f"images, ids like {sorted(known_ids)[:3]}); score detections against the split they "
-                f"were made on"
+                f"{where}: field 'image_id' {image_id!r} is not an image of the dataset "
+                f"({len(known_ids)} images, ids like {sorted(known_ids)[:3]}); score detections "
+                "against the split they were made on"
             )
         yield where, entry
 

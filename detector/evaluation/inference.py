@@ -1,5 +1,5 @@
-"""Run a detector over an evaluation loader and collect per-image detections (``{"image_id", "boxes" [D,4] xyxy
-ORIGINAL pixels, "labels" [D] 1..K, "scores" [D]}``, CPU tensors, one per image run)."""
+"""Run a detector over an evaluation loader and collect per-image detections (``{"image_id", "boxes"
+[D,4] xyxy ORIGINAL pixels, "labels" [D] 1..K, "scores" [D]}``, CPU tensors, one per image run)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ def inference_on_dataset(
     amp_dtype: torch.dtype | None = None,
     max_images: int | None = None,
 ) -> list[dict]:
-    """Detections of ``model`` (eval mode, restored after; ``torch.autocast`` with ``amp_dtype``) on ``loader``, at
-    most ``max_images`` on this process. Under torch.distributed every rank returns all ranks' lists, deduplicated
-    and sorted by image id; otherwise the loader's order is kept."""
+    """Detections of ``model`` (eval mode, restored after; ``torch.autocast`` with ``amp_dtype``) on
+    ``loader``, at most ``max_images`` on this process. Under torch.distributed every rank returns
+    all ranks' lists, deduplicated and sorted by image id; otherwise the loader's order is kept."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -42,6 +42,7 @@ def inference_on_dataset(
                         images, orig_sizes=orig_sizes, proposals=proposals_of(targets, device)
                     )
                 for target, output in zip(targets, outputs):
+                    # [D]
                     results.append(
                         {
                             "image_id": int(target["image_id"]),
@@ -49,7 +50,7 @@ def inference_on_dataset(
                             "labels": output["labels"].cpu(),  # [D] 1..K
                             "scores": output["scores"].float().cpu(),
                         }
-                    )  # [D]
+                    )
                 progress.update(len(targets))
                 if max_images is not None and len(results) >= max_images:
                     break

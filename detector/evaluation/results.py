@@ -34,14 +34,19 @@ def evaluate_model(
     return metrics, detections
 
 
+# What an evaluation writes into its folder, in this order: metrics.json last, as it marks a run
+# finished.
+EVAL_FILES = ("detections.json", "metrics.json")
+
+
 def write_eval_results(eval_dir: Path, metrics: dict[str, Any], dataset, detections: list) -> None:
-    """``eval/detections.json`` then ``eval/metrics.json`` (written last: it marks the run finished)."""
+    """``eval/detections.json`` then ``eval/metrics.json`` (:data:`EVAL_FILES`)."""
     eval_dir = Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
-    (eval_dir / "detections.json").write_text(
+    (eval_dir / EVAL_FILES[0]).write_text(
         json.dumps(detections_to_coco_results(dataset, detections))
     )
-    (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (eval_dir / EVAL_FILES[1]).write_text(json.dumps(metrics, indent=2))
 
 
 @torch.no_grad()

@@ -1,7 +1,9 @@
-"""PASCAL VOC box AP for any dataset format: the VOC2007 11-point metric and the area (VOC2010+) metric.
+"""PASCAL VOC box AP for any dataset format: the VOC2007 11-point metric and the area (VOC2010+)
+metric.
 
-Per class as the devkit's ``voc_eval`` (py-faster-rcnn), except that IoU has no +1 pixel (continuous xyxy boxes);
-``difficult`` (our ``iscrowd``) GT is neither TP nor FP. A class without non-difficult GT has AP -1, out of the mean.
+Per class as the devkit's ``voc_eval`` (py-faster-rcnn), except that IoU has no +1 pixel (continuous
+xyxy boxes); ``difficult`` (our ``iscrowd``) GT is neither TP nor FP. A class without non-difficult
+GT has AP -1, out of the mean.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from detector.evaluation.coco import mean_defined
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:
-    """AP from the cumulative recall/precision curve [D]: VOC2007's 11-point mean (``use_07_metric``), else the area
-    under the precision envelope (VOC2010+)."""
+    """AP from the cumulative recall/precision curve [D]: VOC2007's 11-point mean
+    (``use_07_metric``), else the area under the precision envelope (VOC2010+)."""
     if use_07_metric:
         ap = 0.0
         for t in np.arange(0.0, 1.1, 0.1):
@@ -26,9 +28,8 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = Fals
         return float(ap)
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.concatenate(([0.0], precision, [0.0]))
-    mpre = np.maximum.accumulate(mpre[::-1])[
-        ::-1
-    ]  # precision envelope: max precision at any recall >= r
+    # precision envelope: max precision at any recall >= r
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
     changes = np.where(mrec[1:] != mrec[:-1])[0]
     return float(np.sum((mrec[changes + 1] - mrec[changes]) * mpre[changes + 1]))
 
@@ -39,16 +40,15 @@ def voc_metrics(
     iou_thresh: float = 0.5,
     image_ids: Iterable[int] | None = None,
 ) -> dict:
-    """VOC AP of validated per-image detections on ``image_ids`` (default all): ``mAP_voc07``, ``mAP_voc`` (means
-    over the defined classes, -1 when none) and ``per_class_voc`` ``{name: {"ap07", "ap", "num_gt"}}``."""
+    """VOC AP of validated per-image detections on ``image_ids`` (default all): ``mAP_voc07``,
+    ``mAP_voc`` (means over the defined classes, -1 when none) and ``per_class_voc`` ``{name:
+    {"ap07", "ap", "num_gt"}}``."""
     wanted = None if image_ids is None else {int(i) for i in image_ids}
     num_classes = len(dataset.classes) - 1
-    gt_boxes: list[dict[int, np.ndarray]] = [
-        {} for _ in range(num_classes + 1)
-    ]  # label -> image_id -> [G,4]
-    gt_difficult: list[dict[int, np.ndarray]] = [
-        {} for _ in range(num_classes + 1)
-    ]  # label -> image_id -> [G]
+    # label -> image_id -> [G,4]
+    gt_boxes: list[dict[int, np.ndarray]] = [{} for _ in range(num_classes + 1)]
+    # label -> image_id -> [G]
+    gt_difficult: list[dict[int, np.ndarray]] = [{} for _ in range(num_classes + 1)]
     for index in range(len(dataset)):
         image_id = int(dataset.get_image_info(index)["image_id"])
         if wanted is not None and image_id not in wanted:
@@ -111,8 +111,9 @@ def _match_class(
     boxes: np.ndarray,
     iou_thresh: float,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Greedy devkit matching of one class, by descending score (stable): each detection to its image's GT of largest
-    IoU, TP when IoU > ``iou_thresh`` and the GT is free, else FP -> cumulative TP [D], cumulative FP [D], npos."""
+    """Greedy devkit matching of one class, by descending score (stable): each detection to its
+    image's GT of largest IoU, TP when IoU > ``iou_thresh`` and the GT is free, else FP ->
+    cumulative TP [D], cumulative FP [D], npos."""
     npos = int(sum(int((~d).sum()) for d in gt_difficult.values()))
     taken = {image_id: np.zeros(len(b), dtype=bool) for image_id, b in gt_boxes.items()}
     order = np.argsort(-scores, kind="stable")
@@ -135,8 +136,9 @@ def _match_class(
 
 
 def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """[4] xyxy, [G,4] xyxy -> [G] IoU, continuous coordinates (no +1). In numpy: torchvision's box_iou costs ~9x
-    more per call on these one-row inputs, and the devkit matching calls it once per detection."""
+    """[4] xyxy, [G,4] xyxy -> [G] IoU, continuous coordinates (no +1). In numpy: torchvision's
+    box_iou costs ~9x more per call on these one-row inputs, and the devkit matching calls it once
+    per detection."""
     iw = np.maximum(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]), 0.0)
     ih = np.maximum(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]), 0.0)
     inter = iw * ih

@@ -1,4 +1,5 @@
-"""Box-regression losses (``regression``) and the beta schedules of Dynamic Smooth L1 (``dynamic``)."""
+"""Box-regression losses (``regression``) and the beta schedules of Dynamic Smooth L1
+(``dynamic``)."""
 
 from detector.losses.dynamic import (
     BETA_SCHEDULES,

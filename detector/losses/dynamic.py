@@ -1,7 +1,8 @@
 """Beta schedules of Dynamic Smooth L1: the beta as explicit training state, owned by the RoI head.
 
-The forward pass only reads ``.beta``; ``step(iteration, statistic=None)`` (once per optimizer step) records that
-iteration's statistic and moves ``.beta`` to iteration + 1's value: the only state change and cross-rank exchange.
+The forward pass only reads ``.beta``; ``step(iteration, statistic=None)`` (once per optimizer step)
+records that iteration's statistic and moves ``.beta`` to iteration + 1's value: the only state
+change and cross-rank exchange.
 """
 
 from __future__ import annotations
@@ -27,16 +28,18 @@ __all__ = [
     "kth_valid",
 ]
 
-# Whose Dynamic R-CNN statistics (beta and DLA): open-mmlab/mmdetection's port, or hkzhang95/DynamicRCNN's code.
+# Whose Dynamic R-CNN statistics (beta and DLA): open-mmlab/mmdetection's port, or
+# hkzhang95/DynamicRCNN's code.
 STATISTIC_CONVENTIONS = ("mmdet", "official")
-_MEDIAN_EPS = 1e-15  # mmdetection's EPS: a median below it keeps the old beta (no such guard in the official code)
+# mmdetection's EPS: a median below it keeps the old beta (no such guard in the official code)
+_MEDIAN_EPS = 1e-15
 
 
 def kth_valid(
     values: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, largest: bool = False
 ) -> torch.Tensor:
-    """The k-th smallest (``largest``: largest) of ``values[valid]`` ([Q] each; k a 0-d tensor, capped to 1..count);
-    0-d float32, NaN when nothing is valid; no host sync."""
+    """The k-th smallest (``largest``: largest) of ``values[valid]`` ([Q] each; k a 0-d tensor,
+    capped to 1..count); 0-d float32, NaN when nothing is valid; no host sync."""
     if values.numel() == 0:
         return values.new_full((), math.nan, dtype=torch.float32)
     count = valid.sum()
@@ -50,18 +53,19 @@ def kth_valid(
 
 
 class IntervalRecord:
-    """The per-iteration statistics (0-d, NaN: nothing observed) of one update interval, on their device.
+    """The per-iteration statistics (0-d, NaN: nothing observed) of one update interval, on their
+    device.
 
-    ``record`` has no host sync and says whether the interval ended; ``collect`` (the one collective) all_reduces the
-    (sum, count) table, so each statistic is the mean over the ranks that observed it, and clears the record.
+    ``record`` has no host sync and says whether the interval ended; ``collect`` (the one
+    collective) all_reduces the (sum, count) table, so each statistic is the mean over the ranks
+    that observed it, and clears the record.
     """
 
     def __init__(self, interval: int):
         assert interval >= 1, f"IntervalRecord: interval must be >= 1, got {interval}"
         self.interval = int(interval)
-        self.table = torch.zeros(
-            2, self.interval
-        )  # [2,C]: statistic (0 where none), 1 where observed
+        # [2,C]: statistic (0 where none), 1 where observed
+        self.table = torch.zeros(2, self.interval)
 
     def record(self, iteration: int, statistic: torch.Tensor) -> bool:
         stat = torch.as_tensor(statistic).detach().float().reshape(())
@@ -74,7 +78,8 @@ class IntervalRecord:
         return (iteration + 1) % self.interval == 0
 
     def collect(self) -> list[float]:
-        """The statistics in iteration order (unobserved ones left out); every rank calls it at the same iteration."""
+        """The statistics in iteration order (unobserved ones left out); every rank calls it at the
+        same iteration."""
         table = self.table.clone()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(table)
@@ -90,13 +95,15 @@ class IntervalRecord:
         if tuple(table.shape) != (2, self.interval):
             raise ValueError(
                 f"IntervalRecord.load_state_dict: the state records intervals of {table.shape[-1]} "
-                f"iterations, this one {self.interval}; use the interval the checkpoint was trained with"
+                f"iterations, this one {self.interval}; use the interval the "
+                "checkpoint was trained with"
             )
         self.table = table.clone()
 
 
 class BetaSchedule:
-    """Base class: ``.beta``, ``step`` (module docstring) and a ``state_dict`` of Python numbers and CPU tensors."""
+    """Base class: ``.beta``, ``step`` (module docstring) and a ``state_dict`` of Python numbers and
+    CPU tensors."""
 
     type: str = ""
 
@@ -115,7 +122,8 @@ class BetaSchedule:
         if state.get("type") != self.type:
             raise ValueError(
                 f"{type(self).__name__}.load_state_dict: the state is of a {state.get('type')!r} "
-                f"schedule, this one is {self.type!r}; use the config the checkpoint was trained with"
+                f"schedule, this one is {self.type!r}; use the config the "
+                "checkpoint was trained with"
             )
         self.beta = float(state["beta"])
 
@@ -124,12 +132,14 @@ class BetaSchedule:
 
 
 class AdaptiveBeta(BetaSchedule):
-    """Dynamic R-CNN's beta: after every ``interval`` iterations beta = max(min_beta, min(initial_beta, median of
-    the interval's statistics)), each the k-th smallest mean(|tx|, |ty|) of a set of targets (:meth:`observe`).
-    ``mmdet`` (mmdetection's DynamicRoIHead): sampled positives, k = min(topk * num_imgs, num_pos), np.median; an
-    empty record or a median < 1e-15 keeps the old beta. ``official`` (hkzhang95/DynamicRCNN): every proposal of the
-    images with GT before sampling (below-threshold ones encoded against the image's first GT), k per GPU, upper
-    median sorted(S)[n // 2], no guard. Ours in both: ``min_beta`` floors beta; statistics are averaged over ranks.
+    """Dynamic R-CNN's beta: after every ``interval`` iterations beta = max(min_beta,
+    min(initial_beta, median of the interval's statistics)), each the k-th smallest mean(|tx|, |ty|)
+    of a set of targets (:meth:`observe`). ``mmdet`` (mmdetection's DynamicRoIHead): sampled
+    positives, k = min(topk * num_imgs, num_pos), np.median; an empty record or a median < 1e-15
+    keeps the old beta. ``official`` (hkzhang95/DynamicRCNN): every proposal of the images with GT
+    before sampling (below-threshold ones encoded against the image's first GT), k per GPU, upper
+    median sorted(S)[n // 2], no guard. Ours in both: ``min_beta`` floors beta; statistics are
+    averaged over ranks.
     """
 
     type = "adaptive"
@@ -160,13 +170,13 @@ class AdaptiveBeta(BetaSchedule):
         num_images: int | torch.Tensor,
         valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """target_deltas [Q,4] (``valid`` [Q] bool) -> 0-d float32 statistic (NaN: no target), k = min(round(topk *
-        num_images), valid count) >= 1; ``num_images`` an int or a 0-d tensor. No state change, no host sync."""
+        """target_deltas [Q,4] (``valid`` [Q] bool) -> 0-d float32 statistic (NaN: no target), k =
+        min(round(topk * num_images), valid count) >= 1; ``num_images`` an int or a 0-d tensor. No
+        state change, no host sync."""
         values = target_deltas[:, :2].float().abs().mean(dim=1)  # [Q]
         k = num_images * self.topk  # a float, or a 0-d tensor: no host sync either way
-        k = (
-            k.round() if torch.is_tensor(k) else torch.full((), round(k), device=values.device)
-        )  # a fill, no copy
+        # a fill, no copy
+        k = k.round() if torch.is_tensor(k) else torch.full((), round(k), device=values.device)
         return kth_valid(
             values, torch.ones_like(values, dtype=torch.bool) if valid is None else valid, k
         )
@@ -204,12 +214,14 @@ class AdaptiveBeta(BetaSchedule):
 
     def __repr__(self) -> str:
         return (
-            f"AdaptiveBeta(beta={self.beta:.4g}, initial_beta={self.initial_beta}, topk={self.topk}, "
-            f"interval={self.interval}, min_beta={self.min_beta}, statistic={self.statistic!r})"
+            f"AdaptiveBeta(beta={self.beta:.4g}, initial_beta={self.initial_beta}, "
+            f"topk={self.topk}, interval={self.interval}, min_beta={self.min_beta}, "
+            f"statistic={self.statistic!r})"
         )
 
 
-# beta of each explicit schedule from its start/end at the training fraction t in [0, 1], k milestones passed
+# beta of each explicit schedule from its start/end at the training fraction t in [0, 1], k
+# milestones passed
 BETA_SCHEDULES: dict[str, Callable[..., float] | None] = {
     "adaptive": None,  # AdaptiveBeta: measured, not a function of t
     "constant": lambda start, end, t, k, gamma: start,
@@ -220,14 +232,14 @@ BETA_SCHEDULES: dict[str, Callable[..., float] | None] = {
     ),
     "exp": lambda start, end, t, k, gamma: start * (end / start) ** t,  # geometric; start, end > 0
 }
-SCHEDULED_LOSSES = (
-    "dynamic_smooth_l1",
-)  # box losses whose beta follows a schedule (owned by the RoI head)
+# box losses whose beta follows a schedule (owned by the RoI head)
+SCHEDULED_LOSSES = ("dynamic_smooth_l1",)
 
 
 class ScheduledBeta(BetaSchedule):
-    """An explicit schedule: iteration i trains with max(min_beta, BETA_SCHEDULES[kind](start, end, t, k, gamma)),
-    t = i / total_iters (held at 1 after), k the number of ``milestones`` (iterations) <= i; the state is the beta."""
+    """An explicit schedule: iteration i trains with max(min_beta, BETA_SCHEDULES[kind](start, end,
+    t, k, gamma)), t = i / total_iters (held at 1 after), k the number of ``milestones``
+    (iterations) <= i; the state is the beta."""
 
     def __init__(
         self,
@@ -265,8 +277,9 @@ class ScheduledBeta(BetaSchedule):
 
 
 def build_beta_schedule(roi_cfg: Mapping, max_iters: int) -> BetaSchedule | None:
-    """The beta schedule of a ``model.roi_head`` section, or None unless its box loss is scheduled; adaptive's k
-    is scaled by ``batch_size_per_image / reference_rois`` when set (Dynamic R-CNN's k = 10 is for 512 RoIs)."""
+    """The beta schedule of a ``model.roi_head`` section, or None unless its box loss is scheduled;
+    adaptive's k is scaled by ``batch_size_per_image / reference_rois`` when set (Dynamic R-CNN's k
+    = 10 is for 512 RoIs)."""
     cfg = roi_cfg["box_loss"]
     if cfg["name"] not in SCHEDULED_LOSSES:
         return None

@@ -1,7 +1,9 @@
-"""Box-regression losses: elementwise functions, one reduction helper (mmdetection's semantics), one registry.
+"""Box-regression losses: elementwise functions, one reduction helper (mmdetection's semantics), one
+registry.
 
-Delta losses take (tx, ty, tw, th) deltas [P,4] and return [P,4]; IoU-family losses take xyxy boxes [P,4] and return
-[P], eps-guarded (finite gradients for degenerate and disjoint boxes). The loss weight is applied by the engine.
+Delta losses take (tx, ty, tw, th) deltas [P,4] and return [P,4]; IoU-family losses take xyxy boxes
+[P,4] and return [P], eps-guarded (finite gradients for degenerate and disjoint boxes). The loss
+weight is applied by the engine.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ __all__ = [
 EXACT_L1_BETA = 1e-5  # smooth_l1 with beta below this is computed as L1
 
 
-# ---------------------------------------------------------------- delta losses: [P,4],[P,4] -> [P,4]
+# --------------------------------------------------------------- delta losses: [P,4],[P,4] -> [P,4]
 
 
 def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -47,8 +49,6 @@ def l2_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def smooth_l1_loss(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
     """Smooth L1 (Huber / beta): quadratic below beta, linear above; |gradient| <= 1 everywhere."""
-    if beta < 0:
-        raise ValueError(f"smooth_l1_loss: beta must be >= 0, got {beta}")
     diff = (pred - target).abs()
     if beta < EXACT_L1_BETA:
         return diff
@@ -62,11 +62,8 @@ def balanced_l1_loss(
     gamma: float = 1.5,
     beta: float = 1.0,
 ) -> torch.Tensor:
-    """Balanced L1 (Libra R-CNN, mmdetection's closed form): promotes the gradient of inliers (|x| < beta)."""
-    if alpha <= 0 or gamma <= 0 or beta <= 0:
-        raise ValueError(
-            f"balanced_l1_loss: alpha, gamma, beta must be > 0, got {alpha}, {gamma}, {beta}"
-        )
+    """Balanced L1 (Libra R-CNN, mmdetection's closed form): promotes the gradient of inliers (|x| <
+    beta)."""
     diff = (pred - target).abs()
     b = math.exp(gamma / alpha) - 1
     inlier = alpha / b * (b * diff + 1) * torch.log(b * diff / beta + 1) - alpha * diff
@@ -74,7 +71,7 @@ def balanced_l1_loss(
     return torch.where(diff < beta, inlier, outlier)
 
 
-# ---------------------------------------------------------------- IoU family: xyxy [P,4],[P,4] -> [P]
+# -------------------------------------------------------------- IoU family: xyxy [P,4],[P,4] -> [P]
 
 
 def _iou_terms(pred: torch.Tensor, target: torch.Tensor, eps: float):
@@ -119,7 +116,8 @@ def diou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> to
 
 
 def ciou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """DIoU + alpha v, v = 4/pi^2 (atan(w_t/h_t) - atan(w_p/h_p))^2, alpha = v / (1 - IoU + v) held constant."""
+    """DIoU + alpha v, v = 4/pi^2 (atan(w_t/h_t) - atan(w_p/h_p))^2, alpha = v / (1 - IoU + v) held
+    constant."""
     iou, diou = _diou_terms(pred, target, eps)
     w_p, h_p = (pred[:, 2] - pred[:, 0]).clamp(min=0), (pred[:, 3] - pred[:, 1]).clamp(min=0)
     w_t, h_t = (
@@ -138,8 +136,9 @@ def weight_reduce_loss(
     reduction: str = "mean",
     avg_factor: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Multiply by ``weight`` (broadcast), then reduce: "none", "sum", or "mean" (or the sum / ``avg_factor``).
-    mmdetection's semantics, except that the mean of an empty loss is 0, so an iteration without positives trains."""
+    """Multiply by ``weight`` (broadcast), then reduce: "none", "sum", or "mean" (or the sum /
+    ``avg_factor``). mmdetection's semantics, except that the mean of an empty loss is 0, so an
+    iteration without positives trains."""
     if reduction not in ("none", "sum", "mean"):
         raise ValueError(
             f"weight_reduce_loss: reduction must be none, sum or mean, got {reduction!r}"
@@ -157,17 +156,17 @@ def weight_reduce_loss(
 
 @dataclass
 class BoxLoss:
-    """A configured box loss: ``loss(pred [P,4], target [P,4], weight=None, avg_factor=None, beta=None)`` -> float32
-    sum of the elementwise loss times ``weight`` ([P,4] or [P]) / ``avg_factor`` (None: the plain sum). ``on_boxes``:
-    xyxy boxes (IoU family), else deltas; ``beta`` overrides the configured beta (dynamic_smooth_l1's schedule)."""
+    """A configured box loss: ``loss(pred [P,4], target [P,4], weight=None, avg_factor=None,
+    beta=None)`` -> float32 sum of the elementwise loss times ``weight`` ([P,4] or [P]) /
+    ``avg_factor`` (None: the plain sum). ``on_boxes``: xyxy boxes (IoU family), else deltas;
+    ``beta`` overrides the configured beta (dynamic_smooth_l1's schedule)."""
 
     name: str
     fn: Callable[..., torch.Tensor] = field(repr=False)
     on_boxes: bool = False
     beta: float | None = None
-    params: dict[str, float] = field(
-        default_factory=dict
-    )  # further keyword arguments of fn (balanced_l1's)
+    # further keyword arguments of fn (balanced_l1's)
+    params: dict[str, float] = field(default_factory=dict)
 
     def __call__(
         self,
@@ -223,8 +222,6 @@ LOSSES: dict[str, Callable[[Mapping], BoxLoss]] = {
 
 
 def build_box_loss(cfg: Mapping) -> BoxLoss:
-    """The BoxLoss of a ``box_loss`` config section (its weight, normalizer and schedule belong to the caller)."""
-    name = cfg.get("name")
-    if name not in LOSSES:
-        raise ValueError(f"unknown box loss {name!r}; valid names: {', '.join(LOSSES)}")
-    return LOSSES[name](cfg)
+    """The BoxLoss of a ``box_loss`` config section (its weight, normalizer and schedule belong to
+    the caller)."""
+    return LOSSES[cfg["name"]](cfg)

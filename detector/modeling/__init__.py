@@ -1,4 +1,5 @@
-"""Two-stage detector: torchvision backbone (+FPN), RPN, Fast R-CNN RoI heads with pluggable box losses.
+"""Two-stage detector: torchvision backbone (+FPN), RPN, Fast R-CNN RoI heads with pluggable box
+losses.
 
 Label 0 is background, foreground labels are 1..K; boxes are absolute xyxy float32 pixels.
 """

@@ -1,7 +1,9 @@
-"""Torchvision backbones (:data:`BACKBONES`) with or without FPN: [N,3,H,W] -> ordered dict of [N,C,H/s,W/s] maps.
+"""Torchvision backbones (:data:`BACKBONES`) with or without FPN: [N,3,H,W] -> ordered dict of
+[N,C,H/s,W/s] maps.
 
-With FPN, levels "0".."3" are P2..P5 (strides 4..32) and "pool" is P6 (64); without, "0" is C5 (stride 32).
-``freeze_at=k`` freezes the first k of five stages (stem, then the four resolution stages) with frozen BN (Detectron2).
+With FPN, levels "0".."3" are P2..P5 (strides 4..32) and "pool" is P6 (64); without, "0" is C5
+(stride 32). ``freeze_at=k`` freezes the first k of five stages (stem, then the four resolution
+stages) with frozen BN (Detectron2).
 """
 
 from __future__ import annotations
@@ -21,33 +23,28 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from detector.config import BACKBONES, NORMS
-from detector.errors import WeightsError
+from detector.config import BACKBONES, FPN_STRIDES, NORMS
+from detector.errors import WeightsError, first_line, unsafe_global
 from detector.modeling.fit import misfit_message
 
 __all__ = ["Backbone", "build_backbone", "BACKBONES", "NORMS"]
 
-_MOBILENET_STAGE_ENDS = (
-    1,
-    3,
-    6,
-    12,
-    16,
-)  # last block of the stem and of the stride-4/8/16/32 stages
+# last block of the stem and of the stride-4/8/16/32 stages
+_MOBILENET_STAGE_ENDS = (1, 3, 6, 12, 16)
 
 
 _NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {  # config.NORMS
     "frozen_bn": FrozenBatchNorm2d,
     "bn": nn.BatchNorm2d,
     "syncbn": nn.SyncBatchNorm,
-    "gn": lambda channels: nn.GroupNorm(
-        math.gcd(32, channels), channels
-    ),  # 32 groups where C allows
+    # 32 groups where C allows
+    "gn": lambda channels: nn.GroupNorm(math.gcd(32, channels), channels),
 }
 
 
 def _freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose BatchNorm layers (plain or synced) are FrozenBatchNorm2d with the same statistics."""
+    """A copy of ``module`` whose BatchNorm layers (plain or synced) are FrozenBatchNorm2d with the
+    same statistics."""
     if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
         frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
         frozen.load_state_dict(module.state_dict())  # FrozenBatchNorm2d drops num_batches_tracked
@@ -61,9 +58,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        code = unsafe_global(exc)
+        if code:
+            raise WeightsError(
+                f"model.backbone.weights: {path} holds {code}, which is code, not weights, so it "
+                f"was not loaded; save the weights as tensors only: torch.save(model.state_dict())"
+            ) from None
         raise WeightsError(
             f"model.backbone.weights: {path} is not a readable torch state dict "
-            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]}); "
+            f"({type(exc).__name__}: {first_line(exc)}); "
             f"expected a file written by torch.save(model.state_dict())"
         ) from exc
     for key in ("state_dict", "model"):
@@ -75,8 +78,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _weights_state_dict(name: str, weights: str) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict, its source) of ``weights``: a local ``.pth`` file, else a torchvision weights name of model
-    ``name`` (from the hub cache or the internet; a clear error offline)."""
+    """(state dict, its source) of ``weights``: a local ``.pth`` file, else a torchvision weights
+    name of model ``name`` (from the hub cache or the internet; a clear error offline)."""
     path = Path(weights).expanduser()
     if path.is_file():
         return _read_state_dict(path), str(path)
@@ -102,8 +105,9 @@ def _weights_state_dict(name: str, weights: str) -> tuple[dict[str, torch.Tensor
 def _load_trunk_weights(
     trunk: nn.Module, state: dict[str, torch.Tensor], source: str, name: str
 ) -> None:
-    """Load an ImageNet classifier state dict into the trunk of torchvision's ``name``, skipping the classifier head
-    and entries the trunk's norm does not keep (BN's counter under frozen_bn, its statistics under gn)."""
+    """Load an ImageNet classifier state dict into the trunk of torchvision's ``name``, skipping the
+    classifier head and entries the trunk's norm does not keep (BN's counter under frozen_bn, its
+    statistics under gn)."""
     head = ("fc.", "classifier.")
     expected, layers = trunk.state_dict(), dict(trunk.named_modules())
     state = {
@@ -125,7 +129,8 @@ def _load_trunk_weights(
 
 
 def _trunk_and_stages(name: str, norm: str):
-    """(classifier, module holding the stages, child names of each of the 5 stages, 4 returned stages, channels)."""
+    """(classifier, module holding the stages, child names of each of the 5 stages, 4 returned
+    stages, channels)."""
     if BACKBONES[name] == "resnet":  # config.BACKBONES
         trunk = getattr(torchvision.models, name)(weights=None, norm_layer=_NORM_LAYERS[norm])
         stages = [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
@@ -141,7 +146,8 @@ def _trunk_and_stages(name: str, norm: str):
 
 
 class Backbone(nn.Module):
-    """Trunk (+ FPN) -> OrderedDict of feature maps; ``out_channels`` and ``strides`` describe the levels."""
+    """Trunk (+ FPN) -> OrderedDict of feature maps; ``out_channels`` and ``strides`` describe the
+    levels."""
 
     def __init__(self, body: nn.Module, out_channels: int, strides: tuple[int, ...]):
         super().__init__()
@@ -154,14 +160,10 @@ class Backbone(nn.Module):
 
 
 def build_backbone(
-    name: str = "resnet18",
-    fpn: bool = True,
-    out_channels: int = 256,
-    norm: str = "bn",
-    freeze_at: int = 0,
-    weights: str | None = None,
+    *, name: str, fpn: bool, out_channels: int, norm: str, freeze_at: int, weights: str | None
 ) -> Backbone:
-    """``weights``: None, a torchvision weights name (downloaded on request only) or a local ``.pth`` state dict."""
+    """``weights``: None, a torchvision weights name (downloaded on request only) or a local
+    ``.pth`` state dict."""
     trunk, body, stages, returned, channels = _trunk_and_stages(name, norm)
     if weights is not None:
         _load_trunk_weights(trunk, *_weights_state_dict(name, weights), name)
@@ -174,5 +176,5 @@ def build_backbone(
         with_fpn = BackboneWithFPN(
             body, return_layers, channels, out_channels, extra_blocks=LastLevelMaxPool()
         )
-        return Backbone(with_fpn, out_channels, (4, 8, 16, 32, 64))
+        return Backbone(with_fpn, out_channels, FPN_STRIDES)
     return Backbone(IntermediateLayerGetter(body, {returned[-1]: "0"}), channels[-1], (32,))

@@ -1,7 +1,9 @@
-"""TwoStageDetector: Faster R-CNN (backbone + RPN + RoI heads) or Fast R-CNN on precomputed proposals.
+"""TwoStageDetector: Faster R-CNN (backbone + RPN + RoI heads) or Fast R-CNN on precomputed
+proposals.
 
-The model owns preprocessing: images ([3,H,W], uint8 0..255 or float 0..1, any device) are normalised and zero-padded
-to a few batch sizes (``pad_buckets``); GT and proposals become [N,G,4] / [N,P,4] with validity masks; no host sync.
+The model owns preprocessing: images ([3,H,W], uint8 0..255 or float 0..1, any device) are
+normalised and zero-padded to a few batch sizes (``pad_buckets``); GT and proposals become [N,G,4] /
+[N,P,4] with validity masks; no host sync.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 from detector.boxes import clip_boxes_to_sizes, scale_boxes
+from detector.config import ConfigError
 from detector.data.transforms import batch_padded_size, build_pad_buckets
 from detector.losses import build_beta_schedule, build_box_loss
 from detector.modeling.backbone import Backbone, build_backbone
@@ -23,7 +26,8 @@ __all__ = ["TwoStageDetector", "build_detector"]
 
 
 def _host_to_device(data, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A host-made tensor on ``device`` without blocking the host (CUDA: pinned memory, asynchronous copy)."""
+    """A host-made tensor on ``device`` without blocking the host (CUDA: pinned memory, asynchronous
+    copy)."""
     host = torch.tensor(data, dtype=dtype, device="cpu")
     if device.type == "cuda":
         host = host.pin_memory()
@@ -33,7 +37,8 @@ def _host_to_device(data, dtype: torch.dtype, device: torch.device) -> torch.Ten
 def _pad_boxes(
     boxes: Sequence[torch.Tensor], device: torch.device, extra: Sequence[torch.Tensor] = ()
 ):
-    """Per-image [n_i,4] boxes (and [n_i] extras) -> [N,B,4], extras [N,B], valid [N,B]; B >= 1, zero padding."""
+    """Per-image [n_i,4] boxes (and [n_i] extras) -> [N,B,4], extras [N,B], valid [N,B]; B >= 1,
+    zero padding."""
     counts = [int(b.shape[0]) for b in boxes]
     width = max([1] + counts)
 
@@ -51,18 +56,19 @@ def _pad_boxes(
 
 
 class TwoStageDetector(nn.Module):
-    """Backbone, RPN and RoI heads (docs/architecture.md); ``rpn=None`` is Fast R-CNN mode: ``forward`` must then
-    be passed ``proposals`` (list of [P_i,4] in input pixels)."""
+    """Backbone, RPN and RoI heads (docs/architecture.md); ``rpn=None`` is Fast R-CNN mode:
+    ``forward`` must then be passed ``proposals`` (list of [P_i,4] in input pixels)."""
 
     def __init__(
         self,
         backbone: Backbone,
         roi_heads: RoIHeads,
-        rpn: RPN | None = None,
-        pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
-        pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
-        size_divisibility: int = 32,
-        pad_buckets: Sequence[int] = (),
+        rpn: RPN | None,
+        *,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int,
+        pad_buckets: Sequence[int],
     ):
         super().__init__()
         self.backbone = backbone
@@ -75,12 +81,10 @@ class TwoStageDetector(nn.Module):
             "pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), False
         )
         self.size_divisibility = size_divisibility
-        self.pad_buckets = tuple(
-            pad_buckets
-        )  # side lengths a padded batch snaps to; () = divisibility only
-        self.input_memory_format = (
-            torch.contiguous_format
-        )  # of the padded batch; see use_channels_last
+        # side lengths a padded batch snaps to; () = divisibility only
+        self.pad_buckets = tuple(pad_buckets)
+        # of the padded batch; see use_channels_last
+        self.input_memory_format = torch.contiguous_format
 
     def use_channels_last(self) -> "TwoStageDetector":
         """Weights and every padded input batch in channels_last (cudnn's fast layout under AMP)."""
@@ -89,8 +93,8 @@ class TwoStageDetector(nn.Module):
         return self
 
     def preprocess(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """list of [3,H_i,W_i] -> normalised padded batch [N,3,H,W] float32 (in ``input_memory_format``, padding 0
-        after normalisation), image_sizes [N,2] (h_i, w_i)."""
+        """list of [3,H_i,W_i] -> normalised padded batch [N,3,H,W] float32 (in
+        ``input_memory_format``, padding 0 after normalisation), image_sizes [N,2] (h_i, w_i)."""
         if len(images) == 0:
             raise ValueError("TwoStageDetector: got an empty list of images")
         for i, img in enumerate(images):
@@ -110,9 +114,8 @@ class TwoStageDetector(nn.Module):
             img = img.to(device, non_blocking=True)
             region = batch[i, :, : img.shape[1], : img.shape[2]]
             if img.dtype == torch.uint8:
-                torch.div(
-                    img, 255, out=region
-                )  # one kernel: uint8 -> float32 0..1, written in place
+                # one kernel: uint8 -> float32 0..1, written in place
+                torch.div(img, 255, out=region)
             else:
                 region.copy_(img)
         return (batch - self.pixel_mean) / self.pixel_std, _host_to_device(
@@ -120,7 +123,8 @@ class TwoStageDetector(nn.Module):
         )
 
     def _proposals(self, proposals, features, image_sizes, gt=()):
-        """(proposals [N,P,4], valid [N,P], rpn losses, rpn stats): the given ``proposals``, else the RPN's."""
+        """(proposals [N,P,4], valid [N,P], rpn losses, rpn stats): the given ``proposals``, else
+        the RPN's."""
         if proposals is not None:
             padded, _, valid = _pad_boxes(proposals, image_sizes.device)
             zeros = image_sizes.new_zeros(())
@@ -132,7 +136,8 @@ class TwoStageDetector(nn.Module):
             )
         if self.rpn is None:
             raise ValueError(
-                "TwoStageDetector: built with model.proposals=precomputed; pass proposals=[P_i,4] boxes"
+                "TwoStageDetector: built with model.proposals=precomputed; "
+                "pass proposals=[P_i,4] boxes"
             )
         boxes, _, valid, losses, stats = self.rpn(list(features.values()), image_sizes, *gt)
         return boxes, valid, losses, stats
@@ -144,7 +149,8 @@ class TwoStageDetector(nn.Module):
         orig_sizes: Sequence[Sequence[int]] | None = None,
         proposals: Sequence[torch.Tensor] | None = None,
     ):
-        """Training: (losses, stats). Eval: list of {"boxes" [D,4], "labels" [D], "scores" [D]} per image."""
+        """Training: (losses, stats). Eval: list of {"boxes" [D,4], "labels" [D], "scores" [D]} per
+        image."""
         batch, image_sizes = self.preprocess(images)
         features = self.backbone(batch)
         padded_size = (batch.shape[-2], batch.shape[-1])
@@ -173,12 +179,14 @@ class TwoStageDetector(nn.Module):
         return detections
 
     def update_dynamic_state(self, iteration: int, stats: dict[str, torch.Tensor]) -> None:
-        """:meth:`RoIHeads.update_dynamic_state`: once per optimizer step, with that iteration's training stats."""
+        """:meth:`RoIHeads.update_dynamic_state`: once per optimizer step, with that iteration's
+        training stats."""
         self.roi_heads.update_dynamic_state(iteration, stats)
 
     @torch.no_grad()
     def propose(self, images: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """RPN proposals per image: (boxes [P_i,4] in input pixels, objectness scores [P_i]), best first."""
+        """RPN proposals per image: (boxes [P_i,4] in input pixels, objectness scores [P_i]), best
+        first."""
         if self.rpn is None:
             raise ValueError(
                 "TwoStageDetector.propose: this model has no RPN (model.proposals=precomputed)"
@@ -190,21 +198,23 @@ class TwoStageDetector(nn.Module):
 
 
 def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
-    """The detector of ``cfg.model`` (``num_classes`` from the dataset when ``model.num_classes`` is null)."""
+    """The detector of ``cfg.model`` (``num_classes`` from the dataset when ``model.num_classes`` is
+    null)."""
     model_cfg, rpn_cfg, roi_cfg = cfg.model, cfg.model.rpn, cfg.model.roi_head
     if (
         model_cfg.num_classes is not None
         and num_classes is not None
         and model_cfg.num_classes != num_classes
     ):
-        raise ValueError(
+        raise ConfigError(
             f"model.num_classes={model_cfg.num_classes} but the dataset has {num_classes} classes; "
             f"set model.num_classes to null to take the dataset's"
         )
     num_classes = model_cfg.num_classes if model_cfg.num_classes is not None else num_classes
     if num_classes is None:
         raise ValueError(
-            "build_detector: model.num_classes is null; pass num_classes (the dataset's class count)"
+            "build_detector: model.num_classes is null; "
+            "pass num_classes (the dataset's class count)"
         )
     if model_cfg.implementation == "torchvision":
         from detector.modeling.reference import build_torchvision_detector
@@ -238,9 +248,8 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
             fg_iou_thresh=rpn_cfg.fg_iou_thresh,
             bg_iou_thresh=rpn_cfg.bg_iou_thresh,
         )
-    pooled_levels = (
-        [str(i) for i in range(len(backbone.strides) - 1)] if bb.fpn else ["0"]
-    )  # FPN: P2..P5
+    # FPN: P2..P5
+    pooled_levels = [str(i) for i in range(len(backbone.strides) - 1)] if bb.fpn else ["0"]
     roi_heads = RoIHeads(
         backbone.out_channels,
         pooled_levels,

@@ -1,5 +1,6 @@
-"""Whether a state dict fits a model, and the one line (:func:`misfit_message`) every weight loader uses when not:
-``<file> does not fit the model built from the config: <what differs>; <what to do>``."""
+"""Whether a state dict fits a model, and the one line (:func:`misfit_message`) every weight loader
+uses when not: ``<file> does not fit the model built from the config: <what differs>; <what to
+do>``."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ def misfit_message(
     config: Mapping[str, Any] | None = None,
     skip: tuple[str, ...] = (),
 ) -> str | None:
-    """None when ``weights`` holds exactly ``model.state_dict()``'s entries and shapes (prefixes in ``skip`` left
-    out); else the one line ending with ``fix``, naming the differing ``model.*`` keys of ``stored_config`` vs
-    ``config``, the class count, or else the counts of differing, missing and unexpected tensors."""
+    """None when ``weights`` holds exactly ``model.state_dict()``'s entries and shapes (prefixes in
+    ``skip`` left out); else the one line ending with ``fix``, naming the differing ``model.*`` keys
+    of ``stored_config`` vs ``config``, the class count, or else the counts of differing, missing
+    and unexpected tensors."""
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
     given = {k: v for k, v in weights.items() if not k.startswith(skip)}
     missing = [k for k in expected if k not in given]
@@ -45,8 +47,8 @@ def misfit_message(
     ):
         keys = diff_configs(stored_config["model"], config.get("model", {}), "model.")
         differences += [
-            f"{key} is {_lookup(stored_config, key)} in the checkpoint but {_lookup(config, key)} in the "
-            f"config"
+            f"{key} is {_lookup(stored_config, key)} in the checkpoint but "
+            f"{_lookup(config, key)} in the config"
             for key in keys[:3]
         ]
         if len(keys) > 3:

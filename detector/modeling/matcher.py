@@ -1,7 +1,8 @@
 """Label assignment for the RPN and the RoI heads, batched over images with padded GT.
 
-Shapes: ``N`` images, ``M`` candidates per image, ``G`` GT per image padded (``gt_valid [N,G]``), ``S`` samples per
-image. Label 0 is background, 1..K foreground. Masked tensor arithmetic only: no per-image loop, no host sync.
+Shapes: ``N`` images, ``M`` candidates per image, ``G`` GT per image padded (``gt_valid [N,G]``),
+``S`` samples per image. Label 0 is background, 1..K foreground. Masked tensor arithmetic only: no
+per-image loop, no host sync.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ def match_boxes(
     bg_iou_thresh: float | torch.Tensor,
     allow_low_quality_matches: bool = False,
 ):
-    """Match each candidate ([N,M,G] ``iou``; ``gt_valid`` [N,G]) to its best GT: IoU >= fg is foreground, < bg
-    background, ignored between (thresholds: floats or 0-d tensors); ``allow_low_quality_matches`` also makes each
-    GT's best candidates foreground. -> matched_idx [N,M] int64 (0 without GT), max_iou [N,M] (-1 without GT), fg
-    [N,M] bool, bg [N,M] bool."""
+    """Match each candidate ([N,M,G] ``iou``; ``gt_valid`` [N,G]) to its best GT: IoU >= fg is
+    foreground, < bg background, ignored between (thresholds: floats or 0-d tensors);
+    ``allow_low_quality_matches`` also makes each GT's best candidates foreground. -> matched_idx
+    [N,M] int64 (0 without GT), max_iou [N,M] (-1 without GT), fg [N,M] bool, bg [N,M] bool."""
     iou = iou.masked_fill(~gt_valid[:, None, :], -1.0)
     if iou.shape[2] == 0:
         max_iou = iou.new_full(iou.shape[:2], -1.0)
@@ -46,9 +47,9 @@ def match_boxes(
 def sample_balanced(
     fg: torch.Tensor, bg: torch.Tensor, batch_size_per_image: int, positive_fraction: float
 ):
-    """Balanced random sampling per image over [N,M] disjoint bool masks ``fg``, ``bg`` -> index [N,S] int64 into M,
-    is_fg [N,S], valid [N,S] (False where too few candidates), S = min(batch size, M): min(#fg, batch *
-    positive_fraction) foreground first, then background."""
+    """Balanced random sampling per image over [N,M] disjoint bool masks ``fg``, ``bg`` -> index
+    [N,S] int64 into M, is_fg [N,S], valid [N,S] (False where too few candidates), S = min(batch
+    size, M): min(#fg, batch * positive_fraction) foreground first, then background."""
     num_images, num_candidates = fg.shape
     size = min(batch_size_per_image, num_candidates)
     max_fg = min(int(batch_size_per_image * positive_fraction), num_candidates)
@@ -57,7 +58,8 @@ def sample_balanced(
     fg_keys, fg_idx = torch.where(fg, keys, -1.0).topk(max_fg, dim=1)  # [N,max_fg] random fg order
     take_fg = torch.arange(max_fg, device=fg.device)[None, :] < num_fg[:, None]
     chosen_fg = torch.zeros_like(fg).scatter_(1, fg_idx, take_fg & (fg_keys >= 0))  # [N,M]
-    # chosen fg rank above every bg (keys + 2 > keys), the rest of the fg and the ignored ones below 0
+    # chosen fg rank above every bg (keys + 2 > keys), the rest of the fg and the ignored ones below
+    # 0
     order = torch.where(chosen_fg, keys + 2.0, torch.where(bg, keys, -1.0))
     top, index = order.topk(size, dim=1)  # [N,S]
     valid = top >= 0
@@ -66,12 +68,13 @@ def sample_balanced(
 
 
 class DynamicLabelAssigner:
-    """Dynamic R-CNN's label assignment: :meth:`observe` returns an iteration's statistic; :meth:`step` (once per
-    optimizer step) sets the fg/bg IoU threshold to max(min_thresh, mean of the interval's statistics, averaged over
-    ranks) after every ``interval`` iterations.
-    ``mmdet`` (mmdetection's DynamicRoIHead): per image the min(iou_topk, n)-th largest max overlap, then the mean
-    over images. ``official`` (hkzhang95/DynamicRCNN): topk(ious, KI * IMS_PER_GPU)[-1] over the proposals of the
-    GPU's images with GT, below-threshold ones measured against the image's first GT; k capped at the count.
+    """Dynamic R-CNN's label assignment: :meth:`observe` returns an iteration's statistic;
+    :meth:`step` (once per optimizer step) sets the fg/bg IoU threshold to max(min_thresh, mean of
+    the interval's statistics, averaged over ranks) after every ``interval`` iterations. ``mmdet``
+    (mmdetection's DynamicRoIHead): per image the min(iou_topk, n)-th largest max overlap, then the
+    mean over images. ``official`` (hkzhang95/DynamicRCNN): topk(ious, KI * IMS_PER_GPU)[-1] over
+    the proposals of the GPU's images with GT, below-threshold ones measured against the image's
+    first GT; k capped at the count.
     """
 
     def __init__(
@@ -100,7 +103,8 @@ class DynamicLabelAssigner:
         candidate_valid: torch.Tensor,
         gt_valid: torch.Tensor,
     ) -> torch.Tensor:
-        """This iteration's IoU statistic, 0-d float32 (NaN: nothing to measure); changes no state, no host sync."""
+        """This iteration's IoU statistic, 0-d float32 (NaN: nothing to measure); changes no state,
+        no host sync."""
         if self.statistic == "official":
             has_gt = gt_valid.any(dim=1)  # [N]
             valid = (candidate_valid & has_gt[:, None]).flatten()  # [N*M]
@@ -110,20 +114,19 @@ class DynamicLabelAssigner:
         k_max = min(self.topk, max_iou.shape[1])
         if k_max == 0:
             return max_iou.new_full((), math.nan)
-        overlaps = torch.where(
-            candidate_valid, max_iou.clamp(min=0), -1.0
-        )  # [N,M]; without GT: 0, as mmdet's
+        # [N,M]; without GT: 0, as mmdet's
+        overlaps = torch.where(candidate_valid, max_iou.clamp(min=0), -1.0)
         top = overlaps.topk(k_max, dim=1).values  # [N,k_max], the valid ones first
         count = candidate_valid.sum(dim=1)  # [N]
-        kth = top.gather(1, (count.clamp(min=1, max=k_max) - 1)[:, None]).squeeze(
-            1
-        )  # [N]: min(topk, n)-th largest
+        # [N]: min(topk, n)-th largest
+        kth = top.gather(1, (count.clamp(min=1, max=k_max) - 1)[:, None]).squeeze(1)
         has = count > 0
         mean = (kth * has).sum() / has.sum().clamp(min=1)
         return torch.where(has.any(), mean, torch.full_like(mean, math.nan)).float()
 
     def step(self, iteration: int, statistic: torch.Tensor) -> float:
-        """After iteration ``iteration``: record its statistic; at an interval's end, update the threshold."""
+        """After iteration ``iteration``: record its statistic; at an interval's end, update the
+        threshold."""
         if self.record.record(iteration, statistic):
             record = self.record.collect()
             if record:
@@ -139,14 +142,15 @@ class DynamicLabelAssigner:
 
     def __repr__(self) -> str:
         return (
-            f"DynamicLabelAssigner(thresh={self.thresh:.4g}, topk={self.topk}, interval={self.interval}, "
-            f"min_thresh={self.min_thresh}, statistic={self.statistic!r})"
+            f"DynamicLabelAssigner(thresh={self.thresh:.4g}, topk={self.topk}, "
+            f"interval={self.interval}, min_thresh={self.min_thresh}, statistic={self.statistic!r})"
         )
 
 
 def build_label_assigner(roi_cfg: Mapping) -> DynamicLabelAssigner | None:
-    """The dynamic label assigner of a ``model.roi_head`` section, or None unless enabled; ``mmdet`` starts at
-    ``fg_iou_thresh`` (Faster R-CNN's 0.5), ``official`` at ``min_thresh`` (its WARMUP_IOU)."""
+    """The dynamic label assigner of a ``model.roi_head`` section, or None unless enabled; ``mmdet``
+    starts at ``fg_iou_thresh`` (Faster R-CNN's 0.5), ``official`` at ``min_thresh`` (its
+    WARMUP_IOU)."""
     dla = roi_cfg["dynamic_label_assignment"]
     if not dla["enabled"]:
         return None

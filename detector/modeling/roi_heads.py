@@ -1,7 +1,8 @@
-"""Fast R-CNN RoI heads. ``N`` images, ``P`` proposals per image (padded, ``valid`` mask), ``G`` padded GT, ``S``
-sampled RoIs per image, ``R = N*S``, ``Q`` positives, ``K`` classes; logits [R,K+1], deltas [R,4K] (slot k-1: class k)
-or [R,4] class-agnostic. The Dynamic R-CNN state (beta schedule, label assigner) is read by ``forward`` and changed
-only by :meth:`RoIHeads.update_dynamic_state`; it travels in ``state_dict()`` through ``get_extra_state``.
+"""Fast R-CNN RoI heads. ``N`` images, ``P`` proposals per image (padded, ``valid`` mask), ``G``
+padded GT, ``S`` sampled RoIs per image, ``R = N*S``, ``Q`` positives, ``K`` classes; logits
+[R,K+1], deltas [R,4K] (slot k-1: class k) or [R,4] class-agnostic. The Dynamic R-CNN state (beta
+schedule, label assigner) is read by ``forward`` and changed only by
+:meth:`RoIHeads.update_dynamic_state`; it travels in ``state_dict()`` through ``get_extra_state``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ __all__ = ["BoxHead", "RoIHeads", "init_predictor"]
 
 
 def init_predictor(cls_score: nn.Linear, bbox_pred: nn.Linear, init: str) -> None:
-    """``model.roi_head.predictor_init``: "torchvision" keeps nn.Linear's default (std 1/sqrt(3 fc_dim), as
-    torchvision's FastRCNNPredictor); "detectron2" draws N(0, 0.01) logits and N(0, 0.001) deltas, zero biases."""
+    """``model.roi_head.predictor_init``: "torchvision" keeps nn.Linear's default (std 1/sqrt(3
+    fc_dim), as torchvision's FastRCNNPredictor); "detectron2" draws N(0, 0.01) logits and N(0,
+    0.001) deltas, zero biases."""
     if init == "detectron2":
         nn.init.normal_(cls_score.weight, std=0.01)
         nn.init.normal_(bbox_pred.weight, std=0.001)
@@ -32,7 +34,8 @@ def init_predictor(cls_score: nn.Linear, bbox_pred: nn.Linear, init: str) -> Non
 
 
 class BoxHead(nn.Module):
-    """Two FC layers on pooled features [R,C,h,w], then class logits [R,K+1] and deltas [R,4K] (or [R,4])."""
+    """Two FC layers on pooled features [R,C,h,w], then class logits [R,K+1] and deltas [R,4K] (or
+    [R,4])."""
 
     def __init__(
         self,
@@ -55,7 +58,8 @@ class BoxHead(nn.Module):
 
 
 def _coordinate_stats(prefix: str, values: torch.Tensor) -> dict[str, torch.Tensor]:
-    """values [Q,4] -> {prefix/tx/mean, .../std, .../p50, .../p90, ...} 0-d tensors (NaN when Q == 0)."""
+    """values [Q,4] -> {prefix/tx/mean, .../std, .../p50, .../p90, ...} 0-d tensors (NaN when Q ==
+    0)."""
     if values.shape[0] == 0:
         table = values.new_full((4, 4), float("nan"))
     else:
@@ -71,31 +75,33 @@ def _coordinate_stats(prefix: str, values: torch.Tensor) -> dict[str, torch.Tens
 
 
 class RoIHeads(nn.Module):
-    """Box branch of Fast R-CNN; see the module docstring. ``featmap_names`` are the pooled feature levels."""
+    """Box branch of Fast R-CNN; see the module docstring. ``featmap_names`` are the pooled feature
+    levels."""
 
     def __init__(
         self,
         in_channels: int,
         featmap_names: Sequence[str],
         num_classes: int,
+        *,
         box_loss: BoxLoss,
-        box_coder_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
-        beta_schedule: BetaSchedule | None = None,
-        label_assigner: DynamicLabelAssigner | None = None,
-        batch_size_per_image: int = 512,
-        positive_fraction: float = 0.25,
-        fg_iou_thresh: float = 0.5,
-        bg_iou_thresh: float = 0.5,
-        add_gt_as_proposals: bool = True,
-        pooler_resolution: int = 7,
-        sampling_ratio: int = 2,
-        fc_dim: int = 1024,
-        class_agnostic: bool = False,
-        box_loss_normalizer: str = "num_samples",
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.5,
-        detections_per_img: int = 100,
-        predictor_init: str = "torchvision",
+        box_coder_weights: Sequence[float],
+        beta_schedule: BetaSchedule | None,
+        label_assigner: DynamicLabelAssigner | None,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        fg_iou_thresh: float,
+        bg_iou_thresh: float,
+        add_gt_as_proposals: bool,
+        pooler_resolution: int,
+        sampling_ratio: int,
+        fc_dim: int,
+        class_agnostic: bool,
+        box_loss_normalizer: str,
+        score_thresh: float,
+        nms_thresh: float,
+        detections_per_img: int,
+        predictor_init: str,
     ):
         super().__init__()
         assert box_loss_normalizer in ("num_samples", "num_pos"), box_loss_normalizer
@@ -120,7 +126,7 @@ class RoIHeads(nn.Module):
         self.detections_per_img = detections_per_img
         self.iteration = 0  # the next training iteration update_dynamic_state expects
 
-    # ------------------------------------------------------------------ state carried in the model's state_dict
+    # ------------------------------------------------------ state carried in the model's state_dict
     def get_extra_state(self) -> dict[str, Any]:
         return {
             "iteration": self.iteration,
@@ -139,26 +145,28 @@ class RoIHeads(nn.Module):
                 getattr(self, name).load_state_dict(state[name])
 
     def update_dynamic_state(self, iteration: int, stats: Mapping[str, torch.Tensor]) -> None:
-        """Advance the beta schedule and the label assigner past iteration ``iteration`` with that iteration's
-        training ``stats``; once per optimizer step, in order, on every rank (it may run a collective)."""
+        """Advance the beta schedule and the label assigner past iteration ``iteration`` with that
+        iteration's training ``stats``; once per optimizer step, in order, on every rank (it may run
+        a collective)."""
         if iteration < self.iteration:
             raise ValueError(
-                f"RoIHeads.update_dynamic_state({iteration}): iteration {self.iteration - 1} is already "
-                f"recorded; call it once per optimizer step, in order"
+                f"RoIHeads.update_dynamic_state({iteration}): iteration {self.iteration - 1} is "
+                "already recorded; call it once per optimizer step, in order"
             )
         if self.beta_schedule is not None:
             self.beta_schedule.step(iteration, stats.get("beta_statistic"))
         if self.label_assigner is not None:
             if "iou_statistic" not in stats:
                 raise ValueError(
-                    "RoIHeads.update_dynamic_state: stats has no 'iou_statistic'; pass the stats of "
-                    "the iteration's training forward"
+                    "RoIHeads.update_dynamic_state: stats has no 'iou_statistic'; pass the stats "
+                    "of the iteration's training forward"
                 )
             self.label_assigner.step(iteration, stats["iou_statistic"])
         self.iteration = iteration + 1
 
     def _adaptive_beta(self, statistic: str) -> bool:
-        """Whether the beta is adaptive in that convention (mmdet: sampled positives, official: every candidate)."""
+        """Whether the beta is adaptive in that convention (mmdet: sampled positives, official:
+        every candidate)."""
         return (
             isinstance(self.beta_schedule, AdaptiveBeta)
             and self.beta_schedule.statistic == statistic
@@ -176,10 +184,11 @@ class RoIHeads(nn.Module):
         gt_labels: torch.Tensor | None = None,
         gt_valid: torch.Tensor | None = None,
     ):
-        """proposals [N,P,4], proposal_valid [N,P], image_sizes [N,2] (h, w) before padding, padded_size (H, W) of
-        the batch; in training gt_boxes [N,G,4], gt_labels [N,G] (1..K), gt_valid [N,G].
-        Training returns (losses ``{loss_cls, loss_box_reg}``, stats); eval a list of N dicts of detections
-        ``{"boxes" [D,4], "labels" [D], "scores" [D]}`` in the input image's pixels.
+        """proposals [N,P,4], proposal_valid [N,P], image_sizes [N,2] (h, w) before padding,
+        padded_size (H, W) of the batch; in training gt_boxes [N,G,4], gt_labels [N,G] (1..K),
+        gt_valid [N,G]. Training returns (losses ``{loss_cls, loss_box_reg}``, stats); eval a list
+        of N dicts of detections ``{"boxes" [D,4], "labels" [D], "scores" [D]}`` in the input
+        image's pixels.
         """
         if not self.training:
             return self._forward_test(features, proposals, proposal_valid, image_sizes, padded_size)
@@ -202,14 +211,16 @@ class RoIHeads(nn.Module):
     def _predict(
         self, features: dict[str, torch.Tensor], rois: torch.Tensor, padded_size: tuple[int, int]
     ):
-        """rois [N,S,4] -> class logits [N*S,K+1], deltas [N*S,4K] (float32); one RoIAlign call for the batch."""
+        """rois [N,S,4] -> class logits [N*S,K+1], deltas [N*S,4K] (float32); one RoIAlign call for
+        the batch."""
         pooled = self.pooler(features, list(rois.unbind(0)), [padded_size])  # [N*S,C,7,7]
         logits, deltas = self.box_head(pooled)
         return logits.float(), deltas.float()
 
     def _assign_and_sample(self, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid):
-        """Match proposals (+ GT) to GT and sample -> rois [N,S,4], labels [N,S], matched GT [N,S,4], sampled [N,S],
-        stats (``iou_thresh``; ``iou_statistic``, official ``beta_statistic``: measured before sampling)."""
+        """Match proposals (+ GT) to GT and sample -> rois [N,S,4], labels [N,S], matched GT
+        [N,S,4], sampled [N,S], stats (``iou_thresh``; ``iou_statistic``, official
+        ``beta_statistic``: measured before sampling)."""
         if self.add_gt_as_proposals:
             proposals = torch.cat([proposals, gt_boxes.to(proposals)], dim=1)  # [N,P+G,4]
             proposal_valid = torch.cat([proposal_valid, gt_valid], dim=1)
@@ -219,9 +230,10 @@ class RoIHeads(nn.Module):
         else:
             fg_thresh, bg_thresh = self.fg_iou_thresh, self.bg_iou_thresh
         matched_idx, max_iou, fg, bg = match_boxes(iou, gt_valid, fg_thresh, bg_thresh)
+        # no H2D
         observed = {
             "iou_thresh": torch.full((), float(fg_thresh), dtype=torch.float32, device=iou.device)
-        }  # no H2D
+        }
         if self.label_assigner is not None:
             observed["iou_statistic"] = self.label_assigner.observe(
                 iou, max_iou, fg, proposal_valid, gt_valid
@@ -230,12 +242,13 @@ class RoIHeads(nn.Module):
             observed["beta_statistic"] = self._candidate_beta_statistic(
                 proposals, proposal_valid, gt_boxes, gt_valid, matched_idx, fg
             )
+        # [N,S]
         index, is_fg, sampled = sample_balanced(
             fg & proposal_valid,
             bg & proposal_valid,
             self.batch_size_per_image,
             self.positive_fraction,
-        )  # [N,S]
+        )
         rois = proposals.gather(1, index[..., None].expand(-1, -1, 4))  # [N,S,4]
         gt_idx = matched_idx.gather(1, index)  # [N,S]
         labels = torch.where(is_fg, gt_labels.gather(1, gt_idx), 0)  # [N,S]
@@ -245,13 +258,15 @@ class RoIHeads(nn.Module):
     def _candidate_beta_statistic(
         self, candidates, candidate_valid, gt_boxes, gt_valid, matched_idx, fg
     ):
-        """The official beta statistic: every candidate [N,M,4] of the images with GT against its matched GT, or the
-        image's first GT below the threshold (the official ``matched_idxs.clamp(min=0)``)."""
+        """The official beta statistic: every candidate [N,M,4] of the images with GT against its
+        matched GT, or the image's first GT below the threshold (the official
+        ``matched_idxs.clamp(min=0)``)."""
         reference = torch.where(fg, matched_idx, 0)  # [N,M]
         reference_gt = gt_boxes.gather(1, reference[..., None].expand(-1, -1, 4))  # [N,M,4]
+        # [N*M,4]
         target_deltas = self.box_coder.encode(
             candidates.reshape(-1, 4), reference_gt.reshape(-1, 4)
-        )  # [N*M,4]
+        )
         has_gt = gt_valid.any(dim=1)  # [N]
         valid = (candidate_valid & has_gt[:, None]).reshape(-1)  # [N*M]
         return self.beta_schedule.observe(target_deltas, num_images=has_gt.sum(), valid=valid)
@@ -266,9 +281,10 @@ class RoIHeads(nn.Module):
         sampled: torch.Tensor,
         num_images: int,
     ):
-        """Losses and stats of R sampled RoIs: logits [R,K+1], deltas [R,4K], rois [R,4], labels [R] (0 = bg),
-        matched_gt [R,4] (used where label >= 1), sampled [R] bool (False: padding, no loss). Changes no state; with
-        mmdetection's adaptive beta the stats carry the positives' ``beta_statistic``."""
+        """Losses and stats of R sampled RoIs: logits [R,K+1], deltas [R,4K], rois [R,4], labels [R]
+        (0 = bg), matched_gt [R,4] (used where label >= 1), sampled [R] bool (False: padding, no
+        loss). Changes no state; with mmdetection's adaptive beta the stats carry the positives'
+        ``beta_statistic``."""
         num_samples = sampled.sum().clamp(min=1).float()
         loss_cls = (F.cross_entropy(logits, labels, reduction="none") * sampled).sum() / num_samples
         fg = (labels > 0) & sampled
@@ -283,9 +299,8 @@ class RoIHeads(nn.Module):
             num_samples if self.box_loss_normalizer == "num_samples" else float(max(pos.numel(), 1))
         )
         if pos.numel() == 0:
-            loss_box = (
-                deltas.sum() * 0.0
-            )  # zero that keeps the graph: every parameter still gets a gradient
+            # zero that keeps the graph: every parameter still gets a gradient
+            loss_box = deltas.sum() * 0.0
         elif self.box_loss.on_boxes:
             pred_boxes = self.box_coder.decode(pred_deltas, pos_rois)
             loss_box = self.box_loss(pred_boxes, pos_gt, avg_factor=normalizer)
@@ -322,25 +337,26 @@ class RoIHeads(nn.Module):
         scores = F.softmax(logits, dim=-1)[:, 1:]  # [N*P,K]
         if self.class_agnostic:
             deltas = deltas.repeat(1, self.num_classes)
-        boxes = self.box_coder.decode(deltas, proposals.reshape(-1, 4)).view(
-            num_images, -1, 4
-        )  # [N,P*K,4]
+        # [N,P*K,4]
+        boxes = self.box_coder.decode(deltas, proposals.reshape(-1, 4)).view(num_images, -1, 4)
         boxes = clip_boxes_to_sizes(boxes, image_sizes)  # [N,P*K,4]
         scores = scores.reshape(num_images, -1)  # [N,P*K]
-        labels = torch.arange(1, self.num_classes + 1, device=boxes.device).repeat(
-            num_props
-        )  # [P*K]
+        # [P*K]
+        labels = torch.arange(1, self.num_classes + 1, device=boxes.device).repeat(num_props)
+        # [N,P*K]
         keep = (
             proposal_valid.repeat_interleave(self.num_classes, dim=1)
             & (scores > self.score_thresh)
             & min_size_mask(boxes, 1e-2)
-        )  # [N,P*K]
+        )
+        # [N,P*K]
         groups = (
             torch.arange(num_images, device=boxes.device)[:, None] * (self.num_classes + 1) + labels
-        )  # [N,P*K]
+        )
+        # [N,D]
         top_scores, top = batched_nms_topk(
             boxes, scores, groups, keep, self.nms_thresh, self.detections_per_img
-        )  # [N,D]
+        )
         counts = torch.isfinite(top_scores).sum(dim=1).tolist()
         top_boxes = boxes.gather(1, top[..., None].expand(-1, -1, 4))
         return [

@@ -1,6 +1,7 @@
-"""Region Proposal Network, batched over images. ``N`` images, ``A`` anchors over all levels (torchvision's order),
-``M`` candidates per image before NMS, ``P`` proposals after (padded, ``valid`` [N,P]), ``G`` padded GT; boxes are xyxy
-pixels of the padded batch. The losses are divided by the number of sampled anchors (torchvision/Detectron2).
+"""Region Proposal Network, batched over images. ``N`` images, ``A`` anchors over all levels
+(torchvision's order), ``M`` candidates per image before NMS, ``P`` proposals after (padded,
+``valid`` [N,P]), ``G`` padded GT; boxes are xyxy pixels of the padded batch. The losses are divided
+by the number of sampled anchors (torchvision/Detectron2).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ __all__ = ["RPN"]
 
 
 class RPN(nn.Module):
-    """Faster R-CNN's RPN; ``anchor_sizes``: one per level, or all on the one level of a backbone without FPN;
-    ``box_loss``: a delta :class:`~detector.losses.BoxLoss`."""
+    """Faster R-CNN's RPN; ``anchor_sizes``: one per level, or all on the one level of a backbone
+    without FPN; ``box_loss``: a delta :class:`~detector.losses.BoxLoss`."""
 
     def __init__(
         self,
@@ -32,29 +33,27 @@ class RPN(nn.Module):
         strides: Sequence[int],
         anchor_sizes: Sequence[float],
         aspect_ratios: Sequence[float],
+        *,
         box_loss: BoxLoss,
-        pre_nms_topk_train: int = 2000,
-        post_nms_topk_train: int = 1000,
-        pre_nms_topk_test: int = 1000,
-        post_nms_topk_test: int = 1000,
-        nms_thresh: float = 0.7,
-        min_size: float = 1e-3,
-        batch_size_per_image: int = 256,
-        positive_fraction: float = 0.5,
-        fg_iou_thresh: float = 0.7,
-        bg_iou_thresh: float = 0.3,
+        pre_nms_topk_train: int,
+        post_nms_topk_train: int,
+        pre_nms_topk_test: int,
+        post_nms_topk_test: int,
+        nms_thresh: float,
+        min_size: float,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        fg_iou_thresh: float,
+        bg_iou_thresh: float,
     ):
         super().__init__()
         assert not box_loss.on_boxes, f"the RPN takes a delta loss, not {box_loss.name}"
         if len(strides) == 1:
             sizes_per_level = [tuple(anchor_sizes)]
-        elif len(anchor_sizes) == len(strides):
-            sizes_per_level = [(s,) for s in anchor_sizes]
         else:
-            raise ValueError(
-                f"model.rpn.anchor_sizes has {len(anchor_sizes)} sizes but the backbone has "
-                f"{len(strides)} levels; give one size per level"
-            )
+            # the config's relation check holds model.rpn.anchor_sizes to the FPN's levels
+            assert len(anchor_sizes) == len(strides), (anchor_sizes, strides)
+            sizes_per_level = [(s,) for s in anchor_sizes]
         self.strides = tuple(int(s) for s in strides)
         self.anchor_generator = AnchorGenerator(
             sizes_per_level, (tuple(aspect_ratios),) * len(sizes_per_level)
@@ -73,7 +72,8 @@ class RPN(nn.Module):
         self._anchor_cache: dict[tuple, torch.Tensor] = {}
 
     def anchors(self, grid_sizes: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
-        """All anchors [A,4] for feature maps of the given (H_l, W_l), torchvision's; cached per shape and device."""
+        """All anchors [A,4] for feature maps of the given (H_l, W_l), torchvision's; cached per
+        shape and device."""
         key = (tuple(grid_sizes), str(device))
         if key not in self._anchor_cache:
             if len(self._anchor_cache) > 64:
@@ -93,8 +93,9 @@ class RPN(nn.Module):
         gt_boxes: torch.Tensor | None = None,
         gt_valid: torch.Tensor | None = None,
     ):
-        """features: L x [N,C,H_l,W_l]; image_sizes [N,2] (h, w) before padding; gt [N,G,4], gt_valid [N,G] in
-        training -> proposals [N,P,4] (detached), scores [N,P], valid [N,P], losses, stats (eval: two empty dicts)."""
+        """features: L x [N,C,H_l,W_l]; image_sizes [N,2] (h, w) before padding; gt [N,G,4],
+        gt_valid [N,G] in training -> proposals [N,P,4] (detached), scores [N,P], valid [N,P],
+        losses, stats (eval: two empty dicts)."""
         logits, deltas = self.head(list(features))
         num_images = features[0].shape[0]
         level_sizes = [lg.shape[1] * lg.shape[2] * lg.shape[3] for lg in logits]
@@ -119,7 +120,8 @@ class RPN(nn.Module):
         level_sizes: Sequence[int],
         image_sizes: torch.Tensor,
     ):
-        """Top-k per level, decode, clip, drop tiny boxes, NMS per (image, level), top-k per image."""
+        """Top-k per level, decode, clip, drop tiny boxes, NMS per (image, level), top-k per
+        image."""
         num_images = objectness.shape[0]
         pre_nms = self.pre_nms_topk[self.training]
         cand_idx, cand_level = [], []
@@ -137,12 +139,12 @@ class RPN(nn.Module):
         )
         boxes = clip_boxes_to_sizes(boxes, image_sizes)  # [N,M,4]
         keep = min_size_mask(boxes, self.min_size) & torch.isfinite(cand_logits)  # [N,M]
-        groups = (
-            torch.arange(num_images, device=idx.device)[:, None] * len(level_sizes) + level
-        )  # [N,M]
+        # [N,M]
+        groups = torch.arange(num_images, device=idx.device)[:, None] * len(level_sizes) + level
+        # [N,P]
         top_logits, top = batched_nms_topk(
             boxes, cand_logits, groups, keep, self.nms_thresh, self.post_nms_topk[self.training]
-        )  # [N,P]
+        )
         proposals = boxes.gather(1, top[..., None].expand(-1, -1, 4))  # [N,P,4]
         valid = torch.isfinite(top_logits)
         return proposals, torch.sigmoid(top_logits).masked_fill(~valid, 0.0), valid
@@ -155,14 +157,16 @@ class RPN(nn.Module):
         gt_boxes: torch.Tensor,
         gt_valid: torch.Tensor,
     ):
-        """Match anchors (IoU >= fg or best of a GT: positive, < bg: negative), sample; the sampled anchors' losses."""
+        """Match anchors (IoU >= fg or best of a GT: positive, < bg: negative), sample; the sampled
+        anchors' losses."""
         iou = batched_box_iou(anchors[None], gt_boxes)  # [N,A,G]
         matched_idx, _, fg, bg = match_boxes(
             iou, gt_valid, self.fg_iou_thresh, self.bg_iou_thresh, allow_low_quality_matches=True
         )
+        # [N,S]
         index, is_fg, sampled = sample_balanced(
             fg, bg, self.batch_size_per_image, self.positive_fraction
-        )  # [N,S]
+        )
         num_sampled = sampled.sum().clamp(min=1).float()
         logits = objectness.gather(1, index)  # [N,S]
         loss_cls = (
@@ -171,9 +175,8 @@ class RPN(nn.Module):
         sampled_anchors = anchors[index]  # [N,S,4]
         gt_idx = matched_idx.gather(1, index)  # [N,S]
         matched_gt = gt_boxes.gather(1, gt_idx[..., None].expand(-1, -1, 4))  # [N,S,4]
-        target_boxes = torch.where(
-            is_fg[..., None], matched_gt, sampled_anchors
-        )  # non-fg: zero deltas
+        # non-fg: zero deltas
+        target_boxes = torch.where(is_fg[..., None], matched_gt, sampled_anchors)
         target_deltas = self.box_coder.encode(
             sampled_anchors.reshape(-1, 4), target_boxes.reshape(-1, 4)
         )

@@ -1,6 +1,7 @@
-"""Speed measurements behind ``tools/benchmark.py`` (results: docs/performance.md). Each measurement can run in
-its own process (``python -m detector.benchmark SPEC_JSON``) so no autotuning, allocator cache or peak-memory
-counter carries over."""
+"""Speed measurements behind ``tools/benchmark.py`` (results: docs/performance.md), outside the
+package: they use it as any user would. Each measurement can run in its own process
+(``python benchmarks/speed.py SPEC_JSON``), so no autotuning, allocator cache or peak-memory counter
+carries over. The full-size settings are configs/gpu.yaml's, read, not restated."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from detector.engine.trainer import LossWatch, train
 from detector.modeling import build_detector
 
 SETTINGS = ("scratch", "finetune")
+TIMING_LR = 0.001  # both sides' SGD learning rate
 NUM_BOXES, NUM_CLASSES = 8, 80  # per synthetic image; foreground classes of the synthetic table
 FIGURES = ("train_images_per_s", "infer_images_per_s", "peak_memory_gib")  # compared side by side
 RESULT_MARK = "BENCHMARK_RESULT "  # a worker's last stdout line: this mark, then its JSON result
@@ -53,7 +55,8 @@ CUDA_RUNTIME_SYNCS = (
 
 
 class Side:
-    """A model, its optimizer and AMP choice, and one training step: the same code times both sides."""
+    """A model, its optimizer and AMP choice, and one training step: the same code times both
+    sides."""
 
     def __init__(
         self,
@@ -65,9 +68,8 @@ class Side:
         clip: float | None = None,
     ):  # clip: max gradient norm; None: no clipping
         self.model, self.optimizer, self.info, self.clip = model, optimizer, info, clip
-        self.amp_dtype, use_scaler = amp_settings(
-            amp, device
-        )  # bf16 where supported, else fp16 with a scaler
+        # bf16 where supported, else fp16 with a scaler
+        self.amp_dtype, use_scaler = amp_settings(amp, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     def autocast(self, device: torch.device):
@@ -91,8 +93,9 @@ class Side:
 
 
 class OursSide(Side):
-    """Our detector stepped as :func:`detector.engine.trainer.train` steps it (weighted losses, :class:`LossWatch`
-    read every ``train.log_period`` steps, clipping, the dynamic-state update)."""
+    """Our detector stepped as :func:`detector.engine.trainer.train` steps it (weighted losses,
+    :class:`LossWatch` read every ``train.log_period`` steps, clipping, the dynamic-state
+    update)."""
 
     def __init__(self, cfg, device: torch.device, num_classes: int, amp: bool):
         model = build_detector(cfg, num_classes=num_classes).to(device)
@@ -126,16 +129,16 @@ class OursSide(Side):
         self.model.update_dynamic_state(self.iteration, self.stats)
         self.iteration += 1
         if self.iteration % self.log_period == 0:
-            self.watch.raise_if_bad(
-                None, None
-            )  # the trainer's read at log steps (a NaN stops the benchmark)
+            # the trainer's read at log steps (a NaN stops the benchmark)
+            self.watch.raise_if_bad(None, None)
 
 
-def ours_config(spec: dict[str, Any]):
+def ours_config(spec: dict[str, Any], overrides: bool = True):
+    """configs/gpu.yaml at the spec's image size, backbone and setting: both sides' settings.
+    ``overrides=False`` leaves out the spec's overrides (ours only)."""
     norm, freeze_at = ("bn", 0) if spec["setting"] == "scratch" else ("frozen_bn", 2)
-    short, long = sorted(
-        spec["size"]
-    )  # the configured sizes place the pad buckets: pad as torchvision does
+    # the configured sizes place the pad buckets: pad as torchvision does
+    short, long = sorted(spec["size"])
     return load_config(
         ["gpu.yaml"],
         [
@@ -146,29 +149,27 @@ def ours_config(spec: dict[str, Any]):
             f"model.backbone.name={spec['backbone']}",
             f"model.backbone.norm={norm}",
             f"model.backbone.freeze_at={freeze_at}",
-            "model.rpn.pre_nms_topk_train=2000",
-            "model.rpn.post_nms_topk_train=1000",
-            "model.rpn.pre_nms_topk_test=1000",
-            "model.rpn.post_nms_topk_test=1000",
-            "model.roi_head.batch_size_per_image=512",
-            "model.roi_head.positive_fraction=0.25",
-            "model.roi_head.box_loss.name=smooth_l1",
+            # torchvision's box loss: Smooth L1 at beta 1/9
             "model.roi_head.box_loss.beta=0.1111111111111111",
-            "train.lr=0.001",
-            "train.lr_reference_batch=null",  # timing only: a small lr keeps random weights finite
+            # timing only: a small lr keeps random weights finite
+            f"train.lr={TIMING_LR}",
+            "train.lr_reference_batch=null",
             f"train.compile={spec.get('compile', 'none')}",
-            *spec.get("overrides", []),
+            *(spec.get("overrides", []) if overrides else []),
         ],
     )
 
 
 def torchvision_side(spec: dict[str, Any], device: torch.device, num_classes: int) -> Side:
-    """torchvision's ``FasterRCNN`` with ``resnet_fpn_backbone``, as its reference script trains it."""
+    """torchvision's ``FasterRCNN`` with ``resnet_fpn_backbone``, as its reference script trains
+    it."""
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops import FrozenBatchNorm2d
 
     scratch = spec["setting"] == "scratch"
+    cfg = ours_config(spec, overrides=False)
+    rpn, roi = cfg.model.rpn, cfg.model.roi_head
     body = resnet_fpn_backbone(
         backbone_name=spec["backbone"],
         weights=None,
@@ -180,15 +181,15 @@ def torchvision_side(spec: dict[str, Any], device: torch.device, num_classes: in
         num_classes=num_classes + 1,
         min_size=min(spec["size"]),
         max_size=max(spec["size"]),
-        rpn_pre_nms_top_n_train=2000,
-        rpn_post_nms_top_n_train=1000,
-        rpn_pre_nms_top_n_test=1000,
-        rpn_post_nms_top_n_test=1000,
-        box_batch_size_per_image=512,
-        box_positive_fraction=0.25,
+        rpn_pre_nms_top_n_train=rpn.pre_nms_topk_train,
+        rpn_post_nms_top_n_train=rpn.post_nms_topk_train,
+        rpn_pre_nms_top_n_test=rpn.pre_nms_topk_test,
+        rpn_post_nms_top_n_test=rpn.post_nms_topk_test,
+        box_batch_size_per_image=roi.batch_size_per_image,
+        box_positive_fraction=roi.positive_fraction,
     ).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.001, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.SGD(params, lr=TIMING_LR, momentum=0.9, weight_decay=1e-4)
     return Side(model, optimizer, spec["amp"], device, {"optimizer": "default"})
 
 
@@ -201,14 +202,16 @@ def synthetic_batch(
     device: torch.device,
     seed: int = 0,
 ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """float images in 0..1 [3,H,W] and targets with ``num_boxes`` random valid xyxy boxes each (labels 1..K)."""
+    """float images in 0..1 [3,H,W] and targets with ``num_boxes`` random valid xyxy boxes each
+    (labels 1..K)."""
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(batch_size, 3, height, width, generator=g).to(device)
+    # [N,B,2]
     wh = (
         torch.rand(batch_size, num_boxes, 2, generator=g)
         * torch.tensor([width * 0.4, height * 0.4])
         + 16
-    )  # [N,B,2]
+    )
     xy = torch.rand(batch_size, num_boxes, 2, generator=g) * (torch.tensor([width, height]) - wh)
     boxes = torch.cat([xy, xy + wh], dim=2).to(device)  # [N,B,4]
     labels = torch.randint(1, num_classes + 1, (batch_size, num_boxes), generator=g).to(device)
@@ -216,7 +219,8 @@ def synthetic_batch(
 
 
 def timed(fn, device: torch.device, iters: int) -> tuple[float, float]:
-    """(seconds per call of ``fn`` over ``iters`` calls, the peak GiB allocated during them: NaN off CUDA)."""
+    """(seconds per call of ``fn`` over ``iters`` calls, the peak GiB allocated during them: NaN off
+    CUDA)."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
@@ -231,8 +235,8 @@ def timed(fn, device: torch.device, iters: int) -> tuple[float, float]:
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train and infer one side (``spec["side"]``) on one synthetic batch; peak memory (NaN off CUDA) is over the
-    timed training iterations, the warm-up's apart."""
+    """Train and infer one side (``spec["side"]``) on one synthetic batch; peak memory (NaN off
+    CUDA) is over the timed training iterations, the warm-up's apart."""
     device = torch.device(spec["device"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(spec.get("cudnn_benchmark", True))
@@ -275,13 +279,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 def run_isolated(
     spec: dict[str, Any], isolation: str = "process", timeout: float = 1800
 ) -> dict[str, Any]:
-    """:func:`measure` or :func:`real_loop_worker` in a fresh Python process, or in this one (``isolation="none"``)."""
+    """:func:`measure` or :func:`real_loop_worker` in a fresh Python process, or in this one
+    (``isolation="none"``)."""
     if isolation == "none":
         return real_loop_worker(spec) if spec.get("kind") == "real" else measure(spec)
     repo = str(Path(__file__).resolve().parent.parent)
     path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
     proc = subprocess.run(
-        [sys.executable, "-m", "detector.benchmark", json.dumps(spec)],
+        [sys.executable, __file__, json.dumps(spec)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -325,9 +330,9 @@ def run_benchmark(
     isolation: str = "process",
     overrides: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Ours against torchvision's Faster R-CNN (ResNet-FPN, random weights, the same RPN/RoI, SGD and AMP settings)
-    on one seeded synthetic batch of ``size`` = [H, W] images, over settings x batch sizes x AMP modes;
-    ``overrides``: ours only."""
+    """Ours against torchvision's Faster R-CNN (ResNet-FPN, random weights, the same RPN/RoI, SGD
+    and AMP settings) on one seeded synthetic batch of ``size`` = [H, W] images, over settings x
+    batch sizes x AMP modes; ``overrides``: ours only."""
     results = []
     for setting, batch_size, amp in itertools.product(settings, batch_sizes, amp_modes):
         row: dict[str, Any] = {"setting": setting, "batch_size": batch_size}
@@ -351,18 +356,21 @@ def run_benchmark(
         row["amp"] = row["ours"]["amp"]
         row["ratio"] = {k: ratio(row["ours"][k], row["torchvision"][k]) for k in FIGURES}
         results.append(row)
+    cfg = ours_config({"setting": settings[0], "size": size, "backbone": backbone})
+    rpn, roi = cfg.model.rpn, cfg.model.roi_head
     settings_report = {
         "image_size": list(size),
         "boxes_per_image": NUM_BOXES,
         "num_classes": NUM_CLASSES,
-        "backbone": f"{backbone}-fpn, random init; scratch: BN, all stages trainable; finetune: frozen BN, stem + "
-        f"res2 frozen",
-        "rpn_proposals_train": "2000 pre-NMS / 1000 post-NMS",
-        "roi_per_image": 512,
-        "positive_fraction": 0.25,
+        "backbone": f"{backbone}-fpn, random init; scratch: BN, all stages trainable; finetune: "
+        f"frozen BN, stem + res2 frozen",
+        "rpn_proposals_train": f"{rpn.pre_nms_topk_train} pre-NMS / "
+        f"{rpn.post_nms_topk_train} post-NMS",
+        "roi_per_image": roi.batch_size_per_image,
+        "positive_fraction": roi.positive_fraction,
         "ours": f"gpu.yaml, compile={compile}",
         "ours_overrides": list(overrides),
-        "torchvision": "FasterRCNN + resnet_fpn_backbone, SGD lr 0.001 momentum 0.9 wd 1e-4",
+        "torchvision": f"FasterRCNN + resnet_fpn_backbone, SGD lr {TIMING_LR} momentum 0.9 wd 1e-4",
         "cudnn_benchmark": True,
         "isolation": isolation,
         "warmup_iters": warmup,
@@ -374,8 +382,8 @@ def run_benchmark(
 def format_table(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [
-        f"device: {report['device']}  torch {report['torch']}  torchvision {report['torchvision']}  "
-        f"{report['date']}",
+        f"device: {report['device']}  torch {report['torch']}  torchvision {report['torchvision']} "
+        f" {report['date']}",
         f"images {s['image_size'][0]}x{s['image_size'][1]}, {s['backbone']}; "
         f"cudnn.benchmark {s['cudnn_benchmark']}, isolation {s['isolation']}",
         "| setting | batch | AMP | train img/s ours | tv | ratio | infer img/s ours | tv | ratio "
@@ -403,8 +411,8 @@ def real_loop(
     synthetic_warmup: int = 3,
     synthetic_iters: int = 10,
 ) -> dict[str, Any]:
-    """The trainer for ``iters`` iterations (log windows of ``iters // 5``) beside the synthetic figure of the same
-    model, batch and AMP on the run's most frequent padded shape."""
+    """The trainer for ``iters`` iterations (log windows of ``iters // 5``) beside the synthetic
+    figure of the same model, batch and AMP on the run's most frequent padded shape."""
     cfg = load_config(configs, overrides)
     log_period = max(1, iters // 5)
     shapes = padded_shapes(cfg, "train", num_batches=200, pad_buckets=(cfg.data.input.pad_buckets,))
@@ -460,8 +468,8 @@ def real_loop(
 
 
 def real_loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """The trainer on ``spec``'s configs and overrides (set by :func:`real_loop`) in this process, into a temporary
-    run folder; medians over the log windows but the first."""
+    """The trainer on ``spec``'s configs and overrides (set by :func:`real_loop`) in this process,
+    into a temporary run folder; medians over the log windows but the first."""
     with tempfile.TemporaryDirectory(prefix="detector-bench-") as run_dir:
         cfg = load_config(spec["configs"], [*spec["overrides"], f"output_dir={run_dir}"])
         start = time.perf_counter()
@@ -491,19 +499,21 @@ def format_real(report: dict[str, Any]) -> str:
     return (
         f"real loop ({' '.join(report['configs'])}, {report['iters']} iterations, windows of "
         f"{report['log_period']}, first left out): {r['images_per_s']:.2f} img/s (data "
-        f"{r['data_time_s'] * 1e3:.0f} ms, step {r['step_time_s'] * 1e3:.0f} ms per iteration; first window "
-        f"{r['first_window_images_per_s']:.2f} img/s); synthetic, same model and settings at "
-        f"{report['shape'][0]}x{report['shape'][1]}: {s['train_images_per_s']:.2f} img/s; real / synthetic "
-        f"{report['ratio']:.2f}; {report['distinct_shapes']} padded shapes in 200 batches; cudnn.benchmark "
-        f"{r['cudnn_benchmark']}, optimizer {r['optimizer']}, compiled {r['compiled']}"
+        f"{r['data_time_s'] * 1e3:.0f} ms, step {r['step_time_s'] * 1e3:.0f} ms per iteration; "
+        f"first window {r['first_window_images_per_s']:.2f} img/s); synthetic, same model and "
+        f"settings at {report['shape'][0]}x{report['shape'][1]}: {s['train_images_per_s']:.2f} "
+        f"img/s; real / synthetic {report['ratio']:.2f}; {report['distinct_shapes']} padded shapes "
+        f"in 200 batches; cudnn.benchmark {r['cudnn_benchmark']}, optimizer {r['optimizer']}, "
+        f"compiled {r['compiled']}"
     )
 
 
 def profile_step(
     configs: list[str], overrides: list[str], device: str, warmup: int = 3, steps: int = 2
 ) -> dict:
-    """``torch.profiler`` over ``steps`` training steps on real loader batches: ops per step, the ops that make the
-    host wait (``_local_scalar_dense`` is ``.item()``), on CUDA the runtime's synchronisations and memcpys."""
+    """``torch.profiler`` over ``steps`` training steps on real loader batches: ops per step, the
+    ops that make the host wait (``_local_scalar_dense`` is ``.item()``), on CUDA the runtime's
+    synchronisations and memcpys."""
     from torch.profiler import ProfilerActivity, profile
 
     cfg = load_config(configs, [*overrides, "data.loader.num_workers=0"])
@@ -532,7 +542,8 @@ def profile_step(
 def loader_throughput(
     cfg, split: str = "train", num_workers: int = 0, num_batches: int = 50
 ) -> dict:
-    """Images/s through decode + transforms + collate over ``num_batches`` batches, the first (start-up) timed apart."""
+    """Images/s through decode + transforms + collate over ``num_batches`` batches, the first
+    (start-up) timed apart."""
     dataset = build_dataset(cfg, split)
     loader = make_dataloader(
         dataset,
@@ -569,10 +580,11 @@ def loader_throughput(
 def padded_shapes(
     cfg, split: str = "train", num_batches: int = 1000, pad_buckets: tuple[int, ...] = (0,)
 ) -> dict:
-    """The padded batch shapes a run of ``cfg`` would see, simulated without decoding an image: the loader's
-    batch sampler and each sample's transform plan, padded as the model would for each ``pad_buckets`` value (0:
-    off). ``padded_over_real``: padded over real pixels (the backbone's FLOPs per real pixel);
-    ``padded_over_unbucketed``: against padding to ``size_divisibility`` only; ``shape_counts``: most frequent first."""
+    """The padded batch shapes a run of ``cfg`` would see, simulated without decoding an image: the
+    loader's batch sampler and each sample's transform plan, padded as the model would for each
+    ``pad_buckets`` value (0: off). ``padded_over_real``: padded over real pixels (the backbone's
+    FLOPs per real pixel); ``padded_over_unbucketed``: against padding to ``size_divisibility``
+    only; ``shape_counts``: most frequent first."""
     dataset = build_dataset(cfg, split)
     loader = make_dataloader(
         dataset,
@@ -626,7 +638,6 @@ def padded_shapes(
     }
 
 
-if (
-    __name__ == "__main__"
-):  # the worker of one isolated measurement: its result on the last stdout line
+# the worker of one isolated measurement: its result on the last stdout line
+if __name__ == "__main__":
     print(RESULT_MARK + json.dumps(run_isolated(json.loads(sys.argv[1]), "none")), flush=True)

@@ -1,0 +1,1 @@
+"""Speed measurements of the detector package, run by tools/benchmark.py (outside the package)."""

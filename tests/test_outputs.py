@@ -1,0 +1,148 @@
+"""One rule for every file a tool writes (detector/engine/outputs.py, docs/runs.md "Outputs"): a
+file that is there is replaced only with --overwrite, an output that is an input is refused, and
+a path is resolved (symlinks, ..) before it is checked, so a run's own files are never written by
+another tool unasked. Each tool that writes is run as the user runs it, a subprocess (issue 28,
+cases 1 and 6)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import one_error_line, run_tool_process, tiny_run_overrides
+
+from detector.config import load_config
+from detector.data import build_dataset
+from detector.data.synthetic import ensure_synthetic
+from detector.engine.runs import RUN_CONFIG_HEADER
+from detector.modeling import build_detector
+
+COCO = {
+    "images": [
+        {"id": 1, "file_name": "a.jpg", "height": 20, "width": 30},
+        {"id": 2, "file_name": "b.jpg", "height": 20, "width": 30},
+    ],
+    "categories": [{"id": 1, "name": "cat"}],
+    "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]},
+        {"id": 2, "image_id": 2, "category_id": 1, "bbox": [2, 2, 5, 5]},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    cfg = load_config([], tiny_run_overrides(root, root / "unused"))
+    ensure_synthetic(root, **cfg.data.synthetic.to_dict())
+    return root
+
+
+def overrides(data_root: Path) -> list[str]:
+    return tiny_run_overrides(data_root, data_root.parent / "unused")
+
+
+def unfinished_run(run: Path) -> Path:
+    """A training run's folder before its final evaluation: its config.yaml and metrics.jsonl, no
+    eval/."""
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(RUN_CONFIG_HEADER + load_config([]).to_yaml())
+    (run / "metrics.jsonl").write_text('{"type": "train", "iter": 1}\n')
+    return run
+
+
+def test_make_subset_never_replaces_its_input_or_a_file_unasked(tmp_path):
+    ann = tmp_path / "instances_train.json"
+    ann.write_text(json.dumps(COCO))
+    original = ann.read_bytes()
+    (tmp_path / "link.json").symlink_to(ann)
+    # an output that is an input, by its name or through a link: refused even with --overwrite
+    for out, flags in (
+        (ann, []),
+        (ann, ["--overwrite"]),
+        (tmp_path / "link.json", ["--overwrite"]),
+    ):
+        proc = run_tool_process(
+            "make_subset", "--format", "coco", "--ann", ann, "--out", out, *flags
+        )
+        assert proc.returncode == 2
+        assert "an input of this command" in one_error_line(proc)
+        assert ann.read_bytes() == original
+    theirs = tmp_path / "other.json"
+    theirs.write_text("a user's file\n")
+    args = ["--format", "coco", "--ann", ann, "--out", theirs, "--max-images", "1"]
+    proc = run_tool_process("make_subset", *args)
+    assert proc.returncode == 2 and "already exists" in one_error_line(proc)
+    assert "--overwrite" in proc.stderr and theirs.read_text() == "a user's file\n"
+    assert run_tool_process("make_subset", *args, "--overwrite").returncode == 0
+    assert len(json.loads(theirs.read_text())["images"]) == 1
+
+
+def test_dump_proposals_never_replaces_a_file_unasked(data_root, tmp_path):
+    cfg = load_config([], overrides(data_root))
+    classes = build_dataset(cfg, "val", transforms=False).classes
+    torch.manual_seed(0)
+    ckpt = tmp_path / "last.pth"
+    torch.save({"model": build_detector(cfg, num_classes=len(classes) - 1).state_dict()}, ckpt)
+    metrics = unfinished_run(tmp_path / "run") / "eval" / "metrics.json"  # a run's result
+    metrics.parent.mkdir()
+    metrics.write_text('{"AP": 0.5}')
+    argv = ["--cfg", "base.yaml", "--ckpt", ckpt, "--split", "val", *overrides(data_root)]
+    proc = run_tool_process("dump_proposals", *argv, "--out", metrics)
+    assert proc.returncode == 2 and str(metrics) in one_error_line(proc)
+    assert metrics.read_text() == '{"AP": 0.5}'
+    proc = run_tool_process("dump_proposals", *argv, "--out", ckpt, "--overwrite")
+    assert proc.returncode == 2 and "an input of this command" in one_error_line(proc)
+    mine = tmp_path / "proposals.json"
+    mine.write_text("an earlier dump")
+    proc = run_tool_process("dump_proposals", *argv, "--out", mine)
+    assert proc.returncode == 2 and "already exists" in one_error_line(proc)
+    assert run_tool_process("dump_proposals", *argv, "--out", mine, "--overwrite").returncode == 0
+    assert len(json.loads(mine.read_text())) == 4  # the val images
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_eval_out_is_resolved_before_it_is_checked(data_root, tmp_path):
+    """``--out run/eval/x/..`` and a link to ``run/eval`` are the run's eval folder: metrics.json
+    there would mark the unfinished run finished, for training and for the ablation runner."""
+    run = unfinished_run(tmp_path / "run")
+    (run / "eval" / "x").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(run / "eval")
+    cfg = load_config([], overrides(data_root))
+    dataset = build_dataset(cfg, "val", transforms=False)
+    dets = tmp_path / "dets.json"
+    records = [dataset.get_image_info(i) for i in range(len(dataset))]
+    cat = dataset.label_to_cat_id[1]
+    dets.write_text(
+        json.dumps(
+            [
+                {"image_id": r["image_id"], "category_id": cat, "bbox": [1, 1, 9, 9], "score": 0.5}
+                for r in records
+            ]
+        )
+    )
+    for out in (run / "eval" / "x" / "..", tmp_path / "link"):
+        proc = run_tool_process(
+            "eval", "--cfg", "base.yaml", "--dets", dets, "--out", out, *overrides(data_root)
+        )
+        assert proc.returncode == 2
+        assert f"is the eval folder of the training run {run}" in one_error_line(proc)
+        assert not (run / "eval" / "metrics.json").exists()
+
+
+def test_plot_losses_never_replaces_a_plot_unasked(tmp_path):
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "losses.png").write_bytes(b"my own figure")
+    proc = run_tool_process("plot_losses", "--out", tmp_path / "plots", "--iters", "50")
+    assert proc.returncode == 2 and "already holds losses.png" in one_error_line(proc)
+    assert (tmp_path / "plots" / "losses.png").read_bytes() == b"my own figure"
+    assert not (tmp_path / "plots" / "beta_schedules.png").exists()
+
+
+def test_make_synthetic_never_writes_into_a_folder_of_other_content(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    argv = ["--root", tmp_path / "data", "--num-train", "1", "--num-val", "1"]
+    proc = run_tool_process("make_synthetic", *argv)
+    assert proc.returncode == 1 and str(tmp_path / "data") in one_error_line(proc)
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["notes.txt"]
