@@ -114,6 +114,21 @@ def test_the_family_is_configs_times_primary_endpoints(tmp_path, capsys):
     expected = detectable_effect(sd / 100, 4, 0.05 / 4)
     assert float(paired[("l1", "AP")]["detectable"]) == pytest.approx(expected, rel=1e-5)
     assert float(paired[("giou", "AP")]["detectable"]) == pytest.approx(expected, rel=1e-5)
+    # the simultaneous interval of a primary test: t at 1 - 0.05 / (2 * 4), 3 df
+    half = sps.t.ppf(1 - 0.05 / 8, 3) * np.std([1, 2, 3, 2], ddof=1) / 2
+    low, high = (
+        float(paired[("l1", "AP")][k]) for k in ("ci_simultaneous_low", "ci_simultaneous_high")
+    )
+    assert (low, high) == pytest.approx((0.02 - half / 100, 0.02 + half / 100), rel=1e-5)
+    # the seeds rule at 0.05 / 10 (--plan-tests 10): the fewest pairs that find 1 AP point
+    assert (
+        ablate.main([*args, *BUDGET, "--report-only", "--primary", "AP", "--plan-tests", "10"]) == 0
+    )
+    need = next(n for n in range(2, 100) if detectable_effect(sd / 100, n, 0.005) <= 0.01)
+    assert detectable_effect(sd / 100, need - 1, 0.005) > 0.01
+    md = (out / "summary.md").read_text()
+    assert "## Power: the seeds rule" in md and "0.05 / 10 = 0.005" in md
+    assert f"| AP | {sd:.2f} | 6 | 4 |" in md and f"| ±1 | {need} |" in md
 
 
 @pytest.mark.parametrize(
@@ -123,6 +138,7 @@ def test_the_family_is_configs_times_primary_endpoints(tmp_path, capsys):
         (["--margins", "AP=1"], ["--margins", "--primary"]),
         (["--primary", "AP", "--margins", "AP90=2"], ["--margins AP90=2"]),
         (["--primary", "AP", "--margins", "AP=-1"], ["POINTS > 0"]),
+        (["--plan-tests", "10"], ["--plan-tests 10", "--primary"]),
     ],
 )
 def test_bad_family_options_are_one_line(tmp_path, capsys, args, words):
@@ -153,3 +169,52 @@ def test_a_statistic_is_one_row(tmp_path, capsys):
     rows = [r for r in csv.DictReader(open(out / "summary.csv")) if r["metric"] == "last_loss"]
     assert sorted(r["kind"] for r in rows) == ["group", "group", "paired"] + ["run"] * 4
     assert {float(r["value"]) for r in rows if r["kind"] == "run"} == {0.5}
+
+
+def test_dynamics_diagnostics_and_where_a_loss_helps(tmp_path, monkeypatch, capsys):
+    """A Dynamic run logs beta, its statistic and the zero shares: beta.csv holds each logged step
+    and summary.md the sampling table; the TP IoUs become tp_iou.csv's histogram."""
+    import json
+
+    from test_ablation_records import finish_with_heavy_files
+
+    out = tmp_path / "abl"
+    finish_with_heavy_files(out, monkeypatch)  # smoothl1 and l1, 2 seeds, with TPs
+    for run_dir in (out / "runs").iterdir():
+        dynamic = run_dir.name.startswith("l1")  # l1 plays Dynamic: its beta changes
+        steps = []
+        for i, beta in ((100, 1.0), (200, 0.5), (300, 0.25)):
+            step = {"type": "train", "iter": i, "loss_box_reg": 0.1, "total_loss": 1.0}
+            step.update(num_pos_per_image=4.0, num_zero_target_per_image=1.5)
+            step.update(beta=beta if dynamic else 1.0)
+            if dynamic:
+                step.update(beta_statistic=0.0 if i == 200 else 0.3, beta_zero_share=i / 1000)
+            steps.append(json.dumps(step) + "\n")
+        (run_dir / "metrics.jsonl").write_text("".join(steps))
+    args = ["--cfgs", "smoothl1.yaml", "l1.yaml", "--seeds", "2", "--out", str(out)]
+    assert ablate.main([*args, *BUDGET, "--report-only"]) == 0
+    beta = list(csv.DictReader(open(out / "beta.csv")))
+    assert [(r["run"], r["iter"], r["beta"]) for r in beta[:3]] == [
+        ("l1-seed0", "100", "1"),
+        ("l1-seed0", "200", "0.5"),
+        ("l1-seed0", "300", "0.25"),
+    ]
+    assert (
+        len(beta) == 6 and beta[1]["beta_statistic"] == "0" and beta[1]["beta_zero_share"] == "0.2"
+    )
+    md = (out / "summary.md").read_text()
+    assert (
+        "## Sampled positives and Dynamic's statistic" in md
+        and "beta.csv: every logged step of the 2 run(s)" in md
+    )
+    assert (
+        "| config | runs | positives per image | of them zero targets (GT) | "
+        "zero statistics per update (%) | final β |" in md
+    )
+    assert "| l1 | 2 | 4.0 ± 0.0 | 1.5 ± 0.0 | 20.0 ± 0.0 | 0.250 ± 0.000 |" in md
+    assert "| smoothl1 | 2 | 4.0 ± 0.0 | 1.5 ± 0.0 | n/a | 1.000 ± 0.000 |" in md
+    hist = list(csv.DictReader(open(out / "tp_iou.csv")))
+    l1 = {r["iou_low"]: int(r["count"]) for r in hist if r["config"] == "l1"}
+    # l1's TPs per seed at IoU 0.8, 0.5 and 0.95: 2 of each over 2 seeds
+    assert sum(l1.values()) == 6 and l1["0.500"] == l1["0.800"] == l1["0.950"] == 2
+    assert "tp_iou.csv: its counts, pooled over seeds" in md

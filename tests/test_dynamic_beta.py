@@ -81,6 +81,18 @@ def test_adaptive_official_hand_computed():
     assert sched.beta == 1e-3
 
 
+def test_zero_share_is_the_share_of_zero_statistics_of_the_last_update():
+    """The HAND intervals: [0.3, -, 0.4], nothing, [0, 0, 0], [4, 4, 4], [1e-5] x 3."""
+    sched = AdaptiveBeta(initial_beta=1.0, topk=1, interval=3, statistic="mmdet")
+    shares = []
+    for it, (deltas, num_images) in enumerate(HAND):
+        sched.step(it, sched.observe(deltas, num_images))
+        shares.append(sched.zero_share)
+    assert all(math.isnan(s) for s in shares[:2])  # no update yet
+    # an empty interval keeps the last share
+    assert shares[2::3] == [0.0, 0.0, 1.0, 0.0, 0.0]
+
+
 @pytest.mark.parametrize("statistic,expected", [("mmdet", 0.4), ("official", 0.5)])
 def test_median_of_an_even_record(statistic, expected):
     sched = AdaptiveBeta(initial_beta=2.0, topk=2, interval=4, statistic=statistic)

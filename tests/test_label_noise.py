@@ -1,6 +1,7 @@
 """Label noise is a fixed corrupted annotation set: drawn once per box from data.label_noise_seed
-(not the run's seed), the same on every build of the dataset, per image whatever the subset, only on
-the training split; jitter stays within ±scale × w/h, outliers move or resize beyond the box size;
+(not the run's seed, unless an ablation draws it per seed), the same on every build of the dataset,
+per image whatever the subset, only on the training split; jitter stays within ±scale × w/h,
+outliers move or resize beyond the box size and are drawn again when moved off the image;
 label_noise 0 leaves the records as they are."""
 
 import dataclasses
@@ -175,3 +176,52 @@ def test_val_split_and_zero_noise_stay_clean(root):
         transforms=False,
     )
     assert list(map(record_bytes, zero.records)) == list(map(record_bytes, clean.records))
+
+
+def test_an_outlier_moved_off_the_image_is_drawn_again_not_reverted():
+    """20 x 10 boxes with corners in [0, 40) of a 60 x 60 image: many first draws leave the image
+    (a shift of 1 to 3 box sizes). Every chosen box still ends corrupted and inside the image."""
+    small = [
+        dataclasses.replace(
+            r, height=60, width=60, boxes=r.boxes - np.tile(r.boxes[:, :2] // 40 * 40, 2)
+        )
+        for r in make_records(20, 10)
+    ]
+    noisy = corrupt_records(small, 1.0, "outlier", seed=0)
+    moved = changed(small, noisy)
+    crowd = np.concatenate([r.iscrowd for r in small])
+    assert moved[~crowd].all() and not moved[crowd].any()
+    boxes = stacked(noisy)
+    assert (boxes[:, 2:] - boxes[:, :2] >= 1).all() and (boxes >= 0).all() and (boxes <= 60).all()
+    # the first draws are the old ones: a box that stayed in the image is as it was drawn before
+    again = corrupt_records(small, 1.0, "outlier", seed=0)
+    assert all(np.array_equal(a.boxes, b.boxes) for a, b in zip(noisy, again))
+
+
+def test_an_ablation_can_draw_the_noise_per_run_seed(root, tmp_path):
+    from detector.ablation import plan_runs
+    from detector.ablation.record import label_noise
+
+    noise = [f"data.root={root}", "data.synthetic.num_train=12", "data.synthetic.num_val=4"]
+    noise += ["data.synthetic.image_size=[64, 96]", "data.label_noise=0.5"]
+    noise += ["data.label_noise_kind=outlier"]
+    per_seed = plan_runs(["smoothl1.yaml"], [], 2, noise, noise_per_seed=True)
+    shared = plan_runs(["smoothl1.yaml"], [], 2, noise)
+    built = {}
+    for name, runs in (("per_seed", per_seed), ("shared", shared)):
+        cfgs = [run.config(tmp_path / name) for run in runs]
+        built[name] = [boxes_of(build_dataset(cfg, "train", transforms=False)) for cfg in cfgs]
+        assert [cfg.data.label_noise_seed for cfg in cfgs] == (
+            [0, 1] if name == "per_seed" else [0, 0]
+        )
+    assert built["per_seed"][0] != built["per_seed"][1] and built["shared"][0] == built["shared"][1]
+    # the run's record holds the realised rate, rebuilt from its config.yaml and data
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    per_seed[1].config(tmp_path).save(run_dir / "config.yaml")
+    clean = build_dataset(small_cfg(root), "train", transforms=False).records
+    noisy = build_dataset(per_seed[1].config(tmp_path), "train", transforms=False).records
+    record = label_noise(run_dir)
+    assert record["corrupted"] == int(changed(clean, noisy).sum()) > 0
+    assert record["realised"] == pytest.approx(changed(clean, noisy).mean())
+    assert (record["nominal"], record["seed"], record["kind"]) == (0.5, 1, "outlier")

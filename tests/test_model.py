@@ -35,6 +35,7 @@ def test_training_output_keys_and_shapes():
         assert stats[key].dim() == 0, key
     num_pos = int(stats["num_fg"])
     assert num_pos >= 3  # the GT boxes are added as proposals
+    assert float(stats["num_zero_target_per_image"]) * len(images) >= 3  # their targets are 0
     assert stats["hist/target_abs"].shape == (num_pos, 4) and stats["hist/pred_err"].shape == (
         num_pos,
         4,

@@ -55,9 +55,15 @@ def test_make_subset_never_replaces_its_input_or_a_file_unasked(tmp_path):
     ann = tmp_path / "instances_train.json"
     ann.write_text(json.dumps(COCO))
     original = ann.read_bytes()
-    for flags in ([], ["--overwrite"]):  # an output that is an input: refused even with --overwrite
+    (tmp_path / "link.json").symlink_to(ann)
+    # an output that is an input, by its name or through a link: refused even with --overwrite
+    for out, flags in (
+        (ann, []),
+        (ann, ["--overwrite"]),
+        (tmp_path / "link.json", ["--overwrite"]),
+    ):
         proc = run_tool_process(
-            "make_subset", "--format", "coco", "--ann", ann, "--out", ann, *flags
+            "make_subset", "--format", "coco", "--ann", ann, "--out", out, *flags
         )
         assert proc.returncode == 2
         assert "an input of this command" in one_error_line(proc)
@@ -140,3 +146,11 @@ def test_make_synthetic_never_writes_into_a_folder_of_other_content(tmp_path):
     proc = run_tool_process("make_synthetic", *argv)
     assert proc.returncode == 1 and str(tmp_path / "data") in one_error_line(proc)
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["notes.txt"]
+
+
+def test_benchmark_json_never_replaces_a_file_unasked(tmp_path):
+    mine = tmp_path / "bench.json"
+    mine.write_text('{"mine": true}')
+    proc = run_tool_process("benchmark", "--device", "cpu", "--iters", "1", "--json", mine)
+    assert proc.returncode == 2 and "already exists" in one_error_line(proc)
+    assert mine.read_text() == '{"mine": true}'

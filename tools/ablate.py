@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the runs train (slurm: one job array through submitit)",
     )
     parser.add_argument(
+        "--noise-per-seed",
+        action="store_true",
+        help="draw each run's label noise from its own seed (data.label_noise_seed=SEED), not "
+        "one corrupted set for every seed",
+    )
+    parser.add_argument(
         "--keep-checkpoint",
         choices=CHECKPOINT_CHOICES,
         default="last",
@@ -108,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="METRIC=POINTS",
         help="TOST margins of the primary endpoints in AP points (default AP=1 AP90=2)",
+    )
+    parser.add_argument(
+        "--plan-tests",
+        type=int,
+        metavar="M",
+        help="the seeds rule's family size: the report states the seeds a paired t test at "
+        "0.05/M needs for each margin (default: this report's family)",
     )
     parser.add_argument("--title", default="", help="title of summary.md")
     slurm = parser.add_argument_group("--launcher slurm")
@@ -159,8 +172,8 @@ def main(argv=None) -> int:
     ):
         if value is not None and value < least:
             raise AblationError(f"{flag} {value}: must be at least {least}")
-    family = parse_family(args.primary, args.margins)
-    runs = plan_runs(cfgs, args.cfg, args.seeds, overrides, args.sweep)
+    family = parse_family(args.primary, args.margins, args.plan_tests)
+    runs = plan_runs(cfgs, args.cfg, args.seeds, overrides, args.sweep, args.noise_per_seed)
     baseline = resolve_baseline(runs, args.baseline)
     out = (
         Path(args.out)
@@ -196,8 +209,12 @@ def main(argv=None) -> int:
     return 0
 
 
-def parse_family(primary: list[str] | None, margins: list[str] | None) -> Family:
-    """--primary and --margins (AP points) as the report's pre-registered :class:`Family`."""
+def parse_family(
+    primary: list[str] | None, margins: list[str] | None, plan_tests: int | None = None
+) -> Family:
+    """--primary, --margins (AP points) and --plan-tests as the report's :class:`Family`."""
+    if plan_tests is not None and (plan_tests < 1 or not primary):
+        raise AblationError(f"--plan-tests {plan_tests}: at least 1, with --primary endpoints")
     compared = [s.name for s in STATS if s.compared]
     for name in primary or []:
         if name not in compared:
@@ -205,7 +222,7 @@ def parse_family(primary: list[str] | None, margins: list[str] | None) -> Family
                 f"--primary {name}: not a compared metric; one of {', '.join(compared)}"
             )
     if margins is None:
-        return Family(tuple(primary or ()))
+        return Family(tuple(primary or ()), plan_tests=plan_tests or 0)
     if not primary:
         raise AblationError("--margins: TOST margins belong to --primary endpoints; add --primary")
     parsed = {}
@@ -220,7 +237,7 @@ def parse_family(primary: list[str] | None, margins: list[str] | None) -> Family
                 f"--margins {text}: expected METRIC=POINTS with a --primary metric and POINTS > 0 "
                 f"(e.g. --margins AP=1 AP90=2)"
             )
-    return Family(tuple(primary), parsed)
+    return Family(tuple(primary), parsed, plan_tests or 0)
 
 
 def launch(args, steps, out: Path, command: str):

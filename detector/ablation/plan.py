@@ -24,6 +24,7 @@ REUSE_SAFE_KEYS = (
     "train.num_vis_images",
     "data.loader.num_workers",
 )
+NOISE_SEED_KEY = "data.label_noise_seed"
 METRICS_FILE = (
     Path("eval") / "metrics.json"
 )  # written by the trainer after the final evaluation: a finished run
@@ -82,16 +83,22 @@ def plan_runs(
     seeds: int,
     overrides: list[str],
     sweep: str | None = None,
+    noise_per_seed: bool = False,
 ) -> list[Run]:
+    """Every (config, sweep value, seed) as a :class:`Run`; ``noise_per_seed``: each run draws its
+    label noise from its own seed (``data.label_noise_seed``), not one draw for every seed."""
     if seeds < 1:
         raise AblationError(
             f"--seeds {seeds}: an ablation needs at least 1 seed per config (5 by default; paired "
             f"confidence intervals need 2 or more)"
         )
-    for key, why in (
+    reserved = [
         ("seed", "each run's seed is set by --seeds (0..N-1)"),
         ("output_dir", "each run's folder is <out>/runs/<name>: pick the folder with --out"),
-    ):
+    ]
+    if noise_per_seed:
+        reserved.append((NOISE_SEED_KEY, "--noise-per-seed sets it to each run's seed"))
+    for key, why in reserved:
         if any(o.partition("=")[0].strip() == key for o in overrides):
             raise AblationError(f"{key}=...: not an override of an ablation; {why}")
     stems = [Path(cfg).stem for cfg in loss_cfgs]
@@ -107,9 +114,9 @@ def plan_runs(
             group = stem if value is None else f"{stem} {sweep_key.split('.')[-1]}={value}"
             extra = [] if value is None else [f"{sweep_key}={value}"]
             for seed in range(seeds):
-                runs.append(
-                    Run(group, seed, [cfg, *data_cfgs], [*overrides, *extra, f"seed={seed}"])
-                )
+                noise = [f"{NOISE_SEED_KEY}={seed}"] if noise_per_seed else []
+                per_run = [*overrides, *extra, *noise, f"seed={seed}"]
+                runs.append(Run(group, seed, [cfg, *data_cfgs], per_run))
     return runs
 
 

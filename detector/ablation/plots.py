@@ -11,28 +11,11 @@ from detector.box_coder import DELTA_NAMES
 from detector.evaluation.coco import IOU_THRESHOLDS
 
 
-def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
+def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path, baseline: str = "") -> None:
     import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no display, no global figure state
 
-    thresholds = np.array(IOU_THRESHOLDS)
-    ax = Figure(figsize=(7, 4.5)).subplots()
-    for group, results in groups.items():
-        curves = (
-            np.array(
-                [r["metrics"]["AP_per_iou"] for r in results if r["metrics"].get("AP_per_iou")]
-            )
-            * 100
-        )
-        if len(curves):
-            ax.errorbar(
-                thresholds, curves.mean(0), yerr=curves.std(0), label=group, marker="o", capsize=3
-            )
-    ax.set(
-        xlabel="IoU threshold", ylabel="AP (%)", title="AP vs IoU threshold (mean ± std over seeds)"
-    )
-    save_figure([ax], out / "ap_vs_iou.png", legend=bool(groups))
-
+    plot_ap_vs_iou(groups, out, baseline)
     axes = Figure(figsize=(12, 4.5)).subplots(1, 2)
     for group, results in groups.items():
         for col, (ax, label) in enumerate(zip(axes, ("loss_box_reg", "total loss"))):
@@ -126,8 +109,59 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:
     save_figure([ax], out / "tp_iou.png", legend=bool(pooled))
 
 
+def plot_ap_vs_iou(groups: dict[str, list[dict[str, Any]]], out: Path, baseline: str) -> None:
+    """AP at each IoU threshold, mean and 95% t interval over seeds (uncorrected); beside it each
+    config's paired difference to ``baseline`` by seed, with its 95% t interval."""
+    import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: no display, no global figure state
+    from scipy import stats
+
+    def curves(results):
+        per_seed = {r["run"]: r["metrics"].get("AP_per_iou") for r in results}
+        return {run: np.array(c) * 100 for run, c in per_seed.items() if c}
+
+    def mean_ci(values):
+        values = np.array(values)
+        mean = values.mean(0)
+        if len(values) < 2:
+            return mean, np.zeros_like(mean)
+        half = stats.t.ppf(0.975, len(values) - 1) * values.std(0, ddof=1) / np.sqrt(len(values))
+        return mean, half
+
+    thresholds = np.array(IOU_THRESHOLDS)
+    axes = Figure(figsize=(13, 4.5)).subplots(1, 2)
+    base = {r["run"].rsplit("-seed", 1)[1]: r for r in groups.get(baseline, [])}
+    for group, results in groups.items():
+        by_run = curves(results)
+        if by_run:
+            mean, half = mean_ci(list(by_run.values()))
+            axes[0].errorbar(thresholds, mean, yerr=half, label=group, marker="o", capsize=3)
+        if group == baseline:
+            continue
+        pairs = []
+        for r in results:
+            other = base.get(r["run"].rsplit("-seed", 1)[1])
+            if other and r["metrics"].get("AP_per_iou") and other["metrics"].get("AP_per_iou"):
+                pairs.append(
+                    np.subtract(r["metrics"]["AP_per_iou"], other["metrics"]["AP_per_iou"])
+                )
+        if pairs:
+            mean, half = mean_ci(np.array(pairs) * 100)
+            axes[1].errorbar(thresholds, mean, yerr=half, label=group, marker="o", capsize=3)
+    axes[0].set(
+        xlabel="IoU threshold", ylabel="AP (%)", title="AP vs IoU (mean, 95% CI over seeds)"
+    )
+    axes[1].axhline(0, color="k", linewidth=0.8)
+    axes[1].set(
+        xlabel="IoU threshold",
+        ylabel="AP difference (points)",
+        title=f"paired difference to {baseline or 'the baseline'} (95% CI, uncorrected)",
+    )
+    save_figure(list(axes), out / "ap_vs_iou.png", legend=bool(groups))
+
+
 def _pooled(groups: dict[str, list[dict[str, Any]]], key: str) -> dict:
-    """Per config, its runs' non-empty ``key`` tensors concatenated (configs without one left out)."""
+    """Per config, its runs' non-empty ``key`` tensors concatenated (or left out)."""
     import torch
 
     pooled = {

@@ -78,6 +78,32 @@ def _rounded(values, digits: int = 5) -> list:
     return [round(float(v), digits) for v in values]
 
 
+def label_noise(run_dir: Path) -> dict[str, Any] | None:
+    """The label noise the run trained on, realised: the share of the training boxes that differ
+    from the clean ones (rebuilt from the run's config.yaml and data); None without noise."""
+    from detector.config import load_config
+    from detector.data import build_dataset
+
+    path = Path(run_dir) / "config.yaml"
+    cfg = load_config([path])
+    data = cfg.data
+    if not data.label_noise > 0:
+        return None
+    noisy = build_dataset(cfg, "train", transforms=False).records
+    clean = build_dataset(load_config([path], ["data.label_noise=0"]), "train", transforms=False)
+    pairs = zip(clean.records, noisy)
+    moved = sum(int((a.boxes != b.boxes).any(axis=1).sum()) for a, b in pairs)
+    total = sum(len(r.boxes) for r in noisy)
+    return {
+        "kind": data.label_noise_kind,
+        "seed": data.label_noise_seed,
+        "nominal": data.label_noise,
+        "boxes": total,
+        "corrupted": moved,
+        "realised": moved / total if total else None,
+    }
+
+
 def write_record(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     """Write ``RECORD`` of the finished run in ``run_dir`` from its heavy files and return it.
     ``ground_truth``: the caller's cache of val ground truth per data config. Without val data here
@@ -96,6 +122,10 @@ def write_record(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     if ious is None and "localisation_error" not in record:
         record["localisation_error"] = f"{run_dir.name}: no eval/detections.json"
     record["tp_ious"] = None if ious is None else _rounded(ious.tolist())
+    try:
+        record["label_noise"] = label_noise(run_dir)
+    except (DetectorError, OSError, ValueError) as exc:  # no training data here
+        record["label_noise"] = {"error": f"{run_dir.name}: {exc}"}
     record["tide"] = {k: v for k, v in values.items() if k.startswith("tide_")}
     errors = run_dir / "final_errors.pt"
     record["pred_err"] = None

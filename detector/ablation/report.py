@@ -36,6 +36,8 @@ from detector.ablation.stats import (
     mean_std,
     paired_difference,
     pooled_sd,
+    seeds_needed,
+    simultaneous_interval,
     tost,
     verdict,
 )
@@ -62,8 +64,21 @@ CSV_COLUMNS = (
     "margin",
     "p_tost",
     "p_tost_holm",
+    "ci_simultaneous_low",
+    "ci_simultaneous_high",
 )
 NOT_STARTED = "not started"
+BETA_CSV = "beta.csv"
+TP_IOU_CSV = "tp_iou.csv"
+TP_IOU_BINS = [0.5 + 0.025 * i for i in range(21)]  # the true positives' IoU histogram
+# what beta.csv holds per logged step of a run whose beta changes
+BETA_KEYS = (
+    "beta",
+    "beta_statistic",
+    "beta_zero_share",
+    "num_pos_per_image",
+    "num_zero_target_per_image",
+)
 DEFAULT_MARGINS = {"AP": 0.01, "AP90": 0.02}  # TOST margins, as fractions (±1 AP, ±2 AP90)
 
 
@@ -74,6 +89,8 @@ class Family:
 
     primary: tuple[str, ...] = ()
     margins: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MARGINS))
+    # the tests the seeds rule divides α by (the planned grid's family); 0: this report's family
+    plan_tests: int = 0
 
 
 def _read_json(path: Path, lines: bool = False) -> Any:
@@ -222,8 +239,11 @@ def compare(
         for m, d in by_metric.items():
             member = (name, m) in adjusted
             level = ALPHA / max(1, len(tests)) if member else ALPHA
+            sim = simultaneous_interval(d, len(tests)) if member and family.primary else (NAN, NAN)
             d = replace(
                 d,
+                sim_low=sim[0],
+                sim_high=sim[1],
                 p_holm=adjusted.get((name, m), NAN),
                 detectable=detectable_effect(sd[m], d.n, level) if sd[m] >= ZERO_SD else NAN,
                 family=("primary" if member else "exploratory") if family.primary else "",
@@ -235,6 +255,8 @@ def compare(
                 why = "exploratory" if d.testable else "too few seeds"
             else:
                 why = verdict(d, d.p_holm, failed[name], failed[baseline], d.p_tost_holm)
+            if family.primary and why == "no evidence":
+                why = "inconclusive"  # neither different nor equivalent
             compared[name][m] = replace(d, verdict=why)
     return compared, len(tests)
 
@@ -264,12 +286,14 @@ def write_report(
         _header(groups, title, command),
         _summary_section(groups, stats),
         _paired_section(groups, paired, tests, baseline, family),
-        _localisation_section(groups, stats),
+        _power_section(paired, family, family.plan_tests or tests),
+        _localisation_section(groups, stats, _write_tp_iou_csv(out / TP_IOU_CSV, groups)),
+        _sampling_section(groups, stats, _write_beta_csv(out / BETA_CSV, groups)),
         _convergence_section(groups),
         _unfinished_section(groups),
     )
     (out / "summary.md").write_text("\n".join(line for s in sections for line in s) + "\n")
-    plot_all({g.name: list(g.results.values()) for g in groups if g.results}, out)
+    plot_all({g.name: list(g.results.values()) for g in groups if g.results}, out, baseline)
     return groups
 
 
@@ -300,6 +324,7 @@ def _write_csv(path: Path, groups: list[Group], stats, paired, baseline: str) ->
             numbers = dict(value=d.mean, std=d.std, ci95_low=d.ci_low, ci95_high=d.ci_high, p=d.p)
             numbers.update(p_holm=d.p_holm, detectable=d.detectable, margin=d.margin)
             numbers.update(p_tost=d.p_tost, p_tost_holm=d.p_tost_holm)
+            numbers.update(ci_simultaneous_low=d.sim_low, ci_simultaneous_high=d.sim_high)
             rows.append(dict(kind="paired", config=g.name, metric=metric, n=d.n))
             rows[-1].update({k: _num(v) for k, v in numbers.items()})
             rows[-1].update(baseline=baseline, verdict=d.verdict, note=g.failed, family=d.family)
@@ -340,6 +365,10 @@ def _p(value: float) -> str:
     return f"{value:.2g}" if value >= 0.001 else "<0.001"
 
 
+def _interval(low: float, high: float) -> str:
+    return "n/a" if math.isnan(low) else f"[{_pct(low, True)}, {_pct(high, True)}]"
+
+
 def _columns(groups: list[Group], stats, table: str) -> list[Stat]:
     """The rows of ``STATS`` shown in ``table``: an optional one only when some run has it."""
     shown = [s for s in STATS if s.table == table]
@@ -363,6 +392,7 @@ def _header(groups: list[Group], title: str, command: str) -> list[str]:
 
 def _summary_section(groups: list[Group], stats) -> list[str]:
     columns = _columns(groups, stats, "summary")
+    noise = any(c.name == "label_noise" for c in columns)
     lines = [
         "",
         "## Mean ± std over seeds",
@@ -371,7 +401,13 @@ def _summary_section(groups: list[Group], stats) -> list[str]:
         "mean over the last 10% of logged iterations; images_per_s: training throughput; "
         "eval_time_s: seconds of the final evaluation (inference and scoring). summary.csv holds "
         'every run\'s numbers, as fractions. A failed run is in no mean; "failed k of n seeds" '
-        "counts it.",
+        "counts it."
+        + (
+            " noise: the nominal share of training boxes corrupted; noise realised: the share "
+            "that differs from the clean boxes (record.json)."
+            if noise
+            else ""
+        ),
         "",
         *_table_head(["config", "seeds", *(c.label or c.name for c in columns)]),
     ]
@@ -454,29 +490,64 @@ def _paired_section(
     ]
     if family.primary:
         head[2:2] = ["family"]
-        head[5:8] = [f"{level} (uncorrected)", "p (uncorrected)", "p (Holm)", "TOST p (Holm)"]
+        head[5:8] = [f"{level} (uncorrected)", f"simultaneous {100 - 100 * ALPHA / tests:.3g}% CI"]
+        head[7:7] = ["p (uncorrected)", "p (Holm)", "TOST p (Holm)"]
     lines += [_paired_prose(baseline, tests, family), "", *_table_head(head)]
     for name, by_metric in paired.items():
         # the pre-registered tests first
         for metric, d in sorted(by_metric.items(), key=lambda item: item[1].family != "primary"):
             if d.n == 0:
                 continue
-            ci = (
-                "n/a"
-                if math.isnan(d.ci_low)
-                else f"[{_pct(d.ci_low, True)}, {_pct(d.ci_high, True)}]"
-            )
+            ci = _interval(d.ci_low, d.ci_high)
             detectable = "–" if math.isnan(d.detectable) else f"±{_pct(d.detectable)}"
             shown = f"**{d.verdict}**" if d.verdict in ("better", "worse") else d.verdict
             cells = [name, metric, d.n, _pct(d.mean, True), ci, _p(d.p), _p(d.p_holm)]
             if family.primary:
                 cells[2:2] = [d.family]
+                cells[6:6] = [_interval(d.sim_low, d.sim_high) if d.family == "primary" else "–"]
                 cells.append(_p(d.p_tost_holm))
             lines.append(_row([*cells, detectable, shown]))
     return lines
 
 
-def _localisation_section(groups: list[Group], stats) -> list[str]:
+def _power_section(paired, family: Family, tests: int) -> list[str]:
+    """The seeds rule of the protocol: per primary endpoint, the sd of d pooled over the configs
+    and the seeds a paired t test at α / ``tests`` needs to find its margin with 80% power."""
+    if not family.primary or not paired:
+        return []
+    alpha = ALPHA / max(1, tests)
+    lines = [
+        "",
+        "## Power: the seeds rule",
+        "",
+        f"Per primary endpoint: the sd of the paired differences pooled over the configs (its "
+        f"degrees of freedom), the smallest true difference the most pairs here find with "
+        f"{POWER:.0%} power, and the seeds a two-sided paired t test at {ALPHA:g} / {tests} = "
+        f"{alpha:.3g} needs to find the endpoint's margin with {POWER:.0%} power (more than 100: "
+        f"'> 100').",
+        "",
+        *_table_head(["metric", "pooled sd of d", "df", "pairs", "detectable", "margin", "seeds"]),
+    ]
+    for metric in family.primary:
+        diffs = [by[metric] for by in paired.values()]
+        sd = pooled_sd(diffs)
+        dof = sum(d.n - 1 for d in diffs if d.n >= 2 and not math.isnan(d.std))
+        pairs = max(d.n for d in diffs)
+        now = detectable_effect(sd, pairs, alpha) if sd >= ZERO_SD else NAN
+        margin = family.margins.get(metric)
+        need = seeds_needed(sd, margin, alpha) if margin and sd >= ZERO_SD else None
+        shown = "–" if margin is None or sd < ZERO_SD else str(need or "> 100")
+        cells = [metric, "n/a" if math.isnan(sd) else f"{100 * sd:.2f}", dof, pairs]
+        cells += ["–" if math.isnan(now) else f"±{_pct(now)}", _margin(margin), shown]
+        lines.append(_row(cells))
+    return lines
+
+
+def _margin(margin: float | None) -> str:
+    return "–" if margin is None else f"±{100 * margin:g}"
+
+
+def _localisation_section(groups: list[Group], stats, histogram: bool = False) -> list[str]:
     lines = ["", "## Localisation of true positives", ""]
     errors = [
         r["localisation_error"]
@@ -511,8 +582,8 @@ def _localisation_section(groups: list[Group], stats) -> list[str]:
     lines.append(
         f"Each detection with score >= {SCORE_THRESHOLD} is matched the COCO way (at IoU >= "
         f"{MATCH_IOU}); the IoUs of these true positives per run, by their median and the share >= "
-        f"0.75 and >= 0.9, then mean ± std over seeds (tp_iou.png: their histogram per config). "
-        f"{tide_note}"
+        f"0.75 and >= 0.9, then mean ± std over seeds (tp_iou.png: their histogram per config"
+        f"{f'; {TP_IOU_CSV}: its counts, pooled over seeds' if histogram else ''}). {tide_note}"
     )
     if errors:
         lines.append(f"Runs without these numbers: {'; '.join(errors)}.")
@@ -520,6 +591,87 @@ def _localisation_section(groups: list[Group], stats) -> list[str]:
     for g in with_tps:
         s = stats[g.name]
         lines.append(_row([g.name, s["tp_iou_median"].n, *(_cell(s[c.name], c) for c in columns)]))
+    return lines
+
+
+def _write_tp_iou_csv(path: Path, groups: list[Group]) -> bool:
+    """Per config, its true positives' IoUs pooled over seeds as a histogram (:data:`TP_IOU_BINS`:
+    count and share per bin); False (no file) without any."""
+    import torch
+
+    rows = []
+    edges = torch.tensor(TP_IOU_BINS)
+    for g in groups:
+        ious = [r["tp_ious"] for r in g.results.values() if r["tp_ious"] is not None]
+        if not ious:
+            continue
+        pooled = torch.cat(ious)
+        if not len(pooled):
+            continue
+        # bin i holds [edge i, edge i+1); IoU 1.0 goes to the last bin
+        index = (torch.bucketize(pooled, edges, right=True) - 1).clamp(0, len(edges) - 2)
+        counts = torch.bincount(index, minlength=len(edges) - 1).tolist()
+        for low, high, count in zip(TP_IOU_BINS, TP_IOU_BINS[1:], counts):
+            share = _num(count / len(pooled))
+            rows.append(
+                dict(config=g.name, runs=len(ious), iou_low=f"{low:.3f}", iou_high=f"{high:.3f}")
+            )
+            rows[-1].update(count=count, share=share)
+    path.unlink(missing_ok=True)
+    if rows:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return bool(rows)
+
+
+def _write_beta_csv(path: Path, groups: list[Group]) -> int:
+    """Every logged step of each run whose beta changes (Dynamic's), as :data:`BETA_KEYS`; the
+    number of such runs (none: no file)."""
+    rows = []
+    for g in groups:
+        for seed, result in sorted(g.results.items()):
+            train = [r for r in result["log"] if r.get("type") == "train"]
+            if len({r.get("beta") for r in train} - {None}) < 2:
+                continue
+            for r in train:
+                rows.append(dict(config=g.name, seed=seed, run=result["run"], iter=r["iter"]))
+                rows[-1].update({k: _num(r.get(k)) for k in BETA_KEYS})
+    path.unlink(missing_ok=True)
+    if rows:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["config", "seed", "run", "iter", *BETA_KEYS])
+            writer.writeheader()
+            writer.writerows(rows)
+    return len({(r["config"], r["seed"]) for r in rows})
+
+
+def _sampling_section(groups: list[Group], stats, dynamic_runs: int) -> list[str]:
+    columns = _columns(groups, stats, "sampling")
+    shown = [g for g in groups if stats[g.name]["num_pos_per_image"].n]
+    if not shown:
+        return []
+    lines = [
+        "",
+        "## Sampled positives and Dynamic's statistic",
+        "",
+        "Means over the logged training steps, then mean ± std over seeds. Zero targets: sampled "
+        "positives whose regression target is exactly 0, the GT boxes added as proposals; Dynamic "
+        "Smooth L1's statistic (the k-th smallest |target| of the positives) is 0 whenever k of "
+        "them are sampled, and an update whose median statistic is 0 keeps the old β. Zero "
+        "statistics per update: the share of an update interval's statistics that were 0.",
+    ]
+    if dynamic_runs:
+        lines[-1] += (
+            f" {BETA_CSV}: every logged step of the {dynamic_runs} run(s) whose β changes (β, its "
+            f"statistic, the zero share, positives and zero targets per image)."
+        )
+    lines += ["", *_table_head(["config", "runs", *(c.label or c.name for c in columns)])]
+    for g in shown:
+        s = stats[g.name]
+        cells = [_cell(s[c.name], c) for c in columns]
+        lines.append(_row([g.name, s["num_pos_per_image"].n, *cells]))
     return lines
 
 

@@ -43,6 +43,8 @@ class PairedDifference:
     margin: float = NAN  # the equivalence margin of its TOST
     p_tost: float = NAN  # TOST's p (uncorrected) and Holm-adjusted over the primary family
     p_tost_holm: float = NAN
+    sim_low: float = NAN  # the simultaneous interval of a primary test (Bonferroni over the family)
+    sim_high: float = NAN
 
     @property
     def testable(self) -> bool:
@@ -129,6 +131,27 @@ def pooled_sd(diffs: Iterable[PairedDifference]) -> float:
     kept = [(d.n - 1, d.std) for d in diffs if d.n >= 2 and not math.isnan(d.std)]
     dof = sum(k for k, _ in kept)
     return math.sqrt(sum(k * sd**2 for k, sd in kept) / dof) if dof else NAN
+
+
+def simultaneous_interval(d: PairedDifference, tests: int) -> tuple[float, float]:
+    """The Student-t interval of ``d`` at confidence 1 − α / ``tests`` (Bonferroni): the ``tests``
+    intervals of a family hold together with probability >= 1 − α; nans with fewer than 2 pairs."""
+    if d.n < 2 or math.isnan(d.std):
+        return NAN, NAN
+    t = _scipy_stats().t.ppf(1 - ALPHA / (2 * tests), d.n - 1)
+    half = float(t) * d.std / math.sqrt(d.n)
+    return d.mean - half, d.mean + half
+
+
+def seeds_needed(std: float, effect: float, alpha: float, most: int = 100) -> int | None:
+    """The fewest pairs (2 to ``most``) at which :func:`detectable_effect` is <= ``effect``: the
+    seeds a paired t test at ``alpha`` needs to find ``effect`` with :data:`POWER`; None beyond."""
+    if math.isnan(std):
+        return None
+    for n in range(2, most + 1):
+        if detectable_effect(std, n, alpha) <= effect:
+            return n
+    return None
 
 
 def detectable_effect(std: float, n: int, alpha: float = ALPHA) -> float:

@@ -58,6 +58,16 @@ def train_mean(key: str, tail: float = 1.0, skip_first: bool = False) -> Reader:
     return read
 
 
+def train_last(key: str) -> Reader:
+    """The last logged training step's ``key``."""
+
+    def read(run):
+        values = [r[key] for r in run["log"] if r.get("type") == "train" and r.get(key) is not None]
+        return values[-1] if values else None
+
+    return read
+
+
 def tp_iou(name: str) -> Reader:
     """A :func:`detector.ablation.localisation.summarise` value of the run's true-positive IoUs."""
     return lambda run: None if run["tp_ious"] is None else summarise(run["tp_ious"])[name]
@@ -65,6 +75,10 @@ def tp_iou(name: str) -> Reader:
 
 def tide(name: str) -> Reader:
     return lambda run: (run["record"].get("tide") or {}).get(name)
+
+
+def noise(name: str) -> Reader:
+    return lambda run: (run["record"].get("label_noise") or {}).get(name)
 
 
 PER_IOU_NAMES = tuple(f"AP{round(t * 100)}" for t in IOU_THRESHOLDS)
@@ -75,7 +89,7 @@ _SCORES = dict.fromkeys(
 )
 _AP_AT = {name: ap_at(i) for i, name in enumerate(PER_IOU_NAMES)}
 
-TABLES = ("summary", "localisation")
+TABLES = ("summary", "localisation", "sampling")
 STATS: list[Stat] = [
     *(
         Stat(
@@ -96,12 +110,47 @@ STATS: list[Stat] = [
         table="summary",
     ),
     Stat("eval_time_s", metric("eval_time_s"), 1, ".0f", False, table="summary", optional=True),
+    Stat("label_noise", noise("nominal"), table="summary", label="noise (%)", optional=True),
+    Stat(
+        "label_noise_realised",
+        noise("realised"),
+        table="summary",
+        label="noise realised (%)",
+        optional=True,
+    ),
     Stat("tp_count", tp_iou("tp_count"), 1, ".0f", table="localisation", label="TPs per run"),
     Stat(
         "tp_iou_median", tp_iou("tp_iou_median"), 1, ".3f", table="localisation", label="median IoU"
     ),
     Stat("tp_iou_ge75", tp_iou("tp_iou_ge75"), table="localisation", label="IoU ≥ 0.75 (%)"),
     Stat("tp_iou_ge90", tp_iou("tp_iou_ge90"), table="localisation", label="IoU ≥ 0.9 (%)"),
+    Stat(
+        "num_pos_per_image",
+        train_mean("num_pos_per_image"),
+        1,
+        ".1f",
+        table="sampling",
+        label="positives per image",
+    ),
+    Stat(
+        "num_zero_target_per_image",
+        train_mean("num_zero_target_per_image"),
+        1,
+        ".1f",
+        table="sampling",
+        label="of them zero targets (GT)",
+        optional=True,
+    ),
+    Stat(
+        "beta_zero_share",
+        train_mean("beta_zero_share"),
+        table="sampling",
+        label="zero statistics per update (%)",
+        optional=True,
+    ),
+    Stat(
+        "beta_final", train_last("beta"), 1, ".3f", table="sampling", label="final β", optional=True
+    ),
     *(
         Stat(name, tide(name), 1, ".2f", table="localisation", label=label, optional=True)
         for name, label in ((TIDE_METRIC, "TIDE Loc dAP"), (TIDE_HIGH_METRIC, "TIDE Loc@0.75 dAP"))

@@ -148,6 +148,24 @@ def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageR
     return out
 
 
+OUTLIER_TRIES = (
+    100  # draws of an outlier before its box stays clean (it never had room in the image)
+)
+
+
+def _outliers(boxes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """[N,4] xyxy -> one outlier draw of each box: shifted, resized or both (configs/base.yaml)."""
+    n, wh = len(boxes), boxes[:, 2:] - boxes[:, :2]  # [N,2]
+    mode = rng.integers(3, size=n)  # 0 shift, 1 resize, 2 both
+    angle, step = rng.uniform(0, 2 * np.pi, n), rng.uniform(1, 3, n)
+    factor = 2.0 ** (rng.uniform(1, 2, (n, 2)) * rng.choice([-1, 1], (n, 2)))
+    direction = np.stack([np.cos(angle), np.sin(angle)], 1)
+    shift = np.where((mode != 1)[:, None], step[:, None] * direction * wh, 0)
+    size = np.where((mode != 0)[:, None], factor, 1.0) * wh
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + shift
+    return np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+
+
 def corrupt_records(
     records: Sequence[ImageRecord],
     fraction: float,
@@ -155,10 +173,13 @@ def corrupt_records(
     scale: float = 0.2,
     seed: int = 0,
 ) -> list[ImageRecord]:
-    """The records with a fixed random ``fraction`` of their non-crowd boxes corrupted as configs/base.yaml describes
-    (``data.label_noise*``). Each image draws from ``np.random.default_rng([seed, image_id])``, independent of the
-    other records; a box is chosen when its first draw u ~ U[0, 1) < fraction (nested across fractions). Labels,
-    iscrowd and area are unchanged."""
+    """The records with a fixed random ``fraction`` of their non-crowd boxes corrupted as
+    configs/base.yaml describes (``data.label_noise*``). Each image draws from
+    ``np.random.default_rng([seed, image_id])``, independent of the other records; a box is chosen
+    when its first draw u ~ U[0, 1) < fraction (nested across fractions). An outlier clipped to
+    under 1 px (moved off the image) is drawn again, so the realised rate stays near ``fraction``
+    for small boxes too; a jittered box under 1 px keeps its clean box. Labels, iscrowd and area
+    are unchanged."""
     if kind not in LABEL_NOISE_KINDS:
         raise ValueError(f"kind must be one of {LABEL_NOISE_KINDS}, got {kind!r}")
     if fraction <= 0:
@@ -172,23 +193,18 @@ def corrupt_records(
             out.append(rec)
             continue
         boxes = rec.boxes.astype(np.float64)
-        wh = boxes[:, 2:] - boxes[:, :2]  # [N,2]
+        limits = [rec.width, rec.height, rec.width, rec.height]
         if kind == "jitter":
-            noisy = boxes + rng.uniform(-scale, scale, (n, 4)) * np.tile(wh, 2)
+            wh = np.tile(boxes[:, 2:] - boxes[:, :2], 2)
+            noisy = np.clip(boxes + rng.uniform(-scale, scale, (n, 4)) * wh, 0, limits)
         else:
-            mode = rng.integers(3, size=n)  # 0 shift, 1 resize, 2 both
-            angle, step = rng.uniform(0, 2 * np.pi, n), rng.uniform(1, 3, n)
-            factor = 2.0 ** (rng.uniform(1, 2, (n, 2)) * rng.choice([-1, 1], (n, 2)))
-            shift = np.where(
-                (mode != 1)[:, None],
-                step[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1) * wh,
-                0,
-            )
-            size = np.where((mode != 0)[:, None], factor, 1.0) * wh
-            centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + shift
-            noisy = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
-        noisy = np.clip(noisy, 0, [rec.width, rec.height, rec.width, rec.height])
-        chosen &= (noisy[:, 2] - noisy[:, 0] >= 1) & (noisy[:, 3] - noisy[:, 1] >= 1)
+            noisy = np.clip(_outliers(boxes, rng), 0, limits)
+            for _ in range(OUTLIER_TRIES):
+                lost = chosen & ~_valid(noisy)
+                if not lost.any():
+                    break
+                noisy[lost] = np.clip(_outliers(boxes[lost], rng), 0, limits)
+        chosen &= _valid(noisy)
         corrupted += int(chosen.sum())
         out.append(replace(rec, boxes=np.where(chosen[:, None], noisy, boxes).astype(np.float32)))
     total = sum(len(r.boxes) for r in records)
@@ -196,6 +212,11 @@ def corrupt_records(
         f"label noise ({kind}, seed {seed}): corrupted {corrupted} of {total} training boxes"
     )
     return out
+
+
+def _valid(boxes: np.ndarray) -> np.ndarray:
+    """[N,4] -> [N] bool: at least 1 px wide and high."""
+    return (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
 
 
 class DetectionDataset(torch.utils.data.Dataset):

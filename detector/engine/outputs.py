@@ -30,7 +30,7 @@ def check_output(
     path in the messages."""
     path = Path(path)
     folder = check_output_folder(path.parent, [path.name], option, inputs, overwrite, file=path)
-    return folder / path.name
+    return (folder / path.name).resolve()  # a link: the file it names is written
 
 
 def check_output_folder(
@@ -45,7 +45,7 @@ def check_output_folder(
     :func:`check_output`)."""
     given, folder = Path(file or folder), Path(folder).resolve()
     shown = f"{option} {given}"
-    targets = [folder / name for name in names]
+    targets = [(folder / name).resolve() for name in names]
     for source in inputs:
         if source is not None and Path(source).resolve() in targets:
             raise RunFolderError(

@@ -161,6 +161,8 @@ class AdaptiveBeta(BetaSchedule):
         self.interval = int(interval)
         self.statistic = statistic
         self.record = IntervalRecord(interval)
+        # the share of the last update's statistics that were 0 (a diagnostic; not checkpointed)
+        self.zero_share = math.nan
 
     def observe(
         self,
@@ -186,7 +188,10 @@ class AdaptiveBeta(BetaSchedule):
                 "training forward's stats)"
             )
         if self.record.record(iteration, statistic):
-            self.beta = self._next_beta(self.record.collect())
+            record = self.record.collect()
+            if record:
+                self.zero_share = sum(s < _MEDIAN_EPS for s in record) / len(record)
+            self.beta = self._next_beta(record)
         return self.beta
 
     def _next_beta(self, record: Sequence[float]) -> float:

@@ -311,11 +311,17 @@ class RoIHeads(nn.Module):
             "num_fg": fg.sum(),
             "num_bg": ((labels == 0) & sampled).sum(),
             "num_pos_per_image": fg.sum().float() / num_images,
+            # positives whose target is exactly 0: the GT boxes added as proposals (Dynamic's
+            # statistic is 0 when k of them are sampled)
+            "num_zero_target_per_image": (target_deltas == 0).all(1).sum().float() / num_images,
         }
         if beta is not None:
             stats["beta"] = torch.full((), float(beta), dtype=torch.float32, device=deltas.device)
         if self._adaptive_beta("mmdet"):
             stats["beta_statistic"] = self.beta_schedule.observe(target_deltas.detach(), num_images)
+        if isinstance(self.beta_schedule, AdaptiveBeta):
+            share = self.beta_schedule.zero_share  # of the last update: nan before the first
+            stats["beta_zero_share"] = torch.full((), share, device=deltas.device)
         for name, values in (
             ("target_abs", target_deltas.detach().abs()),
             ("pred_err", (pred_deltas.detach() - target_deltas).abs()),
