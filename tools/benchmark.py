@@ -10,6 +10,7 @@ tables; --json writes every figure.
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from detector.errors import run_tool
 
