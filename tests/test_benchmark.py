@@ -181,9 +181,9 @@ def test_profile_mode_counts_the_host_syncs_of_a_step(tiny, capsys):
 def test_ours_steps_as_the_trainer_and_reads_the_losses_at_log_steps(
     tmp_path, monkeypatch, tiny_data
 ):
-    """A NaN at iteration 2 with train.log_period=2 stops our side at the read after iteration 3,
-    named as the trainer names it (weighted losses, clipping and the dynamic-state update run in
-    between)."""
+    """A NaN at iteration 3 (the third step, counted from 1 as the log counts) with
+    train.log_period=2 stops our side at the read after iteration 4, named as the trainer names it
+    (weighted losses, clipping and the dynamic-state update run in between)."""
     poison_third_training_forward(monkeypatch, bench)
     cfg = load_config(
         ["smoothl1.yaml"],
@@ -195,7 +195,7 @@ def test_ours_steps_as_the_trainer_and_reads_the_losses_at_log_steps(
     for _ in range(3):
         side.step(images, targets)
     with pytest.raises(
-        NonFiniteLossError, match="at iteration 2 .*found at the check after iteration 3"
+        NonFiniteLossError, match="at iteration 3 .*found at the check after iteration 4"
     ):
         side.step(images, targets)
     assert side.info["optimizer"] in ("fused", "foreach")
