@@ -14,6 +14,9 @@ from pathlib import Path
 
 from detector.errors import run_tool
 
+# --amp -> the autocast settings timed
+AMP_MODES = {"off": [False], "on": [True], "both": [False, True]}
+
 # the measurements live beside the package, in benchmarks/ (not installed with it)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -124,12 +127,12 @@ def main(argv=None) -> int:
         print(report["table"])
         print(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=1))
     if not (args.data or args.shapes or args.profile or args.real):
+        # --amp: off on the CPU by default, both on a GPU
+        amp = args.amp or ("off" if small else "both")
         report["synthetic"] = benchmark.run_benchmark(
             device,
             batch_sizes=args.batch_sizes or ([1] if small else [2, 8]),
-            amp_modes={"off": [False], "on": [True], "both": [False, True]}[
-                args.amp or ("off" if small else "both")
-            ],
+            amp_modes=AMP_MODES[amp],
             size=args.size or ([128, 160] if small else [800, 1067]),
             settings=tuple(args.settings or benchmark.SETTINGS),
             backbone=args.backbone or ("resnet18" if small else "resnet50"),
