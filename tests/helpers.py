@@ -303,7 +303,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_tool_process(
-    tool: str, *argv: str, timeout: float = 300, env: dict | None = None
+    tool: str, *argv: str, timeout: float = 1200, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """``python tools/<tool>.py argv...`` as a user runs it: a subprocess with this checkout
     first on PYTHONPATH; its stdout and stderr as text."""

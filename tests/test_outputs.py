@@ -146,3 +146,11 @@ def test_make_synthetic_never_writes_into_a_folder_of_other_content(tmp_path):
     proc = run_tool_process("make_synthetic", *argv)
     assert proc.returncode == 1 and str(tmp_path / "data") in one_error_line(proc)
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["notes.txt"]
+
+
+def test_benchmark_json_never_replaces_a_file_unasked(tmp_path):
+    mine = tmp_path / "bench.json"
+    mine.write_text('{"mine": true}')
+    proc = run_tool_process("benchmark", "--device", "cpu", "--iters", "1", "--json", mine)
+    assert proc.returncode == 2 and "already exists" in one_error_line(proc)
+    assert mine.read_text() == '{"mine": true}'

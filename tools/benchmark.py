@@ -10,7 +10,6 @@ tables; --json writes every figure.
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from detector.errors import run_tool
 
@@ -76,6 +75,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--json", help="write every figure to this file")
     parser.add_argument(
+        "--overwrite", action="store_true", help="let --json replace a file that is there"
+    )
+    parser.add_argument(
         "--cfg",
         action="append",
         default=[],
@@ -95,6 +97,10 @@ def main(argv=None) -> int:
 
     from benchmarks import speed as benchmark
     from detector.config import load_config
+    from detector.engine.outputs import check_output, write_output
+
+    # before any work: the rule of every tool's output (docs/runs.md)
+    out = check_output(args.json, "--json", args.cfg, args.overwrite) if args.json else None
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     small = device == "cpu"
@@ -144,8 +150,8 @@ def main(argv=None) -> int:
             synthetic_iters=args.iters or 10,
         )
         print(benchmark.format_real(report["real"]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    if out is not None:
+        write_output(out, json.dumps(report, indent=2), args.overwrite)
     return 0
 
 
