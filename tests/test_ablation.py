@@ -1,7 +1,8 @@
 """Ablation plan, run-folder reuse and report, on run folders made by hand (no training: seconds).
 
-A finished run is what the trainer leaves: ``config.yaml`` (the resolved config), ``eval/metrics.json`` and
-``metrics.jsonl``. Runs that would train go to a fake python that records its arguments and fails fast.
+A finished run is what the trainer leaves: ``config.yaml`` (the resolved config),
+``eval/metrics.json`` and ``metrics.jsonl``. Runs that would train go to a fake python that records
+its arguments and fails fast.
 """
 
 import csv
@@ -23,8 +24,8 @@ BUDGET = ["train.max_iters=2", "train.log_period=1"]
 
 
 def finish_run(out: Path, run, **values: float) -> Path:
-    """A finished run of ``run`` in ``out`` with the given metric values (the others 0.5; AP at each IoU falls
-    from 0.9 at 0.50 to 0.45 at 0.95)."""
+    """A finished run of ``run`` in ``out`` with the given metric values (the others 0.5; AP at each
+    IoU falls from 0.9 at 0.50 to 0.45 at 0.95)."""
     run_dir = out / "runs" / run.name
     (run_dir / "eval").mkdir(parents=True)
     run.config(out).save(run_dir / "config.yaml")
@@ -112,7 +113,8 @@ def test_bad_input_is_one_line_and_trains_nothing(tmp_path, capsys, args, words)
 
 
 def test_finished_run_of_another_config_stops_before_training(tmp_path, monkeypatch, capsys):
-    """Rerunning into the same --out with another budget must not report the old results as the new ones."""
+    """Rerunning into the same --out with another budget must not report the old results as the new
+    ones."""
     out = tmp_path / "abl"
     run_dir = finish_run(out, plan_runs(["smoothl1.yaml"], [], 1, BUDGET)[0], AP=0.61)
     record = fake_python(tmp_path, monkeypatch)
@@ -233,12 +235,13 @@ def make_paired_ablation(out: Path) -> list:
 
 
 def test_paired_differences_match_a_hand_computation(tmp_path, capsys):
-    """mean ± t(0.975, 3) · sd / √4 with t = 3.182446 (a t-table); t statistic mean / (sd / √4), df 3:
-    AP   d = 1,2,3,2 points: mean 2.0, sd 0.8165 -> [0.7008, 3.2992], t 4.899, p 0.01628;
-    AP50 d = 2,-1,0,1:       mean 0.5, sd 1.2910 -> [-1.5543, 2.5543], t 0.775, p 0.4950;
-    AP75 d = -3,-4,-2,-3:    mean -3.0, sd 0.8165 -> [-4.2992, -1.7008], t -7.348, p 0.005209.
-    The other summary metrics differ by exactly 0 (sd 0: too few seeds, no test), so Holm's family is 3 tests:
-    sorted p 0.005209 · 3 = 0.01563, 0.01628 · 2 = 0.03255, 0.4950 · 1 -> AP75 worse, AP better, AP50 none."""
+    """mean ± t(0.975, 3) · sd / √4 with t = 3.182446 (a t-table); t statistic mean / (sd / √4), df
+    3: AP   d = 1,2,3,2 points: mean 2.0, sd 0.8165 -> [0.7008, 3.2992], t 4.899, p 0.01628; AP50 d
+    = 2,-1,0,1:       mean 0.5, sd 1.2910 -> [-1.5543, 2.5543], t 0.775, p 0.4950; AP75 d =
+    -3,-4,-2,-3:    mean -3.0, sd 0.8165 -> [-4.2992, -1.7008], t -7.348, p 0.005209. The other
+    summary metrics differ by exactly 0 (sd 0: too few seeds, no test), so Holm's family is 3 tests:
+    sorted p 0.005209 · 3 = 0.01563, 0.01628 · 2 = 0.03255, 0.4950 · 1 -> AP75 worse, AP better,
+    AP50 none."""
     out = tmp_path / "abl"
     make_paired_ablation(out)
     assert (
@@ -292,8 +295,8 @@ def test_paired_differences_match_a_hand_computation(tmp_path, capsys):
         in md
     )
     assert (
-        f"| l1 | AP75 | 4 | -3.0 | [-4.3, -1.7] | 0.0052 | 0.016 | {detectable['AP75']} | **worse** |"
-        in md
+        f"| l1 | AP75 | 4 | -3.0 | [-4.3, -1.7] | 0.0052 | 0.016 | {detectable['AP75']} | "
+        "**worse** |" in md
     )
     assert "| l1 | AP90 | 4 | +0.0 | [+0.0, +0.0] | – | – | – | too few seeds |" in md
     assert (
@@ -301,11 +304,12 @@ def test_paired_differences_match_a_hand_computation(tmp_path, capsys):
     )
     # the summary columns, AP90 and AP95 from AP_per_iou; mean ± sample std over seeds
     assert (
-        "| config | seeds | AP | AP50 | AP75 | AP90 | AP95 | APs | APm | APl | loss_box_reg | images_per_s |"
-        in md
+        "| config | seeds | AP | AP50 | AP75 | AP90 | AP95 | APs | APm | APl | loss_box_reg | "
+        "images_per_s |" in md
     )
     assert (
-        "| smoothl1 | 4 | 50.0 ± 2.2 | 81.0 ± 0.8 | 60.0 ± 1.6 | 50.0 ± 0.0 | 45.0 ± 0.0 | 50.0 ± 0.0 | "
+        "| smoothl1 | 4 | 50.0 ± 2.2 | 81.0 ± 0.8 | 60.0 ± 1.6 | 50.0 ± 0.0 | 45.0 ± 0.0 | 50.0 ± "
+        "0.0 | "
         "50.0 ± 0.0 | n/a |" in md
     )
     # summary.csv: every run's AP at each IoU 0.50..0.95, and per-group mean/std

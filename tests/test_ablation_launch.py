@@ -1,5 +1,5 @@
-"""Ablation launcher: GPU list from the user's CUDA_VISIBLE_DEVICES, placement of packed runs, CPU shares, the
-environment and command of each run (PYTHONPATH prepended, never replaced)."""
+"""Ablation launcher: GPU list from the user's CUDA_VISIBLE_DEVICES, placement of packed runs, CPU
+shares, the environment and command of each run (PYTHONPATH prepended, never replaced)."""
 
 import os
 import signal
@@ -132,11 +132,13 @@ def test_train_command(tmp_path):
 
 
 def fake_python(tmp_path: Path) -> tuple[Path, Path]:
-    """An executable standing in for python: it records each run's environment and arguments, then fails fast."""
+    """An executable standing in for python: it records each run's environment and arguments, then
+    fails fast."""
     record = tmp_path / "calls.tsv"
     script = tmp_path / "fake-python"
     script.write_text(
-        f'#!/bin/sh\nprintf "%s\\t%s\\t%s\\n" "$CUDA_VISIBLE_DEVICES" "$PYTHONPATH" "$*" >> {record}\n'
+        '#!/bin/sh\nprintf "%s\\t%s\\t%s\\n" "$CUDA_VISIBLE_DEVICES" "$PYTHONPATH" "$*" >> '
+        f"{record}\n"
         f'echo "error: fake trainer"\nexit 3\n'
     )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
@@ -144,7 +146,8 @@ def fake_python(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def calls_of_a_fake_ablation(tmp_path: Path, monkeypatch, *args: str) -> list[list[str]]:
-    """Run the real ablation runner with the fake python; [CUDA_VISIBLE_DEVICES, PYTHONPATH, argv] per run."""
+    """Run the real ablation runner with the fake python; [CUDA_VISIBLE_DEVICES, PYTHONPATH, argv]
+    per run."""
     script, record = fake_python(tmp_path)
     monkeypatch.setattr(sys, "executable", str(script))
     code = ablate.main(
@@ -161,12 +164,14 @@ def test_packed_runs_go_to_the_users_gpus(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # what the old runner counted
     calls = calls_of_a_fake_ablation(tmp_path, monkeypatch, "--seeds", "2", "--jobs", "2")
-    # which slot takes which run is a race (a fast failure can free a slot first); the GPUs are the user's
+    # which slot takes which run is a race (a fast failure can free a slot first); the GPUs are the
+    # user's
     assert len(calls) == 2 and {c[0] for c in calls} <= {"2", "3"}
 
 
 def test_runs_keep_the_users_pythonpath(tmp_path, monkeypatch, capsys):
-    """Packages that come through PYTHONPATH (cluster modules, pip --target) stay importable in every run."""
+    """Packages that come through PYTHONPATH (cluster modules, pip --target) stay importable in
+    every run."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/opt/cluster/site-packages", "/home/u/lib"]))
     calls = calls_of_a_fake_ablation(tmp_path, monkeypatch, "--seeds", "1")
     assert len(calls) == 1
@@ -175,7 +180,8 @@ def test_runs_keep_the_users_pythonpath(tmp_path, monkeypatch, capsys):
 
 
 def test_ctrl_c_stops_the_ablation_and_reaches_each_training_once(tmp_path, monkeypatch):
-    """A trainer stand-in that counts the SIGINTs it gets for 2 s: 2 jobs, 3 runs; Ctrl-C once both started."""
+    """A trainer stand-in that counts the SIGINTs it gets for 2 s: 2 jobs, 3 runs; Ctrl-C once both
+    started."""
     record = tmp_path / "signals.txt"
     script = tmp_path / "fake-python"
     script.write_text(
@@ -205,8 +211,8 @@ def test_ctrl_c_stops_the_ablation_and_reaches_each_training_once(tmp_path, monk
 def test_a_resumed_run_keeps_its_share_of_the_cores_and_the_line_tells_the_truth(
     tmp_path, monkeypatch, capsys
 ):
-    """--jobs 2 on 2 cores gives each run 1 thread, also when one run is left to resume; the line printed is the
-    thread count the run gets, the user's smaller OMP_NUM_THREADS included."""
+    """--jobs 2 on 2 cores gives each run 1 thread, also when one run is left to resume; the line
+    printed is the thread count the run gets, the user's smaller OMP_NUM_THREADS included."""
     from detector.ablation import launch
 
     envs = []

@@ -1,5 +1,6 @@
-"""Run records (detector/ablation/record.py): what a finished run keeps in git, the runner's reuse of
-a folder holding records only, --report-only from records, unreadable records (no training: seconds).
+"""Run records (detector/ablation/record.py): what a finished run keeps in git, the runner's reuse
+of a folder holding records only, --report-only from records, unreadable records (no training:
+seconds).
 """
 
 import json
@@ -15,7 +16,7 @@ from test_ablation import BUDGET, ablate, calls, fake_python, finish_run
 from test_ablation_stats import tiny_case
 
 from detector.ablation import localisation, plan_runs
-from detector.ablation.record import RECORD, RECORD_FILES, code_version
+from detector.ablation.record import RECORD, RECORD_FILES, code_version, ensure_record
 
 REPO = Path(__file__).resolve().parent.parent
 ARGS = ["--cfgs", "smoothl1.yaml", "l1.yaml", "--seeds", "2", *BUDGET]
@@ -143,3 +144,18 @@ def test_an_unreadable_record_is_one_line_counted_failed_and_the_report_written(
     md = (out / "summary.md").read_text()
     assert "| l1 | 1 of 2; failed 1 of 2 seeds |" in md
     assert "| smoothl1 | 1 of 2; failed 1 of 2 seeds |" in md
+
+
+def test_an_old_record_is_written_again_while_the_heavy_files_are_there(tmp_path, monkeypatch):
+    out = tmp_path / "abl"
+    finish_with_heavy_files(out, monkeypatch)
+    assert ablate.main([*ARGS, "--out", str(out), "--report-only"]) == 0
+    path = out / "runs" / "l1-seed0" / RECORD
+    old = {**json.loads(path.read_text()), "version": 1, "tp_ious": [0.6]}
+    path.write_text(json.dumps(old))
+    clone = tmp_path / "clone" / "runs" / "l1-seed0"
+    clone.mkdir(parents=True)
+    shutil.copy(path, clone / RECORD)
+    assert ablate.main([*ARGS, "--out", str(out), "--report-only"]) == 0
+    assert len(json.loads(path.read_text())["tp_ious"]) == 3  # rebuilt from the detections
+    assert ensure_record(clone, {}) == old  # no heavy files: read as it is

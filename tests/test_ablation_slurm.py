@@ -1,6 +1,7 @@
-"""--launcher slurm through submitit, run on this CPU with submitit's local executor (each array task a process of
-its own, as on a cluster): two tiny runs, then --report-only; the same command with --launcher local then
-reuses both runs and writes the same report (the run folders do not depend on the launcher)."""
+"""--launcher slurm through submitit, run on this CPU with submitit's local executor (each array
+task a process of its own, as on a cluster): two tiny runs, then --report-only; the same command
+with --launcher local then reuses both runs and writes the same report (the run folders do not
+depend on the launcher)."""
 
 import csv
 import sys

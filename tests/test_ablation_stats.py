@@ -1,5 +1,5 @@
-"""The ablation report's statistics (Holm, detectable effect, failures, too few seeds) and the localisation of
-true positives, on hand-computed cases (no training: seconds)."""
+"""The ablation report's statistics (Holm, detectable effect, failures, too few seeds) and the
+localisation of true positives, on hand-computed cases (no training: seconds)."""
 
 import json
 import math
@@ -14,7 +14,8 @@ from detector.ablation.stats import detectable_effect, holm, paired_difference, 
 
 
 def test_holm_on_a_hand_computed_case():
-    """Sorted 0.01, 0.03, 0.04: 3 · 0.01 = 0.03, max(0.03, 2 · 0.03) = 0.06, max(0.06, 1 · 0.04) = 0.06."""
+    """Sorted 0.01, 0.03, 0.04: 3 · 0.01 = 0.03, max(0.03, 2 · 0.03) = 0.06, max(0.06, 1 · 0.04) =
+    0.06."""
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     adjusted = holm([0.5, float("nan"), 0.01])  # a nan is no test: m = 2
     assert (
@@ -26,17 +27,18 @@ def test_holm_on_a_hand_computed_case():
 
 
 def _power(delta, sd, n, alpha):
-    """P(|T| > t crit) for the paired t test when the true mean difference is delta (scipy's noncentral t; the
-    lower tail P(T < −crit) as P(−T > crit), −T ~ nct(−nc): scipy's cdf there can be nan)."""
+    """P(|T| > t crit) for the paired t test when the true mean difference is delta (scipy's
+    noncentral t; the lower tail P(T < −crit) as P(−T > crit), −T ~ nct(−nc): scipy's cdf there can
+    be nan)."""
     crit, nc = sps.t.ppf(1 - alpha / 2, n - 1), delta * math.sqrt(n) / sd
     return sps.nct.sf(crit, n - 1, nc) + sps.nct.sf(crit, n - 1, -nc)
 
 
 @pytest.mark.parametrize("sd, n, alpha", [(1.0, 10, 0.05), (0.012, 5, 0.05), (0.02, 4, 0.05 / 12)])
 def test_detectable_effect_has_80_percent_power(sd, n, alpha):
-    """Independently: bisect the power function for the delta with power 0.8; the textbook approximation
-    (t(1 − α/2, n−1) + t(0.8, n−1)) · sd / √n falls short of it, by 11% at n = 4, α = 0.05/12 (why the
-    report uses the exact one)."""
+    """Independently: bisect the power function for the delta with power 0.8; the textbook
+    approximation (t(1 − α/2, n−1) + t(0.8, n−1)) · sd / √n falls short of it, by 11% at n = 4, α =
+    0.05/12 (why the report uses the exact one)."""
     low, high = 0.0, 100 * sd
     for _ in range(200):
         mid = (low + high) / 2
@@ -76,8 +78,9 @@ def test_zero_width_and_fewer_than_three_pairs_are_too_few_seeds():
 
 
 def test_failed_and_diverged_runs_count_and_block_better(tmp_path, capsys):
-    """l1 beats smoothl1 by 3, 4, 5 AP points on seeds 0-2 (p 0.020, the only test: better without failures);
-    seed 3 failed (a log, no metrics) and seed 4 diverged (AP NaN): "failed 2 of 5 seeds", no better."""
+    """l1 beats smoothl1 by 3, 4, 5 AP points on seeds 0-2 (p 0.020, the only test: better without
+    failures); seed 3 failed (a log, no metrics) and seed 4 diverged (AP NaN): "failed 2 of 5
+    seeds", no better."""
     out = tmp_path / "abl"
     for run in plan_runs(["smoothl1.yaml", "l1.yaml"], [], 5, BUDGET):
         if run.group == "l1" and run.seed == 3:
@@ -121,10 +124,10 @@ def test_failed_and_diverged_runs_count_and_block_better(tmp_path, capsys):
 
 
 def tiny_case():
-    """Two images. Image 1: cat 1 GT (0,0,10,10), cat 2 GT (20,20,40,40). Image 2: cat 1 GT (0,0,20,20) and a
-    crowd cat 1 GT (50,50,70,70). True positives: (0,0,10,8) IoU 0.8 (it outscores the perfect (0,0,10,10),
-    which finds its GT taken), (20,20,40,30) IoU 0.5, (0,0,19,20) IoU 0.95. Not: a perfect box scoring 0.01, a
-    box on the crowd, a box of the wrong class."""
+    """Two images. Image 1: cat 1 GT (0,0,10,10), cat 2 GT (20,20,40,40). Image 2: cat 1 GT
+    (0,0,20,20) and a crowd cat 1 GT (50,50,70,70). True positives: (0,0,10,8) IoU 0.8 (it outscores
+    the perfect (0,0,10,10), which finds its GT taken), (20,20,40,30) IoU 0.5, (0,0,19,20) IoU 0.95.
+    Not: a perfect box scoring 0.01, a box on the crowd, a box of the wrong class."""
     gt = {
         1: (
             torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]]),
@@ -162,7 +165,8 @@ def test_tp_iou_distribution_on_a_hand_made_case():
 
 
 def test_report_shows_the_localisation_of_each_config(tmp_path, monkeypatch, capsys):
-    """Two seeds per config with eval/detections.json; the ground truth stands in for the run's val data."""
+    """Two seeds per config with eval/detections.json; the ground truth stands in for the run's val
+    data."""
     gt, dets = tiny_case()
     loads = []
     monkeypatch.setattr(localisation, "load_ground_truth", lambda cfg: loads.append(cfg) or gt)
@@ -208,8 +212,8 @@ def test_report_shows_the_localisation_of_each_config(tmp_path, monkeypatch, cap
 
 def test_tide_localisation_error_when_tidecv_is_importable():
     pytest.importorskip("tidecv")
-    """A right-class box at IoU 0.3 (TIDE's localisation error: 0.1 <= IoU < 0.5) outscoring the true positive
-    costs AP at IoU 0.5; the tiny case alone has no such box."""
+    """A right-class box at IoU 0.3 (TIDE's localisation error: 0.1 <= IoU < 0.5) outscoring the
+    true positive costs AP at IoU 0.5; the tiny case alone has no such box."""
     gt, dets = tiny_case()
     clean = localisation.tide_loc_dap(gt, dets)
     assert clean["tide_loc_dap"] == pytest.approx(0.0)
@@ -237,7 +241,8 @@ def test_convergence_compares_the_mean_ap_at_three_quarters_and_at_the_end():
     assert (
         convergence([{"evals": {0: 0.0, 1000: 0.7}}]) is None
     )  # iteration 0 is no point of training
-    # 2500 iterations evaluated every 250: 3/4 is 1875, so the change is measured from 1750 (more than a quarter)
+    # 2500 iterations evaluated every 250: 3/4 is 1875, so the change is measured from 1750 (more
+    # than a quarter)
     curve = {i: 0.80 + i / 1e5 for i in range(250, 2750, 250)}
     assert convergence([{"evals": curve}]) == (1750, pytest.approx(0.8175), pytest.approx(0.825))
     assert convergence([{"evals": curve}, {"evals": {1000: 0.7, 2500: 0.8}}]) == (

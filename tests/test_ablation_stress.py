@@ -1,5 +1,6 @@
-"""Under load: 4 tiny runs packed at once through tools/ablate.py --jobs 4, one SIGKILLed mid-run; the same
-command then resumes that one, reuses the other three, and the report is complete; every checkpoint loads."""
+"""Under load: 4 tiny runs packed at once through tools/ablate.py --jobs 4, one SIGKILLed mid-run;
+the same command then resumes that one, reuses the other three, and the report is complete; every
+checkpoint loads."""
 
 import csv
 import json

@@ -1,4 +1,5 @@
-"""Loss ablations: plan the runs, train them here or through SLURM, report paired comparisons (``tools/ablate.py``)."""
+"""Loss ablations: plan the runs, train them here or through SLURM, report paired comparisons
+(``tools/ablate.py``)."""
 
 from detector.ablation.launch import Interrupted, run_local
 from detector.ablation.plan import (

@@ -1,7 +1,7 @@
-"""Running an ablation's runs on this machine: each run is ``tools/train.py`` in its own process and session,
-``jobs`` at once, slot ``i`` pinned to ``gpus[i % len(gpus)]`` with ``cores // jobs`` CPU threads (:func:`plan_slots`).
-Ctrl-C (or SIGTERM) starts no new run and forwards one SIGINT to each training (it writes ``last.pth`` and exits);
-a second Ctrl-C forwards the trainer's "stop at once".
+"""Running an ablation's runs on this machine: each run is ``tools/train.py`` in its own process and
+session, ``jobs`` at once, slot ``i`` pinned to ``gpus[i % len(gpus)]`` with ``cores // jobs`` CPU
+threads (:func:`plan_slots`). Ctrl-C (or SIGTERM) starts no new run and forwards one SIGINT to each
+training (it writes ``last.pth`` and exits); a second Ctrl-C forwards the trainer's "stop at once".
 """
 
 from __future__ import annotations
@@ -43,15 +43,16 @@ class Slot:
 
 
 def available_cores() -> int:
-    """CPU cores this process may use (its affinity mask, which SLURM and taskset set), else the machine's."""
+    """CPU cores this process may use (its affinity mask, which SLURM and taskset set), else the
+    machine's."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def visible_gpus(
     environ: Mapping[str, str], device_count: Callable[[], int] | None = None
 ) -> list[str]:
-    """The user's ``CUDA_VISIBLE_DEVICES`` entries up to the first invalid one, as CUDA reads it (``""`` or ``-1``:
-    no GPU); when unset ``0..device_count()-1`` (default: torch's count)."""
+    """The user's ``CUDA_VISIBLE_DEVICES`` entries up to the first invalid one, as CUDA reads it
+    (``""`` or ``-1``: no GPU); when unset ``0..device_count()-1`` (default: torch's count)."""
     value = environ.get("CUDA_VISIBLE_DEVICES")
     if value is None:
         import torch
@@ -64,7 +65,8 @@ def visible_gpus(
 
 
 def cpu_share(threads: int, on_gpu: bool) -> tuple[int, int]:
-    """(OMP threads, loader workers) of ``threads`` (at least 1): a GPU run loads data with all but one."""
+    """(OMP threads, loader workers) of ``threads`` (at least 1): a GPU run loads data with all but
+    one."""
     threads = max(1, threads)
     return (1, threads - 1) if on_gpu else (threads, 0)
 
@@ -75,8 +77,8 @@ def plan_slots(jobs: int, gpus: list[str], cores: int) -> list[Slot]:
 
 
 def child_env(environ: Mapping[str, str], slot: Slot) -> dict[str, str]:
-    """The user's environment, the repository prepended to ``PYTHONPATH`` (never replacing it), the slot's GPU and
-    its share of threads (the user's own ``OMP_NUM_THREADS`` when smaller)."""
+    """The user's environment, the repository prepended to ``PYTHONPATH`` (never replacing it), the
+    slot's GPU and its share of threads (the user's own ``OMP_NUM_THREADS`` when smaller)."""
     env = dict(environ)
     paths = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO)]
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *paths])
@@ -170,14 +172,16 @@ def execute(
 
 
 def last_line(log_path: Path, start: int = 0) -> str:
-    """The last meaningful line of ``log_path`` after byte ``start`` (the trainer's error, a traceback's end)."""
+    """The last meaningful line of ``log_path`` after byte ``start`` (the trainer's error, a
+    traceback's end)."""
     try:
         with open(log_path, "rb") as f:
             f.seek(start)
             text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    # splitlines() also splits at the carriage returns tqdm redraws its bar with: the last piece is what was shown
+    # splitlines() also splits at the carriage returns tqdm redraws its bar with: the last piece is
+    # what was shown
     lines = [ln for ln in map(str.strip, text.splitlines()) if ln and not ln.startswith("# ")]
     return lines[-1] if lines else ""
 
@@ -200,7 +204,8 @@ def run_local(
     check_trainer()
     environ = dict(os.environ if environ is None else environ)
     gpus = [] if all(s.device == "cpu" for s in todo) else visible_gpus(environ)
-    # each run's share of the cores follows --jobs, not how many runs are left: a resumed run gets what it had
+    # each run's share of the cores follows --jobs, not how many runs are left: a resumed run gets
+    # what it had
     slots = plan_slots(jobs, gpus, available_cores() if cores is None else cores)[: len(todo)]
     per_gpu = Counter(s.gpu for s in slots)
     where = (
@@ -209,7 +214,8 @@ def run_local(
         else ": " + ", ".join(f"GPU {gpu} x{n}" for gpu, n in per_gpu.items())
     )
     print(
-        f"{len(todo)} run(s), {len(slots)} at a time{where}; {child_env(environ, slots[0])['OMP_NUM_THREADS']} "
+        f"{len(todo)} run(s), {len(slots)} at a time{where}; "
+        f"{child_env(environ, slots[0])['OMP_NUM_THREADS']} "
         f"compute thread(s) + {slots[0].num_workers} loader worker(s) per run",
         flush=True,
     )
@@ -252,7 +258,8 @@ def run_local(
             )
             results[step.run.name] = error
             print(
-                f"[{k}/{len(todo)}] {error or f'{step.run.name}: finished in {time.monotonic() - t0:.0f} s'}",
+                f"[{k}/{len(todo)}] "
+                f"{error or f'{step.run.name}: finished in {time.monotonic() - t0:.0f} s'}",
                 flush=True,
             )
 
@@ -271,8 +278,8 @@ def run_local(
         stop.set()  # no new run starts
         forward()
         print(
-            "stopping: each running training finishes its step, writes last.pth and exits (Ctrl-C again: at "
-            "once); rerun the same command to resume",
+            "stopping: each running training finishes its step, writes last.pth and exits (Ctrl-C "
+            "again: at once); rerun the same command to resume",
             flush=True,
         )
         try:

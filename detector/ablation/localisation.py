@@ -1,7 +1,8 @@
-"""How well a run's true-positive detections are localised, from ``eval/detections.json`` and the val ground truth
-of its stored ``config.yaml``: each detection with score >= :data:`SCORE_THRESHOLD` is matched the COCO way (per
-image and category by descending score, to the unmatched non-crowd box it overlaps most, at IoU >= :data:`MATCH_IOU`);
-the matched IoUs are summarised as :data:`LOCALISATION`, with TIDE's localisation-error dAP when ``tidecv`` imports.
+"""How well a run's true-positive detections are localised, from ``eval/detections.json`` and the
+val ground truth of its stored ``config.yaml``: each detection with score >= :data:`SCORE_THRESHOLD`
+is matched the COCO way (per image and category by descending score, to the unmatched non-crowd box
+it overlaps most, at IoU >= :data:`MATCH_IOU`); the matched IoUs are summarised as
+:data:`LOCALISATION`, with TIDE's localisation-error dAP when ``tidecv`` imports.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def load_ground_truth(cfg) -> GroundTruth:
 
 
 def tp_ious(gt: GroundTruth, detections: list[dict]) -> torch.Tensor:
-    """The IoU of every true positive of ``detections`` (COCO results) with its matched ground truth."""
+    """The IoU of every true positive of ``detections`` (COCO results) with its matched ground
+    truth."""
     from torchvision.ops import box_iou
 
     by_key: dict[tuple[int, int], list[dict]] = {}
@@ -128,8 +130,9 @@ def tide_loc_dap(gt: GroundTruth, detections: list[dict]) -> dict[str, float] | 
 def run_localisation(
     run_dir: Path, ground_truth: dict
 ) -> tuple[dict[str, float | None], torch.Tensor | None]:
-    """(the :data:`LOCALISATION` values, the TP IoUs) of one run; ({}, None) without ``eval/detections.json``.
-    ``ground_truth``: the caller's cache of the val ground truth per data config."""
+    """(the :data:`LOCALISATION` values, the TP IoUs) of one run; ({}, None) without
+    ``eval/detections.json``. ``ground_truth``: the caller's cache of the val ground truth per data
+    config."""
     path = Path(run_dir) / "eval" / "detections.json"
     if not path.is_file():
         return {}, None

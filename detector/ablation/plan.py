@@ -1,7 +1,8 @@
-"""The plan of an ablation: its runs (config × sweep value × seed, in ``<out>/runs/<name>``), and what each run
-folder allows before anything trains (:func:`check_runs`): ``train`` (empty); ``reuse`` (a finished run whose stored
-config equals this one up to :data:`REUSE_SAFE_KEYS`); ``resume`` (an interrupted run that passes the trainer's
-resume check); else stop naming the keys that differ, or with ``force`` ``overwrite`` (train again from scratch).
+"""The plan of an ablation: its runs (config × sweep value × seed, in ``<out>/runs/<name>``), and
+what each run folder allows before anything trains (:func:`check_runs`): ``train`` (empty);
+``reuse`` (a finished run whose stored config equals this one up to :data:`REUSE_SAFE_KEYS`);
+``resume`` (an interrupted run that passes the trainer's resume check); else stop naming the keys
+that differ, or with ``force`` ``overwrite`` (train again from scratch).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ METRICS_FILE = (
 
 
 class AblationError(UsageError):
-    """The ablation's command line, or a run folder it would use, does not allow the ablation to run."""
+    """The ablation's command line, or a run folder it would use, does not allow the ablation to
+    run."""
 
 
 @dataclass
@@ -125,7 +127,8 @@ def groups_of(runs: list[Run]) -> list[str]:
 
 
 def resolve_baseline(runs: list[Run], baseline: str | None) -> str:
-    """The group the paired differences are taken against: ``baseline`` (a group or config name), else the first."""
+    """The group the paired differences are taken against: ``baseline`` (a group or config name),
+    else the first."""
     groups = groups_of(runs)
     if baseline is None:
         return groups[0]
@@ -143,7 +146,8 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
-    """The :class:`Step` of every run; reads only. Without ``force`` a stale run raises one :class:`AblationError`."""
+    """The :class:`Step` of every run; reads only. Without ``force`` a stale run raises one
+    :class:`AblationError`."""
     steps, stale = [], []
     for run in runs:
         run_dir = run.run_dir(out)
@@ -173,7 +177,8 @@ def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
         if differ and not force:
             stale.append((run_dir, finished, differ))
         note = (
-            f"{'finished' if finished else 'unfinished'} run of another config (differs in {', '.join(differ)})"
+            f"{'finished' if finished else 'unfinished'} run of another config (differs in "
+            f"{', '.join(differ)})"
             if differ
             else ""
         )

@@ -21,7 +21,9 @@ from detector.ablation.localisation import run_localisation
 from detector.errors import DetectorError
 
 RECORD = "record.json"
-RECORD_VERSION = 1  # a record of an older version is written again while its heavy files are there
+# 2: TIDE at 0.75 and the realised label noise. A record of an older version is written again
+# while its heavy files are there, else read as it is.
+RECORD_VERSION = 2
 RECORD_FILES = ("config.yaml", "metrics.jsonl", "eval/metrics.json", RECORD)
 LAUNCHES = "launches.jsonl"
 RECORD_BUDGET = (
@@ -145,7 +147,7 @@ def write_record(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
 
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:
-    """The run's ``RECORD``, or None without one (or of an older version)."""
+    """The run's ``RECORD`` (of any version), or None without one."""
     path = Path(run_dir) / RECORD
     if not path.is_file():
         return None
@@ -155,7 +157,7 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
         raise RecordError(f"{path}: cannot be read ({exc})") from None
     if not isinstance(record, dict):
         raise RecordError(f"{path}: not a run record")
-    return record if record.get("version") == RECORD_VERSION else None
+    return record
 
 
 def has_heavy_files(run_dir: Path) -> bool:
@@ -167,7 +169,8 @@ def has_heavy_files(run_dir: Path) -> bool:
 def ensure_record(run_dir: Path, ground_truth: dict) -> dict[str, Any] | None:
     """The run's record; written first when it is missing or old and the heavy files are here."""
     record = read_record(run_dir)
-    if record is None and has_heavy_files(run_dir):
+    old = record is None or record.get("version") != RECORD_VERSION
+    if old and has_heavy_files(run_dir):
         record = write_record(run_dir, ground_truth)
     return record
 

@@ -1,6 +1,7 @@
-"""``--launcher slurm``: the runs of an ablation as one SLURM job array through submitit. Each task trains its
-run as the local launcher does (:func:`detector.ablation.launch.execute`), with the CPUs and GPUs SLURM gave it;
-at the time limit the trainer writes ``last.pth`` and the same command resumes. submitit's files: ``<out>/slurm/``.
+"""``--launcher slurm``: the runs of an ablation as one SLURM job array through submitit. Each task
+trains its run as the local launcher does (:func:`detector.ablation.launch.execute`), with the CPUs
+and GPUs SLURM gave it; at the time limit the trainer writes ``last.pth`` and the same command
+resumes. submitit's files: ``<out>/slurm/``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def parse_time(text: str) -> int:
     parts = rest.split(":")
     if not all(p.isdigit() for p in [days, *parts]) or len(parts) > 3:
         raise AblationError(
-            f"--time {text!r}: expected a SLURM time limit, e.g. 240 (minutes), 4:00:00 or 1-00:00:00"
+            f"--time {text!r}: expected a SLURM time limit, e.g. 240 (minutes), 4:00:00 or "
+            "1-00:00:00"
         )
     numbers = [int(p) for p in parts]
     if not dash and len(numbers) < 3:  # minutes[:seconds]; else hours[:minutes[:seconds]]
@@ -72,7 +74,8 @@ def run_task(step: Step, gpus_per_run: int, keep_checkpoint: str = "last") -> st
 
 
 def submit(steps: list[Step], out: Path, options: SlurmOptions, cluster: str = "slurm"):
-    """Submit every step that is not ``reuse`` as one job array; [(step, job)]. ``cluster``: submitit's executor."""
+    """Submit every step that is not ``reuse`` as one job array; [(step, job)]. ``cluster``:
+    submitit's executor."""
     try:
         import submitit
     except ImportError:
@@ -121,7 +124,10 @@ def wait(submitted) -> dict[str, str | None]:
             UncompletedJobError
         ) as exc:  # the task itself died (time limit, node failure, cancelled)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            error = f"{step.run.name}: SLURM job {job.job_id} did not complete ({first}); see {job.paths.stderr}"
+            error = (
+                f"{step.run.name}: SLURM job {job.job_id} did not complete ({first}); "
+                f"see {job.paths.stderr}"
+            )
         results[step.run.name] = error
         print(f"[{k}/{len(submitted)}] {error or f'{step.run.name}: finished'}", flush=True)
     return results

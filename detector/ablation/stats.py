@@ -1,7 +1,7 @@
-"""Statistics of an ablation, paired by seed (runs with the same seed share the initialisation and sampling
-order): d_s = x_config(s) − x_baseline(s) over the seeds both finished; a Student-t interval and the paired t test.
-The testable differences of a report are one Holm family (:func:`holm`, :func:`verdict`). Undefined values (COCO's
--1, a missing key) are left out.
+"""Statistics of an ablation, paired by seed (runs with the same seed share the initialisation and
+sampling order): d_s = x_config(s) − x_baseline(s) over the seeds both finished; a Student-t
+interval and the paired t test. The testable differences of a report are one Holm family
+(:func:`holm`, :func:`verdict`). Undefined values (COCO's -1, a missing key) are left out.
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def paired_difference(
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjustment, in input order: p_holm(i) = min(1, max over j <= i of (m − j + 1) · p(j)) over
-    the m sorted p values; a nan (no test) stays nan and is not counted."""
+    """Holm's step-down adjustment, in input order: p_holm(i) = min(1, max over j <= i of (m − j +
+    1) · p(j)) over the m sorted p values; a nan (no test) stays nan and is not counted."""
     order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
     adjusted, running = [NAN] * len(p_values), 0.0
     for rank, (p, i) in enumerate(order):
@@ -155,9 +155,9 @@ def seeds_needed(std: float, effect: float, alpha: float, most: int = 100) -> in
 
 
 def detectable_effect(std: float, n: int, alpha: float = ALPHA) -> float:
-    """The smallest true mean difference a two-sided paired t test at ``alpha`` over ``n`` pairs of sd ``std``
-    rejects with probability :data:`POWER`: λ · sd / √n, λ from the noncentral t (``scipy.stats.nct``); nan with
-    n < 2."""
+    """The smallest true mean difference a two-sided paired t test at ``alpha`` over ``n`` pairs of
+    sd ``std`` rejects with probability :data:`POWER`: λ · sd / √n, λ from the noncentral t
+    (``scipy.stats.nct``); nan with n < 2."""
     if n < 2 or math.isnan(std):
         return NAN
     stats, dof = _scipy_stats(), n - 1  # first: without scipy, its one-line error

@@ -1,6 +1,7 @@
-"""The detection dataset shared by every format. Boxes are absolute xyxy float32 pixels of the stored image; label
-0 is background (``classes[0] == "__background__"``), 1..K foreground. A format reader converts its box format only
-where it makes :class:`ImageRecord` s; ``dataset[(index, sample_seed)]`` seeds the sample's transforms."""
+"""The detection dataset shared by every format. Boxes are absolute xyxy float32 pixels of the
+stored image; label 0 is background (``classes[0] == "__background__"``), 1..K foreground. A format
+reader converts its box format only where it makes :class:`ImageRecord` s; ``dataset[(index,
+sample_seed)]`` seeds the sample's transforms."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ BACKGROUND = "__background__"
 
 
 class DatasetError(DetectorError, ValueError):
-    """A dataset file, field or value is wrong; the message names the file, the field and the fix."""
+    """A dataset file, field or value is wrong; the message names the file, the field and the
+    fix."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ class ImageRecord:
     def select(
         self, keep: np.ndarray, labels: np.ndarray | None = None, boxes: np.ndarray | None = None
     ) -> "ImageRecord":
-        """The record with only the annotations in ``keep`` (bool [N]), optionally new labels/boxes for them."""
+        """The record with only the annotations in ``keep`` (bool [N]), optionally new labels/boxes
+        for them."""
         return replace(
             self,
             boxes=(self.boxes if boxes is None else boxes)[keep],
@@ -56,9 +59,10 @@ class ImageRecord:
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file to uint8 [3,H,W] RGB, whatever its mode (torchvision's decoder, else PIL); 16-bit images
-    are scaled by round(v / 257). An undecodable file or 32-bit pixels raise :class:`DatasetError` naming it
-    (skipping it mid-epoch would make the training stream depend on which files are readable)."""
+    """Decode an image file to uint8 [3,H,W] RGB, whatever its mode (torchvision's decoder, else
+    PIL); 16-bit images are scaled by round(v / 257). An undecodable file or 32-bit pixels raise
+    :class:`DatasetError` naming it (skipping it mid-epoch would make the training stream depend on
+    which files are readable)."""
     try:
         with (
             warnings.catch_warnings()
@@ -99,8 +103,8 @@ def read_image(path: str | Path) -> torch.Tensor:
 
 
 def image_path(image_dir: str | Path, file_name: object, where: str) -> str:
-    """``image_dir/file_name``; a :class:`DatasetError` for an absolute name or one whose ``..`` leaves
-    ``image_dir`` (symbolic links are not followed)."""
+    """``image_dir/file_name``; a :class:`DatasetError` for an absolute name or one whose ``..``
+    leaves ``image_dir`` (symbolic links are not followed)."""
     if not isinstance(file_name, str) or not file_name:
         raise DatasetError(
             f"{where} has file_name {file_name!r}; expected a path relative to the image folder "
@@ -116,7 +120,8 @@ def image_path(image_dir: str | Path, file_name: object, where: str) -> str:
 
 
 def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageRecord]:
-    """Clip boxes to their image, drop degenerate (non-finite, width/height <= 0) and fully-outside ones; log counts."""
+    """Clip boxes to their image, drop degenerate (non-finite, width/height <= 0) and fully-outside
+    ones; log counts."""
     out, degenerate, outside, clipped = [], {}, {}, 0
     for rec in records:
         boxes = rec.boxes  # [N,4]
@@ -141,7 +146,8 @@ def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageR
         if counts:
             ids = ", ".join(map(str, list(counts)[:10])) + (" ..." if len(counts) > 10 else "")
             logger.warning(
-                f"{source}: dropped {sum(counts.values())} {name} boxes in {len(counts)} images: ids {ids}"
+                f"{source}: dropped {sum(counts.values())} {name} boxes in {len(counts)} images: "
+                f"ids {ids}"
             )
     if clipped:
         logger.info(f"{source}: clipped {clipped} boxes that were partly outside their image")
@@ -220,9 +226,10 @@ def _valid(boxes: np.ndarray) -> np.ndarray:
 
 
 class DetectionDataset(torch.utils.data.Dataset):
-    """A list of :class:`ImageRecord` with ``classes`` (index 0 background) and ``label_to_cat_id`` (label -> the
-    source's category id); returns ``(image uint8 [3,H,W], target)``. ``transforms``: ``f(image, target, generator)``
-    or None; ``proposals``: image id -> precomputed [P,4] original pixels, added to targets; ``name``: for messages."""
+    """A list of :class:`ImageRecord` with ``classes`` (index 0 background) and ``label_to_cat_id``
+    (label -> the source's category id); returns ``(image uint8 [3,H,W], target)``. ``transforms``:
+    ``f(image, target, generator)`` or None; ``proposals``: image id -> precomputed [P,4] original
+    pixels, added to targets; ``name``: for messages."""
 
     def __init__(
         self,
@@ -248,7 +255,9 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         boxes = sum(len(r.boxes) for r in self.records)
-        return f"{type(self).__name__}({self.name}: {len(self)} images, {boxes} boxes, {len(self.classes) - 1} classes)"
+        classes = len(self.classes) - 1
+        size = f"{len(self)} images, {boxes} boxes, {classes} classes"
+        return f"{type(self).__name__}({self.name}: {size})"
 
     def get_image_info(self, i: int) -> dict:
         """``{"image_id", "file_name", "height", "width"}`` of image i, without decoding it."""
@@ -261,7 +270,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         }
 
     def get_target(self, i: int) -> dict:
-        """Raw target of image i, without decoding: boxes [N,4], labels [N], image_id, iscrowd [N], area [N]."""
+        """Raw target of image i, without decoding: boxes [N,4], labels [N], image_id, iscrowd [N],
+        area [N]."""
         rec = self.records[i]
         target = {
             key: torch.from_numpy(getattr(rec, key).copy())
@@ -272,8 +282,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         return {**target, "image_id": rec.image_id}
 
     def subset(self, indices: Sequence[int], name: str | None = None) -> "DetectionDataset":
-        """A new dataset of the images at ``indices`` (in that order), with the same classes, category ids and
-        transforms; ``self`` is left unchanged (its evaluation ground truth, its loaders stay valid)."""
+        """A new dataset of the images at ``indices`` (in that order), with the same classes,
+        category ids and transforms; ``self`` is left unchanged (its evaluation ground truth, its
+        loaders stay valid)."""
         records = [self.records[int(i)] for i in indices]
         proposals = (
             None
@@ -296,8 +307,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         image = read_image(rec.path)  # [3,H,W] uint8
         if tuple(image.shape[1:]) != (rec.height, rec.width):
             raise DatasetError(
-                f"{rec.path}: image is {image.shape[2]}x{image.shape[1]} (WxH) but {self.name} says "
-                f"{rec.width}x{rec.height} (image_id {rec.image_id}); fix the width/height fields"
+                f"{rec.path}: image is {image.shape[2]}x{image.shape[1]} (WxH) but {self.name} "
+                f"says {rec.width}x{rec.height} (image_id {rec.image_id}); fix the width/height "
+                "fields"
             )
         target = self.get_target(index)
         if self.transforms is not None:

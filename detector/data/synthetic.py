@@ -1,7 +1,8 @@
 """The synthetic shapes datasets, written as COCO-format sets: ``root/{train,val}/NNNNNN.jpg``,
-``root/annotations/instances_{train,val}.json`` and the manifest ``root/synthetic.json`` (last). An object's class
-is its shape (the first K of :data:`SHAPES`); boxes are ``amodal`` (the whole shape) or ``visible`` (its pixels left
-uncovered). How ``ensure_synthetic`` reuses, refuses or atomically generates a root: docs/architecture.md ("Data").
+``root/annotations/instances_{train,val}.json`` and the manifest ``root/synthetic.json`` (last). An
+object's class is its shape (the first K of :data:`SHAPES`); boxes are ``amodal`` (the whole shape)
+or ``visible`` (its pixels left uncovered). How ``ensure_synthetic`` reuses, refuses or atomically
+generates a root: docs/architecture.md ("Data").
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ GENERATOR_VERSION = (
 
 @dataclass(frozen=True)
 class Scene:
-    """How each image is drawn: the ``data.synthetic`` keys besides split sizes, image size, classes and seed (what
-    each means: configs/base.yaml; their checks live in the config)."""
+    """How each image is drawn: the ``data.synthetic`` keys besides split sizes, image size, classes
+    and seed (what each means: configs/base.yaml; their checks live in the config)."""
 
     min_objects: int
     max_objects: int
@@ -118,7 +119,8 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 
 def _texture(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
-    """[H,W,3] float32: ``base`` plus colour value noise at three scales and patches of stripes (edges of no object)."""
+    """[H,W,3] float32: ``base`` plus colour value noise at three scales and patches of stripes
+    (edges of no object)."""
     height, width = base.shape[:2]
     out = base.copy()
     for cells, amplitude in ((4, 28.0), (16, 18.0), (64, 10.0)):
@@ -147,7 +149,8 @@ def _clutter(
     count: Sequence[int],
     max_radius: float,
 ) -> None:
-    """Thin lines and small blobs (radius < ``max_radius``) in muted colours: distractors that are not objects."""
+    """Thin lines and small blobs (radius < ``max_radius``) in muted colours: distractors that are
+    not objects."""
     for _ in range(int(rng.integers(count[0], count[1] + 1))):
         color = tuple(int(c) for c in rng.uniform(50, 210) + rng.uniform(-20, 20, size=3))
         if rng.random() < 0.5:
@@ -182,7 +185,8 @@ def _object_color(rng: np.random.Generator, background: np.ndarray) -> tuple[int
 def _overlap_ok(
     box: np.ndarray, placed: Sequence[np.ndarray], max_iou: float, max_covered: float
 ) -> bool:
-    """Whether ``box`` has IoU <= ``max_iou`` with every placed box and covers <= ``max_covered`` of the smaller."""
+    """Whether ``box`` has IoU <= ``max_iou`` with every placed box and covers <= ``max_covered`` of
+    the smaller."""
     others = np.array(placed).reshape(-1, 4)  # [P,4]
     wh = np.clip(
         np.minimum(box[2:], others[:, 2:]) - np.maximum(box[:2], others[:, :2]), 0, None
@@ -202,9 +206,9 @@ def _xywh(box: Sequence[float]) -> list[int]:
 def render_image(
     rng: np.random.Generator, height: int, width: int, num_classes: int, scene: Scene
 ) -> tuple[Image.Image, list[dict], list[tuple]]:
-    """One image, its objects ``{"iscrowd", "bbox": [x, y, w, h], "category_id": 1..K, "area"}`` and every shape
-    drawn ``(name, x, y, w, h, rgb)`` in depth order. A feature off in ``scene`` draws no random numbers (so the
-    default scene's bytes never change)."""
+    """One image, its objects ``{"iscrowd", "bbox": [x, y, w, h], "category_id": 1..K, "area"}`` and
+    every shape drawn ``(name, x, y, w, h, rgb)`` in depth order. A feature off in ``scene`` draws
+    no random numbers (so the default scene's bytes never change)."""
     background = _background(rng, height, width)
     if scene.background == "texture":
         background = _texture(rng, background)
@@ -266,8 +270,9 @@ def render_image(
 def _visible_objects(
     objects: list[dict], slots: list[int], drawn: list[tuple], owner: np.ndarray, min_visible: float
 ) -> list[dict]:
-    """The objects with the box and area of their pixels left visible in ``owner`` ([H,W], 1 + index in ``drawn``
-    of the shape on top, 0 for none); iscrowd below ``min_visible`` of the whole shape; fully hidden ones dropped."""
+    """The objects with the box and area of their pixels left visible in ``owner`` ([H,W], 1 + index
+    in ``drawn`` of the shape on top, 0 for none); iscrowd below ``min_visible`` of the whole shape;
+    fully hidden ones dropped."""
     out = []
     for obj, slot in zip(objects, slots):
         _, x, y, w, h, _ = drawn[slot - 1]
@@ -294,7 +299,8 @@ def generate_synthetic(
     seed: int,
     **scene,
 ) -> Path:
-    """Write the dataset of every ``data.synthetic`` key into ``root`` (which must not exist), the manifest last."""
+    """Write the dataset of every ``data.synthetic`` key into ``root`` (which must not exist), the
+    manifest last."""
     root = Path(root)
     root.mkdir(parents=True)  # FileExistsError rather than write into a folder that is not ours
     (root / "annotations").mkdir()
@@ -338,12 +344,14 @@ def generate_synthetic(
 
 
 def synthetic_params(keys: dict) -> dict:
-    """What the manifest stores and is compared with: the ``data.synthetic`` keys as JSON, and the version."""
+    """What the manifest stores and is compared with: the ``data.synthetic`` keys as JSON, and the
+    version."""
     return json.loads(json.dumps({"version": GENERATOR_VERSION, **keys}))
 
 
 def _ready(root: Path, wanted: dict) -> bool:
-    """True when ``root`` holds the dataset of ``wanted``, False when absent or empty; else a one-line DatasetError."""
+    """True when ``root`` holds the dataset of ``wanted``, False when absent or empty; else a
+    one-line DatasetError."""
     if not root.exists() or (root.is_dir() and not any(root.iterdir())):
         return False
     try:
@@ -382,9 +390,10 @@ def _is_leftover(path: Path, prefix: str) -> bool:
 
 
 def ensure_synthetic(root: str | Path, **keys) -> Path:
-    """Make sure ``root`` holds the dataset of these (all) ``data.synthetic`` keys; returns root. Another folder's
-    content raises :class:`DatasetError` and is never deleted; a new set is renamed onto ``root`` from a temporary
-    sibling ``.<name>.tmp-<pid>-<random>`` (the first rename wins; a killed generation's leftover is warned of)."""
+    """Make sure ``root`` holds the dataset of these (all) ``data.synthetic`` keys; returns root.
+    Another folder's content raises :class:`DatasetError` and is never deleted; a new set is renamed
+    onto ``root`` from a temporary sibling ``.<name>.tmp-<pid>-<random>`` (the first rename wins; a
+    killed generation's leftover is warned of)."""
     root = Path(
         root
     ).resolve()  # a link to a folder: rename(2) replaces the folder it names, not the link
@@ -408,8 +417,8 @@ def ensure_synthetic(root: str | Path, **keys) -> Path:
         p for p in root.parent.iterdir() if p.name.startswith(prefix) and _is_leftover(p, prefix)
     ):
         logger.warning(
-            f"{stale}: left by a killed generation (its pid is gone, unless it ran on another machine); "
-            f"delete it"
+            f"{stale}: left by a killed generation (its pid is gone, unless it ran on another "
+            "machine); delete it"
         )
     _ready(root, wanted)
     return root
