@@ -1,7 +1,8 @@
-"""Checkpoints are data, not code, and every file a run reads is named in one line when it cannot be used:
-a pickle that would run code is refused by resume, eval and dump_proposals (unless --trust-checkpoint), a
-checkpoint of today's format still resumes bit-exactly, weights of another model give the one "does not fit" line
-wherever they are loaded, and the run lock is never seen half-written."""
+"""Checkpoints are data, not code, and every file a run reads is named in one line when it cannot be
+used: a pickle that would run code is refused by resume, eval and dump_proposals (unless
+--trust-checkpoint), a checkpoint of today's format still resumes bit-exactly, weights of another
+model give the one "does not fit" line wherever they are loaded, and the run lock is never seen
+half-written."""
 
 import json
 import os
@@ -42,7 +43,8 @@ def overrides(data_root: Path, run: Path, **extra) -> list[str]:
 
 
 class Evil:
-    """Unpickling it runs a shell command that creates ``marker``: what a checkpoint must never be able to do."""
+    """Unpickling it runs a shell command that creates ``marker``: what a checkpoint must never be
+    able to do."""
 
     def __init__(self, marker: Path):
         self.marker = marker
@@ -62,8 +64,9 @@ def write_evil(path: Path, marker: Path, raw: bool = False) -> Path:
 
 
 def one_error_line(err: str) -> str:
-    """The tool's error, one line: stderr's last line (train.py's traceback hint aside) starts with "error:" and
-    no other line does (notices of the work done before may precede it); no traceback."""
+    """The tool's error, one line: stderr's last line (train.py's traceback hint aside) starts with
+    "error:" and no other line does (notices of the work done before may precede it); no
+    traceback."""
     assert "Traceback" not in err, err
     lines = [
         line
@@ -76,7 +79,7 @@ def one_error_line(err: str) -> str:
     return lines[-1]
 
 
-# ------------------------------------------------------------------------------------------- the run lock
+# ------------------------------------------------------------------------------------- the run lock
 def test_the_lock_is_linked_into_place_whole_and_leaves_no_temporary(tmp_path, monkeypatch):
     seen = []
     real_link = os.link
@@ -121,23 +124,21 @@ def test_a_lock_that_cannot_be_read_is_one_line_naming_it_and_the_fix(tmp_path, 
 def test_training_into_a_folder_with_an_unreadable_lock_prints_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    (run / LOCK_FILE).write_text(
-        '{"pid": 12'
-    )  # a lock as a writer of the old code left it, mid-write
+    # a lock as a writer of the old code left it, mid-write
+    (run / LOCK_FILE).write_text('{"pid": 12')
     code = train_tool.main(["--cfg", "smoothl1.yaml", *tiny_run_overrides(tmp_path / "data", run)])
     line = one_error_line(capsys.readouterr().err)
     assert code == 2 and line.startswith(f"error: {run / LOCK_FILE} exists but cannot be read (")
     assert not (run / "config.yaml").exists()
 
 
-# ------------------------------------------------------------------------------------------- checkpoints are data
+# ----------------------------------------------------------------------------- checkpoints are data
 def test_a_run_whose_last_checkpoint_runs_code_refuses_to_resume_in_one_line(data_root, tmp_path):
     run, marker = tmp_path / "run", tmp_path / "MARKER"
     args = overrides(data_root, run)
     write_evil(run / "checkpoints" / "last.pth", marker)
-    load_config(["smoothl1.yaml"], args).save(
-        run / "config.yaml"
-    )  # the run folder of this very config
+    # the run folder of this very config
+    load_config(["smoothl1.yaml"], args).save(run / "config.yaml")
     proc = subprocess.run(
         [
             sys.executable,
@@ -212,14 +213,14 @@ def test_only_the_explicit_opt_in_unpickles_a_file_that_is_more_than_data(tmp_pa
 def test_every_tool_that_loads_a_checkpoint_documents_the_opt_in(tool, capsys):
     with pytest.raises(SystemExit):
         tool.main(["--help"])
-    assert (
-        capsys.readouterr().out.count("--trust-checkpoint") >= 2
-    )  # the usage line and the option with its help
+    # the usage line and the option with its help
+    assert capsys.readouterr().out.count("--trust-checkpoint") >= 2
 
 
 def today_format_checkpoint(state: dict, path: Path) -> Path:
-    """``state`` written as main's Checkpointer.save wrote it before checkpoints were read as data only: numpy's
-    RNG state as its ndarray tuple, python's as random.getstate()'s tuple, everything in one torch.save."""
+    """``state`` written as main's Checkpointer.save wrote it before checkpoints were read as data
+    only: numpy's RNG state as its ndarray tuple, python's as random.getstate()'s tuple, everything
+    in one torch.save."""
     rng = state["rng"]
     version, internal, gauss = rng["python"]
     name, key, pos, has_gauss, cached = rng["numpy"]
@@ -257,20 +258,19 @@ def test_a_checkpoint_of_todays_format_resumes_bit_exactly(data_root, tmp_path):
     trainer_mod.train(
         load_config(["dynamic_rcnn.yaml"], overrides(data_root, straight, **extra)), straight
     )
-    at_2 = load_checkpoint(
-        straight / "checkpoints" / "last.prev.pth"
-    )  # checkpoint_period=1 keeps iteration 2
+    # checkpoint_period=1 keeps iteration 2
+    at_2 = load_checkpoint(straight / "checkpoints" / "last.prev.pth")
     assert at_2["iteration"] == 2
     resumed.mkdir()
     shutil.copy(straight / "config.yaml", resumed / "config.yaml")
     legacy = today_format_checkpoint(at_2, resumed / "checkpoints" / "last.pth")
-    if hasattr(
-        torch.serialization, "get_unsafe_globals_in_checkpoint"
-    ):  # torch >= 2.5 can list them
+    # torch >= 2.5 can list them
+    if hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
+        # needs the numpy allowlist
         assert any(
             g.endswith("multiarray._reconstruct")
             for g in torch.serialization.get_unsafe_globals_in_checkpoint(legacy)
-        )  # needs the numpy allowlist
+        )
 
     loaded = load_checkpoint(legacy)  # the RNG states come back as they were
     restore_rng_state(loaded["rng"])
@@ -303,7 +303,7 @@ def identical(a, b) -> bool:
     return torch.equal(a, b) if isinstance(a, torch.Tensor) else type(a) is type(b) and a == b
 
 
-# ------------------------------------------------------------------------------------------- "does not fit"
+# ----------------------------------------------------------------------------------- "does not fit"
 def test_resume_from_another_backbones_checkpoint_is_the_one_does_not_fit_line(
     data_root, tmp_path, capsys
 ):
@@ -327,7 +327,7 @@ def test_resume_from_another_backbones_checkpoint_is_the_one_does_not_fit_line(
     assert code == 1
     assert line == (
         f"error: {run / 'checkpoints' / 'last.pth'} does not fit the model built from the config: "
-        f"model.backbone.name is resnet34 in the checkpoint but resnet18 in the config; it is not a "
-        f"checkpoint of this run: move it out of {run / 'checkpoints'} (the resume then takes "
-        f"last.prev.pth, or starts from scratch), or replace the run with --overwrite"
+        "model.backbone.name is resnet34 in the checkpoint but resnet18 in the config; it is not "
+        f"a checkpoint of this run: move it out of {run / 'checkpoints'} (the resume then takes "
+        "last.prev.pth, or starts from scratch), or replace the run with --overwrite"
     )

@@ -1,5 +1,6 @@
-"""Run folders never lose or mix data: refusal, --overwrite, the lock, resume checks, crash-safe ends, Ctrl-C,
-checkpoint fallback and leftovers, replayed metrics, and the one-line messages for disk and path problems."""
+"""Run folders never lose or mix data: refusal, --overwrite, the lock, resume checks, crash-safe
+ends, Ctrl-C, checkpoint fallback and leftovers, replayed metrics, and the one-line messages for
+disk and path problems."""
 
 import importlib.util
 import json
@@ -53,7 +54,7 @@ def finished_run(data_root, tmp_path_factory) -> Path:
     return run
 
 
-# ------------------------------------------------------------------------------------------- re-runs and --overwrite
+# -------------------------------------------------------------------------- re-runs and --overwrite
 def test_rerun_into_a_finished_run_refuses_and_touches_nothing(data_root, finished_run, capsys):
     before = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
     assert train_tool.main(cli(data_root, finished_run)) == 2
@@ -91,7 +92,7 @@ def test_a_folder_with_only_other_files_is_not_a_run(data_root, tmp_path):
     assert not plan.resume and not plan.notes
 
 
-# ------------------------------------------------------------------------------------------- the lock
+# ----------------------------------------------------------------------------------------- the lock
 def test_a_second_training_into_a_locked_folder_refuses_naming_the_holder(data_root, tmp_path):
     run = tmp_path / "run"
     with RunLock(run):  # this process holds it, as a first training would
@@ -182,14 +183,16 @@ def test_a_run_without_its_config_is_refused_even_on_resume(data_root, tmp_path)
 
 
 def test_resume_of_a_run_made_before_a_key_existed_takes_its_default(data_root, tmp_path, capsys):
-    """A key added to base.yaml after the run was made is not a difference: the run had its (new) default."""
+    """A key added to base.yaml after the run was made is not a difference: the run had its (new)
+    default."""
     run = tmp_path / "run"
     trainer_mod.train(cfg_for(data_root, run), run)
     stored = yaml.safe_load((run / "config.yaml").read_text())
+    # as written by an older version
     del (
         stored["train"]["lr_reference_batch"],
         stored["data"]["val_fraction"],
-    )  # as written by an older version
+    )
     (run / "config.yaml").write_text(yaml.safe_dump(stored))
     trainer_mod.train(
         cfg_for(data_root, run, **{"train.max_iters": 3, "train.resume": True}), run, extend=True
@@ -239,7 +242,7 @@ def test_replayed_iterations_are_not_logged_twice(data_root, tmp_path, monkeypat
     assert not list((run / "checkpoints").glob("*.tmp"))
 
 
-# ------------------------------------------------------------------------------------------- crash-safe ends
+# ---------------------------------------------------------------------------------- crash-safe ends
 def test_last_checkpoint_is_written_before_the_final_evaluation(data_root, tmp_path, monkeypatch):
     run = tmp_path / "run"
 
@@ -318,7 +321,7 @@ def test_a_bug_in_a_checkpoint_write_keeps_its_traceback(tmp_path, monkeypatch):
         save_checkpoint({"iteration": 2}, tmp_path / "last.pth")
 
 
-# ------------------------------------------------------------------------------------------- messages
+# ----------------------------------------------------------------------------------------- messages
 def test_impossible_output_dir_and_data_root_are_one_line(data_root, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -365,9 +368,8 @@ def test_an_error_in_the_middle_of_training_starts_on_its_own_line(tmp_path, cap
     cfg = cfg_for(root, run)
     ensure_synthetic(root, **cfg.data.synthetic.to_dict())
     image = sorted((root / "val").iterdir())[0]
-    image.write_bytes(
-        image.read_bytes()[:200]
-    )  # truncated: the evaluation at iteration 2 fails on it
+    # truncated: the evaluation at iteration 2 fails on it
+    image.write_bytes(image.read_bytes()[:200])
     assert train_tool.main(cli(root, run, **{"train.max_iters": 3, "train.eval_period": 2})) == 1
     err = capfd.readouterr().err
     assert "train: " in err and "2/3" in err  # the progress bar was drawn on stderr
@@ -424,7 +426,7 @@ def test_console_values_never_show_negative_zero():
     )
 
 
-# ------------------------------------------------------------------------------------------- issue 22's cases
+# --------------------------------------------------------------------------------- issue 22's cases
 def test_the_nonfinite_message_names_only_files_that_exist(data_root, tmp_path, monkeypatch):
     poison_third_training_forward(monkeypatch, trainer_mod)
     for period, last_named in ((50, False), (1, True)):

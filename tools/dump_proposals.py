@@ -4,9 +4,9 @@
     python tools/dump_proposals.py --cfg smoothl1.yaml --ckpt runs/smoothl1/checkpoints/best.pth \\
         --out data/proposals_train.json --split train [key=value ...]
 
-Every image of the split (never ``eval.max_images``) at the RPN's test settings, as
-``{"<image_id>": [[x1, y1, x2, y2, objectness], ...]}`` best first, in the original image's pixels (to 0.01). Train with
-``model.proposals=precomputed model.proposal_file=FILE.json``.
+Every image of the split (never ``eval.max_images``) at the RPN's test settings, as ``{"<image_id>":
+[[x1, y1, x2, y2, objectness], ...]}`` best first, in the original image's pixels (to 0.01). Train
+with ``model.proposals=precomputed model.proposal_file=FILE.json``.
 """
 
 import argparse
@@ -24,16 +24,16 @@ from detector.errors import run_tool
 def dump_proposals(
     cfg, checkpoint: Path, split: str, device: torch.device, trust: bool = False
 ) -> dict[str, list[list[float]]]:
-    """The proposals of every image of ``split`` in the format above; ``trust``: --trust-checkpoint."""
+    """The proposals of every image of ``split`` in the format above; ``trust``:
+    --trust-checkpoint."""
     from detector.data import build_dataset, make_dataloader
     from detector.data.transforms import build_transforms
     from detector.engine.checkpoint import load_model_weights
     from detector.modeling import build_detector
 
     dataset = build_dataset(cfg, split, transforms=False)
-    dataset.transforms = build_transforms(
-        cfg, "val"
-    )  # deterministic test-time resize, also for the train split
+    # deterministic test-time resize, also for the train split
+    dataset.transforms = build_transforms(cfg, "val")
     loader = make_dataloader(
         dataset,
         train=False,
@@ -43,8 +43,8 @@ def dump_proposals(
     model = build_detector(cfg, num_classes=len(dataset.classes) - 1)
     if model.rpn is None:
         raise ConfigError(
-            "dump_proposals: the config has model.proposals=precomputed; use the config of the model "
-            "whose RPN made the checkpoint (model.proposals=rpn)"
+            "dump_proposals: the config has model.proposals=precomputed; use the config of the "
+            "model whose RPN made the checkpoint (model.proposals=rpn)"
         )
     load_model_weights(model, checkpoint, cfg.to_dict(), trust=trust)
     model.to(device).eval()
@@ -91,10 +91,11 @@ def main(argv=None) -> int:
     from detector.engine.runtime import select_device
 
     cfg = load_config(args.cfg, args.overrides)
+    # before any work: the rule of every tool's output (docs/runs.md)
     inputs = [
         args.ckpt,
         *args.cfg,
-    ]  # before any work: the rule of every tool's output (docs/runs.md)
+    ]
     out = check_output(args.out, "--out", inputs, args.overwrite)
     proposals = dump_proposals(
         cfg, args.ckpt, args.split, select_device(cfg.train.device), args.trust_checkpoint

@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Score a checkpoint, or an existing detections file, with COCO and/or PASCAL VOC box metrics.
 
-    python tools/eval.py --cfg runs/smoothl1/config.yaml --ckpt runs/smoothl1/checkpoints/best.pth [--metric both]
-    python tools/eval.py --cfg smoothl1.yaml --dets runs/smoothl1/eval/detections.json --metric voc [--out DIR]
+    python tools/eval.py --cfg runs/a/config.yaml --ckpt runs/a/checkpoints/best.pth [--metric both]
+    python tools/eval.py --cfg smoothl1.yaml --dets runs/a/eval/detections.json --metric voc
 
-Scores the val split of the config's dataset (``eval.max_images``: its first N images). Nothing is written
-without ``--out``.
+Scores the val split of the config's dataset (``eval.max_images``: its first N images). Nothing is
+written without ``--out``.
 
-Exit codes: 0 done; 2 a bad config, option or ``--out`` folder; 1 a bad detections file, checkpoint or dataset
-(one line each; DETECTOR_TRACEBACK=1 adds the traceback).
+Exit codes: 0 done; 2 a bad config, option or ``--out`` folder; 1 a bad detections file, checkpoint
+or dataset (one line each; DETECTOR_TRACEBACK=1 adds the traceback).
 """
 
 import argparse
@@ -66,9 +66,8 @@ def main(argv=None) -> int:
         "overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu"
     )
     args = parser.parse_intermixed_args(argv)
-    from detector.data import (
-        build_dataset,
-    )  # looked up at call time: the tests substitute the dataset
+    # looked up at call time: the tests substitute the dataset
+    from detector.data import build_dataset
 
     # training keys such as train.best_metric are not checked here (config.check_training)
     metric = [f"eval.metric={args.metric}"] if args.metric else []
@@ -109,7 +108,8 @@ def main(argv=None) -> int:
 
 
 def evaluate_checkpoint(cfg, checkpoint: Path, trust: bool = False) -> tuple[dict, list[dict]]:
-    """Run the checkpoint's model over the val loader -> (metrics, COCO results); ``trust``: --trust-checkpoint."""
+    """Run the checkpoint's model over the val loader -> (metrics, COCO results); ``trust``:
+    --trust-checkpoint."""
     from detector.data import build_dataloader
     from detector.engine.checkpoint import load_model_weights
     from detector.engine.runtime import amp_settings, select_device

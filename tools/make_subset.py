@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Write a dataset subset, selected as ``build_dataset`` selects training images: a COCO JSON keeping the category
-ids, or a VOC image-name list (``data.image_ids_file``); how to train on either: data/README.md ("Subsets").
+"""Write a dataset subset, selected as ``build_dataset`` selects training images: a COCO JSON
+keeping the category ids, or a VOC image-name list (``data.image_ids_file``); how to train on
+either: data/README.md ("Subsets").
 
-    python tools/make_subset.py --format voc --root data/VOCdevkit --split 2007/trainval --classes dog cat --out a.txt
+    python tools/make_subset.py --format voc --root data/VOCdevkit --split 2007/trainval --classes
+    dog cat --out a.txt
 """
 
 import argparse

@@ -1,7 +1,8 @@
-"""Checkpoints: written atomically, read as data only (``--trust-checkpoint``: ``trust=True``), resumed with a fallback.
+"""Checkpoints: written atomically, read as data only (``--trust-checkpoint``: ``trust=True``),
+resumed with a fallback.
 
-A checkpoint is ``{"model", "optimizer", "scheduler", "scaler", "iteration", "best", "config", "rng"}``; the model's
-state dict carries the RoI head's dynamic state through ``get_extra_state``.
+A checkpoint is ``{"model", "optimizer", "scheduler", "scaler", "iteration", "best", "config",
+"rng"}``; the model's state dict carries the RoI head's dynamic state through ``get_extra_state``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class CheckpointError(DetectorError, RuntimeError):
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """The checkpoint holds more than data (a pickled global outside the allowlist): loading it would run code."""
+    """The checkpoint holds more than data (a pickled global outside the allowlist): loading it
+    would run code."""
 
 
 # The pickled globals of np.random.get_state()'s uint32 key array, by this numpy's own names, and
@@ -50,8 +52,9 @@ NUMPY_RNG_GLOBALS = [
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); ``keep_previous`` first renames
-    ``path`` to ``last.prev.pth``. A failed write leaves the files as they were: one :class:`CheckpointError` line."""
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); ``keep_previous``
+    first renames ``path`` to ``last.prev.pth``. A failed write leaves the files as they were: one
+    :class:`CheckpointError` line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -88,7 +91,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
 
 
 def _numpy_rng_allowed() -> contextlib.AbstractContextManager:
-    """Allow :data:`NUMPY_RNG_GLOBALS` while loading (torch 2.4 has only the process-wide ``add_safe_globals``)."""
+    """Allow :data:`NUMPY_RNG_GLOBALS` while loading (torch 2.4 has only the process-wide
+    ``add_safe_globals``)."""
     if hasattr(torch.serialization, "safe_globals"):
         return torch.serialization.safe_globals(NUMPY_RNG_GLOBALS)
     torch.serialization.add_safe_globals(NUMPY_RNG_GLOBALS)
@@ -96,7 +100,8 @@ def _numpy_rng_allowed() -> contextlib.AbstractContextManager:
 
 
 def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
-    """Read a checkpoint (or a bare model state dict) onto the CPU as data only; ``trust=True`` unpickles it whole."""
+    """Read a checkpoint (or a bare model state dict) onto the CPU as data only; ``trust=True``
+    unpickles it whole."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
@@ -104,9 +109,8 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
             f"(runs/<name>/checkpoints/last.pth or best.pth)"
         )
     try:
-        with (
-            contextlib.nullcontext() if trust else _numpy_rng_allowed()
-        ):  # trust: the user's opt-in; may run code
+        # trust: the user's opt-in; may run code
+        with contextlib.nullcontext() if trust else _numpy_rng_allowed():
             state = torch.load(path, map_location="cpu", weights_only=not trust)
     except (
         Exception
@@ -140,8 +144,9 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
 def find_resume_checkpoint(
     checkpoint_dir: str | Path, trust: bool = False
 ) -> dict[str, Any] | None:
-    """The newest readable checkpoint of a run (``last.pth``, else ``last.prev.pth``), or None if there is none. A
-    corrupt ``last.pth`` becomes ``last.corrupt.pth``: the next save must not rotate it over ``last.prev.pth``."""
+    """The newest readable checkpoint of a run (``last.pth``, else ``last.prev.pth``), or None if
+    there is none. A corrupt ``last.pth`` becomes ``last.corrupt.pth``: the next save must not
+    rotate it over ``last.prev.pth``."""
     checkpoint_dir = Path(checkpoint_dir)
     candidates = [
         checkpoint_dir / name for name in (LAST, PREVIOUS) if (checkpoint_dir / name).exists()
@@ -170,8 +175,9 @@ def find_resume_checkpoint(
 def load_model_weights(
     model: torch.nn.Module, path: str | Path, config: Mapping[str, Any], trust: bool = False
 ) -> dict[str, Any]:
-    """Load checkpoint ``path`` into ``model`` (built from ``config``, a plain dict); returns the checkpoint dict. A
-    misfit is one :class:`CheckpointError` line naming the config to use (the run's ``config.yaml``)."""
+    """Load checkpoint ``path`` into ``model`` (built from ``config``, a plain dict); returns the
+    checkpoint dict. A misfit is one :class:`CheckpointError` line naming the config to use (the
+    run's ``config.yaml``)."""
     state = load_checkpoint(path, trust=trust)
     folder = Path(path).parent  # runs/x/checkpoints/best.pth -> runs/x
     run_config = (folder.parent if folder.name == "checkpoints" else folder) / "config.yaml"
@@ -191,7 +197,8 @@ def _load_fitting_weights(
     config: Mapping[str, Any],
     fix: str,
 ) -> None:
-    """``model.load_state_dict(state["model"])`` once the weights are known to fit; else the one-line error."""
+    """``model.load_state_dict(state["model"])`` once the weights are known to fit; else the
+    one-line error."""
     message = misfit_message(
         path, model, state["model"], fix, stored_config=state.get("config"), config=config
     )
@@ -213,8 +220,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 class Checkpointer:
-    """Saves and restores all a run needs to continue exactly, every rank's RNG state included (gathered on save,
-    which every rank calls; rank 0 writes)."""
+    """Saves and restores all a run needs to continue exactly, every rank's RNG state included
+    (gathered on save, which every rank calls; rank 0 writes)."""
 
     def __init__(
         self,
@@ -261,7 +268,8 @@ class Checkpointer:
         )
 
     def resume(self, rank: int, trust: bool = False) -> "Progress":
-        """Load the newest readable checkpoint and say which; a fresh :class:`Progress` when there is none."""
+        """Load the newest readable checkpoint and say which; a fresh :class:`Progress` when there
+        is none."""
         state = find_resume_checkpoint(self.dir, trust=trust)
         if state is None:
             notice(f"--resume: {self.dir} holds no checkpoint yet; starting from iteration 0")
@@ -286,7 +294,8 @@ class Checkpointer:
 
 @dataclass
 class Progress:
-    """The trainer's own changing state: iterations done and the best value of ``train.best_metric``."""
+    """The trainer's own changing state: iterations done and the best value of
+    ``train.best_metric``."""
 
     iteration: int = 0
     best: float = float("-inf")

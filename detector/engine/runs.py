@@ -1,7 +1,8 @@
-"""Run folders belong to one experiment: never overwritten, shared or mixed without the user asking (docs/runs.md).
+"""Run folders belong to one experiment: never overwritten, shared or mixed without the user asking
+(docs/runs.md).
 
-:func:`check_run_folder` decides what a training may do before anything is written; :class:`RunLock` holds
-``<run>/.lock`` while it trains.
+:func:`check_run_folder` decides what a training may do before anything is written; :class:`RunLock`
+holds ``<run>/.lock`` while it trains.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ CHECKPOINT_GLOBS = ("*.pth", ".*.pth.*.tmp")
 # dead process.
 STALE_TEMP_S = 600
 
-# Keys that may differ between a run and its resume: they change how the run is observed or how fast it goes,
-# not what it learns. train.max_iters: see check_run_folder. Every other key defines the experiment.
+# Keys that may differ between a run and its resume: they change how the run is observed or how fast
+# it goes, not what it learns. train.max_iters: see check_run_folder. Every other key defines the
+# experiment.
 RESUME_SAFE_KEYS = (
     "output_dir",
     "train.resume",
@@ -55,7 +57,8 @@ RESUME_SAFE_KEYS = (
 
 
 class RunFolderError(UsageError):
-    """The run folder holds another run, is locked by another training, or cannot be resumed with this config."""
+    """The run folder holds another run, is locked by another training, or cannot be resumed with
+    this config."""
 
 
 @dataclass
@@ -143,7 +146,8 @@ def free_name(run_dir: Path) -> Path:
 
 def stored_config(run_dir: str | Path, fix: str) -> dict[str, Any] | None:
     """The run's ``config.yaml`` (None if absent) completed with the schema's defaults
-    (:func:`detector.config.with_defaults`); unreadable: a :class:`RunFolderError` ending with ``fix``."""
+    (:func:`detector.config.with_defaults`); unreadable: a :class:`RunFolderError` ending with
+    ``fix``."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         return None
@@ -164,8 +168,9 @@ def stored_config(run_dir: str | Path, fix: str) -> dict[str, Any] | None:
 def check_run_folder(
     run_dir: str | Path, cfg, resume: bool, overwrite: bool, extend: bool = False
 ) -> RunFolderPlan:
-    """Reads only. A new run into a run refuses; ``--resume`` refuses changed keys that define the experiment
-    (:data:`RESUME_SAFE_KEYS` are reported) and a new ``train.max_iters`` schedules derive from unless ``extend``."""
+    """Reads only. A new run into a run refuses; ``--resume`` refuses changed keys that define the
+    experiment (:data:`RESUME_SAFE_KEYS` are reported) and a new ``train.max_iters`` schedules
+    derive from unless ``extend``."""
     from detector.engine.optim import max_iters_dependents
 
     run_dir = Path(run_dir)
@@ -196,8 +201,8 @@ def check_run_folder(
         )
     if CONFIG_FILE not in present:
         raise RunFolderError(
-            f"{run_dir} holds a run's files ({', '.join(present)}) but no {CONFIG_FILE}, so it cannot "
-            f"be checked against this config; restore {CONFIG_FILE}, start a new run with "
+            f"{run_dir} holds a run's files ({', '.join(present)}) but no {CONFIG_FILE}, so it "
+            f"cannot be checked against this config; restore {CONFIG_FILE}, start a new run with "
             f"output_dir={free_name(run_dir)}, or replace it with --overwrite"
         )
     if not resume:
@@ -235,8 +240,9 @@ def check_run_folder(
             )
         if derived:
             notes.append(
-                f"--extend: {length}; {', '.join(derived)} are recomputed for the new length from the "
-                f"resume point on, so this run differs from one trained for that length from the start"
+                f"--extend: {length}; {', '.join(derived)} are recomputed for the new length from "
+                "the resume point on, so this run differs from one trained for "
+                "that length from the start"
             )
     safe = [k for k in differ if k not in ("output_dir", "train.resume", "train.max_iters")]
     if safe:
@@ -285,15 +291,15 @@ def check_resume_point(
 
 
 def prepare_run_folder(run_dir: Path, cfg, plan: RunFolderPlan, notes: list[str] = ()) -> None:
-    """After the checks passed and the lock is held (rank 0): say what was decided, remove the old run on
-    ``--overwrite``, write ``config.yaml`` (the resolved config of this session) and clear orphaned temporaries."""
+    """After the checks passed and the lock is held (rank 0): say what was decided, remove the old
+    run on ``--overwrite``, write ``config.yaml`` (the resolved config of this session) and clear
+    orphaned temporaries."""
     from detector.engine.runtime import notice
 
     for line in [*plan.notes, *notes]:
         notice(line)
-    if (
-        plan.overwrite
-    ):  # what the run wrote goes; the user's other files stay, eval/ and checkpoints/ too
+    # what the run wrote goes; the user's other files stay, eval/ and checkpoints/ too
+    if plan.overwrite:
         for paths in _own_files(run_dir).values():
             for path in paths:
                 path.unlink()
@@ -302,9 +308,8 @@ def prepare_run_folder(run_dir: Path, cfg, plan: RunFolderPlan, notes: list[str]
                 folder.rmdir()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(RUN_CONFIG_HEADER + cfg.to_yaml())
-    for path in sorted(
-        (run_dir / "checkpoints").glob(".*.pth.*.tmp")
-    ):  # save_checkpoint's temporary files
+    # save_checkpoint's temporary files
+    for path in sorted((run_dir / "checkpoints").glob(".*.pth.*.tmp")):
         path.unlink(missing_ok=True)
         notice(f"removed {path}, left by a checkpoint write that did not finish")
 
