@@ -8,6 +8,7 @@ tables; --json writes every figure.
 """
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -17,8 +18,18 @@ from detector.errors import run_tool
 # --amp -> the autocast settings timed
 AMP_MODES = {"off": [False], "on": [True], "both": [False, True]}
 
-# the measurements live beside the package, in benchmarks/ (not installed with it)
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+def load_speed():
+    """benchmarks/speed.py: the measurements live beside the package in the checkout, not installed
+    with it, so they load from this file's checkout (the package itself is the installed one)."""
+    name = "benchmarks.speed"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / "speed.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 @run_tool
@@ -99,7 +110,7 @@ def main(argv=None) -> int:
     args = parser.parse_intermixed_args(argv)
     import torch
 
-    from benchmarks import speed as benchmark
+    benchmark = load_speed()
     from detector.config import load_config
     from detector.engine.outputs import check_output, write_output
 
@@ -162,7 +173,7 @@ def main(argv=None) -> int:
 def shapes(cfg, args) -> dict:
     """--shapes: the padded shapes of ``--batches`` training and val batches for each
     ``pad_buckets`` value."""
-    from benchmarks.speed import padded_shapes
+    padded_shapes = load_speed().padded_shapes
 
     buckets = tuple(args.buckets or sorted({0, cfg.data.input.pad_buckets}))
     out = {split: padded_shapes(cfg, split, args.batches, buckets) for split in ("train", "val")}
