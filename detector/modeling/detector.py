@@ -221,14 +221,8 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
 
         return build_torchvision_detector(cfg, num_classes)
     bb = model_cfg.backbone
-    backbone = build_backbone(
-        name=bb.name,
-        fpn=bb.fpn,
-        out_channels=bb.out_channels,
-        norm=bb.norm,
-        freeze_at=bb.freeze_at,
-        weights=bb.weights,
-    )
+    # model.backbone's keys are build_backbone's parameters, one for one
+    backbone = build_backbone(**bb.to_dict())
     rpn = None
     if model_cfg.proposals == "rpn":
         rpn = RPN(

@@ -101,14 +101,8 @@ def build_torchvision_detector(cfg, num_classes: int) -> TorchvisionFasterRCNN:
     """torchvision's Faster R-CNN of ``cfg.model`` (``model.implementation=torchvision``)."""
     model_cfg, rpn_cfg, roi_cfg = cfg.model, cfg.model.rpn, cfg.model.roi_head
     bb = model_cfg.backbone
-    backbone = build_backbone(
-        name=bb.name,
-        fpn=bb.fpn,
-        out_channels=bb.out_channels,
-        norm=bb.norm,
-        freeze_at=bb.freeze_at,
-        weights=bb.weights,
-    )
+    # model.backbone's keys are build_backbone's parameters, one for one
+    backbone = build_backbone(**bb.to_dict())
     levels = len(backbone.strides)
     sizes: Sequence[tuple] = (
         tuple((s,) for s in rpn_cfg.anchor_sizes) if bb.fpn else (tuple(rpn_cfg.anchor_sizes),)
