@@ -24,6 +24,7 @@ import scipy.stats
 import torch
 import yaml
 
+from detector.ablation.stats import mean_std, paired_difference
 from detector.config import parse_override, resolve_config_path
 from detector.errors import UsageError, run_tool
 
@@ -106,28 +107,25 @@ def _interval(mean: float, low: float, high: float, p: float) -> str:
 
 def compare(arm: dict, base: dict, metric: str) -> tuple[str, str]:
     """(paired by seed, Welch) difference arm − torchvision with its 95% interval and p value."""
-    seeds = [s for s in sorted(arm) if s in base and metric in arm[s] and metric in base[s]]
-    a = [arm[s][metric] for s in arm if metric in arm[s]]
-    b = [base[s][metric] for s in base if metric in base[s]]
+    a = {seed: row[metric] for seed, row in arm.items() if metric in row}
+    b = {seed: row[metric] for seed, row in base.items() if metric in row}
     paired = welch = "too few runs"
-    if len(seeds) >= 2:
-        diffs = [arm[s][metric] - base[s][metric] for s in seeds]
-        test = scipy.stats.ttest_1samp(diffs, 0.0)
-        ci = test.confidence_interval(0.95)
-        paired = _interval(statistics.fmean(diffs), ci.low, ci.high, test.pvalue)
+    d = paired_difference(a, b)
+    if d.n >= 2:
+        paired = _interval(d.mean, d.ci_low, d.ci_high, d.p)
     if len(a) >= 2 and len(b) >= 2:
-        test = scipy.stats.ttest_ind(a, b, equal_var=False)
+        test = scipy.stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False)
         ci = test.confidence_interval(0.95)
-        welch = _interval(statistics.fmean(a) - statistics.fmean(b), ci.low, ci.high, test.pvalue)
+        mean = statistics.fmean(a.values()) - statistics.fmean(b.values())
+        welch = _interval(mean, ci.low, ci.high, test.pvalue)
     return paired, welch
 
 
 def _mean_std(rows: dict, key: str, fmt: str = ".1f") -> str:
-    values = [r[key] for r in rows.values() if key in r]
-    if not values:
+    summary = mean_std(row[key] for row in rows.values() if key in row)
+    if not summary.n:
         return "-"
-    std = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.fmean(values):{fmt}} ± {std:{fmt}}"
+    return f"{summary.mean:{fmt}} ± {summary.std:{fmt}}"
 
 
 def parity_markdown(results: dict[str, dict], command: str) -> str:
