@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from detector.ablation import AblationError, parse_sweep, plan_runs
+from detector.ablation.plots import PLOTS
 from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
 import ablate  # noqa: E402
+from helpers import one_error_line, run_tool_process  # noqa: E402
 
 BUDGET = ["train.max_iters=2", "train.log_period=1"]
 
@@ -328,6 +330,25 @@ def test_paired_differences_match_a_hand_computation(tmp_path, capsys):
     assert float(group["std"]) == pytest.approx(0.0216025)  # sample std of 0.50, 0.52, 0.47, 0.51
     for name in ("ap_vs_iou.png", "loss_curves.png", "beta.png", "pred_err.png", "tp_iou.png"):
         assert (out / name).stat().st_size > 0
+
+
+def test_report_never_replaces_files_that_no_ablation_wrote(tmp_path, capsys):
+    """The report's files in --out are replaced when its summary.csv is an ablation's, else only
+    with --overwrite (docs/runs.md, "Outputs")."""
+    out = tmp_path / "abl"
+    make_paired_ablation(out)
+    argv = ["--cfgs", "smoothl1.yaml", "l1.yaml", "--seeds", "4", "--out", str(out), *BUDGET]
+    argv.append("--report-only")
+    (out / "summary.md").write_text("my notes")
+    proc = run_tool_process("ablate", *argv)
+    assert proc.returncode == 2 and "already holds summary.md" in one_error_line(proc)
+    assert (out / "summary.md").read_text() == "my notes" and not (out / "summary.csv").exists()
+    assert run_tool_process("ablate", *argv, "--overwrite").returncode == 0
+    assert sorted(path.name for path in out.glob("*.png")) == sorted(PLOTS)
+    # the folder is an ablation's now: the same command replaces its report
+    (out / "summary.md").write_text("an earlier report")
+    assert ablate.main(argv) == 0
+    assert (out / "summary.md").read_text().startswith("# Loss ablation")
 
 
 def test_a_config_whose_runs_all_failed_is_listed_as_failed(tmp_path, capsys):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import scipy.stats
 import torch
-from helpers import TINY, two_images
+from helpers import TINY, one_error_line, run_tool_process, two_images
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 
 from detector.config import ConfigError, load_config, resolve_config_path, with_defaults
@@ -181,9 +181,34 @@ def test_parity_arms_are_configs_of_their_own(tmp_path):
     arms = tool.parse_arms(["ours_d2:model.roi_head.predictor_init=detectron2"])
     assert list(arms) == ["torchvision", "ours", "ours_d2"]
     path = tmp_path / "arms" / "ours_d2.yaml"
-    tool.write_arm_config(path, resolve_config_path("smoothl1.yaml"), arms["ours_d2"])
+    path.parent.mkdir()
+    path.write_text(tool.arm_config(resolve_config_path("smoothl1.yaml"), arms["ours_d2"]))
+    assert path.read_text().startswith("_base_: smoothl1.yaml\n")  # the same in any checkout
     cfg = load_config([path])
     assert cfg.model.roi_head.predictor_init == "detectron2"
     assert cfg.model.roi_head.box_loss.name == "smooth_l1"
     with pytest.raises(UsageError):
         tool.parse_arms(["ours:model.implementation=ours"])
+
+
+def test_parity_never_replaces_a_file_it_did_not_write(tmp_path):
+    """docs/runs.md, "Outputs": an arm's config or parity.md that is there is replaced only when
+    this tool wrote it (the same arm, a parity report), or with --overwrite."""
+    tool = _parity_tool()
+    out = tmp_path / "parity"
+    (out / "arms").mkdir(parents=True)
+    (out / "arms" / "ours.yaml").write_text("my config\n")
+    proc = run_tool_process("parity", "--out", out, "--seeds", "1")
+    assert proc.returncode == 2 and "ours.yaml is there" in one_error_line(proc)
+    assert (out / "arms" / "ours.yaml").read_text() == "my config\n"
+    assert [path.name for path in out.rglob("*")] == ["arms", "ours.yaml"]  # nothing trained
+    base = resolve_config_path("smoothl1.yaml")
+    texts = {name: tool.arm_config(base, o) for name, o in tool.parse_arms([]).items()}
+    for name, text in texts.items():
+        (out / "arms" / f"{name}.yaml").write_text(text)
+    (out / "parity.md").write_text(tool.TITLE + "\n\nan earlier report\n")
+    tool.check_outputs(out, texts, overwrite=False)
+    (out / "parity.md").write_text("my notes\n")
+    with pytest.raises(UsageError, match="parity.md is there"):
+        tool.check_outputs(out, texts, overwrite=False)
+    tool.check_outputs(out, texts, overwrite=True)

@@ -32,7 +32,7 @@ from detector.ablation import (
     write_report,
 )
 from detector.ablation.record import CHECKPOINT_CHOICES
-from detector.ablation.report import Family
+from detector.ablation.report import Family, check_report_folder
 from detector.ablation.table import STATS
 from detector.errors import run_tool
 
@@ -70,14 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="runs at once (local: default 1, round-robin over the GPUs of "
         "CUDA_VISIBLE_DEVICES, else all, cores // JOBS CPU threads each; slurm: most array tasks "
-        "at "
-        "once, default no limit)",
+        "at once, default no limit)",
     )
     parser.add_argument(
         "--force",
         action="store_true",
         help="train again (replacing them) the runs whose folder "
         "holds a run of another config (or pick another --out)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace report files (summary.md, ...) in an --out folder that no ablation wrote",
     )
     parser.add_argument(
         "--report-only",
@@ -180,9 +184,9 @@ def main(argv=None) -> int:
         if args.out
         else Path("runs") / ("ablation-" + "-".join(Path(c).stem for c in cfgs))
     )
-    steps = check_runs(
-        runs, out, force=args.force
-    )  # every config and run folder, before anything trains
+    # every config, run folder and report file, before anything trains
+    steps = check_runs(runs, out, force=args.force)
+    check_report_folder(out, [*cfgs, *args.cfg], args.overwrite)
     errors: dict = {}
     if not args.report_only:
         if importlib.util.find_spec("scipy") is None:

@@ -25,11 +25,13 @@ import torch
 import yaml
 
 from detector.ablation.stats import mean_std, paired_difference
-from detector.config import parse_override, resolve_config_path
+from detector.config import CONFIG_DIR, parse_override, resolve_config_path
+from detector.engine.outputs import check_output, write_output
 from detector.errors import UsageError, run_tool
 
 METRICS = ("AP", "AP50", "AP75", "AP90")
 BASELINE = "torchvision"
+TITLE = "# Accuracy parity: torchvision's FasterRCNN against ours"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="another arm, NAME:key=value[,key=value] (compared with torchvision too)",
     )
     parser.add_argument("--out", default="runs/parity", help="output folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files in --out that this tool did not write (the arms' configs, parity.md)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every arm")
     return parser
 
@@ -68,9 +75,11 @@ def parse_arms(texts: list[str]) -> dict[str, list[str]]:
     return arms
 
 
-def write_arm_config(path: Path, base: Path, overrides: list[str]) -> None:
-    """A config file: ``base`` with the arm's dotted overrides as nested keys."""
-    layer: dict = {"_base_": str(base)}
+def arm_config(base: Path, overrides: list[str]) -> str:
+    """A config file's text: ``base`` (by its name under configs/, so the file reads the same in
+    any checkout) with the arm's dotted overrides as nested keys."""
+    named = base.is_relative_to(CONFIG_DIR)
+    layer: dict = {"_base_": str(base.relative_to(CONFIG_DIR) if named else base)}
     for text in overrides:
         key, value = parse_override(text)
         *parents, last = key.split(".")
@@ -78,8 +87,33 @@ def write_arm_config(path: Path, base: Path, overrides: list[str]) -> None:
         for part in parents:
             section = section.setdefault(part, {})
         section[last] = value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(layer, sort_keys=False))
+    return yaml.safe_dump(layer, sort_keys=False)
+
+
+def check_outputs(out: Path, arms: dict[str, str], overwrite: bool) -> None:
+    """The arms' config files and parity.md may be written (docs/runs.md, "Outputs"): a file that
+    is there is this tool's (the same arm, or a parity report), else ``--overwrite`` is needed."""
+    paths = {out / "arms" / f"{name}.yaml": text for name, text in arms.items()}
+    foreign = [path for path, text in paths.items() if _text(path) not in (None, text)]
+    report = _text(out / "parity.md")
+    if report is not None and not report.startswith(TITLE + "\n"):
+        foreign.append(out / "parity.md")
+    if foreign and not overwrite:
+        raise UsageError(
+            f"--out {out}: {foreign[0]} is there, and this tool did not write it (or wrote it for "
+            f"another arm); pass another --out, or --overwrite to replace it"
+        )
+    for path in [*paths, out / "parity.md"]:
+        check_output(path, overwrite=True)
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def read_arm(runs: Path, arm: str, seeds: int) -> dict[int, dict[str, float]]:
@@ -131,7 +165,7 @@ def _mean_std(rows: dict, key: str, fmt: str = ".1f") -> str:
 def parity_markdown(results: dict[str, dict], command: str) -> str:
     base = results[BASELINE]
     lines = [
-        "# Accuracy parity: torchvision's FasterRCNN against ours",
+        TITLE,
         "",
         f"`{command}`",
         "",
@@ -177,20 +211,23 @@ def main(argv=None) -> int:
     arms = parse_arms(args.arm)
     out = Path(args.out)
     base = resolve_config_path(args.cfg)
+    texts = {name: arm_config(base, overrides) for name, overrides in arms.items()}
+    check_outputs(out, texts, args.overwrite)
     cfgs = []
-    for name, overrides in arms.items():
+    for name, text in texts.items():
         path = out / "arms" / f"{name}.yaml"
-        write_arm_config(path, base, overrides)
+        write_output(path, text, overwrite=True)
         cfgs.append(str(path))
     ablate = [sys.executable, str(Path(__file__).with_name("ablate.py")), "--cfgs", *cfgs]
     for layer in args.layer:
         ablate += ["--cfg", layer]
     ablate += ["--seeds", str(args.seeds), "--jobs", str(args.jobs), "--baseline", BASELINE]
     ablate += ["--out", str(out), "--title", "Accuracy parity", *args.overrides]
+    ablate += ["--overwrite"] if args.overwrite else []
     code = subprocess.call(ablate)
     results = {name: read_arm(out / "runs", name, args.seeds) for name in arms}
     command = "python tools/parity.py " + shlex.join(argv)
-    (out / "parity.md").write_text(parity_markdown(results, command))
+    write_output(out / "parity.md", parity_markdown(results, command), overwrite=True)
     print((out / "parity.md").read_text())
     return code
 

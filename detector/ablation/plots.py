@@ -10,6 +10,16 @@ from typing import Any
 from detector.box_coder import DELTA_NAMES
 from detector.evaluation.coco import IOU_THRESHOLDS
 
+# the figures plot_all writes (tests/test_ablation.py checks the list against a report)
+PLOTS = (
+    "ap_vs_iou.png",
+    "loss_curves.png",
+    "ap_curve.png",
+    "beta.png",
+    "pred_err.png",
+    "tp_iou.png",
+)
+
 
 def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path, baseline: str = "") -> None:
     import numpy as np

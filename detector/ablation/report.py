@@ -19,7 +19,7 @@ from typing import Any
 
 from detector.ablation.launch import last_line
 from detector.ablation.localisation import MATCH_IOU, SCORE_THRESHOLD, tide_available
-from detector.ablation.plan import METRICS_FILE, Run, groups_of, is_finished
+from detector.ablation.plan import METRICS_FILE, AblationError, Run, groups_of, is_finished
 from detector.ablation.record import RECORD, RecordError, ensure_record
 from detector.ablation.stats import (
     ALPHA,
@@ -42,6 +42,7 @@ from detector.ablation.stats import (
     verdict,
 )
 from detector.ablation.table import STATS, Stat
+from detector.engine.outputs import check_output_folder
 
 CSV_COLUMNS = (
     "kind",
@@ -68,6 +69,8 @@ CSV_COLUMNS = (
     "ci_simultaneous_high",
 )
 NOT_STARTED = "not started"
+# the first columns of summary.csv, by which an ablation's folder is recognised
+CSV_OWN = CSV_COLUMNS[:5]
 BETA_CSV = "beta.csv"
 TP_IOU_CSV = "tp_iou.csv"
 TP_IOU_BINS = [0.5 + 0.025 * i for i in range(21)]  # the true positives' IoU histogram
@@ -259,6 +262,33 @@ def compare(
                 why = "inconclusive"  # neither different nor equivalent
             compared[name][m] = replace(d, verdict=why)
     return compared, len(tests)
+
+
+def check_report_folder(out: Path, inputs: list[str], overwrite: bool = False) -> Path:
+    """``out`` resolved, once the report may be written there (docs/runs.md, "Outputs"): its
+    report files are replaced only when its summary.csv is an ablation's (its header begins with
+    :data:`CSV_OWN`: columns added later do not disown it), or with ``overwrite``; an input (a
+    config) is never one of them."""
+    from detector.ablation.plots import PLOTS
+
+    names = ("summary.md", "summary.csv", TP_IOU_CSV, BETA_CSV, *PLOTS)
+    folder = check_output_folder(out, names, inputs=inputs, overwrite=True)
+    present = [name for name in names if (folder / name).exists()]
+    if present and not overwrite and not _is_summary_csv(folder / "summary.csv"):
+        raise AblationError(
+            f"--out {out} already holds {', '.join(present)}, and no ablation report wrote them "
+            f"(its summary.csv would begin {','.join(CSV_OWN)}); pass another --out, or "
+            f"--overwrite to replace them"
+        )
+    return folder
+
+
+def _is_summary_csv(path: Path) -> bool:
+    try:
+        with open(path, newline="") as f:
+            return (next(csv.reader(f), None) or [])[: len(CSV_OWN)] == list(CSV_OWN)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
 
 
 def write_report(
