@@ -154,3 +154,14 @@ def test_benchmark_json_never_replaces_a_file_unasked(tmp_path):
     proc = run_tool_process("benchmark", "--device", "cpu", "--iters", "1", "--json", mine)
     assert proc.returncode == 2 and "already exists" in one_error_line(proc)
     assert mine.read_text() == '{"mine": true}'
+
+
+def test_download_data_never_extracts_over_a_dataset_folder_unasked(tmp_path):
+    """Refused before any download: the test never touches the network."""
+    mine = tmp_path / "VOCdevkit" / "VOC2007" / "Annotations" / "000001.xml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("<annotation>my fix</annotation>")
+    proc = run_tool_process("download_data", "voc2012", "voc2007", "--root", tmp_path)
+    assert proc.returncode == 2 and "VOC2007 is there" in one_error_line(proc)
+    assert mine.read_text() == "<annotation>my fix</annotation>"
+    assert not (tmp_path / "VOCdevkit" / "VOC2012").exists()  # nothing began
