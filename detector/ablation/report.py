@@ -358,8 +358,12 @@ def _write_csv(path: Path, groups: list[Group], stats, paired, baseline: str) ->
             rows.append(dict(kind="paired", config=g.name, metric=metric, n=d.n))
             rows[-1].update({k: _num(v) for k, v in numbers.items()})
             rows[-1].update(baseline=baseline, verdict=d.verdict, note=g.failed, family=d.family)
+    _write_rows(path, rows, CSV_COLUMNS)
+
+
+def _write_rows(path: Path, rows: list[dict], columns) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -385,8 +389,19 @@ def _row(cells) -> str:
     return "| " + " | ".join(map(str, cells)) + " |"
 
 
-def _table_head(columns: list[str]) -> list[str]:
-    return [_row(columns), "|---" * len(columns) + "|"]
+def _table(head: list[str], rows: list[list]) -> list[str]:
+    return [_row(head), "|---" * len(head) + "|", *map(_row, rows)]
+
+
+def _stats_table(columns: list[Stat], stats, counted: str, counts: list[tuple]) -> list[str]:
+    """Per (group, its cell under ``counted``) of ``counts``: the mean ± std of each of ``columns``,
+    or "–" without a finished run."""
+    head = ["config", counted, *(c.label or c.name for c in columns)]
+    rows = []
+    for g, count in counts:
+        cells = [_cell(stats[g.name][c.name], c) for c in columns]
+        rows.append([g.name, count, *(cells if g.results else ["–"] * len(columns))])
+    return _table(head, rows)
 
 
 def _p(value: float) -> str:
@@ -439,20 +454,18 @@ def _summary_section(groups: list[Group], stats) -> list[str]:
             else ""
         ),
         "",
-        *_table_head(["config", "seeds", *(c.label or c.name for c in columns)]),
     ]
+    counts = []
     for g in groups:
-        seeds = (
-            str(len(g.results))
-            if len(g.results) == g.planned
-            else f"{len(g.results)} of {g.planned}"
-        )
+        seeds = str(len(g.results))
+        if len(g.results) != g.planned:
+            seeds = f"{len(g.results)} of {g.planned}"
         if not g.results:
-            lines.append(_row([g.name, f"{seeds}: **failed**", *["–"] * len(columns)]))
-            continue
-        seeds += f"; {g.failed}" if g.failed else ""
-        lines.append(_row([g.name, seeds, *(_cell(stats[g.name][c.name], c) for c in columns)]))
-    return lines
+            seeds += ": **failed**"
+        elif g.failed:
+            seeds += f"; {g.failed}"
+        counts.append((g, seeds))
+    return lines + _stats_table(columns, stats, "seeds", counts)
 
 
 def _paired_prose(baseline: str, tests: int, family: Family) -> str:
@@ -522,7 +535,7 @@ def _paired_section(
         head[2:2] = ["family"]
         head[5:8] = [f"{level} (uncorrected)", f"simultaneous {100 - 100 * ALPHA / tests:.3g}% CI"]
         head[7:7] = ["p (uncorrected)", "p (Holm)", "TOST p (Holm)"]
-    lines += [_paired_prose(baseline, tests, family), "", *_table_head(head)]
+    rows = []
     for name, by_metric in paired.items():
         # the pre-registered tests first
         for metric, d in sorted(by_metric.items(), key=lambda item: item[1].family != "primary"):
@@ -536,8 +549,8 @@ def _paired_section(
                 cells[2:2] = [d.family]
                 cells[6:6] = [_interval(d.sim_low, d.sim_high) if d.family == "primary" else "–"]
                 cells.append(_p(d.p_tost_holm))
-            lines.append(_row([*cells, detectable, shown]))
-    return lines
+            rows.append([*cells, detectable, shown])
+    return [*lines, _paired_prose(baseline, tests, family), "", *_table(head, rows)]
 
 
 def _power_section(paired, family: Family, tests: int) -> list[str]:
@@ -556,8 +569,8 @@ def _power_section(paired, family: Family, tests: int) -> list[str]:
         f"{alpha:.3g} needs to find the endpoint's margin with {POWER:.0%} power (more than 100: "
         f"'> 100').",
         "",
-        *_table_head(["metric", "pooled sd of d", "df", "pairs", "detectable", "margin", "seeds"]),
     ]
+    rows = []
     for metric in family.primary:
         diffs = [by[metric] for by in paired.values()]
         sd = pooled_sd(diffs)
@@ -568,13 +581,11 @@ def _power_section(paired, family: Family, tests: int) -> list[str]:
         need = seeds_needed(sd, margin, alpha) if margin and sd >= ZERO_SD else None
         shown = "–" if margin is None or sd < ZERO_SD else str(need or "> 100")
         cells = [metric, "n/a" if math.isnan(sd) else f"{100 * sd:.2f}", dof, pairs]
-        cells += ["–" if math.isnan(now) else f"±{_pct(now)}", _margin(margin), shown]
-        lines.append(_row(cells))
-    return lines
-
-
-def _margin(margin: float | None) -> str:
-    return "–" if margin is None else f"±{100 * margin:g}"
+        cells += ["–" if math.isnan(now) else f"±{_pct(now)}"]
+        cells += ["–" if margin is None else f"±{100 * margin:g}", shown]
+        rows.append(cells)
+    head = ["metric", "pooled sd of d", "df", "pairs", "detectable", "margin", "seeds"]
+    return lines + _table(head, rows)
 
 
 def _localisation_section(groups: list[Group], stats, histogram: bool = False) -> list[str]:
@@ -617,11 +628,8 @@ def _localisation_section(groups: list[Group], stats, histogram: bool = False) -
     )
     if errors:
         lines.append(f"Runs without these numbers: {'; '.join(errors)}.")
-    lines += ["", *_table_head(["config", "runs", *(c.label or c.name for c in columns)])]
-    for g in with_tps:
-        s = stats[g.name]
-        lines.append(_row([g.name, s["tp_iou_median"].n, *(_cell(s[c.name], c) for c in columns)]))
-    return lines
+    counts = [(g, stats[g.name]["tp_iou_median"].n) for g in with_tps]
+    return [*lines, "", *_stats_table(columns, stats, "runs", counts)]
 
 
 def _write_tp_iou_csv(path: Path, groups: list[Group]) -> bool:
@@ -649,10 +657,7 @@ def _write_tp_iou_csv(path: Path, groups: list[Group]) -> bool:
             rows[-1].update(count=count, share=share)
     path.unlink(missing_ok=True)
     if rows:
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        _write_rows(path, rows, list(rows[0]))
     return bool(rows)
 
 
@@ -670,10 +675,7 @@ def _write_beta_csv(path: Path, groups: list[Group]) -> int:
                 rows[-1].update({k: _num(r.get(k)) for k in BETA_KEYS})
     path.unlink(missing_ok=True)
     if rows:
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["config", "seed", "run", "iter", *BETA_KEYS])
-            writer.writeheader()
-            writer.writerows(rows)
+        _write_rows(path, rows, ["config", "seed", "run", "iter", *BETA_KEYS])
     return len({(r["config"], r["seed"]) for r in rows})
 
 
@@ -697,12 +699,8 @@ def _sampling_section(groups: list[Group], stats, dynamic_runs: int) -> list[str
             f" {BETA_CSV}: every logged step of the {dynamic_runs} run(s) whose β changes (β, its "
             f"statistic, the zero share, positives and zero targets per image)."
         )
-    lines += ["", *_table_head(["config", "runs", *(c.label or c.name for c in columns)])]
-    for g in shown:
-        s = stats[g.name]
-        cells = [_cell(s[c.name], c) for c in columns]
-        lines.append(_row([g.name, s["num_pos_per_image"].n, *cells]))
-    return lines
+    counts = [(g, stats[g.name]["num_pos_per_image"].n) for g in shown]
+    return [*lines, "", *_stats_table(columns, stats, "runs", counts)]
 
 
 def _convergence_section(groups: list[Group]) -> list[str]:
@@ -720,16 +718,15 @@ def _convergence_section(groups: list[Group]) -> list[str]:
         "final "
         "annealing; the budget is tested by doubling it (docs/results/README.md).",
         "",
-        *_table_head(["config", "AP by 3/4", "AP at the end", "change", "change < 1 AP"]),
     ]
+    rows = []
     for name, m in moved.items():
         if m:
             it, a, b = m
             change = "yes" if abs(b - a) < 0.01 else "no"
-            lines.append(
-                _row([name, f"{_pct(a)} (iteration {it})", _pct(b), _pct(b - a, True), change])
-            )
-    return lines
+            rows.append([name, f"{_pct(a)} (iteration {it})", _pct(b), _pct(b - a, True), change])
+    head = ["config", "AP by 3/4", "AP at the end", "change", "change < 1 AP"]
+    return lines + _table(head, rows)
 
 
 def _unfinished_section(groups: list[Group]) -> list[str]:
