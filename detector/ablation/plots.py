@@ -63,13 +63,7 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path, baseline: str =
                     *zip(*points), label=group if i == 0 else None, color=f"C{color}", alpha=0.8
                 )
     if not dynamic:
-        ax.text(
-            0.5,
-            0.5,
-            "no run with a changing beta in this ablation",
-            ha="center",
-            transform=ax.transAxes,
-        )
+        _note(ax, "no run with a changing beta in this ablation")
     ax.set(
         xlabel="iteration",
         ylabel="beta",
@@ -104,13 +98,7 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path, baseline: str =
             label=group,
         )
     if not pooled:
-        ax.text(
-            0.5,
-            0.5,
-            "no run with eval/detections.json and its val data",
-            ha="center",
-            transform=ax.transAxes,
-        )
+        _note(ax, "no run with eval/detections.json and its val data")
     ax.set(
         xlabel="IoU with the matched ground truth",
         ylabel="density",
@@ -179,6 +167,11 @@ def _pooled(groups: dict[str, list[dict[str, Any]]], key: str) -> dict:
         for g, rs in groups.items()
     }
     return {g: torch.cat(tensors) for g, tensors in pooled.items() if tensors}
+
+
+def _note(ax, text: str) -> None:
+    """``text`` in the middle of an empty plot."""
+    ax.text(0.5, 0.5, text, ha="center", transform=ax.transAxes)
 
 
 def save_figure(axes, path: Path, legend: bool = True) -> None:
