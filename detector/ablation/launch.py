@@ -107,15 +107,12 @@ def check_trainer() -> None:
 
 
 def train_command(step: Step, overrides: list[str], nproc: int = 1) -> list[str]:
-    distributed = (
-        ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        if nproc > 1
-        else []
-    )
+    python = [sys.executable]
+    if nproc > 1:
+        python += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cfgs = [word for cfg in step.run.cfgs for word in ("--cfg", cfg)]
     return [
-        sys.executable,
-        *distributed,
+        *python,
         str(TRAIN_SCRIPT),
         *cfgs,
         *overrides,
@@ -219,11 +216,10 @@ def run_local(
         f"compute thread(s) + {slots[0].num_workers} loader worker(s) per run",
         flush=True,
     )
-    pending, running, stop = (
-        deque(enumerate(todo, 1)),
-        deque(),
-        threading.Event(),
-    )  # a deque's append/pop: atomic
+    # a deque's append and pop are atomic
+    pending = deque(enumerate(todo, 1))
+    running = deque()
+    stop = threading.Event()
     results: dict[str, str | None] = {}
 
     def started(process: subprocess.Popen) -> None:
@@ -266,12 +262,9 @@ def run_local(
     threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in slots]
     for thread in threads:
         thread.start()
-    main = (
-        threading.current_thread() is threading.main_thread()
-    )  # only the main thread gets signals
-    previous = (
-        signal.signal(signal.SIGTERM, signal.default_int_handler) if main else None
-    )  # kill: as Ctrl-C
+    # only the main thread gets signals; there a kill acts as Ctrl-C
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main else None
     try:
         _join(threads)
     except KeyboardInterrupt:

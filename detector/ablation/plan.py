@@ -26,9 +26,8 @@ REUSE_SAFE_KEYS = (
     "data.loader.num_workers",
 )
 NOISE_SEED_KEY = "data.label_noise_seed"
-METRICS_FILE = (
-    Path("eval") / "metrics.json"
-)  # written by the trainer after the final evaluation: a finished run
+# written by the trainer after the final evaluation: a finished run
+METRICS_FILE = Path("eval") / "metrics.json"
 
 
 class AblationError(UsageError):
@@ -159,34 +158,27 @@ def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
             if not force:
                 raise AblationError(str(exc)) from None
             steps.append(
-                Step(
-                    run,
-                    run_dir,
-                    "overwrite",
-                    device=cfg.train.device,
-                    note="unreadable config.yaml",
-                )
+                Step(run, run_dir, "overwrite", cfg.train.device, "unreadable config.yaml")
             )
             continue
-        action = "reuse" if finished else "train" if stored is None else "resume"
-        if stored is None:  # finished without a config: nothing says which experiment it is
+        if stored is None:
+            # finished without a config: nothing says which experiment it is
             differ = ["everything (no config.yaml)"] if finished else []
         else:
             safe = REUSE_SAFE_KEYS if finished else RESUME_SAFE_KEYS
             differ = [k for k in diff_configs(stored, cfg.to_dict()) if k not in safe]
+        note = ""
+        if differ:
+            action = "overwrite"
+            state = "finished" if finished else "unfinished"
+            note = f"{state} run of another config (differs in {', '.join(differ)})"
+        elif finished:
+            action = "reuse"
+        else:
+            action = "train" if stored is None else "resume"
         if differ and not force:
             stale.append((run_dir, finished, differ))
-        note = (
-            f"{'finished' if finished else 'unfinished'} run of another config (differs in "
-            f"{', '.join(differ)})"
-            if differ
-            else ""
-        )
-        steps.append(
-            Step(
-                run, run_dir, "overwrite" if differ else action, device=cfg.train.device, note=note
-            )
-        )
+        steps.append(Step(run, run_dir, action, cfg.train.device, note))
     if stale:
         run_dir, finished, differ = stale[0]
         keys = list(dict.fromkeys(k for _, _, d in stale for k in d))

@@ -26,9 +26,8 @@ RECORD = "record.json"
 RECORD_VERSION = 2
 RECORD_FILES = ("config.yaml", "metrics.jsonl", "eval/metrics.json", RECORD)
 LAUNCHES = "launches.jsonl"
-RECORD_BUDGET = (
-    300_000  # bytes of RECORD_FILES per run; more is reported when the record is written
-)
+# bytes of RECORD_FILES per run; more is reported when the record is written
+RECORD_BUDGET = 300_000
 CHECKPOINT_CHOICES = ("last", "none")
 # where the code that trains lives: a change there makes the checkout "dirty" (records do not)
 CODE_PATHS = ("detector", "tools", "configs", "setup.cfg", "pyproject.toml")
@@ -160,17 +159,12 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
     return record
 
 
-def has_heavy_files(run_dir: Path) -> bool:
-    return (Path(run_dir) / "eval" / "detections.json").is_file() or (
-        Path(run_dir) / "final_errors.pt"
-    ).is_file()
-
-
 def ensure_record(run_dir: Path, ground_truth: dict) -> dict[str, Any] | None:
     """The run's record; written first when it is missing or old and the heavy files are here."""
     record = read_record(run_dir)
     old = record is None or record.get("version") != RECORD_VERSION
-    if old and has_heavy_files(run_dir):
+    heavy = [Path(run_dir) / "eval" / "detections.json", Path(run_dir) / "final_errors.pt"]
+    if old and any(path.is_file() for path in heavy):
         record = write_record(run_dir, ground_truth)
     return record
 

@@ -120,9 +120,8 @@ def wait(submitted) -> dict[str, str | None]:
     for k, (step, job) in enumerate(submitted, 1):
         try:
             error = job.result()
-        except (
-            UncompletedJobError
-        ) as exc:  # the task itself died (time limit, node failure, cancelled)
+        except UncompletedJobError as exc:
+            # the task itself died (time limit, node failure, cancelled)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             error = (
                 f"{step.run.name}: SLURM job {job.job_id} did not complete ({first}); "
