@@ -56,18 +56,13 @@ CUDA_RUNTIME_SYNCS = (
 
 class Side:
     """A model, its optimizer and AMP choice, and one training step: the same code times both
-    sides."""
+    sides. ``clip``: the max gradient norm (None: no clipping)."""
 
-    def __init__(
-        self,
-        model,
-        optimizer,
-        amp: bool,
-        device: torch.device,
-        info: dict[str, Any],
-        clip: float | None = None,
-    ):  # clip: max gradient norm; None: no clipping
-        self.model, self.optimizer, self.info, self.clip = model, optimizer, info, clip
+    def __init__(self, model, optimizer, amp: bool, device: torch.device, info: dict, clip=None):
+        self.model = model
+        self.optimizer = optimizer
+        self.info = info
+        self.clip = clip
         # bf16 where supported, else fp16 with a scaler
         self.amp_dtype, use_scaler = amp_settings(amp, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -109,14 +104,10 @@ class OursSide(Side):
             "pad_buckets": list(model.pad_buckets),
             "channels_last": model.input_memory_format == torch.channels_last,
         }
-        super().__init__(
-            model, optimizer, amp, device, info, clip=cfg.train.clip_grad_norm or math.inf
-        )
-        self.weights, self.watch, self.log_period = (
-            build_loss_weights(cfg),
-            LossWatch(False),
-            cfg.train.log_period,
-        )
+        super().__init__(model, optimizer, amp, device, info, cfg.train.clip_grad_norm or math.inf)
+        self.weights = build_loss_weights(cfg)
+        self.watch = LossWatch(False)
+        self.log_period = cfg.train.log_period
         self.iteration = 0
 
     def losses(self, images, targets) -> torch.Tensor:
@@ -200,11 +191,10 @@ def synthetic_batch(
     num_boxes: int,
     num_classes: int,
     device: torch.device,
-    seed: int = 0,
 ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     """float images in 0..1 [3,H,W] and targets with ``num_boxes`` random valid xyxy boxes each
-    (labels 1..K)."""
-    g = torch.Generator().manual_seed(seed)
+    (labels 1..K), drawn from seed 0."""
+    g = torch.Generator().manual_seed(0)
     images = torch.rand(batch_size, 3, height, width, generator=g).to(device)
     # [N,B,2]
     wh = (
@@ -245,17 +235,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     images, targets = synthetic_batch(
         spec["batch_size"], *spec["size"], NUM_BOXES, num_classes, device
     )
-    if (
-        spec["side"] == "ours"
-    ):  # "as_configured": the real loop's comparator, the run's config untouched
-        cfg = (
-            load_config(spec["configs"], spec["overrides"])
-            if spec.get("as_configured")
-            else ours_config(spec)
-        )
+    if spec["side"] == "torchvision":
+        side = torchvision_side(spec, device, num_classes)
+    elif spec.get("as_configured"):
+        # the real loop's comparator: the run's config untouched
+        cfg = load_config(spec["configs"], spec["overrides"])
         side = OursSide(cfg, device, num_classes, spec["amp"])
     else:
-        side = torchvision_side(spec, device, num_classes)
+        side = OursSide(ours_config(spec), device, num_classes, spec["amp"])
     side.model.train()
     _, warmup_peak = timed(lambda: side.step(images, targets), device, spec["warmup"])
     train_s, peak = timed(lambda: side.step(images, targets), device, spec["iters"])
@@ -318,48 +305,30 @@ def ratio(a: float, b: float) -> float:
 
 
 def run_benchmark(
-    device: str,
+    spec: dict[str, Any],
     batch_sizes: list[int],
     amp_modes: list[bool],
-    size: list[int],
     settings: tuple[str, ...] = SETTINGS,
-    backbone: str = "resnet50",
-    warmup: int = 5,
-    iters: int = 20,
-    compile: str = "none",
     isolation: str = "process",
-    overrides: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Ours against torchvision's Faster R-CNN (ResNet-FPN, random weights, the same RPN/RoI, SGD
-    and AMP settings) on one seeded synthetic batch of ``size`` = [H, W] images, over settings x
-    batch sizes x AMP modes; ``overrides``: ours only."""
+    and AMP settings) on one seeded synthetic batch of ``spec["size"]`` = [H, W] images, over
+    settings x batch sizes x AMP modes. ``spec``: what every :func:`measure` shares (``device``,
+    ``size``, ``backbone``, ``warmup``, ``iters``, ``compile``; ``overrides``: ours only)."""
     results = []
     for setting, batch_size, amp in itertools.product(settings, batch_sizes, amp_modes):
         row: dict[str, Any] = {"setting": setting, "batch_size": batch_size}
         for side in ("ours", "torchvision"):
-            row[side] = run_isolated(
-                {
-                    "side": side,
-                    "setting": setting,
-                    "batch_size": batch_size,
-                    "amp": amp,
-                    "size": list(size),
-                    "backbone": backbone,
-                    "warmup": warmup,
-                    "iters": iters,
-                    "device": device,
-                    "compile": compile,
-                    "overrides": list(overrides),
-                },
-                isolation,
-            )
+            one = {**spec, "side": side, "setting": setting, "batch_size": batch_size, "amp": amp}
+            row[side] = run_isolated(one, isolation)
         row["amp"] = row["ours"]["amp"]
         row["ratio"] = {k: ratio(row["ours"][k], row["torchvision"][k]) for k in FIGURES}
         results.append(row)
-    cfg = ours_config({"setting": settings[0], "size": size, "backbone": backbone})
+    cfg = ours_config({**spec, "setting": settings[0]}, overrides=False)
     rpn, roi = cfg.model.rpn, cfg.model.roi_head
+    backbone = spec["backbone"]
     settings_report = {
-        "image_size": list(size),
+        "image_size": spec["size"],
         "boxes_per_image": NUM_BOXES,
         "num_classes": NUM_CLASSES,
         "backbone": f"{backbone}-fpn, random init; scratch: BN, all stages trainable; finetune: "
@@ -368,15 +337,15 @@ def run_benchmark(
         f"{rpn.post_nms_topk_train} post-NMS",
         "roi_per_image": roi.batch_size_per_image,
         "positive_fraction": roi.positive_fraction,
-        "ours": f"gpu.yaml, compile={compile}",
-        "ours_overrides": list(overrides),
+        "ours": f"gpu.yaml, compile={spec['compile']}",
+        "ours_overrides": spec["overrides"],
         "torchvision": f"FasterRCNN + resnet_fpn_backbone, SGD lr {TIMING_LR} momentum 0.9 wd 1e-4",
         "cudnn_benchmark": True,
         "isolation": isolation,
-        "warmup_iters": warmup,
-        "timed_iters": iters,
+        "warmup_iters": spec["warmup"],
+        "timed_iters": spec["iters"],
     }
-    return {"settings": settings_report, **environment(device), "results": results}
+    return {"settings": settings_report, **environment(spec["device"]), "results": results}
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -544,16 +513,7 @@ def loader_throughput(
 ) -> dict:
     """Images/s through decode + transforms + collate over ``num_batches`` batches, the first
     (start-up) timed apart."""
-    dataset = build_dataset(cfg, split)
-    loader = make_dataloader(
-        dataset,
-        train=split == "train",
-        batch_size=cfg.train.batch_size,
-        num_workers=num_workers,
-        seed=cfg.seed,
-        group_by_aspect_ratio=cfg.data.loader.aspect_ratio_grouping,
-        pin_memory=cfg.data.loader.pin_memory,
-    )
+    dataset, loader = _loader(cfg, split, num_workers)
     iterator = iter(loader)
     start = time.perf_counter()
     next(iterator)
@@ -577,6 +537,21 @@ def loader_throughput(
     }
 
 
+def _loader(cfg, split: str, num_workers: int):
+    """(the split's dataset, a loader of it as a run of ``cfg`` builds it, ``num_workers``)."""
+    dataset = build_dataset(cfg, split)
+    loader = make_dataloader(
+        dataset,
+        train=split == "train",
+        batch_size=cfg.train.batch_size,
+        num_workers=num_workers,
+        seed=cfg.seed,
+        group_by_aspect_ratio=cfg.data.loader.aspect_ratio_grouping,
+        pin_memory=cfg.data.loader.pin_memory,
+    )
+    return dataset, loader
+
+
 def padded_shapes(
     cfg, split: str = "train", num_batches: int = 1000, pad_buckets: tuple[int, ...] = (0,)
 ) -> dict:
@@ -585,19 +560,10 @@ def padded_shapes(
     ``pad_buckets`` value (0: off). ``padded_over_real``: padded over real pixels (the backbone's
     FLOPs per real pixel); ``padded_over_unbucketed``: against padding to ``size_divisibility``
     only; ``shape_counts``: most frequent first."""
-    dataset = build_dataset(cfg, split)
-    loader = make_dataloader(
-        dataset,
-        train=split == "train",
-        batch_size=cfg.train.batch_size,
-        num_workers=0,
-        seed=cfg.seed,
-        group_by_aspect_ratio=cfg.data.loader.aspect_ratio_grouping,
-    )
+    dataset, loader = _loader(cfg, split, num_workers=0)
 
-    def planned_size(
-        key,
-    ) -> tuple[int, int]:  # one sample's (H', W') after the transforms, drawn as the dataset does
+    def planned_size(key) -> tuple[int, int]:
+        """One sample's (H', W') after the transforms, drawn as the dataset does."""
         index, sample_seed = key if isinstance(key, (tuple, list)) else (key, key)
         record = dataset.records[index]
         generator = torch.Generator().manual_seed(int(sample_seed))

@@ -138,20 +138,24 @@ def main(argv=None) -> int:
         print(report["table"])
         print(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=1))
     if not (args.data or args.shapes or args.profile or args.real):
+        # what every measurement shares: a small table on the CPU
+        spec = {
+            "device": device,
+            "size": args.size or ([128, 160] if small else [800, 1067]),
+            "backbone": args.backbone or ("resnet18" if small else "resnet50"),
+            "warmup": args.warmup if args.warmup is not None else (1 if small else 5),
+            "iters": args.iters if args.iters is not None else (2 if small else 20),
+            "compile": args.compile,
+            "overrides": [] if args.all else args.overrides,
+        }
         # --amp: off on the CPU by default, both on a GPU
         amp = args.amp or ("off" if small else "both")
         report["synthetic"] = benchmark.run_benchmark(
-            device,
-            batch_sizes=args.batch_sizes or ([1] if small else [2, 8]),
-            amp_modes=AMP_MODES[amp],
-            size=args.size or ([128, 160] if small else [800, 1067]),
-            settings=tuple(args.settings or benchmark.SETTINGS),
-            backbone=args.backbone or ("resnet18" if small else "resnet50"),
-            warmup=args.warmup if args.warmup is not None else (1 if small else 5),
-            iters=args.iters if args.iters is not None else (2 if small else 20),
-            compile=args.compile,
-            isolation=args.isolation,
-            overrides=() if args.all else tuple(args.overrides),
+            spec,
+            args.batch_sizes or ([1] if small else [2, 8]),
+            AMP_MODES[amp],
+            tuple(args.settings or benchmark.SETTINGS),
+            args.isolation,
         )
         print(benchmark.format_table(report["synthetic"]))
     if args.real or args.all:
