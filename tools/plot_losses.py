@@ -71,25 +71,21 @@ def simulate_adaptive(
     return betas
 
 
+def roi_head_config(schedule: str):
+    """base.yaml's RoI head with Dynamic Smooth L1 on the ``schedule`` of beta."""
+    overrides = ["model.roi_head.box_loss.name=dynamic_smooth_l1"]
+    overrides.append(f"model.roi_head.box_loss.schedule.type={schedule}")
+    return load_config([], overrides).model.roi_head
+
+
 def plot_beta_schedules(path: Path, iters: int) -> None:
-    base = ["model.roi_head.box_loss.name=dynamic_smooth_l1"]
     ax = Figure(figsize=(7, 4.2)).subplots()
     steps = range(iters + 1)
     for kind in SCHEDULES:
-        cfg = load_config(
-            [], base + [f"model.roi_head.box_loss.schedule.type={kind}"]
-        ).model.roi_head
-        schedule = build_beta_schedule(cfg, iters)
+        schedule = build_beta_schedule(roi_head_config(kind), iters)
         ax.plot(list(steps), [schedule.value_at(it) for it in steps], label=kind)
-    adaptive_cfg = load_config(
-        [], base + ["model.roi_head.box_loss.schedule.type=adaptive"]
-    ).model.roi_head
-    ax.plot(
-        range(iters),
-        simulate_adaptive(adaptive_cfg, iters),
-        label="adaptive (simulated targets)",
-        color="black",
-    )
+    betas = simulate_adaptive(roi_head_config("adaptive"), iters)
+    ax.plot(range(iters), betas, label="adaptive (simulated targets)", color="black")
     ax.set(
         xlabel="iteration",
         ylabel="Smooth L1 β",
