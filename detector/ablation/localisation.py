@@ -64,9 +64,8 @@ def tp_ious(gt: GroundTruth, detections: list[dict]) -> torch.Tensor:
         keep = (cats == cat) & ~crowd
         if not keep.any():
             continue
-        dets.sort(
-            key=lambda d: -d["score"]
-        )  # stable: ties keep the file's order, as COCOeval's mergesort
+        # stable: ties keep the file's order, as COCOeval's mergesort
+        dets.sort(key=lambda d: -d["score"])
         xyxy = [[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)]
         overlaps = box_iou(torch.tensor(xyxy, dtype=torch.float32), boxes[keep])
         matched = torch.zeros(overlaps.shape[1], dtype=torch.bool)

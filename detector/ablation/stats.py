@@ -166,9 +166,8 @@ def detectable_effect(std: float, n: int, alpha: float = ALPHA) -> float:
     crit = stats.t.ppf(1 - alpha / 2, dof)
 
     def shortfall(nc: float) -> float:
-        return (
-            stats.nct.sf(crit, dof, nc) + stats.nct.sf(crit, dof, -nc) - POWER
-        )  # both tails (cdf(-crit) can be nan)
+        # both tails (cdf(-crit) can be nan)
+        return stats.nct.sf(crit, dof, nc) + stats.nct.sf(crit, dof, -nc) - POWER
 
     high = crit + 1.0
     while shortfall(high) < 0:
