@@ -153,9 +153,9 @@ def convergence(results: list[dict[str, Any]]) -> tuple[int, float, float] | Non
     starts = [i for i in common if last is not None and 0 < i <= last * 3 / 4]
     if last not in common or not starts:
         return None
-    return max(starts), *(
-        statistics.fmean(r["evals"][i] for r in results) for i in (max(starts), last)
-    )
+    start = max(starts)
+    mean_ap = [statistics.fmean(r["evals"][i] for r in results) for i in (start, last)]
+    return start, *mean_ap
 
 
 @dataclass
