@@ -80,10 +80,8 @@ def main(argv=None) -> int:
                 download_and_extract_archive(
                     url, download_root=str(target), md5=md5, remove_finished=args.remove_archives
                 )
-            except (
-                URLError,
-                RuntimeError,
-            ) as exc:  # no network; torchvision's "File not found or corrupted."
+            # no network; torchvision's "File not found or corrupted."
+            except (URLError, RuntimeError) as exc:
                 raise DetectorError(
                     f"{url}: download failed ({exc}); check the network, or put the archive in "
                     f"{target} by hand and run the command again"

@@ -92,11 +92,7 @@ def main(argv=None) -> int:
 
     cfg = load_config(args.cfg, args.overrides)
     # before any work: the rule of every tool's output (docs/runs.md)
-    inputs = [
-        args.ckpt,
-        *args.cfg,
-    ]
-    out = check_output(args.out, "--out", inputs, args.overwrite)
+    out = check_output(args.out, "--out", [args.ckpt, *args.cfg], args.overwrite)
     proposals = dump_proposals(
         cfg, args.ckpt, args.split, select_device(cfg.train.device), args.trust_checkpoint
     )

@@ -89,10 +89,8 @@ def main(argv=None) -> int:
             )
         else:
             metrics, results = evaluate_checkpoint(cfg, args.ckpt, args.trust_checkpoint)
-    except (
-        ValueError,
-        ImportError,
-    ) as exc:  # a malformed detections file, a missing evaluation backend
+    # a malformed detections file, a missing evaluation backend
+    except (ValueError, ImportError) as exc:
         if isinstance(exc, DetectorError):
             raise
         raise DetectorError(str(exc)) from exc

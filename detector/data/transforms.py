@@ -80,10 +80,8 @@ def resize(image: torch.Tensor, target: dict, size: tuple[int, int]) -> tuple[to
     image = TF.resize(image, list(size), antialias=True)
     sx, sy = size[1] / width, size[0] / height
     target = dict(target, area=target["area"] * (sx * sy))
-    for key in {
-        "boxes",
-        "proposals",
-    } & target.keys():  # precomputed proposals move with the image like the GT boxes
+    # precomputed proposals move with the image like the GT boxes
+    for key in {"boxes", "proposals"} & target.keys():
         target[key] = scale_boxes(target[key], sx, sy)
     return image, target
 

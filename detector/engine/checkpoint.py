@@ -63,10 +63,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-    except (
-        OSError,
-        RuntimeError,
-    ) as exc:  # torch.save reports a full disk as "[enforce fail ...] unexpected pos"
+    # torch.save reports a full disk as "[enforce fail ...] unexpected pos"
+    except (OSError, RuntimeError) as exc:
         os.unlink(tmp)
         if (
             isinstance(exc, RuntimeError)
@@ -112,9 +110,8 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
         # trust: the user's opt-in; may run code
         with contextlib.nullcontext() if trust else _numpy_rng_allowed():
             state = torch.load(path, map_location="cpu", weights_only=not trust)
-    except (
-        Exception
-    ) as exc:  # a global that is code is named; truncated zip, garbage, wrong file: all alike
+    # a global that is code is named; truncated zip, garbage, wrong file: all alike
+    except Exception as exc:
         unsafe = unsafe_global(exc) if not trust else None
         if unsafe:
             raise UnsafeCheckpointError(
@@ -233,13 +230,8 @@ class Checkpointer:
         config: dict[str, Any],
     ):
         self.dir = Path(checkpoint_dir)
-        self.model, self.optimizer, self.scheduler, self.scaler = (
-            model,
-            optimizer,
-            scheduler,
-            scaler,
-        )
-        self.config = config
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.scaler, self.config = scaler, config
 
     def save(self, name: str, progress: "Progress", keep_previous: bool = False) -> Path | None:
         rng = {
@@ -299,6 +291,5 @@ class Progress:
 
     iteration: int = 0
     best: float = float("-inf")
-    told_undefined: bool = (
-        False  # the console said once that the best metric is undefined (not saved)
-    )
+    # the console said once that the best metric is undefined (not saved)
+    told_undefined: bool = False

@@ -129,9 +129,8 @@ def _train(
     data_iter = iter(train_loader)
     if start_iter < cfg.train.max_iters:  # a bad image in the first batch is found before any write
         data_iter = itertools.chain([next(data_iter)], data_iter)
-    if (
-        main
-    ):  # everything that can fail on the user's data has been built: the folder becomes a run now
+    # everything that can fail on the user's data has been built: the folder becomes a run now
+    if main:
         scaling = (
             f"lr {build_lr(cfg):.4g} = train.lr {cfg.train.lr:g} per "
             f"{cfg.train.lr_reference_batch} images x {cfg.train.batch_size} images x "
