@@ -121,15 +121,8 @@ def evaluate_checkpoint(cfg, checkpoint: Path, trust: bool = False) -> tuple[dic
     model = build_detector(cfg, num_classes=len(dataset.classes) - 1)
     load_model_weights(model, checkpoint, cfg.to_dict(), trust=trust)
     model.to(device)
-    metrics, detections = evaluate_model(
-        model,
-        loader,
-        device,
-        metric=cfg.eval.metric,
-        backend=cfg.eval.backend,
-        amp_dtype=amp_dtype,
-        max_images=cfg.eval.max_images,
-    )
+    # the eval section's keys (metric, backend, max_images) are the function's parameters
+    metrics, detections = evaluate_model(model, loader, device, amp_dtype=amp_dtype, **cfg.eval)
     return metrics, detections_to_coco_results(dataset, detections)
 
 
