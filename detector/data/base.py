@@ -5,6 +5,7 @@ sample_seed)]`` seeds the sample's transforms."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
@@ -254,12 +255,8 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def get_image_info(self, i: int) -> dict:
         """``{"image_id", "file_name", "height", "width"}`` of image i, without decoding it."""
-        rec = self.records[i]
         return {
-            "image_id": rec.image_id,
-            "file_name": rec.file_name,
-            "height": rec.height,
-            "width": rec.width,
+            k: getattr(self.records[i], k) for k in ("image_id", "file_name", "height", "width")
         }
 
     def get_target(self, i: int) -> dict:
@@ -278,20 +275,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         """A new dataset of the images at ``indices`` (in that order), with the same classes,
         category ids and transforms; ``self`` is left unchanged (its evaluation ground truth, its
         loaders stay valid)."""
-        records = [self.records[int(i)] for i in indices]
-        proposals = (
-            None
-            if self.proposals is None
-            else {r.image_id: self.proposals[r.image_id] for r in records}
-        )
-        return DetectionDataset(
-            records=records,
-            classes=self.classes,
-            label_to_cat_id=self.label_to_cat_id,
-            transforms=self.transforms,
-            name=self.name if name is None else name,
-            proposals=proposals,
-        )
+        out = copy.copy(self)
+        out.records = [self.records[int(i)] for i in indices]
+        out.name = self.name if name is None else name
+        if self.proposals is not None:
+            out.proposals = {r.image_id: self.proposals[r.image_id] for r in out.records}
+        return out
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict]:
         index, sample_seed = key if isinstance(key, (tuple, list)) else (key, key)

@@ -278,30 +278,27 @@ def _visible_objects(
     return out
 
 
-def generate_synthetic(
-    root: str | Path,
-    num_train: int,
-    num_val: int,
-    image_size: Sequence[int],
-    num_classes: int,
-    seed: int,
-    **scene,
-) -> Path:
-    """Write the dataset of every ``data.synthetic`` key into ``root`` (which must not exist), the
+def generate_synthetic(root: str | Path, **keys) -> Path:
+    """Write the dataset of every ``data.synthetic`` key (``keys``: split sizes, ``image_size``,
+    ``num_classes``, ``seed`` and the :class:`Scene`'s) into ``root`` (which must not exist), the
     manifest last."""
+    own = ("num_train", "num_val", "image_size", "num_classes", "seed")
+    scene = Scene(**{k: v for k, v in keys.items() if k not in own})
+    num_classes, seed = keys["num_classes"], keys["seed"]
     root = Path(root)
     root.mkdir(parents=True)  # FileExistsError rather than write into a folder that is not ours
     (root / "annotations").mkdir()
-    height, width = int(image_size[0]), int(image_size[1])
+    height, width = int(keys["image_size"][0]), int(keys["image_size"][1])
     categories = [
         {"id": k + 1, "name": SHAPES[k], "supercategory": "shape"} for k in range(num_classes)
     ]
-    for split_index, (split, count) in enumerate(zip(("train", "val"), (num_train, num_val))):
+    for split_index, split in enumerate(("train", "val")):
+        count = keys[f"num_{split}"]
         (root / split).mkdir()
         images, annotations = [], []
         for i in range(count):
             rng = np.random.default_rng([seed, split_index, i])
-            image, objects, _ = render_image(rng, height, width, num_classes, Scene(**scene))
+            image, objects, _ = render_image(rng, height, width, num_classes, scene)
             image_id, file_name = i + 1, f"{i + 1:06d}.jpg"
             image.save(root / split / file_name, format="JPEG", quality=90)
             images.append(
@@ -318,16 +315,9 @@ def generate_synthetic(
         (root / "annotations" / f"instances_{split}.json").write_text(
             json.dumps(data, separators=(",", ":"))
         )
-    params = dict(
-        num_train=num_train,
-        num_val=num_val,
-        image_size=image_size,
-        num_classes=num_classes,
-        seed=seed,
-    )
-    (root / PARAMS_FILE).write_text(
-        json.dumps(synthetic_params({**params, **scene}), indent=1) + "\n"
-    )
+    # the manifest lists the split sizes, image size, classes and seed first
+    manifest = synthetic_params({**{k: keys[k] for k in own}, **keys})
+    (root / PARAMS_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
     return root
 
 
