@@ -26,9 +26,7 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
 def padded_size(height: int, width: int, divisibility: int) -> tuple[int, int]:
     """(H, W) rounded up to multiples of ``divisibility`` (the model pads batches to this on the
     device)."""
-    return int(math.ceil(height / divisibility) * divisibility), int(
-        math.ceil(width / divisibility) * divisibility
-    )
+    return tuple(int(math.ceil(side / divisibility) * divisibility) for side in (height, width))
 
 
 def bucket_sides(

@@ -216,22 +216,17 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass
 class Checkpointer:
     """Saves and restores all a run needs to continue exactly, every rank's RNG state included
     (gathered on save, which every rank calls; rank 0 writes)."""
 
-    def __init__(
-        self,
-        checkpoint_dir: str | Path,
-        model,
-        optimizer,
-        scheduler,
-        scaler,
-        config: dict[str, Any],
-    ):
-        self.dir = Path(checkpoint_dir)
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.scaler, self.config = scaler, config
+    dir: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    config: dict[str, Any]
 
     def save(self, name: str, progress: "Progress", keep_previous: bool = False) -> Path | None:
         rng = {

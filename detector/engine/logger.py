@@ -1,9 +1,7 @@
 """Run logging: ``metrics.jsonl`` (one JSON object per log step and per evaluation) and TensorBoard
-events, rank 0
-only: every loss term (raw and weighted), lr, beta, IoU threshold, positives, per-coordinate
-|target| and
-|pred - target| statistics and histograms, gradient norm, images/s, peak memory, metrics, drawn val
-images, HParams."""
+events, rank 0 only: every loss term (raw and weighted), lr, beta, IoU threshold, positives,
+per-coordinate |target| and |pred - target| statistics and histograms, gradient norm, images/s, peak
+memory, metrics, drawn val images, HParams."""
 
 from __future__ import annotations
 
