@@ -123,16 +123,12 @@ class RunLogger:
     def log_scalars(self, step: int, kind: str = "train", /, **scalars: Any) -> None:
         """One JSON line ``{"type": kind, "iter": step, **scalars}`` and a TensorBoard scalar per
         number (``eval/<name>`` for an evaluation's)."""
-        record = {"type": kind, "iter": step, **_jsonable(scalars)}
-        self._jsonl.write(json.dumps(record) + "\n")
+        values = _jsonable(scalars)
+        self._jsonl.write(json.dumps({"type": kind, "iter": step, **values}) + "\n")
         self._jsonl.flush()
         prefix = "eval/" if kind == "eval" else ""
-        for key, value in record.items():
-            if (
-                key not in ("type", "iter")
-                and isinstance(value, (int, float))
-                and not isinstance(value, bool)
-            ):
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._writer.add_scalar(prefix + key, value, step)
             elif key == "AP_per_iou" and isinstance(value, list):
                 for thr, ap in zip(range(50, 100, 5), value):
