@@ -210,19 +210,10 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "eval.max_images": _positive,
 }
 # The RPN's and the RoI head's box_loss sections take the same loss parameters.
+_LOSS_CHECKS = {"beta": _non_negative, "sigma": _positive, "alpha": _positive, "gamma": _positive}
 for _section in ("model.rpn.box_loss", "model.roi_head.box_loss"):
     _TYPES[f"{_section}.sigma"] = (float, int)
-    _CHECKS.update(
-        {
-            f"{_section}.{key}": check
-            for key, check in (
-                ("beta", _non_negative),
-                ("sigma", _positive),
-                ("alpha", _positive),
-                ("gamma", _positive),
-            )
-        }
-    )
+    _CHECKS.update({f"{_section}.{key}": check for key, check in _LOSS_CHECKS.items()})
 
 
 class ConfigError(UsageError, ValueError):
