@@ -216,7 +216,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-@dataclass
+# compared and hashed by identity, as the objects it holds are
+@dataclass(eq=False)
 class Checkpointer:
     """Saves and restores all a run needs to continue exactly, every rank's RNG state included
     (gathered on save, which every rank calls; rank 0 writes)."""
