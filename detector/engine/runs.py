@@ -334,17 +334,12 @@ class RunLock:
     def _holder(self) -> dict[str, Any] | None:
         """The lock's content; None when it is gone (released since the link failed)."""
         try:
-            holder = json.loads(self.path.read_text())
+            holder, reason = json.loads(self.path.read_text()), "not a lock"
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            holder = exc
+            holder, reason = None, f"{type(exc).__name__}: {exc}"
         if not isinstance(holder, dict):
-            reason = (
-                f"{type(holder).__name__}: {holder}"
-                if isinstance(holder, Exception)
-                else "not a lock"
-            )
             raise RunFolderError(
                 f"{self.path} exists but cannot be read ({reason}); if no training uses "
                 f"{self.path.parent}, delete it"
