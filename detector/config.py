@@ -6,6 +6,7 @@ anything runs; names are checked against the registries at load time. The result
 
 from __future__ import annotations
 
+import argparse
 import copy
 import difflib
 import math
@@ -209,19 +210,10 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "eval.max_images": _positive,
 }
 # The RPN's and the RoI head's box_loss sections take the same loss parameters.
+_LOSS_CHECKS = {"beta": _non_negative, "sigma": _positive, "alpha": _positive, "gamma": _positive}
 for _section in ("model.rpn.box_loss", "model.roi_head.box_loss"):
     _TYPES[f"{_section}.sigma"] = (float, int)
-    _CHECKS.update(
-        {
-            f"{_section}.{key}": check
-            for key, check in (
-                ("beta", _non_negative),
-                ("sigma", _positive),
-                ("alpha", _positive),
-                ("gamma", _positive),
-            )
-        }
-    )
+    _CHECKS.update({f"{_section}.{key}": check for key, check in _LOSS_CHECKS.items()})
 
 
 class ConfigError(UsageError, ValueError):
@@ -638,6 +630,26 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ())
         _merge(cfg, value, schema, f"override {text!r}")
     _check_relations(cfg)
     return Config(cfg)
+
+
+def tool_parser(doc: str, cfg: str | None = None, example: str = "") -> argparse.ArgumentParser:
+    """A tool's argument parser, ``doc`` (its docstring) as the description; with ``cfg``
+    (``"optional"`` or ``"required"``) the repeatable ``--cfg`` and the ``key=value`` overrides
+    (``example`` in their help) that :func:`load_config` takes."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if cfg is not None:
+        required = cfg == "required"
+        parser.add_argument(
+            "--cfg",
+            action="append",
+            required=required,
+            default=None if required else [],
+            help="config file or name in configs/ (repeatable)",
+        )
+        parser.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
+    return parser
 
 
 # Keys added after runs were written whose base.yaml default is not what those runs did: a stored

@@ -4,13 +4,13 @@
 archives are not fetched again. A dataset folder that is there is not extracted over (its files
 would be replaced by the archive's) without --overwrite."""
 
-import argparse
 import sys
 from pathlib import Path
 from urllib.error import URLError
 
 from torchvision.datasets.utils import download_and_extract_archive
 
+from detector.config import tool_parser
 from detector.errors import DetectorError, UsageError, run_tool
 
 VOC_BASE = "https://thor.robots.ox.ac.uk/pascal/VOC"  # the mirror torchvision uses
@@ -48,9 +48,7 @@ RESOURCES: dict[str, tuple[str, list[str], list[tuple[str, str]]]] = {
 
 @run_tool
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument(
         "datasets", nargs="+", choices=sorted(RESOURCES), help="datasets to download"
     )
@@ -80,10 +78,8 @@ def main(argv=None) -> int:
                 download_and_extract_archive(
                     url, download_root=str(target), md5=md5, remove_finished=args.remove_archives
                 )
-            except (
-                URLError,
-                RuntimeError,
-            ) as exc:  # no network; torchvision's "File not found or corrupted."
+            # no network; torchvision's "File not found or corrupted."
+            except (URLError, RuntimeError) as exc:
                 raise DetectorError(
                     f"{url}: download failed ({exc}); check the network, or put the archive in "
                     f"{target} by hand and run the command again"

@@ -9,14 +9,13 @@ Every image of the split (never ``eval.max_images``) at the RPN's test settings,
 with ``model.proposals=precomputed model.proposal_file=FILE.json``.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from detector.config import ConfigError, load_config
+from detector.config import ConfigError, load_config, tool_parser
 from detector.engine.outputs import check_output, write_output
 from detector.errors import run_tool
 
@@ -62,12 +61,7 @@ def dump_proposals(
 
 @run_tool
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--cfg", action="append", required=True, help="config file or name in configs/ (repeatable)"
-    )
+    parser = tool_parser(__doc__, "required", example="train.device=cpu")
     parser.add_argument(
         "--ckpt", type=Path, required=True, help="checkpoint .pth of a model trained with an RPN"
     )
@@ -84,19 +78,12 @@ def main(argv=None) -> int:
         help="load a --ckpt that holds more than data (it may run code when loaded); only for a "
         "file you made or trust",
     )
-    parser.add_argument(
-        "overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu"
-    )
     args = parser.parse_intermixed_args(argv)
     from detector.engine.runtime import select_device
 
     cfg = load_config(args.cfg, args.overrides)
     # before any work: the rule of every tool's output (docs/runs.md)
-    inputs = [
-        args.ckpt,
-        *args.cfg,
-    ]
-    out = check_output(args.out, "--out", inputs, args.overwrite)
+    out = check_output(args.out, "--out", [args.ckpt, *args.cfg], args.overwrite)
     proposals = dump_proposals(
         cfg, args.ckpt, args.split, select_device(cfg.train.device), args.trust_checkpoint
     )

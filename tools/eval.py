@@ -11,12 +11,11 @@ Exit codes: 0 done; 2 a bad config, option or ``--out`` folder; 1 a bad detectio
 or dataset (one line each; DETECTOR_TRACEBACK=1 adds the traceback).
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from detector.config import METRIC_NAMES, load_config
+from detector.config import METRIC_NAMES, load_config, tool_parser
 from detector.engine.outputs import check_output_folder, write_output
 from detector.errors import DetectorError, run_tool
 from detector.evaluation import (
@@ -31,12 +30,7 @@ from detector.evaluation.results import EVAL_FILES  # what --out receives, in th
 
 @run_tool
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--cfg", action="append", required=True, help="config file or name in configs/ (repeatable)"
-    )
+    parser = tool_parser(__doc__, "required", example="train.device=cpu")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", type=Path, help="checkpoint .pth to run over the val split")
     source.add_argument(
@@ -62,9 +56,6 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--metric", choices=tuple(METRIC_NAMES), help="default: the config's eval.metric"
     )
-    parser.add_argument(
-        "overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu"
-    )
     args = parser.parse_intermixed_args(argv)
     # looked up at call time: the tests substitute the dataset
     from detector.data import build_dataset
@@ -89,10 +80,8 @@ def main(argv=None) -> int:
             )
         else:
             metrics, results = evaluate_checkpoint(cfg, args.ckpt, args.trust_checkpoint)
-    except (
-        ValueError,
-        ImportError,
-    ) as exc:  # a malformed detections file, a missing evaluation backend
+    # a malformed detections file, a missing evaluation backend
+    except (ValueError, ImportError) as exc:
         if isinstance(exc, DetectorError):
             raise
         raise DetectorError(str(exc)) from exc
@@ -123,15 +112,8 @@ def evaluate_checkpoint(cfg, checkpoint: Path, trust: bool = False) -> tuple[dic
     model = build_detector(cfg, num_classes=len(dataset.classes) - 1)
     load_model_weights(model, checkpoint, cfg.to_dict(), trust=trust)
     model.to(device)
-    metrics, detections = evaluate_model(
-        model,
-        loader,
-        device,
-        metric=cfg.eval.metric,
-        backend=cfg.eval.backend,
-        amp_dtype=amp_dtype,
-        max_images=cfg.eval.max_images,
-    )
+    # the eval section's keys (metric, backend, max_images) are the function's parameters
+    metrics, detections = evaluate_model(model, loader, device, amp_dtype=amp_dtype, **cfg.eval)
     return metrics, detections_to_coco_results(dataset, detections)
 
 

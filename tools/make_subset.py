@@ -7,11 +7,11 @@ either: data/README.md ("Subsets").
     dog cat --out a.txt
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from detector.config import tool_parser
 from detector.data.base import sanitize_records
 from detector.data.coco import load_coco_json, parse_coco
 from detector.data.subsets import subset_coco_json, subset_records
@@ -22,9 +22,7 @@ from detector.errors import run_tool
 
 @run_tool
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument("--format", required=True, choices=("coco", "voc"))
     parser.add_argument("--ann", help="coco: instances_<split>.json to subset")
     parser.add_argument("--root", help="voc: the folder holding VOCdevkit (or VOCdevkit itself)")

@@ -7,11 +7,10 @@ content refused (exit 1).
     python tools/make_synthetic.py --cfg data/synthetic_hard.yaml
 """
 
-import argparse
 import sys
 import time
 
-from detector.config import load_config
+from detector.config import load_config, tool_parser
 from detector.data.synthetic import SHAPES, ensure_synthetic
 from detector.errors import run_tool
 
@@ -21,12 +20,7 @@ FLAGS = ("num_train", "num_val", "image_size", "num_classes", "max_objects", "se
 
 @run_tool
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--cfg", action="append", default=[], help="config file or name in configs/ (repeatable)"
-    )
+    parser = tool_parser(__doc__, "optional", example="data.synthetic.min_size=12")
     parser.add_argument("--root", help="output folder (default: data.root of the config)")
     parser.add_argument("--num-train", type=int)
     parser.add_argument("--num-val", type=int)
@@ -39,9 +33,6 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--max-objects", type=int)
     parser.add_argument("--seed", type=int)
-    parser.add_argument(
-        "overrides", nargs="*", help="key=value overrides, e.g. data.synthetic.min_size=12"
-    )
     args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)
     overrides += [

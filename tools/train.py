@@ -12,22 +12,16 @@ usage or run-folder error (one line each; DETECTOR_TRACEBACK=1 adds the tracebac
 Ctrl-C/SIGTERM.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
-from detector.config import load_config
+from detector.config import load_config, tool_parser
 from detector.errors import run_tool
 
 
 @run_tool
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--cfg", action="append", default=[], help="config file or name in configs/ (repeatable)"
-    )
+    parser = tool_parser(__doc__, "optional", example="train.max_iters=200")
     parser.add_argument("--resume", action="store_true", help="continue the run in the run folder")
     parser.add_argument(
         "--extend",
@@ -43,9 +37,6 @@ def main(argv=None) -> int:
         action="store_true",
         help="--resume from a checkpoint that holds more than data (it may run code when loaded); "
         "only for a file you made or trust",
-    )
-    parser.add_argument(
-        "overrides", nargs="*", help="key=value overrides, e.g. train.max_iters=200"
     )
     args = parser.parse_intermixed_args(argv)
     from detector.engine import distributed

@@ -5,6 +5,7 @@ sample_seed)]`` seeds the sample's transforms."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
@@ -64,13 +65,11 @@ def read_image(path: str | Path) -> torch.Tensor:
     :class:`DatasetError` naming it (skipping it mid-epoch would make the training stream depend on
     which files are readable)."""
     try:
-        with (
-            warnings.catch_warnings()
-        ):  # torchvision>=0.29 deprecates its decoders in favour of torchcodec
+        # torchvision>=0.29 deprecates its decoders in favour of torchcodec
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            image = decode_image(
-                read_file(str(path)), mode=ImageReadMode.RGB
-            )  # uint8, or uint16 for 16-bit PNG
+            # uint8, or uint16 for 16-bit PNG
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
     except (RuntimeError, OSError) as tv_exc:
         try:
             with Image.open(path) as im:
@@ -85,10 +84,8 @@ def read_image(path: str | Path) -> torch.Tensor:
                     array = np.asarray(im.convert("RGB"))
         except DatasetError:
             raise
-        except (
-            OSError,
-            ValueError,
-        ) as pil_exc:  # DatasetError is a ValueError: the clause above lets it through
+        # DatasetError is a ValueError: the clause above lets it through
+        except (OSError, ValueError) as pil_exc:
             raise DatasetError(
                 f"{path}: cannot decode image ({str(tv_exc).splitlines()[-1].strip()}; PIL: "
                 f"{pil_exc}); replace the file or remove the image from the annotation file / "
@@ -96,9 +93,8 @@ def read_image(path: str | Path) -> torch.Tensor:
             ) from None
         image = torch.from_numpy(array.copy()).permute(2, 0, 1)
     if image.dtype == torch.uint16:
-        image = torch.div(image.to(torch.int32) + 128, 257, rounding_mode="floor").to(
-            torch.uint8
-        )  # round(v/257)
+        # round(v/257)
+        image = torch.div(image.to(torch.int32) + 128, 257, rounding_mode="floor").to(torch.uint8)
     return image
 
 
@@ -154,9 +150,8 @@ def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageR
     return out
 
 
-OUTLIER_TRIES = (
-    100  # draws of an outlier before its box stays clean (it never had room in the image)
-)
+# draws of an outlier before its box stays clean (it never had room in the image)
+OUTLIER_TRIES = 100
 
 
 def _outliers(boxes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -242,9 +237,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         proposals: dict[int, torch.Tensor] | None = None,
     ):
         self.records = list(records)
-        self.proposals = (
-            proposals  # image_id -> [P,4] xyxy original pixels (model.proposals: precomputed)
-        )
+        # image_id -> [P,4] xyxy original pixels (model.proposals: precomputed)
+        self.proposals = proposals
         self.classes = list(classes)
         self.label_to_cat_id = dict(label_to_cat_id)
         self.transforms = transforms
@@ -261,12 +255,8 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def get_image_info(self, i: int) -> dict:
         """``{"image_id", "file_name", "height", "width"}`` of image i, without decoding it."""
-        rec = self.records[i]
         return {
-            "image_id": rec.image_id,
-            "file_name": rec.file_name,
-            "height": rec.height,
-            "width": rec.width,
+            k: getattr(self.records[i], k) for k in ("image_id", "file_name", "height", "width")
         }
 
     def get_target(self, i: int) -> dict:
@@ -285,20 +275,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         """A new dataset of the images at ``indices`` (in that order), with the same classes,
         category ids and transforms; ``self`` is left unchanged (its evaluation ground truth, its
         loaders stay valid)."""
-        records = [self.records[int(i)] for i in indices]
-        proposals = (
-            None
-            if self.proposals is None
-            else {r.image_id: self.proposals[r.image_id] for r in records}
-        )
-        return DetectionDataset(
-            records=records,
-            classes=self.classes,
-            label_to_cat_id=self.label_to_cat_id,
-            transforms=self.transforms,
-            name=self.name if name is None else name,
-            proposals=proposals,
-        )
+        out = copy.copy(self)
+        out.records = [self.records[int(i)] for i in indices]
+        out.name = self.name if name is None else name
+        if self.proposals is not None:
+            out.proposals = {r.image_id: self.proposals[r.image_id] for r in out.records}
+        return out
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict]:
         index, sample_seed = key if isinstance(key, (tuple, list)) else (key, key)

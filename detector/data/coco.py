@@ -98,9 +98,8 @@ def load_coco_json(ann_file: str | Path) -> COCO:
                         f"{ann_file}: {where} {item['id']} field {field!r} is {value!r}; expected "
                         f"{want} (not text, null, true/false, NaN or Infinity)"
                     )
-    first: dict[
-        int | float, int
-    ] = {}  # image id -> its entry in "images"; pycocotools would keep only the last
+    # image id -> its entry in "images"; pycocotools would keep only the last
+    first: dict[int | float, int] = {}
     for k, image in enumerate(data["images"]):
         j = first.setdefault(image["id"], k)
         if j != k:

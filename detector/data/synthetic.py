@@ -22,23 +22,17 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from detector.config import (
-    SYNTHETIC_SHAPES as SHAPES,
-)  # the class shapes, in label order (checked there)
+# the class shapes, in label order (checked there)
+from detector.config import SYNTHETIC_SHAPES as SHAPES
 
 from .base import DatasetError
 
 logger = logging.getLogger(__name__)
-DISTRACTORS = (
-    "ring",
-    "frame",
-    "ell",
-    "hourglass",
-)  # drawn like objects, of no class: never annotated
+# drawn like objects, of no class: never annotated
+DISTRACTORS = ("ring", "frame", "ell", "hourglass")
 PARAMS_FILE = "synthetic.json"
-GENERATOR_VERSION = (
-    1  # bump when the drawing of existing parameters changes: stored datasets then differ from it
-)
+# bump when the drawing of existing parameters changes: stored datasets then differ from it
+GENERATOR_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -68,9 +62,8 @@ def _draw_shape(shape: str, width: int, height: int) -> Image.Image:
     x1, y1, cx, cy = width - 1, height - 1, (width - 1) / 2, (height - 1) / 2
     tx, ty = width / 3, height / 3  # the bars of the cross and the ell
     fx, fy = max(1.0, 0.22 * width), max(1.0, 0.22 * height)  # the sides of the frame
-    angles = [
-        -math.pi / 2 + k * math.pi / 5 for k in range(10)
-    ]  # the star's outer and inner points in turn
+    # the star's outer and inner points in turn
+    angles = [-math.pi / 2 + k * math.pi / 5 for k in range(10)]
     star = [
         (cx + r * cx * math.cos(a), cy + r * cy * math.sin(a))
         for a, r in zip(angles, [1.0, 0.45] * 5)
@@ -107,9 +100,8 @@ def _draw_shape(shape: str, width: int, height: int) -> Image.Image:
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """[H,W,3] float32: a gradient between two muted colours."""
     gray = rng.uniform(70, 185, size=2)
-    colors = (gray[:, None] + rng.uniform(-25, 25, size=(2, 3))).astype(
-        np.float32
-    )  # [2,3] low saturation
+    # [2,3] low saturation
+    colors = (gray[:, None] + rng.uniform(-25, 25, size=(2, 3))).astype(np.float32)
     angle = rng.uniform(0, 2 * math.pi)
     ramp = np.arange(width, dtype=np.float32)[None, :] * math.cos(angle) + np.arange(
         height, dtype=np.float32
@@ -124,9 +116,8 @@ def _texture(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
     height, width = base.shape[:2]
     out = base.copy()
     for cells, amplitude in ((4, 28.0), (16, 18.0), (64, 10.0)):
-        grid = rng.uniform(-amplitude, amplitude, size=(3, cells, cells)).astype(
-            np.float32
-        )  # [3,cells,cells]
+        # [3,cells,cells]
+        grid = rng.uniform(-amplitude, amplitude, size=(3, cells, cells)).astype(np.float32)
         for c in range(3):
             out[..., c] += np.asarray(
                 Image.fromarray(grid[c]).resize((width, height), Image.BILINEAR)
@@ -188,9 +179,8 @@ def _overlap_ok(
     """Whether ``box`` has IoU <= ``max_iou`` with every placed box and covers <= ``max_covered`` of
     the smaller."""
     others = np.array(placed).reshape(-1, 4)  # [P,4]
-    wh = np.clip(
-        np.minimum(box[2:], others[:, 2:]) - np.maximum(box[:2], others[:, :2]), 0, None
-    )  # [P,2]
+    # [P,2]
+    wh = np.clip(np.minimum(box[2:], others[:, 2:]) - np.maximum(box[:2], others[:, :2]), 0, None)
     inter = wh[:, 0] * wh[:, 1]
     area = (box[2] - box[0]) * (box[3] - box[1])
     others_area = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
@@ -219,9 +209,8 @@ def render_image(
         is_object += [False] * int(rng.integers(0, scene.max_distractors + 1))
         rng.shuffle(is_object)
     visible = scene.boxes == "visible"
-    owner = (
-        np.zeros((height, width), dtype=np.int32) if visible else None
-    )  # [H,W] 1 + index of the top shape, 0 none
+    # [H,W] 1 + index of the top shape, 0 none
+    owner = np.zeros((height, width), dtype=np.int32) if visible else None
     objects, slots, placed, drawn = [], [], [], []  # slots: 1 + the index in drawn of each object
     max_size = max(scene.min_size + 1, int(min(height, width) * scene.max_size))
     log_ratio = (math.log(scene.aspect_ratio[0]), math.log(scene.aspect_ratio[1]))
@@ -233,9 +222,8 @@ def render_image(
         w = int(min(width, max(scene.min_size, round(size * math.sqrt(ratio)))))
         h = int(min(height, max(scene.min_size, round(size / math.sqrt(ratio)))))
         mask = _draw_shape(shape, w, h)
-        extent = np.array(
-            mask.getbbox(), dtype=np.float64
-        )  # exclusive end: exactly the xyxy extent in the mask
+        # exclusive end: exactly the xyxy extent in the mask
+        extent = np.array(mask.getbbox(), dtype=np.float64)
         for _attempt in range(10):
             x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
             box = extent + [x, y, x, y]
@@ -290,30 +278,27 @@ def _visible_objects(
     return out
 
 
-def generate_synthetic(
-    root: str | Path,
-    num_train: int,
-    num_val: int,
-    image_size: Sequence[int],
-    num_classes: int,
-    seed: int,
-    **scene,
-) -> Path:
-    """Write the dataset of every ``data.synthetic`` key into ``root`` (which must not exist), the
+def generate_synthetic(root: str | Path, **keys) -> Path:
+    """Write the dataset of every ``data.synthetic`` key (``keys``: split sizes, ``image_size``,
+    ``num_classes``, ``seed`` and the :class:`Scene`'s) into ``root`` (which must not exist), the
     manifest last."""
+    own = ("num_train", "num_val", "image_size", "num_classes", "seed")
+    scene = Scene(**{k: v for k, v in keys.items() if k not in own})
+    num_classes, seed = keys["num_classes"], keys["seed"]
     root = Path(root)
     root.mkdir(parents=True)  # FileExistsError rather than write into a folder that is not ours
     (root / "annotations").mkdir()
-    height, width = int(image_size[0]), int(image_size[1])
+    height, width = int(keys["image_size"][0]), int(keys["image_size"][1])
     categories = [
         {"id": k + 1, "name": SHAPES[k], "supercategory": "shape"} for k in range(num_classes)
     ]
-    for split_index, (split, count) in enumerate(zip(("train", "val"), (num_train, num_val))):
+    for split_index, split in enumerate(("train", "val")):
+        count = keys[f"num_{split}"]
         (root / split).mkdir()
         images, annotations = [], []
         for i in range(count):
             rng = np.random.default_rng([seed, split_index, i])
-            image, objects, _ = render_image(rng, height, width, num_classes, Scene(**scene))
+            image, objects, _ = render_image(rng, height, width, num_classes, scene)
             image_id, file_name = i + 1, f"{i + 1:06d}.jpg"
             image.save(root / split / file_name, format="JPEG", quality=90)
             images.append(
@@ -330,16 +315,9 @@ def generate_synthetic(
         (root / "annotations" / f"instances_{split}.json").write_text(
             json.dumps(data, separators=(",", ":"))
         )
-    params = dict(
-        num_train=num_train,
-        num_val=num_val,
-        image_size=image_size,
-        num_classes=num_classes,
-        seed=seed,
-    )
-    (root / PARAMS_FILE).write_text(
-        json.dumps(synthetic_params({**params, **scene}), indent=1) + "\n"
-    )
+    # the manifest lists the split sizes, image size, classes and seed first
+    manifest = synthetic_params({**{k: keys[k] for k in own}, **keys})
+    (root / PARAMS_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
     return root
 
 
@@ -356,9 +334,8 @@ def _ready(root: Path, wanted: dict) -> bool:
         return False
     try:
         stored = json.loads((root / PARAMS_FILE).read_text())
-        stored = stored.get(
-            "params", stored
-        )  # the manifests written until 2026-12 keep them under "params"
+        # the manifests written until 2026-12 keep them under "params"
+        stored = stored.get("params", stored)
     except (OSError, ValueError, AttributeError):
         raise DatasetError(
             f"{root}: holds other files and no synthetic dataset ({PARAMS_FILE}), so none is "
@@ -394,9 +371,8 @@ def ensure_synthetic(root: str | Path, **keys) -> Path:
     Another folder's content raises :class:`DatasetError` and is never deleted; a new set is renamed
     onto ``root`` from a temporary sibling ``.<name>.tmp-<pid>-<random>`` (the first rename wins; a
     killed generation's leftover is warned of)."""
-    root = Path(
-        root
-    ).resolve()  # a link to a folder: rename(2) replaces the folder it names, not the link
+    # a link to a folder: rename(2) replaces the folder it names, not the link
+    root = Path(root).resolve()
     wanted = synthetic_params(keys)
     if _ready(root, wanted):
         return root
@@ -406,9 +382,8 @@ def ensure_synthetic(root: str | Path, **keys) -> Path:
         generate_synthetic(tmp, **keys)
         try:
             os.rename(tmp, root)
-        except (
-            OSError
-        ) as exc:  # ENOTEMPTY/EEXIST: another process renamed first; its set is checked below
+        # ENOTEMPTY/EEXIST: another process renamed first; its set is checked below
+        except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
     finally:

@@ -26,9 +26,7 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
 def padded_size(height: int, width: int, divisibility: int) -> tuple[int, int]:
     """(H, W) rounded up to multiples of ``divisibility`` (the model pads batches to this on the
     device)."""
-    return int(math.ceil(height / divisibility) * divisibility), int(
-        math.ceil(width / divisibility) * divisibility
-    )
+    return tuple(int(math.ceil(side / divisibility) * divisibility) for side in (height, width))
 
 
 def bucket_sides(
@@ -80,10 +78,8 @@ def resize(image: torch.Tensor, target: dict, size: tuple[int, int]) -> tuple[to
     image = TF.resize(image, list(size), antialias=True)
     sx, sy = size[1] / width, size[0] / height
     target = dict(target, area=target["area"] * (sx * sy))
-    for key in {
-        "boxes",
-        "proposals",
-    } & target.keys():  # precomputed proposals move with the image like the GT boxes
+    # precomputed proposals move with the image like the GT boxes
+    for key in {"boxes", "proposals"} & target.keys():
         target[key] = scale_boxes(target[key], sx, sy)
     return image, target
 

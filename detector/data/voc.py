@@ -50,10 +50,9 @@ def parse_split(split: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def parse_voc_xml(
-    xml_path: Path, class_to_label: dict[str, int]
-) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
-    """(height, width, boxes [N,4] xyxy, labels [N], difficult [N]) of one annotation file."""
+def parse_voc_xml(xml_path: Path, class_to_label: dict[str, int], **image) -> ImageRecord:
+    """The record of one annotation file (``image``: its ``image_id``, ``path`` and ``file_name``);
+    ``area`` is the box area."""
     try:
         root = ET.parse(xml_path).getroot()
     except FileNotFoundError:
@@ -98,12 +97,15 @@ def parse_voc_xml(
         boxes.append((x1 - 1.0, y1 - 1.0, x2, y2))
         labels.append(class_to_label[name])
         difficult.append(obj.findtext("difficult", "0").strip() == "1")
-    return (
-        height,
-        width,
-        np.array(boxes, dtype=np.float32).reshape(-1, 4),
-        np.array(labels, dtype=np.int64),
-        np.array(difficult, dtype=bool),
+    boxes = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+    return ImageRecord(
+        height=height,
+        width=width,
+        boxes=boxes,
+        labels=np.array(labels, dtype=np.int64),
+        iscrowd=np.array(difficult, dtype=bool),
+        area=((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).astype(np.float32),
+        **image,
     )
 
 
@@ -135,21 +137,14 @@ def parse_voc(root: str | Path, split: str) -> tuple[list[ImageRecord], list[str
             if image_id in seen:
                 continue
             seen.add(image_id)
-            xml_path = base / "Annotations" / f"{name}.xml"
-            height, width, boxes, labels, difficult = parse_voc_xml(xml_path, class_to_label)
-            area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).astype(np.float32)
             path = image_path(base / "JPEGImages", f"{name}.jpg", f"{list_path}: image {name!r}")
             records.append(
-                ImageRecord(
+                parse_voc_xml(
+                    base / "Annotations" / f"{name}.xml",
+                    class_to_label,
                     image_id=image_id,
                     path=path,
                     file_name=f"{name}.jpg",
-                    height=height,
-                    width=width,
-                    boxes=boxes,
-                    labels=labels,
-                    iscrowd=difficult,
-                    area=area,
                 )
             )
     return (

@@ -63,10 +63,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-    except (
-        OSError,
-        RuntimeError,
-    ) as exc:  # torch.save reports a full disk as "[enforce fail ...] unexpected pos"
+    # torch.save reports a full disk as "[enforce fail ...] unexpected pos"
+    except (OSError, RuntimeError) as exc:
         os.unlink(tmp)
         if (
             isinstance(exc, RuntimeError)
@@ -112,9 +110,8 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
         # trust: the user's opt-in; may run code
         with contextlib.nullcontext() if trust else _numpy_rng_allowed():
             state = torch.load(path, map_location="cpu", weights_only=not trust)
-    except (
-        Exception
-    ) as exc:  # a global that is code is named; truncated zip, garbage, wrong file: all alike
+    # a global that is code is named; truncated zip, garbage, wrong file: all alike
+    except Exception as exc:
         unsafe = unsafe_global(exc) if not trust else None
         if unsafe:
             raise UnsafeCheckpointError(
@@ -219,27 +216,18 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# compared and hashed by identity, as the objects it holds are
+@dataclass(eq=False)
 class Checkpointer:
     """Saves and restores all a run needs to continue exactly, every rank's RNG state included
     (gathered on save, which every rank calls; rank 0 writes)."""
 
-    def __init__(
-        self,
-        checkpoint_dir: str | Path,
-        model,
-        optimizer,
-        scheduler,
-        scaler,
-        config: dict[str, Any],
-    ):
-        self.dir = Path(checkpoint_dir)
-        self.model, self.optimizer, self.scheduler, self.scaler = (
-            model,
-            optimizer,
-            scheduler,
-            scaler,
-        )
-        self.config = config
+    dir: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    config: dict[str, Any]
 
     def save(self, name: str, progress: "Progress", keep_previous: bool = False) -> Path | None:
         rng = {
@@ -299,6 +287,5 @@ class Progress:
 
     iteration: int = 0
     best: float = float("-inf")
-    told_undefined: bool = (
-        False  # the console said once that the best metric is undefined (not saved)
-    )
+    # the console said once that the best metric is undefined (not saved)
+    told_undefined: bool = False

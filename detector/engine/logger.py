@@ -1,9 +1,7 @@
 """Run logging: ``metrics.jsonl`` (one JSON object per log step and per evaluation) and TensorBoard
-events, rank 0
-only: every loss term (raw and weighted), lr, beta, IoU threshold, positives, per-coordinate
-|target| and
-|pred - target| statistics and histograms, gradient norm, images/s, peak memory, metrics, drawn val
-images, HParams."""
+events, rank 0 only: every loss term (raw and weighted), lr, beta, IoU threshold, positives,
+per-coordinate |target| and |pred - target| statistics and histograms, gradient norm, images/s, peak
+memory, metrics, drawn val images, HParams."""
 
 from __future__ import annotations
 
@@ -125,16 +123,12 @@ class RunLogger:
     def log_scalars(self, step: int, kind: str = "train", /, **scalars: Any) -> None:
         """One JSON line ``{"type": kind, "iter": step, **scalars}`` and a TensorBoard scalar per
         number (``eval/<name>`` for an evaluation's)."""
-        record = {"type": kind, "iter": step, **_jsonable(scalars)}
-        self._jsonl.write(json.dumps(record) + "\n")
+        values = _jsonable(scalars)
+        self._jsonl.write(json.dumps({"type": kind, "iter": step, **values}) + "\n")
         self._jsonl.flush()
         prefix = "eval/" if kind == "eval" else ""
-        for key, value in record.items():
-            if (
-                key not in ("type", "iter")
-                and isinstance(value, (int, float))
-                and not isinstance(value, bool)
-            ):
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._writer.add_scalar(prefix + key, value, step)
             elif key == "AP_per_iou" and isinstance(value, list):
                 for thr, ap in zip(range(50, 100, 5), value):

@@ -70,12 +70,8 @@ def scaled_lr(lr: float, reference_batch: int | None, batch_size: int, world_siz
 def build_lr(cfg) -> float:
     """The base learning rate this process trains with: ``train.lr`` scaled to the total batch of
     all ranks."""
-    return scaled_lr(
-        cfg.train.lr,
-        cfg.train.lr_reference_batch,
-        cfg.train.batch_size,
-        dist_utils.get_world_size(),
-    )
+    t = cfg.train
+    return scaled_lr(t.lr, t.lr_reference_batch, t.batch_size, dist_utils.get_world_size())
 
 
 def lr_factor(
@@ -125,11 +121,9 @@ def max_iters_dependents(cfg, new_max_iters: int) -> list[str]:
         out.append("train.milestones (fractions of max_iters)")
     if t["warmup_iters"] > min(t["max_iters"], new_max_iters):
         out.append("train.warmup_iters (capped at max_iters)")
-    if loss["name"] == "dynamic_smooth_l1" and loss["schedule"]["type"] not in (
-        "adaptive",
-        "constant",
-    ):
-        out.append(f"model.roi_head.box_loss.schedule.type={loss['schedule']['type']}")
+    schedule = loss["schedule"]["type"]
+    if loss["name"] == "dynamic_smooth_l1" and schedule not in ("adaptive", "constant"):
+        out.append(f"model.roi_head.box_loss.schedule.type={schedule}")
     return out
 
 

@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 
 from detector.config import diff_configs, safe_yaml, with_defaults
+from detector.engine.optim import max_iters_dependents
+from detector.engine.runtime import notice
 from detector.errors import UsageError
 from detector.evaluation.results import EVAL_FILES
 
@@ -171,8 +173,6 @@ def check_run_folder(
     """Reads only. A new run into a run refuses; ``--resume`` refuses changed keys that define the
     experiment (:data:`RESUME_SAFE_KEYS` are reported) and a new ``train.max_iters`` schedules
     derive from unless ``extend``."""
-    from detector.engine.optim import max_iters_dependents
-
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise RunFolderError(
@@ -280,8 +280,6 @@ def check_resume_point(
             f"(iteration {iteration} of {max_iters}): delete the file to evaluate it again with "
             f"--resume"
         ) from None
-    from detector.engine.runtime import notice
-
     notice(
         f"--resume: {run_dir} is a finished run (iteration {iteration} of {max_iters}, evaluated "
         f"in {metrics_file}); nothing to do. To train it longer, resume with a larger "
@@ -294,8 +292,6 @@ def prepare_run_folder(run_dir: Path, cfg, plan: RunFolderPlan, notes: list[str]
     """After the checks passed and the lock is held (rank 0): say what was decided, remove the old
     run on ``--overwrite``, write ``config.yaml`` (the resolved config of this session) and clear
     orphaned temporaries."""
-    from detector.engine.runtime import notice
-
     for line in [*plan.notes, *notes]:
         notice(line)
     # what the run wrote goes; the user's other files stay, eval/ and checkpoints/ too
@@ -338,17 +334,12 @@ class RunLock:
     def _holder(self) -> dict[str, Any] | None:
         """The lock's content; None when it is gone (released since the link failed)."""
         try:
-            holder = json.loads(self.path.read_text())
+            holder, reason = json.loads(self.path.read_text()), "not a lock"
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            holder = exc
+            holder, reason = None, f"{type(exc).__name__}: {exc}"
         if not isinstance(holder, dict):
-            reason = (
-                f"{type(holder).__name__}: {holder}"
-                if isinstance(holder, Exception)
-                else "not a lock"
-            )
             raise RunFolderError(
                 f"{self.path} exists but cannot be read ({reason}); if no training uses "
                 f"{self.path.parent}, delete it"

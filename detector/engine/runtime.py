@@ -11,6 +11,7 @@ import threading
 import numpy as np
 import torch
 
+from detector.config import ConfigError
 from detector.engine import distributed as dist_utils
 
 
@@ -26,8 +27,6 @@ def select_device(name: str) -> torch.device:
     """``train.device``: auto (CUDA if present), cpu or cuda (this process's local rank under
     torchrun)."""
     if name == "cuda" and not torch.cuda.is_available():
-        from detector.config import ConfigError
-
         raise ConfigError(
             "train.device=cuda but CUDA is not available; use train.device=auto or cpu"
         )

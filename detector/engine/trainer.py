@@ -129,9 +129,8 @@ def _train(
     data_iter = iter(train_loader)
     if start_iter < cfg.train.max_iters:  # a bad image in the first batch is found before any write
         data_iter = itertools.chain([next(data_iter)], data_iter)
-    if (
-        main
-    ):  # everything that can fail on the user's data has been built: the folder becomes a run now
+    # everything that can fail on the user's data has been built: the folder becomes a run now
+    if main:
         scaling = (
             f"lr {build_lr(cfg):.4g} = train.lr {cfg.train.lr:g} per "
             f"{cfg.train.lr_reference_batch} images x {cfg.train.batch_size} images x "
@@ -166,14 +165,9 @@ def _train(
 
     def evaluate(iteration: int) -> tuple[dict[str, Any], list]:
         """Evaluate on the val split, log the metrics and a few drawn images, keep best.pth."""
+        # the eval section's keys (metric, backend, max_images) are the function's parameters
         metrics, detections = evaluate_model(
-            raw_model,
-            val_loader,
-            device,
-            metric=cfg.eval.metric,
-            backend=cfg.eval.backend,
-            amp_dtype=amp_dtype,
-            max_images=cfg.eval.max_images,
+            raw_model, val_loader, device, amp_dtype=amp_dtype, **cfg.eval
         )
         if main:
             logger.log_scalars(iteration, "eval", **metrics)
@@ -251,8 +245,14 @@ def _train(
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 elapsed = time.perf_counter() - window_start
-                scalars, hists = step_scalars(losses, total, stats, loss_weights)
+                # the losses averaged over the ranks (raw, weighted and their total), the
+                # scalar stats; the hist/ stats apart
+                reduced = dist_utils.reduce_mean({**losses, "total_loss": total.detach()})
+                scalars = {k: float(v.detach()) for k, v in reduced.items()}
+                scalars.update({f"weighted/{k}": scalars[k] * loss_weights[k] for k in losses})
+                stat_scalars, hists = stats_to_scalars(stats)
                 scalars.update(
+                    stat_scalars,
                     lr=optimizer.param_groups[0]["lr"],
                     grad_norm=float(grad_norm),
                     images_per_s=window_images / max(elapsed, 1e-9),
@@ -340,21 +340,6 @@ class LossWatch:
         raise NonFiniteLossError(
             f"{message}. Try a lower train.lr, train.clip_grad_norm>0 or another box loss."
         )
-
-
-def step_scalars(
-    losses: dict[str, torch.Tensor],
-    total: torch.Tensor,
-    stats: dict[str, torch.Tensor],
-    loss_weights: dict[str, float],
-) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """The step's losses (averaged over the ranks; raw, weighted and their total) and scalar stats;
-    the ``hist/`` stats apart."""
-    reduced = dist_utils.reduce_mean({**losses, "total_loss": total.detach()})
-    values = {k: float(v.detach()) for k, v in reduced.items()}
-    values.update({f"weighted/{k}": values[k] * loss_weights[k] for k in losses})
-    scalars, hists = stats_to_scalars(stats)
-    return {**values, **scalars}, hists
 
 
 def log_train_step(
