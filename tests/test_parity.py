@@ -140,9 +140,9 @@ def test_same_weights_same_batch_give_the_same_losses():
 def test_default_samplers_sample_alike_per_image(monkeypatch):
     """With the default samplers (not every candidate, as above), the same weights and batch give
     both the same training proposals and, per image, the same foreground and background candidates
-    and sampled counts in the RPN and the RoI heads: torchvision's per-image
+    and sampled counts in the RPN and the RoI heads, as torchvision's per-image
     BalancedPositiveNegativeSampler (issue 31, "What is left"). A per-batch sampler or proposals
-    selected otherwise (top-k, NMS, clipping, min size) would fail here."""
+    selected otherwise (clipping, NMS, the number kept) would fail here."""
     ours, reference = _twins()
     counts = {"ours": [], "torchvision": []}
 
