@@ -10,11 +10,16 @@ import pytest
 import scipy.stats
 import torch
 from helpers import TINY, one_error_line, run_tool_process, two_images
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
+from torchvision.ops import box_iou
 
 from detector.config import ConfigError, load_config, resolve_config_path, with_defaults
 from detector.errors import UsageError
 from detector.modeling import build_detector
+from detector.modeling import roi_heads as our_roi_heads
+from detector.modeling import rpn as our_rpn
+from detector.modeling.matcher import sample_balanced
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,6 +101,21 @@ def _copy_weights(ours, reference):
     reference.load_state_dict(target)
 
 
+def _twins(*overrides):
+    """Ours and the torchvision reference with the same weights, in training mode."""
+    ours = _model(*overrides)
+    reference = _model("model.implementation=torchvision", *overrides)
+    _copy_weights(ours, reference)
+    return ours.train(), reference.train()
+
+
+def _batch_of_64s():
+    """two_images' targets on images whose sides are multiples of 64: torchvision derives P6's
+    anchor stride from the map size, ours fixes it at 64 (test_anchors_differ_only_on_p6)."""
+    images = [torch.randint(0, 256, (3, 128, 192), dtype=torch.uint8), torch.rand(3, 192, 128)]
+    return images, two_images()[1]
+
+
 def test_same_weights_same_batch_give_the_same_losses():
     """With every candidate anchor and RoI sampled (no random sampling left), both detectors compute
     the same four losses from the same weights: the reference is built faithfully, and a gap
@@ -106,15 +126,8 @@ def test_same_weights_same_batch_give_the_same_losses():
         "model.rpn.positive_fraction=1.0",
         "model.roi_head.positive_fraction=1.0",
     ]
-    ours = _model(*every)
-    reference = _model("model.implementation=torchvision", *every)
-    _copy_weights(ours, reference)
-    # sides that are multiples of 64: torchvision derives P6's stride from the map size, ours fixes
-    # it at 64
-    images = [torch.randint(0, 256, (3, 128, 192), dtype=torch.uint8), torch.rand(3, 192, 128)]
-    _, targets = two_images()
-    ours.train()
-    reference.train()
+    ours, reference = _twins(*every)
+    images, targets = _batch_of_64s()
     torch.manual_seed(1)
     ours_losses, _ = ours(images, targets)
     torch.manual_seed(1)
@@ -122,6 +135,89 @@ def test_same_weights_same_batch_give_the_same_losses():
     assert set(ref_losses) == set(ours_losses) and ref_stats == {}
     for name, value in ours_losses.items():
         assert ref_losses[name].item() == pytest.approx(value.item(), rel=1e-4, abs=1e-6), name
+
+
+def test_default_samplers_sample_alike_per_image(monkeypatch):
+    """With the default samplers (not every candidate, as above), the same weights and batch give
+    both the same training proposals and, per image, the same foreground and background candidates
+    and sampled counts in the RPN and the RoI heads, as torchvision's per-image
+    BalancedPositiveNegativeSampler (issue 31, "What is left"). A per-batch sampler or proposals
+    selected otherwise (clipping, NMS, the number kept) would fail here."""
+    ours, reference = _twins()
+    counts = {"ours": [], "torchvision": []}
+
+    def ours_sampler(fg, bg, batch_size_per_image, positive_fraction):
+        index, is_fg, valid = sample_balanced(fg, bg, batch_size_per_image, positive_fraction)
+        for i in range(fg.shape[0]):
+            counts["ours"].append(
+                [
+                    fg[i].sum(),
+                    bg[i].sum(),
+                    (is_fg[i] & valid[i]).sum(),
+                    (valid[i] & ~is_fg[i]).sum(),
+                ]
+            )
+        return index, is_fg, valid
+
+    def reference_sampler(sampler):
+        def sample(labels):
+            positive, negative = sampler(labels)
+            for label, pos, neg in zip(labels, positive, negative):
+                counts["torchvision"].append(
+                    [(label >= 1).sum(), (label == 0).sum(), pos.sum(), neg.sum()]
+                )
+            return positive, negative
+
+        return sample
+
+    monkeypatch.setattr(our_rpn, "sample_balanced", ours_sampler)
+    monkeypatch.setattr(our_roi_heads, "sample_balanced", ours_sampler)
+    monkeypatch.setattr(
+        reference.rpn, "fg_bg_sampler", reference_sampler(reference.rpn.fg_bg_sampler)
+    )
+    monkeypatch.setattr(
+        reference.roi_heads, "fg_bg_sampler", reference_sampler(reference.roi_heads.fg_bg_sampler)
+    )
+    proposals = {}
+    for name, model in (("ours", ours), ("torchvision", reference)):
+        forward = model.rpn.forward
+
+        def record(*args, name=name, forward=forward, **kwargs):
+            out = forward(*args, **kwargs)
+            # ours: padded [N,P,4] with a valid mask [N,P]; torchvision: a list of [P_i,4]
+            proposals[name] = [b[v] for b, v in zip(out[0], out[2])] if name == "ours" else out[0]
+            return out
+
+        monkeypatch.setattr(model.rpn, "forward", record)
+    images, targets = _batch_of_64s()
+    with torch.no_grad():
+        ours(images, targets)
+        reference(images, targets)
+    # per image: RPN then RoI heads; [#fg candidates, #bg candidates, sampled fg, sampled bg]
+    assert torch.tensor(counts["ours"]).tolist() == torch.tensor(counts["torchvision"]).tolist()
+    assert len(counts["ours"]) == 4
+    # the samplers did cap: fewer sampled than candidates
+    assert all(row[3] < row[1] for row in torch.tensor(counts["ours"]).tolist())
+    for mine, theirs in zip(proposals["ours"], proposals["torchvision"]):
+        assert len(mine) == len(theirs) > 0
+        assert box_iou(theirs, mine).max(dim=1).values.min() > 0.999
+
+
+def test_anchors_differ_only_on_p6():
+    """The one difference left in the anchors: torchvision's stride is the padded image's side //
+    the map's, ours the FPN's fixed 4..64. They agree on P2..P5 always and on P6 when the side is a
+    multiple of 64; at 288 (the quickstart's largest training scale) P6 steps 57 px, ours 64."""
+    ours, reference = _twins()
+    for side, p6_equal in ((256, True), (288, False)):
+        grids = [(math.ceil(side / s), math.ceil(side / s)) for s in (4, 8, 16, 32, 64)]
+        mine = ours.rpn.anchors(grids, torch.device("cpu")).split([3 * h * w for h, w in grids])
+        batch = ImageList(torch.zeros(1, 3, side, side), [(side, side)])
+        features = [torch.zeros(1, 1, h, w) for h, w in grids]
+        theirs = reference.rpn.anchor_generator(batch, features)[0].split(
+            [3 * h * w for h, w in grids]
+        )
+        for level, (a, b) in enumerate(zip(mine, theirs)):
+            assert torch.equal(a, b) == (level < 4 or p6_equal), (side, level)
 
 
 def test_reference_loss_takes_the_configured_beta():
