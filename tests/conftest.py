@@ -24,9 +24,17 @@ def coco_tiny() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    """One root for the tiny synthetic set of ``helpers.tiny_run_overrides``, generated once per
-    session."""
-    return tmp_path_factory.mktemp("synthetic")
+    """The tiny synthetic set of ``helpers.tiny_run_overrides``, generated once per session (a
+    training on it reuses it; tools that only read data find it there)."""
+    from helpers import tiny_run_overrides
+
+    from detector.config import load_config
+    from detector.data.synthetic import ensure_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    cfg = load_config([], tiny_run_overrides(root, root / "unused"))
+    ensure_synthetic(root, **cfg.data.synthetic.to_dict())
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ checkpoint pickled under numpy 1.x loads as data."""
 import json
 import os
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ import torch
 from helpers import one_error_line, run_tool_process, tiny_run_overrides
 
 from detector.config import load_config
-from detector.data.synthetic import ensure_synthetic
 from detector.engine.checkpoint import load_checkpoint, save_checkpoint
 from detector.engine.runs import RUN_CONFIG_HEADER
 
@@ -30,18 +28,6 @@ def alias_bomb(levels: int) -> str:
 
 
 DEEP = "[" * 100_000 + "]" * 100_000  # beyond Python's recursion limit in json.loads
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    cfg = load_config([], tiny_run_overrides(root, root / "unused"))
-    ensure_synthetic(root, **cfg.data.synthetic.to_dict())
-    return root
-
-
-def overrides(data_root: Path) -> list[str]:
-    return tiny_run_overrides(data_root, data_root.parent / "unused")
 
 
 def test_yaml_aliases_are_refused_in_config_files_and_overrides(tmp_path):
@@ -60,7 +46,7 @@ def test_yaml_aliases_are_refused_in_config_files_and_overrides(tmp_path):
     assert "aliases (*name) are not allowed" in line
 
 
-def test_deeply_nested_json_is_one_line_naming_the_file(data_root, tmp_path):
+def test_deeply_nested_json_is_one_line_naming_the_file(tiny_data, tmp_path):
     ann = tmp_path / "instances_train.json"
     ann.write_text('{"images": ' + DEEP + ', "categories": []}')
     proc = run_tool_process(
@@ -70,7 +56,8 @@ def test_deeply_nested_json_is_one_line_naming_the_file(data_root, tmp_path):
     assert "nested too deeply" in proc.stderr
     dets = tmp_path / "dets.json"
     dets.write_text(DEEP)
-    proc = run_tool_process("eval", "--cfg", "base.yaml", "--dets", dets, *overrides(data_root))
+    data = tiny_run_overrides(tiny_data, tmp_path / "unused")
+    proc = run_tool_process("eval", "--cfg", "base.yaml", "--dets", dets, *data)
     assert proc.returncode == 1 and str(dets) in one_error_line(proc)
     assert "nested too deeply" in proc.stderr
 
@@ -95,7 +82,7 @@ def test_a_nan_or_non_object_image_entry_is_one_line(tmp_path, image, said):
     assert proc.returncode == 1 and line.startswith(f"error: {ann}: ") and said in line
 
 
-def test_non_utf8_bytes_are_one_line_naming_the_file(data_root, tmp_path):
+def test_non_utf8_bytes_are_one_line_naming_the_file(tiny_data, tmp_path):
     ann = tmp_path / "instances_train.json"
     ann.write_text(
         json.dumps(
@@ -114,19 +101,20 @@ def test_non_utf8_bytes_are_one_line_naming_the_file(data_root, tmp_path):
 
     run = tmp_path / "run"  # a run whose config.yaml took a stray byte
     run.mkdir()
-    text = RUN_CONFIG_HEADER + load_config([], overrides(data_root)).to_yaml()
+    cfg = load_config([], tiny_run_overrides(tiny_data, tmp_path / "unused"))
+    text = RUN_CONFIG_HEADER + cfg.to_yaml()
     (run / "config.yaml").write_bytes(text.encode() + b"# \xff\n")
     (run / "metrics.jsonl").write_text('{"type": "train", "iter": 1}\n')
-    argv = ["--cfg", "base.yaml", "--resume", *tiny_run_overrides(data_root, run)]
+    argv = ["--cfg", "base.yaml", "--resume", *tiny_run_overrides(tiny_data, run)]
     proc = run_tool_process("train", *argv)
     line = one_error_line(proc)
     assert proc.returncode == 2 and line.startswith(f"error: {run / 'config.yaml'}: cannot be read")
 
 
-def test_backbone_weights_that_hold_code_are_one_clean_line(data_root, tmp_path):
+def test_backbone_weights_that_hold_code_are_one_clean_line(tiny_data, tmp_path):
     weights = tmp_path / "evil.pth"
     torch.save({"conv1.weight": torch.ones(1), "hook": os.getcwd}, weights)
-    argv = ["--cfg", "smoothl1.yaml", *tiny_run_overrides(data_root, tmp_path / "run")]
+    argv = ["--cfg", "smoothl1.yaml", *tiny_run_overrides(tiny_data, tmp_path / "run")]
     proc = run_tool_process("train", *argv, f"model.backbone.weights={weights}")
     line = one_error_line(proc)
     assert proc.returncode == 1 and "\x1b" not in proc.stderr

@@ -7,13 +7,11 @@ cases 1 and 6)."""
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from helpers import one_error_line, run_tool_process, tiny_run_overrides
 
 from detector.config import load_config
 from detector.data import build_dataset
-from detector.data.synthetic import ensure_synthetic
 from detector.engine.runs import RUN_CONFIG_HEADER
 from detector.modeling import build_detector
 
@@ -28,18 +26,6 @@ COCO = {
         {"id": 2, "image_id": 2, "category_id": 1, "bbox": [2, 2, 5, 5]},
     ],
 }
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    cfg = load_config([], tiny_run_overrides(root, root / "unused"))
-    ensure_synthetic(root, **cfg.data.synthetic.to_dict())
-    return root
-
-
-def overrides(data_root: Path) -> list[str]:
-    return tiny_run_overrides(data_root, data_root.parent / "unused")
 
 
 def unfinished_run(run: Path) -> Path:
@@ -78,8 +64,9 @@ def test_make_subset_never_replaces_its_input_or_a_file_unasked(tmp_path):
     assert len(json.loads(theirs.read_text())["images"]) == 1
 
 
-def test_dump_proposals_never_replaces_a_file_unasked(data_root, tmp_path):
-    cfg = load_config([], overrides(data_root))
+def test_dump_proposals_never_replaces_a_file_unasked(tiny_data, tmp_path):
+    data = tiny_run_overrides(tiny_data, tmp_path / "unused")
+    cfg = load_config([], data)
     classes = build_dataset(cfg, "val", transforms=False).classes
     torch.manual_seed(0)
     ckpt = tmp_path / "last.pth"
@@ -87,7 +74,7 @@ def test_dump_proposals_never_replaces_a_file_unasked(data_root, tmp_path):
     metrics = unfinished_run(tmp_path / "run") / "eval" / "metrics.json"  # a run's result
     metrics.parent.mkdir()
     metrics.write_text('{"AP": 0.5}')
-    argv = ["--cfg", "base.yaml", "--ckpt", ckpt, "--split", "val", *overrides(data_root)]
+    argv = ["--cfg", "base.yaml", "--ckpt", ckpt, "--split", "val", *data]
     proc = run_tool_process("dump_proposals", *argv, "--out", metrics)
     assert proc.returncode == 2 and str(metrics) in one_error_line(proc)
     assert metrics.read_text() == '{"AP": 0.5}'
@@ -102,13 +89,14 @@ def test_dump_proposals_never_replaces_a_file_unasked(data_root, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_eval_out_is_resolved_before_it_is_checked(data_root, tmp_path):
+def test_eval_out_is_resolved_before_it_is_checked(tiny_data, tmp_path):
     """``--out run/eval/x/..`` and a link to ``run/eval`` are the run's eval folder: metrics.json
     there would mark the unfinished run finished, for training and for the ablation runner."""
     run = unfinished_run(tmp_path / "run")
     (run / "eval" / "x").mkdir(parents=True)
     (tmp_path / "link").symlink_to(run / "eval")
-    cfg = load_config([], overrides(data_root))
+    data = tiny_run_overrides(tiny_data, tmp_path / "unused")
+    cfg = load_config([], data)
     dataset = build_dataset(cfg, "val", transforms=False)
     dets = tmp_path / "dets.json"
     records = [dataset.get_image_info(i) for i in range(len(dataset))]
@@ -122,9 +110,7 @@ def test_eval_out_is_resolved_before_it_is_checked(data_root, tmp_path):
         )
     )
     for out in (run / "eval" / "x" / "..", tmp_path / "link"):
-        proc = run_tool_process(
-            "eval", "--cfg", "base.yaml", "--dets", dets, "--out", out, *overrides(data_root)
-        )
+        proc = run_tool_process("eval", "--cfg", "base.yaml", "--dets", dets, "--out", out, *data)
         assert proc.returncode == 2
         assert f"is the eval folder of the training run {run}" in one_error_line(proc)
         assert not (run / "eval" / "metrics.json").exists()
