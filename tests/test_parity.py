@@ -295,7 +295,7 @@ def test_parity_never_replaces_a_file_it_did_not_write(tmp_path):
     (out / "arms").mkdir(parents=True)
     (out / "arms" / "ours.yaml").write_text("my config\n")
     proc = run_tool_process("parity", "--out", out, "--seeds", "1")
-    assert proc.returncode == 2 and "ours.yaml is there" in one_error_line(proc)
+    assert proc.returncode == 2 and "ours.yaml already exists" in one_error_line(proc)
     assert (out / "arms" / "ours.yaml").read_text() == "my config\n"
     assert [path.name for path in out.rglob("*")] == ["arms", "ours.yaml"]  # nothing trained
     base = resolve_config_path("smoothl1.yaml")
@@ -305,6 +305,6 @@ def test_parity_never_replaces_a_file_it_did_not_write(tmp_path):
     (out / "parity.md").write_text(tool.TITLE + "\n\nan earlier report\n")
     tool.check_outputs(out, texts, overwrite=False)
     (out / "parity.md").write_text("my notes\n")
-    with pytest.raises(UsageError, match="parity.md is there"):
+    with pytest.raises(UsageError, match="parity.md already exists"):
         tool.check_outputs(out, texts, overwrite=False)
     tool.check_outputs(out, texts, overwrite=True)

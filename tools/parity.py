@@ -92,20 +92,13 @@ def arm_config(base: Path, overrides: list[str]) -> str:
 
 def check_outputs(out: Path, arms: dict[str, str], overwrite: bool) -> None:
     """The arms' config files and parity.md may be written (docs/runs.md, "Outputs"): a file that
-    is there is this tool's (the same arm, or a parity report), else ``--overwrite`` is needed.
-    A folder that cannot be written is an ``OSError`` first (exit 1), as in every tool."""
-    paths = {out / "arms" / f"{name}.yaml": text for name, text in arms.items()}
-    for path in [*paths, out / "parity.md"]:
-        check_output(path, overwrite=True)
-    foreign = [path for path, text in paths.items() if _text(path) not in (None, text)]
-    report = _text(out / "parity.md")
-    if report is not None and not report.startswith(TITLE + "\n"):
-        foreign.append(out / "parity.md")
-    if foreign and not overwrite:
-        raise UsageError(
-            f"--out {out}: {foreign[0]} is there, and this tool did not write it (or wrote it for "
-            f"another arm); pass another --out, or --overwrite to replace it"
-        )
+    is there is replaced when this tool wrote it (the same arm's config, a parity report), else
+    only with ``overwrite``."""
+    for name, text in arms.items():
+        path = out / "arms" / f"{name}.yaml"
+        check_output(path, overwrite=overwrite or _text(path) == text)
+    report = _text(out / "parity.md") or ""
+    check_output(out / "parity.md", overwrite=overwrite or report.startswith(TITLE + "\n"))
 
 
 def _text(path: Path) -> str | None:

@@ -19,7 +19,8 @@ from typing import Any
 
 from detector.ablation.launch import last_line
 from detector.ablation.localisation import MATCH_IOU, SCORE_THRESHOLD, tide_available
-from detector.ablation.plan import METRICS_FILE, AblationError, Run, groups_of, is_finished
+from detector.ablation.plan import METRICS_FILE, Run, groups_of, is_finished
+from detector.ablation.plots import PLOTS, plot_all
 from detector.ablation.record import RECORD, RecordError, ensure_record
 from detector.ablation.stats import (
     ALPHA,
@@ -73,6 +74,7 @@ NOT_STARTED = "not started"
 CSV_OWN = CSV_COLUMNS[:5]
 BETA_CSV = "beta.csv"
 TP_IOU_CSV = "tp_iou.csv"
+REPORT_FILES = ("summary.md", "summary.csv", TP_IOU_CSV, BETA_CSV, *PLOTS)
 TP_IOU_BINS = [0.5 + 0.025 * i for i in range(21)]  # the true positives' IoU histogram
 # what beta.csv holds per logged step of a run whose beta changes
 BETA_KEYS = (
@@ -266,21 +268,11 @@ def compare(
 
 def check_report_folder(out: Path, inputs: list[str], overwrite: bool = False) -> Path:
     """``out`` resolved, once the report may be written there (docs/runs.md, "Outputs"): its
-    report files are replaced only when its summary.csv is an ablation's (its header begins with
-    :data:`CSV_OWN`: columns added later do not disown it), or with ``overwrite``; an input (a
-    config) is never one of them."""
-    from detector.ablation.plots import PLOTS
-
-    names = ("summary.md", "summary.csv", TP_IOU_CSV, BETA_CSV, *PLOTS)
-    folder = check_output_folder(out, names, inputs=inputs, overwrite=True)
-    present = [name for name in names if (folder / name).exists()]
-    if present and not overwrite and not _is_summary_csv(folder / "summary.csv"):
-        raise AblationError(
-            f"--out {out} already holds {', '.join(present)}, and no ablation report wrote them "
-            f"(its summary.csv would begin {','.join(CSV_OWN)}); pass another --out, or "
-            f"--overwrite to replace them"
-        )
-    return folder
+    report files are replaced when its summary.csv is an ablation's (its header begins with
+    :data:`CSV_OWN`: columns added later do not disown it), else only with ``overwrite``; an input
+    (a config) is never one of them."""
+    own = _is_summary_csv(Path(out) / "summary.csv")
+    return check_output_folder(out, REPORT_FILES, inputs=inputs, overwrite=overwrite or own)
 
 
 def _is_summary_csv(path: Path) -> bool:
@@ -300,8 +292,6 @@ def write_report(
     family: Family = Family(),
 ) -> list[Group]:
     """Write summary.csv, summary.md and the plots into ``out``; return the groups."""
-    from detector.ablation.plots import plot_all
-
     groups = collect(runs, out)
     stats = {
         g.name: {
