@@ -383,6 +383,12 @@ def _table(head: list[str], rows: list[list]) -> list[str]:
     return [_row(head), "|---" * len(head) + "|", *map(_row, rows)]
 
 
+def _section(title: str, text: str, table: list[str] = ()) -> list[str]:
+    """A summary.md section: its heading, ``text``, then ``table`` when there is one."""
+    lines = ["", f"## {title}", "", text]
+    return [*lines, "", *table] if table else lines
+
+
 def _stats_table(columns: list[Stat], stats, counted: str, counts: list[tuple]) -> list[str]:
     """Per (group, its cell under ``counted``) of ``counts``: the mean ± std of each of ``columns``,
     or "–" without a finished run."""
@@ -427,24 +433,18 @@ def _header(groups: list[Group], title: str, command: str) -> list[str]:
 
 def _summary_section(groups: list[Group], stats) -> list[str]:
     columns = _columns(groups, stats, "summary")
-    noise = any(c.name == "label_noise" for c in columns)
-    lines = [
-        "",
-        "## Mean ± std over seeds",
-        "",
+    text = (
         "COCO AP in percent (AP90, AP95: at IoU 0.90, 0.95); std over seeds. loss_box_reg: the "
         "mean over the last 10% of logged iterations; images_per_s: training throughput; "
         "eval_time_s: seconds of the final evaluation (inference and scoring). summary.csv holds "
         'every run\'s numbers, as fractions. A failed run is in no mean; "failed k of n seeds" '
         "counts it."
-        + (
+    )
+    if any(c.name == "label_noise" for c in columns):
+        text += (
             " noise: the nominal share of training boxes corrupted; noise realised: the share "
             "that differs from the clean boxes (record.json)."
-            if noise
-            else ""
-        ),
-        "",
-    ]
+        )
     counts = []
     for g in groups:
         seeds = str(len(g.results))
@@ -455,17 +455,16 @@ def _summary_section(groups: list[Group], stats) -> list[str]:
         elif g.failed:
             seeds += f"; {g.failed}"
         counts.append((g, seeds))
-    return lines + _stats_table(columns, stats, "seeds", counts)
+    return _section("Mean ± std over seeds", text, _stats_table(columns, stats, "seeds", counts))
 
 
 def _paired_prose(baseline: str, tests: int, family: Family) -> str:
     level, alpha, quantile = round(100 * CONFIDENCE), f"{ALPHA:.2g}", (1 + CONFIDENCE) / 2
     text = (
         f"Per metric, d = config − {baseline} for each seed both finished (AP points): its mean "
-        "over "
-        f"the n pairs and a {level}% Student-t interval over the paired differences, mean ± "
+        f"over the n pairs and a {level}% Student-t interval over the paired differences, mean ± "
         f"t({quantile:g}, n−1) · sd(d) / √n, **uncorrected** (not simultaneous); p: the two-sided "
-        f"paired t test. "
+        "paired t test. "
     )
     if family.primary:
         margins = ", ".join(
@@ -473,15 +472,12 @@ def _paired_prose(baseline: str, tests: int, family: Family) -> str:
         )
         text += (
             f"**Pre-registered family: {tests} tests** (each config × "
-            f"{', '.join(family.primary)}); "
-            "Holm's correction runs over exactly these (an untestable one counts, with p = 1); "
-            "the "
-            f'verdict is better or worse only when the Holm-adjusted p < {alpha}. "No difference" '
-            "is "
-            "claimed only by equivalence: TOST (two one-sided paired t tests) with margins "
-            f"{margins}, "
-            f"Holm-adjusted over the same tests, < {alpha}. Every other metric is **exploratory**: "
-            f"its p and interval are uncorrected and it gets no verdict. "
+            f"{', '.join(family.primary)}); Holm's correction runs over exactly these (an "
+            "untestable one counts, with p = 1); the verdict is better or worse only when the "
+            f'Holm-adjusted p < {alpha}. "No difference" is claimed only by equivalence: TOST (two '
+            f"one-sided paired t tests) with margins {margins}, Holm-adjusted over the same tests, "
+            f"< {alpha}. Every other metric is **exploratory**: its p and interval are uncorrected "
+            "and it gets no verdict. "
         )
     else:
         text += (
@@ -490,25 +486,23 @@ def _paired_prose(baseline: str, tests: int, family: Family) -> str:
         )
     return text + (
         f"Too few seeds when n < {MIN_PAIRS} or sd(d) = 0. A failed seed of the config blocks "
-        "better "
-        f"(of the baseline: worse): the survivors are not a fair sample. detectable: the smallest "
-        f"true difference found with {POWER:.0%} power at Holm's strictest level ({alpha} / the "
-        f"number of tests; exploratory rows: {alpha}), from the sd of d pooled over the report's "
-        f"configs; with no evidence, smaller ones may exist unseen. Metrics undefined on either "
-        f"side (COCO's -1) are left out."
+        "better (of the baseline: worse): the survivors are not a fair sample. detectable: the "
+        f"smallest true difference found with {POWER:.0%} power at Holm's strictest level ({alpha} "
+        f"/ the number of tests; exploratory rows: {alpha}), from the sd of d pooled over the "
+        "report's configs; with no evidence, smaller ones may exist unseen. Metrics undefined on "
+        "either side (COCO's -1) are left out."
     )
 
 
 def _paired_section(
     groups: list[Group], paired, tests: int, baseline: str, family: Family
 ) -> list[str]:
-    lines = ["", f"## Paired differences to {baseline}", ""]
+    title = f"Paired differences to {baseline}"
     if not next(g for g in groups if g.name == baseline).results:
-        return lines + [
-            f"The baseline {baseline} has no finished run: there is nothing to pair with."
-        ]
+        text = f"The baseline {baseline} has no finished run: there is nothing to pair with."
+        return _section(title, text)
     if not paired:
-        return lines + ["No other config has a finished run: there is nothing to compare."]
+        return _section(title, "No other config has a finished run: there is nothing to compare.")
     level = f"{round(100 * CONFIDENCE)}% CI"
     head = [
         "config",
@@ -540,7 +534,7 @@ def _paired_section(
                 cells[6:6] = [_interval(d.sim_low, d.sim_high) if d.family == "primary" else "–"]
                 cells.append(_p(d.p_tost_holm))
             rows.append([*cells, detectable, shown])
-    return [*lines, _paired_prose(baseline, tests, family), "", *_table(head, rows)]
+    return _section(title, _paired_prose(baseline, tests, family), _table(head, rows))
 
 
 def _power_section(paired, family: Family, tests: int) -> list[str]:
@@ -549,17 +543,13 @@ def _power_section(paired, family: Family, tests: int) -> list[str]:
     if not family.primary or not paired:
         return []
     alpha = ALPHA / max(1, tests)
-    lines = [
-        "",
-        "## Power: the seeds rule",
-        "",
-        f"Per primary endpoint: the sd of the paired differences pooled over the configs (its "
-        f"degrees of freedom), the smallest true difference the most pairs here find with "
+    text = (
+        "Per primary endpoint: the sd of the paired differences pooled over the configs (its "
+        "degrees of freedom), the smallest true difference the most pairs here find with "
         f"{POWER:.0%} power, and the seeds a two-sided paired t test at {ALPHA:g} / {tests} = "
         f"{alpha:.3g} needs to find the endpoint's margin with {POWER:.0%} power (more than 100: "
-        f"'> 100').",
-        "",
-    ]
+        "'> 100')."
+    )
     rows = []
     for metric in family.primary:
         diffs = [by[metric] for by in paired.values()]
@@ -575,11 +565,11 @@ def _power_section(paired, family: Family, tests: int) -> list[str]:
         cells += ["–" if margin is None else f"±{100 * margin:g}", shown]
         rows.append(cells)
     head = ["metric", "pooled sd of d", "df", "pairs", "detectable", "margin", "seeds"]
-    return lines + _table(head, rows)
+    return _section("Power: the seeds rule", text, _table(head, rows))
 
 
 def _localisation_section(groups: list[Group], stats, histogram: bool = False) -> list[str]:
-    lines = ["", "## Localisation of true positives", ""]
+    title = "Localisation of true positives"
     errors = [
         r["localisation_error"]
         for g in groups
@@ -588,20 +578,15 @@ def _localisation_section(groups: list[Group], stats, histogram: bool = False) -
     ]
     with_tps = [g for g in groups if stats[g.name]["tp_iou_median"].n]
     if not with_tps:
-        lines.append(
-            "No finished run has true-positive IoUs in its record: nothing to show."
-            + (f" ({errors[0]})" if errors else "")
-        )
-        return lines
+        text = "No finished run has true-positive IoUs in its record: nothing to show."
+        return _section(title, text + (f" ({errors[0]})" if errors else ""))
     columns = _columns(with_tps, stats, "localisation")
-    tide = any(c.name.startswith("tide_") for c in columns)
-    if tide:
+    if any(c.name.startswith("tide_") for c in columns):
         tide_note = (
             "TIDE Loc: TIDE's localisation-error dAP (tidecv; AP points at IoU 0.5 gained by "
-            "fixing "
-            "detections mislocalised at IoU 0.1 to 0.5; lower is better); Loc@0.75: the same with "
-            "true positives at IoU >= 0.75 (errors at 0.1 to 0.75), closer to where box losses "
-            "differ."
+            "fixing detections mislocalised at IoU 0.1 to 0.5; lower is better); Loc@0.75: the "
+            "same with true positives at IoU >= 0.75 (errors at 0.1 to 0.75), closer to where box "
+            "losses differ."
         )
     elif tide_available():
         tide_note = "TIDE's localisation error is not shown: no run gave it."
@@ -610,16 +595,16 @@ def _localisation_section(groups: list[Group], stats, histogram: bool = False) -
             "TIDE's localisation error is not shown: tidecv is not importable (optional: pip "
             'install -e ".[tide]").'
         )
-    lines.append(
+    text = (
         f"Each detection with score >= {SCORE_THRESHOLD} is matched the COCO way (at IoU >= "
         f"{MATCH_IOU}); the IoUs of these true positives per run, by their median and the share >= "
         f"0.75 and >= 0.9, then mean ± std over seeds (tp_iou.png: their histogram per config"
         f"{f'; {TP_IOU_CSV}: its counts, pooled over seeds' if histogram else ''}). {tide_note}"
     )
     if errors:
-        lines.append(f"Runs without these numbers: {'; '.join(errors)}.")
+        text += f"\nRuns without these numbers: {'; '.join(errors)}."
     counts = [(g, stats[g.name]["tp_iou_median"].n) for g in with_tps]
-    return [*lines, "", *_stats_table(columns, stats, "runs", counts)]
+    return _section(title, text, _stats_table(columns, stats, "runs", counts))
 
 
 def _write_tp_iou_csv(path: Path, groups: list[Group]) -> bool:
@@ -674,41 +659,33 @@ def _sampling_section(groups: list[Group], stats, dynamic_runs: int) -> list[str
     shown = [g for g in groups if stats[g.name]["num_pos_per_image"].n]
     if not shown:
         return []
-    lines = [
-        "",
-        "## Sampled positives and Dynamic's statistic",
-        "",
+    text = (
         "Means over the logged training steps, then mean ± std over seeds. Zero targets: sampled "
         "positives whose regression target is exactly 0, the GT boxes added as proposals; Dynamic "
         "Smooth L1's statistic (the k-th smallest |target| of the positives) is 0 whenever k of "
         "them are sampled, and an update whose median statistic is 0 keeps the old β. Zero "
-        "statistics per update: the share of an update interval's statistics that were 0.",
-    ]
+        "statistics per update: the share of an update interval's statistics that were 0."
+    )
     if dynamic_runs:
-        lines[-1] += (
+        text += (
             f" {BETA_CSV}: every logged step of the {dynamic_runs} run(s) whose β changes (β, its "
             f"statistic, the zero share, positives and zero targets per image)."
         )
     counts = [(g, stats[g.name]["num_pos_per_image"].n) for g in shown]
-    return [*lines, "", *_stats_table(columns, stats, "runs", counts)]
+    table = _stats_table(columns, stats, "runs", counts)
+    return _section("Sampled positives and Dynamic's statistic", text, table)
 
 
 def _convergence_section(groups: list[Group]) -> list[str]:
     moved = {g.name: convergence(list(g.results.values())) for g in groups if g.results}
     if not any(moved.values()):
         return []
-    lines = [
-        "",
-        "## The last quarter (a diagnostic)",
-        "",
+    text = (
         "Mean AP over the seeds at the last evaluation by 3/4 of training and at the end "
         "(ap_curve.png shows every evaluation). A diagnostic, not a convergence test: under a "
-        "cosine "
-        "schedule the last quarter holds 2.5% of the lr integral, so this mostly measures the "
-        "final "
-        "annealing; the budget is tested by doubling it (docs/results/README.md).",
-        "",
-    ]
+        "cosine schedule the last quarter holds 2.5% of the lr integral, so this mostly measures "
+        "the final annealing; the budget is tested by doubling it (docs/results/README.md)."
+    )
     rows = []
     for name, m in moved.items():
         if m:
@@ -716,18 +693,16 @@ def _convergence_section(groups: list[Group]) -> list[str]:
             change = "yes" if abs(b - a) < 0.01 else "no"
             rows.append([name, f"{_pct(a)} (iteration {it})", _pct(b), _pct(b - a, True), change])
     head = ["config", "AP by 3/4", "AP at the end", "change", "change < 1 AP"]
-    return lines + _table(head, rows)
+    return _section("The last quarter (a diagnostic)", text, _table(head, rows))
 
 
 def _unfinished_section(groups: list[Group]) -> list[str]:
     unfinished = [g for g in groups if g.unfinished]
     if not unfinished:
         return []
-    lines = ["", "## Runs without results", ""]
+    lines = []
     for g in unfinished:
-        head = (
-            "all runs failed: no results" if not g.results else (g.failed or "not all runs started")
-        )
+        head = (g.failed or "not all runs started") if g.results else "all runs failed: no results"
         lines.append(f"- **{g.name}**: {head}")
         lines += [f"  - {run.name}: {why}" for run, why in g.unfinished]
-    return lines
+    return _section("Runs without results", "\n".join(lines))
