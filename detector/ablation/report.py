@@ -14,6 +14,7 @@ import math
 import statistics
 import sys
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,13 @@ class Group:
         k = sum(why != NOT_STARTED for _, why in self.unfinished)
         return f"failed {k} of {self.planned} seeds" if k else ""
 
+    @cached_property
+    def stats(self) -> dict[str, MeanStd]:
+        """Each row of ``STATS`` over the finished seeds (read once they are collected)."""
+        return {
+            s.name: mean_std(r["values"].get(s.name) for r in self.results.values()) for s in STATS
+        }
+
 
 def collect(runs: list[Run], out: Path) -> list[Group]:
     """The groups in plan order, read from ``out/runs`` (after ``check_runs``: its finished runs
@@ -293,22 +301,16 @@ def write_report(
 ) -> list[Group]:
     """Write summary.csv, summary.md and the plots into ``out``; return the groups."""
     groups = collect(runs, out)
-    stats = {
-        g.name: {
-            s.name: mean_std(r["values"].get(s.name) for r in g.results.values()) for s in STATS
-        }
-        for g in groups
-    }
     paired, tests = compare(groups, baseline, family)
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "summary.csv", groups, stats, paired, baseline)
+    _write_csv(out / "summary.csv", groups, paired, baseline)
     sections = (
         _header(groups, title, command),
-        _summary_section(groups, stats),
+        _summary_section(groups),
         _paired_section(groups, paired, tests, baseline, family),
         _power_section(paired, family, family.plan_tests or tests),
-        _localisation_section(groups, stats, _write_tp_iou_csv(out / TP_IOU_CSV, groups)),
-        _sampling_section(groups, stats, _write_beta_csv(out / BETA_CSV, groups)),
+        _localisation_section(groups, _write_tp_iou_csv(out / TP_IOU_CSV, groups)),
+        _sampling_section(groups, _write_beta_csv(out / BETA_CSV, groups)),
         _convergence_section(groups),
         _unfinished_section(groups),
     )
@@ -323,7 +325,7 @@ def _num(value: float | None) -> str:
     return f"{value:.6g}"
 
 
-def _write_csv(path: Path, groups: list[Group], stats, paired, baseline: str) -> None:
+def _write_csv(path: Path, groups: list[Group], paired, baseline: str) -> None:
     rows = []
     for g in groups:
         for seed, result in sorted(g.results.items()):
@@ -337,7 +339,7 @@ def _write_csv(path: Path, groups: list[Group], stats, paired, baseline: str) ->
             rows.append(
                 dict(kind="unfinished", config=g.name, seed=run.seed, run=run.name, note=why)
             )
-        for metric, s in stats[g.name].items():
+        for metric, s in g.stats.items():
             rows.append(dict(kind="group", config=g.name, metric=metric, n=s.n))
             rows[-1].update(value=_num(s.mean), std=_num(s.std))
         for metric, d in paired.get(g.name, {}).items():
@@ -351,9 +353,14 @@ def _write_csv(path: Path, groups: list[Group], stats, paired, baseline: str) ->
     _write_rows(path, rows, CSV_COLUMNS)
 
 
-def _write_rows(path: Path, rows: list[dict], columns) -> None:
+def _write_rows(path: Path, rows: list[dict], columns=None) -> None:
+    """``rows`` as a CSV file (``columns``: its header; default the first row's keys); none and no
+    ``columns``: no file (an earlier one removed)."""
+    path.unlink(missing_ok=True)
+    if not rows and columns is None:
+        return
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=columns or list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
 
@@ -389,13 +396,13 @@ def _section(title: str, text: str, table: list[str] = ()) -> list[str]:
     return [*lines, "", *table] if table else lines
 
 
-def _stats_table(columns: list[Stat], stats, counted: str, counts: list[tuple]) -> list[str]:
+def _stats_table(columns: list[Stat], counted: str, counts: list[tuple]) -> list[str]:
     """Per (group, its cell under ``counted``) of ``counts``: the mean ± std of each of ``columns``,
     or "–" without a finished run."""
     head = ["config", counted, *(c.label or c.name for c in columns)]
     rows = []
     for g, count in counts:
-        cells = [_cell(stats[g.name][c.name], c) for c in columns]
+        cells = [_cell(g.stats[c.name], c) for c in columns]
         rows.append([g.name, count, *(cells if g.results else ["–"] * len(columns))])
     return _table(head, rows)
 
@@ -410,10 +417,10 @@ def _interval(low: float, high: float) -> str:
     return "n/a" if math.isnan(low) else f"[{_pct(low, True)}, {_pct(high, True)}]"
 
 
-def _columns(groups: list[Group], stats, table: str) -> list[Stat]:
+def _columns(groups: list[Group], table: str) -> list[Stat]:
     """The rows of ``STATS`` shown in ``table``: an optional one only when some run has it."""
     shown = [s for s in STATS if s.table == table]
-    return [s for s in shown if not s.optional or any(stats[g.name][s.name].n for g in groups)]
+    return [s for s in shown if not s.optional or any(g.stats[s.name].n for g in groups)]
 
 
 def _header(groups: list[Group], title: str, command: str) -> list[str]:
@@ -431,8 +438,8 @@ def _header(groups: list[Group], title: str, command: str) -> list[str]:
     return lines
 
 
-def _summary_section(groups: list[Group], stats) -> list[str]:
-    columns = _columns(groups, stats, "summary")
+def _summary_section(groups: list[Group]) -> list[str]:
+    columns = _columns(groups, "summary")
     text = (
         "COCO AP in percent (AP90, AP95: at IoU 0.90, 0.95); std over seeds. loss_box_reg: the "
         "mean over the last 10% of logged iterations; images_per_s: training throughput; "
@@ -455,7 +462,7 @@ def _summary_section(groups: list[Group], stats) -> list[str]:
         elif g.failed:
             seeds += f"; {g.failed}"
         counts.append((g, seeds))
-    return _section("Mean ± std over seeds", text, _stats_table(columns, stats, "seeds", counts))
+    return _section("Mean ± std over seeds", text, _stats_table(columns, "seeds", counts))
 
 
 def _paired_prose(baseline: str, tests: int, family: Family) -> str:
@@ -568,7 +575,7 @@ def _power_section(paired, family: Family, tests: int) -> list[str]:
     return _section("Power: the seeds rule", text, _table(head, rows))
 
 
-def _localisation_section(groups: list[Group], stats, histogram: bool = False) -> list[str]:
+def _localisation_section(groups: list[Group], histogram: bool = False) -> list[str]:
     title = "Localisation of true positives"
     errors = [
         r["localisation_error"]
@@ -576,11 +583,11 @@ def _localisation_section(groups: list[Group], stats, histogram: bool = False) -
         for r in g.results.values()
         if "localisation_error" in r
     ]
-    with_tps = [g for g in groups if stats[g.name]["tp_iou_median"].n]
+    with_tps = [g for g in groups if g.stats["tp_iou_median"].n]
     if not with_tps:
         text = "No finished run has true-positive IoUs in its record: nothing to show."
         return _section(title, text + (f" ({errors[0]})" if errors else ""))
-    columns = _columns(with_tps, stats, "localisation")
+    columns = _columns(with_tps, "localisation")
     if any(c.name.startswith("tide_") for c in columns):
         tide_note = (
             "TIDE Loc: TIDE's localisation-error dAP (tidecv; AP points at IoU 0.5 gained by "
@@ -603,8 +610,8 @@ def _localisation_section(groups: list[Group], stats, histogram: bool = False) -
     )
     if errors:
         text += f"\nRuns without these numbers: {'; '.join(errors)}."
-    counts = [(g, stats[g.name]["tp_iou_median"].n) for g in with_tps]
-    return _section(title, text, _stats_table(columns, stats, "runs", counts))
+    counts = [(g, g.stats["tp_iou_median"].n) for g in with_tps]
+    return _section(title, text, _stats_table(columns, "runs", counts))
 
 
 def _write_tp_iou_csv(path: Path, groups: list[Group]) -> bool:
@@ -630,9 +637,7 @@ def _write_tp_iou_csv(path: Path, groups: list[Group]) -> bool:
                 dict(config=g.name, runs=len(ious), iou_low=f"{low:.3f}", iou_high=f"{high:.3f}")
             )
             rows[-1].update(count=count, share=share)
-    path.unlink(missing_ok=True)
-    if rows:
-        _write_rows(path, rows, list(rows[0]))
+    _write_rows(path, rows)
     return bool(rows)
 
 
@@ -648,15 +653,13 @@ def _write_beta_csv(path: Path, groups: list[Group]) -> int:
             for r in train:
                 rows.append(dict(config=g.name, seed=seed, run=result["run"], iter=r["iter"]))
                 rows[-1].update({k: _num(r.get(k)) for k in BETA_KEYS})
-    path.unlink(missing_ok=True)
-    if rows:
-        _write_rows(path, rows, ["config", "seed", "run", "iter", *BETA_KEYS])
+    _write_rows(path, rows)
     return len({(r["config"], r["seed"]) for r in rows})
 
 
-def _sampling_section(groups: list[Group], stats, dynamic_runs: int) -> list[str]:
-    columns = _columns(groups, stats, "sampling")
-    shown = [g for g in groups if stats[g.name]["num_pos_per_image"].n]
+def _sampling_section(groups: list[Group], dynamic_runs: int) -> list[str]:
+    columns = _columns(groups, "sampling")
+    shown = [g for g in groups if g.stats["num_pos_per_image"].n]
     if not shown:
         return []
     text = (
@@ -671,8 +674,8 @@ def _sampling_section(groups: list[Group], stats, dynamic_runs: int) -> list[str
             f" {BETA_CSV}: every logged step of the {dynamic_runs} run(s) whose β changes (β, its "
             f"statistic, the zero share, positives and zero targets per image)."
         )
-    counts = [(g, stats[g.name]["num_pos_per_image"].n) for g in shown]
-    table = _stats_table(columns, stats, "runs", counts)
+    counts = [(g, g.stats["num_pos_per_image"].n) for g in shown]
+    table = _stats_table(columns, "runs", counts)
     return _section("Sampled positives and Dynamic's statistic", text, table)
 
 
