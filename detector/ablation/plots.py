@@ -1,5 +1,5 @@
-"""The plots of an ablation report. ``groups`` maps each config with a finished run to the
-:func:`detector.ablation.report.read_run` results of its finished runs.
+"""The plots of an ablation report. ``groups`` maps each config with a finished run to its
+finished runs: seed -> the :func:`detector.ablation.report.read_run` results.
 """
 
 from __future__ import annotations
@@ -19,19 +19,20 @@ PLOTS = (
     "pred_err.png",
     "tp_iou.png",
 )
+# the loss curves of loss_curves.png: the metrics.jsonl key -> its label
+LOSS_CURVES = {"loss_box_reg": "loss_box_reg", "total_loss": "total loss"}
+Groups = dict[str, dict[int, dict[str, Any]]]
 
 
-def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path, baseline: str = "") -> None:
+def plot_all(groups: Groups, out: Path, baseline: str = "") -> None:
     import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no display, no global figure state
 
     plot_ap_vs_iou(groups, out, baseline)
     axes = Figure(figsize=(12, 4.5)).subplots(1, 2)
     for group, results in groups.items():
-        for col, (ax, label) in enumerate(zip(axes, ("loss_box_reg", "total loss"))):
-            series = [
-                [(it, v[col]) for it, *v in r["curve"] if v[col] is not None] for r in results
-            ]
+        for ax, (key, label) in zip(axes, LOSS_CURVES.items()):
+            series = [_train_series(r, key) for r in results.values()]
             iters = [it for it, _ in series[0]]
             values = np.array(
                 [[v for _, v in s][: len(iters)] for s in series if len(s) >= len(iters)]
@@ -43,9 +44,9 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path, baseline: str =
 
     ax = Figure(figsize=(7, 4.5)).subplots()
     for group, results in groups.items():
-        iters = sorted(set.intersection(*(set(r["evals"]) for r in results)))
+        iters = sorted(set.intersection(*(set(r["evals"]) for r in results.values())))
         if len(iters) > 1:
-            values = np.array([[r["evals"][it] for it in iters] for r in results]) * 100
+            values = np.array([[r["evals"][it] for it in iters] for r in results.values()]) * 100
             ax.errorbar(
                 iters, values.mean(0), yerr=values.std(0), label=group, marker="o", capsize=3
             )
@@ -55,8 +56,8 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path, baseline: str =
     ax = Figure(figsize=(7, 4.5)).subplots()
     dynamic = False
     for color, (group, results) in enumerate(groups.items()):
-        for i, r in enumerate(results):
-            points = [(it, b) for it, _, _, b in r["curve"] if b is not None]
+        for i, r in enumerate(results.values()):
+            points = _train_series(r, "beta")
             if points and len({b for _, b in points}) > 1:
                 dynamic = True
                 ax.plot(
@@ -107,16 +108,15 @@ def plot_all(groups: dict[str, list[dict[str, Any]]], out: Path, baseline: str =
     save_figure([ax], out / "tp_iou.png", legend=bool(pooled))
 
 
-def plot_ap_vs_iou(groups: dict[str, list[dict[str, Any]]], out: Path, baseline: str) -> None:
+def plot_ap_vs_iou(groups: Groups, out: Path, baseline: str) -> None:
     """AP at each IoU threshold, mean and 95% t interval over seeds (uncorrected); beside it each
     config's paired difference to ``baseline`` by seed, with its 95% t interval."""
     import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no display, no global figure state
     from scipy import stats
 
-    def curves(results):
-        per_seed = {r["run"]: r["metrics"].get("AP_per_iou") for r in results}
-        return {run: np.array(c) * 100 for run, c in per_seed.items() if c}
+    def curve(run) -> list[float] | None:
+        return run["metrics"].get("AP_per_iou")
 
     def mean_ci(values):
         values = np.array(values)
@@ -128,21 +128,19 @@ def plot_ap_vs_iou(groups: dict[str, list[dict[str, Any]]], out: Path, baseline:
 
     thresholds = np.array(IOU_THRESHOLDS)
     axes = Figure(figsize=(13, 4.5)).subplots(1, 2)
-    base = {r["run"].rsplit("-seed", 1)[1]: r for r in groups.get(baseline, [])}
+    base = groups.get(baseline, {})
     for group, results in groups.items():
-        by_run = curves(results)
-        if by_run:
-            mean, half = mean_ci(list(by_run.values()))
+        curves = [curve(r) for r in results.values() if curve(r)]
+        if curves:
+            mean, half = mean_ci(np.array(curves) * 100)
             axes[0].errorbar(thresholds, mean, yerr=half, label=group, marker="o", capsize=3)
         if group == baseline:
             continue
-        pairs = []
-        for r in results:
-            other = base.get(r["run"].rsplit("-seed", 1)[1])
-            if other and r["metrics"].get("AP_per_iou") and other["metrics"].get("AP_per_iou"):
-                pairs.append(
-                    np.subtract(r["metrics"]["AP_per_iou"], other["metrics"]["AP_per_iou"])
-                )
+        pairs = [
+            np.subtract(curve(r), curve(base[seed]))
+            for seed, r in results.items()
+            if seed in base and curve(r) and curve(base[seed])
+        ]
         if pairs:
             mean, half = mean_ci(np.array(pairs) * 100)
             axes[1].errorbar(thresholds, mean, yerr=half, label=group, marker="o", capsize=3)
@@ -158,12 +156,18 @@ def plot_ap_vs_iou(groups: dict[str, list[dict[str, Any]]], out: Path, baseline:
     save_figure(list(axes), out / "ap_vs_iou.png", legend=bool(groups))
 
 
-def _pooled(groups: dict[str, list[dict[str, Any]]], key: str) -> dict:
+def _train_series(run: dict[str, Any], key: str) -> list[tuple[int, float]]:
+    """(iteration, ``key``) at each logged training step of ``run`` that has it."""
+    train = [r for r in run["log"] if r.get("type") == "train"]
+    return [(r["iter"], r[key]) for r in train if r.get(key) is not None]
+
+
+def _pooled(groups: Groups, key: str) -> dict:
     """Per config, its runs' non-empty ``key`` tensors concatenated (or left out)."""
     import torch
 
     pooled = {
-        g: [r[key] for r in rs if r.get(key) is not None and len(r[key])]
+        g: [r[key] for r in rs.values() if r.get(key) is not None and len(r[key])]
         for g, rs in groups.items()
     }
     return {g: torch.cat(tensors) for g, tensors in pooled.items() if tensors}

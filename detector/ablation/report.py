@@ -122,16 +122,12 @@ def read_run(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
         raise RecordError(f"{run_dir / METRICS_FILE}: not a metrics object")
     jsonl = run_dir / "metrics.jsonl"
     log = _read_json(jsonl, lines=True) if jsonl.is_file() else []
-    train = [r for r in log if r.get("type") == "train"]
     run = {
         "metrics": metrics,
         "log": log,
         "record": record or {},
         "tp_ious": None,
         "pred_err": None,
-        "curve": [
-            (r["iter"], r.get("loss_box_reg"), r.get("total_loss"), r.get("beta")) for r in train
-        ],
         "evals": {
             r["iter"]: r["AP"] for r in log if r.get("type") == "eval" and defined(r.get("AP"))
         },
@@ -315,7 +311,7 @@ def write_report(
         _unfinished_section(groups),
     )
     (out / "summary.md").write_text("\n".join(line for s in sections for line in s) + "\n")
-    plot_all({g.name: list(g.results.values()) for g in groups if g.results}, out, baseline)
+    plot_all({g.name: g.results for g in groups if g.results}, out, baseline)
     return groups
 
 
