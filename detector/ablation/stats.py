@@ -95,10 +95,16 @@ def paired_difference(
     if n < 2:
         return PairedDifference(n, diffs[0] if diffs else NAN, NAN, NAN, NAN, NAN)
     mean, std = statistics.fmean(diffs), statistics.stdev(diffs)
-    t, se = _scipy_stats().t, std / math.sqrt(n)
-    half = float(t.ppf((1 + CONFIDENCE) / 2, n - 1)) * se
-    d = PairedDifference(n, mean, std, mean - half, mean + half, NAN)
-    return replace(d, p=float(2 * t.sf(abs(mean) / se, n - 1))) if d.testable else d
+    d = PairedDifference(n, mean, std, *_t_interval(mean, std, n, CONFIDENCE), NAN)
+    if not d.testable:
+        return d
+    return replace(d, p=float(2 * _scipy_stats().t.sf(abs(mean) / (std / math.sqrt(n)), n - 1)))
+
+
+def _t_interval(mean: float, std: float, n: int, confidence: float) -> tuple[float, float]:
+    """The two-sided Student-t interval of the mean of ``n`` values of sd ``std``."""
+    half = float(_scipy_stats().t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
+    return mean - half, mean + half
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -138,9 +144,7 @@ def simultaneous_interval(d: PairedDifference, tests: int) -> tuple[float, float
     intervals of a family hold together with probability >= 1 − α; nans with fewer than 2 pairs."""
     if d.n < 2 or math.isnan(d.std):
         return NAN, NAN
-    t = _scipy_stats().t.ppf(1 - ALPHA / (2 * tests), d.n - 1)
-    half = float(t) * d.std / math.sqrt(d.n)
-    return d.mean - half, d.mean + half
+    return _t_interval(d.mean, d.std, d.n, 1 - ALPHA / tests)
 
 
 def seeds_needed(std: float, effect: float, alpha: float, most: int = 100) -> int | None:
@@ -148,10 +152,7 @@ def seeds_needed(std: float, effect: float, alpha: float, most: int = 100) -> in
     seeds a paired t test at ``alpha`` needs to find ``effect`` with :data:`POWER`; None beyond."""
     if math.isnan(std):
         return None
-    for n in range(2, most + 1):
-        if detectable_effect(std, n, alpha) <= effect:
-            return n
-    return None
+    return next((n for n in range(2, most + 1) if detectable_effect(std, n, alpha) <= effect), None)
 
 
 def detectable_effect(std: float, n: int, alpha: float = ALPHA) -> float:
