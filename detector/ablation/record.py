@@ -68,11 +68,15 @@ def note_launch(run_dir: Path, action: str, repo: Path) -> None:
         f.write(line)
 
 
-def _launches(run_dir: Path) -> list[dict]:
-    path = run_dir / LAUNCHES
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_json(path: Path, lines: bool = False) -> Any:
+    """The JSON at ``path`` (``lines``: one document per line, as a list); a RecordError."""
+    try:
+        text = path.read_text()
+        if lines:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise RecordError(f"{path}: cannot be read ({exc})") from None
 
 
 def _rounded(values, digits: int = 5) -> list:
@@ -110,7 +114,9 @@ def write_record(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     ``ground_truth``: the caller's cache of val ground truth per data config. Without val data here
     the record says why, and has no TP IoUs; an unreadable final file is a :class:`RecordError`."""
     run_dir = Path(run_dir)
-    record: dict[str, Any] = {"version": RECORD_VERSION, "launches": _launches(run_dir)}
+    launches = run_dir / LAUNCHES
+    record: dict[str, Any] = {"version": RECORD_VERSION}
+    record["launches"] = read_json(launches, lines=True) if launches.is_file() else []
     try:
         values, ious = run_localisation(run_dir, ground_truth)
     except json.JSONDecodeError as exc:
@@ -150,10 +156,7 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / RECORD
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RecordError(f"{path}: cannot be read ({exc})") from None
+    record = read_json(path)
     if not isinstance(record, dict):
         raise RecordError(f"{path}: not a run record")
     return record

@@ -9,7 +9,6 @@ endpoints, "no difference" is claimed only by TOST, and every other comparison i
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 import sys
@@ -22,7 +21,7 @@ from detector.ablation.launch import last_line
 from detector.ablation.localisation import MATCH_IOU, SCORE_THRESHOLD, tide_available
 from detector.ablation.plan import METRICS_FILE, Run, groups_of, is_finished
 from detector.ablation.plots import PLOTS, plot_all
-from detector.ablation.record import RECORD, RecordError, ensure_record
+from detector.ablation.record import RECORD, RecordError, ensure_record, read_json
 from detector.ablation.stats import (
     ALPHA,
     CONFIDENCE,
@@ -99,17 +98,6 @@ class Family:
     plan_tests: int = 0
 
 
-def _read_json(path: Path, lines: bool = False) -> Any:
-    """The JSON at ``path`` (``lines``: one document per line, as a list); a RecordError."""
-    try:
-        text = path.read_text()
-        if lines:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        return json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise RecordError(f"{path}: cannot be read ({exc})") from None
-
-
 def read_run(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     """A finished run's results from its record alone (:mod:`detector.ablation.record`; written
     first from the heavy files when it is missing), with ``values``: each row of ``STATS`` read
@@ -117,11 +105,11 @@ def read_run(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     import torch
 
     record = ensure_record(run_dir, ground_truth)
-    metrics = _read_json(run_dir / METRICS_FILE)
+    metrics = read_json(run_dir / METRICS_FILE)
     if not isinstance(metrics, dict):
         raise RecordError(f"{run_dir / METRICS_FILE}: not a metrics object")
     jsonl = run_dir / "metrics.jsonl"
-    log = _read_json(jsonl, lines=True) if jsonl.is_file() else []
+    log = read_json(jsonl, lines=True) if jsonl.is_file() else []
     run = {
         "metrics": metrics,
         "log": log,
