@@ -1,8 +1,8 @@
 """How well a run's true-positive detections are localised, from ``eval/detections.json`` and the
 val ground truth of its stored ``config.yaml``: each detection with score >= :data:`SCORE_THRESHOLD`
 is matched the COCO way (per image and category by descending score, to the unmatched non-crowd box
-it overlaps most, at IoU >= :data:`MATCH_IOU`); the matched IoUs are summarised as
-:data:`LOCALISATION`, with TIDE's localisation-error dAP when ``tidecv`` imports.
+it overlaps most, at IoU >= :data:`MATCH_IOU`); the matched IoUs are summarised (:func:`summarise`),
+with TIDE's localisation-error dAP when ``tidecv`` imports.
 """
 
 from __future__ import annotations
@@ -20,14 +20,6 @@ MATCH_IOU = 0.5
 TIDE_METRIC = "tide_loc_dap"
 TIDE_HIGH_IOU = 0.75
 TIDE_HIGH_METRIC = "tide_loc75_dap"
-LOCALISATION = (
-    "tp_count",
-    "tp_iou_median",
-    "tp_iou_ge75",
-    "tp_iou_ge90",
-    TIDE_METRIC,
-    TIDE_HIGH_METRIC,
-)
 
 # image id -> (boxes [N,4] xyxy in original pixels, category ids [N], crowd [N] bool)
 GroundTruth = Mapping[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -80,7 +72,7 @@ def tp_ious(gt: GroundTruth, detections: list[dict]) -> torch.Tensor:
 
 def summarise(ious: torch.Tensor) -> dict[str, float | None]:
     if not len(ious):
-        return {"tp_count": 0, **{name: None for name in LOCALISATION[1:4]}}
+        return {"tp_count": 0, "tp_iou_median": None, "tp_iou_ge75": None, "tp_iou_ge90": None}
     return {
         "tp_count": len(ious),
         "tp_iou_median": float(ious.quantile(0.5)),
@@ -129,7 +121,7 @@ def tide_loc_dap(gt: GroundTruth, detections: list[dict]) -> dict[str, float] | 
 def run_localisation(
     run_dir: Path, ground_truth: dict
 ) -> tuple[dict[str, float | None], torch.Tensor | None]:
-    """(the :data:`LOCALISATION` values, the TP IoUs) of one run; ({}, None) without
+    """(the :func:`summarise` and TIDE values, the TP IoUs) of one run; ({}, None) without
     ``eval/detections.json``. ``ground_truth``: the caller's cache of the val ground truth per data
     config."""
     path = Path(run_dir) / "eval" / "detections.json"

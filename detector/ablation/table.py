@@ -28,7 +28,8 @@ class Stat:
     fmt: str = ".1f"
     with_std: bool = True
     compared: bool = False  # paired differences to the baseline, a higher value being better
-    table: str | None = None  # the summary.md table showing it (TABLES); None: summary.csv only
+    # the summary.md table showing it: summary, localisation or sampling; None: summary.csv only
+    table: str | None = None
     label: str = ""  # its column header in summary.md (default: the name)
     optional: bool = False  # a column only when some run has it
 
@@ -73,12 +74,9 @@ def tp_iou(name: str) -> Reader:
     return lambda run: None if run["tp_ious"] is None else summarise(run["tp_ious"])[name]
 
 
-def tide(name: str) -> Reader:
-    return lambda run: (run["record"].get("tide") or {}).get(name)
-
-
-def noise(name: str) -> Reader:
-    return lambda run: (run["record"].get("label_noise") or {}).get(name)
+def recorded(section: str, name: str) -> Reader:
+    """``record.json``'s ``section[name]`` (``tide``, ``label_noise``)."""
+    return lambda run: (run["record"].get(section) or {}).get(name)
 
 
 PER_IOU_NAMES = tuple(f"AP{round(t * 100)}" for t in IOU_THRESHOLDS)
@@ -89,7 +87,6 @@ _SCORES = dict.fromkeys(
 )
 _AP_AT = {name: ap_at(i) for i, name in enumerate(PER_IOU_NAMES)}
 
-TABLES = ("summary", "localisation", "sampling")
 STATS: list[Stat] = [
     *(
         Stat(
@@ -110,10 +107,16 @@ STATS: list[Stat] = [
         table="summary",
     ),
     Stat("eval_time_s", metric("eval_time_s"), 1, ".0f", False, table="summary", optional=True),
-    Stat("label_noise", noise("nominal"), table="summary", label="noise (%)", optional=True),
+    Stat(
+        "label_noise",
+        recorded("label_noise", "nominal"),
+        table="summary",
+        label="noise (%)",
+        optional=True,
+    ),
     Stat(
         "label_noise_realised",
-        noise("realised"),
+        recorded("label_noise", "realised"),
         table="summary",
         label="noise realised (%)",
         optional=True,
@@ -152,7 +155,9 @@ STATS: list[Stat] = [
         "beta_final", train_last("beta"), 1, ".3f", table="sampling", label="final β", optional=True
     ),
     *(
-        Stat(name, tide(name), 1, ".2f", table="localisation", label=label, optional=True)
+        Stat(
+            name, recorded("tide", name), 1, ".2f", table="localisation", label=label, optional=True
+        )
         for name, label in ((TIDE_METRIC, "TIDE Loc dAP"), (TIDE_HIGH_METRIC, "TIDE Loc@0.75 dAP"))
     ),
 ]
