@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 
 from detector.ablation import (
@@ -36,15 +37,20 @@ from detector.ablation.report import Family, check_report_folder
 from detector.ablation.table import STATS
 from detector.errors import run_tool
 
-SLURM_OPTIONS = (
-    "partition",
-    "time",
-    "gpus_per_run",
-    "cpus_per_run",
-    "constraint",
-    "account",
-    "no_wait",
-)
+# --launcher slurm's options: flag -> add_argument's keywords (not given: None or False)
+SLURM_ARGS = {
+    "--partition": dict(help="SLURM partition"),
+    "--time": dict(
+        help="time limit per run: minutes or [days-]hours:minutes:seconds (default 4:00:00)"
+    ),
+    "--gpus-per-run": dict(type=int, help="GPUs per run (default 1; >1 trains it with torchrun)"),
+    "--cpus-per-run": dict(type=int, help="CPUs per run (default 4)"),
+    "--constraint": dict(help="SLURM --constraint (node features, e.g. a100)"),
+    "--account": dict(help="SLURM account to charge"),
+    "--no-wait": dict(
+        action="store_true", help="submit and return; write the report later with --report-only"
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,22 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--title", default="", help="title of summary.md")
     slurm = parser.add_argument_group("--launcher slurm")
-    slurm.add_argument("--partition", help="SLURM partition")
-    slurm.add_argument(
-        "--time",
-        help="time limit per run: minutes or [days-]hours:minutes:seconds (default 4:00:00)",
-    )
-    slurm.add_argument(
-        "--gpus-per-run", type=int, help="GPUs per run (default 1; >1 trains it with torchrun)"
-    )
-    slurm.add_argument("--cpus-per-run", type=int, help="CPUs per run (default 4)")
-    slurm.add_argument("--constraint", help="SLURM --constraint (node features, e.g. a100)")
-    slurm.add_argument("--account", help="SLURM account to charge")
-    slurm.add_argument(
-        "--no-wait",
-        action="store_true",
-        help="submit and return; write the report later with --report-only",
-    )
+    for flag, keywords in SLURM_ARGS.items():
+        slurm.add_argument(flag, **keywords)
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     return parser
 
@@ -162,11 +154,7 @@ def main(argv=None) -> int:
         raise AblationError(
             "--report-only trains nothing, so --force has nothing to rerun; drop one of them"
         )
-    given = [
-        f"--{name.replace('_', '-')}"
-        for name in SLURM_OPTIONS
-        if getattr(args, name) not in (None, False)
-    ]
+    given = [f for f in SLURM_ARGS if getattr(args, f[2:].replace("-", "_")) not in (None, False)]
     if given and args.launcher != "slurm":
         raise AblationError(f"{', '.join(given)}: SLURM options; add --launcher slurm")
     for flag, value, least in (
@@ -192,8 +180,7 @@ def main(argv=None) -> int:
         if importlib.util.find_spec("scipy") is None:
             print(
                 "note: scipy is not installed; the runs train, but the report's intervals need it: "
-                "pip install "
-                "scipy, then rerun this command with --report-only",
+                "pip install scipy, then rerun this command with --report-only",
                 file=sys.stderr,
             )
         errors = launch(args, steps, out, command)
@@ -247,39 +234,31 @@ def parse_family(
 def launch(args, steps, out: Path, command: str):
     """Train what the steps ask for; ``{run name: error or None}``, or None when submitted and not
     waited for."""
-    print(
-        f"{len(steps)} runs into {out / 'runs'}: "
-        + ", ".join(
-            f"{sum(s.action == a for s in steps)} {a}"
-            for a in ("reuse", "train", "resume", "overwrite")
-            if any(s.action == a for s in steps)
-        ),
-        flush=True,
-    )
+    actions = Counter(s.action for s in steps)
+    counts = [f"{actions[a]} {a}" for a in ("reuse", "train", "resume", "overwrite") if actions[a]]
+    print(f"{len(steps)} runs into {out / 'runs'}: {', '.join(counts)}", flush=True)
     if args.launcher == "local":
         return run_local(steps, jobs=args.jobs or 1, keep_checkpoint=args.keep_checkpoint)
     from detector.ablation import slurm
 
-    given = {
-        "time_min": slurm.parse_time(args.time) if args.time else None,
-        "gpus_per_run": args.gpus_per_run,
-        "cpus_per_run": args.cpus_per_run,
-    }  # None: SlurmOptions' default
-    options = slurm.SlurmOptions(
+    given = dict(
         partition=args.partition,
+        time_min=slurm.parse_time(args.time) if args.time else None,
+        gpus_per_run=args.gpus_per_run,
+        cpus_per_run=args.cpus_per_run,
         constraint=args.constraint,
         account=args.account,
         parallelism=args.jobs,
         keep_checkpoint=args.keep_checkpoint,
-        **{k: v for k, v in given.items() if v is not None},
     )
+    # an option not given keeps SlurmOptions' default
+    options = slurm.SlurmOptions(**{k: v for k, v in given.items() if v is not None})
     submitted = slurm.submit(steps, out, options)
     report = f"{command} --report-only"
     if submitted:
         print(
             f"submitted SLURM array {submitted[0][1].job_id.split('_')[0]} ({len(submitted)} "
-            "runs); submitit's "
-            f"logs: {out / 'slurm'}",
+            f"runs); submitit's logs: {out / 'slurm'}",
             flush=True,
         )
     if args.no_wait:
