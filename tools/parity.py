@@ -10,7 +10,6 @@ and the seconds per iteration. More arms: --arm ours_d2:model.roi_head.predictor
 With --layer gpu.yaml the same command measures the GPU settings (docs/performance.md).
 """
 
-import argparse
 import json
 import platform
 import shlex
@@ -25,7 +24,7 @@ import torch
 import yaml
 
 from detector.ablation.stats import mean_std, paired_difference
-from detector.config import CONFIG_DIR, parse_override, resolve_config_path
+from detector.config import CONFIG_DIR, parse_override, resolve_config_path, tool_parser
 from detector.engine.outputs import check_output, write_output
 from detector.errors import UsageError, run_tool
 
@@ -34,10 +33,8 @@ BASELINE = "torchvision"
 TITLE = "# Accuracy parity: torchvision's FasterRCNN against ours"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser():
+    parser = tool_parser(__doc__)
     parser.add_argument("--cfg", default="smoothl1.yaml", help="config both sides are built from")
     parser.add_argument(
         "--layer", action="append", default=[], help="config layered on it (e.g. gpu.yaml)"

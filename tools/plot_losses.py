@@ -7,7 +7,6 @@ iterations of each Dynamic Smooth L1 schedule at the defaults of ``configs/base.
 one on simulated targets whose spread shrinks).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 from matplotlib.figure import Figure
 
 from detector.ablation.plots import save_figure
-from detector.config import load_config
+from detector.config import load_config, tool_parser
 from detector.engine.outputs import check_output_folder
 from detector.errors import run_tool
 from detector.losses import balanced_l1_loss, build_beta_schedule, l1_loss, l2_loss, smooth_l1_loss
@@ -97,9 +96,7 @@ def plot_beta_schedules(path: Path, iters: int) -> None:
 
 @run_tool
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument(
         "--out", required=True, type=Path, help="folder for losses.png and beta_schedules.png"
     )
