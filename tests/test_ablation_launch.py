@@ -217,7 +217,9 @@ def test_a_resumed_run_keeps_its_share_of_the_cores_and_the_line_tells_the_truth
 
     envs = []
     monkeypatch.setattr(
-        launch, "execute", lambda step, env, overrides, **kw: envs.append(env) or None
+        launch,
+        "execute",
+        lambda step, environ, slot, **kw: envs.append(child_env(environ, slot)) or None,
     )
     steps = [
         Step(run, run.run_dir(tmp_path), "resume", device="cpu")

@@ -123,19 +123,20 @@ def train_command(step: Step, overrides: list[str], nproc: int = 1) -> list[str]
 
 def execute(
     step: Step,
-    env: Mapping[str, str],
-    overrides: list[str],
+    environ: Mapping[str, str],
+    slot: Slot,
     nproc: int = 1,
     started: Callable[[subprocess.Popen], None] | None = None,
     keep_checkpoint: str = "last",
 ) -> str | None:
-    """Train one run, appending to ``<run>/train.log``, then write its record and keep
+    """Train one run in ``slot`` (:func:`child_env`, :func:`slot_overrides` of the user's
+    ``environ``), appending to ``<run>/train.log``, then write its record and keep
     ``keep_checkpoint`` (:mod:`detector.ablation.record`); None when it finished, else the one-line
     reason. With ``started`` the trainer gets a session of its own (Ctrl-C reaches only the
     ablation) and is passed to it."""
     step.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = step.run_dir / "train.log"
-    cmd = train_command(step, overrides, nproc)
+    cmd = train_command(step, slot_overrides(step.run.overrides, slot), nproc)
     note_launch(step.run_dir, step.action, REPO)
     with open(log_path, "a") as log:
         start = log.tell()
@@ -143,7 +144,7 @@ def execute(
         log.flush()
         process = subprocess.Popen(
             cmd,
-            env=dict(env),
+            env=child_env(environ, slot),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=started is not None,
@@ -245,13 +246,7 @@ def run_local(
                 flush=True,
             )
             t0 = time.monotonic()
-            error = execute(
-                step,
-                child_env(environ, slot),
-                slot_overrides(step.run.overrides, slot),
-                started=started,
-                keep_checkpoint=keep_checkpoint,
-            )
+            error = execute(step, environ, slot, started=started, keep_checkpoint=keep_checkpoint)
             results[step.run.name] = error
             print(
                 f"[{k}/{len(todo)}] "

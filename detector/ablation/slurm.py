@@ -16,10 +16,8 @@ from detector.ablation.launch import (
     Slot,
     available_cores,
     check_trainer,
-    child_env,
     cpu_share,
     execute,
-    slot_overrides,
 )
 from detector.ablation.plan import AblationError, Step
 
@@ -64,13 +62,7 @@ def run_task(step: Step, gpus_per_run: int, keep_checkpoint: str = "last") -> st
         None,
         *cpu_share(available_cores() // nproc, on_gpu=gpus_per_run > 0 and step.device != "cpu"),
     )
-    return execute(
-        step,
-        child_env(os.environ, slot),
-        slot_overrides(step.run.overrides, slot),
-        nproc=nproc,
-        keep_checkpoint=keep_checkpoint,
-    )
+    return execute(step, os.environ, slot, nproc=nproc, keep_checkpoint=keep_checkpoint)
 
 
 def submit(steps: list[Step], out: Path, options: SlurmOptions, cluster: str = "slurm"):
