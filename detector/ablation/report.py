@@ -219,14 +219,13 @@ def compare(
     }
     if family.primary:
         tests = [(name, m) for name in diffs for m in family.primary]
-        # pre-registered: an untestable member still counts, as p = 1
-        p_of = {t: 1.0 if math.isnan(diffs[t[0]][t[1]].p) else diffs[t[0]][t[1]].p for t in tests}
     else:
         tests = [(name, m) for name, by in diffs.items() for m, d in by.items() if d.testable]
-        p_of = {t: diffs[t[0]][t[1]].p for t in tests}
-    adjusted = dict(zip(tests, holm([p_of[t] for t in tests])))
+    # a pre-registered test that cannot be made still counts, as p = 1
+    p_values = [diffs[name][m].p for name, m in tests]
+    adjusted = dict(zip(tests, holm([1.0 if math.isnan(p) else p for p in p_values])))
     margins = {m: family.margins[m] for m in family.primary if m in family.margins}
-    p_tost = {t: tost(diffs[t[0]][t[1]], margins[t[1]]) for t in tests if t[1] in margins}
+    p_tost = {(name, m): tost(diffs[name][m], margins[m]) for name, m in tests if m in margins}
     tost_adjusted = dict(zip(p_tost, holm([1.0 if math.isnan(p) else p for p in p_tost.values()])))
     sd = {m: pooled_sd(by[m] for by in diffs.values()) for m in names}
     failed = {g.name: g.failed for g in groups}
