@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.ablation import AblationError, parse_sweep, plan_runs
+from detector.ablation.plan import AblationError, parse_sweep, plan_runs
 from detector.ablation.plots import PLOTS
 from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS
 

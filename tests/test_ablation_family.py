@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 from test_ablation import BUDGET, ablate, finish_run
 
-from detector.ablation import plan_runs
+from detector.ablation.plan import plan_runs
 from detector.ablation.stats import paired_difference, pooled_sd, tost
 from detector.ablation.table import STATS, Stat
 

@@ -15,7 +15,8 @@ import torch
 from test_ablation import BUDGET, ablate, calls, fake_python, finish_run
 from test_ablation_stats import tiny_case
 
-from detector.ablation import localisation, plan_runs
+from detector.ablation import localisation
+from detector.ablation.plan import plan_runs
 from detector.ablation.record import RECORD, RECORD_FILES, code_version, ensure_record
 
 REPO = Path(__file__).resolve().parent.parent

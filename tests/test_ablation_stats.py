@@ -9,7 +9,8 @@ import torch
 from scipy import stats as sps
 from test_ablation import BUDGET, ablate, finish_run
 
-from detector.ablation import localisation, plan_runs
+from detector.ablation import localisation
+from detector.ablation.plan import plan_runs
 from detector.ablation.stats import detectable_effect, holm, paired_difference, verdict
 
 

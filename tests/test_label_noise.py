@@ -199,7 +199,7 @@ def test_an_outlier_moved_off_the_image_is_drawn_again_not_reverted():
 
 
 def test_an_ablation_can_draw_the_noise_per_run_seed(root, tmp_path):
-    from detector.ablation import plan_runs
+    from detector.ablation.plan import plan_runs
     from detector.ablation.record import label_noise
 
     noise = [f"data.root={root}", "data.synthetic.num_train=12", "data.synthetic.num_val=4"]

@@ -16,25 +16,18 @@ Exit codes: 0 every run finished; 1 some run failed (the report lists it) or no 
 option, config or run folder (nothing trained); 130 stopped by Ctrl-C.
 """
 
-import argparse
 import importlib.util
 import shlex
 import sys
 from collections import Counter
 from pathlib import Path
 
-from detector.ablation import (
-    AblationError,
-    Interrupted,
-    check_runs,
-    plan_runs,
-    resolve_baseline,
-    run_local,
-    write_report,
-)
+from detector.ablation.launch import Interrupted, run_local
+from detector.ablation.plan import AblationError, check_runs, plan_runs, resolve_baseline
 from detector.ablation.record import CHECKPOINT_CHOICES
-from detector.ablation.report import Family, check_report_folder
+from detector.ablation.report import Family, check_report_folder, write_report
 from detector.ablation.table import STATS
+from detector.config import tool_parser
 from detector.errors import run_tool
 
 # --launcher slurm's options: flag -> add_argument's keywords (not given: None or False)
@@ -53,10 +46,8 @@ SLURM_ARGS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser():
+    parser = tool_parser(__doc__)
     parser.add_argument(
         "--cfgs", nargs="+", required=True, help="loss configs to compare (names in configs/)"
     )
