@@ -24,14 +24,14 @@ Reader = Callable[[dict[str, Any]], Any]
 class Stat:
     name: str
     read: Reader  # run -> a number, or None where the run has none
-    scale: float = 100  # summary.md shows mean ± std of scale · value (AP as percent)
-    fmt: str = ".1f"
-    with_std: bool = True
-    compared: bool = False  # paired differences to the baseline, a higher value being better
     # the summary.md table showing it: summary, localisation or sampling; None: summary.csv only
     table: str | None = None
     label: str = ""  # its column header in summary.md (default: the name)
+    fmt: str = ".1f"  # summary.md shows mean ± std of scale · value in this format
+    scale: float = 1  # 100: a fraction shown as percent (AP)
+    with_std: bool = True
     optional: bool = False  # a column only when some run has it
+    compared: bool = False  # paired differences to the baseline, a higher value being better
 
 
 def metric(name: str, default: Reader | None = None) -> Reader:
@@ -92,72 +92,54 @@ STATS: list[Stat] = [
         Stat(
             name,
             metric(name, _AP_AT.get(name)),
+            "summary" if name in COMPARED else None,
+            scale=100,
             compared=name in COMPARED,
-            table="summary" if name in COMPARED else None,
         )
         for name in _SCORES
     ),
-    Stat("loss_box_reg", train_mean("loss_box_reg", tail=0.1), 1, ".3f", table="summary"),
-    Stat(
-        "images_per_s",
-        train_mean("images_per_s", skip_first=True),
-        1,
-        ".1f",
-        False,
-        table="summary",
-    ),
-    Stat("eval_time_s", metric("eval_time_s"), 1, ".0f", False, table="summary", optional=True),
+    Stat("loss_box_reg", train_mean("loss_box_reg", tail=0.1), "summary", fmt=".3f"),
+    Stat("images_per_s", train_mean("images_per_s", skip_first=True), "summary", with_std=False),
+    Stat("eval_time_s", metric("eval_time_s"), "summary", fmt=".0f", with_std=False, optional=True),
     Stat(
         "label_noise",
         recorded("label_noise", "nominal"),
-        table="summary",
-        label="noise (%)",
+        "summary",
+        "noise (%)",
+        scale=100,
         optional=True,
     ),
     Stat(
         "label_noise_realised",
         recorded("label_noise", "realised"),
-        table="summary",
-        label="noise realised (%)",
+        "summary",
+        "noise realised (%)",
+        scale=100,
         optional=True,
     ),
-    Stat("tp_count", tp_iou("tp_count"), 1, ".0f", table="localisation", label="TPs per run"),
-    Stat(
-        "tp_iou_median", tp_iou("tp_iou_median"), 1, ".3f", table="localisation", label="median IoU"
-    ),
-    Stat("tp_iou_ge75", tp_iou("tp_iou_ge75"), table="localisation", label="IoU ≥ 0.75 (%)"),
-    Stat("tp_iou_ge90", tp_iou("tp_iou_ge90"), table="localisation", label="IoU ≥ 0.9 (%)"),
-    Stat(
-        "num_pos_per_image",
-        train_mean("num_pos_per_image"),
-        1,
-        ".1f",
-        table="sampling",
-        label="positives per image",
-    ),
+    Stat("tp_count", tp_iou("tp_count"), "localisation", "TPs per run", ".0f"),
+    Stat("tp_iou_median", tp_iou("tp_iou_median"), "localisation", "median IoU", ".3f"),
+    Stat("tp_iou_ge75", tp_iou("tp_iou_ge75"), "localisation", "IoU ≥ 0.75 (%)", scale=100),
+    Stat("tp_iou_ge90", tp_iou("tp_iou_ge90"), "localisation", "IoU ≥ 0.9 (%)", scale=100),
+    Stat("num_pos_per_image", train_mean("num_pos_per_image"), "sampling", "positives per image"),
     Stat(
         "num_zero_target_per_image",
         train_mean("num_zero_target_per_image"),
-        1,
-        ".1f",
-        table="sampling",
-        label="of them zero targets (GT)",
+        "sampling",
+        "of them zero targets (GT)",
         optional=True,
     ),
     Stat(
         "beta_zero_share",
         train_mean("beta_zero_share"),
-        table="sampling",
-        label="zero statistics per update (%)",
+        "sampling",
+        "zero statistics per update (%)",
+        scale=100,
         optional=True,
     ),
-    Stat(
-        "beta_final", train_last("beta"), 1, ".3f", table="sampling", label="final β", optional=True
-    ),
+    Stat("beta_final", train_last("beta"), "sampling", "final β", ".3f", optional=True),
     *(
-        Stat(
-            name, recorded("tide", name), 1, ".2f", table="localisation", label=label, optional=True
-        )
+        Stat(name, recorded("tide", name), "localisation", label, ".2f", optional=True)
         for name, label in ((TIDE_METRIC, "TIDE Loc dAP"), (TIDE_HIGH_METRIC, "TIDE Loc@0.75 dAP"))
     ),
 ]
