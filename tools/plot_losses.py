@@ -18,6 +18,7 @@ from detector.config import load_config, tool_parser
 from detector.engine.outputs import check_output_folder
 from detector.errors import run_tool
 from detector.losses import balanced_l1_loss, build_beta_schedule, l1_loss, l2_loss, smooth_l1_loss
+from detector.losses.dynamic import BETA_SCHEDULES
 
 CURVES = {
     "L1": l1_loss,
@@ -26,7 +27,8 @@ CURVES = {
     "Smooth L1, β=1/9": lambda x, t: smooth_l1_loss(x, t, beta=1 / 9),
     "Balanced L1 (α=0.5, γ=1.5, β=1)": balanced_l1_loss,
 }
-SCHEDULES = ("constant", "step", "linear", "cosine", "exp")
+# the explicit schedules (adaptive is measured: simulated below)
+SCHEDULES = [kind for kind, beta in BETA_SCHEDULES.items() if beta is not None]
 PLOTS = ("losses.png", "beta_schedules.png")  # what --out receives
 
 
