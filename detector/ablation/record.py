@@ -151,20 +151,13 @@ def write_record(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     return record
 
 
-def read_record(run_dir: Path) -> dict[str, Any] | None:
-    """The run's ``RECORD`` (of any version), or None without one."""
-    path = Path(run_dir) / RECORD
-    if not path.is_file():
-        return None
-    record = read_json(path)
-    if not isinstance(record, dict):
-        raise RecordError(f"{path}: not a run record")
-    return record
-
-
 def ensure_record(run_dir: Path, ground_truth: dict) -> dict[str, Any] | None:
-    """The run's record; written first when it is missing or old and the heavy files are here."""
-    record = read_record(run_dir)
+    """The run's ``RECORD`` (None without one); written first when it is missing or of an older
+    version and the heavy files are here."""
+    path = Path(run_dir) / RECORD
+    record = read_json(path) if path.is_file() else None
+    if record is not None and not isinstance(record, dict):
+        raise RecordError(f"{path}: not a run record")
     old = record is None or record.get("version") != RECORD_VERSION
     heavy = [Path(run_dir) / "eval" / "detections.json", Path(run_dir) / "final_errors.pt"]
     if old and any(path.is_file() for path in heavy):
