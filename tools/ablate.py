@@ -158,11 +158,8 @@ def main(argv=None) -> int:
     family = parse_family(args.primary, args.margins, args.plan_tests)
     runs = plan_runs(cfgs, args.cfg, args.seeds, overrides, args.sweep, args.noise_per_seed)
     baseline = resolve_baseline(runs, args.baseline)
-    out = (
-        Path(args.out)
-        if args.out
-        else Path("runs") / ("ablation-" + "-".join(Path(c).stem for c in cfgs))
-    )
+    default_out = Path("runs") / ("ablation-" + "-".join(Path(c).stem for c in cfgs))
+    out = Path(args.out) if args.out else default_out
     # every config, run folder and report file, before anything trains
     steps = check_runs(runs, out, force=args.force)
     check_report_folder(out, [*cfgs, *args.cfg], args.overwrite)

@@ -117,7 +117,8 @@ def train_command(step: Step, overrides: list[str], nproc: int = 1) -> list[str]
         *cfgs,
         *overrides,
         f"output_dir={step.run_dir}",
-        *{"resume": ["--resume"], "overwrite": ["--overwrite"]}.get(step.action, []),
+        # the trainer's own flag for a run it resumes or trains again from scratch
+        *([f"--{step.action}"] if step.action in ("resume", "overwrite") else []),
     ]
 
 
