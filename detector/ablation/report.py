@@ -494,21 +494,13 @@ def _paired_section(
     if not paired:
         return _section(title, "No other config has a finished run: there is nothing to compare.")
     level = f"{round(100 * CONFIDENCE)}% CI"
-    head = [
-        "config",
-        "metric",
-        "pairs",
-        "mean diff",
-        level,
-        "p",
-        "p (Holm)",
-        "detectable",
-        "verdict",
-    ]
+    # a pre-registered family adds its columns (family, simultaneous interval, TOST)
     if family.primary:
-        head[2:2] = ["family"]
-        head[5:8] = [f"{level} (uncorrected)", f"simultaneous {100 - 100 * ALPHA / tests:.3g}% CI"]
-        head[7:7] = ["p (uncorrected)", "p (Holm)", "TOST p (Holm)"]
+        simultaneous = f"simultaneous {100 - 100 * ALPHA / tests:.3g}% CI"
+        head = ["config", "metric", "family", "pairs", "mean diff", f"{level} (uncorrected)"]
+        head += [simultaneous, "p (uncorrected)", "p (Holm)", "TOST p (Holm)"]
+    else:
+        head = ["config", "metric", "pairs", "mean diff", level, "p", "p (Holm)"]
     rows = []
     for name, by_metric in paired.items():
         # the pre-registered tests first
@@ -516,14 +508,16 @@ def _paired_section(
             if d.n == 0:
                 continue
             ci = _interval(d.ci_low, d.ci_high)
+            if family.primary:
+                sim = _interval(d.sim_low, d.sim_high) if d.family == "primary" else "–"
+                cells = [name, metric, d.family, d.n, _pct(d.mean, True), ci, sim]
+                cells += [_p(d.p), _p(d.p_holm), _p(d.p_tost_holm)]
+            else:
+                cells = [name, metric, d.n, _pct(d.mean, True), ci, _p(d.p), _p(d.p_holm)]
             detectable = "–" if math.isnan(d.detectable) else f"±{_pct(d.detectable)}"
             shown = f"**{d.verdict}**" if d.verdict in ("better", "worse") else d.verdict
-            cells = [name, metric, d.n, _pct(d.mean, True), ci, _p(d.p), _p(d.p_holm)]
-            if family.primary:
-                cells[2:2] = [d.family]
-                cells[6:6] = [_interval(d.sim_low, d.sim_high) if d.family == "primary" else "–"]
-                cells.append(_p(d.p_tost_holm))
             rows.append([*cells, detectable, shown])
+    head += ["detectable", "verdict"]
     return _section(title, _paired_prose(baseline, tests, family), _table(head, rows))
 
 
