@@ -221,26 +221,17 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
 
         return build_torchvision_detector(cfg, num_classes)
     bb = model_cfg.backbone
-    # model.backbone's keys are build_backbone's parameters, one for one
+    # model.backbone's keys are build_backbone's parameters, one for one; the RPN's and the RoI
+    # head's keys (and roi_head.test's) are their constructors' keyword arguments, but for the
+    # sub-sections built here and the loss weights, which the trainer applies
     backbone = build_backbone(**bb.to_dict())
     rpn = None
     if model_cfg.proposals == "rpn":
         rpn = RPN(
             backbone.out_channels,
             backbone.strides,
-            rpn_cfg.anchor_sizes,
-            rpn_cfg.aspect_ratios,
             box_loss=build_box_loss(rpn_cfg.box_loss),
-            pre_nms_topk_train=rpn_cfg.pre_nms_topk_train,
-            post_nms_topk_train=rpn_cfg.post_nms_topk_train,
-            pre_nms_topk_test=rpn_cfg.pre_nms_topk_test,
-            post_nms_topk_test=rpn_cfg.post_nms_topk_test,
-            nms_thresh=rpn_cfg.nms_thresh,
-            min_size=rpn_cfg.min_size,
-            batch_size_per_image=rpn_cfg.batch_size_per_image,
-            positive_fraction=rpn_cfg.positive_fraction,
-            fg_iou_thresh=rpn_cfg.fg_iou_thresh,
-            bg_iou_thresh=rpn_cfg.bg_iou_thresh,
+            **_settings(rpn_cfg, "box_loss", "cls_weight"),
         )
     # FPN: P2..P5
     pooled_levels = [str(i) for i in range(len(backbone.strides) - 1)] if bb.fpn else ["0"]
@@ -249,23 +240,11 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
         pooled_levels,
         num_classes,
         box_loss=build_box_loss(roi_cfg.box_loss),
-        box_coder_weights=roi_cfg.box_coder_weights,
+        box_loss_normalizer=roi_cfg.box_loss.normalizer,
         beta_schedule=build_beta_schedule(roi_cfg, cfg.train.max_iters),
         label_assigner=build_label_assigner(roi_cfg),
-        batch_size_per_image=roi_cfg.batch_size_per_image,
-        positive_fraction=roi_cfg.positive_fraction,
-        fg_iou_thresh=roi_cfg.fg_iou_thresh,
-        bg_iou_thresh=roi_cfg.bg_iou_thresh,
-        add_gt_as_proposals=roi_cfg.add_gt_as_proposals,
-        pooler_resolution=roi_cfg.pooler_resolution,
-        sampling_ratio=roi_cfg.sampling_ratio,
-        fc_dim=roi_cfg.fc_dim,
-        class_agnostic=roi_cfg.class_agnostic,
-        box_loss_normalizer=roi_cfg.box_loss.normalizer,
-        score_thresh=roi_cfg.test.score_thresh,
-        nms_thresh=roi_cfg.test.nms_thresh,
-        detections_per_img=roi_cfg.test.detections_per_img,
-        predictor_init=roi_cfg.predictor_init,
+        **_settings(roi_cfg, "box_loss", "cls_weight", "dynamic_label_assignment", "test"),
+        **roi_cfg.test,
     )
     return TwoStageDetector(
         backbone,
@@ -276,3 +255,8 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
         size_divisibility=cfg.data.input.size_divisibility,
         pad_buckets=build_pad_buckets(cfg),
     )
+
+
+def _settings(section, *built_apart: str) -> dict:
+    """A config section's keys, but ``built_apart``, as keyword arguments."""
+    return {key: value for key, value in section.items() if key not in built_apart}

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import torch
 
-from detector.losses.dynamic import STATISTIC_CONVENTIONS, IntervalRecord, kth_valid
+from detector.losses.dynamic import IntervalRecord, kth_valid
 
 __all__ = ["match_boxes", "sample_balanced", "DynamicLabelAssigner", "build_label_assigner"]
 
@@ -85,9 +85,6 @@ class DynamicLabelAssigner:
         min_thresh: float = 0.4,
         statistic: str = "mmdet",
     ):
-        assert topk >= 1 and statistic in STATISTIC_CONVENTIONS, (
-            f"DynamicLabelAssigner: {topk}, {statistic!r}"
-        )
         self.topk = int(topk)
         self.interval = int(interval)
         self.min_thresh = float(min_thresh)

@@ -104,7 +104,6 @@ class RoIHeads(nn.Module):
         predictor_init: str,
     ):
         super().__init__()
-        assert box_loss_normalizer in ("num_samples", "num_pos"), box_loss_normalizer
         self.pooler = MultiScaleRoIAlign(list(featmap_names), pooler_resolution, sampling_ratio)
         self.box_head = BoxHead(
             in_channels * pooler_resolution**2, fc_dim, num_classes, class_agnostic, predictor_init

@@ -47,12 +47,10 @@ class RPN(nn.Module):
         bg_iou_thresh: float,
     ):
         super().__init__()
-        assert not box_loss.on_boxes, f"the RPN takes a delta loss, not {box_loss.name}"
+        # one level: all sizes there; FPN: one size per level (the config's relation check)
         if len(strides) == 1:
             sizes_per_level = [tuple(anchor_sizes)]
         else:
-            # the config's relation check holds model.rpn.anchor_sizes to the FPN's levels
-            assert len(anchor_sizes) == len(strides), (anchor_sizes, strides)
             sizes_per_level = [(s,) for s in anchor_sizes]
         self.strides = tuple(int(s) for s in strides)
         self.anchor_generator = AnchorGenerator(
