@@ -654,7 +654,7 @@ def tool_parser(doc: str, cfg: str | None = None, example: str = "") -> argparse
 
 # Keys added after runs were written whose base.yaml default is not what those runs did: a stored
 # config without the key meant this value (the predictor's init was detectron2's until 2026-12-06).
-EARLIER_MEANING = {"model.roi_head.predictor_init": "detectron2"}
+EARLIER_MEANING = {"model": {"roi_head": {"predictor_init": "detectron2"}}}
 
 
 def with_defaults(
@@ -665,12 +665,7 @@ def with_defaults(
     :data:`EARLIER_MEANING`'s); keys the schema no longer has are kept."""
     if defaults is None:
         defaults = default_config()
-        for dotted, value in EARLIER_MEANING.items():
-            *path, last = dotted.split(".")
-            section = defaults
-            for part in path:
-                section = section[part]
-            section[last] = value
+        _merge(defaults, EARLIER_MEANING, defaults, "config.EARLIER_MEANING")
     out = {k: _thaw(v) for k, v in stored.items()}
     for key, default in defaults.items():
         if key not in out:
