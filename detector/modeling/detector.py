@@ -105,9 +105,8 @@ class TwoStageDetector(nn.Module):
         device = self.pixel_mean.device
         sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
         height, width = batch_padded_size(sizes, self.size_divisibility, self.pad_buckets)
-        batch = self.pixel_mean.expand(
-            len(images), 3, height, width
-        ).clone(  # the padding normalises to 0
+        # the padding normalises to 0
+        batch = self.pixel_mean.expand(len(images), 3, height, width).clone(
             memory_format=self.input_memory_format
         )
         for i, img in enumerate(images):
@@ -123,24 +122,19 @@ class TwoStageDetector(nn.Module):
         )
 
     def _proposals(self, proposals, features, image_sizes, gt=()):
-        """(proposals [N,P,4], valid [N,P], rpn losses, rpn stats): the given ``proposals``, else
-        the RPN's."""
+        """(proposals [N,P,4], scores [N,P] (None when given), valid [N,P], rpn losses, rpn stats):
+        the given ``proposals``, else the RPN's."""
         if proposals is not None:
             padded, _, valid = _pad_boxes(proposals, image_sizes.device)
             zeros = image_sizes.new_zeros(())
-            return (
-                clip_boxes_to_sizes(padded, image_sizes),
-                valid,
-                {"loss_rpn_cls": zeros, "loss_rpn_box": zeros},
-                {},
-            )
+            losses = {"loss_rpn_cls": zeros, "loss_rpn_box": zeros}
+            return clip_boxes_to_sizes(padded, image_sizes), None, valid, losses, {}
         if self.rpn is None:
             raise ValueError(
-                "TwoStageDetector: built with model.proposals=precomputed; "
+                "TwoStageDetector: built with model.proposals=precomputed, it has no RPN; "
                 "pass proposals=[P_i,4] boxes"
             )
-        boxes, _, valid, losses, stats = self.rpn(list(features.values()), image_sizes, *gt)
-        return boxes, valid, losses, stats
+        return self.rpn(list(features.values()), image_sizes, *gt)
 
     def forward(
         self,
@@ -162,14 +156,14 @@ class TwoStageDetector(nn.Module):
                 batch.device,
                 extra=[[t["labels"].long() for t in targets]],
             )
-            props, valid, losses, stats = self._proposals(
+            props, _, valid, losses, stats = self._proposals(
                 proposals, features, image_sizes, (gt_boxes, gt_valid)
             )
             roi_losses, roi_stats = self.roi_heads(
                 features, props, valid, image_sizes, padded_size, gt_boxes, gt_labels, gt_valid
             )
             return {**losses, **roi_losses}, {**stats, **roi_stats}
-        props, valid, _, _ = self._proposals(proposals, features, image_sizes)
+        props, _, valid, _, _ = self._proposals(proposals, features, image_sizes)
         detections = self.roi_heads(features, props, valid, image_sizes, padded_size)
         if orig_sizes is not None:
             for det, (height, width), (orig_h, orig_w) in zip(
@@ -187,12 +181,8 @@ class TwoStageDetector(nn.Module):
     def propose(self, images: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """RPN proposals per image: (boxes [P_i,4] in input pixels, objectness scores [P_i]), best
         first."""
-        if self.rpn is None:
-            raise ValueError(
-                "TwoStageDetector.propose: this model has no RPN (model.proposals=precomputed)"
-            )
         batch, image_sizes = self.preprocess(images)
-        boxes, scores, valid, _, _ = self.rpn(list(self.backbone(batch).values()), image_sizes)
+        boxes, scores, valid, _, _ = self._proposals(None, self.backbone(batch), image_sizes)
         counts = valid.sum(dim=1).tolist()
         return [(boxes[i, :n], scores[i, :n]) for i, n in enumerate(counts)]
 
