@@ -632,13 +632,23 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ())
     return Config(cfg)
 
 
-def tool_parser(doc: str, cfg: str | None = None, example: str = "") -> argparse.ArgumentParser:
+def tool_parser(
+    doc: str, cfg: str | None = None, example: str = "", checkpoint: str | None = None
+) -> argparse.ArgumentParser:
     """A tool's argument parser, ``doc`` (its docstring) as the description; with ``cfg``
     (``"optional"`` or ``"required"``) the repeatable ``--cfg`` and the ``key=value`` overrides
-    (``example`` in their help) that :func:`load_config` takes."""
+    (``example`` in their help) that :func:`load_config` takes; with ``checkpoint`` (the one the
+    tool loads, e.g. ``"a --ckpt"``) the ``--trust-checkpoint`` opt-in."""
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    if checkpoint is not None:
+        parser.add_argument(
+            "--trust-checkpoint",
+            action="store_true",
+            help=f"load {checkpoint} that holds more than data (it may run code when loaded); "
+            "only for a file you made or trust",
+        )
     if cfg is not None:
         required = cfg == "required"
         parser.add_argument(
