@@ -15,14 +15,12 @@ fixed at 64), and its box predictor has a background slot that no loss reads.
 
 from __future__ import annotations
 
-from typing import Sequence
 from unittest import mock
 
 import torch
 import torch.nn.functional as F
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection import roi_heads as tv_roi_heads
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
@@ -31,6 +29,7 @@ from detector.boxes import scale_boxes
 from detector.losses import build_box_loss
 from detector.modeling.backbone import build_backbone
 from detector.modeling.roi_heads import init_predictor
+from detector.modeling.rpn import build_anchor_generator
 
 __all__ = ["TorchvisionFasterRCNN", "build_torchvision_detector"]
 
@@ -104,10 +103,7 @@ def build_torchvision_detector(cfg, num_classes: int) -> TorchvisionFasterRCNN:
     # model.backbone's keys are build_backbone's parameters, one for one
     backbone = build_backbone(**bb.to_dict())
     levels = len(backbone.strides)
-    sizes: Sequence[tuple] = (
-        tuple((s,) for s in rpn_cfg.anchor_sizes) if bb.fpn else (tuple(rpn_cfg.anchor_sizes),)
-    )
-    anchors = AnchorGenerator(sizes, (tuple(rpn_cfg.aspect_ratios),) * levels)
+    anchors = build_anchor_generator(rpn_cfg.anchor_sizes, rpn_cfg.aspect_ratios, levels)
     # FPN: RoIs pool from P2..P5 ("pool", P6, only proposes), as in our RoI heads
     pooled = [str(i) for i in range(levels - 1)] if bb.fpn else ["0"]
     res = roi_cfg.pooler_resolution
