@@ -191,16 +191,13 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
     """The detector of ``cfg.model`` (``num_classes`` from the dataset when ``model.num_classes`` is
     null)."""
     model_cfg, rpn_cfg, roi_cfg = cfg.model, cfg.model.rpn, cfg.model.roi_head
-    if (
-        model_cfg.num_classes is not None
-        and num_classes is not None
-        and model_cfg.num_classes != num_classes
-    ):
-        raise ConfigError(
-            f"model.num_classes={model_cfg.num_classes} but the dataset has {num_classes} classes; "
-            f"set model.num_classes to null to take the dataset's"
-        )
-    num_classes = model_cfg.num_classes if model_cfg.num_classes is not None else num_classes
+    if model_cfg.num_classes is not None:
+        if num_classes not in (None, model_cfg.num_classes):
+            raise ConfigError(
+                f"model.num_classes={model_cfg.num_classes} but the dataset has {num_classes} "
+                f"classes; set model.num_classes to null to take the dataset's"
+            )
+        num_classes = model_cfg.num_classes
     if num_classes is None:
         raise ValueError(
             "build_detector: model.num_classes is null; "
