@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import socket
@@ -133,12 +134,10 @@ def foreign_files(run_dir: Path) -> list[str]:
 def free_name(run_dir: Path) -> Path:
     """``runs/smoothl1`` -> the first of ``runs/smoothl1-2``, ``-3``, ... that holds no run and
     no file in the way."""
-    n = 2
-    candidate = run_dir.with_name(f"{run_dir.name}-{n}")
-    while run_files(candidate) or foreign_files(candidate):
-        n += 1
+    for n in itertools.count(2):
         candidate = run_dir.with_name(f"{run_dir.name}-{n}")
-    return candidate
+        if not (run_files(candidate) or foreign_files(candidate)):
+            return candidate
 
 
 def stored_config(run_dir: str | Path, fix: str) -> dict[str, Any] | None:
