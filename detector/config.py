@@ -598,6 +598,12 @@ def _check_torchvision_reference(cfg: dict[str, Any]) -> None:
             )
 
 
+def keyword_args(section: Mapping[str, Any], *built_apart: str) -> dict[str, Any]:
+    """A config section's keys but ``built_apart``, as the keyword arguments of the class whose
+    parameters they name (a ``build_*`` function passes them)."""
+    return {key: value for key, value in section.items() if key not in built_apart}
+
+
 def check_training(cfg: Config) -> None:
     """The relations only training reads (evaluation does not check them): ``train.best_metric``
     must be a metric that ``eval.metric`` computes."""

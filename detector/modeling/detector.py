@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from detector.boxes import clip_boxes_to_sizes, scale_boxes
-from detector.config import ConfigError
+from detector.config import ConfigError, keyword_args
 from detector.data.transforms import batch_padded_size, build_pad_buckets
 from detector.losses import build_beta_schedule, build_box_loss
 from detector.modeling.backbone import Backbone, build_backbone
@@ -218,7 +218,7 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
             backbone.out_channels,
             backbone.strides,
             box_loss=build_box_loss(rpn_cfg.box_loss),
-            **_settings(rpn_cfg, "box_loss", "cls_weight"),
+            **keyword_args(rpn_cfg, "box_loss", "cls_weight"),
         )
     # FPN: P2..P5
     pooled_levels = [str(i) for i in range(len(backbone.strides) - 1)] if bb.fpn else ["0"]
@@ -230,7 +230,7 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
         box_loss_normalizer=roi_cfg.box_loss.normalizer,
         beta_schedule=build_beta_schedule(roi_cfg, cfg.train.max_iters),
         label_assigner=build_label_assigner(roi_cfg),
-        **_settings(roi_cfg, "box_loss", "cls_weight", "dynamic_label_assignment", "test"),
+        **keyword_args(roi_cfg, "box_loss", "cls_weight", "dynamic_label_assignment", "test"),
         **roi_cfg.test,
     )
     return TwoStageDetector(
@@ -242,8 +242,3 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
         size_divisibility=cfg.data.input.size_divisibility,
         pad_buckets=build_pad_buckets(cfg),
     )
-
-
-def _settings(section, *built_apart: str) -> dict:
-    """A config section's keys, but ``built_apart``, as keyword arguments."""
-    return {key: value for key, value in section.items() if key not in built_apart}
