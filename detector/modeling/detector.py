@@ -203,15 +203,14 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
             "build_detector: model.num_classes is null; "
             "pass num_classes (the dataset's class count)"
         )
-    if model_cfg.implementation == "torchvision":
-        from detector.modeling.reference import build_torchvision_detector
-
-        return build_torchvision_detector(cfg, num_classes)
-    bb = model_cfg.backbone
     # model.backbone's keys are build_backbone's parameters, one for one; the RPN's and the RoI
     # head's keys (and roi_head.test's) are their constructors' keyword arguments, but for the
     # sub-sections built here and the loss weights, which the trainer applies
-    backbone = build_backbone(**bb.to_dict())
+    backbone = build_backbone(**model_cfg.backbone.to_dict())
+    if model_cfg.implementation == "torchvision":
+        from detector.modeling.reference import build_torchvision_detector
+
+        return build_torchvision_detector(cfg, num_classes, backbone)
     rpn = None
     if model_cfg.proposals == "rpn":
         rpn = RPN(
@@ -220,11 +219,9 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
             box_loss=build_box_loss(rpn_cfg.box_loss),
             **keyword_args(rpn_cfg, "box_loss", "cls_weight"),
         )
-    # FPN: P2..P5
-    pooled_levels = [str(i) for i in range(len(backbone.strides) - 1)] if bb.fpn else ["0"]
     roi_heads = RoIHeads(
         backbone.out_channels,
-        pooled_levels,
+        backbone.pooled_levels,
         num_classes,
         box_loss=build_box_loss(roi_cfg.box_loss),
         box_loss_normalizer=roi_cfg.box_loss.normalizer,
