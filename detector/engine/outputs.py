@@ -83,10 +83,13 @@ def write_output(path: Path, data: str | bytes, overwrite: bool = False) -> None
     is not replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
         try:
-            with os.fdopen(fd, "w" if isinstance(data, str) else "wb") as f:
-                f.write(data)
+            if isinstance(data, str):
+                Path(tmp).write_text(data)
+            else:
+                Path(tmp).write_bytes(data)
         except OSError as exc:  # a full disk: the message names the output, not the temporary file
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         os.chmod(tmp, 0o644)
