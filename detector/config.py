@@ -598,6 +598,12 @@ def _check_torchvision_reference(cfg: dict[str, Any]) -> None:
             )
 
 
+def keyword_args(section: Mapping[str, Any], *built_apart: str) -> dict[str, Any]:
+    """A config section's keys but ``built_apart``, as the keyword arguments of the class whose
+    parameters they name (a ``build_*`` function passes them)."""
+    return {key: value for key, value in section.items() if key not in built_apart}
+
+
 def check_training(cfg: Config) -> None:
     """The relations only training reads (evaluation does not check them): ``train.best_metric``
     must be a metric that ``eval.metric`` computes."""
@@ -632,13 +638,23 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ())
     return Config(cfg)
 
 
-def tool_parser(doc: str, cfg: str | None = None, example: str = "") -> argparse.ArgumentParser:
+def tool_parser(
+    doc: str, cfg: str | None = None, example: str = "", checkpoint: str | None = None
+) -> argparse.ArgumentParser:
     """A tool's argument parser, ``doc`` (its docstring) as the description; with ``cfg``
     (``"optional"`` or ``"required"``) the repeatable ``--cfg`` and the ``key=value`` overrides
-    (``example`` in their help) that :func:`load_config` takes."""
+    (``example`` in their help) that :func:`load_config` takes; with ``checkpoint`` (the one the
+    tool loads, e.g. ``"a --ckpt"``) the ``--trust-checkpoint`` opt-in."""
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    if checkpoint is not None:
+        parser.add_argument(
+            "--trust-checkpoint",
+            action="store_true",
+            help=f"load {checkpoint} that holds more than data (it may run code when loaded); "
+            "only for a file you made or trust",
+        )
     if cfg is not None:
         required = cfg == "required"
         parser.add_argument(
@@ -654,7 +670,7 @@ def tool_parser(doc: str, cfg: str | None = None, example: str = "") -> argparse
 
 # Keys added after runs were written whose base.yaml default is not what those runs did: a stored
 # config without the key meant this value (the predictor's init was detectron2's until 2026-12-06).
-EARLIER_MEANING = {"model.roi_head.predictor_init": "detectron2"}
+EARLIER_MEANING = {"model": {"roi_head": {"predictor_init": "detectron2"}}}
 
 
 def with_defaults(
@@ -665,12 +681,7 @@ def with_defaults(
     :data:`EARLIER_MEANING`'s); keys the schema no longer has are kept."""
     if defaults is None:
         defaults = default_config()
-        for dotted, value in EARLIER_MEANING.items():
-            *path, last = dotted.split(".")
-            section = defaults
-            for part in path:
-                section = section[part]
-            section[last] = value
+        _merge(defaults, EARLIER_MEANING, defaults, "config.EARLIER_MEANING")
     out = {k: _thaw(v) for k, v in stored.items()}
     for key, default in defaults.items():
         if key not in out:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from detector.boxes import box_area
-from detector.config import load_config
+from detector.config import keyword_args, load_config
 from detector.losses import build_box_loss
 from detector.modeling import RoIHeads, TwoStageDetector, build_detector
 from detector.modeling.backbone import build_backbone
@@ -44,30 +44,14 @@ def make_roi_heads(in_channels: int, num_classes: int, **keys) -> RoIHeads:
     """RoIHeads pooling level "0", with base.yaml's ``model.roi_head`` keys (``keys`` replace
     some)."""
     roi = load_config().model.roi_head
-    kwargs = {
-        name: roi[name]
-        for name in (
-            "box_coder_weights",
-            "batch_size_per_image",
-            "positive_fraction",
-            "fg_iou_thresh",
-            "bg_iou_thresh",
-            "add_gt_as_proposals",
-            "pooler_resolution",
-            "sampling_ratio",
-            "fc_dim",
-            "class_agnostic",
-            "predictor_init",
-        )
-    }
-    kwargs.update(
+    # as build_detector passes them
+    kwargs = dict(
         box_loss=build_box_loss(roi.box_loss),
         box_loss_normalizer=roi.box_loss.normalizer,
-        score_thresh=roi.test.score_thresh,
-        nms_thresh=roi.test.nms_thresh,
-        detections_per_img=roi.test.detections_per_img,
         beta_schedule=None,
         label_assigner=None,
+        **keyword_args(roi, "box_loss", "cls_weight", "dynamic_label_assignment", "test"),
+        **roi.test,
     )
     return RoIHeads(in_channels, ["0"], num_classes, **{**kwargs, **keys})
 

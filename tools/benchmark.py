@@ -1,18 +1,19 @@
 #!/usr/bin/env python
 """Speed: ours against torchvision's Faster R-CNN (the default table: GPU scratch + finetune, batch
 2 and 8, AMP off/on, 800x1067; a small one with --device cpu), or one of the modes below. Prints
-tables; --json writes every figure.
+tables; --json writes every figure. The configs (--cfg) and key=value overrides set --real,
+--shapes, --profile and --data; in the synthetic table the overrides change our side only.
 
     python tools/benchmark.py --all --cfg smoothl1.yaml --cfg data/coco_tiny.yaml --cfg gpu.yaml \
         --json bench.json
 """
 
-import argparse
 import importlib.util
 import json
 import sys
 from pathlib import Path
 
+from detector.config import tool_parser
 from detector.errors import run_tool
 
 # --amp -> the autocast settings timed
@@ -34,9 +35,7 @@ def load_speed():
 
 @run_tool
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__, "optional", example="train.clip_grad_norm=0")
     mode = parser.add_mutually_exclusive_group()
     for flag, text in (
         (
@@ -93,19 +92,7 @@ def main(argv=None) -> int:
         "--overwrite", action="store_true", help="let --json replace a file that is there"
     )
     parser.add_argument(
-        "--cfg",
-        action="append",
-        default=[],
-        help="config file (repeatable), used by --real, --shapes, --profile, --data",
-    )
-    parser.add_argument(
         "--workers", type=int, nargs="+", default=[0, 2, 4, 8, 16], help="worker counts for --data"
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        help="key=value config overrides; in the synthetic table they change "
-        "our side only (e.g. train.clip_grad_norm=0)",
     )
     args = parser.parse_intermixed_args(argv)
     import torch

@@ -61,7 +61,7 @@ def dump_proposals(
 
 @run_tool
 def main(argv=None) -> int:
-    parser = tool_parser(__doc__, "required", example="train.device=cpu")
+    parser = tool_parser(__doc__, "required", example="train.device=cpu", checkpoint="a --ckpt")
     parser.add_argument(
         "--ckpt", type=Path, required=True, help="checkpoint .pth of a model trained with an RPN"
     )
@@ -71,12 +71,6 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--split", choices=("train", "val"), default="train", help="dataset split (default: train)"
-    )
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="load a --ckpt that holds more than data (it may run code when loaded); only for a "
-        "file you made or trust",
     )
     args = parser.parse_intermixed_args(argv)
     from detector.engine.runtime import select_device

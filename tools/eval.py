@@ -30,7 +30,7 @@ from detector.evaluation.results import EVAL_FILES  # what --out receives, in th
 
 @run_tool
 def main(argv=None) -> int:
-    parser = tool_parser(__doc__, "required", example="train.device=cpu")
+    parser = tool_parser(__doc__, "required", example="train.device=cpu", checkpoint="a --ckpt")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", type=Path, help="checkpoint .pth to run over the val split")
     source.add_argument(
@@ -46,12 +46,6 @@ def main(argv=None) -> int:
         "--overwrite",
         action="store_true",
         help="let --out replace files already there, a training run's eval/ folder included",
-    )
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="load a --ckpt that holds more than data (it may run code when loaded); only for a "
-        "file you made or trust",
     )
     parser.add_argument(
         "--metric", choices=tuple(METRIC_NAMES), help="default: the config's eval.metric"

@@ -21,7 +21,9 @@ from detector.errors import run_tool
 
 @run_tool
 def main(argv=None) -> int:
-    parser = tool_parser(__doc__, "optional", example="train.max_iters=200")
+    parser = tool_parser(
+        __doc__, "optional", example="train.max_iters=200", checkpoint="a --resume checkpoint"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in the run folder")
     parser.add_argument(
         "--extend",
@@ -31,12 +33,6 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the run in the run folder"
-    )
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="--resume from a checkpoint that holds more than data (it may run code when loaded); "
-        "only for a file you made or trust",
     )
     args = parser.parse_intermixed_args(argv)
     from detector.engine import distributed

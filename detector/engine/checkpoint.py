@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from torch.serialization import safe_globals
 
 from detector.engine import distributed as dist_utils
 from detector.engine.runtime import notice
@@ -88,15 +89,6 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
     return path
 
 
-def _numpy_rng_allowed() -> contextlib.AbstractContextManager:
-    """Allow :data:`NUMPY_RNG_GLOBALS` while loading (torch 2.4 has only the process-wide
-    ``add_safe_globals``)."""
-    if hasattr(torch.serialization, "safe_globals"):
-        return torch.serialization.safe_globals(NUMPY_RNG_GLOBALS)
-    torch.serialization.add_safe_globals(NUMPY_RNG_GLOBALS)
-    return contextlib.nullcontext()
-
-
 def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
     """Read a checkpoint (or a bare model state dict) onto the CPU as data only; ``trust=True``
     unpickles it whole."""
@@ -108,7 +100,7 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
         )
     try:
         # trust: the user's opt-in; may run code
-        with contextlib.nullcontext() if trust else _numpy_rng_allowed():
+        with contextlib.nullcontext() if trust else safe_globals(NUMPY_RNG_GLOBALS):
             state = torch.load(path, map_location="cpu", weights_only=not trust)
     # a global that is code is named; truncated zip, garbage, wrong file: all alike
     except Exception as exc:

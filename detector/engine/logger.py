@@ -109,12 +109,10 @@ class RunLogger:
 
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        dropped = (
-            0
-            if resumed_at is None
-            else _drop_records_after(self.run_dir / METRICS_FILE, resumed_at)
-        )
-        purge = None if resumed_at is None else resumed_at + 1
+        purge = None
+        if resumed_at is not None:
+            dropped = _drop_records_after(self.run_dir / METRICS_FILE, resumed_at)
+            purge = resumed_at + 1
         self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
         self._jsonl = open(self.run_dir / METRICS_FILE, "a")
         if resumed_at is not None:

@@ -28,13 +28,10 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
                     param
                 )
     groups = [
-        g
-        for g in (
-            {"params": decay, "weight_decay": cfg.train.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        )
-        if g["params"]
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
     ]
+    groups = [group for group in groups if group["params"]]
     fused = has_fused_sgd(groups[0]["params"][0].device)
     optimizer = torch.optim.SGD(
         groups,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import socket
@@ -73,7 +74,7 @@ class RunFolderPlan:
     notes: list[str] = field(default_factory=list)  # one-line messages for the user
 
 
-def _own_files(run_dir: Path) -> dict[str, list[Path]]:
+def run_files(run_dir: Path) -> dict[str, list[Path]]:
     """The files a training wrote that ``run_dir`` holds, by :data:`RUN_ARTIFACTS` name (empty:
     no run there). ``eval/`` counts only beside another of them (alone it is tools/eval.py's);
     ``config.yaml`` only if a training wrote it (:data:`RUN_CONFIG_HEADER`, or a complete config
@@ -120,15 +121,10 @@ def _is_run_config(path: Path, legacy: bool) -> bool:
     )
 
 
-def run_files(run_dir: Path) -> list[str]:
-    """The names of the files a training wrote that ``run_dir`` holds (empty: no run there)."""
-    return list(_own_files(run_dir))
-
-
 def foreign_files(run_dir: Path) -> list[str]:
     """What a training would write over in ``run_dir`` that no training wrote: a ``config.yaml``
     that is not a run's, or the evaluation files of an ``eval/`` where no run is."""
-    run_dir, own = Path(run_dir), _own_files(run_dir)
+    run_dir, own = Path(run_dir), run_files(run_dir)
     foreign = [CONFIG_FILE] if (run_dir / CONFIG_FILE).exists() and CONFIG_FILE not in own else []
     if "eval" not in own:
         foreign += [f"eval/{n}" for n in EVAL_FILES if (run_dir / "eval" / n).exists()]
@@ -138,12 +134,10 @@ def foreign_files(run_dir: Path) -> list[str]:
 def free_name(run_dir: Path) -> Path:
     """``runs/smoothl1`` -> the first of ``runs/smoothl1-2``, ``-3``, ... that holds no run and
     no file in the way."""
-    n = 2
-    candidate = run_dir.with_name(f"{run_dir.name}-{n}")
-    while run_files(candidate) or foreign_files(candidate):
-        n += 1
+    for n in itertools.count(2):
         candidate = run_dir.with_name(f"{run_dir.name}-{n}")
-    return candidate
+        if not (run_files(candidate) or foreign_files(candidate)):
+            return candidate
 
 
 def stored_config(run_dir: str | Path, fix: str) -> dict[str, Any] | None:
@@ -296,7 +290,7 @@ def prepare_run_folder(run_dir: Path, cfg, plan: RunFolderPlan, notes: list[str]
         notice(line)
     # what the run wrote goes; the user's other files stay, eval/ and checkpoints/ too
     if plan.overwrite:
-        for paths in _own_files(run_dir).values():
+        for paths in run_files(run_dir).values():
             for path in paths:
                 path.unlink()
         for folder in (run_dir / "eval", run_dir / "checkpoints"):

@@ -105,15 +105,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def to_device(images, targets, device: torch.device):
     """A loader batch (list of [3,H,W] images, list of target dicts) onto ``device``, without
     blocking."""
-    images = [img.to(device, non_blocking=True) for img in images]
-    targets = [
-        {
-            k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-            for k, v in t.items()
-        }
-        for t in targets
-    ]
-    return images, targets
+
+    def move(value):
+        return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+
+    return [move(img) for img in images], [{k: move(v) for k, v in t.items()} for t in targets]
 
 
 class GracefulStop:

@@ -154,6 +154,10 @@ class Backbone(nn.Module):
         self.body = body
         self.out_channels = out_channels
         self.strides = strides
+        # the levels RoIs pool from: P2..P5 with FPN ("pool", P6, only proposes), else "0"
+        self.pooled_levels = (
+            [str(i) for i in range(len(strides) - 1)] if len(strides) > 1 else ["0"]
+        )
 
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         return OrderedDict(self.body(images))

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from detector.boxes import clip_boxes_to_sizes, scale_boxes
-from detector.config import ConfigError
+from detector.config import ConfigError, keyword_args
 from detector.data.transforms import batch_padded_size, build_pad_buckets
 from detector.losses import build_beta_schedule, build_box_loss
 from detector.modeling.backbone import Backbone, build_backbone
@@ -105,9 +105,8 @@ class TwoStageDetector(nn.Module):
         device = self.pixel_mean.device
         sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
         height, width = batch_padded_size(sizes, self.size_divisibility, self.pad_buckets)
-        batch = self.pixel_mean.expand(
-            len(images), 3, height, width
-        ).clone(  # the padding normalises to 0
+        # the padding normalises to 0
+        batch = self.pixel_mean.expand(len(images), 3, height, width).clone(
             memory_format=self.input_memory_format
         )
         for i, img in enumerate(images):
@@ -123,24 +122,19 @@ class TwoStageDetector(nn.Module):
         )
 
     def _proposals(self, proposals, features, image_sizes, gt=()):
-        """(proposals [N,P,4], valid [N,P], rpn losses, rpn stats): the given ``proposals``, else
-        the RPN's."""
+        """(proposals [N,P,4], scores [N,P] (None when given), valid [N,P], rpn losses, rpn stats):
+        the given ``proposals``, else the RPN's."""
         if proposals is not None:
             padded, _, valid = _pad_boxes(proposals, image_sizes.device)
             zeros = image_sizes.new_zeros(())
-            return (
-                clip_boxes_to_sizes(padded, image_sizes),
-                valid,
-                {"loss_rpn_cls": zeros, "loss_rpn_box": zeros},
-                {},
-            )
+            losses = {"loss_rpn_cls": zeros, "loss_rpn_box": zeros}
+            return clip_boxes_to_sizes(padded, image_sizes), None, valid, losses, {}
         if self.rpn is None:
             raise ValueError(
-                "TwoStageDetector: built with model.proposals=precomputed; "
+                "TwoStageDetector: built with model.proposals=precomputed, it has no RPN; "
                 "pass proposals=[P_i,4] boxes"
             )
-        boxes, _, valid, losses, stats = self.rpn(list(features.values()), image_sizes, *gt)
-        return boxes, valid, losses, stats
+        return self.rpn(list(features.values()), image_sizes, *gt)
 
     def forward(
         self,
@@ -162,14 +156,14 @@ class TwoStageDetector(nn.Module):
                 batch.device,
                 extra=[[t["labels"].long() for t in targets]],
             )
-            props, valid, losses, stats = self._proposals(
+            props, _, valid, losses, stats = self._proposals(
                 proposals, features, image_sizes, (gt_boxes, gt_valid)
             )
             roi_losses, roi_stats = self.roi_heads(
                 features, props, valid, image_sizes, padded_size, gt_boxes, gt_labels, gt_valid
             )
             return {**losses, **roi_losses}, {**stats, **roi_stats}
-        props, valid, _, _ = self._proposals(proposals, features, image_sizes)
+        props, _, valid, _, _ = self._proposals(proposals, features, image_sizes)
         detections = self.roi_heads(features, props, valid, image_sizes, padded_size)
         if orig_sizes is not None:
             for det, (height, width), (orig_h, orig_w) in zip(
@@ -187,12 +181,8 @@ class TwoStageDetector(nn.Module):
     def propose(self, images: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """RPN proposals per image: (boxes [P_i,4] in input pixels, objectness scores [P_i]), best
         first."""
-        if self.rpn is None:
-            raise ValueError(
-                "TwoStageDetector.propose: this model has no RPN (model.proposals=precomputed)"
-            )
         batch, image_sizes = self.preprocess(images)
-        boxes, scores, valid, _, _ = self.rpn(list(self.backbone(batch).values()), image_sizes)
+        boxes, scores, valid, _, _ = self._proposals(None, self.backbone(batch), image_sizes)
         counts = valid.sum(dim=1).tolist()
         return [(boxes[i, :n], scores[i, :n]) for i, n in enumerate(counts)]
 
@@ -201,71 +191,44 @@ def build_detector(cfg, num_classes: int | None = None) -> TwoStageDetector:
     """The detector of ``cfg.model`` (``num_classes`` from the dataset when ``model.num_classes`` is
     null)."""
     model_cfg, rpn_cfg, roi_cfg = cfg.model, cfg.model.rpn, cfg.model.roi_head
-    if (
-        model_cfg.num_classes is not None
-        and num_classes is not None
-        and model_cfg.num_classes != num_classes
-    ):
-        raise ConfigError(
-            f"model.num_classes={model_cfg.num_classes} but the dataset has {num_classes} classes; "
-            f"set model.num_classes to null to take the dataset's"
-        )
-    num_classes = model_cfg.num_classes if model_cfg.num_classes is not None else num_classes
+    if model_cfg.num_classes is not None:
+        if num_classes not in (None, model_cfg.num_classes):
+            raise ConfigError(
+                f"model.num_classes={model_cfg.num_classes} but the dataset has {num_classes} "
+                f"classes; set model.num_classes to null to take the dataset's"
+            )
+        num_classes = model_cfg.num_classes
     if num_classes is None:
         raise ValueError(
             "build_detector: model.num_classes is null; "
             "pass num_classes (the dataset's class count)"
         )
+    # model.backbone's keys are build_backbone's parameters, one for one; the RPN's and the RoI
+    # head's keys (and roi_head.test's) are their constructors' keyword arguments, but for the
+    # sub-sections built here and the loss weights, which the trainer applies
+    backbone = build_backbone(**model_cfg.backbone.to_dict())
     if model_cfg.implementation == "torchvision":
         from detector.modeling.reference import build_torchvision_detector
 
-        return build_torchvision_detector(cfg, num_classes)
-    bb = model_cfg.backbone
-    # model.backbone's keys are build_backbone's parameters, one for one
-    backbone = build_backbone(**bb.to_dict())
+        return build_torchvision_detector(cfg, num_classes, backbone)
     rpn = None
     if model_cfg.proposals == "rpn":
         rpn = RPN(
             backbone.out_channels,
             backbone.strides,
-            rpn_cfg.anchor_sizes,
-            rpn_cfg.aspect_ratios,
             box_loss=build_box_loss(rpn_cfg.box_loss),
-            pre_nms_topk_train=rpn_cfg.pre_nms_topk_train,
-            post_nms_topk_train=rpn_cfg.post_nms_topk_train,
-            pre_nms_topk_test=rpn_cfg.pre_nms_topk_test,
-            post_nms_topk_test=rpn_cfg.post_nms_topk_test,
-            nms_thresh=rpn_cfg.nms_thresh,
-            min_size=rpn_cfg.min_size,
-            batch_size_per_image=rpn_cfg.batch_size_per_image,
-            positive_fraction=rpn_cfg.positive_fraction,
-            fg_iou_thresh=rpn_cfg.fg_iou_thresh,
-            bg_iou_thresh=rpn_cfg.bg_iou_thresh,
+            **keyword_args(rpn_cfg, "box_loss", "cls_weight"),
         )
-    # FPN: P2..P5
-    pooled_levels = [str(i) for i in range(len(backbone.strides) - 1)] if bb.fpn else ["0"]
     roi_heads = RoIHeads(
         backbone.out_channels,
-        pooled_levels,
+        backbone.pooled_levels,
         num_classes,
         box_loss=build_box_loss(roi_cfg.box_loss),
-        box_coder_weights=roi_cfg.box_coder_weights,
+        box_loss_normalizer=roi_cfg.box_loss.normalizer,
         beta_schedule=build_beta_schedule(roi_cfg, cfg.train.max_iters),
         label_assigner=build_label_assigner(roi_cfg),
-        batch_size_per_image=roi_cfg.batch_size_per_image,
-        positive_fraction=roi_cfg.positive_fraction,
-        fg_iou_thresh=roi_cfg.fg_iou_thresh,
-        bg_iou_thresh=roi_cfg.bg_iou_thresh,
-        add_gt_as_proposals=roi_cfg.add_gt_as_proposals,
-        pooler_resolution=roi_cfg.pooler_resolution,
-        sampling_ratio=roi_cfg.sampling_ratio,
-        fc_dim=roi_cfg.fc_dim,
-        class_agnostic=roi_cfg.class_agnostic,
-        box_loss_normalizer=roi_cfg.box_loss.normalizer,
-        score_thresh=roi_cfg.test.score_thresh,
-        nms_thresh=roi_cfg.test.nms_thresh,
-        detections_per_img=roi_cfg.test.detections_per_img,
-        predictor_init=roi_cfg.predictor_init,
+        **keyword_args(roi_cfg, "box_loss", "cls_weight", "dynamic_label_assignment", "test"),
+        **roi_cfg.test,
     )
     return TwoStageDetector(
         backbone,

@@ -12,7 +12,8 @@ from typing import Any, Mapping
 
 import torch
 
-from detector.losses.dynamic import STATISTIC_CONVENTIONS, IntervalRecord, kth_valid
+from detector.config import keyword_args
+from detector.losses.dynamic import IntervalRecord, kth_valid
 
 __all__ = ["match_boxes", "sample_balanced", "DynamicLabelAssigner", "build_label_assigner"]
 
@@ -85,9 +86,6 @@ class DynamicLabelAssigner:
         min_thresh: float = 0.4,
         statistic: str = "mmdet",
     ):
-        assert topk >= 1 and statistic in STATISTIC_CONVENTIONS, (
-            f"DynamicLabelAssigner: {topk}, {statistic!r}"
-        )
         self.topk = int(topk)
         self.interval = int(interval)
         self.min_thresh = float(min_thresh)
@@ -154,12 +152,5 @@ def build_label_assigner(roi_cfg: Mapping) -> DynamicLabelAssigner | None:
     dla = roi_cfg["dynamic_label_assignment"]
     if not dla["enabled"]:
         return None
-    statistic = dla["statistic"]
-    initial = dla["min_thresh"] if statistic == "official" else roi_cfg["fg_iou_thresh"]
-    return DynamicLabelAssigner(
-        initial_thresh=initial,
-        topk=dla["topk"],
-        interval=dla["interval"],
-        min_thresh=dla["min_thresh"],
-        statistic=statistic,
-    )
+    initial = dla["min_thresh"] if dla["statistic"] == "official" else roi_cfg["fg_iou_thresh"]
+    return DynamicLabelAssigner(initial_thresh=initial, **keyword_args(dla, "enabled"))

@@ -15,22 +15,21 @@ fixed at 64), and its box predictor has a background slot that no loss reads.
 
 from __future__ import annotations
 
-from typing import Sequence
 from unittest import mock
 
 import torch
 import torch.nn.functional as F
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection import roi_heads as tv_roi_heads
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from detector.boxes import scale_boxes
 from detector.losses import build_box_loss
-from detector.modeling.backbone import build_backbone
+from detector.modeling.backbone import Backbone
 from detector.modeling.roi_heads import init_predictor
+from detector.modeling.rpn import build_anchor_generator
 
 __all__ = ["TorchvisionFasterRCNN", "build_torchvision_detector"]
 
@@ -97,19 +96,12 @@ class TorchvisionFasterRCNN(FasterRCNN):
         """No Dynamic R-CNN state (the config refuses it)."""
 
 
-def build_torchvision_detector(cfg, num_classes: int) -> TorchvisionFasterRCNN:
-    """torchvision's Faster R-CNN of ``cfg.model`` (``model.implementation=torchvision``)."""
+def build_torchvision_detector(cfg, num_classes: int, backbone: Backbone) -> TorchvisionFasterRCNN:
+    """torchvision's Faster R-CNN of ``cfg.model`` (``model.implementation=torchvision``) on
+    ``backbone`` (``build_backbone``'s, as ours)."""
     model_cfg, rpn_cfg, roi_cfg = cfg.model, cfg.model.rpn, cfg.model.roi_head
-    bb = model_cfg.backbone
-    # model.backbone's keys are build_backbone's parameters, one for one
-    backbone = build_backbone(**bb.to_dict())
     levels = len(backbone.strides)
-    sizes: Sequence[tuple] = (
-        tuple((s,) for s in rpn_cfg.anchor_sizes) if bb.fpn else (tuple(rpn_cfg.anchor_sizes),)
-    )
-    anchors = AnchorGenerator(sizes, (tuple(rpn_cfg.aspect_ratios),) * levels)
-    # FPN: RoIs pool from P2..P5 ("pool", P6, only proposes), as in our RoI heads
-    pooled = [str(i) for i in range(levels - 1)] if bb.fpn else ["0"]
+    anchors = build_anchor_generator(rpn_cfg.anchor_sizes, rpn_cfg.aspect_ratios, levels)
     res = roi_cfg.pooler_resolution
     predictor = FastRCNNPredictor(roi_cfg.fc_dim, num_classes + 1)
     init_predictor(predictor.cls_score, predictor.bbox_pred, roi_cfg.predictor_init)
@@ -126,7 +118,7 @@ def build_torchvision_detector(cfg, num_classes: int) -> TorchvisionFasterRCNN:
         rpn_bg_iou_thresh=rpn_cfg.bg_iou_thresh,
         rpn_batch_size_per_image=rpn_cfg.batch_size_per_image,
         rpn_positive_fraction=rpn_cfg.positive_fraction,
-        box_roi_pool=MultiScaleRoIAlign(pooled, res, roi_cfg.sampling_ratio),
+        box_roi_pool=MultiScaleRoIAlign(backbone.pooled_levels, res, roi_cfg.sampling_ratio),
         box_head=TwoMLPHead(backbone.out_channels * res**2, roi_cfg.fc_dim),
         box_predictor=predictor,
         box_score_thresh=roi_cfg.test.score_thresh,

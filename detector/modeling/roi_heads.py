@@ -104,7 +104,6 @@ class RoIHeads(nn.Module):
         predictor_init: str,
     ):
         super().__init__()
-        assert box_loss_normalizer in ("num_samples", "num_pos"), box_loss_normalizer
         self.pooler = MultiScaleRoIAlign(list(featmap_names), pooler_resolution, sampling_ratio)
         self.box_head = BoxHead(
             in_channels * pooler_resolution**2, fc_dim, num_classes, class_agnostic, predictor_init
@@ -127,20 +126,18 @@ class RoIHeads(nn.Module):
         self.iteration = 0  # the next training iteration update_dynamic_state expects
 
     # ------------------------------------------------------ state carried in the model's state_dict
+    _DYNAMIC_PARTS = ("beta_schedule", "label_assigner")
+
     def get_extra_state(self) -> dict[str, Any]:
-        return {
-            "iteration": self.iteration,
-            "beta_schedule": self.beta_schedule.state_dict()
-            if self.beta_schedule is not None
-            else None,
-            "label_assigner": self.label_assigner.state_dict()
-            if self.label_assigner is not None
-            else None,
-        }
+        state: dict[str, Any] = {"iteration": self.iteration}
+        for name in self._DYNAMIC_PARTS:
+            part = getattr(self, name)
+            state[name] = None if part is None else part.state_dict()
+        return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
-        for name in ("beta_schedule", "label_assigner"):
+        for name in self._DYNAMIC_PARTS:
             if getattr(self, name) is not None and state.get(name) is not None:
                 getattr(self, name).load_state_dict(state[name])
 

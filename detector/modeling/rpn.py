@@ -20,7 +20,16 @@ from detector.boxes import batched_box_iou, batched_nms_topk, clip_boxes_to_size
 from detector.losses import BoxLoss
 from detector.modeling.matcher import match_boxes, sample_balanced
 
-__all__ = ["RPN"]
+__all__ = ["RPN", "build_anchor_generator"]
+
+
+def build_anchor_generator(
+    anchor_sizes: Sequence[float], aspect_ratios: Sequence[float], levels: int
+) -> AnchorGenerator:
+    """torchvision's anchors: with one level every size is there, else one size per level (the
+    config's relation check holds model.rpn.anchor_sizes to the FPN's levels)."""
+    sizes = [tuple(anchor_sizes)] if levels == 1 else [(s,) for s in anchor_sizes]
+    return AnchorGenerator(sizes, (tuple(aspect_ratios),) * levels)
 
 
 class RPN(nn.Module):
@@ -47,17 +56,8 @@ class RPN(nn.Module):
         bg_iou_thresh: float,
     ):
         super().__init__()
-        assert not box_loss.on_boxes, f"the RPN takes a delta loss, not {box_loss.name}"
-        if len(strides) == 1:
-            sizes_per_level = [tuple(anchor_sizes)]
-        else:
-            # the config's relation check holds model.rpn.anchor_sizes to the FPN's levels
-            assert len(anchor_sizes) == len(strides), (anchor_sizes, strides)
-            sizes_per_level = [(s,) for s in anchor_sizes]
         self.strides = tuple(int(s) for s in strides)
-        self.anchor_generator = AnchorGenerator(
-            sizes_per_level, (tuple(aspect_ratios),) * len(sizes_per_level)
-        )
+        self.anchor_generator = build_anchor_generator(anchor_sizes, aspect_ratios, len(strides))
         self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location()[0])
         self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0), check=False)
         self.box_loss = box_loss
