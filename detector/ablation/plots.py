@@ -158,8 +158,7 @@ def plot_ap_vs_iou(groups: Groups, out: Path, baseline: str) -> None:
 
 def _train_series(run: dict[str, Any], key: str) -> list[tuple[int, float]]:
     """(iteration, ``key``) at each logged training step of ``run`` that has it."""
-    train = [r for r in run["log"] if r.get("type") == "train"]
-    return [(r["iter"], r[key]) for r in train if r.get(key) is not None]
+    return [(r["iter"], r[key]) for r in run["train"] if r.get(key) is not None]
 
 
 def _pooled(groups: Groups, key: str) -> dict:

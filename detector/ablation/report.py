@@ -113,6 +113,8 @@ def read_run(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     run = {
         "metrics": metrics,
         "log": log,
+        # the logged training steps, which the STATS readers, the plots and beta.csv read
+        "train": [r for r in log if r.get("type") == "train"],
         "record": record or {},
         "tp_ious": None,
         "pred_err": None,
@@ -624,10 +626,9 @@ def _write_beta_csv(path: Path, groups: list[Group]) -> int:
     rows = []
     for g in groups:
         for seed, result in sorted(g.results.items()):
-            train = [r for r in result["log"] if r.get("type") == "train"]
-            if len({r.get("beta") for r in train} - {None}) < 2:
+            if len({r.get("beta") for r in result["train"]} - {None}) < 2:
                 continue
-            for r in train:
+            for r in result["train"]:
                 rows.append(dict(config=g.name, seed=seed, run=result["run"], iter=r["iter"]))
                 rows[-1].update({k: _num(r.get(k)) for k in BETA_KEYS})
     _write_rows(path, rows)

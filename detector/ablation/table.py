@@ -2,7 +2,7 @@
 
 A row names the statistic (its ``metric`` in summary.csv), reads it from a run's record (the dict of
 :func:`detector.ablation.report.read_run`: ``metrics`` is ``eval/metrics.json``, ``log`` the
-records of ``metrics.jsonl``, ``record`` the ``record.json``), says how summary.md shows it and
+records of ``metrics.jsonl`` and ``train`` its training steps, ``record`` the ``record.json``), says how summary.md shows it and
 whether its paired difference to the baseline is taken. Adding a statistic is adding a row: the
 report's tables, summary.csv and the comparisons follow.
 """
@@ -48,7 +48,7 @@ def train_mean(key: str, tail: float = 1.0, skip_first: bool = False) -> Reader:
     """The mean of ``key`` over the last ``tail`` of the logged training steps."""
 
     def read(run):
-        train = [r for r in run["log"] if r.get("type") == "train"]
+        train = run["train"]
         if skip_first and len(train) > 1:  # the first window includes start-up
             train = train[1:]
         values = [
@@ -63,7 +63,7 @@ def train_last(key: str) -> Reader:
     """The last logged training step's ``key``."""
 
     def read(run):
-        values = [r[key] for r in run["log"] if r.get("type") == "train" and r.get(key) is not None]
+        values = [r[key] for r in run["train"] if r.get(key) is not None]
         return values[-1] if values else None
 
     return read
