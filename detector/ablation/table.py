@@ -2,9 +2,9 @@
 
 A row names the statistic (its ``metric`` in summary.csv), reads it from a run's record (the dict of
 :func:`detector.ablation.report.read_run`: ``metrics`` is ``eval/metrics.json``, ``log`` the
-records of ``metrics.jsonl`` and ``train`` its training steps, ``record`` the ``record.json``), says how summary.md shows it and
-whether its paired difference to the baseline is taken. Adding a statistic is adding a row: the
-report's tables, summary.csv and the comparisons follow.
+records of ``metrics.jsonl`` and ``train`` its training steps, ``record`` the ``record.json``),
+says how summary.md shows it and whether its paired difference to the baseline is taken. Adding a
+statistic is adding a row: the report's tables, summary.csv and the comparisons follow.
 """
 
 from __future__ import annotations
