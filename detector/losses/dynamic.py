@@ -16,18 +16,6 @@ import torch.distributed as dist
 
 from detector.losses.regression import resolve_beta
 
-__all__ = [
-    "BetaSchedule",
-    "AdaptiveBeta",
-    "ScheduledBeta",
-    "BETA_SCHEDULES",
-    "SCHEDULED_LOSSES",
-    "STATISTIC_CONVENTIONS",
-    "IntervalRecord",
-    "build_beta_schedule",
-    "kth_valid",
-]
-
 # Whose Dynamic R-CNN statistics (beta and DLA): open-mmlab/mmdetection's port, or
 # hkzhang95/DynamicRCNN's code.
 STATISTIC_CONVENTIONS = ("mmdet", "official")

@@ -14,23 +14,6 @@ from typing import Callable, Mapping
 
 import torch
 
-__all__ = [
-    "l1_loss",
-    "l2_loss",
-    "smooth_l1_loss",
-    "balanced_l1_loss",
-    "iou_loss",
-    "giou_loss",
-    "diou_loss",
-    "ciou_loss",
-    "weight_reduce_loss",
-    "BoxLoss",
-    "LOSSES",
-    "build_box_loss",
-    "resolve_beta",
-    "EXACT_L1_BETA",
-]
-
 EXACT_L1_BETA = 1e-5  # smooth_l1 with beta below this is computed as L1
 
 
