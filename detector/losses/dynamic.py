@@ -50,7 +50,6 @@ class IntervalRecord:
     """
 
     def __init__(self, interval: int):
-        assert interval >= 1, f"IntervalRecord: interval must be >= 1, got {interval}"
         self.interval = int(interval)
         # [2,C]: statistic (0 where none), 1 where observed
         self.table = torch.zeros(2, self.interval)
@@ -96,7 +95,6 @@ class BetaSchedule:
     type: str = ""
 
     def __init__(self, beta: float, min_beta: float):
-        assert min_beta > 0, f"{type(self).__name__}: min_beta must be > 0, got {min_beta}"
         self.min_beta = float(min_beta)
         self.beta = max(float(beta), self.min_beta)
 
@@ -141,9 +139,6 @@ class AdaptiveBeta(BetaSchedule):
         statistic: str = "mmdet",
     ):
         super().__init__(initial_beta, min_beta)
-        assert topk > 0 and statistic in STATISTIC_CONVENTIONS, (
-            f"AdaptiveBeta: topk={topk}, statistic={statistic!r}"
-        )
         self.initial_beta = float(initial_beta)
         self.topk = float(topk)
         self.interval = int(interval)
@@ -239,16 +234,12 @@ class ScheduledBeta(BetaSchedule):
         gamma: float = 0.1,
         min_beta: float = 1e-3,
     ):
-        assert BETA_SCHEDULES.get(kind) is not None and total_iters >= 1, (
-            f"ScheduledBeta({kind!r}, {total_iters})"
-        )
-        self.type, self.start, self.end, self.total_iters = (
-            kind,
-            float(start),
-            float(end),
-            int(total_iters),
-        )
-        self.milestones, self.gamma = sorted(int(m) for m in milestones), float(gamma)
+        self.type = kind
+        self.start = float(start)
+        self.end = float(end)
+        self.total_iters = int(total_iters)
+        self.milestones = sorted(int(m) for m in milestones)
+        self.gamma = float(gamma)
         super().__init__(start, min_beta)
         self.beta = self.value_at(0)  # a milestone at 0 already applies
 
