@@ -51,13 +51,9 @@ def clip_boxes_to_sizes(boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch
 def batched_box_iou(boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
     """boxes [N or 1, M, 4], gt_boxes [N, G, 4] (xyxy) -> IoU [N, M, G]; only [N,M,G]
     temporaries."""
-    # [N,M]
-    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(
-        min=0
-    )
-    gt_area = (gt_boxes[..., 2] - gt_boxes[..., 0]).clamp(min=0) * (
-        gt_boxes[..., 3] - gt_boxes[..., 1]
-    ).clamp(min=0)
+    width, height = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).unbind(-1)  # [N,M] each
+    gt_width, gt_height = (gt_boxes[..., 2:] - gt_boxes[..., :2]).clamp(min=0).unbind(-1)
+    area, gt_area = width * height, gt_width * gt_height  # [N,M], [N,G]
     b, g = boxes[:, :, None, :], gt_boxes[:, None, :, :]  # [N,M,1,4], [N,1,G,4]
     # [N,M,G]
     inter_w = (torch.min(b[..., 2], g[..., 2]) - torch.max(b[..., 0], g[..., 0])).clamp_(min=0)

@@ -102,11 +102,8 @@ def ciou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> to
     """DIoU + alpha v, v = 4/pi^2 (atan(w_t/h_t) - atan(w_p/h_p))^2, alpha = v / (1 - IoU + v) held
     constant."""
     iou, diou = _diou_terms(pred, target, eps)
-    w_p, h_p = (pred[:, 2] - pred[:, 0]).clamp(min=0), (pred[:, 3] - pred[:, 1]).clamp(min=0)
-    w_t, h_t = (
-        (target[:, 2] - target[:, 0]).clamp(min=0),
-        (target[:, 3] - target[:, 1]).clamp(min=0),
-    )
+    w_p, h_p = (pred[:, 2:] - pred[:, :2]).clamp(min=0).unbind(-1)
+    w_t, h_t = (target[:, 2:] - target[:, :2]).clamp(min=0).unbind(-1)
     v = (4 / math.pi**2) * (torch.atan(w_t / (h_t + eps)) - torch.atan(w_p / (h_p + eps))) ** 2
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
