@@ -20,14 +20,10 @@ from ..boxes import box_xywh_to_xyxy
 from .base import BACKGROUND, DatasetError, ImageRecord, image_path
 
 
-def is_number(value: object) -> bool:
-    """An int or float, Python's or numpy's (true/false are not numbers here, text is not)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def is_finite(value: object) -> bool:
-    """A finite number (:func:`is_number`): JSON's NaN and Infinity are no sizes or coordinates."""
-    return is_number(value) and math.isfinite(value)
+    """A finite int or float, Python's or numpy's: true/false and text are not numbers here, and
+    JSON's NaN and Infinity are no sizes or coordinates."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_coco_json(ann_file: str | Path) -> COCO:

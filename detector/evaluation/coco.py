@@ -11,7 +11,6 @@ import contextlib
 import copy
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -22,7 +21,7 @@ from pycocotools.cocoeval import COCOeval
 
 from detector.boxes import box_xywh_to_xyxy, box_xyxy_to_xywh
 from detector.config import COCO_EXTRA_NAMES, COCO_METRIC_NAMES  # noqa: F401 (re-exported)
-from detector.data.coco import is_number
+from detector.data.coco import is_finite
 
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 DETECTION_KEYS = ("image_id", "boxes", "labels", "scores")
@@ -165,44 +164,38 @@ def validate_detections(dataset, detections: Sequence[dict], source: str = "dete
                 f"{where}: fields 'labels' {list(labels.shape)} and 'scores' {list(scores.shape)} "
                 f"must both have shape [{num}] to match 'boxes' [{num}, 4]"
             )
+        unknown_label = [label not in valid_labels for label in labels.tolist()]
         checks = (  # (bad [D] bool, what detection j has), the first bad one is reported
             (
                 ~torch.isfinite(scores),
-                lambda j: (
-                    f"field 'scores' {scores[j].item()}; expected a finite number (drop or "
-                    f"fix that detection)"
-                ),
+                "field 'scores' {score}; expected a finite number (drop or fix that detection)",
             ),
             (
                 ~torch.isfinite(boxes).all(dim=1),
-                lambda j: (
-                    f"field 'boxes' {boxes[j].tolist()} with a non-finite "
-                    f"coordinate; expected finite xyxy pixels (drop or fix that "
-                    f"detection)"
-                ),
+                "field 'boxes' {box} with a non-finite coordinate; expected finite xyxy pixels "
+                "(drop or fix that detection)",
             ),
             (
-                torch.tensor(
-                    [label not in valid_labels for label in labels.tolist()], dtype=torch.bool
-                ),
-                lambda j: (
-                    f"field 'labels' {labels[j].item()}; expected a foreground label in "
-                    f"1..{len(valid_labels)} (0 is background, never a detection)"
-                ),
+                torch.tensor(unknown_label, dtype=torch.bool),
+                "field 'labels' {label}; expected a foreground label in 1..{num_labels} (0 is "
+                "background, never a detection)",
             ),
             (
                 (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]),
-                lambda j: (
-                    f"field 'boxes' {boxes[j].tolist()} with width or height <= 0; expected xyxy "
-                    "with x2 > x1 and y2 > y1 (drop degenerate boxes, e.g. "
-                    "torchvision.ops.remove_small_boxes)"
-                ),
+                "field 'boxes' {box} with width or height <= 0; expected xyxy with x2 > x1 and "
+                "y2 > y1 (drop degenerate boxes, e.g. torchvision.ops.remove_small_boxes)",
             ),
         )
         for bad, what in checks:
             if bad.any():
                 j = int(bad.nonzero()[0])
-                raise ValueError(f"{where}: detection {j} has {what(j)}")
+                what = what.format(
+                    score=scores[j].item(),
+                    box=boxes[j].tolist(),
+                    label=labels[j].item(),
+                    num_labels=len(valid_labels),
+                )
+                raise ValueError(f"{where}: detection {j} has {what}")
 
 
 def validate_coco_results(dataset, results: Any, source: str = "detections") -> None:
@@ -222,7 +215,7 @@ def validate_coco_results(dataset, results: Any, source: str = "detections") -> 
                 f"expected an original category id, one of {sorted(known_cats)}"
             )
         score = result["score"]
-        if not is_number(score) or not math.isfinite(score):
+        if not is_finite(score):
             raise ValueError(
                 f"{where}: field 'score' {score!r}; expected a finite "
                 "number (drop or fix that entry)"
@@ -232,7 +225,7 @@ def validate_coco_results(dataset, results: Any, source: str = "detections") -> 
             raise ValueError(
                 f"{where}: field 'bbox' {bbox!r}; expected a list [x, y, w, h] of 4 numbers"
             )
-        if not all(is_number(v) and math.isfinite(v) for v in bbox):
+        if not all(map(is_finite, bbox)):
             raise ValueError(
                 f"{where}: field 'bbox' {bbox!r} has a non-finite or non-numeric value; expected "
                 f"[x, y, w, h] of finite pixels (drop or fix that entry)"
