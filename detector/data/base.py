@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from detector.boxes import degenerate_box_mask, min_size_mask
 from detector.config import LABEL_NOISE_KINDS
 from detector.errors import DetectorError
 
@@ -121,14 +122,10 @@ def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageR
     out, degenerate, outside, clipped = [], {}, {}, 0
     for rec in records:
         boxes = rec.boxes  # [N,4]
-        bad = (
-            ~np.isfinite(boxes).all(axis=1)
-            | (boxes[:, 2] <= boxes[:, 0])
-            | (boxes[:, 3] <= boxes[:, 1])
-        )
+        bad = degenerate_box_mask(torch.tensor(boxes)).numpy()
         limits = np.array([rec.width, rec.height, rec.width, rec.height], dtype=np.float32)
         clip = np.clip(np.nan_to_num(boxes), 0, limits)
-        gone = ~bad & ((clip[:, 2] <= clip[:, 0]) | (clip[:, 3] <= clip[:, 1]))
+        gone = ~bad & degenerate_box_mask(torch.tensor(clip)).numpy()
         clipped += int((~bad & ~gone & (clip != boxes).any(axis=1)).sum())
         if bad.any():
             degenerate[rec.image_id] = int(bad.sum())
@@ -201,11 +198,11 @@ def corrupt_records(
         else:
             noisy = np.clip(_outliers(boxes, rng), 0, limits)
             for _ in range(OUTLIER_TRIES):
-                lost = chosen & ~_valid(noisy)
+                lost = chosen & ~min_size_mask(torch.tensor(noisy), 1).numpy()
                 if not lost.any():
                     break
                 noisy[lost] = np.clip(_outliers(boxes[lost], rng), 0, limits)
-        chosen &= _valid(noisy)
+        chosen &= min_size_mask(torch.tensor(noisy), 1).numpy()
         corrupted += int(chosen.sum())
         out.append(replace(rec, boxes=np.where(chosen[:, None], noisy, boxes).astype(np.float32)))
     total = sum(len(r.boxes) for r in records)
@@ -213,11 +210,6 @@ def corrupt_records(
         f"label noise ({kind}, seed {seed}): corrupted {corrupted} of {total} training boxes"
     )
     return out
-
-
-def _valid(boxes: np.ndarray) -> np.ndarray:
-    """[N,4] -> [N] bool: at least 1 px wide and high."""
-    return (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
 
 
 class DetectionDataset(torch.utils.data.Dataset):
