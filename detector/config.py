@@ -16,8 +16,8 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from detector.errors import UsageError
-from detector.losses import BETA_SCHEDULES, LOSSES, SCHEDULED_LOSSES
-from detector.losses.dynamic import STATISTIC_CONVENTIONS
+from detector.losses.dynamic import BETA_SCHEDULES, SCHEDULED_LOSSES, STATISTIC_CONVENTIONS
+from detector.losses.regression import LOSSES
 
 
 def _find_config_dir() -> Path:

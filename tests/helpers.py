@@ -15,7 +15,7 @@ import torch
 
 from detector.boxes import box_area
 from detector.config import keyword_args, load_config
-from detector.losses import build_box_loss
+from detector.losses.regression import build_box_loss
 from detector.modeling import RoIHeads, TwoStageDetector, build_detector
 from detector.modeling.backbone import build_backbone
 

@@ -292,8 +292,8 @@ def test_merge_takes_the_schema_it_checks_against():
 # ---------------------------------------------------------------------- choices from the registries
 def test_loss_backbone_and_schedule_names_come_from_their_registries(monkeypatch):
     from detector.config import BACKBONES
-    from detector.losses import BETA_SCHEDULES, LOSSES, BoxLoss, l1_loss
-    from detector.losses.regression import iou_loss
+    from detector.losses.dynamic import BETA_SCHEDULES
+    from detector.losses.regression import LOSSES, BoxLoss, iou_loss, l1_loss
 
     monkeypatch.setitem(LOSSES, "my_l1", lambda cfg: BoxLoss("my_l1", l1_loss))
     monkeypatch.setitem(LOSSES, "my_iou", lambda cfg: BoxLoss("my_iou", iou_loss, on_boxes=True))
@@ -319,7 +319,7 @@ def test_loss_backbone_and_schedule_names_come_from_their_registries(monkeypatch
 
 @pytest.mark.parametrize("name", ["giou", "dynamic_smooth_l1", "my_iou"])
 def test_the_rpn_takes_only_registered_delta_losses_without_a_schedule(name, monkeypatch):
-    from detector.losses import LOSSES, BoxLoss, iou_loss, l1_loss
+    from detector.losses.regression import LOSSES, BoxLoss, iou_loss, l1_loss
 
     monkeypatch.setitem(LOSSES, "my_l1", lambda cfg: BoxLoss("my_l1", l1_loss))
     monkeypatch.setitem(LOSSES, "my_iou", lambda cfg: BoxLoss("my_iou", iou_loss, on_boxes=True))
@@ -332,7 +332,7 @@ def test_the_rpn_takes_only_registered_delta_losses_without_a_schedule(name, mon
 
 
 def test_every_registered_loss_is_a_valid_roi_head_loss():
-    from detector.losses import LOSSES
+    from detector.losses.regression import LOSSES
 
     for name in LOSSES:
         assert (
@@ -398,7 +398,8 @@ def test_the_defaults_left_in_constructors_agree_with_base_yaml():
     import inspect
 
     from detector.box_coder import BoxCoder
-    from detector.losses import AdaptiveBeta, ScheduledBeta, balanced_l1_loss, smooth_l1_loss
+    from detector.losses.dynamic import AdaptiveBeta, ScheduledBeta
+    from detector.losses.regression import balanced_l1_loss, smooth_l1_loss
     from detector.modeling.matcher import DynamicLabelAssigner
 
     roi = "model.roi_head"

@@ -28,7 +28,7 @@ from detector.engine import trainer as trainer_mod
 from detector.engine.checkpoint import load_checkpoint
 from detector.engine.logger import stats_to_scalars
 from detector.engine.optim import build_optimizer
-from detector.losses import LOSSES
+from detector.losses.regression import LOSSES
 
 pytestmark = [
     pytest.mark.cuda,

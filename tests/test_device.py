@@ -15,7 +15,7 @@ import torch
 from helpers import tiny_model, two_images
 
 from detector.engine.logger import stats_to_scalars
-from detector.losses import LOSSES
+from detector.losses.regression import LOSSES
 
 
 def _pooler_on_default_cpu(model):

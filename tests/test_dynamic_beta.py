@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from detector.config import ConfigError, load_config
-from detector.losses import AdaptiveBeta, ScheduledBeta, build_beta_schedule, build_box_loss
-from detector.losses.dynamic import IntervalRecord
+from detector.losses.dynamic import AdaptiveBeta, IntervalRecord, ScheduledBeta, build_beta_schedule
+from detector.losses.regression import build_box_loss
 
 NO_TARGETS = torch.zeros(0, 4)
 

@@ -14,7 +14,8 @@ import torch.multiprocessing as mp
 from helpers import make_roi_heads, tiny_model, two_images
 
 from detector.config import load_config
-from detector.losses import AdaptiveBeta, build_box_loss
+from detector.losses.dynamic import AdaptiveBeta
+from detector.losses.regression import build_box_loss
 from detector.modeling import RoIHeads
 from detector.modeling.matcher import DynamicLabelAssigner, build_label_assigner, match_boxes
 

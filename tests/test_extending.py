@@ -15,7 +15,7 @@ from detector.config import ConfigError, load_config
 from detector.data import FORMATS, build_dataset
 from detector.data.base import ImageRecord
 from detector.engine import trainer as trainer_mod
-from detector.losses import LOSSES, BoxLoss
+from detector.losses.regression import LOSSES, BoxLoss
 
 
 def log_cosh_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

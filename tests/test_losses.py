@@ -14,7 +14,7 @@ from torchvision.ops import (
 )
 
 from detector.config import ConfigError, load_config
-from detector.losses import (
+from detector.losses.regression import (
     LOSSES,
     BoxLoss,
     balanced_l1_loss,

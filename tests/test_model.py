@@ -10,7 +10,7 @@ from helpers import TINY, empty_target, tiny_model, two_images
 
 from detector.boxes import box_iou
 from detector.config import ConfigError, load_config
-from detector.losses import LOSSES
+from detector.losses.regression import LOSSES
 from detector.modeling import build_detector
 
 

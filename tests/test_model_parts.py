@@ -15,7 +15,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from detector.boxes import batched_box_iou
 from detector.config import load_config
 from detector.errors import WeightsError
-from detector.losses import build_box_loss
+from detector.losses.regression import build_box_loss
 from detector.modeling.matcher import DynamicLabelAssigner, match_boxes, sample_balanced
 from detector.modeling.rpn import RPN
 

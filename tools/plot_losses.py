@@ -17,8 +17,8 @@ from detector.ablation.plots import save_figure
 from detector.config import load_config, tool_parser
 from detector.engine.outputs import check_output_folder
 from detector.errors import run_tool
-from detector.losses import balanced_l1_loss, build_beta_schedule, l1_loss, l2_loss, smooth_l1_loss
-from detector.losses.dynamic import BETA_SCHEDULES
+from detector.losses.dynamic import BETA_SCHEDULES, build_beta_schedule
+from detector.losses.regression import balanced_l1_loss, l1_loss, l2_loss, smooth_l1_loss
 
 CURVES = {
     "L1": l1_loss,

@@ -15,7 +15,8 @@ import torch
 
 from detector.box_coder import DELTA_NAMES
 from detector.engine.runtime import notice
-from detector.losses import SCHEDULED_LOSSES, build_box_loss
+from detector.losses.dynamic import SCHEDULED_LOSSES
+from detector.losses.regression import build_box_loss
 
 # What every run's HParams record; beta and beta_schedule are added where the loss has them.
 HPARAM_KEYS = {

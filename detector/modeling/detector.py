@@ -16,7 +16,8 @@ from torch import nn
 from detector.boxes import clip_boxes_to_sizes, scale_boxes
 from detector.config import ConfigError, keyword_args
 from detector.data.transforms import batch_padded_size, build_pad_buckets
-from detector.losses import build_beta_schedule, build_box_loss
+from detector.losses.dynamic import build_beta_schedule
+from detector.losses.regression import build_box_loss
 from detector.modeling.backbone import Backbone, build_backbone
 from detector.modeling.matcher import build_label_assigner
 from detector.modeling.roi_heads import RoIHeads

@@ -26,7 +26,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from detector.boxes import scale_boxes
-from detector.losses import build_box_loss
+from detector.losses.regression import build_box_loss
 from detector.modeling.backbone import Backbone
 from detector.modeling.roi_heads import init_predictor
 from detector.modeling.rpn import build_anchor_generator

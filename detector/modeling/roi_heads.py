@@ -16,7 +16,8 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from detector.box_coder import DELTA_NAMES, BoxCoder
 from detector.boxes import batched_box_iou, batched_nms_topk, clip_boxes_to_sizes, min_size_mask
-from detector.losses import AdaptiveBeta, BetaSchedule, BoxLoss
+from detector.losses.dynamic import AdaptiveBeta, BetaSchedule
+from detector.losses.regression import BoxLoss
 from detector.modeling.matcher import DynamicLabelAssigner, match_boxes, sample_balanced
 
 __all__ = ["BoxHead", "RoIHeads", "init_predictor"]

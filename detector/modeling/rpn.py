@@ -17,7 +17,7 @@ from torchvision.models.detection.rpn import RPNHead, concat_box_prediction_laye
 
 from detector.box_coder import BoxCoder
 from detector.boxes import batched_box_iou, batched_nms_topk, clip_boxes_to_sizes, min_size_mask
-from detector.losses import BoxLoss
+from detector.losses.regression import BoxLoss
 from detector.modeling.matcher import match_boxes, sample_balanced
 
 __all__ = ["RPN", "build_anchor_generator"]
