@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from detector.config import load_config
-from detector.data import build_dataloader, build_dataset, make_dataloader, proposals_of
+from detector.data.build import build_dataloader, build_dataset, make_dataloader, proposals_of
 from detector.data.transforms import batch_padded_size, build_pad_buckets
 from detector.engine.optim import build_loss_weights, build_optimizer
 from detector.engine.runtime import amp_settings, compile_submodules, to_device

@@ -20,7 +20,7 @@ import torch
 from helpers import tiny_run_overrides
 
 from detector.config import load_config
-from detector.data import build_dataset
+from detector.data.build import build_dataset
 from detector.engine import trainer as trainer_mod
 from detector.engine.checkpoint import UnsafeCheckpointError, load_checkpoint, restore_rng_state
 from detector.engine.runs import LOCK_FILE, RunFolderError, RunLock

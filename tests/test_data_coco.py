@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from detector.config import load_config
-from detector.data import DatasetError, build_dataset
+from detector.data.base import DatasetError
+from detector.data.build import build_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -222,7 +223,7 @@ def write_png16(path: Path, pixels: np.ndarray) -> None:
 def test_16_bit_images_are_scaled_to_8_bit(tmp_path, kind):
     """A 16-bit image decodes to the uint8 RGB of the same picture (v / 257 rounded), whichever
     decoder reads it."""
-    from detector.data import read_image
+    from detector.data.base import read_image
 
     rng = np.random.default_rng(0)
     shape = (12, 10) if kind.startswith("gray") else (12, 10, 3)
@@ -256,7 +257,7 @@ def test_16_bit_images_are_scaled_to_8_bit(tmp_path, kind):
 
 @pytest.mark.parametrize("mode", ["P", "RGBA", "LA", "1"])
 def test_png_modes_decode_to_their_rgb(tmp_path, mode):
-    from detector.data import read_image
+    from detector.data.base import read_image
 
     pixels = np.random.default_rng(1).integers(0, 256, size=(9, 7, 3), dtype=np.uint8)
     picture = Image.fromarray(pixels).convert(mode)
@@ -266,7 +267,7 @@ def test_png_modes_decode_to_their_rgb(tmp_path, mode):
 
 
 def test_32_bit_images_are_refused_by_name(tmp_path):
-    from detector.data import read_image
+    from detector.data.base import read_image
 
     # PIL mode I
     Image.fromarray(np.full((6, 5), 70000, dtype=np.int32)).save(tmp_path / "deep.tif")

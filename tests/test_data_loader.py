@@ -10,7 +10,7 @@ import torch
 from benchmarks.speed import loader_throughput
 from detector.config import load_config
 from detector.data import build as data_build
-from detector.data import build_dataloader, build_dataset, collate
+from detector.data.build import build_dataloader, build_dataset, collate
 from detector.data.samplers import GroupedInfiniteBatchSampler, inference_indices
 
 GROUPS = [0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 1]  # 11 images, two aspect-ratio groups

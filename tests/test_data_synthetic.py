@@ -18,13 +18,17 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 from detector.config import ConfigError, load_config
-from detector.data import SHAPES, DatasetError, build_dataset, generate_synthetic, synthetic
+from detector.data import synthetic
+from detector.data.base import DatasetError
+from detector.data.build import build_dataset
 from detector.data.synthetic import (
     DISTRACTORS,
     PARAMS_FILE,
+    SHAPES,
     Scene,
     _draw_shape,
     ensure_synthetic,
+    generate_synthetic,
     render_image,
 )
 

@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from detector.config import load_config
-from detector.data import VOC_CLASSES, DatasetError, build_dataset
+from detector.data.base import DatasetError
+from detector.data.build import build_dataset
+from detector.data.voc import VOC_CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
 

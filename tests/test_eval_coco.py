@@ -219,7 +219,7 @@ def test_format_metrics_shows_every_section():
 
 def _coco_tiny_val(root):
     from detector.config import load_config
-    from detector.data import build_dataset
+    from detector.data.build import build_dataset
 
     cfg = load_config(
         [],

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import FakeDetector, make_loader, perfect_detections, random_dataset
 
-import detector.data
+import detector.data.build
 import detector.modeling
 from detector.config import load_config
 from detector.engine.checkpoint import CheckpointError, load_model_weights
@@ -43,7 +43,9 @@ def eval_tool():
 def fake_val(monkeypatch):
     """build_dataset(cfg, "val") returns a small in-memory dataset."""
     ds = random_dataset(seed=21, num_images=6)
-    monkeypatch.setattr(detector.data, "build_dataset", lambda cfg, split, transforms=True: ds)
+    monkeypatch.setattr(
+        detector.data.build, "build_dataset", lambda cfg, split, transforms=True: ds
+    )
     return ds
 
 
@@ -284,7 +286,7 @@ def test_ckpt_writes_nothing_into_the_run_and_out_gets_both_files(
         return FakeDetector()
 
     monkeypatch.setattr(
-        detector.data, "build_dataloader", lambda cfg, split: Loader(make_loader(image_ids))
+        detector.data.build, "build_dataloader", lambda cfg, split: Loader(make_loader(image_ids))
     )
     monkeypatch.setattr(detector.modeling, "build_detector", build_detector)
     run = tmp_path / "runs" / "x"
@@ -359,7 +361,7 @@ def test_coco_tiny_gt_as_dets_file_gives_ap_1(coco_tiny, tmp_path, eval_tool):
         "data.train_split=train2017",
         "data.val_split=val2017",
     ]
-    ds = detector.data.build_dataset(load_config([], overrides), "val", transforms=False)
+    ds = detector.data.build.build_dataset(load_config([], overrides), "val", transforms=False)
     dets_file = tmp_path / "detections.json"
     dets_file.write_text(json.dumps(detections_to_coco_results(ds, perfect_detections(ds))))
     assert (
@@ -397,7 +399,7 @@ def test_ckpt_with_a_real_model_on_synthetic_data(tmp_path, eval_tool, synthetic
     """End to end: build_dataloader + build_detector + load_model_weights + inference + both metric
     families."""
     cfg = load_config([], synthetic_overrides)
-    dataset = detector.data.build_dataset(cfg, "val", transforms=False)
+    dataset = detector.data.build.build_dataset(cfg, "val", transforms=False)
     checkpoint = save_run_checkpoint(tmp_path / "run", cfg, len(dataset.classes) - 1)
     out_dir = tmp_path / "scored"
     assert (

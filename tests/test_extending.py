@@ -12,8 +12,8 @@ from helpers import tiny_run_overrides
 from PIL import Image
 
 from detector.config import ConfigError, load_config
-from detector.data import FORMATS, build_dataset
 from detector.data.base import ImageRecord
+from detector.data.build import FORMATS, build_dataset
 from detector.engine import trainer as trainer_mod
 from detector.losses.regression import LOSSES, BoxLoss
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from detector.config import load_config
-from detector.data import build_dataset
 from detector.data.base import ImageRecord, corrupt_records
+from detector.data.build import build_dataset
 
 
 def make_records(num_images=60, per_image=40, size=1000):

@@ -11,7 +11,7 @@ import torch
 from helpers import one_error_line, run_tool_process, tiny_run_overrides
 
 from detector.config import load_config
-from detector.data import build_dataset
+from detector.data.build import build_dataset
 from detector.engine.runs import RUN_CONFIG_HEADER
 from detector.modeling import build_detector
 

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.speed import padded_shapes
 from detector.config import load_config
-from detector.data import build_dataloader
+from detector.data.build import build_dataloader
 from detector.data.transforms import batch_padded_size, bucket_sides, build_pad_buckets
 from detector.engine import optim as optim_mod
 from detector.engine import runtime

@@ -283,7 +283,7 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
 def test_precomputed_proposals_train_and_evaluate(tiny_data, tmp_path):
     """Classic Fast R-CNN: proposals from a JSON file (original pixels) move with the
     resized/flipped image."""
-    from detector.data import build_dataset
+    from detector.data.build import build_dataset
 
     cfg = load_config([], tiny(tiny_data, tmp_path / "probe"))
     proposals = {}

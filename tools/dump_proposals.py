@@ -25,7 +25,7 @@ def dump_proposals(
 ) -> dict[str, list[list[float]]]:
     """The proposals of every image of ``split`` in the format above; ``trust``:
     --trust-checkpoint."""
-    from detector.data import build_dataset, make_dataloader
+    from detector.data.build import build_dataset, make_dataloader
     from detector.data.transforms import build_transforms
     from detector.engine.checkpoint import load_model_weights
     from detector.modeling import build_detector

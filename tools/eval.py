@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_intermixed_args(argv)
     # looked up at call time: the tests substitute the dataset
-    from detector.data import build_dataset
+    from detector.data.build import build_dataset
 
     # training keys such as train.best_metric are not checked here (config.check_training)
     metric = [f"eval.metric={args.metric}"] if args.metric else []
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
 def evaluate_checkpoint(cfg, checkpoint: Path, trust: bool = False) -> tuple[dict, list[dict]]:
     """Run the checkpoint's model over the val loader -> (metrics, COCO results); ``trust``:
     --trust-checkpoint."""
-    from detector.data import build_dataloader
+    from detector.data.build import build_dataloader
     from detector.engine.checkpoint import load_model_weights
     from detector.engine.runtime import amp_settings, select_device
     from detector.evaluation.results import evaluate_model

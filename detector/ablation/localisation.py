@@ -26,7 +26,7 @@ GroundTruth = Mapping[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def load_ground_truth(cfg) -> GroundTruth:
-    from detector.data import build_dataset
+    from detector.data.build import build_dataset
 
     dataset = build_dataset(cfg, "val", transforms=False)
     gt = {}

@@ -87,7 +87,7 @@ def label_noise(run_dir: Path) -> dict[str, Any] | None:
     """The label noise the run trained on, realised: the share of the training boxes that differ
     from the clean ones (rebuilt from the run's config.yaml and data); None without noise."""
     from detector.config import load_config
-    from detector.data import build_dataset
+    from detector.data.build import build_dataset
 
     path = Path(run_dir) / "config.yaml"
     cfg = load_config([path])

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from detector.config import Config, check_training
-from detector.data import build_dataloader, build_dataset, proposals_of
+from detector.data.build import build_dataloader, build_dataset, proposals_of
 from detector.engine import distributed as dist_utils
 from detector.engine.checkpoint import BEST, LAST, Checkpointer, Progress
 from detector.engine.logger import RunLogger, format_value, stats_to_scalars

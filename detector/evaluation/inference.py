@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from detector.data import proposals_of
+from detector.data.build import proposals_of
 
 
 def inference_on_dataset(

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from detector.data import proposals_of
+from detector.data.build import proposals_of
 from detector.evaluation import detections_to_coco_results, evaluate, inference_on_dataset
 
 
