@@ -12,14 +12,9 @@ from helpers import FakeDataset, perfect_detections, random_dataset, random_dete
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detector.evaluation import (
-    COCO_METRIC_NAMES,
-    build_coco_gt,
-    coco_metrics,
-    detections_to_coco_results,
-    evaluate,
-    format_metrics,
-)
+from detector.config import COCO_METRIC_NAMES
+from detector.evaluation import evaluate, format_metrics
+from detector.evaluation.coco import build_coco_gt, coco_metrics, detections_to_coco_results
 
 # COCOeval's precision is tp / (tp + fp + eps): 1 - 2e-16 for a single TP
 ONE = pytest.approx(1.0, abs=1e-12)

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import FakeDetector, make_loader
 
-from detector.evaluation import inference_on_dataset
+from detector.evaluation.inference import inference_on_dataset
 
 
 def test_runs_in_eval_mode_without_grad_and_restores_training():

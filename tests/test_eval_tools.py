@@ -17,7 +17,8 @@ import detector.modeling
 from detector.config import load_config
 from detector.engine.checkpoint import CheckpointError, load_model_weights
 from detector.engine.runs import RUN_CONFIG_HEADER
-from detector.evaluation import detections_to_coco_results, evaluate
+from detector.evaluation import evaluate
+from detector.evaluation.coco import detections_to_coco_results
 
 EVAL_TOOL = Path(__file__).resolve().parent.parent / "tools" / "eval.py"
 # a small real model: the mismatch tests build two of them

@@ -8,7 +8,8 @@ import pytest
 import torch
 from helpers import FakeDataset
 
-from detector.evaluation import evaluate, evaluate_coco_results, load_coco_results
+from detector.evaluation import evaluate, evaluate_coco_results
+from detector.evaluation.coco import load_coco_results
 
 
 @pytest.fixture

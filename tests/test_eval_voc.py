@@ -6,7 +6,8 @@ import pytest
 import torch
 from helpers import FakeDataset, perfect_detections, random_dataset, random_detections
 
-from detector.evaluation import evaluate, voc_ap
+from detector.evaluation import evaluate
+from detector.evaluation.voc import voc_ap
 
 
 def det(image_id, rows):

@@ -18,11 +18,10 @@ from pathlib import Path
 from detector.config import METRIC_NAMES, load_config, tool_parser
 from detector.engine.outputs import check_output_folder, write_output
 from detector.errors import DetectorError, run_tool
-from detector.evaluation import (
+from detector.evaluation import evaluate_coco_results, format_metrics
+from detector.evaluation.coco import (
     dataset_image_ids,
     detections_to_coco_results,
-    evaluate_coco_results,
-    format_metrics,
     load_coco_results,
 )
 from detector.evaluation.results import EVAL_FILES  # what --out receives, in the order written

@@ -11,42 +11,18 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from detector.config import METRIC_NAMES
+from detector.config import COCO_METRIC_NAMES
 from detector.evaluation.coco import (
-    COCO_METRIC_NAMES,
     IOU_THRESHOLDS,
     build_coco_gt,
     coco_metrics,
     coco_results_to_detections,
     dataset_image_ids,
     detections_to_coco_results,
-    load_coco_results,
     validate_coco_results,
     validate_detections,
 )
-from detector.evaluation.inference import inference_on_dataset
-from detector.evaluation.voc import VOC_METRIC_NAMES, voc_ap, voc_metrics
-
-__all__ = [
-    "COCO_METRIC_NAMES",
-    "IOU_THRESHOLDS",
-    "METRIC_NAMES",
-    "VOC_METRIC_NAMES",
-    "build_coco_gt",
-    "coco_metrics",
-    "coco_results_to_detections",
-    "dataset_image_ids",
-    "detections_to_coco_results",
-    "evaluate",
-    "evaluate_coco_results",
-    "format_metrics",
-    "inference_on_dataset",
-    "load_coco_results",
-    "validate_coco_results",
-    "validate_detections",
-    "voc_ap",
-    "voc_metrics",
-]
+from detector.evaluation.voc import voc_metrics
 
 
 def evaluate(

@@ -20,7 +20,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detector.boxes import box_xywh_to_xyxy, box_xyxy_to_xywh
-from detector.config import COCO_EXTRA_NAMES, COCO_METRIC_NAMES  # noqa: F401 (re-exported)
+from detector.config import COCO_METRIC_NAMES
 from detector.data.coco import is_finite
 
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))

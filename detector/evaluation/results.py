@@ -10,7 +10,9 @@ from typing import Any
 import torch
 
 from detector.data.build import proposals_of
-from detector.evaluation import detections_to_coco_results, evaluate, inference_on_dataset
+from detector.evaluation import evaluate
+from detector.evaluation.coco import detections_to_coco_results
+from detector.evaluation.inference import inference_on_dataset
 
 
 def evaluate_model(
