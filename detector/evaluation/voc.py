@@ -45,10 +45,8 @@ def voc_metrics(
     {"ap07", "ap", "num_gt"}}``."""
     wanted = None if image_ids is None else {int(i) for i in image_ids}
     num_classes = len(dataset.classes) - 1
-    # label -> image_id -> [G,4]
-    gt_boxes: list[dict[int, np.ndarray]] = [{} for _ in range(num_classes + 1)]
-    # label -> image_id -> [G]
-    gt_difficult: list[dict[int, np.ndarray]] = [{} for _ in range(num_classes + 1)]
+    # label -> image_id -> (boxes [G,4], difficult [G])
+    gt: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in range(num_classes + 1)]
     for index in range(len(dataset)):
         image_id = int(dataset.get_image_info(index)["image_id"])
         if wanted is not None and image_id not in wanted:
@@ -58,35 +56,27 @@ def voc_metrics(
         labels = torch.as_tensor(target["labels"]).numpy()
         difficult = torch.as_tensor(target["iscrowd"]).bool().numpy()
         for label in np.unique(labels):
-            mask = labels == label
-            gt_boxes[label][image_id] = boxes[mask]
-            gt_difficult[label][image_id] = difficult[mask]
+            gt[label][image_id] = (boxes[labels == label], difficult[labels == label])
 
     dets = [d for d in detections if wanted is None or int(d["image_id"]) in wanted]
-    det_labels = [torch.as_tensor(d["labels"]).reshape(-1).cpu().numpy() for d in dets]
+
+    def column(key: str, dtype: torch.dtype, *shape: int) -> np.ndarray:
+        """Every detection's ``key`` values, concatenated: [D, *shape]."""
+        values = [torch.as_tensor(d[key]).to(dtype).reshape(-1, *shape).cpu() for d in dets]
+        return torch.cat([torch.zeros(0, *shape, dtype=dtype), *values]).numpy()
+
+    det_labels = column("labels", torch.int64)
     det_image_ids = np.repeat(
-        [int(d["image_id"]) for d in dets], [len(labels) for labels in det_labels]
+        [int(d["image_id"]) for d in dets], [torch.as_tensor(d["labels"]).numel() for d in dets]
     )
-    det_labels = np.concatenate([np.zeros(0, dtype=np.int64)] + det_labels)
-    det_scores = np.concatenate(
-        [np.zeros(0)]
-        + [torch.as_tensor(d["scores"]).double().reshape(-1).cpu().numpy() for d in dets]
-    )
-    det_boxes = np.concatenate(
-        [np.zeros((0, 4))]
-        + [torch.as_tensor(d["boxes"]).double().reshape(-1, 4).cpu().numpy() for d in dets]
-    )
+    det_scores = column("scores", torch.float64)
+    det_boxes = column("boxes", torch.float64, 4)
 
     per_class = {}
     for label in range(1, num_classes + 1):
         mask = det_labels == label
         tp, fp, npos = _match_class(
-            gt_boxes[label],
-            gt_difficult[label],
-            det_image_ids[mask],
-            det_scores[mask],
-            det_boxes[mask],
-            iou_thresh,
+            gt[label], det_image_ids[mask], det_scores[mask], det_boxes[mask], iou_thresh
         )
         if npos == 0:
             ap07 = ap = -1.0
@@ -104,28 +94,28 @@ def voc_metrics(
 
 
 def _match_class(
-    gt_boxes: dict[int, np.ndarray],
-    gt_difficult: dict[int, np.ndarray],
+    gt: dict[int, tuple[np.ndarray, np.ndarray]],
     image_ids: np.ndarray,
     scores: np.ndarray,
     boxes: np.ndarray,
     iou_thresh: float,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Greedy devkit matching of one class, by descending score (stable): each detection to its
-    image's GT of largest IoU, TP when IoU > ``iou_thresh`` and the GT is free, else FP ->
-    cumulative TP [D], cumulative FP [D], npos."""
-    npos = int(sum(int((~d).sum()) for d in gt_difficult.values()))
-    taken = {image_id: np.zeros(len(b), dtype=bool) for image_id, b in gt_boxes.items()}
+    """Greedy devkit matching of one class (``gt``: image_id -> (boxes [G,4], difficult [G])), by
+    descending score (stable): each detection to its image's GT of largest IoU, TP when IoU >
+    ``iou_thresh`` and the GT is free, else FP -> cumulative TP [D], cumulative FP [D], npos."""
+    npos = int(sum(int((~difficult).sum()) for _, difficult in gt.values()))
+    taken = {image_id: np.zeros(len(b), dtype=bool) for image_id, (b, _) in gt.items()}
     order = np.argsort(-scores, kind="stable")
     tp, fp = np.zeros(len(order)), np.zeros(len(order))
     for rank, d in enumerate(order):
         image_id = int(image_ids[d])
-        if image_id not in gt_boxes:
+        if image_id not in gt:
             fp[rank] = 1
             continue
-        ious = _iou_one_to_many(boxes[d], gt_boxes[image_id])  # [G]
+        gt_boxes, difficult = gt[image_id]
+        ious = _iou_one_to_many(boxes[d], gt_boxes)  # [G]
         best = int(np.argmax(ious))
-        if ious[best] > iou_thresh and gt_difficult[image_id][best]:
+        if ious[best] > iou_thresh and difficult[best]:
             continue  # a match with a difficult GT is neither TP nor FP
         if ious[best] > iou_thresh and not taken[image_id][best]:
             tp[rank] = 1
