@@ -14,8 +14,6 @@ import torch
 
 from detector.boxes import degenerate_box_mask
 
-__all__ = ["BoxCoder", "DEFAULT_CLAMP", "DELTA_NAMES"]
-
 DELTA_NAMES = ("tx", "ty", "tw", "th")  # the names of the four regression targets, in their order
 
 DEFAULT_CLAMP = math.log(1000.0 / 16)

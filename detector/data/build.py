@@ -200,11 +200,8 @@ def make_dataloader(
     """A loader over ``dataset``: infinite seeded grouped batches when ``train``, else this rank's
     ordered slice."""
     if train:
-        groups = (
-            [int(r.width < r.height) for r in dataset.records]
-            if group_by_aspect_ratio
-            else [0] * len(dataset)
-        )
+        # one group (0) unless grouping by aspect ratio: 1 for portrait images
+        groups = [int(group_by_aspect_ratio and r.width < r.height) for r in dataset.records]
         batch_sampler = GroupedInfiniteBatchSampler(
             groups,
             batch_size=batch_size,

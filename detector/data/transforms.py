@@ -51,11 +51,8 @@ def batch_padded_size(
     """(H, W) a batch of images of ``sizes`` [(h_i, w_i), ...] is padded to (bottom and right): each
     side the largest, rounded up to ``divisibility``, then to the smallest bucket that holds it (if
     any)."""
-    height, width = padded_size(max(h for h, _ in sizes), max(w for _, w in sizes), divisibility)
-    return (
-        next((b for b in sorted(buckets) if b >= height), height),
-        next((b for b in sorted(buckets) if b >= width), width),
-    )
+    padded = padded_size(max(h for h, _ in sizes), max(w for _, w in sizes), divisibility)
+    return tuple(next((b for b in sorted(buckets) if b >= side), side) for side in padded)
 
 
 def build_pad_buckets(cfg, num_buckets: int | None = None) -> tuple[int, ...]:
@@ -113,11 +110,9 @@ class DetectionTransform:
             target = dict(
                 target, **{k: target[k][keep] for k in ("boxes", "labels", "iscrowd", "area")}
             )
-        pick = (
-            int(torch.randint(len(self.min_sizes), (1,), generator=generator))
-            if len(self.min_sizes) > 1
-            else 0
-        )
+        pick = 0
+        if len(self.min_sizes) > 1:
+            pick = int(torch.randint(len(self.min_sizes), (1,), generator=generator))
         size = resized_size(height, width, self.min_sizes[pick], self.max_size)
         flip = self.flip_prob > 0 and float(torch.rand((), generator=generator)) < self.flip_prob
         return target, size, flip
