@@ -7,7 +7,6 @@ import importlib.util
 import json
 import multiprocessing
 import os
-from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,6 @@ from detector.data.synthetic import (
     DISTRACTORS,
     PARAMS_FILE,
     SHAPES,
-    Scene,
     _draw_shape,
     ensure_synthetic,
     generate_synthetic,
@@ -57,10 +55,6 @@ def synthetic_keys(cfgs=(), *overrides) -> dict:
 
 def hard_keys(*overrides) -> dict:
     return synthetic_keys(["data/synthetic_hard.yaml"], *overrides)
-
-
-def scene_of(keys: dict) -> Scene:
-    return Scene(**{f.name: keys[f.name] for f in fields(Scene)})
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
@@ -120,9 +114,7 @@ def test_default_keys_reproduce_the_first_generator(
     for split_index, count in enumerate((keys["num_train"], keys["num_val"])):
         for i in range(count):
             rng = np.random.default_rng([keys["seed"], split_index, i])
-            image, _, _ = render_image(
-                rng, *keys["image_size"], keys["num_classes"], scene_of(keys)
-            )
+            image, _, _ = render_image(rng, keys)
             pixels.update(np.asarray(image).tobytes())
     assert pixels.hexdigest() == pixels_sha
 
@@ -159,19 +151,10 @@ def test_every_shape_fills_its_box(shape):
 
 
 def hard_images(count, **scene_overrides):
-    """(image, objects, drawn) of the hard preset at 256 px, with Scene fields replaced by
+    """(image, objects, drawn) of the hard preset at 256 px, with data.synthetic keys replaced by
     ``scene_overrides``."""
-    keys = hard_keys()
-    scene = replace(scene_of(keys), **scene_overrides)
-    return [
-        render_image(
-            np.random.default_rng([keys["seed"], 0, i]),
-            *keys["image_size"],
-            keys["num_classes"],
-            scene,
-        )
-        for i in range(count)
-    ]
+    keys = {**hard_keys(), **scene_overrides}
+    return [render_image(np.random.default_rng([keys["seed"], 0, i]), keys) for i in range(count)]
 
 
 def test_hard_preset_statistics_against_the_default():
@@ -184,15 +167,7 @@ def test_hard_preset_statistics_against_the_default():
         return np.array(counts), ratios, small, tiny
 
     keys = synthetic_keys()
-    default = [
-        render_image(
-            np.random.default_rng([0, 0, i]),
-            *keys["image_size"],
-            keys["num_classes"],
-            scene_of(keys),
-        )
-        for i in range(30)
-    ]
+    default = [render_image(np.random.default_rng([0, 0, i]), keys) for i in range(30)]
     hard = hard_images(30)
     # 3.1 objects an image, 34% small, none tiny
     d_counts, d_ratios, d_small, d_tiny = stats(default)

@@ -15,7 +15,6 @@ import math
 import os
 import secrets
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -33,26 +32,6 @@ DISTRACTORS = ("ring", "frame", "ell", "hourglass")
 PARAMS_FILE = "synthetic.json"
 # bump when the drawing of existing parameters changes: stored datasets then differ from it
 GENERATOR_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Scene:
-    """How each image is drawn: the ``data.synthetic`` keys besides split sizes, image size, classes
-    and seed (what each means: configs/base.yaml; their checks live in the config)."""
-
-    min_objects: int
-    max_objects: int
-    min_size: int
-    max_size: float
-    aspect_ratio: tuple[float, float]
-    max_iou: float
-    max_covered: float
-    boxes: str
-    min_visible: float
-    max_distractors: int
-    background: str
-    clutter: tuple[int, int]
-    noise: float
 
 
 def _draw_shape(shape: str, width: int, height: int) -> Image.Image:
@@ -194,40 +173,43 @@ def _xywh(box: Sequence[float]) -> list[int]:
 
 
 def render_image(
-    rng: np.random.Generator, height: int, width: int, num_classes: int, scene: Scene
+    rng: np.random.Generator, keys: dict
 ) -> tuple[Image.Image, list[dict], list[tuple]]:
-    """One image, its objects ``{"iscrowd", "bbox": [x, y, w, h], "category_id": 1..K, "area"}`` and
-    every shape drawn ``(name, x, y, w, h, rgb)`` in depth order. A feature off in ``scene`` draws
-    no random numbers (so the default scene's bytes never change)."""
+    """One image drawn as the ``data.synthetic`` keys say (configs/base.yaml), its objects
+    ``{"iscrowd", "bbox": [x, y, w, h], "category_id": 1..K, "area"}`` and every shape drawn
+    ``(name, x, y, w, h, rgb)`` in depth order. A feature off in ``keys`` draws no random numbers
+    (so the default set's bytes never change)."""
+    height, width = int(keys["image_size"][0]), int(keys["image_size"][1])
+    min_size = keys["min_size"]
     background = _background(rng, height, width)
-    if scene.background == "texture":
+    if keys["background"] == "texture":
         background = _texture(rng, background)
     image = Image.fromarray(np.clip(background.round(), 0, 255).astype(np.uint8))
-    _clutter(rng, ImageDraw.Draw(image), height, width, scene.clutter, scene.min_size / 4)
-    is_object = [True] * int(rng.integers(scene.min_objects, scene.max_objects + 1))
-    if scene.max_distractors > 0:
-        is_object += [False] * int(rng.integers(0, scene.max_distractors + 1))
+    _clutter(rng, ImageDraw.Draw(image), height, width, keys["clutter"], min_size / 4)
+    is_object = [True] * int(rng.integers(keys["min_objects"], keys["max_objects"] + 1))
+    if keys["max_distractors"] > 0:
+        is_object += [False] * int(rng.integers(0, keys["max_distractors"] + 1))
         rng.shuffle(is_object)
-    visible = scene.boxes == "visible"
+    visible = keys["boxes"] == "visible"
     # [H,W] 1 + index of the top shape, 0 none
     owner = np.zeros((height, width), dtype=np.int32) if visible else None
     objects, slots, placed, drawn = [], [], [], []  # slots: 1 + the index in drawn of each object
-    max_size = max(scene.min_size + 1, int(min(height, width) * scene.max_size))
-    log_ratio = (math.log(scene.aspect_ratio[0]), math.log(scene.aspect_ratio[1]))
+    max_size = max(min_size + 1, int(min(height, width) * keys["max_size"]))
+    log_ratio = (math.log(keys["aspect_ratio"][0]), math.log(keys["aspect_ratio"][1]))
     for obj in is_object:
-        shape_id = int(rng.integers(num_classes if obj else len(DISTRACTORS)))
+        shape_id = int(rng.integers(keys["num_classes"] if obj else len(DISTRACTORS)))
         shape = (SHAPES if obj else DISTRACTORS)[shape_id]
-        size = math.exp(rng.uniform(math.log(scene.min_size), math.log(max_size)))
+        size = math.exp(rng.uniform(math.log(min_size), math.log(max_size)))
         ratio = math.exp(rng.uniform(*log_ratio))  # w / h
-        w = int(min(width, max(scene.min_size, round(size * math.sqrt(ratio)))))
-        h = int(min(height, max(scene.min_size, round(size / math.sqrt(ratio)))))
+        w = int(min(width, max(min_size, round(size * math.sqrt(ratio)))))
+        h = int(min(height, max(min_size, round(size / math.sqrt(ratio)))))
         mask = _draw_shape(shape, w, h)
         # exclusive end: exactly the xyxy extent in the mask
         extent = np.array(mask.getbbox(), dtype=np.float64)
         for _attempt in range(10):
             x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
             box = extent + [x, y, x, y]
-            if _overlap_ok(box, placed, scene.max_iou, scene.max_covered):
+            if _overlap_ok(box, placed, keys["max_iou"], keys["max_covered"]):
                 break
         else:
             continue
@@ -249,8 +231,8 @@ def render_image(
             )
             slots.append(len(drawn))
     if visible:
-        objects = _visible_objects(objects, slots, drawn, owner, scene.min_visible)
-    noise = scene.noise * rng.standard_normal((height, width, 3), dtype=np.float32)  # [H,W,3]
+        objects = _visible_objects(objects, slots, drawn, owner, keys["min_visible"])
+    noise = keys["noise"] * rng.standard_normal((height, width, 3), dtype=np.float32)  # [H,W,3]
     noisy = np.asarray(image, dtype=np.float32) + noise
     return Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8)), objects, drawn
 
@@ -279,11 +261,9 @@ def _visible_objects(
 
 
 def generate_synthetic(root: str | Path, **keys) -> Path:
-    """Write the dataset of every ``data.synthetic`` key (``keys``: split sizes, ``image_size``,
-    ``num_classes``, ``seed`` and the :class:`Scene`'s) into ``root`` (which must not exist), the
-    manifest last."""
+    """Write the dataset of the ``data.synthetic`` keys (all of them) into ``root`` (which must not
+    exist), the manifest last."""
     own = ("num_train", "num_val", "image_size", "num_classes", "seed")
-    scene = Scene(**{k: v for k, v in keys.items() if k not in own})
     num_classes, seed = keys["num_classes"], keys["seed"]
     root = Path(root)
     root.mkdir(parents=True)  # FileExistsError rather than write into a folder that is not ours
@@ -298,7 +278,7 @@ def generate_synthetic(root: str | Path, **keys) -> Path:
         images, annotations = [], []
         for i in range(count):
             rng = np.random.default_rng([seed, split_index, i])
-            image, objects, _ = render_image(rng, height, width, num_classes, scene)
+            image, objects, _ = render_image(rng, keys)
             image_id, file_name = i + 1, f"{i + 1:06d}.jpg"
             image.save(root / split / file_name, format="JPEG", quality=90)
             images.append(
