@@ -53,23 +53,15 @@ def build_coco_gt(dataset) -> COCO:
                 "width": int(info["width"]),
             }
         )
-        boxes_xywh = box_xyxy_to_xywh(
-            torch.as_tensor(target["boxes"]).reshape(-1, 4)
-        ).tolist()  # [N,4]
-        labels = torch.as_tensor(target["labels"]).tolist()
-        areas = torch.as_tensor(target["area"]).tolist()
-        crowd = torch.as_tensor(target["iscrowd"]).tolist()
-        for box, label, area, iscrowd in zip(boxes_xywh, labels, areas, crowd):
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(dataset.label_to_cat_id[label]),
-                    "bbox": box,
-                    "area": float(area),
-                    "iscrowd": int(bool(iscrowd)),
-                }
-            )
+        entries = _coco_entries(
+            dataset,
+            image_id,
+            torch.as_tensor(target["boxes"]),
+            target["labels"],
+            area=torch.as_tensor(target["area"]).double(),
+            iscrowd=torch.as_tensor(target["iscrowd"]).int(),
+        )
+        annotations += [{"id": len(annotations) + k, **a} for k, a in enumerate(entries, 1)]
     coco_gt = COCO()
     coco_gt.dataset = {
         "info": {"description": f"ground truth of {type(dataset).__name__}"},
@@ -88,22 +80,26 @@ def detections_to_coco_results(dataset, detections: Sequence[dict]) -> list[dict
     float32 values)."""
     results = []
     for det in detections:
-        image_id = int(det["image_id"])
-        boxes_xywh = box_xyxy_to_xywh(
-            torch.as_tensor(det["boxes"], dtype=torch.float32).reshape(-1, 4)
-        ).tolist()
-        labels = torch.as_tensor(det["labels"]).tolist()
-        scores = torch.as_tensor(det["scores"], dtype=torch.float32).tolist()
-        for box, label, score in zip(boxes_xywh, labels, scores):
-            results.append(
-                {
-                    "image_id": image_id,
-                    "category_id": int(dataset.label_to_cat_id[label]),
-                    "bbox": box,
-                    "score": score,
-                }
-            )
+        results += _coco_entries(
+            dataset,
+            int(det["image_id"]),
+            torch.as_tensor(det["boxes"], dtype=torch.float32),
+            det["labels"],
+            score=torch.as_tensor(det["scores"], dtype=torch.float32),
+        )
     return results
+
+
+def _coco_entries(dataset, image_id: int, boxes, labels, **columns) -> list[dict]:
+    """One COCO dict per box of an image: ``image_id``, ``category_id`` (the label's), ``bbox``
+    [x,y,w,h] from ``boxes`` [N,4] xyxy, then each of ``columns`` (name -> [N] values)."""
+    xywh = box_xyxy_to_xywh(boxes.reshape(-1, 4)).tolist()
+    cat_ids = [int(dataset.label_to_cat_id[label]) for label in torch.as_tensor(labels).tolist()]
+    values = [torch.as_tensor(column).tolist() for column in columns.values()]
+    return [
+        {"image_id": image_id, "category_id": cat_id, "bbox": box, **dict(zip(columns, row))}
+        for box, cat_id, *row in zip(xywh, cat_ids, *values)
+    ]
 
 
 def coco_results_to_detections(dataset, results: Sequence[dict]) -> list[dict]:
