@@ -24,8 +24,6 @@ from detector.config import COCO_METRIC_NAMES
 from detector.data.coco import is_finite
 
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
-DETECTION_KEYS = ("image_id", "boxes", "labels", "scores")
-RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
 
 
 def dataset_image_ids(dataset) -> list[int]:
@@ -123,7 +121,7 @@ def coco_results_to_detections(dataset, results: Sequence[dict]) -> list[dict]:
     return detections
 
 
-def validate_detections(dataset, detections: Sequence[dict], source: str = "detections") -> None:
+def validate_detections(dataset, detections: Sequence[dict]) -> None:
     """Raise ValueError naming the first bad per-image entry: unknown or repeated image id, label
     outside 1..K, NaN/inf box or score, x2 <= x1 or y2 <= y1, or shapes other than boxes [D,4],
     labels [D], scores [D]."""
@@ -131,13 +129,13 @@ def validate_detections(dataset, detections: Sequence[dict], source: str = "dete
     seen: set[int] = set()
     if not isinstance(detections, (list, tuple)):
         raise ValueError(
-            f"{source}: expected a list of per-image dicts, got {type(detections).__name__}"
+            f"detections: expected a list of per-image dicts, got {type(detections).__name__}"
         )
     for where, det in _entries(
         dataset,
         detections,
-        DETECTION_KEYS,
-        lambda i: f"{source}[{i}]",
+        ("image_id", "boxes", "labels", "scores"),
+        lambda i: f"detections[{i}]",
         " (boxes [D,4] xyxy, labels [D] in 1..K, scores [D])",
     ):
         if int(det["image_id"]) in seen:
@@ -203,7 +201,8 @@ def validate_coco_results(dataset, results: Any, source: str = "detections") -> 
             f"{source}: expected a JSON list of COCO results {{'image_id', 'category_id', 'bbox', "
             f"'score'}}, got {type(results).__name__}"
         )
-    for where, result in _entries(dataset, results, RESULT_KEYS, lambda i: f"{source}: entry {i}"):
+    keys = ("image_id", "category_id", "bbox", "score")
+    for where, result in _entries(dataset, results, keys, lambda i: f"{source}: entry {i}"):
         category_id = result["category_id"]
         if not _is_int(category_id) or int(category_id) not in known_cats:
             raise ValueError(
