@@ -26,6 +26,18 @@ def is_finite(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# each list of a COCO file: (what an entry is called, the fields it needs, those that are numbers)
+ENTRY_FIELDS = {
+    "images": ("image", ("id", "file_name", "height", "width"), ("id", "height", "width")),
+    "categories": ("category", ("id", "name"), ("id",)),
+    "annotations": (
+        "annotation",
+        ("id", "image_id", "category_id", "bbox"),
+        ("bbox", "area", "iscrowd"),
+    ),
+}
+
+
 def load_coco_json(ann_file: str | Path) -> COCO:
     """The annotation file as a pycocotools ``COCO`` (its prints silenced), checked once for
     :func:`parse_coco` (required fields, numeric fields, unique image ids): each error is one
@@ -55,22 +67,8 @@ def load_coco_json(ann_file: str | Path) -> COCO:
                 f"{ann_file}: field {key!r} is missing or not a list; not a COCO instances file"
             )
     data.setdefault("annotations", [])
-    for where, items, fields, numeric in (
-        (
-            "image",
-            data["images"],
-            ("id", "file_name", "height", "width"),
-            ("id", "height", "width"),
-        ),
-        ("category", data["categories"], ("id", "name"), ("id",)),
-        (
-            "annotation",
-            data["annotations"],
-            ("id", "image_id", "category_id", "bbox"),
-            ("bbox", "area", "iscrowd"),
-        ),
-    ):
-        for k, item in enumerate(items):
+    for key, (where, fields, numeric) in ENTRY_FIELDS.items():
+        for k, item in enumerate(data[key]):
             if not isinstance(item, dict):
                 raise DatasetError(
                     f"{ann_file}: entry {k} of the {where}s is a {type(item).__name__}, not a JSON "
