@@ -103,7 +103,7 @@ EVAL_BACKENDS = ("pycocotools", "faster_coco_eval")
 
 
 # Keys with a fixed set of values; a registry (dict) is looked up at check time, so run-time
-# registrations count. data.format's registry, detector.data.FORMATS, sits a layer above this
+# registrations count. data.format's registry, detector.data.build.FORMATS, sits a layer above this
 # module: build_dataset checks it with check_choice.
 _CHOICES: dict[str, tuple[Any, ...] | Mapping[str, Any]] = {
     "data.label_noise_kind": LABEL_NOISE_KINDS,

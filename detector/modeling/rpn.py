@@ -34,7 +34,7 @@ def build_anchor_generator(
 
 class RPN(nn.Module):
     """Faster R-CNN's RPN; ``anchor_sizes``: one per level, or all on the one level of a backbone
-    without FPN; ``box_loss``: a delta :class:`~detector.losses.BoxLoss`."""
+    without FPN; ``box_loss``: a delta :class:`~detector.losses.regression.BoxLoss`."""
 
     def __init__(
         self,
