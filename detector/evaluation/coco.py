@@ -259,13 +259,8 @@ def coco_metrics(
     (metrics, COCOeval's summary text). Metrics: the 12 ``COCOeval.stats`` (0..1, -1 undefined),
     ``AP_per_iou``, ``AP90`` and ``per_class`` (from ``eval["precision"]`` as ``summarize`` does:
     area all, 100 detections)."""
-    coco_cls, cocoeval_cls = _backend_classes(backend)
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = coco_gt if backend == "pycocotools" else coco_cls(copy.deepcopy(coco_gt.dataset))
-        dt = _load_results(coco_cls, gt, results)
-        evaluator = cocoeval_cls(
-            gt, dt, "bbox", **({} if backend == "pycocotools" else {"print_function": print})
-        )
+        evaluator = _evaluator(backend, coco_gt, results)
         if image_ids is not None:
             evaluator.params.imgIds = sorted({int(i) for i in image_ids})
         evaluator.evaluate()
@@ -285,16 +280,17 @@ def coco_metrics(
     # localisation quality box losses change
     metrics["AP90"] = metrics["AP_per_iou"][IOU_THRESHOLDS.index(0.9)]
     metrics["per_class"] = {
-        gt.cats[cat_id]["name"]: mean_defined(precision[:, :, k, area, max_dets])
+        coco_gt.cats[cat_id]["name"]: mean_defined(precision[:, :, k, area, max_dets])
         for k, cat_id in enumerate(params.catIds)
     }
     return metrics, summary.getvalue()
 
 
-def _backend_classes(backend: str):
+def _evaluator(backend: str, coco_gt: COCO, results: Sequence[dict]):
+    """The COCOeval (iouType "bbox") of ``results`` against ``coco_gt`` in eval.backend's library;
+    faster_coco_eval (config.EVAL_BACKENDS' other choice) reads a copy of the ground truth."""
     if backend == "pycocotools":
-        return COCO, COCOeval
-    # eval.backend's other choice (config.EVAL_BACKENDS)
+        return COCOeval(coco_gt, _load_results(COCO, coco_gt, results), "bbox")
     try:
         from faster_coco_eval import COCO as FasterCOCO
         from faster_coco_eval import COCOeval_faster
@@ -304,7 +300,8 @@ def _backend_classes(backend: str):
             "`pip install faster-coco-eval` (or `pip install -e .[fast]`), or use "
             "eval.backend=pycocotools"
         ) from None
-    return FasterCOCO, COCOeval_faster
+    gt = FasterCOCO(copy.deepcopy(coco_gt.dataset))
+    return COCOeval_faster(gt, _load_results(FasterCOCO, gt, results), "bbox", print_function=print)
 
 
 def _load_results(coco_cls, coco_gt, results: Sequence[dict]):
