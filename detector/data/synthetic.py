@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 # the class shapes, in label order (checked there)
 from detector.config import SYNTHETIC_SHAPES as SHAPES
 
+from ..boxes import box_overlap_one_to_many
 from .base import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -157,12 +158,7 @@ def _overlap_ok(
 ) -> bool:
     """Whether ``box`` has IoU <= ``max_iou`` with every placed box and covers <= ``max_covered`` of
     the smaller."""
-    others = np.array(placed).reshape(-1, 4)  # [P,4]
-    # [P,2]
-    wh = np.clip(np.minimum(box[2:], others[:, 2:]) - np.maximum(box[:2], others[:, :2]), 0, None)
-    inter = wh[:, 0] * wh[:, 1]
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    others_area = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    inter, area, others_area = box_overlap_one_to_many(box, np.array(placed).reshape(-1, 4))
     iou = inter / (area + others_area - inter)
     return not ((iou > max_iou) | (inter / np.minimum(area, others_area) > max_covered)).any()
 
