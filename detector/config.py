@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from detector.errors import UsageError
+from detector.errors import UsageError, first_line
 from detector.losses.dynamic import BETA_SCHEDULES, SCHEDULED_LOSSES, STATISTIC_CONVENTIONS
 from detector.losses.regression import LOSSES
 
@@ -360,7 +360,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             ".yaml config file or a config name from configs/"
         ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: not valid YAML: {first_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -395,9 +395,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = safe_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        reason = str(exc).splitlines()[0]
         raise ConfigError(
-            f"override {text!r}: value {raw!r} is not valid YAML ({reason})"
+            f"override {text!r}: value {raw!r} is not valid YAML ({first_line(exc)})"
         ) from None
     return key.strip(), value
 

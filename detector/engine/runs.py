@@ -24,7 +24,7 @@ import yaml
 from detector.config import diff_configs, safe_yaml, with_defaults
 from detector.engine.optim import max_iters_dependents
 from detector.engine.runtime import notice
-from detector.errors import UsageError
+from detector.errors import UsageError, first_line
 from detector.evaluation.results import EVAL_FILES
 
 CONFIG_FILE, LOCK_FILE = "config.yaml", ".lock"
@@ -154,8 +154,7 @@ def stored_config(run_dir: str | Path, fix: str) -> dict[str, Any] | None:
             f"{path}: cannot be read (byte {exc.start} is not UTF-8 text); {fix}"
         ) from None
     except (OSError, yaml.YAMLError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RunFolderError(f"{path}: cannot be read ({first}); {fix}") from None
+        raise RunFolderError(f"{path}: cannot be read ({first_line(exc)}); {fix}") from None
     if not isinstance(stored, dict):
         raise RunFolderError(f"{path}: not a config; {fix}")
     return with_defaults(stored)
