@@ -488,12 +488,8 @@ def _check_value(full: str, value: Any, default: Any, source: str) -> Any:
         raise ConfigError(
             f"{source}: {full} must be a list of {elem_types[0].__name__}, got element {bad[0]!r}"
         )
-    not_finite = [
-        v
-        for v in (value if isinstance(value, list) else [value])
-        if isinstance(v, float) and not math.isfinite(v)
-    ]
-    if not_finite:
+    numbers = value if isinstance(value, list) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
         raise ConfigError(f"{source}: {full}={value!r} is not a finite number")
     if full in _CHOICES:
         check_choice(full, value, _CHOICES[full], source)
