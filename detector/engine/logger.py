@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from detector.box_coder import DELTA_NAMES
+from detector.engine.outputs import write_output
 from detector.engine.runtime import notice
 from detector.losses.dynamic import SCHEDULED_LOSSES
 from detector.losses.regression import build_box_loss
@@ -73,9 +73,7 @@ def _drop_records_after(path: Path, iteration: int) -> int:
     keep = [
         line for line, r in zip(lines, records) if r is not None and r.get("iter", 0) <= iteration
     ]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    write_output(path, "".join(line + "\n" for line in keep), overwrite=True)
     return len(lines) - torn - len(keep)
 
 
