@@ -162,38 +162,33 @@ def find_resume_checkpoint(
 
 
 def load_model_weights(
-    model: torch.nn.Module, path: str | Path, config: Mapping[str, Any], trust: bool = False
-) -> dict[str, Any]:
-    """Load checkpoint ``path`` into ``model`` (built from ``config``, a plain dict); returns the
-    checkpoint dict. A misfit is one :class:`CheckpointError` line naming the config to use (the
-    run's ``config.yaml``)."""
-    state = load_checkpoint(path, trust=trust)
-    folder = Path(path).parent  # runs/x/checkpoints/best.pth -> runs/x
-    run_config = (folder.parent if folder.name == "checkpoints" else folder) / "config.yaml"
-    use = (
-        f"use the config it was trained with: --cfg {run_config}"
-        if run_config.is_file()
-        else "use the config it was trained with (the checkpoint stores it under 'config')"
-    )
-    _load_fitting_weights(model, state, path, config, use)
-    return state
-
-
-def _load_fitting_weights(
     model: torch.nn.Module,
-    state: dict[str, Any],
     path: str | Path,
     config: Mapping[str, Any],
-    fix: str,
-) -> None:
-    """``model.load_state_dict(state["model"])`` once the weights are known to fit; else the
-    one-line error."""
+    trust: bool = False,
+    state: dict[str, Any] | None = None,
+    fix: str | None = None,
+) -> dict[str, Any]:
+    """Load checkpoint ``path`` (``state``: its dict, already read) into ``model`` (built from
+    ``config``, a plain dict); returns the checkpoint dict. A misfit is one :class:`CheckpointError`
+    line ending with ``fix``, by default the config to use (the run's ``config.yaml``)."""
+    if state is None:
+        state = load_checkpoint(path, trust=trust)
+    if fix is None:
+        folder = Path(path).parent  # runs/x/checkpoints/best.pth -> runs/x
+        run_config = (folder.parent if folder.name == "checkpoints" else folder) / "config.yaml"
+        fix = (
+            f"use the config it was trained with: --cfg {run_config}"
+            if run_config.is_file()
+            else "use the config it was trained with (the checkpoint stores it under 'config')"
+        )
     message = misfit_message(
         path, model, state["model"], fix, stored_config=state.get("config"), config=config
     )
     if message:
         raise CheckpointError(message)
     model.load_state_dict(state["model"])
+    return state
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
@@ -254,12 +249,12 @@ class Checkpointer:
         if state is None:
             notice(f"--resume: {self.dir} holds no checkpoint yet; starting from iteration 0")
             return Progress()
-        _load_fitting_weights(
+        load_model_weights(
             self.model,
-            state,
             state["path"],
             self.config,
-            f"it is not a checkpoint of this run: move it out of {self.dir} (the resume then "
+            state=state,
+            fix=f"it is not a checkpoint of this run: move it out of {self.dir} (the resume then "
             f"takes {PREVIOUS}, or starts from scratch), or replace the run with --overwrite",
         )
         self.optimizer.load_state_dict(state["optimizer"])
