@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from detector.boxes import scale_boxes
 from detector.config import ConfigError, load_config, tool_parser
 from detector.engine.outputs import check_output, write_output
 from detector.errors import run_tool
@@ -51,8 +52,8 @@ def dump_proposals(
     for images, targets in loader:
         for image, target, (boxes, scores) in zip(images, targets, model.propose(images)):
             orig_h, orig_w = target["orig_size"]
-            scale = boxes.new_tensor([orig_w / image.shape[2], orig_h / image.shape[1]] * 2)
-            rows = torch.cat([boxes * scale, scores[:, None]], dim=1).cpu()  # [P,5]
+            boxes = scale_boxes(boxes, orig_w / image.shape[2], orig_h / image.shape[1])
+            rows = torch.cat([boxes, scores[:, None]], dim=1).cpu()  # [P,5]
             out[str(target["image_id"])] = [
                 [round(v, 2) for v in row[:4]] + [round(row[4], 4)] for row in rows.tolist()
             ]
