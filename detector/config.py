@@ -17,7 +17,7 @@ import yaml
 
 from detector.errors import UsageError, first_line
 from detector.losses.dynamic import BETA_SCHEDULES, SCHEDULED_LOSSES, STATISTIC_CONVENTIONS
-from detector.losses.regression import LOSSES
+from detector.losses.regression import LOSSES, resolve_beta
 
 
 def _find_config_dir() -> Path:
@@ -564,25 +564,26 @@ def _check_relations(cfg: dict[str, Any]) -> None:
         )
 
 
+# What torchvision's FasterRCNN (detector/modeling/reference.py) takes: key -> its one value (and
+# the RPN's beta 1/9)
+TORCHVISION_FIXED = {
+    "model.roi_head.box_loss.name": "smooth_l1",
+    "model.roi_head.box_loss.normalizer": "num_samples",
+    "model.roi_head.dynamic_label_assignment.enabled": False,
+    "model.roi_head.add_gt_as_proposals": True,
+    "model.roi_head.class_agnostic": False,
+    "model.proposals": "rpn",
+    "model.rpn.box_loss.name": "smooth_l1",
+    "data.input.pad_buckets": 0,
+}
+
+
 def _check_torchvision_reference(cfg: dict[str, Any]) -> None:
-    """What torchvision's FasterRCNN (detector/modeling/reference.py) cannot take: one line naming
-    the key."""
-    model, roi = cfg["model"], cfg["model"]["roi_head"]
-    rpn_loss = model["rpn"]["box_loss"]
-    fixed = {
-        "model.roi_head.box_loss.name": (roi["box_loss"]["name"], "smooth_l1"),
-        "model.roi_head.box_loss.normalizer": (roi["box_loss"]["normalizer"], "num_samples"),
-        "model.roi_head.dynamic_label_assignment.enabled": (
-            roi["dynamic_label_assignment"]["enabled"],
-            False,
-        ),
-        "model.roi_head.add_gt_as_proposals": (roi["add_gt_as_proposals"], True),
-        "model.roi_head.class_agnostic": (roi["class_agnostic"], False),
-        "model.proposals": (model["proposals"], "rpn"),
-        "model.rpn.box_loss.name": (rpn_loss["name"], "smooth_l1"),
-        "data.input.pad_buckets": (cfg["data"]["input"]["pad_buckets"], 0),
-    }
-    rpn_beta = 1 / rpn_loss["sigma"] ** 2 if rpn_loss["sigma"] else rpn_loss["beta"]
+    """What torchvision's FasterRCNN cannot take: one line naming the key."""
+    frozen = Config(cfg)
+    # key -> (its value, the one torchvision takes)
+    fixed = {key: (frozen.select(key), needed) for key, needed in TORCHVISION_FIXED.items()}
+    rpn_beta = resolve_beta(cfg["model"]["rpn"]["box_loss"])
     fixed["model.rpn.box_loss.beta"] = (round(rpn_beta, 9), round(1 / 9, 9))
     for key, (value, needed) in fixed.items():
         if value != needed:
