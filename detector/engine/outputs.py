@@ -12,10 +12,11 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Iterable
 
-from detector.engine.runs import RUN_ARTIFACTS, RunFolderError, run_files
+from detector.engine.runs import RUN_ARTIFACT_GLOBS, RUN_ARTIFACTS, RunFolderError, run_files
 
 
 def check_output(
@@ -112,8 +113,9 @@ def _run_of(folder: Path, names: Iterable[str]) -> Path | None:
     ``<run>/config.yaml``, ..."""
     if folder.name in ("eval", "checkpoints") and run_files(folder.parent):
         return folder.parent
-    run_names = [n for n in names if n in RUN_ARTIFACTS or n.startswith("events.out.tfevents.")]
-    return folder if run_names and run_files(folder) else None
+    patterns = (*RUN_ARTIFACTS, *RUN_ARTIFACT_GLOBS)
+    owned = [n for n in names if any(fnmatch(n, p) for p in patterns)]
+    return folder if owned and run_files(folder) else None
 
 
 def _check_writable(folder: Path) -> None:

@@ -199,7 +199,7 @@ def check_run_folder(
             f"output_dir={free_name(run_dir)}, or replace it with --overwrite"
         )
     if not resume:
-        finished = (run_dir / "eval" / "metrics.json").is_file()
+        finished = (run_dir / "eval" / EVAL_FILES[-1]).is_file()
         go_on = (
             "train it longer with --resume and a larger train.max_iters"
             if finished
@@ -298,7 +298,7 @@ def prepare_run_folder(run_dir: Path, cfg, plan: RunFolderPlan, notes: list[str]
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(RUN_CONFIG_HEADER + cfg.to_yaml())
     # save_checkpoint's temporary files
-    for path in sorted((run_dir / "checkpoints").glob(".*.pth.*.tmp")):
+    for path in sorted((run_dir / "checkpoints").glob(CHECKPOINT_GLOBS[-1])):
         path.unlink(missing_ok=True)
         notice(f"removed {path}, left by a checkpoint write that did not finish")
 
