@@ -22,6 +22,7 @@ import torch
 from torch.serialization import safe_globals
 
 from detector.engine import distributed as dist_utils
+from detector.engine.runs import CONFIG_FILE
 from detector.engine.runtime import notice
 from detector.errors import DetectorError, first_line, unsafe_global
 from detector.modeling.fit import misfit_message
@@ -176,7 +177,7 @@ def load_model_weights(
         state = load_checkpoint(path, trust=trust)
     if fix is None:
         folder = Path(path).parent  # runs/x/checkpoints/best.pth -> runs/x
-        run_config = (folder.parent if folder.name == "checkpoints" else folder) / "config.yaml"
+        run_config = (folder.parent if folder.name == "checkpoints" else folder) / CONFIG_FILE
         fix = (
             f"use the config it was trained with: --cfg {run_config}"
             if run_config.is_file()

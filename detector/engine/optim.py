@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from detector.engine import distributed as dist_utils
+from detector.losses.dynamic import SCHEDULED_LOSSES
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
@@ -119,7 +120,7 @@ def max_iters_dependents(cfg, new_max_iters: int) -> list[str]:
     if t["warmup_iters"] > min(t["max_iters"], new_max_iters):
         out.append("train.warmup_iters (capped at max_iters)")
     schedule = loss["schedule"]["type"]
-    if loss["name"] == "dynamic_smooth_l1" and schedule not in ("adaptive", "constant"):
+    if loss["name"] in SCHEDULED_LOSSES and schedule not in ("adaptive", "constant"):
         out.append(f"model.roi_head.box_loss.schedule.type={schedule}")
     return out
 

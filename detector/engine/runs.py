@@ -33,7 +33,7 @@ CONFIG_FILE, LOCK_FILE = "config.yaml", ".lock"
 RUN_CONFIG_HEADER = "# written by tools/train.py: the resolved config of this run (docs/runs.md)\n"
 # What a run writes into its folder (eval/ and checkpoints/: only the files of EVAL_FILES and
 # CHECKPOINT_GLOBS); --overwrite removes these and nothing else (a user's own files stay).
-RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "eval", "final_errors.pt")
+RUN_ARTIFACTS = (CONFIG_FILE, "metrics.jsonl", "checkpoints", "eval", "final_errors.pt")
 RUN_ARTIFACT_GLOBS = ("events.out.tfevents.*",)
 CHECKPOINT_GLOBS = ("*.pth", ".*.pth.*.tmp")
 # A temporary lock file (RunLock.acquire) lives for milliseconds; one older than this was left by a
