@@ -24,20 +24,21 @@ _MEDIAN_EPS = 1e-15
 
 
 def kth_valid(
-    values: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, largest: bool = False
+    values: torch.Tensor, valid: torch.Tensor, k: int | torch.Tensor, largest: bool = False
 ) -> torch.Tensor:
-    """The k-th smallest (``largest``: largest) of ``values[valid]`` ([Q] each; k a 0-d tensor,
-    capped to 1..count); 0-d float32, NaN when nothing is valid; no host sync."""
-    if values.numel() == 0:
-        return values.new_full((), math.nan, dtype=torch.float32)
-    count = valid.sum()
+    """The k-th smallest (``largest``: largest) of the valid ``values`` in each row ([..., Q] each;
+    k an int or a 0-d tensor, capped to 1..count) -> [...] float32, NaN where nothing is valid; no
+    host sync."""
+    if values.shape[-1] == 0:
+        return values.new_full(values.shape[:-1], math.nan, dtype=torch.float32)
+    count = valid.sum(dim=-1, keepdim=True)  # [...,1]
     ordered = (
         values.masked_fill(~valid, -math.inf if largest else math.inf)
-        .sort(descending=largest)
+        .sort(dim=-1, descending=largest)
         .values
     )
-    kth = ordered.gather(0, (torch.minimum(k.long(), count).clamp(min=1) - 1).view(1)).squeeze(0)
-    return torch.where(count > 0, kth, torch.full_like(kth, math.nan)).float()
+    kth = ordered.gather(-1, (count.clamp(max=k).clamp(min=1) - 1).long()).squeeze(-1)
+    return torch.where(count.squeeze(-1) > 0, kth, math.nan).float()
 
 
 class IntervalRecord:
@@ -158,8 +159,7 @@ class AdaptiveBeta(BetaSchedule):
         state change, no host sync."""
         values = target_deltas[:, :2].float().abs().mean(dim=1)  # [Q]
         k = num_images * self.topk  # a float, or a 0-d tensor: no host sync either way
-        # a fill, no copy
-        k = k.round() if torch.is_tensor(k) else torch.full((), round(k), device=values.device)
+        k = k.round() if torch.is_tensor(k) else round(k)
         return kth_valid(
             values, torch.ones_like(values, dtype=torch.bool) if valid is None else valid, k
         )

@@ -7,7 +7,6 @@ per-image loop, no host sync.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import torch
@@ -109,18 +108,9 @@ class DynamicLabelAssigner:
             first_gt = iou[..., 0] if iou.shape[2] > 0 else max_iou  # [N,M]
             values = torch.where(fg, max_iou, first_gt).flatten()  # [N*M]
             return kth_valid(values, valid, has_gt.sum() * self.topk, largest=True)
-        k_max = min(self.topk, max_iou.shape[1])
-        if k_max == 0:
-            return max_iou.new_full((), math.nan)
-        # [N,M]; without GT: 0, as mmdet's
-        overlaps = torch.where(candidate_valid, max_iou.clamp(min=0), -1.0)
-        top = overlaps.topk(k_max, dim=1).values  # [N,k_max], the valid ones first
-        count = candidate_valid.sum(dim=1)  # [N]
-        # [N]: min(topk, n)-th largest
-        kth = top.gather(1, (count.clamp(min=1, max=k_max) - 1)[:, None]).squeeze(1)
-        has = count > 0
-        mean = (kth * has).sum() / has.sum().clamp(min=1)
-        return torch.where(has.any(), mean, torch.full_like(mean, math.nan)).float()
+        # per image the min(topk, n)-th largest best-GT IoU (0 without GT, as mmdet's), then the
+        # mean over the images with candidates
+        return kth_valid(max_iou.clamp(min=0), candidate_valid, self.topk, largest=True).nanmean()
 
     def step(self, iteration: int, statistic: torch.Tensor) -> float:
         """After iteration ``iteration``: record its statistic; at an interval's end, update the
