@@ -43,19 +43,27 @@ def kth_valid(
 
 class IntervalRecord:
     """The per-iteration statistics (0-d, NaN: nothing observed) of one update interval, on their
-    device.
+    device; ``key`` names the statistic in a training forward's stats.
 
-    ``record`` has no host sync and says whether the interval ended; ``collect`` (the one
-    collective) all_reduces the (sum, count) table, so each statistic is the mean over the ranks
-    that observed it, and clears the record.
+    ``add`` records one with no host sync; at the interval's end the one collective all_reduces the
+    (sum, count) table, so each statistic is the mean over the ranks that observed it.
     """
 
-    def __init__(self, interval: int):
+    def __init__(self, interval: int, key: str):
         self.interval = int(interval)
+        self.key = key
         # [2,C]: statistic (0 where none), 1 where observed
         self.table = torch.zeros(2, self.interval)
 
-    def record(self, iteration: int, statistic: torch.Tensor) -> bool:
+    def add(self, iteration: int, statistic: torch.Tensor | None) -> list[float]:
+        """Record iteration ``iteration``'s statistic -> [] within the interval; at its end, the
+        interval's statistics in iteration order (unobserved ones left out), and the record
+        cleared. Every rank calls it at every iteration."""
+        if statistic is None:
+            raise ValueError(
+                f"no {self.key!r} for iteration {iteration}: pass the stats of the iteration's "
+                "training forward"
+            )
         stat = torch.as_tensor(statistic).detach().float().reshape(())
         if self.table.device != stat.device:
             self.table = self.table.to(stat.device)
@@ -63,11 +71,8 @@ class IntervalRecord:
         self.table[:, iteration % self.interval] = torch.stack(
             (torch.where(seen, stat, 0.0), seen.float())
         )
-        return (iteration + 1) % self.interval == 0
-
-    def collect(self) -> list[float]:
-        """The statistics in iteration order (unobserved ones left out); every rank calls it at the
-        same iteration."""
+        if (iteration + 1) % self.interval:
+            return []
         table = self.table.clone()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(table)
@@ -144,7 +149,7 @@ class AdaptiveBeta(BetaSchedule):
         self.topk = float(topk)
         self.interval = int(interval)
         self.statistic = statistic
-        self.record = IntervalRecord(interval)
+        self.record = IntervalRecord(interval, "beta_statistic")
         # the share of the last update's statistics that were 0 (a diagnostic; not checkpointed)
         self.zero_share = math.nan
 
@@ -165,28 +170,17 @@ class AdaptiveBeta(BetaSchedule):
         )
 
     def step(self, iteration: int, statistic: torch.Tensor | None = None) -> float:
-        if statistic is None:
-            raise ValueError(
-                "AdaptiveBeta.step needs the iteration's statistic (the 'beta_statistic' of its "
-                "training forward's stats)"
-            )
-        if self.record.record(iteration, statistic):
-            record = self.record.collect()
-            if record:
-                self.zero_share = sum(s < _MEDIAN_EPS for s in record) / len(record)
-            self.beta = self._next_beta(record)
+        record = self.record.add(iteration, statistic)
+        if record:
+            self.zero_share = sum(s < _MEDIAN_EPS for s in record) / len(record)
+            if self.statistic == "official":
+                median = sorted(record)[len(record) // 2]
+            else:
+                median = statistics.median(record)
+            # mmdetection's guard; the official code has none
+            if self.statistic == "official" or median >= _MEDIAN_EPS:
+                self.beta = max(min(self.initial_beta, median), self.min_beta)
         return self.beta
-
-    def _next_beta(self, record: Sequence[float]) -> float:
-        if not record:
-            return self.beta
-        if self.statistic == "official":
-            median = sorted(record)[len(record) // 2]
-        else:
-            median = statistics.median(record)
-            if median < _MEDIAN_EPS:
-                return self.beta
-        return max(min(self.initial_beta, median), self.min_beta)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "record": self.record.state_dict()}

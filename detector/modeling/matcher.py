@@ -90,7 +90,7 @@ class DynamicLabelAssigner:
         self.min_thresh = float(min_thresh)
         self.statistic = statistic
         self.thresh = float(initial_thresh)
-        self.record = IntervalRecord(interval)
+        self.record = IntervalRecord(interval, "iou_statistic")
 
     def observe(
         self,
@@ -115,10 +115,9 @@ class DynamicLabelAssigner:
     def step(self, iteration: int, statistic: torch.Tensor) -> float:
         """After iteration ``iteration``: record its statistic; at an interval's end, update the
         threshold."""
-        if self.record.record(iteration, statistic):
-            record = self.record.collect()
-            if record:
-                self.thresh = max(self.min_thresh, sum(record) / len(record))
+        record = self.record.add(iteration, statistic)
+        if record:
+            self.thresh = max(self.min_thresh, sum(record) / len(record))
         return self.thresh
 
     def state_dict(self) -> dict[str, Any]:

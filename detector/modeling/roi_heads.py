@@ -154,12 +154,7 @@ class RoIHeads(nn.Module):
         if self.beta_schedule is not None:
             self.beta_schedule.step(iteration, stats.get("beta_statistic"))
         if self.label_assigner is not None:
-            if "iou_statistic" not in stats:
-                raise ValueError(
-                    "RoIHeads.update_dynamic_state: stats has no 'iou_statistic'; pass the stats "
-                    "of the iteration's training forward"
-                )
-            self.label_assigner.step(iteration, stats["iou_statistic"])
+            self.label_assigner.step(iteration, stats.get("iou_statistic"))
         self.iteration = iteration + 1
 
     def _adaptive_beta(self, statistic: str) -> bool:
