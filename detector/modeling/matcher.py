@@ -1,8 +1,9 @@
 """Label assignment for the RPN and the RoI heads, batched over images with padded GT.
 
-Shapes: ``N`` images, ``M`` candidates per image, ``G`` GT per image padded (``gt_valid [N,G]``),
-``S`` samples per image. Label 0 is background, 1..K foreground. Masked tensor arithmetic only: no
-per-image loop, no host sync.
+Shapes: ``N`` images, ``M`` candidates per image, ``G >= 1`` GT slots per image (``gt_valid
+[N,G]``; TwoStageDetector pads an image without GT to one invalid slot), ``S`` samples per image.
+Label 0 is background, 1..K foreground. Masked tensor arithmetic only: no per-image loop, no host
+sync.
 """
 
 from __future__ import annotations
@@ -29,14 +30,10 @@ def match_boxes(
     ``allow_low_quality_matches`` also makes each GT's best candidates foreground. -> matched_idx
     [N,M] int64 (0 without GT), max_iou [N,M] (-1 without GT), fg [N,M] bool, bg [N,M] bool."""
     iou = iou.masked_fill(~gt_valid[:, None, :], -1.0)
-    if iou.shape[2] == 0:
-        max_iou = iou.new_full(iou.shape[:2], -1.0)
-        matched_idx = torch.zeros(iou.shape[:2], dtype=torch.long, device=iou.device)
-    else:
-        max_iou, matched_idx = iou.max(dim=2)  # [N,M]
+    max_iou, matched_idx = iou.max(dim=2)  # [N,M]
     fg = max_iou >= fg_iou_thresh
     bg = (max_iou < bg_iou_thresh) & ~fg
-    if allow_low_quality_matches and iou.shape[2] > 0:
+    if allow_low_quality_matches:
         best_per_gt = iou.max(dim=1, keepdim=True).values  # [N,1,G]
         best = ((iou == best_per_gt) & gt_valid[:, None, :] & (best_per_gt > 0)).any(dim=2)  # [N,M]
         fg = fg | best
@@ -105,8 +102,7 @@ class DynamicLabelAssigner:
         if self.statistic == "official":
             has_gt = gt_valid.any(dim=1)  # [N]
             valid = (candidate_valid & has_gt[:, None]).flatten()  # [N*M]
-            first_gt = iou[..., 0] if iou.shape[2] > 0 else max_iou  # [N,M]
-            values = torch.where(fg, max_iou, first_gt).flatten()  # [N*M]
+            values = torch.where(fg, max_iou, iou[..., 0]).flatten()  # [N*M]
             return kth_valid(values, valid, has_gt.sum() * self.topk, largest=True)
         # per image the min(topk, n)-th largest best-GT IoU (0 without GT, as mmdet's), then the
         # mean over the images with candidates
