@@ -99,13 +99,7 @@ class BetaSchedule:
     CPU tensors."""
 
     type: str = ""
-
-    def __init__(self, beta: float, min_beta: float):
-        self.min_beta = float(min_beta)
-        self.beta = max(float(beta), self.min_beta)
-
-    def step(self, iteration: int, statistic: torch.Tensor | None = None) -> float:
-        raise NotImplementedError
+    beta: float
 
     def state_dict(self) -> dict[str, Any]:
         return {"type": self.type, "beta": self.beta}
@@ -144,8 +138,9 @@ class AdaptiveBeta(BetaSchedule):
         min_beta: float = 1e-3,
         statistic: str = "mmdet",
     ):
-        super().__init__(initial_beta, min_beta)
         self.initial_beta = float(initial_beta)
+        self.min_beta = float(min_beta)
+        self.beta = max(self.initial_beta, self.min_beta)
         self.topk = float(topk)
         self.interval = int(interval)
         self.statistic = statistic
@@ -234,7 +229,7 @@ class ScheduledBeta(BetaSchedule):
         self.total_iters = int(total_iters)
         self.milestones = sorted(int(m) for m in milestones)
         self.gamma = float(gamma)
-        super().__init__(start, min_beta)
+        self.min_beta = float(min_beta)
         self.beta = self.value_at(0)  # a milestone at 0 already applies
 
     def value_at(self, iteration: int) -> float:
