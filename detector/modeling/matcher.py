@@ -108,9 +108,7 @@ class DynamicLabelAssigner:
         # mean over the images with candidates
         return kth_valid(max_iou.clamp(min=0), candidate_valid, self.topk, largest=True).nanmean()
 
-    def step(self, iteration: int, statistic: torch.Tensor) -> float:
-        """After iteration ``iteration``: record its statistic; at an interval's end, update the
-        threshold."""
+    def step(self, iteration: int, statistic: torch.Tensor | None) -> float:
         record = self.record.add(iteration, statistic)
         if record:
             self.thresh = max(self.min_thresh, sum(record) / len(record))
