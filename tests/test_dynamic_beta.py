@@ -255,11 +255,11 @@ def test_state_dict_round_trip():
 
 
 def test_interval_record_skips_unobserved_iterations():
-    record = IntervalRecord(3)
-    assert [record.record(it, torch.tensor(v)) for it, v in enumerate((0.5, math.nan, 0.25))] == [
-        False,
-        False,
-        True,
+    record = IntervalRecord(3, "beta_statistic")
+    assert [record.add(it, torch.tensor(v)) for it, v in enumerate((0.5, math.nan, 0.25))] == [
+        [],
+        [],
+        [0.5, 0.25],
     ]
-    assert record.collect() == [0.5, 0.25]
-    assert record.collect() == []  # collecting cleared it
+    assert not record.table.any()  # the interval's end cleared it
+    assert [record.add(it, torch.tensor(math.nan)) for it in (3, 4, 5)] == [[], [], []]

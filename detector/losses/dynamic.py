@@ -24,37 +24,46 @@ _MEDIAN_EPS = 1e-15
 
 
 def kth_valid(
-    values: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, largest: bool = False
+    values: torch.Tensor, valid: torch.Tensor, k: int | torch.Tensor, largest: bool = False
 ) -> torch.Tensor:
-    """The k-th smallest (``largest``: largest) of ``values[valid]`` ([Q] each; k a 0-d tensor,
-    capped to 1..count); 0-d float32, NaN when nothing is valid; no host sync."""
-    if values.numel() == 0:
-        return values.new_full((), math.nan, dtype=torch.float32)
-    count = valid.sum()
+    """The k-th smallest (``largest``: largest) of the valid ``values`` in each row ([..., Q] each;
+    k an int or a 0-d tensor, capped to 1..count) -> [...] float32, NaN where nothing is valid; no
+    host sync."""
+    if values.shape[-1] == 0:
+        return values.new_full(values.shape[:-1], math.nan, dtype=torch.float32)
+    count = valid.sum(dim=-1, keepdim=True)  # [...,1]
     ordered = (
         values.masked_fill(~valid, -math.inf if largest else math.inf)
-        .sort(descending=largest)
+        .sort(dim=-1, descending=largest)
         .values
     )
-    kth = ordered.gather(0, (torch.minimum(k.long(), count).clamp(min=1) - 1).view(1)).squeeze(0)
-    return torch.where(count > 0, kth, torch.full_like(kth, math.nan)).float()
+    kth = ordered.gather(-1, (count.clamp(max=k).clamp(min=1) - 1).long()).squeeze(-1)
+    return torch.where(count.squeeze(-1) > 0, kth, math.nan).float()
 
 
 class IntervalRecord:
     """The per-iteration statistics (0-d, NaN: nothing observed) of one update interval, on their
-    device.
+    device; ``key`` names the statistic in a training forward's stats.
 
-    ``record`` has no host sync and says whether the interval ended; ``collect`` (the one
-    collective) all_reduces the (sum, count) table, so each statistic is the mean over the ranks
-    that observed it, and clears the record.
+    ``add`` records one with no host sync; at the interval's end the one collective all_reduces the
+    (sum, count) table, so each statistic is the mean over the ranks that observed it.
     """
 
-    def __init__(self, interval: int):
+    def __init__(self, interval: int, key: str):
         self.interval = int(interval)
+        self.key = key
         # [2,C]: statistic (0 where none), 1 where observed
         self.table = torch.zeros(2, self.interval)
 
-    def record(self, iteration: int, statistic: torch.Tensor) -> bool:
+    def add(self, iteration: int, statistic: torch.Tensor | None) -> list[float]:
+        """Record iteration ``iteration``'s statistic -> [] within the interval; at its end, the
+        interval's statistics in iteration order (unobserved ones left out), and the record
+        cleared. Every rank calls it at every iteration."""
+        if statistic is None:
+            raise ValueError(
+                f"no {self.key!r} for iteration {iteration}: pass the stats of the iteration's "
+                "training forward"
+            )
         stat = torch.as_tensor(statistic).detach().float().reshape(())
         if self.table.device != stat.device:
             self.table = self.table.to(stat.device)
@@ -62,11 +71,8 @@ class IntervalRecord:
         self.table[:, iteration % self.interval] = torch.stack(
             (torch.where(seen, stat, 0.0), seen.float())
         )
-        return (iteration + 1) % self.interval == 0
-
-    def collect(self) -> list[float]:
-        """The statistics in iteration order (unobserved ones left out); every rank calls it at the
-        same iteration."""
+        if (iteration + 1) % self.interval:
+            return []
         table = self.table.clone()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(table)
@@ -93,13 +99,7 @@ class BetaSchedule:
     CPU tensors."""
 
     type: str = ""
-
-    def __init__(self, beta: float, min_beta: float):
-        self.min_beta = float(min_beta)
-        self.beta = max(float(beta), self.min_beta)
-
-    def step(self, iteration: int, statistic: torch.Tensor | None = None) -> float:
-        raise NotImplementedError
+    beta: float
 
     def state_dict(self) -> dict[str, Any]:
         return {"type": self.type, "beta": self.beta}
@@ -138,12 +138,13 @@ class AdaptiveBeta(BetaSchedule):
         min_beta: float = 1e-3,
         statistic: str = "mmdet",
     ):
-        super().__init__(initial_beta, min_beta)
         self.initial_beta = float(initial_beta)
+        self.min_beta = float(min_beta)
+        self.beta = max(self.initial_beta, self.min_beta)
         self.topk = float(topk)
         self.interval = int(interval)
         self.statistic = statistic
-        self.record = IntervalRecord(interval)
+        self.record = IntervalRecord(interval, "beta_statistic")
         # the share of the last update's statistics that were 0 (a diagnostic; not checkpointed)
         self.zero_share = math.nan
 
@@ -158,35 +159,23 @@ class AdaptiveBeta(BetaSchedule):
         state change, no host sync."""
         values = target_deltas[:, :2].float().abs().mean(dim=1)  # [Q]
         k = num_images * self.topk  # a float, or a 0-d tensor: no host sync either way
-        # a fill, no copy
-        k = k.round() if torch.is_tensor(k) else torch.full((), round(k), device=values.device)
+        k = k.round() if torch.is_tensor(k) else round(k)
         return kth_valid(
             values, torch.ones_like(values, dtype=torch.bool) if valid is None else valid, k
         )
 
     def step(self, iteration: int, statistic: torch.Tensor | None = None) -> float:
-        if statistic is None:
-            raise ValueError(
-                "AdaptiveBeta.step needs the iteration's statistic (the 'beta_statistic' of its "
-                "training forward's stats)"
-            )
-        if self.record.record(iteration, statistic):
-            record = self.record.collect()
-            if record:
-                self.zero_share = sum(s < _MEDIAN_EPS for s in record) / len(record)
-            self.beta = self._next_beta(record)
+        record = self.record.add(iteration, statistic)
+        if record:
+            self.zero_share = sum(s < _MEDIAN_EPS for s in record) / len(record)
+            if self.statistic == "official":
+                median = sorted(record)[len(record) // 2]
+            else:
+                median = statistics.median(record)
+            # mmdetection's guard; the official code has none
+            if self.statistic == "official" or median >= _MEDIAN_EPS:
+                self.beta = max(min(self.initial_beta, median), self.min_beta)
         return self.beta
-
-    def _next_beta(self, record: Sequence[float]) -> float:
-        if not record:
-            return self.beta
-        if self.statistic == "official":
-            median = sorted(record)[len(record) // 2]
-        else:
-            median = statistics.median(record)
-            if median < _MEDIAN_EPS:
-                return self.beta
-        return max(min(self.initial_beta, median), self.min_beta)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "record": self.record.state_dict()}
@@ -240,7 +229,7 @@ class ScheduledBeta(BetaSchedule):
         self.total_iters = int(total_iters)
         self.milestones = sorted(int(m) for m in milestones)
         self.gamma = float(gamma)
-        super().__init__(start, min_beta)
+        self.min_beta = float(min_beta)
         self.beta = self.value_at(0)  # a milestone at 0 already applies
 
     def value_at(self, iteration: int) -> float:

@@ -1,13 +1,13 @@
 """Label assignment for the RPN and the RoI heads, batched over images with padded GT.
 
-Shapes: ``N`` images, ``M`` candidates per image, ``G`` GT per image padded (``gt_valid [N,G]``),
-``S`` samples per image. Label 0 is background, 1..K foreground. Masked tensor arithmetic only: no
-per-image loop, no host sync.
+Shapes: ``N`` images, ``M`` candidates per image, ``G >= 1`` GT slots per image (``gt_valid
+[N,G]``; TwoStageDetector pads an image without GT to one invalid slot), ``S`` samples per image.
+Label 0 is background, 1..K foreground. Masked tensor arithmetic only: no per-image loop, no host
+sync.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import torch
@@ -30,14 +30,10 @@ def match_boxes(
     ``allow_low_quality_matches`` also makes each GT's best candidates foreground. -> matched_idx
     [N,M] int64 (0 without GT), max_iou [N,M] (-1 without GT), fg [N,M] bool, bg [N,M] bool."""
     iou = iou.masked_fill(~gt_valid[:, None, :], -1.0)
-    if iou.shape[2] == 0:
-        max_iou = iou.new_full(iou.shape[:2], -1.0)
-        matched_idx = torch.zeros(iou.shape[:2], dtype=torch.long, device=iou.device)
-    else:
-        max_iou, matched_idx = iou.max(dim=2)  # [N,M]
+    max_iou, matched_idx = iou.max(dim=2)  # [N,M]
     fg = max_iou >= fg_iou_thresh
     bg = (max_iou < bg_iou_thresh) & ~fg
-    if allow_low_quality_matches and iou.shape[2] > 0:
+    if allow_low_quality_matches:
         best_per_gt = iou.max(dim=1, keepdim=True).values  # [N,1,G]
         best = ((iou == best_per_gt) & gt_valid[:, None, :] & (best_per_gt > 0)).any(dim=2)  # [N,M]
         fg = fg | best
@@ -91,7 +87,7 @@ class DynamicLabelAssigner:
         self.min_thresh = float(min_thresh)
         self.statistic = statistic
         self.thresh = float(initial_thresh)
-        self.record = IntervalRecord(interval)
+        self.record = IntervalRecord(interval, "iou_statistic")
 
     def observe(
         self,
@@ -106,29 +102,16 @@ class DynamicLabelAssigner:
         if self.statistic == "official":
             has_gt = gt_valid.any(dim=1)  # [N]
             valid = (candidate_valid & has_gt[:, None]).flatten()  # [N*M]
-            first_gt = iou[..., 0] if iou.shape[2] > 0 else max_iou  # [N,M]
-            values = torch.where(fg, max_iou, first_gt).flatten()  # [N*M]
+            values = torch.where(fg, max_iou, iou[..., 0]).flatten()  # [N*M]
             return kth_valid(values, valid, has_gt.sum() * self.topk, largest=True)
-        k_max = min(self.topk, max_iou.shape[1])
-        if k_max == 0:
-            return max_iou.new_full((), math.nan)
-        # [N,M]; without GT: 0, as mmdet's
-        overlaps = torch.where(candidate_valid, max_iou.clamp(min=0), -1.0)
-        top = overlaps.topk(k_max, dim=1).values  # [N,k_max], the valid ones first
-        count = candidate_valid.sum(dim=1)  # [N]
-        # [N]: min(topk, n)-th largest
-        kth = top.gather(1, (count.clamp(min=1, max=k_max) - 1)[:, None]).squeeze(1)
-        has = count > 0
-        mean = (kth * has).sum() / has.sum().clamp(min=1)
-        return torch.where(has.any(), mean, torch.full_like(mean, math.nan)).float()
+        # per image the min(topk, n)-th largest best-GT IoU (0 without GT, as mmdet's), then the
+        # mean over the images with candidates
+        return kth_valid(max_iou.clamp(min=0), candidate_valid, self.topk, largest=True).nanmean()
 
-    def step(self, iteration: int, statistic: torch.Tensor) -> float:
-        """After iteration ``iteration``: record its statistic; at an interval's end, update the
-        threshold."""
-        if self.record.record(iteration, statistic):
-            record = self.record.collect()
-            if record:
-                self.thresh = max(self.min_thresh, sum(record) / len(record))
+    def step(self, iteration: int, statistic: torch.Tensor | None) -> float:
+        record = self.record.add(iteration, statistic)
+        if record:
+            self.thresh = max(self.min_thresh, sum(record) / len(record))
         return self.thresh
 
     def state_dict(self) -> dict[str, Any]:

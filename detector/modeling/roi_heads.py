@@ -113,6 +113,9 @@ class RoIHeads(nn.Module):
         self.box_loss = box_loss
         self.beta_schedule = beta_schedule
         self.label_assigner = label_assigner
+        # the adaptive beta's convention (mmdet: measured on the sampled positives, official: on
+        # every candidate); None without one
+        self.adaptive = beta_schedule.statistic if isinstance(beta_schedule, AdaptiveBeta) else None
         self.num_classes = num_classes
         self.class_agnostic = class_agnostic
         self.batch_size_per_image = batch_size_per_image
@@ -154,21 +157,8 @@ class RoIHeads(nn.Module):
         if self.beta_schedule is not None:
             self.beta_schedule.step(iteration, stats.get("beta_statistic"))
         if self.label_assigner is not None:
-            if "iou_statistic" not in stats:
-                raise ValueError(
-                    "RoIHeads.update_dynamic_state: stats has no 'iou_statistic'; pass the stats "
-                    "of the iteration's training forward"
-                )
-            self.label_assigner.step(iteration, stats["iou_statistic"])
+            self.label_assigner.step(iteration, stats.get("iou_statistic"))
         self.iteration = iteration + 1
-
-    def _adaptive_beta(self, statistic: str) -> bool:
-        """Whether the beta is adaptive in that convention (mmdet: sampled positives, official:
-        every candidate)."""
-        return (
-            isinstance(self.beta_schedule, AdaptiveBeta)
-            and self.beta_schedule.statistic == statistic
-        )
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -236,7 +226,7 @@ class RoIHeads(nn.Module):
             observed["iou_statistic"] = self.label_assigner.observe(
                 iou, max_iou, fg, proposal_valid, gt_valid
             )
-        if self._adaptive_beta("official"):
+        if self.adaptive == "official":
             observed["beta_statistic"] = self._candidate_beta_statistic(
                 proposals, proposal_valid, gt_boxes, gt_valid, matched_idx, fg
             )
@@ -315,9 +305,9 @@ class RoIHeads(nn.Module):
         }
         if beta is not None:
             stats["beta"] = torch.full((), float(beta), dtype=torch.float32, device=deltas.device)
-        if self._adaptive_beta("mmdet"):
+        if self.adaptive == "mmdet":
             stats["beta_statistic"] = self.beta_schedule.observe(target_deltas.detach(), num_images)
-        if isinstance(self.beta_schedule, AdaptiveBeta):
+        if self.adaptive:
             share = self.beta_schedule.zero_share  # of the last update: nan before the first
             stats["beta_zero_share"] = torch.full((), share, device=deltas.device)
         for name, values in (
