@@ -1,7 +1,7 @@
 """Bounded inputs (issue 28, cases 7, 8 and 11): YAML aliases are refused in config files and
 overrides (an alias bomb would expand to gigabytes), deeply nested JSON and the other malformed
-inputs of the issue are one line naming the file and field (each tool run as a subprocess), and a
-checkpoint pickled under numpy 1.x loads as data."""
+inputs of the issue are one line naming the file and field (each tool's main or, for training and
+one eval, the tool as a subprocess), and a checkpoint pickled under numpy 1.x loads as data."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from helpers import one_error_line, run_tool_process, tiny_run_overrides
+from helpers import one_error_line, run_tool_main, run_tool_process, tiny_run_overrides
 
 from detector.config import load_config
 from detector.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -38,7 +38,7 @@ def test_yaml_aliases_are_refused_in_config_files_and_overrides(tmp_path):
     line = one_error_line(proc)
     assert proc.returncode == 2 and line.startswith(f"error: {bomb}: not valid YAML")
     assert "aliases (*name) are not allowed" in line
-    proc = run_tool_process(
+    proc = run_tool_main(
         "eval", "--cfg", "base.yaml", "--dets", missing, "train.milestones=[&m 1, *m]"
     )
     line = one_error_line(proc)
@@ -49,7 +49,7 @@ def test_yaml_aliases_are_refused_in_config_files_and_overrides(tmp_path):
 def test_deeply_nested_json_is_one_line_naming_the_file(tiny_data, tmp_path):
     ann = tmp_path / "instances_train.json"
     ann.write_text('{"images": ' + DEEP + ', "categories": []}')
-    proc = run_tool_process(
+    proc = run_tool_main(
         "make_subset", "--format", "coco", "--ann", ann, "--out", tmp_path / "o.json"
     )
     assert proc.returncode == 1 and str(ann) in one_error_line(proc)
@@ -57,7 +57,7 @@ def test_deeply_nested_json_is_one_line_naming_the_file(tiny_data, tmp_path):
     dets = tmp_path / "dets.json"
     dets.write_text(DEEP)
     data = tiny_run_overrides(tiny_data, tmp_path / "unused")
-    proc = run_tool_process("eval", "--cfg", "base.yaml", "--dets", dets, *data)
+    proc = run_tool_main("eval", "--cfg", "base.yaml", "--dets", dets, *data)
     assert proc.returncode == 1 and str(dets) in one_error_line(proc)
     assert "nested too deeply" in proc.stderr
 
@@ -75,7 +75,7 @@ def test_deeply_nested_json_is_one_line_naming_the_file(tiny_data, tmp_path):
 def test_a_nan_or_non_object_image_entry_is_one_line(tmp_path, image, said):
     ann = tmp_path / "instances_train.json"
     ann.write_text(json.dumps({"images": [image], "categories": [{"id": 1, "name": "a"}]}))
-    proc = run_tool_process(
+    proc = run_tool_main(
         "make_subset", "--format", "coco", "--ann", ann, "--out", tmp_path / "o.json"
     )
     line = one_error_line(proc)
@@ -95,7 +95,7 @@ def test_non_utf8_bytes_are_one_line_naming_the_file(tiny_data, tmp_path):
     ids = tmp_path / "ids.txt"
     ids.write_bytes(b"1\n\xff\xfe2\n")
     argv = ["--format", "coco", "--ann", ann, "--image-ids-file", ids, "--out", tmp_path / "o.json"]
-    proc = run_tool_process("make_subset", *argv)
+    proc = run_tool_main("make_subset", *argv)
     line = one_error_line(proc)
     assert proc.returncode == 1 and line.startswith(f"error: {ids}: ") and "UTF-8" in line
 

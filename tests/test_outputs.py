@@ -1,14 +1,14 @@
 """One rule for every file a tool writes (detector/engine/outputs.py, docs/runs.md "Outputs"): a
 file that is there is replaced only with --overwrite, an output that is an input is refused, and
 a path is resolved (symlinks, ..) before it is checked, so a run's own files are never written by
-another tool unasked. Each tool that writes is run as the user runs it, a subprocess (issue 28,
-cases 1 and 6)."""
+another tool unasked. Each tool that writes is run once as the user runs it, a subprocess (issue
+28, cases 1 and 6); its other calls run its main in this process (helpers.run_tool_main)."""
 
 import json
 from pathlib import Path
 
 import torch
-from helpers import one_error_line, run_tool_process, tiny_run_overrides
+from helpers import one_error_line, run_tool_main, run_tool_process, tiny_run_overrides
 
 from detector.config import load_config
 from detector.data.build import build_dataset
@@ -48,9 +48,7 @@ def test_make_subset_never_replaces_its_input_or_a_file_unasked(tmp_path):
         (ann, ["--overwrite"]),
         (tmp_path / "link.json", ["--overwrite"]),
     ):
-        proc = run_tool_process(
-            "make_subset", "--format", "coco", "--ann", ann, "--out", out, *flags
-        )
+        proc = run_tool_main("make_subset", "--format", "coco", "--ann", ann, "--out", out, *flags)
         assert proc.returncode == 2
         assert "an input of this command" in one_error_line(proc)
         assert ann.read_bytes() == original
@@ -60,7 +58,7 @@ def test_make_subset_never_replaces_its_input_or_a_file_unasked(tmp_path):
     proc = run_tool_process("make_subset", *args)
     assert proc.returncode == 2 and "already exists" in one_error_line(proc)
     assert "--overwrite" in proc.stderr and theirs.read_text() == "a user's file\n"
-    assert run_tool_process("make_subset", *args, "--overwrite").returncode == 0
+    assert run_tool_main("make_subset", *args, "--overwrite").returncode == 0
     assert len(json.loads(theirs.read_text())["images"]) == 1
 
 
@@ -78,13 +76,13 @@ def test_dump_proposals_never_replaces_a_file_unasked(tiny_data, tmp_path):
     proc = run_tool_process("dump_proposals", *argv, "--out", metrics)
     assert proc.returncode == 2 and str(metrics) in one_error_line(proc)
     assert metrics.read_text() == '{"AP": 0.5}'
-    proc = run_tool_process("dump_proposals", *argv, "--out", ckpt, "--overwrite")
+    proc = run_tool_main("dump_proposals", *argv, "--out", ckpt, "--overwrite")
     assert proc.returncode == 2 and "an input of this command" in one_error_line(proc)
     mine = tmp_path / "proposals.json"
     mine.write_text("an earlier dump")
-    proc = run_tool_process("dump_proposals", *argv, "--out", mine)
+    proc = run_tool_main("dump_proposals", *argv, "--out", mine)
     assert proc.returncode == 2 and "already exists" in one_error_line(proc)
-    assert run_tool_process("dump_proposals", *argv, "--out", mine, "--overwrite").returncode == 0
+    assert run_tool_main("dump_proposals", *argv, "--out", mine, "--overwrite").returncode == 0
     assert len(json.loads(mine.read_text())) == 4  # the val images
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -110,7 +108,7 @@ def test_eval_out_is_resolved_before_it_is_checked(tiny_data, tmp_path):
         )
     )
     for out in (run / "eval" / "x" / "..", tmp_path / "link"):
-        proc = run_tool_process("eval", "--cfg", "base.yaml", "--dets", dets, "--out", out, *data)
+        proc = run_tool_main("eval", "--cfg", "base.yaml", "--dets", dets, "--out", out, *data)
         assert proc.returncode == 2
         assert f"is the eval folder of the training run {run}" in one_error_line(proc)
         assert not (run / "eval" / "metrics.json").exists()
