@@ -329,10 +329,14 @@ def run_tool_main(tool: str, *argv, env: dict | None = None) -> subprocess.Compl
         spec.loader.exec_module(module)
         _TOOLS[tool] = module
     args = [str(arg) for arg in argv]
+    command = [sys.executable, str(REPO / "tools" / f"{tool}.py"), *args]
     changes = {**(env or {}), "DETECTOR_TRACEBACK": None}
     saved = {key: os.environ.get(key) for key in changes}
+    saved_argv = sys.argv
     out, err = io.StringIO(), io.StringIO()
     try:
+        # argparse names the program after sys.argv[0], as in the tool's own process
+        sys.argv = command[1:]
         for key, value in changes.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -348,12 +352,12 @@ def run_tool_main(tool: str, *argv, env: dict | None = None) -> subprocess.Compl
                     print(code, file=sys.stderr)
                     code = 1
     finally:
+        sys.argv = saved_argv
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    command = [sys.executable, str(REPO / "tools" / f"{tool}.py"), *args]
     return subprocess.CompletedProcess(command, code or 0, out.getvalue(), err.getvalue())
 
 

@@ -20,7 +20,7 @@ from detector.evaluation.coco import COCO_METRIC_NAMES, IOU_THRESHOLDS
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
 import ablate  # noqa: E402
-from helpers import one_error_line, run_tool_main, run_tool_process  # noqa: E402
+from helpers import one_error_line, run_tool_main  # noqa: E402
 
 BUDGET = ["train.max_iters=2", "train.log_period=1"]
 
@@ -340,7 +340,7 @@ def test_report_never_replaces_files_that_no_ablation_wrote(tmp_path, capsys):
     argv = ["--cfgs", "smoothl1.yaml", "l1.yaml", "--seeds", "4", "--out", str(out), *BUDGET]
     argv.append("--report-only")
     (out / "summary.md").write_text("my notes")
-    proc = run_tool_process("ablate", *argv)
+    proc = run_tool_main("ablate", *argv)
     assert proc.returncode == 2 and "already holds summary.md" in one_error_line(proc)
     assert (out / "summary.md").read_text() == "my notes" and not (out / "summary.csv").exists()
     assert run_tool_main("ablate", *argv, "--overwrite").returncode == 0

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import one_error_line, run_tool_main
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = sorted(p.stem for p in (REPO / "tools").glob("*.py"))
@@ -123,6 +124,31 @@ def test_a_failed_download_is_one_line_naming_the_archive(tmp_path, capsys):
         and err[0].startswith("error: https://")
         and "VOCtrainval_11-May-2012.tar" in err[0]
     ), err
+
+
+def test_run_tool_main_gives_what_the_process_gives_and_lets_a_bug_raise(tmp_path, monkeypatch):
+    """helpers.run_tool_main, which most tool tests use in place of a subprocess: argparse's exit
+    code, the one error line without the traceback DETECTOR_TRACEBACK would add (the variable is
+    set again after the call), and a bug's exception."""
+    monkeypatch.setenv("DETECTOR_TRACEBACK", "1")
+    proc = run_tool_main("make_subset", "--no-such-option")
+    assert proc.returncode == 2 and "make_subset.py: error: " in proc.stderr and not proc.stdout
+    missing = tmp_path / "missing.json"
+    out = tmp_path / "o.json"
+    proc = run_tool_main("make_subset", "--format", "coco", "--ann", missing, "--out", out)
+    assert proc.returncode == 1 and str(missing) in one_error_line(proc)
+    assert os.environ["DETECTOR_TRACEBACK"] == "1"
+    module = sys.modules["helpers_tool_make_subset"]
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(module, "load_coco_json", bug)
+    ann = tmp_path / "a.json"
+    ann.write_text("{}")
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        run_tool_main("make_subset", "--format", "coco", "--ann", ann, "--out", out)
+    assert os.environ["DETECTOR_TRACEBACK"] == "1"
 
 
 def tiny_coco(root: Path, split: str = "s") -> Path:
