@@ -117,21 +117,23 @@ def test_two_processes_taking_over_one_stale_lock_never_both_hold_it(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # three races at once, each in its own folder (its two racers meet there): the interpreter
+    # starts overlap, each race stays a race
+    races = []
     for trial in range(3):
         run = tmp_path / f"trial{trial}" / "run"
         run.mkdir(parents=True)
         (run / ".lock").write_text(
             json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "then"})
         )
-        racers = [
-            subprocess.Popen(
-                [sys.executable, "-c", RACER, str(run), str(k)],
-                stdout=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-            for k in range(2)
-        ]
+        command = [sys.executable, "-c", RACER, str(run)]
+        races.append(
+            [
+                subprocess.Popen([*command, str(k)], stdout=subprocess.PIPE, text=True, env=env)
+                for k in range(2)
+            ]
+        )
+    for trial, racers in enumerate(races):
         outcomes = sorted(p.communicate(timeout=120)[0].strip() for p in racers)
         assert outcomes == ["held", "refused"], (trial, outcomes)
 
