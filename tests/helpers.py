@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -330,18 +331,12 @@ def run_tool_main(tool: str, *argv, env: dict | None = None) -> subprocess.Compl
         _TOOLS[tool] = module
     args = [str(arg) for arg in argv]
     command = [sys.executable, str(REPO / "tools" / f"{tool}.py"), *args]
-    changes = {**(env or {}), "DETECTOR_TRACEBACK": None}
-    saved = {key: os.environ.get(key) for key in changes}
-    saved_argv = sys.argv
     out, err = io.StringIO(), io.StringIO()
-    try:
-        # argparse names the program after sys.argv[0], as in the tool's own process
-        sys.argv = command[1:]
-        for key, value in changes.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    # os.environ and sys.argv come back whole after the call; argparse names the program after
+    # sys.argv[0], as in the tool's own process
+    environ = mock.patch.dict(os.environ, env or {})
+    with environ, mock.patch.object(sys, "argv", command[1:]):
+        os.environ.pop("DETECTOR_TRACEBACK", None)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = _TOOLS[tool].main(args)
@@ -351,13 +346,6 @@ def run_tool_main(tool: str, *argv, env: dict | None = None) -> subprocess.Compl
                 if code is not None and not isinstance(code, int):
                     print(code, file=sys.stderr)
                     code = 1
-    finally:
-        sys.argv = saved_argv
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return subprocess.CompletedProcess(command, code or 0, out.getvalue(), err.getvalue())
 
 
