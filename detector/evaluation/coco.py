@@ -19,7 +19,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detector.boxes import box_xywh_to_xyxy, box_xyxy_to_xywh
+from detector.boxes import box_xywh_to_xyxy, box_xyxy_to_xywh, degenerate_box_mask
 from detector.config import COCO_METRIC_NAMES
 from detector.data.coco import is_finite
 
@@ -175,7 +175,8 @@ def validate_detections(dataset, detections: Sequence[dict]) -> None:
                 "background, never a detection)",
             ),
             (
-                (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]),
+                # every box is finite by now (the check above)
+                degenerate_box_mask(boxes),
                 "field 'boxes' {box} with width or height <= 0; expected xyxy with x2 > x1 and "
                 "y2 > y1 (drop degenerate boxes, e.g. torchvision.ops.remove_small_boxes)",
             ),
