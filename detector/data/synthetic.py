@@ -259,7 +259,6 @@ def _visible_objects(
 def generate_synthetic(root: str | Path, **keys) -> Path:
     """Write the dataset of the ``data.synthetic`` keys (all of them) into ``root`` (which must not
     exist), the manifest last."""
-    own = ("num_train", "num_val", "image_size", "num_classes", "seed")
     num_classes, seed = keys["num_classes"], keys["seed"]
     root = Path(root)
     root.mkdir(parents=True)  # FileExistsError rather than write into a folder that is not ours
@@ -292,7 +291,8 @@ def generate_synthetic(root: str | Path, **keys) -> Path:
             json.dumps(data, separators=(",", ":"))
         )
     # the manifest lists the split sizes, image size, classes and seed first
-    manifest = synthetic_params({**{k: keys[k] for k in own}, **keys})
+    first = ("num_train", "num_val", "image_size", "num_classes", "seed")
+    manifest = synthetic_params({**{k: keys[k] for k in first}, **keys})
     (root / PARAMS_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
     return root
 
