@@ -20,14 +20,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from detector.ablation.plan import AblationError, Step, is_finished
-from detector.ablation.record import (
-    RECORD_BUDGET,
-    RecordError,
-    note_launch,
-    prune_checkpoints,
-    record_bytes,
-    write_record,
-)
+from detector.ablation.record import RecordError, note_launch, prune_run, write_record
 from detector.errors import DetectorError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,10 +152,7 @@ def execute(
         except Exception as exc:  # in a worker thread: the report writes it again, or shows why
             why = str(exc) if isinstance(exc, RecordError) else f"{type(exc).__name__}: {exc}"
             return f"{step.run.name} finished, but its record was not written: {why}"
-        prune_checkpoints(step.run_dir, keep_checkpoint)
-        size = record_bytes(step.run_dir)
-        if size > RECORD_BUDGET:
-            print(f"note: {step.run.name}'s record is {size / 1e3:.0f} KB", flush=True)
+        prune_run(step.run_dir, keep_checkpoint)
         return None
     how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
     how += " without eval/metrics.json" if code == 0 else ""

@@ -165,17 +165,15 @@ def ensure_record(run_dir: Path, ground_truth: dict) -> dict[str, Any] | None:
     return record
 
 
-def record_bytes(run_dir: Path) -> int:
-    return sum(
-        (Path(run_dir) / name).stat().st_size
-        for name in RECORD_FILES
-        if (Path(run_dir) / name).is_file()
-    )
-
-
-def prune_checkpoints(run_dir: Path, keep: str) -> None:
-    """A finished run keeps ``last.pth`` (``keep="last"``) or no checkpoint (``"none"``)."""
-    folder = Path(run_dir) / "checkpoints"
-    for path in sorted(folder.glob("*.pth")):
+def prune_run(run_dir: Path, keep: str) -> None:
+    """A finished run keeps ``last.pth`` (``keep="last"``) or no checkpoint (``"none"``); a note
+    when its record passes :data:`RECORD_BUDGET` bytes."""
+    run_dir = Path(run_dir)
+    for path in sorted((run_dir / "checkpoints").glob("*.pth")):
         if keep == "none" or path.name != "last.pth":
             path.unlink()
+    size = sum(
+        (run_dir / name).stat().st_size for name in RECORD_FILES if (run_dir / name).is_file()
+    )
+    if size > RECORD_BUDGET:
+        print(f"note: {run_dir.name}'s record is {size / 1e3:.0f} KB", flush=True)
