@@ -96,12 +96,12 @@ def test_job_array_on_submitits_local_executor_then_report_only(tmp_path, monkey
     )
     ((options, jobs),) = submitted
     assert options == slurm.SlurmOptions(
-        partition="gpu",
-        time_min=10,
-        gpus_per_run=0,
-        cpus_per_run=1,
-        constraint="h100",
-        account="lab",
+        slurm_partition="gpu",
+        timeout_min=10,
+        gpus_per_node=0,
+        cpus_per_task=1,
+        slurm_constraint="h100",
+        slurm_account="lab",
     )
     assert len(jobs) == 2  # one array, one task per run
     assert "--report-only" in capsys.readouterr().out

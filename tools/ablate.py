@@ -230,13 +230,13 @@ def launch(args, steps, out: Path, command: str):
     from detector.ablation import slurm
 
     given = dict(
-        partition=args.partition,
-        time_min=slurm.parse_time(args.time) if args.time else None,
-        gpus_per_run=args.gpus_per_run,
-        cpus_per_run=args.cpus_per_run,
-        constraint=args.constraint,
-        account=args.account,
-        parallelism=args.jobs,
+        slurm_partition=args.partition,
+        timeout_min=slurm.parse_time(args.time) if args.time else None,
+        gpus_per_node=args.gpus_per_run,
+        cpus_per_task=args.cpus_per_run,
+        slurm_constraint=args.constraint,
+        slurm_account=args.account,
+        slurm_array_parallelism=args.jobs,
         keep_checkpoint=args.keep_checkpoint,
     )
     # an option not given keeps SlurmOptions' default

@@ -9,28 +9,24 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from detector.ablation.launch import (
-    Slot,
-    available_cores,
-    check_trainer,
-    cpu_share,
-    execute,
-)
+from detector.ablation.launch import Slot, available_cores, check_trainer, cpu_share, execute
 from detector.ablation.plan import AblationError, Step
 
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    partition: str | None = None
-    time_min: int = 240  # submitit's own default (5 minutes) would kill most runs
-    gpus_per_run: int = 1
-    cpus_per_run: int = 4
-    constraint: str | None = None
-    account: str | None = None
-    parallelism: int | None = None  # most array tasks running at once (None: SLURM's limit)
+    """submitit's parameters of the job array (by its names), and what a finished run keeps."""
+
+    slurm_partition: str | None = None
+    timeout_min: int = 240  # submitit's own default (5 minutes) would kill most runs
+    gpus_per_node: int = 1  # GPUs per run (>1: trained with torchrun)
+    cpus_per_task: int = 4
+    slurm_constraint: str | None = None
+    slurm_account: str | None = None
+    slurm_array_parallelism: int | None = None  # most tasks running at once (None: SLURM's limit)
     keep_checkpoint: str = "last"  # what a finished run keeps: last.pth, or none (its record stays)
 
 
@@ -55,14 +51,12 @@ def parse_time(text: str) -> int:
     return total
 
 
-def run_task(step: Step, gpus_per_run: int, keep_checkpoint: str = "last") -> str | None:
-    nproc = max(1, gpus_per_run)
+def run_task(step: Step, options: SlurmOptions) -> str | None:
+    nproc = max(1, options.gpus_per_node)
+    on_gpu = options.gpus_per_node > 0 and step.device != "cpu"
     # no GPU of its own: SLURM already set CUDA_VISIBLE_DEVICES to the task's GPUs
-    slot = Slot(
-        None,
-        *cpu_share(available_cores() // nproc, on_gpu=gpus_per_run > 0 and step.device != "cpu"),
-    )
-    return execute(step, os.environ, slot, nproc=nproc, keep_checkpoint=keep_checkpoint)
+    slot = Slot(None, *cpu_share(available_cores() // nproc, on_gpu=on_gpu))
+    return execute(step, os.environ, slot, nproc=nproc, keep_checkpoint=options.keep_checkpoint)
 
 
 def submit(steps: list[Step], out: Path, options: SlurmOptions, cluster: str = "slurm"):
@@ -84,24 +78,12 @@ def submit(steps: list[Step], out: Path, options: SlurmOptions, cluster: str = "
         return []
     check_trainer()
     executor = submitit.AutoExecutor(folder=Path(out) / "slurm", cluster=cluster)
+    parameters = asdict(options)
+    del parameters["keep_checkpoint"]
     executor.update_parameters(
-        name=f"ablate-{Path(out).name}",
-        timeout_min=options.time_min,
-        nodes=1,
-        tasks_per_node=1,
-        gpus_per_node=options.gpus_per_run,
-        cpus_per_task=options.cpus_per_run,
-        slurm_partition=options.partition,
-        slurm_constraint=options.constraint,
-        slurm_account=options.account,
-        slurm_array_parallelism=options.parallelism,
+        name=f"ablate-{Path(out).name}", nodes=1, tasks_per_node=1, **parameters
     )
-    jobs = executor.map_array(
-        run_task,
-        todo,
-        [options.gpus_per_run] * len(todo),
-        [options.keep_checkpoint] * len(todo),
-    )
+    jobs = executor.map_array(run_task, todo, [options] * len(todo))
     return list(zip(todo, jobs))
 
 
