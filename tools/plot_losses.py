@@ -56,19 +56,17 @@ def plot_losses(path: Path) -> None:
     save_figure([ax_value, ax_grad], path)
 
 
-def simulate_adaptive(
-    roi_cfg, iters: int, num_images: int = 4, num_pos: int = 128, seed: int = 0
-) -> list[float]:
-    """Adaptive beta over a run whose positives' (tx, ty) spread shrinks linearly from 1.0 to
-    0.25."""
+def simulate_adaptive(roi_cfg, iters: int) -> list[float]:
+    """Adaptive beta over a run of 4 images and 128 positives per iteration whose (tx, ty) spread
+    shrinks linearly from 1.0 to 0.25."""
     schedule = build_beta_schedule(roi_cfg, iters)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(0)
     betas = []
     for it in range(iters):
         # [P,4], spread 1 -> 0.25
-        targets = torch.randn(num_pos, 4, generator=g) * (1.0 - 0.75 * it / iters)
+        targets = torch.randn(128, 4, generator=g) * (1.0 - 0.75 * it / iters)
         betas.append(schedule.beta)
-        schedule.step(it, schedule.observe(targets, num_images))
+        schedule.step(it, schedule.observe(targets, 4))
     return betas
 
 
