@@ -63,14 +63,12 @@ def plot_all(groups: Groups, out: Path, baseline: str = "") -> None:
                 ax.plot(
                     *zip(*points), label=group if i == 0 else None, color=f"C{color}", alpha=0.8
                 )
-    if not dynamic:
-        _note(ax, "no run with a changing beta in this ablation")
     ax.set(
         xlabel="iteration",
         ylabel="beta",
         title="Smooth L1 beta during training (dynamic runs, every seed)",
     )
-    save_figure([ax], out / "beta.png", legend=dynamic)
+    save_figure([ax], out / "beta.png", dynamic, "no run with a changing beta in this ablation")
 
     axes = Figure(figsize=(14, 4)).subplots(1, 4, sharey=True)
     errors = _pooled(groups, "pred_err")
@@ -98,14 +96,13 @@ def plot_all(groups: Groups, out: Path, baseline: str = "") -> None:
             linewidth=1.5,
             label=group,
         )
-    if not pooled:
-        _note(ax, "no run with eval/detections.json and its val data")
     ax.set(
         xlabel="IoU with the matched ground truth",
         ylabel="density",
         title="IoU of true-positive detections (score >= 0.05, all seeds)",
     )
-    save_figure([ax], out / "tp_iou.png", legend=bool(pooled))
+    empty = "no run with eval/detections.json and its val data"
+    save_figure([ax], out / "tp_iou.png", bool(pooled), empty)
 
 
 def plot_ap_vs_iou(groups: Groups, out: Path, baseline: str) -> None:
@@ -172,16 +169,14 @@ def _pooled(groups: Groups, key: str) -> dict:
     return {g: torch.cat(tensors) for g, tensors in pooled.items() if tensors}
 
 
-def _note(ax, text: str) -> None:
-    """``text`` in the middle of an empty plot."""
-    ax.text(0.5, 0.5, text, ha="center", transform=ax.transAxes)
-
-
-def save_figure(axes, path: Path, legend: bool = True) -> None:
-    """Grid (and legend) on each of ``axes``, then ``fig`` to ``path`` as a PNG."""
+def save_figure(axes, path: Path, legend: bool = True, empty: str = "") -> None:
+    """Grid (and legend) on each of ``axes``, then their figure to ``path`` as a PNG; without a
+    legend, ``empty`` is written in the middle of the first."""
     for ax in axes:
         ax.grid(alpha=0.3)
         if legend:
             ax.legend(fontsize=8)
+    if empty and not legend:
+        axes[0].text(0.5, 0.5, empty, ha="center", transform=axes[0].transAxes)
     axes[0].figure.tight_layout()
     axes[0].figure.savefig(path, dpi=120)
