@@ -159,12 +159,14 @@ class Group:
         k = sum(why != NOT_STARTED for _, why in self.unfinished)
         return f"failed {k} of {self.planned} seeds" if k else ""
 
+    def values(self, name: str) -> dict[int, Any]:
+        """seed -> the value of the ``STATS`` row ``name`` of each finished run."""
+        return {seed: r["values"].get(name) for seed, r in self.results.items()}
+
     @cached_property
     def stats(self) -> dict[str, MeanStd]:
         """Each row of ``STATS`` over the finished seeds (read once they are collected)."""
-        return {
-            s.name: mean_std(r["values"].get(s.name) for r in self.results.values()) for s in STATS
-        }
+        return {s.name: mean_std(self.values(s.name).values()) for s in STATS}
 
 
 def collect(runs: list[Run], out: Path) -> list[Group]:
@@ -209,13 +211,7 @@ def compare(
     base = next(g for g in groups if g.name == baseline)
     names = [s.name for s in STATS if s.compared]
     diffs = {
-        g.name: {
-            m: paired_difference(
-                {s: r["values"].get(m) for s, r in g.results.items()},
-                {s: r["values"].get(m) for s, r in base.results.items()},
-            )
-            for m in names
-        }
+        g.name: {m: paired_difference(g.values(m), base.values(m)) for m in names}
         for g in groups
         if g is not base and g.results and base.results
     }
