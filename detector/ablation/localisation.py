@@ -124,12 +124,12 @@ def run_localisation(
     """(the :func:`summarise` and TIDE values, the TP IoUs) of one run; ({}, None) without
     ``eval/detections.json``. ``ground_truth``: the caller's cache of the val ground truth per data
     config."""
-    path = Path(run_dir) / "eval" / "detections.json"
+    path = run_dir / "eval" / "detections.json"
     if not path.is_file():
         return {}, None
     from detector.config import load_config
 
-    cfg = load_config([Path(run_dir) / "config.yaml"])
+    cfg = load_config([run_dir / "config.yaml"])
     key = json.dumps(cfg.data.to_dict(), sort_keys=True)
     if key not in ground_truth:
         ground_truth[key] = load_ground_truth(cfg)

@@ -49,7 +49,7 @@ class Run:
         return f"{group}-seed{self.seed}"
 
     def run_dir(self, out: Path) -> Path:
-        return Path(out) / "runs" / self.name
+        return out / "runs" / self.name
 
     def config(self, out: Path):
         return load_config(self.cfgs, [*self.overrides, f"output_dir={self.run_dir(out)}"])
@@ -141,7 +141,7 @@ def resolve_baseline(runs: list[Run], baseline: str | None) -> str:
 
 
 def is_finished(run_dir: Path) -> bool:
-    return (Path(run_dir) / METRICS_FILE).is_file()
+    return (run_dir / METRICS_FILE).is_file()
 
 
 def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:

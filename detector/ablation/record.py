@@ -61,7 +61,7 @@ def code_version(repo: Path) -> dict[str, Any]:
 def note_launch(run_dir: Path, action: str, repo: Path) -> None:
     """Append this launch (its action, UTC time and code) to ``LAUNCHES``; a run trained from
     scratch starts it anew."""
-    path = Path(run_dir) / LAUNCHES
+    path = run_dir / LAUNCHES
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     line = json.dumps({"action": action, "time": when, **code_version(repo)}) + "\n"
     with open(path, "w" if action in ("train", "overwrite") else "a") as f:
@@ -89,7 +89,7 @@ def label_noise(run_dir: Path) -> dict[str, Any] | None:
     from detector.config import load_config
     from detector.data.build import build_dataset
 
-    path = Path(run_dir) / "config.yaml"
+    path = run_dir / "config.yaml"
     cfg = load_config([path])
     data = cfg.data
     if not data.label_noise > 0:
@@ -113,7 +113,6 @@ def write_record(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     """Write ``RECORD`` of the finished run in ``run_dir`` from its heavy files and return it.
     ``ground_truth``: the caller's cache of val ground truth per data config. Without val data here
     the record says why, and has no TP IoUs; an unreadable final file is a :class:`RecordError`."""
-    run_dir = Path(run_dir)
     launches = run_dir / LAUNCHES
     record: dict[str, Any] = {"version": RECORD_VERSION}
     record["launches"] = read_json(launches, lines=True) if launches.is_file() else []
@@ -154,12 +153,12 @@ def write_record(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
 def ensure_record(run_dir: Path, ground_truth: dict) -> dict[str, Any] | None:
     """The run's ``RECORD`` (None without one); written first when it is missing or of an older
     version and the heavy files are here."""
-    path = Path(run_dir) / RECORD
+    path = run_dir / RECORD
     record = read_json(path) if path.is_file() else None
     if record is not None and not isinstance(record, dict):
         raise RecordError(f"{path}: not a run record")
     old = record is None or record.get("version") != RECORD_VERSION
-    heavy = [Path(run_dir) / "eval" / "detections.json", Path(run_dir) / "final_errors.pt"]
+    heavy = [run_dir / "eval" / "detections.json", run_dir / "final_errors.pt"]
     if old and any(path.is_file() for path in heavy):
         record = write_record(run_dir, ground_truth)
     return record
@@ -168,7 +167,6 @@ def ensure_record(run_dir: Path, ground_truth: dict) -> dict[str, Any] | None:
 def prune_run(run_dir: Path, keep: str) -> None:
     """A finished run keeps ``last.pth`` (``keep="last"``) or no checkpoint (``"none"``); a note
     when its record passes :data:`RECORD_BUDGET` bytes."""
-    run_dir = Path(run_dir)
     for path in sorted((run_dir / "checkpoints").glob("*.pth")):
         if keep == "none" or path.name != "last.pth":
             path.unlink()

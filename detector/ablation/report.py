@@ -260,7 +260,7 @@ def check_report_folder(out: Path, inputs: list[str], overwrite: bool = False) -
     report files are replaced when its summary.csv is an ablation's (its header begins with
     :data:`CSV_OWN`: columns added later do not disown it), else only with ``overwrite``; an input
     (a config) is never one of them."""
-    own = _is_summary_csv(Path(out) / "summary.csv")
+    own = _is_summary_csv(out / "summary.csv")
     return check_output_folder(out, REPORT_FILES, inputs=inputs, overwrite=overwrite or own)
 
 

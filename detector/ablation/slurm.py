@@ -77,12 +77,10 @@ def submit(steps: list[Step], out: Path, options: SlurmOptions, cluster: str = "
     if not todo:
         return []
     check_trainer()
-    executor = submitit.AutoExecutor(folder=Path(out) / "slurm", cluster=cluster)
+    executor = submitit.AutoExecutor(folder=out / "slurm", cluster=cluster)
     parameters = asdict(options)
     del parameters["keep_checkpoint"]
-    executor.update_parameters(
-        name=f"ablate-{Path(out).name}", nodes=1, tasks_per_node=1, **parameters
-    )
+    executor.update_parameters(name=f"ablate-{out.name}", nodes=1, tasks_per_node=1, **parameters)
     jobs = executor.map_array(run_task, todo, [options] * len(todo))
     return list(zip(todo, jobs))
 
