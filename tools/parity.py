@@ -10,7 +10,6 @@ and the seconds per iteration. More arms: --arm ours_d2:model.roi_head.predictor
 With --layer gpu.yaml the same command measures the GPU settings (docs/performance.md).
 """
 
-import json
 import platform
 import shlex
 import statistics
@@ -23,6 +22,7 @@ import scipy.stats
 import torch
 import yaml
 
+from detector.ablation.record import read_json
 from detector.ablation.stats import mean_std, paired_difference
 from detector.config import CONFIG_DIR, parse_override, resolve_config_path, tool_parser
 from detector.engine.outputs import check_output, write_output
@@ -115,10 +115,10 @@ def read_arm(runs: Path, arm: str, seeds: int) -> dict[int, dict[str, float]]:
         metrics_file = run / "eval" / "metrics.json"
         if not metrics_file.is_file():
             continue
-        metrics = json.loads(metrics_file.read_text())
+        metrics = read_json(metrics_file)
         row = {m: 100 * metrics[m] for m in METRICS if m in metrics}
         config = yaml.safe_load((run / "config.yaml").read_text())
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        records = read_json(run / "metrics.jsonl", lines=True)
         speeds = [r["images_per_s"] for r in records if r.get("type") == "train"]
         if speeds:
             row["s_per_iter"] = config["train"]["batch_size"] / statistics.fmean(speeds)
