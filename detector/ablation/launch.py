@@ -197,11 +197,9 @@ def run_local(
     # what it had
     slots = plan_slots(jobs, gpus, available_cores() if cores is None else cores)[: len(todo)]
     per_gpu = Counter(s.gpu for s in slots)
-    where = (
-        " on the CPU"
-        if None in per_gpu
-        else ": " + ", ".join(f"GPU {gpu} x{n}" for gpu, n in per_gpu.items())
-    )
+    where = " on the CPU"
+    if gpus:
+        where = ": " + ", ".join(f"GPU {gpu} x{n}" for gpu, n in per_gpu.items())
     print(
         f"{len(todo)} run(s), {len(slots)} at a time{where}; "
         f"{child_env(environ, slots[0])['OMP_NUM_THREADS']} "
