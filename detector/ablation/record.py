@@ -10,7 +10,6 @@ The report reads records only, so a clone without checkpoints, events or detecti
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import subprocess
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.ablation.localisation import run_localisation
+from detector.engine.outputs import write_output
 from detector.errors import DetectorError
 
 RECORD = "record.json"
@@ -144,9 +144,7 @@ def write_record(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
             raise RecordError(f"{errors}: cannot be read ({exc})") from None
         if pred_err is not None:
             record["pred_err"] = [_rounded(row) for row in pred_err.tolist()]
-    tmp = run_dir / f".{RECORD}.tmp"
-    tmp.write_text(json.dumps(record, separators=(",", ":")))
-    os.replace(tmp, run_dir / RECORD)
+    write_output(run_dir / RECORD, json.dumps(record, separators=(",", ":")), overwrite=True)
     return record
 
 
