@@ -22,6 +22,7 @@ import scipy.stats
 import torch
 import yaml
 
+from detector.ablation.plan import METRICS_FILE, is_finished
 from detector.ablation.record import read_json
 from detector.ablation.stats import mean_std, paired_difference
 from detector.config import CONFIG_DIR, parse_override, resolve_config_path, tool_parser
@@ -112,10 +113,9 @@ def read_arm(runs: Path, arm: str, seeds: int) -> dict[int, dict[str, float]]:
     out = {}
     for seed in range(seeds):
         run = runs / f"{arm}-seed{seed}"
-        metrics_file = run / "eval" / "metrics.json"
-        if not metrics_file.is_file():
+        if not is_finished(run):
             continue
-        metrics = read_json(metrics_file)
+        metrics = read_json(run / METRICS_FILE)
         row = {m: 100 * metrics[m] for m in METRICS if m in metrics}
         config = yaml.safe_load((run / "config.yaml").read_text())
         records = read_json(run / "metrics.jsonl", lines=True)
