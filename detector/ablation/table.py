@@ -101,21 +101,12 @@ STATS: list[Stat] = [
     Stat("loss_box_reg", train_mean("loss_box_reg", tail=0.1), "summary", fmt=".3f"),
     Stat("images_per_s", train_mean("images_per_s", skip_first=True), "summary", with_std=False),
     Stat("eval_time_s", metric("eval_time_s"), "summary", fmt=".0f", with_std=False, optional=True),
-    Stat(
-        "label_noise",
-        recorded("label_noise", "nominal"),
-        "summary",
-        "noise (%)",
-        scale=100,
-        optional=True,
-    ),
-    Stat(
-        "label_noise_realised",
-        recorded("label_noise", "realised"),
-        "summary",
-        "noise realised (%)",
-        scale=100,
-        optional=True,
+    *(
+        Stat(name, recorded("label_noise", key), "summary", label, scale=100, optional=True)
+        for name, key, label in (
+            ("label_noise", "nominal", "noise (%)"),
+            ("label_noise_realised", "realised", "noise realised (%)"),
+        )
     ),
     Stat("tp_count", tp_iou("tp_count"), "localisation", "TPs per run", ".0f"),
     Stat("tp_iou_median", tp_iou("tp_iou_median"), "localisation", "median IoU", ".3f"),
