@@ -95,15 +95,14 @@ def check_outputs(out: Path, arms: dict[str, str], overwrite: bool) -> None:
     for name, text in arms.items():
         path = out / "arms" / f"{name}.yaml"
         check_output(path, overwrite=overwrite or _text(path) == text)
-    report = _text(out / "parity.md") or ""
+    report = _text(out / "parity.md")
     check_output(out / "parity.md", overwrite=overwrite or report.startswith(TITLE + "\n"))
 
 
-def _text(path: Path) -> str | None:
+def _text(path: Path) -> str:
+    """The file's text; "" when it is missing or unreadable."""
     try:
         return path.read_text()
-    except FileNotFoundError:
-        return None
     except (OSError, UnicodeDecodeError):
         return ""
 
