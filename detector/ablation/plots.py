@@ -19,6 +19,8 @@ PLOTS = (
     "pred_err.png",
     "tp_iou.png",
 )
+# the bins of the true positives' IoU histogram (tp_iou.png, the report's tp_iou.csv)
+TP_IOU_BINS = [0.5 + 0.025 * i for i in range(21)]
 # the loss curves of loss_curves.png: the metrics.jsonl key -> its label
 LOSS_CURVES = {"loss_box_reg": "loss_box_reg", "total_loss": "total loss"}
 Groups = dict[str, dict[int, dict[str, Any]]]
@@ -90,7 +92,7 @@ def plot_all(groups: Groups, out: Path, baseline: str = "") -> None:
     for group, ious in pooled.items():
         ax.hist(
             ious.numpy(),
-            bins=np.linspace(0.5, 1.0, 21),
+            bins=TP_IOU_BINS,
             density=True,
             histtype="step",
             linewidth=1.5,

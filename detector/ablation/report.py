@@ -20,7 +20,7 @@ from typing import Any
 from detector.ablation.launch import last_line
 from detector.ablation.localisation import MATCH_IOU, SCORE_THRESHOLD, tide_available
 from detector.ablation.plan import METRICS_FILE, Run, groups_of, is_finished
-from detector.ablation.plots import PLOTS, plot_all
+from detector.ablation.plots import PLOTS, TP_IOU_BINS, plot_all
 from detector.ablation.record import RECORD, RecordError, ensure_record, read_json
 from detector.ablation.stats import (
     ALPHA,
@@ -75,7 +75,6 @@ CSV_OWN = CSV_COLUMNS[:5]
 BETA_CSV = "beta.csv"
 TP_IOU_CSV = "tp_iou.csv"
 REPORT_FILES = ("summary.md", "summary.csv", TP_IOU_CSV, BETA_CSV, *PLOTS)
-TP_IOU_BINS = [0.5 + 0.025 * i for i in range(21)]  # the true positives' IoU histogram
 # what beta.csv holds per logged step of a run whose beta changes
 BETA_KEYS = (
     "beta",
