@@ -74,24 +74,22 @@ def read_image(path: str | Path) -> torch.Tensor:
     except (RuntimeError, OSError) as tv_exc:
         try:
             with Image.open(path) as im:
-                if im.mode in ("I", "F"):
-                    raise DatasetError(
-                        f"{path}: PIL mode {im.mode} image (32-bit integer or float pixels) has no "
-                        f"standard 8-bit scale; convert it to 8-bit RGB (or a 16-bit PNG/TIFF)"
-                    )
-                if im.mode.startswith("I;16"):  # PIL's convert("RGB") would clip these at 255
+                mode = im.mode
+                if mode.startswith("I;16"):  # PIL's convert("RGB") would clip these at 255
                     array = np.repeat(np.asarray(im).astype(np.uint16)[:, :, None], 3, axis=2)
-                else:
+                elif mode not in ("I", "F"):
                     array = np.asarray(im.convert("RGB"))
-        except DatasetError:
-            raise
-        # DatasetError is a ValueError: the clause above lets it through
         except (OSError, ValueError) as pil_exc:
             raise DatasetError(
                 f"{path}: cannot decode image ({str(tv_exc).splitlines()[-1].strip()}; PIL: "
                 f"{pil_exc}); replace the file or remove the image from the annotation file / "
                 f"image list"
             ) from None
+        if mode in ("I", "F"):
+            raise DatasetError(
+                f"{path}: PIL mode {mode} image (32-bit integer or float pixels) has no "
+                f"standard 8-bit scale; convert it to 8-bit RGB (or a 16-bit PNG/TIFF)"
+            )
         image = torch.from_numpy(array.copy()).permute(2, 0, 1)
     if image.dtype == torch.uint16:
         # round(v/257)
@@ -241,8 +239,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         boxes = sum(len(r.boxes) for r in self.records)
-        classes = len(self.classes) - 1
-        size = f"{len(self)} images, {boxes} boxes, {classes} classes"
+        size = f"{len(self)} images, {boxes} boxes, {len(self.classes) - 1} classes"
         return f"{type(self).__name__}({self.name}: {size})"
 
     def get_image_info(self, i: int) -> dict:
