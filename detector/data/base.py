@@ -19,7 +19,6 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from detector.boxes import degenerate_box_mask, min_size_mask
-from detector.config import LABEL_NOISE_KINDS
 from detector.errors import DetectorError
 
 logger = logging.getLogger(__name__)
@@ -175,9 +174,7 @@ def corrupt_records(
     when its first draw u ~ U[0, 1) < fraction (nested across fractions). An outlier clipped to
     under 1 px (moved off the image) is drawn again, so the realised rate stays near ``fraction``
     for small boxes too; a jittered box under 1 px keeps its clean box. Labels, iscrowd and area
-    are unchanged."""
-    if kind not in LABEL_NOISE_KINDS:
-        raise ValueError(f"kind must be one of {LABEL_NOISE_KINDS}, got {kind!r}")
+    are unchanged. ``kind``: jitter or outlier (the config's choices check it)."""
     if fraction <= 0:
         return list(records)
     out, corrupted = [], 0
