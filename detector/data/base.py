@@ -11,7 +11,7 @@ import os
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -57,6 +57,16 @@ class ImageRecord:
             iscrowd=self.iscrowd[keep],
             area=self.area[keep],
         )
+
+
+class Parsed(NamedTuple):
+    """A split as a format's parser reads it: its records, the class names (index 0 background),
+    label -> the source's category id, and the source that messages name."""
+
+    records: list[ImageRecord]
+    classes: list[str]
+    label_to_cat_id: dict[int, int]
+    source: str
 
 
 def read_image(path: str | Path) -> torch.Tensor:
@@ -113,11 +123,11 @@ def image_path(image_dir: str | Path, file_name: object, where: str) -> str:
     return str(Path(image_dir) / file_name)
 
 
-def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageRecord]:
+def sanitize_records(parsed: Parsed) -> Parsed:
     """Clip boxes to their image, drop degenerate (non-finite, width/height <= 0) and fully-outside
     ones; log counts."""
     out, degenerate, outside, clipped = [], {}, {}, 0
-    for rec in records:
+    for rec in parsed.records:
         boxes = rec.boxes  # [N,4]
         bad = degenerate_box_mask(torch.tensor(boxes)).numpy()
         limits = np.array([rec.width, rec.height, rec.width, rec.height], dtype=np.float32)
@@ -136,12 +146,14 @@ def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageR
         if counts:
             ids = ", ".join(map(str, list(counts)[:10])) + (" ..." if len(counts) > 10 else "")
             logger.warning(
-                f"{source}: dropped {sum(counts.values())} {name} boxes in {len(counts)} images: "
-                f"ids {ids}"
+                f"{parsed.source}: dropped {sum(counts.values())} {name} boxes in {len(counts)} "
+                f"images: ids {ids}"
             )
     if clipped:
-        logger.info(f"{source}: clipped {clipped} boxes that were partly outside their image")
-    return out
+        logger.info(
+            f"{parsed.source}: clipped {clipped} boxes that were partly outside their image"
+        )
+    return parsed._replace(records=out)
 
 
 # draws of an outlier before its box stays clean (it never had room in the image)

@@ -17,7 +17,7 @@ import torch
 from pycocotools.coco import COCO
 
 from ..boxes import box_xywh_to_xyxy
-from .base import BACKGROUND, DatasetError, ImageRecord, image_path
+from .base import BACKGROUND, DatasetError, ImageRecord, Parsed, image_path
 
 
 def is_finite(value: object) -> bool:
@@ -109,11 +109,9 @@ def load_coco_json(ann_file: str | Path) -> COCO:
     return coco
 
 
-def parse_coco(
-    coco: COCO, image_dir: str | Path, source: str
-) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
-    """Records (sorted by image id), class names (index 0 background) and label -> category id of a
-    :func:`load_coco_json` file; an unknown id or a file_name outside ``image_dir`` raises
+def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> Parsed:
+    """The split of a :func:`load_coco_json` file (records sorted by image id, labels 1..K the
+    sorted category ids); an unknown id or a file_name outside ``image_dir`` raises
     :class:`DatasetError`."""
     cat_ids = sorted(coco.cats)
     cat_to_label = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
@@ -151,4 +149,4 @@ def parse_coco(
                 area=area,
             )
         )
-    return records, classes, dict(enumerate(cat_ids, start=1))
+    return Parsed(records, classes, dict(enumerate(cat_ids, start=1)), source)
