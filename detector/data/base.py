@@ -219,29 +219,25 @@ def corrupt_records(
     return out
 
 
+@dataclass(kw_only=True, eq=False, repr=False)
 class DetectionDataset(torch.utils.data.Dataset):
     """A list of :class:`ImageRecord` with ``classes`` (index 0 background) and ``label_to_cat_id``
     (label -> the source's category id); returns ``(image uint8 [3,H,W], target)``. ``transforms``:
     ``f(image, target, generator)`` or None; ``proposals``: image id -> precomputed [P,4] original
     pixels, added to targets; ``name``: for messages."""
 
-    def __init__(
-        self,
-        *,
-        records: Sequence[ImageRecord],
-        classes: Sequence[str],
-        label_to_cat_id: dict[int, int],
-        transforms: Callable | None = None,
-        name: str = "dataset",
-        proposals: dict[int, torch.Tensor] | None = None,
-    ):
-        self.records = list(records)
-        # image_id -> [P,4] xyxy original pixels (model.proposals: precomputed)
-        self.proposals = proposals
-        self.classes = list(classes)
-        self.label_to_cat_id = dict(label_to_cat_id)
-        self.transforms = transforms
-        self.name = name
+    records: list[ImageRecord]
+    classes: list[str]
+    label_to_cat_id: dict[int, int]
+    transforms: Callable | None = None
+    name: str = "dataset"
+    # image_id -> [P,4] xyxy original pixels (model.proposals: precomputed)
+    proposals: dict[int, torch.Tensor] | None = None
+
+    def __post_init__(self):
+        self.records = list(self.records)
+        self.classes = list(self.classes)
+        self.label_to_cat_id = dict(self.label_to_cat_id)
 
     def __len__(self) -> int:
         return len(self.records)
