@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -117,6 +118,7 @@ class BetaSchedule:
         return f"{type(self).__name__}(beta={self.beta:.4g})"
 
 
+@dataclass(eq=False)
 class AdaptiveBeta(BetaSchedule):
     """Dynamic R-CNN's beta: after every ``interval`` iterations beta = max(min_beta,
     min(initial_beta, median of the interval's statistics)), each the k-th smallest mean(|tx|, |ty|)
@@ -129,22 +131,20 @@ class AdaptiveBeta(BetaSchedule):
     """
 
     type = "adaptive"
+    beta: float = field(init=False)
+    initial_beta: float = 1.0
+    topk: float = 10
+    interval: int = 100
+    min_beta: float = 1e-3
+    statistic: str = "mmdet"
 
-    def __init__(
-        self,
-        initial_beta: float = 1.0,
-        topk: float = 10,
-        interval: int = 100,
-        min_beta: float = 1e-3,
-        statistic: str = "mmdet",
-    ):
-        self.initial_beta = float(initial_beta)
-        self.min_beta = float(min_beta)
+    def __post_init__(self):
+        self.initial_beta = float(self.initial_beta)
+        self.min_beta = float(self.min_beta)
         self.beta = max(self.initial_beta, self.min_beta)
-        self.topk = float(topk)
-        self.interval = int(interval)
-        self.statistic = statistic
-        self.record = IntervalRecord(interval, "beta_statistic")
+        self.topk = float(self.topk)
+        self.interval = int(self.interval)
+        self.record = IntervalRecord(self.interval, "beta_statistic")
         # the share of the last update's statistics that were 0 (a diagnostic; not checkpointed)
         self.zero_share = math.nan
 
@@ -183,13 +183,6 @@ class AdaptiveBeta(BetaSchedule):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
         self.record.load_state_dict(state["record"])
-
-    def __repr__(self) -> str:
-        return (
-            f"AdaptiveBeta(beta={self.beta:.4g}, initial_beta={self.initial_beta}, "
-            f"topk={self.topk}, interval={self.interval}, min_beta={self.min_beta}, "
-            f"statistic={self.statistic!r})"
-        )
 
 
 # beta of each explicit schedule from its start/end at the training fraction t in [0, 1], k
