@@ -102,7 +102,13 @@ def load_coco_json(ann_file: str | Path) -> COCO:
                 f"(file_name {data['images'][j]['file_name']!r}) and entry {k} (file_name "
                 f"{image['file_name']!r}); give each image its own id or remove the copy"
             )
-    coco = COCO()
+    return coco_from_dict(data)
+
+
+def coco_from_dict(data: dict, coco_cls: type = COCO) -> COCO:
+    """A ``COCO`` of ``coco_cls`` (pycocotools' or faster_coco_eval's) indexing an instances dict,
+    without its prints."""
+    coco = coco_cls()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
