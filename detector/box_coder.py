@@ -8,6 +8,7 @@ on degenerate input (a host sync; training passes ``check=False``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -44,23 +45,19 @@ def _centre_size(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return boxes[:, 0] + 0.5 * width, boxes[:, 1] + 0.5 * height, width, height
 
 
+@dataclass(eq=False)
 class BoxCoder:
     """Encode boxes as deltas relative to proposals and decode them back; ``weights`` (wx, wy, ww,
     wh): RoI head (10, 10, 5, 5), RPN (1, 1, 1, 1); ``clamp``: bound on decoded dw, dh; ``check``:
     validate inputs by default."""
 
-    def __init__(
-        self,
-        weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
-        clamp: float = DEFAULT_CLAMP,
-        check: bool = True,
-    ):
-        self.weights = tuple(float(w) for w in weights)
-        self.clamp = float(clamp)
-        self.check = check
+    weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0)
+    clamp: float = DEFAULT_CLAMP
+    check: bool = True
 
-    def __repr__(self) -> str:
-        return f"BoxCoder(weights={self.weights}, clamp={self.clamp:.4f}, check={self.check})"
+    def __post_init__(self):
+        self.weights = tuple(float(w) for w in self.weights)
+        self.clamp = float(self.clamp)
 
     def encode(
         self, proposals: torch.Tensor, gt_boxes: torch.Tensor, check: bool | None = None

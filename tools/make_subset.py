@@ -55,25 +55,21 @@ def main(argv=None) -> int:
     out = check_output(args.out, "--out", [args.ann, args.image_ids_file], args.overwrite)
     if args.format == "coco":
         coco = load_coco_json(args.ann)
-        records, classes, label_to_cat_id = parse_coco(coco, Path(args.ann).parent, args.ann)
+        parsed = parse_coco(coco, Path(args.ann).parent, args.ann)
     else:
-        records, classes, label_to_cat_id = parse_voc(args.root, args.split)
-    records, classes, label_to_cat_id = subset_records(
-        sanitize_records(records, args.ann or args.split),
-        classes,
-        label_to_cat_id,
+        parsed = parse_voc(args.root, args.split, args.split)
+    parsed = subset_records(
+        sanitize_records(parsed),
         keep_classes=args.classes,
         keep_empty=args.keep_empty,
         image_ids_file=args.image_ids_file,
         fraction=args.fraction,
         seed=args.seed,
         max_images=args.max_images,
-        source=args.ann or args.split,
     )
+    records = parsed.records
     if args.format == "coco":
-        cat_ids = (
-            [label_to_cat_id[label] for label in range(1, len(classes))] if args.classes else None
-        )
+        cat_ids = list(parsed.label_to_cat_id.values()) if args.classes else None
         subset = subset_coco_json(coco.dataset, {r.image_id for r in records}, cat_ids)
         write_output(out, json.dumps(subset), args.overwrite)
         print(

@@ -11,7 +11,7 @@ import os
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,6 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from detector.boxes import degenerate_box_mask, min_size_mask
-from detector.config import LABEL_NOISE_KINDS
 from detector.errors import DetectorError
 
 logger = logging.getLogger(__name__)
@@ -60,6 +59,16 @@ class ImageRecord:
         )
 
 
+class Parsed(NamedTuple):
+    """A split as a format's parser reads it: its records, the class names (index 0 background),
+    label -> the source's category id, and the source that messages name."""
+
+    records: list[ImageRecord]
+    classes: list[str]
+    label_to_cat_id: dict[int, int]
+    source: str
+
+
 def read_image(path: str | Path) -> torch.Tensor:
     """Decode an image file to uint8 [3,H,W] RGB, whatever its mode (torchvision's decoder, else
     PIL); 16-bit images are scaled by round(v / 257). An undecodable file or 32-bit pixels raise
@@ -74,24 +83,22 @@ def read_image(path: str | Path) -> torch.Tensor:
     except (RuntimeError, OSError) as tv_exc:
         try:
             with Image.open(path) as im:
-                if im.mode in ("I", "F"):
-                    raise DatasetError(
-                        f"{path}: PIL mode {im.mode} image (32-bit integer or float pixels) has no "
-                        f"standard 8-bit scale; convert it to 8-bit RGB (or a 16-bit PNG/TIFF)"
-                    )
-                if im.mode.startswith("I;16"):  # PIL's convert("RGB") would clip these at 255
+                mode = im.mode
+                if mode.startswith("I;16"):  # PIL's convert("RGB") would clip these at 255
                     array = np.repeat(np.asarray(im).astype(np.uint16)[:, :, None], 3, axis=2)
-                else:
+                elif mode not in ("I", "F"):
                     array = np.asarray(im.convert("RGB"))
-        except DatasetError:
-            raise
-        # DatasetError is a ValueError: the clause above lets it through
         except (OSError, ValueError) as pil_exc:
             raise DatasetError(
                 f"{path}: cannot decode image ({str(tv_exc).splitlines()[-1].strip()}; PIL: "
                 f"{pil_exc}); replace the file or remove the image from the annotation file / "
                 f"image list"
             ) from None
+        if mode in ("I", "F"):
+            raise DatasetError(
+                f"{path}: PIL mode {mode} image (32-bit integer or float pixels) has no "
+                f"standard 8-bit scale; convert it to 8-bit RGB (or a 16-bit PNG/TIFF)"
+            )
         image = torch.from_numpy(array.copy()).permute(2, 0, 1)
     if image.dtype == torch.uint16:
         # round(v/257)
@@ -116,11 +123,11 @@ def image_path(image_dir: str | Path, file_name: object, where: str) -> str:
     return str(Path(image_dir) / file_name)
 
 
-def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageRecord]:
+def sanitize_records(parsed: Parsed) -> Parsed:
     """Clip boxes to their image, drop degenerate (non-finite, width/height <= 0) and fully-outside
     ones; log counts."""
     out, degenerate, outside, clipped = [], {}, {}, 0
-    for rec in records:
+    for rec in parsed.records:
         boxes = rec.boxes  # [N,4]
         bad = degenerate_box_mask(torch.tensor(boxes)).numpy()
         limits = np.array([rec.width, rec.height, rec.width, rec.height], dtype=np.float32)
@@ -139,12 +146,14 @@ def sanitize_records(records: Sequence[ImageRecord], source: str) -> list[ImageR
         if counts:
             ids = ", ".join(map(str, list(counts)[:10])) + (" ..." if len(counts) > 10 else "")
             logger.warning(
-                f"{source}: dropped {sum(counts.values())} {name} boxes in {len(counts)} images: "
-                f"ids {ids}"
+                f"{parsed.source}: dropped {sum(counts.values())} {name} boxes in {len(counts)} "
+                f"images: ids {ids}"
             )
     if clipped:
-        logger.info(f"{source}: clipped {clipped} boxes that were partly outside their image")
-    return out
+        logger.info(
+            f"{parsed.source}: clipped {clipped} boxes that were partly outside their image"
+        )
+    return parsed._replace(records=out)
 
 
 # draws of an outlier before its box stays clean (it never had room in the image)
@@ -177,9 +186,7 @@ def corrupt_records(
     when its first draw u ~ U[0, 1) < fraction (nested across fractions). An outlier clipped to
     under 1 px (moved off the image) is drawn again, so the realised rate stays near ``fraction``
     for small boxes too; a jittered box under 1 px keeps its clean box. Labels, iscrowd and area
-    are unchanged."""
-    if kind not in LABEL_NOISE_KINDS:
-        raise ValueError(f"kind must be one of {LABEL_NOISE_KINDS}, got {kind!r}")
+    are unchanged. ``kind``: jitter or outlier (the config's choices check it)."""
     if fraction <= 0:
         return list(records)
     out, corrupted = [], 0
@@ -212,37 +219,32 @@ def corrupt_records(
     return out
 
 
+@dataclass(kw_only=True, eq=False, repr=False)
 class DetectionDataset(torch.utils.data.Dataset):
     """A list of :class:`ImageRecord` with ``classes`` (index 0 background) and ``label_to_cat_id``
     (label -> the source's category id); returns ``(image uint8 [3,H,W], target)``. ``transforms``:
     ``f(image, target, generator)`` or None; ``proposals``: image id -> precomputed [P,4] original
     pixels, added to targets; ``name``: for messages."""
 
-    def __init__(
-        self,
-        *,
-        records: Sequence[ImageRecord],
-        classes: Sequence[str],
-        label_to_cat_id: dict[int, int],
-        transforms: Callable | None = None,
-        name: str = "dataset",
-        proposals: dict[int, torch.Tensor] | None = None,
-    ):
-        self.records = list(records)
-        # image_id -> [P,4] xyxy original pixels (model.proposals: precomputed)
-        self.proposals = proposals
-        self.classes = list(classes)
-        self.label_to_cat_id = dict(label_to_cat_id)
-        self.transforms = transforms
-        self.name = name
+    records: list[ImageRecord]
+    classes: list[str]
+    label_to_cat_id: dict[int, int]
+    transforms: Callable | None = None
+    name: str = "dataset"
+    # image_id -> [P,4] xyxy original pixels (model.proposals: precomputed)
+    proposals: dict[int, torch.Tensor] | None = None
+
+    def __post_init__(self):
+        self.records = list(self.records)
+        self.classes = list(self.classes)
+        self.label_to_cat_id = dict(self.label_to_cat_id)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __repr__(self) -> str:
         boxes = sum(len(r.boxes) for r in self.records)
-        classes = len(self.classes) - 1
-        size = f"{len(self)} images, {boxes} boxes, {classes} classes"
+        size = f"{len(self)} images, {boxes} boxes, {len(self.classes) - 1} classes"
         return f"{type(self).__name__}({self.name}: {size})"
 
     def get_image_info(self, i: int) -> dict:

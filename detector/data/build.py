@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from ..boxes import degenerate_box_mask
 from ..config import check_choice
-from .base import DatasetError, DetectionDataset, ImageRecord, corrupt_records, sanitize_records
+from .base import DatasetError, DetectionDataset, Parsed, corrupt_records, sanitize_records
 from .coco import load_coco_json, parse_coco
 from .samplers import GroupedInfiniteBatchSampler, inference_indices
 from .subsets import subset_records
@@ -22,12 +22,10 @@ from .synthetic import ensure_synthetic
 from .transforms import build_transforms
 from .voc import parse_voc
 
-Parsed = tuple[list[ImageRecord], list[str], dict[int, int], str]
-
 
 def _parse_coco(data: Any, split: str) -> Parsed:
     source = str(Path(data.root) / "annotations" / f"instances_{split}.json")
-    return *parse_coco(load_coco_json(source), Path(data.root) / split, source), source
+    return parse_coco(load_coco_json(source), Path(data.root) / split, source)
 
 
 def _parse_synthetic(data: Any, split: str) -> Parsed:
@@ -37,10 +35,10 @@ def _parse_synthetic(data: Any, split: str) -> Parsed:
 
 
 def _parse_voc(data: Any, split: str) -> Parsed:
-    return *parse_voc(data.root, split), f"VOC {split} under {data.root}"
+    return parse_voc(data.root, split, f"VOC {split} under {data.root}")
 
 
-# data.format -> parser(cfg.data, split name) -> (records, classes (index 0 background),
+# data.format -> parser(cfg.data, split name) -> Parsed(records, classes (index 0 background),
 # label -> category id, the source that errors name). A new format is its parser and one line here.
 FORMATS: dict[str, Callable[[Any, str], Parsed]] = {
     "synthetic": _parse_synthetic,
@@ -76,18 +74,15 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
     data = cfg.data
     split_name = data.train_split if split == "train" else data.val_split
     check_choice("data.format", data.format, FORMATS)
-    records, classes, label_to_cat_id, source = FORMATS[data.format](data, split_name)
-    records = sanitize_records(records, source)
+    parsed = sanitize_records(Parsed(*FORMATS[data.format](data, split_name)))
     subset = {argument: data[key] for argument, key in SUBSET_KEYS[split].items()}
-    records, classes, label_to_cat_id = subset_records(
-        records,
-        classes,
-        label_to_cat_id,
+    parsed = subset_records(
+        parsed,
         ids_source=f"data.{SUBSET_KEYS[split]['image_ids_file']}",
         seed=data.subset_seed,
-        source=source,
         **subset,
     )
+    records, source = parsed.records, parsed.source
     if not records:
         keys = ", ".join(f"data.{key}" for key in SUBSET_KEYS[split].values())
         raise DatasetError(
@@ -119,8 +114,8 @@ def build_dataset(cfg, split: str, transforms: bool = True) -> DetectionDataset:
         )
     return DetectionDataset(
         records=records,
-        classes=classes,
-        label_to_cat_id=label_to_cat_id,
+        classes=parsed.classes,
+        label_to_cat_id=parsed.label_to_cat_id,
         transforms=build_transforms(cfg, split) if transforms else None,
         name=f"{Path(source).name if source.endswith('.json') else source} ({split})",
         proposals=proposals,

@@ -17,7 +17,7 @@ import torch
 from pycocotools.coco import COCO
 
 from ..boxes import box_xywh_to_xyxy
-from .base import BACKGROUND, DatasetError, ImageRecord, image_path
+from .base import BACKGROUND, DatasetError, ImageRecord, Parsed, image_path
 
 
 def is_finite(value: object) -> bool:
@@ -102,18 +102,22 @@ def load_coco_json(ann_file: str | Path) -> COCO:
                 f"(file_name {data['images'][j]['file_name']!r}) and entry {k} (file_name "
                 f"{image['file_name']!r}); give each image its own id or remove the copy"
             )
-    coco = COCO()
+    return coco_from_dict(data)
+
+
+def coco_from_dict(data: dict, coco_cls: type = COCO) -> COCO:
+    """A ``COCO`` of ``coco_cls`` (pycocotools' or faster_coco_eval's) indexing an instances dict,
+    without its prints."""
+    coco = coco_cls()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
 
 
-def parse_coco(
-    coco: COCO, image_dir: str | Path, source: str
-) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
-    """Records (sorted by image id), class names (index 0 background) and label -> category id of a
-    :func:`load_coco_json` file; an unknown id or a file_name outside ``image_dir`` raises
+def parse_coco(coco: COCO, image_dir: str | Path, source: str) -> Parsed:
+    """The split of a :func:`load_coco_json` file (records sorted by image id, labels 1..K the
+    sorted category ids); an unknown id or a file_name outside ``image_dir`` raises
     :class:`DatasetError`."""
     cat_ids = sorted(coco.cats)
     cat_to_label = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
@@ -151,4 +155,4 @@ def parse_coco(
                 area=area,
             )
         )
-    return records, classes, dict(enumerate(cat_ids, start=1))
+    return Parsed(records, classes, dict(enumerate(cat_ids, start=1)), source)

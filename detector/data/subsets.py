@@ -10,44 +10,34 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import BACKGROUND, DatasetError, ImageRecord
+from .base import BACKGROUND, DatasetError, Parsed
 
 logger = logging.getLogger(__name__)
 
 
-def select_classes(
-    records: Sequence[ImageRecord],
-    classes: Sequence[str],
-    label_to_cat_id: dict[int, int],
-    names: Sequence[str],
-    source: str,
-) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
+def select_classes(parsed: Parsed, names: Sequence[str]) -> Parsed:
     """Keep the annotations of ``names`` only, relabelled 1..len(names) in that order."""
-    old = {name: label for label, name in enumerate(classes) if label > 0}
+    old = {name: label for label, name in enumerate(parsed.classes) if label > 0}
     for name in names:
         if name not in old:
             close = difflib.get_close_matches(name, list(old), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; available: {', '.join(old)}"
             raise DatasetError(
-                f"{source}: data.classes has {name!r}, which is not a class of the dataset{hint}"
+                f"{parsed.source}: data.classes has {name!r}, which is not a class of the "
+                f"dataset{hint}"
             )
     if len(set(names)) != len(names):
-        raise DatasetError(f"{source}: data.classes lists a class twice: {list(names)}")
-    lut = np.zeros(len(classes), dtype=np.int64)  # old label -> new label (0 = dropped)
+        raise DatasetError(f"{parsed.source}: data.classes lists a class twice: {list(names)}")
+    lut = np.zeros(len(parsed.classes), dtype=np.int64)  # old label -> new label (0 = dropped)
     for new, name in enumerate(names, start=1):
         lut[old[name]] = new
-    out = [rec.select(lut[rec.labels] > 0, labels=lut[rec.labels]) for rec in records]
-    return (
-        out,
-        [BACKGROUND, *names],
-        {new: label_to_cat_id[old[name]] for new, name in enumerate(names, start=1)},
-    )
+    records = [rec.select(lut[rec.labels] > 0, labels=lut[rec.labels]) for rec in parsed.records]
+    cat_ids = {new: parsed.label_to_cat_id[old[name]] for new, name in enumerate(names, start=1)}
+    return parsed._replace(records=records, classes=[BACKGROUND, *names], label_to_cat_id=cat_ids)
 
 
 def subset_records(
-    records: Sequence[ImageRecord],
-    classes: Sequence[str],
-    label_to_cat_id: dict[int, int],
+    parsed: Parsed,
     *,
     keep_classes: Sequence[str] | None = None,
     keep_empty: bool = True,
@@ -55,21 +45,18 @@ def subset_records(
     fraction: float | None = None,
     seed: int = 0,
     max_images: int | None = None,
-    source: str = "dataset",
     ids_source: str = "data.image_ids_file",
-) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
-    """(records, classes, label_to_cat_id) after, in order: ``keep_classes`` (relabelled 1..K in
-    that order), ``keep_empty=False`` (drop images without a non-crowd box), ``image_ids_file`` (a
-    COCO id or VOC name a line; blank lines and ``#`` comments ignored), ``fraction``
-    (``round(fraction * n)``, at least 1, drawn with ``seed``, order kept), ``max_images`` (the
-    first ones). ``source`` and ``ids_source`` name file and setting in messages."""
+) -> Parsed:
+    """The split after, in order: ``keep_classes`` (relabelled 1..K in that order),
+    ``keep_empty=False`` (drop images without a non-crowd box), ``image_ids_file`` (a COCO id or VOC
+    name a line; blank lines and ``#`` comments ignored), ``fraction`` (``round(fraction * n)``, at
+    least 1, drawn with ``seed``, order kept), ``max_images`` (the first ones). ``ids_source`` names
+    the setting in messages."""
     if image_ids_file and not Path(image_ids_file).is_file():
         raise DatasetError(f"{image_ids_file}: image id file ({ids_source}) not found")
-    records, classes, label_to_cat_id = list(records), list(classes), dict(label_to_cat_id)
     if keep_classes:
-        records, classes, label_to_cat_id = select_classes(
-            records, classes, label_to_cat_id, keep_classes, source
-        )
+        parsed = select_classes(parsed, keep_classes)
+    records, source = parsed.records, parsed.source
     if not keep_empty:
         records = [r for r in records if (~r.iscrowd).any()]
     if image_ids_file:
@@ -103,7 +90,7 @@ def subset_records(
         ]
     if max_images is not None:
         records = records[:max_images]
-    return records, classes, label_to_cat_id
+    return parsed._replace(records=records)
 
 
 def subset_coco_json(data: dict, image_ids: set[int], cat_ids: Sequence[int] | None) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import BACKGROUND, DatasetError, ImageRecord, image_path
+from .base import BACKGROUND, DatasetError, ImageRecord, Parsed, image_path
 
 VOC_CLASSES = (
     "aeroplane",
@@ -109,9 +109,9 @@ def parse_voc_xml(xml_path: Path, class_to_label: dict[str, int], **image) -> Im
     )
 
 
-def parse_voc(root: str | Path, split: str) -> tuple[list[ImageRecord], list[str], dict[int, int]]:
-    """Records of every (year, set) in ``split``, in list order; class names; label -> label (VOC
-    has no ids). ``root`` holds ``VOCdevkit`` or is the devkit itself."""
+def parse_voc(root: str | Path, split: str, source: str) -> Parsed:
+    """The records of every (year, set) in ``split``, in list order; label -> label (VOC has no
+    ids). ``root`` holds ``VOCdevkit`` or is the devkit itself."""
     devkit = Path(root) / "VOCdevkit" if (Path(root) / "VOCdevkit").is_dir() else Path(root)
     class_to_label = {name: label for label, name in enumerate(VOC_CLASSES, start=1)}
     records, seen = [], set()
@@ -147,8 +147,5 @@ def parse_voc(root: str | Path, split: str) -> tuple[list[ImageRecord], list[str
                     file_name=f"{name}.jpg",
                 )
             )
-    return (
-        records,
-        [BACKGROUND, *VOC_CLASSES],
-        {label: label for label in range(1, len(VOC_CLASSES) + 1)},
-    )
+    label_to_cat_id = {label: label for label in range(1, len(VOC_CLASSES) + 1)}
+    return Parsed(records, [BACKGROUND, *VOC_CLASSES], label_to_cat_id, source)

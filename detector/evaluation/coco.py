@@ -21,7 +21,7 @@ from pycocotools.cocoeval import COCOeval
 
 from detector.boxes import box_xywh_to_xyxy, box_xyxy_to_xywh, degenerate_box_mask
 from detector.config import COCO_METRIC_NAMES
-from detector.data.coco import is_finite
+from detector.data.coco import coco_from_dict, is_finite
 
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
@@ -60,16 +60,14 @@ def build_coco_gt(dataset) -> COCO:
             iscrowd=torch.as_tensor(target["iscrowd"]).int(),
         )
         annotations += [{"id": len(annotations) + k, **a} for k, a in enumerate(entries, 1)]
-    coco_gt = COCO()
-    coco_gt.dataset = {
-        "info": {"description": f"ground truth of {type(dataset).__name__}"},
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-    }
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt.createIndex()
-    return coco_gt
+    return coco_from_dict(
+        {
+            "info": {"description": f"ground truth of {type(dataset).__name__}"},
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
+    )
 
 
 def detections_to_coco_results(dataset, detections: Sequence[dict]) -> list[dict]:
@@ -309,14 +307,12 @@ def _load_results(coco_cls, coco_gt, results: Sequence[dict]):
     """``loadRes`` on copies of the dicts (it adds keys to them); an empty list becomes an empty
     result set."""
     if len(results) == 0:
-        empty = coco_cls()
-        empty.dataset = {
+        empty = {
             "images": list(coco_gt.dataset["images"]),
             "categories": copy.deepcopy(coco_gt.dataset["categories"]),
             "annotations": [],
         }
-        empty.createIndex()
-        return empty
+        return coco_from_dict(empty, coco_cls)
     return coco_gt.loadRes([dict(r) for r in results])
 
 

@@ -42,13 +42,12 @@ def inference_on_dataset(
                         images, orig_sizes=orig_sizes, proposals=proposals_of(targets, device)
                     )
                 for target, output in zip(targets, outputs):
-                    # [D]
                     results.append(
                         {
                             "image_id": int(target["image_id"]),
                             "boxes": output["boxes"].float().cpu(),  # [D,4] xyxy, original pixels
                             "labels": output["labels"].cpu(),  # [D] 1..K
-                            "scores": output["scores"].float().cpu(),
+                            "scores": output["scores"].float().cpu(),  # [D]
                         }
                     )
                 progress.update(len(targets))

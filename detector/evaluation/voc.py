@@ -38,7 +38,6 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = Fals
 def voc_metrics(
     dataset,
     detections: Sequence[dict],
-    iou_thresh: float = 0.5,
     image_ids: Iterable[int] | None = None,
 ) -> dict:
     """VOC AP of validated per-image detections on ``image_ids`` (default all): ``mAP_voc07``,
@@ -77,7 +76,7 @@ def voc_metrics(
     for label in range(1, num_classes + 1):
         mask = det_labels == label
         tp, fp, npos = _match_class(
-            gt[label], det_image_ids[mask], det_scores[mask], det_boxes[mask], iou_thresh
+            gt[label], det_image_ids[mask], det_scores[mask], det_boxes[mask]
         )
         if npos == 0:
             ap07 = ap = -1.0
@@ -99,11 +98,10 @@ def _match_class(
     image_ids: np.ndarray,
     scores: np.ndarray,
     boxes: np.ndarray,
-    iou_thresh: float,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Greedy devkit matching of one class (``gt``: image_id -> (boxes [G,4], difficult [G])), by
     descending score (stable): each detection to its image's GT of largest IoU, TP when IoU >
-    ``iou_thresh`` and the GT is free, else FP -> cumulative TP [D], cumulative FP [D], npos."""
+    0.5 and the GT is free, else FP -> cumulative TP [D], cumulative FP [D], npos."""
     npos = int(sum(int((~difficult).sum()) for _, difficult in gt.values()))
     taken = {image_id: np.zeros(len(b), dtype=bool) for image_id, (b, _) in gt.items()}
     order = np.argsort(-scores, kind="stable")
@@ -117,9 +115,9 @@ def _match_class(
         inter, area, gt_areas = box_overlap_one_to_many(boxes[d], gt_boxes)
         ious = inter / (area + gt_areas - inter)  # [G]
         best = int(np.argmax(ious))
-        if ious[best] > iou_thresh and difficult[best]:
+        if ious[best] > 0.5 and difficult[best]:
             continue  # a match with a difficult GT is neither TP nor FP
-        if ious[best] > iou_thresh and not taken[image_id][best]:
+        if ious[best] > 0.5 and not taken[image_id][best]:
             tp[rank] = 1
             taken[image_id][best] = True
         else:

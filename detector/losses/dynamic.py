@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -98,7 +99,7 @@ class BetaSchedule:
     """Base class: ``.beta``, ``step`` (module docstring) and a ``state_dict`` of Python numbers and
     CPU tensors."""
 
-    type: str = ""
+    type: str
     beta: float
 
     def state_dict(self) -> dict[str, Any]:
@@ -113,10 +114,8 @@ class BetaSchedule:
             )
         self.beta = float(state["beta"])
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(beta={self.beta:.4g})"
 
-
+@dataclass(eq=False)
 class AdaptiveBeta(BetaSchedule):
     """Dynamic R-CNN's beta: after every ``interval`` iterations beta = max(min_beta,
     min(initial_beta, median of the interval's statistics)), each the k-th smallest mean(|tx|, |ty|)
@@ -129,22 +128,20 @@ class AdaptiveBeta(BetaSchedule):
     """
 
     type = "adaptive"
+    beta: float = field(init=False)
+    initial_beta: float = 1.0
+    topk: float = 10
+    interval: int = 100
+    min_beta: float = 1e-3
+    statistic: str = "mmdet"
 
-    def __init__(
-        self,
-        initial_beta: float = 1.0,
-        topk: float = 10,
-        interval: int = 100,
-        min_beta: float = 1e-3,
-        statistic: str = "mmdet",
-    ):
-        self.initial_beta = float(initial_beta)
-        self.min_beta = float(min_beta)
+    def __post_init__(self):
+        self.initial_beta = float(self.initial_beta)
+        self.min_beta = float(self.min_beta)
         self.beta = max(self.initial_beta, self.min_beta)
-        self.topk = float(topk)
-        self.interval = int(interval)
-        self.statistic = statistic
-        self.record = IntervalRecord(interval, "beta_statistic")
+        self.topk = float(self.topk)
+        self.interval = int(self.interval)
+        self.record = IntervalRecord(self.interval, "beta_statistic")
         # the share of the last update's statistics that were 0 (a diagnostic; not checkpointed)
         self.zero_share = math.nan
 
@@ -184,13 +181,6 @@ class AdaptiveBeta(BetaSchedule):
         super().load_state_dict(state)
         self.record.load_state_dict(state["record"])
 
-    def __repr__(self) -> str:
-        return (
-            f"AdaptiveBeta(beta={self.beta:.4g}, initial_beta={self.initial_beta}, "
-            f"topk={self.topk}, interval={self.interval}, min_beta={self.min_beta}, "
-            f"statistic={self.statistic!r})"
-        )
-
 
 # beta of each explicit schedule from its start/end at the training fraction t in [0, 1], k
 # milestones passed
@@ -208,36 +198,31 @@ BETA_SCHEDULES: dict[str, Callable[..., float] | None] = {
 SCHEDULED_LOSSES = ("dynamic_smooth_l1",)
 
 
+@dataclass(eq=False)
 class ScheduledBeta(BetaSchedule):
-    """An explicit schedule: iteration i trains with max(min_beta, BETA_SCHEDULES[kind](start, end,
+    """An explicit schedule: iteration i trains with max(min_beta, BETA_SCHEDULES[type](start, end,
     t, k, gamma)), t = i / total_iters (held at 1 after), k the number of ``milestones``
-    (iterations) <= i; the state is the beta."""
+    (iterations) <= i; the state is the beta (a float)."""
 
-    def __init__(
-        self,
-        kind: str,
-        start: float,
-        end: float,
-        total_iters: int,
-        milestones: Sequence[int] = (),
-        gamma: float = 0.1,
-        min_beta: float = 1e-3,
-    ):
-        self.type = kind
-        self.start = float(start)
-        self.end = float(end)
-        self.total_iters = int(total_iters)
-        self.milestones = sorted(int(m) for m in milestones)
-        self.gamma = float(gamma)
-        self.min_beta = float(min_beta)
-        self.beta = self.value_at(0)  # a milestone at 0 already applies
+    type: str
+    start: float
+    end: float
+    total_iters: int
+    milestones: Sequence[int] = ()
+    gamma: float = 0.1
+    min_beta: float = 1e-3
+    beta: float = field(init=False)
+
+    def __post_init__(self):
+        self.milestones = sorted(int(m) for m in self.milestones)
+        # a milestone at 0 already applies
+        self.beta = self.value_at(0)
 
     def value_at(self, iteration: int) -> float:
         t = min(max(iteration, 0), self.total_iters) / self.total_iters
         passed = sum(iteration >= m for m in self.milestones)
-        return max(
-            BETA_SCHEDULES[self.type](self.start, self.end, t, passed, self.gamma), self.min_beta
-        )
+        beta = BETA_SCHEDULES[self.type](self.start, self.end, t, passed, self.gamma)
+        return float(max(beta, self.min_beta))
 
     def step(self, iteration: int, statistic: torch.Tensor | None = None) -> float:
         self.beta = self.value_at(iteration + 1)
