@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchvision.ops import batched_nms, box_area, box_convert, box_iou  # noqa: F401  (re-exported: the one import site for box ops)
+
+# re-exported: the one import site for box ops
+from torchvision.ops import batched_nms, box_area, box_convert, box_iou  # noqa: F401
 
 
 def box_xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:

@@ -273,7 +273,8 @@ def test_dets_scores_the_eval_max_images_prefix_as_the_trainer_did(tmp_path, eva
 def test_ckpt_writes_nothing_into_the_run_and_out_gets_both_files(
     tmp_path, eval_tool, fake_val, monkeypatch, capsys
 ):
-    import detector.engine.trainer  # noqa: F401  (imported before the patch below, so it keeps the real builder)
+    # imported before the patch below, so it keeps the real builder
+    import detector.engine.trainer  # noqa: F401
 
     image_ids = [fake_val.get_image_info(i)["image_id"] for i in range(len(fake_val))]
 
