@@ -113,13 +113,21 @@ STATS: list[Stat] = [
     Stat("tp_iou_ge75", tp_iou("tp_iou_ge75"), "localisation", "IoU ≥ 0.75 (%)", scale=100),
     Stat("tp_iou_ge90", tp_iou("tp_iou_ge90"), "localisation", "IoU ≥ 0.9 (%)", scale=100),
     # the means over the logged training steps of the sampler's statistics
-    *(
-        Stat(name, train_mean(name), "sampling", label, **shown)
-        for name, label, shown in (
-            ("num_pos_per_image", "positives per image", {}),
-            ("num_zero_target_per_image", "of them zero targets (GT)", dict(optional=True)),
-            ("beta_zero_share", "zero statistics per update (%)", dict(scale=100, optional=True)),
-        )
+    Stat("num_pos_per_image", train_mean("num_pos_per_image"), "sampling", "positives per image"),
+    Stat(
+        "num_zero_target_per_image",
+        train_mean("num_zero_target_per_image"),
+        "sampling",
+        "of them zero targets (GT)",
+        optional=True,
+    ),
+    Stat(
+        "beta_zero_share",
+        train_mean("beta_zero_share"),
+        "sampling",
+        "zero statistics per update (%)",
+        scale=100,
+        optional=True,
     ),
     Stat("beta_final", train_last("beta"), "sampling", "final β", ".3f", optional=True),
     *(
