@@ -4,7 +4,6 @@ real coco_tiny."""
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from pycocotools.cocoeval import COCOeval
 from detector.config import COCO_METRIC_NAMES
 from detector.evaluation import evaluate, format_metrics
 from detector.evaluation.coco import build_coco_gt, coco_metrics, detections_to_coco_results
-from detector.evaluation.results import write_eval_results
 
 # COCOeval's precision is tp / (tp + fp + eps): 1 - 2e-16 for a single TP
 ONE = pytest.approx(1.0, abs=1e-12)
@@ -249,26 +247,3 @@ def test_coco_tiny_faster_coco_eval_matches(coco_tiny):
     ds = _coco_tiny_val(coco_tiny)
     dets = random_detections(ds, seed=11)
     assert same_up_to_rounding(evaluate(ds, dets, backend="faster_coco_eval"), evaluate(ds, dets))
-
-
-def test_eval_results_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    """eval/metrics.json marks a run finished: a write of it that fails (a full disk) leaves the
-    earlier file as it was, never a truncated one, and no temporary file."""
-    ds = FakeDataset([(7, [])])
-    write_eval_results(tmp_path, {"AP": 0.5}, ds, [det(7, [(10, 20, 40, 60, 2, 0.75)])])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["detections.json", "metrics.json"]
-    write_text = Path.write_text
-
-    def full_disk(self, text):
-        if "metrics" in self.name:
-            write_text(self, text[:3])
-            raise OSError(28, "No space left on device")
-        return write_text(self, text)
-
-    monkeypatch.setattr(Path, "write_text", full_disk)
-    with pytest.raises(OSError):
-        write_eval_results(tmp_path, {"AP": 0.7}, ds, [det(7, [(1, 2, 3, 4, 1, 0.5)] * 2)])
-    monkeypatch.undo()
-    assert json.loads((tmp_path / "metrics.json").read_text()) == {"AP": 0.5}
-    assert len(json.loads((tmp_path / "detections.json").read_text())) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["detections.json", "metrics.json"]

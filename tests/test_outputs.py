@@ -7,11 +7,13 @@ another tool unasked. Each tool that writes is run once as the user runs it, a s
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import one_error_line, run_tool_main, run_tool_process, tiny_run_overrides
 
 from detector.config import load_config
 from detector.data.build import build_dataset
+from detector.engine.outputs import write_eval_files
 from detector.engine.runs import RUN_CONFIG_HEADER
 from detector.modeling import build_detector
 
@@ -149,3 +151,26 @@ def test_download_data_never_extracts_over_a_dataset_folder_unasked(tmp_path):
     assert proc.returncode == 2 and "VOC2007 is there" in one_error_line(proc)
     assert mine.read_text() == "<annotation>my fix</annotation>"
     assert not (tmp_path / "VOCdevkit" / "VOC2012").exists()  # nothing began
+
+
+def test_eval_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """eval/metrics.json marks a run finished: a write of it that fails (a full disk) leaves the
+    earlier file as it was, never a truncated one, and no temporary file."""
+    result = {"image_id": 7, "category_id": 1, "bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.5}
+    write_eval_files(tmp_path, {"AP": 0.5}, [result], overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["detections.json", "metrics.json"]
+    write_text = Path.write_text
+
+    def full_disk(self, text):
+        if "metrics" in self.name:
+            write_text(self, text[:3])
+            raise OSError(28, "No space left on device")
+        return write_text(self, text)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="metrics.json"):
+        write_eval_files(tmp_path, {"AP": 0.7}, [result] * 2, overwrite=True)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"AP": 0.5}
+    assert len(json.loads((tmp_path / "detections.json").read_text())) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["detections.json", "metrics.json"]

@@ -11,12 +11,11 @@ Exit codes: 0 done; 2 a bad config, option or ``--out`` folder; 1 a bad detectio
 or dataset (one line each; DETECTOR_TRACEBACK=1 adds the traceback).
 """
 
-import json
 import sys
 from pathlib import Path
 
 from detector.config import METRIC_NAMES, load_config, tool_parser
-from detector.engine.outputs import check_output_folder, write_output
+from detector.engine.outputs import check_output_folder, write_eval_files
 from detector.errors import DetectorError, run_tool
 from detector.evaluation import evaluate_coco_results, format_metrics
 from detector.evaluation.coco import (
@@ -82,9 +81,7 @@ def main(argv=None) -> int:
     if args.out is None:
         print(f"\nnothing written; pass --out DIR to save {' and '.join(files)}")
         return 0
-    if args.ckpt is not None:
-        write_output(out / EVAL_FILES[0], json.dumps(results), args.overwrite)
-    write_output(out / EVAL_FILES[-1], json.dumps(metrics, indent=2) + "\n", args.overwrite)
+    write_eval_files(out, metrics, results if args.ckpt is not None else None, args.overwrite)
     print(f"\nwrote {' and '.join(str(args.out / name) for name in files)}")
     return 0
 

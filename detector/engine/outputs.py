@@ -10,6 +10,7 @@ at the end.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
 from fnmatch import fnmatch
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Iterable
 
 from detector.engine.runs import RUN_ARTIFACT_GLOBS, RUN_ARTIFACTS, RunFolderError, run_files
+from detector.evaluation.results import EVAL_FILES
 
 
 def check_output(
@@ -106,6 +108,17 @@ def write_output(path: Path, data: str | bytes, overwrite: bool = False) -> None
                 ) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def write_eval_files(
+    eval_dir: Path, metrics: dict, results: list | None = None, overwrite: bool = False
+) -> None:
+    """``detections.json`` (COCO results, when given) then ``metrics.json`` (:data:`EVAL_FILES`)
+    in ``eval_dir``, each through :func:`write_output`: whole or not at all, since a run with
+    ``eval/metrics.json`` counts as finished."""
+    if results is not None:
+        write_output(eval_dir / EVAL_FILES[0], json.dumps(results), overwrite)
+    write_output(eval_dir / EVAL_FILES[-1], json.dumps(metrics, indent=2) + "\n", overwrite)
 
 
 def _run_of(folder: Path, names: Iterable[str]) -> Path | None:

@@ -25,6 +25,7 @@ from detector.engine import distributed as dist_utils
 from detector.engine.checkpoint import BEST, LAST, Checkpointer, Progress
 from detector.engine.logger import RunLogger, format_value, stats_to_scalars
 from detector.engine.optim import build_loss_weights, build_lr, build_lr_scheduler, build_optimizer
+from detector.engine.outputs import write_eval_files
 from detector.engine.runs import RunLock, check_resume_point, check_run_folder, prepare_run_folder
 from detector.engine.runtime import (
     GracefulStop,
@@ -36,7 +37,8 @@ from detector.engine.runtime import (
     to_device,
 )
 from detector.errors import DetectorError
-from detector.evaluation.results import draw_predictions, evaluate_model, write_eval_results
+from detector.evaluation.coco import detections_to_coco_results
+from detector.evaluation.results import draw_predictions, evaluate_model
 from detector.modeling import build_detector
 
 
@@ -287,7 +289,8 @@ def _train(
     metrics, detections = evaluate(max_iters)
     if main:
         logger.hparams(cfg, metrics)
-        write_eval_results(run_dir / "eval", metrics, val_loader.dataset, detections)
+        results = detections_to_coco_results(val_loader.dataset, detections)
+        write_eval_files(run_dir / "eval", metrics, results, overwrite=True)
         logger.close()
     return metrics
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from detector.data.build import proposals_of
 from detector.evaluation import evaluate
-from detector.evaluation.coco import detections_to_coco_results
 from detector.evaluation.inference import inference_on_dataset
 
 
@@ -40,25 +36,6 @@ def evaluate_model(
 # What an evaluation writes into its folder, in this order: metrics.json last, as it marks a run
 # finished.
 EVAL_FILES = ("detections.json", "metrics.json")
-
-
-def write_eval_results(eval_dir: Path, metrics: dict[str, Any], dataset, detections: list) -> None:
-    """``eval/detections.json`` then ``eval/metrics.json`` (:data:`EVAL_FILES`), each written whole
-    or not at all: a run with ``eval/metrics.json`` counts as finished."""
-    eval_dir = Path(eval_dir)
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    texts = (
-        json.dumps(detections_to_coco_results(dataset, detections)),
-        json.dumps(metrics, indent=2),
-    )
-    for name, text in zip(EVAL_FILES, texts):
-        tmp = eval_dir / f".{name}.tmp"
-        try:
-            tmp.write_text(text + "\n")
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, eval_dir / name)
 
 
 @torch.no_grad()
