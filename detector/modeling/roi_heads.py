@@ -19,6 +19,7 @@ from detector.boxes import batched_box_iou, batched_nms_topk, clip_boxes_to_size
 from detector.losses.dynamic import AdaptiveBeta, BetaSchedule
 from detector.losses.regression import BoxLoss
 from detector.modeling.matcher import DynamicLabelAssigner, match_boxes, sample_balanced
+from detector.modeling.roi_align import pool
 
 __all__ = ["BoxHead", "RoIHeads", "init_predictor"]
 
@@ -201,7 +202,7 @@ class RoIHeads(nn.Module):
     ):
         """rois [N,S,4] -> class logits [N*S,K+1], deltas [N*S,4K] (float32); one RoIAlign call for
         the batch."""
-        pooled = self.pooler(features, list(rois.unbind(0)), [padded_size])  # [N*S,C,7,7]
+        pooled = pool(self.pooler, features, list(rois.unbind(0)), [padded_size])  # [N*S,C,7,7]
         logits, deltas = self.box_head(pooled)
         return logits.float(), deltas.float()
 
