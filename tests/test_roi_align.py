@@ -5,6 +5,7 @@ import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
+import detector.modeling.roi_align as roi_align_module
 from detector.modeling.roi_align import pool, roi_align_backward
 
 
@@ -60,12 +61,50 @@ def test_multilevel_pool_matches_the_pooler_forward_and_backward():
         assert torch.equal(mine, theirs)
 
 
+def test_samples_exactly_on_the_skipped_range_edges():
+    # on an 11 x 11 map at scale 1, sampling ratio 1 and output 7, this RoI's samples fall exactly
+    # on -1 and on 11: torchvision keeps both (it skips only beyond them)
+    x = torch.randn(1, 2, 11, 11, requires_grad=True)
+    rois = torch.tensor([[0.0, -2.0, -2.0, 12.0, 12.0]])
+    out = roi_align(x, rois, 7, 1.0, 1, aligned=False)
+    grad = torch.randn(out.shape)
+    out.backward(grad)
+    assert torch.equal(roi_align_backward(grad, rois, x.shape, 1.0, 1), x.grad)
+
+
+def test_non_square_output():
+    x = torch.randn(2, 3, 12, 20, requires_grad=True)
+    rois = _rois(30, 2, 80, torch.Generator().manual_seed(1))
+    out = roi_align(x, rois, (5, 3), 0.25, 2, aligned=False)
+    grad = torch.randn(out.shape)
+    out.backward(grad)
+    assert torch.equal(roi_align_backward(grad, rois, x.shape, 0.25, 2), x.grad)
+
+
+def test_one_level_pool_without_fpn():
+    pooler = MultiScaleRoIAlign(["0"], 7, 2)
+    x = torch.randn(2, 4, 16, 20, requires_grad=True)
+    boxes = [_rois(12, 1, 64, torch.Generator().manual_seed(2))[:, 1:].clamp(min=0)] * 2
+    reference = pooler({"0": x}, boxes, [(64, 80)])
+    grad = torch.randn(reference.shape)
+    (expected,) = torch.autograd.grad(reference, [x], grad)
+    ours = pool(pooler, {"0": x}, boxes, [(64, 80)])
+    assert type(ours.grad_fn).__name__ == "_PoolBackward"
+    assert torch.equal(ours, reference)
+    assert torch.equal(torch.autograd.grad(ours, [x], grad)[0], expected)
+
+
 @pytest.mark.parametrize("sampling_ratio,grad_enabled", [(0, True), (2, False)])
-def test_pool_is_torchvisions_where_its_backward_does_not_apply(sampling_ratio, grad_enabled):
+def test_pool_is_torchvisions_where_its_backward_does_not_apply(
+    sampling_ratio, grad_enabled, monkeypatch
+):
+    def refuse(*args):
+        raise AssertionError("the CPU backward was used")
+
+    monkeypatch.setattr(roi_align_module._Pool, "apply", refuse)
     pooler = MultiScaleRoIAlign(["0"], 7, sampling_ratio)
     features = {"0": torch.randn(1, 4, 16, 16, requires_grad=True)}
     boxes = [torch.tensor([[1.0, 2.0, 30.0, 40.0]])]
     with torch.set_grad_enabled(grad_enabled):
         out = pool(pooler, features, boxes, [(64, 64)])
         assert torch.equal(out, pooler(features, boxes, [(64, 64)]))
-    assert out.grad_fn is None or type(out.grad_fn).__name__ != "_PoolBackward"

@@ -4,40 +4,41 @@ torchvision's CPU kernel recomputes each sample's bilinear weights for every cha
 value at a time: about a quarter of a CPU training step on the lean presets. Here the forward is
 torchvision's own; the backward computes each sample's four corners and weights once per RoI and
 adds a whole channel row at a time (``index_add_``), in torchvision's order (RoI, bin, sample,
-corner), so the gradient is the same bit for bit (tests/test_roi_align.py). Fixed
-``sampling_ratio > 0`` only; otherwise (adaptive sampling, a GPU, another dtype,
-``torch.compile``) the pooler runs as torchvision's.
+corner), so a finite gradient is the same bit for bit (tests/test_roi_align.py). Fixed
+``sampling_ratio > 0`` only; otherwise (adaptive sampling, a GPU, another dtype, RoI heads compiled
+whole) the pooler runs as torchvision's.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 from torchvision.ops import MultiScaleRoIAlign
 
-# RoIs per step of the backward, so that their per-corner gradients stay in the CPU's cache
+# RoIs per step of the backward: their per-corner gradients (3 MB at 64 channels) stay small
 _CHUNK = 16
 
 
 def pool(pooler: MultiScaleRoIAlign, features: dict, boxes: list, image_shapes: list):
     """``pooler(features, boxes, image_shapes)`` -> [R,C,s,s], with this module's backward where it
     applies."""
-    levels = [features[name] for name in pooler.featmap_names]
+    # the pooled maps in the features' order, as torchvision's pooler takes them
+    names = [name for name in features if name in pooler.featmap_names]
+    levels = [features[name] for name in names]
     fast = (
-        levels[0].device.type == "cpu"
-        and levels[0].dtype == torch.float32
+        all(x.device.type == "cpu" and x.dtype == torch.float32 for x in levels)
         and pooler.sampling_ratio > 0
         and torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
     )
     if not fast:
         return pooler(features, boxes, image_shapes)
-    return _Pool.apply(pooler, boxes, image_shapes, *levels)
+    return _Pool.apply(pooler, names, boxes, image_shapes, *levels)
 
 
 class _Pool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, pooler, boxes, image_shapes, *levels):
-        names = pooler.featmap_names
+    def forward(ctx, pooler, names, boxes, image_shapes, *levels):
         pooled = pooler(dict(zip(names, levels)), boxes, image_shapes)
         # rois [R,5]: (image index, x1, y1, x2, y2), in the order of the pooled rows
         index = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
@@ -50,6 +51,7 @@ class _Pool(torch.autograd.Function):
         return pooled
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         rois, level = ctx.saved_tensors
         pooler, grads = ctx.pooler, []
@@ -58,30 +60,28 @@ class _Pool(torch.autograd.Function):
             grads.append(
                 roi_align_backward(grad[at], rois[at], shape, scale, pooler.sampling_ratio)
             )
-        return None, None, None, *grads
+        return None, None, None, None, *grads
 
 
 def roi_align_backward(grad, rois, shape, scale: float, sampling_ratio: int) -> torch.Tensor:
-    """The gradient of ``torchvision.ops.roi_align(x, rois, s, scale, sampling_ratio,
-    aligned=False)`` with respect to ``x`` of ``shape`` [B,C,H,W], given ``grad`` [R,C,s,s]."""
+    """The gradient of ``torchvision.ops.roi_align(x, rois, (ph, pw), scale, sampling_ratio,
+    aligned=False)`` with respect to ``x`` of ``shape`` [B,C,H,W], given ``grad`` [R,C,ph,pw]."""
     batch, channels, height, width = shape
-    n, size, samples = len(rois), grad.shape[-1], sampling_ratio
+    n, (ph, pw), samples = len(rois), grad.shape[-2:], sampling_ratio
     x1, y1, x2, y2 = (rois[:, 1:] * scale).unbind(1)
     # aligned=False: a RoI is at least one cell wide
-    bin_w = (x2 - x1).clamp(min=1.0) / size
-    bin_h = (y2 - y1).clamp(min=1.0) / size
-    ys, y_weights = _axis(y1, bin_h, size, samples, height)
-    xs, x_weights = _axis(x1, bin_w, size, samples, width)
+    ys, y_weights = _axis(y1, (y2 - y1).clamp(min=1.0) / ph, ph, samples, height)
+    xs, x_weights = _axis(x1, (x2 - x1).clamp(min=1.0) / pw, pw, samples, width)
     # [R, bin y, bin x, sample y, sample x, corner y, corner x]: torchvision's order of additions
     image = (rois[:, 0].long() * height * width).view(n, 1, 1, 1, 1, 1, 1)
-    y_rows = ys.view(n, size, 1, samples, 1, 2, 1) * width
-    index = (image + y_rows + xs.view(n, 1, size, 1, samples, 1, 2)).flatten(1)
-    y_w = y_weights.view(n, size, 1, samples, 1, 2, 1)
-    weight = y_w * x_weights.view(n, 1, size, 1, samples, 1, 2)
-    weight = weight.view(n, size * size, 4 * samples**2, 1)  # [R, bin, its corners, 1]
-    rows = grad.permute(0, 2, 3, 1).reshape(n, size * size, 1, channels)  # one row per bin
+    y_rows = ys.view(n, ph, 1, samples, 1, 2, 1) * width
+    index = (image + y_rows + xs.view(n, 1, pw, 1, samples, 1, 2)).flatten(1)
+    y_w = y_weights.view(n, ph, 1, samples, 1, 2, 1)
+    weight = y_w * x_weights.view(n, 1, pw, 1, samples, 1, 2)
+    weight = weight.view(n, ph * pw, 4 * samples**2, 1)  # [R, bin, its corners, 1]
+    rows = grad.permute(0, 2, 3, 1).reshape(n, ph * pw, 1, channels)  # one row per bin
     out = grad.new_zeros(batch * height * width, channels)
-    # torchvision adds grad * w / count per corner; in chunks of RoIs that stay in the CPU's cache
+    # torchvision adds grad * w / count per corner, one after another
     for i in range(0, n, _CHUNK):
         source = weight[i : i + _CHUNK] * rows[i : i + _CHUNK]
         source.div_(samples * samples)
