@@ -1,7 +1,7 @@
 """torchvision's ``MultiScaleRoIAlign`` with a faster backward on the CPU, bit for bit the same.
 
 torchvision's CPU kernel recomputes each sample's bilinear weights for every channel and adds one
-value at a time: about a quarter of a CPU training step on the lean presets. Here the forward is
+value at a time, a large share of a CPU training step (docs/performance.md). Here the forward is
 torchvision's own; the backward computes each sample's four corners and weights once per RoI and
 adds a whole channel row at a time (``index_add_``), in torchvision's order (RoI, bin, sample,
 corner), so a finite gradient is the same bit for bit (tests/test_roi_align.py). Fixed
