@@ -39,6 +39,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "output_dir": (str,),
     "data.max_images": (int,),
     "model.roi_head.box_loss.schedule.reference_rois": (int,),
+    "model.roi_head.box_loss.schedule.file": (str,),
     "data.classes": (list,),
     "data.fraction": (float, int),
     "data.image_ids_file": (str,),
@@ -544,6 +545,11 @@ def _check_relations(cfg: dict[str, Any]) -> None:
             "model.backbone.norm=bn on the CPU"
         )
     sched = roi["box_loss"]["schedule"]
+    if sched["type"] == "replay" and not sched["file"]:
+        raise ConfigError(
+            "model.roi_head.box_loss.schedule.type=replay needs model.roi_head.box_loss.schedule."
+            "file: a run folder or a report's beta.csv whose beta is replayed"
+        )
     if sched["type"] == "exp" and min(sched["start"], sched["end"]) <= 0:
         raise ConfigError(
             f"model.roi_head.box_loss.schedule: type=exp is geometric; start ({sched['start']}) "

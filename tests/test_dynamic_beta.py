@@ -2,6 +2,7 @@
 (mmdetection's and the official code's), explicit curves (the beta each iteration trains with),
 state and the interval record. Two ranks in step: tests/test_dynamic_state.py."""
 
+import json
 import math
 
 import pytest
@@ -9,7 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from detector.config import ConfigError, load_config
-from detector.losses.dynamic import AdaptiveBeta, IntervalRecord, ScheduledBeta, build_beta_schedule
+from detector.errors import DetectorError
+from detector.losses.dynamic import (
+    AdaptiveBeta,
+    IntervalRecord,
+    ReplayedBeta,
+    ScheduledBeta,
+    build_beta_schedule,
+    read_beta_trajectory,
+)
 from detector.losses.regression import build_box_loss
 
 NO_TARGETS = torch.zeros(0, 4)
@@ -26,6 +35,9 @@ def roi_head(*overrides):
     return load_config(
         [], ["model.roi_head.box_loss.name=dynamic_smooth_l1", *overrides]
     ).model.roi_head
+
+
+FILE = "model.roi_head.box_loss.schedule.file"
 
 
 def roi_box_loss(*overrides):
@@ -263,3 +275,68 @@ def test_interval_record_skips_unobserved_iterations():
     ]
     assert not record.table.any()  # the interval's end cleared it
     assert [record.add(it, torch.tensor(math.nan)) for it in (3, 4, 5)] == [[], [], []]
+
+
+# ------------------------------------------------------------------------------------ the replay
+def test_replay_holds_each_logged_beta_back_to_the_previous_logged_step():
+    # logged at steps 2, 4, 6: iterations 0-1 trained with 1.0, 2-3 with 0.5, 4-5 with 0.25
+    replay = ReplayedBeta([2, 4, 6], [1.0, 0.5, 0.25], min_beta=0.3)
+    assert replay.beta == 1.0
+    assert [replay.value_at(i) for i in range(8)] == [1.0, 1.0, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3]
+    assert train(replay, [(None, 1)] * 4) == [1.0, 1.0, 0.5, 0.5]
+    again = ReplayedBeta([2, 4, 6], [1.0, 0.5, 0.25])
+    again.load_state_dict(replay.state_dict())
+    assert again.beta == replay.beta == 0.3
+
+
+def test_replay_reads_a_run_or_a_report(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [
+        {"type": "train", "iter": 2, "beta": 1.0, "loss": 3.0},
+        {"type": "eval", "iter": 2, "AP": 0.1},
+        {"type": "train", "iter": 4, "beta": 0.5},
+    ]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    assert read_beta_trajectory(str(run)) == ([2, 4], [1.0, 0.5])
+    assert read_beta_trajectory(str(run / "metrics.jsonl")) == ([2, 4], [1.0, 0.5])
+    # a report's beta.csv: the mean over the seeds at each step
+    report = tmp_path / "beta.csv"
+    report.write_text(
+        "config,seed,run,iter,beta\nd,0,d-seed0,4,0.25\nd,1,d-seed1,4,0.75\nd,0,d-seed0,2,1\n"
+    )
+    assert read_beta_trajectory(str(report)) == ([2, 4], [1.0, 0.5])
+    schedule = build_beta_schedule(
+        roi_head("model.roi_head.box_loss.schedule.type=replay", f"{FILE}={report}"), 100
+    )
+    assert isinstance(schedule, ReplayedBeta) and schedule.value_at(3) == 0.5
+
+
+@pytest.mark.parametrize(
+    "text,suffix,error",
+    [
+        (None, ".csv", "cannot be read"),
+        (
+            "config,iter,beta\na,2,1\nb,2,1\n",
+            ".csv",
+            "holds the beta of configs a, b; a replay takes one",
+        ),
+        ("config,iter,beta\na,two,1\n", ".csv", "not a log of beta"),
+        ('{"type": "train", "iter": 2, "loss": 1}\n', ".jsonl", "no beta logged"),
+        ('{"type": "train", "iter": 2, "beta": NaN}\n', ".jsonl", "no beta logged"),
+        ("not json\n", ".jsonl", "not a log of beta"),
+    ],
+)
+def test_replay_of_a_bad_log_is_one_line_naming_the_file(tmp_path, text, suffix, error):
+    path = tmp_path / f"log{suffix}"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(DetectorError, match=f"schedule.file {path}: {error}"):
+        read_beta_trajectory(str(path))
+
+
+def test_replay_needs_a_file():
+    with pytest.raises(
+        ConfigError, match="type=replay needs model.roi_head.box_loss.schedule.file"
+    ):
+        roi_head("model.roi_head.box_loss.schedule.type=replay")

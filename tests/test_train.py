@@ -28,6 +28,7 @@ from detector.engine.optim import lr_factor
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "tools" / "train.py"
+BOX_LOSS = "model.roi_head.box_loss"
 
 
 LEAF_CONFIGS = sorted(
@@ -336,3 +337,32 @@ def test_bad_input_is_one_line_error_not_a_traceback(tmp_path, capsys):
         ["--cfg", "smoothl1.yaml", "train.best_metric=mAP_voc", f"output_dir={tmp_path / 'run'}"]
     )
     assert code == 2 and "best_metric" in capsys.readouterr().err
+
+
+def test_a_replayed_beta_trains_as_the_run_it_replays(tiny_data, tmp_path):
+    """Dynamic's beta replayed from its own log (every step logged) with the same seed logs the same
+    losses at every step: the replay control differs from adaptive only by the feedback."""
+    keys = {
+        "model.roi_head.box_loss.name": "dynamic_smooth_l1",
+        "model.roi_head.box_loss.schedule.interval": 1,
+        "model.roi_head.box_loss.schedule.topk": 1,
+        "model.roi_head.box_loss.schedule.statistic": "official",
+        "train.max_iters": 4,
+    }
+    logs = []
+    for name, extra in (
+        ("adaptive", {}),
+        ("replay", {"model.roi_head.box_loss.schedule.type": "replay"}),
+    ):
+        run = tmp_path / name
+        extra[f"{BOX_LOSS}.schedule.file"] = str(tmp_path / "adaptive")
+        cfg = load_config([], tiny(tiny_data, run, **keys, **extra))
+        trainer_mod.train(cfg, run)
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        logs.append(
+            [(r["iter"], r["beta"], r["total_loss"]) for r in records if r["type"] == "train"]
+        )
+    assert [it for it, _, _ in logs[0]] == [1, 2, 3, 4]
+    # the adaptive beta moved, and the replay followed it
+    assert len({beta for _, beta, _ in logs[0]}) >= 2
+    assert logs[1] == logs[0]

@@ -120,7 +120,7 @@ def max_iters_dependents(cfg, new_max_iters: int) -> list[str]:
     if t["warmup_iters"] > min(t["max_iters"], new_max_iters):
         out.append("train.warmup_iters (capped at max_iters)")
     schedule = loss["schedule"]["type"]
-    if loss["name"] in SCHEDULED_LOSSES and schedule not in ("adaptive", "constant"):
+    if loss["name"] in SCHEDULED_LOSSES and schedule not in ("adaptive", "replay", "constant"):
         out.append(f"model.roi_head.box_loss.schedule.type={schedule}")
     return out
 

@@ -7,14 +7,20 @@ change and cross-rank exchange.
 
 from __future__ import annotations
 
+import bisect
+import csv
+import io
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
 
+from detector.errors import DetectorError, first_line
 from detector.losses.regression import resolve_beta
 
 # Whose Dynamic R-CNN statistics (beta and DLA): open-mmlab/mmdetection's port, or
@@ -97,10 +103,18 @@ class IntervalRecord:
 
 class BetaSchedule:
     """Base class: ``.beta``, ``step`` (module docstring) and a ``state_dict`` of Python numbers and
-    CPU tensors."""
+    CPU tensors. An explicit schedule gives ``value_at(iteration)``: the beta that iteration trains
+    with."""
 
     type: str
     beta: float
+
+    def value_at(self, iteration: int) -> float:
+        raise NotImplementedError
+
+    def step(self, iteration: int, statistic: torch.Tensor | None = None) -> float:
+        self.beta = self.value_at(iteration + 1)
+        return self.beta
 
     def state_dict(self) -> dict[str, Any]:
         return {"type": self.type, "beta": self.beta}
@@ -186,6 +200,7 @@ class AdaptiveBeta(BetaSchedule):
 # milestones passed
 BETA_SCHEDULES: dict[str, Callable[..., float] | None] = {
     "adaptive": None,  # AdaptiveBeta: measured, not a function of t
+    "replay": None,  # ReplayedBeta: a recorded trajectory, by iteration
     "constant": lambda start, end, t, k, gamma: start,
     "step": lambda start, end, t, k, gamma: start * gamma**k,
     "linear": lambda start, end, t, k, gamma: start + (end - start) * t,
@@ -224,9 +239,69 @@ class ScheduledBeta(BetaSchedule):
         beta = BETA_SCHEDULES[self.type](self.start, self.end, t, passed, self.gamma)
         return float(max(beta, self.min_beta))
 
-    def step(self, iteration: int, statistic: torch.Tensor | None = None) -> float:
-        self.beta = self.value_at(iteration + 1)
-        return self.beta
+
+@dataclass(eq=False)
+class ReplayedBeta(BetaSchedule):
+    """A recorded beta trajectory as an explicit schedule (the control that separates Dynamic
+    R-CNN's feedback from the shape of its beta curve): the beta logged at step ``iters[j]``, the
+    one iteration ``iters[j] - 1`` trained with, holds for every iteration since the previous logged
+    step; past the last, the last (floored at ``min_beta``). Exact when the recording's log period
+    divides its update interval."""
+
+    type = "replay"
+    iters: Sequence[int]
+    betas: Sequence[float]
+    min_beta: float = 1e-3
+    beta: float = field(init=False)
+
+    def __post_init__(self):
+        self.beta = self.value_at(0)
+
+    def value_at(self, iteration: int) -> float:
+        # the first logged step after the iteration
+        j = min(bisect.bisect_right(self.iters, iteration), len(self.iters) - 1)
+        return float(max(self.betas[j], self.min_beta))
+
+
+def read_beta_trajectory(path: str) -> tuple[list[int], list[float]]:
+    """The logged (step, beta) pairs, by step, of a run (its folder or ``metrics.jsonl``: the train
+    records) or of a report's ``beta.csv`` (one config: the mean over its runs at each step); a
+    :class:`DetectorError` names the file and what is wrong."""
+    where = f"model.roi_head.box_loss.schedule.file {path}"
+    file = Path(path) / "metrics.jsonl" if Path(path).is_dir() else Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DetectorError(
+            f"{where}: cannot be read ({first_line(exc)}); give a run folder, its metrics.jsonl "
+            "or a report's beta.csv"
+        ) from None
+    by_step: dict[int, list[float]] = {}
+    try:
+        if file.suffix == ".csv":
+            rows = list(csv.DictReader(io.StringIO(text)))
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            rows = [r for r in rows if r.get("type") == "train"]
+        for r in rows:
+            if r.get("beta") not in (None, ""):
+                by_step.setdefault(int(r["iter"]), []).append(float(r["beta"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DetectorError(f"{where}: not a log of beta ({first_line(exc)})") from None
+    configs = sorted({r.get("config") or "" for r in rows})
+    if len(configs) > 1:
+        raise DetectorError(
+            f"{where}: holds the beta of configs {', '.join(configs)}; a replay takes one: keep "
+            "only its rows"
+        )
+    betas = [b for values in by_step.values() for b in values]
+    if not betas or not all(math.isfinite(b) and b >= 0 for b in betas):
+        raise DetectorError(
+            f"{where}: no beta logged, or one not finite and >= 0; give the log of a run whose "
+            "box loss has a beta (dynamic_smooth_l1)"
+        )
+    steps = sorted(by_step)
+    return steps, [statistics.fmean(by_step[s]) for s in steps]
 
 
 def build_beta_schedule(roi_cfg: Mapping, max_iters: int) -> BetaSchedule | None:
@@ -237,6 +312,8 @@ def build_beta_schedule(roi_cfg: Mapping, max_iters: int) -> BetaSchedule | None
     if cfg["name"] not in SCHEDULED_LOSSES:
         return None
     sched = cfg["schedule"]
+    if sched["type"] == "replay":
+        return ReplayedBeta(*read_beta_trajectory(sched["file"]), min_beta=sched["min_beta"])
     if sched["type"] == "adaptive":
         reference = sched["reference_rois"]
         topk = sched["topk"] * (roi_cfg["batch_size_per_image"] / reference if reference else 1)
