@@ -28,7 +28,7 @@ from detector.data.transforms import batch_padded_size, build_pad_buckets
 from detector.engine.optim import build_loss_weights, build_optimizer
 from detector.engine.runtime import amp_settings, compile_submodules, to_device
 from detector.engine.trainer import LossWatch, train
-from detector.modeling import build_detector
+from detector.modeling.detector import build_detector
 
 SETTINGS = ("scratch", "finetune")
 TIMING_LR = 0.001  # both sides' SGD learning rate

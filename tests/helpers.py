@@ -20,8 +20,9 @@ import torch
 from detector.boxes import box_area
 from detector.config import keyword_args, load_config
 from detector.losses.regression import build_box_loss
-from detector.modeling import RoIHeads, TwoStageDetector, build_detector
 from detector.modeling.backbone import build_backbone
+from detector.modeling.detector import TwoStageDetector, build_detector
+from detector.modeling.roi_heads import RoIHeads
 
 TINY = [
     "model.roi_head.fc_dim=64",

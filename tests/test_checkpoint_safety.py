@@ -24,7 +24,7 @@ from detector.data.build import build_dataset
 from detector.engine import trainer as trainer_mod
 from detector.engine.checkpoint import UnsafeCheckpointError, load_checkpoint, restore_rng_state
 from detector.engine.runs import LOCK_FILE, RunFolderError, RunLock
-from detector.modeling import build_detector
+from detector.modeling.detector import build_detector
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))

@@ -16,8 +16,8 @@ from helpers import make_roi_heads, tiny_model, two_images
 from detector.config import load_config
 from detector.losses.dynamic import AdaptiveBeta
 from detector.losses.regression import build_box_loss
-from detector.modeling import RoIHeads
 from detector.modeling.matcher import DynamicLabelAssigner, build_label_assigner, match_boxes
+from detector.modeling.roi_heads import RoIHeads
 
 DYNAMIC = [
     "model.roi_head.box_loss.name=dynamic_smooth_l1",

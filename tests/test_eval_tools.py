@@ -13,7 +13,7 @@ import torch
 from helpers import FakeDetector, make_loader, perfect_detections, random_dataset
 
 import detector.data.build
-import detector.modeling
+import detector.modeling.detector
 from detector.config import load_config
 from detector.engine.checkpoint import CheckpointError, load_model_weights
 from detector.engine.runs import RUN_CONFIG_HEADER
@@ -389,7 +389,7 @@ def test_coco_tiny_gt_as_dets_file_gives_ap_1(coco_tiny, tmp_path, eval_tool):
 def save_run_checkpoint(run: Path, cfg, num_classes: int) -> Path:
     """A run folder with config.yaml and checkpoints/last.pth of a model built from ``cfg``."""
     torch.manual_seed(0)
-    model = detector.modeling.build_detector(cfg, num_classes=num_classes)
+    model = detector.modeling.detector.build_detector(cfg, num_classes=num_classes)
     checkpoint = run / "checkpoints" / "last.pth"
     checkpoint.parent.mkdir(parents=True)
     torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "iteration": 1}, checkpoint)
@@ -459,7 +459,7 @@ def test_ckpt_of_another_backbone_is_one_line_naming_the_key_and_the_config(
 def test_ckpt_of_another_class_count_says_both_counts(tmp_path, synthetic_overrides):
     cfg = load_config([], synthetic_overrides)
     checkpoint = save_run_checkpoint(tmp_path / "run", cfg, num_classes=2)
-    model = detector.modeling.build_detector(cfg, num_classes=3)
+    model = detector.modeling.detector.build_detector(cfg, num_classes=3)
     with pytest.raises(
         CheckpointError,
         match=r"does not fit the model built from the config: the checkpoint has 2 "
@@ -480,7 +480,7 @@ def test_ckpt_of_another_class_count_says_both_counts(tmp_path, synthetic_overri
 def test_ckpt_that_fits_loads_and_a_foreign_state_dict_is_described(tmp_path, synthetic_overrides):
     cfg = load_config([], synthetic_overrides)
     checkpoint = save_run_checkpoint(tmp_path / "run", cfg, num_classes=3)
-    model = detector.modeling.build_detector(cfg, num_classes=3)
+    model = detector.modeling.detector.build_detector(cfg, num_classes=3)
     assert load_model_weights(model, checkpoint, cfg.to_dict())["iteration"] == 1
     expected = torch.load(checkpoint)["model"]
     assert all(

@@ -11,7 +11,7 @@ from helpers import TINY, empty_target, tiny_model, two_images
 from detector.boxes import box_iou
 from detector.config import ConfigError, load_config
 from detector.losses.regression import LOSSES
-from detector.modeling import build_detector
+from detector.modeling.detector import build_detector
 
 
 def test_training_output_keys_and_shapes():

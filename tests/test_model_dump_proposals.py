@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from detector.config import load_config
-from detector.modeling import build_detector
+from detector.modeling.detector import build_detector
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import dump_proposals  # noqa: E402

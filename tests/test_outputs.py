@@ -15,7 +15,7 @@ from detector.config import load_config
 from detector.data.build import build_dataset
 from detector.engine.outputs import write_eval_files
 from detector.engine.runs import RUN_CONFIG_HEADER
-from detector.modeling import build_detector
+from detector.modeling.detector import build_detector
 
 COCO = {
     "images": [

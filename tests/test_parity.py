@@ -16,9 +16,9 @@ from torchvision.ops import box_iou
 
 from detector.config import ConfigError, load_config, resolve_config_path, with_defaults
 from detector.errors import UsageError
-from detector.modeling import build_detector
 from detector.modeling import roi_heads as our_roi_heads
 from detector.modeling import rpn as our_rpn
+from detector.modeling.detector import build_detector
 from detector.modeling.matcher import sample_balanced
 
 REPO = Path(__file__).resolve().parents[1]

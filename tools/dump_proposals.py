@@ -29,7 +29,7 @@ def dump_proposals(
     from detector.data.build import build_dataset, make_dataloader
     from detector.data.transforms import build_transforms
     from detector.engine.checkpoint import load_model_weights
-    from detector.modeling import build_detector
+    from detector.modeling.detector import build_detector
 
     dataset = build_dataset(cfg, split, transforms=False)
     # deterministic test-time resize, also for the train split

@@ -93,7 +93,7 @@ def evaluate_checkpoint(cfg, checkpoint: Path, trust: bool = False) -> tuple[dic
     from detector.engine.checkpoint import load_model_weights
     from detector.engine.runtime import amp_settings, select_device
     from detector.evaluation.results import evaluate_model
-    from detector.modeling import build_detector
+    from detector.modeling.detector import build_detector
 
     loader = build_dataloader(cfg, "val")
     dataset = loader.dataset

@@ -39,7 +39,7 @@ from detector.engine.runtime import (
 from detector.errors import DetectorError
 from detector.evaluation.coco import detections_to_coco_results
 from detector.evaluation.results import draw_predictions, evaluate_model
-from detector.modeling import build_detector
+from detector.modeling.detector import build_detector
 
 
 class NonFiniteLossError(DetectorError, FloatingPointError):

@@ -23,11 +23,9 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from detector.config import BACKBONES, FPN_STRIDES, NORMS
+from detector.config import BACKBONES, FPN_STRIDES
 from detector.errors import WeightsError, first_line, unsafe_global
 from detector.modeling.fit import misfit_message
-
-__all__ = ["Backbone", "build_backbone", "BACKBONES", "NORMS"]
 
 # last block of the stem and of the stride-4/8/16/32 stages
 _MOBILENET_STAGE_ENDS = (1, 3, 6, 12, 16)

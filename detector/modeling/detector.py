@@ -23,8 +23,6 @@ from detector.modeling.matcher import build_label_assigner
 from detector.modeling.roi_heads import RoIHeads
 from detector.modeling.rpn import RPN
 
-__all__ = ["TwoStageDetector", "build_detector"]
-
 
 def _host_to_device(data, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A host-made tensor on ``device`` without blocking the host (CUDA: pinned memory, asynchronous

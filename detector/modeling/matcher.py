@@ -15,8 +15,6 @@ import torch
 from detector.config import keyword_args
 from detector.losses.dynamic import IntervalRecord, kth_valid
 
-__all__ = ["match_boxes", "sample_balanced", "DynamicLabelAssigner", "build_label_assigner"]
-
 
 def match_boxes(
     iou: torch.Tensor,

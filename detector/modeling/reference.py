@@ -31,8 +31,6 @@ from detector.modeling.backbone import Backbone
 from detector.modeling.roi_heads import init_predictor
 from detector.modeling.rpn import build_anchor_generator
 
-__all__ = ["TorchvisionFasterRCNN", "build_torchvision_detector"]
-
 # torchvision's loss names -> this project's (configs/base.yaml weights them by these)
 _LOSS_NAMES = {
     "loss_objectness": "loss_rpn_cls",

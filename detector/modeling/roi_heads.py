@@ -21,8 +21,6 @@ from detector.losses.regression import BoxLoss
 from detector.modeling.matcher import DynamicLabelAssigner, match_boxes, sample_balanced
 from detector.modeling.roi_align import pool
 
-__all__ = ["BoxHead", "RoIHeads", "init_predictor"]
-
 
 def init_predictor(cls_score: nn.Linear, bbox_pred: nn.Linear, init: str) -> None:
     """``model.roi_head.predictor_init``: "torchvision" keeps nn.Linear's default (std 1/sqrt(3

@@ -20,8 +20,6 @@ from detector.boxes import batched_box_iou, batched_nms_topk, clip_boxes_to_size
 from detector.losses.regression import BoxLoss
 from detector.modeling.matcher import match_boxes, sample_balanced
 
-__all__ = ["RPN", "build_anchor_generator"]
-
 
 def build_anchor_generator(
     anchor_sizes: Sequence[float], aspect_ratios: Sequence[float], levels: int
