@@ -6,13 +6,22 @@ from helpers import make_backbone
 
 from detector.config import ConfigError, load_config
 from detector.engine import distributed as dist_utils
-from detector.engine.optim import build_lr, build_optimizer, scaled_lr
+from detector.engine.optim import build_lr, build_optimizer
 
 
-def test_linear_scaling_rule():
-    assert scaled_lr(0.02, 16, 8, 1) == pytest.approx(0.01)
-    assert scaled_lr(0.02, 16, 8, 4) == pytest.approx(0.04)
-    assert scaled_lr(0.02, None, 8, 4) == 0.02  # null reference batch: the lr as given
+def test_linear_scaling_rule(monkeypatch):
+    def lr(reference_batch, world_size):
+        monkeypatch.setattr(dist_utils, "get_world_size", lambda: world_size)
+        keys = [
+            "train.lr=0.02",
+            "train.batch_size=8",
+            f"train.lr_reference_batch={reference_batch}",
+        ]
+        return build_lr(load_config([], keys))
+
+    assert lr(16, 1) == pytest.approx(0.01)
+    assert lr(16, 4) == pytest.approx(0.04)
+    assert lr("null", 4) == 0.02  # null reference batch: the lr as given
 
 
 def test_the_quickstart_trains_at_the_lr_it_was_tuned_with():

@@ -24,7 +24,7 @@ from detector.engine.checkpoint import (
     save_checkpoint,
 )
 from detector.engine.logger import run_hparams
-from detector.engine.optim import lr_factor
+from detector.engine.optim import build_lr_scheduler
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "tools" / "train.py"
@@ -243,13 +243,25 @@ def test_corrupt_checkpoint_falls_back_to_the_previous(tmp_path):
 
 
 def test_lr_schedule_warmup_then_decay():
-    kw = dict(max_iters=100, milestones=(0.5, 0.8), gamma=0.1, warmup_iters=10, warmup_factor=0.001)
-    assert lr_factor(0, schedule="multistep", **kw) == pytest.approx(0.001)
-    assert lr_factor(10, schedule="multistep", **kw) == 1.0
-    assert lr_factor(50, schedule="multistep", **kw) == pytest.approx(0.1)
-    assert lr_factor(80, schedule="multistep", **kw) == pytest.approx(0.01)
-    assert lr_factor(50, schedule="cosine", **kw) == pytest.approx(0.5)
-    assert lr_factor(100, schedule="cosine", **kw) == pytest.approx(0.0)
+    def factor(schedule, iteration):
+        keys = ["train.max_iters=100", "train.milestones=[0.5, 80]", "train.gamma=0.1"]
+        keys += [
+            "train.warmup_iters=10",
+            "train.warmup_factor=0.001",
+            f"train.lr_schedule={schedule}",
+        ]
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        return build_lr_scheduler(load_config([], keys), optimizer).lr_lambdas[0](iteration)
+
+    assert factor("multistep", 0) == pytest.approx(0.001)
+    assert factor("multistep", 5) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert factor("multistep", 10) == 1.0
+    assert factor("multistep", 50) == pytest.approx(0.1)
+    # a milestone > 1 is an iteration
+    assert factor("multistep", 79) == pytest.approx(0.1)
+    assert factor("multistep", 80) == pytest.approx(0.01)
+    assert factor("cosine", 50) == pytest.approx(0.5)
+    assert factor("cosine", 100) == pytest.approx(0.0)
 
 
 def test_ddp_two_processes_gloo(tiny_data, tmp_path):

@@ -59,53 +59,33 @@ def has_fused_sgd(device: torch.device) -> bool:
     return True
 
 
-def scaled_lr(lr: float, reference_batch: int | None, batch_size: int, world_size: int) -> float:
-    """The linear scaling rule: ``lr`` is the rate for ``reference_batch`` images; None applies it
-    as given."""
-    return lr if reference_batch is None else lr * batch_size * world_size / reference_batch
-
-
 def build_lr(cfg) -> float:
     """The base learning rate this process trains with: ``train.lr`` scaled to the total batch of
-    all ranks."""
+    all ranks (the linear scaling rule; a null ``train.lr_reference_batch`` applies it as given)."""
     t = cfg.train
-    return scaled_lr(t.lr, t.lr_reference_batch, t.batch_size, dist_utils.get_world_size())
-
-
-def lr_factor(
-    iteration: int,
-    *,
-    max_iters: int,
-    schedule: str,
-    milestones,
-    gamma: float,
-    warmup_iters: int,
-    warmup_factor: float,
-) -> float:
-    """Multiplier of the base lr at ``iteration`` (0-based): warmup times the decay schedule."""
-    if schedule == "cosine":
-        decay = 0.5 * (1.0 + math.cos(math.pi * min(iteration, max_iters) / max_iters))
-    else:
-        steps = [round(m * max_iters) if m <= 1 else int(m) for m in milestones]
-        decay = gamma ** sum(iteration >= s for s in steps)
-    if iteration < warmup_iters:
-        alpha = iteration / warmup_iters
-        decay *= warmup_factor * (1 - alpha) + alpha
-    return decay
+    if t.lr_reference_batch is None:
+        return t.lr
+    return t.lr * t.batch_size * dist_utils.get_world_size() / t.lr_reference_batch
 
 
 def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """``milestones`` <= 1 are fractions of ``train.max_iters``; larger values are iterations."""
+    """The multiplier of the base lr at each iteration (0-based): linear warmup times the decay;
+    ``milestones`` <= 1 are fractions of ``train.max_iters``, larger values are iterations."""
     t = cfg.train
-    kwargs = dict(
-        max_iters=t.max_iters,
-        schedule=t.lr_schedule,
-        milestones=tuple(t.milestones),
-        gamma=t.gamma,
-        warmup_iters=min(t.warmup_iters, t.max_iters),
-        warmup_factor=t.warmup_factor,
-    )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, **kwargs))
+    max_iters, warmup_iters = t.max_iters, min(t.warmup_iters, t.max_iters)
+    steps = [round(m * max_iters) if m <= 1 else int(m) for m in t.milestones]
+
+    def factor(iteration: int) -> float:
+        if t.lr_schedule == "cosine":
+            decay = 0.5 * (1.0 + math.cos(math.pi * min(iteration, max_iters) / max_iters))
+        else:
+            decay = t.gamma ** sum(iteration >= s for s in steps)
+        if iteration < warmup_iters:
+            alpha = iteration / warmup_iters
+            decay *= t.warmup_factor * (1 - alpha) + alpha
+        return decay
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def max_iters_dependents(cfg, new_max_iters: int) -> list[str]:
