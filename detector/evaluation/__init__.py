@@ -70,7 +70,7 @@ def _score(dataset, metric: str, backend: str, image_ids, detections=None, resul
     metrics: dict = {}
     if metric in ("coco", "both"):
         results = detections_to_coco_results(dataset, detections) if results is None else results
-        metrics.update(coco_metrics(build_coco_gt(dataset), results, backend, image_ids)[0])
+        metrics.update(coco_metrics(build_coco_gt(dataset), results, backend, image_ids))
     if metric in ("voc", "both"):
         detections = (
             coco_results_to_detections(dataset, results) if detections is None else detections

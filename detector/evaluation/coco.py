@@ -253,9 +253,9 @@ def coco_metrics(
     results: Sequence[dict],
     backend: str = "pycocotools",
     image_ids: Iterable[int] | None = None,
-) -> tuple[dict, str]:
-    """COCOeval (iouType "bbox") of validated COCO results on ``image_ids`` (default all) ->
-    (metrics, COCOeval's summary text). Metrics: the 12 ``COCOeval.stats`` (0..1, -1 undefined),
+) -> dict:
+    """COCOeval (iouType "bbox") of validated COCO results on ``image_ids`` (default all) -> the
+    metrics, its printed summary discarded: the 12 ``COCOeval.stats`` (0..1, -1 undefined),
     ``AP_per_iou``, ``AP90`` and ``per_class`` (from ``eval["precision"]`` as ``summarize`` does:
     area all, 100 detections)."""
     with contextlib.redirect_stdout(io.StringIO()):
@@ -264,8 +264,6 @@ def coco_metrics(
             evaluator.params.imgIds = sorted({int(i) for i in image_ids})
         evaluator.evaluate()
         evaluator.accumulate()
-    summary = io.StringIO()
-    with contextlib.redirect_stdout(summary):
         evaluator.summarize()
     params = evaluator.params
     precision = evaluator.eval["precision"]  # [T iou, R recall, K classes, A areas, M maxDets]
@@ -282,7 +280,7 @@ def coco_metrics(
         coco_gt.cats[cat_id]["name"]: mean_defined(precision[:, :, k, area, max_dets])
         for k, cat_id in enumerate(params.catIds)
     }
-    return metrics, summary.getvalue()
+    return metrics
 
 
 def _evaluator(backend: str, coco_gt: COCO, results: Sequence[dict]):
