@@ -59,9 +59,7 @@ class BoxCoder:
         self.weights = tuple(float(w) for w in self.weights)
         self.clamp = float(self.clamp)
 
-    def encode(
-        self, proposals: torch.Tensor, gt_boxes: torch.Tensor, check: bool | None = None
-    ) -> torch.Tensor:
+    def encode(self, proposals: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
         """proposals [N,4], gt_boxes [N,4] (row i is the box matched to proposal i) -> deltas [N,4]
         float32."""
         _check_shape("BoxCoder.encode", "proposals", proposals)
@@ -72,7 +70,7 @@ class BoxCoder:
                 "gt_boxes; pass one matched gt box per proposal"
             )
         proposals, gt_boxes = proposals.float(), gt_boxes.float()
-        if self.check if check is None else check:
+        if self.check:
             _check_boxes("BoxCoder.encode", proposals=proposals, gt_boxes=gt_boxes)
         wx, wy, ww, wh = self.weights
         px, py, pw, ph = _centre_size(proposals)  # [N] each
@@ -83,9 +81,7 @@ class BoxCoder:
         th = wh * torch.log(gh / ph)
         return torch.stack((tx, ty, tw, th), dim=1)  # [N,4]
 
-    def decode(
-        self, deltas: torch.Tensor, proposals: torch.Tensor, check: bool | None = None
-    ) -> torch.Tensor:
+    def decode(self, deltas: torch.Tensor, proposals: torch.Tensor) -> torch.Tensor:
         """deltas [N,4k] (k box sets, e.g. one per class), proposals [N,4] -> boxes [N,4k] float32
         xyxy."""
         _check_shape("BoxCoder.decode", "proposals", proposals)
@@ -95,7 +91,7 @@ class BoxCoder:
                 f"{list(proposals.shape)}"
             )
         deltas, proposals = deltas.float(), proposals.float()
-        if self.check if check is None else check:
+        if self.check:
             _check_boxes("BoxCoder.decode", proposals=proposals)
             bad = ~torch.isfinite(deltas).all(dim=1)
             if bool(bad.any()):
