@@ -290,7 +290,7 @@ def test_ckpt_writes_nothing_into_the_run_and_out_gets_both_files(
     monkeypatch.setattr(
         detector.data.build, "build_dataloader", lambda cfg, split: Loader(make_loader(image_ids))
     )
-    monkeypatch.setattr(detector.modeling, "build_detector", build_detector)
+    monkeypatch.setattr(detector.modeling.detector, "build_detector", build_detector)
     run = tmp_path / "runs" / "x"
     checkpoint = run / "checkpoints" / "last.pth"
     checkpoint.parent.mkdir(parents=True)
