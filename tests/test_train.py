@@ -28,7 +28,6 @@ from detector.engine.optim import build_lr_scheduler
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "tools" / "train.py"
-BOX_LOSS = "model.roi_head.box_loss"
 
 
 LEAF_CONFIGS = sorted(
@@ -362,12 +361,12 @@ def test_a_replayed_beta_trains_as_the_run_it_replays(tiny_data, tmp_path):
         "train.max_iters": 4,
     }
     logs = []
-    for name, extra in (
-        ("adaptive", {}),
-        ("replay", {"model.roi_head.box_loss.schedule.type": "replay"}),
-    ):
+    replay = {
+        "model.roi_head.box_loss.schedule.type": "replay",
+        "model.roi_head.box_loss.schedule.file": str(tmp_path / "adaptive"),
+    }
+    for name, extra in (("adaptive", {}), ("replay", replay)):
         run = tmp_path / name
-        extra[f"{BOX_LOSS}.schedule.file"] = str(tmp_path / "adaptive")
         cfg = load_config([], tiny(tiny_data, run, **keys, **extra))
         trainer_mod.train(cfg, run)
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
