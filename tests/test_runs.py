@@ -5,6 +5,7 @@ disk and path problems."""
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,6 +213,61 @@ def test_resume_on_a_fresh_folder_says_it_starts_from_scratch(data_root, tmp_pat
     run = tmp_path / "run"
     trainer_mod.train(cfg_for(data_root, run, **{"train.resume": True}), run)
     assert "holds no run yet; starting from scratch" in capsys.readouterr().err
+
+
+def records_of(run: Path, kind: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == kind]
+
+
+def test_a_resume_without_a_checkpoint_starts_over_without_mixing_records(
+    data_root, tmp_path, monkeypatch, capsys
+):
+    # killed before its first checkpoint (or its checkpoints lost with the machine): the records
+    # it logged describe iterations that no checkpoint holds
+    run = tmp_path / "run"
+    original = trainer_mod.log_train_step
+
+    def crash_after_logging_3(logger, bar, cfg, done, *args):
+        original(logger, bar, cfg, done, *args)
+        if done == 3:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(trainer_mod, "log_train_step", crash_after_logging_3)
+    steps = {"train.max_iters": 4, "train.checkpoint_period": 10}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer_mod.train(cfg_for(data_root, run, **steps), run)
+    assert train_records(run) == [1, 2, 3] and not list((run / "checkpoints").glob("*.pth"))
+    monkeypatch.setattr(trainer_mod, "log_train_step", original)
+    trainer_mod.train(cfg_for(data_root, run, **steps, **{"train.resume": True}), run)
+    assert train_records(run) == [1, 2, 3, 4]
+    assert len(records_of(run, "start")) == 1
+    assert "no checkpoint holds the 4 records in" in capsys.readouterr().err
+
+
+def test_a_finished_run_without_checkpoints_is_left_as_it_is(data_root, finished_run, tmp_path):
+    # a record kept with --keep-checkpoint none, or committed: --resume must not train it again
+    run = tmp_path / "record"
+    shutil.copytree(finished_run, run)
+    shutil.rmtree(run / "checkpoints")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert train_tool.main(cli(data_root, run, "--resume")) == 0
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_finished_run_without_checkpoints_cannot_be_trained_longer(
+    data_root, finished_run, tmp_path, capsys
+):
+    run = tmp_path / "record"
+    shutil.copytree(finished_run, run)
+    shutil.rmtree(run / "checkpoints")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    longer = cli(data_root, run, "--resume", "--extend", **{"train.max_iters": 3})
+    assert train_tool.main(longer) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no checkpoint to train on from" in err[0]
+    assert "--overwrite" in err[0] and "output_dir=" in err[0]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_replayed_iterations_are_not_logged_twice(data_root, tmp_path, monkeypatch):

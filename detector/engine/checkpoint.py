@@ -248,7 +248,6 @@ class Checkpointer:
         is none."""
         state = find_resume_checkpoint(self.dir, trust=trust)
         if state is None:
-            notice(f"--resume: {self.dir} holds no checkpoint yet; starting from iteration 0")
             return Progress()
         load_model_weights(
             self.model,

@@ -14,6 +14,7 @@ import torch
 
 from detector.box_coder import DELTA_NAMES
 from detector.engine.outputs import write_output
+from detector.engine.runs import METRICS_FILE, parse_record
 from detector.engine.runtime import notice
 from detector.losses.dynamic import SCHEDULED_LOSSES
 from detector.losses.regression import build_box_loss
@@ -32,7 +33,6 @@ HPARAM_KEYS = {
     "label_noise": "data.label_noise",
     "seed": "seed",
 }
-METRICS_FILE = "metrics.jsonl"
 HPARAM_METRICS = ("AP", "AP50", "AP75", "AP90", "mAP_voc")
 
 
@@ -63,7 +63,7 @@ def _drop_records_after(path: Path, iteration: int) -> int:
     if not path.is_file():
         return 0
     lines = [line for line in path.read_bytes().decode("utf-8", "replace").splitlines() if line]
-    records = [_record(line) for line in lines]
+    records = [parse_record(line) for line in lines]
     torn = records.count(None)
     if torn:
         notice(
@@ -75,15 +75,6 @@ def _drop_records_after(path: Path, iteration: int) -> int:
     ]
     write_output(path, "".join(line + "\n" for line in keep), overwrite=True)
     return len(lines) - torn - len(keep)
-
-
-def _record(line: str) -> dict[str, Any] | None:
-    """One ``metrics.jsonl`` line as its record; None if it is not one."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def _jsonable(value: Any) -> Any:
@@ -101,7 +92,7 @@ def _jsonable(value: Any) -> Any:
 class RunLogger:
     """Writes scalars, histograms and images of one run (rank 0 only). ``resumed_at=k``: the records
     after iteration k are dropped from ``metrics.jsonl`` and purged from TensorBoard, so no
-    iteration counts twice."""
+    iteration counts twice (``k=0``, no checkpoint: every record)."""
 
     def __init__(self, run_dir: str | Path, resumed_at: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
@@ -109,12 +100,21 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         purge = None
-        if resumed_at is not None:
+        if resumed_at:
             dropped = _drop_records_after(self.run_dir / METRICS_FILE, resumed_at)
             purge = resumed_at + 1
+        elif resumed_at == 0:
+            # a resume with no checkpoint starts over: what was logged, its start included, goes
+            dropped = _drop_records_after(self.run_dir / METRICS_FILE, -1)
+            purge = 0
+            if dropped:
+                notice(
+                    f"--resume: no checkpoint holds the {dropped} records in "
+                    f"{self.run_dir / METRICS_FILE}: they are dropped"
+                )
         self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
         self._jsonl = open(self.run_dir / METRICS_FILE, "a")
-        if resumed_at is not None:
+        if resumed_at:
             self.log_scalars(resumed_at, "resume", dropped_records=dropped)
 
     def log_scalars(self, step: int, kind: str = "train", /, **scalars: Any) -> None:

@@ -27,13 +27,13 @@ from detector.engine.runtime import notice
 from detector.errors import UsageError, first_line
 from detector.evaluation.results import EVAL_FILES
 
-CONFIG_FILE, LOCK_FILE = "config.yaml", ".lock"
+CONFIG_FILE, LOCK_FILE, METRICS_FILE = "config.yaml", ".lock", "metrics.jsonl"
 # The first line of the config.yaml a training writes: it tells a run's config from a user's file of
 # that name.
 RUN_CONFIG_HEADER = "# written by tools/train.py: the resolved config of this run (docs/runs.md)\n"
 # What a run writes into its folder (eval/ and checkpoints/: only the files of EVAL_FILES and
 # CHECKPOINT_GLOBS); --overwrite removes these and nothing else (a user's own files stay).
-RUN_ARTIFACTS = (CONFIG_FILE, "metrics.jsonl", "checkpoints", "eval", "final_errors.pt")
+RUN_ARTIFACTS = (CONFIG_FILE, METRICS_FILE, "checkpoints", "eval", "final_errors.pt")
 RUN_ARTIFACT_GLOBS = ("events.out.tfevents.*",)
 CHECKPOINT_GLOBS = ("*.pth", ".*.pth.*.tmp")
 # A temporary lock file (RunLock.acquire) lives for milliseconds; one older than this was left by a
@@ -82,7 +82,7 @@ def run_files(run_dir: Path) -> dict[str, list[Path]]:
     run_dir = Path(run_dir)
     found = {
         name: [run_dir / name]
-        for name in ("metrics.jsonl", "final_errors.pt")
+        for name in (METRICS_FILE, "final_errors.pt")
         if (run_dir / name).is_file()
     }
     checkpoints = sorted(p for g in CHECKPOINT_GLOBS for p in (run_dir / "checkpoints").glob(g))
@@ -119,6 +119,23 @@ def _is_run_config(path: Path, legacy: bool) -> bool:
     return (
         isinstance(stored, dict) and "_base_" not in stored and all(k in stored for k in sections)
     )
+
+
+def logged_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (none if it is missing); unreadable lines are skipped."""
+    if not path.is_file():
+        return []
+    lines = path.read_bytes().decode("utf-8", "replace").splitlines()
+    return [r for r in map(parse_record, lines) if r is not None]
+
+
+def parse_record(line: str) -> dict[str, Any] | None:
+    """One ``metrics.jsonl`` line as its record; None if it is not one."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def foreign_files(run_dir: Path) -> list[str]:
@@ -251,7 +268,8 @@ def check_resume_point(
     """Once the checkpoint is loaded, before anything is written: a resume never passes its end.
     A new ``train.max_iters`` at or below the checkpoint's iteration refuses; a finished run is
     left as it is and its ``eval/metrics.json`` returned (None: train on, or only the final
-    evaluation is left)."""
+    evaluation is left). ``iteration`` 0 is no checkpoint: a finished run's record stays as it is,
+    other evaluated runs refuse, and the rest start over."""
     changed = plan.stored_max_iters is not None and plan.stored_max_iters != max_iters
     if iteration > max_iters or (changed and iteration == max_iters):
         raise RunFolderError(
@@ -261,6 +279,22 @@ def check_resume_point(
             f"output_dir={free_name(run_dir)}"
         )
     metrics_file = run_dir / "eval" / EVAL_FILES[-1]
+    if iteration == 0 and metrics_file.is_file():
+        # no checkpoint (kept none, or lost): only a final evaluation at max_iters says "finished"
+        records = logged_records(run_dir / METRICS_FILE)
+        evaluated = [r["iter"] for r in records if r.get("type") == "eval" and "iter" in r]
+        if changed or max_iters not in evaluated:
+            raise RunFolderError(
+                f"--resume: {run_dir} holds a run evaluated up to iteration "
+                f"{max(evaluated, default=0)} and no checkpoint to train on from; train it again "
+                f"from scratch with --overwrite (its records are replaced), or start a new run "
+                f"with output_dir={free_name(run_dir)}"
+            )
+        iteration = max_iters
+    elif iteration == 0:
+        notice(
+            f"--resume: {run_dir / 'checkpoints'} holds no checkpoint; starting from iteration 0"
+        )
     if iteration < max_iters or not metrics_file.is_file():
         return None
     try:

@@ -142,7 +142,7 @@ def _train(
             run_dir, cfg, plan, lock_notes + ([scaling] if cfg.train.lr_reference_batch else [])
         )
         warn_if_no_boxes(train_loader.dataset, "training")
-    logger = RunLogger(run_dir, resumed_at=start_iter or None) if main else None
+    logger = RunLogger(run_dir, resumed_at=start_iter if plan.resume else None) if main else None
     if main and start_iter == 0:
         logger.log_scalars(
             0,
