@@ -255,15 +255,21 @@ def test_a_finished_run_without_checkpoints_is_left_as_it_is(data_root, finished
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
-def test_a_finished_run_without_checkpoints_cannot_be_trained_longer(
-    data_root, finished_run, tmp_path, capsys
+@pytest.mark.parametrize("loss", ["trained longer", "without eval/metrics.json"])
+def test_a_finished_run_without_checkpoints_is_never_trained_again(
+    data_root, finished_run, tmp_path, capsys, loss
 ):
+    # neither can go on from its end, and starting over would drop its records
     run = tmp_path / "record"
     shutil.copytree(finished_run, run)
     shutil.rmtree(run / "checkpoints")
+    if loss == "trained longer":
+        flags = cli(data_root, run, "--resume", "--extend", **{"train.max_iters": 3})
+    else:
+        (run / "eval" / "metrics.json").unlink()
+        flags = cli(data_root, run, "--resume")
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    longer = cli(data_root, run, "--resume", "--extend", **{"train.max_iters": 3})
-    assert train_tool.main(longer) == 2
+    assert train_tool.main(flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no checkpoint to train on from" in err[0]
     assert "--overwrite" in err[0] and "output_dir=" in err[0]

@@ -269,7 +269,7 @@ def check_resume_point(
     A new ``train.max_iters`` at or below the checkpoint's iteration refuses; a finished run is
     left as it is and its ``eval/metrics.json`` returned (None: train on, or only the final
     evaluation is left). ``iteration`` 0 is no checkpoint: a finished run's record stays as it is,
-    other evaluated runs refuse, and the rest start over."""
+    another evaluated run refuses, an unfinished one starts over."""
     changed = plan.stored_max_iters is not None and plan.stored_max_iters != max_iters
     if iteration > max_iters or (changed and iteration == max_iters):
         raise RunFolderError(
@@ -279,22 +279,22 @@ def check_resume_point(
             f"output_dir={free_name(run_dir)}"
         )
     metrics_file = run_dir / "eval" / EVAL_FILES[-1]
-    if iteration == 0 and metrics_file.is_file():
-        # no checkpoint (kept none, or lost): only a final evaluation at max_iters says "finished"
+    if iteration == 0:
+        # no checkpoint (kept none, or lost): the records say whether the run was evaluated at its
+        # end, and only an unfinished one may start over (its records are dropped)
         records = logged_records(run_dir / METRICS_FILE)
-        evaluated = [r["iter"] for r in records if r.get("type") == "eval" and "iter" in r]
-        if changed or max_iters not in evaluated:
+        ends = {r.get("iter") for r in records if r.get("type") == "eval"}
+        ends &= {max_iters, plan.stored_max_iters}
+        if not (ends or metrics_file.is_file()):
+            notice(f"--resume: {run_dir} holds no checkpoint; starting from iteration 0")
+        elif changed or max_iters not in ends or not metrics_file.is_file():
             raise RunFolderError(
-                f"--resume: {run_dir} holds a run evaluated up to iteration "
-                f"{max(evaluated, default=0)} and no checkpoint to train on from; train it again "
-                f"from scratch with --overwrite (its records are replaced), or start a new run "
-                f"with output_dir={free_name(run_dir)}"
+                f"--resume: {run_dir} holds an evaluated run and no checkpoint to train on from; "
+                f"train it again from scratch with --overwrite (its records are replaced), or "
+                f"start a new run with output_dir={free_name(run_dir)}"
             )
-        iteration = max_iters
-    elif iteration == 0:
-        notice(
-            f"--resume: {run_dir / 'checkpoints'} holds no checkpoint; starting from iteration 0"
-        )
+        else:
+            iteration = max_iters
     if iteration < max_iters or not metrics_file.is_file():
         return None
     try:
@@ -304,8 +304,8 @@ def check_resume_point(
     except (OSError, ValueError, RecursionError) as exc:
         raise RunFolderError(
             f"{metrics_file}: cannot be read ({type(exc).__name__}); the run is finished "
-            f"(iteration {iteration} of {max_iters}): delete the file to evaluate it again with "
-            f"--resume"
+            f"(iteration {iteration} of {max_iters}): restore it, or delete it to evaluate the "
+            f"run again with --resume (from its checkpoint)"
         ) from None
     notice(
         f"--resume: {run_dir} is a finished run (iteration {iteration} of {max_iters}, evaluated "
