@@ -216,6 +216,27 @@ def test_interrupted_run_resumes_unless_its_experiment_differs(tmp_path, monkeyp
         assert "unfinished run" in err and change.split("=")[0] in err and len(calls(record)) == 1
 
 
+def test_a_run_with_nothing_to_resume_from_is_started_over_by_this_launch_alone(
+    tmp_path, monkeypatch, capsys
+):
+    # its checkpoints lost (a new machine): the trainer starts over, and the record names only
+    # the launch that trains it, not the dead one
+    out = tmp_path / "abl"
+    run = plan_runs(["smoothl1.yaml"], [], 1, BUDGET)[0]
+    run_dir = out / "runs" / run.name
+    run_dir.mkdir(parents=True)
+    run.config(out).save(run_dir / "config.yaml")
+    (run_dir / "metrics.jsonl").write_text('{"type": "train", "iter": 1}\n')
+    (run_dir / "launches.jsonl").write_text('{"action": "train", "commit": "elsewhere"}\n')
+    record = fake_python(tmp_path, monkeypatch)
+    base = ["--cfgs", "smoothl1.yaml", "--seeds", "1", "--out", str(out), "train.log_period=1"]
+    assert ablate.main([*base, "train.max_iters=2"]) == 1  # the fake trainer fails
+    assert calls(record)[-1].split()[-1] == "--resume"
+    assert f"{run.name}: resume (no checkpoint: starts over)" in capsys.readouterr().out
+    (launch,) = map(json.loads, (run_dir / "launches.jsonl").read_text().splitlines())
+    assert launch["action"] == "train" and launch["commit"] != "elsewhere"
+
+
 def make_paired_ablation(out: Path) -> list:
     """smoothl1 (baseline) and l1, 4 seeds, with per-seed differences (l1 − smoothl1) known by hand:
     AP +1, +2, +3, +2 points; AP50 +2, -1, 0, +1; AP75 -3, -4, -2, -3."""

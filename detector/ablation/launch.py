@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from detector.ablation.plan import AblationError, Step, is_finished
+from detector.ablation.plan import NO_CHECKPOINT, AblationError, Step, is_finished
 from detector.ablation.record import RecordError, note_launch, prune_run, write_record
 from detector.errors import DetectorError
 
@@ -131,7 +131,8 @@ def execute(
     step.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = step.run_dir / "train.log"
     cmd = train_command(step, slot_overrides(step.run.overrides, slot), nproc)
-    note_launch(step.run_dir, step.action, REPO)
+    # a run started over is trained by this launch alone
+    note_launch(step.run_dir, "train" if step.note == NO_CHECKPOINT else step.action, REPO)
     with open(log_path, "a") as log:
         start = log.tell()
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {step.action}: {shlex.join(cmd)}\n")

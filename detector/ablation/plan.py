@@ -1,7 +1,8 @@
 """The plan of an ablation: its runs (config × sweep value × seed, in ``<out>/runs/<name>``), and
 what each run folder allows before anything trains (:func:`check_runs`): ``train`` (empty);
 ``reuse`` (a finished run whose stored config equals this one up to :data:`REUSE_SAFE_KEYS`);
-``resume`` (an interrupted run that passes the trainer's resume check); else stop naming the keys
+``resume`` (an interrupted run that passes the trainer's resume check; with no checkpoint it
+starts over); else stop naming the keys
 that differ, or with ``force`` ``overwrite`` (train again from scratch).
 """
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detector.config import diff_configs, load_config
+from detector.engine.checkpoint import has_checkpoint
 from detector.engine.runs import RESUME_SAFE_KEYS, RunFolderError, stored_config
 from detector.errors import UsageError
 
@@ -28,6 +30,8 @@ REUSE_SAFE_KEYS = (
 NOISE_SEED_KEY = "data.label_noise_seed"
 # written by the trainer after the final evaluation: a finished run
 METRICS_FILE = Path("eval") / "metrics.json"
+# a resume with nothing to resume from: the trainer starts the run over
+NO_CHECKPOINT = "no checkpoint: starts over"
 
 
 class AblationError(UsageError):
@@ -174,8 +178,12 @@ def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
             note = f"{state} run of another config (differs in {', '.join(differ)})"
         elif finished:
             action = "reuse"
+        elif stored is None:
+            action = "train"
         else:
-            action = "train" if stored is None else "resume"
+            action = "resume"
+            if not has_checkpoint(run_dir / "checkpoints"):
+                note = NO_CHECKPOINT
         if differ and not force:
             stale.append((run_dir, finished, differ))
         steps.append(Step(run, run_dir, action, cfg.train.device, note))

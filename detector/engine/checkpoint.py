@@ -131,6 +131,11 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
     return state
 
 
+def has_checkpoint(checkpoint_dir: Path) -> bool:
+    """Whether a resume has a file to start from (readable or not)."""
+    return any((checkpoint_dir / name).exists() for name in (LAST, PREVIOUS))
+
+
 def find_resume_checkpoint(
     checkpoint_dir: str | Path, trust: bool = False
 ) -> dict[str, Any] | None:
