@@ -220,12 +220,8 @@ def records_of(run: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, lines) if r["type"] == kind]
 
 
-def test_a_resume_without_a_checkpoint_starts_over_without_mixing_records(
-    data_root, tmp_path, monkeypatch, capsys
-):
-    # killed before its first checkpoint (or its checkpoints lost with the machine): the records
-    # it logged describe iterations that no checkpoint holds
-    run = tmp_path / "run"
+def train_and_crash_after_logging_3(cfg, run: Path, monkeypatch) -> None:
+    """Train ``cfg`` into ``run`` until a crash right after iteration 3 is logged."""
     original = trainer_mod.log_train_step
 
     def crash_after_logging_3(logger, bar, cfg, done, *args):
@@ -233,12 +229,21 @@ def test_a_resume_without_a_checkpoint_starts_over_without_mixing_records(
         if done == 3:
             raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(trainer_mod, "log_train_step", crash_after_logging_3)
+    with monkeypatch.context() as patched:
+        patched.setattr(trainer_mod, "log_train_step", crash_after_logging_3)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            trainer_mod.train(cfg, run)
+
+
+def test_a_resume_without_a_checkpoint_starts_over_without_mixing_records(
+    data_root, tmp_path, monkeypatch, capsys
+):
+    # killed before its first checkpoint (or its checkpoints lost with the machine): the records
+    # it logged describe iterations that no checkpoint holds
+    run = tmp_path / "run"
     steps = {"train.max_iters": 4, "train.checkpoint_period": 10}
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        trainer_mod.train(cfg_for(data_root, run, **steps), run)
+    train_and_crash_after_logging_3(cfg_for(data_root, run, **steps), run, monkeypatch)
     assert train_records(run) == [1, 2, 3] and not list((run / "checkpoints").glob("*.pth"))
-    monkeypatch.setattr(trainer_mod, "log_train_step", original)
     trainer_mod.train(cfg_for(data_root, run, **steps, **{"train.resume": True}), run)
     assert train_records(run) == [1, 2, 3, 4]
     assert len(records_of(run, "start")) == 1
@@ -278,20 +283,10 @@ def test_a_finished_run_without_checkpoints_is_never_trained_again(
 
 def test_replayed_iterations_are_not_logged_twice(data_root, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    original = trainer_mod.log_train_step
-
-    def crash_after_logging_3(logger, bar, cfg, done, *args):
-        original(logger, bar, cfg, done, *args)
-        if done == 3:
-            raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(trainer_mod, "log_train_step", crash_after_logging_3)
     cfg = cfg_for(data_root, run, **{"train.max_iters": 4, "train.checkpoint_period": 2})
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        trainer_mod.train(cfg, run)
+    train_and_crash_after_logging_3(cfg, run, monkeypatch)
     assert train_records(run) == [1, 2, 3] and not (run / ".lock").exists()
     (run / "checkpoints" / ".last.pth.orphan.tmp").write_bytes(b"left by a dead writer")
-    monkeypatch.setattr(trainer_mod, "log_train_step", original)
     trainer_mod.train(
         cfg_for(
             data_root,
