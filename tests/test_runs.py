@@ -250,6 +250,22 @@ def test_a_resume_without_a_checkpoint_starts_over_without_mixing_records(
     assert "no checkpoint holds the 4 records in" in capsys.readouterr().err
 
 
+def test_a_resume_that_would_start_over_beside_a_kept_best_pth_refuses(data_root, tmp_path, capsys):
+    # best.pth of the lost training would sit beside a new one's records until replaced
+    run = tmp_path / "run"
+    trainer_mod.train(cfg_for(data_root, run, **{"train.max_iters": 3}), run)
+    (run / "eval" / "metrics.json").unlink()
+    (run / "metrics.jsonl").write_text('{"type": "train", "iter": 1}\n')
+    (run / "checkpoints" / "last.pth").rename(run / "checkpoints" / "best.pth")
+    (run / "checkpoints" / "last.prev.pth").unlink(missing_ok=True)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert train_tool.main(cli(data_root, run, "--resume", **{"train.max_iters": 3})) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds best.pth but nothing to resume from" in err[0]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
 def test_a_finished_run_without_checkpoints_is_left_as_it_is(data_root, finished_run, tmp_path):
     # a record kept with --keep-checkpoint none, or committed: --resume must not train it again
     run = tmp_path / "record"

@@ -285,6 +285,13 @@ def check_resume_point(
         records = logged_records(run_dir / METRICS_FILE)
         ends = {r.get("iter") for r in records if r.get("type") == "eval"}
         ends &= {max_iters, plan.stored_max_iters}
+        kept = sorted(p.name for p in (run_dir / "checkpoints").glob(CHECKPOINT_GLOBS[0]))
+        if kept and not (ends or metrics_file.is_file()):
+            raise RunFolderError(
+                f"--resume: {run_dir / 'checkpoints'} holds {', '.join(kept)} but nothing to "
+                f"resume from, and a start from iteration 0 would write over them; move them away "
+                f"to train the run again, or replace it with --overwrite"
+            )
         if not (ends or metrics_file.is_file()):
             notice(f"--resume: {run_dir} holds no checkpoint; starting from iteration 0")
         elif changed or max_iters not in ends or not metrics_file.is_file():
