@@ -235,6 +235,9 @@ def test_a_run_with_nothing_to_resume_from_is_started_over_by_this_launch_alone(
     assert f"{run.name}: resume (no checkpoint: starts over)" in capsys.readouterr().out
     (launch,) = map(json.loads, (run_dir / "launches.jsonl").read_text().splitlines())
     assert launch["action"] == "train" and launch["commit"] != "elsewhere"
+    # where the trainer refuses to start it over (a best.pth left), --force trains it again
+    ablate.main([*base, "train.max_iters=2", "--force"])
+    assert calls(record)[-1].split()[-1] == "--overwrite"
 
 
 def make_paired_ablation(out: Path) -> list:

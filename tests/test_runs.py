@@ -262,17 +262,30 @@ def test_a_resume_that_would_start_over_beside_a_kept_best_pth_refuses(data_root
     capsys.readouterr()
     assert train_tool.main(cli(data_root, run, "--resume", **{"train.max_iters": 3})) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "holds best.pth but nothing to resume from" in err[0]
+    assert len(err) == 1 and "best.pth is there but nothing to resume from" in err[0]
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
-def test_a_finished_run_without_checkpoints_is_left_as_it_is(data_root, finished_run, tmp_path):
+def test_a_final_evaluation_done_again_is_logged_once(data_root, finished_run, tmp_path):
+    # killed after its final evaluation was logged, before eval/metrics.json was written
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "eval" / "metrics.json").unlink()
+    assert train_tool.main(cli(data_root, run, "--resume")) == 0
+    assert [r["iter"] for r in records_of(run, "eval")] == [2]
+
+
+def test_a_finished_run_without_checkpoints_is_left_as_it_is(
+    data_root, finished_run, tmp_path, capsys
+):
     # a record kept with --keep-checkpoint none, or committed: --resume must not train it again
     run = tmp_path / "record"
     shutil.copytree(finished_run, run)
     shutil.rmtree(run / "checkpoints")
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert train_tool.main(cli(data_root, run, "--resume")) == 0
+    assert train_tool.main(cli(data_root, run)) == 2
+    assert "it has no checkpoint to go on from" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 

@@ -72,8 +72,8 @@ def build_parser():
     parser.add_argument(
         "--force",
         action="store_true",
-        help="train again (replacing them) the runs whose folder "
-        "holds a run of another config (or pick another --out)",
+        help="train again (replacing them) the runs whose folder holds a run of another "
+        "config or one with no checkpoint to resume (or pick another --out)",
     )
     parser.add_argument(
         "--overwrite",

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detector.config import diff_configs, load_config
-from detector.engine.checkpoint import has_checkpoint
-from detector.engine.runs import RESUME_SAFE_KEYS, RunFolderError, stored_config
+from detector.engine.runs import RESUME_SAFE_KEYS, RunFolderError, has_checkpoint, stored_config
 from detector.errors import UsageError
 
 # keys that change how a finished run was watched or where it lives, never its results
@@ -180,10 +179,12 @@ def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
             action = "reuse"
         elif stored is None:
             action = "train"
-        else:
+        elif has_checkpoint(run_dir):
             action = "resume"
-            if not has_checkpoint(run_dir / "checkpoints"):
-                note = NO_CHECKPOINT
+        elif force:
+            action, note = "overwrite", "nothing to resume from"
+        else:
+            action, note = "resume", NO_CHECKPOINT
         if differ and not force:
             stale.append((run_dir, finished, differ))
         steps.append(Step(run, run_dir, action, cfg.train.device, note))

@@ -22,12 +22,10 @@ import torch
 from torch.serialization import safe_globals
 
 from detector.engine import distributed as dist_utils
-from detector.engine.runs import CONFIG_FILE
+from detector.engine.runs import CONFIG_FILE, CORRUPT, LAST, PREVIOUS
 from detector.engine.runtime import notice
 from detector.errors import DetectorError, first_line, unsafe_global
 from detector.modeling.fit import misfit_message
-
-LAST, PREVIOUS, BEST, CORRUPT = "last.pth", "last.prev.pth", "best.pth", "last.corrupt.pth"
 
 
 class CheckpointError(DetectorError, RuntimeError):
@@ -129,11 +127,6 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
             return {"model": state}
         raise CheckpointError(f"{path}: no 'model' entry; not a detector checkpoint")
     return state
-
-
-def has_checkpoint(checkpoint_dir: Path) -> bool:
-    """Whether a resume has a file to start from (readable or not)."""
-    return any((checkpoint_dir / name).exists() for name in (LAST, PREVIOUS))
 
 
 def find_resume_checkpoint(

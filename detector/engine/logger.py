@@ -56,10 +56,10 @@ def format_value(value: float, digits: int = 4) -> str:
     return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
-def _drop_records_after(path: Path, iteration: int) -> int:
+def _drop_records_after(path: Path, iteration: int, evaluation_too: bool = False) -> int:
     """Rewrite ``metrics.jsonl`` (atomically) without the records of iterations after
-    ``iteration``. A line that is not a record (the torn last line of a kill or a full disk
-    mid-write) is dropped with a warning."""
+    ``iteration`` (``evaluation_too``: nor its evaluation's). A line that is not a record (the
+    torn last line of a kill or a full disk mid-write) is dropped with a warning."""
     if not path.is_file():
         return 0
     lines = [line for line in path.read_bytes().decode("utf-8", "replace").splitlines() if line]
@@ -70,9 +70,14 @@ def _drop_records_after(path: Path, iteration: int) -> int:
             f"warning: {path}: dropped {torn} unreadable line(s), left by a write that did not "
             f"finish"
         )
-    keep = [
-        line for line, r in zip(lines, records) if r is not None and r.get("iter", 0) <= iteration
-    ]
+    keep = []
+    for line, r in zip(lines, records):
+        if r is None or r.get("iter", 0) > iteration:
+            continue
+        # the evaluation at ``iteration`` is done again
+        if evaluation_too and r.get("iter", 0) == iteration and r.get("type") == "eval":
+            continue
+        keep.append(line)
     write_output(path, "".join(line + "\n" for line in keep), overwrite=True)
     return len(lines) - torn - len(keep)
 
@@ -92,16 +97,17 @@ def _jsonable(value: Any) -> Any:
 class RunLogger:
     """Writes scalars, histograms and images of one run (rank 0 only). ``resumed_at=k``: the records
     after iteration k are dropped from ``metrics.jsonl`` and purged from TensorBoard, so no
-    iteration counts twice (``k=0``, no checkpoint: every record)."""
+    iteration counts twice (``k=0``, no checkpoint: every record; ``final``, only the final
+    evaluation is left: its record at k too)."""
 
-    def __init__(self, run_dir: str | Path, resumed_at: int | None = None):
+    def __init__(self, run_dir: str | Path, resumed_at: int | None = None, final: bool = False):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         purge = None
         if resumed_at:
-            dropped = _drop_records_after(self.run_dir / METRICS_FILE, resumed_at)
+            dropped = _drop_records_after(self.run_dir / METRICS_FILE, resumed_at, final)
             purge = resumed_at + 1
         elif resumed_at == 0:
             # a resume with no checkpoint starts over: what was logged, its start included, goes

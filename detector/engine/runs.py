@@ -28,6 +28,7 @@ from detector.errors import UsageError, first_line
 from detector.evaluation.results import EVAL_FILES
 
 CONFIG_FILE, LOCK_FILE, METRICS_FILE = "config.yaml", ".lock", "metrics.jsonl"
+LAST, PREVIOUS, BEST, CORRUPT = "last.pth", "last.prev.pth", "best.pth", "last.corrupt.pth"
 # The first line of the config.yaml a training writes: it tells a run's config from a user's file of
 # that name.
 RUN_CONFIG_HEADER = "# written by tools/train.py: the resolved config of this run (docs/runs.md)\n"
@@ -121,6 +122,11 @@ def _is_run_config(path: Path, legacy: bool) -> bool:
     )
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a resume has a checkpoint file to start from (readable or not)."""
+    return any((run_dir / "checkpoints" / name).exists() for name in (LAST, PREVIOUS))
+
+
 def logged_records(path: Path) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` (none if it is missing); unreadable lines are skipped."""
     if not path.is_file():
@@ -130,12 +136,12 @@ def logged_records(path: Path) -> list[dict[str, Any]]:
 
 
 def parse_record(line: str) -> dict[str, Any] | None:
-    """One ``metrics.jsonl`` line as its record; None if it is not one."""
+    """One ``metrics.jsonl`` line as its record; None if it is not one (or its iter is not)."""
     try:
         record = json.loads(line)
     except ValueError:
         return None
-    return record if isinstance(record, dict) else None
+    return record if isinstance(record, dict) and isinstance(record.get("iter", 0), int) else None
 
 
 def foreign_files(run_dir: Path) -> list[str]:
@@ -217,11 +223,11 @@ def check_run_folder(
         )
     if not resume:
         finished = (run_dir / "eval" / EVAL_FILES[-1]).is_file()
-        go_on = (
-            "train it longer with --resume and a larger train.max_iters"
-            if finished
-            else "continue it with --resume"
-        )
+        go_on = "continue it with --resume"
+        if finished:
+            go_on = "train it longer with --resume and a larger train.max_iters"
+        if not has_checkpoint(run_dir):
+            go_on = "it has no checkpoint to go on from" if finished else "--resume starts it over"
         raise RunFolderError(
             f"{run_dir} already holds {'a finished' if finished else 'an unfinished'} run; "
             f"{go_on}, start a new one with output_dir={free_name(run_dir)}, or replace it with "
@@ -285,20 +291,20 @@ def check_resume_point(
         records = logged_records(run_dir / METRICS_FILE)
         ends = {r.get("iter") for r in records if r.get("type") == "eval"}
         ends &= {max_iters, plan.stored_max_iters}
-        kept = sorted(p.name for p in (run_dir / "checkpoints").glob(CHECKPOINT_GLOBS[0]))
-        if kept and not (ends or metrics_file.is_file()):
+        best = run_dir / "checkpoints" / BEST
+        if best.exists() and not (ends or metrics_file.is_file()):
             raise RunFolderError(
-                f"--resume: {run_dir / 'checkpoints'} holds {', '.join(kept)} but nothing to "
-                f"resume from, and a start from iteration 0 would write over them; move them away "
-                f"to train the run again, or replace it with --overwrite"
+                f"--resume: {best} is there but nothing to resume from, and a start from iteration "
+                f"0 would write over it; move it away to train the run again, or replace the run "
+                f"with --overwrite (tools/ablate.py: --force)"
             )
         if not (ends or metrics_file.is_file()):
             notice(f"--resume: {run_dir} holds no checkpoint; starting from iteration 0")
         elif changed or max_iters not in ends or not metrics_file.is_file():
             raise RunFolderError(
                 f"--resume: {run_dir} holds an evaluated run and no checkpoint to train on from; "
-                f"train it again from scratch with --overwrite (its records are replaced), or "
-                f"start a new run with output_dir={free_name(run_dir)}"
+                f"train it again from scratch with --overwrite (tools/ablate.py: --force; its "
+                f"records are replaced), or start a new run with output_dir={free_name(run_dir)}"
             )
         else:
             iteration = max_iters

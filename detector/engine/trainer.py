@@ -22,11 +22,18 @@ from tqdm import tqdm
 from detector.config import Config, check_training
 from detector.data.build import build_dataloader, build_dataset, proposals_of
 from detector.engine import distributed as dist_utils
-from detector.engine.checkpoint import BEST, LAST, Checkpointer, Progress
+from detector.engine.checkpoint import Checkpointer, Progress
 from detector.engine.logger import RunLogger, format_value, stats_to_scalars
 from detector.engine.optim import build_loss_weights, build_lr, build_lr_scheduler, build_optimizer
 from detector.engine.outputs import write_eval_files
-from detector.engine.runs import RunLock, check_resume_point, check_run_folder, prepare_run_folder
+from detector.engine.runs import (
+    BEST,
+    LAST,
+    RunLock,
+    check_resume_point,
+    check_run_folder,
+    prepare_run_folder,
+)
 from detector.engine.runtime import (
     GracefulStop,
     amp_settings,
@@ -142,7 +149,9 @@ def _train(
             run_dir, cfg, plan, lock_notes + ([scaling] if cfg.train.lr_reference_batch else [])
         )
         warn_if_no_boxes(train_loader.dataset, "training")
-    logger = RunLogger(run_dir, resumed_at=start_iter if plan.resume else None) if main else None
+    resumed_at = start_iter if plan.resume else None
+    final = start_iter == cfg.train.max_iters
+    logger = RunLogger(run_dir, resumed_at, final) if main else None
     if main and start_iter == 0:
         logger.log_scalars(
             0,
