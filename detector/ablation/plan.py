@@ -2,8 +2,8 @@
 what each run folder allows before anything trains (:func:`check_runs`): ``train`` (empty);
 ``reuse`` (a finished run whose stored config equals this one up to :data:`REUSE_SAFE_KEYS`);
 ``resume`` (an interrupted run that passes the trainer's resume check; with no checkpoint it
-starts over); else stop naming the keys
-that differ, or with ``force`` ``overwrite`` (train again from scratch).
+starts over); else stop naming the keys that differ, or with ``force`` ``overwrite`` (train again
+from scratch).
 """
 
 from __future__ import annotations
