@@ -160,6 +160,7 @@ def test_finished_run_differing_in_observational_keys_is_reused(tmp_path, monkey
                 "train.log_period=2",
                 "data.loader.num_workers=3",
                 "train.num_vis_images=0",
+                "train.eval_period=7",
             ]
         )
         == 0

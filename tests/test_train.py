@@ -119,6 +119,23 @@ def test_run_folder_holds_everything(trained_run):
     assert errors["hist/pred_err"].shape[1] == 4
 
 
+def test_evaluation_leaves_training_as_it_is(trained_run, tiny_data, tmp_path):
+    """The same run without evaluations along the way logs the same losses and ends with the same
+    metrics: why a finished run is reused under another train.eval_period."""
+    run, _ = trained_run
+    extra = {"train.max_iters": 4, "train.log_period": 2, "train.eval_period": 0}
+    cfg = load_config(["smoothl1.yaml"], tiny(tiny_data, tmp_path / "run", **extra))
+    trainer_mod.train(cfg, tmp_path / "run")
+
+    def losses(folder):
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [(r["iter"], r["total_loss"]) for r in records if r["type"] == "train"]
+
+    assert losses(tmp_path / "run") == losses(run) and len(losses(run)) == 2
+    final = [json.loads((f / "eval" / "metrics.json").read_text()) for f in (run, tmp_path / "run")]
+    assert final[0]["AP"] == final[1]["AP"] and final[0]["AP_per_iou"] == final[1]["AP_per_iou"]
+
+
 def test_hparams_record_only_what_applies():
     dynamic = run_hparams(load_config(["dynamic_smoothl1.yaml"]))
     assert dynamic["beta_schedule"] == "adaptive" and dynamic["beta"] == 1.0

@@ -17,11 +17,14 @@ from detector.engine.runs import RESUME_SAFE_KEYS, RunFolderError, has_checkpoin
 from detector.errors import UsageError
 
 # keys that change how a finished run was watched or where it lives, never its results
+# (train.eval_period: the evaluations along the way; evaluation leaves training as it is and the
+# final one is at train.max_iters whatever the period, tests/test_train.py)
 REUSE_SAFE_KEYS = (
     "output_dir",
     "train.resume",
     "train.log_period",
     "train.hist_period",
+    "train.eval_period",
     "train.checkpoint_period",
     "train.num_vis_images",
     "data.loader.num_workers",
