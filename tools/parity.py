@@ -22,11 +22,11 @@ import scipy.stats
 import torch
 import yaml
 
-from detector.ablation.plan import METRICS_FILE, is_finished
 from detector.ablation.record import read_json
 from detector.ablation.stats import mean_std, paired_difference
 from detector.config import CONFIG_DIR, parse_override, resolve_config_path, tool_parser
 from detector.engine.outputs import check_output, write_output
+from detector.engine.runs import FINAL_METRICS, is_finished
 from detector.errors import UsageError, run_tool
 
 METRICS = ("AP", "AP50", "AP75", "AP90")
@@ -114,7 +114,7 @@ def read_arm(runs: Path, arm: str, seeds: int) -> dict[int, dict[str, float]]:
         run = runs / f"{arm}-seed{seed}"
         if not is_finished(run):
             continue
-        metrics = read_json(run / METRICS_FILE)
+        metrics = read_json(run / FINAL_METRICS)
         row = {m: 100 * metrics[m] for m in METRICS if m in metrics}
         config = yaml.safe_load((run / "config.yaml").read_text())
         records = read_json(run / "metrics.jsonl", lines=True)

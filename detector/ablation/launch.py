@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from detector.ablation.plan import NO_CHECKPOINT, AblationError, Step, is_finished
+from detector.ablation.plan import NO_CHECKPOINT, AblationError, Step
 from detector.ablation.record import RecordError, note_launch, prune_run, write_record
+from detector.engine.runs import is_finished
 from detector.errors import DetectorError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,25 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detector.config import diff_configs, load_config
-from detector.engine.runs import RESUME_SAFE_KEYS, RunFolderError, has_checkpoint, stored_config
+from detector.engine.runs import (
+    RESUME_SAFE_KEYS,
+    REUSE_SAFE_KEYS,
+    RunFolderError,
+    has_checkpoint,
+    is_finished,
+    stored_config,
+)
 from detector.errors import UsageError
 
-# keys that change how a finished run was watched or where it lives, never its results
-# (train.eval_period: the evaluations along the way; evaluation leaves training as it is and the
-# final one is at train.max_iters whatever the period, tests/test_train.py)
-REUSE_SAFE_KEYS = (
-    "output_dir",
-    "train.resume",
-    "train.log_period",
-    "train.hist_period",
-    "train.eval_period",
-    "train.checkpoint_period",
-    "train.num_vis_images",
-    "data.loader.num_workers",
-)
 NOISE_SEED_KEY = "data.label_noise_seed"
-# written by the trainer after the final evaluation: a finished run
-METRICS_FILE = Path("eval") / "metrics.json"
 # a resume with nothing to resume from: the trainer starts the run over
 NO_CHECKPOINT = "no checkpoint: starts over"
 
@@ -144,10 +136,6 @@ def resolve_baseline(runs: list[Run], baseline: str | None) -> str:
         f"--baseline {baseline!r} is not a config of this ablation; expected one of: "
         f"{', '.join(groups)}"
     )
-
-
-def is_finished(run_dir: Path) -> bool:
-    return (run_dir / METRICS_FILE).is_file()
 
 
 def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:

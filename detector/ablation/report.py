@@ -19,7 +19,7 @@ from typing import Any
 
 from detector.ablation.launch import last_line
 from detector.ablation.localisation import MATCH_IOU, SCORE_THRESHOLD, tide_available
-from detector.ablation.plan import METRICS_FILE, Run, groups_of, is_finished
+from detector.ablation.plan import Run, groups_of
 from detector.ablation.plots import PLOTS, TP_IOU_BINS, plot_all
 from detector.ablation.record import RECORD, RecordError, ensure_record, read_json
 from detector.ablation.stats import (
@@ -44,6 +44,7 @@ from detector.ablation.stats import (
 )
 from detector.ablation.table import STATS, Stat
 from detector.engine.outputs import check_output_folder
+from detector.engine.runs import FINAL_METRICS, is_finished
 
 CSV_COLUMNS = (
     "kind",
@@ -104,9 +105,9 @@ def read_run(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     import torch
 
     record = ensure_record(run_dir, ground_truth)
-    metrics = read_json(run_dir / METRICS_FILE)
+    metrics = read_json(run_dir / FINAL_METRICS)
     if not isinstance(metrics, dict):
-        raise RecordError(f"{run_dir / METRICS_FILE}: not a metrics object")
+        raise RecordError(f"{run_dir / FINAL_METRICS}: not a metrics object")
     jsonl = run_dir / "metrics.jsonl"
     log = read_json(jsonl, lines=True) if jsonl.is_file() else []
     run = {

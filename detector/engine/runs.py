@@ -28,6 +28,8 @@ from detector.errors import UsageError, first_line
 from detector.evaluation.results import EVAL_FILES
 
 CONFIG_FILE, LOCK_FILE, METRICS_FILE = "config.yaml", ".lock", "metrics.jsonl"
+# written by the trainer after the final evaluation: a finished run
+FINAL_METRICS = Path("eval") / EVAL_FILES[-1]
 LAST, PREVIOUS, BEST, CORRUPT = "last.pth", "last.prev.pth", "best.pth", "last.corrupt.pth"
 # The first line of the config.yaml a training writes: it tells a run's config from a user's file of
 # that name.
@@ -41,10 +43,10 @@ CHECKPOINT_GLOBS = ("*.pth", ".*.pth.*.tmp")
 # dead process.
 STALE_TEMP_S = 600
 
-# Keys that may differ between a run and its resume: they change how the run is observed or how fast
-# it goes, not what it learns. train.max_iters: see check_run_folder. Every other key defines the
-# experiment.
-RESUME_SAFE_KEYS = (
+# Keys that change how a run was watched or where it lives, never its results: a finished run is
+# reused under others (train.eval_period: the evaluations along the way; evaluation leaves training
+# as it is and the final one is at train.max_iters whatever the period, tests/test_train.py).
+REUSE_SAFE_KEYS = (
     "output_dir",
     "train.resume",
     "train.log_period",
@@ -52,11 +54,17 @@ RESUME_SAFE_KEYS = (
     "train.eval_period",
     "train.checkpoint_period",
     "train.num_vis_images",
-    "train.device",
     "data.loader.num_workers",
+)
+# Keys that may differ between a run and its resume: those, and how fast it goes or how its final
+# evaluation is made, not what it learns. train.max_iters: see check_run_folder. Every other key
+# defines the experiment.
+RESUME_SAFE_KEYS = (
+    *REUSE_SAFE_KEYS,
+    "train.device",
+    "train.compile",
     "eval.max_images",
     "eval.backend",
-    "train.compile",
 )
 
 
@@ -120,6 +128,10 @@ def _is_run_config(path: Path, legacy: bool) -> bool:
     return (
         isinstance(stored, dict) and "_base_" not in stored and all(k in stored for k in sections)
     )
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / FINAL_METRICS).is_file()
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -222,7 +234,7 @@ def check_run_folder(
             f"output_dir={free_name(run_dir)}, or replace it with --overwrite"
         )
     if not resume:
-        finished = (run_dir / "eval" / EVAL_FILES[-1]).is_file()
+        finished = is_finished(run_dir)
         go_on = "continue it with --resume"
         if finished:
             go_on = "train it longer with --resume and a larger train.max_iters"
@@ -284,7 +296,7 @@ def check_resume_point(
             f"with train.max_iters above {iteration}, or start a new run with "
             f"output_dir={free_name(run_dir)}"
         )
-    metrics_file = run_dir / "eval" / EVAL_FILES[-1]
+    metrics_file = run_dir / FINAL_METRICS
     if iteration == 0:
         # no checkpoint (kept none, or lost): the records say whether the run was evaluated at its
         # end, and only an unfinished one may start over (its records are dropped)
