@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import os
 import re
 import sys
 import traceback
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 # OS errors that are the user's environment, not our bug: a full or read-only disk, a path that
 # cannot be made
@@ -44,6 +46,26 @@ def unsafe_global(exc: BaseException) -> str | None:
     that was the error."""
     found = re.search(r"GLOBAL ([\w.]+)", str(exc))
     return found[1] if found else None
+
+
+def read_json(path: str | Path, error: type[Exception], fix: str = "", lines: bool = False) -> Any:
+    """The JSON document at ``path`` (``lines``: one per line, as a list). A file that cannot be
+    read (missing, not UTF-8, not JSON, nested too deeply) raises ``error`` naming it and why, with
+    ``fix`` after: one line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        if lines:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return json.loads(text)
+    except UnicodeDecodeError:
+        why = "not UTF-8 JSON text"
+    except ValueError as exc:
+        why = f"not valid JSON ({first_line(exc)})"
+    except RecursionError:
+        why = "JSON nested too deeply to read"
+    except OSError as exc:
+        why = f"cannot be read ({exc.strerror or first_line(exc)})"
+    raise error(f"{path}: {why}" + (f"; {fix}" if fix else ""))
 
 
 class DetectorError(Exception):

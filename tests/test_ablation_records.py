@@ -140,7 +140,7 @@ def test_an_unreadable_record_is_one_line_counted_failed_and_the_report_written(
     err = capsys.readouterr().err
     skipped = [line for line in err.splitlines() if line.startswith("skipped")]
     assert len(skipped) == 2
-    assert "l1-seed1" in skipped[1] and "eval/metrics.json: cannot be read" in skipped[1]
+    assert "l1-seed1" in skipped[1] and "eval/metrics.json: not valid JSON" in skipped[1]
     assert "smoothl1-seed1" in skipped[0] and "final_errors.pt: cannot be read" in skipped[0]
     md = (out / "summary.md").read_text()
     assert "| l1 | 1 of 2; failed 1 of 2 seeds |" in md

@@ -30,6 +30,36 @@ def alias_bomb(levels: int) -> str:
 DEEP = "[" * 100_000 + "]" * 100_000  # beyond Python's recursion limit in json.loads
 
 
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (None, "cannot be read (No such file or directory)"),
+        (b"\x80PK\x03\x04", "not UTF-8 JSON text"),
+        (b'{"1": [[0, 0', "not valid JSON (Expecting"),
+        (DEEP.encode(), "JSON nested too deeply to read"),
+    ],
+    ids=["missing", "binary", "torn", "deep"],
+)
+def test_every_json_input_is_one_line_naming_the_file(tmp_path, content, why):
+    """One reader (errors.read_json) for the JSON files a user gives: the annotations, the
+    detections, the proposals, the run records. A binary proposal file was a UnicodeDecodeError
+    traceback before."""
+    from detector.data.base import DatasetError
+    from detector.data.build import load_proposals
+    from detector.errors import read_json
+
+    path = tmp_path / "file.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DatasetError) as info:
+        load_proposals(str(path), [1], "train")
+    message = str(info.value)
+    assert message.startswith(f"{path}: {why}") and "\n" not in message
+    assert message.endswith("model.proposal_file: make it with tools/dump_proposals.py")
+    with pytest.raises(ValueError, match=f"^{path}: {why[:12]}"):
+        read_json(path, ValueError, lines=True)
+
+
 def test_yaml_aliases_are_refused_in_config_files_and_overrides(tmp_path):
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(f"train:\n  milestones: {alias_bomb(4)}\n")  # 9**5 leaves: harmless unrefused

@@ -75,7 +75,9 @@ def test_results_file_that_is_not_a_list_or_misses_keys(tmp_path, ds):
     with pytest.raises(ValueError, match="entry 0: expected a dict with keys"):
         load_coco_results(path, ds)
     path.write_text("[{")
-    with pytest.raises(ValueError, match="cannot read a COCO detections JSON"):
+    with pytest.raises(
+        ValueError, match="detections.json: not valid JSON .*; expected a COCO detections JSON list"
+    ):
         load_coco_results(path, ds)
 
 

@@ -22,12 +22,12 @@ import scipy.stats
 import torch
 import yaml
 
-from detector.ablation.record import read_json
+from detector.ablation.record import RecordError
 from detector.ablation.stats import mean_std, paired_difference
 from detector.config import CONFIG_DIR, parse_override, resolve_config_path, tool_parser
 from detector.engine.outputs import check_output, write_output
 from detector.engine.runs import FINAL_METRICS, is_finished
-from detector.errors import UsageError, run_tool
+from detector.errors import UsageError, read_json, run_tool
 
 METRICS = ("AP", "AP50", "AP75", "AP90")
 BASELINE = "torchvision"
@@ -114,10 +114,10 @@ def read_arm(runs: Path, arm: str, seeds: int) -> dict[int, dict[str, float]]:
         run = runs / f"{arm}-seed{seed}"
         if not is_finished(run):
             continue
-        metrics = read_json(run / FINAL_METRICS)
+        metrics = read_json(run / FINAL_METRICS, RecordError)
         row = {m: 100 * metrics[m] for m in METRICS if m in metrics}
         config = yaml.safe_load((run / "config.yaml").read_text())
-        records = read_json(run / "metrics.jsonl", lines=True)
+        records = read_json(run / "metrics.jsonl", RecordError, lines=True)
         speeds = [r["images_per_s"] for r in records if r.get("type") == "train"]
         if speeds:
             row["s_per_iter"] = config["train"]["batch_size"] / statistics.fmean(speeds)

@@ -18,7 +18,7 @@ from typing import Any
 
 from detector.ablation.localisation import run_localisation
 from detector.engine.outputs import write_output
-from detector.errors import DetectorError
+from detector.errors import DetectorError, read_json
 
 RECORD = "record.json"
 # 2: TIDE at 0.75 and the realised label noise. A record of an older version is written again
@@ -68,17 +68,6 @@ def note_launch(run_dir: Path, action: str, repo: Path) -> None:
         f.write(line)
 
 
-def read_json(path: Path, lines: bool = False) -> Any:
-    """The JSON at ``path`` (``lines``: one document per line, as a list); a RecordError."""
-    try:
-        text = path.read_text()
-        if lines:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        return json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise RecordError(f"{path}: cannot be read ({exc})") from None
-
-
 def _rounded(values, digits: int = 5) -> list:
     return [round(float(v), digits) for v in values]
 
@@ -115,7 +104,7 @@ def write_record(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     the record says why, and has no TP IoUs; an unreadable final file is a :class:`RecordError`."""
     launches = run_dir / LAUNCHES
     record: dict[str, Any] = {"version": RECORD_VERSION}
-    record["launches"] = read_json(launches, lines=True) if launches.is_file() else []
+    record["launches"] = read_json(launches, RecordError, lines=True) if launches.is_file() else []
     try:
         values, ious = run_localisation(run_dir, ground_truth)
     except json.JSONDecodeError as exc:
@@ -152,7 +141,7 @@ def ensure_record(run_dir: Path, ground_truth: dict) -> dict[str, Any] | None:
     """The run's ``RECORD`` (None without one); written first when it is missing or of an older
     version and the heavy files are here."""
     path = run_dir / RECORD
-    record = read_json(path) if path.is_file() else None
+    record = read_json(path, RecordError) if path.is_file() else None
     if record is not None and not isinstance(record, dict):
         raise RecordError(f"{path}: not a run record")
     old = record is None or record.get("version") != RECORD_VERSION

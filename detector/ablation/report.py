@@ -21,7 +21,7 @@ from detector.ablation.launch import last_line
 from detector.ablation.localisation import MATCH_IOU, SCORE_THRESHOLD, tide_available
 from detector.ablation.plan import Run, groups_of
 from detector.ablation.plots import PLOTS, TP_IOU_BINS, plot_all
-from detector.ablation.record import RECORD, RecordError, ensure_record, read_json
+from detector.ablation.record import RECORD, RecordError, ensure_record
 from detector.ablation.stats import (
     ALPHA,
     CONFIDENCE,
@@ -45,6 +45,7 @@ from detector.ablation.stats import (
 from detector.ablation.table import STATS, Stat
 from detector.engine.outputs import check_output_folder
 from detector.engine.runs import FINAL_METRICS, is_finished
+from detector.errors import read_json
 
 CSV_COLUMNS = (
     "kind",
@@ -105,11 +106,11 @@ def read_run(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     import torch
 
     record = ensure_record(run_dir, ground_truth)
-    metrics = read_json(run_dir / FINAL_METRICS)
+    metrics = read_json(run_dir / FINAL_METRICS, RecordError)
     if not isinstance(metrics, dict):
         raise RecordError(f"{run_dir / FINAL_METRICS}: not a metrics object")
     jsonl = run_dir / "metrics.jsonl"
-    log = read_json(jsonl, lines=True) if jsonl.is_file() else []
+    log = read_json(jsonl, RecordError, lines=True) if jsonl.is_file() else []
     run = {
         "metrics": metrics,
         "log": log,

@@ -4,7 +4,6 @@ section "Data"."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +13,7 @@ import torch.distributed as dist
 
 from ..boxes import degenerate_box_mask
 from ..config import check_choice
+from ..errors import read_json
 from .base import DatasetError, DetectionDataset, Parsed, corrupt_records, sanitize_records
 from .coco import load_coco_json, parse_coco
 from .samplers import GroupedInfiniteBatchSampler, inference_indices
@@ -126,14 +126,7 @@ def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, tor
     """Precomputed proposals of ``tools/dump_proposals.py``: ``{"<image_id>":
     [[x1,y1,x2,y2(,score)], ...]}`` in original image pixels -> image id -> float32 [P,4]; every
     image of the split must have an entry."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DatasetError(
-            f"model.proposal_file {path}: not found; make it with tools/dump_proposals.py"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"model.proposal_file {path}: not valid JSON ({exc})") from None
+    raw = read_json(path, DatasetError, "model.proposal_file: make it with tools/dump_proposals.py")
     if not isinstance(raw, dict):
         raise DatasetError(
             f'model.proposal_file {path}: expected {{"<image_id>": [[x1,y1,x2,y2,score], ...]}}'

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import numbers
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from pycocotools.coco import COCO
 
 from ..boxes import box_xywh_to_xyxy
+from ..errors import read_json
 from .base import BACKGROUND, DatasetError, ImageRecord, Parsed, image_path
 
 
@@ -48,17 +48,7 @@ def load_coco_json(ann_file: str | Path) -> COCO:
             f"{ann_file}: annotation file not found; check data.root and the split name "
             f"(expected <root>/annotations/instances_<split>.json)"
         )
-    try:
-        data = json.loads(ann_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(
-            f"{ann_file}: not valid JSON ({exc}); re-download or regenerate the file"
-        ) from None
-    except RecursionError:
-        raise DatasetError(
-            f"{ann_file}: JSON nested too deeply to read (no COCO file nests beyond a few levels); "
-            f"re-download or regenerate the file"
-        ) from None
+    data = read_json(ann_file, DatasetError, "re-download or regenerate the file")
     if not isinstance(data, dict):
         raise DatasetError(f"{ann_file}: expected a JSON object with images/annotations/categories")
     for key in ("images", "categories"):

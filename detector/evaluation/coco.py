@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -22,6 +21,7 @@ from pycocotools.cocoeval import COCOeval
 from detector.boxes import box_xywh_to_xyxy, box_xyxy_to_xywh, degenerate_box_mask
 from detector.config import COCO_METRIC_NAMES
 from detector.data.coco import coco_from_dict, is_finite
+from detector.errors import read_json
 
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
@@ -234,16 +234,7 @@ def validate_coco_results(dataset, results: Any, source: str = "detections") -> 
 
 def load_coco_results(path: str | Path, dataset) -> list[dict]:
     """Read and validate a COCO-format detections JSON file (ids of ``dataset``)."""
-    path = Path(path)
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f"{path}: cannot read a COCO detections JSON list: {exc}") from None
-    except RecursionError:
-        raise ValueError(
-            f"{path}: cannot read a COCO detections JSON list: nested too deeply (a list of "
-            f"objects nests two levels)"
-        ) from None
+    results = read_json(path, ValueError, "expected a COCO detections JSON list")
     validate_coco_results(dataset, results, source=str(path))
     return results
 
