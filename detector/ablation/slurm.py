@@ -14,6 +14,7 @@ from pathlib import Path
 
 from detector.ablation.launch import Slot, available_cores, check_trainer, cpu_share, execute
 from detector.ablation.plan import AblationError, Step
+from detector.errors import first_line
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,8 @@ def wait(submitted) -> dict[str, str | None]:
             error = job.result()
         except UncompletedJobError as exc:
             # the task itself died (time limit, node failure, cancelled)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             error = (
-                f"{step.run.name}: SLURM job {job.job_id} did not complete ({first}); "
+                f"{step.run.name}: SLURM job {job.job_id} did not complete ({first_line(exc)}); "
                 f"see {job.paths.stderr}"
             )
         results[step.run.name] = error

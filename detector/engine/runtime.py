@@ -13,6 +13,7 @@ import torch
 
 from detector.config import ConfigError
 from detector.engine import distributed as dist_utils
+from detector.errors import first_line
 
 
 def notice(message: str) -> None:
@@ -77,9 +78,8 @@ class CompiledForward:
             self._fall_back(exc)
 
     def _fall_back(self, exc: Exception) -> None:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
         notice(
-            f"{self.label} could not be compiled ({type(exc).__name__}: {first}); "
+            f"{self.label} could not be compiled ({type(exc).__name__}: {first_line(exc)}); "
             "continuing uncompiled"
         )
 
