@@ -172,8 +172,9 @@ def test_a_statistic_is_one_row(tmp_path, capsys):
 
 
 def test_dynamics_diagnostics_and_where_a_loss_helps(tmp_path, monkeypatch, capsys):
-    """A Dynamic run logs beta, its statistic and the zero shares: beta.csv holds each logged step
-    and summary.md the sampling table; the TP IoUs become tp_iou.csv's histogram."""
+    """A Dynamic run logs beta, its statistic and the zero shares (at iteration 200 in a "dynamic"
+    record, an update between two log steps): beta.csv holds each logged step and update and
+    summary.md the sampling table; the TP IoUs become tp_iou.csv's histogram."""
     import json
 
     from test_ablation_records import finish_with_heavy_files
@@ -185,10 +186,14 @@ def test_dynamics_diagnostics_and_where_a_loss_helps(tmp_path, monkeypatch, caps
         steps = []
         for i, beta in ((100, 1.0), (200, 0.5), (300, 0.25)):
             step = {"type": "train", "iter": i, "loss_box_reg": 0.1, "total_loss": 1.0}
+            if dynamic and i == 200:
+                step = {"type": "dynamic", "iter": i}
             step.update(num_pos_per_image=4.0, num_zero_target_per_image=1.5)
             step.update(beta=beta if dynamic else 1.0)
             if dynamic:
-                step.update(beta_statistic=0.0 if i == 200 else 0.3, beta_zero_share=i / 1000)
+                step.update(beta_statistic=0.0 if i == 200 else 0.3)
+                # the update's zero share counts in the mean: 30%, not 20% over the log steps
+                step["beta_zero_share"] = {100: 0.1, 200: 0.5, 300: 0.3}[i]
             steps.append(json.dumps(step) + "\n")
         (run_dir / "metrics.jsonl").write_text("".join(steps))
     args = ["--cfgs", "smoothl1.yaml", "l1.yaml", "--seeds", "2", "--out", str(out)]
@@ -200,18 +205,18 @@ def test_dynamics_diagnostics_and_where_a_loss_helps(tmp_path, monkeypatch, caps
         ("l1-seed0", "300", "0.25"),
     ]
     assert (
-        len(beta) == 6 and beta[1]["beta_statistic"] == "0" and beta[1]["beta_zero_share"] == "0.2"
+        len(beta) == 6 and beta[1]["beta_statistic"] == "0" and beta[1]["beta_zero_share"] == "0.5"
     )
     md = (out / "summary.md").read_text()
     assert (
         "## Sampled positives and Dynamic's statistic" in md
-        and "beta.csv: every logged step of the 2 run(s)" in md
+        and "beta.csv: every logged step and update of the 2 run(s)" in md
     )
     assert (
         "| config | runs | positives per image | of them zero targets (GT) | "
         "zero statistics per update (%) | final β |" in md
     )
-    assert "| l1 | 2 | 4.0 ± 0.0 | 1.5 ± 0.0 | 20.0 ± 0.0 | 0.250 ± 0.000 |" in md
+    assert "| l1 | 2 | 4.0 ± 0.0 | 1.5 ± 0.0 | 30.0 ± 0.0 | 0.250 ± 0.000 |" in md
     assert "| smoothl1 | 2 | 4.0 ± 0.0 | 1.5 ± 0.0 | n/a | 1.000 ± 0.000 |" in md
     hist = list(csv.DictReader(open(out / "tp_iou.csv")))
     l1 = {r["iou_low"]: int(r["count"]) for r in hist if r["config"] == "l1"}

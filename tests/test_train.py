@@ -136,6 +136,48 @@ def test_evaluation_leaves_training_as_it_is(trained_run, tiny_data, tmp_path):
     assert final[0]["AP"] == final[1]["AP"] and final[0]["AP_per_iou"] == final[1]["AP_per_iou"]
 
 
+def test_dynamic_state_is_logged_at_every_update_and_a_replay_of_it_is_exact(tiny_data, tmp_path):
+    """Dynamic R-CNN's beta updates every 2 iterations; logged every 3, the updates between write a
+    short "dynamic" record, so the replay of the run trains each iteration with the beta the run had
+    (its every-step log is the reference)."""
+    from detector.engine.logger import DYNAMIC_KEYS
+    from detector.losses.dynamic import ReplayedBeta, read_beta_trajectory
+
+    def run(log_period):
+        extra = {
+            "train.max_iters": 6,
+            "train.log_period": log_period,
+            "train.eval_period": 0,
+            "model.roi_head.box_loss.schedule.interval": 2,
+            "model.roi_head.box_loss.schedule.topk": 4,
+            "model.roi_head.add_gt_as_proposals": False,
+            "model.roi_head.box_loss.beta": 100,
+        }
+        folder = tmp_path / f"log{log_period}"
+        trainer_mod.train(
+            load_config(["dynamic_smoothl1.yaml"], tiny(tiny_data, folder, **extra)), folder
+        )
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines]
+        return folder, [r for r in records if r["type"] in ("train", "dynamic")]
+
+    every, reference = run(1)
+    folder, logged = run(3)
+    assert [(r["type"], r["iter"]) for r in logged] == [
+        ("dynamic", 2),
+        ("train", 3),
+        ("dynamic", 4),
+        ("train", 6),
+    ]
+    assert set(logged[0]) - {"type", "iter"} <= set(DYNAMIC_KEYS) and "beta" in logged[0]
+    # step s logs the beta iteration s - 1 trained with
+    trained_with = [r["beta"] for r in reference]
+    assert len(set(trained_with)) > 1, "the beta never moved: the test shows nothing"
+    replay = ReplayedBeta(*read_beta_trajectory(str(folder)), min_beta=0)
+    assert [replay.value_at(i) for i in range(6)] == trained_with
+    assert read_beta_trajectory(str(every))[1] == trained_with
+
+
 def test_hparams_record_only_what_applies():
     dynamic = run_hparams(load_config(["dynamic_smoothl1.yaml"]))
     assert dynamic["beta_schedule"] == "adaptive" and dynamic["beta"] == 1.0

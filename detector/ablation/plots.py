@@ -59,7 +59,7 @@ def plot_all(groups: Groups, out: Path, baseline: str = "") -> None:
     dynamic = False
     for color, (group, results) in enumerate(groups.items()):
         for i, r in enumerate(results.values()):
-            points = _train_series(r, "beta")
+            points = _train_series(r, "beta", "dynamic")
             if points and len({b for _, b in points}) > 1:
                 dynamic = True
                 ax.plot(
@@ -155,9 +155,10 @@ def plot_ap_vs_iou(groups: Groups, out: Path, baseline: str) -> None:
     save_figure(list(axes), out / "ap_vs_iou.png", legend=bool(groups))
 
 
-def _train_series(run: dict[str, Any], key: str) -> list[tuple[int, float]]:
-    """(iteration, ``key``) at each logged training step of ``run`` that has it."""
-    return [(r["iter"], r[key]) for r in run["train"] if r.get(key) is not None]
+def _train_series(run: dict[str, Any], key: str, series: str = "train") -> list[tuple[int, float]]:
+    """(iteration, ``key``) at each logged training step of ``run`` that has it (``"dynamic"``: and
+    at each feedback update between them)."""
+    return [(r["iter"], r[key]) for r in run[series] if r.get(key) is not None]
 
 
 def _pooled(groups: Groups, key: str) -> dict:

@@ -43,6 +43,7 @@ from detector.ablation.stats import (
     verdict,
 )
 from detector.ablation.table import STATS, Stat
+from detector.engine.logger import DYNAMIC_KEYS
 from detector.engine.outputs import check_output_folder
 from detector.engine.runs import FINAL_METRICS, is_finished
 from detector.errors import read_json
@@ -77,14 +78,6 @@ CSV_OWN = CSV_COLUMNS[:5]
 BETA_CSV = "beta.csv"
 TP_IOU_CSV = "tp_iou.csv"
 REPORT_FILES = ("summary.md", "summary.csv", TP_IOU_CSV, BETA_CSV, *PLOTS)
-# what beta.csv holds per logged step of a run whose beta changes
-BETA_KEYS = (
-    "beta",
-    "beta_statistic",
-    "beta_zero_share",
-    "num_pos_per_image",
-    "num_zero_target_per_image",
-)
 DEFAULT_MARGINS = {"AP": 0.01, "AP90": 0.02}  # TOST margins, as fractions (±1 AP, ±2 AP90)
 
 
@@ -114,8 +107,10 @@ def read_run(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     run = {
         "metrics": metrics,
         "log": log,
-        # the logged training steps, which the STATS readers, the plots and beta.csv read
+        # the logged training steps, which the STATS readers and the plots read; with the feedback
+        # updates between them, the series of Dynamic's state (beta.csv, the sampling rows)
         "train": [r for r in log if r.get("type") == "train"],
+        "dynamic": [r for r in log if r.get("type") in ("train", "dynamic")],
         "record": record or {},
         "tp_ious": None,
         "pred_err": None,
@@ -618,16 +613,16 @@ def _write_tp_iou_csv(path: Path, groups: list[Group]) -> bool:
 
 
 def _write_beta_csv(path: Path, groups: list[Group]) -> int:
-    """Every logged step of each run whose beta changes (Dynamic's), as :data:`BETA_KEYS`; the
-    number of such runs (none: no file)."""
+    """Every logged step and feedback update of each run whose beta changes (Dynamic's), as
+    :data:`DYNAMIC_KEYS`; the number of such runs (none: no file)."""
     rows = []
     for g in groups:
         for seed, result in sorted(g.results.items()):
-            if len({r.get("beta") for r in result["train"]} - {None}) < 2:
+            if len({r.get("beta") for r in result["dynamic"]} - {None}) < 2:
                 continue
-            for r in result["train"]:
+            for r in result["dynamic"]:
                 rows.append(dict(config=g.name, seed=seed, run=result["run"], iter=r["iter"]))
-                rows[-1].update({k: _num(r.get(k)) for k in BETA_KEYS})
+                rows[-1].update({k: _num(r.get(k)) for k in DYNAMIC_KEYS})
     _write_rows(path, rows)
     return len({(r["config"], r["seed"]) for r in rows})
 
@@ -646,8 +641,9 @@ def _sampling_section(groups: list[Group], dynamic_runs: int) -> list[str]:
     )
     if dynamic_runs:
         text += (
-            f" {BETA_CSV}: every logged step of the {dynamic_runs} run(s) whose β changes (β, its "
-            f"statistic, the zero share, positives and zero targets per image)."
+            f" {BETA_CSV}: every logged step and update of the {dynamic_runs} run(s) whose β "
+            f"changes (β, its statistic, the zero share, the IoU threshold and its statistic, "
+            f"positives and zero targets per image)."
         )
     counts = [(g, g.stats["num_pos_per_image"].n) for g in shown]
     table = _stats_table(columns, "runs", counts)

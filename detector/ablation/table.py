@@ -44,11 +44,14 @@ def ap_at(index: int) -> Reader:
     return lambda run: (run["metrics"].get("AP_per_iou") or [None] * (index + 1))[index]
 
 
-def train_mean(key: str, tail: float = 1.0, skip_first: bool = False) -> Reader:
-    """The mean of ``key`` over the last ``tail`` of the logged training steps."""
+def train_mean(
+    key: str, tail: float = 1.0, skip_first: bool = False, series: str = "train"
+) -> Reader:
+    """The mean of ``key`` over the last ``tail`` of the logged training steps (``"dynamic"``: and
+    the feedback updates between them)."""
 
     def read(run):
-        train = run["train"]
+        train = run[series]
         if skip_first and len(train) > 1:  # the first window includes start-up
             train = train[1:]
         values = [
@@ -59,11 +62,11 @@ def train_mean(key: str, tail: float = 1.0, skip_first: bool = False) -> Reader:
     return read
 
 
-def train_last(key: str) -> Reader:
-    """The last logged training step's ``key``."""
+def train_last(key: str, series: str = "train") -> Reader:
+    """The last logged training step's ``key`` (``"dynamic"``: or feedback update's)."""
 
     def read(run):
-        values = [r[key] for r in run["train"] if r.get(key) is not None]
+        values = [r[key] for r in run[series] if r.get(key) is not None]
         return values[-1] if values else None
 
     return read
@@ -112,24 +115,29 @@ STATS: list[Stat] = [
     Stat("tp_iou_median", tp_iou("tp_iou_median"), "localisation", "median IoU", ".3f"),
     Stat("tp_iou_ge75", tp_iou("tp_iou_ge75"), "localisation", "IoU ≥ 0.75 (%)", scale=100),
     Stat("tp_iou_ge90", tp_iou("tp_iou_ge90"), "localisation", "IoU ≥ 0.9 (%)", scale=100),
-    # the means over the logged training steps of the sampler's statistics
-    Stat("num_pos_per_image", train_mean("num_pos_per_image"), "sampling", "positives per image"),
+    # the means over the logged training steps and feedback updates of the sampler's statistics
+    Stat(
+        "num_pos_per_image",
+        train_mean("num_pos_per_image", series="dynamic"),
+        "sampling",
+        "positives per image",
+    ),
     Stat(
         "num_zero_target_per_image",
-        train_mean("num_zero_target_per_image"),
+        train_mean("num_zero_target_per_image", series="dynamic"),
         "sampling",
         "of them zero targets (GT)",
         optional=True,
     ),
     Stat(
         "beta_zero_share",
-        train_mean("beta_zero_share"),
+        train_mean("beta_zero_share", series="dynamic"),
         "sampling",
         "zero statistics per update (%)",
         scale=100,
         optional=True,
     ),
-    Stat("beta_final", train_last("beta"), "sampling", "final β", ".3f", optional=True),
+    Stat("beta_final", train_last("beta", "dynamic"), "sampling", "final β", ".3f", optional=True),
     *(
         Stat(name, recorded("tide", name), "localisation", label, ".2f", optional=True)
         for name, label in ((TIDE_METRIC, "TIDE Loc dAP"), (TIDE_HIGH_METRIC, "TIDE Loc@0.75 dAP"))

@@ -1,7 +1,8 @@
-"""Run logging: ``metrics.jsonl`` (one JSON object per log step and per evaluation) and TensorBoard
-events, rank 0 only: every loss term (raw and weighted), lr, beta, IoU threshold, positives,
-per-coordinate |target| and |pred - target| statistics and histograms, gradient norm, images/s, peak
-memory, metrics, drawn val images, HParams."""
+"""Run logging: ``metrics.jsonl`` (one JSON object per log step, per evaluation and, for Dynamic
+R-CNN's feedback, per update between the log steps: :data:`DYNAMIC_KEYS`) and TensorBoard events,
+rank 0 only: every loss term (raw and weighted), lr, beta, IoU threshold, positives, per-coordinate
+|target| and |pred - target| statistics and histograms, gradient norm, images/s, peak memory,
+metrics, drawn val images, HParams."""
 
 from __future__ import annotations
 
@@ -19,6 +20,18 @@ from detector.engine.runtime import notice
 from detector.losses.dynamic import SCHEDULED_LOSSES
 from detector.losses.regression import build_box_loss
 
+# What a "dynamic" record holds: the stats of Dynamic R-CNN's feedback (beta and its statistic, the
+# IoU threshold and its) and of the sampling they read, logged at every update of the beta or the
+# threshold between the log steps (whose "train" records hold them too).
+DYNAMIC_KEYS = (
+    "beta",
+    "beta_statistic",
+    "beta_zero_share",
+    "iou_thresh",
+    "iou_statistic",
+    "num_pos_per_image",
+    "num_zero_target_per_image",
+)
 # What every run's HParams record; beta and beta_schedule are added where the loss has them.
 HPARAM_KEYS = {
     "box_loss": "model.roi_head.box_loss.name",

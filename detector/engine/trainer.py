@@ -23,7 +23,7 @@ from detector.config import Config, check_training
 from detector.data.build import build_dataloader, build_dataset, proposals_of
 from detector.engine import distributed as dist_utils
 from detector.engine.checkpoint import Checkpointer, Progress
-from detector.engine.logger import RunLogger, format_value, stats_to_scalars
+from detector.engine.logger import DYNAMIC_KEYS, RunLogger, format_value, stats_to_scalars
 from detector.engine.optim import build_loss_weights, build_lr, build_lr_scheduler, build_optimizer
 from detector.engine.outputs import write_eval_files
 from detector.engine.runs import (
@@ -230,7 +230,7 @@ def _train(
             scaler.update()
             scheduler.step()
             # Dynamic R-CNN beta / IoU threshold, on every rank
-            raw_model.update_dynamic_state(iteration, stats)
+            updated = raw_model.update_dynamic_state(iteration, stats)
             progress.iteration = done = iteration + 1
             window_images += len(images) * dist_utils.get_world_size()
             window_steps += 1
@@ -276,6 +276,11 @@ def _train(
                     log_train_step(logger, bar, cfg, done, scalars, hists, list(losses))
                 window_start = time.perf_counter()
                 window_images, window_steps, data_time = 0, 0, 0.0
+            elif updated and main:
+                # every feedback update between the log steps, in a short record: the beta and IoU
+                # threshold trajectories exact (a replay reads them) at any train.log_period
+                dynamic = {k: v for k, v in stats.items() if k in DYNAMIC_KEYS}
+                logger.log_scalars(done, "dynamic", **stats_to_scalars(dynamic)[0])
             t_aside = time.perf_counter()
             if eval_now:
                 evaluate(done)

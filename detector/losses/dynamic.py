@@ -78,7 +78,7 @@ class IntervalRecord:
         self.table[:, iteration % self.interval] = torch.stack(
             (torch.where(seen, stat, 0.0), seen.float())
         )
-        if (iteration + 1) % self.interval:
+        if not self.closes_after(iteration):
             return []
         table = self.table.clone()
         if dist.is_available() and dist.is_initialized():
@@ -86,6 +86,10 @@ class IntervalRecord:
         self.table.zero_()
         sums, counts = table.tolist()
         return [s / c for s, c in zip(sums, counts) if c > 0]
+
+    def closes_after(self, iteration: int) -> bool:
+        """Whether iteration ``iteration`` ends an interval: its state updates after it."""
+        return (iteration + 1) % self.interval == 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"table": self.table.detach().cpu().clone()}
@@ -245,8 +249,9 @@ class ReplayedBeta(BetaSchedule):
     """A recorded beta trajectory as an explicit schedule (the control that separates Dynamic
     R-CNN's feedback from the shape of its beta curve): the beta logged at step ``iters[j]``, the
     one iteration ``iters[j] - 1`` trained with, holds for every iteration since the previous logged
-    step; past the last, the last (floored at ``min_beta``). Exact when the recording's log period
-    divides its update interval."""
+    step; past the last, the last (floored at ``min_beta``). Exact for a recorded adaptive run (its
+    ``metrics.jsonl`` holds the beta of every update), else when its log period divides the
+    schedule's changes."""
 
     type = "replay"
     iters: Sequence[int]
@@ -265,8 +270,8 @@ class ReplayedBeta(BetaSchedule):
 
 def read_beta_trajectory(path: str) -> tuple[list[int], list[float]]:
     """The logged (step, beta) pairs, by step, of a run (its folder or ``metrics.jsonl``: the train
-    records) or of a report's ``beta.csv`` (one config: the mean over its runs at each step); a
-    :class:`DetectorError` names the file and what is wrong."""
+    and dynamic records) or of a report's ``beta.csv`` (one config: the mean over its runs at each
+    step); a :class:`DetectorError` names the file and what is wrong."""
     where = f"model.roi_head.box_loss.schedule.file {path}"
     file = Path(path) / "metrics.jsonl" if Path(path).is_dir() else Path(path)
     try:
@@ -282,7 +287,7 @@ def read_beta_trajectory(path: str) -> tuple[list[int], list[float]]:
             rows = list(csv.DictReader(io.StringIO(text)))
         else:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-            rows = [r for r in rows if r.get("type") == "train"]
+            rows = [r for r in rows if r.get("type") in ("train", "dynamic")]
         for r in rows:
             if r.get("beta") not in (None, ""):
                 by_step.setdefault(int(r["iter"]), []).append(float(r["beta"]))

@@ -171,10 +171,10 @@ class TwoStageDetector(nn.Module):
                 det["boxes"] = scale_boxes(det["boxes"], orig_w / width, orig_h / height)
         return detections
 
-    def update_dynamic_state(self, iteration: int, stats: dict[str, torch.Tensor]) -> None:
+    def update_dynamic_state(self, iteration: int, stats: dict[str, torch.Tensor]) -> bool:
         """:meth:`RoIHeads.update_dynamic_state`: once per optimizer step, with that iteration's
-        training stats."""
-        self.roi_heads.update_dynamic_state(iteration, stats)
+        training stats; True when a state updated by feedback."""
+        return self.roi_heads.update_dynamic_state(iteration, stats)
 
     @torch.no_grad()
     def propose(self, images: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -144,10 +144,11 @@ class RoIHeads(nn.Module):
             if getattr(self, name) is not None and state.get(name) is not None:
                 getattr(self, name).load_state_dict(state[name])
 
-    def update_dynamic_state(self, iteration: int, stats: Mapping[str, torch.Tensor]) -> None:
+    def update_dynamic_state(self, iteration: int, stats: Mapping[str, torch.Tensor]) -> bool:
         """Advance the beta schedule and the label assigner past iteration ``iteration`` with that
         iteration's training ``stats``; once per optimizer step, in order, on every rank (it may run
-        a collective)."""
+        a collective). True when a state updated by feedback (Dynamic's adaptive beta, the label
+        assigner: an interval's record closed)."""
         if iteration < self.iteration:
             raise ValueError(
                 f"RoIHeads.update_dynamic_state({iteration}): iteration {self.iteration - 1} is "
@@ -158,6 +159,10 @@ class RoIHeads(nn.Module):
         if self.label_assigner is not None:
             self.label_assigner.step(iteration, stats.get("iou_statistic"))
         self.iteration = iteration + 1
+        feedback = [
+            p.record for p in (self.beta_schedule, self.label_assigner) if hasattr(p, "record")
+        ]
+        return any(record.closes_after(iteration) for record in feedback)
 
     # ------------------------------------------------------------------ forward
     def forward(
