@@ -50,19 +50,25 @@ def unsafe_global(exc: BaseException) -> str | None:
 
 def read_json(path: str | Path, error: type[Exception], fix: str = "", lines: bool = False) -> Any:
     """The JSON document at ``path`` (``lines``: one per line, as a list). A file that cannot be
-    read (missing, not UTF-8, not JSON, nested too deeply) raises ``error`` naming it and why, with
-    ``fix`` after: one line."""
+    read (missing, not UTF-8, not JSON, nested too deeply) raises ``error`` naming it, the line
+    (``lines``) and why, with ``fix`` after: one line."""
+    at = ""
     try:
         text = Path(path).read_text(encoding="utf-8")
-        if lines:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        return json.loads(text)
+        if not lines:
+            return json.loads(text)
+        documents = []
+        for number, line in enumerate(text.splitlines(), 1):
+            at = f" at line {number}"
+            if line.strip():
+                documents.append(json.loads(line))
+        return documents
     except UnicodeDecodeError:
         why = "not UTF-8 JSON text"
     except ValueError as exc:
-        why = f"not valid JSON ({first_line(exc)})"
+        why = f"not valid JSON{at} ({first_line(exc)})"
     except RecursionError:
-        why = "JSON nested too deeply to read"
+        why = f"JSON nested too deeply to read{at}"
     except OSError as exc:
         why = f"cannot be read ({exc.strerror or first_line(exc)})"
     raise error(f"{path}: {why}" + (f"; {fix}" if fix else ""))

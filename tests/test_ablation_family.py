@@ -172,9 +172,11 @@ def test_a_statistic_is_one_row(tmp_path, capsys):
 
 
 def test_dynamics_diagnostics_and_where_a_loss_helps(tmp_path, monkeypatch, capsys):
-    """A Dynamic run logs beta, its statistic and the zero shares (at iteration 200 in a "dynamic"
-    record, an update between two log steps): beta.csv holds each logged step and update and
-    summary.md the sampling table; the TP IoUs become tp_iou.csv's histogram."""
+    """A Dynamic run logs beta, its statistic and the zero shares at every update (iterations
+    100, 200 and 300, in "dynamic" records) beside its log steps (100 and 300): beta.csv holds each
+    update and summary.md the sampling table, whose means are over the updates (a run without
+    dynamic records, the smoothl1 runs here: over its log steps); the TP IoUs become tp_iou.csv's
+    histogram."""
     import json
 
     from test_ablation_records import finish_with_heavy_files
@@ -185,16 +187,18 @@ def test_dynamics_diagnostics_and_where_a_loss_helps(tmp_path, monkeypatch, caps
         dynamic = run_dir.name.startswith("l1")  # l1 plays Dynamic: its beta changes
         steps = []
         for i, beta in ((100, 1.0), (200, 0.5), (300, 0.25)):
-            step = {"type": "train", "iter": i, "loss_box_reg": 0.1, "total_loss": 1.0}
-            if dynamic and i == 200:
-                step = {"type": "dynamic", "iter": i}
-            step.update(num_pos_per_image=4.0, num_zero_target_per_image=1.5)
-            step.update(beta=beta if dynamic else 1.0)
+            sampling = {"num_pos_per_image": 4.0, "num_zero_target_per_image": 1.5}
+            if i != 200:
+                # a log step; a Dynamic run's zero share here (90%) is not in the mean
+                step = {"type": "train", "iter": i, "loss_box_reg": 0.1, "total_loss": 1.0}
+                step.update(sampling, beta=beta if dynamic else 1.0)
+                step.update({"beta_zero_share": 0.9} if dynamic else {})
+                steps.append(json.dumps(step) + "\n")
             if dynamic:
-                step.update(beta_statistic=0.0 if i == 200 else 0.3)
-                # the update's zero share counts in the mean: 30%, not 20% over the log steps
-                step["beta_zero_share"] = {100: 0.1, 200: 0.5, 300: 0.3}[i]
-            steps.append(json.dumps(step) + "\n")
+                zero_share = {100: 0.1, 200: 0.5, 300: 0.3}[i]
+                update = {"type": "dynamic", "iter": i, "beta": beta, **sampling}
+                update.update(beta_statistic=0.0 if i == 200 else 0.3, beta_zero_share=zero_share)
+                steps.append(json.dumps(update) + "\n")
         (run_dir / "metrics.jsonl").write_text("".join(steps))
     args = ["--cfgs", "smoothl1.yaml", "l1.yaml", "--seeds", "2", "--out", str(out)]
     assert ablate.main([*args, *BUDGET, "--report-only"]) == 0
@@ -210,7 +214,7 @@ def test_dynamics_diagnostics_and_where_a_loss_helps(tmp_path, monkeypatch, caps
     md = (out / "summary.md").read_text()
     assert (
         "## Sampled positives and Dynamic's statistic" in md
-        and "beta.csv: every logged step and update of the 2 run(s)" in md
+        and "beta.csv: every update of the 2 run(s)" in md
     )
     assert (
         "| config | runs | positives per image | of them zero targets (GT) | "

@@ -55,7 +55,7 @@ def test_every_json_input_is_one_line_naming_the_file(tmp_path, content, why):
         load_proposals(str(path), [1], "train")
     message = str(info.value)
     assert message.startswith(f"{path}: {why}") and "\n" not in message
-    assert message.endswith("model.proposal_file: make it with tools/dump_proposals.py")
+    assert message.endswith("set model.proposal_file to a file of tools/dump_proposals.py")
     with pytest.raises(ValueError, match=f"^{path}: {why[:12]}"):
         read_json(path, ValueError, lines=True)
 

@@ -324,15 +324,28 @@ def test_replay_reads_a_run_or_a_report(tmp_path):
         ("config,iter,beta\na,two,1\n", ".csv", "not a log of beta"),
         ('{"type": "train", "iter": 2, "loss": 1}\n', ".jsonl", "no beta logged"),
         ('{"type": "train", "iter": 2, "beta": NaN}\n', ".jsonl", "no beta logged"),
-        ("not json\n", ".jsonl", "not a log of beta"),
+        (
+            '{"type": "train", "iter": 2, "beta": 1}\nnot json\n',
+            ".jsonl",
+            "not valid JSON at line 2",
+        ),
+        (
+            "3\n" + "[" * 100_000 + "]" * 100_000,
+            ".jsonl",
+            "JSON nested too deeply to read at line 2",
+        ),
+        ("3\n", ".jsonl", "not a log of beta"),
     ],
+    ids=["missing", "two configs", "bad iter", "no beta", "nan", "torn", "deep", "not records"],
 )
 def test_replay_of_a_bad_log_is_one_line_naming_the_file(tmp_path, text, suffix, error):
     path = tmp_path / f"log{suffix}"
     if text is not None:
         path.write_text(text)
-    with pytest.raises(DetectorError, match=f"schedule.file {path}: {error}"):
+    with pytest.raises(DetectorError, match=f"{path}: {error}") as info:
         read_beta_trajectory(str(path))
+    assert "model.roi_head.box_loss.schedule.file" in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_replay_needs_a_file():

@@ -119,27 +119,49 @@ def test_run_folder_holds_everything(trained_run):
     assert errors["hist/pred_err"].shape[1] == 4
 
 
-def test_evaluation_leaves_training_as_it_is(trained_run, tiny_data, tmp_path):
-    """The same run without evaluations along the way logs the same losses and ends with the same
-    metrics: why a finished run is reused under another train.eval_period."""
-    run, _ = trained_run
-    extra = {"train.max_iters": 4, "train.log_period": 2, "train.eval_period": 0}
-    cfg = load_config(["smoothl1.yaml"], tiny(tiny_data, tmp_path / "run", **extra))
-    trainer_mod.train(cfg, tmp_path / "run")
+def test_evaluation_leaves_training_as_it_is(tiny_data, tmp_path):
+    """Evaluated after every iteration or never, the same Dynamic R-CNN run (beta and IoU threshold
+    updated every iteration) logs the same numbers at every step, ends with the same weights and
+    the same final metrics: why a finished run is reused under another train.eval_period."""
+    timing = {"images_per_s", "data_time", "step_time"}
 
-    def losses(folder):
+    def run(eval_period):
+        extra = {
+            "train.max_iters": 4,
+            "train.eval_period": eval_period,
+            "model.roi_head.box_loss.schedule.interval": 1,
+            "model.roi_head.dynamic_label_assignment.enabled": True,
+            "model.roi_head.dynamic_label_assignment.interval": 1,
+        }
+        folder = tmp_path / f"eval{eval_period}"
+        cfg = load_config(["dynamic_smoothl1.yaml"], tiny(tiny_data, folder, **extra))
+        final = trainer_mod.train(cfg, folder)
         records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-        return [(r["iter"], r["total_loss"]) for r in records if r["type"] == "train"]
+        logged = [
+            {k: v for k, v in r.items() if k not in timing} for r in records if r["type"] != "eval"
+        ]
+        evaluations = [r["iter"] for r in records if r["type"] == "eval"]
+        weights = load_checkpoint(folder / "checkpoints" / "last.pth")["model"]
+        return logged, evaluations, weights, final
 
-    assert losses(tmp_path / "run") == losses(run) and len(losses(run)) == 2
-    final = [json.loads((f / "eval" / "metrics.json").read_text()) for f in (run, tmp_path / "run")]
-    assert final[0]["AP"] == final[1]["AP"] and final[0]["AP_per_iou"] == final[1]["AP_per_iou"]
+    logged, evaluations, weights, final = run(1)
+    assert evaluations == [1, 2, 3, 4] and len(logged) >= 8
+    logged_0, evaluations_0, weights_0, final_0 = run(0)
+    assert evaluations_0 == [4] and logged_0 == logged
+
+    def same(a, b) -> bool:  # tensors and the Dynamic state's nested dicts
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+    assert same(weights_0, weights)
+    assert final_0["AP"] == final["AP"] and final_0["AP_per_iou"] == final["AP_per_iou"]
 
 
 def test_dynamic_state_is_logged_at_every_update_and_a_replay_of_it_is_exact(tiny_data, tmp_path):
-    """Dynamic R-CNN's beta updates every 2 iterations; logged every 3, the updates between write a
-    short "dynamic" record, so the replay of the run trains each iteration with the beta the run had
-    (its every-step log is the reference)."""
+    """Dynamic R-CNN's beta updates every 2 iterations and its IoU threshold every 3; logged every
+    3, each update writes a short "dynamic" record of what updated, so the replay of the run trains
+    each iteration with the beta the run had (its every-step log is the reference)."""
     from detector.engine.logger import DYNAMIC_KEYS
     from detector.losses.dynamic import ReplayedBeta, read_beta_trajectory
 
@@ -150,32 +172,41 @@ def test_dynamic_state_is_logged_at_every_update_and_a_replay_of_it_is_exact(tin
             "train.eval_period": 0,
             "model.roi_head.box_loss.schedule.interval": 2,
             "model.roi_head.box_loss.schedule.topk": 4,
-            "model.roi_head.add_gt_as_proposals": False,
             "model.roi_head.box_loss.beta": 100,
+            "model.roi_head.add_gt_as_proposals": False,
+            "model.roi_head.dynamic_label_assignment.enabled": True,
+            "model.roi_head.dynamic_label_assignment.interval": 3,
         }
         folder = tmp_path / f"log{log_period}"
         trainer_mod.train(
             load_config(["dynamic_smoothl1.yaml"], tiny(tiny_data, folder, **extra)), folder
         )
         lines = (folder / "metrics.jsonl").read_text().splitlines()
-        records = [json.loads(line) for line in lines]
-        return folder, [r for r in records if r["type"] in ("train", "dynamic")]
+        return folder, [r for r in map(json.loads, lines) if r["type"] in ("train", "dynamic")]
 
     every, reference = run(1)
     folder, logged = run(3)
     assert [(r["type"], r["iter"]) for r in logged] == [
         ("dynamic", 2),
         ("train", 3),
+        ("dynamic", 3),
         ("dynamic", 4),
         ("train", 6),
+        ("dynamic", 6),
     ]
-    assert set(logged[0]) - {"type", "iter"} <= set(DYNAMIC_KEYS) and "beta" in logged[0]
+    beta, iou, sampling = (set(DYNAMIC_KEYS[k]) for k in ("beta", "iou", "sampling"))
+    assert [set(r) - {"type", "iter"} for r in logged if r["type"] == "dynamic"] == [
+        beta | sampling,
+        iou | sampling,
+        beta | sampling,
+        beta | iou | sampling,
+    ]
     # step s logs the beta iteration s - 1 trained with
-    trained_with = [r["beta"] for r in reference]
+    trained_with = [r["beta"] for r in reference if r["type"] == "train"]
     assert len(set(trained_with)) > 1, "the beta never moved: the test shows nothing"
     replay = ReplayedBeta(*read_beta_trajectory(str(folder)), min_beta=0)
     assert [replay.value_at(i) for i in range(6)] == trained_with
-    assert read_beta_trajectory(str(every))[1] == trained_with
+    assert read_beta_trajectory(str(every)) == read_beta_trajectory(str(folder))
 
 
 def test_hparams_record_only_what_applies():

@@ -156,8 +156,8 @@ def plot_ap_vs_iou(groups: Groups, out: Path, baseline: str) -> None:
 
 
 def _train_series(run: dict[str, Any], key: str, series: str = "train") -> list[tuple[int, float]]:
-    """(iteration, ``key``) at each logged training step of ``run`` that has it (``"dynamic"``: and
-    at each feedback update between them)."""
+    """(iteration, ``key``) at each logged training step of ``run`` that has it (``"dynamic"``: at
+    each feedback update, where the run logged them)."""
     return [(r["iter"], r[key]) for r in run[series] if r.get(key) is not None]
 
 

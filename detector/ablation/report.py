@@ -78,6 +78,8 @@ CSV_OWN = CSV_COLUMNS[:5]
 BETA_CSV = "beta.csv"
 TP_IOU_CSV = "tp_iou.csv"
 REPORT_FILES = ("summary.md", "summary.csv", TP_IOU_CSV, BETA_CSV, *PLOTS)
+# what beta.csv holds per update of a run whose beta changes
+BETA_COLUMNS = (*DYNAMIC_KEYS["beta"], *DYNAMIC_KEYS["sampling"])
 DEFAULT_MARGINS = {"AP": 0.01, "AP90": 0.02}  # TOST margins, as fractions (±1 AP, ±2 AP90)
 
 
@@ -107,10 +109,11 @@ def read_run(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     run = {
         "metrics": metrics,
         "log": log,
-        # the logged training steps, which the STATS readers and the plots read; with the feedback
-        # updates between them, the series of Dynamic's state (beta.csv, the sampling rows)
+        # the logged training steps, which the STATS readers and the plots read; Dynamic's feedback
+        # updates (beta.csv, the sampling rows), else those steps (a run logged before 2026-12-07)
         "train": [r for r in log if r.get("type") == "train"],
-        "dynamic": [r for r in log if r.get("type") in ("train", "dynamic")],
+        "dynamic": [r for r in log if r.get("type") == "dynamic"]
+        or [r for r in log if r.get("type") == "train"],
         "record": record or {},
         "tp_ious": None,
         "pred_err": None,
@@ -613,16 +616,16 @@ def _write_tp_iou_csv(path: Path, groups: list[Group]) -> bool:
 
 
 def _write_beta_csv(path: Path, groups: list[Group]) -> int:
-    """Every logged step and feedback update of each run whose beta changes (Dynamic's), as
-    :data:`DYNAMIC_KEYS`; the number of such runs (none: no file)."""
+    """Every beta update (else logged step) of each run whose beta changes (Dynamic's), as
+    :data:`BETA_COLUMNS`; the number of such runs (none: no file)."""
     rows = []
     for g in groups:
         for seed, result in sorted(g.results.items()):
             if len({r.get("beta") for r in result["dynamic"]} - {None}) < 2:
                 continue
-            for r in result["dynamic"]:
+            for r in (r for r in result["dynamic"] if "beta" in r):
                 rows.append(dict(config=g.name, seed=seed, run=result["run"], iter=r["iter"]))
-                rows[-1].update({k: _num(r.get(k)) for k in DYNAMIC_KEYS})
+                rows[-1].update({k: _num(r.get(k)) for k in BETA_COLUMNS})
     _write_rows(path, rows)
     return len({(r["config"], r["seed"]) for r in rows})
 
@@ -633,7 +636,8 @@ def _sampling_section(groups: list[Group], dynamic_runs: int) -> list[str]:
     if not shown:
         return []
     text = (
-        "Means over the logged training steps, then mean ± std over seeds. Zero targets: sampled "
+        "Means over a run's updates of Dynamic's β or IoU threshold (else over its logged "
+        "training steps), then mean ± std over seeds. Zero targets: sampled "
         "positives whose regression target is exactly 0, the GT boxes added as proposals; Dynamic "
         "Smooth L1's statistic (the k-th smallest |target| of the positives) is 0 whenever k of "
         "them are sampled, and an update whose median statistic is 0 keeps the old β. Zero "
@@ -641,9 +645,9 @@ def _sampling_section(groups: list[Group], dynamic_runs: int) -> list[str]:
     )
     if dynamic_runs:
         text += (
-            f" {BETA_CSV}: every logged step and update of the {dynamic_runs} run(s) whose β "
-            f"changes (β, its statistic, the zero share, the IoU threshold and its statistic, "
-            f"positives and zero targets per image)."
+            f" {BETA_CSV}: every update of the {dynamic_runs} run(s) whose β changes (β, its "
+            f"statistic, the zero share, positives and zero targets per image; a run logged "
+            f"before 2026-12-07: every logged step)."
         )
     counts = [(g, g.stats["num_pos_per_image"].n) for g in shown]
     table = _stats_table(columns, "runs", counts)

@@ -47,8 +47,8 @@ def ap_at(index: int) -> Reader:
 def train_mean(
     key: str, tail: float = 1.0, skip_first: bool = False, series: str = "train"
 ) -> Reader:
-    """The mean of ``key`` over the last ``tail`` of the logged training steps (``"dynamic"``: and
-    the feedback updates between them)."""
+    """The mean of ``key`` over the last ``tail`` of the logged training steps (``"dynamic"``: of
+    Dynamic's feedback updates where the run logged them)."""
 
     def read(run):
         train = run[series]
@@ -63,7 +63,7 @@ def train_mean(
 
 
 def train_last(key: str, series: str = "train") -> Reader:
-    """The last logged training step's ``key`` (``"dynamic"``: or feedback update's)."""
+    """The last logged training step's ``key`` (``"dynamic"``: feedback update's, where logged)."""
 
     def read(run):
         values = [r[key] for r in run[series] if r.get(key) is not None]
@@ -115,7 +115,7 @@ STATS: list[Stat] = [
     Stat("tp_iou_median", tp_iou("tp_iou_median"), "localisation", "median IoU", ".3f"),
     Stat("tp_iou_ge75", tp_iou("tp_iou_ge75"), "localisation", "IoU ≥ 0.75 (%)", scale=100),
     Stat("tp_iou_ge90", tp_iou("tp_iou_ge90"), "localisation", "IoU ≥ 0.9 (%)", scale=100),
-    # the means over the logged training steps and feedback updates of the sampler's statistics
+    # the sampler's statistics: means over Dynamic's feedback updates, else over the log steps
     Stat(
         "num_pos_per_image",
         train_mean("num_pos_per_image", series="dynamic"),

@@ -126,7 +126,9 @@ def load_proposals(path: str, image_ids: list[int], split: str) -> dict[int, tor
     """Precomputed proposals of ``tools/dump_proposals.py``: ``{"<image_id>":
     [[x1,y1,x2,y2(,score)], ...]}`` in original image pixels -> image id -> float32 [P,4]; every
     image of the split must have an entry."""
-    raw = read_json(path, DatasetError, "model.proposal_file: make it with tools/dump_proposals.py")
+    raw = read_json(
+        path, DatasetError, "set model.proposal_file to a file of tools/dump_proposals.py"
+    )
     if not isinstance(raw, dict):
         raise DatasetError(
             f'model.proposal_file {path}: expected {{"<image_id>": [[x1,y1,x2,y2,score], ...]}}'

@@ -20,18 +20,14 @@ from detector.engine.runtime import notice
 from detector.losses.dynamic import SCHEDULED_LOSSES
 from detector.losses.regression import build_box_loss
 
-# What a "dynamic" record holds: the stats of Dynamic R-CNN's feedback (beta and its statistic, the
-# IoU threshold and its) and of the sampling they read, logged at every update of the beta or the
-# threshold between the log steps (whose "train" records hold them too).
-DYNAMIC_KEYS = (
-    "beta",
-    "beta_statistic",
-    "beta_zero_share",
-    "iou_thresh",
-    "iou_statistic",
-    "num_pos_per_image",
-    "num_zero_target_per_image",
-)
+# What a "dynamic" record holds, written at every update of Dynamic R-CNN's feedback: the stats of
+# each state that updated (the beta, the label assigner's IoU threshold) and of the sampling they
+# read, as the step's training forward saw them (the state iteration ``iter`` - 1 trained with).
+DYNAMIC_KEYS = {
+    "beta": ("beta", "beta_statistic", "beta_zero_share"),
+    "iou": ("iou_thresh", "iou_statistic"),
+    "sampling": ("num_pos_per_image", "num_zero_target_per_image"),
+}
 # What every run's HParams record; beta and beta_schedule are added where the loss has them.
 HPARAM_KEYS = {
     "box_loss": "model.roi_head.box_loss.name",

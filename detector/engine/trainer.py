@@ -229,7 +229,7 @@ def _train(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            # Dynamic R-CNN beta / IoU threshold, on every rank
+            # Dynamic R-CNN beta / IoU threshold, on every rank: the states that updated
             updated = raw_model.update_dynamic_state(iteration, stats)
             progress.iteration = done = iteration + 1
             window_images += len(images) * dist_utils.get_world_size()
@@ -276,11 +276,12 @@ def _train(
                     log_train_step(logger, bar, cfg, done, scalars, hists, list(losses))
                 window_start = time.perf_counter()
                 window_images, window_steps, data_time = 0, 0, 0.0
-            elif updated and main:
-                # every feedback update between the log steps, in a short record: the beta and IoU
-                # threshold trajectories exact (a replay reads them) at any train.log_period
-                dynamic = {k: v for k, v in stats.items() if k in DYNAMIC_KEYS}
-                logger.log_scalars(done, "dynamic", **stats_to_scalars(dynamic)[0])
+            if updated and main:
+                # every feedback update in a short record: the beta and IoU threshold trajectories
+                # exact (a replay reads them) at any train.log_period, each update once
+                keys = [k for part in (*updated, "sampling") for k in DYNAMIC_KEYS[part]]
+                dynamic = stats_to_scalars({k: stats[k] for k in keys if k in stats})[0]
+                logger.log_scalars(done, "dynamic", **dynamic)
             t_aside = time.perf_counter()
             if eval_now:
                 evaluate(done)

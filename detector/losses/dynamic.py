@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import csv
 import io
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-from detector.errors import DetectorError, first_line
+from detector.errors import DetectorError, first_line, read_json
 from detector.losses.regression import resolve_beta
 
 # Whose Dynamic R-CNN statistics (beta and DLA): open-mmlab/mmdetection's port, or
@@ -269,25 +268,25 @@ class ReplayedBeta(BetaSchedule):
 
 
 def read_beta_trajectory(path: str) -> tuple[list[int], list[float]]:
-    """The logged (step, beta) pairs, by step, of a run (its folder or ``metrics.jsonl``: the train
-    and dynamic records) or of a report's ``beta.csv`` (one config: the mean over its runs at each
-    step); a :class:`DetectorError` names the file and what is wrong."""
+    """The logged (step, beta) pairs, by step, of a run (its folder or ``metrics.jsonl``: its
+    "dynamic" records, one per update, else its logged training steps) or of a report's
+    ``beta.csv`` (one config: the mean over its runs at each step); a :class:`DetectorError` names
+    the file and what is wrong."""
     where = f"model.roi_head.box_loss.schedule.file {path}"
     file = Path(path) / "metrics.jsonl" if Path(path).is_dir() else Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DetectorError(
-            f"{where}: cannot be read ({first_line(exc)}); give a run folder, its metrics.jsonl "
-            "or a report's beta.csv"
-        ) from None
+    fix = f"{where.split()[0]}: give a run folder, its metrics.jsonl or a report's beta.csv"
+    if file.suffix == ".csv":
+        try:
+            rows = list(csv.DictReader(io.StringIO(file.read_text(encoding="utf-8"))))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DetectorError(f"{file}: cannot be read ({first_line(exc)}); {fix}") from None
+    else:
+        rows = read_json(file, DetectorError, fix, lines=True)
     by_step: dict[int, list[float]] = {}
     try:
-        if file.suffix == ".csv":
-            rows = list(csv.DictReader(io.StringIO(text)))
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-            rows = [r for r in rows if r.get("type") in ("train", "dynamic")]
+        if file.suffix != ".csv":
+            updates = [r for r in rows if r.get("type") == "dynamic"]
+            rows = updates or [r for r in rows if r.get("type") == "train"]
         for r in rows:
             if r.get("beta") not in (None, ""):
                 by_step.setdefault(int(r["iter"]), []).append(float(r["beta"]))

@@ -171,9 +171,9 @@ class TwoStageDetector(nn.Module):
                 det["boxes"] = scale_boxes(det["boxes"], orig_w / width, orig_h / height)
         return detections
 
-    def update_dynamic_state(self, iteration: int, stats: dict[str, torch.Tensor]) -> bool:
+    def update_dynamic_state(self, iteration: int, stats: dict[str, torch.Tensor]) -> tuple:
         """:meth:`RoIHeads.update_dynamic_state`: once per optimizer step, with that iteration's
-        training stats; True when a state updated by feedback."""
+        training stats; the feedback states that updated."""
         return self.roi_heads.update_dynamic_state(iteration, stats)
 
     @torch.no_grad()

@@ -144,11 +144,11 @@ class RoIHeads(nn.Module):
             if getattr(self, name) is not None and state.get(name) is not None:
                 getattr(self, name).load_state_dict(state[name])
 
-    def update_dynamic_state(self, iteration: int, stats: Mapping[str, torch.Tensor]) -> bool:
+    def update_dynamic_state(self, iteration: int, stats: Mapping[str, torch.Tensor]) -> tuple:
         """Advance the beta schedule and the label assigner past iteration ``iteration`` with that
         iteration's training ``stats``; once per optimizer step, in order, on every rank (it may run
-        a collective). True when a state updated by feedback (Dynamic's adaptive beta, the label
-        assigner: an interval's record closed)."""
+        a collective). Returns the feedback states that updated ("beta": Dynamic's adaptive beta,
+        "iou": the label assigner; an interval's record closed)."""
         if iteration < self.iteration:
             raise ValueError(
                 f"RoIHeads.update_dynamic_state({iteration}): iteration {self.iteration - 1} is "
@@ -159,10 +159,12 @@ class RoIHeads(nn.Module):
         if self.label_assigner is not None:
             self.label_assigner.step(iteration, stats.get("iou_statistic"))
         self.iteration = iteration + 1
-        feedback = [
-            p.record for p in (self.beta_schedule, self.label_assigner) if hasattr(p, "record")
-        ]
-        return any(record.closes_after(iteration) for record in feedback)
+        parts = (("beta", self.beta_schedule), ("iou", self.label_assigner))
+        return tuple(
+            name
+            for name, part in parts
+            if hasattr(part, "record") and part.record.closes_after(iteration)
+        )
 
     # ------------------------------------------------------------------ forward
     def forward(
