@@ -252,3 +252,17 @@ def test_convergence_compares_the_mean_ap_at_three_quarters_and_at_the_end():
         pytest.approx(0.8125),
     )
     assert convergence([{"evals": {}}]) is None
+
+
+def test_a_config_without_a_shared_evaluation_by_three_quarters_says_so():
+    from detector.ablation.report import Group, _convergence_section
+
+    curve = {500: 0.6, 1500: 0.8, 2000: 0.82}
+    groups = [
+        Group("smoothl1", 2, {0: {"evals": curve}, 1: {"evals": curve}}),
+        # seed 1 reused from a run evaluated only at its end
+        Group("l1", 2, {0: {"evals": curve}, 1: {"evals": {2000: 0.8}}}),
+    ]
+    text = "\n".join(_convergence_section(groups))
+    assert "| smoothl1 | 80.0 (iteration 1500) | 82.0 | +2.0 | no |" in text
+    assert "| l1 | no evaluation by 3/4 shared by its seeds |" in text

@@ -666,10 +666,13 @@ def _convergence_section(groups: list[Group]) -> list[str]:
     )
     rows = []
     for name, m in moved.items():
-        if m:
-            it, a, b = m
-            change = "yes" if abs(b - a) < 0.01 else "no"
-            rows.append([name, f"{_pct(a)} (iteration {it})", _pct(b), _pct(b - a, True), change])
+        if m is None:
+            # its seeds share no evaluation by 3/4 (e.g. runs reused under another eval_period)
+            rows.append([name, "no evaluation by 3/4 shared by its seeds", "", "", ""])
+            continue
+        it, a, b = m
+        change = "yes" if abs(b - a) < 0.01 else "no"
+        rows.append([name, f"{_pct(a)} (iteration {it})", _pct(b), _pct(b - a, True), change])
     head = ["config", "AP by 3/4", "AP at the end", "change", "change < 1 AP"]
     return _section("The last quarter (a diagnostic)", text, _table(head, rows))
 
