@@ -34,12 +34,11 @@ def plot_all(groups: Groups, out: Path, baseline: str = "") -> None:
     axes = Figure(figsize=(12, 4.5)).subplots(1, 2)
     for group, results in groups.items():
         for ax, (key, label) in zip(axes, LOSS_CURVES.items()):
-            series = [_train_series(r, key) for r in results.values()]
-            iters = [it for it, _ in series[0]]
-            values = np.array(
-                [[v for _, v in s][: len(iters)] for s in series if len(s) >= len(iters)]
-            )
-            if len(values):
+            # at the iterations every seed logged (their log periods may differ)
+            series = [dict(_train_series(r, key)) for r in results.values()]
+            iters = sorted(set.intersection(*(set(s) for s in series)))
+            if iters:
+                values = np.array([[s[it] for it in iters] for s in series])
                 ax.plot(iters, values.mean(0), label=group)
             ax.set(xlabel="iteration", ylabel=label, title=f"{label} (mean over seeds)")
     save_figure(axes, out / "loss_curves.png", legend=bool(groups))
