@@ -47,6 +47,7 @@ from detector.engine.logger import DYNAMIC_KEYS
 from detector.engine.outputs import check_output_folder
 from detector.engine.runs import FINAL_METRICS, is_finished
 from detector.errors import read_json
+from detector.losses.dynamic import dynamic_records
 
 CSV_COLUMNS = (
     "kind",
@@ -109,11 +110,10 @@ def read_run(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     run = {
         "metrics": metrics,
         "log": log,
-        # the logged training steps, which the STATS readers and the plots read; Dynamic's feedback
-        # updates (beta.csv, the sampling rows), else those steps (a run logged before 2026-12-07)
+        # the logged training steps, which the STATS readers and the plots read; the records of
+        # Dynamic's state (beta.csv, the sampling rows)
         "train": [r for r in log if r.get("type") == "train"],
-        "dynamic": [r for r in log if r.get("type") == "dynamic"]
-        or [r for r in log if r.get("type") == "train"],
+        "dynamic": dynamic_records(log),
         "record": record or {},
         "tp_ious": None,
         "pred_err": None,

@@ -1,5 +1,5 @@
 """Run logging: ``metrics.jsonl`` (one JSON object per log step, per evaluation and, for Dynamic
-R-CNN's feedback, per update between the log steps: :data:`DYNAMIC_KEYS`) and TensorBoard events,
+R-CNN's feedback, per update of its state: :data:`DYNAMIC_KEYS`) and TensorBoard events,
 rank 0 only: every loss term (raw and weighted), lr, beta, IoU threshold, positives, per-coordinate
 |target| and |pred - target| statistics and histograms, gradient norm, images/s, peak memory,
 metrics, drawn val images, HParams."""

@@ -267,14 +267,22 @@ class ReplayedBeta(BetaSchedule):
         return float(max(self.betas[j], self.min_beta))
 
 
+def dynamic_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` that hold Dynamic's state: its "dynamic" records, one per
+    update, else its logged training steps (a run logged before 2026-12-07)."""
+    updates = [r for r in records if r.get("type") == "dynamic"]
+    return updates or [r for r in records if r.get("type") == "train"]
+
+
 def read_beta_trajectory(path: str) -> tuple[list[int], list[float]]:
     """The logged (step, beta) pairs, by step, of a run (its folder or ``metrics.jsonl``: its
     "dynamic" records, one per update, else its logged training steps) or of a report's
     ``beta.csv`` (one config: the mean over its runs at each step); a :class:`DetectorError` names
     the file and what is wrong."""
-    where = f"model.roi_head.box_loss.schedule.file {path}"
+    key = "model.roi_head.box_loss.schedule.file"
+    where = f"{key} {path}"
     file = Path(path) / "metrics.jsonl" if Path(path).is_dir() else Path(path)
-    fix = f"{where.split()[0]}: give a run folder, its metrics.jsonl or a report's beta.csv"
+    fix = f"{key}: give a run folder, its metrics.jsonl or a report's beta.csv"
     if file.suffix == ".csv":
         try:
             rows = list(csv.DictReader(io.StringIO(file.read_text(encoding="utf-8"))))
@@ -285,8 +293,7 @@ def read_beta_trajectory(path: str) -> tuple[list[int], list[float]]:
     by_step: dict[int, list[float]] = {}
     try:
         if file.suffix != ".csv":
-            updates = [r for r in rows if r.get("type") == "dynamic"]
-            rows = updates or [r for r in rows if r.get("type") == "train"]
+            rows = dynamic_records(rows)
         for r in rows:
             if r.get("beta") not in (None, ""):
                 by_step.setdefault(int(r["iter"]), []).append(float(r["beta"]))
