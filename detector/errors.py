@@ -33,12 +33,16 @@ USER_OS_ERRNOS = {
 }
 
 
-def first_line(exc: BaseException, limit: int = 160) -> str:
+def first_line(exc: BaseException, limit: int = 160, typed: bool = False) -> str:
     """``exc``'s first non-empty line for a one-line message: terminal escapes removed, cut at a
-    word (with ...)."""
+    word (with ...); ``typed``: after its type's name. An exception with no text is its type's
+    name alone."""
     lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()]
-    text = next((line for line in lines if line), type(exc).__name__)
-    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+    text = next((line for line in lines if line), "")
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    name = type(exc).__name__
+    return (f"{name}: {text}" if typed else text) if text else name
 
 
 def unsafe_global(exc: BaseException) -> str | None:
@@ -68,7 +72,7 @@ def read_json(path: str | Path, error: type[Exception], fix: str = "", lines: bo
     except ValueError as exc:
         why = f"not valid JSON{at} ({first_line(exc)})"
     except RecursionError:
-        why = f"JSON nested too deeply to read{at}"
+        why = f"JSON nested too deeply to read{at} (no file these tools read nests beyond a few levels)"
     except OSError as exc:
         why = f"cannot be read ({exc.strerror or first_line(exc)})"
     raise error(f"{path}: {why}" + (f"; {fix}" if fix else ""))

@@ -36,7 +36,7 @@ DEEP = "[" * 100_000 + "]" * 100_000  # beyond Python's recursion limit in json.
         (None, "cannot be read (No such file or directory)"),
         (b"\x80PK\x03\x04", "not UTF-8 JSON text"),
         (b'{"1": [[0, 0', "not valid JSON (Expecting"),
-        (DEEP.encode(), "JSON nested too deeply to read"),
+        (DEEP.encode(), "JSON nested too deeply to read (no file these tools read nests beyond"),
     ],
     ids=["missing", "binary", "torn", "deep"],
 )

@@ -112,9 +112,11 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
             ) from None
         lines = [line.strip() for line in str(exc).splitlines()]
         unsupported = next((line for line in lines if line.startswith("Unsupported")), None)
-        reason = first_line(Exception(unsupported)) if unsupported else first_line(exc)
+        reason = first_line(exc, typed=True)
+        if unsupported:
+            reason = f"{type(exc).__name__}: {first_line(Exception(unsupported))}"
         raise CheckpointError(
-            f"{path}: cannot be read ({type(exc).__name__}: {reason}); "
+            f"{path}: cannot be read ({reason}); "
             f"the file is truncated or not a checkpoint: use another one (e.g. {PREVIOUS}) "
             f"or start the run again"
         ) from None

@@ -79,7 +79,7 @@ class CompiledForward:
 
     def _fall_back(self, exc: Exception) -> None:
         notice(
-            f"{self.label} could not be compiled ({type(exc).__name__}: {first_line(exc)}); "
+            f"{self.label} could not be compiled ({first_line(exc, typed=True)}); "
             "continuing uncompiled"
         )
 

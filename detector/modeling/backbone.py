@@ -64,7 +64,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             ) from None
         raise WeightsError(
             f"model.backbone.weights: {path} is not a readable torch state dict "
-            f"({type(exc).__name__}: {first_line(exc)}); "
+            f"({first_line(exc, typed=True)}); "
             f"expected a file written by torch.save(model.state_dict())"
         ) from exc
     for key in ("state_dict", "model"):
