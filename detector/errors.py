@@ -72,7 +72,10 @@ def read_json(path: str | Path, error: type[Exception], fix: str = "", lines: bo
     except ValueError as exc:
         why = f"not valid JSON{at} ({first_line(exc)})"
     except RecursionError:
-        why = f"JSON nested too deeply to read{at} (no file these tools read nests beyond a few levels)"
+        why = (
+            f"JSON nested too deeply to read{at} (no file these tools read nests beyond a few "
+            "levels)"
+        )
     except OSError as exc:
         why = f"cannot be read ({exc.strerror or first_line(exc)})"
     raise error(f"{path}: {why}" + (f"; {fix}" if fix else ""))
