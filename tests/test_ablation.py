@@ -166,7 +166,13 @@ def test_finished_run_differing_in_observational_keys_is_reused(tmp_path, monkey
         == 0
     )
     assert calls(record) == []
-    assert "| smoothl1 | 1 | 61.0 |" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "| smoothl1 | 1 | 61.0 |" in summary
+    # the header names the settings the reused run was watched with, where they are not the
+    # command's (its config.yaml: log_period 1, workers and drawn images as base.yaml has them)
+    watched = next(line for line in summary.splitlines() if line.startswith("Reused with"))
+    assert "train.log_period=1," in watched and "smoothl1-seed0" in watched
+    assert "train.eval_period=" in watched and "train.num_vis_images=" in watched
 
 
 def test_force_trains_a_stale_run_again_with_overwrite(tmp_path, monkeypatch, capsys):

@@ -43,9 +43,16 @@ from detector.ablation.stats import (
     verdict,
 )
 from detector.ablation.table import STATS, Stat
+from detector.config import Config, diff_configs
 from detector.engine.logger import DYNAMIC_KEYS
 from detector.engine.outputs import check_output_folder
-from detector.engine.runs import FINAL_METRICS, is_finished
+from detector.engine.runs import (
+    FINAL_METRICS,
+    REUSE_SAFE_KEYS,
+    RunFolderError,
+    is_finished,
+    stored_config,
+)
 from detector.errors import read_json
 from detector.losses.dynamic import dynamic_records
 
@@ -187,6 +194,7 @@ def collect(runs: list[Run], out: Path) -> list[Group]:
             values = result["values"].items()
             bad = [m for m, v in values if isinstance(v, float) and not math.isfinite(v)]
             if not bad:
+                result["watched"] = watched_otherwise(run, out)
                 groups[run.group].results[run.seed] = result
                 continue
             why = f"diverged: non-finite {', '.join(bad)}; log: {log}"
@@ -197,6 +205,21 @@ def collect(runs: list[Run], out: Path) -> list[Group]:
             why = f"did not finish{': ' + line if line else ''}; log: {log}"
         groups[run.group].unfinished.append((run, why))
     return list(groups.values())
+
+
+def watched_otherwise(run: Run, out: Path) -> list[str]:
+    """``key=value`` of each key that only watches a run (:data:`REUSE_SAFE_KEYS` but where it
+    lives) whose value in the run's ``config.yaml`` (its last launch) is not this command's: a
+    reused run evaluated or logged at other periods."""
+    try:
+        stored = stored_config(run.run_dir(out), fix="")
+    except RunFolderError:
+        return []
+    if stored is None:
+        return []
+    keys = [k for k in REUSE_SAFE_KEYS if k not in ("output_dir", "train.resume")]
+    differ = [k for k in diff_configs(stored, run.config(out).to_dict()) if k in keys]
+    return [f"{k}={Config(stored).select(k)}" for k in differ]
 
 
 def compare(
@@ -410,6 +433,17 @@ def _header(groups: list[Group], title: str, command: str) -> list[str]:
     if command:
         lines += ["```", command, "```", ""]
     lines.append(f"{done} of {planned} runs finished ({len(groups)} configs).")
+    # reused runs watched at other periods than the command says (what they learn is the same)
+    watched: dict[str, list[str]] = {}
+    for g in groups:
+        for seed, result in sorted(g.results.items()):
+            if result.get("watched"):
+                watched.setdefault(", ".join(result["watched"]), []).append(result["run"])
+    for settings, names in watched.items():
+        lines.append(
+            f"Reused with other settings that only watch a run (its config.yaml): {settings} in "
+            f"{', '.join(names)}."
+        )
     if done < planned:
         lines.append(
             f"**This report is partial: {planned - done} run(s) have no results** (listed at the "
