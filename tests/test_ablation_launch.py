@@ -179,6 +179,42 @@ def test_runs_keep_the_users_pythonpath(tmp_path, monkeypatch, capsys):
     assert "fake trainer" in capsys.readouterr().err  # the run's own last line is surfaced
 
 
+def test_code_trains_with_another_checkout_and_its_launch_names_it(tmp_path, monkeypatch, capsys):
+    """--code DIR: the runs train with DIR's tools/train.py, DIR first on PYTHONPATH, and each
+    launch records DIR's commit (a pre-registered protocol's commit, whatever this checkout has
+    become); a folder that is no checkout is one line before anything trains."""
+    import json
+    import subprocess
+
+    checkout = tmp_path / "protocol"
+    (checkout / "tools").mkdir(parents=True)
+    (checkout / "detector").mkdir()
+    (checkout / "tools" / "train.py").write_text("# the protocol's trainer\n")
+    (checkout / "detector" / "__init__.py").write_text("")
+    git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "protocol"], check=True)
+    commit = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    calls = calls_of_a_fake_ablation(tmp_path, monkeypatch, "--seeds", "1", "--code", str(checkout))
+    assert len(calls) == 1
+    assert calls[0][1].split(os.pathsep)[0] == str(checkout)
+    assert calls[0][2].split()[0] == str(checkout / "tools" / "train.py")
+    launches = tmp_path / "abl" / "runs" / "smoothl1-seed0" / "launches.jsonl"
+    launch = json.loads(launches.read_text().splitlines()[-1])
+    assert launch["commit"] == commit and launch["dirty"] is False
+    capsys.readouterr()
+
+    not_a_checkout = tmp_path / "empty"
+    not_a_checkout.mkdir()
+    args = ["--cfgs", "l1.yaml", "--seeds", "1", "--out", str(tmp_path / "abl2")]
+    assert ablate.main([*args, "--code", str(not_a_checkout), "train.max_iters=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(not_a_checkout / "tools" / "train.py") in err
+
+
 def test_ctrl_c_stops_the_ablation_and_reaches_each_training_once(tmp_path, monkeypatch):
     """A trainer stand-in that counts the SIGINTs it gets for 2 s: 2 jobs, 3 runs; Ctrl-C once both
     started."""

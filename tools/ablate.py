@@ -22,7 +22,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from detector.ablation.launch import Interrupted, run_local
+from detector.ablation.launch import REPO, Interrupted, run_local
 from detector.ablation.plan import AblationError, check_runs, plan_runs, resolve_baseline
 from detector.ablation.record import CHECKPOINT_CHOICES
 from detector.ablation.report import Family, check_report_folder, write_report
@@ -123,6 +123,13 @@ def build_parser():
         help="the seeds rule's family size: the report states the seeds a paired t test at "
         "0.05/M needs for each margin (default: this report's family)",
     )
+    parser.add_argument(
+        "--code",
+        metavar="DIR",
+        help="train with DIR's tools/train.py and detector package: a checkout of the commit a "
+        "protocol fixes (e.g. a git worktree); planning, reuse and the report stay this "
+        "checkout's (default: this checkout)",
+    )
     parser.add_argument("--title", default="", help="title of summary.md")
     slurm = parser.add_argument_group("--launcher slurm")
     for flag, keywords in SLURM_ARGS.items():
@@ -141,6 +148,7 @@ def main(argv=None) -> int:
     cfgs = [c for c in args.cfgs if "=" not in c]
     if not cfgs:
         raise AblationError("--cfgs: name at least one config (e.g. --cfgs l2.yaml smoothl1.yaml)")
+    code = Path(args.code).resolve() if args.code else REPO
     if args.report_only and args.force:
         raise AblationError(
             "--report-only trains nothing, so --force has nothing to rerun; drop one of them"
@@ -171,7 +179,7 @@ def main(argv=None) -> int:
                 "pip install scipy, then rerun this command with --report-only",
                 file=sys.stderr,
             )
-        errors = launch(args, steps, out, command)
+        errors = launch(args, steps, out, command, code)
         if errors is None:  # submitted without waiting
             return 0
     groups = write_report(runs, out, baseline, args.title, command, family)
@@ -219,14 +227,16 @@ def parse_family(
     return Family(tuple(primary), parsed, plan_tests or 0)
 
 
-def launch(args, steps, out: Path, command: str):
-    """Train what the steps ask for; ``{run name: error or None}``, or None when submitted and not
-    waited for."""
+def launch(args, steps, out: Path, command: str, code: Path):
+    """Train what the steps ask for with the checkout ``code``; ``{run name: error or None}``, or
+    None when submitted and not waited for."""
     actions = Counter(s.action for s in steps)
     counts = [f"{actions[a]} {a}" for a in ("reuse", "train", "resume", "overwrite") if actions[a]]
     print(f"{len(steps)} runs into {out / 'runs'}: {', '.join(counts)}", flush=True)
     if args.launcher == "local":
-        return run_local(steps, jobs=args.jobs or 1, keep_checkpoint=args.keep_checkpoint)
+        return run_local(
+            steps, jobs=args.jobs or 1, keep_checkpoint=args.keep_checkpoint, code=code
+        )
     from detector.ablation import slurm
 
     given = dict(
@@ -238,6 +248,7 @@ def launch(args, steps, out: Path, command: str):
         slurm_account=args.account,
         slurm_array_parallelism=args.jobs,
         keep_checkpoint=args.keep_checkpoint,
+        code=code,
     )
     # an option not given keeps SlurmOptions' default
     options = slurm.SlurmOptions(**{k: v for k, v in given.items() if v is not None})

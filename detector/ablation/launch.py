@@ -24,8 +24,9 @@ from detector.ablation.record import RecordError, note_launch, prune_run, write_
 from detector.engine.runs import is_finished
 from detector.errors import DetectorError
 
+# the checkout whose tools/train.py and package train the runs, unless --code names another
 REPO = Path(__file__).resolve().parents[2]
-TRAIN_SCRIPT = REPO / "tools" / "train.py"
+TRAIN_SCRIPT = Path("tools") / "train.py"
 NUM_WORKERS_KEY = "data.loader.num_workers"
 
 
@@ -70,12 +71,13 @@ def plan_slots(jobs: int, gpus: list[str], cores: int) -> list[Slot]:
     return [Slot(gpus[i % len(gpus)] if gpus else None, omp, workers) for i in range(jobs)]
 
 
-def child_env(environ: Mapping[str, str], slot: Slot) -> dict[str, str]:
-    """The user's environment, the repository prepended to ``PYTHONPATH`` (never replacing it), the
-    slot's GPU and its share of threads (the user's own ``OMP_NUM_THREADS`` when smaller)."""
+def child_env(environ: Mapping[str, str], slot: Slot, code: Path = REPO) -> dict[str, str]:
+    """The user's environment, the checkout ``code`` prepended to ``PYTHONPATH`` (never replacing
+    it), the slot's GPU and its share of threads (the user's own ``OMP_NUM_THREADS`` when
+    smaller)."""
     env = dict(environ)
-    paths = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO)]
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *paths])
+    paths = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(code)]
+    env["PYTHONPATH"] = os.pathsep.join([str(code), *paths])
     if slot.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu
     user = environ.get("OMP_NUM_THREADS", "")
@@ -92,22 +94,25 @@ def slot_overrides(overrides: list[str], slot: Slot) -> list[str]:
     return [*overrides, f"{NUM_WORKERS_KEY}={slot.num_workers}"]
 
 
-def check_trainer() -> None:
-    if not TRAIN_SCRIPT.is_file():
-        raise AblationError(
-            f"{TRAIN_SCRIPT}: the trainer script is missing; run the ablation from a checkout of "
-            f"detector (pip install -e .)"
-        )
+def check_trainer(code: Path = REPO) -> None:
+    """``code`` is a checkout that can train: its ``tools/train.py`` and ``detector`` package."""
+    for needed in (TRAIN_SCRIPT, Path("detector") / "__init__.py"):
+        if not (code / needed).is_file():
+            fix = "pass --code a checkout of detector" if code != REPO else "pip install -e ."
+            raise AblationError(
+                f"{code / needed}: missing, so {code} cannot train the runs; run the ablation "
+                f"from a checkout of detector ({fix})"
+            )
 
 
-def train_command(step: Step, overrides: list[str], nproc: int = 1) -> list[str]:
+def train_command(step: Step, overrides: list[str], nproc: int = 1, code: Path = REPO) -> list[str]:
     python = [sys.executable]
     if nproc > 1:
         python += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cfgs = [word for cfg in step.run.cfgs for word in ("--cfg", cfg)]
     return [
         *python,
-        str(TRAIN_SCRIPT),
+        str(code / TRAIN_SCRIPT),
         *cfgs,
         *overrides,
         f"output_dir={step.run_dir}",
@@ -123,24 +128,25 @@ def execute(
     nproc: int = 1,
     started: Callable[[subprocess.Popen], None] | None = None,
     keep_checkpoint: str = "last",
+    code: Path = REPO,
 ) -> str | None:
     """Train one run in ``slot`` (:func:`child_env`, :func:`slot_overrides` of the user's
-    ``environ``), appending to ``<run>/train.log``, then write its record and keep
-    ``keep_checkpoint`` (:mod:`detector.ablation.record`); None when it finished, else the one-line
-    reason. With ``started`` the trainer gets a session of its own (Ctrl-C reaches only the
-    ablation) and is passed to it."""
+    ``environ``) with the checkout ``code``, appending to ``<run>/train.log``, then write its record
+    and keep ``keep_checkpoint`` (:mod:`detector.ablation.record`); None when it finished, else the
+    one-line reason. With ``started`` the trainer gets a session of its own (Ctrl-C reaches only
+    the ablation) and is passed to it."""
     step.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = step.run_dir / "train.log"
-    cmd = train_command(step, slot_overrides(step.run.overrides, slot), nproc)
-    # a run started over is trained by this launch alone
-    note_launch(step.run_dir, "train" if step.note == NO_CHECKPOINT else step.action, REPO)
+    cmd = train_command(step, slot_overrides(step.run.overrides, slot), nproc, code)
+    # a run started over is trained by this launch alone; the launch names the code that trains
+    note_launch(step.run_dir, "train" if step.note == NO_CHECKPOINT else step.action, code)
     with open(log_path, "a") as log:
         start = log.tell()
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {step.action}: {shlex.join(cmd)}\n")
         log.flush()
         process = subprocess.Popen(
             cmd,
-            env=child_env(environ, slot),
+            env=child_env(environ, slot, code),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=started is not None,
@@ -187,12 +193,14 @@ def run_local(
     environ: Mapping[str, str] | None = None,
     cores: int | None = None,
     keep_checkpoint: str = "last",
+    code: Path = REPO,
 ) -> dict[str, str | None]:
-    """Train every step that is not ``reuse``; ``{run name: None (finished) or why not}``."""
+    """Train every step that is not ``reuse`` with the checkout ``code``; ``{run name: None
+    (finished) or why not}``."""
     todo = [s for s in steps if s.action != "reuse"]
     if not todo:
         return {}
-    check_trainer()
+    check_trainer(code)
     environ = dict(os.environ if environ is None else environ)
     gpus = [] if all(s.device == "cpu" for s in todo) else visible_gpus(environ)
     # each run's share of the cores follows --jobs, not how many runs are left: a resumed run gets
@@ -237,7 +245,9 @@ def run_local(
                 flush=True,
             )
             t0 = time.monotonic()
-            error = execute(step, environ, slot, started=started, keep_checkpoint=keep_checkpoint)
+            error = execute(
+                step, environ, slot, started=started, keep_checkpoint=keep_checkpoint, code=code
+            )
             results[step.run.name] = error
             print(
                 f"[{k}/{len(todo)}] "

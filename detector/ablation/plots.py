@@ -176,7 +176,8 @@ def save_figure(axes, path: Path, legend: bool = True, empty: str = "") -> None:
     legend, ``empty`` is written in the middle of the first."""
     for ax in axes:
         ax.grid(alpha=0.3)
-        if legend:
+        # an axis with nothing labelled (e.g. a config's runs logged no evaluation) gets none
+        if legend and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     if empty and not legend:
         axes[0].text(0.5, 0.5, empty, ha="center", transform=axes[0].transAxes)

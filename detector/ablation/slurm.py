@@ -12,14 +12,22 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from detector.ablation.launch import Slot, available_cores, check_trainer, cpu_share, execute
+from detector.ablation.launch import (
+    REPO,
+    Slot,
+    available_cores,
+    check_trainer,
+    cpu_share,
+    execute,
+)
 from detector.ablation.plan import AblationError, Step
 from detector.errors import first_line
 
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    """submitit's parameters of the job array (by its names), and what a finished run keeps."""
+    """submitit's parameters of the job array (by its names), what a finished run keeps and the
+    checkout that trains (``--code``)."""
 
     slurm_partition: str | None = None
     timeout_min: int = 240  # submitit's own default (5 minutes) would kill most runs
@@ -29,6 +37,7 @@ class SlurmOptions:
     slurm_account: str | None = None
     slurm_array_parallelism: int | None = None  # most tasks running at once (None: SLURM's limit)
     keep_checkpoint: str = "last"  # what a finished run keeps: last.pth, or none (its record stays)
+    code: Path = REPO
 
 
 def parse_time(text: str) -> int:
@@ -57,7 +66,9 @@ def run_task(step: Step, options: SlurmOptions) -> str | None:
     on_gpu = options.gpus_per_node > 0 and step.device != "cpu"
     # no GPU of its own: SLURM already set CUDA_VISIBLE_DEVICES to the task's GPUs
     slot = Slot(None, *cpu_share(available_cores() // nproc, on_gpu=on_gpu))
-    return execute(step, os.environ, slot, nproc=nproc, keep_checkpoint=options.keep_checkpoint)
+    return execute(
+        step, os.environ, slot, nproc, keep_checkpoint=options.keep_checkpoint, code=options.code
+    )
 
 
 def submit(steps: list[Step], out: Path, options: SlurmOptions, cluster: str = "slurm"):
@@ -77,10 +88,11 @@ def submit(steps: list[Step], out: Path, options: SlurmOptions, cluster: str = "
     todo = [s for s in steps if s.action != "reuse"]
     if not todo:
         return []
-    check_trainer()
+    check_trainer(options.code)
     executor = submitit.AutoExecutor(folder=out / "slurm", cluster=cluster)
     parameters = asdict(options)
-    del parameters["keep_checkpoint"]
+    # ours, not submitit's
+    del parameters["keep_checkpoint"], parameters["code"]
     executor.update_parameters(name=f"ablate-{out.name}", nodes=1, tasks_per_node=1, **parameters)
     jobs = executor.map_array(run_task, todo, [options] * len(todo))
     return list(zip(todo, jobs))
