@@ -173,6 +173,8 @@ def test_finished_run_differing_in_observational_keys_is_reused(tmp_path, monkey
     watched = next(line for line in summary.splitlines() if line.startswith("Reused with"))
     assert "train.log_period=1," in watched and "smoothl1-seed0" in watched
     assert "train.eval_period=" in watched and "train.num_vis_images=" in watched
+    # the loader's workers are set per slot by the runner: not a setting the run was watched with
+    assert "num_workers" not in watched
 
 
 def test_force_trains_a_stale_run_again_with_overwrite(tmp_path, monkeypatch, capsys):

@@ -214,7 +214,7 @@ def test_dynamics_diagnostics_and_where_a_loss_helps(tmp_path, monkeypatch, caps
     md = (out / "summary.md").read_text()
     assert (
         "## Sampled positives and Dynamic's statistic" in md
-        and "beta.csv: every update of the 2 run(s)" in md
+        and "beta.csv: every logged β of the 2 run(s)" in md
     )
     assert (
         "| config | runs | positives per image | of them zero targets (GT) | "

@@ -266,3 +266,9 @@ def test_a_config_without_a_shared_evaluation_by_three_quarters_says_so():
     text = "\n".join(_convergence_section(groups))
     assert "| smoothl1 | 80.0 (iteration 1500) | 82.0 | +2.0 | no |" in text
     assert "| l1 | no evaluation by 3/4 shared by its seeds |" in text
+    # the only config: still said, not a section that silently goes
+    text = "\n".join(_convergence_section(groups[1:]))
+    assert "| l1 | no evaluation by 3/4 shared by its seeds |" in text
+    # nothing evaluated before its end: no section
+    only_ends = [Group("l1", 1, {0: {"evals": {2000: 0.8}}})]
+    assert _convergence_section(only_ends) == []

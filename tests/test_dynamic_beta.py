@@ -17,6 +17,7 @@ from detector.losses.dynamic import (
     ReplayedBeta,
     ScheduledBeta,
     build_beta_schedule,
+    dynamic_records,
     read_beta_trajectory,
 )
 from detector.losses.regression import build_box_loss
@@ -310,6 +311,46 @@ def test_replay_reads_a_run_or_a_report(tmp_path):
         roi_head("model.roi_head.box_loss.schedule.type=replay", f"{FILE}={report}"), 100
     )
     assert isinstance(schedule, ReplayedBeta) and schedule.value_at(3) == 0.5
+
+
+@pytest.mark.parametrize(
+    "log, steps, betas",
+    [
+        # updates every 2 of 5 iterations: the beta the last update set (1.25, iteration 4 trained
+        # with it) is only in the last step's train record
+        (
+            [("train", 1, 100.0), ("dynamic", 2, 100.0), ("dynamic", 4, 1.8), ("train", 5, 1.25)],
+            [1, 2, 4, 5],
+            [100.0, 100.0, 1.8, 1.25],
+        ),
+        # a fixed schedule beside the label assigner: its updates hold the IoU threshold alone
+        (
+            [("dynamic", 2, None), ("train", 2, 0.9), ("train", 3, 0.5), ("dynamic", 4, None)],
+            [2, 3],
+            [0.9, 0.5],
+        ),
+        # a run logged before 2026-12-07, resumed since: its early beta stays
+        (
+            [("train", 100, 0.9), ("train", 200, 0.7), ("dynamic", 300, 0.5), ("train", 300, 0.5)],
+            [100, 200, 300],
+            [0.9, 0.7, 0.5],
+        ),
+    ],
+    ids=["after-the-last-update", "fixed-schedule-with-dla", "resumed-across-the-change"],
+)
+def test_the_beta_trajectory_is_every_record_that_holds_beta(tmp_path, log, steps, betas):
+    """The replay, beta.csv, beta.png and the final beta read every record holding beta, not the
+    update records alone: those miss the beta of the iterations after the last update, a fixed
+    schedule's beta, and a log begun before the update records."""
+    records = []
+    for kind, step, beta in log:
+        record = {"type": kind, "iter": step, "iou_thresh": 0.5}
+        records.append(record if beta is None else {**record, "beta": beta})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert read_beta_trajectory(str(tmp_path)) == (steps, betas)
+    assert [r["beta"] for r in dynamic_records(records, "beta")] == betas
+    # the sampling means stay over the updates
+    assert dynamic_records(records) == [r for r in records if r["type"] == "dynamic"]
 
 
 @pytest.mark.parametrize(

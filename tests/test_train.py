@@ -159,15 +159,16 @@ def test_evaluation_leaves_training_as_it_is(tiny_data, tmp_path):
 
 
 def test_dynamic_state_is_logged_at_every_update_and_a_replay_of_it_is_exact(tiny_data, tmp_path):
-    """Dynamic R-CNN's beta updates every 2 iterations and its IoU threshold every 3; logged every
-    3, each update writes a short "dynamic" record of what updated, so the replay of the run trains
-    each iteration with the beta the run had (its every-step log is the reference)."""
+    """Dynamic R-CNN's beta updates every 2 iterations and its IoU threshold every 3, over 7; logged
+    every 3, each update writes a short "dynamic" record of what updated, so the replay of the run
+    trains each iteration with the beta the run had (its every-step log is the reference), the last
+    one too, which trains with the beta of an update after the last update record."""
     from detector.engine.logger import DYNAMIC_KEYS
     from detector.losses.dynamic import ReplayedBeta, read_beta_trajectory
 
     def run(log_period):
         extra = {
-            "train.max_iters": 6,
+            "train.max_iters": 7,
             "train.log_period": log_period,
             "train.eval_period": 0,
             "model.roi_head.box_loss.schedule.interval": 2,
@@ -193,6 +194,7 @@ def test_dynamic_state_is_logged_at_every_update_and_a_replay_of_it_is_exact(tin
         ("dynamic", 4),
         ("train", 6),
         ("dynamic", 6),
+        ("train", 7),
     ]
     beta, iou, sampling = (set(DYNAMIC_KEYS[k]) for k in ("beta", "iou", "sampling"))
     assert [set(r) - {"type", "iter"} for r in logged if r["type"] == "dynamic"] == [
@@ -204,9 +206,10 @@ def test_dynamic_state_is_logged_at_every_update_and_a_replay_of_it_is_exact(tin
     # step s logs the beta iteration s - 1 trained with
     trained_with = [r["beta"] for r in reference if r["type"] == "train"]
     assert len(set(trained_with)) > 1, "the beta never moved: the test shows nothing"
-    replay = ReplayedBeta(*read_beta_trajectory(str(folder)), min_beta=0)
-    assert [replay.value_at(i) for i in range(6)] == trained_with
-    assert read_beta_trajectory(str(every)) == read_beta_trajectory(str(folder))
+    assert trained_with[-1] != trained_with[-2], "iteration 7 needs the last update's beta"
+    for log in (folder, every):
+        replay = ReplayedBeta(*read_beta_trajectory(str(log)), min_beta=0)
+        assert [replay.value_at(i) for i in range(7)] == trained_with
 
 
 def test_hparams_record_only_what_applies():

@@ -58,7 +58,7 @@ def plot_all(groups: Groups, out: Path, baseline: str = "") -> None:
     dynamic = False
     for color, (group, results) in enumerate(groups.items()):
         for i, r in enumerate(results.values()):
-            points = _train_series(r, "beta", "dynamic")
+            points = _train_series(r, "beta", "beta_log")
             if points and len({b for _, b in points}) > 1:
                 dynamic = True
                 ax.plot(
@@ -155,8 +155,8 @@ def plot_ap_vs_iou(groups: Groups, out: Path, baseline: str) -> None:
 
 
 def _train_series(run: dict[str, Any], key: str, series: str = "train") -> list[tuple[int, float]]:
-    """(iteration, ``key``) at each logged training step of ``run`` that has it (``"dynamic"``: at
-    each feedback update, where the run logged them)."""
+    """(iteration, ``key``) at each record of ``run[series]`` that has it (``"beta_log"``: the beta
+    trajectory)."""
     return [(r["iter"], r[key]) for r in run[series] if r.get(key) is not None]
 
 

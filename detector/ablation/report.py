@@ -121,6 +121,8 @@ def read_run(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
         # Dynamic's state (beta.csv, the sampling rows)
         "train": [r for r in log if r.get("type") == "train"],
         "dynamic": dynamic_records(log),
+        # the beta trajectory: beta.csv, beta.png, the final beta
+        "beta_log": dynamic_records(log, "beta"),
         "record": record or {},
         "tp_ious": None,
         "pred_err": None,
@@ -208,16 +210,17 @@ def collect(runs: list[Run], out: Path) -> list[Group]:
 
 
 def watched_otherwise(run: Run, out: Path) -> list[str]:
-    """``key=value`` of each key that only watches a run (:data:`REUSE_SAFE_KEYS` but where it
-    lives) whose value in the run's ``config.yaml`` (its last launch) is not this command's: a
-    reused run evaluated or logged at other periods."""
+    """``key=value`` of each key that only watches a run (the ``train.`` keys of
+    :data:`REUSE_SAFE_KEYS` but ``train.resume``) whose value in the run's ``config.yaml`` (its
+    last launch) is not this command's: a reused run evaluated or logged at other periods."""
     try:
         stored = stored_config(run.run_dir(out), fix="")
     except RunFolderError:
         return []
     if stored is None:
         return []
-    keys = [k for k in REUSE_SAFE_KEYS if k not in ("output_dir", "train.resume")]
+    # the loader's workers are the runner's per slot: how fast, not how a run was watched
+    keys = [k for k in REUSE_SAFE_KEYS if k.startswith("train.") and k != "train.resume"]
     differ = [k for k in diff_configs(stored, run.config(out).to_dict()) if k in keys]
     return [f"{k}={Config(stored).select(k)}" for k in differ]
 
@@ -650,14 +653,14 @@ def _write_tp_iou_csv(path: Path, groups: list[Group]) -> bool:
 
 
 def _write_beta_csv(path: Path, groups: list[Group]) -> int:
-    """Every beta update (else logged step) of each run whose beta changes (Dynamic's), as
+    """Every logged beta (each update and log step) of each run whose beta changes, as
     :data:`BETA_COLUMNS`; the number of such runs (none: no file)."""
     rows = []
     for g in groups:
         for seed, result in sorted(g.results.items()):
-            if len({r.get("beta") for r in result["dynamic"]} - {None}) < 2:
+            if len({r.get("beta") for r in result["beta_log"]} - {None}) < 2:
                 continue
-            for r in (r for r in result["dynamic"] if "beta" in r):
+            for r in result["beta_log"]:
                 rows.append(dict(config=g.name, seed=seed, run=result["run"], iter=r["iter"]))
                 rows[-1].update({k: _num(r.get(k)) for k in BETA_COLUMNS})
     _write_rows(path, rows)
@@ -679,9 +682,9 @@ def _sampling_section(groups: list[Group], dynamic_runs: int) -> list[str]:
     )
     if dynamic_runs:
         text += (
-            f" {BETA_CSV}: every update of the {dynamic_runs} run(s) whose β changes (β, its "
-            f"statistic, the zero share, positives and zero targets per image; a run logged "
-            f"before 2026-12-07: every logged step)."
+            f" {BETA_CSV}: every logged β of the {dynamic_runs} run(s) whose β changes, each "
+            f"update's and each log step's (β, its statistic, the zero share, positives and zero "
+            f"targets per image)."
         )
     counts = [(g, g.stats["num_pos_per_image"].n) for g in shown]
     table = _stats_table(columns, "runs", counts)
@@ -690,7 +693,8 @@ def _sampling_section(groups: list[Group], dynamic_runs: int) -> list[str]:
 
 def _convergence_section(groups: list[Group]) -> list[str]:
     moved = {g.name: convergence(list(g.results.values())) for g in groups if g.results}
-    if not any(moved.values()):
+    # nothing to say where no run was evaluated before its end
+    if not any(len(r["evals"]) > 1 for g in groups for r in g.results.values()):
         return []
     text = (
         "Mean AP over the seeds at the last evaluation by 3/4 of training and at the end "

@@ -63,7 +63,8 @@ def train_mean(
 
 
 def train_last(key: str, series: str = "train") -> Reader:
-    """The last logged training step's ``key`` (``"dynamic"``: feedback update's, where logged)."""
+    """The last logged training step's ``key`` (``"beta_log"``: the last of the run's beta
+    trajectory, :func:`detector.losses.dynamic.dynamic_records`)."""
 
     def read(run):
         values = [r[key] for r in run[series] if r.get(key) is not None]
@@ -137,7 +138,7 @@ STATS: list[Stat] = [
         scale=100,
         optional=True,
     ),
-    Stat("beta_final", train_last("beta", "dynamic"), "sampling", "final β", ".3f", optional=True),
+    Stat("beta_final", train_last("beta", "beta_log"), "sampling", "final β", ".3f", optional=True),
     *(
         Stat(name, recorded("tide", name), "localisation", label, ".2f", optional=True)
         for name, label in ((TIDE_METRIC, "TIDE Loc dAP"), (TIDE_HIGH_METRIC, "TIDE Loc@0.75 dAP"))

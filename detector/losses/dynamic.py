@@ -249,8 +249,8 @@ class ReplayedBeta(BetaSchedule):
     R-CNN's feedback from the shape of its beta curve): the beta logged at step ``iters[j]``, the
     one iteration ``iters[j] - 1`` trained with, holds for every iteration since the previous logged
     step; past the last, the last (floored at ``min_beta``). Exact for a recorded adaptive run (its
-    ``metrics.jsonl`` holds the beta of every update), else when its log period divides the
-    schedule's changes."""
+    ``metrics.jsonl`` holds the beta of every update and of its last step), else when its log
+    period divides the schedule's changes."""
 
     type = "replay"
     iters: Sequence[int]
@@ -267,16 +267,24 @@ class ReplayedBeta(BetaSchedule):
         return float(max(self.betas[j], self.min_beta))
 
 
-def dynamic_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` that hold Dynamic's state: its "dynamic" records, one per
-    update, else its logged training steps (a run logged before 2026-12-07)."""
+def dynamic_records(records: list[dict[str, Any]], key: str | None = None) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` that hold Dynamic's state. Without ``key``: its "dynamic"
+    records, one per update, else its logged training steps (a run logged before 2026-12-07). With
+    ``key`` (``"beta"``): the trajectory, every record that holds it by iteration (an update's where
+    both; each holds the value iteration ``iter`` - 1 trained with): an adaptive beta's updates, a
+    fixed schedule's or a replay's beta at the log steps, the value after the last update at the
+    last step, a run resumed across 2026-12-07 whole."""
     updates = [r for r in records if r.get("type") == "dynamic"]
-    return updates or [r for r in records if r.get("type") == "train"]
+    if key is None:
+        return updates or [r for r in records if r.get("type") == "train"]
+    by_iter = {r["iter"]: r for r in records if r.get("type") == "train" and key in r}
+    by_iter.update({r["iter"]: r for r in updates if key in r})
+    return [by_iter[i] for i in sorted(by_iter)]
 
 
 def read_beta_trajectory(path: str) -> tuple[list[int], list[float]]:
-    """The logged (step, beta) pairs, by step, of a run (its folder or ``metrics.jsonl``: its
-    "dynamic" records, one per update, else its logged training steps) or of a report's
+    """The logged (step, beta) pairs, by step, of a run (its folder or ``metrics.jsonl``: its beta
+    trajectory, :func:`dynamic_records`) or of a report's
     ``beta.csv`` (one config: the mean over its runs at each step); a :class:`DetectorError` names
     the file and what is wrong."""
     key = "model.roi_head.box_loss.schedule.file"
@@ -293,7 +301,7 @@ def read_beta_trajectory(path: str) -> tuple[list[int], list[float]]:
     by_step: dict[int, list[float]] = {}
     try:
         if file.suffix != ".csv":
-            rows = dynamic_records(rows)
+            rows = dynamic_records(rows, "beta")
         for r in rows:
             if r.get("beta") not in (None, ""):
                 by_step.setdefault(int(r["iter"]), []).append(float(r["beta"]))
