@@ -147,6 +147,31 @@ def test_bad_family_options_are_one_line(tmp_path, capsys, args, words):
     assert len(err.splitlines()) == 1 and all(w in err for w in words), err
 
 
+def test_a_config_without_a_finished_run_still_counts_in_the_family():
+    """Holm over exactly configs x primary endpoints: a config whose every seed failed keeps its
+    tests, as p = 1, so the others' Holm p and simultaneous intervals do not loosen (with it
+    dropped, m fell from 2 to 1 and p_holm to the raw p)."""
+    from detector.ablation.report import Family, Group, compare
+
+    def run(ap):
+        return {"values": {s.name: (ap if s.name == "AP" else 0.5) for s in STATS}}
+
+    base = Group("smoothl1", 6, {seed: run(0.80 + 0.001 * seed) for seed in range(6)})
+    better = Group("l1", 6, {seed: run(0.83 + 0.003 * (seed % 2)) for seed in range(6)})
+    failed = Group("giou", 6)  # every seed failed: no results
+    paired, tests = compare([base, better, failed], "smoothl1", Family(primary=("AP",)))
+    assert tests == 2 and set(paired) == {"l1"}
+    d = paired["l1"]["AP"]
+    assert d.p_holm == pytest.approx(min(1.0, 2 * d.p)) and d.family == "primary"
+    low, high = sps.t.interval(1 - 0.05 / 2, d.n - 1, loc=d.mean, scale=d.std / d.n**0.5)
+    assert (d.sim_low, d.sim_high) == (pytest.approx(low), pytest.approx(high))
+
+
+def test_a_margin_not_given_keeps_its_default():
+    family = ablate.parse_family(["AP", "AP90"], ["AP=0.5"])
+    assert family.margins["AP"] == pytest.approx(0.005) and family.margins["AP90"] == 0.02
+
+
 def test_a_statistic_is_one_row(tmp_path, capsys):
     """One row added to STATS: in summary.md's table, summary.csv's run, group and paired rows."""
 

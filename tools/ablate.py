@@ -25,7 +25,7 @@ from pathlib import Path
 from detector.ablation.launch import REPO, Interrupted, run_local
 from detector.ablation.plan import AblationError, check_runs, plan_runs, resolve_baseline
 from detector.ablation.record import CHECKPOINT_CHOICES
-from detector.ablation.report import Family, check_report_folder, write_report
+from detector.ablation.report import DEFAULT_MARGINS, Family, check_report_folder, write_report
 from detector.ablation.table import STATS
 from detector.config import tool_parser
 from detector.errors import run_tool
@@ -114,7 +114,8 @@ def build_parser():
         "--margins",
         nargs="+",
         metavar="METRIC=POINTS",
-        help="TOST margins of the primary endpoints in AP points (default AP=1 AP90=2)",
+        help="TOST margins of the primary endpoints in AP points (those not given keep their "
+        "default: AP=1 AP90=2)",
     )
     parser.add_argument(
         "--plan-tests",
@@ -212,7 +213,8 @@ def parse_family(
         return Family(tuple(primary or ()), plan_tests=plan_tests or 0)
     if not primary:
         raise AblationError("--margins: TOST margins belong to --primary endpoints; add --primary")
-    parsed = {}
+    # a margin not given keeps its default
+    parsed = dict(DEFAULT_MARGINS)
     for text in margins:
         name, _, value = text.partition("=")
         try:

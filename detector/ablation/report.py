@@ -241,14 +241,19 @@ def compare(
         if g is not base and g.results and base.results
     }
     if family.primary:
-        tests = [(name, m) for name in diffs for m in family.primary]
+        # every planned config, finished or not: a pre-registered test that cannot be made (its
+        # config or the baseline has no finished run, too few pairs) still counts, as p = 1
+        tests = [(g.name, m) for g in groups if g is not base for m in family.primary]
     else:
         tests = [(name, m) for name, by in diffs.items() for m, d in by.items() if d.testable]
-    # a pre-registered test that cannot be made still counts, as p = 1
-    p_values = [diffs[name][m].p for name, m in tests]
+    p_values = [diffs[name][m].p if name in diffs else NAN for name, m in tests]
     adjusted = dict(zip(tests, holm([1.0 if math.isnan(p) else p for p in p_values])))
     margins = {m: family.margins[m] for m in family.primary if m in family.margins}
-    p_tost = {(name, m): tost(diffs[name][m], margins[m]) for name, m in tests if m in margins}
+    p_tost = {
+        (name, m): tost(diffs[name][m], margins[m]) if name in diffs else NAN
+        for name, m in tests
+        if m in margins
+    }
     tost_adjusted = dict(zip(p_tost, holm([1.0 if math.isnan(p) else p for p in p_tost.values()])))
     sd = {m: pooled_sd(by[m] for by in diffs.values()) for m in names}
     failed = {g.name: g.failed for g in groups}
