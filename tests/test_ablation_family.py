@@ -160,7 +160,16 @@ def test_a_config_without_a_finished_run_still_counts_in_the_family():
     better = Group("l1", 6, {seed: run(0.83 + 0.003 * (seed % 2)) for seed in range(6)})
     failed = Group("giou", 6)  # every seed failed: no results
     paired, tests = compare([base, better, failed], "smoothl1", Family(primary=("AP",)))
-    assert tests == 2 and set(paired) == {"l1"}
+    assert tests == 2 and set(paired) == {"l1", "giou"}
+    assert paired["giou"]["AP"].verdict == "no pairs: counted at p = 1"
+    # not started is not failed
+    from detector.ablation.plan import Run
+    from detector.ablation.report import NOT_STARTED, _summary_section, _unfinished_section
+
+    failed.unfinished = [(Run("giou", seed, ["giou.yaml"]), NOT_STARTED) for seed in range(6)]
+    assert "| giou | 0 of 6: not started |" in "\n".join(_summary_section([base, failed]))
+    assert "- **giou**: no run started yet\n" in "\n".join(_unfinished_section([failed]))
+    assert paired["giou"]["AP90"].family == "exploratory"  # not a primary endpoint here
     d = paired["l1"]["AP"]
     assert d.p_holm == pytest.approx(min(1.0, 2 * d.p)) and d.family == "primary"
     low, high = sps.t.interval(1 - 0.05 / 2, d.n - 1, loc=d.mean, scale=d.std / d.n**0.5)

@@ -235,25 +235,21 @@ def compare(
     detectable effect uses the sd pooled over the configs, at Holm's strictest level α / m."""
     base = next(g for g in groups if g.name == baseline)
     names = [s.name for s in STATS if s.compared]
+    # a pre-registered family holds every planned config, finished or not
     diffs = {
         g.name: {m: paired_difference(g.values(m), base.values(m)) for m in names}
         for g in groups
-        if g is not base and g.results and base.results
+        if g is not base and (family.primary or g.results and base.results)
     }
     if family.primary:
-        # every planned config, finished or not: a pre-registered test that cannot be made (its
-        # config or the baseline has no finished run, too few pairs) still counts, as p = 1
-        tests = [(g.name, m) for g in groups if g is not base for m in family.primary]
+        tests = [(name, m) for name in diffs for m in family.primary]
     else:
         tests = [(name, m) for name, by in diffs.items() for m, d in by.items() if d.testable]
-    p_values = [diffs[name][m].p if name in diffs else NAN for name, m in tests]
+    # a pre-registered test that cannot be made (no finished run, too few pairs) counts, as p = 1
+    p_values = [diffs[name][m].p for name, m in tests]
     adjusted = dict(zip(tests, holm([1.0 if math.isnan(p) else p for p in p_values])))
     margins = {m: family.margins[m] for m in family.primary if m in family.margins}
-    p_tost = {
-        (name, m): tost(diffs[name][m], margins[m]) if name in diffs else NAN
-        for name, m in tests
-        if m in margins
-    }
+    p_tost = {(name, m): tost(diffs[name][m], margins[m]) for name, m in tests if m in margins}
     tost_adjusted = dict(zip(p_tost, holm([1.0 if math.isnan(p) else p for p in p_tost.values()])))
     sd = {m: pooled_sd(by[m] for by in diffs.values()) for m in names}
     failed = {g.name: g.failed for g in groups}
@@ -281,6 +277,8 @@ def compare(
                 why = verdict(d, d.p_holm, failed[name], failed[baseline], d.p_tost_holm)
             if family.primary and why == "no evidence":
                 why = "inconclusive"  # neither different nor equivalent
+            if member and d.n == 0:
+                why = "no pairs: counted at p = 1"
             compared[name][m] = replace(d, verdict=why)
     return compared, len(tests)
 
@@ -354,6 +352,9 @@ def _write_csv(path: Path, groups: list[Group], paired, baseline: str) -> None:
             rows.append(dict(kind="group", config=g.name, metric=metric, n=s.n))
             rows[-1].update(value=_num(s.mean), std=_num(s.std))
         for metric, d in paired.get(g.name, {}).items():
+            # a config with no finished run: its pre-registered tests alone
+            if not g.results and d.family != "primary":
+                continue
             numbers = dict(value=d.mean, std=d.std, ci95_low=d.ci_low, ci95_high=d.ci_high, p=d.p)
             numbers.update(p_holm=d.p_holm, detectable=d.detectable, margin=d.margin)
             numbers.update(p_tost=d.p_tost, p_tost_holm=d.p_tost_holm)
@@ -480,7 +481,7 @@ def _summary_section(groups: list[Group]) -> list[str]:
         if len(g.results) != g.planned:
             seeds = f"{len(g.results)} of {g.planned}"
         if not g.results:
-            seeds += ": **failed**"
+            seeds += ": **failed**" if g.failed else ": not started"
         elif g.failed:
             seeds += f"; {g.failed}"
         counts.append((g, seeds))
@@ -544,7 +545,8 @@ def _paired_section(
     for name, by_metric in paired.items():
         # the pre-registered tests first
         for metric, d in sorted(by_metric.items(), key=lambda item: item[1].family != "primary"):
-            if d.n == 0:
+            # a pre-registered test shows, made or not
+            if d.n == 0 and d.family != "primary":
                 continue
             ci = _interval(d.ci_low, d.ci_high)
             if family.primary:
@@ -726,7 +728,10 @@ def _unfinished_section(groups: list[Group]) -> list[str]:
         return []
     lines = []
     for g in unfinished:
-        head = (g.failed or "not all runs started") if g.results else "all runs failed: no results"
+        if g.results:
+            head = g.failed or "not all runs started"
+        else:
+            head = "all runs failed: no results" if g.failed else "no run started yet"
         lines.append(f"- **{g.name}**: {head}")
         lines += [f"  - {run.name}: {why}" for run, why in g.unfinished]
     return _section("Runs without results", "\n".join(lines))
