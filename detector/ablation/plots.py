@@ -119,8 +119,9 @@ def plot_ap_vs_iou(groups: Groups, out: Path, baseline: str) -> None:
     def mean_ci(values):
         values = np.array(values)
         mean = values.mean(0)
+        # one seed: no interval (a zero-width bar would look like certainty)
         if len(values) < 2:
-            return mean, np.zeros_like(mean)
+            return mean, None
         half = stats.t.ppf(0.975, len(values) - 1) * values.std(0, ddof=1) / np.sqrt(len(values))
         return mean, half
 
