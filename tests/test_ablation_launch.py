@@ -207,6 +207,20 @@ def test_code_trains_with_another_checkout_and_its_launch_names_it(tmp_path, mon
     assert launch["commit"] == commit and launch["dirty"] is False
     capsys.readouterr()
 
+    # an unfinished run with no checkpoint: another checkout's trainer may not start it over
+    # cleanly, so --code asks for --force, which replaces it
+    run = plan_runs(["smoothl1.yaml"], [], 1, ["train.max_iters=2"])[0]
+    run.config(tmp_path / "abl").save(tmp_path / "abl" / "runs" / run.name / "config.yaml")
+    args = ["--cfgs", "smoothl1.yaml", "--seeds", "1", "--out", str(tmp_path / "abl")]
+    assert ablate.main([*args, "--code", str(checkout), "train.max_iters=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "smoothl1-seed0" in err and "--force" in err
+    calls = calls_of_a_fake_ablation(
+        tmp_path, monkeypatch, "--seeds", "1", "--code", str(checkout), "--force"
+    )
+    assert calls[-1][2].split()[-1] == "--overwrite"
+    capsys.readouterr()
+
     not_a_checkout = tmp_path / "empty"
     not_a_checkout.mkdir()
     args = ["--cfgs", "l1.yaml", "--seeds", "1", "--out", str(tmp_path / "abl2")]

@@ -23,7 +23,13 @@ from collections import Counter
 from pathlib import Path
 
 from detector.ablation.launch import REPO, Interrupted, run_local
-from detector.ablation.plan import AblationError, check_runs, plan_runs, resolve_baseline
+from detector.ablation.plan import (
+    NO_CHECKPOINT,
+    AblationError,
+    check_runs,
+    plan_runs,
+    resolve_baseline,
+)
 from detector.ablation.record import CHECKPOINT_CHOICES
 from detector.ablation.report import DEFAULT_MARGINS, Family, check_report_folder, write_report
 from detector.ablation.table import STATS
@@ -171,6 +177,14 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else default_out
     # every config, run folder and report file, before anything trains
     steps = check_runs(runs, out, force=args.force)
+    over = [s.run.name for s in steps if s.note == NO_CHECKPOINT]
+    if over and code != REPO and not args.report_only:
+        # this checkout's trainer starts such a run over cleanly; another's may not (ec6293d's
+        # appended to the old metrics.jsonl)
+        raise AblationError(
+            f"{', '.join(over)}: unfinished, with no checkpoint to resume from; with --code, add "
+            f"--force to train them again from scratch (their records are replaced)"
+        )
     check_report_folder(out, [*cfgs, *args.cfg], args.overwrite)
     errors: dict = {}
     if not args.report_only:
