@@ -235,17 +235,20 @@ def train_and_crash_after_logging_3(cfg, run: Path, monkeypatch) -> None:
             trainer_mod.train(cfg, run)
 
 
+@pytest.mark.parametrize("max_iters", [4, 5], ids=["same-length", "new-length"])
 def test_a_resume_without_a_checkpoint_starts_over_without_mixing_records(
-    data_root, tmp_path, monkeypatch, capsys
+    data_root, tmp_path, monkeypatch, capsys, max_iters
 ):
     # killed before its first checkpoint (or its checkpoints lost with the machine): the records
-    # it logged describe iterations that no checkpoint holds
+    # it logged describe iterations that no checkpoint holds. A new train.max_iters needs no
+    # --extend there: the run starts over at that length, nothing is extended
     run = tmp_path / "run"
     steps = {"train.max_iters": 4, "train.checkpoint_period": 10}
     train_and_crash_after_logging_3(cfg_for(data_root, run, **steps), run, monkeypatch)
     assert train_records(run) == [1, 2, 3] and not list((run / "checkpoints").glob("*.pth"))
+    steps["train.max_iters"] = max_iters
     trainer_mod.train(cfg_for(data_root, run, **steps, **{"train.resume": True}), run)
-    assert train_records(run) == [1, 2, 3, 4]
+    assert train_records(run) == list(range(1, max_iters + 1))
     assert len(records_of(run, "start")) == 1
     assert "no checkpoint holds the 4 records in" in capsys.readouterr().err
 

@@ -260,6 +260,9 @@ def check_run_folder(
     if "train.max_iters" in differ:
         length = f"train.max_iters {stored['train']['max_iters']} -> {cfg.train.max_iters}"
         derived = max_iters_dependents(stored, cfg.train.max_iters)
+        # no checkpoint: the run starts over at the new length (check_resume_point), so nothing
+        # is extended and nothing mixes two schedules
+        derived = derived if has_checkpoint(run_dir) else []
         if derived and not extend:
             raise RunFolderError(
                 f"--resume: {length} changes what the run learns ({', '.join(derived)} derive from "
