@@ -197,7 +197,7 @@ def main(argv=None) -> int:
         errors = launch(args, steps, out, command, code)
         if errors is None:  # submitted without waiting
             return 0
-    groups = write_report(runs, out, baseline, args.title, command, family)
+    groups = write_report(steps, out, baseline, args.title, command, family)
     print((out / "summary.md").read_text())
     missing = [f"{run.name}: {why}" for g in groups for run, why in g.unfinished]
     failed = [e for e in errors.values() if e]

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from detector.config import diff_configs, load_config
+from detector.config import Config, diff_configs, load_config
 from detector.engine.runs import (
     RESUME_SAFE_KEYS,
     REUSE_SAFE_KEYS,
@@ -26,6 +26,9 @@ from detector.errors import UsageError
 NOISE_SEED_KEY = "data.label_noise_seed"
 # a resume with nothing to resume from: the trainer starts the run over
 NO_CHECKPOINT = "no checkpoint: starts over"
+# the keys that only watch a run (the loader's workers are the runner's per slot: how fast, not how
+# a run was watched)
+WATCH_KEYS = [k for k in REUSE_SAFE_KEYS if k.startswith("train.") and k != "train.resume"]
 
 
 class AblationError(UsageError):
@@ -60,6 +63,8 @@ class Step:
     action: str  # train, reuse, resume or overwrite
     device: str = "auto"  # the run's train.device (a CPU-only ablation is never pinned to GPUs)
     note: str = ""
+    # a reused run's WATCH_KEYS as ``key=value`` of its config.yaml, where they are not this plan's
+    watched: list[str] = field(default_factory=list)
 
 
 def parse_sweep(text: str) -> tuple[str, list[str]]:
@@ -155,12 +160,16 @@ def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
                 Step(run, run_dir, "overwrite", cfg.train.device, "unreadable config.yaml")
             )
             continue
+        watched = []
         if stored is None:
             # finished without a config: nothing says which experiment it is
             differ = ["everything (no config.yaml)"] if finished else []
         else:
             safe = REUSE_SAFE_KEYS if finished else RESUME_SAFE_KEYS
-            differ = [k for k in diff_configs(stored, cfg.to_dict()) if k not in safe]
+            changed = diff_configs(stored, cfg.to_dict())
+            differ = [k for k in changed if k not in safe]
+            if finished:
+                watched = [f"{k}={Config(stored).select(k)}" for k in changed if k in WATCH_KEYS]
         note = ""
         if differ:
             action = "overwrite"
@@ -178,7 +187,7 @@ def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
             action, note = "resume", NO_CHECKPOINT
         if differ and not force:
             stale.append((run_dir, finished, differ))
-        steps.append(Step(run, run_dir, action, cfg.train.device, note))
+        steps.append(Step(run, run_dir, action, cfg.train.device, note, watched))
     if stale:
         run_dir, finished, differ = stale[0]
         keys = list(dict.fromkeys(k for _, _, d in stale for k in d))

@@ -19,7 +19,7 @@ from typing import Any
 
 from detector.ablation.launch import last_line
 from detector.ablation.localisation import MATCH_IOU, SCORE_THRESHOLD, tide_available
-from detector.ablation.plan import Run, groups_of
+from detector.ablation.plan import Run, Step, groups_of
 from detector.ablation.plots import PLOTS, TP_IOU_BINS, plot_all
 from detector.ablation.record import RECORD, RecordError, ensure_record
 from detector.ablation.stats import (
@@ -43,16 +43,9 @@ from detector.ablation.stats import (
     verdict,
 )
 from detector.ablation.table import STATS, Stat
-from detector.config import Config, diff_configs
 from detector.engine.logger import DYNAMIC_KEYS
 from detector.engine.outputs import check_output_folder
-from detector.engine.runs import (
-    FINAL_METRICS,
-    REUSE_SAFE_KEYS,
-    RunFolderError,
-    is_finished,
-    stored_config,
-)
+from detector.engine.runs import FINAL_METRICS, is_finished
 from detector.errors import read_json
 from detector.losses.dynamic import dynamic_records
 
@@ -177,14 +170,15 @@ class Group:
         return {s.name: mean_std(self.values(s.name).values()) for s in STATS}
 
 
-def collect(runs: list[Run], out: Path) -> list[Group]:
-    """The groups in plan order, read from ``out/runs`` (after ``check_runs``: its finished runs
-    are this one's). A finished run whose record cannot be read is skipped with one line on stderr
-    and counts as failed."""
+def collect(steps: list[Step], out: Path) -> list[Group]:
+    """The groups in plan order, read from ``out/runs`` (``steps`` from ``check_runs``: its
+    finished runs are this plan's). A finished run whose record cannot be read is skipped with one
+    line on stderr and counts as failed."""
+    runs = [step.run for step in steps]
     groups = {name: Group(name, sum(r.group == name for r in runs)) for name in groups_of(runs)}
     ground_truth: dict = {}  # the val ground truth per data config, read once
-    for run in runs:
-        run_dir = run.run_dir(out)
+    for step in steps:
+        run, run_dir = step.run, step.run_dir
         log = run_dir / "train.log"
         if is_finished(run_dir):
             try:
@@ -196,7 +190,7 @@ def collect(runs: list[Run], out: Path) -> list[Group]:
             values = result["values"].items()
             bad = [m for m, v in values if isinstance(v, float) and not math.isfinite(v)]
             if not bad:
-                result["watched"] = watched_otherwise(run, out)
+                result["watched"] = step.watched
                 groups[run.group].results[run.seed] = result
                 continue
             why = f"diverged: non-finite {', '.join(bad)}; log: {log}"
@@ -207,22 +201,6 @@ def collect(runs: list[Run], out: Path) -> list[Group]:
             why = f"did not finish{': ' + line if line else ''}; log: {log}"
         groups[run.group].unfinished.append((run, why))
     return list(groups.values())
-
-
-def watched_otherwise(run: Run, out: Path) -> list[str]:
-    """``key=value`` of each key that only watches a run (the ``train.`` keys of
-    :data:`REUSE_SAFE_KEYS` but ``train.resume``) whose value in the run's ``config.yaml`` (its
-    last launch) is not this command's: a reused run evaluated or logged at other periods."""
-    try:
-        stored = stored_config(run.run_dir(out), fix="")
-    except RunFolderError:
-        return []
-    if stored is None:
-        return []
-    # the loader's workers are the runner's per slot: how fast, not how a run was watched
-    keys = [k for k in REUSE_SAFE_KEYS if k.startswith("train.") and k != "train.resume"]
-    differ = [k for k in diff_configs(stored, run.config(out).to_dict()) if k in keys]
-    return [f"{k}={Config(stored).select(k)}" for k in differ]
 
 
 def compare(
@@ -301,7 +279,7 @@ def _is_summary_csv(path: Path) -> bool:
 
 
 def write_report(
-    runs: list[Run],
+    steps: list[Step],
     out: Path,
     baseline: str,
     title: str = "",
@@ -309,7 +287,7 @@ def write_report(
     family: Family = Family(),
 ) -> list[Group]:
     """Write summary.csv, summary.md and the plots into ``out``; return the groups."""
-    groups = collect(runs, out)
+    groups = collect(steps, out)
     paired, tests = compare(groups, baseline, family)
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "summary.csv", groups, paired, baseline)
