@@ -24,7 +24,6 @@ from pathlib import Path
 
 from detector.ablation.launch import REPO, Interrupted, run_local
 from detector.ablation.plan import (
-    NO_CHECKPOINT,
     AblationError,
     check_runs,
     plan_runs,
@@ -176,15 +175,10 @@ def main(argv=None) -> int:
     default_out = Path("runs") / ("ablation-" + "-".join(Path(c).stem for c in cfgs))
     out = Path(args.out) if args.out else default_out
     # every config, run folder and report file, before anything trains
-    steps = check_runs(runs, out, force=args.force)
-    over = [s.run.name for s in steps if s.note == NO_CHECKPOINT]
-    if over and code != REPO and not args.report_only:
-        # this checkout's trainer starts such a run over cleanly; another's may not (ec6293d's
-        # appended to the old metrics.jsonl)
-        raise AblationError(
-            f"{', '.join(over)}: unfinished, with no checkpoint to resume from; with --code, add "
-            f"--force to train them again from scratch (their records are replaced)"
-        )
+    # this checkout's trainer starts a run with no checkpoint over cleanly; another's may not
+    # (ec6293d's appended to the old metrics.jsonl)
+    starts_over = code == REPO or args.report_only
+    steps = check_runs(runs, out, force=args.force, starts_over=starts_over)
     check_report_folder(out, [*cfgs, *args.cfg], args.overwrite)
     errors: dict = {}
     if not args.report_only:

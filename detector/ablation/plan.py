@@ -143,9 +143,12 @@ def resolve_baseline(runs: list[Run], baseline: str | None) -> str:
     )
 
 
-def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
+def check_runs(
+    runs: list[Run], out: Path, force: bool = False, starts_over: bool = True
+) -> list[Step]:
     """The :class:`Step` of every run; reads only. Without ``force`` a stale run raises one
-    :class:`AblationError`."""
+    :class:`AblationError`, and so does an unfinished run with no checkpoint unless the trainer
+    ``starts_over`` such a run cleanly (this checkout's does; another's, ``--code``, may not)."""
     steps, stale = [], []
     for run in runs:
         run_dir = run.run_dir(out)
@@ -196,5 +199,11 @@ def check_runs(runs: list[Run], out: Path, force: bool = False) -> list[Step]:
             f"{run_dir}{more} holds {'a finished' if finished else 'an unfinished'} run of another "
             f"config: it differs in {', '.join(keys)}; rerun with --force to train such runs again "
             f"(their old results are replaced), or write this ablation to another --out"
+        )
+    over = [step.run.name for step in steps if step.note == NO_CHECKPOINT]
+    if over and not starts_over:
+        raise AblationError(
+            f"{', '.join(over)}: unfinished, with no checkpoint to resume from; with --code, add "
+            f"--force to train them again from scratch (their records are replaced)"
         )
     return steps
