@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from detector.config import load_config
-from detector.data.base import ImageRecord, corrupt_records
+from detector.data.base import ImageRecord, corrupt_records, realised_noise
 from detector.data.build import build_dataset
 
 
@@ -41,6 +41,14 @@ def make_records(num_images=60, per_image=40, size=1000):
 def changed(clean, noisy):
     """[M] bool over every box of the records: was it corrupted."""
     return np.concatenate([(a.boxes != b.boxes).any(axis=1) for a, b in zip(clean, noisy)])
+
+
+def test_the_realised_rate_counts_the_boxes_noise_may_corrupt():
+    # a crowd box is never corrupted, so it is no part of the rate: every one of the 39 other boxes
+    # of each image moves at label_noise 1.0, a realised rate of 1 (not 39/40)
+    clean = make_records(num_images=5)
+    moved, total = realised_noise(clean, corrupt_records(clean, 1.0, "jitter", 0.2, seed=0))
+    assert moved == total == 5 * 39
 
 
 def stacked(records):

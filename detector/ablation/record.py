@@ -73,9 +73,10 @@ def _rounded(values, digits: int = 5) -> list:
 
 
 def label_noise(run_dir: Path) -> dict[str, Any] | None:
-    """The label noise the run trained on, realised: the share of the training boxes that differ
-    from the clean ones (rebuilt from the run's config.yaml and data); None without noise."""
+    """The label noise the run trained on, realised: the share of the non-crowd training boxes that
+    differ from the clean ones (rebuilt from the run's config.yaml and data); None without noise."""
     from detector.config import load_config
+    from detector.data.base import realised_noise
     from detector.data.build import build_dataset
 
     path = run_dir / "config.yaml"
@@ -85,9 +86,7 @@ def label_noise(run_dir: Path) -> dict[str, Any] | None:
         return None
     noisy = build_dataset(cfg, "train", transforms=False).records
     clean = build_dataset(load_config([path], ["data.label_noise=0"]), "train", transforms=False)
-    pairs = zip(clean.records, noisy)
-    moved = sum(int((a.boxes != b.boxes).any(axis=1).sum()) for a, b in pairs)
-    total = sum(len(r.boxes) for r in noisy)
+    moved, total = realised_noise(clean.records, noisy)
     return {
         "kind": data.label_noise_kind,
         "seed": data.label_noise_seed,

@@ -450,8 +450,8 @@ def _summary_section(groups: list[Group]) -> list[str]:
     )
     if any(c.name == "label_noise" for c in columns):
         text += (
-            " noise: the nominal share of training boxes corrupted; noise realised: the share "
-            "that differs from the clean boxes (record.json)."
+            " noise: the nominal share of non-crowd training boxes corrupted; noise realised: "
+            "the share of them that differs from the clean boxes (record.json)."
         )
     counts = []
     for g in groups:

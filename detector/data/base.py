@@ -189,7 +189,7 @@ def corrupt_records(
     are unchanged. ``kind``: jitter or outlier (the config's choices check it)."""
     if fraction <= 0:
         return list(records)
-    out, corrupted = [], 0
+    out = []
     for rec in records:
         n = len(rec.boxes)
         rng = np.random.default_rng([seed, int(rec.image_id) % 2**64])
@@ -210,13 +210,21 @@ def corrupt_records(
                     break
                 noisy[lost] = np.clip(_outliers(boxes[lost], rng), 0, limits)
         chosen &= min_size_mask(torch.tensor(noisy), 1).numpy()
-        corrupted += int(chosen.sum())
         out.append(replace(rec, boxes=np.where(chosen[:, None], noisy, boxes).astype(np.float32)))
-    total = sum(len(r.boxes) for r in records)
+    corrupted, total = realised_noise(records, out)
     logger.info(
-        f"label noise ({kind}, seed {seed}): corrupted {corrupted} of {total} training boxes"
+        f"label noise ({kind}, seed {seed}): corrupted {corrupted} of {total} non-crowd training "
+        "boxes"
     )
     return out
+
+
+def realised_noise(clean: Sequence[ImageRecord], noisy: Sequence[ImageRecord]) -> tuple[int, int]:
+    """(boxes that differ, non-crowd boxes) between the same records clean and corrupted: the label
+    noise realised over the boxes it may corrupt (crowd boxes never are)."""
+    pairs = list(zip(clean, noisy))
+    moved = sum(int((a.boxes != b.boxes).any(axis=1).sum()) for a, b in pairs)
+    return moved, sum(int((~a.iscrowd).sum()) for a, _ in pairs)
 
 
 @dataclass(kw_only=True, eq=False, repr=False)
