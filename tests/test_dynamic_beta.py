@@ -363,6 +363,9 @@ def test_the_beta_trajectory_is_every_record_that_holds_beta(tmp_path, log, step
             "holds the beta of configs a, b; a replay takes one",
         ),
         ("config,iter,beta\na,two,1\n", ".csv", "not a log of beta"),
+        ("config,iter,beta\na,2,1\na,4\n", ".csv", "line 3 does not have the header's 3 fields"),
+        # a byte-order mark does not hide the config column
+        ("\ufeffconfig,iter,beta\na,2,1\nb,2,1\n", ".csv", "holds the beta of configs a, b"),
         ('{"type": "train", "iter": 2, "loss": 1}\n', ".jsonl", "no beta logged"),
         ('{"type": "train", "iter": 2, "beta": NaN}\n', ".jsonl", "no beta logged"),
         (
@@ -377,7 +380,18 @@ def test_the_beta_trajectory_is_every_record_that_holds_beta(tmp_path, log, step
         ),
         ("3\n", ".jsonl", "not a log of beta"),
     ],
-    ids=["missing", "two configs", "bad iter", "no beta", "nan", "torn", "deep", "not records"],
+    ids=[
+        "missing",
+        "two configs",
+        "bad iter",
+        "short row",
+        "byte-order mark",
+        "no beta",
+        "nan",
+        "torn",
+        "deep",
+        "not records",
+    ],
 )
 def test_replay_of_a_bad_log_is_one_line_naming_the_file(tmp_path, text, suffix, error):
     path = tmp_path / f"log{suffix}"

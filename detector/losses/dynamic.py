@@ -293,9 +293,19 @@ def read_beta_trajectory(path: str) -> tuple[list[int], list[float]]:
     fix = f"{key}: give a run folder, its metrics.jsonl or a report's beta.csv"
     if file.suffix == ".csv":
         try:
-            rows = list(csv.DictReader(io.StringIO(file.read_text(encoding="utf-8"))))
+            # utf-8-sig: a byte-order mark (a spreadsheet's save) is no part of the first column
+            text = file.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             raise DetectorError(f"{file}: cannot be read ({first_line(exc)}); {fix}") from None
+        reader = csv.DictReader(io.StringIO(text))
+        rows = list(reader)
+        # a short row has None values, a long one a None key
+        torn = next((i for i, r in enumerate(rows, 2) if None in r or None in r.values()), 0)
+        if torn:
+            raise DetectorError(
+                f"{where}: line {torn} does not have the header's {len(reader.fieldnames)} "
+                f"fields (a torn or edited file); {fix}"
+            )
     else:
         rows = read_json(file, DetectorError, fix, lines=True)
     by_step: dict[int, list[float]] = {}
