@@ -588,8 +588,8 @@ def _localisation_section(groups: list[Group], histogram: bool = False) -> list[
         tide_note = (
             "TIDE Loc: TIDE's localisation-error dAP (tidecv; AP points at IoU 0.5 gained by "
             "fixing detections mislocalised at IoU 0.1 to 0.5; lower is better); Loc@0.75: the "
-            "same with true positives at IoU >= 0.75 (errors at 0.1 to 0.75), closer to where box "
-            "losses differ."
+            "same with true positives at IoU >= 0.75 (AP points at IoU 0.75; errors at 0.1 to "
+            "0.75), closer to where box losses differ."
         )
     elif tide_available():
         tide_note = "TIDE's localisation error is not shown: no run gave it."
