@@ -549,7 +549,8 @@ def _power_section(paired, family: Family, tests: int) -> list[str]:
     text = (
         "Per primary endpoint: the sd of the paired differences pooled over the configs (df: "
         "Σ (n − 1) over them; the configs share the baseline's runs, so their differences are "
-        "not independent and the sd is less sure than df says), the smallest true difference the most pairs here find with "
+        "not independent and the sd is less sure than df says), the smallest true difference "
+        "the most pairs here find with "
         f"{POWER:.0%} power, and the seeds a two-sided paired t test at {ALPHA:g} / {tests} = "
         f"{alpha:.3g} needs to find the endpoint's margin with {POWER:.0%} power (more than 100: "
         "'> 100')."
