@@ -94,16 +94,23 @@ def test_adaptive_official_hand_computed():
     assert sched.beta == 1e-3
 
 
-def test_zero_share_is_the_share_of_zero_statistics_of_the_last_update():
-    """The HAND intervals: [0.3, -, 0.4], nothing, [0, 0, 0], [4, 4, 4], [1e-5] x 3."""
+def test_each_update_keeps_its_median_and_its_share_of_zero_statistics():
+    """The HAND intervals: [0.3, -, 0.4], nothing, [0, 0, 0], [4, 4, 4], [1e-5] x 3: what each
+    update computed, for its own log record (an interval that observed nothing computed nothing)."""
     sched = AdaptiveBeta(initial_beta=1.0, topk=1, interval=3, statistic="mmdet")
-    shares = []
+    updates = []
     for it, (deltas, num_images) in enumerate(HAND):
         sched.step(it, sched.observe(deltas, num_images))
-        shares.append(sched.zero_share)
-    assert all(math.isnan(s) for s in shares[:2])  # no update yet
-    # an empty interval keeps the last share
-    assert shares[2::3] == [0.0, 0.0, 1.0, 0.0, 0.0]
+        if it % 3 == 2:
+            updates.append(sched.last_update)
+    approx = pytest.approx
+    assert updates == [
+        {"beta_median": approx(0.35), "beta_zero_share": 0.0},
+        {},
+        {"beta_median": 0.0, "beta_zero_share": 1.0},
+        {"beta_median": approx(4.0), "beta_zero_share": 0.0},
+        {"beta_median": approx(1e-5), "beta_zero_share": 0.0},
+    ]
 
 
 @pytest.mark.parametrize("statistic,expected", [("mmdet", 0.4), ("official", 0.5)])

@@ -5,6 +5,7 @@ configs fail early, and a 2-process gloo DDP run works."""
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -203,6 +204,14 @@ def test_dynamic_state_is_logged_at_every_update_and_a_replay_of_it_is_exact(tin
         beta | sampling,
         beta | iou | sampling,
     ]
+    # each beta update's record holds what it computed from its interval (iterations s - 2, s - 1,
+    # whose statistics the every-step log holds at steps s - 1 and s)
+    stat = {r["iter"]: r["beta_statistic"] for r in reference if r["type"] == "train"}
+    for r in logged:
+        if r["type"] == "dynamic" and "beta" in r:
+            interval = [stat[r["iter"] - 1], stat[r["iter"]]]
+            assert r["beta_median"] == pytest.approx(statistics.median(interval))
+            assert r["beta_zero_share"] == sum(v < 1e-15 for v in interval) / 2
     # step s logs the beta iteration s - 1 trained with
     trained_with = [r["beta"] for r in reference if r["type"] == "train"]
     assert len(set(trained_with)) > 1, "the beta never moved: the test shows nothing"

@@ -660,18 +660,22 @@ def _sampling_section(groups: list[Group], dynamic_runs: int) -> list[str]:
     if not shown:
         return []
     text = (
-        "Means over a run's updates of Dynamic's β or IoU threshold (else over its logged "
-        "training steps), then mean ± std over seeds. Zero targets: sampled "
-        "positives whose regression target is exactly 0, the GT boxes added as proposals; Dynamic "
-        "Smooth L1's statistic (the k-th smallest |target| of the positives) is 0 whenever k of "
-        "them are sampled, and an update whose median statistic is 0 keeps the old β. Zero "
-        "statistics per update: the share of an update interval's statistics that were 0."
+        "Means over a run's updates of Dynamic's β or IoU threshold, each at the last iteration "
+        "of its interval (else over its logged training steps), then mean ± std over seeds. Zero "
+        "targets: sampled positives whose regression target is exactly 0, the GT boxes added as "
+        "proposals. Dynamic Smooth L1's statistic (statistic: mmdet, the default) is the k-th "
+        "smallest |target| of the sampled positives, 0 whenever k of them are zero targets, and "
+        "an update whose median statistic is 0 keeps the old β (official: over every proposal "
+        "before sampling, and a 0 median sets β to its floor). Zero statistics per update: the "
+        "share of an update interval's statistics that were 0. Final β: the β the last iteration "
+        "trained with."
     )
     if dynamic_runs:
         text += (
             f" {BETA_CSV}: every logged β of the {dynamic_runs} run(s) whose β changes, each "
-            f"update's and each log step's (β, its statistic, the zero share, positives and zero "
-            f"targets per image)."
+            "update's and each log step's: the β that step trained with, that iteration's "
+            "statistic, positives and zero targets per image, and at an update the median of its "
+            "interval's statistics (which sets the next β, as above) and their zero share."
         )
     counts = [(g, g.stats["num_pos_per_image"].n) for g in shown]
     table = _stats_table(columns, "runs", counts)

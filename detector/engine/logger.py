@@ -22,9 +22,11 @@ from detector.losses.regression import build_box_loss
 
 # What a "dynamic" record holds, written at every update of Dynamic R-CNN's feedback: the stats of
 # each state that updated (the beta, the label assigner's IoU threshold) and of the sampling they
-# read, as the step's training forward saw them (the state iteration ``iter`` - 1 trained with).
+# read, as the step's training forward saw them (the state iteration ``iter`` - 1 trained with, the
+# statistic and sampling of that iteration), and what the update computed from its interval (the
+# median that sets the next beta, the share of its statistics that were 0).
 DYNAMIC_KEYS = {
-    "beta": ("beta", "beta_statistic", "beta_zero_share"),
+    "beta": ("beta", "beta_statistic", "beta_median", "beta_zero_share"),
     "iou": ("iou_thresh", "iou_statistic"),
     "sampling": ("num_pos_per_image", "num_zero_target_per_image"),
 }

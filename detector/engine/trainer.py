@@ -281,6 +281,8 @@ def _train(
                 # exact (a replay reads them) at any train.log_period, each update once
                 keys = [k for part in (*updated, "sampling") for k in DYNAMIC_KEYS[part]]
                 dynamic = stats_to_scalars({k: stats[k] for k in keys if k in stats})[0]
+                for computed in updated.values():
+                    dynamic.update(computed)
                 logger.log_scalars(done, "dynamic", **dynamic)
             t_aside = time.perf_counter()
             if eval_now:

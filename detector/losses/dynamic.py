@@ -159,8 +159,9 @@ class AdaptiveBeta(BetaSchedule):
         self.topk = float(self.topk)
         self.interval = int(self.interval)
         self.record = IntervalRecord(self.interval, "beta_statistic")
-        # the share of the last update's statistics that were 0 (a diagnostic; not checkpointed)
-        self.zero_share = math.nan
+        # what the last update computed, for its log record (empty when its interval observed
+        # nothing; not checkpointed): the median that set beta and the share of zero statistics
+        self.last_update: dict[str, float] = {}
 
     def observe(
         self,
@@ -180,12 +181,15 @@ class AdaptiveBeta(BetaSchedule):
 
     def step(self, iteration: int, statistic: torch.Tensor | None = None) -> float:
         record = self.record.add(iteration, statistic)
+        if self.record.closes_after(iteration):
+            self.last_update = {}
         if record:
-            self.zero_share = sum(s < _MEDIAN_EPS for s in record) / len(record)
             if self.statistic == "official":
                 median = sorted(record)[len(record) // 2]
             else:
                 median = statistics.median(record)
+            zero_share = sum(s < _MEDIAN_EPS for s in record) / len(record)
+            self.last_update = {"beta_median": median, "beta_zero_share": zero_share}
             # mmdetection's guard; the official code has none
             if self.statistic == "official" or median >= _MEDIAN_EPS:
                 self.beta = max(min(self.initial_beta, median), self.min_beta)
@@ -272,8 +276,9 @@ def dynamic_records(records: list[dict[str, Any]], key: str | None = None) -> li
     records, one per update, else its logged training steps (a run logged before 2026-12-07). With
     ``key`` (``"beta"``): the trajectory, every record that holds it by iteration (an update's where
     both; each holds the value iteration ``iter`` - 1 trained with): an adaptive beta's updates, a
-    fixed schedule's or a replay's beta at the log steps, the value after the last update at the
-    last step, a run resumed across 2026-12-07 whole."""
+    fixed schedule's or a replay's beta at the log steps, the last iteration's at the last step (an
+    update after the last iteration trains nothing and is not in it), a run resumed across
+    2026-12-07 whole."""
     updates = [r for r in records if r.get("type") == "dynamic"]
     if key is None:
         return updates or [r for r in records if r.get("type") == "train"]

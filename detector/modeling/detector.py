@@ -171,7 +171,9 @@ class TwoStageDetector(nn.Module):
                 det["boxes"] = scale_boxes(det["boxes"], orig_w / width, orig_h / height)
         return detections
 
-    def update_dynamic_state(self, iteration: int, stats: dict[str, torch.Tensor]) -> tuple:
+    def update_dynamic_state(
+        self, iteration: int, stats: dict[str, torch.Tensor]
+    ) -> dict[str, dict[str, float]]:
         """:meth:`RoIHeads.update_dynamic_state`: once per optimizer step, with that iteration's
         training stats; the feedback states that updated."""
         return self.roi_heads.update_dynamic_state(iteration, stats)

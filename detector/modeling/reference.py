@@ -90,9 +90,9 @@ class TorchvisionFasterRCNN(FasterRCNN):
         self.to(memory_format=torch.channels_last)
         return self
 
-    def update_dynamic_state(self, iteration: int, stats: dict) -> tuple:
+    def update_dynamic_state(self, iteration: int, stats: dict) -> dict:
         """No Dynamic R-CNN state (the config refuses it)."""
-        return ()
+        return {}
 
 
 def build_torchvision_detector(cfg, num_classes: int, backbone: Backbone) -> TorchvisionFasterRCNN:

@@ -144,11 +144,14 @@ class RoIHeads(nn.Module):
             if getattr(self, name) is not None and state.get(name) is not None:
                 getattr(self, name).load_state_dict(state[name])
 
-    def update_dynamic_state(self, iteration: int, stats: Mapping[str, torch.Tensor]) -> tuple:
+    def update_dynamic_state(
+        self, iteration: int, stats: Mapping[str, torch.Tensor]
+    ) -> dict[str, dict[str, float]]:
         """Advance the beta schedule and the label assigner past iteration ``iteration`` with that
         iteration's training ``stats``; once per optimizer step, in order, on every rank (it may run
         a collective). Returns the feedback states that updated ("beta": Dynamic's adaptive beta,
-        "iou": the label assigner; an interval's record closed)."""
+        "iou": the label assigner; an interval's record closed), each with what its update
+        computed (adaptive beta: ``beta_median``, ``beta_zero_share``)."""
         if iteration < self.iteration:
             raise ValueError(
                 f"RoIHeads.update_dynamic_state({iteration}): iteration {self.iteration - 1} is "
@@ -160,11 +163,11 @@ class RoIHeads(nn.Module):
             self.label_assigner.step(iteration, stats.get("iou_statistic"))
         self.iteration = iteration + 1
         parts = (("beta", self.beta_schedule), ("iou", self.label_assigner))
-        return tuple(
-            name
+        return {
+            name: dict(getattr(part, "last_update", {}))
             for name, part in parts
             if hasattr(part, "record") and part.record.closes_after(iteration)
-        )
+        }
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -313,9 +316,6 @@ class RoIHeads(nn.Module):
             stats["beta"] = torch.full((), float(beta), dtype=torch.float32, device=deltas.device)
         if self.adaptive == "mmdet":
             stats["beta_statistic"] = self.beta_schedule.observe(target_deltas.detach(), num_images)
-        if self.adaptive:
-            share = self.beta_schedule.zero_share  # of the last update: nan before the first
-            stats["beta_zero_share"] = torch.full((), share, device=deltas.device)
         for name, values in (
             ("target_abs", target_deltas.detach().abs()),
             ("pred_err", (pred_deltas.detach() - target_deltas).abs()),
