@@ -453,3 +453,48 @@ def test_missing_scipy_is_one_line_and_report_only_rebuilds(tmp_path, monkeypatc
     assert not (out / "summary.md").exists()
     monkeypatch.undo()
     assert ablate.main(args) == 0 and (out / "summary.md").is_file()
+
+
+def test_the_tp_iou_plot_and_csv_bin_alike():
+    """One histogram serves tp_iou.png and tp_iou.csv: an IoU on a bin's edge (as the records
+    round it) falls in the same bin in both, IoU 1.0 in the last."""
+    import torch
+
+    from detector.ablation.plots import TP_IOU_BINS, tp_iou_counts
+
+    counts = tp_iou_counts(torch.tensor([0.5, 0.95, 0.97499, 1.0]))
+    assert len(counts) == len(TP_IOU_BINS) - 1 and sum(counts) == 4
+    assert counts[0] == 1 and counts[18] == 2 and counts[19] == 1
+
+
+def test_the_ap_curve_bars_are_the_sample_std_and_an_undefined_ap_curve_is_left_out(
+    tmp_path, monkeypatch
+):
+    """ap_curve.png's bars are the std over seeds of the report's tables (n - 1), none for one
+    seed; ap_vs_iou.png leaves out a curve with COCO's -1 (no ground truth), not drawn at -100."""
+    from matplotlib.axes import Axes
+
+    from detector.ablation.plots import plot_all
+
+    drawn, errorbar = [], Axes.errorbar
+
+    def spy(self, x, y, yerr=None, **kwargs):
+        drawn.append((kwargs.get("label"), len(x), None if yerr is None else list(yerr)))
+        return errorbar(self, x, y, yerr=yerr, **kwargs)
+
+    monkeypatch.setattr(Axes, "errorbar", spy)
+
+    def run(ap, curve):
+        metrics = {"AP_per_iou": curve}
+        return dict(evals={1: ap, 2: ap}, train=[], beta_log=[], metrics=metrics, pred_err=None)
+
+    groups = {"a": {0: run(0.5, [0.5] * 10), 1: run(0.7, [0.7] * 10)}}
+    groups["b"] = {0: run(0.6, [-1.0] * 10)}
+    plot_all(
+        {g: {s: {**r, "tp_ious": None} for s, r in rs.items()} for g, rs in groups.items()},
+        tmp_path,
+        "a",
+    )
+    curves = {label: yerr for label, points, yerr in drawn if points == 2}
+    assert curves["a"] == pytest.approx([20 / 2**0.5] * 2) and curves["b"] is None
+    assert [label for label, points, _ in drawn if points == 10] == ["a"]

@@ -160,3 +160,19 @@ def test_an_old_record_is_written_again_while_the_heavy_files_are_there(tmp_path
     assert ablate.main([*ARGS, "--out", str(out), "--report-only"]) == 0
     assert len(json.loads(path.read_text())["tp_ious"]) == 3  # rebuilt from the detections
     assert ensure_record(clone, {}) == old  # no heavy files: read as it is
+
+
+def test_a_record_without_its_log_or_tide_says_so(tmp_path, monkeypatch, capsys):
+    """A finished run whose metrics.jsonl is gone is unreadable, counted failed (its curves and
+    training means would drop out unsaid); a record written without tidecv names why TIDE is
+    blank."""
+    out = tmp_path / "abl"
+    finish_with_heavy_files(out, monkeypatch)
+    monkeypatch.setattr("detector.ablation.record.tide_available", lambda: False)
+    (out / "runs" / "l1-seed1" / "metrics.jsonl").unlink()
+    assert ablate.main([*ARGS, "--out", str(out), "--report-only"]) == 1
+    skipped = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+    assert len(skipped) == 1 and "l1-seed1" in skipped[0] and "metrics.jsonl: missing" in skipped[0]
+    md = (out / "summary.md").read_text()
+    assert "| l1 | 1 of 2; failed 1 of 2 seeds |" in md
+    assert "l1-seed0: tidecv was not importable when its record was written" in md

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from detector.ablation.localisation import run_localisation
+from detector.ablation.localisation import run_localisation, tide_available
 from detector.engine.outputs import write_output
 from detector.errors import DetectorError, read_json
 
@@ -121,6 +121,10 @@ def write_record(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     except (DetectorError, OSError, ValueError) as exc:  # no training data here
         record["label_noise"] = {"error": f"{run_dir.name}: {exc}"}
     record["tide"] = {k: v for k, v in values.items() if k.startswith("tide_")}
+    if ious is not None and not tide_available():
+        record["tide_error"] = (
+            f"{run_dir.name}: tidecv was not importable when its record was written"
+        )
     errors = run_dir / "final_errors.pt"
     record["pred_err"] = None
     if errors.is_file():

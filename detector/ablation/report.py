@@ -20,7 +20,7 @@ from typing import Any
 from detector.ablation.launch import last_line
 from detector.ablation.localisation import MATCH_IOU, SCORE_THRESHOLD, tide_available
 from detector.ablation.plan import Run, Step, groups_of
-from detector.ablation.plots import PLOTS, TP_IOU_BINS, plot_all
+from detector.ablation.plots import PLOTS, TP_IOU_BINS, plot_all, tp_iou_counts
 from detector.ablation.record import RECORD, RecordError, ensure_record
 from detector.ablation.stats import (
     ALPHA,
@@ -106,7 +106,10 @@ def read_run(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
     if not isinstance(metrics, dict):
         raise RecordError(f"{run_dir / FINAL_METRICS}: not a metrics object")
     jsonl = run_dir / "metrics.jsonl"
-    log = read_json(jsonl, RecordError, lines=True) if jsonl.is_file() else []
+    if not jsonl.is_file():
+        # its curves and training means would drop out of the report unsaid
+        raise RecordError(f"{jsonl}: missing, so the run's record is incomplete")
+    log = read_json(jsonl, RecordError, lines=True)
     run = {
         "metrics": metrics,
         "log": log,
@@ -131,6 +134,8 @@ def read_run(run_dir: Path, ground_truth: dict) -> dict[str, Any]:
         run["localisation_error"] = f"{run_dir.name}: no {RECORD} and no detections to make it"
     else:
         run["localisation_error"] = record.get("localisation_error", "no true-positive IoUs")
+    if record and record.get("tide_error"):
+        run["tide_error"] = record["tide_error"]
     run["values"] = {stat.name: stat.read(run) for stat in STATS}
     return run
 
@@ -576,10 +581,11 @@ def _power_section(paired, family: Family, tests: int) -> list[str]:
 def _localisation_section(groups: list[Group], histogram: bool = False) -> list[str]:
     title = "Localisation of true positives"
     errors = [
-        r["localisation_error"]
+        r[key]
         for g in groups
         for r in g.results.values()
-        if "localisation_error" in r
+        for key in ("localisation_error", "tide_error")
+        if key in r
     ]
     with_tps = [g for g in groups if g.stats["tp_iou_median"].n]
     if not with_tps:
@@ -618,7 +624,6 @@ def _write_tp_iou_csv(path: Path, groups: list[Group]) -> bool:
     import torch
 
     rows = []
-    edges = torch.tensor(TP_IOU_BINS)
     for g in groups:
         ious = [r["tp_ious"] for r in g.results.values() if r["tp_ious"] is not None]
         if not ious:
@@ -626,9 +631,7 @@ def _write_tp_iou_csv(path: Path, groups: list[Group]) -> bool:
         pooled = torch.cat(ious)
         if not len(pooled):
             continue
-        # bin i holds [edge i, edge i+1); IoU 1.0 goes to the last bin
-        index = (torch.bucketize(pooled, edges, right=True) - 1).clamp(0, len(edges) - 2)
-        counts = torch.bincount(index, minlength=len(edges) - 1).tolist()
+        counts = tp_iou_counts(pooled)
         for low, high, count in zip(TP_IOU_BINS, TP_IOU_BINS[1:], counts):
             share = _num(count / len(pooled))
             rows.append(
