@@ -279,3 +279,76 @@ def test_a_resumed_run_keeps_its_share_of_the_cores_and_the_line_tells_the_truth
     assert envs[-1]["OMP_NUM_THREADS"] == "1" and "1 compute thread(s)" in capsys.readouterr().out
     run_local(steps, jobs=1, environ={"OMP_NUM_THREADS": "1"}, cores=2)
     assert envs[-1]["OMP_NUM_THREADS"] == "1" and "1 compute thread(s)" in capsys.readouterr().out
+
+
+def test_ctrl_c_waits_for_the_slowest_training_to_exit(tmp_path, monkeypatch):
+    """Trainers that take different times to save and exit after Ctrl-C: the ablation returns only
+    once every one has exited (none is left running without its ablation)."""
+    record = tmp_path / "signals.txt"
+    script = tmp_path / "fake-python"
+    script.write_text(
+        '#!/bin/sh\ncase "$*" in *seed0*) delay=30;; *) delay=0;; esac\n'
+        f"stop=0; trap 'stop=1' INT\necho started >> {record}\n"
+        "while [ $stop = 0 ]; do sleep 0.05; done\n"
+        "i=0; while [ $i -lt $delay ]; do sleep 0.05; i=$((i+1)); done\n"
+        f"echo exited >> {record}\nexit 130\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(sys, "executable", str(script))
+    steps = [
+        Step(run, run.run_dir(tmp_path), "train", device="cpu")
+        for run in plan_runs(["l1.yaml"], [], 2, [])
+    ]
+
+    def ctrl_c_once_both_started():
+        while not record.exists() or record.read_text().split().count("started") < 2:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=ctrl_c_once_both_started, daemon=True).start()
+    with pytest.raises(Interrupted):
+        run_local(steps, jobs=2, cores=2)
+    assert record.read_text().split().count("exited") == 2
+
+
+def test_a_run_that_cannot_be_launched_leaves_the_queue_going(tmp_path, monkeypatch):
+    from detector.ablation import launch
+
+    def execute(step, environ, slot, **kw):
+        if step.run.seed == 0:
+            raise PermissionError(13, "Permission denied", str(step.run_dir / "train.log"))
+        return None
+
+    monkeypatch.setattr(launch, "execute", execute)
+    steps = [
+        Step(run, run.run_dir(tmp_path), "train", device="cpu")
+        for run in plan_runs(["l1.yaml"], [], 3, [])
+    ]
+    results = run_local(steps, jobs=1, cores=1)
+    assert results["l1-seed1"] is None and results["l1-seed2"] is None
+    assert results["l1-seed0"].startswith("l1-seed0 was not launched: PermissionError")
+
+
+def test_one_training_ablation_per_out_at_a_time(tmp_path, capsys):
+    """A second ablation into an --out that a live one is training into stops before it plans; a
+    report may still be written from it."""
+    import json
+    import socket
+    import subprocess
+
+    out = tmp_path / "abl"
+    out.mkdir()
+    holder = subprocess.Popen(["sleep", "30"])
+    try:
+        me = {"pid": holder.pid, "host": socket.gethostname(), "started": "now"}
+        (out / ".lock").write_text(json.dumps(me))
+        args = ["--cfgs", "l1.yaml", "--seeds", "1", "--out", str(out), "train.max_iters=2"]
+        assert ablate.main(args) != 0
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "use another --out" in err
+        assert not (out / "runs").exists()
+        assert ablate.main([*args, "--report-only"]) == 1  # nothing finished: a partial report
+        assert (out / "summary.md").is_file()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -16,6 +16,7 @@ Exit codes: 0 every run finished; 1 some run failed (the report lists it) or no 
 option, config or run folder (nothing trained); 130 stopped by Ctrl-C.
 """
 
+import contextlib
 import importlib.util
 import shlex
 import sys
@@ -33,6 +34,7 @@ from detector.ablation.record import CHECKPOINT_CHOICES
 from detector.ablation.report import DEFAULT_MARGINS, Family, check_report_folder, write_report
 from detector.ablation.table import STATS
 from detector.config import tool_parser
+from detector.engine.runs import RunLock
 from detector.errors import run_tool
 
 # --launcher slurm's options: flag -> add_argument's keywords (not given: None or False)
@@ -174,6 +176,17 @@ def main(argv=None) -> int:
     baseline = resolve_baseline(runs, args.baseline)
     default_out = Path("runs") / ("ablation-" + "-".join(Path(c).stem for c in cfgs))
     out = Path(args.out) if args.out else default_out
+    # one training ablation per --out at a time, planned under the lock (another's plan would be
+    # stale); a report alone may look at a running one
+    lock = contextlib.nullcontext() if args.report_only else RunLock(out, "use another --out")
+    with lock:
+        return plan_train_report(args, cfgs, runs, baseline, family, out, command, code)
+
+
+def plan_train_report(
+    args, cfgs, runs, baseline, family, out: Path, command: str, code: Path
+) -> int:
+    """Plan, train and report the ablation of ``main``."""
     # every config, run folder and report file, before anything trains
     # this checkout's trainer starts a run with no checkpoint over cleanly; another's may not
     # (ec6293d's appended to the old metrics.jsonl)

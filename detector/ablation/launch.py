@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Callable, Mapping
 from detector.ablation.plan import NO_CHECKPOINT, AblationError, Step
 from detector.ablation.record import RecordError, note_launch, prune_run, write_record
 from detector.engine.runs import is_finished
-from detector.errors import DetectorError
+from detector.errors import DetectorError, first_line
 
 # the checkout whose tools/train.py and package train the runs, unless --code names another
 REPO = Path(__file__).resolve().parents[2]
@@ -205,7 +206,15 @@ def run_local(
     gpus = [] if all(s.device == "cpu" for s in todo) else visible_gpus(environ)
     # each run's share of the cores follows --jobs, not how many runs are left: a resumed run gets
     # what it had
-    slots = plan_slots(jobs, gpus, available_cores() if cores is None else cores)[: len(todo)]
+    cores = available_cores() if cores is None else cores
+    slots = plan_slots(jobs, gpus, cores)[: len(todo)]
+    if not gpus and len(slots) > cores:
+        print(
+            f"note: {len(slots)} runs at a time on {cores} core(s): they take turns on the cores, "
+            "each slower than alone; --jobs at most the cores avoids it",
+            file=sys.stderr,
+            flush=True,
+        )
     per_gpu = Counter(s.gpu for s in slots)
     where = " on the CPU"
     if gpus:
@@ -232,7 +241,13 @@ def run_local(
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)
 
-    def worker(slot: Slot) -> None:
+    def worker(slot: Slot, done: threading.Event) -> None:
+        try:
+            work(slot)
+        finally:
+            done.set()
+
+    def work(slot: Slot) -> None:
         while not stop.is_set():
             try:
                 k, step = pending.popleft()
@@ -245,9 +260,16 @@ def run_local(
                 flush=True,
             )
             t0 = time.monotonic()
-            error = execute(
-                step, environ, slot, started=started, keep_checkpoint=keep_checkpoint, code=code
-            )
+            try:
+                error = execute(
+                    step, environ, slot, started=started, keep_checkpoint=keep_checkpoint, code=code
+                )
+            except Exception as exc:
+                # the run could not be launched (its folder, its log, the process): the next runs
+                # still train in this slot; an unexpected error keeps its traceback on stderr
+                if not isinstance(exc, OSError):
+                    traceback.print_exc()
+                error = f"{step.run.name} was not launched: {first_line(exc, typed=True)}"
             results[step.run.name] = error
             print(
                 f"[{k}/{len(todo)}] "
@@ -255,14 +277,17 @@ def run_local(
                 flush=True,
             )
 
-    threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in slots]
-    for thread in threads:
-        thread.start()
-    # only the main thread gets signals; there a kill acts as Ctrl-C
+    # a Ctrl-C that interrupts Thread.join can leave a running thread marked done (CPython 3.11):
+    # each worker sets its own event when it ends
+    done = [threading.Event() for _ in slots]
+    for slot, event in zip(slots, done):
+        threading.Thread(target=worker, args=(slot, event), daemon=True).start()
+    # only the main thread gets signals; there a kill or a closed terminal acts as Ctrl-C
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main else None
+    handled = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = [signal.signal(sig, signal.default_int_handler) for sig in handled] if main else []
     try:
-        _join(threads)
+        _join(done)
     except KeyboardInterrupt:
         stop.set()  # no new run starts
         forward()
@@ -271,21 +296,23 @@ def run_local(
             "again: at once); rerun the same command to resume",
             flush=True,
         )
-        try:
-            _join(threads)
-        except KeyboardInterrupt:
-            forward()  # the trainers' second Ctrl-C: they exit at once
-            _join(threads)
+        while True:
+            try:
+                _join(done)
+                break
+            except KeyboardInterrupt:
+                forward()  # the trainers' next Ctrl-C: they exit at once
         raise Interrupted(
-            "stopped: each training wrote its last.pth; rerun the same command to resume"
+            "stopped: every running training has exited, with its last.pth where it had begun "
+            "one; rerun the same command to resume"
         ) from None
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in zip(handled, previous):
+            signal.signal(sig, handler)
     return results
 
 
-def _join(threads: list[threading.Thread]) -> None:
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)
+def _join(done: list[threading.Event]) -> None:
+    for event in done:
+        while not event.wait(0.2):
+            pass

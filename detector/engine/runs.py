@@ -382,9 +382,10 @@ class RunLock:
     processes taking over one stale lock only one holds it; the flock is the kernel's, released
     when its process dies."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, fix: str = "use another output_dir"):
         self.path = Path(run_dir) / LOCK_FILE
         self.notes: list[str] = []
+        self.fix = fix  # what the error of a held lock suggests
 
     def _holder(self) -> dict[str, Any] | None:
         """The lock's content; None when it is gone (released since the link failed)."""
@@ -433,8 +434,8 @@ class RunLock:
                     pid, host = holder.get("pid"), holder.get("host")
                     raise RunFolderError(
                         f"{self.path.parent} is in use by another training (pid {pid} on {host}, "
-                        f"started {holder.get('started', '?')}); wait for it, or use another "
-                        f"output_dir. If that process is gone, delete {self.path}"
+                        f"started {holder.get('started', '?')}); wait for it, or {self.fix}. If "
+                        f"that process is gone, delete {self.path}"
                     )
         finally:
             os.unlink(tmp)
