@@ -229,20 +229,18 @@ def test_code_trains_with_another_checkout_and_its_launch_names_it(tmp_path, mon
     assert err.count("\n") == 0 and str(not_a_checkout / "tools" / "train.py") in err
 
 
-def test_ctrl_c_stops_the_ablation_and_reaches_each_training_once(tmp_path, monkeypatch):
-    """A trainer stand-in that counts the SIGINTs it gets for 2 s: 2 jobs, 3 runs; Ctrl-C once both
-    started."""
+def ctrl_c_two_trainers(tmp_path, monkeypatch, script_text: str, seeds: int) -> str:
+    """Train ``seeds`` runs, 2 at a time, with a trainer stand-in (``script_text``: a sh script
+    that appends ``started`` and what it saw to signals.txt); one Ctrl-C once two have started;
+    the words of signals.txt after the ablation stopped."""
     record = tmp_path / "signals.txt"
     script = tmp_path / "fake-python"
-    script.write_text(
-        f"#!/bin/sh\ntrap 'echo INT >> {record}' INT\necho started >> {record}\n"
-        f"i=0; while [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done\nexit 130\n"
-    )
+    script.write_text(script_text.replace("RECORD", str(record)))
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setattr(sys, "executable", str(script))
     steps = [
         Step(run, run.run_dir(tmp_path), "train", device="cpu")
-        for run in plan_runs(["l1.yaml"], [], 3, [])
+        for run in plan_runs(["l1.yaml"], [], seeds, [])
     ]
 
     def ctrl_c_once_two_started():
@@ -253,7 +251,17 @@ def test_ctrl_c_stops_the_ablation_and_reaches_each_training_once(tmp_path, monk
     threading.Thread(target=ctrl_c_once_two_started, daemon=True).start()
     with pytest.raises(Interrupted):
         run_local(steps, jobs=2, cores=2)
-    words = record.read_text().split()
+    return record.read_text().split()
+
+
+def test_ctrl_c_stops_the_ablation_and_reaches_each_training_once(tmp_path, monkeypatch):
+    """A trainer stand-in that counts the SIGINTs it gets for 2 s: 2 jobs, 3 runs; Ctrl-C once both
+    started."""
+    script = (
+        "#!/bin/sh\ntrap 'echo INT >> RECORD' INT\necho started >> RECORD\n"
+        "i=0; while [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done\nexit 130\n"
+    )
+    words = ctrl_c_two_trainers(tmp_path, monkeypatch, script, seeds=3)
     assert words.count("started") == 2  # the third run never started
     assert words.count("INT") == 2  # one SIGINT per running training: finish the step, save, stop
 
@@ -284,31 +292,14 @@ def test_a_resumed_run_keeps_its_share_of_the_cores_and_the_line_tells_the_truth
 def test_ctrl_c_waits_for_the_slowest_training_to_exit(tmp_path, monkeypatch):
     """Trainers that take different times to save and exit after Ctrl-C: the ablation returns only
     once every one has exited (none is left running without its ablation)."""
-    record = tmp_path / "signals.txt"
-    script = tmp_path / "fake-python"
-    script.write_text(
+    script = (
         '#!/bin/sh\ncase "$*" in *seed0*) delay=30;; *) delay=0;; esac\n'
-        f"stop=0; trap 'stop=1' INT\necho started >> {record}\n"
+        "stop=0; trap 'stop=1' INT\necho started >> RECORD\n"
         "while [ $stop = 0 ]; do sleep 0.05; done\n"
         "i=0; while [ $i -lt $delay ]; do sleep 0.05; i=$((i+1)); done\n"
-        f"echo exited >> {record}\nexit 130\n"
+        "echo exited >> RECORD\nexit 130\n"
     )
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setattr(sys, "executable", str(script))
-    steps = [
-        Step(run, run.run_dir(tmp_path), "train", device="cpu")
-        for run in plan_runs(["l1.yaml"], [], 2, [])
-    ]
-
-    def ctrl_c_once_both_started():
-        while not record.exists() or record.read_text().split().count("started") < 2:
-            time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=ctrl_c_once_both_started, daemon=True).start()
-    with pytest.raises(Interrupted):
-        run_local(steps, jobs=2, cores=2)
-    assert record.read_text().split().count("exited") == 2
+    assert ctrl_c_two_trainers(tmp_path, monkeypatch, script, seeds=2).count("exited") == 2
 
 
 def test_a_run_that_cannot_be_launched_leaves_the_queue_going(tmp_path, monkeypatch):
